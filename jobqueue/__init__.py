@@ -1,0 +1,54 @@
+"""jobqueue: image-generation jobs on a GPU fleet through Celery.
+
+``celery -A jobqueue worker -Q gpu0`` finds :data:`app`, the Celery app built from the
+environment (``JOBQUEUE_*``) on first use. The client API is :func:`submit_job` and
+:func:`get_job`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobqueue.client import JobHandle, get_job, submit_job
+from jobqueue.errors import (
+    InvalidPayloadError,
+    JobFailed,
+    JobqueueError,
+    SubmitError,
+    UnknownServiceError,
+)
+from jobqueue.states import ConnectorStatus, JobStatus
+
+__all__ = [
+    "ConnectorStatus",
+    "InvalidPayloadError",
+    "JobFailed",
+    "JobHandle",
+    "JobStatus",
+    "JobqueueError",
+    "SubmitError",
+    "UnknownServiceError",
+    "app",
+    "get_app",
+    "get_job",
+    "submit_job",
+]
+
+_app: Any = None
+
+
+def get_app() -> Any:
+    """The process's default Celery app, built from the environment on first use."""
+    global _app
+    if _app is None:
+        from jobqueue.celery_app import create_app
+
+        _app = create_app()
+    return _app
+
+
+def __getattr__(name: str) -> Any:
+    # ``celery -A jobqueue`` looks up ``jobqueue.app`` (or ``jobqueue.celery``).
+    if name in ("app", "celery"):
+        return get_app()
+    raise AttributeError(f"module 'jobqueue' has no attribute {name!r}")

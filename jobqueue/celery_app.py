@@ -1,0 +1,69 @@
+"""The Celery application: :func:`create_app` builds it from :class:`~jobqueue.config.Settings`.
+
+``celery -A jobqueue worker -Q gpu0`` finds ``jobqueue.app``, built with the environment's
+settings. Tests build their own with ``create_app(Settings(...))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu.utils.objects import cached_property
+
+from jobqueue.config import Settings
+from jobqueue.routing import MAX_PRIORITY
+
+
+class JobqueueCelery(Celery):
+    """A Celery app that carries its :class:`Settings` and, inside a worker, the worker's
+    runtime (connectors, identity, running jobs)."""
+
+    settings: Settings
+    #: Set by the worker bootstep inside a worker process; None elsewhere.
+    runtime: Any = None
+
+    @cached_property
+    def Worker(self) -> Any:  # noqa: N802 - Celery's name
+        """Our worker class: default node name ``gpu<N>@<machine>``, service queues added."""
+        return self.subclass_with_self("jobqueue.worker.node:Worker")
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Transport options for the broker in ``settings``.
+
+    On Redis, a short visibility timeout lets a dead worker's job come back quickly, a lease
+    (see :mod:`jobqueue.worker.lease`) keeps a live job from being handed out twice, and the
+    restore sweep runs every ``lease_interval`` seconds instead of kombu's ~100 s.
+    """
+    if not settings.is_redis:
+        return {}
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": max(1, round(settings.lease_interval)),
+        "unacked_restore_throttle": 1,
+        "priority_steps": list(range(MAX_PRIORITY + 1)),
+        "queue_order_strategy": "priority",
+        "sep": ":",
+    }
+
+
+def create_app(settings: Settings | None = None, *, main: str = "jobqueue") -> JobqueueCelery:
+    """Build the Celery app: defaults from ``celeryconfig``, then ``settings`` on top."""
+    settings = (settings or Settings.from_env()).resolved()
+    app = JobqueueCelery(main, set_as_current=False)
+    app.settings = settings
+    app.config_from_object("celeryconfig")
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        broker_transport_options=broker_transport_options(settings),
+        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
+    )
+    # Imported here: tasks and worker steps need the app, not the other way round.
+    from jobqueue.tasks import register_tasks
+    from jobqueue.worker.bootsteps import install_worker_steps
+
+    register_tasks(app)
+    install_worker_steps(app)
+    return app

@@ -1,0 +1,202 @@
+"""The client API: submit a job, follow it, cancel it.
+
+    from jobqueue import submit_job
+    job = submit_job("simulation", {"steps": 5, "step_seconds": 0.2})
+    result = job.wait(on_progress=print)
+
+Submitting validates everything first (service, payload, options): a job that would fail
+for a reason we can see now is refused with a clear :class:`~jobqueue.errors.SubmitError`,
+and nothing is enqueued.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from celery import states as celery_states
+
+from jobqueue.connectors import connector_class
+from jobqueue.errors import InvalidPayloadError, JobError, JobFailed, SubmitError, WaitTimeout
+from jobqueue.events import CONTROL_CANCEL_JOB, RUN_JOB_TASK
+from jobqueue.routing import broker_priority, check_priority, service_queue
+from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
+
+#: How often ``wait()`` polls the result backend.
+POLL_INTERVAL = 0.05
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+class JobNotFinished(JobError):
+    """``result()`` was asked for a job that has not ended yet."""
+
+
+def _default_app() -> Any:
+    from jobqueue import get_app
+
+    return get_app()
+
+
+def _error_of(exc: Any) -> dict[str, Any]:
+    to_dict = getattr(exc, "to_dict", None)
+    if callable(to_dict):
+        return dict(to_dict())
+    if isinstance(exc, BaseException):
+        return {"type": type(exc).__name__, "message": str(exc), "details": {}}
+    if isinstance(exc, dict):
+        return {"type": exc.get("exc_type"), "message": str(exc.get("exc_message", exc)), "details": {}}
+    return {"type": None, "message": "" if exc is None else str(exc), "details": {}}
+
+
+class JobHandle:
+    """A handle on one job, by id. Cheap to create; every call asks the result backend."""
+
+    def __init__(self, job_id: str, app: Any = None) -> None:
+        self.id = job_id
+        self.app = app or _default_app()
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.id}>"
+
+    @property
+    def _result(self) -> Any:
+        return self.app.AsyncResult(self.id)
+
+    def _state(self) -> tuple[JobStatus, Any]:
+        res = self._result
+        state, info = res.state, res.info
+        error_type = type(info).__name__ if isinstance(info, BaseException) else None
+        return job_status_from_celery(state, error_type), (state, info)
+
+    def status(self) -> JobStatus:
+        """The job's lifecycle state (queued for an id nobody has seen yet)."""
+        return self._state()[0]
+
+    def progress(self) -> dict[str, Any]:
+        """``{percent, step, total_steps, message, node, eta_seconds}`` as last reported."""
+        status, (state, info) = self._state()
+        progress = empty_progress()
+        if state == PROGRESS and isinstance(info, dict):
+            progress.update({k: info.get(k, v) for k, v in progress.items()})
+        elif status == JobStatus.COMPLETED:
+            progress.update(percent=100.0, eta_seconds=0.0)
+        return progress
+
+    def wait(self, timeout: float | None = None, on_progress: ProgressCallback | None = None) -> Any:
+        """Block until the job ends; return its result.
+
+        Calls ``on_progress(progress)`` for every change seen. Raises :class:`JobFailed` when
+        the job failed, timed out or was cancelled, :class:`WaitTimeout` after ``timeout`` s.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while True:
+            status, (state, info) = self._state()
+            if state == PROGRESS and isinstance(info, dict) and on_progress is not None and info != last:
+                last = dict(info)
+                on_progress(dict(info))
+            if status in FINAL_JOB_STATES:
+                return self._final(status, state, info)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"job {self.id} still {status.value} after {timeout} s")
+            time.sleep(POLL_INTERVAL)
+
+    def _final(self, status: JobStatus, state: str, info: Any) -> Any:
+        if status == JobStatus.COMPLETED:
+            return info
+        if state == celery_states.REVOKED:
+            reason = info.get("reason") if isinstance(info, dict) else None
+            raise JobFailed(self.id, JobStatus.CANCELLED.value, {"type": "JobCancelled", "message": reason or "cancelled"})
+        raise JobFailed(self.id, status.value, _error_of(info))
+
+    def result(self) -> Any:
+        """The result of a completed job; :class:`JobFailed` if it ended badly;
+        :class:`JobNotFinished` if it is still going."""
+        status, (state, info) = self._state()
+        if status not in FINAL_JOB_STATES:
+            raise JobNotFinished(f"job {self.id} is {status.value}")
+        return self._final(status, state, info)
+
+    def cancel(self) -> bool:
+        """Cancel the job: a queued one never runs, a running one is stopped on its service.
+
+        Returns False when the job had already ended.
+        """
+        if self.status() in FINAL_JOB_STATES:
+            return False
+        # Mark it first, so a worker that starts it later (and never saw the revoke) skips it.
+        self.app.backend.store_result(self.id, {"reason": "cancelled by client"}, celery_states.REVOKED)
+        self.app.control.revoke(self.id)
+        self.app.control.broadcast(CONTROL_CANCEL_JOB, arguments={"job_id": self.id})
+        return True
+
+
+def get_job(job_id: str, *, app: Any = None) -> JobHandle:
+    """A handle for any job id."""
+    return JobHandle(job_id, app)
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise SubmitError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def submit_job(
+    service: str,
+    payload: dict[str, Any],
+    *,
+    priority: int | None = None,
+    queue: str | None = None,
+    timeout: float | None = None,
+    workflow_id: str | None = None,
+    step: int | None = None,
+    app: Any = None,
+    job_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JobHandle:
+    """Validate and enqueue one job; return its handle.
+
+    ``queue`` pins the job (``gpu0``, ``machine.<id>``, ``gpu0.<machine>``); by default it
+    goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent).
+    Raises :class:`~jobqueue.errors.UnknownServiceError` or
+    :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued).
+    """
+    app = app or _default_app()
+    payload = connector_class(service).validate(payload)
+    try:
+        json.dumps(payload)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayloadError(f"{service}: payload is not JSON-serialisable: {exc}") from None
+    priority = check_priority(priority)
+    timeout = _check_timeout(timeout)
+    if queue is not None and (not isinstance(queue, str) or not queue.strip()):
+        raise SubmitError(f"queue must be a non-empty string, got {queue!r}")
+    target = queue or service_queue(service)
+    job_id = job_id or str(uuid.uuid4())
+    meta: dict[str, Any] = {
+        "service": service,
+        "priority": priority,
+        "queue": target,
+        "workflow_id": workflow_id,
+        "step": step,
+        "timeout": timeout,
+        "submitted_at": time.time(),
+        **(extra or {}),
+    }
+    options = dict(meta)
+    app.send_task(
+        RUN_JOB_TASK,
+        kwargs={"service": service, "payload": payload, "options": options},
+        task_id=job_id,
+        queue=target,
+        priority=broker_priority(priority, is_redis=app.settings.is_redis),
+        kwargsrepr=json.dumps(meta, default=str),
+    )
+    return JobHandle(job_id, app)

@@ -1,0 +1,172 @@
+"""Configuration, read in one place.
+
+Every setting has a default that works on a laptop and a ``JOBQUEUE_*`` environment variable
+that overrides it. ``Settings.from_env()`` is the only function that reads the environment;
+everything else receives a ``Settings`` (or values taken from one). docs/configuration.md lists
+every variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from jobqueue.errors import ConfigError
+
+#: Broker used when nothing is configured: the local Redis, database 0.
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+_GPU_QUEUE = re.compile(r"^gpu(\d+)$")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _as_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"not a boolean: {value!r}")
+
+
+def _parse_url_map(value: str) -> dict[str, str]:
+    """Parse ``gpu0=http://127.0.0.1:8188,gpu1=http://127.0.0.1:8189``."""
+    result: dict[str, str] = {}
+    for part in _split(value):
+        key, sep, url = part.partition("=")
+        if not sep or not key.strip() or not url.strip():
+            raise ConfigError(f"expected key=url in JOBQUEUE_COMFYUI_URLS, got {part!r}")
+        result[key.strip()] = url.strip()
+    return result
+
+
+def default_result_backend(broker_url: str) -> str:
+    """Return the result backend that goes with ``broker_url``.
+
+    On Redis the results live in the same Redis (a database of its own would need a second
+    URL to keep in sync, so we keep it simple); on RabbitMQ the results still need a store
+    that survives the client, so we fall back to the local Redis.
+    """
+    if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        return broker_url
+    return DEFAULT_BROKER_URL
+
+
+def gpu_from_queues(queues: tuple[str, ...] | list[str]) -> int | None:
+    """Return the GPU index named by the first ``gpu<N>`` queue, if any."""
+    for queue in queues:
+        match = _GPU_QUEUE.match(queue.strip())
+        if match:
+            return int(match.group(1))
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of jobqueue, with its default. Build it with :meth:`from_env`."""
+
+    #: Celery broker URL (Redis or RabbitMQ).
+    broker_url: str = DEFAULT_BROKER_URL
+    #: Celery result backend URL; defaults to the broker's Redis.
+    result_backend: str = ""
+    #: The machine this process runs on (workers report it; defaults to the host name).
+    machine_id: str = ""
+    #: GPU index of this worker; None means "from the gpu<N> queue, else 0".
+    gpu: int | None = None
+    #: Connectors a worker enables, by service name.
+    connectors: tuple[str, ...] = ("simulation",)
+    #: ComfyUI base URL for a worker with no per-GPU entry.
+    comfyui_url: str = "http://127.0.0.1:8188"
+    #: Per-GPU ComfyUI URLs, e.g. {"gpu0": "http://127.0.0.1:8188"}.
+    comfyui_urls: Mapping[str, str] = field(default_factory=dict)
+    #: Where fetched outputs (images) are written.
+    output_dir: str = "./jobqueue-outputs"
+    #: Fault switch for tests and demos: while this file exists the simulated service is down.
+    simulation_down_file: str = ""
+    #: Redis visibility timeout (s): how long an unacked message may sit before redelivery.
+    visibility_timeout: float = 10.0
+    #: How often (s) a running job extends its lease and the worker restores expired messages.
+    lease_interval: float = 2.0
+    #: How often (s) a worker checks each connector's service.
+    health_interval: float = 5.0
+    #: How often (s) a worker re-sends every connector status even when nothing changed.
+    status_beat: float = 15.0
+    #: Seconds without any sign of life from the service before a job is handed back.
+    stall_timeout: float = 30.0
+    #: Absolute limit (s) for one job, whatever its progress.
+    job_timeout: float = 3600.0
+    #: How many times a stalled or service-lost job is retried before it fails.
+    max_retries: int = 3
+    #: SQLAlchemy URL of the monitor's store.
+    monitor_db: str = "sqlite:///jobqueue-monitor.db"
+    #: Address the monitor binds to.
+    monitor_host: str = "127.0.0.1"
+    #: Port the monitor binds to.
+    monitor_port: int = 5555
+    #: Bearer token that unlocks the monitor's controls (empty: none).
+    monitor_token: str = ""
+    #: "user:password" for HTTP basic auth on the monitor's controls (empty: none).
+    monitor_basic_auth: str = ""
+    #: Serve the monitor without any controls.
+    monitor_read_only: bool = False
+    #: Worker heartbeat interval (s); the monitor calls a worker offline after 3 missed beats.
+    heartbeat_interval: float = 2.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``JOBQUEUE_*`` variables (``os.environ`` by default)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get("JOBQUEUE_" + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.name, f.type, raw)
+        values.update(overrides)
+        settings = cls(**values)
+        return settings.resolved()
+
+    def resolved(self) -> Settings:
+        """Fill in the defaults that depend on other settings or on the host."""
+        changes: dict[str, Any] = {}
+        if not self.result_backend:
+            changes["result_backend"] = default_result_backend(self.broker_url)
+        if not self.machine_id:
+            changes["machine_id"] = socket.gethostname()
+        return replace(self, **changes) if changes else self
+
+    def comfyui_url_for(self, gpu: int) -> str:
+        """Return the ComfyUI URL a worker on ``gpu`` talks to."""
+        return self.comfyui_urls.get(f"gpu{gpu}", self.comfyui_url)
+
+    @property
+    def is_redis(self) -> bool:
+        """True when the broker is Redis (lease and restore apply only there)."""
+        return self.broker_url.startswith(("redis://", "rediss://", "redis+socket://"))
+
+
+def _convert(name: str, annotation: Any, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if "tuple" in kind:
+            return _split(raw)
+        if "Mapping" in kind:
+            return _parse_url_map(raw)
+        if kind.startswith("int | None"):
+            return int(raw) if raw.strip() else None
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return _as_bool(raw)
+    except ValueError as exc:
+        raise ConfigError(f"JOBQUEUE_{name.upper()}={raw!r}: {exc}") from exc
+    return raw

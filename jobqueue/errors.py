@@ -1,0 +1,91 @@
+"""The one error hierarchy of jobqueue. Every exception we raise on purpose derives from
+:class:`JobqueueError`, so callers can catch ours without catching everything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobqueueError(Exception):
+    """Base class of every jobqueue error."""
+
+
+class ConfigError(JobqueueError):
+    """A setting or environment variable has a value we cannot use."""
+
+
+class SubmitError(JobqueueError):
+    """A job was refused at submit time; nothing was enqueued."""
+
+
+class UnknownServiceError(SubmitError):
+    """The job names a service no connector provides."""
+
+
+class InvalidPayloadError(SubmitError):
+    """The job's payload was rejected by its connector's validation."""
+
+
+class JobError(JobqueueError):
+    """Something went wrong with a job after it was enqueued."""
+
+
+class JobFailed(JobError):
+    """The job ended failed, timed out or cancelled; ``error`` holds what the worker reported."""
+
+    def __init__(self, job_id: str, status: str, error: dict[str, Any] | None = None) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.error = dict(error or {})
+        message = self.error.get("message") or status
+        kind = self.error.get("type")
+        text = f"job {job_id} {status}: {kind}: {message}" if kind else f"job {job_id} {status}: {message}"
+        super().__init__(text)
+
+
+class WaitTimeout(JobError):
+    """``JobHandle.wait()`` gave up before the job ended (the job itself goes on)."""
+
+
+class ConnectorError(JobqueueError):
+    """A connector could not do what was asked; the message says why."""
+
+    #: Whether another attempt (on this or another worker) may succeed.
+    retryable: bool = False
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        # Both go into ``args`` so the JSON result backend can rebuild the exception whole.
+        super().__init__(message, dict(details or {}))
+        self.message = message
+        self.details = dict(details or {})
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as the job reports it: type, message and details."""
+        return {"type": type(self).__name__, "message": self.message, "details": self.details}
+
+
+class ServiceUnavailable(ConnectorError):
+    """The connector's service is down or unreachable; the job may run elsewhere."""
+
+    retryable = True
+
+
+class JobStalled(ConnectorError):
+    """The service showed no sign of progress within the stall timeout; the job may run elsewhere."""
+
+    retryable = True
+
+
+class JobTimedOut(ConnectorError):
+    """The job exceeded its absolute timeout."""
+
+
+class JobCancelled(ConnectorError):
+    """The job was cancelled while it ran."""
+
+
+class ExecutionFailed(ConnectorError):
+    """The service ran the job and reported an error (bad workflow, node failure...)."""

@@ -1,0 +1,96 @@
+"""Event names and the fields our custom events carry: the contract between workers and the
+monitor.
+
+Celery's standard events (``task-sent``, ``task-received``, ``task-started``,
+``task-succeeded``, ``task-failed``, ``task-retried``, ``task-revoked``, ``task-rejected``,
+``worker-online``, ``worker-heartbeat``, ``worker-offline``) keep their Celery meaning. On top
+of them jobqueue sends:
+
+``task-progress``
+    ``uuid``, ``service``, ``percent`` (0-100, never decreasing within one attempt),
+    ``step``, ``total_steps``, ``message``, ``node``, ``eta_seconds``, ``attempt``.
+``connector-status``
+    ``worker`` (node name), ``machine_id``, ``gpu``, ``service``, ``status``
+    (:class:`~jobqueue.states.ConnectorStatus`), ``message``, ``seq`` (per worker, increasing),
+    ``details`` (service facts: version, device, VRAM...), ``connectors`` (all services of the
+    worker), ``queues``, ``beat`` (True when re-sent on the steady beat, False on a change),
+    ``interval`` (the beat interval, so a consumer can tell a stale status).
+
+Job metadata (service, priority, workflow, step...) travels in the ``kwargs`` field of
+``task-sent``/``task-received`` as a JSON object (we set Celery's ``kwargsrepr``), see
+:func:`job_meta_from_kwargs`.
+
+The Dispatcher adds ``hostname``, ``timestamp``, ``clock``, ``pid`` and ``utcoffset``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any
+
+#: Custom task event: real progress of a running job.
+TASK_PROGRESS = "task-progress"
+#: Custom event: one connector's status on one worker.
+CONNECTOR_STATUS = "connector-status"
+
+#: Standard Celery task events the monitor consumes.
+TASK_EVENTS = (
+    "task-sent",
+    "task-received",
+    "task-started",
+    "task-succeeded",
+    "task-failed",
+    "task-retried",
+    "task-revoked",
+    "task-rejected",
+    TASK_PROGRESS,
+)
+#: Standard Celery worker events the monitor consumes.
+WORKER_EVENTS = ("worker-online", "worker-heartbeat", "worker-offline")
+
+#: Remote control command that returns a worker's identity and connector statuses.
+CONTROL_CONNECTOR_STATUS = "connector_status"
+#: Remote control command that cancels a running job on the worker that runs it.
+CONTROL_CANCEL_JOB = "cancel_job"
+
+#: Name of the one Celery task that runs every job.
+RUN_JOB_TASK = "jobqueue.run_job"
+
+_REPR = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)\)\s*$", re.S)
+
+
+def job_meta_from_kwargs(kwargs: Any) -> dict[str, Any]:
+    """Return the job metadata carried in a task event's ``kwargs`` field ({} if none)."""
+    if isinstance(kwargs, dict):
+        return kwargs
+    if not isinstance(kwargs, str) or not kwargs.startswith("{"):
+        return {}
+    try:
+        value = json.loads(kwargs)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def parse_exception(text: Any) -> dict[str, Any]:
+    """Split a ``task-failed`` event's ``exception`` repr into type, message and details.
+
+    ``ExecutionFailed('node 3 failed', {'node_id': '3'})`` gives
+    ``{"type": "ExecutionFailed", "message": "node 3 failed", "details": {"node_id": "3"}}``.
+    Anything we cannot parse is kept whole as the message.
+    """
+    if not isinstance(text, str):
+        return {"type": None, "message": "" if text is None else str(text), "details": {}}
+    match = _REPR.match(text)
+    if not match:
+        return {"type": None, "message": text, "details": {}}
+    kind, inner = match.group(1).rsplit(".", 1)[-1], match.group(2)
+    try:
+        args = ast.literal_eval(f"({inner},)") if inner.strip() else ()
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return {"type": kind, "message": inner, "details": {}}
+    message = str(args[0]) if args else ""
+    details = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+    return {"type": kind, "message": message, "details": details}

@@ -1,0 +1,78 @@
+"""Turn a connector's raw progress reports into the progress the world sees.
+
+The connector says what it knows (step x of y, or a percent, which node runs); the tracker
+derives a percent, keeps it monotonic within one attempt, estimates the time left from the
+observed rate, and publishes. Nothing here invents progress: with no report, nothing moves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from jobqueue.states import empty_progress
+
+Publish = Callable[[dict[str, Any]], None]
+
+
+class ProgressTracker:
+    """Merge progress reports of one job attempt and publish each real change."""
+
+    def __init__(
+        self,
+        publish: Publish,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        min_interval: float = 0.0,
+    ) -> None:
+        self._publish = publish
+        self._clock = clock
+        self._min_interval = min_interval
+        self._started = clock()
+        self._last_sent = float("-inf")
+        self.current: dict[str, Any] = empty_progress()
+
+    def report(
+        self,
+        *,
+        step: int | None = None,
+        total_steps: int | None = None,
+        percent: float | None = None,
+        message: str | None = None,
+        node: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Merge one report; publish and return the new progress when something changed."""
+        new = dict(self.current)
+        if step is not None:
+            new["step"] = int(step)
+        if total_steps is not None:
+            new["total_steps"] = int(total_steps)
+        if message is not None:
+            new["message"] = str(message)
+        if node is not None:
+            new["node"] = str(node)
+        if percent is None and new["total_steps"]:
+            percent = 100.0 * new["step"] / new["total_steps"]
+        if percent is not None:
+            # Monotonic within an attempt, and never 100 before the job has really ended.
+            new["percent"] = round(max(self.current["percent"], min(float(percent), 100.0)), 2)
+        now = self._clock()
+        new["eta_seconds"] = self._eta(new["percent"], now)
+        significant = any(new[k] != self.current[k] for k in ("step", "total_steps", "node", "message"))
+        moved = new["percent"] != self.current["percent"]
+        self.current = new
+        if not (significant or moved):
+            return None
+        if not significant and now - self._last_sent < self._min_interval:
+            return None
+        self._last_sent = now
+        self._publish(dict(new))
+        return dict(new)
+
+    def _eta(self, percent: float, now: float) -> float | None:
+        elapsed = now - self._started
+        if percent <= 0 or elapsed <= 0:
+            return None
+        rate = percent / elapsed
+        return round((100.0 - percent) / rate, 2)

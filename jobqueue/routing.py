@@ -1,0 +1,56 @@
+"""Queue names and priorities: where a job goes and in what order it is taken.
+
+* ``<service>`` (e.g. ``simulation``, ``comfyui``): consumed by every worker whose connector
+  for that service is healthy. Jobs go here unless pinned.
+* ``gpu<N>``: consumed by the GPU-N worker of every machine.
+* ``machine.<machine_id>``: consumed by every worker of one machine.
+* ``gpu<N>.<machine_id>``: one worker (one GPU of one machine).
+
+Priorities: callers use 0 (lowest) .. 9 (most urgent), like RabbitMQ. Redis orders priority
+steps the other way (0 first), so :func:`broker_priority` flips them there.
+"""
+
+from __future__ import annotations
+
+from jobqueue.errors import SubmitError
+
+#: Lowest and highest priority a caller may ask for.
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
+#: Priority of a job that names none.
+DEFAULT_PRIORITY = 5
+
+
+def service_queue(service: str) -> str:
+    """The queue every worker with ``service`` consumes."""
+    return service
+
+
+def gpu_queue(gpu: int) -> str:
+    """The queue of GPU ``gpu`` on every machine."""
+    return f"gpu{gpu}"
+
+
+def machine_queue(machine_id: str) -> str:
+    """The queue every worker of ``machine_id`` consumes."""
+    return f"machine.{machine_id}"
+
+
+def worker_queue(machine_id: str, gpu: int) -> str:
+    """The queue of exactly one worker: one GPU of one machine."""
+    return f"gpu{gpu}.{machine_id}"
+
+
+def check_priority(priority: int | None) -> int:
+    """Return the caller's priority (default :data:`DEFAULT_PRIORITY`) or raise."""
+    if priority is None:
+        return DEFAULT_PRIORITY
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise SubmitError(f"priority must be an integer {MIN_PRIORITY}..{MAX_PRIORITY}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise SubmitError(f"priority must be {MIN_PRIORITY}..{MAX_PRIORITY}, got {priority}")
+    return priority
+
+
+def broker_priority(priority: int, *, is_redis: bool) -> int:
+    """Translate a caller priority into the broker's: Redis takes 0 first, RabbitMQ 9 first."""
+    return MAX_PRIORITY - priority if is_redis else priority

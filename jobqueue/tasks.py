@@ -1,0 +1,113 @@
+"""The one Celery task that runs every job: thin glue between Celery and a connector.
+
+It finds the job's connector in the worker runtime, runs it with a progress reporter that
+both writes the ``PROGRESS`` state to the result backend (for ``JobHandle.progress()``) and
+sends a ``task-progress`` event (for the monitor: ``update_state`` alone sends none), and
+maps connector errors onto Celery outcomes: retry elsewhere, fail, or cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import states as celery_states
+from celery.exceptions import Ignore
+
+from jobqueue.connectors import Job
+from jobqueue.errors import ConnectorError, JobCancelled
+from jobqueue.events import RUN_JOB_TASK, TASK_PROGRESS
+from jobqueue.progress import ProgressTracker
+from jobqueue.states import PROGRESS
+from jobqueue.worker.identity import WorkerIdentity
+from jobqueue.worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+#: Minimum seconds between two progress publications that only move the percent.
+PROGRESS_MIN_INTERVAL = 0.1
+
+
+def _runtime(app: Any, hostname: str | None) -> WorkerRuntime:
+    """The worker's runtime; built on first use where no bootstep ran (eager/test workers)."""
+    if app.runtime is None:
+        identity = WorkerIdentity.build(app.settings, (), hostname)
+        app.runtime = WorkerRuntime(app.settings, identity)
+        app.runtime.start()
+        app.runtime.check_health()
+    runtime: WorkerRuntime = app.runtime
+    return runtime
+
+
+def _mark_cancelled(task: Any, reason: str) -> None:
+    task.update_state(state=celery_states.REVOKED, meta={"reason": reason})
+    task.send_event("task-revoked", terminated=True, signum=None, expired=False)
+
+
+def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Body of the ``jobqueue.run_job`` task (``task`` is the bound Celery task)."""
+    request = task.request
+    app = task.app
+    if app.AsyncResult(request.id).state == celery_states.REVOKED:
+        # Cancelled while queued, before any worker knew: never run it.
+        task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        raise Ignore()
+    runtime = _runtime(app, request.hostname)
+    connector = runtime.connector(service)
+    settings = app.settings
+    timeout = options.get("timeout") or settings.job_timeout
+    submitted_monotonic = time.monotonic()
+    job = Job(
+        id=request.id,
+        service=service,
+        payload=payload,
+        options={**options, "timeout": timeout},
+        attempt=request.retries or 0,
+        deadline=submitted_monotonic + float(timeout),
+    )
+
+    def publish(progress: dict[str, Any]) -> None:
+        meta = {**progress, "service": service, "attempt": job.attempt}
+        task.update_state(state=PROGRESS, meta=meta)
+        task.send_event(TASK_PROGRESS, **meta)
+
+    tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL)
+    runtime.job_started(job, connector)
+    error: BaseException | None = None
+    try:
+        output = connector.run(job, tracker.report)
+    except JobCancelled as exc:
+        error = exc
+        _mark_cancelled(task, str(exc))
+        raise Ignore() from exc
+    except ConnectorError as exc:
+        error = exc
+        if exc.retryable and job.attempt < settings.max_retries:
+            log.warning("job %s: %s; retrying elsewhere (attempt %d)", job.id, exc, job.attempt + 1)
+            raise task.retry(exc=exc, countdown=0, max_retries=settings.max_retries) from exc
+        raise
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        runtime.job_finished(job, connector, error)
+    result = {
+        "job_id": job.id,
+        "service": service,
+        "worker": runtime.identity.node_name,
+        "machine_id": runtime.identity.machine_id,
+        "gpu": runtime.identity.gpu,
+        "attempt": job.attempt,
+        "duration": round(time.monotonic() - job.started, 3),
+    }
+    result.update(output)
+    return result
+
+
+def register_tasks(app: Any) -> None:
+    """Register the job task on ``app``."""
+
+    @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
+    def _run_job(self: Any, service: str, payload: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
+        return run_job(self, service, payload, options or {})

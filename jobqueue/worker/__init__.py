@@ -1,0 +1,1 @@
+"""Worker-side pieces: identity, runtime (connectors + running jobs), bootsteps, control."""

@@ -1,0 +1,30 @@
+"""Our worker class: Celery's, with jobqueue's default node name and queues.
+
+``celery -A jobqueue worker -Q gpu0`` becomes node ``gpu0@<machine>`` consuming ``gpu0``,
+its services' queues, its machine's queue and its own worker queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.apps.worker import Worker as CeleryWorker
+from celery.utils.nodenames import default_nodename, host_format
+
+from jobqueue.worker.identity import WorkerIdentity, split_queues
+
+
+class Worker(CeleryWorker):
+    """Celery's worker with identity-derived defaults."""
+
+    def __init__(self, app: Any = None, hostname: str | None = None, **kwargs: Any) -> None:
+        app = app or self.app
+        if hostname is None or hostname == host_format(default_nodename(None)):
+            # Celery's CLI fills in "celery@<host>" when -n is not given: ours is gpu<N>@<machine>.
+            hostname = None
+        identity = WorkerIdentity.build(app.settings, split_queues(kwargs.get("queues")), hostname)
+        self.jobqueue_identity = identity
+        kwargs["queues"] = list(identity.queues)
+        if kwargs.get("heartbeat_interval") is None:
+            kwargs["heartbeat_interval"] = app.settings.heartbeat_interval
+        super().__init__(app=app, hostname=identity.node_name, **kwargs)

@@ -1,0 +1,115 @@
+"""Fixtures shared by every test package: a Redis database of the test's own, settings, app,
+and real worker processes.
+
+Redis: 127.0.0.1:6379, database ``JOBQUEUE_TEST_REDIS_DB`` (default 1), flushed before and
+after each test. Integration tests *fail* (never skip) when Redis is missing in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from jobqueue.celery_app import create_app
+from jobqueue.config import Settings
+from tests.helpers import WorkerProcess, child_env
+
+REDIS_HOST = os.environ.get("JOBQUEUE_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_DB = int(os.environ.get("JOBQUEUE_TEST_REDIS_DB", "1"))
+RABBITMQ_URL = os.environ.get("JOBQUEUE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """URL of a flushed Redis database for this test."""
+    url = f"redis://{REDIS_HOST}:6379/{REDIS_DB}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:  # pragma: no cover - environment problem
+        pytest.fail(f"Redis is not reachable at {url}: {exc}")
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def machine_id() -> str:
+    """A machine id unique to the test, so concurrent runs never share node names."""
+    return f"m{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def settings(redis_url: str, machine_id: str, tmp_path: Path) -> Settings:
+    """Settings tuned for fast tests (short lease and visibility timeout)."""
+    return Settings(
+        broker_url=redis_url,
+        result_backend=redis_url,
+        machine_id=machine_id,
+        visibility_timeout=6.0,
+        lease_interval=1.0,
+        health_interval=1.0,
+        status_beat=3.0,
+        heartbeat_interval=1.0,
+        output_dir=str(tmp_path / "outputs"),
+        monitor_db=f"sqlite:///{tmp_path / 'monitor.db'}",
+    ).resolved()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The JOBQUEUE_* variables that reproduce ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in vars(settings).items():
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, bool):
+            value = "1" if value else "0"
+        env["JOBQUEUE_" + name.upper()] = str(value)
+    return env
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Any]:
+    """A Celery app on the test's Redis database."""
+    application = create_app(settings)
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def start_worker(settings: Settings, app: Any, tmp_path: Path) -> Iterator[Any]:
+    """Factory: ``start_worker(queues="gpu0", **env_overrides)`` starts a real worker process
+    and waits until it answers a ping. Every worker is stopped at the end of the test."""
+    workers: list[WorkerProcess] = []
+
+    def start(queues: str = "gpu0", wait: bool = True, extra_args: tuple[str, ...] = (), **env: str) -> WorkerProcess:
+        base = settings_env(settings)
+        base.update({k if k.startswith("JOBQUEUE_") else "JOBQUEUE_" + k.upper(): str(v) for k, v in env.items()})
+        log_path = tmp_path / f"worker-{len(workers)}-{queues.replace(',', '_')}.log"
+        worker = WorkerProcess(child_env(base), queues=queues, log_path=log_path, extra_args=extra_args)
+        workers.append(worker.start())
+        if wait:
+            worker.wait_ready(app)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()

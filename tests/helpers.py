@@ -1,0 +1,102 @@
+"""Shared test helpers: poll with a deadline (never sleep to synchronise), real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; return it or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}: last={last!r}")
+        time.sleep(interval)
+
+
+def child_env(settings_env: Mapping[str, str], **extra: str) -> dict[str, str]:
+    """The environment for a child process: ours, the settings' JOBQUEUE_* vars, extras."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQUEUE_")}
+    env.update(settings_env)
+    env.update(extra)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class WorkerProcess:
+    """A real ``celery -A jobqueue worker`` subprocess."""
+
+    def __init__(self, env: Mapping[str, str], queues: str = "gpu0", log_path: Path | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.env = dict(env)
+        self.queues = queues
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def node_name(self) -> str:
+        gpu = self.queues.split(",")[0].removeprefix("gpu")
+        machine = self.env.get("JOBQUEUE_MACHINE_ID", "")
+        return f"gpu{gpu}@{machine}"
+
+    def start(self) -> WorkerProcess:
+        cmd = [sys.executable, "-m", "celery", "-A", "jobqueue", "worker", "-Q", self.queues,
+               "--loglevel", "INFO", "--without-mingle", "--without-gossip", *self.extra_args]
+        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, env=self.env, cwd=str(ROOT), stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self, app: Any, timeout: float = 30.0) -> WorkerProcess:
+        """Wait until the worker answers a ping (it then consumes its queues)."""
+        name = self.node_name
+
+        def answered() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}; log: {self.log_text()[-3000:]}")
+            replies = app.control.ping(destination=[name], timeout=0.5) or []
+            return any(name in r for r in replies)
+
+        wait_for(answered, timeout, interval=0.1, what=f"worker {name} to answer ping")
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the whole process group (SIGKILL: no goodbye, no restore)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if self._log not in (None, subprocess.DEVNULL):
+            self._log.close()
+            self._log = None
