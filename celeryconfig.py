@@ -34,9 +34,11 @@ worker_concurrency = 1
 # Jobs are routed explicitly (service / GPU / machine queues); nothing uses Celery's default.
 task_default_queue = "jobqueue"
 task_create_missing_queues = True
-# RabbitMQ: declare every queue with priorities 0..9.
-task_queue_max_priority = 10
-task_default_priority = 5
+# Priorities: 20 broker levels, two per caller priority 0..9 (see jobqueue/routing.py and
+# docs/workflows.md). create_app sets the broker-specific default priority and, on Redis, a
+# transport that keeps all 20 levels. RabbitMQ declares every queue with x-max-priority 19.
+task_queue_max_priority = 19
+task_default_priority = 10
 
 # Event messages are transient: don't let a stopped monitor pile them up.
 event_queue_ttl = 10.0

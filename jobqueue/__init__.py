@@ -2,13 +2,14 @@
 
 ``celery -A jobqueue worker -Q gpu0`` finds :data:`app`, the Celery app built from the
 environment (``JOBQUEUE_*``) on first use. The client API is :func:`submit_job` and
-:func:`get_job`.
+:func:`get_job`, :func:`submit_workflow` and :func:`submit_batch`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from jobqueue.batches import submit_batch
 from jobqueue.client import JobHandle, get_job, submit_job
 from jobqueue.errors import (
     InvalidPayloadError,
@@ -16,8 +17,10 @@ from jobqueue.errors import (
     JobqueueError,
     SubmitError,
     UnknownServiceError,
+    WorkflowFailed,
 )
 from jobqueue.states import ConnectorStatus, JobStatus
+from jobqueue.workflows import WorkflowHandle, get_workflow, submit_workflow
 
 __all__ = [
     "ConnectorStatus",
@@ -28,10 +31,15 @@ __all__ = [
     "JobqueueError",
     "SubmitError",
     "UnknownServiceError",
+    "WorkflowFailed",
+    "WorkflowHandle",
     "app",
     "get_app",
     "get_job",
+    "get_workflow",
+    "submit_batch",
     "submit_job",
+    "submit_workflow",
 ]
 
 _app: Any = None

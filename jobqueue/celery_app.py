@@ -12,7 +12,7 @@ from celery import Celery
 from kombu.utils.objects import cached_property
 
 from jobqueue.config import Settings
-from jobqueue.routing import MAX_PRIORITY
+from jobqueue.routing import BROKER_MAX_PRIORITY, DEFAULT_PRIORITY, broker_priority
 
 
 class JobqueueCelery(Celery):
@@ -42,7 +42,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": max(1, round(settings.lease_interval)),
         "unacked_restore_throttle": 1,
-        "priority_steps": list(range(MAX_PRIORITY + 1)),
+        # One Redis list per broker priority level (see jobqueue.routing.broker_priority).
+        "priority_steps": list(range(BROKER_MAX_PRIORITY + 1)),
         "queue_order_strategy": "priority",
         "sep": ":",
     }
@@ -59,7 +60,15 @@ def create_app(settings: Settings | None = None, *, main: str = "jobqueue") -> J
         result_backend=settings.result_backend,
         broker_transport_options=broker_transport_options(settings),
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
+        # Priorities: 20 broker levels on both brokers (x-max-priority on RabbitMQ; our Redis
+        # transport lifts kombu's 0..9 clamp); a message sent without one gets the default.
+        task_queue_max_priority=BROKER_MAX_PRIORITY,
+        task_default_priority=broker_priority(DEFAULT_PRIORITY, is_redis=settings.is_redis),
     )
+    if settings.is_redis:
+        from jobqueue.redis_transport import TRANSPORT_PATH
+
+        app.conf.broker_transport = TRANSPORT_PATH
     # Imported here: tasks and worker steps need the app, not the other way round.
     from jobqueue.tasks import register_tasks
     from jobqueue.worker.bootsteps import install_worker_steps

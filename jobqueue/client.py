@@ -20,7 +20,7 @@ from typing import Any
 from celery import states as celery_states
 
 from jobqueue.connectors import connector_class
-from jobqueue.errors import InvalidPayloadError, JobError, JobFailed, SubmitError, WaitTimeout
+from jobqueue.errors import InvalidPayloadError, JobCancelled, JobError, JobFailed, SubmitError, WaitTimeout
 from jobqueue.events import CONTROL_CANCEL_JOB, RUN_JOB_TASK
 from jobqueue.routing import broker_priority, check_priority, service_queue
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
@@ -109,7 +109,8 @@ class JobHandle:
         if status == JobStatus.COMPLETED:
             return info
         if state == celery_states.REVOKED:
-            reason = info.get("reason") if isinstance(info, dict) else None
+            # A REVOKED result is an exception (Celery cannot read back a dict there).
+            reason = info.get("reason") if isinstance(info, dict) else (str(info) if info else None)
             raise JobFailed(self.id, JobStatus.CANCELLED.value, {"type": "JobCancelled", "message": reason or "cancelled"})
         raise JobFailed(self.id, status.value, _error_of(info))
 
@@ -129,7 +130,7 @@ class JobHandle:
         if self.status() in FINAL_JOB_STATES:
             return False
         # Mark it first, so a worker that starts it later (and never saw the revoke) skips it.
-        self.app.backend.store_result(self.id, {"reason": "cancelled by client"}, celery_states.REVOKED)
+        self.app.backend.store_result(self.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
         self.app.control.revoke(self.id)
         self.app.control.broadcast(CONTROL_CANCEL_JOB, arguments={"job_id": self.id})
         return True
@@ -148,27 +149,26 @@ def _check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
-def submit_job(
+def prepare_job(
     service: str,
     payload: dict[str, Any],
     *,
+    is_redis: bool,
     priority: int | None = None,
     queue: str | None = None,
     timeout: float | None = None,
     workflow_id: str | None = None,
     step: int | None = None,
-    app: Any = None,
     job_id: str | None = None,
     extra: dict[str, Any] | None = None,
-) -> JobHandle:
-    """Validate and enqueue one job; return its handle.
+    continuation: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate one job and build its message: ``(task kwargs, send options)``.
 
-    ``queue`` pins the job (``gpu0``, ``machine.<id>``, ``gpu0.<machine>``); by default it
-    goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent).
-    Raises :class:`~jobqueue.errors.UnknownServiceError` or
-    :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued).
+    The send options (``task_id``, ``queue``, broker ``priority``, ``kwargsrepr``) go to
+    ``send_task`` or a canvas signature. ``continuation`` marks a workflow step after the
+    first (it takes the upper broker level of its priority). Raises like :func:`submit_job`.
     """
-    app = app or _default_app()
     payload = connector_class(service).validate(payload)
     try:
         json.dumps(payload)
@@ -190,13 +190,39 @@ def submit_job(
         "submitted_at": time.time(),
         **(extra or {}),
     }
-    options = dict(meta)
-    app.send_task(
-        RUN_JOB_TASK,
-        kwargs={"service": service, "payload": payload, "options": options},
-        task_id=job_id,
-        queue=target,
-        priority=broker_priority(priority, is_redis=app.settings.is_redis),
-        kwargsrepr=json.dumps(meta, default=str),
+    send_options = {
+        "task_id": job_id,
+        "queue": target,
+        "priority": broker_priority(priority, is_redis=is_redis, continuation=continuation),
+        "kwargsrepr": json.dumps(meta, default=str),
+    }
+    return {"service": service, "payload": payload, "options": dict(meta)}, send_options
+
+
+def submit_job(
+    service: str,
+    payload: dict[str, Any],
+    *,
+    priority: int | None = None,
+    queue: str | None = None,
+    timeout: float | None = None,
+    workflow_id: str | None = None,
+    step: int | None = None,
+    app: Any = None,
+    job_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JobHandle:
+    """Validate and enqueue one job; return its handle.
+
+    ``queue`` pins the job (``gpu0``, ``machine.<id>``, ``gpu0.<machine>``); by default it
+    goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
+    Raises :class:`~jobqueue.errors.UnknownServiceError` or
+    :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued).
+    """
+    app = app or _default_app()
+    kwargs, send_options = prepare_job(
+        service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
+        timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
     )
-    return JobHandle(job_id, app)
+    app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+    return JobHandle(send_options["task_id"], app)

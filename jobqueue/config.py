@@ -118,6 +118,14 @@ class Settings:
     monitor_read_only: bool = False
     #: Worker heartbeat interval (s); the monitor calls a worker offline after 3 missed beats.
     heartbeat_interval: float = 2.0
+    #: The monitor keeps at most this many finished jobs (oldest pruned first).
+    monitor_keep_jobs: int = 10000
+    #: The monitor prunes finished jobs older than this (s).
+    monitor_keep_seconds: float = 7 * 24 * 3600.0
+    #: How often (s) the monitor reconciles its store with inspect() and the result backend.
+    monitor_repair_interval: float = 30.0
+    #: How many changes the monitor keeps for websocket clients that reconnect with ?since=.
+    monitor_changes_keep: int = 20000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -140,7 +148,28 @@ class Settings:
             changes["result_backend"] = default_result_backend(self.broker_url)
         if not self.machine_id:
             changes["machine_id"] = socket.gethostname()
-        return replace(self, **changes) if changes else self
+        settings = replace(self, **changes) if changes else self
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for values that would break the system quietly."""
+        for name in ("visibility_timeout", "lease_interval", "health_interval", "status_beat",
+                     "stall_timeout", "job_timeout", "heartbeat_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"JOBQUEUE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
+        # A lease renewed less often than the timeout lets a live job be handed out twice.
+        if self.lease_interval * 2 > self.visibility_timeout:
+            raise ConfigError(
+                f"JOBQUEUE_LEASE_INTERVAL ({self.lease_interval}) must be at most half of "
+                f"JOBQUEUE_VISIBILITY_TIMEOUT ({self.visibility_timeout})"
+            )
+        if self.max_retries < 0:
+            raise ConfigError(f"JOBQUEUE_MAX_RETRIES must be >= 0, got {self.max_retries}")
+        if self.gpu is not None and self.gpu < 0:
+            raise ConfigError(f"JOBQUEUE_GPU must be >= 0, got {self.gpu}")
+        if not 0 <= self.monitor_port <= 65535:
+            raise ConfigError(f"JOBQUEUE_MONITOR_PORT must be 0..65535, got {self.monitor_port}")
 
     def comfyui_url_for(self, gpu: int) -> str:
         """Return the ComfyUI URL a worker on ``gpu`` talks to."""

@@ -26,6 +26,14 @@ class InvalidPayloadError(SubmitError):
     """The job's payload was rejected by its connector's validation."""
 
 
+class ProcessFailed(JobqueueError):
+    """A process started by ``jobqueue up`` failed to start or died while running."""
+
+
+class MalformedEvent(JobqueueError):
+    """An event the monitor cannot use: unknown name, missing field or wrong type."""
+
+
 class JobError(JobqueueError):
     """Something went wrong with a job after it was enqueued."""
 
@@ -43,8 +51,22 @@ class JobFailed(JobError):
         super().__init__(text)
 
 
+class WorkflowFailed(JobFailed):
+    """A workflow ended at a failed, timed-out or cancelled step; ``step`` is its 1-based number."""
+
+    def __init__(self, workflow_id: str, step: int, failed: JobFailed) -> None:
+        super().__init__(failed.job_id, failed.status, failed.error)
+        self.workflow_id = workflow_id
+        self.step = step
+        self.args = (f"workflow {workflow_id} {failed.status} at step {step}: {failed}",)
+
+
 class WaitTimeout(JobError):
     """``JobHandle.wait()`` gave up before the job ended (the job itself goes on)."""
+
+
+class WorkflowNotFound(JobError):
+    """No workflow with that id is on record (never submitted, or its record expired)."""
 
 
 class ConnectorError(JobqueueError):

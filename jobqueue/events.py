@@ -14,7 +14,12 @@ of them jobqueue sends:
     (:class:`~jobqueue.states.ConnectorStatus`), ``message``, ``seq`` (per worker, increasing),
     ``details`` (service facts: version, device, VRAM...), ``connectors`` (all services of the
     worker), ``queues``, ``beat`` (True when re-sent on the steady beat, False on a change),
-    ``interval`` (the beat interval, so a consumer can tell a stale status).
+    ``interval`` (the beat interval, so a consumer can tell a stale status), ``since`` (wall
+    time the connector entered ``status``). ``seq`` starts at the worker process's start time
+    in ms, so it keeps increasing across restarts. While ``status`` is not idle/active the
+    worker does not consume the service's queue. The ``connector_status`` control command
+    answers ``{worker, machine_id, gpu, connectors: {service: {status, message, details, seq,
+    since}}, queues, seq, interval, running}`` with the statuses and seqs last sent.
 
 Job metadata (service, priority, workflow, step...) travels in the ``kwargs`` field of
 ``task-sent``/``task-received`` as a JSON object (we set Celery's ``kwargsrepr``), see

@@ -6,8 +6,11 @@
 * ``machine.<machine_id>``: consumed by every worker of one machine.
 * ``gpu<N>.<machine_id>``: one worker (one GPU of one machine).
 
-Priorities: callers use 0 (lowest) .. 9 (most urgent), like RabbitMQ. Redis orders priority
-steps the other way (0 first), so :func:`broker_priority` flips them there.
+Priorities: callers use 0 (lowest) .. 9 (most urgent), default 5, like RabbitMQ. Each caller
+priority owns two broker levels (20 in all): the upper one for a workflow's continuation steps,
+so a workflow that has started is finished before a later one starts at the same priority.
+Redis orders priority steps the other way (0 first), so :func:`broker_priority` flips them
+there. See docs/workflows.md.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from jobqueue.errors import SubmitError
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 #: Priority of a job that names none.
 DEFAULT_PRIORITY = 5
+#: Highest broker priority level: two levels per caller priority (Redis and RabbitMQ alike).
+BROKER_MAX_PRIORITY = 2 * (MAX_PRIORITY + 1) - 1
 
 
 def service_queue(service: str) -> str:
@@ -51,6 +56,21 @@ def check_priority(priority: int | None) -> int:
     return priority
 
 
-def broker_priority(priority: int, *, is_redis: bool) -> int:
-    """Translate a caller priority into the broker's: Redis takes 0 first, RabbitMQ 9 first."""
-    return MAX_PRIORITY - priority if is_redis else priority
+def broker_priority(priority: int, *, is_redis: bool, continuation: bool = False) -> int:
+    """Translate a caller priority into the broker's level (0..:data:`BROKER_MAX_PRIORITY`).
+
+    Caller priority ``p`` takes level ``2p`` (``2p + 1`` for a workflow's continuation step),
+    counted from the top on Redis, which takes 0 first, and from the bottom on RabbitMQ,
+    which takes the highest first.
+    """
+    level = 2 * priority + (1 if continuation else 0)
+    return BROKER_MAX_PRIORITY - level if is_redis else level
+
+
+def redis_queue_keys(queue: str, sep: str = ":") -> list[str]:
+    """The Redis lists that hold ``queue``'s messages, most urgent first (for queue lengths).
+
+    kombu keeps broker level 0 in the list named after the queue, level ``n`` in
+    ``<queue><sep><n>``.
+    """
+    return [f"{queue}{sep}{level}" if level else queue for level in range(BROKER_MAX_PRIORITY + 1)]

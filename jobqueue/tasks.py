@@ -22,6 +22,7 @@ from jobqueue.progress import ProgressTracker
 from jobqueue.states import PROGRESS
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.runtime import WorkerRuntime
+from jobqueue.workflows import run_step
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def _runtime(app: Any, hostname: str | None) -> WorkerRuntime:
 
 
 def _mark_cancelled(task: Any, reason: str) -> None:
-    task.update_state(state=celery_states.REVOKED, meta={"reason": reason})
+    # An exception, not a dict: Celery reads REVOKED results back as exceptions.
+    task.update_state(state=celery_states.REVOKED, meta=JobCancelled(reason))
     task.send_event("task-revoked", terminated=True, signum=None, expired=False)
 
 
@@ -109,5 +111,12 @@ def register_tasks(app: Any) -> None:
     """Register the job task on ``app``."""
 
     @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
-    def _run_job(self: Any, service: str, payload: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
-        return run_job(self, service, payload, options or {})
+    def _run_job(
+        self: Any, service: str, payload: dict[str, Any], options: dict[str, Any] | None = None,
+        previous: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        options = options or {}
+        if options.get("workflow_id"):
+            # A workflow step: $prev placeholders from ``previous``, later steps end with it.
+            return run_step(self, run_job, service, payload, options, previous)
+        return run_job(self, service, payload, options)

@@ -1,7 +1,13 @@
 """Worker bootsteps: what a jobqueue worker adds to Celery's worker.
 
 * :class:`RuntimeStep` builds the :class:`~jobqueue.worker.runtime.WorkerRuntime`
-  (identity + connectors), starts and stops it.
+  (identity + connectors), its :class:`~jobqueue.worker.status.StatusReporter` and its
+  :class:`~jobqueue.worker.health.HealthLoop`, and starts and stops them with the worker. It
+  lives as long as the worker process, so a broker reconnection never rebuilds the identity.
+* :class:`StatusStep` (a consumer step: it restarts with the broker connection) sends the
+  reporter's events through the consumer's event dispatcher and gates the service queues
+  (:class:`~jobqueue.worker.gate.ConsumerGate`). On worker shutdown it reports every connector
+  ``offline`` before the dispatcher closes.
 * :class:`LeaseStep` keeps running jobs' Redis leases fresh (see :mod:`jobqueue.worker.lease`).
 """
 
@@ -12,10 +18,19 @@ from typing import Any
 
 import redis
 from celery import bootsteps
+from celery.bootsteps import CLOSE, TERMINATE
 
+from jobqueue.worker.gate import ConsumerGate
+from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import LeaseKeeper
 from jobqueue.worker.runtime import WorkerRuntime
+from jobqueue.worker.status import Sender, StatusReporter
+
+#: Event group of ``connector-status`` (Celery filters events by the part before the first "-").
+CONNECTOR_GROUP = "connector"
+#: Longest the shutdown waits for the offline events to be sent.
+OFFLINE_FLUSH_TIMEOUT = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -30,29 +45,121 @@ def _identity_of(worker: Any) -> WorkerIdentity:
 
 
 class RuntimeStep(bootsteps.StartStopStep):
-    """Own the worker's connectors for the worker's whole life."""
+    """Own the worker's connectors, status reporter and health loop for the worker's life."""
 
     label = "jobqueue runtime"
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.runtime: WorkerRuntime | None = None
+        self.reporter: StatusReporter | None = None
+        self.health: HealthLoop | None = None
 
     def create(self, worker: Any) -> None:
-        self.runtime = WorkerRuntime(worker.app.settings, _identity_of(worker))
+        settings = worker.app.settings
+        identity = _identity_of(worker)
+        self.reporter = StatusReporter(identity, beat_interval=settings.status_beat)
+        self.runtime = WorkerRuntime(settings, identity, reporter=self.reporter)
+        self.health = HealthLoop(self.runtime.check_health, interval=settings.health_interval)
         worker.app.runtime = self.runtime
 
     def start(self, worker: Any) -> None:
-        assert self.runtime is not None
+        assert self.runtime is not None and self.reporter is not None and self.health is not None
+        self.reporter.start()
         self.runtime.start()
+        # The first check runs before the consumer starts, so a service that is not up yet
+        # never has its queue consumed (waiting_for_service until a check succeeds).
         self.runtime.check_health()
+        self.health.start()
 
     def stop(self, worker: Any) -> None:
+        if self.health is not None:
+            self.health.stop()
         if self.runtime is not None:
             self.runtime.stop()
+        if self.reporter is not None:
+            self.reporter.flush(OFFLINE_FLUSH_TIMEOUT)
+            self.reporter.stop()
 
     def shutdown(self, worker: Any) -> None:
         self.stop(worker)
+
+
+def dispatcher_sender(consumer: Any) -> Sender:
+    """A sender that publishes through ``consumer``'s current event dispatcher.
+
+    The dispatcher is looked up on every send: the consumer replaces it when it reconnects.
+    Celery's dispatcher serialises publishing with its own lock, so the reporter's thread
+    may share it with the event loop (heartbeats) and the pool (task events).
+    """
+
+    def send(event_type: str, fields: dict[str, Any]) -> None:
+        dispatcher = consumer.event_dispatcher
+        if dispatcher is None:
+            raise ConnectionError("the worker's event dispatcher is not connected")
+        groups = dispatcher.groups
+        if groups and CONNECTOR_GROUP not in groups:
+            groups.add(CONNECTOR_GROUP)
+        dispatcher.send(event_type, **fields)
+
+    return send
+
+
+class StatusStep(bootsteps.StartStopStep):
+    """Connect the runtime to the consumer: status events out, service queues gated."""
+
+    label = "jobqueue status"
+    requires = ("celery.worker.consumer.events:Events", "celery.worker.consumer.tasks:Tasks")
+
+    def _runtime(self, c: Any) -> WorkerRuntime | None:
+        runtime = getattr(c.app, "runtime", None)
+        return runtime if isinstance(runtime, WorkerRuntime) else None
+
+    def start(self, c: Any) -> None:
+        runtime = self._runtime(c)
+        if runtime is None:
+            return
+        if runtime.gate is None:
+            runtime.gate = ConsumerGate(runtime.statuses)
+        # Runs before the event loop consumes anything: unhealthy services' queues are
+        # dropped before a single message is fetched.
+        runtime.gate.bind(c)
+        dispatcher = c.event_dispatcher
+        if dispatcher is None or not dispatcher.enabled:
+            log.warning("worker events are disabled: connector status events will not be sent")
+        if runtime.reporter is not None:
+            runtime.reporter.attach(dispatcher_sender(c))
+
+    def stop(self, c: Any) -> None:
+        if c.blueprint.state in (CLOSE, TERMINATE):
+            self._offline(c)  # the worker is stopping, not just reconnecting
+            return
+        runtime = self._runtime(c)
+        if runtime is None:
+            return
+        if runtime.gate is not None:
+            runtime.gate.unbind()
+        if runtime.reporter is not None:
+            runtime.reporter.detach()
+
+    def shutdown(self, c: Any) -> None:
+        self._offline(c)
+
+    def terminate(self, c: Any) -> None:
+        self._offline(c)
+
+    def _offline(self, c: Any) -> None:
+        """Report every connector offline and send it while the dispatcher still works."""
+        runtime = self._runtime(c)
+        if runtime is None:
+            return
+        runtime.mark_offline()
+        if runtime.gate is not None:
+            runtime.gate.unbind()
+        if runtime.reporter is not None:
+            if not runtime.reporter.flush(OFFLINE_FLUSH_TIMEOUT):
+                log.warning("could not send every offline status before shutdown")
+            runtime.reporter.detach()
 
 
 class LeaseStep(bootsteps.StartStopStep):
@@ -88,6 +195,7 @@ def install_worker_steps(app: Any) -> None:
     """Add jobqueue's bootsteps and remote control commands to ``app``."""
     app.steps["worker"].add(RuntimeStep)
     app.steps["worker"].add(LeaseStep)
+    app.steps["consumer"].add(StatusStep)
     from jobqueue.worker import control  # registers the control commands
 
     control.register()

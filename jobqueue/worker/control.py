@@ -1,7 +1,9 @@
 """Remote control commands a jobqueue worker answers.
 
 * ``connector_status`` (inspect): the worker's identity and every connector's status, so a
-  monitor that starts late asks instead of waiting for the next beat.
+  monitor that starts late asks instead of waiting for the next beat. Each status is the one
+  last *reported*, with the ``seq`` of the ``connector-status`` event that carried it, so the
+  answer merges with the event stream by sequence number.
 * ``cancel_job`` (control): cancel a job this worker is running (flag it, tell its service).
 
 Celery keeps its command registry in ``celery.worker.control.Panel``; importing this module
@@ -23,7 +25,7 @@ def _runtime(state: Any) -> Any:
 
 @inspect_command(name=CONTROL_CONNECTOR_STATUS)
 def connector_status(state: Any) -> dict[str, Any]:
-    """Return identity + connector statuses of this worker."""
+    """Return identity + connector statuses (with their event ``seq``) of this worker."""
     runtime = _runtime(state)
     if runtime is None:
         return {"error": "jobqueue runtime not started"}

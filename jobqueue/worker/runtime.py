@@ -1,9 +1,26 @@
-"""The worker's runtime: its connectors and the jobs it is running right now.
+"""The worker's runtime: its connectors, their lifecycle, and the jobs it is running right now.
 
 One :class:`WorkerRuntime` lives in each worker process (the bootstep creates it and hangs it
 on ``app.runtime``). Tasks ask it for their connector and register the job they run, so a
 ``cancel_job`` control command can reach the running job, and so connector status follows
-jobs (active when one starts, idle when it ends).
+jobs.
+
+Each connector goes through ``starting -> waiting_for_service -> idle <-> active``, ``error``
+(with the reason) and ``offline``:
+
+* ``starting`` while the connector opens its resources;
+* the first health check that fails gives ``waiting_for_service`` (the service is not up yet),
+  one that succeeds gives ``idle``; after the service was healthy once, a failed check gives
+  ``error`` with the service's reason;
+* ``active`` while a job runs, ``idle`` when it ends; a job that fails because the service went
+  away (:class:`~jobqueue.errors.ServiceUnavailable`, :class:`~jobqueue.errors.JobStalled`)
+  turns the connector to ``error`` with that message at once, without waiting for the next
+  health check;
+* ``offline`` when the worker stops (:meth:`WorkerRuntime.mark_offline`); nothing changes a
+  status after that.
+
+Every change reaches the status reporter (events) and the consumer gate (which stops consuming
+the service's queue while the connector is unhealthy).
 """
 
 from __future__ import annotations
@@ -15,13 +32,20 @@ from typing import Any
 
 from jobqueue.config import Settings
 from jobqueue.connectors import Connector, Job, connector_class
-from jobqueue.errors import UnknownServiceError
+from jobqueue.errors import JobStalled, ServiceUnavailable, UnknownServiceError
 from jobqueue.states import ConnectorStatus
 from jobqueue.worker.identity import WorkerIdentity
 
 log = logging.getLogger(__name__)
 
 ConnectorFactory = Callable[[str, Settings, int], Connector]
+
+#: Errors that say the service itself is gone: the connector turns to ``error`` at once.
+SERVICE_ERRORS: tuple[type[BaseException], ...] = (ServiceUnavailable, JobStalled)
+
+#: Longest a task thread waits for the consumer to stop taking the service's jobs after the
+#: service failed under it (so its ack cannot let the same worker pick up the retry).
+STEP_ASIDE_WAIT = 2.0
 
 
 def default_connector_factory(service: str, settings: Settings, gpu: int) -> Connector:
@@ -38,6 +62,7 @@ class WorkerRuntime:
         identity: WorkerIdentity,
         *,
         factory: ConnectorFactory = default_connector_factory,
+        reporter: Any = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -45,11 +70,41 @@ class WorkerRuntime:
             service: factory(service, settings, identity.gpu) for service in identity.connectors
         }
         self._jobs: dict[str, tuple[Job, Connector]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._ever_healthy: set[str] = set()
+        self._closing = False
+        #: The :class:`~jobqueue.worker.status.StatusReporter` (None: statuses are not sent).
+        self.reporter = reporter
+        #: The :class:`~jobqueue.worker.gate.ConsumerGate`, set by the consumer bootstep.
+        self.gate: Any = None
+        for connector in self.connectors.values():
+            connector.add_listener(self._on_status)
+            self._report(connector)
+
+    # -- status plumbing -------------------------------------------------------------------
+    def _report(self, connector: Connector) -> None:
+        if self.reporter is not None:
+            # Read the connector's *current* status, not the listener's argument: two threads
+            # may change it at once and their listeners may run in either order.
+            self.reporter.record(connector.service, connector.status, connector.message, connector.details)
+
+    def _on_status(self, connector: Connector, status: ConnectorStatus, message: str) -> None:
+        self._report(connector)
+        if self.gate is not None:
+            self.gate.request_sync()
+
+    def statuses(self) -> dict[str, ConnectorStatus]:
+        """Every connector's current status (lock-free: the gate calls it from the event loop)."""
+        return {service: c.status for service, c in self.connectors.items()}
+
+    @property
+    def closing(self) -> bool:
+        """True once the worker is stopping: statuses no longer change."""
+        return self._closing
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Start every connector (open sockets...)."""
+        """Start every connector (open sockets...); they stay ``starting`` until checked."""
         for connector in self.connectors.values():
             try:
                 connector.start()
@@ -57,8 +112,16 @@ class WorkerRuntime:
                 log.exception("connector %s failed to start", connector.service)
                 connector.set_status(ConnectorStatus.ERROR, f"start failed: {exc}")
 
+    def mark_offline(self, message: str = "worker stopping") -> None:
+        """Report every connector ``offline``; from now on nothing changes a status."""
+        with self._lock:
+            self._closing = True
+            for connector in self.connectors.values():
+                connector.set_status(ConnectorStatus.OFFLINE, message)
+
     def stop(self) -> None:
-        """Cancel running jobs' service-side work and stop every connector."""
+        """Report offline, then stop every connector."""
+        self.mark_offline()
         for connector in self.connectors.values():
             try:
                 connector.stop()
@@ -76,19 +139,43 @@ class WorkerRuntime:
                 f"(it has: {', '.join(sorted(self.connectors)) or 'none'})"
             ) from None
 
+    def _busy_with(self, connector: Connector) -> list[str]:
+        return [job_id for job_id, (_, c) in self._jobs.items() if c is connector]
+
     def job_started(self, job: Job, connector: Connector) -> None:
-        """Register a running job; its connector becomes active."""
+        """Register a running job; a healthy connector becomes active.
+
+        An unhealthy connector keeps its status: a job that reached it anyway (pinned to this
+        worker, or taken just before the service failed) must not make it look healthy and
+        resume consumption.
+        """
         with self._lock:
             self._jobs[job.id] = (job, connector)
-        connector.set_status(ConnectorStatus.ACTIVE, f"running job {job.id}")
+            if not self._closing and connector.status.is_healthy:
+                connector.set_status(ConnectorStatus.ACTIVE, f"running job {job.id}")
 
     def job_finished(self, job: Job, connector: Connector, error: BaseException | None = None) -> None:
-        """Forget a job; its connector goes back to idle unless the service itself failed."""
+        """Forget a job; its connector goes back to idle, or to error when the service failed.
+
+        After a service failure, wait (briefly) until the consumer no longer takes the
+        service's queue, so the retry this job just published goes to a healthy worker.
+        """
+        service_failed = isinstance(error, SERVICE_ERRORS)
         with self._lock:
             self._jobs.pop(job.id, None)
-            still_busy = any(c is connector for _, c in self._jobs.values())
-        if connector.status == ConnectorStatus.ACTIVE and not still_busy:
-            connector.set_status(ConnectorStatus.IDLE)
+            busy = self._busy_with(connector)
+            if self._closing:
+                return
+            if service_failed:
+                connector.set_status(ConnectorStatus.ERROR, str(error))
+            elif connector.status == ConnectorStatus.ACTIVE:
+                if busy:
+                    connector.set_status(ConnectorStatus.ACTIVE, f"running job {busy[0]}")
+                else:
+                    connector.set_status(ConnectorStatus.IDLE)
+        if service_failed and self.gate is not None:
+            if not self.gate.request_sync().wait(STEP_ASIDE_WAIT):
+                log.warning("consumer did not stop taking %s jobs within %s s", connector.service, STEP_ASIDE_WAIT)
 
     def running_jobs(self) -> list[str]:
         """Ids of the jobs running now."""
@@ -110,30 +197,61 @@ class WorkerRuntime:
         return True
 
     def snapshot(self) -> dict[str, Any]:
-        """Identity plus every connector's status, as the control command returns it."""
-        return {
-            **self.identity.as_fields(),
-            "connectors": {
-                s: {"status": c.status.value, "message": c.message, "details": c.details}
-                for s, c in self.connectors.items()
-            },
-            "running": self.running_jobs(),
-        }
+        """Identity plus every connector's status, as the control command returns it.
+
+        With a reporter, the statuses are the ones last reported, with the ``seq`` of the
+        event that carried them, so a monitor can merge this answer with the event stream.
+        """
+        with self._lock:
+            running = list(self._jobs)
+            if self.reporter is not None:
+                reported = self.reporter.snapshot()
+            else:
+                reported = {
+                    "seq": None,
+                    "interval": None,
+                    "connectors": {
+                        s: {"status": c.status.value, "message": c.message, "details": c.details}
+                        for s, c in self.connectors.items()
+                    },
+                }
+        return {**self.identity.as_fields(), **reported, "running": running}
 
     # -- health ----------------------------------------------------------------------------
     def check_health(self) -> None:
-        """Ask every connector's service once and record the answer.
-
-        A connector running a job stays ``active`` while its service answers healthy.
-        """
+        """Ask every connector's service once and record the answer (see the module doc)."""
         for connector in self.connectors.values():
             try:
                 health = connector.check_health()
+                status, message, details = health.status, health.message, dict(health.details)
             except Exception as exc:  # check_health must not raise; be safe anyway
-                connector.set_status(ConnectorStatus.ERROR, f"health check failed: {exc}")
-                continue
-            status = health.status
-            if status == ConnectorStatus.IDLE and connector.status == ConnectorStatus.ACTIVE:
-                status = ConnectorStatus.ACTIVE
-            message = connector.message if status == ConnectorStatus.ACTIVE else health.message
-            connector.set_status(status, message, health.details)
+                status, message, details = ConnectorStatus.ERROR, f"health check failed: {exc}", None
+            self._apply_health(connector, ConnectorStatus(status), message, details)
+
+    def _apply_health(
+        self, connector: Connector, status: ConnectorStatus, message: str, details: dict[str, Any] | None
+    ) -> None:
+        service = connector.service
+        with self._lock:
+            if self._closing:
+                return
+            if status.is_healthy:
+                self._ever_healthy.add(service)
+                busy = self._busy_with(connector)
+                if busy:
+                    status, message = ConnectorStatus.ACTIVE, f"running job {busy[0]}"
+                else:
+                    status = ConnectorStatus.IDLE
+            elif service not in self._ever_healthy and status in (
+                ConnectorStatus.ERROR,
+                ConnectorStatus.WAITING_FOR_SERVICE,
+                ConnectorStatus.STARTING,
+            ):
+                status = ConnectorStatus.WAITING_FOR_SERVICE
+                message = message or "waiting for the service to come up"
+            elif status in (ConnectorStatus.WAITING_FOR_SERVICE, ConnectorStatus.STARTING):
+                # It was up before: a service that is not answering now is an error.
+                status = ConnectorStatus.ERROR
+                message = message or "service not ready"
+            if not connector.set_status(status, message, details):
+                self._report(connector)  # same status: only the service's facts may be new

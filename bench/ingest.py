@@ -1,0 +1,398 @@
+"""Event ingestion: how many events each consumer keeps at rising offered rates.
+
+One publisher puts a realistic pre-encoded event mix (see :mod:`bench.events_mix`) straight
+onto Redis pub/sub at a controlled rate -- the way kombu's fanout does, because a Python
+``Dispatcher`` tops out near 3,000 events/s here. Three consumers of the same stream run in
+their own processes, side by side:
+
+* ``jobqueue``: our monitor (collector + SQLite store), started as ``jobqueue monitor``;
+  counted from its ``/healthz`` collector counters.
+* ``bare``: Celery's ``EventReceiver`` + ``State``, doing nothing else; counted in-process.
+* ``flower``: Flower 2.x (``celery flower``), counted from ``flower_events_total`` on its
+  ``/metrics`` (Flower counts task events only there, so it is compared against those).
+
+Every rate step gets fresh consumers and a private Redis server with stock settings (its
+``client-output-buffer-limit pubsub 32mb 8mb 60`` is what drops a slow consumer).
+
+    python -m bench.ingest --rates 2000,4000,7000,12000 --events 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import re
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from bench.common import (
+    Process,
+    RedisServer,
+    bench_settings,
+    child_env,
+    encode_event,
+    event_channel,
+    fmt_table,
+    free_port,
+)
+from bench.events_mix import EncodedStream, build_stream
+
+#: Consumers that can take part.
+ALL_CONSUMERS = ("jobqueue", "bare", "flower")
+#: Seconds without any count moving after which a consumer is considered drained.
+SETTLE_SECONDS = 5.0
+
+
+# -- consumers ---------------------------------------------------------------------------------
+def _bare_main(url: str, total: Any, tasks: Any) -> None:
+    """Child process: Celery's bare Receiver + State, counting events."""
+    from celery import Celery
+
+    app = Celery("bench-bare", broker=url, set_as_current=False)
+    state = app.events.State()
+
+    def on_event(event: dict[str, Any]) -> None:
+        state.event(event)
+        total.value += 1
+        if event["type"].startswith("task-"):
+            tasks.value += 1
+
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": on_event})
+        receiver.capture(limit=None, timeout=None, wakeup=False)
+
+
+class BareConsumer:
+    """Celery's ``EventReceiver`` + ``State`` in a child process."""
+
+    name = "bare"
+    counts_task_events_only = False
+
+    def __init__(self, url: str, workdir: Path) -> None:
+        ctx = mp.get_context("spawn")
+        self._total = ctx.RawValue("q", 0)
+        self._tasks = ctx.RawValue("q", 0)
+        self._proc = ctx.Process(target=_bare_main, args=(url, self._total, self._tasks), daemon=True)
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def count(self) -> int:
+        return int(self._total.value)
+
+    @property
+    def pid(self) -> int:
+        return int(self._proc.pid or 0)
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.join(10)
+
+
+_FLOWER_EVENTS = re.compile(r"^flower_events_total\{[^}]*\}\s+([0-9.eE+]+)", re.M)
+
+
+class FlowerConsumer:
+    """Flower 2.x (``celery -A jobqueue flower``), counted from ``/metrics``."""
+
+    name = "flower"
+    counts_task_events_only = True
+
+    def __init__(self, url: str, workdir: Path) -> None:
+        self.port = free_port()
+        settings = bench_settings(url, workdir)
+        cmd = [sys.executable, "-m", "celery", "-A", "jobqueue", "flower", f"--port={self.port}",
+               "--address=127.0.0.1", "--inspect_timeout=1000"]
+        self.process = Process(cmd, child_env(settings), workdir / "flower.log")
+
+    def start(self) -> None:
+        self.process.start()
+
+    def count(self) -> int:
+        try:
+            text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        except requests.RequestException:
+            return 0
+        return int(sum(float(m) for m in _FLOWER_EVENTS.findall(text)))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def _collector_main(url: str, db_url: str, counts: Any, stop: Any) -> None:
+    """Child process: our monitor's collector + writer + SQLite store, nothing else."""
+    from jobqueue.config import Settings
+    from monitor.broker import monitor_celery_app
+    from monitor.collector import EventCollector
+    from monitor.hub import ChangeHub
+    from monitor.store import Store
+    from monitor.writer import Writer
+
+    settings = Settings(broker_url=url, result_backend=url, monitor_db=db_url,
+                        monitor_keep_jobs=10_000_000).resolved()
+    app = monitor_celery_app(settings)
+    store = Store.from_settings(settings)
+    writer = Writer(store, ChangeHub()).start()
+    collector = EventCollector(app, writer).start()
+    def track_committed() -> None:
+        # Persisted = events handed to the writer before a marker, once the marker came out
+        # of the writer's queue (so all of them are committed), minus dropped/failed ones.
+        while not stop.is_set():
+            handed = collector.received
+            if writer.wait_idle(600):
+                c = writer.counts
+                counts[0] = handed - c["dropped"] - c["errors"]
+            stop.wait(0.1)
+
+    threading.Thread(target=track_committed, daemon=True).start()
+    while not stop.wait(0.1):
+        counts[1] = writer.backlog
+        counts[2] = writer.counts["dropped"]
+        counts[3] = collector.received
+    collector.stop()
+    writer.stop()
+    store.close()
+
+
+class JobqueueConsumer:
+    """Our monitor's collector + writer + SQLite store (monitor.collector/writer/store) in a
+    child process; counts what the writer committed to SQLite."""
+
+    name = "jobqueue"
+    counts_task_events_only = False
+
+    def __init__(self, url: str, workdir: Path) -> None:
+        ctx = mp.get_context("spawn")
+        self.db_path = workdir / f"monitor-{uuid.uuid4().hex[:6]}.db"
+        self._counts = ctx.RawArray("q", 4)
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(target=_collector_main, daemon=True,
+                                 args=(url, f"sqlite:///{self.db_path}", self._counts, self._stop))
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def count(self) -> int:
+        return int(self._counts[0])
+
+    def completed_jobs(self) -> int:
+        """Jobs the store holds as completed (read from the SQLite file after the run)."""
+        import sqlite3
+
+        with sqlite3.connect(self.db_path) as db:
+            return int(db.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()[0])
+
+    def progress(self) -> tuple[int, ...]:
+        """Moves while anything is still happening (received, backlog, committed)."""
+        return tuple(int(v) for v in self._counts)
+
+    def stats(self) -> dict[str, int]:
+        return {"backlog": int(self._counts[1]), "dropped": int(self._counts[2]), "received": int(self._counts[3])}
+
+    @property
+    def pid(self) -> int:
+        return int(self._proc.pid or 0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._proc.join(20)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+
+
+CONSUMERS: dict[str, Callable[[str, Path], Any]] = {
+    "bare": BareConsumer,
+    "flower": FlowerConsumer,
+    "jobqueue": JobqueueConsumer,
+}
+
+
+# -- publishing --------------------------------------------------------------------------------
+def publish(client: redis.Redis, messages: list[tuple[str, bytes]], rate: float,
+            max_batch: int = 2000) -> float:
+    """Publish ``messages`` at ``rate`` per second (pipelined in small batches); return the
+    seconds it took."""
+    start = time.perf_counter()
+    sent = 0
+    total = len(messages)
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1, sent + max_batch)
+        if due <= sent:
+            time.sleep(0.001)
+            continue
+        pipe = client.pipeline(transaction=False)
+        for channel, body in messages[sent:due]:
+            pipe.publish(channel, body)
+        pipe.execute()
+        sent = due
+    return time.perf_counter() - start
+
+
+def _warm_up(client: redis.Redis, db: int, consumers: list[Any], timeout: float = 90.0) -> None:
+    """Publish one task event every 50 ms until every consumer has counted one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        event = {"type": "task-received", "uuid": f"warmup-{uuid.uuid4()}", "name": "warmup",
+                 "hostname": "warmup@bench", "timestamp": time.time(), "clock": 0, "utcoffset": 0, "pid": 1}
+        client.publish(event_channel(db, event["type"]), encode_event(event))
+        if all(c.count() > 0 for c in consumers):
+            return
+        if time.monotonic() > deadline:
+            missing = [c.name for c in consumers if c.count() == 0]
+            raise TimeoutError(f"consumers never received a warm-up event: {missing}")
+        time.sleep(0.05)
+
+
+def _settled_counts(consumers: list[Any], quiet: float = 1.0, timeout: float = 30.0) -> dict[str, int]:
+    """Counts once none has moved for ``quiet`` seconds."""
+    last = {c.name: c.count() for c in consumers}
+    since = time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = {c.name: c.count() for c in consumers}
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+def run_step(rate: float, events: int, consumer_names: list[str], *, workers: int = 50,
+             progress_steps: int = 10, drain_timeout: float = 120.0, verbose: bool = True) -> list[dict[str, Any]]:
+    """One rate step: fresh Redis and consumers, ``events`` events offered at ``rate``/s."""
+    db = 0
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    (workdir / "redis").mkdir()
+    server = RedisServer(workdir=workdir / "redis").start()
+    url = server.url(db)
+    client = redis.Redis.from_url(url)
+    consumers = [CONSUMERS[name](url, workdir) for name in consumer_names]
+    try:
+        encode_started = time.perf_counter()
+        stream: EncodedStream = build_stream(events, rate, time.time() + 30, db=db, workers=workers,
+                                             progress_steps=progress_steps)
+        if verbose:
+            print(f"  encoded {events:,} events in {time.perf_counter() - encode_started:.1f} s "
+                  f"({stream.jobs:,} jobs, {stream.task_events:,} task events)", flush=True)
+        for consumer in consumers:
+            consumer.start()
+        _warm_up(client, db, consumers)
+        baseline = _settled_counts(consumers)
+        samples: dict[str, list[tuple[float, int]]] = {c.name: [] for c in consumers}
+        started = time.monotonic()
+        published: dict[str, float] = {}
+        publisher = threading.Thread(
+            target=lambda: published.update(seconds=publish(client, stream.messages, rate)), daemon=True)
+        publisher.start()
+        peak: dict[str, int] = {c.name: 0 for c in consumers}
+        deadline = None
+        last_change = time.monotonic()
+        last_counts: dict[str, Any] = {}
+        expected = {c.name: stream.task_events if c.counts_task_events_only else events for c in consumers}
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = time.monotonic()
+            counts = {c.name: c.count() - baseline[c.name] for c in consumers}
+            for consumer in consumers:
+                samples[consumer.name].append((now - started, counts[consumer.name]))
+                stats = getattr(consumer, "stats", None)
+                if stats is not None:
+                    peak[consumer.name] = max(peak[consumer.name], stats()["backlog"])
+            if publisher.is_alive():
+                continue
+            if deadline is None:
+                deadline = now + drain_timeout
+                if verbose:
+                    print(f"  published at {events / published['seconds']:,.0f}/s for "
+                          f"{published['seconds']:.1f} s; draining", flush=True)
+            moving = {c.name: _progress(c) for c in consumers}
+            if moving != last_counts:
+                last_counts, last_change = moving, now
+            if all(counts[n] >= expected[n] for n in counts) or now - last_change > SETTLE_SECONDS:
+                break
+        seconds = published["seconds"]
+        offered = events / seconds
+        drops = _pubsub_drops(server)
+        rows = []
+        for consumer in consumers:
+            expected_n = stream.task_events if consumer.counts_task_events_only else events
+            series = samples[consumer.name]
+            kept = series[-1][1] if series else 0
+            done_at = next((t for t, v in series if v >= kept), seconds)
+            rows.append({
+                "offered/s": round(offered),
+                "consumer": consumer.name,
+                "expected": expected_n,
+                "kept": kept,
+                "lost": max(0, expected_n - kept),
+                "kept %": 100.0 * kept / expected_n if expected_n else float("nan"),
+                "processed/s": round(kept / max(done_at, seconds)),
+                "drain s": round(max(0.0, done_at - seconds), 1),
+                "peak backlog": peak[consumer.name] if hasattr(consumer, "stats") else "",
+            })
+        if verbose:
+            print(f"  redis dropped {drops} pub/sub connection(s) for output-buffer limits", flush=True)
+        for consumer in consumers:
+            if isinstance(consumer, JobqueueConsumer):
+                consumer.stop()
+                print(f"  jobqueue store: {consumer.completed_jobs():,} jobs completed of "
+                      f"{stream.by_type.get('task-succeeded', 0):,} in the stream", flush=True)
+        for row in rows:
+            row["redis drops (all)"] = drops
+        return rows
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+        client.close()
+        server.stop()
+
+
+def _progress(consumer: Any) -> Any:
+    progress = getattr(consumer, "progress", None)
+    return progress() if progress is not None else consumer.count()
+
+
+def _pubsub_drops(server: RedisServer) -> int:
+    """How many clients Redis closed for overrunning their output buffer (from its log)."""
+    log = server.dir / "redis.log"
+    if not log.exists():
+        return 0
+    return log.read_text(errors="replace").count("output buffer limits")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="2000,4000,7000,12000", help="offered events/s, comma separated")
+    parser.add_argument("--events", type=int, default=200_000, help="events per rate step (>= 200k for the table)")
+    parser.add_argument("--consumers", default=",".join(ALL_CONSUMERS))
+    parser.add_argument("--progress-steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.consumers.split(",") if n.strip()]
+    unknown = set(names) - set(ALL_CONSUMERS)
+    if unknown:
+        parser.error(f"unknown consumer(s): {sorted(unknown)}")
+    rows: list[dict[str, Any]] = []
+    for rate in (float(r) for r in args.rates.split(",")):
+        print(f"rate step {rate:,.0f} events/s, {args.events:,} events, consumers {names}", flush=True)
+        rows.extend(run_step(rate, args.events, names, progress_steps=args.progress_steps))
+        print(fmt_table(rows[-len(names):], list(rows[-1])), flush=True)
+    print()
+    print(fmt_table(rows, list(rows[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The ``jobqueue`` command line (click).
+
+    jobqueue up                                   # broker (embedded if needed), worker, monitor
+    jobqueue submit simulation '{"steps": 5}' --wait
+    jobqueue status <job id>
+    jobqueue worker -Q gpu1                       # = celery -A jobqueue worker -Q gpu1
+
+Settings come from ``JOBQUEUE_*`` variables (docs/configuration.md), read once per command.
+Adding a subcommand is one decorated function below (``@main.command()``); import heavy
+modules inside it so ``jobqueue --help`` stays fast and works when an optional part is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from jobqueue.config import Settings
+from jobqueue.errors import ConfigError, JobFailed, SubmitError, WaitTimeout
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or a clean CLI error naming the bad variable."""
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+
+
+@contextmanager
+def celery_app() -> Iterator[Any]:
+    """A Celery app for one command, closed afterwards (no process-wide app in the CLI)."""
+    from jobqueue.celery_app import create_app
+
+    app = create_app(load_settings())
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def parse_payload(text: str) -> dict[str, Any]:
+    """The PAYLOAD_JSON argument as a dict, or a usage error saying what is wrong with it."""
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="PAYLOAD_JSON") from None
+    if not isinstance(payload, dict):
+        raise click.BadParameter(f"must be a JSON object, got {type(payload).__name__}",
+                                 param_hint="PAYLOAD_JSON")
+    return payload
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="jobqueue")
+def main() -> None:
+    """jobqueue: image-generation jobs on GPU workers through Celery."""
+
+
+@main.command()
+@click.option("-Q", "--queues", default="gpu0", show_default=True, help="Queues of the one worker.")
+@click.option("--comfyui-port", type=int, default=8188, show_default=True,
+              help="Port for the ComfyUI simulator (a free one if busy).")
+@click.option("--no-comfyui-sim", is_flag=True, help="Do not start the ComfyUI simulator.")
+@click.option("--no-monitor", is_flag=True, help="Do not start the monitor.")
+@click.option("--stop-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds each process gets to stop before it is killed.")
+def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, stop_timeout: float) -> None:
+    """Run everything: broker (embedded Redis if none answers), worker, simulator, monitor.
+
+    Ctrl-C stops everything. Exits non-zero when a process dies on its own.
+    """
+    from jobqueue.up import UpOptions, run_up
+
+    options = UpOptions(queues=queues, comfyui_sim=not no_comfyui_sim, comfyui_port=comfyui_port,
+                        monitor=not no_monitor, stop_timeout=stop_timeout)
+    try:
+        code = run_up(os.environ, options)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("service")
+@click.argument("payload_json")
+@click.option("--wait", is_flag=True, help="Wait for the result, with a progress bar (on stderr).")
+@click.option("--priority", type=int, default=None, help="0 (lowest) .. 9 (most urgent); default 5.")
+@click.option("--queue", default=None, help="Pin the job: gpu0, machine.<id>, gpu0.<id>.")
+@click.option("--timeout", type=float, default=None, help="The job's own time limit in seconds.")
+@click.option("--wait-timeout", type=float, default=None,
+              help="With --wait: stop waiting after this many seconds (the job goes on).")
+def submit(service: str, payload_json: str, wait: bool, priority: int | None, queue: str | None,
+           timeout: float | None, wait_timeout: float | None) -> None:
+    """Submit a job to SERVICE with PAYLOAD_JSON.
+
+    Prints the job id. With --wait, prints the id on stderr, shows real progress and prints
+    the result as JSON on stdout; exits 1 with the error when the job fails.
+    """
+    from kombu.exceptions import OperationalError
+
+    from jobqueue.client import submit_job
+    from jobqueue.embedded import broker_answers
+
+    payload = parse_payload(payload_json)
+    with celery_app() as app:
+        if not broker_answers(app.settings.broker_url):
+            raise click.ClickException(
+                f"broker {app.settings.broker_url} does not answer (is `jobqueue up` running? "
+                "is JOBQUEUE_BROKER_URL right?)")
+        try:
+            handle = submit_job(service, payload, priority=priority, queue=queue, timeout=timeout, app=app)
+        except SubmitError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OperationalError as exc:
+            raise click.ClickException(f"broker {app.settings.broker_url} unreachable: {exc}") from None
+        if not wait:
+            click.echo(handle.id)
+            return
+        click.echo(f"job {handle.id}", err=True)
+        result = _wait_with_progress_bar(handle, wait_timeout)
+    click.echo(_dump(result))
+
+
+def _describe(progress: dict[str, Any] | None) -> str:
+    if not progress:
+        return ""
+    text = progress.get("message") or ""
+    eta = progress.get("eta_seconds")
+    return f"{text} (eta {eta:.1f} s)" if isinstance(eta, (int, float)) else text
+
+
+def _wait_with_progress_bar(handle: Any, wait_timeout: float | None) -> Any:
+    """Wait for ``handle`` while a bar on stderr follows the job's reported percent."""
+    shown = 0
+    with click.progressbar(length=100, label="progress", file=sys.stderr, show_eta=False,
+                           item_show_func=_describe) as bar:
+
+        def on_progress(progress: dict[str, Any]) -> None:
+            nonlocal shown
+            percent = int(progress.get("percent") or 0)
+            bar.update(max(0, percent - shown), progress)
+            shown = max(shown, percent)
+
+        try:
+            result = handle.wait(timeout=wait_timeout, on_progress=on_progress)
+        except JobFailed as exc:
+            raise click.ClickException(str(exc)) from None
+        except WaitTimeout as exc:
+            raise click.ClickException(str(exc)) from None
+        bar.update(100 - shown, {"message": "done"})
+    return result
+
+
+@main.command()
+@click.argument("job_id")
+def status(job_id: str) -> None:
+    """Print JOB_ID's status and progress as JSON (and its result or error once it ended).
+
+    An id the result backend has never seen reads as "queued", like a job still waiting.
+    """
+    from jobqueue.client import get_job
+    from jobqueue.states import JobStatus
+
+    with celery_app() as app:
+        handle = get_job(job_id, app=app)
+        state = handle.status()
+        report: dict[str, Any] = {"id": job_id, "status": state.value, "progress": handle.progress()}
+        if state == JobStatus.COMPLETED:
+            report["result"] = handle.result()
+        elif state.is_final:
+            try:
+                handle.result()
+            except JobFailed as exc:
+                report["error"] = exc.error
+    click.echo(_dump(report))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": []})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_args: tuple[str, ...]) -> None:
+    """Start a worker: the same as ``celery -A jobqueue worker CELERY_ARGS...``."""
+    argv = [sys.executable, "-m", "celery", "-A", "jobqueue", "worker", *celery_args]
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default JOBQUEUE_MONITOR_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default JOBQUEUE_MONITOR_PORT, 5555).")
+def monitor(host: str | None, port: int | None) -> None:
+    """Run the monitor (collector, store from JOBQUEUE_MONITOR_DB, API, dashboard)."""
+    import logging
+
+    from monitor.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(load_settings(), host, port)
+
+
+if __name__ == "__main__":
+    main()

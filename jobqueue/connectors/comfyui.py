@@ -1,0 +1,579 @@
+"""The ``comfyui`` connector: run an API-format workflow on one ComfyUI, never hang.
+
+How one job runs (the protocol details live in :mod:`jobqueue.connectors.comfyui_protocol`):
+
+1. The websocket ``/ws?clientId=<ours>`` is open before anything is posted (it stays open
+   between jobs; a reader thread reconnects it with capped backoff).
+2. POST /prompt with our ``client_id`` and a fresh ``prompt_id``; a 400 fails the job at
+   once with ComfyUI's error type, message and node errors.
+3. Messages for our prompt move a :class:`PromptTracker`; progress is reported from it.
+4. Right after the POST, and whenever the socket has been quiet for ``QUIET_POLL`` seconds,
+   GET /queue and /history/{id} tell whether the prompt already ended (a cached run ends in
+   milliseconds, before any message), is still queued/running, or was lost.
+5. Every end is confirmed through GET /history/{id}; outputs are fetched via GET /view into
+   ``Settings.output_dir/<job id>/``.
+
+Stall: no websocket message and no change in /queue for ``stall_timeout`` seconds raises
+:class:`JobStalled` (retried elsewhere); the job's absolute timeout comes from ``job.check()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+import websocket
+
+from jobqueue.config import Settings
+from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
+from jobqueue.connectors.comfyui_protocol import (
+    ERROR,
+    INTERRUPTED,
+    SUCCESS,
+    PromptTracker,
+    describe_execution_error,
+    describe_validation_error,
+    history_entry,
+    outcome_from_history,
+    output_files,
+    queue_position,
+    queue_snapshot,
+)
+from jobqueue.errors import (
+    ExecutionFailed,
+    InvalidPayloadError,
+    JobCancelled,
+    JobStalled,
+    JobTimedOut,
+    ServiceUnavailable,
+)
+from jobqueue.states import ConnectorStatus
+
+log = logging.getLogger(__name__)
+
+#: Seconds of websocket silence after which /queue and /history are polled.
+QUIET_POLL = 2.0
+#: Timeout (s) of GET /system_stats in health checks.
+HEALTH_TIMEOUT = 3.0
+#: Longest wait (s) for the websocket before a job starts.
+CONNECT_WAIT = 5.0
+#: How long (s) a finished prompt may take to appear in /history.
+CONFIRM_WAIT = 5.0
+#: How long (s) a cancelled job waits for ComfyUI to confirm the interrupt.
+CANCEL_GRACE = 5.0
+#: Reconnect backoff of the websocket: first delay and cap (s).
+BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
+
+#: EmptyImage -> ImageInvert -> SaveImage: runs on any ComfyUI, no model needed.
+EXAMPLE_WORKFLOW: dict[str, Any] = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 170648}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "jobqueue"}},
+}
+
+Message = Any  # a decoded JSON message (dict), a binary frame (bytes), or a _Wake
+
+
+class _Wake:
+    """Tells a waiting job to look again (connection change, cancel)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _Mailbox:
+    """Messages for one prompt, from the reader thread to the job's thread."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Message] = collections.deque()
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+
+    def put(self, item: Message) -> None:
+        with self._lock:
+            self._items.append(item)
+            self._ready.set()
+
+    def take(self, timeout: float) -> list[Message]:
+        """Wait up to ``timeout`` s for messages; return (and remove) all there are."""
+        self._ready.wait(timeout)
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._ready.clear()
+        return items
+
+
+class WebSocketListener:
+    """Keeps ``/ws?clientId=...`` open in a thread; hands every message to ``on_message``."""
+
+    def __init__(self, url: str, on_message: Callable[[Message], None],
+                 on_connection: Callable[[bool, str], None]) -> None:
+        self.url = url
+        self._on_message = on_message
+        self._on_connection = on_connection
+        self.connected = threading.Event()
+        self.last_error = ""
+        #: Monotonic time of the last message of any kind (or of connecting).
+        self.last_message_at = time.monotonic()
+        #: Monotonic time the last connection attempt failed (0: the last one worked).
+        self.failed_at = 0.0
+        self._stop = threading.Event()
+        self._ws: websocket.WebSocket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="comfyui-ws", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        ws = self._ws
+        if ws is not None:
+            try:
+                ws.close(timeout=0.5)
+            except Exception:  # closing a broken socket may fail; we are leaving anyway
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _run(self) -> None:
+        delay = BACKOFF_FIRST
+        while not self._stop.is_set():
+            try:
+                ws = websocket.create_connection(self.url, timeout=3)
+            except Exception as exc:
+                self.last_error = f"cannot connect to {self.url}: {exc}"
+                self.failed_at = time.monotonic()
+                self._on_connection(False, self.last_error)
+                self._stop.wait(delay)
+                delay = min(delay * 2, BACKOFF_CAP)
+                continue
+            self._ws, delay, self.failed_at, self.last_error = ws, BACKOFF_FIRST, 0.0, ""
+            self.last_message_at = time.monotonic()
+            self.connected.set()
+            self._on_connection(True, "")
+            try:
+                ws.settimeout(0.5)
+                while not self._stop.is_set():
+                    try:
+                        opcode, data = ws.recv_data()
+                    except websocket.WebSocketTimeoutException:
+                        continue
+                    self.last_message_at = time.monotonic()
+                    if opcode == websocket.ABNF.OPCODE_TEXT:
+                        try:
+                            self._on_message(json.loads(data))
+                        except ValueError:
+                            log.warning("comfyui: undecodable websocket message %r", data[:200])
+                    elif opcode == websocket.ABNF.OPCODE_BINARY:
+                        self._on_message(bytes(data))
+                    elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                        raise ConnectionError("server closed the websocket")
+            except Exception as exc:
+                self.last_error = f"websocket to {self.url} dropped: {exc}"
+            finally:
+                self._ws = None
+                self.connected.clear()
+                try:
+                    ws.close(timeout=0.2)
+                except Exception:  # already broken
+                    pass
+            if not self._stop.is_set():
+                self._on_connection(False, self.last_error)
+                self._stop.wait(delay)
+
+
+def _positive(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise InvalidPayloadError(f"comfyui: '{name}' must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+class ComfyUIConnector(Connector):
+    """Runs API-format workflows on the ComfyUI of this worker's GPU."""
+
+    service = "comfyui"
+    example_payload = {"workflow": EXAMPLE_WORKFLOW}
+
+    def __init__(self, settings: Settings, *, gpu: int = 0) -> None:
+        super().__init__(settings, gpu=gpu)
+        self.base_url = settings.comfyui_url_for(gpu).rstrip("/")
+        #: One stable client id for the connector's life: the websocket and every prompt use it.
+        self.client_id = uuid.uuid4().hex
+        ws_base = "ws" + self.base_url[4:] if self.base_url.startswith("http") else self.base_url
+        self._listener = WebSocketListener(f"{ws_base}/ws?clientId={self.client_id}", self._dispatch,
+                                           self._connection_changed)
+        self._http = requests.Session()
+        self._boxes: dict[str, _Mailbox] = {}
+        self._unclaimed: collections.OrderedDict[str, list[Message]] = collections.OrderedDict()
+        self._jobs: dict[str, _Mailbox] = {}
+        self._boxes_lock = threading.Lock()
+        self._suspect = False
+
+    # -- payload ---------------------------------------------------------------------------
+    @classmethod
+    def validate(cls, payload: Any) -> dict[str, Any]:
+        payload = super().validate(payload)
+        unknown = set(payload) - {"workflow", "timeout", "stall_timeout"}
+        if unknown:
+            raise InvalidPayloadError(f"comfyui: unknown field(s) {sorted(unknown)} (expected workflow, timeout, stall_timeout)")
+        workflow = payload.get("workflow")
+        if not isinstance(workflow, dict) or not workflow:
+            raise InvalidPayloadError("comfyui: 'workflow' must be a non-empty object of node id -> {class_type, inputs}")
+        if isinstance(workflow.get("nodes"), list) and "links" in workflow:
+            raise InvalidPayloadError("comfyui: 'workflow' is in ComfyUI's UI format; export it with "
+                                      "'Save (API)' to get the API format (node id -> {class_type, inputs})")
+        for node_id, node in workflow.items():
+            if not isinstance(node, dict):
+                raise InvalidPayloadError(f"comfyui: workflow node {node_id!r} must be an object with class_type and inputs")
+            if not isinstance(node.get("class_type"), str) or not node["class_type"]:
+                raise InvalidPayloadError(f"comfyui: workflow node {node_id!r} has no 'class_type' string")
+            if not isinstance(node.get("inputs", {}), dict):
+                raise InvalidPayloadError(f"comfyui: workflow node {node_id!r} has 'inputs' that is not an object")
+        result: dict[str, Any] = {"workflow": workflow}
+        for name in ("timeout", "stall_timeout"):
+            value = _positive(payload.get(name), name)
+            if value is not None:
+                result[name] = value
+        return result
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._listener.start()
+
+    def stop(self) -> None:
+        self._listener.stop()
+        self._http.close()
+
+    # -- health ----------------------------------------------------------------------------
+    def check_health(self) -> Health:
+        url = f"{self.base_url}/system_stats"
+        try:
+            response = requests.get(url, timeout=(HEALTH_TIMEOUT, HEALTH_TIMEOUT))
+        except requests.ConnectionError as exc:
+            return Health(ConnectorStatus.OFFLINE, f"ComfyUI at {self.base_url} is unreachable: {_reason(exc)}",
+                          {"url": self.base_url})
+        except requests.Timeout:
+            return Health(ConnectorStatus.ERROR, f"ComfyUI at {self.base_url} did not answer within {HEALTH_TIMEOUT} s",
+                          {"url": self.base_url})
+        if response.status_code != 200:
+            return Health(ConnectorStatus.ERROR, f"ComfyUI /system_stats answered {response.status_code}",
+                          {"url": self.base_url})
+        try:
+            stats = response.json()
+            system = stats.get("system") or {}
+            devices = [{k: d.get(k) for k in ("name", "type", "vram_total", "vram_free")} for d in stats.get("devices") or []]
+        except (ValueError, AttributeError) as exc:
+            return Health(ConnectorStatus.ERROR, f"ComfyUI /system_stats is not what we expect: {exc}", {"url": self.base_url})
+        return Health(ConnectorStatus.IDLE, "", {
+            "url": self.base_url,
+            "comfyui_version": system.get("comfyui_version"),
+            "python_version": system.get("python_version"),
+            "pytorch_version": system.get("pytorch_version"),
+            "devices": devices,
+            "websocket": "connected" if self._listener.connected.is_set() else "disconnected",
+        })
+
+    # -- websocket dispatch (reader thread) ------------------------------------------------
+    def _dispatch(self, message: Message) -> None:
+        with self._boxes_lock:
+            prompt_id = None
+            if isinstance(message, dict) and isinstance(message.get("data"), dict):
+                prompt_id = message["data"].get("prompt_id")
+            if prompt_id is None:
+                targets = list(self._boxes.values())
+            elif prompt_id in self._boxes:
+                targets = [self._boxes[prompt_id]]
+            else:
+                # A prompt we have not registered (yet): keep a little for a late claim.
+                self._unclaimed.setdefault(prompt_id, []).append(message)
+                while len(self._unclaimed) > 64:
+                    self._unclaimed.popitem(last=False)
+                targets = []
+        for box in targets:
+            box.put(message)
+
+    def _connection_changed(self, connected: bool, reason: str) -> None:
+        with self._boxes_lock:
+            targets = list(self._boxes.values())
+        for box in targets:
+            box.put(_Wake("connected" if connected else f"disconnected: {reason}"))
+
+    def _register(self, prompt_id: str, box: _Mailbox) -> None:
+        with self._boxes_lock:
+            self._boxes[prompt_id] = box
+            for message in self._unclaimed.pop(prompt_id, []):
+                box.put(message)
+
+    def _unregister(self, prompt_id: str) -> None:
+        with self._boxes_lock:
+            self._boxes.pop(prompt_id, None)
+
+    # -- REST ------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, *, timeout: float, **kwargs: Any) -> requests.Response:
+        """One REST call; an unreachable ComfyUI raises :class:`ServiceUnavailable`."""
+        try:
+            return self._http.request(method, f"{self.base_url}{path}", timeout=(min(timeout, 3.0), timeout), **kwargs)
+        except requests.ConnectionError as exc:
+            raise ServiceUnavailable(f"ComfyUI at {self.base_url} is unreachable: {_reason(exc)}",
+                                     {"url": self.base_url, "path": path}) from None
+
+    def _get_json(self, path: str, timeout: float) -> Any:
+        response = self._request("GET", path, timeout=timeout)
+        if response.status_code != 200:
+            raise ServiceUnavailable(f"ComfyUI answered {response.status_code} to GET {path}",
+                                     {"url": self.base_url, "path": path})
+        try:
+            return response.json()
+        except ValueError:
+            raise ServiceUnavailable(f"ComfyUI sent non-JSON to GET {path}", {"url": self.base_url}) from None
+
+    # -- running a job ---------------------------------------------------------------------
+    def run(self, job: Job, report_progress: ProgressReporter) -> dict[str, Any]:
+        payload = self.validate(job.payload)
+        workflow = payload["workflow"]
+        stall = float(payload.get("stall_timeout") or job.options.get("stall_timeout") or self.settings.stall_timeout)
+        if payload.get("timeout"):
+            job.options["timeout"] = payload["timeout"]
+            job.deadline = job.started + payload["timeout"]
+        job.check()
+        self._ready(job, stall)
+        prompt_id = str(uuid.uuid4())
+        box = _Mailbox()
+        self._register(prompt_id, box)
+        with self._boxes_lock:
+            self._jobs[job.id] = box
+        try:
+            report_progress(percent=0.0, message="submitting to ComfyUI")
+            prompt_id = self._submit(workflow, prompt_id, box, stall)
+            try:
+                return self._follow(job, PromptTracker(prompt_id, workflow), box, report_progress, stall)
+            except (JobStalled, JobTimedOut):
+                self._stop_prompt(prompt_id, timeout=1.0)
+                raise
+        finally:
+            self._unregister(prompt_id)
+            with self._boxes_lock:
+                self._jobs.pop(job.id, None)
+
+    def cancel(self, job: Job) -> None:
+        """Flag the job and wake it: its own thread removes or interrupts the prompt."""
+        job.cancelled.set()
+        with self._boxes_lock:
+            box = self._jobs.get(job.id)
+        if box is not None:
+            box.put(_Wake("cancel"))
+
+    def _ready(self, job: Job, stall: float) -> None:
+        """Make sure the websocket is open before posting; fail fast when ComfyUI is down."""
+        self._listener.start()
+        if self._suspect or not self._listener.connected.is_set():
+            # The last job stalled or the socket is down: ask once, quickly, before waiting.
+            try:
+                self._get_json("/system_stats", timeout=1.5)
+            except requests.Timeout:
+                raise ServiceUnavailable(f"ComfyUI at {self.base_url} does not answer", {"url": self.base_url}) from None
+            self._suspect = False
+        deadline = time.monotonic() + min(CONNECT_WAIT, stall)
+        while not self._listener.connected.wait(0.1):
+            job.check()
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(f"cannot open ComfyUI's websocket: {self._listener.last_error or 'no answer'}",
+                                         {"url": self.base_url})
+
+    def _submit(self, workflow: dict[str, Any], prompt_id: str, box: _Mailbox, stall: float) -> str:
+        body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
+        try:
+            response = self._request("POST", "/prompt", json=body, timeout=max(1.0, min(10.0, stall)))
+        except requests.Timeout:
+            self._suspect = True
+            raise ServiceUnavailable(f"ComfyUI at {self.base_url} did not answer POST /prompt",
+                                     {"url": self.base_url}) from None
+        if response.status_code == 400:
+            try:
+                error_body = response.json()
+            except ValueError:
+                error_body = {"error": {"type": "invalid_prompt", "message": response.text[:500]}}
+            message, details = describe_validation_error(error_body)
+            raise ExecutionFailed(message, details)
+        if response.status_code != 200:
+            raise ServiceUnavailable(f"ComfyUI answered {response.status_code} to POST /prompt: {response.text[:300]}",
+                                     {"url": self.base_url, "status": response.status_code})
+        answer = response.json()
+        given = str(answer.get("prompt_id") or prompt_id)
+        if given != prompt_id:  # an older ComfyUI that picks its own ids
+            self._unregister(prompt_id)
+            self._register(given, box)
+        return given
+
+    def _follow(self, job: Job, tracker: PromptTracker, box: _Mailbox, report: ProgressReporter,
+                stall: float) -> dict[str, Any]:
+        prompt_id = tracker.prompt_id
+        last_activity = last_ours = time.monotonic()
+        last_poll = float("-inf")
+        snapshot: Any = None
+        cancel_sent_at: float | None = None
+        reported = None
+        poll_now = True  # right after the POST: a cached run may already be over
+        while True:
+            if job.cancelled.is_set():
+                if cancel_sent_at is None:
+                    cancel_sent_at = time.monotonic()
+                    if self._stop_prompt(prompt_id, timeout=3.0) != "running":
+                        raise JobCancelled("job was cancelled", {"prompt_id": prompt_id})
+                if tracker.finished or time.monotonic() - cancel_sent_at > CANCEL_GRACE:
+                    raise JobCancelled("job was cancelled; ComfyUI interrupted it", {"prompt_id": prompt_id})
+            else:
+                job.check()
+            for item in box.take(0 if poll_now else 0.25):
+                if isinstance(item, _Wake):
+                    poll_now = poll_now or item.reason.startswith("disconnected")
+                elif isinstance(item, bytes):
+                    tracker.feed_binary(item)
+                elif tracker.feed(item):
+                    last_ours = time.monotonic()
+            now = time.monotonic()
+            last_activity = max(last_activity, self._listener.last_message_at)
+            progress = tracker.progress()
+            if progress != reported:
+                reported = progress
+                # 100 only once the result is in hand (the task reports completion itself).
+                report(percent=min(progress.percent, 99.9), step=progress.step, total_steps=progress.total_steps,
+                       node=progress.node, message=progress.message)
+            if tracker.finished and cancel_sent_at is None:
+                return self._confirm(job, tracker)
+            if poll_now or now - max(last_ours, last_poll) >= QUIET_POLL:
+                poll_now, last_poll = False, now
+                state, info = self._poll(prompt_id, stall)
+                if state == "history":
+                    if cancel_sent_at is not None:
+                        raise JobCancelled("job was cancelled", {"prompt_id": prompt_id})
+                    return self._finish(job, tracker, info)
+                if state == "lost":
+                    raise ServiceUnavailable(
+                        f"prompt {prompt_id} is neither in ComfyUI's queue nor in its history (ComfyUI restarted?)",
+                        {"url": self.base_url, "prompt_id": prompt_id})
+                if state in ("running", "pending") and info != snapshot:
+                    snapshot, last_activity = info, time.monotonic()
+            if time.monotonic() - last_activity > stall:
+                self._suspect = True
+                raise JobStalled(
+                    f"ComfyUI at {self.base_url} showed no sign of progress for {stall:g} s "
+                    f"(websocket {'connected' if self._listener.connected.is_set() else 'disconnected'})",
+                    {"url": self.base_url, "prompt_id": prompt_id, "stall_timeout": stall,
+                     "node": tracker.running})
+
+    def _poll(self, prompt_id: str, stall: float) -> tuple[str, Any]:
+        """Ask /queue, then /history: ``history`` (entry), ``running``/``pending`` (snapshot),
+        ``lost``, or ``unknown`` when ComfyUI did not answer in time."""
+        timeout = max(0.5, min(3.0, stall / 2))
+        try:
+            queue = self._get_json("/queue", timeout)
+            entry = history_entry(self._get_json(f"/history/{prompt_id}", timeout), prompt_id)
+        except requests.Timeout:
+            return "unknown", None
+        if entry is not None:
+            return "history", entry
+        where = queue_position(queue, prompt_id)
+        if where is None:
+            return "lost", None
+        return where, queue_snapshot(queue)
+
+    def _confirm(self, job: Job, tracker: PromptTracker) -> dict[str, Any]:
+        """The websocket says the prompt ended: wait for /history to say how."""
+        deadline = time.monotonic() + CONFIRM_WAIT
+        delay = 0.005
+        while True:
+            try:
+                entry = history_entry(self._get_json(f"/history/{tracker.prompt_id}", 3.0), tracker.prompt_id)
+            except requests.Timeout:
+                entry = None
+            if entry is not None:
+                return self._finish(job, tracker, entry)
+            if time.monotonic() >= deadline:
+                if tracker.outcome in (ERROR, INTERRUPTED) and tracker.error is not None:
+                    return self._finish(job, tracker, {"status": {"status_str": "error", "messages": [
+                        ["execution_error" if tracker.outcome == ERROR else "execution_interrupted", tracker.error]]}})
+                raise ServiceUnavailable(f"prompt {tracker.prompt_id} ended but ComfyUI's /history has no entry",
+                                         {"url": self.base_url, "prompt_id": tracker.prompt_id})
+            job.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def _finish(self, job: Job, tracker: PromptTracker, entry: Mapping[str, Any]) -> dict[str, Any]:
+        kind, data = outcome_from_history(entry)
+        if kind == INTERRUPTED:
+            if job.cancelled.is_set():
+                raise JobCancelled("job was cancelled; ComfyUI interrupted it", {"prompt_id": tracker.prompt_id})
+            raise ExecutionFailed(f"ComfyUI interrupted the prompt at node {data.get('node_id')} ({data.get('node_type')})",
+                                  {"prompt_id": tracker.prompt_id, **{k: data.get(k) for k in ("node_id", "node_type")}})
+        if kind != SUCCESS:
+            message, details = describe_execution_error(data)
+            raise ExecutionFailed(message, details)
+        outputs = dict(entry.get("outputs") or {})
+        files = self._fetch_files(job, outputs)
+        return {"prompt_id": tracker.prompt_id, "outputs": outputs, "files": files}
+
+    def _fetch_files(self, job: Job, outputs: Mapping[str, Any]) -> list[dict[str, str]]:
+        """Download every output file via GET /view into ``output_dir/<job id>/``."""
+        files = output_files(outputs)
+        if not files:
+            return []
+        target = Path(self.settings.output_dir) / job.id
+        target.mkdir(parents=True, exist_ok=True)
+        for item in files:
+            job.check()
+            params = {"filename": item["filename"], "subfolder": item["subfolder"], "type": item["type"]}
+            response = self._request("GET", "/view", params=params, timeout=30.0, stream=True)
+            with response:
+                if response.status_code != 200:
+                    raise ExecutionFailed(f"ComfyUI has no output file {item['filename']!r} of node {item['node']} "
+                                          f"(GET /view answered {response.status_code})", dict(item))
+                name = os.path.basename(item["filename"]) or "output"
+                path = target / name
+                if path.exists():
+                    path = target / f"{item['node']}_{name}"
+                with open(path, "wb") as fh:
+                    for chunk in response.iter_content(1 << 16):
+                        fh.write(chunk)
+            item["path"] = str(path.resolve())
+        return files
+
+    def _stop_prompt(self, prompt_id: str, timeout: float) -> str | None:
+        """Remove the prompt from ComfyUI's queue, or interrupt it if it runs.
+
+        Returns where it was (``pending``, ``running``) or None; never raises.
+        """
+        try:
+            where = queue_position(self._get_json("/queue", timeout), prompt_id)
+            if where == "pending":
+                self._request("POST", "/queue", json={"delete": [prompt_id]}, timeout=timeout)
+            elif where == "running":
+                self._request("POST", "/interrupt", json={"prompt_id": prompt_id}, timeout=timeout)
+            return where
+        except (ServiceUnavailable, requests.RequestException) as exc:
+            log.warning("comfyui: could not stop prompt %s: %s", prompt_id, exc)
+            return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost, readable reason of a requests connection error."""
+    text = str(exc)
+    for marker in ("Connection refused", "Connection reset", "Name or service not known", "timed out"):
+        if marker in text:
+            return marker.lower()
+    return text[:200]

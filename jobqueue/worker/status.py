@@ -1,0 +1,259 @@
+"""Connector status reporting: every change sent at once, the full set re-sent on a steady beat.
+
+The earlier system sent connector status once at start-up and never again, so the monitor's
+badges lied. Here a :class:`StatusReporter` lives as long as the worker process:
+
+* :meth:`StatusReporter.record` is called on every status change (from the health thread, the
+  task thread or the main thread). It numbers the report with the next per-worker sequence
+  number, remembers it as the connector's current report and queues a ``connector-status``
+  event (``beat=False``).
+* One sender thread sends the queued events in sequence order and, every ``beat_interval``
+  seconds, queues the full set again (``beat=True``), unchanged or not, so a consumer can tell
+  a fresh status from a stale one (``timestamp`` + ``interval``).
+* The sending function is attached by the consumer bootstep when the broker connection is up
+  and detached when it goes down; events queued meanwhile are kept (bounded) and sent on the
+  next :meth:`~StatusReporter.attach`, followed by a full re-send.
+* A failure to send is logged and never stops the thread: the next beat repairs it.
+
+Sequence numbers start at the process's start time in milliseconds, so a restarted worker's
+reports still compare greater than the ones its previous process sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobqueue.events import CONNECTOR_STATUS
+from jobqueue.states import ConnectorStatus
+from jobqueue.worker.identity import WorkerIdentity
+
+log = logging.getLogger(__name__)
+
+#: ``send(event_type, fields)``: publishes one event (raises when it cannot).
+Sender = Callable[[str, dict[str, Any]], None]
+
+#: How many events are kept while no sender is attached; older ones are dropped (the full
+#: re-send on attach repairs any gap).
+MAX_PENDING = 1000
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """The last reported status of one connector."""
+
+    service: str
+    status: ConnectorStatus
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+    #: Sequence number of the last event sent (or queued) for this connector.
+    seq: int = 0
+    #: Wall time the connector entered ``status``.
+    since: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as the control command returns it."""
+        return {
+            "status": self.status.value,
+            "message": self.message,
+            "details": dict(self.details),
+            "seq": self.seq,
+            "since": self.since,
+        }
+
+
+def initial_seq(now: float | None = None) -> int:
+    """The first sequence number of a process: its start time in milliseconds."""
+    return int((time.time() if now is None else now) * 1000)
+
+
+class StatusReporter:
+    """Numbers, remembers and sends connector status events for one worker."""
+
+    def __init__(
+        self,
+        identity: WorkerIdentity,
+        *,
+        beat_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        first_seq: int | None = None,
+    ) -> None:
+        self.identity = identity
+        self.beat_interval = float(beat_interval)
+        self._clock = clock
+        self._wall = wall_clock
+        self._seq = initial_seq(wall_clock()) if first_seq is None else first_seq
+        self._reports: dict[str, StatusReport] = {}
+        self._pending: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING)
+        self._sender: Sender | None = None
+        self._cond = threading.Condition()
+        self._busy = False  # the thread is sending events it already took from _pending
+        self._stopping = False
+        self._next_beat = clock() + self.beat_interval
+        self._thread: threading.Thread | None = None
+        #: Events sent / failed to send (for tests and logs).
+        self.sent = 0
+        self.failed = 0
+
+    # -- recording -------------------------------------------------------------------------
+    def record(
+        self,
+        service: str,
+        status: ConnectorStatus,
+        message: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> StatusReport | None:
+        """Record a status of ``service``; queue an event when status or message changed.
+
+        Returns the new report, or None when nothing changed (a repeated report is not an
+        event: the beat re-sends unchanged statuses).
+        """
+        with self._cond:
+            last = self._reports.get(service)
+            if last is not None and last.status == status and last.message == message:
+                if details is not None and dict(details) != dict(last.details):
+                    # Facts like free VRAM change on every check: keep them for the next beat
+                    # and the control command, but they are not a status change.
+                    self._reports[service] = StatusReport(
+                        service, status, message, dict(details), last.seq, last.since
+                    )
+                return None
+            since = self._wall() if last is None or last.status != status else last.since
+            kept = dict(details) if details is not None else dict(last.details if last else {})
+            report = self._queue(StatusReport(service, status, message, kept, 0, since), beat=False)
+            return report
+
+    def _queue(self, report: StatusReport, *, beat: bool) -> StatusReport:
+        """Number ``report``, remember it and queue its event. Caller holds ``_cond``."""
+        self._seq += 1
+        numbered = StatusReport(
+            report.service, report.status, report.message, report.details, self._seq, report.since
+        )
+        self._reports[report.service] = numbered
+        self._pending.append(self.event_fields(numbered, beat=beat))
+        self._cond.notify_all()
+        return numbered
+
+    def event_fields(self, report: StatusReport, *, beat: bool) -> dict[str, Any]:
+        """The fields of one ``connector-status`` event (the Dispatcher adds the rest)."""
+        return {
+            **self.identity.as_fields(),
+            "service": report.service,
+            "status": report.status.value,
+            "message": report.message,
+            "details": dict(report.details),
+            "seq": report.seq,
+            "since": report.since,
+            "beat": beat,
+            "interval": self.beat_interval,
+        }
+
+    def queue_full_set(self) -> None:
+        """Queue every connector's current report again (``beat=True``)."""
+        with self._cond:
+            self._queue_full_set()
+
+    def _queue_full_set(self) -> None:
+        for report in list(self._reports.values()):
+            self._queue(report, beat=True)
+        self._next_beat = self._clock() + self.beat_interval
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def seq(self) -> int:
+        """The last sequence number handed out."""
+        with self._cond:
+            return self._seq
+
+    def reports(self) -> dict[str, StatusReport]:
+        """The last report of every connector."""
+        with self._cond:
+            return dict(self._reports)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Reports plus the reporter's own facts, as the control command returns them."""
+        with self._cond:
+            return {
+                "seq": self._seq,
+                "interval": self.beat_interval,
+                "connectors": {s: r.as_dict() for s, r in self._reports.items()},
+            }
+
+    # -- sending ---------------------------------------------------------------------------
+    def attach(self, sender: Sender) -> None:
+        """Send through ``sender`` from now on; queued events go first, then the full set."""
+        with self._cond:
+            self._sender = sender
+            self._queue_full_set()
+
+    def detach(self) -> None:
+        """Stop sending (broker connection going down); events queue up until attached."""
+        with self._cond:
+            self._sender = None
+
+    def _take(self) -> tuple[list[dict[str, Any]], Sender | None]:
+        """Wait for something to send (or the beat); return the events and the sender."""
+        with self._cond:
+            while not self._stopping:
+                if self._sender is not None and self._clock() >= self._next_beat:
+                    self._queue_full_set()
+                if self._sender is not None and self._pending:
+                    events = list(self._pending)
+                    self._pending.clear()
+                    self._busy = True
+                    return events, self._sender
+                timeout = self._next_beat - self._clock() if self._sender is not None else None
+                self._cond.wait(timeout if timeout is None else max(timeout, 0.0))
+            return [], None
+
+    def _send_all(self, events: list[dict[str, Any]], sender: Sender) -> None:
+        for fields in events:
+            try:
+                sender(CONNECTOR_STATUS, fields)
+                self.sent += 1
+            except Exception:  # the broker may be reconnecting; the next beat repairs it
+                self.failed += 1
+                log.warning("could not send %s event (seq %s)", CONNECTOR_STATUS, fields.get("seq"), exc_info=True)
+
+    def _run(self) -> None:
+        while True:
+            events, sender = self._take()
+            if sender is None:
+                return
+            try:
+                self._send_all(events, sender)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued event was handed to the sender; False on timeout."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while (self._pending and self._sender is not None) or self._busy:
+                remaining = deadline - self._clock()
+                if remaining <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._cond.wait(remaining)
+            return not self._pending
+
+    def start(self) -> StatusReporter:
+        """Start the sender thread."""
+        self._thread = threading.Thread(target=self._run, name="jobqueue-status", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the sender thread (call :meth:`flush` first to send what is queued)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)

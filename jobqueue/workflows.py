@@ -1,0 +1,336 @@
+"""Multi-step workflows: ``submit_workflow(steps)`` runs jobs one after the other.
+
+    from jobqueue import submit_workflow
+    flow = submit_workflow([
+        ("comfyui", generate_payload),
+        ("comfyui", {"image": {"$prev": "images.0.filename"}, ...}),
+    ], priority=7)
+    last_result = flow.wait()
+
+A workflow is a Celery chain of ``jobqueue.run_job`` signatures with fixed task ids, so every
+step's :class:`~jobqueue.client.JobHandle` exists before anything runs. The worker that
+finishes a step publishes the next one (Celery's chain), at the upper broker level of the
+workflow's priority (see :func:`jobqueue.routing.broker_priority`): a workflow that has
+started is finished before a later one starts at the same priority.
+
+A step's payload may take values from the previous step's result: a placeholder
+``{"$prev": "<path>"}`` anywhere in the payload is replaced by that value before the step is
+validated and run (``path`` is dotted, list indices are numbers, ``""`` is the whole result).
+
+A failing step fails the workflow with that step's error; the later steps never run and end
+cancelled. Cancelling a workflow cancels its running and pending steps. docs/workflows.md has
+the details.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from celery import chain
+from celery import states as celery_states
+from celery.canvas import Signature
+from celery.exceptions import Ignore, Retry
+
+from jobqueue.client import JobHandle, _default_app, prepare_job
+from jobqueue.connectors import connector_class
+from jobqueue.errors import (
+    InvalidPayloadError,
+    JobCancelled,
+    JobFailed,
+    SubmitError,
+    WaitTimeout,
+    WorkflowFailed,
+    WorkflowNotFound,
+)
+from jobqueue.events import RUN_JOB_TASK
+from jobqueue.states import FINAL_JOB_STATES, JobStatus
+
+#: The key of a placeholder: ``{"$prev": "output"}`` takes the previous step's ``output``.
+PREV = "$prev"
+#: Most steps one workflow may have.
+MAX_STEPS = 100
+#: Canvas type name of a workflow step (workers must import this module to rebuild them).
+STEP_SIGNATURE_TYPE = "jobqueue.step"
+#: Result-backend key prefix of workflow records (step ids, priority, submit time).
+RECORD_PREFIX = "jobqueue-workflow-"
+
+_BAD_STATES = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
+
+
+@Signature.register_type(name=STEP_SIGNATURE_TYPE)
+class StepSignature(Signature):
+    """A ``run_job`` signature that receives the previous step's result as ``previous``.
+
+    A plain chain prepends the previous result to the next task's positional arguments;
+    ``run_job`` takes keyword arguments only, so this moves it into ``kwargs["previous"]``.
+    """
+
+    @classmethod
+    def from_dict(cls, d: Any, app: Any = None) -> StepSignature:
+        return cls(d, app=app)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None, **options: Any) -> Any:
+        if args:
+            kwargs = {**(kwargs or {}), "previous": args[0]}
+        return super().apply_async((), kwargs, route_name, **options)
+
+
+# -- placeholders -------------------------------------------------------------------------
+
+
+def _is_placeholder(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and PREV in value
+
+
+def placeholder_paths(value: Any) -> list[str]:
+    """Every ``$prev`` path in ``value`` (raises :class:`SubmitError` for a malformed one)."""
+    if _is_placeholder(value):
+        path = value[PREV]
+        if not isinstance(path, str):
+            raise SubmitError(f"{PREV} takes a dotted path string, got {path!r}")
+        return [path]
+    if isinstance(value, dict):
+        return [p for item in value.values() for p in placeholder_paths(item)]
+    if isinstance(value, list):
+        return [p for item in value for p in placeholder_paths(item)]
+    return []
+
+
+def _lookup(result: Any, path: str) -> Any:
+    value = result
+    for part in path.split(".") if path else ():
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise KeyError(part)
+    return value
+
+
+def resolve_placeholders(value: Any, previous: Any) -> Any:
+    """``value`` with every ``{"$prev": path}`` replaced by that path of ``previous``.
+
+    Raises :class:`InvalidPayloadError` naming the path when ``previous`` has no such value.
+    """
+    if _is_placeholder(value):
+        path = value[PREV]
+        try:
+            return _lookup(previous, path)
+        except KeyError:
+            keys = sorted(previous) if isinstance(previous, dict) else []
+            raise InvalidPayloadError(
+                f"{PREV} path {path!r} is not in the previous step's result (keys: {keys})"
+            ) from None
+    if isinstance(value, dict):
+        return {k: resolve_placeholders(v, previous) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_placeholders(v, previous) for v in value]
+    return value
+
+
+# -- worker side --------------------------------------------------------------------------
+
+
+def _later_steps(request: Any) -> list[dict[str, Any]]:
+    """The chain's remaining steps as signature dicts, next step first."""
+    return [dict(sig) for sig in reversed(list(getattr(request, "chain", None) or ()))]
+
+
+def stop_later_steps(task: Any, reason: str) -> None:
+    """Mark every later step of the running step's workflow cancelled, and drop the chain.
+
+    Celery would otherwise store the failed step's error on each later step; they never ran,
+    so they end cancelled (``REVOKED`` with ``reason``) and the monitor hears ``task-revoked``.
+    """
+    request = task.request
+    later = _later_steps(request)
+    request.chain = None
+    app = task.app
+    for sig in later:
+        options = sig.get("options") or {}
+        step_id = options.get("task_id")
+        if not step_id or app.AsyncResult(step_id).state in celery_states.READY_STATES:
+            continue
+        app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
+        with app.events.default_dispatcher(hostname=request.hostname) as dispatcher:
+            dispatcher.send(
+                "task-revoked", uuid=step_id, terminated=False, signum=None, expired=False,
+                name=RUN_JOB_TASK, kwargs=options.get("kwargsrepr"), reason=reason,
+            )
+
+
+def run_step(
+    task: Any,
+    run: Callable[[Any, str, dict[str, Any], dict[str, Any]], dict[str, Any]],
+    service: str,
+    payload: dict[str, Any],
+    options: dict[str, Any],
+    previous: Any = None,
+) -> dict[str, Any]:
+    """Run one workflow step with ``run`` (``tasks.run_job``): fill in ``$prev`` placeholders
+    from ``previous``, and end the later steps if this one fails or is cancelled."""
+    workflow_id, step = options.get("workflow_id"), options.get("step")
+    try:
+        if placeholder_paths(payload) and task.app.AsyncResult(task.request.id).state != celery_states.REVOKED:
+            payload = connector_class(service).validate(resolve_placeholders(payload, previous or {}))
+        return run(task, service, payload, options)
+    except Retry:
+        raise
+    except Ignore:
+        stop_later_steps(task, f"workflow {workflow_id} cancelled at step {step}")
+        raise
+    except BaseException:
+        stop_later_steps(task, f"workflow {workflow_id} failed at step {step}")
+        raise
+
+
+# -- client side --------------------------------------------------------------------------
+
+
+def _check_steps(steps: Any) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(steps, (str, bytes, dict)) or not isinstance(steps, Sequence):
+        raise SubmitError("steps must be a list of (service, payload) pairs")
+    if not 1 <= len(steps) <= MAX_STEPS:
+        raise SubmitError(f"a workflow has 1..{MAX_STEPS} steps, got {len(steps)}")
+    checked = []
+    for number, item in enumerate(steps, 1):
+        if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str):
+            raise SubmitError(f"step {number}: expected a (service, payload) pair, got {item!r}")
+        checked.append((item[0], item[1]))
+    return checked
+
+
+def _record_key(workflow_id: str) -> str:
+    return RECORD_PREFIX + workflow_id
+
+
+def submit_workflow(
+    steps: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    priority: int | None = None,
+    timeout: float | None = None,
+    queue: str | None = None,
+    app: Any = None,
+) -> WorkflowHandle:
+    """Validate every step, enqueue the first one and return the workflow's handle.
+
+    Every step gets the workflow's ``priority`` (0..9, default 5), ``timeout`` (per step) and
+    ``queue`` (default: each step's service queue). Raises :class:`SubmitError` (or its
+    subclasses, naming the step) when any step is invalid; nothing is enqueued then.
+    """
+    app = app or _default_app()
+    pairs = _check_steps(steps)
+    workflow_id = str(uuid.uuid4())
+    submitted_at = time.time()
+    signatures = []
+    for number, (service, payload) in enumerate(pairs, 1):
+        try:
+            if number == 1 and placeholder_paths(payload):
+                raise SubmitError(f"{PREV} needs a previous step")
+            kwargs, options = prepare_job(
+                service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
+                timeout=timeout, workflow_id=workflow_id, step=number, continuation=number > 1,
+                extra={"workflow_steps": len(pairs), "workflow_submitted_at": submitted_at},
+            )
+        except SubmitError as exc:
+            raise type(exc)(f"step {number}: {exc}") from None
+        signatures.append(
+            StepSignature(RUN_JOB_TASK, kwargs=kwargs, options=options, subtask_type=STEP_SIGNATURE_TYPE, app=app)
+        )
+    step_ids = [sig.options["task_id"] for sig in signatures]
+    record = {"id": workflow_id, "steps": step_ids, "submitted_at": submitted_at,
+              "priority": signatures[0].kwargs["options"]["priority"]}
+    setter = getattr(app.backend, "set", None)
+    if callable(setter):
+        setter(_record_key(workflow_id), json.dumps(record))
+    chain(*signatures).apply_async()
+    return WorkflowHandle(workflow_id, step_ids, app)
+
+
+def get_workflow(workflow_id: str, *, app: Any = None) -> WorkflowHandle:
+    """The handle of a workflow submitted earlier (from its record in the result backend).
+
+    Raises :class:`~jobqueue.errors.WorkflowNotFound` when no record exists (never
+    submitted, or expired with the results).
+    """
+    app = app or _default_app()
+    getter = getattr(app.backend, "get", None)
+    raw = getter(_record_key(workflow_id)) if callable(getter) else None
+    if not raw:
+        raise WorkflowNotFound(f"no workflow {workflow_id}")
+    record = json.loads(raw)
+    return WorkflowHandle(record["id"], list(record["steps"]), app)
+
+
+class WorkflowHandle:
+    """A handle on one workflow: its id and its steps' :class:`JobHandle` s, in order."""
+
+    def __init__(self, workflow_id: str, step_ids: Sequence[str], app: Any = None) -> None:
+        self.id = workflow_id
+        self.app = app or _default_app()
+        self.steps = [JobHandle(step_id, self.app) for step_id in step_ids]
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.id} ({len(self.steps)} steps)>"
+
+    def statuses(self) -> list[JobStatus]:
+        """Every step's status, in order."""
+        return [step.status() for step in self.steps]
+
+    def status(self) -> JobStatus:
+        """The workflow's status: that of its first failed/timed-out/cancelled step if any;
+        completed when every step is; processing once a step started; else queued."""
+        statuses = self.statuses()
+        for status in statuses:
+            if status in _BAD_STATES:
+                return status
+        if all(status == JobStatus.COMPLETED for status in statuses):
+            return JobStatus.COMPLETED
+        if any(status != JobStatus.QUEUED for status in statuses):
+            return JobStatus.PROCESSING
+        return JobStatus.QUEUED
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the last step ends; return its result.
+
+        Raises :class:`~jobqueue.errors.WorkflowFailed` (a :class:`JobFailed`) naming the
+        first step that failed, timed out or was cancelled, :class:`WaitTimeout` after
+        ``timeout`` s.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        result: Any = None
+        for number, step in enumerate(self.steps, 1):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                result = step.wait(timeout=remaining)
+            except WaitTimeout:
+                raise WaitTimeout(f"workflow {self.id} still at step {number} after {timeout} s") from None
+            except JobFailed as exc:
+                raise WorkflowFailed(self.id, number, exc) from None
+        return result
+
+    def results(self) -> list[Any]:
+        """Every step's result, in order, once the workflow completed (else raises like
+        :meth:`wait` or :class:`~jobqueue.client.JobNotFinished`)."""
+        values = []
+        for number, step in enumerate(self.steps, 1):
+            try:
+                values.append(step.result())
+            except JobFailed as exc:
+                raise WorkflowFailed(self.id, number, exc) from None
+        return values
+
+    def cancel(self) -> bool:
+        """Cancel the running and pending steps (last first, so none slips through).
+
+        Returns False when the workflow had already ended.
+        """
+        if all(status in FINAL_JOB_STATES for status in self.statuses()):
+            return False
+        cancelled = [step.cancel() for step in reversed(self.steps)]
+        return any(cancelled)

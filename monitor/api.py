@@ -1,0 +1,322 @@
+"""The REST API (see docs/api.md): read the store, act through Celery.
+
+Reads come from the store only. Actions go to the cluster: submitting uses the client API
+(:func:`jobqueue.client.submit_job`), cancel uses :meth:`JobHandle.cancel`, worker controls use
+Celery's remote control. The store then learns the outcome from events, like for any other
+client, so the API never invents state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from jobqueue.client import get_job, submit_job
+from jobqueue.errors import SubmitError
+from jobqueue.states import FINAL_JOB_STATES, JobStatus
+from monitor.auth import mutating
+from monitor.broker import queue_depths
+from monitor.eta import annotate
+
+bp = Blueprint("api", __name__)
+
+#: Most jobs one POST may submit.
+MAX_SUBMIT_COUNT = 1000
+#: Largest page of jobs.
+MAX_LIMIT = 1000
+
+
+class ApiError(Exception):
+    """An error the API reports as a JSON body with a status code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def ctx() -> Any:
+    return current_app.extensions["jobqueue_monitor"]
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> Response:
+    return error_response(exc.status, exc.code, exc.message)
+
+
+def _float_arg(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name} must be a number") from None
+    if not math.isfinite(value):
+        raise ApiError(400, "bad_request", f"{name} must be finite")
+    return value
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, "bad_request", f"{name} must be {low}..{high}")
+    return value
+
+
+def consumers_per_queue(workers: list[dict[str, Any]]) -> dict[str, int]:
+    """How many online workers consume each queue."""
+    counts: dict[str, int] = {}
+    for worker in workers:
+        if worker.get("status") == "online":
+            for queue in worker.get("queues") or []:
+                counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
+def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
+    """The whole state at one seq, with ETAs filled in (shared by /api/state and /ws)."""
+    c = ctx()
+    snapshot = c.store.snapshot(finished_limit=finished_limit)
+    annotate(snapshot["jobs"], c.store.durations(), consumers_per_queue(snapshot["workers"]))
+    return snapshot
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+@bp.get("/api/state")
+def state() -> Any:
+    """Everything at sequence N: ``{"seq", "machines", "workers", "jobs"}``."""
+    return jsonify(state_snapshot(_int_arg("finished_limit", 200, 0, 100_000)))
+
+
+@bp.get("/api/machines")
+def machines() -> Any:
+    return jsonify({"machines": ctx().store.machines()})
+
+
+@bp.get("/api/workers")
+def workers() -> Any:
+    return jsonify({"workers": ctx().store.workers()})
+
+
+@bp.get("/api/workers/<path:name>")
+def worker(name: str) -> Any:
+    found = ctx().store.worker(name)
+    if found is None:
+        raise ApiError(404, "not_found", f"no worker {name!r}")
+    return jsonify(found)
+
+
+@bp.get("/api/jobs")
+def jobs() -> Any:
+    """Jobs filtered by state, service, worker, machine, time range and text; paginated."""
+    states = [s for part in request.args.getlist("state") for s in part.split(",") if s]
+    valid = {s.value for s in JobStatus}
+    unknown = [s for s in states if s not in valid]
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown state(s) {unknown}; known: {sorted(valid)}")
+    limit = _int_arg("limit", 50, 1, MAX_LIMIT)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    found, total = ctx().store.jobs(
+        state=states or None, service=request.args.get("service") or None,
+        worker=request.args.get("worker") or None, machine=request.args.get("machine") or None,
+        since=_float_arg("since"), until=_float_arg("until"), q=request.args.get("q") or None,
+        limit=limit, offset=offset,
+    )
+    annotate(found, ctx().store.durations())
+    return jsonify({"jobs": found, "total": total, "limit": limit, "offset": offset})
+
+
+@bp.get("/api/jobs/<job_id>")
+def job(job_id: str) -> Any:
+    found = ctx().store.job(job_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    if found["status"] == "queued":
+        queued = ctx().store.queued_jobs()
+        annotate(queued, ctx().store.durations(), consumers_per_queue(ctx().store.workers()))
+        for other in queued:
+            if other["id"] == job_id:
+                found["queue_position"], found["eta_seconds"] = other["queue_position"], other["eta_seconds"]
+    else:
+        annotate([found], {})
+    return jsonify(found)
+
+
+def _queue_names() -> list[str]:
+    from jobqueue.connectors import CONNECTORS
+
+    return sorted(set(ctx().store.known_queues()) | set(CONNECTORS))
+
+
+def _depths() -> dict[str, int]:
+    try:
+        return queue_depths(ctx().celery, _queue_names())
+    except Exception as exc:
+        raise ApiError(503, "broker_unavailable", f"cannot read queue depths: {exc}") from None
+
+
+@bp.get("/api/queues")
+def queues() -> Any:
+    depths = _depths()
+    return jsonify({"queues": [{"name": name, "depth": depth} for name, depth in sorted(depths.items())]})
+
+
+@bp.get("/api/stats")
+def stats() -> Any:
+    """Per-service completion times (median/mean/min/max/p95), failure patterns, throughput
+    and queue depths."""
+    data = ctx().store.stats()
+    try:
+        data["queues"] = _depths()
+    except ApiError as exc:
+        data["queues"] = {}
+        data["queues_error"] = exc.message
+    return jsonify(data)
+
+
+# -- actions -------------------------------------------------------------------------------
+
+
+def _json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "expected a JSON object body")
+    return body
+
+
+@bp.post("/api/jobs")
+@mutating
+def submit() -> Any:
+    """Submit ``count`` jobs of ``service`` with ``payload``; 201 with their ids."""
+    body = _json_body()
+    service = body.get("service")
+    if not isinstance(service, str) or not service:
+        raise ApiError(400, "bad_request", "'service' must be a non-empty string")
+    count = body.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SUBMIT_COUNT:
+        raise ApiError(400, "bad_request", f"'count' must be an integer 1..{MAX_SUBMIT_COUNT}")
+    unknown = set(body) - {"service", "payload", "priority", "queue", "timeout", "count", "workflow_id", "step"}
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown field(s) {sorted(unknown)}")
+    ids = []
+    try:
+        for _ in range(count):
+            handle = submit_job(service, body.get("payload", {}), priority=body.get("priority"),
+                                queue=body.get("queue"), timeout=body.get("timeout"),
+                                workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery)
+            ids.append({"id": handle.id})
+    except SubmitError as exc:
+        raise ApiError(400, "invalid_job", str(exc)) from None
+    return jsonify({"jobs": ids}), 201
+
+
+@bp.post("/api/jobs/<job_id>/cancel")
+@mutating
+def cancel(job_id: str) -> Any:
+    known = ctx().store.job(job_id, with_events=False)
+    if known is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    if JobStatus(known["status"]) in FINAL_JOB_STATES:
+        raise ApiError(409, "already_ended", f"job {job_id} already {known['status']}")
+    if not get_job(job_id, app=ctx().celery).cancel():
+        raise ApiError(409, "already_ended", f"job {job_id} already ended")
+    return jsonify({"ok": True}), 202
+
+
+@bp.post("/api/jobs/<job_id>/retry")
+@mutating
+def retry(job_id: str) -> Any:
+    """Submit a new job with the same service, payload and options as ``job_id``."""
+    known = ctx().store.job(job_id, with_events=False)
+    if known is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    kwargs = ctx().celery.AsyncResult(job_id).kwargs
+    if not isinstance(kwargs, dict) or "payload" not in kwargs:
+        raise ApiError(409, "payload_unknown", f"the result backend no longer holds job {job_id}'s payload")
+    options = kwargs.get("options") or {}
+    try:
+        handle = submit_job(kwargs.get("service") or known["service"], kwargs["payload"],
+                            priority=options.get("priority"), queue=options.get("queue"),
+                            timeout=options.get("timeout"), workflow_id=options.get("workflow_id"),
+                            step=options.get("step"), app=ctx().celery, extra={"retry_of": job_id})
+    except SubmitError as exc:
+        raise ApiError(400, "invalid_job", str(exc)) from None
+    return jsonify({"id": handle.id}), 201
+
+
+def _worker_or_404(name: str) -> dict[str, Any]:
+    found = ctx().store.worker(name)
+    if found is None:
+        raise ApiError(404, "not_found", f"no worker {name!r}")
+    return found
+
+
+def _control_queues(name: str, method: str) -> list[Any]:
+    found = _worker_or_404(name)
+    replies = []
+    control = ctx().celery.control
+    for queue in found["queues"] or []:
+        replies.extend(getattr(control, method)(queue, destination=[name], reply=True, timeout=2.0) or [])
+    return replies
+
+
+@bp.post("/api/workers/<path:name>/drain")
+@mutating
+def drain(name: str) -> Any:
+    """Stop the worker taking new jobs (it finishes what it runs)."""
+    replies = _control_queues(name, "cancel_consumer")
+    ctx().store.set_draining(name, True)
+    return jsonify({"ok": True, "replies": replies}), 202
+
+
+@bp.post("/api/workers/<path:name>/resume")
+@mutating
+def resume(name: str) -> Any:
+    replies = _control_queues(name, "add_consumer")
+    ctx().store.set_draining(name, False)
+    return jsonify({"ok": True, "replies": replies}), 202
+
+
+@bp.post("/api/workers/<path:name>/shutdown")
+@mutating
+def shutdown(name: str) -> Any:
+    _worker_or_404(name)
+    ctx().celery.control.shutdown(destination=[name])
+    return jsonify({"ok": True}), 202
+
+
+# -- health and metrics --------------------------------------------------------------------
+
+
+@bp.get("/healthz")
+def healthz() -> Any:
+    c = ctx()
+    collector = c.collector.stats() if c.collector is not None else None
+    ok = collector is None or (collector["alive"] and c.writer is not None and c.writer.alive)
+    body = {"ok": bool(ok), "seq": c.store.seq(), "collector": collector,
+            "repair": c.repair_stats(), "uptime": round(time.time() - c.started_at, 3)}
+    return jsonify(body), 200 if ok else 503
+
+
+@bp.get("/metrics")
+def metrics() -> Any:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(ctx().registry), mimetype=CONTENT_TYPE_LATEST)

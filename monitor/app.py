@@ -1,0 +1,116 @@
+"""The monitor's Flask app factory.
+
+``create_app(settings)`` builds an app on a store; the server (:mod:`monitor.server`) also
+hands it the running writer, collector and repair so ``/healthz`` and ``/metrics`` can report
+on them. Everything per app lives in ``app.extensions["jobqueue_monitor"]``; nothing is a
+module global.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from jobqueue.config import Settings
+from monitor.hub import ChangeHub
+from monitor.store import Store
+
+
+@dataclass
+class MonitorContext:
+    """What the views of one app need: settings, store, change hub, Celery, background parts."""
+
+    settings: Settings
+    store: Store
+    hub: ChangeHub
+    writer: Any = None
+    collector: Any = None
+    repair: Any = None
+    own_store: bool = False
+    started_at: float = field(default_factory=time.time)
+    registry: Any = None
+    _celery: Any = None
+
+    @property
+    def celery(self) -> Any:
+        """The monitor's Celery app (no tasks), built on first use."""
+        if self._celery is None:
+            from monitor.broker import monitor_celery_app
+
+            self._celery = monitor_celery_app(self.settings)
+        return self._celery
+
+    def repair_stats(self) -> dict[str, Any] | None:
+        if self.repair is None:
+            return None
+        return {"runs": self.repair.runs, "last": self.repair.last, "last_error": self.repair.last_error}
+
+    def close(self) -> None:
+        if self._celery is not None:
+            self._celery.close()
+        if self.own_store:
+            self.store.close()
+
+
+def create_app(
+    config: Settings | Mapping[str, Any] | None = None,
+    *,
+    store: Store | None = None,
+    hub: ChangeHub | None = None,
+    writer: Any = None,
+    collector: Any = None,
+    repair: Any = None,
+    celery_app: Any = None,
+) -> Flask:
+    """Build the monitor app. ``config`` is a :class:`Settings` or overrides for
+    ``Settings.from_env``; ``store`` defaults to one on ``settings.monitor_db``."""
+    if isinstance(config, Settings):
+        settings = config.resolved()
+    else:
+        settings = Settings.from_env(**dict(config or {}))
+    app = Flask("monitor")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    context = MonitorContext(
+        settings=settings,
+        store=store or Store.from_settings(settings),
+        hub=hub or ChangeHub(),
+        writer=writer,
+        collector=collector,
+        repair=repair,
+        own_store=store is None,
+        _celery=celery_app,
+    )
+    from monitor.metrics import build_registry
+
+    context.registry = build_registry(context)
+    app.extensions["jobqueue_monitor"] = context
+
+    from monitor import api, ws
+
+    app.register_blueprint(api.bp)
+    ws.register(app)
+    try:
+        from monitor import views
+    except ImportError:
+        views = None  # type: ignore[assignment]
+    if views is not None and hasattr(views, "bp"):
+        app.register_blueprint(views.bp)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        if not (request.path.startswith("/api") or request.path in ("/healthz", "/metrics")):
+            return exc
+        return api.error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
+                                  exc.description or "")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        app.logger.exception("unhandled error on %s", request.path)
+        return api.error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    return app

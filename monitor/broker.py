@@ -1,0 +1,68 @@
+"""The monitor's view of the broker: a Celery app without jobqueue's tasks, and queue depths.
+
+The monitor never imports :mod:`jobqueue.tasks`; it only needs control/inspect, the result
+backend and ``send_task`` (through :func:`jobqueue.client.submit_job`), so it builds a bare
+Celery app with the same configuration the workers use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobqueue.celery_app import JobqueueCelery, broker_transport_options
+from jobqueue.config import Settings
+from jobqueue.routing import MAX_PRIORITY
+
+
+def monitor_celery_app(settings: Settings) -> JobqueueCelery:
+    """A Celery app on ``settings``' broker and backend, with no tasks registered."""
+    app = JobqueueCelery("jobqueue-monitor", set_as_current=False)
+    app.settings = settings
+    app.config_from_object("celeryconfig")
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        broker_transport_options=broker_transport_options(settings),
+        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
+        broker_connection_timeout=3.0,
+    )
+    return app
+
+
+def priority_keys(queue: str, sep: str = ":") -> list[str]:
+    """The Redis lists kombu keeps for one queue with priority steps 0..9 (0 taken first)."""
+    return [queue] + [f"{queue}{sep}{p}" for p in range(1, MAX_PRIORITY + 1)]
+
+
+def queue_depths(app: Any, queues: list[str]) -> dict[str, int]:
+    """Messages waiting in each queue: Redis LLEN over the priority sub-queues, or an AMQP
+    passive declare. A queue that does not exist has depth 0."""
+    depths: dict[str, int] = {}
+    if not queues:
+        return depths
+    settings: Settings = app.settings
+    if settings.is_redis:
+        import redis
+
+        client = redis.Redis.from_url(settings.broker_url, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            pipe = client.pipeline(transaction=False)
+            for queue in queues:
+                for key in priority_keys(queue):
+                    pipe.llen(key)
+            counts = pipe.execute()
+        finally:
+            client.close()
+        steps = MAX_PRIORITY + 1
+        for i, queue in enumerate(queues):
+            depths[queue] = int(sum(counts[i * steps:(i + 1) * steps]))
+        return depths
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        for queue in queues:
+            try:
+                depths[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except Exception:  # not declared yet
+                depths[queue] = 0
+                channel = conn.channel()
+    return depths

@@ -1,0 +1,110 @@
+"""Run the monitor: writer, collector, truth repair and the web app in one process.
+
+``serve(settings, host, port)`` blocks until SIGINT/SIGTERM, then stops everything in order
+(web server, repair, collector, writer, store). With no credentials configured it refuses to
+bind to anything but localhost: controls without auth must not face a network.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from werkzeug.serving import make_server
+
+from jobqueue.config import Settings
+from jobqueue.errors import ConfigError
+from monitor.app import create_app
+from monitor.auth import has_credentials, is_loopback
+from monitor.broker import monitor_celery_app
+from monitor.collector import EventCollector, wait_connected
+from monitor.hub import ChangeHub
+from monitor.repair import Repair
+from monitor.store import Store
+from monitor.writer import Writer
+
+log = logging.getLogger(__name__)
+
+
+class Monitor:
+    """The monitor's parts, started and stopped together."""
+
+    def __init__(self, settings: Settings, host: str, port: int) -> None:
+        if not has_credentials(settings) and not settings.monitor_read_only and not is_loopback(host):
+            raise ConfigError(
+                f"refusing to serve on {host}: no JOBQUEUE_MONITOR_TOKEN or JOBQUEUE_MONITOR_BASIC_AUTH "
+                "is set (bind to 127.0.0.1, set credentials, or set JOBQUEUE_MONITOR_READ_ONLY=1)"
+            )
+        self.settings = settings
+        self.store = Store.from_settings(settings)
+        self.hub = ChangeHub()
+        self.celery = monitor_celery_app(settings)
+        self.writer = Writer(self.store, self.hub, heartbeat_default=settings.heartbeat_interval,
+                             beat_default=settings.status_beat)
+        self.collector = EventCollector(self.celery, self.writer)
+        self.repair = Repair(self.celery, self.writer, self.store, settings)
+        self.app = create_app(settings, store=self.store, hub=self.hub, writer=self.writer,
+                              collector=self.collector, repair=self.repair, celery_app=self.celery)
+        self.server = make_server(host, port, self.app, threaded=True)
+        self.port = self.server.server_port
+        self._stopped = threading.Event()
+
+    def start(self) -> Monitor:
+        self.writer.start()
+        self.collector.start()
+        # Listen before asking: what happens while repair runs then arrives as events.
+        wait_connected(self.collector, 5.0)
+        self.repair.start()
+        return self
+
+    def serve_forever(self) -> None:
+        log.info("monitor on http://%s:%d", self.server.host, self.port)
+        self.server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.repair.stop()
+        self.collector.stop()
+        self.writer.stop()
+        self.server.server_close()
+        self.celery.close()
+        self.store.close()
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Run the monitor until SIGINT or SIGTERM."""
+    monitor = Monitor(settings, host or settings.monitor_host,
+                      settings.monitor_port if port is None else port)
+    monitor.start()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping the monitor", signum)
+        threading.Thread(target=monitor.server.shutdown, daemon=True).start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        monitor.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        monitor.stop()
+
+
+def main() -> None:
+    """``python -m monitor.server [--host H] [--port P]``: the environment's settings."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="jobqueue monitor")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(Settings.from_env(), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

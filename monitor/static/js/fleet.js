@@ -1,0 +1,134 @@
+/* Fleet view: machines -> workers (one per GPU) -> connector badges, live from /ws. */
+"use strict";
+
+(function () {
+  const {h, fill, shortId, statusPill, progressBar, controlButton, control, ticking, live, auth} = JQ;
+
+  //: Heartbeat older than this (s) is shown as late; the monitor calls the worker offline itself.
+  const HEARTBEAT_LATE = 10;
+
+  /** The status a badge shows: the worker's death or a stale report beat the last status. */
+  function badgeStatus(worker, conn) {
+    if (worker.status === "offline") return "offline";
+    if (conn.stale) return "stale";
+    const s = String(conn.status || "unknown");
+    return s === "waiting_for_service" ? "waiting" : s;
+  }
+
+  function badge(worker, service, conn) {
+    const shown = badgeStatus(worker, conn);
+    const title = [service + ": " + (conn.status || "unknown"), conn.message || "",
+      conn.updated_at ? "updated " + JQ.clock(conn.updated_at) : ""].filter(Boolean).join("\n");
+    let label = shown;
+    if (shown === "stale" || (shown === "offline" && conn.status && conn.status !== "offline")) {
+      label = shown + " (last: " + String(conn.status).replace(/_/g, " ") + ")";
+    }
+    return h("span", {class: "badge badge-" + shown.replace(/[^a-z]/g, ""), "data-service": service,
+      "data-status": shown, title},
+      h("span", {class: "badge-dot"}),
+      h("span", {class: "badge-service", text: service}),
+      h("span", {class: "badge-status", text: label}),
+      shown === "error" && conn.message ? h("span", {class: "badge-message", text: conn.message}) : null);
+  }
+
+  function workerControls(worker) {
+    if (!auth.canControl() || worker.status === "offline") return [];
+    const name = encodeURIComponent(worker.name);
+    const out = [];
+    if (worker.status === "draining") {
+      out.push(controlButton("resume", () => control("resume " + worker.name, "POST", "/api/workers/" + name + "/resume")));
+    } else {
+      out.push(controlButton("drain", () => control("drain " + worker.name, "POST", "/api/workers/" + name + "/drain")));
+    }
+    out.push(controlButton("shutdown", () => {
+      if (confirm("Shut down worker " + worker.name + "? Its running job is handed back to the queue.")) {
+        control("shutdown " + worker.name, "POST", "/api/workers/" + name + "/shutdown");
+      }
+    }, "danger"));
+    return out;
+  }
+
+  function currentJob(worker) {
+    if (!worker.current_job) return h("div", {class: "current muted", text: "no current job"});
+    const job = live.jobs.get(worker.current_job);
+    const link = h("a", {class: "mono", href: "/jobs/" + encodeURIComponent(worker.current_job), title: worker.current_job,
+      text: shortId(worker.current_job)});
+    if (!job) return h("div", {class: "current"}, "job ", link);
+    const p = job.progress || {};
+    return h("div", {class: "current"}, h("div", {}, "job ", link, " ", statusPill(job.status),
+      p.total_steps ? " step " + (p.step || 0) + "/" + p.total_steps : ""), progressBar(job));
+  }
+
+  function workerCard(worker) {
+    const connectors = Object.entries(worker.connectors || {}).sort(([a], [b]) => a.localeCompare(b));
+    return h("article", {class: "worker worker-" + String(worker.status || "unknown"), "data-worker": worker.name},
+      h("header", {class: "worker-head"},
+        h("span", {class: "worker-name mono", text: worker.name}),
+        h("span", {class: "muted", text: worker.gpu !== null && worker.gpu !== undefined ? " GPU " + worker.gpu : " GPU ?"}),
+        statusPill(worker.status)),
+      worker.identity_complete === false
+        ? h("div", {class: "warning identity-warning", text: "⚠ identity incomplete: " + (worker.identity_warning || "unknown fields")})
+        : null,
+      h("div", {class: "badges"}, connectors.length ? connectors.map(([s, c]) => badge(worker, s, c || {}))
+        : h("span", {class: "muted", text: "no connector reported yet"})),
+      currentJob(worker),
+      h("dl", {class: "facts"},
+        h("dt", {text: "processed"}), h("dd", {class: "processed", text: String(worker.processed || 0)}),
+        h("dt", {text: "failed"}), h("dd", {class: "failed", text: String(worker.failed || 0)}),
+        h("dt", {text: "heartbeat"}), h("dd", {class: "heartbeat"},
+          worker.heartbeat_at ? ticking(worker.heartbeat_at, {suffix: " ago", warnAfter: HEARTBEAT_LATE}) : "never"),
+        h("dt", {text: "queues"}), h("dd", {class: "queues"},
+          (worker.queues || []).map((q) => h("span", {class: "chip", text: q})))),
+      h("div", {class: "controls"}, workerControls(worker)));
+  }
+
+  function machineCard(id, machine, workers) {
+    const status = machine ? machine.status : (workers.some((w) => w.status !== "offline") ? "online" : "offline");
+    return h("section", {class: "machine", "data-machine": id},
+      h("header", {class: "machine-head"},
+        h("h2", {class: "mono", text: id || "(unknown machine)"}), statusPill(status),
+        machine && machine.last_seen ? h("span", {class: "muted"}, " seen ", ticking(machine.last_seen, {suffix: " ago"})) : null,
+        h("span", {class: "muted", text: " · " + workers.length + " worker" + (workers.length === 1 ? "" : "s")})),
+      h("div", {class: "workers"}, workers.map(workerCard)));
+  }
+
+  function summary() {
+    const workers = [...live.workers.values()];
+    const jobs = [...live.jobs.values()];
+    let errors = 0;
+    for (const w of workers) for (const c of Object.values(w.connectors || {})) if (c && c.status === "error" && w.status !== "offline") errors++;
+    const count = (pred) => jobs.filter(pred).length;
+    const item = (label, value, cls) => h("div", {class: "stat " + (cls || "")}, h("span", {class: "stat-value", text: String(value)}),
+      h("span", {class: "stat-label", text: label}));
+    return [
+      item("machines", live.machines.size),
+      item("workers online", workers.filter((w) => w.status !== "offline").length + " / " + workers.length),
+      item("connectors in error", errors, errors ? "bad" : ""),
+      item("pending jobs", count((j) => JQJobsGroup(j) === "pending")),
+      item("active jobs", count((j) => j.status === "processing")),
+    ];
+  }
+
+  function JQJobsGroup(job) {
+    if (job.status === "processing") return "active";
+    return JQ.FINAL.has(job.status) ? "done" : "pending";
+  }
+
+  const render = JQ.coalesce(() => {
+    fill(document.getElementById("summary"), summary());
+    const byMachine = new Map();
+    for (const id of live.machines.keys()) byMachine.set(id, []);
+    for (const w of live.workers.values()) {
+      const key = w.machine_id || "";
+      if (!byMachine.has(key)) byMachine.set(key, []);
+      byMachine.get(key).push(w);
+    }
+    const sections = [...byMachine.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([id, workers]) =>
+      machineCard(id, live.machines.get(id), workers.sort((a, b) => (a.gpu ?? 99) - (b.gpu ?? 99) || a.name.localeCompare(b.name))));
+    fill(document.getElementById("fleet"), sections.length ? sections
+      : h("p", {class: "empty", text: live.ready ? "No machine has reported yet. Start a worker: celery -A jobqueue worker -Q gpu0" : "loading…"}));
+  });
+
+  live.subscribe(() => render());
+  auth.onChange(render);
+})();

@@ -1,0 +1,132 @@
+/* One job: state, progress, payload summary, error, outputs and the full event timeline.
+ * The job object comes live from /ws; the timeline from GET /api/jobs/<id>, fetched again
+ * whenever a delta for this job arrives (event-driven, never on a timer). */
+"use strict";
+
+(function () {
+  const {h, fill, duration, clock, statusPill, jobControls, api, live, auth} = JQ;
+  const jobId = document.body.dataset.jobId;
+  let job = null;
+  let events = [];
+  let missing = false;
+
+  const IMAGE_EXT = /\.(png|jpe?g|webp|gif)$/i;
+
+  function field(label, value) {
+    if (value === null || value === undefined || value === "") return null;
+    return [h("dt", {text: label}), h("dd", {}, value instanceof Node ? value : String(value))];
+  }
+
+  function pretty(value) {
+    try { return JSON.stringify(value, null, 2); } catch (exc) { return String(value); }
+  }
+
+  function renderDetail() {
+    const detail = document.getElementById("job-detail");
+    fill(document.getElementById("job-status"), job ? statusPill(job.status) : null);
+    fill(document.getElementById("job-controls"), job ? jobControls(job) : []);
+    if (!job) {
+      fill(detail, h("p", {class: missing ? "error-text" : "muted", text: missing ? "No job with this id." : "loading…"}));
+      return;
+    }
+    const p = job.progress || {};
+    const group = JQJobs.group(job);
+    const took = JQJobs.runtime(job);
+    fill(detail,
+      group === "active" || group === "pending" ? h("div", {class: "job-progress"}, JQJobs.detail(job)) : null,
+      job.error ? h("div", {class: "error-box"}, h("strong", {text: job.error.type || "error"}),
+        h("div", {class: "job-error", text: job.error.message || JQJobs.errorText(job)}),
+        job.error.details && Object.keys(job.error.details).length ? h("pre", {class: "mono", text: pretty(job.error.details)}) : null) : null,
+      h("dl", {class: "fields"},
+        field("service", job.service), field("queue", job.queue), field("priority", job.priority),
+        field("worker", job.worker), field("machine", job.machine_id),
+        field("attempt", job.attempt), field("retries", job.retries),
+        field("workflow", job.workflow_id), field("step", job.step),
+        field("progress", p.total_steps ? "step " + (p.step || 0) + "/" + p.total_steps + " · " + (p.percent || 0).toFixed(0) + "%" : null),
+        field("node", p.node), field("message", p.message),
+        field("submitted", job.submitted_at ? clock(job.submitted_at) : null),
+        field("started", job.started_at ? clock(job.started_at) : null),
+        field("finished", job.finished_at ? clock(job.finished_at) : null),
+        field("duration", took !== null ? duration(took) : null),
+        field("queue position", job.queue_position)),
+      h("h2", {text: "Payload"}),
+      h("pre", {class: "payload mono", text: job.payload_summary || "(no payload summary)"}),
+      job.result ? [h("h2", {text: "Result"}), h("pre", {class: "result mono", text: pretty(job.result)})] : null);
+  }
+
+  function renderOutputs() {
+    const box = document.getElementById("job-outputs");
+    const result = job && job.result;
+    const files = result && Array.isArray(result.files) ? result.files : [];
+    const nodes = [];
+    for (const f of files) {
+      const file = typeof f === "string" ? {name: f} : (f || {});
+      const name = String(file.name || file.filename || file.path || "file");
+      const url = JQ.safeUrl(file.url);
+      const isImage = (file.content_type && String(file.content_type).startsWith("image/")) || IMAGE_EXT.test(name);
+      if (url && isImage) {
+        nodes.push(h("figure", {class: "output"}, h("a", {href: url, target: "_blank", rel: "noopener"},
+          h("img", {src: url, alt: name, loading: "lazy"})), h("figcaption", {class: "mono", text: name})));
+      } else if (url) {
+        nodes.push(h("div", {class: "output"}, h("a", {href: url, target: "_blank", rel: "noopener", class: "mono", text: name})));
+      } else {
+        nodes.push(h("div", {class: "output"}, h("span", {class: "mono", text: name}), h("span", {class: "muted", text: " (not served)"})));
+      }
+    }
+    if (result && result.output !== undefined && result.output !== null) {
+      nodes.push(h("div", {class: "output output-text"}, h("span", {class: "muted", text: "output: "}),
+        h("span", {class: "mono", text: typeof result.output === "string" ? result.output : pretty(result.output)})));
+    }
+    fill(box, nodes.length ? nodes : h("p", {class: "muted", text: job && JQ.FINAL.has(job.status) ? "no outputs" : "outputs appear when the job completes"}));
+  }
+
+  function renderTimeline() {
+    const list = document.getElementById("timeline");
+    const first = events.length ? events[0].timestamp : null;
+    fill(list, events.length ? events.map((ev) => {
+      const fields = ev.fields || {};
+      const summary = Object.entries(fields).filter(([k]) => !["uuid", "hostname", "clock", "pid", "utcoffset", "timestamp", "local_received"].includes(k))
+        .map(([k, v]) => k + "=" + (typeof v === "string" ? v : JSON.stringify(v))).join("  ");
+      return h("li", {class: "event", "data-type": ev.type},
+        h("span", {class: "event-time mono", text: clock(ev.timestamp)}),
+        h("span", {class: "event-rel muted", text: first ? "+" + duration(ev.timestamp - first) : ""}),
+        h("span", {class: "event-type", text: ev.type}),
+        h("span", {class: "event-host muted", text: fields.hostname || ""}),
+        h("div", {class: "event-fields mono", text: summary}));
+    }) : h("li", {class: "muted", text: "no events yet"}));
+  }
+
+  let fetching = false, again = false;
+  async function load() {
+    if (fetching) { again = true; return; }
+    fetching = true;
+    const res = await api("GET", "/api/jobs/" + encodeURIComponent(jobId));
+    fetching = false;
+    if (res.ok && res.data) {
+      const {events: evs, ...rest} = res.data;
+      events = Array.isArray(evs) ? evs : [];
+      // The websocket copy wins when it is newer (higher seq).
+      if (!job || (rest.seq || 0) >= (job.seq || 0)) job = rest;
+      missing = false;
+    } else if (res.status === 404 && !job) {
+      missing = true;
+    }
+    render();
+    if (again) { again = false; load(); }
+  }
+
+  const render = JQ.coalesce(() => { renderDetail(); renderOutputs(); renderTimeline(); });
+
+  live.subscribe((kind, id, data) => {
+    if (kind === "snapshot") {
+      const fresh = live.jobs.get(jobId);
+      if (fresh) job = fresh;
+      load();
+    } else if (kind === "job" && id === jobId) {
+      if (data) job = data;
+      load();
+    }
+  });
+  auth.onChange(render);
+  render();
+})();

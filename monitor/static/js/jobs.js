@@ -1,0 +1,173 @@
+/* Job lists: one row per job, the detail that matters for its state (queue position and
+ * expected wait, a real progress bar with step x/y, node, elapsed and ETA, duration, the error),
+ * plus the /jobs page with its state filter, service filter and search box. */
+"use strict";
+
+const JQJobs = (function () {
+  const {h, fill, duration, clock, shortId, statusPill, progressBar, jobControls, ticking, live, FINAL} = JQ;
+
+  /** pending | active | finished | failed: the four groups of the jobs page. */
+  function group(job) {
+    const s = job.status;
+    if (s === "processing") return "active";
+    if (s === "failed" || s === "timed_out") return "failed";
+    if (FINAL.has(s)) return "finished";
+    return "pending";
+  }
+
+  function runtime(job) {
+    if (typeof job.runtime === "number") return job.runtime;
+    if (job.started_at && job.finished_at) return job.finished_at - job.started_at;
+    return null;
+  }
+
+  function errorText(job) {
+    const err = job.error;
+    if (!err) return "";
+    if (typeof err === "string") return err;
+    return (err.type ? err.type + ": " : "") + (err.message || "");
+  }
+
+  function pendingDetail(job) {
+    const bits = [];
+    if (job.status === "queued") {
+      bits.push(job.queue_position ? "queue position " + job.queue_position : "queued");
+      const wait = job.eta_seconds;
+      bits.push(typeof wait === "number" ? "expected wait ~" + duration(wait) : "expected wait unknown");
+    } else if (job.status === "assigned") {
+      bits.push("assigned, starting");
+    } else if (job.status === "retrying") {
+      bits.push("retrying (attempt " + ((job.attempt || 0) + 1) + ")");
+      if (job.error) bits.push(errorText(job));
+    } else if (job.status === "lost") {
+      bits.push("its worker went offline; waiting for the broker to hand it out again");
+    }
+    const since = job.submitted_at || job.received_at;
+    return h("div", {class: "detail"}, h("span", {text: bits.join(" · ")}),
+      since ? h("span", {class: "muted"}, " · waiting ", ticking(since)) : null);
+  }
+
+  function activeDetail(job) {
+    const p = job.progress || {};
+    const parts = [];
+    if (p.total_steps) parts.push(h("span", {class: "steps", text: "step " + (p.step || 0) + "/" + p.total_steps}));
+    if (p.node !== null && p.node !== undefined && p.node !== "") parts.push(h("span", {text: "node " + p.node}));
+    if (job.started_at) parts.push(h("span", {}, "elapsed ", ticking(job.started_at)));
+    const eta = typeof p.eta_seconds === "number" ? p.eta_seconds : job.eta_seconds;
+    parts.push(h("span", {text: "ETA " + (typeof eta === "number" ? duration(eta) : "–")}));
+    const sep = [];
+    parts.forEach((part, i) => { if (i) sep.push(" · "); sep.push(part); });
+    return h("div", {class: "detail"}, progressBar(job),
+      h("div", {class: "meta"}, sep),
+      p.message ? h("div", {class: "muted msg", text: p.message}) : null);
+  }
+
+  function finishedDetail(job) {
+    const took = runtime(job);
+    const text = (job.status === "completed" ? "took " : job.status.replace("_", " ") + " after ") + duration(took);
+    return h("div", {class: "detail"}, h("span", {class: "duration", text}),
+      job.finished_at ? h("span", {class: "muted", text: " · at " + clock(job.finished_at)}) : null,
+      job.status === "completed" ? null : (job.error ? h("div", {class: "error-text", text: errorText(job)}) : null));
+  }
+
+  function failedDetail(job) {
+    return h("div", {class: "detail"},
+      h("div", {class: "error-text job-error", text: errorText(job) || "failed (no message)"}),
+      h("span", {class: "muted", text: (runtime(job) !== null ? "after " + duration(runtime(job)) : "") +
+        (job.finished_at ? " · at " + clock(job.finished_at) : "")}));
+  }
+
+  function detail(job) {
+    switch (group(job)) {
+      case "active": return activeDetail(job);
+      case "finished": return finishedDetail(job);
+      case "failed": return failedDetail(job);
+      default: return pendingDetail(job);
+    }
+  }
+
+  /** One job as a row (a grid on a laptop, a card on a phone). */
+  function row(job) {
+    const link = "/jobs/" + encodeURIComponent(job.id);
+    return h("div", {class: "job-row group-" + group(job), "data-job-id": job.id, "data-status": job.status},
+      h("div", {class: "c-status"}, statusPill(job.status)),
+      h("div", {class: "c-id"}, h("a", {class: "mono", href: link, title: job.id, text: shortId(job.id)})),
+      h("div", {class: "c-service", text: job.service || "?"}),
+      h("div", {class: "c-worker", title: job.worker || "", text: job.worker || "–"}),
+      h("div", {class: "c-detail"}, detail(job)),
+      h("div", {class: "c-controls controls"}, jobControls(job)));
+  }
+
+  /** Active first, then pending by queue position, then the most recently finished. */
+  function compare(a, b) {
+    const rank = {active: 0, pending: 1, failed: 2, finished: 2};
+    const ra = rank[group(a)], rb = rank[group(b)];
+    if (ra !== rb) return ra - rb;
+    if (ra === 0) return (a.started_at || 0) - (b.started_at || 0);
+    if (ra === 1) return (a.queue_position || 1e9) - (b.queue_position || 1e9) || (a.submitted_at || 0) - (b.submitted_at || 0);
+    return (b.finished_at || 0) - (a.finished_at || 0);
+  }
+
+  function matches(job, text) {
+    if (!text) return true;
+    const hay = [job.id, job.service, job.worker, job.machine_id, job.status, job.queue, errorText(job),
+      job.payload_summary, job.progress && job.progress.message].filter(Boolean).join(" ").toLowerCase();
+    return hay.includes(text.toLowerCase());
+  }
+
+  function header() {
+    return h("div", {class: "job-row job-head"},
+      h("div", {class: "c-status", text: "status"}), h("div", {class: "c-id", text: "job"}),
+      h("div", {class: "c-service", text: "service"}), h("div", {class: "c-worker", text: "worker"}),
+      h("div", {class: "c-detail", text: "detail"}), h("div", {class: "c-controls", text: ""}));
+  }
+
+  function renderList(container, jobs, emptyText) {
+    const rows = jobs.sort(compare).slice(0, 500).map(row);
+    fill(container, header(), rows.length ? rows : [h("div", {class: "empty", text: emptyText || "no jobs"})]);
+  }
+
+  function setupJobsPage() {
+    const container = document.getElementById("jobs");
+    const tabs = document.getElementById("state-filter");
+    const service = document.getElementById("service-filter");
+    const search = document.getElementById("search");
+    const params = new URLSearchParams(location.search);
+    let state = params.get("state") || "all";
+    search.value = params.get("q") || "";
+    const known = new Set();
+
+    function syncServices() {
+      for (const job of live.jobs.values()) {
+        if (job.service && !known.has(job.service)) {
+          known.add(job.service);
+          service.appendChild(h("option", {value: job.service, text: job.service}));
+        }
+      }
+    }
+
+    const render = JQ.coalesce(() => {
+      syncServices();
+      for (const b of tabs.querySelectorAll("button")) b.classList.toggle("current", b.dataset.state === state);
+      const q = search.value.trim();
+      const jobs = [...live.jobs.values()].filter((j) =>
+        (state === "all" || group(j) === state) && (!service.value || j.service === service.value) && matches(j, q));
+      renderList(container, jobs, live.ready ? "no jobs match" : "loading…");
+    });
+
+    tabs.addEventListener("click", (ev) => {
+      const b = ev.target.closest("button");
+      if (!b) return;
+      state = b.dataset.state;
+      render();
+    });
+    service.addEventListener("change", render);
+    search.addEventListener("input", render);
+    live.subscribe((kind) => { if (kind === "snapshot" || kind === "job") render(); });
+    JQ.auth.onChange(render);
+  }
+
+  if (document.body.dataset.page === "jobs") setupJobsPage();
+
+  return {group, row, detail, renderList, errorText, runtime, compare, matches};
+})();

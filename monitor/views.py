@@ -1,0 +1,92 @@
+"""The dashboard's pages: fleet, jobs, one job, stats, and the client test page.
+
+The server renders only the page shell; every number on a page comes from the REST API and the
+``/ws`` websocket (snapshot, then deltas), so a page opened late shows exactly what a page open
+all along shows. Nothing user-supplied is rendered into HTML here except through Jinja's
+autoescaping; the browser code builds its DOM with ``textContent`` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, render_template, request
+
+from jobqueue.connectors import CONNECTORS, connector_class
+from jobqueue.errors import JobqueueError
+from monitor import auth
+
+#: Blueprint the monitor's app factory registers when this module exists.
+bp = Blueprint(
+    "views",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/ui-static",
+)
+
+
+def service_examples() -> dict[str, Any]:
+    """Each known service with its example payload (None when its connector cannot load)."""
+    examples: dict[str, Any] = {}
+    for service in sorted(CONNECTORS):
+        try:
+            examples[service] = getattr(connector_class(service), "example_payload", None)
+        except (ImportError, AttributeError, JobqueueError):
+            # A connector module that is missing on this install still gets listed: the
+            # server refuses the job with a clear error if it cannot run it.
+            examples[service] = None
+    return examples
+
+
+@bp.get("/")
+def fleet() -> str:
+    """Machines, their workers (one per GPU) and each connector's status."""
+    return render_template("fleet.html", page="fleet")
+
+
+@bp.get("/jobs")
+def jobs() -> str:
+    """Pending, active, finished and failed jobs with filters and search."""
+    return render_template("jobs.html", page="jobs")
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str) -> str:
+    """One job: its state, payload summary, outputs and full event timeline."""
+    return render_template("job.html", page="job", job_id=job_id)
+
+
+@bp.get("/stats")
+def stats() -> str:
+    """Completion times per service, throughput, failure patterns and queue depths."""
+    return render_template("stats.html", page="stats")
+
+
+@bp.get("/client")
+def client() -> str:
+    """The client test page: submit a batch of jobs and follow them live."""
+    examples = service_examples()
+    return render_template(
+        "client.html",
+        page="client",
+        services=list(examples),
+        examples=examples,
+    )
+
+
+@bp.get("/api/auth")
+def auth_info() -> Any:
+    """What the pages need to show or hide controls: ``auth_required``, ``read_only`` and
+    whether this request's ``Authorization`` header would be accepted (never a 401 itself).
+
+    The pages send credentials in the ``Authorization`` header from sessionStorage, never in
+    a cookie, so a cross-site form cannot forge a control request (no CSRF token needed).
+    """
+    settings = current_app.extensions["jobqueue_monitor"].settings
+    refused = auth.check(settings, request.headers, request.remote_addr)
+    return jsonify({
+        "auth_required": auth.has_credentials(settings),
+        "read_only": bool(settings.monitor_read_only),
+        "authenticated": refused is None,
+    })

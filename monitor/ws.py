@@ -1,0 +1,70 @@
+"""The ``/ws`` websocket: a snapshot with its sequence N, then every change after N, in order.
+
+``?since=N`` (a reconnecting client's last seq) yields exactly the changes it missed, read from
+the store's change log, or a fresh snapshot when the log no longer reaches back to N. Both the
+snapshot and the deltas come from the database (the snapshot and its seq in one read
+transaction), so there is no gap and no duplicate between them, also when this web process is
+not the collector's process. In the collector's process the writer's
+:class:`~monitor.hub.ChangeHub` wakes the stream at once; elsewhere it polls the change log.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import current_app, request
+
+from monitor.api import state_snapshot
+
+#: How long a stream sleeps between change-log polls when nothing wakes it (s).
+POLL_INTERVAL = 0.25
+#: Most changes sent per read of the log.
+BATCH = 500
+
+
+def _send(ws: Any, message: dict[str, Any]) -> None:
+    ws.send(json.dumps(message, separators=(",", ":"), default=str))
+
+
+def _snapshot_message() -> tuple[int, dict[str, Any]]:
+    state = state_snapshot()
+    return state["seq"], {"type": "snapshot", "seq": state["seq"], "state": state}
+
+
+def stream(ws: Any) -> None:
+    """Serve one websocket client until it goes away."""
+    ctx = current_app.extensions["jobqueue_monitor"]
+    store, hub = ctx.store, ctx.hub
+    since_arg = request.args.get("since")
+    last: int | None = None
+    if since_arg is not None:
+        try:
+            since = int(since_arg)
+        except ValueError:
+            since = -1
+        if since >= 0 and store.changes_since(since, limit=1) is not None:
+            last = since
+    if last is None:
+        last, message = _snapshot_message()
+        _send(ws, message)
+    while getattr(ws, "connected", True):
+        changes = store.changes_since(last, limit=BATCH)
+        if changes is None:  # the log moved past us (pruned): start over from a snapshot
+            last, message = _snapshot_message()
+            _send(ws, message)
+            continue
+        for change in changes:
+            _send(ws, {"type": "delta", **change})
+            last = change["seq"]
+        if not changes:
+            hub.wait(last, POLL_INTERVAL)
+
+
+def register(app: Any) -> None:
+    """Attach ``/ws`` to ``app`` (flask-sock, per app)."""
+    from flask_sock import Sock
+
+    sock = Sock(app)
+    app.extensions["sock"] = sock
+    sock.route("/ws")(stream)

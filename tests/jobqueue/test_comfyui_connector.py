@@ -1,0 +1,238 @@
+"""The comfyui connector against the simulator over real sockets: in-process for the
+connector's own behaviour, and through real worker processes and Redis for acceptance."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from jobqueue.client import submit_job
+from jobqueue.comfyui_sim.process import SimulatorProcess
+from jobqueue.comfyui_sim.server import SimulatorThread
+from jobqueue.config import Settings
+from jobqueue.connectors.base import Job
+from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW, ComfyUIConnector
+from jobqueue.errors import ExecutionFailed, InvalidPayloadError, JobCancelled, JobFailed
+from jobqueue.states import ConnectorStatus, JobStatus
+from tests.helpers import wait_for
+
+
+def slow(steps: int, delay: float = 0.1, color: int = 1) -> dict[str, Any]:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": color}},
+        "2": {"class_type": "HarnessSleepProgress", "inputs": {"image": ["1", 0], "steps": steps, "delay": delay}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}},
+    }
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SimulatorThread]:
+    server = SimulatorThread(output_dir=str(tmp_path / "sim-out"), temp_dir=str(tmp_path / "sim-temp")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def connector(sim: SimulatorThread, tmp_path: Path) -> Iterator[ComfyUIConnector]:
+    conn = ComfyUIConnector(Settings(comfyui_url=sim.url, output_dir=str(tmp_path / "outputs")))
+    conn.start()
+    yield conn
+    conn.stop()
+
+
+@pytest.fixture
+def sim_process(tmp_path: Path) -> Iterator[Any]:
+    """Factory of simulator subprocesses (they can be frozen or killed for real)."""
+    started: list[SimulatorProcess] = []
+
+    def start() -> SimulatorProcess:
+        n = len(started)
+        proc = SimulatorProcess(output_dir=tmp_path / f"sim{n}", log_path=tmp_path / f"sim{n}.log").start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def noop(**_: Any) -> None:
+    return None
+
+
+# -- payload -------------------------------------------------------------------------------------
+def test_the_example_payload_is_valid_and_bad_shapes_are_refused_clearly():
+    assert ComfyUIConnector.validate(ComfyUIConnector.example_payload)["workflow"] == EXAMPLE_WORKFLOW
+    cases = [
+        ({}, "'workflow' must be a non-empty object"),
+        ({"workflow": []}, "'workflow' must be a non-empty object"),
+        ({"workflow": {"nodes": [], "links": []}}, "UI format"),
+        ({"workflow": {"1": {"inputs": {}}}}, "node '1' has no 'class_type'"),
+        ({"workflow": {"1": {"class_type": "X", "inputs": []}}}, "'inputs' that is not an object"),
+        ({"workflow": EXAMPLE_WORKFLOW, "stall_timeout": 0}, "'stall_timeout' must be a positive"),
+        ({"workflow": EXAMPLE_WORKFLOW, "extra": 1}, "unknown field"),
+    ]
+    for payload, text in cases:
+        with pytest.raises(InvalidPayloadError, match=text):
+            ComfyUIConnector.validate(payload)
+
+
+# -- in-process connector ------------------------------------------------------------------------
+def test_a_run_returns_outputs_and_fetches_every_file_and_a_cached_rerun_completes(connector, tmp_path):
+    for job_id in ("first", "cached"):
+        result = connector.run(Job(id=job_id, service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+        [file] = result["files"]
+        assert file["node"] == "3" and file["filename"] == "jobqueue_00001_.png" and file["type"] == "output"
+        assert Path(file["path"]) == (tmp_path / "outputs" / job_id / "jobqueue_00001_.png").resolve()
+        assert Path(file["path"]).read_bytes().startswith(b"\x89PNG")
+        assert result["outputs"]["3"]["images"][0]["filename"] == "jobqueue_00001_.png"
+
+
+def test_health_reports_devices_when_up_and_offline_with_the_reason_when_refused(sim, connector):
+    health = connector.check_health()
+    assert health.status == ConnectorStatus.IDLE
+    assert health.details["comfyui_version"] == "0.3.64" and health.details["devices"][0]["name"] == "cpu"
+    sim.fault("refuse")
+    down = connector.check_health()
+    assert down.status == ConnectorStatus.OFFLINE and "unreachable" in down.message and sim.url in down.message
+
+
+def test_a_node_failure_fails_with_node_class_and_exception(connector):
+    workflow = slow(1, 0.0)
+    workflow["2"] = {"class_type": "HarnessFail", "inputs": {"image": ["1", 0], "message": "it broke"}}
+    with pytest.raises(ExecutionFailed) as info:
+        connector.run(Job(id="fail", service="comfyui", payload={"workflow": workflow}), noop)
+    assert str(info.value) == "node 2 (HarnessFail) raised ValueError: it broke"
+    assert info.value.details["node_type"] == "HarnessFail" and not info.value.retryable
+
+
+def test_cancelling_a_prompt_pending_in_comfyuis_queue_deletes_it(sim, connector):
+    # Given ComfyUI busy with another client's long prompt
+    requests.post(f"{sim.url}/prompt", json={"prompt": slow(100, 0.05, 7), "client_id": "other"}, timeout=5)
+    job = Job(id="queued", service="comfyui", payload={"workflow": slow(2, 0.01)})
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            connector.run(job, noop)
+        except BaseException as exc:  # noqa: B036 - collected for the assertion
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_for(lambda: len(requests.get(f"{sim.url}/queue", timeout=5).json()["queue_pending"]) == 1, what="our prompt pending")
+    # When the job is cancelled
+    connector.cancel(job)
+    thread.join(10)
+    # Then it ended cancelled and ComfyUI was told to delete it (not to interrupt the other prompt)
+    assert outcome and isinstance(outcome[0], JobCancelled)
+    deletes = [r for r in sim.requests() if r["path"] == "/queue" and r["method"] == "POST"]
+    assert deletes and deletes[0]["body"] == {"delete": [outcome[0].details["prompt_id"]]}
+    assert not [r for r in sim.requests() if r["path"] == "/interrupt"]
+    requests.post(f"{sim.url}/interrupt", timeout=5)
+
+
+# -- acceptance: real workers, real Redis, simulator over real sockets ---------------------------------
+def comfy_worker(start_worker: Any, sim: SimulatorProcess, queues: str = "gpu0", **env: Any) -> Any:
+    return start_worker(queues, CONNECTORS="comfyui", COMFYUI_URL=sim.url, **env)
+
+
+def test_two_hundred_identical_workflows_all_complete_each_under_a_second(app, start_worker, sim_process):
+    sim = sim_process()
+    comfy_worker(start_worker, sim)
+    handles = [submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, app=app) for _ in range(200)]
+    results = [h.wait(timeout=120) for h in handles]
+    assert len(results) == 200
+    assert all(r["files"] and Path(r["files"][0]["path"]).exists() for r in results)
+    durations = sorted(r["duration"] for r in results)
+    assert durations[-1] < 1.0, f"slowest job took {durations[-1]} s"
+
+
+def test_a_twenty_step_workflow_shows_at_least_ten_increasing_progress_updates(app, start_worker, sim_process):
+    sim = sim_process()
+    comfy_worker(start_worker, sim)
+    seen: list[dict[str, Any]] = []
+    handle = submit_job("comfyui", {"workflow": slow(20, 0.1)}, app=app)
+    handle.wait(timeout=60, on_progress=seen.append)
+    stepped = [p for p in seen if p["step"] and p["node"] == "2"]
+    assert len(stepped) >= 10, seen
+    assert [p["step"] for p in stepped] == sorted({p["step"] for p in stepped})
+    percents = [p["percent"] for p in stepped]
+    assert percents == sorted(percents) and len(set(percents)) == len(percents)
+    assert all(p["total_steps"] == 20 and "HarnessSleepProgress" in p["message"] for p in stepped)
+
+
+def test_a_frozen_comfyui_hands_the_job_to_the_other_worker_within_stall_timeout_plus_five(app, start_worker, sim_process):
+    # Given two workers, each with its own ComfyUI
+    sims = [sim_process(), sim_process()]
+    workers = [comfy_worker(start_worker, sims[0], "gpu0", MAX_RETRIES=5),
+               comfy_worker(start_worker, sims[1], "gpu1", MAX_RETRIES=5)]
+    stall = 3.0
+    handle = submit_job("comfyui", {"workflow": slow(20, 0.1), "stall_timeout": stall}, app=app)
+    # When the ComfyUI running the job freezes mid-job
+    wait_for(lambda: handle.progress()["step"] >= 2, timeout=30, what="the job to be under way")
+    running = next(i for i, s in enumerate(sims) if any(r["path"] == "/prompt" for r in s.requests()))
+    sims[running].fault("freeze")
+    frozen_at = time.monotonic()
+    result = handle.wait(timeout=stall + 20)
+    # Then the job completed on the other worker, within stall timeout + 5 s
+    elapsed = time.monotonic() - frozen_at
+    assert result["worker"] == workers[1 - running].node_name and result["attempt"] >= 1
+    assert elapsed < stall + 5.0, f"took {elapsed:.1f} s after the freeze"
+
+
+def test_a_killed_comfyui_fails_the_job_with_a_clear_error_within_ten_seconds(app, start_worker, sim_process):
+    sim = sim_process()
+    comfy_worker(start_worker, sim)
+    handle = submit_job("comfyui", {"workflow": slow(100, 0.1)}, app=app)
+    wait_for(lambda: handle.progress()["step"] >= 1, timeout=30, what="the job to be under way")
+    sim.kill()
+    killed_at = time.monotonic()
+    # Then within 10 s the job has failed, or waits for a retry, with a clear error
+    status = wait_for(lambda: (st := handle.status()) in (JobStatus.FAILED, JobStatus.RETRYING) and st, timeout=10,
+                      what="the job to fail or retry")
+    assert time.monotonic() - killed_at < 10.0
+    error = app.AsyncResult(handle.id).info
+    assert type(error).__name__ == "ServiceUnavailable", (status, error)
+    assert sim.url in str(error) and "unreachable" in str(error)
+
+
+def test_an_invalid_workflow_fails_naming_comfyuis_error_type_node_and_input(app, start_worker, sim_process):
+    sim = sim_process()
+    comfy_worker(start_worker, sim)
+    workflow = {**EXAMPLE_WORKFLOW, "1": {"class_type": "EmptyImage",
+                                          "inputs": {"width": 999999, "height": 8, "batch_size": 1, "color": 0}}}
+    with pytest.raises(JobFailed) as info:
+        submit_job("comfyui", {"workflow": workflow}, app=app).wait(timeout=30)
+    message = info.value.error["message"]
+    assert info.value.error["type"] == "ExecutionFailed"
+    assert "prompt_outputs_failed_validation" in message and "value_bigger_than_max" in message
+    assert "node 1 (EmptyImage) input 'width'" in message
+
+
+def test_cancelling_a_queued_and_a_running_job_ends_both_cancelled_and_interrupts_comfyui(app, start_worker, sim_process):
+    sim = sim_process()
+    comfy_worker(start_worker, sim)
+    running = submit_job("comfyui", {"workflow": slow(200, 0.1)}, app=app)
+    wait_for(lambda: running.progress()["step"] >= 1, timeout=30, what="the first job to run")
+    queued = submit_job("comfyui", {"workflow": slow(5, 0.1, 2)}, app=app)
+    # When both are cancelled
+    assert queued.cancel() and running.cancel()
+    # Then both end cancelled, and ComfyUI was asked to interrupt the running prompt
+    for handle in (queued, running):
+        with pytest.raises(JobFailed) as info:
+            handle.wait(timeout=20)
+        assert info.value.status == JobStatus.CANCELLED.value
+    assert wait_for(lambda: running.status() == JobStatus.CANCELLED)
+    interrupts = wait_for(lambda: [r for r in sim.requests() if r["path"] == "/interrupt"], what="POST /interrupt")
+    prompts = [r for r in sim.requests() if r["path"] == "/prompt" and r["method"] == "POST"]
+    assert len(prompts) == 1 and interrupts and interrupts[0]["body"] == {"prompt_id": prompts[0]["body"]["prompt_id"]}
+    history = wait_for(lambda: requests.get(f"{sim.url}/history/{prompts[0]['body']['prompt_id']}", timeout=5).json(),
+                       what="the interrupted prompt in ComfyUI's history")
+    assert next(iter(history.values()))["status"]["messages"][-1][0] == "execution_interrupted"

@@ -1,0 +1,126 @@
+"""Settings: defaults, JOBQUEUE_* overrides, and clear errors for values we cannot use."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from jobqueue.celery_app import broker_transport_options, create_app
+from jobqueue.config import DEFAULT_BROKER_URL, Settings, gpu_from_queues
+from jobqueue.errors import ConfigError
+
+
+def test_settings_without_environment_use_the_local_redis_and_the_host_name():
+    # Given an empty environment
+    # When settings are read
+    settings = Settings.from_env({})
+    # Then the broker is the local Redis, the results go there too, the machine is this host
+    assert settings.broker_url == DEFAULT_BROKER_URL
+    assert settings.result_backend == DEFAULT_BROKER_URL
+    assert settings.machine_id == socket.gethostname()
+    assert settings.gpu is None
+    assert settings.connectors == ("simulation",)
+    assert settings.is_redis
+
+
+def test_every_kind_of_setting_is_overridden_by_its_environment_variable():
+    env = {
+        "JOBQUEUE_BROKER_URL": "redis://10.0.0.5:6380/3",
+        "JOBQUEUE_MACHINE_ID": "rig-7",
+        "JOBQUEUE_GPU": "2",
+        "JOBQUEUE_CONNECTORS": "simulation, comfyui",
+        "JOBQUEUE_COMFYUI_URLS": "gpu0=http://127.0.0.1:8188, gpu1=http://127.0.0.1:8189",
+        "JOBQUEUE_VISIBILITY_TIMEOUT": "12.5",
+        "JOBQUEUE_LEASE_INTERVAL": "3",
+        "JOBQUEUE_MAX_RETRIES": "0",
+        "JOBQUEUE_MONITOR_READ_ONLY": "yes",
+        "UNRELATED": "ignored",
+    }
+    settings = Settings.from_env(env)
+    assert settings.broker_url == "redis://10.0.0.5:6380/3"
+    assert settings.result_backend == "redis://10.0.0.5:6380/3"
+    assert settings.machine_id == "rig-7"
+    assert settings.gpu == 2
+    assert settings.connectors == ("simulation", "comfyui")
+    assert settings.comfyui_url_for(1) == "http://127.0.0.1:8189"
+    assert settings.comfyui_url_for(5) == settings.comfyui_url
+    assert settings.visibility_timeout == 12.5
+    assert settings.lease_interval == 3.0
+    assert settings.max_retries == 0
+    assert settings.monitor_read_only is True
+
+
+def test_an_empty_gpu_variable_means_from_the_queue():
+    assert Settings.from_env({"JOBQUEUE_GPU": ""}).gpu is None
+    assert gpu_from_queues(["simulation", "gpu3", "gpu1"]) == 3
+    assert gpu_from_queues(["simulation"]) is None
+
+
+def test_keyword_overrides_win_over_the_environment():
+    settings = Settings.from_env({"JOBQUEUE_MACHINE_ID": "from-env"}, machine_id="explicit")
+    assert settings.machine_id == "explicit"
+
+
+def test_a_rabbitmq_broker_keeps_its_results_in_the_local_redis():
+    settings = Settings.from_env({"JOBQUEUE_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"})
+    assert not settings.is_redis
+    assert settings.result_backend == DEFAULT_BROKER_URL
+    # and RabbitMQ needs none of the Redis lease/restore transport options
+    assert broker_transport_options(settings) == {}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "complaint"),
+    [
+        ("JOBQUEUE_LEASE_INTERVAL", "soon", "JOBQUEUE_LEASE_INTERVAL"),
+        ("JOBQUEUE_MAX_RETRIES", "1.5", "JOBQUEUE_MAX_RETRIES"),
+        ("JOBQUEUE_GPU", "first", "JOBQUEUE_GPU"),
+        ("JOBQUEUE_MONITOR_READ_ONLY", "maybe", "boolean"),
+        ("JOBQUEUE_COMFYUI_URLS", "http://127.0.0.1:8188", "key=url"),
+        ("JOBQUEUE_VISIBILITY_TIMEOUT", "0", "JOBQUEUE_VISIBILITY_TIMEOUT"),
+        ("JOBQUEUE_VISIBILITY_TIMEOUT", "3", "at most half"),
+        ("JOBQUEUE_MAX_RETRIES", "-1", "JOBQUEUE_MAX_RETRIES"),
+        ("JOBQUEUE_GPU", "-2", "JOBQUEUE_GPU"),
+        ("JOBQUEUE_MONITOR_PORT", "70000", "JOBQUEUE_MONITOR_PORT"),
+    ],
+)
+def test_a_bad_value_raises_a_config_error_that_names_the_problem(variable, value, complaint):
+    # Given one unusable variable
+    # When settings are read
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    # Then the error says what is wrong
+    assert complaint in str(caught.value)
+
+
+def test_the_redis_transport_restores_often_and_leases_within_the_visibility_timeout():
+    settings = Settings.from_env({"JOBQUEUE_VISIBILITY_TIMEOUT": "10", "JOBQUEUE_LEASE_INTERVAL": "2"})
+    options = broker_transport_options(settings)
+    assert options["visibility_timeout"] == 10.0
+    # the restore sweep runs every lease interval, not kombu's default ~100 s
+    assert options["unacked_restore_interval"] == 2
+    assert options["unacked_restore_throttle"] == 1
+
+
+def test_the_celery_app_speaks_json_only_and_redelivers_jobs_of_dead_workers():
+    app = create_app(Settings.from_env({}))
+    try:
+        conf = app.conf
+        assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+        assert conf.result_serializer == "json"
+        assert conf.task_acks_late and conf.task_reject_on_worker_lost
+        assert conf.worker_prefetch_multiplier == 1
+        assert conf.worker_send_task_events and conf.task_send_sent_event
+    finally:
+        app.close()
+
+
+def test_every_setting_is_documented_with_its_variable():
+    # Given the documentation of the configuration
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    # Then every Settings field appears there under its environment variable
+    missing = [f"JOBQUEUE_{f.name.upper()}" for f in fields(Settings) if f"`JOBQUEUE_{f.name.upper()}`" not in text]
+    assert missing == []

@@ -1,0 +1,97 @@
+"""ProgressTracker: real progress only, monotonic within an attempt, an honest ETA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobqueue.progress import ProgressTracker
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_tracker(min_interval: float = 0.0) -> tuple[ProgressTracker, list[dict[str, Any]], FakeClock]:
+    published: list[dict[str, Any]] = []
+    clock = FakeClock()
+    return ProgressTracker(published.append, clock=clock, min_interval=min_interval), published, clock
+
+
+def test_steps_become_a_percent_and_each_step_is_published():
+    tracker, published, clock = make_tracker()
+    for step in range(5):
+        clock.now += 1
+        tracker.report(step=step, total_steps=4, message=f"step {step}")
+    assert [p["percent"] for p in published] == [0.0, 25.0, 50.0, 75.0, 100.0]
+    assert published[2]["step"] == 2 and published[2]["total_steps"] == 4
+    assert published[2]["message"] == "step 2"
+
+
+def test_percent_never_goes_back_within_one_attempt():
+    tracker, published, _ = make_tracker()
+    tracker.report(percent=60.0)
+    tracker.report(percent=40.0, message="a late report")
+    assert published[-1]["percent"] == 60.0
+    assert [p["percent"] for p in published] == sorted(p["percent"] for p in published)
+
+
+def test_percent_is_capped_at_one_hundred():
+    tracker, published, _ = make_tracker()
+    tracker.report(percent=250.0)
+    assert published[-1]["percent"] == 100.0
+
+
+def test_nothing_is_published_without_a_report_or_for_a_repeated_one():
+    tracker, published, clock = make_tracker()
+    # Given no report at all: nothing moved
+    assert published == []
+    assert tracker.current["percent"] == 0.0 and tracker.current["eta_seconds"] is None
+    # When the same report arrives twice
+    tracker.report(step=1, total_steps=10)
+    clock.now += 5
+    assert tracker.report(step=1, total_steps=10) is None
+    # Then it was published once
+    assert len(published) == 1
+
+
+def test_messages_alone_move_no_percent_and_invent_no_eta():
+    tracker, published, clock = make_tracker()
+    tracker.report(message="loading model")
+    clock.now += 30
+    tracker.report(message="still loading")
+    assert [p["percent"] for p in published] == [0.0, 0.0]
+    assert all(p["eta_seconds"] is None for p in published)
+
+
+def test_eta_follows_the_observed_rate():
+    tracker, published, clock = make_tracker()
+    # Given half the work done after 10 s
+    clock.now += 10
+    tracker.report(step=5, total_steps=10)
+    # Then the other half is expected to take 10 s more
+    assert published[-1]["eta_seconds"] == 10.0
+    # When the next step takes much longer, the estimate grows with it
+    clock.now += 20
+    tracker.report(step=6, total_steps=10)
+    assert published[-1]["eta_seconds"] == 20.0
+    clock.now += 1
+    tracker.report(step=10, total_steps=10)
+    assert published[-1]["eta_seconds"] == 0.0
+
+
+def test_percent_only_updates_are_throttled_but_step_changes_are_not():
+    tracker, published, clock = make_tracker(min_interval=1.0)
+    tracker.report(percent=10.0)
+    clock.now += 0.2
+    assert tracker.report(percent=11.0) is None  # too soon: only the percent moved
+    clock.now += 0.1
+    assert tracker.report(step=2, total_steps=100) is not None  # a new step always goes out
+    clock.now += 1.0
+    assert tracker.report(percent=20.0) is not None
+    assert [p["percent"] for p in published] == [10.0, 11.0, 20.0]

@@ -1,0 +1,206 @@
+"""Real headless Chromium and a real monitor process for the dashboard tests.
+
+Chromium is Debian's ``/usr/bin/chromium`` (``JOBQUEUE_TEST_CHROMIUM`` overrides), driven by
+Playwright's Python API; ``playwright install`` is never needed. A missing Chromium *fails* the
+tests: a dashboard nobody could open in a browser is not tested.
+
+The monitor runs as its own process (``monitor.server.serve``) on a free port, on the test's
+Redis database and a temporary SQLite store, exactly as a user runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from jobqueue.config import Settings
+from tests.conftest import settings_env
+from tests.helpers import ROOT, child_env, wait_for
+
+#: The browser binary: Debian's chromium package.
+CHROMIUM = os.environ.get("JOBQUEUE_TEST_CHROMIUM", "/usr/bin/chromium")
+#: Flags for a headless Chromium running as root on a machine with no GPU and no internet.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: Where screenshots go (gitignored); a few are copied to docs/screenshots by hand.
+ARTIFACTS = ROOT / "test-artifacts"
+#: The bearer token the test monitor accepts.
+TOKEN = "dashboard-test-token"
+#: A laptop screen and a phone screen.
+LAPTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class MonitorProcess:
+    """A ``monitor.server.serve`` subprocess on a free port."""
+
+    settings: Settings
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, **env: str) -> MonitorProcess:
+        code = (
+            "import sys\n"
+            "from jobqueue.config import Settings\n"
+            "from monitor.server import serve\n"
+            "serve(Settings.from_env(), '127.0.0.1', int(sys.argv[1]))\n"
+        )
+        variables = settings_env(self.settings)
+        variables.update(env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.port)], env=child_env(variables),
+                                         cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self._healthy, 30, interval=0.1, what=f"monitor on {self.url}/healthz")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"monitor exited with {self.proc.returncode}: {self.log_text()[-3000:]}")
+        try:
+            return requests.get(self.url + "/healthz", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+    def post(self, path: str, body: Any = None, token: str | None = TOKEN) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.post(self.url + path, json=body, headers=headers, timeout=10)
+
+    def get(self, path: str) -> Any:
+        res = requests.get(self.url + path, timeout=10)
+        res.raise_for_status()
+        return res.json()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for the session (each test gets fresh contexts)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: apt-get install chromium (the CI image has it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def start_monitor(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., MonitorProcess]]:
+    """Factory: ``start_monitor(**env)`` runs a monitor process; all are stopped at the end."""
+    monitors: list[MonitorProcess] = []
+
+    def start(**env: str) -> MonitorProcess:
+        variables = {"JOBQUEUE_MONITOR_TOKEN": TOKEN}
+        variables.update(env)
+        monitor = MonitorProcess(settings, tmp_path / f"monitor-{len(monitors)}.log")
+        monitors.append(monitor)
+        return monitor.start(**variables)
+
+    yield start
+    for monitor in monitors:
+        monitor.stop()
+
+
+@pytest.fixture
+def live_monitor(start_monitor: Callable[..., MonitorProcess]) -> MonitorProcess:
+    """A monitor process with controls unlocked by :data:`TOKEN`."""
+    return start_monitor()
+
+
+class Pages:
+    """Opens dashboard pages; records every dialog and page error so a test can assert none."""
+
+    def __init__(self, browser: Any, base_url: str) -> None:
+        self.browser = browser
+        self.base_url = base_url
+        self.contexts: list[Any] = []
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+
+    def open(self, path: str, viewport: dict[str, int] | None = None, token: str | None = None) -> Any:
+        """A new page (its own browser context: its own sessionStorage) at ``path``, live."""
+        context = self.browser.new_context(viewport=viewport or LAPTOP)
+        self.contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.on("dialog", self._on_dialog)
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        if token:
+            page.add_init_script(f"sessionStorage.setItem('jobqueue.monitor.auth', 'Bearer {token}')")
+        page.goto(self.base_url + path)
+        page.wait_for_selector("#conn.conn-live")
+        # A marker that survives only as long as the document: a reload would erase it.
+        page.evaluate("window.__openedOnce = true")
+        return page
+
+    def _on_dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def close(self) -> None:
+        for context in self.contexts:
+            context.close()
+
+
+@pytest.fixture
+def pages(chromium: Any, live_monitor: MonitorProcess) -> Iterator[Pages]:
+    opened = Pages(chromium, live_monitor.url)
+    yield opened
+    opened.close()
+
+
+def screenshot(page: Any, name: str) -> Path:
+    """Save a full-page screenshot under test-artifacts/ and return its path."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def log_in(page: Any, secret: str) -> None:
+    """Log in through the page's own login form."""
+    page.click("#login-open")
+    page.fill("#login-token", secret)
+    page.click("#login-form button[type=submit]")

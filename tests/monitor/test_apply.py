@@ -1,0 +1,219 @@
+"""apply(): merging events by precedence, idempotently, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from jobqueue.errors import MalformedEvent
+from monitor.apply import apply, expire
+from monitor.store import Store
+
+T0 = 1_700_000_000.0
+
+
+def ev(type_: str, t: float, **fields: Any) -> dict[str, Any]:
+    return {"type": type_, "timestamp": T0 + t, "local_received": T0 + t, **fields}
+
+
+def meta(service: str = "simulation", priority: int = 5) -> str:
+    return json.dumps({"service": service, "priority": priority, "queue": service, "submitted_at": T0})
+
+
+def run(store: Store, *events: Any, now: float | None = None) -> list[bool]:
+    results = []
+    with store.write(now) as tx:
+        for e in events:
+            results.append(apply(e, tx))
+    return results
+
+
+def job(store: Store, job_id: str = "j1") -> dict[str, Any]:
+    data = store.job(job_id)
+    assert data is not None
+    return data
+
+
+def test_a_job_moves_through_its_life_and_records_its_timeline(store):
+    # Given a job sent, received, started, progressing and succeeding
+    run(store,
+        ev("task-sent", 0, uuid="j1", name="jobqueue.run_job", kwargs=meta()),
+        ev("task-received", 1, uuid="j1", hostname="gpu0@vm1", kwargs=meta(), retries=0),
+        ev("task-started", 2, uuid="j1", hostname="gpu0@vm1"),
+        ev("task-progress", 3, uuid="j1", hostname="gpu0@vm1", percent=50.0, step=5, total_steps=10, attempt=0),
+        ev("task-succeeded", 4, uuid="j1", hostname="gpu0@vm1", result="{'output': 'x'}", runtime=2.0))
+    # Then it is completed with its metadata, result and five timeline entries
+    data = job(store)
+    assert data["status"] == "completed"
+    assert (data["service"], data["priority"], data["queue"], data["worker"], data["machine_id"]) == \
+        ("simulation", 5, "simulation", "gpu0@vm1", "vm1")
+    assert data["result"] == {"output": "x"} and data["runtime"] == 2.0
+    assert data["progress"]["percent"] == 100.0
+    assert [e["type"] for e in data["events"]] == ["task-sent", "task-received", "task-started",
+                                                    "task-progress", "task-succeeded"]
+
+
+def test_a_late_task_started_never_moves_a_completed_job_back(store):
+    # Given a completed job
+    run(store, ev("task-sent", 0, uuid="j1", kwargs=meta()), ev("task-succeeded", 5, uuid="j1", runtime=1.0))
+    seq = store.seq()
+    # When task-started and a progress event arrive late
+    changed = run(store, ev("task-started", 2, uuid="j1", hostname="gpu0@vm1"),
+                  ev("task-progress", 3, uuid="j1", percent=10.0, step=1, total_steps=10))
+    # Then it is still completed (a missing start time may be filled in, nothing else)
+    assert job(store)["status"] == "completed"
+    assert changed[1] is False
+    assert store.seq() >= seq
+
+
+def test_a_duplicate_event_changes_nothing(store):
+    # Given a job that was sent and started
+    events = [ev("task-sent", 0, uuid="j1", kwargs=meta()), ev("task-started", 1, uuid="j1", hostname="gpu0@vm1")]
+    run(store, *events)
+    seq = store.seq()
+    # When the same events arrive again
+    changed = run(store, *events)
+    # Then nothing changed: no new sequence number
+    assert changed == [False, False]
+    assert store.seq() == seq
+
+
+def test_progress_never_goes_backwards_within_an_attempt(store):
+    # Given a job at 60 %
+    run(store, ev("task-started", 0, uuid="j1", hostname="gpu0@vm1"),
+        ev("task-progress", 1, uuid="j1", percent=60.0, step=6, total_steps=10, attempt=0))
+    # When an older 30 % report arrives late
+    changed = run(store, ev("task-progress", 0.5, uuid="j1", percent=30.0, step=3, total_steps=10, attempt=0))
+    # Then the progress stays at 60 %
+    assert changed == [False]
+    assert job(store)["progress"]["percent"] == 60.0
+
+
+def test_a_retried_job_starts_a_new_attempt_with_fresh_progress(store):
+    # Given a job that failed its first attempt at 80 % and was retried
+    run(store, ev("task-started", 0, uuid="j1", hostname="gpu0@vm1"),
+        ev("task-progress", 1, uuid="j1", percent=80.0, step=8, total_steps=10, attempt=0),
+        ev("task-retried", 2, uuid="j1", hostname="gpu0@vm1", exception="ServiceUnavailable('down', {})"))
+    assert job(store)["status"] == "retrying"
+    # When the second attempt starts on another worker and reports 10 %
+    run(store, ev("task-received", 3, uuid="j1", hostname="gpu1@vm1", retries=1),
+        ev("task-started", 4, uuid="j1", hostname="gpu1@vm1"),
+        ev("task-progress", 5, uuid="j1", percent=10.0, step=1, total_steps=10, attempt=1))
+    # Then it is processing on the new worker at 10 %, attempt 1
+    data = job(store)
+    assert (data["status"], data["worker"], data["attempt"]) == ("processing", "gpu1@vm1", 1)
+    assert data["progress"]["percent"] == 10.0
+    # And a late report of the old attempt changes nothing
+    assert run(store, ev("task-progress", 1.5, uuid="j1", percent=90.0, step=9, total_steps=10, attempt=0)) == [False]
+
+
+def test_a_failure_keeps_its_parsed_error_and_timeouts_are_their_own_state(store):
+    run(store, ev("task-failed", 1, uuid="j1", exception="ExecutionFailed('node 3 failed', {'node_id': '3'})"),
+        ev("task-failed", 1, uuid="j2", exception="JobTimedOut('too slow', {})"))
+    assert job(store)["error"] == {"type": "ExecutionFailed", "message": "node 3 failed", "details": {"node_id": "3"}}
+    assert job(store, "j2")["status"] == "timed_out"
+
+
+@pytest.mark.parametrize("bad", [
+    None, "text", 42, [], {}, {"type": 5},
+    {"type": "task-nonsense", "uuid": "x", "timestamp": T0},
+    {"type": "task-started", "timestamp": T0},
+    {"type": "task-started", "uuid": 12, "timestamp": T0},
+    {"type": "task-started", "uuid": "x" * 10_000, "timestamp": T0},
+    {"type": "task-started", "uuid": "x", "timestamp": "yesterday"},
+    {"type": "task-progress", "uuid": "x", "timestamp": T0, "percent": "half"},
+    {"type": "task-progress", "uuid": "x", "timestamp": T0, "percent": float("nan")},
+    {"type": "worker-heartbeat", "timestamp": T0},
+    {"type": "worker-heartbeat", "hostname": "w", "timestamp": T0, "loadavg": "high"},
+    {"type": "connector-status", "hostname": "w", "service": "s", "status": "sleepy", "timestamp": T0},
+    {"type": "task-failed", "uuid": "x", "timestamp": T0, "exception": {"not": "a string"}},
+])
+def test_a_malformed_event_is_refused_and_touches_nothing(store, bad):
+    seq = store.seq()
+    with pytest.raises(MalformedEvent), store.write() as tx:
+        apply(bad, tx)
+    assert store.seq() == seq
+    assert store.snapshot()["jobs"] == [] and store.snapshot()["workers"] == []
+
+
+def test_huge_strings_are_cut_not_stored_whole(store):
+    run(store, ev("task-progress", 1, uuid="j1", percent=5.0, message="m" * 1_000_000))
+    assert len(job(store)["progress"]["message"]) < 3000
+
+
+def test_a_silent_worker_goes_offline_and_its_job_is_lost_not_processing(store):
+    # Given a worker with heartbeat every 1 s running a job
+    run(store, ev("worker-online", 0, hostname="gpu0@vm1", freq=1.0),
+        ev("task-started", 0.5, uuid="j1", hostname="gpu0@vm1"))
+    # When 3.5 s pass without a heartbeat
+    with store.write(now=T0 + 3.5) as tx:
+        expire(tx, default_freq=2.0, default_beat=15.0)
+    # Then the worker is offline, its machine too, and the job is lost
+    assert store.worker("gpu0@vm1")["status"] == "offline"
+    assert store.machines()[0]["status"] == "offline"
+    assert job(store)["status"] == "lost"
+    # And when the broker hands the job to another worker it runs again
+    run(store, ev("task-received", 20, uuid="j1", hostname="gpu1@vm1"), ev("task-started", 21, uuid="j1", hostname="gpu1@vm1"))
+    assert (job(store)["status"], job(store)["worker"]) == ("processing", "gpu1@vm1")
+
+
+def test_a_connector_status_older_than_two_beats_is_stale_until_the_next_report(store):
+    status = dict(worker="gpu0@vm1", hostname="gpu0@vm1", machine_id="vm1", gpu=0, service="simulation",
+                  status="idle", message="", seq=1, pid=10, interval=2.0, details={"v": 1},
+                  connectors=["simulation"], queues=["gpu0", "simulation"], beat=False)
+    run(store, ev("connector-status", 0, **status))
+    with store.write(now=T0 + 5) as tx:
+        expire(tx, default_freq=2.0, default_beat=15.0)
+    worker = store.worker("gpu0@vm1")
+    assert worker["connectors"]["simulation"]["stale"] is True
+    assert worker["identity_complete"] is True and worker["queues"] == ["gpu0", "simulation"]
+    run(store, ev("connector-status", 6, **{**status, "seq": 2, "status": "active"}))
+    conn = store.worker("gpu0@vm1")["connectors"]["simulation"]
+    assert (conn["status"], conn["stale"]) == ("active", False)
+    # An older report of the same worker process arriving late is ignored
+    run(store, ev("connector-status", 7, **{**status, "seq": 1, "status": "error"}))
+    assert store.worker("gpu0@vm1")["connectors"]["simulation"]["status"] == "active"
+
+
+def test_a_worker_identity_is_never_replaced_by_unknown_and_conflicts_are_warned(store):
+    run(store, ev("connector-status", 0, worker="gpu0@vm1", machine_id="vm1", gpu=0, service="simulation", status="idle"))
+    run(store, ev("connector-status", 1, worker="gpu0@vm1", machine_id="unknown", gpu=0, service="simulation", status="idle"))
+    assert store.worker("gpu0@vm1")["machine_id"] == "vm1"
+    run(store, ev("connector-status", 2, worker="gpu0@vm1", machine_id="vm2", gpu=0, service="simulation", status="idle"))
+    worker = store.worker("gpu0@vm1")
+    assert worker["machine_id"] == "vm1" and "vm2" in worker["identity_warning"]
+    assert worker["identity_complete"] is False
+
+
+def test_a_worker_with_an_odd_name_is_shown_with_a_warning(store):
+    run(store, ev("worker-heartbeat", 0, hostname="celery@somewhere-odd", freq=2.0))
+    worker = store.worker("celery@somewhere-odd")
+    assert worker is not None and worker["identity_warning"] == "missing machine_id"
+
+
+def test_every_change_gets_the_next_sequence_number_and_lands_in_the_change_log(store):
+    run(store, ev("task-sent", 0, uuid="j1", kwargs=meta()))
+    run(store, ev("task-sent", 0, uuid="j2", kwargs=meta()))
+    changes = store.changes_since(0)
+    assert [c["seq"] for c in changes] == [1, 2]
+    assert [c["id"] for c in changes] == ["j1", "j2"]
+    assert store.snapshot()["seq"] == 2
+    assert store.changes_since(2) == []
+
+
+def test_old_finished_jobs_are_pruned_by_count_and_pruning_is_a_change(store_url):
+    store = Store(store_url, keep_jobs=3, keep_seconds=3600.0, changes_keep=5)
+    try:
+        for i in range(6):
+            run(store, ev("task-succeeded", i, uuid=f"j{i}", runtime=1.0), now=T0 + 10)
+        run(store, ev("task-started", 7, uuid="open"), now=T0 + 10)
+        assert store.prune(now=T0 + 10) == 3
+        ids = {j["id"] for j in store.snapshot()["jobs"]}
+        assert ids == {"j3", "j4", "j5", "open"}
+        # The log kept only the last 5 changes: a client at seq 0 needs a fresh snapshot
+        assert store.changes_since(0) is None
+        assert store.changes_since(store.seq() - 1)[0]["data"] is None
+    finally:
+        store.close()
