@@ -208,5 +208,17 @@ def monitor(host: str | None, port: int | None) -> None:
     serve(load_settings(), host, port)
 
 
+@main.command("comfyui-sim")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=8188, show_default=True, help="Port (0 picks a free one).")
+@click.option("--control-port", type=int, default=None, help="Extra port serving only the /_sim/ fault switches.")
+@click.option("--output-dir", default=None, help="Where SaveImage writes (default: a temp dir).")
+def comfyui_sim(host: str, port: int, control_port: int | None, output_dir: str | None) -> None:
+    """Run the ComfyUI simulator (real HTTP + websocket, ComfyUI v0.3.64 protocol)."""
+    from jobqueue.comfyui_sim.server import run
+
+    run(host, port, control_port=control_port, output_dir=output_dir)
+
+
 if __name__ == "__main__":
     main()

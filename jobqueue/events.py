@@ -93,7 +93,7 @@ def parse_exception(text: Any) -> dict[str, Any]:
         return {"type": None, "message": text, "details": {}}
     kind, inner = match.group(1).rsplit(".", 1)[-1], match.group(2)
     try:
-        args = ast.literal_eval(f"({inner},)") if inner.strip() else ()
+        args: tuple[Any, ...] = tuple(ast.literal_eval(f"({inner},)")) if inner.strip() else ()
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return {"type": kind, "message": inner, "details": {}}
     message = str(args[0]) if args else ""

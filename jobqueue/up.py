@@ -59,15 +59,9 @@ class UpOptions:
     stop_timeout: float = 10.0
 
 
-def _ping(settings: Settings, node: str) -> bool:
-    from jobqueue.celery_app import create_app
-
-    app = create_app(settings)
-    try:
-        replies = app.control.ping(destination=[node], timeout=0.5) or []
-        return any(node in reply for reply in replies)
-    finally:
-        app.close()
+def _answers_ping(app: Any, node: str) -> bool:
+    replies = app.control.ping(destination=[node], timeout=0.5) or []
+    return any(node in reply for reply in replies)
 
 
 def _module_imports(name: str) -> bool:
@@ -145,15 +139,20 @@ class _Up:
         self.settings = Settings.from_env(self.env)
         identity = WorkerIdentity.build(self.settings, self.options.queues.split(","))
         node = identity.node_name
-        settings = self.settings
-        self.sup.start(ChildSpec(
-            name="worker",
-            argv=[sys.executable, "-m", "celery", "-A", "jobqueue", "worker",
-                  "-Q", self.options.queues, "--loglevel", "INFO"],
-            env=self.env,
-            ready=lambda: _ping(settings, node),
-            ready_timeout=60.0,
-        ))
+        from jobqueue.celery_app import create_app
+
+        app = create_app(self.settings)  # only to ping the new worker
+        try:
+            self.sup.start(ChildSpec(
+                name="worker",
+                argv=[sys.executable, "-m", "celery", "-A", "jobqueue", "worker",
+                      "-Q", self.options.queues, "--loglevel", "INFO"],
+                env=self.env,
+                ready=lambda: _answers_ping(app, node),
+                ready_timeout=60.0,
+            ))
+        finally:
+            app.close()
         self.summary.append(("worker", f"{node} (connectors {', '.join(connectors)}; "
                                        f"queues {', '.join(identity.queues)})"))
 

@@ -263,12 +263,12 @@ class SimServer:
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            error = {"type": "invalid_json", "message": "Request body is not a JSON object", "details": "", "extra_info": {}}
-            return web.json_response({"error": error, "node_errors": {}}, status=400)
+            bad = {"type": "invalid_json", "message": "Request body is not a JSON object", "details": "", "extra_info": {}}
+            return web.json_response({"error": bad, "node_errors": {}}, status=400)
         number = self.sim.next_number(bool(data.get("front")), data.get("number"))
         if "prompt" not in data:
-            error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}
-            return web.json_response({"error": error, "node_errors": {}}, status=400)
+            missing = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}
+            return web.json_response({"error": missing, "node_errors": {}}, status=400)
         prompt = data["prompt"]
         prompt_id = str(data.get("prompt_id") or uuid.uuid4())
         ok, error, outputs, node_errors = validate_prompt(prompt)

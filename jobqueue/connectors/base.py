@@ -43,7 +43,7 @@ class ProgressReporter(Protocol):
         percent: float | None = None,
         message: str | None = None,
         node: str | None = None,
-    ) -> None: ...
+    ) -> object: ...
 
 
 @dataclass

@@ -278,7 +278,7 @@ def describe_validation_error(body: Any) -> tuple[str, dict[str, Any]]:
         for err in info.get("errors") or ():
             if not isinstance(err, Mapping):
                 continue
-            extra = err.get("extra_info") if isinstance(err.get("extra_info"), Mapping) else {}
+            extra: Mapping[str, Any] = err["extra_info"] if isinstance(err.get("extra_info"), Mapping) else {}
             where = f"node {node_id} ({info.get('class_type')})"
             if extra.get("input_name"):
                 where += f" input '{extra['input_name']}'"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -10,7 +12,7 @@ from click.testing import CliRunner
 from jobqueue.cli import main
 from jobqueue.embedded import free_port
 from tests.conftest import settings_env
-from tests.helpers import wait_for
+from tests.helpers import ROOT, wait_for
 
 
 @pytest.fixture
@@ -108,3 +110,10 @@ def test_the_cli_lists_its_commands():
     assert outcome.exit_code == 0
     for command in ("up", "submit", "status", "worker"):
         assert command in outcome.output
+
+
+def test_the_worker_command_hands_its_arguments_to_celery():
+    done = subprocess.run([sys.executable, "-m", "jobqueue.cli", "worker", "--help"], cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "celery worker" in done.stdout and "--queues" in done.stdout

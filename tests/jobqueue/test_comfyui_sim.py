@@ -144,7 +144,7 @@ def test_validation_errors_have_the_recorded_bodies(sim):
         {},
         {"prompt": {"1": {"inputs": {}}}},
     ]
-    for body, expected in zip(prompts, recorded):
+    for body, expected in zip(prompts, recorded, strict=True):
         answer = requests.post(f"{sim.url}/prompt", json=body, timeout=5)
         assert answer.status_code == 400
         got = answer.json()

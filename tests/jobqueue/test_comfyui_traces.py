@@ -184,7 +184,7 @@ def test_every_recorded_400_becomes_a_message_with_the_error_type_and_the_offend
     bodies = [e.body for e in load("7_invalid") if e.kind.startswith("POST /prompt -> 400")]
     assert len(bodies) == 7
     messages = [describe_validation_error(body) for body in bodies]
-    for (message, details), body in zip(messages, bodies):
+    for (message, details), body in zip(messages, bodies, strict=True):
         assert body["error"]["type"] in message and details["type"] == body["error"]["type"]
         assert details["node_errors"] == body["node_errors"]
     assert "NoSuchNode does not exist" in messages[0][0]

@@ -206,7 +206,7 @@ def test_a_page_opened_at_the_end_shows_what_a_page_open_throughout_shows(
         screenshot(phone, "phone-" + (path.strip("/") or "fleet"))
     assert pages.errors == []
     # And the worker's counts include the failed job
-    assert fleet[0]["processed"] == "3" and fleet[0]["failed"] == "1", fleet
+    assert fleet[0]["processed"] == "3" and fleet[0]["failed"] == "1", f"worker counts wrong: {fleet}"
 
 
 def test_cancel_on_the_job_page_needs_a_login_and_works_with_one(start_worker, pages, live_monitor):
@@ -240,8 +240,44 @@ def test_cancel_on_the_job_page_needs_a_login_and_works_with_one(start_worker, p
     page.wait_for_selector('#job-status [data-status="cancelled"]', timeout=30_000)
     assert live_monitor.get(f"/api/jobs/{job_id}")["status"] == "cancelled"
     assert page.locator("[data-control=cancel]").count() == 0
-    assert_not_reloaded(page)
     screenshot(page, "job-cancelled")
+
+    # And the cancelled job can be retried from the same page, as a new job
+    page.click("#job-controls [data-control=retry]")
+    page.wait_for_function("document.getElementById('notice').textContent.startsWith('retried as ')")
+    new_id = page.inner_text("#notice").removeprefix("retried as ").strip()
+    assert new_id and new_id != job_id
+    assert live_monitor.get(f"/api/jobs/{new_id}")["id"] == new_id
+    assert_not_reloaded(page)
+    assert_nothing_ran(pages, page)
+
+
+def consumed_queues(app: Any, node: str) -> list[str]:
+    replies = app.control.inspect(destination=[node], timeout=2.0).active_queues() or {}
+    return sorted(q["name"] for q in replies.get(node, []))
+
+
+def test_a_logged_in_user_drains_and_resumes_a_worker_from_the_fleet_page(app, start_worker, pages, live_monitor):
+    # Given a worker and the fleet page, logged in
+    worker = start_worker("gpu0")
+    page = pages.open("/", token=TOKEN)
+    card = f'[data-worker="{worker.node_name}"]'
+    page.wait_for_selector(f'{card} .worker-head [data-status="online"]')
+
+    # When the user drains it, the card says draining and a job submitted now waits
+    page.click(f"{card} [data-control=drain]")
+    page.wait_for_selector(f'{card} .worker-head [data-status="draining"]')
+    wait_for(lambda: consumed_queues(app, worker.node_name) == [], 15, what="the worker to stop consuming")
+    [job_id] = submit(live_monitor, {"steps": 1, "step_seconds": 0})
+    jobs = pages.open("/jobs")
+    jobs.wait_for_selector(f'[data-job-id="{job_id}"][data-status="queued"]')
+
+    # When the user resumes it, the card is online again and the job runs to the end
+    page.click(f"{card} [data-control=resume]")
+    page.wait_for_selector(f'{card} .worker-head [data-status="online"]')
+    jobs.wait_for_selector(f'[data-job-id="{job_id}"][data-status="completed"]')
+    assert_not_reloaded(page)
+    assert_nothing_ran(pages, page)
 
 
 def test_a_read_only_monitor_shows_no_controls_and_refuses_every_action(chromium, start_monitor):

@@ -1,0 +1,125 @@
+"""The REST API on a fresh app and store: reads, JSON errors, the auth check, metrics."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from jobqueue.config import Settings
+from jobqueue.errors import ConfigError
+from monitor.app import create_app
+from monitor.apply import apply
+from monitor.server import Monitor
+
+T0 = 1_700_000_000.0
+
+
+def seed(flask_app) -> None:
+    store = flask_app.extensions["jobqueue_monitor"].store
+    meta = json.dumps({"service": "simulation", "priority": 5, "queue": "simulation", "submitted_at": T0})
+    events = [
+        {"type": "connector-status", "worker": "gpu0@vm1", "machine_id": "vm1", "gpu": 0, "service": "simulation",
+         "status": "idle", "timestamp": T0, "queues": ["gpu0", "simulation"]},
+        {"type": "task-sent", "uuid": "a", "kwargs": meta, "timestamp": T0},
+        {"type": "task-started", "uuid": "a", "hostname": "gpu0@vm1", "timestamp": T0 + 1},
+        {"type": "task-succeeded", "uuid": "a", "hostname": "gpu0@vm1", "timestamp": T0 + 3, "runtime": 2.0},
+        {"type": "task-sent", "uuid": "b", "kwargs": meta, "timestamp": T0 + 1},
+        {"type": "task-failed", "uuid": "b", "hostname": "gpu0@vm1", "timestamp": T0 + 4,
+         "exception": "ExecutionFailed('boom', {})"},
+        {"type": "task-sent", "uuid": "c", "kwargs": meta, "timestamp": T0 + 2},
+    ]
+    with store.write() as tx:
+        for event in events:
+            apply(event, tx)
+
+
+def test_the_state_holds_machines_workers_and_jobs_at_one_seq(flask_app, client):
+    seed(flask_app)
+    state = client.get("/api/state").get_json()
+    assert state["seq"] > 0
+    assert [m["id"] for m in state["machines"]] == ["vm1"]
+    assert state["workers"][0]["connectors"]["simulation"]["status"] == "idle"
+    assert {j["id"]: j["status"] for j in state["jobs"]} == {"a": "completed", "b": "failed", "c": "queued"}
+    queued = [j for j in state["jobs"] if j["id"] == "c"][0]
+    assert queued["queue_position"] == 1 and queued["eta_seconds"] == 2.0  # 1 × median of 2 s
+
+
+def test_jobs_filter_paginate_and_show_their_timeline(flask_app, client):
+    seed(flask_app)
+    body = client.get("/api/jobs?state=completed,failed&limit=1").get_json()
+    assert body["total"] == 2 and len(body["jobs"]) == 1 and body["limit"] == 1
+    assert client.get("/api/jobs?worker=gpu0@vm1").get_json()["total"] == 2
+    job = client.get("/api/jobs/a").get_json()
+    assert [e["type"] for e in job["events"]] == ["task-sent", "task-started", "task-succeeded"]
+
+
+def test_unknown_things_and_bad_input_get_json_errors(flask_app, client):
+    response = client.get("/api/jobs/nope")
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+    assert client.get("/api/workers/nobody").status_code == 404
+    response = client.get("/api/jobs?state=sleeping")
+    assert response.status_code == 400 and "unknown state" in response.get_json()["error"]["message"]
+    assert client.get("/api/jobs?limit=abc").status_code == 400
+    assert client.get("/api/nothing-here").get_json()["error"]["code"] == "not_found"
+
+
+def test_stats_give_completion_times_and_failure_patterns(flask_app, client):
+    seed(flask_app)
+    stats = client.get("/api/stats").get_json()
+    sim = stats["services"]["simulation"]
+    assert (sim["count"], sim["completed"], sim["failed"], sim["median"], sim["p95"]) == (3, 1, 1, 2.0, 2.0)
+    assert stats["failures"][0]["error_type"] == "ExecutionFailed" and stats["failures"][0]["count"] == 1
+    assert "simulation" in stats["queues"]
+
+
+def test_mutating_endpoints_need_the_token(client):
+    assert client.post("/api/jobs", json={"service": "simulation", "payload": {}}).status_code == 401
+    wrong = client.post("/api/jobs/a/cancel", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    good = client.post("/api/jobs/a/cancel", headers={"Authorization": "Bearer secret-token"})
+    assert good.status_code == 404  # past the auth check: the job is unknown
+
+
+def test_basic_auth_works_and_read_only_mode_refuses_with_403(tmp_path):
+    settings = Settings(monitor_db=f"sqlite:///{tmp_path / 'a.db'}", monitor_basic_auth="ann:pw",
+                        monitor_read_only=False).resolved()
+    app = create_app(settings)
+    basic = "Basic " + base64.b64encode(b"ann:pw").decode()
+    assert app.test_client().post("/api/jobs/x/retry", headers={"Authorization": basic}).status_code == 404
+    app.extensions["jobqueue_monitor"].close()
+    read_only = create_app(Settings(monitor_db=f"sqlite:///{tmp_path / 'b.db'}", monitor_read_only=True,
+                                    monitor_token="t").resolved())
+    response = read_only.test_client().post("/api/jobs/x/cancel", headers={"Authorization": "Bearer t"})
+    assert response.status_code == 403
+    read_only.extensions["jobqueue_monitor"].close()
+
+
+def test_a_monitor_without_credentials_refuses_to_bind_beyond_localhost(tmp_path):
+    settings = Settings(monitor_db=f"sqlite:///{tmp_path / 'a.db'}").resolved()
+    with pytest.raises(ConfigError, match="refusing"):
+        Monitor(settings, "0.0.0.0", 0)
+
+
+def test_metrics_and_health_answer(flask_app, client):
+    seed(flask_app)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'jobqueue_jobs{service="simulation",status="completed"} 1.0' in text
+    assert client.get("/healthz").get_json()["ok"] is True
+
+
+def test_a_job_submitted_through_the_api_is_enqueued(redis_url, tmp_path, redis_client):
+    settings = Settings(broker_url=redis_url, monitor_db=f"sqlite:///{tmp_path / 'a.db'}",
+                        monitor_token="t").resolved()
+    app = create_app(settings)
+    client = app.test_client()
+    headers = {"Authorization": "Bearer t"}
+    response = client.post("/api/jobs", json={"service": "simulation", "payload": {"steps": 1}, "count": 2},
+                           headers=headers)
+    assert response.status_code == 201 and len(response.get_json()["jobs"]) == 2
+    assert client.get("/api/queues").get_json()["queues"][0]["depth"] >= 0
+    assert sum(redis_client.llen(k) for k in redis_client.keys("simulation*")) == 2
+    bad = client.post("/api/jobs", json={"service": "nope", "payload": {}}, headers=headers)
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_job"
+    app.extensions["jobqueue_monitor"].close()
