@@ -405,9 +405,13 @@ def _job_ended(tx: Tx, job: Job, *, failed: bool) -> None:
     if not job.worker:
         return
     worker = tx.worker(job.worker, create=False)
-    if worker is not None and worker.current_job == job.id:
+    if worker is None:
+        return
+    if worker.current_job == job.id:
         worker.current_job = None
         tx.touch("worker", worker.name)
+    if failed:
+        tx.touch("worker", worker.name)  # its failed count changed
 
 
 _VALIDATORS: dict[str, Callable[[dict[str, Any]], Any]] = {

@@ -173,7 +173,7 @@ def connector_dict(c: Connector) -> dict[str, Any]:
     }
 
 
-def worker_dict(w: Worker, connectors: list[Connector], now: float) -> dict[str, Any]:
+def worker_dict(w: Worker, connectors: list[Connector], now: float, failed: int = 0) -> dict[str, Any]:
     status = w.status
     if status == "online" and w.draining:
         status = "draining"
@@ -189,7 +189,7 @@ def worker_dict(w: Worker, connectors: list[Connector], now: float) -> dict[str,
         "queues": list(w.queues or []),
         "active": w.active,
         "processed": w.processed,
-        "failed": w.failed,
+        "failed": failed,
         "current_job": w.current_job,
         "heartbeat_at": w.heartbeat_at,
         "heartbeat_age": None if w.heartbeat_received is None else round(max(0.0, now - w.heartbeat_received), 3),
@@ -401,7 +401,7 @@ class Store:
             return job_dict(obj)
         if kind == "worker":
             conns = list(session.scalars(select(Connector).where(Connector.worker == obj.name)))
-            return worker_dict(obj, conns, now)
+            return worker_dict(obj, conns, now, _failed_counts(session, obj.name).get(obj.name, 0))
         names = list(session.scalars(select(Worker.name).where(Worker.machine_id == obj.id)))
         return machine_dict(obj, names)
 
@@ -490,7 +490,9 @@ class Store:
         conns: dict[str, list[Connector]] = {}
         for c in session.scalars(select(Connector)):
             conns.setdefault(c.worker, []).append(c)
-        return [worker_dict(w, conns.get(w.name, []), now) for w in session.scalars(select(Worker).order_by(Worker.name))]
+        failed = _failed_counts(session)
+        return [worker_dict(w, conns.get(w.name, []), now, failed.get(w.name, 0))
+                for w in session.scalars(select(Worker).order_by(Worker.name))]
 
     def _machines(self, session: Session) -> list[dict[str, Any]]:
         names: dict[str, list[str]] = {}
@@ -513,7 +515,8 @@ class Store:
             if w is None:
                 return None
             conns = list(session.scalars(select(Connector).where(Connector.worker == name)))
-            return worker_dict(w, conns, time.time() if now is None else now)
+            return worker_dict(w, conns, time.time() if now is None else now,
+                               _failed_counts(session, name).get(name, 0))
 
     def job(self, job_id: str, with_events: bool = True) -> dict[str, Any] | None:
         with self.read() as session:
@@ -678,6 +681,14 @@ class Store:
                 worker.draining = draining
                 tx.touch("worker", name)
             return True
+
+
+def _failed_counts(session: Session, worker: str | None = None) -> dict[str, int]:
+    """Failed (and timed-out) jobs per worker, among the jobs the store still holds."""
+    query = select(Job.worker, func.count()).where(Job.status.in_(("failed", "timed_out")))
+    if worker is not None:
+        query = query.where(Job.worker == worker)
+    return {name: int(n) for name, n in session.execute(query.group_by(Job.worker)) if name}
 
 
 def _sqlite_setup(engine: Engine) -> None:

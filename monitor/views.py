@@ -8,9 +8,11 @@ autoescaping; the browser code builds its DOM with ``textContent`` only.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, abort, current_app, jsonify, render_template, request, send_from_directory
+from werkzeug.security import safe_join
 
 from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import JobqueueError
@@ -90,3 +92,26 @@ def auth_info() -> Any:
         "read_only": bool(settings.monitor_read_only),
         "authenticated": refused is None,
     })
+
+
+#: Output files the pages may show inline; anything else is served as a download.
+INLINE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+
+
+@bp.get("/jobs/<job_id>/files/<name>")
+def job_file(job_id: str, name: str) -> Any:
+    """An output file a worker on this host wrote to ``output_dir/<job id>/<name>``.
+
+    Only useful where the monitor shares the workers' disk (one machine, or a shared
+    ``JOBQUEUE_OUTPUT_DIR``); elsewhere it answers 404 and the page says so. The response is
+    sandboxed by CSP so an SVG or HTML "image" cannot run script on the monitor's origin.
+    """
+    settings = current_app.extensions["jobqueue_monitor"].settings
+    directory = safe_join(str(Path(settings.output_dir).resolve()), job_id)
+    if directory is None or not Path(directory).is_dir():
+        abort(404)
+    inline = name.lower().endswith(INLINE_TYPES)
+    response = send_from_directory(directory, name, as_attachment=not inline, max_age=3600)
+    response.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; sandbox"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

@@ -24,7 +24,15 @@ from typing import Any
 import requests
 
 from bench.chaos.drill import Fleet, Observer, backend_states, finished, summary_line
-from bench.common import Process, RedisServer, bench_settings, free_port, monitor_process, wait_http, wait_until
+from bench.common import (
+    Process,
+    RedisServer,
+    bench_settings,
+    free_port,
+    monitor_process,
+    wait_http,
+    wait_until,
+)
 from jobqueue.celery_app import create_app
 from jobqueue.client import submit_job
 

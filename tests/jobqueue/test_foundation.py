@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import pytest
 import redis
 
 from jobqueue.client import submit_job
-from jobqueue.embedded import free_port
+from jobqueue.embedded import free_port, plan_embedded_redis, redis_server_executable
 from jobqueue.errors import InvalidPayloadError, JobFailed, SubmitError, UnknownServiceError
 from jobqueue.events import CONTROL_CONNECTOR_STATUS
 from jobqueue.states import JobStatus
@@ -173,6 +174,26 @@ def test_a_worker_knows_its_machine_and_gpu_and_keeps_them_across_a_restart(app,
 
 
 # -- jobqueue up -----------------------------------------------------------------------------
+
+
+def test_the_embedded_redis_takes_the_configured_local_port_and_database():
+    port = free_port()
+    plan = plan_embedded_redis(f"redis://localhost:{port}/4")
+    assert plan.url == f"redis://127.0.0.1:{port}/4"
+    assert "--save" in plan.command("redis-server", "/tmp/x") and "--port" in plan.command("redis-server", "/tmp/x")
+
+
+def test_the_embedded_redis_moves_to_a_free_port_when_the_configured_one_is_busy():
+    # Given a broker URL on a port something else holds (and that does not answer as Redis)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        plan = plan_embedded_redis(f"redis://127.0.0.1:{port}/0")
+    assert plan.port != port
+    # A RabbitMQ URL gets a Redis of its own too
+    assert plan_embedded_redis("amqp://guest:guest@127.0.0.1:5672//").url.startswith("redis://127.0.0.1:")
+    assert redis_server_executable()
 
 
 class UpProcess:

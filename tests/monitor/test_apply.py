@@ -217,3 +217,14 @@ def test_old_finished_jobs_are_pruned_by_count_and_pruning_is_a_change(store_url
         assert store.changes_since(store.seq() - 1)[0]["data"] is None
     finally:
         store.close()
+
+
+def test_a_worker_counts_the_failed_jobs_it_ran_and_the_count_is_a_change(store):
+    run(store, ev("worker-online", 0, hostname="gpu0@vm1", freq=1.0),
+        ev("task-started", 1, uuid="j1", hostname="gpu0@vm1"))
+    seq = store.seq()
+    run(store, ev("task-failed", 2, uuid="j1", hostname="gpu0@vm1", exception="ExecutionFailed('x', {})"))
+    assert store.worker("gpu0@vm1")["failed"] == 1
+    kinds = {(c["kind"], c["id"]) for c in store.changes_since(seq)}
+    assert ("worker", "gpu0@vm1") in kinds
+    assert [c for c in store.changes_since(seq) if c["kind"] == "worker"][-1]["data"]["failed"] == 1

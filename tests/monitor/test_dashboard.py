@@ -341,3 +341,18 @@ def test_every_page_of_the_dashboard_is_served_with_its_assets(live_monitor):
             assert asset in res.text
     for asset in ("js/common.js", "js/fleet.js", "js/jobs.js", "js/job.js", "js/stats.js", "js/client.js", "css/app.css"):
         assert requests.get(f"{live_monitor.url}/ui-static/{asset}", timeout=10).status_code == 200, asset
+
+
+def test_an_output_image_on_the_monitors_disk_is_served_sandboxed_and_nothing_outside_it(live_monitor, settings):
+    # Given an output image a worker on this host wrote, and a secret next to the outputs
+    job_dir = Path(settings.output_dir) / "job-1"
+    job_dir.mkdir(parents=True)
+    (job_dir / "out.png").write_bytes(b"\x89PNG\r\n\x1a\nnot-really")
+    (Path(settings.output_dir) / "secret.txt").write_text("no")
+    # Then the image is served, under a CSP sandbox
+    res = requests.get(f"{live_monitor.url}/jobs/job-1/files/out.png", timeout=10)
+    assert res.status_code == 200 and res.headers["Content-Type"] == "image/png"
+    assert "sandbox" in res.headers["Content-Security-Policy"]
+    # And nothing outside a job's directory can be reached
+    for path in ("/jobs/job-1/files/..%2Fsecret.txt", "/jobs/..%2F/files/secret.txt", "/jobs/job-2/files/out.png"):
+        assert requests.get(live_monitor.url + path, timeout=10).status_code == 404, path

@@ -61,12 +61,20 @@
     const nodes = [];
     for (const f of files) {
       const file = typeof f === "string" ? {name: f} : (f || {});
-      const name = String(file.name || file.filename || file.path || "file");
-      const url = JQ.safeUrl(file.url);
+      const name = String(file.name || file.filename || (file.path ? String(file.path).split("/").pop() : "") || "file");
+      // Files without a url of their own: the monitor serves output_dir/<job id>/<name> when
+      // it shares the workers' disk (404 otherwise, and the image says so).
+      const local = file.path ? String(file.path).split("/").pop() : null;
+      const url = JQ.safeUrl(file.url) ||
+        (local ? "/jobs/" + encodeURIComponent(jobId) + "/files/" + encodeURIComponent(local) : null);
       const isImage = (file.content_type && String(file.content_type).startsWith("image/")) || IMAGE_EXT.test(name);
       if (url && isImage) {
-        nodes.push(h("figure", {class: "output"}, h("a", {href: url, target: "_blank", rel: "noopener"},
-          h("img", {src: url, alt: name, loading: "lazy"})), h("figcaption", {class: "mono", text: name})));
+        const caption = h("figcaption", {class: "mono", text: name});
+        const img = h("img", {src: url, alt: name, loading: "lazy", onerror: () => {
+          img.hidden = true;
+          caption.textContent = name + " (not available on this monitor's host)";
+        }});
+        nodes.push(h("figure", {class: "output"}, h("a", {href: url, target: "_blank", rel: "noopener"}, img), caption));
       } else if (url) {
         nodes.push(h("div", {class: "output"}, h("a", {href: url, target: "_blank", rel: "noopener", class: "mono", text: name})));
       } else {
