@@ -114,8 +114,11 @@ def run(server: RedisServer, workdir: Path, *, jobs: int = 60, workers: int = 2,
         back_at = time.monotonic()
         workers_back = _workers_back(app, fleet, back_at, timeout=60.0)
         monitor_back = _monitor_back(port, reconnects_before, back_at, timeout=60.0) if monitor else None
-        wait_until(lambda: all(s == "SUCCESS" for s in backend_states(app, ids).values()), timeout,
-                   interval=0.2, what="every job to succeed")
+        try:
+            wait_until(lambda: all(s == "SUCCESS" for s in backend_states(app, ids).values()), timeout,
+                       interval=0.2, what="every job to succeed")
+        except TimeoutError:
+            _explain_unfinished(app, ids, workdir)
         counts = observer.counts()
         shown = None
         if monitor:
@@ -127,17 +130,26 @@ def run(server: RedisServer, workdir: Path, *, jobs: int = 60, workers: int = 2,
         return Result(jobs=jobs, finished=finished(app, ids), duplicates=counts["duplicates"],
                       reruns=counts["reruns"], workers_back=workers_back, monitor_back=monitor_back,
                       monitor_completed=shown, seconds=time.monotonic() - started)
-    except TimeoutError:
-        counts = observer.counts()
-        return Result(jobs=jobs, finished=finished(app, ids), duplicates=counts["duplicates"],
-                      reruns=counts["reruns"], workers_back=None, monitor_back=None,
-                      monitor_completed=None, seconds=time.monotonic() - started)
     finally:
         observer.stop()
         fleet.stop()
         if monitor is not None:
             monitor.stop()
         app.close()
+
+
+def _explain_unfinished(app: Any, ids: list[str], workdir: Path) -> None:
+    """Write what the broker says about jobs that never finished to ``workdir/unfinished.txt``."""
+    states = backend_states(app, ids)
+    client = app.backend.client
+    lines = [f"{job_id} {state}" for job_id, state in states.items() if state != "SUCCESS"]
+    unacked = client.hgetall("unacked")
+    for tag, raw in unacked.items():
+        lines.append(f"unacked {tag!r}: {raw[:300]!r}")
+    for key in client.keys("*"):
+        if client.type(key) == b"list":
+            lines.append(f"list {key!r}: {client.llen(key)}")
+    (workdir / "unfinished.txt").write_text("\n".join(lines))
 
 
 def _workers_back(app: Any, fleet: Fleet, back_at: float, timeout: float) -> float | None:
