@@ -49,8 +49,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings | None = None, *, main: str = "jobqueue") -> JobqueueCelery:
-    """Build the Celery app: defaults from ``celeryconfig``, then ``settings`` on top."""
+def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -> JobqueueCelery:
+    """A Celery app configured for ``settings`` (broker, backend, priorities, transport) with
+    no tasks and no worker steps: what a client-only process such as the monitor needs."""
     settings = (settings or Settings.from_env()).resolved()
     app = JobqueueCelery(main, set_as_current=False)
     app.settings = settings
@@ -69,6 +70,13 @@ def create_app(settings: Settings | None = None, *, main: str = "jobqueue") -> J
         from jobqueue.redis_transport import TRANSPORT_PATH
 
         app.conf.broker_transport = TRANSPORT_PATH
+    return app
+
+
+def create_app(settings: Settings | None = None, *, main: str = "jobqueue") -> JobqueueCelery:
+    """Build the Celery app: defaults from ``celeryconfig``, ``settings`` on top, the job task
+    and the worker bootsteps registered."""
+    app = configure_app(settings, main=main)
     # Imported here: tasks and worker steps need the app, not the other way round.
     from jobqueue.tasks import register_tasks
     from jobqueue.worker.bootsteps import install_worker_steps

@@ -110,7 +110,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
 def register_tasks(app: Any) -> None:
     """Register the job task on ``app``."""
 
-    @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
+    @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False)
     def _run_job(
         self: Any, service: str, payload: dict[str, Any], options: dict[str, Any] | None = None,
         previous: dict[str, Any] | None = None,

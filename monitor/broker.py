@@ -9,29 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobqueue.celery_app import JobqueueCelery, broker_transport_options
+from jobqueue.celery_app import JobqueueCelery, configure_app
 from jobqueue.config import Settings
-from jobqueue.routing import MAX_PRIORITY
+from jobqueue.routing import BROKER_MAX_PRIORITY, redis_queue_keys
 
 
 def monitor_celery_app(settings: Settings) -> JobqueueCelery:
     """A Celery app on ``settings``' broker and backend, with no tasks registered."""
-    app = JobqueueCelery("jobqueue-monitor", set_as_current=False)
-    app.settings = settings
-    app.config_from_object("celeryconfig")
-    app.conf.update(
-        broker_url=settings.broker_url,
-        result_backend=settings.result_backend,
-        broker_transport_options=broker_transport_options(settings),
-        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
-        broker_connection_timeout=3.0,
-    )
+    app = configure_app(settings, main="jobqueue-monitor")
+    app.conf.broker_connection_timeout = 3.0
     return app
-
-
-def priority_keys(queue: str, sep: str = ":") -> list[str]:
-    """The Redis lists kombu keeps for one queue with priority steps 0..9 (0 taken first)."""
-    return [queue] + [f"{queue}{sep}{p}" for p in range(1, MAX_PRIORITY + 1)]
 
 
 def queue_depths(app: Any, queues: list[str]) -> dict[str, int]:
@@ -48,12 +35,12 @@ def queue_depths(app: Any, queues: list[str]) -> dict[str, int]:
         try:
             pipe = client.pipeline(transaction=False)
             for queue in queues:
-                for key in priority_keys(queue):
+                for key in redis_queue_keys(queue):
                     pipe.llen(key)
             counts = pipe.execute()
         finally:
             client.close()
-        steps = MAX_PRIORITY + 1
+        steps = BROKER_MAX_PRIORITY + 1
         for i, queue in enumerate(queues):
             depths[queue] = int(sum(counts[i * steps:(i + 1) * steps]))
         return depths

@@ -27,7 +27,7 @@ from typing import Any
 from jobqueue.config import Settings
 from jobqueue.connectors import CONNECTORS
 from jobqueue.events import CONNECTOR_STATUS, CONTROL_CONNECTOR_STATUS, job_meta_from_kwargs
-from monitor.broker import priority_keys
+from jobqueue.routing import redis_queue_keys
 from monitor.store import Store
 from monitor.writer import Writer
 
@@ -220,7 +220,7 @@ class Repair:
         count = 0
         try:
             for queue in queues:
-                for key in priority_keys(queue):
+                for key in redis_queue_keys(queue):
                     for raw in client.lrange(key, 0, 10_000):
                         event = events_from_queue_message(raw, queue, now)
                         if event is not None:
