@@ -47,6 +47,29 @@ def _mark_cancelled(task: Any, reason: str) -> None:
     task.send_event("task-revoked", terminated=True, signum=None, expired=False)
 
 
+def _attempt_number(app: Any, job_id: str, retries: int) -> int:
+    """Which execution of this job starts now (0 for the first).
+
+    Celery's ``retries`` counts only explicit retries; a message redelivered after its worker
+    died starts again with the same count. A counter in the result backend's Redis counts
+    every start, so a new attempt is always recognisable (its progress starts afresh).
+    Backends without a Redis client fall back to ``retries``.
+    """
+    client = getattr(app.backend, "client", None)
+    if client is None or not hasattr(client, "incr"):
+        return retries
+    key = f"jobqueue-attempts-{job_id}"
+    try:
+        pipe = client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, int(app.conf.result_expires or 86400))
+        count = int(pipe.execute()[0])
+    except Exception:  # the backend is down: the job can still run
+        log.warning("could not count attempts of job %s", job_id, exc_info=True)
+        return retries
+    return max(count - 1, retries)
+
+
 def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """Body of the ``jobqueue.run_job`` task (``task`` is the bound Celery task)."""
     request = task.request
@@ -59,14 +82,13 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
     connector = runtime.connector(service)
     settings = app.settings
     timeout = options.get("timeout") or settings.job_timeout
-    submitted_monotonic = time.monotonic()
     job = Job(
         id=request.id,
         service=service,
         payload=payload,
         options={**options, "timeout": timeout},
-        attempt=request.retries or 0,
-        deadline=submitted_monotonic + float(timeout),
+        attempt=_attempt_number(app, request.id, request.retries or 0),
+        deadline=time.monotonic() + float(timeout),
     )
 
     def publish(progress: dict[str, Any]) -> None:
@@ -85,7 +107,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         raise Ignore() from exc
     except ConnectorError as exc:
         error = exc
-        if exc.retryable and job.attempt < settings.max_retries:
+        if exc.retryable and (request.retries or 0) < settings.max_retries:
             log.warning("job %s: %s; retrying elsewhere (attempt %d)", job.id, exc, job.attempt + 1)
             raise task.retry(exc=exc, countdown=0, max_retries=settings.max_retries) from exc
         raise

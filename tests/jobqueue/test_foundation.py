@@ -121,6 +121,8 @@ def test_a_job_whose_worker_is_killed_is_completed_by_a_second_worker(app, start
     result = handle.wait(timeout=30)
     assert result["worker"] == second.node_name != first.node_name
     assert result["output"] == "survived"
+    # as a new attempt (its progress starts afresh), though Celery's retry count did not move
+    assert result["attempt"] == 1
     # and it came back once its lease had expired (the last renewal was at most one lease
     # interval before the kill), not after kombu's ~100 s
     assert settings.visibility_timeout - settings.lease_interval <= redelivered_after < 30
@@ -140,6 +142,7 @@ def test_a_live_job_longer_than_three_visibility_timeouts_runs_exactly_once(app,
     assert received_count(handle.id, *logs) == 1, logs
     succeeded = sum(log.count(f"jobqueue.run_job[{handle.id}] succeeded") for log in logs)
     assert succeeded == 1
+    assert result["attempt"] == 0
 
 
 # -- worker identity -------------------------------------------------------------------------
