@@ -102,12 +102,13 @@ def build_stream(total: int, rate: float, t0: float, *, db: int, workers: int = 
         else:
             w = turn % workers
             turn += 1
-            event = next(jobs[w], None)
-            if event is None:
+            upcoming: dict[str, Any] | None = next(jobs[w], None)
+            if upcoming is None:
                 seqs[w] += 1
                 stream.jobs += 1
                 jobs[w] = _job_events(names[w], seqs[w], progress_steps)
-                event = next(jobs[w])
+                upcoming = next(jobs[w])
+            event = upcoming
         clock += 1
         event.update(timestamp=t0 + i / rate, clock=clock, utcoffset=offset, pid=pid)
         stream.messages.append((event_channel(db, event["type"]), encode_event(event)))

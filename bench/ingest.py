@@ -54,7 +54,7 @@ SETTLE_SECONDS = 5.0
 
 # -- consumers ---------------------------------------------------------------------------------
 def _bare_main(url: str, total: Any, tasks: Any) -> None:
-    """Child process: Celery's bare Receiver + State, counting events."""
+    """Child process: Celery's bare Receiver + State, counting events, reconnecting."""
     from celery import Celery
 
     app = Celery("bench-bare", broker=url, set_as_current=False)
@@ -66,9 +66,15 @@ def _bare_main(url: str, total: Any, tasks: Any) -> None:
         if event["type"].startswith("task-"):
             tasks.value += 1
 
-    with app.connection_for_read() as conn:
-        receiver = app.events.Receiver(conn, handlers={"*": on_event})
-        receiver.capture(limit=None, timeout=None, wakeup=False)
+    # Reconnect when Redis drops the subscription (what Flower and our collector do too);
+    # a bare capture() would simply die there.
+    while True:
+        try:
+            with app.connection_for_read() as conn:
+                receiver = app.events.Receiver(conn, handlers={"*": on_event})
+                receiver.capture(limit=None, timeout=None, wakeup=False)
+        except Exception:
+            time.sleep(0.1)
 
 
 class BareConsumer:
@@ -246,7 +252,7 @@ def _warm_up(client: redis.Redis, db: int, consumers: list[Any], timeout: float 
     """Publish one task event every 50 ms until every consumer has counted one."""
     deadline = time.monotonic() + timeout
     while True:
-        event = {"type": "task-received", "uuid": f"warmup-{uuid.uuid4()}", "name": "warmup",
+        event: dict[str, Any] = {"type": "task-received", "uuid": f"warmup-{uuid.uuid4()}", "name": "warmup",
                  "hostname": "warmup@bench", "timestamp": time.time(), "clock": 0, "utcoffset": 0, "pid": 1}
         client.publish(event_channel(db, event["type"]), encode_event(event))
         if all(c.count() > 0 for c in consumers):

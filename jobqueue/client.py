@@ -24,6 +24,7 @@ from jobqueue.errors import InvalidPayloadError, JobCancelled, JobError, JobFail
 from jobqueue.events import CONTROL_CANCEL_JOB, RUN_JOB_TASK
 from jobqueue.routing import broker_priority, check_priority, service_queue
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
+from jobqueue.summary import summarize_payload
 
 #: How often ``wait()`` polls the result backend.
 POLL_INTERVAL = 0.05
@@ -194,7 +195,7 @@ def prepare_job(
         "task_id": job_id,
         "queue": target,
         "priority": broker_priority(priority, is_redis=is_redis, continuation=continuation),
-        "kwargsrepr": json.dumps(meta, default=str),
+        "kwargsrepr": json.dumps({**meta, "payload_summary": summarize_payload(service, payload)}, default=str),
     }
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 

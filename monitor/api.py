@@ -92,8 +92,21 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
     """The whole state at one seq, with ETAs filled in (shared by /api/state and /ws)."""
     c = ctx()
     snapshot = c.store.snapshot(finished_limit=finished_limit)
-    annotate(snapshot["jobs"], c.store.durations(), consumers_per_queue(snapshot["workers"]))
+    medians = {s["service"]: s["median"] for s in snapshot["services"]}
+    annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]))
     return snapshot
+
+
+def _annotate_queued(found: list[dict[str, Any]]) -> None:
+    """Queue position and expected wait of the queued jobs in ``found``, among all queued."""
+    wanted = {j["id"]: j for j in found if j["status"] == "queued"}
+    if not wanted:
+        return
+    store = ctx().store
+    queued = annotate(store.queued_jobs(), store.service_medians(), consumers_per_queue(store.workers()))
+    for other in queued:
+        if other["id"] in wanted:
+            wanted[other["id"]].update(queue_position=other["queue_position"], eta_seconds=other["eta_seconds"])
 
 
 # -- reads ---------------------------------------------------------------------------------
@@ -137,9 +150,9 @@ def jobs() -> Any:
         state=states or None, service=request.args.get("service") or None,
         worker=request.args.get("worker") or None, machine=request.args.get("machine") or None,
         since=_float_arg("since"), until=_float_arg("until"), q=request.args.get("q") or None,
-        limit=limit, offset=offset,
+        workflow=request.args.get("workflow") or None, limit=limit, offset=offset,
     )
-    annotate(found, ctx().store.durations())
+    _annotate_queued(found)
     return jsonify({"jobs": found, "total": total, "limit": limit, "offset": offset})
 
 
@@ -148,14 +161,17 @@ def job(job_id: str) -> Any:
     found = ctx().store.job(job_id)
     if found is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
-    if found["status"] == "queued":
-        queued = ctx().store.queued_jobs()
-        annotate(queued, ctx().store.durations(), consumers_per_queue(ctx().store.workers()))
-        for other in queued:
-            if other["id"] == job_id:
-                found["queue_position"], found["eta_seconds"] = other["queue_position"], other["eta_seconds"]
-    else:
-        annotate([found], {})
+    _annotate_queued([found])
+    return jsonify(found)
+
+
+@bp.get("/api/workflows/<workflow_id>")
+def workflow(workflow_id: str) -> Any:
+    """A workflow's known steps in step order, its status and ``total_steps``."""
+    found = ctx().store.workflow(workflow_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"no workflow {workflow_id!r}")
+    _annotate_queued(found["steps"])
     return jsonify(found)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from jobqueue.errors import MalformedEvent
 from jobqueue.events import CONNECTOR_STATUS, TASK_PROGRESS, job_meta_from_kwargs, parse_exception
 from jobqueue.states import ConnectorStatus, JobStatus, empty_progress, may_move
-from monitor.store import Job, Tx, Worker
+from monitor.store import Connector, Job, Tx, Worker
 
 #: Longest id (job uuid, worker name, service) we accept.
 MAX_ID = 255
@@ -295,8 +295,9 @@ def _on_progress(ev: dict[str, Any], tx: Tx, job: Job, ts: float, hostname: str 
     old = {**empty_progress(), **(job.progress or {})}
     forward = (progress["percent"], progress["step"]) > (old["percent"], old["step"])
     same_point = (progress["percent"], progress["step"]) == (old["percent"], old["step"])
+    old.pop("reported_at", None)
     if forward or (same_point and progress != old and progress["message"] != old["message"]):
-        job.progress = progress
+        job.progress = {**progress, "reported_at": ts}  # when its eta_seconds was true
         changed = True
     return changed or moved
 
@@ -400,8 +401,14 @@ def _final_progress(job: Job) -> None:
 
 
 def _job_ended(tx: Tx, job: Job, *, failed: bool) -> None:
+    """A job left its worker (ended, or will be retried). The worker's processed/failed
+    counts are counted from the jobs table when it is serialised (see
+    ``monitor.store._job_counts``), so they need only a change here, never an increment:
+    a replayed or repaired final event cannot count twice (``_move`` refuses it first)."""
     if job.status in FINAL:
         _final_progress(job)
+        if job.status == JobStatus.COMPLETED.value and job.service:
+            tx.touch("service", job.service)  # its completion-time median may change
     if not job.worker:
         return
     worker = tx.worker(job.worker, create=False)
@@ -410,8 +417,8 @@ def _job_ended(tx: Tx, job: Job, *, failed: bool) -> None:
     if worker.current_job == job.id:
         worker.current_job = None
         tx.touch("worker", worker.name)
-    if failed:
-        tx.touch("worker", worker.name)  # its failed count changed
+    if job.status in FINAL or failed:
+        tx.touch("worker", worker.name)  # its counts changed
 
 
 _VALIDATORS: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -559,6 +566,27 @@ def _worker_event(ev: dict[str, Any], tx: Tx) -> bool:
     return changed
 
 
+def _connector_is_newer(conn: Connector | None, seq: int | None, ts: float, received: float, *,
+                        repair: bool) -> tuple[bool, bool]:
+    """Whether a connector status (from an event or from a repair's ``connector_status``
+    answer) replaces the stored one, and whether it confirms it (same report again).
+
+    The worker numbers every report with ``seq``, increasing across its restarts (it starts at
+    the process's start time in ms), and the control command answers with the seq of the last
+    report it sent, so seq alone orders events and repair answers: an older repair answer never
+    overwrites a newer event, and a late event never overwrites a newer repair answer. Without a
+    seq on either side (an older worker) the event time decides, and a repair answer wins
+    unless an event arrived after it was asked for.
+    """
+    if conn is None:
+        return True, False
+    if seq is not None and conn.event_seq is not None:
+        return seq > conn.event_seq, seq == conn.event_seq
+    if repair:
+        return conn.received_at is None or received >= conn.received_at, False
+    return conn.updated_at is None or ts >= conn.updated_at, False
+
+
 def _connector_event(ev: dict[str, Any], tx: Tx) -> bool:
     name = _id(ev, "worker", required=False) or _id(ev, "hostname")
     assert name is not None
@@ -601,14 +629,13 @@ def _connector_event(ev: dict[str, Any], tx: Tx) -> bool:
         worker.queues = list(queues)
         changed = True
     conn = tx.connector(name, service, create=False)
-    newer = True
-    if conn is not None and ev.get("source") != "repair":
-        if conn.pid is not None and pid == conn.pid and seq is not None and conn.event_seq is not None:
-            newer = seq > conn.event_seq
-        elif conn.updated_at is not None:
-            newer = ts >= conn.updated_at
-    elif conn is not None:  # repair: an answer to our question, newer unless an event came since
-        newer = conn.received_at is None or received >= conn.received_at
+    newer, confirms = _connector_is_newer(conn, seq, ts, received, repair=ev.get("source") == "repair")
+    if confirms and conn is not None:
+        # The worker still reports the status we hold (same seq): it is fresh again.
+        conn.received_at = max(conn.received_at or received, received)
+        if conn.stale:
+            conn.stale = False
+            changed = True
     if newer:
         if conn is None:
             conn = tx.connector(name, service)

@@ -1,44 +1,32 @@
 """Estimated time left for unfinished jobs.
 
-* processing: from the job's own observed rate (percent done over time since it started);
+* processing: the ETA its worker computed from the job's observed rate with its last progress
+  report (``progress.eta_seconds``, as of ``eta_at``). It is stored with the job, so snapshots
+  and websocket deltas carry the same value; a page counts it down from ``eta_at``.
 * queued: its position in its queue (priority first, then age) times the median completion
-  time of its service, shared by the workers that consume that queue.
-
-ETAs depend on the clock and on other jobs, so they are computed when a snapshot or a job is
-read, not stored with a sequence number.
+  time of its service (``services`` in the snapshot, a ``service`` delta when it changes),
+  divided by the online workers that consume that queue. It depends on other jobs, so it is
+  computed when read: here for REST and snapshots, and by the dashboard
+  (``JQ.queueEstimates`` in ``static/js/common.js``) from the live state with the same rule —
+  recomputing it server-side would mean a delta for every job behind any queue change.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
 
-def processing_eta(job: dict[str, Any], now: float) -> float | None:
-    """Seconds left for a processing job from its observed progress rate (None: unknown)."""
-    progress = job.get("progress") or {}
-    percent = float(progress.get("percent") or 0.0)
-    started = job.get("started_at")
-    if not started or percent <= 0.0:
-        return None
-    elapsed = now - float(started)
-    if elapsed <= 0:
-        return None
-    if percent >= 100.0:
-        return 0.0
-    return round((100.0 - percent) * elapsed / percent, 2)
+def queue_order_key(job: dict[str, Any]) -> tuple[int, float, str]:
+    """The order in which queued jobs are taken: higher priority first, then older first."""
+    return (-(job.get("priority") or 0), job.get("submitted_at") or 0.0, job["id"])
 
 
-def annotate(jobs: list[dict[str, Any]], durations: dict[str, list[float]],
-             consumers: dict[str, int] | None = None, now: float | None = None) -> list[dict[str, Any]]:
-    """Fill ``eta_seconds`` and ``queue_position`` of ``jobs`` in place; return them."""
-    now = time.time() if now is None else now
-    medians = {svc: statistics.median(v) for svc, v in durations.items() if v}
-    queued = sorted((j for j in jobs if j.get("status") == "queued"),
-                    key=lambda j: (-(j.get("priority") or 0), j.get("submitted_at") or 0.0, j["id"]))
+def annotate(jobs: list[dict[str, Any]], medians: dict[str, float | None],
+             consumers: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Fill ``queue_position`` and ``eta_seconds`` of the queued ones among ``jobs`` (which
+    must hold every queued job for the positions to be right); return ``jobs``."""
     positions: dict[str, int] = {}
-    for job in queued:
+    for job in sorted((j for j in jobs if j.get("status") == "queued"), key=queue_order_key):
         queue = job.get("queue") or job.get("service") or ""
         positions[queue] = positions.get(queue, 0) + 1
         job["queue_position"] = positions[queue]
@@ -46,7 +34,4 @@ def annotate(jobs: list[dict[str, Any]], durations: dict[str, list[float]],
         if median is not None:
             parallel = max(1, (consumers or {}).get(queue, 1))
             job["eta_seconds"] = round(positions[queue] * median / parallel, 2)
-    for job in jobs:
-        if job.get("status") == "processing":
-            job["eta_seconds"] = processing_eta(job, now)
     return jobs

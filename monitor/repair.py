@@ -28,6 +28,7 @@ from jobqueue.config import Settings
 from jobqueue.connectors import CONNECTORS
 from jobqueue.events import CONNECTOR_STATUS, CONTROL_CONNECTOR_STATUS, job_meta_from_kwargs
 from jobqueue.routing import redis_queue_keys
+from jobqueue.summary import summarize_payload
 from monitor.store import Store
 from monitor.writer import Writer
 
@@ -54,7 +55,12 @@ def _ts(value: Any) -> float | None:
 def _meta_of(kwargs: Any) -> dict[str, Any]:
     """Job metadata from a task's real kwargs (``{"service", "payload", "options"}``) or repr."""
     if isinstance(kwargs, dict) and isinstance(kwargs.get("options"), dict):
-        return {**kwargs["options"], "service": kwargs.get("service", kwargs["options"].get("service"))}
+        service = kwargs.get("service", kwargs["options"].get("service"))
+        meta = {**kwargs["options"], "service": service}
+        summary = summarize_payload(service, kwargs.get("payload"))
+        if summary is not None and "payload_summary" not in meta:
+            meta["payload_summary"] = summary
+        return meta
     return job_meta_from_kwargs(kwargs)
 
 
@@ -252,7 +258,7 @@ class Repair:
                 events.append({
                     "type": CONNECTOR_STATUS, "hostname": name, "worker": reply.get("worker") or name,
                     "machine_id": reply.get("machine_id"), "gpu": reply.get("gpu"), "service": service,
-                    "status": status.get("status"), "message": status.get("message"),
+                    "status": status.get("status"), "message": status.get("message"), "seq": status.get("seq"),
                     "details": status.get("details"), "connectors": reply.get("connectors") and list(reply["connectors"]),
                     "queues": reply.get("queues"), "interval": self.settings.status_beat,
                     "timestamp": now, "local_received": now, "source": "repair",

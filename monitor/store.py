@@ -121,7 +121,7 @@ class Job(Base):
     machine_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     queue: Mapped[str | None] = mapped_column(String(255), nullable=True)
     priority: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    workflow_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    workflow_id: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
     step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     attempt_since: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -136,6 +136,18 @@ class Job(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     n_events: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ServiceStat(Base):
+    """Completion-time median of one service's recent completed jobs: what a client needs to
+    estimate a queued job's wait. A row of its own so a changed median is a change (kind
+    ``service``) with a seq, like any other object."""
+
+    __tablename__ = "service_stats"
+    service: Mapped[str] = mapped_column(String(255), primary_key=True)
+    median: Mapped[float | None] = mapped_column(Float, nullable=True)
+    samples: Mapped[int] = mapped_column(Integer, default=0)
     seq: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
@@ -173,7 +185,9 @@ def connector_dict(c: Connector) -> dict[str, Any]:
     }
 
 
-def worker_dict(w: Worker, connectors: list[Connector], now: float, failed: int = 0) -> dict[str, Any]:
+def worker_dict(w: Worker, connectors: list[Connector], now: float,
+                counts: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """A worker as the API shows it; ``counts`` is (processed, failed) from the jobs table."""
     status = w.status
     if status == "online" and w.draining:
         status = "draining"
@@ -188,8 +202,9 @@ def worker_dict(w: Worker, connectors: list[Connector], now: float, failed: int 
         "services": list(w.services or []),
         "queues": list(w.queues or []),
         "active": w.active,
-        "processed": w.processed,
-        "failed": failed,
+        "processed": counts[0],
+        "failed": counts[1],
+        "celery_processed": w.processed,
         "current_job": w.current_job,
         "heartbeat_at": w.heartbeat_at,
         "heartbeat_age": None if w.heartbeat_received is None else round(max(0.0, now - w.heartbeat_received), 3),
@@ -206,9 +221,28 @@ def machine_dict(m: Machine, workers: list[str]) -> dict[str, Any]:
     return {"id": m.id, "workers": sorted(workers), "status": m.status, "last_seen": m.last_seen, "seq": m.seq}
 
 
+def _meta_int(meta: dict[str, Any], key: str) -> int | None:
+    value = meta.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _meta_str(meta: dict[str, Any], key: str) -> str | None:
+    value = meta.get(key)
+    return value[:255] if isinstance(value, str) and value else None
+
+
 def job_dict(j: Job) -> dict[str, Any]:
+    """A job as the API and the websocket show it.
+
+    Nothing here depends on the clock of the reader, so a snapshot and the deltas carry the
+    same values: a processing job's ``eta_seconds`` is the one its worker computed from the
+    observed rate with its last progress report, taken at ``eta_at``.
+    """
     progress = empty_progress()
     progress.update(j.progress or {})
+    reported_at = progress.pop("reported_at", None)
+    meta = j.meta or {}
+    processing = j.status == JobStatus.PROCESSING.value
     return {
         "id": j.id,
         "name": j.name,
@@ -220,6 +254,10 @@ def job_dict(j: Job) -> dict[str, Any]:
         "priority": j.priority,
         "workflow_id": j.workflow_id,
         "step": j.step,
+        "workflow_steps": _meta_int(meta, "workflow_steps"),
+        "batch_id": _meta_str(meta, "batch_id"),
+        "batch_index": _meta_int(meta, "batch_index"),
+        "batch_size": _meta_int(meta, "batch_size"),
         "attempt": j.attempt,
         "retries": j.attempt,
         "progress": progress,
@@ -228,13 +266,55 @@ def job_dict(j: Job) -> dict[str, Any]:
         "started_at": j.started_at,
         "finished_at": j.finished_at,
         "runtime": j.runtime,
-        "eta_seconds": None,
+        "eta_seconds": progress["eta_seconds"] if processing else None,
+        "eta_at": reported_at if processing and progress["eta_seconds"] is not None else None,
         "queue_position": None,
         "error": j.error,
         "result": j.result,
-        "payload_summary": (j.meta or {}).get("payload_summary"),
+        "payload_summary": _meta_str(meta, "payload_summary"),
         "seq": j.seq,
     }
+
+
+#: Step statuses that end a workflow with that status (the first such step's).
+_BAD_STEP = ("failed", "timed_out", "cancelled")
+
+
+def workflow_status(statuses: list[str], total: int) -> str:
+    """A workflow's status from its known steps' (as ``WorkflowHandle.status``): the first
+    failed/timed-out/cancelled step's; completed when all ``total`` steps are; processing
+    once any step left the queue; else queued."""
+    for status in statuses:
+        if status in _BAD_STEP:
+            return status
+    if len(statuses) >= total and all(s == "completed" for s in statuses):
+        return "completed"
+    if any(s != "queued" for s in statuses):
+        return "processing"
+    return "queued"
+
+
+def service_dict(s: ServiceStat) -> dict[str, Any]:
+    return {"service": s.service, "median": s.median, "samples": s.samples, "seq": s.seq}
+
+
+def _new_service_stat(session: Session, service: str) -> ServiceStat:
+    stat = ServiceStat(service=service, median=None, samples=0, seq=0)
+    session.add(stat)
+    return stat
+
+
+#: Completed runtimes per service a median is taken over (the most recent ones).
+MEDIAN_WINDOW = 1000
+
+
+def _recent_runtimes(session: Session, service: str) -> list[float]:
+    rows = session.scalars(
+        select(Job.runtime).where(Job.service == service, Job.status == JobStatus.COMPLETED.value,
+                                  Job.runtime.is_not(None))
+        .order_by(Job.finished_at.desc()).limit(MEDIAN_WINDOW)
+    )
+    return [float(r) for r in rows if r is not None]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -393,15 +473,22 @@ class Store:
 
     @staticmethod
     def _obj(session: Session, kind: str, key: str) -> Any:
+        if kind == "service":
+            return session.get(ServiceStat, key) or _new_service_stat(session, key)
         model = {"job": Job, "worker": Worker, "machine": Machine}[kind]
         return session.get(model, key)
 
     def _serialise(self, session: Session, kind: str, obj: Any, now: float) -> dict[str, Any]:
+        if kind == "service":
+            values = _recent_runtimes(session, obj.service)
+            obj.median = statistics.median(values) if values else None
+            obj.samples = len(values)
+            return service_dict(obj)
         if kind == "job":
             return job_dict(obj)
         if kind == "worker":
             conns = list(session.scalars(select(Connector).where(Connector.worker == obj.name)))
-            return worker_dict(obj, conns, now, _failed_counts(session, obj.name).get(obj.name, 0))
+            return worker_dict(obj, conns, now, _job_counts(session, obj.name).get(obj.name, (0, 0)))
         names = list(session.scalars(select(Worker.name).where(Worker.machine_id == obj.id)))
         return machine_dict(obj, names)
 
@@ -421,6 +508,13 @@ class Store:
             ids = sorted(old | extra)
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
+                # Their workers' counts and their services' medians change with them.
+                for name, svc in session.execute(
+                        select(Job.worker, Job.service).where(Job.id.in_(chunk)).distinct()):
+                    if name and session.get(Worker, name) is not None:
+                        tx.touch("worker", name)
+                    if svc:
+                        tx.touch("service", svc)
                 session.execute(delete(JobEvent).where(JobEvent.job_id.in_(chunk)))
                 session.execute(delete(Job).where(Job.id.in_(chunk)))
                 for job_id in chunk:
@@ -465,11 +559,13 @@ class Store:
                 select(Job).where(Job.status.in_(FINAL_STATUSES))
                 .order_by(Job.finished_at.desc(), Job.id).limit(max(0, finished_limit))
             ))
+            services = [service_dict(x) for x in session.scalars(select(ServiceStat).order_by(ServiceStat.service))]
             return {
                 "seq": seq,
                 "machines": machines,
                 "workers": workers,
                 "jobs": [job_dict(j) for j in jobs + finished],
+                "services": services,
             }
 
     def changes_since(self, since: int, limit: int = 1000) -> list[dict[str, Any]] | None:
@@ -490,8 +586,8 @@ class Store:
         conns: dict[str, list[Connector]] = {}
         for c in session.scalars(select(Connector)):
             conns.setdefault(c.worker, []).append(c)
-        failed = _failed_counts(session)
-        return [worker_dict(w, conns.get(w.name, []), now, failed.get(w.name, 0))
+        counts = _job_counts(session)
+        return [worker_dict(w, conns.get(w.name, []), now, counts.get(w.name, (0, 0)))
                 for w in session.scalars(select(Worker).order_by(Worker.name))]
 
     def _machines(self, session: Session) -> list[dict[str, Any]]:
@@ -516,7 +612,7 @@ class Store:
                 return None
             conns = list(session.scalars(select(Connector).where(Connector.worker == name)))
             return worker_dict(w, conns, time.time() if now is None else now,
-                               _failed_counts(session, name).get(name, 0))
+                               _job_counts(session, name).get(name, (0, 0)))
 
     def job(self, job_id: str, with_events: bool = True) -> dict[str, Any] | None:
         with self.read() as session:
@@ -540,11 +636,15 @@ class Store:
         since: float | None = None,
         until: float | None = None,
         q: str | None = None,
+        workflow: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Jobs matching the filters, newest first, and how many match in all."""
+        """Jobs matching the filters, newest first (a workflow's: in step order), and how
+        many match in all."""
         conds = []
+        if workflow:
+            conds.append(Job.workflow_id == workflow)
         if state:
             conds.append(Job.status.in_(state))
         if service:
@@ -564,10 +664,32 @@ class Store:
                              Job.workflow_id.like(pattern)))
         with self.read() as session:
             total = session.scalar(select(func.count()).select_from(Job).where(*conds)) or 0
-            rows = session.scalars(
-                select(Job).where(*conds).order_by(when.desc(), Job.id).limit(limit).offset(offset)
-            )
+            order = (Job.step, when, Job.id) if workflow else (when.desc(), Job.id)
+            rows = session.scalars(select(Job).where(*conds).order_by(*order).limit(limit).offset(offset))
             return [job_dict(j) for j in rows], int(total)
+
+    def workflow(self, workflow_id: str) -> dict[str, Any] | None:
+        """A workflow's steps the monitor has seen, in step order, and its status; None when
+        no job of it is known. Later steps are published only when the previous one ends, so
+        ``total_steps`` (from the steps' metadata) may exceed ``len(steps)``."""
+        with self.read() as session:
+            rows = list(session.scalars(
+                select(Job).where(Job.workflow_id == workflow_id).order_by(Job.step, Job.submitted_at, Job.id)
+            ))
+            steps = [job_dict(j) for j in rows]
+            meta = (rows[0].meta or {}) if rows else {}
+        if not steps:
+            return None
+        total = max([s["workflow_steps"] or 0 for s in steps] + [s["step"] or 0 for s in steps])
+        submitted = meta.get("workflow_submitted_at")
+        return {
+            "id": workflow_id,
+            "status": workflow_status([s["status"] for s in steps], total),
+            "total_steps": total,
+            "priority": steps[0]["priority"],
+            "submitted_at": submitted if isinstance(submitted, (int, float)) else steps[0]["submitted_at"],
+            "steps": steps,
+        }
 
     def queued_jobs(self) -> list[dict[str, Any]]:
         """Queued jobs in the order they will be taken: priority first, then age."""
@@ -577,6 +699,11 @@ class Store:
                 .order_by(Job.priority.desc(), Job.submitted_at, Job.id)
             )
             return [job_dict(j) for j in rows]
+
+    def service_medians(self) -> dict[str, float | None]:
+        """Each service's completion-time median (the ``service`` objects' ``median``)."""
+        with self.read() as session:
+            return {s.service: s.median for s in session.scalars(select(ServiceStat))}
 
     def durations(self, service: str | None = None, limit: int = 1000) -> dict[str, list[float]]:
         """Recent completed runtimes per service (seconds), newest first."""
@@ -683,12 +810,32 @@ class Store:
             return True
 
 
-def _failed_counts(session: Session, worker: str | None = None) -> dict[str, int]:
-    """Failed (and timed-out) jobs per worker, among the jobs the store still holds."""
-    query = select(Job.worker, func.count()).where(Job.status.in_(("failed", "timed_out")))
+#: Final statuses that count as a failure in a worker's failed count.
+FAILED_STATUSES = ("failed", "timed_out")
+
+
+def _job_counts(session: Session, worker: str | None = None) -> dict[str, tuple[int, int]]:
+    """(processed, failed) per worker, counted from the jobs the store holds.
+
+    The jobs table is the source of truth, not a counter bumped per event: a replayed or
+    repaired final event cannot count twice, and a monitor started after the workers (which
+    rebuilt the jobs from the result backend) counts exactly what one started before counts.
+    ``processed`` is every job that ended on the worker (completed, failed, timed out,
+    cancelled), ``failed`` the failed and timed-out ones. Pruned jobs no longer count; Celery's
+    own per-process counter is kept as ``celery_processed``.
+    """
+    query = select(Job.worker, Job.status, func.count()).where(Job.status.in_(FINAL_STATUSES))
     if worker is not None:
         query = query.where(Job.worker == worker)
-    return {name: int(n) for name, n in session.execute(query.group_by(Job.worker)) if name}
+    out: dict[str, list[int]] = {}
+    for name, status, n in session.execute(query.group_by(Job.worker, Job.status)):
+        if not name:
+            continue
+        entry = out.setdefault(name, [0, 0])
+        entry[0] += int(n)
+        if status in FAILED_STATUSES:
+            entry[1] += int(n)
+    return {name: (p, f) for name, (p, f) in out.items()}
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -14,6 +14,8 @@ monitor shows every job completed.
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,7 +90,7 @@ def monitor_completed(port: int, job_ids: list[str]) -> int:
 
 
 def run(server: RedisServer, workdir: Path, *, jobs: int = 60, workers: int = 2, down: float = 2.0,
-        steps: int = 3, step_seconds: float = 0.2, timeout: float = 300.0, with_monitor: bool = True) -> Result:
+        steps: int = 3, step_seconds: float = 0.2, timeout: float = 120.0, with_monitor: bool = True) -> Result:
     """Run the drill on ``server`` (which must have been started with ``appendonly=True``)."""
     url = server.url(0)
     settings = bench_settings(url, workdir)
@@ -118,7 +120,7 @@ def run(server: RedisServer, workdir: Path, *, jobs: int = 60, workers: int = 2,
             wait_until(lambda: all(s == "SUCCESS" for s in backend_states(app, ids).values()), timeout,
                        interval=0.2, what="every job to succeed")
         except TimeoutError:
-            _explain_unfinished(app, ids, workdir)
+            _explain_unfinished(app, ids, workdir, fleet)
         counts = observer.counts()
         shown = None
         if monitor:
@@ -138,17 +140,30 @@ def run(server: RedisServer, workdir: Path, *, jobs: int = 60, workers: int = 2,
         app.close()
 
 
-def _explain_unfinished(app: Any, ids: list[str], workdir: Path) -> None:
+def _explain_unfinished(app: Any, ids: list[str], workdir: Path, fleet: Fleet | None = None) -> None:
     """Write what the broker says about jobs that never finished to ``workdir/unfinished.txt``."""
     states = backend_states(app, ids)
     client = app.backend.client
     lines = [f"{job_id} {state}" for job_id, state in states.items() if state != "SUCCESS"]
     unacked = client.hgetall("unacked")
+    lines.append(f"now {time.time():.1f}")
     for tag, raw in unacked.items():
-        lines.append(f"unacked {tag!r}: {raw[:300]!r}")
+        lines.append(f"unacked {tag!r} (index score {client.zscore('unacked_index', tag)}): {raw[:300]!r}")
     for key in client.keys("*"):
         if client.type(key) == b"list":
             lines.append(f"list {key!r}: {client.llen(key)}")
+    try:
+        inspect = app.control.inspect(timeout=2.0)
+        lines.append(f"active: {inspect.active()!r}")
+        lines.append(f"reserved: {inspect.reserved()!r}")
+    except Exception as exc:  # diagnostics only
+        lines.append(f"inspect failed: {exc!r}")
+    spy = shutil.which("py-spy")
+    for process in (fleet.workers.values() if fleet is not None and spy is not None else ()):
+        assert spy is not None
+        dump = subprocess.run([spy, "dump", "--pid", str(process.pid)], capture_output=True, text=True,
+                              timeout=60, check=False)
+        lines.append(f"py-spy dump {process.pid}:\n{dump.stdout}{dump.stderr}")
     (workdir / "unfinished.txt").write_text("\n".join(lines))
 
 
@@ -189,11 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=60)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--down", type=float, default=2.0, help="seconds Redis stays down")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds for every job to finish")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="chaos-redis-"))
     server = RedisServer(appendonly=True).start()
     try:
-        result = run(server, workdir, jobs=args.jobs, workers=args.workers, down=args.down)
+        result = run(server, workdir, jobs=args.jobs, workers=args.workers, down=args.down, timeout=args.timeout)
     finally:
         server.stop()
     print(result.line())

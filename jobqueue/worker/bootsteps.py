@@ -23,7 +23,7 @@ from celery.bootsteps import CLOSE, TERMINATE
 from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
-from jobqueue.worker.lease import LeaseKeeper
+from jobqueue.worker.lease import LeaseKeeper, held_delivery_tags
 from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.worker.status import Sender, StatusReporter
 
@@ -177,7 +177,15 @@ class LeaseStep(bootsteps.StartStopStep):
     def create(self, worker: Any) -> None:
         settings = worker.app.settings
         client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
-        self.keeper = LeaseKeeper(client, interval=settings.lease_interval)
+        app = worker.app
+
+        def tags() -> list[str]:
+            # Only jobs still running (or waiting) keep their lease; see held_delivery_tags.
+            runtime = app.runtime
+            running = runtime.running_jobs() if runtime is not None else None
+            return held_delivery_tags(running, grace=max(2.0, 2 * settings.lease_interval))
+
+        self.keeper = LeaseKeeper(client, interval=settings.lease_interval, tags=tags)
 
     def start(self, worker: Any) -> None:
         assert self.keeper is not None

@@ -28,12 +28,25 @@ log = logging.getLogger(__name__)
 UNACKED_INDEX_KEY = "unacked_index"
 
 
-def held_delivery_tags() -> list[str]:
-    """Delivery tags of every message this worker process holds (reserved or running)."""
+def held_delivery_tags(running: Iterable[str] | None = None, grace: float = 2.0) -> list[str]:
+    """Delivery tags of every message this worker process holds (reserved or running).
+
+    With ``running`` (the job ids whose body is executing now), a request Celery accepted more
+    than ``grace`` s ago that is not running is left out: its body ended but Celery never
+    completed it (e.g. the result backend was down when the failure was stored: the trace then
+    raises out of the pool and the request stays "active" forever). Renewing it would keep its
+    message from ever being handed out again: a job that hangs forever.
+    """
     from celery.worker import state as worker_state
 
+    running_ids = None if running is None else set(running)
+    now = time.time()  # Celery keeps ``time_start`` as wall-clock time
     tags = []
     for request in list(worker_state.reserved_requests):
+        accepted_at = getattr(request, "time_start", None)
+        if (running_ids is not None and accepted_at is not None and request.id not in running_ids
+                and now - accepted_at > grace):
+            continue
         message = getattr(request, "message", None)
         tag = getattr(message, "delivery_tag", None)
         if tag is not None:

@@ -244,6 +244,7 @@ class WorkerRuntime:
                     status = ConnectorStatus.IDLE
             elif service not in self._ever_healthy and status in (
                 ConnectorStatus.ERROR,
+                ConnectorStatus.OFFLINE,  # e.g. ComfyUI refusing connections: not up yet
                 ConnectorStatus.WAITING_FOR_SERVICE,
                 ConnectorStatus.STARTING,
             ):

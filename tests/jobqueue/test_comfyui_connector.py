@@ -169,10 +169,11 @@ def test_a_twenty_step_workflow_shows_at_least_ten_increasing_progress_updates(a
 
 
 def test_a_frozen_comfyui_hands_the_job_to_the_other_worker_within_stall_timeout_plus_five(app, start_worker, sim_process):
-    # Given two workers, each with its own ComfyUI
+    # Given two workers, each with its own ComfyUI, both configured by one per-GPU URL setting
     sims = [sim_process(), sim_process()]
-    workers = [comfy_worker(start_worker, sims[0], "gpu0", MAX_RETRIES=5),
-               comfy_worker(start_worker, sims[1], "gpu1", MAX_RETRIES=5)]
+    urls = f"gpu0={sims[0].url},gpu1={sims[1].url}"
+    workers = [start_worker(queues, CONNECTORS="comfyui", COMFYUI_URLS=urls, MAX_RETRIES=5)
+               for queues in ("gpu0", "gpu1")]
     stall = 3.0
     handle = submit_job("comfyui", {"workflow": slow(20, 0.1), "stall_timeout": stall}, app=app)
     # When the ComfyUI running the job freezes mid-job
@@ -184,6 +185,8 @@ def test_a_frozen_comfyui_hands_the_job_to_the_other_worker_within_stall_timeout
     # Then the job completed on the other worker, within stall timeout + 5 s
     elapsed = time.monotonic() - frozen_at
     assert result["worker"] == workers[1 - running].node_name and result["attempt"] >= 1
+    # (on its own GPU's ComfyUI: each worker took its URL from the per-GPU setting)
+    assert any(r["path"] == "/prompt" for r in sims[1 - running].requests())
     assert elapsed < stall + 5.0, f"took {elapsed:.1f} s after the freeze"
 
 

@@ -85,11 +85,12 @@ def job(job_id: str = "j1") -> Job:
 
 
 # -- runtime lifecycle -----------------------------------------------------------------------
-def test_a_service_down_at_start_is_waited_for_and_only_later_failures_are_errors(runtime):
+@pytest.mark.parametrize("down", [ERROR, ConnectorStatus.OFFLINE])
+def test_a_service_down_at_start_is_waited_for_and_only_later_failures_are_errors(runtime, down):
     connector = runtime.connectors["stub"]
     assert connector.status == ConnectorStatus.STARTING
-    # Given a service that is not up yet
-    connector.health = Health(ERROR, "connection refused")
+    # Given a service that is not up yet (failing, or refusing connections)
+    connector.health = Health(down, "connection refused")
     runtime.check_health()
     assert (connector.status, connector.message) == (ConnectorStatus.WAITING_FOR_SERVICE, "connection refused")
     # When it comes up, then goes away

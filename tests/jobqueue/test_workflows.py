@@ -150,7 +150,7 @@ def test_a_step_takes_values_from_the_previous_steps_result(app, start_worker):
 
 def test_a_failing_step_fails_the_workflow_and_later_steps_never_run(app, start_worker):
     # Given a worker
-    start_worker("gpu0")
+    worker = start_worker("gpu0")
     # When step 2 of 3 fails
     flow = submit_workflow(
         [("simulation", quick("one")), ("simulation", quick("two", fail_at_step=1)), ("simulation", quick("three"))],
@@ -172,11 +172,13 @@ def test_a_failing_step_fails_the_workflow_and_later_steps_never_run(app, start_
     after = submit_job("simulation", quick("after"), app=app)
     after.wait(timeout=30)
     assert flow.steps[2].status() == JobStatus.CANCELLED
+    assert f"jobqueue.run_job[{flow.steps[2].id}] received" not in worker.log_text()
+    assert f"jobqueue.run_job[{flow.steps[1].id}] received" in worker.log_text()
 
 
 def test_cancelling_a_running_workflow_runs_no_later_step(app, start_worker):
     # Given a worker running step 1 of a slow three-step workflow
-    start_worker("gpu0")
+    worker = start_worker("gpu0")
     slow = {"steps": 50, "step_seconds": 0.2}
     flow = submit_workflow([("simulation", {**slow, "output": n}) for n in ("s1", "s2", "s3")], app=app)
     wait_for(lambda: flow.steps[0].progress()["step"] >= 1, 30, what="step 1 to make progress")
@@ -191,5 +193,8 @@ def test_cancelling_a_running_workflow_runs_no_later_step(app, start_worker):
     after = submit_job("simulation", quick("after"), app=app)
     after.wait(timeout=30)
     assert flow.statuses() == [JobStatus.CANCELLED] * 3
+    assert f"jobqueue.run_job[{flow.steps[0].id}] received" in worker.log_text()
+    for later in flow.steps[1:]:
+        assert f"jobqueue.run_job[{later.id}] received" not in worker.log_text()
     assert flow.status() == JobStatus.CANCELLED
     assert flow.cancel() is False

@@ -91,7 +91,7 @@ def client(flask_app: Any) -> Any:
 TIMESTAMP_FIELDS = {
     "seq", "heartbeat_at", "heartbeat_age", "updated_at", "last_seen", "submitted_at", "received_at",
     "started_at", "finished_at", "runtime", "online_at", "loadavg", "eta_seconds", "queue_position",
-    "processed", "active", "pid", "freq", "sw_ver",
+    "celery_processed", "eta_at", "active", "pid", "freq", "sw_ver",
 }
 
 

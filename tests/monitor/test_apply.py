@@ -228,3 +228,154 @@ def test_a_worker_counts_the_failed_jobs_it_ran_and_the_count_is_a_change(store)
     kinds = {(c["kind"], c["id"]) for c in store.changes_since(seq)}
     assert ("worker", "gpu0@vm1") in kinds
     assert [c for c in store.changes_since(seq) if c["kind"] == "worker"][-1]["data"]["failed"] == 1
+
+
+def test_a_workers_counts_come_from_its_jobs_so_a_replayed_or_repaired_final_event_counts_once(store):
+    # Given a worker that ran one job to completion and one that failed
+    run(store, ev("worker-online", 0, hostname="gpu0@vm1", freq=1.0, processed=0),
+        ev("task-started", 1, uuid="j1", hostname="gpu0@vm1"),
+        ev("task-succeeded", 2, uuid="j1", hostname="gpu0@vm1", runtime=1.0),
+        ev("task-started", 3, uuid="j2", hostname="gpu0@vm1"),
+        ev("task-failed", 4, uuid="j2", hostname="gpu0@vm1", exception="ExecutionFailed('x', {})"))
+    assert (store.worker("gpu0@vm1")["processed"], store.worker("gpu0@vm1")["failed"]) == (2, 1)
+    # When the final events arrive again, and truth repair re-reports them from the backend
+    run(store, ev("task-succeeded", 2, uuid="j1", hostname="gpu0@vm1", runtime=1.0),
+        ev("task-failed", 4, uuid="j2", hostname="gpu0@vm1", exception="ExecutionFailed('x', {})"),
+        {**ev("task-succeeded", 9, uuid="j1", hostname="gpu0@vm1", runtime=1.0), "source": "repair"},
+        {**ev("task-failed", 9, uuid="j2", hostname="gpu0@vm1",
+              error={"type": "ExecutionFailed", "message": "x", "details": {}}), "source": "repair"})
+    # And a heartbeat reports Celery's own per-process counter
+    run(store, ev("worker-heartbeat", 10, hostname="gpu0@vm1", freq=1.0, processed=7))
+    # Then each job still counts once, and Celery's counter is shown apart
+    worker = store.worker("gpu0@vm1")
+    assert (worker["processed"], worker["failed"], worker["celery_processed"]) == (2, 1, 7)
+    # And a retried job counts only when it ends
+    run(store, ev("task-started", 11, uuid="j3", hostname="gpu0@vm1"),
+        ev("task-retried", 12, uuid="j3", hostname="gpu0@vm1", exception="ExecutionFailed('y', {})"))
+    assert store.worker("gpu0@vm1")["processed"] == 2
+    assert store.worker("gpu0@vm1")["current_job"] is None
+
+
+def test_pruning_a_workers_jobs_changes_its_counts_and_says_so(store_url):
+    store = Store(store_url, keep_jobs=1, keep_seconds=3600.0)
+    try:
+        run(store, ev("worker-online", 0, hostname="gpu0@vm1", freq=1.0),
+            *[ev("task-succeeded", i + 1, uuid=f"j{i}", hostname="gpu0@vm1", runtime=1.0) for i in range(3)],
+            now=T0 + 10)
+        assert store.worker("gpu0@vm1")["processed"] == 3
+        seq = store.seq()
+        store.prune(now=T0 + 10)
+        assert store.worker("gpu0@vm1")["processed"] == 1
+        worker_changes = [c for c in store.changes_since(seq) if c["kind"] == "worker"]
+        assert worker_changes and worker_changes[-1]["data"]["processed"] == 1
+    finally:
+        store.close()
+
+
+def status_ev(t: float, status: str, seq: int | None, *, repair: bool = False) -> dict[str, Any]:
+    event = ev("connector-status", t, worker="gpu0@vm1", machine_id="vm1", gpu=0, service="simulation",
+               status=status, message=status, seq=seq, interval=15.0, pid=100)
+    return {**event, "source": "repair"} if repair else event
+
+
+def connector(store: Store) -> dict[str, Any]:
+    return store.worker("gpu0@vm1")["connectors"]["simulation"]
+
+
+def test_an_older_repair_answer_never_overwrites_a_newer_connector_event(store):
+    # Given an error reported by the worker with seq 10
+    run(store, status_ev(0, "error", 10))
+    # When a repair answer that was taken before it (seq 9, idle) is applied afterwards
+    changed = run(store, status_ev(1, "idle", 9, repair=True))
+    # Then the error stays
+    assert connector(store)["status"] == "error" and connector(store)["seq"] == 10
+    assert changed == [False]
+    # And a newer repair answer (seq 11) replaces it
+    run(store, status_ev(2, "idle", 11, repair=True))
+    assert (connector(store)["status"], connector(store)["seq"]) == ("idle", 11)
+
+
+def test_a_late_connector_event_never_overwrites_a_newer_repair_answer(store):
+    # Given a repair answer at seq 20 (active)
+    run(store, status_ev(5, "active", 20, repair=True))
+    # When an event the worker sent earlier (seq 19, error) arrives late, even with a later
+    # timestamp
+    run(store, status_ev(6, "error", 19))
+    # Then the newer status stays
+    assert (connector(store)["status"], connector(store)["seq"]) == ("active", 20)
+    # And a restarted worker's first report (seq from its start time, far larger) applies
+    run(store, status_ev(7, "starting", 1_700_000_000_000))
+    assert connector(store)["status"] == "starting"
+
+
+def test_a_repair_answer_with_the_same_seq_makes_a_stale_status_fresh_again(store):
+    # Given a status that went stale
+    run(store, status_ev(0, "idle", 5))
+    with store.write(T0 + 100) as tx:
+        expire(tx, default_freq=1.0, default_beat=15.0)
+    assert connector(store)["stale"] is True
+    # When repair finds the worker still reporting that same report
+    run(store, status_ev(100, "idle", 5, repair=True), now=T0 + 100)
+    # Then it is fresh again, with the same status and seq
+    assert (connector(store)["status"], connector(store)["seq"], connector(store)["stale"]) == ("idle", 5, False)
+
+
+def test_a_completed_job_changes_its_services_median_as_a_change_in_the_log(store):
+    # Given completed jobs of one service with runtimes 1, 2 and 4 s
+    seq = store.seq()
+    for i, runtime in enumerate((1.0, 2.0, 4.0)):
+        run(store, ev("task-sent", i, uuid=f"j{i}", kwargs=meta()),
+            ev("task-succeeded", i + 0.5, uuid=f"j{i}", runtime=runtime))
+    # Then the service's median is 2 s, in the snapshot and as the last "service" change
+    assert store.snapshot()["services"] == [{"service": "simulation", "median": 2.0, "samples": 3,
+                                             "seq": store.snapshot()["services"][0]["seq"]}]
+    service_changes = [c for c in store.changes_since(seq) if c["kind"] == "service"]
+    assert len(service_changes) == 3 and service_changes[-1]["data"]["median"] == 2.0
+    assert store.service_medians() == {"simulation": 2.0}
+
+
+def test_a_job_shows_its_workflow_step_batch_and_payload_summary_from_its_metadata(store):
+    kwargs = json.dumps({"service": "simulation", "priority": 7, "queue": "simulation", "submitted_at": T0,
+                         "workflow_id": "wf1", "step": 2, "workflow_steps": 3, "workflow_submitted_at": T0,
+                         "batch_id": "b1", "batch_index": 1, "batch_size": 4,
+                         "payload_summary": "steps=3 step_seconds=0.1"})
+    run(store, ev("task-sent", 0, uuid="j1", kwargs=kwargs))
+    data = job(store)
+    assert (data["workflow_id"], data["step"], data["workflow_steps"], data["priority"]) == ("wf1", 2, 3, 7)
+    assert (data["batch_id"], data["batch_index"], data["batch_size"]) == ("b1", 1, 4)
+    assert data["payload_summary"] == "steps=3 step_seconds=0.1"
+    # And the change log carries the same object
+    assert store.changes_since(0)[-1]["data"]["workflow_steps"] == 3
+
+
+def test_a_processing_jobs_eta_is_its_workers_and_deltas_carry_the_same_as_the_snapshot(store):
+    run(store, ev("task-sent", 0, uuid="j1", kwargs=meta()),
+        ev("task-started", 1, uuid="j1", hostname="gpu0@vm1"),
+        ev("task-progress", 3, uuid="j1", hostname="gpu0@vm1", percent=40.0, step=4, total_steps=10,
+           eta_seconds=3.0, attempt=0))
+    shown = [j for j in store.snapshot()["jobs"] if j["id"] == "j1"][0]
+    assert (shown["eta_seconds"], shown["eta_at"]) == (3.0, T0 + 3)
+    delta = store.changes_since(0)[-1]["data"]
+    assert (delta["eta_seconds"], delta["eta_at"]) == (3.0, T0 + 3)
+    assert "reported_at" not in shown["progress"]
+    # And a finished job has no ETA left to count down
+    run(store, ev("task-succeeded", 5, uuid="j1", runtime=4.0))
+    assert (job(store)["eta_seconds"], job(store)["eta_at"]) == (None, None)
+
+
+def test_a_workflows_steps_are_listed_in_step_order_with_its_status(store):
+    def step(n: int) -> str:
+        return json.dumps({"service": "simulation", "priority": 5, "queue": "simulation", "submitted_at": T0 + n,
+                           "workflow_id": "wf1", "step": n, "workflow_steps": 3})
+
+    run(store, ev("task-sent", 0, uuid="s1", kwargs=step(1)), ev("task-succeeded", 1, uuid="s1", runtime=1.0),
+        ev("task-sent", 2, uuid="s2", kwargs=step(2)), ev("task-started", 3, uuid="s2", hostname="gpu0@vm1"))
+    flow = store.workflow("wf1")
+    assert flow is not None
+    assert [s["id"] for s in flow["steps"]] == ["s1", "s2"]
+    assert (flow["status"], flow["total_steps"]) == ("processing", 3)
+    run(store, ev("task-failed", 4, uuid="s2", exception="ExecutionFailed('boom', {})"))
+    assert store.workflow("wf1")["status"] == "failed"
+    assert store.workflow("nope") is None
+    found, total = store.jobs(workflow="wf1")
+    assert [j["id"] for j in found] == ["s1", "s2"] and total == 2

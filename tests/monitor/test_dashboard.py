@@ -356,3 +356,66 @@ def test_an_output_image_on_the_monitors_disk_is_served_sandboxed_and_nothing_ou
     # And nothing outside a job's directory can be reached
     for path in ("/jobs/job-1/files/..%2Fsecret.txt", "/jobs/..%2F/files/secret.txt", "/jobs/job-2/files/out.png"):
         assert requests.get(live_monitor.url + path, timeout=10).status_code == 404, path
+
+
+#: A queued job row's expected-wait text and a processing row's ETA text.
+ROW_TEXT_JS = """(id) => { const r = document.querySelector('#jobs .job-row[data-job-id="' + id + '"]');
+  return r ? r.querySelector('.c-detail').textContent : null; }"""
+
+
+def job_status(monitor: Any, job_id: str) -> str | None:
+    """The job's status on the monitor (None until the monitor has seen it)."""
+    res = requests.get(f"{monitor.url}/api/jobs/{job_id}", timeout=10)
+    return None if res.status_code == 404 else res.json()["status"]
+
+
+def test_a_workflow_shows_its_steps_together_with_live_etas_and_payload_summaries(app, start_worker, pages, live_monitor):
+    from jobqueue.workflows import submit_workflow
+
+    # Given a worker (one job at a time) whose service has a known completion-time median
+    start_worker("gpu0")
+    warm = submit(live_monitor, {"steps": 2, "step_seconds": 0.1, "output": "warm"})
+    wait_for(lambda: job_status(live_monitor, warm[0]) == "completed", 30, what="warm-up job")
+    jobs_page = pages.open("/jobs")
+    # And a long job that keeps the worker busy
+    busy = submit(live_monitor, {"steps": 30, "step_seconds": 0.2, "output": "busy"})
+    wait_for(lambda: job_status(live_monitor, busy[0]) == "processing", 30, what="busy job running")
+
+    # When a 3-step workflow is submitted behind it
+    quick = {"steps": 2, "step_seconds": 0.1, "output": "step"}
+    flow = submit_workflow([("simulation", quick)] * 3, priority=7, app=app)
+    first, second = flow.steps[0].id, flow.steps[1].id
+    wait_for(lambda: job_rows(jobs_page).get(first, {}).get("status") == "queued", 20, what="step 1 queued on the page")
+
+    # Then the jobs page shows its step, priority, queue position and the expected wait the
+    # API computes, and the running job a counting-down ETA — from deltas alone
+    row = jobs_page.inner_text(f'#jobs [data-job-id="{first}"]')
+    assert "step 1 of 3" in row and "p7" in row
+    api_wait = live_monitor.get(f"/api/jobs/{first}")["eta_seconds"]
+    assert isinstance(api_wait, float) and api_wait > 0
+    expected = jobs_page.evaluate("(s) => 'queue position 1 · expected wait ~' + JQ.duration(s)", api_wait)
+    assert expected in jobs_page.evaluate(ROW_TEXT_JS, first)
+    jobs_page.wait_for_function("""(id) => /ETA \\d/.test(document.querySelector(
+        '#jobs .job-row[data-job-id="' + id + '"] .eta').textContent)""", arg=busy[0])
+
+    # And step 1's page says "step 1 of 3", lists the later steps as not queued yet, and
+    # shows the payload summary
+    job_page = pages.open(f"/jobs/{first}")
+    job_page.wait_for_selector('#workflow-steps li[data-step="3"]')
+    assert "step 1 of 3" in job_page.inner_text("#job-detail")
+    assert "not queued yet" in job_page.inner_text('#workflow-steps li[data-step="2"]')
+    assert "output='step' step_seconds=0.1 steps=2" in job_page.inner_text(".payload")
+
+    # When the workflow runs to the end
+    flow.wait(timeout=90)
+    # Then the same page, never reloaded, links every step with its status
+    job_page.wait_for_function("""() => [1, 2, 3].every((n) => {
+        const li = document.querySelector('#workflow-steps li[data-step="' + n + '"]');
+        return li && li.querySelector('[data-status="completed"]'); })""", timeout=30000)
+    link = job_page.get_attribute('#workflow-steps li[data-step="2"] a', "href")
+    assert link == f"/jobs/{second}"
+    assert "completed" in job_page.inner_text("h2:has-text('Workflow')")
+    assert_not_reloaded(job_page)
+    assert_not_reloaded(jobs_page)
+    screenshot(job_page, "job-workflow")
+    assert pages.errors == []

@@ -10,6 +10,7 @@ import signal
 import time
 
 from jobqueue.client import submit_job
+from jobqueue.workflows import submit_workflow
 from tests.helpers import wait_for
 from tests.monitor.conftest import comparable
 
@@ -33,21 +34,36 @@ def test_a_monitor_started_before_the_worker_and_one_started_after_show_the_same
         app, start_worker, start_monitor):
     # Given a monitor that is up before any worker (flow 1)
     early = start_monitor("early.db")
-    # When a worker starts and runs jobs, one of which fails
+    # When a worker starts and runs jobs, one of which fails, and a 3-step workflow
     worker = start_worker("gpu0")
     done, failed = _run_some_jobs(app)
+    flow = submit_workflow([("simulation", QUICK)] * 3, priority=7, app=app)
+    flow.wait(timeout=60)
+    step_ids = [h.id for h in flow.steps]
     # And a second monitor starts only afterwards (flow 2)
     late = start_monitor("late.db")
-    # Then both show the same machines, workers (with connector statuses) and jobs
+    # Then both show the same machines, workers (with connector statuses, processed and
+    # failed counts), jobs (with payload summaries, workflow steps and priorities)
     wait_for(lambda: comparable(early.state()) == comparable(late.state()), 20, interval=0.2,
              what="equal states")
     state = late.state()
     jobs = _jobs(state)
+    assert {jobs[i]["payload_summary"] for i in done} == {"output='ok' step_seconds=0.1 steps=3"}
+    assert [(jobs[i]["step"], jobs[i]["workflow_steps"], jobs[i]["priority"]) for i in step_ids] == \
+        [(1, 3, 7), (2, 3, 7), (3, 3, 7)]
+    # And the workflow's steps are shown together, in order, by both
+    for monitor in (early, late):
+        shown_flow = monitor.get(f"/api/workflows/{flow.id}").json()
+        assert shown_flow["status"] == "completed" and shown_flow["total_steps"] == 3
+        assert [s["id"] for s in shown_flow["steps"]] == step_ids
+        listed = monitor.get("/api/jobs", params={"workflow": flow.id}).json()
+        assert [j["id"] for j in listed["jobs"]] == step_ids
     assert {jobs[i]["status"] for i in done} == {"completed"}
     assert jobs[failed]["status"] == "failed" and jobs[failed]["error"]["type"] == "ExecutionFailed"
     assert all(jobs[i]["worker"] == worker.node_name for i in [*done, failed])
     (shown,) = [w for w in state["workers"] if w["name"] == worker.node_name]
     assert shown["status"] == "online" and shown["identity_complete"] is True
+    assert (shown["processed"], shown["failed"]) == (7, 1)
     assert shown["connectors"]["simulation"]["status"] in ("idle", "active")
     assert shown["connectors"]["simulation"]["stale"] is False
     assert [m["id"] for m in state["machines"]] == [shown["machine_id"]]

@@ -103,6 +103,11 @@ def test_10000_malformed_events_are_counted_and_change_nothing(app, redis_url, s
     client.close()
 
 
+def medians(state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Each service's completion-time median and sample count."""
+    return {x["service"]: (x["median"], x["samples"]) for x in state["services"]}
+
+
 class WsClient:
     """A websocket client that keeps the state up to date from snapshot + deltas."""
 
@@ -132,7 +137,8 @@ class WsClient:
                 self.state = {"seq": message["seq"],
                               "machine": {m["id"]: m for m in s["machines"]},
                               "worker": {w["name"]: w for w in s["workers"]},
-                              "job": {j["id"]: j for j in s["jobs"]}}
+                              "job": {j["id"]: j for j in s["jobs"]},
+                              "service": {x["service"]: x for x in s["services"]}}
                 self.seqs.append(message["seq"])
                 if self.first_snapshot is None:
                     self.first_snapshot = copy.deepcopy(self.state)
@@ -149,7 +155,7 @@ class WsClient:
 
     def as_state(self) -> dict[str, Any]:
         return {"machines": list(self.state["machine"].values()), "workers": list(self.state["worker"].values()),
-                "jobs": list(self.state["job"].values())}
+                "jobs": list(self.state["job"].values()), "services": list(self.state["service"].values())}
 
     def close(self) -> None:
         self._stop.set()
@@ -181,12 +187,15 @@ def test_a_websocket_client_connected_throughout_and_one_connecting_at_the_end_h
             rest = monitor.state()
             return early.state["seq"] == late.state["seq"] == resumed.state["seq"] == rest["seq"] and \
                 comparable(early.as_state()) == comparable(late.as_state()) == comparable(resumed.as_state()) \
-                == comparable(rest)
+                == comparable(rest) and \
+                medians(early.as_state()) == medians(late.as_state()) == medians(resumed.as_state()) == medians(rest)
 
         wait_for(same, 15, interval=0.2, what="equal websocket states")
         assert early.errors == [] and late.errors == [] and resumed.errors == []
         assert resumed.seqs[1] == early.seqs[0] + 1  # only deltas, starting right after `since`
         assert {j["id"] for j in early.as_state()["jobs"]} >= {h.id for h in handles}
+        # And the service median queued-job ETAs are computed from arrived by deltas too
+        assert medians(early.as_state())["simulation"][0] is not None
     finally:
         early.close()
         late.close()

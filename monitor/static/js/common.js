@@ -258,6 +258,7 @@ const JQ = (function () {
       this.machines = new Map();
       this.workers = new Map();
       this.jobs = new Map();
+      this.services = new Map();
       this.listeners = [];
       this.retryDelay = 500;
       this.ws = null;
@@ -314,6 +315,7 @@ const JQ = (function () {
         this.machines = new Map((state.machines || []).map((m) => [m.id, m]));
         this.workers = new Map((state.workers || []).map((w) => [w.name, w]));
         this.jobs = new Map((state.jobs || []).map((j) => [j.id, j]));
+        this.services = new Map((state.services || []).map((s) => [s.service, s]));
         this.seq = typeof msg.seq === "number" ? msg.seq : (state.seq || 0);
         this.ready = true;
         learnSkew(state.workers);
@@ -327,7 +329,7 @@ const JQ = (function () {
           return;
         }
         this.seq = msg.seq;
-        const maps = {job: this.jobs, worker: this.workers, machine: this.machines};
+        const maps = {job: this.jobs, worker: this.workers, machine: this.machines, service: this.services};
         const map = maps[msg.kind];
         if (map) {
           if (msg.data === null || msg.data === undefined) map.delete(msg.id);
@@ -344,6 +346,42 @@ const JQ = (function () {
     if (!el) return;
     el.className = "conn conn-" + kind;
     el.textContent = text;
+  }
+
+  // ---- ETAs -------------------------------------------------------------------------------
+
+  /** Queue position and expected wait of every queued job, from the live state alone (the
+   * same rule as monitor/eta.py): per queue, higher priority first, then older first;
+   * wait = position × the service's median completion time ÷ online consumers of the queue.
+   * Deltas carry no queue ETAs (they depend on every other job), so pages compute them here. */
+  function queueEstimates(state) {
+    const consumers = new Map();
+    for (const w of state.workers.values()) {
+      if (w.status !== "online") continue;
+      for (const q of w.queues || []) consumers.set(q, (consumers.get(q) || 0) + 1);
+    }
+    const queued = [...state.jobs.values()].filter((j) => j.status === "queued");
+    queued.sort((a, b) => (b.priority || 0) - (a.priority || 0) ||
+      (a.submitted_at || 0) - (b.submitted_at || 0) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const positions = new Map(), out = new Map();
+    for (const job of queued) {
+      const queue = job.queue || job.service || "";
+      const position = (positions.get(queue) || 0) + 1;
+      positions.set(queue, position);
+      const stat = state.services.get(job.service || "");
+      const median = stat && typeof stat.median === "number" ? stat.median : null;
+      const wait = median === null ? null : Math.round(position * median / Math.max(1, consumers.get(queue) || 1) * 100) / 100;
+      out.set(job.id, {position, wait});
+    }
+    return out;
+  }
+
+  /** Seconds left of a processing job: its worker's ETA counted down since it was reported. */
+  function processingEta(job) {
+    const p = job.progress || {};
+    const eta = typeof job.eta_seconds === "number" ? job.eta_seconds : (typeof p.eta_seconds === "number" ? p.eta_seconds : null);
+    if (eta === null) return null;
+    return typeof job.eta_at === "number" ? Math.max(0, eta - (serverNow() - job.eta_at)) : eta;
   }
 
   /** Call fn at most once per animation frame however many times it is asked for. */
@@ -412,6 +450,10 @@ const JQ = (function () {
         const warn = parseFloat(el.getAttribute("data-warn-after"));
         if (isFinite(warn)) el.classList.toggle("late", age > warn);
       }
+      for (const el of document.querySelectorAll("[data-until]")) {
+        const until = parseFloat(el.getAttribute("data-until"));
+        if (isFinite(until)) el.textContent = (el.getAttribute("data-prefix") || "") + duration(until - now);
+      }
     }, 1000);
   }
 
@@ -421,6 +463,12 @@ const JQ = (function () {
     const text = ts ? (opts.prefix || "") + duration(serverNow() - ts) + (opts.suffix || "") : "–";
     return h("span", {class: "ticking " + (opts.cls || ""), "data-since": ts || null, "data-prefix": opts.prefix || null,
       "data-suffix": opts.suffix || null, "data-warn-after": opts.warnAfter || null, text});
+  }
+
+  /** A span counting down to server time ``until`` (kept current by startTicking()). */
+  function countdown(until, prefix) {
+    return h("span", {class: "countdown", "data-until": until, "data-prefix": prefix || null,
+      text: (prefix || "") + duration(until - serverNow())});
   }
 
   const live = new Live();
@@ -434,5 +482,5 @@ const JQ = (function () {
   document.addEventListener("DOMContentLoaded", start);
 
   return {h, clear, fill, duration, clock, shortId, serverNow, notify, auth, api, control, live,
-    coalesce, statusPill, progressBar, controlButton, jobControls, ticking, FINAL, PENDING, safeUrl};
+    coalesce, queueEstimates, processingEta, countdown, statusPill, progressBar, controlButton, jobControls, ticking, FINAL, PENDING, safeUrl};
 })();

@@ -8,6 +8,7 @@
   const jobId = document.body.dataset.jobId;
   let job = null;
   let events = [];
+  let workflow = null;
   let missing = false;
 
   const IMAGE_EXT = /\.(png|jpe?g|webp|gif)$/i;
@@ -41,17 +42,66 @@
         field("service", job.service), field("queue", job.queue), field("priority", job.priority),
         field("worker", job.worker), field("machine", job.machine_id),
         field("attempt", job.attempt), field("retries", job.retries),
-        field("workflow", job.workflow_id), field("step", job.step),
+        field("workflow", job.workflow_id ? h("span", {class: "mono", text: job.workflow_id}) : null),
+        field("step", JQJobs.stepText(job)),
+        field("batch", job.batch_id ? JQJobs.batchText(job) + " (" + job.batch_id + ")" : null),
         field("progress", p.total_steps ? "step " + (p.step || 0) + "/" + p.total_steps + " · " + (p.percent || 0).toFixed(0) + "%" : null),
         field("node", p.node), field("message", p.message),
         field("submitted", job.submitted_at ? clock(job.submitted_at) : null),
         field("started", job.started_at ? clock(job.started_at) : null),
         field("finished", job.finished_at ? clock(job.finished_at) : null),
         field("duration", took !== null ? duration(took) : null),
-        field("queue position", job.queue_position)),
+        field("queue position", job.status === "queued" ? JQJobs.estimate(job).position : null)),
+      workflowSteps(),
+      batchMembers(),
       h("h2", {text: "Payload"}),
       h("pre", {class: "payload mono", text: job.payload_summary || "(no payload summary)"}),
       job.result ? [h("h2", {text: "Result"}), h("pre", {class: "result mono", text: pretty(job.result)})] : null);
+  }
+
+  /** The workflow's steps 1..total with links; steps not published yet (a step is queued
+   * only when the one before it ends) are listed as such. */
+  function workflowSteps() {
+    if (!job.workflow_id) return null;
+    const known = new Map();
+    for (const s of (workflow && workflow.steps) || []) known.set(s.step, live.jobs.get(s.id) || s);
+    const total = Math.max(job.workflow_steps || 0, (workflow && workflow.total_steps) || 0, job.step || 0);
+    const items = [];
+    for (let n = 1; n <= total; n++) {
+      const s = known.get(n) || (n === job.step ? job : null);
+      const current = s && s.id === jobId;
+      items.push(h("li", {class: current ? "current" : null, "data-step": n, "data-job-id": s ? s.id : null},
+        "step " + n + ": ",
+        s ? (current ? h("span", {class: "mono", text: JQ.shortId(s.id)}) :
+          h("a", {class: "mono", href: "/jobs/" + encodeURIComponent(s.id), title: s.id, text: JQ.shortId(s.id)})) :
+          h("span", {class: "muted", text: "not queued yet"}),
+        s ? [" ", statusPill(s.status), " ", s.service || ""] : null));
+    }
+    return [h("h2", {text: "Workflow" + (workflow ? " · " + String(workflow.status).replace("_", " ") : "")}),
+      h("ol", {id: "workflow-steps", class: "workflow-steps"}, items)];
+  }
+
+  /** The other jobs of the same batch that the live state holds. */
+  function batchMembers() {
+    if (!job.batch_id) return null;
+    const members = [...live.jobs.values()].filter((j) => j.batch_id === job.batch_id)
+      .sort((a, b) => (a.batch_index || 0) - (b.batch_index || 0));
+    if (members.length < 2) return null;
+    return [h("h2", {text: "Batch"}), h("ol", {id: "batch-members", class: "workflow-steps"}, members.map((m) =>
+      h("li", {class: m.id === jobId ? "current" : null, "data-job-id": m.id},
+        h("a", {class: "mono", href: "/jobs/" + encodeURIComponent(m.id), text: JQ.shortId(m.id)}), " ", statusPill(m.status))))];
+  }
+
+  let fetchingWf = false, againWf = false;
+  async function loadWorkflow() {
+    if (!job || !job.workflow_id) return;
+    if (fetchingWf) { againWf = true; return; }
+    fetchingWf = true;
+    const res = await api("GET", "/api/workflows/" + encodeURIComponent(job.workflow_id));
+    fetchingWf = false;
+    if (res.ok && res.data) workflow = res.data;
+    render();
+    if (againWf) { againWf = false; loadWorkflow(); }
   }
 
   function renderOutputs() {
@@ -116,6 +166,7 @@
       // The websocket copy wins when it is newer (higher seq).
       if (!job || (rest.seq || 0) >= (job.seq || 0)) job = rest;
       missing = false;
+      if (job.workflow_id && !workflow) loadWorkflow();
     } else if (res.status === 404 && !job) {
       missing = true;
     }
@@ -133,6 +184,11 @@
     } else if (kind === "job" && id === jobId) {
       if (data) job = data;
       load();
+      loadWorkflow();
+    } else if (kind === "job" && data && job && job.workflow_id && data.workflow_id === job.workflow_id) {
+      loadWorkflow();  // a sibling step moved (or a later step was just queued)
+    } else if (kind === "job" && data && job && job.batch_id && data.batch_id === job.batch_id) {
+      render();
     }
   });
   auth.onChange(render);

@@ -28,12 +28,20 @@ const JQJobs = (function () {
     return (err.type ? err.type + ": " : "") + (err.message || "");
   }
 
+  // Queue positions and waits of the live state, recomputed once per render.
+  let estimates = null;
+  function estimate(job) {
+    if (!estimates) estimates = JQ.queueEstimates(live);
+    return estimates.get(job.id) || {position: job.queue_position, wait: job.eta_seconds};
+  }
+  live.subscribe(() => { estimates = null; });
+
   function pendingDetail(job) {
     const bits = [];
     if (job.status === "queued") {
-      bits.push(job.queue_position ? "queue position " + job.queue_position : "queued");
-      const wait = job.eta_seconds;
-      bits.push(typeof wait === "number" ? "expected wait ~" + duration(wait) : "expected wait unknown");
+      const est = estimate(job);
+      bits.push(est.position ? "queue position " + est.position : "queued");
+      bits.push(typeof est.wait === "number" ? "expected wait ~" + duration(est.wait) : "expected wait unknown");
     } else if (job.status === "assigned") {
       bits.push("assigned, starting");
     } else if (job.status === "retrying") {
@@ -53,8 +61,9 @@ const JQJobs = (function () {
     if (p.total_steps) parts.push(h("span", {class: "steps", text: "step " + (p.step || 0) + "/" + p.total_steps}));
     if (p.node !== null && p.node !== undefined && p.node !== "") parts.push(h("span", {text: "node " + p.node}));
     if (job.started_at) parts.push(h("span", {}, "elapsed ", ticking(job.started_at)));
-    const eta = typeof p.eta_seconds === "number" ? p.eta_seconds : job.eta_seconds;
-    parts.push(h("span", {text: "ETA " + (typeof eta === "number" ? duration(eta) : "–")}));
+    const eta = JQ.processingEta(job);
+    if (eta === null) parts.push(h("span", {class: "eta", text: "ETA –"}));
+    else parts.push(h("span", {class: "eta"}, JQ.countdown(JQ.serverNow() + eta, "ETA ")));
     const sep = [];
     parts.forEach((part, i) => { if (i) sep.push(" · "); sep.push(part); });
     return h("div", {class: "detail"}, progressBar(job),
@@ -86,13 +95,35 @@ const JQJobs = (function () {
     }
   }
 
+  /** "step 1 of 3" (of a workflow), "2 of 3" (of a batch), for a job that has them. */
+  function stepText(job) {
+    if (!job.workflow_id) return null;
+    return "step " + (job.step || "?") + (job.workflow_steps ? " of " + job.workflow_steps : "");
+  }
+  function batchText(job) {
+    if (!job.batch_id) return null;
+    return "batch " + ((job.batch_index || 0) + 1) + (job.batch_size ? " of " + job.batch_size : "");
+  }
+
+  /** Small tags under the service: priority, workflow step, batch member. */
+  function tags(job) {
+    const out = [];
+    if (typeof job.priority === "number") out.push(h("span", {class: "tag tag-priority", title: "priority (9 = most urgent)", text: "p" + job.priority}));
+    if (job.workflow_id) {
+      out.push(h("a", {class: "tag tag-workflow", href: "/jobs?q=" + encodeURIComponent(job.workflow_id),
+        title: "workflow " + job.workflow_id, text: "wf " + shortId(job.workflow_id) + " · " + stepText(job)}));
+    }
+    if (job.batch_id) out.push(h("span", {class: "tag tag-batch", title: "batch " + job.batch_id, text: batchText(job)}));
+    return out.length ? h("div", {class: "tags"}, out) : null;
+  }
+
   /** One job as a row (a grid on a laptop, a card on a phone). */
   function row(job) {
     const link = "/jobs/" + encodeURIComponent(job.id);
     return h("div", {class: "job-row group-" + group(job), "data-job-id": job.id, "data-status": job.status},
       h("div", {class: "c-status"}, statusPill(job.status)),
       h("div", {class: "c-id"}, h("a", {class: "mono", href: link, title: job.id, text: shortId(job.id)})),
-      h("div", {class: "c-service", text: job.service || "?"}),
+      h("div", {class: "c-service"}, h("span", {text: job.service || "?"}), tags(job)),
       h("div", {class: "c-worker", title: job.worker || "", text: job.worker || "–"}),
       h("div", {class: "c-detail"}, detail(job)),
       h("div", {class: "c-controls controls"}, jobControls(job)));
@@ -104,13 +135,14 @@ const JQJobs = (function () {
     const ra = rank[group(a)], rb = rank[group(b)];
     if (ra !== rb) return ra - rb;
     if (ra === 0) return (a.started_at || 0) - (b.started_at || 0);
-    if (ra === 1) return (a.queue_position || 1e9) - (b.queue_position || 1e9) || (a.submitted_at || 0) - (b.submitted_at || 0);
+    if (ra === 1) return (estimate(a).position || 1e9) - (estimate(b).position || 1e9) || (a.submitted_at || 0) - (b.submitted_at || 0);
     return (b.finished_at || 0) - (a.finished_at || 0);
   }
 
   function matches(job, text) {
     if (!text) return true;
     const hay = [job.id, job.service, job.worker, job.machine_id, job.status, job.queue, errorText(job),
+      job.workflow_id, job.batch_id,
       job.payload_summary, job.progress && job.progress.message].filter(Boolean).join(" ").toLowerCase();
     return hay.includes(text.toLowerCase());
   }
@@ -169,5 +201,5 @@ const JQJobs = (function () {
 
   if (document.body.dataset.page === "jobs") setupJobsPage();
 
-  return {group, row, detail, renderList, errorText, runtime, compare, matches};
+  return {group, row, detail, renderList, errorText, runtime, compare, matches, stepText, batchText, estimate};
 })();

@@ -1,0 +1,62 @@
+"""A short, safe, one-line summary of a job's payload, for people looking at the monitor.
+
+The payload itself never travels in events (it may be megabytes of workflow JSON and is not
+the monitor's business), so the submitter puts this summary into the job metadata
+(``payload_summary`` in ``kwargsrepr``) and the monitor's truth repair computes the same
+summary from the result backend's kwargs for jobs it rebuilds. Both call
+:func:`summarize_payload`, so the two paths agree.
+
+* ``comfyui``: the node count and the class types (``7 nodes: CLIPTextEncode×2, KSampler, …``);
+* ``simulation``: its fields (``steps=10 step_seconds=0.5 output='hello'``);
+* anything else: its top-level field names.
+
+At most :data:`MAX_SUMMARY` printable characters; never raises.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+#: Longest summary, in characters.
+MAX_SUMMARY = 240
+#: Longest shown value of one simulation field.
+MAX_VALUE = 40
+
+
+def _clean(text: str, limit: int) -> str:
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _comfyui(payload: dict[str, Any]) -> str:
+    workflow = payload.get("workflow")
+    if not isinstance(workflow, dict):
+        return "no workflow"
+    types: Counter[str] = Counter()
+    for node in workflow.values():
+        kind = node.get("class_type") if isinstance(node, dict) else None
+        types[_clean(kind, 60) if isinstance(kind, str) and kind else "?"] += 1
+    parts = [name if n == 1 else f"{name}×{n}" for name, n in sorted(types.items())]
+    noun = "node" if len(workflow) == 1 else "nodes"
+    return f"{len(workflow)} {noun}: " + ", ".join(parts)
+
+
+def _fields(payload: dict[str, Any]) -> str:
+    return " ".join(f"{_clean(str(k), MAX_VALUE)}={_clean(repr(v), MAX_VALUE)}"
+                    for k, v in sorted(payload.items(), key=lambda kv: str(kv[0])) if v is not None)
+
+
+_SUMMARIES = {"comfyui": _comfyui, "simulation": _fields}
+
+
+def summarize_payload(service: Any, payload: Any) -> str | None:
+    """The payload's summary, or None when there is no payload to summarise."""
+    if not isinstance(payload, dict):
+        return None
+    try:
+        summarize = _SUMMARIES.get(service) if isinstance(service, str) else None
+        text = summarize(payload) if summarize else "fields: " + ", ".join(sorted(str(k) for k in payload))
+    except Exception:  # a summary must never stop a submission or a repair
+        return None
+    return _clean(text, MAX_SUMMARY)
