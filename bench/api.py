@@ -116,7 +116,9 @@ def grow(store: Store, target: int) -> int:
                "FROM jobs WHERE id LIKE 'tpl%' AND id NOT LIKE 'tpl%-%' LIMIT :n")
     with store.engine.begin() as conn:
         have = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
-        k = conn.execute(text("SELECT count(*) FROM jobs WHERE id LIKE 'tpl%-%'")).scalar_one() // TEMPLATE_JOBS + 1
+        # Copy batch k adds the suffix "-k" to the 35-character template id: go on after the last.
+        last = conn.execute(text("SELECT max(CAST(substr(id, 37) AS INTEGER)) FROM jobs WHERE id LIKE 'tpl%-%'"))
+        k = int(last.scalar_one() or 0) + 1
         while have < target:
             n = min(TEMPLATE_JOBS, target - have)
             inserted = conn.execute(sql, {"k": k, "n": n}).rowcount
