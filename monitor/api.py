@@ -284,30 +284,31 @@ def _worker_or_404(name: str) -> dict[str, Any]:
     return found
 
 
-def _control_queues(name: str, method: str) -> list[Any]:
+def _set_draining(name: str, draining: bool) -> Any:
+    """Cancel (draining) or re-add the worker's consumer on each of its queues, and record
+    the choice in the store; answers 202 with the workers' control replies."""
     found = _worker_or_404(name)
-    replies = []
     control = ctx().celery.control
+    method = control.cancel_consumer if draining else control.add_consumer
+    replies: list[Any] = []
     for queue in found["queues"] or []:
-        replies.extend(getattr(control, method)(queue, destination=[name], reply=True, timeout=2.0) or [])
-    return replies
+        replies.extend(method(queue, destination=[name], reply=True, timeout=2.0) or [])
+    ctx().store.set_draining(name, draining)
+    return jsonify({"ok": True, "replies": replies}), 202
 
 
 @bp.post("/api/workers/<path:name>/drain")
 @mutating
 def drain(name: str) -> Any:
     """Stop the worker taking new jobs (it finishes what it runs)."""
-    replies = _control_queues(name, "cancel_consumer")
-    ctx().store.set_draining(name, True)
-    return jsonify({"ok": True, "replies": replies}), 202
+    return _set_draining(name, True)
 
 
 @bp.post("/api/workers/<path:name>/resume")
 @mutating
 def resume(name: str) -> Any:
-    replies = _control_queues(name, "add_consumer")
-    ctx().store.set_draining(name, False)
-    return jsonify({"ok": True, "replies": replies}), 202
+    """Let a drained worker take new jobs again."""
+    return _set_draining(name, False)
 
 
 @bp.post("/api/workers/<path:name>/shutdown")

@@ -170,7 +170,11 @@ def _set_worker(tx: Tx, job: Job, hostname: str | None) -> bool:
         return False
     job.worker = hostname
     worker = tx.worker(hostname, create=False)
-    job.machine_id = worker.machine_id if worker is not None else _NODE.match(hostname).group(2) if _NODE.match(hostname) else None
+    if worker is not None:
+        job.machine_id = worker.machine_id
+    else:
+        node = _NODE.match(hostname)
+        job.machine_id = node.group(2) if node else None
     return True
 
 
@@ -697,9 +701,9 @@ def expire(tx: Tx, *, default_freq: float, default_beat: float) -> None:
             refresh_machine(tx, worker.machine_id)
     offline = set(tx.session.scalars(select(Worker.name).where(Worker.status == "offline")))
     for job in tx.session.scalars(select(Job).where(Job.status.in_(("assigned", "processing")), Job.worker.in_(offline))):
-        worker = tx.worker(job.worker or "", create=False)
-        if worker is not None:
-            mark_lost(tx, worker, worker.heartbeat_at or now)
+        owner = tx.worker(job.worker or "", create=False)
+        if owner is not None:
+            mark_lost(tx, owner, owner.heartbeat_at or now)
     for conn in tx.session.scalars(select(Connector).where(Connector.stale.is_(False))):
         beat = conn.interval or default_beat
         if conn.received_at is not None and now - conn.received_at > 2 * beat:

@@ -62,5 +62,5 @@ class StoreCollector:
 
 def build_registry(context: Any) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(context))  # type: ignore[arg-type]
+    registry.register(StoreCollector(context))
     return registry

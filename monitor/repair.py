@@ -169,7 +169,7 @@ class Repair:
     def run_once(self) -> dict[str, Any]:
         """One full reconciliation; returns counts of what it found."""
         started = time.time()
-        summary = {"backend": self._from_backend(), "queues": self._from_queues()}
+        summary: dict[str, Any] = {"backend": self._from_backend(), "queues": self._from_queues()}
         self.writer.wait_idle(30.0)
         if not self._stop.is_set():
             summary.update(self._from_workers())

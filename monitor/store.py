@@ -717,7 +717,7 @@ class Store:
             )
             for svc, runtime in rows:
                 bucket = out.setdefault(svc or "unknown", [])
-                if len(bucket) < limit:
+                if runtime is not None and len(bucket) < limit:
                     bucket.append(float(runtime))
         return out
 
@@ -752,6 +752,8 @@ class Store:
             for status, finished_at in session.execute(
                 select(Job.status, Job.finished_at).where(Job.finished_at >= now - window, Job.status.in_(FINAL_STATUSES))
             ):
+                if finished_at is None:  # excluded by the query; narrows the type
+                    continue
                 t = int(finished_at // 60 * 60)
                 bucket = minutes.setdefault(t, {"t": t, "completed": 0, "failed": 0})
                 bucket["completed" if status == "completed" else "failed"] += 1
@@ -764,8 +766,8 @@ class Store:
         for entry in services.values():
             entry["completed"] = entry["by_status"].get("completed", 0)
             entry["failed"] = sum(entry["by_status"].get(s, 0) for s in ("failed", "timed_out"))
-            for key in ("median", "mean", "min", "max", "p95"):
-                entry.setdefault(key, None)
+            for stat in ("median", "mean", "min", "max", "p95"):
+                entry.setdefault(stat, None)
             entry.setdefault("samples", 0)
         return {
             "services": services,

@@ -39,7 +39,8 @@ def coalesce(events: list[Any]) -> list[Any]:
         kind = ev.get("type") if isinstance(ev, dict) else None
         field = _COALESCE.get(kind) if isinstance(kind, str) else None
         key_value = ev.get(field) if field else None
-        if field and isinstance(key_value, str) and (kind != TASK_PROGRESS or valid_progress(ev)) \
+        if field and isinstance(kind, str) and isinstance(key_value, str) \
+                and (kind != TASK_PROGRESS or valid_progress(ev)) \
                 and isinstance(ev.get("timestamp"), (int, float)):
             key = (kind, key_value)
             index = last_at.get(key)

@@ -39,6 +39,46 @@ def child_env(settings_env: Mapping[str, str], **extra: str) -> dict[str, str]:
     return env
 
 
+def quick(output: Any, **extra: Any) -> dict[str, Any]:
+    """A one-step simulation payload that finishes at once."""
+    return {"steps": 1, "step_seconds": 0.05, "output": output, **extra}
+
+
+def finished_order(app: Any, job_ids: list[str]) -> list[Any]:
+    """The given jobs' ``output`` sorted by when the worker finished them (their results'
+    ``date_done``): with one job at a time, the order in which they ran."""
+    done = []
+    for job_id in job_ids:
+        result = app.AsyncResult(job_id)
+        assert result.state == "SUCCESS", (job_id, result.state)
+        done.append((result.date_done, result.result["output"]))
+    return [output for _, output in sorted(done, key=lambda item: item[0])]
+
+
+def busy_worker(app: Any, queue: str | None = None, seconds: float = 1.5) -> Any:
+    """Occupy the (single) worker of ``queue`` with a job and wait until it runs."""
+    from jobqueue import submit_job
+    from jobqueue.states import JobStatus
+
+    blocker = submit_job("simulation", {"steps": 1, "step_seconds": seconds, "output": "blocker"},
+                         queue=queue, app=app)
+    wait_for(lambda: blocker.status() == JobStatus.PROCESSING, 30, what="the blocker to run")
+    return blocker
+
+
+def stop_process_group(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    """SIGTERM a child started with ``start_new_session=True`` and its whole group; SIGKILL
+    it if it has not exited after ``timeout`` seconds, so no test leaves processes behind."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 class WorkerProcess:
     """A real ``celery -A jobqueue worker`` subprocess."""
 
@@ -90,13 +130,7 @@ class WorkerProcess:
                 self.proc.wait(timeout=30)
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process_group(self.proc, timeout)
         if self._log not in (None, subprocess.DEVNULL):
             self._log.close()
             self._log = None

@@ -27,9 +27,8 @@ from jobqueue.routing import (
     check_priority,
     redis_queue_keys,
 )
-from jobqueue.states import JobStatus
 from tests.conftest import RABBITMQ_URL
-from tests.helpers import wait_for
+from tests.helpers import busy_worker, finished_order, quick
 
 
 @dataclass
@@ -64,29 +63,6 @@ def farm(request: Any, settings: Settings, app: Any, start_worker: Any, machine_
         for name in (queue, f"machine.{machine_id}"):
             channel.queue_delete(name)
     rabbit_app.close()
-
-
-def quick(output: Any) -> dict[str, Any]:
-    """A one-step simulation payload that finishes at once."""
-    return {"steps": 1, "step_seconds": 0.05, "output": output}
-
-
-def finished_order(app: Any, job_ids: list[str]) -> list[Any]:
-    """The given jobs' ``output`` sorted by when the worker finished them."""
-    done = []
-    for job_id in job_ids:
-        result = app.AsyncResult(job_id)
-        assert result.state == "SUCCESS", (job_id, result.state)
-        done.append((result.date_done, result.result["output"]))
-    return [output for _, output in sorted(done, key=lambda item: item[0])]
-
-
-def busy_worker(farm: Farm, seconds: float = 1.5) -> Any:
-    """Occupy the (single) worker with a job and wait until it runs."""
-    blocker = submit_job("simulation", {"steps": 1, "step_seconds": seconds, "output": "blocker"},
-                         queue=farm.queue, app=farm.app)
-    wait_for(lambda: blocker.status() == JobStatus.PROCESSING, 30, what="the blocker to run")
-    return blocker
 
 
 # -- unit -----------------------------------------------------------------------------------
@@ -140,7 +116,7 @@ def test_a_message_without_priority_gets_the_default_one(app):
 
 def test_a_high_priority_job_overtakes_twenty_low_priority_ones(farm):
     # Given a busy worker and 20 low-priority jobs waiting
-    busy_worker(farm)
+    busy_worker(farm.app, farm.queue)
     low = [submit_job("simulation", quick(f"low{i}"), priority=0, queue=farm.queue, app=farm.app) for i in range(20)]
     # When a high-priority job is submitted behind them
     high = submit_job("simulation", quick("high"), priority=9, queue=farm.queue, app=farm.app)
@@ -154,7 +130,7 @@ def test_a_high_priority_job_overtakes_twenty_low_priority_ones(farm):
 
 def test_priorities_order_waiting_jobs_most_urgent_first(farm):
     # Given a busy worker
-    busy_worker(farm)
+    busy_worker(farm.app, farm.queue)
     # When jobs of priority 2, 8, 5, 0, 9 are waiting
     jobs = [submit_job("simulation", quick(p), priority=p, queue=farm.queue, app=farm.app) for p in (2, 8, 5, 0, 9)]
     for job in jobs:
@@ -165,7 +141,7 @@ def test_priorities_order_waiting_jobs_most_urgent_first(farm):
 
 def test_an_earlier_workflow_finishes_before_a_later_one_starts_on_either_broker(farm):
     # Given a busy worker
-    busy_worker(farm)
+    busy_worker(farm.app, farm.queue)
     # When workflow A (3 steps) and then workflow B (3 steps) are submitted at the same priority
     a = submit_workflow([("simulation", quick(f"A{n}")) for n in (1, 2, 3)], queue=farm.queue, app=farm.app)
     b = submit_workflow([("simulation", quick(f"B{n}")) for n in (1, 2, 3)], queue=farm.queue, app=farm.app)
@@ -177,7 +153,7 @@ def test_an_earlier_workflow_finishes_before_a_later_one_starts_on_either_broker
 
 def test_a_more_urgent_workflow_overtakes_a_started_one(farm):
     # Given a busy worker, a normal workflow A waiting, then an urgent workflow U
-    busy_worker(farm)
+    busy_worker(farm.app, farm.queue)
     a = submit_workflow([("simulation", quick(f"A{n}")) for n in (1, 2)], priority=3, queue=farm.queue, app=farm.app)
     u = submit_workflow([("simulation", quick(f"U{n}")) for n in (1, 2)], priority=8, queue=farm.queue, app=farm.app)
     a.wait(timeout=60)

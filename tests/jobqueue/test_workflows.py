@@ -8,7 +8,6 @@ job at a time, the order in which jobs finished is the order in which they ran.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
@@ -18,30 +17,7 @@ from jobqueue.events import job_meta_from_kwargs
 from jobqueue.routing import broker_priority
 from jobqueue.states import JobStatus
 from jobqueue.workflows import placeholder_paths, resolve_placeholders
-from tests.helpers import wait_for
-
-
-def quick(output: Any, **extra: Any) -> dict[str, Any]:
-    """A one-step simulation payload that finishes at once."""
-    return {"steps": 1, "step_seconds": 0.05, "output": output, **extra}
-
-
-def finished_order(app: Any, job_ids: list[str]) -> list[str]:
-    """The given jobs' ``output`` sorted by when the worker finished them."""
-    done = []
-    for job_id in job_ids:
-        result = app.AsyncResult(job_id)
-        assert result.state == "SUCCESS", (job_id, result.state)
-        done.append((result.date_done, result.result["output"]))
-    return [output for _, output in sorted(done, key=lambda item: item[0])]
-
-
-def busy_worker(app: Any, seconds: float = 1.5) -> Any:
-    """Occupy the (single) worker with a job and wait until it runs."""
-    blocker = submit_job("simulation", {"steps": 1, "step_seconds": seconds, "output": "blocker"}, app=app)
-    wait_for(lambda: blocker.status() == JobStatus.PROCESSING, 20, what="the blocker to run")
-    return blocker
-
+from tests.helpers import busy_worker, finished_order, quick, wait_for
 
 # -- unit: placeholders ---------------------------------------------------------------------
 

@@ -11,8 +11,6 @@ Redis database and a temporary SQLite store, exactly as a user runs it.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -24,8 +22,9 @@ import pytest
 import requests
 
 from jobqueue.config import Settings
+from jobqueue.embedded import free_port
 from tests.conftest import settings_env
-from tests.helpers import ROOT, child_env, wait_for
+from tests.helpers import ROOT, child_env, stop_process_group, wait_for
 
 #: The browser binary: Debian's chromium package.
 CHROMIUM = os.environ.get("JOBQUEUE_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -45,13 +44,6 @@ TOKEN = "dashboard-test-token"
 #: A laptop screen and a phone screen.
 LAPTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -95,13 +87,7 @@ class MonitorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process_group(self.proc)
 
     def post(self, path: str, body: Any = None, token: str | None = TOKEN) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

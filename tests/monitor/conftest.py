@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from jobqueue.config import Settings
+from jobqueue.embedded import free_port
 from monitor.hub import ChangeHub
 from monitor.store import Store
 
@@ -113,14 +114,6 @@ def comparable(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class MonitorProcess:
     """A real ``jobqueue monitor`` subprocess on a free port."""
 
@@ -189,16 +182,9 @@ class MonitorProcess:
             self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        import signal
-        import subprocess
+        from tests.helpers import stop_process_group
 
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process_group(self.proc)
         if self._log is not None:
             self._log.close()
             self._log = None
