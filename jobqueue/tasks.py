@@ -47,34 +47,36 @@ def _mark_cancelled(task: Any, reason: str) -> None:
     task.send_event("task-revoked", terminated=True, signum=None, expired=False)
 
 
-def _attempt_number(app: Any, job_id: str, retries: int) -> int:
-    """Which execution of this job starts now (0 for the first).
+def _begin_attempt(app: Any, job_id: str, retries: int) -> tuple[bool, int]:
+    """Return (was the job cancelled before it started, which attempt starts now).
 
-    Celery's ``retries`` counts only explicit retries; a message redelivered after its worker
-    died starts again with the same count. A counter in the result backend's Redis counts
-    every start, so a new attempt is always recognisable (its progress starts afresh).
-    Backends without a Redis client fall back to ``retries``.
+    The attempt number (0 for the first) counts every start: Celery's ``retries`` counts only
+    explicit retries, and a message redelivered after its worker died starts again with the
+    same count. On a Redis result backend both facts come from one round trip (the stored
+    state and an INCR); elsewhere the state is read through Celery and ``retries`` counts.
     """
     client = getattr(app.backend, "client", None)
-    if client is None or not hasattr(client, "incr"):
-        return retries
-    key = f"jobqueue-attempts-{job_id}"
+    if client is None or not hasattr(client, "pipeline"):
+        return app.AsyncResult(job_id).state == celery_states.REVOKED, retries
     try:
         pipe = client.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, int(app.conf.result_expires or 86400))
-        count = int(pipe.execute()[0])
-    except Exception:  # the backend is down: the job can still run
-        log.warning("could not count attempts of job %s", job_id, exc_info=True)
-        return retries
-    return max(count - 1, retries)
+        pipe.get(app.backend.get_key_for_task(job_id))
+        pipe.incr(f"jobqueue-attempts-{job_id}")
+        pipe.expire(f"jobqueue-attempts-{job_id}", int(app.conf.result_expires or 86400))
+        raw, count, _ = pipe.execute()
+    except Exception:  # the backend is down: the job can still run; Celery will say so
+        log.warning("could not read the state of job %s", job_id, exc_info=True)
+        return False, retries
+    state = app.backend.decode_result(raw).get("status") if raw else None
+    return state == celery_states.REVOKED, max(int(count) - 1, retries)
 
 
 def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """Body of the ``jobqueue.run_job`` task (``task`` is the bound Celery task)."""
     request = task.request
     app = task.app
-    if app.AsyncResult(request.id).state == celery_states.REVOKED:
+    revoked, attempt = _begin_attempt(app, request.id, request.retries or 0)
+    if revoked:
         # Cancelled while queued, before any worker knew: never run it.
         task.send_event("task-revoked", terminated=False, signum=None, expired=False)
         raise Ignore()
@@ -87,7 +89,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         service=service,
         payload=payload,
         options={**options, "timeout": timeout},
-        attempt=_attempt_number(app, request.id, request.retries or 0),
+        attempt=attempt,
         deadline=time.monotonic() + float(timeout),
     )
 
