@@ -63,18 +63,7 @@ def percentile(values: Iterable[float], pct: float) -> float:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The ``JOBQUEUE_*`` variables that reproduce ``settings`` in a child process."""
-    env: dict[str, str] = {}
-    for name, value in vars(settings).items():
-        if value is None:
-            continue
-        if isinstance(value, tuple):
-            value = ",".join(value)
-        elif isinstance(value, Mapping):
-            value = ",".join(f"{k}={v}" for k, v in value.items())
-        elif isinstance(value, bool):
-            value = "1" if value else "0"
-        env["JOBQUEUE_" + name.upper()] = str(value)
-    return env
+    return settings.to_env()
 
 
 def child_env(settings: Settings | None = None, **extra: str) -> dict[str, str]:

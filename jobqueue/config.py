@@ -141,6 +141,23 @@ class Settings:
         settings = cls(**values)
         return settings.resolved()
 
+    def to_env(self) -> dict[str, str]:
+        """The ``JOBQUEUE_*`` variables that make :meth:`from_env` rebuild these settings
+        (how a parent hands its settings to a child process)."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, Mapping):
+                value = ",".join(f"{k}={v}" for k, v in value.items())
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            env["JOBQUEUE_" + f.name.upper()] = str(value)
+        return env
+
     def resolved(self) -> Settings:
         """Fill in the defaults that depend on other settings or on the host."""
         changes: dict[str, Any] = {}

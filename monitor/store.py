@@ -34,8 +34,11 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert,
+    inspect,
     or_,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -83,7 +86,11 @@ class Worker(Base):
     services: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     queues: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     active: Mapped[int] = mapped_column(Integer, default=0)
+    #: Celery's own per-process counter (from heartbeats), shown as ``celery_processed``.
     processed: Mapped[int] = mapped_column(Integer, default=0)
+    #: Jobs held in the store that ended on this worker, and the failed/timed-out ones of
+    #: them: bumped where a job first reaches a final state, lowered where one is pruned.
+    ended: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     failed: Mapped[int] = mapped_column(Integer, default=0)
     current_job: Mapped[str | None] = mapped_column(String(255), nullable=True)
     heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -169,6 +176,15 @@ class Change(Base):
 
 
 Index("ix_jobs_status_finished", Job.status, Job.finished_at)
+#: The snapshot's "most recent finished" list walks this backwards (no sort of all rows).
+Index("ix_jobs_finished_id", Job.finished_at, Job.id)
+#: A service's recent completed runtimes (its median) without scanning all its jobs.
+Index("ix_jobs_service_status_finished", Job.service, Job.status, Job.finished_at)
+#: The time /api/jobs orders by (newest first).
+JOB_WHEN = func.coalesce(Job.submitted_at, Job.received_at, Job.started_at, Job.finished_at)
+Index("ix_jobs_when", JOB_WHEN, Job.id)
+#: /api/jobs counts at most this many matches (``total_capped`` says when it stopped).
+COUNT_CAP = 10000
 
 # -- serialisation -------------------------------------------------------------------------
 
@@ -185,9 +201,9 @@ def connector_dict(c: Connector) -> dict[str, Any]:
     }
 
 
-def worker_dict(w: Worker, connectors: list[Connector], now: float,
-                counts: tuple[int, int] = (0, 0)) -> dict[str, Any]:
-    """A worker as the API shows it; ``counts`` is (processed, failed) from the jobs table."""
+def worker_dict(w: Worker, connectors: list[Connector], now: float) -> dict[str, Any]:
+    """A worker as the API shows it; ``processed``/``failed`` count the jobs the store holds
+    that ended on it (see :func:`monitor.apply._count_end`)."""
     status = w.status
     if status == "online" and w.draining:
         status = "draining"
@@ -202,8 +218,8 @@ def worker_dict(w: Worker, connectors: list[Connector], now: float,
         "services": list(w.services or []),
         "queues": list(w.queues or []),
         "active": w.active,
-        "processed": counts[0],
-        "failed": counts[1],
+        "processed": w.ended or 0,
+        "failed": w.failed or 0,
         "celery_processed": w.processed,
         "current_job": w.current_job,
         "heartbeat_at": w.heartbeat_at,

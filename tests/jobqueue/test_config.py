@@ -124,3 +124,16 @@ def test_every_setting_is_documented_with_its_variable():
     # Then every Settings field appears there under its environment variable
     missing = [f"JOBQUEUE_{f.name.upper()}" for f in fields(Settings) if f"`JOBQUEUE_{f.name.upper()}`" not in text]
     assert missing == []
+
+
+def test_settings_survive_the_trip_through_the_environment():
+    # Given settings with every kind of value
+    original = Settings(
+        broker_url="redis://127.0.0.1:6379/3", machine_id="m1", gpu=2,
+        connectors=("simulation", "comfyui"), comfyui_urls={"gpu0": "http://a:1", "gpu1": "http://b:2"},
+        monitor_read_only=True, stall_timeout=7.5, max_retries=4,
+    ).resolved()
+    # When they are written as JOBQUEUE_* variables and read back
+    rebuilt = Settings.from_env(original.to_env())
+    # Then nothing changed
+    assert rebuilt == original
