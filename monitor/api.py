@@ -146,14 +146,14 @@ def jobs() -> Any:
         raise ApiError(400, "bad_request", f"unknown state(s) {unknown}; known: {sorted(valid)}")
     limit = _int_arg("limit", 50, 1, MAX_LIMIT)
     offset = _int_arg("offset", 0, 0, 10**9)
-    found, total = ctx().store.jobs(
+    found, total, capped = ctx().store.jobs(
         state=states or None, service=request.args.get("service") or None,
         worker=request.args.get("worker") or None, machine=request.args.get("machine") or None,
         since=_float_arg("since"), until=_float_arg("until"), q=request.args.get("q") or None,
         workflow=request.args.get("workflow") or None, limit=limit, offset=offset,
     )
     _annotate_queued(found)
-    return jsonify({"jobs": found, "total": total, "limit": limit, "offset": offset})
+    return jsonify({"jobs": found, "total": total, "total_capped": capped, "limit": limit, "offset": offset})
 
 
 @bp.get("/api/jobs/<job_id>")

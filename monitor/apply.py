@@ -20,7 +20,7 @@ from typing import Any
 from jobqueue.errors import MalformedEvent
 from jobqueue.events import CONNECTOR_STATUS, TASK_PROGRESS, job_meta_from_kwargs, parse_exception
 from jobqueue.states import ConnectorStatus, JobStatus, empty_progress, may_move
-from monitor.store import Connector, Job, Tx, Worker
+from monitor.store import FAILED_STATUSES, Connector, Job, Tx, Worker
 
 #: Longest id (job uuid, worker name, service) we accept.
 MAX_ID = 255
@@ -165,9 +165,14 @@ def _fill_meta(tx: Tx, job: Job, ev: dict[str, Any]) -> bool:
     return changed
 
 
-def _set_worker(tx: Tx, job: Job, hostname: str | None) -> bool:
+def _set_worker(tx: Tx, job: Job, hostname: str | None, *, recount: bool = True) -> bool:
+    """Record the job's worker. A job that already ended moves its count from the old worker
+    to the new one (``recount``; off where the caller counts the end itself)."""
     if not hostname or job.worker == hostname:
         return False
+    if recount:
+        _count_end(tx, job, job.worker, -1)
+        _count_end(tx, job, hostname, +1)
     job.worker = hostname
     worker = tx.worker(hostname, create=False)
     if worker is not None:
@@ -322,7 +327,7 @@ def _on_succeeded(ev: dict[str, Any], tx: Tx, job: Job, ts: float, hostname: str
     job.result = _blob(result)
     job.error = None
     if job.worker is None:
-        _set_worker(tx, job, hostname)
+        _set_worker(tx, job, hostname, recount=False)
     _job_ended(tx, job, failed=False)
     return True
 
@@ -354,7 +359,7 @@ def _on_failed(ev: dict[str, Any], tx: Tx, job: Job, ts: float, hostname: str | 
     job.runtime = _num(ev, "runtime") or (ts - job.started_at if job.started_at else None)
     job.error = error
     if job.worker is None:
-        _set_worker(tx, job, hostname)
+        _set_worker(tx, job, hostname, recount=False)
     _job_ended(tx, job, failed=True)
     return True
 
@@ -404,12 +409,27 @@ def _final_progress(job: Job) -> None:
     job.progress = progress
 
 
+def _count_end(tx: Tx, job: Job, name: str | None, sign: int) -> None:
+    """Add (``sign`` 1) or take back (-1) an ended job in its worker's ``ended``/``failed``
+    counters. Called only where a job first reaches a final state (``_move`` refuses a
+    replayed or repaired final event, so it cannot count twice) or where an ended job's
+    worker changes; a worker not stored yet counts its jobs when it is created
+    (:meth:`monitor.store.Tx.worker`), and pruning takes pruned jobs back out."""
+    if not name or job.status not in FINAL:
+        return
+    worker = tx.worker(name, create=False)
+    if worker is None:
+        return
+    worker.ended = max(0, (worker.ended or 0) + sign)
+    if job.status in FAILED_STATUSES:
+        worker.failed = max(0, (worker.failed or 0) + sign)
+    tx.touch("worker", name)
+
+
 def _job_ended(tx: Tx, job: Job, *, failed: bool) -> None:
-    """A job left its worker (ended, or will be retried). The worker's processed/failed
-    counts are counted from the jobs table when it is serialised (see
-    ``monitor.store._job_counts``), so they need only a change here, never an increment:
-    a replayed or repaired final event cannot count twice (``_move`` refuses it first)."""
+    """A job left its worker (ended, or will be retried); one that ended counts on it."""
     if job.status in FINAL:
+        _count_end(tx, job, job.worker, +1)
         _final_progress(job)
         if job.status == JobStatus.COMPLETED.value and job.service:
             tx.touch("service", job.service)  # its completion-time median may change

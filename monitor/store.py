@@ -39,9 +39,11 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.schema import CreateIndex
 
 from jobqueue.config import Settings
 from jobqueue.states import FINAL_JOB_STATES, JobStatus, empty_progress
@@ -183,6 +185,9 @@ Index("ix_jobs_service_status_finished", Job.service, Job.status, Job.finished_a
 #: The time /api/jobs orders by (newest first).
 JOB_WHEN = func.coalesce(Job.submitted_at, Job.received_at, Job.started_at, Job.finished_at)
 Index("ix_jobs_when", JOB_WHEN, Job.id)
+Index("ix_jobs_status_when", Job.status, JOB_WHEN, Job.id)
+Index("ix_jobs_worker_when", Job.worker, JOB_WHEN, Job.id)
+Index("ix_jobs_service_when", Job.service, JOB_WHEN, Job.id)
 #: /api/jobs counts at most this many matches (``total_capped`` says when it stopped).
 COUNT_CAP = 10000
 
@@ -343,7 +348,11 @@ class Tx:
     """One write transaction: get-or-create rows, record timeline events, mark changes.
 
     :func:`monitor.apply.apply` works through this; :meth:`Store.write` turns what was
-    marked into sequence numbers and change-log rows at commit.
+    marked into sequence numbers and change-log rows at commit. The session does not
+    autoflush: rows this transaction looked up or created are kept in its own identity map
+    (so a lookup never flushes the pending batch nor misses a row created earlier in it), and
+    :meth:`prefetch` loads a whole batch's jobs and workers in one query each. Queries that
+    must see pending changes (``jobs_of_worker``, ``workers_of_machine``) flush first.
     """
 
     def __init__(self, session: Session, now: float) -> None:
@@ -351,34 +360,82 @@ class Tx:
         self.now = now
         self.dirty: dict[tuple[str, str], None] = {}
         self.deleted: dict[tuple[str, str], None] = {}
+        self._jobs: dict[str, Job | None] = {}
+        self._workers: dict[str, Worker | None] = {}
+        self._connectors: dict[tuple[str, str], Connector | None] = {}
+        self._machines: dict[str, Machine | None] = {}
+        self.events: list[dict[str, Any]] = []
+
+    def prefetch(self, job_ids: set[str], worker_names: set[str]) -> None:
+        """Load the jobs, workers and those workers' connectors a batch refers to, in one
+        ``SELECT ... WHERE id IN (...)`` per table and chunk; what is not found is
+        remembered as absent (no second lookup)."""
+        session = self.session
+        ids = sorted(job_ids - self._jobs.keys())
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(chunk)))}
+            self._jobs.update((one, jobs.get(one)) for one in chunk)
+        todo = sorted(worker_names - self._workers.keys())
+        for start in range(0, len(todo), 500):
+            chunk = todo[start:start + 500]
+            workers = {w.name: w for w in session.scalars(select(Worker).where(Worker.name.in_(chunk)))}
+            self._workers.update((one, workers.get(one)) for one in chunk)
+        names = sorted(n for n in worker_names if self._workers.get(n) is not None)
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            for conn in session.scalars(select(Connector).where(Connector.worker.in_(chunk))):
+                self._connectors[(conn.worker, conn.service)] = conn
 
     def job(self, job_id: str, create: bool = True) -> Job | None:
-        job = self.session.get(Job, job_id)
+        if job_id in self._jobs:
+            job = self._jobs[job_id]
+        else:
+            job = self._jobs[job_id] = self.session.get(Job, job_id)
         if job is None and create:
             job = Job(id=job_id, status="", attempt=0, n_events=0, seq=0, progress=empty_progress())
             self.session.add(job)
+            self._jobs[job_id] = job
         return job
 
     def worker(self, name: str, create: bool = True) -> Worker | None:
-        worker = self.session.get(Worker, name)
+        if name in self._workers:
+            worker = self._workers[name]
+        else:
+            worker = self._workers[name] = self.session.get(Worker, name)
         if worker is None and create:
-            worker = Worker(name=name, status="online", draining=False, active=0, processed=0, failed=0, seq=0)
+            worker = Worker(name=name, status="online", draining=False, active=0, processed=0, ended=0,
+                            failed=0, seq=0)
+            # Jobs that ended on it before it was known count from the start (flushed first,
+            # so jobs ended earlier in this transaction are seen); later ends bump the counts.
+            self.session.flush()
+            worker.ended, worker.failed = job_counts(self.session, name).get(name, (0, 0))
             self.session.add(worker)
             self.session.flush()
+            self._workers[name] = worker
         return worker
 
     def connector(self, worker: str, service: str, create: bool = True) -> Connector | None:
-        conn = self.session.get(Connector, (worker, service))
+        key = (worker, service)
+        if key in self._connectors:
+            conn = self._connectors[key]
+        else:
+            conn = self._connectors[key] = self.session.get(Connector, key)
         if conn is None and create:
             conn = Connector(worker=worker, service=service, status="starting", message="", stale=False)
             self.session.add(conn)
+            self._connectors[key] = conn
         return conn
 
     def machine(self, machine_id: str, create: bool = True) -> Machine | None:
-        machine = self.session.get(Machine, machine_id)
+        if machine_id in self._machines:
+            machine = self._machines[machine_id]
+        else:
+            machine = self._machines[machine_id] = self.session.get(Machine, machine_id)
         if machine is None and create:
             machine = Machine(id=machine_id, status="offline", seq=0)
             self.session.add(machine)
+            self._machines[machine_id] = machine
         return machine
 
     def jobs_of_worker(self, worker: str, statuses: tuple[str, ...]) -> list[Job]:
@@ -390,10 +447,11 @@ class Tx:
         return list(self.session.scalars(select(Worker).where(Worker.machine_id == machine_id)))
 
     def add_event(self, job: Job, type_: str, timestamp: float | None, fields: dict[str, Any]) -> None:
+        """Add a timeline entry (written with one bulk insert at commit)."""
         if job.n_events >= MAX_EVENTS_PER_JOB:
             return
         job.n_events += 1
-        self.session.add(JobEvent(job_id=job.id, type=type_, timestamp=timestamp, fields=fields))
+        self.events.append({"job_id": job.id, "type": type_, "timestamp": timestamp, "fields": fields})
 
     def touch(self, kind: str, key: str) -> None:
         """Mark an object changed: it gets a new seq and a change-log row at commit."""
@@ -430,11 +488,26 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _sqlite_setup(self.engine)
-        Base.metadata.create_all(self.engine)
+        self._create_schema()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         with self._sessions.begin() as session:
             if session.get(Counter, "seq") is None:
                 session.add(Counter(name="seq", value=0))
+
+    def _create_schema(self) -> None:
+        """Create missing tables and indexes; bring a database of an older monitor up to date
+        (the workers' job counters, counted once from the jobs it holds)."""
+        Base.metadata.create_all(self.engine)
+        columns = {c["name"] for c in inspect(self.engine).get_columns("workers")}
+        with self.engine.begin() as conn:
+            for table in (Job.__table__, Worker.__table__):
+                for index in table.indexes:  # type: ignore[attr-defined]  # create_all adds indexes only with a new table
+                    conn.execute(CreateIndex(index, if_not_exists=True))
+            if "ended" not in columns:
+                conn.execute(text("ALTER TABLE workers ADD COLUMN ended INTEGER NOT NULL DEFAULT 0"))
+                with Session(conn) as session:
+                    for name, (ended, failed) in job_counts(session).items():
+                        session.execute(update(Worker).where(Worker.name == name).values(ended=ended, failed=failed))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -460,7 +533,10 @@ class Store:
             # on the busy timeout instead of failing on a lock upgrade.
             session.connection(execution_options={"jobqueue_write": True})
             tx = Tx(session, time.time() if now is None else now)
-            yield tx
+            with session.no_autoflush:
+                yield tx
+            if tx.events:
+                session.execute(insert(JobEvent), tx.events)
             tx.changes = self._record_changes(tx)  # type: ignore[attr-defined]
 
     def _record_changes(self, tx: Tx) -> list[tuple[int, str, str, Any]]:
@@ -475,26 +551,37 @@ class Store:
         for kind, key in list(tx.deleted):
             seq += 1
             out.append((seq, kind, key, None))
+        # One query for the connectors of every changed worker, not one per worker.
+        names = sorted(key for kind, key in tx.dirty if kind == "worker")
+        conns: dict[str, list[Connector]] = {}
+        for start in range(0, len(names), 500):
+            for c in session.scalars(select(Connector).where(Connector.worker.in_(names[start:start + 500]))):
+                conns.setdefault(c.worker, []).append(c)
         for kind, key in list(tx.dirty):
             seq += 1
-            obj = self._obj(session, kind, key)
+            obj = self._obj(tx, kind, key)
             if obj is None:
                 out.append((seq, kind, key, None))
                 continue
             obj.seq = seq
-            out.append((seq, kind, key, self._serialise(session, kind, obj, tx.now)))
+            out.append((seq, kind, key, self._serialise(session, kind, obj, tx.now, conns)))
         counter.value = seq
-        session.add_all([Change(seq=s, kind=k, key=key, data=d) for s, k, key, d in out])
+        if out:
+            session.execute(insert(Change), [{"seq": s, "kind": k, "key": key, "data": d} for s, k, key, d in out])
         return out
 
     @staticmethod
-    def _obj(session: Session, kind: str, key: str) -> Any:
+    def _obj(tx: Tx, kind: str, key: str) -> Any:
         if kind == "service":
-            return session.get(ServiceStat, key) or _new_service_stat(session, key)
-        model = {"job": Job, "worker": Worker, "machine": Machine}[kind]
-        return session.get(model, key)
+            return tx.session.get(ServiceStat, key) or _new_service_stat(tx.session, key)
+        if kind == "job":
+            return tx.job(key, create=False)
+        if kind == "worker":
+            return tx.worker(key, create=False)
+        return tx.machine(key, create=False)
 
-    def _serialise(self, session: Session, kind: str, obj: Any, now: float) -> dict[str, Any]:
+    def _serialise(self, session: Session, kind: str, obj: Any, now: float,
+                   conns: dict[str, list[Connector]]) -> dict[str, Any]:
         if kind == "service":
             values = _recent_runtimes(session, obj.service)
             obj.median = statistics.median(values) if values else None
@@ -503,8 +590,7 @@ class Store:
         if kind == "job":
             return job_dict(obj)
         if kind == "worker":
-            conns = list(session.scalars(select(Connector).where(Connector.worker == obj.name)))
-            return worker_dict(obj, conns, now, _job_counts(session, obj.name).get(obj.name, (0, 0)))
+            return worker_dict(obj, conns.get(obj.name, []), now)
         names = list(session.scalars(select(Worker.name).where(Worker.machine_id == obj.id)))
         return machine_dict(obj, names)
 
@@ -525,12 +611,15 @@ class Store:
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 # Their workers' counts and their services' medians change with them.
-                for name, svc in session.execute(
-                        select(Job.worker, Job.service).where(Job.id.in_(chunk)).distinct()):
-                    if name and session.get(Worker, name) is not None:
-                        tx.touch("worker", name)
+                for svc in session.scalars(select(Job.service).where(Job.id.in_(chunk)).distinct()):
                     if svc:
                         tx.touch("service", svc)
+                for name, (ended, failed) in job_counts(session, ids=chunk).items():
+                    worker = tx.worker(name, create=False)
+                    if worker is not None:
+                        worker.ended = max(0, (worker.ended or 0) - ended)
+                        worker.failed = max(0, (worker.failed or 0) - failed)
+                        tx.touch("worker", name)
                 session.execute(delete(JobEvent).where(JobEvent.job_id.in_(chunk)))
                 session.execute(delete(Job).where(Job.id.in_(chunk)))
                 for job_id in chunk:
@@ -572,8 +661,12 @@ class Store:
             machines = self._machines(session)
             jobs = list(session.scalars(select(Job).where(Job.status.in_(OPEN_STATUSES)).order_by(Job.submitted_at, Job.id)))
             finished = list(session.scalars(
-                select(Job).where(Job.status.in_(FINAL_STATUSES))
-                .order_by(Job.finished_at.desc(), Job.id).limit(max(0, finished_limit))
+                # (finished_at DESC, id DESC) walks ix_jobs_finished_id backwards and stops
+                # after the limit, instead of sorting every finished job. ``status || ''``
+                # keeps SQLite's planner off ix_jobs_status, which would fetch all finished
+                # jobs first (it has no statistics to know they are most of the table).
+                select(Job).where((Job.status + "").in_(FINAL_STATUSES))
+                .order_by(Job.finished_at.desc(), Job.id.desc()).limit(max(0, finished_limit))
             ))
             services = [service_dict(x) for x in session.scalars(select(ServiceStat).order_by(ServiceStat.service))]
             return {
@@ -602,8 +695,7 @@ class Store:
         conns: dict[str, list[Connector]] = {}
         for c in session.scalars(select(Connector)):
             conns.setdefault(c.worker, []).append(c)
-        counts = _job_counts(session)
-        return [worker_dict(w, conns.get(w.name, []), now, counts.get(w.name, (0, 0)))
+        return [worker_dict(w, conns.get(w.name, []), now)
                 for w in session.scalars(select(Worker).order_by(Worker.name))]
 
     def _machines(self, session: Session) -> list[dict[str, Any]]:
@@ -627,8 +719,7 @@ class Store:
             if w is None:
                 return None
             conns = list(session.scalars(select(Connector).where(Connector.worker == name)))
-            return worker_dict(w, conns, time.time() if now is None else now,
-                               _job_counts(session, name).get(name, (0, 0)))
+            return worker_dict(w, conns, time.time() if now is None else now)
 
     def job(self, job_id: str, with_events: bool = True) -> dict[str, Any] | None:
         with self.read() as session:
@@ -655,9 +746,10 @@ class Store:
         workflow: str | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Jobs matching the filters, newest first (a workflow's: in step order), and how
-        many match in all."""
+    ) -> tuple[list[dict[str, Any]], int, bool]:
+        """Jobs matching the filters, newest first (a workflow's: in step order), how many
+        match, and whether that count stopped at :data:`COUNT_CAP` (counting every match of
+        a million-job store on every page would cost more than the page itself)."""
         conds = []
         if workflow:
             conds.append(Job.workflow_id == workflow)
@@ -669,7 +761,7 @@ class Store:
             conds.append(Job.worker == worker)
         if machine:
             conds.append(Job.machine_id == machine)
-        when = func.coalesce(Job.submitted_at, Job.received_at, Job.started_at, Job.finished_at)
+        when = JOB_WHEN
         if since is not None:
             conds.append(when >= since)
         if until is not None:
@@ -679,10 +771,12 @@ class Store:
             conds.append(or_(Job.id.like(pattern), Job.service.like(pattern), Job.worker.like(pattern),
                              Job.workflow_id.like(pattern)))
         with self.read() as session:
-            total = session.scalar(select(func.count()).select_from(Job).where(*conds)) or 0
-            order = (Job.step, when, Job.id) if workflow else (when.desc(), Job.id)
+            matching = select(Job.id).where(*conds).limit(COUNT_CAP + 1).subquery()
+            total = int(session.scalar(select(func.count()).select_from(matching)) or 0)
+            # (when DESC, id DESC) walks ix_jobs_when backwards instead of sorting every match.
+            order = (Job.step, when, Job.id) if workflow else (when.desc(), Job.id.desc())
             rows = session.scalars(select(Job).where(*conds).order_by(*order).limit(limit).offset(offset))
-            return [job_dict(j) for j in rows], int(total)
+            return [job_dict(j) for j in rows], min(total, COUNT_CAP), total > COUNT_CAP
 
     def workflow(self, workflow_id: str) -> dict[str, Any] | None:
         """A workflow's steps the monitor has seen, in step order, and its status; None when
@@ -832,19 +926,23 @@ class Store:
 FAILED_STATUSES = ("failed", "timed_out")
 
 
-def _job_counts(session: Session, worker: str | None = None) -> dict[str, tuple[int, int]]:
-    """(processed, failed) per worker, counted from the jobs the store holds.
+def job_counts(session: Session, worker: str | None = None,
+               ids: list[str] | None = None) -> dict[str, tuple[int, int]]:
+    """(ended, failed) per worker, counted from the jobs the store holds (of one worker, or
+    of the jobs ``ids``).
 
-    The jobs table is the source of truth, not a counter bumped per event: a replayed or
-    repaired final event cannot count twice, and a monitor started after the workers (which
-    rebuilt the jobs from the result backend) counts exactly what one started before counts.
-    ``processed`` is every job that ended on the worker (completed, failed, timed out,
-    cancelled), ``failed`` the failed and timed-out ones. Pruned jobs no longer count; Celery's
-    own per-process counter is kept as ``celery_processed``.
+    The workers' ``ended``/``failed`` columns keep these counts so that reads never count
+    (O(stored jobs)); this is how they start: when a worker row is created (jobs that ended on
+    it before it was known), when an older database is upgraded, and what pruning subtracts.
+    ``ended`` is every job that ended on the worker (completed, failed, timed out, cancelled),
+    ``failed`` the failed and timed-out ones. Celery's own per-process counter is kept as
+    ``celery_processed``.
     """
     query = select(Job.worker, Job.status, func.count()).where(Job.status.in_(FINAL_STATUSES))
     if worker is not None:
         query = query.where(Job.worker == worker)
+    if ids is not None:
+        query = query.where(Job.id.in_(ids))
     out: dict[str, list[int]] = {}
     for name, status, n in session.execute(query.group_by(Job.worker, Job.status)):
         if not name:

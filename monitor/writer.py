@@ -4,7 +4,8 @@ The collector's receive loop only appends to this writer's in-memory queue, so a
 never slows the receiver down (Redis drops a pub/sub consumer that falls behind). The writer
 takes whatever has arrived (up to ``max_batch``), coalesces what can be coalesced (many
 progress reports of one job, many heartbeats of one worker → the latest one), applies the
-rest in one transaction, and wakes websocket streams. It also runs the time-based truth
+rest in one transaction (its jobs and workers loaded up front in one query each, see
+:meth:`monitor.store.Tx.prefetch`), and wakes websocket streams. It also runs the time-based truth
 (offline workers, lost jobs, stale connectors) and pruning, so nothing else writes.
 """
 
@@ -60,6 +61,23 @@ def coalesce(events: list[Any]) -> list[Any]:
                     last_at.pop(("worker-heartbeat", ev[f]), None)
         out.append(ev)
     return out
+
+
+def referenced(events: list[Any]) -> tuple[set[str], set[str]]:
+    """The job ids and worker names a batch refers to (to load them in one query each)."""
+    jobs: set[str] = set()
+    workers: set[str] = set()
+    for ev in events:
+        if not isinstance(ev, dict):
+            continue
+        uuid = ev.get("uuid")
+        if isinstance(uuid, str):
+            jobs.add(uuid)
+        for field in ("hostname", "worker"):
+            name = ev.get(field)
+            if isinstance(name, str):
+                workers.add(name)
+    return jobs, workers
 
 
 def _progress_key(ev: dict[str, Any]) -> tuple[float, float, float]:
@@ -196,6 +214,7 @@ class Writer:
         self.counts["coalesced"] += len(events) - len(merged)
         try:
             with self.store.write() as tx:
+                tx.prefetch(*referenced(merged))
                 for ev in merged:
                     self._apply_one(ev, tx)
             self._announce(tx.changes)  # type: ignore[attr-defined]

@@ -272,6 +272,59 @@ def test_pruning_a_workers_jobs_changes_its_counts_and_says_so(store_url):
         store.close()
 
 
+def test_jobs_that_ended_before_their_worker_was_known_count_when_it_appears(store):
+    # Given jobs that ended on a worker the store has not seen yet (a monitor started late
+    # rebuilds jobs from the result backend before any heartbeat), and one without a worker
+    run(store, ev("task-succeeded", 1, uuid="j1", hostname="gpu0@vm1", runtime=1.0),
+        ev("task-failed", 2, uuid="j2", hostname="gpu0@vm1", exception="ExecutionFailed('x', {})"),
+        ev("task-succeeded", 3, uuid="j3", runtime=1.0))
+    # When the worker shows up, in the same batch as another job ending on it
+    run(store, ev("worker-heartbeat", 4, hostname="gpu0@vm1", freq=1.0),
+        ev("task-succeeded", 5, uuid="j4", hostname="gpu0@vm1", runtime=1.0))
+    # Then every job that ended on it counts, once
+    assert (store.worker("gpu0@vm1")["processed"], store.worker("gpu0@vm1")["failed"]) == (3, 1)
+    # And a late task-received that names the worker of the ended job j3 moves it to that worker
+    run(store, ev("worker-heartbeat", 6, hostname="gpu1@vm1", freq=1.0))
+    run(store, ev("task-received", 0.5, uuid="j3", hostname="gpu1@vm1"))
+    assert store.worker("gpu1@vm1")["processed"] == 1
+    assert store.worker("gpu0@vm1")["processed"] == 3
+
+
+def test_a_database_of_an_older_monitor_gets_its_worker_counts_from_its_jobs(tmp_path):
+    # Given a database written before workers kept job counters
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = Store(url)
+    run(store, ev("worker-online", 0, hostname="gpu0@vm1", freq=1.0),
+        ev("task-succeeded", 1, uuid="j1", hostname="gpu0@vm1", runtime=1.0),
+        ev("task-failed", 2, uuid="j2", hostname="gpu0@vm1", exception="ExecutionFailed('x', {})"))
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE workers DROP COLUMN ended")
+        conn.exec_driver_sql("UPDATE workers SET failed = 0")
+    store.close()
+    # When a new monitor opens it
+    upgraded = Store(url)
+    try:
+        # Then the counts are there, counted from the jobs it holds
+        assert (upgraded.worker("gpu0@vm1")["processed"], upgraded.worker("gpu0@vm1")["failed"]) == (2, 1)
+    finally:
+        upgraded.close()
+
+
+def test_the_jobs_list_counts_matches_up_to_a_cap_and_says_when_it_stopped(store, monkeypatch):
+    # Given 5 jobs and a count cap of 3
+    import monitor.store as store_module
+
+    monkeypatch.setattr(store_module, "COUNT_CAP", 3)
+    run(store, *[ev("task-sent", i, uuid=f"j{i}", kwargs=meta()) for i in range(5)])
+    # When a page of 2 is asked for, with and without a filter matching fewer than the cap
+    found, total, capped = store.jobs(limit=2)
+    few, few_total, few_capped = store.jobs(q="j1")
+    # Then the page is the newest jobs, the count stops at the cap and says so
+    assert [j["id"] for j in found] == ["j4", "j3"]
+    assert (total, capped) == (3, True)
+    assert ([j["id"] for j in few], few_total, few_capped) == (["j1"], 1, False)
+
+
 def status_ev(t: float, status: str, seq: int | None, *, repair: bool = False) -> dict[str, Any]:
     event = ev("connector-status", t, worker="gpu0@vm1", machine_id="vm1", gpu=0, service="simulation",
                status=status, message=status, seq=seq, interval=15.0, pid=100)
@@ -377,5 +430,5 @@ def test_a_workflows_steps_are_listed_in_step_order_with_its_status(store):
     run(store, ev("task-failed", 4, uuid="s2", exception="ExecutionFailed('boom', {})"))
     assert store.workflow("wf1")["status"] == "failed"
     assert store.workflow("nope") is None
-    found, total = store.jobs(workflow="wf1")
+    found, total, _ = store.jobs(workflow="wf1")
     assert [j["id"] for j in found] == ["s1", "s2"] and total == 2
