@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from sqlalchemy import text
+from sqlalchemy import text, update
+from sqlalchemy.orm import Session
 
 from bench.common import (
     RedisServer,
@@ -37,7 +38,7 @@ from bench.common import (
 )
 from jobqueue.events import CONNECTOR_STATUS, RUN_JOB_TASK, TASK_PROGRESS
 from monitor.apply import apply
-from monitor.store import Job, Store
+from monitor.store import Job, Store, Worker, job_counts
 
 #: Finished template jobs built through the apply path.
 TEMPLATE_JOBS = 1000
@@ -126,6 +127,11 @@ def grow(store: Store, target: int) -> int:
                 raise RuntimeError("no template rows to copy")
             have += inserted
             k += 1
+        # The copies bypass the write path: set the workers' job counters (``ended``/``failed``,
+        # kept in the workers row by the store) to what a monitor holding these rows would have.
+        with Session(conn) as session:
+            for name, (ended, failed) in job_counts(session).items():
+                session.execute(update(Worker).where(Worker.name == name).values(ended=ended, failed=failed))
         # Count again: the figure printed is what the table holds, not what we meant to add.
         return int(conn.execute(text("SELECT count(*) FROM jobs")).scalar_one())
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import states as celery_states
 
 from bench.chaos.drill import Fleet, backend_states
@@ -55,6 +56,21 @@ def _wait_done(app: Any, ids: list[str], timeout: float) -> float:
     return time.perf_counter()
 
 
+def _command_calls(url: str) -> dict[str, int]:
+    """Redis's own count of calls per command (``INFO commandstats``) so far."""
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def _calls_between(url: str, before: dict[str, int]) -> dict[str, int]:
+    after = _command_calls(url)
+    return {name: n - before.get(name, 0) for name, n in after.items() if n - before.get(name, 0) > 0}
+
+
 def run_jobqueue(url: str, workdir: Path, jobs: int, workers: int, monitor: bool) -> dict[str, Any]:
     settings = bench_settings(url, workdir)
     app = create_app(settings)
@@ -67,12 +83,14 @@ def run_jobqueue(url: str, workdir: Path, jobs: int, workers: int, monitor: bool
             wait_http(f"http://127.0.0.1:{port}/healthz", mon)
         fleet.start_all()
         submit_job("simulation", {"steps": 0}, app=app).wait(timeout=60)  # warm: connections, queues
+        calls = _command_calls(url)
         started = time.perf_counter()
         ids = [submit_job("simulation", {"steps": 0}, app=app).id for _ in range(jobs)]
         ended = _wait_done(app, ids, timeout=max(120.0, jobs / 5))
+        calls = _calls_between(url, calls)
         ok = sum(1 for s in backend_states(app, ids).values() if s == celery_states.SUCCESS)
         return {"side": "jobqueue" + (" + monitor" if monitor else ""), "jobs": jobs, "succeeded": ok,
-                "seconds": ended - started, "jobs/s": jobs / (ended - started)}
+                "seconds": ended - started, "jobs/s": jobs / (ended - started), "calls": calls}
     finally:
         fleet.stop()
         if mon is not None:
@@ -97,13 +115,15 @@ def run_plain(url: str, workdir: Path, jobs: int, workers: int, reliable: bool =
             procs.append(Process(cmd, env, workdir / f"plain-{n}.log").start())
         app.send_task("bench.noop", queue="plain").get(timeout=60)  # warm: every worker up soon after
         wait_until(lambda: len(app.control.ping(timeout=0.5) or []) >= workers, 60, what="plain workers")
+        calls = _command_calls(url)
         started = time.perf_counter()
         ids = [app.send_task("bench.noop", queue="plain").id for _ in range(jobs)]
         ended = _wait_done(app, ids, timeout=max(120.0, jobs / 5))
+        calls = _calls_between(url, calls)
         ok = sum(1 for s in backend_states(app, ids).values() if s == celery_states.SUCCESS)
         side = "plain Celery, acks late + events" if reliable else "plain Celery (stock)"
         return {"side": side, "jobs": jobs, "succeeded": ok, "seconds": ended - started,
-                "jobs/s": jobs / (ended - started)}
+                "jobs/s": jobs / (ended - started), "calls": calls}
     finally:
         for proc in procs:
             proc.stop()
@@ -126,10 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     rows = [plain, reliable, ours]
-    print(fmt_table(rows, ["side", "jobs", "succeeded", "seconds", "jobs/s"]))
+    for row in rows:
+        row["redis commands/job"] = sum(row["calls"].values()) / args.jobs
+    print(fmt_table(rows, ["side", "jobs", "succeeded", "seconds", "jobs/s", "redis commands/job"]))
     print(f"ratio jobqueue/plain: {ours['jobs/s'] / plain['jobs/s']:.2f}x (target >= 0.8x); "
           f"jobqueue/plain with the same delivery+event settings: {ours['jobs/s'] / reliable['jobs/s']:.2f}x; "
           f"{args.workers} worker(s), threads pool, concurrency 1 each")
+    # Where the round trips go: Redis commands per job by command, each side (INFO
+    # commandstats over the timed window; includes the bench's own result polling; commands
+    # under 0.01 per job on every side are left out).
+    names = sorted((n for n in {n for row in rows for n in row["calls"]}
+                    if max(r["calls"].get(n, 0) for r in rows) >= 0.01 * args.jobs),
+                   key=lambda n: -max(r["calls"].get(n, 0) for r in rows))
+    print()
+    print(fmt_table([{"command": n, **{r["side"]: r["calls"].get(n, 0) / args.jobs for r in rows}} for n in names],
+                    ["command"] + [r["side"] for r in rows]))
     return 0
 
 
