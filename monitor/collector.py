@@ -1,11 +1,17 @@
 """The event collector: receives the Celery event stream and hands every event to the writer.
 
-It uses Celery's own :class:`~celery.events.receiver.EventReceiver` (every ``task-*``,
-``worker-*`` and our custom ``task-progress`` / ``connector-status`` events). The receive loop
-does nothing but decode and append to the writer's in-memory queue, so it keeps up with the
-stream however slow the database is. A message that cannot be decoded, or an event without a
-type, is counted and skipped; the loop goes on. When the broker goes away it reconnects with
-a capped exponential backoff.
+On a plain Redis broker it reads the stream raw (:class:`monitor.rawreader.RawEventReader`):
+the receive thread only PSUBSCRIBEs to the event exchange's channels and appends each message's
+bytes to the writer's in-memory queue; the writer decodes them
+(:class:`monitor.rawreader.EventDecoder`, the same events Celery's receiver produces). The
+receive thread then needs very little of the GIL, so Redis does not drop it for falling behind
+while the writer works. On other brokers (RabbitMQ) it uses Celery's own
+:class:`~celery.events.receiver.EventReceiver`, decoding in the receive thread.
+
+Either way every ``task-*``, ``worker-*`` and our custom ``task-progress`` /
+``connector-status`` event reaches the writer. A message that cannot be decoded, or an event
+without a type, is counted and skipped; the loop goes on. When the broker goes away it
+reconnects with a capped exponential backoff.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 from celery.events.receiver import EventReceiver
 
+from monitor.rawreader import EventDecoder, RawEventReader, event_source
 from monitor.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -55,16 +62,28 @@ class EventCollector:
     :meth:`stop`."""
 
     def __init__(self, celery_app: Any, writer: Writer, *, backoff_start: float = 0.5,
-                 backoff_cap: float = 10.0) -> None:
+                 backoff_cap: float = 10.0, raw: bool | None = None) -> None:
+        """``raw``: read a Redis broker raw (default: whenever the broker allows it); False
+        keeps Celery's ``EventReceiver``."""
         self.app = celery_app
         self.writer = writer
         self.backoff_start = backoff_start
         self.backoff_cap = backoff_cap
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._receiver: _Receiver | None = None
+        self._receiver: _Receiver | RawEventReader | None = None
+        self._backoff = backoff_start
+        self._source = event_source(celery_app) if raw is not False else None
+        if raw and self._source is None:
+            raise ValueError(f"cannot read {celery_app.conf.broker_url!r} raw: not a plain Redis URL")
+        if self._source is not None:
+            self._decoder = EventDecoder(celery_app, self._on_malformed)
+            writer.raw_decoder = self._decode
         self.connected = threading.Event()
-        self.received = 0
+        #: Events handed to the writer's apply step (decoded ones on the raw path).
+        self._events = 0
+        #: Raw messages the writer's full queue refused (not decoded, so counted as one event).
+        self._refused = 0
         self.malformed = 0
         self.reconnects = 0
         self.last_error: str | None = None
@@ -76,8 +95,11 @@ class EventCollector:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        if self._receiver is not None:
-            self._receiver.should_stop = True
+        receiver = self._receiver
+        if isinstance(receiver, RawEventReader):
+            receiver.stop()
+        elif receiver is not None:
+            receiver.should_stop = True
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -88,6 +110,7 @@ class EventCollector:
     def stats(self) -> dict[str, Any]:
         return {
             "alive": self.alive,
+            "reader": "redis-raw" if self.raw else "kombu",
             "connected": self.connected.is_set(),
             "received": self.received,
             "malformed": self.malformed + self.writer.counts["malformed"],
@@ -97,39 +120,87 @@ class EventCollector:
             "backlog": self.writer.backlog,
         }
 
+    @property
+    def raw(self) -> bool:
+        """True when the stream is read raw from Redis (see :mod:`monitor.rawreader`)."""
+        return self._source is not None
+
+    @property
+    def received(self) -> int:
+        """Events that reached the writer (including any its full queue dropped)."""
+        return self._events + self._refused
+
     def _on_event(self, event: dict[str, Any]) -> None:
-        self.received += 1
+        self._events += 1
         self.writer.put(event)
+
+    def _on_raw(self, raw: bytes) -> None:
+        if not self.writer.put(raw):
+            self._refused += 1
+
+    def _decode(self, raw: bytes) -> list[dict[str, Any]]:
+        """The writer's raw decoder: runs in the writer thread."""
+        events = self._decoder.decode(raw)
+        self._events += len(events)
+        return events
 
     def _on_malformed(self, exc: Exception) -> None:
         self.malformed += 1
         self.last_error = f"malformed event: {exc!r}"[:300]
 
+    def _consume_kombu(self) -> None:
+        """Celery's EventReceiver until stop() or a broker error (which it raises)."""
+        with self.app.connection_for_read() as conn:
+            receiver = _Receiver(conn, handlers={"*": self._on_event}, app=self.app,
+                                 on_malformed=self._on_malformed, on_ready=self._on_ready)
+            self._receiver = receiver
+            if self._stop.is_set():
+                return
+            for _ in receiver.consume(limit=None, timeout=None, wakeup=True):
+                if self._stop.is_set():
+                    return
+
+    def _consume_raw(self, url: str, pattern: str) -> None:
+        """The raw Redis reader until stop() or a Redis error (which it raises)."""
+        reader = RawEventReader(url, pattern, self._on_raw, on_subscribed=self._on_subscribed,
+                                connect_timeout=float(self.app.conf.broker_connection_timeout or 3.0))
+        self._receiver = reader
+        if self._stop.is_set():
+            return
+        reader.run()
+
+    def _on_subscribed(self) -> None:
+        # What EventReceiver(wakeup=True) does once consuming: ask every worker for a heartbeat
+        # now, so the monitor knows the fleet without waiting a heartbeat interval.
+        try:
+            self.app.control.broadcast("heartbeat")
+        except Exception as exc:
+            log.warning("could not wake the workers up: %r", exc)
+        self._on_ready()
+
+    def _on_ready(self) -> None:
+        self._backoff = self.backoff_start
+        self.connected.set()
+
     def _run(self) -> None:
-        backoff = self.backoff_start
+        self._backoff = self.backoff_start
         while not self._stop.is_set():
             try:
-                with self.app.connection_for_read() as conn:
-                    receiver = _Receiver(conn, handlers={"*": self._on_event}, app=self.app,
-                                         on_malformed=self._on_malformed, on_ready=self.connected.set)
-                    self._receiver = receiver
-                    if self._stop.is_set():
-                        break
-                    for _ in receiver.consume(limit=None, timeout=None, wakeup=True):
-                        backoff = self.backoff_start
-                        if self._stop.is_set():
-                            break
-                    if self._stop.is_set():
-                        break
+                if self._source is not None:
+                    self._consume_raw(*self._source)
+                else:
+                    self._consume_kombu()
+                if self._stop.is_set():
+                    break
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                log.warning("event stream lost (%s); reconnecting in %.1f s", exc, backoff)
+                log.warning("event stream lost (%s); reconnecting in %.1f s", exc, self._backoff)
             self.connected.clear()
             if self._stop.is_set():
                 break
             self.reconnects += 1
-            self._stop.wait(backoff)
-            backoff = min(self.backoff_cap, backoff * 2)
+            self._stop.wait(self._backoff)
+            self._backoff = min(self.backoff_cap, self._backoff * 2)
         self.connected.clear()
 
 

@@ -118,14 +118,20 @@ class Writer:
         self.last_error: str | None = None
         self._calls: list[tuple[Callable[[], Any], threading.Event]] = []
         self._calls_lock = threading.Lock()
+        #: Turns a raw broker message (``bytes`` put on the queue) into events, in this thread;
+        #: set by the collector when it reads the stream raw (see :mod:`monitor.rawreader`).
+        self.raw_decoder: Callable[[bytes], list[Any]] | None = None
 
     # -- feeding ---------------------------------------------------------------------------
-    def put(self, event: Any) -> None:
-        """Queue one event; never blocks (a full queue drops and counts)."""
+    def put(self, event: Any) -> bool:
+        """Queue one event (or raw message); never blocks (a full queue drops, counts and
+        returns False)."""
         try:
             self._queue.put_nowait(event)
         except queue.Full:
             self.counts["dropped"] += 1
+            return False
+        return True
 
     def count(self, what: str, n: int = 1) -> None:
         """Count something seen outside the writer (e.g. undecodable messages)."""
@@ -164,6 +170,7 @@ class Writer:
             batch = self._take()
             markers = [ev[1] for ev in batch if isinstance(ev, tuple) and ev and ev[0] == "__marker__"]
             events = [ev for ev in batch if not (isinstance(ev, tuple) and ev and ev[0] == "__marker__") and ev is not None]
+            events = self._decode_raw(events)
             try:
                 if events:
                     self._apply_batch(events)
@@ -183,6 +190,19 @@ class Writer:
                 self._stop.wait(0.5)
             for done in markers:
                 done.set()
+
+    def _decode_raw(self, items: list[Any]) -> list[Any]:
+        """Raw messages replaced by their events (the decoder counts what does not decode)."""
+        decode = self.raw_decoder
+        if decode is None:
+            return items
+        out: list[Any] = []
+        for item in items:
+            if type(item) is bytes:
+                out.extend(decode(item))
+            else:
+                out.append(item)
+        return out
 
     def _take(self) -> list[Any]:
         try:

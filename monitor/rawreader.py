@@ -1,0 +1,173 @@
+"""A raw reader of the Celery event stream on a Redis broker, and the decoder that goes with it.
+
+On Redis, kombu's fanout puts every event on a pub/sub channel ``/<db>.celeryev/<routing key>``
+(``fanout_prefix`` and ``fanout_patterns`` on, kombu's defaults). Celery's ``EventReceiver``
+decodes each message fully (envelope JSON, base64 body, event JSON, a kombu ``Message``) in the
+thread that reads the socket; when that thread falls behind, Redis drops it for overrunning
+``client-output-buffer-limit pubsub`` and everything in flight is lost.
+
+:class:`RawEventReader` does as little as possible per message: it PSUBSCRIBEs to the same
+channels on one redis-py connection and hands the raw payload bytes on. :class:`EventDecoder`
+turns those bytes into the very events ``EventReceiver`` would produce (same content-type and
+encoding handling through kombu's serializer registry, same clock and timestamp handling) in
+another thread -- the monitor's writer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery.events.receiver import EventReceiver
+from kombu.serialization import loads, prepare_accept_content
+
+log = logging.getLogger(__name__)
+
+#: URL schemes a plain redis-py connection understands like kombu does (anything else, e.g.
+#: ``redis+socket://``, Sentinel or RabbitMQ, keeps Celery's ``EventReceiver``).
+RAW_SCHEMES = ("redis://", "rediss://")
+
+
+def event_source(app: Any) -> tuple[str, str] | None:
+    """The broker URL and the PSUBSCRIBE pattern of the event exchange, or ``None`` when the
+    broker is not a single plain Redis (then the collector uses ``EventReceiver``).
+
+    Mirrors ``kombu.transport.redis.Channel``: topic = ``global_keyprefix`` + fanout prefix
+    (``/{db}.`` by default) + exchange, + ``/<routing key>`` with ``fanout_patterns``; the
+    receiver binds routing key ``#``, which kombu turns into ``*``.
+    """
+    url = app.conf.broker_url
+    if not isinstance(url, str) or not url.startswith(RAW_SCHEMES) or ";" in url:
+        return None
+    opts = app.conf.broker_transport_options or {}
+    db = redis.ConnectionPool.from_url(url).connection_kwargs.get("db", 0)
+    fanout_prefix = opts.get("fanout_prefix", True)
+    if isinstance(fanout_prefix, str):
+        prefix = fanout_prefix
+    else:
+        prefix = "/{db}." if fanout_prefix else ""
+    topic = prefix.format(db=db) + app.conf.event_exchange
+    if opts.get("fanout_patterns", True):
+        topic += "/*"
+    return url, str(opts.get("global_keyprefix", "")) + topic
+
+
+class RawEventReader:
+    """Reads pub/sub messages matching ``pattern`` and passes each payload (bytes) to
+    ``on_message``; nothing else happens per message.
+
+    :meth:`run` connects, subscribes, calls ``on_subscribed`` and reads until :meth:`stop`; it
+    raises when the connection fails or Redis drops it (the caller reconnects with backoff).
+    """
+
+    def __init__(self, url: str, pattern: str, on_message: Callable[[bytes], Any], *,
+                 on_subscribed: Callable[[], Any] | None = None, connect_timeout: float = 3.0,
+                 poll_interval: float = 0.5) -> None:
+        self.url = url
+        self.pattern = pattern
+        self.on_message = on_message
+        self.on_subscribed = on_subscribed
+        self.connect_timeout = connect_timeout
+        self.poll_interval = poll_interval
+        self._stopping = False
+        self._connection: Any = None
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (within ``poll_interval``)."""
+        self._stopping = True
+
+    def run(self) -> None:
+        # socket_timeout only bounds reading the rest of a message that has begun to arrive;
+        # waiting for the next one is can_read(poll_interval), so an idle stream is fine.
+        # RESP2: messages arrive as plain replies (RESP3, redis-py 8's default, makes them
+        # push frames that read_response hands to a push handler instead).
+        pool = redis.ConnectionPool.from_url(self.url, socket_connect_timeout=self.connect_timeout,
+                                             socket_timeout=30.0, socket_keepalive=True, protocol=2)
+        conn = pool.make_connection()
+        self._connection = conn
+        try:
+            conn.connect()
+            conn.send_command("PSUBSCRIBE", self.pattern)
+            reply = conn.read_response()
+            if not (isinstance(reply, list) and reply and reply[0] == b"psubscribe"):
+                raise redis.ConnectionError(f"unexpected PSUBSCRIBE reply: {reply!r}"[:300])
+            if self.on_subscribed is not None:
+                self.on_subscribed()
+            self._loop(conn)
+        finally:
+            self._connection = None
+            conn.disconnect()
+            pool.disconnect()
+
+    def _loop(self, conn: Any) -> None:
+        can_read = conn.can_read
+        read = conn.read_response
+        deliver = self.on_message
+        poll = self.poll_interval
+        while not self._stopping:
+            if not can_read(timeout=poll):
+                continue
+            # Everything buffered is read without another poll: can_read() answers from the
+            # parser's buffer first.
+            while True:
+                msg = read()
+                # [b"pmessage", pattern, channel, data]; kombu skips empty payloads too.
+                if type(msg) is list and len(msg) == 4 and msg[0] == b"pmessage" and msg[3]:
+                    deliver(msg[3])
+                if self._stopping or not can_read(timeout=0):
+                    break
+
+
+class EventDecoder:
+    """Turns one raw kombu message into the events Celery's ``EventReceiver`` delivers.
+
+    ``on_malformed(exc)`` is called once per message that does not decode (not JSON, a bad
+    body encoding, a content type Celery's ``accept`` refuses) and once per item that is not
+    an event (no ``type``, or a clock/timestamp Celery cannot handle) -- exactly what the
+    ``EventReceiver`` path of :class:`monitor.collector.EventCollector` counts.
+    """
+
+    def __init__(self, app: Any, on_malformed: Callable[[Exception], Any]) -> None:
+        self.on_malformed = on_malformed
+        self.accept = prepare_accept_content({app.conf.event_serializer, "json"})
+        # The attributes EventReceiver.event_from_message uses; calling Celery's own function
+        # keeps clock adjustment, task-sent skew and timestamp localisation identical.
+        self.clock = app.clock
+        self.adjust_clock = self.clock.adjust
+        self.forward_clock = self.clock.forward
+
+    event_from_message = EventReceiver.event_from_message
+
+    def decode(self, raw: bytes) -> list[dict[str, Any]]:
+        """The events in ``raw`` (an empty list, counted, when it is not a valid message)."""
+        try:
+            envelope = json.loads(raw)
+            if not isinstance(envelope, dict):
+                raise ValueError("message is not a JSON object")
+            body = envelope.get("body")
+            # As kombu's virtual Message does: base64 bodies decoded, str bodies as UTF-8.
+            encoding = (envelope.get("properties") or {}).get("body_encoding")
+            if body and encoding == "base64":
+                body = base64.b64decode(body)
+            elif body and encoding and encoding.lower() != "utf-8":
+                raise ValueError(f"unknown body encoding {encoding!r}")
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            payload = loads(body, envelope.get("content-type"), envelope.get("content-encoding"),
+                            accept=self.accept)
+        except Exception as exc:  # not JSON, bad base64, kombu's DecodeError/ContentDisallowed
+            self.on_malformed(exc)
+            return []
+        events: list[dict[str, Any]] = []
+        for item in payload if isinstance(payload, list) else [payload]:
+            try:
+                if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+                    raise ValueError("not an event")
+                events.append(self.event_from_message(item)[1])
+            except Exception as exc:
+                self.on_malformed(exc)
+        return events
