@@ -1,7 +1,7 @@
 """The simulator's core: ComfyUI's prompt queue, executor, cache and history, on asyncio.
 
 It sends the websocket messages ComfyUI v0.3.64 sends, in the same order (see the recorded
-traces in ``../shared/comfyui-traces``): ``status`` on every queue change, then
+traces in ``tests/data/comfyui-traces``): ``status`` on every queue change, then
 ``execution_start``, ``execution_cached``, per node ``progress_state`` + ``executing`` (+
 ``progress``, ``executed``), and ``execution_success`` / ``execution_error`` /
 ``execution_interrupted``, ``status``, ``executing`` with ``node: null``.
