@@ -25,6 +25,7 @@ from typing import Any
 from jobqueue.client import JobHandle, _default_app, prepare_job
 from jobqueue.errors import SubmitError
 from jobqueue.events import RUN_JOB_TASK
+from jobqueue.submitted import record_submitted
 
 #: Most jobs one batch may hold.
 MAX_BATCH_SIZE = 10_000
@@ -99,6 +100,10 @@ def submit_batch(
             ))
         except SubmitError as exc:
             raise type(exc)(f"batch job {index}: {exc}") from None
+    record_submitted(app, [send_options["task_id"] for _, send_options in messages])
     for kwargs, send_options in messages:
         app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
-    return [JobHandle(send_options["task_id"], app) for _, send_options in messages]
+    handles = [JobHandle(send_options["task_id"], app) for _, send_options in messages]
+    for handle in handles:
+        handle.submitted = True
+    return handles

@@ -167,7 +167,8 @@ def _wait_with_progress_bar(handle: Any, wait_timeout: float | None) -> Any:
 def status(job_id: str) -> None:
     """Print JOB_ID's status and progress as JSON (and its result or error once it ended).
 
-    An id the result backend has never seen reads as "queued", like a job still waiting.
+    A job still waiting in its queue reads "queued"; an id that was never submitted (or was
+    forgotten with its result) exits 1 saying the job is unknown.
     """
     from jobqueue.client import get_job
     from jobqueue.states import JobStatus
@@ -175,6 +176,9 @@ def status(job_id: str) -> None:
     with celery_app() as app:
         handle = get_job(job_id, app=app)
         state = handle.status()
+        if state == JobStatus.UNKNOWN:
+            raise click.ClickException(
+                f"job {job_id} is unknown: never submitted, or forgotten with its result")
         report: dict[str, Any] = {"id": job_id, "status": state.value, "progress": handle.progress()}
         if state == JobStatus.COMPLETED:
             report["result"] = handle.result()

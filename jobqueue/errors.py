@@ -65,6 +65,10 @@ class WaitTimeout(JobError):
     """``JobHandle.wait()`` gave up before the job ended (the job itself goes on)."""
 
 
+class JobNotFound(JobError):
+    """No job with that id is on record (never submitted, or forgotten with its result)."""
+
+
 class WorkflowNotFound(JobError):
     """No workflow with that id is on record (never submitted, or its record expired)."""
 
