@@ -75,15 +75,19 @@ def main() -> None:
 @click.option("--no-monitor", is_flag=True, help="Do not start the monitor.")
 @click.option("--stop-timeout", type=float, default=10.0, show_default=True,
               help="Seconds each process gets to stop before it is killed.")
-def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, stop_timeout: float) -> None:
+@click.option("--debug", is_flag=True,
+              help="Copy every process's output (and the monitor's request log) to the console.")
+def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, stop_timeout: float,
+       debug: bool) -> None:
     """Run everything: broker (embedded Redis if none answers), worker, simulator, monitor.
 
-    Ctrl-C stops everything. Exits non-zero when a process dies on its own.
+    Ctrl-C stops everything. A process that dies is restarted; one that keeps dying stops
+    everything with a non-zero exit. Logs go to JOBQUEUE_DATA_DIR/logs (default ./.jobqueue).
     """
     from jobqueue.up import UpOptions, run_up
 
     options = UpOptions(queues=queues, comfyui_sim=not no_comfyui_sim, comfyui_port=comfyui_port,
-                        monitor=not no_monitor, stop_timeout=stop_timeout)
+                        monitor=not no_monitor, stop_timeout=stop_timeout, debug=debug)
     try:
         code = run_up(os.environ, options)
     except ConfigError as exc:

@@ -126,10 +126,19 @@ class Settings:
     monitor_repair_interval: float = 30.0
     #: How many changes the monitor keeps for websocket clients that reconnect with ?since=.
     monitor_changes_keep: int = 20000
+    #: Where ``jobqueue up`` keeps its state: the embedded Redis's append-only file, the
+    #: children's logs, and the run file through which other shells find its broker.
+    data_dir: str = "./.jobqueue"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``JOBQUEUE_*`` variables (``os.environ`` by default)."""
+        """Build settings from ``JOBQUEUE_*`` variables (``os.environ`` by default).
+
+        Reading the process environment (``environ`` None) with ``JOBQUEUE_BROKER_URL`` unset,
+        the broker (and result backend) of a ``jobqueue up`` running with the same data
+        directory is used, so a second shell needs nothing exported (see
+        :mod:`jobqueue.upstate`).
+        """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -138,6 +147,11 @@ class Settings:
                 continue
             values[f.name] = _convert(f.name, f.type, raw)
         values.update(overrides)
+        if environ is None and "broker_url" not in values:
+            from jobqueue.upstate import discovered_broker
+
+            found = discovered_broker(values.get("data_dir", cls.data_dir))
+            values.update({k: v for k, v in found.items() if k not in values})
         settings = cls(**values)
         return settings.resolved()
 
