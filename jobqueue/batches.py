@@ -7,7 +7,8 @@
 
 * a dict ``{field: rule}`` with rule ``"increment"`` (the field's value plus ``i``; a missing
   field counts from 0), ``"random"`` (a random integer 0..2**32-1), or a list of ``count``
-  values (copy ``i`` takes the ``i``-th);
+  values (copy ``i`` takes the ``i``-th). A dotted field reaches into nested objects: a ComfyUI
+  graph keeps its seed in a node's inputs, ``{"workflow.3.inputs.seed": "increment"}``;
 * a callable ``vary(i, payload) -> payload`` returning copy ``i``'s payload.
 
 Every copy is validated before the first is enqueued; the jobs share a ``batch_id`` in their
@@ -63,8 +64,23 @@ def vary_payload(payload: dict[str, Any], index: int, count: int, vary: Vary) ->
         raise SubmitError("vary must be a dict of field rules or a callable(i, payload)")
     varied = copy.deepcopy(payload)
     for field, rule in vary.items():
-        varied[field] = _apply_rule(field, rule, payload.get(field), index, count)
+        parent, key = _parent_of(varied, field)
+        parent[key] = _apply_rule(field, rule, parent.get(key), index, count)
     return varied
+
+
+def _parent_of(payload: dict[str, Any], field: str) -> tuple[dict[str, Any], str]:
+    """The object that holds dotted ``field`` in ``payload`` (the whole path must exist but
+    the last key), and that last key."""
+    *path, key = field.split(".")
+    parent = payload
+    for depth, part in enumerate(path):
+        child = parent.get(part)
+        if not isinstance(child, dict):
+            where = ".".join(path[: depth + 1])
+            raise SubmitError(f"vary {field!r}: the payload has no object at {where!r}")
+        parent = child
+    return parent, key
 
 
 def submit_batch(

@@ -2,7 +2,7 @@
 
     jobqueue up                                   # broker (embedded if needed), worker, monitor
     jobqueue submit simulation '{"steps": 5}' --wait
-    jobqueue status <job id>
+    jobqueue status <job id>                      # exits 1 for an unknown id
     jobqueue worker -Q gpu1                       # = celery -A jobqueue worker -Q gpu1
 
 Settings come from ``JOBQUEUE_*`` variables (docs/configuration.md), read once per command.
