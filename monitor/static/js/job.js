@@ -114,7 +114,7 @@
       const name = String(file.name || file.filename || (file.path ? String(file.path).split("/").pop() : "") || "file");
       // Files without a url of their own: the monitor serves output_dir/<job id>/<name> when
       // it shares the workers' disk (404 otherwise, and the image says so).
-      const local = file.path ? String(file.path).split("/").pop() : null;
+      const local = file.name ? String(file.name) : (file.path ? String(file.path).split("/").pop() : null);
       const url = JQ.safeUrl(file.url) ||
         (local ? "/jobs/" + encodeURIComponent(jobId) + "/files/" + encodeURIComponent(local) : null);
       const isImage = (file.content_type && String(file.content_type).startsWith("image/")) || IMAGE_EXT.test(name);
