@@ -85,4 +85,7 @@ def create_app(settings: Settings | None = None, *, main: str = "jobqueue") -> J
 
     register_tasks(app)
     install_worker_steps(app)
+    from jobqueue.webhooks import register_webhooks
+
+    register_webhooks(app)
     return app
