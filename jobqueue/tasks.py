@@ -21,6 +21,7 @@ from jobqueue.events import RUN_JOB_TASK, TASK_PROGRESS
 from jobqueue.progress import ProgressTracker
 from jobqueue.states import PROGRESS
 from jobqueue.worker.identity import WorkerIdentity
+from jobqueue.worker.lease import given_up
 from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.workflows import run_step
 
@@ -95,8 +96,11 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
 
     def publish(progress: dict[str, Any]) -> None:
         meta = {**progress, "service": service, "attempt": job.attempt}
-        task.update_state(state=PROGRESS, meta=meta)
-        task.send_event(TASK_PROGRESS, **meta)
+        try:
+            task.update_state(state=PROGRESS, meta=meta)
+            task.send_event(TASK_PROGRESS, **meta)
+        except Exception as exc:  # broker or backend out of reach: progress is best effort
+            log.warning("job %s: progress not published: %s", job.id, exc)
 
     tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL)
     runtime.job_started(job, connector)
@@ -105,10 +109,14 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         output = connector.run(job, tracker.report)
     except JobCancelled as exc:
         error = exc
+        if runtime.is_given_up(job.id):  # lease lost: the job belongs to another worker now
+            raise given_up(job.id) from exc
         _mark_cancelled(task, str(exc))
         raise Ignore() from exc
     except ConnectorError as exc:
         error = exc
+        if runtime.is_given_up(job.id):
+            raise given_up(job.id) from exc
         if exc.retryable and (request.retries or 0) < settings.max_retries:
             log.warning("job %s: %s; retrying elsewhere (attempt %d)", job.id, exc, job.attempt + 1)
             raise task.retry(exc=exc, countdown=0, max_retries=settings.max_retries) from exc
@@ -118,6 +126,8 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         raise
     finally:
         runtime.job_finished(job, connector, error)
+    if runtime.is_given_up(job.id):
+        raise given_up(job.id)
     result = {
         "job_id": job.id,
         "service": service,

@@ -232,8 +232,9 @@ def register_webhooks(app: Any) -> None:
 
     def job_ended(task_id: str, kwargs: Any, state: str, retval: Any) -> None:
         url = _webhook_url(kwargs)
-        if not url:
-            return
+        runtime = getattr(app, "runtime", None)
+        if not url or (runtime is not None and runtime.is_given_up(task_id)):
+            return  # a given-up job ends elsewhere; that worker sends the webhook
         try:
             end = _job_end(app, task_id, state, retval)
             if end is None:
