@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Minimum seconds between two progress publications that only move the percent.
 PROGRESS_MIN_INTERVAL = 0.1
+#: Progress events are lossy anyway: a broker out of reach must not hold the job for long.
+PROGRESS_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 
 
 def _runtime(app: Any, hostname: str | None) -> WorkerRuntime:
@@ -96,9 +98,11 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
 
     def publish(progress: dict[str, Any]) -> None:
         meta = {**progress, "service": service, "attempt": job.attempt}
+        if runtime.is_given_up(job.id):
+            return  # the job belongs to another worker now
         try:
             task.update_state(state=PROGRESS, meta=meta)
-            task.send_event(TASK_PROGRESS, **meta)
+            task.send_event(TASK_PROGRESS, retry_policy=PROGRESS_RETRY_POLICY, **meta)
         except Exception as exc:  # broker or backend out of reach: progress is best effort
             log.warning("job %s: progress not published: %s", job.id, exc)
 

@@ -10,8 +10,9 @@ looks older than ``lease_interval``; a dead worker's job stops being bumped and 
 ``visibility_timeout`` seconds later by the sweep that every worker runs (kombu's
 ``unacked_restore_interval``, which we lower from ~100 s to ``lease_interval``).
 
-``ZADD ... XX`` only updates existing members, so a message acked between our read of the
-worker's requests and the write is never re-created.
+``ZADD ... XX GT`` only updates existing members, and only forward: a message acked between our
+read of the worker's requests and the write is never re-created, and a renewal delayed by the
+network never moves a lease back.
 
 Fencing: a worker cut off from the broker cannot renew, so after ``visibility_timeout`` its
 jobs' messages are restored and handed to other workers. A job must then not finish here
@@ -97,7 +98,10 @@ class LeaseKeeper:
         if not tags:
             return 0
         now = time.time()
-        updated = int(self.client.zadd(self.index_key, {t: now for t in tags}, xx=True, ch=True) or 0)
+        # XX: never re-create an acked message. GT: never move a score back; a renewal written
+        # before a network cut can reach Redis long after it (TCP retransmits it on the heal),
+        # and must not make the job's new owner's lease look expired.
+        updated = int(self.client.zadd(self.index_key, {t: now for t in tags}, xx=True, gt=True, ch=True) or 0)
         self.renewed += updated
         return updated
 

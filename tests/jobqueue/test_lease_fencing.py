@@ -76,3 +76,15 @@ def test_a_keeper_without_lost_after_never_gives_up() -> None:
     clock.now += 3600
     keeper.round()
     assert calls == [] and not keeper.lost
+
+
+def test_a_renewal_never_moves_a_lease_back(redis_client: Any) -> None:
+    # Given a message whose lease a newer owner renewed later than this worker's clock says
+    # (what a renewal delayed by a network cut looks like when it finally arrives)
+    redis_client.zadd("unacked_index", {"tag-1": 4_000_000_000.0})
+    keeper = LeaseKeeper(redis_client, interval=1.0, tags=lambda: ["tag-1", "acked-tag"])
+    # When this worker renews
+    keeper.renew()
+    # Then the newer lease stands, and an acked message is not re-created
+    assert redis_client.zscore("unacked_index", "tag-1") == 4_000_000_000.0
+    assert redis_client.zscore("unacked_index", "acked-tag") is None
