@@ -117,6 +117,14 @@ def test_the_signature_matches_the_standard_webhooks_reference_vector() -> None:
     assert not verify(secret, headers, body, now=1614265330 + 3600)
 
 
+def test_by_default_a_delivery_is_tried_at_least_five_times_over_at_least_five_minutes() -> None:
+    from jobqueue.config import Settings
+
+    settings = Settings()
+    waits = [settings.webhook_backoff * 2 ** (n - 1) for n in range(1, settings.webhook_max_tries)]
+    assert settings.webhook_max_tries >= 5 and sum(waits) >= 300, waits
+
+
 def test_the_body_names_the_event_and_carries_the_job() -> None:
     delivery = build_delivery("j1", "https://app.example/hook", JobStatus.TIMED_OUT, service="comfyui",
                               result=None, error={"type": "JobTimedOut", "message": "x", "details": {}}, now=0)
