@@ -23,7 +23,7 @@ from jobqueue.errors import SubmitError
 from jobqueue.routing import redis_queue_keys
 from jobqueue.states import JobStatus
 from jobqueue.webhooks import build_delivery, read_attempts, sign, verify
-from tests.helpers import quick, wait_for
+from tests.helpers import busy_worker, quick, wait_for
 
 SECRET = "whsec_" + base64.b64encode(b"jobqueue-test-secret-0123456789ab").decode()
 
@@ -233,3 +233,20 @@ def test_a_worker_killed_during_a_delivery_loses_nothing_and_the_job_is_delivere
     assert [r.answered for r in receiver.requests].count(200) == 1
     assert {r.headers["webhook-id"] for r in receiver.requests} == {f"msg_{handle.id}"}
     assert [a["worker"] for a in attempts if a["delivered"]] == [second.node_name]
+
+
+def test_a_job_cancelled_while_queued_sends_job_cancelled(app: Any, start_worker: Any, receivers: Any,
+                                                          machine_id: str) -> None:
+    # Given a worker busy with another job, and a job with a webhook waiting behind it
+    receiver = receivers(lambda n: 200)
+    start_worker("gpu0", WEBHOOK_SECRET=SECRET)
+    queue = f"gpu0.{machine_id}"
+    busy_worker(app, queue=queue, seconds=3.0)
+    handle = submit_job("simulation", quick("never"), queue=queue, webhook_url=receiver.url, app=app)
+    # When it is cancelled while still queued
+    assert handle.cancel()
+    # Then the receiver hears that the job was cancelled
+    wait_for(lambda: receiver.requests and receiver.requests[0].answered == 200, 30, what="the delivery")
+    body = json.loads(receiver.requests[0].body)
+    assert body["type"] == "job.cancelled" and body["data"]["status"] == "cancelled", body
+    assert verify(SECRET, receiver.requests[0].headers, receiver.requests[0].body)
