@@ -154,6 +154,8 @@ class WorkerRuntime:
         """
         with self._lock:
             self._jobs[job.id] = (job, connector)
+            if job.id in self._given_up:  # handed to this worker again: a new, live attempt
+                self._given_up.remove(job.id)
             if not self._closing and connector.status.is_healthy:
                 connector.set_status(ConnectorStatus.ACTIVE, f"running job {job.id}")
 

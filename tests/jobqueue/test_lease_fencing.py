@@ -88,3 +88,22 @@ def test_a_renewal_never_moves_a_lease_back(redis_client: Any) -> None:
     # Then the newer lease stands, and an acked message is not re-created
     assert redis_client.zscore("unacked_index", "tag-1") == 4_000_000_000.0
     assert redis_client.zscore("unacked_index", "acked-tag") is None
+
+
+def test_a_job_given_up_and_handed_back_to_the_same_worker_runs_as_a_live_attempt(settings: Any) -> None:
+    # Given a worker runtime that gave a job up after losing its lease
+    from jobqueue.connectors import Job
+    from jobqueue.worker.identity import WorkerIdentity
+    from jobqueue.worker.runtime import WorkerRuntime
+
+    runtime = WorkerRuntime(settings, WorkerIdentity.build(settings, ["gpu0"]))
+    connector = runtime.connector("simulation")
+    first = Job(id="j1", service="simulation", payload={})
+    runtime.job_started(first, connector)
+    runtime.give_up(["j1"])
+    assert runtime.is_given_up("j1") and first.cancelled.is_set()
+    runtime.job_finished(first, connector)
+    # When the broker hands the same job to this worker again
+    runtime.job_started(Job(id="j1", service="simulation", payload={}), connector)
+    # Then that attempt is not given up
+    assert not runtime.is_given_up("j1")
