@@ -236,15 +236,22 @@ def submit_job(
     app: Any = None,
     job_id: str | None = None,
     extra: dict[str, Any] | None = None,
+    webhook_url: str | None = None,
 ) -> JobHandle:
     """Validate and enqueue one job; return its handle.
 
     ``queue`` pins the job (``gpu0``, ``machine.<id>``, ``gpu0.<machine>``); by default it
     goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
     Raises :class:`~jobqueue.errors.UnknownServiceError` or
-    :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued).
+    :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued). ``webhook_url`` (http or
+    https only, else :class:`~jobqueue.errors.SubmitError`) gets a signed POST when the job
+    ends (see :mod:`jobqueue.webhooks`).
     """
     app = app or _default_app()
+    if webhook_url is not None:
+        from jobqueue.webhooks import check_webhook_url
+
+        extra = {**(extra or {}), "webhook_url": check_webhook_url(webhook_url)}
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,

@@ -129,6 +129,18 @@ class Settings:
     #: Where ``jobqueue up`` keeps its state: the embedded Redis's append-only file, the
     #: children's logs, and the run file through which other shells find its broker.
     data_dir: str = "./.jobqueue"
+    #: fsspec URL of the output store (``s3://bucket/prefix``...); empty: the local output_dir.
+    output_url: str = ""
+    #: When > 0, the monitor redirects output downloads to presigned URLs valid this long (s).
+    output_presign_seconds: float = 0.0
+    #: Standard Webhooks signing secret, ``whsec_<base64>``; empty: webhooks are sent unsigned.
+    webhook_secret: str = ""
+    #: The queue webhook deliveries go through (every worker consumes it).
+    webhook_queue: str = "webhooks"
+    #: How many times a webhook delivery is tried before it is given up.
+    webhook_max_tries: int = 6
+    #: Seconds before the first retry of a webhook delivery; doubled for each further retry.
+    webhook_backoff: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

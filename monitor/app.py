@@ -94,6 +94,9 @@ def create_app(
 
     app.register_blueprint(api.bp)
     ws.register(app)
+    from monitor import webhooks
+
+    app.register_blueprint(webhooks.bp)
     try:
         from monitor import views
     except ImportError:

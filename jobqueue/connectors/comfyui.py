@@ -11,7 +11,7 @@ How one job runs (the protocol details live in :mod:`jobqueue.connectors.comfyui
    GET /queue and /history/{id} tell whether the prompt already ended (a cached run ends in
    milliseconds, before any message), is still queued/running, or was lost.
 5. Every end is confirmed through GET /history/{id}; outputs are fetched via GET /view into
-   ``Settings.output_dir/<job id>/``.
+   the output store, ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/`` (jobqueue.outputs).
 
 Stall: no websocket message and no change in /queue for ``stall_timeout`` seconds raises
 :class:`JobStalled` (retried elsewhere); the job's absolute timeout comes from ``job.check()``.
@@ -22,12 +22,10 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -56,6 +54,7 @@ from jobqueue.errors import (
     JobTimedOut,
     ServiceUnavailable,
 )
+from jobqueue.outputs import save_output
 from jobqueue.states import ConnectorStatus
 
 log = logging.getLogger(__name__)
@@ -529,12 +528,10 @@ class ComfyUIConnector(Connector):
         return {"prompt_id": tracker.prompt_id, "outputs": outputs, "files": files}
 
     def _fetch_files(self, job: Job, outputs: Mapping[str, Any]) -> list[dict[str, str]]:
-        """Download every output file via GET /view into ``output_dir/<job id>/``."""
+        """Download every output file via GET /view into the output store (``<store>/<job id>/``)."""
         files = output_files(outputs)
         if not files:
             return []
-        target = Path(self.settings.output_dir) / job.id
-        target.mkdir(parents=True, exist_ok=True)
         for item in files:
             job.check()
             params = {"filename": item["filename"], "subfolder": item["subfolder"], "type": item["type"]}
@@ -543,14 +540,11 @@ class ComfyUIConnector(Connector):
                 if response.status_code != 200:
                     raise ExecutionFailed(f"ComfyUI has no output file {item['filename']!r} of node {item['node']} "
                                           f"(GET /view answered {response.status_code})", dict(item))
-                name = os.path.basename(item["filename"]) or "output"
-                path = target / name
-                if path.exists():
-                    path = target / f"{item['node']}_{name}"
-                with open(path, "wb") as fh:
-                    for chunk in response.iter_content(1 << 16):
-                        fh.write(chunk)
-            item["path"] = str(path.resolve())
+                try:
+                    item.update(save_output(self.settings, job.id, item["filename"],
+                                            response.iter_content(1 << 16), alternative=item["node"]))
+                except Exception as exc:  # any store error (OSError, botocore's own) fails the job clearly
+                    raise ExecutionFailed(f"could not store output file {item['filename']!r}: {exc}", dict(item)) from exc
         return files
 
     def _stop_prompt(self, prompt_id: str, timeout: float) -> str | None:
