@@ -498,9 +498,21 @@ const JQ = (function () {
       previewImages.set(key, img);
       if (previewImages.size > 200) previewImages.delete(previewImages.keys().next().value);
     }
-    if (img.dataset.seq !== String(seq)) {
-      img.dataset.seq = String(seq);
-      img.setAttribute("src", "/api/jobs/" + encodeURIComponent(job.id) + "/preview?seq=" + encodeURIComponent(seq));
+    if (img.dataset.want !== String(seq)) {
+      // Fetch first, swap when the bytes are in: the old frame stays on screen meanwhile.
+      img.dataset.want = String(seq);
+      fetch("/api/jobs/" + encodeURIComponent(job.id) + "/preview?seq=" + encodeURIComponent(seq))
+        .then((res) => (res.ok ? res.blob() : null))
+        .then((blob) => {
+          if (!blob || img.dataset.want !== String(seq)) return;  // gone, or a newer one is coming
+          const old = img.dataset.objectUrl;
+          const url = URL.createObjectURL(blob);
+          img.dataset.objectUrl = url;
+          img.dataset.seq = String(seq);
+          img.setAttribute("src", url);
+          if (old) setTimeout(() => URL.revokeObjectURL(old), 1000);
+        })
+        .catch(() => {});
     }
     return img;
   }
