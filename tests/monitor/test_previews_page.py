@@ -1,6 +1,6 @@
 """Live previews in a real headless Chromium: a ComfyUI job whose node sends previews shows an
-updating preview on its job page and on its worker's card while it runs (simulator process,
-real worker, real monitor process, real Redis)."""
+updating preview on its job page and on its worker's card while it runs, and none once it
+ended (simulator process, real worker, real monitor process, real Redis)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import requests
 
 from jobqueue.client import submit_job
 from jobqueue.comfyui_sim.process import SimulatorProcess
+from jobqueue.states import JobStatus
 from tests.helpers import wait_for
 from tests.monitor import browser
 from tests.monitor.browser import screenshot
@@ -53,9 +54,11 @@ def preview_workflow(steps: int, delay: float) -> dict[str, Any]:
 
 def test_a_job_whose_node_sends_previews_shows_an_updating_preview_on_its_page_and_worker_card(
         app, start_worker, pages, live_monitor, comfyui):
-    # Given a ComfyUI worker and a job whose node sends a preview with each of 60 steps of 0.15 s
+    # Given a ComfyUI worker, the fleet page open, and a job whose node sends a preview with
+    # each of 400 steps of 0.15 s (it runs until the test is done looking)
     worker = start_worker("gpu0", CONNECTORS="comfyui", COMFYUI_URL=comfyui.url)
-    handle = submit_job("comfyui", {"workflow": preview_workflow(60, 0.15)}, app=app)
+    fleet = pages.open("/")
+    handle = submit_job("comfyui", {"workflow": preview_workflow(400, 0.15)}, app=app)
     page = pages.open(f"/jobs/{handle.id}")
     page.evaluate(RECORD_PREVIEWS_JS)
     page.wait_for_selector('#job-status [data-status="processing"]')
@@ -74,14 +77,14 @@ def test_a_job_whose_node_sends_previews_shows_an_updating_preview_on_its_page_a
     screenshot(page, "job-live-preview")
 
     # And the worker's card on the fleet page shows it too
-    fleet = pages.open("/")
     card = f'[data-worker="{worker.node_name}"] img.card-preview'
     fleet.wait_for_selector(card)
     fleet.wait_for_function(f"(() => {{ const i = document.querySelector('{card}'); return i && i.complete && i.naturalWidth > 0; }})()")
 
-    # When the job completes, the preview gives way to its outputs
-    handle.wait(timeout=60)
-    page.wait_for_selector('#job-status [data-status="completed"]')
+    # When the job ends (cancelled here), the preview goes from both pages
+    assert handle.status() == JobStatus.PROCESSING, "the job ended before the test could look"
+    assert handle.cancel()
+    page.wait_for_selector('#job-status [data-status="cancelled"]')
     wait_for(lambda: page.locator("#job-preview").count() == 0, 10, what="the preview to go")
     fleet.wait_for_function(f"document.querySelector('{card}') === null")
     assert not pages.errors, pages.errors
