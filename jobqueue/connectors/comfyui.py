@@ -422,10 +422,16 @@ class ComfyUIConnector(Connector):
         try:
             report_progress(percent=0.0, message="submitting to ComfyUI")
             try:
-                prompt_id = self._submit(workflow, prompt_id, box, stall)
+                given = self._submit(workflow, prompt_id, box, stall)
             except ExecutionFailed:
                 ended = True  # refused: nothing was queued
                 raise
+            if given != prompt_id:  # an older ComfyUI chose its own id: book that one instead
+                self._active.add(given)
+                self.orphans.add(given, url=self.base_url, job_id=job.id)
+                self._active.discard(prompt_id)
+                self.orphans.discard(prompt_id)
+                prompt_id = given
             try:
                 result = self._follow(job, PromptTracker(prompt_id, workflow), box, report_progress, stall, node_limit)
                 ended = True
