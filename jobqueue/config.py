@@ -141,6 +141,9 @@ class Settings:
     webhook_max_tries: int = 6
     #: Seconds before the first retry of a webhook delivery; doubled for each further retry.
     webhook_backoff: float = 10.0
+    #: ComfyUI: longest (s) a prompt may be listed as running with no message at all before the
+    #: job counts as stalled (a silent node is not a stall; a server that stops answering is).
+    comfyui_node_timeout: float = 600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -198,7 +201,7 @@ class Settings:
     def check(self) -> None:
         """Raise :class:`ConfigError` for values that would break the system quietly."""
         for name in ("visibility_timeout", "lease_interval", "health_interval", "status_beat",
-                     "stall_timeout", "job_timeout", "heartbeat_interval"):
+                     "stall_timeout", "job_timeout", "heartbeat_interval", "comfyui_node_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"JOBQUEUE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
         # A lease renewed less often than the timeout lets a live job be handed out twice.

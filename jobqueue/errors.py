@@ -99,6 +99,10 @@ class ServiceUnavailable(ConnectorError):
     retryable = True
 
 
+class ServiceNotReached(ServiceUnavailable):
+    """The service was down before the job was handed to it: the attempt does not count as a retry."""
+
+
 class JobStalled(ConnectorError):
     """The service showed no sign of progress within the stall timeout; the job may run elsewhere."""
 

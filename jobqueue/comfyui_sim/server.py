@@ -271,11 +271,14 @@ class SimServer:
                     except ValueError:
                         data = None
                     if isinstance(data, dict) and data.get("type") == "feature_flags":
+                        flags = data.get("data")
+                        self.sim.client_features[sid] = dict(flags) if isinstance(flags, dict) else {}
                         await self.sim.send("feature_flags", dict(FEATURES), sid)
                 first = False
         finally:
             if self.sockets.get(sid) is ws:
                 del self.sockets[sid]
+                self.sim.client_features.pop(sid, None)
         return ws
 
     async def get_prompt(self, request: web.Request) -> web.Response:

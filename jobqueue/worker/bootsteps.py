@@ -60,6 +60,9 @@ class RuntimeStep(bootsteps.StartStopStep):
         identity = _identity_of(worker)
         self.reporter = StatusReporter(identity, beat_interval=settings.status_beat)
         self.runtime = WorkerRuntime(settings, identity, reporter=self.reporter)
+        if settings.result_backend.startswith(("redis://", "rediss://", "redis+socket://")):
+            self.runtime.keep_orphans_in(redis.Redis.from_url(settings.result_backend, socket_timeout=5,
+                                                              socket_connect_timeout=5))
         self.health = HealthLoop(self.runtime.check_health, interval=settings.health_interval)
         worker.app.runtime = self.runtime
 

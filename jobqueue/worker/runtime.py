@@ -105,6 +105,14 @@ class WorkerRuntime:
         """True once the worker is stopping: statuses no longer change."""
         return self._closing
 
+    def keep_orphans_in(self, client: Any) -> None:
+        """Give every connector an orphan book in Redis (``client``), one key per worker
+        identity and service, so prompts abandoned before a restart are still cleaned up."""
+        from jobqueue.connectors.orphans import OrphanBook, book_key
+
+        for service, connector in self.connectors.items():
+            connector.orphans = OrphanBook(client, book_key(self.identity.node_name, service))
+
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Start every connector (open sockets...); they stay ``starting`` until checked."""

@@ -33,8 +33,11 @@
     const p = job.progress || {};
     const group = JQJobs.group(job);
     const took = JQJobs.runtime(job);
+    const preview = JQ.previewImage(job, "job-preview");
     fill(detail,
       group === "active" || group === "pending" ? h("div", {class: "job-progress"}, JQJobs.detail(job)) : null,
+      preview ? h("figure", {id: "job-preview", class: "preview"}, preview,
+        h("figcaption", {class: "muted", text: "live preview #" + job.progress.preview})) : null,
       job.error ? h("div", {class: "error-box"}, h("strong", {text: job.error.type || "error"}),
         h("div", {class: "job-error", text: job.error.message || JQJobs.errorText(job)}),
         job.error.details && Object.keys(job.error.details).length ? h("pre", {class: "mono", text: pretty(job.error.details)}) : null) : null,
