@@ -22,9 +22,11 @@ from celery import states as celery_states
 from jobqueue.connectors import connector_class
 from jobqueue.errors import InvalidPayloadError, JobCancelled, JobError, JobFailed, SubmitError, WaitTimeout
 from jobqueue.events import CONTROL_CANCEL_JOB, RUN_JOB_TASK
+from jobqueue.requirements import job_requirements, route_queue
 from jobqueue.routing import broker_priority, check_priority, service_queue
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 from jobqueue.summary import summarize_payload
+from jobqueue.waiting import remember
 
 #: How often ``wait()`` polls the result backend.
 POLL_INTERVAL = 0.05
@@ -123,6 +125,16 @@ class JobHandle:
             raise JobNotFinished(f"job {self.id} is {status.value}")
         return self._final(status, state, info)
 
+    def waiting_for(self, timeout: float = 1.0) -> str | None:
+        """Why this queued job is not running (e.g. ``"no online worker has model
+        c.safetensors"``), asking the online workers; None when it is not queued or some
+        worker can run it."""
+        if self.status() != JobStatus.QUEUED:
+            return None
+        from jobqueue.waiting import job_waiting_for
+
+        return job_waiting_for(self.app, self.id, timeout)
+
     def cancel(self) -> bool:
         """Cancel the job: a queued one never runs, a running one is stopped on its service.
 
@@ -212,8 +224,14 @@ def submit_job(
     app: Any = None,
     job_id: str | None = None,
     extra: dict[str, Any] | None = None,
+    requires: dict[str, Any] | None = None,
 ) -> JobHandle:
     """Validate and enqueue one job; return its handle.
+
+    ``requires`` (``{"models": [...], "vram_gb": 20, "tags": ["customer:acme"]}``) plus the
+    models the payload names itself make the job run only on a worker that has them all
+    (:mod:`jobqueue.requirements`); a malformed one raises
+    :class:`~jobqueue.errors.InvalidRequirementError`.
 
     ``queue`` pins the job (``gpu0``, ``machine.<id>``, ``gpu0.<machine>``); by default it
     goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
@@ -221,9 +239,14 @@ def submit_job(
     :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued).
     """
     app = app or _default_app()
+    req = job_requirements(service, payload, requires)
+    if not req.is_empty:
+        extra = {**(extra or {}), "requires": req.as_dict()}
+        queue = queue or route_queue(service, req)
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
     )
+    remember(app, send_options["task_id"], service, req)
     app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
     return JobHandle(send_options["task_id"], app)

@@ -126,6 +126,9 @@ class Settings:
     monitor_repair_interval: float = 30.0
     #: How many changes the monitor keeps for websocket clients that reconnect with ?since=.
     monitor_changes_keep: int = 20000
+    #: Tags this worker declares (``customer:acme,region:eu``): jobs requiring a tag run only
+    #: on workers that declare it.
+    worker_tags: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -134,7 +134,9 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
 def register_tasks(app: Any) -> None:
     """Register the job task on ``app``."""
 
-    @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False)
+    # The strategy hands back, before it starts, a job whose requirements this worker lacks.
+    @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False,
+              Strategy="jobqueue.worker.handback:requirements_strategy")
     def _run_job(
         self: Any, service: str, payload: dict[str, Any], options: dict[str, Any] | None = None,
         previous: dict[str, Any] | None = None,
