@@ -6,48 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from jobqueue import submit_job
 from jobqueue.comfyui_sim.models import checkpoint_workflow
-from jobqueue.comfyui_sim.process import SimulatorProcess
 from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
 from jobqueue.errors import InvalidRequirementError
 from jobqueue.states import JobStatus
+from tests.capability_fixtures import comfy_worker, consumes, start_sim
 from tests.helpers import ROOT, child_env, wait_for
 
-
-@pytest.fixture
-def start_sim(tmp_path: Path) -> Iterator[Callable[..., SimulatorProcess]]:
-    """Factory: ``start_sim("a.safetensors", vram_gb=24)`` runs a simulator process with those
-    checkpoints; all are stopped at the end."""
-    sims: list[SimulatorProcess] = []
-
-    def start(*models: str, vram_gb: float | None = None) -> SimulatorProcess:
-        args: list[str] = ["--models", ",".join(models)]
-        if vram_gb is not None:
-            args += ["--vram-gb", str(vram_gb)]
-        sim = SimulatorProcess(output_dir=tmp_path / f"sim-{len(sims)}", extra_args=tuple(args))
-        sims.append(sim)
-        return sim.start()
-
-    yield start
-    for sim in sims:
-        sim.stop()
-
-
-def comfy_worker(start_worker: Any, machine_id: str, name: str, sim: SimulatorProcess, **env: str) -> Any:
-    """A comfyui worker on its own "machine" talking to ``sim``."""
-    return start_worker("gpu0", connectors="comfyui", comfyui_url=sim.url, machine_id=f"{machine_id}-{name}", **env)
-
-
-def consumes(app: Any, worker: Any, queue: str) -> bool:
-    replies = app.control.inspect(destination=[worker.node_name], timeout=1.0).active_queues() or {}
-    return any(q["name"] == queue for q in replies.get(worker.node_name, []))
+__all__ = ["start_sim"]  # a fixture
 
 
 def test_jobs_needing_a_model_all_run_on_the_machine_that_has_it(app, start_worker, start_sim, machine_id):
