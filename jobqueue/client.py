@@ -22,8 +22,8 @@ from celery import states as celery_states
 from jobqueue.connectors import connector_class
 from jobqueue.errors import InvalidPayloadError, JobCancelled, JobError, JobFailed, SubmitError, WaitTimeout
 from jobqueue.events import CONTROL_CANCEL_JOB, RUN_JOB_TASK
-from jobqueue.requirements import job_requirements, route_queue
-from jobqueue.routing import broker_priority, check_priority, service_queue
+from jobqueue.requirements import Requirements, resolve, route_queue
+from jobqueue.routing import broker_priority, check_priority
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 from jobqueue.summary import summarize_payload
 from jobqueue.waiting import remember
@@ -175,14 +175,18 @@ def prepare_job(
     job_id: str | None = None,
     extra: dict[str, Any] | None = None,
     continuation: bool = False,
+    requires: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate one job and build its message: ``(task kwargs, send options)``.
 
     The send options (``task_id``, ``queue``, broker ``priority``, ``kwargsrepr``) go to
     ``send_task`` or a canvas signature. ``continuation`` marks a workflow step after the
     first (it takes the upper broker level of its priority). Raises like :func:`submit_job`.
+    A job with requirements (``requires`` plus the models its payload names) goes to its
+    capability queue unless ``queue`` pins it (:func:`jobqueue.requirements.route_queue`).
     """
     payload = connector_class(service).validate(payload)
+    req = resolve(requires, connector_class(service).required_models(payload))
     try:
         json.dumps(payload)
     except (TypeError, ValueError) as exc:
@@ -191,7 +195,7 @@ def prepare_job(
     timeout = _check_timeout(timeout)
     if queue is not None and (not isinstance(queue, str) or not queue.strip()):
         raise SubmitError(f"queue must be a non-empty string, got {queue!r}")
-    target = queue or service_queue(service)
+    target = queue or route_queue(service, req)
     job_id = job_id or str(uuid.uuid4())
     meta: dict[str, Any] = {
         "service": service,
@@ -201,6 +205,7 @@ def prepare_job(
         "step": step,
         "timeout": timeout,
         "submitted_at": time.time(),
+        **({"requires": req.as_dict()} if not req.is_empty else {}),
         **(extra or {}),
     }
     send_options = {
@@ -239,14 +244,11 @@ def submit_job(
     :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued).
     """
     app = app or _default_app()
-    req = job_requirements(service, payload, requires)
-    if not req.is_empty:
-        extra = {**(extra or {}), "requires": req.as_dict()}
-        queue = queue or route_queue(service, req)
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
+        requires=requires,
     )
-    remember(app, send_options["task_id"], service, req)
+    remember(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
     app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
     return JobHandle(send_options["task_id"], app)

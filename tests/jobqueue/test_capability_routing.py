@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from jobqueue import submit_job
+from jobqueue.batches import submit_batch
 from jobqueue.comfyui_sim.models import checkpoint_workflow
 from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
 from jobqueue.errors import InvalidRequirementError
@@ -31,11 +32,15 @@ def test_jobs_needing_a_model_all_run_on_the_machine_that_has_it(app, start_work
             for _ in range(2)]
     jobs += [submit_job("comfyui", {"workflow": checkpoint_workflow("b.safetensors", f"j{i}")}, app=app)
              for i in range(2)]
+    # (and a batch whose workflow loads b is routed the same way, job by job)
+    batch = submit_batch("comfyui", {"workflow": checkpoint_workflow("b.safetensors", "batch")}, 2, app=app)
     # Then all run on b's machine and none fails for a missing model
-    results = [job.wait(timeout=60) for job in jobs]
-    assert [r["worker"] for r in results] == [wb.node_name] * 4
-    assert [r["attempt"] for r in results] == [0] * 4
+    results = [job.wait(timeout=60) for job in jobs + batch]
+    assert [r["worker"] for r in results] == [wb.node_name] * 6
+    assert [r["attempt"] for r in results] == [0] * 6
     assert "value_not_in_list" not in wa.log_text() + wb.log_text()
+    # And the broker never offered them to a's worker (no hand-back was needed)
+    assert "handing it back" not in wa.log_text()
 
 
 def test_a_job_needing_a_missing_model_waits_saying_so_and_runs_once_a_machine_has_it(
