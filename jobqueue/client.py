@@ -26,7 +26,7 @@ from jobqueue.requirements import Requirements, resolve, route_queue
 from jobqueue.routing import broker_priority, check_priority
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 from jobqueue.summary import summarize_payload
-from jobqueue.waiting import remember
+from jobqueue.waiting import job_waiting_for, remember
 
 #: How often ``wait()`` polls the result backend.
 POLL_INTERVAL = 0.05
@@ -131,8 +131,6 @@ class JobHandle:
         worker can run it."""
         if self.status() != JobStatus.QUEUED:
             return None
-        from jobqueue.waiting import job_waiting_for
-
         return job_waiting_for(self.app, self.id, timeout)
 
     def cancel(self) -> bool:
