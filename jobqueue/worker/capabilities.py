@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -64,6 +65,9 @@ class CapabilityGate(ConsumerGate):
     def __init__(self, desired: Callable[[], set[str]], services: tuple[str, ...], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(dict)
+        # Re-entrant: on RabbitMQ, cancelling a queue waits for the broker's answer and may
+        # deliver messages meanwhile, whose hand-back calls hold_off() in this same thread.
+        self._lock = threading.RLock()  # type: ignore[assignment]
         self._desired = desired
         self._services = services
         self._clock = clock
