@@ -179,7 +179,7 @@ def status(job_id: str) -> None:
         handle = get_job(job_id, app=app)
         state = handle.status()
         report: dict[str, Any] = {"id": job_id, "status": state.value, "progress": handle.progress()}
-        if state == JobStatus.QUEUED:
+        if state in (JobStatus.QUEUED, JobStatus.RETRYING):
             report["waiting_for"] = handle.waiting_for()
         if state == JobStatus.COMPLETED:
             report["result"] = handle.result()

@@ -126,10 +126,10 @@ class JobHandle:
         return self._final(status, state, info)
 
     def waiting_for(self, timeout: float = 1.0) -> str | None:
-        """Why this queued job is not running (e.g. ``"no online worker has model
-        c.safetensors"``), asking the online workers; None when it is not queued or some
-        worker can run it."""
-        if self.status() != JobStatus.QUEUED:
+        """Why this queued (or retrying) job is not running (e.g. ``"no online worker has
+        model c.safetensors"``), asking the online workers; None when it is not waiting or
+        some worker can run it."""
+        if self.status() not in (JobStatus.QUEUED, JobStatus.RETRYING):
             return None
         return job_waiting_for(self.app, self.id, timeout)
 

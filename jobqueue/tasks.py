@@ -20,6 +20,7 @@ from jobqueue.errors import ConnectorError, JobCancelled
 from jobqueue.events import RUN_JOB_TASK, TASK_PROGRESS
 from jobqueue.progress import ProgressTracker
 from jobqueue.states import PROGRESS
+from jobqueue.worker.handback import hand_back_if_models_vanished
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.workflows import run_step
@@ -109,6 +110,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         raise Ignore() from exc
     except ConnectorError as exc:
         error = exc
+        hand_back_if_models_vanished(task, runtime, options, exc)  # raises Retry when it applies
         if exc.retryable and (request.retries or 0) < settings.max_retries:
             log.warning("job %s: %s; retrying elsewhere (attempt %d)", job.id, exc, job.attempt + 1)
             raise task.retry(exc=exc, countdown=0, max_retries=settings.max_retries) from exc

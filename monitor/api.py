@@ -19,7 +19,7 @@ from jobqueue.errors import SubmitError
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.auth import mutating
 from monitor.broker import queue_depths
-from monitor.capabilities import annotate_waiting, waiting_reasons
+from monitor.capabilities import WAITING, annotate_waiting, waiting_reasons
 from monitor.eta import annotate
 
 bp = Blueprint("api", __name__)
@@ -103,7 +103,7 @@ def _annotate_queued(found: list[dict[str, Any]]) -> None:
     """Queue position and expected wait of the queued jobs in ``found``, among all queued."""
     wanted = {j["id"]: j for j in found if j["status"] == "queued"}
     store = ctx().store
-    annotate_waiting(found, store.workers() if any(j.get("requires") for j in wanted.values()) else [])
+    annotate_waiting(found, store.workers() if any(j.get("requires") and j["status"] in WAITING for j in found) else [])
     if not wanted:
         return
     queued = annotate(store.queued_jobs(), store.service_medians(), consumers_per_queue(store.workers()))
@@ -172,7 +172,8 @@ def job(job_id: str) -> Any:
 def waiting() -> Any:
     """``{"waiting": {job id: reason}}``: the queued jobs no online worker can run, and why."""
     store = ctx().store
-    return jsonify({"waiting": waiting_reasons(store.queued_jobs(), store.workers())})
+    retrying, _, _ = store.jobs(state=["retrying"], limit=MAX_LIMIT)
+    return jsonify({"waiting": waiting_reasons(store.queued_jobs() + retrying, store.workers())})
 
 
 @bp.get("/api/workflows/<workflow_id>")

@@ -21,6 +21,8 @@ from jobqueue.requirements import DETAILS_KEY, Capabilities, Requirements, waiti
 
 #: Worker statuses that take jobs (a draining or offline worker does not).
 TAKING_JOBS = ("online",)
+#: Job statuses of a job waiting in a queue for a worker.
+WAITING = ("queued", "retrying")
 
 
 def summary(connectors: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,8 +62,9 @@ def online_capabilities(workers: Iterable[Mapping[str, Any]]) -> list[Capabiliti
 
 
 def job_waiting_for(job: Mapping[str, Any], caps: list[Capabilities]) -> str | None:
-    """Why a job waits (None when it is not queued, needs nothing, or someone can run it)."""
-    if job.get("status") != "queued":
+    """Why a job waits (None when it is not waiting in a queue, needs nothing, or someone can
+    run it)."""
+    if job.get("status") not in WAITING:
         return None
     req = Requirements.from_dict(job.get("requires"))
     service = job.get("service")

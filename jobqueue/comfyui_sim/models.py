@@ -8,7 +8,8 @@
   (``CheckpointLoaderSimple -> VAEDecode <- EmptyLatentImage``, ``-> SaveImage``): ComfyUI
   validates and runs only what an output depends on. Nothing is loaded; outputs are tokens.
 * ``GET /models`` and ``GET /models/<folder>`` answer as ComfyUI's (folder names; the files
-  of one folder, 404 for an unknown folder).
+  of one folder, 404 for an unknown folder). ``POST /_sim/models`` changes the files while
+  the simulator runs (a model copied in or deleted).
 * :func:`devices` is the ``/system_stats`` device list: with ``vram_gb``, one CUDA device
   with that much VRAM, else ComfyUI's CPU device.
 
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web
 
 from jobqueue.comfyui_sim.nodes import NODES, Image, NodeContext, NodeDef, NodeResult
 
@@ -56,6 +59,16 @@ def set_models(checkpoints: list[str] | None = None, loras: list[str] | None = N
     for folder, names in (("checkpoints", checkpoints), ("loras", loras)):
         if names is not None:
             FILES[folder][:] = sorted({n for n in names if n})
+
+
+async def set_models_route(request: web.Request) -> web.Response:
+    """``POST /_sim/models {"checkpoints": [...], "loras": [...]}``: files appear or vanish, as
+    when someone copies or deletes them on the machine."""
+    data = await request.json()
+    if not isinstance(data, dict) or not all(isinstance(data.get(k, []), list) for k in ("checkpoints", "loras")):
+        return web.json_response({"error": "expected {\"checkpoints\": [...], \"loras\": [...]}"}, status=400)
+    set_models(checkpoints=data.get("checkpoints"), loras=data.get("loras"))
+    return web.json_response({folder: FILES[folder] for folder in ("checkpoints", "loras")})
 
 
 def folder_files(folder: str) -> list[str] | None:

@@ -65,6 +65,11 @@ class SimulatorProcess:
             if mode != "die":
                 raise
 
+    def set_models(self, checkpoints: list[str]) -> None:
+        """Make exactly these checkpoint files present from now on (``POST /_sim/models``)."""
+        requests.post(f"{self.control_url}/_sim/models", json={"checkpoints": checkpoints},
+                      timeout=5).raise_for_status()
+
     def requests(self) -> list[dict[str, Any]]:
         """Every request the ComfyUI routes received so far."""
         response = requests.get(f"{self.control_url}/_sim/requests", timeout=5)

@@ -212,7 +212,8 @@ class SimServer:
                                       "history": len(self.sim.history), "sockets": len(self.sockets),
                                       "output_dir": self.output_dir})
 
-        return [web.post("/_sim/fault", fault), web.get("/_sim/requests", requests), web.get("/_sim/state", state)]
+        return [web.post("/_sim/fault", fault), web.get("/_sim/requests", requests), web.get("/_sim/state", state),
+                web.post("/_sim/models", models.set_models_route)]
 
     def _routes(self, prefix: str) -> list[web.RouteDef]:
         return [

@@ -97,6 +97,26 @@ def test_a_worker_lacking_one_of_several_requirements_hands_the_job_back_without
     assert app.AsyncResult(job.id).retries in (0, None)
 
 
+def test_a_model_deleted_since_the_last_check_sends_the_job_back_without_using_a_retry(
+        app, start_worker, start_sim, machine_id):
+    # Given b's machine, whose worker checked its service at start (the next check is far off)
+    sim_b = start_sim("b.safetensors")
+    wb = comfy_worker(start_worker, machine_id, "b", sim_b, health_interval="120")
+    wait_for(lambda: consumes(app, wb, "comfyui.model.b.safetensors"), 30, what="b's worker to take b's jobs")
+    # When b is deleted on that machine and a job loading b arrives
+    sim_b.set_models([])
+    job = submit_job("comfyui", {"workflow": checkpoint_workflow("b.safetensors")}, app=app)
+    # Then the worker does not fail it: it hands it back and stops taking b's jobs
+    wait_for(lambda: "no longer on this worker" in wb.log_text(), 30, what="the hand-back")
+    wait_for(lambda: not consumes(app, wb, "comfyui.model.b.safetensors"), 30, what="b's queue to be dropped")
+    assert job.status() == JobStatus.RETRYING
+    assert job.waiting_for() == "no online worker has model b.safetensors"
+    # When another machine with b starts, the job completes there without a retry counted
+    wb2 = comfy_worker(start_worker, machine_id, "b2", start_sim("b.safetensors"))
+    assert job.wait(timeout=60)["worker"] == wb2.node_name
+    assert app.AsyncResult(job.id).retries == 0
+
+
 def test_a_malformed_requirement_is_refused_at_submit_and_nothing_is_enqueued(app, redis_client):
     with pytest.raises(InvalidRequirementError):
         submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, requires={"vram_gb": -1}, app=app)

@@ -53,7 +53,7 @@ const JQJobs = (function () {
     }, 300);
   }
   function hasWaitingCandidates() {
-    for (const j of live.jobs.values()) if (j.status === "queued" && j.requires) return true;
+    for (const j of live.jobs.values()) if ((j.status === "queued" || j.status === "retrying") && j.requires) return true;
     return false;
   }
   live.subscribe((kind, id, data) => {
@@ -66,7 +66,7 @@ const JQJobs = (function () {
     }
   });
   function waitingFor(job) {
-    return job.status === "queued" ? (waiting.get(job.id) || null) : null;
+    return job.status === "queued" || job.status === "retrying" ? (waiting.get(job.id) || null) : null;
   }
 
   function pendingDetail(job) {
