@@ -40,7 +40,7 @@ def _reason(monitor: Any, job_id: str) -> str | None:
 def test_a_job_nobody_can_run_shows_why_in_the_api_and_on_the_jobs_page_until_a_capable_worker_runs_it(
         app, start_worker, start_sim, machine_id, live_monitor, pages):
     # Given machines with checkpoints a and b, and the jobs and fleet pages open
-    comfy_worker(start_worker, machine_id, "a", start_sim("a.safetensors"))
+    comfy_worker(start_worker, machine_id, "a", start_sim("a.safetensors"), worker_tags="region:eu")
     comfy_worker(start_worker, machine_id, "b", start_sim("b.safetensors", vram_gb=24))
     jobs_page = pages.open("/jobs")
     fleet = pages.open("/")
@@ -49,6 +49,7 @@ def test_a_job_nobody_can_run_shows_why_in_the_api_and_on_the_jobs_page_until_a_
     shown = fleet.evaluate(CAPS_JS)
     assert sorted(m for c in shown.values() for m in c["models"]) == ["a.safetensors", "b.safetensors"]
     assert sorted(c["vram"] for c in shown.values()) == ["24.0 GiB (23.5 free)", "no GPU reported"]
+    assert sorted(tuple(c["tags"]) for c in shown.values()) == [(), ("region:eu",)]
     # When a job needing model c is submitted through the API
     res = live_monitor.post("/api/jobs", {"service": "comfyui", "payload": {"workflow": EXAMPLE_WORKFLOW},
                                              "requires": {"models": ["c.safetensors"]}})
