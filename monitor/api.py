@@ -95,7 +95,6 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
     snapshot = c.store.snapshot(finished_limit=finished_limit)
     medians = {s["service"]: s["median"] for s in snapshot["services"]}
     annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]))
-    annotate_waiting(snapshot["jobs"], snapshot["workers"])
     return snapshot
 
 

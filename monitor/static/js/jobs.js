@@ -36,9 +36,9 @@ const JQJobs = (function () {
   }
   live.subscribe(() => { estimates = null; });
 
-  // Why queued jobs with requirements wait. The rule lives on the server: the snapshot carries
-  // each job's waiting_for, and /api/waiting is asked again whenever a worker or such a job
-  // changes (deltas do not carry it: it depends on the workers, not on the job).
+  // Why queued jobs with requirements wait. The rule lives on the server: /api/waiting is asked
+  // after a snapshot and whenever a worker or such a job changes (the snapshot and deltas do
+  // not carry it: it depends on the workers, not on the job).
   const waiting = new Map();
   let waitingTimer = null;
   function refreshWaiting() {
@@ -57,10 +57,7 @@ const JQJobs = (function () {
     return false;
   }
   live.subscribe((kind, id, data) => {
-    if (kind === "snapshot") {
-      waiting.clear();
-      for (const j of live.jobs.values()) if (j.waiting_for) waiting.set(j.id, j.waiting_for);
-    }
+    if (kind === "snapshot") waiting.clear();
     if ((kind === "worker" || kind === "snapshot" || (kind === "job" && data && data.requires)) && hasWaitingCandidates()) {
       refreshWaiting();
     }
