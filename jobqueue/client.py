@@ -30,10 +30,12 @@ from jobqueue.errors import (
     WaitTimeout,
 )
 from jobqueue.events import CONTROL_CANCEL_JOB, RUN_JOB_TASK
-from jobqueue.routing import broker_priority, check_priority, service_queue
+from jobqueue.requirements import Requirements, resolve, route_queue
+from jobqueue.routing import broker_priority, check_priority
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 from jobqueue.submitted import record_submitted, was_submitted
 from jobqueue.summary import summarize_payload
+from jobqueue.waiting import job_waiting_for, remember
 
 #: How often ``wait()`` polls the result backend.
 POLL_INTERVAL = 0.05
@@ -146,6 +148,14 @@ class JobHandle:
             raise JobNotFinished(f"job {self.id} is {status.value}")
         return self._final(status, state, info)
 
+    def waiting_for(self, timeout: float = 1.0) -> str | None:
+        """Why this queued (or retrying) job is not running (e.g. ``"no online worker has
+        model c.safetensors"``), asking the online workers; None when it is not waiting or
+        some worker can run it."""
+        if self.status() not in (JobStatus.QUEUED, JobStatus.RETRYING):
+            return None
+        return job_waiting_for(self.app, self.id, timeout)
+
     def cancel(self) -> bool:
         """Cancel the job: a queued one never runs, a running one is stopped on its service.
 
@@ -187,14 +197,18 @@ def prepare_job(
     job_id: str | None = None,
     extra: dict[str, Any] | None = None,
     continuation: bool = False,
+    requires: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate one job and build its message: ``(task kwargs, send options)``.
 
     The send options (``task_id``, ``queue``, broker ``priority``, ``kwargsrepr``) go to
     ``send_task`` or a canvas signature. ``continuation`` marks a workflow step after the
     first (it takes the upper broker level of its priority). Raises like :func:`submit_job`.
+    A job with requirements (``requires`` plus the models its payload names) goes to its
+    capability queue unless ``queue`` pins it (:func:`jobqueue.requirements.route_queue`).
     """
     payload = connector_class(service).validate(payload)
+    req = resolve(requires, connector_class(service).required_models(payload))
     try:
         json.dumps(payload)
     except (TypeError, ValueError) as exc:
@@ -203,7 +217,7 @@ def prepare_job(
     timeout = _check_timeout(timeout)
     if queue is not None and (not isinstance(queue, str) or not queue.strip()):
         raise SubmitError(f"queue must be a non-empty string, got {queue!r}")
-    target = queue or service_queue(service)
+    target = queue or route_queue(service, req)
     job_id = job_id or str(uuid.uuid4())
     meta: dict[str, Any] = {
         "service": service,
@@ -213,6 +227,7 @@ def prepare_job(
         "step": step,
         "timeout": timeout,
         "submitted_at": time.time(),
+        **({"requires": req.as_dict()} if not req.is_empty else {}),
         **(extra or {}),
     }
     send_options = {
@@ -237,8 +252,14 @@ def submit_job(
     job_id: str | None = None,
     extra: dict[str, Any] | None = None,
     webhook_url: str | None = None,
+    requires: dict[str, Any] | None = None,
 ) -> JobHandle:
     """Validate and enqueue one job; return its handle.
+
+    ``requires`` (``{"models": [...], "vram_gb": 20, "tags": ["customer:acme"]}``) plus the
+    models the payload names itself make the job run only on a worker that has them all
+    (:mod:`jobqueue.requirements`); a malformed one raises
+    :class:`~jobqueue.errors.InvalidRequirementError`.
 
     ``queue`` pins the job (``gpu0``, ``machine.<id>``, ``gpu0.<machine>``); by default it
     goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
@@ -255,8 +276,10 @@ def submit_job(
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
+        requires=requires,
     )
     record_submitted(app, [send_options["task_id"]])  # before sending: no job without a record
+    remember(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
     app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
     handle = JobHandle(send_options["task_id"], app)
     handle.submitted = True

@@ -144,6 +144,9 @@ class Settings:
     #: ComfyUI: longest (s) a prompt may be listed as running with no message at all before the
     #: job counts as stalled (a silent node is not a stall; a server that stops answering is).
     comfyui_node_timeout: float = 600.0
+    #: Tags this worker declares (``customer:acme,region:eu``): jobs requiring a tag run only
+    #: on workers that declare it.
+    worker_tags: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -119,3 +119,7 @@ class JobCancelled(ConnectorError):
 
 class ExecutionFailed(ConnectorError):
     """The service ran the job and reported an error (bad workflow, node failure...)."""
+
+
+class InvalidRequirementError(SubmitError):
+    """The job's ``requires`` (models, VRAM, tags) is malformed: no worker could ever run it."""

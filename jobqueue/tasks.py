@@ -22,6 +22,7 @@ from jobqueue.previews import publisher_for
 from jobqueue.progress import ProgressTracker
 from jobqueue.retrying import plan_retry
 from jobqueue.states import PROGRESS
+from jobqueue.worker.handback import hand_back_if_models_vanished
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import given_up
 from jobqueue.worker.runtime import WorkerRuntime
@@ -124,6 +125,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         error = exc
         if runtime.is_given_up(job.id):
             raise given_up(job.id) from exc
+        hand_back_if_models_vanished(task, runtime, options, exc)  # raises Retry when it applies
         plan = plan_retry(app, job.id, exc, retries=request.retries or 0, max_retries=settings.max_retries,
                           started_at=time.time() - (time.monotonic() - job.started), timeout=float(timeout))
         if plan.retry:
@@ -157,7 +159,9 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
 def register_tasks(app: Any) -> None:
     """Register the job task on ``app``."""
 
-    @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False)
+    # The strategy hands back, before it starts, a job whose requirements this worker lacks.
+    @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False,
+              Strategy="jobqueue.worker.handback:requirements_strategy")
     def _run_job(
         self: Any, service: str, payload: dict[str, Any], options: dict[str, Any] | None = None,
         previous: dict[str, Any] | None = None,

@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from jobqueue.comfyui_sim import models
 from jobqueue.comfyui_sim.engine import Simulator
 from jobqueue.comfyui_sim.nodes import NODES
 from jobqueue.comfyui_sim.validation import validate_prompt
@@ -77,10 +78,15 @@ class SimServer:
     """One simulated ComfyUI: the engine, its routes, its sockets and its fault switches."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8188, *, output_dir: str | None = None,
-                 temp_dir: str | None = None, control_port: int | None = None) -> None:
+                 temp_dir: str | None = None, control_port: int | None = None,
+                 models_present: list[str] | None = None, vram_gb: float | None = None) -> None:
         self.host = host
         self.port = port
         self.control_port = control_port
+        #: VRAM (GiB) of the simulated GPU; None: a CPU device, as ComfyUI reports without one.
+        self.vram_gb = vram_gb
+        if models_present is not None:
+            models.set_models(checkpoints=models_present)
         root = None
         if not (output_dir and temp_dir):
             remove_stale_temp_dirs()
@@ -232,7 +238,8 @@ class SimServer:
                                       "history": len(self.sim.history), "sockets": len(self.sockets),
                                       "output_dir": self.output_dir})
 
-        return [web.post("/_sim/fault", fault), web.get("/_sim/requests", requests), web.get("/_sim/state", state)]
+        return [web.post("/_sim/fault", fault), web.get("/_sim/requests", requests), web.get("/_sim/state", state),
+                web.post("/_sim/models", models.set_models_route)]
 
     def _routes(self, prefix: str) -> list[web.RouteDef]:
         return [
@@ -250,6 +257,8 @@ class SimServer:
             web.get(prefix + "/object_info/{node_class}", self.object_info_one),
             web.get(prefix + "/view", self.view),
             web.get(prefix + "/features", self.features),
+            web.get(prefix + "/models", self.model_folders),
+            web.get(prefix + "/models/{folder}", self.model_files),
         ]
 
     # -- ComfyUI routes --------------------------------------------------------------------
@@ -373,8 +382,7 @@ class SimServer:
                 "required_templates_version": "0.1.95", "python_version": sys.version,
                 "pytorch_version": "simulated", "embedded_python": False, "argv": list(sys.argv),
             },
-            "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": total, "vram_free": free,
-                         "torch_vram_total": total, "torch_vram_free": free}],
+            "devices": models.devices(self.vram_gb, total, free),
         })
 
     async def object_info(self, request: web.Request) -> web.Response:
@@ -399,6 +407,13 @@ class SimServer:
 
     async def features(self, request: web.Request) -> web.Response:
         return web.json_response(dict(FEATURES))
+
+    async def model_folders(self, request: web.Request) -> web.Response:
+        return web.json_response(list(models.FOLDERS))
+
+    async def model_files(self, request: web.Request) -> web.Response:
+        files = models.folder_files(request.match_info["folder"])
+        return web.Response(status=404) if files is None else web.json_response(files)
 
 
 async def serve(server: SimServer, ready: Any = None, stop: asyncio.Event | None = None) -> None:

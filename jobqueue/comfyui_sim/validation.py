@@ -76,6 +76,14 @@ def validate_inputs(prompt: dict[str, Any], unique_id: str, validated: Validated
             if not upstream_ok:
                 valid = False
             continue
+        if isinstance(input_type, list):  # a combo (e.g. ckpt_name): only one of its options
+            if val not in input_type:
+                # Like ComfyUI: long option lists (model files) are not sent back.
+                listed = f"(list of length {len(input_type)})" if len(input_type) > 20 else str(input_type)
+                errors.append(_error("value_not_in_list", "Value not in list", f"{name}: '{val}' not in {listed}",
+                                     {"input_name": name, "input_config": None if len(input_type) > 20 else info,
+                                      "received_value": val}))
+            continue
         convert = _CONVERT.get(input_type)
         if convert is not None:
             try:

@@ -142,6 +142,21 @@ class Connector(ABC):
             raise InvalidPayloadError(f"{cls.service}: payload must be a JSON object")
         return payload
 
+    @classmethod
+    def required_models(cls, payload: Mapping[str, Any]) -> list[str]:
+        """Models a (validated) payload names itself, e.g. a workflow's loader inputs; the job
+        then runs only where they are present. The base connector's payloads name none."""
+        return []
+
+    def capabilities(self, details: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What this connector's service offers right now: ``{"models": {folder: [names]},
+        "vram_total_gb": ..., "vram_free_gb": ...}`` (see :mod:`jobqueue.requirements`).
+
+        Called by the health loop after a healthy check, with that check's details. None when
+        it could not be read this time (the last known capabilities stay). Must not raise.
+        """
+        return {}
+
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Open long-lived resources (sockets, sessions). Called once by the worker."""

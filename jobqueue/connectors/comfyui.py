@@ -41,6 +41,7 @@ import requests
 import websocket
 
 from jobqueue.config import Settings
+from jobqueue.connectors import comfyui_models
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
 from jobqueue.connectors.comfyui_protocol import (
     ERROR,
@@ -292,6 +293,13 @@ class ComfyUIConnector(Connector):
             if value is not None:
                 result[name] = value
         return result
+
+    @classmethod
+    def required_models(cls, payload: Mapping[str, Any]) -> list[str]:
+        return comfyui_models.workflow_models(payload.get("workflow"))
+
+    def capabilities(self, details: Mapping[str, Any]) -> dict[str, Any] | None:
+        return comfyui_models.capabilities(self.base_url, details, HEALTH_TIMEOUT)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:

@@ -20,6 +20,7 @@ import redis
 from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
+from jobqueue.worker.capabilities import CapabilityGate, desired_queues
 from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
@@ -127,6 +128,9 @@ class StatusStep(bootsteps.StartStopStep):
         # Runs before the event loop consumes anything: unhealthy services' queues are
         # dropped before a single message is fetched.
         runtime.gate.bind(c)
+        if runtime.capability_gate is None:
+            runtime.capability_gate = CapabilityGate(lambda: desired_queues(runtime), runtime.identity.connectors)
+        runtime.capability_gate.bind(c)
         dispatcher = c.event_dispatcher
         if dispatcher is None or not dispatcher.enabled:
             log.warning("worker events are disabled: connector status events will not be sent")
@@ -142,6 +146,8 @@ class StatusStep(bootsteps.StartStopStep):
             return
         if runtime.gate is not None:
             runtime.gate.unbind()
+        if runtime.capability_gate is not None:
+            runtime.capability_gate.unbind()
         if runtime.reporter is not None:
             runtime.reporter.detach()
 
@@ -159,6 +165,8 @@ class StatusStep(bootsteps.StartStopStep):
         runtime.mark_offline()
         if runtime.gate is not None:
             runtime.gate.unbind()
+        if runtime.capability_gate is not None:
+            runtime.capability_gate.unbind()
         if runtime.reporter is not None:
             if not runtime.reporter.flush(OFFLINE_FLUSH_TIMEOUT):
                 log.warning("could not send every offline status before shutdown")

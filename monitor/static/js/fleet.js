@@ -60,6 +60,20 @@
       JQ.previewImage(job, "card-preview"));
   }
 
+  /** Models, VRAM and tags the worker reported (what capability routing matches jobs on). */
+  function capabilityFacts(caps) {
+    const chips = (items, cls) => items.length ? items.map((x) => h("span", {class: "chip " + cls, text: x}))
+      : h("span", {class: "muted", text: "none"});
+    const vram = typeof caps.vram_total_gb === "number"
+      ? caps.vram_total_gb.toFixed(1) + " GiB" + (typeof caps.vram_free_gb === "number" ? " (" + caps.vram_free_gb.toFixed(1) + " free)" : "")
+      : "no GPU reported";
+    return [
+      h("dt", {text: "models"}), h("dd", {class: "models"}, chips(caps.models || [], "chip-model")),
+      h("dt", {text: "VRAM"}), h("dd", {class: "vram", text: vram}),
+      h("dt", {text: "tags"}), h("dd", {class: "worker-tags"}, chips(caps.tags || [], "chip-tag")),
+    ];
+  }
+
   function workerCard(worker) {
     const connectors = Object.entries(worker.connectors || {}).sort(([a], [b]) => a.localeCompare(b));
     return h("article", {class: "worker worker-" + String(worker.status || "unknown"), "data-worker": worker.name},
@@ -79,7 +93,8 @@
         h("dt", {text: "heartbeat"}), h("dd", {class: "heartbeat"},
           worker.heartbeat_at ? ticking(worker.heartbeat_at, {suffix: " ago", warnAfter: HEARTBEAT_LATE}) : "never"),
         h("dt", {text: "queues"}), h("dd", {class: "queues"},
-          (worker.queues || []).map((q) => h("span", {class: "chip", text: q})))),
+          (worker.queues || []).map((q) => h("span", {class: "chip", text: q}))),
+        ...capabilityFacts(worker.capabilities || {})),
       h("div", {class: "controls"}, workerControls(worker)));
   }
 
