@@ -19,6 +19,9 @@ class SimulatorProcess:
     """``python -m jobqueue.comfyui_sim`` on free ports, with a control port that keeps
     answering while the main port refuses or is frozen."""
 
+    #: The simulator module run with ``python -m`` (subclasses serve other protocols).
+    module = "jobqueue.comfyui_sim"
+
     def __init__(self, *, output_dir: str | os.PathLike[str] | None = None, log_path: str | os.PathLike[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.output_dir = str(output_dir) if output_dir else None
@@ -30,9 +33,8 @@ class SimulatorProcess:
         self._log: Any = None
 
     def start(self, timeout: float = 20.0) -> SimulatorProcess:
-        cmd = [sys.executable, "-m", "jobqueue.comfyui_sim", "--port", "0", "--control-port", "0", "--announce"]
-        if self.output_dir:
-            cmd += ["--output-dir", self.output_dir]
+        cmd = [sys.executable, "-m", self.module, "--port", "0", "--control-port", "0", "--announce",
+               *self.extra_args()]
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=self.env,
                                      start_new_session=True)
@@ -43,7 +45,7 @@ class SimulatorProcess:
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None:
                 self.stop()
-                raise RuntimeError(f"comfyui simulator did not start (exit code {self.proc.returncode})")
+                raise RuntimeError(f"{self.module} did not start (exit code {self.proc.returncode})")
             ready, _, _ = select.select([self.proc.stdout], [], [], left)
             if ready:
                 chunk = os.read(self.proc.stdout.fileno(), 4096)
@@ -53,6 +55,10 @@ class SimulatorProcess:
         info = json.loads(line.decode().splitlines()[0])
         self.url, self.control_url = info["url"], info["control_url"]
         return self
+
+    def extra_args(self) -> list[str]:
+        """Command-line options after the ports (the ComfyUI simulator's output directory)."""
+        return ["--output-dir", self.output_dir] if self.output_dir else []
 
     def fault(self, mode: str) -> None:
         """Switch a fault (``refuse``, ``freeze``, ``drop_ws``, ``die``, ``none``)."""

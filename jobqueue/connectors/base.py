@@ -64,6 +64,8 @@ class Job:
     deadline: float | None = None
     #: Set when the job is cancelled; connectors wait on it instead of sleeping.
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: The latest live preview (bytes, MIME type) a connector reported (see report_preview).
+    preview: tuple[bytes, str] | None = None
 
     def check(self) -> None:
         """Raise :class:`JobCancelled` or :class:`JobTimedOut` when the job must stop now."""
@@ -72,6 +74,14 @@ class Job:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             limit = self.options.get("timeout")
             raise JobTimedOut(f"job exceeded its timeout of {limit} s", {"timeout": limit})
+
+    def report_preview(self, data: bytes, mime: str) -> None:
+        """Hand over the latest live preview image of this job (``data`` in ``mime`` format).
+
+        STUB (issue 15): only keeps the latest preview in memory. Issue 11's preview plumbing
+        replaces this method at merge with the real one (forwarding, throttling, monitor).
+        """
+        self.preview = (bytes(data), mime)
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` unless the job is cancelled or times out first (then raise)."""
