@@ -114,6 +114,8 @@ class A1111SimServer:
             asyncio.get_running_loop().call_later(0.05, os._exit, 3)
         elif mode == "freeze":
             self.engine.thawed.clear()
+            if self._site is None:  # a hung process still holds its listening socket
+                await self._listen()
         elif mode == "refuse":
             if self._site is not None:
                 await self._site.stop()

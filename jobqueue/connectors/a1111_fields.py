@@ -98,11 +98,25 @@ _IMG2IMG: dict[str, tuple[str, Any]] = {
     "include_init_images": (BOOL, False),
 }
 
-#: Fields only Forge's processing classes have.
-_FORGE_BASE: dict[str, tuple[str, Any]] = {"distilled_cfg_scale": (FLOAT, 3.5)}
-_FORGE_TXT2IMG: dict[str, tuple[str, Any]] = {
-    "hr_additional_modules": (LIST, None), "hr_cfg": (FLOAT, 1.0), "hr_distilled_cfg": (FLOAT, 3.5)}
-_FORGE_IMG2IMG: dict[str, tuple[str, Any]] = {"hr_distilled_cfg": (FLOAT, 3.5)}
+#: Fields only Forge's processing classes have, each with the field it follows there.
+_FORGE_BASE: dict[str, tuple[str, tuple[str, Any]]] = {"distilled_cfg_scale": ("cfg_scale", (FLOAT, 3.5))}
+_FORGE_TXT2IMG: dict[str, tuple[str, tuple[str, Any]]] = {
+    "hr_additional_modules": ("hr_checkpoint_name", (LIST, None)),
+    "hr_cfg": ("hr_negative_prompt", (FLOAT, 1.0)),
+    "hr_distilled_cfg": ("hr_cfg", (FLOAT, 3.5)),
+}
+_FORGE_IMG2IMG: dict[str, tuple[str, tuple[str, Any]]] = {"hr_distilled_cfg": ("force_task_id", (FLOAT, 3.5))}
+
+
+def _insert(fields: dict[str, tuple[str, Any]], extra: dict[str, tuple[str, tuple[str, Any]]]) -> dict[str, tuple[str, Any]]:
+    """``fields`` with each extra field right after the one it follows (pydantic checks in order)."""
+    result = dict(fields)
+    for name, (after, spec) in extra.items():
+        items = list(result.items())
+        position = [key for key, _ in items].index(after) + 1
+        result = dict(items[:position] + [(name, spec)] + items[position:])
+    return result
+
 
 #: The API-only fields ``models.py`` appends to both request models.
 _API_EXTRA: dict[str, tuple[str, Any]] = {
@@ -144,12 +158,12 @@ def request_fields(mode: str, flavour: str = "a1111") -> dict[str, tuple[str, An
         raise ValueError(f"unknown mode {mode!r} (known: {', '.join(ROUTES)})")
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r} (known: {', '.join(FLAVOURS)})")
+    # The model's order: the subclass dataclass's __init__ (base fields first, overrides in place).
     fields = dict(_BASE)
-    if flavour == "forge":
-        fields.update(_FORGE_BASE)
     fields.update(_TXT2IMG if mode == "txt2img" else _IMG2IMG)
     if flavour == "forge":
-        fields.update(_FORGE_TXT2IMG if mode == "txt2img" else _FORGE_IMG2IMG)
+        fields = _insert(fields, _FORGE_BASE)
+        fields = _insert(fields, _FORGE_TXT2IMG if mode == "txt2img" else _FORGE_IMG2IMG)
     fields.update(_API_EXTRA)
     return fields
 
