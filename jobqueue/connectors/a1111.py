@@ -280,7 +280,8 @@ class A1111Connector(Connector):
                         report(message="waiting: the WebUI is busy with another client's job")
                         waiting_told = True
                 else:
-                    run.interrupted_seen = bool(shown.get("interrupted")) and cancel_sent_at is None
+                    if shown.get("job_count", 0) != 0:  # the flag outlives a job until the next begins
+                        run.interrupted_seen = bool(shown.get("interrupted")) and cancel_sent_at is None
                     self._report(run, state, report)
                     image = state.get("current_image")
                     if image and image != preview:
@@ -291,8 +292,10 @@ class A1111Connector(Connector):
                 continue
             if now - last_answer > stall or now - last_change > stall:
                 self._suspect = True
-                what = "did not answer /sdapi/v1/progress" if now - last_answer > stall else "showed no progress"
-                self._interrupt(run, timeout=1.0)
+                silent = now - last_answer > stall
+                what = "did not answer /sdapi/v1/progress" if silent else "showed no progress"
+                if not silent:  # a WebUI that answers may still free itself; a silent one would not hear
+                    self._interrupt(run, timeout=1.0)
                 raise JobStalled(f"the WebUI at {self.base_url} {what} for {stall:g} s",
                                  {"url": self.base_url, "task_id": run.task_id, "stall_timeout": stall})
             self._pause(run, post)
@@ -306,33 +309,35 @@ class A1111Connector(Connector):
         run.wake.clear()
 
     def _poll(self, run: _Run, stall: float) -> dict[str, Any] | None:
-        """GET /sdapi/v1/progress (and, until our task runs, /internal/progress); None when the
-        WebUI did not answer in time. A refused connection raises :class:`ServiceUnavailable`."""
+        """GET /sdapi/v1/progress (until our task runs, POST /internal/progress first: the state
+        read after it is then surely ours); None when the WebUI did not answer in time. A
+        refused connection raises :class:`ServiceUnavailable`."""
         timeout = max(0.5, min(3.0, stall / 2))
         try:
+            if run.ours is False and self._has_task_api:
+                run.ours = self._task_active(run, timeout)
             response = self._request("GET", "/sdapi/v1/progress?skip_current_image=false", timeout=timeout)
             if response.status_code != 200:
                 return None
             state: dict[str, Any] = response.json()
             if not isinstance(state.get("state"), dict):
                 return None
-            if run.ours is False:
-                run.ours = self._task_active(run, timeout, state)
+            if run.ours is False and not self._has_task_api:
+                # An older build without task ids: a running job is taken to be ours.
+                run.ours = None if state["state"].get("job_count", 0) != 0 else False
             return state
         except (requests.Timeout, ValueError):
             return None
 
-    def _task_active(self, run: _Run, timeout: float, state: dict[str, Any]) -> bool | None:
-        """Whether the WebUI runs our task now (None: this build cannot tell us)."""
-        if not self._has_task_api:
-            return None if state["state"].get("job_count", 0) != 0 else False
+    def _task_active(self, run: _Run, timeout: float) -> bool:
+        """Whether the WebUI runs (or ran) our task; notes builds without /internal/progress."""
         answer = self._request("POST", "/internal/progress", timeout=timeout,
                                json={"id_task": run.task_id, "id_live_preview": -1, "live_preview": False})
         if answer.status_code == 404:
             self._has_task_api = False
-            return self._task_active(run, timeout, state)
+            return False
         body = answer.json() if answer.status_code == 200 else {}
-        return True if body.get("active") or body.get("completed") else False
+        return bool(body.get("active") or body.get("completed"))
 
     def _report(self, run: _Run, progress: dict[str, Any], report: ProgressReporter) -> None:
         shown = progress["state"]
