@@ -30,9 +30,9 @@ from typing import Any
 
 from bench.chaos.drill import Fleet, Observer, backend_states, finished, summary_line
 from bench.common import RedisServer, bench_settings, wait_until, wait_worker_ready, worker_process
+from jobqueue.a1111_sim.process import A1111SimulatorProcess
 from jobqueue.celery_app import create_app
 from jobqueue.client import submit_job
-from jobqueue.a1111_sim.process import A1111SimulatorProcess
 from jobqueue.comfyui_sim.process import SimulatorProcess
 
 #: Services this drill can freeze, and the variable that gives each worker its server's URL.

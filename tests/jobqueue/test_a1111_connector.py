@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,20 @@ def test_a_run_writes_every_image_and_returns_the_webuis_info(connector, tmp_pat
         assert path.parent == (tmp_path / "outputs" / "j1").resolve() and path.read_bytes().startswith(b"\x89PNG")
     assert result["info"]["seed"] == 5 and result["info"]["sampler_name"] == "Euler"
     assert result["info"]["sd_model_name"] == "v1-5-pruned-emaonly" and result["task_id"] == "jobqueue-j1-0"
+
+
+def test_every_new_live_preview_of_the_webui_is_handed_to_the_job_as_a_png(sim, connector):
+    # Given a job whose previews are collected (the WebUI renders one every 10 steps)
+    sim.configure(step_seconds=0.03)
+    job = Job(id="previews", service="a1111", payload={"steps": 60, "width": 64, "height": 64})
+    previews: list[tuple[bytes, str]] = []
+    job.report_preview = lambda data, mime: previews.append((data, mime))  # type: ignore[method-assign]
+    # When it runs
+    connector.run(job, Reports())
+    # Then several distinct PNG previews arrived, none twice in a row
+    assert len(previews) >= 3, len(previews)
+    assert all(mime == "image/png" and data.startswith(b"\x89PNG") for data, mime in previews)
+    assert all(a != b for a, b in pairwise(previews))
 
 
 def test_an_unknown_sampler_fails_with_the_webuis_own_error(connector):
