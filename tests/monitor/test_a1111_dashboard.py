@@ -1,5 +1,6 @@
-"""An a1111 job's live preview (the WebUI's ``current_image``) on the job page, in a real
-headless Chromium: simulator over real HTTP, real worker, real monitor process.
+"""The a1111 connector on the dashboard, in a real headless Chromium: simulator over real
+HTTP, real worker, real monitor process. The fleet page shows the WebUI's loaded checkpoint and
+version on the connector's badge; the job page shows a running job's live preview.
 
 The connector hands each new ``current_image`` to ``Job.report_preview``; forwarding it to the
 monitor (``GET /api/jobs/<id>/preview``, the ``#job-preview`` image of the job page) is issue
@@ -32,6 +33,23 @@ def webui(tmp_path: Path) -> Iterator[A1111SimulatorProcess]:
     sim = A1111SimulatorProcess(step_seconds=0.1, log_path=tmp_path / "webui.log").start()
     yield sim
     sim.stop()
+
+
+def test_the_fleet_page_shows_the_webuis_checkpoint_and_version_on_the_a1111_badge(
+        start_worker: Any, pages: Any, webui: A1111SimulatorProcess) -> None:
+    # Given the fleet page open, and a worker on a WebUI
+    fleet = pages.open("/")
+    worker = start_worker("gpu0", CONNECTORS="a1111", A1111_URL=webui.url, HEALTH_INTERVAL="0.5")
+    badge = f'[data-worker="{worker.node_name}"] .badge[data-service="a1111"]'
+    # Then its badge turns idle and names the loaded checkpoint and the WebUI's version
+    fleet.wait_for_selector(badge + '[data-status="idle"] .badge-detail')
+    assert fleet.inner_text(badge + " .badge-detail") == "v1-5-pruned-emaonly.safetensors [6ce0161689] · v1.10.1"
+    # When another checkpoint is loaded through the WebUI's options, the badge follows
+    requests.post(f"{webui.url}/sdapi/v1/options", json={"sd_model_checkpoint": "sd_xl_base_1.0.safetensors [31e35c80fc]"},
+                  timeout=10).raise_for_status()
+    fleet.wait_for_function("(sel) => document.querySelector(sel).textContent.startsWith('sd_xl_base_1.0')",
+                            arg=badge + " .badge-detail")
+    assert not pages.errors
 
 
 @pytest.mark.xfail(strict=False, reason="needs #11 preview plumbing (monitor preview route and job-page image)")
