@@ -20,7 +20,14 @@ from jobqueue.config import Settings
 from jobqueue.connectors.a1111 import A1111Connector, describe_error
 from jobqueue.connectors.base import Job
 from jobqueue.embedded import free_port
-from jobqueue.errors import ExecutionFailed, InvalidPayloadError, JobCancelled, JobFailed, JobStalled
+from jobqueue.errors import (
+    ConfigError,
+    ExecutionFailed,
+    InvalidPayloadError,
+    JobCancelled,
+    JobFailed,
+    JobStalled,
+)
 from jobqueue.states import ConnectorStatus, JobStatus
 from tests.helpers import wait_for
 from tests.jobqueue.test_connector_status import consumed_queues
@@ -127,6 +134,14 @@ def test_webui_error_answers_are_described_in_one_line():
     assert describe_error(422, detail) == "the WebUI refused the request (422): steps: value is not a valid integer"
     crashed = {"error": "OutOfMemoryError", "detail": "", "body": "", "errors": "CUDA out of memory"}
     assert describe_error(500, crashed) == "the WebUI answered 500: OutOfMemoryError: CUDA out of memory"
+
+
+def test_each_worker_takes_its_gpus_webui_url_and_a_bad_url_map_names_its_variable():
+    settings = Settings.from_env({"JOBQUEUE_A1111_URL": "http://h:7860", "JOBQUEUE_A1111_URLS": "gpu1=http://h:7861"})
+    assert settings.a1111_url_for(1) == "http://h:7861" and settings.a1111_url_for(0) == "http://h:7860"
+    assert Settings.from_env(settings.to_env()).a1111_urls == {"gpu1": "http://h:7861"}
+    with pytest.raises(ConfigError, match="JOBQUEUE_A1111_URLS"):
+        Settings.from_env({"JOBQUEUE_A1111_URLS": "http://no-key:7860"})
 
 
 # -- in-process connector ------------------------------------------------------------------------
