@@ -267,9 +267,10 @@ def test_txt2img_shows_at_least_five_increasing_progress_updates_and_writes_a_pn
                         app=app)
     result = handle.wait(timeout=60, on_progress=seen.append)
     stepped = [p for p in seen if p.get("step")]
-    assert len(stepped) >= 5, seen
-    percents = [p["percent"] for p in stepped]
-    assert percents == sorted(percents) and len(set(percents)) == len(percents)
+    # (an update may repeat its step when only something else changed, e.g. a new preview)
+    updates = [p for i, p in enumerate(stepped) if i == 0 or p["step"] != stepped[i - 1]["step"]]
+    assert len(updates) >= 5, seen
+    assert all(a["step"] < b["step"] and a["percent"] < b["percent"] for a, b in pairwise(updates)), updates
     assert all(p["total_steps"] == 40 and "step" in p["message"] for p in stepped)
     [file] = result["files"]
     assert Path(file["path"]).read_bytes().startswith(b"\x89PNG") and file["filename"] == "00000-11.png"
