@@ -348,3 +348,12 @@ def test_a_killed_webui_fails_the_job_clearly_stops_the_queue_and_resumes_when_i
     # Then the worker consumes a1111 again and runs the next job
     wait_for(lambda: "a1111" in consumed_queues(app, worker.node_name), 20, what="the worker to consume again")
     assert submit_job("a1111", {"steps": 3}, app=app).wait(timeout=30)["worker"] == worker.node_name
+
+
+def test_the_monitor_summary_of_an_a1111_payload_names_size_steps_seed_and_prompt_never_the_images():
+    from jobqueue.summary import summarize_payload
+
+    assert summarize_payload("a1111", A1111Connector.example_payload) == (
+        "txt2img 512×512, 20 steps, seed 42: a lighthouse on a cliff at dusk, oil painting")
+    img2img = {"mode": "img2img", "init_images": ["A" * 100000], "n_iter": 2, "prompt": "x"}
+    assert summarize_payload("a1111", img2img) == "img2img 512×512, 50 steps, 2×1 images: x"
