@@ -5,7 +5,9 @@ uses, on aiohttp, plus private fault switches for tests under ``/_sim/``.
   socket and cut open connections), ``freeze`` (hold every request, make no progress: a hung
   process), ``slow`` (every answer takes ``slow_seconds`` longer), ``die`` (exit at once),
   ``none`` (back to normal).
-* ``POST /_sim/config {"step_seconds": .., "load_seconds": .., "slow_seconds": ..}``: timing.
+* ``POST /_sim/config {"step_seconds": .., "load_seconds": .., "slow_seconds": .., "legacy": ..}``:
+  timing; ``legacy`` answers 404 on ``/internal/ping`` and ``/internal/progress``, like builds
+  before v1.6 (no task ids).
 * ``GET /_sim/requests``: the requests the WebUI routes received (method, path, query, body).
 * ``GET /_sim/state``: fault mode, ``shared.state``, the loaded checkpoint, images generated.
 
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 #: Fault modes accepted by ``POST /_sim/fault``.
 FAULT_MODES = ("none", "refuse", "freeze", "slow", "die")
 _SIM_PREFIX = "/_sim/"
+#: Routes an older WebUI build does not have.
+_LEGACY_MISSING = ("/internal/ping", "/internal/progress")
 _BOOL_TRUE = {"1", "on", "t", "true", "y", "yes"}
 _BOOL_FALSE = {"0", "off", "f", "false", "n", "no"}
 
@@ -62,6 +66,8 @@ class A1111SimServer:
         self.engine = Engine(flavour, step_seconds=step_seconds, load_seconds=load_seconds)
         self.fault = "none"
         self.slow_seconds = 2.0
+        #: Behave like a build before v1.6: no /internal/ping, no /internal/progress.
+        self.legacy = False
         self.requests: deque[dict[str, Any]] = deque(maxlen=5000)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -148,6 +154,8 @@ class A1111SimServer:
             body = {**body, "init_images": [f"<{len(str(i))} chars>" for i in body["init_images"]]}
         self.requests.append({"method": request.method, "path": request.path, "query": dict(request.query),
                               "body": body, "time": time.time()})
+        if self.legacy and request.path in _LEGACY_MISSING:
+            return web.json_response({"detail": "Not Found"}, status=404)
         return await handler(request)
 
     def _sim_routes(self) -> list[web.RouteDef]:
@@ -166,6 +174,8 @@ class A1111SimServer:
                     setattr(self.engine, key, float(data[key]))
             if "slow_seconds" in data:
                 self.slow_seconds = float(data["slow_seconds"])
+            if "legacy" in data:
+                self.legacy = bool(data["legacy"])
             return web.json_response({"step_seconds": self.engine.step_seconds,
                                       "load_seconds": self.engine.load_seconds, "slow_seconds": self.slow_seconds})
 
@@ -356,8 +366,11 @@ class A1111SimulatorThread:
         self.call(self.server.set_fault(mode))
 
     def configure(self, **timing: float) -> None:
-        """Set ``step_seconds`` / ``load_seconds`` / ``slow_seconds``."""
+        """Set ``step_seconds`` / ``load_seconds`` / ``slow_seconds`` (or ``legacy``)."""
         for key, value in timing.items():
+            if key == "legacy":
+                self.server.legacy = bool(value)
+                continue
             target = self.server if key == "slow_seconds" else self.server.engine
             setattr(target, key, float(value))
 

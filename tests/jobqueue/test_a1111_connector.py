@@ -156,6 +156,18 @@ def test_health_reports_checkpoint_and_version_and_offline_with_the_reason_when_
     assert down.status == ConnectorStatus.OFFLINE and "unreachable" in down.message and sim.url in down.message
 
 
+def test_an_older_webui_without_ping_or_task_ids_is_checked_through_options_and_still_runs(sim, connector):
+    # Given a build from before v1.6: /internal/ping and /internal/progress answer 404
+    sim.configure(legacy=True, step_seconds=0.03)
+    # Then health falls back to /sdapi/v1/options, and a job runs with its progress
+    assert connector.check_health().status == ConnectorStatus.IDLE
+    reports = Reports()
+    result = connector.run(Job(id="old", service="a1111", payload={"steps": 40, "width": 64, "height": 64}), reports)
+    assert result["files"] and max(r.get("step") or 0 for r in reports.items) >= 10
+    # (/internal/progress was asked once; after its 404 the connector never asks again)
+    assert len([r for r in sim.requests() if r["path"] == "/internal/progress"]) == 1
+
+
 def test_a_run_writes_every_image_and_returns_the_webuis_info(connector, tmp_path):
     job = Job(id="j1", service="a1111", payload={"prompt": "a cat", "seed": 5, "steps": 3, "n_iter": 2,
                                                    "batch_size": 2, "width": 64, "height": 64})
