@@ -122,6 +122,8 @@ class A1111Connector(Connector):
         super().__init__(settings, gpu=gpu)
         self.base_url = settings.a1111_url_for(gpu).rstrip("/")
         self._http = requests.Session()
+        #: The health loop's own session: a requests.Session is not shared between threads.
+        self._health_http = requests.Session()
         self._one_at_a_time = threading.Lock()
         self._runs: dict[str, _Run] = {}
         self._runs_lock = threading.Lock()
@@ -135,12 +137,15 @@ class A1111Connector(Connector):
 
     def stop(self) -> None:
         self._http.close()
+        self._health_http.close()
 
     # -- REST ------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, *, timeout: float, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, path: str, *, timeout: float, session: requests.Session | None = None,
+                 **kwargs: Any) -> requests.Response:
         """One REST call; an unreachable WebUI raises :class:`ServiceUnavailable`."""
         try:
-            return self._http.request(method, f"{self.base_url}{path}", timeout=(min(timeout, 3.0), timeout), **kwargs)
+            return (session or self._http).request(method, f"{self.base_url}{path}",
+                                                   timeout=(min(timeout, 3.0), timeout), **kwargs)
         except requests.ConnectionError as exc:
             raise ServiceUnavailable(f"the WebUI at {self.base_url} is unreachable: {_reason(exc)}",
                                      {"url": self.base_url, "path": path}) from None
@@ -149,10 +154,10 @@ class A1111Connector(Connector):
     def check_health(self) -> Health:
         facts: dict[str, Any] = {"url": self.base_url}
         try:
-            ping = self._request("GET", "/internal/ping", timeout=HEALTH_TIMEOUT)
+            ping = self._request("GET", "/internal/ping", timeout=HEALTH_TIMEOUT, session=self._health_http)
             if ping.status_code not in (200, 404):  # 404: an older build without /internal/ping
                 return Health(ConnectorStatus.ERROR, f"the WebUI's /internal/ping answered {ping.status_code}", facts)
-            options = self._request("GET", "/sdapi/v1/options", timeout=HEALTH_TIMEOUT)
+            options = self._request("GET", "/sdapi/v1/options", timeout=HEALTH_TIMEOUT, session=self._health_http)
             if options.status_code == 404:
                 return Health(ConnectorStatus.ERROR, f"the WebUI at {self.base_url} has no API: start it with --api",
                               facts)
@@ -160,7 +165,8 @@ class A1111Connector(Connector):
                 return Health(ConnectorStatus.ERROR, f"the WebUI's /sdapi/v1/options answered {options.status_code}",
                               facts)
             checkpoint = options.json().get("sd_model_checkpoint")
-            progress = self._request("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=HEALTH_TIMEOUT)
+            progress = self._request("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=HEALTH_TIMEOUT,
+                                     session=self._health_http)
             busy = progress.status_code == 200 and (progress.json().get("state") or {}).get("job_count", 0) != 0
             if self._version is None:
                 self._version = self._read_version()
@@ -181,7 +187,7 @@ class A1111Connector(Connector):
     def _read_version(self) -> str | None:
         """The WebUI's version from ``/internal/sysinfo`` (asked once per server start)."""
         try:
-            response = self._request("GET", "/internal/sysinfo", timeout=10.0)
+            response = self._request("GET", "/internal/sysinfo", timeout=10.0, session=self._health_http)
             if response.status_code == 200:
                 version = json.loads(response.text).get("Version")
                 return str(version) if version else None
@@ -273,6 +279,8 @@ class A1111Connector(Connector):
                            state.get("textinfo"), run.ours)
                 if current != snapshot:
                     snapshot, last_change = current, now
+                elif run.ours is False and shown.get("job_count", 0) != 0:
+                    last_change = now  # busy with another client's job: alive, we wait our turn
                 elif run.ours is not False and run.switching and shown.get("job_count") == -1:
                     last_change = now  # our checkpoint switch: loading weights shows no progress
                 if run.ours is False:

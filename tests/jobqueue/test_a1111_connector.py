@@ -217,6 +217,18 @@ def test_a_webui_busy_with_another_clients_job_is_alive_and_its_progress_is_not_
     assert all(r.get("total_steps") in (None, 4) for r in reports.items), reports.items
 
 
+def test_another_clients_silent_checkpoint_load_longer_than_the_stall_timeout_is_waited_out(sim, connector):
+    # Given another client's job whose checkpoint switch shows no progress for 3 s
+    sim.configure(load_seconds=3.0)
+    other = other_client(sim.url, {"steps": 2, "override_settings": {"sd_model_checkpoint": XL}})
+    wait_for(lambda: sim_busy(sim.url), what="the other job to start loading")
+    # When our job, with a 1.5 s stall timeout, waits behind it
+    result = connector.run(Job(id="patient", service="a1111", payload={"steps": 2, "stall_timeout": 1.5}), Reports())
+    other.join(10)
+    # Then it was not declared stalled: a busy WebUI is alive
+    assert result["files"]
+
+
 def test_a_checkpoint_switch_that_outlasts_the_stall_timeout_counts_as_alive(sim, connector):
     sim.configure(load_seconds=3.0)
     reports = Reports()
