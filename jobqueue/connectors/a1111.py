@@ -269,7 +269,12 @@ class A1111Connector(Connector):
                 except JobTimedOut:
                     self._interrupt(run)
                     raise
-            state = self._poll(run, stall)
+            try:
+                state = self._poll(run, stall)
+            except ServiceUnavailable:
+                if job.cancelled.is_set():  # a cancelled job is never retried, whatever the WebUI does
+                    raise JobCancelled("job was cancelled; the WebUI went away", {"task_id": run.task_id}) from None
+                raise
             now = time.monotonic()
             if state is not None:
                 last_answer = now
@@ -300,6 +305,8 @@ class A1111Connector(Connector):
                 continue
             if now - last_answer > stall or now - last_change > stall:
                 self._suspect = True
+                if job.cancelled.is_set():
+                    raise JobCancelled("job was cancelled; the WebUI stopped answering", {"task_id": run.task_id})
                 silent = now - last_answer > stall
                 what = "did not answer /sdapi/v1/progress" if silent else "showed no progress"
                 if not silent:  # a WebUI that answers may still free itself; a silent one would not hear

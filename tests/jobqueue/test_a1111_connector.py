@@ -263,6 +263,19 @@ def test_a_frozen_webui_stalls_the_job_within_the_stall_timeout(sim, connector):
     sim.fault("none")
 
 
+def test_a_job_cancelled_while_its_webui_is_frozen_ends_cancelled_not_stalled(sim, connector):
+    sim.configure(step_seconds=0.1)
+    job = Job(id="frozen-cancel", service="a1111", payload={"steps": 100, "stall_timeout": 1.5})
+    thread, outcome = run_in_thread(connector, job)
+    wait_for(lambda: sim_busy(sim.url), what="the job to run")
+    sim.fault("freeze")
+    connector.cancel(job)
+    thread.join(20)
+    # (JobStalled would hand a cancelled job to another worker)
+    assert isinstance(outcome[0], JobCancelled), outcome
+    sim.fault("none")
+
+
 def test_cancelling_a_job_queued_behind_another_clients_never_interrupts_that_job(sim, connector):
     sim.configure(step_seconds=0.05)
     other = other_client(sim.url, {"steps": 200, "force_task_id": "theirs"})
