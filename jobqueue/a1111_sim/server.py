@@ -283,10 +283,15 @@ class A1111SimServer:
         return web.json_response({"size": len(tasks), "tasks": tasks})
 
     async def sysinfo(self, request: web.Request) -> web.Response:
+        # modules/sysinfo.py get_dict() (a subset), served as ui.py's download_sysinfo does:
+        # JSON text in a PlainTextResponse.
         info = {"Platform": platform.platform(), "Python": platform.python_version(),
-                "Version": self.engine.version, "Commit": "simulated", "Commandline": list(sys.argv),
-                "Data path": os.getcwd(), "Extensions": [], "Config": dict(self.engine.opts)}
-        return web.Response(text=json.dumps(info, indent=4), content_type="application/json")
+                "Version": self.engine.version, "Commit": "simulated", "Script path": os.getcwd(),
+                "Data path": os.getcwd(), "Commandline": list(sys.argv), "Extensions": [],
+                "Config": dict(self.engine.opts)}
+        stamp = time.strftime("%Y-%m-%d-%H-%M", time.gmtime())
+        return web.Response(text=json.dumps(info, ensure_ascii=False, indent=4), content_type="text/plain",
+                            headers={"Content-Disposition": f'inline; filename="sysinfo-{stamp}.json"'})
 
 
 async def serve(server: A1111SimServer, ready: Any = None, stop: asyncio.Event | None = None) -> None:
