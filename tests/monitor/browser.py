@@ -99,17 +99,34 @@ class MonitorProcess:
         return res.json()
 
 
-@pytest.fixture(scope="session")
-def chromium() -> Iterator[Any]:
-    """One headless Chromium for the session (each test gets fresh contexts)."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: apt-get install chromium (the CI image has it)")
-    from playwright.sync_api import sync_playwright
+#: Where the session's one Playwright and browser are kept (see :func:`chromium`).
+_BROWSER = pytest.StashKey[tuple[Any, Any]]()
 
-    with sync_playwright() as playwright:
+
+@pytest.fixture(scope="session")
+def chromium(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """One headless Chromium for the session (each test gets fresh contexts).
+
+    Every test module aliases this fixture (``chromium = browser.chromium``), which makes one
+    session fixture *per module*; a second sync Playwright in the same thread fails ("Sync API
+    inside the asyncio loop"). So the first one started is kept in the session's stash, shared
+    by all, and stopped when the session ends.
+    """
+    if _BROWSER not in request.config.stash:
+        if not Path(CHROMIUM).exists():
+            pytest.fail(f"Chromium is missing at {CHROMIUM}: apt-get install chromium (the CI image has it)")
+        from playwright.sync_api import sync_playwright
+
+        playwright = sync_playwright().start()
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        request.config.stash[_BROWSER] = (playwright, browser)
+
+        def stop() -> None:
+            browser.close()
+            playwright.stop()
+
+        request.config.add_cleanup(stop)
+    yield request.config.stash[_BROWSER][1]
 
 
 @pytest.fixture
