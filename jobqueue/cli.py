@@ -2,7 +2,7 @@
 
     jobqueue up                                   # broker (embedded if needed), worker, monitor
     jobqueue submit simulation '{"steps": 5}' --wait
-    jobqueue status <job id>
+    jobqueue status <job id>                      # exits 1 for an unknown id
     jobqueue worker -Q gpu1                       # = celery -A jobqueue worker -Q gpu1
 
 Settings come from ``JOBQUEUE_*`` variables (docs/configuration.md), read once per command.
@@ -75,15 +75,19 @@ def main() -> None:
 @click.option("--no-monitor", is_flag=True, help="Do not start the monitor.")
 @click.option("--stop-timeout", type=float, default=10.0, show_default=True,
               help="Seconds each process gets to stop before it is killed.")
-def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, stop_timeout: float) -> None:
+@click.option("--debug", is_flag=True,
+              help="Copy every process's output (and the monitor's request log) to the console.")
+def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, stop_timeout: float,
+       debug: bool) -> None:
     """Run everything: broker (embedded Redis if none answers), worker, simulator, monitor.
 
-    Ctrl-C stops everything. Exits non-zero when a process dies on its own.
+    Ctrl-C stops everything. A process that dies is restarted; one that keeps dying stops
+    everything with a non-zero exit. Logs go to JOBQUEUE_DATA_DIR/logs (default ./.jobqueue).
     """
     from jobqueue.up import UpOptions, run_up
 
     options = UpOptions(queues=queues, comfyui_sim=not no_comfyui_sim, comfyui_port=comfyui_port,
-                        monitor=not no_monitor, stop_timeout=stop_timeout)
+                        monitor=not no_monitor, stop_timeout=stop_timeout, debug=debug)
     try:
         code = run_up(os.environ, options)
     except ConfigError as exc:
@@ -167,7 +171,8 @@ def _wait_with_progress_bar(handle: Any, wait_timeout: float | None) -> Any:
 def status(job_id: str) -> None:
     """Print JOB_ID's status and progress as JSON (and its result or error once it ended).
 
-    An id the result backend has never seen reads as "queued", like a job still waiting.
+    A job still waiting in its queue reads "queued"; an id that was never submitted (or was
+    forgotten with its result) exits 1 saying the job is unknown.
     """
     from jobqueue.client import get_job
     from jobqueue.states import JobStatus
@@ -175,6 +180,9 @@ def status(job_id: str) -> None:
     with celery_app() as app:
         handle = get_job(job_id, app=app)
         state = handle.status()
+        if state == JobStatus.UNKNOWN:
+            raise click.ClickException(
+                f"job {job_id} is unknown: never submitted, or forgotten with its result")
         report: dict[str, Any] = {"id": job_id, "status": state.value, "progress": handle.progress()}
         if state == JobStatus.COMPLETED:
             report["result"] = handle.result()

@@ -20,10 +20,19 @@ from typing import Any
 from celery import states as celery_states
 
 from jobqueue.connectors import connector_class
-from jobqueue.errors import InvalidPayloadError, JobCancelled, JobError, JobFailed, SubmitError, WaitTimeout
+from jobqueue.errors import (
+    InvalidPayloadError,
+    JobCancelled,
+    JobError,
+    JobFailed,
+    JobNotFound,
+    SubmitError,
+    WaitTimeout,
+)
 from jobqueue.events import CONTROL_CANCEL_JOB, RUN_JOB_TASK
 from jobqueue.routing import broker_priority, check_priority, service_queue
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
+from jobqueue.submitted import record_submitted, was_submitted
 from jobqueue.summary import summarize_payload
 
 #: How often ``wait()`` polls the result backend.
@@ -59,6 +68,8 @@ class JobHandle:
     def __init__(self, job_id: str, app: Any = None) -> None:
         self.id = job_id
         self.app = app or _default_app()
+        #: True once the id is known to have been submitted (it never becomes unknown again).
+        self.submitted = False
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id}>"
@@ -71,10 +82,17 @@ class JobHandle:
         res = self._result
         state, info = res.state, res.info
         error_type = type(info).__name__ if isinstance(info, BaseException) else None
-        return job_status_from_celery(state, error_type), (state, info)
+        status = job_status_from_celery(state, error_type)
+        if state == celery_states.PENDING and not self.submitted:
+            known = was_submitted(self.app, self.id)
+            if known is False:
+                status = JobStatus.UNKNOWN
+            self.submitted = bool(known)
+        return status, (state, info)
 
     def status(self) -> JobStatus:
-        """The job's lifecycle state (queued for an id nobody has seen yet)."""
+        """The job's lifecycle state: ``queued`` until a worker takes it, ``unknown`` for an id
+        that was never submitted (or was forgotten with its result)."""
         return self._state()[0]
 
     def progress(self) -> dict[str, Any]:
@@ -91,7 +109,8 @@ class JobHandle:
         """Block until the job ends; return its result.
 
         Calls ``on_progress(progress)`` for every change seen. Raises :class:`JobFailed` when
-        the job failed, timed out or was cancelled, :class:`WaitTimeout` after ``timeout`` s.
+        the job failed, timed out or was cancelled, :class:`WaitTimeout` after ``timeout`` s,
+        :class:`JobNotFound` at once for an unknown id.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         last: dict[str, Any] | None = None
@@ -102,6 +121,8 @@ class JobHandle:
                 on_progress(dict(info))
             if status in FINAL_JOB_STATES:
                 return self._final(status, state, info)
+            if status == JobStatus.UNKNOWN:
+                raise JobNotFound(f"no job {self.id} (never submitted, or forgotten with its result)")
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"job {self.id} still {status.value} after {timeout} s")
             time.sleep(POLL_INTERVAL)
@@ -119,6 +140,8 @@ class JobHandle:
         """The result of a completed job; :class:`JobFailed` if it ended badly;
         :class:`JobNotFinished` if it is still going."""
         status, (state, info) = self._state()
+        if status == JobStatus.UNKNOWN:
+            raise JobNotFound(f"no job {self.id} (never submitted, or forgotten with its result)")
         if status not in FINAL_JOB_STATES:
             raise JobNotFinished(f"job {self.id} is {status.value}")
         return self._final(status, state, info)
@@ -126,9 +149,10 @@ class JobHandle:
     def cancel(self) -> bool:
         """Cancel the job: a queued one never runs, a running one is stopped on its service.
 
-        Returns False when the job had already ended.
+        Returns False when the job had already ended, or is unknown.
         """
-        if self.status() in FINAL_JOB_STATES:
+        current = self.status()
+        if current in FINAL_JOB_STATES or current == JobStatus.UNKNOWN:
             return False
         # Mark it first, so a worker that starts it later (and never saw the revoke) skips it.
         self.app.backend.store_result(self.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
@@ -212,18 +236,28 @@ def submit_job(
     app: Any = None,
     job_id: str | None = None,
     extra: dict[str, Any] | None = None,
+    webhook_url: str | None = None,
 ) -> JobHandle:
     """Validate and enqueue one job; return its handle.
 
     ``queue`` pins the job (``gpu0``, ``machine.<id>``, ``gpu0.<machine>``); by default it
     goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
     Raises :class:`~jobqueue.errors.UnknownServiceError` or
-    :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued).
+    :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued). ``webhook_url`` (http or
+    https only, else :class:`~jobqueue.errors.SubmitError`) gets a signed POST when the job
+    ends (see :mod:`jobqueue.webhooks`).
     """
     app = app or _default_app()
+    if webhook_url is not None:
+        from jobqueue.webhooks import check_webhook_url
+
+        extra = {**(extra or {}), "webhook_url": check_webhook_url(webhook_url)}
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
     )
+    record_submitted(app, [send_options["task_id"]])  # before sending: no job without a record
     app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
-    return JobHandle(send_options["task_id"], app)
+    handle = JobHandle(send_options["task_id"], app)
+    handle.submitted = True
+    return handle

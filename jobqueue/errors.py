@@ -65,6 +65,10 @@ class WaitTimeout(JobError):
     """``JobHandle.wait()`` gave up before the job ended (the job itself goes on)."""
 
 
+class JobNotFound(JobError):
+    """No job with that id is on record (never submitted, or forgotten with its result)."""
+
+
 class WorkflowNotFound(JobError):
     """No workflow with that id is on record (never submitted, or its record expired)."""
 
@@ -93,6 +97,10 @@ class ServiceUnavailable(ConnectorError):
     """The connector's service is down or unreachable; the job may run elsewhere."""
 
     retryable = True
+
+
+class ServiceNotReached(ServiceUnavailable):
+    """The service was down before the job was handed to it: the attempt does not count as a retry."""
 
 
 class JobStalled(ConnectorError):

@@ -23,6 +23,9 @@ MIN_PRIORITY, MAX_PRIORITY = 0, 9
 DEFAULT_PRIORITY = 5
 #: Highest broker priority level: two levels per caller priority (Redis and RabbitMQ alike).
 BROKER_MAX_PRIORITY = 2 * (MAX_PRIORITY + 1) - 1
+#: kombu's Redis key separator (``kombu.transport.redis.Channel.sep``, never overridden: stock
+#: tooling writes binding keys with it): priority level ``n`` of a queue is ``<queue><sep><n>``.
+REDIS_KEY_SEP = "\x06\x16"
 
 
 def service_queue(service: str) -> str:
@@ -67,7 +70,7 @@ def broker_priority(priority: int, *, is_redis: bool, continuation: bool = False
     return BROKER_MAX_PRIORITY - level if is_redis else level
 
 
-def redis_queue_keys(queue: str, sep: str = ":") -> list[str]:
+def redis_queue_keys(queue: str, sep: str = REDIS_KEY_SEP) -> list[str]:
     """The Redis lists that hold ``queue``'s messages, most urgent first (for queue lengths).
 
     kombu keeps broker level 0 in the list named after the queue, level ``n`` in

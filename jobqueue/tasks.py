@@ -18,9 +18,12 @@ from celery.exceptions import Ignore
 from jobqueue.connectors import Job
 from jobqueue.errors import ConnectorError, JobCancelled
 from jobqueue.events import RUN_JOB_TASK, TASK_PROGRESS
+from jobqueue.previews import publisher_for
 from jobqueue.progress import ProgressTracker
+from jobqueue.retrying import plan_retry
 from jobqueue.states import PROGRESS
 from jobqueue.worker.identity import WorkerIdentity
+from jobqueue.worker.lease import given_up
 from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.workflows import run_step
 
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: Minimum seconds between two progress publications that only move the percent.
 PROGRESS_MIN_INTERVAL = 0.1
+#: Progress events are lossy anyway: a broker out of reach must not hold the job for long.
+PROGRESS_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 
 
 def _runtime(app: Any, hostname: str | None) -> WorkerRuntime:
@@ -95,29 +100,47 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
 
     def publish(progress: dict[str, Any]) -> None:
         meta = {**progress, "service": service, "attempt": job.attempt}
-        task.update_state(state=PROGRESS, meta=meta)
-        task.send_event(TASK_PROGRESS, **meta)
+        if runtime.is_given_up(job.id):
+            return  # the job belongs to another worker now
+        try:
+            task.update_state(state=PROGRESS, meta=meta)
+            task.send_event(TASK_PROGRESS, retry_policy=PROGRESS_RETRY_POLICY, **meta)
+        except Exception as exc:  # broker or backend out of reach: progress is best effort
+            log.warning("job %s: progress not published: %s", job.id, exc)
 
     tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL)
+    previews = job.previews = publisher_for(app, job.id, lambda seq: tracker.annotate(preview=seq))
     runtime.job_started(job, connector)
     error: BaseException | None = None
     try:
         output = connector.run(job, tracker.report)
     except JobCancelled as exc:
         error = exc
+        if runtime.is_given_up(job.id):  # lease lost: the job belongs to another worker now
+            raise given_up(job.id) from exc
         _mark_cancelled(task, str(exc))
         raise Ignore() from exc
     except ConnectorError as exc:
         error = exc
-        if exc.retryable and (request.retries or 0) < settings.max_retries:
-            log.warning("job %s: %s; retrying elsewhere (attempt %d)", job.id, exc, job.attempt + 1)
-            raise task.retry(exc=exc, countdown=0, max_retries=settings.max_retries) from exc
+        if runtime.is_given_up(job.id):
+            raise given_up(job.id) from exc
+        plan = plan_retry(app, job.id, exc, retries=request.retries or 0, max_retries=settings.max_retries,
+                          started_at=time.time() - (time.monotonic() - job.started), timeout=float(timeout))
+        if plan.retry:
+            log.warning("job %s: %s; retrying in %g s (attempt %d; %s)", job.id, exc, plan.countdown,
+                        job.attempt + 1, plan.reason)
+            # The plan decided; Celery's own limit only has to let this one retry through.
+            raise task.retry(exc=exc, countdown=plan.countdown, max_retries=(request.retries or 0) + 1) from exc
         raise
     except BaseException as exc:
         error = exc
         raise
     finally:
+        if previews is not None:
+            previews.close()
         runtime.job_finished(job, connector, error)
+    if runtime.is_given_up(job.id):
+        raise given_up(job.id)
     result = {
         "job_id": job.id,
         "service": service,

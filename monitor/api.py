@@ -228,7 +228,8 @@ def submit() -> Any:
     count = body.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SUBMIT_COUNT:
         raise ApiError(400, "bad_request", f"'count' must be an integer 1..{MAX_SUBMIT_COUNT}")
-    unknown = set(body) - {"service", "payload", "priority", "queue", "timeout", "count", "workflow_id", "step"}
+    unknown = set(body) - {"service", "payload", "priority", "queue", "timeout", "count", "workflow_id", "step",
+                           "webhook_url"}
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s) {sorted(unknown)}")
     ids = []
@@ -236,7 +237,8 @@ def submit() -> Any:
         for _ in range(count):
             handle = submit_job(service, body.get("payload", {}), priority=body.get("priority"),
                                 queue=body.get("queue"), timeout=body.get("timeout"),
-                                workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery)
+                                workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery,
+                                webhook_url=body.get("webhook_url"))
             ids.append({"id": handle.id})
     except SubmitError as exc:
         raise ApiError(400, "invalid_job", str(exc)) from None

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -27,6 +28,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -43,6 +45,23 @@ COMFYUI_VERSION = "0.3.64"
 FAULT_MODES = ("none", "refuse", "freeze", "drop_ws", "die")
 FEATURES = {"supports_preview_metadata": True, "max_upload_size": 104857600}
 _SIM_PREFIX = "/_sim/"
+#: Name prefix of the simulator's temporary folders (``comfyui-sim-<pid>-<random>``).
+TEMP_PREFIX = "comfyui-sim-"
+
+
+def remove_stale_temp_dirs() -> None:
+    """Remove the temporary folders of simulators that died without cleaning up (their
+    names carry the pid; a folder whose process is gone is stale)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = path.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # someone else's live process
+            pass
 
 
 def _memory() -> tuple[int, int]:
@@ -62,7 +81,12 @@ class SimServer:
         self.host = host
         self.port = port
         self.control_port = control_port
-        root = None if output_dir and temp_dir else tempfile.mkdtemp(prefix="comfyui-sim-")
+        root = None
+        if not (output_dir and temp_dir):
+            remove_stale_temp_dirs()
+            root = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+        #: The temporary folder this server made (removed when it stops), if any.
+        self.temp_root = root
         self.output_dir = output_dir or os.path.join(root or "", "output")
         self.temp_dir = temp_dir or os.path.join(root or "", "temp")
         os.makedirs(self.output_dir, exist_ok=True)
@@ -119,6 +143,8 @@ class SimServer:
         for runner in (self._runner, self._control_runner):
             if runner is not None:
                 await runner.cleanup()
+        if self.temp_root is not None:
+            shutil.rmtree(self.temp_root, ignore_errors=True)
 
     async def _close_sockets(self) -> None:
         for ws in list(self.sockets.values()):
@@ -245,11 +271,14 @@ class SimServer:
                     except ValueError:
                         data = None
                     if isinstance(data, dict) and data.get("type") == "feature_flags":
+                        flags = data.get("data")
+                        self.sim.client_features[sid] = dict(flags) if isinstance(flags, dict) else {}
                         await self.sim.send("feature_flags", dict(FEATURES), sid)
                 first = False
         finally:
             if self.sockets.get(sid) is ws:
                 del self.sockets[sid]
+                self.sim.client_features.pop(sid, None)
         return ws
 
     async def get_prompt(self, request: web.Request) -> web.Response:
@@ -374,10 +403,10 @@ class SimServer:
 
 async def serve(server: SimServer, ready: Any = None, stop: asyncio.Event | None = None) -> None:
     """Start ``server``, call ``ready(server)``, serve until ``stop`` is set (or forever)."""
-    await server.start()
-    if ready is not None:
-        ready(server)
     try:
+        await server.start()
+        if ready is not None:
+            ready(server)
         await (stop or asyncio.Event()).wait()
     finally:
         await server.stop()

@@ -63,12 +63,15 @@ def validate_inputs(prompt: dict[str, Any], unique_id: str, validated: Validated
             try:
                 upstream_ok = validate_inputs(prompt, str(val[0]), validated)[0]
             except Exception as exc:
+                # ComfyUI files this under the *linked* node (the one holding the bad link),
+                # not under the node being validated, whose own error list stays empty.
                 valid = False
-                errors.append(_error("exception_during_inner_validation", "Exception when validating inner node",
-                                     str(exc), {"input_name": name, "input_config": info,
-                                                "exception_message": str(exc), "exception_type": type(exc).__name__,
-                                                "traceback": traceback.format_tb(exc.__traceback__),
-                                                "linked_node": val}))
+                reasons = [_error("exception_during_inner_validation", "Exception when validating inner node",
+                                  str(exc), {"input_name": name, "input_config": info,
+                                             "exception_message": str(exc), "exception_type": type(exc).__name__,
+                                             "traceback": traceback.format_tb(exc.__traceback__),
+                                             "linked_node": val})]
+                validated[str(val[0])] = (False, reasons, str(val[0]))
                 continue
             if not upstream_ok:
                 valid = False

@@ -11,7 +11,8 @@ How one job runs (one at a time per WebUI: the WebUI itself runs one job at a ti
    ``eta_relative`` become progress reports, ``current_image`` the live preview. Until our task
    runs, POST ``/internal/progress {"id_task": ...}`` says whether the WebUI is on *our* job or
    still busy with another client's (then nothing is reported as ours).
-3. The answer's base64 ``images`` are written to ``Settings.output_dir/<job id>/``; its
+3. The answer's base64 ``images`` are written to the output store (:mod:`jobqueue.outputs`,
+   ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/``); its
    ``info`` (seed, sampler, model, version...) goes into the result.
 
 Stall: ``/sdapi/v1/progress`` unanswered, or its state unchanged, for ``stall_timeout``
@@ -30,7 +31,6 @@ import json
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -41,6 +41,7 @@ from jobqueue.connectors.a1111_payload import request_body, validate_payload
 from jobqueue.connectors.a1111_post import BlockingPost
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
 from jobqueue.errors import ExecutionFailed, JobCancelled, JobStalled, JobTimedOut, ServiceUnavailable
+from jobqueue.outputs import save_output
 from jobqueue.states import ConnectorStatus
 
 log = logging.getLogger(__name__)
@@ -416,25 +417,28 @@ class A1111Connector(Connector):
         return {"files": files, "info": info, "task_id": run.task_id}
 
     def _write_images(self, job: Job, images: list[str], info: dict[str, Any]) -> list[dict[str, Any]]:
-        """Decode every image into ``output_dir/<job id>/`` (the ComfyUI connector's layout)."""
-        target = Path(self.settings.output_dir) / job.id
-        target.mkdir(parents=True, exist_ok=True)
+        """Decode every image into the output store, ``<store>/<job id>/`` (jobqueue.outputs, as
+        every connector does)."""
         first = int(info.get("index_of_first_image") or 0)
         seeds = list(info.get("all_seeds") or [])
         files = []
         for index, text in enumerate(images):
+            job.check()
             try:
                 data = decode_image(text)
             except (binascii.Error, ValueError) as exc:
                 raise ExecutionFailed(f"image {index} of the WebUI's answer is not base64: {exc}", {}) from None
-            extension = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}.get(image_type(data), "bin")
+            mime = image_type(data)
+            extension = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}.get(mime, "bin")
             if index < first:
                 name = f"grid-{index:02d}.{extension}"
             else:
                 seed = seeds[index - first] if index - first < len(seeds) else None
                 name = f"{index - first:05d}-{seed}.{extension}" if seed is not None else f"{index - first:05d}.{extension}"
-            path = target / name
-            path.write_bytes(data)
-            files.append({"filename": name, "path": str(path.resolve()), "type": "grid" if index < first else "output",
-                          "mime": image_type(data), "bytes": len(data)})
+            item: dict[str, Any] = {"filename": name, "type": "grid" if index < first else "output", "mime": mime}
+            try:
+                item.update(save_output(self.settings, job.id, name, [data]))
+            except Exception as exc:  # any store error (OSError, botocore's own) fails the job clearly
+                raise ExecutionFailed(f"could not store output file {name!r}: {exc}", dict(item)) from exc
+            files.append(item)
         return files

@@ -11,6 +11,7 @@ interval and publishes every status change; the task calls :meth:`Connector.run`
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from jobqueue.config import Settings
+from jobqueue.connectors.orphans import OrphanBook
 from jobqueue.errors import InvalidPayloadError, JobCancelled, JobTimedOut
 from jobqueue.states import ConnectorStatus
 
@@ -46,6 +48,12 @@ class ProgressReporter(Protocol):
     ) -> object: ...
 
 
+class PreviewSink(Protocol):
+    """Where a job's live preview images go (see :class:`jobqueue.previews.PreviewPublisher`)."""
+
+    def offer(self, data: bytes, mime: str) -> None: ...
+
+
 @dataclass
 class Job:
     """One attempt at running a job, as a connector sees it."""
@@ -64,8 +72,23 @@ class Job:
     deadline: float | None = None
     #: Set when the job is cancelled; connectors wait on it instead of sleeping.
     cancelled: threading.Event = field(default_factory=threading.Event)
-    #: The latest live preview (bytes, MIME type) a connector reported (see report_preview).
-    preview: tuple[bytes, str] | None = None
+    #: Receives live previews (the task sets it; None: previews are dropped).
+    previews: PreviewSink | None = None
+
+    def report_preview(self, data: bytes, mime: str = "image/jpeg") -> None:
+        """Offer the latest live preview image of this job (encoded bytes and their MIME type).
+
+        Cheap and safe to call for every frame the service sends: the sink throttles (at most
+        2 per second per job), shrinks what is too big, keeps only the latest per job and tells
+        monitors. Never raises; without a sink the frame is dropped.
+        """
+        sink = self.previews
+        if sink is None or not data:
+            return
+        try:
+            sink.offer(bytes(data), mime)
+        except Exception:  # a preview must never break the job
+            logging.getLogger(__name__).warning("job %s: preview dropped", self.id, exc_info=True)
 
     def check(self) -> None:
         """Raise :class:`JobCancelled` or :class:`JobTimedOut` when the job must stop now."""
@@ -74,14 +97,6 @@ class Job:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             limit = self.options.get("timeout")
             raise JobTimedOut(f"job exceeded its timeout of {limit} s", {"timeout": limit})
-
-    def report_preview(self, data: bytes, mime: str) -> None:
-        """Hand over the latest live preview image of this job (``data`` in ``mime`` format).
-
-        STUB (issue 15): only keeps the latest preview in memory. Issue 11's preview plumbing
-        replaces this method at merge with the real one (forwarding, throttling, monitor).
-        """
-        self.preview = (bytes(data), mime)
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` unless the job is cancelled or times out first (then raise)."""
@@ -114,6 +129,9 @@ class Connector(ABC):
         self._message = ""
         self._details: dict[str, Any] = {}
         self._listeners: list[StatusListener] = []
+        #: Work handed to the service that must be made sure gone (the worker runtime gives it
+        #: a Redis-backed book per worker identity, so it survives a restart).
+        self.orphans = OrphanBook()
 
     # -- payload ---------------------------------------------------------------------------
     @classmethod

@@ -25,6 +25,7 @@ the service's queue while the connector is unhealthy).
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Callable
@@ -70,6 +71,8 @@ class WorkerRuntime:
             service: factory(service, settings, identity.gpu) for service in identity.connectors
         }
         self._jobs: dict[str, tuple[Job, Connector]] = {}
+        #: Jobs given up because the lease was lost (newest last, bounded).
+        self._given_up: collections.deque[str] = collections.deque(maxlen=1000)
         self._lock = threading.RLock()
         self._ever_healthy: set[str] = set()
         self._closing = False
@@ -101,6 +104,14 @@ class WorkerRuntime:
     def closing(self) -> bool:
         """True once the worker is stopping: statuses no longer change."""
         return self._closing
+
+    def keep_orphans_in(self, client: Any) -> None:
+        """Give every connector an orphan book in Redis (``client``), one key per worker
+        identity and service, so prompts abandoned before a restart are still cleaned up."""
+        from jobqueue.connectors.orphans import OrphanBook, book_key
+
+        for service, connector in self.connectors.items():
+            connector.orphans = OrphanBook(client, book_key(self.identity.node_name, service))
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,6 +162,8 @@ class WorkerRuntime:
         """
         with self._lock:
             self._jobs[job.id] = (job, connector)
+            if job.id in self._given_up:  # handed to this worker again: a new, live attempt
+                self._given_up.remove(job.id)
             if not self._closing and connector.status.is_healthy:
                 connector.set_status(ConnectorStatus.ACTIVE, f"running job {job.id}")
 
@@ -195,6 +208,21 @@ class WorkerRuntime:
         except Exception:
             log.exception("connector %s failed to cancel job %s", connector.service, job_id)
         return True
+
+    def give_up(self, job_ids: list[str]) -> None:
+        """Stop jobs whose lease was lost (the broker may already run them elsewhere): they are
+        interrupted on their service like a cancel, but end reporting nothing (see
+        :meth:`is_given_up` and :func:`jobqueue.worker.lease.forget_message`)."""
+        for job_id in job_ids:
+            with self._lock:
+                self._given_up.append(job_id)
+            log.warning("giving up job %s: its lease is lost", job_id)
+            self.cancel(job_id)
+
+    def is_given_up(self, job_id: str) -> bool:
+        """True when ``job_id`` was given up here after its lease was lost."""
+        with self._lock:
+            return job_id in self._given_up
 
     def snapshot(self) -> dict[str, Any]:
         """Identity plus every connector's status, as the control command returns it.

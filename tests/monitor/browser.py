@@ -99,34 +99,29 @@ class MonitorProcess:
         return res.json()
 
 
-#: Where the session's one Playwright and browser are kept (see :func:`chromium`).
-_BROWSER = pytest.StashKey[tuple[Any, Any]]()
+#: The session's one browser, shared by every test module that registers :func:`chromium`
+#: (each registration is its own session fixture; Playwright's sync API allows one at a time).
+_SESSION: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="session")
-def chromium(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """One headless Chromium for the session (each test gets fresh contexts).
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for the session (each test gets fresh contexts)."""
+    if "browser" in _SESSION:
+        yield _SESSION["browser"]
+        return
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: apt-get install chromium (the CI image has it)")
+    from playwright.sync_api import sync_playwright
 
-    Every test module aliases this fixture (``chromium = browser.chromium``), which makes one
-    session fixture *per module*; a second sync Playwright in the same thread fails ("Sync API
-    inside the asyncio loop"). So the first one started is kept in the session's stash, shared
-    by all, and stopped when the session ends.
-    """
-    if _BROWSER not in request.config.stash:
-        if not Path(CHROMIUM).exists():
-            pytest.fail(f"Chromium is missing at {CHROMIUM}: apt-get install chromium (the CI image has it)")
-        from playwright.sync_api import sync_playwright
-
-        playwright = sync_playwright().start()
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        request.config.stash[_BROWSER] = (playwright, browser)
-
-        def stop() -> None:
+        _SESSION["browser"] = browser
+        try:
+            yield browser
+        finally:
+            _SESSION.clear()
             browser.close()
-            playwright.stop()
-
-        request.config.add_cleanup(stop)
-    yield request.config.stash[_BROWSER][1]
 
 
 @pytest.fixture

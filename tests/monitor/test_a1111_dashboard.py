@@ -2,10 +2,8 @@
 HTTP, real worker, real monitor process. The fleet page shows the WebUI's loaded checkpoint and
 version on the connector's badge; the job page shows a running job's live preview.
 
-The connector hands each new ``current_image`` to ``Job.report_preview``; forwarding it to the
-monitor (``GET /api/jobs/<id>/preview``, the ``#job-preview`` image of the job page) is issue
-11's preview plumbing, which this branch does not contain: until it is merged the test is an
-expected failure (checked to pass on this branch merged with issue 11's, stub dropped).
+The connector hands each new ``current_image`` to ``Job.report_preview``; the preview plumbing
+(issue 11) forwards it to the monitor (``GET /api/jobs/<id>/preview``, ``#job-preview``).
 """
 
 from __future__ import annotations
@@ -52,7 +50,6 @@ def test_the_fleet_page_shows_the_webuis_checkpoint_and_version_on_the_a1111_bad
     assert not pages.errors
 
 
-@pytest.mark.xfail(strict=False, reason="needs #11 preview plumbing (monitor preview route and job-page image)")
 def test_a_running_a1111_jobs_live_preview_shows_on_its_job_page(start_worker: Any, pages: Any, live_monitor: Any,
                                                                  webui: A1111SimulatorProcess) -> None:
     # Given a worker on a WebUI that renders a live preview every 10 steps

@@ -59,7 +59,8 @@
     if (!job) return h("div", {class: "current"}, "job ", link);
     const p = job.progress || {};
     return h("div", {class: "current"}, h("div", {}, "job ", link, " ", statusPill(job.status),
-      p.total_steps ? " step " + (p.step || 0) + "/" + p.total_steps : ""), progressBar(job));
+      p.total_steps ? " step " + (p.step || 0) + "/" + p.total_steps : ""), progressBar(job),
+      JQ.previewImage(job, "card-preview"));
   }
 
   function workerCard(worker) {
