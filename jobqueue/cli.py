@@ -237,5 +237,20 @@ def comfyui_sim(host: str, port: int, control_port: int | None, output_dir: str 
         models_present=models.split(",") if models is not None else None, vram_gb=vram_gb)
 
 
+
+@main.command("a1111-sim")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=7860, show_default=True, help="Port (0 picks a free one).")
+@click.option("--control-port", type=int, default=None, help="Extra port serving only the /_sim/ fault switches.")
+@click.option("--flavour", type=click.Choice(["a1111", "forge"]), default="a1111", show_default=True,
+              help="AUTOMATIC1111 v1.10.1 or Forge (their 422 bodies differ).")
+@click.option("--step-seconds", type=float, default=0.05, show_default=True, help="Time per sampling step.")
+def a1111_sim(host: str, port: int, control_port: int | None, flavour: str, step_seconds: float) -> None:
+    """Run the Stable Diffusion WebUI (A1111/Forge) simulator: the /sdapi/v1 API over real HTTP."""
+    from jobqueue.a1111_sim.server import run
+
+    run(host, port, control_port=control_port, flavour=flavour, step_seconds=step_seconds)
+
+
 if __name__ == "__main__":
     main()

@@ -36,13 +36,13 @@ def _as_bool(value: str) -> bool:
     raise ConfigError(f"not a boolean: {value!r}")
 
 
-def _parse_url_map(value: str) -> dict[str, str]:
+def _parse_url_map(value: str, variable: str = "JOBQUEUE_COMFYUI_URLS") -> dict[str, str]:
     """Parse ``gpu0=http://127.0.0.1:8188,gpu1=http://127.0.0.1:8189``."""
     result: dict[str, str] = {}
     for part in _split(value):
         key, sep, url = part.partition("=")
         if not sep or not key.strip() or not url.strip():
-            raise ConfigError(f"expected key=url in JOBQUEUE_COMFYUI_URLS, got {part!r}")
+            raise ConfigError(f"expected key=url in {variable}, got {part!r}")
         result[key.strip()] = url.strip()
     return result
 
@@ -147,6 +147,10 @@ class Settings:
     #: Tags this worker declares (``customer:acme,region:eu``): jobs requiring a tag run only
     #: on workers that declare it.
     worker_tags: tuple[str, ...] = ()
+    #: Stable Diffusion WebUI (A1111/Forge) base URL for a worker with no per-GPU entry.
+    a1111_url: str = "http://127.0.0.1:7860"
+    #: Per-GPU WebUI URLs, e.g. {"gpu0": "http://127.0.0.1:7860"}.
+    a1111_urls: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -224,6 +228,10 @@ class Settings:
         """Return the ComfyUI URL a worker on ``gpu`` talks to."""
         return self.comfyui_urls.get(f"gpu{gpu}", self.comfyui_url)
 
+    def a1111_url_for(self, gpu: int) -> str:
+        """Return the Stable Diffusion WebUI URL a worker on ``gpu`` talks to."""
+        return self.a1111_urls.get(f"gpu{gpu}", self.a1111_url)
+
     @property
     def is_redis(self) -> bool:
         """True when the broker is Redis (lease and restore apply only there)."""
@@ -236,7 +244,7 @@ def _convert(name: str, annotation: Any, raw: str) -> Any:
         if "tuple" in kind:
             return _split(raw)
         if "Mapping" in kind:
-            return _parse_url_map(raw)
+            return _parse_url_map(raw, f"JOBQUEUE_{name.upper()}")
         if kind.startswith("int | None"):
             return int(raw) if raw.strip() else None
         if kind == "int":

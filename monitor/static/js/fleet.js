@@ -17,7 +17,9 @@
 
   function badge(worker, service, conn) {
     const shown = badgeStatus(worker, conn);
-    const title = [service + ": " + (conn.status || "unknown"), conn.message || "",
+    // A connector may sum up its service in one line (e.g. a1111: loaded checkpoint and version).
+    const summary = conn.details && typeof conn.details.summary === "string" ? conn.details.summary : "";
+    const title = [service + ": " + (conn.status || "unknown"), conn.message || "", summary,
       conn.updated_at ? "updated " + JQ.clock(conn.updated_at) : ""].filter(Boolean).join("\n");
     let label = shown;
     if (shown === "stale" || (shown === "offline" && conn.status && conn.status !== "offline")) {
@@ -28,7 +30,8 @@
       h("span", {class: "badge-dot"}),
       h("span", {class: "badge-service", text: service}),
       h("span", {class: "badge-status", text: label}),
-      shown === "error" && conn.message ? h("span", {class: "badge-message", text: conn.message}) : null);
+      shown === "error" && conn.message ? h("span", {class: "badge-message", text: conn.message}) : null,
+      summary && shown !== "error" ? h("span", {class: "badge-detail", text: summary}) : null);
   }
 
   function workerControls(worker) {
