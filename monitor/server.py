@@ -23,6 +23,7 @@ from monitor.collector import EventCollector, wait_connected
 from monitor.hub import ChangeHub
 from monitor.repair import Repair
 from monitor.store import Store
+from monitor.totals import Totals
 from monitor.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class Monitor:
         self.hub = ChangeHub()
         self.celery = monitor_celery_app(settings)
         self.writer = Writer(self.store, self.hub, heartbeat_default=settings.heartbeat_interval,
-                             beat_default=settings.status_beat)
+                             beat_default=settings.status_beat, totals=Totals(self.store))
         self.collector = EventCollector(self.celery, self.writer)
         self.repair = Repair(self.celery, self.writer, self.store, settings)
         self.app = create_app(settings, store=self.store, hub=self.hub, writer=self.writer,
