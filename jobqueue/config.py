@@ -126,6 +126,9 @@ class Settings:
     monitor_repair_interval: float = 30.0
     #: How many changes the monitor keeps for websocket clients that reconnect with ?since=.
     monitor_changes_keep: int = 20000
+    #: How often (s) long-lived Redis connections check their peer (PING, TCP keepalive); a
+    #: dead peer is noticed, and the connection replaced, within about twice this.
+    redis_health_interval: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -172,7 +175,7 @@ class Settings:
     def check(self) -> None:
         """Raise :class:`ConfigError` for values that would break the system quietly."""
         for name in ("visibility_timeout", "lease_interval", "health_interval", "status_beat",
-                     "stall_timeout", "job_timeout", "heartbeat_interval"):
+                     "stall_timeout", "job_timeout", "heartbeat_interval", "redis_health_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"JOBQUEUE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
         # A lease renewed less often than the timeout lets a live job be handed out twice.

@@ -44,8 +44,9 @@ class Monitor:
         self.celery = monitor_celery_app(settings)
         self.writer = Writer(self.store, self.hub, heartbeat_default=settings.heartbeat_interval,
                              beat_default=settings.status_beat, totals=Totals(self.store))
-        self.collector = EventCollector(self.celery, self.writer)
         self.repair = Repair(self.celery, self.writer, self.store, settings)
+        # Events of a gap in the stream are gone: repair recovers what the backend still knows.
+        self.collector = EventCollector(self.celery, self.writer, on_reconnected=self.repair.trigger)
         self.app = create_app(settings, store=self.store, hub=self.hub, writer=self.writer,
                               collector=self.collector, repair=self.repair, celery_app=self.celery)
         self.server = make_server(host, port, self.app, threaded=True)

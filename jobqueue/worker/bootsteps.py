@@ -20,6 +20,7 @@ import redis
 from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
+from jobqueue.redis_health import redis_kwargs
 from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
@@ -176,7 +177,10 @@ class LeaseStep(bootsteps.StartStopStep):
 
     def create(self, worker: Any) -> None:
         settings = worker.app.settings
-        client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+        # Keepalive and PING against a dead peer; the lease keeps its short timeout (a renewal
+        # stuck longer than the visibility timeout would let the job be handed out twice).
+        options = {**redis_kwargs(settings.redis_health_interval), "socket_timeout": 5}
+        client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, **options)
         app = worker.app
 
         def tags() -> list[str]:
