@@ -25,6 +25,7 @@ from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import LeaseKeeper, held_delivery_tags
+from jobqueue.worker.orphans import OrphanSweeper
 from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.worker.status import Sender, StatusReporter
 
@@ -203,10 +204,43 @@ class LeaseStep(bootsteps.StartStopStep):
         self.stop(worker)
 
 
+class OrphanStep(bootsteps.StartStopStep):
+    """Drop requests whose broker connection is gone and whose job runs nowhere here."""
+
+    label = "jobqueue orphans"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.sweeper: OrphanSweeper | None = None
+
+    def create(self, worker: Any) -> None:
+        settings = worker.app.settings
+        app = worker.app
+
+        def running() -> list[str]:
+            runtime = app.runtime
+            return runtime.running_jobs() if runtime is not None else []
+
+        self.sweeper = OrphanSweeper(running, interval=settings.lease_interval,
+                                     grace=max(2.0, 2 * settings.lease_interval))
+
+    def start(self, worker: Any) -> None:
+        assert self.sweeper is not None
+        self.sweeper.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+
+    def shutdown(self, worker: Any) -> None:
+        self.stop(worker)
+
+
 def install_worker_steps(app: Any) -> None:
     """Add jobqueue's bootsteps and remote control commands to ``app``."""
     app.steps["worker"].add(RuntimeStep)
     app.steps["worker"].add(LeaseStep)
+    app.steps["worker"].add(OrphanStep)
     app.steps["consumer"].add(StatusStep)
     from jobqueue.worker import control  # registers the control commands
 
