@@ -58,8 +58,10 @@ from bench.events_mix import EncodedStream, build_stream
 #: redis-py's pure-Python reply parser / with hiredis (the ``[fast]`` extra), side by side.
 ALL_CONSUMERS = ("jobqueue", "bare", "flower", "jobqueue-python", "jobqueue-hiredis", "reader-python",
                  "reader-hiredis")
-#: Seconds without any count moving after which a consumer is considered drained.
-SETTLE_SECONDS = 5.0
+#: Seconds without any count moving after which a consumer is considered drained. Our writer
+#: moves its counts once per batch (up to 5,000 events): on a loaded machine one batch can take
+#: several seconds, so this must be well above that.
+SETTLE_SECONDS = 15.0
 
 
 # -- consumers ---------------------------------------------------------------------------------
@@ -467,7 +469,7 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
         if verbose:
             print(f"  redis dropped {drops} pub/sub connection(s) for output-buffer limits", flush=True)
         for consumer in consumers:
-            if isinstance(consumer, JobqueueConsumer):
+            if isinstance(consumer, JobqueueConsumer) and not isinstance(consumer, ReaderConsumer):
                 consumer.stop()
                 print(f"  {consumer.name} store: {consumer.completed_jobs():,} jobs completed of "
                       f"{stream.by_type.get('task-succeeded', 0):,} in the stream", flush=True)
