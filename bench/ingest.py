@@ -10,6 +10,13 @@ their own processes, side by side:
 * ``bare``: Celery's ``EventReceiver`` + ``State``, doing nothing else; counted in-process.
 * ``flower``: Flower 2.x (``celery flower``), counted from ``flower_events_total`` on its
   ``/metrics`` (Flower counts task events only there, so it is compared against those).
+* ``jobqueue-python`` / ``jobqueue-hiredis``: our consumer with redis-py's pure-Python reply
+  parser (hiredis kept out of its process) and with hiredis (the ``[fast]`` extra), to measure
+  what hiredis brings: ``--consumers jobqueue-python,jobqueue-hiredis``; ``reader-python`` /
+  ``reader-hiredis`` run the monitor's raw reader alone (no decoding, no writer).
+
+Every row also says how much CPU the consumer's process used (``cpu s``, user + system, from
+the warm-up to the end of the step) and that per 100,000 events.
 
 Every rate step gets fresh consumers and a private Redis server with stock settings (its
 ``client-output-buffer-limit pubsub 32mb 8mb 60`` is what drops a slow consumer).
@@ -20,6 +27,7 @@ Every rate step gets fresh consumers and a private Redis server with stock setti
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing as mp
 import re
 import sys
@@ -46,10 +54,14 @@ from bench.common import (
 )
 from bench.events_mix import EncodedStream, build_stream
 
-#: Consumers that can take part.
-ALL_CONSUMERS = ("jobqueue", "bare", "flower")
-#: Seconds without any count moving after which a consumer is considered drained.
-SETTLE_SECONDS = 5.0
+#: Consumers that can take part. ``jobqueue-python`` / ``jobqueue-hiredis``: our consumer with
+#: redis-py's pure-Python reply parser / with hiredis (the ``[fast]`` extra), side by side.
+ALL_CONSUMERS = ("jobqueue", "bare", "flower", "jobqueue-python", "jobqueue-hiredis", "reader-python",
+                 "reader-hiredis")
+#: Seconds without any count moving after which a consumer is considered drained. Our writer
+#: moves its counts once per batch (up to 5,000 events): on a loaded machine one batch can take
+#: several seconds, so this must be well above that.
+SETTLE_SECONDS = 15.0
 
 
 # -- consumers ---------------------------------------------------------------------------------
@@ -138,21 +150,27 @@ class FlowerConsumer:
         self.process.stop()
 
 
-def _collector_main(url: str, db_url: str, counts: Any, stop: Any) -> None:
+def _collector_main(url: str, db_url: str, counts: Any, stop: Any, parser: str = "auto") -> None:
     """Child process: our monitor's collector + writer + SQLite store, nothing else."""
+    import redis.utils
+
+    if parser != "auto" and redis.utils.HIREDIS_AVAILABLE != (parser == "hiredis"):
+        raise RuntimeError(f"consumer wants the {parser} parser, hiredis available: {redis.utils.HIREDIS_AVAILABLE}")
     from jobqueue.config import Settings
     from monitor.broker import monitor_celery_app
     from monitor.collector import EventCollector
     from monitor.hub import ChangeHub
     from monitor.store import Store
+    from monitor.totals import Totals
     from monitor.writer import Writer
 
     settings = Settings(broker_url=url, result_backend=url, monitor_db=db_url,
                         monitor_keep_jobs=10_000_000).resolved()
     app = monitor_celery_app(settings)
     store = Store.from_settings(settings)
-    writer = Writer(store, ChangeHub()).start()
+    writer = Writer(store, ChangeHub(), totals=Totals(store)).start()
     collector = EventCollector(app, writer).start()
+
     def track_committed() -> None:
         # Persisted = events handed to the writer before a marker, once the marker came out
         # of the writer's queue (so all of them are committed), minus dropped/failed ones.
@@ -179,17 +197,38 @@ class JobqueueConsumer:
 
     name = "jobqueue"
     counts_task_events_only = False
+    #: redis-py reply parser of the child: "auto" (hiredis when installed), "python", "hiredis".
+    parser = "auto"
 
     def __init__(self, url: str, workdir: Path) -> None:
         ctx = mp.get_context("spawn")
+        self.workdir = workdir
         self.db_path = workdir / f"monitor-{uuid.uuid4().hex[:6]}.db"
         self._counts = ctx.RawArray("q", 4)
         self._stop = ctx.Event()
         self._proc = ctx.Process(target=_collector_main, daemon=True,
-                                 args=(url, f"sqlite:///{self.db_path}", self._counts, self._stop))
+                                 args=(url, f"sqlite:///{self.db_path}", self._counts, self._stop, self.parser))
 
     def start(self) -> None:
-        self._proc.start()
+        if self.parser == "auto":
+            self._proc.start()
+            return
+        if self.parser == "hiredis" and importlib.util.find_spec("hiredis") is None:
+            raise SystemExit("jobqueue-hiredis needs hiredis: pip install 'jobqueue[fast]'")
+        # The child imports redis before it runs anything of ours: to keep hiredis out of the
+        # pure-Python one, a module named hiredis that refuses to import goes first on its
+        # path (a spawned child starts from the parent's sys.path, taken at start()).
+        if self.parser == "python":
+            blocker = self.workdir / "no-hiredis"
+            blocker.mkdir(exist_ok=True)
+            (blocker / "hiredis.py").write_text('raise ImportError("hiredis kept out for the benchmark")\n')
+            sys.path.insert(0, str(blocker))
+            try:
+                self._proc.start()
+            finally:
+                sys.path.remove(str(blocker))
+        else:
+            self._proc.start()
 
     def count(self) -> int:
         return int(self._counts[0])
@@ -220,10 +259,84 @@ class JobqueueConsumer:
             self._proc.join(5)
 
 
+def _reader_main(url: str, count: Any, parser: str) -> None:
+    """Child process: only the monitor's raw event reader, counting payloads (no decoding, no
+    writer): what the reply parser costs the thread that must keep up with Redis."""
+    import redis.utils
+
+    from monitor.rawreader import RawEventReader
+
+    if redis.utils.HIREDIS_AVAILABLE != (parser == "hiredis"):
+        raise RuntimeError(f"reader wants the {parser} parser, hiredis available: {redis.utils.HIREDIS_AVAILABLE}")
+
+    def on_message(_raw: bytes) -> None:
+        count.value += 1
+
+    db = redis.ConnectionPool.from_url(url).connection_kwargs.get("db", 0)
+    while True:
+        try:
+            RawEventReader(url, f"/{db}.celeryev/*", on_message).run()
+        except Exception:
+            time.sleep(0.1)
+
+
+class ReaderConsumer(JobqueueConsumer):
+    """The raw reader alone (``reader-python`` / ``reader-hiredis``)."""
+
+    def __init__(self, url: str, workdir: Path) -> None:
+        ctx = mp.get_context("spawn")
+        self.workdir = workdir
+        self._count = ctx.RawValue("q", 0)
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(target=_reader_main, daemon=True, args=(url, self._count, self.parser))
+
+    def count(self) -> int:
+        return int(self._count.value)
+
+    def progress(self) -> tuple[int, ...]:
+        return (self.count(),)
+
+    def stats(self) -> dict[str, int]:
+        return {"backlog": 0, "dropped": 0, "received": self.count()}
+
+    def stop(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join(5)
+
+
+class PythonReader(ReaderConsumer):
+    name = "reader-python"
+    parser = "python"
+
+
+class HiredisReader(ReaderConsumer):
+    name = "reader-hiredis"
+    parser = "hiredis"
+
+
+class PythonParserConsumer(JobqueueConsumer):
+    """Our consumer with redis-py's pure-Python parser (hiredis kept out)."""
+
+    name = "jobqueue-python"
+    parser = "python"
+
+
+class HiredisConsumer(JobqueueConsumer):
+    """Our consumer with hiredis (``pip install 'jobqueue[fast]'``)."""
+
+    name = "jobqueue-hiredis"
+    parser = "hiredis"
+
+
 CONSUMERS: dict[str, Callable[[str, Path], Any]] = {
     "bare": BareConsumer,
     "flower": FlowerConsumer,
     "jobqueue": JobqueueConsumer,
+    "jobqueue-python": PythonParserConsumer,
+    "jobqueue-hiredis": HiredisConsumer,
+    "reader-python": PythonReader,
+    "reader-hiredis": HiredisReader,
 }
 
 
@@ -297,6 +410,7 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
             consumer.start()
         _warm_up(client, db, consumers)
         baseline = _settled_counts(consumers)
+        cpu_start = {c.name: _cpu_seconds(c.pid) for c in consumers}
         samples: dict[str, list[tuple[float, int]]] = {c.name: [] for c in consumers}
         started = time.monotonic()
         published: dict[str, float] = {}
@@ -329,6 +443,7 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
                 last_counts, last_change = moving, now
             if all(counts[n] >= expected[n] for n in counts) or now - last_change > SETTLE_SECONDS:
                 break
+        cpu_used = {c.name: _cpu_seconds(c.pid) - cpu_start[c.name] for c in consumers}
         seconds = published["seconds"]
         offered = events / seconds
         drops = _pubsub_drops(server)
@@ -348,13 +463,15 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
                 "processed/s": round(kept / max(done_at, seconds)),
                 "drain s": round(max(0.0, done_at - seconds), 1),
                 "peak backlog": peak[consumer.name] if hasattr(consumer, "stats") else "",
+                "cpu s": round(cpu_used[consumer.name], 1),
+                "cpu s/100k": round(cpu_used[consumer.name] * 100_000 / max(kept, 1), 2),
             })
         if verbose:
             print(f"  redis dropped {drops} pub/sub connection(s) for output-buffer limits", flush=True)
         for consumer in consumers:
-            if isinstance(consumer, JobqueueConsumer):
+            if isinstance(consumer, JobqueueConsumer) and not isinstance(consumer, ReaderConsumer):
                 consumer.stop()
-                print(f"  jobqueue store: {consumer.completed_jobs():,} jobs completed of "
+                print(f"  {consumer.name} store: {consumer.completed_jobs():,} jobs completed of "
                       f"{stream.by_type.get('task-succeeded', 0):,} in the stream", flush=True)
         for row in rows:
             row["redis drops (all)"] = drops
@@ -364,6 +481,20 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
             consumer.stop()
         client.close()
         server.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children so far (0 if gone)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        total = sum(proc.cpu_times()[:2])
+        for child in proc.children(recursive=True):
+            total += sum(child.cpu_times()[:2])
+        return float(total)
+    except psutil.Error:
+        return 0.0
 
 
 def _progress(consumer: Any) -> Any:

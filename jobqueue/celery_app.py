@@ -12,6 +12,7 @@ from celery import Celery
 from kombu.utils.objects import cached_property
 
 from jobqueue.config import Settings
+from jobqueue.redis_health import backend_settings, transport_options
 from jobqueue.routing import BROKER_MAX_PRIORITY, DEFAULT_PRIORITY, broker_priority
 
 
@@ -48,6 +49,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # No custom "sep": kombu's separator is also the one inside exchange binding keys, and
         # stock tooling (celery -b URL inspect/status, Flower --broker) writes them with the
         # default; keys built by hand use jobqueue.routing.REDIS_KEY_SEP.
+        # Dead-peer detection on every broker connection (see jobqueue.redis_health).
+        **transport_options(settings.redis_health_interval),
     }
 
 
@@ -68,6 +71,8 @@ def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -
         task_queue_max_priority=BROKER_MAX_PRIORITY,
         task_default_priority=broker_priority(DEFAULT_PRIORITY, is_redis=settings.is_redis),
     )
+    if settings.result_backend.startswith(("redis://", "rediss://", "redis+socket://")):
+        app.conf.update(backend_settings(settings.redis_health_interval))
     if settings.is_redis:
         from jobqueue.redis_transport import TRANSPORT_PATH
 

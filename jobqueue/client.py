@@ -157,7 +157,8 @@ class JobHandle:
         return job_waiting_for(self.app, self.id, timeout)
 
     def cancel(self) -> bool:
-        """Cancel the job: a queued one never runs, a running one is stopped on its service.
+        """Cancel the job: a queued one never runs, a running one is stopped on its service;
+        when it is a workflow step, the steps after it are cancelled too.
 
         Returns False when the job had already ended, or is unknown.
         """
@@ -168,6 +169,10 @@ class JobHandle:
         self.app.backend.store_result(self.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
         self.app.control.revoke(self.id)
         self.app.control.broadcast(CONTROL_CANCEL_JOB, arguments={"job_id": self.id})
+        # A workflow step takes the steps after it along (imported here: workflows imports us).
+        from jobqueue.workflows import cancel_later_steps
+
+        cancel_later_steps(self.id, self.app)
         return True
 
 

@@ -151,6 +151,9 @@ class Settings:
     a1111_url: str = "http://127.0.0.1:7860"
     #: Per-GPU WebUI URLs, e.g. {"gpu0": "http://127.0.0.1:7860"}.
     a1111_urls: Mapping[str, str] = field(default_factory=dict)
+    #: How often (s) long-lived Redis connections check their peer (PING, TCP keepalive); a
+    #: dead peer is noticed, and the connection replaced, within about twice this.
+    redis_health_interval: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -208,7 +211,8 @@ class Settings:
     def check(self) -> None:
         """Raise :class:`ConfigError` for values that would break the system quietly."""
         for name in ("visibility_timeout", "lease_interval", "health_interval", "status_beat",
-                     "stall_timeout", "job_timeout", "heartbeat_interval", "comfyui_node_timeout"):
+                     "stall_timeout", "job_timeout", "heartbeat_interval", "comfyui_node_timeout",
+                     "redis_health_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"JOBQUEUE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
         # A lease renewed less often than the timeout lets a live job be handed out twice.

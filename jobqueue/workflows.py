@@ -18,8 +18,8 @@ A step's payload may take values from the previous step's result: a placeholder
 validated and run (``path`` is dotted, list indices are numbers, ``""`` is the whole result).
 
 A failing step fails the workflow with that step's error; the later steps never run and end
-cancelled. Cancelling a workflow cancels its running and pending steps. docs/workflows.md has
-the details.
+cancelled. Cancelling a workflow cancels its running and pending steps; cancelling any one step (its
+``JobHandle.cancel``) cancels the steps after it. docs/workflows.md has the details.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ MAX_STEPS = 100
 STEP_SIGNATURE_TYPE = "jobqueue.step"
 #: Result-backend key prefix of workflow records (step ids, priority, submit time).
 RECORD_PREFIX = "jobqueue-workflow-"
+#: Result-backend key prefix that maps a step's job id to its workflow id (for
+#: ``JobHandle.cancel`` on a single step).
+STEP_PREFIX = "jobqueue-workflow-step-"
 
 _BAD_STATES = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
 
@@ -146,7 +149,9 @@ def stop_later_steps(task: Any, reason: str) -> None:
     """Mark every later step of the running step's workflow cancelled, and drop the chain.
 
     Celery would otherwise store the failed step's error on each later step; they never ran,
-    so they end cancelled (``REVOKED`` with ``reason``) and the monitor hears ``task-revoked``.
+    so they end cancelled (``REVOKED`` with ``reason``) and the monitor hears ``task-revoked``
+    -- also for a step a client cancelled already (it was never published, so no worker
+    announced it).
     """
     request = task.request
     later = _later_steps(request)
@@ -155,9 +160,13 @@ def stop_later_steps(task: Any, reason: str) -> None:
     for sig in later:
         options = sig.get("options") or {}
         step_id = options.get("task_id")
-        if not step_id or app.AsyncResult(step_id).state in celery_states.READY_STATES:
+        if not step_id:
             continue
-        app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
+        state = app.AsyncResult(step_id).state
+        if state in celery_states.READY_STATES and state != celery_states.REVOKED:
+            continue
+        if state != celery_states.REVOKED:
+            app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
         with app.events.default_dispatcher(hostname=request.hostname) as dispatcher:
             dispatcher.send(
                 "task-revoked", uuid=step_id, terminated=False, signum=None, expired=False,
@@ -179,7 +188,7 @@ def run_step(
     try:
         if placeholder_paths(payload) and task.app.AsyncResult(task.request.id).state != celery_states.REVOKED:
             payload = connector_class(service).validate(resolve_placeholders(payload, previous or {}))
-        return run(task, service, payload, options)
+        result = run(task, service, payload, options)
     except Retry:
         raise
     except Ignore:
@@ -188,6 +197,50 @@ def run_step(
     except BaseException:
         stop_later_steps(task, f"workflow {workflow_id} failed at step {step}")
         raise
+    later = _later_steps(task.request)
+    if later and _is_cancelled((later[0].get("options") or {}).get("task_id"), task.app):
+        # The next step was cancelled on its own (JobHandle.cancel): never publish it, and
+        # end the steps after it with it (their state is already stored by the client).
+        stop_later_steps(task, f"workflow {workflow_id} cancelled at step {step + 1 if step else '?'}")
+    return result
+
+
+def _is_cancelled(job_id: str | None, app: Any) -> bool:
+    return bool(job_id) and app.AsyncResult(job_id).state == celery_states.REVOKED
+
+
+def cancel_later_steps(job_id: str, app: Any) -> list[str]:
+    """When ``job_id`` is a workflow step, mark every later step that has not ended cancelled
+    (``REVOKED``, reason ``workflow <id> cancelled at step <k>``) and revoke them; return
+    their ids (empty for a plain job).
+
+    Called by :meth:`JobHandle.cancel`: cancelling any step ends the rest of its workflow, at
+    once for callers; the worker that finishes the step before drops the chain there and
+    announces the cancelled steps to the monitor (:func:`run_step`).
+    """
+    getter = getattr(app.backend, "get", None)
+    if not callable(getter):
+        return []
+    workflow_id = getter(STEP_PREFIX + job_id)
+    if not workflow_id:
+        return []
+    if isinstance(workflow_id, bytes):
+        workflow_id = workflow_id.decode()
+    raw = getter(_record_key(workflow_id))
+    if not raw:
+        return []
+    steps = list(json.loads(raw)["steps"])
+    if job_id not in steps:
+        return []
+    number = steps.index(job_id) + 1
+    reason = f"workflow {workflow_id} cancelled at step {number}"
+    later = [step_id for step_id in steps[number:]
+             if app.AsyncResult(step_id).state not in celery_states.READY_STATES]
+    for step_id in later:
+        app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
+    if later:
+        app.control.revoke(later)
+    return later
 
 
 # -- client side --------------------------------------------------------------------------
@@ -249,6 +302,8 @@ def submit_workflow(
     setter = getattr(app.backend, "set", None)
     if callable(setter):
         setter(_record_key(workflow_id), json.dumps(record))
+        for step_id in step_ids:
+            setter(STEP_PREFIX + step_id, workflow_id)
     record_submitted(app, step_ids)  # later steps are sent by workers, but queued from now on
     chain(*signatures).apply_async()
     return WorkflowHandle(workflow_id, step_ids, app)

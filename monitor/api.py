@@ -348,6 +348,8 @@ def healthz() -> Any:
 
 @bp.get("/metrics")
 def metrics() -> Any:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from monitor.metrics import exposition
 
-    return Response(generate_latest(ctx().registry), mimetype=CONTENT_TYPE_LATEST)
+    body, content_type = exposition(ctx().registry, request.headers.get("Accept"))
+    # content_type, not mimetype: Flask would append a second charset.
+    return Response(body, content_type=content_type)

@@ -10,8 +10,11 @@ while the writer works. On other brokers (RabbitMQ) it uses Celery's own
 
 Either way every ``task-*``, ``worker-*`` and our custom ``task-progress`` /
 ``connector-status`` event reaches the writer. A message that cannot be decoded, or an event
-without a type, is counted and skipped; the loop goes on. When the broker goes away it
-reconnects with a capped exponential backoff.
+without a type, is counted and skipped; the loop goes on. When the broker goes away -- or
+stops answering without closing the connection (see :mod:`jobqueue.redis_health`) -- it
+reconnects with a capped exponential backoff and calls ``on_reconnected`` (the monitor runs a
+truth repair, which recovers what the gap lost). ``stats()["last_heard"]`` says when the
+stream was last heard from.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.events.receiver import EventReceiver
@@ -62,13 +66,25 @@ class EventCollector:
     :meth:`stop`."""
 
     def __init__(self, celery_app: Any, writer: Writer, *, backoff_start: float = 0.5,
-                 backoff_cap: float = 10.0, raw: bool | None = None) -> None:
+                 backoff_cap: float = 10.0, raw: bool | None = None,
+                 on_reconnected: Callable[[], Any] | None = None,
+                 health_interval: float | None = None) -> None:
         """``raw``: read a Redis broker raw (default: whenever the broker allows it); False
-        keeps Celery's ``EventReceiver``."""
+        keeps Celery's ``EventReceiver``. ``on_reconnected`` is called each time the stream
+        is consumed again after it was lost (the monitor runs a truth repair then: events of
+        the gap are gone). ``health_interval``: the raw reader's dead-peer check (default: the
+        app's ``settings.redis_health_interval``, see :mod:`jobqueue.redis_health`)."""
         self.app = celery_app
         self.writer = writer
         self.backoff_start = backoff_start
         self.backoff_cap = backoff_cap
+        self.on_reconnected = on_reconnected
+        settings = getattr(celery_app, "settings", None)
+        if health_interval is None:
+            health_interval = float(getattr(settings, "redis_health_interval", None) or 10.0)
+        self.health_interval: float = health_interval
+        self._ever_connected = False
+        self._last_heard: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._receiver: _Receiver | RawEventReader | None = None
@@ -118,7 +134,19 @@ class EventCollector:
             "last_error": self.last_error,
             "writer": dict(self.writer.counts),
             "backlog": self.writer.backlog,
+            "last_heard": self.last_heard,
+            "last_heard_age": None if self.last_heard is None else round(max(0.0, time.time() - self.last_heard), 3),
+            "health_interval": self.health_interval,
         }
+
+    @property
+    def last_heard(self) -> float | None:
+        """When the event stream last delivered anything (an event, or a PONG on the raw
+        reader): Unix time, None before the first connection."""
+        receiver = self._receiver
+        if isinstance(receiver, RawEventReader) and receiver.last_heard is not None:
+            return max(receiver.last_heard, self._last_heard or 0.0)
+        return self._last_heard
 
     @property
     def raw(self) -> bool:
@@ -131,6 +159,7 @@ class EventCollector:
         return self._events + self._refused
 
     def _on_event(self, event: dict[str, Any]) -> None:
+        self._last_heard = time.time()
         self._events += 1
         self.writer.put(event)
 
@@ -163,24 +192,37 @@ class EventCollector:
     def _consume_raw(self, url: str, pattern: str) -> None:
         """The raw Redis reader until stop() or a Redis error (which it raises)."""
         reader = RawEventReader(url, pattern, self._on_raw, on_subscribed=self._on_subscribed,
-                                connect_timeout=float(self.app.conf.broker_connection_timeout or 3.0))
+                                connect_timeout=float(self.app.conf.broker_connection_timeout or 3.0),
+                                health_interval=self.health_interval)
         self._receiver = reader
         if self._stop.is_set():
             return
         reader.run()
 
     def _on_subscribed(self) -> None:
+        self._on_ready()
         # What EventReceiver(wakeup=True) does once consuming: ask every worker for a heartbeat
-        # now, so the monitor knows the fleet without waiting a heartbeat interval.
+        # now, so the monitor knows the fleet without waiting a heartbeat interval. In a thread
+        # of its own: after a dead peer the broker connection it takes from the pool may be a
+        # dead one too (it times out and is replaced), and reading must not wait for that.
+        threading.Thread(target=self._wake_workers, name="monitor-wakeup", daemon=True).start()
+
+    def _wake_workers(self) -> None:
         try:
             self.app.control.broadcast("heartbeat")
         except Exception as exc:
             log.warning("could not wake the workers up: %r", exc)
-        self._on_ready()
 
     def _on_ready(self) -> None:
         self._backoff = self.backoff_start
+        self._last_heard = time.time()
         self.connected.set()
+        if self._ever_connected and self.on_reconnected is not None:
+            try:
+                self.on_reconnected()
+            except Exception as exc:
+                log.warning("on_reconnected failed: %r", exc)
+        self._ever_connected = True
 
     def _run(self) -> None:
         self._backoff = self.backoff_start
@@ -193,6 +235,10 @@ class EventCollector:
                 if self._stop.is_set():
                     break
             except Exception as exc:
+                # Keep the last_heard of the reader that just died (the next one starts blank).
+                receiver = self._receiver
+                if isinstance(receiver, RawEventReader) and receiver.last_heard is not None:
+                    self._last_heard = max(receiver.last_heard, self._last_heard or 0.0)
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("event stream lost (%s); reconnecting in %.1f s", exc, self._backoff)
             self.connected.clear()

@@ -18,12 +18,15 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery.events.receiver import EventReceiver
 from kombu.serialization import loads, prepare_accept_content
+
+from jobqueue.redis_health import keepalive_options, socket_timeout
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +64,27 @@ class RawEventReader:
     ``on_message``; nothing else happens per message.
 
     :meth:`run` connects, subscribes, calls ``on_subscribed`` and reads until :meth:`stop`; it
-    raises when the connection fails or Redis drops it (the caller reconnects with backoff).
+    raises when the connection fails, Redis drops it, or the peer stops answering (PING after
+    ``health_interval`` s of silence; the caller reconnects with backoff).
     """
 
     def __init__(self, url: str, pattern: str, on_message: Callable[[bytes], Any], *,
                  on_subscribed: Callable[[], Any] | None = None, connect_timeout: float = 3.0,
-                 poll_interval: float = 0.5) -> None:
+                 poll_interval: float = 0.5, health_interval: float = 10.0) -> None:
+        """``health_interval``: after this many seconds without a byte from Redis the reader
+        sends a PING, and when nothing arrives for another ``health_interval`` s it raises
+        :class:`redis.ConnectionError` (a dead peer, see :mod:`jobqueue.redis_health`)."""
         self.url = url
         self.pattern = pattern
         self.on_message = on_message
         self.on_subscribed = on_subscribed
         self.connect_timeout = connect_timeout
-        self.poll_interval = poll_interval
+        self.poll_interval = min(poll_interval, health_interval / 2)
+        self.health_interval = health_interval
         self._stopping = False
         self._connection: Any = None
+        #: ``time.time()`` when Redis last sent anything (a message or a PONG); None before.
+        self.last_heard: float | None = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (within ``poll_interval``)."""
@@ -86,7 +96,10 @@ class RawEventReader:
         # RESP2: messages arrive as plain replies (RESP3, redis-py 8's default, makes them
         # push frames that read_response hands to a push handler instead).
         pool = redis.ConnectionPool.from_url(self.url, socket_connect_timeout=self.connect_timeout,
-                                             socket_timeout=30.0, socket_keepalive=True, protocol=2)
+                                             socket_timeout=socket_timeout(self.health_interval),
+                                             socket_keepalive=True,
+                                             socket_keepalive_options=keepalive_options(self.health_interval),
+                                             protocol=2)
         conn = pool.make_connection()
         self._connection = conn
         try:
@@ -95,6 +108,7 @@ class RawEventReader:
             reply = conn.read_response()
             if not (isinstance(reply, list) and reply and reply[0] == b"psubscribe"):
                 raise redis.ConnectionError(f"unexpected PSUBSCRIBE reply: {reply!r}"[:300])
+            self.last_heard = time.time()
             if self.on_subscribed is not None:
                 self.on_subscribed()
             self._loop(conn)
@@ -108,9 +122,24 @@ class RawEventReader:
         read = conn.read_response
         deliver = self.on_message
         poll = self.poll_interval
+        interval = self.health_interval
+        clock = time.monotonic
+        heard = clock()
+        pinged: float | None = None
         while not self._stopping:
             if not can_read(timeout=poll):
+                now = clock()
+                if pinged is not None and now - pinged >= interval:
+                    raise redis.ConnectionError(
+                        f"no answer from Redis for {now - heard:.1f} s (PING unanswered): dead peer")
+                if pinged is None and now - heard >= interval:
+                    # Silence: a PING in pub/sub mode is answered with [b"pong", b""].
+                    conn.send_command("PING")
+                    pinged = now
                 continue
+            heard = clock()
+            self.last_heard = time.time()
+            pinged = None
             # Everything buffered is read without another poll: can_read() answers from the
             # parser's buffer first.
             while True:

@@ -129,6 +129,10 @@ def events_from_queue_message(raw: bytes | str, queue: str, now: float) -> dict[
             "timestamp": _ts(meta.get("submitted_at")) or now, "local_received": now}
 
 
+#: Seconds before a failed repair pass is tried again (at most the repair interval).
+RETRY_AFTER_FAILURE = 5.0
+
+
 class Repair:
     """Runs :meth:`run_once` at start-up and every ``interval`` seconds; a thread with stop()."""
 
@@ -141,6 +145,7 @@ class Repair:
         self.interval = settings.monitor_repair_interval if interval is None else interval
         self.inspect_timeout = inspect_timeout
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.runs = 0
         self.last: dict[str, Any] = {}
@@ -153,17 +158,25 @@ class Repair:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def trigger(self) -> None:
+        """Run a pass now (e.g. the event stream was lost and is back: its gap is unknown)."""
+        self._wake.set()
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            wait = self.interval
             try:
                 self.run_once()
             except Exception as exc:  # a broker hiccup must not end repair for good
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("truth repair failed: %s", exc)
-            self._stop.wait(self.interval)
+                wait = min(self.interval, RETRY_AFTER_FAILURE)
+            self._wake.wait(wait)
+            self._wake.clear()
 
     # -- one pass --------------------------------------------------------------------------
     def run_once(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from monitor.collector import EventCollector, wait_connected
 from monitor.hub import ChangeHub
 from monitor.repair import Repair
 from monitor.store import Store
+from monitor.totals import Totals
 from monitor.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,10 @@ class Monitor:
         self.hub = ChangeHub()
         self.celery = monitor_celery_app(settings)
         self.writer = Writer(self.store, self.hub, heartbeat_default=settings.heartbeat_interval,
-                             beat_default=settings.status_beat)
-        self.collector = EventCollector(self.celery, self.writer)
+                             beat_default=settings.status_beat, totals=Totals(self.store))
         self.repair = Repair(self.celery, self.writer, self.store, settings)
+        # Events of a gap in the stream are gone: repair recovers what the backend still knows.
+        self.collector = EventCollector(self.celery, self.writer, on_reconnected=self.repair.trigger)
         self.app = create_app(settings, store=self.store, hub=self.hub, writer=self.writer,
                               collector=self.collector, repair=self.repair, celery_app=self.celery)
         self.server = make_server(host, port, self.app, threaded=True)

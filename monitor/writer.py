@@ -16,14 +16,15 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from jobqueue.errors import MalformedEvent
 from jobqueue.events import TASK_PROGRESS
 from monitor.apply import apply, expire, valid_progress
 from monitor.hub import ChangeHub
-from monitor.store import Store
+from monitor.store import Store, Tx
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,10 @@ class Writer:
         expire_interval: float = 0.5,
         prune_interval: float = 60.0,
         on_changes: Callable[[list[tuple[int, str, str, Any]]], None] | None = None,
+        totals: Any = None,
     ) -> None:
+        """``totals``: a :class:`monitor.totals.Totals` that counts, in each write
+        transaction, what it did (the Prometheus counters); None counts nothing."""
         self.store = store
         self.hub = hub
         self.heartbeat_default = heartbeat_default
@@ -121,6 +125,7 @@ class Writer:
         #: Turns a raw broker message (``bytes`` put on the queue) into events, in this thread;
         #: set by the collector when it reads the stream raw (see :mod:`monitor.rawreader`).
         self.raw_decoder: Callable[[bytes], list[Any]] | None = None
+        self.totals = totals
 
     # -- feeding ---------------------------------------------------------------------------
     def put(self, event: Any) -> bool:
@@ -217,8 +222,24 @@ class Writer:
                 break
         return batch
 
+    @contextmanager
+    def _tx(self) -> Iterator[Tx]:
+        """A store write transaction whose totals (if any) commit with it."""
+        totals = self.totals
+        try:
+            with self.store.write() as tx:
+                yield tx
+                if totals is not None:
+                    totals.record(tx)
+        except BaseException:
+            if totals is not None:
+                totals.rolled_back()
+            raise
+        if totals is not None:
+            totals.committed()
+
     def _write(self, fn: Callable[[Any], Any]) -> None:
-        with self.store.write() as tx:
+        with self._tx() as tx:
             fn(tx)
         self._announce(tx.changes)  # type: ignore[attr-defined]
 
@@ -230,10 +251,12 @@ class Writer:
 
     def _apply_batch(self, events: list[Any]) -> None:
         self.counts["received"] += len(events)
+        if self.totals is not None:
+            self.totals.count_events(events)
         merged = coalesce(events)
         self.counts["coalesced"] += len(events) - len(merged)
         try:
-            with self.store.write() as tx:
+            with self._tx() as tx:
                 tx.prefetch(*referenced(merged))
                 for ev in merged:
                     self._apply_one(ev, tx)
@@ -244,7 +267,7 @@ class Writer:
             log.warning("batch failed (%r); applying its events one by one", exc)
         for ev in merged:
             try:
-                with self.store.write() as tx:
+                with self._tx() as tx:
                     self._apply_one(ev, tx)
                 self._announce(tx.changes)  # type: ignore[attr-defined]
             except Exception as exc:

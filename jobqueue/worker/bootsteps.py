@@ -20,11 +20,13 @@ import redis
 from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
+from jobqueue.redis_health import redis_kwargs
 from jobqueue.worker.capabilities import CapabilityGate, desired_queues
 from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import LeaseKeeper, held_delivery_tags
+from jobqueue.worker.orphans import OrphanSweeper
 from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.worker.status import Sender, StatusReporter
 
@@ -187,9 +189,11 @@ class LeaseStep(bootsteps.StartStopStep):
 
     def create(self, worker: Any) -> None:
         settings = worker.app.settings
-        # Short socket timeouts: a renewal that hangs on a dead link must not delay fencing.
+        # Short socket timeouts: a renewal that hangs on a dead link must not delay fencing;
+        # keepalive and PING notice a dead peer (jobqueue.redis_health).
         timeout = min(5.0, max(1.0, settings.lease_interval))
-        client = redis.Redis.from_url(settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        options = {**redis_kwargs(settings.redis_health_interval), "socket_timeout": timeout}
+        client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=timeout, **options)
         app = worker.app
 
         def tags() -> list[str]:
@@ -222,10 +226,43 @@ class LeaseStep(bootsteps.StartStopStep):
         self.stop(worker)
 
 
+class OrphanStep(bootsteps.StartStopStep):
+    """Drop requests whose broker connection is gone and whose job runs nowhere here."""
+
+    label = "jobqueue orphans"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.sweeper: OrphanSweeper | None = None
+
+    def create(self, worker: Any) -> None:
+        settings = worker.app.settings
+        app = worker.app
+
+        def running() -> list[str]:
+            runtime = app.runtime
+            return runtime.running_jobs() if runtime is not None else []
+
+        self.sweeper = OrphanSweeper(running, interval=settings.lease_interval,
+                                     grace=max(2.0, 2 * settings.lease_interval))
+
+    def start(self, worker: Any) -> None:
+        assert self.sweeper is not None
+        self.sweeper.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+
+    def shutdown(self, worker: Any) -> None:
+        self.stop(worker)
+
+
 def install_worker_steps(app: Any) -> None:
     """Add jobqueue's bootsteps and remote control commands to ``app``."""
     app.steps["worker"].add(RuntimeStep)
     app.steps["worker"].add(LeaseStep)
+    app.steps["worker"].add(OrphanStep)
     app.steps["consumer"].add(StatusStep)
     from jobqueue.worker import control  # registers the control commands
 

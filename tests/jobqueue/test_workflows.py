@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from jobqueue import JobFailed, WorkflowFailed, get_workflow, submit_job, submit_workflow
+from jobqueue import JobFailed, WorkflowFailed, get_job, get_workflow, submit_job, submit_workflow
 from jobqueue.errors import InvalidPayloadError, SubmitError, UnknownServiceError, WorkflowNotFound
 from jobqueue.events import job_meta_from_kwargs
 from jobqueue.routing import broker_priority
@@ -174,3 +174,54 @@ def test_cancelling_a_running_workflow_runs_no_later_step(app, start_worker):
         assert f"jobqueue.run_job[{later.id}] received" not in worker.log_text()
     assert flow.status() == JobStatus.CANCELLED
     assert flow.cancel() is False
+
+
+def test_cancelling_a_pending_step_alone_cancels_the_steps_after_it(app, start_worker):
+    # Given a worker running step 1 of a slow three-step workflow
+    worker = start_worker("gpu0")
+    slow = {"steps": 10, "step_seconds": 0.2}
+    flow = submit_workflow([("simulation", {**slow, "output": n}) for n in ("s1", "s2", "s3")], app=app)
+    wait_for(lambda: flow.steps[0].progress()["step"] >= 1, 30, what="step 1 to make progress")
+    # When step 2 alone is cancelled through its own job handle (not the workflow's)
+    assert get_job(flow.steps[1].id, app=app).cancel() is True
+    # Then step 3 is cancelled at once too, with a reason naming step 2
+    assert flow.statuses()[1:] == [JobStatus.CANCELLED, JobStatus.CANCELLED]
+    with pytest.raises(JobFailed, match="cancelled at step 2"):
+        flow.steps[2].result()
+    # And step 1 still completes, the workflow ends cancelled at step 2, and neither later step
+    # ever reaches the worker (a job submitted afterwards runs next)
+    with pytest.raises(WorkflowFailed) as caught:
+        flow.wait(timeout=60)
+    assert caught.value.step == 2 and caught.value.status == JobStatus.CANCELLED.value
+    after = submit_job("simulation", quick("after"), app=app)
+    after.wait(timeout=30)
+    assert flow.statuses() == [JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.CANCELLED]
+    for later in flow.steps[1:]:
+        assert f"jobqueue.run_job[{later.id}] received" not in worker.log_text()
+    assert flow.status() == JobStatus.CANCELLED
+
+
+def test_cancelling_the_last_step_lets_the_earlier_steps_run(app, start_worker):
+    # Given a three-step workflow whose last step is cancelled before anything runs
+    flow = submit_workflow([("simulation", quick(n)) for n in ("s1", "s2", "s3")], app=app)
+    assert flow.steps[2].cancel() is True
+    # When a worker starts
+    worker = start_worker("gpu0")
+    # Then steps 1 and 2 complete, step 3 stays cancelled and never reaches the worker
+    with pytest.raises(WorkflowFailed) as caught:
+        flow.wait(timeout=60)
+    assert caught.value.step == 3
+    assert flow.statuses() == [JobStatus.COMPLETED, JobStatus.COMPLETED, JobStatus.CANCELLED]
+    assert flow.steps[1].result()["output"] == "s2"
+    after = submit_job("simulation", quick("after"), app=app)
+    after.wait(timeout=30)
+    assert f"jobqueue.run_job[{flow.steps[2].id}] received" not in worker.log_text()
+
+
+def test_cancelling_a_plain_job_touches_no_workflow(app, redis_client):
+    # Given a plain queued job (no worker)
+    job = submit_job("simulation", quick("plain"), app=app)
+    # When it is cancelled, it ends cancelled and nothing else is written for it
+    assert job.cancel() is True
+    assert job.status() == JobStatus.CANCELLED
+    assert not list(redis_client.scan_iter("jobqueue-workflow-step-*"))

@@ -104,8 +104,10 @@ def test_a_monitor_without_credentials_refuses_to_bind_beyond_localhost(tmp_path
 
 def test_metrics_and_health_answer(flask_app, client):
     seed(flask_app)
-    text = client.get("/metrics").get_data(as_text=True)
-    assert 'jobqueue_jobs{service="simulation",status="completed"} 1.0' in text
+    response = client.get("/metrics")
+    text = response.get_data(as_text=True)
+    assert 'jobqueue_jobs_stored{service="simulation",status="completed"} 1.0' in text
+    assert response.headers["Content-Type"].count("charset") == 1
     assert client.get("/healthz").get_json()["ok"] is True
 
 
