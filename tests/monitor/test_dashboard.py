@@ -247,6 +247,9 @@ def test_cancel_on_the_job_page_needs_a_login_and_works_with_one(start_worker, p
     page.wait_for_function("document.getElementById('notice').textContent.startsWith('retried as ')")
     new_id = page.inner_text("#notice").removeprefix("retried as ").strip()
     assert new_id and new_id != job_id
+    # (the new job reaches the monitor through its events: poll, don't assume it is there yet)
+    wait_for(lambda: requests.get(f"{live_monitor.url}/api/jobs/{new_id}", timeout=5).ok,
+             timeout=15, what="the retried job in the monitor")
     assert live_monitor.get(f"/api/jobs/{new_id}")["id"] == new_id
     assert_not_reloaded(page)
     assert_nothing_ran(pages, page)

@@ -31,10 +31,17 @@
     return bits.join(" · ");
   }
 
+  let shownControls = null;
   function renderDetail() {
     const detail = document.getElementById("job-detail");
     fill(document.getElementById("job-status"), job ? statusPill(job.status) : null);
-    fill(document.getElementById("job-controls"), job ? jobControls(job) : []);
+    // Controls are redrawn only when what they depend on changes: a button replaced on every
+    // progress update could never be clicked while the job runs.
+    const controlsKey = job ? [auth.canControl(), job.id, job.status].join("|") : "";
+    if (controlsKey !== shownControls) {
+      shownControls = controlsKey;
+      fill(document.getElementById("job-controls"), job ? jobControls(job) : []);
+    }
     if (!job) {
       fill(detail, h("p", {class: missing ? "error-text" : "muted", text: missing ? "No job with this id." : "loading…"}));
       return;
