@@ -126,6 +126,13 @@ class Settings:
     monitor_repair_interval: float = 30.0
     #: How many changes the monitor keeps for websocket clients that reconnect with ?since=.
     monitor_changes_keep: int = 20000
+    #: Origins besides the monitor's own that may send controls (e.g. a reverse proxy's
+    #: public https://monitor.example); everything else cross-site is refused.
+    monitor_allowed_origins: tuple[str, ...] = ()
+    #: Largest request body the monitor reads (bytes); larger ones are refused with 413.
+    monitor_max_body_bytes: int = 1_000_000
+    #: Threads of the monitor's web server: each open dashboard holds one for its websocket.
+    monitor_threads: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -9,6 +9,7 @@ module global.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,8 +91,9 @@ def create_app(
     context.registry = build_registry(context)
     app.extensions["jobqueue_monitor"] = context
 
-    from monitor import api, ws
+    from monitor import api, guard, ws
 
+    guard.install(app)
     app.register_blueprint(api.bp)
     ws.register(app)
     try:
@@ -110,7 +112,9 @@ def create_app(
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        app.logger.exception("unhandled error on %s", request.path)
-        return api.error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        # The exception text stays in the log: it may name paths or internals of this host.
+        error_id = uuid.uuid4().hex[:12]
+        app.logger.exception("unhandled error %s on %s", error_id, request.path)
+        return api.error_response(500, "internal_error", f"internal error (error id {error_id}, see the monitor's log)")
 
     return app

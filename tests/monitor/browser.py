@@ -91,7 +91,7 @@ class MonitorProcess:
 
     def post(self, path: str, body: Any = None, token: str | None = TOKEN) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return requests.post(self.url + path, json=body, headers=headers, timeout=10)
+        return requests.post(self.url + path, json={} if body is None else body, headers=headers, timeout=10)
 
     def get(self, path: str) -> Any:
         res = requests.get(self.url + path, timeout=10)

@@ -173,6 +173,9 @@ const JQ = (function () {
     const authHeader = auth.header();
     if (authHeader) headers["Authorization"] = authHeader;
     const init = {method, headers, credentials: "omit", cache: "no-store"};
+    // Every control sends a JSON body: the monitor refuses any other (a cross-site form or a
+    // no-cors fetch cannot send application/json).
+    if (body === undefined && method !== "GET" && method !== "HEAD") body = {};
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);

@@ -55,12 +55,17 @@
     if (!points || !points.length) return h("p", {class: "muted", text: "no finished jobs yet"});
     // One slot per minute for the last 30 minutes at least (60 at most), gaps filled with zeros,
     // so one busy minute does not look like a whole hour of work.
-    const byMinute = new Map(points.map((p) => [Math.floor(p.t / 60) * 60, p]));
-    const end = Math.max(Math.floor(JQ.serverNow() / 60) * 60, ...byMinute.keys());
+    // Only minutes up to an hour around now: a forged timestamp (1e18) must not stretch the
+    // axis, and at such magnitudes t += 60 would not even move.
+    const nowMinute = Math.floor(JQ.serverNow() / 60) * 60;
+    const byMinute = new Map(points.filter((p) => Number.isFinite(p.t) && Math.abs(p.t - nowMinute) <= 3600)
+      .map((p) => [Math.floor(p.t / 60) * 60, p]));
+    if (!byMinute.size) return h("p", {class: "muted", text: "no finished jobs in the last hour"});
+    const end = Math.max(nowMinute, ...byMinute.keys());
     const first = Math.max(Math.min(...byMinute.keys()), end - 59 * 60);
     const start = Math.min(first, end - 29 * 60);
     const pts = [];
-    for (let t = start; t <= end; t += 60) pts.push(byMinute.get(t) || {t, completed: 0, failed: 0});
+    for (let i = 0, t = start; t <= end && i < 120; i++, t = start + i * 60) pts.push(byMinute.get(t) || {t, completed: 0, failed: 0});
     const W = 640, H = 200, left = 36, right = 10, top = 10, axisH = 24;
     const max = niceMax(Math.max(...pts.map((p) => (p.completed || 0) + (p.failed || 0))));
     const slot = (W - left - right) / pts.length, bw = Math.max(2, slot * 0.8);
