@@ -111,3 +111,7 @@ class JobCancelled(ConnectorError):
 
 class ExecutionFailed(ConnectorError):
     """The service ran the job and reported an error (bad workflow, node failure...)."""
+
+
+class MessageDiscarded(JobqueueError):
+    """The job's broker message could not be decoded; the worker moved it to ``<queue>.dead``."""

@@ -222,8 +222,9 @@ def _after(response: Response) -> Response:
 
 def install(app: Flask) -> None:
     """Put the front door on ``app``: strict JSON both ways, the request checks, the headers."""
-    app.json = StrictJSONProvider(app)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    provider = StrictJSONProvider(app)
+    provider.sort_keys = False
+    app.json = provider
     app.config["MAX_CONTENT_LENGTH"] = app.extensions["jobqueue_monitor"].settings.monitor_max_body_bytes
     app.before_request(_before)
     app.after_request(_after)
