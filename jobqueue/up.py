@@ -10,6 +10,7 @@ that dies on its own stops everything too, with a non-zero exit.
 from __future__ import annotations
 
 import importlib
+import secrets
 import shutil
 import signal
 import sys
@@ -57,6 +58,9 @@ class UpOptions:
     monitor: bool = True
     #: Seconds each child gets to stop before it is killed.
     stop_timeout: float = 10.0
+    #: Protect the monitor's controls with a fresh token (printed as a login URL) unless
+    #: credentials are configured already; False (``--no-auth``) leaves them open to localhost.
+    auth: bool = True
 
 
 def _answers_ping(app: Any, node: str) -> bool:
@@ -166,6 +170,11 @@ class _Up:
         host, port = self.settings.monitor_host, self.settings.monitor_port
         if not port_is_free(port, host):
             raise ProcessFailed(f"monitor port {host}:{port} is in use (set JOBQUEUE_MONITOR_PORT)")
+        login = ""
+        if self.options.auth and not (self.settings.monitor_token or self.settings.monitor_basic_auth):
+            # Like Jupyter: a token per run, handed over in the URL fragment (never sent to the server).
+            self.env["JOBQUEUE_MONITOR_TOKEN"] = secrets.token_urlsafe(24)
+            login = "/#token=" + self.env["JOBQUEUE_MONITOR_TOKEN"]
         self.sup.start(ChildSpec(
             name="monitor",
             argv=component_command("monitor", host, port),
@@ -173,7 +182,7 @@ class _Up:
             ready=lambda: tcp_answers(host, port),
             ready_timeout=60.0,
         ))
-        self.summary.append(("monitor", f"http://{host}:{port}"))
+        self.summary.append(("monitor", f"http://{host}:{port}{login}"))
 
     def print_summary(self) -> None:
         lines = ["", "jobqueue is up:"]

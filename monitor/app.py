@@ -8,6 +8,7 @@ module global.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ class MonitorContext:
     started_at: float = field(default_factory=time.time)
     registry: Any = None
     _celery: Any = None
+    #: Set when the server stops: open websocket streams end.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def celery(self) -> Any:
@@ -95,6 +98,9 @@ def create_app(
 
     guard.install(app)
     app.register_blueprint(api.bp)
+    from monitor import deadletters
+
+    app.register_blueprint(deadletters.bp)
     ws.register(app)
     try:
         from monitor import views

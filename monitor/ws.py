@@ -73,7 +73,7 @@ def stream(ws: Any) -> None:
         last, message = _snapshot_message()
         _send(ws, message)
     received = 0
-    while getattr(ws, "connected", True):
+    while getattr(ws, "connected", True) and not ctx.stopping.is_set():
         received = _drain(ws, received)
         if not getattr(ws, "connected", True):
             break

@@ -145,9 +145,13 @@ class Pages:
         self.dialogs: list[str] = []
         self.errors: list[str] = []
 
-    def open(self, path: str, viewport: dict[str, int] | None = None, token: str | None = None) -> Any:
-        """A new page (its own browser context: its own sessionStorage) at ``path``, live."""
-        context = self.browser.new_context(viewport=viewport or LAPTOP)
+    def open(self, path: str, viewport: dict[str, int] | None = None, token: str | None = None,
+             enforce_csp: bool = False) -> Any:
+        """A new page (its own browser context: its own sessionStorage) at ``path``, live.
+
+        The monitor's CSP forbids eval, which Playwright's string predicates use; tests of the
+        CSP itself (tests/monitor/test_hostile.py) pass ``enforce_csp=True``."""
+        context = self.browser.new_context(viewport=viewport or LAPTOP, bypass_csp=not enforce_csp)
         self.contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(30_000)

@@ -476,7 +476,19 @@ const JQ = (function () {
 
   const live = new Live();
 
+  /** A login link (``jobqueue up`` prints one: /#token=...) logs this tab in; the token is
+   * then removed from the address bar and history. The fragment never reaches the server. */
+  function tokenFromLink() {
+    const match = /(?:^#|&)token=([^&]+)/.exec(location.hash || "");
+    if (!match) return;
+    let token = "";
+    try { token = decodeURIComponent(match[1]).trim(); } catch (exc) { token = ""; }
+    if (token) sessionStorage.setItem(TOKEN_KEY, "Bearer " + token);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+
   function start() {
+    tokenFromLink();
     setupAuthUi();
     startTicking();
     live.connect();
