@@ -98,9 +98,10 @@ def create_app(
 
     guard.install(app)
     app.register_blueprint(api.bp)
-    from monitor import deadletters
+    from monitor import deadletters, openapi
 
     app.register_blueprint(deadletters.bp)
+    app.register_blueprint(openapi.bp)
     ws.register(app)
     try:
         from monitor import views

@@ -115,9 +115,12 @@ def check_envelope(item: bytes | str, decode_body: Callable[[Any, Any], Any]) ->
     properties = payload.get("properties")
     if not isinstance(properties, dict) or "delivery_tag" not in properties:
         return payload, "not a kombu message (no properties with a delivery_tag)"
-    for key, container in (("headers", payload), ("delivery_info", properties)):
-        if container.get(key) is not None and not isinstance(container.get(key), dict):
-            return payload, f"malformed kombu message ({key} is not an object)"
+    headers, info = payload.get("headers"), properties.get("delivery_info")
+    if headers is not None and not isinstance(headers, dict):
+        return payload, "malformed kombu message (headers is not an object)"
+    # kombu's Redis QoS files every delivered message under its exchange and routing key.
+    if not isinstance(info, dict) or "exchange" not in info or "routing_key" not in info:
+        return payload, "malformed kombu message (no delivery_info with exchange and routing_key)"
     body = payload.get("body")
     if body:
         encoding = properties.get("body_encoding")

@@ -47,15 +47,18 @@ def _final_error(app: Any, job_id: str) -> str:
 
 def test_an_envelope_check_names_what_is_wrong_with_each_kind_of_poison():
     # Given items of every broken kind, and a good envelope
-    good = json.dumps({"body": base64.b64encode(b"[]").decode(), "properties": {"delivery_tag": "t", "body_encoding": "base64"},
-                       "headers": {"id": "j1", "task": "x"}})
+    info = {"exchange": "", "routing_key": "q"}
+    good = json.dumps({"body": base64.b64encode(b"[]").decode(), "headers": {"id": "j1", "task": "x"},
+                       "properties": {"delivery_tag": "t", "body_encoding": "base64", "delivery_info": info}})
     cases = {
         b"garbage": "not a kombu message",
         b"\xff\xfe": "not a kombu message",
         b"[1, 2]": "a JSON list",
         b'{"body": "x"}': "no properties",
-        json.dumps({"body": "!!!", "properties": {"delivery_tag": "t", "body_encoding": "base64"}}).encode(): "undecodable body",
+        json.dumps({"body": "!!!", "properties": {"delivery_tag": "t", "body_encoding": "base64", "delivery_info": info}}).encode():
+            "undecodable body",
         json.dumps({"properties": {"delivery_tag": "t"}, "headers": [1]}).encode(): "headers is not an object",
+        json.dumps({"properties": {"delivery_tag": "t", "delivery_info": {}}}).encode(): "no delivery_info",
         b"[" * 50_000: "not a kombu message",
     }
     # When each is checked, then the reason says what is wrong; the good one passes
@@ -75,7 +78,8 @@ def test_garbage_and_bad_base64_on_a_service_queue_leave_the_worker_alive(app, s
     worker = start_worker("gpu0")
     # When raw garbage and an envelope with a broken base64 body are pushed onto its queue
     broken = {"body": "not base64!!", "content-type": "application/json", "content-encoding": "utf-8",
-              "headers": {}, "properties": {"delivery_tag": "x1", "body_encoding": "base64", "delivery_info": {}}}
+              "headers": {}, "properties": {"delivery_tag": "x1", "body_encoding": "base64",
+                                            "delivery_info": {"exchange": "", "routing_key": "simulation"}}}
     redis_client.lpush("simulation", b"garbage")
     redis_client.lpush("simulation", json.dumps(broken))
     # Then both land in simulation.dead with their reasons
@@ -89,7 +93,7 @@ def test_garbage_and_bad_base64_on_a_service_queue_leave_the_worker_alive(app, s
     assert worker.proc.poll() is None
     handle = submit_job("simulation", quick("after poison"), app=app)
     assert handle.wait(timeout=30)["output"] == "after poison"
-    assert "Unrecoverable error" not in worker.log_text()
+    assert "Unrecoverable error" not in worker.log_text() and "Connection to broker lost" not in worker.log_text()
 
 
 @pytest.mark.parametrize("corruption", ["bad base64 body", "pickle content type", "broken JSON body"])
