@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 #: Pages of the dashboard and what each shows once it has rendered its data.
 PAGES = {"/": "#summary .stat", "/jobs": "#jobs .job-row", "/jobs/h3": "#job-status [data-status]",
-         "/stats": "#times svg, #times p", "/client": "#submit"}
+         "/stats": "#chart-times svg", "/client": "#submit"}
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -331,7 +331,8 @@ def test_forged_extreme_numbers_leave_every_endpoint_at_200_and_every_page_rende
         strict_json(res.text)
     assert monitor.get("/metrics").status_code == 200
     stats = strict_json(monitor.get("/api/stats").text)["services"]["simulation"]
-    assert stats["mean"] == HUGE and stats["median"] == HUGE, stats
+    # (runtimes 1.0 and four times 1e308: finite statistics, no overflow)
+    assert stats["mean"] == pytest.approx(4 * (HUGE / 5)) and stats["median"] == HUGE and stats["max"] == HUGE, stats
     # And the websocket snapshot is strict JSON too
     ws = websocket.create_connection(f"ws://127.0.0.1:{monitor.port}/ws", timeout=10)
     snapshot = strict_json(ws.recv())
@@ -345,7 +346,7 @@ def test_forged_extreme_numbers_leave_every_endpoint_at_200_and_every_page_rende
         problems: list[str] = []
         page.on("pageerror", lambda exc, problems=problems: problems.append(str(exc)))
         page.on("console", lambda msg, problems=problems: problems.append(msg.text)
-                if msg.type == "error" else None)
+                if msg.type == "error" and not str(msg.location.get("url", "")).endswith("/favicon.ico") else None)
         page.goto(monitor.url + path)
         page.wait_for_selector("#conn.conn-live", timeout=30_000)
         page.wait_for_selector(ready, timeout=30_000)

@@ -16,8 +16,9 @@
   function niceMax(v) {
     if (!(v > 0)) return 1;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 4, 8, 10]) if (m * p >= v) return m * p;
-    return 10 * p;
+    // Near the float limit (a forged 1e308 runtime) a rounder maximum would overflow.
+    for (const m of [1, 2, 4, 8, 10]) if (m * p >= v) return Number.isFinite(m * p) ? m * p : v;
+    return Number.isFinite(10 * p) ? 10 * p : v;
   }
 
   /** Horizontal box plot per service, one row each, x axis in seconds. */
@@ -30,7 +31,7 @@
     const x = (v) => left + (W - left - right) * (Math.max(0, v) / max);
     const svg = h("svg", {viewBox: "0 0 " + W + " " + H, class: "svg-chart", role: "img", "aria-label": "completion time per service"});
     for (let i = 0; i <= 4; i++) {
-      const v = max * i / 4, xx = x(v);
+      const v = max / 4 * i, xx = x(v);
       svg.appendChild(h("line", {x1: xx, x2: xx, y1: top, y2: H - axisH, class: "grid"}));
       svg.appendChild(h("text", {x: xx, y: H - 8, "text-anchor": "middle", class: "axis", text: duration(v)}));
     }
@@ -72,7 +73,7 @@
     const y = (v) => top + (H - top - axisH) * (1 - v / max);
     const svg = h("svg", {viewBox: "0 0 " + W + " " + H, class: "svg-chart", role: "img", "aria-label": "throughput per minute"});
     for (let i = 0; i <= 4; i++) {
-      const v = max * i / 4;
+      const v = max / 4 * i;
       svg.appendChild(h("line", {x1: left, x2: W - right, y1: y(v), y2: y(v), class: "grid"}));
       svg.appendChild(h("text", {x: left - 4, y: y(v) + 4, "text-anchor": "end", class: "axis", text: String(Math.round(v * 10) / 10)}));
     }
