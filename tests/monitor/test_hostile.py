@@ -440,3 +440,34 @@ def test_a_login_link_logs_the_page_in_and_leaves_the_address_bar(start_monitor,
     # Then the page is logged in and the token is gone from the address bar
     page.wait_for_selector("#auth-state:has-text('logged in')")
     assert "token" not in page.url
+
+
+@pytest.mark.parametrize("no_auth", [False, True])
+def test_jobqueue_up_protects_the_controls_with_a_printed_login_url_unless_told_no_auth(tmp_path, machine_id,
+                                                                                       redis_url, no_auth):
+    import re
+
+    from tests.jobqueue.test_foundation import UpProcess, _up_env
+
+    # Given `jobqueue up` on the test's Redis (without the simulator), with or without --no-auth
+    env = _up_env(tmp_path, machine_id, redis_url)
+    args = ["--no-comfyui-sim", *(["--no-auth"] if no_auth else [])]
+    up = UpProcess(env, tmp_path / "up.log", *args)
+    try:
+        up.wait_up()
+        base = f"http://127.0.0.1:{env['JOBQUEUE_MONITOR_PORT']}"
+        cancel = f"{base}/api/jobs/nope/cancel"
+        found = re.search(re.escape(base) + r"/#token=([A-Za-z0-9_-]+)", up.output())
+        if no_auth:
+            # Then no token is printed, and a local script may act without one
+            assert found is None, up.output()
+            assert requests.post(cancel, json={}, timeout=10).status_code == 404
+            return
+        # Then the summary prints a login URL, and its token (only it) unlocks the controls
+        assert found is not None, up.output()
+        assert requests.post(cancel, json={}, timeout=10).status_code == 401
+        assert requests.post(cancel, json={}, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+        ok = requests.post(cancel, json={}, headers={"Authorization": f"Bearer {found.group(1)}"}, timeout=10)
+        assert ok.status_code == 404, ok.text  # past the auth check: the job is unknown
+    finally:
+        up.cleanup()
