@@ -10,6 +10,7 @@ not the collector's process. In the collector's process the writer's
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from flask import current_app, request
@@ -89,12 +90,23 @@ def stream(ws: Any) -> None:
             hub.wait(last, POLL_INTERVAL)
 
 
+class _DaemonThread(threading.Thread):
+    """A thread that never holds up interpreter exit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["daemon"] = True
+        super().__init__(*args, **kwargs)
+
+
 def register(app: Any) -> None:
     """Attach ``/ws`` to ``app`` (flask-sock, per app)."""
     from flask_sock import Sock
 
     options = app.config.setdefault("SOCK_SERVER_OPTIONS", {})
     options.setdefault("max_message_size", MAX_INBOUND_MESSAGE)
+    # simple-websocket reads each socket in a thread of its own; a client that never answers
+    # the closing handshake must not keep a stopping server's process alive.
+    options.setdefault("thread_class", _DaemonThread)
     sock = Sock(app)
     app.extensions["sock"] = sock
     sock.route("/ws")(stream)
