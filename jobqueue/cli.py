@@ -77,8 +77,10 @@ def main() -> None:
               help="Seconds each process gets to stop before it is killed.")
 @click.option("--debug", is_flag=True,
               help="Copy every process's output (and the monitor's request log) to the console.")
+@click.option("--no-auth", is_flag=True,
+              help="Do not protect the monitor's controls with a generated token (localhost only).")
 def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, stop_timeout: float,
-       debug: bool) -> None:
+       debug: bool, no_auth: bool = False) -> None:
     """Run everything: broker (embedded Redis if none answers), worker, simulator, monitor.
 
     Ctrl-C stops everything. A process that dies is restarted; one that keeps dying stops
@@ -87,7 +89,8 @@ def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, s
     from jobqueue.up import UpOptions, run_up
 
     options = UpOptions(queues=queues, comfyui_sim=not no_comfyui_sim, comfyui_port=comfyui_port,
-                        monitor=not no_monitor, stop_timeout=stop_timeout, debug=debug)
+                        monitor=not no_monitor, stop_timeout=stop_timeout, debug=debug,
+                        auth=not no_auth)
     try:
         code = run_up(os.environ, options)
     except ConfigError as exc:
@@ -211,14 +214,18 @@ def worker(celery_args: tuple[str, ...]) -> None:
 @main.command()
 @click.option("--host", default=None, help="Address to bind (default JOBQUEUE_MONITOR_HOST, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default JOBQUEUE_MONITOR_PORT, 5555).")
-def monitor(host: str | None, port: int | None) -> None:
-    """Run the monitor (collector, store from JOBQUEUE_MONITOR_DB, API, dashboard)."""
+@click.option("--debug", is_flag=True, help="Serve with Werkzeug's development server instead of gunicorn.")
+def monitor(host: str | None, port: int | None, debug: bool = False) -> None:
+    """Run the monitor (collector, store from JOBQUEUE_MONITOR_DB, API, dashboard) under gunicorn."""
     import logging
 
     from monitor.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(load_settings(), host, port)
+    try:
+        serve(load_settings(), host, port, debug=debug)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
 
 
 @main.command("comfyui-sim")

@@ -154,6 +154,13 @@ class Settings:
     #: How often (s) long-lived Redis connections check their peer (PING, TCP keepalive); a
     #: dead peer is noticed, and the connection replaced, within about twice this.
     redis_health_interval: float = 10.0
+    #: Origins besides the monitor's own that may send controls (e.g. a reverse proxy's
+    #: public https://monitor.example); everything else cross-site is refused.
+    monitor_allowed_origins: tuple[str, ...] = ()
+    #: Largest request body the monitor reads (bytes); larger ones are refused with 413.
+    monitor_max_body_bytes: int = 1_000_000
+    #: Threads of the monitor's web server: each open dashboard holds one for its websocket.
+    monitor_threads: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

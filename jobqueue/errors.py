@@ -123,3 +123,5 @@ class ExecutionFailed(ConnectorError):
 
 class InvalidRequirementError(SubmitError):
     """The job's ``requires`` (models, VRAM, tags) is malformed: no worker could ever run it."""
+class MessageDiscarded(JobqueueError):
+    """The job's broker message could not be decoded; the worker moved it to ``<queue>.dead``."""

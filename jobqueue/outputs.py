@@ -19,6 +19,8 @@ from jobqueue.errors import ConfigError
 
 #: Bytes read per chunk when streaming a stored file.
 CHUNK_SIZE = 1 << 16
+#: Longest file (or job id) name served or written: far below any filesystem's limit.
+MAX_NAME_LENGTH = 200
 
 
 def is_safe_name(name: str) -> bool:
@@ -27,7 +29,7 @@ def is_safe_name(name: str) -> bool:
     Both the writer and the monitor check it, so no name ever addresses anything outside
     ``<store>/<job id>/``.
     """
-    return bool(name) and "/" not in name and "\\" not in name and "\x00" not in name \
+    return 0 < len(name) <= MAX_NAME_LENGTH and "/" not in name and "\\" not in name and "\x00" not in name \
         and ".." not in name and not name.startswith(".")
 
 

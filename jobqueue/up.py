@@ -22,6 +22,7 @@ output goes to ``JOBQUEUE_DATA_DIR/logs/<child>.log`` (and to the console with `
 from __future__ import annotations
 
 import importlib
+import secrets
 import signal
 import sys
 from collections.abc import Mapping
@@ -75,6 +76,9 @@ class UpOptions:
     debug: bool = False
     #: When a dead child is restarted, and when ``up`` gives up.
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    #: Protect the monitor's controls with a fresh token (printed as a login URL) unless
+    #: credentials are configured already; False (``--no-auth``) leaves them open to localhost.
+    auth: bool = True
 
 
 def _answers_ping(app: Any, node: str) -> bool:
@@ -222,6 +226,11 @@ class _Up:
                 self.sup.say(f"monitor not available ({component_available('monitor')[1]}): skipping it")
             return
         host = self.settings.monitor_host
+        login = ""
+        if self.options.auth and not (self.settings.monitor_token or self.settings.monitor_basic_auth):
+            # Like Jupyter: a token per run, handed over in the URL fragment (never sent to the server).
+            self.env["JOBQUEUE_MONITOR_TOKEN"] = secrets.token_urlsafe(24)
+            login = "/#token=" + self.env["JOBQUEUE_MONITOR_TOKEN"]
         self.sup.start(ChildSpec(
             name="monitor",
             argv=component_command("monitor", host, port, debug=self.options.debug),
@@ -230,7 +239,7 @@ class _Up:
             ready=lambda: tcp_answers(host, port),
             ready_timeout=60.0,
         ))
-        self.summary.append(("monitor", f"http://{host}:{port}"))
+        self.summary.append(("monitor", f"http://{host}:{port}{login}"))
 
     def write_run_file(self) -> None:
         write_run_file(self.data_dir, {

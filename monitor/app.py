@@ -8,7 +8,9 @@ module global.
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,8 @@ class MonitorContext:
     started_at: float = field(default_factory=time.time)
     registry: Any = None
     _celery: Any = None
+    #: Set when the server stops: open websocket streams end.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def celery(self) -> Any:
@@ -90,12 +94,17 @@ def create_app(
     context.registry = build_registry(context)
     app.extensions["jobqueue_monitor"] = context
 
-    from monitor import api, ws
+    from monitor import api, guard, ws
 
+    guard.install(app)
     app.register_blueprint(api.bp)
     from monitor import previews
 
     app.register_blueprint(previews.bp)
+    from monitor import deadletters, openapi
+
+    app.register_blueprint(deadletters.bp)
+    app.register_blueprint(openapi.bp)
     ws.register(app)
     from monitor import webhooks
 
@@ -116,7 +125,9 @@ def create_app(
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        app.logger.exception("unhandled error on %s", request.path)
-        return api.error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        # The exception text stays in the log: it may name paths or internals of this host.
+        error_id = uuid.uuid4().hex[:12]
+        app.logger.exception("unhandled error %s on %s", error_id, request.path)
+        return api.error_response(500, "internal_error", f"internal error (error id {error_id}, see the monitor's log)")
 
     return app

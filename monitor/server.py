@@ -1,7 +1,9 @@
 """Run the monitor: writer, collector, truth repair and the web app in one process.
 
 ``serve(settings, host, port)`` blocks until SIGINT/SIGTERM, then stops everything in order
-(web server, repair, collector, writer, store). With no credentials configured it refuses to
+(web server, repair, collector, writer, store). It serves under gunicorn (threads, so
+flask-sock's websockets work; see :mod:`monitor.production`); Werkzeug's development server
+only with ``debug``. With no credentials configured it refuses to
 bind to anything but localhost: controls without auth must not face a network.
 """
 
@@ -29,15 +31,21 @@ from monitor.writer import Writer
 log = logging.getLogger(__name__)
 
 
-class Monitor:
-    """The monitor's parts, started and stopped together."""
+def check_bind(settings: Settings, host: str) -> None:
+    """Refuse (ConfigError) to serve controls without credentials beyond localhost."""
+    if not has_credentials(settings) and not settings.monitor_read_only and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve on {host}: no JOBQUEUE_MONITOR_TOKEN or JOBQUEUE_MONITOR_BASIC_AUTH "
+            "is set (bind to 127.0.0.1, set credentials, or set JOBQUEUE_MONITOR_READ_ONLY=1)"
+        )
 
-    def __init__(self, settings: Settings, host: str, port: int) -> None:
-        if not has_credentials(settings) and not settings.monitor_read_only and not is_loopback(host):
-            raise ConfigError(
-                f"refusing to serve on {host}: no JOBQUEUE_MONITOR_TOKEN or JOBQUEUE_MONITOR_BASIC_AUTH "
-                "is set (bind to 127.0.0.1, set credentials, or set JOBQUEUE_MONITOR_READ_ONLY=1)"
-            )
+
+class Monitor:
+    """The monitor's parts, started and stopped together. ``web=False`` builds no web server
+    (the production server, :mod:`monitor.production`, serves ``app`` itself)."""
+
+    def __init__(self, settings: Settings, host: str, port: int, web: bool = True) -> None:
+        check_bind(settings, host)
         self.settings = settings
         self.store = Store.from_settings(settings)
         self.hub = ChangeHub()
@@ -49,8 +57,8 @@ class Monitor:
         self.collector = EventCollector(self.celery, self.writer, on_reconnected=self.repair.trigger)
         self.app = create_app(settings, store=self.store, hub=self.hub, writer=self.writer,
                               collector=self.collector, repair=self.repair, celery_app=self.celery)
-        self.server = make_server(host, port, self.app, threaded=True)
-        self.port = self.server.server_port
+        self.server: Any = make_server(host, port, self.app, threaded=True) if web else None
+        self.port: int = self.server.server_port if self.server is not None else port
         self._stopped = threading.Event()
 
     def start(self) -> Monitor:
@@ -69,16 +77,25 @@ class Monitor:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self.app.extensions["jobqueue_monitor"].stopping.set()  # websocket streams end
         self.repair.stop()
         self.collector.stop()
         self.writer.stop()
-        self.server.server_close()
+        if self.server is not None:
+            self.server.server_close()
         self.celery.close()
         self.store.close()
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Run the monitor until SIGINT or SIGTERM."""
+def serve(settings: Settings, host: str | None = None, port: int | None = None, debug: bool = False) -> None:
+    """Run the monitor until SIGINT or SIGTERM: under gunicorn (:mod:`monitor.production`),
+    or with ``debug`` under Werkzeug's development server."""
+    if not debug:
+        from monitor.production import serve_production
+
+        serve_production(settings, host or settings.monitor_host,
+                         settings.monitor_port if port is None else port)
+        return
     monitor = Monitor(settings, host or settings.monitor_host,
                       settings.monitor_port if port is None else port)
     monitor.start()
@@ -103,9 +120,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="jobqueue monitor")
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--debug", action="store_true", help="Werkzeug's development server")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(Settings.from_env(), args.host, args.port)
+    serve(Settings.from_env(), args.host, args.port, debug=args.debug)
 
 
 if __name__ == "__main__":

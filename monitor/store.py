@@ -13,8 +13,6 @@ in a process that is not the writer.
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +46,8 @@ from sqlalchemy.schema import CreateIndex
 from jobqueue.config import Settings
 from jobqueue.states import FINAL_JOB_STATES, JobStatus, empty_progress
 from monitor import capabilities
+from monitor.safestats import safe_median
+from monitor.safestats import summary as safe_summary
 
 #: Job statuses that count as "unfinished" in a snapshot.
 OPEN_STATUSES = tuple(s.value for s in JobStatus if s not in FINAL_JOB_STATES)
@@ -341,12 +341,6 @@ def _recent_runtimes(session: Session, service: str) -> list[float]:
     return [float(r) for r in rows if r is not None]
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    rank = max(0, math.ceil(q * len(ordered)) - 1)
-    return ordered[rank]
-
-
 class Tx:
     """One write transaction: get-or-create rows, record timeline events, mark changes.
 
@@ -587,7 +581,7 @@ class Store:
                    conns: dict[str, list[Connector]]) -> dict[str, Any]:
         if kind == "service":
             values = _recent_runtimes(session, obj.service)
-            obj.median = statistics.median(values) if values else None
+            obj.median = safe_median(values)
             obj.samples = len(values)
             return service_dict(obj)
         if kind == "job":
@@ -863,7 +857,8 @@ class Store:
                     entry["last_at"] = finished_at
             minutes: dict[int, dict[str, Any]] = {}
             for status, finished_at in session.execute(
-                select(Job.status, Job.finished_at).where(Job.finished_at >= now - window, Job.status.in_(FINAL_STATUSES))
+                select(Job.status, Job.finished_at).where(Job.finished_at >= now - window, Job.finished_at <= now + window,
+                                                          Job.status.in_(FINAL_STATUSES))
             ):
                 if finished_at is None:  # excluded by the query; narrows the type
                     continue
@@ -872,10 +867,7 @@ class Store:
                 bucket["completed" if status == "completed" else "failed"] += 1
         for svc, values in self.durations().items():
             entry = services.setdefault(svc, {"count": 0, "by_status": {}})
-            entry.update(
-                median=statistics.median(values), mean=statistics.fmean(values), min=min(values),
-                max=max(values), p95=_percentile(values, 0.95), samples=len(values),
-            )
+            entry.update(safe_summary(values))  # finite and overflow-free whatever is stored
         for entry in services.values():
             entry["completed"] = entry["by_status"].get("completed", 0)
             entry["failed"] = sum(entry["by_status"].get(s, 0) for s in ("failed", "timed_out"))

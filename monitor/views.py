@@ -8,14 +8,16 @@ autoescaping; the browser code builds its DOM with ``textContent`` only.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, abort, current_app, jsonify, render_template, request, send_from_directory
-from werkzeug.security import safe_join
+from flask import Blueprint, abort, current_app, jsonify, render_template, request, send_file
 
 from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import JobqueueError
+from jobqueue.outputs import is_safe_name
 from monitor import auth
 
 #: Blueprint the monitor's app factory registers when this module exists.
@@ -98,25 +100,52 @@ def auth_info() -> Any:
 INLINE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 
 
+
+
+def output_file(output_dir: str, job_id: str, name: str) -> Path | None:
+    """The regular file ``<output_dir>/<job_id>/<name>``, or None.
+
+    Only a plain name directly inside the job's own folder: no dot-names (``.``, ``..``), no
+    separators, no symlink at either level (the check uses ``lstat`` and the file is opened
+    with ``O_NOFOLLOW``), nothing but a regular file.
+    """
+    if not is_safe_name(job_id) or not is_safe_name(name):
+        return None
+    folder = Path(output_dir).resolve() / job_id
+    path = folder / name
+    try:
+        if not stat.S_ISDIR(folder.lstat().st_mode) or not stat.S_ISREG(path.lstat().st_mode):
+            return None
+    except (OSError, ValueError):
+        return None
+    return path
+
+
 @bp.get("/jobs/<job_id>/files/<name>")
 def job_file(job_id: str, name: str) -> Any:
     """An output file a worker on this host wrote to ``output_dir/<job id>/<name>``.
 
-    Only useful where the monitor shares the workers' disk (one machine, or a shared
-    ``JOBQUEUE_OUTPUT_DIR``); elsewhere it answers 404 and the page says so. The response is
-    sandboxed by CSP so an SVG or HTML "image" cannot run script on the monitor's origin.
+    With ``JOBQUEUE_OUTPUT_URL`` set, read from the output store (:mod:`monitor.outputs`), so
+    any machine's files are served; else only where the monitor shares the workers' disk. Only files of a
+    job the store knows are served (see :func:`output_file`). The response is sandboxed by
+    CSP so an SVG or HTML "image" cannot run script on the monitor's origin.
     """
-    settings = current_app.extensions["jobqueue_monitor"].settings
-    if settings.output_url:
+    context = current_app.extensions["jobqueue_monitor"]
+    if context.settings.output_url:
         # A shared output store (S3...): serve from it, whatever machine wrote the file.
         from monitor.outputs import serve_output
 
         return serve_output(job_id, name, INLINE_TYPES)
-    directory = safe_join(str(Path(settings.output_dir).resolve()), job_id)
-    if directory is None or not Path(directory).is_dir():
+    path = output_file(context.settings.output_dir, job_id, name)
+    if path is None or context.store.job(job_id, with_events=False) is None:
+        abort(404)
+    try:
+        handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+    except OSError:
         abort(404)
     inline = name.lower().endswith(INLINE_TYPES)
-    response = send_from_directory(directory, name, as_attachment=not inline, max_age=3600)
+    response = send_file(handle, download_name=name, as_attachment=not inline, max_age=3600,
+                         last_modified=os.fstat(handle.fileno()).st_mtime)
     response.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; sandbox"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

@@ -9,6 +9,8 @@
   (:class:`~jobqueue.worker.gate.ConsumerGate`). On worker shutdown it reports every connector
   ``offline`` before the dispatcher closes.
 * :class:`LeaseStep` keeps running jobs' Redis leases fresh (see :mod:`jobqueue.worker.lease`).
+* :class:`~jobqueue.worker.poison.PoisonStep` moves undecodable messages aside and fails their
+  jobs instead of letting them stop the worker (see :mod:`jobqueue.worker.poison`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import LeaseKeeper, held_delivery_tags
 from jobqueue.worker.orphans import OrphanSweeper
+from jobqueue.worker.poison import PoisonStep
 from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.worker.status import Sender, StatusReporter
 
@@ -264,6 +267,7 @@ def install_worker_steps(app: Any) -> None:
     app.steps["worker"].add(LeaseStep)
     app.steps["worker"].add(OrphanStep)
     app.steps["consumer"].add(StatusStep)
+    app.steps["consumer"].add(PoisonStep)
     from jobqueue.worker import control  # registers the control commands
 
     control.register()

@@ -91,7 +91,7 @@ class MonitorProcess:
 
     def post(self, path: str, body: Any = None, token: str | None = TOKEN) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return requests.post(self.url + path, json=body, headers=headers, timeout=10)
+        return requests.post(self.url + path, json={} if body is None else body, headers=headers, timeout=10)
 
     def get(self, path: str) -> Any:
         res = requests.get(self.url + path, timeout=10)
@@ -157,9 +157,13 @@ class Pages:
         self.dialogs: list[str] = []
         self.errors: list[str] = []
 
-    def open(self, path: str, viewport: dict[str, int] | None = None, token: str | None = None) -> Any:
-        """A new page (its own browser context: its own sessionStorage) at ``path``, live."""
-        context = self.browser.new_context(viewport=viewport or LAPTOP)
+    def open(self, path: str, viewport: dict[str, int] | None = None, token: str | None = None,
+             enforce_csp: bool = False) -> Any:
+        """A new page (its own browser context: its own sessionStorage) at ``path``, live.
+
+        The monitor's CSP forbids eval, which Playwright's string predicates use; tests of the
+        CSP itself (tests/monitor/test_hostile.py) pass ``enforce_csp=True``."""
+        context = self.browser.new_context(viewport=viewport or LAPTOP, bypass_csp=not enforce_csp)
         self.contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(30_000)

@@ -76,9 +76,9 @@ def test_stats_give_completion_times_and_failure_patterns(flask_app, client):
 
 def test_mutating_endpoints_need_the_token(client):
     assert client.post("/api/jobs", json={"service": "simulation", "payload": {}}).status_code == 401
-    wrong = client.post("/api/jobs/a/cancel", headers={"Authorization": "Bearer nope"})
+    wrong = client.post("/api/jobs/a/cancel", json={}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    good = client.post("/api/jobs/a/cancel", headers={"Authorization": "Bearer secret-token"})
+    good = client.post("/api/jobs/a/cancel", json={}, headers={"Authorization": "Bearer secret-token"})
     assert good.status_code == 404  # past the auth check: the job is unknown
 
 
@@ -87,11 +87,11 @@ def test_basic_auth_works_and_read_only_mode_refuses_with_403(tmp_path):
                         monitor_read_only=False).resolved()
     app = create_app(settings)
     basic = "Basic " + base64.b64encode(b"ann:pw").decode()
-    assert app.test_client().post("/api/jobs/x/retry", headers={"Authorization": basic}).status_code == 404
+    assert app.test_client().post("/api/jobs/x/retry", json={}, headers={"Authorization": basic}).status_code == 404
     app.extensions["jobqueue_monitor"].close()
     read_only = create_app(Settings(monitor_db=f"sqlite:///{tmp_path / 'b.db'}", monitor_read_only=True,
                                     monitor_token="t").resolved())
-    response = read_only.test_client().post("/api/jobs/x/cancel", headers={"Authorization": "Bearer t"})
+    response = read_only.test_client().post("/api/jobs/x/cancel", json={}, headers={"Authorization": "Bearer t"})
     assert response.status_code == 403
     read_only.extensions["jobqueue_monitor"].close()
 

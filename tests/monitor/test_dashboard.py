@@ -247,10 +247,8 @@ def test_cancel_on_the_job_page_needs_a_login_and_works_with_one(start_worker, p
     page.wait_for_function("document.getElementById('notice').textContent.startsWith('retried as ')")
     new_id = page.inner_text("#notice").removeprefix("retried as ").strip()
     assert new_id and new_id != job_id
-    # (the new job reaches the monitor through its events: poll, don't assume it is there yet)
-    wait_for(lambda: requests.get(f"{live_monitor.url}/api/jobs/{new_id}", timeout=5).ok,
-             timeout=15, what="the retried job in the monitor")
-    assert live_monitor.get(f"/api/jobs/{new_id}")["id"] == new_id
+    # (the monitor learns of the new job from its task-sent event: wait for it)
+    assert wait_for(lambda: job_status(live_monitor, new_id), 30, what="the monitor to see the retried job")
     assert_not_reloaded(page)
     assert_nothing_ran(pages, page)
 
@@ -347,17 +345,20 @@ def test_every_page_of_the_dashboard_is_served_with_its_assets(live_monitor):
 
 
 def test_an_output_image_on_the_monitors_disk_is_served_sandboxed_and_nothing_outside_it(live_monitor, settings):
-    # Given an output image a worker on this host wrote, and a secret next to the outputs
-    job_dir = Path(settings.output_dir) / "job-1"
+    # Given a job the monitor knows, an output image a worker on this host wrote for it, and a
+    # secret next to the outputs
+    [job] = live_monitor.post("/api/jobs", {"service": "simulation", "payload": {"steps": 1}}).json()["jobs"]
+    wait_for(lambda: job_status(live_monitor, job["id"]), 30, what="the monitor to know the job")
+    job_dir = Path(settings.output_dir) / job["id"]
     job_dir.mkdir(parents=True)
     (job_dir / "out.png").write_bytes(b"\x89PNG\r\n\x1a\nnot-really")
     (Path(settings.output_dir) / "secret.txt").write_text("no")
     # Then the image is served, under a CSP sandbox
-    res = requests.get(f"{live_monitor.url}/jobs/job-1/files/out.png", timeout=10)
+    res = requests.get(f"{live_monitor.url}/jobs/{job['id']}/files/out.png", timeout=10)
     assert res.status_code == 200 and res.headers["Content-Type"] == "image/png"
     assert "sandbox" in res.headers["Content-Security-Policy"]
     # And nothing outside a job's directory can be reached
-    for path in ("/jobs/job-1/files/..%2Fsecret.txt", "/jobs/..%2F/files/secret.txt", "/jobs/job-2/files/out.png"):
+    for path in (f"/jobs/{job['id']}/files/..%2Fsecret.txt", "/jobs/..%2F/files/secret.txt", "/jobs/job-2/files/out.png"):
         assert requests.get(live_monitor.url + path, timeout=10).status_code == 404, path
 
 

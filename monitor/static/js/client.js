@@ -65,7 +65,7 @@
     const button = document.getElementById("submit");
     button.disabled = true;
     const res = await api("POST", "/api/jobs", request);
-    button.disabled = false;
+    syncSubmit();
     if (!res.ok) {
       error.textContent = res.error;
       if (res.status === 401 || res.status === 403) auth.refresh();
@@ -79,6 +79,15 @@
   });
 
   live.subscribe((kind, id) => { if (kind === "snapshot" || (kind === "job" && mine.includes(id))) render(); });
+  // Submitting is a control: off in read-only mode and until the server accepts our credentials.
+  function syncSubmit() {
+    const button = document.getElementById("submit");
+    const allowed = auth.canControl();
+    button.disabled = !allowed;
+    button.title = allowed ? "" : (auth.info.read_only ? "the monitor is read-only" : "log in to submit jobs");
+  }
+  auth.onChange(syncSubmit);
+  syncSubmit();
   auth.onChange(render);
   // Start on the first service that has an example (its connector is installed here).
   const ready = [...service.options].find((o) => examples[o.value] !== null && examples[o.value] !== undefined);

@@ -173,6 +173,9 @@ const JQ = (function () {
     const authHeader = auth.header();
     if (authHeader) headers["Authorization"] = authHeader;
     const init = {method, headers, credentials: "omit", cache: "no-store"};
+    // Every control sends a JSON body: the monitor refuses any other (a cross-site form or a
+    // no-cors fetch cannot send application/json).
+    if (body === undefined && method !== "GET" && method !== "HEAD") body = {};
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -473,7 +476,19 @@ const JQ = (function () {
 
   const live = new Live();
 
+  /** A login link (``jobqueue up`` prints one: /#token=...) logs this tab in; the token is
+   * then removed from the address bar and history. The fragment never reaches the server. */
+  function tokenFromLink() {
+    const match = /(?:^#|&)token=([^&]+)/.exec(location.hash || "");
+    if (!match) return;
+    let token = "";
+    try { token = decodeURIComponent(match[1]).trim(); } catch (exc) { token = ""; }
+    if (token) sessionStorage.setItem(TOKEN_KEY, "Bearer " + token);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+
   function start() {
+    tokenFromLink();
     setupAuthUi();
     startTicking();
     live.connect();

@@ -125,6 +125,9 @@
       item("connectors in error", errors, errors ? "bad" : ""),
       item("pending jobs", count((j) => JQJobsGroup(j) === "pending")),
       item("active jobs", count((j) => j.status === "processing")),
+      h("a", {href: "/api/dead-letters", class: "stat-link", "data-dead-letters": deadLetters === null ? "" : deadLetters,
+        title: "messages workers could not decode, moved to <queue>.dead"},
+        item("dead letters", deadLetters === null ? "–" : deadLetters, deadLetters ? "bad" : "")),
     ];
   }
 
@@ -147,6 +150,17 @@
     fill(document.getElementById("fleet"), sections.length ? sections
       : h("p", {class: "empty", text: live.ready ? "No machine has reported yet. Start a worker: celery -A jobqueue worker -Q gpu0" : "loading…"}));
   });
+
+  // Dead letters are not events (a worker moves a poison message aside in the broker), so
+  // their count is read from the API, now and every few seconds.
+  let deadLetters = null;
+  async function refreshDeadLetters() {
+    const res = await JQ.api("GET", "/api/dead-letters?items=0");
+    const total = res.ok && res.data && typeof res.data.total === "number" ? res.data.total : null;
+    if (total !== deadLetters) { deadLetters = total; render(); }
+  }
+  refreshDeadLetters();
+  setInterval(refreshDeadLetters, 5000);
 
   live.subscribe(() => render());
   auth.onChange(render);

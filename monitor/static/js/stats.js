@@ -16,8 +16,9 @@
   function niceMax(v) {
     if (!(v > 0)) return 1;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 4, 8, 10]) if (m * p >= v) return m * p;
-    return 10 * p;
+    // Near the float limit (a forged 1e308 runtime) a rounder maximum would overflow.
+    for (const m of [1, 2, 4, 8, 10]) if (m * p >= v) return Number.isFinite(m * p) ? m * p : v;
+    return Number.isFinite(10 * p) ? 10 * p : v;
   }
 
   /** Horizontal box plot per service, one row each, x axis in seconds. */
@@ -30,7 +31,7 @@
     const x = (v) => left + (W - left - right) * (Math.max(0, v) / max);
     const svg = h("svg", {viewBox: "0 0 " + W + " " + H, class: "svg-chart", role: "img", "aria-label": "completion time per service"});
     for (let i = 0; i <= 4; i++) {
-      const v = max * i / 4, xx = x(v);
+      const v = max / 4 * i, xx = x(v);
       svg.appendChild(h("line", {x1: xx, x2: xx, y1: top, y2: H - axisH, class: "grid"}));
       svg.appendChild(h("text", {x: xx, y: H - 8, "text-anchor": "middle", class: "axis", text: duration(v)}));
     }
@@ -55,19 +56,24 @@
     if (!points || !points.length) return h("p", {class: "muted", text: "no finished jobs yet"});
     // One slot per minute for the last 30 minutes at least (60 at most), gaps filled with zeros,
     // so one busy minute does not look like a whole hour of work.
-    const byMinute = new Map(points.map((p) => [Math.floor(p.t / 60) * 60, p]));
-    const end = Math.max(Math.floor(JQ.serverNow() / 60) * 60, ...byMinute.keys());
+    // Only minutes up to an hour around now: a forged timestamp (1e18) must not stretch the
+    // axis, and at such magnitudes t += 60 would not even move.
+    const nowMinute = Math.floor(JQ.serverNow() / 60) * 60;
+    const byMinute = new Map(points.filter((p) => Number.isFinite(p.t) && Math.abs(p.t - nowMinute) <= 3600)
+      .map((p) => [Math.floor(p.t / 60) * 60, p]));
+    if (!byMinute.size) return h("p", {class: "muted", text: "no finished jobs in the last hour"});
+    const end = Math.max(nowMinute, ...byMinute.keys());
     const first = Math.max(Math.min(...byMinute.keys()), end - 59 * 60);
     const start = Math.min(first, end - 29 * 60);
     const pts = [];
-    for (let t = start; t <= end; t += 60) pts.push(byMinute.get(t) || {t, completed: 0, failed: 0});
+    for (let i = 0, t = start; t <= end && i < 120; i++, t = start + i * 60) pts.push(byMinute.get(t) || {t, completed: 0, failed: 0});
     const W = 640, H = 200, left = 36, right = 10, top = 10, axisH = 24;
     const max = niceMax(Math.max(...pts.map((p) => (p.completed || 0) + (p.failed || 0))));
     const slot = (W - left - right) / pts.length, bw = Math.max(2, slot * 0.8);
     const y = (v) => top + (H - top - axisH) * (1 - v / max);
     const svg = h("svg", {viewBox: "0 0 " + W + " " + H, class: "svg-chart", role: "img", "aria-label": "throughput per minute"});
     for (let i = 0; i <= 4; i++) {
-      const v = max * i / 4;
+      const v = max / 4 * i;
       svg.appendChild(h("line", {x1: left, x2: W - right, y1: y(v), y2: y(v), class: "grid"}));
       svg.appendChild(h("text", {x: left - 4, y: y(v) + 4, "text-anchor": "end", class: "axis", text: String(Math.round(v * 10) / 10)}));
     }

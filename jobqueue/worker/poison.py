@@ -1,0 +1,306 @@
+"""Poison messages never stop a worker.
+
+An item on a queue that is not a kombu envelope (``LPUSH simulation garbage``), has a body its
+``body_encoding`` cannot decode (bad base64), or decodes to something Celery refuses (pickle,
+broken JSON, no task header) is logged, counted, moved aside to the Redis list
+``<queue>.dead`` with the reason (newest first, at most :data:`DEAD_KEEP` items), and, when it
+names a job id whose result is not final yet, that job ends ``failed`` with a
+:class:`~jobqueue.errors.MessageDiscarded` error (result backend and a ``task-failed`` event),
+so no client and no monitor waits for it forever.
+
+Two layers, because the failures surface in two places:
+
+* **Transport.** kombu's Redis channel decodes the envelope inside its BRPOP reader; an error
+  there escapes into Celery's event loop and kills the worker ("Unrecoverable error"), and the
+  popped item is lost. :class:`PoisonSafeChannel` checks the envelope first and never delivers
+  one it cannot decode.
+* **Consumer.** Celery decodes the body later and, on failure, logs and acks (or rejects) the
+  message: it is gone, and the job stays ``queued``. :class:`PoisonStep` wraps those handlers
+  so the message is dead-lettered and its job failed before Celery drops it.
+
+PRIVATE TOUCHPOINTS (kombu 5.4-5.7, Celery 5.4-5.7); this module is the only place that uses
+them, so a kombu or Celery upgrade is checked here and in tests/jobqueue/test_poison.py:
+
+1. ``kombu.transport.redis.Channel._brpop_read``: reimplemented below (its body plus the
+   envelope check); it also relies on ``_queue_cycle``, ``_in_poll`` and
+   ``_flush_brpop_reauth`` (the latter only where kombu has it).
+2. ``kombu.transport.virtual.Channel.decode_body`` and ``Message._raw`` (the raw envelope).
+3. Celery's ``Consumer.on_decode_error``, ``on_invalid_task`` and ``on_unknown_message``,
+   replaced on the consumer instance before ``create_task_handler`` and the ``Tasks`` and
+   ``Control`` steps read them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from queue import Empty
+from typing import Any
+
+from celery import bootsteps
+
+log = logging.getLogger(__name__)
+
+#: Suffix of a queue's dead-letter list: ``simulation`` → ``simulation.dead``.
+DEAD_SUFFIX = ".dead"
+#: Most items one dead-letter list keeps (oldest dropped first).
+DEAD_KEEP = 10_000
+#: Most bytes of a poison item kept in its dead-letter record.
+RAW_KEEP = 256 * 1024
+#: Attribute of the consumer's kombu Connection where the transport finds the job failer.
+HOOK_ATTR = "jobqueue_on_poison"
+
+
+@dataclass(frozen=True)
+class Poison:
+    """One message that cannot be run: where it came from, why, and what it said."""
+
+    queue: str
+    reason: str
+    raw: bytes
+    job_id: str | None = None
+    task: str | None = None
+
+
+def dead_letter_key(queue: str) -> str:
+    """The Redis list that keeps ``queue``'s poison messages."""
+    return queue + DEAD_SUFFIX
+
+
+def dead_record(poison: Poison, worker: str | None, now: float | None = None) -> dict[str, Any]:
+    """The JSON record pushed to the dead-letter list (the raw item as text when it is UTF-8,
+    else base64; cut at :data:`RAW_KEEP` bytes)."""
+    raw = poison.raw[:RAW_KEEP]
+    record: dict[str, Any] = {"queue": poison.queue, "reason": poison.reason, "job_id": poison.job_id,
+                              "task": poison.task, "worker": worker, "at": time.time() if now is None else now,
+                              "truncated": len(poison.raw) > RAW_KEEP}
+    try:
+        record["raw"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        record["raw_base64"] = base64.b64encode(raw).decode("ascii")
+    return record
+
+
+def push_dead_letter(client: Any, poison: Poison, worker: str | None) -> None:
+    """LPUSH the poison's record to its queue's dead-letter list, keeping :data:`DEAD_KEEP`."""
+    key = dead_letter_key(poison.queue)
+    pipe = client.pipeline(transaction=True)
+    pipe.lpush(key, json.dumps(dead_record(poison, worker)))
+    pipe.ltrim(key, 0, DEAD_KEEP - 1)
+    pipe.execute()
+
+
+def _ids_from(headers: Any) -> tuple[str | None, str | None]:
+    if not isinstance(headers, dict):
+        return None, None
+    job_id, task = headers.get("id"), headers.get("task")
+    return (job_id if isinstance(job_id, str) and job_id else None,
+            task if isinstance(task, str) and task else None)
+
+
+def check_envelope(item: bytes | str, decode_body: Callable[[Any, Any], Any]) -> tuple[Any, str | None]:
+    """``(payload, None)`` when ``item`` is a kombu envelope the channel can deliver, else
+    ``(payload or None, reason)``. Mirrors what kombu's virtual ``Message`` needs."""
+    try:
+        text = item.decode("utf-8") if isinstance(item, bytes) else item
+        payload = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return None, f"not a kombu message ({type(exc).__name__}: {str(exc)[:200]})"
+    if not isinstance(payload, dict):
+        return None, f"not a kombu message (a JSON {type(payload).__name__}, not an object)"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict) or "delivery_tag" not in properties:
+        return payload, "not a kombu message (no properties with a delivery_tag)"
+    headers, info = payload.get("headers"), properties.get("delivery_info")
+    if headers is not None and not isinstance(headers, dict):
+        return payload, "malformed kombu message (headers is not an object)"
+    # kombu's Redis QoS files every delivered message under its exchange and routing key.
+    if not isinstance(info, dict) or "exchange" not in info or "routing_key" not in info:
+        return payload, "malformed kombu message (no delivery_info with exchange and routing_key)"
+    body = payload.get("body")
+    if body:
+        encoding = properties.get("body_encoding")
+        try:
+            decode_body(body, encoding)
+        except Exception as exc:
+            return payload, f"undecodable body ({encoding}: {type(exc).__name__}: {str(exc)[:200]})"
+    return payload, None
+
+
+def poison_from_item(queue: str, item: bytes | str, payload: Any, reason: str) -> Poison:
+    """A :class:`Poison` for a raw broker item (job id and task from its headers, if any)."""
+    job_id, task = _ids_from(payload.get("headers") if isinstance(payload, dict) else None)
+    raw = item if isinstance(item, bytes) else item.encode("utf-8", "replace")
+    return Poison(queue=queue, reason=reason, raw=raw, job_id=job_id, task=task)
+
+
+def poison_from_message(message: Any, reason: str) -> Poison:
+    """A :class:`Poison` for a message Celery refused (raw envelope when kombu kept it).
+
+    Its queue is the routing key it was sent with: on jobqueue's direct routing, the queue
+    (kombu does not tell a consumer callback which queue a message came from)."""
+    raw_envelope = getattr(message, "_raw", None)
+    if isinstance(raw_envelope, dict):
+        raw = json.dumps(raw_envelope, default=str).encode("utf-8")
+    else:
+        body = getattr(message, "body", b"")
+        raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
+    info = getattr(message, "delivery_info", None) or {}
+    queue = info.get("routing_key") or info.get("exchange") or "unknown"
+    job_id, task = _ids_from(getattr(message, "headers", None))
+    return Poison(queue=str(queue), reason=reason, raw=raw, job_id=job_id, task=task)
+
+
+# -- transport layer ------------------------------------------------------------------------
+
+
+class PoisonSafeChannel:
+    """Mixin for kombu's Redis ``Channel``: BRPOP reads that never deliver an undecodable item.
+
+    A poison item is dead-lettered through a pooled client, then handed to the hook the
+    worker's :class:`PoisonStep` left on the connection (which fails its job).
+    """
+
+    def _brpop_read(self, **options: Any) -> bool:  # PRIVATE TOUCHPOINT 1
+        self_: Any = self
+        poison: Poison | None = None
+        try:
+            try:
+                dest__item = self_.client.parse_response(self_.client.connection, "BRPOP", **options)
+            except self_.connection_errors:
+                # A connection error: disconnect so the next iteration reconnects (as kombu does).
+                self_.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise Empty()
+            dest, item = dest__item
+            dest = (dest.decode() if isinstance(dest, bytes) else dest).rsplit(self_.sep, 1)[0]
+            self_._queue_cycle.rotate(dest)
+            payload, reason = check_envelope(item, self_.decode_body)  # PRIVATE TOUCHPOINT 2
+            if reason is None:
+                self_.connection._deliver(payload, dest)
+                return True
+            poison = poison_from_item(dest, item, payload, reason)
+        finally:
+            self_._in_poll = None
+            flush = getattr(self_, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+        self._discard(poison)
+        return True
+
+    def _discard(self, poison: Poison) -> None:
+        self_: Any = self
+        hook = getattr(self_.connection.client, HOOK_ATTR, None)
+        log.error("poison message on queue %s discarded (%s); moved to %s", poison.queue, poison.reason,
+                  dead_letter_key(poison.queue))
+        try:
+            with self_.conn_or_acquire() as client:
+                push_dead_letter(client, poison, getattr(hook, "hostname", None))
+        except Exception:
+            log.exception("could not dead-letter a poison message of queue %s", poison.queue)
+        if hook is not None:
+            hook(poison)
+
+
+# -- consumer layer -------------------------------------------------------------------------
+
+
+class PoisonHandler:
+    """What a worker does with a poison message besides dropping it: count it, dead-letter it
+    (when the transport has not already), fail its job."""
+
+    def __init__(self, app: Any, consumer: Any, redis_client: Any = None) -> None:
+        self.app = app
+        self.consumer = consumer
+        self.redis = redis_client
+        self.hostname = getattr(consumer, "hostname", None)
+        self.discarded = 0
+
+    def __call__(self, poison: Poison, dead_letter: bool = False) -> None:
+        self.discarded += 1
+        if dead_letter:
+            log.error("message on queue %s discarded (%s); moved to %s", poison.queue, poison.reason,
+                      dead_letter_key(poison.queue))
+            if self.redis is not None:
+                try:
+                    push_dead_letter(self.redis, poison, self.hostname)
+                except Exception:
+                    log.exception("could not dead-letter a message of queue %s", poison.queue)
+        if poison.job_id:
+            try:
+                self.fail_job(poison)
+            except Exception:
+                log.exception("could not mark job %s failed", poison.job_id)
+
+    def fail_job(self, poison: Poison) -> None:
+        """End the job ``failed`` with the reason, unless its result is already final."""
+        from celery.states import READY_STATES
+        from celery.utils.objects import Bunch
+
+        from jobqueue.errors import MessageDiscarded
+
+        assert poison.job_id is not None
+        backend = self.app.backend
+        if backend.get_state(poison.job_id) in READY_STATES:
+            return  # a stray copy of a job that already ended: never overwrite its result
+        exc = MessageDiscarded(f"message discarded by {self.hostname}: {poison.reason}; "
+                               f"moved to {dead_letter_key(poison.queue)}")
+        request = Bunch(name=poison.task, task=poison.task, chord=None, root_id=None, correlation_id=poison.job_id,
+                        reply_to=None, errbacks=None, hostname=self.hostname, delivery_info={"routing_key": poison.queue})
+        backend.mark_as_failure(poison.job_id, exc, request=request, call_errbacks=False)
+        dispatcher = getattr(self.consumer, "event_dispatcher", None)
+        if dispatcher is not None:
+            dispatcher.send("task-failed", uuid=poison.job_id, exception=repr(exc))
+
+
+class PoisonStep(bootsteps.StartStopStep):
+    """Consumer step: wrap Celery's decode-failure handlers and hand the transport its hook."""
+
+    label = "jobqueue poison"
+    requires = ("celery.worker.consumer.events:Events",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        settings = c.app.settings
+        client = None
+        if settings.is_redis:
+            import redis
+
+            client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+        self.handler = PoisonHandler(c.app, c, client)
+        c.jobqueue_poison = self.handler
+        self._wrap(c)
+
+    def _wrap(self, c: Any) -> None:  # PRIVATE TOUCHPOINT 3
+        handler = self.handler
+        on_decode_error, on_invalid_task, on_unknown_message = c.on_decode_error, c.on_invalid_task, c.on_unknown_message
+
+        def decode_error(message: Any, exc: Exception) -> Any:
+            handler(poison_from_message(message, f"cannot decode ({type(exc).__name__}: {str(exc)[:200]})"),
+                    dead_letter=True)
+            return on_decode_error(message, exc)
+
+        def invalid_task(body: Any, message: Any, exc: Exception) -> Any:
+            handler(poison_from_message(message, f"invalid task message ({type(exc).__name__}: {str(exc)[:200]})"),
+                    dead_letter=True)
+            return on_invalid_task(body, message, exc)
+
+        def unknown_message(body: Any, message: Any) -> Any:
+            handler(poison_from_message(message, "not a task message (no task header)"), dead_letter=True)
+            return on_unknown_message(body, message)
+
+        c.on_decode_error, c.on_invalid_task, c.on_unknown_message = decode_error, invalid_task, unknown_message
+
+    def start(self, c: Any) -> None:
+        # The transport finds the job failer on the consumer's (new, after a reconnect) connection.
+        if c.connection is not None:
+            setattr(c.connection, HOOK_ATTR, self.handler)
+
+    def shutdown(self, c: Any) -> None:
+        if self.handler.redis is not None:
+            self.handler.redis.close()

@@ -1,0 +1,108 @@
+"""The monitor under a production WSGI server: gunicorn, one worker process with threads.
+
+Why these choices:
+
+* **gunicorn's threaded worker** (``gthread``) is one of the servers flask-sock supports (it
+  takes the raw socket from ``environ["gunicorn.socket"]``); waitress cannot hand a websocket
+  its socket. Each open dashboard holds one thread for its ``/ws`` stream, so the thread count
+  (``JOBQUEUE_MONITOR_THREADS``) bounds the number of dashboards.
+* **One worker process**: the monitor is one writer over one store, with the collector and
+  truth repair beside it. They start in the worker (after the fork, in :meth:`load`) and stop
+  when it exits; a SIGTERM first ends the websocket streams so the graceful stop is quick.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from jobqueue.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Seconds gunicorn gives in-flight requests when it stops.
+GRACEFUL_TIMEOUT = 10
+#: Seconds a worker may stay silent before the arbiter restarts it (its main loop beats).
+WORKER_TIMEOUT = 60
+
+
+def bind_address(host: str, port: int) -> str:
+    """gunicorn's ``bind`` for ``host``/``port`` (IPv6 literals in brackets)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class MonitorApplication(BaseApplication):
+    """gunicorn application that builds and runs the whole monitor inside its worker."""
+
+    def __init__(self, settings: Settings, host: str, port: int) -> None:
+        self.settings = settings
+        self.host = host
+        self.port = port
+        self.monitor: Any = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        options = {
+            "bind": bind_address(self.host, self.port),
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": max(2, self.settings.monitor_threads),
+            # Kept-alive connections need room beyond the threads.
+            "worker_connections": 4 * max(2, self.settings.monitor_threads),
+            "timeout": WORKER_TIMEOUT,
+            "graceful_timeout": GRACEFUL_TIMEOUT,
+            "keepalive": 5,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": "info",
+            "proc_name": "jobqueue-monitor",
+            "limit_request_line": 8190,
+            "limit_request_fields": 100,
+            "post_worker_init": self._post_worker_init,
+            "worker_exit": self._worker_exit,
+            # gunicorn >= 24 opens a control socket at one path per user: two monitors on one
+            # host would fight over it, and nothing here uses it.
+            "control_socket_disable": True,
+        }
+        assert self.cfg is not None
+        for key, value in options.items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from monitor.server import Monitor
+
+        self.monitor = Monitor(self.settings, self.host, self.port, web=False)
+        self.monitor.start()
+        log.info("monitor on http://%s (gunicorn, %d threads)", bind_address(self.host, self.port),
+                 self.settings.monitor_threads)
+        return self.monitor.app
+
+    def _post_worker_init(self, worker: Any) -> None:
+        # gunicorn's SIGTERM handler only stops accepting; open websocket streams would then
+        # hold the worker for the whole graceful timeout. End them first.
+        previous = signal.getsignal(signal.SIGTERM)
+        monitor = self.monitor
+
+        def on_term(signum: int, frame: Any) -> None:
+            if monitor is not None:
+                monitor.app.extensions["jobqueue_monitor"].stopping.set()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_term)
+
+    def _worker_exit(self, server: Any, worker: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+
+
+def serve_production(settings: Settings, host: str, port: int) -> None:
+    """Run the monitor under gunicorn until SIGINT or SIGTERM."""
+    from monitor.server import check_bind
+
+    check_bind(settings, host)
+    MonitorApplication(settings, host, port).run()
