@@ -447,10 +447,10 @@ def test_jobqueue_up_protects_the_controls_with_a_printed_login_url_unless_told_
                                                                                        redis_url, no_auth):
     import re
 
-    from tests.jobqueue.test_foundation import UpProcess, _up_env
+    from tests.jobqueue.up_process import UpProcess, up_env
 
     # Given `jobqueue up` on the test's Redis (without the simulator), with or without --no-auth
-    env = _up_env(tmp_path, machine_id, redis_url)
+    env = up_env(tmp_path, machine_id, redis_url)
     args = ["--no-comfyui-sim", *(["--no-auth"] if no_auth else [])]
     up = UpProcess(env, tmp_path / "up.log", *args)
     try:
