@@ -29,16 +29,14 @@ frames go to ``job.report_preview``.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import requests
-import websocket
 
 from jobqueue.config import Settings
 from jobqueue.connectors import comfyui_models
@@ -55,6 +53,12 @@ from jobqueue.connectors.comfyui_protocol import (
     output_files,
     queue_position,
     queue_snapshot,
+)
+from jobqueue.connectors.comfyui_ws import (
+    Mailbox,
+    Message,
+    Wake,
+    WebSocketListener,
 )
 from jobqueue.errors import (
     ExecutionFailed,
@@ -80,17 +84,12 @@ CONNECT_WAIT = 5.0
 CONFIRM_WAIT = 5.0
 #: How long (s) a cancelled job waits for ComfyUI to confirm the interrupt.
 CANCEL_GRACE = 5.0
-#: Reconnect backoff of the websocket: first delay and cap (s).
-BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
 #: Longest a job waits (s) for abandoned prompts to leave ComfyUI's queue before it posts its own.
 ORPHAN_WAIT = 10.0
 #: Longest a health check waits (s) for abandoned prompts to leave ComfyUI's queue.
 ORPHAN_HEALTH_WAIT = 5.0
 #: Seconds between two stop requests for the same abandoned prompt.
 ORPHAN_RESEND = 1.0
-#: What the connector tells ComfyUI about itself when the websocket opens: it reads preview
-#: frames with metadata (binary event 4, naming the prompt), so ComfyUI sends those.
-CLIENT_FEATURES = {"supports_preview_metadata": True}
 
 #: EmptyImage -> ImageInvert -> SaveImage: runs on any ComfyUI, no model needed.
 EXAMPLE_WORKFLOW: dict[str, Any] = {
@@ -98,140 +97,6 @@ EXAMPLE_WORKFLOW: dict[str, Any] = {
     "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "jobqueue"}},
 }
-
-Message = Any  # a decoded JSON message (dict), a binary frame (bytes), or a _Wake
-
-
-class _Wake:
-    """Tells a waiting job to look again (connection change, cancel)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-class _Mailbox:
-    """Messages for one prompt, from the reader thread to the job's thread."""
-
-    def __init__(self) -> None:
-        self._items: collections.deque[Message] = collections.deque()
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-
-    def put(self, item: Message) -> None:
-        with self._lock:
-            self._items.append(item)
-            self._ready.set()
-
-    def take(self, timeout: float) -> list[Message]:
-        """Wait up to ``timeout`` s for messages; return (and remove) all there are."""
-        self._ready.wait(timeout)
-        with self._lock:
-            items = list(self._items)
-            self._items.clear()
-            self._ready.clear()
-        return items
-
-
-class WebSocketListener:
-    """Keeps ``/ws?clientId=...`` open in a thread; hands every message to ``on_message``."""
-
-    def __init__(self, url: str, on_message: Callable[[Message], None],
-                 on_connection: Callable[[bool, str], None]) -> None:
-        self.url = url
-        self._on_message = on_message
-        self._on_connection = on_connection
-        self.connected = threading.Event()
-        self.last_error = ""
-        #: Monotonic time of the last message of any kind (or of connecting).
-        self.last_message_at = time.monotonic()
-        #: Monotonic time the last connection attempt failed (0: the last one worked).
-        self.failed_at = 0.0
-        self._stop = threading.Event()
-        self._nudged = threading.Event()
-        self._ws: websocket.WebSocket | None = None
-        self._thread: threading.Thread | None = None
-
-    def nudge(self) -> None:
-        """Cut the current reconnect delay short (the caller knows the server is back)."""
-        self._nudged.set()
-
-    def _pause(self, delay: float) -> None:
-        self._nudged.wait(delay)
-        self._nudged.clear()
-
-    def start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="comfyui-ws", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._nudged.set()
-        ws = self._ws
-        if ws is not None:
-            try:
-                ws.close(timeout=0.5)
-            except Exception:  # closing a broken socket may fail; we are leaving anyway
-                pass
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def _run(self) -> None:
-        delay = BACKOFF_FIRST
-        while not self._stop.is_set():
-            try:
-                ws = websocket.create_connection(self.url, timeout=3)
-            except Exception as exc:
-                self.last_error = f"cannot connect to {self.url}: {exc}"
-                self.failed_at = time.monotonic()
-                self._on_connection(False, self.last_error)
-                self._pause(delay)
-                delay = min(delay * 2, BACKOFF_CAP)
-                continue
-            try:
-                # ComfyUI reads feature flags only as the socket's first message.
-                ws.send(json.dumps({"type": "feature_flags", "data": CLIENT_FEATURES}))
-            except Exception as exc:
-                self.last_error = f"websocket to {self.url} dropped: {exc}"
-                ws.close(timeout=0.2)
-                self._pause(delay)
-                continue
-            self._ws, delay, self.failed_at, self.last_error = ws, BACKOFF_FIRST, 0.0, ""
-            self.last_message_at = time.monotonic()
-            self.connected.set()
-            self._on_connection(True, "")
-            try:
-                ws.settimeout(0.5)
-                while not self._stop.is_set():
-                    try:
-                        opcode, data = ws.recv_data()
-                    except websocket.WebSocketTimeoutException:
-                        continue
-                    self.last_message_at = time.monotonic()
-                    if opcode == websocket.ABNF.OPCODE_TEXT:
-                        try:
-                            self._on_message(json.loads(data))
-                        except ValueError:
-                            log.warning("comfyui: undecodable websocket message %r", data[:200])
-                    elif opcode == websocket.ABNF.OPCODE_BINARY:
-                        self._on_message(bytes(data))
-                    elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                        raise ConnectionError("server closed the websocket")
-            except Exception as exc:
-                self.last_error = f"websocket to {self.url} dropped: {exc}"
-            finally:
-                self._ws = None
-                self.connected.clear()
-                try:
-                    ws.close(timeout=0.2)
-                except Exception:  # already broken
-                    pass
-            if not self._stop.is_set():
-                self._on_connection(False, self.last_error)
-                self._pause(delay)
-
 
 def _positive(value: Any, name: str) -> float | None:
     if value is None:
@@ -256,9 +121,9 @@ class ComfyUIConnector(Connector):
         self._listener = WebSocketListener(f"{ws_base}/ws?clientId={self.client_id}", self._dispatch,
                                            self._connection_changed)
         self._http = requests.Session()
-        self._boxes: dict[str, _Mailbox] = {}
+        self._boxes: dict[str, Mailbox] = {}
         self._unclaimed: collections.OrderedDict[str, list[Message]] = collections.OrderedDict()
-        self._jobs: dict[str, _Mailbox] = {}
+        self._jobs: dict[str, Mailbox] = {}
         self._boxes_lock = threading.Lock()
         self._suspect = False
         #: Prompts this process is following right now (never cleaned up as orphans).
@@ -374,9 +239,9 @@ class ComfyUIConnector(Connector):
         with self._boxes_lock:
             targets = list(self._boxes.values())
         for box in targets:
-            box.put(_Wake("connected" if connected else f"disconnected: {reason}"))
+            box.put(Wake("connected" if connected else f"disconnected: {reason}"))
 
-    def _register(self, prompt_id: str, box: _Mailbox) -> None:
+    def _register(self, prompt_id: str, box: Mailbox) -> None:
         with self._boxes_lock:
             self._boxes[prompt_id] = box
             for message in self._unclaimed.pop(prompt_id, []):
@@ -418,7 +283,7 @@ class ComfyUIConnector(Connector):
         job.check()
         self._ready(job, stall)
         prompt_id = str(uuid.uuid4())
-        box = _Mailbox()
+        box = Mailbox()
         self._register(prompt_id, box)
         with self._boxes_lock:
             self._jobs[job.id] = box
@@ -464,7 +329,7 @@ class ComfyUIConnector(Connector):
         with self._boxes_lock:
             box = self._jobs.get(job.id)
         if box is not None:
-            box.put(_Wake("cancel"))
+            box.put(Wake("cancel"))
 
     def _ready(self, job: Job, stall: float) -> None:
         """Make sure the websocket is open before posting; fail fast when ComfyUI is down."""
@@ -491,7 +356,7 @@ class ComfyUIConnector(Connector):
         except ServiceUnavailable as exc:
             raise ServiceNotReached(exc.message, exc.details) from None
 
-    def _submit(self, workflow: dict[str, Any], prompt_id: str, box: _Mailbox, stall: float) -> str:
+    def _submit(self, workflow: dict[str, Any], prompt_id: str, box: Mailbox, stall: float) -> str:
         body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
         try:
             response = self._request("POST", "/prompt", json=body, timeout=max(1.0, min(10.0, stall)))
@@ -519,7 +384,7 @@ class ComfyUIConnector(Connector):
             self._register(given, box)
         return given
 
-    def _follow(self, job: Job, tracker: PromptTracker, box: _Mailbox, report: ProgressReporter,
+    def _follow(self, job: Job, tracker: PromptTracker, box: Mailbox, report: ProgressReporter,
                 stall: float, node_limit: float) -> dict[str, Any]:
         """Follow the prompt to its end; judge liveness by answers, never by silence alone.
 
@@ -546,7 +411,7 @@ class ComfyUIConnector(Connector):
             else:
                 job.check()
             for item in box.take(0 if poll_now else 0.25):
-                if isinstance(item, _Wake):
+                if isinstance(item, Wake):
                     poll_now = poll_now or item.reason.startswith("disconnected")
                 elif isinstance(item, bytes):
                     if tracker.feed_binary(item):

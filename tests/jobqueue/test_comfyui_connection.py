@@ -18,15 +18,10 @@ import requests
 
 from jobqueue.comfyui_sim.server import SimulatorThread
 from jobqueue.config import Settings
-from jobqueue.connectors import comfyui as comfyui_module
+from jobqueue.connectors import comfyui_ws as comfyui_module
 from jobqueue.connectors.base import Job
-from jobqueue.connectors.comfyui import (
-    BACKOFF_CAP,
-    BACKOFF_FIRST,
-    EXAMPLE_WORKFLOW,
-    ComfyUIConnector,
-    WebSocketListener,
-)
+from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW, ComfyUIConnector
+from jobqueue.connectors.comfyui_ws import BACKOFF_CAP, BACKOFF_FIRST, WebSocketListener
 from jobqueue.embedded import free_port
 from jobqueue.errors import JobStalled, JobTimedOut
 from tests.helpers import ROOT, child_env, wait_for

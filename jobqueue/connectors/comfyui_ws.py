@@ -1,0 +1,159 @@
+"""ComfyUI's websocket, kept open in a thread: messages for the connector's prompts, a
+reconnect with capped backoff, and the ``feature_flags`` handshake.
+
+:class:`WebSocketListener` owns the socket; :class:`Mailbox` carries one prompt's messages
+from the reader thread to the job's thread; :class:`Wake` tells a waiting job to look again.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import websocket
+
+log = logging.getLogger(__name__)
+
+#: Reconnect backoff of the websocket: first delay and cap (s).
+BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
+#: What the connector tells ComfyUI about itself when the websocket opens: it reads preview
+#: frames with metadata (binary event 4, naming the prompt), so ComfyUI sends those.
+CLIENT_FEATURES = {"supports_preview_metadata": True}
+
+Message = Any  # a decoded JSON message (dict), a binary frame (bytes), or a Wake
+
+
+class Wake:
+    """Tells a waiting job to look again (connection change, cancel)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class Mailbox:
+    """Messages for one prompt, from the reader thread to the job's thread."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Message] = collections.deque()
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+
+    def put(self, item: Message) -> None:
+        with self._lock:
+            self._items.append(item)
+            self._ready.set()
+
+    def take(self, timeout: float) -> list[Message]:
+        """Wait up to ``timeout`` s for messages; return (and remove) all there are."""
+        self._ready.wait(timeout)
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._ready.clear()
+        return items
+
+
+class WebSocketListener:
+    """Keeps ``/ws?clientId=...`` open in a thread; hands every message to ``on_message``."""
+
+    def __init__(self, url: str, on_message: Callable[[Message], None],
+                 on_connection: Callable[[bool, str], None]) -> None:
+        self.url = url
+        self._on_message = on_message
+        self._on_connection = on_connection
+        self.connected = threading.Event()
+        self.last_error = ""
+        #: Monotonic time of the last message of any kind (or of connecting).
+        self.last_message_at = time.monotonic()
+        #: Monotonic time the last connection attempt failed (0: the last one worked).
+        self.failed_at = 0.0
+        self._stop = threading.Event()
+        self._nudged = threading.Event()
+        self._ws: websocket.WebSocket | None = None
+        self._thread: threading.Thread | None = None
+
+    def nudge(self) -> None:
+        """Cut the current reconnect delay short (the caller knows the server is back)."""
+        self._nudged.set()
+
+    def _pause(self, delay: float) -> None:
+        self._nudged.wait(delay)
+        self._nudged.clear()
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="comfyui-ws", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._nudged.set()
+        ws = self._ws
+        if ws is not None:
+            try:
+                ws.close(timeout=0.5)
+            except Exception:  # closing a broken socket may fail; we are leaving anyway
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _run(self) -> None:
+        delay = BACKOFF_FIRST
+        while not self._stop.is_set():
+            try:
+                ws = websocket.create_connection(self.url, timeout=3)
+            except Exception as exc:
+                self.last_error = f"cannot connect to {self.url}: {exc}"
+                self.failed_at = time.monotonic()
+                self._on_connection(False, self.last_error)
+                self._pause(delay)
+                delay = min(delay * 2, BACKOFF_CAP)
+                continue
+            try:
+                # ComfyUI reads feature flags only as the socket's first message.
+                ws.send(json.dumps({"type": "feature_flags", "data": CLIENT_FEATURES}))
+            except Exception as exc:
+                self.last_error = f"websocket to {self.url} dropped: {exc}"
+                ws.close(timeout=0.2)
+                self._pause(delay)
+                continue
+            self._ws, delay, self.failed_at, self.last_error = ws, BACKOFF_FIRST, 0.0, ""
+            self.last_message_at = time.monotonic()
+            self.connected.set()
+            self._on_connection(True, "")
+            try:
+                ws.settimeout(0.5)
+                while not self._stop.is_set():
+                    try:
+                        opcode, data = ws.recv_data()
+                    except websocket.WebSocketTimeoutException:
+                        continue
+                    self.last_message_at = time.monotonic()
+                    if opcode == websocket.ABNF.OPCODE_TEXT:
+                        try:
+                            self._on_message(json.loads(data))
+                        except ValueError:
+                            log.warning("comfyui: undecodable websocket message %r", data[:200])
+                    elif opcode == websocket.ABNF.OPCODE_BINARY:
+                        self._on_message(bytes(data))
+                    elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                        raise ConnectionError("server closed the websocket")
+            except Exception as exc:
+                self.last_error = f"websocket to {self.url} dropped: {exc}"
+            finally:
+                self._ws = None
+                self.connected.clear()
+                try:
+                    ws.close(timeout=0.2)
+                except Exception:  # already broken
+                    pass
+            if not self._stop.is_set():
+                self._on_connection(False, self.last_error)
+                self._pause(delay)
