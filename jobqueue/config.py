@@ -126,6 +126,9 @@ class Settings:
     monitor_repair_interval: float = 30.0
     #: How many changes the monitor keeps for websocket clients that reconnect with ?since=.
     monitor_changes_keep: int = 20000
+    #: Where ``jobqueue up`` keeps its state: the embedded Redis's append-only file, the
+    #: children's logs, and the run file through which other shells find its broker.
+    data_dir: str = "./.jobqueue"
     #: fsspec URL of the output store (``s3://bucket/prefix``...); empty: the local output_dir.
     output_url: str = ""
     #: When > 0, the monitor redirects output downloads to presigned URLs valid this long (s).
@@ -138,10 +141,22 @@ class Settings:
     webhook_max_tries: int = 6
     #: Seconds before the first retry of a webhook delivery; doubled for each further retry.
     webhook_backoff: float = 10.0
+    #: ComfyUI: longest (s) a prompt may be listed as running with no message at all before the
+    #: job counts as stalled (a silent node is not a stall; a server that stops answering is).
+    comfyui_node_timeout: float = 600.0
+    #: Tags this worker declares (``customer:acme,region:eu``): jobs requiring a tag run only
+    #: on workers that declare it.
+    worker_tags: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``JOBQUEUE_*`` variables (``os.environ`` by default)."""
+        """Build settings from ``JOBQUEUE_*`` variables (``os.environ`` by default).
+
+        Reading the process environment (``environ`` None) with ``JOBQUEUE_BROKER_URL`` unset,
+        the broker (and result backend) of a ``jobqueue up`` running with the same data
+        directory is used, so a second shell needs nothing exported (see
+        :mod:`jobqueue.upstate`).
+        """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -150,6 +165,11 @@ class Settings:
                 continue
             values[f.name] = _convert(f.name, f.type, raw)
         values.update(overrides)
+        if environ is None and "broker_url" not in values:
+            from jobqueue.upstate import discovered_broker
+
+            found = discovered_broker(values.get("data_dir", cls.data_dir))
+            values.update({k: v for k, v in found.items() if k not in values})
         settings = cls(**values)
         return settings.resolved()
 
@@ -184,7 +204,7 @@ class Settings:
     def check(self) -> None:
         """Raise :class:`ConfigError` for values that would break the system quietly."""
         for name in ("visibility_timeout", "lease_interval", "health_interval", "status_beat",
-                     "stall_timeout", "job_timeout", "heartbeat_interval"):
+                     "stall_timeout", "job_timeout", "heartbeat_interval", "comfyui_node_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"JOBQUEUE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
         # A lease renewed less often than the timeout lets a live job be handed out twice.

@@ -18,8 +18,11 @@ from celery.exceptions import Ignore
 from jobqueue.connectors import Job
 from jobqueue.errors import ConnectorError, JobCancelled
 from jobqueue.events import RUN_JOB_TASK, TASK_PROGRESS
+from jobqueue.previews import publisher_for
 from jobqueue.progress import ProgressTracker
+from jobqueue.retrying import plan_retry
 from jobqueue.states import PROGRESS
+from jobqueue.worker.handback import hand_back_if_models_vanished
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import given_up
 from jobqueue.worker.runtime import WorkerRuntime
@@ -107,6 +110,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
             log.warning("job %s: progress not published: %s", job.id, exc)
 
     tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL)
+    previews = job.previews = publisher_for(app, job.id, lambda seq: tracker.annotate(preview=seq))
     runtime.job_started(job, connector)
     error: BaseException | None = None
     try:
@@ -121,14 +125,21 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         error = exc
         if runtime.is_given_up(job.id):
             raise given_up(job.id) from exc
-        if exc.retryable and (request.retries or 0) < settings.max_retries:
-            log.warning("job %s: %s; retrying elsewhere (attempt %d)", job.id, exc, job.attempt + 1)
-            raise task.retry(exc=exc, countdown=0, max_retries=settings.max_retries) from exc
+        hand_back_if_models_vanished(task, runtime, options, exc)  # raises Retry when it applies
+        plan = plan_retry(app, job.id, exc, retries=request.retries or 0, max_retries=settings.max_retries,
+                          started_at=time.time() - (time.monotonic() - job.started), timeout=float(timeout))
+        if plan.retry:
+            log.warning("job %s: %s; retrying in %g s (attempt %d; %s)", job.id, exc, plan.countdown,
+                        job.attempt + 1, plan.reason)
+            # The plan decided; Celery's own limit only has to let this one retry through.
+            raise task.retry(exc=exc, countdown=plan.countdown, max_retries=(request.retries or 0) + 1) from exc
         raise
     except BaseException as exc:
         error = exc
         raise
     finally:
+        if previews is not None:
+            previews.close()
         runtime.job_finished(job, connector, error)
     if runtime.is_given_up(job.id):
         raise given_up(job.id)
@@ -148,7 +159,9 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
 def register_tasks(app: Any) -> None:
     """Register the job task on ``app``."""
 
-    @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False)
+    # The strategy hands back, before it starts, a job whose requirements this worker lacks.
+    @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False,
+              Strategy="jobqueue.worker.handback:requirements_strategy")
     def _run_job(
         self: Any, service: str, payload: dict[str, Any], options: dict[str, Any] | None = None,
         previous: dict[str, Any] | None = None,

@@ -93,6 +93,9 @@ def create_app(
     from monitor import api, ws
 
     app.register_blueprint(api.bp)
+    from monitor import previews
+
+    app.register_blueprint(previews.bp)
     ws.register(app)
     from monitor import webhooks
 

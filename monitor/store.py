@@ -47,6 +47,7 @@ from sqlalchemy.schema import CreateIndex
 
 from jobqueue.config import Settings
 from jobqueue.states import FINAL_JOB_STATES, JobStatus, empty_progress
+from monitor import capabilities
 
 #: Job statuses that count as "unfinished" in a snapshot.
 OPEN_STATUSES = tuple(s.value for s in JobStatus if s not in FINAL_JOB_STATES)
@@ -220,6 +221,7 @@ def worker_dict(w: Worker, connectors: list[Connector], now: float) -> dict[str,
         "identity_complete": bool(w.machine_id) and w.gpu is not None and not w.identity_warning,
         "identity_warning": w.identity_warning,
         "connectors": {c.service: connector_dict(c) for c in sorted(connectors, key=lambda c: c.service)},
+        "capabilities": capabilities.summary({c.service: {"details": c.details} for c in connectors}),
         "services": list(w.services or []),
         "queues": list(w.queues or []),
         "active": w.active,
@@ -293,6 +295,7 @@ def job_dict(j: Job) -> dict[str, Any]:
         "error": j.error,
         "result": j.result,
         "payload_summary": _meta_str(meta, "payload_summary"),
+        "requires": meta.get("requires") if isinstance(meta.get("requires"), dict) else None,
         "seq": j.seq,
     }
 

@@ -20,10 +20,12 @@ class SimulatorProcess:
     answering while the main port refuses or is frozen."""
 
     def __init__(self, *, output_dir: str | os.PathLike[str] | None = None, log_path: str | os.PathLike[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.output_dir = str(output_dir) if output_dir else None
         self.log_path = Path(log_path) if log_path else None
         self.env = env
+        #: More command-line options, e.g. ``("--models", "a.safetensors", "--vram-gb", "24")``.
+        self.extra_args = tuple(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.control_url = ""
@@ -33,6 +35,7 @@ class SimulatorProcess:
         cmd = [sys.executable, "-m", "jobqueue.comfyui_sim", "--port", "0", "--control-port", "0", "--announce"]
         if self.output_dir:
             cmd += ["--output-dir", self.output_dir]
+        cmd += list(self.extra_args)
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=self.env,
                                      start_new_session=True)
@@ -61,6 +64,11 @@ class SimulatorProcess:
         except requests.ConnectionError:
             if mode != "die":
                 raise
+
+    def set_models(self, checkpoints: list[str]) -> None:
+        """Make exactly these checkpoint files present from now on (``POST /_sim/models``)."""
+        requests.post(f"{self.control_url}/_sim/models", json={"checkpoints": checkpoints},
+                      timeout=5).raise_for_status()
 
     def requests(self) -> list[dict[str, Any]]:
         """Every request the ComfyUI routes received so far."""

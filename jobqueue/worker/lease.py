@@ -37,7 +37,8 @@ UNACKED_INDEX_KEY = "unacked_index"
 
 
 def held_delivery_tags(running: Iterable[str] | None = None, grace: float = 2.0) -> list[str]:
-    """Delivery tags of every message this worker process holds (reserved or running).
+    """Delivery tags of every message this worker process holds (reserved, waiting for a
+    retry's countdown, or running).
 
     With ``running`` (the job ids whose body is executing now), a request Celery accepted more
     than ``grace`` s ago that is not running is left out: its body ended but Celery never
@@ -50,7 +51,8 @@ def held_delivery_tags(running: Iterable[str] | None = None, grace: float = 2.0)
     running_ids = None if running is None else set(running)
     now = time.time()  # Celery keeps ``time_start`` as wall-clock time
     tags = []
-    for request in list(worker_state.reserved_requests):
+    # Scheduled requests wait for their ETA (a retry's countdown) in this worker's hands too.
+    for request in [*worker_state.reserved_requests, *worker_state.scheduled_requests]:
         accepted_at = getattr(request, "time_start", None)
         if (running_ids is not None and accepted_at is not None and request.id not in running_ids
                 and now - accepted_at > grace):

@@ -35,6 +35,7 @@ from jobqueue.config import Settings
 from jobqueue.connectors import Connector, Job, connector_class
 from jobqueue.errors import JobStalled, ServiceUnavailable, UnknownServiceError
 from jobqueue.states import ConnectorStatus
+from jobqueue.worker import capabilities
 from jobqueue.worker.identity import WorkerIdentity
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class WorkerRuntime:
         self.reporter = reporter
         #: The :class:`~jobqueue.worker.gate.ConsumerGate`, set by the consumer bootstep.
         self.gate: Any = None
+        #: The :class:`~jobqueue.worker.capabilities.CapabilityGate`, set by the consumer bootstep.
+        self.capability_gate: Any = None
         for connector in self.connectors.values():
             connector.add_listener(self._on_status)
             self._report(connector)
@@ -95,6 +98,8 @@ class WorkerRuntime:
         self._report(connector)
         if self.gate is not None:
             self.gate.request_sync()
+        if self.capability_gate is not None:
+            self.capability_gate.request_sync()
 
     def statuses(self) -> dict[str, ConnectorStatus]:
         """Every connector's current status (lock-free: the gate calls it from the event loop)."""
@@ -104,6 +109,14 @@ class WorkerRuntime:
     def closing(self) -> bool:
         """True once the worker is stopping: statuses no longer change."""
         return self._closing
+
+    def keep_orphans_in(self, client: Any) -> None:
+        """Give every connector an orphan book in Redis (``client``), one key per worker
+        identity and service, so prompts abandoned before a restart are still cleaned up."""
+        from jobqueue.connectors.orphans import OrphanBook, book_key
+
+        for service, connector in self.connectors.items():
+            connector.orphans = OrphanBook(client, book_key(self.identity.node_name, service))
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -246,7 +259,10 @@ class WorkerRuntime:
                 status, message, details = health.status, health.message, dict(health.details)
             except Exception as exc:  # check_health must not raise; be safe anyway
                 status, message, details = ConnectorStatus.ERROR, f"health check failed: {exc}", None
+            details = capabilities.enrich(connector, ConnectorStatus(status), details, self.identity.tags)
             self._apply_health(connector, ConnectorStatus(status), message, details)
+        if self.capability_gate is not None:  # models may come and go without a status change
+            self.capability_gate.request_sync()
 
     def _apply_health(
         self, connector: Connector, status: ConnectorStatus, message: str, details: dict[str, Any] | None

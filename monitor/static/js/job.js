@@ -22,6 +22,15 @@
     try { return JSON.stringify(value, null, 2); } catch (exc) { return String(value); }
   }
 
+  /** A job's requirements in one line: models, VRAM, tags. */
+  function requiresText(req) {
+    const bits = [];
+    if (req.models && req.models.length) bits.push("models " + req.models.join(", "));
+    if (typeof req.vram_gb === "number") bits.push(req.vram_gb + " GiB VRAM");
+    if (req.tags && req.tags.length) bits.push("tags " + req.tags.join(", "));
+    return bits.join(" · ");
+  }
+
   function renderDetail() {
     const detail = document.getElementById("job-detail");
     fill(document.getElementById("job-status"), job ? statusPill(job.status) : null);
@@ -33,13 +42,17 @@
     const p = job.progress || {};
     const group = JQJobs.group(job);
     const took = JQJobs.runtime(job);
+    const preview = JQ.previewImage(job, "job-preview");
     fill(detail,
       group === "active" || group === "pending" ? h("div", {class: "job-progress"}, JQJobs.detail(job)) : null,
+      preview ? h("figure", {id: "job-preview", class: "preview"}, preview,
+        h("figcaption", {class: "muted", text: "live preview #" + job.progress.preview})) : null,
       job.error ? h("div", {class: "error-box"}, h("strong", {text: job.error.type || "error"}),
         h("div", {class: "job-error", text: job.error.message || JQJobs.errorText(job)}),
         job.error.details && Object.keys(job.error.details).length ? h("pre", {class: "mono", text: pretty(job.error.details)}) : null) : null,
       h("dl", {class: "fields"},
         field("service", job.service), field("queue", job.queue), field("priority", job.priority),
+        field("requires", job.requires ? requiresText(job.requires) : null),
         field("worker", job.worker), field("machine", job.machine_id),
         field("attempt", job.attempt), field("retries", job.retries),
         field("workflow", job.workflow_id ? h("span", {class: "mono", text: job.workflow_id}) : null),
