@@ -44,8 +44,10 @@ class WorkerIdentity:
             *(service_queue(s) for s in settings.connectors),
             machine_queue(machine),
             worker_queue(machine, gpu),
+            # Every worker delivers webhooks (jobqueue.webhooks); a drain stops that too.
+            settings.webhook_queue,
         ):
-            if extra not in all_queues:
+            if extra and extra not in all_queues:
                 all_queues.append(extra)
         return cls(
             machine_id=machine,

@@ -14,7 +14,7 @@ import pytest
 from jobqueue import JobFailed, WorkflowFailed, get_job, get_workflow, submit_job, submit_workflow
 from jobqueue.errors import InvalidPayloadError, SubmitError, UnknownServiceError, WorkflowNotFound
 from jobqueue.events import job_meta_from_kwargs
-from jobqueue.routing import broker_priority
+from jobqueue.routing import broker_priority, redis_queue_keys
 from jobqueue.states import JobStatus
 from jobqueue.workflows import placeholder_paths, resolve_placeholders
 from tests.helpers import busy_worker, finished_order, quick, wait_for
@@ -72,7 +72,7 @@ def test_workflow_steps_carry_workflow_id_step_priority_and_timestamp(app, redis
     assert [s.id for s in get_workflow(flow.id, app=app).steps] == [s.id for s in flow.steps]
     assert flow.status() == JobStatus.QUEUED
     # And the first step's message is on the broker at priority 7's lower level, with its meta
-    key = f"simulation:{broker_priority(7, is_redis=True)}".encode()
+    key = redis_queue_keys("simulation")[broker_priority(7, is_redis=True)].encode()
     messages = redis_client.lrange(key, 0, -1)
     assert len(messages) == 1
     headers = json.loads(messages[0])["headers"]

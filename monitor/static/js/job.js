@@ -191,20 +191,28 @@
       missing = true;
     }
     render();
-    if (!hooksTimer) loadWebhooks();
+    maybeLoadWebhooks();
     if (again) { again = false; load(); }
   }
 
-  const render = JQ.coalesce(() => { renderDetail(); renderOutputs(); renderTimeline(); renderWebhooks(); });
+  const render = JQ.coalesce(() => { renderDetail(); renderOutputs(); renderTimeline(); });
 
   // Webhook tries (GET /api/jobs/<id>/webhooks): workers record them in the result backend,
   // not as events, so while a delivery is still pending the page asks again every few seconds.
-  let hooks = null, hooksTimer = null;
+  // Asked once when the page opens and once when the job ends; only the webhook box redraws.
+  let hooks = null, hooksTimer = null, hooksAsked = false, hooksAskedFinal = false;
+  function maybeLoadWebhooks() {
+    const final = !!(job && JQ.FINAL.has(job.status));
+    if (hooksTimer || (hooksAsked && (!final || hooksAskedFinal))) return;
+    hooksAsked = true;
+    if (final) hooksAskedFinal = true;
+    loadWebhooks();
+  }
   async function loadWebhooks() {
     hooksTimer = null;
     const res = await api("GET", "/api/jobs/" + encodeURIComponent(jobId) + "/webhooks");
     if (res.ok && res.data) hooks = res.data;
-    render();
+    renderWebhooks();
     const tries = hooks && Array.isArray(hooks.attempts) ? hooks.attempts : [];
     const done = tries.some((t) => t.delivered);
     if (hooks && hooks.webhook_url && job && JQ.FINAL.has(job.status) && !done && !hooksTimer) {
