@@ -20,6 +20,7 @@ from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.auth import mutating
 from monitor.broker import queue_depths
 from monitor.eta import annotate
+from monitor.store import JOB_SORTS
 
 bp = Blueprint("api", __name__)
 
@@ -146,14 +147,21 @@ def jobs() -> Any:
         raise ApiError(400, "bad_request", f"unknown state(s) {unknown}; known: {sorted(valid)}")
     limit = _int_arg("limit", 50, 1, MAX_LIMIT)
     offset = _int_arg("offset", 0, 0, 10**9)
-    found, total, capped = ctx().store.jobs(
+    sort = request.args.get("sort") or "submitted"
+    if sort not in JOB_SORTS:
+        raise ApiError(400, "bad_request", f"sort must be one of {sorted(JOB_SORTS)}")
+    order = request.args.get("order") or "desc"
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "bad_request", "order must be asc or desc")
+    found, total = ctx().store.jobs(
         state=states or None, service=request.args.get("service") or None,
         worker=request.args.get("worker") or None, machine=request.args.get("machine") or None,
         since=_float_arg("since"), until=_float_arg("until"), q=request.args.get("q") or None,
         workflow=request.args.get("workflow") or None, limit=limit, offset=offset,
+        sort=sort, descending=order == "desc",
     )
     _annotate_queued(found)
-    return jsonify({"jobs": found, "total": total, "total_capped": capped, "limit": limit, "offset": offset})
+    return jsonify({"jobs": found, "total": total, "limit": limit, "offset": offset, "sort": sort, "order": order})
 
 
 @bp.get("/api/jobs/<job_id>")

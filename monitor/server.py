@@ -43,7 +43,7 @@ class Monitor:
         self.celery = monitor_celery_app(settings)
         self.writer = Writer(self.store, self.hub, heartbeat_default=settings.heartbeat_interval,
                              beat_default=settings.status_beat)
-        self.collector = EventCollector(self.celery, self.writer)
+        self.collector = EventCollector(self.celery, self.writer, event_window=settings.monitor_event_window)
         self.repair = Repair(self.celery, self.writer, self.store, settings)
         self.app = create_app(settings, store=self.store, hub=self.hub, writer=self.writer,
                               collector=self.collector, repair=self.repair, celery_app=self.celery)

@@ -188,8 +188,11 @@ Index("ix_jobs_when", JOB_WHEN, Job.id)
 Index("ix_jobs_status_when", Job.status, JOB_WHEN, Job.id)
 Index("ix_jobs_worker_when", Job.worker, JOB_WHEN, Job.id)
 Index("ix_jobs_service_when", Job.service, JOB_WHEN, Job.id)
-#: /api/jobs counts at most this many matches (``total_capped`` says when it stopped).
-COUNT_CAP = 10000
+#: /api/jobs?sort=runtime, and repair's "changed since its last pass" (no scan of all jobs).
+Index("ix_jobs_runtime_id", Job.runtime, Job.id)
+Index("ix_jobs_updated", Job.updated_at)
+#: Orders /api/jobs can sort by: the column and a tie-breaker.
+JOB_SORTS = {"submitted": JOB_WHEN, "finished": Job.finished_at, "runtime": Job.runtime}
 
 # -- serialisation -------------------------------------------------------------------------
 
@@ -453,6 +456,11 @@ class Tx:
         job.n_events += 1
         self.events.append({"job_id": job.id, "type": type_, "timestamp": timestamp, "fields": fields})
 
+    def forget_job(self, job_id: str) -> None:
+        """A job deleted in this transaction: no lookup finds it, no timeline row is added."""
+        self._jobs[job_id] = None
+        self.events = [e for e in self.events if e["job_id"] != job_id]
+
     def touch(self, kind: str, key: str) -> None:
         """Mark an object changed: it gets a new seq and a change-log row at commit."""
         self.dirty[(kind, key)] = None
@@ -470,7 +478,7 @@ class Store:
         self,
         url: str,
         *,
-        keep_jobs: int = 10000,
+        keep_jobs: int = 1_000_000,
         keep_seconds: float = 7 * 24 * 3600.0,
         changes_keep: int = 20000,
         echo: bool = False,
@@ -746,10 +754,12 @@ class Store:
         workflow: str | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> tuple[list[dict[str, Any]], int, bool]:
-        """Jobs matching the filters, newest first (a workflow's: in step order), how many
-        match, and whether that count stopped at :data:`COUNT_CAP` (counting every match of
-        a million-job store on every page would cost more than the page itself)."""
+        sort: str = "submitted",
+        descending: bool = True,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Jobs matching the filters, in ``sort`` order (:data:`JOB_SORTS`; newest first by
+        default; a workflow's: in step order), and exactly how many match (a count over the
+        same filters, answered from the indexes)."""
         conds = []
         if workflow:
             conds.append(Job.workflow_id == workflow)
@@ -771,12 +781,13 @@ class Store:
             conds.append(or_(Job.id.like(pattern), Job.service.like(pattern), Job.worker.like(pattern),
                              Job.workflow_id.like(pattern)))
         with self.read() as session:
-            matching = select(Job.id).where(*conds).limit(COUNT_CAP + 1).subquery()
-            total = int(session.scalar(select(func.count()).select_from(matching)) or 0)
+            total = int(session.scalar(select(func.count(Job.id)).where(*conds)) or 0)
             # (when DESC, id DESC) walks ix_jobs_when backwards instead of sorting every match.
-            order = (Job.step, when, Job.id) if workflow else (when.desc(), Job.id.desc())
+            column = JOB_SORTS.get(sort, when)
+            order = (Job.step, when, Job.id) if workflow else \
+                ((column.desc(), Job.id.desc()) if descending else (column.asc(), Job.id.asc()))
             rows = session.scalars(select(Job).where(*conds).order_by(*order).limit(limit).offset(offset))
-            return [job_dict(j) for j in rows], min(total, COUNT_CAP), total > COUNT_CAP
+            return [job_dict(j) for j in rows], total
 
     def workflow(self, workflow_id: str) -> dict[str, Any] | None:
         """A workflow's steps the monitor has seen, in step order, and its status; None when
