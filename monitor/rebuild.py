@@ -157,7 +157,7 @@ def _attempts(base: dict[str, Any], record: dict[str, Any], facts: dict[str, Any
     attempt = facts.get("attempt") if isinstance(facts.get("attempt"), int) else record.get("retries")
     attempt = attempt if isinstance(attempt, int) else 0
     final = {**base, "timestamp": done, "hostname": worker}
-    if worker and (facts.get("started_at") is not None or record.get("worker")):
+    if worker and (facts.get("started_at") is not None or (not facts and record.get("worker"))):
         received = ts_of(facts.get("received_at")) or min(submitted, done)
         events.append({**base, "type": "task-received", "timestamp": received, "hostname": worker,
                        "retries": attempt, "kwargs": kwargs})

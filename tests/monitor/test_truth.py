@@ -1,0 +1,109 @@
+"""Acceptance: a monitor started late tells the same truth as one that ran throughout, and a
+cancel shows at once. Real Redis, real worker processes, real monitor processes.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from jobqueue.client import submit_job
+from jobqueue.workflows import submit_workflow
+from tests.helpers import wait_for
+
+QUICK = {"steps": 2, "step_seconds": 0.1, "output": "ok"}
+#: Fields of GET /api/jobs/<id> that depend on when and how a monitor learnt a job.
+PER_MONITOR = {"seq", "eta_seconds", "eta_at", "queue_position", "events"}
+#: Fields compared within 1 ms.
+TIMES = {"submitted_at", "received_at", "started_at", "finished_at", "runtime"}
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields where two monitors' views of one job differ (times: by more than 1 ms)."""
+    out = {}
+    for key in (set(a) | set(b)) - PER_MONITOR:
+        x, y = a.get(key), b.get(key)
+        if key in TIMES and isinstance(x, (int, float)) and isinstance(y, (int, float)):
+            if abs(x - y) > 0.001:
+                out[key] = (x, y)
+        elif key == "meta" and isinstance(x, dict) and isinstance(y, dict):
+            if differences(x, y):
+                out[key] = (x, y)
+        elif x != y:
+            out[key] = (x, y)
+    return out
+
+
+def job_of(monitor: Any, job_id: str) -> dict[str, Any] | None:
+    response = monitor.get(f"/api/jobs/{job_id}")
+    return dict(response.json()) if response.status_code == 200 else None
+
+
+def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_that_ran_throughout(
+        app, start_worker, start_monitor):
+    # Given monitor A running throughout, and a worker
+    early = start_monitor("early.db", monitor_repair_interval="2")
+    worker = start_worker("gpu0")
+    # When jobs complete, fail and time out, and a workflow runs
+    done = [submit_job("simulation", QUICK, app=app) for _ in range(2)]
+    failing = submit_job("simulation", {"steps": 3, "step_seconds": 0.05, "fail_at_step": 2}, app=app)
+    timed_out = submit_job("simulation", {"steps": 30, "step_seconds": 0.2}, timeout=1.0, app=app)
+    flow = submit_workflow([("simulation", QUICK)] * 2, app=app)
+    flow.wait(timeout=60)
+    for handle in [*done, failing, timed_out]:
+        wait_for(lambda h=handle: h.status().is_final, 60, what=f"job {handle.id} to end")
+    # And a job is cancelled while it runs, and one while it waits behind it
+    running = submit_job("simulation", {"steps": 100, "step_seconds": 0.1}, app=app)
+    wait_for(lambda: running.status().value == "processing", 30, what="the long job to run")
+    waiting = submit_job("simulation", QUICK, app=app)
+    wait_for(lambda: (job_of(early, waiting.id) or {}).get("status") == "queued", 10, what="A to show it queued")
+    cancelled_at = time.monotonic()
+    assert waiting.cancel()
+    wait_for(lambda: (job_of(early, waiting.id) or {}).get("status") == "cancelled", 1.0, interval=0.02,
+             what="A to show the queued job cancelled within 1 s")
+    assert time.monotonic() - cancelled_at <= 1.0
+    assert running.cancel()
+    wait_for(lambda: running.status().is_final, 30, what="the running job to stop")
+    # And a worker is SIGKILLed mid-job and restarted, so its job is redelivered
+    killed = submit_job("simulation", {"steps": 25, "step_seconds": 0.2, "output": "again"}, app=app)
+    wait_for(lambda: killed.status().value == "processing", 30, what="the job to run")
+    worker.kill(signal.SIGKILL)
+    start_worker("gpu0")
+    killed.wait(timeout=90)
+    ids = [h.id for h in [*done, failing, timed_out, running, waiting, killed]] + [s.id for s in flow.steps]
+    # And monitor B starts only after everything ended
+    late = start_monitor("late.db", monitor_repair_interval="2")
+
+    # Then B shows every job exactly as A does (times within 1 ms), once A's repair ran
+    def agree() -> dict[str, Any]:
+        diffs = {}
+        for job_id in ids:
+            a, b = job_of(early, job_id), job_of(late, job_id)
+            if a is None or b is None:
+                diffs[job_id] = ("missing", a is None, b is None)
+            elif differences(a, b):
+                diffs[job_id] = differences(a, b)
+        return diffs
+
+    try:
+        wait_for(lambda: not agree(), 30, interval=0.5, what="both monitors to agree")
+    except AssertionError:
+        raise AssertionError(f"the monitors disagree: {agree()}") from None
+    jobs = {job_id: job_of(late, job_id) for job_id in ids}
+    assert {jobs[h.id]["status"] for h in done} == {"completed"}
+    assert jobs[failing.id]["status"] == "failed" and jobs[failing.id]["runtime"] is not None
+    assert jobs[timed_out.id]["status"] == "timed_out"
+    assert jobs[running.id]["status"] == "cancelled" and jobs[running.id]["started_at"] is not None
+    assert jobs[waiting.id]["status"] == "cancelled" and jobs[waiting.id]["started_at"] is None
+    assert jobs[waiting.id]["submitted_at"] < jobs[waiting.id]["finished_at"]
+    assert jobs[killed.id]["status"] == "completed" and jobs[killed.id]["attempt"] == 1
+    assert jobs[killed.id]["result"]["output"] == "again"
+    for job_id in ids:
+        job = jobs[job_id]
+        assert job["received_at"] is None or job["submitted_at"] < job["received_at"], job
+        assert job["started_at"] is None or job["received_at"] <= job["started_at"], job
+    # And B's timeline of the redelivered job holds its lifecycle rebuilt from the backend
+    steps = [e["type"] for e in late.get(f"/api/jobs/{killed.id}").json()["events"]]
+    assert steps.index("lost") < steps.index("task-succeeded")
+    assert steps.count("task-started") == 2
