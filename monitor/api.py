@@ -19,7 +19,7 @@ from jobqueue.errors import SubmitError
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.auth import mutating
 from monitor.broker import queue_depths
-from monitor.eta import annotate
+from monitor.eta import annotate, busy_until
 from monitor.store import JOB_SORTS
 
 bp = Blueprint("api", __name__)
@@ -94,7 +94,9 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
     c = ctx()
     snapshot = c.store.snapshot(finished_limit=finished_limit)
     medians = {s["service"]: s["median"] for s in snapshot["services"]}
-    annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]))
+    running = {j["id"]: j for j in snapshot["jobs"] if j["status"] == "processing"}
+    annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]),
+             busy_until(snapshot["workers"], running, medians))
     return snapshot
 
 
@@ -104,10 +106,12 @@ def _annotate_queued(found: list[dict[str, Any]]) -> None:
     if not wanted:
         return
     store = ctx().store
-    queued = annotate(store.queued_jobs(), store.service_medians(), consumers_per_queue(store.workers()))
+    medians, workers = store.service_medians(), store.workers()
+    running = {j["id"]: j for j in store.jobs(state=["processing"], limit=MAX_LIMIT)[0]}
+    queued = annotate(store.queued_jobs(), medians, consumers_per_queue(workers), busy_until(workers, running, medians))
     for other in queued:
         if other["id"] in wanted:
-            wanted[other["id"]].update(queue_position=other["queue_position"], eta_seconds=other["eta_seconds"])
+            wanted[other["id"]].update(queue_position=other["queue_position"], eta_seconds=other.get("eta_seconds"))
 
 
 # -- reads ---------------------------------------------------------------------------------

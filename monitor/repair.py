@@ -31,7 +31,7 @@ from jobqueue.routing import redis_queue_keys
 from monitor import repair_store
 from monitor.rebuild import job_events, meta_of, queue_message_event, ts_of
 from monitor.store import FINAL_STATUSES, Store
-from monitor.truth import JOB_EXPIRED, JOB_TRUTH
+from monitor.truth import DEMOTE_GRACE, JOB_EXPIRED, JOB_TRUTH
 from monitor.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,9 @@ class Repair:
                         for k in client.scan_iter(match=job_facts.FACTS_PREFIX + "*", count=1000)}
             ids = sorted(meta_ids | fact_ids)
             stored = repair_store.job_states(self.store, ids)
-            changed = repair_store.changed_final_ids(self.store, self._verified_until)
+            # Final jobs changed since the last pass, and those a grace period before it (a
+            # final state the backend contradicts is taken back only once it is that old).
+            changed = repair_store.changed_final_ids(self.store, self._verified_until - DEMOTE_GRACE - self.interval)
             todo = [i for i in ids if i not in stored or stored[i][0] not in FINAL_STATUSES or i in changed]
             for start in range(0, len(todo), 500):
                 chunk = todo[start:start + 500]
@@ -223,9 +225,9 @@ class Repair:
         candidates = repair_store.expiry_candidates(self.store, self._expiry_checked_until, before)
         self._expiry_checked_until = before
         gone = [job_id for job_id, _ in candidates if job_id not in known]
-        for job_id in gone:
-            self.writer.put({"type": JOB_EXPIRED, "uuid": job_id, "source": "repair", "timestamp": started,
-                             "local_received": started})
+        for start in range(0, len(gone), 500):
+            self.writer.put({"type": JOB_EXPIRED, "uuids": gone[start:start + 500], "source": "repair",
+                             "timestamp": started, "local_received": started})
         return len(gone)
 
     def _from_workers(self) -> tuple[dict[str, int], set[str]]:

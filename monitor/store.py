@@ -459,7 +459,8 @@ class Tx:
     def forget_job(self, job_id: str) -> None:
         """A job deleted in this transaction: no lookup finds it, no timeline row is added."""
         self._jobs[job_id] = None
-        self.events = [e for e in self.events if e["job_id"] != job_id]
+        if any(e["job_id"] == job_id for e in self.events):
+            self.events = [e for e in self.events if e["job_id"] != job_id]
 
     def touch(self, kind: str, key: str) -> None:
         """Mark an object changed: it gets a new seq and a change-log row at commit."""
@@ -813,13 +814,16 @@ class Store:
         }
 
     def queued_jobs(self) -> list[dict[str, Any]]:
-        """Queued jobs in the order they will be taken: priority first, then age."""
+        """Queued jobs in the order they will be taken (priority first, then age): the fields
+        a queue position and wait need, not whole jobs (a backlog may be long)."""
         with self.read() as session:
-            rows = session.scalars(
-                select(Job).where(Job.status == JobStatus.QUEUED.value)
+            rows = session.execute(
+                select(Job.id, Job.status, Job.queue, Job.service, Job.priority, Job.submitted_at)
+                .where(Job.status == JobStatus.QUEUED.value)
                 .order_by(Job.priority.desc(), Job.submitted_at, Job.id)
             )
-            return [job_dict(j) for j in rows]
+            keys = ("id", "status", "queue", "service", "priority", "submitted_at")
+            return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def service_medians(self) -> dict[str, float | None]:
         """Each service's completion-time median (the ``service`` objects' ``median``)."""

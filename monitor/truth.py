@@ -71,6 +71,11 @@ def handles(event: dict[str, Any]) -> bool:
 
 def apply_repair_event(event: dict[str, Any], tx: Tx) -> bool:
     """Apply one repair-only event; return whether anything changed."""
+    if event["type"] == JOB_EXPIRED:
+        ids = event.get("uuids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise MalformedEvent(f"{JOB_EXPIRED}: bad uuids")
+        return _expire(tx, ids)
     uuid = event.get("uuid")
     if not isinstance(uuid, str) or not _short(uuid):
         raise MalformedEvent(f"{event.get('type')}: bad uuid")
@@ -78,8 +83,6 @@ def apply_repair_event(event: dict[str, Any], tx: Tx) -> bool:
     if job is None:
         return False
     kind = event["type"]
-    if kind == JOB_EXPIRED:
-        return _expire(tx, job)
     if kind == JOB_LOST:
         return _lost(tx, job, event)
     return _truth(tx, job, event)
@@ -163,20 +166,28 @@ def _set(job: Job, values: dict[str, Any], changed: list[str]) -> None:
             changed.append(key)
 
 
-def _expire(tx: Tx, job: Job) -> bool:
-    """Forget a job nobody knows: its worker's counts and its service's median with it."""
+def _expire(tx: Tx, ids: list[str]) -> bool:
+    """Forget jobs nobody knows: their workers' counts and services' medians with them."""
     from monitor.apply import _count_end
 
-    _count_end(tx, job, job.worker, -1)
-    if job.worker:
-        worker = tx.worker(job.worker, create=False)
-        if worker is not None and worker.current_job == job.id:
-            worker.current_job = None
-            tx.touch("worker", worker.name)
-    if job.service and job.status == JobStatus.COMPLETED.value:
-        tx.touch("service", job.service)
-    tx.session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
-    tx.session.delete(job)
-    tx.forget_job(job.id)
-    tx.drop("job", job.id)
-    return True
+    tx.prefetch(set(ids), set())
+    jobs = [job for job in (tx.job(i, create=False) for i in ids) if job is not None]
+    for job in jobs:
+        _count_end(tx, job, job.worker, -1)
+        if job.worker:
+            worker = tx.worker(job.worker, create=False)
+            if worker is not None and worker.current_job == job.id:
+                worker.current_job = None
+                tx.touch("worker", worker.name)
+        if job.service and job.status == JobStatus.COMPLETED.value:
+            tx.touch("service", job.service)
+    gone = [job.id for job in jobs]
+    for start in range(0, len(gone), 500):
+        chunk = gone[start:start + 500]
+        tx.session.execute(delete(JobEvent).where(JobEvent.job_id.in_(chunk)))
+        tx.session.execute(delete(Job).where(Job.id.in_(chunk)), execution_options={"synchronize_session": False})
+    for job in jobs:
+        tx.session.expunge(job)
+        tx.forget_job(job.id)
+        tx.drop("job", job.id)
+    return bool(gone)

@@ -107,3 +107,96 @@ def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_tha
     steps = [e["type"] for e in late.get(f"/api/jobs/{killed.id}").json()["events"]]
     assert steps.index("lost") < steps.index("task-succeeded")
     assert steps.count("task-started") == 2
+
+
+def _publish(redis_client: Any, db: int, events: list[dict[str, Any]], monitor: Any) -> None:
+    """Put forged (well-formed) events on the broker's event channels, as anyone could: a
+    chunk at a time, each once the monitor has received the one before (a pub/sub subscriber
+    that falls far behind is dropped by Redis)."""
+    from bench.common import encode_event, event_channel
+
+    def received() -> int:
+        return int(((monitor.health() or {}).get("collector") or {}).get("received") or 0)
+
+    for start in range(0, len(events), 1000):
+        before = received()
+        chunk = events[start:start + 1000]
+        pipe = redis_client.pipeline(transaction=False)
+        for event in chunk:
+            pipe.publish(event_channel(db, event["type"]), encode_event(event))
+        pipe.execute()
+        wait_for(lambda b=before, n=len(chunk): received() >= b + n, 30, interval=0.05,
+                 what="the monitor to receive the forged events")
+
+
+def _strict_json(response: Any) -> Any:
+    """The body parsed as strict JSON (NaN/Infinity refused); no 5xx."""
+    import json
+
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{response.url}: non-standard JSON constant {name}")
+
+    assert response.status_code < 500, (response.url, response.status_code, response.text[:300])
+    return json.loads(response.text, parse_constant=refuse)
+
+
+def test_forged_events_are_refused_or_corrected_within_one_repair_interval(
+        app, settings, redis_client, start_worker, start_monitor):
+    # Given a monitor (repair every 2 s, jobs nobody knows forgotten after 3 s), a worker, a
+    # job that really failed, and a long job running with a real one queued behind it
+    db = int(settings.broker_url.rsplit("/", 1)[1])
+    monitor = start_monitor("m.db", monitor_repair_interval="2", monitor_unknown_job_expiry="3")
+    worker = start_worker("gpu0")
+    failing = submit_job("simulation", {"steps": 2, "step_seconds": 0.05, "fail_at_step": 1}, app=app)
+    wait_for(lambda: (job_of(monitor, failing.id) or {}).get("status") == "failed", 30, what="the failure shown")
+    running = submit_job("simulation", {"steps": 3000, "step_seconds": 0.1}, app=app)
+    wait_for(lambda: (job_of(monitor, running.id) or {}).get("status") == "processing", 30, what="it runs")
+    queued = submit_job("simulation", QUICK, app=app)
+    wait_for(lambda: (job_of(monitor, queued.id) or {}).get("queue_position") == 1, 10, what="queued first")
+    now = time.time()
+    unknown = [f"forged-{i}" for i in range(20_000)]
+    # When someone publishes well-formed lies: success for the failed job and for the running
+    # one, its worker offline a year from now, a percent of 1e308, and 20,000 jobs nobody sent
+    _publish(redis_client, db, [
+        {"type": "task-succeeded", "uuid": failing.id, "result": "{'output': 'lie'}", "runtime": 0.1,
+         "hostname": worker.node_name, "timestamp": now},
+        {"type": "task-succeeded", "uuid": running.id, "result": "{}", "runtime": 0.1,
+         "hostname": worker.node_name, "timestamp": now},
+        {"type": "worker-offline", "hostname": worker.node_name, "timestamp": now + 365 * 86400},
+        {"type": "task-progress", "uuid": running.id, "percent": 1e308, "step": 1, "total_steps": 2,
+         "hostname": worker.node_name, "timestamp": now},
+        *({"type": "task-sent", "uuid": job_id, "name": "jobqueue.run_job", "queue": "simulation",
+           "kwargs": '{"service": "simulation", "queue": "simulation", "priority": 9}', "timestamp": now}
+          for job_id in unknown),
+    ], monitor)
+    try:
+        wait_for(lambda: (job_of(monitor, unknown[-1]) or {}).get("status") == "queued", 30,
+                 what="the forged jobs to arrive")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; monitor health: {monitor.health()}") from None
+    lied_at = time.monotonic()
+    # Then the far-future offline and the infinite percent are refused and counted
+    health = _strict_json(monitor.get("/healthz"))
+    writer = health["collector"]["writer"]
+    assert writer.get("refused_timestamp", 0) >= 1 and writer.get("refused_number", 0) >= 1, writer
+    workers = {w["name"]: w for w in _strict_json(monitor.get("/api/workers"))["workers"]}
+    assert workers[worker.node_name]["status"] == "online"
+    # And the false final states are corrected from the backend within one repair interval
+    # (the running job's once its false end is older than the grace period)
+    wait_for(lambda: (job_of(monitor, failing.id) or {}).get("status") == "failed", 2 * 2 + 5, interval=0.2,
+             what="the failed job back to failed")
+    assert time.monotonic() - lied_at <= 2 * 2 + 5
+    wait_for(lambda: (job_of(monitor, running.id) or {}).get("status") == "processing", 20, interval=0.2,
+             what="the running job back to processing")
+    shown = job_of(monitor, running.id)
+    assert shown is not None and shown["progress"]["percent"] <= 100
+    # And the jobs nobody knows are forgotten, so the real queued job is first again
+    wait_for(lambda: _strict_json(monitor.get("/api/jobs", params={"state": "queued"}))["total"] == 1, 30,
+             interval=0.5, what="the forged jobs forgotten")
+    assert job_of(monitor, unknown[0]) is None
+    shown_queued = job_of(monitor, queued.id) or {}
+    assert (shown_queued.get("status"), shown_queued.get("queue_position")) == ("queued", 1)
+    # And no endpoint answered 5xx or non-standard JSON meanwhile
+    for path in ("/api/state", "/api/jobs", f"/api/jobs/{running.id}", "/api/workers", "/api/stats", "/healthz"):
+        _strict_json(monitor.get(path))
+    running.cancel()
