@@ -125,7 +125,8 @@ def _publish(redis_client: Any, db: int, events: list[dict[str, Any]], monitor: 
         for event in chunk:
             pipe.publish(event_channel(db, event["type"]), encode_event(event))
         pipe.execute()
-        wait_for(lambda b=before, n=len(chunk): received() >= b + n, 30, interval=0.05,
+        target = before + len(chunk)
+        wait_for(lambda t=target: received() >= t, 30, interval=0.05,
                  what="the monitor to receive the forged events")
 
 
