@@ -47,11 +47,13 @@ def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_tha
     worker = start_worker("gpu0")
     # When jobs complete, fail and time out, and a workflow runs
     done = [submit_job("simulation", QUICK, app=app) for _ in range(2)]
+    images = {"images": [{"name": f"img{i}.png", "size": {"w": 512, "h": 512}} for i in range(60)]}
+    big = submit_job("simulation", {"steps": 1, "step_seconds": 0.05, "output": images}, app=app)
     failing = submit_job("simulation", {"steps": 3, "step_seconds": 0.05, "fail_at_step": 2}, app=app)
     timed_out = submit_job("simulation", {"steps": 30, "step_seconds": 0.2}, timeout=1.0, app=app)
     flow = submit_workflow([("simulation", QUICK)] * 2, app=app)
     flow.wait(timeout=60)
-    for handle in [*done, failing, timed_out]:
+    for handle in [*done, big, failing, timed_out]:
         wait_for(lambda h=handle: h.status().is_final, 60, what=f"job {handle.id} to end")
     # And a job is cancelled while it runs, and one while it waits behind it
     running = submit_job("simulation", {"steps": 100, "step_seconds": 0.1}, app=app)
@@ -71,7 +73,7 @@ def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_tha
     worker.kill(signal.SIGKILL)
     start_worker("gpu0")
     killed.wait(timeout=90)
-    ids = [h.id for h in [*done, failing, timed_out, running, waiting, killed]] + [s.id for s in flow.steps]
+    ids = [h.id for h in [*done, big, failing, timed_out, running, waiting, killed]] + [s.id for s in flow.steps]
     # And monitor B starts only after everything ended
     late = start_monitor("late.db", monitor_repair_interval="2")
 
@@ -92,6 +94,8 @@ def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_tha
         raise AssertionError(f"the monitors disagree: {agree()}") from None
     jobs = {job_id: job_of(late, job_id) for job_id in ids}
     assert {jobs[h.id]["status"] for h in done} == {"completed"}
+    # (a result deeper and longer than Celery's event repr keeps is shown whole)
+    assert jobs[big.id]["result"]["output"] == images
     assert jobs[failing.id]["status"] == "failed" and jobs[failing.id]["runtime"] is not None
     assert jobs[timed_out.id]["status"] == "timed_out"
     assert jobs[running.id]["status"] == "cancelled" and jobs[running.id]["started_at"] is not None
