@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 META_PREFIX = "celery-task-meta-"
 
 
+#: How far back (s) the first pass looks for final jobs nobody knows.
+FINAL_LOOKBACK = 3600.0
 #: Most queued messages one repair pass reads (per pass, over all queues).
 MAX_QUEUE_SCAN = 500_000
 
@@ -76,7 +78,7 @@ class Repair:
         #: Final jobs changed before this time were verified against the backend.
         self._verified_until = 0.0
         #: Final jobs changed before this time were checked for being known to anyone.
-        self._expiry_checked_until = 0.0
+        self._expiry_checked_until: float | None = None
 
     def start(self) -> Repair:
         self._thread = threading.Thread(target=self._run, name="monitor-repair", daemon=True)
@@ -220,6 +222,10 @@ class Repair:
         happened to them for ``monitor_unknown_job_expiry`` seconds (ids of forged events, or
         of messages lost with a flushed broker)."""
         before = started - self.settings.monitor_unknown_job_expiry
+        if self._expiry_checked_until is None:
+            # A final job is checked once, soon after it changed; on start-up the last hour's
+            # (older ones may be past the backend's own result expiry, not forged).
+            self._expiry_checked_until = before - FINAL_LOOKBACK
         if before <= self._expiry_checked_until:
             return 0
         candidates = repair_store.expiry_candidates(self.store, self._expiry_checked_until, before)
