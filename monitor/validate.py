@@ -12,7 +12,8 @@ event the collector receives is checked here first:
 * it may not claim to come from the monitor's own truth repair (``source``), nor be one of the
   event types only repair makes (:data:`REPAIR_ONLY`).
 
-A refused event is counted by reason (``refused_<reason>`` in the writer's counts) and dropped.
+A refused event is counted as malformed and by reason (``refused_<reason>`` in the writer's
+counts) and dropped.
 A final state that a well-formed event claims is verified against the result backend at the
 next repair (:mod:`monitor.truth`), which corrects it when the backend disagrees. Events are
 not authenticated: deployments that need that should turn on Celery's message signing (see
@@ -88,6 +89,8 @@ class EventGate:
         reason = refusal(event, received, self.window)
         if reason is None:
             return True
-        self.count("refused")
+        # A refused event is a malformed one to every counter that reports those (/healthz,
+        # /metrics), and its reason is counted on its own.
+        self.count("malformed")
         self.count(f"refused_{reason}")
         return False

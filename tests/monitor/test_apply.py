@@ -429,5 +429,5 @@ def test_a_workflows_steps_are_listed_in_step_order_with_its_status(store):
     run(store, ev("task-failed", 4, uuid="s2", exception="ExecutionFailed('boom', {})"))
     assert store.workflow("wf1")["status"] == "failed"
     assert store.workflow("nope") is None
-    found, total, _ = store.jobs(workflow="wf1")
+    found, total = store.jobs(workflow="wf1")
     assert [j["id"] for j in found] == ["s1", "s2"] and total == 2

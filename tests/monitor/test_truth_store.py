@@ -39,7 +39,7 @@ def test_events_far_from_their_receipt_or_with_numbers_out_of_range_are_refused_
     assert refusal({**ok, "source": "repair"}, now, 300.0) == "source"
     assert refusal({"type": "job-truth", "uuid": "a", "timestamp": now}, now, 300.0) == "type"
     assert not gate.allows({"type": "worker-offline", "hostname": "w", "timestamp": now + 3600}, now)
-    assert counts == {"refused": 1, "refused_timestamp": 1}
+    assert counts == {"malformed": 1, "refused_timestamp": 1}
 
 
 def test_a_final_state_an_event_claimed_is_corrected_from_the_backend(sqlite_store):
