@@ -138,7 +138,8 @@ def _received_times(app: Any) -> dict[str, float]:
 
 def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
-    if app is None or request is None or getattr(request, "name", None) != RUN_JOB_TASK:
+    name = getattr(request, "task_name", None) or getattr(request, "name", None)
+    if app is None or request is None or name != RUN_JOB_TASK:
         return
     times = _received_times(app)
     if len(times) > 1000:  # messages received and never run (revoked): forget the oldest
