@@ -14,6 +14,7 @@ from jobqueue.client import JobHandle, get_job, submit_job
 from jobqueue.errors import (
     InvalidPayloadError,
     JobFailed,
+    JobNotFound,
     JobqueueError,
     SubmitError,
     UnknownServiceError,
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidPayloadError",
     "JobFailed",
     "JobHandle",
+    "JobNotFound",
     "JobStatus",
     "JobqueueError",
     "SubmitError",

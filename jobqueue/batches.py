@@ -7,7 +7,8 @@
 
 * a dict ``{field: rule}`` with rule ``"increment"`` (the field's value plus ``i``; a missing
   field counts from 0), ``"random"`` (a random integer 0..2**32-1), or a list of ``count``
-  values (copy ``i`` takes the ``i``-th);
+  values (copy ``i`` takes the ``i``-th). A dotted field reaches into nested objects: a ComfyUI
+  graph keeps its seed in a node's inputs, ``{"workflow.3.inputs.seed": "increment"}``;
 * a callable ``vary(i, payload) -> payload`` returning copy ``i``'s payload.
 
 Every copy is validated before the first is enqueued; the jobs share a ``batch_id`` in their
@@ -25,6 +26,7 @@ from typing import Any
 from jobqueue.client import JobHandle, _default_app, prepare_job
 from jobqueue.errors import SubmitError
 from jobqueue.events import RUN_JOB_TASK
+from jobqueue.submitted import record_submitted
 
 #: Most jobs one batch may hold.
 MAX_BATCH_SIZE = 10_000
@@ -62,8 +64,23 @@ def vary_payload(payload: dict[str, Any], index: int, count: int, vary: Vary) ->
         raise SubmitError("vary must be a dict of field rules or a callable(i, payload)")
     varied = copy.deepcopy(payload)
     for field, rule in vary.items():
-        varied[field] = _apply_rule(field, rule, payload.get(field), index, count)
+        parent, key = _parent_of(varied, field)
+        parent[key] = _apply_rule(field, rule, parent.get(key), index, count)
     return varied
+
+
+def _parent_of(payload: dict[str, Any], field: str) -> tuple[dict[str, Any], str]:
+    """The object that holds dotted ``field`` in ``payload`` (the whole path must exist but
+    the last key), and that last key."""
+    *path, key = field.split(".")
+    parent = payload
+    for depth, part in enumerate(path):
+        child = parent.get(part)
+        if not isinstance(child, dict):
+            where = ".".join(path[: depth + 1])
+            raise SubmitError(f"vary {field!r}: the payload has no object at {where!r}")
+        parent = child
+    return parent, key
 
 
 def submit_batch(
@@ -99,6 +116,10 @@ def submit_batch(
             ))
         except SubmitError as exc:
             raise type(exc)(f"batch job {index}: {exc}") from None
+    record_submitted(app, [send_options["task_id"] for _, send_options in messages])
     for kwargs, send_options in messages:
         app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
-    return [JobHandle(send_options["task_id"], app) for _, send_options in messages]
+    handles = [JobHandle(send_options["task_id"], app) for _, send_options in messages]
+    for handle in handles:
+        handle.submitted = True
+    return handles

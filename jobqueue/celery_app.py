@@ -45,7 +45,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # One Redis list per broker priority level (see jobqueue.routing.broker_priority).
         "priority_steps": list(range(BROKER_MAX_PRIORITY + 1)),
         "queue_order_strategy": "priority",
-        "sep": ":",
+        # No custom "sep": kombu's separator is also the one inside exchange binding keys, and
+        # stock tooling (celery -b URL inspect/status, Flower --broker) writes them with the
+        # default; keys built by hand use jobqueue.routing.REDIS_KEY_SEP.
     }
 
 
@@ -83,4 +85,7 @@ def create_app(settings: Settings | None = None, *, main: str = "jobqueue") -> J
 
     register_tasks(app)
     install_worker_steps(app)
+    from jobqueue.webhooks import register_webhooks
+
+    register_webhooks(app)
     return app

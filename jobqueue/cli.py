@@ -2,7 +2,7 @@
 
     jobqueue up                                   # broker (embedded if needed), worker, monitor
     jobqueue submit simulation '{"steps": 5}' --wait
-    jobqueue status <job id>
+    jobqueue status <job id>                      # exits 1 for an unknown id
     jobqueue worker -Q gpu1                       # = celery -A jobqueue worker -Q gpu1
 
 Settings come from ``JOBQUEUE_*`` variables (docs/configuration.md), read once per command.
@@ -75,15 +75,19 @@ def main() -> None:
 @click.option("--no-monitor", is_flag=True, help="Do not start the monitor.")
 @click.option("--stop-timeout", type=float, default=10.0, show_default=True,
               help="Seconds each process gets to stop before it is killed.")
-def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, stop_timeout: float) -> None:
+@click.option("--debug", is_flag=True,
+              help="Copy every process's output (and the monitor's request log) to the console.")
+def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, stop_timeout: float,
+       debug: bool) -> None:
     """Run everything: broker (embedded Redis if none answers), worker, simulator, monitor.
 
-    Ctrl-C stops everything. Exits non-zero when a process dies on its own.
+    Ctrl-C stops everything. A process that dies is restarted; one that keeps dying stops
+    everything with a non-zero exit. Logs go to JOBQUEUE_DATA_DIR/logs (default ./.jobqueue).
     """
     from jobqueue.up import UpOptions, run_up
 
     options = UpOptions(queues=queues, comfyui_sim=not no_comfyui_sim, comfyui_port=comfyui_port,
-                        monitor=not no_monitor, stop_timeout=stop_timeout)
+                        monitor=not no_monitor, stop_timeout=stop_timeout, debug=debug)
     try:
         code = run_up(os.environ, options)
     except ConfigError as exc:
@@ -100,8 +104,10 @@ def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, s
 @click.option("--timeout", type=float, default=None, help="The job's own time limit in seconds.")
 @click.option("--wait-timeout", type=float, default=None,
               help="With --wait: stop waiting after this many seconds (the job goes on).")
+@click.option("--requires", "requires_json", default=None,
+              help='What the worker must have, as JSON: {"models": [...], "vram_gb": 20, "tags": [...]}.')
 def submit(service: str, payload_json: str, wait: bool, priority: int | None, queue: str | None,
-           timeout: float | None, wait_timeout: float | None) -> None:
+           timeout: float | None, wait_timeout: float | None, requires_json: str | None = None) -> None:
     """Submit a job to SERVICE with PAYLOAD_JSON.
 
     Prints the job id. With --wait, prints the id on stderr, shows real progress and prints
@@ -119,7 +125,8 @@ def submit(service: str, payload_json: str, wait: bool, priority: int | None, qu
                 f"broker {app.settings.broker_url} does not answer (is `jobqueue up` running? "
                 "is JOBQUEUE_BROKER_URL right?)")
         try:
-            handle = submit_job(service, payload, priority=priority, queue=queue, timeout=timeout, app=app)
+            handle = submit_job(service, payload, priority=priority, queue=queue, timeout=timeout, app=app,
+                                requires=parse_payload(requires_json) if requires_json else None)
         except SubmitError as exc:
             raise click.ClickException(str(exc)) from None
         except OperationalError as exc:
@@ -167,7 +174,8 @@ def _wait_with_progress_bar(handle: Any, wait_timeout: float | None) -> Any:
 def status(job_id: str) -> None:
     """Print JOB_ID's status and progress as JSON (and its result or error once it ended).
 
-    An id the result backend has never seen reads as "queued", like a job still waiting.
+    A job still waiting in its queue reads "queued"; an id that was never submitted (or was
+    forgotten with its result) exits 1 saying the job is unknown.
     """
     from jobqueue.client import get_job
     from jobqueue.states import JobStatus
@@ -175,7 +183,12 @@ def status(job_id: str) -> None:
     with celery_app() as app:
         handle = get_job(job_id, app=app)
         state = handle.status()
+        if state == JobStatus.UNKNOWN:
+            raise click.ClickException(
+                f"job {job_id} is unknown: never submitted, or forgotten with its result")
         report: dict[str, Any] = {"id": job_id, "status": state.value, "progress": handle.progress()}
+        if state in (JobStatus.QUEUED, JobStatus.RETRYING):
+            report["waiting_for"] = handle.waiting_for()
         if state == JobStatus.COMPLETED:
             report["result"] = handle.result()
         elif state.is_final:
@@ -213,11 +226,30 @@ def monitor(host: str | None, port: int | None) -> None:
 @click.option("--port", type=int, default=8188, show_default=True, help="Port (0 picks a free one).")
 @click.option("--control-port", type=int, default=None, help="Extra port serving only the /_sim/ fault switches.")
 @click.option("--output-dir", default=None, help="Where SaveImage writes (default: a temp dir).")
-def comfyui_sim(host: str, port: int, control_port: int | None, output_dir: str | None) -> None:
+@click.option("--models", default=None, help="Comma-separated checkpoint files the simulator has.")
+@click.option("--vram-gb", type=float, default=None, help="VRAM of the simulated GPU (default: a CPU device).")
+def comfyui_sim(host: str, port: int, control_port: int | None, output_dir: str | None,
+                models: str | None = None, vram_gb: float | None = None) -> None:
     """Run the ComfyUI simulator (real HTTP + websocket, ComfyUI v0.3.64 protocol)."""
     from jobqueue.comfyui_sim.server import run
 
-    run(host, port, control_port=control_port, output_dir=output_dir)
+    run(host, port, control_port=control_port, output_dir=output_dir,
+        models_present=models.split(",") if models is not None else None, vram_gb=vram_gb)
+
+
+
+@main.command("a1111-sim")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=7860, show_default=True, help="Port (0 picks a free one).")
+@click.option("--control-port", type=int, default=None, help="Extra port serving only the /_sim/ fault switches.")
+@click.option("--flavour", type=click.Choice(["a1111", "forge"]), default="a1111", show_default=True,
+              help="AUTOMATIC1111 v1.10.1 or Forge (their 422 bodies differ).")
+@click.option("--step-seconds", type=float, default=0.05, show_default=True, help="Time per sampling step.")
+def a1111_sim(host: str, port: int, control_port: int | None, flavour: str, step_seconds: float) -> None:
+    """Run the Stable Diffusion WebUI (A1111/Forge) simulator: the /sdapi/v1 API over real HTTP."""
+    from jobqueue.a1111_sim.server import run
+
+    run(host, port, control_port=control_port, flavour=flavour, step_seconds=step_seconds)
 
 
 if __name__ == "__main__":

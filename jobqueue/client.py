@@ -22,11 +22,22 @@ from celery import states as celery_states
 
 from jobqueue import facts
 from jobqueue.connectors import connector_class
-from jobqueue.errors import InvalidPayloadError, JobCancelled, JobError, JobFailed, SubmitError, WaitTimeout
+from jobqueue.errors import (
+    InvalidPayloadError,
+    JobCancelled,
+    JobError,
+    JobFailed,
+    JobNotFound,
+    SubmitError,
+    WaitTimeout,
+)
 from jobqueue.events import CONTROL_CANCEL_JOB, RUN_JOB_TASK
-from jobqueue.routing import broker_priority, check_priority, service_queue
+from jobqueue.requirements import Requirements, resolve, route_queue
+from jobqueue.routing import broker_priority, check_priority
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
+from jobqueue.submitted import record_submitted, was_submitted
 from jobqueue.summary import summarize_payload
+from jobqueue.waiting import job_waiting_for, remember
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +74,8 @@ class JobHandle:
     def __init__(self, job_id: str, app: Any = None) -> None:
         self.id = job_id
         self.app = app or _default_app()
+        #: True once the id is known to have been submitted (it never becomes unknown again).
+        self.submitted = False
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id}>"
@@ -75,10 +88,17 @@ class JobHandle:
         res = self._result
         state, info = res.state, res.info
         error_type = type(info).__name__ if isinstance(info, BaseException) else None
-        return job_status_from_celery(state, error_type), (state, info)
+        status = job_status_from_celery(state, error_type)
+        if state == celery_states.PENDING and not self.submitted:
+            known = was_submitted(self.app, self.id)
+            if known is False:
+                status = JobStatus.UNKNOWN
+            self.submitted = bool(known)
+        return status, (state, info)
 
     def status(self) -> JobStatus:
-        """The job's lifecycle state (queued for an id nobody has seen yet)."""
+        """The job's lifecycle state: ``queued`` until a worker takes it, ``unknown`` for an id
+        that was never submitted (or was forgotten with its result)."""
         return self._state()[0]
 
     def progress(self) -> dict[str, Any]:
@@ -95,7 +115,8 @@ class JobHandle:
         """Block until the job ends; return its result.
 
         Calls ``on_progress(progress)`` for every change seen. Raises :class:`JobFailed` when
-        the job failed, timed out or was cancelled, :class:`WaitTimeout` after ``timeout`` s.
+        the job failed, timed out or was cancelled, :class:`WaitTimeout` after ``timeout`` s,
+        :class:`JobNotFound` at once for an unknown id.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         last: dict[str, Any] | None = None
@@ -106,6 +127,8 @@ class JobHandle:
                 on_progress(dict(info))
             if status in FINAL_JOB_STATES:
                 return self._final(status, state, info)
+            if status == JobStatus.UNKNOWN:
+                raise JobNotFound(f"no job {self.id} (never submitted, or forgotten with its result)")
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"job {self.id} still {status.value} after {timeout} s")
             time.sleep(POLL_INTERVAL)
@@ -123,16 +146,27 @@ class JobHandle:
         """The result of a completed job; :class:`JobFailed` if it ended badly;
         :class:`JobNotFinished` if it is still going."""
         status, (state, info) = self._state()
+        if status == JobStatus.UNKNOWN:
+            raise JobNotFound(f"no job {self.id} (never submitted, or forgotten with its result)")
         if status not in FINAL_JOB_STATES:
             raise JobNotFinished(f"job {self.id} is {status.value}")
         return self._final(status, state, info)
 
+    def waiting_for(self, timeout: float = 1.0) -> str | None:
+        """Why this queued (or retrying) job is not running (e.g. ``"no online worker has
+        model c.safetensors"``), asking the online workers; None when it is not waiting or
+        some worker can run it."""
+        if self.status() not in (JobStatus.QUEUED, JobStatus.RETRYING):
+            return None
+        return job_waiting_for(self.app, self.id, timeout)
+
     def cancel(self) -> bool:
         """Cancel the job: a queued one never runs, a running one is stopped on its service.
 
-        Returns False when the job had already ended.
+        Returns False when the job had already ended, or is unknown.
         """
-        if self.status() in FINAL_JOB_STATES:
+        current = self.status()
+        if current in FINAL_JOB_STATES or current == JobStatus.UNKNOWN:
             return False
         # Mark it first, so a worker that starts it later (and never saw the revoke) skips it.
         now = time.time()
@@ -183,14 +217,18 @@ def prepare_job(
     job_id: str | None = None,
     extra: dict[str, Any] | None = None,
     continuation: bool = False,
+    requires: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate one job and build its message: ``(task kwargs, send options)``.
 
     The send options (``task_id``, ``queue``, broker ``priority``, ``kwargsrepr``) go to
     ``send_task`` or a canvas signature. ``continuation`` marks a workflow step after the
     first (it takes the upper broker level of its priority). Raises like :func:`submit_job`.
+    A job with requirements (``requires`` plus the models its payload names) goes to its
+    capability queue unless ``queue`` pins it (:func:`jobqueue.requirements.route_queue`).
     """
     payload = connector_class(service).validate(payload)
+    req = resolve(requires, connector_class(service).required_models(payload))
     try:
         json.dumps(payload)
     except (TypeError, ValueError) as exc:
@@ -199,7 +237,7 @@ def prepare_job(
     timeout = _check_timeout(timeout)
     if queue is not None and (not isinstance(queue, str) or not queue.strip()):
         raise SubmitError(f"queue must be a non-empty string, got {queue!r}")
-    target = queue or service_queue(service)
+    target = queue or route_queue(service, req)
     job_id = job_id or str(uuid.uuid4())
     meta: dict[str, Any] = {
         "service": service,
@@ -209,6 +247,7 @@ def prepare_job(
         "step": step,
         "timeout": timeout,
         "submitted_at": time.time(),
+        **({"requires": req.as_dict()} if not req.is_empty else {}),
         **(extra or {}),
     }
     send_options = {
@@ -232,18 +271,36 @@ def submit_job(
     app: Any = None,
     job_id: str | None = None,
     extra: dict[str, Any] | None = None,
+    webhook_url: str | None = None,
+    requires: dict[str, Any] | None = None,
 ) -> JobHandle:
     """Validate and enqueue one job; return its handle.
+
+    ``requires`` (``{"models": [...], "vram_gb": 20, "tags": ["customer:acme"]}``) plus the
+    models the payload names itself make the job run only on a worker that has them all
+    (:mod:`jobqueue.requirements`); a malformed one raises
+    :class:`~jobqueue.errors.InvalidRequirementError`.
 
     ``queue`` pins the job (``gpu0``, ``machine.<id>``, ``gpu0.<machine>``); by default it
     goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
     Raises :class:`~jobqueue.errors.UnknownServiceError` or
-    :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued).
+    :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued). ``webhook_url`` (http or
+    https only, else :class:`~jobqueue.errors.SubmitError`) gets a signed POST when the job
+    ends (see :mod:`jobqueue.webhooks`).
     """
     app = app or _default_app()
+    if webhook_url is not None:
+        from jobqueue.webhooks import check_webhook_url
+
+        extra = {**(extra or {}), "webhook_url": check_webhook_url(webhook_url)}
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
+        requires=requires,
     )
+    record_submitted(app, [send_options["task_id"]])  # before sending: no job without a record
+    remember(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
     app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
-    return JobHandle(send_options["task_id"], app)
+    handle = JobHandle(send_options["task_id"], app)
+    handle.submitted = True
+    return handle

@@ -36,13 +36,13 @@ def _as_bool(value: str) -> bool:
     raise ConfigError(f"not a boolean: {value!r}")
 
 
-def _parse_url_map(value: str) -> dict[str, str]:
+def _parse_url_map(value: str, variable: str = "JOBQUEUE_COMFYUI_URLS") -> dict[str, str]:
     """Parse ``gpu0=http://127.0.0.1:8188,gpu1=http://127.0.0.1:8189``."""
     result: dict[str, str] = {}
     for part in _split(value):
         key, sep, url = part.partition("=")
         if not sep or not key.strip() or not url.strip():
-            raise ConfigError(f"expected key=url in JOBQUEUE_COMFYUI_URLS, got {part!r}")
+            raise ConfigError(f"expected key=url in {variable}, got {part!r}")
         result[key.strip()] = url.strip()
     return result
 
@@ -126,6 +126,31 @@ class Settings:
     monitor_repair_interval: float = 30.0
     #: How many changes the monitor keeps for websocket clients that reconnect with ?since=.
     monitor_changes_keep: int = 20000
+    #: Where ``jobqueue up`` keeps its state: the embedded Redis's append-only file, the
+    #: children's logs, and the run file through which other shells find its broker.
+    data_dir: str = "./.jobqueue"
+    #: fsspec URL of the output store (``s3://bucket/prefix``...); empty: the local output_dir.
+    output_url: str = ""
+    #: When > 0, the monitor redirects output downloads to presigned URLs valid this long (s).
+    output_presign_seconds: float = 0.0
+    #: Standard Webhooks signing secret, ``whsec_<base64>``; empty: webhooks are sent unsigned.
+    webhook_secret: str = ""
+    #: The queue webhook deliveries go through (every worker consumes it).
+    webhook_queue: str = "webhooks"
+    #: How many times a webhook delivery is tried before it is given up.
+    webhook_max_tries: int = 6
+    #: Seconds before the first retry of a webhook delivery; doubled for each further retry.
+    webhook_backoff: float = 10.0
+    #: ComfyUI: longest (s) a prompt may be listed as running with no message at all before the
+    #: job counts as stalled (a silent node is not a stall; a server that stops answering is).
+    comfyui_node_timeout: float = 600.0
+    #: Tags this worker declares (``customer:acme,region:eu``): jobs requiring a tag run only
+    #: on workers that declare it.
+    worker_tags: tuple[str, ...] = ()
+    #: Stable Diffusion WebUI (A1111/Forge) base URL for a worker with no per-GPU entry.
+    a1111_url: str = "http://127.0.0.1:7860"
+    #: Per-GPU WebUI URLs, e.g. {"gpu0": "http://127.0.0.1:7860"}.
+    a1111_urls: Mapping[str, str] = field(default_factory=dict)
     #: The monitor refuses (and counts) events whose timestamp is further than this (s) from
     #: the time it received them.
     monitor_event_window: float = 300.0
@@ -135,7 +160,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``JOBQUEUE_*`` variables (``os.environ`` by default)."""
+        """Build settings from ``JOBQUEUE_*`` variables (``os.environ`` by default).
+
+        Reading the process environment (``environ`` None) with ``JOBQUEUE_BROKER_URL`` unset,
+        the broker (and result backend) of a ``jobqueue up`` running with the same data
+        directory is used, so a second shell needs nothing exported (see
+        :mod:`jobqueue.upstate`).
+        """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -144,6 +175,11 @@ class Settings:
                 continue
             values[f.name] = _convert(f.name, f.type, raw)
         values.update(overrides)
+        if environ is None and "broker_url" not in values:
+            from jobqueue.upstate import discovered_broker
+
+            found = discovered_broker(values.get("data_dir", cls.data_dir))
+            values.update({k: v for k, v in found.items() if k not in values})
         settings = cls(**values)
         return settings.resolved()
 
@@ -178,7 +214,7 @@ class Settings:
     def check(self) -> None:
         """Raise :class:`ConfigError` for values that would break the system quietly."""
         for name in ("visibility_timeout", "lease_interval", "health_interval", "status_beat",
-                     "stall_timeout", "job_timeout", "heartbeat_interval"):
+                     "stall_timeout", "job_timeout", "heartbeat_interval", "comfyui_node_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"JOBQUEUE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
         # A lease renewed less often than the timeout lets a live job be handed out twice.
@@ -198,6 +234,10 @@ class Settings:
         """Return the ComfyUI URL a worker on ``gpu`` talks to."""
         return self.comfyui_urls.get(f"gpu{gpu}", self.comfyui_url)
 
+    def a1111_url_for(self, gpu: int) -> str:
+        """Return the Stable Diffusion WebUI URL a worker on ``gpu`` talks to."""
+        return self.a1111_urls.get(f"gpu{gpu}", self.a1111_url)
+
     @property
     def is_redis(self) -> bool:
         """True when the broker is Redis (lease and restore apply only there)."""
@@ -210,7 +250,7 @@ def _convert(name: str, annotation: Any, raw: str) -> Any:
         if "tuple" in kind:
             return _split(raw)
         if "Mapping" in kind:
-            return _parse_url_map(raw)
+            return _parse_url_map(raw, f"JOBQUEUE_{name.upper()}")
         if kind.startswith("int | None"):
             return int(raw) if raw.strip() else None
         if kind == "int":

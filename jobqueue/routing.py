@@ -23,6 +23,9 @@ MIN_PRIORITY, MAX_PRIORITY = 0, 9
 DEFAULT_PRIORITY = 5
 #: Highest broker priority level: two levels per caller priority (Redis and RabbitMQ alike).
 BROKER_MAX_PRIORITY = 2 * (MAX_PRIORITY + 1) - 1
+#: kombu's Redis key separator (``kombu.transport.redis.Channel.sep``, never overridden: stock
+#: tooling writes binding keys with it): priority level ``n`` of a queue is ``<queue><sep><n>``.
+REDIS_KEY_SEP = "\x06\x16"
 
 
 def service_queue(service: str) -> str:
@@ -67,10 +70,49 @@ def broker_priority(priority: int, *, is_redis: bool, continuation: bool = False
     return BROKER_MAX_PRIORITY - level if is_redis else level
 
 
-def redis_queue_keys(queue: str, sep: str = ":") -> list[str]:
+def redis_queue_keys(queue: str, sep: str = REDIS_KEY_SEP) -> list[str]:
     """The Redis lists that hold ``queue``'s messages, most urgent first (for queue lengths).
 
     kombu keeps broker level 0 in the list named after the queue, level ``n`` in
     ``<queue><sep><n>``.
     """
     return [f"{queue}{sep}{level}" if level else queue for level in range(BROKER_MAX_PRIORITY + 1)]
+
+
+# -- capability queues (docs/architecture.md, "Capability routing") -------------------------
+
+#: VRAM steps (GiB) with a queue each: a job needing V GiB goes to the smallest step >= V, a
+#: worker with T GiB consumes every step <= T.
+VRAM_STEPS: tuple[int, ...] = (4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512, 768, 1024)
+#: Characters kept as they are in a capability queue name; others are %-escaped, so a tag like
+#: ``customer:acme`` or a model in a sub-folder never contains a broker key separator.
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+=@")
+
+
+def _escape(name: str) -> str:
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
+
+
+def model_queue(service: str, model: str) -> str:
+    """The queue of ``service``'s jobs that need ``model``: consumed by workers that have it."""
+    return f"{service}.model.{_escape(model)}"
+
+
+def tag_queue(service: str, tag: str) -> str:
+    """The queue of ``service``'s jobs that need ``tag``: consumed by workers declaring it."""
+    return f"{service}.tag.{_escape(tag)}"
+
+
+def vram_step(gib: float) -> int | None:
+    """The smallest :data:`VRAM_STEPS` entry >= ``gib`` (None beyond the largest)."""
+    return next((step for step in VRAM_STEPS if step >= gib), None)
+
+
+def vram_queue(service: str, step: int) -> str:
+    """The queue of ``service``'s jobs needing up to ``step`` GiB: consumed by workers with more."""
+    return f"{service}.vram.{step}"
+
+
+def is_capability_queue(queue: str, services: tuple[str, ...] | list[str]) -> bool:
+    """True for a model, tag or VRAM queue of one of ``services``."""
+    return any(queue.startswith(f"{s}.{kind}.") for s in services for kind in ("model", "tag", "vram"))

@@ -25,6 +25,9 @@ class JobStatus(str, Enum):
     #: Shown by the monitor only: its worker went offline while it ran and the broker has
     #: not handed it out again yet.
     LOST = "lost"
+    #: Read by the client only: no worker and no submit record knows the id (never
+    #: submitted, or forgotten with its result after ``result_expires``).
+    UNKNOWN = "unknown"
 
     @property
     def is_final(self) -> bool:
@@ -43,6 +46,7 @@ FINAL_JOB_STATES = frozenset(
 #: Merge order: a report only moves a job to a state of higher (or, for retrying/processing
 #: cycles, see :func:`may_move`) precedence.
 JOB_PRECEDENCE: dict[JobStatus, int] = {
+    JobStatus.UNKNOWN: -1,
     JobStatus.QUEUED: 0,
     JobStatus.ASSIGNED: 1,
     JobStatus.PROCESSING: 2,
@@ -95,7 +99,8 @@ class ConnectorStatus(str, Enum):
 #: Our custom Celery task state for a running job with progress in its meta.
 PROGRESS = "PROGRESS"
 
-#: Celery task state -> our job status. Unknown ids are PENDING in Celery: we call them queued.
+#: Celery task state -> our job status. Unknown ids are PENDING in Celery too: the client tells
+#: them from queued jobs by their submit record (:mod:`jobqueue.submitted`).
 _CELERY_TO_JOB = {
     "PENDING": JobStatus.QUEUED,
     "RECEIVED": JobStatus.ASSIGNED,

@@ -8,6 +8,8 @@ summary from the result backend's kwargs for jobs it rebuilds. Both call
 
 * ``comfyui``: the node count and the class types (``7 nodes: CLIPTextEncode×2, KSampler, …``);
 * ``simulation``: its fields (``steps=10 step_seconds=0.5 output='hello'``);
+* ``a1111``: mode, size, steps, seed and the prompt (``txt2img 512×512, 20 steps, seed 42: a cat``),
+  never the base64 ``init_images``;
 * anything else: its top-level field names.
 
 At most :data:`MAX_SUMMARY` printable characters; never raises.
@@ -47,7 +49,18 @@ def _fields(payload: dict[str, Any]) -> str:
                     for k, v in sorted(payload.items(), key=lambda kv: str(kv[0])) if v is not None)
 
 
-_SUMMARIES = {"comfyui": _comfyui, "simulation": _fields}
+def _a1111(payload: dict[str, Any]) -> str:
+    width, height = payload.get("width", 512), payload.get("height", 512)
+    text = f"{payload.get('mode', 'txt2img')} {width}×{height}, {payload.get('steps', 50)} steps"
+    if payload.get("n_iter", 1) != 1 or payload.get("batch_size", 1) != 1:
+        text += f", {payload.get('n_iter', 1)}×{payload.get('batch_size', 1)} images"
+    if payload.get("seed", -1) != -1:
+        text += f", seed {payload.get('seed')}"
+    prompt = payload.get("prompt")
+    return text + (f": {_clean(prompt, 160)}" if isinstance(prompt, str) and prompt else "")
+
+
+_SUMMARIES = {"comfyui": _comfyui, "simulation": _fields, "a1111": _a1111}
 
 
 def summarize_payload(service: Any, payload: Any) -> str | None:

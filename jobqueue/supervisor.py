@@ -1,16 +1,23 @@
-"""Start, watch and stop the child processes of ``jobqueue up``.
+"""Start, watch, restart and stop the child processes of ``jobqueue up``.
 
 Each child runs in its own process group (its own session), so a Ctrl-C in the terminal
 reaches only ``jobqueue up``, which then stops the children itself, in reverse start order:
 SIGTERM to the whole group, a bounded wait, then SIGKILL. Nothing is left behind, even a
-child's own children. A child that dies on its own is reported and brings everything down:
-a half-running system that looks healthy is worse than a stopped one.
+child's own children. Should ``up`` die without that chance (SIGKILL), the kernel signals
+every child (``PR_SET_PDEATHSIG``, see :mod:`jobqueue.lifeline`).
 
-Every child's output is copied to ours, each line prefixed with the child's name.
+A child that dies on its own is restarted with the same command line (same ports), after a
+backoff that doubles with every recent restart; more than :attr:`RestartPolicy.max_restarts`
+restarts within :attr:`RestartPolicy.window` seconds is a crash loop: :meth:`Supervisor.watch`
+returns that child, whose last output lines are kept for the report.
 
-``python -m jobqueue.supervisor COMPONENT HOST PORT`` runs an optional component (the ComfyUI
-simulator, the monitor) through its published entry point, so ``up`` depends only on that
-function, not on a CLI subcommand's options.
+The console gets one line per child state change (starting, running, exited, restarting,
+stopped). Every child's output goes to ``<log dir>/<child>.log``, and to the console too,
+each line prefixed with the child's name, when ``echo`` is on (``jobqueue up --debug``).
+
+``python -m jobqueue.supervisor COMPONENT HOST PORT [--debug]`` runs an optional component
+(the ComfyUI simulator, the monitor) through its published entry point, so ``up`` depends only
+on that function, not on a CLI subcommand's options.
 """
 
 from __future__ import annotations
@@ -23,16 +30,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from jobqueue.errors import ProcessFailed
+from jobqueue.lifeline import parent_death_hook
 
 #: Seconds a child gets to stop after SIGTERM before its group is SIGKILLed.
 STOP_TIMEOUT = 10.0
 #: How often the supervisor looks at its children.
 POLL_INTERVAL = 0.2
+#: Output lines kept per child for the report of a crash loop.
+TAIL_LINES = 20
 
 #: Optional components: name -> "module:function". Each is started only if its module imports.
 COMPONENTS: dict[str, str] = {
@@ -57,17 +69,23 @@ def component_available(name: str) -> tuple[bool, str]:
     return True, ""
 
 
-def component_command(name: str, host: str, port: int) -> list[str]:
-    """The command line that runs component ``name`` on ``host:port`` in a child process."""
-    return [sys.executable, "-m", "jobqueue.supervisor", name, host, str(port)]
+def component_command(name: str, host: str, port: int, *, debug: bool = False) -> list[str]:
+    """The command line that runs component ``name`` on ``host:port`` in a child process
+    (``debug``: the monitor logs every HTTP request)."""
+    return [sys.executable, "-m", "jobqueue.supervisor", name, host, str(port), *(["--debug"] if debug else [])]
 
 
-def run_component(name: str, host: str, port: int) -> None:
+def run_component(name: str, host: str, port: int, *, debug: bool = False) -> None:
     """Run component ``name`` in this process (the child's side of :func:`component_command`)."""
     function = load_component(name)
     if name == "monitor":
+        import logging
+
         from jobqueue.config import Settings
 
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if not debug:  # one line per HTTP request (favicon 404s included) is debugging noise
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
         function(Settings.from_env(), host, port)
     else:
         function(host, port)
@@ -95,15 +113,41 @@ class ChildSpec:
     #: Returns True once the child serves; None means "ready as soon as it runs".
     ready: Callable[[], bool] | None = None
     ready_timeout: float = 60.0
+    #: Signal the kernel sends the child when ``up`` dies, even by SIGKILL (Linux); None: none.
+    death_signal: int | None = signal.SIGKILL
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a child that died is started again, and when ``up`` gives up on it."""
+
+    #: Delay (s) before the first restart; it doubles with every recent restart.
+    first_delay: float = 1.0
+    #: Longest delay (s) between restarts.
+    max_delay: float = 30.0
+    #: More restarts than this within :attr:`window` seconds is a crash loop.
+    max_restarts: int = 5
+    window: float = 60.0
+
+    def delay(self, recent_restarts: int) -> float:
+        """Seconds to wait before the next restart, after ``recent_restarts`` recent ones."""
+        return float(min(self.max_delay, self.first_delay * 2 ** recent_restarts))
 
 
 @dataclass
 class Child:
-    """A running child process."""
+    """A child process of ``up``: its current process, and its history across restarts."""
 
     spec: ChildSpec
     proc: subprocess.Popen[bytes]
-    reader: threading.Thread | None = field(default=None)
+    readers: list[threading.Thread] = field(default_factory=list)
+    #: The last output lines, across restarts (for the crash-loop report).
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    #: Monotonic times of its restarts.
+    restarts: list[float] = field(default_factory=list)
+    #: Monotonic time of the pending restart (None: running, or not to be restarted).
+    restart_at: float | None = None
+    log: IO[bytes] | None = None
 
     @property
     def name(self) -> str:
@@ -112,15 +156,25 @@ class Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def recent_restarts(self, window: float, now: float) -> int:
+        """How many times it was restarted in the last ``window`` seconds."""
+        return sum(1 for at in self.restarts if now - at < window)
+
 
 class Supervisor:
-    """Children of one ``jobqueue up``, started in order and stopped in reverse."""
+    """Children of one ``jobqueue up``, started in order, restarted when they die, stopped in
+    reverse."""
 
-    def __init__(self, *, stop_timeout: float = STOP_TIMEOUT, output: IO[bytes] | None = None) -> None:
+    def __init__(self, *, stop_timeout: float = STOP_TIMEOUT, output: IO[bytes] | None = None,
+                 log_dir: str | os.PathLike[str] | None = None, echo: bool = True,
+                 policy: RestartPolicy | None = None) -> None:
         self.stop_timeout = stop_timeout
         self.children: list[Child] = []
         #: Set (e.g. by a signal handler) to make every wait give up and :meth:`watch` return.
         self.stopping = threading.Event()
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.echo = echo
+        self.policy = policy or RestartPolicy()
         self._output = output if output is not None else sys.stdout.buffer
         self._output_lock = threading.Lock()
 
@@ -133,12 +187,28 @@ class Supervisor:
             except (OSError, ValueError):
                 pass
 
+    def _state(self, child: Child, text: str) -> None:
+        self.say(f"{child.name}: {text}")
+
     # -- start -----------------------------------------------------------------------------
     def start(self, spec: ChildSpec) -> Child:
         """Start ``spec`` and wait until it is ready; raise :class:`ProcessFailed` otherwise."""
         if self.stopping.is_set():
             raise ProcessFailed(f"not starting {spec.name}: shutting down")
-        proc = subprocess.Popen(
+        log = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_dir / f"{spec.name}.log", "wb")  # noqa: SIM115 - closed in stop_all
+        child = Child(spec, self._spawn(spec), log=log)
+        self.children.append(child)
+        self._follow(child)
+        self._state(child, f"starting (pid {child.proc.pid})")
+        self._wait_ready(child)
+        self._state(child, "running" + (f" at {spec.where}" if spec.where else ""))
+        return child
+
+    def _spawn(self, spec: ChildSpec) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             spec.argv,
             env=dict(spec.env) if spec.env is not None else None,
             cwd=spec.cwd,
@@ -146,26 +216,34 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=parent_death_hook(spec.death_signal),  # noqa: PLW1509 - async-signal-safe prctl
         )
-        child = Child(spec, proc)
-        child.reader = threading.Thread(target=self._copy_output, args=(child,),
-                                        name=f"output-{spec.name}", daemon=True)
-        child.reader.start()
-        self.children.append(child)
-        self._wait_ready(child)
-        return child
 
-    def _copy_output(self, child: Child) -> None:
-        assert child.proc.stdout is not None
+    def _follow(self, child: Child) -> None:
+        reader = threading.Thread(target=self._copy_output, args=(child, child.proc),
+                                  name=f"output-{child.name}", daemon=True)
+        child.readers.append(reader)
+        reader.start()
+
+    def _copy_output(self, child: Child, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
         prefix = f"{child.name:>11} | ".encode()
-        for line in iter(child.proc.stdout.readline, b""):
-            with self._output_lock:
+        for line in iter(proc.stdout.readline, b""):
+            child.lines.append(line.decode(errors="replace").rstrip("\n"))
+            if child.log is not None:
                 try:
-                    self._output.write(prefix + line)
-                    self._output.flush()
-                except (OSError, ValueError):  # our stdout is gone; keep draining the pipe
+                    child.log.write(line)
+                    child.log.flush()
+                except (OSError, ValueError):  # closed while stopping
                     pass
-        child.proc.stdout.close()
+            if self.echo:
+                with self._output_lock:
+                    try:
+                        self._output.write(prefix + line)
+                        self._output.flush()
+                    except (OSError, ValueError):  # our stdout is gone; keep draining the pipe
+                        pass
+        proc.stdout.close()
 
     def _wait_ready(self, child: Child) -> None:
         spec = child.spec
@@ -188,12 +266,51 @@ class Supervisor:
 
     # -- run -------------------------------------------------------------------------------
     def watch(self) -> Child | None:
-        """Block until :attr:`stopping` is set (return None) or a child dies (return it)."""
+        """Keep the children running until :attr:`stopping` is set (return None) or one is in
+        a crash loop (return it, dead)."""
         while not self.stopping.wait(POLL_INTERVAL):
             for child in self.children:
-                if not child.alive():
+                if self.stopping.is_set():
+                    return None
+                if child.restart_at is not None:
+                    if time.monotonic() >= child.restart_at:
+                        self._restart(child)
+                elif not child.alive() and self._schedule_restart(child):
                     return child
         return None
+
+    def _schedule_restart(self, child: Child) -> bool:
+        """React to ``child``'s death; return True when it is in a crash loop."""
+        now = time.monotonic()
+        recent = child.recent_restarts(self.policy.window, now)
+        code = child.proc.returncode
+        if recent >= self.policy.max_restarts:
+            self._state(child, f"exited with code {code}, {recent} restarts within "
+                               f"{self.policy.window:.0f} s: giving up")
+            return True
+        delay = self.policy.delay(recent)
+        self._state(child, f"exited with code {code}: restarting in {delay:g} s")
+        child.restart_at = now + delay
+        return False
+
+    def _restart(self, child: Child) -> None:
+        child.restart_at = None
+        child.restarts.append(time.monotonic())
+        _signal_group(child.proc.pid, signal.SIGKILL)  # whatever the dead leader left behind
+        child.proc = self._spawn(child.spec)
+        self._follow(child)
+        self._state(child, f"restarting (pid {child.proc.pid})")
+        try:
+            self._wait_ready(child)
+        except ProcessFailed as exc:
+            if self.stopping.is_set():
+                return
+            # Dead or not serving: make sure it is dead; the next watch round counts it.
+            self._state(child, str(exc))
+            _signal_group(child.proc.pid, signal.SIGKILL)
+            child.proc.wait(timeout=self.stop_timeout)
+            return
+        self._state(child, "running again" + (f" at {child.spec.where}" if child.spec.where else ""))
 
     # -- stop ------------------------------------------------------------------------------
     def stop_all(self) -> None:
@@ -202,25 +319,28 @@ class Supervisor:
         for child in reversed(self.children):
             self._stop(child)
         for child in self.children:
-            if child.reader is not None:
-                child.reader.join(timeout=2.0)
+            for reader in child.readers:
+                reader.join(timeout=2.0)
+            if child.log is not None:
+                child.log.close()
         self.children.clear()
 
     def _stop(self, child: Child) -> None:
         pgid = child.proc.pid  # start_new_session: the child leads its own group
         if child.alive():
-            self.say(f"stopping {child.name} (pid {child.proc.pid})")
             _signal_group(pgid, signal.SIGTERM)
             try:
                 child.proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
-                self.say(f"{child.name} did not stop within {self.stop_timeout:.0f} s: killing it")
+                self._state(child, f"did not stop within {self.stop_timeout:g} s: killing it")
+            else:
+                self._state(child, "stopped")
         # Whatever the leader did, its group (grandchildren included) goes too.
         _signal_group(pgid, signal.SIGKILL)
         try:
             child.proc.wait(timeout=self.stop_timeout)
         except subprocess.TimeoutExpired:  # pragma: no cover - a process immune to SIGKILL
-            self.say(f"{child.name} (pid {child.proc.pid}) survived SIGKILL")
+            self._state(child, f"pid {child.proc.pid} survived SIGKILL")
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -231,11 +351,13 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m jobqueue.supervisor COMPONENT HOST PORT``."""
+    """``python -m jobqueue.supervisor COMPONENT HOST PORT [--debug]``."""
     args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    args = [arg for arg in args if arg != "--debug"]
     if len(args) != 3 or args[0] not in COMPONENTS:
-        sys.exit(f"usage: python -m jobqueue.supervisor {{{','.join(COMPONENTS)}}} HOST PORT")
-    run_component(args[0], args[1], int(args[2]))
+        sys.exit(f"usage: python -m jobqueue.supervisor {{{','.join(COMPONENTS)}}} HOST PORT [--debug]")
+    run_component(args[0], args[1], int(args[2]), debug=debug)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,14 @@ from jobqueue import facts
 from jobqueue.connectors import Job
 from jobqueue.errors import ConnectorError, JobCancelled
 from jobqueue.events import RUN_JOB_TASK, TASK_PROGRESS, job_meta_from_kwargs
+from jobqueue.previews import publisher_for
 from jobqueue.progress import ProgressTracker
+from jobqueue.retrying import plan_retry
 from jobqueue.states import PROGRESS
 from jobqueue.summary import summarize_payload
+from jobqueue.worker.handback import hand_back_if_models_vanished
 from jobqueue.worker.identity import WorkerIdentity
+from jobqueue.worker.lease import given_up
 from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.workflows import run_step
 
@@ -35,6 +39,8 @@ RESULT_REPR_MAX = 20000
 
 #: Minimum seconds between two progress publications that only move the percent.
 PROGRESS_MIN_INTERVAL = 0.1
+#: Progress events are lossy anyway: a broker out of reach must not hold the job for long.
+PROGRESS_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 
 
 def _runtime(app: Any, hostname: str | None) -> WorkerRuntime:
@@ -195,25 +201,40 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
 
     def publish(progress: dict[str, Any]) -> None:
         meta = {**progress, "service": service, "attempt": job.attempt}
-        task.update_state(state=PROGRESS, meta=meta)
-        task.send_event(TASK_PROGRESS, **meta)
+        if runtime.is_given_up(job.id):
+            return  # the job belongs to another worker now
+        try:
+            task.update_state(state=PROGRESS, meta=meta)
+            task.send_event(TASK_PROGRESS, retry_policy=PROGRESS_RETRY_POLICY, **meta)
+        except Exception as exc:  # broker or backend out of reach: progress is best effort
+            log.warning("job %s: progress not published: %s", job.id, exc)
 
     tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL)
+    previews = job.previews = publisher_for(app, job.id, lambda seq: tracker.annotate(preview=seq))
     runtime.job_started(job, connector)
     error: BaseException | None = None
     try:
         output = connector.run(job, tracker.report)
     except JobCancelled as exc:
         error = exc
+        if runtime.is_given_up(job.id):  # lease lost: the job belongs to another worker now
+            raise given_up(job.id) from exc
         _record_end(task, started)
         _mark_cancelled(task, str(exc))
         raise Ignore() from exc
     except ConnectorError as exc:
         error = exc
-        if exc.retryable and (request.retries or 0) < settings.max_retries:
-            log.warning("job %s: %s; retrying elsewhere (attempt %d)", job.id, exc, job.attempt + 1)
+        if runtime.is_given_up(job.id):
+            raise given_up(job.id) from exc
+        hand_back_if_models_vanished(task, runtime, options, exc)  # raises Retry when it applies
+        plan = plan_retry(app, job.id, exc, retries=request.retries or 0, max_retries=settings.max_retries,
+                          started_at=time.time() - (time.monotonic() - job.started), timeout=float(timeout))
+        if plan.retry:
+            log.warning("job %s: %s; retrying in %g s (attempt %d; %s)", job.id, exc, plan.countdown,
+                        job.attempt + 1, plan.reason)
             _record_end(task, started, retried=True)
-            raise task.retry(exc=exc, countdown=0, max_retries=settings.max_retries) from exc
+            # The plan decided; Celery's own limit only has to let this one retry through.
+            raise task.retry(exc=exc, countdown=plan.countdown, max_retries=(request.retries or 0) + 1) from exc
         _record_end(task, started)
         raise
     except BaseException as exc:
@@ -221,7 +242,11 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         _record_end(task, started)
         raise
     finally:
+        if previews is not None:
+            previews.close()
         runtime.job_finished(job, connector, error)
+    if runtime.is_given_up(job.id):
+        raise given_up(job.id)
     result = {
         "job_id": job.id,
         "service": service,
@@ -242,8 +267,9 @@ def register_tasks(app: Any) -> None:
     signals.task_received.connect(_on_task_received, weak=False, dispatch_uid="jobqueue-facts-received")
     signals.task_revoked.connect(_on_task_revoked, weak=False, dispatch_uid="jobqueue-facts-revoked")
 
+    # The strategy hands back, before it starts, a job whose requirements this worker lacks.
     @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False,
-              resultrepr_maxsize=RESULT_REPR_MAX)
+              Strategy="jobqueue.worker.handback:requirements_strategy", resultrepr_maxsize=RESULT_REPR_MAX)
     def _run_job(
         self: Any, service: str, payload: dict[str, Any], options: dict[str, Any] | None = None,
         previous: dict[str, Any] | None = None,

@@ -48,6 +48,7 @@ from jobqueue.errors import (
 )
 from jobqueue.events import RUN_JOB_TASK
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
+from jobqueue.submitted import record_submitted
 
 #: The key of a placeholder: ``{"$prev": "output"}`` takes the previous step's ``output``.
 PREV = "$prev"
@@ -248,6 +249,7 @@ def submit_workflow(
     setter = getattr(app.backend, "set", None)
     if callable(setter):
         setter(_record_key(workflow_id), json.dumps(record))
+    record_submitted(app, step_ids)  # later steps are sent by workers, but queued from now on
     chain(*signatures).apply_async()
     return WorkflowHandle(workflow_id, step_ids, app)
 

@@ -19,6 +19,7 @@ from jobqueue.errors import SubmitError
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.auth import mutating
 from monitor.broker import queue_depths
+from monitor.capabilities import WAITING, annotate_waiting, waiting_reasons
 from monitor.eta import annotate, busy_until
 from monitor.store import JOB_SORTS
 
@@ -103,12 +104,14 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
 def _annotate_queued(found: list[dict[str, Any]]) -> None:
     """Queue position and expected wait of the queued jobs in ``found``, among all queued."""
     wanted = {j["id"]: j for j in found if j["status"] == "queued"}
+    store = ctx().store
+    annotate_waiting(found, store.workers() if any(j.get("requires") and j["status"] in WAITING for j in found) else [])
     if not wanted:
         return
     store = ctx().store
     medians, workers = store.service_medians(), store.workers()
     running = {j["id"]: j for j in store.jobs(state=["processing"], limit=MAX_LIMIT)[0]}
-    queued = annotate(store.queued_jobs(), medians, consumers_per_queue(workers), busy_until(workers, running, medians))
+    queued = annotate(store.queue_order(), medians, consumers_per_queue(workers), busy_until(workers, running, medians))
     for other in queued:
         if other["id"] in wanted:
             wanted[other["id"]].update(queue_position=other["queue_position"], eta_seconds=other.get("eta_seconds"))
@@ -177,6 +180,14 @@ def job(job_id: str) -> Any:
     return jsonify(found)
 
 
+@bp.get("/api/waiting")
+def waiting() -> Any:
+    """``{"waiting": {job id: reason}}``: the queued jobs no online worker can run, and why."""
+    store = ctx().store
+    retrying, _ = store.jobs(state=["retrying"], limit=MAX_LIMIT)
+    return jsonify({"waiting": waiting_reasons(store.queued_jobs() + retrying, store.workers())})
+
+
 @bp.get("/api/workflows/<workflow_id>")
 def workflow(workflow_id: str) -> Any:
     """A workflow's known steps in step order, its status and ``total_steps``."""
@@ -240,7 +251,9 @@ def submit() -> Any:
     count = body.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SUBMIT_COUNT:
         raise ApiError(400, "bad_request", f"'count' must be an integer 1..{MAX_SUBMIT_COUNT}")
-    unknown = set(body) - {"service", "payload", "priority", "queue", "timeout", "count", "workflow_id", "step"}
+    unknown = set(body) - {"service", "payload", "priority", "queue", "timeout", "count", "workflow_id", "step",
+                           "webhook_url",
+                           "requires"}
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s) {sorted(unknown)}")
     ids = []
@@ -248,7 +261,9 @@ def submit() -> Any:
         for _ in range(count):
             handle = submit_job(service, body.get("payload", {}), priority=body.get("priority"),
                                 queue=body.get("queue"), timeout=body.get("timeout"),
-                                workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery)
+                                workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery,
+                                webhook_url=body.get("webhook_url"),
+                                requires=body.get("requires"))
             ids.append({"id": handle.id})
     except SubmitError as exc:
         raise ApiError(400, "invalid_job", str(exc)) from None

@@ -93,7 +93,13 @@ def create_app(
     from monitor import api, ws
 
     app.register_blueprint(api.bp)
+    from monitor import previews
+
+    app.register_blueprint(previews.bp)
     ws.register(app)
+    from monitor import webhooks
+
+    app.register_blueprint(webhooks.bp)
     try:
         from monitor import views
     except ImportError:

@@ -270,7 +270,7 @@ def _progress_fields(ev: dict[str, Any]) -> dict[str, Any]:
         raise _bad(ev["type"], "no percent or step")
     if percent is None and step is not None and total:
         percent = 100.0 * step / total
-    return {
+    fields = {
         "percent": round(min(max(percent or 0.0, 0.0), 100.0), 2),
         "step": max(step or 0, 0),
         "total_steps": max(total or 0, 0),
@@ -278,6 +278,10 @@ def _progress_fields(ev: dict[str, Any]) -> dict[str, Any]:
         "node": None if node is None else _text(node)[:MAX_ID],
         "eta_seconds": None if eta is None or eta < 0 else eta,
     }
+    preview = _int(ev, "preview")  # sequence number of the job's latest live preview
+    if preview is not None and preview > 0:
+        fields["preview"] = preview
+    return fields
 
 
 def _on_progress(ev: dict[str, Any], tx: Tx, job: Job, ts: float, hostname: str | None) -> bool:
@@ -306,7 +310,8 @@ def _on_progress(ev: dict[str, Any], tx: Tx, job: Job, ts: float, hostname: str 
     forward = (progress["percent"], progress["step"]) > (old["percent"], old["step"])
     same_point = (progress["percent"], progress["step"]) == (old["percent"], old["step"])
     old.pop("reported_at", None)
-    if forward or (same_point and progress != old and progress["message"] != old["message"]):
+    if forward or (same_point and progress != old and (progress["message"] != old["message"]
+                                                       or progress.get("preview", 0) > old.get("preview", 0))):
         job.progress = {**progress, "reported_at": ts}  # when its eta_seconds was true
         changed = True
     return changed or moved

@@ -47,6 +47,7 @@ from sqlalchemy.schema import CreateIndex
 
 from jobqueue.config import Settings
 from jobqueue.states import FINAL_JOB_STATES, JobStatus, empty_progress
+from monitor import capabilities
 
 #: Job statuses that count as "unfinished" in a snapshot.
 OPEN_STATUSES = tuple(s.value for s in JobStatus if s not in FINAL_JOB_STATES)
@@ -223,6 +224,7 @@ def worker_dict(w: Worker, connectors: list[Connector], now: float) -> dict[str,
         "identity_complete": bool(w.machine_id) and w.gpu is not None and not w.identity_warning,
         "identity_warning": w.identity_warning,
         "connectors": {c.service: connector_dict(c) for c in sorted(connectors, key=lambda c: c.service)},
+        "capabilities": capabilities.summary({c.service: {"details": c.details} for c in connectors}),
         "services": list(w.services or []),
         "queues": list(w.queues or []),
         "active": w.active,
@@ -296,6 +298,7 @@ def job_dict(j: Job) -> dict[str, Any]:
         "error": j.error,
         "result": j.result,
         "payload_summary": _meta_str(meta, "payload_summary"),
+        "requires": meta.get("requires") if isinstance(meta.get("requires"), dict) else None,
         "seq": j.seq,
     }
 
@@ -815,8 +818,17 @@ class Store:
         }
 
     def queued_jobs(self) -> list[dict[str, Any]]:
-        """Queued jobs in the order they will be taken (priority first, then age): the fields
-        a queue position and wait need, not whole jobs (a backlog may be long)."""
+        """Queued jobs in the order they will be taken: priority first, then age."""
+        with self.read() as session:
+            rows = session.scalars(
+                select(Job).where(Job.status == JobStatus.QUEUED.value)
+                .order_by(Job.priority.desc(), Job.submitted_at, Job.id)
+            )
+            return [job_dict(j) for j in rows]
+
+    def queue_order(self) -> list[dict[str, Any]]:
+        """Like :meth:`queued_jobs`, with only the fields a queue position and wait need (a
+        backlog may be long: 20,000 whole jobs take seconds to build)."""
         with self.read() as session:
             rows = session.execute(
                 select(Job.id, Job.status, Job.queue, Job.service, Job.priority, Job.submitted_at)

@@ -107,6 +107,11 @@ def job_file(job_id: str, name: str) -> Any:
     sandboxed by CSP so an SVG or HTML "image" cannot run script on the monitor's origin.
     """
     settings = current_app.extensions["jobqueue_monitor"].settings
+    if settings.output_url:
+        # A shared output store (S3...): serve from it, whatever machine wrote the file.
+        from monitor.outputs import serve_output
+
+        return serve_output(job_id, name, INLINE_TYPES)
     directory = safe_join(str(Path(settings.output_dir).resolve()), job_id)
     if directory is None or not Path(directory).is_dir():
         abort(404)

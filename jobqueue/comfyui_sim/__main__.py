@@ -17,10 +17,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", default=None, help="where SaveImage writes (default: a temp dir)")
     parser.add_argument("--temp-dir", default=None, help="where PreviewImage writes (default: a temp dir)")
     parser.add_argument("--announce", action="store_true", help="print one JSON line with the URLs when ready")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated checkpoint files present (CheckpointLoaderSimple options, /models)")
+    parser.add_argument("--vram-gb", type=float, default=None, help="VRAM of the simulated GPU in /system_stats")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s comfyui-sim %(levelname)s %(message)s")
     run(args.host, args.port, output_dir=args.output_dir, temp_dir=args.temp_dir,
-        control_port=args.control_port, announce=args.announce)
+        control_port=args.control_port, announce=args.announce,
+        models_present=args.models.split(",") if args.models is not None else None, vram_gb=args.vram_gb)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The simulator's core: ComfyUI's prompt queue, executor, cache and history, on asyncio.
 
 It sends the websocket messages ComfyUI v0.3.64 sends, in the same order (see the recorded
-traces in ``../shared/comfyui-traces``): ``status`` on every queue change, then
+traces in ``tests/data/comfyui-traces``): ``status`` on every queue change, then
 ``execution_start``, ``execution_cached``, per node ``progress_state`` + ``executing`` (+
 ``progress``, ``executed``), and ``execution_success`` / ``execution_error`` /
 ``execution_interrupted``, ``status``, ``executing`` with ``node: null``.
@@ -98,6 +98,8 @@ class Simulator:
         self.last_node_id: str | None = None
         self.last_prompt_id: str | None = None
         self._interrupt = False
+        #: Feature flags each client sent in its ``feature_flags`` handshake, by client id.
+        self.client_features: dict[str, dict[str, Any]] = {}
         self.thawed = asyncio.Event()
         self.thawed.set()
         self._wake = asyncio.Event()
@@ -140,7 +142,10 @@ class Simulator:
         await self.queue_updated()
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Interrupt the running prompt (only if it is ``prompt_id`` when one is given)."""
+        """Interrupt the running prompt (only if it is ``prompt_id`` when one is given).
+
+        As in ComfyUI, this only raises a flag: the prompt stops at its next progress update
+        or node boundary, so a node sleeping without updates finishes its sleep first."""
         if self.running is None:
             return False
         if prompt_id is not None and self.running.prompt_id != prompt_id:
@@ -220,7 +225,8 @@ class Simulator:
         status = "success"
         try:
             for node_id in self._order(prompt, item.outputs, set(cached)):
-                if self._interrupt:
+                if self._interrupt:  # ComfyUI checks (and clears) the flag before each node
+                    self._interrupt = False
                     raise ProcessingInterruptedError()
                 class_type = prompt[node_id]["class_type"]
                 if node_id in results:  # a cached output node: report its cached UI
@@ -242,6 +248,11 @@ class Simulator:
                         inputs[name] = results[str(value[0])][value[1]]
                     elif NODES[class_type].input_spec(name) is not None:
                         inputs[name] = value
+                hidden = NODES[class_type].hidden
+                if "prompt" in hidden:
+                    inputs["prompt"] = prompt
+                if "extra_pnginfo" in hidden:
+                    inputs["extra_pnginfo"] = item.extra_data.get("extra_pnginfo")
                 ctx = _Context(self, pid, node_id, state, progress_state, tell)
                 try:
                     outputs, ui = await NODES[class_type].run(ctx, **inputs)
@@ -307,8 +318,10 @@ class Simulator:
         return order
 
     # -- files -----------------------------------------------------------------------------
-    def save_images(self, image: Image, kind: str, prefix: str) -> list[dict[str, Any]]:
-        """Write each image of the batch as a real PNG; return ComfyUI's UI entries."""
+    def save_images(self, image: Image, kind: str, prefix: str,
+                    text: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Write each image of the batch as a real PNG (with ``text`` as tEXt metadata);
+        return ComfyUI's UI entries."""
         folder = self.output_dir if kind == "output" else self.temp_dir
         prefix = prefix or self._temp_prefix
         if kind == "temp" and not prefix.startswith("ComfyUI_temp_"):
@@ -316,7 +329,7 @@ class Simulator:
         subfolder, _, base = prefix.rpartition("/")
         target = os.path.join(folder, subfolder)
         os.makedirs(target, exist_ok=True)
-        data = solid_png(image.width, image.height, image.color)
+        data = solid_png(image.width, image.height, image.color, text)
         entries = []
         for _ in range(image.batch_size):
             counter = self._counters.get((kind, prefix), 0) + 1
@@ -353,31 +366,49 @@ class _Context:
         self._state, self._progress_state, self._tell = state, progress_state, tell
 
     async def sleep(self, seconds: float) -> None:
+        """Sleep like a node's own ``time.sleep``: deaf to interrupts, stopped by a freeze."""
         end = time.monotonic() + seconds
         while True:
             await self._sim.thawed.wait()
-            if self._sim._interrupt:
-                raise ProcessingInterruptedError()
             left = end - time.monotonic()
             if left <= 0:
                 return
             await asyncio.sleep(min(left, 0.05))
 
-    async def progress(self, value: int, maximum: int) -> None:
+    async def progress(self, value: int, maximum: int, preview: Image | None = None) -> None:
+        """ComfyUI's progress hook (``main.hijack_progress``): raise if interrupted (and clear
+        the flag), then ``progress_state``, a metadata preview (event 4) for clients that
+        announced ``supports_preview_metadata``, ``progress``, else a legacy preview (event 1)."""
         if self._sim._interrupt:
+            self._sim._interrupt = False
             raise ProcessingInterruptedError()
         self._state(self._node, value, maximum, "running")
         await self._progress_state()
+        client = self._sim.client_id
+        metadata = client is not None and self._sim.client_features.get(client, {}).get("supports_preview_metadata") is True
+        if preview is not None and metadata:
+            await self._send_preview(preview, metadata=True)
         await self._tell("progress", {"value": value, "max": maximum, "prompt_id": self._pid, "node": self._node})
+        if preview is not None and not metadata:
+            await self._send_preview(preview, metadata=False)
 
-    async def preview(self, image: Image) -> None:
-        """Send a legacy binary preview frame: event 1, image type 2 (PNG), PNG bytes."""
+    async def _send_preview(self, image: Image, metadata: bool) -> None:
+        """One binary preview frame as ``server.send_image`` / ``send_image_with_metadata``
+        build it: event 1 + image type (2 = PNG) + bytes, or event 4 + metadata length +
+        metadata JSON + bytes."""
         client = self._sim.client_id
         if client is None:
             return
-        data = solid_png(min(image.width, 64), min(image.height, 64), image.color)
+        data = solid_png(image.width, image.height, image.color)
+        if metadata:
+            meta = json.dumps({"node_id": self._node, "prompt_id": self._pid, "display_node_id": self._node,
+                               "parent_node_id": None, "real_node_id": self._node, "image_type": "image/png"}).encode()
+            frame = (4).to_bytes(4, "big") + len(meta).to_bytes(4, "big") + meta + data
+        else:
+            frame = (1).to_bytes(4, "big") + (2).to_bytes(4, "big") + data
         await self._sim.thawed.wait()
-        await self._sim._send((1).to_bytes(4, "big") + (2).to_bytes(4, "big") + data, client)
+        await self._sim._send(frame, client)
 
-    def save_images(self, image: Image, kind: str, prefix: str) -> list[dict[str, Any]]:
-        return self._sim.save_images(image, kind, prefix)
+    def save_images(self, image: Image, kind: str, prefix: str,
+                    text: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        return self._sim.save_images(image, kind, prefix, text)

@@ -1,6 +1,8 @@
 """The simulator's node classes: model-free, with the same inputs and ``/object_info`` shape
 as ComfyUI's own (``EmptyImage``, ``ImageInvert``, ``SaveImage``, ``PreviewImage``) plus the
-two test nodes the recorded traces used (``HarnessSleepProgress``, ``HarnessFail``).
+two test nodes the recorded traces used (``HarnessSleepProgress``, ``HarnessFail``) and one of
+the simulator's own, ``SimPreviewSampler``, which sends a live preview with every step the way
+a sampler with latent previews does.
 
 Images are uniform colours (:class:`Image`), so a node never holds pixel buffers; only
 saving writes real PNG bytes.
@@ -8,6 +10,7 @@ saving writes real PNG bytes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,13 +29,12 @@ class Image:
 class NodeContext(Protocol):
     """What a running node may ask of the executor."""
 
-    async def progress(self, value: int, maximum: int) -> None: ...
+    async def progress(self, value: int, maximum: int, preview: Image | None = None) -> None: ...
 
     async def sleep(self, seconds: float) -> None: ...
 
-    async def preview(self, image: Image) -> None: ...
-
-    def save_images(self, image: Image, kind: str, prefix: str) -> list[dict[str, Any]]: ...
+    def save_images(self, image: Image, kind: str, prefix: str,
+                    text: dict[str, str] | None = None) -> list[dict[str, Any]]: ...
 
 
 #: ``(outputs, ui)``: one value per declared output, and the UI dict output nodes report.
@@ -103,22 +105,48 @@ async def _image_invert(ctx: NodeContext, image: Any) -> NodeResult:
     return (Image(img.width, img.height, img.batch_size, 0xFFFFFF ^ img.color),), None
 
 
-async def _save_image(ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI") -> NodeResult:
-    return (), {"images": ctx.save_images(_image(images, "images"), "output", filename_prefix)}
+def png_text(prompt: Any = None, extra_pnginfo: Any = None) -> dict[str, str]:
+    """The PNG text metadata ComfyUI's ``SaveImage`` writes: the API prompt as ``prompt`` and
+    every ``extra_pnginfo`` entry (the UI ``workflow``...) under its own key, all as JSON."""
+    text: dict[str, str] = {}
+    if prompt is not None:
+        text["prompt"] = json.dumps(prompt)
+    if isinstance(extra_pnginfo, dict):
+        for key, value in extra_pnginfo.items():
+            text[str(key)] = json.dumps(value)
+    return text
 
 
-async def _preview_image(ctx: NodeContext, images: Any) -> NodeResult:
-    return (), {"images": ctx.save_images(_image(images, "images"), "temp", "")}
+async def _save_image(ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI", prompt: Any = None,
+                      extra_pnginfo: Any = None) -> NodeResult:
+    text = png_text(prompt, extra_pnginfo)
+    return (), {"images": ctx.save_images(_image(images, "images"), "output", filename_prefix, text)}
 
 
-async def _sleep_progress(ctx: NodeContext, image: Any, steps: int = 5, delay: float = 0.1,
-                          preview: bool = False) -> NodeResult:
+async def _preview_image(ctx: NodeContext, images: Any, prompt: Any = None, extra_pnginfo: Any = None) -> NodeResult:
+    return (), {"images": ctx.save_images(_image(images, "images"), "temp", "", png_text(prompt, extra_pnginfo))}
+
+
+async def _sleep_progress(ctx: NodeContext, image: Any, steps: int = 5, delay: float = 0.1) -> NodeResult:
     img = _image(image)
     for step in range(1, steps + 1):
         await ctx.sleep(delay)
         await ctx.progress(step, steps)
-        if preview:
-            await ctx.preview(img)
+    return (img,), None
+
+
+async def _preview_sampler(ctx: NodeContext, image: Any, steps: int = 10, delay: float = 0.2) -> NodeResult:
+    """Like a sampler with latent previews: per step a sleep, then progress with a preview
+    whose colour moves from the input's towards its inverse (so each frame differs)."""
+    img = _image(image)
+    for step in range(1, steps + 1):
+        await ctx.sleep(delay)
+        mix = step / steps
+        channels = [((img.color >> s) & 0xFF, ((0xFFFFFF ^ img.color) >> s) & 0xFF) for s in (16, 8, 0)]
+        color = 0
+        for start, end in channels:
+            color = (color << 8) | int(start + (end - start) * mix)
+        await ctx.progress(step, steps, preview=Image(min(img.width, 512), min(img.height, 512), 1, color))
     return (img,), None
 
 
@@ -171,10 +199,22 @@ NODES: dict[str, NodeDef] = {
                 "delay": ["FLOAT", {"default": 0.1, "min": 0.0, "max": 60.0, "step": 0.01}],
             },
             _sleep_progress,
-            optional={"preview": ["BOOLEAN", {"default": False}]},
             outputs=("IMAGE",),
             category="harness",
             python_module="custom_nodes.harness_nodes",
+        ),
+        NodeDef(
+            "SimPreviewSampler",
+            {
+                "image": ["IMAGE"],
+                "steps": ["INT", {"default": 10, "min": 1, "max": 10000}],
+                "delay": ["FLOAT", {"default": 0.2, "min": 0.0, "max": 60.0, "step": 0.01}],
+            },
+            _preview_sampler,
+            outputs=("IMAGE",),
+            category="sampling",
+            python_module="jobqueue.comfyui_sim",
+            description="Sleeps per step and sends a live preview with each step's progress.",
         ),
         NodeDef(
             "HarnessFail",

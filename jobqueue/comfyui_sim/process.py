@@ -19,20 +19,24 @@ class SimulatorProcess:
     """``python -m jobqueue.comfyui_sim`` on free ports, with a control port that keeps
     answering while the main port refuses or is frozen."""
 
+    #: The simulator module run with ``python -m`` (subclasses serve other protocols).
+    module = "jobqueue.comfyui_sim"
+
     def __init__(self, *, output_dir: str | os.PathLike[str] | None = None, log_path: str | os.PathLike[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.output_dir = str(output_dir) if output_dir else None
         self.log_path = Path(log_path) if log_path else None
         self.env = env
+        #: More command-line options, e.g. ``("--models", "a.safetensors", "--vram-gb", "24")``.
+        self.options = tuple(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.control_url = ""
         self._log: Any = None
 
     def start(self, timeout: float = 20.0) -> SimulatorProcess:
-        cmd = [sys.executable, "-m", "jobqueue.comfyui_sim", "--port", "0", "--control-port", "0", "--announce"]
-        if self.output_dir:
-            cmd += ["--output-dir", self.output_dir]
+        cmd = [sys.executable, "-m", self.module, "--port", "0", "--control-port", "0", "--announce",
+               *self.extra_args()]
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=self.env,
                                      start_new_session=True)
@@ -43,7 +47,7 @@ class SimulatorProcess:
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None:
                 self.stop()
-                raise RuntimeError(f"comfyui simulator did not start (exit code {self.proc.returncode})")
+                raise RuntimeError(f"{self.module} did not start (exit code {self.proc.returncode})")
             ready, _, _ = select.select([self.proc.stdout], [], [], left)
             if ready:
                 chunk = os.read(self.proc.stdout.fileno(), 4096)
@@ -54,6 +58,10 @@ class SimulatorProcess:
         self.url, self.control_url = info["url"], info["control_url"]
         return self
 
+    def extra_args(self) -> list[str]:
+        """Command-line options after the ports (the output directory, then ``extra_args``)."""
+        return (["--output-dir", self.output_dir] if self.output_dir else []) + list(self.options)
+
     def fault(self, mode: str) -> None:
         """Switch a fault (``refuse``, ``freeze``, ``drop_ws``, ``die``, ``none``)."""
         try:
@@ -61,6 +69,11 @@ class SimulatorProcess:
         except requests.ConnectionError:
             if mode != "die":
                 raise
+
+    def set_models(self, checkpoints: list[str]) -> None:
+        """Make exactly these checkpoint files present from now on (``POST /_sim/models``)."""
+        requests.post(f"{self.control_url}/_sim/models", json={"checkpoints": checkpoints},
+                      timeout=5).raise_for_status()
 
     def requests(self) -> list[dict[str, Any]]:
         """Every request the ComfyUI routes received so far."""

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -27,10 +28,12 @@ import threading
 import time
 import uuid
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from jobqueue.comfyui_sim import models
 from jobqueue.comfyui_sim.engine import Simulator
 from jobqueue.comfyui_sim.nodes import NODES
 from jobqueue.comfyui_sim.validation import validate_prompt
@@ -43,6 +46,23 @@ COMFYUI_VERSION = "0.3.64"
 FAULT_MODES = ("none", "refuse", "freeze", "drop_ws", "die")
 FEATURES = {"supports_preview_metadata": True, "max_upload_size": 104857600}
 _SIM_PREFIX = "/_sim/"
+#: Name prefix of the simulator's temporary folders (``comfyui-sim-<pid>-<random>``).
+TEMP_PREFIX = "comfyui-sim-"
+
+
+def remove_stale_temp_dirs() -> None:
+    """Remove the temporary folders of simulators that died without cleaning up (their
+    names carry the pid; a folder whose process is gone is stale)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = path.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # someone else's live process
+            pass
 
 
 def _memory() -> tuple[int, int]:
@@ -58,11 +78,21 @@ class SimServer:
     """One simulated ComfyUI: the engine, its routes, its sockets and its fault switches."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8188, *, output_dir: str | None = None,
-                 temp_dir: str | None = None, control_port: int | None = None) -> None:
+                 temp_dir: str | None = None, control_port: int | None = None,
+                 models_present: list[str] | None = None, vram_gb: float | None = None) -> None:
         self.host = host
         self.port = port
         self.control_port = control_port
-        root = None if output_dir and temp_dir else tempfile.mkdtemp(prefix="comfyui-sim-")
+        #: VRAM (GiB) of the simulated GPU; None: a CPU device, as ComfyUI reports without one.
+        self.vram_gb = vram_gb
+        if models_present is not None:
+            models.set_models(checkpoints=models_present)
+        root = None
+        if not (output_dir and temp_dir):
+            remove_stale_temp_dirs()
+            root = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+        #: The temporary folder this server made (removed when it stops), if any.
+        self.temp_root = root
         self.output_dir = output_dir or os.path.join(root or "", "output")
         self.temp_dir = temp_dir or os.path.join(root or "", "temp")
         os.makedirs(self.output_dir, exist_ok=True)
@@ -119,6 +149,8 @@ class SimServer:
         for runner in (self._runner, self._control_runner):
             if runner is not None:
                 await runner.cleanup()
+        if self.temp_root is not None:
+            shutil.rmtree(self.temp_root, ignore_errors=True)
 
     async def _close_sockets(self) -> None:
         for ws in list(self.sockets.values()):
@@ -206,7 +238,8 @@ class SimServer:
                                       "history": len(self.sim.history), "sockets": len(self.sockets),
                                       "output_dir": self.output_dir})
 
-        return [web.post("/_sim/fault", fault), web.get("/_sim/requests", requests), web.get("/_sim/state", state)]
+        return [web.post("/_sim/fault", fault), web.get("/_sim/requests", requests), web.get("/_sim/state", state),
+                web.post("/_sim/models", models.set_models_route)]
 
     def _routes(self, prefix: str) -> list[web.RouteDef]:
         return [
@@ -224,6 +257,8 @@ class SimServer:
             web.get(prefix + "/object_info/{node_class}", self.object_info_one),
             web.get(prefix + "/view", self.view),
             web.get(prefix + "/features", self.features),
+            web.get(prefix + "/models", self.model_folders),
+            web.get(prefix + "/models/{folder}", self.model_files),
         ]
 
     # -- ComfyUI routes --------------------------------------------------------------------
@@ -245,11 +280,14 @@ class SimServer:
                     except ValueError:
                         data = None
                     if isinstance(data, dict) and data.get("type") == "feature_flags":
+                        flags = data.get("data")
+                        self.sim.client_features[sid] = dict(flags) if isinstance(flags, dict) else {}
                         await self.sim.send("feature_flags", dict(FEATURES), sid)
                 first = False
         finally:
             if self.sockets.get(sid) is ws:
                 del self.sockets[sid]
+                self.sim.client_features.pop(sid, None)
         return ws
 
     async def get_prompt(self, request: web.Request) -> web.Response:
@@ -344,8 +382,7 @@ class SimServer:
                 "required_templates_version": "0.1.95", "python_version": sys.version,
                 "pytorch_version": "simulated", "embedded_python": False, "argv": list(sys.argv),
             },
-            "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": total, "vram_free": free,
-                         "torch_vram_total": total, "torch_vram_free": free}],
+            "devices": models.devices(self.vram_gb, total, free),
         })
 
     async def object_info(self, request: web.Request) -> web.Response:
@@ -371,13 +408,20 @@ class SimServer:
     async def features(self, request: web.Request) -> web.Response:
         return web.json_response(dict(FEATURES))
 
+    async def model_folders(self, request: web.Request) -> web.Response:
+        return web.json_response(list(models.FOLDERS))
+
+    async def model_files(self, request: web.Request) -> web.Response:
+        files = models.folder_files(request.match_info["folder"])
+        return web.Response(status=404) if files is None else web.json_response(files)
+
 
 async def serve(server: SimServer, ready: Any = None, stop: asyncio.Event | None = None) -> None:
     """Start ``server``, call ``ready(server)``, serve until ``stop`` is set (or forever)."""
-    await server.start()
-    if ready is not None:
-        ready(server)
     try:
+        await server.start()
+        if ready is not None:
+            ready(server)
         await (stop or asyncio.Event()).wait()
     finally:
         await server.stop()

@@ -63,15 +63,26 @@ def validate_inputs(prompt: dict[str, Any], unique_id: str, validated: Validated
             try:
                 upstream_ok = validate_inputs(prompt, str(val[0]), validated)[0]
             except Exception as exc:
+                # ComfyUI files this under the *linked* node (the one holding the bad link),
+                # not under the node being validated, whose own error list stays empty.
                 valid = False
-                errors.append(_error("exception_during_inner_validation", "Exception when validating inner node",
-                                     str(exc), {"input_name": name, "input_config": info,
-                                                "exception_message": str(exc), "exception_type": type(exc).__name__,
-                                                "traceback": traceback.format_tb(exc.__traceback__),
-                                                "linked_node": val}))
+                reasons = [_error("exception_during_inner_validation", "Exception when validating inner node",
+                                  str(exc), {"input_name": name, "input_config": info,
+                                             "exception_message": str(exc), "exception_type": type(exc).__name__,
+                                             "traceback": traceback.format_tb(exc.__traceback__),
+                                             "linked_node": val})]
+                validated[str(val[0])] = (False, reasons, str(val[0]))
                 continue
             if not upstream_ok:
                 valid = False
+            continue
+        if isinstance(input_type, list):  # a combo (e.g. ckpt_name): only one of its options
+            if val not in input_type:
+                # Like ComfyUI: long option lists (model files) are not sent back.
+                listed = f"(list of length {len(input_type)})" if len(input_type) > 20 else str(input_type)
+                errors.append(_error("value_not_in_list", "Value not in list", f"{name}: '{val}' not in {listed}",
+                                     {"input_name": name, "input_config": None if len(input_type) > 20 else info,
+                                      "received_value": val}))
             continue
         convert = _CONVERT.get(input_type)
         if convert is not None:

@@ -11,6 +11,7 @@ from jobqueue.errors import UnknownServiceError
 CONNECTORS: dict[str, str] = {
     "simulation": "jobqueue.connectors.simulation:SimulationConnector",
     "comfyui": "jobqueue.connectors.comfyui:ComfyUIConnector",
+    "a1111": "jobqueue.connectors.a1111:A1111Connector",
 }
 
 

@@ -11,6 +11,7 @@ interval and publishes every status change; the task calls :meth:`Connector.run`
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from jobqueue.config import Settings
+from jobqueue.connectors.orphans import OrphanBook
 from jobqueue.errors import InvalidPayloadError, JobCancelled, JobTimedOut
 from jobqueue.states import ConnectorStatus
 
@@ -46,6 +48,12 @@ class ProgressReporter(Protocol):
     ) -> object: ...
 
 
+class PreviewSink(Protocol):
+    """Where a job's live preview images go (see :class:`jobqueue.previews.PreviewPublisher`)."""
+
+    def offer(self, data: bytes, mime: str) -> None: ...
+
+
 @dataclass
 class Job:
     """One attempt at running a job, as a connector sees it."""
@@ -64,6 +72,23 @@ class Job:
     deadline: float | None = None
     #: Set when the job is cancelled; connectors wait on it instead of sleeping.
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: Receives live previews (the task sets it; None: previews are dropped).
+    previews: PreviewSink | None = None
+
+    def report_preview(self, data: bytes, mime: str = "image/jpeg") -> None:
+        """Offer the latest live preview image of this job (encoded bytes and their MIME type).
+
+        Cheap and safe to call for every frame the service sends: the sink throttles (at most
+        2 per second per job), shrinks what is too big, keeps only the latest per job and tells
+        monitors. Never raises; without a sink the frame is dropped.
+        """
+        sink = self.previews
+        if sink is None or not data:
+            return
+        try:
+            sink.offer(bytes(data), mime)
+        except Exception:  # a preview must never break the job
+            logging.getLogger(__name__).warning("job %s: preview dropped", self.id, exc_info=True)
 
     def check(self) -> None:
         """Raise :class:`JobCancelled` or :class:`JobTimedOut` when the job must stop now."""
@@ -104,6 +129,9 @@ class Connector(ABC):
         self._message = ""
         self._details: dict[str, Any] = {}
         self._listeners: list[StatusListener] = []
+        #: Work handed to the service that must be made sure gone (the worker runtime gives it
+        #: a Redis-backed book per worker identity, so it survives a restart).
+        self.orphans = OrphanBook()
 
     # -- payload ---------------------------------------------------------------------------
     @classmethod
@@ -113,6 +141,21 @@ class Connector(ABC):
         if not isinstance(payload, dict):
             raise InvalidPayloadError(f"{cls.service}: payload must be a JSON object")
         return payload
+
+    @classmethod
+    def required_models(cls, payload: Mapping[str, Any]) -> list[str]:
+        """Models a (validated) payload names itself, e.g. a workflow's loader inputs; the job
+        then runs only where they are present. The base connector's payloads name none."""
+        return []
+
+    def capabilities(self, details: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What this connector's service offers right now: ``{"models": {folder: [names]},
+        "vram_total_gb": ..., "vram_free_gb": ...}`` (see :mod:`jobqueue.requirements`).
+
+        Called by the health loop after a healthy check, with that check's details. None when
+        it could not be read this time (the last known capabilities stay). Must not raise.
+        """
+        return {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:

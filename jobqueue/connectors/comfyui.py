@@ -11,10 +11,19 @@ How one job runs (the protocol details live in :mod:`jobqueue.connectors.comfyui
    GET /queue and /history/{id} tell whether the prompt already ended (a cached run ends in
    milliseconds, before any message), is still queued/running, or was lost.
 5. Every end is confirmed through GET /history/{id}; outputs are fetched via GET /view into
-   ``Settings.output_dir/<job id>/``.
+   the output store, ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/`` (jobqueue.outputs).
 
-Stall: no websocket message and no change in /queue for ``stall_timeout`` seconds raises
-:class:`JobStalled` (retried elsewhere); the job's absolute timeout comes from ``job.check()``.
+Liveness, not silence (ComfyUI sends nothing while a node without a progress bar runs): the
+job is stalled (:class:`JobStalled`, retried elsewhere) only when ComfyUI stops answering (no
+websocket message and no answer to a short GET /queue for ``stall_timeout`` s), or when the
+prompt has been listed as running with no message at all for longer than ``node_timeout``. A
+prompt that left the queue without a result is lost (:class:`ServiceUnavailable`). The job's
+absolute timeout comes from ``job.check()``.
+
+Every prompt is written into the connector's orphan book before it is posted and struck out
+when ComfyUI confirms it ended; an abandoned one is deleted or interrupted as soon as ComfyUI
+answers again, before the next job (see :mod:`jobqueue.connectors.orphans`). Binary preview
+frames go to ``job.report_preview``.
 """
 
 from __future__ import annotations
@@ -22,18 +31,17 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import requests
 import websocket
 
 from jobqueue.config import Settings
+from jobqueue.connectors import comfyui_models
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
 from jobqueue.connectors.comfyui_protocol import (
     ERROR,
@@ -54,8 +62,10 @@ from jobqueue.errors import (
     JobCancelled,
     JobStalled,
     JobTimedOut,
+    ServiceNotReached,
     ServiceUnavailable,
 )
+from jobqueue.outputs import save_output
 from jobqueue.states import ConnectorStatus
 
 log = logging.getLogger(__name__)
@@ -72,6 +82,15 @@ CONFIRM_WAIT = 5.0
 CANCEL_GRACE = 5.0
 #: Reconnect backoff of the websocket: first delay and cap (s).
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
+#: Longest a job waits (s) for abandoned prompts to leave ComfyUI's queue before it posts its own.
+ORPHAN_WAIT = 10.0
+#: Longest a health check waits (s) for abandoned prompts to leave ComfyUI's queue.
+ORPHAN_HEALTH_WAIT = 5.0
+#: Seconds between two stop requests for the same abandoned prompt.
+ORPHAN_RESEND = 1.0
+#: What the connector tells ComfyUI about itself when the websocket opens: it reads preview
+#: frames with metadata (binary event 4, naming the prompt), so ComfyUI sends those.
+CLIENT_FEATURES = {"supports_preview_metadata": True}
 
 #: EmptyImage -> ImageInvert -> SaveImage: runs on any ComfyUI, no model needed.
 EXAMPLE_WORKFLOW: dict[str, Any] = {
@@ -128,8 +147,17 @@ class WebSocketListener:
         #: Monotonic time the last connection attempt failed (0: the last one worked).
         self.failed_at = 0.0
         self._stop = threading.Event()
+        self._nudged = threading.Event()
         self._ws: websocket.WebSocket | None = None
         self._thread: threading.Thread | None = None
+
+    def nudge(self) -> None:
+        """Cut the current reconnect delay short (the caller knows the server is back)."""
+        self._nudged.set()
+
+    def _pause(self, delay: float) -> None:
+        self._nudged.wait(delay)
+        self._nudged.clear()
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -139,6 +167,7 @@ class WebSocketListener:
 
     def stop(self) -> None:
         self._stop.set()
+        self._nudged.set()
         ws = self._ws
         if ws is not None:
             try:
@@ -158,8 +187,16 @@ class WebSocketListener:
                 self.last_error = f"cannot connect to {self.url}: {exc}"
                 self.failed_at = time.monotonic()
                 self._on_connection(False, self.last_error)
-                self._stop.wait(delay)
+                self._pause(delay)
                 delay = min(delay * 2, BACKOFF_CAP)
+                continue
+            try:
+                # ComfyUI reads feature flags only as the socket's first message.
+                ws.send(json.dumps({"type": "feature_flags", "data": CLIENT_FEATURES}))
+            except Exception as exc:
+                self.last_error = f"websocket to {self.url} dropped: {exc}"
+                ws.close(timeout=0.2)
+                self._pause(delay)
                 continue
             self._ws, delay, self.failed_at, self.last_error = ws, BACKOFF_FIRST, 0.0, ""
             self.last_message_at = time.monotonic()
@@ -193,7 +230,7 @@ class WebSocketListener:
                     pass
             if not self._stop.is_set():
                 self._on_connection(False, self.last_error)
-                self._stop.wait(delay)
+                self._pause(delay)
 
 
 def _positive(value: Any, name: str) -> float | None:
@@ -224,14 +261,19 @@ class ComfyUIConnector(Connector):
         self._jobs: dict[str, _Mailbox] = {}
         self._boxes_lock = threading.Lock()
         self._suspect = False
+        #: Prompts this process is following right now (never cleaned up as orphans).
+        self._active: set[str] = set()
+        self._orphan_lock = threading.Lock()
+        self._closing = threading.Event()
 
     # -- payload ---------------------------------------------------------------------------
     @classmethod
     def validate(cls, payload: Any) -> dict[str, Any]:
         payload = super().validate(payload)
-        unknown = set(payload) - {"workflow", "timeout", "stall_timeout"}
+        unknown = set(payload) - {"workflow", "timeout", "stall_timeout", "node_timeout"}
         if unknown:
-            raise InvalidPayloadError(f"comfyui: unknown field(s) {sorted(unknown)} (expected workflow, timeout, stall_timeout)")
+            raise InvalidPayloadError(f"comfyui: unknown field(s) {sorted(unknown)} "
+                                      "(expected workflow, timeout, stall_timeout, node_timeout)")
         workflow = payload.get("workflow")
         if not isinstance(workflow, dict) or not workflow:
             raise InvalidPayloadError("comfyui: 'workflow' must be a non-empty object of node id -> {class_type, inputs}")
@@ -246,17 +288,29 @@ class ComfyUIConnector(Connector):
             if not isinstance(node.get("inputs", {}), dict):
                 raise InvalidPayloadError(f"comfyui: workflow node {node_id!r} has 'inputs' that is not an object")
         result: dict[str, Any] = {"workflow": workflow}
-        for name in ("timeout", "stall_timeout"):
+        for name in ("timeout", "stall_timeout", "node_timeout"):
             value = _positive(payload.get(name), name)
             if value is not None:
                 result[name] = value
         return result
+
+    @classmethod
+    def required_models(cls, payload: Mapping[str, Any]) -> list[str]:
+        return comfyui_models.workflow_models(payload.get("workflow"))
+
+    def capabilities(self, details: Mapping[str, Any]) -> dict[str, Any] | None:
+        return comfyui_models.capabilities(self.base_url, details, HEALTH_TIMEOUT)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self._listener.start()
 
     def stop(self) -> None:
+        """Close the socket; prompts still running stay in the orphan book for the next start."""
+        self._closing.set()
+        for prompt_id in list(self._active):
+            self.orphans.add(prompt_id, reason="worker stopped")
+            self._stop_prompt(prompt_id, timeout=1.0)
         self._listener.stop()
         self._http.close()
 
@@ -280,6 +334,14 @@ class ComfyUIConnector(Connector):
             devices = [{k: d.get(k) for k in ("name", "type", "vram_total", "vram_free")} for d in stats.get("devices") or []]
         except (ValueError, AttributeError) as exc:
             return Health(ConnectorStatus.ERROR, f"ComfyUI /system_stats is not what we expect: {exc}", {"url": self.base_url})
+        self._listener.nudge()  # ComfyUI answers: reconnect the websocket now, not after its backoff
+        try:
+            left = self.clean_orphans(timeout=HEALTH_TIMEOUT, wait=ORPHAN_HEALTH_WAIT)
+        except ServiceUnavailable as exc:
+            return Health(ConnectorStatus.ERROR, f"cannot remove abandoned prompts: {exc}", {"url": self.base_url})
+        if left:
+            return Health(ConnectorStatus.ERROR, f"waiting for ComfyUI to stop {len(left)} abandoned prompt(s): "
+                          f"{', '.join(sorted(left))}", {"url": self.base_url, "orphans": sorted(left)})
         return Health(ConnectorStatus.IDLE, "", {
             "url": self.base_url,
             "comfyui_version": system.get("comfyui_version"),
@@ -348,6 +410,8 @@ class ComfyUIConnector(Connector):
         payload = self.validate(job.payload)
         workflow = payload["workflow"]
         stall = float(payload.get("stall_timeout") or job.options.get("stall_timeout") or self.settings.stall_timeout)
+        node_limit = float(payload.get("node_timeout") or job.options.get("node_timeout")
+                           or self.settings.comfyui_node_timeout)
         if payload.get("timeout"):
             job.options["timeout"] = payload["timeout"]
             job.deadline = job.started + payload["timeout"]
@@ -358,15 +422,38 @@ class ComfyUIConnector(Connector):
         self._register(prompt_id, box)
         with self._boxes_lock:
             self._jobs[job.id] = box
+        # Written down before the POST: if this process dies, the next one removes the prompt.
+        self._active.add(prompt_id)
+        self.orphans.add(prompt_id, url=self.base_url, job_id=job.id)
+        ended = False
         try:
             report_progress(percent=0.0, message="submitting to ComfyUI")
-            prompt_id = self._submit(workflow, prompt_id, box, stall)
             try:
-                return self._follow(job, PromptTracker(prompt_id, workflow), box, report_progress, stall)
-            except (JobStalled, JobTimedOut):
+                given = self._submit(workflow, prompt_id, box, stall)
+            except ExecutionFailed:
+                ended = True  # refused: nothing was queued
+                raise
+            if given != prompt_id:  # an older ComfyUI chose its own id: book that one instead
+                self._active.add(given)
+                self.orphans.add(given, url=self.base_url, job_id=job.id)
+                self._active.discard(prompt_id)
+                self.orphans.discard(prompt_id)
+                prompt_id = given
+            try:
+                result = self._follow(job, PromptTracker(prompt_id, workflow), box, report_progress, stall, node_limit)
+                ended = True
+                return result
+            except ExecutionFailed:
+                ended = True  # ComfyUI ran it and said how it ended
+                raise
+            except (JobStalled, JobTimedOut, ServiceUnavailable) as exc:
+                self.orphans.add(prompt_id, reason=type(exc).__name__)
                 self._stop_prompt(prompt_id, timeout=1.0)
                 raise
         finally:
+            self._active.discard(prompt_id)
+            if ended:
+                self.orphans.discard(prompt_id)
             self._unregister(prompt_id)
             with self._boxes_lock:
                 self._jobs.pop(job.id, None)
@@ -387,23 +474,34 @@ class ComfyUIConnector(Connector):
             try:
                 self._get_json("/system_stats", timeout=1.5)
             except requests.Timeout:
-                raise ServiceUnavailable(f"ComfyUI at {self.base_url} does not answer", {"url": self.base_url}) from None
+                raise ServiceNotReached(f"ComfyUI at {self.base_url} does not answer", {"url": self.base_url}) from None
+            except ServiceUnavailable as exc:
+                raise ServiceNotReached(exc.message, exc.details) from None
             self._suspect = False
+            self._listener.nudge()
         deadline = time.monotonic() + min(CONNECT_WAIT, stall)
         while not self._listener.connected.wait(0.1):
             job.check()
             if time.monotonic() >= deadline:
-                raise ServiceUnavailable(f"cannot open ComfyUI's websocket: {self._listener.last_error or 'no answer'}",
-                                         {"url": self.base_url})
+                raise ServiceNotReached(f"cannot open ComfyUI's websocket: {self._listener.last_error or 'no answer'}",
+                                        {"url": self.base_url})
+        # Abandoned prompts go before ours; ours then queues behind any still stopping.
+        try:
+            self.clean_orphans(timeout=max(0.5, min(3.0, stall / 2)), wait=ORPHAN_WAIT, job=job)
+        except ServiceUnavailable as exc:
+            raise ServiceNotReached(exc.message, exc.details) from None
 
     def _submit(self, workflow: dict[str, Any], prompt_id: str, box: _Mailbox, stall: float) -> str:
         body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
         try:
             response = self._request("POST", "/prompt", json=body, timeout=max(1.0, min(10.0, stall)))
         except requests.Timeout:
+            # It may still arrive after a thaw: the orphan book has it, so it gets removed then.
             self._suspect = True
-            raise ServiceUnavailable(f"ComfyUI at {self.base_url} did not answer POST /prompt",
-                                     {"url": self.base_url}) from None
+            raise ServiceNotReached(f"ComfyUI at {self.base_url} did not answer POST /prompt",
+                                    {"url": self.base_url}) from None
+        except ServiceUnavailable as exc:
+            raise ServiceNotReached(exc.message, exc.details) from None
         if response.status_code == 400:
             try:
                 error_body = response.json()
@@ -422,11 +520,18 @@ class ComfyUIConnector(Connector):
         return given
 
     def _follow(self, job: Job, tracker: PromptTracker, box: _Mailbox, report: ProgressReporter,
-                stall: float) -> dict[str, Any]:
+                stall: float, node_limit: float) -> dict[str, Any]:
+        """Follow the prompt to its end; judge liveness by answers, never by silence alone.
+
+        ``last_answer``: the last websocket message of any kind or answer to GET /queue.
+        ``last_ours``: the last message about our prompt (or when it started running).
+        """
         prompt_id = tracker.prompt_id
-        last_activity = last_ours = time.monotonic()
+        last_answer = last_ours = time.monotonic()
         last_poll = float("-inf")
-        snapshot: Any = None
+        poll_every = max(0.25, min(QUIET_POLL, stall / 2))
+        probe_failed = False
+        where: str | None = None
         cancel_sent_at: float | None = None
         reported = None
         poll_now = True  # right after the POST: a cached run may already be over
@@ -444,11 +549,14 @@ class ComfyUIConnector(Connector):
                 if isinstance(item, _Wake):
                     poll_now = poll_now or item.reason.startswith("disconnected")
                 elif isinstance(item, bytes):
-                    tracker.feed_binary(item)
+                    if tracker.feed_binary(item):
+                        last_ours = time.monotonic()
+                        if tracker.preview is not None:
+                            job.report_preview(tracker.preview, tracker.preview_type or "image/png")
                 elif tracker.feed(item):
                     last_ours = time.monotonic()
             now = time.monotonic()
-            last_activity = max(last_activity, self._listener.last_message_at)
+            last_answer = max(last_answer, self._listener.last_message_at)
             progress = tracker.progress()
             if progress != reported:
                 reported = progress
@@ -457,25 +565,36 @@ class ComfyUIConnector(Connector):
                        node=progress.node, message=progress.message)
             if tracker.finished and cancel_sent_at is None:
                 return self._confirm(job, tracker)
-            if poll_now or now - max(last_ours, last_poll) >= QUIET_POLL:
+            if poll_now or probe_failed or now - max(last_ours, last_poll) >= poll_every:
                 poll_now, last_poll = False, now
                 state, info = self._poll(prompt_id, stall)
+                probe_failed = state == "unknown"
                 if state == "history":
                     if cancel_sent_at is not None:
                         raise JobCancelled("job was cancelled", {"prompt_id": prompt_id})
                     return self._finish(job, tracker, info)
                 if state == "lost":
                     raise ServiceUnavailable(
-                        f"prompt {prompt_id} is neither in ComfyUI's queue nor in its history (ComfyUI restarted?)",
+                        f"prompt {prompt_id} left ComfyUI's queue without a result (ComfyUI restarted?)",
                         {"url": self.base_url, "prompt_id": prompt_id})
-                if state in ("running", "pending") and info != snapshot:
-                    snapshot, last_activity = info, time.monotonic()
-            if time.monotonic() - last_activity > stall:
+                if state in ("running", "pending"):
+                    last_answer = time.monotonic()
+                    if state == "running" and where != "running":
+                        last_ours = last_answer  # the node limit counts from the start of running
+                    where = state
+            now = time.monotonic()
+            if probe_failed and now - last_answer > stall:
                 self._suspect = True
                 raise JobStalled(
-                    f"ComfyUI at {self.base_url} showed no sign of progress for {stall:g} s "
-                    f"(websocket {'connected' if self._listener.connected.is_set() else 'disconnected'})",
-                    {"url": self.base_url, "prompt_id": prompt_id, "stall_timeout": stall,
+                    f"ComfyUI at {self.base_url} stopped answering: no websocket message and no answer to "
+                    f"GET /queue for {stall:g} s (websocket "
+                    f"{'connected' if self._listener.connected.is_set() else 'disconnected'})",
+                    {"url": self.base_url, "prompt_id": prompt_id, "stall_timeout": stall, "node": tracker.running})
+            if where == "running" and now - last_ours > node_limit:
+                raise JobStalled(
+                    f"prompt {prompt_id} has been running on ComfyUI with no message at all for {node_limit:g} s "
+                    f"(node limit; node {tracker.running or '?'})",
+                    {"url": self.base_url, "prompt_id": prompt_id, "node_timeout": node_limit,
                      "node": tracker.running})
 
     def _poll(self, prompt_id: str, stall: float) -> tuple[str, Any]:
@@ -491,8 +610,60 @@ class ComfyUIConnector(Connector):
             return "history", entry
         where = queue_position(queue, prompt_id)
         if where is None:
+            # It may have ended between the two answers: ask /history once more before calling it lost.
+            try:
+                entry = history_entry(self._get_json(f"/history/{prompt_id}", timeout), prompt_id)
+            except requests.Timeout:
+                return "unknown", None
+            if entry is not None:
+                return "history", entry
             return "lost", None
         return where, queue_snapshot(queue)
+
+    def clean_orphans(self, *, timeout: float, wait: float, job: Job | None = None) -> set[str]:
+        """Remove every abandoned prompt in the orphan book from ComfyUI: delete it when pending,
+        interrupt it (targeted) when running, strike it out once /queue no longer lists it.
+
+        Waits up to ``wait`` s for running ones to stop (ComfyUI honours an interrupt only at
+        the next progress update or node boundary). Returns the prompts still on the server;
+        raises :class:`ServiceUnavailable` when ComfyUI does not answer.
+        """
+        with self._orphan_lock:
+            left = {p for p in self.orphans.entries() if p not in self._active}
+            if not left:
+                return set()
+            deadline = time.monotonic() + wait
+            asked: dict[str, float] = {}
+            while True:
+                try:
+                    queue = self._get_json("/queue", timeout)
+                except requests.Timeout:
+                    raise ServiceUnavailable(f"ComfyUI at {self.base_url} does not answer GET /queue",
+                                             {"url": self.base_url}) from None
+                now = time.monotonic()
+                for prompt_id in sorted(left):
+                    where = queue_position(queue, prompt_id)
+                    if where is None:
+                        log.info("comfyui: abandoned prompt %s is gone from %s", prompt_id, self.base_url)
+                        self.orphans.discard(prompt_id)
+                        left.discard(prompt_id)
+                    elif now - asked.get(prompt_id, float("-inf")) >= ORPHAN_RESEND:
+                        asked[prompt_id] = now
+                        log.warning("comfyui: removing abandoned prompt %s (%s) from %s", prompt_id, where, self.base_url)
+                        try:
+                            if where == "pending":
+                                self._request("POST", "/queue", json={"delete": [prompt_id]}, timeout=timeout)
+                            else:
+                                self._request("POST", "/interrupt", json={"prompt_id": prompt_id}, timeout=timeout)
+                        except requests.Timeout:
+                            raise ServiceUnavailable(f"ComfyUI at {self.base_url} did not answer a stop request",
+                                                     {"url": self.base_url}) from None
+                if not left or time.monotonic() >= deadline or self._closing.is_set():
+                    return left
+                if job is not None:
+                    job.sleep(0.05)
+                else:
+                    self._closing.wait(0.05)
 
     def _confirm(self, job: Job, tracker: PromptTracker) -> dict[str, Any]:
         """The websocket says the prompt ended: wait for /history to say how."""
@@ -529,12 +700,10 @@ class ComfyUIConnector(Connector):
         return {"prompt_id": tracker.prompt_id, "outputs": outputs, "files": files}
 
     def _fetch_files(self, job: Job, outputs: Mapping[str, Any]) -> list[dict[str, str]]:
-        """Download every output file via GET /view into ``output_dir/<job id>/``."""
+        """Download every output file via GET /view into the output store (``<store>/<job id>/``)."""
         files = output_files(outputs)
         if not files:
             return []
-        target = Path(self.settings.output_dir) / job.id
-        target.mkdir(parents=True, exist_ok=True)
         for item in files:
             job.check()
             params = {"filename": item["filename"], "subfolder": item["subfolder"], "type": item["type"]}
@@ -543,14 +712,11 @@ class ComfyUIConnector(Connector):
                 if response.status_code != 200:
                     raise ExecutionFailed(f"ComfyUI has no output file {item['filename']!r} of node {item['node']} "
                                           f"(GET /view answered {response.status_code})", dict(item))
-                name = os.path.basename(item["filename"]) or "output"
-                path = target / name
-                if path.exists():
-                    path = target / f"{item['node']}_{name}"
-                with open(path, "wb") as fh:
-                    for chunk in response.iter_content(1 << 16):
-                        fh.write(chunk)
-            item["path"] = str(path.resolve())
+                try:
+                    item.update(save_output(self.settings, job.id, item["filename"],
+                                            response.iter_content(1 << 16), alternative=item["node"]))
+                except Exception as exc:  # any store error (OSError, botocore's own) fails the job clearly
+                    raise ExecutionFailed(f"could not store output file {item['filename']!r}: {exc}", dict(item)) from exc
         return files
 
     def _stop_prompt(self, prompt_id: str, timeout: float) -> str | None:

@@ -20,6 +20,7 @@ import redis
 from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
+from jobqueue.worker.capabilities import CapabilityGate, desired_queues
 from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
@@ -60,6 +61,9 @@ class RuntimeStep(bootsteps.StartStopStep):
         identity = _identity_of(worker)
         self.reporter = StatusReporter(identity, beat_interval=settings.status_beat)
         self.runtime = WorkerRuntime(settings, identity, reporter=self.reporter)
+        if settings.result_backend.startswith(("redis://", "rediss://", "redis+socket://")):
+            self.runtime.keep_orphans_in(redis.Redis.from_url(settings.result_backend, socket_timeout=5,
+                                                              socket_connect_timeout=5))
         self.health = HealthLoop(self.runtime.check_health, interval=settings.health_interval)
         worker.app.runtime = self.runtime
 
@@ -124,6 +128,9 @@ class StatusStep(bootsteps.StartStopStep):
         # Runs before the event loop consumes anything: unhealthy services' queues are
         # dropped before a single message is fetched.
         runtime.gate.bind(c)
+        if runtime.capability_gate is None:
+            runtime.capability_gate = CapabilityGate(lambda: desired_queues(runtime), runtime.identity.connectors)
+        runtime.capability_gate.bind(c)
         dispatcher = c.event_dispatcher
         if dispatcher is None or not dispatcher.enabled:
             log.warning("worker events are disabled: connector status events will not be sent")
@@ -139,6 +146,8 @@ class StatusStep(bootsteps.StartStopStep):
             return
         if runtime.gate is not None:
             runtime.gate.unbind()
+        if runtime.capability_gate is not None:
+            runtime.capability_gate.unbind()
         if runtime.reporter is not None:
             runtime.reporter.detach()
 
@@ -156,6 +165,8 @@ class StatusStep(bootsteps.StartStopStep):
         runtime.mark_offline()
         if runtime.gate is not None:
             runtime.gate.unbind()
+        if runtime.capability_gate is not None:
+            runtime.capability_gate.unbind()
         if runtime.reporter is not None:
             if not runtime.reporter.flush(OFFLINE_FLUSH_TIMEOUT):
                 log.warning("could not send every offline status before shutdown")
@@ -176,7 +187,9 @@ class LeaseStep(bootsteps.StartStopStep):
 
     def create(self, worker: Any) -> None:
         settings = worker.app.settings
-        client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+        # Short socket timeouts: a renewal that hangs on a dead link must not delay fencing.
+        timeout = min(5.0, max(1.0, settings.lease_interval))
+        client = redis.Redis.from_url(settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         app = worker.app
 
         def tags() -> list[str]:
@@ -185,7 +198,17 @@ class LeaseStep(bootsteps.StartStopStep):
             running = runtime.running_jobs() if runtime is not None else None
             return held_delivery_tags(running, grace=max(2.0, 2 * settings.lease_interval))
 
-        self.keeper = LeaseKeeper(client, interval=settings.lease_interval, tags=tags)
+        def give_up() -> None:
+            # The broker is out of reach: these jobs' messages go to other workers now.
+            runtime = app.runtime
+            if runtime is not None:
+                runtime.give_up(runtime.running_jobs())
+
+        # Give up a little before the visibility timeout, so the job never runs in two places
+        # for longer than one renewal round.
+        lost_after = max(settings.lease_interval, settings.visibility_timeout - settings.lease_interval)
+        self.keeper = LeaseKeeper(client, interval=settings.lease_interval, tags=tags,
+                                  lost_after=lost_after, on_lost=give_up)
 
     def start(self, worker: Any) -> None:
         assert self.keeper is not None

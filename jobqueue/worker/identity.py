@@ -24,6 +24,8 @@ class WorkerIdentity:
     node_name: str
     connectors: tuple[str, ...]
     queues: tuple[str, ...]
+    #: Tags the worker declares (``JOBQUEUE_WORKER_TAGS``), matched by jobs' ``requires.tags``.
+    tags: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -51,6 +53,7 @@ class WorkerIdentity:
             node_name=node_name or default_node_name(gpu, machine),
             connectors=tuple(settings.connectors),
             queues=tuple(all_queues),
+            tags=tuple(settings.worker_tags),
         )
 
     def as_fields(self) -> dict[str, Any]:
@@ -59,6 +62,7 @@ class WorkerIdentity:
         fields["worker"] = fields.pop("node_name")
         fields["connectors"] = list(self.connectors)
         fields["queues"] = list(self.queues)
+        fields["tags"] = list(self.tags)
         return fields
 
 

@@ -10,8 +10,16 @@ looks older than ``lease_interval``; a dead worker's job stops being bumped and 
 ``visibility_timeout`` seconds later by the sweep that every worker runs (kombu's
 ``unacked_restore_interval``, which we lower from ~100 s to ``lease_interval``).
 
-``ZADD ... XX`` only updates existing members, so a message acked between our read of the
-worker's requests and the write is never re-created.
+``ZADD ... XX GT`` only updates existing members, and only forward: a message acked between our
+read of the worker's requests and the write is never re-created, and a renewal delayed by the
+network never moves a lease back.
+
+Fencing: a worker cut off from the broker cannot renew, so after ``visibility_timeout`` its
+jobs' messages are restored and handed to other workers. A job must then not finish here
+too: when no renewal has succeeded for ``lost_after`` seconds (a little less than the
+visibility timeout), the keeper calls ``on_lost`` once per outage; the worker gives its
+running jobs up (interrupts them on their service) and :func:`forget_message` makes Celery
+neither ack nor restore their messages, whose new owner is another worker.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ UNACKED_INDEX_KEY = "unacked_index"
 
 
 def held_delivery_tags(running: Iterable[str] | None = None, grace: float = 2.0) -> list[str]:
-    """Delivery tags of every message this worker process holds (reserved or running).
+    """Delivery tags of every message this worker process holds (reserved, waiting for a
+    retry's countdown, or running).
 
     With ``running`` (the job ids whose body is executing now), a request Celery accepted more
     than ``grace`` s ago that is not running is left out: its body ended but Celery never
@@ -42,7 +51,8 @@ def held_delivery_tags(running: Iterable[str] | None = None, grace: float = 2.0)
     running_ids = None if running is None else set(running)
     now = time.time()  # Celery keeps ``time_start`` as wall-clock time
     tags = []
-    for request in list(worker_state.reserved_requests):
+    # Scheduled requests wait for their ETA (a retry's countdown) in this worker's hands too.
+    for request in [*worker_state.reserved_requests, *worker_state.scheduled_requests]:
         accepted_at = getattr(request, "time_start", None)
         if (running_ids is not None and accepted_at is not None and request.id not in running_ids
                 and now - accepted_at > grace):
@@ -64,6 +74,9 @@ class LeaseKeeper:
         interval: float,
         tags: Callable[[], Iterable[str]] = held_delivery_tags,
         index_key: str = UNACKED_INDEX_KEY,
+        lost_after: float | None = None,
+        on_lost: Callable[[], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.interval = interval
@@ -71,6 +84,13 @@ class LeaseKeeper:
         self._tags = tags
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lost_after = lost_after
+        self._on_lost = on_lost
+        self._clock = clock
+        #: When the last renewal round reached the broker (monotonic).
+        self.last_ok = clock()
+        #: True from the moment the lease was declared lost until a renewal succeeds again.
+        self.lost = False
         #: How many renewals were written (for tests and logs).
         self.renewed = 0
 
@@ -80,16 +100,43 @@ class LeaseKeeper:
         if not tags:
             return 0
         now = time.time()
-        updated = int(self.client.zadd(self.index_key, {t: now for t in tags}, xx=True, ch=True) or 0)
+        # XX: never re-create an acked message. GT: never move a score back; a renewal written
+        # before a network cut can reach Redis long after it (TCP retransmits it on the heal),
+        # and must not make the job's new owner's lease look expired.
+        updated = int(self.client.zadd(self.index_key, {t: now for t in tags}, xx=True, gt=True, ch=True) or 0)
         self.renewed += updated
         return updated
 
+    def round(self) -> None:
+        """One renewal round; declare the lease lost when renewals have failed too long."""
+        try:
+            self.renew()
+        except Exception as exc:  # the broker may be restarting; the next round tries again
+            log.warning("lease renewal failed: %s", exc)
+            self.check_lost()
+            return
+        if self.lost:
+            log.warning("lease renewals reach the broker again")
+        self.last_ok = self._clock()
+        self.lost = False
+
+    def check_lost(self) -> bool:
+        """Call ``on_lost`` (once per outage) if no renewal succeeded for ``lost_after`` s."""
+        if self.lost_after is None or self.lost or self._clock() - self.last_ok < self.lost_after:
+            return self.lost
+        self.lost = True
+        log.error("no lease renewal for %.1f s: the broker may hand this worker's jobs to others; giving them up",
+                  self._clock() - self.last_ok)
+        if self._on_lost is not None:
+            try:
+                self._on_lost()
+            except Exception:
+                log.exception("giving up the jobs of a lost lease failed")
+        return True
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.renew()
-            except Exception:  # the broker may be restarting; the next round tries again
-                log.warning("lease renewal failed", exc_info=True)
+            self.round()
 
     def start(self) -> None:
         """Start renewing in a daemon thread."""
@@ -101,3 +148,37 @@ class LeaseKeeper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def forget_message(job_id: str) -> bool:
+    """Make this worker neither ack nor restore the message of ``job_id`` (a given-up job).
+
+    Its delivery tag is the one the broker gave the job's new owner: acking it here would
+    delete the new owner's unacked entry, and restoring it (kombu does on channel close)
+    would queue the job a third time. Celery acks nothing for a request it thinks acked, and
+    kombu restores only what is in its QoS ``_delivered`` map. Returns whether it was held.
+    """
+    from celery.worker import state as worker_state
+
+    found = False
+    for request in list(worker_state.active_requests) + list(worker_state.reserved_requests):
+        if getattr(request, "id", None) != job_id:
+            continue
+        found = True
+        request.acknowledged = True
+        message = getattr(request, "message", None)
+        qos = getattr(getattr(message, "channel", None), "qos", None)
+        delivered = getattr(qos, "_delivered", None)
+        if delivered is not None:
+            delivered.pop(getattr(message, "delivery_tag", None), None)
+    return found
+
+
+def given_up(job_id: str) -> Exception:
+    """What the job task raises for a job given up after its lease was lost: Celery's
+    ``Ignore`` (no result stored, no task event) with the message forgotten (no ack)."""
+    from celery.exceptions import Ignore
+
+    forget_message(job_id)
+    log.warning("job %s given up: nothing reported, its message left to its new owner", job_id)
+    return Ignore(f"job {job_id} given up: lease lost")

@@ -25,6 +25,9 @@ class Worker(CeleryWorker):
         identity = WorkerIdentity.build(app.settings, split_queues(kwargs.get("queues")), hostname)
         self.jobqueue_identity = identity
         kwargs["queues"] = list(identity.queues)
+        if app.settings.webhook_queue and app.settings.webhook_queue not in kwargs["queues"]:
+            # Every worker delivers webhooks (jobqueue.webhooks): no extra process to run.
+            kwargs["queues"].append(app.settings.webhook_queue)
         if kwargs.get("heartbeat_interval") is None:
             kwargs["heartbeat_interval"] = app.settings.heartbeat_interval
         super().__init__(app=app, hostname=identity.node_name, **kwargs)

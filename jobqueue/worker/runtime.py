@@ -25,6 +25,7 @@ the service's queue while the connector is unhealthy).
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from jobqueue.config import Settings
 from jobqueue.connectors import Connector, Job, connector_class
 from jobqueue.errors import JobStalled, ServiceUnavailable, UnknownServiceError
 from jobqueue.states import ConnectorStatus
+from jobqueue.worker import capabilities
 from jobqueue.worker.identity import WorkerIdentity
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class WorkerRuntime:
             service: factory(service, settings, identity.gpu) for service in identity.connectors
         }
         self._jobs: dict[str, tuple[Job, Connector]] = {}
+        #: Jobs given up because the lease was lost (newest last, bounded).
+        self._given_up: collections.deque[str] = collections.deque(maxlen=1000)
         self._lock = threading.RLock()
         self._ever_healthy: set[str] = set()
         self._closing = False
@@ -77,6 +81,8 @@ class WorkerRuntime:
         self.reporter = reporter
         #: The :class:`~jobqueue.worker.gate.ConsumerGate`, set by the consumer bootstep.
         self.gate: Any = None
+        #: The :class:`~jobqueue.worker.capabilities.CapabilityGate`, set by the consumer bootstep.
+        self.capability_gate: Any = None
         for connector in self.connectors.values():
             connector.add_listener(self._on_status)
             self._report(connector)
@@ -92,6 +98,8 @@ class WorkerRuntime:
         self._report(connector)
         if self.gate is not None:
             self.gate.request_sync()
+        if self.capability_gate is not None:
+            self.capability_gate.request_sync()
 
     def statuses(self) -> dict[str, ConnectorStatus]:
         """Every connector's current status (lock-free: the gate calls it from the event loop)."""
@@ -101,6 +109,14 @@ class WorkerRuntime:
     def closing(self) -> bool:
         """True once the worker is stopping: statuses no longer change."""
         return self._closing
+
+    def keep_orphans_in(self, client: Any) -> None:
+        """Give every connector an orphan book in Redis (``client``), one key per worker
+        identity and service, so prompts abandoned before a restart are still cleaned up."""
+        from jobqueue.connectors.orphans import OrphanBook, book_key
+
+        for service, connector in self.connectors.items():
+            connector.orphans = OrphanBook(client, book_key(self.identity.node_name, service))
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,6 +167,8 @@ class WorkerRuntime:
         """
         with self._lock:
             self._jobs[job.id] = (job, connector)
+            if job.id in self._given_up:  # handed to this worker again: a new, live attempt
+                self._given_up.remove(job.id)
             if not self._closing and connector.status.is_healthy:
                 connector.set_status(ConnectorStatus.ACTIVE, f"running job {job.id}")
 
@@ -196,6 +214,21 @@ class WorkerRuntime:
             log.exception("connector %s failed to cancel job %s", connector.service, job_id)
         return True
 
+    def give_up(self, job_ids: list[str]) -> None:
+        """Stop jobs whose lease was lost (the broker may already run them elsewhere): they are
+        interrupted on their service like a cancel, but end reporting nothing (see
+        :meth:`is_given_up` and :func:`jobqueue.worker.lease.forget_message`)."""
+        for job_id in job_ids:
+            with self._lock:
+                self._given_up.append(job_id)
+            log.warning("giving up job %s: its lease is lost", job_id)
+            self.cancel(job_id)
+
+    def is_given_up(self, job_id: str) -> bool:
+        """True when ``job_id`` was given up here after its lease was lost."""
+        with self._lock:
+            return job_id in self._given_up
+
     def snapshot(self) -> dict[str, Any]:
         """Identity plus every connector's status, as the control command returns it.
 
@@ -226,7 +259,10 @@ class WorkerRuntime:
                 status, message, details = health.status, health.message, dict(health.details)
             except Exception as exc:  # check_health must not raise; be safe anyway
                 status, message, details = ConnectorStatus.ERROR, f"health check failed: {exc}", None
+            details = capabilities.enrich(connector, ConnectorStatus(status), details, self.identity.tags)
             self._apply_health(connector, ConnectorStatus(status), message, details)
+        if self.capability_gate is not None:  # models may come and go without a status change
+            self.capability_gate.request_sync()
 
     def _apply_health(
         self, connector: Connector, status: ConnectorStatus, message: str, details: dict[str, Any] | None

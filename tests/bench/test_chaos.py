@@ -86,3 +86,15 @@ def test_the_ingestion_harness_counts_every_event_for_our_collector_and_the_bare
     # Then both kept every one of them
     assert by_consumer["jobqueue"]["kept"] == 3000, rows
     assert by_consumer["bare"]["kept"] == 3000, rows
+
+
+def test_a_frozen_then_killed_webui_moves_its_a1111_job_to_a_healthy_worker(
+        private_redis: RedisServer, tmp_path: Path) -> None:
+    # Given 3 workers, each with its own simulated Stable Diffusion WebUI, and 6 txt2img jobs
+    # When worker 0's WebUI is frozen (SIGSTOP) mid-job, then SIGKILLed
+    result = freeze_comfyui.run(private_redis.url(0), tmp_path, jobs=6, workers=3, stall=3.0, kill_after=2.0,
+                                steps=10, delay=0.1, timeout=90.0, service="a1111")
+    print(result.line())
+    # Then every job succeeded and the frozen job finished on another worker
+    assert result.line().startswith("freeze-a1111: jobs=6 finished=6 lost=0 duplicates=0"), result.line()
+    assert result.moved >= 1 and result.finished_on_frozen == 0, result.line()

@@ -101,3 +101,18 @@ def test_every_job_of_a_seeded_batch_completes_with_its_own_seed(app, start_work
     results = [job.wait(timeout=60) for job in jobs]
     assert [r["seed"] for r in results] == [100, 101, 102, 103, 104, 105]
     assert len({r["job_id"] for r in results}) == 6
+
+
+def test_a_dotted_field_varies_a_value_inside_a_comfyui_graph():
+    # Given a ComfyUI payload whose seed lives in a node's inputs
+    graph = {"3": {"class_type": "KSampler", "inputs": {"seed": 7, "steps": 20}}}
+    payload = {"workflow": graph}
+    # When copies vary the dotted path
+    seeds = [vary_payload(payload, i, 3, {"workflow.3.inputs.seed": "increment"})["workflow"]["3"]["inputs"]["seed"]
+             for i in range(3)]
+    # Then each copy has its own seed, and the original is untouched
+    assert seeds == [7, 8, 9]
+    assert graph["3"]["inputs"]["seed"] == 7
+    # and a path through something that is not an object is refused, naming it
+    with pytest.raises(SubmitError, match="no object at 'workflow.9'"):
+        vary_payload(payload, 0, 1, {"workflow.9.inputs.seed": "increment"})

@@ -117,3 +117,24 @@ def test_the_worker_command_hands_its_arguments_to_celery():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "celery worker" in done.stdout and "--queues" in done.stdout
+
+
+def test_status_of_an_id_never_submitted_exits_1_saying_the_job_is_unknown(run_cli):
+    # Given an id nobody ever submitted
+    # When its status is asked
+    outcome = run_cli("status", "0b7f3c1e-never-submitted")
+    # Then the command fails and says the job is unknown
+    assert outcome.exit_code == 1
+    assert "job 0b7f3c1e-never-submitted is unknown" in outcome.stderr
+    assert outcome.stdout == ""
+
+
+def test_status_of_a_job_waiting_for_a_worker_says_queued(run_cli):
+    # Given a job submitted while no worker consumes its queue
+    submitted = run_cli("submit", "simulation", '{"steps": 1}', "--queue", "gpu7")
+    assert submitted.exit_code == 0, submitted.output
+    # When its status is asked
+    outcome = run_cli("status", submitted.stdout.strip())
+    # Then it is queued, not unknown
+    assert outcome.exit_code == 0, outcome.output
+    assert json.loads(outcome.stdout)["status"] == "queued"

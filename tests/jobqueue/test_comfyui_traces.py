@@ -1,6 +1,6 @@
 """The connector's protocol state machine replays recordings of a real ComfyUI (v0.3.64).
 
-The traces live in ``../shared/comfyui-traces`` beside the repository; each test feeds the
+The traces are test data in ``tests/data/comfyui-traces`` (see its README); each test feeds the
 recorded websocket messages and REST answers to the pure protocol code and checks it reaches
 the outcome the real server reached.
 """
@@ -30,7 +30,7 @@ from jobqueue.connectors.comfyui_protocol import (
     queue_snapshot,
 )
 
-TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "comfyui-traces"
+TRACES = Path(__file__).resolve().parents[1] / "data" / "comfyui-traces"
 _LINE = re.compile(r"^\[\s*([\d.]+)\] (.*?): (.*)$")
 
 
@@ -45,7 +45,7 @@ def load(name: str) -> list[Event]:
     """Parse one trace file into (time, kind, JSON body) events."""
     path = TRACES / f"{name}.txt"
     if not path.exists():
-        pytest.fail(f"recorded ComfyUI trace {path} is missing: the repository expects ../shared/comfyui-traces")
+        pytest.fail(f"recorded ComfyUI trace {path} is missing: it belongs to tests/data/comfyui-traces")
     events = []
     for line in path.read_text().splitlines():
         match = _LINE.match(line)

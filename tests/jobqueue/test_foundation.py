@@ -11,9 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import psutil
 import pytest
 import redis
 
@@ -23,7 +21,8 @@ from jobqueue.errors import InvalidPayloadError, JobFailed, SubmitError, Unknown
 from jobqueue.events import CONTROL_CONNECTOR_STATUS
 from jobqueue.states import JobStatus
 from jobqueue.supervisor import component_available, tcp_answers
-from tests.helpers import ROOT, child_env, wait_for
+from tests.helpers import ROOT, wait_for
+from tests.jobqueue.up_process import UpProcess, alive, up_env
 
 
 def received_count(job_id: str, *logs: str) -> int:
@@ -199,71 +198,12 @@ def test_the_embedded_redis_moves_to_a_free_port_when_the_configured_one_is_busy
     assert redis_server_executable()
 
 
-class UpProcess:
-    """``jobqueue up`` as a subprocess, its output in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
-        self.env = env
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobqueue.cli", "up", *args], env=env, cwd=str(ROOT),
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.descendants: list[psutil.Process] = []
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_up(self, timeout: float = 90.0) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"jobqueue up exited with {self.proc.returncode}:\n{self.output()[-4000:]}")
-            return "jobqueue is up" in self.output()
-
-        wait_for(ready, timeout, interval=0.2, what="jobqueue up to be ready")
-        self.descendants = psutil.Process(self.proc.pid).children(recursive=True)
-
-    def cleanup(self) -> None:
-        """Leave nothing behind whatever the test did."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        for child in self.descendants:
-            try:
-                os.killpg(child.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self._log.close()
-
-
-def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for process in processes:
-        try:
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                alive.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
-def _up_env(tmp_path: Path, machine_id: str, broker_url: str) -> dict[str, str]:
-    return child_env({
-        "JOBQUEUE_BROKER_URL": broker_url,
-        "JOBQUEUE_MACHINE_ID": machine_id,
-        "JOBQUEUE_MONITOR_PORT": str(free_port()),
-        "JOBQUEUE_MONITOR_DB": f"sqlite:///{tmp_path / 'monitor.db'}",
-        "JOBQUEUE_OUTPUT_DIR": str(tmp_path / "outputs"),
-    })
-
-
 @pytest.mark.slow
 def test_jobqueue_up_without_a_broker_runs_a_job_and_sigint_leaves_no_process(tmp_path, machine_id):
     # Given `jobqueue up` configured with a broker nobody runs (so it must embed Redis)
     port = free_port()
     broker = f"redis://127.0.0.1:{port}/0"
-    env = _up_env(tmp_path, machine_id, broker)
+    env = up_env(tmp_path, machine_id, broker)
     up = UpProcess(env, tmp_path / "up.log", "--comfyui-port", str(free_port()))
     try:
         up.wait_up()
@@ -275,11 +215,12 @@ def test_jobqueue_up_without_a_broker_runs_a_job_and_sigint_leaves_no_process(tm
             assert "connectors simulation, comfyui" in up.output()
         if component_available("monitor")[0]:
             assert tcp_answers("127.0.0.1", int(env["JOBQUEUE_MONITOR_PORT"]))
-        # When another process submits a job through the CLI and waits for it
+        # When another shell, with no JOBQUEUE_BROKER_URL set, submits a job through the CLI
+        second_shell = {k: v for k, v in env.items() if k != "JOBQUEUE_BROKER_URL"}
         done = subprocess.run(
             [sys.executable, "-m", "jobqueue.cli", "submit", "simulation",
              '{"steps": 3, "step_seconds": 0.2, "output": "via up"}', "--wait", "--wait-timeout", "30"],
-            env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60,
+            env=second_shell, cwd=str(ROOT), capture_output=True, text=True, timeout=60,
         )
         # Then the job completes on up's worker
         assert done.returncode == 0, done.stderr
@@ -290,7 +231,8 @@ def test_jobqueue_up_without_a_broker_runs_a_job_and_sigint_leaves_no_process(tm
         up.proc.send_signal(signal.SIGINT)
         assert up.proc.wait(timeout=60) == 0, up.output()[-3000:]
         # Then every process it started is gone, and the embedded broker with them
-        assert _alive(up.descendants) == []
+        assert alive(up.descendants) == []
+        assert not (tmp_path / "data" / "up.json").exists()
         client = redis.Redis.from_url(broker, socket_connect_timeout=1)
         with pytest.raises(redis.ConnectionError):
             client.ping()
@@ -299,20 +241,22 @@ def test_jobqueue_up_without_a_broker_runs_a_job_and_sigint_leaves_no_process(tm
 
 
 @pytest.mark.slow
-def test_jobqueue_up_stops_everything_with_an_error_when_its_worker_dies(tmp_path, machine_id, redis_url):
+def test_jobqueue_up_restarts_a_worker_that_dies_and_the_new_one_runs_jobs(tmp_path, machine_id, redis_url, app):
     # Given `jobqueue up` on a broker that answers (the test's Redis database: nothing embedded)
-    env = _up_env(tmp_path, machine_id, redis_url)
-    up = UpProcess(env, tmp_path / "up.log", "--comfyui-port", str(free_port()))
+    env = up_env(tmp_path, machine_id, redis_url)
+    up = UpProcess(env, tmp_path / "up.log", "--no-comfyui-sim", "--no-monitor")
     try:
         up.wait_up()
         assert "(configured)" in up.output() and "embedded" not in up.output()
-        workers = [p for p in up.descendants if "celery" in " ".join(p.cmdline())]
-        assert len(workers) == 1, up.descendants
+        worker = up.child("celery")
         # When its worker dies on its own
-        os.killpg(workers[0].pid, signal.SIGKILL)
-        # Then up reports it, stops everything else and exits non-zero
-        assert up.proc.wait(timeout=60) == 1
-        assert "worker" in up.output() and "exited unexpectedly" in up.output()
-        assert _alive(up.descendants) == []
+        os.killpg(worker.pid, signal.SIGKILL)
+        # Then up says so, starts it again, and keeps running
+        wait_for(lambda: "worker: running again" in up.output(), 90, interval=0.2, what="the worker's restart")
+        assert "worker: exited with code -9: restarting in 1 s" in up.output()
+        assert up.proc.poll() is None and up.child("celery").pid != worker.pid
+        # and the new worker runs jobs
+        job = submit_job("simulation", {"steps": 1, "output": "after restart"}, app=app)
+        assert job.wait(timeout=60)["output"] == "after restart"
     finally:
         up.cleanup()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
+from kombu.transport import redis as kombu_redis
 
 from jobqueue import submit_job, submit_workflow
 from jobqueue.celery_app import broker_transport_options, create_app
@@ -23,6 +24,7 @@ from jobqueue.routing import (
     BROKER_MAX_PRIORITY,
     DEFAULT_PRIORITY,
     MAX_PRIORITY,
+    REDIS_KEY_SEP,
     broker_priority,
     check_priority,
     redis_queue_keys,
@@ -92,7 +94,9 @@ def test_redis_keeps_one_list_per_broker_level(settings):
     options = broker_transport_options(settings)
     assert options["priority_steps"] == list(range(BROKER_MAX_PRIORITY + 1))
     assert options["queue_order_strategy"] == "priority"
-    assert redis_queue_keys("simulation")[:3] == ["simulation", "simulation:1", "simulation:2"]
+    assert "sep" not in options
+    assert REDIS_KEY_SEP == kombu_redis.Channel.sep
+    assert redis_queue_keys("simulation")[:3] == ["simulation", f"simulation{REDIS_KEY_SEP}1", f"simulation{REDIS_KEY_SEP}2"]
     assert len(redis_queue_keys("simulation")) == 2 * (MAX_PRIORITY + 1)
 
 

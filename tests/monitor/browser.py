@@ -99,17 +99,29 @@ class MonitorProcess:
         return res.json()
 
 
+#: The session's one browser, shared by every test module that registers :func:`chromium`
+#: (each registration is its own session fixture; Playwright's sync API allows one at a time).
+_SESSION: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[Any]:
     """One headless Chromium for the session (each test gets fresh contexts)."""
+    if "browser" in _SESSION:
+        yield _SESSION["browser"]
+        return
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium is missing at {CHROMIUM}: apt-get install chromium (the CI image has it)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        _SESSION["browser"] = browser
+        try:
+            yield browser
+        finally:
+            _SESSION.clear()
+            browser.close()
 
 
 @pytest.fixture

@@ -34,4 +34,4 @@ def test_a_summary_is_short_and_printable_whatever_the_payload():
 
 def test_no_payload_gives_no_summary_and_an_unknown_service_lists_field_names():
     assert summarize_payload("simulation", None) is None
-    assert summarize_payload("a1111", {"prompt": "cat", "seed": 1}) == "fields: prompt, seed"
+    assert summarize_payload("flux", {"prompt": "cat", "seed": 1}) == "fields: prompt, seed"

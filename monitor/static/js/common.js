@@ -501,6 +501,43 @@ const JQ = (function () {
 
   document.addEventListener("DOMContentLoaded", start);
 
+  // ---- live previews ----------------------------------------------------------------------
+
+  /** One <img> per job and place, reused across renders so an unchanged preview never reloads. */
+  const previewImages = new Map();
+
+  /** The latest live preview of a running job (its progress carries the preview's number), or
+   * null. The image is fetched again only when that number moves. */
+  function previewImage(job, cls) {
+    const seq = job && job.status === "processing" && job.progress ? job.progress.preview : null;
+    if (!seq) return null;
+    const key = cls + "\u0000" + job.id;
+    let img = previewImages.get(key);
+    if (!img) {
+      img = h("img", {class: "preview-image " + cls, alt: "live preview of job " + job.id, "data-job-id": job.id});
+      previewImages.set(key, img);
+      if (previewImages.size > 200) previewImages.delete(previewImages.keys().next().value);
+    }
+    if (img.dataset.want !== String(seq)) {
+      // Fetch first, swap when the bytes are in: the old frame stays on screen meanwhile.
+      img.dataset.want = String(seq);
+      fetch("/api/jobs/" + encodeURIComponent(job.id) + "/preview?seq=" + encodeURIComponent(seq))
+        .then((res) => (res.ok ? res.blob() : null))
+        .then((blob) => {
+          if (!blob || img.dataset.want !== String(seq)) return;  // gone, or a newer one is coming
+          const old = img.dataset.objectUrl;
+          const url = URL.createObjectURL(blob);
+          img.dataset.objectUrl = url;
+          img.dataset.seq = String(seq);
+          img.setAttribute("src", url);
+          if (old) setTimeout(() => URL.revokeObjectURL(old), 1000);
+        })
+        .catch(() => {});
+    }
+    return img;
+  }
+
   return {h, clear, fill, duration, clock, shortId, serverNow, notify, auth, api, control, live,
-    coalesce, queueEstimates, processingEta, countdown, statusPill, progressBar, controlButton, jobControls, ticking, FINAL, PENDING, safeUrl};
+    coalesce, queueEstimates, processingEta, countdown, statusPill, progressBar, controlButton, jobControls, ticking, FINAL, PENDING, safeUrl,
+    previewImage};
 })();

@@ -17,7 +17,9 @@
 
   function badge(worker, service, conn) {
     const shown = badgeStatus(worker, conn);
-    const title = [service + ": " + (conn.status || "unknown"), conn.message || "",
+    // A connector may sum up its service in one line (e.g. a1111: loaded checkpoint and version).
+    const summary = conn.details && typeof conn.details.summary === "string" ? conn.details.summary : "";
+    const title = [service + ": " + (conn.status || "unknown"), conn.message || "", summary,
       conn.updated_at ? "updated " + JQ.clock(conn.updated_at) : ""].filter(Boolean).join("\n");
     let label = shown;
     if (shown === "stale" || (shown === "offline" && conn.status && conn.status !== "offline")) {
@@ -28,7 +30,8 @@
       h("span", {class: "badge-dot"}),
       h("span", {class: "badge-service", text: service}),
       h("span", {class: "badge-status", text: label}),
-      shown === "error" && conn.message ? h("span", {class: "badge-message", text: conn.message}) : null);
+      shown === "error" && conn.message ? h("span", {class: "badge-message", text: conn.message}) : null,
+      summary && shown !== "error" ? h("span", {class: "badge-detail", text: summary}) : null);
   }
 
   function workerControls(worker) {
@@ -56,7 +59,22 @@
     if (!job) return h("div", {class: "current"}, "job ", link);
     const p = job.progress || {};
     return h("div", {class: "current"}, h("div", {}, "job ", link, " ", statusPill(job.status),
-      p.total_steps ? " step " + (p.step || 0) + "/" + p.total_steps : ""), progressBar(job));
+      p.total_steps ? " step " + (p.step || 0) + "/" + p.total_steps : ""), progressBar(job),
+      JQ.previewImage(job, "card-preview"));
+  }
+
+  /** Models, VRAM and tags the worker reported (what capability routing matches jobs on). */
+  function capabilityFacts(caps) {
+    const chips = (items, cls) => items.length ? items.map((x) => h("span", {class: "chip " + cls, text: x}))
+      : h("span", {class: "muted", text: "none"});
+    const vram = typeof caps.vram_total_gb === "number"
+      ? caps.vram_total_gb.toFixed(1) + " GiB" + (typeof caps.vram_free_gb === "number" ? " (" + caps.vram_free_gb.toFixed(1) + " free)" : "")
+      : "no GPU reported";
+    return [
+      h("dt", {text: "models"}), h("dd", {class: "models"}, chips(caps.models || [], "chip-model")),
+      h("dt", {text: "VRAM"}), h("dd", {class: "vram", text: vram}),
+      h("dt", {text: "tags"}), h("dd", {class: "worker-tags"}, chips(caps.tags || [], "chip-tag")),
+    ];
   }
 
   function workerCard(worker) {
@@ -78,7 +96,8 @@
         h("dt", {text: "heartbeat"}), h("dd", {class: "heartbeat"},
           worker.heartbeat_at ? ticking(worker.heartbeat_at, {suffix: " ago", warnAfter: HEARTBEAT_LATE}) : "never"),
         h("dt", {text: "queues"}), h("dd", {class: "queues"},
-          (worker.queues || []).map((q) => h("span", {class: "chip", text: q})))),
+          (worker.queues || []).map((q) => h("span", {class: "chip", text: q}))),
+        ...capabilityFacts(worker.capabilities || {})),
       h("div", {class: "controls"}, workerControls(worker)));
   }
 

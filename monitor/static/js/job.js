@@ -22,6 +22,15 @@
     try { return JSON.stringify(value, null, 2); } catch (exc) { return String(value); }
   }
 
+  /** A job's requirements in one line: models, VRAM, tags. */
+  function requiresText(req) {
+    const bits = [];
+    if (req.models && req.models.length) bits.push("models " + req.models.join(", "));
+    if (typeof req.vram_gb === "number") bits.push(req.vram_gb + " GiB VRAM");
+    if (req.tags && req.tags.length) bits.push("tags " + req.tags.join(", "));
+    return bits.join(" · ");
+  }
+
   function renderDetail() {
     const detail = document.getElementById("job-detail");
     fill(document.getElementById("job-status"), job ? statusPill(job.status) : null);
@@ -33,13 +42,17 @@
     const p = job.progress || {};
     const group = JQJobs.group(job);
     const took = JQJobs.runtime(job);
+    const preview = JQ.previewImage(job, "job-preview");
     fill(detail,
       group === "active" || group === "pending" ? h("div", {class: "job-progress"}, JQJobs.detail(job)) : null,
+      preview ? h("figure", {id: "job-preview", class: "preview"}, preview,
+        h("figcaption", {class: "muted", text: "live preview #" + job.progress.preview})) : null,
       job.error ? h("div", {class: "error-box"}, h("strong", {text: job.error.type || "error"}),
         h("div", {class: "job-error", text: job.error.message || JQJobs.errorText(job)}),
         job.error.details && Object.keys(job.error.details).length ? h("pre", {class: "mono", text: pretty(job.error.details)}) : null) : null,
       h("dl", {class: "fields"},
         field("service", job.service), field("queue", job.queue), field("priority", job.priority),
+        field("requires", job.requires ? requiresText(job.requires) : null),
         field("worker", job.worker), field("machine", job.machine_id),
         field("attempt", job.attempt), field("retries", job.retries),
         field("workflow", job.workflow_id ? h("span", {class: "mono", text: job.workflow_id}) : null),
@@ -114,7 +127,7 @@
       const name = String(file.name || file.filename || (file.path ? String(file.path).split("/").pop() : "") || "file");
       // Files without a url of their own: the monitor serves output_dir/<job id>/<name> when
       // it shares the workers' disk (404 otherwise, and the image says so).
-      const local = file.path ? String(file.path).split("/").pop() : null;
+      const local = file.name ? String(file.name) : (file.path ? String(file.path).split("/").pop() : null);
       const url = JQ.safeUrl(file.url) ||
         (local ? "/jobs/" + encodeURIComponent(jobId) + "/files/" + encodeURIComponent(local) : null);
       const isImage = (file.content_type && String(file.content_type).startsWith("image/")) || IMAGE_EXT.test(name);
@@ -171,10 +184,41 @@
       missing = true;
     }
     render();
+    if (!hooksTimer) loadWebhooks();
     if (again) { again = false; load(); }
   }
 
-  const render = JQ.coalesce(() => { renderDetail(); renderOutputs(); renderTimeline(); });
+  const render = JQ.coalesce(() => { renderDetail(); renderOutputs(); renderTimeline(); renderWebhooks(); });
+
+  // Webhook tries (GET /api/jobs/<id>/webhooks): workers record them in the result backend,
+  // not as events, so while a delivery is still pending the page asks again every few seconds.
+  let hooks = null, hooksTimer = null;
+  async function loadWebhooks() {
+    hooksTimer = null;
+    const res = await api("GET", "/api/jobs/" + encodeURIComponent(jobId) + "/webhooks");
+    if (res.ok && res.data) hooks = res.data;
+    render();
+    const tries = hooks && Array.isArray(hooks.attempts) ? hooks.attempts : [];
+    const done = tries.some((t) => t.delivered);
+    if (hooks && hooks.webhook_url && job && JQ.FINAL.has(job.status) && !done && !hooksTimer) {
+      hooksTimer = setTimeout(loadWebhooks, 5000);
+    }
+  }
+
+  function renderWebhooks() {
+    const box = document.getElementById("job-webhooks");
+    if (!box) return;
+    const url = hooks && hooks.webhook_url;
+    const tries = hooks && Array.isArray(hooks.attempts) ? hooks.attempts : [];
+    if (!url && !tries.length) { fill(box, h("p", {class: "muted", text: "no webhook"})); return; }
+    const rows = tries.map((t) => h("li", {class: "webhook-try" + (t.delivered ? " delivered" : "")},
+      h("span", {class: "mono", text: "try " + t.try + " "}),
+      h("span", {class: "muted", text: t.at ? clock(t.at) + " " : ""}),
+      h("span", {text: t.delivered ? "delivered (" + t.status_code + ")" : "failed: " + (t.status_code || "") + " " + (t.error || "")}),
+      h("span", {class: "muted mono", text: " " + (t.webhook_id || "") + (t.worker ? " via " + t.worker : "")})));
+    fill(box, [h("p", {class: "mono", text: url || ""}),
+      rows.length ? h("ol", {class: "webhook-tries"}, ...rows) : h("p", {class: "muted", text: "not sent yet"})]);
+  }
 
   live.subscribe((kind, id, data) => {
     if (kind === "snapshot") {

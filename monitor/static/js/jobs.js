@@ -38,8 +38,42 @@ const JQJobs = (function () {
   }
   live.subscribe(() => { estimates = null; });
 
+  // Why queued jobs with requirements wait. The rule lives on the server: /api/waiting is asked
+  // after a snapshot and whenever a worker or such a job changes (the snapshot and deltas do
+  // not carry it: it depends on the workers, not on the job).
+  const waiting = new Map();
+  let waitingTimer = null;
+  function refreshWaiting() {
+    if (waitingTimer !== null) return;
+    waitingTimer = setTimeout(async () => {
+      waitingTimer = null;
+      const res = await JQ.api("GET", "/api/waiting");
+      if (!res.ok || !res.data) return;
+      waiting.clear();
+      for (const [id, reason] of Object.entries(res.data.waiting || {})) waiting.set(id, reason);
+      live.emit("waiting", null, null);
+    }, 300);
+  }
+  function hasWaitingCandidates() {
+    for (const j of live.jobs.values()) if ((j.status === "queued" || j.status === "retrying") && j.requires) return true;
+    return false;
+  }
+  live.subscribe((kind, id, data) => {
+    if (kind === "snapshot") waiting.clear();
+    if ((kind === "worker" || kind === "snapshot" || (kind === "job" && data && data.requires)) && hasWaitingCandidates()) {
+      refreshWaiting();
+    }
+  });
+  function waitingFor(job) {
+    return job.status === "queued" || job.status === "retrying" ? (waiting.get(job.id) || null) : null;
+  }
+
   function pendingDetail(job) {
     const bits = [];
+    const reason = waitingFor(job);
+    if (reason) {
+      return h("div", {class: "detail"}, h("span", {class: "waiting-for", text: "waiting: " + reason}));
+    }
     if (job.status === "queued") {
       const est = estimate(job);
       bits.push(est.position ? "queue position " + est.position : "queued");
@@ -271,7 +305,7 @@ const JQJobs = (function () {
     search.addEventListener("input", changed);
     if (sortBy) sortBy.addEventListener("change", changed);
     live.subscribe((kind) => {
-      if (kind === "snapshot" || kind === "job") {
+      if (kind === "snapshot" || kind === "job" || kind === "waiting") {
         render();
         if (state in TAB_STATES) refetchSoon();
       }
@@ -282,5 +316,5 @@ const JQJobs = (function () {
 
   if (document.body.dataset.page === "jobs") setupJobsPage();
 
-  return {group, row, detail, renderList, errorText, runtime, compare, matches, stepText, batchText, estimate};
+  return {group, row, detail, renderList, errorText, runtime, compare, matches, stepText, batchText, estimate, waitingFor};
 })();

@@ -1,0 +1,389 @@
+"""The simulated WebUI's HTTP server: the ``/sdapi/v1/*`` and ``/internal/*`` routes jobqueue
+uses, on aiohttp, plus private fault switches for tests under ``/_sim/``.
+
+* ``POST /_sim/fault {"mode": ...}``: ``refuse`` (the server is down: close the listening
+  socket and cut open connections), ``freeze`` (hold every request, make no progress: a hung
+  process), ``slow`` (every answer takes ``slow_seconds`` longer), ``die`` (exit at once),
+  ``none`` (back to normal).
+* ``POST /_sim/config {"step_seconds": .., "load_seconds": .., "slow_seconds": .., "legacy": ..}``:
+  timing; ``legacy`` answers 404 on ``/internal/ping`` and ``/internal/progress``, like builds
+  before v1.6 (no task ids).
+* ``GET /_sim/requests``: the requests the WebUI routes received (method, path, query, body).
+* ``GET /_sim/state``: fault mode, ``shared.state``, the loaded checkpoint, images generated.
+
+The ``/_sim/`` routes are also served on an optional control port that keeps answering while
+the main port refuses or is frozen. Errors have the WebUI's shapes: FastAPI's 422 ``detail``
+lists (:mod:`jobqueue.a1111_sim.validation`) and ``api_middleware``'s
+``{"error", "detail", "body", "errors"}`` for exceptions raised in a route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+from jobqueue.a1111_sim.engine import CHECKPOINTS, SAMPLERS, Engine, HTTPError
+from jobqueue.a1111_sim.validation import validate_request
+
+log = logging.getLogger(__name__)
+
+#: Fault modes accepted by ``POST /_sim/fault``.
+FAULT_MODES = ("none", "refuse", "freeze", "slow", "die")
+_SIM_PREFIX = "/_sim/"
+#: Routes an older WebUI build does not have.
+_LEGACY_MISSING = ("/internal/ping", "/internal/progress")
+_BOOL_TRUE = {"1", "on", "t", "true", "y", "yes"}
+_BOOL_FALSE = {"0", "off", "f", "false", "n", "no"}
+
+
+def _exception_body(status: int, detail: str, name: str = "HTTPException") -> web.Response:
+    """``api_middleware.handle_exception``: how the WebUI answers an exception in a route."""
+    errors = f"{status}: {detail}" if name == "HTTPException" else detail
+    body = {"error": name, "detail": detail if name == "HTTPException" else "", "body": "", "errors": errors}
+    return web.json_response(body, status=status)
+
+
+class A1111SimServer:
+    """One simulated WebUI: the engine, its routes, its socket and its fault switches."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 7860, *, flavour: str = "a1111",
+                 control_port: int | None = None, step_seconds: float = 0.05, load_seconds: float = 1.0) -> None:
+        self.host = host
+        self.port = port
+        self.control_port = control_port
+        self.flavour = flavour
+        self.engine = Engine(flavour, step_seconds=step_seconds, load_seconds=load_seconds)
+        self.fault = "none"
+        self.slow_seconds = 2.0
+        #: Behave like a build before v1.6: no /internal/ping, no /internal/progress.
+        self.legacy = False
+        self.requests: deque[dict[str, Any]] = deque(maxlen=5000)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._control_runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def control_url(self) -> str | None:
+        return f"http://{self.host}:{self.control_port}" if self.control_port is not None else None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._middleware], client_max_size=256 * 2**20)
+        app.add_routes(self._routes())
+        app.add_routes(self._sim_routes())
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
+        await self._runner.setup()
+        await self._listen()
+        if self.control_port is not None:
+            control = web.Application()
+            control.add_routes(self._sim_routes())
+            self._control_runner = web.AppRunner(control, access_log=None)
+            await self._control_runner.setup()
+            site = web.TCPSite(self._control_runner, self.host, self.control_port)
+            await site.start()
+            self.control_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await self._site.start()
+        self.port = self._site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        self.engine.thawed.set()  # let held requests finish instead of waiting on shutdown
+        for runner in (self._runner, self._control_runner):
+            if runner is not None:
+                await runner.cleanup()
+
+    # -- faults ----------------------------------------------------------------------------
+    async def set_fault(self, mode: str) -> None:
+        """Switch fault ``mode`` on (see the module docstring); ``none`` restores service."""
+        if mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r} (known: {', '.join(FAULT_MODES)})")
+        log.warning("a1111-sim fault: %s", mode)
+        if mode == "die":
+            asyncio.get_running_loop().call_later(0.05, os._exit, 3)
+        elif mode == "freeze":
+            self.engine.thawed.clear()
+            if self._site is None:  # a hung process still holds its listening socket
+                await self._listen()
+        elif mode == "refuse":
+            if self._site is not None:
+                await self._site.stop()
+                self._site = None
+        elif mode in ("none", "slow"):
+            self.engine.thawed.set()
+            if self._site is None:
+                await self._listen()
+        self.fault = mode
+
+    # -- plumbing --------------------------------------------------------------------------
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith(_SIM_PREFIX):
+            return await handler(request)
+        if self.fault == "refuse":
+            # A kept-alive connection outlives the closed listening socket: cut it like a dead server.
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("refusing")
+        await self.engine.thawed.wait()
+        if self.fault == "slow":
+            await asyncio.sleep(self.slow_seconds)
+        raw = await request.read() if request.can_read_body else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")[:2000]
+        if isinstance(body, dict) and isinstance(body.get("init_images"), list):
+            body = {**body, "init_images": [f"<{len(str(i))} chars>" for i in body["init_images"]]}
+        self.requests.append({"method": request.method, "path": request.path, "query": dict(request.query),
+                              "body": body, "time": time.time()})
+        if self.legacy and request.path in _LEGACY_MISSING:
+            return web.json_response({"detail": "Not Found"}, status=404)
+        return await handler(request)
+
+    def _sim_routes(self) -> list[web.RouteDef]:
+        async def fault(request: web.Request) -> web.Response:
+            data = await request.json()
+            try:
+                await self.set_fault(str(data.get("mode", "")))
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            return web.json_response({"mode": self.fault})
+
+        async def config(request: web.Request) -> web.Response:
+            data = await request.json()
+            for key in ("step_seconds", "load_seconds"):
+                if key in data:
+                    setattr(self.engine, key, float(data[key]))
+            if "slow_seconds" in data:
+                self.slow_seconds = float(data["slow_seconds"])
+            if "legacy" in data:
+                self.legacy = bool(data["legacy"])
+            return web.json_response({"step_seconds": self.engine.step_seconds,
+                                      "load_seconds": self.engine.load_seconds, "slow_seconds": self.slow_seconds})
+
+        async def requests(request: web.Request) -> web.Response:
+            return web.json_response(list(self.requests))
+
+        async def state(request: web.Request) -> web.Response:
+            engine = self.engine
+            return web.json_response({"fault": self.fault, "url": self.url, "flavour": self.flavour,
+                                      "state": engine.state.dict(), "loaded": engine.loaded,
+                                      "current_task": engine.current_task, "pending": list(engine.pending_tasks),
+                                      "generated": engine.generated, "busy": engine.lock.locked()})
+
+        return [web.post("/_sim/fault", fault), web.post("/_sim/config", config),
+                web.get("/_sim/requests", requests), web.get("/_sim/state", state)]
+
+    def _routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/sdapi/v1/txt2img", self.txt2img),
+            web.post("/sdapi/v1/img2img", self.img2img),
+            web.get("/sdapi/v1/progress", self.progress),
+            web.post("/sdapi/v1/interrupt", self.interrupt),
+            web.post("/sdapi/v1/skip", self.skip),
+            web.get("/sdapi/v1/options", self.get_options),
+            web.post("/sdapi/v1/options", self.set_options),
+            web.get("/sdapi/v1/sd-models", self.sd_models),
+            web.get("/sdapi/v1/samplers", self.samplers),
+            web.get("/internal/ping", self.ping),
+            web.post("/internal/progress", self.task_progress),
+            web.get("/internal/pending-tasks", self.pending_tasks),
+            web.get("/internal/sysinfo", self.sysinfo),
+        ]
+
+    # -- WebUI routes ----------------------------------------------------------------------
+    async def _generate(self, request: web.Request, mode: str) -> web.Response:
+        parsed, errors = validate_request(await request.read(), mode, self.flavour)
+        if parsed is None:
+            return web.json_response({"detail": errors}, status=422)
+        try:
+            return web.json_response(await self.engine.generate(mode, parsed))
+        except HTTPError as exc:
+            return _exception_body(exc.status, exc.detail)
+
+    async def txt2img(self, request: web.Request) -> web.Response:
+        return await self._generate(request, "txt2img")
+
+    async def img2img(self, request: web.Request) -> web.Response:
+        return await self._generate(request, "img2img")
+
+    async def progress(self, request: web.Request) -> web.Response:
+        raw = request.query.get("skip_current_image", "false").strip().lower()
+        if raw not in _BOOL_TRUE | _BOOL_FALSE:
+            if self.flavour == "forge":
+                error: dict[str, Any] = {"type": "bool_parsing", "loc": ["query", "skip_current_image"],
+                                         "msg": "Input should be a valid boolean, unable to interpret input",
+                                         "input": request.query["skip_current_image"]}
+            else:
+                error = {"loc": ["query", "skip_current_image"], "msg": "value could not be parsed to a boolean",
+                         "type": "type_error.bool"}
+            return web.json_response({"detail": [error]}, status=422)
+        return web.json_response(self.engine.progress(raw in _BOOL_TRUE))
+
+    async def interrupt(self, request: web.Request) -> web.Response:
+        self.engine.interrupt()
+        return web.json_response({})
+
+    async def skip(self, request: web.Request) -> web.Response:
+        self.engine.skip()
+        return web.json_response(None)
+
+    async def get_options(self, request: web.Request) -> web.Response:
+        return web.json_response(self.engine.opts)
+
+    async def set_options(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        checkpoint = data.get("sd_model_checkpoint")
+        if checkpoint is not None and checkpoint not in CHECKPOINTS:
+            return _exception_body(500, f"model {checkpoint!r} not found", "RuntimeError")
+        if checkpoint is not None:
+            async with self.engine.lock:  # the WebUI loads weights through its queue lock
+                await self.engine.load_checkpoint(checkpoint)
+        self.engine.opts.update(data)
+        return web.json_response(None)
+
+    async def sd_models(self, request: web.Request) -> web.Response:
+        return web.json_response([{"title": title, "model_name": name, "hash": short, "sha256": None,
+                                   "filename": f"/models/Stable-diffusion/{title.split(' ')[0]}", "config": None}
+                                  for title, (name, short) in CHECKPOINTS.items()])
+
+    async def samplers(self, request: web.Request) -> web.Response:
+        return web.json_response([{"name": name, "aliases": [], "options": {}} for name in SAMPLERS])
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def task_progress(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        if not isinstance(data, dict):
+            data = {}
+        return web.json_response(self.engine.task_progress(
+            data.get("id_task"), int(data.get("id_live_preview", -1)), bool(data.get("live_preview", True))))
+
+    async def pending_tasks(self, request: web.Request) -> web.Response:
+        tasks = list(self.engine.pending_tasks)
+        return web.json_response({"size": len(tasks), "tasks": tasks})
+
+    async def sysinfo(self, request: web.Request) -> web.Response:
+        # modules/sysinfo.py get_dict() (a subset), served as ui.py's download_sysinfo does:
+        # JSON text in a PlainTextResponse.
+        info = {"Platform": platform.platform(), "Python": platform.python_version(),
+                "Version": self.engine.version, "Commit": "simulated", "Script path": os.getcwd(),
+                "Data path": os.getcwd(), "Commandline": list(sys.argv), "Extensions": [],
+                "Config": dict(self.engine.opts)}
+        stamp = time.strftime("%Y-%m-%d-%H-%M", time.gmtime())
+        return web.Response(text=json.dumps(info, ensure_ascii=False, indent=4), content_type="text/plain",
+                            headers={"Content-Disposition": f'inline; filename="sysinfo-{stamp}.json"'})
+
+
+async def serve(server: A1111SimServer, ready: Any = None, stop: asyncio.Event | None = None) -> None:
+    """Start ``server``, call ``ready(server)``, serve until ``stop`` is set (or forever)."""
+    await server.start()
+    if ready is not None:
+        ready(server)
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await server.stop()
+
+
+def run(host: str = "127.0.0.1", port: int = 7860, **options: Any) -> None:
+    """Serve a simulated WebUI on ``host:port`` until SIGINT/SIGTERM (blocking).
+
+    Options: ``flavour``, ``control_port``, ``step_seconds``, ``load_seconds``, ``announce``
+    (print one JSON line with the URLs once listening: how a parent learns a port chosen with 0).
+    """
+    announce = bool(options.pop("announce", False))
+    server = A1111SimServer(host, port, **options)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        def ready(srv: A1111SimServer) -> None:
+            line = {"url": srv.url, "control_url": srv.control_url, "pid": os.getpid()}
+            print(json.dumps(line) if announce else f"a1111-sim ({srv.flavour}) listening on {srv.url}", flush=True)
+
+        await serve(server, ready, stop)
+
+    asyncio.run(main())
+
+
+class A1111SimulatorThread:
+    """A simulator on its own event loop in a background thread (for in-process tests)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
+        self.server = A1111SimServer(host, port, **options)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self, timeout: float = 10.0) -> A1111SimulatorThread:
+        started = threading.Event()
+
+        def main() -> None:
+            async def body() -> None:
+                self._loop = asyncio.get_running_loop()
+                self._stop = asyncio.Event()
+                await serve(self.server, lambda _: started.set(), self._stop)
+
+            asyncio.run(body())
+
+        self._thread = threading.Thread(target=main, name="a1111-sim", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout):
+            raise RuntimeError("a1111 simulator did not start")
+        return self
+
+    def call(self, coro: Any, timeout: float = 10.0) -> Any:
+        """Run ``coro`` on the simulator's loop and return its result."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def fault(self, mode: str) -> None:
+        """Switch a fault on or off (``die`` is not offered in-process: use a subprocess)."""
+        if mode == "die":
+            raise ValueError("'die' would end the test process: run the simulator in a subprocess")
+        self.call(self.server.set_fault(mode))
+
+    def configure(self, **timing: float) -> None:
+        """Set ``step_seconds`` / ``load_seconds`` / ``slow_seconds`` (or ``legacy``)."""
+        for key, value in timing.items():
+            if key == "legacy":
+                self.server.legacy = bool(value)
+                continue
+            target = self.server if key == "slow_seconds" else self.server.engine
+            setattr(target, key, float(value))
+
+    def requests(self) -> list[dict[str, Any]]:
+        return list(self.server.requests)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+            self._thread = None

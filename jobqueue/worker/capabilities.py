@@ -1,0 +1,140 @@
+"""A worker's capabilities and the capability queues it consumes because of them.
+
+* :func:`enrich` adds what a connector's service offers (models, VRAM: the connector's
+  :meth:`~jobqueue.connectors.base.Connector.capabilities`) and the worker's declared tags to
+  the details of each health check, under ``capabilities``. Status events and the
+  ``connector_status`` command carry them from there, so the monitor sees the same facts the
+  worker routes on. A check that could not read them keeps the last known ones.
+* :class:`CapabilityGate` keeps the consumer's capability queues (``<service>.model.<m>``,
+  ``<service>.tag.<t>``, ``<service>.vram.<step>``, :mod:`jobqueue.routing`) in line with
+  those capabilities, with the same in-process ``add_task_queue``/``cancel_task_queue`` calls
+  as the ``add_consumer``/``cancel_consumer`` control commands: a worker that gains a model
+  starts taking its jobs, one that loses it (or whose service turns unhealthy) stops.
+  :meth:`CapabilityGate.hold_off` stops consuming one queue for a while after the worker
+  handed a job of it back (:mod:`jobqueue.worker.handback`), so another worker gets it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jobqueue.requirements import DETAILS_KEY, Capabilities, capabilities_from_details, capability_queues
+from jobqueue.routing import is_capability_queue
+from jobqueue.states import ConnectorStatus
+from jobqueue.worker.gate import ConsumerGate
+
+log = logging.getLogger(__name__)
+
+
+def enrich(connector: Any, status: ConnectorStatus, details: Mapping[str, Any] | None,
+           tags: tuple[str, ...]) -> dict[str, Any]:
+    """``details`` of a health check plus ``capabilities`` (read now when the service is
+    healthy, else the last known ones, which the gate ignores while unhealthy)."""
+    out = dict(details or {})
+    last = connector.details.get(DETAILS_KEY)
+    caps: dict[str, Any] = dict(last) if isinstance(last, Mapping) else {}
+    if status.is_healthy:
+        try:
+            fresh = connector.capabilities(out)
+        except Exception:  # capabilities() must not raise; never let it break the health loop
+            log.exception("connector %s failed to report its capabilities", connector.service)
+            fresh = None
+        if fresh is not None:
+            caps = dict(fresh)
+    caps["tags"] = list(tags)
+    out[DETAILS_KEY] = caps
+    return out
+
+
+def worker_capabilities(node_name: str, connectors: Mapping[str, Any], *, healthy_only: bool = True) -> dict[str, Capabilities]:
+    """Capabilities per service of this worker (only healthy connectors' by default)."""
+    return {
+        service: capabilities_from_details(node_name, service, c.details)
+        for service, c in connectors.items()
+        if not healthy_only or ConnectorStatus(c.status).is_healthy
+    }
+
+
+class CapabilityGate(ConsumerGate):
+    """Consume exactly the capability queues this worker's capabilities call for."""
+
+    def __init__(self, desired: Callable[[], set[str]], services: tuple[str, ...], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(dict)
+        # Re-entrant: on RabbitMQ, cancelling a queue waits for the broker's answer and may
+        # deliver messages meanwhile, whose hand-back calls hold_off() in this same thread.
+        self._lock = threading.RLock()  # type: ignore[assignment]
+        self._desired = desired
+        self._services = services
+        self._clock = clock
+        #: queue -> monotonic time until which it is not consumed (after a hand-back).
+        self._held: dict[str, float] = {}
+        #: Held queues that are not capability queues, to consume again when the hold ends.
+        self._restore: set[str] = set()
+
+    def _managed(self, queue: str) -> bool:
+        return is_capability_queue(queue, self._services)
+
+    def sync_now(self) -> dict[str, bool]:
+        """Add and cancel capability queues to match; return queue -> consuming (changed ones).
+
+        Must run in the consumer's thread (or before its loop started).
+        """
+        with self._lock:
+            consumer = self._consumer
+            if consumer is None or getattr(consumer, "task_consumer", None) is None:
+                return {}
+            now = self._clock()
+            ended = [q for q, until in self._held.items() if until <= now]
+            for queue in ended:
+                del self._held[queue]
+            want = {q for q in self._desired() if q not in self._held}
+            want |= {q for q in self._restore if q not in self._held}
+            self._restore -= want
+            current = {q.name for q in consumer.task_consumer.queues}
+            changed: dict[str, bool] = {}
+            try:
+                for queue in sorted(want - current):
+                    consumer.add_task_queue(queue)
+                    changed[queue] = True
+                for queue in sorted(current):
+                    held = queue in self._held
+                    if held or (self._managed(queue) and queue not in want):
+                        if held and not self._managed(queue):
+                            self._restore.add(queue)
+                        consumer.cancel_task_queue(queue)
+                        changed[queue] = False
+            except Exception:  # a broken connection: the restarted consumer syncs again
+                log.exception("could not update the capability queues")
+            if changed:
+                log.info("capability queues changed: %s", changed)
+            return changed
+
+    def hold_off(self, queue: str, seconds: float) -> None:
+        """Stop consuming ``queue`` for ``seconds`` (call from the consumer's thread), then
+        consume it again if it is still wanted."""
+        with self._lock:
+            self._held[queue] = self._clock() + seconds
+            consumer = self._consumer
+        self.sync_now()
+        hub = getattr(consumer, "hub", None) if consumer is not None else None
+        if hub is not None:
+            hub.call_later(seconds + 0.05, self.sync_now)
+        else:  # no event loop: the next health check's sync resumes it
+            log.debug("no hub: %s resumes with the next sync", queue)
+
+    def held(self) -> list[str]:
+        """Queues on hold right now."""
+        with self._lock:
+            now = self._clock()
+            return sorted(q for q, until in self._held.items() if until > now)
+
+
+def desired_queues(runtime: Any) -> set[str]:
+    """The capability queues ``runtime``'s healthy connectors and tags call for."""
+    caps = worker_capabilities(runtime.identity.node_name, runtime.connectors)
+    return {q for cap in caps.values() for q in capability_queues(cap)}

@@ -1,0 +1,396 @@
+"""The a1111 connector against the WebUI simulator over real sockets: in-process for the
+connector's own behaviour, and through real worker processes and Redis for acceptance."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from jobqueue.a1111_sim.process import A1111SimulatorProcess
+from jobqueue.a1111_sim.server import A1111SimulatorThread
+from jobqueue.client import submit_job
+from jobqueue.config import Settings
+from jobqueue.connectors.a1111 import A1111Connector, describe_error
+from jobqueue.connectors.base import Job
+from jobqueue.embedded import free_port
+from jobqueue.errors import (
+    ConfigError,
+    ExecutionFailed,
+    InvalidPayloadError,
+    JobCancelled,
+    JobFailed,
+    JobStalled,
+)
+from jobqueue.states import ConnectorStatus, JobStatus
+from tests.helpers import wait_for
+from tests.jobqueue.test_connector_status import consumed_queues
+
+XL = "sd_xl_base_1.0.safetensors [31e35c80fc]"
+
+
+@pytest.fixture
+def sim() -> Iterator[A1111SimulatorThread]:
+    server = A1111SimulatorThread(step_seconds=0.02, load_seconds=0.5).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def connector(sim: A1111SimulatorThread, tmp_path: Path) -> Iterator[A1111Connector]:
+    conn = A1111Connector(Settings(a1111_url=sim.url, output_dir=str(tmp_path / "outputs")))
+    conn.start()
+    yield conn
+    conn.stop()
+
+
+@pytest.fixture
+def sim_process(tmp_path: Path) -> Iterator[Any]:
+    """Factory of simulator subprocesses (they can be frozen or killed for real)."""
+    started: list[A1111SimulatorProcess] = []
+
+    def start(**options: Any) -> A1111SimulatorProcess:
+        proc = A1111SimulatorProcess(log_path=tmp_path / f"sim{len(started)}.log", **options).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+class Reports:
+    """A progress reporter that keeps every report."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def __call__(self, **report: Any) -> None:
+        self.items.append(report)
+
+
+def run_in_thread(connector: A1111Connector, job: Job) -> tuple[threading.Thread, list[Any]]:
+    outcome: list[Any] = []
+
+    def body() -> None:
+        try:
+            outcome.append(connector.run(job, Reports()))
+        except BaseException as exc:  # noqa: B036 - collected for the assertion
+            outcome.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    return thread, outcome
+
+
+def other_client(url: str, body: dict[str, Any]) -> threading.Thread:
+    """Another client's blocking txt2img on the same WebUI."""
+    thread = threading.Thread(target=lambda: requests.post(f"{url}/sdapi/v1/txt2img", json=body, timeout=60))
+    thread.start()
+    return thread
+
+
+def sim_busy(url: str) -> bool:
+    return bool(requests.get(f"{url}/sdapi/v1/progress", timeout=5).json()["state"]["job_count"])
+
+
+# -- payload -------------------------------------------------------------------------------------
+def test_the_example_payload_is_valid_and_bad_fields_are_refused_naming_each_problem():
+    assert A1111Connector.validate(A1111Connector.example_payload)["mode"] == "txt2img"
+    cases = [
+        ({"steps": -1}, "'steps' must be between 1 and 150 (the WebUI's limits), got -1"),
+        ({"steps": "20"}, "'steps' must be an integer, got '20'"),
+        ({"cfg_scale": True}, "'cfg_scale' must be a number"),
+        ({"width": 4096, "batch_size": 0}, "'width' must be between 64 and 2048"),
+        ({"styles": [1]}, "'styles' must be a list of strings"),
+        ({"prompt": None}, "'prompt' may not be null"),
+        ({"promt": "typo"}, "unknown field(s) ['promt']"),
+        ({"mode": "inpaint"}, "'mode' must be one of txt2img, img2img"),
+        ({"mode": "img2img"}, "img2img needs 'init_images'"),
+        ({"init_images": ["x"]}, "'init_images' is not a txt2img field"),
+        ({"force_task_id": "mine"}, "'force_task_id' may not be set"),
+        ({"send_images": False}, "'send_images' may not be set"),
+        ({"override_settings": {"sd_model_checkpoint": 3}}, "sd_model_checkpoint' must be a string"),
+        ({"stall_timeout": 0}, "'stall_timeout' must be a positive number"),
+        ([], "payload must be a JSON object"),
+    ]
+    for payload, text in cases:
+        with pytest.raises(InvalidPayloadError) as info:
+            A1111Connector.validate(payload)
+        assert text in str(info.value), (payload, str(info.value))
+    both = pytest.raises(InvalidPayloadError, A1111Connector.validate, {"width": 4096, "batch_size": 0})
+    assert "'batch_size' must be between 1 and 8" in str(both.value)
+    assert A1111Connector.validate({"mode": "img2img", "init_images": ["aGk="], "denoising_strength": 0.4})
+
+
+def test_webui_error_answers_are_described_in_one_line():
+    detail = {"detail": [{"loc": ["body", "steps"], "msg": "value is not a valid integer", "type": "type_error.integer"}]}
+    assert describe_error(422, detail) == "the WebUI refused the request (422): steps: value is not a valid integer"
+    crashed = {"error": "OutOfMemoryError", "detail": "", "body": "", "errors": "CUDA out of memory"}
+    assert describe_error(500, crashed) == "the WebUI answered 500: OutOfMemoryError: CUDA out of memory"
+
+
+def test_each_worker_takes_its_gpus_webui_url_and_a_bad_url_map_names_its_variable():
+    settings = Settings.from_env({"JOBQUEUE_A1111_URL": "http://h:7860", "JOBQUEUE_A1111_URLS": "gpu1=http://h:7861"})
+    assert settings.a1111_url_for(1) == "http://h:7861" and settings.a1111_url_for(0) == "http://h:7860"
+    assert Settings.from_env(settings.to_env()).a1111_urls == {"gpu1": "http://h:7861"}
+    with pytest.raises(ConfigError, match="JOBQUEUE_A1111_URLS"):
+        Settings.from_env({"JOBQUEUE_A1111_URLS": "http://no-key:7860"})
+
+
+# -- in-process connector ------------------------------------------------------------------------
+def test_health_reports_checkpoint_and_version_and_offline_with_the_reason_when_refused(sim, connector):
+    health = connector.check_health()
+    assert health.status == ConnectorStatus.IDLE
+    assert health.details["sd_model_checkpoint"].startswith("v1-5-pruned-emaonly")
+    assert health.details["version"] == "v1.10.1" and health.details["flavour"] == "a1111"
+    assert health.details["busy"] is False and "v1.10.1" in health.details["summary"]
+    sim.fault("refuse")
+    down = connector.check_health()
+    assert down.status == ConnectorStatus.OFFLINE and "unreachable" in down.message and sim.url in down.message
+
+
+def test_an_older_webui_without_ping_or_task_ids_is_checked_through_options_and_still_runs(sim, connector):
+    # Given a build from before v1.6: /internal/ping and /internal/progress answer 404
+    sim.configure(legacy=True, step_seconds=0.03)
+    # Then health falls back to /sdapi/v1/options, and a job runs with its progress
+    assert connector.check_health().status == ConnectorStatus.IDLE
+    reports = Reports()
+    result = connector.run(Job(id="old", service="a1111", payload={"steps": 40, "width": 64, "height": 64}), reports)
+    assert result["files"] and max(r.get("step") or 0 for r in reports.items) >= 10
+    # (/internal/progress was asked once; after its 404 the connector never asks again)
+    assert len([r for r in sim.requests() if r["path"] == "/internal/progress"]) == 1
+
+
+def test_a_run_writes_every_image_and_returns_the_webuis_info(connector, tmp_path):
+    job = Job(id="j1", service="a1111", payload={"prompt": "a cat", "seed": 5, "steps": 3, "n_iter": 2,
+                                                   "batch_size": 2, "width": 64, "height": 64})
+    result = connector.run(job, Reports())
+    assert [f["filename"] for f in result["files"]] == ["00000-5.png", "00001-6.png", "00002-7.png", "00003-8.png"]
+    for item in result["files"]:
+        path = Path(item["path"])
+        assert path.parent == (tmp_path / "outputs" / "j1").resolve() and path.read_bytes().startswith(b"\x89PNG")
+    assert result["info"]["seed"] == 5 and result["info"]["sampler_name"] == "Euler"
+    assert result["info"]["sd_model_name"] == "v1-5-pruned-emaonly" and result["task_id"] == "jobqueue-j1-0"
+
+
+def test_every_new_live_preview_of_the_webui_is_handed_to_the_job_as_a_png(sim, connector):
+    # Given a job whose previews are collected (the WebUI renders one every 10 steps)
+    sim.configure(step_seconds=0.03)
+    job = Job(id="previews", service="a1111", payload={"steps": 60, "width": 64, "height": 64})
+    previews: list[tuple[bytes, str]] = []
+    job.report_preview = lambda data, mime: previews.append((data, mime))  # type: ignore[method-assign]
+    # When it runs
+    connector.run(job, Reports())
+    # Then several distinct PNG previews arrived, none twice in a row
+    assert len(previews) >= 3, len(previews)
+    assert all(mime == "image/png" and data.startswith(b"\x89PNG") for data, mime in previews)
+    assert all(a != b for a, b in pairwise(previews))
+
+
+def test_an_unknown_sampler_fails_with_the_webuis_own_error(connector):
+    with pytest.raises(ExecutionFailed) as info:
+        connector.run(Job(id="s", service="a1111", payload={"steps": 2, "sampler_name": "Nope"}), Reports())
+    assert str(info.value) == "the WebUI answered 404: HTTPException: Sampler not found"
+    assert not info.value.retryable
+
+
+def test_a_webui_busy_with_another_clients_job_is_alive_and_its_progress_is_not_ours(sim, connector):
+    # Given another client's job that runs longer than our stall timeout
+    sim.configure(step_seconds=0.05)
+    other = other_client(sim.url, {"steps": 50, "force_task_id": "theirs"})
+    wait_for(lambda: sim_busy(sim.url), what="the other job to run")
+    # When our job is sent with a 1.5 s stall timeout
+    reports = Reports()
+    job = Job(id="ours", service="a1111", payload={"steps": 4, "stall_timeout": 1.5})
+    result = connector.run(job, reports)
+    other.join(10)
+    # Then it waited (not stalled), said so, and reported only its own steps
+    assert result["files"]
+    assert reports.items[1]["message"] == "waiting: the WebUI is busy with another client's job"
+    assert all(r.get("total_steps") in (None, 4) for r in reports.items), reports.items
+
+
+def test_another_clients_silent_checkpoint_load_longer_than_the_stall_timeout_is_waited_out(sim, connector):
+    # Given another client's job whose checkpoint switch shows no progress for 3 s
+    sim.configure(load_seconds=3.0)
+    other = other_client(sim.url, {"steps": 2, "override_settings": {"sd_model_checkpoint": XL}})
+    wait_for(lambda: sim_busy(sim.url), what="the other job to start loading")
+    # When our job, with a 1.5 s stall timeout, waits behind it
+    result = connector.run(Job(id="patient", service="a1111", payload={"steps": 2, "stall_timeout": 1.5}), Reports())
+    other.join(10)
+    # Then it was not declared stalled: a busy WebUI is alive
+    assert result["files"]
+
+
+def test_a_checkpoint_switch_that_outlasts_the_stall_timeout_counts_as_alive(sim, connector):
+    sim.configure(load_seconds=3.0)
+    reports = Reports()
+    job = Job(id="switch", service="a1111",
+              payload={"steps": 3, "stall_timeout": 1.5, "override_settings": {"sd_model_checkpoint": XL}})
+    result = connector.run(job, reports)
+    assert result["info"]["sd_model_name"] == "sd_xl_base_1.0"
+    assert any(r.get("message") == f"loading checkpoint {XL}" for r in reports.items)
+
+
+def test_progress_that_stays_unchanged_longer_than_the_stall_timeout_stalls(sim, connector):
+    # Given a WebUI that answers but whose sampling step takes far longer than the stall timeout
+    sim.configure(step_seconds=30.0)
+    started = time.monotonic()
+    with pytest.raises(JobStalled, match="showed no progress for 1.5 s"):
+        connector.run(Job(id="stuck", service="a1111", payload={"steps": 3, "stall_timeout": 1.5}), Reports())
+    assert time.monotonic() - started < 1.5 + 3
+    # And the connector interrupted its task, so the WebUI is free again
+    wait_for(lambda: not sim_busy(sim.url), 10, what="the WebUI to be idle")
+
+
+def test_a_frozen_webui_stalls_the_job_within_the_stall_timeout(sim, connector):
+    sim.configure(step_seconds=0.1)
+    job = Job(id="frozen", service="a1111", payload={"steps": 100, "stall_timeout": 1.5})
+    thread, outcome = run_in_thread(connector, job)
+    wait_for(lambda: sim_busy(sim.url), what="the job to run")
+    sim.fault("freeze")
+    frozen = time.monotonic()
+    thread.join(15)
+    assert isinstance(outcome[0], JobStalled) and "did not answer /sdapi/v1/progress" in str(outcome[0])
+    assert time.monotonic() - frozen < 1.5 + 5
+    sim.fault("none")
+
+
+def test_a_job_cancelled_while_its_webui_is_frozen_ends_cancelled_not_stalled(sim, connector):
+    sim.configure(step_seconds=0.1)
+    job = Job(id="frozen-cancel", service="a1111", payload={"steps": 100, "stall_timeout": 1.5})
+    thread, outcome = run_in_thread(connector, job)
+    wait_for(lambda: sim_busy(sim.url), what="the job to run")
+    sim.fault("freeze")
+    connector.cancel(job)
+    thread.join(20)
+    # (JobStalled would hand a cancelled job to another worker)
+    assert isinstance(outcome[0], JobCancelled), outcome
+    sim.fault("none")
+
+
+def test_cancelling_a_job_queued_behind_another_clients_never_interrupts_that_job(sim, connector):
+    sim.configure(step_seconds=0.05)
+    other = other_client(sim.url, {"steps": 200, "force_task_id": "theirs"})
+    wait_for(lambda: sim_busy(sim.url), what="the other job to run")
+    job = Job(id="queued", service="a1111", payload={"steps": 2})
+    thread, outcome = run_in_thread(connector, job)
+    wait_for(lambda: any(r["path"] == "/internal/progress" for r in sim.requests()), what="our task to be asked about")
+    connector.cancel(job)
+    thread.join(15)
+    assert isinstance(outcome[0], JobCancelled) and "before the WebUI started it" in str(outcome[0])
+    assert not [r for r in sim.requests() if r["path"] in ("/sdapi/v1/interrupt", "/sdapi/v1/skip")]
+    requests.post(f"{sim.url}/sdapi/v1/interrupt", timeout=5)
+    other.join(10)
+
+
+# -- acceptance: real workers, real Redis, the simulator over real sockets ------------------------
+def a1111_worker(start_worker: Any, sim: A1111SimulatorProcess, queues: str = "gpu0", **env: Any) -> Any:
+    return start_worker(queues, CONNECTORS="a1111", A1111_URL=sim.url, **env)
+
+
+def test_txt2img_shows_at_least_five_increasing_progress_updates_and_writes_a_png(app, start_worker, sim_process):
+    sim = sim_process(step_seconds=0.1)
+    a1111_worker(start_worker, sim)
+    seen: list[dict[str, Any]] = []
+    handle = submit_job("a1111", {"prompt": "a lighthouse", "steps": 40, "seed": 11, "width": 64, "height": 64},
+                        app=app)
+    result = handle.wait(timeout=60, on_progress=seen.append)
+    stepped = [p for p in seen if p.get("step")]
+    # (an update may repeat its step when only something else changed, e.g. a new preview)
+    updates = [p for i, p in enumerate(stepped) if i == 0 or p["step"] != stepped[i - 1]["step"]]
+    assert len(updates) >= 5, seen
+    assert all(a["step"] < b["step"] and a["percent"] < b["percent"] for a, b in pairwise(updates)), updates
+    assert all(p["total_steps"] == 40 and "step" in p["message"] for p in stepped)
+    [file] = result["files"]
+    assert Path(file["path"]).read_bytes().startswith(b"\x89PNG") and file["filename"] == "00000-11.png"
+    assert result["info"]["seed"] == 11 and result["info"]["sampler_name"] == "Euler"
+
+
+def test_a_cancelled_running_job_ends_cancelled_the_webui_is_idle_within_five_seconds_and_the_next_job_runs(
+        app, start_worker, sim_process):
+    sim = sim_process(step_seconds=0.1)
+    a1111_worker(start_worker, sim)
+    running = submit_job("a1111", {"steps": 150}, app=app)
+    wait_for(lambda: (running.progress() or {}).get("step", 0) >= 2, 30, what="the job to be under way")
+    # When it is cancelled
+    assert running.cancel()
+    cancelled_at = time.monotonic()
+    # Then it ends cancelled, the WebUI was interrupted and is idle within 5 s
+    with pytest.raises(JobFailed) as info:
+        running.wait(timeout=20)
+    assert info.value.status == JobStatus.CANCELLED.value
+    wait_for(lambda: sim.state()["state"]["job_count"] == 0 and not sim.state()["busy"], 5, what="an idle WebUI")
+    assert time.monotonic() - cancelled_at < 5.0
+    assert any(r["path"] == "/sdapi/v1/interrupt" for r in sim.requests())
+    # And the next job is fine
+    assert submit_job("a1111", {"steps": 3}, app=app).wait(timeout=30)["files"]
+
+
+def test_a_payload_with_steps_minus_one_is_refused_at_submit_and_nothing_is_enqueued(app, redis_client):
+    with pytest.raises(InvalidPayloadError, match="'steps' must be between 1 and 150"):
+        submit_job("a1111", {"prompt": "x", "steps": -1}, app=app)
+    assert redis_client.llen("a1111") == 0 and not redis_client.keys("celery-task-meta-*")
+
+
+def test_a_frozen_webui_hands_the_job_to_the_other_worker_within_stall_timeout_plus_five(app, start_worker, sim_process):
+    # Given two workers, each with its own WebUI, configured by one per-GPU URL setting
+    sims = [sim_process(step_seconds=0.1), sim_process(step_seconds=0.1)]
+    urls = f"gpu0={sims[0].url},gpu1={sims[1].url}"
+    workers = [start_worker(queues, CONNECTORS="a1111", A1111_URLS=urls, MAX_RETRIES=5) for queues in ("gpu0", "gpu1")]
+    stall = 3.0
+    handle = submit_job("a1111", {"steps": 20, "stall_timeout": stall}, app=app)
+    # When the WebUI running the job freezes mid-job
+    wait_for(lambda: (handle.progress() or {}).get("step", 0) >= 2, 30, what="the job to be under way")
+    running = next(i for i, s in enumerate(sims) if any(r["path"] == "/sdapi/v1/txt2img" for r in s.requests()))
+    sims[running].fault("freeze")
+    frozen_at = time.monotonic()
+    result = handle.wait(timeout=stall + 20)
+    # Then the job completed on the other worker, within stall timeout + 5 s
+    elapsed = time.monotonic() - frozen_at
+    assert result["worker"] == workers[1 - running].node_name and result["attempt"] >= 1
+    assert elapsed < stall + 5.0, f"took {elapsed:.1f} s after the freeze"
+    sims[running].fault("none")
+
+
+def test_a_killed_webui_fails_the_job_clearly_stops_the_queue_and_resumes_when_it_returns(app, start_worker, sim_process):
+    # Given a worker on a WebUI at a fixed port
+    port = free_port()
+    sim = sim_process(step_seconds=0.1, port=port)
+    worker = a1111_worker(start_worker, sim, MAX_RETRIES=0)
+    wait_for(lambda: "a1111" in consumed_queues(app, worker.node_name), 15, what="the worker to consume a1111")
+    handle = submit_job("a1111", {"steps": 150}, app=app)
+    wait_for(lambda: (handle.progress() or {}).get("step", 0) >= 1, 30, what="the job to be under way")
+    # When the WebUI is killed
+    sim.kill()
+    killed_at = time.monotonic()
+    # Then the job fails within 10 s with a clear error naming the WebUI
+    with pytest.raises(JobFailed) as info:
+        handle.wait(timeout=10)
+    assert time.monotonic() - killed_at < 10.0
+    assert info.value.error["type"] == "ServiceUnavailable"
+    assert sim.url in info.value.error["message"] and "unreachable" in info.value.error["message"]
+    # ... and the worker stops consuming a1111 (its own queues stay)
+    wait_for(lambda: "a1111" not in consumed_queues(app, worker.node_name), 15, what="the worker to step aside")
+    assert "gpu0" in consumed_queues(app, worker.node_name)
+    # When the WebUI comes back on the same port
+    sim_process(step_seconds=0.1, port=port)
+    # Then the worker consumes a1111 again and runs the next job
+    wait_for(lambda: "a1111" in consumed_queues(app, worker.node_name), 20, what="the worker to consume again")
+    assert submit_job("a1111", {"steps": 3}, app=app).wait(timeout=30)["worker"] == worker.node_name
+
+
+def test_the_monitor_summary_of_an_a1111_payload_names_size_steps_seed_and_prompt_never_the_images():
+    from jobqueue.summary import summarize_payload
+
+    assert summarize_payload("a1111", A1111Connector.example_payload) == (
+        "txt2img 512×512, 20 steps, seed 42: a lighthouse on a cliff at dusk, oil painting")
+    img2img = {"mode": "img2img", "init_images": ["A" * 100000], "n_iter": 2, "prompt": "x"}
+    assert summarize_payload("a1111", img2img) == "img2img 512×512, 50 steps, 2×1 images: x"

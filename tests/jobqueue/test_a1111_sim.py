@@ -1,0 +1,238 @@
+"""The Stable Diffusion WebUI simulator speaks the WebUI's API over real HTTP: FastAPI's 422
+bodies (pydantic 1 for A1111 v1.10.1, pydantic 2 for Forge), the progress fields, task ids,
+interrupt and skip, deterministic PNGs, and its fault switches."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from jobqueue.a1111_sim.server import A1111SimulatorThread
+from jobqueue.a1111_sim.validation import validate_request
+from jobqueue.connectors.a1111_fields import request_fields
+from jobqueue.embedded import free_port
+from tests.helpers import ROOT, child_env, stop_process_group, wait_for
+
+
+@pytest.fixture
+def sim() -> Iterator[A1111SimulatorThread]:
+    server = A1111SimulatorThread(step_seconds=0.02, load_seconds=0.5).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def forge() -> Iterator[A1111SimulatorThread]:
+    server = A1111SimulatorThread(flavour="forge", step_seconds=0.02).start()
+    yield server
+    server.stop()
+
+
+def in_background(url: str, body: dict[str, Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """POST txt2img in a thread (it blocks until the images are done)."""
+    out: dict[str, Any] = {}
+
+    def post() -> None:
+        out["response"] = requests.post(f"{url}/sdapi/v1/txt2img", json=body, timeout=60)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread, out
+
+
+def progress(url: str, skip: bool = False) -> dict[str, Any]:
+    answer: dict[str, Any] = requests.get(f"{url}/sdapi/v1/progress", params={"skip_current_image": str(skip).lower()},
+                                          timeout=5).json()
+    return answer
+
+
+# -- validation ----------------------------------------------------------------------------------
+def test_a1111_answers_bad_fields_with_pydantic_ones_422_body(sim):
+    response = requests.post(f"{sim.url}/sdapi/v1/txt2img",
+                             json={"steps": "many", "cfg_scale": "high", "restore_faces": "maybe", "styles": [{}],
+                                   "override_settings": 3, "script_args": "x", "width": 1.7, "prompt": 5}, timeout=5)
+    assert response.status_code == 422
+    assert response.json() == {"detail": [
+        {"loc": ["body", "styles", 0], "msg": "str type expected", "type": "type_error.str"},
+        {"loc": ["body", "steps"], "msg": "value is not a valid integer", "type": "type_error.integer"},
+        {"loc": ["body", "cfg_scale"], "msg": "value is not a valid float", "type": "type_error.float"},
+        {"loc": ["body", "restore_faces"], "msg": "value could not be parsed to a boolean", "type": "type_error.bool"},
+        {"loc": ["body", "override_settings"], "msg": "value is not a valid dict", "type": "type_error.dict"},
+        {"loc": ["body", "script_args"], "msg": "value is not a valid list", "type": "type_error.list"},
+    ]}
+
+
+def test_forge_answers_bad_fields_with_pydantic_twos_422_body(forge):
+    response = requests.post(f"{forge.url}/sdapi/v1/txt2img",
+                             json={"steps": "many", "width": 1.5, "prompt": 5, "distilled_cfg_scale": [],
+                                   "enable_hr": "maybe"}, timeout=5)
+    assert response.status_code == 422
+    assert response.json() == {"detail": [
+        {"type": "string_type", "loc": ["body", "prompt"], "msg": "Input should be a valid string", "input": 5},
+        {"type": "int_parsing", "loc": ["body", "steps"],
+         "msg": "Input should be a valid integer, unable to parse string as an integer", "input": "many"},
+        {"type": "float_type", "loc": ["body", "distilled_cfg_scale"], "msg": "Input should be a valid number",
+         "input": []},
+        {"type": "int_from_float", "loc": ["body", "width"],
+         "msg": "Input should be a valid integer, got a number with a fractional part", "input": 1.5},
+        {"type": "bool_parsing", "loc": ["body", "enable_hr"],
+         "msg": "Input should be a valid boolean, unable to interpret input", "input": "maybe"},
+    ]}
+
+
+def test_bodies_that_are_not_objects_get_fastapis_body_errors_in_both_flavours():
+    ok, errors = validate_request(b"{bad", "txt2img", "a1111")
+    assert ok is None and errors[0]["type"] == "value_error.jsondecode" and errors[0]["loc"] == ["body", 1]
+    assert validate_request(b"", "txt2img", "a1111")[1] == [
+        {"loc": ["body"], "msg": "field required", "type": "value_error.missing"}]
+    assert validate_request(b"[]", "txt2img", "a1111")[1] == [
+        {"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]
+    assert validate_request(b"{bad", "txt2img", "forge")[1] == [
+        {"type": "json_invalid", "loc": ["body", 1], "msg": "JSON decode error", "input": {},
+         "ctx": {"error": "Expecting property name enclosed in double quotes"}}]
+    assert validate_request(b"[1]", "txt2img", "forge")[1][0]["type"] == "model_attributes_type"
+
+
+def test_a_valid_body_is_filled_with_the_models_defaults_and_pydantic_one_coerces_like_pydantic():
+    request, errors = validate_request(json.dumps({"steps": "12", "width": 64.9, "prompt": 3}).encode(), "txt2img")
+    assert errors == [] and request is not None
+    assert (request["steps"], request["width"], request["prompt"]) == (12, 64, "3")
+    assert request["sampler_index"] == "Euler" and request["cfg_scale"] == 7.0 and request["n_iter"] == 1
+    assert set(request) == set(request_fields("txt2img", "a1111"))
+    assert "distilled_cfg_scale" in request_fields("txt2img", "forge") and "distilled_cfg_scale" not in request
+
+
+def test_an_unknown_sampler_is_a_404_on_a1111_and_a_400_on_forge_in_the_middlewares_shape(sim, forge):
+    for server, status in ((sim, 404), (forge, 400)):
+        response = requests.post(f"{server.url}/sdapi/v1/txt2img", json={"sampler_name": "Nope", "steps": 1}, timeout=5)
+        assert response.status_code == status
+        assert response.json() == {"error": "HTTPException", "detail": "Sampler not found", "body": "",
+                                   "errors": f"{status}: Sampler not found"}
+
+
+# -- generation and progress ---------------------------------------------------------------------
+def test_txt2img_reports_the_webuis_progress_fields_and_returns_the_same_png_for_the_same_seed(sim):
+    # Given an idle WebUI
+    idle = progress(sim.url)
+    assert idle == {"progress": 0, "eta_relative": 0, "current_image": None, "textinfo": None, "state": {
+        "skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
+        "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}}
+    # When a 30-step job runs
+    body = {"prompt": "a cat", "seed": 7, "steps": 30, "width": 64, "height": 48}
+    thread, out = in_background(sim.url, body)
+    running = wait_for(lambda: (p := progress(sim.url))["state"]["sampling_step"] >= 12 and p, what="12 steps")
+    # Then progress has the WebUI's fields, values, and a base64 PNG preview
+    assert set(running) == {"progress", "eta_relative", "state", "current_image", "textinfo"}
+    assert running["state"]["job"] == "Batch 1 out of 1" and running["state"]["sampling_steps"] == 30
+    assert 0.4 < running["progress"] < 1 and running["eta_relative"] > 0
+    assert base64.b64decode(running["current_image"]).startswith(b"\x89PNG")
+    assert progress(sim.url, skip=True)["current_image"] is None
+    thread.join(30)
+    first = out["response"].json()
+    # And the answer is TextToImageResponse: images, parameters, info (a JSON string)
+    assert set(first) == {"images", "parameters", "info"}
+    png = base64.b64decode(first["images"][0])
+    assert png.startswith(b"\x89PNG") and b"parameters" in png and b"Seed: 7" in png
+    info = json.loads(first["info"])
+    assert info["seed"] == 7 and info["all_seeds"] == [7] and info["version"] == "v1.10.1"
+    assert info["sd_model_name"] == "v1-5-pruned-emaonly" and first["parameters"]["steps"] == 30
+    again = requests.post(f"{sim.url}/sdapi/v1/txt2img", json=body, timeout=30).json()
+    assert again["images"] == first["images"]
+
+
+def test_internal_progress_tells_a_queued_task_from_the_active_one(sim):
+    sim.configure(step_seconds=0.05)
+    one, _ = in_background(sim.url, {"steps": 40, "force_task_id": "one"})
+    wait_for(lambda: progress(sim.url)["state"]["sampling_step"] >= 1, what="the first task to run")
+    two, _ = in_background(sim.url, {"steps": 1, "force_task_id": "two"})
+
+    def ask(task: str) -> dict[str, Any]:
+        answer: dict[str, Any] = requests.post(f"{sim.url}/internal/progress",
+                                               json={"id_task": task, "live_preview": False}, timeout=5).json()
+        return answer
+
+    queued = wait_for(lambda: (a := ask("two"))["queued"] and a, what="the second task queued")
+    assert queued["active"] is False and queued["textinfo"] == "In queue: 1/1"
+    assert ask("one")["active"] is True
+    requests.post(f"{sim.url}/sdapi/v1/interrupt", timeout=5)
+    one.join(10)
+    two.join(10)
+    assert ask("one")["completed"] is True and ask("two")["completed"] is True
+
+
+def test_interrupt_stops_at_the_next_step_and_still_returns_the_partial_image(sim):
+    sim.configure(step_seconds=0.05)
+    thread, out = in_background(sim.url, {"steps": 200, "n_iter": 3, "seed": 1})
+    wait_for(lambda: progress(sim.url)["state"]["sampling_step"] >= 2, what="the job under way")
+    assert requests.post(f"{sim.url}/sdapi/v1/interrupt", timeout=5).json() == {}
+    thread.join(5)
+    assert not thread.is_alive()
+    answer = out["response"].json()
+    assert len(answer["images"]) == 1 and json.loads(answer["info"])["all_seeds"] == [1]
+    assert progress(sim.url)["state"]["job_count"] == 0
+
+
+def test_skip_ends_the_current_batch_and_goes_on_with_the_next(sim):
+    sim.configure(step_seconds=0.05)
+    thread, out = in_background(sim.url, {"steps": 200, "n_iter": 2, "seed": 1, "width": 64, "height": 64})
+    wait_for(lambda: progress(sim.url)["state"]["sampling_step"] >= 2, what="batch 1 under way")
+    assert requests.post(f"{sim.url}/sdapi/v1/skip", timeout=5).json() is None
+    wait_for(lambda: progress(sim.url)["state"]["job_no"] == 1, what="batch 2")
+    requests.post(f"{sim.url}/sdapi/v1/interrupt", timeout=5)
+    thread.join(5)
+    assert len(out["response"].json()["images"]) == 2
+
+
+def test_a_checkpoint_override_loads_silently_then_the_option_is_restored(sim):
+    sim.configure(load_seconds=0.8)
+    thread, out = in_background(sim.url, {"steps": 2, "override_settings": {
+        "sd_model_checkpoint": "sd_xl_base_1.0.safetensors [31e35c80fc]"}})
+    loading = wait_for(lambda: (p := progress(sim.url))["state"]["job_count"] == -1 and p, what="the load")
+    assert loading["state"]["sampling_step"] == 0
+    thread.join(10)
+    assert json.loads(out["response"].json()["info"])["sd_model_name"] == "sd_xl_base_1.0"
+    options = requests.get(f"{sim.url}/sdapi/v1/options", timeout=5).json()
+    assert options["sd_model_checkpoint"].startswith("v1-5")  # override_settings_restore_afterwards
+
+
+# -- faults and the command ----------------------------------------------------------------------
+def test_fault_switches_refuse_freeze_and_slow_behave_like_a_sick_server(sim):
+    sim.fault("refuse")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{sim.url}/internal/ping", timeout=2)
+    sim.fault("freeze")
+    with pytest.raises(requests.Timeout):
+        requests.get(f"{sim.url}/internal/ping", timeout=1)
+    sim.configure(slow_seconds=0.6)
+    sim.fault("slow")
+    with pytest.raises(requests.Timeout):
+        requests.get(f"{sim.url}/internal/ping", timeout=0.3)
+    sim.fault("none")
+    assert requests.get(f"{sim.url}/internal/ping", timeout=2).json() == {}
+
+
+def test_the_a1111_sim_command_serves_the_api_on_the_given_port(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "jobqueue.cli", "a1111-sim", "--port", str(port)],
+                            env=child_env({}), cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        def up() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/internal/ping", timeout=1).json() == {}
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, 20, interval=0.1, what="the simulator")
+        sysinfo = requests.get(f"http://127.0.0.1:{port}/internal/sysinfo", timeout=5).json()
+        assert sysinfo["Version"] == "v1.10.1"
+    finally:
+        stop_process_group(proc)
