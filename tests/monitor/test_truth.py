@@ -69,7 +69,8 @@ def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_tha
     wait_for(lambda: running.status().is_final, 30, what="the running job to stop")
     # And a worker is SIGKILLed mid-job and restarted, so its job is redelivered
     killed = submit_job("simulation", {"steps": 25, "step_seconds": 0.2, "output": "again"}, app=app)
-    wait_for(lambda: killed.status().value == "processing", 30, what="the job to run")
+    # (killed once it reported a step: Celery marks a job STARTED before our task body runs)
+    wait_for(lambda: killed.progress()["step"] >= 1, 30, what="the job to report a step")
     worker.kill(signal.SIGKILL)
     start_worker("gpu0")
     killed.wait(timeout=90)
