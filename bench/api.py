@@ -1,4 +1,6 @@
-"""API latency: ``/api/state`` and ``/api/jobs?limit=100`` with 10k, 100k and 1M jobs stored.
+"""API latency: ``/api/state`` and ``/api/jobs?limit=100`` (exact totals, also filtered and
+sorted) with 10k, 100k and 1M jobs stored; with ``--chromium`` also the time the jobs page
+takes in headless Chromium to show its first page of rows and the exact total.
 
 How the store is filled: 1,000 template jobs (plus 50 workers with heartbeats and connector
 statuses, 200 unfinished jobs: queued and processing) are built from realistic events through
@@ -9,7 +11,7 @@ unfinished jobs stays 200 (a fleet's backlog does not grow with history). The mo
 (``python -m monitor.server``) then serves the file and one client times ``--requests``
 sequential requests per endpoint.
 
-    python -m bench.api --sizes 10000,100000,1000000 --requests 200
+    python -m bench.api --sizes 10000,100000,1000000 --requests 200 [--chromium]
 """
 
 from __future__ import annotations
@@ -151,10 +153,45 @@ def time_endpoint(url: str, requests_n: int) -> tuple[float, float, int]:
     return percentile(times, 50), percentile(times, 99), size
 
 
+#: Endpoints timed at every size.
+ENDPOINTS = ("/api/state", "/api/jobs?limit=100", "/api/jobs?limit=100&state=completed",
+             "/api/jobs?limit=100&sort=finished&order=asc&offset=5000")
+#: Debian's Chromium and the flags it needs headless as root.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+
+
+def time_jobs_page(url: str, stored: int, loads: int = 5) -> tuple[float, float, int]:
+    """Median and worst ms from navigation to the jobs page showing its first page of rows
+    and the exact total, and how many rows it drew."""
+    from playwright.sync_api import sync_playwright
+
+    times = []
+    drawn = 0
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            for _ in range(loads + 1):  # the first load warms the caches
+                started = time.perf_counter()
+                page.goto(url + "/jobs")
+                page.wait_for_function(
+                    "(total) => document.querySelectorAll('#jobs .job-row[data-job-id]').length > 0 && "
+                    "(document.querySelector('#pager .pager-range') || {}).textContent?.endsWith('of ' + total)",
+                    arg=str(stored), timeout=120_000)
+                times.append((time.perf_counter() - started) * 1000.0)
+                drawn = page.evaluate("document.querySelectorAll('#jobs .job-row[data-job-id]').length")
+        finally:
+            browser.close()
+    times = times[1:]
+    return percentile(times, 50), max(times), drawn
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--chromium", action="store_true", help="also time the jobs page in Chromium")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-api-"))
     server = RedisServer().start()
@@ -172,10 +209,16 @@ def main(argv: list[str] | None = None) -> int:
             monitor = monitor_process(settings, port, workdir / f"monitor-{size}.log").start()
             try:
                 wait_http(f"http://127.0.0.1:{port}/healthz", monitor, timeout=300)
-                for path in ("/api/state", "/api/jobs?limit=100"):
+                for path in ENDPOINTS:
                     p50, p99, body = time_endpoint(f"http://127.0.0.1:{port}{path}", args.requests)
                     rows.append({"jobs stored": stored, "endpoint": path, "p50 ms": p50, "p99 ms": p99,
                                  "body KB": body / 1024.0})
+                    print(fmt_table(rows[-1:], list(rows[-1])), flush=True)
+                if args.chromium:
+                    total = requests.get(f"http://127.0.0.1:{port}/api/jobs?limit=1", timeout=120).json()["total"]
+                    median, worst, drawn = time_jobs_page(f"http://127.0.0.1:{port}", total)
+                    rows.append({"jobs stored": stored, "endpoint": f"/jobs in Chromium ({drawn} rows drawn)",
+                                 "p50 ms": median, "p99 ms": worst, "body KB": 0.0})
                     print(fmt_table(rows[-1:], list(rows[-1])), flush=True)
             finally:
                 monitor.stop()

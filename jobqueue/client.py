@@ -12,6 +12,7 @@ and nothing is enqueued.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 
 from celery import states as celery_states
 
+from jobqueue import facts
 from jobqueue.connectors import connector_class
 from jobqueue.errors import (
     InvalidPayloadError,
@@ -36,6 +38,8 @@ from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progres
 from jobqueue.submitted import record_submitted, was_submitted
 from jobqueue.summary import summarize_payload
 from jobqueue.waiting import job_waiting_for, remember
+
+log = logging.getLogger(__name__)
 
 #: How often ``wait()`` polls the result backend.
 POLL_INTERVAL = 0.05
@@ -166,14 +170,30 @@ class JobHandle:
         if current in FINAL_JOB_STATES or current == JobStatus.UNKNOWN:
             return False
         # Mark it first, so a worker that starts it later (and never saw the revoke) skips it.
+        now = time.time()
         self.app.backend.store_result(self.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
+        client = facts.redis_client_of(self.app)
+        if client is not None:
+            facts.write(client, self.id, {"finished_at": now}, expires=int(self.app.conf.result_expires or 86400),
+                        only_new=("finished_at",))
         self.app.control.revoke(self.id)
         self.app.control.broadcast(CONTROL_CANCEL_JOB, arguments={"job_id": self.id})
+        self._announce_cancel(now)
         # A workflow step takes the steps after it along (imported here: workflows imports us).
         from jobqueue.workflows import cancel_later_steps
 
         cancel_later_steps(self.id, self.app)
         return True
+
+    def _announce_cancel(self, now: float) -> None:
+        """Tell every monitor at once (a queued job sends no other event until a worker
+        reaches its message). Best effort: the result backend already holds the truth."""
+        try:
+            with self.app.events.default_dispatcher() as dispatcher:
+                dispatcher.send("task-revoked", uuid=self.id, terminated=False, signum=None,
+                                expired=False, timestamp=now, cancelled_by="client")
+        except Exception:
+            log.warning("could not announce the cancel of job %s", self.id, exc_info=True)
 
 
 def get_job(job_id: str, *, app: Any = None) -> JobHandle:

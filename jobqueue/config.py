@@ -119,7 +119,7 @@ class Settings:
     #: Worker heartbeat interval (s); the monitor calls a worker offline after 3 missed beats.
     heartbeat_interval: float = 2.0
     #: The monitor keeps at most this many finished jobs (oldest pruned first).
-    monitor_keep_jobs: int = 10000
+    monitor_keep_jobs: int = 1_000_000
     #: The monitor prunes finished jobs older than this (s).
     monitor_keep_seconds: float = 7 * 24 * 3600.0
     #: How often (s) the monitor reconciles its store with inspect() and the result backend.
@@ -161,6 +161,12 @@ class Settings:
     monitor_max_body_bytes: int = 1_000_000
     #: Threads of the monitor's web server: each open dashboard holds one for its websocket.
     monitor_threads: int = 64
+    #: The monitor refuses (and counts) events whose timestamp is further than this (s) from
+    #: the time it received them.
+    monitor_event_window: float = 300.0
+    #: The monitor forgets a job that neither the result backend, a queue nor a worker knows
+    #: after this many seconds (ids of forged or long-lost events).
+    monitor_unknown_job_expiry: float = 600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

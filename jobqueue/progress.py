@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from jobqueue.states import empty_progress
 
 Publish = Callable[[dict[str, Any]], None]
+
+#: The ETA uses the rate over the last this many movements of the percent: a steady rate then
+#: gives an ETA that only falls, and a slow start (a model load before step 1) stops weighing
+#: on it after a few steps.
+RATE_WINDOW = 4
 
 
 class ProgressTracker:
@@ -35,6 +41,8 @@ class ProgressTracker:
         self.current: dict[str, Any] = empty_progress()
         # Reports come from the job's thread, annotations (previews) from a timer thread.
         self._lock = threading.RLock()
+        #: (time, percent) where the percent moved, oldest first; starts at (start, 0).
+        self._points: deque[tuple[float, float]] = deque([(self._started, 0.0)], maxlen=RATE_WINDOW + 1)
 
     def report(
         self,
@@ -66,6 +74,8 @@ class ProgressTracker:
             # Monotonic within an attempt, and never 100 before the job has really ended.
             new["percent"] = round(max(self.current["percent"], min(float(percent), 100.0)), 2)
         now = self._clock()
+        if new["percent"] > self._points[-1][1]:
+            self._points.append((now, new["percent"]))
         new["eta_seconds"] = self._eta(new["percent"], now)
         significant = any(new[k] != self.current[k] for k in ("step", "total_steps", "node", "message"))
         moved = new["percent"] != self.current["percent"]
@@ -87,8 +97,10 @@ class ProgressTracker:
             return dict(self.current)
 
     def _eta(self, percent: float, now: float) -> float | None:
-        elapsed = now - self._started
-        if percent <= 0 or elapsed <= 0:
+        """Time left at the rate of the last :data:`RATE_WINDOW` movements."""
+        since, base = self._points[0]
+        elapsed = now - since
+        if percent <= base or elapsed <= 0:
             return None
-        rate = percent / elapsed
+        rate = (percent - base) / elapsed
         return round((100.0 - percent) / rate, 2)

@@ -12,16 +12,19 @@ import logging
 import time
 from typing import Any
 
+from celery import signals
 from celery import states as celery_states
 from celery.exceptions import Ignore
 
+from jobqueue import facts
 from jobqueue.connectors import Job
 from jobqueue.errors import ConnectorError, JobCancelled
-from jobqueue.events import RUN_JOB_TASK, TASK_PROGRESS
+from jobqueue.events import RUN_JOB_TASK, TASK_PROGRESS, job_meta_from_kwargs
 from jobqueue.previews import publisher_for
 from jobqueue.progress import ProgressTracker
 from jobqueue.retrying import plan_retry
 from jobqueue.states import PROGRESS
+from jobqueue.summary import summarize_payload
 from jobqueue.worker.handback import hand_back_if_models_vanished
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import given_up
@@ -29,6 +32,10 @@ from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.workflows import run_step
 
 log = logging.getLogger(__name__)
+
+#: Longest ``task-succeeded`` result repr (Celery's default 1024 cut image lists short); a
+#: longer or deeper result reaches the monitor whole through the result backend.
+RESULT_REPR_MAX = 20000
 
 #: Minimum seconds between two progress publications that only move the percent.
 PROGRESS_MIN_INTERVAL = 0.1
@@ -53,40 +60,133 @@ def _mark_cancelled(task: Any, reason: str) -> None:
     task.send_event("task-revoked", terminated=True, signum=None, expired=False)
 
 
-def _begin_attempt(app: Any, job_id: str, retries: int) -> tuple[bool, int]:
-    """Return (was the job cancelled before it started, which attempt starts now).
+def _begin_attempt(app: Any, job_id: str, retries: int) -> tuple[bool, int, dict[str, Any]]:
+    """Return (was the job cancelled before it started, which attempt starts now, the job's
+    facts recorded so far — see :mod:`jobqueue.facts`).
 
     The attempt number (0 for the first) counts every start: Celery's ``retries`` counts only
     explicit retries, and a message redelivered after its worker died starts again with the
-    same count. On a Redis result backend both facts come from one round trip (the stored
-    state and an INCR); elsewhere the state is read through Celery and ``retries`` counts.
+    same count. On a Redis result backend these come from one round trip (the stored state,
+    an INCR and the facts); elsewhere the state is read through Celery and ``retries`` counts.
     """
-    client = getattr(app.backend, "client", None)
-    if client is None or not hasattr(client, "pipeline"):
-        return app.AsyncResult(job_id).state == celery_states.REVOKED, retries
+    client = facts.redis_client_of(app)
+    if client is None:
+        return app.AsyncResult(job_id).state == celery_states.REVOKED, retries, {}
     try:
         pipe = client.pipeline()
         pipe.get(app.backend.get_key_for_task(job_id))
         pipe.incr(f"jobqueue-attempts-{job_id}")
         pipe.expire(f"jobqueue-attempts-{job_id}", int(app.conf.result_expires or 86400))
-        raw, count, _ = pipe.execute()
+        pipe.hgetall(facts.facts_key(job_id))
+        raw, count, _, known = pipe.execute()
     except Exception:  # the backend is down: the job can still run; Celery will say so
         log.warning("could not read the state of job %s", job_id, exc_info=True)
-        return False, retries
+        return False, retries, {}
     state = app.backend.decode_result(raw).get("status") if raw else None
-    return state == celery_states.REVOKED, max(int(count) - 1, retries)
+    return state == celery_states.REVOKED, max(int(count) - 1, retries), facts.decode(known)
+
+
+def _expires(app: Any) -> int:
+    return int(app.conf.result_expires or 86400)
+
+
+def _job_meta(task: Any, service: str, payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The job's metadata as the client sent it (options, service, payload summary)."""
+    meta = {**options, "service": service}
+    summary = summarize_payload(service, payload)
+    if summary is not None:
+        meta.setdefault("payload_summary", summary)
+    return meta
+
+
+def _record_start(task: Any, attempt: int, known: dict[str, Any], meta: dict[str, Any],
+                  runtime: WorkerRuntime, started: float) -> None:
+    """Record a starting attempt in the job's facts; a previous attempt that never ended
+    (its worker died) or was retried goes to ``history``."""
+    client = facts.redis_client_of(task.app)
+    if client is None:
+        return
+    request = task.request
+    history = list(known.get("history") or [])
+    if known.get("started_at") is not None and known.get("finished_at") is None:
+        history.append({
+            "attempt": known.get("attempt"), "worker": known.get("worker"),
+            "received_at": known.get("received_at"), "started_at": known.get("started_at"),
+            "ended_at": known.get("retried_at"), "how": "retried" if known.get("retried_at") else "lost",
+        })
+    received = _received_times(task.app).pop(request.id, None) or started
+    facts.write(client, request.id, {
+        "submitted_at": meta.get("submitted_at"), "received_at": min(received, started),
+        "started_at": started, "attempt": attempt, "worker": runtime.identity.node_name,
+        "machine_id": runtime.identity.machine_id, "meta": meta, "name": task.name,
+        "history": history[-facts.MAX_HISTORY:] or None,
+    }, expires=_expires(task.app), remove=("finished_at", "runtime", "retried_at"))
+
+
+def _record_end(task: Any, started: float, *, retried: bool = False) -> None:
+    """Record the end of the running attempt (``retried``: it goes back to the queue)."""
+    client = facts.redis_client_of(task.app)
+    if client is None:
+        return
+    now = time.time()
+    fields = {"retried_at": now} if retried else {"finished_at": now, "runtime": round(now - started, 6)}
+    facts.write(client, task.request.id, fields, expires=_expires(task.app))
+
+
+def _received_times(app: Any) -> dict[str, float]:
+    """When this worker received each message (``task_received`` signal), by job id."""
+    times: dict[str, float] | None = getattr(app, "_jobqueue_received", None)
+    if times is None:
+        times = {}
+        app._jobqueue_received = times
+    return times
+
+
+def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    name = getattr(request, "task_name", None) or getattr(request, "name", None)
+    if app is None or request is None or name != RUN_JOB_TASK:
+        return
+    times = _received_times(app)
+    if len(times) > 1000:  # messages received and never run (revoked): forget the oldest
+        for key in list(times)[:500]:
+            times.pop(key, None)
+    times[request.id] = time.time()
+
+
+def _on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """A message the worker discards as revoked (cancelled while queued): keep the job's
+    submit time and metadata, which the client's REVOKED record does not hold."""
+    app = getattr(sender, "app", None)
+    client = facts.redis_client_of(app) if app is not None else None
+    if client is None or request is None or getattr(sender, "name", None) != RUN_JOB_TASK:
+        return
+    meta = job_meta_from_kwargs(getattr(request, "kwargsrepr", None))
+    job_id = getattr(request, "id", None)
+    if isinstance(job_id, str):
+        facts.write(client, job_id, {"submitted_at": meta.get("submitted_at"), "meta": meta or None,
+                                     "name": RUN_JOB_TASK, "finished_at": time.time()},
+                    expires=_expires(app), only_new=("finished_at", "submitted_at", "meta", "name"))
 
 
 def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """Body of the ``jobqueue.run_job`` task (``task`` is the bound Celery task)."""
     request = task.request
     app = task.app
-    revoked, attempt = _begin_attempt(app, request.id, request.retries or 0)
+    started = time.time()
+    revoked, attempt, known = _begin_attempt(app, request.id, request.retries or 0)
+    meta = _job_meta(task, service, payload, options)
     if revoked:
         # Cancelled while queued, before any worker knew: never run it.
+        client = facts.redis_client_of(app)
+        if client is not None:
+            facts.write(client, request.id, {"submitted_at": meta.get("submitted_at"), "meta": meta,
+                                             "name": task.name, "finished_at": started},
+                        expires=_expires(app), only_new=("finished_at",))
         task.send_event("task-revoked", terminated=False, signum=None, expired=False)
         raise Ignore()
     runtime = _runtime(app, request.hostname)
+    _record_start(task, attempt, known, meta, runtime, started)
     connector = runtime.connector(service)
     settings = app.settings
     timeout = options.get("timeout") or settings.job_timeout
@@ -119,6 +219,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         error = exc
         if runtime.is_given_up(job.id):  # lease lost: the job belongs to another worker now
             raise given_up(job.id) from exc
+        _record_end(task, started)
         _mark_cancelled(task, str(exc))
         raise Ignore() from exc
     except ConnectorError as exc:
@@ -131,11 +232,14 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         if plan.retry:
             log.warning("job %s: %s; retrying in %g s (attempt %d; %s)", job.id, exc, plan.countdown,
                         job.attempt + 1, plan.reason)
+            _record_end(task, started, retried=True)
             # The plan decided; Celery's own limit only has to let this one retry through.
             raise task.retry(exc=exc, countdown=plan.countdown, max_retries=(request.retries or 0) + 1) from exc
+        _record_end(task, started)
         raise
     except BaseException as exc:
         error = exc
+        _record_end(task, started)
         raise
     finally:
         if previews is not None:
@@ -153,15 +257,19 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         "duration": round(time.monotonic() - job.started, 3),
     }
     result.update(output)
+    _record_end(task, started)
     return result
 
 
 def register_tasks(app: Any) -> None:
     """Register the job task on ``app``."""
 
+    signals.task_received.connect(_on_task_received, weak=False, dispatch_uid="jobqueue-facts-received")
+    signals.task_revoked.connect(_on_task_revoked, weak=False, dispatch_uid="jobqueue-facts-revoked")
+
     # The strategy hands back, before it starts, a job whose requirements this worker lacks.
     @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False,
-              Strategy="jobqueue.worker.handback:requirements_strategy")
+              Strategy="jobqueue.worker.handback:requirements_strategy", resultrepr_maxsize=RESULT_REPR_MAX)
     def _run_job(
         self: Any, service: str, payload: dict[str, Any], options: dict[str, Any] | None = None,
         previous: dict[str, Any] | None = None,

@@ -20,7 +20,8 @@ from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.auth import mutating
 from monitor.broker import queue_depths
 from monitor.capabilities import WAITING, annotate_waiting, waiting_reasons
-from monitor.eta import annotate
+from monitor.eta import annotate, busy_until
+from monitor.store import JOB_SORTS
 
 bp = Blueprint("api", __name__)
 
@@ -94,7 +95,9 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
     c = ctx()
     snapshot = c.store.snapshot(finished_limit=finished_limit)
     medians = {s["service"]: s["median"] for s in snapshot["services"]}
-    annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]))
+    running = {j["id"]: j for j in snapshot["jobs"] if j["status"] == "processing"}
+    annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]),
+             busy_until(snapshot["workers"], running, medians))
     return snapshot
 
 
@@ -105,10 +108,13 @@ def _annotate_queued(found: list[dict[str, Any]]) -> None:
     annotate_waiting(found, store.workers() if any(j.get("requires") and j["status"] in WAITING for j in found) else [])
     if not wanted:
         return
-    queued = annotate(store.queued_jobs(), store.service_medians(), consumers_per_queue(store.workers()))
+    store = ctx().store
+    medians, workers = store.service_medians(), store.workers()
+    running = {j["id"]: j for j in store.jobs(state=["processing"], limit=MAX_LIMIT)[0]}
+    queued = annotate(store.queue_order(), medians, consumers_per_queue(workers), busy_until(workers, running, medians))
     for other in queued:
         if other["id"] in wanted:
-            wanted[other["id"]].update(queue_position=other["queue_position"], eta_seconds=other["eta_seconds"])
+            wanted[other["id"]].update(queue_position=other["queue_position"], eta_seconds=other.get("eta_seconds"))
 
 
 # -- reads ---------------------------------------------------------------------------------
@@ -148,14 +154,21 @@ def jobs() -> Any:
         raise ApiError(400, "bad_request", f"unknown state(s) {unknown}; known: {sorted(valid)}")
     limit = _int_arg("limit", 50, 1, MAX_LIMIT)
     offset = _int_arg("offset", 0, 0, 10**9)
-    found, total, capped = ctx().store.jobs(
+    sort = request.args.get("sort") or "submitted"
+    if sort not in JOB_SORTS:
+        raise ApiError(400, "bad_request", f"sort must be one of {sorted(JOB_SORTS)}")
+    order = request.args.get("order") or "desc"
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "bad_request", "order must be asc or desc")
+    found, total = ctx().store.jobs(
         state=states or None, service=request.args.get("service") or None,
         worker=request.args.get("worker") or None, machine=request.args.get("machine") or None,
         since=_float_arg("since"), until=_float_arg("until"), q=request.args.get("q") or None,
         workflow=request.args.get("workflow") or None, limit=limit, offset=offset,
+        sort=sort, descending=order == "desc",
     )
     _annotate_queued(found)
-    return jsonify({"jobs": found, "total": total, "total_capped": capped, "limit": limit, "offset": offset})
+    return jsonify({"jobs": found, "total": total, "limit": limit, "offset": offset, "sort": sort, "order": order})
 
 
 @bp.get("/api/jobs/<job_id>")
@@ -171,7 +184,7 @@ def job(job_id: str) -> Any:
 def waiting() -> Any:
     """``{"waiting": {job id: reason}}``: the queued jobs no online worker can run, and why."""
     store = ctx().store
-    retrying, _, _ = store.jobs(state=["retrying"], limit=MAX_LIMIT)
+    retrying, _ = store.jobs(state=["retrying"], limit=MAX_LIMIT)
     return jsonify({"waiting": waiting_reasons(store.queued_jobs() + retrying, store.workers())})
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from jobqueue.errors import MalformedEvent
 from jobqueue.events import CONNECTOR_STATUS, TASK_PROGRESS, job_meta_from_kwargs, parse_exception
 from jobqueue.states import ConnectorStatus, JobStatus, empty_progress, may_move
+from monitor import truth
 from monitor.store import FAILED_STATUSES, Connector, Job, Tx, Worker
 
 #: Longest id (job uuid, worker name, service) we accept.
@@ -86,7 +87,7 @@ def _blob(value: Any) -> Any:
     except (TypeError, ValueError, RecursionError):
         return {"unserialisable": _text(repr(value))}
     if len(encoded) > MAX_BLOB:
-        return {"truncated": encoded[:MAX_TEXT]}
+        return {"truncated": True, "size": len(encoded), "preview": encoded[:MAX_TEXT]}
     return json.loads(encoded)
 
 
@@ -320,10 +321,7 @@ def _on_succeeded(ev: dict[str, Any], tx: Tx, job: Job, ts: float, hostname: str
     runtime = _num(ev, "runtime")
     result = ev.get("result")
     if isinstance(result, str):
-        try:
-            result = ast.literal_eval(result)
-        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-            result = _text(result)
+        result = result_from_repr(result)
     moved = _move(tx, job, JobStatus.COMPLETED, ts)
     if not moved:
         return False
@@ -335,6 +333,37 @@ def _on_succeeded(ev: dict[str, Any], tx: Tx, job: Job, ts: float, hostname: str
         _set_worker(tx, job, hostname, recount=False)
     _job_ended(tx, job, failed=False)
     return True
+
+
+#: Celery cuts a ``task-succeeded`` result repr at the task's ``resultrepr_maxsize``; a repr
+#: this close to our tasks' limit (see :data:`jobqueue.tasks.RESULT_REPR_MAX`) may be cut.
+REPR_SAFE = 19000
+
+
+def _has_ellipsis(value: Any) -> bool:
+    if value is Ellipsis:
+        return True
+    if isinstance(value, dict):
+        return any(_has_ellipsis(k) or _has_ellipsis(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_has_ellipsis(v) for v in value)
+    return False
+
+
+def result_from_repr(text: str) -> Any:
+    """The value of a ``task-succeeded`` result repr when it is whole; else an explicit
+    ``{"truncated": True, ...}`` marker (the whole result comes from the result backend at
+    the next repair). Celery's saferepr cuts long reprs and elides nesting below 3 levels
+    (``{...}``, read back as Ellipsis): such a value is never shown as if it were the result."""
+    if len(text) < REPR_SAFE:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+            value = Ellipsis
+        if not _has_ellipsis(value):
+            return value
+    return {"truncated": True, "size": len(text), "preview": None,
+            "reason": "the event carried a shortened result; the result backend holds it whole"}
 
 
 def _error_from(ev: dict[str, Any]) -> dict[str, Any]:
@@ -592,7 +621,17 @@ def _worker_event(ev: dict[str, Any], tx: Tx) -> bool:
         tx.touch("worker", name)
     if (worker.status, worker.machine_id) != before or existing is None:
         refresh_machine(tx, worker.machine_id)
+    elif kind != "worker-offline" and worker.machine_id:
+        _machine_seen(tx, worker.machine_id, worker.heartbeat_at)
     return changed
+
+
+def _machine_seen(tx: Tx, machine_id: str, seen: float | None) -> None:
+    """A machine's ``last_seen`` follows its workers' heartbeats."""
+    machine = tx.machine(machine_id, create=False)
+    if machine is not None and seen is not None and (machine.last_seen is None or seen > machine.last_seen):
+        machine.last_seen = seen
+        tx.touch("machine", machine_id)
 
 
 def _connector_is_newer(conn: Connector | None, seq: int | None, ts: float, received: float, *,
@@ -700,6 +739,8 @@ def apply(event: Any, tx: Tx) -> bool:
     kind = event.get("type")
     if not isinstance(kind, str):
         raise MalformedEvent("event without a type")
+    if truth.handles(event):
+        return truth.apply_repair_event(event, tx)
     if kind in _JOB_HANDLERS:
         return _job_event(event, tx)
     if kind in ("worker-online", "worker-heartbeat", "worker-offline"):

@@ -28,6 +28,7 @@ from typing import Any
 from celery.events.receiver import EventReceiver
 
 from monitor.rawreader import EventDecoder, RawEventReader, event_source
+from monitor.validate import EventGate
 from monitor.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,17 @@ class EventCollector:
     def __init__(self, celery_app: Any, writer: Writer, *, backoff_start: float = 0.5,
                  backoff_cap: float = 10.0, raw: bool | None = None,
                  on_reconnected: Callable[[], Any] | None = None,
-                 health_interval: float | None = None) -> None:
+                 health_interval: float | None = None, event_window: float = 300.0) -> None:
         """``raw``: read a Redis broker raw (default: whenever the broker allows it); False
         keeps Celery's ``EventReceiver``. ``on_reconnected`` is called each time the stream
         is consumed again after it was lost (the monitor runs a truth repair then: events of
         the gap are gone). ``health_interval``: the raw reader's dead-peer check (default: the
-        app's ``settings.redis_health_interval``, see :mod:`jobqueue.redis_health`)."""
+        app's ``settings.redis_health_interval``, see :mod:`jobqueue.redis_health`).
+        ``event_window``: events whose timestamp is further than this from their receipt are
+        refused (:mod:`monitor.validate`)."""
         self.app = celery_app
         self.writer = writer
+        self.gate = EventGate(event_window, writer.count)
         self.backoff_start = backoff_start
         self.backoff_cap = backoff_cap
         self.on_reconnected = on_reconnected
@@ -161,7 +165,8 @@ class EventCollector:
     def _on_event(self, event: dict[str, Any]) -> None:
         self._last_heard = time.time()
         self._events += 1
-        self.writer.put(event)
+        if self.gate.allows(event, _received(event)):
+            self.writer.put(event)
 
     def _on_raw(self, raw: bytes) -> None:
         if not self.writer.put(raw):
@@ -171,7 +176,7 @@ class EventCollector:
         """The writer's raw decoder: runs in the writer thread."""
         events = self._decoder.decode(raw)
         self._events += len(events)
-        return events
+        return [ev for ev in events if self.gate.allows(ev, _received(ev))]
 
     def _on_malformed(self, exc: Exception) -> None:
         self.malformed += 1
@@ -248,6 +253,11 @@ class EventCollector:
             self._stop.wait(self._backoff)
             self._backoff = min(self.backoff_cap, self._backoff * 2)
         self.connected.clear()
+
+
+def _received(event: Any) -> float:
+    value = event.get("local_received") if isinstance(event, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else time.time()
 
 
 def wait_connected(collector: EventCollector, timeout: float) -> bool:

@@ -21,15 +21,17 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from typing import Any
 
+from jobqueue import facts as job_facts
 from jobqueue.config import Settings
 from jobqueue.connectors import CONNECTORS
-from jobqueue.events import CONNECTOR_STATUS, CONTROL_CONNECTOR_STATUS, job_meta_from_kwargs
+from jobqueue.events import CONNECTOR_STATUS, CONTROL_CONNECTOR_STATUS
 from jobqueue.routing import redis_queue_keys
-from jobqueue.summary import summarize_payload
-from monitor.store import Store
+from monitor import repair_store
+from monitor.rebuild import job_events, meta_of, queue_message_event, ts_of
+from monitor.store import FINAL_STATUSES, Store
+from monitor.truth import DEMOTE_GRACE, JOB_EXPIRED, JOB_TRUTH
 from monitor.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -38,95 +40,23 @@ log = logging.getLogger(__name__)
 META_PREFIX = "celery-task-meta-"
 
 
-def _ts(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+#: How far back (s) the first pass looks for final jobs nobody knows.
+FINAL_LOOKBACK = 3600.0
+#: Most queued messages one repair pass reads (per pass, over all queues).
+MAX_QUEUE_SCAN = 500_000
 
 
-def _meta_of(kwargs: Any) -> dict[str, Any]:
-    """Job metadata from a task's real kwargs (``{"service", "payload", "options"}``) or repr."""
-    if isinstance(kwargs, dict) and isinstance(kwargs.get("options"), dict):
-        service = kwargs.get("service", kwargs["options"].get("service"))
-        meta = {**kwargs["options"], "service": service}
-        summary = summarize_payload(service, kwargs.get("payload"))
-        if summary is not None and "payload_summary" not in meta:
-            meta["payload_summary"] = summary
-        return meta
-    return job_meta_from_kwargs(kwargs)
-
-
-def _error_of(result: Any) -> dict[str, Any]:
-    if isinstance(result, dict) and "exc_type" in result:
-        args = result.get("exc_message")
-        args = args if isinstance(args, (list, tuple)) else [args]
-        message = str(args[0]) if args else ""
-        details = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
-        return {"type": result.get("exc_type"), "message": message, "details": details}
-    return {"type": None, "message": "" if result is None else str(result), "details": {}}
-
-
-def events_from_backend_meta(meta: dict[str, Any], now: float) -> list[dict[str, Any]]:
-    """Synthetic events that bring a job to the state its backend record shows."""
+def events_from_backend_meta(meta: dict[str, Any], now: float, facts: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Synthetic events that bring a job to the state its backend records show."""
     job_id = meta.get("task_id")
-    status = meta.get("status")
-    if not isinstance(job_id, str) or not isinstance(status, str):
+    if not isinstance(job_id, str) or not isinstance(meta.get("status"), str):
         return []
-    done = _ts(meta.get("date_done")) or now
-    job_meta = _meta_of(meta.get("kwargs"))
-    submitted = _ts(job_meta.get("submitted_at")) or done
-    worker = meta.get("worker") if isinstance(meta.get("worker"), str) else None
-    retries = meta.get("retries") if isinstance(meta.get("retries"), int) else 0
-    base = {"uuid": job_id, "source": "repair", "local_received": now}
-    events: list[dict[str, Any]] = [{
-        **base, "type": "task-sent", "timestamp": submitted, "name": meta.get("name"),
-        "kwargs": json.dumps(job_meta, default=str), "queue": meta.get("queue"),
-    }]
-    if worker:
-        events.append({**base, "type": "task-received", "timestamp": min(submitted, done), "hostname": worker,
-                       "retries": retries, "kwargs": json.dumps(job_meta, default=str)})
-    result = meta.get("result")
-    final = {**base, "timestamp": done, "hostname": worker}
-    if status == "SUCCESS":
-        runtime = result.get("duration") if isinstance(result, dict) else None
-        events.append({**final, "type": "task-succeeded", "result": result, "runtime": runtime})
-    elif status == "FAILURE":
-        events.append({**final, "type": "task-failed", "error": _error_of(result)})
-    elif status == "REVOKED":
-        events.append({**final, "type": "task-revoked"})
-    elif status == "RETRY":
-        events.append({**final, "type": "task-retried", "error": _error_of(result)})
-    elif status in ("STARTED", "PROGRESS") and worker:
-        events.append({**final, "type": "task-started"})
-        if status == "PROGRESS" and isinstance(result, dict):
-            events.append({**final, **{k: result.get(k) for k in (
-                "percent", "step", "total_steps", "message", "node", "eta_seconds", "attempt")},
-                "type": "task-progress"})
-    return events
+    return job_events(job_id, meta, facts or {}, now)
 
 
 def events_from_queue_message(raw: bytes | str, queue: str, now: float) -> dict[str, Any] | None:
     """A synthetic ``task-sent`` for one message waiting in a broker queue list."""
-    try:
-        message = json.loads(raw)
-        headers = message["headers"]
-        job_id = headers["id"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(job_id, str):
-        return None
-    meta = job_meta_from_kwargs(headers.get("kwargsrepr"))
-    return {"type": "task-sent", "uuid": job_id, "name": headers.get("task"), "source": "repair",
-            "kwargs": json.dumps(meta, default=str) if meta else None, "queue": queue,
-            "timestamp": _ts(meta.get("submitted_at")) or now, "local_received": now}
+    return queue_message_event(raw, queue, now)
 
 
 #: Seconds before a failed repair pass is tried again (at most the repair interval).
@@ -150,6 +80,10 @@ class Repair:
         self.runs = 0
         self.last: dict[str, Any] = {}
         self.last_error: str | None = None
+        #: Final jobs changed before this time were verified against the backend.
+        self._verified_until = 0.0
+        #: Final jobs changed before this time were checked for being known to anyone.
+        self._expiry_checked_until: float | None = None
 
     def start(self) -> Repair:
         self._thread = threading.Thread(target=self._run, name="monitor-repair", daemon=True)
@@ -182,11 +116,23 @@ class Repair:
     def run_once(self) -> dict[str, Any]:
         """One full reconciliation; returns counts of what it found."""
         started = time.time()
-        summary: dict[str, Any] = {"backend": self._from_backend(), "queues": self._from_queues()}
+        known: set[str] = set()
+        backend, backend_ids, complete = self._from_backend(started)
+        queued, queue_ids, queues_complete = self._from_queues()
+        known |= backend_ids | queue_ids
+        summary: dict[str, Any] = {"backend": backend, "queues": queued}
+        self._demote_queued(queue_ids - backend_ids, started)
         self.writer.wait_idle(30.0)
         if not self._stop.is_set():
-            summary.update(self._from_workers())
+            workers, job_ids = self._from_workers()
+            known |= job_ids
+            summary.update(workers)
             self.writer.wait_idle(30.0)
+        if complete and queues_complete and not self._stop.is_set():
+            summary["expired"] = self._expire_unknown(known, started)
+            self.writer.wait_idle(30.0)
+        if complete:
+            self._verified_until = started
         summary["seconds"] = round(time.time() - started, 3)
         self.runs += 1
         self.last = summary
@@ -204,57 +150,112 @@ class Repair:
 
         return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
 
-    def _from_backend(self) -> int:
+    def _from_backend(self, now: float) -> tuple[int, set[str], bool]:
+        """Rebuild and verify jobs from the result backend: every job the store does not hold
+        or holds unfinished, and every final job changed since the last pass (its final state
+        may have come from an event; the backend is the authority). Returns (events queued,
+        ids the backend knows, whether the backend could be listed)."""
         backend = self.settings.result_backend
         if not backend.startswith(("redis://", "rediss://", "redis+socket://")):
-            return 0
+            return 0, set(), False
         client = self._redis(backend)
-        now = time.time()
         count = 0
         try:
-            keys = [k for k in client.scan_iter(match=META_PREFIX + "*", count=1000)]
-            ids = [k.decode(errors="replace")[len(META_PREFIX):] for k in keys]
-            known_final = self.store.final_job_ids(ids)
-            todo = [k for k, i in zip(keys, ids, strict=True) if i not in known_final]
+            meta_ids = {k.decode(errors="replace")[len(META_PREFIX):]
+                        for k in client.scan_iter(match=META_PREFIX + "*", count=1000)}
+            fact_ids = {k.decode(errors="replace")[len(job_facts.FACTS_PREFIX):]
+                        for k in client.scan_iter(match=job_facts.FACTS_PREFIX + "*", count=1000)}
+            ids = sorted(meta_ids | fact_ids)
+            stored = repair_store.job_states(self.store, ids)
+            # Final jobs changed since the last pass, and those a grace period before it (a
+            # final state the backend contradicts is taken back only once it is that old).
+            changed = repair_store.changed_final_ids(self.store, self._verified_until - DEMOTE_GRACE - self.interval)
+            todo = [i for i in ids if i not in stored or stored[i][0] not in FINAL_STATUSES or i in changed]
             for start in range(0, len(todo), 500):
-                for raw in client.mget(todo[start:start + 500]):
-                    if raw is None:
+                chunk = todo[start:start + 500]
+                metas = client.mget([META_PREFIX + i for i in chunk])
+                facts = job_facts.read_many(client, [i for i in chunk if i in fact_ids])
+                for job_id, raw in zip(chunk, metas, strict=True):
+                    meta = _json(raw)
+                    if meta is None and job_id not in facts:
                         continue
-                    try:
-                        meta = json.loads(raw)
-                    except ValueError:
-                        continue
-                    if isinstance(meta, dict):
-                        count += self._put(events_from_backend_meta(meta, now))
+                    open_ = job_id not in stored or stored[job_id][0] not in FINAL_STATUSES
+                    count += self._put(job_events(job_id, meta, facts.get(job_id, {}), now, lifecycle=open_))
         finally:
             client.close()
-        return count
+        return count, meta_ids | fact_ids, True
 
-    def _from_queues(self) -> int:
+    def _from_queues(self) -> tuple[int, set[str], bool]:
+        """Jobs waiting in the broker's queue lists (Redis): (events queued, their ids,
+        whether every queue was read whole)."""
         if not self.settings.is_redis:
-            return 0
+            return 0, set(), False
         queues = sorted(set(self.store.known_queues()) | set(CONNECTORS))
         client = self._redis(self.settings.broker_url)
         now = time.time()
         count = 0
+        ids: set[str] = set()
+        read = 0
+        complete = True
         try:
             for queue in queues:
                 for key in redis_queue_keys(queue):
-                    for raw in client.lrange(key, 0, 10_000):
-                        event = events_from_queue_message(raw, queue, now)
-                        if event is not None:
-                            count += self._put([event])
+                    offset = 0
+                    while True:
+                        if read >= MAX_QUEUE_SCAN:
+                            complete = False
+                            break
+                        page = client.lrange(key, offset, offset + 999)
+                        read += len(page)
+                        for raw in page:
+                            event = events_from_queue_message(raw, queue, now)
+                            if event is not None:
+                                ids.add(event["uuid"])
+                                count += self._put([event])
+                        if len(page) < 1000:
+                            break
+                        offset += 1000
         finally:
             client.close()
-        return count
+        return count, ids, complete
 
-    def _from_workers(self) -> dict[str, int]:
+    def _demote_queued(self, queue_only: set[str], now: float) -> None:
+        """A job still waiting in a queue, with no backend record, is queued whatever an
+        event claimed (a forged final state is taken back)."""
+        if not queue_only:
+            return
+        stored = repair_store.job_states(self.store, sorted(queue_only))
+        for job_id, (status, _) in stored.items():
+            if status in FINAL_STATUSES:
+                self.writer.put({"type": JOB_TRUTH, "uuid": job_id, "source": "repair", "timestamp": now,
+                                 "local_received": now, "status": "queued", "fields": {}})
+
+    def _expire_unknown(self, known: set[str], started: float) -> int:
+        """Forget jobs that neither the backend, a queue nor a worker knows, once nothing
+        happened to them for ``monitor_unknown_job_expiry`` seconds (ids of forged events, or
+        of messages lost with a flushed broker)."""
+        before = started - self.settings.monitor_unknown_job_expiry
+        if self._expiry_checked_until is None:
+            # A final job is checked once, soon after it changed; on start-up the last hour's
+            # (older ones may be past the backend's own result expiry, not forged).
+            self._expiry_checked_until = before - FINAL_LOOKBACK
+        if before <= self._expiry_checked_until:
+            return 0
+        candidates = repair_store.expiry_candidates(self.store, self._expiry_checked_until, before)
+        self._expiry_checked_until = before
+        gone = [job_id for job_id, _ in candidates if job_id not in known]
+        for start in range(0, len(gone), 500):
+            self.writer.put({"type": JOB_EXPIRED, "uuids": gone[start:start + 500], "source": "repair",
+                             "timestamp": started, "local_received": started})
+        return len(gone)
+
+    def _from_workers(self) -> tuple[dict[str, int], set[str]]:
         now = time.time()
         timeout = self.inspect_timeout
         pings = _merge(self.app.control.ping(timeout=timeout))
         names = sorted(pings)
         if not names:
-            return {"workers": 0}
+            return {"workers": 0}, set()
         events: list[dict[str, Any]] = []
         for name in names:
             events.append({"type": "worker-heartbeat", "hostname": name, "timestamp": now,
@@ -282,22 +283,33 @@ class Repair:
         for name, tasks in (inspect.active() or {}).items():
             for task in tasks or []:
                 events.extend(self._task_events(name, task, now, started=True))
+        job_ids = {ev["uuid"] for ev in events if isinstance(ev.get("uuid"), str)}
         self._put(events)
-        return {"workers": len(names), "connectors": len(statuses)}
+        return {"workers": len(names), "connectors": len(statuses)}, job_ids
 
     @staticmethod
     def _task_events(worker: str, task: Any, now: float, *, started: bool) -> list[dict[str, Any]]:
         if not isinstance(task, dict) or not isinstance(task.get("id"), str):
             return []
-        meta = _meta_of(task.get("kwargs"))
+        meta = meta_of(task.get("kwargs"))
         queue = (task.get("delivery_info") or {}).get("routing_key")
         base = {"uuid": task["id"], "hostname": worker, "source": "repair", "local_received": now}
         events = [{**base, "type": "task-sent", "name": task.get("name"), "queue": queue,
-                   "kwargs": json.dumps(meta, default=str), "timestamp": _ts(meta.get("submitted_at")) or now}]
+                   "kwargs": json.dumps(meta, default=str), "timestamp": ts_of(meta.get("submitted_at")) or now}]
         events.append({**base, "type": "task-received", "timestamp": now, "kwargs": json.dumps(meta, default=str)})
         if started:
-            events.append({**base, "type": "task-started", "timestamp": _ts(task.get("time_start")) or now})
+            events.append({**base, "type": "task-started", "timestamp": ts_of(task.get("time_start")) or now})
         return events
+
+
+def _json(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _merge(replies: Any) -> dict[str, Any]:

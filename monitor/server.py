@@ -54,7 +54,8 @@ class Monitor:
                              beat_default=settings.status_beat, totals=Totals(self.store))
         self.repair = Repair(self.celery, self.writer, self.store, settings)
         # Events of a gap in the stream are gone: repair recovers what the backend still knows.
-        self.collector = EventCollector(self.celery, self.writer, on_reconnected=self.repair.trigger)
+        self.collector = EventCollector(self.celery, self.writer, on_reconnected=self.repair.trigger,
+                                        event_window=settings.monitor_event_window)
         self.app = create_app(settings, store=self.store, hub=self.hub, writer=self.writer,
                               collector=self.collector, repair=self.repair, celery_app=self.celery)
         self.server: Any = make_server(host, port, self.app, threaded=True) if web else None

@@ -95,3 +95,19 @@ def test_percent_only_updates_are_throttled_but_step_changes_are_not():
     clock.now += 1.0
     assert tracker.report(percent=20.0) is not None
     assert [p["percent"] for p in published] == [10.0, 11.0, 20.0]
+
+
+def test_a_steady_rate_after_a_slow_start_gives_an_eta_that_only_falls_to_about_one_step():
+    tracker, published, clock = make_tracker()
+    # Given a job whose service loads for 5 s before 20 steps of 0.05 s each
+    clock.now += 5.0
+    etas = []
+    for step in range(1, 21):
+        clock.now += 0.05
+        tracker.report(step=step, total_steps=20)
+        etas.append(published[-1]["eta_seconds"])
+    # Then from the step where the load leaves the rate window on, the ETA never rises
+    steady = etas[4:]
+    assert all(later <= earlier for earlier, later in zip(steady, steady[1:], strict=False)), etas
+    # And at step 19 of 20 it is about one step, at the end zero
+    assert etas[18] <= 0.06 and etas[19] == 0.0

@@ -310,19 +310,18 @@ def test_a_database_of_an_older_monitor_gets_its_worker_counts_from_its_jobs(tmp
         upgraded.close()
 
 
-def test_the_jobs_list_counts_matches_up_to_a_cap_and_says_when_it_stopped(store, monkeypatch):
-    # Given 5 jobs and a count cap of 3
-    import monitor.store as store_module
-
-    monkeypatch.setattr(store_module, "COUNT_CAP", 3)
+def test_the_jobs_list_counts_every_match_exactly_and_pages_in_the_asked_order(store):
+    # Given 5 jobs
     run(store, *[ev("task-sent", i, uuid=f"j{i}", kwargs=meta()) for i in range(5)])
-    # When a page of 2 is asked for, with and without a filter matching fewer than the cap
-    found, total, capped = store.jobs(limit=2)
-    few, few_total, few_capped = store.jobs(q="j1")
-    # Then the page is the newest jobs, the count stops at the cap and says so
+    # When a page of 2 is asked for, with and without a filter, newest and oldest first
+    found, total = store.jobs(limit=2)
+    few, few_total = store.jobs(q="j1")
+    oldest, _ = store.jobs(limit=2, offset=1, descending=False)
+    # Then the page is in that order and the count is every match
     assert [j["id"] for j in found] == ["j4", "j3"]
-    assert (total, capped) == (3, True)
-    assert ([j["id"] for j in few], few_total, few_capped) == (["j1"], 1, False)
+    assert total == 5
+    assert ([j["id"] for j in few], few_total) == (["j1"], 1)
+    assert [j["id"] for j in oldest] == ["j1", "j2"]
 
 
 def status_ev(t: float, status: str, seq: int | None, *, repair: bool = False) -> dict[str, Any]:
@@ -430,5 +429,5 @@ def test_a_workflows_steps_are_listed_in_step_order_with_its_status(store):
     run(store, ev("task-failed", 4, uuid="s2", exception="ExecutionFailed('boom', {})"))
     assert store.workflow("wf1")["status"] == "failed"
     assert store.workflow("nope") is None
-    found, total, _ = store.jobs(workflow="wf1")
+    found, total = store.jobs(workflow="wf1")
     assert [j["id"] for j in found] == ["s1", "s2"] and total == 2

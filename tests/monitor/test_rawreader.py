@@ -159,7 +159,7 @@ def test_garbage_payloads_are_counted_as_malformed_and_the_stream_goes_on(
     pickled = encode_event(good).replace(b"application/json", b"application/x-python-serialize")
     for payload in (b"\x00\xffgarbage", bad_base64, pickled, envelope(b"{not json", "task.started"),
                     envelope(b'{"uuid": "x"}', "task.started"),
-                    envelope(b'[{"type": "worker-online", "hostname": "gpu1@x", "timestamp": 1.0}, 42]',
+                    envelope(b'[{"type": "worker-online", "hostname": "gpu1@x", "timestamp": %.3f}, 42]' % time.time(),
                              "worker.online")):
         client.publish("/0.celeryev/task.started", payload)
     client.publish("/0.celeryev/worker.online", encode_event(good))

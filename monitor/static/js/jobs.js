@@ -1,6 +1,8 @@
 /* Job lists: one row per job, the detail that matters for its state (queue position and
  * expected wait, a real progress bar with step x/y, node, elapsed and ETA, duration, the error),
- * plus the /jobs page with its state filter, service filter and search box. */
+ * plus the /jobs page with its state filter, service filter, search box, sort order and pager:
+ * finished and failed jobs (and "all") are paged and sorted by the server, so the page never
+ * loads every job of a million-job store. */
 "use strict";
 
 const JQJobs = (function () {
@@ -193,15 +195,26 @@ const JQJobs = (function () {
     fill(container, header(), rows.length ? rows : [h("div", {class: "empty", text: emptyText || "no jobs"})]);
   }
 
+  /** Server-side states of each tab; pending and active come from the live state (every
+   * unfinished job is in it), the others are paged and sorted by the server (/api/jobs). */
+  const TAB_STATES = {all: "", finished: "completed,cancelled", failed: "failed,timed_out"};
+  const PAGE_SIZE = 50;
+
   function setupJobsPage() {
     const container = document.getElementById("jobs");
     const tabs = document.getElementById("state-filter");
     const service = document.getElementById("service-filter");
     const search = document.getElementById("search");
+    const sortBy = document.getElementById("sort-by");
+    const pager = document.getElementById("pager");
     const params = new URLSearchParams(location.search);
     let state = params.get("state") || "all";
+    let offset = 0;
     search.value = params.get("q") || "";
     const known = new Set();
+    // The server's page for the current tab: its ids in server order and the exact total.
+    let page = {key: null, ids: [], rows: new Map(), total: null};
+    let fetching = false, again = false, lastFetch = 0, timer = null;
 
     function syncServices() {
       for (const job of live.jobs.values()) {
@@ -212,25 +225,93 @@ const JQJobs = (function () {
       }
     }
 
+    function query() {
+      const [sort, order] = (sortBy && sortBy.value ? sortBy.value : "submitted:desc").split(":");
+      const p = new URLSearchParams({limit: PAGE_SIZE, offset, sort, order});
+      if (TAB_STATES[state]) p.set("state", TAB_STATES[state]);
+      if (service.value) p.set("service", service.value);
+      const q = search.value.trim();
+      if (q) p.set("q", q);
+      return p.toString();
+    }
+
+    async function fetchPage() {
+      if (fetching) { again = true; return; }
+      fetching = true;
+      lastFetch = Date.now();
+      const key = query();
+      const res = await JQ.api("GET", "/api/jobs?" + key);
+      fetching = false;
+      if (res.ok && res.data && key === query()) {
+        page = {key, ids: res.data.jobs.map((j) => j.id), rows: new Map(res.data.jobs.map((j) => [j.id, j])),
+          total: res.data.total};
+        render();
+      }
+      if (again || key !== query()) { again = false; fetchPage(); }
+    }
+
+    /** Refetch the page soon (at most once a second while jobs change). */
+    function refetchSoon() {
+      if (timer) return;
+      const wait = Math.max(0, 1000 - (Date.now() - lastFetch));
+      timer = setTimeout(() => { timer = null; fetchPage(); }, wait);
+    }
+
+    function renderPager(shown) {
+      if (!pager) return;
+      if (!(state in TAB_STATES) || page.total === null) { fill(pager); return; }
+      const first = page.total ? offset + 1 : 0;
+      const prev = h("button", {type: "button", class: "pager-prev", text: "‹ newer"});
+      const next = h("button", {type: "button", class: "pager-next", text: "older ›"});
+      prev.disabled = offset === 0;
+      next.disabled = offset + PAGE_SIZE >= page.total;
+      prev.addEventListener("click", () => { offset = Math.max(0, offset - PAGE_SIZE); fetchPage(); });
+      next.addEventListener("click", () => { offset += PAGE_SIZE; fetchPage(); });
+      fill(pager, prev, h("span", {class: "pager-range", text: first + "–" + (offset + shown) + " of " + page.total}), next);
+    }
+
     const render = JQ.coalesce(() => {
       syncServices();
       for (const b of tabs.querySelectorAll("button")) b.classList.toggle("current", b.dataset.state === state);
+      if (state in TAB_STATES) {
+        // The server's page, each row as fresh as the live state knows it.
+        const jobs = page.key === query() ? page.ids.map((id) => live.jobs.get(id) || page.rows.get(id)) : [];
+        const rows = jobs.map(row);
+        fill(container, header(), rows.length ? rows : [h("div", {class: "empty",
+          text: page.key === query() ? "no jobs match" : "loading…"})]);
+        renderPager(rows.length);
+        return;
+      }
       const q = search.value.trim();
       const jobs = [...live.jobs.values()].filter((j) =>
-        (state === "all" || group(j) === state) && (!service.value || j.service === service.value) && matches(j, q));
+        group(j) === state && (!service.value || j.service === service.value) && matches(j, q));
       renderList(container, jobs, live.ready ? "no jobs match" : "loading…");
+      renderPager(0);
     });
+
+    function changed() {
+      offset = 0;
+      render();
+      if (state in TAB_STATES) fetchPage();
+    }
 
     tabs.addEventListener("click", (ev) => {
       const b = ev.target.closest("button");
       if (!b) return;
       state = b.dataset.state;
-      render();
+      changed();
     });
-    service.addEventListener("change", render);
-    search.addEventListener("input", render);
-    live.subscribe((kind) => { if (kind === "snapshot" || kind === "job" || kind === "waiting") render(); });
+    service.addEventListener("change", changed);
+    search.addEventListener("input", changed);
+    if (sortBy) sortBy.addEventListener("change", changed);
+    live.subscribe((kind) => {
+      if (kind === "snapshot" || kind === "job" || kind === "waiting") {
+        render();
+        if (state in TAB_STATES) refetchSoon();
+      }
+    });
     JQ.auth.onChange(render);
+    changed();
   }
 
   if (document.body.dataset.page === "jobs") setupJobsPage();

@@ -1,0 +1,98 @@
+"""A job's facts in the result backend: what a monitor needs to rebuild the job exactly.
+
+Celery's result record holds a job's state, result or error, and (with ``result_extended``)
+its kwargs and worker; it holds no times but ``date_done``, no attempt count, and a client's
+``store_result(REVOKED)`` drops the kwargs. Events carry the rest, but events are lossy and
+anyone on the broker can send one. So the worker (and a cancelling client) also keeps one Redis
+hash per job, ``jobqueue-facts-<id>``, next to Celery's record and expiring with it:
+
+``submitted_at``, ``received_at``, ``started_at``, ``finished_at``, ``runtime`` (seconds,
+``finished_at - started_at`` of the last attempt), ``attempt`` (0 for the first), ``worker``,
+``machine_id``, ``meta`` (the job's options, service and payload summary), ``name`` and
+``history`` (earlier attempts: ``{attempt, worker, received_at, started_at, ended_at, how}``
+with ``how`` ``retried`` or ``lost``). Every value is JSON.
+
+The monitor's truth repair reads these records; the backend is the authority for a job's
+outcome and times, events are the fast path. On a result backend that is not Redis nothing is
+written and repair falls back to Celery's record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Key prefix of the facts hashes.
+FACTS_PREFIX = "jobqueue-facts-"
+#: Fields a facts hash may hold.
+FACT_FIELDS = ("submitted_at", "received_at", "started_at", "finished_at", "runtime", "attempt",
+               "worker", "machine_id", "meta", "name", "history", "retried_at")
+#: Earlier attempts kept in ``history``.
+MAX_HISTORY = 20
+
+
+def facts_key(job_id: str) -> str:
+    """The Redis key of ``job_id``'s facts."""
+    return FACTS_PREFIX + job_id
+
+
+def redis_client_of(app: Any) -> Any:
+    """The result backend's Redis client, or None when the backend is not Redis."""
+    client = getattr(app.backend, "client", None)
+    return client if client is not None and hasattr(client, "pipeline") else None
+
+
+def encode(fields: dict[str, Any]) -> dict[str, str]:
+    """Facts as the hash stores them (JSON values; None values left out)."""
+    return {k: json.dumps(v, default=str) for k, v in fields.items() if v is not None}
+
+
+def decode(raw: dict[Any, Any] | None) -> dict[str, Any]:
+    """A facts hash as read (bytes or str keys and values) back into values."""
+    out: dict[str, Any] = {}
+    for key, value in (raw or {}).items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if name not in FACT_FIELDS:
+            continue
+        try:
+            out[name] = json.loads(value)
+        except (ValueError, TypeError):
+            continue
+    return out
+
+
+def write(client: Any, job_id: str, fields: dict[str, Any], *, expires: int,
+          remove: tuple[str, ...] = (), only_new: tuple[str, ...] = ()) -> None:
+    """Set ``fields`` on the job's facts (``only_new``: only where not set yet), delete
+    ``remove``, and (re)arm the expiry. Never raises: a backend hiccup must not fail a job."""
+    key = facts_key(job_id)
+    try:
+        pipe = client.pipeline()
+        values = encode({k: v for k, v in fields.items() if k not in only_new})
+        if values:
+            pipe.hset(key, mapping=values)
+        for name, value in encode({k: v for k, v in fields.items() if k in only_new}).items():
+            pipe.hsetnx(key, name, value)
+        if remove:
+            pipe.hdel(key, *remove)
+        pipe.expire(key, max(1, int(expires)))
+        pipe.execute()
+    except Exception:
+        log.warning("could not record the facts of job %s", job_id, exc_info=True)
+
+
+def read_many(client: Any, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The facts of ``job_ids`` (ids without facts left out), one pipeline per 500."""
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(job_ids), 500):
+        chunk = job_ids[start:start + 500]
+        pipe = client.pipeline()
+        for job_id in chunk:
+            pipe.hgetall(facts_key(job_id))
+        for job_id, raw in zip(chunk, pipe.execute(), strict=True):
+            if raw:
+                out[job_id] = decode(raw)
+    return out
