@@ -26,7 +26,6 @@ import os
 import platform
 import signal
 import sys
-import threading
 import time
 from collections import deque
 from typing import Any
@@ -35,6 +34,7 @@ from aiohttp import web
 
 from jobqueue.a1111_sim.engine import CHECKPOINTS, SAMPLERS, Engine, HTTPError
 from jobqueue.a1111_sim.validation import validate_request
+from jobqueue.comfyui_sim.server import SimulatorThread, serve
 
 log = logging.getLogger(__name__)
 
@@ -294,17 +294,6 @@ class A1111SimServer:
                             headers={"Content-Disposition": f'inline; filename="sysinfo-{stamp}.json"'})
 
 
-async def serve(server: A1111SimServer, ready: Any = None, stop: asyncio.Event | None = None) -> None:
-    """Start ``server``, call ``ready(server)``, serve until ``stop`` is set (or forever)."""
-    await server.start()
-    if ready is not None:
-        ready(server)
-    try:
-        await (stop or asyncio.Event()).wait()
-    finally:
-        await server.stop()
-
-
 def run(host: str = "127.0.0.1", port: int = 7860, **options: Any) -> None:
     """Serve a simulated WebUI on ``host:port`` until SIGINT/SIGTERM (blocking).
 
@@ -329,46 +318,11 @@ def run(host: str = "127.0.0.1", port: int = 7860, **options: Any) -> None:
     asyncio.run(main())
 
 
-class A1111SimulatorThread:
-    """A simulator on its own event loop in a background thread (for in-process tests)."""
+class A1111SimulatorThread(SimulatorThread):
+    """A WebUI simulator on its own event loop in a background thread (for in-process tests)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
-        self.server = A1111SimServer(host, port, **options)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def start(self, timeout: float = 10.0) -> A1111SimulatorThread:
-        started = threading.Event()
-
-        def main() -> None:
-            async def body() -> None:
-                self._loop = asyncio.get_running_loop()
-                self._stop = asyncio.Event()
-                await serve(self.server, lambda _: started.set(), self._stop)
-
-            asyncio.run(body())
-
-        self._thread = threading.Thread(target=main, name="a1111-sim", daemon=True)
-        self._thread.start()
-        if not started.wait(timeout):
-            raise RuntimeError("a1111 simulator did not start")
-        return self
-
-    def call(self, coro: Any, timeout: float = 10.0) -> Any:
-        """Run ``coro`` on the simulator's loop and return its result."""
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def fault(self, mode: str) -> None:
-        """Switch a fault on or off (``die`` is not offered in-process: use a subprocess)."""
-        if mode == "die":
-            raise ValueError("'die' would end the test process: run the simulator in a subprocess")
-        self.call(self.server.set_fault(mode))
+    server_class = A1111SimServer
+    name = "a1111-sim"
 
     def configure(self, **timing: float) -> None:
         """Set ``step_seconds`` / ``load_seconds`` / ``slow_seconds`` (or ``legacy``)."""
@@ -379,11 +333,3 @@ class A1111SimulatorThread:
             target = self.server if key == "slow_seconds" else self.server.engine
             setattr(target, key, float(value))
 
-    def requests(self) -> list[dict[str, Any]]:
-        return list(self.server.requests)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(10)
-            self._thread = None

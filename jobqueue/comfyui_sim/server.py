@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
 
@@ -416,7 +416,7 @@ class SimServer:
         return web.Response(status=404) if files is None else web.json_response(files)
 
 
-async def serve(server: SimServer, ready: Any = None, stop: asyncio.Event | None = None) -> None:
+async def serve(server: Any, ready: Any = None, stop: asyncio.Event | None = None) -> None:
     """Start ``server``, call ``ready(server)``, serve until ``stop`` is set (or forever)."""
     try:
         await server.start()
@@ -451,11 +451,21 @@ def run(host: str = "127.0.0.1", port: int = 8188, **options: Any) -> None:
     asyncio.run(main())
 
 
+_T = TypeVar("_T", bound="SimulatorThread")
+
+
 class SimulatorThread:
-    """A simulator on its own event loop in a background thread (for in-process tests)."""
+    """A simulator on its own event loop in a background thread (for in-process tests).
+
+    Subclasses run other simulators by naming their ``server_class`` (anything with async
+    ``start``/``stop`` and a ``url``)."""
+
+    server_class: Any = SimServer
+    #: Thread name, also used in the error when the server does not start.
+    name = "comfyui-sim"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
-        self.server = SimServer(host, port, **options)
+        self.server = self.server_class(host, port, **options)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -464,7 +474,7 @@ class SimulatorThread:
     def url(self) -> str:
         return self.server.url
 
-    def start(self, timeout: float = 10.0) -> SimulatorThread:
+    def start(self: _T, timeout: float = 10.0) -> _T:
         started = threading.Event()
 
         def main() -> None:
@@ -475,10 +485,10 @@ class SimulatorThread:
 
             asyncio.run(body())
 
-        self._thread = threading.Thread(target=main, name="comfyui-sim", daemon=True)
+        self._thread = threading.Thread(target=main, name=self.name, daemon=True)
         self._thread.start()
         if not started.wait(timeout):
-            raise RuntimeError("comfyui simulator did not start")
+            raise RuntimeError(f"{self.name} did not start")
         return self
 
     def call(self, coro: Any, timeout: float = 10.0) -> Any:
