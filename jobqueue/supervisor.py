@@ -84,9 +84,9 @@ def run_component(name: str, host: str, port: int, *, debug: bool = False) -> No
         from jobqueue.config import Settings
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        if not debug:  # one line per HTTP request (favicon 404s included) is debugging noise
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        function(Settings.from_env(), host, port)
+        # Debugging: Werkzeug's server, with its log line per HTTP request (favicon 404s
+        # included); otherwise gunicorn, quiet about requests.
+        function(Settings.from_env(), host, port, debug=debug)
     else:
         function(host, port)
 

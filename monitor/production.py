@@ -20,6 +20,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from jobqueue.config import Settings
+from jobqueue.lifeline import parent_death_hook
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class MonitorApplication(BaseApplication):
         self.host = host
         self.port = port
         self.monitor: Any = None
+        # Made here, in the master: the worker it runs in then dies with this process, even
+        # when it is SIGKILLed (gunicorn's own check of its parent can take many seconds).
+        self._die_with_master = parent_death_hook(signal.SIGKILL)
         super().__init__()
 
     def load_config(self) -> None:
@@ -61,6 +65,7 @@ class MonitorApplication(BaseApplication):
             "proc_name": "jobqueue-monitor",
             "limit_request_line": 8190,
             "limit_request_fields": 100,
+            "post_fork": self._post_fork,
             "post_worker_init": self._post_worker_init,
             "worker_exit": self._worker_exit,
             # gunicorn >= 24 opens a control socket at one path per user: two monitors on one
@@ -80,6 +85,10 @@ class MonitorApplication(BaseApplication):
         log.info("monitor on http://%s (gunicorn, %d threads)", bind_address(self.host, self.port),
                  self.settings.monitor_threads)
         return self.monitor.app
+
+    def _post_fork(self, server: Any, worker: Any) -> None:
+        if self._die_with_master is not None:
+            self._die_with_master()
 
     def _post_worker_init(self, worker: Any) -> None:
         # gunicorn's SIGTERM handler only stops accepting; open websocket streams would then

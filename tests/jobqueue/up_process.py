@@ -42,10 +42,11 @@ class UpProcess:
         self.descendants = psutil.Process(self.proc.pid).children(recursive=True)
 
     def summary(self, name: str) -> str:
-        """What the summary says about ``name`` (broker, comfyui-sim, worker, monitor, logs)."""
+        """What the summary says about ``name`` (broker, comfyui-sim, worker, monitor, logs),
+        without a URL's fragment (the monitor's login token is new at every start)."""
         match = re.search(rf"^  {re.escape(name)} +(\S+)", self.output(), re.MULTILINE)
         assert match, f"no {name} in the summary:\n{self.output()[-3000:]}"
-        return match.group(1)
+        return match.group(1).split("#", 1)[0]
 
     def child(self, fragment: str) -> psutil.Process:
         """The one current child whose command line contains ``fragment``."""
