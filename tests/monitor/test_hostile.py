@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -299,7 +300,8 @@ def test_poison_items_leave_the_worker_alive_and_the_monitor_counts_them(app, st
 def _forge(app: Any, worker: str) -> None:
     """Forged events with extreme numbers, sent like any worker's events."""
     with app.events.default_dispatcher(hostname=worker) as dispatcher:
-        for event in seed_events(1_700_000_000.0, worker=worker):
+        # (timestamps of now: the monitor refuses events dated far from their receipt)
+        for event in seed_events(time.time() - 10, worker=worker):
             fields = {k: v for k, v in event.items() if k not in ("type", "hostname")}
             dispatcher.send(event["type"], **fields)
         for job in ("f1", "f2"):
@@ -308,8 +310,11 @@ def _forge(app: Any, worker: str) -> None:
             dispatcher.send("task-succeeded", uuid=job, runtime=HUGE)
         dispatcher.send("task-sent", uuid="f3", kwargs=json.dumps({"service": "simulation"}))
         dispatcher.send("task-progress", uuid="f3", percent=50.0, step=1, total_steps=2, eta_seconds=float("inf"))
+        # A success dated 1e18 is refused (f5 stays queued); f4, sent after it, is taken
+        dispatcher.send("task-sent", uuid="f5", kwargs=json.dumps({"service": "simulation"}))
+        dispatcher.send("task-succeeded", uuid="f5", runtime=1.0, timestamp=FUTURE)
         dispatcher.send("task-sent", uuid="f4", kwargs=json.dumps({"service": "simulation"}))
-        dispatcher.send("task-succeeded", uuid="f4", runtime=1.0, timestamp=FUTURE)
+        dispatcher.send("task-succeeded", uuid="f4", runtime=1.0)
 
 
 def test_forged_extreme_numbers_leave_every_endpoint_at_200_and_every_page_rendering(app, start_monitor, tmp_path,
@@ -318,8 +323,9 @@ def test_forged_extreme_numbers_leave_every_endpoint_at_200_and_every_page_rende
     # its store past any validation
     monitor = start_monitor(db_name="hostile.db")
     _forge(app, "gpu0@vm1")
-    wait_for(lambda: _job_status(monitor, "h4") == "queued" and _job_status(monitor, "f4"), 30,
+    wait_for(lambda: _job_status(monitor, "h4") == "queued" and _job_status(monitor, "f4") == "completed", 30,
              what="the monitor to take the forged events")
+    assert _job_status(monitor, "f5") == "queued"  # its success dated 1e18 was refused
     plant(f"sqlite:///{tmp_path / 'hostile.db'}")
 
     # When every endpoint is read, then each answers 200 with strict JSON
