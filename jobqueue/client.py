@@ -174,8 +174,8 @@ class JobHandle:
         self.app.backend.store_result(self.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
         client = facts.redis_client_of(self.app)
         if client is not None:
-            facts.write(client, self.id, {"finished_at": now}, expires=int(self.app.conf.result_expires or 86400),
-                        only_new=("finished_at",))
+            facts.write(client, self.id, {"finished_at": now, "cancelled_at": now},
+                        expires=int(self.app.conf.result_expires or 86400), only_new=("finished_at", "cancelled_at"))
         self.app.control.revoke(self.id)
         self.app.control.broadcast(CONTROL_CANCEL_JOB, arguments={"job_id": self.id})
         self._announce_cancel(now)

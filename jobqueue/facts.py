@@ -10,7 +10,9 @@ hash per job, ``jobqueue-facts-<id>``, next to Celery's record and expiring with
 ``finished_at - started_at`` of the last attempt), ``attempt`` (0 for the first), ``worker``,
 ``machine_id``, ``meta`` (the job's options, service and payload summary), ``name`` and
 ``history`` (earlier attempts: ``{attempt, worker, received_at, started_at, ended_at, how}``
-with ``how`` ``retried`` or ``lost``). Every value is JSON.
+with ``how`` ``retried`` or ``lost``), ``cancelled_at`` (when a client cancelled it: unlike
+Celery's REVOKED record, which the worker's STARTED overwrites, it survives until a worker
+reaches the message). Every value is JSON.
 
 The monitor's truth repair reads these records; the backend is the authority for a job's
 outcome and times, events are the fast path. On a result backend that is not Redis nothing is
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 FACTS_PREFIX = "jobqueue-facts-"
 #: Fields a facts hash may hold.
 FACT_FIELDS = ("submitted_at", "received_at", "started_at", "finished_at", "runtime", "attempt",
-               "worker", "machine_id", "meta", "name", "history", "retried_at")
+               "worker", "machine_id", "meta", "name", "history", "retried_at", "cancelled_at")
 #: Earlier attempts kept in ``history``.
 MAX_HISTORY = 20
 

@@ -83,7 +83,11 @@ def _begin_attempt(app: Any, job_id: str, retries: int) -> tuple[bool, int, dict
         log.warning("could not read the state of job %s", job_id, exc_info=True)
         return False, retries, {}
     state = app.backend.decode_result(raw).get("status") if raw else None
-    return state == celery_states.REVOKED, max(int(count) - 1, retries), facts.decode(known)
+    known_facts = facts.decode(known)
+    # A cancel made while no worker was online reached no worker's revoked list, and Celery
+    # stored STARTED over its REVOKED record before this body ran: the fact still says so.
+    cancelled = state == celery_states.REVOKED or "cancelled_at" in known_facts
+    return cancelled, max(int(count) - 1, retries), known_facts
 
 
 def _expires(app: Any) -> int:
@@ -183,6 +187,9 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
             facts.write(client, request.id, {"submitted_at": meta.get("submitted_at"), "meta": meta,
                                              "name": task.name, "finished_at": started},
                         expires=_expires(app), only_new=("finished_at",))
+        # Celery stored STARTED over the client's REVOKED record just before this body: put
+        # the client's record back as it was (no worker in it: the job never ran anywhere).
+        app.backend.store_result(request.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
         task.send_event("task-revoked", terminated=False, signum=None, expired=False)
         raise Ignore()
     runtime = _runtime(app, request.hostname)

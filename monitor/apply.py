@@ -175,13 +175,17 @@ def _set_worker(tx: Tx, job: Job, hostname: str | None, *, recount: bool = True)
         _count_end(tx, job, job.worker, -1)
         _count_end(tx, job, hostname, +1)
     job.worker = hostname
+    job.machine_id = machine_of(tx, hostname)
+    return True
+
+
+def machine_of(tx: Tx, hostname: str) -> str | None:
+    """The machine of worker ``hostname``: as the worker reported it, else from its node name."""
     worker = tx.worker(hostname, create=False)
     if worker is not None:
-        job.machine_id = worker.machine_id
-    else:
-        node = _NODE.match(hostname)
-        job.machine_id = node.group(2) if node else None
-    return True
+        return worker.machine_id
+    node = _NODE.match(hostname)
+    return node.group(2) if node else None
 
 
 def _job_event(ev: dict[str, Any], tx: Tx) -> bool:

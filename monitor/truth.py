@@ -103,11 +103,14 @@ def _lost(tx: Tx, job: Job, event: dict[str, Any]) -> bool:
 
 
 def _truth(tx: Tx, job: Job, event: dict[str, Any]) -> bool:
-    from monitor.apply import _blob, _count_end, _job_ended
+    from monitor.apply import _blob, _count_end, _job_ended, machine_of
 
     given = event.get("fields")
     fields: dict[str, Any] = given if isinstance(given, dict) else {}
     values = {k: v for k, v in fields.items() if k in FIELDS and (v is None or FIELDS[k](v))}
+    if values.get("worker") and not values.get("machine_id"):
+        # The backend named the worker but not its machine: take it as a live event would.
+        values["machine_id"] = machine_of(tx, values["worker"])
     if "result" in values:
         values["result"] = _blob(values["result"])
     if values.get("meta") is not None:

@@ -67,6 +67,23 @@ def test_cancelling_a_queued_and_a_running_simulation_job_ends_both_cancelled(ap
     assert follow_up.status() == JobStatus.COMPLETED
 
 
+def test_a_job_cancelled_while_no_worker_is_online_never_runs_once_one_starts(app, start_worker):
+    # Given a job queued while no worker is online (no worker hears the revoke), then cancelled
+    queued = submit_job("simulation", {"steps": 1, "output": "must not run"}, app=app)
+    assert queued.cancel() is True
+    assert queued.status() == JobStatus.CANCELLED
+    # When a worker starts and reaches its message (a job sent after it runs behind it)
+    worker = start_worker("gpu0")
+    follow_up = submit_job("simulation", {"steps": 1, "output": "after"}, app=app)
+    assert follow_up.wait(timeout=60)["output"] == "after"
+    # Then the cancelled job never ran and still reads cancelled
+    assert queued.status() == JobStatus.CANCELLED
+    with pytest.raises(JobFailed) as caught:
+        queued.wait(timeout=5)
+    assert caught.value.status == JobStatus.CANCELLED.value
+    assert f"jobqueue.run_job[{queued.id}] succeeded" not in worker.log_text()
+
+
 def test_a_job_longer_than_its_own_timeout_ends_timed_out(app, start_worker):
     # Given a worker (whose default job timeout is an hour)
     start_worker("gpu0")
