@@ -86,7 +86,10 @@ class JobHandle:
 
     def _state(self) -> tuple[JobStatus, Any]:
         res = self._result
-        state, info = res.state, res.info
+        # One read for both: ``res.state`` then ``res.info`` are two, and a job ending between
+        # them would pair PROGRESS with its final result.
+        meta = res.backend.get_task_meta(res.id)
+        state, info = meta.get("status", celery_states.PENDING), meta.get("result")
         error_type = type(info).__name__ if isinstance(info, BaseException) else None
         status = job_status_from_celery(state, error_type)
         if state == celery_states.PENDING and not self.submitted:
