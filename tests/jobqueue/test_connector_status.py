@@ -69,13 +69,22 @@ def local_tcp_ports(pid: int) -> set[int]:
     return ports
 
 
-def ask_status(app: Any, node: str) -> dict[str, Any]:
-    replies = app.control.broadcast(CONTROL_CONNECTOR_STATUS, destination=[node], reply=True, timeout=2.0)
-    for reply in replies or []:
-        if node in reply:
-            answer: dict[str, Any] = reply[node]
-            return answer
-    raise AssertionError(f"{node} did not answer {CONTROL_CONNECTOR_STATUS}: {replies!r}")
+def ask_status(app: Any, node: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The worker's answer to the connector-status control command.
+
+    Asked again until ``timeout``: a worker that has just (re)connected to the broker sends
+    events before its control consumer is subscribed again, so one broadcast can go unheard.
+    """
+
+    def ask() -> dict[str, Any] | None:
+        replies = app.control.broadcast(CONTROL_CONNECTOR_STATUS, destination=[node], reply=True, timeout=2.0)
+        for reply in replies or []:
+            if node in reply:
+                answer: dict[str, Any] = reply[node]
+                return answer
+        return None
+
+    return wait_for(ask, timeout, what=f"{node} to answer {CONTROL_CONNECTOR_STATUS}")
 
 
 def test_a_worker_reports_its_connector_from_starting_to_idle_with_its_identity(app, start_worker, capture, settings):
@@ -288,7 +297,7 @@ def test_a_worker_that_reconnects_to_the_broker_keeps_its_identity_and_its_stepp
     }
     assert after["seq"] > before["seq"]
     # ... and the service queue it stepped aside from stays off until the service is back
-    assert "simulation" not in consumed_queues(app, node)
-    assert "gpu0" in consumed_queues(app, node)
+    queues = wait_for(lambda: consumed_queues(app, node), 10, what=f"{node} to list its queues")
+    assert "gpu0" in queues and "simulation" not in queues
     down.unlink()
     wait_for(lambda: "simulation" in consumed_queues(app, node), 10)
