@@ -35,7 +35,7 @@ from celery import states as celery_states
 from celery.canvas import Signature
 from celery.exceptions import Ignore, Retry
 
-from jobqueue.client import JobHandle, _default_app, prepare_job
+from jobqueue.client import JobHandle, default_app, prepare_job
 from jobqueue.connectors import connector_class
 from jobqueue.errors import (
     InvalidPayloadError,
@@ -277,7 +277,7 @@ def submit_workflow(
     ``queue`` (default: each step's service queue). Raises :class:`SubmitError` (or its
     subclasses, naming the step) when any step is invalid; nothing is enqueued then.
     """
-    app = app or _default_app()
+    app = app or default_app()
     pairs = _check_steps(steps)
     workflow_id = str(uuid.uuid4())
     submitted_at = time.time()
@@ -315,7 +315,7 @@ def get_workflow(workflow_id: str, *, app: Any = None) -> WorkflowHandle:
     Raises :class:`~jobqueue.errors.WorkflowNotFound` when no record exists (never
     submitted, or expired with the results).
     """
-    app = app or _default_app()
+    app = app or default_app()
     getter = getattr(app.backend, "get", None)
     raw = getter(_record_key(workflow_id)) if callable(getter) else None
     if not raw:
@@ -329,7 +329,7 @@ class WorkflowHandle:
 
     def __init__(self, workflow_id: str, step_ids: Sequence[str], app: Any = None) -> None:
         self.id = workflow_id
-        self.app = app or _default_app()
+        self.app = app or default_app()
         self.steps = [JobHandle(step_id, self.app) for step_id in step_ids]
 
     def __repr__(self) -> str:
