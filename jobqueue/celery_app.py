@@ -13,6 +13,7 @@ from kombu.utils.objects import cached_property
 
 from jobqueue.config import Settings
 from jobqueue.redis_health import backend_settings, transport_options
+from jobqueue.redis_urls import is_redis_url
 from jobqueue.routing import BROKER_MAX_PRIORITY, DEFAULT_PRIORITY, broker_priority
 
 
@@ -71,7 +72,7 @@ def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -
         task_queue_max_priority=BROKER_MAX_PRIORITY,
         task_default_priority=broker_priority(DEFAULT_PRIORITY, is_redis=settings.is_redis),
     )
-    if settings.result_backend.startswith(("redis://", "rediss://", "redis+socket://")):
+    if is_redis_url(settings.result_backend):
         app.conf.update(backend_settings(settings.redis_health_interval))
     if settings.is_redis:
         from jobqueue.redis_transport import TRANSPORT_PATH

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from jobqueue.errors import ConfigError
+from jobqueue.redis_urls import is_redis_url
 
 #: Broker used when nothing is configured: the local Redis, database 0.
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -54,7 +55,7 @@ def default_result_backend(broker_url: str) -> str:
     URL to keep in sync, so we keep it simple); on RabbitMQ the results still need a store
     that survives the client, so we fall back to the local Redis.
     """
-    if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+    if is_redis_url(broker_url):
         return broker_url
     return DEFAULT_BROKER_URL
 
@@ -252,7 +253,7 @@ class Settings:
     @property
     def is_redis(self) -> bool:
         """True when the broker is Redis (lease and restore apply only there)."""
-        return self.broker_url.startswith(("redis://", "rediss://", "redis+socket://"))
+        return is_redis_url(self.broker_url)
 
 
 def _convert(name: str, annotation: Any, raw: str) -> Any:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from jobqueue.errors import ConfigError
+from jobqueue.redis_urls import is_redis_url
 
 #: Port tried first for an embedded Redis whose configured port is not local.
 DEFAULT_REDIS_PORT = 6379
@@ -25,7 +26,7 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", ""})
 
 def broker_answers(url: str, timeout: float = 2.0) -> bool:
     """True when the broker at ``url`` (Redis or AMQP) accepts a connection now."""
-    if url.startswith(("redis://", "rediss://", "redis+socket://")):
+    if is_redis_url(url):
         import redis
 
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
