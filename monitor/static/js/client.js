@@ -78,7 +78,7 @@
     render();
   });
 
-  live.subscribe((kind, id) => { if (kind === "snapshot" || (kind === "job" && mine.includes(id))) render(); });
+  live.subscribe((kind, id) => { if (kind === "snapshot" || kind === "estimates" || (kind === "job" && mine.includes(id))) render(); });
   // Submitting is a control: off in read-only mode and until the server accepts our credentials.
   function syncSubmit() {
     const button = document.getElementById("submit");
