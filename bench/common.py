@@ -15,18 +15,16 @@ import signal
 import socket
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 
 from jobqueue.config import Settings
 from jobqueue.procs import ChildProcess, worker_command
-
-T = TypeVar("T")
+from jobqueue.procs import wait_until as wait_until  # the benchmarks import it from here
 
 #: Repository root (bench/ lives directly under it).
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,18 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "") -> T:
-    """Poll ``predicate`` until it returns something truthy; raise TimeoutError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def percentile(values: Iterable[float], pct: float) -> float:

@@ -8,6 +8,8 @@
   path (SIGTERM to the group, SIGKILL after a timeout). The tests' worker and monitor
   processes and every benchmark and chaos drill start their children with it;
   :func:`worker_command` and :func:`monitor_command` are the command lines they run.
+* :func:`wait_until`: poll a condition with a deadline (never sleep to synchronise); the tests'
+  ``wait_for`` and the benchmarks' ``wait_until`` are it.
 * :class:`EventListener`: a thread consuming a Celery app's event stream with Celery's
   receiver, handing each event to a callback; ``start()`` returns once it is subscribed,
   ``stop()`` ends it, and it reconnects when the broker goes away. The tests' event capture and
@@ -23,13 +25,30 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
 
 #: Celery worker options every test and benchmark worker runs with (no mingle/gossip: they
 #: only slow the start and the workers learn nothing from each other we use).
 WORKER_OPTIONS = ("--loglevel", "INFO", "--without-mingle", "--without-gossip")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "",
+               error: type[Exception] = TimeoutError) -> T:
+    """Poll ``predicate`` until it returns something truthy and return that; raise ``error``
+    naming ``what`` and the last value after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise error(f"timed out after {timeout} s waiting for {what or predicate}: last={last!r}")
+        time.sleep(interval)
 
 
 def signal_group(pgid: int, sig: int) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jobqueue.procs import ChildProcess, stop_group, worker_command
+from jobqueue.procs import ChildProcess, stop_group, wait_until, worker_command
 
 T = TypeVar("T")
 
@@ -18,15 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
     """Poll ``predicate`` until it returns something truthy; return it or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}: last={last!r}")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, interval, what, error=AssertionError)
 
 
 def child_env(settings_env: Mapping[str, str], **extra: str) -> dict[str, str]:
