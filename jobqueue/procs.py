@@ -89,8 +89,9 @@ class ChildProcess:
     """A command in its own session (so a signal reaches its children too), logging to a file."""
 
     def __init__(self, cmd: list[str], env: Mapping[str, str] | None = None, log_path: Path | None = None,
-                 cwd: Path | str | None = None) -> None:
+                 cwd: Path | str | None = None, *, append: bool = True) -> None:
         self.cmd = list(cmd)
+        self.append = append
         self.env = dict(env) if env is not None else None
         self.log_path = log_path
         self.cwd = cwd
@@ -98,8 +99,8 @@ class ChildProcess:
         self._log: IO[bytes] | None = None
 
     def start(self) -> ChildProcess:
-        """Start the command (output to ``log_path``, else discarded)."""
-        self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in stop()
+        """Start the command (output to ``log_path``, appended or from scratch, else discarded)."""
+        self._log = open(self.log_path, "ab" if self.append else "wb") if self.log_path else None  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=None if self.cwd is None else str(self.cwd),
                                      stdin=subprocess.DEVNULL, stdout=self._log or subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT, start_new_session=True)
