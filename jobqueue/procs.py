@@ -170,6 +170,11 @@ class EventListener:
         """True once the first subscription was in place."""
         return self._ready.is_set()
 
+    @property
+    def is_alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 10.0) -> None:
         """End the thread (within about a second) and wait for it."""
         self._stop.set()
