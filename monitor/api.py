@@ -17,6 +17,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from jobqueue.client import get_job, submit_job
 from jobqueue.errors import SubmitError
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
+from monitor import history
 from monitor.auth import mutating
 from monitor.broker import queue_depths
 from monitor.capabilities import WAITING, annotate_waiting, waiting_reasons
@@ -220,8 +221,11 @@ def queues() -> Any:
 @bp.get("/api/stats")
 def stats() -> Any:
     """Per-service completion times (median/mean/min/max/p95), failure patterns, throughput
-    and queue depths."""
+    and queue depths, and the hourly history that outlives pruned jobs (``?hours=``, 1..9600,
+    default 168)."""
+    hours = _int_arg("hours", history.DEFAULT_HOURS, 1, history.KEEP_HOURS)
     data = ctx().store.stats()
+    data["history"] = history.read(ctx().store, hours=hours)
     try:
         data["queues"] = _depths()
     except ApiError as exc:
