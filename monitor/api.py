@@ -99,7 +99,8 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
     running = {j["id"]: j for j in snapshot["jobs"] if j["status"] == "processing"}
     annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]),
              busy_until(snapshot["workers"], running, medians))
-    return snapshot
+    result: dict[str, Any] = snapshot
+    return result
 
 
 def _annotate_queued(found: list[dict[str, Any]]) -> None:
@@ -312,7 +313,8 @@ def _worker_or_404(name: str) -> dict[str, Any]:
     found = ctx().store.worker(name)
     if found is None:
         raise ApiError(404, "not_found", f"no worker {name!r}")
-    return found
+    worker: dict[str, Any] = found
+    return worker
 
 
 def _set_draining(name: str, draining: bool) -> Any:

@@ -50,7 +50,7 @@ def _identity_of(worker: Any) -> WorkerIdentity:
     return identity
 
 
-class RuntimeStep(bootsteps.StartStopStep):
+class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no type information
     """Own the worker's connectors, status reporter and health loop for the worker's life."""
 
     label = "jobqueue runtime"
@@ -114,7 +114,7 @@ def dispatcher_sender(consumer: Any) -> Sender:
     return send
 
 
-class StatusStep(bootsteps.StartStopStep):
+class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no type information
     """Connect the runtime to the consumer: status events out, service queues gated."""
 
     label = "jobqueue status"
@@ -178,7 +178,7 @@ class StatusStep(bootsteps.StartStopStep):
             runtime.reporter.detach()
 
 
-class LeaseStep(bootsteps.StartStopStep):
+class LeaseStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no type information
     """Renew the Redis lease of held messages (no-op on RabbitMQ, which acks for real)."""
 
     label = "jobqueue lease"
@@ -229,7 +229,7 @@ class LeaseStep(bootsteps.StartStopStep):
         self.stop(worker)
 
 
-class OrphanStep(bootsteps.StartStopStep):
+class OrphanStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no type information
     """Drop requests whose broker connection is gone and whose job runs nowhere here."""
 
     label = "jobqueue orphans"

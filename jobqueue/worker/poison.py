@@ -258,7 +258,7 @@ class PoisonHandler:
             dispatcher.send("task-failed", uuid=poison.job_id, exception=repr(exc))
 
 
-class PoisonStep(bootsteps.StartStopStep):
+class PoisonStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no type information
     """Consumer step: wrap Celery's decode-failure handlers and hand the transport its hook."""
 
     label = "jobqueue poison"
