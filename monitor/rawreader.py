@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery.events.receiver import EventReceiver
 from kombu.serialization import loads, prepare_accept_content
 
+from jobqueue.internals import event_converter, fanout_pattern
 from jobqueue.redis_health import keepalive_options, socket_timeout
 
 log = logging.getLogger(__name__)
@@ -39,24 +39,14 @@ def event_source(app: Any) -> tuple[str, str] | None:
     """The broker URL and the PSUBSCRIBE pattern of the event exchange, or ``None`` when the
     broker is not a single plain Redis (then the collector uses ``EventReceiver``).
 
-    Mirrors ``kombu.transport.redis.Channel``: topic = ``global_keyprefix`` + fanout prefix
-    (``/{db}.`` by default) + exchange, + ``/<routing key>`` with ``fanout_patterns``; the
-    receiver binds routing key ``#``, which kombu turns into ``*``.
+    The pattern is kombu's name for the exchange's channels (see
+    :func:`jobqueue.internals.fanout_pattern`).
     """
     url = app.conf.broker_url
     if not isinstance(url, str) or not url.startswith(RAW_SCHEMES) or ";" in url:
         return None
-    opts = app.conf.broker_transport_options or {}
     db = redis.ConnectionPool.from_url(url).connection_kwargs.get("db", 0)
-    fanout_prefix = opts.get("fanout_prefix", True)
-    if isinstance(fanout_prefix, str):
-        prefix = fanout_prefix
-    else:
-        prefix = "/{db}." if fanout_prefix else ""
-    topic = prefix.format(db=db) + app.conf.event_exchange
-    if opts.get("fanout_patterns", True):
-        topic += "/*"
-    return url, str(opts.get("global_keyprefix", "")) + topic
+    return url, fanout_pattern(int(db), app.conf.broker_transport_options, app.conf.event_exchange)
 
 
 class RawEventReader:
@@ -100,7 +90,7 @@ class RawEventReader:
                                              socket_keepalive=True,
                                              socket_keepalive_options=keepalive_options(self.health_interval),
                                              protocol=2)
-        conn = pool.make_connection()
+        conn: Any = pool.make_connection()
         self._connection = conn
         try:
             conn.connect()
@@ -162,14 +152,10 @@ class EventDecoder:
 
     def __init__(self, app: Any, on_malformed: Callable[[Exception], Any]) -> None:
         self.on_malformed = on_malformed
-        self.accept = prepare_accept_content({app.conf.event_serializer, "json"})
-        # The attributes EventReceiver.event_from_message uses; calling Celery's own function
-        # keeps clock adjustment, task-sent skew and timestamp localisation identical.
-        self.clock = app.clock
-        self.adjust_clock = self.clock.adjust
-        self.forward_clock = self.clock.forward
-
-    event_from_message = EventReceiver.event_from_message
+        self.accept = prepare_accept_content({app.conf.event_serializer, "json"})  # type: ignore[no-untyped-call]
+        # Celery's own conversion: clock adjustment, task-sent skew and timestamp
+        # localisation identical to EventReceiver's.
+        self.event_from_message = event_converter(app)
 
     def decode(self, raw: bytes) -> list[dict[str, Any]]:
         """The events in ``raw`` (an empty list, counted, when it is not a valid message)."""
@@ -186,8 +172,8 @@ class EventDecoder:
                 raise ValueError(f"unknown body encoding {encoding!r}")
             if isinstance(body, str):
                 body = body.encode("utf-8")
-            payload = loads(body, envelope.get("content-type"), envelope.get("content-encoding"),
-                            accept=self.accept)
+            payload = loads(body, envelope.get("content-type"),  # type: ignore[no-untyped-call]
+                            envelope.get("content-encoding"), accept=self.accept)
         except Exception as exc:  # not JSON, bad base64, kombu's DecodeError/ContentDisallowed
             self.on_malformed(exc)
             return []
@@ -196,7 +182,7 @@ class EventDecoder:
             try:
                 if not isinstance(item, dict) or not isinstance(item.get("type"), str):
                     raise ValueError("not an event")
-                events.append(self.event_from_message(item)[1])
+                events.append(self.event_from_message(item))
             except Exception as exc:
                 self.on_malformed(exc)
         return events
