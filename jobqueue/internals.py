@@ -3,7 +3,7 @@
 jobqueue leans on a few things the libraries do not document as API: key names kombu's Redis
 transport writes (unacked messages, priority lists, event channels), the key Celery's Redis
 result backend stores a result under, the worker's request registry, a request's ``chain``,
-a kombu message's raw envelope, the consumer's refusal handlers and the event receiver's
+a kombu message's raw envelope and how its body is encoded, the consumer's refusal handlers and the event receiver's
 per-message hook. Each is wrapped here in one small function whose docstring names what it
 relies on; tests/jobqueue/test_internals.py checks every one against the installed libraries
 (real Redis, real kombu channels, a real Celery worker state), so an upgrade that changes one
@@ -18,10 +18,12 @@ Verified with Celery 5.4-5.7, kombu 5.4-5.7, redis-py 5-8.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery.events.receiver import EventReceiver
+from kombu.serialization import loads
 
 # -- kombu's Redis transport: key names -------------------------------------------------------
 
@@ -194,6 +196,24 @@ def raw_envelope(message: Any) -> Any:
     """The envelope a kombu virtual-transport message was built from (``Message._raw``: a
     dict on Redis), or None."""
     return getattr(message, "_raw", None)
+
+
+def envelope_payload(envelope: Mapping[str, Any], accept: Any) -> Any:
+    """The deserialized body of a kombu virtual-transport envelope (the JSON a Redis list or
+    fanout channel holds), as kombu's ``Message`` decodes it: ``properties.body_encoding``
+    ``base64`` bodies b64-decoded, str bodies taken as UTF-8, then kombu's serializer registry
+    for ``content-type``/``content-encoding`` with ``accept`` (``prepare_accept_content``).
+    Raises on a bad encoding, an undecodable body or a refused content type."""
+    body = envelope.get("body")
+    encoding = (envelope.get("properties") or {}).get("body_encoding")
+    if body and encoding == "base64":
+        body = base64.b64decode(body)
+    elif body and encoding and encoding.lower() != "utf-8":
+        raise ValueError(f"unknown body encoding {encoding!r}")
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    return loads(body, envelope.get("content-type"), envelope.get("content-encoding"),  # type: ignore[no-untyped-call]
+                 accept=accept)
 
 
 def wrap_refusal_handlers(consumer: Any, on_refused: Callable[[Any, str], Any]) -> None:

@@ -15,7 +15,6 @@ another thread -- the monitor's writer.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -23,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from kombu.serialization import loads, prepare_accept_content
+from kombu.serialization import prepare_accept_content
 
-from jobqueue.internals import event_converter, fanout_pattern
+from jobqueue.internals import envelope_payload, event_converter, fanout_pattern
 from jobqueue.redis_health import keepalive_options, socket_timeout
 
 log = logging.getLogger(__name__)
@@ -163,17 +162,7 @@ class EventDecoder:
             envelope = json.loads(raw)
             if not isinstance(envelope, dict):
                 raise ValueError("message is not a JSON object")
-            body = envelope.get("body")
-            # As kombu's virtual Message does: base64 bodies decoded, str bodies as UTF-8.
-            encoding = (envelope.get("properties") or {}).get("body_encoding")
-            if body and encoding == "base64":
-                body = base64.b64decode(body)
-            elif body and encoding and encoding.lower() != "utf-8":
-                raise ValueError(f"unknown body encoding {encoding!r}")
-            if isinstance(body, str):
-                body = body.encode("utf-8")
-            payload = loads(body, envelope.get("content-type"),  # type: ignore[no-untyped-call]
-                            envelope.get("content-encoding"), accept=self.accept)
+            payload = envelope_payload(envelope, self.accept)
         except Exception as exc:  # not JSON, bad base64, kombu's DecodeError/ContentDisallowed
             self.on_malformed(exc)
             return []

@@ -6,6 +6,7 @@ names the function to fix."""
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import time
 import uuid
@@ -21,6 +22,7 @@ from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from kombu import Connection, Exchange, Queue
+from kombu.serialization import prepare_accept_content
 from kombu.transport import redis as kombu_redis
 
 from jobqueue import internals
@@ -298,6 +300,21 @@ def test_a_redis_message_keeps_its_raw_envelope(redis_url: str) -> None:
         assert isinstance(envelope, dict) and envelope.get("properties", {}).get("delivery_tag") == message.delivery_tag, \
             broken(internals.raw_envelope, f"got {envelope!r}")
         message.ack()
+
+
+def test_a_queued_envelope_decodes_to_the_published_body(redis_url: str, redis_client: redis.Redis) -> None:
+    # Given a message kombu published to a Redis queue list
+    q = Queue("contract-envelope", Exchange("contract-envelope", type="direct"), routing_key="contract-envelope")
+    body = {"text": "héllo", "n": [1, 2.5, None]}
+    with kombu_connection(redis_url, {}) as conn, conn.Producer() as producer:
+        producer.publish(body, exchange=q.exchange, routing_key=q.routing_key, declare=[q], serializer="json")
+    raw = wait_for(lambda: redis_client.lindex("contract-envelope", 0), 5, what="the queued envelope")
+    # Then its envelope decodes to the body, and a content type outside accept is refused
+    envelope = json.loads(raw)
+    assert internals.envelope_payload(envelope, prepare_accept_content({"json"})) == body, broken(
+        internals.envelope_payload, f"envelope {envelope!r}")
+    with pytest.raises(Exception, match="(?i)disallowed|refus"):
+        internals.envelope_payload(envelope, prepare_accept_content({"pickle"}))
 
 
 def test_the_consumer_refusal_handlers_jobqueue_wraps_exist_with_their_signatures() -> None:
