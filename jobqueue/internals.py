@@ -104,6 +104,21 @@ def result_key(app: Any, job_id: str) -> str:
     return key.decode() if isinstance(key, bytes) else str(key)
 
 
+def store_failure(app: Any, job_id: str, exc: BaseException, *, task: str | None, hostname: str | None,
+                  queue: str) -> None:
+    """Store ``exc`` as the ``FAILURE`` result of a job no worker ran (its message was
+    refused), with the name, worker and queue an extended result keeps, and no errbacks.
+
+    ``Backend.mark_as_failure`` takes a request object; this one is a stand-in holding only
+    what it and ``_get_result_meta`` read (``task``, ``hostname``, ``delivery_info``, and
+    ``chord``, ``errbacks`` empty so no chord or errback is touched)."""
+    from celery.utils.objects import Bunch
+
+    request = Bunch(name=task, task=task, chord=None, root_id=None, correlation_id=job_id, reply_to=None,
+                    errbacks=None, hostname=hostname, delivery_info={"routing_key": queue})
+    app.backend.mark_as_failure(job_id, exc, request=request, call_errbacks=False)
+
+
 # -- Celery's worker: requests ----------------------------------------------------------------
 
 

@@ -21,7 +21,8 @@ Two layers, because the failures surface in two places:
 The private Celery and kombu behaviour both layers rely on lives in the two modules that hold
 all of jobqueue's: the transport layer is :class:`jobqueue.redis_transport.Channel` (kombu's
 BRPOP reader), the consumer layer uses :func:`jobqueue.internals.wrap_refusal_handlers` and
-:func:`jobqueue.internals.raw_envelope`; this module holds the rules (what is poison, where it
+:func:`jobqueue.internals.raw_envelope`, and a refused job's failure is stored with
+:func:`jobqueue.internals.store_failure`; this module holds the rules (what is poison, where it
 goes, which job fails).
 """
 
@@ -37,7 +38,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from jobqueue.internals import raw_envelope, wrap_refusal_handlers
+from jobqueue.internals import raw_envelope, store_failure, wrap_refusal_handlers
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,6 @@ class PoisonHandler:
     def fail_job(self, poison: Poison) -> None:
         """End the job ``failed`` with the reason, unless its result is already final."""
         from celery.states import READY_STATES
-        from celery.utils.objects import Bunch
 
         from jobqueue.errors import MessageDiscarded
 
@@ -194,9 +194,7 @@ class PoisonHandler:
             return  # a stray copy of a job that already ended: never overwrite its result
         exc = MessageDiscarded(f"message discarded by {self.hostname}: {poison.reason}; "
                                f"moved to {dead_letter_key(poison.queue)}")
-        request = Bunch(name=poison.task, task=poison.task, chord=None, root_id=None, correlation_id=poison.job_id,
-                        reply_to=None, errbacks=None, hostname=self.hostname, delivery_info={"routing_key": poison.queue})
-        backend.mark_as_failure(poison.job_id, exc, request=request, call_errbacks=False)
+        store_failure(self.app, poison.job_id, exc, task=poison.task, hostname=self.hostname, queue=poison.queue)
         dispatcher = getattr(self.consumer, "event_dispatcher", None)
         if dispatcher is not None:
             dispatcher.send("task-failed", uuid=poison.job_id, exception=repr(exc))

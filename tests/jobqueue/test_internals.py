@@ -166,6 +166,25 @@ def test_a_stored_result_is_under_the_key_jobqueue_reads(redis_url: str, redis_c
         app.close()
 
 
+def test_a_refused_jobs_failure_is_stored_with_its_name_worker_and_queue(redis_url: str) -> None:
+    # Given a Redis result backend keeping extended results, as jobqueue's does
+    app = Celery("contract-failure", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.result_extended = True
+    job_id = str(uuid.uuid4())
+    try:
+        # When a job no worker ran is failed
+        internals.store_failure(app, job_id, RuntimeError("refused"), task="jobqueue.run_job",
+                                hostname="gpu0@m", queue="simulation")
+        # Then its record says so, with what the monitor rebuilds a job from
+        meta = app.backend.get_task_meta(job_id)
+        got = {k: meta.get(k) for k in ("status", "name", "worker", "queue")}
+        assert got == {"status": "FAILURE", "name": "jobqueue.run_job", "worker": "gpu0@m", "queue": "simulation"}, \
+            broken(internals.store_failure, f"stored {meta!r}")
+        assert isinstance(meta["result"], RuntimeError) and str(meta["result"]) == "refused"
+    finally:
+        app.close()
+
+
 # -- Celery's worker: requests -----------------------------------------------------------------
 
 
