@@ -29,7 +29,14 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 
 from jobqueue.routing import BROKER_MAX_PRIORITY
-from jobqueue.worker.poison import HOOK_ATTR, Poison, check_envelope, dead_letter_key, poison_from_item, push_dead_letter
+from jobqueue.worker.poison import (
+    HOOK_ATTR,
+    Poison,
+    check_envelope,
+    dead_letter_key,
+    poison_from_item,
+    push_dead_letter,
+)
 
 log = logging.getLogger("jobqueue.worker.poison")
 

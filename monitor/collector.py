@@ -157,7 +157,7 @@ class EventCollector:
         """Celery's EventReceiver until stop() or a broker error (which it raises)."""
         with self.app.connection_for_read() as conn:
             receiver = TolerantEventReceiver(conn, handlers={"*": self._on_event}, app=self.app,
-                                 on_malformed=self._on_malformed, on_ready=self._on_ready)
+                                             on_malformed=self._on_malformed, on_ready=self._on_ready)
             self._receiver = receiver
             if self._stop.is_set():
                 return
