@@ -47,6 +47,7 @@ from jobqueue.errors import (
     WorkflowNotFound,
 )
 from jobqueue.events import RUN_JOB_TASK
+from jobqueue.internals import drop_chain, remaining_chain
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from jobqueue.submitted import record_submitted
 
@@ -142,7 +143,7 @@ def resolve_placeholders(value: Any, previous: Any) -> Any:
 
 def _later_steps(request: Any) -> list[dict[str, Any]]:
     """The chain's remaining steps as signature dicts, next step first."""
-    return [dict(sig) for sig in reversed(list(getattr(request, "chain", None) or ()))]
+    return remaining_chain(request)
 
 
 def stop_later_steps(task: Any, reason: str) -> None:
@@ -155,7 +156,7 @@ def stop_later_steps(task: Any, reason: str) -> None:
     """
     request = task.request
     later = _later_steps(request)
-    request.chain = None
+    drop_chain(request)
     app = task.app
     for sig in later:
         options = sig.get("options") or {}

@@ -22,6 +22,7 @@ import redis
 from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
+from jobqueue.internals import unacked_index_key
 from jobqueue.redis_health import redis_kwargs
 from jobqueue.worker.capabilities import CapabilityGate, desired_queues
 from jobqueue.worker.gate import ConsumerGate
@@ -50,7 +51,7 @@ def _identity_of(worker: Any) -> WorkerIdentity:
     return identity
 
 
-class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no type information
+class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Own the worker's connectors, status reporter and health loop for the worker's life."""
 
     label = "jobqueue runtime"
@@ -114,7 +115,7 @@ def dispatcher_sender(consumer: Any) -> Sender:
     return send
 
 
-class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no type information
+class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Connect the runtime to the consumer: status events out, service queues gated."""
 
     label = "jobqueue status"
@@ -178,7 +179,7 @@ class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships
             runtime.reporter.detach()
 
 
-class LeaseStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no type information
+class LeaseStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Renew the Redis lease of held messages (no-op on RabbitMQ, which acks for real)."""
 
     label = "jobqueue lease"
@@ -215,6 +216,7 @@ class LeaseStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships 
         # for longer than one renewal round.
         lost_after = max(settings.lease_interval, settings.visibility_timeout - settings.lease_interval)
         self.keeper = LeaseKeeper(client, interval=settings.lease_interval, tags=tags,
+                                  index_key=unacked_index_key(app.conf.broker_transport_options),
                                   lost_after=lost_after, on_lost=give_up)
 
     def start(self, worker: Any) -> None:
@@ -229,7 +231,7 @@ class LeaseStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships 
         self.stop(worker)
 
 
-class OrphanStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no type information
+class OrphanStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Drop requests whose broker connection is gone and whose job runs nowhere here."""
 
     label = "jobqueue orphans"
