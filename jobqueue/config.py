@@ -145,6 +145,10 @@ class Settings:
     #: ComfyUI: longest (s) a prompt may be listed as running with no message at all before the
     #: job counts as stalled (a silent node is not a stall; a server that stops answering is).
     comfyui_node_timeout: float = 600.0
+    #: A1111/Forge: longest (s) the WebUI's progress may stay unchanged while it still answers
+    #: before the job counts as stalled (one slow sampling step, a hires pass or a VAE decode
+    #: shows no progress; a WebUI that stops answering is a stall after ``stall_timeout``).
+    a1111_node_timeout: float = 600.0
     #: Tags this worker declares (``customer:acme,region:eu``): jobs requiring a tag run only
     #: on workers that declare it.
     worker_tags: tuple[str, ...] = ()
@@ -226,7 +230,7 @@ class Settings:
         """Raise :class:`ConfigError` for values that would break the system quietly."""
         for name in ("visibility_timeout", "lease_interval", "health_interval", "status_beat",
                      "stall_timeout", "job_timeout", "heartbeat_interval", "comfyui_node_timeout",
-                     "redis_health_interval"):
+                     "a1111_node_timeout", "redis_health_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"JOBQUEUE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
         # A lease renewed less often than the timeout lets a live job be handed out twice.

@@ -1,25 +1,97 @@
-"""kombu's Redis transport with 20 priority levels instead of 10.
+"""kombu's Redis transport with 20 priority levels instead of 10, and a BRPOP reader that
+survives poison messages.
 
 kombu clamps every Redis message priority to 0..9 (``Channel.max_priority``, not a transport
 option). jobqueue gives each caller priority two broker levels (see
 :func:`jobqueue.routing.broker_priority`), so it needs 0..19. ``create_app`` selects this
 transport (``broker_transport``) whenever the broker is Redis; everything else is kombu's.
-Its BRPOP reader moves poison items aside instead of dying on them.
+Its BRPOP reader moves poison items aside instead of dying on them (the rules are in
+:mod:`jobqueue.worker.poison`).
+
+PRIVATE TOUCHPOINTS (kombu 5.4-5.7): with :mod:`jobqueue.internals`, the only module that
+relies on undocumented library behaviour; checked by tests/jobqueue/test_internals.py and
+tests/jobqueue/test_poison.py.
+
+1. ``kombu.transport.redis.Channel.max_priority`` (the clamp).
+2. ``kombu.transport.redis.Channel._brpop_read``: reimplemented below (its body plus the
+   envelope check); it also relies on ``_queue_cycle``, ``_in_poll``, ``connection._deliver``
+   and ``_flush_brpop_reauth`` (the latter only where kombu has it).
+3. ``kombu.transport.virtual.Channel.decode_body`` (the envelope check decodes the body as
+   kombu's ``Message`` would).
 """
 
 from __future__ import annotations
 
+import logging
+from queue import Empty
+from typing import Any
+
 from kombu.transport import redis as kombu_redis
 
 from jobqueue.routing import BROKER_MAX_PRIORITY
-from jobqueue.worker.poison import PoisonSafeChannel
+from jobqueue.worker.poison import (
+    HOOK_ATTR,
+    Poison,
+    check_envelope,
+    dead_letter_key,
+    poison_from_item,
+    push_dead_letter,
+)
+
+log = logging.getLogger("jobqueue.worker.poison")
 
 
-class Channel(PoisonSafeChannel, kombu_redis.Channel):
+class Channel(kombu_redis.Channel):
     """Redis channel that keeps priorities up to :data:`BROKER_MAX_PRIORITY` and never
-    delivers (nor dies on) a message it cannot decode (see :mod:`jobqueue.worker.poison`)."""
+    delivers (nor dies on) a message it cannot decode (see :mod:`jobqueue.worker.poison`).
 
-    max_priority = BROKER_MAX_PRIORITY
+    A poison item is dead-lettered through a pooled client, then handed to the hook the
+    worker's :class:`~jobqueue.worker.poison.PoisonStep` left on the connection (which fails
+    its job).
+    """
+
+    max_priority = BROKER_MAX_PRIORITY  # PRIVATE TOUCHPOINT 1
+
+    def _brpop_read(self, **options: Any) -> bool:  # PRIVATE TOUCHPOINT 2
+        self_: Any = self
+        poison: Poison | None = None
+        try:
+            try:
+                dest__item = self_.client.parse_response(self_.client.connection, "BRPOP", **options)
+            except self_.connection_errors:
+                # A connection error: disconnect so the next iteration reconnects (as kombu does).
+                self_.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise Empty()
+            dest, item = dest__item
+            dest = (dest.decode() if isinstance(dest, bytes) else dest).rsplit(self_.sep, 1)[0]
+            self_._queue_cycle.rotate(dest)
+            payload, reason = check_envelope(item, self_.decode_body)  # PRIVATE TOUCHPOINT 3
+            if reason is None:
+                self_.connection._deliver(payload, dest)
+                return True
+            poison = poison_from_item(dest, item, payload, reason)
+        finally:
+            self_._in_poll = None
+            flush = getattr(self_, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+        self._discard(poison)
+        return True
+
+    def _discard(self, poison: Poison) -> None:
+        self_: Any = self
+        hook = getattr(self_.connection.client, HOOK_ATTR, None)
+        log.error("poison message on queue %s discarded (%s); moved to %s", poison.queue, poison.reason,
+                  dead_letter_key(poison.queue))
+        try:
+            with self_.conn_or_acquire() as client:
+                push_dead_letter(client, poison, getattr(hook, "hostname", None))
+        except Exception:
+            log.exception("could not dead-letter a poison message of queue %s", poison.queue)
+        if hook is not None:
+            hook(poison)
 
 
 class Transport(kombu_redis.Transport):

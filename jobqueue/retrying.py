@@ -46,7 +46,7 @@ class RetryPlan:
 
 def backoff(uncounted: int) -> float:
     """Delay before the retry that follows the ``uncounted``-th (0-based) unreached attempt."""
-    return min(BACKOFF_FIRST * 2 ** max(uncounted, 0), BACKOFF_CAP)
+    return float(min(BACKOFF_FIRST * 2.0 ** max(uncounted, 0), BACKOFF_CAP))
 
 
 def decide(exc: BaseException, *, retries: int, uncounted: int, max_retries: int, waited: float,

@@ -15,6 +15,7 @@ there. See docs/workflows.md.
 
 from __future__ import annotations
 
+from jobqueue import internals
 from jobqueue.errors import SubmitError
 
 #: Lowest and highest priority a caller may ask for.
@@ -23,9 +24,8 @@ MIN_PRIORITY, MAX_PRIORITY = 0, 9
 DEFAULT_PRIORITY = 5
 #: Highest broker priority level: two levels per caller priority (Redis and RabbitMQ alike).
 BROKER_MAX_PRIORITY = 2 * (MAX_PRIORITY + 1) - 1
-#: kombu's Redis key separator (``kombu.transport.redis.Channel.sep``, never overridden: stock
-#: tooling writes binding keys with it): priority level ``n`` of a queue is ``<queue><sep><n>``.
-REDIS_KEY_SEP = "\x06\x16"
+#: kombu's Redis key separator: priority level ``n`` of a queue is ``<queue><sep><n>``.
+REDIS_KEY_SEP = internals.REDIS_KEY_SEP
 
 
 def service_queue(service: str) -> str:
@@ -70,13 +70,10 @@ def broker_priority(priority: int, *, is_redis: bool, continuation: bool = False
     return BROKER_MAX_PRIORITY - level if is_redis else level
 
 
-def redis_queue_keys(queue: str, sep: str = REDIS_KEY_SEP) -> list[str]:
-    """The Redis lists that hold ``queue``'s messages, most urgent first (for queue lengths).
-
-    kombu keeps broker level 0 in the list named after the queue, level ``n`` in
-    ``<queue><sep><n>``.
-    """
-    return [f"{queue}{sep}{level}" if level else queue for level in range(BROKER_MAX_PRIORITY + 1)]
+def redis_queue_keys(queue: str, sep: str = REDIS_KEY_SEP, *, prefix: str = "") -> list[str]:
+    """The Redis lists that hold ``queue``'s messages, most urgent first (for queue lengths);
+    ``prefix``: the broker's ``global_keyprefix`` (see :func:`jobqueue.internals.priority_queue_keys`)."""
+    return internals.priority_queue_keys(queue, BROKER_MAX_PRIORITY, sep=sep, prefix=prefix)
 
 
 # -- capability queues (docs/architecture.md, "Capability routing") -------------------------

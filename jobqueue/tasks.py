@@ -20,6 +20,7 @@ from jobqueue import facts
 from jobqueue.connectors import Job
 from jobqueue.errors import ConnectorError, JobCancelled
 from jobqueue.events import RUN_JOB_TASK, TASK_PROGRESS, job_meta_from_kwargs
+from jobqueue.internals import result_key
 from jobqueue.previews import publisher_for
 from jobqueue.progress import ProgressTracker
 from jobqueue.retrying import plan_retry
@@ -74,7 +75,7 @@ def _begin_attempt(app: Any, job_id: str, retries: int) -> tuple[bool, int, dict
         return app.AsyncResult(job_id).state == celery_states.REVOKED, retries, {}
     try:
         pipe = client.pipeline()
-        pipe.get(app.backend.get_key_for_task(job_id))
+        pipe.get(result_key(app, job_id))
         pipe.incr(f"jobqueue-attempts-{job_id}")
         pipe.expire(f"jobqueue-attempts-{job_id}", int(app.conf.result_expires or 86400))
         pipe.hgetall(facts.facts_key(job_id))

@@ -225,8 +225,8 @@ def register_webhooks(app: Any) -> None:
     """Register the delivery task on ``app`` and enqueue a delivery whenever one of its job
     tasks with a ``webhook_url`` ends (in the worker that ran it, or discarded it as revoked)."""
 
-    @app.task(bind=True, name=WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-              send_events=False, shared=False)
+    @app.task(bind=True, name=WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True,  # type: ignore[untyped-decorator]
+              ignore_result=True, send_events=False, shared=False)
     def _deliver_webhook(self: Any, delivery: dict[str, Any]) -> str:
         return deliver(self, delivery)
 

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from jobqueue.client import get_job, submit_job
 from jobqueue.errors import SubmitError
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
+from monitor import history
 from monitor.auth import mutating
 from monitor.broker import queue_depths
 from monitor.capabilities import WAITING, annotate_waiting, waiting_reasons
@@ -98,7 +99,8 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
     running = {j["id"]: j for j in snapshot["jobs"] if j["status"] == "processing"}
     annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]),
              busy_until(snapshot["workers"], running, medians))
-    return snapshot
+    result: dict[str, Any] = snapshot
+    return result
 
 
 def queue_estimates(now: float) -> list[dict[str, Any]]:
@@ -236,8 +238,11 @@ def queues() -> Any:
 @bp.get("/api/stats")
 def stats() -> Any:
     """Per-service completion times (median/mean/min/max/p95), failure patterns, throughput
-    and queue depths."""
+    and queue depths, and the hourly history that outlives pruned jobs (``?hours=``, 1..9600,
+    default 168)."""
+    hours = _int_arg("hours", history.DEFAULT_HOURS, 1, history.KEEP_HOURS)
     data = ctx().store.stats()
+    data["history"] = history.read(ctx().store, hours=hours)
     try:
         data["queues"] = _depths()
     except ApiError as exc:
@@ -324,7 +329,8 @@ def _worker_or_404(name: str) -> dict[str, Any]:
     found = ctx().store.worker(name)
     if found is None:
         raise ApiError(404, "not_found", f"no worker {name!r}")
-    return found
+    worker: dict[str, Any] = found
+    return worker
 
 
 def _set_draining(name: str, draining: bool) -> Any:

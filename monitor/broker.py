@@ -11,6 +11,7 @@ from typing import Any
 
 from jobqueue.celery_app import JobqueueCelery, configure_app
 from jobqueue.config import Settings
+from jobqueue.internals import global_keyprefix
 from jobqueue.routing import BROKER_MAX_PRIORITY, redis_queue_keys
 
 
@@ -34,8 +35,9 @@ def queue_depths(app: Any, queues: list[str]) -> dict[str, int]:
         client = redis.Redis.from_url(settings.broker_url, socket_timeout=3, socket_connect_timeout=3)
         try:
             pipe = client.pipeline(transaction=False)
+            prefix = global_keyprefix(app.conf.broker_transport_options)
             for queue in queues:
-                for key in redis_queue_keys(queue):
+                for key in redis_queue_keys(queue, prefix=prefix):
                     pipe.llen(key)
             counts = pipe.execute()
         finally:

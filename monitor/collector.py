@@ -25,41 +25,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery.events.receiver import EventReceiver
-
+from jobqueue.internals import TolerantEventReceiver
 from monitor.rawreader import EventDecoder, RawEventReader, event_source
 from monitor.validate import EventGate
 from monitor.writer import Writer
 
 log = logging.getLogger(__name__)
-
-
-class _Receiver(EventReceiver):
-    """Celery's receiver, made robust: one bad event never ends the capture."""
-
-    #: Fail fast on connect; the collector does its own backoff (and can stop meanwhile).
-    connect_max_retries = 1
-
-    def __init__(self, *args: Any, on_malformed: Any, on_ready: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_malformed = on_malformed
-        self._on_ready = on_ready
-
-    def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
-        super().on_consume_ready(connection, channel, consumers, **kwargs)
-        self._on_ready()
-
-    def _receive(self, body: Any, message: Any, list: Any = list, isinstance: Any = isinstance) -> None:
-        for item in body if isinstance(body, list) else [body]:
-            try:
-                if not isinstance(item, dict) or not isinstance(item.get("type"), str):
-                    raise ValueError("not an event")
-                self.process(*self.event_from_message(item))
-            except Exception as exc:
-                self._on_malformed(exc)
-
-    def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._on_malformed(exc)
 
 
 class EventCollector:
@@ -91,7 +62,7 @@ class EventCollector:
         self._last_heard: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._receiver: _Receiver | RawEventReader | None = None
+        self._receiver: TolerantEventReceiver | RawEventReader | None = None
         self._backoff = backoff_start
         self._source = event_source(celery_app) if raw is not False else None
         if raw and self._source is None:
@@ -185,8 +156,8 @@ class EventCollector:
     def _consume_kombu(self) -> None:
         """Celery's EventReceiver until stop() or a broker error (which it raises)."""
         with self.app.connection_for_read() as conn:
-            receiver = _Receiver(conn, handlers={"*": self._on_event}, app=self.app,
-                                 on_malformed=self._on_malformed, on_ready=self._on_ready)
+            receiver = TolerantEventReceiver(conn, handlers={"*": self._on_event}, app=self.app,
+                                             on_malformed=self._on_malformed, on_ready=self._on_ready)
             self._receiver = receiver
             if self._stop.is_set():
                 return

@@ -35,7 +35,7 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-class MonitorApplication(BaseApplication):
+class MonitorApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type information
     """gunicorn application that builds and runs the whole monitor inside its worker."""
 
     def __init__(self, settings: Settings, host: str, port: int) -> None:

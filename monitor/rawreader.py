@@ -15,7 +15,6 @@ another thread -- the monitor's writer.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -23,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery.events.receiver import EventReceiver
-from kombu.serialization import loads, prepare_accept_content
+from kombu.serialization import prepare_accept_content
 
+from jobqueue.internals import envelope_payload, event_converter, fanout_pattern
 from jobqueue.redis_health import keepalive_options, socket_timeout
 
 log = logging.getLogger(__name__)
@@ -39,24 +38,14 @@ def event_source(app: Any) -> tuple[str, str] | None:
     """The broker URL and the PSUBSCRIBE pattern of the event exchange, or ``None`` when the
     broker is not a single plain Redis (then the collector uses ``EventReceiver``).
 
-    Mirrors ``kombu.transport.redis.Channel``: topic = ``global_keyprefix`` + fanout prefix
-    (``/{db}.`` by default) + exchange, + ``/<routing key>`` with ``fanout_patterns``; the
-    receiver binds routing key ``#``, which kombu turns into ``*``.
+    The pattern is kombu's name for the exchange's channels (see
+    :func:`jobqueue.internals.fanout_pattern`).
     """
     url = app.conf.broker_url
     if not isinstance(url, str) or not url.startswith(RAW_SCHEMES) or ";" in url:
         return None
-    opts = app.conf.broker_transport_options or {}
     db = redis.ConnectionPool.from_url(url).connection_kwargs.get("db", 0)
-    fanout_prefix = opts.get("fanout_prefix", True)
-    if isinstance(fanout_prefix, str):
-        prefix = fanout_prefix
-    else:
-        prefix = "/{db}." if fanout_prefix else ""
-    topic = prefix.format(db=db) + app.conf.event_exchange
-    if opts.get("fanout_patterns", True):
-        topic += "/*"
-    return url, str(opts.get("global_keyprefix", "")) + topic
+    return url, fanout_pattern(int(db), app.conf.broker_transport_options, app.conf.event_exchange)
 
 
 class RawEventReader:
@@ -100,7 +89,7 @@ class RawEventReader:
                                              socket_keepalive=True,
                                              socket_keepalive_options=keepalive_options(self.health_interval),
                                              protocol=2)
-        conn = pool.make_connection()
+        conn: Any = pool.make_connection()
         self._connection = conn
         try:
             conn.connect()
@@ -162,14 +151,10 @@ class EventDecoder:
 
     def __init__(self, app: Any, on_malformed: Callable[[Exception], Any]) -> None:
         self.on_malformed = on_malformed
-        self.accept = prepare_accept_content({app.conf.event_serializer, "json"})
-        # The attributes EventReceiver.event_from_message uses; calling Celery's own function
-        # keeps clock adjustment, task-sent skew and timestamp localisation identical.
-        self.clock = app.clock
-        self.adjust_clock = self.clock.adjust
-        self.forward_clock = self.clock.forward
-
-    event_from_message = EventReceiver.event_from_message
+        self.accept = prepare_accept_content({app.conf.event_serializer, "json"})  # type: ignore[no-untyped-call]
+        # Celery's own conversion: clock adjustment, task-sent skew and timestamp
+        # localisation identical to EventReceiver's.
+        self.event_from_message = event_converter(app)
 
     def decode(self, raw: bytes) -> list[dict[str, Any]]:
         """The events in ``raw`` (an empty list, counted, when it is not a valid message)."""
@@ -177,17 +162,7 @@ class EventDecoder:
             envelope = json.loads(raw)
             if not isinstance(envelope, dict):
                 raise ValueError("message is not a JSON object")
-            body = envelope.get("body")
-            # As kombu's virtual Message does: base64 bodies decoded, str bodies as UTF-8.
-            encoding = (envelope.get("properties") or {}).get("body_encoding")
-            if body and encoding == "base64":
-                body = base64.b64decode(body)
-            elif body and encoding and encoding.lower() != "utf-8":
-                raise ValueError(f"unknown body encoding {encoding!r}")
-            if isinstance(body, str):
-                body = body.encode("utf-8")
-            payload = loads(body, envelope.get("content-type"), envelope.get("content-encoding"),
-                            accept=self.accept)
+            payload = envelope_payload(envelope, self.accept)
         except Exception as exc:  # not JSON, bad base64, kombu's DecodeError/ContentDisallowed
             self.on_malformed(exc)
             return []
@@ -196,7 +171,7 @@ class EventDecoder:
             try:
                 if not isinstance(item, dict) or not isinstance(item.get("type"), str):
                     raise ValueError("not an event")
-                events.append(self.event_from_message(item)[1])
+                events.append(self.event_from_message(item))
             except Exception as exc:
                 self.on_malformed(exc)
         return events

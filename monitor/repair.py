@@ -27,6 +27,7 @@ from jobqueue import facts as job_facts
 from jobqueue.config import Settings
 from jobqueue.connectors import CONNECTORS
 from jobqueue.events import CONNECTOR_STATUS, CONTROL_CONNECTOR_STATUS
+from jobqueue.internals import global_keyprefix, result_key_prefix
 from jobqueue.redis_urls import is_redis_url
 from jobqueue.routing import redis_queue_keys
 from monitor import repair_store
@@ -36,9 +37,6 @@ from monitor.truth import DEMOTE_GRACE, JOB_EXPIRED, JOB_TRUTH
 from monitor.writer import Writer
 
 log = logging.getLogger(__name__)
-
-#: Result backend key prefix (Celery's key-value backends).
-META_PREFIX = "celery-task-meta-"
 
 
 #: How far back (s) the first pass looks for final jobs nobody knows.
@@ -160,10 +158,11 @@ class Repair:
         if not is_redis_url(backend):
             return 0, set(), False
         client = self._redis(backend)
+        meta_prefix = result_key_prefix(self.app)
         count = 0
         try:
-            meta_ids = {k.decode(errors="replace")[len(META_PREFIX):]
-                        for k in client.scan_iter(match=META_PREFIX + "*", count=1000)}
+            meta_ids = {k.decode(errors="replace")[len(meta_prefix):]
+                        for k in client.scan_iter(match=meta_prefix + "*", count=1000)}
             fact_ids = {k.decode(errors="replace")[len(job_facts.FACTS_PREFIX):]
                         for k in client.scan_iter(match=job_facts.FACTS_PREFIX + "*", count=1000)}
             ids = sorted(meta_ids | fact_ids)
@@ -174,7 +173,7 @@ class Repair:
             todo = [i for i in ids if i not in stored or stored[i][0] not in FINAL_STATUSES or i in changed]
             for start in range(0, len(todo), 500):
                 chunk = todo[start:start + 500]
-                metas = client.mget([META_PREFIX + i for i in chunk])
+                metas = client.mget([meta_prefix + i for i in chunk])
                 facts = job_facts.read_many(client, [i for i in chunk if i in fact_ids])
                 for job_id, raw in zip(chunk, metas, strict=True):
                     meta = _json(raw)
@@ -200,7 +199,7 @@ class Repair:
         complete = True
         try:
             for queue in queues:
-                for key in redis_queue_keys(queue):
+                for key in redis_queue_keys(queue, prefix=global_keyprefix(self.app.conf.broker_transport_options)):
                     offset = 0
                     while True:
                         if read >= MAX_QUEUE_SCAN:

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from jobqueue.events import CONNECTOR_STATUS, TASK_EVENTS, WORKER_EVENTS
 from jobqueue.states import FINAL_JOB_STATES
+from monitor import history
 from monitor.store import Base, Job, Store
 
 #: Upper bounds (s) of the job runtime histogram: image jobs take from under a second (a
@@ -90,6 +91,9 @@ class Totals:
     def __init__(self, store: Store) -> None:
         self.store = store
         MetricTotal.__table__.create(store.engine, checkfirst=True)  # type: ignore[attr-defined]
+        history.create_table(store)
+        #: When :meth:`record` last dropped expired hourly history (once an hour is enough).
+        self._history_pruned = 0.0
         if not event.contains(Job, "load", _remember):
             event.listen(Job, "load", _remember)
         self._lock = threading.Lock()
@@ -120,12 +124,18 @@ class Totals:
         """Inside a write transaction: count what it did to jobs, and write every total that
         moved (the pending event counts included). :meth:`committed` follows the commit."""
         delta: Delta = defaultdict(float)
+        hourly: history.HourlyDelta = defaultdict(list)
         for kind, job_id in list(tx.dirty):
             if kind != "job":
                 continue
             job = tx.job(job_id, create=False)
             if job is not None:
-                self._job_delta(job, delta)
+                self._job_delta(job, delta, hourly, tx.now)
+        if hourly:
+            history.write(tx.session, hourly)
+        if tx.now - self._history_pruned >= history.HOUR:
+            history.forget_before(tx.session, tx.now)
+            self._history_pruned = tx.now
         with self._lock:
             for key, amount in self._events.items():
                 delta[key] += amount
@@ -170,7 +180,7 @@ class Totals:
         self._pending = None
 
     @staticmethod
-    def _job_delta(job: Job, delta: Delta) -> None:
+    def _job_delta(job: Job, delta: Delta, hourly: history.HourlyDelta, now: float) -> None:
         before = getattr(job, _BEFORE, None)
         status, attempt, started_at = before if before is not None else ("", 0, None)
         service = job.service or "unknown"
@@ -178,6 +188,8 @@ class Totals:
             delta[_key("jobs_seen", service=service)] += 1
         if job.status != status and job.status in _FINAL:
             delta[_key("jobs", service=service, status=job.status)] += 1
+            history.count(hourly, service=service, status=job.status, finished_at=job.finished_at,
+                          runtime=job.runtime, now=now)
             if job.status == "completed" and job.runtime is not None and job.runtime >= 0:
                 _observe(delta, "runtime", job.runtime, RUNTIME_BUCKETS, service)
         if before is not None and (job.attempt or 0) > attempt:

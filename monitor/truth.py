@@ -21,6 +21,7 @@ collector refuses them from the wire, :mod:`monitor.validate`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete
@@ -54,7 +55,7 @@ def _small_int(value: Any) -> bool:
 
 
 #: Job fields a ``job-truth`` may set, with the check its value must pass (None clears).
-FIELDS = {
+FIELDS: dict[str, Callable[[Any], bool]] = {
     "submitted_at": _num, "received_at": _num, "started_at": _num, "finished_at": _num,
     "runtime": lambda v: _num(v) and v >= 0, "attempt": lambda v: _small_int(v) and v >= 0,
     "worker": _short, "machine_id": _short, "name": _short, "service": _short, "queue": _short,

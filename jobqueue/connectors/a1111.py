@@ -15,8 +15,10 @@ How one job runs (one at a time per WebUI: the WebUI itself runs one job at a ti
    ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/``); its
    ``info`` (seed, sampler, model, version...) goes into the result.
 
-Stall: ``/sdapi/v1/progress`` unanswered, or its state unchanged, for ``stall_timeout``
-seconds raises :class:`JobStalled` (retried elsewhere). Another client's job that moves, and our
+Stall: ``/sdapi/v1/progress`` unanswered for ``stall_timeout`` seconds, or its state unchanged
+for the node limit (``node_timeout``, ``JOBQUEUE_A1111_NODE_TIMEOUT``, 600 s by default: one
+slow step, a hires pass or a VAE decode shows no progress) raises :class:`JobStalled` (retried
+elsewhere). Another client's job that moves, and our
 own checkpoint switch (``override_settings.sd_model_checkpoint``, silent while weights load),
 count as alive. Cancel: POST ``/sdapi/v1/interrupt`` and ``/sdapi/v1/skip``; the WebUI stops at
 its next sampling step and answers.
@@ -200,6 +202,8 @@ class A1111Connector(Connector):
     def run(self, job: Job, report_progress: ProgressReporter) -> dict[str, Any]:
         payload = self.validate(job.payload)
         stall = float(payload.get("stall_timeout") or job.options.get("stall_timeout") or self.settings.stall_timeout)
+        node_limit = float(payload.get("node_timeout") or job.options.get("node_timeout")
+                           or self.settings.a1111_node_timeout)
         if payload.get("timeout"):
             job.options["timeout"] = payload["timeout"]
             job.deadline = job.started + payload["timeout"]
@@ -217,7 +221,7 @@ class A1111Connector(Connector):
             post = BlockingPost(f"{self.base_url}{ROUTES[payload['mode']]}", request_body(payload, run.task_id),
                                 timeout=max(1.0, left + 5.0)).start()
             try:
-                return self._follow(run, post, report_progress, stall)
+                return self._follow(run, post, report_progress, stall, node_limit)
             finally:
                 if not post.done.is_set():
                     post.abort()
@@ -244,7 +248,8 @@ class A1111Connector(Connector):
             raise ServiceUnavailable(f"the WebUI at {self.base_url} does not answer", {"url": self.base_url}) from None
         self._suspect = False
 
-    def _follow(self, run: _Run, post: BlockingPost, report: ProgressReporter, stall: float) -> dict[str, Any]:
+    def _follow(self, run: _Run, post: BlockingPost, report: ProgressReporter, stall: float,
+                node_limit: float) -> dict[str, Any]:
         job = run.job
         last_answer = last_change = time.monotonic()
         snapshot: Any = None
@@ -304,7 +309,7 @@ class A1111Connector(Connector):
                         job.report_preview(data, image_type(data))
             if post.done.is_set():
                 continue
-            if now - last_answer > stall or now - last_change > stall:
+            if now - last_answer > stall or now - last_change > node_limit:
                 self._suspect = True
                 if job.cancelled.is_set():
                     raise JobCancelled("job was cancelled; the WebUI stopped answering", {"task_id": run.task_id})
@@ -312,8 +317,10 @@ class A1111Connector(Connector):
                 what = "did not answer /sdapi/v1/progress" if silent else "showed no progress"
                 if not silent:  # a WebUI that answers may still free itself; a silent one would not hear
                     self._interrupt(run, timeout=1.0)
-                raise JobStalled(f"the WebUI at {self.base_url} {what} for {stall:g} s",
-                                 {"url": self.base_url, "task_id": run.task_id, "stall_timeout": stall})
+                limit = stall if silent else node_limit
+                raise JobStalled(f"the WebUI at {self.base_url} {what} for {limit:g} s",
+                                 {"url": self.base_url, "task_id": run.task_id, "stall_timeout": stall,
+                                  "node_timeout": node_limit})
             self._pause(run, post)
 
     @staticmethod

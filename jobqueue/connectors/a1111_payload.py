@@ -1,7 +1,7 @@
 """Checking an ``a1111`` job payload at submit time, so that nothing bad is ever enqueued.
 
 A payload is the WebUI's own txt2img / img2img request body plus ``mode`` (``txt2img``, the
-default, or ``img2img``) and jobqueue's ``timeout`` / ``stall_timeout``. Each field must have the
+default, or ``img2img``) and jobqueue's ``timeout`` / ``stall_timeout`` / ``node_timeout``. Each field must have the
 type of the WebUI's request model (:mod:`jobqueue.connectors.a1111_fields`; JSON types, no
 coercion: ``"20"`` is not a step count) and lie within the WebUI's UI limits. Fields the
 connector owns (``force_task_id``, ``send_images``...) are refused.
@@ -34,7 +34,7 @@ OWNED = {
     "include_init_images": "jobqueue does not store input images",
 }
 #: Payload fields of jobqueue's own (not sent to the WebUI).
-OWN_FIELDS = ("mode", "timeout", "stall_timeout")
+OWN_FIELDS = ("mode", "timeout", "stall_timeout", "node_timeout")
 
 _TYPE_NAMES = {INT: "an integer", FLOAT: "a number", STR: "a string", BOOL: "true or false", LIST: "a list",
                STR_LIST: "a list of strings", DICT: "an object"}
@@ -111,7 +111,7 @@ def validate_payload(payload: Any) -> dict[str, Any]:
         raise InvalidPayloadError("a1111: " + "; ".join(problems))
     result = dict(payload)
     result["mode"] = mode
-    for name in ("timeout", "stall_timeout"):
+    for name in ("timeout", "stall_timeout", "node_timeout"):
         value = _positive(payload.get(name), name)
         if value is not None:
             result[name] = value

@@ -22,6 +22,7 @@ import redis
 from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
+from jobqueue.internals import unacked_index_key
 from jobqueue.redis_health import redis_kwargs
 from jobqueue.redis_urls import is_redis_url
 from jobqueue.worker.capabilities import CapabilityGate, desired_queues
@@ -51,7 +52,7 @@ def _identity_of(worker: Any) -> WorkerIdentity:
     return identity
 
 
-class RuntimeStep(bootsteps.StartStopStep):
+class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Own the worker's connectors, status reporter and health loop for the worker's life."""
 
     label = "jobqueue runtime"
@@ -115,7 +116,7 @@ def dispatcher_sender(consumer: Any) -> Sender:
     return send
 
 
-class StatusStep(bootsteps.StartStopStep):
+class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Connect the runtime to the consumer: status events out, service queues gated."""
 
     label = "jobqueue status"
@@ -179,7 +180,7 @@ class StatusStep(bootsteps.StartStopStep):
             runtime.reporter.detach()
 
 
-class LeaseStep(bootsteps.StartStopStep):
+class LeaseStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Renew the Redis lease of held messages (no-op on RabbitMQ, which acks for real)."""
 
     label = "jobqueue lease"
@@ -216,6 +217,7 @@ class LeaseStep(bootsteps.StartStopStep):
         # for longer than one renewal round.
         lost_after = max(settings.lease_interval, settings.visibility_timeout - settings.lease_interval)
         self.keeper = LeaseKeeper(client, interval=settings.lease_interval, tags=tags,
+                                  index_key=unacked_index_key(app.conf.broker_transport_options),
                                   lost_after=lost_after, on_lost=give_up)
 
     def start(self, worker: Any) -> None:
@@ -230,7 +232,7 @@ class LeaseStep(bootsteps.StartStopStep):
         self.stop(worker)
 
 
-class OrphanStep(bootsteps.StartStopStep):
+class OrphanStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Drop requests whose broker connection is gone and whose job runs nowhere here."""
 
     label = "jobqueue orphans"

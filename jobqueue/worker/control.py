@@ -23,7 +23,7 @@ def _runtime(state: Any) -> Any:
     return getattr(state.consumer.app, "runtime", None)
 
 
-@inspect_command(name=CONTROL_CONNECTOR_STATUS)
+@inspect_command(name=CONTROL_CONNECTOR_STATUS)  # type: ignore[untyped-decorator]
 def connector_status(state: Any) -> dict[str, Any]:
     """Return identity + connector statuses (with their event ``seq``) of this worker."""
     runtime = _runtime(state)
@@ -32,7 +32,7 @@ def connector_status(state: Any) -> dict[str, Any]:
     return dict(runtime.snapshot())
 
 
-@control_command(name=CONTROL_CANCEL_JOB, args=[("job_id", str)], signature="<job_id>")
+@control_command(name=CONTROL_CANCEL_JOB, args=[("job_id", str)], signature="<job_id>")  # type: ignore[untyped-decorator]
 def cancel_job(state: Any, job_id: str) -> dict[str, Any]:
     """Cancel ``job_id`` if it runs here."""
     runtime = _runtime(state)

@@ -25,8 +25,8 @@ import logging
 from typing import Any
 
 from celery.exceptions import Retry
-from celery.worker.strategy import default as default_strategy
 
+from jobqueue.internals import default_task_strategy
 from jobqueue.requirements import Requirements, capabilities_from_details, unmet
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def lacking(app: Any, message: Any) -> list[str]:
 
 def requirements_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     """Celery's default strategy behind a requirements check (see the module doc)."""
-    handler = default_strategy(task, app, consumer, **kwargs)
+    handler = default_task_strategy()(task, app, consumer, **kwargs)
 
     def task_message_handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
         missing = lacking(app, message)

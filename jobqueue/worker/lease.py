@@ -1,7 +1,8 @@
 """Redis lease: keep a running job's message from being handed out twice.
 
 On Redis, kombu emulates acks: a delivered message sits in the ``unacked`` hash with its
-delivery time in the ``unacked_index`` sorted set, and any worker's restore sweep puts it
+delivery time in the ``unacked_index`` sorted set (both behind the broker's
+``global_keyprefix``, see :func:`jobqueue.internals.unacked_index_key`), and any worker's restore sweep puts it
 back in its queue once it is older than the visibility timeout. A short timeout brings a
 dead worker's job back quickly, but would also re-deliver a long job that is still running
 (celery#5935). The lease solves both: while a message is in this worker's hands, its score in
@@ -29,12 +30,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from jobqueue import internals
 from jobqueue.worker.loop import IntervalLoop
 
 log = logging.getLogger(__name__)
 
-#: kombu's default name of the sorted set of unacked delivery tags.
-UNACKED_INDEX_KEY = "unacked_index"
+#: kombu's default name of the sorted set of unacked delivery tags (without a
+#: ``global_keyprefix``; :func:`jobqueue.internals.unacked_index_key` gives the real key).
+UNACKED_INDEX_KEY = internals.UNACKED_INDEX_KEY
 
 
 def held_delivery_tags(running: Iterable[str] | None = None, grace: float = 2.0) -> list[str]:
@@ -47,21 +50,18 @@ def held_delivery_tags(running: Iterable[str] | None = None, grace: float = 2.0)
     raises out of the pool and the request stays "active" forever). Renewing it would keep its
     message from ever being handed out again: a job that hangs forever.
     """
-    from celery.worker import state as worker_state
-
     running_ids = None if running is None else set(running)
     now = time.time()  # Celery keeps ``time_start`` as wall-clock time
     tags = []
     # Scheduled requests wait for their ETA (a retry's countdown) in this worker's hands too.
-    for request in [*worker_state.reserved_requests, *worker_state.scheduled_requests]:
-        accepted_at = getattr(request, "time_start", None)
-        if (running_ids is not None and accepted_at is not None and request.id not in running_ids
-                and now - accepted_at > grace):
+    for request in internals.held_requests():
+        started = internals.accepted_at(request)
+        if (running_ids is not None and started is not None and request.id not in running_ids
+                and now - started > grace):
             continue
-        message = getattr(request, "message", None)
-        tag = getattr(message, "delivery_tag", None)
+        tag = internals.delivery_tag(request)
         if tag is not None:
-            tags.append(tag if isinstance(tag, str) else str(tag))
+            tags.append(tag)
     return tags
 
 
@@ -148,22 +148,15 @@ def forget_message(job_id: str) -> bool:
 
     Its delivery tag is the one the broker gave the job's new owner: acking it here would
     delete the new owner's unacked entry, and restoring it (kombu does on channel close)
-    would queue the job a third time. Celery acks nothing for a request it thinks acked, and
-    kombu restores only what is in its QoS ``_delivered`` map. Returns whether it was held.
+    would queue the job a third time (see :func:`jobqueue.internals.forget_request`).
+    Returns whether it was held.
     """
-    from celery.worker import state as worker_state
-
     found = False
-    for request in list(worker_state.active_requests) + list(worker_state.reserved_requests):
+    for request in internals.active_requests() + internals.reserved_requests():
         if getattr(request, "id", None) != job_id:
             continue
         found = True
-        request.acknowledged = True
-        message = getattr(request, "message", None)
-        qos = getattr(getattr(message, "channel", None), "qos", None)
-        delivered = getattr(qos, "_delivered", None)
-        if delivered is not None:
-            delivered.pop(getattr(message, "delivery_tag", None), None)
+        internals.forget_request(request)
     return found
 
 
@@ -174,4 +167,5 @@ def given_up(job_id: str) -> Exception:
 
     forget_message(job_id)
     log.warning("job %s given up: nothing reported, its message left to its new owner", job_id)
-    return Ignore(f"job {job_id} given up: lease lost")
+    exc: Exception = Ignore(f"job {job_id} given up: lease lost")
+    return exc

@@ -14,7 +14,7 @@ from celery.utils.nodenames import default_nodename, host_format
 from jobqueue.worker.identity import WorkerIdentity, split_queues
 
 
-class Worker(CeleryWorker):
+class Worker(CeleryWorker):  # type: ignore[misc]  # Celery ships no type information
     """Celery's worker with identity-derived defaults."""
 
     def __init__(self, app: Any = None, hostname: str | None = None, **kwargs: Any) -> None:

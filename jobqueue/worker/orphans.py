@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from jobqueue import internals
 from jobqueue.worker.loop import IntervalLoop
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def orphaned_requests(active: Iterable[Any], running: Iterable[str], *, grace: f
     for request in requests:
         if not gone(request):
             continue
-        accepted_at = getattr(request, "time_start", None)
+        accepted_at = internals.accepted_at(request)
         if accepted_at is not None and now - accepted_at <= grace:
             continue
         if request.id in running_ids and not live_by_id.get(request.id):
@@ -69,15 +70,10 @@ def orphaned_requests(active: Iterable[Any], running: Iterable[str], *, grace: f
 def drop_orphans(running: Iterable[str], *, grace: float = 2.0) -> list[str]:
     """Remove this worker process's orphaned requests from Celery's request sets; return
     their job ids."""
-    from celery.worker import state
-
     dropped = []
-    for request in orphaned_requests(list(state.active_requests), running, grace=grace):
-        state.active_requests.discard(request)
-        state.reserved_requests.discard(request)
-        # ``requests`` is keyed by id: the redelivered request may own the entry now.
-        if state.requests.get(request.id) is request:
-            state.requests.pop(request.id, None)
+    for request in orphaned_requests(internals.active_requests(), running, grace=grace):
+        # ``requests`` is keyed by id: the redelivered request may own the entry now (kept).
+        internals.drop_request(request)
         dropped.append(request.id)
     return dropped
 

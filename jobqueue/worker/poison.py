@@ -18,16 +18,12 @@ Two layers, because the failures surface in two places:
   message: it is gone, and the job stays ``queued``. :class:`PoisonStep` wraps those handlers
   so the message is dead-lettered and its job failed before Celery drops it.
 
-PRIVATE TOUCHPOINTS (kombu 5.4-5.7, Celery 5.4-5.7); this module is the only place that uses
-them, so a kombu or Celery upgrade is checked here and in tests/jobqueue/test_poison.py:
-
-1. ``kombu.transport.redis.Channel._brpop_read``: reimplemented below (its body plus the
-   envelope check); it also relies on ``_queue_cycle``, ``_in_poll`` and
-   ``_flush_brpop_reauth`` (the latter only where kombu has it).
-2. ``kombu.transport.virtual.Channel.decode_body`` and ``Message._raw`` (the raw envelope).
-3. Celery's ``Consumer.on_decode_error``, ``on_invalid_task`` and ``on_unknown_message``,
-   replaced on the consumer instance before ``create_task_handler`` and the ``Tasks`` and
-   ``Control`` steps read them.
+The private Celery and kombu behaviour both layers rely on lives in the two modules that hold
+all of jobqueue's: the transport layer is :class:`jobqueue.redis_transport.Channel` (kombu's
+BRPOP reader), the consumer layer uses :func:`jobqueue.internals.wrap_refusal_handlers` and
+:func:`jobqueue.internals.raw_envelope`, and a refused job's failure is stored with
+:func:`jobqueue.internals.store_failure`; this module holds the rules (what is poison, where it
+goes, which job fails).
 """
 
 from __future__ import annotations
@@ -38,10 +34,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from queue import Empty
 from typing import Any
 
 from celery import bootsteps
+
+from jobqueue.internals import raw_envelope, store_failure, wrap_refusal_handlers
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +140,9 @@ def poison_from_message(message: Any, reason: str) -> Poison:
 
     Its queue is the routing key it was sent with: on jobqueue's direct routing, the queue
     (kombu does not tell a consumer callback which queue a message came from)."""
-    raw_envelope = getattr(message, "_raw", None)
-    if isinstance(raw_envelope, dict):
-        raw = json.dumps(raw_envelope, default=str).encode("utf-8")
+    envelope = raw_envelope(message)
+    if isinstance(envelope, dict):
+        raw = json.dumps(envelope, default=str).encode("utf-8")
     else:
         body = getattr(message, "body", b"")
         raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
@@ -153,58 +150,6 @@ def poison_from_message(message: Any, reason: str) -> Poison:
     queue = info.get("routing_key") or info.get("exchange") or "unknown"
     job_id, task = _ids_from(getattr(message, "headers", None))
     return Poison(queue=str(queue), reason=reason, raw=raw, job_id=job_id, task=task)
-
-
-# -- transport layer ------------------------------------------------------------------------
-
-
-class PoisonSafeChannel:
-    """Mixin for kombu's Redis ``Channel``: BRPOP reads that never deliver an undecodable item.
-
-    A poison item is dead-lettered through a pooled client, then handed to the hook the
-    worker's :class:`PoisonStep` left on the connection (which fails its job).
-    """
-
-    def _brpop_read(self, **options: Any) -> bool:  # PRIVATE TOUCHPOINT 1
-        self_: Any = self
-        poison: Poison | None = None
-        try:
-            try:
-                dest__item = self_.client.parse_response(self_.client.connection, "BRPOP", **options)
-            except self_.connection_errors:
-                # A connection error: disconnect so the next iteration reconnects (as kombu does).
-                self_.client.connection.disconnect()
-                raise
-            if not dest__item:
-                raise Empty()
-            dest, item = dest__item
-            dest = (dest.decode() if isinstance(dest, bytes) else dest).rsplit(self_.sep, 1)[0]
-            self_._queue_cycle.rotate(dest)
-            payload, reason = check_envelope(item, self_.decode_body)  # PRIVATE TOUCHPOINT 2
-            if reason is None:
-                self_.connection._deliver(payload, dest)
-                return True
-            poison = poison_from_item(dest, item, payload, reason)
-        finally:
-            self_._in_poll = None
-            flush = getattr(self_, "_flush_brpop_reauth", None)
-            if flush is not None:
-                flush()
-        self._discard(poison)
-        return True
-
-    def _discard(self, poison: Poison) -> None:
-        self_: Any = self
-        hook = getattr(self_.connection.client, HOOK_ATTR, None)
-        log.error("poison message on queue %s discarded (%s); moved to %s", poison.queue, poison.reason,
-                  dead_letter_key(poison.queue))
-        try:
-            with self_.conn_or_acquire() as client:
-                push_dead_letter(client, poison, getattr(hook, "hostname", None))
-        except Exception:
-            log.exception("could not dead-letter a poison message of queue %s", poison.queue)
-        if hook is not None:
-            hook(poison)
 
 
 # -- consumer layer -------------------------------------------------------------------------
@@ -240,7 +185,6 @@ class PoisonHandler:
     def fail_job(self, poison: Poison) -> None:
         """End the job ``failed`` with the reason, unless its result is already final."""
         from celery.states import READY_STATES
-        from celery.utils.objects import Bunch
 
         from jobqueue.errors import MessageDiscarded
 
@@ -250,15 +194,13 @@ class PoisonHandler:
             return  # a stray copy of a job that already ended: never overwrite its result
         exc = MessageDiscarded(f"message discarded by {self.hostname}: {poison.reason}; "
                                f"moved to {dead_letter_key(poison.queue)}")
-        request = Bunch(name=poison.task, task=poison.task, chord=None, root_id=None, correlation_id=poison.job_id,
-                        reply_to=None, errbacks=None, hostname=self.hostname, delivery_info={"routing_key": poison.queue})
-        backend.mark_as_failure(poison.job_id, exc, request=request, call_errbacks=False)
+        store_failure(self.app, poison.job_id, exc, task=poison.task, hostname=self.hostname, queue=poison.queue)
         dispatcher = getattr(self.consumer, "event_dispatcher", None)
         if dispatcher is not None:
             dispatcher.send("task-failed", uuid=poison.job_id, exception=repr(exc))
 
 
-class PoisonStep(bootsteps.StartStopStep):
+class PoisonStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Consumer step: wrap Celery's decode-failure handlers and hand the transport its hook."""
 
     label = "jobqueue poison"
@@ -276,25 +218,10 @@ class PoisonStep(bootsteps.StartStopStep):
         c.jobqueue_poison = self.handler
         self._wrap(c)
 
-    def _wrap(self, c: Any) -> None:  # PRIVATE TOUCHPOINT 3
+    def _wrap(self, c: Any) -> None:
         handler = self.handler
-        on_decode_error, on_invalid_task, on_unknown_message = c.on_decode_error, c.on_invalid_task, c.on_unknown_message
-
-        def decode_error(message: Any, exc: Exception) -> Any:
-            handler(poison_from_message(message, f"cannot decode ({type(exc).__name__}: {str(exc)[:200]})"),
-                    dead_letter=True)
-            return on_decode_error(message, exc)
-
-        def invalid_task(body: Any, message: Any, exc: Exception) -> Any:
-            handler(poison_from_message(message, f"invalid task message ({type(exc).__name__}: {str(exc)[:200]})"),
-                    dead_letter=True)
-            return on_invalid_task(body, message, exc)
-
-        def unknown_message(body: Any, message: Any) -> Any:
-            handler(poison_from_message(message, "not a task message (no task header)"), dead_letter=True)
-            return on_unknown_message(body, message)
-
-        c.on_decode_error, c.on_invalid_task, c.on_unknown_message = decode_error, invalid_task, unknown_message
+        wrap_refusal_handlers(c, lambda message, reason: handler(poison_from_message(message, reason),
+                                                                 dead_letter=True))
 
     def start(self, c: Any) -> None:
         # The transport finds the job failer on the consumer's (new, after a reconnect) connection.

@@ -13,12 +13,13 @@ from celery.exceptions import Ignore, Retry
 from jobqueue.connectors import connector_class
 from jobqueue.errors import JobCancelled
 from jobqueue.events import RUN_JOB_TASK
+from jobqueue.internals import drop_chain, remaining_chain
 from jobqueue.workflow_steps import placeholder_paths, resolve_placeholders
 
 
 def _later_steps(request: Any) -> list[dict[str, Any]]:
     """The chain's remaining steps as signature dicts, next step first."""
-    return [dict(sig) for sig in reversed(list(getattr(request, "chain", None) or ()))]
+    return remaining_chain(request)
 
 
 def stop_later_steps(task: Any, reason: str) -> None:
@@ -31,7 +32,7 @@ def stop_later_steps(task: Any, reason: str) -> None:
     """
     request = task.request
     later = _later_steps(request)
-    request.chain = None
+    drop_chain(request)
     app = task.app
     for sig in later:
         options = sig.get("options") or {}

@@ -239,12 +239,23 @@ def test_a_checkpoint_switch_that_outlasts_the_stall_timeout_counts_as_alive(sim
     assert any(r.get("message") == f"loading checkpoint {XL}" for r in reports.items)
 
 
-def test_progress_that_stays_unchanged_longer_than_the_stall_timeout_stalls(sim, connector):
-    # Given a WebUI that answers but whose sampling step takes far longer than the stall timeout
+def test_a_sampling_step_slower_than_the_stall_timeout_is_alive_within_the_node_limit(sim, connector):
+    # Given a WebUI that answers but shows no progress for 2.5 s per step, with a 1 s stall timeout
+    sim.configure(step_seconds=2.5)
+    started = time.monotonic()
+    # When the job runs (the node limit is the default 600 s)
+    result = connector.run(Job(id="slow", service="a1111", payload={"steps": 2, "stall_timeout": 1.0}), Reports())
+    # Then it completes, after progress stood still for longer than the stall timeout: an
+    # answering WebUI with unchanged progress is not a stall
+    assert result["files"] and time.monotonic() - started >= 2 * 2.5
+
+
+def test_progress_that_stays_unchanged_longer_than_the_node_limit_stalls(sim, connector):
+    # Given a WebUI that answers but whose sampling step takes far longer than the node limit
     sim.configure(step_seconds=30.0)
     started = time.monotonic()
     with pytest.raises(JobStalled, match="showed no progress for 1.5 s"):
-        connector.run(Job(id="stuck", service="a1111", payload={"steps": 3, "stall_timeout": 1.5}), Reports())
+        connector.run(Job(id="stuck", service="a1111", payload={"steps": 3, "node_timeout": 1.5}), Reports())
     assert time.monotonic() - started < 1.5 + 3
     # And the connector interrupted its task, so the WebUI is free again
     wait_for(lambda: not sim_busy(sim.url), 10, what="the WebUI to be idle")

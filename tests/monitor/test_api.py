@@ -134,3 +134,28 @@ def test_a_job_submitted_through_the_api_is_enqueued(redis_url, tmp_path, redis_
     bad = client.post("/api/jobs", json={"service": "nope", "payload": {}}, headers=headers)
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_job"
     app.extensions["jobqueue_monitor"].close()
+
+
+def test_an_unexpected_error_answers_500_with_an_error_id_and_keeps_the_exception_text_in_the_log(
+        flask_app, caplog):
+    # Given a store that fails in a way nobody planned for, naming a secret path
+    store = flask_app.extensions["jobqueue_monitor"].store
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("cannot read /srv/secret/monitor.db")
+
+    store.stats = broken
+    flask_app.config["TESTING"] = False  # answer as in production, do not re-raise
+    flask_app.config["PROPAGATE_EXCEPTIONS"] = False
+    # When a page of the API asks it
+    with caplog.at_level("ERROR"):
+        response = flask_app.test_client().get("/api/stats")
+    # Then the answer is a strict JSON 500 naming an error id, without the exception's text
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["error"]["code"] == "internal_error"
+    error_id = body["error"]["message"].split("error id ", 1)[1].split(",", 1)[0]
+    assert error_id and "secret" not in response.get_data(as_text=True)
+    # And the log holds the text under the same id
+    logged = "\n".join(r.getMessage() + (str(r.exc_info[1]) if r.exc_info else "") for r in caplog.records)
+    assert error_id in logged and "/srv/secret/monitor.db" in logged

@@ -194,6 +194,10 @@ def test_a_page_opened_at_the_end_shows_what_a_page_open_throughout_shows(
     stats.wait_for_selector("#chart-times svg")
     stats.wait_for_selector("#chart-throughput svg")
     assert "simulated failure at step 2" in stats.inner_text("#failures")
+    # ... and the hourly history (kept after pruning) has this hour's bar and the totals
+    stats.wait_for_selector("#chart-history svg g.hour")
+    history = stats.evaluate("[...document.querySelectorAll('#table-history tbody td')].map((td) => td.textContent)")
+    assert history == ["simulation", "2", "1", "0", "0"]  # completed, failed, timed out, cancelled
     screenshot(stats, "stats")
     for path in ("/", "/jobs", "/stats"):
         phone = pages.open(path, viewport=PHONE)

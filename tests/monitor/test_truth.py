@@ -8,6 +8,8 @@ import signal
 import time
 from typing import Any
 
+import requests
+
 from jobqueue.client import submit_job
 from jobqueue.workflows import submit_workflow
 from tests.helpers import wait_for
@@ -65,6 +67,15 @@ def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_tha
     wait_for(lambda: (job_of(early, waiting.id) or {}).get("status") == "cancelled", 1.0, interval=0.02,
              what="A to show the queued job cancelled within 1 s")
     assert time.monotonic() - cancelled_at <= 1.0
+    # ... and one more queued job cancelled through the monitor's own endpoint
+    by_api = submit_job("simulation", QUICK, app=app)
+    wait_for(lambda: (job_of(early, by_api.id) or {}).get("status") == "queued", 10, what="A to show it queued")
+    cancelled_at = time.monotonic()
+    answer = requests.post(f"{early.url}/api/jobs/{by_api.id}/cancel", json={}, timeout=5)
+    assert answer.status_code == 202, answer.text
+    wait_for(lambda: (job_of(early, by_api.id) or {}).get("status") == "cancelled", 1.0, interval=0.02,
+             what="A to show the job cancelled through its API within 1 s")
+    assert time.monotonic() - cancelled_at <= 1.0
     assert running.cancel()
     wait_for(lambda: running.status().is_final, 30, what="the running job to stop")
     # And a worker is SIGKILLed mid-job and restarted, so its job is redelivered
@@ -74,7 +85,7 @@ def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_tha
     worker.kill(signal.SIGKILL)
     start_worker("gpu0")
     killed.wait(timeout=90)
-    ids = [h.id for h in [*done, big, failing, timed_out, running, waiting, killed]] + [s.id for s in flow.steps]
+    ids = [h.id for h in [*done, big, failing, timed_out, running, waiting, by_api, killed]] + [s.id for s in flow.steps]
     # And monitor B starts only after everything ended
     late = start_monitor("late.db", monitor_repair_interval="2")
 
@@ -101,6 +112,7 @@ def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_tha
     assert jobs[timed_out.id]["status"] == "timed_out"
     assert jobs[running.id]["status"] == "cancelled" and jobs[running.id]["started_at"] is not None
     assert jobs[waiting.id]["status"] == "cancelled" and jobs[waiting.id]["started_at"] is None
+    assert jobs[by_api.id]["status"] == "cancelled" and jobs[by_api.id]["started_at"] is None
     assert jobs[waiting.id]["submitted_at"] < jobs[waiting.id]["finished_at"]
     assert jobs[killed.id]["status"] == "completed" and jobs[killed.id]["attempt"] == 1
     assert jobs[killed.id]["result"]["output"] == "again"
@@ -192,7 +204,7 @@ def test_forged_events_are_refused_or_corrected_within_one_repair_interval(
     wait_for(lambda: (job_of(monitor, failing.id) or {}).get("status") == "failed", 2 * 2 + 5, interval=0.2,
              what="the failed job back to failed")
     assert time.monotonic() - lied_at <= 2 * 2 + 5
-    wait_for(lambda: (job_of(monitor, running.id) or {}).get("status") == "processing", 20, interval=0.2,
+    wait_for(lambda: (job_of(monitor, running.id) or {}).get("status") == "processing", 2 * 2 + 5, interval=0.2,
              what="the running job back to processing")
     shown = job_of(monitor, running.id)
     assert shown is not None and shown["progress"]["percent"] <= 100

@@ -1,5 +1,6 @@
 /* Stats: completion time per service (box plot: min, median, p95, max, mean), throughput per
- * minute (stacked bars), queue depths and failure patterns, from GET /api/stats. Fetched again
+ * minute (stacked bars), jobs per hour over 7 days and all-time totals (kept after jobs are
+ * pruned), queue depths and failure patterns, from GET /api/stats. Fetched again
  * when a job finishes (a delta says so), at most every 2 s: event-driven, no timer polling. */
 "use strict";
 
@@ -90,6 +91,52 @@
     return svg;
   }
 
+  /** Stacked bars per hour over the history window (completed, failed, cancelled), from the
+   * hourly table that outlives pruned jobs; hours without finished jobs are drawn empty. */
+  function historyChart(history) {
+    const hours = ((history && history.hours) || []).filter((p) => Number.isFinite(p.t));
+    if (!hours.length) return h("p", {class: "muted", text: "no finished jobs in the history window"});
+    const byHour = new Map(hours.map((p) => [p.t, p]));
+    const end = Math.max(Math.floor(JQ.serverNow() / 3600) * 3600, ...byHour.keys());
+    const start = Math.max(Number.isFinite(history.since) ? history.since : end, end - 24 * 3600 * 400);
+    const pts = [];
+    for (let t = Math.min(start, ...byHour.keys()); t <= end && pts.length < 9600; t += 3600)
+      pts.push(byHour.get(t) || {t, completed: 0, failed: 0, cancelled: 0});
+    const W = 640, H = 200, left = 36, right = 10, top = 10, axisH = 24;
+    const total = (p) => (p.completed || 0) + (p.failed || 0) + (p.cancelled || 0);
+    const max = niceMax(Math.max(...pts.map(total)));
+    const slot = (W - left - right) / pts.length, bw = Math.max(1, slot * 0.8);
+    const y = (v) => top + (H - top - axisH) * (1 - v / max);
+    const svg = h("svg", {viewBox: "0 0 " + W + " " + H, class: "svg-chart", role: "img", "aria-label": "jobs per hour"});
+    for (let i = 0; i <= 4; i++) {
+      const v = max / 4 * i;
+      svg.appendChild(h("line", {x1: left, x2: W - right, y1: y(v), y2: y(v), class: "grid"}));
+      svg.appendChild(h("text", {x: left - 4, y: y(v) + 4, "text-anchor": "end", class: "axis", text: String(Math.round(v * 10) / 10)}));
+    }
+    pts.forEach((p, i) => {
+      if (!total(p)) return;
+      const x0 = left + slot * i + (slot - bw) / 2, c = p.completed || 0, f = p.failed || 0, k = p.cancelled || 0;
+      const g = h("g", {class: "hour", "data-t": String(p.t)}, h("title", {text: new Date(p.t * 1000).toLocaleString([], {hour12: false}) +
+        ": " + c + " completed, " + f + " failed, " + k + " cancelled" + (p.mean_runtime != null ? ", mean " + duration(p.mean_runtime) : "")}));
+      if (c) g.appendChild(h("rect", {x: x0, y: y(c), width: bw, height: y(0) - y(c), class: "bar-ok"}));
+      if (f) g.appendChild(h("rect", {x: x0, y: y(c + f), width: bw, height: y(c) - y(c + f), class: "bar-fail"}));
+      if (k) g.appendChild(h("rect", {x: x0, y: y(c + f + k), width: bw, height: y(c + f) - y(c + f + k), class: "bar-cancel"}));
+      svg.appendChild(g);
+    });
+    const label = (i) => new Date(pts[i].t * 1000).toLocaleDateString([], {month: "short", day: "numeric"});
+    svg.appendChild(h("text", {x: left, y: H - 6, class: "axis", text: label(0)}));
+    if (pts.length > 1) svg.appendChild(h("text", {x: W - right, y: H - 6, "text-anchor": "end", class: "axis", text: label(pts.length - 1)}));
+    return svg;
+  }
+
+  /** All-time jobs per service and final status (pruned jobs included). */
+  function historyTable(history) {
+    const services = (history && history.services) || {};
+    return table(["service", "completed", "failed", "timed out", "cancelled"],
+      Object.entries(services).sort(([a], [b]) => a.localeCompare(b)).map(([name, s]) => [name, s.completed || 0, s.failed || 0,
+        s.timed_out || 0, s.cancelled || 0]), "history");
+  }
+
   function queueBars(queues) {
     const entries = Object.entries(queues || {}).sort(([a], [b]) => a.localeCompare(b));
     if (!entries.length) return h("p", {class: "muted", text: "no queues known"});
@@ -107,6 +154,8 @@
       Object.entries(services).sort(([a], [b]) => a.localeCompare(b)).map(([name, s]) => [name, s.count ?? "–", s.completed ?? "–",
         s.failed ?? "–", duration(s.median), duration(s.mean), duration(s.p95), duration(s.min), duration(s.max)]), "times"));
     fill(document.getElementById("chart-throughput"), throughputChart(data.throughput));
+    fill(document.getElementById("chart-history"), historyChart(data.history));
+    fill(document.getElementById("table-history"), historyTable(data.history));
     fill(document.getElementById("queues"), queueBars(data.queues));
     fill(document.getElementById("failures"), table(["service", "error", "message", "count", "last"],
       (data.failures || []).map((f) => [f.service || "?", f.error_type || "–", h("span", {class: "error-text", text: f.message || ""}),

@@ -1,0 +1,43 @@
+"""A queued job's wait counts the jobs ahead of it and what the busy workers still have to do
+(a queued job behind a 30 s job must not say 2 s)."""
+
+from __future__ import annotations
+
+from monitor.eta import annotate, busy_until
+
+NOW = 1_800_000_000.0
+
+
+def queued(job_id: str, submitted_at: float, priority: int = 5) -> dict:
+    return {"id": job_id, "status": "queued", "queue": "simulation", "service": "simulation",
+            "priority": priority, "submitted_at": submitted_at}
+
+
+def test_a_queued_job_behind_a_busy_worker_waits_for_the_running_jobs_eta_then_each_job_ahead():
+    # Given one online worker whose running job reported 30 s left 4 s ago, and a median of 2 s
+    running = {"id": "r", "status": "processing", "service": "simulation", "eta_seconds": 30.0, "eta_at": NOW - 4}
+    workers = [{"name": "gpu0@a", "status": "online", "current_job": "r", "queues": ["simulation", "gpu0"]}]
+    medians = {"simulation": 2.0}
+    jobs = [queued("second", NOW - 5), queued("first", NOW - 10), queued("urgent", NOW - 1, priority=9)]
+    # When the queued jobs are annotated
+    annotate(jobs, medians, busy=busy_until(workers, {"r": running}, medians, now=NOW))
+    by_id = {j["id"]: j for j in jobs}
+    # Then the order is priority then age, and each waits for the running job (26 s) plus
+    # one median per job up to and including itself
+    assert [by_id[i]["queue_position"] for i in ("urgent", "first", "second")] == [1, 2, 3]
+    assert [by_id[i]["eta_seconds"] for i in ("urgent", "first", "second")] == [28.0, 30.0, 32.0]
+
+
+def test_a_running_job_without_an_eta_counts_its_services_median_minus_the_time_it_has_run():
+    # Given two workers: one running for 10 s a job whose service takes 25 s, one idle
+    running = {"id": "r", "status": "processing", "service": "simulation", "started_at": NOW - 10}
+    workers = [{"name": "gpu0@a", "status": "online", "current_job": "r", "queues": ["simulation"]},
+               {"name": "gpu1@a", "status": "online", "current_job": None, "queues": ["simulation"]},
+               {"name": "gpu2@a", "status": "offline", "current_job": None, "queues": ["simulation"]}]
+    medians = {"simulation": 25.0}
+    jobs = [queued("a", NOW - 3), queued("b", NOW - 2), queued("c", NOW - 1)]
+    # When annotated
+    annotate(jobs, medians, busy=busy_until(workers, {"r": running}, medians, now=NOW))
+    # Then a starts on the idle worker (25 s), b on the busy one once free (15 + 25 s), c after a
+    # (the offline worker counts for nothing)
+    assert [j["eta_seconds"] for j in jobs] == [25.0, 40.0, 50.0]
