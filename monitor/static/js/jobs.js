@@ -35,19 +35,24 @@ const JQJobs = (function () {
   // while jobs are queued (they depend on every other job, so deltas do not carry them); a
   // wait counts down from the server time it was computed at. A snapshot's (or a REST job's)
   // own queue_position / eta_seconds serve until the first answer.
-  const estimates = {at: null, jobs: new Map(), timer: null, asked: 0, applied: 0};
+  // Asked at most once a second (or every 10 answer times, for a long backlog), so a busy
+  // stream costs the server a bounded amount; waits count down locally in between.
+  const estimates = {at: null, jobs: new Map(), timer: null, asked: 0, applied: 0, last: 0, gap: 1000};
   function refreshEstimates() {
     if (estimates.timer !== null) return;
+    const delay = Math.max(150, estimates.last + estimates.gap - Date.now());
     estimates.timer = setTimeout(async () => {
       estimates.timer = null;
       const n = ++estimates.asked;
+      const sent = estimates.last = Date.now();
       const res = await JQ.api("GET", "/api/estimates");
+      estimates.gap = Math.max(1000, 10 * (Date.now() - sent));
       if (!res.ok || !res.data || n < estimates.applied) return;  // a later answer is in
       estimates.applied = n;
       estimates.at = typeof res.data.at === "number" ? res.data.at : JQ.serverNow();
       estimates.jobs = new Map(Object.entries(res.data.jobs || {}));
       live.emit("estimates", null, null);
-    }, 150);
+    }, delay);
   }
   function hasQueued() {
     if (estimates.jobs.size) return true;
