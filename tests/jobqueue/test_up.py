@@ -194,6 +194,24 @@ def test_a_second_up_on_the_same_data_dir_refuses_before_starting_anything(tmp_p
         first.cleanup()
 
 
+def test_a_busy_monitor_port_is_refused_before_anything_starts(tmp_path, machine_id):
+    # Given a broker URL nobody answers (up would start an embedded Redis) and a monitor port in use
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        broker = f"redis://127.0.0.1:{free_port()}/0"
+        env = up_env(tmp_path, machine_id, broker, JOBQUEUE_MONITOR_PORT=str(port))
+        # When `jobqueue up` starts
+        run = subprocess.run([sys.executable, "-m", "jobqueue.cli", "up"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    # Then it refuses, naming the port, before starting the broker or anything else
+    assert run.returncode == 1
+    assert f"monitor port 127.0.0.1:{port} is in use" in run.stdout + run.stderr
+    assert "starting" not in run.stdout and "embedded Redis" not in run.stdout
+    assert not (tmp_path / "data" / "redis").exists() or not any((tmp_path / "data" / "redis").iterdir())
+
+
 @pytest.mark.slow
 def test_a_simulator_killed_under_up_comes_back_and_the_job_in_flight_completes(tmp_path, machine_id,
                                                                                redis_url, app):
