@@ -153,6 +153,8 @@ def test_sigkill_of_up_leaves_no_process_within_5_s_and_the_next_up_starts_clean
     try:
         first.wait_up()
         assert len(psutil.Process(first.proc.pid).children()) == 4
+        # (without --debug the monitor is served by gunicorn)
+        assert requests.get(first.summary("monitor") + "/healthz", timeout=5).headers["Server"].startswith("gunicorn")
         # (and theirs: the monitor's gunicorn runs a worker process of its own)
         children = psutil.Process(first.proc.pid).children(recursive=True)
         # When up itself is SIGKILLed (no chance to clean up)
@@ -168,6 +170,7 @@ def test_sigkill_of_up_leaves_no_process_within_5_s_and_the_next_up_starts_clean
         assert "another jobqueue up" not in second.output()
         # (with --debug, children's output and the request log reach the console)
         assert _dashboard_answers(second.summary("monitor"))
+        assert requests.get(second.summary("monitor") + "/healthz", timeout=5).headers["Server"].startswith("Werkzeug")
         wait_for(lambda: "monitor | " in second.output() and "GET / " in second.output(), 10,
                  what="the request log on the console")
     finally:
