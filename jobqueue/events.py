@@ -39,6 +39,10 @@ from jobqueue.errors import error_info
 TASK_PROGRESS = "task-progress"
 #: Custom event: one connector's status on one worker.
 CONNECTOR_STATUS = "connector-status"
+#: Custom event: one try of a job's webhook (``outcome``: one of :data:`WEBHOOK_OUTCOMES`).
+JOB_WEBHOOK = "job-webhook"
+#: What a webhook try came to: delivered, failed with a retry to come, or failed for good.
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "given_up")
 
 #: Standard Celery task events the monitor consumes.
 TASK_EVENTS = (

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jobqueue.errors import MalformedEvent
-from jobqueue.events import CONNECTOR_STATUS, TASK_PROGRESS, job_meta_from_kwargs, parse_exception
+from jobqueue.events import CONNECTOR_STATUS, JOB_WEBHOOK, TASK_PROGRESS, job_meta_from_kwargs, parse_exception
 from jobqueue.states import ConnectorStatus, JobStatus, empty_progress, may_move
 from monitor import truth
 from monitor.store import FAILED_STATUSES, Connector, Job, Tx, Worker
@@ -751,6 +751,8 @@ def apply(event: Any, tx: Tx) -> bool:
         return _worker_event(event, tx)
     if kind == CONNECTOR_STATUS:
         return _connector_event(event, tx)
+    if kind == JOB_WEBHOOK:
+        return False  # a webhook try changes no job: the totals count it (monitor.totals)
     raise MalformedEvent(f"unknown event type {kind[:80]!r}")
 
 
