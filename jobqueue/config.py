@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     #: The monitor forgets a job that neither the result backend, a queue nor a worker knows
     #: after this many seconds (ids of forged or long-lost events).
     monitor_unknown_job_expiry: float = 600.0
+    #: Python module of extra Celery settings (message signing, TLS...) loaded on top of
+    #: jobqueue's packaged defaults; the other ``JOBQUEUE_*`` settings still win over it.
+    celery_config: str = ""
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 from pathlib import Path
 
 import pytest
 
-from jobqueue.celery_app import broker_transport_options, create_app
+from jobqueue import celery_defaults
+from jobqueue.celery_app import broker_transport_options, celery_settings, create_app
 from jobqueue.config import DEFAULT_BROKER_URL, Settings, gpu_from_queues
 from jobqueue.errors import ConfigError
 
@@ -193,3 +195,50 @@ def test_an_unknown_keyword_or_a_wrong_type_in_code_is_a_config_error():
         Settings(no_such_setting=1)
     with pytest.raises(ConfigError, match="JOBQUEUE_MAX_RETRIES"):
         Settings(max_retries="many")
+
+
+def test_the_celery_defaults_come_from_inside_the_package_not_from_sys_path(tmp_path, monkeypatch):
+    # Given a stray celeryconfig.py first on sys.path, with a setting jobqueue never uses
+    (tmp_path / "celeryconfig.py").write_text('task_serializer = "pickle"\nworker_concurrency = 99\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # When the Celery app is built
+    app = create_app(Settings.from_env({}))
+    try:
+        # Then the packaged defaults are in force, the stray module ignored
+        assert app.conf.task_serializer == "json"
+        assert app.conf.worker_concurrency == 1
+    finally:
+        app.close()
+
+
+def test_a_module_named_by_jobqueue_celery_config_is_loaded_on_top_of_the_defaults(tmp_path, monkeypatch):
+    # Given a deployment's own Celery module, which also tries to set the broker
+    (tmp_path / "site_celery_e.py").write_text(
+        'import os\nworker_lost_wait = 42.0\nbroker_url = "redis://elsewhere:1/0"\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # When the app is built with it named in JOBQUEUE_CELERY_CONFIG
+    app = create_app(Settings.from_env({"JOBQUEUE_CELERY_CONFIG": "site_celery_e"}))
+    try:
+        # Then its setting is in force, the other defaults stay, and JOBQUEUE_BROKER_URL still wins
+        assert app.conf.worker_lost_wait == 42.0
+        assert app.conf.task_acks_late is True
+        assert app.conf.broker_url == DEFAULT_BROKER_URL
+    finally:
+        app.close()
+
+
+def test_a_celery_config_module_that_does_not_import_is_a_config_error():
+    with pytest.raises(ConfigError, match="JOBQUEUE_CELERY_CONFIG='no_such_module_e'"):
+        create_app(Settings.from_env({"JOBQUEUE_CELERY_CONFIG": "no_such_module_e"}))
+
+
+def test_the_example_celeryconfig_at_the_top_of_the_repository_equals_the_packaged_defaults():
+    # Given the example a deployment copies, loaded from its file (it is not installed)
+    path = Path(__file__).resolve().parents[2] / "celeryconfig.py"
+    spec = importlib.util.spec_from_file_location("celeryconfig_example", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    # Then it sets exactly what jobqueue loads from inside the package
+    assert celery_settings(example) == celery_settings(celery_defaults)
+    assert celery_settings(example)["task_acks_late"] is True
