@@ -19,7 +19,7 @@ from jobqueue.redis_health import backend_settings, transport_options
 from jobqueue.routing import BROKER_MAX_PRIORITY, DEFAULT_PRIORITY, broker_priority
 
 
-class JobqueueCelery(Celery):
+class JobqueueCelery(Celery):  # type: ignore[misc]  # Celery ships no type hints
     """A Celery app that carries its :class:`Settings` and, inside a worker, the worker's
     runtime (connectors, identity, running jobs)."""
 

@@ -35,10 +35,10 @@ def broker_answers(url: str, timeout: float = 2.0) -> bool:
             return False
         finally:
             client.close()
-    from kombu import Connection
+    from kombu.connection import Connection
 
     try:
-        with Connection(url, connect_timeout=timeout) as conn:
+        with Connection(url, connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]
             conn.ensure_connection(max_retries=1, timeout=timeout)
         return True
     except Exception:  # kombu raises a zoo of transport errors; all mean "no"
