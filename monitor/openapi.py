@@ -89,6 +89,7 @@ def document() -> dict[str, Any]:
         "/api/dead-letters": _get("Poison messages per queue", [_query("items", {
             "type": "integer", "minimum": 0, "maximum": 100})], 400, 503),
         "/api/auth": _get("Whether controls need credentials and this request has them"),
+        "/api/services/{name}/schema": _get("JSON schema of a service's job payload", [_path("name")], 404),
         "/healthz": _get("Liveness of collector and writer", None, 503),
     }
     return {

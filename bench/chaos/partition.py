@@ -26,7 +26,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,7 @@ def run(workdir: Path, *, machines: int = 2, job_seconds: int = 30, cut: float =
         nodes: dict[str, Machine] = {}
         for _ in range(machines):
             machine = network.add_machine()
-            settings = replace(base_settings, machine_id=machine.name).resolved()
+            settings = base_settings.model_copy(update={"machine_id": machine.name}).resolved()
             processes.extend(machine_processes(machine, settings, s3, workdir))
             nodes[f"gpu0@{machine.name}"] = machine
         wait_http(f"{base}/healthz", monitor)

@@ -277,3 +277,11 @@ def test_the_simulator_removes_its_temp_dir_and_those_of_dead_simulators():
                 proc.wait(timeout=10)
             if proc is not None and proc.stdout is not None:
                 proc.stdout.close()
+
+
+def test_a_component_that_cannot_run_names_the_extra_that_brings_it():
+    from jobqueue.up import install_hint
+
+    assert "pip install 'jobqueue[monitor]'" in install_hint("monitor")
+    assert "pip install 'jobqueue[comfyui-sim]'" in install_hint("comfyui-sim")
+    assert "'jobqueue[up]'" in install_hint("monitor")

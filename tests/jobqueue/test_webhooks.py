@@ -11,7 +11,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -125,7 +124,7 @@ def test_a_receiver_that_answers_500_twice_gets_the_third_try_with_the_same_id_a
     from monitor.app import create_app
     from monitor.apply import apply
 
-    flask_app = create_app(replace(settings, monitor_db=f"sqlite:///{tmp_path / 'hooks.db'}"))
+    flask_app = create_app(settings.model_copy(update={"monitor_db": f"sqlite:///{tmp_path / 'hooks.db'}"}))
     with flask_app.extensions["jobqueue_monitor"].store.write() as tx:
         apply({"type": "task-sent", "uuid": handle.id, "timestamp": time.time(),
                "kwargs": json.dumps({"service": "simulation", "webhook_url": receiver.url})}, tx)
