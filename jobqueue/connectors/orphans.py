@@ -9,7 +9,9 @@ Otherwise the abandoned prompt runs after a thaw, ahead of the retry: the GPU do
 twice.
 
 The book lives in Redis under one key per worker identity and service, so it survives a
-worker restart; without Redis it is kept in memory (enough for tests and one-off runs).
+worker restart; without Redis it is kept in memory (enough for tests and one-off runs). Only
+the worker named in the key writes it, so once a process has read the key, its own copy is
+complete: Redis is read until one read succeeds, and written through on every change.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class OrphanBook:
         self._key = key
         self._memory: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        #: True once what Redis held is in ``_memory`` (no Redis: nothing to read).
+        self._loaded = self._client is None
 
     @property
     def persistent(self) -> bool:
@@ -76,20 +80,28 @@ class OrphanBook:
                 log.warning("orphan book: could not remove %s from Redis", prompt_id, exc_info=True)
 
     def entries(self) -> dict[str, dict[str, Any]]:
-        """Every prompt in the book (what Redis holds plus what this process wrote)."""
+        """Every prompt in the book: what Redis held when this process first read it (left by a
+        predecessor) plus what this process wrote since. Redis is asked until it answers once,
+        not on every call: a job asks before each prompt and the answer cannot change behind
+        this process's back."""
+        if not self._loaded:
+            self._load()
         with self._lock:
-            found = {k: dict(v) for k, v in self._memory.items()}
-        if self._client is not None:
-            try:
-                raw = self._client.hgetall(self._key) or {}
-            except Exception:
-                log.warning("orphan book: could not read Redis", exc_info=True)
-                raw = {}
+            return {k: dict(v) for k, v in self._memory.items()}
+
+    def _load(self) -> None:
+        assert self._client is not None
+        try:
+            raw = self._client.hgetall(self._key) or {}
+        except Exception:
+            log.warning("orphan book: could not read Redis", exc_info=True)
+            return
+        with self._lock:
             for field, value in raw.items():
                 prompt_id = field.decode() if isinstance(field, bytes) else str(field)
                 try:
                     facts = json.loads(value)
                 except (TypeError, ValueError):
                     facts = {}
-                found.setdefault(prompt_id, facts if isinstance(facts, dict) else {})
-        return found
+                self._memory.setdefault(prompt_id, facts if isinstance(facts, dict) else {})
+            self._loaded = True
