@@ -324,7 +324,9 @@ class ComfyUIConnector(Connector):
             now = time.monotonic()
             last_answer = max(last_answer, self._listener.last_message_at)
             progress = tracker.progress()
-            if progress != reported:
+            # Once the prompt has ended, the job's own end follows: a last "all nodes done"
+            # report would only cost a backend write and an event.
+            if progress != reported and not tracker.finished:
                 reported = progress
                 # 100 only once the result is in hand (the task reports completion itself).
                 report(percent=min(progress.percent, 99.9), step=progress.step, total_steps=progress.total_steps,
