@@ -15,6 +15,10 @@ prompt ends in milliseconds: what is measured is the protocol and the plumbing, 
   (start of the task body to its end), so the connector's share is visible whatever
   ``wait()`` costs.
 
+``requests`` counts ComfyUI's HTTP requests per job by route (the simulator records them;
+warm-up included; the worker's health checks left out): unlike the times, it does not move with
+the machine's load.
+
     python -m bench.comfyui_roundtrip --jobs 200
 """
 
@@ -92,6 +96,22 @@ def _row(side: str, ms: list[float], **extra: Any) -> dict[str, Any]:
             "p99 ms": percentile(ms, 99), **extra}
 
 
+#: The routes a job uses (a worker's health checks also ask /system_stats and /models).
+JOB_ROUTES = ("/prompt", "/queue", "/history/", "/view", "/interrupt")
+
+
+def _requests_per_job(sim: SimulatorProcess, since: float, jobs: int) -> str:
+    """ComfyUI requests per job since ``since`` (wall clock), by route: a count, not a time, so
+    it does not depend on how busy the machine is."""
+    paths: dict[str, int] = {}
+    for r in sim.requests():
+        if r["time"] < since or not r["path"].startswith(JOB_ROUTES):
+            continue
+        path = f"{r['method']} {'/history/<id>' if r['path'].startswith('/history/') else r['path']}"
+        paths[path] = paths.get(path, 0) + 1
+    return ", ".join(f"{path} {n / jobs:.2f}" for path, n in sorted(paths.items()))
+
+
 def run_direct(url: str, jobs: int) -> list[float]:
     client = DirectClient(url)
     try:
@@ -152,19 +172,23 @@ def main(argv: list[str] | None = None) -> int:
     server = RedisServer().start() if not args.skip_jobqueue else None
     rows = []
     try:
+        since = time.time()
         direct = run_direct(sim.url, args.jobs)
-        rows.append(_row("direct ComfyUI client", direct))
+        rows.append(_row("direct ComfyUI client", direct, requests=_requests_per_job(sim, since, args.jobs + 1)))
+        since = time.time()
         connector = run_connector(sim.url, workdir, args.jobs)
-        rows.append(_row("connector in-process", connector))
+        rows.append(_row("connector in-process", connector, requests=_requests_per_job(sim, since, args.jobs + 1)))
         if server is not None:
+            since = time.time()
             total, inside = run_jobqueue(sim.url, server.url(0), workdir, args.jobs)
             rows.append(_row("through jobqueue (submit -> wait)", total,
-                             **{"in task p50 ms": percentile(inside, 50) if inside else float("nan")}))
+                             **{"in task p50 ms": percentile(inside, 50) if inside else float("nan"),
+                                "requests": _requests_per_job(sim, since, args.jobs + 1)}))
     finally:
         if server is not None:
             server.stop()
         sim.stop()
-    print(fmt_table(rows, ["side", "jobs", "p50 ms", "p90 ms", "p99 ms", "in task p50 ms"]))
+    print(fmt_table(rows, ["side", "jobs", "p50 ms", "p90 ms", "p99 ms", "in task p50 ms", "requests"]))
     base = rows[0]["p50 ms"]
     for row in rows[1:]:
         print(f"{row['side']}: {row['p50 ms'] / base:.2f}x the direct client's p50 (target <= 2x through jobqueue)")
