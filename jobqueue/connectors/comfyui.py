@@ -136,6 +136,7 @@ class ComfyUIConnector(Connector):
         for prompt_id in list(self._active):
             self.orphans.add(prompt_id, reason="worker stopped")
             self._rest.stop_prompt(prompt_id, timeout=1.0)
+        self.orphans.flush()
         self._listener.stop()
         self._rest.close()
 
@@ -196,7 +197,8 @@ class ComfyUIConnector(Connector):
         self.orphans.add(prompt_id, url=self.base_url, job_id=job.id)
         ended = False
         try:
-            report_progress(percent=0.0, message="submitting to ComfyUI")
+            # No "submitting" report: the task's start already says the job runs, and the
+            # tracker reports as soon as ComfyUI starts the prompt (a cached one needs none).
             try:
                 given = self._submit(workflow, prompt_id, box, stall)
             except ExecutionFailed:

@@ -39,12 +39,28 @@ def test_a_predecessors_prompt_is_found_and_redis_is_read_only_once(redis_client
     book.discard("old")
     book.discard("mine")
     third = book.entries()
-    # Then it sees the predecessor's prompt and its own, Redis was read once, and every change
-    # reached Redis
+    # Then it sees the predecessor's prompt and its own, and Redis was read once
     assert set(first) == {"old"} and first["old"]["job_id"] == "j0"
     assert set(second) == {"old", "mine"}
     assert third == {}
     assert counting.reads == 1
+
+
+def test_a_strike_out_reaches_redis_with_the_next_write_or_a_flush(redis_client):
+    # Given a book holding two prompts in Redis
+    key = book_key("gpu2@m1", "comfyui")
+    book = OrphanBook(redis_client, key)
+    book.add("a", job_id="ja")
+    book.add("b", job_id="jb")
+    # When "a" is struck out, it is gone from the book at once and from Redis with the next write
+    book.discard("a")
+    assert set(book.entries()) == {"b"}
+    book.add("c", job_id="jc")
+    assert set(redis_client.hkeys(key)) == {b"b", b"c"}
+    # And a flush deletes what was struck out since, without another write
+    book.discard("b")
+    book.discard("c")
+    book.flush()
     assert redis_client.hgetall(key) == {}
 
 
