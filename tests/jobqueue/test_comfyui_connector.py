@@ -51,6 +51,18 @@ def test_a_run_returns_outputs_and_fetches_every_file_and_a_cached_rerun_complet
         assert result["outputs"]["3"]["images"][0]["filename"] == "jobqueue_00001_.png"
 
 
+def test_a_cached_job_costs_one_post_one_history_read_and_one_download_and_no_poll(sim, connector):
+    # Given a workflow ComfyUI has run once (every node cached now)
+    connector.run(Job(id="warm", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+    before = len(sim.requests())
+    # When it runs again
+    connector.run(Job(id="cached", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+    # Then the connector asked ComfyUI exactly what the protocol needs: no /queue poll
+    asked = [f"{r['method']} {r['path'].split('/history/')[0] + '/history/' if '/history/' in r['path'] else r['path']}"
+             for r in sim.requests()[before:] if r["path"] not in ("/system_stats",) and not r["path"].startswith("/models")]
+    assert asked == ["POST /prompt", "GET /history/", "GET /view"]
+
+
 def test_health_reports_devices_when_up_and_offline_with_the_reason_when_refused(sim, connector):
     health = connector.check_health()
     assert health.status == ConnectorStatus.IDLE
