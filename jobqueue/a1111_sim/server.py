@@ -24,17 +24,17 @@ import json
 import logging
 import os
 import platform
-import signal
 import sys
 import time
 from collections import deque
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from jobqueue.a1111_sim.engine import CHECKPOINTS, SAMPLERS, Engine, HTTPError
 from jobqueue.a1111_sim.validation import validate_request
-from jobqueue.comfyui_sim.server import SimulatorThread, serve
+from jobqueue.simserver import SimHTTPServer, SimulatorThread, run_until_signal
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,12 @@ def _exception_body(status: int, detail: str, name: str = "HTTPException") -> we
     return web.json_response(body, status=status)
 
 
-class A1111SimServer:
+class A1111SimServer(SimHTTPServer):
     """One simulated WebUI: the engine, its routes, its socket and its fault switches."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 7860, *, flavour: str = "a1111",
                  control_port: int | None = None, step_seconds: float = 0.05, load_seconds: float = 1.0) -> None:
-        self.host = host
-        self.port = port
-        self.control_port = control_port
+        super().__init__(host, port, control_port)
         self.flavour = flavour
         self.engine = Engine(flavour, step_seconds=step_seconds, load_seconds=load_seconds)
         self.fault = "none"
@@ -69,46 +67,17 @@ class A1111SimServer:
         #: Behave like a build before v1.6: no /internal/ping, no /internal/progress.
         self.legacy = False
         self.requests: deque[dict[str, Any]] = deque(maxlen=5000)
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-        self._control_runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def control_url(self) -> str | None:
-        return f"http://{self.host}:{self.control_port}" if self.control_port is not None else None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         app = web.Application(middlewares=[self._middleware], client_max_size=256 * 2**20)
         app.add_routes(self._routes())
         app.add_routes(self._sim_routes())
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
-        await self._runner.setup()
-        await self._listen()
-        if self.control_port is not None:
-            control = web.Application()
-            control.add_routes(self._sim_routes())
-            self._control_runner = web.AppRunner(control, access_log=None)
-            await self._control_runner.setup()
-            site = web.TCPSite(self._control_runner, self.host, self.control_port)
-            await site.start()
-            self.control_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def _listen(self) -> None:
-        assert self._runner is not None
-        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await self._site.start()
-        self.port = self._site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await self.start_http(app, self._sim_routes())
 
     async def stop(self) -> None:
         self.engine.thawed.set()  # let held requests finish instead of waiting on shutdown
-        for runner in (self._runner, self._control_runner):
-            if runner is not None:
-                await runner.cleanup()
+        await self.stop_http()
 
     # -- faults ----------------------------------------------------------------------------
     async def set_fault(self, mode: str) -> None:
@@ -120,21 +89,19 @@ class A1111SimServer:
             asyncio.get_running_loop().call_later(0.05, os._exit, 3)
         elif mode == "freeze":
             self.engine.thawed.clear()
-            if self._site is None:  # a hung process still holds its listening socket
-                await self._listen()
+            if not self.listening:  # a hung process still holds its listening socket
+                await self.listen()
         elif mode == "refuse":
-            if self._site is not None:
-                await self._site.stop()
-                self._site = None
+            await self.stop_listening()
         elif mode in ("none", "slow"):
             self.engine.thawed.set()
-            if self._site is None:
-                await self._listen()
+            if not self.listening:
+                await self.listen()
         self.fault = mode
 
     # -- plumbing --------------------------------------------------------------------------
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(_SIM_PREFIX):
             return await handler(request)
         if self.fault == "refuse":
@@ -301,21 +268,9 @@ def run(host: str = "127.0.0.1", port: int = 7860, **options: Any) -> None:
     (print one JSON line with the URLs once listening: how a parent learns a port chosen with 0).
     """
     announce = bool(options.pop("announce", False))
-    server = A1111SimServer(host, port, **options)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-
-        def ready(srv: A1111SimServer) -> None:
-            line = {"url": srv.url, "control_url": srv.control_url, "pid": os.getpid()}
-            print(json.dumps(line) if announce else f"a1111-sim ({srv.flavour}) listening on {srv.url}", flush=True)
-
-        await serve(server, ready, stop)
-
-    asyncio.run(main())
+    run_until_signal(A1111SimServer(host, port, **options), announce,
+                     lambda srv: f"a1111-sim ({srv.flavour}) listening on {srv.url}",
+                     lambda srv: {"url": srv.url, "control_url": srv.control_url})
 
 
 class A1111SimulatorThread(SimulatorThread):

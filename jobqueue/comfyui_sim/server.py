@@ -11,7 +11,8 @@ The ``/_sim/`` routes are also served on an optional control port, which keeps a
 while the main port refuses or is frozen.
 
 ``run()`` serves until interrupted; :class:`SimulatorThread` runs a server in a background
-thread for in-process tests (see :mod:`jobqueue.comfyui_sim.process` for a subprocess).
+thread for in-process tests (see :mod:`jobqueue.comfyui_sim.process` for a subprocess). The
+server lifecycle they share with the WebUI simulator lives in :mod:`jobqueue.simserver`.
 """
 
 from __future__ import annotations
@@ -21,22 +22,26 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiohttp.typedefs import Handler
 
 from jobqueue.comfyui_sim import models
 from jobqueue.comfyui_sim.engine import Simulator
 from jobqueue.comfyui_sim.nodes import NODES
 from jobqueue.comfyui_sim.validation import validate_prompt
+from jobqueue.simserver import SimHTTPServer, run_until_signal
+from jobqueue.simserver import SimulatorThread as _SimulatorThread
+from jobqueue.simserver import serve as serve
+
+__all__ = ["SimServer", "SimulatorThread", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +79,13 @@ def _memory() -> tuple[int, int]:
         return 16 * 2**30, 8 * 2**30
 
 
-class SimServer:
+class SimServer(SimHTTPServer):
     """One simulated ComfyUI: the engine, its routes, its sockets and its fault switches."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8188, *, output_dir: str | None = None,
                  temp_dir: str | None = None, control_port: int | None = None,
                  models_present: list[str] | None = None, vram_gb: float | None = None) -> None:
-        self.host = host
-        self.port = port
-        self.control_port = control_port
+        super().__init__(host, port, control_port)
         #: VRAM (GiB) of the simulated GPU; None: a CPU device, as ComfyUI reports without one.
         self.vram_gb = vram_gb
         if models_present is not None:
@@ -101,18 +104,7 @@ class SimServer:
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.fault = "none"
         self.requests: deque[dict[str, Any]] = deque(maxlen=5000)
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-        self._control_runner: web.AppRunner | None = None
         self._worker: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def control_url(self) -> str | None:
-        return f"http://{self.host}:{self.control_port}" if self.control_port is not None else None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -122,23 +114,7 @@ class SimServer:
         for prefix in ("", "/api"):
             app.add_routes(self._routes(prefix))
         app.add_routes(self._sim_routes())
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
-        await self._runner.setup()
-        await self._listen()
-        if self.control_port is not None:
-            control = web.Application()
-            control.add_routes(self._sim_routes())
-            self._control_runner = web.AppRunner(control, access_log=None)
-            await self._control_runner.setup()
-            site = web.TCPSite(self._control_runner, self.host, self.control_port)
-            await site.start()
-            self.control_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def _listen(self) -> None:
-        assert self._runner is not None
-        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await self._site.start()
-        self.port = self._site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await self.start_http(app, self._sim_routes())
 
     async def stop(self) -> None:
         if self.sim is not None:
@@ -146,9 +122,7 @@ class SimServer:
         if self._worker is not None:
             self._worker.cancel()
         await self._close_sockets()
-        for runner in (self._runner, self._control_runner):
-            if runner is not None:
-                await runner.cleanup()
+        await self.stop_http()
         if self.temp_root is not None:
             shutil.rmtree(self.temp_root, ignore_errors=True)
 
@@ -174,14 +148,12 @@ class SimServer:
         if mode == "freeze":
             self.sim.thawed.clear()
         elif mode == "refuse":
-            if self._site is not None:
-                await self._site.stop()
-                self._site = None
+            await self.stop_listening()
             await self._close_sockets()
         elif mode == "none":
             self.sim.thawed.set()
-            if self._site is None:
-                await self._listen()
+            if not self.listening:
+                await self.listen()
         self.fault = mode
 
     # -- plumbing --------------------------------------------------------------------------
@@ -199,7 +171,7 @@ class SimServer:
                 pass
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(_SIM_PREFIX):
             return await handler(request)
         if self.fault == "refuse":
@@ -416,17 +388,6 @@ class SimServer:
         return web.Response(status=404) if files is None else web.json_response(files)
 
 
-async def serve(server: Any, ready: Any = None, stop: asyncio.Event | None = None) -> None:
-    """Start ``server``, call ``ready(server)``, serve until ``stop`` is set (or forever)."""
-    try:
-        await server.start()
-        if ready is not None:
-            ready(server)
-        await (stop or asyncio.Event()).wait()
-    finally:
-        await server.stop()
-
-
 def run(host: str = "127.0.0.1", port: int = 8188, **options: Any) -> None:
     """Serve a simulated ComfyUI on ``host:port`` until SIGINT/SIGTERM (blocking).
 
@@ -434,79 +395,13 @@ def run(host: str = "127.0.0.1", port: int = 8188, **options: Any) -> None:
     with the URLs once listening: how a parent process learns ports chosen with port 0).
     """
     announce = bool(options.pop("announce", False))
-    server = SimServer(host, port, **options)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-
-        def ready(srv: SimServer) -> None:
-            line = {"url": srv.url, "control_url": srv.control_url, "output_dir": srv.output_dir, "pid": os.getpid()}
-            print(json.dumps(line) if announce else f"comfyui-sim listening on {srv.url}", flush=True)
-
-        await serve(server, ready, stop)
-
-    asyncio.run(main())
+    run_until_signal(SimServer(host, port, **options), announce,
+                     lambda srv: f"comfyui-sim listening on {srv.url}",
+                     lambda srv: {"url": srv.url, "control_url": srv.control_url, "output_dir": srv.output_dir})
 
 
-_T = TypeVar("_T", bound="SimulatorThread")
+class SimulatorThread(_SimulatorThread):
+    """A ComfyUI simulator on its own event loop in a background thread (for in-process tests)."""
 
-
-class SimulatorThread:
-    """A simulator on its own event loop in a background thread (for in-process tests).
-
-    Subclasses run other simulators by naming their ``server_class`` (anything with async
-    ``start``/``stop`` and a ``url``)."""
-
-    server_class: Any = SimServer
-    #: Thread name, also used in the error when the server does not start.
+    server_class = SimServer
     name = "comfyui-sim"
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
-        self.server = self.server_class(host, port, **options)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def start(self: _T, timeout: float = 10.0) -> _T:
-        started = threading.Event()
-
-        def main() -> None:
-            async def body() -> None:
-                self._loop = asyncio.get_running_loop()
-                self._stop = asyncio.Event()
-                await serve(self.server, lambda _: started.set(), self._stop)
-
-            asyncio.run(body())
-
-        self._thread = threading.Thread(target=main, name=self.name, daemon=True)
-        self._thread.start()
-        if not started.wait(timeout):
-            raise RuntimeError(f"{self.name} did not start")
-        return self
-
-    def call(self, coro: Any, timeout: float = 10.0) -> Any:
-        """Run ``coro`` on the simulator's loop and return its result."""
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def fault(self, mode: str) -> None:
-        """Switch a fault on or off (``die`` is not offered in-process: use a subprocess)."""
-        if mode == "die":
-            raise ValueError("'die' would end the test process: run the simulator in a subprocess")
-        self.call(self.server.set_fault(mode))
-
-    def requests(self) -> list[dict[str, Any]]:
-        return list(self.server.requests)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(10)
-            self._thread = None

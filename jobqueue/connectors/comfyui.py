@@ -7,11 +7,16 @@ How one job runs (the protocol details live in :mod:`jobqueue.connectors.comfyui
 2. POST /prompt with our ``client_id`` and a fresh ``prompt_id``; a 400 fails the job at
    once with ComfyUI's error type, message and node errors.
 3. Messages for our prompt move a :class:`PromptTracker`; progress is reported from it.
-4. Right after the POST, and whenever the socket has been quiet for ``QUIET_POLL`` seconds,
-   GET /queue and /history/{id} tell whether the prompt already ended (a cached run ends in
-   milliseconds, before any message), is still queued/running, or was lost.
+4. Whenever the socket has been quiet for ``QUIET_POLL`` seconds (and right after the POST
+   when the socket was not open), GET /queue and /history/{id} tell whether the prompt
+   already ended, is still queued/running, or was lost. With the socket open, the happy path
+   makes no poll: a cached run's end arrives as a message within milliseconds.
 5. Every end is confirmed through GET /history/{id}; outputs are fetched via GET /view into
    the output store, ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/`` (jobqueue.outputs).
+
+The REST calls live in :mod:`jobqueue.connectors.comfyui_rest`, the socket and the routing of
+its messages in :mod:`jobqueue.connectors.comfyui_ws`, the payload rules in
+:mod:`jobqueue.connectors.payloads` (the example workflow in :mod:`jobqueue.connectors.comfyui_payload`).
 
 Liveness, not silence (ComfyUI sends nothing while a node without a progress bar runs): the
 job is stalled (:class:`JobStalled`, retried elsewhere) only when ComfyUI stops answering (no
@@ -28,7 +33,6 @@ frames go to ``job.report_preview``.
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -41,6 +45,7 @@ import requests
 from jobqueue.config import Settings
 from jobqueue.connectors import comfyui_models
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
+from jobqueue.connectors.comfyui_payload import EXAMPLE_WORKFLOW
 from jobqueue.connectors.comfyui_protocol import (
     ERROR,
     INTERRUPTED,
@@ -48,18 +53,12 @@ from jobqueue.connectors.comfyui_protocol import (
     PromptTracker,
     describe_execution_error,
     describe_validation_error,
-    history_entry,
     outcome_from_history,
     output_files,
     queue_position,
-    queue_snapshot,
 )
-from jobqueue.connectors.comfyui_ws import (
-    Mailbox,
-    Message,
-    Wake,
-    WebSocketListener,
-)
+from jobqueue.connectors.comfyui_rest import ComfyUIRest, reason
+from jobqueue.connectors.comfyui_ws import Mailbox, PromptRouter, Wake, WebSocketListener
 from jobqueue.connectors.payloads import ComfyUIPayload, validate_comfyui
 from jobqueue.errors import (
     ExecutionFailed,
@@ -91,12 +90,7 @@ ORPHAN_HEALTH_WAIT = 5.0
 #: Seconds between two stop requests for the same abandoned prompt.
 ORPHAN_RESEND = 1.0
 
-#: EmptyImage -> ImageInvert -> SaveImage: runs on any ComfyUI, no model needed.
-EXAMPLE_WORKFLOW: dict[str, Any] = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 170648}},
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "jobqueue"}},
-}
+__all__ = ["EXAMPLE_WORKFLOW", "ComfyUIConnector"]
 
 
 class ComfyUIConnector(Connector):
@@ -112,13 +106,10 @@ class ComfyUIConnector(Connector):
         #: One stable client id for the connector's life: the websocket and every prompt use it.
         self.client_id = uuid.uuid4().hex
         ws_base = "ws" + self.base_url[4:] if self.base_url.startswith("http") else self.base_url
-        self._listener = WebSocketListener(f"{ws_base}/ws?clientId={self.client_id}", self._dispatch,
-                                           self._connection_changed)
-        self._http = requests.Session()
-        self._boxes: dict[str, Mailbox] = {}
-        self._unclaimed: collections.OrderedDict[str, list[Message]] = collections.OrderedDict()
-        self._jobs: dict[str, Mailbox] = {}
-        self._boxes_lock = threading.Lock()
+        self._router = PromptRouter()
+        self._listener = WebSocketListener(f"{ws_base}/ws?clientId={self.client_id}", self._router.dispatch,
+                                           self._router.connection_changed)
+        self._rest = ComfyUIRest(self.base_url)
         self._suspect = False
         #: Prompts this process is following right now (never cleaned up as orphans).
         self._active: set[str] = set()
@@ -146,9 +137,10 @@ class ComfyUIConnector(Connector):
         self._closing.set()
         for prompt_id in list(self._active):
             self.orphans.add(prompt_id, reason="worker stopped")
-            self._stop_prompt(prompt_id, timeout=1.0)
+            self._rest.stop_prompt(prompt_id, timeout=1.0)
+        self.orphans.flush()
         self._listener.stop()
-        self._http.close()
+        self._rest.close()
 
     # -- health ----------------------------------------------------------------------------
     def check_health(self) -> Health:
@@ -156,7 +148,7 @@ class ComfyUIConnector(Connector):
         try:
             response = requests.get(url, timeout=(HEALTH_TIMEOUT, HEALTH_TIMEOUT))
         except requests.ConnectionError as exc:
-            return Health(ConnectorStatus.OFFLINE, f"ComfyUI at {self.base_url} is unreachable: {_reason(exc)}",
+            return Health(ConnectorStatus.OFFLINE, f"ComfyUI at {self.base_url} is unreachable: {reason(exc)}",
                           {"url": self.base_url})
         except requests.Timeout:
             return Health(ConnectorStatus.ERROR, f"ComfyUI at {self.base_url} did not answer within {HEALTH_TIMEOUT} s",
@@ -187,60 +179,6 @@ class ComfyUIConnector(Connector):
             "websocket": "connected" if self._listener.connected.is_set() else "disconnected",
         })
 
-    # -- websocket dispatch (reader thread) ------------------------------------------------
-    def _dispatch(self, message: Message) -> None:
-        with self._boxes_lock:
-            prompt_id = None
-            if isinstance(message, dict) and isinstance(message.get("data"), dict):
-                prompt_id = message["data"].get("prompt_id")
-            if prompt_id is None:
-                targets = list(self._boxes.values())
-            elif prompt_id in self._boxes:
-                targets = [self._boxes[prompt_id]]
-            else:
-                # A prompt we have not registered (yet): keep a little for a late claim.
-                self._unclaimed.setdefault(prompt_id, []).append(message)
-                while len(self._unclaimed) > 64:
-                    self._unclaimed.popitem(last=False)
-                targets = []
-        for box in targets:
-            box.put(message)
-
-    def _connection_changed(self, connected: bool, reason: str) -> None:
-        with self._boxes_lock:
-            targets = list(self._boxes.values())
-        for box in targets:
-            box.put(Wake("connected" if connected else f"disconnected: {reason}"))
-
-    def _register(self, prompt_id: str, box: Mailbox) -> None:
-        with self._boxes_lock:
-            self._boxes[prompt_id] = box
-            for message in self._unclaimed.pop(prompt_id, []):
-                box.put(message)
-
-    def _unregister(self, prompt_id: str) -> None:
-        with self._boxes_lock:
-            self._boxes.pop(prompt_id, None)
-
-    # -- REST ------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, *, timeout: float, **kwargs: Any) -> requests.Response:
-        """One REST call; an unreachable ComfyUI raises :class:`ServiceUnavailable`."""
-        try:
-            return self._http.request(method, f"{self.base_url}{path}", timeout=(min(timeout, 3.0), timeout), **kwargs)
-        except requests.ConnectionError as exc:
-            raise ServiceUnavailable(f"ComfyUI at {self.base_url} is unreachable: {_reason(exc)}",
-                                     {"url": self.base_url, "path": path}) from None
-
-    def _get_json(self, path: str, timeout: float) -> Any:
-        response = self._request("GET", path, timeout=timeout)
-        if response.status_code != 200:
-            raise ServiceUnavailable(f"ComfyUI answered {response.status_code} to GET {path}",
-                                     {"url": self.base_url, "path": path})
-        try:
-            return response.json()
-        except ValueError:
-            raise ServiceUnavailable(f"ComfyUI sent non-JSON to GET {path}", {"url": self.base_url}) from None
-
     # -- running a job ---------------------------------------------------------------------
     def run(self, job: Job, report_progress: ProgressReporter) -> dict[str, Any]:
         payload = self.validate(job.payload)
@@ -255,15 +193,14 @@ class ComfyUIConnector(Connector):
         self._ready(job, stall)
         prompt_id = str(uuid.uuid4())
         box = Mailbox()
-        self._register(prompt_id, box)
-        with self._boxes_lock:
-            self._jobs[job.id] = box
+        self._router.register(prompt_id, box, job.id)
         # Written down before the POST: if this process dies, the next one removes the prompt.
         self._active.add(prompt_id)
         self.orphans.add(prompt_id, url=self.base_url, job_id=job.id)
         ended = False
         try:
-            report_progress(percent=0.0, message="submitting to ComfyUI")
+            # No "submitting" report: the task's start already says the job runs, and the
+            # tracker reports as soon as ComfyUI starts the prompt (a cached one needs none).
             try:
                 given = self._submit(workflow, prompt_id, box, stall)
             except ExecutionFailed:
@@ -284,23 +221,18 @@ class ComfyUIConnector(Connector):
                 raise
             except (JobStalled, JobTimedOut, ServiceUnavailable) as exc:
                 self.orphans.add(prompt_id, reason=type(exc).__name__)
-                self._stop_prompt(prompt_id, timeout=1.0)
+                self._rest.stop_prompt(prompt_id, timeout=1.0)
                 raise
         finally:
             self._active.discard(prompt_id)
             if ended:
                 self.orphans.discard(prompt_id)
-            self._unregister(prompt_id)
-            with self._boxes_lock:
-                self._jobs.pop(job.id, None)
+            self._router.unregister(prompt_id, job.id)
 
     def cancel(self, job: Job) -> None:
         """Flag the job and wake it: its own thread removes or interrupts the prompt."""
         job.cancelled.set()
-        with self._boxes_lock:
-            box = self._jobs.get(job.id)
-        if box is not None:
-            box.put(Wake("cancel"))
+        self._router.wake_job(job.id, "cancel")
 
     def _ready(self, job: Job, stall: float) -> None:
         """Make sure the websocket is open before posting; fail fast when ComfyUI is down."""
@@ -308,7 +240,7 @@ class ComfyUIConnector(Connector):
         if self._suspect or not self._listener.connected.is_set():
             # The last job stalled or the socket is down: ask once, quickly, before waiting.
             try:
-                self._get_json("/system_stats", timeout=1.5)
+                self._rest.get_json("/system_stats", timeout=1.5)
             except requests.Timeout:
                 raise ServiceNotReached(f"ComfyUI at {self.base_url} does not answer", {"url": self.base_url}) from None
             except ServiceUnavailable as exc:
@@ -330,7 +262,7 @@ class ComfyUIConnector(Connector):
     def _submit(self, workflow: dict[str, Any], prompt_id: str, box: Mailbox, stall: float) -> str:
         body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
         try:
-            response = self._request("POST", "/prompt", json=body, timeout=max(1.0, min(10.0, stall)))
+            response = self._rest.request("POST", "/prompt", json=body, timeout=max(1.0, min(10.0, stall)))
         except requests.Timeout:
             # It may still arrive after a thaw: the orphan book has it, so it gets removed then.
             self._suspect = True
@@ -351,8 +283,8 @@ class ComfyUIConnector(Connector):
         answer = response.json()
         given = str(answer.get("prompt_id") or prompt_id)
         if given != prompt_id:  # an older ComfyUI that picks its own ids
-            self._unregister(prompt_id)
-            self._register(given, box)
+            self._router.unregister(prompt_id)
+            self._router.register(given, box)
         return given
 
     def _follow(self, job: Job, tracker: PromptTracker, box: Mailbox, report: ProgressReporter,
@@ -370,12 +302,14 @@ class ComfyUIConnector(Connector):
         where: str | None = None
         cancel_sent_at: float | None = None
         reported = None
-        poll_now = True  # right after the POST: a cached run may already be over
+        # With the socket open, the end of even a cached run arrives as a message: no poll.
+        # Without it (or once it drops), ask /queue and /history right away.
+        poll_now = not self._listener.connected.is_set()
         while True:
             if job.cancelled.is_set():
                 if cancel_sent_at is None:
                     cancel_sent_at = time.monotonic()
-                    if self._stop_prompt(prompt_id, timeout=3.0) != "running":
+                    if self._rest.stop_prompt(prompt_id, timeout=3.0) != "running":
                         raise JobCancelled("job was cancelled", {"prompt_id": prompt_id})
                 if tracker.finished or time.monotonic() - cancel_sent_at > CANCEL_GRACE:
                     raise JobCancelled("job was cancelled; ComfyUI interrupted it", {"prompt_id": prompt_id})
@@ -394,7 +328,9 @@ class ComfyUIConnector(Connector):
             now = time.monotonic()
             last_answer = max(last_answer, self._listener.last_message_at)
             progress = tracker.progress()
-            if progress != reported:
+            # Once the prompt has ended, the job's own end follows: a last "all nodes done"
+            # report would only cost a backend write and an event.
+            if progress != reported and not tracker.finished:
                 reported = progress
                 # 100 only once the result is in hand (the task reports completion itself).
                 report(percent=min(progress.percent, 99.9), step=progress.step, total_steps=progress.total_steps,
@@ -403,7 +339,7 @@ class ComfyUIConnector(Connector):
                 return self._confirm(job, tracker)
             if poll_now or probe_failed or now - max(last_ours, last_poll) >= poll_every:
                 poll_now, last_poll = False, now
-                state, info = self._poll(prompt_id, stall)
+                state, info = self._rest.where(prompt_id, max(0.5, min(3.0, stall / 2)))
                 probe_failed = state == "unknown"
                 if state == "history":
                     if cancel_sent_at is not None:
@@ -433,29 +369,6 @@ class ComfyUIConnector(Connector):
                     {"url": self.base_url, "prompt_id": prompt_id, "node_timeout": node_limit,
                      "node": tracker.running})
 
-    def _poll(self, prompt_id: str, stall: float) -> tuple[str, Any]:
-        """Ask /queue, then /history: ``history`` (entry), ``running``/``pending`` (snapshot),
-        ``lost``, or ``unknown`` when ComfyUI did not answer in time."""
-        timeout = max(0.5, min(3.0, stall / 2))
-        try:
-            queue = self._get_json("/queue", timeout)
-            entry = history_entry(self._get_json(f"/history/{prompt_id}", timeout), prompt_id)
-        except requests.Timeout:
-            return "unknown", None
-        if entry is not None:
-            return "history", entry
-        where = queue_position(queue, prompt_id)
-        if where is None:
-            # It may have ended between the two answers: ask /history once more before calling it lost.
-            try:
-                entry = history_entry(self._get_json(f"/history/{prompt_id}", timeout), prompt_id)
-            except requests.Timeout:
-                return "unknown", None
-            if entry is not None:
-                return "history", entry
-            return "lost", None
-        return where, queue_snapshot(queue)
-
     def clean_orphans(self, *, timeout: float, wait: float, job: Job | None = None) -> set[str]:
         """Remove every abandoned prompt in the orphan book from ComfyUI: delete it when pending,
         interrupt it (targeted) when running, strike it out once /queue no longer lists it.
@@ -472,7 +385,7 @@ class ComfyUIConnector(Connector):
             asked: dict[str, float] = {}
             while True:
                 try:
-                    queue = self._get_json("/queue", timeout)
+                    queue = self._rest.get_json("/queue", timeout)
                 except requests.Timeout:
                     raise ServiceUnavailable(f"ComfyUI at {self.base_url} does not answer GET /queue",
                                              {"url": self.base_url}) from None
@@ -487,10 +400,7 @@ class ComfyUIConnector(Connector):
                         asked[prompt_id] = now
                         log.warning("comfyui: removing abandoned prompt %s (%s) from %s", prompt_id, where, self.base_url)
                         try:
-                            if where == "pending":
-                                self._request("POST", "/queue", json={"delete": [prompt_id]}, timeout=timeout)
-                            else:
-                                self._request("POST", "/interrupt", json={"prompt_id": prompt_id}, timeout=timeout)
+                            self._rest.remove(prompt_id, where, timeout)
                         except requests.Timeout:
                             raise ServiceUnavailable(f"ComfyUI at {self.base_url} did not answer a stop request",
                                                      {"url": self.base_url}) from None
@@ -507,7 +417,7 @@ class ComfyUIConnector(Connector):
         delay = 0.005
         while True:
             try:
-                entry = history_entry(self._get_json(f"/history/{tracker.prompt_id}", 3.0), tracker.prompt_id)
+                entry = self._rest.history(tracker.prompt_id, 3.0)
             except requests.Timeout:
                 entry = None
             if entry is not None:
@@ -543,7 +453,7 @@ class ComfyUIConnector(Connector):
         for item in files:
             job.check()
             params = {"filename": item["filename"], "subfolder": item["subfolder"], "type": item["type"]}
-            response = self._request("GET", "/view", params=params, timeout=30.0, stream=True)
+            response = self._rest.request("GET", "/view", params=params, timeout=30.0, stream=True)
             with response:
                 if response.status_code != 200:
                     raise ExecutionFailed(f"ComfyUI has no output file {item['filename']!r} of node {item['node']} "
@@ -554,28 +464,3 @@ class ComfyUIConnector(Connector):
                 except Exception as exc:  # any store error (OSError, botocore's own) fails the job clearly
                     raise ExecutionFailed(f"could not store output file {item['filename']!r}: {exc}", dict(item)) from exc
         return files
-
-    def _stop_prompt(self, prompt_id: str, timeout: float) -> str | None:
-        """Remove the prompt from ComfyUI's queue, or interrupt it if it runs.
-
-        Returns where it was (``pending``, ``running``) or None; never raises.
-        """
-        try:
-            where = queue_position(self._get_json("/queue", timeout), prompt_id)
-            if where == "pending":
-                self._request("POST", "/queue", json={"delete": [prompt_id]}, timeout=timeout)
-            elif where == "running":
-                self._request("POST", "/interrupt", json={"prompt_id": prompt_id}, timeout=timeout)
-            return where
-        except (ServiceUnavailable, requests.RequestException) as exc:
-            log.warning("comfyui: could not stop prompt %s: %s", prompt_id, exc)
-            return None
-
-
-def _reason(exc: BaseException) -> str:
-    """The innermost, readable reason of a requests connection error."""
-    text = str(exc)
-    for marker in ("Connection refused", "Connection reset", "Name or service not known", "timed out"):
-        if marker in text:
-            return marker.lower()
-    return text[:200]

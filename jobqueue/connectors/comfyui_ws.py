@@ -1,8 +1,9 @@
 """ComfyUI's websocket, kept open in a thread: messages for the connector's prompts, a
 reconnect with capped backoff, and the ``feature_flags`` handshake.
 
-:class:`WebSocketListener` owns the socket; :class:`Mailbox` carries one prompt's messages
-from the reader thread to the job's thread; :class:`Wake` tells a waiting job to look again.
+:class:`WebSocketListener` owns the socket; :class:`PromptRouter` sorts its messages by
+prompt; :class:`Mailbox` carries one prompt's messages from the reader thread to the job's
+thread; :class:`Wake` tells a waiting job to look again.
 """
 
 from __future__ import annotations
@@ -56,6 +57,72 @@ class Mailbox:
             self._items.clear()
             self._ready.clear()
         return items
+
+
+class PromptRouter:
+    """Hands each websocket message to the mailbox of the prompt it names (messages without a
+    prompt go to every mailbox); keeps a few messages of prompts not registered yet, since a
+    fast (cached) prompt can speak before its POST has answered."""
+
+    #: Prompts whose early messages are kept for a late registration.
+    UNCLAIMED_MAX = 64
+
+    def __init__(self) -> None:
+        self._boxes: dict[str, Mailbox] = {}
+        self._unclaimed: collections.OrderedDict[str, list[Message]] = collections.OrderedDict()
+        self._jobs: dict[str, Mailbox] = {}
+        self._lock = threading.Lock()
+
+    def dispatch(self, message: Message) -> None:
+        """``on_message`` of the listener (reader thread)."""
+        with self._lock:
+            prompt_id = None
+            if isinstance(message, dict) and isinstance(message.get("data"), dict):
+                prompt_id = message["data"].get("prompt_id")
+            if prompt_id is None:
+                targets = list(self._boxes.values())
+            elif prompt_id in self._boxes:
+                targets = [self._boxes[prompt_id]]
+            else:
+                self._unclaimed.setdefault(prompt_id, []).append(message)
+                while len(self._unclaimed) > self.UNCLAIMED_MAX:
+                    self._unclaimed.popitem(last=False)
+                targets = []
+        for box in targets:
+            box.put(message)
+
+    def connection_changed(self, connected: bool, reason: str) -> None:
+        """``on_connection`` of the listener: wake every waiting prompt."""
+        self.wake_all(Wake("connected" if connected else f"disconnected: {reason}"))
+
+    def wake_all(self, wake: Wake) -> None:
+        with self._lock:
+            targets = list(self._boxes.values())
+        for box in targets:
+            box.put(wake)
+
+    def register(self, prompt_id: str, box: Mailbox, job_id: str | None = None) -> None:
+        """Route ``prompt_id``'s messages (and any that came early) to ``box``; ``job_id``
+        makes the box reachable by :meth:`wake_job`."""
+        with self._lock:
+            self._boxes[prompt_id] = box
+            if job_id is not None:
+                self._jobs[job_id] = box
+            for message in self._unclaimed.pop(prompt_id, []):
+                box.put(message)
+
+    def unregister(self, prompt_id: str, job_id: str | None = None) -> None:
+        with self._lock:
+            self._boxes.pop(prompt_id, None)
+            if job_id is not None:
+                self._jobs.pop(job_id, None)
+
+    def wake_job(self, job_id: str, reason: str) -> None:
+        """Wake the job ``job_id`` if it waits for a prompt."""
+        with self._lock:
+            box = self._jobs.get(job_id)
+        if box is not None:
+            box.put(Wake(reason))
 
 
 class WebSocketListener:

@@ -9,7 +9,12 @@ Otherwise the abandoned prompt runs after a thaw, ahead of the retry: the GPU do
 twice.
 
 The book lives in Redis under one key per worker identity and service, so it survives a
-worker restart; without Redis it is kept in memory (enough for tests and one-off runs).
+worker restart; without Redis it is kept in memory (enough for tests and one-off runs). Only
+the worker named in the key writes it, so once a process has read the key, its own copy is
+complete: Redis is read until one read succeeds, and written through on every new entry. A
+strike-out reaches Redis with the next write (or :meth:`OrphanBook.flush`): a job's last
+round trip is saved, and a strike-out lost with its process only costs the successor one look
+at the service's queue, where it finds the prompt gone.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ class OrphanBook:
         self._key = key
         self._memory: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        #: True once what Redis held is in ``_memory`` (no Redis: nothing to read).
+        self._loaded = self._client is None
+        #: Struck out here, still to be deleted from Redis (with the next write).
+        self._struck: set[str] = set()
 
     @property
     def persistent(self) -> bool:
@@ -56,9 +65,13 @@ class OrphanBook:
             entry = {**self._memory.get(prompt_id, {}), **facts}
             entry.setdefault("at", time.time())
             self._memory[prompt_id] = entry
+            self._struck.discard(prompt_id)
+            struck, self._struck = self._struck, set()
         if self._client is not None:
             try:
-                pipe = self._client.pipeline()
+                pipe = self._client.pipeline(transaction=False)
+                if struck:
+                    pipe.hdel(self._key, *struck)
                 pipe.hset(self._key, prompt_id, json.dumps(entry))
                 pipe.expire(self._key, BOOK_TTL)
                 pipe.execute()
@@ -66,30 +79,48 @@ class OrphanBook:
                 log.warning("orphan book: could not write %s to Redis", prompt_id, exc_info=True)
 
     def discard(self, prompt_id: str) -> None:
-        """Strike ``prompt_id`` out: the service confirmed it is gone."""
+        """Strike ``prompt_id`` out: the service confirmed it is gone. Redis hears of it with
+        the next write or :meth:`flush`."""
         with self._lock:
             self._memory.pop(prompt_id, None)
-        if self._client is not None:
+            if self._client is not None:
+                self._struck.add(prompt_id)
+
+    def flush(self) -> None:
+        """Delete the prompts struck out since the last write from Redis now (on shutdown)."""
+        with self._lock:
+            struck, self._struck = self._struck, set()
+        if self._client is not None and struck:
             try:
-                self._client.hdel(self._key, prompt_id)
+                self._client.hdel(self._key, *struck)
             except Exception:
-                log.warning("orphan book: could not remove %s from Redis", prompt_id, exc_info=True)
+                log.warning("orphan book: could not remove %s from Redis", sorted(struck), exc_info=True)
 
     def entries(self) -> dict[str, dict[str, Any]]:
-        """Every prompt in the book (what Redis holds plus what this process wrote)."""
+        """Every prompt in the book: what Redis held when this process first read it (left by a
+        predecessor) plus what this process wrote since. Redis is asked until it answers once,
+        not on every call: a job asks before each prompt and the answer cannot change behind
+        this process's back."""
+        if not self._loaded:
+            self._load()
         with self._lock:
-            found = {k: dict(v) for k, v in self._memory.items()}
-        if self._client is not None:
-            try:
-                raw = self._client.hgetall(self._key) or {}
-            except Exception:
-                log.warning("orphan book: could not read Redis", exc_info=True)
-                raw = {}
+            return {k: dict(v) for k, v in self._memory.items()}
+
+    def _load(self) -> None:
+        assert self._client is not None
+        try:
+            raw = self._client.hgetall(self._key) or {}
+        except Exception:
+            log.warning("orphan book: could not read Redis", exc_info=True)
+            return
+        with self._lock:
             for field, value in raw.items():
                 prompt_id = field.decode() if isinstance(field, bytes) else str(field)
+                if prompt_id in self._struck:  # struck out here; Redis has not heard yet
+                    continue
                 try:
                     facts = json.loads(value)
                 except (TypeError, ValueError):
                     facts = {}
-                found.setdefault(prompt_id, facts if isinstance(facts, dict) else {})
-        return found
+                self._memory.setdefault(prompt_id, facts if isinstance(facts, dict) else {})
+            self._loaded = True

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -25,31 +24,9 @@ from jobqueue.connectors.comfyui_ws import BACKOFF_CAP, BACKOFF_FIRST, WebSocket
 from jobqueue.embedded import free_port
 from jobqueue.errors import JobStalled, JobTimedOut
 from tests.helpers import ROOT, child_env, wait_for
+from tests.jobqueue.comfyui_fixtures import connector_for, noop, sim, slow
 
-
-def slow(steps: int, delay: float, color: int = 1) -> dict[str, Any]:
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": color}},
-        "2": {"class_type": "HarnessSleepProgress", "inputs": {"image": ["1", 0], "steps": steps, "delay": delay}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}},
-    }
-
-
-def noop(**_: Any) -> None:
-    return None
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimulatorThread]:
-    server = SimulatorThread(output_dir=str(tmp_path / "sim-out"), temp_dir=str(tmp_path / "sim-temp")).start()
-    yield server
-    server.stop()
-
-
-def make_connector(sim: SimulatorThread, tmp_path: Path, **settings: Any) -> ComfyUIConnector:
-    conn = ComfyUIConnector(Settings(comfyui_url=sim.url, output_dir=str(tmp_path / "outputs"), **settings))
-    conn.start()
-    return conn
+__all__ = ["sim"]  # fixtures
 
 
 def ws_opens(sim: SimulatorThread) -> int:
@@ -58,7 +35,7 @@ def ws_opens(sim: SimulatorThread) -> int:
 
 def test_one_websocket_serves_many_jobs_and_is_reopened_after_a_drop(sim, tmp_path):
     # Given a started connector
-    connector = make_connector(sim, tmp_path)
+    connector = connector_for(sim, tmp_path)
     try:
         # When three jobs run one after the other
         for n in range(3):
@@ -121,7 +98,7 @@ def freeze_after_two_steps(sim: SimulatorThread) -> Any:
 
 def test_the_stall_timeout_comes_from_settings_and_a_job_can_shorten_it(sim, tmp_path):
     # Given a connector whose stall timeout setting is 2 s, and a ComfyUI that freezes mid-job
-    connector = make_connector(sim, tmp_path, stall_timeout=2.0)
+    connector = connector_for(sim, tmp_path, stall_timeout=2.0)
     try:
         for payload_extra, limit in (({}, 2.0), ({"stall_timeout": 1.0}, 1.0)):
             job = Job(id=f"stall{limit}", service="comfyui", payload={"workflow": slow(400, 0.05, int(limit * 10)),
@@ -145,7 +122,7 @@ def test_the_stall_timeout_comes_from_settings_and_a_job_can_shorten_it(sim, tmp
 
 def test_a_job_over_its_absolute_timeout_times_out_and_is_interrupted_on_comfyui(sim, tmp_path):
     # Given a connector with a generous default and a steadily progressing 20 s prompt
-    connector = make_connector(sim, tmp_path)
+    connector = connector_for(sim, tmp_path)
     try:
         # When the job's payload gives it 1.5 s
         job = Job(id="abs", service="comfyui", payload={"workflow": slow(200, 0.1), "timeout": 1.5})

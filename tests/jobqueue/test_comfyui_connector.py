@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,56 +13,14 @@ import requests
 
 from jobqueue.client import submit_job
 from jobqueue.comfyui_sim.process import SimulatorProcess
-from jobqueue.comfyui_sim.server import SimulatorThread
-from jobqueue.config import Settings
 from jobqueue.connectors.base import Job
 from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW, ComfyUIConnector
 from jobqueue.errors import ExecutionFailed, InvalidPayloadError, JobCancelled, JobFailed
 from jobqueue.states import ConnectorStatus, JobStatus
 from tests.helpers import wait_for
+from tests.jobqueue.comfyui_fixtures import connector, noop, sim, sim_process, slow
 
-
-def slow(steps: int, delay: float = 0.1, color: int = 1) -> dict[str, Any]:
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": color}},
-        "2": {"class_type": "HarnessSleepProgress", "inputs": {"image": ["1", 0], "steps": steps, "delay": delay}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}},
-    }
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimulatorThread]:
-    server = SimulatorThread(output_dir=str(tmp_path / "sim-out"), temp_dir=str(tmp_path / "sim-temp")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def connector(sim: SimulatorThread, tmp_path: Path) -> Iterator[ComfyUIConnector]:
-    conn = ComfyUIConnector(Settings(comfyui_url=sim.url, output_dir=str(tmp_path / "outputs")))
-    conn.start()
-    yield conn
-    conn.stop()
-
-
-@pytest.fixture
-def sim_process(tmp_path: Path) -> Iterator[Any]:
-    """Factory of simulator subprocesses (they can be frozen or killed for real)."""
-    started: list[SimulatorProcess] = []
-
-    def start() -> SimulatorProcess:
-        n = len(started)
-        proc = SimulatorProcess(output_dir=tmp_path / f"sim{n}", log_path=tmp_path / f"sim{n}.log").start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
-
-
-def noop(**_: Any) -> None:
-    return None
+__all__ = ["connector", "sim", "sim_process"]  # fixtures
 
 
 # -- payload -------------------------------------------------------------------------------------
@@ -92,6 +49,18 @@ def test_a_run_returns_outputs_and_fetches_every_file_and_a_cached_rerun_complet
         assert Path(file["path"]) == (tmp_path / "outputs" / job_id / "jobqueue_00001_.png").resolve()
         assert Path(file["path"]).read_bytes().startswith(b"\x89PNG")
         assert result["outputs"]["3"]["images"][0]["filename"] == "jobqueue_00001_.png"
+
+
+def test_a_cached_job_costs_one_post_one_history_read_and_one_download_and_no_poll(sim, connector):
+    # Given a workflow ComfyUI has run once (every node cached now)
+    connector.run(Job(id="warm", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+    before = len(sim.requests())
+    # When it runs again
+    connector.run(Job(id="cached", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+    # Then the connector asked ComfyUI exactly what the protocol needs: no /queue poll
+    asked = [f"{r['method']} {r['path'].split('/history/')[0] + '/history/' if '/history/' in r['path'] else r['path']}"
+             for r in sim.requests()[before:] if r["path"] not in ("/system_stats",) and not r["path"].startswith("/models")]
+    assert asked == ["POST /prompt", "GET /history/", "GET /view"]
 
 
 def test_health_reports_devices_when_up_and_offline_with_the_reason_when_refused(sim, connector):

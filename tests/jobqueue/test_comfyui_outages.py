@@ -5,8 +5,6 @@ worker processes, real Redis and simulator processes over real sockets."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,58 +12,19 @@ import requests
 
 from jobqueue.client import submit_job
 from jobqueue.comfyui_sim.process import SimulatorProcess
-from jobqueue.comfyui_sim.server import SimulatorThread
-from jobqueue.config import Settings
 from jobqueue.connectors.base import Job
-from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW, ComfyUIConnector
+from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
 from jobqueue.errors import JobStalled, JobTimedOut
 from jobqueue.states import JobStatus
 from tests.helpers import wait_for
+from tests.jobqueue.comfyui_fixtures import connector_for, noop, sim, sim_process, slow
 
-
-def slow(steps: int, delay: float = 0.1, color: int = 1) -> dict[str, Any]:
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": color}},
-        "2": {"class_type": "HarnessSleepProgress", "inputs": {"image": ["1", 0], "steps": steps, "delay": delay}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}},
-    }
+__all__ = ["sim", "sim_process"]  # fixtures
 
 
 def silent(seconds: float, color: int = 3) -> dict[str, Any]:
     """A node that says nothing for ``seconds`` (one progress update at its very end)."""
     return slow(1, seconds, color)
-
-
-def noop(**_: Any) -> None:
-    return None
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimulatorThread]:
-    server = SimulatorThread(output_dir=str(tmp_path / "sim-out"), temp_dir=str(tmp_path / "sim-temp")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sim_process(tmp_path: Path) -> Iterator[Any]:
-    started: list[SimulatorProcess] = []
-
-    def start() -> SimulatorProcess:
-        n = len(started)
-        proc = SimulatorProcess(output_dir=tmp_path / f"sim{n}", log_path=tmp_path / f"sim{n}.log").start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
-
-
-def connector_for(sim: SimulatorThread, tmp_path: Path, **settings: Any) -> ComfyUIConnector:
-    conn = ComfyUIConnector(Settings(comfyui_url=sim.url, output_dir=str(tmp_path / "outputs"), **settings))
-    conn.start()
-    return conn
 
 
 def posted(sim: Any) -> list[str]:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 import websocket
 
-from jobqueue.comfyui_sim.server import SimulatorThread
 from tests.helpers import wait_for
+from tests.jobqueue.comfyui_fixtures import sim
 from tests.jobqueue.test_comfyui_traces import load, posted_prompt_id
+
+__all__ = ["sim"]  # a fixture
 
 WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 170648}},
@@ -82,13 +83,6 @@ def trace_types(name: str, index: int = 0) -> list[str]:
         if out or e.body["data"].get("prompt_id") == prompt_id:
             out.append(e.body["type"])
     return out
-
-
-@pytest.fixture
-def sim(tmp_path) -> Iterator[SimulatorThread]:
-    server = SimulatorThread(output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "temp")).start()
-    yield server
-    server.stop()
 
 
 def test_a_fresh_then_cached_run_send_the_recorded_message_sequences(sim):

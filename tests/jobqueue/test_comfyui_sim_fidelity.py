@@ -8,8 +8,6 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,14 +15,10 @@ import requests
 
 from jobqueue.comfyui_sim.server import SimulatorThread
 from tests.helpers import wait_for
+from tests.jobqueue.comfyui_fixtures import sim
 from tests.jobqueue.test_comfyui_sim import Client
 
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimulatorThread]:
-    server = SimulatorThread(output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "temp")).start()
-    yield server
-    server.stop()
+__all__ = ["sim"]  # a fixture
 
 
 def image(color: int = 5) -> dict[str, Any]:

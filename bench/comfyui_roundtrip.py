@@ -1,0 +1,199 @@
+"""Round trip of a cached ComfyUI job: a direct ComfyUI client vs jobqueue, side by side.
+
+All sides talk to the same ComfyUI simulator (a subprocess, ``python -m jobqueue.comfyui_sim``)
+and run the same workflow, which ComfyUI has already run once, so every node is cached and the
+prompt ends in milliseconds: what is measured is the protocol and the plumbing, not the work.
+
+* **direct client**: what a minimal ComfyUI client does: a websocket open with its
+  ``clientId`` (kept open between prompts), POST ``/prompt``, wait for ``executing`` with
+  ``node: null`` (or ``execution_success``) for its prompt, GET ``/history/<id>``.
+* **connector in-process**: :class:`jobqueue.connectors.comfyui.ComfyUIConnector` ``run()``
+  called directly, no Celery: the connector's own share (it also downloads the output image
+  through GET ``/view`` into the output store, which the direct client does not).
+* **through jobqueue**: ``submit_job("comfyui", ...)`` to a real ``celery -A jobqueue worker``
+  process (private Redis) and ``wait()``; ``in task`` is the task's own ``runtime`` fact
+  (start of the task body to its end), so the connector's share is visible whatever
+  ``wait()`` costs.
+
+``requests`` counts ComfyUI's HTTP requests per job by route (the simulator records them;
+warm-up included; the worker's health checks left out): unlike the times, it does not move with
+the machine's load.
+
+    python -m bench.comfyui_roundtrip --jobs 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+import websocket
+
+from bench.common import RedisServer, bench_settings, fmt_table, percentile, wait_worker_ready, worker_process
+from jobqueue import facts
+from jobqueue.celery_app import create_app
+from jobqueue.client import submit_job
+from jobqueue.comfyui_sim.process import SimulatorProcess
+from jobqueue.config import Settings
+from jobqueue.connectors.base import Job
+from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW, ComfyUIConnector
+
+
+class DirectClient:
+    """A minimal ComfyUI client: one websocket with our clientId, POST /prompt, wait for the
+    end message of our prompt, GET /history/<id>."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client_id = uuid.uuid4().hex
+        self.http = requests.Session()
+        self.ws = websocket.create_connection(url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}",
+                                              timeout=10)
+
+    def run(self, workflow: dict[str, Any]) -> dict[str, Any]:
+        answer = self.http.post(f"{self.url}/prompt", json={"prompt": workflow, "client_id": self.client_id},
+                                timeout=10)
+        answer.raise_for_status()
+        prompt_id = answer.json()["prompt_id"]
+        while True:
+            opcode, data = self.ws.recv_data()
+            if opcode != websocket.ABNF.OPCODE_TEXT:
+                continue
+            message = json.loads(data)
+            body = message.get("data") or {}
+            if body.get("prompt_id") != prompt_id:
+                continue
+            if message["type"] == "execution_success" or (message["type"] == "executing" and body.get("node") is None):
+                break
+            if message["type"] in ("execution_error", "execution_interrupted"):
+                raise RuntimeError(f"prompt failed: {message}")
+        history: dict[str, Any] = self.http.get(f"{self.url}/history/{prompt_id}", timeout=10).json()[prompt_id]
+        return history
+
+    def close(self) -> None:
+        self.ws.close()
+        self.http.close()
+
+
+def _times(run: Any, jobs: int) -> list[float]:
+    out = []
+    for _ in range(jobs):
+        started = time.perf_counter()
+        run()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def _row(side: str, ms: list[float], **extra: Any) -> dict[str, Any]:
+    return {"side": side, "jobs": len(ms), "p50 ms": percentile(ms, 50), "p90 ms": percentile(ms, 90),
+            "p99 ms": percentile(ms, 99), **extra}
+
+
+#: The routes a job uses (a worker's health checks also ask /system_stats and /models).
+JOB_ROUTES = ("/prompt", "/queue", "/history/", "/view", "/interrupt")
+
+
+def _requests_per_job(sim: SimulatorProcess, since: float, jobs: int) -> str:
+    """ComfyUI requests per job since ``since`` (wall clock), by route: a count, not a time, so
+    it does not depend on how busy the machine is."""
+    paths: dict[str, int] = {}
+    for r in sim.requests():
+        if r["time"] < since or not r["path"].startswith(JOB_ROUTES):
+            continue
+        path = f"{r['method']} {'/history/<id>' if r['path'].startswith('/history/') else r['path']}"
+        paths[path] = paths.get(path, 0) + 1
+    return ", ".join(f"{path} {n / jobs:.2f}" for path, n in sorted(paths.items()))
+
+
+def run_direct(url: str, jobs: int) -> list[float]:
+    client = DirectClient(url)
+    try:
+        client.run(EXAMPLE_WORKFLOW)  # warm (and make the workflow cached)
+        return _times(lambda: client.run(EXAMPLE_WORKFLOW), jobs)
+    finally:
+        client.close()
+
+
+def run_connector(url: str, workdir: Path, jobs: int) -> list[float]:
+    connector = ComfyUIConnector(Settings(comfyui_url=url, output_dir=str(workdir / "outputs-inproc")))
+    connector.start()
+
+    def one() -> None:
+        job = Job(id=uuid.uuid4().hex, service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW})
+        result = connector.run(job, lambda **_: None)
+        assert result["files"], result
+
+    try:
+        one()  # warm: the websocket, the HTTP connection
+        return _times(one, jobs)
+    finally:
+        connector.stop()
+
+
+def run_jobqueue(url: str, redis_url: str, workdir: Path, jobs: int) -> tuple[list[float], list[float]]:
+    settings = bench_settings(redis_url, workdir, connectors=("comfyui",), comfyui_url=url)
+    app = create_app(settings)
+    worker = worker_process(settings, "gpu0", workdir / "worker.log")
+    worker.start()
+    try:
+        wait_worker_ready(app, f"gpu0@{settings.machine_id}", worker)
+        submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, app=app).wait(timeout=60)  # warm
+        ids: list[str] = []
+
+        def one() -> None:
+            handle = submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, app=app)
+            ids.append(handle.id)
+            handle.wait(timeout=60)
+
+        total = _times(one, jobs)
+        client = facts.redis_client_of(app)
+        known = facts.read_many(client, ids)
+        inside = [float(known[i]["runtime"]) * 1000 for i in ids if known.get(i, {}).get("runtime") is not None]
+        return total, inside
+    finally:
+        worker.stop()
+        app.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--skip-jobqueue", action="store_true", help="no worker: direct client and connector only")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-comfyui-"))
+    sim = SimulatorProcess(output_dir=workdir / "sim-out", log_path=workdir / "sim.log").start()
+    server = RedisServer().start() if not args.skip_jobqueue else None
+    rows = []
+    try:
+        since = time.time()
+        direct = run_direct(sim.url, args.jobs)
+        rows.append(_row("direct ComfyUI client", direct, requests=_requests_per_job(sim, since, args.jobs + 1)))
+        since = time.time()
+        connector = run_connector(sim.url, workdir, args.jobs)
+        rows.append(_row("connector in-process", connector, requests=_requests_per_job(sim, since, args.jobs + 1)))
+        if server is not None:
+            since = time.time()
+            total, inside = run_jobqueue(sim.url, server.url(0), workdir, args.jobs)
+            rows.append(_row("through jobqueue (submit -> wait)", total,
+                             **{"in task p50 ms": percentile(inside, 50) if inside else float("nan"),
+                                "requests": _requests_per_job(sim, since, args.jobs + 1)}))
+    finally:
+        if server is not None:
+            server.stop()
+        sim.stop()
+    print(fmt_table(rows, ["side", "jobs", "p50 ms", "p90 ms", "p99 ms", "in task p50 ms", "requests"]))
+    base = rows[0]["p50 ms"]
+    for row in rows[1:]:
+        print(f"{row['side']}: {row['p50 ms'] / base:.2f}x the direct client's p50 (target <= 2x through jobqueue)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
