@@ -4,6 +4,7 @@ worker processes, real Redis and simulator processes over real sockets."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ from jobqueue.client import submit_job
 from jobqueue.comfyui_sim.process import SimulatorProcess
 from jobqueue.connectors.base import Job
 from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
-from jobqueue.errors import JobStalled, JobTimedOut
+from jobqueue.errors import JobCancelled, JobStalled, JobTimedOut, ServiceUnavailable
 from jobqueue.states import JobStatus
 from tests.helpers import wait_for
 from tests.jobqueue.comfyui_fixtures import connector_for, noop, sim, sim_process, slow
@@ -100,6 +101,65 @@ def test_a_timed_out_prompt_still_running_is_removed_before_the_next_job_posts(s
         entry = history(sim)[abandoned]
         assert entry["status"]["messages"][-1][0] == "execution_interrupted"
         assert ended_at(entry) <= next_post["time"]
+        assert conn.orphans.entries() == {}
+    finally:
+        conn.stop()
+
+
+def run_in_thread(conn: Any, job: Job) -> tuple[threading.Thread, list[Any]]:
+    """Run ``job`` on ``conn`` in a thread; the list gets its result or exception."""
+    outcome: list[Any] = []
+
+    def body() -> None:
+        try:
+            outcome.append(conn.run(job, noop))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_prompt_that_leaves_comfyuis_queue_without_a_result_is_not_waited_for(sim, tmp_path):
+    # Given our prompt pending behind another client's 8 s prompt, with a 30 s stall limit
+    requests.post(f"{sim.url}/prompt", json={"prompt": silent(8, 9), "client_id": "someone-else"}, timeout=5)
+    conn = connector_for(sim, tmp_path, stall_timeout=30.0)
+    try:
+        thread, outcome = run_in_thread(conn, Job(id="dropped", service="comfyui",
+                                                 payload={"workflow": EXAMPLE_WORKFLOW}))
+        ours = wait_for(lambda: [p for p in posted(sim) if p in queue_ids(sim)], 10, what="our prompt queued")[0]
+        # When someone deletes it from ComfyUI's queue (no result, no message to us)
+        requests.post(f"{sim.url}/queue", json={"delete": [ours]}, timeout=5)
+        deleted = time.monotonic()
+        thread.join(20)
+        # Then the job ends at once as not reached (retried), long before the other prompt ends
+        assert outcome and isinstance(outcome[0], ServiceUnavailable), outcome
+        assert "left ComfyUI's queue without a result" in str(outcome[0])
+        assert time.monotonic() - deleted < 5
+    finally:
+        conn.stop()
+
+
+def test_a_cancelled_prompt_whose_interrupt_cannot_land_is_removed_before_the_next_job_posts(sim, tmp_path):
+    # Given a job whose prompt runs a 4 s node without progress updates (an interrupt lands only
+    # at the node's next update)
+    conn = connector_for(sim, tmp_path)
+    try:
+        job = Job(id="cancelled", service="comfyui", payload={"workflow": silent(4)})
+        thread, outcome = run_in_thread(conn, job)
+        abandoned = wait_for(lambda: [p for p in posted(sim) if p in queue_ids(sim)], 10, what="the prompt")[0]
+        # When the job is cancelled
+        conn.cancel(job)
+        thread.join(20)
+        assert outcome and isinstance(outcome[0], JobCancelled), outcome
+        # Then its prompt waits in the orphan book while ComfyUI still runs it
+        assert abandoned in conn.orphans.entries() or abandoned not in queue_ids(sim)
+        # And the next job's prompt is posted only after the abandoned one left ComfyUI
+        conn.run(Job(id="next", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+        next_post = next(r for r in sim.requests()
+                         if r["path"] == "/prompt" and r["method"] == "POST" and r["body"]["prompt_id"] != abandoned)
+        assert ended_at(history(sim)[abandoned]) <= next_post["time"]
         assert conn.orphans.entries() == {}
     finally:
         conn.stop()
