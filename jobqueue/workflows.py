@@ -48,7 +48,7 @@ from jobqueue.errors import (
 )
 from jobqueue.events import RUN_JOB_TASK
 from jobqueue.internals import drop_chain, remaining_chain
-from jobqueue.states import FINAL_JOB_STATES, JobStatus
+from jobqueue.states import FINAL_JOB_STATES, JobStatus, workflow_status
 from jobqueue.submitted import record_submitted
 
 #: The key of a placeholder: ``{"$prev": "output"}`` takes the previous step's ``output``.
@@ -63,7 +63,6 @@ RECORD_PREFIX = "jobqueue-workflow-"
 #: ``JobHandle.cancel`` on a single step).
 STEP_PREFIX = "jobqueue-workflow-step-"
 
-_BAD_STATES = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
 
 
 @Signature.register_type(name=STEP_SIGNATURE_TYPE)
@@ -343,15 +342,7 @@ class WorkflowHandle:
     def status(self) -> JobStatus:
         """The workflow's status: that of its first failed/timed-out/cancelled step if any;
         completed when every step is; processing once a step started; else queued."""
-        statuses = self.statuses()
-        for status in statuses:
-            if status in _BAD_STATES:
-                return status
-        if all(status == JobStatus.COMPLETED for status in statuses):
-            return JobStatus.COMPLETED
-        if any(status != JobStatus.QUEUED for status in statuses):
-            return JobStatus.PROCESSING
-        return JobStatus.QUEUED
+        return workflow_status(self.statuses())
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the last step ends; return its result.

@@ -19,7 +19,7 @@ What is counted, per write transaction (the writer calls :meth:`Totals.record` i
 * ``webhook_deliveries{status}``: :meth:`Totals.add`, for the webhooks to come.
 
 A job's state before the transaction is remembered when SQLAlchemy loads its row (a ``load``
-event on :class:`monitor.store.Job`), so nothing in :mod:`monitor.apply` has to report.
+event on :class:`monitor.store.JobRow`), so nothing in :mod:`monitor.apply` has to report.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from jobqueue.events import CONNECTOR_STATUS, TASK_EVENTS, WORKER_EVENTS
 from jobqueue.states import FINAL_JOB_STATES
 from monitor import history
-from monitor.store import Base, Job, Store
+from monitor.store import Base, JobRow, Store
 
 #: Upper bounds (s) of the job runtime histogram: image jobs take from under a second (a
 #: cached re-run) to tens of minutes (video, large upscales).
@@ -65,7 +65,7 @@ class MetricTotal(Base):
     value: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-def _remember(target: Job, _context: Any) -> None:
+def _remember(target: JobRow, _context: Any) -> None:
     setattr(target, _BEFORE, (target.status, target.attempt or 0, target.started_at))
 
 
@@ -94,8 +94,8 @@ class Totals:
         history.create_table(store)
         #: When :meth:`record` last dropped expired hourly history (once an hour is enough).
         self._history_pruned = 0.0
-        if not event.contains(Job, "load", _remember):
-            event.listen(Job, "load", _remember)
+        if not event.contains(JobRow, "load", _remember):
+            event.listen(JobRow, "load", _remember)
         self._lock = threading.Lock()
         #: Totals as committed (the writer's view; a scrape reads the database).
         self._committed: dict[Key, float] = {k: v for k, v in self._read().items()}
@@ -180,7 +180,7 @@ class Totals:
         self._pending = None
 
     @staticmethod
-    def _job_delta(job: Job, delta: Delta, hourly: history.HourlyDelta, now: float) -> None:
+    def _job_delta(job: JobRow, delta: Delta, hourly: history.HourlyDelta, now: float) -> None:
         before = getattr(job, _BEFORE, None)
         status, attempt, started_at = before if before is not None else ("", 0, None)
         service = job.service or "unknown"

@@ -28,7 +28,7 @@ from sqlalchemy import delete
 
 from jobqueue.errors import MalformedEvent
 from jobqueue.states import JobStatus, empty_progress
-from monitor.store import Job, JobEvent, Tx
+from monitor.store import JobEventRow, JobRow, Tx
 
 #: A final state set by an event is taken back (the backend says the job still runs or
 #: waits) only once it is this old (s).
@@ -89,7 +89,7 @@ def apply_repair_event(event: dict[str, Any], tx: Tx) -> bool:
     return _truth(tx, job, event)
 
 
-def _lost(tx: Tx, job: Job, event: dict[str, Any]) -> bool:
+def _lost(tx: Tx, job: JobRow, event: dict[str, Any]) -> bool:
     from monitor.apply import _move
 
     raw = event.get("timestamp")
@@ -103,7 +103,7 @@ def _lost(tx: Tx, job: Job, event: dict[str, Any]) -> bool:
     return True
 
 
-def _truth(tx: Tx, job: Job, event: dict[str, Any]) -> bool:
+def _truth(tx: Tx, job: JobRow, event: dict[str, Any]) -> bool:
     from monitor.apply import _blob, _count_end, _job_ended, machine_of
 
     given = event.get("fields")
@@ -163,7 +163,7 @@ def _truth(tx: Tx, job: Job, event: dict[str, Any]) -> bool:
     return True
 
 
-def _set(job: Job, values: dict[str, Any], changed: list[str]) -> None:
+def _set(job: JobRow, values: dict[str, Any], changed: list[str]) -> None:
     for key, value in values.items():
         if getattr(job, key) != value:
             setattr(job, key, value)
@@ -188,8 +188,8 @@ def _expire(tx: Tx, ids: list[str]) -> bool:
     gone = [job.id for job in jobs]
     for start in range(0, len(gone), 500):
         chunk = gone[start:start + 500]
-        tx.session.execute(delete(JobEvent).where(JobEvent.job_id.in_(chunk)))
-        tx.session.execute(delete(Job).where(Job.id.in_(chunk)), execution_options={"synchronize_session": False})
+        tx.session.execute(delete(JobEventRow).where(JobEventRow.job_id.in_(chunk)))
+        tx.session.execute(delete(JobRow).where(JobRow.id.in_(chunk)), execution_options={"synchronize_session": False})
     for job in jobs:
         tx.session.expunge(job)
         tx.forget_job(job.id)
