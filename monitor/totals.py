@@ -34,7 +34,7 @@ from sqlalchemy import Float, String, event, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from jobqueue.events import CONNECTOR_STATUS, TASK_EVENTS, WORKER_EVENTS
-from jobqueue.states import FINAL_JOB_STATES
+from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor import history
 from monitor.store import Base, JobRow, Store
 
@@ -188,9 +188,8 @@ class Totals:
             delta[_key("jobs_seen", service=service)] += 1
         if job.status != status and job.status in _FINAL:
             delta[_key("jobs", service=service, status=job.status)] += 1
-            history.count(hourly, service=service, status=job.status, finished_at=job.finished_at,
-                          runtime=job.runtime, now=now)
-            if job.status == "completed" and job.runtime is not None and job.runtime >= 0:
+from jobqueue.states import FINAL_JOB_STATES, JobStatus
+from monitor import history
                 _observe(delta, "runtime", job.runtime, RUNTIME_BUCKETS, service)
         if before is not None and (job.attempt or 0) > attempt:
             delta[_key("retries", service=service)] += (job.attempt or 0) - attempt
