@@ -188,8 +188,9 @@ class Totals:
             delta[_key("jobs_seen", service=service)] += 1
         if job.status != status and job.status in _FINAL:
             delta[_key("jobs", service=service, status=job.status)] += 1
-from jobqueue.states import FINAL_JOB_STATES, JobStatus
-from monitor import history
+            history.count(hourly, service=service, status=job.status, finished_at=job.finished_at,
+                          runtime=job.runtime, now=now)
+            if job.status == JobStatus.COMPLETED.value and job.runtime is not None and job.runtime >= 0:
                 _observe(delta, "runtime", job.runtime, RUNTIME_BUCKETS, service)
         if before is not None and (job.attempt or 0) > attempt:
             delta[_key("retries", service=service)] += (job.attempt or 0) - attempt
