@@ -65,6 +65,7 @@ class Tx:
                 self._connectors[(conn.worker, conn.service)] = conn
 
     def job(self, job_id: str, create: bool = True) -> JobRow | None:
+        """The job ``job_id``; a new one with status "" (not yet known) when ``create``."""
         if job_id in self._jobs:
             job = self._jobs[job_id]
         else:
@@ -76,6 +77,7 @@ class Tx:
         return job
 
     def worker(self, name: str, create: bool = True) -> WorkerRow | None:
+        """The worker ``name``; a new online one, with the counts of its stored jobs, when ``create``."""
         if name in self._workers:
             worker = self._workers[name]
         else:
@@ -93,6 +95,7 @@ class Tx:
         return worker
 
     def connector(self, worker: str, service: str, create: bool = True) -> ConnectorRow | None:
+        """The connector ``service`` of ``worker``; a new starting one when ``create``."""
         key = (worker, service)
         if key in self._connectors:
             conn = self._connectors[key]
@@ -105,6 +108,7 @@ class Tx:
         return conn
 
     def machine(self, machine_id: str, create: bool = True) -> MachineRow | None:
+        """The machine ``machine_id``; a new offline one when ``create``."""
         if machine_id in self._machines:
             machine = self._machines[machine_id]
         else:
@@ -116,10 +120,12 @@ class Tx:
         return machine
 
     def jobs_of_worker(self, worker: str, statuses: tuple[str, ...]) -> list[JobRow]:
+        """The jobs of ``worker`` in one of ``statuses`` (this transaction's changes included)."""
         self.session.flush()
         return list(self.session.scalars(select(JobRow).where(JobRow.worker == worker, JobRow.status.in_(statuses))))
 
     def workers_of_machine(self, machine_id: str) -> list[WorkerRow]:
+        """The workers on ``machine_id`` (this transaction's changes included)."""
         self.session.flush()
         return list(self.session.scalars(select(WorkerRow).where(WorkerRow.machine_id == machine_id)))
 
