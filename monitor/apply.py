@@ -82,8 +82,9 @@ def _job_event(ev: dict[str, Any], tx: Tx) -> bool:
     assert job is not None
     created = job.status == ""
     old_worker = job.worker
-    out = job_rule(state_of(job), ev, ts, hostname)
-    write_back(job, out.state)
+    before = state_of(job)
+    out = job_rule(before, ev, ts, hostname)
+    write_back(job, before, out.state)
     if out.new_worker is not None:
         set_worker(tx, job, old_worker, out.new_worker, recount=out.recount)
     if out.claimed_by is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from jobqueue.events import TASK_PROGRESS, job_meta_from_kwargs
@@ -33,6 +33,8 @@ from monitor.apply_fields import (
 
 #: Final job statuses as stored strings.
 FINAL = frozenset(s.value for s in JobStatus if s.is_final)
+#: Job statuses by their stored string.
+_BY_VALUE = {s.value: s for s in JobStatus}
 #: Statuses a job leaves when a report of its next attempt arrives.
 _BETWEEN_ATTEMPTS = (JobStatus.RETRYING, JobStatus.LOST)
 
@@ -65,10 +67,13 @@ class JobState:
     @property
     def job_status(self) -> JobStatus | None:
         """The status as a :class:`JobStatus` (None when unset or unknown)."""
-        try:
-            return JobStatus(self.status) if self.status else None
-        except ValueError:
-            return None
+        return _BY_VALUE.get(self.status)
+
+    def copy(self) -> JobState:
+        """A shallow copy (the rules replace values, never change them in place)."""
+        twin = object.__new__(JobState)
+        twin.__dict__.update(self.__dict__)
+        return twin
 
 
 #: The names of :class:`JobState`'s fields (the job columns the rules own).
@@ -132,7 +137,7 @@ def final_progress(status: str, progress: dict[str, Any] | None) -> tuple[dict[s
 def job_rule(stored: JobState, ev: dict[str, Any], ts: float, hostname: str | None) -> JobOutcome:
     """Merge job event ``ev`` (type in :data:`JOB_RULES`, fields already checked) that
     happened at ``ts`` on worker ``hostname`` into ``stored``; ``stored`` is not changed."""
-    out = JobOutcome(state=replace(stored))
+    out = JobOutcome(state=stored.copy())
     out.changed = JOB_RULES[ev["type"]](out.state, ev, ts, hostname, out)
     return out
 
