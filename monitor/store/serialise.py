@@ -29,7 +29,7 @@ def connector_dict(c: ConnectorRow) -> dict[str, Any]:
 
 def worker_dict(w: WorkerRow, connectors: list[ConnectorRow], now: float) -> dict[str, Any]:
     """A worker as the API shows it; ``processed``/``failed`` count the jobs the store holds
-    that ended on it (see :func:`monitor.apply.count_end`)."""
+    that ended on it (see :func:`monitor.apply_effects.count_end`)."""
     status = w.status
     if status == WorkerStatus.ONLINE.value and w.draining:
         status = WorkerStatus.DRAINING.value
