@@ -19,7 +19,8 @@ What is counted, per write transaction (the writer calls :meth:`Totals.record` i
 * ``webhook_deliveries{status}``: :meth:`Totals.add`, for the webhooks to come.
 
 A job's state before the transaction is remembered when SQLAlchemy loads its row (a ``load``
-event on :class:`monitor.store.JobRow`), so nothing in :mod:`monitor.apply` has to report.
+event on :class:`monitor.store.JobRow`, kept in the session's ``info``, not on the row), so
+nothing in :mod:`monitor.apply` has to report.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ QUEUE_WAIT_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300
 KNOWN_EVENTS = frozenset((*TASK_EVENTS, *WORKER_EVENTS, CONNECTOR_STATUS))
 #: Final statuses as stored strings.
 _FINAL = frozenset(s.value for s in FINAL_JOB_STATES)
-#: Attribute a loaded Job carries: (status, attempt, started_at) as read from the database.
+#: Key in a write session's ``info``: {job id: (status, attempt, started_at) as loaded}.
 _BEFORE = "_jobqueue_totals_before"
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -65,8 +66,10 @@ class MetricTotal(Base):
     value: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-def _remember(target: JobRow, _context: Any) -> None:
-    setattr(target, _BEFORE, (target.status, target.attempt or 0, target.started_at))
+def _remember(target: JobRow, context: Any) -> None:
+    """A job was loaded: keep what the transaction found -- (status, attempt, started_at) by
+    job id in its session's ``info`` (the session is the transaction; nothing on the row)."""
+    context.session.info.setdefault(_BEFORE, {})[target.id] = (target.status, target.attempt or 0, target.started_at)
 
 
 def _key(name: str, **labels: str) -> Key:
@@ -130,7 +133,7 @@ class Totals:
                 continue
             job = tx.job(job_id, create=False)
             if job is not None:
-                self._job_delta(job, delta, hourly, tx.now)
+                self._job_delta(job, tx.session.info.get(_BEFORE, {}).get(job_id), delta, hourly, tx.now)
         if hourly:
             history.write(tx.session, hourly)
         if tx.now - self._history_pruned >= history.HOUR:
@@ -180,8 +183,8 @@ class Totals:
         self._pending = None
 
     @staticmethod
-    def _job_delta(job: JobRow, delta: Delta, hourly: history.HourlyDelta, now: float) -> None:
-        before = getattr(job, _BEFORE, None)
+    def _job_delta(job: JobRow, before: tuple[str, int, float | None] | None, delta: Delta,
+                   hourly: history.HourlyDelta, now: float) -> None:
         status, attempt, started_at = before if before is not None else ("", 0, None)
         service = job.service or "unknown"
         if before is None:
