@@ -1,8 +1,12 @@
-"""Celery defaults for jobqueue.
+"""Example Celery settings module: copy it to start your own (jobqueue never loads this file).
 
-These are the settings that do not depend on where you run. Everything that does (broker,
-result backend, timeouts, identity) comes from ``jobqueue.config.Settings.from_env()``: set
-``JOBQUEUE_*`` environment variables rather than editing this file. See docs/configuration.md.
+jobqueue loads its Celery defaults from inside the package (``jobqueue/celery_defaults.py``,
+the same values as below). To add settings of your deployment (message signing, TLS options),
+copy this file, keep or change what you need, and name your module in
+``JOBQUEUE_CELERY_CONFIG`` (e.g. ``JOBQUEUE_CELERY_CONFIG=mycelery``, importable on every
+worker, client and monitor host): it is loaded on top of the defaults, and the ``JOBQUEUE_*``
+variables (broker, result backend, ...) still win over it. See docs/configuration.md.
+tests/jobqueue/test_config.py checks that this example stays equal to the packaged defaults.
 """
 
 # JSON only: no pickle ever crosses the broker.

@@ -13,20 +13,18 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 
 from jobqueue.config import Settings
-
-T = TypeVar("T")
+from jobqueue.procs import ChildProcess, worker_command
+from jobqueue.procs import wait_until as wait_until  # the benchmarks import it from here
 
 #: Repository root (bench/ lives directly under it).
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,18 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "") -> T:
-    """Poll ``predicate`` until it returns something truthy; raise TimeoutError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def percentile(values: Iterable[float], pct: float) -> float:
@@ -105,67 +91,17 @@ def rss_mb(pid: int) -> float:
 
 
 # -- processes ---------------------------------------------------------------------------------
-class Process:
-    """A child process in its own session (so a kill reaches its children too), logging to a file."""
+class Process(ChildProcess):
+    """A :class:`jobqueue.procs.ChildProcess` run from the repository root."""
 
     def __init__(self, cmd: list[str], env: Mapping[str, str], log_path: Path | None = None) -> None:
-        self.cmd = cmd
-        self.env = dict(env)
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-
-    def start(self) -> Process:
-        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=str(ROOT), stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` to the whole process group; wait for the exit on SIGKILL/SIGTERM."""
-        if self.alive():
-            assert self.proc is not None
-            os.killpg(self.proc.pid, sig)
-            if sig in (signal.SIGKILL, signal.SIGTERM):
-                self.proc.wait(timeout=30)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``; close the log."""
-        if self.alive():
-            assert self.proc is not None
-            try:
-                os.killpg(self.proc.pid, signal.SIGCONT)
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-            except ProcessLookupError:
-                pass
-        if self._log not in (None, subprocess.DEVNULL):
-            self._log.close()
-            self._log = None
-
-    def log_text(self) -> str:
-        if self.log_path and self.log_path.exists():
-            return self.log_path.read_text(errors="replace")
-        return ""
+        super().__init__(cmd, env, log_path, cwd=ROOT)
 
 
 def worker_process(settings: Settings, queues: str, log_path: Path | None = None,
                    extra_args: Iterable[str] = (), **env: str) -> Process:
     """A (not yet started) ``celery -A jobqueue worker -Q <queues>`` process for ``settings``."""
-    cmd = [sys.executable, "-m", "celery", "-A", "jobqueue", "worker", "-Q", queues,
-           "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra_args]
-    return Process(cmd, child_env(settings, **env), log_path)
+    return Process(worker_command(queues, extra_args), child_env(settings, **env), log_path)
 
 
 def wait_worker_ready(app: Any, node_name: str, process: Process, timeout: float = 60.0) -> None:
@@ -180,11 +116,11 @@ def wait_worker_ready(app: Any, node_name: str, process: Process, timeout: float
     wait_until(answered, timeout, interval=0.1, what=f"worker {node_name} to answer ping")
 
 
-def monitor_process(settings: Settings, port: int, log_path: Path | None = None) -> Process:
+def monitor_process(settings: Settings, port: int, log_path: Path | None = None, **env: str) -> Process:
     """A (not yet started) monitor process (``python -m monitor.server``, what ``jobqueue
     monitor`` runs) for ``settings`` on ``port``."""
     cmd = [sys.executable, "-m", "monitor.server", "--host", "127.0.0.1", "--port", str(port)]
-    return Process(cmd, child_env(settings), log_path)
+    return Process(cmd, child_env(settings, **env), log_path)
 
 
 def wait_http(url: str, process: Process, timeout: float = 60.0) -> None:
@@ -209,8 +145,10 @@ class RedisServer:
     queued jobs must survive the broker going away).
     """
 
-    def __init__(self, *, appendonly: bool = False, port: int | None = None, workdir: Path | None = None) -> None:
+    def __init__(self, *, appendonly: bool = False, port: int | None = None, workdir: Path | None = None,
+                 bind: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.appendonly = appendonly
+        self.bind = bind
         self.port = port or free_port()
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="bench-redis-"))
@@ -221,7 +159,7 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server") or "redis-server"
-        cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+        cmd = [binary, "--port", str(self.port), "--bind", *self.bind, "--dir", str(self.dir),
                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                "--appendfsync", "everysec", "--protected-mode", "no"]
         self.process = Process(cmd, child_env(), self.dir / "redis.log").start()

@@ -40,48 +40,26 @@ from bench.common import (
 from jobqueue.celery_app import create_app
 from jobqueue.client import submit_job
 from jobqueue.events import TASK_PROGRESS
+from jobqueue.procs import EventListener
 
 
 class ProgressSent:
     """Event-stream listener: when each (job, step) progress event was sent."""
 
     def __init__(self, app: Any) -> None:
-        self.app = app
         self.sent: dict[tuple[str, int], float] = {}
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._receiver: Any = None
+        self._listener = EventListener(app, self._on_event, name="progress-sent")
 
     def _on_event(self, event: dict[str, Any]) -> None:
         if event.get("type") == TASK_PROGRESS and isinstance(event.get("step"), int):
             self.sent.setdefault((event["uuid"], event["step"]), float(event["timestamp"]))
 
     def start(self) -> ProgressSent:
-        self._thread.start()
-        self._ready.wait(10)
+        self._listener.start(10)
         return self
 
-    def _run(self) -> None:
-        with self.app.connection_for_read() as conn:
-            receiver = self.app.events.Receiver(conn, handlers={"*": self._on_event})
-            ready = receiver.on_consume_ready
-
-            def on_ready(*args: Any, **kwargs: Any) -> None:
-                ready(*args, **kwargs)
-                self._ready.set()
-
-            receiver.on_consume_ready = on_ready
-            self._receiver = receiver
-            for _ in receiver.consume(limit=None, timeout=None, safety_interval=0.5, wakeup=False):
-                if self._stop.is_set():
-                    break
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._receiver is not None:
-            self._receiver.should_stop = True
-        self._thread.join(5)
+        self._listener.stop(5)
 
 
 class WsClient:

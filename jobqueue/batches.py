@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jobqueue.client import JobHandle, _default_app, prepare_job
+from jobqueue.client import JobHandle, default_app, prepare_job
 from jobqueue.errors import SubmitError
 from jobqueue.events import RUN_JOB_TASK
 from jobqueue.submitted import record_submitted
@@ -100,7 +100,7 @@ def submit_batch(
     nothing is enqueued then. ``priority``, ``queue`` and ``timeout`` are as for
     :func:`~jobqueue.client.submit_job`.
     """
-    app = app or _default_app()
+    app = app or default_app()
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH_SIZE:
         raise SubmitError(f"count must be an integer 1..{MAX_BATCH_SIZE}, got {count!r}")
     if not isinstance(payload, dict):

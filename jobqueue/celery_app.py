@@ -6,17 +6,21 @@ settings. Tests build their own with ``create_app(Settings(...))``.
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any
 
 from celery import Celery
 from kombu.utils.objects import cached_property
 
 from jobqueue.config import Settings
+from jobqueue.errors import ConfigError
 from jobqueue.redis_health import backend_settings, transport_options
+from jobqueue.redis_urls import is_redis_url
 from jobqueue.routing import BROKER_MAX_PRIORITY, DEFAULT_PRIORITY, broker_priority
 
 
-class JobqueueCelery(Celery):
+class JobqueueCelery(Celery):  # type: ignore[misc]  # Celery ships no type hints
     """A Celery app that carries its :class:`Settings` and, inside a worker, the worker's
     runtime (connectors, identity, running jobs)."""
 
@@ -54,13 +58,35 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+#: Where jobqueue's Celery defaults live (see docs/configuration.md).
+DEFAULTS_MODULE = "jobqueue.celery_defaults"
+
+
+def celery_settings(module: ModuleType) -> dict[str, Any]:
+    """The Celery settings a config module defines: its public lower-case names, less the
+    modules and functions it imported."""
+    return {name: value for name, value in vars(module).items()
+            if not name.startswith("_") and name.islower()
+            and not isinstance(value, ModuleType) and not callable(value)}
+
+
+def _import_config(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(f"JOBQUEUE_CELERY_CONFIG={name!r}: cannot import it ({exc})") from exc
+
+
 def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -> JobqueueCelery:
     """A Celery app configured for ``settings`` (broker, backend, priorities, transport) with
     no tasks and no worker steps: what a client-only process such as the monitor needs."""
     settings = (settings or Settings.from_env()).resolved()
     app = JobqueueCelery(main, set_as_current=False)
     app.settings = settings
-    app.config_from_object("celeryconfig")
+    # The packaged defaults, never a ``celeryconfig`` that happens to be on sys.path.
+    app.config_from_object(DEFAULTS_MODULE)
+    if settings.celery_config:
+        app.conf.update(celery_settings(_import_config(settings.celery_config)))
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
@@ -71,7 +97,7 @@ def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -
         task_queue_max_priority=BROKER_MAX_PRIORITY,
         task_default_priority=broker_priority(DEFAULT_PRIORITY, is_redis=settings.is_redis),
     )
-    if settings.result_backend.startswith(("redis://", "rediss://", "redis+socket://")):
+    if is_redis_url(settings.result_backend):
         app.conf.update(backend_settings(settings.redis_health_interval))
     if settings.is_redis:
         from jobqueue.redis_transport import TRANSPORT_PATH
@@ -81,8 +107,8 @@ def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -
 
 
 def create_app(settings: Settings | None = None, *, main: str = "jobqueue") -> JobqueueCelery:
-    """Build the Celery app: defaults from ``celeryconfig``, ``settings`` on top, the job task
-    and the worker bootsteps registered."""
+    """Build the Celery app: the packaged defaults (and ``settings.celery_config``),
+    ``settings`` on top, the job task and the worker bootsteps registered."""
     app = configure_app(settings, main=main)
     # Imported here: tasks and worker steps need the app, not the other way round.
     from jobqueue.tasks import register_tasks

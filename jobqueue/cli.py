@@ -45,6 +45,16 @@ def celery_app() -> Iterator[Any]:
         app.close()
 
 
+@contextmanager
+def needs_extra(what: str, extra: str) -> Iterator[None]:
+    """Turn a missing optional dependency into a one-line error naming the extra to install."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"{what} needs the [{extra}] extra ({exc}): pip install 'jobqueue[{extra}]'") from None
+
+
 def parse_payload(text: str) -> dict[str, Any]:
     """The PAYLOAD_JSON argument as a dict, or a usage error saying what is wrong with it."""
     try:
@@ -219,7 +229,8 @@ def monitor(host: str | None, port: int | None, debug: bool = False) -> None:
     """Run the monitor (collector, store from JOBQUEUE_MONITOR_DB, API, dashboard) under gunicorn."""
     import logging
 
-    from monitor.server import serve
+    with needs_extra("the monitor", "monitor"):
+        from monitor.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -238,7 +249,8 @@ def monitor(host: str | None, port: int | None, debug: bool = False) -> None:
 def comfyui_sim(host: str, port: int, control_port: int | None, output_dir: str | None,
                 models: str | None = None, vram_gb: float | None = None) -> None:
     """Run the ComfyUI simulator (real HTTP + websocket, ComfyUI v0.3.64 protocol)."""
-    from jobqueue.comfyui_sim.server import run
+    with needs_extra("the ComfyUI simulator", "comfyui-sim"):
+        from jobqueue.comfyui_sim.server import run
 
     run(host, port, control_port=control_port, output_dir=output_dir,
         models_present=models.split(",") if models is not None else None, vram_gb=vram_gb)
@@ -254,7 +266,8 @@ def comfyui_sim(host: str, port: int, control_port: int | None, output_dir: str 
 @click.option("--step-seconds", type=float, default=0.05, show_default=True, help="Time per sampling step.")
 def a1111_sim(host: str, port: int, control_port: int | None, flavour: str, step_seconds: float) -> None:
     """Run the Stable Diffusion WebUI (A1111/Forge) simulator: the /sdapi/v1 API over real HTTP."""
-    from jobqueue.a1111_sim.server import run
+    with needs_extra("the WebUI simulator", "a1111-sim"):
+        from jobqueue.a1111_sim.server import run
 
     run(host, port, control_port=control_port, flavour=flavour, step_seconds=step_seconds)
 

@@ -30,6 +30,7 @@ from jobqueue.errors import (
     JobNotFound,
     SubmitError,
     WaitTimeout,
+    error_info,
 )
 from jobqueue.events import CONTROL_CANCEL_JOB, RUN_JOB_TASK
 from jobqueue.requirements import Requirements, resolve, route_queue
@@ -51,21 +52,14 @@ class JobNotFinished(JobError):
     """``result()`` was asked for a job that has not ended yet."""
 
 
-def _default_app() -> Any:
+def default_app() -> Any:
+    """The process's default Celery app (:func:`jobqueue.get_app`), for callers given none."""
     from jobqueue import get_app
 
     return get_app()
 
 
-def _error_of(exc: Any) -> dict[str, Any]:
-    to_dict = getattr(exc, "to_dict", None)
-    if callable(to_dict):
-        return dict(to_dict())
-    if isinstance(exc, BaseException):
-        return {"type": type(exc).__name__, "message": str(exc), "details": {}}
-    if isinstance(exc, dict):
-        return {"type": exc.get("exc_type"), "message": str(exc.get("exc_message", exc)), "details": {}}
-    return {"type": None, "message": "" if exc is None else str(exc), "details": {}}
+_default_app = default_app  # the old private name
 
 
 class JobHandle:
@@ -73,7 +67,7 @@ class JobHandle:
 
     def __init__(self, job_id: str, app: Any = None) -> None:
         self.id = job_id
-        self.app = app or _default_app()
+        self.app = app or default_app()
         #: True once the id is known to have been submitted (it never becomes unknown again).
         self.submitted = False
 
@@ -143,7 +137,7 @@ class JobHandle:
             # A REVOKED result is an exception (Celery cannot read back a dict there).
             reason = info.get("reason") if isinstance(info, dict) else (str(info) if info else None)
             raise JobFailed(self.id, JobStatus.CANCELLED.value, {"type": "JobCancelled", "message": reason or "cancelled"})
-        raise JobFailed(self.id, status.value, _error_of(info))
+        raise JobFailed(self.id, status.value, error_info(info))
 
     def result(self) -> Any:
         """The result of a completed job; :class:`JobFailed` if it ended badly;
@@ -296,7 +290,7 @@ def submit_job(
     https only, else :class:`~jobqueue.errors.SubmitError`) gets a signed POST when the job
     ends (see :mod:`jobqueue.webhooks`).
     """
-    app = app or _default_app()
+    app = app or default_app()
     if webhook_url is not None:
         from jobqueue.webhooks import check_webhook_url
 

@@ -11,11 +11,19 @@ from __future__ import annotations
 import os
 import re
 import socket
+import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from jobqueue.errors import ConfigError
+from jobqueue.redis_urls import is_redis_url
+
+#: Every setting's environment variable is this prefix + the field name in capitals.
+ENV_PREFIX = "JOBQUEUE_"
 
 #: Broker used when nothing is configured: the local Redis, database 0.
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -27,22 +35,13 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _as_bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"not a boolean: {value!r}")
-
-
 def _parse_url_map(value: str, variable: str = "JOBQUEUE_COMFYUI_URLS") -> dict[str, str]:
     """Parse ``gpu0=http://127.0.0.1:8188,gpu1=http://127.0.0.1:8189``."""
     result: dict[str, str] = {}
     for part in _split(value):
         key, sep, url = part.partition("=")
         if not sep or not key.strip() or not url.strip():
-            raise ConfigError(f"expected key=url in {variable}, got {part!r}")
+            raise ValueError(f"expected key=url in {variable}, got {part!r}")
         result[key.strip()] = url.strip()
     return result
 
@@ -54,7 +53,7 @@ def default_result_backend(broker_url: str) -> str:
     URL to keep in sync, so we keep it simple); on RabbitMQ the results still need a store
     that survives the client, so we fall back to the local Redis.
     """
-    if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+    if is_redis_url(broker_url):
         return broker_url
     return DEFAULT_BROKER_URL
 
@@ -68,9 +67,15 @@ def gpu_from_queues(queues: tuple[str, ...] | list[str]) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every knob of jobqueue, with its default. Build it with :meth:`from_env`."""
+class Settings(BaseSettings):
+    """Every knob of jobqueue, with its default. Build it with :meth:`from_env`.
+
+    A pydantic-settings model: each field's annotation is its real type, so a value read from
+    the environment is converted (and refused) by that type, never by guesswork. Constructing
+    ``Settings(...)`` directly reads nothing from the environment; only :meth:`from_env` does.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     #: Celery broker URL (Redis or RabbitMQ).
     broker_url: str = DEFAULT_BROKER_URL
@@ -85,7 +90,7 @@ class Settings:
     #: ComfyUI base URL for a worker with no per-GPU entry.
     comfyui_url: str = "http://127.0.0.1:8188"
     #: Per-GPU ComfyUI URLs, e.g. {"gpu0": "http://127.0.0.1:8188"}.
-    comfyui_urls: Mapping[str, str] = field(default_factory=dict)
+    comfyui_urls: Mapping[str, str] = Field(default_factory=dict)
     #: Where fetched outputs (images) are written.
     output_dir: str = "./jobqueue-outputs"
     #: Fault switch for tests and demos: while this file exists the simulated service is down.
@@ -154,7 +159,7 @@ class Settings:
     #: Stable Diffusion WebUI (A1111/Forge) base URL for a worker with no per-GPU entry.
     a1111_url: str = "http://127.0.0.1:7860"
     #: Per-GPU WebUI URLs, e.g. {"gpu0": "http://127.0.0.1:7860"}.
-    a1111_urls: Mapping[str, str] = field(default_factory=dict)
+    a1111_urls: Mapping[str, str] = Field(default_factory=dict)
     #: How often (s) long-lived Redis connections check their peer (PING, TCP keepalive); a
     #: dead peer is noticed, and the connection replaced, within about twice this.
     redis_health_interval: float = 10.0
@@ -171,6 +176,49 @@ class Settings:
     #: The monitor forgets a job that neither the result backend, a queue nor a worker knows
     #: after this many seconds (ids of forged or long-lost events).
     monitor_unknown_job_expiry: float = 600.0
+    #: Python module of extra Celery settings (message signing, TLS...) loaded on top of
+    #: jobqueue's packaged defaults; the other ``JOBQUEUE_*`` settings still win over it.
+    celery_config: str = ""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from exc
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the keyword arguments: the environment is read by :meth:`from_env` alone, so
+        ``Settings(...)`` in a test or a bench is the same wherever it runs."""
+        return (init_settings,)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """Turn an environment variable's text into what the field's type validates: lists
+        and maps from their comma-separated forms, an empty optional as None, an empty
+        boolean as false. Everything else (numbers, booleans) is left to the field's type."""
+        if not isinstance(value, str) or info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        origin = get_origin(annotation)
+        if origin is tuple:
+            return _split(value)
+        if origin is Mapping:
+            return _parse_url_map(value, ENV_PREFIX + info.field_name.upper())
+        text = value.strip()
+        if origin in (Union, types.UnionType) and type(None) in get_args(annotation):
+            return None if not text else text
+        if annotation is bool and not text:
+            return False
+        return value if annotation is str else text
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -182,17 +230,13 @@ class Settings:
         :mod:`jobqueue.upstate`).
         """
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get("JOBQUEUE_" + f.name.upper())
-            if raw is None:
-                continue
-            values[f.name] = _convert(f.name, f.type, raw)
+        values: dict[str, Any] = EnvironSource(cls, env)()
         values.update(overrides)
         if environ is None and "broker_url" not in values:
             from jobqueue.upstate import discovered_broker
 
-            found = discovered_broker(values.get("data_dir", cls.data_dir))
+            data_dir = values.get("data_dir", cls.model_fields["data_dir"].default)
+            found = discovered_broker(data_dir)
             values.update({k: v for k, v in found.items() if k not in values})
         settings = cls(**values)
         return settings.resolved()
@@ -201,8 +245,8 @@ class Settings:
         """The ``JOBQUEUE_*`` variables that make :meth:`from_env` rebuild these settings
         (how a parent hands its settings to a child process)."""
         env: dict[str, str] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for name in type(self).model_fields:
+            value = getattr(self, name)
             if value is None:
                 continue
             if isinstance(value, tuple):
@@ -211,7 +255,7 @@ class Settings:
                 value = ",".join(f"{k}={v}" for k, v in value.items())
             elif isinstance(value, bool):
                 value = "1" if value else "0"
-            env["JOBQUEUE_" + f.name.upper()] = str(value)
+            env[ENV_PREFIX + name.upper()] = str(value)
         return env
 
     def resolved(self) -> Settings:
@@ -221,7 +265,7 @@ class Settings:
             changes["result_backend"] = default_result_backend(self.broker_url)
         if not self.machine_id:
             changes["machine_id"] = socket.gethostname()
-        settings = replace(self, **changes) if changes else self
+        settings = self.model_copy(update=changes) if changes else self
         settings.check()
         return settings
 
@@ -256,24 +300,39 @@ class Settings:
     @property
     def is_redis(self) -> bool:
         """True when the broker is Redis (lease and restore apply only there)."""
-        return self.broker_url.startswith(("redis://", "rediss://", "redis+socket://"))
+        return is_redis_url(self.broker_url)
 
 
-def _convert(name: str, annotation: Any, raw: str) -> Any:
-    kind = str(annotation)
-    try:
-        if "tuple" in kind:
-            return _split(raw)
-        if "Mapping" in kind:
-            return _parse_url_map(raw, f"JOBQUEUE_{name.upper()}")
-        if kind.startswith("int | None"):
-            return int(raw) if raw.strip() else None
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "bool":
-            return _as_bool(raw)
-    except ValueError as exc:
-        raise ConfigError(f"JOBQUEUE_{name.upper()}={raw!r}: {exc}") from exc
-    return raw
+class EnvironSource(PydanticBaseSettingsSource):
+    """The ``JOBQUEUE_*`` variables of one environment mapping, as raw text by field name.
+
+    pydantic-settings' own environment source reads only ``os.environ`` and decodes lists as
+    JSON; ours reads the mapping it is given (tests pass their own) and leaves the text to
+    :meth:`Settings._from_text` and the fields' types.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """The raw text of ``field_name``'s variable (None when unset)."""
+        return self._environ.get(ENV_PREFIX + field_name.upper()), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            raw, _, _ = self.get_field_value(field, name)
+            if raw is not None:
+                values[name] = raw
+        return values
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per refused value, naming its variable: ``JOBQUEUE_GPU='first': ...``."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{ENV_PREFIX}{name.upper()}={error['input']!r}: {message}")
+    return "; ".join(lines)

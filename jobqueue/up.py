@@ -52,6 +52,16 @@ from jobqueue.supervisor import (
 from jobqueue.upstate import read_live_run_file, remove_run_file, write_run_file
 from jobqueue.worker.identity import WorkerIdentity
 
+#: The package extra that brings each optional component's dependencies (pyproject.toml).
+COMPONENT_EXTRAS = {"monitor": "monitor", "comfyui-sim": "comfyui-sim"}
+
+
+def install_hint(component: str) -> str:
+    """What to install when ``component`` cannot run: its extra, or everything ``up`` runs."""
+    extra = COMPONENT_EXTRAS.get(component, "up")
+    return f"install it with: pip install 'jobqueue[{extra}]' (or 'jobqueue[up]' for everything)"
+
+
 #: Port the ComfyUI simulator takes when it is free (ComfyUI's own default).
 COMFYUI_PORT = 8188
 #: Connector module that must import before the worker enables ``comfyui``.
@@ -178,7 +188,7 @@ class _Up:
         if port is None:
             if self.options.comfyui_sim:
                 self.sup.say(f"ComfyUI simulator not available ({component_available('comfyui-sim')[1]}): "
-                             "skipping it")
+                             f"skipping it; {install_hint('comfyui-sim')}")
             return False
         url = f"http://127.0.0.1:{port}"
         self.sup.start(ChildSpec(
@@ -223,7 +233,8 @@ class _Up:
         port = self.plan.monitor_port
         if port is None:
             if self.options.monitor:
-                self.sup.say(f"monitor not available ({component_available('monitor')[1]}): skipping it")
+                self.sup.say(f"monitor not available ({component_available('monitor')[1]}): skipping it; "
+                             f"{install_hint('monitor')}")
             return
         host = self.settings.monitor_host
         login = ""

@@ -32,7 +32,7 @@ from celery import signals
 from celery import states as celery_states
 
 from jobqueue.errors import ConfigError, SubmitError
-from jobqueue.events import RUN_JOB_TASK
+from jobqueue.events import JOB_WEBHOOK, RUN_JOB_TASK
 from jobqueue.states import JobStatus, job_status_from_celery
 
 log = logging.getLogger(__name__)
@@ -189,14 +189,28 @@ def deliver(task: Any, delivery: dict[str, Any]) -> str:
         pipe.set(delivered_key(delivery["id"]), "1", ex=expires)
     pipe.execute()
     if delivered:
+        _tell(task, delivery, record, "delivered")
         return "delivered"
     if tries >= settings.webhook_max_tries:
         log.warning("webhook %s for job %s given up after %d tries (%s)", delivery["id"], delivery["job_id"],
                     tries, error or status_code)
+        _tell(task, delivery, record, "given_up")
         return "given up"
     countdown = settings.webhook_backoff * 2 ** (tries - 1)
     enqueue(app, {**delivery, "try": tries + 1}, countdown)
+    _tell(task, delivery, record, "retrying")
     return "retrying"
+
+
+def _tell(task: Any, delivery: dict[str, Any], record: dict[str, Any], outcome: str) -> None:
+    """Publish a :data:`~jobqueue.events.JOB_WEBHOOK` event for this try (monitors count
+    deliveries by outcome). Best effort: the try is recorded in the backend whatever happens."""
+    try:
+        with task.app.events.default_dispatcher(hostname=task.request.hostname) as dispatcher:
+            dispatcher.send(JOB_WEBHOOK, uuid=delivery["job_id"], webhook_id=delivery["id"], outcome=outcome,
+                            attempt=record["try"], status_code=record["status_code"])
+    except Exception as exc:  # an event lost is a metric off by one, never a lost delivery
+        log.warning("webhook event for job %s not sent: %s", delivery["job_id"], exc)
 
 
 def _job_end(app: Any, task_id: str, state: str, retval: Any) -> tuple[JobStatus, Any, dict[str, Any] | None] | None:

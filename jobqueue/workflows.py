@@ -20,6 +20,9 @@ validated and run (``path`` is dotted, list indices are numbers, ``""`` is the w
 A failing step fails the workflow with that step's error; the later steps never run and end
 cancelled. Cancelling a workflow cancels its running and pending steps; cancelling any one step (its
 ``JobHandle.cancel``) cancels the steps after it. docs/workflows.md has the details.
+
+This module is the client side; a worker runs steps with :mod:`jobqueue.worker.workflow`, and
+what a step is (signature type, placeholders, record keys) is :mod:`jobqueue.workflow_steps`.
 """
 
 from __future__ import annotations
@@ -27,18 +30,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from celery import chain
 from celery import states as celery_states
-from celery.canvas import Signature
-from celery.exceptions import Ignore, Retry
 
-from jobqueue.client import JobHandle, _default_app, prepare_job
-from jobqueue.connectors import connector_class
+from jobqueue.client import JobHandle, default_app, prepare_job
 from jobqueue.errors import (
-    InvalidPayloadError,
     JobCancelled,
     JobFailed,
     SubmitError,
@@ -47,166 +46,28 @@ from jobqueue.errors import (
     WorkflowNotFound,
 )
 from jobqueue.events import RUN_JOB_TASK
-from jobqueue.internals import drop_chain, remaining_chain
 from jobqueue.states import FINAL_JOB_STATES, JobStatus, workflow_status
 from jobqueue.submitted import record_submitted
+from jobqueue.workflow_steps import (
+    PREV,
+    RECORD_PREFIX,
+    STEP_PREFIX,
+    STEP_SIGNATURE_TYPE,
+    StepSignature,
+    placeholder_paths,
+    record_key,
+    resolve_placeholders,
+)
 
-#: The key of a placeholder: ``{"$prev": "output"}`` takes the previous step's ``output``.
-PREV = "$prev"
+__all__ = [
+    "MAX_STEPS", "PREV", "RECORD_PREFIX", "STEP_PREFIX", "STEP_SIGNATURE_TYPE", "StepSignature",
+    "WorkflowHandle", "cancel_later_steps", "get_workflow", "placeholder_paths",
+    "resolve_placeholders", "submit_workflow",
+]
+
 #: Most steps one workflow may have.
 MAX_STEPS = 100
-#: Canvas type name of a workflow step (workers must import this module to rebuild them).
-STEP_SIGNATURE_TYPE = "jobqueue.step"
-#: Result-backend key prefix of workflow records (step ids, priority, submit time).
-RECORD_PREFIX = "jobqueue-workflow-"
-#: Result-backend key prefix that maps a step's job id to its workflow id (for
-#: ``JobHandle.cancel`` on a single step).
-STEP_PREFIX = "jobqueue-workflow-step-"
 
-
-
-@Signature.register_type(name=STEP_SIGNATURE_TYPE)
-class StepSignature(Signature):
-    """A ``run_job`` signature that receives the previous step's result as ``previous``.
-
-    A plain chain prepends the previous result to the next task's positional arguments;
-    ``run_job`` takes keyword arguments only, so this moves it into ``kwargs["previous"]``.
-    """
-
-    @classmethod
-    def from_dict(cls, d: Any, app: Any = None) -> StepSignature:
-        return cls(d, app=app)
-
-    def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None, **options: Any) -> Any:
-        if args:
-            kwargs = {**(kwargs or {}), "previous": args[0]}
-        return super().apply_async((), kwargs, route_name, **options)
-
-
-# -- placeholders -------------------------------------------------------------------------
-
-
-def _is_placeholder(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and PREV in value
-
-
-def placeholder_paths(value: Any) -> list[str]:
-    """Every ``$prev`` path in ``value`` (raises :class:`SubmitError` for a malformed one)."""
-    if _is_placeholder(value):
-        path = value[PREV]
-        if not isinstance(path, str):
-            raise SubmitError(f"{PREV} takes a dotted path string, got {path!r}")
-        return [path]
-    if isinstance(value, dict):
-        return [p for item in value.values() for p in placeholder_paths(item)]
-    if isinstance(value, list):
-        return [p for item in value for p in placeholder_paths(item)]
-    return []
-
-
-def _lookup(result: Any, path: str) -> Any:
-    value = result
-    for part in path.split(".") if path else ():
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
-            value = value[int(part)]
-        else:
-            raise KeyError(part)
-    return value
-
-
-def resolve_placeholders(value: Any, previous: Any) -> Any:
-    """``value`` with every ``{"$prev": path}`` replaced by that path of ``previous``.
-
-    Raises :class:`InvalidPayloadError` naming the path when ``previous`` has no such value.
-    """
-    if _is_placeholder(value):
-        path = value[PREV]
-        try:
-            return _lookup(previous, path)
-        except KeyError:
-            keys = sorted(previous) if isinstance(previous, dict) else []
-            raise InvalidPayloadError(
-                f"{PREV} path {path!r} is not in the previous step's result (keys: {keys})"
-            ) from None
-    if isinstance(value, dict):
-        return {k: resolve_placeholders(v, previous) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve_placeholders(v, previous) for v in value]
-    return value
-
-
-# -- worker side --------------------------------------------------------------------------
-
-
-def _later_steps(request: Any) -> list[dict[str, Any]]:
-    """The chain's remaining steps as signature dicts, next step first."""
-    return remaining_chain(request)
-
-
-def stop_later_steps(task: Any, reason: str) -> None:
-    """Mark every later step of the running step's workflow cancelled, and drop the chain.
-
-    Celery would otherwise store the failed step's error on each later step; they never ran,
-    so they end cancelled (``REVOKED`` with ``reason``) and the monitor hears ``task-revoked``
-    -- also for a step a client cancelled already (it was never published, so no worker
-    announced it).
-    """
-    request = task.request
-    later = _later_steps(request)
-    drop_chain(request)
-    app = task.app
-    for sig in later:
-        options = sig.get("options") or {}
-        step_id = options.get("task_id")
-        if not step_id:
-            continue
-        state = app.AsyncResult(step_id).state
-        if state in celery_states.READY_STATES and state != celery_states.REVOKED:
-            continue
-        if state != celery_states.REVOKED:
-            app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
-        with app.events.default_dispatcher(hostname=request.hostname) as dispatcher:
-            dispatcher.send(
-                "task-revoked", uuid=step_id, terminated=False, signum=None, expired=False,
-                name=RUN_JOB_TASK, kwargs=options.get("kwargsrepr"), reason=reason,
-            )
-
-
-def run_step(
-    task: Any,
-    run: Callable[[Any, str, dict[str, Any], dict[str, Any]], dict[str, Any]],
-    service: str,
-    payload: dict[str, Any],
-    options: dict[str, Any],
-    previous: Any = None,
-) -> dict[str, Any]:
-    """Run one workflow step with ``run`` (``tasks.run_job``): fill in ``$prev`` placeholders
-    from ``previous``, and end the later steps if this one fails or is cancelled."""
-    workflow_id, step = options.get("workflow_id"), options.get("step")
-    try:
-        if placeholder_paths(payload) and task.app.AsyncResult(task.request.id).state != celery_states.REVOKED:
-            payload = connector_class(service).validate(resolve_placeholders(payload, previous or {}))
-        result = run(task, service, payload, options)
-    except Retry:
-        raise
-    except Ignore:
-        stop_later_steps(task, f"workflow {workflow_id} cancelled at step {step}")
-        raise
-    except BaseException:
-        stop_later_steps(task, f"workflow {workflow_id} failed at step {step}")
-        raise
-    later = _later_steps(task.request)
-    if later and _is_cancelled((later[0].get("options") or {}).get("task_id"), task.app):
-        # The next step was cancelled on its own (JobHandle.cancel): never publish it, and
-        # end the steps after it with it (their state is already stored by the client).
-        stop_later_steps(task, f"workflow {workflow_id} cancelled at step {step + 1 if step else '?'}")
-    return result
-
-
-def _is_cancelled(job_id: str | None, app: Any) -> bool:
-    return bool(job_id) and app.AsyncResult(job_id).state == celery_states.REVOKED
 
 
 def cancel_later_steps(job_id: str, app: Any) -> list[str]:
@@ -226,7 +87,7 @@ def cancel_later_steps(job_id: str, app: Any) -> list[str]:
         return []
     if isinstance(workflow_id, bytes):
         workflow_id = workflow_id.decode()
-    raw = getter(_record_key(workflow_id))
+    raw = getter(record_key(workflow_id))
     if not raw:
         return []
     steps = list(json.loads(raw)["steps"])
@@ -243,9 +104,6 @@ def cancel_later_steps(job_id: str, app: Any) -> list[str]:
     return later
 
 
-# -- client side --------------------------------------------------------------------------
-
-
 def _check_steps(steps: Any) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(steps, (str, bytes, dict)) or not isinstance(steps, Sequence):
         raise SubmitError("steps must be a list of (service, payload) pairs")
@@ -257,10 +115,6 @@ def _check_steps(steps: Any) -> list[tuple[str, dict[str, Any]]]:
             raise SubmitError(f"step {number}: expected a (service, payload) pair, got {item!r}")
         checked.append((item[0], item[1]))
     return checked
-
-
-def _record_key(workflow_id: str) -> str:
-    return RECORD_PREFIX + workflow_id
 
 
 def submit_workflow(
@@ -277,7 +131,7 @@ def submit_workflow(
     ``queue`` (default: each step's service queue). Raises :class:`SubmitError` (or its
     subclasses, naming the step) when any step is invalid; nothing is enqueued then.
     """
-    app = app or _default_app()
+    app = app or default_app()
     pairs = _check_steps(steps)
     workflow_id = str(uuid.uuid4())
     submitted_at = time.time()
@@ -301,7 +155,7 @@ def submit_workflow(
               "priority": signatures[0].kwargs["options"]["priority"]}
     setter = getattr(app.backend, "set", None)
     if callable(setter):
-        setter(_record_key(workflow_id), json.dumps(record))
+        setter(record_key(workflow_id), json.dumps(record))
         for step_id in step_ids:
             setter(STEP_PREFIX + step_id, workflow_id)
     record_submitted(app, step_ids)  # later steps are sent by workers, but queued from now on
@@ -315,9 +169,9 @@ def get_workflow(workflow_id: str, *, app: Any = None) -> WorkflowHandle:
     Raises :class:`~jobqueue.errors.WorkflowNotFound` when no record exists (never
     submitted, or expired with the results).
     """
-    app = app or _default_app()
+    app = app or default_app()
     getter = getattr(app.backend, "get", None)
-    raw = getter(_record_key(workflow_id)) if callable(getter) else None
+    raw = getter(record_key(workflow_id)) if callable(getter) else None
     if not raw:
         raise WorkflowNotFound(f"no workflow {workflow_id}")
     record = json.loads(raw)
@@ -329,7 +183,7 @@ class WorkflowHandle:
 
     def __init__(self, workflow_id: str, step_ids: Sequence[str], app: Any = None) -> None:
         self.id = workflow_id
-        self.app = app or _default_app()
+        self.app = app or default_app()
         self.steps = [JobHandle(step_id, self.app) for step_id in step_ids]
 
     def __repr__(self) -> str:

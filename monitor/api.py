@@ -104,6 +104,16 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
     return result
 
 
+def queue_estimates(now: float) -> list[dict[str, Any]]:
+    """Every queued job (the fields of :meth:`Store.queue_order`) with its ``queue_position``
+    and ``eta_seconds`` as of ``now``: the one place the monitor computes queue ETAs."""
+    store = ctx().store
+    medians, workers = store.service_medians(), store.workers()
+    running = {j["id"]: j for j in store.jobs(state=[JobStatus.PROCESSING.value], limit=MAX_LIMIT)[0]}
+    return annotate(store.queue_order(), medians, consumers_per_queue(workers),
+                    busy_until(workers, running, medians, now))
+
+
 def _annotate_queued(found: list[dict[str, Any]]) -> None:
     """Queue position and expected wait of the queued jobs in ``found``, among all queued."""
     wanted = {j["id"]: j for j in found if j["status"] == JobStatus.QUEUED}
@@ -111,11 +121,7 @@ def _annotate_queued(found: list[dict[str, Any]]) -> None:
     annotate_waiting(found, store.workers() if any(j.get("requires") and j["status"] in WAITING for j in found) else [])
     if not wanted:
         return
-    store = ctx().store
-    medians, workers = store.service_medians(), store.workers()
-    running = {j["id"]: j for j in store.jobs(state=[JobStatus.PROCESSING.value], limit=MAX_LIMIT)[0]}
-    queued = annotate(store.queue_order(), medians, consumers_per_queue(workers), busy_until(workers, running, medians))
-    for other in queued:
+    for other in queue_estimates(time.time()):
         if other["id"] in wanted:
             wanted[other["id"]].update(queue_position=other["queue_position"], eta_seconds=other.get("eta_seconds"))
 
@@ -189,6 +195,16 @@ def waiting() -> Any:
     store = ctx().store
     retrying, _ = store.jobs(state=[JobStatus.RETRYING.value], limit=MAX_LIMIT)
     return jsonify({"waiting": waiting_reasons(store.queued_jobs() + retrying, store.workers())})
+
+
+@bp.get("/api/estimates")
+def estimates() -> Any:
+    """``{"at": server time, "jobs": {job id: {"position", "wait"}}}``: every queued job's
+    queue position and expected wait (seconds from ``at``; null when unknown). Pages show these
+    and count them down; they never compute a queue ETA themselves."""
+    now = time.time()
+    jobs = {j["id"]: {"position": j["queue_position"], "wait": j.get("eta_seconds")} for j in queue_estimates(now)}
+    return jsonify({"at": now, "jobs": jobs})
 
 
 @bp.get("/api/workflows/<workflow_id>")

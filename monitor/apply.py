@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 
 from jobqueue.errors import MalformedEvent
-from jobqueue.events import CONNECTOR_STATUS, TASK_PROGRESS
+from jobqueue.events import CONNECTOR_STATUS, JOB_WEBHOOK, TASK_PROGRESS
 from jobqueue.states import ConnectorStatus, JobStatus
 from monitor import truth
 from monitor.apply_effects import NODE, left_worker, machine_of, move_row, set_worker, state_of, write_back
@@ -303,6 +303,8 @@ def apply(event: Any, tx: Tx) -> bool:
         return _worker_event(event, tx)
     if kind == CONNECTOR_STATUS:
         return _connector_event(event, tx)
+    if kind == JOB_WEBHOOK:
+        return False  # a webhook try changes no job: the totals count it (monitor.totals)
     raise MalformedEvent(f"unknown event type {kind[:80]!r}")
 
 

@@ -8,9 +8,9 @@
   job ends (that job's ETA counted down, else its service's median minus the time it has run),
   and each job ahead takes its service's completion-time median on the first worker free
   (``services`` in the snapshot, a ``service`` delta when it changes). It depends on other jobs,
-  so it is computed when read: here for REST and snapshots, and by the dashboard
-  (``JQ.queueEstimates`` in ``static/js/common.js``) from the live state with the same rule —
-  recomputing it server-side would mean a delta for every job behind any queue change.
+  so it is computed when read, here only: for REST, snapshots and ``GET /api/estimates``, which
+  the dashboard asks whenever the live state changes and then counts down — recomputing it on
+  every change would mean a delta for every job behind any queue change.
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ def document() -> dict[str, Any]:
         "/api/jobs/{job_id}": _get("One job with its timeline", job, 404),
         "/api/jobs/{job_id}/cancel": _post("Cancel a job", job, _EMPTY, "202", 404, 409),
         "/api/jobs/{job_id}/retry": _post("Submit a job again", job, _EMPTY, "201", 404, 409),
+        "/api/estimates": _get("Queue position and expected wait of every queued job"),
         "/api/workflows/{workflow_id}": _get("A workflow's steps", [_path("workflow_id")], 404),
         "/api/workers/{name}/drain": _post("Stop a worker taking jobs", worker, _EMPTY, "202", 404),
         "/api/workers/{name}/resume": _post("Let a drained worker take jobs", worker, _EMPTY, "202", 404),
@@ -88,6 +89,7 @@ def document() -> dict[str, Any]:
         "/api/dead-letters": _get("Poison messages per queue", [_query("items", {
             "type": "integer", "minimum": 0, "maximum": 100})], 400, 503),
         "/api/auth": _get("Whether controls need credentials and this request has them"),
+        "/api/services/{name}/schema": _get("JSON schema of a service's job payload", [_path("name")], 404),
         "/healthz": _get("Liveness of collector and writer", None, 503),
     }
     return {

@@ -19,6 +19,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
+from jobqueue.errors import error_info
 from jobqueue.events import job_meta_from_kwargs
 from jobqueue.states import JobStatus, job_status_from_celery
 from jobqueue.summary import summarize_payload
@@ -53,17 +54,6 @@ def meta_of(kwargs: Any) -> dict[str, Any]:
             meta["payload_summary"] = summary
         return meta
     return job_meta_from_kwargs(kwargs)
-
-
-def error_of(result: Any) -> dict[str, Any]:
-    """``{type, message, details}`` of an exception as Celery's JSON backend stores it."""
-    if isinstance(result, dict) and "exc_type" in result:
-        args = result.get("exc_message")
-        args = args if isinstance(args, (list, tuple)) else [args]
-        message = str(args[0]) if args else ""
-        details = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
-        return {"type": result.get("exc_type"), "message": message, "details": details}
-    return {"type": None, "message": "" if result is None else str(result), "details": {}}
 
 
 def status_of(meta: dict[str, Any] | None) -> JobStatus | None:
@@ -108,7 +98,7 @@ def _truth_fields(meta: dict[str, Any] | None, facts: dict[str, Any], status: Jo
     fields["finished_at"] = ts_of(facts.get("finished_at")) or ts_of(record.get("date_done"))
     result = record.get("result")
     fields["result"] = result if status == JobStatus.COMPLETED else None
-    fields["error"] = None if status == JobStatus.COMPLETED else error_of(result)
+    fields["error"] = None if status == JobStatus.COMPLETED else error_info(result)
     return fields
 
 
@@ -172,11 +162,11 @@ def _attempts(base: dict[str, Any], record: dict[str, Any], facts: dict[str, Any
             runtime = result.get("duration")
         events.append({**final, "type": "task-succeeded", "result": result, "runtime": runtime})
     elif status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
-        events.append({**final, "type": "task-failed", "error": error_of(result), "runtime": runtime})
+        events.append({**final, "type": "task-failed", "error": error_info(result), "runtime": runtime})
     elif status == JobStatus.CANCELLED:
         events.append({**final, "type": "task-revoked"})
     elif status == JobStatus.RETRYING:
-        events.append({**final, "type": "task-retried", "error": error_of(result)})
+        events.append({**final, "type": "task-retried", "error": error_info(result)})
     elif status == JobStatus.PROCESSING and worker and record.get("status") == "PROGRESS" and isinstance(result, dict):
         events.append({**final, **{k: result.get(k) for k in (
             "percent", "step", "total_steps", "message", "node", "eta_seconds", "attempt")},

@@ -28,6 +28,7 @@ from jobqueue.config import Settings
 from jobqueue.connectors import CONNECTORS
 from jobqueue.events import CONNECTOR_STATUS, CONTROL_CONNECTOR_STATUS
 from jobqueue.internals import global_keyprefix, result_key_prefix
+from jobqueue.redis_urls import is_redis_url
 from jobqueue.routing import redis_queue_keys
 from jobqueue.states import JobStatus
 from monitor import repair_store
@@ -155,7 +156,7 @@ class Repair:
         may have come from an event; the backend is the authority). Returns (events queued,
         ids the backend knows, whether the backend could be listed)."""
         backend = self.settings.result_backend
-        if not backend.startswith(("redis://", "rediss://", "redis+socket://")):
+        if not is_redis_url(backend):
             return 0, set(), False
         client = self._redis(backend)
         meta_prefix = result_key_prefix(self.app)

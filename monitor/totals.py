@@ -16,7 +16,8 @@ What is counted, per write transaction (the writer calls :meth:`Totals.record` i
 * ``queue_wait{service}`` (histogram): from submission to the first start of a job;
 * ``events{type}``: events the writer received (:meth:`Totals.count_events`, before
   coalescing), unknown types as ``other``;
-* ``webhook_deliveries{status}``: :meth:`Totals.add`, for the webhooks to come.
+* ``webhook_deliveries{status}``: webhook tries by outcome (delivered, retrying, given_up), from
+  the workers' ``job-webhook`` events.
 
 A job's state before the transaction is remembered when SQLAlchemy loads its row (a ``load``
 event on :class:`monitor.store.JobRow`, kept in the session's ``info``, not on the row), so
@@ -34,7 +35,7 @@ from typing import Any
 from sqlalchemy import Float, String, event, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from jobqueue.events import CONNECTOR_STATUS, TASK_EVENTS, WORKER_EVENTS
+from jobqueue.events import CONNECTOR_STATUS, JOB_WEBHOOK, TASK_EVENTS, WEBHOOK_OUTCOMES, WORKER_EVENTS
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor import history
 from monitor.store import Base, JobRow, Store
@@ -46,7 +47,7 @@ RUNTIME_BUCKETS: tuple[float, ...] = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 60
 #: busy for an hour".
 QUEUE_WAIT_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 #: Event types counted by name; anything else is counted as ``other`` (bounded label values).
-KNOWN_EVENTS = frozenset((*TASK_EVENTS, *WORKER_EVENTS, CONNECTOR_STATUS))
+KNOWN_EVENTS = frozenset((*TASK_EVENTS, *WORKER_EVENTS, CONNECTOR_STATUS, JOB_WEBHOOK))
 #: Final statuses as stored strings.
 _FINAL = frozenset(s.value for s in FINAL_JOB_STATES)
 #: Key in a write session's ``info``: {job id: (status, attempt, started_at) as loaded}.
@@ -114,6 +115,9 @@ class Totals:
         for ev in events:
             kind = ev.get("type") if isinstance(ev, dict) else None
             counts[_key("events", type=kind if kind in KNOWN_EVENTS else "other")] += 1
+            if kind == JOB_WEBHOOK:  # bounded label values: anything else is "other"
+                outcome = ev.get("outcome")
+                counts[_key("webhook_deliveries", status=outcome if outcome in WEBHOOK_OUTCOMES else "other")] += 1
         with self._lock:
             for key, amount in counts.items():
                 self._events[key] += amount

@@ -18,6 +18,12 @@ A final state that a well-formed event claims is verified against the result bac
 next repair (:mod:`monitor.truth`), which corrects it when the backend disagrees. Events are
 not authenticated: deployments that need that should turn on Celery's message signing (see
 docs/dashboard.md).
+
+The checks are hand-written on purpose: the same checks as a strict pydantic model
+(``create_model`` over :data:`RANGES`, ``extra="ignore"``) cost 2.9-4.6 µs per event against
+0.8-1.7 µs here (2026-12-02, four realistic events, shared 2-CPU machine), on the path every
+event of the stream takes; the ingestion benchmark could not tell the two apart through its
+noise, so the cheaper one stays.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import JobqueueError
 from jobqueue.outputs import is_safe_name
 from monitor import auth
+from monitor.api import error_response
 
 #: Blueprint the monitor's app factory registers when this module exists.
 bp = Blueprint(
@@ -41,6 +42,20 @@ def service_examples() -> dict[str, Any]:
             # server refuses the job with a clear error if it cannot run it.
             examples[service] = None
     return examples
+
+
+@bp.get("/api/services/<name>/schema")
+def service_schema(name: str) -> Any:
+    """The JSON schema of ``name``'s job payload (its connector's pydantic models): the client
+    page lists the fields and checks a payload against it before sending; the server checks
+    again at submit. 404 for a service no connector provides here."""
+    try:
+        connector = connector_class(name) if name in CONNECTORS else None
+    except (ImportError, AttributeError, JobqueueError):
+        connector = None
+    if connector is None:
+        return error_response(404, "not_found", f"no connector for service {name!r} on this monitor")
+    return jsonify(connector.payload_schema())
 
 
 @bp.get("/")

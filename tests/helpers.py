@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+from jobqueue.procs import ChildProcess, stop_group, wait_until, worker_command
 
 T = TypeVar("T")
 
@@ -18,15 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
     """Poll ``predicate`` until it returns something truthy; return it or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}: last={last!r}")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, interval, what, error=AssertionError)
 
 
 def child_env(settings_env: Mapping[str, str], **extra: str) -> dict[str, str]:
@@ -66,43 +57,27 @@ def busy_worker(app: Any, queue: str | None = None, seconds: float = 1.5) -> Any
     return blocker
 
 
-def stop_process_group(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
-    """SIGTERM a child started with ``start_new_session=True`` and its whole group; SIGKILL
-    it if it has not exited after ``timeout`` seconds, so no test leaves processes behind."""
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+#: SIGTERM a child started with ``start_new_session=True`` and its whole group, SIGKILL after a
+#: timeout, so no test leaves processes behind.
+stop_process_group = stop_group
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """A real ``celery -A jobqueue worker`` subprocess."""
 
     def __init__(self, env: Mapping[str, str], queues: str = "gpu0", log_path: Path | None = None,
                  extra_args: tuple[str, ...] = ()) -> None:
-        self.env = dict(env)
+        super().__init__(worker_command(queues, extra_args), env, log_path, cwd=ROOT)
         self.queues = queues
-        self.log_path = log_path
-        self.extra_args = extra_args
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
 
     @property
     def node_name(self) -> str:
         gpu = self.queues.split(",")[0].removeprefix("gpu")
-        machine = self.env.get("JOBQUEUE_MACHINE_ID", "")
+        machine = (self.env or {}).get("JOBQUEUE_MACHINE_ID", "")
         return f"gpu{gpu}@{machine}"
 
     def start(self) -> WorkerProcess:
-        cmd = [sys.executable, "-m", "celery", "-A", "jobqueue", "worker", "-Q", self.queues,
-               "--loglevel", "INFO", "--without-mingle", "--without-gossip", *self.extra_args]
-        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, env=self.env, cwd=str(ROOT), stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        super().start()
         return self
 
     def wait_ready(self, app: Any, timeout: float = 30.0) -> WorkerProcess:
@@ -110,27 +85,15 @@ class WorkerProcess:
         name = self.node_name
 
         def answered() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}; log: {self.log_text()[-3000:]}")
+            code = self.exited_with()
+            if code is not None:
+                raise AssertionError(f"worker exited with {code}; log: {self.log_text()[-3000:]}")
             replies = app.control.ping(destination=[name], timeout=0.5) or []
             return any(name in r for r in replies)
 
         wait_for(answered, timeout, interval=0.1, what=f"worker {name} to answer ping")
         return self
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
-
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the whole process group (SIGKILL: no goodbye, no restore)."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            if sig in (signal.SIGKILL, signal.SIGTERM):
-                self.proc.wait(timeout=30)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        stop_process_group(self.proc, timeout)
-        if self._log not in (None, subprocess.DEVNULL):
-            self._log.close()
-            self._log = None
+        self.signal(sig)

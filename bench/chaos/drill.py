@@ -26,6 +26,7 @@ from celery import states as celery_states
 
 from bench.common import Process, wait_worker_ready, worker_process
 from jobqueue.config import Settings
+from jobqueue.procs import EventListener
 
 
 class Fleet:
@@ -82,18 +83,13 @@ class Observer:
     records every ``task-started`` / ``task-succeeded`` per job."""
 
     def __init__(self, app: Any) -> None:
-        self.app = app
         self.jobs: dict[str, JobTrace] = defaultdict(JobTrace)
         self.last_event_at = 0.0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._receiver: Any = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="drill-observer", daemon=True)
+        self._listener = EventListener(app, self._on_event, name="drill-observer")
 
     def start(self, timeout: float = 10.0) -> Observer:
-        self._thread.start()
-        self._ready.wait(timeout)
+        self._listener.start(timeout)
         return self
 
     def _on_event(self, event: dict[str, Any]) -> None:
@@ -105,25 +101,6 @@ class Observer:
         with self._lock:
             trace = self.jobs[event["uuid"]]
             (trace.started if kind == "task-started" else trace.succeeded).append((now, event.get("hostname", "")))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with self.app.connection_for_read() as conn:
-                    receiver = self.app.events.Receiver(conn, handlers={"*": self._on_event})
-                    subscribed = receiver.on_consume_ready
-
-                    def on_ready(*args: Any, _subscribed: Any = subscribed, **kwargs: Any) -> None:
-                        _subscribed(*args, **kwargs)
-                        self._ready.set()
-
-                    receiver.on_consume_ready = on_ready
-                    self._receiver = receiver
-                    for _ in receiver.consume(limit=None, timeout=None, safety_interval=0.5, wakeup=False):
-                        if self._stop.is_set():
-                            break
-            except Exception:  # broker gone (the Redis drill): reconnect after a pause
-                self._stop.wait(0.5)
 
     def running_on(self, hostname: str) -> list[str]:
         """Jobs whose last start was on ``hostname`` and that have not succeeded."""
@@ -140,10 +117,7 @@ class Observer:
         return {"starts_seen": starts, "started_jobs": started_jobs, "reruns": reruns, "duplicates": duplicates}
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._receiver is not None:
-            self._receiver.should_stop = True
-        self._thread.join(5)
+        self._listener.stop(5)
 
 
 def backend_states(app: Any, job_ids: list[str]) -> dict[str, str]:

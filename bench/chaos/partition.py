@@ -23,11 +23,10 @@ ever reported the job done (``cutoff_done``).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,12 @@ import requests
 
 from bench.chaos.drill import Observer, backend_states, summary_line
 from bench.chaos.netns import Machine, Network
-from bench.common import Process, child_env, free_port, wait_http, wait_until
+from bench.common import Process, RedisServer, child_env, free_port, monitor_process, wait_http, wait_until
 from bench.s3 import MotoS3Server
 from jobqueue.celery_app import create_app
 from jobqueue.client import submit_job
 from jobqueue.config import Settings
+from jobqueue.procs import worker_command
 
 #: Ports inside every machine (each namespace has its own loopback).
 COMFYUI_PORT, COMFYUI_CONTROL_PORT = 8188, 8189
@@ -84,27 +84,9 @@ class Result:
 
 def start_broker(network: Network, workdir: Path) -> tuple[Process, str]:
     """A private redis-server on the host's loopback and bridge address."""
-    port = free_port()
-    binary = shutil.which("redis-server") or "redis-server"
-    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", network.host_ip, "--dir", str(workdir),
-           "--save", "", "--appendonly", "no", "--protected-mode", "no"]
-    process = Process(cmd, child_env(), workdir / "redis.log").start()
-    url = f"redis://{network.host_ip}:{port}/0"
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    try:
-        wait_until(up, 15, interval=0.1, what="the drill's redis-server")
-    finally:
-        client.close()
-    return process, url
+    server = RedisServer(workdir=workdir, bind=("127.0.0.1", network.host_ip)).start(timeout=15)
+    assert server.process is not None
+    return server.process, f"redis://{network.host_ip}:{server.port}/0"
 
 
 def machine_processes(machine: Machine, settings: Settings, s3: MotoS3Server, workdir: Path) -> list[Process]:
@@ -114,8 +96,7 @@ def machine_processes(machine: Machine, settings: Settings, s3: MotoS3Server, wo
                                    "--port", str(COMFYUI_PORT), "--control-port", str(COMFYUI_CONTROL_PORT),
                                    "--output-dir", str(workdir / f"{machine.name}-comfyui")]),
                   child_env(), workdir / f"{machine.name}-comfyui.log").start()
-    worker = Process(machine.command([python, "-m", "celery", "-A", "jobqueue", "worker", "-Q", "gpu0",
-                                      "--loglevel", "INFO", "--without-mingle", "--without-gossip"]),
+    worker = Process(machine.command(worker_command("gpu0")),
                      child_env(settings, **s3.aws_env()), workdir / f"{machine.name}-worker.log").start()
     return [sim, worker]
 
@@ -167,14 +148,13 @@ def run(workdir: Path, *, machines: int = 2, job_seconds: int = 30, cut: float =
         app = create_app(base_settings.resolved())
         observer = Observer(app).start()
         port = free_port()
-        monitor = Process([sys.executable, "-m", "monitor.server", "--host", "127.0.0.1", "--port", str(port)],
-                          child_env(base_settings.resolved(), **s3.aws_env()), workdir / "monitor.log").start()
+        monitor = monitor_process(base_settings.resolved(), port, workdir / "monitor.log", **s3.aws_env()).start()
         processes.append(monitor)
         base = f"http://127.0.0.1:{port}"
         nodes: dict[str, Machine] = {}
         for _ in range(machines):
             machine = network.add_machine()
-            settings = replace(base_settings, machine_id=machine.name).resolved()
+            settings = base_settings.model_copy(update={"machine_id": machine.name}).resolved()
             processes.extend(machine_processes(machine, settings, s3, workdir))
             nodes[f"gpu0@{machine.name}"] = machine
         wait_http(f"{base}/healthz", monitor)

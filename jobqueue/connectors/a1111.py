@@ -39,9 +39,10 @@ import requests
 
 from jobqueue.config import Settings
 from jobqueue.connectors.a1111_fields import ROUTES
-from jobqueue.connectors.a1111_payload import request_body, validate_payload
+from jobqueue.connectors.a1111_payload import request_body
 from jobqueue.connectors.a1111_post import BlockingPost
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
+from jobqueue.connectors.payloads import A1111_MODELS, validate_a1111
 from jobqueue.errors import ExecutionFailed, JobCancelled, JobStalled, JobTimedOut, ServiceUnavailable
 from jobqueue.outputs import save_output
 from jobqueue.states import ConnectorStatus
@@ -120,6 +121,7 @@ class A1111Connector(Connector):
     example_payload = {"prompt": "a lighthouse on a cliff at dusk, oil painting", "negative_prompt": "blurry",
                        "steps": 20, "width": 512, "height": 512, "seed": 42, "sampler_name": "Euler a",
                        "cfg_scale": 7.0}
+    payload_models = tuple(A1111_MODELS.values())
 
     def __init__(self, settings: Settings, *, gpu: int = 0) -> None:
         super().__init__(settings, gpu=gpu)
@@ -136,7 +138,7 @@ class A1111Connector(Connector):
 
     @classmethod
     def validate(cls, payload: Any) -> dict[str, Any]:
-        return validate_payload(payload)
+        return validate_a1111(payload)
 
     def stop(self) -> None:
         self._http.close()

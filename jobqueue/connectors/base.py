@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Protocol
 
 from jobqueue.config import Settings
 from jobqueue.connectors.orphans import OrphanBook
+from jobqueue.connectors.payloads import PayloadModel, schema_of
 from jobqueue.errors import InvalidPayloadError, JobCancelled, JobTimedOut
 from jobqueue.states import ConnectorStatus
 
@@ -120,6 +121,9 @@ class Connector(ABC):
     service: ClassVar[str]
     #: An example payload, shown on the client page and in docs.
     example_payload: ClassVar[dict[str, Any]] = {}
+    #: The pydantic models of this connector's payloads (:mod:`jobqueue.connectors.payloads`),
+    #: one per kind of request; empty: any JSON object.
+    payload_models: ClassVar[tuple[type[PayloadModel], ...]] = ()
 
     def __init__(self, settings: Settings, *, gpu: int = 0) -> None:
         self.settings = settings
@@ -141,6 +145,11 @@ class Connector(ABC):
         if not isinstance(payload, dict):
             raise InvalidPayloadError(f"{cls.service}: payload must be a JSON object")
         return payload
+
+    @classmethod
+    def payload_schema(cls) -> dict[str, Any]:
+        """The JSON schema of this connector's payload (``oneOf`` when it has several kinds)."""
+        return schema_of(cls.payload_models, cls.service)
 
     @classmethod
     def required_models(cls, payload: Mapping[str, Any]) -> list[str]:

@@ -60,9 +60,9 @@ from jobqueue.connectors.comfyui_ws import (
     Wake,
     WebSocketListener,
 )
+from jobqueue.connectors.payloads import ComfyUIPayload, validate_comfyui
 from jobqueue.errors import (
     ExecutionFailed,
-    InvalidPayloadError,
     JobCancelled,
     JobStalled,
     JobTimedOut,
@@ -98,19 +98,13 @@ EXAMPLE_WORKFLOW: dict[str, Any] = {
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "jobqueue"}},
 }
 
-def _positive(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise InvalidPayloadError(f"comfyui: '{name}' must be a positive number of seconds, got {value!r}")
-    return float(value)
-
 
 class ComfyUIConnector(Connector):
     """Runs API-format workflows on the ComfyUI of this worker's GPU."""
 
     service = "comfyui"
     example_payload = {"workflow": EXAMPLE_WORKFLOW}
+    payload_models = (ComfyUIPayload,)
 
     def __init__(self, settings: Settings, *, gpu: int = 0) -> None:
         super().__init__(settings, gpu=gpu)
@@ -134,30 +128,7 @@ class ComfyUIConnector(Connector):
     # -- payload ---------------------------------------------------------------------------
     @classmethod
     def validate(cls, payload: Any) -> dict[str, Any]:
-        payload = super().validate(payload)
-        unknown = set(payload) - {"workflow", "timeout", "stall_timeout", "node_timeout"}
-        if unknown:
-            raise InvalidPayloadError(f"comfyui: unknown field(s) {sorted(unknown)} "
-                                      "(expected workflow, timeout, stall_timeout, node_timeout)")
-        workflow = payload.get("workflow")
-        if not isinstance(workflow, dict) or not workflow:
-            raise InvalidPayloadError("comfyui: 'workflow' must be a non-empty object of node id -> {class_type, inputs}")
-        if isinstance(workflow.get("nodes"), list) and "links" in workflow:
-            raise InvalidPayloadError("comfyui: 'workflow' is in ComfyUI's UI format; export it with "
-                                      "'Save (API)' to get the API format (node id -> {class_type, inputs})")
-        for node_id, node in workflow.items():
-            if not isinstance(node, dict):
-                raise InvalidPayloadError(f"comfyui: workflow node {node_id!r} must be an object with class_type and inputs")
-            if not isinstance(node.get("class_type"), str) or not node["class_type"]:
-                raise InvalidPayloadError(f"comfyui: workflow node {node_id!r} has no 'class_type' string")
-            if not isinstance(node.get("inputs", {}), dict):
-                raise InvalidPayloadError(f"comfyui: workflow node {node_id!r} has 'inputs' that is not an object")
-        result: dict[str, Any] = {"workflow": workflow}
-        for name in ("timeout", "stall_timeout", "node_timeout"):
-            value = _positive(payload.get(name), name)
-            if value is not None:
-                result[name] = value
-        return result
+        return validate_comfyui(payload)
 
     @classmethod
     def required_models(cls, payload: Mapping[str, Any]) -> list[str]:

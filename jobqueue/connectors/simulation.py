@@ -12,12 +12,9 @@ import os
 from typing import Any
 
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
-from jobqueue.errors import ExecutionFailed, InvalidPayloadError, ServiceUnavailable
+from jobqueue.connectors.payloads import SimulationPayload, validate_simulation
+from jobqueue.errors import ExecutionFailed, ServiceUnavailable
 from jobqueue.states import ConnectorStatus
-
-#: Upper bounds that keep a typo from booking a worker for a day.
-MAX_STEPS = 100_000
-MAX_STEP_SECONDS = 3600.0
 
 
 class SimulationConnector(Connector):
@@ -25,31 +22,11 @@ class SimulationConnector(Connector):
 
     service = "simulation"
     example_payload = {"steps": 10, "step_seconds": 0.5, "fail_at_step": None, "output": "hello"}
+    payload_models = (SimulationPayload,)
 
     @classmethod
     def validate(cls, payload: Any) -> dict[str, Any]:
-        payload = super().validate(payload)
-        unknown = set(payload) - {"steps", "step_seconds", "fail_at_step", "output", "seed"}
-        if unknown:
-            raise InvalidPayloadError(f"simulation: unknown field(s) {sorted(unknown)}")
-        steps = payload.get("steps", 1)
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
-            raise InvalidPayloadError(f"simulation: 'steps' must be an integer 0..{MAX_STEPS}")
-        seconds = payload.get("step_seconds", 0.0)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise InvalidPayloadError("simulation: 'step_seconds' must be a number")
-        if not 0 <= seconds <= MAX_STEP_SECONDS:
-            raise InvalidPayloadError(f"simulation: 'step_seconds' must be 0..{MAX_STEP_SECONDS}")
-        fail_at = payload.get("fail_at_step")
-        if fail_at is not None and (isinstance(fail_at, bool) or not isinstance(fail_at, int)):
-            raise InvalidPayloadError("simulation: 'fail_at_step' must be an integer or null")
-        return {
-            "steps": steps,
-            "step_seconds": float(seconds),
-            "fail_at_step": fail_at,
-            "output": payload.get("output"),
-            **({"seed": payload["seed"]} if "seed" in payload else {}),
-        }
+        return validate_simulation(payload)
 
     def _down(self) -> bool:
         path = self.settings.simulation_down_file

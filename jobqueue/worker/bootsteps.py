@@ -24,6 +24,7 @@ from celery.bootsteps import CLOSE, TERMINATE
 
 from jobqueue.internals import unacked_index_key
 from jobqueue.redis_health import redis_kwargs
+from jobqueue.redis_urls import is_redis_url
 from jobqueue.worker.capabilities import CapabilityGate, desired_queues
 from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop
@@ -67,7 +68,7 @@ class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is u
         identity = _identity_of(worker)
         self.reporter = StatusReporter(identity, beat_interval=settings.status_beat)
         self.runtime = WorkerRuntime(settings, identity, reporter=self.reporter)
-        if settings.result_backend.startswith(("redis://", "rediss://", "redis+socket://")):
+        if is_redis_url(settings.result_backend):
             self.runtime.keep_orphans_in(redis.Redis.from_url(settings.result_backend, socket_timeout=5,
                                                               socket_connect_timeout=5))
         self.health = HealthLoop(self.runtime.check_health, interval=settings.health_interval)

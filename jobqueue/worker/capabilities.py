@@ -85,8 +85,8 @@ class CapabilityGate(ConsumerGate):
         Must run in the consumer's thread (or before its loop started).
         """
         with self._lock:
-            consumer = self._consumer
-            if consumer is None or getattr(consumer, "task_consumer", None) is None:
+            consumer = self._ready_consumer()
+            if consumer is None:
                 return {}
             now = self._clock()
             ended = [q for q, until in self._held.items() if until <= now]

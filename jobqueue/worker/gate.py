@@ -56,14 +56,22 @@ class ConsumerGate:
         with self._lock:
             self._consumer = None
 
+    def _ready_consumer(self) -> Any:
+        """The gated consumer once its task consumer exists, else None (call holding the lock):
+        before that there is nothing to sync, and the next bind() syncs."""
+        consumer = self._consumer
+        if consumer is None or getattr(consumer, "task_consumer", None) is None:
+            return None
+        return consumer
+
     def sync_now(self) -> dict[str, bool]:
         """Cancel or add service queues so they match health; return queue -> consuming.
 
         Must run in the consumer's thread (or before its loop started).
         """
         with self._lock:
-            consumer = self._consumer
-            if consumer is None or getattr(consumer, "task_consumer", None) is None:
+            consumer = self._ready_consumer()
+            if consumer is None:
                 return {}
             result: dict[str, bool] = {}
             for service, status in self._statuses().items():

@@ -26,12 +26,12 @@ neither ack nor restore their messages, whose new owner is another worker.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from jobqueue import internals
+from jobqueue.worker.loop import IntervalLoop
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,7 @@ class LeaseKeeper:
         self.interval = interval
         self.index_key = index_key
         self._tags = tags
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = IntervalLoop(self.round, interval=interval, name="jobqueue-lease")
         self.lost_after = lost_after
         self._on_lost = on_lost
         self._clock = clock
@@ -135,20 +134,13 @@ class LeaseKeeper:
                 log.exception("giving up the jobs of a lost lease failed")
         return True
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.round()
-
     def start(self) -> None:
         """Start renewing in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name="jobqueue-lease", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop renewing and wait for the thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
 
 
 def forget_message(job_id: str) -> bool:

@@ -19,12 +19,12 @@ protect a request whose job is about to start.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from jobqueue import internals
+from jobqueue.worker.loop import IntervalLoop
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ class OrphanSweeper:
         self.running = running
         self.interval = interval
         self.grace = grace
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = IntervalLoop(self.sweep, interval=interval, name="jobqueue-orphans")
         #: Job ids of every request dropped so far (for logs and tests).
         self.dropped: list[str] = []
 
@@ -99,20 +98,10 @@ class OrphanSweeper:
         self.dropped.extend(dropped)
         return dropped
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.sweep()
-            except Exception:  # never let the sweep end the worker
-                log.warning("orphan sweep failed", exc_info=True)
-
     def start(self) -> None:
         """Start sweeping in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name="jobqueue-orphans", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop sweeping and wait for the thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop.stop(timeout)

@@ -15,6 +15,7 @@ import threading
 import uuid
 from typing import Any
 
+from jobqueue.procs import EventListener
 from tests.helpers import wait_for
 
 #: Event type of the readiness probe (ignored by every real consumer).
@@ -22,34 +23,28 @@ PROBE = "jobqueue-probe"
 
 
 class EventCapture:
-    """Collects every event on ``app``'s broker until :meth:`stop`."""
+    """Collects every event on ``app``'s broker until :meth:`stop` (an
+    :class:`~jobqueue.procs.EventListener` keeping what it hears)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._connection: Any = None
-        self._receiver: Any = None
-        self._thread: threading.Thread | None = None
+        self._listener = EventListener(app, self._on_event, name="event-capture")
         self._probe = uuid.uuid4().hex
-        self.error: BaseException | None = None
+
+    @property
+    def error(self) -> BaseException | None:
+        """The last error that broke the connection (the listener reconnects after it)."""
+        return self._listener.error
 
     def _on_event(self, event: dict[str, Any]) -> None:
         with self._lock:
             self.events.append(event)
 
-    def _run(self) -> None:
-        try:
-            self._receiver.capture(limit=None, timeout=None, wakeup=False)
-        except BaseException as exc:  # surfaced by the test through .error
-            self.error = exc
-
     def start(self, timeout: float = 10.0) -> EventCapture:
         """Start receiving; return once a probe event made the round trip."""
-        self._connection = self.app.connection_for_read()
-        self._receiver = self.app.events.Receiver(self._connection, handlers={"*": self._on_event})
-        self._thread = threading.Thread(target=self._run, name="event-capture", daemon=True)
-        self._thread.start()
+        self._listener.start(timeout)
         with self.app.events.default_dispatcher() as dispatcher:
 
             def probed() -> bool:
@@ -61,12 +56,7 @@ class EventCapture:
 
     def stop(self) -> None:
         """Stop receiving and close the connection."""
-        if self._receiver is not None:
-            self._receiver.should_stop = True
-        if self._thread is not None:
-            self._thread.join(10)
-        if self._connection is not None:
-            self._connection.close()
+        self._listener.stop()
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every event received so far, in arrival order."""

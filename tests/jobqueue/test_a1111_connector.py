@@ -345,6 +345,44 @@ def test_a_cancelled_running_job_ends_cancelled_the_webui_is_idle_within_five_se
     assert submit_job("a1111", {"steps": 3}, app=app).wait(timeout=30)["files"]
 
 
+def test_a_cancelled_multi_image_job_stops_the_webui_before_its_next_image(app, start_worker, sim_process):
+    # Given a job of three images (n_iter 3) under way on its first
+    sim = sim_process(step_seconds=0.1)
+    a1111_worker(start_worker, sim)
+    running = submit_job("a1111", {"steps": 40, "n_iter": 3, "width": 64, "height": 64}, app=app)
+    wait_for(lambda: (running.progress() or {}).get("step", 0) >= 2, 30, what="the first image under way")
+    # When it is cancelled
+    assert running.cancel()
+    # Then it ends cancelled, the WebUI was interrupted and skipped, and it never began image 2
+    with pytest.raises(JobFailed) as info:
+        running.wait(timeout=20)
+    assert info.value.status == JobStatus.CANCELLED.value
+    wait_for(lambda: sim.state()["state"]["job_count"] == 0 and not sim.state()["busy"], 5, what="an idle WebUI")
+    paths = [r["path"] for r in sim.requests()]
+    assert "/sdapi/v1/interrupt" in paths and "/sdapi/v1/skip" in paths
+    assert sim.state()["generated"] <= 1  # (an interrupted WebUI still returns the image it was on)
+
+
+def test_an_img2img_job_runs_through_a_worker_and_writes_its_image(app, start_worker, sim_process, tmp_path):
+    # Given a worker on a WebUI, and a small init image
+    import base64
+    import io
+
+    from PIL import Image
+
+    sim = sim_process(step_seconds=0.01)
+    a1111_worker(start_worker, sim)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(buffer, format="PNG")
+    init = base64.b64encode(buffer.getvalue()).decode()
+    # When an img2img job runs
+    result = submit_job("a1111", {"mode": "img2img", "init_images": [init], "denoising_strength": 0.5,
+                                  "steps": 5, "width": 64, "height": 64}, app=app).wait(timeout=60)
+    # Then the WebUI's img2img route answered it and its PNG is written
+    assert any(r["path"] == "/sdapi/v1/img2img" for r in sim.requests())
+    assert result["files"] and result["files"][0]["mime"] == "image/png"
+
+
 def test_a_payload_with_steps_minus_one_is_refused_at_submit_and_nothing_is_enqueued(app, redis_client):
     with pytest.raises(InvalidPayloadError, match="'steps' must be between 1 and 150"):
         submit_job("a1111", {"prompt": "x", "steps": -1}, app=app)

@@ -14,6 +14,7 @@ from jobqueue.batches import submit_batch
 from jobqueue.comfyui_sim.models import checkpoint_workflow
 from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
 from jobqueue.errors import InvalidRequirementError
+from jobqueue.routing import vram_step
 from jobqueue.states import JobStatus
 from tests.capability_fixtures import comfy_worker, consumes, start_sim
 from tests.helpers import ROOT, child_env, wait_for
@@ -62,6 +63,26 @@ def test_a_job_needing_a_missing_model_waits_saying_so_and_runs_once_a_machine_h
     # Then the job completes there
     result = job.wait(timeout=60)
     assert result["worker"] == wc.node_name and result["attempt"] == 0
+
+
+def test_a_job_needing_more_vram_than_a_machine_has_runs_only_on_the_machine_with_enough(
+        app, start_worker, start_sim, machine_id):
+    # Given two machines with the same checkpoint: one GPU of 8 GiB, one of 24 GiB
+    small = comfy_worker(start_worker, machine_id, "small", start_sim("a.safetensors", vram_gb=8))
+    big = comfy_worker(start_worker, machine_id, "big", start_sim("a.safetensors", vram_gb=24))
+    wait_for(lambda: consumes(app, big, f"comfyui.vram.{vram_step(20)}"), 30, what="the 24 GiB worker to take 20 GiB jobs")
+    assert not consumes(app, small, f"comfyui.vram.{vram_step(20)}")
+    # When jobs need 20 GiB (the small machine stays idle all along)
+    jobs = [submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, requires={"vram_gb": 20}, app=app) for _ in range(3)]
+    # Then every one runs on the big machine, first time
+    results = [job.wait(timeout=60) for job in jobs]
+    assert [(r["worker"], r["attempt"]) for r in results] == [(big.node_name, 0)] * 3
+    # And a job that fits both (6 GiB) may run on either
+    assert submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, requires={"vram_gb": 6}, app=app).wait(
+        timeout=60)["worker"] in (small.node_name, big.node_name)
+    # And one no machine can hold (40 GiB) waits, saying so
+    huge = submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, requires={"vram_gb": 40}, app=app)
+    assert "40" in (huge.waiting_for() or "") and huge.status() == JobStatus.QUEUED
 
 
 def test_a_job_requiring_a_tag_runs_only_on_the_worker_that_declares_it(app, start_worker, start_sim, machine_id):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from jobqueue.celery_app import broker_transport_options, create_app
+from jobqueue import celery_defaults
+from jobqueue.celery_app import broker_transport_options, celery_settings, create_app
 from jobqueue.config import DEFAULT_BROKER_URL, Settings, gpu_from_queues
 from jobqueue.errors import ConfigError
 
@@ -122,7 +123,7 @@ def test_every_setting_is_documented_with_its_variable():
     # Given the documentation of the configuration
     text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     # Then every Settings field appears there under its environment variable
-    missing = [f"JOBQUEUE_{f.name.upper()}" for f in fields(Settings) if f"`JOBQUEUE_{f.name.upper()}`" not in text]
+    missing = [f"JOBQUEUE_{name.upper()}" for name in Settings.model_fields if f"`JOBQUEUE_{name.upper()}`" not in text]
     assert missing == []
 
 
@@ -137,3 +138,107 @@ def test_settings_survive_the_trip_through_the_environment():
     rebuilt = Settings.from_env(original.to_env())
     # Then nothing changed
     assert rebuilt == original
+
+
+class _ProbeSettings(Settings):
+    """Settings with one optional float, the kind none of today's fields has."""
+
+    #: An optional ratio (not a real setting: it exercises the ``float | None`` type).
+    probe_ratio: float | None = None
+
+
+def test_each_field_type_parses_from_its_environment_text():
+    # Given an optional float, an int, a boolean and a list, all as environment text
+    env = {
+        "JOBQUEUE_PROBE_RATIO": " 0.25 ",
+        "JOBQUEUE_MONITOR_THREADS": "8",
+        "JOBQUEUE_MONITOR_READ_ONLY": "off",
+        "JOBQUEUE_WORKER_TAGS": "customer:acme, region:eu",
+    }
+    # When settings are read
+    settings = _ProbeSettings.from_env(env)
+    # Then each value has its field's real type, not the text it came as
+    assert settings.probe_ratio == 0.25 and isinstance(settings.probe_ratio, float)
+    assert settings.monitor_threads == 8 and isinstance(settings.monitor_threads, int)
+    assert settings.monitor_read_only is False
+    assert settings.worker_tags == ("customer:acme", "region:eu")
+    # and an empty optional means "not set"
+    assert _ProbeSettings.from_env({"JOBQUEUE_PROBE_RATIO": ""}).probe_ratio is None
+
+
+def test_an_optional_float_that_is_not_a_number_is_refused_by_name():
+    with pytest.raises(ConfigError) as caught:
+        _ProbeSettings.from_env({"JOBQUEUE_PROBE_RATIO": "half"})
+    assert "JOBQUEUE_PROBE_RATIO='half'" in str(caught.value)
+    assert "number" in str(caught.value)
+
+
+def test_every_bad_variable_is_named_in_one_error():
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"JOBQUEUE_MONITOR_PORT": "http", "JOBQUEUE_STALL_TIMEOUT": "long"})
+    assert "JOBQUEUE_MONITOR_PORT='http'" in str(caught.value)
+    assert "JOBQUEUE_STALL_TIMEOUT='long'" in str(caught.value)
+
+
+def test_settings_built_in_code_read_nothing_from_the_environment(monkeypatch):
+    # Given a machine id exported in the process environment
+    monkeypatch.setenv("JOBQUEUE_MACHINE_ID", "from-the-environment")
+    # When settings are built from keyword arguments alone
+    settings = Settings(broker_url=DEFAULT_BROKER_URL).resolved()
+    # Then the environment played no part (only Settings.from_env reads it)
+    assert settings.machine_id == socket.gethostname()
+    assert Settings.from_env().machine_id == "from-the-environment"
+
+
+def test_an_unknown_keyword_or_a_wrong_type_in_code_is_a_config_error():
+    with pytest.raises(ConfigError, match="JOBQUEUE_NO_SUCH_SETTING"):
+        Settings(no_such_setting=1)
+    with pytest.raises(ConfigError, match="JOBQUEUE_MAX_RETRIES"):
+        Settings(max_retries="many")
+
+
+def test_the_celery_defaults_come_from_inside_the_package_not_from_sys_path(tmp_path, monkeypatch):
+    # Given a stray celeryconfig.py first on sys.path, with a setting jobqueue never uses
+    (tmp_path / "celeryconfig.py").write_text('task_serializer = "pickle"\nworker_concurrency = 99\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # When the Celery app is built
+    app = create_app(Settings.from_env({}))
+    try:
+        # Then the packaged defaults are in force, the stray module ignored
+        assert app.conf.task_serializer == "json"
+        assert app.conf.worker_concurrency == 1
+    finally:
+        app.close()
+
+
+def test_a_module_named_by_jobqueue_celery_config_is_loaded_on_top_of_the_defaults(tmp_path, monkeypatch):
+    # Given a deployment's own Celery module, which also tries to set the broker
+    (tmp_path / "site_celery_e.py").write_text(
+        'import os\nworker_lost_wait = 42.0\nbroker_url = "redis://elsewhere:1/0"\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # When the app is built with it named in JOBQUEUE_CELERY_CONFIG
+    app = create_app(Settings.from_env({"JOBQUEUE_CELERY_CONFIG": "site_celery_e"}))
+    try:
+        # Then its setting is in force, the other defaults stay, and JOBQUEUE_BROKER_URL still wins
+        assert app.conf.worker_lost_wait == 42.0
+        assert app.conf.task_acks_late is True
+        assert app.conf.broker_url == DEFAULT_BROKER_URL
+    finally:
+        app.close()
+
+
+def test_a_celery_config_module_that_does_not_import_is_a_config_error():
+    with pytest.raises(ConfigError, match="JOBQUEUE_CELERY_CONFIG='no_such_module_e'"):
+        create_app(Settings.from_env({"JOBQUEUE_CELERY_CONFIG": "no_such_module_e"}))
+
+
+def test_the_example_celeryconfig_at_the_top_of_the_repository_equals_the_packaged_defaults():
+    # Given the example a deployment copies, loaded from its file (it is not installed)
+    path = Path(__file__).resolve().parents[2] / "celeryconfig.py"
+    spec = importlib.util.spec_from_file_location("celeryconfig_example", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    # Then it sets exactly what jobqueue loads from inside the package
+    assert celery_settings(example) == celery_settings(celery_defaults)
+    assert celery_settings(example)["task_acks_late"] is True

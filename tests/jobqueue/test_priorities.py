@@ -10,7 +10,7 @@ order in which jobs finished is the order in which they ran.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -49,7 +49,7 @@ def farm(request: Any, settings: Settings, app: Any, start_worker: Any, machine_
         start_worker("gpu0")
         yield Farm(app, queue)
         return
-    rabbit_settings = replace(settings, broker_url=RABBITMQ_URL)
+    rabbit_settings = settings.model_copy(update={"broker_url": RABBITMQ_URL})
     rabbit_app = create_app(rabbit_settings)
     try:
         with rabbit_app.connection_for_write() as conn:

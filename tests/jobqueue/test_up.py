@@ -153,6 +153,8 @@ def test_sigkill_of_up_leaves_no_process_within_5_s_and_the_next_up_starts_clean
     try:
         first.wait_up()
         assert len(psutil.Process(first.proc.pid).children()) == 4
+        # (without --debug the monitor is served by gunicorn)
+        assert requests.get(first.summary("monitor") + "/healthz", timeout=5).headers["Server"].startswith("gunicorn")
         # (and theirs: the monitor's gunicorn runs a worker process of its own)
         children = psutil.Process(first.proc.pid).children(recursive=True)
         # When up itself is SIGKILLed (no chance to clean up)
@@ -168,6 +170,7 @@ def test_sigkill_of_up_leaves_no_process_within_5_s_and_the_next_up_starts_clean
         assert "another jobqueue up" not in second.output()
         # (with --debug, children's output and the request log reach the console)
         assert _dashboard_answers(second.summary("monitor"))
+        assert requests.get(second.summary("monitor") + "/healthz", timeout=5).headers["Server"].startswith("Werkzeug")
         wait_for(lambda: "monitor | " in second.output() and "GET / " in second.output(), 10,
                  what="the request log on the console")
     finally:
@@ -192,6 +195,24 @@ def test_a_second_up_on_the_same_data_dir_refuses_before_starting_anything(tmp_p
         assert "starting" not in second.stdout
     finally:
         first.cleanup()
+
+
+def test_a_busy_monitor_port_is_refused_before_anything_starts(tmp_path, machine_id):
+    # Given a broker URL nobody answers (up would start an embedded Redis) and a monitor port in use
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        broker = f"redis://127.0.0.1:{free_port()}/0"
+        env = up_env(tmp_path, machine_id, broker, JOBQUEUE_MONITOR_PORT=str(port))
+        # When `jobqueue up` starts
+        run = subprocess.run([sys.executable, "-m", "jobqueue.cli", "up"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    # Then it refuses, naming the port, before starting the broker or anything else
+    assert run.returncode == 1
+    assert f"monitor port 127.0.0.1:{port} is in use" in run.stdout + run.stderr
+    assert "starting" not in run.stdout and "embedded Redis" not in run.stdout
+    assert not (tmp_path / "data" / "redis").exists() or not any((tmp_path / "data" / "redis").iterdir())
 
 
 @pytest.mark.slow
@@ -256,3 +277,11 @@ def test_the_simulator_removes_its_temp_dir_and_those_of_dead_simulators():
                 proc.wait(timeout=10)
             if proc is not None and proc.stdout is not None:
                 proc.stdout.close()
+
+
+def test_a_component_that_cannot_run_names_the_extra_that_brings_it():
+    from jobqueue.up import install_hint
+
+    assert "pip install 'jobqueue[monitor]'" in install_hint("monitor")
+    assert "pip install 'jobqueue[comfyui-sim]'" in install_hint("comfyui-sim")
+    assert "'jobqueue[up]'" in install_hint("monitor")

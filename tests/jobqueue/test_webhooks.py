@@ -11,7 +11,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -125,7 +124,7 @@ def test_a_receiver_that_answers_500_twice_gets_the_third_try_with_the_same_id_a
     from monitor.app import create_app
     from monitor.apply import apply
 
-    flask_app = create_app(replace(settings, monitor_db=f"sqlite:///{tmp_path / 'hooks.db'}"))
+    flask_app = create_app(settings.model_copy(update={"monitor_db": f"sqlite:///{tmp_path / 'hooks.db'}"}))
     with flask_app.extensions["jobqueue_monitor"].store.write() as tx:
         apply({"type": "task-sent", "uuid": handle.id, "timestamp": time.time(),
                "kwargs": json.dumps({"service": "simulation", "webhook_url": receiver.url})}, tx)
@@ -144,6 +143,21 @@ def test_a_failed_job_sends_job_failed(app: Any, start_worker: Any, receivers: A
     body = json.loads(receiver.requests[0].body)
     assert body["type"] == "job.failed" and body["data"]["id"] == handle.id
     assert body["data"]["error"]["type"] == "ExecutionFailed"
+
+
+def test_a_timed_out_job_sends_job_timed_out(app: Any, start_worker: Any, receivers: Any) -> None:
+    # Given a receiver and a worker
+    receiver = receivers(lambda n: 204)
+    start_worker("gpu0", WEBHOOK_SECRET=SECRET)
+    # When a job runs past its 1 s timeout
+    handle = submit_job("simulation", {"steps": 50, "step_seconds": 0.2}, timeout=1.0, webhook_url=receiver.url,
+                        app=app)
+    wait_for(lambda: receiver.requests and receiver.requests[0].answered == 204, 30, what="the delivery")
+    # Then its webhook says job.timed_out, once, signed
+    body = json.loads(receiver.requests[0].body)
+    assert body["type"] == "job.timed_out" and body["data"]["id"] == handle.id
+    assert body["data"]["status"] == "timed_out" and verify(SECRET, receiver.requests[0].headers, receiver.requests[0].body)
+    assert len(receiver.requests) == 1
 
 
 def test_a_worker_killed_during_a_delivery_loses_nothing_and_the_job_is_delivered_once(

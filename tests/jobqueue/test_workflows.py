@@ -16,7 +16,7 @@ from jobqueue.errors import InvalidPayloadError, SubmitError, UnknownServiceErro
 from jobqueue.events import job_meta_from_kwargs
 from jobqueue.routing import broker_priority, redis_queue_keys
 from jobqueue.states import JobStatus
-from jobqueue.workflows import placeholder_paths, resolve_placeholders
+from jobqueue.workflow_steps import placeholder_paths, resolve_placeholders
 from tests.helpers import busy_worker, finished_order, quick, wait_for
 
 # -- unit: placeholders ---------------------------------------------------------------------

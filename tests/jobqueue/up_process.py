@@ -3,7 +3,6 @@ its children, and leave nothing behind whatever the test did."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -13,20 +12,18 @@ from pathlib import Path
 import psutil
 
 from jobqueue.embedded import free_port
+from jobqueue.procs import ChildProcess, signal_group
 from tests.helpers import ROOT, child_env, wait_for
 
 
-class UpProcess:
-    """``jobqueue up`` as a subprocess, its console output in a file."""
+class UpProcess(ChildProcess):
+    """``jobqueue up`` as a subprocess, its console output in a file (started at once)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *args: str, cwd: Path | None = None) -> None:
-        self.env = env
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in cleanup()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobqueue.cli", "up", *args], env=env, cwd=str(cwd or ROOT),
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        super().__init__([sys.executable, "-m", "jobqueue.cli", "up", *args], env, log_path, cwd=cwd or ROOT,
+                         append=False)
+        self.start()
+        self.proc: subprocess.Popen[bytes]  # started: never None from here on
         self.descendants: list[psutil.Process] = []
 
     def output(self) -> str:
@@ -60,15 +57,10 @@ class UpProcess:
             self.descendants += psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             pass
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        self.signal(signal.SIGKILL)
         for child in self.descendants:
-            try:
-                os.killpg(child.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self._log.close()
+            signal_group(child.pid, signal.SIGKILL)
+        self.stop()
 
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:

@@ -11,10 +11,8 @@ Redis database and a temporary SQLite store, exactly as a user runs it.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +21,9 @@ import requests
 
 from jobqueue.config import Settings
 from jobqueue.embedded import free_port
+from jobqueue.procs import ChildProcess
 from tests.conftest import settings_env
-from tests.helpers import ROOT, child_env, stop_process_group, wait_for
+from tests.helpers import ROOT, child_env, wait_for
 
 #: The browser binary: Debian's chromium package.
 CHROMIUM = os.environ.get("JOBQUEUE_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -46,48 +45,42 @@ LAPTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 
 
-@dataclass
-class MonitorProcess:
+class MonitorProcess(ChildProcess):
     """A ``monitor.server.serve`` subprocess on a free port."""
 
-    settings: Settings
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
+    #: Runs the monitor's server in-process, with the settings of the environment.
+    CODE = (
+        "import sys\n"
+        "from jobqueue.config import Settings\n"
+        "from monitor.server import serve\n"
+        "serve(Settings.from_env(), '127.0.0.1', int(sys.argv[1]))\n"
+    )
+
+    def __init__(self, settings: Settings, log_path: Path, port: int | None = None) -> None:
+        self.settings = settings
+        self.port = port or free_port()
+        super().__init__([sys.executable, "-c", self.CODE, str(self.port)], None, log_path, cwd=ROOT)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, **env: str) -> MonitorProcess:
-        code = (
-            "import sys\n"
-            "from jobqueue.config import Settings\n"
-            "from monitor.server import serve\n"
-            "serve(Settings.from_env(), '127.0.0.1', int(sys.argv[1]))\n"
-        )
         variables = settings_env(self.settings)
         variables.update(env)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.port)], env=child_env(variables),
-                                         cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.env = child_env(variables)
+        super().start()
         wait_for(self._healthy, 30, interval=0.1, what=f"monitor on {self.url}/healthz")
         return self
 
     def _healthy(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"monitor exited with {self.proc.returncode}: {self.log_text()[-3000:]}")
+        code = self.exited_with()
+        if code is not None:
+            raise AssertionError(f"monitor exited with {code}: {self.log_text()[-3000:]}")
         try:
             return requests.get(self.url + "/healthz", timeout=1).ok
         except requests.RequestException:
             return False
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        stop_process_group(self.proc)
 
     def post(self, path: str, body: Any = None, token: str | None = TOKEN) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -13,8 +13,10 @@ import pytest
 
 from jobqueue.config import Settings
 from jobqueue.embedded import free_port
+from jobqueue.procs import ChildProcess, monitor_command
 from monitor.hub import ChangeHub
 from monitor.store import Store
+from tests.helpers import ROOT
 
 PG_ADMIN_URL = os.environ.get("JOBQUEUE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -114,30 +116,19 @@ def comparable(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class MonitorProcess:
+class MonitorProcess(ChildProcess):
     """A real ``jobqueue monitor`` subprocess on a free port."""
 
     def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
-        self.env = env
-        self.log_path = log_path
         self.port = port or free_port()
-        self.proc: Any = None
-        self._log: Any = None
+        super().__init__(monitor_command(self.port), env, log_path, cwd=ROOT)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> MonitorProcess:
-        import subprocess
-        import sys
-
-        from tests.helpers import ROOT
-
-        self._log = open(self.log_path, "ab")
-        cmd = [sys.executable, "-m", "jobqueue.cli", "monitor", "--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, env=self.env, cwd=str(ROOT), stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        super().start()
         return self
 
     def get(self, path: str, **kwargs: Any) -> Any:
@@ -163,31 +154,20 @@ class MonitorProcess:
         from tests.helpers import wait_for
 
         def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"monitor exited {self.proc.returncode}: {self.log_text()[-3000:]}")
+            code = self.exited_with()
+            if code is not None:
+                raise AssertionError(f"monitor exited {code}: {self.log_text()[-3000:]}")
             health = self.health()
             return bool(health and health["collector"]["connected"] and (health["repair"] or {}).get("runs", 0) >= 1)
 
         wait_for(ready, timeout, interval=0.1, what="monitor to be ready")
         return self
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def kill(self, sig: int | None = None) -> None:
+        """Send ``sig`` (SIGKILL by default) to the monitor's process group and wait for it."""
         import signal
 
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig or signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        from tests.helpers import stop_process_group
-
-        stop_process_group(self.proc)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self.signal(sig or signal.SIGKILL)
 
 
 @pytest.fixture

@@ -401,10 +401,11 @@ def test_a_workflow_shows_its_steps_together_with_live_etas_and_payload_summarie
     assert "step 1 of 3" in row and "p7" in row
     api_wait = live_monitor.get(f"/api/jobs/{first}")["eta_seconds"]
     assert isinstance(api_wait, float) and api_wait > 0
-    # (the wait counts the busy worker's job down, so the page's value, computed with the same
-    # rule a moment before or after the API's, differs by the time in between)
-    shown = jobs_page.evaluate(ROW_TEXT_JS, first)
-    assert shown.startswith("queue position 1 · expected wait ~"), shown
+    # (the page shows the server's estimate, asked after the delta that queued the step and
+    # counted down since: it differs from the API's by the time in between)
+    shown = wait_for(lambda: (text := jobs_page.evaluate(ROW_TEXT_JS, first)) and
+                     text.startswith("queue position 1 · expected wait ~") and text, 10,
+                     what="the server's estimate for step 1 on the page")
     candidates = jobs_page.evaluate(
         "(s) => Array.from({length: 61}, (_, i) => JQ.duration(Math.max(0, s - 3 + i * 0.1)))", api_wait)
     assert any(f"expected wait ~{c} " in shown + " " or shown.split(" · ")[1] == f"expected wait ~{c}"

@@ -241,6 +241,25 @@ def test_an_evil_origin_websocket_is_refused_and_big_frames_close_the_socket(sta
 
     wait_for(closed, 30, interval=0.01, what="the flooding client to be closed")
     flood.close()
+
+    # And the limit is a few KB: a 4,000-byte message is read (the socket still answers a
+    # ping after it), one of 4,097 bytes closes the socket with 1009 (message too big)
+    def first_control_frame(sock: Any) -> tuple[int, bytes]:
+        while True:
+            opcode, data = sock.recv_data(control_frame=True)
+            if opcode in (websocket.ABNF.OPCODE_PONG, websocket.ABNF.OPCODE_CLOSE):
+                return opcode, data
+
+    for size, expected in ((4000, websocket.ABNF.OPCODE_PONG), (4097, websocket.ABNF.OPCODE_CLOSE)):
+        probe = websocket.create_connection(ws_url, timeout=10)
+        assert json.loads(probe.recv())["type"] == "snapshot"
+        probe.send("x" * size)
+        probe.ping("still there?")
+        opcode, data = first_control_frame(probe)
+        assert opcode == expected, (size, opcode, data)
+        if expected == websocket.ABNF.OPCODE_CLOSE:
+            assert int.from_bytes(data[:2], "big") == 1009
+        probe.close()
     assert monitor.health()["ok"]
 
 

@@ -7,6 +7,8 @@ Every scrape is parsed with prometheus_client's own parser.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -143,3 +145,64 @@ def test_a_real_monitor_keeps_its_counters_across_a_prune_on_restart(start_worke
         for labels, old in before[name].items():
             assert after[name][labels] >= old, (name, labels)
     assert value(after, "jobqueue_jobs_total", service="simulation", status="completed") == 3
+
+
+def test_a_job_run_again_counts_its_retries_in_the_retries_counter(tmp_path):
+    # Given a monitor fed through its real writer
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}", keep_seconds=10 * 365 * 86400.0)
+    writer = Writer(store, ChangeHub(), totals=Totals(store), prune_interval=3600.0).start()
+    app = create_app({"monitor_db": store.url, "broker_url": "redis://127.0.0.1:6379/14"}, store=store,
+                     writer=writer)
+    try:
+        # When a job reports attempt 0, then attempt 2 (run three times), and another runs once
+        meta = json.dumps({"service": "simulation", "priority": 5, "queue": "simulation", "submitted_at": T0})
+        for n, (uuid, attempt) in enumerate((("again", 0), ("once", 0), ("again", 2))):
+            if attempt == 0:
+                writer.put({"type": "task-sent", "uuid": uuid, "kwargs": meta, "timestamp": T0})
+            writer.put({"type": "task-progress", "uuid": uuid, "hostname": "gpu0@vm1", "percent": 10.0,
+                        "step": 1, "total_steps": 10, "attempt": attempt, "timestamp": T0 + 1 + n})
+            assert writer.wait_idle(10)  # each report in its own transaction, as they arrive apart
+        # Then the retries counter says 2, for its service
+        samples = scrape(app.test_client().get("/metrics").get_data(as_text=True))
+        assert value(samples, "jobqueue_job_retries_total", service="simulation") == 2
+    finally:
+        writer.stop()
+        app.extensions["jobqueue_monitor"].close()
+        store.close()
+
+
+def test_webhook_tries_are_counted_by_outcome_from_the_workers_events(start_worker, start_monitor, app):
+    from tests.webhook_receiver import Receiver
+
+    # Given a real monitor, a real worker and a receiver that answers 500 once, then 200
+    receiver = Receiver(lambda n: 500 if n < 1 else 200).start()
+    try:
+        monitor = start_monitor("m.db")
+        start_worker("gpu0", WEBHOOK_BACKOFF="0.2")
+        # When a job with a webhook completes and its webhook is delivered on the second try
+        submit_job("simulation", quick("hooked"), webhook_url=receiver.url, app=app).wait(timeout=60)
+        wait_for(lambda: [r.answered for r in receiver.requests] == [500, 200], 30, what="two tries")
+    finally:
+        receiver.stop()
+    # Then /metrics counts one try to retry and one delivered
+    samples = wait_for(lambda: (s := scrape(monitor.get("/metrics").text))
+                       and value(s, "jobqueue_webhook_deliveries_total", status="delivered") >= 1 and s,
+                       30, what="the delivery counted")
+    assert value(samples, "jobqueue_webhook_deliveries_total", status="delivered") == 1
+    assert value(samples, "jobqueue_webhook_deliveries_total", status="retrying") == 1
+    assert value(samples, "jobqueue_events_total", type="job-webhook") == 2
+
+
+def test_every_metric_the_grafana_dashboard_plots_is_one_the_monitor_serves(start_monitor):
+    # Given the dashboard JSON shipped in docs/ and the metric families a real monitor's /metrics declares
+    monitor = start_monitor("m.db")
+    dashboard = (Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text()
+    exprs = [t["expr"] for panel in json.loads(dashboard)["panels"] for t in panel.get("targets", [])]
+    plotted = {name for expr in exprs for name in re.findall(r"\bjobqueue_[a-z_]+", expr)}
+    served = {family.name for family in text_string_to_metric_families(monitor.get("/metrics").text)}
+    # Then every plotted series belongs to a served family (counters end in _total, histograms
+    # in _bucket/_sum/_count)
+    def family(name: str) -> str:
+        return re.sub(r"_(total|bucket|sum|count)$", "", name)
+
+    assert plotted and {family(n) for n in plotted} <= served, {family(n) for n in plotted} - served

@@ -1,5 +1,7 @@
 /* Client test page: pick a service, edit its JSON payload (an example per service), choose a
- * batch count, POST /api/jobs, then follow the created jobs live from /ws. */
+ * batch count, POST /api/jobs, then follow the created jobs live from /ws. The payload's JSON
+ * schema (GET /api/services/<name>/schema, the connector's pydantic models) lists the fields
+ * and catches wrong types, ranges and unknown fields before sending; the server checks again. */
 "use strict";
 
 (function () {
@@ -16,10 +18,100 @@
   let mine = [];
   try { mine = JSON.parse(sessionStorage.getItem(STORE) || "[]").filter((id) => typeof id === "string"); } catch (exc) { mine = []; }
 
+  const fields = document.getElementById("payload-fields");
+  const schemas = {};  // service -> its payload schema (null: none to be had)
+
+  async function loadSchema(name) {
+    if (!(name in schemas)) {
+      const res = await api("GET", "/api/services/" + encodeURIComponent(name) + "/schema");
+      schemas[name] = res.ok && res.data && typeof res.data === "object" ? res.data : null;
+    }
+    return schemas[name];
+  }
+
+  // The schema branch a payload is checked against: a1111's modes are oneOf, picked by "mode".
+  function branchFor(schema, body) {
+    if (!schema || !Array.isArray(schema.oneOf)) return schema;
+    const wanted = body && typeof body.mode === "string" ? body.mode : null;
+    return schema.oneOf.find((b) => {
+      const mode = b.properties && b.properties.mode;
+      return mode && (wanted === null ? mode.default === mode.const : mode.const === wanted);
+    }) || schema.oneOf[0];
+  }
+
+  function typeName(prop) {
+    if (!prop) return "any";
+    if (Array.isArray(prop.anyOf)) return prop.anyOf.map(typeName).join(" | ");
+    if (prop.const !== undefined) return JSON.stringify(prop.const);
+    if (prop.type === "array" && prop.items && prop.items.type) return "list of " + prop.items.type;
+    let name = prop.type || "any";
+    if (prop.minimum !== undefined && prop.maximum !== undefined) name += " " + prop.minimum + ".." + prop.maximum;
+    return name;
+  }
+
+  function showFields(schema) {
+    const branch = branchFor(schema, null);
+    const props = (branch && branch.properties) || {};
+    const names = Object.keys(props);
+    fields.textContent = names.length
+      ? "fields: " + names.map((n) => n + " (" + typeName(props[n]) + ")").join(", ")
+      : "";
+  }
+
+  function typeOk(prop, value) {
+    if (!prop) return true;
+    if (Array.isArray(prop.anyOf)) return prop.anyOf.some((p) => typeOk(p, value));
+    if (prop.const !== undefined && value !== prop.const) return false;
+    switch (prop.type) {
+      case "integer": return Number.isInteger(value);
+      case "number": return typeof value === "number" && Number.isFinite(value);
+      case "string": return typeof value === "string";
+      case "boolean": return typeof value === "boolean";
+      case "null": return value === null;
+      case "object": return value !== null && typeof value === "object" && !Array.isArray(value);
+      case "array": return Array.isArray(value) && (!prop.items || value.every((v) => typeOk(prop.items, v)));
+      default: return true;
+    }
+  }
+
+  function inRange(prop, value) {
+    if (!prop || typeof value !== "number") return true;
+    if (prop.minimum !== undefined && value < prop.minimum) return false;
+    if (prop.maximum !== undefined && value > prop.maximum) return false;
+    if (prop.exclusiveMinimum !== undefined && value <= prop.exclusiveMinimum) return false;
+    return !Array.isArray(prop.anyOf) || prop.anyOf.some((p) => p.type === "null" || inRange(p, value));
+  }
+
+  // Problems the schema shows in a payload, as the server would name them (empty: send it).
+  function schemaProblems(schema, body) {
+    if (!schema) return [];
+    if (body === null || typeof body !== "object" || Array.isArray(body)) return ["payload must be a JSON object"];
+    const branch = branchFor(schema, body);
+    const props = (branch && branch.properties) || {};
+    const problems = [];
+    if (branch && branch.additionalProperties === false) {
+      const unknown = Object.keys(body).filter((k) => !(k in props));
+      if (unknown.length) problems.push("unknown field(s) " + unknown.join(", "));
+    }
+    for (const name of (branch && branch.required) || []) {
+      if (!(name in body)) problems.push("'" + name + "' is required");
+    }
+    for (const [name, value] of Object.entries(body)) {
+      const prop = props[name];
+      if (!prop) continue;
+      if (!typeOk(prop, value)) problems.push("'" + name + "' must be " + typeName(prop));
+      else if (!inRange(prop, value)) problems.push("'" + name + "' must be " + typeName(prop));
+    }
+    return problems;
+  }
+
   function loadExample() {
     const ex = examples[service.value];
     payload.value = ex === null || ex === undefined ? "{}" : JSON.stringify(ex, null, 2);
     error.textContent = "";
+    fields.textContent = "";
+    const name = service.value;
+    loadSchema(name).then((schema) => { if (service.value === name) showFields(schema); });
   }
 
   const render = JQ.coalesce(() => {
@@ -58,6 +150,8 @@
       error.textContent = "payload is not valid JSON: " + exc.message;
       return;
     }
+    const problems = schemaProblems(await loadSchema(service.value), body);
+    if (problems.length) { error.textContent = service.value + ": " + problems.join("; "); return; }
     const n = parseInt(count.value, 10);
     if (!(n >= 1 && n <= 100)) { error.textContent = "count must be 1..100"; return; }
     const request = {service: service.value, payload: body, count: n};
@@ -78,7 +172,7 @@
     render();
   });
 
-  live.subscribe((kind, id) => { if (kind === "snapshot" || (kind === "job" && mine.includes(id))) render(); });
+  live.subscribe((kind, id) => { if (kind === "snapshot" || kind === "estimates" || (kind === "job" && mine.includes(id))) render(); });
   // Submitting is a control: off in read-only mode and until the server accepts our credentials.
   function syncSubmit() {
     const button = document.getElementById("submit");

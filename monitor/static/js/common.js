@@ -353,52 +353,6 @@ const JQ = (function () {
 
   // ---- ETAs -------------------------------------------------------------------------------
 
-  /** Queue position and expected wait of every queued job, from the live state alone (the
-   * same rule as monitor/eta.py): per queue, higher priority first, then older first;
-   * wait = position × the service's median completion time ÷ online consumers of the queue.
-   * Deltas carry no queue ETAs (they depend on every other job), so pages compute them here. */
-  function queueEstimates(state) {
-    // The rule of monitor/eta.py: each online worker of a queue is free once its running job
-    // ends; each job ahead takes its service's median on the first worker free.
-    const median = (service) => {
-      const stat = state.services.get(service || "");
-      return stat && typeof stat.median === "number" ? stat.median : null;
-    };
-    const now = serverNow();
-    const free = new Map();
-    for (const w of state.workers.values()) {
-      if (w.status !== "online") continue;
-      const job = w.current_job ? state.jobs.get(w.current_job) : null;
-      let left = 0;
-      if (job) {
-        const eta = processingEta(job), m = median(job.service);
-        if (eta !== null) left = eta;
-        else if (m !== null) left = job.started_at ? Math.max(0, m - (now - job.started_at)) : m;
-      }
-      for (const q of w.queues || []) { if (!free.has(q)) free.set(q, []); free.get(q).push(left); }
-    }
-    const queued = [...state.jobs.values()].filter((j) => j.status === "queued");
-    queued.sort((a, b) => (b.priority || 0) - (a.priority || 0) ||
-      (a.submitted_at || 0) - (b.submitted_at || 0) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    const positions = new Map(), out = new Map(), unknown = new Set();
-    for (const job of queued) {
-      const queue = job.queue || job.service || "";
-      const position = (positions.get(queue) || 0) + 1;
-      positions.set(queue, position);
-      if (!free.has(queue)) free.set(queue, [0]);
-      const m = median(job.service);
-      if (m === null) unknown.add(queue);
-      if (unknown.has(queue)) { out.set(job.id, {position, wait: null}); continue; }
-      const times = free.get(queue);
-      let first = 0;
-      for (let i = 1; i < times.length; i++) if (times[i] < times[first]) first = i;
-      const done = times[first] + m;
-      times[first] = done;
-      out.set(job.id, {position, wait: Math.round(done * 100) / 100});
-    }
-    return out;
-  }
-
   /** Seconds left of a processing job: its worker's ETA counted down since it was reported. */
   function processingEta(job) {
     const p = job.progress || {};
@@ -553,6 +507,6 @@ const JQ = (function () {
   }
 
   return {h, clear, fill, duration, clock, shortId, serverNow, notify, auth, api, control, live,
-    coalesce, queueEstimates, processingEta, countdown, statusPill, progressBar, controlButton, jobControls, ticking, FINAL, PENDING, safeUrl,
+    coalesce, processingEta, countdown, statusPill, progressBar, controlButton, jobControls, ticking, FINAL, PENDING, safeUrl,
     previewImage};
 })();

@@ -248,6 +248,8 @@
       loadWorkflow();  // a sibling step moved (or a later step was just queued)
     } else if (kind === "job" && data && job && job.batch_id && data.batch_id === job.batch_id) {
       render();
+    } else if (kind === "estimates" && job && job.status === "queued") {
+      render();  // its queue position moved
     }
   });
   auth.onChange(render);

@@ -30,13 +30,45 @@ const JQJobs = (function () {
     return (err.type ? err.type + ": " : "") + (err.message || "");
   }
 
-  // Queue positions and waits of the live state, recomputed once per render.
-  let estimates = null;
-  function estimate(job) {
-    if (!estimates) estimates = JQ.queueEstimates(live);
-    return estimates.get(job.id) || {position: job.queue_position, wait: job.eta_seconds};
+  // Queue positions and expected waits. The rule lives on the server (monitor/eta.py):
+  // /api/estimates is asked after a snapshot and whenever a job, worker or service changes
+  // while jobs are queued (they depend on every other job, so deltas do not carry them); a
+  // wait counts down from the server time it was computed at. A snapshot's (or a REST job's)
+  // own queue_position / eta_seconds serve until the first answer.
+  // Asked at most once a second (or every 10 answer times, for a long backlog), so a busy
+  // stream costs the server a bounded amount; waits count down locally in between.
+  const estimates = {at: null, jobs: new Map(), timer: null, asked: 0, applied: 0, last: 0, gap: 1000};
+  function refreshEstimates() {
+    if (estimates.timer !== null) return;
+    const delay = Math.max(150, estimates.last + estimates.gap - Date.now());
+    estimates.timer = setTimeout(async () => {
+      estimates.timer = null;
+      const n = ++estimates.asked;
+      const sent = estimates.last = Date.now();
+      const res = await JQ.api("GET", "/api/estimates");
+      estimates.gap = Math.max(1000, 10 * (Date.now() - sent));
+      if (!res.ok || !res.data || n < estimates.applied) return;  // a later answer is in
+      estimates.applied = n;
+      estimates.at = typeof res.data.at === "number" ? res.data.at : JQ.serverNow();
+      estimates.jobs = new Map(Object.entries(res.data.jobs || {}));
+      live.emit("estimates", null, null);
+    }, delay);
   }
-  live.subscribe(() => { estimates = null; });
+  function hasQueued() {
+    if (estimates.jobs.size) return true;
+    for (const j of live.jobs.values()) if (j.status === "queued") return true;
+    return false;
+  }
+  live.subscribe((kind) => {
+    if ((kind === "snapshot" || kind === "job" || kind === "worker" || kind === "service") && hasQueued()) refreshEstimates();
+  });
+  /** {position, wait} of a queued job: the server's, its wait counted down since computed. */
+  function estimate(job) {
+    const known = estimates.jobs.get(job.id);
+    if (!known) return {position: job.queue_position, wait: job.eta_seconds};
+    const wait = typeof known.wait === "number" ? Math.max(0, known.wait - (JQ.serverNow() - estimates.at)) : null;
+    return {position: known.position, wait};
+  }
 
   // Why queued jobs with requirements wait. The rule lives on the server: /api/waiting is asked
   // after a snapshot and whenever a worker or such a job changes (the snapshot and deltas do
@@ -305,7 +337,7 @@ const JQJobs = (function () {
     search.addEventListener("input", changed);
     if (sortBy) sortBy.addEventListener("change", changed);
     live.subscribe((kind) => {
-      if (kind === "snapshot" || kind === "job" || kind === "waiting") {
+      if (kind === "snapshot" || kind === "job" || kind === "waiting" || kind === "estimates") {
         render();
         if (state in TAB_STATES) refetchSoon();
       }

@@ -1,0 +1,305 @@
+"""Job payloads as pydantic models, one per connector, and the one way their errors read.
+
+Each connector's payload is a strict model (JSON types, no coercion: ``"20"`` is not a step
+count; unknown fields refused), so the same rules check a job at submit, in the worker, and
+(as JSON schema, :func:`payload_schema`) on the monitor's client page. :func:`check` turns a
+model's validation errors into one :class:`~jobqueue.errors.InvalidPayloadError` that names
+every problem: ``simulation: 'steps' must be an integer between 0 and 100000, got 'five'``.
+
+The models describe the payload; each connector still returns the payload in its own
+normalised form (the ``a1111`` payload, say, goes to the WebUI as the caller wrote it, without
+the defaults a model dump would add).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
+
+from annotated_types import Ge, Gt, Le
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic.fields import FieldInfo
+
+from jobqueue.connectors.a1111_fields import (
+    BOOL,
+    DICT,
+    FLOAT,
+    INT,
+    LIST,
+    RANGES,
+    ROUTES,
+    STR,
+    STR_LIST,
+    all_field_names,
+    request_fields,
+)
+from jobqueue.errors import InvalidPayloadError
+
+#: Upper bounds that keep a typo from booking a worker for a day (simulation).
+MAX_STEPS = 100_000
+MAX_STEP_SECONDS = 3600.0
+
+#: A time limit in seconds: a positive, finite number.
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class PayloadModel(BaseModel):
+    """Base of every payload model: JSON types only, unknown fields refused."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    #: Added to a range complaint (``a1111``: where the limits come from).
+    range_note: ClassVar[str] = ""
+
+
+M = TypeVar("M", bound=PayloadModel)
+
+
+# -- simulation ----------------------------------------------------------------------------------
+class SimulationPayload(PayloadModel):
+    """The ``simulation`` connector's job: ``steps`` steps of ``step_seconds`` each."""
+
+    steps: Annotated[int, Field(ge=0, le=MAX_STEPS, description="Number of steps to run.")] = 1
+    step_seconds: Annotated[float, Field(ge=0, le=MAX_STEP_SECONDS, allow_inf_nan=False,
+                                         description="Seconds each step takes.")] = 0.0
+    fail_at_step: Annotated[int | None, Field(description="Fail at this step (null: never).")] = None
+    output: Annotated[Any, Field(description="Returned as the job's result.")] = None
+    seed: Annotated[Any, Field(description="Returned with the result when given.")] = None
+
+
+# -- comfyui -------------------------------------------------------------------------------------
+class ComfyUIPayload(PayloadModel):
+    """The ``comfyui`` connector's job: an API-format workflow (ComfyUI's "Save (API)")."""
+
+    workflow: Annotated[dict[str, Any], Field(
+        description="API-format workflow: node id -> {class_type, inputs}.")]
+    timeout: Seconds | None = None
+    stall_timeout: Seconds | None = None
+    node_timeout: Seconds | None = None
+
+    @field_validator("workflow", mode="before")
+    @classmethod
+    def _api_format(cls, workflow: Any) -> Any:
+        if not isinstance(workflow, dict) or not workflow:
+            raise ValueError("'workflow' must be a non-empty object of node id -> {class_type, inputs}")
+        if isinstance(workflow.get("nodes"), list) and "links" in workflow:
+            raise ValueError("'workflow' is in ComfyUI's UI format; export it with 'Save (API)' to get "
+                             "the API format (node id -> {class_type, inputs})")
+        for node_id, node in workflow.items():
+            if not isinstance(node, dict):
+                raise ValueError(f"workflow node {node_id!r} must be an object with class_type and inputs")
+            if not isinstance(node.get("class_type"), str) or not node["class_type"]:
+                raise ValueError(f"workflow node {node_id!r} has no 'class_type' string")
+            if not isinstance(node.get("inputs", {}), dict):
+                raise ValueError(f"workflow node {node_id!r} has 'inputs' that is not an object")
+        return workflow
+
+
+# -- a1111 ---------------------------------------------------------------------------------------
+#: Fields jobqueue adds to the WebUI request itself: a payload may not set them.
+A1111_OWNED = {
+    "force_task_id": "jobqueue sets it to follow the job",
+    "send_images": "jobqueue needs the images in the answer",
+    "include_init_images": "jobqueue does not store input images",
+}
+#: Payload fields of jobqueue's own (not sent to the WebUI).
+A1111_OWN_FIELDS = ("mode", "timeout", "stall_timeout", "node_timeout")
+
+_A1111_TYPES: dict[str, Any] = {
+    INT: int, FLOAT: Annotated[float, Field(allow_inf_nan=False)], STR: str, BOOL: bool,
+    LIST: list[Any], STR_LIST: list[str], DICT: dict[str, Any],
+}
+
+
+class A1111Payload(PayloadModel):
+    """Base of the ``a1111`` models: jobqueue's own fields; the WebUI's come from its tables."""
+
+    range_note: ClassVar[str] = " (the WebUI's limits)"
+
+    timeout: Seconds | None = None
+    stall_timeout: Seconds | None = None
+    node_timeout: Seconds | None = None
+
+
+def _a1111_model(mode: str) -> type[A1111Payload]:
+    """The ``mode`` request of the WebUI (Forge's fields, a superset of A1111's) as a model:
+    each field's JSON type, null only where the WebUI's default is null, the UI's ranges."""
+    fields: dict[str, Any] = {"mode": (Literal[mode], mode)}
+    for name, (kind, default) in request_fields(mode, "forge").items():
+        if name in A1111_OWNED:
+            continue
+        kind_type = _A1111_TYPES.get(kind, Any)
+        low, high = RANGES.get(name, (None, None))
+        annotation = Annotated[kind_type, Field(ge=low, le=high)] if (low, high) != (None, None) else kind_type
+        fields[name] = (annotation | None if default is None else annotation, default)
+    model: type[A1111Payload] = create_model(
+        f"A1111{mode.capitalize()}Payload", __base__=A1111Payload, **fields)
+    return model
+
+
+#: The ``a1111`` model of each mode.
+A1111_MODELS: dict[str, type[A1111Payload]] = {mode: _a1111_model(mode) for mode in ROUTES}
+
+
+# -- errors --------------------------------------------------------------------------------------
+_NOUNS = {"int": ("an integer", "integers"), "float": ("a number", "numbers"), "bool": ("true or false", "booleans"),
+          "string": ("a string", "strings"), "list": ("a list", "lists"), "dict": ("an object", "objects"),
+          "model": ("an object", "objects"), "literal": ("one of the allowed values", "allowed values")}
+
+
+def _noun(error_type: str) -> tuple[str, str] | None:
+    return _NOUNS.get(error_type.split("_")[0]) if error_type.endswith(("_type", "_parsing", "_from_float",
+                                                                       "_error")) else None
+
+
+def _constraints(annotation: Any) -> list[Any]:
+    """The annotated-types constraints anywhere in ``annotation`` (inside Optional too)."""
+    found: list[Any] = []
+    for meta in getattr(annotation, "__metadata__", ()):
+        found += list(meta.metadata) if isinstance(meta, FieldInfo) else [meta]
+    for arg in get_args(annotation):
+        found += _constraints(arg)
+    return found
+
+
+def _bounds(model: type[PayloadModel], name: str) -> tuple[Any, Any]:
+    field = model.model_fields.get(name)
+    low = high = None
+    if field is not None:
+        for meta in [*field.metadata, *_constraints(field.annotation)]:
+            if isinstance(meta, (Ge, Gt)):
+                low = meta.ge if isinstance(meta, Ge) else meta.gt
+            elif isinstance(meta, Le):
+                high = meta.le
+    return low, high
+
+
+def _complaint(model: type[PayloadModel], error: Mapping[str, Any], payload: Mapping[str, Any]) -> str:
+    loc = error["loc"]
+    name = str(loc[0]) if loc else ""
+    kind, value = error["type"], error["input"]
+    if kind == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ")
+    if len(loc) >= 2 and isinstance(loc[1], int):  # an item of a list
+        noun = _noun(kind)
+        return f"'{name}' must be a list of {noun[1] if noun else 'valid items'}, got {payload.get(name)!r}"[:200]
+    if len(loc) >= 2:
+        name = ".".join(str(part) for part in loc)
+    if value is None and kind != "missing":
+        return f"'{name}' may not be null"
+    if kind == "missing":
+        return f"'{name}' is required"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        low, high = _bounds(model, name)
+        if low is not None and high is not None:
+            return f"'{name}' must be between {low} and {high}{model.range_note}, got {value!r}"
+        return f"'{name}' must be {'>=' if low is not None else '<='} {low if low is not None else high}, got {value!r}"
+    if kind == "greater_than":
+        return f"'{name}' must be a positive number of seconds, got {value!r}"
+    if kind == "finite_number":
+        return f"'{name}' must be a finite number, got {value!r}"
+    noun = _noun(kind)
+    if noun is not None:
+        return f"'{name}' must be {noun[0]}, got {value!r}"[:200]
+    return f"'{name}': {error['msg']}"
+
+
+def describe(model: type[PayloadModel], exc: ValidationError, payload: Mapping[str, Any]) -> list[str]:
+    """Every problem of ``exc``, one phrase each, unknown fields first and together."""
+    errors = exc.errors()
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    expected = ", ".join(model.model_fields)
+    problems = [f"unknown field(s) {unknown} (expected {expected})"] if unknown else []
+    problems += [_complaint(model, e, payload) for e in errors if e["type"] != "extra_forbidden"]
+    return problems
+
+
+def check(model: type[M], service: str, payload: Any) -> M:
+    """Validate ``payload`` with ``model``; raise :class:`InvalidPayloadError` naming every
+    problem, prefixed with ``service``."""
+    if not isinstance(payload, dict):
+        raise InvalidPayloadError(f"{service}: payload must be a JSON object")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidPayloadError(f"{service}: " + "; ".join(describe(model, exc, payload))) from None
+
+
+# -- per-connector entry points ------------------------------------------------------------------
+def validate_simulation(payload: Any) -> dict[str, Any]:
+    """The ``simulation`` payload, normalised (defaults filled, ``step_seconds`` a float)."""
+    model = check(SimulationPayload, "simulation", payload)
+    return {
+        "steps": model.steps,
+        "step_seconds": float(model.step_seconds),
+        "fail_at_step": model.fail_at_step,
+        "output": model.output,
+        **({"seed": model.seed} if "seed" in model.model_fields_set else {}),
+    }
+
+
+def validate_comfyui(payload: Any) -> dict[str, Any]:
+    """The ``comfyui`` payload: its workflow, and the time limits given (as floats)."""
+    if isinstance(payload, dict) and "workflow" not in payload:
+        payload = {**payload, "workflow": {}}  # one message for "absent" and "empty"
+    model = check(ComfyUIPayload, "comfyui", payload)
+    result: dict[str, Any] = {"workflow": model.workflow}
+    for name in ("timeout", "stall_timeout", "node_timeout"):
+        value = getattr(model, name)
+        if value is not None:
+            result[name] = float(value)
+    return result
+
+
+def validate_a1111(payload: Any) -> dict[str, Any]:
+    """The ``a1111`` payload as written, with ``mode`` filled in and the time limits as
+    floats; every problem named at once."""
+    if not isinstance(payload, dict):
+        raise InvalidPayloadError("a1111: payload must be a JSON object (the WebUI's txt2img/img2img request)")
+    mode = payload.get("mode", "txt2img")
+    if mode not in ROUTES:
+        raise InvalidPayloadError(f"a1111: 'mode' must be one of {', '.join(ROUTES)}, got {mode!r}")
+    model = A1111_MODELS[mode]
+    problems: list[str] = []
+    known = all_field_names() | set(A1111_OWN_FIELDS)
+    unknown = sorted(set(payload) - known)
+    if unknown:
+        problems.append(f"unknown field(s) {unknown} (not in the WebUI's request models)")
+    checked: dict[str, Any] = {}
+    for name, value in payload.items():
+        if name in A1111_OWNED:
+            problems.append(f"'{name}' may not be set: {A1111_OWNED[name]}")
+        elif name in known and name not in model.model_fields:
+            problems.append(f"'{name}' is not a {mode} field")
+        elif name in model.model_fields:
+            checked[name] = value
+    try:
+        model.model_validate(checked)
+    except ValidationError as exc:
+        problems += describe(model, exc, checked)
+    if mode == "img2img":
+        images = payload.get("init_images")
+        if not isinstance(images, list) or not images or not all(isinstance(i, str) and i for i in images):
+            problems.append("img2img needs 'init_images': a non-empty list of base64 images (or data: URIs)")
+    overrides = payload.get("override_settings")
+    checkpoint = overrides.get("sd_model_checkpoint") if isinstance(overrides, dict) else None
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        problems.append(f"'override_settings.sd_model_checkpoint' must be a string, got {checkpoint!r}")
+    if problems:
+        raise InvalidPayloadError("a1111: " + "; ".join(problems))
+    result = dict(payload)
+    result["mode"] = mode
+    for name in ("timeout", "stall_timeout", "node_timeout"):
+        if payload.get(name) is not None:
+            result[name] = float(payload[name])
+    return result
+
+
+def schema_of(models: tuple[type[PayloadModel], ...], service: str) -> dict[str, Any]:
+    """The JSON schema of a payload with these models: the one model's, ``oneOf`` several
+    (``a1111``'s modes), any JSON object for none."""
+    if not models:
+        return {"title": f"{service} payload", "type": "object"}
+    if len(models) == 1:
+        return models[0].model_json_schema()
+    return {"title": f"{service} payload", "oneOf": [m.model_json_schema() for m in models]}
