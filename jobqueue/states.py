@@ -8,6 +8,7 @@ moves a completed job back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 
 
@@ -115,13 +116,45 @@ _CELERY_TO_JOB = {
 }
 
 
+#: Exception type names that end a job with a status other than failed.
+_ERROR_STATUS = {"JobTimedOut": JobStatus.TIMED_OUT, "JobCancelled": JobStatus.CANCELLED}
+
+
+def status_for_error(error_type: str | None) -> JobStatus:
+    """The final status of a job that raised ``error_type`` (an exception class name): timed
+    out, cancelled, or failed. The worker's result, the client and the monitor all end a
+    failed job through this one rule."""
+    return _ERROR_STATUS.get(error_type or "", JobStatus.FAILED)
+
+
 def job_status_from_celery(state: str, error_type: str | None = None) -> JobStatus:
     """Map a Celery task state (and, for failures, the exception type) to a job status."""
-    if state == "FAILURE" and error_type == "JobTimedOut":
-        return JobStatus.TIMED_OUT
-    if state == "FAILURE" and error_type == "JobCancelled":
-        return JobStatus.CANCELLED
+    if state == "FAILURE":
+        return status_for_error(error_type)
     return _CELERY_TO_JOB.get(state, JobStatus.QUEUED)
+
+
+#: Step statuses that end a workflow with that status (the first such step's).
+_BAD_STEP = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
+
+
+def workflow_status(statuses: Sequence[str], total: int | None = None) -> JobStatus:
+    """A workflow's status from its known steps' statuses, in step order: the first
+    failed/timed-out/cancelled step's; completed when all ``total`` steps are (default: the
+    steps given); processing once any step left the queue; else queued.
+
+    ``WorkflowHandle.status`` and the monitor's workflow view both answer with this; the
+    monitor may know fewer steps than ``total`` (later steps are published as earlier ones end).
+    """
+    for status in statuses:
+        if status in _BAD_STEP:
+            return JobStatus(status)
+    if len(statuses) >= (len(statuses) if total is None else total) and \
+            all(s == JobStatus.COMPLETED for s in statuses):
+        return JobStatus.COMPLETED
+    if any(s != JobStatus.QUEUED for s in statuses):
+        return JobStatus.PROCESSING
+    return JobStatus.QUEUED
 
 
 def empty_progress() -> dict[str, object]:

@@ -46,7 +46,7 @@ from jobqueue.errors import (
     WorkflowNotFound,
 )
 from jobqueue.events import RUN_JOB_TASK
-from jobqueue.states import FINAL_JOB_STATES, JobStatus
+from jobqueue.states import FINAL_JOB_STATES, JobStatus, workflow_status
 from jobqueue.submitted import record_submitted
 from jobqueue.workflow_steps import (
     PREV,
@@ -68,7 +68,6 @@ __all__ = [
 #: Most steps one workflow may have.
 MAX_STEPS = 100
 
-_BAD_STATES = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
 
 
 def cancel_later_steps(job_id: str, app: Any) -> list[str]:
@@ -197,15 +196,7 @@ class WorkflowHandle:
     def status(self) -> JobStatus:
         """The workflow's status: that of its first failed/timed-out/cancelled step if any;
         completed when every step is; processing once a step started; else queued."""
-        statuses = self.statuses()
-        for status in statuses:
-            if status in _BAD_STATES:
-                return status
-        if all(status == JobStatus.COMPLETED for status in statuses):
-            return JobStatus.COMPLETED
-        if any(status != JobStatus.QUEUED for status in statuses):
-            return JobStatus.PROCESSING
-        return JobStatus.QUEUED
+        return workflow_status(self.statuses())
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the last step ends; return its result.

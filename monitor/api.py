@@ -22,6 +22,7 @@ from monitor.auth import mutating
 from monitor.broker import queue_depths
 from monitor.capabilities import WAITING, annotate_waiting, waiting_reasons
 from monitor.eta import annotate, busy_until
+from monitor.statuses import WorkerStatus
 from monitor.store import JOB_SORTS
 
 bp = Blueprint("api", __name__)
@@ -85,7 +86,7 @@ def consumers_per_queue(workers: list[dict[str, Any]]) -> dict[str, int]:
     """How many online workers consume each queue."""
     counts: dict[str, int] = {}
     for worker in workers:
-        if worker.get("status") == "online":
+        if worker.get("status") == WorkerStatus.ONLINE:
             for queue in worker.get("queues") or []:
                 counts[queue] = counts.get(queue, 0) + 1
     return counts
@@ -96,7 +97,7 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
     c = ctx()
     snapshot = c.store.snapshot(finished_limit=finished_limit)
     medians = {s["service"]: s["median"] for s in snapshot["services"]}
-    running = {j["id"]: j for j in snapshot["jobs"] if j["status"] == "processing"}
+    running = {j["id"]: j for j in snapshot["jobs"] if j["status"] == JobStatus.PROCESSING}
     annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]),
              busy_until(snapshot["workers"], running, medians))
     result: dict[str, Any] = snapshot
@@ -108,14 +109,14 @@ def queue_estimates(now: float) -> list[dict[str, Any]]:
     and ``eta_seconds`` as of ``now``: the one place the monitor computes queue ETAs."""
     store = ctx().store
     medians, workers = store.service_medians(), store.workers()
-    running = {j["id"]: j for j in store.jobs(state=["processing"], limit=MAX_LIMIT)[0]}
+    running = {j["id"]: j for j in store.jobs(state=[JobStatus.PROCESSING.value], limit=MAX_LIMIT)[0]}
     return annotate(store.queue_order(), medians, consumers_per_queue(workers),
                     busy_until(workers, running, medians, now))
 
 
 def _annotate_queued(found: list[dict[str, Any]]) -> None:
     """Queue position and expected wait of the queued jobs in ``found``, among all queued."""
-    wanted = {j["id"]: j for j in found if j["status"] == "queued"}
+    wanted = {j["id"]: j for j in found if j["status"] == JobStatus.QUEUED}
     store = ctx().store
     annotate_waiting(found, store.workers() if any(j.get("requires") and j["status"] in WAITING for j in found) else [])
     if not wanted:
@@ -192,7 +193,7 @@ def job(job_id: str) -> Any:
 def waiting() -> Any:
     """``{"waiting": {job id: reason}}``: the queued jobs no online worker can run, and why."""
     store = ctx().store
-    retrying, _ = store.jobs(state=["retrying"], limit=MAX_LIMIT)
+    retrying, _ = store.jobs(state=[JobStatus.RETRYING.value], limit=MAX_LIMIT)
     return jsonify({"waiting": waiting_reasons(store.queued_jobs() + retrying, store.workers())})
 
 

@@ -18,11 +18,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jobqueue.requirements import DETAILS_KEY, Capabilities, Requirements, waiting_for, worker_capabilities
+from jobqueue.states import JobStatus
+from monitor.statuses import WorkerStatus
 
 #: Worker statuses that take jobs (a draining or offline worker does not).
-TAKING_JOBS = ("online",)
+TAKING_JOBS = (WorkerStatus.ONLINE.value,)
 #: Job statuses of a job waiting in a queue for a worker.
-WAITING = ("queued", "retrying")
+WAITING = (JobStatus.QUEUED.value, JobStatus.RETRYING.value)
 
 
 def summary(connectors: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ import heapq
 import time
 from typing import Any
 
+from jobqueue.states import JobStatus
+from monitor.statuses import WorkerStatus
+
 
 def queue_order_key(job: dict[str, Any]) -> tuple[int, float, str]:
     """The order in which queued jobs are taken: higher priority first, then older first."""
@@ -46,7 +49,7 @@ def busy_until(workers: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], m
     now = time.time() if now is None else now
     out: dict[str, list[float]] = {}
     for worker in workers:
-        if worker.get("status") != "online":
+        if worker.get("status") != WorkerStatus.ONLINE:
             continue
         current = jobs.get(worker.get("current_job") or "")
         free = remaining(current, medians.get((current or {}).get("service") or ""), now) if current else 0.0
@@ -64,7 +67,7 @@ def annotate(jobs: list[dict[str, Any]], medians: dict[str, float | None],
     ``consumers`` idle workers per queue are assumed."""
     positions: dict[str, int] = {}
     free: dict[str, list[float] | None] = {}
-    for job in sorted((j for j in jobs if j.get("status") == "queued"), key=queue_order_key):
+    for job in sorted((j for j in jobs if j.get("status") == JobStatus.QUEUED), key=queue_order_key):
         queue = job.get("queue") or job.get("service") or ""
         positions[queue] = positions.get(queue, 0) + 1
         job["queue_position"] = positions[queue]

@@ -24,6 +24,7 @@ from sqlalchemy import Float, Integer, String, delete, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from jobqueue.states import JobStatus
 from monitor.store import Base, Store
 
 #: One bucket per hour.
@@ -111,9 +112,9 @@ def read(store: Store, *, now: float | None = None, hours: int = DEFAULT_HOURS) 
         services, rows = {}, []
     for hour, status, jobs, runtime_sum, runtime_count in rows:
         entry = series.setdefault(hour, {"t": hour, "completed": 0, "failed": 0, "cancelled": 0})
-        column = "completed" if status == "completed" else "cancelled" if status == "cancelled" else "failed"
+        column = "completed" if status == JobStatus.COMPLETED else "cancelled" if status == JobStatus.CANCELLED else "failed"
         entry[column] += int(jobs or 0)
-        if status == "completed":
+        if status == JobStatus.COMPLETED:
             sums[hour][0] += runtime_sum or 0.0
             sums[hour][1] += runtime_count or 0
     for hour, entry in series.items():

@@ -30,6 +30,7 @@ from jobqueue.events import CONNECTOR_STATUS, CONTROL_CONNECTOR_STATUS
 from jobqueue.internals import global_keyprefix, result_key_prefix
 from jobqueue.redis_urls import is_redis_url
 from jobqueue.routing import redis_queue_keys
+from jobqueue.states import JobStatus
 from monitor import repair_store
 from monitor.rebuild import job_events, meta_of, queue_message_event, ts_of
 from monitor.store import FINAL_STATUSES, Store
@@ -228,7 +229,7 @@ class Repair:
         for job_id, (status, _) in stored.items():
             if status in FINAL_STATUSES:
                 self.writer.put({"type": JOB_TRUTH, "uuid": job_id, "source": "repair", "timestamp": now,
-                                 "local_received": now, "status": "queued", "fields": {}})
+                                 "local_received": now, "status": JobStatus.QUEUED.value, "fields": {}})
 
     def _expire_unknown(self, known: set[str], started: float) -> int:
         """Forget jobs that neither the backend, a queue nor a worker knows, once nothing

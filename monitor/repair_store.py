@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from monitor.store import FINAL_STATUSES, OPEN_STATUSES, Job, Store
+from monitor.store import FINAL_STATUSES, OPEN_STATUSES, JobRow, Store
 
 
 def job_states(store: Store, ids: list[str]) -> dict[str, tuple[str, float | None]]:
@@ -14,7 +14,7 @@ def job_states(store: Store, ids: list[str]) -> dict[str, tuple[str, float | Non
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             for job_id, status, updated in session.execute(
-                    select(Job.id, Job.status, Job.updated_at).where(Job.id.in_(chunk))):
+                    select(JobRow.id, JobRow.status, JobRow.updated_at).where(JobRow.id.in_(chunk))):
                 out[job_id] = (status, updated)
     return out
 
@@ -23,7 +23,7 @@ def changed_final_ids(store: Store, since: float) -> set[str]:
     """Final jobs changed at or after ``since`` (to verify against the backend)."""
     with store.read() as session:
         return set(session.scalars(
-            select(Job.id).where(Job.status.in_(FINAL_STATUSES), Job.updated_at >= since)))
+            select(JobRow.id).where(JobRow.status.in_(FINAL_STATUSES), JobRow.updated_at >= since)))
 
 
 def expiry_candidates(store: Store, final_from: float, before: float) -> list[tuple[str, str]]:
@@ -31,8 +31,8 @@ def expiry_candidates(store: Store, final_from: float, before: float) -> list[tu
     changed in ``[final_from, before)``: the jobs repair may forget when nobody knows them."""
     with store.read() as session:
         rows = list(session.execute(
-            select(Job.id, Job.status).where(Job.status.in_(OPEN_STATUSES), Job.updated_at < before)))
+            select(JobRow.id, JobRow.status).where(JobRow.status.in_(OPEN_STATUSES), JobRow.updated_at < before)))
         rows += list(session.execute(
-            select(Job.id, Job.status).where(Job.status.in_(FINAL_STATUSES), Job.updated_at >= final_from,
-                                             Job.updated_at < before)))
+            select(JobRow.id, JobRow.status).where(JobRow.status.in_(FINAL_STATUSES), JobRow.updated_at >= final_from,
+                                             JobRow.updated_at < before)))
     return [(job_id, status) for job_id, status in rows]

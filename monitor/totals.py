@@ -20,7 +20,8 @@ What is counted, per write transaction (the writer calls :meth:`Totals.record` i
   the workers' ``job-webhook`` events.
 
 A job's state before the transaction is remembered when SQLAlchemy loads its row (a ``load``
-event on :class:`monitor.store.Job`), so nothing in :mod:`monitor.apply` has to report.
+event on :class:`monitor.store.JobRow`, kept in the session's ``info``, not on the row), so
+nothing in :mod:`monitor.apply` has to report.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from sqlalchemy import Float, String, event, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from jobqueue.events import CONNECTOR_STATUS, JOB_WEBHOOK, TASK_EVENTS, WEBHOOK_OUTCOMES, WORKER_EVENTS
-from jobqueue.states import FINAL_JOB_STATES
+from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor import history
-from monitor.store import Base, Job, Store
+from monitor.store import Base, JobRow, Store
 
 #: Upper bounds (s) of the job runtime histogram: image jobs take from under a second (a
 #: cached re-run) to tens of minutes (video, large upscales).
@@ -49,7 +50,7 @@ QUEUE_WAIT_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300
 KNOWN_EVENTS = frozenset((*TASK_EVENTS, *WORKER_EVENTS, CONNECTOR_STATUS, JOB_WEBHOOK))
 #: Final statuses as stored strings.
 _FINAL = frozenset(s.value for s in FINAL_JOB_STATES)
-#: Attribute a loaded Job carries: (status, attempt, started_at) as read from the database.
+#: Key in a write session's ``info``: {job id: (status, attempt, started_at) as loaded}.
 _BEFORE = "_jobqueue_totals_before"
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -66,8 +67,10 @@ class MetricTotal(Base):
     value: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-def _remember(target: Job, _context: Any) -> None:
-    setattr(target, _BEFORE, (target.status, target.attempt or 0, target.started_at))
+def _remember(target: JobRow, context: Any) -> None:
+    """A job was loaded: keep what the transaction found -- (status, attempt, started_at) by
+    job id in its session's ``info`` (the session is the transaction; nothing on the row)."""
+    context.session.info.setdefault(_BEFORE, {})[target.id] = (target.status, target.attempt or 0, target.started_at)
 
 
 def _key(name: str, **labels: str) -> Key:
@@ -95,8 +98,8 @@ class Totals:
         history.create_table(store)
         #: When :meth:`record` last dropped expired hourly history (once an hour is enough).
         self._history_pruned = 0.0
-        if not event.contains(Job, "load", _remember):
-            event.listen(Job, "load", _remember)
+        if not event.contains(JobRow, "load", _remember):
+            event.listen(JobRow, "load", _remember)
         self._lock = threading.Lock()
         #: Totals as committed (the writer's view; a scrape reads the database).
         self._committed: dict[Key, float] = {k: v for k, v in self._read().items()}
@@ -134,7 +137,7 @@ class Totals:
                 continue
             job = tx.job(job_id, create=False)
             if job is not None:
-                self._job_delta(job, delta, hourly, tx.now)
+                self._job_delta(job, tx.session.info.get(_BEFORE, {}).get(job_id), delta, hourly, tx.now)
         if hourly:
             history.write(tx.session, hourly)
         if tx.now - self._history_pruned >= history.HOUR:
@@ -184,8 +187,8 @@ class Totals:
         self._pending = None
 
     @staticmethod
-    def _job_delta(job: Job, delta: Delta, hourly: history.HourlyDelta, now: float) -> None:
-        before = getattr(job, _BEFORE, None)
+    def _job_delta(job: JobRow, before: tuple[str, int, float | None] | None, delta: Delta,
+                   hourly: history.HourlyDelta, now: float) -> None:
         status, attempt, started_at = before if before is not None else ("", 0, None)
         service = job.service or "unknown"
         if before is None:
@@ -194,7 +197,7 @@ class Totals:
             delta[_key("jobs", service=service, status=job.status)] += 1
             history.count(hourly, service=service, status=job.status, finished_at=job.finished_at,
                           runtime=job.runtime, now=now)
-            if job.status == "completed" and job.runtime is not None and job.runtime >= 0:
+            if job.status == JobStatus.COMPLETED.value and job.runtime is not None and job.runtime >= 0:
                 _observe(delta, "runtime", job.runtime, RUNTIME_BUCKETS, service)
         if before is not None and (job.attempt or 0) > attempt:
             delta[_key("retries", service=service)] += (job.attempt or 0) - attempt

@@ -28,7 +28,10 @@ from sqlalchemy import delete
 
 from jobqueue.errors import MalformedEvent
 from jobqueue.states import JobStatus, empty_progress
-from monitor.store import Job, JobEvent, Tx
+from monitor.apply_effects import count_end, job_ended, machine_of, move_row
+from monitor.apply_fields import json_blob
+from monitor.statuses import FAILED_STATUSES, FINAL_STATUSES
+from monitor.store import JobEventRow, JobRow, Tx
 
 #: A final state set by an event is taken back (the backend says the job still runs or
 #: waits) only once it is this old (s).
@@ -38,8 +41,6 @@ JOB_TRUTH = "job-truth"
 JOB_LOST = "job-lost"
 JOB_EXPIRED = "job-expired"
 
-_FINAL = frozenset(s.value for s in JobStatus if s.is_final)
-_FAILED = ("failed", "timed_out")
 
 
 def _num(value: Any) -> bool:
@@ -89,12 +90,10 @@ def apply_repair_event(event: dict[str, Any], tx: Tx) -> bool:
     return _truth(tx, job, event)
 
 
-def _lost(tx: Tx, job: Job, event: dict[str, Any]) -> bool:
-    from monitor.apply import _move
-
+def _lost(tx: Tx, job: JobRow, event: dict[str, Any]) -> bool:
     raw = event.get("timestamp")
     ts = float(raw) if isinstance(raw, (int, float)) and _num(raw) else tx.now
-    if not _move(tx, job, JobStatus.LOST, ts):
+    if not move_row(job, JobStatus.LOST, ts):
         return False
     job.updated_at = tx.now
     tx.add_event(job, "lost", ts, {"worker": event.get("worker"), "reason": "its worker never finished it",
@@ -103,9 +102,7 @@ def _lost(tx: Tx, job: Job, event: dict[str, Any]) -> bool:
     return True
 
 
-def _truth(tx: Tx, job: Job, event: dict[str, Any]) -> bool:
-    from monitor.apply import _blob, _count_end, _job_ended, machine_of
-
+def _truth(tx: Tx, job: JobRow, event: dict[str, Any]) -> bool:
     given = event.get("fields")
     fields: dict[str, Any] = given if isinstance(given, dict) else {}
     values = {k: v for k, v in fields.items() if k in FIELDS and (v is None or FIELDS[k](v))}
@@ -113,42 +110,41 @@ def _truth(tx: Tx, job: Job, event: dict[str, Any]) -> bool:
         # The backend named the worker but not its machine: take it as a live event would.
         values["machine_id"] = machine_of(tx, values["worker"])
     if "result" in values:
-        values["result"] = _blob(values["result"])
+        values["result"] = json_blob(values["result"])
     if values.get("meta") is not None:
-        values["meta"] = _blob(values["meta"])
+        values["meta"] = json_blob(values["meta"])
     status = event.get("status")
     if status is not None and status not in {s.value for s in JobStatus}:
         raise MalformedEvent(f"{JOB_TRUTH}: bad status")
     old_status = job.status
     changed: list[str] = []
     if status and status != old_status:
-        if status in _FINAL:
-            if old_status in _FINAL:
-                _count_end(tx, job, job.worker, -1)
+        if status in FINAL_STATUSES:
+            if old_status in FINAL_STATUSES:
+                count_end(tx, job, job.worker, -1)
                 job.status = status
                 _set(job, values, changed)
-                _count_end(tx, job, job.worker, +1)
+                count_end(tx, job, job.worker, +1)
             else:
                 job.status = status
                 _set(job, values, changed)
-                _job_ended(tx, job, failed=status in _FAILED)
-                job.__dict__.pop("_progress_at_end", None)
+                job_ended(tx, job, failed=status in FAILED_STATUSES)
             changed.append("status")
-        elif old_status in _FINAL and (job.updated_at or 0.0) <= tx.now - DEMOTE_GRACE:
-            _count_end(tx, job, job.worker, -1)
+        elif old_status in FINAL_STATUSES and (job.updated_at or 0.0) <= tx.now - DEMOTE_GRACE:
+            count_end(tx, job, job.worker, -1)
             job.status = status
             job.finished_at = job.runtime = job.result = job.error = None
             job.progress = empty_progress()
             _set(job, values, changed)
             changed.append("status")
-        elif old_status not in _FINAL and status == JobStatus.QUEUED.value and old_status == "":
+        elif old_status not in FINAL_STATUSES and status == JobStatus.QUEUED.value and old_status == "":
             job.status = status
             changed.append("status")
     if "status" not in changed:
-        if job.status in _FINAL and values.get("worker") not in (None, job.worker):
-            _count_end(tx, job, job.worker, -1)
+        if job.status in FINAL_STATUSES and values.get("worker") not in (None, job.worker):
+            count_end(tx, job, job.worker, -1)
             _set(job, values, changed)
-            _count_end(tx, job, job.worker, +1)
+            count_end(tx, job, job.worker, +1)
         else:
             _set(job, values, changed)
     if job.status == JobStatus.COMPLETED.value and "runtime" in changed and job.service:
@@ -163,7 +159,7 @@ def _truth(tx: Tx, job: Job, event: dict[str, Any]) -> bool:
     return True
 
 
-def _set(job: Job, values: dict[str, Any], changed: list[str]) -> None:
+def _set(job: JobRow, values: dict[str, Any], changed: list[str]) -> None:
     for key, value in values.items():
         if getattr(job, key) != value:
             setattr(job, key, value)
@@ -172,12 +168,10 @@ def _set(job: Job, values: dict[str, Any], changed: list[str]) -> None:
 
 def _expire(tx: Tx, ids: list[str]) -> bool:
     """Forget jobs nobody knows: their workers' counts and services' medians with them."""
-    from monitor.apply import _count_end
-
     tx.prefetch(set(ids), set())
     jobs = [job for job in (tx.job(i, create=False) for i in ids) if job is not None]
     for job in jobs:
-        _count_end(tx, job, job.worker, -1)
+        count_end(tx, job, job.worker, -1)
         if job.worker:
             worker = tx.worker(job.worker, create=False)
             if worker is not None and worker.current_job == job.id:
@@ -188,8 +182,8 @@ def _expire(tx: Tx, ids: list[str]) -> bool:
     gone = [job.id for job in jobs]
     for start in range(0, len(gone), 500):
         chunk = gone[start:start + 500]
-        tx.session.execute(delete(JobEvent).where(JobEvent.job_id.in_(chunk)))
-        tx.session.execute(delete(Job).where(Job.id.in_(chunk)), execution_options={"synchronize_session": False})
+        tx.session.execute(delete(JobEventRow).where(JobEventRow.job_id.in_(chunk)))
+        tx.session.execute(delete(JobRow).where(JobRow.id.in_(chunk)), execution_options={"synchronize_session": False})
     for job in jobs:
         tx.session.expunge(job)
         tx.forget_job(job.id)

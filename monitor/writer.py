@@ -241,7 +241,7 @@ class Writer:
     def _write(self, fn: Callable[[Any], Any]) -> None:
         with self._tx() as tx:
             fn(tx)
-        self._announce(tx.changes)  # type: ignore[attr-defined]
+        self._announce(tx.changes)
 
     def _announce(self, changes: list[tuple[int, str, str, Any]]) -> None:
         if changes:
@@ -260,7 +260,7 @@ class Writer:
                 tx.prefetch(*referenced(merged))
                 for ev in merged:
                     self._apply_one(ev, tx)
-            self._announce(tx.changes)  # type: ignore[attr-defined]
+            self._announce(tx.changes)
             return
         except Exception as exc:
             self.last_error = repr(exc)
@@ -269,7 +269,7 @@ class Writer:
             try:
                 with self._tx() as tx:
                     self._apply_one(ev, tx)
-                self._announce(tx.changes)  # type: ignore[attr-defined]
+                self._announce(tx.changes)
             except Exception as exc:
                 self.counts["errors"] += 1
                 self.last_error = repr(exc)

@@ -1,0 +1,126 @@
+"""The JSON shapes of stored objects: what the API, the snapshot and the change log carry.
+
+Pure functions of rows (and, for a worker's heartbeat age, of the reader's clock); the shapes
+are the monitor's public contract, so a change here is an API change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobqueue.states import JobStatus, empty_progress
+from monitor import capabilities
+from monitor.statuses import WorkerStatus
+from monitor.store.models import ConnectorRow, JobRow, MachineRow, ServiceStatRow, WorkerRow
+
+
+def connector_dict(c: ConnectorRow) -> dict[str, Any]:
+    """A connector status as a worker's ``connectors`` entry shows it."""
+    return {
+        "status": c.status,
+        "message": c.message,
+        "details": c.details or {},
+        "updated_at": c.updated_at,
+        "seq": c.event_seq,
+        "interval": c.interval,
+        "stale": bool(c.stale),
+    }
+
+
+def worker_dict(w: WorkerRow, connectors: list[ConnectorRow], now: float) -> dict[str, Any]:
+    """A worker as the API shows it; ``processed``/``failed`` count the jobs the store holds
+    that ended on it (see :func:`monitor.apply_effects.count_end`)."""
+    status = w.status
+    if status == WorkerStatus.ONLINE.value and w.draining:
+        status = WorkerStatus.DRAINING.value
+    return {
+        "name": w.name,
+        "machine_id": w.machine_id,
+        "gpu": w.gpu,
+        "status": status,
+        "identity_complete": bool(w.machine_id) and w.gpu is not None and not w.identity_warning,
+        "identity_warning": w.identity_warning,
+        "connectors": {c.service: connector_dict(c) for c in sorted(connectors, key=lambda c: c.service)},
+        "capabilities": capabilities.summary({c.service: {"details": c.details} for c in connectors}),
+        "services": list(w.services or []),
+        "queues": list(w.queues or []),
+        "active": w.active,
+        "processed": w.ended or 0,
+        "failed": w.failed or 0,
+        "celery_processed": w.processed,
+        "current_job": w.current_job,
+        "heartbeat_at": w.heartbeat_at,
+        "heartbeat_age": None if w.heartbeat_received is None else round(max(0.0, now - w.heartbeat_received), 3),
+        "freq": w.freq,
+        "online_at": w.online_at,
+        "sw_ver": w.sw_ver,
+        "loadavg": w.loadavg,
+        "pid": w.pid,
+        "seq": w.seq,
+    }
+
+
+def machine_dict(m: MachineRow, workers: list[str]) -> dict[str, Any]:
+    """A machine as the API shows it, with the names of its workers."""
+    return {"id": m.id, "workers": sorted(workers), "status": m.status, "last_seen": m.last_seen, "seq": m.seq}
+
+
+def _meta_int(meta: dict[str, Any], key: str) -> int | None:
+    value = meta.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _meta_str(meta: dict[str, Any], key: str) -> str | None:
+    value = meta.get(key)
+    return value[:255] if isinstance(value, str) and value else None
+
+
+def job_dict(j: JobRow) -> dict[str, Any]:
+    """A job as the API and the websocket show it.
+
+    Nothing here depends on the clock of the reader, so a snapshot and the deltas carry the
+    same values: a processing job's ``eta_seconds`` is the one its worker computed from the
+    observed rate with its last progress report, taken at ``eta_at``.
+    """
+    progress = empty_progress()
+    progress.update(j.progress or {})
+    reported_at = progress.pop("reported_at", None)
+    meta = j.meta or {}
+    processing = j.status == JobStatus.PROCESSING.value
+    return {
+        "id": j.id,
+        "name": j.name,
+        "service": j.service,
+        "status": j.status,
+        "worker": j.worker,
+        "machine_id": j.machine_id,
+        "queue": j.queue,
+        "priority": j.priority,
+        "workflow_id": j.workflow_id,
+        "step": j.step,
+        "workflow_steps": _meta_int(meta, "workflow_steps"),
+        "batch_id": _meta_str(meta, "batch_id"),
+        "batch_index": _meta_int(meta, "batch_index"),
+        "batch_size": _meta_int(meta, "batch_size"),
+        "attempt": j.attempt,
+        "retries": j.attempt,
+        "progress": progress,
+        "submitted_at": j.submitted_at,
+        "received_at": j.received_at,
+        "started_at": j.started_at,
+        "finished_at": j.finished_at,
+        "runtime": j.runtime,
+        "eta_seconds": progress["eta_seconds"] if processing else None,
+        "eta_at": reported_at if processing and progress["eta_seconds"] is not None else None,
+        "queue_position": None,
+        "error": j.error,
+        "result": j.result,
+        "payload_summary": _meta_str(meta, "payload_summary"),
+        "requires": meta.get("requires") if isinstance(meta.get("requires"), dict) else None,
+        "seq": j.seq,
+    }
+
+
+def service_dict(s: ServiceStatRow) -> dict[str, Any]:
+    """A service's completion-time median as the API shows it."""
+    return {"service": s.service, "median": s.median, "samples": s.samples, "seq": s.seq}

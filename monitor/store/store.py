@@ -1,0 +1,143 @@
+"""The monitor's store: one object for every read and write of its database.
+
+Writes go through :meth:`Store.write` (one :class:`~monitor.store.tx.Tx`, sequence-numbered
+changes at commit, :mod:`monitor.store.changelog`); reads are :class:`StoreQueries`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobqueue.config import Settings
+from monitor.statuses import FINAL_STATUSES
+from monitor.store.changelog import record_changes
+from monitor.store.counts import job_counts
+from monitor.store.engine import WRITE_OPTION, create_schema, make_engine
+from monitor.store.models import ChangeRow, CounterRow, JobEventRow, JobRow
+from monitor.store.queries import StoreQueries
+from monitor.store.tx import Tx
+
+
+class Store(StoreQueries):
+    """All reads and writes of the monitor's database (the reads: :class:`StoreQueries`)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        keep_jobs: int = 1_000_000,
+        keep_seconds: float = 7 * 24 * 3600.0,
+        changes_keep: int = 20000,
+        echo: bool = False,
+    ) -> None:
+        self.url = url
+        self.keep_jobs = keep_jobs
+        self.keep_seconds = keep_seconds
+        self.changes_keep = changes_keep
+        self.is_sqlite = url.startswith("sqlite")
+        self.engine: Engine = make_engine(url, echo=echo)
+        create_schema(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with self._sessions.begin() as session:
+            if session.get(CounterRow, "seq") is None:
+                session.add(CounterRow(name="seq", value=0))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """A store configured by the ``JOBQUEUE_MONITOR_*`` settings."""
+        return cls(
+            settings.monitor_db,
+            keep_jobs=settings.monitor_keep_jobs,
+            keep_seconds=settings.monitor_keep_seconds,
+            changes_keep=settings.monitor_changes_keep,
+        )
+
+    def close(self) -> None:
+        """Release the engine's connections."""
+        self.engine.dispose()
+
+    # -- writing ---------------------------------------------------------------------------
+    @contextmanager
+    def write(self, now: float | None = None) -> Iterator[Tx]:
+        """A write transaction; marked objects get their seq and change rows at commit.
+
+        Yields a :class:`Tx`; ``tx.changes`` (after the block) lists ``(seq, kind, key, data)``.
+        """
+        with self._sessions.begin() as session:
+            # BEGIN IMMEDIATE on SQLite: take the write lock up front, so two writers queue
+            # on the busy timeout instead of failing on a lock upgrade.
+            session.connection(execution_options={WRITE_OPTION: True})
+            tx = Tx(session, time.time() if now is None else now)
+            with session.no_autoflush:
+                yield tx
+            if tx.events:
+                session.execute(insert(JobEventRow), tx.events)
+            tx.changes = record_changes(tx, lock_counter=not self.is_sqlite)
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete finished jobs beyond the age/count limits and old change rows. Returns how
+        many jobs were pruned (each one a ``data: null`` change)."""
+        now = time.time() if now is None else now
+        with self.write(now) as tx:
+            session = tx.session
+            old = set(session.scalars(
+                select(JobRow.id).where(JobRow.status.in_(FINAL_STATUSES), JobRow.finished_at < now - self.keep_seconds)
+            ))
+            extra = set(session.scalars(
+                select(JobRow.id).where(JobRow.status.in_(FINAL_STATUSES))
+                .order_by(JobRow.finished_at.desc(), JobRow.id).offset(self.keep_jobs)
+            ))
+            ids = sorted(old | extra)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                # Their workers' counts and their services' medians change with them.
+                for svc in session.scalars(select(JobRow.service).where(JobRow.id.in_(chunk)).distinct()):
+                    if svc:
+                        tx.touch("service", svc)
+                for name, (ended, failed) in job_counts(session, ids=chunk).items():
+                    worker = tx.worker(name, create=False)
+                    if worker is not None:
+                        worker.ended = max(0, (worker.ended or 0) - ended)
+                        worker.failed = max(0, (worker.failed or 0) - failed)
+                        tx.touch("worker", name)
+                session.execute(delete(JobEventRow).where(JobEventRow.job_id.in_(chunk)))
+                session.execute(delete(JobRow).where(JobRow.id.in_(chunk)))
+                for job_id in chunk:
+                    tx.drop("job", job_id)
+        with self._sessions.begin() as session:
+            top = session.get(CounterRow, "seq")
+            assert top is not None
+            session.execute(delete(ChangeRow).where(ChangeRow.seq <= top.value - self.changes_keep))
+        return len(ids)
+
+    # -- reading ---------------------------------------------------------------------------
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """One read transaction that sees one consistent snapshot of the database."""
+        session = self._sessions()
+        try:
+            if self.is_sqlite:
+                session.connection()
+            else:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            yield session
+        finally:
+            session.rollback()
+            session.close()
+
+    def set_draining(self, name: str, draining: bool) -> bool:
+        """Record that a worker was asked to stop/restart consuming (a change if it differs)."""
+        with self.write() as tx:
+            worker = tx.worker(name, create=False)
+            if worker is None:
+                return False
+            if worker.draining != draining:
+                worker.draining = draining
+                tx.touch("worker", name)
+            return True

@@ -1,0 +1,152 @@
+"""One write transaction of the monitor's single writer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from jobqueue.states import ConnectorStatus, empty_progress
+from monitor.statuses import MachineStatus, WorkerStatus
+from monitor.store.counts import job_counts
+from monitor.store.models import ConnectorRow, JobRow, MachineRow, WorkerRow
+
+#: Timeline entries kept per job (progress events of a long job are many).
+MAX_EVENTS_PER_JOB = 300
+#: One recorded change: ``(seq, kind, key, data)``; ``data`` is None for a deleted object.
+Change = tuple[int, str, str, Any]
+
+
+class Tx:
+    """One write transaction: get-or-create rows, record timeline events, mark changes.
+
+    :func:`monitor.apply.apply` works through this; :meth:`Store.write` turns what was
+    marked into sequence numbers and change-log rows at commit. The session does not
+    autoflush: rows this transaction looked up or created are kept in its own identity map
+    (so a lookup never flushes the pending batch nor misses a row created earlier in it), and
+    :meth:`prefetch` loads a whole batch's jobs and workers in one query each. Queries that
+    must see pending changes (``jobs_of_worker``, ``workers_of_machine``) flush first.
+    """
+
+    def __init__(self, session: Session, now: float) -> None:
+        self.session = session
+        self.now = now
+        self.dirty: dict[tuple[str, str], None] = {}
+        self.deleted: dict[tuple[str, str], None] = {}
+        self._jobs: dict[str, JobRow | None] = {}
+        self._workers: dict[str, WorkerRow | None] = {}
+        self._connectors: dict[tuple[str, str], ConnectorRow | None] = {}
+        self._machines: dict[str, MachineRow | None] = {}
+        self.events: list[dict[str, Any]] = []
+        #: What the commit recorded, ``(seq, kind, key, data)`` in seq order; set by
+        #: :meth:`monitor.store.Store.write` once the block is done (empty before).
+        self.changes: list[Change] = []
+
+    def prefetch(self, job_ids: set[str], worker_names: set[str]) -> None:
+        """Load the jobs, workers and those workers' connectors a batch refers to, in one
+        ``SELECT ... WHERE id IN (...)`` per table and chunk; what is not found is
+        remembered as absent (no second lookup)."""
+        session = self.session
+        ids = sorted(job_ids - self._jobs.keys())
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            jobs = {j.id: j for j in session.scalars(select(JobRow).where(JobRow.id.in_(chunk)))}
+            self._jobs.update((one, jobs.get(one)) for one in chunk)
+        todo = sorted(worker_names - self._workers.keys())
+        for start in range(0, len(todo), 500):
+            chunk = todo[start:start + 500]
+            workers = {w.name: w for w in session.scalars(select(WorkerRow).where(WorkerRow.name.in_(chunk)))}
+            self._workers.update((one, workers.get(one)) for one in chunk)
+        names = sorted(n for n in worker_names if self._workers.get(n) is not None)
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            for conn in session.scalars(select(ConnectorRow).where(ConnectorRow.worker.in_(chunk))):
+                self._connectors[(conn.worker, conn.service)] = conn
+
+    def job(self, job_id: str, create: bool = True) -> JobRow | None:
+        """The job ``job_id``; a new one with status "" (not yet known) when ``create``."""
+        if job_id in self._jobs:
+            job = self._jobs[job_id]
+        else:
+            job = self._jobs[job_id] = self.session.get(JobRow, job_id)
+        if job is None and create:
+            job = JobRow(id=job_id, status="", attempt=0, n_events=0, seq=0, progress=empty_progress())
+            self.session.add(job)
+            self._jobs[job_id] = job
+        return job
+
+    def worker(self, name: str, create: bool = True) -> WorkerRow | None:
+        """The worker ``name``; a new online one, with the counts of its stored jobs, when ``create``."""
+        if name in self._workers:
+            worker = self._workers[name]
+        else:
+            worker = self._workers[name] = self.session.get(WorkerRow, name)
+        if worker is None and create:
+            worker = WorkerRow(name=name, status=WorkerStatus.ONLINE.value, draining=False, active=0, processed=0, ended=0,
+                            failed=0, seq=0)
+            # Jobs that ended on it before it was known count from the start (flushed first,
+            # so jobs ended earlier in this transaction are seen); later ends bump the counts.
+            self.session.flush()
+            worker.ended, worker.failed = job_counts(self.session, name).get(name, (0, 0))
+            self.session.add(worker)
+            self.session.flush()
+            self._workers[name] = worker
+        return worker
+
+    def connector(self, worker: str, service: str, create: bool = True) -> ConnectorRow | None:
+        """The connector ``service`` of ``worker``; a new starting one when ``create``."""
+        key = (worker, service)
+        if key in self._connectors:
+            conn = self._connectors[key]
+        else:
+            conn = self._connectors[key] = self.session.get(ConnectorRow, key)
+        if conn is None and create:
+            conn = ConnectorRow(worker=worker, service=service, status=ConnectorStatus.STARTING.value, message="", stale=False)
+            self.session.add(conn)
+            self._connectors[key] = conn
+        return conn
+
+    def machine(self, machine_id: str, create: bool = True) -> MachineRow | None:
+        """The machine ``machine_id``; a new offline one when ``create``."""
+        if machine_id in self._machines:
+            machine = self._machines[machine_id]
+        else:
+            machine = self._machines[machine_id] = self.session.get(MachineRow, machine_id)
+        if machine is None and create:
+            machine = MachineRow(id=machine_id, status=MachineStatus.OFFLINE.value, seq=0)
+            self.session.add(machine)
+            self._machines[machine_id] = machine
+        return machine
+
+    def jobs_of_worker(self, worker: str, statuses: tuple[str, ...]) -> list[JobRow]:
+        """The jobs of ``worker`` in one of ``statuses`` (this transaction's changes included)."""
+        self.session.flush()
+        return list(self.session.scalars(select(JobRow).where(JobRow.worker == worker, JobRow.status.in_(statuses))))
+
+    def workers_of_machine(self, machine_id: str) -> list[WorkerRow]:
+        """The workers on ``machine_id`` (this transaction's changes included)."""
+        self.session.flush()
+        return list(self.session.scalars(select(WorkerRow).where(WorkerRow.machine_id == machine_id)))
+
+    def add_event(self, job: JobRow, type_: str, timestamp: float | None, fields: dict[str, Any]) -> None:
+        """Add a timeline entry (written with one bulk insert at commit)."""
+        if job.n_events >= MAX_EVENTS_PER_JOB:
+            return
+        job.n_events += 1
+        self.events.append({"job_id": job.id, "type": type_, "timestamp": timestamp, "fields": fields})
+
+    def forget_job(self, job_id: str) -> None:
+        """A job deleted in this transaction: no lookup finds it, no timeline row is added."""
+        self._jobs[job_id] = None
+        if any(e["job_id"] == job_id for e in self.events):
+            self.events = [e for e in self.events if e["job_id"] != job_id]
+
+    def touch(self, kind: str, key: str) -> None:
+        """Mark an object changed: it gets a new seq and a change-log row at commit."""
+        self.dirty[(kind, key)] = None
+
+    def drop(self, kind: str, key: str) -> None:
+        """Mark an object deleted (a change with ``data: null``)."""
+        self.dirty.pop((kind, key), None)
+        self.deleted[(kind, key)] = None
