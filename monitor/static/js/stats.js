@@ -52,6 +52,15 @@
     return h("div", {}, svg, h("p", {class: "muted legend", text: "line: min to max · box: median to p95 · dot: mean"}));
   }
 
+  /** Horizontal grid lines at 0, ¼ … of ``max``, labelled on the left (bar charts). */
+  function gridLines(svg, max, y, left, right) {
+    for (let i = 0; i <= 4; i++) {
+      const v = max / 4 * i;
+      svg.appendChild(h("line", {x1: left, x2: right, y1: y(v), y2: y(v), class: "grid"}));
+      svg.appendChild(h("text", {x: left - 4, y: y(v) + 4, "text-anchor": "end", class: "axis", text: String(Math.round(v * 10) / 10)}));
+    }
+  }
+
   /** Stacked bars per minute: completed (green) under failed (red). */
   function throughputChart(points) {
     if (!points || !points.length) return h("p", {class: "muted", text: "no finished jobs yet"});
@@ -73,11 +82,7 @@
     const slot = (W - left - right) / pts.length, bw = Math.max(2, slot * 0.8);
     const y = (v) => top + (H - top - axisH) * (1 - v / max);
     const svg = h("svg", {viewBox: "0 0 " + W + " " + H, class: "svg-chart", role: "img", "aria-label": "throughput per minute"});
-    for (let i = 0; i <= 4; i++) {
-      const v = max / 4 * i;
-      svg.appendChild(h("line", {x1: left, x2: W - right, y1: y(v), y2: y(v), class: "grid"}));
-      svg.appendChild(h("text", {x: left - 4, y: y(v) + 4, "text-anchor": "end", class: "axis", text: String(Math.round(v * 10) / 10)}));
-    }
+    gridLines(svg, max, y, left, W - right);
     pts.forEach((p, i) => {
       const x0 = left + slot * i + (slot - bw) / 2, c = p.completed || 0, f = p.failed || 0;
       const g = h("g", {}, h("title", {text: clock(p.t) + ": " + c + " completed, " + f + " failed"}));
@@ -108,11 +113,7 @@
     const slot = (W - left - right) / pts.length, bw = Math.max(1, slot * 0.8);
     const y = (v) => top + (H - top - axisH) * (1 - v / max);
     const svg = h("svg", {viewBox: "0 0 " + W + " " + H, class: "svg-chart", role: "img", "aria-label": "jobs per hour"});
-    for (let i = 0; i <= 4; i++) {
-      const v = max / 4 * i;
-      svg.appendChild(h("line", {x1: left, x2: W - right, y1: y(v), y2: y(v), class: "grid"}));
-      svg.appendChild(h("text", {x: left - 4, y: y(v) + 4, "text-anchor": "end", class: "axis", text: String(Math.round(v * 10) / 10)}));
-    }
+    gridLines(svg, max, y, left, W - right);
     pts.forEach((p, i) => {
       if (!total(p)) return;
       const x0 = left + slot * i + (slot - bw) / 2, c = p.completed || 0, f = p.failed || 0, k = p.cancelled || 0;
