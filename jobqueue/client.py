@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import states as celery_states
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from jobqueue import facts
 from jobqueue.connectors import connector_class
@@ -41,8 +42,11 @@ from jobqueue.waiting import job_waiting_for, remember
 
 log = logging.getLogger(__name__)
 
-#: How often ``wait()`` polls the result backend.
+#: How often ``wait()`` polls a result backend without pub/sub.
 POLL_INTERVAL = 0.05
+#: On a pub/sub backend, how often ``wait()`` reads the stored state all the same (a safety
+#: net for a message lost while the subscription reconnected).
+REREAD_INTERVAL = 2.0
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -68,6 +72,36 @@ def _error_of(exc: Any) -> dict[str, Any]:
     return {"type": None, "message": "" if exc is None else str(exc), "details": {}}
 
 
+def _error_type(info: Any) -> str | None:
+    return type(info).__name__ if isinstance(info, BaseException) else None
+
+
+class _StateWatch:
+    """The states of one job as the result consumer hands them over: progress to the
+    callback (each change once, none after the end), the final state kept."""
+
+    def __init__(self, job_id: str, on_progress: ProgressCallback | None) -> None:
+        self.job_id = job_id
+        self.on_progress = on_progress
+        self.last: dict[str, Any] | None = None
+        #: ``(state, info)`` once the job ended.
+        self.final: tuple[str, Any] | None = None
+
+    def on_message(self, meta: dict[str, Any]) -> None:
+        """Celery calls this for every state it reads or is sent (other jobs' included)."""
+        if self.final is not None or meta.get("task_id") != self.job_id:
+            return
+        state, info = meta.get("status", celery_states.PENDING), meta.get("result")
+        # (REJECTED and IGNORED read as failed too, but Celery stores neither: the states
+        # that end a job here are the ones that end Celery's wait.)
+        if job_status_from_celery(state, _error_type(info)) in FINAL_JOB_STATES:
+            self.final = (state, info)
+        elif state == PROGRESS and isinstance(info, dict) and info != self.last:
+            self.last = dict(info)
+            if self.on_progress is not None:
+                self.on_progress(dict(info))
+
+
 class JobHandle:
     """A handle on one job, by id. Cheap to create; every call asks the result backend."""
 
@@ -90,8 +124,7 @@ class JobHandle:
         # them would pair PROGRESS with its final result.
         meta = res.backend.get_task_meta(res.id)
         state, info = meta.get("status", celery_states.PENDING), meta.get("result")
-        error_type = type(info).__name__ if isinstance(info, BaseException) else None
-        status = job_status_from_celery(state, error_type)
+        status = job_status_from_celery(state, _error_type(info))
         if state == celery_states.PENDING and not self.submitted:
             known = was_submitted(self.app, self.id)
             if known is False:
@@ -117,11 +150,55 @@ class JobHandle:
     def wait(self, timeout: float | None = None, on_progress: ProgressCallback | None = None) -> Any:
         """Block until the job ends; return its result.
 
-        Calls ``on_progress(progress)`` for every change seen. Raises :class:`JobFailed` when
-        the job failed, timed out or was cancelled, :class:`WaitTimeout` after ``timeout`` s,
-        :class:`JobNotFound` at once for an unknown id.
+        Calls ``on_progress(progress)`` for every change seen (never after the final state).
+        Raises :class:`JobFailed` when the job failed, timed out or was cancelled,
+        :class:`WaitTimeout` after ``timeout`` s, :class:`JobNotFound` at once for an unknown id.
+
+        On a result backend with pub/sub (Redis) every state the worker stores arrives as a
+        message the moment it is written: no polling. The stored state is read again every
+        :data:`REREAD_INTERVAL` s all the same, so a message lost with a dropped connection
+        delays the answer, never loses it. Other backends are polled every :data:`POLL_INTERVAL` s.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.submitted:
+            # Known jobs skip this read: the subscription below reads the state anyway.
+            status, (state, info) = self._state()
+            if status in FINAL_JOB_STATES:
+                return self._final(status, state, info)
+            if status == JobStatus.UNKNOWN:
+                raise JobNotFound(f"no job {self.id} (never submitted, or forgotten with its result)")
+        if getattr(self._result.backend, "is_async", False):
+            return self._wait_pushed(deadline, timeout, on_progress)
+        return self._wait_polled(deadline, timeout, on_progress)
+
+    def _wait_pushed(self, deadline: float | None, timeout: float | None,
+                     on_progress: ProgressCallback | None) -> Any:
+        """``wait()`` on the result backend's pub/sub (Celery's result consumer)."""
+        res = self._result
+        seen = _StateWatch(self.id, on_progress)
+        try:
+            while seen.final is None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise WaitTimeout(f"job {self.id} still {self.status().value} after {timeout} s")
+                slice_ = REREAD_INTERVAL if remaining is None else min(REREAD_INTERVAL, remaining)
+                try:
+                    # Subscribes, reads the stored state once (a job that ended before the
+                    # subscription is seen there), then takes every published state.
+                    res.get(timeout=slice_, propagate=False, interval=POLL_INTERVAL,
+                            on_message=seen.on_message, disable_sync_subtasks=False)
+                except CeleryTimeoutError:
+                    continue
+                if seen.final is None:  # ready without a message: a cached final state
+                    seen.on_message({"task_id": self.id, "status": res.state, "result": res.info})
+        finally:
+            res.backend.remove_pending_result(res)  # unsubscribe (also after a timeout)
+        state, info = seen.final
+        return self._final(job_status_from_celery(state, _error_type(info)), state, info)
+
+    def _wait_polled(self, deadline: float | None, timeout: float | None,
+                     on_progress: ProgressCallback | None) -> Any:
+        """``wait()`` on a result backend without pub/sub: read the state every poll."""
         last: dict[str, Any] | None = None
         while True:
             status, (state, info) = self._state()
@@ -130,8 +207,6 @@ class JobHandle:
                 on_progress(dict(info))
             if status in FINAL_JOB_STATES:
                 return self._final(status, state, info)
-            if status == JobStatus.UNKNOWN:
-                raise JobNotFound(f"no job {self.id} (never submitted, or forgotten with its result)")
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"job {self.id} still {status.value} after {timeout} s")
             time.sleep(POLL_INTERVAL)
