@@ -60,36 +60,6 @@ def _mark_cancelled(task: Any, reason: str) -> None:
     task.send_event("task-revoked", terminated=True, signum=None, expired=False)
 
 
-def _begin_attempt(app: Any, job_id: str, retries: int) -> tuple[bool, int, dict[str, Any]]:
-    """Return (was the job cancelled before it started, which attempt starts now, the job's
-    facts recorded so far — see :mod:`jobqueue.facts`).
-
-    The attempt number (0 for the first) counts every start: Celery's ``retries`` counts only
-    explicit retries, and a message redelivered after its worker died starts again with the
-    same count. On a Redis result backend these come from one round trip (the stored state,
-    an INCR and the facts); elsewhere the state is read through Celery and ``retries`` counts.
-    """
-    client = facts.redis_client_of(app)
-    if client is None:
-        return app.AsyncResult(job_id).state == celery_states.REVOKED, retries, {}
-    try:
-        pipe = client.pipeline()
-        pipe.get(app.backend.get_key_for_task(job_id))
-        pipe.incr(f"jobqueue-attempts-{job_id}")
-        pipe.expire(f"jobqueue-attempts-{job_id}", int(app.conf.result_expires or 86400))
-        pipe.hgetall(facts.facts_key(job_id))
-        raw, count, _, known = pipe.execute()
-    except Exception:  # the backend is down: the job can still run; Celery will say so
-        log.warning("could not read the state of job %s", job_id, exc_info=True)
-        return False, retries, {}
-    state = app.backend.decode_result(raw).get("status") if raw else None
-    known_facts = facts.decode(known)
-    # A cancel made while no worker was online reached no worker's revoked list, and Celery
-    # stored STARTED over its REVOKED record before this body ran: the fact still says so.
-    cancelled = state == celery_states.REVOKED or "cancelled_at" in known_facts
-    return cancelled, max(int(count) - 1, retries), known_facts
-
-
 def _expires(app: Any) -> int:
     return int(app.conf.result_expires or 86400)
 
@@ -103,28 +73,72 @@ def _job_meta(task: Any, service: str, payload: dict[str, Any], options: dict[st
     return meta
 
 
-def _record_start(task: Any, attempt: int, known: dict[str, Any], meta: dict[str, Any],
-                  runtime: WorkerRuntime, started: float) -> None:
-    """Record a starting attempt in the job's facts; a previous attempt that never ended
-    (its worker died) or was retried goes to ``history``."""
-    client = facts.redis_client_of(task.app)
+#: Facts a new attempt clears (they belonged to the previous one).
+_ENDED_FACTS = ("finished_at", "runtime", "retried_at")
+
+
+def _begin_attempt(task: Any, meta: dict[str, Any], runtime: WorkerRuntime, started: float) -> tuple[bool, int]:
+    """Start an attempt: return (was the job cancelled before it started, which attempt
+    starts now — 0 for the first) and record the start in the job's facts
+    (:mod:`jobqueue.facts`).
+
+    The attempt number counts every start: Celery's ``retries`` counts only explicit
+    retries, and a message redelivered after its worker died starts again with the same
+    count. On a Redis result backend all of it is one round trip: the stored state, an INCR
+    of the start count, the facts so far and, written in the same transaction on the bet
+    that this is an ordinary start (attempt = ``retries``, no earlier attempt left
+    unfinished, not cancelled), the new attempt's facts. When the bet is off a second write
+    puts it right: the attempt number and the earlier attempt in ``history``, or, for a
+    cancelled job, the facts as they were. Elsewhere the state is read through Celery and
+    ``retries`` counts.
+    """
+    app, request = task.app, task.request
+    retries = request.retries or 0
+    client = facts.redis_client_of(app)
     if client is None:
-        return
-    request = task.request
-    history = list(known.get("history") or [])
+        return app.AsyncResult(request.id).state == celery_states.REVOKED, retries
+    received = _received_times(app).pop(request.id, None) or started
+    start = {
+        "submitted_at": meta.get("submitted_at"), "received_at": min(received, started),
+        "started_at": started, "attempt": retries, "worker": runtime.identity.node_name,
+        "machine_id": runtime.identity.machine_id, "meta": meta, "name": task.name,
+    }
+    attempts_key = f"jobqueue-attempts-{request.id}"
+    try:
+        pipe = client.pipeline()
+        pipe.get(app.backend.get_key_for_task(request.id))
+        pipe.incr(attempts_key)
+        pipe.expire(attempts_key, _expires(app))
+        pipe.hgetall(facts.facts_key(request.id))
+        facts.queue_write(pipe, request.id, start, expires=_expires(app), remove=_ENDED_FACTS)
+        raw, count, _, known_raw, *_ = pipe.execute()
+    except Exception:  # the backend is down: the job can still run; Celery will say so
+        log.warning("could not read the state of job %s", request.id, exc_info=True)
+        return False, retries
+    state = app.backend.decode_result(raw).get("status") if raw else None
+    known = facts.decode(known_raw)
+    # A cancel made while no worker was online reached no worker's revoked list, and Celery
+    # stored STARTED over its REVOKED record before this body ran: the fact still says so.
+    if state == celery_states.REVOKED or "cancelled_at" in known:
+        # The job never runs: its facts as they were, plus what a discarded message records.
+        facts.replace(client, request.id, known_raw, {
+            "submitted_at": meta.get("submitted_at"), "meta": meta, "name": task.name, "finished_at": started,
+        }, expires=_expires(app), only_new=("finished_at",))
+        return True, retries
+    attempt = max(int(count) - 1, retries)
+    fixes: dict[str, Any] = {"attempt": attempt} if attempt != retries else {}
     if known.get("started_at") is not None and known.get("finished_at") is None:
+        # The previous attempt never ended (its worker died) or was retried: into history.
+        history = list(known.get("history") or [])
         history.append({
             "attempt": known.get("attempt"), "worker": known.get("worker"),
             "received_at": known.get("received_at"), "started_at": known.get("started_at"),
             "ended_at": known.get("retried_at"), "how": "retried" if known.get("retried_at") else "lost",
         })
-    received = _received_times(task.app).pop(request.id, None) or started
-    facts.write(client, request.id, {
-        "submitted_at": meta.get("submitted_at"), "received_at": min(received, started),
-        "started_at": started, "attempt": attempt, "worker": runtime.identity.node_name,
-        "machine_id": runtime.identity.machine_id, "meta": meta, "name": task.name,
-        "history": history[-facts.MAX_HISTORY:] or None,
-    }, expires=_expires(task.app), remove=("finished_at", "runtime", "retried_at"))
+        fixes["history"] = history[-facts.MAX_HISTORY:]
+    if fixes:
+        facts.write(client, request.id, fixes, expires=_expires(app))
+    return False, attempt
 
 
 def _record_end(task: Any, started: float, *, retried: bool = False) -> None:
@@ -178,22 +192,16 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
     request = task.request
     app = task.app
     started = time.time()
-    revoked, attempt, known = _begin_attempt(app, request.id, request.retries or 0)
     meta = _job_meta(task, service, payload, options)
+    runtime = _runtime(app, request.hostname)
+    revoked, attempt = _begin_attempt(task, meta, runtime, started)
     if revoked:
-        # Cancelled while queued, before any worker knew: never run it.
-        client = facts.redis_client_of(app)
-        if client is not None:
-            facts.write(client, request.id, {"submitted_at": meta.get("submitted_at"), "meta": meta,
-                                             "name": task.name, "finished_at": started},
-                        expires=_expires(app), only_new=("finished_at",))
-        # Celery stored STARTED over the client's REVOKED record just before this body: put
-        # the client's record back as it was (no worker in it: the job never ran anywhere).
+        # Cancelled while queued, before any worker knew: never run it. Celery stored
+        # STARTED over the client's REVOKED record just before this body: put the client's
+        # record back as it was (no worker in it: the job never ran anywhere).
         app.backend.store_result(request.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
         task.send_event("task-revoked", terminated=False, signum=None, expired=False)
         raise Ignore()
-    runtime = _runtime(app, request.hostname)
-    _record_start(task, attempt, known, meta, runtime, started)
     connector = runtime.connector(service)
     settings = app.settings
     timeout = options.get("timeout") or settings.job_timeout
