@@ -39,6 +39,9 @@ RESULT_REPR_MAX = 20000
 
 #: Minimum seconds between two progress publications that only move the percent.
 PROGRESS_MIN_INTERVAL = 0.1
+#: At most one progress write (backend state + event) per this many seconds; the reports in
+#: between are coalesced into the latest, which is written when the window ends.
+PROGRESS_WINDOW = 0.05
 #: Progress events are lossy anyway: a broker out of reach must not hold the job for long.
 PROGRESS_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 
@@ -214,24 +217,39 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         deadline=time.monotonic() + float(timeout),
     )
 
+    # Captured here: Celery's task request and backend are per thread, and a report held by
+    # the progress window is written from a timer thread.
+    backend = task.backend
+
     def publish(progress: dict[str, Any]) -> None:
         meta = {**progress, "service": service, "attempt": job.attempt}
         if runtime.is_given_up(job.id):
             return  # the job belongs to another worker now
         try:
-            task.update_state(state=PROGRESS, meta=meta)
-            task.send_event(TASK_PROGRESS, retry_policy=PROGRESS_RETRY_POLICY, **meta)
+            backend.store_result(request.id, meta, PROGRESS, request=request)  # = update_state
+            with app.events.default_dispatcher(hostname=request.hostname) as dispatcher:  # = send_event
+                dispatcher.send(TASK_PROGRESS, uuid=request.id, retry=True, retry_policy=PROGRESS_RETRY_POLICY,
+                                **meta)
         except Exception as exc:  # broker or backend out of reach: progress is best effort
             log.warning("job %s: progress not published: %s", job.id, exc)
 
-    tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL)
+    tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL, window=PROGRESS_WINDOW)
     previews = job.previews = publisher_for(app, job.id, lambda seq: tracker.annotate(preview=seq))
+
+    def settle() -> None:
+        """The job's progress ends: its last preview and report are written, nothing after
+        (called before the job's final state is stored)."""
+        if previews is not None:
+            previews.close()
+        tracker.close()
+
     runtime.job_started(job, connector)
     error: BaseException | None = None
     try:
         output = connector.run(job, tracker.report)
     except JobCancelled as exc:
         error = exc
+        settle()
         if runtime.is_given_up(job.id):  # lease lost: the job belongs to another worker now
             raise given_up(job.id) from exc
         _record_end(task, started)
@@ -239,6 +257,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         raise Ignore() from exc
     except ConnectorError as exc:
         error = exc
+        settle()
         if runtime.is_given_up(job.id):
             raise given_up(job.id) from exc
         hand_back_if_models_vanished(task, runtime, options, exc)  # raises Retry when it applies
@@ -254,25 +273,27 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         raise
     except BaseException as exc:
         error = exc
+        settle()
         _record_end(task, started)
         raise
     finally:
-        if previews is not None:
-            previews.close()
         runtime.job_finished(job, connector, error)
-    if runtime.is_given_up(job.id):
-        raise given_up(job.id)
-    result = {
-        "job_id": job.id,
-        "service": service,
-        "worker": runtime.identity.node_name,
-        "machine_id": runtime.identity.machine_id,
-        "gpu": runtime.identity.gpu,
-        "attempt": job.attempt,
-        "duration": round(time.monotonic() - job.started, 3),
-    }
-    result.update(output)
-    _record_end(task, started)
+    try:
+        if runtime.is_given_up(job.id):
+            raise given_up(job.id)
+        result = {
+            "job_id": job.id,
+            "service": service,
+            "worker": runtime.identity.node_name,
+            "machine_id": runtime.identity.machine_id,
+            "gpu": runtime.identity.gpu,
+            "attempt": job.attempt,
+            "duration": round(time.monotonic() - job.started, 3),
+        }
+        result.update(output)
+        _record_end(task, started)
+    finally:
+        settle()
     return result
 
 
