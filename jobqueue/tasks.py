@@ -22,6 +22,7 @@ from jobqueue.errors import ConnectorError, JobCancelled
 from jobqueue.events import RUN_JOB_TASK, TASK_PROGRESS, job_meta_from_kwargs
 from jobqueue.previews import publisher_for
 from jobqueue.progress import ProgressTracker
+from jobqueue.progressstate import ProgressState
 from jobqueue.retrying import plan_retry
 from jobqueue.states import PROGRESS
 from jobqueue.summary import summarize_payload
@@ -219,14 +220,14 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
 
     # Captured here: Celery's task request and backend are per thread, and a report held by
     # the progress window is written from a timer thread.
-    backend = task.backend
+    progress_state = ProgressState(task.backend, PROGRESS)
 
     def publish(progress: dict[str, Any]) -> None:
         meta = {**progress, "service": service, "attempt": job.attempt}
         if runtime.is_given_up(job.id):
             return  # the job belongs to another worker now
         try:
-            backend.store_result(request.id, meta, PROGRESS, request=request)  # = update_state
+            progress_state.store(request.id, meta, request)  # = update_state, in one round trip
             with app.events.default_dispatcher(hostname=request.hostname) as dispatcher:  # = send_event
                 dispatcher.send(TASK_PROGRESS, uuid=request.id, retry=True, retry_policy=PROGRESS_RETRY_POLICY,
                                 **meta)
