@@ -36,9 +36,10 @@ from jobqueue.events import CONTROL_CANCEL_JOB, RUN_JOB_TASK
 from jobqueue.requirements import Requirements, resolve, route_queue
 from jobqueue.routing import broker_priority, check_priority
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
-from jobqueue.submitted import record_submitted, was_submitted
+from jobqueue.submitted import queue_records, record_submitted, was_submitted
+from jobqueue.submitted import redis_client as submitted_client
 from jobqueue.summary import summarize_payload
-from jobqueue.waiting import job_waiting_for, remember
+from jobqueue.waiting import job_waiting_for, queue_remember
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +343,23 @@ def prepare_job(
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 
 
+def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
+    """Before sending: the submit record (no job without one) and, for :meth:`JobHandle.waiting_for`,
+    the job's requirements, in one round trip on a Redis result backend."""
+    client = submitted_client(app)
+    if client is None:
+        record_submitted(app, [job_id])
+        return
+    with client.pipeline(transaction=False) as pipe:
+        queue_records(pipe, app, [job_id])
+        queue_remember(pipe, app, job_id, service, req)
+        results = pipe.execute(raise_on_error=False)
+    if isinstance(results[0], Exception):
+        raise results[0]
+    if any(isinstance(r, Exception) for r in results[1:]):  # the job is sent anyway
+        log.warning("could not record the requirements of job %s: %s", job_id, results[1])
+
+
 def submit_job(
     service: str,
     payload: dict[str, Any],
@@ -381,8 +399,7 @@ def submit_job(
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
         requires=requires,
     )
-    record_submitted(app, [send_options["task_id"]])  # before sending: no job without a record
-    remember(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
+    _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
     app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
     handle = JobHandle(send_options["task_id"], app)
     handle.submitted = True
