@@ -76,6 +76,8 @@ class WorkerRuntime:
         self._given_up: collections.deque[str] = collections.deque(maxlen=1000)
         self._lock = threading.RLock()
         self._ever_healthy: set[str] = set()
+        #: (healthy, details) of each connector when its change last asked the gates to sync.
+        self._synced: dict[str, tuple[bool, dict[str, Any]]] = {}
         self._closing = False
         #: The :class:`~jobqueue.worker.status.StatusReporter` (None: statuses are not sent).
         self.reporter = reporter
@@ -96,6 +98,14 @@ class WorkerRuntime:
 
     def _on_status(self, connector: Connector, status: ConnectorStatus, message: str) -> None:
         self._report(connector)
+        # What the consumer must take follows health and details only: a job starting or
+        # ending (active <-> idle, same details) needs no sync, which saves two per job.
+        seen = (connector.status.is_healthy, dict(connector.details))
+        with self._lock:
+            unchanged = self._synced.get(connector.service) == seen
+            self._synced[connector.service] = seen
+        if unchanged:
+            return
         if self.gate is not None:
             self.gate.request_sync()
         if self.capability_gate is not None:
