@@ -133,3 +133,45 @@ def test_a_result_backend_without_pub_sub_is_polled(settings):
         assert seen == [{"step": 1}]
     finally:
         app.close()
+
+
+def test_a_wait_outlives_a_redis_restart_and_returns_the_result_stored_after_it(settings, tmp_path):
+    # Given a client waiting on a job, on a Redis of its own that keeps its data on restart
+    from bench.common import RedisServer  # the bench's redis-server wrapper (private port)
+
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(appendonly=True, workdir=tmp_path / "redis").start()
+    url = server.url(0)
+    app = create_app(settings.model_copy(update={"broker_url": url, "result_backend": url})
+                     if hasattr(settings, "model_copy") else _with_url(settings, url))
+    try:
+        handle = _submitted(app, "restarted")
+        watcher = app.backend.client
+
+        def restart_then_finish() -> None:
+            wait_for(lambda: _subscribers(app, watcher, "restarted") >= 1, 10, what="the client to subscribe")
+            # When Redis restarts under the subscription, and the job ends after that
+            server.restart()
+            wait_for(lambda: _answers(watcher), 20, what="redis to be back")
+            app.backend.store_result("restarted", {"output": "after"}, celery_states.SUCCESS)
+
+        thread = _in_thread(restart_then_finish)
+        # Then wait() returns the result
+        assert handle.wait(timeout=30) == {"output": "after"}
+        thread.join(10)
+    finally:
+        app.close()
+        server.stop()
+
+
+def _answers(client_: Any) -> bool:
+    try:
+        return bool(client_.ping())
+    except Exception:
+        return False
+
+
+def _with_url(settings: Any, url: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(settings, broker_url=url, result_backend=url)
