@@ -145,6 +145,19 @@ def _begin_attempt(task: Any, meta: dict[str, Any], runtime: WorkerRuntime, star
     return False, attempt
 
 
+def _send_progress_event(app: Any, runtime: WorkerRuntime, request: Any, meta: dict[str, Any]) -> None:
+    """Send ``task-progress`` through the worker's own event dispatcher when there is one:
+    there it joins the job's lifecycle events (Celery buffers the ``task`` group and the
+    event loop publishes it, in order with them), so the job never waits for the broker.
+    Elsewhere, a dispatcher of its own, as ``Task.send_event`` does."""
+    dispatcher = runtime.worker_events() if runtime.worker_events is not None else None
+    if dispatcher is not None and dispatcher.enabled and (not dispatcher.groups or "task" in dispatcher.groups):
+        dispatcher.send(TASK_PROGRESS, uuid=request.id, **meta)
+        return
+    with app.events.default_dispatcher(hostname=request.hostname) as own:
+        own.send(TASK_PROGRESS, uuid=request.id, retry=True, retry_policy=PROGRESS_RETRY_POLICY, **meta)
+
+
 def _record_end(task: Any, started: float, *, retried: bool = False) -> None:
     """Record the end of the running attempt (``retried``: it goes back to the queue)."""
     client = facts.redis_client_of(task.app)
@@ -228,9 +241,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
             return  # the job belongs to another worker now
         try:
             progress_state.store(request.id, meta, request)  # = update_state, in one round trip
-            with app.events.default_dispatcher(hostname=request.hostname) as dispatcher:  # = send_event
-                dispatcher.send(TASK_PROGRESS, uuid=request.id, retry=True, retry_policy=PROGRESS_RETRY_POLICY,
-                                **meta)
+            _send_progress_event(app, runtime, request, meta)
         except Exception as exc:  # broker or backend out of reach: progress is best effort
             log.warning("job %s: progress not published: %s", job.id, exc)
 

@@ -85,6 +85,9 @@ class WorkerRuntime:
         self.gate: Any = None
         #: The :class:`~jobqueue.worker.capabilities.CapabilityGate`, set by the consumer bootstep.
         self.capability_gate: Any = None
+        #: Returns the consumer's current event dispatcher (it is replaced on reconnect); set
+        #: by the consumer bootstep, None outside a worker's consumer.
+        self.worker_events: Callable[[], Any] | None = None
         for connector in self.connectors.values():
             connector.add_listener(self._on_status)
             self._report(connector)
