@@ -48,6 +48,10 @@ POLL_INTERVAL = 0.05
 #: On a pub/sub backend, how often ``wait()`` reads the stored state all the same (a safety
 #: net for a message lost while the subscription reconnected).
 REREAD_INTERVAL = 2.0
+#: ``wait()`` keeps waiting through a result-backend outage this long (Redis restarting)...
+OUTAGE_GRACE = 30.0
+#: ... trying again after this pause.
+RECONNECT_PAUSE = 0.2
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -177,6 +181,8 @@ class JobHandle:
         """``wait()`` on the result backend's pub/sub (Celery's result consumer)."""
         res = self._result
         seen = _StateWatch(self.id, on_progress)
+        lost = tuple(getattr(res.backend, "connection_errors", ())) or (ConnectionError,)
+        outage_since: float | None = None
         try:
             while seen.final is None:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -189,11 +195,24 @@ class JobHandle:
                     res.get(timeout=slice_, propagate=False, interval=POLL_INTERVAL,
                             on_message=seen.on_message, disable_sync_subtasks=False)
                 except CeleryTimeoutError:
+                    outage_since = None
+                    continue
+                except lost:
+                    # The backend is restarting under us: Celery's consumer reconnects and
+                    # subscribes again; keep waiting, unless it stays away too long.
+                    outage_since = outage_since if outage_since is not None else time.monotonic()
+                    if time.monotonic() - outage_since > OUTAGE_GRACE:
+                        raise
+                    log.warning("job %s: result backend out of reach; waiting on", self.id)
+                    time.sleep(RECONNECT_PAUSE if remaining is None else max(0.0, min(RECONNECT_PAUSE, remaining)))
                     continue
                 if seen.final is None:  # ready without a message: a cached final state
                     seen.on_message({"task_id": self.id, "status": res.state, "result": res.info})
         finally:
-            res.backend.remove_pending_result(res)  # unsubscribe (also after a timeout)
+            try:
+                res.backend.remove_pending_result(res)  # unsubscribe (also after a timeout)
+            except lost:  # the connection is gone, and the subscription with it
+                pass
         state, info = seen.final
         return self._final(job_status_from_celery(state, _error_type(info)), state, info)
 

@@ -135,9 +135,12 @@ def test_a_result_backend_without_pub_sub_is_polled(settings):
         app.close()
 
 
-def test_a_wait_outlives_a_redis_restart_and_returns_the_result_stored_after_it(settings, tmp_path):
-    # Given a client waiting on a job, on a Redis of its own that keeps its data on restart
+def test_a_wait_outlives_a_redis_restart_and_returns_the_result_stored_after_it(settings, tmp_path, monkeypatch):
+    # Given a client waiting on a job, on a Redis of its own that keeps its data on restart,
+    # re-reading the state often (so a re-read falls into the restart)
     from bench.common import RedisServer  # the bench's redis-server wrapper (private port)
+
+    monkeypatch.setattr(client, "REREAD_INTERVAL", 0.05)
 
     (tmp_path / "redis").mkdir()
     server = RedisServer(appendonly=True, workdir=tmp_path / "redis").start()
