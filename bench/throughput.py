@@ -7,9 +7,16 @@
 * **plain Celery**: ``bench.noop`` (:mod:`bench.plain_app`) → ``celery -A bench.plain_app
   worker`` with Celery's stock settings.
 
-Both use the same private Redis, the same number of workers and the same pool (threads,
-concurrency 1 per worker, like one jobqueue worker per GPU). Each side is timed from the first
-submit to the last result stored; the table reports jobs/s and the ratio (target >= 0.8x).
+* **plain Celery, acks late + events**: the same with jobqueue's delivery and event settings
+  (``BENCH_PLAIN_RELIABLE=1``, see :mod:`bench.plain_app`).
+
+All use the same private Redis (plain Celery on database 1, so the monitor never sees its
+events), the same number of workers and the same pool (threads, concurrency 1 per worker,
+like one jobqueue worker per GPU). Every side is up for the whole run and the sides take
+turns (``--rounds``, the jobs split evenly), so a change of load on the machine hits them
+alike. Each turn is timed from its first submit to its last result stored; the table reports
+jobs/s over all turns, the ratios (target >= 0.8x), and Redis commands per job (``INFO
+commandstats`` over each side's turns; the idle sides' background commands are included).
 
     python -m bench.throughput --jobs 2000 --workers 2
 """
@@ -17,6 +24,7 @@ submit to the last result stored; the table reports jobs/s and the ratio (target
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import tempfile
 import time
@@ -24,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from celery import Celery
 from celery import states as celery_states
 
 from bench.chaos.drill import Fleet, backend_states
@@ -71,63 +80,102 @@ def _calls_between(url: str, before: dict[str, int]) -> dict[str, int]:
     return {name: n - before.get(name, 0) for name, n in after.items() if n - before.get(name, 0) > 0}
 
 
-def run_jobqueue(url: str, workdir: Path, jobs: int, workers: int, monitor: bool) -> dict[str, Any]:
-    settings = bench_settings(url, workdir)
-    app = create_app(settings)
-    fleet = Fleet(app, settings, workdir, size=workers)
-    mon: Process | None = None
-    try:
-        if monitor:
+class JobqueueSide:
+    """jobqueue workers (and, with ``monitor``, the monitor) on ``url``: submit_job → result."""
+
+    def __init__(self, url: str, workdir: Path, workers: int, monitor: bool) -> None:
+        self.settings = bench_settings(url, workdir)
+        self.app = create_app(self.settings)
+        self.fleet = Fleet(self.app, self.settings, workdir, size=workers)
+        self.monitor = monitor
+        self.mon: Process | None = None
+        self.workdir = workdir
+        self.name = "jobqueue" + (" + monitor" if monitor else "")
+
+    def start(self) -> None:
+        if self.monitor:
             port = free_port()
-            mon = monitor_process(settings, port, workdir / "monitor.log").start()
-            wait_http(f"http://127.0.0.1:{port}/healthz", mon)
-        fleet.start_all()
-        submit_job("simulation", {"steps": 0}, app=app).wait(timeout=60)  # warm: connections, queues
-        calls = _command_calls(url)
-        started = time.perf_counter()
-        ids = [submit_job("simulation", {"steps": 0}, app=app).id for _ in range(jobs)]
-        ended = _wait_done(app, ids, timeout=max(120.0, jobs / 5))
-        calls = _calls_between(url, calls)
-        ok = sum(1 for s in backend_states(app, ids).values() if s == celery_states.SUCCESS)
-        return {"side": "jobqueue" + (" + monitor" if monitor else ""), "jobs": jobs, "succeeded": ok,
-                "seconds": ended - started, "jobs/s": jobs / (ended - started), "calls": calls}
-    finally:
-        fleet.stop()
-        if mon is not None:
-            mon.stop()
-        app.close()
+            self.mon = monitor_process(self.settings, port, self.workdir / "monitor.log").start()
+            wait_http(f"http://127.0.0.1:{port}/healthz", self.mon)
+        self.fleet.start_all()
+        submit_job("simulation", {"steps": 0}, app=self.app).wait(timeout=60)  # warm: connections, queues
+
+    def submit(self, jobs: int) -> list[str]:
+        return [submit_job("simulation", {"steps": 0}, app=self.app).id for _ in range(jobs)]
+
+    def stop(self) -> None:
+        self.fleet.stop()
+        if self.mon is not None:
+            self.mon.stop()
+        self.app.close()
 
 
-def run_plain(url: str, workdir: Path, jobs: int, workers: int, reliable: bool = False) -> dict[str, Any]:
-    from celery import Celery
+class PlainSide:
+    """``bench.noop`` through ``celery -A bench.plain_app`` workers on a queue of their own;
+    ``reliable``: with jobqueue's delivery and event settings."""
 
+    def __init__(self, url: str, workdir: Path, workers: int, reliable: bool) -> None:
+        self.url, self.workdir, self.workers, self.reliable = url, workdir, workers, reliable
+        self.queue = "plain-reliable" if reliable else "plain-stock"
+        self.app = Celery("bench-plain-client", broker=url, backend=url, set_as_current=False)
+        self.app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
+                             task_send_sent_event=reliable)
+        self.procs: list[Process] = []
+        self.name = "plain Celery, acks late + events" if reliable else "plain Celery (stock)"
 
-    app = Celery("bench-plain-client", broker=url, backend=url, set_as_current=False)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
-                    task_send_sent_event=reliable)
-    env = child_env(None, BENCH_BROKER_URL=url, BENCH_PLAIN_RELIABLE="1" if reliable else "0")
-    procs: list[Process] = []
-    try:
-        for n in range(workers):
-            cmd = [sys.executable, "-m", "celery", "-A", "bench.plain_app", "worker", "-Q", "plain",
-                   "-P", "threads", "-c", "1", "-n", f"plain{n}@%h", "--loglevel", "INFO",
+    def start(self) -> None:
+        env = child_env(None, BENCH_BROKER_URL=self.url, BENCH_PLAIN_RELIABLE="1" if self.reliable else "0")
+        nodes = [f"{self.queue}{n}@{socket.gethostname()}" for n in range(self.workers)]
+        for n, node in enumerate(nodes):
+            cmd = [sys.executable, "-m", "celery", "-A", "bench.plain_app", "worker", "-Q", self.queue,
+                   "-P", "threads", "-c", "1", "-n", node, "--loglevel", "INFO",
                    "--without-mingle", "--without-gossip"]
-            procs.append(Process(cmd, env, workdir / f"plain-{n}.log").start())
-        app.send_task("bench.noop", queue="plain").get(timeout=60)  # warm: every worker up soon after
-        wait_until(lambda: len(app.control.ping(timeout=0.5) or []) >= workers, 60, what="plain workers")
-        calls = _command_calls(url)
-        started = time.perf_counter()
-        ids = [app.send_task("bench.noop", queue="plain").id for _ in range(jobs)]
-        ended = _wait_done(app, ids, timeout=max(120.0, jobs / 5))
-        calls = _calls_between(url, calls)
-        ok = sum(1 for s in backend_states(app, ids).values() if s == celery_states.SUCCESS)
-        side = "plain Celery, acks late + events" if reliable else "plain Celery (stock)"
-        return {"side": side, "jobs": jobs, "succeeded": ok, "seconds": ended - started,
-                "jobs/s": jobs / (ended - started), "calls": calls}
-    finally:
-        for proc in procs:
+            self.procs.append(Process(cmd, env, self.workdir / f"{self.queue}-{n}.log").start())
+        wait_until(lambda: len(self.app.control.ping(destination=nodes, timeout=0.5) or []) >= self.workers, 60,
+                   what=f"{self.queue} workers")
+        self.app.send_task("bench.noop", queue=self.queue).get(timeout=60)  # warm
+
+    def submit(self, jobs: int) -> list[str]:
+        return [self.app.send_task("bench.noop", queue=self.queue).id for _ in range(jobs)]
+
+    def stop(self) -> None:
+        for proc in self.procs:
             proc.stop()
-        app.close()
+        self.app.close()
+
+
+def run(url: str, plain_url: str, workdir: Path, jobs: int, workers: int, monitor: bool,
+        rounds: int) -> list[dict[str, Any]]:
+    """Every side up at once; ``rounds`` rounds of ``jobs / rounds`` jobs per side, the sides
+    taking turns, so a load change on the machine hits them alike. Plain Celery runs on
+    ``plain_url`` (another database: the monitor never sees its events)."""
+    sides: list[Any] = [PlainSide(plain_url, workdir, workers, reliable=False),
+                        PlainSide(plain_url, workdir, workers, reliable=True),
+                        JobqueueSide(url, workdir, workers, monitor)]
+    seconds = {side.name: 0.0 for side in sides}
+    succeeded = {side.name: 0 for side in sides}
+    calls_of: dict[str, dict[str, int]] = {side.name: {} for side in sides}
+    per_round = max(1, jobs // rounds)
+    try:
+        for side in sides:
+            side.start()
+        for _ in range(rounds):
+            for side in sides:
+                calls = _command_calls(url)
+                started = time.perf_counter()
+                ids = side.submit(per_round)
+                ended = _wait_done(side.app, ids, timeout=max(120.0, per_round / 5))
+                seconds[side.name] += ended - started
+                for name, n in _calls_between(url, calls).items():
+                    calls_of[side.name][name] = calls_of[side.name].get(name, 0) + n
+                succeeded[side.name] += sum(1 for s in backend_states(side.app, ids).values()
+                                            if s == celery_states.SUCCESS)
+    finally:
+        for side in sides:
+            side.stop()
+    done = per_round * rounds
+    return [{"side": name, "jobs": done, "succeeded": succeeded[name], "seconds": seconds[name],
+             "jobs/s": done / seconds[name], "calls": calls_of[name]} for name in seconds]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,31 +183,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-monitor", action="store_true", help="run jobqueue without the monitor")
+    parser.add_argument("--rounds", type=int, default=4, help="turns each side takes (jobs split evenly)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     server = RedisServer().start()
     try:
-        url = server.url(0)
-        plain = run_plain(url, workdir, args.jobs, args.workers)
-        reliable = run_plain(url, workdir, args.jobs, args.workers, reliable=True)
-        ours = run_jobqueue(url, workdir, args.jobs, args.workers, monitor=not args.no_monitor)
+        rows = run(server.url(0), server.url(1), workdir, args.jobs, args.workers, not args.no_monitor, args.rounds)
     finally:
         server.stop()
-    rows = [plain, reliable, ours]
+    plain, reliable, ours = rows
+    jobs = ours["jobs"]
     for row in rows:
-        row["redis commands/job"] = sum(row["calls"].values()) / args.jobs
+        row["redis commands/job"] = sum(row["calls"].values()) / jobs
     print(fmt_table(rows, ["side", "jobs", "succeeded", "seconds", "jobs/s", "redis commands/job"]))
     print(f"ratio jobqueue/plain: {ours['jobs/s'] / plain['jobs/s']:.2f}x (target >= 0.8x); "
           f"jobqueue/plain with the same delivery+event settings: {ours['jobs/s'] / reliable['jobs/s']:.2f}x; "
-          f"{args.workers} worker(s), threads pool, concurrency 1 each")
+          f"{args.workers} worker(s), threads pool, concurrency 1 each, {args.rounds} rounds taking turns")
     # Where the round trips go: Redis commands per job by command, each side (INFO
     # commandstats over the timed window; includes the bench's own result polling; commands
     # under 0.01 per job on every side are left out).
     names = sorted((n for n in {n for row in rows for n in row["calls"]}
-                    if max(r["calls"].get(n, 0) for r in rows) >= 0.01 * args.jobs),
+                    if max(r["calls"].get(n, 0) for r in rows) >= 0.01 * jobs),
                    key=lambda n: -max(r["calls"].get(n, 0) for r in rows))
     print()
-    print(fmt_table([{"command": n, **{r["side"]: r["calls"].get(n, 0) / args.jobs for r in rows}} for n in names],
+    print(fmt_table([{"command": n, **{r["side"]: r["calls"].get(n, 0) / jobs for r in rows}} for n in names],
                     ["command"] + [r["side"] for r in rows]))
     return 0
 

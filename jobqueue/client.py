@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import states as celery_states
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from jobqueue import facts
 from jobqueue.connectors import connector_class
@@ -36,14 +37,22 @@ from jobqueue.events import CONTROL_CANCEL_JOB, RUN_JOB_TASK
 from jobqueue.requirements import Requirements, resolve, route_queue
 from jobqueue.routing import broker_priority, check_priority
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
-from jobqueue.submitted import record_submitted, was_submitted
+from jobqueue.submitted import queue_records, record_submitted, was_submitted
+from jobqueue.submitted import redis_client as submitted_client
 from jobqueue.summary import summarize_payload
-from jobqueue.waiting import job_waiting_for, remember
+from jobqueue.waiting import job_waiting_for, queue_remember
 
 log = logging.getLogger(__name__)
 
-#: How often ``wait()`` polls the result backend.
+#: How often ``wait()`` polls a result backend without pub/sub.
 POLL_INTERVAL = 0.05
+#: On a pub/sub backend, how often ``wait()`` reads the stored state all the same (a safety
+#: net for a message lost while the subscription reconnected).
+REREAD_INTERVAL = 2.0
+#: ``wait()`` keeps waiting through a result-backend outage this long (Redis restarting)...
+OUTAGE_GRACE = 30.0
+#: ... trying again after this pause.
+RECONNECT_PAUSE = 0.2
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -60,6 +69,36 @@ def default_app() -> Any:
 
 
 _default_app = default_app  # the old private name
+
+
+def _error_type(info: Any) -> str | None:
+    return type(info).__name__ if isinstance(info, BaseException) else None
+
+
+class _StateWatch:
+    """The states of one job as the result consumer hands them over: progress to the
+    callback (each change once, none after the end), the final state kept."""
+
+    def __init__(self, job_id: str, on_progress: ProgressCallback | None) -> None:
+        self.job_id = job_id
+        self.on_progress = on_progress
+        self.last: dict[str, Any] | None = None
+        #: ``(state, info)`` once the job ended.
+        self.final: tuple[str, Any] | None = None
+
+    def on_message(self, meta: dict[str, Any]) -> None:
+        """Celery calls this for every state it reads or is sent (other jobs' included)."""
+        if self.final is not None or meta.get("task_id") != self.job_id:
+            return
+        state, info = meta.get("status", celery_states.PENDING), meta.get("result")
+        # (REJECTED and IGNORED read as failed too, but Celery stores neither: the states
+        # that end a job here are the ones that end Celery's wait.)
+        if job_status_from_celery(state, _error_type(info)) in FINAL_JOB_STATES:
+            self.final = (state, info)
+        elif state == PROGRESS and isinstance(info, dict) and info != self.last:
+            self.last = dict(info)
+            if self.on_progress is not None:
+                self.on_progress(dict(info))
 
 
 class JobHandle:
@@ -84,8 +123,7 @@ class JobHandle:
         # them would pair PROGRESS with its final result.
         meta = res.backend.get_task_meta(res.id)
         state, info = meta.get("status", celery_states.PENDING), meta.get("result")
-        error_type = type(info).__name__ if isinstance(info, BaseException) else None
-        status = job_status_from_celery(state, error_type)
+        status = job_status_from_celery(state, _error_type(info))
         if state == celery_states.PENDING and not self.submitted:
             known = was_submitted(self.app, self.id)
             if known is False:
@@ -111,11 +149,70 @@ class JobHandle:
     def wait(self, timeout: float | None = None, on_progress: ProgressCallback | None = None) -> Any:
         """Block until the job ends; return its result.
 
-        Calls ``on_progress(progress)`` for every change seen. Raises :class:`JobFailed` when
-        the job failed, timed out or was cancelled, :class:`WaitTimeout` after ``timeout`` s,
-        :class:`JobNotFound` at once for an unknown id.
+        Calls ``on_progress(progress)`` for every change seen (never after the final state).
+        Raises :class:`JobFailed` when the job failed, timed out or was cancelled,
+        :class:`WaitTimeout` after ``timeout`` s, :class:`JobNotFound` at once for an unknown id.
+
+        On a result backend with pub/sub (Redis) every state the worker stores arrives as a
+        message the moment it is written: no polling. The stored state is read again every
+        :data:`REREAD_INTERVAL` s all the same, so a message lost with a dropped connection
+        delays the answer, never loses it. Other backends are polled every :data:`POLL_INTERVAL` s.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.submitted:
+            # Known jobs skip this read: the subscription below reads the state anyway.
+            status, (state, info) = self._state()
+            if status in FINAL_JOB_STATES:
+                return self._final(status, state, info)
+            if status == JobStatus.UNKNOWN:
+                raise JobNotFound(f"no job {self.id} (never submitted, or forgotten with its result)")
+        if getattr(self._result.backend, "is_async", False):
+            return self._wait_pushed(deadline, timeout, on_progress)
+        return self._wait_polled(deadline, timeout, on_progress)
+
+    def _wait_pushed(self, deadline: float | None, timeout: float | None,
+                     on_progress: ProgressCallback | None) -> Any:
+        """``wait()`` on the result backend's pub/sub (Celery's result consumer)."""
+        res = self._result
+        seen = _StateWatch(self.id, on_progress)
+        lost = tuple(getattr(res.backend, "connection_errors", ())) or (ConnectionError,)
+        outage_since: float | None = None
+        try:
+            while seen.final is None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise WaitTimeout(f"job {self.id} still {self.status().value} after {timeout} s")
+                slice_ = REREAD_INTERVAL if remaining is None else min(REREAD_INTERVAL, remaining)
+                try:
+                    # Subscribes, reads the stored state once (a job that ended before the
+                    # subscription is seen there), then takes every published state.
+                    res.get(timeout=slice_, propagate=False, interval=POLL_INTERVAL,
+                            on_message=seen.on_message, disable_sync_subtasks=False)
+                except CeleryTimeoutError:
+                    outage_since = None
+                    continue
+                except lost:
+                    # The backend is restarting under us: Celery's consumer reconnects and
+                    # subscribes again; keep waiting, unless it stays away too long.
+                    outage_since = outage_since if outage_since is not None else time.monotonic()
+                    if time.monotonic() - outage_since > OUTAGE_GRACE:
+                        raise
+                    log.warning("job %s: result backend out of reach; waiting on", self.id)
+                    time.sleep(RECONNECT_PAUSE if remaining is None else max(0.0, min(RECONNECT_PAUSE, remaining)))
+                    continue
+                if seen.final is None:  # ready without a message: a cached final state
+                    seen.on_message({"task_id": self.id, "status": res.state, "result": res.info})
+        finally:
+            try:
+                res.backend.remove_pending_result(res)  # unsubscribe (also after a timeout)
+            except lost:  # the connection is gone, and the subscription with it
+                pass
+        state, info = seen.final
+        return self._final(job_status_from_celery(state, _error_type(info)), state, info)
+
+    def _wait_polled(self, deadline: float | None, timeout: float | None,
+                     on_progress: ProgressCallback | None) -> Any:
+        """``wait()`` on a result backend without pub/sub: read the state every poll."""
         last: dict[str, Any] | None = None
         while True:
             status, (state, info) = self._state()
@@ -124,8 +221,6 @@ class JobHandle:
                 on_progress(dict(info))
             if status in FINAL_JOB_STATES:
                 return self._final(status, state, info)
-            if status == JobStatus.UNKNOWN:
-                raise JobNotFound(f"no job {self.id} (never submitted, or forgotten with its result)")
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"job {self.id} still {status.value} after {timeout} s")
             time.sleep(POLL_INTERVAL)
@@ -261,6 +356,23 @@ def prepare_job(
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 
 
+def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
+    """Before sending: the submit record (no job without one) and, for :meth:`JobHandle.waiting_for`,
+    the job's requirements, in one round trip on a Redis result backend."""
+    client = submitted_client(app)
+    if client is None:
+        record_submitted(app, [job_id])
+        return
+    with client.pipeline(transaction=False) as pipe:
+        queue_records(pipe, app, [job_id])
+        queue_remember(pipe, app, job_id, service, req)
+        results = pipe.execute(raise_on_error=False)
+    if isinstance(results[0], Exception):
+        raise results[0]
+    if any(isinstance(r, Exception) for r in results[1:]):  # the job is sent anyway
+        log.warning("could not record the requirements of job %s: %s", job_id, results[1])
+
+
 def submit_job(
     service: str,
     payload: dict[str, Any],
@@ -300,8 +412,7 @@ def submit_job(
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
         requires=requires,
     )
-    record_submitted(app, [send_options["task_id"]])  # before sending: no job without a record
-    remember(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
+    _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
     app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
     handle = JobHandle(send_options["task_id"], app)
     handle.submitted = True

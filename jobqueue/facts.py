@@ -66,21 +66,46 @@ def decode(raw: dict[Any, Any] | None) -> dict[str, Any]:
     return out
 
 
+def queue_write(pipe: Any, job_id: str, fields: dict[str, Any], *, expires: int,
+                remove: tuple[str, ...] = (), only_new: tuple[str, ...] = ()) -> None:
+    """Add :func:`write`'s commands to ``pipe`` (a Redis pipeline the caller executes): the
+    facts then travel in the same round trip as whatever else the caller sends."""
+    key = facts_key(job_id)
+    values = encode({k: v for k, v in fields.items() if k not in only_new})
+    if values:
+        pipe.hset(key, mapping=values)
+    for name, value in encode({k: v for k, v in fields.items() if k in only_new}).items():
+        pipe.hsetnx(key, name, value)
+    if remove:
+        pipe.hdel(key, *remove)
+    pipe.expire(key, max(1, int(expires)))
+
+
 def write(client: Any, job_id: str, fields: dict[str, Any], *, expires: int,
           remove: tuple[str, ...] = (), only_new: tuple[str, ...] = ()) -> None:
     """Set ``fields`` on the job's facts (``only_new``: only where not set yet), delete
-    ``remove``, and (re)arm the expiry. Never raises: a backend hiccup must not fail a job."""
+    ``remove``, and (re)arm the expiry, in one round trip. Never raises: a backend hiccup
+    must not fail a job."""
+    try:
+        pipe = client.pipeline()
+        queue_write(pipe, job_id, fields, expires=expires, remove=remove, only_new=only_new)
+        pipe.execute()
+    except Exception:
+        log.warning("could not record the facts of job %s", job_id, exc_info=True)
+
+
+def replace(client: Any, job_id: str, raw: dict[Any, Any], fields: dict[str, Any], *, expires: int,
+            only_new: tuple[str, ...] = ()) -> None:
+    """Put the job's facts back to ``raw`` (a hash as read earlier) and then write ``fields``
+    like :func:`write`, atomically: undoes a write made in anticipation that turned out wrong
+    (a job found cancelled only once its start was recorded). Never raises."""
     key = facts_key(job_id)
     try:
         pipe = client.pipeline()
-        values = encode({k: v for k, v in fields.items() if k not in only_new})
-        if values:
-            pipe.hset(key, mapping=values)
-        for name, value in encode({k: v for k, v in fields.items() if k in only_new}).items():
-            pipe.hsetnx(key, name, value)
-        if remove:
-            pipe.hdel(key, *remove)
-        pipe.expire(key, max(1, int(expires)))
+        pipe.delete(key)
+        if raw:
+            pipe.hset(key, mapping=dict(raw))
+        queue_write(pipe, job_id, fields, expires=expires, only_new=only_new)
         pipe.execute()
     except Exception:
         log.warning("could not record the facts of job %s", job_id, exc_info=True)

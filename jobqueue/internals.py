@@ -104,6 +104,16 @@ def result_key(app: Any, job_id: str) -> str:
     return key.decode() if isinstance(key, bytes) else str(key)
 
 
+def result_record(backend: Any, job_id: str, result: Any, state: str, request: Any) -> dict[str, Any]:
+    """The record ``Backend.store_result`` would write for ``job_id`` (status, result, and the
+    extended fields taken from ``request``), built by Celery's private
+    ``Backend._get_result_meta`` so that a record written another way (one Lua round trip)
+    reads back exactly like Celery's own."""
+    record: dict[str, Any] = backend._get_result_meta(result=result, state=state, traceback=None, request=request)
+    record["task_id"] = job_id
+    return record
+
+
 def store_failure(app: Any, job_id: str, exc: BaseException, *, task: str | None, hostname: str | None,
                   queue: str) -> None:
     """Store ``exc`` as the ``FAILURE`` result of a job no worker ran (its message was

@@ -24,7 +24,12 @@ RATE_WINDOW = 4
 
 
 class ProgressTracker:
-    """Merge progress reports of one job attempt and publish each real change."""
+    """Merge progress reports of one job attempt and publish each real change.
+
+    ``min_interval`` drops changes that only move the percent when the last publication is
+    that recent; ``window`` publishes at most once per that many seconds, holding the latest
+    change until the window ends (a timer thread publishes it then, or :meth:`close` does).
+    """
 
     def __init__(
         self,
@@ -32,10 +37,18 @@ class ProgressTracker:
         *,
         clock: Callable[[], float] = time.monotonic,
         min_interval: float = 0.0,
+        window: float = 0.0,
+        timer: Callable[[float, Callable[[], None]], Any] = threading.Timer,
     ) -> None:
         self._publish = publish
         self._clock = clock
         self._min_interval = min_interval
+        self._window = window
+        self._timer_factory = timer
+        self._timer: Any = None
+        #: The latest change held back by the window, published when it ends (or at close).
+        self._held: dict[str, Any] | None = None
+        self._closed = False
         self._started = clock()
         self._last_sent = float("-inf")
         self.current: dict[str, Any] = empty_progress()
@@ -84,8 +97,7 @@ class ProgressTracker:
             return None
         if not significant and now - self._last_sent < self._min_interval:
             return None
-        self._last_sent = now
-        self._publish(dict(new))
+        self._emit(dict(new), now)
         return dict(new)
 
     def annotate(self, **fields: Any) -> dict[str, Any]:
@@ -93,8 +105,47 @@ class ProgressTracker:
         preview) into the progress and publish it at once; later reports carry them too."""
         with self._lock:
             self.current = {**self.current, **fields}
-            self._publish(dict(self.current))
+            self._emit(dict(self.current), self._clock())
             return dict(self.current)
+
+    def _emit(self, progress: dict[str, Any], now: float) -> None:
+        """Publish now, or, within ``window`` s of the last publication, hold it (replacing
+        any held one) until the window ends. Caller holds the lock."""
+        if self._closed:
+            return
+        due = self._last_sent + self._window - now
+        if due > 0:
+            self._held = progress
+            if self._timer is None:
+                self._timer = self._timer_factory(due, self._release)
+                self._timer.daemon = True
+                self._timer.start()
+            return
+        self._held = None
+        self._last_sent = now
+        self._publish(progress)
+
+    def _release(self) -> None:
+        """The window ended: publish what it held."""
+        with self._lock:
+            self._timer = None
+            if self._held is not None and not self._closed:
+                held, self._held = self._held, None
+                self._last_sent = self._clock()
+                self._publish(held)
+
+    def close(self) -> None:
+        """The attempt ended: publish what the window still holds (the last report is never
+        lost) and nothing after, so the job's final state is stored after its last progress."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            held, self._held = self._held, None
+            if held is not None and not self._closed:
+                self._last_sent = self._clock()
+                self._publish(held)
+            self._closed = True
 
     def _eta(self, percent: float, now: float) -> float | None:
         """Time left at the rate of the last :data:`RATE_WINDOW` movements."""
@@ -104,3 +155,4 @@ class ProgressTracker:
             return None
         rate = (percent - base) / elapsed
         return round((100.0 - percent) / rate, 2)
+

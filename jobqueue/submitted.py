@@ -25,19 +25,31 @@ def record_key(job_id: str) -> str:
     return KEY_PREFIX + job_id
 
 
+def redis_client(app: Any) -> Any:
+    """The result backend's Redis client (None when it has no pipelines)."""
+    client = getattr(app.backend, "client", None)
+    return client if client is not None and hasattr(client, "pipeline") else None
+
+
+def queue_records(pipe: Any, app: Any, job_ids: Iterable[str]) -> None:
+    """Add the submit records of ``job_ids`` to ``pipe`` (a pipeline on :func:`redis_client`):
+    they then travel in the caller's round trip."""
+    expires = getattr(app.backend, "expires", None)
+    ttl = int(expires) if expires else None
+    for job_id in job_ids:
+        pipe.set(record_key(job_id), b"1", ex=ttl)
+
+
 def record_submitted(app: Any, job_ids: Iterable[str]) -> None:
     """Record ``job_ids`` as submitted (one round trip on Redis, however many ids)."""
     backend = app.backend
     ids = list(job_ids)
     if not ids:
         return
-    client = getattr(backend, "client", None)
-    if client is not None and hasattr(client, "pipeline"):
-        expires = getattr(backend, "expires", None)
-        ttl = int(expires) if expires else None
+    client = redis_client(app)
+    if client is not None:
         with client.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.set(record_key(job_id), b"1", ex=ttl)
+            queue_records(pipe, app, ids)
             pipe.execute()
         return
     setter = getattr(backend, "set", None)

@@ -23,6 +23,7 @@ from jobqueue.events import RUN_JOB_TASK, TASK_PROGRESS, job_meta_from_kwargs
 from jobqueue.internals import result_key
 from jobqueue.previews import publisher_for
 from jobqueue.progress import ProgressTracker
+from jobqueue.progressstate import ProgressState
 from jobqueue.retrying import plan_retry
 from jobqueue.states import PROGRESS
 from jobqueue.summary import summarize_payload
@@ -40,6 +41,9 @@ RESULT_REPR_MAX = 20000
 
 #: Minimum seconds between two progress publications that only move the percent.
 PROGRESS_MIN_INTERVAL = 0.1
+#: At most one progress write (backend state + event) per this many seconds; the reports in
+#: between are coalesced into the latest, which is written when the window ends.
+PROGRESS_WINDOW = 0.05
 #: Progress events are lossy anyway: a broker out of reach must not hold the job for long.
 PROGRESS_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 
@@ -61,36 +65,6 @@ def _mark_cancelled(task: Any, reason: str) -> None:
     task.send_event("task-revoked", terminated=True, signum=None, expired=False)
 
 
-def _begin_attempt(app: Any, job_id: str, retries: int) -> tuple[bool, int, dict[str, Any]]:
-    """Return (was the job cancelled before it started, which attempt starts now, the job's
-    facts recorded so far — see :mod:`jobqueue.facts`).
-
-    The attempt number (0 for the first) counts every start: Celery's ``retries`` counts only
-    explicit retries, and a message redelivered after its worker died starts again with the
-    same count. On a Redis result backend these come from one round trip (the stored state,
-    an INCR and the facts); elsewhere the state is read through Celery and ``retries`` counts.
-    """
-    client = facts.redis_client_of(app)
-    if client is None:
-        return app.AsyncResult(job_id).state == celery_states.REVOKED, retries, {}
-    try:
-        pipe = client.pipeline()
-        pipe.get(result_key(app, job_id))
-        pipe.incr(f"jobqueue-attempts-{job_id}")
-        pipe.expire(f"jobqueue-attempts-{job_id}", int(app.conf.result_expires or 86400))
-        pipe.hgetall(facts.facts_key(job_id))
-        raw, count, _, known = pipe.execute()
-    except Exception:  # the backend is down: the job can still run; Celery will say so
-        log.warning("could not read the state of job %s", job_id, exc_info=True)
-        return False, retries, {}
-    state = app.backend.decode_result(raw).get("status") if raw else None
-    known_facts = facts.decode(known)
-    # A cancel made while no worker was online reached no worker's revoked list, and Celery
-    # stored STARTED over its REVOKED record before this body ran: the fact still says so.
-    cancelled = state == celery_states.REVOKED or "cancelled_at" in known_facts
-    return cancelled, max(int(count) - 1, retries), known_facts
-
-
 def _expires(app: Any) -> int:
     return int(app.conf.result_expires or 86400)
 
@@ -104,28 +78,85 @@ def _job_meta(task: Any, service: str, payload: dict[str, Any], options: dict[st
     return meta
 
 
-def _record_start(task: Any, attempt: int, known: dict[str, Any], meta: dict[str, Any],
-                  runtime: WorkerRuntime, started: float) -> None:
-    """Record a starting attempt in the job's facts; a previous attempt that never ended
-    (its worker died) or was retried goes to ``history``."""
-    client = facts.redis_client_of(task.app)
+#: Facts a new attempt clears (they belonged to the previous one).
+_ENDED_FACTS = ("finished_at", "runtime", "retried_at")
+
+
+def _begin_attempt(task: Any, meta: dict[str, Any], runtime: WorkerRuntime, started: float) -> tuple[bool, int]:
+    """Start an attempt: return (was the job cancelled before it started, which attempt
+    starts now — 0 for the first) and record the start in the job's facts
+    (:mod:`jobqueue.facts`).
+
+    The attempt number counts every start: Celery's ``retries`` counts only explicit
+    retries, and a message redelivered after its worker died starts again with the same
+    count. On a Redis result backend all of it is one round trip: the stored state, an INCR
+    of the start count, the facts so far and, written in the same transaction on the bet
+    that this is an ordinary start (attempt = ``retries``, no earlier attempt left
+    unfinished, not cancelled), the new attempt's facts. When the bet is off a second write
+    puts it right: the attempt number and the earlier attempt in ``history``, or, for a
+    cancelled job, the facts as they were. Elsewhere the state is read through Celery and
+    ``retries`` counts.
+    """
+    app, request = task.app, task.request
+    retries = request.retries or 0
+    client = facts.redis_client_of(app)
     if client is None:
-        return
-    request = task.request
-    history = list(known.get("history") or [])
+        return app.AsyncResult(request.id).state == celery_states.REVOKED, retries
+    received = _received_times(app).pop(request.id, None) or started
+    start = {
+        "submitted_at": meta.get("submitted_at"), "received_at": min(received, started),
+        "started_at": started, "attempt": retries, "worker": runtime.identity.node_name,
+        "machine_id": runtime.identity.machine_id, "meta": meta, "name": task.name,
+    }
+    attempts_key = f"jobqueue-attempts-{request.id}"
+    try:
+        pipe = client.pipeline()
+        pipe.get(result_key(app, request.id))
+        pipe.incr(attempts_key)
+        pipe.expire(attempts_key, _expires(app))
+        pipe.hgetall(facts.facts_key(request.id))
+        facts.queue_write(pipe, request.id, start, expires=_expires(app), remove=_ENDED_FACTS)
+        raw, count, _, known_raw, *_ = pipe.execute()
+    except Exception:  # the backend is down: the job can still run; Celery will say so
+        log.warning("could not read the state of job %s", request.id, exc_info=True)
+        return False, retries
+    state = app.backend.decode_result(raw).get("status") if raw else None
+    known = facts.decode(known_raw)
+    # A cancel made while no worker was online reached no worker's revoked list, and Celery
+    # stored STARTED over its REVOKED record before this body ran: the fact still says so.
+    if state == celery_states.REVOKED or "cancelled_at" in known:
+        # The job never runs: its facts as they were, plus what a discarded message records.
+        facts.replace(client, request.id, known_raw, {
+            "submitted_at": meta.get("submitted_at"), "meta": meta, "name": task.name, "finished_at": started,
+        }, expires=_expires(app), only_new=("finished_at",))
+        return True, retries
+    attempt = max(int(count) - 1, retries)
+    fixes: dict[str, Any] = {"attempt": attempt} if attempt != retries else {}
     if known.get("started_at") is not None and known.get("finished_at") is None:
+        # The previous attempt never ended (its worker died) or was retried: into history.
+        history = list(known.get("history") or [])
         history.append({
             "attempt": known.get("attempt"), "worker": known.get("worker"),
             "received_at": known.get("received_at"), "started_at": known.get("started_at"),
             "ended_at": known.get("retried_at"), "how": "retried" if known.get("retried_at") else "lost",
         })
-    received = _received_times(task.app).pop(request.id, None) or started
-    facts.write(client, request.id, {
-        "submitted_at": meta.get("submitted_at"), "received_at": min(received, started),
-        "started_at": started, "attempt": attempt, "worker": runtime.identity.node_name,
-        "machine_id": runtime.identity.machine_id, "meta": meta, "name": task.name,
-        "history": history[-facts.MAX_HISTORY:] or None,
-    }, expires=_expires(task.app), remove=("finished_at", "runtime", "retried_at"))
+        fixes["history"] = history[-facts.MAX_HISTORY:]
+    if fixes:
+        facts.write(client, request.id, fixes, expires=_expires(app))
+    return False, attempt
+
+
+def _send_progress_event(app: Any, runtime: WorkerRuntime, request: Any, meta: dict[str, Any]) -> None:
+    """Send ``task-progress`` through the worker's own event dispatcher when there is one:
+    there it joins the job's lifecycle events (Celery buffers the ``task`` group and the
+    event loop publishes it, in order with them), so the job never waits for the broker.
+    Elsewhere, a dispatcher of its own, as ``Task.send_event`` does."""
+    dispatcher = runtime.worker_events() if runtime.worker_events is not None else None
+    if dispatcher is not None and dispatcher.enabled and (not dispatcher.groups or "task" in dispatcher.groups):
+        dispatcher.send(TASK_PROGRESS, uuid=request.id, **meta)
+        return
+    with app.events.default_dispatcher(hostname=request.hostname) as own:
+        own.send(TASK_PROGRESS, uuid=request.id, retry=True, retry_policy=PROGRESS_RETRY_POLICY, **meta)
 
 
 def _record_end(task: Any, started: float, *, retried: bool = False) -> None:
@@ -179,22 +210,16 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
     request = task.request
     app = task.app
     started = time.time()
-    revoked, attempt, known = _begin_attempt(app, request.id, request.retries or 0)
     meta = _job_meta(task, service, payload, options)
+    runtime = _runtime(app, request.hostname)
+    revoked, attempt = _begin_attempt(task, meta, runtime, started)
     if revoked:
-        # Cancelled while queued, before any worker knew: never run it.
-        client = facts.redis_client_of(app)
-        if client is not None:
-            facts.write(client, request.id, {"submitted_at": meta.get("submitted_at"), "meta": meta,
-                                             "name": task.name, "finished_at": started},
-                        expires=_expires(app), only_new=("finished_at",))
-        # Celery stored STARTED over the client's REVOKED record just before this body: put
-        # the client's record back as it was (no worker in it: the job never ran anywhere).
+        # Cancelled while queued, before any worker knew: never run it. Celery stored
+        # STARTED over the client's REVOKED record just before this body: put the client's
+        # record back as it was (no worker in it: the job never ran anywhere).
         app.backend.store_result(request.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
         task.send_event("task-revoked", terminated=False, signum=None, expired=False)
         raise Ignore()
-    runtime = _runtime(app, request.hostname)
-    _record_start(task, attempt, known, meta, runtime, started)
     connector = runtime.connector(service)
     settings = app.settings
     timeout = options.get("timeout") or settings.job_timeout
@@ -207,24 +232,37 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         deadline=time.monotonic() + float(timeout),
     )
 
+    # Captured here: Celery's task request and backend are per thread, and a report held by
+    # the progress window is written from a timer thread.
+    progress_state = ProgressState(task.backend, PROGRESS)
+
     def publish(progress: dict[str, Any]) -> None:
         meta = {**progress, "service": service, "attempt": job.attempt}
         if runtime.is_given_up(job.id):
             return  # the job belongs to another worker now
         try:
-            task.update_state(state=PROGRESS, meta=meta)
-            task.send_event(TASK_PROGRESS, retry_policy=PROGRESS_RETRY_POLICY, **meta)
+            progress_state.store(request.id, meta, request)  # = update_state, in one round trip
+            _send_progress_event(app, runtime, request, meta)
         except Exception as exc:  # broker or backend out of reach: progress is best effort
             log.warning("job %s: progress not published: %s", job.id, exc)
 
-    tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL)
+    tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL, window=PROGRESS_WINDOW)
     previews = job.previews = publisher_for(app, job.id, lambda seq: tracker.annotate(preview=seq))
+
+    def settle() -> None:
+        """The job's progress ends: its last preview and report are written, nothing after
+        (called before the job's final state is stored)."""
+        if previews is not None:
+            previews.close()
+        tracker.close()
+
     runtime.job_started(job, connector)
     error: BaseException | None = None
     try:
         output = connector.run(job, tracker.report)
     except JobCancelled as exc:
         error = exc
+        settle()
         if runtime.is_given_up(job.id):  # lease lost: the job belongs to another worker now
             raise given_up(job.id) from exc
         _record_end(task, started)
@@ -232,6 +270,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         raise Ignore() from exc
     except ConnectorError as exc:
         error = exc
+        settle()
         if runtime.is_given_up(job.id):
             raise given_up(job.id) from exc
         hand_back_if_models_vanished(task, runtime, options, exc)  # raises Retry when it applies
@@ -247,25 +286,27 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         raise
     except BaseException as exc:
         error = exc
+        settle()
         _record_end(task, started)
         raise
     finally:
-        if previews is not None:
-            previews.close()
         runtime.job_finished(job, connector, error)
-    if runtime.is_given_up(job.id):
-        raise given_up(job.id)
-    result = {
-        "job_id": job.id,
-        "service": service,
-        "worker": runtime.identity.node_name,
-        "machine_id": runtime.identity.machine_id,
-        "gpu": runtime.identity.gpu,
-        "attempt": job.attempt,
-        "duration": round(time.monotonic() - job.started, 3),
-    }
-    result.update(output)
-    _record_end(task, started)
+    try:
+        if runtime.is_given_up(job.id):
+            raise given_up(job.id)
+        result = {
+            "job_id": job.id,
+            "service": service,
+            "worker": runtime.identity.node_name,
+            "machine_id": runtime.identity.machine_id,
+            "gpu": runtime.identity.gpu,
+            "attempt": job.attempt,
+            "duration": round(time.monotonic() - job.started, 3),
+        }
+        result.update(output)
+        _record_end(task, started)
+    finally:
+        settle()
     return result
 
 

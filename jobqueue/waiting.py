@@ -31,14 +31,22 @@ def _client(app: Any) -> Any:
     return client if client is not None and hasattr(client, "set") else None
 
 
+def queue_remember(pipe: Any, app: Any, job_id: str, service: str, req: Requirements) -> None:
+    """Add :func:`remember`'s write to ``pipe`` (a pipeline on the result backend's Redis)."""
+    if not req.is_empty:
+        pipe.set(_key(job_id), json.dumps({"service": service, "requires": req.as_dict()}),
+                 ex=int(app.conf.result_expires or 86400))
+
+
 def remember(app: Any, job_id: str, service: str, req: Requirements) -> None:
     """Record a job's requirements for :func:`job_waiting_for` (no-op without a Redis backend)."""
     client = _client(app)
     if client is None or req.is_empty:
         return
     try:
-        client.set(_key(job_id), json.dumps({"service": service, "requires": req.as_dict()}),
-                   ex=int(app.conf.result_expires or 86400))
+        with client.pipeline(transaction=False) as pipe:
+            queue_remember(pipe, app, job_id, service, req)
+            pipe.execute()
     except Exception:  # the job is sent anyway; only the client-side reason is lost
         log.warning("could not record the requirements of job %s", job_id, exc_info=True)
 

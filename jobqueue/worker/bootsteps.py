@@ -143,6 +143,7 @@ class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
             log.warning("worker events are disabled: connector status events will not be sent")
         if runtime.reporter is not None:
             runtime.reporter.attach(dispatcher_sender(c))
+        runtime.worker_events = lambda: c.event_dispatcher
 
     def stop(self, c: Any) -> None:
         if c.blueprint.state in (CLOSE, TERMINATE):
@@ -151,6 +152,7 @@ class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
         runtime = self._runtime(c)
         if runtime is None:
             return
+        runtime.worker_events = None
         if runtime.gate is not None:
             runtime.gate.unbind()
         if runtime.capability_gate is not None:

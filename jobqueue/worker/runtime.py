@@ -76,6 +76,8 @@ class WorkerRuntime:
         self._given_up: collections.deque[str] = collections.deque(maxlen=1000)
         self._lock = threading.RLock()
         self._ever_healthy: set[str] = set()
+        #: (healthy, details) of each connector when its change last asked the gates to sync.
+        self._synced: dict[str, tuple[bool, dict[str, Any]]] = {}
         self._closing = False
         #: The :class:`~jobqueue.worker.status.StatusReporter` (None: statuses are not sent).
         self.reporter = reporter
@@ -83,6 +85,9 @@ class WorkerRuntime:
         self.gate: Any = None
         #: The :class:`~jobqueue.worker.capabilities.CapabilityGate`, set by the consumer bootstep.
         self.capability_gate: Any = None
+        #: Returns the consumer's current event dispatcher (it is replaced on reconnect); set
+        #: by the consumer bootstep, None outside a worker's consumer.
+        self.worker_events: Callable[[], Any] | None = None
         for connector in self.connectors.values():
             connector.add_listener(self._on_status)
             self._report(connector)
@@ -96,6 +101,14 @@ class WorkerRuntime:
 
     def _on_status(self, connector: Connector, status: ConnectorStatus, message: str) -> None:
         self._report(connector)
+        # What the consumer must take follows health and details only: a job starting or
+        # ending (active <-> idle, same details) needs no sync, which saves two per job.
+        seen = (connector.status.is_healthy, dict(connector.details))
+        with self._lock:
+            unchanged = self._synced.get(connector.service) == seen
+            self._synced[connector.service] = seen
+        if unchanged:
+            return
         if self.gate is not None:
             self.gate.request_sync()
         if self.capability_gate is not None:

@@ -185,6 +185,32 @@ def test_a_refused_jobs_failure_is_stored_with_its_name_worker_and_queue(redis_u
         app.close()
 
 
+def test_a_result_record_built_by_jobqueue_reads_back_as_celerys_own(redis_url: str,
+                                                                      redis_client: redis.Redis) -> None:
+    # Given a Redis result backend keeping extended results, and a task request
+    from types import SimpleNamespace
+
+    app = Celery("contract-record", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.result_extended = True
+    request = SimpleNamespace(id="r", task="jobqueue.run_job", args=(), kwargs={"service": "simulation"},
+                              hostname="gpu0@m", retries=0, delivery_info={"routing_key": "simulation"},
+                              ignore_result=False, group=None, parent_id=None, root_id=None)
+    job_id, own = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        # When jobqueue writes the record it builds, and Celery stores the same result its way
+        record = internals.result_record(app.backend, job_id, {"percent": 50.0}, "PROGRESS", request)
+        redis_client.set(internals.result_key(app, job_id), app.backend.encode(record))
+        app.backend.store_result(own, {"percent": 50.0}, "PROGRESS", request=request)
+        # Then both read back alike through Celery (status, result, the extended fields)
+        ours, celerys = app.backend.get_task_meta(job_id), app.backend.get_task_meta(own)
+        keys = ("status", "result", "name", "args", "kwargs", "worker", "retries", "queue")
+        assert {k: ours.get(k) for k in keys} == {k: celerys.get(k) for k in keys}, \
+            broken(internals.result_record, f"{ours!r} vs {celerys!r}")
+        assert ours["task_id"] == job_id and ours["name"] == "jobqueue.run_job"
+    finally:
+        app.close()
+
+
 # -- Celery's worker: requests -----------------------------------------------------------------
 
 

@@ -111,3 +111,90 @@ def test_a_steady_rate_after_a_slow_start_gives_an_eta_that_only_falls_to_about_
     assert all(later <= earlier for earlier, later in zip(steady, steady[1:], strict=False)), etas
     # And at step 19 of 20 it is about one step, at the end zero
     assert etas[18] <= 0.06 and etas[19] == 0.0
+
+
+class FakeTimer:
+    """A timer the test fires by hand (``threading.Timer``'s interface)."""
+
+    def __init__(self, interval: float, function: Any) -> None:
+        self.interval, self.function = interval, function
+        self.daemon = False
+        self.started = self.cancelled = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        assert self.started and not self.cancelled
+        self.function()
+
+
+def make_windowed(window: float) -> tuple[ProgressTracker, list[dict[str, Any]], FakeClock, list[FakeTimer]]:
+    published: list[dict[str, Any]] = []
+    clock = FakeClock()
+    timers: list[FakeTimer] = []
+
+    def timer(interval: float, function: Any) -> FakeTimer:
+        timers.append(FakeTimer(interval, function))
+        return timers[-1]
+
+    return ProgressTracker(published.append, clock=clock, window=window, timer=timer), published, clock, timers
+
+
+def test_steps_within_one_window_are_coalesced_into_the_latest_when_the_window_ends():
+    tracker, published, clock, timers = make_windowed(0.05)
+    # Given a first report, published at once
+    tracker.report(step=1, total_steps=10)
+    assert [p["step"] for p in published] == [1]
+    # When three more steps arrive within the window
+    for step in (2, 3, 4):
+        clock.now += 0.01
+        tracker.report(step=step, total_steps=10)
+    # Then none is published yet, and one timer waits for the rest of the window
+    assert [p["step"] for p in published] == [1]
+    assert len(timers) == 1 and abs(timers[0].interval - 0.04) < 1e-9
+    # And when the window ends only the latest goes out
+    clock.now += 0.04
+    timers[0].fire()
+    assert [p["step"] for p in published] == [1, 4]
+    # And a step after a quiet window goes out at once again
+    clock.now += 1.0
+    tracker.report(step=5, total_steps=10)
+    assert [p["step"] for p in published] == [1, 4, 5] and len(timers) == 1
+
+
+def test_closing_publishes_the_held_last_step_and_nothing_after():
+    tracker, published, clock, timers = make_windowed(0.05)
+    tracker.report(step=0, total_steps=2, message="starting")
+    clock.now += 0.001
+    tracker.report(step=2, total_steps=2, message="done")  # the last step, held by the window
+    # When the attempt ends before the window does
+    tracker.close()
+    # Then the last step was published (once), the timer cancelled
+    assert [p["step"] for p in published] == [0, 2] and timers[0].cancelled
+    # And later reports and annotations publish nothing
+    clock.now += 1.0
+    tracker.report(step=3, total_steps=3)
+    tracker.annotate(preview=7)
+    assert [p["step"] for p in published] == [0, 2]
+
+
+def test_a_window_that_ends_after_close_publishes_nothing():
+    tracker, published, clock, timers = make_windowed(0.05)
+    tracker.report(step=1, total_steps=3)
+    clock.now += 0.01
+    tracker.report(step=2, total_steps=3)
+    tracker.close()
+    timers[0].function()  # a timer that fired just as the attempt ended
+    assert [p["step"] for p in published] == [1, 2]
+
+
+def test_without_a_window_every_change_is_published_at_once():
+    tracker, published, clock = make_tracker()
+    for step in range(3):
+        tracker.report(step=step, total_steps=3)  # same instant
+    tracker.close()
+    assert [p["step"] for p in published] == [0, 1, 2]

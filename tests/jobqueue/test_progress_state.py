@@ -1,0 +1,66 @@
+"""ProgressState: Celery's PROGRESS record in one round trip, never over a result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import states as celery_states
+from celery.app.task import Context
+
+from jobqueue.progressstate import ProgressState
+from jobqueue.states import PROGRESS
+from tests.helpers import wait_for
+
+
+def _request(job_id: str) -> Context:
+    return Context(id=job_id, task="jobqueue.run_job", args=[], hostname="gpu0@m1", retries=0,
+                   kwargs={"service": "simulation", "payload": {"steps": 3}, "options": {}},
+                   delivery_info={"routing_key": "gpu0"})
+
+
+def test_the_record_is_the_one_update_state_stores_and_reads_back_as_progress(app, redis_client):
+    # Given a job's progress written by Celery itself and by ProgressState
+    meta = {"percent": 50.0, "step": 1, "total_steps": 2, "message": "half", "service": "simulation"}
+    app.backend.store_result("by-celery", meta, PROGRESS, request=_request("by-celery"))
+    assert ProgressState(app.backend, PROGRESS).store("ours", meta, _request("ours"))
+    # Then both records hold the same fields (extended ones included), and read back alike
+    celery_record = app.backend.decode(redis_client.get(app.backend.get_key_for_task("by-celery")))
+    our_record = app.backend.decode(redis_client.get(app.backend.get_key_for_task("ours")))
+    assert our_record == {**celery_record, "task_id": "ours"}
+    assert our_record["kwargs"]["payload"] == {"steps": 3} and our_record["worker"] == "gpu0@m1"
+    result = app.AsyncResult("ours")
+    assert result.state == PROGRESS and result.info == meta
+    # And the record expires with the results
+    assert 0 < redis_client.ttl(app.backend.get_key_for_task("ours")) <= int(app.conf.result_expires)
+
+
+def test_a_stored_success_is_never_overwritten(app):
+    # Given a job whose result is stored
+    app.backend.store_result("done", {"output": 1}, celery_states.SUCCESS)
+    # When a late progress report of it is written
+    written = ProgressState(app.backend, PROGRESS).store("done", {"percent": 10.0}, _request("done"))
+    # Then nothing changed
+    assert written is False
+    assert app.AsyncResult("done").state == celery_states.SUCCESS and app.AsyncResult("done").result == {"output": 1}
+
+
+def test_the_record_is_published_on_the_channel_result_consumers_follow(app):
+    # Given a client following the job through the result backend's pub/sub
+    seen: list[dict[str, Any]] = []
+    pubsub = app.backend.client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(app.backend.get_key_for_task("live"))
+    try:
+        # When progress is written
+        ProgressState(app.backend, PROGRESS).store("live", {"percent": 25.0}, _request("live"))
+
+        # Then the follower receives Celery's record of it
+        def received() -> bool:
+            message = pubsub.get_message(timeout=0.1)
+            if message and message["type"] == "message":
+                seen.append(app.backend.decode_result(message["data"]))
+            return bool(seen)
+
+        wait_for(received, 5, what="the published record")
+    finally:
+        pubsub.close()
+    assert seen[0]["status"] == PROGRESS and seen[0]["result"] == {"percent": 25.0} and seen[0]["task_id"] == "live"
