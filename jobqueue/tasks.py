@@ -317,7 +317,7 @@ def register_tasks(app: Any) -> None:
     signals.task_revoked.connect(_on_task_revoked, weak=False, dispatch_uid="jobqueue-facts-revoked")
 
     # The strategy hands back, before it starts, a job whose requirements this worker lacks.
-    @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False,
+    @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False,  # type: ignore[untyped-decorator]
               Strategy="jobqueue.worker.handback:requirements_strategy", resultrepr_maxsize=RESULT_REPR_MAX)
     def _run_job(
         self: Any, service: str, payload: dict[str, Any], options: dict[str, Any] | None = None,
