@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from jobqueue.client import submit_job
 from jobqueue.config import Settings
 from jobqueue.internals import unacked_index_key
 from tests.conftest import settings_env
-from tests.helpers import ROOT, WorkerProcess, child_env, wait_for
+from tests.helpers import WorkerProcess, child_env, wait_for
 from tests.jobqueue.prefixed_app import KEY_PREFIX, prefixed
 
 pytestmark = pytest.mark.timeout(120)
@@ -23,15 +22,9 @@ pytestmark = pytest.mark.timeout(120)
 class PrefixedWorker(WorkerProcess):
     """A real worker on :mod:`tests.jobqueue.prefixed_app` (broker keys behind a prefix)."""
 
-    def start(self) -> PrefixedWorker:
-        import subprocess
-
-        cmd = [sys.executable, "-m", "celery", "-A", "tests.jobqueue.prefixed_app", "worker", "-Q", self.queues,
-               "--loglevel", "INFO", "--without-mingle", "--without-gossip", *self.extra_args]
-        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, env=self.env, cwd=str(ROOT), stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        return self
+    def __init__(self, env: dict[str, str], queues: str = "gpu0", log_path: Any = None) -> None:
+        super().__init__(env, queues=queues, log_path=log_path)
+        self.cmd[self.cmd.index("-A") + 1] = "tests.jobqueue.prefixed_app"
 
 
 def test_a_job_longer_than_the_visibility_timeout_on_a_prefixed_broker_is_delivered_once(
