@@ -47,6 +47,11 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": max(1, round(settings.lease_interval)),
         "unacked_restore_throttle": 1,
+        # The restore sweep's lock: kombu holds it for 5 minutes by default, so a worker killed
+        # while sweeping would stop every restore in the fleet that long. A sweep takes
+        # milliseconds, and a message restored twice cannot be queued twice (kombu restores
+        # each one in a WATCH transaction on the unacked hash), so the lock lasts one timeout.
+        "unacked_mutex_expire": max(1, round(settings.visibility_timeout)),
         # One Redis list per broker priority level (see jobqueue.routing.broker_priority).
         "priority_steps": list(range(BROKER_MAX_PRIORITY + 1)),
         "queue_order_strategy": "priority",

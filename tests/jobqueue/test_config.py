@@ -104,6 +104,13 @@ def test_the_redis_transport_restores_often_and_leases_within_the_visibility_tim
     # the restore sweep runs every lease interval, not kombu's default ~100 s
     assert options["unacked_restore_interval"] == 2
     assert options["unacked_restore_throttle"] == 1
+    # and a sweeper killed while holding the sweep's lock blocks the others for one visibility
+    # timeout, not kombu's 5 minutes (kombu's channel really takes the option)
+    assert options["unacked_mutex_expire"] == 10
+    from kombu import Connection
+
+    with Connection("redis://127.0.0.1:6379/15", transport_options=options) as conn:
+        assert conn.default_channel.qos.unacked_mutex_expire == 10
 
 
 def test_the_celery_app_speaks_json_only_and_redelivers_jobs_of_dead_workers():
