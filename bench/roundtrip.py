@@ -26,23 +26,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from celery import Celery
 
 from bench.chaos.drill import Fleet
-from bench.common import Process, RedisServer, bench_settings, child_env, fmt_table, percentile, wait_until
+from bench.common import (
+    Process,
+    RedisServer,
+    bench_settings,
+    child_env,
+    command_calls,
+    fmt_table,
+    percentile,
+    wait_until,
+)
 from jobqueue.celery_app import create_app
 from jobqueue.client import submit_job
-
-
-def command_calls(url: str) -> dict[str, int]:
-    """Redis's own count of calls per command (``INFO commandstats``) so far."""
-    client = redis.Redis.from_url(url)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
 def calls_per_job(url: str, run_one: Callable[[], Any], jobs: int) -> dict[str, float]:

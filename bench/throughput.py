@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
 from celery import Celery
 from celery import states as celery_states
 
@@ -41,6 +40,7 @@ from bench.common import (
     RedisServer,
     bench_settings,
     child_env,
+    command_calls,
     fmt_table,
     free_port,
     monitor_process,
@@ -65,18 +65,8 @@ def _wait_done(app: Any, ids: list[str], timeout: float) -> float:
     return time.perf_counter()
 
 
-def _command_calls(url: str) -> dict[str, int]:
-    """Redis's own count of calls per command (``INFO commandstats``) so far."""
-    client = redis.Redis.from_url(url)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-
-
 def _calls_between(url: str, before: dict[str, int]) -> dict[str, int]:
-    after = _command_calls(url)
+    after = command_calls(url)
     return {name: n - before.get(name, 0) for name, n in after.items() if n - before.get(name, 0) > 0}
 
 
@@ -161,7 +151,7 @@ def run(url: str, plain_url: str, workdir: Path, jobs: int, workers: int, monito
             side.start()
         for _ in range(rounds):
             for side in sides:
-                calls = _command_calls(url)
+                calls = command_calls(url)
                 started = time.perf_counter()
                 ids = side.submit(per_round)
                 ended = _wait_done(side.app, ids, timeout=max(120.0, per_round / 5))
