@@ -122,11 +122,6 @@ class Totals:
             for key, amount in counts.items():
                 self._events[key] += amount
 
-    def add(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        """Add to any counter (e.g. ``webhook_deliveries``); written with the next transaction."""
-        with self._lock:
-            self._events[_key(name, **labels)] += amount
-
     def record(self, tx: Any) -> None:
         """Inside a write transaction: count what it did to jobs, and write every total that
         moved (the pending event counts included). :meth:`committed` follows the commit."""
