@@ -17,6 +17,7 @@ from jobqueue.config import Settings
 from jobqueue.errors import ConfigError
 from jobqueue.redis_health import backend_settings, transport_options
 from jobqueue.redis_urls import is_redis_url
+from jobqueue.result_backend import backend_url
 from jobqueue.routing import BROKER_MAX_PRIORITY, DEFAULT_PRIORITY, broker_priority
 
 
@@ -103,7 +104,9 @@ def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -
         task_default_priority=broker_priority(DEFAULT_PRIORITY, is_redis=settings.is_redis),
     )
     if is_redis_url(settings.result_backend):
-        app.conf.update(backend_settings(settings.redis_health_interval))
+        # Celery's Redis backend plus writes that ride with a job's next state (one round trip).
+        app.conf.update(backend_settings(settings.redis_health_interval),
+                        result_backend=backend_url(settings.result_backend))
     if settings.is_redis:
         from jobqueue.redis_transport import TRANSPORT_PATH
 

@@ -109,13 +109,16 @@ class JobHandle:
         self.app = app or default_app()
         #: True once the id is known to have been submitted (it never becomes unknown again).
         self.submitted = False
+        #: The result ``send_task`` returned: kept, its subscription stays (Celery drops it
+        #: when that object is collected, and ``wait()`` would subscribe again).
+        self._sent: Any = None
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id}>"
 
     @property
     def _result(self) -> Any:
-        return self.app.AsyncResult(self.id)
+        return self._sent if self._sent is not None else self.app.AsyncResult(self.id)
 
     def _state(self) -> tuple[JobStatus, Any]:
         res = self._result
@@ -413,7 +416,8 @@ def submit_job(
         requires=requires,
     )
     _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
-    app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+    sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
     handle = JobHandle(send_options["task_id"], app)
     handle.submitted = True
+    handle._sent = sent
     return handle

@@ -24,6 +24,7 @@ from jobqueue.internals import result_key
 from jobqueue.previews import publisher_for
 from jobqueue.progress import ProgressTracker
 from jobqueue.progressstate import ProgressState
+from jobqueue.result_backend import RedisBackend
 from jobqueue.retrying import plan_retry
 from jobqueue.states import PROGRESS
 from jobqueue.summary import summarize_payload
@@ -160,13 +161,28 @@ def _send_progress_event(app: Any, runtime: WorkerRuntime, request: Any, meta: d
 
 
 def _record_end(task: Any, started: float, *, retried: bool = False) -> None:
-    """Record the end of the running attempt (``retried``: it goes back to the queue)."""
+    """Record the end of the running attempt (``retried``: it goes back to the queue).
+
+    On our Redis backend the facts ride in the transaction that stores the state Celery
+    writes next (the result, the failure, the retry): one round trip, and the two agree."""
     client = facts.redis_client_of(task.app)
     if client is None:
         return
     now = time.time()
     fields = {"retried_at": now} if retried else {"finished_at": now, "runtime": round(now - started, 6)}
-    facts.write(client, task.request.id, fields, expires=_expires(task.app))
+    job_id, expires = task.request.id, _expires(task.app)
+    backend = task.backend
+    if isinstance(backend, RedisBackend):
+        backend.ride_with_next_state(job_id, lambda pipe: facts.queue_write(pipe, job_id, fields, expires=expires))
+        return
+    facts.write(client, job_id, fields, expires=expires)
+
+
+def _on_task_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    """What rode with a state that was never stored (``Ignore``, a duplicate) goes now."""
+    backend = getattr(sender, "backend", None)
+    if isinstance(backend, RedisBackend) and isinstance(task_id, str):
+        backend.flush_riders(task_id)
 
 
 def _received_times(app: Any) -> dict[str, float]:
@@ -315,6 +331,7 @@ def register_tasks(app: Any) -> None:
 
     signals.task_received.connect(_on_task_received, weak=False, dispatch_uid="jobqueue-facts-received")
     signals.task_revoked.connect(_on_task_revoked, weak=False, dispatch_uid="jobqueue-facts-revoked")
+    signals.task_postrun.connect(_on_task_postrun, weak=False, dispatch_uid="jobqueue-facts-postrun")
 
     # The strategy hands back, before it starts, a job whose requirements this worker lacks.
     @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False,  # type: ignore[untyped-decorator]

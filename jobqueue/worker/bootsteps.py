@@ -37,6 +37,11 @@ from jobqueue.worker.status import Sender, StatusReporter
 
 #: Event group of ``connector-status`` (Celery filters events by the part before the first "-").
 CONNECTOR_GROUP = "connector"
+#: The event group Celery buffers on a worker with an event loop.
+TASK_GROUP = "task"
+#: Connector status changes wait at most this long (s) to leave together (the progress
+#: window's length: a badge is never later than a progress bar).
+STATUS_WINDOW = 0.05
 #: Longest the shutdown waits for the offline events to be sent.
 OFFLINE_FLUSH_TIMEOUT = 3.0
 
@@ -66,7 +71,7 @@ class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is u
     def create(self, worker: Any) -> None:
         settings = worker.app.settings
         identity = _identity_of(worker)
-        self.reporter = StatusReporter(identity, beat_interval=settings.status_beat)
+        self.reporter = StatusReporter(identity, beat_interval=settings.status_beat, window=STATUS_WINDOW)
         self.runtime = WorkerRuntime(settings, identity, reporter=self.reporter)
         if is_redis_url(settings.result_backend):
             self.runtime.keep_orphans_in(redis.Redis.from_url(settings.result_backend, socket_timeout=5,
@@ -102,6 +107,13 @@ def dispatcher_sender(consumer: Any) -> Sender:
     The dispatcher is looked up on every send: the consumer replaces it when it reconnects.
     Celery's dispatcher serialises publishing with its own lock, so the reporter's thread
     may share it with the event loop (heartbeats) and the pool (task events).
+
+    Where Celery buffers task events (a worker with an event loop: the ``task`` group is
+    collected and the loop publishes it as one message soon after), connector events are
+    buffered with them: a job's ``active`` leaves with its ``task-started`` and its ``idle``
+    with its ``task-succeeded``, in the loop's flush, so the monitor gets each status
+    together with the lifecycle event that caused it, and the job's own thread never waits
+    for (or competes with) a publish of its connector's status.
     """
 
     def send(event_type: str, fields: dict[str, Any]) -> None:
@@ -111,6 +123,9 @@ def dispatcher_sender(consumer: Any) -> Sender:
         groups = dispatcher.groups
         if groups and CONNECTOR_GROUP not in groups:
             groups.add(CONNECTOR_GROUP)
+        buffered = dispatcher.buffer_group
+        if TASK_GROUP in buffered and CONNECTOR_GROUP not in buffered:
+            dispatcher.buffer_group = frozenset(buffered) | {CONNECTOR_GROUP}
         dispatcher.send(event_type, **fields)
 
     return send
@@ -180,6 +195,12 @@ class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
             if not runtime.reporter.flush(OFFLINE_FLUSH_TIMEOUT):
                 log.warning("could not send every offline status before shutdown")
             runtime.reporter.detach()
+        dispatcher = c.event_dispatcher
+        if dispatcher is not None:
+            try:  # buffered events (the offline statuses among them) leave before the loop stops
+                dispatcher.flush()
+            except Exception:
+                log.warning("could not flush the worker's events before shutdown", exc_info=True)
 
 
 class LeaseStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped

@@ -1,4 +1,4 @@
-"""Connector status reporting: every change sent at once, the full set re-sent on a steady beat.
+"""Connector status reporting: every change sent within a short window, the full set re-sent on a steady beat.
 
 The earlier system sent connector status once at start-up and never again, so the monitor's
 badges lied. Here a :class:`StatusReporter` lives as long as the worker process:
@@ -7,7 +7,9 @@ badges lied. Here a :class:`StatusReporter` lives as long as the worker process:
   task thread or the main thread). It numbers the report with the next per-worker sequence
   number, remembers it as the connector's current report and queues a ``connector-status``
   event (``beat=False``).
-* One sender thread sends the queued events in sequence order and, every ``beat_interval``
+* One sender thread sends the queued events in sequence order, together once the oldest has
+  waited ``window`` seconds (a job that starts and ends within the window costs one publish on
+  a worker whose dispatcher buffers, not one per change; none is dropped), and, every ``beat_interval``
   seconds, queues the full set again (``beat=True``), unchanged or not, so a consumer can tell
   a fresh status from a stale one (``timestamp`` + ``interval``).
 * The sending function is attached by the consumer bootstep when the broker connection is up
@@ -83,9 +85,12 @@ class StatusReporter:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         first_seq: int | None = None,
+        window: float = 0.0,
     ) -> None:
         self.identity = identity
         self.beat_interval = float(beat_interval)
+        #: Changes are sent together once the first of them has waited this long (s).
+        self.window = max(0.0, float(window))
         self._clock = clock
         self._wall = wall_clock
         self._seq = initial_seq(wall_clock()) if first_seq is None else first_seq
@@ -94,6 +99,8 @@ class StatusReporter:
         self._sender: Sender | None = None
         self._cond = threading.Condition()
         self._busy = False  # the thread is sending events it already took from _pending
+        self._pending_since: float | None = None  # when the oldest unsent change was queued
+        self._urgent = False  # flush() waits: send without waiting out the window
         self._stopping = False
         self._next_beat = clock() + self.beat_interval
         self._thread: threading.Thread | None = None
@@ -136,6 +143,8 @@ class StatusReporter:
             report.service, report.status, report.message, report.details, self._seq, report.since
         )
         self._reports[report.service] = numbered
+        if not self._pending:
+            self._pending_since = self._clock()
         self._pending.append(self.event_fields(numbered, beat=beat))
         self._cond.notify_all()
         return numbered
@@ -203,12 +212,16 @@ class StatusReporter:
             while not self._stopping:
                 if self._sender is not None and self._clock() >= self._next_beat:
                     self._queue_full_set()
-                if self._sender is not None and self._pending:
+                due = (self._pending_since or 0.0) + self.window
+                if self._sender is not None and self._pending and (self._urgent or self._clock() >= due):
                     events = list(self._pending)
                     self._pending.clear()
                     self._busy = True
+                    self._urgent = False
                     return events, self._sender
                 timeout = self._next_beat - self._clock() if self._sender is not None else None
+                if timeout is not None and self._pending:
+                    timeout = min(timeout, due - self._clock())
                 self._cond.wait(timeout if timeout is None else max(timeout, 0.0))
             return [], None
 
@@ -237,12 +250,17 @@ class StatusReporter:
         """Wait until every queued event was handed to the sender; False on timeout."""
         deadline = self._clock() + timeout
         with self._cond:
-            while (self._pending and self._sender is not None) or self._busy:
-                remaining = deadline - self._clock()
-                if remaining <= 0 or self._thread is None or not self._thread.is_alive():
-                    return False
-                self._cond.wait(remaining)
-            return not self._pending
+            self._urgent = True  # what waits for the window goes now
+            self._cond.notify_all()
+            try:
+                while (self._pending and self._sender is not None) or self._busy:
+                    remaining = deadline - self._clock()
+                    if remaining <= 0 or self._thread is None or not self._thread.is_alive():
+                        return False
+                    self._cond.wait(remaining)
+                return not self._pending
+            finally:
+                self._urgent = False
 
     def start(self) -> StatusReporter:
         """Start the sender thread."""

@@ -5,6 +5,7 @@ health loop. The real path is covered in test_connector_status.py."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -320,3 +321,41 @@ def test_the_health_loop_survives_a_failing_check_and_stops():
     assert not loop.is_alive
     with pytest.raises(ValueError):
         HealthLoop(check, interval=0)
+
+
+def test_changes_within_the_window_leave_together_once_the_oldest_has_waited(identity):
+    # Given a reporter that lets changes wait 0.3 s to leave together
+    reporter = StatusReporter(identity, beat_interval=60.0, window=0.3).start()
+    try:
+        sender = RecordingSender()
+        sent_at: list[float] = []
+
+        def timed(event_type: str, fields: dict[str, Any]) -> None:
+            sent_at.append(time.monotonic())
+            sender(event_type, fields)
+
+        reporter.attach(timed)
+        # When a job starts and ends within the window
+        first = time.monotonic()
+        reporter.record("stub", ACTIVE, "running job j1")
+        reporter.record("stub", IDLE)
+        wait_for(lambda: len(sender.sent) >= 2, 5)
+        # Then both changes are sent, in order, and none before the window ended
+        assert sender.statuses(beat=False) == ["active", "idle"]
+        assert min(sent_at) >= first + 0.3
+    finally:
+        reporter.stop()
+
+
+def test_flush_sends_waiting_changes_without_waiting_out_the_window(identity):
+    reporter = StatusReporter(identity, beat_interval=60.0, window=30.0).start()
+    try:
+        sender = RecordingSender()
+        reporter.attach(sender)
+        reporter.record("stub", ConnectorStatus.OFFLINE)
+        started = time.monotonic()
+        assert reporter.flush(timeout=5.0)
+        assert time.monotonic() - started < 5.0
+        assert "offline" in sender.statuses(beat=False)
+    finally:
+        reporter.stop()

@@ -1,0 +1,58 @@
+"""The result backend's riders: writes stored in the same transaction as a job's next state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import states as celery_states
+
+from jobqueue import facts
+from jobqueue.result_backend import RedisBackend, backend_url
+
+
+def _calls(client: Any, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_the_app_stores_results_through_the_riding_backend_on_the_same_redis(app, settings):
+    assert isinstance(app.backend, RedisBackend)
+    assert app.conf.result_backend == backend_url(settings.result_backend)
+    assert app.backend.client.connection_pool.connection_kwargs["db"] == int(settings.result_backend.rsplit("/", 1)[1])
+
+
+def test_redis_over_a_unix_socket_keeps_celerys_own_spelling():
+    assert backend_url("redis+socket:///run/redis.sock") == "jobqueue.result_backend:RedisBackend+socket:///run/redis.sock"
+
+
+def test_a_rider_lands_with_the_state_in_one_transaction(app, redis_client):
+    # Given the end of an attempt queued to ride with the job's next state
+    app.backend.ride_with_next_state(
+        "j1", lambda pipe: facts.queue_write(pipe, "j1", {"finished_at": 12.5, "runtime": 0.5}, expires=60))
+    execs = _calls(redis_client, "exec")
+    # When Celery stores the result
+    app.backend.store_result("j1", {"ok": True}, celery_states.SUCCESS)
+    # Then the facts and the result were written by one MULTI/EXEC
+    assert _calls(redis_client, "exec") == execs + 1
+    assert facts.decode(redis_client.hgetall(facts.facts_key("j1"))) == {"finished_at": 12.5, "runtime": 0.5}
+    assert app.AsyncResult("j1").result == {"ok": True}
+    # And a later state carries nothing of it again
+    app.backend.store_result("j2", {"ok": True}, celery_states.SUCCESS)
+    assert redis_client.hget(facts.facts_key("j2"), "finished_at") is None
+
+
+def test_a_rider_whose_state_is_never_stored_is_flushed_on_its_own(app, redis_client):
+    app.backend.ride_with_next_state(
+        "ignored", lambda pipe: facts.queue_write(pipe, "ignored", {"finished_at": 3.0}, expires=60))
+    app.backend.flush_riders("ignored")
+    assert facts.decode(redis_client.hgetall(facts.facts_key("ignored"))) == {"finished_at": 3.0}
+    app.backend.flush_riders("ignored")  # nothing left: a second flush writes nothing
+    assert app.backend._riders == {}
+
+
+def test_a_failing_rider_never_costs_the_state(app, redis_client):
+    # Given a rider whose command Redis refuses (a hash command on a string key)
+    redis_client.set("not-a-hash", "x")
+    app.backend.ride_with_next_state("j3", lambda pipe: pipe.hset("not-a-hash", "f", "v"))
+    # When the state is stored, then it is, and the rider's error is only logged
+    app.backend.store_result("j3", {"ok": 3}, celery_states.SUCCESS)
+    assert app.AsyncResult("j3").result == {"ok": 3}
