@@ -8,7 +8,8 @@ prompt ends in milliseconds: what is measured is the protocol and the plumbing, 
 
 * **direct client**: what a minimal ComfyUI client does: a websocket open with its
   ``clientId`` (kept open between prompts), POST ``/prompt``, wait for ``executing`` with
-  ``node: null`` (or ``execution_success``) for its prompt, GET ``/history/<id>``.
+  ``node: null`` for its prompt (not ``execution_success``: a real ComfyUI may still answer
+  ``{}`` for the prompt's history then), GET ``/history/<id>``.
 * **connector in-process**: :class:`jobqueue.connectors.comfyui.ComfyUIConnector` ``run()``
   called directly, no Celery: the connector's own share (it also downloads the output image
   through GET ``/view`` into the output store, which the direct client does not).
@@ -73,7 +74,8 @@ class DirectClient:
             body = message.get("data") or {}
             if body.get("prompt_id") != prompt_id:
                 continue
-            if message["type"] == "execution_success" or (message["type"] == "executing" and body.get("node") is None):
+            # The end: ComfyUI writes /history between execution_success and this message.
+            if message["type"] == "executing" and body.get("node") is None:
                 break
             if message["type"] in ("execution_error", "execution_interrupted"):
                 raise RuntimeError(f"prompt failed: {message}")
