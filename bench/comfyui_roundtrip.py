@@ -1,12 +1,15 @@
 """Round trip of a cached ComfyUI job: a direct ComfyUI client vs jobqueue, side by side.
 
-All sides talk to the same ComfyUI simulator (a subprocess, ``python -m jobqueue.comfyui_sim``)
-and run the same workflow, which ComfyUI has already run once, so every node is cached and the
+All sides talk to the same ComfyUI, by default a simulator started for the run (a subprocess,
+``python -m jobqueue.comfyui_sim``), with ``--comfyui-url`` a server already running (a real
+ComfyUI), and run the same workflow (``EXAMPLE_WORKFLOW``, or the API-format JSON file given
+with ``--workflow``), which ComfyUI has already run once, so every node is cached and the
 prompt ends in milliseconds: what is measured is the protocol and the plumbing, not the work.
 
 * **direct client**: what a minimal ComfyUI client does: a websocket open with its
   ``clientId`` (kept open between prompts), POST ``/prompt``, wait for ``executing`` with
-  ``node: null`` (or ``execution_success``) for its prompt, GET ``/history/<id>``.
+  ``node: null`` for its prompt (not ``execution_success``: a real ComfyUI may still answer
+  ``{}`` for the prompt's history then), GET ``/history/<id>``.
 * **connector in-process**: :class:`jobqueue.connectors.comfyui.ComfyUIConnector` ``run()``
   called directly, no Celery: the connector's own share (it also downloads the output image
   through GET ``/view`` into the output store, which the direct client does not).
@@ -17,9 +20,10 @@ prompt ends in milliseconds: what is measured is the protocol and the plumbing, 
 
 ``requests`` counts ComfyUI's HTTP requests per job by route (the simulator records them;
 warm-up included; the worker's health checks left out): unlike the times, it does not move with
-the machine's load.
+the machine's load. An external server records nothing, so the column stays empty there.
 
     python -m bench.comfyui_roundtrip --jobs 200
+    python -m bench.comfyui_roundtrip --jobs 300 --comfyui-url http://127.0.0.1:8188 --workflow wf.json
 """
 
 from __future__ import annotations
@@ -70,7 +74,8 @@ class DirectClient:
             body = message.get("data") or {}
             if body.get("prompt_id") != prompt_id:
                 continue
-            if message["type"] == "execution_success" or (message["type"] == "executing" and body.get("node") is None):
+            # The end: ComfyUI writes /history between execution_success and this message.
+            if message["type"] == "executing" and body.get("node") is None:
                 break
             if message["type"] in ("execution_error", "execution_interrupted"):
                 raise RuntimeError(f"prompt failed: {message}")
@@ -100,9 +105,12 @@ def _row(side: str, ms: list[float], **extra: Any) -> dict[str, Any]:
 JOB_ROUTES = ("/prompt", "/queue", "/history/", "/view", "/interrupt")
 
 
-def _requests_per_job(sim: SimulatorProcess, since: float, jobs: int) -> str:
+def _requests_per_job(sim: SimulatorProcess | None, since: float, jobs: int) -> str:
     """ComfyUI requests per job since ``since`` (wall clock), by route: a count, not a time, so
-    it does not depend on how busy the machine is."""
+    it does not depend on how busy the machine is. Empty for an external server (``sim`` None),
+    which records nothing."""
+    if sim is None:
+        return ""
     paths: dict[str, int] = {}
     for r in sim.requests():
         if r["time"] < since or not r["path"].startswith(JOB_ROUTES):
@@ -112,21 +120,39 @@ def _requests_per_job(sim: SimulatorProcess, since: float, jobs: int) -> str:
     return ", ".join(f"{path} {n / jobs:.2f}" for path, n in sorted(paths.items()))
 
 
-def run_direct(url: str, jobs: int) -> list[float]:
+def load_workflow(path: str | None) -> dict[str, Any]:
+    """The API-format workflow in the JSON file ``path`` (``EXAMPLE_WORKFLOW`` when None)."""
+    if path is None:
+        return EXAMPLE_WORKFLOW
+    workflow = json.loads(Path(path).read_text())
+    if not isinstance(workflow, dict) or not workflow or not all(
+            isinstance(node, dict) and "class_type" in node for node in workflow.values()):
+        raise SystemExit(f"{path}: not an API-format workflow ({{node id: {{class_type, inputs}}}}); "
+                         "ComfyUI's 'Export (API)' writes one")
+    return workflow
+
+
+def server_version(url: str) -> str:
+    """The ``comfyui_version`` ComfyUI reports in ``/system_stats`` (for the record)."""
+    stats = requests.get(f"{url}/system_stats", timeout=10).json()
+    return str(stats.get("system", {}).get("comfyui_version", "unknown"))
+
+
+def run_direct(url: str, workflow: dict[str, Any], jobs: int) -> list[float]:
     client = DirectClient(url)
     try:
-        client.run(EXAMPLE_WORKFLOW)  # warm (and make the workflow cached)
-        return _times(lambda: client.run(EXAMPLE_WORKFLOW), jobs)
+        client.run(workflow)  # warm (and make the workflow cached)
+        return _times(lambda: client.run(workflow), jobs)
     finally:
         client.close()
 
 
-def run_connector(url: str, workdir: Path, jobs: int) -> list[float]:
+def run_connector(url: str, workflow: dict[str, Any], workdir: Path, jobs: int) -> list[float]:
     connector = ComfyUIConnector(Settings(comfyui_url=url, output_dir=str(workdir / "outputs-inproc")))
     connector.start()
 
     def one() -> None:
-        job = Job(id=uuid.uuid4().hex, service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW})
+        job = Job(id=uuid.uuid4().hex, service="comfyui", payload={"workflow": workflow})
         result = connector.run(job, lambda **_: None)
         assert result["files"], result
 
@@ -137,18 +163,20 @@ def run_connector(url: str, workdir: Path, jobs: int) -> list[float]:
         connector.stop()
 
 
-def run_jobqueue(url: str, redis_url: str, workdir: Path, jobs: int) -> tuple[list[float], list[float]]:
+def run_jobqueue(url: str, workflow: dict[str, Any], redis_url: str, workdir: Path,
+                 jobs: int) -> tuple[list[float], list[float]]:
+    # The worker is a child process: it gets ``url`` as JOBQUEUE_COMFYUI_URL (Settings.to_env).
     settings = bench_settings(redis_url, workdir, connectors=("comfyui",), comfyui_url=url)
     app = create_app(settings)
     worker = worker_process(settings, "gpu0", workdir / "worker.log")
     worker.start()
     try:
         wait_worker_ready(app, f"gpu0@{settings.machine_id}", worker)
-        submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, app=app).wait(timeout=60)  # warm
+        submit_job("comfyui", {"workflow": workflow}, app=app).wait(timeout=60)  # warm
         ids: list[str] = []
 
         def one() -> None:
-            handle = submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, app=app)
+            handle = submit_job("comfyui", {"workflow": workflow}, app=app)
             ids.append(handle.id)
             handle.wait(timeout=60)
 
@@ -166,28 +194,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--skip-jobqueue", action="store_true", help="no worker: direct client and connector only")
+    parser.add_argument("--comfyui-url", default=None,
+                        help="a running ComfyUI (e.g. a real one on http://127.0.0.1:8188) instead of a simulator")
+    parser.add_argument("--workflow", default=None,
+                        help="API-format workflow JSON file, cached after its first run (default: EXAMPLE_WORKFLOW)")
     args = parser.parse_args(argv)
+    workflow = load_workflow(args.workflow)
     workdir = Path(tempfile.mkdtemp(prefix="bench-comfyui-"))
-    sim = SimulatorProcess(output_dir=workdir / "sim-out", log_path=workdir / "sim.log").start()
+    sim: SimulatorProcess | None = None
+    if args.comfyui_url:
+        url = args.comfyui_url.rstrip("/")
+    else:
+        sim = SimulatorProcess(output_dir=workdir / "sim-out", log_path=workdir / "sim.log").start()
+        url = sim.url
     server = RedisServer().start() if not args.skip_jobqueue else None
     rows = []
     try:
+        print(f"ComfyUI {server_version(url)} at {url} ({'simulator' if sim else 'external server'}), "
+              f"workflow {args.workflow or 'EXAMPLE_WORKFLOW'} ({len(workflow)} nodes)")
         since = time.time()
-        direct = run_direct(sim.url, args.jobs)
+        direct = run_direct(url, workflow, args.jobs)
         rows.append(_row("direct ComfyUI client", direct, requests=_requests_per_job(sim, since, args.jobs + 1)))
         since = time.time()
-        connector = run_connector(sim.url, workdir, args.jobs)
+        connector = run_connector(url, workflow, workdir, args.jobs)
         rows.append(_row("connector in-process", connector, requests=_requests_per_job(sim, since, args.jobs + 1)))
         if server is not None:
             since = time.time()
-            total, inside = run_jobqueue(sim.url, server.url(0), workdir, args.jobs)
+            total, inside = run_jobqueue(url, workflow, server.url(0), workdir, args.jobs)
             rows.append(_row("through jobqueue (submit -> wait)", total,
                              **{"in task p50 ms": percentile(inside, 50) if inside else float("nan"),
                                 "requests": _requests_per_job(sim, since, args.jobs + 1)}))
     finally:
         if server is not None:
             server.stop()
-        sim.stop()
+        if sim is not None:
+            sim.stop()
     print(fmt_table(rows, ["side", "jobs", "p50 ms", "p90 ms", "p99 ms", "in task p50 ms", "requests"]))
     base = rows[0]["p50 ms"]
     for row in rows[1:]:

@@ -4,9 +4,12 @@ asserts is that both sides complete and that the connector's requests are the pr
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.comfyui_roundtrip import main
+from jobqueue.comfyui_sim.process import SimulatorProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -18,3 +21,24 @@ def test_the_comfyui_round_trip_bench_runs_both_sides_and_counts_the_connectors_
     [connector] = [line for line in out.splitlines() if line.startswith("| connector in-process")]
     assert "POST /prompt 1.00" in direct and "GET /history/<id> 1.00" in direct
     assert "GET /view 1.00" in connector and "GET /queue" not in connector
+
+
+def test_the_bench_runs_all_three_sides_on_a_given_comfyui_url_with_a_given_workflow(tmp_path, capsys):
+    workflow = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "benchwf"}},
+    }
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(workflow))
+    server = SimulatorProcess(output_dir=tmp_path / "out").start()  # stands in for a running ComfyUI
+    try:
+        assert main(["--jobs", "2", "--comfyui-url", server.url + "/", "--workflow", str(path)]) == 0
+        prompts = [r["body"] for r in server.requests() if r["method"] == "POST" and r["path"] == "/prompt"]
+    finally:
+        server.stop()
+    out = capsys.readouterr().out
+    assert f"at {server.url} (external server), workflow {path} (2 nodes)" in out
+    assert [line for line in out.splitlines() if line.startswith("| through jobqueue")]
+    # warm-up + 2 jobs for each side: the direct client, the connector and the worker all used this server
+    assert len(prompts) == 9
+    assert all(body["prompt"] == workflow for body in prompts)

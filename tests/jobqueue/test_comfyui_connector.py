@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from jobqueue.client import submit_job
+from jobqueue.comfyui_sim import engine
 from jobqueue.comfyui_sim.process import SimulatorProcess
 from jobqueue.connectors.base import Job
 from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW, ComfyUIConnector
@@ -61,6 +62,19 @@ def test_a_cached_job_costs_one_post_one_history_read_and_one_download_and_no_po
     asked = [f"{r['method']} {r['path'].split('/history/')[0] + '/history/' if '/history/' in r['path'] else r['path']}"
              for r in sim.requests()[before:] if r["path"] not in ("/system_stats",) and not r["path"].startswith("/models")]
     assert asked == ["POST /prompt", "GET /history/", "GET /view"]
+
+
+def test_a_prompt_whose_history_is_written_after_execution_success_is_confirmed_not_failed(sim, connector, monkeypatch):
+    # Given a ComfyUI that writes a prompt's history a while after sending execution_success
+    # (a real one does, usually within a millisecond)
+    monkeypatch.setattr(engine, "HISTORY_LAG", 0.2)
+    connector.run(Job(id="warm", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+    before = len(sim.requests())
+    # When a cached job ends
+    result = connector.run(Job(id="cached", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+    # Then the connector read the empty history, asked again, and returned the outputs
+    assert result["files"][0]["filename"] == "jobqueue_00001_.png"
+    assert len([r for r in sim.requests()[before:] if r["path"].startswith("/history/")]) >= 2
 
 
 def test_health_reports_devices_when_up_and_offline_with_the_reason_when_refused(sim, connector):

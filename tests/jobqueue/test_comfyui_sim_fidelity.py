@@ -1,5 +1,6 @@
 """The simulator behaves like the real ComfyUI where it was measured to differ: interrupts,
-validation of a link to a missing node, PNG metadata, preview frames and the harness nodes."""
+validation of a link to a missing node, PNG metadata, preview frames, the harness nodes and
+/history's answer between ``execution_success`` and the end of the prompt."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 
 import pytest
 import requests
+import websocket
 
+from jobqueue.comfyui_sim import engine
 from jobqueue.comfyui_sim.server import SimulatorThread
 from tests.helpers import wait_for
 from tests.jobqueue.comfyui_fixtures import sim
@@ -151,3 +154,36 @@ def test_the_preview_node_sends_frames_where_comfyuis_progress_hook_does(sim, ha
         assert kinds[first - 1:first + 2] == expected if handshake else kinds[first - 2:first + 1] == expected
     finally:
         client.close()
+
+
+def test_history_is_empty_between_execution_success_and_the_end_of_a_cached_prompt(sim, monkeypatch):
+    # Given a window wide enough to look into (ComfyUI's is the prompt worker's time between the
+    # executor's last message and PromptQueue.task_done: a client GETting /history as soon as
+    # execution_success arrived found {} for 21 of 200 cached prompts on a real ComfyUI; the
+    # simulator's default window is a bare yield)
+    monkeypatch.setattr(engine, "HISTORY_LAG", 0.3)
+    ws = websocket.create_connection(sim.url.replace("http", "ws", 1) + "/ws?clientId=c1", timeout=5)
+
+    def until(kind: str, prompt_id: str) -> None:
+        while True:
+            message = json.loads(ws.recv())
+            if message["type"] == kind and message["data"].get("prompt_id") == prompt_id:
+                if kind != "executing" or message["data"]["node"] is None:
+                    return
+
+    try:
+        prompt = {"1": image(), "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "w"}}}
+        until("executing", post(sim, prompt, "c1").json()["prompt_id"])  # first run: now every node is cached
+        # When the same prompt runs again, cached
+        prompt_id = post(sim, prompt, "c1").json()["prompt_id"]
+        until("execution_success", prompt_id)
+        # Then right after execution_success the prompt is still running and has no history yet
+        assert requests.get(f"{sim.url}/history/{prompt_id}", timeout=5).json() == {}
+        running = requests.get(f"{sim.url}/queue", timeout=5).json()["queue_running"]
+        assert [item[1] for item in running] == [prompt_id]
+        # And once executing with node null arrives, its history is there
+        until("executing", prompt_id)
+        entry = requests.get(f"{sim.url}/history/{prompt_id}", timeout=5).json()[prompt_id]
+        assert entry["status"]["status_str"] == "success"
+    finally:
+        ws.close()
