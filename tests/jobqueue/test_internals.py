@@ -430,3 +430,18 @@ def test_the_brpop_reader_jobqueue_reimplements_still_exists_with_what_it_uses(r
             assert hasattr(channel, name), f"jobqueue.redis_transport.Channel._brpop_read: kombu channel has no {name}"
         assert callable(getattr(channel.connection, "_deliver", None)), \
             "jobqueue.redis_transport.Channel._brpop_read: kombu transport has no _deliver"
+
+
+def test_a_channel_reuses_one_redis_client_until_kombu_replaces_its_pool(redis_url: str) -> None:
+    for name in ("conn_or_acquire", "_create_client", "pool", "_pool"):
+        assert hasattr(kombu_redis.Channel, name), \
+            f"kombu redis Channel has no {name}: jobqueue.redis_transport.Channel.conn_or_acquire relies on it"
+    with kombu_connection(redis_url, {}) as conn:
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second and first.ping()
+        with channel.conn_or_acquire(first) as given:
+            assert given is first
+        channel._pool = None  # what kombu does on reconnect (_disconnect_pools)
+        with channel.conn_or_acquire() as after:
+            assert after is not first and after.connection_pool is channel.pool and after.ping()
