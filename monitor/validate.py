@@ -35,7 +35,6 @@ docs/dashboard.md).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,9 +106,8 @@ def _refused(event: dict[str, Any], exc: ValidationError, received: float, windo
         else:
             return _too_far(event, event.get("timestamp"), received, window)
     found = [_of(error, kind, tagged) for error in errors]
-    ts = event.get("timestamp")
-    if isinstance(ts, (int, float)) and not isinstance(ts, bool) and math.isfinite(ts):
-        far = _too_far(event, ts, received, window)
+    if not any(r.reason == "timestamp" for r in found):  # then it is None or a finite number
+        far = _too_far(event, event.get("timestamp"), received, window)
         if far is not None:
             found.append(far)
     return min(found, key=lambda r: _RANK[r.reason])
