@@ -47,10 +47,10 @@ class EventCollector:
         the gap are gone). ``health_interval``: the raw reader's dead-peer check (default: the
         app's ``settings.redis_health_interval``, see :mod:`jobqueue.redis_health`).
         ``event_window``: events whose timestamp is further than this from their receipt are
-        refused (:mod:`monitor.validate`)."""
+        refused, like events that do not fit their typed model (:mod:`monitor.validate`)."""
         self.app = celery_app
         self.writer = writer
-        self.gate = EventGate(event_window, writer.count)
+        self.gate = EventGate(event_window, writer.count, self._on_refused)
         self.backoff_start = backoff_start
         self.backoff_cap = backoff_cap
         self.on_reconnected = on_reconnected
@@ -152,6 +152,9 @@ class EventCollector:
     def _on_malformed(self, exc: Exception) -> None:
         self.malformed += 1
         self.last_error = f"malformed event: {exc!r}"[:300]
+
+    def _on_refused(self, detail: str) -> None:
+        self.last_error = f"refused event: {detail}"[:300]
 
     def _consume_kombu(self) -> None:
         """Celery's EventReceiver until stop() or a broker error (which it raises)."""
