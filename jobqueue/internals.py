@@ -10,8 +10,10 @@ relies on; tests/jobqueue/test_internals.py checks every one against the install
 fails there, naming the function. The pins in pyproject.toml (``celery``, ``kombu``, ``redis``
 below the next minor that was not checked) keep an unchecked upgrade from being installed.
 
-The other module with private touchpoints is :mod:`jobqueue.redis_transport` (a kombu Redis
-channel subclass: its BRPOP reader and priority clamp).
+The result backend class (:class:`RidingRedisBackend`, Celery's Redis backend storing a state
+in one round trip, with riders) lives here too, as it overrides Celery's private
+``_store_result``. The other module with private touchpoints is :mod:`jobqueue.redis_transport`
+(a kombu Redis channel subclass: its BRPOP reader, priority clamp and client reuse).
 
 Verified with Celery 5.4-5.7, kombu 5.4-5.7, redis-py 5-8.
 """
@@ -19,11 +21,16 @@ Verified with Celery 5.4-5.7, kombu 5.4-5.7, redis-py 5-8.
 from __future__ import annotations
 
 import base64
+import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.events.receiver import EventReceiver
 from kombu.serialization import loads
+
+log = logging.getLogger(__name__)
 
 # -- kombu's Redis transport: key names -------------------------------------------------------
 
@@ -104,14 +111,127 @@ def result_key(app: Any, job_id: str) -> str:
     return key.decode() if isinstance(key, bytes) else str(key)
 
 
-def result_record(backend: Any, job_id: str, result: Any, state: str, request: Any) -> dict[str, Any]:
+def result_record(backend: Any, job_id: str, result: Any, state: str, request: Any,
+                  traceback: Any = None) -> dict[str, Any]:
     """The record ``Backend.store_result`` would write for ``job_id`` (status, result, and the
     extended fields taken from ``request``), built by Celery's private
     ``Backend._get_result_meta`` so that a record written another way (one Lua round trip)
     reads back exactly like Celery's own."""
-    record: dict[str, Any] = backend._get_result_meta(result=result, state=state, traceback=None, request=request)
-    record["task_id"] = job_id
+    record: dict[str, Any] = backend._get_result_meta(result=result, state=state, traceback=traceback,
+                                                      request=request)
+    record["task_id"] = job_id.decode() if isinstance(job_id, bytes) else job_id
     return record
+
+
+#: KEYS[1]: a result key; ARGV[1]: the encoded record; ARGV[2]: expiry in s (0: none).
+#: Nothing is written over a SUCCESS record: the guard of Celery's ``_store_result`` (a read,
+#: then the write), made atomic and one round trip.
+GUARDED_SET_AND_PUBLISH = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if ok and type(record) == 'table' and record['status'] == 'SUCCESS' then return 0 end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+#: ``rider(pipe)``: queues commands on ``pipe`` (a Redis transaction the backend executes).
+Rider = Callable[[Any], None]
+#: ``on_replies(replies)``: gets the replies to a rider's commands (errors as exceptions).
+Replies = Callable[[list[Any]], None]
+
+
+class RidingRedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # Celery is untyped
+    """Celery's Redis result backend, storing a task's state in one round trip, with riders.
+
+    Celery's ``_store_result`` (PRIVATE, overridden) reads the stored record, skips the write
+    over a ``SUCCESS``, then writes and publishes: two round trips per state. Here the same
+    guard runs inside one Lua script (:data:`GUARDED_SET_AND_PUBLISH`) in one ``MULTI``
+    together with the task's riders (:meth:`ride_with_next_state`): commands stored with the
+    state. Records are built by Celery (:func:`result_record`) and read back as its own. A
+    backend whose records the script cannot read (not JSON, compressed) stores as Celery does.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._riders: dict[Any, list[tuple[Rider, Replies | None]]] = {}
+        self._riders_lock = threading.Lock()
+        self._guarded = self.serializer == "json" and not self.compression
+
+    def ride_with_next_state(self, job_id: str, rider: Rider, on_replies: Replies | None = None) -> None:
+        """Queue ``rider``'s commands into the transaction that stores ``job_id``'s next state;
+        ``on_replies`` gets their replies once it ran."""
+        with self._riders_lock:
+            self._riders.setdefault(self.get_key_for_task(job_id), []).append((rider, on_replies))
+
+    def _take(self, key: Any) -> list[tuple[Rider, Replies | None]]:
+        with self._riders_lock:
+            return self._riders.pop(key, [])
+
+    @staticmethod
+    def _run(pipe: Any, riders: list[tuple[Rider, Replies | None]], before: int) -> list[Any]:
+        """Queue every rider on ``pipe``, execute it, hand each rider its replies; the
+        replies to the ``before`` commands queued ahead of the riders are returned."""
+        spans = []
+        for rider, on_replies in riders:
+            start = len(pipe)
+            rider(pipe)
+            spans.append((start, len(pipe), on_replies))
+        replies = pipe.execute(raise_on_error=False)
+        riders.clear()  # they ran: a retry of the state's write must not run them again
+        for start, end, on_replies in spans:
+            failed = [r for r in replies[start:end] if isinstance(r, Exception)]
+            if failed:
+                log.warning("a write riding with a task state failed: %s", failed)
+            if on_replies is not None:
+                on_replies(replies[start:end])
+        return list(replies[:before])
+
+    def flush_riders(self, job_id: str) -> None:
+        """Send the riders of ``job_id`` whose state was not stored, on their own. Never raises."""
+        riders = self._take(self.get_key_for_task(job_id))
+        if not riders:
+            return
+        try:
+            with self.client.pipeline() as pipe:
+                self._run(pipe, riders, 0)
+        except Exception:
+            log.warning("could not write what rides with the state of job %s", job_id, exc_info=True)
+
+    def _store_result(self, task_id: Any, result: Any, state: str, traceback: Any = None,
+                      request: Any = None, **kwargs: Any) -> Any:
+        if not self._guarded:
+            self.flush_riders(task_id)
+            return super()._store_result(task_id, result, state, traceback, request=request, **kwargs)
+        value = self.encode(result_record(self, task_id, result, state, request, traceback))
+        expires = self.failure_expires if state == "FAILURE" else self.expires
+        key = self.get_key_for_task(task_id)
+        riders = self._take(key)
+        try:
+            self.ensure(self._guarded_set, (key, value, int(expires or 0), riders))
+        except Exception:
+            with self._riders_lock:  # flush_riders sends them once the task is over
+                self._riders[key] = riders + self._riders.get(key, [])
+            raise
+        return result
+
+    def _guarded_set(self, key: Any, value: Any, expires: int, riders: list[tuple[Rider, Replies | None]]) -> None:
+        if not riders:
+            self.client.eval(GUARDED_SET_AND_PUBLISH, 1, key, value, expires)
+            return
+        with self.client.pipeline() as pipe:
+            # EVAL, not EVALSHA: a script in a pipeline costs redis-py a SCRIPT EXISTS round
+            # trip per execute; Redis compiles the text once and caches it by its digest.
+            pipe.eval(GUARDED_SET_AND_PUBLISH, 1, key, value, expires)
+            (stored,) = self._run(pipe, riders, 1)
+        if isinstance(stored, Exception):
+            raise stored
 
 
 def store_failure(app: Any, job_id: str, exc: BaseException, *, task: str | None, hostname: str | None,

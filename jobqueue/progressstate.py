@@ -14,24 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobqueue.internals import result_record
-
-#: KEYS[1]: the job's result key; ARGV[1]: the encoded record; ARGV[2]: expiry in s (0: none).
-#: Nothing is written over a SUCCESS record (Celery's guard, made atomic).
-GUARDED_SET_AND_PUBLISH = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, record = pcall(cjson.decode, current)
-  if ok and type(record) == 'table' and record['status'] == 'SUCCESS' then return 0 end
-end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
+from jobqueue.internals import GUARDED_SET_AND_PUBLISH, result_record
 
 
 class ProgressState:

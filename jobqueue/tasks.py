@@ -83,9 +83,64 @@ def _job_meta(task: Any, service: str, payload: dict[str, Any], options: dict[st
 _ENDED_FACTS = ("finished_at", "runtime", "retried_at")
 
 
-def _begin_attempt(task: Any, meta: dict[str, Any], runtime: WorkerRuntime, started: float) -> tuple[bool, int]:
+def _queue_start(pipe: Any, task: Any, meta: dict[str, Any], runtime: WorkerRuntime, started: float) -> None:
+    """Queue the start of an attempt on ``pipe``: read the stored state, count the start, read
+    the facts so far and write the new attempt's facts (see :func:`_begin_attempt`)."""
+    app, request = task.app, task.request
+    received = _received_times(app).pop(request.id, None) or started
+    start = {
+        "submitted_at": meta.get("submitted_at"), "received_at": min(received, started),
+        "started_at": started, "attempt": request.retries or 0, "worker": runtime.identity.node_name,
+        "machine_id": runtime.identity.machine_id, "meta": meta, "name": task.name,
+    }
+    attempts_key = f"jobqueue-attempts-{request.id}"
+    pipe.get(result_key(app, request.id))
+    pipe.incr(attempts_key)
+    pipe.expire(attempts_key, _expires(app))
+    pipe.hgetall(facts.facts_key(request.id))
+    facts.queue_write(pipe, request.id, start, expires=_expires(app), remove=_ENDED_FACTS)
+
+
+def _started_early(app: Any) -> dict[str, tuple[float, list[Any]]]:
+    """Starts read and written with the STARTED state, by job id, until the body takes them."""
+    early: dict[str, tuple[float, list[Any]]] | None = getattr(app, "_jobqueue_started_early", None)
+    if early is None:
+        early = app._jobqueue_started_early = {}
+    return early
+
+
+def _on_task_prerun(sender: Any = None, task_id: str | None = None, kwargs: dict[str, Any] | None = None,
+                    **_: Any) -> None:
+    """Before Celery stores a job's STARTED state: queue the start of the attempt to ride in
+    the same round trip (one round trip less per job). A workflow step, whose payload is only
+    known in the body, and a worker without our Redis backend start in the body instead."""
+    app = getattr(sender, "app", None)
+    backend = getattr(sender, "backend", None)
+    if (app is None or getattr(sender, "name", None) != RUN_JOB_TASK or not isinstance(task_id, str)
+            or not isinstance(backend, RedisBackend) or not sender.track_started
+            or not isinstance(getattr(app, "runtime", None), WorkerRuntime) or not isinstance(kwargs, dict)):
+        return
+    options = kwargs.get("options") or {}
+    service, payload = kwargs.get("service"), kwargs.get("payload")
+    if options.get("workflow_id") or not isinstance(service, str) or not isinstance(payload, dict):
+        return
+    started = time.time()
+    meta = _job_meta(sender, service, payload, options)
+    early = _started_early(app)
+
+    def ride(pipe: Any) -> None:
+        _queue_start(pipe, sender, meta, app.runtime, started)
+
+    def took(replies: list[Any]) -> None:
+        early[task_id] = (started, replies)
+
+    backend.ride_with_next_state(task_id, ride, on_replies=took)
+
+
+def _begin_attempt(task: Any, meta: dict[str, Any], runtime: WorkerRuntime,
+                   started: float) -> tuple[bool, int, float]:
     """Start an attempt: return (was the job cancelled before it started, which attempt
-    starts now — 0 for the first) and record the start in the job's facts
+    starts now — 0 for the first, when it started) and record the start in the job's facts
     (:mod:`jobqueue.facts`).
 
     The attempt number counts every start: Celery's ``retries`` counts only explicit
@@ -102,25 +157,22 @@ def _begin_attempt(task: Any, meta: dict[str, Any], runtime: WorkerRuntime, star
     retries = request.retries or 0
     client = facts.redis_client_of(app)
     if client is None:
-        return app.AsyncResult(request.id).state == celery_states.REVOKED, retries
-    received = _received_times(app).pop(request.id, None) or started
-    start = {
-        "submitted_at": meta.get("submitted_at"), "received_at": min(received, started),
-        "started_at": started, "attempt": retries, "worker": runtime.identity.node_name,
-        "machine_id": runtime.identity.machine_id, "meta": meta, "name": task.name,
-    }
-    attempts_key = f"jobqueue-attempts-{request.id}"
-    try:
-        pipe = client.pipeline()
-        pipe.get(result_key(app, request.id))
-        pipe.incr(attempts_key)
-        pipe.expire(attempts_key, _expires(app))
-        pipe.hgetall(facts.facts_key(request.id))
-        facts.queue_write(pipe, request.id, start, expires=_expires(app), remove=_ENDED_FACTS)
-        raw, count, _, known_raw, *_ = pipe.execute()
-    except Exception:  # the backend is down: the job can still run; Celery will say so
-        log.warning("could not read the state of job %s", request.id, exc_info=True)
-        return False, retries
+        return app.AsyncResult(request.id).state == celery_states.REVOKED, retries, started
+    early = _started_early(app).pop(request.id, None)
+    if early is not None:  # read and written with the STARTED state (see _on_task_prerun)
+        started, replies = early
+    else:
+        try:
+            pipe = client.pipeline()
+            _queue_start(pipe, task, meta, runtime, started)
+            replies = pipe.execute()
+        except Exception:  # the backend is down: the job can still run; Celery will say so
+            log.warning("could not read the state of job %s", request.id, exc_info=True)
+            return False, retries, started
+    if any(isinstance(reply, Exception) for reply in replies):
+        log.warning("could not record the start of job %s: %s", request.id, replies)
+        return False, retries, started
+    raw, count, _, known_raw, *_ = replies
     state = app.backend.decode_result(raw).get("status") if raw else None
     known = facts.decode(known_raw)
     # A cancel made while no worker was online reached no worker's revoked list, and Celery
@@ -130,7 +182,7 @@ def _begin_attempt(task: Any, meta: dict[str, Any], runtime: WorkerRuntime, star
         facts.replace(client, request.id, known_raw, {
             "submitted_at": meta.get("submitted_at"), "meta": meta, "name": task.name, "finished_at": started,
         }, expires=_expires(app), only_new=("finished_at",))
-        return True, retries
+        return True, retries, started
     attempt = max(int(count) - 1, retries)
     fixes: dict[str, Any] = {"attempt": attempt} if attempt != retries else {}
     if known.get("started_at") is not None and known.get("finished_at") is None:
@@ -144,7 +196,7 @@ def _begin_attempt(task: Any, meta: dict[str, Any], runtime: WorkerRuntime, star
         fixes["history"] = history[-facts.MAX_HISTORY:]
     if fixes:
         facts.write(client, request.id, fixes, expires=_expires(app))
-    return False, attempt
+    return False, attempt, started
 
 
 def _send_progress_event(app: Any, runtime: WorkerRuntime, request: Any, meta: dict[str, Any]) -> None:
@@ -228,7 +280,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
     started = time.time()
     meta = _job_meta(task, service, payload, options)
     runtime = _runtime(app, request.hostname)
-    revoked, attempt = _begin_attempt(task, meta, runtime, started)
+    revoked, attempt, started = _begin_attempt(task, meta, runtime, started)
     if revoked:
         # Cancelled while queued, before any worker knew: never run it. Celery stored
         # STARTED over the client's REVOKED record just before this body: put the client's
@@ -332,6 +384,7 @@ def register_tasks(app: Any) -> None:
     signals.task_received.connect(_on_task_received, weak=False, dispatch_uid="jobqueue-facts-received")
     signals.task_revoked.connect(_on_task_revoked, weak=False, dispatch_uid="jobqueue-facts-revoked")
     signals.task_postrun.connect(_on_task_postrun, weak=False, dispatch_uid="jobqueue-facts-postrun")
+    signals.task_prerun.connect(_on_task_prerun, weak=False, dispatch_uid="jobqueue-facts-prerun")
 
     # The strategy hands back, before it starts, a job whose requirements this worker lacks.
     @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False,  # type: ignore[untyped-decorator]

@@ -56,3 +56,31 @@ def test_a_failing_rider_never_costs_the_state(app, redis_client):
     # When the state is stored, then it is, and the rider's error is only logged
     app.backend.store_result("j3", {"ok": 3}, celery_states.SUCCESS)
     assert app.AsyncResult("j3").result == {"ok": 3}
+
+
+def test_a_state_is_stored_in_one_round_trip_and_never_over_a_success(app, redis_client):
+    # Given a subscriber on the job's channel, as wait() is
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(app.backend.get_key_for_task("j4"))
+    assert pubsub.get_message(timeout=1.0)["type"] == "subscribe"
+    evals, multis = _calls(redis_client, "eval"), _calls(redis_client, "multi")
+    # When a state is stored without riders: one EVAL, no transaction around it
+    app.backend.store_result("j4", {"pid": 1}, celery_states.STARTED)
+    assert (_calls(redis_client, "eval"), _calls(redis_client, "multi")) == (evals + 1, multis)
+    # Then it is published as Celery publishes it
+    message = pubsub.get_message(timeout=1.0)
+    assert app.backend.decode(message["data"])["status"] == celery_states.STARTED
+    # And once the job succeeded, a late state changes nothing (Celery's guard)
+    app.backend.store_result("j4", {"ok": 4}, celery_states.SUCCESS)
+    app.backend.store_result("j4", {"pid": 2}, celery_states.STARTED)
+    assert app.AsyncResult("j4").state == celery_states.SUCCESS and app.AsyncResult("j4").result == {"ok": 4}
+    pubsub.close()
+
+
+def test_a_rider_gets_the_replies_to_its_own_commands(app, redis_client):
+    got: list[list[Any]] = []
+    app.backend.ride_with_next_state(
+        "j5", lambda pipe: (pipe.incr("jq-count-j5"), pipe.get("jq-count-j5")), on_replies=got.append)
+    app.backend.store_result("j5", {"pid": 1}, celery_states.STARTED)
+    assert got == [[1, b"1"]]
+    assert app.AsyncResult("j5").state == celery_states.STARTED
