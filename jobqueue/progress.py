@@ -29,6 +29,9 @@ class ProgressTracker:
     ``min_interval`` drops changes that only move the percent when the last publication is
     that recent; ``window`` publishes at most once per that many seconds, holding the latest
     change until the window ends (a timer thread publishes it then, or :meth:`close` does).
+    With ``hold_start`` the attempt's start counts as a publication: reports of its first
+    ``window`` seconds are held like any other, so a job that ends within the window and
+    succeeds writes no progress at all (``close(superseded=True)``: its result says more).
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class ProgressTracker:
         min_interval: float = 0.0,
         window: float = 0.0,
         timer: Callable[[float, Callable[[], None]], Any] = threading.Timer,
+        hold_start: bool = False,
     ) -> None:
         self._publish = publish
         self._clock = clock
@@ -50,7 +54,7 @@ class ProgressTracker:
         self._held: dict[str, Any] | None = None
         self._closed = False
         self._started = clock()
-        self._last_sent = float("-inf")
+        self._last_sent = self._started if hold_start else float("-inf")
         self.current: dict[str, Any] = empty_progress()
         # Reports come from the job's thread, annotations (previews) from a timer thread.
         self._lock = threading.RLock()
@@ -134,15 +138,17 @@ class ProgressTracker:
                 self._last_sent = self._clock()
                 self._publish(held)
 
-    def close(self) -> None:
+    def close(self, *, superseded: bool = False) -> None:
         """The attempt ended: publish what the window still holds (the last report is never
-        lost) and nothing after, so the job's final state is stored after its last progress."""
+        lost) and nothing after, so the job's final state is stored after its last progress.
+        ``superseded``: the job succeeded, and its result, stored next, says more than a held
+        report would; that one is dropped."""
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             held, self._held = self._held, None
-            if held is not None and not self._closed:
+            if held is not None and not self._closed and not superseded:
                 self._last_sent = self._clock()
                 self._publish(held)
             self._closed = True

@@ -314,15 +314,19 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         except Exception as exc:  # broker or backend out of reach: progress is best effort
             log.warning("job %s: progress not published: %s", job.id, exc)
 
-    tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL, window=PROGRESS_WINDOW)
+    # The start counts as a publication: a job that succeeds within the first window writes
+    # no progress at all (its result, stored next, says more), a longer one its first report
+    # at most one window late.
+    tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL, window=PROGRESS_WINDOW, hold_start=True)
     previews = job.previews = publisher_for(app, job.id, lambda seq: tracker.annotate(preview=seq))
 
-    def settle() -> None:
-        """The job's progress ends: its last preview and report are written, nothing after
-        (called before the job's final state is stored)."""
+    def settle(*, succeeded: bool = False) -> None:
+        """The job's progress ends: its last preview and report are written (a held report
+        only when the job did not succeed), nothing after (called before the job's final
+        state is stored)."""
         if previews is not None:
             previews.close()
-        tracker.close()
+        tracker.close(superseded=succeeded)
 
     runtime.job_started(job, connector)
     error: BaseException | None = None
@@ -373,8 +377,10 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         }
         result.update(output)
         _record_end(task, started)
-    finally:
+    except BaseException:
         settle()
+        raise
+    settle(succeeded=True)
     return result
 
 

@@ -198,3 +198,45 @@ def test_without_a_window_every_change_is_published_at_once():
         tracker.report(step=step, total_steps=3)  # same instant
     tracker.close()
     assert [p["step"] for p in published] == [0, 1, 2]
+
+
+def test_with_the_start_held_a_job_that_succeeds_within_the_window_publishes_nothing():
+    published: list[dict[str, Any]] = []
+    clock = FakeClock()
+    timers: list[FakeTimer] = []
+
+    def timer(interval: float, function: Any) -> FakeTimer:
+        timers.append(FakeTimer(interval, function))
+        return timers[-1]
+
+    tracker = ProgressTracker(published.append, clock=clock, window=0.05, timer=timer, hold_start=True)
+    # Given a first report right at the start: held for the window, not published at once
+    tracker.report(step=0, total_steps=0, message="starting")
+    assert published == [] and len(timers) == 1 and abs(timers[0].interval - 0.05) < 1e-9
+    # When the job succeeds before the window ends, then nothing is published, ever
+    clock.now += 0.01
+    tracker.close(superseded=True)
+    assert published == [] and timers[0].cancelled
+    timers[0].function()
+    assert published == []
+
+
+def test_with_the_start_held_a_longer_job_publishes_its_first_report_when_the_window_ends():
+    published: list[dict[str, Any]] = []
+    clock = FakeClock()
+    timers: list[FakeTimer] = []
+
+    def timer(interval: float, function: Any) -> FakeTimer:
+        timers.append(FakeTimer(interval, function))
+        return timers[-1]
+
+    tracker = ProgressTracker(published.append, clock=clock, window=0.05, timer=timer, hold_start=True)
+    tracker.report(step=1, total_steps=4)
+    clock.now += 0.05
+    timers[0].fire()
+    assert [p["step"] for p in published] == [1]
+    # And a job that fails keeps its held last report (where it stopped)
+    clock.now += 0.01
+    tracker.report(step=2, total_steps=4)
+    tracker.close()
+    assert [p["step"] for p in published] == [1, 2]
