@@ -317,7 +317,8 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
     # The start counts as a publication: a job that succeeds within the first window writes
     # no progress at all (its result, stored next, says more), a longer one its first report
     # at most one window late.
-    tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL, window=PROGRESS_WINDOW, hold_start=True)
+    tracker = ProgressTracker(publish, min_interval=PROGRESS_MIN_INTERVAL, window=PROGRESS_WINDOW, hold_start=True,
+                              timer=runtime.timers)
     previews = job.previews = publisher_for(app, job.id, lambda seq: tracker.annotate(preview=seq))
 
     def settle(*, succeeded: bool = False) -> None:

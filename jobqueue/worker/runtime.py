@@ -35,6 +35,7 @@ from jobqueue.config import Settings
 from jobqueue.connectors import Connector, Job, connector_class
 from jobqueue.errors import JobStalled, ServiceUnavailable, UnknownServiceError
 from jobqueue.states import ConnectorStatus
+from jobqueue.timers import TimerThread
 from jobqueue.worker import capabilities
 from jobqueue.worker.identity import WorkerIdentity
 
@@ -88,6 +89,8 @@ class WorkerRuntime:
         #: Returns the consumer's current event dispatcher (it is replaced on reconnect); set
         #: by the consumer bootstep, None outside a worker's consumer.
         self.worker_events: Callable[[], Any] | None = None
+        #: One thread for the jobs' progress windows (a timer thread per held report is slow).
+        self.timers = TimerThread()
         for connector in self.connectors.values():
             connector.add_listener(self._on_status)
             self._report(connector)
@@ -149,8 +152,9 @@ class WorkerRuntime:
                 connector.set_status(ConnectorStatus.OFFLINE, message)
 
     def stop(self) -> None:
-        """Report offline, then stop every connector."""
+        """Report offline, then stop every connector (and the timers)."""
         self.mark_offline()
+        self.timers.stop()
         for connector in self.connectors.values():
             try:
                 connector.stop()

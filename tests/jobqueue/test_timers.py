@@ -1,0 +1,49 @@
+"""TimerThread: a worker's delayed callbacks from one thread."""
+
+from __future__ import annotations
+
+import threading
+
+from jobqueue.timers import TimerThread
+from tests.helpers import wait_for
+
+
+def test_calls_run_in_order_of_their_due_time_from_one_thread():
+    timers = TimerThread()
+    ran: list[tuple[str, str]] = []
+    try:
+        for name, delay in (("late", 0.2), ("early", 0.05), ("middle", 0.1)):
+            timers(delay, lambda name=name: ran.append((name, threading.current_thread().name))).start()
+        wait_for(lambda: len(ran) == 3, 5)
+        assert [name for name, _ in ran] == ["early", "middle", "late"]
+        assert {thread for _, thread in ran} == {"jobqueue-timers"}
+    finally:
+        timers.stop()
+
+
+def test_a_cancelled_call_never_runs_and_a_failing_one_stops_nothing():
+    timers = TimerThread()
+    ran: list[str] = []
+    try:
+        cancelled = timers(0.05, lambda: ran.append("cancelled"))
+        cancelled.start()
+        cancelled.cancel()
+        timers(0.01, lambda: 1 / 0).start()
+        timers(0.1, lambda: ran.append("after")).start()
+        # Calls run in due order: once "after" ran, the cancelled one (due earlier) had its turn
+        wait_for(lambda: "after" in ran, 5)
+        assert ran == ["after"]
+    finally:
+        timers.stop()
+
+
+def test_stop_ends_the_thread_and_drops_calls_not_yet_due():
+    timers = TimerThread()
+    ran: list[str] = []
+    timers(30.0, lambda: ran.append("never")).start()
+    thread = timers._thread
+    assert thread is not None and thread.is_alive()
+    timers.stop(timeout=5)
+    assert not thread.is_alive() and ran == []
+    timers(0.0, lambda: ran.append("after stop")).start()
+    assert timers._thread is thread and ran == []
