@@ -132,7 +132,8 @@ class FakeTimer:
         self.function()
 
 
-def make_windowed(window: float) -> tuple[ProgressTracker, list[dict[str, Any]], FakeClock, list[FakeTimer]]:
+def make_windowed(window: float, *, hold_start: bool = False
+                  ) -> tuple[ProgressTracker, list[dict[str, Any]], FakeClock, list[FakeTimer]]:
     published: list[dict[str, Any]] = []
     clock = FakeClock()
     timers: list[FakeTimer] = []
@@ -141,7 +142,8 @@ def make_windowed(window: float) -> tuple[ProgressTracker, list[dict[str, Any]],
         timers.append(FakeTimer(interval, function))
         return timers[-1]
 
-    return ProgressTracker(published.append, clock=clock, window=window, timer=timer), published, clock, timers
+    tracker = ProgressTracker(published.append, clock=clock, window=window, timer=timer, hold_start=hold_start)
+    return tracker, published, clock, timers
 
 
 def test_steps_within_one_window_are_coalesced_into_the_latest_when_the_window_ends():
@@ -201,15 +203,7 @@ def test_without_a_window_every_change_is_published_at_once():
 
 
 def test_with_the_start_held_a_job_that_succeeds_within_the_window_publishes_nothing():
-    published: list[dict[str, Any]] = []
-    clock = FakeClock()
-    timers: list[FakeTimer] = []
-
-    def timer(interval: float, function: Any) -> FakeTimer:
-        timers.append(FakeTimer(interval, function))
-        return timers[-1]
-
-    tracker = ProgressTracker(published.append, clock=clock, window=0.05, timer=timer, hold_start=True)
+    tracker, published, clock, timers = make_windowed(0.05, hold_start=True)
     # Given a first report right at the start: held for the window, not published at once
     tracker.report(step=0, total_steps=0, message="starting")
     assert published == [] and len(timers) == 1 and abs(timers[0].interval - 0.05) < 1e-9
@@ -222,15 +216,7 @@ def test_with_the_start_held_a_job_that_succeeds_within_the_window_publishes_not
 
 
 def test_with_the_start_held_a_longer_job_publishes_its_first_report_when_the_window_ends():
-    published: list[dict[str, Any]] = []
-    clock = FakeClock()
-    timers: list[FakeTimer] = []
-
-    def timer(interval: float, function: Any) -> FakeTimer:
-        timers.append(FakeTimer(interval, function))
-        return timers[-1]
-
-    tracker = ProgressTracker(published.append, clock=clock, window=0.05, timer=timer, hold_start=True)
+    tracker, published, clock, timers = make_windowed(0.05, hold_start=True)
     tracker.report(step=1, total_steps=4)
     clock.now += 0.05
     timers[0].fire()
