@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from celery import signals
@@ -101,9 +102,20 @@ def _queue_start(pipe: Any, task: Any, meta: dict[str, Any], runtime: WorkerRunt
     facts.queue_write(pipe, request.id, start, expires=_expires(app), remove=_ENDED_FACTS)
 
 
-def _started_early(app: Any) -> dict[str, tuple[float, list[Any]]]:
-    """Starts read and written with the STARTED state, by job id, until the body takes them."""
-    early: dict[str, tuple[float, list[Any]]] | None = getattr(app, "_jobqueue_started_early", None)
+@dataclass
+class _EarlyStart:
+    """The start of an attempt queued to ride with its STARTED state (see :func:`_on_task_prerun`)."""
+
+    started: float
+    #: The replies to the start's commands, once the STARTED state was stored with them.
+    replies: list[Any] | None = None
+    #: Set when the body started the attempt itself: the rider, if it still runs, does nothing.
+    skip: bool = False
+
+
+def _started_early(app: Any) -> dict[str, _EarlyStart]:
+    """Starts queued to ride with the STARTED state, by job id, until the body takes them."""
+    early: dict[str, _EarlyStart] | None = getattr(app, "_jobqueue_started_early", None)
     if early is None:
         early = app._jobqueue_started_early = {}
     return early
@@ -113,7 +125,9 @@ def _on_task_prerun(sender: Any = None, task_id: str | None = None, kwargs: dict
                     **_: Any) -> None:
     """Before Celery stores a job's STARTED state: queue the start of the attempt to ride in
     the same round trip (one round trip less per job). A workflow step, whose payload is only
-    known in the body, and a worker without our Redis backend start in the body instead."""
+    known in the body, and a worker without our Redis backend start in the body instead; so
+    does any task whose STARTED state is not stored after all (eager, ignored results): the
+    body then finds no replies and starts the attempt itself."""
     app = getattr(sender, "app", None)
     backend = getattr(sender, "backend", None)
     if (app is None or getattr(sender, "name", None) != RUN_JOB_TASK or not isinstance(task_id, str)
@@ -124,15 +138,16 @@ def _on_task_prerun(sender: Any = None, task_id: str | None = None, kwargs: dict
     service, payload = kwargs.get("service"), kwargs.get("payload")
     if options.get("workflow_id") or not isinstance(service, str) or not isinstance(payload, dict):
         return
-    started = time.time()
+    entry = _started_early(app)[task_id] = _EarlyStart(time.time())
     meta = _job_meta(sender, service, payload, options)
-    early = _started_early(app)
 
     def ride(pipe: Any) -> None:
-        _queue_start(pipe, sender, meta, app.runtime, started)
+        if not entry.skip:
+            _queue_start(pipe, sender, meta, app.runtime, entry.started)
 
     def took(replies: list[Any]) -> None:
-        early[task_id] = (started, replies)
+        if not entry.skip:
+            entry.replies = replies
 
     backend.ride_with_next_state(task_id, ride, on_replies=took)
 
@@ -159,9 +174,11 @@ def _begin_attempt(task: Any, meta: dict[str, Any], runtime: WorkerRuntime,
     if client is None:
         return app.AsyncResult(request.id).state == celery_states.REVOKED, retries, started
     early = _started_early(app).pop(request.id, None)
-    if early is not None:  # read and written with the STARTED state (see _on_task_prerun)
-        started, replies = early
+    if early is not None and early.replies is not None:  # read and written with STARTED
+        started, replies = early.started, early.replies
     else:
+        if early is not None:
+            early.skip = True  # STARTED was not stored (yet): never start twice
         try:
             pipe = client.pipeline()
             _queue_start(pipe, task, meta, runtime, started)
@@ -231,7 +248,13 @@ def _record_end(task: Any, started: float, *, retried: bool = False) -> None:
 
 
 def _on_task_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
-    """What rode with a state that was never stored (``Ignore``, a duplicate) goes now."""
+    """What rode with a state that was never stored (``Ignore``, a duplicate) goes now; a
+    start the body never took is forgotten."""
+    app = getattr(sender, "app", None)
+    if app is not None and isinstance(task_id, str):
+        early = _started_early(app).pop(task_id, None)
+        if early is not None:
+            early.skip = True
     backend = getattr(sender, "backend", None)
     if isinstance(backend, RedisBackend) and isinstance(task_id, str):
         backend.flush_riders(task_id)

@@ -8,8 +8,9 @@ badges lied. Here a :class:`StatusReporter` lives as long as the worker process:
   number, remembers it as the connector's current report and queues a ``connector-status``
   event (``beat=False``).
 * One sender thread sends the queued events in sequence order, together once the oldest has
-  waited ``window`` seconds (a job that starts and ends within the window costs one publish on
-  a worker whose dispatcher buffers, not one per change; none is dropped), and, every ``beat_interval``
+  waited ``window`` seconds, each connector's reports of the window coalesced into its latest
+  (jobs that start and end within the window cost no event; the latest status is never held
+  back longer than the window), and, every ``beat_interval``
   seconds, queues the full set again (``beat=True``), unchanged or not, so a consumer can tell
   a fresh status from a stale one (``timestamp`` + ``interval``).
 * The sending function is attached by the consumer bootstep when the broker connection is up
@@ -95,7 +96,7 @@ class StatusReporter:
         self._wall = wall_clock
         self._seq = initial_seq(wall_clock()) if first_seq is None else first_seq
         self._reports: dict[str, StatusReport] = {}
-        self._pending: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING)
+        self._pending: deque[tuple[StatusReport, bool]] = deque(maxlen=MAX_PENDING)
         self._sender: Sender | None = None
         self._cond = threading.Condition()
         self._busy = False  # the thread is sending events it already took from _pending
@@ -145,7 +146,7 @@ class StatusReporter:
         self._reports[report.service] = numbered
         if not self._pending:
             self._pending_since = self._clock()
-        self._pending.append(self.event_fields(numbered, beat=beat))
+        self._pending.append((numbered, beat))  # the event is built by the sender thread
         self._cond.notify_all()
         return numbered
 
@@ -214,7 +215,7 @@ class StatusReporter:
                     self._queue_full_set()
                 due = (self._pending_since or 0.0) + self.window
                 if self._sender is not None and self._pending and (self._urgent or self._clock() >= due):
-                    events = list(self._pending)
+                    events = self._events(list(self._pending))
                     self._pending.clear()
                     self._busy = True
                     self._urgent = False
@@ -224,6 +225,19 @@ class StatusReporter:
                     timeout = min(timeout, due - self._clock())
                 self._cond.wait(timeout if timeout is None else max(timeout, 0.0))
             return [], None
+
+    def _events(self, pending: list[tuple[StatusReport, bool]]) -> list[dict[str, Any]]:
+        """The events of ``pending`` (in seq order). With a window, a connector's reports of
+        one window are coalesced into its latest (a beat only if all of them were beats):
+        a badge flipping within 50 ms shows nothing a consumer could see, and its latest
+        report carries the latest seq."""
+        if self.window > 0:
+            latest: dict[str, tuple[StatusReport, bool]] = {}
+            for report, beat in pending:
+                kept = latest.get(report.service)
+                latest[report.service] = (report, beat and (kept is None or kept[1]))
+            pending = sorted(latest.values(), key=lambda item: item[0].seq)
+        return [self.event_fields(report, beat=beat) for report, beat in pending]
 
     def _send_all(self, events: list[dict[str, Any]], sender: Sender) -> None:
         for fields in events:

@@ -84,3 +84,23 @@ def test_a_rider_gets_the_replies_to_its_own_commands(app, redis_client):
     app.backend.store_result("j5", {"pid": 1}, celery_states.STARTED)
     assert got == [[1, b"1"]]
     assert app.AsyncResult("j5").state == celery_states.STARTED
+
+
+def test_a_job_whose_started_state_is_not_stored_starts_its_attempt_once_and_keeps_its_end(app, redis_client):
+    # Given jobs run eagerly (Celery stores no STARTED state then, so nothing rides with it)
+    from jobqueue.client import prepare_job
+    from jobqueue.events import RUN_JOB_TASK
+
+    app.conf.task_store_eager_result = True
+    ids = []
+    for _ in range(2):  # the first builds the worker runtime; the second has it from the start
+        kwargs, options = prepare_job("simulation", {"steps": 0}, is_redis=True)
+        app.tasks[RUN_JOB_TASK].apply(kwargs=kwargs, task_id=options["task_id"])
+        ids.append(options["task_id"])
+    for job_id in ids:
+        # Then each attempt was started once, and its end is kept (not cleared by a late start)
+        assert redis_client.get(f"jobqueue-attempts-{job_id}") == b"1"
+        known = facts.decode(redis_client.hgetall(facts.facts_key(job_id)))
+        assert known["attempt"] == 0 and known["finished_at"] >= known["started_at"] and "runtime" in known
+        assert app.AsyncResult(job_id).state == celery_states.SUCCESS
+    assert app._jobqueue_started_early == {} and app.backend._riders == {}

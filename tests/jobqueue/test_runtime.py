@@ -323,7 +323,7 @@ def test_the_health_loop_survives_a_failing_check_and_stops():
         HealthLoop(check, interval=0)
 
 
-def test_changes_within_the_window_leave_together_once_the_oldest_has_waited(identity):
+def test_changes_within_the_window_leave_as_each_connectors_latest_once_the_oldest_has_waited(identity):
     # Given a reporter that lets changes wait 0.3 s to leave together
     reporter = StatusReporter(identity, beat_interval=60.0, window=0.3).start()
     try:
@@ -335,13 +335,15 @@ def test_changes_within_the_window_leave_together_once_the_oldest_has_waited(ide
             sender(event_type, fields)
 
         reporter.attach(timed)
-        # When a job starts and ends within the window
+        # When a job starts and ends within the window, while another connector changes once
         first = time.monotonic()
         reporter.record("stub", ACTIVE, "running job j1")
-        reporter.record("stub", IDLE)
+        reporter.record("other", ConnectorStatus.ERROR, "down")
+        last = reporter.record("stub", IDLE)
         wait_for(lambda: len(sender.sent) >= 2, 5)
-        # Then both changes are sent, in order, and none before the window ended
-        assert sender.statuses(beat=False) == ["active", "idle"]
+        # Then each connector's latest report leaves, in seq order, and none before the window ended
+        assert [(e["service"], e["status"]) for e in sender.sent] == [("other", "error"), ("stub", "idle")]
+        assert last is not None and sender.sent[-1]["seq"] == last.seq and not sender.sent[-1]["beat"]
         assert min(sent_at) >= first + 0.3
     finally:
         reporter.stop()
