@@ -8,9 +8,9 @@ badges lied. Here a :class:`StatusReporter` lives as long as the worker process:
   number, remembers it as the connector's current report and queues a ``connector-status``
   event (``beat=False``).
 * One sender thread sends the queued events in sequence order, together once the oldest has
-  waited ``window`` seconds, each connector's reports of the window coalesced into its latest
-  (jobs that start and end within the window cost no event; the latest status is never held
-  back longer than the window), and, every ``beat_interval``
+  waited ``window`` seconds, each connector's ``active``/``idle`` flips of the window coalesced
+  into its latest (jobs that start and end within the window cost no event; every other
+  change is sent; the latest status is never held back longer than the window), and, every ``beat_interval``
   seconds, queues the full set again (``beat=True``), unchanged or not, so a consumer can tell
   a fresh status from a stale one (``timestamp`` + ``interval``).
 * The sending function is attached by the consumer bootstep when the broker connection is up
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: ``send(event_type, fields)``: publishes one event (raises when it cannot).
 Sender = Callable[[str, dict[str, Any]], None]
+
+#: The job-driven statuses whose flips within one window are coalesced.
+_FLIPS = frozenset({ConnectorStatus.ACTIVE, ConnectorStatus.IDLE})
 
 #: How many events are kept while no sender is attached; older ones are dropped (the full
 #: re-send on attach repairs any gap).
@@ -227,17 +230,24 @@ class StatusReporter:
             return [], None
 
     def _events(self, pending: list[tuple[StatusReport, bool]]) -> list[dict[str, Any]]:
-        """The events of ``pending`` (in seq order). With a window, a connector's reports of
-        one window are coalesced into its latest (a beat only if all of them were beats):
-        a badge flipping within 50 ms shows nothing a consumer could see, and its latest
-        report carries the latest seq."""
-        if self.window > 0:
-            latest: dict[str, tuple[StatusReport, bool]] = {}
-            for report, beat in pending:
-                kept = latest.get(report.service)
-                latest[report.service] = (report, beat and (kept is None or kept[1]))
-            pending = sorted(latest.values(), key=lambda item: item[0].seq)
-        return [self.event_fields(report, beat=beat) for report, beat in pending]
+        """The events of ``pending`` (in seq order). With a window, a connector's run of
+        ``active``/``idle`` reports within one window is coalesced into its latest (a beat
+        only if all of them were beats): jobs starting and ending within 50 ms flip a badge
+        faster than anyone could see, and the latest report carries the latest seq. Every
+        other change (starting, waiting, error, offline) is sent."""
+        if self.window <= 0:
+            return [self.event_fields(report, beat=beat) for report, beat in pending]
+        kept: list[tuple[StatusReport, bool]] = []
+        last: dict[str, int] = {}  # service -> index in kept of its latest report
+        for report, beat in pending:
+            at = last.get(report.service)
+            if at is not None and kept[at][0].status in _FLIPS and report.status in _FLIPS:
+                kept[at] = (report, beat and kept[at][1])
+                continue
+            last[report.service] = len(kept)
+            kept.append((report, beat))
+        kept.sort(key=lambda item: item[0].seq)
+        return [self.event_fields(report, beat=beat) for report, beat in kept]
 
     def _send_all(self, events: list[dict[str, Any]], sender: Sender) -> None:
         for fields in events:

@@ -335,14 +335,20 @@ def test_changes_within_the_window_leave_as_each_connectors_latest_once_the_olde
             sender(event_type, fields)
 
         reporter.attach(timed)
-        # When a job starts and ends within the window, while another connector changes once
+        # When a connector starts up, then runs two jobs within the window, while another fails
         first = time.monotonic()
+        reporter.record("stub", ConnectorStatus.STARTING)
+        reporter.record("stub", IDLE)
         reporter.record("stub", ACTIVE, "running job j1")
         reporter.record("other", ConnectorStatus.ERROR, "down")
+        reporter.record("stub", IDLE)
+        reporter.record("stub", ACTIVE, "running job j2")
         last = reporter.record("stub", IDLE)
-        wait_for(lambda: len(sender.sent) >= 2, 5)
-        # Then each connector's latest report leaves, in seq order, and none before the window ended
-        assert [(e["service"], e["status"]) for e in sender.sent] == [("other", "error"), ("stub", "idle")]
+        wait_for(lambda: len(sender.sent) >= 3, 5)
+        # Then every health change leaves, the job flips only as their latest, in seq order,
+        # and none before the window ended
+        assert [(e["service"], e["status"]) for e in sender.sent] == [
+            ("stub", "starting"), ("other", "error"), ("stub", "idle")]
         assert last is not None and sender.sent[-1]["seq"] == last.seq and not sender.sent[-1]["beat"]
         assert min(sent_at) >= first + 0.3
     finally:
