@@ -1,6 +1,6 @@
 """Example Celery settings module: copy it to start your own (jobqueue never loads this file).
 
-jobqueue loads its Celery defaults from inside the package (``jobqueue/celery_defaults.py``,
+jobqueue loads its Celery defaults from inside the package (``jobqueue/transport/defaults.py``,
 the same values as below). To add settings of your deployment (message signing, TLS options),
 copy this file, keep or change what you need, and name your module in
 ``JOBQUEUE_CELERY_CONFIG`` (e.g. ``JOBQUEUE_CELERY_CONFIG=mycelery``, importable on every
@@ -38,7 +38,7 @@ worker_concurrency = 1
 # Jobs are routed explicitly (service / GPU / machine queues); nothing uses Celery's default.
 task_default_queue = "jobqueue"
 task_create_missing_queues = True
-# Priorities: 20 broker levels, two per caller priority 0..9 (see jobqueue/routing.py and
+# Priorities: 20 broker levels, two per caller priority 0..9 (see jobqueue/shared/routing.py and
 # docs/workflows.md). create_app sets the broker-specific default priority and, on Redis, a
 # transport that keeps all 20 levels. RabbitMQ declares every queue with x-max-priority 19.
 task_queue_max_priority = 19

@@ -4,7 +4,7 @@ takes in headless Chromium to show its first page of rows and the exact total.
 
 How the store is filled: 1,000 template jobs (plus 50 workers with heartbeats and connector
 statuses, 200 unfinished jobs: queued and processing) are built from realistic events through
-the monitor's own write path (:meth:`monitor.store.Store.write` + :func:`monitor.apply.apply`),
+the monitor's own write path (:meth:`monitor.store.Store.write` + :func:`monitor.merge.apply.apply`),
 then the finished template rows are copied in bulk (SQL ``INSERT ... SELECT`` on the store's
 ``jobs`` table, new ids, finish times spread back in time) up to each size. The number of
 unfinished jobs stays 200 (a fleet's backlog does not grow with history). The monitor
@@ -38,8 +38,8 @@ from bench.common import (
     percentile,
     wait_http,
 )
-from jobqueue.events import CONNECTOR_STATUS, RUN_JOB_TASK, TASK_PROGRESS
-from monitor.apply import apply
+from jobqueue.shared.names import CONNECTOR_STATUS, RUN_JOB_TASK, TASK_PROGRESS
+from monitor.merge.apply import apply
 from monitor.store import Job, Store, Worker, job_counts
 
 #: Finished template jobs built through the apply path.

@@ -1,7 +1,7 @@
 """Round trip of a cached ComfyUI job: a direct ComfyUI client vs jobqueue, side by side.
 
 All sides talk to the same ComfyUI, by default a simulator started for the run (a subprocess,
-``python -m jobqueue.comfyui_sim``), with ``--comfyui-url`` a server already running (a real
+``python -m jobqueue.sims.comfyui``), with ``--comfyui-url`` a server already running (a real
 ComfyUI), and run the same workflow (``EXAMPLE_WORKFLOW``, or the API-format JSON file given
 with ``--workflow``), which ComfyUI has already run once, so every node is cached and the
 prompt ends in milliseconds: what is measured is the protocol and the plumbing, not the work.
@@ -10,7 +10,7 @@ prompt ends in milliseconds: what is measured is the protocol and the plumbing, 
   ``clientId`` (kept open between prompts), POST ``/prompt``, wait for ``executing`` with
   ``node: null`` for its prompt (not ``execution_success``: a real ComfyUI may still answer
   ``{}`` for the prompt's history then), GET ``/history/<id>``.
-* **connector in-process**: :class:`jobqueue.connectors.comfyui.ComfyUIConnector` ``run()``
+* **connector in-process**: :class:`jobqueue.connectors.comfyui.connector.ComfyUIConnector` ``run()``
   called directly, no Celery: the connector's own share (it also downloads the output image
   through GET ``/view`` into the output store, which the direct client does not).
 * **through jobqueue**: ``submit_job("comfyui", ...)`` to a real ``celery -A jobqueue worker``
@@ -41,13 +41,13 @@ import requests
 import websocket
 
 from bench.common import RedisServer, bench_settings, fmt_table, percentile, wait_worker_ready, worker_process
-from jobqueue import facts
-from jobqueue.celery_app import create_app
-from jobqueue.client import submit_job
-from jobqueue.comfyui_sim.process import SimulatorProcess
+from jobqueue.client.jobs import submit_job
 from jobqueue.config import Settings
 from jobqueue.connectors.base import Job
-from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW, ComfyUIConnector
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW, ComfyUIConnector
+from jobqueue.shared import job_record as facts
+from jobqueue.sims.comfyui.process import SimulatorProcess
+from jobqueue.transport.app import create_app
 
 
 class DirectClient:

@@ -23,8 +23,8 @@ from typing import Any
 import redis
 
 from jobqueue.config import Settings
-from jobqueue.procs import ChildProcess, worker_command
-from jobqueue.procs import wait_until as wait_until  # the benchmarks import it from here
+from jobqueue.up.procs import ChildProcess, worker_command
+from jobqueue.up.procs import wait_until as wait_until  # the benchmarks import it from here
 
 #: Repository root (bench/ lives directly under it).
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def rss_mb(pid: int) -> float:
 
 # -- processes ---------------------------------------------------------------------------------
 class Process(ChildProcess):
-    """A :class:`jobqueue.procs.ChildProcess` run from the repository root."""
+    """A :class:`jobqueue.up.procs.ChildProcess` run from the repository root."""
 
     def __init__(self, cmd: list[str], env: Mapping[str, str], log_path: Path | None = None) -> None:
         super().__init__(cmd, env, log_path, cwd=ROOT)

@@ -1,10 +1,10 @@
-"""What checking one wire event costs the monitor (:func:`monitor.validate.check`), by event type.
+"""What checking one wire event costs the monitor (:func:`monitor.ingest.validate.check`), by event type.
 
 The events are :mod:`bench.events_mix`'s stream as the monitor's raw decoder delivers them
-(:class:`monitor.rawreader.EventDecoder`), received now; each is checked against its receipt
+(:class:`monitor.ingest.raw_reader.EventDecoder`), received now; each is checked against its receipt
 time with the default ±5 min window. timeit, best of ``--repeat`` runs over the whole stream.
 ``--check module:function`` times another function with the same signature instead, e.g. an
-earlier version of the checks saved as a module (``git show <commit>:monitor/validate.py >
+earlier version of the checks saved as a module (``git show <commit>:monitor/ingest/validate.py >
 /tmp/old_validate.py``, then ``PYTHONPATH=/tmp ... --check old_validate:refusal``).
 
     python -m bench.event_check
@@ -23,7 +23,7 @@ from celery import Celery
 
 from bench.common import fmt_table
 from bench.events_mix import build_stream
-from monitor.rawreader import EventDecoder
+from monitor.ingest.raw_reader import EventDecoder
 
 #: The window the monitor uses by default (s).
 WINDOW = 300.0
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="events of the mix (the default fits in the CPU caches, as a just-decoded event does)")
     parser.add_argument("--rate", type=float, default=10000.0, help="the mix's planned rate (sets heartbeat share)")
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--check", default="monitor.validate:check", help="module:function to time")
+    parser.add_argument("--check", default="monitor.ingest.validate:check", help="module:function to time")
     args = parser.parse_args(argv)
     module, _, name = args.check.partition(":")
     check = getattr(importlib.import_module(module), name)

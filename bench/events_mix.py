@@ -19,7 +19,7 @@ from typing import Any
 from celery.utils.time import utcoffset
 
 from bench.common import encode_event, event_channel
-from jobqueue.events import CONNECTOR_STATUS, RUN_JOB_TASK, TASK_PROGRESS
+from jobqueue.shared.names import CONNECTOR_STATUS, RUN_JOB_TASK, TASK_PROGRESS
 
 #: Heartbeat interval of the simulated workers (s).
 HEARTBEAT_SECONDS = 2.0

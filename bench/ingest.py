@@ -157,12 +157,12 @@ def _collector_main(url: str, db_url: str, counts: Any, stop: Any, parser: str =
     if parser != "auto" and redis.utils.HIREDIS_AVAILABLE != (parser == "hiredis"):
         raise RuntimeError(f"consumer wants the {parser} parser, hiredis available: {redis.utils.HIREDIS_AVAILABLE}")
     from jobqueue.config import Settings
-    from monitor.broker import monitor_celery_app
-    from monitor.collector import EventCollector
-    from monitor.hub import ChangeHub
+    from monitor.ingest.collector import EventCollector
+    from monitor.ingest.hub import ChangeHub
+    from monitor.ingest.writer import Writer
+    from monitor.metrics.totals import Totals
     from monitor.store import Store
-    from monitor.totals import Totals
-    from monitor.writer import Writer
+    from monitor.web.broker import monitor_celery_app
 
     settings = Settings(broker_url=url, result_backend=url, monitor_db=db_url,
                         monitor_keep_jobs=10_000_000).resolved()
@@ -192,7 +192,7 @@ def _collector_main(url: str, db_url: str, counts: Any, stop: Any, parser: str =
 
 
 class JobqueueConsumer:
-    """Our monitor's collector + writer + SQLite store (monitor.collector/writer/store) in a
+    """Our monitor's collector + writer + SQLite store (monitor.ingest.collector/writer/store) in a
     child process; counts what the writer committed to SQLite."""
 
     name = "jobqueue"
@@ -264,7 +264,7 @@ def _reader_main(url: str, count: Any, parser: str) -> None:
     writer): what the reply parser costs the thread that must keep up with Redis."""
     import redis.utils
 
-    from monitor.rawreader import RawEventReader
+    from monitor.ingest.raw_reader import RawEventReader
 
     if redis.utils.HIREDIS_AVAILABLE != (parser == "hiredis"):
         raise RuntimeError(f"reader wants the {parser} parser, hiredis available: {redis.utils.HIREDIS_AVAILABLE}")

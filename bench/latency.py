@@ -37,10 +37,10 @@ from bench.common import (
     wait_worker_ready,
     worker_process,
 )
-from jobqueue.celery_app import create_app
-from jobqueue.client import submit_job
-from jobqueue.events import TASK_PROGRESS
-from jobqueue.procs import EventListener
+from jobqueue.client.jobs import submit_job
+from jobqueue.shared.names import TASK_PROGRESS
+from jobqueue.transport.app import create_app
+from jobqueue.up.procs import EventListener
 
 
 class ProgressSent:

@@ -20,7 +20,7 @@ app = Celery("bench-plain", broker=os.environ.get("BENCH_BROKER_URL", "redis://1
 app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
                 task_default_queue=PLAIN_QUEUE)
 if os.environ.get("BENCH_PLAIN_RELIABLE") == "1":
-    # The delivery and event settings jobqueue runs with (jobqueue/celery_defaults.py), nothing else of
+    # The delivery and event settings jobqueue runs with (jobqueue/transport/defaults.py), nothing else of
     # jobqueue: separates what Celery's own "nothing lost + every event" costs from ours.
     app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
                     worker_send_task_events=True, task_send_sent_event=True, task_track_started=True,

@@ -39,8 +39,8 @@ from bench.common import (
     percentile,
     wait_until,
 )
-from jobqueue.celery_app import create_app
-from jobqueue.client import submit_job
+from jobqueue.client.jobs import submit_job
+from jobqueue.transport.app import create_app
 
 
 def calls_per_job(url: str, run_one: Callable[[], Any], jobs: int) -> dict[str, float]:

@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 from bench.common import RedisServer, bench_settings, fmt_table
-from jobqueue.celery_app import create_app
-from jobqueue.client import submit_job
-from jobqueue.events import RUN_JOB_TASK
+from jobqueue.client.jobs import submit_job
+from jobqueue.shared.names import RUN_JOB_TASK
+from jobqueue.transport.app import create_app
 
 
 def _rate(fn: Any, jobs: int) -> float:

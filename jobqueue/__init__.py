@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobqueue.batches import submit_batch
-from jobqueue.client import JobHandle, get_job, submit_job
+from jobqueue.client.batches import submit_batch
+from jobqueue.client.jobs import JobHandle, get_job, submit_job
+from jobqueue.client.workflows import WorkflowHandle, get_workflow, submit_workflow
 from jobqueue.errors import (
     InvalidPayloadError,
     JobFailed,
@@ -21,7 +22,6 @@ from jobqueue.errors import (
     WorkflowFailed,
 )
 from jobqueue.states import ConnectorStatus, JobStatus
-from jobqueue.workflows import WorkflowHandle, get_workflow, submit_workflow
 
 __all__ = [
     "ConnectorStatus",
@@ -51,7 +51,7 @@ def get_app() -> Any:
     """The process's default Celery app, built from the environment on first use."""
     global _app
     if _app is None:
-        from jobqueue.celery_app import create_app
+        from jobqueue.transport.app import create_app
 
         _app = create_app()
     return _app

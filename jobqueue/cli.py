@@ -36,7 +36,7 @@ def load_settings() -> Settings:
 @contextmanager
 def celery_app() -> Iterator[Any]:
     """A Celery app for one command, closed afterwards (no process-wide app in the CLI)."""
-    from jobqueue.celery_app import create_app
+    from jobqueue.transport.app import create_app
 
     app = create_app(load_settings())
     try:
@@ -96,7 +96,7 @@ def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, s
     Ctrl-C stops everything. A process that dies is restarted; one that keeps dying stops
     everything with a non-zero exit. Logs go to JOBQUEUE_DATA_DIR/logs (default ./.jobqueue).
     """
-    from jobqueue.up import UpOptions, run_up
+    from jobqueue.up.runner import UpOptions, run_up
 
     options = UpOptions(queues=queues, comfyui_sim=not no_comfyui_sim, comfyui_port=comfyui_port,
                         monitor=not no_monitor, stop_timeout=stop_timeout, debug=debug,
@@ -128,8 +128,8 @@ def submit(service: str, payload_json: str, wait: bool, priority: int | None, qu
     """
     from kombu.exceptions import OperationalError
 
-    from jobqueue.client import submit_job
-    from jobqueue.embedded import broker_answers
+    from jobqueue.client.jobs import submit_job
+    from jobqueue.up.embedded import broker_answers
 
     payload = parse_payload(payload_json)
     with celery_app() as app:
@@ -190,7 +190,7 @@ def status(job_id: str) -> None:
     A job still waiting in its queue reads "queued"; an id that was never submitted (or was
     forgotten with its result) exits 1 saying the job is unknown.
     """
-    from jobqueue.client import get_job
+    from jobqueue.client.jobs import get_job
     from jobqueue.states import JobStatus
 
     with celery_app() as app:
@@ -250,7 +250,7 @@ def comfyui_sim(host: str, port: int, control_port: int | None, output_dir: str 
                 models: str | None = None, vram_gb: float | None = None) -> None:
     """Run the ComfyUI simulator (real HTTP + websocket, ComfyUI v0.3.64 protocol)."""
     with needs_extra("the ComfyUI simulator", "comfyui-sim"):
-        from jobqueue.comfyui_sim.server import run
+        from jobqueue.sims.comfyui.server import run
 
     run(host, port, control_port=control_port, output_dir=output_dir,
         models_present=models.split(",") if models is not None else None, vram_gb=vram_gb)
@@ -267,7 +267,7 @@ def comfyui_sim(host: str, port: int, control_port: int | None, output_dir: str 
 def a1111_sim(host: str, port: int, control_port: int | None, flavour: str, step_seconds: float) -> None:
     """Run the Stable Diffusion WebUI (A1111/Forge) simulator: the /sdapi/v1 API over real HTTP."""
     with needs_extra("the WebUI simulator", "a1111-sim"):
-        from jobqueue.a1111_sim.server import run
+        from jobqueue.sims.a1111.server import run
 
     run(host, port, control_port=control_port, flavour=flavour, step_seconds=step_seconds)
 

@@ -20,7 +20,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from jobqueue.errors import ConfigError
-from jobqueue.redis_urls import is_redis_url
+from jobqueue.transport.redis_urls import is_redis_url
 
 #: Every setting's environment variable is this prefix + the field name in capitals.
 ENV_PREFIX = "JOBQUEUE_"
@@ -227,13 +227,13 @@ class Settings(BaseSettings):
         Reading the process environment (``environ`` None) with ``JOBQUEUE_BROKER_URL`` unset,
         the broker (and result backend) of a ``jobqueue up`` running with the same data
         directory is used, so a second shell needs nothing exported (see
-        :mod:`jobqueue.upstate`).
+        :mod:`jobqueue.up.state`).
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = EnvironSource(cls, env)()
         values.update(overrides)
         if environ is None and "broker_url" not in values:
-            from jobqueue.upstate import discovered_broker
+            from jobqueue.up.state import discovered_broker
 
             data_dir = values.get("data_dir", cls.model_fields["data_dir"].default)
             found = discovered_broker(data_dir)

@@ -101,7 +101,7 @@ class ConnectorStatus(str, Enum):
 PROGRESS = "PROGRESS"
 
 #: Celery task state -> our job status. Unknown ids are PENDING in Celery too: the client tells
-#: them from queued jobs by their submit record (:mod:`jobqueue.submitted`).
+#: them from queued jobs by their submit record (:mod:`jobqueue.shared.submissions`).
 _CELERY_TO_JOB = {
     "PENDING": JobStatus.QUEUED,
     "RECEIVED": JobStatus.ASSIGNED,

@@ -19,7 +19,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from jobqueue.config import Settings
-from monitor.hub import ChangeHub
+from monitor.ingest.hub import ChangeHub
 from monitor.store import Store
 
 
@@ -44,7 +44,7 @@ class MonitorContext:
     def celery(self) -> Any:
         """The monitor's Celery app (no tasks), built on first use."""
         if self._celery is None:
-            from monitor.broker import monitor_celery_app
+            from monitor.web.broker import monitor_celery_app
 
             self._celery = monitor_celery_app(self.settings)
         return self._celery
@@ -89,28 +89,26 @@ def create_app(
         own_store=store is None,
         _celery=celery_app,
     )
-    from monitor.metrics import build_registry
+    from monitor.metrics.prometheus import build_registry
 
     context.registry = build_registry(context)
     app.extensions["jobqueue_monitor"] = context
 
-    from monitor import api, guard, ws
+    from monitor.web import api, guard, ws
 
     guard.install(app)
     app.register_blueprint(api.bp)
-    from monitor import previews
-
+    from monitor.web import live_previews as previews
     app.register_blueprint(previews.bp)
-    from monitor import deadletters, openapi
+    from monitor.web import deadletters, openapi
 
     app.register_blueprint(deadletters.bp)
     app.register_blueprint(openapi.bp)
     ws.register(app)
-    from monitor import webhooks
-
+    from monitor.web import webhook_attempts as webhooks
     app.register_blueprint(webhooks.bp)
     try:
-        from monitor import views
+        from monitor.web import views
     except ImportError:
         views = None  # type: ignore[assignment]
     if views is not None and hasattr(views, "bp"):

@@ -20,7 +20,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from jobqueue.config import Settings
-from jobqueue.lifeline import parent_death_hook
+from jobqueue.shared.lifeline import parent_death_hook
 
 log = logging.getLogger(__name__)
 

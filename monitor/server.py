@@ -19,14 +19,14 @@ from werkzeug.serving import make_server
 from jobqueue.config import Settings
 from jobqueue.errors import ConfigError
 from monitor.app import create_app
-from monitor.auth import has_credentials, is_loopback
-from monitor.broker import monitor_celery_app
-from monitor.collector import EventCollector, wait_connected
-from monitor.hub import ChangeHub
-from monitor.repair import Repair
+from monitor.ingest.collector import EventCollector, wait_connected
+from monitor.ingest.hub import ChangeHub
+from monitor.ingest.writer import Writer
+from monitor.metrics.totals import Totals
+from monitor.repair.reconcile import Repair
 from monitor.store import Store
-from monitor.totals import Totals
-from monitor.writer import Writer
+from monitor.web.auth import has_credentials, is_loopback
+from monitor.web.broker import monitor_celery_app
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from jobqueue.comfyui_sim.process import SimulatorProcess
+from jobqueue.sims.comfyui.process import SimulatorProcess
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from jobqueue.celery_app import create_app
 from jobqueue.config import Settings
+from jobqueue.transport.app import create_app
 from tests.helpers import WorkerProcess, child_env
 
 REDIS_HOST = os.environ.get("JOBQUEUE_TEST_REDIS_HOST", "127.0.0.1")

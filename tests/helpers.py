@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jobqueue.procs import ChildProcess, stop_group, wait_until, worker_command
+from jobqueue.up.procs import ChildProcess, stop_group, wait_until, worker_command
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jobqueue.embedded import free_port
+from jobqueue.up.embedded import free_port
 from tests.helpers import ROOT, child_env
 from tests.jobqueue.up_process import UpProcess
 

@@ -26,7 +26,7 @@ from celery import states as celery_states
 
 from bench.common import Process, wait_worker_ready, worker_process
 from jobqueue.config import Settings
-from jobqueue.procs import EventListener
+from jobqueue.up.procs import EventListener
 
 
 class Fleet:

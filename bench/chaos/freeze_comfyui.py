@@ -2,7 +2,7 @@
 Stable Diffusion WebUI) serving one worker, mid-job.
 
 ``--workers`` real workers each talk to their own simulated ComfyUI process
-(``python -m jobqueue.comfyui_sim``, the real HTTP + websocket protocol). ``--jobs`` ComfyUI
+(``python -m jobqueue.sims.comfyui``, the real HTTP + websocket protocol). ``--jobs`` ComfyUI
 jobs (distinct workflows, so nothing is served from cache) go to the shared ``comfyui``
 queue. Once a job runs on worker 0, its ComfyUI is frozen with SIGSTOP (a hung process:
 sockets open, no answers), and ``--kill-after`` seconds later SIGKILLed. Every job must
@@ -12,7 +12,7 @@ the job that was running on the frozen service succeeded elsewhere.
     python -m bench.chaos.freeze_comfyui --jobs 20 --workers 3
     python -m bench.chaos.freeze_comfyui --jobs 20 --workers 3 --service a1111
 
-With ``--service a1111`` each worker talks to its own ``python -m jobqueue.a1111_sim`` (the
+With ``--service a1111`` each worker talks to its own ``python -m jobqueue.sims.a1111`` (the
 WebUI's ``/sdapi/v1`` API) and the jobs are txt2img requests of distinct seeds.
 """
 
@@ -30,10 +30,10 @@ from typing import Any
 
 from bench.chaos.drill import Fleet, Observer, backend_states, finished, summary_line
 from bench.common import RedisServer, bench_settings, wait_until, wait_worker_ready, worker_process
-from jobqueue.a1111_sim.process import A1111SimulatorProcess
-from jobqueue.celery_app import create_app
-from jobqueue.client import submit_job
-from jobqueue.comfyui_sim.process import SimulatorProcess
+from jobqueue.client.jobs import submit_job
+from jobqueue.sims.a1111.process import A1111SimulatorProcess
+from jobqueue.sims.comfyui.process import SimulatorProcess
+from jobqueue.transport.app import create_app
 
 #: Services this drill can freeze, and the variable that gives each worker its server's URL.
 SERVICES = {"comfyui": "JOBQUEUE_COMFYUI_URL", "a1111": "JOBQUEUE_A1111_URL"}

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from bench.chaos.drill import Fleet, Observer, backend_states, finished, summary_line
 from bench.common import RedisServer, bench_settings
-from jobqueue.celery_app import create_app
-from jobqueue.client import submit_job
+from jobqueue.client.jobs import submit_job
+from jobqueue.transport.app import create_app
 
 
 @dataclass

@@ -36,10 +36,10 @@ from bench.chaos.drill import Observer, backend_states, summary_line
 from bench.chaos.netns import Machine, Network
 from bench.common import Process, RedisServer, child_env, free_port, monitor_process, wait_http, wait_until
 from bench.s3 import MotoS3Server
-from jobqueue.celery_app import create_app
-from jobqueue.client import submit_job
+from jobqueue.client.jobs import submit_job
 from jobqueue.config import Settings
-from jobqueue.procs import worker_command
+from jobqueue.transport.app import create_app
+from jobqueue.up.procs import worker_command
 
 #: Ports inside every machine (each namespace has its own loopback).
 COMFYUI_PORT, COMFYUI_CONTROL_PORT = 8188, 8189
@@ -92,7 +92,7 @@ def start_broker(network: Network, workdir: Path) -> tuple[Process, str]:
 def machine_processes(machine: Machine, settings: Settings, s3: MotoS3Server, workdir: Path) -> list[Process]:
     """Start a machine's ComfyUI simulator and worker (inside its namespace)."""
     python = sys.executable
-    sim = Process(machine.command([python, "-m", "jobqueue.comfyui_sim", "--host", "127.0.0.1",
+    sim = Process(machine.command([python, "-m", "jobqueue.sims.comfyui", "--host", "127.0.0.1",
                                    "--port", str(COMFYUI_PORT), "--control-port", str(COMFYUI_CONTROL_PORT),
                                    "--output-dir", str(workdir / f"{machine.name}-comfyui")]),
                   child_env(), workdir / f"{machine.name}-comfyui.log").start()

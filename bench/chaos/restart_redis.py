@@ -35,8 +35,8 @@ from bench.common import (
     wait_http,
     wait_until,
 )
-from jobqueue.celery_app import create_app
-from jobqueue.client import submit_job
+from jobqueue.client.jobs import submit_job
+from jobqueue.transport.app import create_app
 
 
 @dataclass

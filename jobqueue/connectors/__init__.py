@@ -10,8 +10,8 @@ from jobqueue.errors import UnknownServiceError
 #: Service name -> "module:Class" of its connector (imported on first use).
 CONNECTORS: dict[str, str] = {
     "simulation": "jobqueue.connectors.simulation:SimulationConnector",
-    "comfyui": "jobqueue.connectors.comfyui:ComfyUIConnector",
-    "a1111": "jobqueue.connectors.a1111:A1111Connector",
+    "comfyui": "jobqueue.connectors.comfyui.connector:ComfyUIConnector",
+    "a1111": "jobqueue.connectors.a1111.connector:A1111Connector",
 }
 
 

@@ -50,7 +50,7 @@ class ProgressReporter(Protocol):
 
 
 class PreviewSink(Protocol):
-    """Where a job's live preview images go (see :class:`jobqueue.previews.PreviewPublisher`)."""
+    """Where a job's live preview images go (see :class:`jobqueue.shared.previews.PreviewPublisher`)."""
 
     def offer(self, data: bytes, mime: str) -> None: ...
 
@@ -159,7 +159,7 @@ class Connector(ABC):
 
     def capabilities(self, details: Mapping[str, Any]) -> dict[str, Any] | None:
         """What this connector's service offers right now: ``{"models": {folder: [names]},
-        "vram_total_gb": ..., "vram_free_gb": ...}`` (see :mod:`jobqueue.requirements`).
+        "vram_total_gb": ..., "vram_free_gb": ...}`` (see :mod:`jobqueue.shared.requirements`).
 
         Called by the health loop after a healthy check, with that check's details. None when
         it could not be read this time (the last known capabilities stay). Must not raise.

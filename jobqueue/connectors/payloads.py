@@ -20,7 +20,7 @@ from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from pydantic.fields import FieldInfo
 
-from jobqueue.connectors.a1111_fields import (
+from jobqueue.connectors.a1111.fields import (
     BOOL,
     DICT,
     FLOAT,

@@ -22,9 +22,9 @@ import redis
 from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
-from jobqueue.internals import unacked_index_key
-from jobqueue.redis_health import redis_kwargs
-from jobqueue.redis_urls import is_redis_url
+from jobqueue.transport.internals import unacked_index_key
+from jobqueue.transport.redis_health import redis_kwargs
+from jobqueue.transport.redis_urls import is_redis_url
 from jobqueue.worker.capabilities import CapabilityGate, desired_queues
 from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop
@@ -218,7 +218,7 @@ class LeaseStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is unt
     def create(self, worker: Any) -> None:
         settings = worker.app.settings
         # Short socket timeouts: a renewal that hangs on a dead link must not delay fencing;
-        # keepalive and PING notice a dead peer (jobqueue.redis_health).
+        # keepalive and PING notice a dead peer (jobqueue.transport.redis_health).
         timeout = min(5.0, max(1.0, settings.lease_interval))
         options = {**redis_kwargs(settings.redis_health_interval), "socket_timeout": timeout}
         client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=timeout, **options)

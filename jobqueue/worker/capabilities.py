@@ -6,7 +6,7 @@
   ``connector_status`` command carry them from there, so the monitor sees the same facts the
   worker routes on. A check that could not read them keeps the last known ones.
 * :class:`CapabilityGate` keeps the consumer's capability queues (``<service>.model.<m>``,
-  ``<service>.tag.<t>``, ``<service>.vram.<step>``, :mod:`jobqueue.routing`) in line with
+  ``<service>.tag.<t>``, ``<service>.vram.<step>``, :mod:`jobqueue.shared.routing`) in line with
   those capabilities, with the same in-process ``add_task_queue``/``cancel_task_queue`` calls
   as the ``add_consumer``/``cancel_consumer`` control commands: a worker that gains a model
   starts taking its jobs, one that loses it (or whose service turns unhealthy) stops.
@@ -22,8 +22,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jobqueue.requirements import DETAILS_KEY, Capabilities, capabilities_from_details, capability_queues
-from jobqueue.routing import is_capability_queue
+from jobqueue.shared.requirements import (
+    DETAILS_KEY,
+    Capabilities,
+    capabilities_from_details,
+    capability_queues,
+)
+from jobqueue.shared.routing import is_capability_queue
 from jobqueue.states import ConnectorStatus
 from jobqueue.worker.gate import ConsumerGate
 

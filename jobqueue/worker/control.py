@@ -16,7 +16,7 @@ from typing import Any
 
 from celery.worker.control import control_command, inspect_command
 
-from jobqueue.events import CONTROL_CANCEL_JOB, CONTROL_CONNECTOR_STATUS
+from jobqueue.shared.names import CONTROL_CANCEL_JOB, CONTROL_CONNECTOR_STATUS
 
 
 def _runtime(state: Any) -> Any:

@@ -1,7 +1,7 @@
 """The consumer gate: a worker consumes a service's queue only while that connector is healthy.
 
 When a connector turns unhealthy (error, offline, waiting_for_service) its worker stops
-consuming the service queue (:func:`~jobqueue.routing.service_queue`), so the broker hands
+consuming the service queue (:func:`~jobqueue.shared.routing.service_queue`), so the broker hands
 the service's jobs to workers whose service is up; when it recovers, consuming resumes. Jobs
 pinned to this worker's GPU/machine queues still arrive: those queues stay.
 
@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jobqueue.routing import service_queue
+from jobqueue.shared.routing import service_queue
 from jobqueue.states import ConnectorStatus
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Hand back a job this worker cannot run, before it starts and without using up a retry.
 
-A job is routed on one of its requirements (:func:`jobqueue.requirements.route_queue`), so the
+A job is routed on one of its requirements (:func:`jobqueue.shared.requirements.route_queue`), so the
 worker that receives it may lack another one, or may have lost a model since it subscribed.
 :func:`requirements_strategy` is the job task's Celery *strategy* (the function the consumer
 calls for every message of the task, before ``task-received``): it reads the job's
@@ -26,8 +26,8 @@ from typing import Any
 
 from celery.exceptions import Retry
 
-from jobqueue.internals import default_task_strategy
-from jobqueue.requirements import Requirements, capabilities_from_details, unmet
+from jobqueue.shared.requirements import Requirements, capabilities_from_details, unmet
+from jobqueue.transport.internals import default_task_strategy
 
 log = logging.getLogger(__name__)
 

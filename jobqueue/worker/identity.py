@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from jobqueue.config import Settings, gpu_from_queues
-from jobqueue.routing import gpu_queue, machine_queue, service_queue, worker_queue
+from jobqueue.shared.routing import gpu_queue, machine_queue, service_queue, worker_queue
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class WorkerIdentity:
             *(service_queue(s) for s in settings.connectors),
             machine_queue(machine),
             worker_queue(machine, gpu),
-            # Every worker delivers webhooks (jobqueue.webhooks); a drain stops that too.
+            # Every worker delivers webhooks (jobqueue.worker.webhooks); a drain stops that too.
             settings.webhook_queue,
         ):
             if extra and extra not in all_queues:

@@ -2,7 +2,7 @@
 
 On Redis, kombu emulates acks: a delivered message sits in the ``unacked`` hash with its
 delivery time in the ``unacked_index`` sorted set (both behind the broker's
-``global_keyprefix``, see :func:`jobqueue.internals.unacked_index_key`), and any worker's restore sweep puts it
+``global_keyprefix``, see :func:`jobqueue.transport.internals.unacked_index_key`), and any worker's restore sweep puts it
 back in its queue once it is older than the visibility timeout. A short timeout brings a
 dead worker's job back quickly, but would also re-deliver a long job that is still running
 (celery#5935). The lease solves both: while a message is in this worker's hands, its score in
@@ -30,13 +30,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from jobqueue import internals
+from jobqueue.transport import internals
 from jobqueue.worker.loop import IntervalLoop
 
 log = logging.getLogger(__name__)
 
 #: kombu's default name of the sorted set of unacked delivery tags (without a
-#: ``global_keyprefix``; :func:`jobqueue.internals.unacked_index_key` gives the real key).
+#: ``global_keyprefix``; :func:`jobqueue.transport.internals.unacked_index_key` gives the real key).
 UNACKED_INDEX_KEY = internals.UNACKED_INDEX_KEY
 
 
@@ -148,7 +148,7 @@ def forget_message(job_id: str) -> bool:
 
     Its delivery tag is the one the broker gave the job's new owner: acking it here would
     delete the new owner's unacked entry, and restoring it (kombu does on channel close)
-    would queue the job a third time (see :func:`jobqueue.internals.forget_request`).
+    would queue the job a third time (see :func:`jobqueue.transport.internals.forget_request`).
     Returns whether it was held.
     """
     found = False

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from jobqueue import internals
+from jobqueue.transport import internals
 from jobqueue.worker.loop import IntervalLoop
 
 log = logging.getLogger(__name__)

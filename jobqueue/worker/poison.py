@@ -19,10 +19,10 @@ Two layers, because the failures surface in two places:
   so the message is dead-lettered and its job failed before Celery drops it.
 
 The private Celery and kombu behaviour both layers rely on lives in the two modules that hold
-all of jobqueue's: the transport layer is :class:`jobqueue.redis_transport.Channel` (kombu's
-BRPOP reader), the consumer layer uses :func:`jobqueue.internals.wrap_refusal_handlers` and
-:func:`jobqueue.internals.raw_envelope`, and a refused job's failure is stored with
-:func:`jobqueue.internals.store_failure`; this module holds the rules (what is poison, where it
+all of jobqueue's: the transport layer is :class:`jobqueue.transport.kombu_redis.Channel` (kombu's
+BRPOP reader), the consumer layer uses :func:`jobqueue.transport.internals.wrap_refusal_handlers` and
+:func:`jobqueue.transport.internals.raw_envelope`, and a refused job's failure is stored with
+:func:`jobqueue.transport.internals.store_failure`; this module holds the rules (what is poison, where it
 goes, which job fails).
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from jobqueue.internals import raw_envelope, store_failure, wrap_refusal_handlers
+from jobqueue.transport.internals import raw_envelope, store_failure, wrap_refusal_handlers
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from jobqueue.config import Settings
 from jobqueue.connectors import Connector, Job, connector_class
 from jobqueue.errors import JobStalled, ServiceUnavailable, UnknownServiceError
 from jobqueue.states import ConnectorStatus
-from jobqueue.timers import TimerThread
 from jobqueue.worker import capabilities
 from jobqueue.worker.identity import WorkerIdentity
+from jobqueue.worker.timers import TimerThread
 
 log = logging.getLogger(__name__)
 

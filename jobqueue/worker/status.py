@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobqueue.events import CONNECTOR_STATUS
+from jobqueue.shared.names import CONNECTOR_STATUS
 from jobqueue.states import ConnectorStatus
 from jobqueue.worker.identity import WorkerIdentity
 

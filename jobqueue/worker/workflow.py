@@ -1,6 +1,6 @@
 """The worker side of workflows: run one step, and end the steps after it when it fails or
 is cancelled (the client side, submitting and following a workflow, is
-:mod:`jobqueue.workflows`; what a step is, :mod:`jobqueue.workflow_steps`)."""
+:mod:`jobqueue.client.workflows`; what a step is, :mod:`jobqueue.shared.steps`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from celery.exceptions import Ignore, Retry
 
 from jobqueue.connectors import connector_class
 from jobqueue.errors import JobCancelled
-from jobqueue.events import RUN_JOB_TASK
-from jobqueue.internals import drop_chain, remaining_chain
-from jobqueue.workflow_steps import placeholder_paths, resolve_placeholders
+from jobqueue.shared.names import RUN_JOB_TASK
+from jobqueue.shared.steps import placeholder_paths, resolve_placeholders
+from jobqueue.transport.internals import drop_chain, remaining_chain
 
 
 def _later_steps(request: Any) -> list[dict[str, Any]]:

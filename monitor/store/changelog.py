@@ -14,7 +14,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from jobqueue.states import JobStatus
-from monitor.safestats import safe_median
+from monitor.metrics.safestats import safe_median
 from monitor.store.models import ChangeRow, ConnectorRow, CounterRow, JobRow, ServiceStatRow, WorkerRow
 from monitor.store.serialise import job_dict, machine_dict, service_dict, worker_dict
 from monitor.store.tx import Change, Tx

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from monitor.statuses import MachineStatus, WorkerStatus
+from monitor.store.statuses import MachineStatus, WorkerStatus
 
 
 class Base(DeclarativeBase):

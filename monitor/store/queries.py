@@ -14,14 +14,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from jobqueue.states import JobStatus, workflow_status
-from monitor.safestats import summary as safe_summary
-from monitor.statuses import (
-    ERROR_STATUSES,
-    FAILED_STATUSES,
-    FINAL_STATUSES,
-    ON_WORKER_STATUSES,
-    OPEN_STATUSES,
-)
+from monitor.metrics.safestats import summary as safe_summary
 from monitor.store import changelog
 from monitor.store.models import (
     JOB_SORTS,
@@ -35,6 +28,13 @@ from monitor.store.models import (
     WorkerRow,
 )
 from monitor.store.serialise import job_dict, machine_dict, service_dict, worker_dict
+from monitor.store.statuses import (
+    ERROR_STATUSES,
+    FAILED_STATUSES,
+    FINAL_STATUSES,
+    ON_WORKER_STATUSES,
+    OPEN_STATUSES,
+)
 
 
 class StoreQueries:

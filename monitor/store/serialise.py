@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from jobqueue.states import JobStatus, empty_progress
-from monitor import capabilities
-from monitor.statuses import WorkerStatus
 from monitor.store.models import ConnectorRow, JobRow, MachineRow, ServiceStatRow, WorkerRow
+from monitor.store.statuses import WorkerStatus
+from monitor.web import fleet_capabilities as capabilities
 
 
 def connector_dict(c: ConnectorRow) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def connector_dict(c: ConnectorRow) -> dict[str, Any]:
 
 def worker_dict(w: WorkerRow, connectors: list[ConnectorRow], now: float) -> dict[str, Any]:
     """A worker as the API shows it; ``processed``/``failed`` count the jobs the store holds
-    that ended on it (see :func:`monitor.apply_effects.count_end`)."""
+    that ended on it (see :func:`monitor.merge.effects.count_end`)."""
     status = w.status
     if status == WorkerStatus.ONLINE.value and w.draining:
         status = WorkerStatus.DRAINING.value

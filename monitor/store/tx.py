@@ -8,9 +8,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jobqueue.states import ConnectorStatus, empty_progress
-from monitor.statuses import MachineStatus, WorkerStatus
 from monitor.store.counts import job_counts
 from monitor.store.models import ConnectorRow, JobRow, MachineRow, WorkerRow
+from monitor.store.statuses import MachineStatus, WorkerStatus
 
 #: Timeline entries kept per job (progress events of a long job are many).
 MAX_EVENTS_PER_JOB = 300
@@ -21,7 +21,7 @@ Change = tuple[int, str, str, Any]
 class Tx:
     """One write transaction: get-or-create rows, record timeline events, mark changes.
 
-    :func:`monitor.apply.apply` works through this; :meth:`Store.write` turns what was
+    :func:`monitor.merge.apply.apply` works through this; :meth:`Store.write` turns what was
     marked into sequence numbers and change-log rows at commit. The session does not
     autoflush: rows this transaction looked up or created are kept in its own identity map
     (so a lookup never flushes the pending batch nor misses a row created earlier in it), and

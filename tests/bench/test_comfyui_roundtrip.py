@@ -9,7 +9,7 @@ import json
 import pytest
 
 from bench.comfyui_roundtrip import main
-from jobqueue.comfyui_sim.process import SimulatorProcess
+from jobqueue.sims.comfyui.process import SimulatorProcess
 
 pytestmark = pytest.mark.timeout(120)
 

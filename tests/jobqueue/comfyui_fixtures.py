@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from jobqueue.comfyui_sim.process import SimulatorProcess
-from jobqueue.comfyui_sim.server import SimulatorThread
 from jobqueue.config import Settings
-from jobqueue.connectors.comfyui import ComfyUIConnector
+from jobqueue.connectors.comfyui.connector import ComfyUIConnector
+from jobqueue.sims.comfyui.process import SimulatorProcess
+from jobqueue.sims.comfyui.server import SimulatorThread
 
 
 def slow(steps: int, delay: float = 0.1, color: int = 1) -> dict[str, Any]:

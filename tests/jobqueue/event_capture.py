@@ -15,7 +15,7 @@ import threading
 import uuid
 from typing import Any
 
-from jobqueue.procs import EventListener
+from jobqueue.up.procs import EventListener
 from tests.helpers import wait_for
 
 #: Event type of the readiness probe (ignored by every real consumer).
@@ -24,7 +24,7 @@ PROBE = "jobqueue-probe"
 
 class EventCapture:
     """Collects every event on ``app``'s broker until :meth:`stop` (an
-    :class:`~jobqueue.procs.EventListener` keeping what it hears)."""
+    :class:`~jobqueue.up.procs.EventListener` keeping what it hears)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

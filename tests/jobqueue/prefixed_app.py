@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from jobqueue.celery_app import create_app
+from jobqueue.transport.app import create_app
 
 #: The ``global_keyprefix`` every broker key and channel of this app carries.
 KEY_PREFIX = "jqtest:"

@@ -13,13 +13,10 @@ from typing import Any
 import pytest
 import requests
 
-from jobqueue.a1111_sim.process import A1111SimulatorProcess
-from jobqueue.a1111_sim.server import A1111SimulatorThread
-from jobqueue.client import submit_job
+from jobqueue.client.jobs import submit_job
 from jobqueue.config import Settings
-from jobqueue.connectors.a1111 import A1111Connector, describe_error
+from jobqueue.connectors.a1111.connector import A1111Connector, describe_error
 from jobqueue.connectors.base import Job
-from jobqueue.embedded import free_port
 from jobqueue.errors import (
     ConfigError,
     ExecutionFailed,
@@ -28,7 +25,10 @@ from jobqueue.errors import (
     JobFailed,
     JobStalled,
 )
+from jobqueue.sims.a1111.process import A1111SimulatorProcess
+from jobqueue.sims.a1111.server import A1111SimulatorThread
 from jobqueue.states import ConnectorStatus, JobStatus
+from jobqueue.up.embedded import free_port
 from tests.helpers import wait_for
 from tests.jobqueue.test_connector_status import consumed_queues
 
@@ -437,7 +437,7 @@ def test_a_killed_webui_fails_the_job_clearly_stops_the_queue_and_resumes_when_i
 
 
 def test_the_monitor_summary_of_an_a1111_payload_names_size_steps_seed_and_prompt_never_the_images():
-    from jobqueue.summary import summarize_payload
+    from jobqueue.shared.summary import summarize_payload
 
     assert summarize_payload("a1111", A1111Connector.example_payload) == (
         "txt2img 512×512, 20 steps, seed 42: a lighthouse on a cliff at dusk, oil painting")

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import requests
 
-from jobqueue.a1111_sim.server import A1111SimulatorThread
-from jobqueue.a1111_sim.validation import validate_request
-from jobqueue.connectors.a1111_fields import request_fields
-from jobqueue.embedded import free_port
+from jobqueue.connectors.a1111.fields import request_fields
+from jobqueue.sims.a1111.server import A1111SimulatorThread
+from jobqueue.sims.a1111.validation import validate_request
+from jobqueue.up.embedded import free_port
 from tests.helpers import ROOT, child_env, stop_process_group, wait_for
 
 

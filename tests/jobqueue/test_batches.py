@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from jobqueue import submit_batch
-from jobqueue.batches import vary_payload
+from jobqueue.client.batches import vary_payload
 from jobqueue.errors import InvalidPayloadError, SubmitError, UnknownServiceError
-from jobqueue.events import job_meta_from_kwargs
-from jobqueue.routing import redis_queue_keys
+from jobqueue.shared.names import job_meta_from_kwargs
+from jobqueue.shared.routing import redis_queue_keys
 
 BASE = {"steps": 1, "step_seconds": 0.05, "output": "img"}
 

@@ -10,11 +10,11 @@ import sys
 import pytest
 
 from jobqueue import submit_job
-from jobqueue.batches import submit_batch
-from jobqueue.comfyui_sim.models import checkpoint_workflow
-from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
+from jobqueue.client.batches import submit_batch
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
 from jobqueue.errors import InvalidRequirementError
-from jobqueue.routing import vram_step
+from jobqueue.shared.routing import vram_step
+from jobqueue.sims.comfyui.models import checkpoint_workflow
 from jobqueue.states import JobStatus
 from tests.capability_fixtures import comfy_worker, consumes, start_sim
 from tests.helpers import ROOT, child_env, wait_for

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from jobqueue.celery_app import create_app
-from jobqueue.client import submit_job
+from jobqueue.client.jobs import submit_job
 from jobqueue.config import Settings
-from jobqueue.routing import gpu_queue, tag_queue
+from jobqueue.shared.routing import gpu_queue, tag_queue
 from jobqueue.states import JobStatus
+from jobqueue.transport.app import create_app
 from tests.conftest import RABBITMQ_URL, settings_env
 from tests.helpers import WorkerProcess, child_env, wait_for
 from tests.jobqueue.test_rabbitmq import rabbit_settings

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from jobqueue.cli import main
-from jobqueue.embedded import free_port
+from jobqueue.up.embedded import free_port
 from tests.conftest import settings_env
 from tests.helpers import ROOT, wait_for
 

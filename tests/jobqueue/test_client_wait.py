@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from celery import states as celery_states
 
-from jobqueue import client
-from jobqueue.celery_app import create_app
-from jobqueue.client import JobHandle
+from jobqueue.client import jobs as client
+from jobqueue.client.jobs import JobHandle
 from jobqueue.errors import JobFailed, WaitTimeout
+from jobqueue.shared.submissions import record_submitted
 from jobqueue.states import PROGRESS
-from jobqueue.submitted import record_submitted
+from jobqueue.transport.app import create_app
 from tests.helpers import wait_for
 
 

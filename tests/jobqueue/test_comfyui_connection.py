@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 import requests
 
-from jobqueue.comfyui_sim.server import SimulatorThread
 from jobqueue.config import Settings
-from jobqueue.connectors import comfyui_ws as comfyui_module
 from jobqueue.connectors.base import Job
-from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW, ComfyUIConnector
-from jobqueue.connectors.comfyui_ws import BACKOFF_CAP, BACKOFF_FIRST, WebSocketListener
-from jobqueue.embedded import free_port
+from jobqueue.connectors.comfyui import ws as comfyui_module
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW, ComfyUIConnector
+from jobqueue.connectors.comfyui.ws import BACKOFF_CAP, BACKOFF_FIRST, WebSocketListener
 from jobqueue.errors import JobStalled, JobTimedOut
+from jobqueue.sims.comfyui.server import SimulatorThread
+from jobqueue.up.embedded import free_port
 from tests.helpers import ROOT, child_env, wait_for
 from tests.jobqueue.comfyui_fixtures import connector_for, noop, sim, slow
 

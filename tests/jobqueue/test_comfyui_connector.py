@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import requests
 
-from jobqueue.client import submit_job
-from jobqueue.comfyui_sim import engine
-from jobqueue.comfyui_sim.process import SimulatorProcess
+from jobqueue.client.jobs import submit_job
 from jobqueue.connectors.base import Job
-from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW, ComfyUIConnector
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW, ComfyUIConnector
 from jobqueue.errors import ExecutionFailed, InvalidPayloadError, JobCancelled, JobFailed
+from jobqueue.sims.comfyui import engine
+from jobqueue.sims.comfyui.process import SimulatorProcess
 from jobqueue.states import ConnectorStatus, JobStatus
 from tests.helpers import wait_for
 from tests.jobqueue.comfyui_fixtures import connector, noop, sim, sim_process, slow

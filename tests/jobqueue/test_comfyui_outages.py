@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import requests
 
-from jobqueue.client import submit_job
-from jobqueue.comfyui_sim.process import SimulatorProcess
+from jobqueue.client.jobs import submit_job
 from jobqueue.connectors.base import Job
-from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
 from jobqueue.errors import JobCancelled, JobStalled, JobTimedOut, ServiceUnavailable
+from jobqueue.sims.comfyui.process import SimulatorProcess
 from jobqueue.states import JobStatus
 from tests.helpers import wait_for
 from tests.jobqueue.comfyui_fixtures import connector_for, noop, sim, sim_process, slow

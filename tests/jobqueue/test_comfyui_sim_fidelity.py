@@ -15,8 +15,8 @@ import pytest
 import requests
 import websocket
 
-from jobqueue.comfyui_sim import engine
-from jobqueue.comfyui_sim.server import SimulatorThread
+from jobqueue.sims.comfyui import engine
+from jobqueue.sims.comfyui.server import SimulatorThread
 from tests.helpers import wait_for
 from tests.jobqueue.comfyui_fixtures import sim
 from tests.jobqueue.test_comfyui_sim import Client

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from jobqueue.comfyui_sim import models
-from jobqueue.comfyui_sim.models import checkpoint_workflow
-from jobqueue.comfyui_sim.server import SimulatorThread
-from jobqueue.connectors.comfyui_models import read_models, vram_of
+from jobqueue.connectors.comfyui.models import read_models, vram_of
+from jobqueue.sims.comfyui import models
+from jobqueue.sims.comfyui.models import checkpoint_workflow
+from jobqueue.sims.comfyui.server import SimulatorThread
 
 
 @pytest.fixture

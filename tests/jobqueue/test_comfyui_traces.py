@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from jobqueue.connectors.comfyui_protocol import (
+from jobqueue.connectors.comfyui.protocol import (
     ERROR,
     INTERRUPTED,
     SUCCESS,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from jobqueue import celery_defaults
-from jobqueue.celery_app import broker_transport_options, celery_settings, create_app
 from jobqueue.config import DEFAULT_BROKER_URL, Settings, gpu_from_queues
 from jobqueue.errors import ConfigError
+from jobqueue.transport import defaults as celery_defaults
+from jobqueue.transport.app import broker_transport_options, celery_settings, create_app
 
 
 def test_settings_without_environment_use_the_local_redis_and_the_host_name():

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from jobqueue.client import submit_job
-from jobqueue.events import CONNECTOR_STATUS, CONTROL_CONNECTOR_STATUS
+from jobqueue.client.jobs import submit_job
+from jobqueue.shared.names import CONNECTOR_STATUS, CONTROL_CONNECTOR_STATUS
 from tests.helpers import wait_for
 from tests.jobqueue.event_capture import EventCapture
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import tests.jobqueue.test_connector_status as status_tests
-from jobqueue.client import submit_job
-from jobqueue.comfyui_sim.process import SimulatorProcess
-from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
+from jobqueue.client.jobs import submit_job
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
+from jobqueue.sims.comfyui.process import SimulatorProcess
 from tests.helpers import wait_for
 from tests.jobqueue.event_capture import EventCapture
 

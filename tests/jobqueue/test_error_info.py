@@ -4,7 +4,7 @@ record): the client, the monitor's event reader and its truth repair all use it.
 from __future__ import annotations
 
 from jobqueue.errors import ExecutionFailed, error_info
-from jobqueue.events import parse_exception
+from jobqueue.shared.names import parse_exception
 
 
 def test_an_exception_with_details_describes_itself():

@@ -15,12 +15,12 @@ import time
 import pytest
 import redis
 
-from jobqueue.client import submit_job
-from jobqueue.embedded import free_port, plan_embedded_redis, redis_server_executable
+from jobqueue.client.jobs import submit_job
 from jobqueue.errors import InvalidPayloadError, JobFailed, SubmitError, UnknownServiceError
-from jobqueue.events import CONTROL_CONNECTOR_STATUS
+from jobqueue.shared.names import CONTROL_CONNECTOR_STATUS
 from jobqueue.states import JobStatus
-from jobqueue.supervisor import component_available, tcp_answers
+from jobqueue.up.embedded import free_port, plan_embedded_redis, redis_server_executable
+from jobqueue.up.supervisor import component_available, tcp_answers
 from tests.helpers import ROOT, wait_for
 from tests.jobqueue.up_process import UpProcess, alive, up_env
 

@@ -1,4 +1,4 @@
-"""Contract tests of jobqueue.internals (and the kombu channel in jobqueue.redis_transport):
+"""Contract tests of jobqueue.transport.internals (and the kombu channel in jobqueue.transport.kombu_redis):
 every private Celery, kombu and redis-py behaviour jobqueue relies on, checked against the
 installed libraries on real Redis. An upgrade that changes one fails here, with a message that
 names the function to fix."""
@@ -25,10 +25,10 @@ from kombu import Connection, Exchange, Queue
 from kombu.serialization import prepare_accept_content
 from kombu.transport import redis as kombu_redis
 
-from jobqueue import internals
-from jobqueue.redis_transport import Channel as JobqueueChannel
-from jobqueue.redis_transport import Transport
-from jobqueue.routing import BROKER_MAX_PRIORITY
+from jobqueue.shared.routing import BROKER_MAX_PRIORITY
+from jobqueue.transport import internals
+from jobqueue.transport.kombu_redis import Channel as JobqueueChannel
+from jobqueue.transport.kombu_redis import Transport
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,8 +37,8 @@ PREFIXES = [{}, {"global_keyprefix": "jq:"}]
 
 
 def broken(function: Any, what: str) -> str:
-    """The message of a failed contract: which function of jobqueue.internals to revisit."""
-    return f"jobqueue.internals.{function.__name__}: {what} (did a Celery/kombu/redis-py upgrade change it?)"
+    """The message of a failed contract: which function of jobqueue.transport.internals to revisit."""
+    return f"jobqueue.transport.internals.{function.__name__}: {what} (did a Celery/kombu/redis-py upgrade change it?)"
 
 
 def kombu_connection(url: str, options: dict[str, Any]) -> Connection:
@@ -423,19 +423,19 @@ def test_events_are_converted_exactly_as_celerys_receiver_converts_them() -> Non
 
 def test_the_brpop_reader_jobqueue_reimplements_still_exists_with_what_it_uses(redis_url: str) -> None:
     assert callable(getattr(kombu_redis.Channel, "_brpop_read", None)), "kombu Channel._brpop_read is gone: " \
-        "jobqueue.redis_transport.Channel._brpop_read overrides nothing"
+        "jobqueue.transport.kombu_redis.Channel._brpop_read overrides nothing"
     with kombu_connection(redis_url, {}) as conn:
         channel = conn.default_channel
         for name in ("_queue_cycle", "_in_poll", "decode_body", "conn_or_acquire", "sep"):
-            assert hasattr(channel, name), f"jobqueue.redis_transport.Channel._brpop_read: kombu channel has no {name}"
+            assert hasattr(channel, name), f"jobqueue.transport.kombu_redis.Channel._brpop_read: kombu channel has no {name}"
         assert callable(getattr(channel.connection, "_deliver", None)), \
-            "jobqueue.redis_transport.Channel._brpop_read: kombu transport has no _deliver"
+            "jobqueue.transport.kombu_redis.Channel._brpop_read: kombu transport has no _deliver"
 
 
 def test_a_channel_reuses_one_redis_client_until_kombu_replaces_its_pool(redis_url: str) -> None:
     for name in ("conn_or_acquire", "_create_client", "pool", "_pool"):
         assert hasattr(kombu_redis.Channel, name), \
-            f"kombu redis Channel has no {name}: jobqueue.redis_transport.Channel.conn_or_acquire relies on it"
+            f"kombu redis Channel has no {name}: jobqueue.transport.kombu_redis.Channel.conn_or_acquire relies on it"
     with kombu_connection(redis_url, {}) as conn:
         channel = conn.default_channel
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:

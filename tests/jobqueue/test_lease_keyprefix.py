@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import redis
 
-from jobqueue.client import submit_job
+from jobqueue.client.jobs import submit_job
 from jobqueue.config import Settings
-from jobqueue.internals import unacked_index_key
+from jobqueue.transport.internals import unacked_index_key
 from tests.conftest import settings_env
 from tests.helpers import WorkerProcess, child_env, wait_for
 from tests.jobqueue.prefixed_app import KEY_PREFIX, prefixed

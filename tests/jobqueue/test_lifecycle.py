@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from jobqueue.client import submit_job
+from jobqueue.client.jobs import submit_job
 from jobqueue.errors import JobFailed
 from jobqueue.states import JobStatus
 from tests.helpers import wait_for

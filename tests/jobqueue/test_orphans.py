@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from bench.common import RedisServer
-from jobqueue.celery_app import create_app
-from jobqueue.client import submit_job
+from jobqueue.client.jobs import submit_job
 from jobqueue.config import Settings
 from jobqueue.states import JobStatus
+from jobqueue.transport.app import create_app
 from jobqueue.worker.orphans import orphaned_requests
 from tests.helpers import WorkerProcess, child_env, wait_for
 

@@ -15,11 +15,11 @@ import requests
 
 from bench.s3 import MotoS3Server
 from jobqueue import submit_job
-from jobqueue.comfyui_sim.process import SimulatorProcess
 from jobqueue.config import Settings
-from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
-from jobqueue.embedded import free_port
-from jobqueue.outputs import OutputStore, is_safe_name, save_output
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
+from jobqueue.shared.outputs import OutputStore, is_safe_name, save_output
+from jobqueue.sims.comfyui.process import SimulatorProcess
+from jobqueue.up.embedded import free_port
 from tests.conftest import settings_env
 from tests.helpers import child_env, stop_process_group, wait_for
 
@@ -127,7 +127,7 @@ def test_with_presigning_the_monitor_redirects_to_a_url_that_serves_the_file(
         s3: MotoS3Server, settings: Settings, tmp_path: Path) -> None:
     # Given a file of a known job in the bucket and a monitor app that presigns
     from monitor.app import create_app
-    from monitor.apply import apply
+    from monitor.merge.apply import apply
 
     bucket = s3.bucket()
     monitor_settings = Settings(broker_url=settings.broker_url, output_url=f"s3://{bucket}/p",

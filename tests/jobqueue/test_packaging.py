@@ -72,12 +72,12 @@ def test_every_worker_and_client_module_imports_without_the_extras():
     done = _run_without_extras("""
         import importlib, pkgutil
         import jobqueue
-        skipped = ("jobqueue.comfyui_sim", "jobqueue.a1111_sim", "jobqueue.simserver")  # the simulators
+        skipped = ("jobqueue.sims.comfyui", "jobqueue.sims.a1111", "jobqueue.sims.server")  # the simulators
         names = [m.name for m in pkgutil.walk_packages(jobqueue.__path__, "jobqueue.")
                  if not m.name.startswith(skipped)]
         for name in names:
             importlib.import_module(name)
-        from jobqueue.celery_app import create_app
+        from jobqueue.transport.app import create_app
         from jobqueue.config import Settings
         create_app(Settings.from_env({})).close()
         print(len(names), "modules")

@@ -36,7 +36,7 @@ def _parked_envelope(app: Any, redis_client: Any) -> tuple[str, dict[str, Any]]:
 
 
 def _final_error(app: Any, job_id: str) -> str:
-    from jobqueue.client import get_job
+    from jobqueue.client.jobs import get_job
 
     handle = get_job(job_id, app=app)
     wait_for(lambda: handle.status() == JobStatus.FAILED, 30, what=f"job {job_id} to fail")

@@ -9,7 +9,7 @@ import time
 from PIL import Image
 
 from jobqueue.connectors.base import Job
-from jobqueue.previews import MAX_SIDE, PreviewPublisher, RedisPreviewStore, preview_key, shrink
+from jobqueue.shared.previews import MAX_SIDE, PreviewPublisher, RedisPreviewStore, preview_key, shrink
 from tests.helpers import wait_for
 
 

@@ -17,10 +17,9 @@ import pytest
 from kombu.transport import redis as kombu_redis
 
 from jobqueue import submit_job, submit_workflow
-from jobqueue.celery_app import broker_transport_options, create_app
 from jobqueue.config import Settings
 from jobqueue.errors import SubmitError
-from jobqueue.routing import (
+from jobqueue.shared.routing import (
     BROKER_MAX_PRIORITY,
     DEFAULT_PRIORITY,
     MAX_PRIORITY,
@@ -29,6 +28,7 @@ from jobqueue.routing import (
     check_priority,
     redis_queue_keys,
 )
+from jobqueue.transport.app import broker_transport_options, create_app
 from tests.conftest import RABBITMQ_URL
 from tests.helpers import busy_worker, finished_order, quick
 

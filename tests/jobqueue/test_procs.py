@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
-from jobqueue.procs import ChildProcess, EventListener, wait_until
+from jobqueue.up.procs import ChildProcess, EventListener, wait_until
 from jobqueue.worker.loop import IntervalLoop
 from tests.helpers import wait_for
 

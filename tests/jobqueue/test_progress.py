@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobqueue.progress import ProgressTracker
+from jobqueue.worker.progress import ProgressTracker
 
 
 class FakeClock:

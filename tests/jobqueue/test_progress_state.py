@@ -7,8 +7,8 @@ from typing import Any
 from celery import states as celery_states
 from celery.app.task import Context
 
-from jobqueue.progressstate import ProgressState
 from jobqueue.states import PROGRESS
+from jobqueue.worker.progress_state import ProgressState
 from tests.helpers import wait_for
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from jobqueue.celery_app import create_app
-from jobqueue.client import submit_job
+from jobqueue.client.jobs import submit_job
 from jobqueue.config import Settings
-from jobqueue.embedded import broker_answers
-from jobqueue.routing import gpu_queue, machine_queue, worker_queue
+from jobqueue.shared.routing import gpu_queue, machine_queue, worker_queue
 from jobqueue.states import JobStatus
+from jobqueue.transport.app import create_app
+from jobqueue.up.embedded import broker_answers
 from tests.conftest import RABBITMQ_URL, settings_env
 from tests.helpers import WorkerProcess, child_env
 

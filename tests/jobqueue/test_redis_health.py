@@ -1,4 +1,4 @@
-"""Every long-lived Redis connection is configured to notice a dead peer (jobqueue/redis_health.py).
+"""Every long-lived Redis connection is configured to notice a dead peer (jobqueue/transport/redis_health.py).
 
 The behaviour itself is tested through the real path in tests/monitor/test_dead_peer.py (a
 proxy that stops forwarding); these check that workers, clients and the monitor all get it.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import socket
 
-from jobqueue.celery_app import configure_app
 from jobqueue.config import Settings
-from jobqueue.redis_health import keepalive_options, redis_kwargs, socket_timeout
+from jobqueue.transport.app import configure_app
+from jobqueue.transport.redis_health import keepalive_options, redis_kwargs, socket_timeout
 
 
 def test_keepalive_probes_start_after_the_interval_and_give_up_after_three():

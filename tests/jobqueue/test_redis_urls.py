@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobqueue.config import default_result_backend
-from jobqueue.redis_urls import is_redis_url
+from jobqueue.transport.redis_urls import is_redis_url
 
 
 def test_tcp_tls_and_unix_socket_redis_urls_are_redis():

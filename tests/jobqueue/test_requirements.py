@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from jobqueue.comfyui_sim.models import checkpoint_workflow
-from jobqueue.connectors.comfyui_models import vram_of, workflow_models
+from jobqueue.connectors.comfyui.models import vram_of, workflow_models
 from jobqueue.errors import InvalidRequirementError
-from jobqueue.requirements import (
+from jobqueue.shared.requirements import (
     Capabilities,
     Requirements,
     capabilities_from_details,
@@ -21,6 +20,7 @@ from jobqueue.requirements import (
     satisfies,
     waiting_for,
 )
+from jobqueue.sims.comfyui.models import checkpoint_workflow
 from jobqueue.worker.capabilities import CapabilityGate
 
 

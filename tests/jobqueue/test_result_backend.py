@@ -6,8 +6,8 @@ from typing import Any
 
 from celery import states as celery_states
 
-from jobqueue import facts
-from jobqueue.result_backend import RedisBackend, backend_url
+from jobqueue.shared import job_record as facts
+from jobqueue.transport.results import RedisBackend, backend_url
 
 
 def _calls(client: Any, command: str) -> int:
@@ -21,7 +21,7 @@ def test_the_app_stores_results_through_the_riding_backend_on_the_same_redis(app
 
 
 def test_redis_over_a_unix_socket_keeps_celerys_own_spelling():
-    assert backend_url("redis+socket:///run/redis.sock") == "jobqueue.result_backend:RedisBackend+socket:///run/redis.sock"
+    assert backend_url("redis+socket:///run/redis.sock") == "jobqueue.transport.results:RedisBackend+socket:///run/redis.sock"
 
 
 def test_a_rider_lands_with_the_state_in_one_transaction(app, redis_client):
@@ -88,8 +88,8 @@ def test_a_rider_gets_the_replies_to_its_own_commands(app, redis_client):
 
 def test_a_job_whose_started_state_is_not_stored_starts_its_attempt_once_and_keeps_its_end(app, redis_client):
     # Given jobs run eagerly (Celery stores no STARTED state then, so nothing rides with it)
-    from jobqueue.client import prepare_job
-    from jobqueue.events import RUN_JOB_TASK
+    from jobqueue.client.jobs import prepare_job
+    from jobqueue.shared.names import RUN_JOB_TASK
 
     app.conf.task_store_eager_result = True
     ids = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobqueue.errors import ExecutionFailed, JobStalled, ServiceNotReached, ServiceUnavailable
-from jobqueue.retrying import BACKOFF_CAP, BACKOFF_FIRST, backoff, decide
+from jobqueue.worker.retrying import BACKOFF_CAP, BACKOFF_FIRST, backoff, decide
 
 
 def test_unreached_attempts_back_off_exponentially_up_to_the_cap():

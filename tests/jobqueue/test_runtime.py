@@ -15,7 +15,7 @@ import pytest
 from jobqueue.config import Settings
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
 from jobqueue.errors import ExecutionFailed, JobStalled, ServiceUnavailable
-from jobqueue.events import CONNECTOR_STATUS
+from jobqueue.shared.names import CONNECTOR_STATUS
 from jobqueue.states import ConnectorStatus
 from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop

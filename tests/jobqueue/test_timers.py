@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from jobqueue.timers import TimerThread
+from jobqueue.worker.timers import TimerThread
 from tests.helpers import wait_for
 
 

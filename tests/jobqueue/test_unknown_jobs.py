@@ -6,8 +6,8 @@ import pytest
 
 from jobqueue import get_job, submit_batch, submit_job, submit_workflow
 from jobqueue.errors import JobNotFound
+from jobqueue.shared.submissions import record_key
 from jobqueue.states import JobStatus
-from jobqueue.submitted import record_key
 from tests.helpers import quick
 
 

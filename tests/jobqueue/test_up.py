@@ -17,10 +17,10 @@ import psutil
 import pytest
 import requests
 
-from jobqueue.client import get_job, submit_job
-from jobqueue.embedded import free_port, port_is_free
+from jobqueue.client.jobs import get_job, submit_job
 from jobqueue.states import JobStatus
-from jobqueue.supervisor import ChildSpec, RestartPolicy, Supervisor
+from jobqueue.up.embedded import free_port, port_is_free
+from jobqueue.up.supervisor import ChildSpec, RestartPolicy, Supervisor
 from tests.helpers import wait_for
 from tests.jobqueue.up_process import UpProcess, alive, up_env
 
@@ -246,7 +246,7 @@ def test_a_simulator_killed_under_up_comes_back_and_the_job_in_flight_completes(
 
 
 def _start_simulator() -> tuple[subprocess.Popen[bytes], Path]:
-    proc = subprocess.Popen([sys.executable, "-m", "jobqueue.comfyui_sim", "--port", "0", "--announce"],
+    proc = subprocess.Popen([sys.executable, "-m", "jobqueue.sims.comfyui", "--port", "0", "--announce"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     assert proc.stdout is not None
     info = json.loads(proc.stdout.readline())
@@ -280,7 +280,7 @@ def test_the_simulator_removes_its_temp_dir_and_those_of_dead_simulators():
 
 
 def test_a_component_that_cannot_run_names_the_extra_that_brings_it():
-    from jobqueue.up import install_hint
+    from jobqueue.up.runner import install_hint
 
     assert "pip install 'jobqueue[monitor]'" in install_hint("monitor")
     assert "pip install 'jobqueue[comfyui-sim]'" in install_hint("comfyui-sim")

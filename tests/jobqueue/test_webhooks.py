@@ -18,9 +18,9 @@ import redis
 
 from jobqueue import submit_job
 from jobqueue.errors import SubmitError
-from jobqueue.routing import redis_queue_keys
+from jobqueue.shared.routing import redis_queue_keys
 from jobqueue.states import JobStatus
-from jobqueue.webhooks import build_delivery, read_attempts, sign, verify
+from jobqueue.worker.webhooks import build_delivery, read_attempts, sign, verify
 from tests.helpers import busy_worker, quick, wait_for
 from tests.webhook_receiver import Receiver
 
@@ -122,7 +122,7 @@ def test_a_receiver_that_answers_500_twice_gets_the_third_try_with_the_same_id_a
                                                                                 (3, 200, True)]
     # And the monitor's job page gets them from its API
     from monitor.app import create_app
-    from monitor.apply import apply
+    from monitor.merge.apply import apply
 
     flask_app = create_app(settings.model_copy(update={"monitor_db": f"sqlite:///{tmp_path / 'hooks.db'}"}))
     with flask_app.extensions["jobqueue_monitor"].store.write() as tx:

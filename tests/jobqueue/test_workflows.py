@@ -13,10 +13,10 @@ import pytest
 
 from jobqueue import JobFailed, WorkflowFailed, get_job, get_workflow, submit_job, submit_workflow
 from jobqueue.errors import InvalidPayloadError, SubmitError, UnknownServiceError, WorkflowNotFound
-from jobqueue.events import job_meta_from_kwargs
-from jobqueue.routing import broker_priority, redis_queue_keys
+from jobqueue.shared.names import job_meta_from_kwargs
+from jobqueue.shared.routing import broker_priority, redis_queue_keys
+from jobqueue.shared.steps import placeholder_paths, resolve_placeholders
 from jobqueue.states import JobStatus
-from jobqueue.workflow_steps import placeholder_paths, resolve_placeholders
 from tests.helpers import busy_worker, finished_order, quick, wait_for
 
 # -- unit: placeholders ---------------------------------------------------------------------

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psutil
 
-from jobqueue.embedded import free_port
-from jobqueue.procs import ChildProcess, signal_group
+from jobqueue.up.embedded import free_port
+from jobqueue.up.procs import ChildProcess, signal_group
 from tests.helpers import ROOT, child_env, wait_for
 
 

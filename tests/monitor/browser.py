@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from jobqueue.config import Settings
-from jobqueue.embedded import free_port
-from jobqueue.procs import ChildProcess
+from jobqueue.up.embedded import free_port
+from jobqueue.up.procs import ChildProcess
 from tests.conftest import settings_env
 from tests.helpers import ROOT, child_env, wait_for
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from jobqueue.config import Settings
-from jobqueue.embedded import free_port
-from jobqueue.procs import ChildProcess, monitor_command
-from monitor.hub import ChangeHub
+from jobqueue.up.embedded import free_port
+from jobqueue.up.procs import ChildProcess, monitor_command
+from monitor.ingest.hub import ChangeHub
 from monitor.store import Store
 from tests.helpers import ROOT
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from jobqueue.a1111_sim.process import A1111SimulatorProcess
+from jobqueue.sims.a1111.process import A1111SimulatorProcess
 from tests.monitor import browser
 
 chromium = browser.chromium

@@ -10,7 +10,7 @@ import pytest
 from jobqueue.config import Settings
 from jobqueue.errors import ConfigError
 from monitor.app import create_app
-from monitor.apply import apply
+from monitor.merge.apply import apply
 from monitor.server import Monitor
 
 T0 = 1_700_000_000.0

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from jobqueue.errors import MalformedEvent
-from monitor.apply import apply, expire
+from monitor.merge.apply import apply, expire
 from monitor.store import Store
 
 T0 = 1_700_000_000.0

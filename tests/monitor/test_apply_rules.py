@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from jobqueue.states import JobStatus, empty_progress
-from monitor.apply_rules import JobOutcome, JobState, final_progress, job_rule
+from monitor.merge.job_rules import JobOutcome, JobState, final_progress, job_rule
 
 T0 = 1_700_000_000.0
 

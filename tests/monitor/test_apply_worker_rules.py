@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monitor.apply_worker_rules import (
+from monitor.merge.worker_rules import (
     WORKER_HEARTBEAT,
     WORKER_OFFLINE,
     ConnectorReport,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from jobqueue.client import submit_job
-from jobqueue.routing import MAX_PRIORITY, MIN_PRIORITY
-from monitor.broker import monitor_celery_app, queue_depths
+from jobqueue.client.jobs import submit_job
+from jobqueue.shared.routing import MAX_PRIORITY, MIN_PRIORITY
+from monitor.web.broker import monitor_celery_app, queue_depths
 
 
 def test_queue_depths_count_jobs_of_every_priority(settings):

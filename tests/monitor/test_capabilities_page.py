@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import requests
 
-from jobqueue.client import get_job
-from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
+from jobqueue.client.jobs import get_job
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
 from tests.capability_fixtures import comfy_worker, start_sim
 from tests.helpers import wait_for
 from tests.monitor import browser

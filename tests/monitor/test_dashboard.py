@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from jobqueue.events import RUN_JOB_TASK
+from jobqueue.shared.names import RUN_JOB_TASK
 from tests.helpers import wait_for
 from tests.monitor import browser
 from tests.monitor.browser import PHONE, TOKEN, Pages, log_in, screenshot
@@ -378,7 +378,7 @@ def job_status(monitor: Any, job_id: str) -> str | None:
 
 
 def test_a_workflow_shows_its_steps_together_with_live_etas_and_payload_summaries(app, start_worker, pages, live_monitor):
-    from jobqueue.workflows import submit_workflow
+    from jobqueue.client.workflows import submit_workflow
 
     # Given a worker (one job at a time) whose service has a known completion-time median
     start_worker("gpu0")

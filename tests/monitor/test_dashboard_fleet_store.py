@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from bench.s3 import MotoS3Server
-from jobqueue.comfyui_sim.process import SimulatorProcess
-from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
+from jobqueue.sims.comfyui.process import SimulatorProcess
 from tests.helpers import wait_for
 from tests.monitor import browser
 from tests.monitor.browser import screenshot

@@ -15,7 +15,7 @@ import redis
 
 from jobqueue import submit_job
 from jobqueue.states import JobStatus
-from monitor.rawreader import RawEventReader
+from monitor.ingest.raw_reader import RawEventReader
 from tests.blackhole import BlackholeProxy
 from tests.helpers import quick, wait_for
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from monitor.eta import annotate, busy_until
+from monitor.web.eta import annotate, busy_until
 
 NOW = 1_800_000_000.0
 

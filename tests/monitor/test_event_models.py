@@ -1,5 +1,5 @@
-"""The typed models of wire events (monitor.event_models) and the gate that applies them
-(monitor.validate): what passes, what is refused and why, and that they refuse no event the
+"""The typed models of wire events (monitor.ingest.event_models) and the gate that applies them
+(monitor.ingest.validate): what passes, what is refused and why, and that they refuse no event the
 merge would take other than the lies they are there to stop."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from bench.event_check import decoded_events
 from jobqueue.errors import MalformedEvent
-from monitor.apply import apply
+from monitor.ingest.validate import EventGate, check, refusal
+from monitor.merge.apply import apply
 from monitor.store import Store
-from monitor.validate import EventGate, check, refusal
 
 NOW = 1_800_000_000.0
 WINDOW = 300.0

@@ -9,8 +9,8 @@ from __future__ import annotations
 import signal
 import time
 
-from jobqueue.client import submit_job
-from jobqueue.workflows import submit_workflow
+from jobqueue.client.jobs import submit_job
+from jobqueue.client.workflows import submit_workflow
 from tests.helpers import wait_for
 from tests.monitor.conftest import comparable
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from jobqueue.config import Settings
 from monitor.app import create_app
-from monitor.apply import apply
+from monitor.merge.apply import apply
 from tests.monitor.hostile_data import plant, seed_events, strict_json
 
 #: Requests the fuzz sends in all (the acceptance asks for at least 5,000), in batches: one

@@ -7,12 +7,12 @@ import json
 import time
 from typing import Any
 
-from monitor import history
 from monitor.app import create_app
-from monitor.hub import ChangeHub
+from monitor.ingest.hub import ChangeHub
+from monitor.ingest.writer import Writer
+from monitor.metrics import history
+from monitor.metrics.totals import Totals
 from monitor.store import Store
-from monitor.totals import Totals
-from monitor.writer import Writer
 
 SETTINGS = {"broker_url": "redis://127.0.0.1:6379/14"}
 

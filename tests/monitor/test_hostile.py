@@ -23,8 +23,8 @@ import requests
 import websocket
 
 from jobqueue import submit_job
-from jobqueue.embedded import free_port
 from jobqueue.states import JobStatus
+from jobqueue.up.embedded import free_port
 from tests.helpers import quick, wait_for
 from tests.monitor import browser
 from tests.monitor.hostile_data import FUTURE, HUGE, plant, seed_events, strict_json

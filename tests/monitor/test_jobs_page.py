@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from jobqueue.events import RUN_JOB_TASK
-from monitor.apply import apply
+from jobqueue.shared.names import RUN_JOB_TASK
+from monitor.merge.apply import apply
 from monitor.store import Store
 from tests.helpers import wait_for
 from tests.monitor import browser

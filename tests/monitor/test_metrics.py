@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobqueue import submit_job
 from monitor.app import create_app
-from monitor.hub import ChangeHub
+from monitor.ingest.hub import ChangeHub
+from monitor.ingest.writer import Writer
+from monitor.metrics.totals import RUNTIME_BUCKETS, Totals
 from monitor.store import Store
-from monitor.totals import RUNTIME_BUCKETS, Totals
-from monitor.writer import Writer
 from tests.helpers import quick, wait_for
 
 T0 = 1_700_000_000.0

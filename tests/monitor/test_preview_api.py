@@ -10,8 +10,8 @@ import pytest
 
 from jobqueue.config import Settings
 from jobqueue.errors import MalformedEvent
-from jobqueue.previews import RedisPreviewStore
-from monitor.apply import apply
+from jobqueue.shared.previews import RedisPreviewStore
+from monitor.merge.apply import apply
 from monitor.store import Store
 
 T0 = 1_700_000_000.0

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import requests
 
-from jobqueue.client import submit_job
-from jobqueue.comfyui_sim.process import SimulatorProcess
+from jobqueue.client.jobs import submit_job
+from jobqueue.sims.comfyui.process import SimulatorProcess
 from jobqueue.states import JobStatus
 from tests.helpers import wait_for
 from tests.monitor import browser

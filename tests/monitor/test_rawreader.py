@@ -1,4 +1,4 @@
-"""The raw Redis reader of the event stream (monitor/rawreader.py) on a private redis-server:
+"""The raw Redis reader of the event stream (monitor/ingest/raw_reader.py) on a private redis-server:
 it yields exactly what Celery's EventReceiver yields for real Dispatcher events, counts what
 does not decode, and comes back after Redis drops its connection.
 """
@@ -16,11 +16,11 @@ import redis
 from celery import Celery
 
 from bench.common import RedisServer, encode_event
-from monitor.collector import EventCollector, wait_connected
-from monitor.hub import ChangeHub
-from monitor.rawreader import EventDecoder, RawEventReader, event_source
+from monitor.ingest.collector import EventCollector, wait_connected
+from monitor.ingest.hub import ChangeHub
+from monitor.ingest.raw_reader import EventDecoder, RawEventReader, event_source
+from monitor.ingest.writer import Writer
 from monitor.store import Store
-from monitor.writer import Writer
 from tests.helpers import wait_for
 from tests.monitor.test_stream import envelope
 

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 import websocket
 
-from jobqueue.client import submit_job
+from jobqueue.client.jobs import submit_job
 from tests.helpers import wait_for
 from tests.monitor.conftest import comparable
 

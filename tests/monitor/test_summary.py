@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from jobqueue.connectors.comfyui import EXAMPLE_WORKFLOW
-from jobqueue.summary import MAX_SUMMARY, summarize_payload
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
+from jobqueue.shared.summary import MAX_SUMMARY, summarize_payload
 
 
 def test_a_comfyui_payload_is_summarised_by_node_count_and_class_types():

@@ -10,8 +10,8 @@ from typing import Any
 
 import requests
 
-from jobqueue.client import submit_job
-from jobqueue.workflows import submit_workflow
+from jobqueue.client.jobs import submit_job
+from jobqueue.client.workflows import submit_workflow
 from tests.helpers import wait_for
 
 QUICK = {"steps": 2, "step_seconds": 0.1, "output": "ok"}

@@ -6,7 +6,7 @@ the few milliseconds by which an event's timestamp differs from the recorded fac
 each event, what the result backend holds (Celery's record and the job's facts). Monitor A
 sees the events from ``a_start`` to ``a_stop`` and repairs when it starts (from the backend as
 it was then) and at the end; monitor B likewise with its own window. Real stores (SQLite), the
-real merge (:func:`monitor.apply.apply`) and the real rebuild (:func:`monitor.rebuild.job_events`).
+real merge (:func:`monitor.merge.apply.apply`) and the real rebuild (:func:`monitor.repair.rebuild.job_events`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.apply import apply
-from monitor.rebuild import job_events
+from monitor.merge.apply import apply
+from monitor.repair.rebuild import job_events
 from monitor.store import FINAL_STATUSES, Store
 from tests.monitor.test_truth import differences
 

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import insert
 
 from jobqueue.config import Settings
-from monitor.apply import apply, result_from_repr
-from monitor.rebuild import job_events
+from monitor.ingest.validate import EventGate, refusal
+from monitor.merge.apply import apply, result_from_repr
+from monitor.repair.rebuild import job_events
 from monitor.store import Job, Store
-from monitor.validate import EventGate, refusal
 
 T0 = 1_700_000_000.0
 META = '{"service": "simulation", "priority": 5, "queue": "simulation", "submitted_at": 1700000000.0}'

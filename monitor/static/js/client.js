@@ -13,7 +13,7 @@
   const priority = document.getElementById("priority");
   const error = document.getElementById("submit-error");
   const submitted = document.getElementById("submitted");
-  const STORE = "jobqueue.client.submitted";
+  const STORE = "jobqueue.client.jobs.submitted";
   // Jobs created from this tab, newest first (kept for the tab's life across reloads).
   let mine = [];
   try { mine = JSON.parse(sessionStorage.getItem(STORE) || "[]").filter((id) => typeof id === "string"); } catch (exc) { mine = []; }

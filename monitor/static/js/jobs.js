@@ -30,7 +30,7 @@ const JQJobs = (function () {
     return (err.type ? err.type + ": " : "") + (err.message || "");
   }
 
-  // Queue positions and expected waits. The rule lives on the server (monitor/eta.py):
+  // Queue positions and expected waits. The rule lives on the server (monitor/web/eta.py):
   // /api/estimates is asked after a snapshot and whenever a job, worker or service changes
   // while jobs are queued (they depend on every other job, so deltas do not carry them); a
   // wait counts down from the server time it was computed at. A snapshot's (or a REST job's)

@@ -1,0 +1,85 @@
+"""Why a queued job is not running: its requirements against the online workers, from a client.
+
+The monitor answers the same question from its store (``waiting_for`` in ``GET /api/jobs/<id>``);
+a client without a monitor asks here. At submit, a job with requirements records them next to
+its result (:func:`remember`, one Redis key that expires with the results); later
+:func:`job_waiting_for` asks every online worker for its capabilities (the ``connector_status``
+command) and lets :func:`jobqueue.shared.requirements.waiting_for` say what nobody has.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from jobqueue.shared.names import CONTROL_CONNECTOR_STATUS
+from jobqueue.shared.requirements import Capabilities, Requirements, waiting_for, worker_capabilities
+
+log = logging.getLogger(__name__)
+
+#: Seconds a client waits for workers' answers.
+INSPECT_TIMEOUT = 1.0
+
+
+def _key(job_id: str) -> str:
+    return f"jobqueue-requires-{job_id}"
+
+
+def _client(app: Any) -> Any:
+    client = getattr(app.backend, "client", None)
+    return client if client is not None and hasattr(client, "set") else None
+
+
+def queue_remember(pipe: Any, app: Any, job_id: str, service: str, req: Requirements) -> None:
+    """Add :func:`remember`'s write to ``pipe`` (a pipeline on the result backend's Redis)."""
+    if not req.is_empty:
+        pipe.set(_key(job_id), json.dumps({"service": service, "requires": req.as_dict()}),
+                 ex=int(app.conf.result_expires or 86400))
+
+
+def remember(app: Any, job_id: str, service: str, req: Requirements) -> None:
+    """Record a job's requirements for :func:`job_waiting_for` (no-op without a Redis backend)."""
+    client = _client(app)
+    if client is None or req.is_empty:
+        return
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            queue_remember(pipe, app, job_id, service, req)
+            pipe.execute()
+    except Exception:  # the job is sent anyway; only the client-side reason is lost
+        log.warning("could not record the requirements of job %s", job_id, exc_info=True)
+
+
+def recorded(app: Any, job_id: str) -> tuple[str | None, Requirements]:
+    """``(service, requirements)`` recorded at submit (empty when none)."""
+    client = _client(app)
+    if client is None:
+        return None, Requirements()
+    try:
+        raw = client.get(_key(job_id))
+        data = json.loads(raw) if raw else {}
+    except Exception:
+        log.warning("could not read the requirements of job %s", job_id, exc_info=True)
+        return None, Requirements()
+    service = data.get("service") if isinstance(data, dict) else None
+    return (service if isinstance(service, str) else None), Requirements.from_dict(data.get("requires") if isinstance(data, dict) else None)
+
+
+def online_capabilities(app: Any, timeout: float = INSPECT_TIMEOUT) -> list[Capabilities]:
+    """Capabilities of every worker that answers ``connector_status`` within ``timeout``."""
+    replies = app.control.broadcast(CONTROL_CONNECTOR_STATUS, reply=True, timeout=timeout) or []
+    out: list[Capabilities] = []
+    for reply in replies:
+        for name, snapshot in (reply or {}).items():
+            if isinstance(snapshot, dict) and isinstance(snapshot.get("connectors"), dict):
+                out += worker_capabilities(snapshot.get("worker") or name, snapshot["connectors"])
+    return out
+
+
+def job_waiting_for(app: Any, job_id: str, timeout: float = INSPECT_TIMEOUT) -> str | None:
+    """Why no online worker can run ``job_id`` (None when one can, or it needs nothing)."""
+    service, req = recorded(app, job_id)
+    if req.is_empty:
+        return None
+    return waiting_for(service, req, online_capabilities(app, timeout))

@@ -1,9 +1,0 @@
-"""A simulated ComfyUI (v0.3.64 protocol) for tests and demos: real HTTP + websocket,
-model-free nodes, caching, and fault switches. Start one with
-``python -m jobqueue.comfyui_sim --port 8188`` or :func:`jobqueue.comfyui_sim.server.run`."""
-
-from __future__ import annotations
-
-from jobqueue.comfyui_sim.server import SimServer, SimulatorThread, run
-
-__all__ = ["SimServer", "SimulatorThread", "run"]

@@ -1,0 +1,466 @@
+"""The ``comfyui`` connector: run an API-format workflow on one ComfyUI, never hang.
+
+How one job runs (the protocol details live in :mod:`jobqueue.connectors.comfyui.protocol`):
+
+1. The websocket ``/ws?clientId=<ours>`` is open before anything is posted (it stays open
+   between jobs; a reader thread reconnects it with capped backoff).
+2. POST /prompt with our ``client_id`` and a fresh ``prompt_id``; a 400 fails the job at
+   once with ComfyUI's error type, message and node errors.
+3. Messages for our prompt move a :class:`PromptTracker`; progress is reported from it.
+4. Whenever the socket has been quiet for ``QUIET_POLL`` seconds (and right after the POST
+   when the socket was not open), GET /queue and /history/{id} tell whether the prompt
+   already ended, is still queued/running, or was lost. With the socket open, the happy path
+   makes no poll: a cached run's end arrives as a message within milliseconds.
+5. Every end is confirmed through GET /history/{id}; outputs are fetched via GET /view into
+   the output store, ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/`` (jobqueue.shared.outputs).
+
+The REST calls live in :mod:`jobqueue.connectors.comfyui.rest`, the socket and the routing of
+its messages in :mod:`jobqueue.connectors.comfyui.ws`, the payload rules in
+:mod:`jobqueue.connectors.payloads` (the example workflow in :mod:`jobqueue.connectors.comfyui.payload`).
+
+Liveness, not silence (ComfyUI sends nothing while a node without a progress bar runs): the
+job is stalled (:class:`JobStalled`, retried elsewhere) only when ComfyUI stops answering (no
+websocket message and no answer to a short GET /queue for ``stall_timeout`` s), or when the
+prompt has been listed as running with no message at all for longer than ``node_timeout``. A
+prompt that left the queue without a result is lost (:class:`ServiceUnavailable`). The job's
+absolute timeout comes from ``job.check()``.
+
+Every prompt is written into the connector's orphan book before it is posted and struck out
+when ComfyUI confirms it ended; an abandoned one is deleted or interrupted as soon as ComfyUI
+answers again, before the next job (see :mod:`jobqueue.connectors.orphans`). Binary preview
+frames go to ``job.report_preview``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from jobqueue.config import Settings
+from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
+from jobqueue.connectors.comfyui import models as comfyui_models
+from jobqueue.connectors.comfyui.payload import EXAMPLE_WORKFLOW
+from jobqueue.connectors.comfyui.protocol import (
+    ERROR,
+    INTERRUPTED,
+    SUCCESS,
+    PromptTracker,
+    describe_execution_error,
+    describe_validation_error,
+    outcome_from_history,
+    output_files,
+    queue_position,
+)
+from jobqueue.connectors.comfyui.rest import ComfyUIRest, reason
+from jobqueue.connectors.comfyui.ws import Mailbox, PromptRouter, Wake, WebSocketListener
+from jobqueue.connectors.payloads import ComfyUIPayload, validate_comfyui
+from jobqueue.errors import (
+    ExecutionFailed,
+    JobCancelled,
+    JobStalled,
+    JobTimedOut,
+    ServiceNotReached,
+    ServiceUnavailable,
+)
+from jobqueue.shared.outputs import save_output
+from jobqueue.states import ConnectorStatus
+
+log = logging.getLogger(__name__)
+
+#: Seconds of websocket silence after which /queue and /history are polled.
+QUIET_POLL = 2.0
+#: Timeout (s) of GET /system_stats in health checks.
+HEALTH_TIMEOUT = 3.0
+#: Longest wait (s) for the websocket before a job starts.
+CONNECT_WAIT = 5.0
+#: How long (s) a finished prompt may take to appear in /history.
+CONFIRM_WAIT = 5.0
+#: How long (s) a cancelled job waits for ComfyUI to confirm the interrupt.
+CANCEL_GRACE = 5.0
+#: Longest a job waits (s) for abandoned prompts to leave ComfyUI's queue before it posts its own.
+ORPHAN_WAIT = 10.0
+#: Longest a health check waits (s) for abandoned prompts to leave ComfyUI's queue.
+ORPHAN_HEALTH_WAIT = 5.0
+#: Seconds between two stop requests for the same abandoned prompt.
+ORPHAN_RESEND = 1.0
+
+__all__ = ["EXAMPLE_WORKFLOW", "ComfyUIConnector"]
+
+
+class ComfyUIConnector(Connector):
+    """Runs API-format workflows on the ComfyUI of this worker's GPU."""
+
+    service = "comfyui"
+    example_payload = {"workflow": EXAMPLE_WORKFLOW}
+    payload_models = (ComfyUIPayload,)
+
+    def __init__(self, settings: Settings, *, gpu: int = 0) -> None:
+        super().__init__(settings, gpu=gpu)
+        self.base_url = settings.comfyui_url_for(gpu).rstrip("/")
+        #: One stable client id for the connector's life: the websocket and every prompt use it.
+        self.client_id = uuid.uuid4().hex
+        ws_base = "ws" + self.base_url[4:] if self.base_url.startswith("http") else self.base_url
+        self._router = PromptRouter()
+        self._listener = WebSocketListener(f"{ws_base}/ws?clientId={self.client_id}", self._router.dispatch,
+                                           self._router.connection_changed)
+        self._rest = ComfyUIRest(self.base_url)
+        self._suspect = False
+        #: Prompts this process is following right now (never cleaned up as orphans).
+        self._active: set[str] = set()
+        self._orphan_lock = threading.Lock()
+        self._closing = threading.Event()
+
+    # -- payload ---------------------------------------------------------------------------
+    @classmethod
+    def validate(cls, payload: Any) -> dict[str, Any]:
+        return validate_comfyui(payload)
+
+    @classmethod
+    def required_models(cls, payload: Mapping[str, Any]) -> list[str]:
+        return comfyui_models.workflow_models(payload.get("workflow"))
+
+    def capabilities(self, details: Mapping[str, Any]) -> dict[str, Any] | None:
+        return comfyui_models.capabilities(self.base_url, details, HEALTH_TIMEOUT)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._listener.start()
+
+    def stop(self) -> None:
+        """Close the socket; prompts still running stay in the orphan book for the next start."""
+        self._closing.set()
+        for prompt_id in list(self._active):
+            self.orphans.add(prompt_id, reason="worker stopped")
+            self._rest.stop_prompt(prompt_id, timeout=1.0)
+        self.orphans.flush()
+        self._listener.stop()
+        self._rest.close()
+
+    # -- health ----------------------------------------------------------------------------
+    def check_health(self) -> Health:
+        url = f"{self.base_url}/system_stats"
+        try:
+            response = requests.get(url, timeout=(HEALTH_TIMEOUT, HEALTH_TIMEOUT))
+        except requests.ConnectionError as exc:
+            return Health(ConnectorStatus.OFFLINE, f"ComfyUI at {self.base_url} is unreachable: {reason(exc)}",
+                          {"url": self.base_url})
+        except requests.Timeout:
+            return Health(ConnectorStatus.ERROR, f"ComfyUI at {self.base_url} did not answer within {HEALTH_TIMEOUT} s",
+                          {"url": self.base_url})
+        if response.status_code != 200:
+            return Health(ConnectorStatus.ERROR, f"ComfyUI /system_stats answered {response.status_code}",
+                          {"url": self.base_url})
+        try:
+            stats = response.json()
+            system = stats.get("system") or {}
+            devices = [{k: d.get(k) for k in ("name", "type", "vram_total", "vram_free")} for d in stats.get("devices") or []]
+        except (ValueError, AttributeError) as exc:
+            return Health(ConnectorStatus.ERROR, f"ComfyUI /system_stats is not what we expect: {exc}", {"url": self.base_url})
+        self._listener.nudge()  # ComfyUI answers: reconnect the websocket now, not after its backoff
+        try:
+            left = self.clean_orphans(timeout=HEALTH_TIMEOUT, wait=ORPHAN_HEALTH_WAIT)
+        except ServiceUnavailable as exc:
+            return Health(ConnectorStatus.ERROR, f"cannot remove abandoned prompts: {exc}", {"url": self.base_url})
+        if left:
+            return Health(ConnectorStatus.ERROR, f"waiting for ComfyUI to stop {len(left)} abandoned prompt(s): "
+                          f"{', '.join(sorted(left))}", {"url": self.base_url, "orphans": sorted(left)})
+        return Health(ConnectorStatus.IDLE, "", {
+            "url": self.base_url,
+            "comfyui_version": system.get("comfyui_version"),
+            "python_version": system.get("python_version"),
+            "pytorch_version": system.get("pytorch_version"),
+            "devices": devices,
+            "websocket": "connected" if self._listener.connected.is_set() else "disconnected",
+        })
+
+    # -- running a job ---------------------------------------------------------------------
+    def run(self, job: Job, report_progress: ProgressReporter) -> dict[str, Any]:
+        payload = self.validate(job.payload)
+        workflow = payload["workflow"]
+        stall = float(payload.get("stall_timeout") or job.options.get("stall_timeout") or self.settings.stall_timeout)
+        node_limit = float(payload.get("node_timeout") or job.options.get("node_timeout")
+                           or self.settings.comfyui_node_timeout)
+        if payload.get("timeout"):
+            job.options["timeout"] = payload["timeout"]
+            job.deadline = job.started + payload["timeout"]
+        job.check()
+        self._ready(job, stall)
+        prompt_id = str(uuid.uuid4())
+        box = Mailbox()
+        self._router.register(prompt_id, box, job.id)
+        # Written down before the POST: if this process dies, the next one removes the prompt.
+        self._active.add(prompt_id)
+        self.orphans.add(prompt_id, url=self.base_url, job_id=job.id)
+        ended = False
+        try:
+            # No "submitting" report: the task's start already says the job runs, and the
+            # tracker reports as soon as ComfyUI starts the prompt (a cached one needs none).
+            try:
+                given = self._submit(workflow, prompt_id, box, stall)
+            except ExecutionFailed:
+                ended = True  # refused: nothing was queued
+                raise
+            if given != prompt_id:  # an older ComfyUI chose its own id: book that one instead
+                self._active.add(given)
+                self.orphans.add(given, url=self.base_url, job_id=job.id)
+                self._active.discard(prompt_id)
+                self.orphans.discard(prompt_id)
+                prompt_id = given
+            try:
+                result = self._follow(job, PromptTracker(prompt_id, workflow), box, report_progress, stall, node_limit)
+                ended = True
+                return result
+            except ExecutionFailed:
+                ended = True  # ComfyUI ran it and said how it ended
+                raise
+            except (JobStalled, JobTimedOut, ServiceUnavailable) as exc:
+                self.orphans.add(prompt_id, reason=type(exc).__name__)
+                self._rest.stop_prompt(prompt_id, timeout=1.0)
+                raise
+        finally:
+            self._active.discard(prompt_id)
+            if ended:
+                self.orphans.discard(prompt_id)
+            self._router.unregister(prompt_id, job.id)
+
+    def cancel(self, job: Job) -> None:
+        """Flag the job and wake it: its own thread removes or interrupts the prompt."""
+        job.cancelled.set()
+        self._router.wake_job(job.id, "cancel")
+
+    def _ready(self, job: Job, stall: float) -> None:
+        """Make sure the websocket is open before posting; fail fast when ComfyUI is down."""
+        self._listener.start()
+        if self._suspect or not self._listener.connected.is_set():
+            # The last job stalled or the socket is down: ask once, quickly, before waiting.
+            try:
+                self._rest.get_json("/system_stats", timeout=1.5)
+            except requests.Timeout:
+                raise ServiceNotReached(f"ComfyUI at {self.base_url} does not answer", {"url": self.base_url}) from None
+            except ServiceUnavailable as exc:
+                raise ServiceNotReached(exc.message, exc.details) from None
+            self._suspect = False
+            self._listener.nudge()
+        deadline = time.monotonic() + min(CONNECT_WAIT, stall)
+        while not self._listener.connected.wait(0.1):
+            job.check()
+            if time.monotonic() >= deadline:
+                raise ServiceNotReached(f"cannot open ComfyUI's websocket: {self._listener.last_error or 'no answer'}",
+                                        {"url": self.base_url})
+        # Abandoned prompts go before ours; ours then queues behind any still stopping.
+        try:
+            self.clean_orphans(timeout=max(0.5, min(3.0, stall / 2)), wait=ORPHAN_WAIT, job=job)
+        except ServiceUnavailable as exc:
+            raise ServiceNotReached(exc.message, exc.details) from None
+
+    def _submit(self, workflow: dict[str, Any], prompt_id: str, box: Mailbox, stall: float) -> str:
+        body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
+        try:
+            response = self._rest.request("POST", "/prompt", json=body, timeout=max(1.0, min(10.0, stall)))
+        except requests.Timeout:
+            # It may still arrive after a thaw: the orphan book has it, so it gets removed then.
+            self._suspect = True
+            raise ServiceNotReached(f"ComfyUI at {self.base_url} did not answer POST /prompt",
+                                    {"url": self.base_url}) from None
+        except ServiceUnavailable as exc:
+            raise ServiceNotReached(exc.message, exc.details) from None
+        if response.status_code == 400:
+            try:
+                error_body = response.json()
+            except ValueError:
+                error_body = {"error": {"type": "invalid_prompt", "message": response.text[:500]}}
+            message, details = describe_validation_error(error_body)
+            raise ExecutionFailed(message, details)
+        if response.status_code != 200:
+            raise ServiceUnavailable(f"ComfyUI answered {response.status_code} to POST /prompt: {response.text[:300]}",
+                                     {"url": self.base_url, "status": response.status_code})
+        answer = response.json()
+        given = str(answer.get("prompt_id") or prompt_id)
+        if given != prompt_id:  # an older ComfyUI that picks its own ids
+            self._router.unregister(prompt_id)
+            self._router.register(given, box)
+        return given
+
+    def _follow(self, job: Job, tracker: PromptTracker, box: Mailbox, report: ProgressReporter,
+                stall: float, node_limit: float) -> dict[str, Any]:
+        """Follow the prompt to its end; judge liveness by answers, never by silence alone.
+
+        ``last_answer``: the last websocket message of any kind or answer to GET /queue.
+        ``last_ours``: the last message about our prompt (or when it started running).
+        """
+        prompt_id = tracker.prompt_id
+        last_answer = last_ours = time.monotonic()
+        last_poll = float("-inf")
+        poll_every = max(0.25, min(QUIET_POLL, stall / 2))
+        probe_failed = False
+        where: str | None = None
+        cancel_sent_at: float | None = None
+        reported = None
+        # With the socket open, the end of even a cached run arrives as a message: no poll.
+        # Without it (or once it drops), ask /queue and /history right away.
+        poll_now = not self._listener.connected.is_set()
+        while True:
+            if job.cancelled.is_set():
+                if cancel_sent_at is None:
+                    cancel_sent_at = time.monotonic()
+                    if self._rest.stop_prompt(prompt_id, timeout=3.0) != "running":
+                        raise JobCancelled("job was cancelled", {"prompt_id": prompt_id})
+                if tracker.finished or time.monotonic() - cancel_sent_at > CANCEL_GRACE:
+                    raise JobCancelled("job was cancelled; ComfyUI interrupted it", {"prompt_id": prompt_id})
+            else:
+                job.check()
+            for item in box.take(0 if poll_now else 0.25):
+                if isinstance(item, Wake):
+                    poll_now = poll_now or item.reason.startswith("disconnected")
+                elif isinstance(item, bytes):
+                    if tracker.feed_binary(item):
+                        last_ours = time.monotonic()
+                        if tracker.preview is not None:
+                            job.report_preview(tracker.preview, tracker.preview_type or "image/png")
+                elif tracker.feed(item):
+                    last_ours = time.monotonic()
+            now = time.monotonic()
+            last_answer = max(last_answer, self._listener.last_message_at)
+            progress = tracker.progress()
+            # Once the prompt has ended, the job's own end follows: a last "all nodes done"
+            # report would only cost a backend write and an event.
+            if progress != reported and not tracker.finished:
+                reported = progress
+                # 100 only once the result is in hand (the task reports completion itself).
+                report(percent=min(progress.percent, 99.9), step=progress.step, total_steps=progress.total_steps,
+                       node=progress.node, message=progress.message)
+            if tracker.finished and cancel_sent_at is None:
+                return self._confirm(job, tracker)
+            if poll_now or probe_failed or now - max(last_ours, last_poll) >= poll_every:
+                poll_now, last_poll = False, now
+                state, info = self._rest.where(prompt_id, max(0.5, min(3.0, stall / 2)))
+                probe_failed = state == "unknown"
+                if state == "history":
+                    if cancel_sent_at is not None:
+                        raise JobCancelled("job was cancelled", {"prompt_id": prompt_id})
+                    return self._finish(job, tracker, info)
+                if state == "lost":
+                    raise ServiceUnavailable(
+                        f"prompt {prompt_id} left ComfyUI's queue without a result (ComfyUI restarted?)",
+                        {"url": self.base_url, "prompt_id": prompt_id})
+                if state in ("running", "pending"):
+                    last_answer = time.monotonic()
+                    if state == "running" and where != "running":
+                        last_ours = last_answer  # the node limit counts from the start of running
+                    where = state
+            now = time.monotonic()
+            if probe_failed and now - last_answer > stall:
+                self._suspect = True
+                raise JobStalled(
+                    f"ComfyUI at {self.base_url} stopped answering: no websocket message and no answer to "
+                    f"GET /queue for {stall:g} s (websocket "
+                    f"{'connected' if self._listener.connected.is_set() else 'disconnected'})",
+                    {"url": self.base_url, "prompt_id": prompt_id, "stall_timeout": stall, "node": tracker.running})
+            if where == "running" and now - last_ours > node_limit:
+                raise JobStalled(
+                    f"prompt {prompt_id} has been running on ComfyUI with no message at all for {node_limit:g} s "
+                    f"(node limit; node {tracker.running or '?'})",
+                    {"url": self.base_url, "prompt_id": prompt_id, "node_timeout": node_limit,
+                     "node": tracker.running})
+
+    def clean_orphans(self, *, timeout: float, wait: float, job: Job | None = None) -> set[str]:
+        """Remove every abandoned prompt in the orphan book from ComfyUI: delete it when pending,
+        interrupt it (targeted) when running, strike it out once /queue no longer lists it.
+
+        Waits up to ``wait`` s for running ones to stop (ComfyUI honours an interrupt only at
+        the next progress update or node boundary). Returns the prompts still on the server;
+        raises :class:`ServiceUnavailable` when ComfyUI does not answer.
+        """
+        with self._orphan_lock:
+            left = {p for p in self.orphans.entries() if p not in self._active}
+            if not left:
+                return set()
+            deadline = time.monotonic() + wait
+            asked: dict[str, float] = {}
+            while True:
+                try:
+                    queue = self._rest.get_json("/queue", timeout)
+                except requests.Timeout:
+                    raise ServiceUnavailable(f"ComfyUI at {self.base_url} does not answer GET /queue",
+                                             {"url": self.base_url}) from None
+                now = time.monotonic()
+                for prompt_id in sorted(left):
+                    where = queue_position(queue, prompt_id)
+                    if where is None:
+                        log.info("comfyui: abandoned prompt %s is gone from %s", prompt_id, self.base_url)
+                        self.orphans.discard(prompt_id)
+                        left.discard(prompt_id)
+                    elif now - asked.get(prompt_id, float("-inf")) >= ORPHAN_RESEND:
+                        asked[prompt_id] = now
+                        log.warning("comfyui: removing abandoned prompt %s (%s) from %s", prompt_id, where, self.base_url)
+                        try:
+                            self._rest.remove(prompt_id, where, timeout)
+                        except requests.Timeout:
+                            raise ServiceUnavailable(f"ComfyUI at {self.base_url} did not answer a stop request",
+                                                     {"url": self.base_url}) from None
+                if not left or time.monotonic() >= deadline or self._closing.is_set():
+                    return left
+                if job is not None:
+                    job.sleep(0.05)
+                else:
+                    self._closing.wait(0.05)
+
+    def _confirm(self, job: Job, tracker: PromptTracker) -> dict[str, Any]:
+        """The websocket says the prompt ended: wait for /history to say how."""
+        deadline = time.monotonic() + CONFIRM_WAIT
+        delay = 0.005
+        while True:
+            try:
+                entry = self._rest.history(tracker.prompt_id, 3.0)
+            except requests.Timeout:
+                entry = None
+            if entry is not None:
+                return self._finish(job, tracker, entry)
+            if time.monotonic() >= deadline:
+                if tracker.outcome in (ERROR, INTERRUPTED) and tracker.error is not None:
+                    return self._finish(job, tracker, {"status": {"status_str": "error", "messages": [
+                        ["execution_error" if tracker.outcome == ERROR else "execution_interrupted", tracker.error]]}})
+                raise ServiceUnavailable(f"prompt {tracker.prompt_id} ended but ComfyUI's /history has no entry",
+                                         {"url": self.base_url, "prompt_id": tracker.prompt_id})
+            job.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def _finish(self, job: Job, tracker: PromptTracker, entry: Mapping[str, Any]) -> dict[str, Any]:
+        kind, data = outcome_from_history(entry)
+        if kind == INTERRUPTED:
+            if job.cancelled.is_set():
+                raise JobCancelled("job was cancelled; ComfyUI interrupted it", {"prompt_id": tracker.prompt_id})
+            raise ExecutionFailed(f"ComfyUI interrupted the prompt at node {data.get('node_id')} ({data.get('node_type')})",
+                                  {"prompt_id": tracker.prompt_id, **{k: data.get(k) for k in ("node_id", "node_type")}})
+        if kind != SUCCESS:
+            message, details = describe_execution_error(data)
+            raise ExecutionFailed(message, details)
+        outputs = dict(entry.get("outputs") or {})
+        files = self._fetch_files(job, outputs)
+        return {"prompt_id": tracker.prompt_id, "outputs": outputs, "files": files}
+
+    def _fetch_files(self, job: Job, outputs: Mapping[str, Any]) -> list[dict[str, str]]:
+        """Download every output file via GET /view into the output store (``<store>/<job id>/``)."""
+        files = output_files(outputs)
+        if not files:
+            return []
+        for item in files:
+            job.check()
+            params = {"filename": item["filename"], "subfolder": item["subfolder"], "type": item["type"]}
+            response = self._rest.request("GET", "/view", params=params, timeout=30.0, stream=True)
+            with response:
+                if response.status_code != 200:
+                    raise ExecutionFailed(f"ComfyUI has no output file {item['filename']!r} of node {item['node']} "
+                                          f"(GET /view answered {response.status_code})", dict(item))
+                try:
+                    item.update(save_output(self.settings, job.id, item["filename"],
+                                            response.iter_content(1 << 16), alternative=item["node"]))
+                except Exception as exc:  # any store error (OSError, botocore's own) fails the job clearly
+                    raise ExecutionFailed(f"could not store output file {item['filename']!r}: {exc}", dict(item)) from exc
+        return files

@@ -1,0 +1,290 @@
+"""The simulated WebUI's HTTP server: the ``/sdapi/v1/*`` and ``/internal/*`` routes jobqueue
+uses, on aiohttp, plus private fault switches for tests under ``/_sim/``.
+
+* ``POST /_sim/fault {"mode": ...}``: ``refuse`` (the server is down: close the listening
+  socket and cut open connections), ``freeze`` (hold every request, make no progress: a hung
+  process), ``slow`` (every answer takes ``slow_seconds`` longer), ``die`` (exit at once),
+  ``none`` (back to normal).
+* ``POST /_sim/config {"step_seconds": .., "load_seconds": .., "slow_seconds": .., "legacy": ..}``:
+  timing; ``legacy`` answers 404 on ``/internal/ping`` and ``/internal/progress``, like builds
+  before v1.6 (no task ids).
+* ``GET /_sim/requests``: the requests the WebUI routes received (method, path, query, body).
+* ``GET /_sim/state``: fault mode, ``shared.state``, the loaded checkpoint, images generated.
+
+The ``/_sim/`` routes are also served on an optional control port that keeps answering while
+the main port refuses or is frozen. Errors have the WebUI's shapes: FastAPI's 422 ``detail``
+lists (:mod:`jobqueue.sims.a1111.validation`) and ``api_middleware``'s
+``{"error", "detail", "body", "errors"}`` for exceptions raised in a route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from jobqueue.sims.a1111.engine import CHECKPOINTS, SAMPLERS, Engine, HTTPError
+from jobqueue.sims.a1111.validation import validate_request
+from jobqueue.sims.server import SimHTTPServer, SimulatorThread, run_until_signal
+
+log = logging.getLogger(__name__)
+
+#: Fault modes accepted by ``POST /_sim/fault``.
+FAULT_MODES = ("none", "refuse", "freeze", "slow", "die")
+_SIM_PREFIX = "/_sim/"
+#: Routes an older WebUI build does not have.
+_LEGACY_MISSING = ("/internal/ping", "/internal/progress")
+_BOOL_TRUE = {"1", "on", "t", "true", "y", "yes"}
+_BOOL_FALSE = {"0", "off", "f", "false", "n", "no"}
+
+
+def _exception_body(status: int, detail: str, name: str = "HTTPException") -> web.Response:
+    """``api_middleware.handle_exception``: how the WebUI answers an exception in a route."""
+    errors = f"{status}: {detail}" if name == "HTTPException" else detail
+    body = {"error": name, "detail": detail if name == "HTTPException" else "", "body": "", "errors": errors}
+    return web.json_response(body, status=status)
+
+
+class A1111SimServer(SimHTTPServer):
+    """One simulated WebUI: the engine, its routes, its socket and its fault switches."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 7860, *, flavour: str = "a1111",
+                 control_port: int | None = None, step_seconds: float = 0.05, load_seconds: float = 1.0) -> None:
+        super().__init__(host, port, control_port)
+        self.flavour = flavour
+        self.engine = Engine(flavour, step_seconds=step_seconds, load_seconds=load_seconds)
+        self.fault = "none"
+        self.slow_seconds = 2.0
+        #: Behave like a build before v1.6: no /internal/ping, no /internal/progress.
+        self.legacy = False
+        self.requests: deque[dict[str, Any]] = deque(maxlen=5000)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._middleware], client_max_size=256 * 2**20)
+        app.add_routes(self._routes())
+        app.add_routes(self._sim_routes())
+        await self.start_http(app, self._sim_routes())
+
+    async def stop(self) -> None:
+        self.engine.thawed.set()  # let held requests finish instead of waiting on shutdown
+        await self.stop_http()
+
+    # -- faults ----------------------------------------------------------------------------
+    async def set_fault(self, mode: str) -> None:
+        """Switch fault ``mode`` on (see the module docstring); ``none`` restores service."""
+        if mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r} (known: {', '.join(FAULT_MODES)})")
+        log.warning("a1111-sim fault: %s", mode)
+        if mode == "die":
+            asyncio.get_running_loop().call_later(0.05, os._exit, 3)
+        elif mode == "freeze":
+            self.engine.thawed.clear()
+            if not self.listening:  # a hung process still holds its listening socket
+                await self.listen()
+        elif mode == "refuse":
+            await self.stop_listening()
+        elif mode in ("none", "slow"):
+            self.engine.thawed.set()
+            if not self.listening:
+                await self.listen()
+        self.fault = mode
+
+    # -- plumbing --------------------------------------------------------------------------
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(_SIM_PREFIX):
+            return await handler(request)
+        if self.fault == "refuse":
+            # A kept-alive connection outlives the closed listening socket: cut it like a dead server.
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("refusing")
+        await self.engine.thawed.wait()
+        if self.fault == "slow":
+            await asyncio.sleep(self.slow_seconds)
+        raw = await request.read() if request.can_read_body else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")[:2000]
+        if isinstance(body, dict) and isinstance(body.get("init_images"), list):
+            body = {**body, "init_images": [f"<{len(str(i))} chars>" for i in body["init_images"]]}
+        self.requests.append({"method": request.method, "path": request.path, "query": dict(request.query),
+                              "body": body, "time": time.time()})
+        if self.legacy and request.path in _LEGACY_MISSING:
+            return web.json_response({"detail": "Not Found"}, status=404)
+        return await handler(request)
+
+    def _sim_routes(self) -> list[web.RouteDef]:
+        async def fault(request: web.Request) -> web.Response:
+            data = await request.json()
+            try:
+                await self.set_fault(str(data.get("mode", "")))
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            return web.json_response({"mode": self.fault})
+
+        async def config(request: web.Request) -> web.Response:
+            data = await request.json()
+            for key in ("step_seconds", "load_seconds"):
+                if key in data:
+                    setattr(self.engine, key, float(data[key]))
+            if "slow_seconds" in data:
+                self.slow_seconds = float(data["slow_seconds"])
+            if "legacy" in data:
+                self.legacy = bool(data["legacy"])
+            return web.json_response({"step_seconds": self.engine.step_seconds,
+                                      "load_seconds": self.engine.load_seconds, "slow_seconds": self.slow_seconds})
+
+        async def requests(request: web.Request) -> web.Response:
+            return web.json_response(list(self.requests))
+
+        async def state(request: web.Request) -> web.Response:
+            engine = self.engine
+            return web.json_response({"fault": self.fault, "url": self.url, "flavour": self.flavour,
+                                      "state": engine.state.dict(), "loaded": engine.loaded,
+                                      "current_task": engine.current_task, "pending": list(engine.pending_tasks),
+                                      "generated": engine.generated, "busy": engine.lock.locked()})
+
+        return [web.post("/_sim/fault", fault), web.post("/_sim/config", config),
+                web.get("/_sim/requests", requests), web.get("/_sim/state", state)]
+
+    def _routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/sdapi/v1/txt2img", self.txt2img),
+            web.post("/sdapi/v1/img2img", self.img2img),
+            web.get("/sdapi/v1/progress", self.progress),
+            web.post("/sdapi/v1/interrupt", self.interrupt),
+            web.post("/sdapi/v1/skip", self.skip),
+            web.get("/sdapi/v1/options", self.get_options),
+            web.post("/sdapi/v1/options", self.set_options),
+            web.get("/sdapi/v1/sd-models", self.sd_models),
+            web.get("/sdapi/v1/samplers", self.samplers),
+            web.get("/internal/ping", self.ping),
+            web.post("/internal/progress", self.task_progress),
+            web.get("/internal/pending-tasks", self.pending_tasks),
+            web.get("/internal/sysinfo", self.sysinfo),
+        ]
+
+    # -- WebUI routes ----------------------------------------------------------------------
+    async def _generate(self, request: web.Request, mode: str) -> web.Response:
+        parsed, errors = validate_request(await request.read(), mode, self.flavour)
+        if parsed is None:
+            return web.json_response({"detail": errors}, status=422)
+        try:
+            return web.json_response(await self.engine.generate(mode, parsed))
+        except HTTPError as exc:
+            return _exception_body(exc.status, exc.detail)
+
+    async def txt2img(self, request: web.Request) -> web.Response:
+        return await self._generate(request, "txt2img")
+
+    async def img2img(self, request: web.Request) -> web.Response:
+        return await self._generate(request, "img2img")
+
+    async def progress(self, request: web.Request) -> web.Response:
+        raw = request.query.get("skip_current_image", "false").strip().lower()
+        if raw not in _BOOL_TRUE | _BOOL_FALSE:
+            if self.flavour == "forge":
+                error: dict[str, Any] = {"type": "bool_parsing", "loc": ["query", "skip_current_image"],
+                                         "msg": "Input should be a valid boolean, unable to interpret input",
+                                         "input": request.query["skip_current_image"]}
+            else:
+                error = {"loc": ["query", "skip_current_image"], "msg": "value could not be parsed to a boolean",
+                         "type": "type_error.bool"}
+            return web.json_response({"detail": [error]}, status=422)
+        return web.json_response(self.engine.progress(raw in _BOOL_TRUE))
+
+    async def interrupt(self, request: web.Request) -> web.Response:
+        self.engine.interrupt()
+        return web.json_response({})
+
+    async def skip(self, request: web.Request) -> web.Response:
+        self.engine.skip()
+        return web.json_response(None)
+
+    async def get_options(self, request: web.Request) -> web.Response:
+        return web.json_response(self.engine.opts)
+
+    async def set_options(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        checkpoint = data.get("sd_model_checkpoint")
+        if checkpoint is not None and checkpoint not in CHECKPOINTS:
+            return _exception_body(500, f"model {checkpoint!r} not found", "RuntimeError")
+        if checkpoint is not None:
+            async with self.engine.lock:  # the WebUI loads weights through its queue lock
+                await self.engine.load_checkpoint(checkpoint)
+        self.engine.opts.update(data)
+        return web.json_response(None)
+
+    async def sd_models(self, request: web.Request) -> web.Response:
+        return web.json_response([{"title": title, "model_name": name, "hash": short, "sha256": None,
+                                   "filename": f"/models/Stable-diffusion/{title.split(' ')[0]}", "config": None}
+                                  for title, (name, short) in CHECKPOINTS.items()])
+
+    async def samplers(self, request: web.Request) -> web.Response:
+        return web.json_response([{"name": name, "aliases": [], "options": {}} for name in SAMPLERS])
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def task_progress(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        if not isinstance(data, dict):
+            data = {}
+        return web.json_response(self.engine.task_progress(
+            data.get("id_task"), int(data.get("id_live_preview", -1)), bool(data.get("live_preview", True))))
+
+    async def pending_tasks(self, request: web.Request) -> web.Response:
+        tasks = list(self.engine.pending_tasks)
+        return web.json_response({"size": len(tasks), "tasks": tasks})
+
+    async def sysinfo(self, request: web.Request) -> web.Response:
+        # modules/sysinfo.py get_dict() (a subset), served as ui.py's download_sysinfo does:
+        # JSON text in a PlainTextResponse.
+        info = {"Platform": platform.platform(), "Python": platform.python_version(),
+                "Version": self.engine.version, "Commit": "simulated", "Script path": os.getcwd(),
+                "Data path": os.getcwd(), "Commandline": list(sys.argv), "Extensions": [],
+                "Config": dict(self.engine.opts)}
+        stamp = time.strftime("%Y-%m-%d-%H-%M", time.gmtime())
+        return web.Response(text=json.dumps(info, ensure_ascii=False, indent=4), content_type="text/plain",
+                            headers={"Content-Disposition": f'inline; filename="sysinfo-{stamp}.json"'})
+
+
+def run(host: str = "127.0.0.1", port: int = 7860, **options: Any) -> None:
+    """Serve a simulated WebUI on ``host:port`` until SIGINT/SIGTERM (blocking).
+
+    Options: ``flavour``, ``control_port``, ``step_seconds``, ``load_seconds``, ``announce``
+    (print one JSON line with the URLs once listening: how a parent learns a port chosen with 0).
+    """
+    announce = bool(options.pop("announce", False))
+    run_until_signal(A1111SimServer(host, port, **options), announce,
+                     lambda srv: f"a1111-sim ({srv.flavour}) listening on {srv.url}",
+                     lambda srv: {"url": srv.url, "control_url": srv.control_url})
+
+
+class A1111SimulatorThread(SimulatorThread):
+    """A WebUI simulator on its own event loop in a background thread (for in-process tests)."""
+
+    server_class = A1111SimServer
+    name = "a1111-sim"
+
+    def configure(self, **timing: float) -> None:
+        """Set ``step_seconds`` / ``load_seconds`` / ``slow_seconds`` (or ``legacy``)."""
+        for key, value in timing.items():
+            if key == "legacy":
+                self.server.legacy = bool(value)
+                continue
+            target = self.server if key == "slow_seconds" else self.server.engine
+            setattr(target, key, float(value))
+

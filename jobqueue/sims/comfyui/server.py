@@ -1,0 +1,407 @@
+"""The simulator's HTTP + websocket server: ComfyUI's routes (also under ``/api/``) on
+aiohttp, plus private fault switches for tests under ``/_sim/``.
+
+* ``POST /_sim/fault {"mode": ...}``: ``refuse`` (close the listening socket and every open
+  connection), ``freeze`` (send nothing, make no progress, hold every request), ``drop_ws``
+  (close every websocket once), ``die`` (exit the process at once), ``none`` (back to normal).
+* ``GET /_sim/requests``: the requests the ComfyUI routes received (method, path, body).
+* ``GET /_sim/state``: queue, history size and fault mode.
+
+The ``/_sim/`` routes are also served on an optional control port, which keeps answering
+while the main port refuses or is frozen.
+
+``run()`` serves until interrupted; :class:`SimulatorThread` runs a server in a background
+thread for in-process tests (see :mod:`jobqueue.sims.comfyui.process` for a subprocess). The
+server lifecycle they share with the WebUI simulator lives in :mod:`jobqueue.sims.server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiohttp.typedefs import Handler
+
+from jobqueue.sims.comfyui import models
+from jobqueue.sims.comfyui.engine import Simulator
+from jobqueue.sims.comfyui.nodes import NODES
+from jobqueue.sims.comfyui.validation import validate_prompt
+from jobqueue.sims.server import SimHTTPServer, run_until_signal
+from jobqueue.sims.server import SimulatorThread as _SimulatorThread
+from jobqueue.sims.server import serve as serve
+
+__all__ = ["SimServer", "SimulatorThread", "run", "serve"]
+
+log = logging.getLogger(__name__)
+
+#: ComfyUI version the simulator imitates (the recorded traces' server).
+COMFYUI_VERSION = "0.3.64"
+#: Fault modes accepted by ``POST /_sim/fault``.
+FAULT_MODES = ("none", "refuse", "freeze", "drop_ws", "die")
+FEATURES = {"supports_preview_metadata": True, "max_upload_size": 104857600}
+_SIM_PREFIX = "/_sim/"
+#: Name prefix of the simulator's temporary folders (``comfyui-sim-<pid>-<random>``).
+TEMP_PREFIX = "comfyui-sim-"
+
+
+def remove_stale_temp_dirs() -> None:
+    """Remove the temporary folders of simulators that died without cleaning up (their
+    names carry the pid; a folder whose process is gone is stale)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = path.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # someone else's live process
+            pass
+
+
+def _memory() -> tuple[int, int]:
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        return info["MemTotal"], info.get("MemAvailable", info["MemFree"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return 16 * 2**30, 8 * 2**30
+
+
+class SimServer(SimHTTPServer):
+    """One simulated ComfyUI: the engine, its routes, its sockets and its fault switches."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8188, *, output_dir: str | None = None,
+                 temp_dir: str | None = None, control_port: int | None = None,
+                 models_present: list[str] | None = None, vram_gb: float | None = None) -> None:
+        super().__init__(host, port, control_port)
+        #: VRAM (GiB) of the simulated GPU; None: a CPU device, as ComfyUI reports without one.
+        self.vram_gb = vram_gb
+        if models_present is not None:
+            models.set_models(checkpoints=models_present)
+        root = None
+        if not (output_dir and temp_dir):
+            remove_stale_temp_dirs()
+            root = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+        #: The temporary folder this server made (removed when it stops), if any.
+        self.temp_root = root
+        self.output_dir = output_dir or os.path.join(root or "", "output")
+        self.temp_dir = temp_dir or os.path.join(root or "", "temp")
+        os.makedirs(self.output_dir, exist_ok=True)
+        os.makedirs(self.temp_dir, exist_ok=True)
+        self.sim: Simulator | None = None
+        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.fault = "none"
+        self.requests: deque[dict[str, Any]] = deque(maxlen=5000)
+        self._worker: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.sim = Simulator(self.output_dir, self.temp_dir, self._deliver)
+        self._worker = asyncio.get_running_loop().create_task(self.sim.worker())
+        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 2**20)
+        for prefix in ("", "/api"):
+            app.add_routes(self._routes(prefix))
+        app.add_routes(self._sim_routes())
+        await self.start_http(app, self._sim_routes())
+
+    async def stop(self) -> None:
+        if self.sim is not None:
+            self.sim.thawed.set()  # let held requests finish instead of waiting on shutdown
+        if self._worker is not None:
+            self._worker.cancel()
+        await self._close_sockets()
+        await self.stop_http()
+        if self.temp_root is not None:
+            shutil.rmtree(self.temp_root, ignore_errors=True)
+
+    async def _close_sockets(self) -> None:
+        for ws in list(self.sockets.values()):
+            await ws.close()
+        self.sockets.clear()
+
+    # -- faults ----------------------------------------------------------------------------
+    async def set_fault(self, mode: str) -> None:
+        """Switch fault ``mode`` on (see the module docstring); ``none`` restores service."""
+        if mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r} (known: {', '.join(FAULT_MODES)})")
+        assert self.sim is not None
+        log.warning("comfyui-sim fault: %s", mode)
+        if mode == "die":
+            asyncio.get_running_loop().call_later(0.05, os._exit, 3)
+            self.fault = mode
+            return
+        if mode == "drop_ws":
+            await self._close_sockets()
+            return
+        if mode == "freeze":
+            self.sim.thawed.clear()
+        elif mode == "refuse":
+            await self.stop_listening()
+            await self._close_sockets()
+        elif mode == "none":
+            self.sim.thawed.set()
+            if not self.listening:
+                await self.listen()
+        self.fault = mode
+
+    # -- plumbing --------------------------------------------------------------------------
+    async def _deliver(self, message: Any, sid: str | None) -> None:
+        targets = list(self.sockets.values()) if sid is None else [self.sockets[sid]] if sid in self.sockets else []
+        for ws in targets:
+            if ws.closed:
+                continue
+            try:
+                if isinstance(message, (bytes, bytearray)):
+                    await ws.send_bytes(bytes(message))
+                else:
+                    await ws.send_str(json.dumps(message))
+            except (ConnectionError, RuntimeError):
+                pass
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(_SIM_PREFIX):
+            return await handler(request)
+        if self.fault == "refuse":
+            # A kept-alive connection outlives the closed listening socket: cut it like a dead server.
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("refusing")
+        assert self.sim is not None
+        await self.sim.thawed.wait()
+        body: Any = None
+        if request.can_read_body:
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode(errors="replace")
+        self.requests.append({"method": request.method, "path": request.path, "query": dict(request.query),
+                              "body": body, "time": time.time()})
+        return await handler(request)
+
+    def _sim_routes(self) -> list[web.RouteDef]:
+        async def fault(request: web.Request) -> web.Response:
+            data = await request.json()
+            try:
+                await self.set_fault(str(data.get("mode", "")))
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            return web.json_response({"mode": self.fault})
+
+        async def requests(request: web.Request) -> web.Response:
+            return web.json_response(list(self.requests))
+
+        async def state(request: web.Request) -> web.Response:
+            assert self.sim is not None
+            return web.json_response({"fault": self.fault, "url": self.url, "queue": self.sim.current_queue(),
+                                      "history": len(self.sim.history), "sockets": len(self.sockets),
+                                      "output_dir": self.output_dir})
+
+        return [web.post("/_sim/fault", fault), web.get("/_sim/requests", requests), web.get("/_sim/state", state),
+                web.post("/_sim/models", models.set_models_route)]
+
+    def _routes(self, prefix: str) -> list[web.RouteDef]:
+        return [
+            web.get(prefix + "/ws", self.websocket),
+            web.get(prefix + "/prompt", self.get_prompt),
+            web.post(prefix + "/prompt", self.post_prompt),
+            web.get(prefix + "/queue", self.get_queue),
+            web.post(prefix + "/queue", self.post_queue),
+            web.get(prefix + "/history", self.get_history),
+            web.get(prefix + "/history/{prompt_id}", self.get_history_item),
+            web.post(prefix + "/history", self.post_history),
+            web.post(prefix + "/interrupt", self.post_interrupt),
+            web.get(prefix + "/system_stats", self.system_stats),
+            web.get(prefix + "/object_info", self.object_info),
+            web.get(prefix + "/object_info/{node_class}", self.object_info_one),
+            web.get(prefix + "/view", self.view),
+            web.get(prefix + "/features", self.features),
+            web.get(prefix + "/models", self.model_folders),
+            web.get(prefix + "/models/{folder}", self.model_files),
+        ]
+
+    # -- ComfyUI routes --------------------------------------------------------------------
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        assert self.sim is not None
+        ws = web.WebSocketResponse(max_msg_size=64 * 2**20)
+        await ws.prepare(request)
+        sid = request.query.get("clientId") or uuid.uuid4().hex
+        self.sockets[sid] = ws
+        try:
+            await self.sim.send("status", {"status": self.sim.queue_info(), "sid": sid}, sid)
+            if self.sim.client_id == sid and self.sim.last_node_id is not None and self.sim.running is not None:
+                await self.sim.send("executing", {"node": self.sim.last_node_id}, sid)
+            first = True
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT and first:
+                    try:
+                        data = json.loads(msg.data)
+                    except ValueError:
+                        data = None
+                    if isinstance(data, dict) and data.get("type") == "feature_flags":
+                        flags = data.get("data")
+                        self.sim.client_features[sid] = dict(flags) if isinstance(flags, dict) else {}
+                        await self.sim.send("feature_flags", dict(FEATURES), sid)
+                first = False
+        finally:
+            if self.sockets.get(sid) is ws:
+                del self.sockets[sid]
+                self.sim.client_features.pop(sid, None)
+        return ws
+
+    async def get_prompt(self, request: web.Request) -> web.Response:
+        assert self.sim is not None
+        return web.json_response(self.sim.queue_info())
+
+    async def post_prompt(self, request: web.Request) -> web.Response:
+        assert self.sim is not None
+        try:
+            data = await request.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            bad = {"type": "invalid_json", "message": "Request body is not a JSON object", "details": "", "extra_info": {}}
+            return web.json_response({"error": bad, "node_errors": {}}, status=400)
+        number = self.sim.next_number(bool(data.get("front")), data.get("number"))
+        if "prompt" not in data:
+            missing = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}
+            return web.json_response({"error": missing, "node_errors": {}}, status=400)
+        prompt = data["prompt"]
+        prompt_id = str(data.get("prompt_id") or uuid.uuid4())
+        ok, error, outputs, node_errors = validate_prompt(prompt)
+        if not ok:
+            return web.json_response({"error": error, "node_errors": node_errors}, status=400)
+        extra = dict(data.get("extra_data") or {})
+        if "client_id" in data:
+            extra["client_id"] = data["client_id"]
+        await self.sim.put(prompt_id, prompt, extra, outputs, number)
+        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
+
+    async def get_queue(self, request: web.Request) -> web.Response:
+        assert self.sim is not None
+        return web.json_response(self.sim.current_queue())
+
+    async def post_queue(self, request: web.Request) -> web.Response:
+        assert self.sim is not None
+        data = await request.json()
+        if data.get("clear"):
+            await self.sim.clear()
+        if "delete" in data:
+            await self.sim.delete([str(x) for x in data["delete"]])
+        return web.Response(status=200)
+
+    async def get_history(self, request: web.Request) -> web.Response:
+        assert self.sim is not None
+        max_items = int(request.query["max_items"]) if "max_items" in request.query else None
+        offset = int(request.query.get("offset", -1))
+        history = self.sim.history
+        if offset < 0 and max_items is not None:
+            offset = len(history) - max_items
+        out: dict[str, Any] = {}
+        for i, key in enumerate(history):
+            if i >= offset:
+                out[key] = history[key]
+                if max_items is not None and len(out) >= max_items:
+                    break
+        return web.json_response(out)
+
+    async def get_history_item(self, request: web.Request) -> web.Response:
+        assert self.sim is not None
+        pid = request.match_info["prompt_id"]
+        entry = self.sim.history.get(pid)
+        return web.json_response({pid: entry} if entry is not None else {})
+
+    async def post_history(self, request: web.Request) -> web.Response:
+        assert self.sim is not None
+        data = await request.json()
+        if data.get("clear"):
+            self.sim.history.clear()
+        for pid in data.get("delete", []):
+            self.sim.history.pop(str(pid), None)
+        return web.Response(status=200)
+
+    async def post_interrupt(self, request: web.Request) -> web.Response:
+        assert self.sim is not None
+        data: Any = {}
+        if request.can_read_body:
+            try:
+                data = await request.json()
+            except ValueError:
+                data = {}
+        prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
+        self.sim.interrupt(str(prompt_id) if prompt_id else None)
+        return web.Response(status=200)
+
+    async def system_stats(self, request: web.Request) -> web.Response:
+        total, free = _memory()
+        return web.json_response({
+            "system": {
+                "os": os.name, "ram_total": total, "ram_free": free, "comfyui_version": COMFYUI_VERSION,
+                "required_frontend_version": "1.27.10", "installed_templates_version": "0.1.95",
+                "required_templates_version": "0.1.95", "python_version": sys.version,
+                "pytorch_version": "simulated", "embedded_python": False, "argv": list(sys.argv),
+            },
+            "devices": models.devices(self.vram_gb, total, free),
+        })
+
+    async def object_info(self, request: web.Request) -> web.Response:
+        return web.json_response({name: node.object_info() for name, node in NODES.items()})
+
+    async def object_info_one(self, request: web.Request) -> web.Response:
+        name = request.match_info["node_class"]
+        return web.json_response({name: NODES[name].object_info()} if name in NODES else {})
+
+    async def view(self, request: web.Request) -> web.StreamResponse:
+        assert self.sim is not None
+        filename = request.query.get("filename")
+        if not filename:
+            return web.Response(status=400)
+        path = self.sim.file_path(filename, request.query.get("subfolder", ""), request.query.get("type", "output"))
+        if path is None:
+            return web.Response(status=400)
+        if not os.path.isfile(path):
+            return web.Response(status=404)
+        return web.FileResponse(path, headers={"Content-Disposition": f'filename="{filename}"',
+                                               "Content-Type": "image/png"})
+
+    async def features(self, request: web.Request) -> web.Response:
+        return web.json_response(dict(FEATURES))
+
+    async def model_folders(self, request: web.Request) -> web.Response:
+        return web.json_response(list(models.FOLDERS))
+
+    async def model_files(self, request: web.Request) -> web.Response:
+        files = models.folder_files(request.match_info["folder"])
+        return web.Response(status=404) if files is None else web.json_response(files)
+
+
+def run(host: str = "127.0.0.1", port: int = 8188, **options: Any) -> None:
+    """Serve a simulated ComfyUI on ``host:port`` until SIGINT/SIGTERM (blocking).
+
+    Options: ``output_dir``, ``temp_dir``, ``control_port``, ``announce`` (print one JSON line
+    with the URLs once listening: how a parent process learns ports chosen with port 0).
+    """
+    announce = bool(options.pop("announce", False))
+    run_until_signal(SimServer(host, port, **options), announce,
+                     lambda srv: f"comfyui-sim listening on {srv.url}",
+                     lambda srv: {"url": srv.url, "control_url": srv.control_url, "output_dir": srv.output_dir})
+
+
+class SimulatorThread(_SimulatorThread):
+    """A ComfyUI simulator on its own event loop in a background thread (for in-process tests)."""
+
+    server_class = SimServer
+    name = "comfyui-sim"

@@ -1,0 +1,155 @@
+"""Prompt validation with ComfyUI's rules and error bodies (``execution.validate_prompt``).
+
+The result mirrors ComfyUI's tuple: ``(ok, error, good_outputs, node_errors)``; the server
+answers 400 with ``{"error": error, "node_errors": node_errors}`` when ``ok`` is False.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from jobqueue.sims.comfyui.nodes import NODES, NodeDef
+
+Validated = dict[str, tuple[bool, list[dict[str, Any]], str]]
+_CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+
+
+def _error(kind: str, message: str, details: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": kind, "message": message, "details": details, "extra_info": extra or {}}
+
+
+def _class_of(prompt: dict[str, Any], node_id: Any) -> NodeDef:
+    return NODES[prompt[node_id]["class_type"]]
+
+
+def validate_inputs(prompt: dict[str, Any], unique_id: str, validated: Validated) -> tuple[bool, list[dict[str, Any]], str]:
+    """Validate one node and, through its links, everything upstream (memoised in ``validated``).
+
+    Like ComfyUI, a dangling link raises (KeyError) and the caller reports it as an
+    ``exception_during_validation``; converted literals are written back into the prompt.
+    """
+    if unique_id in validated:
+        return validated[unique_id]
+    node = prompt[unique_id]
+    inputs = node.setdefault("inputs", {})
+    node_def = _class_of(prompt, unique_id)
+    errors: list[dict[str, Any]] = []
+    valid = True
+    for name in [*node_def.required, *node_def.optional]:
+        category, spec = node_def.input_spec(name) or ("optional", ["*"])
+        input_type = spec[0]
+        extra = spec[1] if len(spec) > 1 else {}
+        info = [input_type, extra] if extra else [input_type]
+        if name not in inputs:
+            if category == "required":
+                errors.append(_error("required_input_missing", "Required input is missing", name, {"input_name": name}))
+            continue
+        val = inputs[name]
+        if isinstance(val, list):
+            if len(val) != 2:
+                errors.append(_error("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                                     name, {"input_name": name, "input_config": info, "received_value": val}))
+                continue
+            upstream = _class_of(prompt, val[0])  # KeyError for a missing node, as in ComfyUI
+            slot = val[1]
+            received = upstream.outputs[slot] if isinstance(slot, int) and 0 <= slot < len(upstream.outputs) else None
+            if received != input_type:
+                errors.append(_error("return_type_mismatch", "Return type mismatch between linked nodes",
+                                     f"{name}, received_type({received}) mismatch input_type({input_type})",
+                                     {"input_name": name, "input_config": info, "received_type": received,
+                                      "linked_node": val}))
+                continue
+            try:
+                upstream_ok = validate_inputs(prompt, str(val[0]), validated)[0]
+            except Exception as exc:
+                # ComfyUI files this under the *linked* node (the one holding the bad link),
+                # not under the node being validated, whose own error list stays empty.
+                valid = False
+                reasons = [_error("exception_during_inner_validation", "Exception when validating inner node",
+                                  str(exc), {"input_name": name, "input_config": info,
+                                             "exception_message": str(exc), "exception_type": type(exc).__name__,
+                                             "traceback": traceback.format_tb(exc.__traceback__),
+                                             "linked_node": val})]
+                validated[str(val[0])] = (False, reasons, str(val[0]))
+                continue
+            if not upstream_ok:
+                valid = False
+            continue
+        if isinstance(input_type, list):  # a combo (e.g. ckpt_name): only one of its options
+            if val not in input_type:
+                # Like ComfyUI: long option lists (model files) are not sent back.
+                listed = f"(list of length {len(input_type)})" if len(input_type) > 20 else str(input_type)
+                errors.append(_error("value_not_in_list", "Value not in list", f"{name}: '{val}' not in {listed}",
+                                     {"input_name": name, "input_config": None if len(input_type) > 20 else info,
+                                      "received_value": val}))
+            continue
+        convert = _CONVERT.get(input_type)
+        if convert is not None:
+            try:
+                val = convert(val)
+                inputs[name] = val
+            except Exception as exc:
+                errors.append(_error("invalid_input_type", f"Failed to convert an input value to a {input_type} value",
+                                     f"{name}, {val}, {exc}", {"input_name": name, "input_config": info,
+                                                               "received_value": val, "exception_message": str(exc)}))
+                continue
+        if "min" in extra and val < extra["min"]:
+            errors.append(_error("value_smaller_than_min", f"Value {val} smaller than min of {extra['min']}", name,
+                                 {"input_name": name, "input_config": info, "received_value": val}))
+            continue
+        if "max" in extra and val > extra["max"]:
+            errors.append(_error("value_bigger_than_max", f"Value {val} bigger than max of {extra['max']}", name,
+                                 {"input_name": name, "input_config": info, "received_value": val}))
+            continue
+    result = (not errors and valid, errors, unique_id)
+    validated[unique_id] = result
+    return result
+
+
+def validate_prompt(prompt: Any) -> tuple[bool, dict[str, Any] | None, list[str], dict[str, Any]]:
+    """Validate a whole API-format prompt the way ``POST /prompt`` does."""
+    if not isinstance(prompt, dict):
+        return False, _error("invalid_prompt", "Cannot execute because the prompt is not an object.", ""), [], {}
+    outputs: list[str] = []
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or "class_type" not in node:
+            return False, _error("invalid_prompt", "Cannot execute because a node is missing the class_type property.",
+                                 f"Node ID '#{node_id}'"), [], {}
+        node_def = NODES.get(node["class_type"])
+        if node_def is None:
+            return False, _error("invalid_prompt", f"Cannot execute because node {node['class_type']} does not exist.",
+                                 f"Node ID '#{node_id}'"), [], {}
+        if not isinstance(node.get("inputs", {}), dict):
+            return False, _error("invalid_prompt", "Cannot execute because a node has invalid inputs.",
+                                 f"Node ID '#{node_id}'"), [], {}
+        if node_def.output_node:
+            outputs.append(node_id)
+    if not outputs:
+        return False, _error("prompt_no_outputs", "Prompt has no outputs"), [], {}
+    good: list[str] = []
+    failed: list[tuple[str, list[dict[str, Any]]]] = []
+    node_errors: dict[str, Any] = {}
+    validated: Validated = {}
+    for out in outputs:
+        try:
+            ok, reasons, _ = validate_inputs(prompt, out, validated)
+        except Exception as exc:
+            ok = False
+            reasons = [_error("exception_during_validation", "Exception when validating node", str(exc),
+                              {"exception_type": type(exc).__name__, "traceback": traceback.format_tb(exc.__traceback__)})]
+            validated[out] = (False, reasons, out)
+        if ok:
+            good.append(out)
+            continue
+        if reasons:
+            failed.append((out, reasons))
+        for node_id, (node_ok, node_reasons, _) in validated.items():
+            if not node_ok and node_reasons:
+                entry = node_errors.setdefault(node_id, {"errors": node_reasons, "dependent_outputs": [],
+                                                         "class_type": prompt[node_id]["class_type"]})
+                entry["dependent_outputs"].append(out)
+    if not good:
+        details = "\n".join(f"{e['message']}: {e['details']}" for _, errs in failed for e in errs)
+        return False, _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details), [], node_errors
+    return True, None, good, node_errors

@@ -1,0 +1,130 @@
+"""The Celery application: :func:`create_app` builds it from :class:`~jobqueue.config.Settings`.
+
+``celery -A jobqueue worker -Q gpu0`` finds ``jobqueue.app``, built with the environment's
+settings. Tests build their own with ``create_app(Settings(...))``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+from celery import Celery
+from kombu.utils.objects import cached_property
+
+from jobqueue.config import Settings
+from jobqueue.errors import ConfigError
+from jobqueue.shared.routing import BROKER_MAX_PRIORITY, DEFAULT_PRIORITY, broker_priority
+from jobqueue.transport.redis_health import backend_settings, transport_options
+from jobqueue.transport.redis_urls import is_redis_url
+from jobqueue.transport.results import backend_url
+
+
+class JobqueueCelery(Celery):  # type: ignore[misc]  # Celery ships no type hints
+    """A Celery app that carries its :class:`Settings` and, inside a worker, the worker's
+    runtime (connectors, identity, running jobs)."""
+
+    settings: Settings
+    #: Set by the worker bootstep inside a worker process; None elsewhere.
+    runtime: Any = None
+
+    @cached_property
+    def Worker(self) -> Any:  # noqa: N802 - Celery's name
+        """Our worker class: default node name ``gpu<N>@<machine>``, service queues added."""
+        return self.subclass_with_self("jobqueue.worker.node:Worker")
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Transport options for the broker in ``settings``.
+
+    On Redis, a short visibility timeout lets a dead worker's job come back quickly, a lease
+    (see :mod:`jobqueue.worker.lease`) keeps a live job from being handed out twice, and the
+    restore sweep runs every ``lease_interval`` seconds instead of kombu's ~100 s.
+    """
+    if not settings.is_redis:
+        return {}
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": max(1, round(settings.lease_interval)),
+        "unacked_restore_throttle": 1,
+        # The restore sweep's lock: kombu holds it for 5 minutes by default, so a worker killed
+        # while sweeping would stop every restore in the fleet that long. A sweep takes
+        # milliseconds, and a message restored twice cannot be queued twice (kombu restores
+        # each one in a WATCH transaction on the unacked hash), so the lock lasts one timeout.
+        "unacked_mutex_expire": max(1, round(settings.visibility_timeout)),
+        # One Redis list per broker priority level (see jobqueue.shared.routing.broker_priority).
+        "priority_steps": list(range(BROKER_MAX_PRIORITY + 1)),
+        "queue_order_strategy": "priority",
+        # No custom "sep": kombu's separator is also the one inside exchange binding keys, and
+        # stock tooling (celery -b URL inspect/status, Flower --broker) writes them with the
+        # default; keys built by hand use jobqueue.shared.routing.REDIS_KEY_SEP.
+        # Dead-peer detection on every broker connection (see jobqueue.transport.redis_health).
+        **transport_options(settings.redis_health_interval),
+    }
+
+
+#: Where jobqueue's Celery defaults live (see docs/configuration.md).
+DEFAULTS_MODULE = "jobqueue.transport.defaults"
+
+
+def celery_settings(module: ModuleType) -> dict[str, Any]:
+    """The Celery settings a config module defines: its public lower-case names, less the
+    modules and functions it imported."""
+    return {name: value for name, value in vars(module).items()
+            if not name.startswith("_") and name.islower()
+            and not isinstance(value, ModuleType) and not callable(value)}
+
+
+def _import_config(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(f"JOBQUEUE_CELERY_CONFIG={name!r}: cannot import it ({exc})") from exc
+
+
+def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -> JobqueueCelery:
+    """A Celery app configured for ``settings`` (broker, backend, priorities, transport) with
+    no tasks and no worker steps: what a client-only process such as the monitor needs."""
+    settings = (settings or Settings.from_env()).resolved()
+    app = JobqueueCelery(main, set_as_current=False)
+    app.settings = settings
+    # The packaged defaults, never a ``celeryconfig`` that happens to be on sys.path.
+    app.config_from_object(DEFAULTS_MODULE)
+    if settings.celery_config:
+        app.conf.update(celery_settings(_import_config(settings.celery_config)))
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        broker_transport_options=broker_transport_options(settings),
+        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
+        # Priorities: 20 broker levels on both brokers (x-max-priority on RabbitMQ; our Redis
+        # transport lifts kombu's 0..9 clamp); a message sent without one gets the default.
+        task_queue_max_priority=BROKER_MAX_PRIORITY,
+        task_default_priority=broker_priority(DEFAULT_PRIORITY, is_redis=settings.is_redis),
+    )
+    if is_redis_url(settings.result_backend):
+        # Celery's Redis backend plus writes that ride with a job's next state (one round trip).
+        app.conf.update(backend_settings(settings.redis_health_interval),
+                        result_backend=backend_url(settings.result_backend))
+    if settings.is_redis:
+        from jobqueue.transport.kombu_redis import TRANSPORT_PATH
+
+        app.conf.broker_transport = TRANSPORT_PATH
+    return app
+
+
+def create_app(settings: Settings | None = None, *, main: str = "jobqueue") -> JobqueueCelery:
+    """Build the Celery app: the packaged defaults (and ``settings.celery_config``),
+    ``settings`` on top, the job task and the worker bootsteps registered."""
+    app = configure_app(settings, main=main)
+    # Imported here: tasks and worker steps need the app, not the other way round.
+    from jobqueue.worker.bootsteps import install_worker_steps
+    from jobqueue.worker.task import register_tasks
+
+    register_tasks(app)
+    install_worker_steps(app)
+    from jobqueue.worker.webhooks import register_webhooks
+
+    register_webhooks(app)
+    return app

@@ -1,0 +1,40 @@
+"""jobqueue's Redis result backend: a state in one round trip, with writes that ride along.
+
+Celery's Redis backend stores each state of a task (``STARTED``, ``SUCCESS``, ``FAILURE``,
+``RETRY``, ...) in two round trips: it reads the stored record (never to write over a
+``SUCCESS``), then writes and publishes. And when an attempt ends, the worker records the end in
+the job's facts (:mod:`jobqueue.shared.job_record`: ``finished_at``, ``runtime``) just before Celery stores
+the final state: a third round trip to the same Redis, on the path between the job's last line
+and the client's ``wait()`` returning.
+
+:class:`RedisBackend` (built in :mod:`jobqueue.transport.internals`, which holds every private Celery
+touchpoint) stores a state in one round trip: the same guard inside a Lua script, and in the
+same ``MULTI`` the commands queued by :meth:`~RedisBackend.ride_with_next_state`, so the
+facts of an attempt's end and its final state land together, atomically: a reader never sees
+the one without the other.
+
+A rider whose state is never stored (the task ends in ``Ignore``) is sent on its own by
+:meth:`~RedisBackend.flush_riders`, which the worker calls when the task is over
+(``task_postrun``); riders are never lost and never kept past their task.
+
+:func:`backend_url` names this class in ``result_backend`` (Celery's ``module:Class+url``
+form), so the app needs no hook to use it.
+"""
+
+from __future__ import annotations
+
+from jobqueue.transport.internals import Rider
+from jobqueue.transport.internals import RidingRedisBackend as RedisBackend
+
+__all__ = ["BACKEND_PATH", "RedisBackend", "Rider", "backend_url"]
+
+#: How ``result_backend`` names the class.
+BACKEND_PATH = "jobqueue.transport.results:RedisBackend"
+
+
+def backend_url(url: str) -> str:
+    """``result_backend`` for the Redis server at ``url``, served by :class:`RedisBackend`.
+
+    Celery splits ``<class>+<url>`` at the first ``+``; ``redis+socket://`` is its own
+    spelling of ``socket://``, so that prefix goes (as Celery's own alias lookup does)."""
+    return f"{BACKEND_PATH}+{url.removeprefix('redis+')}"

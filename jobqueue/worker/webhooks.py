@@ -1,0 +1,272 @@
+"""Webhooks: tell an application that its job ended, signed per Standard Webhooks.
+
+A job submitted with ``webhook_url`` gets one POST when it reaches a final state (completed,
+failed, cancelled, timed out). The worker that ends the job enqueues a delivery on the webhook
+queue (``JOBQUEUE_WEBHOOK_QUEUE``); any worker delivers it. A failed try (no answer, or not
+2xx) is tried again with exponential backoff (``JOBQUEUE_WEBHOOK_BACKOFF``, doubled per try, at
+most ``JOBQUEUE_WEBHOOK_MAX_TRIES`` tries); every try carries the same ``webhook-id``, so a
+receiver that saw a try twice (its answer was lost) can tell. The delivery message is acked
+only after its try is done, so a delivering worker that crashes loses nothing: the message
+comes back like any job's. Each try is recorded in the result backend for the monitor's job page.
+
+Headers (https://www.standardwebhooks.com): ``webhook-id``, ``webhook-timestamp`` (Unix
+seconds), ``webhook-signature: v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">`` with
+the key ``base64decode`` of the secret after its ``whsec_`` prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from celery import signals
+from celery import states as celery_states
+
+from jobqueue.errors import ConfigError, SubmitError
+from jobqueue.shared.names import JOB_WEBHOOK, RUN_JOB_TASK
+from jobqueue.states import JobStatus, job_status_from_celery
+
+log = logging.getLogger(__name__)
+
+#: Name of the delivery task.
+WEBHOOK_TASK = "jobqueue.deliver_webhook"
+#: Seconds one POST may take before the try counts as failed.
+POST_TIMEOUT = 10.0
+#: The ``type`` of the webhook body, by final job status.
+EVENT_TYPES = {
+    JobStatus.COMPLETED: "job.completed",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELLED: "job.cancelled",
+    JobStatus.TIMED_OUT: "job.timed_out",
+}
+#: Secrets start with this prefix (Standard Webhooks).
+SECRET_PREFIX = "whsec_"
+
+
+# -- validation and signing ----------------------------------------------------------------
+def check_webhook_url(url: Any) -> str:
+    """Return ``url`` if it is an absolute http(s) URL with a host; raise :class:`SubmitError`."""
+    if not isinstance(url, str) or not url.strip():
+        raise SubmitError(f"webhook_url must be an http(s) URL, got {url!r}")
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise SubmitError(f"webhook_url must be an http(s) URL with a host, got {url!r}")
+    return url.strip()
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret; raise :class:`ConfigError` if malformed."""
+    raw = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
+    try:
+        key = base64.b64decode(raw, validate=True)
+    except ValueError as exc:
+        raise ConfigError(f"JOBQUEUE_WEBHOOK_SECRET is not whsec_<base64>: {exc}") from exc
+    if not key:
+        raise ConfigError("JOBQUEUE_WEBHOOK_SECRET is empty after its whsec_ prefix")
+    return key
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
+    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``."""
+    digest = hmac.new(secret_key(secret), f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(secret: str, headers: Mapping[str, str], body: str, *, tolerance: float = 300.0,
+           now: float | None = None) -> bool:
+    """True when ``headers`` carry a valid signature of ``body`` made within ``tolerance`` s
+    (what a receiver does; here for tests and for applications written in Python)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    msg_id, stamp, given = lowered.get("webhook-id"), lowered.get("webhook-timestamp"), lowered.get("webhook-signature")
+    if not msg_id or not stamp or not given or not stamp.isdigit():
+        return False
+    if abs((time.time() if now is None else now) - int(stamp)) > tolerance:
+        return False
+    expected = sign(secret, msg_id, int(stamp), body)
+    return any(hmac.compare_digest(expected, part) for part in given.split())
+
+
+# -- what is delivered ---------------------------------------------------------------------
+def build_delivery(job_id: str, url: str, status: JobStatus, *, service: str | None, result: Any,
+                   error: dict[str, Any] | None, now: float | None = None) -> dict[str, Any]:
+    """The delivery of one job's end: its id (``msg_<job id>``: one per job, the same on every
+    try), target URL and the exact JSON body every try sends."""
+    files = result.get("files") if isinstance(result, Mapping) else None
+    stamp = dt.datetime.fromtimestamp(time.time() if now is None else now, tz=dt.timezone.utc)
+    body = {
+        "type": EVENT_TYPES[status],
+        "timestamp": stamp.isoformat().replace("+00:00", "Z"),
+        "data": {"id": job_id, "status": status.value, "service": service, "result": result,
+                 "error": error, "files": files or []},
+    }
+    return {"id": f"msg_{job_id}", "job_id": job_id, "url": url, "try": 1,
+            "body": json.dumps(body, separators=(",", ":"), default=str)}
+
+
+def post(delivery: Mapping[str, Any], secret: str, *, timestamp: int | None = None,
+         timeout: float = POST_TIMEOUT) -> tuple[int | None, str | None]:
+    """One try: POST the body with the Standard Webhooks headers. Returns (status code, error)."""
+    stamp = int(time.time()) if timestamp is None else timestamp
+    headers = {"content-type": "application/json", "user-agent": "jobqueue-webhooks",
+               "webhook-id": delivery["id"], "webhook-timestamp": str(stamp)}
+    if secret:
+        headers["webhook-signature"] = sign(secret, delivery["id"], stamp, delivery["body"])
+    try:
+        response = requests.post(delivery["url"], data=delivery["body"].encode(), headers=headers,
+                                 timeout=timeout, allow_redirects=False)
+    except requests.RequestException as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:500]
+    with response:
+        return response.status_code, None if 200 <= response.status_code < 300 else response.reason
+
+
+# -- records of tries (result backend) -----------------------------------------------------
+def attempts_key(job_id: str) -> str:
+    """Redis list of a job's webhook tries (JSON), oldest first."""
+    return f"jobqueue-webhook-attempts-{job_id}"
+
+
+def delivered_key(delivery_id: str) -> str:
+    """Set once a delivery got a 2xx: later copies of its message send nothing."""
+    return f"jobqueue-webhook-delivered-{delivery_id}"
+
+
+def read_attempts(client: Any, job_id: str) -> list[dict[str, Any]]:
+    """Every recorded try of ``job_id``'s webhook, oldest first (empty when none)."""
+    attempts = []
+    for raw in client.lrange(attempts_key(job_id), 0, -1):
+        try:
+            attempts.append(json.loads(raw))
+        except ValueError:
+            continue
+    return attempts
+
+
+# -- Celery wiring -------------------------------------------------------------------------
+def enqueue(app: Any, delivery: dict[str, Any], countdown: float = 0.0) -> None:
+    """Put one try of ``delivery`` on the webhook queue.
+
+    Sent without a ``task-sent`` event (and the task sends no task events): a delivery is not a
+    job, and the monitor must not list it as one.
+    """
+    task_id = f"{delivery['id']}-try{delivery['try']}"
+    message = app.amqp.create_task_message(task_id, WEBHOOK_TASK, (), {"delivery": delivery},
+                                           countdown=countdown or None, create_sent_event=False)
+    with app.producer_or_acquire() as producer:
+        app.amqp.send_task_message(producer, WEBHOOK_TASK, message, queue=app.settings.webhook_queue,
+                                   retry=True)
+
+
+def deliver(task: Any, delivery: dict[str, Any]) -> str:
+    """Body of the delivery task: one try, recorded; the next try enqueued unless delivered
+    or out of tries. Returns ``delivered``, ``retrying``, ``given up`` or ``already delivered``."""
+    app = task.app
+    settings = app.settings
+    client = app.backend.client
+    expires = int(app.conf.result_expires or 7 * 24 * 3600)
+    if client.exists(delivered_key(delivery["id"])):
+        return "already delivered"
+    started = time.time()
+    status_code, error = post(delivery, settings.webhook_secret, timestamp=int(started))
+    delivered = status_code is not None and 200 <= status_code < 300
+    tries = int(delivery["try"])
+    record = {"webhook_id": delivery["id"], "try": tries, "at": started, "url": delivery["url"],
+              "status_code": status_code, "error": error, "delivered": delivered,
+              "worker": task.request.hostname, "duration": round(time.time() - started, 3)}
+    pipe = client.pipeline()
+    pipe.rpush(attempts_key(delivery["job_id"]), json.dumps(record))
+    pipe.expire(attempts_key(delivery["job_id"]), expires)
+    if delivered:
+        pipe.set(delivered_key(delivery["id"]), "1", ex=expires)
+    pipe.execute()
+    if delivered:
+        _tell(task, delivery, record, "delivered")
+        return "delivered"
+    if tries >= settings.webhook_max_tries:
+        log.warning("webhook %s for job %s given up after %d tries (%s)", delivery["id"], delivery["job_id"],
+                    tries, error or status_code)
+        _tell(task, delivery, record, "given_up")
+        return "given up"
+    countdown = settings.webhook_backoff * 2 ** (tries - 1)
+    enqueue(app, {**delivery, "try": tries + 1}, countdown)
+    _tell(task, delivery, record, "retrying")
+    return "retrying"
+
+
+def _tell(task: Any, delivery: dict[str, Any], record: dict[str, Any], outcome: str) -> None:
+    """Publish a :data:`~jobqueue.shared.names.JOB_WEBHOOK` event for this try (monitors count
+    deliveries by outcome). Best effort: the try is recorded in the backend whatever happens."""
+    try:
+        with task.app.events.default_dispatcher(hostname=task.request.hostname) as dispatcher:
+            dispatcher.send(JOB_WEBHOOK, uuid=delivery["job_id"], webhook_id=delivery["id"], outcome=outcome,
+                            attempt=record["try"], status_code=record["status_code"])
+    except Exception as exc:  # an event lost is a metric off by one, never a lost delivery
+        log.warning("webhook event for job %s not sent: %s", delivery["job_id"], exc)
+
+
+def _job_end(app: Any, task_id: str, state: str, retval: Any) -> tuple[JobStatus, Any, dict[str, Any] | None] | None:
+    """(final status, result, error) of a finished run of the job task, or None if not final."""
+    if state == celery_states.SUCCESS:
+        return JobStatus.COMPLETED, retval, None
+    if state == celery_states.FAILURE:
+        to_dict = getattr(retval, "to_dict", None)
+        error = dict(to_dict()) if callable(to_dict) else {"type": type(retval).__name__, "message": str(retval),
+                                                            "details": {}}
+        return job_status_from_celery(state, type(retval).__name__), None, error
+    if state in (celery_states.IGNORED, celery_states.REVOKED):
+        # Cancelled jobs end with Ignore after their REVOKED state was stored.
+        if app.backend.get_task_meta(task_id).get("status") == celery_states.REVOKED:
+            return JobStatus.CANCELLED, None, {"type": "JobCancelled", "message": "cancelled", "details": {}}
+    return None
+
+
+def _webhook_url(kwargs: Any) -> str | None:
+    options = kwargs.get("options") if isinstance(kwargs, Mapping) else None
+    url = options.get("webhook_url") if isinstance(options, Mapping) else None
+    return url if isinstance(url, str) and url else None
+
+
+def register_webhooks(app: Any) -> None:
+    """Register the delivery task on ``app`` and enqueue a delivery whenever one of its job
+    tasks with a ``webhook_url`` ends (in the worker that ran it, or discarded it as revoked)."""
+
+    @app.task(bind=True, name=WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True,  # type: ignore[untyped-decorator]
+              ignore_result=True, send_events=False, shared=False)
+    def _deliver_webhook(self: Any, delivery: dict[str, Any]) -> str:
+        return deliver(self, delivery)
+
+    def job_ended(task_id: str, kwargs: Any, state: str, retval: Any) -> None:
+        url = _webhook_url(kwargs)
+        runtime = getattr(app, "runtime", None)
+        if not url or (runtime is not None and runtime.is_given_up(task_id)):
+            return  # a given-up job ends elsewhere; that worker sends the webhook
+        try:
+            end = _job_end(app, task_id, state, retval)
+            if end is None:
+                return
+            status, result, error = end
+            service = kwargs.get("service") if isinstance(kwargs, Mapping) else None
+            enqueue(app, build_delivery(task_id, url, status, service=service, result=result, error=error))
+        except Exception:  # never let a webhook break the job's own ending
+            log.exception("could not enqueue the webhook of job %s", task_id)
+
+    def on_postrun(sender: Any = None, task_id: str = "", kwargs: Any = None, retval: Any = None,
+                   state: str = "", **_: Any) -> None:
+        if getattr(sender, "name", None) == RUN_JOB_TASK and getattr(sender, "app", None) is app:
+            job_ended(task_id, kwargs, state, retval)
+
+    def on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+        if getattr(sender, "name", None) == RUN_JOB_TASK and getattr(sender, "app", None) is app and request:
+            job_ended(request.id, request.kwargs, celery_states.REVOKED, None)
+
+    signals.task_postrun.connect(on_postrun, weak=False)
+    signals.task_revoked.connect(on_revoked, weak=False)

@@ -1,0 +1,285 @@
+"""The single writer: applies received events to the store in batches.
+
+The collector's receive loop only appends to this writer's in-memory queue, so a slow disk
+never slows the receiver down (Redis drops a pub/sub consumer that falls behind). The writer
+takes whatever has arrived (up to ``max_batch``), coalesces what can be coalesced (many
+progress reports of one job, many heartbeats of one worker → the latest one), applies the
+rest in one transaction (its jobs and workers loaded up front in one query each, see
+:meth:`monitor.store.Tx.prefetch`), and wakes websocket streams. It also runs the time-based truth
+(offline workers, lost jobs, stale connectors) and pruning, so nothing else writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from jobqueue.errors import MalformedEvent
+from jobqueue.shared.names import TASK_PROGRESS
+from monitor.ingest.hub import ChangeHub
+from monitor.merge.apply import apply, expire, valid_progress
+from monitor.store import Store, Tx
+
+log = logging.getLogger(__name__)
+
+#: Kinds of event where only the latest one of a key matters inside a batch.
+_COALESCE = {TASK_PROGRESS: "uuid", "worker-heartbeat": "hostname"}
+
+
+def coalesce(events: list[Any]) -> list[Any]:
+    """Drop progress reports and heartbeats that a later one of the same job/worker, with
+    nothing else about that job/worker in between, makes redundant."""
+    out: list[Any] = []
+    last_at: dict[tuple[str, str], int] = {}
+    for ev in events:
+        kind = ev.get("type") if isinstance(ev, dict) else None
+        field = _COALESCE.get(kind) if isinstance(kind, str) else None
+        key_value = ev.get(field) if field else None
+        if field and isinstance(kind, str) and isinstance(key_value, str) \
+                and (kind != TASK_PROGRESS or valid_progress(ev)) \
+                and isinstance(ev.get("timestamp"), (int, float)):
+            key = (kind, key_value)
+            index = last_at.get(key)
+            if index is not None:
+                previous = out[index]
+                if kind != TASK_PROGRESS or _progress_key(ev) >= _progress_key(previous):
+                    out[index] = ev
+                continue
+            last_at[key] = len(out)
+            out.append(ev)
+            continue
+        if isinstance(ev, dict):
+            # Anything else about this job/worker ends its coalescing window.
+            for f in ("uuid", "hostname"):
+                if isinstance(ev.get(f), str):
+                    last_at.pop((TASK_PROGRESS, ev[f]), None)
+                    last_at.pop(("worker-heartbeat", ev[f]), None)
+        out.append(ev)
+    return out
+
+
+def referenced(events: list[Any]) -> tuple[set[str], set[str]]:
+    """The job ids and worker names a batch refers to (to load them in one query each)."""
+    jobs: set[str] = set()
+    workers: set[str] = set()
+    for ev in events:
+        if not isinstance(ev, dict):
+            continue
+        uuid = ev.get("uuid")
+        if isinstance(uuid, str):
+            jobs.add(uuid)
+        for field in ("hostname", "worker"):
+            name = ev.get(field)
+            if isinstance(name, str):
+                workers.add(name)
+    return jobs, workers
+
+
+def _progress_key(ev: dict[str, Any]) -> tuple[float, float, float]:
+    def num(v: Any) -> float:
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else -1.0
+
+    return (num(ev.get("attempt")), num(ev.get("percent")), num(ev.get("step")))
+
+
+class Writer:
+    """Owns every write to the store; a thread with :meth:`stop`."""
+
+    def __init__(
+        self,
+        store: Store,
+        hub: ChangeHub,
+        *,
+        heartbeat_default: float = 2.0,
+        beat_default: float = 15.0,
+        max_batch: int = 5000,
+        max_queue: int = 500_000,
+        expire_interval: float = 0.5,
+        prune_interval: float = 60.0,
+        on_changes: Callable[[list[tuple[int, str, str, Any]]], None] | None = None,
+        totals: Any = None,
+    ) -> None:
+        """``totals``: a :class:`monitor.metrics.totals.Totals` that counts, in each write
+        transaction, what it did (the Prometheus counters); None counts nothing."""
+        self.store = store
+        self.hub = hub
+        self.heartbeat_default = heartbeat_default
+        self.beat_default = beat_default
+        self.max_batch = max_batch
+        self.expire_interval = expire_interval
+        self.prune_interval = prune_interval
+        self.on_changes = on_changes
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.counts: Counter[str] = Counter()
+        self.last_error: str | None = None
+        self._calls: list[tuple[Callable[[], Any], threading.Event]] = []
+        self._calls_lock = threading.Lock()
+        #: Turns a raw broker message (``bytes`` put on the queue) into events, in this thread;
+        #: set by the collector when it reads the stream raw (see :mod:`monitor.ingest.raw_reader`).
+        self.raw_decoder: Callable[[bytes], list[Any]] | None = None
+        self.totals = totals
+
+    # -- feeding ---------------------------------------------------------------------------
+    def put(self, event: Any) -> bool:
+        """Queue one event (or raw message); never blocks (a full queue drops, counts and
+        returns False)."""
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.counts["dropped"] += 1
+            return False
+        return True
+
+    def count(self, what: str, n: int = 1) -> None:
+        """Count something seen outside the writer (e.g. undecodable messages)."""
+        self.counts[what] += n
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until everything queued so far is applied (for start-up repair and tests)."""
+        done = threading.Event()
+        self.put(("__marker__", done))
+        return done.wait(timeout)
+
+    # -- thread ----------------------------------------------------------------------------
+    def start(self) -> Writer:
+        self.hub.publish(self.store.seq())
+        self._thread = threading.Thread(target=self._run, name="monitor-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._queue.put(None) if not self._queue.full() else None
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        next_expire = next_prune = 0.0
+        while not self._stop.is_set():
+            batch = self._take()
+            markers = [ev[1] for ev in batch if isinstance(ev, tuple) and ev and ev[0] == "__marker__"]
+            events = [ev for ev in batch if not (isinstance(ev, tuple) and ev and ev[0] == "__marker__") and ev is not None]
+            events = self._decode_raw(events)
+            try:
+                if events:
+                    self._apply_batch(events)
+                now = time.monotonic()
+                if now >= next_expire:
+                    next_expire = now + self.expire_interval
+                    self._write(lambda tx: expire(tx, default_freq=self.heartbeat_default, default_beat=self.beat_default))
+                if now >= next_prune:
+                    next_prune = now + self.prune_interval
+                    pruned = self.store.prune()
+                    self.counts["pruned"] += pruned
+                    self.hub.publish(self.store.seq())
+            except Exception as exc:  # the writer must survive a bad moment of the database
+                self.counts["errors"] += 1
+                self.last_error = repr(exc)
+                log.exception("monitor writer error")
+                self._stop.wait(0.5)
+            for done in markers:
+                done.set()
+
+    def _decode_raw(self, items: list[Any]) -> list[Any]:
+        """Raw messages replaced by their events (the decoder counts what does not decode)."""
+        decode = self.raw_decoder
+        if decode is None:
+            return items
+        out: list[Any] = []
+        for item in items:
+            if type(item) is bytes:
+                out.extend(decode(item))
+            else:
+                out.append(item)
+        return out
+
+    def _take(self) -> list[Any]:
+        try:
+            first = self._queue.get(timeout=self.expire_interval)
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    @contextmanager
+    def _tx(self) -> Iterator[Tx]:
+        """A store write transaction whose totals (if any) commit with it."""
+        totals = self.totals
+        try:
+            with self.store.write() as tx:
+                yield tx
+                if totals is not None:
+                    totals.record(tx)
+        except BaseException:
+            if totals is not None:
+                totals.rolled_back()
+            raise
+        if totals is not None:
+            totals.committed()
+
+    def _write(self, fn: Callable[[Any], Any]) -> None:
+        with self._tx() as tx:
+            fn(tx)
+        self._announce(tx.changes)
+
+    def _announce(self, changes: list[tuple[int, str, str, Any]]) -> None:
+        if changes:
+            self.hub.publish(changes[-1][0])
+            if self.on_changes is not None:
+                self.on_changes(changes)
+
+    def _apply_batch(self, events: list[Any]) -> None:
+        self.counts["received"] += len(events)
+        if self.totals is not None:
+            self.totals.count_events(events)
+        merged = coalesce(events)
+        self.counts["coalesced"] += len(events) - len(merged)
+        try:
+            with self._tx() as tx:
+                tx.prefetch(*referenced(merged))
+                for ev in merged:
+                    self._apply_one(ev, tx)
+            self._announce(tx.changes)
+            return
+        except Exception as exc:
+            self.last_error = repr(exc)
+            log.warning("batch failed (%r); applying its events one by one", exc)
+        for ev in merged:
+            try:
+                with self._tx() as tx:
+                    self._apply_one(ev, tx)
+                self._announce(tx.changes)
+            except Exception as exc:
+                self.counts["errors"] += 1
+                self.last_error = repr(exc)
+
+    def _apply_one(self, ev: Any, tx: Any) -> None:
+        try:
+            if apply(ev, tx):
+                self.counts["applied"] += 1
+            else:
+                self.counts["unchanged"] += 1
+        except MalformedEvent as exc:
+            self.counts["malformed"] += 1
+            self.last_error = str(exc)[:300]

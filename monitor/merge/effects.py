@@ -1,0 +1,108 @@
+"""Writing what the job rules decided: the I/O shared by event merge and truth repair.
+
+:mod:`monitor.merge.job_rules` decides on plain values; these functions carry a decision out on
+stored rows -- a job's fields, its worker's ended/failed counts, its machine, the worker's
+current job -- through a :class:`~monitor.store.Tx`. :mod:`monitor.merge.apply` (events) and
+:mod:`monitor.repair.truth` (repair) both use them, so a job ends the same way whoever ends it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from jobqueue.states import JobStatus
+from monitor.merge.job_rules import FINAL, JOB_FIELDS, JobState, final_progress, move
+from monitor.store import JobRow, Tx
+from monitor.store.statuses import FAILED_STATUSES
+
+#: A worker node name ``gpu<N>@<machine>``: its GPU and machine until it reports them.
+NODE = re.compile(r"^gpu(\d+)@(.+)$")
+
+
+def state_of(job: JobRow) -> JobState:
+    """The rules' view of a stored job."""
+    # Loaded values straight from the instance dict (the attribute descriptors cost a fifth
+    # of an event's merge); an attribute not loaded goes through SQLAlchemy as usual.
+    loaded = job.__dict__
+    return JobState(**{name: loaded[name] if name in loaded else getattr(job, name) for name in JOB_FIELDS})
+
+
+def write_back(job: JobRow, before: JobState, after: JobState) -> None:
+    """Store what the rules changed from ``before`` (read from ``job``) to ``after``: only
+    the fields that differ, so nothing else is dirty. The rules replace values, never change
+    them in place, so comparing the two states finds every change."""
+    for name in JOB_FIELDS:
+        value = getattr(after, name)
+        if value != getattr(before, name):
+            setattr(job, name, value)
+
+
+def move_row(job: JobRow, new: JobStatus, ts: float) -> bool:
+    """:func:`monitor.merge.job_rules.move` on a stored job; return whether it moved."""
+    before = state_of(job)
+    after = before.copy()
+    if not move(after, new, ts):
+        return False
+    write_back(job, before, after)
+    return True
+
+
+def machine_of(tx: Tx, hostname: str) -> str | None:
+    """The machine of worker ``hostname``: as the worker reported it, else from its node name."""
+    worker = tx.worker(hostname, create=False)
+    if worker is not None:
+        return worker.machine_id
+    node = NODE.match(hostname)
+    return node.group(2) if node else None
+
+
+def count_end(tx: Tx, job: JobRow, name: str | None, sign: int) -> None:
+    """Add (``sign`` 1) or take back (-1) an ended job in its worker's ``ended``/``failed``
+    counters. Called only where a job first reaches a final state (``move`` refuses a
+    replayed or repaired final event, so it cannot count twice) or where an ended job's
+    worker changes; a worker not stored yet counts its jobs when it is created
+    (:meth:`monitor.store.Tx.worker`), and pruning takes pruned jobs back out."""
+    if not name or job.status not in FINAL:
+        return
+    worker = tx.worker(name, create=False)
+    if worker is None:
+        return
+    worker.ended = max(0, (worker.ended or 0) + sign)
+    if job.status in FAILED_STATUSES:
+        worker.failed = max(0, (worker.failed or 0) + sign)
+    tx.touch("worker", name)
+
+
+def left_worker(tx: Tx, job: JobRow, *, failed: bool) -> None:
+    """A job left its worker (ended, or will be retried); one that ended counts on it."""
+    if job.status in FINAL:
+        count_end(tx, job, job.worker, +1)
+        if job.status == JobStatus.COMPLETED.value and job.service:
+            tx.touch("service", job.service)  # its completion-time median may change
+    if not job.worker:
+        return
+    worker = tx.worker(job.worker, create=False)
+    if worker is None:
+        return
+    if worker.current_job == job.id:
+        worker.current_job = None
+        tx.touch("worker", worker.name)
+    if job.status in FINAL or failed:
+        tx.touch("worker", worker.name)  # its counts changed
+
+
+def job_ended(tx: Tx, job: JobRow, *, failed: bool) -> None:
+    """A stored job was set to a final status (by repair): its progress becomes canonical
+    and it leaves its worker (:func:`left_worker`)."""
+    if job.status in FINAL:
+        job.progress, _ = final_progress(job.status, job.progress)
+    left_worker(tx, job, failed=failed)
+
+
+def set_worker(tx: Tx, job: JobRow, old: str | None, new: str, *, recount: bool) -> None:
+    """The job's worker became ``new``: its machine follows, and an ended job's count moves
+    from ``old`` to ``new`` (``recount``; off where the job's end is counted by itself)."""
+    if recount:
+        count_end(tx, job, old, -1)
+        count_end(tx, job, new, +1)
+    job.machine_id = machine_of(tx, new)

@@ -1,0 +1,88 @@
+"""Estimated time left for unfinished jobs.
+
+* processing: the ETA its worker computed from the job's recent rate with its last progress
+  report (``progress.eta_seconds``, as of ``eta_at``). It is stored with the job, so snapshots
+  and websocket deltas carry the same value; a page counts it down from ``eta_at``.
+* queued: its position in its queue (priority first, then age) and the time until it is
+  expected to have run, which follows from the work ahead of it: every online worker that consumes the queue is free once its running
+  job ends (that job's ETA counted down, else its service's median minus the time it has run),
+  and each job ahead takes its service's completion-time median on the first worker free
+  (``services`` in the snapshot, a ``service`` delta when it changes). It depends on other jobs,
+  so it is computed when read, here only: for REST, snapshots and ``GET /api/estimates``, which
+  the dashboard asks whenever the live state changes and then counts down — recomputing it on
+  every change would mean a delta for every job behind any queue change.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from typing import Any
+
+from jobqueue.states import JobStatus
+from monitor.store.statuses import WorkerStatus
+
+
+def queue_order_key(job: dict[str, Any]) -> tuple[int, float, str]:
+    """The order in which queued jobs are taken: higher priority first, then older first."""
+    return (-(job.get("priority") or 0), job.get("submitted_at") or 0.0, job["id"])
+
+
+def remaining(job: dict[str, Any] | None, median: float | None, now: float) -> float:
+    """Seconds a running job still needs: its ETA counted down, else its service's median
+    minus the time it has run (0 when nothing is known)."""
+    if job is None:
+        return 0.0
+    eta = job.get("eta_seconds")
+    if isinstance(eta, (int, float)):
+        at = job.get("eta_at")
+        return max(0.0, float(eta) - (now - at)) if isinstance(at, (int, float)) else float(eta)
+    if median is None:
+        return 0.0
+    started = job.get("started_at")
+    return max(0.0, median - (now - started)) if isinstance(started, (int, float)) else median
+
+
+def busy_until(workers: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], medians: dict[str, float | None],
+               now: float | None = None) -> dict[str, list[float]]:
+    """For each queue, when (seconds from now) each online worker consuming it is free."""
+    now = time.time() if now is None else now
+    out: dict[str, list[float]] = {}
+    for worker in workers:
+        if worker.get("status") != WorkerStatus.ONLINE:
+            continue
+        current = jobs.get(worker.get("current_job") or "")
+        free = remaining(current, medians.get((current or {}).get("service") or ""), now) if current else 0.0
+        for queue in worker.get("queues") or []:
+            out.setdefault(queue, []).append(free)
+    return out
+
+
+def annotate(jobs: list[dict[str, Any]], medians: dict[str, float | None],
+             consumers: dict[str, int] | None = None, busy: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
+    """Fill ``queue_position`` and ``eta_seconds`` of the queued ones among ``jobs`` (which
+    must hold every queued job for the positions to be right); return ``jobs``.
+
+    ``busy``: per queue, when each consuming worker is free (:func:`busy_until`); without it
+    ``consumers`` idle workers per queue are assumed."""
+    positions: dict[str, int] = {}
+    free: dict[str, list[float] | None] = {}
+    for job in sorted((j for j in jobs if j.get("status") == JobStatus.QUEUED), key=queue_order_key):
+        queue = job.get("queue") or job.get("service") or ""
+        positions[queue] = positions.get(queue, 0) + 1
+        job["queue_position"] = positions[queue]
+        if queue not in free:
+            times = list((busy or {}).get(queue) or [0.0] * max(1, (consumers or {}).get(queue, 1)))
+            heapq.heapify(times)
+            free[queue] = times
+        heap = free[queue]
+        median = medians.get(job.get("service") or "")
+        if heap is None:
+            continue
+        if median is None:
+            free[queue] = None  # this job and the ones behind it need an unknown time
+            continue
+        done = heapq.heappop(heap) + median
+        job["eta_seconds"] = round(done, 2)  # until it is expected to have run, like a running job's
+        heapq.heappush(heap, done)
+    return jobs

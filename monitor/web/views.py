@@ -1,0 +1,166 @@
+"""The dashboard's pages: fleet, jobs, one job, stats, and the client test page.
+
+The server renders only the page shell; every number on a page comes from the REST API and the
+``/ws`` websocket (snapshot, then deltas), so a page opened late shows exactly what a page open
+all along shows. Nothing user-supplied is rendered into HTML here except through Jinja's
+autoescaping; the browser code builds its DOM with ``textContent`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, abort, current_app, jsonify, render_template, request, send_file
+
+from jobqueue.connectors import CONNECTORS, connector_class
+from jobqueue.errors import JobqueueError
+from jobqueue.shared.outputs import is_safe_name
+from monitor.web import auth
+from monitor.web.api import error_response
+
+#: Blueprint the monitor's app factory registers when this module exists.
+bp = Blueprint(
+    "views",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/ui-static",
+)
+
+
+def service_examples() -> dict[str, Any]:
+    """Each known service with its example payload (None when its connector cannot load)."""
+    examples: dict[str, Any] = {}
+    for service in sorted(CONNECTORS):
+        try:
+            examples[service] = getattr(connector_class(service), "example_payload", None)
+        except (ImportError, AttributeError, JobqueueError):
+            # A connector module that is missing on this install still gets listed: the
+            # server refuses the job with a clear error if it cannot run it.
+            examples[service] = None
+    return examples
+
+
+@bp.get("/api/services/<name>/schema")
+def service_schema(name: str) -> Any:
+    """The JSON schema of ``name``'s job payload (its connector's pydantic models): the client
+    page lists the fields and checks a payload against it before sending; the server checks
+    again at submit. 404 for a service no connector provides here."""
+    try:
+        connector = connector_class(name) if name in CONNECTORS else None
+    except (ImportError, AttributeError, JobqueueError):
+        connector = None
+    if connector is None:
+        return error_response(404, "not_found", f"no connector for service {name!r} on this monitor")
+    return jsonify(connector.payload_schema())
+
+
+@bp.get("/")
+def fleet() -> str:
+    """Machines, their workers (one per GPU) and each connector's status."""
+    return render_template("fleet.html", page="fleet")
+
+
+@bp.get("/jobs")
+def jobs() -> str:
+    """Pending, active, finished and failed jobs with filters and search."""
+    return render_template("jobs.html", page="jobs")
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str) -> str:
+    """One job: its state, payload summary, outputs and full event timeline."""
+    return render_template("job.html", page="job", job_id=job_id)
+
+
+@bp.get("/stats")
+def stats() -> str:
+    """Completion times per service, throughput, failure patterns and queue depths."""
+    return render_template("stats.html", page="stats")
+
+
+@bp.get("/client")
+def client() -> str:
+    """The client test page: submit a batch of jobs and follow them live."""
+    examples = service_examples()
+    return render_template(
+        "client.html",
+        page="client",
+        services=list(examples),
+        examples=examples,
+    )
+
+
+@bp.get("/api/auth")
+def auth_info() -> Any:
+    """What the pages need to show or hide controls: ``auth_required``, ``read_only`` and
+    whether this request's ``Authorization`` header would be accepted (never a 401 itself).
+
+    The pages send credentials in the ``Authorization`` header from sessionStorage, never in
+    a cookie, so a cross-site form cannot forge a control request (no CSRF token needed).
+    """
+    settings = current_app.extensions["jobqueue_monitor"].settings
+    refused = auth.check(settings, request.headers, request.remote_addr)
+    return jsonify({
+        "auth_required": auth.has_credentials(settings),
+        "read_only": bool(settings.monitor_read_only),
+        "authenticated": refused is None,
+    })
+
+
+#: Output files the pages may show inline; anything else is served as a download.
+INLINE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+
+
+
+
+def output_file(output_dir: str, job_id: str, name: str) -> Path | None:
+    """The regular file ``<output_dir>/<job_id>/<name>``, or None.
+
+    Only a plain name directly inside the job's own folder: no dot-names (``.``, ``..``), no
+    separators, no symlink at either level (the check uses ``lstat`` and the file is opened
+    with ``O_NOFOLLOW``), nothing but a regular file.
+    """
+    if not is_safe_name(job_id) or not is_safe_name(name):
+        return None
+    folder = Path(output_dir).resolve() / job_id
+    path = folder / name
+    try:
+        if not stat.S_ISDIR(folder.lstat().st_mode) or not stat.S_ISREG(path.lstat().st_mode):
+            return None
+    except (OSError, ValueError):
+        return None
+    return path
+
+
+@bp.get("/jobs/<job_id>/files/<name>")
+def job_file(job_id: str, name: str) -> Any:
+    """An output file a worker on this host wrote to ``output_dir/<job id>/<name>``.
+
+    With ``JOBQUEUE_OUTPUT_URL`` set, read from the output store (:mod:`monitor.web.files`), so
+    any machine's files are served; else only where the monitor shares the workers' disk. Only files of a
+    job the store knows are served (see :func:`output_file`). The response is sandboxed by
+    CSP so an SVG or HTML "image" cannot run script on the monitor's origin.
+    """
+    context = current_app.extensions["jobqueue_monitor"]
+    if context.settings.output_url:
+        # A shared output store (S3...): serve from it, whatever machine wrote the file.
+        from monitor.web.files import serve_output
+
+        return serve_output(job_id, name, INLINE_TYPES)
+    path = output_file(context.settings.output_dir, job_id, name)
+    if path is None or context.store.job(job_id, with_events=False) is None:
+        abort(404)
+    try:
+        handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+    except OSError:
+        abort(404)
+    inline = name.lower().endswith(INLINE_TYPES)
+    response = send_file(handle, download_name=name, as_attachment=not inline, max_age=3600,
+                         last_modified=os.fstat(handle.fileno()).st_mtime)
+    response.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; sandbox"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
