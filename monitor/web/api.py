@@ -29,6 +29,10 @@ bp = Blueprint("api", __name__)
 
 #: Most jobs one POST may submit.
 MAX_SUBMIT_COUNT = 1000
+#: The fields ``POST /api/jobs`` takes (any other is refused); docs/api.md and the OpenAPI
+#: document list the same (tests/test_docs_reference.py checks both).
+SUBMIT_FIELDS = frozenset({"service", "payload", "priority", "queue", "timeout", "count", "workflow_id", "step",
+                           "webhook_url", "requires"})
 #: Largest page of jobs.
 MAX_LIMIT = 1000
 
@@ -273,9 +277,7 @@ def submit() -> Any:
     count = body.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SUBMIT_COUNT:
         raise ApiError(400, "bad_request", f"'count' must be an integer 1..{MAX_SUBMIT_COUNT}")
-    unknown = set(body) - {"service", "payload", "priority", "queue", "timeout", "count", "workflow_id", "step",
-                           "webhook_url",
-                           "requires"}
+    unknown = set(body) - SUBMIT_FIELDS
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s) {sorted(unknown)}")
     ids = []

@@ -55,6 +55,11 @@ _SUBMIT = {
         "priority": {"type": "integer", "minimum": 0, "maximum": 9}, "queue": {"type": "string"},
         "timeout": {"type": "number", "exclusiveMinimum": 0}, "count": {"type": "integer", "minimum": 1, "maximum": 1000},
         "workflow_id": {"type": "string"}, "step": {"type": "integer", "minimum": 1},
+        "webhook_url": {"type": "string", "format": "uri"},
+        "requires": {"type": "object", "additionalProperties": False, "properties": {
+            "models": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            "vram_gb": {"type": "number", "exclusiveMinimum": 0},
+            "tags": {"type": "array", "items": {"type": "string", "minLength": 1}}}},
     },
 }
 _EMPTY = {"type": "object"}
