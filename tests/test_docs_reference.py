@@ -1,0 +1,378 @@
+"""The reference docs say what the code does: every setting with its real default
+(docs/configuration.md), every command and option of the ``jobqueue`` CLI, every route of the
+monitor and every field ``POST /api/jobs`` takes (docs/api.md). Fast: the code is read where
+it is (``Settings``, the click command tree, the monitor's Flask URL map), nothing runs live.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from jobqueue.cli import main as cli_main
+from jobqueue.config import DEFAULT_BROKER_URL, ENV_PREFIX, Settings
+from jobqueue.connectors import CONNECTORS
+from tests.conftest import REDIS_DB, REDIS_HOST
+from tests.helpers import ROOT
+
+DOCS = ROOT / "docs"
+#: The docs a user reads for reference (docs/benchmarks.md is a record of runs, not a reference).
+REFERENCE_DOCS = [ROOT / "README.md", *sorted(p for p in DOCS.glob("*.md") if p.name != "benchmarks.md")]
+#: The section of docs/configuration.md whose variables the tests read, not ``Settings``.
+TESTS_SECTION = "Tests"
+#: The section of docs/configuration.md that lists the CLI.
+CLI_SECTION = "Command line"
+
+# -- reading markdown ---------------------------------------------------------------------------
+
+
+def sections(path: Path) -> dict[str, list[str]]:
+    """The lines of each ``## `` section of ``path``, by heading (backticks removed)."""
+    found: dict[str, list[str]] = {}
+    current = ""
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip().replace("`", "")
+            found[current] = []
+        else:
+            found.setdefault(current, []).append(line)
+    return found
+
+
+def table_rows(lines: list[str]) -> list[list[str]]:
+    """The body rows of every table in ``lines``, each a list of stripped cells."""
+    rows = []
+    for line in lines:
+        if not line.startswith("|") or re.match(r"^\|[-| ]+\|$", line):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] in ("Variable", "Command"):  # a header
+            continue
+        rows.append(cells)
+    return rows
+
+
+def code_spans(text: str) -> Iterator[str]:
+    """Every inline code span and every line of a fenced block in ``text``."""
+    fenced = False
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            yield line
+        else:
+            yield from re.findall(r"`([^`]+)`", line)
+
+
+def first_literal(cell: str) -> str | None:
+    """The value a default cell starts with, when it starts with a code span."""
+    match = re.match(r"^`([^`]*)`", cell)
+    return match.group(1) if match else None
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def setting_rows() -> dict[str, tuple[str, str]]:
+    """Every variable of docs/configuration.md's tables: ``{variable: (section, default cell)}``;
+    a variable listed twice is an error."""
+    rows: dict[str, tuple[str, str]] = {}
+    for section, lines in sections(DOCS / "configuration.md").items():
+        for cells in table_rows(lines):
+            variable = first_literal(cells[0])
+            if variable is None or not variable.startswith(ENV_PREFIX):
+                continue
+            assert variable not in rows, f"{variable} is listed twice in docs/configuration.md"
+            rows[variable] = (section, cells[1])
+    return rows
+
+
+def real_default(field: str) -> Any:
+    return Settings.model_fields[field].get_default(call_default_factory=True)
+
+
+def _resolved_result_backend(broker_url: str) -> str:
+    return Settings(broker_url=broker_url).resolved().result_backend
+
+
+#: Defaults the table describes in words because they depend on the host or on another setting,
+#: each with the check of what the words say.
+DESCRIBED_DEFAULTS = {
+    "JOBQUEUE_MACHINE_ID": ("the host name", lambda: Settings().resolved().machine_id == socket.gethostname()),
+    "JOBQUEUE_RESULT_BACKEND": (
+        f"the broker URL on Redis; `{DEFAULT_BROKER_URL}` on RabbitMQ",
+        lambda: (_resolved_result_backend("redis://10.1.2.3:6380/4") == "redis://10.1.2.3:6380/4"
+                 and _resolved_result_backend("amqp://guest:guest@10.1.2.3:5672//") == DEFAULT_BROKER_URL),
+    ),
+}
+
+
+def test_every_setting_has_one_row_and_every_row_outside_tests_is_a_setting():
+    # Given the variables of the configuration tables, the tests' own left aside
+    documented = {name for name, (section, _) in setting_rows().items() if section != TESTS_SECTION}
+    # Then they are exactly the Settings fields, by their environment variables
+    fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    assert sorted(documented - fields) == [], "documented, but not a setting"
+    assert sorted(fields - documented) == [], "a setting without a row in docs/configuration.md"
+
+
+@pytest.mark.parametrize("field", sorted(Settings.model_fields))
+def test_the_documented_default_is_the_real_default(field: str):
+    # Given a setting's row and its real default
+    variable = ENV_PREFIX + field.upper()
+    section, cell = setting_rows()[variable]
+    default = real_default(field)
+    literal = first_literal(cell)
+    # Then the row says that default: a literal read the way the variable is read, "empty",
+    # "unset", or words whose meaning the code bears out
+    if literal is not None:
+        parsed = getattr(Settings.from_env({variable: literal}), field)
+        assert parsed == default, f"{variable}: documented {literal!r}, real default {default!r}"
+    elif cell.startswith("empty"):
+        assert default is not None and not default, f"{variable}: documented empty, real default {default!r}"
+    elif cell.startswith("unset"):
+        assert default is None, f"{variable}: documented unset, real default {default!r}"
+    else:
+        assert variable in DESCRIBED_DEFAULTS, f"{variable}: default {cell!r} is neither a value nor described"
+        words, holds = DESCRIBED_DEFAULTS[variable]
+        assert cell == words and default in ("", None)
+        assert holds(), f"{variable}: the code does not do what {words!r} says"
+
+
+def variables_the_tests_read() -> dict[str, str]:
+    """``{variable: default}`` of every ``JOBQUEUE_*`` variable the tests read with
+    ``os.environ.get(name, default)``."""
+    found: dict[str, str] = {}
+    pattern = re.compile(r'environ\.get\(\s*"(JOBQUEUE_[A-Z0-9_]+)"\s*,\s*"([^"]*)"')
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for name, default in pattern.findall(path.read_text()):
+            assert found.get(name, default) == default, f"{name} has two defaults in the tests"
+            found[name] = default
+    return found
+
+
+def test_every_variable_the_tests_read_is_documented_with_its_default():
+    # Given the variables the tests read, and docs/configuration.md's Tests table
+    read = variables_the_tests_read()
+    documented = {name: cell for name, (section, cell) in setting_rows().items() if section == TESTS_SECTION}
+    # Then the table lists exactly those, none a setting, each with the default the tests use
+    assert read, "no JOBQUEUE_* variable found in the tests: the search is broken"
+    assert sorted(documented) == sorted(read)
+    assert not {name.removeprefix(ENV_PREFIX).lower() for name in read} & set(Settings.model_fields)
+    for name, default in read.items():
+        assert first_literal(documented[name]) == default, f"{name}: documented {documented[name]!r}, read {default!r}"
+
+
+def test_the_connectors_variable_names_every_connector():
+    # Given the row of JOBQUEUE_CONNECTORS and the connector registry
+    row = next(line for line in (DOCS / "configuration.md").read_text().splitlines()
+               if line.startswith("| `JOBQUEUE_CONNECTORS`"))
+    # Then every service a worker can enable is named there
+    assert [service for service in CONNECTORS if f"`{service}`" not in row] == []
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def cli_commands() -> dict[str, click.Context]:
+    """``{"jobqueue up": <its context>, ...}`` for the group and every command under it, each
+    context made as click makes it (settings inherited from the group's)."""
+    found: dict[str, click.Context] = {}
+
+    def walk(command: click.Command, path: str, parent: click.Context | None) -> None:
+        context = click.Context(command, parent=parent, info_name=path.split()[-1], **command.context_settings)
+        found[path] = context
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}", context)
+
+    walk(cli_main, "jobqueue", None)
+    return found
+
+
+def option_names(context: click.Context) -> set[str]:
+    """Every spelling of every option the context's command takes, its help option included."""
+    names: set[str] = set()
+    for param in context.command.get_params(context):
+        if isinstance(param, click.Option):
+            names.update(param.opts, param.secondary_opts)
+    return names
+
+
+def passes_options_through(context: click.Context) -> bool:
+    """True for a command that hands unknown options to another program (``jobqueue worker``)."""
+    return context.ignore_unknown_options
+
+
+OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
+
+
+def cli_rows() -> dict[str, tuple[str, str]]:
+    """The command table of docs/configuration.md: ``{command path: (command cell, options cell)}``."""
+    rows: dict[str, tuple[str, str]] = {}
+    for cells in table_rows(sections(DOCS / "configuration.md")[CLI_SECTION]):
+        usage = first_literal(cells[0])
+        assert usage is not None, f"a command row without a command: {cells[0]!r}"
+        path = " ".join(word for word in usage.split() if not word.isupper())
+        rows[path] = (usage, cells[1])
+    return rows
+
+
+def test_every_command_is_documented_with_its_arguments_and_options():
+    # Given the click command tree and the command table
+    commands, rows = cli_commands(), cli_rows()
+    # Then each command has a row, and each row is a command
+    assert sorted(rows) == sorted(commands)
+    for path, context in commands.items():
+        usage, options_cell = rows[path]
+        command = context.command
+        # with its arguments in the usage, as click names them
+        arguments = [p.human_readable_name for p in command.params if isinstance(p, click.Argument)]
+        assert [a for a in arguments if a not in usage] == [], f"{path}: arguments missing from {usage!r}"
+        # and its options, no more, no fewer (the help option is documented once, on the group)
+        documented = {name for span in re.findall(r"`([^`]+)`", options_cell) for name in OPTION.findall(span)}
+        real = option_names(context) - ({"-h", "--help"} if path != "jobqueue" else set())
+        if passes_options_through(context):
+            assert documented == set(), f"{path} passes its options through; document them as another program's"
+            continue
+        assert sorted(documented - real) == [], f"{path}: documented options it does not take"
+        assert sorted(real - documented) == [], f"{path}: options missing from docs/configuration.md"
+
+
+def test_every_documented_option_default_is_the_real_default():
+    # Given options documented with a default: `--option` (default `value`)
+    commands = cli_commands()
+    checked = 0
+    for path, (_, options_cell) in cli_rows().items():
+        by_name = {name: param for param in commands[path].command.params if isinstance(param, click.Option)
+                   for name in param.opts}
+        for spelled, value in re.findall(r"`([^`]+)` (?:[^;(]*)\(default `([^`]+)`", options_cell):
+            param = by_name[spelled.split("/")[-1]]
+            checked += 1
+            # Then the value is click's default, or the variable the command reads instead
+            if param.default is None:
+                assert value.startswith(ENV_PREFIX), f"{path} {spelled}: no default in the code, documented {value!r}"
+                assert param.help and value in param.help, f"{path} {spelled}: the code does not read {value}"
+            else:
+                assert str(param.default) == value, f"{path} {spelled}: documented {value!r}, real {param.default!r}"
+    assert checked >= 8, "the defaults were not found: the table's form changed"
+
+
+#: A ``jobqueue`` command in code: at the start of a code span or line, or after ``&&``, ``;``,
+#: ``|`` or ``$(`` (so neither ``celery -A jobqueue worker`` nor ``from jobqueue import``).
+INVOCATION = re.compile(r"(?:^\s*|[;&|(]\s*)jobqueue ([a-z][\w-]*)((?:[ \t]+[^\s&|;#)]+)*)")
+
+
+def test_every_jobqueue_command_line_in_the_docs_uses_options_its_command_takes():
+    commands = cli_commands()
+    wrong = []
+    for doc in REFERENCE_DOCS:
+        for span in code_spans(doc.read_text()):
+            for name, rest in INVOCATION.findall(span):
+                context = commands.get(f"jobqueue {name}")
+                if context is None:
+                    wrong.append(f"{doc.name}: no command `jobqueue {name}`")
+                    continue
+                if passes_options_through(context):
+                    continue
+                for token in rest.split():
+                    match = re.fullmatch(r"\[?(--?[A-Za-z][\w-]*)(=\S*)?\]?", token)
+                    if match and match.group(1) not in option_names(context):
+                        wrong.append(f"{doc.name}: `jobqueue {name}` has no option {match.group(1)}")
+    assert wrong == []
+
+
+# -- the monitor's routes -----------------------------------------------------------------------
+
+#: A method and a path in the docs (``GET /api/jobs/<id>``).
+DOC_ROUTE = re.compile(r"\b(GET|POST|PUT|PATCH|DELETE) (/[\w./<>-]*)")
+
+
+def normalise(path: str) -> str:
+    """A path with every placeholder spelled ``<>``: ``/api/jobs/<job_id>`` = ``/api/jobs/<id>``."""
+    return re.sub(r"<[^>]*>", "<>", path).rstrip(".")
+
+
+def documented_routes(path: Path) -> set[tuple[str, str]]:
+    text = re.sub(r"<[^>]*>", "<>", path.read_text())
+    return {(method, normalise(route)) for method, route in DOC_ROUTE.findall(text)}
+
+
+@pytest.fixture(scope="module")
+def monitor_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The monitor's Flask app, built as tests/monitor/conftest.py builds it (no broker work)."""
+    from monitor.app import create_app
+
+    folder = tmp_path_factory.mktemp("routes")
+    settings = Settings(monitor_db=f"sqlite:///{folder / 'app.db'}",
+                        broker_url=f"redis://{REDIS_HOST}:6379/{REDIS_DB}", monitor_token="docs-token").resolved()
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["jobqueue_monitor"].close()
+
+
+def served_routes(app: Any) -> set[tuple[str, str]]:
+    return {(method, normalise(rule.rule)) for rule in app.url_map.iter_rules()
+            for method in rule.methods - {"HEAD", "OPTIONS"}}
+
+
+def test_every_route_the_monitor_serves_is_in_the_api_doc_and_every_documented_one_is_served(monitor_app):
+    # Given the monitor's URL map and the routes docs/api.md names
+    served, documented = served_routes(monitor_app), documented_routes(DOCS / "api.md")
+    # Then they are the same
+    assert sorted(served - documented) == [], "served, but not in docs/api.md"
+    assert sorted(documented - served) == [], "in docs/api.md, but not served"
+
+
+def test_every_monitor_route_another_doc_names_is_served(monitor_app):
+    # Given the monitor's routes other docs name (theirs: /api/..., the pages, /healthz, /metrics)
+    served = served_routes(monitor_app)
+    prefixes = ("/api/", "/healthz", "/metrics", "/ws")
+    named = {(doc.name, method, route) for doc in REFERENCE_DOCS if doc.name != "api.md"
+             for method, route in documented_routes(doc) if route.startswith(prefixes)}
+    # Then the monitor serves each
+    assert sorted(entry for entry in named if entry[1:] not in served) == []
+
+
+def documented_submit_fields() -> set[str]:
+    line = next(line for line in (DOCS / "api.md").read_text().splitlines() if line.startswith("- `POST /api/jobs` `"))
+    body = line.split("` `", 1)[1].split("`", 1)[0]
+    return set(re.findall(r'"(\w+)"', body))
+
+
+def test_the_fields_post_api_jobs_takes_are_documented_and_in_the_openapi_document(monitor_app):
+    from monitor.web.api import SUBMIT_FIELDS
+    from monitor.web.openapi import document
+
+    # Given the fields the submit endpoint takes
+    # Then docs/api.md and the OpenAPI document list exactly those
+    assert sorted(documented_submit_fields()) == sorted(SUBMIT_FIELDS)
+    schema = document()["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert sorted(schema["properties"]) == sorted(SUBMIT_FIELDS)
+
+
+def test_the_submit_endpoint_takes_each_documented_field_and_refuses_others(monitor_app):
+    # Given a submit to a service nobody provides (refused before anything is enqueued)
+    client = monitor_app.test_client()
+    headers = {"Authorization": "Bearer docs-token"}
+    values = {"payload": {}, "priority": 5, "queue": "gpu0", "timeout": 10, "count": 1, "workflow_id": "w1",
+              "step": 1, "webhook_url": "http://127.0.0.1:9/hook", "requires": {"tags": ["docs"]}}
+    assert sorted(values) == sorted(documented_submit_fields() - {"service"})
+    for field, value in values.items():
+        # When it carries one documented field
+        answer = client.post("/api/jobs", json={"service": "no-such-service", field: value}, headers=headers)
+        # Then the field is taken: the refusal is about the service
+        assert answer.status_code == 400, field
+        assert answer.get_json()["error"]["code"] == "invalid_job", (field, answer.get_json())
+    # And a field the docs do not list is refused by name
+    answer = client.post("/api/jobs", json={"service": "no-such-service", "colour": "red"}, headers=headers)
+    assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "bad_request"
+    assert "colour" in answer.get_json()["error"]["message"]
