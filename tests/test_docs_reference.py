@@ -6,6 +6,7 @@ it is (``Settings``, the click command tree, the monitor's Flask URL map), nothi
 
 from __future__ import annotations
 
+import ast
 import re
 import socket
 from collections.abc import Iterator
@@ -52,7 +53,7 @@ def table_rows(lines: list[str]) -> list[list[str]]:
         if not line.startswith("|") or re.match(r"^\|[-| ]+\|$", line):
             continue
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if cells[0] in ("Variable", "Command"):  # a header
+        if cells[0] in ("Variable", "Command", "Package"):  # a header
             continue
         rows.append(cells)
     return rows
@@ -376,3 +377,113 @@ def test_the_submit_endpoint_takes_each_documented_field_and_refuses_others(moni
     answer = client.post("/api/jobs", json={"service": "no-such-service", "colour": "red"}, headers=headers)
     assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "bad_request"
     assert "colour" in answer.get_json()["error"]["message"]
+
+
+# -- the package map ----------------------------------------------------------------------------
+
+#: Imports that break docs/developers.md's "may import" column today, each to go while issue 23
+#: is under way: (importing module, imported package). A new one fails the test below, and so
+#: does an entry that no longer occurs (remove it then).
+IMPORT_EXCEPTIONS = {
+    ("jobqueue/client/jobs.py", "jobqueue/worker/"),  # check_webhook_url
+    ("jobqueue/shared/requirements.py", "jobqueue/connectors/"),  # the models a payload names
+    ("jobqueue/transport/app.py", "jobqueue/worker/"),  # registers the task, bootsteps, webhooks
+    ("jobqueue/transport/kombu_redis.py", "jobqueue/worker/"),  # poison classification
+    ("monitor/merge/apply.py", "monitor/repair/"),  # repair's own events
+    ("monitor/metrics/prometheus.py", "monitor/web/"),  # queue depths
+    ("monitor/repair/reconcile.py", "jobqueue/connectors/"),  # service queue names
+    ("monitor/store/changelog.py", "monitor/metrics/"),  # safe_median
+    ("monitor/store/queries.py", "monitor/metrics/"),  # safe summary statistics
+    ("monitor/store/serialise.py", "monitor/web/"),  # a worker's capabilities
+    ("monitor/web/api.py", "jobqueue/connectors/"),  # service names
+    ("monitor/web/deadletters.py", "jobqueue/worker/"),  # the dead-letter suffix
+    ("monitor/web/views.py", "jobqueue/connectors/"),  # example payloads, schemas
+    ("monitor/web/webhook_attempts.py", "jobqueue/worker/"),  # read_attempts
+}
+
+
+def expand(token: str) -> list[str]:
+    """``jobqueue/{errors,states}.py`` -> ``["jobqueue/errors.py", "jobqueue/states.py"]``."""
+    match = re.fullmatch(r"([^{]*)\{([^}]*)\}(.*)", token)
+    if match is None:
+        return [token]
+    head, names, tail = match.groups()
+    return [f"{head}{name}{tail}" for name in names.split(",")]
+
+
+def package_map() -> dict[str, set[str] | None]:
+    """docs/developers.md's "Where things go" table: ``{unit: units it may import}`` (None: any),
+    a unit being a top-level module (``jobqueue/config.py``) or a package (``jobqueue/worker/``)."""
+    rules: dict[str, set[str] | None] = {}
+    for cells in table_rows(sections(DOCS / "developers.md")["Where things go"]):
+        units = expand(first_literal(cells[0]) or "")
+        allowed = None if cells[2] == "anything" else {
+            unit for token in re.findall(r"`([^`]+)`", cells[2]) for unit in expand(token)}
+        for unit in units:
+            assert unit not in rules, f"{unit} has two rows"
+            rules[unit] = allowed
+    return rules
+
+
+def unit_of(module: str) -> str:
+    """The unit a dotted module name belongs to: ``jobqueue.worker.task`` -> ``jobqueue/worker/``."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return f"{parts[0]}/__init__.py"
+    if (ROOT / parts[0] / parts[1]).is_dir():
+        return f"{parts[0]}/{parts[1]}/"
+    return f"{parts[0]}/{parts[1]}.py"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every project module ``path`` imports, anywhere in it (lazy imports too)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            found.add(base)
+    return {name for name in found if name.split(".")[0] in ("jobqueue", "monitor")}
+
+
+def project_modules() -> list[Path]:
+    return sorted(p for root in ("jobqueue", "monitor") for p in (ROOT / root).rglob("*.py"))
+
+
+def test_every_module_belongs_to_a_package_of_the_map():
+    rules = package_map()
+    units = {unit_of(".".join(p.relative_to(ROOT).with_suffix("").parts)) for p in project_modules()}
+    assert sorted(units - set(rules)) == [], "modules outside the map of docs/developers.md"
+    assert sorted(set(rules) - units) == [], "the map names what does not exist"
+
+
+def imports_breaking_the_map() -> set[tuple[str, str]]:
+    """(module, package) of every import the map's "may import" column does not allow."""
+    rules = package_map()
+    breaking = set()
+    for path in project_modules():
+        own = unit_of(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        allowed = rules[own]
+        if allowed is None:
+            continue
+        for module in imported_modules(path):
+            target = unit_of(module)
+            if target != own and target not in allowed:
+                breaking.add((str(path.relative_to(ROOT)), target))
+    return breaking
+
+
+def test_every_import_follows_the_package_map():
+    # Given every import of the project's modules
+    # Then each is one the map of docs/developers.md allows, or a known exception on its way out
+    assert sorted(imports_breaking_the_map() - IMPORT_EXCEPTIONS) == []
+
+
+def test_every_known_exception_to_the_package_map_still_occurs():
+    # An exception that was removed from the code is removed from the list, so it cannot return
+    assert sorted(IMPORT_EXCEPTIONS - imports_breaking_the_map()) == []
