@@ -343,6 +343,19 @@ def test_every_monitor_route_another_doc_names_is_served(monitor_app):
     assert sorted(entry for entry in named if entry[1:] not in served) == []
 
 
+def test_every_api_route_is_an_operation_of_the_openapi_document_and_back(monitor_app):
+    from monitor.web.openapi import document
+
+    # Given the API's routes (not the pages, their files or the websocket) and the OpenAPI document
+    api = {(method, route) for method, route in served_routes(monitor_app)
+           if route.startswith(("/api/", "/healthz", "/metrics"))}
+    described = {(method.upper(), normalise(re.sub(r"\{[^}]*\}", "<>", path)))
+                 for path, item in document()["paths"].items() for method in item}
+    # Then the document describes exactly those operations
+    assert sorted(api - described) == [], "served, but not in monitor/web/openapi.py"
+    assert sorted(described - api) == [], "in monitor/web/openapi.py, but not served"
+
+
 def documented_submit_fields() -> set[str]:
     line = next(line for line in (DOCS / "api.md").read_text().splitlines() if line.startswith("- `POST /api/jobs` `"))
     body = line.split("` `", 1)[1].split("`", 1)[0]
