@@ -290,6 +290,41 @@ def test_every_jobqueue_command_line_in_the_docs_uses_options_its_command_takes(
     assert wrong == []
 
 
+# -- the Python API ------------------------------------------------------------------------------
+
+#: Parameters of the public functions that are for the project's own use (tests, the monitor's
+#: retry), which a signature in the docs may leave out.
+INTERNAL_PARAMETERS = {"app", "job_id", "extra"}
+
+
+def documented_signatures() -> list[tuple[str, str, list[str]]]:
+    """``(doc, function, parameter names)`` of every signature the docs spell out in full, such as
+    ``submit_batch(service, payload, count, *, vary=None, ...)``."""
+    import jobqueue
+
+    found = []
+    for doc in REFERENCE_DOCS:
+        for name, params in re.findall(r"`(\w+)\(([^`()]*\*,[^`()]*)\)`", doc.read_text()):
+            assert name in jobqueue.__all__, f"{doc.name}: {name} is not in jobqueue's public API"
+            names = [p.split("=")[0].strip() for p in params.split(",")]
+            found.append((doc.name, name, [n for n in names if n and n != "*"]))
+    return found
+
+
+def test_every_public_signature_in_the_docs_is_the_real_one():
+    import inspect
+
+    import jobqueue
+
+    signatures = documented_signatures()
+    assert len(signatures) >= 3, "the signatures were not found: their form changed"
+    for doc, name, documented in signatures:
+        real = list(inspect.signature(getattr(jobqueue, name)).parameters)
+        # Then the docs name real parameters, in their order, and leave out only internal ones
+        assert documented == [p for p in real if p in documented], f"{doc}: {name}({', '.join(documented)})"
+        assert set(real) - set(documented) <= INTERNAL_PARAMETERS, f"{doc}: {name} lacks {set(real) - set(documented)}"
+
+
 # -- the monitor's routes -----------------------------------------------------------------------
 
 #: A method and a path in the docs (``GET /api/jobs/<id>``).
