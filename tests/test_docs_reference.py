@@ -290,6 +290,64 @@ def test_every_jobqueue_command_line_in_the_docs_uses_options_its_command_takes(
     assert wrong == []
 
 
+# -- paths and names ----------------------------------------------------------------------------
+
+#: Paths and modules the docs name as examples of what one might add.
+EXAMPLES = {"jobqueue/connectors/forge.py", "jobqueue.connectors.forge"}
+#: Named in docs/developers.md by the lead's plan for issue 23 before the branches that create them
+#: are merged (records, the worker's concerns, the store's migrations): may be missing until then.
+PLANNED = {"jobqueue/shared/records.py", "jobqueue/worker/concerns.py", "monitor/store/migrations/"}
+REPOSITORY_PATH = re.compile(r"(?<![\w/.-])((?:jobqueue|monitor|tests|bench)/[\w/.{},-]*)")
+DOTTED_NAME = re.compile(r"(?<![\w/.-])((?:jobqueue|monitor)(?:\.\w+)+)")
+
+
+def resolves(dotted: str) -> bool:
+    """True when ``dotted`` is a module, or an attribute reached from one."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(target, attribute):
+                return False
+            target = getattr(target, attribute)
+        return True
+    return False
+
+
+def string_literals_of_the_code() -> set[str]:
+    """Every string constant in jobqueue/ and monitor/ (task names such as ``jobqueue.run_job``)."""
+    return {node.value for path in project_modules() for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+def test_every_repository_path_and_module_the_docs_name_exists():
+    literals = string_literals_of_the_code()
+    missing = []
+    for doc in REFERENCE_DOCS:
+        for span in re.findall(r"`([^`\n]+)`", doc.read_text()):
+            for token in REPOSITORY_PATH.findall(span):
+                for path in expand(token.rstrip(".,")):
+                    if path not in EXAMPLES | PLANNED and not (ROOT / path).exists():
+                        missing.append(f"{doc.name}: {path}")
+            for name in DOTTED_NAME.findall(span):
+                name = name.rstrip(".")
+                if name not in EXAMPLES and name not in literals and not resolves(name):
+                    missing.append(f"{doc.name}: {name}")
+    assert missing == []
+
+
+def test_every_jobqueue_variable_the_docs_name_is_a_setting_or_a_test_variable():
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | set(variables_the_tests_read())
+    named = {(doc.name, variable) for doc in REFERENCE_DOCS
+             for variable in re.findall(r"\bJOBQUEUE_[A-Z0-9_]*[A-Z0-9]\b", doc.read_text())}
+    assert sorted((doc, variable) for doc, variable in named if variable not in known) == []
+
+
 # -- the Python API ------------------------------------------------------------------------------
 
 #: Parameters of the public functions that are for the project's own use (tests, the monitor's
