@@ -35,13 +35,13 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _parse_url_map(value: str, variable: str = "JOBQUEUE_COMFYUI_URLS") -> dict[str, str]:
-    """Parse ``gpu0=http://127.0.0.1:8188,gpu1=http://127.0.0.1:8189``."""
+def _parse_map(value: str, variable: str = "JOBQUEUE_COMFYUI_URLS") -> dict[str, str]:
+    """Parse ``gpu0=http://127.0.0.1:8188,gpu1=http://127.0.0.1:8189`` (or ``comfyui=50``)."""
     result: dict[str, str] = {}
     for part in _split(value):
         key, sep, url = part.partition("=")
         if not sep or not key.strip() or not url.strip():
-            raise ValueError(f"expected key=url in {variable}, got {part!r}")
+            raise ValueError(f"expected key=value in {variable}, got {part!r}")
         result[key.strip()] = url.strip()
     return result
 
@@ -179,6 +179,14 @@ class Settings(BaseSettings):
     #: Python module of extra Celery settings (message signing, TLS...) loaded on top of
     #: jobqueue's packaged defaults; the other ``JOBQUEUE_*`` settings still win over it.
     celery_config: str = ""
+    #: Most jobs of one service that may wait in its queues (None: unbounded); over it,
+    #: ``submit_job`` raises ``QueueFull`` and ``POST /api/jobs`` answers 429.
+    max_queued: int | None = None
+    #: Per-service caps over ``max_queued``: ``comfyui=50,a1111=20``.
+    max_queued_by_service: Mapping[str, int] = Field(default_factory=dict)
+    #: A worker exits (warm shutdown, code 0) after this many seconds with no job running or
+    #: reserved (0: never): scale to zero.
+    exit_when_idle: float = 0.0
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -212,7 +220,7 @@ class Settings(BaseSettings):
         if origin is tuple:
             return _split(value)
         if origin is Mapping:
-            return _parse_url_map(value, ENV_PREFIX + info.field_name.upper())
+            return _parse_map(value, ENV_PREFIX + info.field_name.upper())
         text = value.strip()
         if origin in (Union, types.UnionType) and type(None) in get_args(annotation):
             return None if not text else text
@@ -288,6 +296,21 @@ class Settings(BaseSettings):
             raise ConfigError(f"JOBQUEUE_GPU must be >= 0, got {self.gpu}")
         if not 0 <= self.monitor_port <= 65535:
             raise ConfigError(f"JOBQUEUE_MONITOR_PORT must be 0..65535, got {self.monitor_port}")
+        self._check_caps()
+
+    def _check_caps(self) -> None:
+        """A cap of 0 or less would refuse every job: surely a mistake, so it is refused."""
+        if self.max_queued is not None and self.max_queued < 1:
+            raise ConfigError(f"JOBQUEUE_MAX_QUEUED must be >= 1 (unset: unbounded), got {self.max_queued}")
+        bad = {s: n for s, n in self.max_queued_by_service.items() if n < 1}
+        if bad:
+            raise ConfigError(f"JOBQUEUE_MAX_QUEUED_BY_SERVICE caps must be >= 1, got {bad}")
+        if self.exit_when_idle < 0:
+            raise ConfigError(f"JOBQUEUE_EXIT_WHEN_IDLE must be >= 0 (0: never), got {self.exit_when_idle}")
+
+    def max_queued_for(self, service: str) -> int | None:
+        """The cap of ``service``'s queued jobs (None: unbounded)."""
+        return self.max_queued_by_service.get(service, self.max_queued)
 
     def comfyui_url_for(self, gpu: int) -> str:
         """Return the ComfyUI URL a worker on ``gpu`` talks to."""

@@ -37,6 +37,7 @@ from celery import chain
 from celery import states as celery_states
 
 from jobqueue.client.jobs import JobHandle, default_app, prepare_job
+from jobqueue.connectors import CONNECTORS
 from jobqueue.errors import (
     JobCancelled,
     JobFailed,
@@ -45,6 +46,7 @@ from jobqueue.errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
+from jobqueue.shared import queued
 from jobqueue.shared.names import RUN_JOB_TASK
 from jobqueue.shared.steps import (
     PREV,
@@ -100,6 +102,7 @@ def cancel_later_steps(job_id: str, app: Any) -> list[str]:
     for step_id in later:
         app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
     if later:
+        queued.forget(app, CONNECTORS, later)
         app.control.revoke(later)
     return later
 
@@ -129,7 +132,8 @@ def submit_workflow(
 
     Every step gets the workflow's ``priority`` (0..9, default 5), ``timeout`` (per step) and
     ``queue`` (default: each step's service queue). Raises :class:`SubmitError` (or its
-    subclasses, naming the step) when any step is invalid; nothing is enqueued then.
+    subclasses, naming the step) when any step is invalid, :class:`~jobqueue.errors.QueueFull`
+    when its steps do not fit under their services' caps; nothing is enqueued then.
     """
     app = app or default_app()
     pairs = _check_steps(steps)
@@ -151,6 +155,10 @@ def submit_workflow(
             StepSignature(RUN_JOB_TASK, kwargs=kwargs, options=options, subtask_type=STEP_SIGNATURE_TYPE, app=app)
         )
     step_ids = [sig.options["task_id"] for sig in signatures]
+    by_service: dict[str, list[str]] = {}
+    for (service, _), step_id in zip(pairs, step_ids, strict=True):
+        by_service.setdefault(service, []).append(step_id)
+    queued.admit(app, by_service)  # every step or none: QueueFull over a service's cap
     record = {"id": workflow_id, "steps": step_ids, "submitted_at": submitted_at,
               "priority": signatures[0].kwargs["options"]["priority"]}
     setter = getattr(app.backend, "set", None)

@@ -3,7 +3,10 @@
 It runs ``steps`` steps of ``step_seconds`` each and reports every step, so progress,
 cancellation, timeouts and failures behave like a real image job without a GPU. Setting
 ``simulation_down_file`` (``JOBQUEUE_SIMULATION_DOWN_FILE``) gives tests a service that can go
-down: while that file exists, health checks and new steps fail as if the service were gone.
+down: while that file exists, health checks and new steps fail as if the service were gone,
+and a job that arrives then is refused before it starts with
+:class:`~jobqueue.errors.ServiceNotReached` (as ComfyUI's and A1111's connectors do when their
+service does not answer): the attempt does not count as a retry.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
 from jobqueue.connectors.payloads import SimulationPayload, validate_simulation
-from jobqueue.errors import ExecutionFailed, ServiceUnavailable
+from jobqueue.errors import ExecutionFailed, ServiceNotReached, ServiceUnavailable
 from jobqueue.states import ConnectorStatus
 
 
@@ -39,6 +42,8 @@ class SimulationConnector(Connector):
 
     def run(self, job: Job, report_progress: ProgressReporter) -> dict[str, Any]:
         payload = self.validate(job.payload)
+        if self._down():  # nothing was handed over: like a service that does not answer
+            raise ServiceNotReached("simulated service is down", {"down_file": self.settings.simulation_down_file})
         steps, seconds = payload["steps"], payload["step_seconds"]
         report_progress(step=0, total_steps=steps, message="starting")
         for step in range(1, steps + 1):

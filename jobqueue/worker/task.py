@@ -20,6 +20,7 @@ from celery.exceptions import Ignore
 from jobqueue.connectors import Job
 from jobqueue.errors import ConnectorError, JobCancelled
 from jobqueue.shared import job_record as facts
+from jobqueue.shared import queued
 from jobqueue.shared.names import RUN_JOB_TASK, TASK_PROGRESS, job_meta_from_kwargs
 from jobqueue.shared.previews import publisher_for
 from jobqueue.shared.summary import summarize_payload
@@ -100,6 +101,7 @@ def _queue_start(pipe: Any, task: Any, meta: dict[str, Any], runtime: WorkerRunt
     pipe.expire(attempts_key, _expires(app))
     pipe.hgetall(facts.facts_key(request.id))
     facts.queue_write(pipe, request.id, start, expires=_expires(app), remove=_ENDED_FACTS)
+    queued.queue_remove(pipe, meta["service"], request.id)  # no longer queued
 
 
 @dataclass
@@ -238,6 +240,8 @@ def _record_end(task: Any, started: float, *, retried: bool = False) -> None:
     if client is None:
         return
     now = time.time()
+    if retried:  # before the retry re-sends the message: its next start comes after this
+        queued.back_in_queue(task, task.request.kwargs.get("service") if task.request.kwargs else None)
     fields = {"retried_at": now} if retried else {"finished_at": now, "runtime": round(now - started, 6)}
     job_id, expires = task.request.id, _expires(task.app)
     backend = task.backend

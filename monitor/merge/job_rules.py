@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from jobqueue.shared.names import TASK_PROGRESS, job_meta_from_kwargs
-from jobqueue.states import JobStatus, empty_progress, may_move, status_for_error
+from jobqueue.states import JobStatus, empty_progress, may_move, status_for_error, status_for_retry
 from monitor.merge.fields import (
     MAX_ID,
     error_from,
@@ -296,8 +296,25 @@ def _on_failed(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None,
     return True
 
 
+def _handed_back(s: JobState, error: dict[str, Any], ts: float) -> bool:
+    """A job handed back before its service ran anything (a model it needs vanished): it is
+    queued again, with the reason as its error (the one step down the rules allow)."""
+    current = s.job_status
+    if current is None or current.is_final or current == JobStatus.QUEUED:
+        return False
+    s.status = JobStatus.QUEUED.value
+    s.attempt += 1
+    s.attempt_since = ts
+    s.progress = empty_progress()
+    s.started_at = None
+    s.error = error
+    return True
+
+
 def _on_retried(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None, out: JobOutcome) -> bool:
     error = error_from(ev)
+    if status_for_retry(error["type"]) == JobStatus.QUEUED:
+        return _handed_back(s, error, ts)
     if not move(s, JobStatus.RETRYING, ts):
         return False
     s.attempt += 1

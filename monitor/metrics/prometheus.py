@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from jobqueue.shared import queued
+from monitor.metrics import autoscaling
 from monitor.metrics.totals import QUEUE_WAIT_BUCKETS, RUNTIME_BUCKETS, read_totals
 from monitor.web.broker import queue_depths
+from monitor.web.eta import store_estimates
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +135,24 @@ class MonitorCollector:
         except Exception as exc:  # the broker is down: the other metrics still answer
             log.warning("queue depths unavailable: %r", exc)
         yield depth
+        yield from self._autoscaling(store)
         seq = GaugeMetricFamily("jobqueue_monitor_seq", "The store's change sequence number")
         seq.add_metric([], store.seq())
         yield seq
+
+
+    def _autoscaling(self, store: Any) -> Iterator[Any]:
+        """Per service and capability: queued, unmet and drain time (:mod:`monitor.metrics.autoscaling`)."""
+        from jobqueue.connectors import CONNECTORS
+
+        counts: dict[str, int] = {}
+        try:
+            counts = queued.counts(self.context.celery, list(CONNECTORS))
+        except Exception as exc:  # the result backend is down: the store's signals still answer
+            log.warning("queued-jobs counts unavailable: %r", exc)
+        estimates = store_estimates(store, time.time())
+        eta = {j["id"]: j.get("eta_seconds") for j in estimates}
+        yield from autoscaling.families(counts, autoscaling.signals(store.queued_jobs(), eta, store.workers()))
 
 
 def build_registry(context: Any) -> CollectorRegistry:

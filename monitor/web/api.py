@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from jobqueue.client.jobs import get_job, submit_job
-from jobqueue.errors import SubmitError
+from jobqueue.connectors import CONNECTORS
+from jobqueue.errors import QueueFull, SubmitError
+from jobqueue.shared import queued
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
 from monitor.store import JOB_SORTS
-from monitor.store.statuses import WorkerStatus
 from monitor.web.auth import mutating
 from monitor.web.broker import queue_depths
-from monitor.web.eta import annotate, busy_until
+from monitor.web.eta import annotate, busy_until, consumers_per_queue, first_start_in, store_estimates
 from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_reasons
 
 bp = Blueprint("api", __name__)
@@ -86,16 +88,6 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def consumers_per_queue(workers: list[dict[str, Any]]) -> dict[str, int]:
-    """How many online workers consume each queue."""
-    counts: dict[str, int] = {}
-    for worker in workers:
-        if worker.get("status") == WorkerStatus.ONLINE:
-            for queue in worker.get("queues") or []:
-                counts[queue] = counts.get(queue, 0) + 1
-    return counts
-
-
 def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
     """The whole state at one seq, with ETAs filled in (shared by /api/state and /ws)."""
     c = ctx()
@@ -109,13 +101,9 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
 
 
 def queue_estimates(now: float) -> list[dict[str, Any]]:
-    """Every queued job (the fields of :meth:`Store.queue_order`) with its ``queue_position``
-    and ``eta_seconds`` as of ``now``: the one place the monitor computes queue ETAs."""
-    store = ctx().store
-    medians, workers = store.service_medians(), store.workers()
-    running = {j["id"]: j for j in store.jobs(state=[JobStatus.PROCESSING.value], limit=MAX_LIMIT)[0]}
-    return annotate(store.queue_order(), medians, consumers_per_queue(workers),
-                    busy_until(workers, running, medians, now))
+    """Every queued job with its ``queue_position`` and ``eta_seconds`` as of ``now``
+    (:func:`monitor.web.eta.store_estimates`)."""
+    return store_estimates(ctx().store, now)
 
 
 def _annotate_queued(found: list[dict[str, Any]]) -> None:
@@ -280,18 +268,36 @@ def submit() -> Any:
     unknown = set(body) - SUBMIT_FIELDS
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s) {sorted(unknown)}")
-    ids = []
+    ids = [str(uuid.uuid4()) for _ in range(count)]
     try:
-        for _ in range(count):
-            handle = submit_job(service, body.get("payload", {}), priority=body.get("priority"),
-                                queue=body.get("queue"), timeout=body.get("timeout"),
-                                workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery,
-                                webhook_url=body.get("webhook_url"),
-                                requires=body.get("requires"))
-            ids.append({"id": handle.id})
+        if count > 1 and service in CONNECTORS:  # the places of all, or none
+            queued.admit(ctx().celery, {service: ids})
+        for job_id in ids:
+            submit_job(service, body.get("payload", {}), priority=body.get("priority"),
+                       queue=body.get("queue"), timeout=body.get("timeout"),
+                       workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery,
+                       webhook_url=body.get("webhook_url"), requires=body.get("requires"), job_id=job_id)
+    except QueueFull as exc:
+        return _queue_full(exc)
     except SubmitError as exc:
+        queued.forget(ctx().celery, [service], ids)  # places reserved for jobs never sent
         raise ApiError(400, "invalid_job", str(exc)) from None
-    return jsonify({"jobs": ids}), 201
+    return jsonify({"jobs": [{"id": job_id} for job_id in ids]}), 201
+
+
+def _queue_full(exc: QueueFull) -> Response:
+    """429 with ``Retry-After``: when the first of the service's queued jobs is expected to
+    start (a place frees), from the queue ETAs; else its median run time; else the default."""
+    medians = ctx().store.service_medians()
+    median = medians.get(exc.service)
+    seconds = first_start_in(queue_estimates(time.time()), exc.service, median)
+    if seconds is None:
+        seconds = median if median else exc.retry_after
+    exc.retry_after = max(1.0, float(math.ceil(seconds)))
+    response = error_response(429, "queue_full", f"{exc.service}: queue full ({exc.queued} queued, cap {exc.cap}); "
+                                                 f"retry in {exc.retry_after:.0f} s")
+    response.headers["Retry-After"] = str(int(exc.retry_after))
+    return response
 
 
 @bp.post("/api/jobs/<job_id>/cancel")
