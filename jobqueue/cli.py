@@ -214,11 +214,17 @@ def status(job_id: str) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                 "help_option_names": []})
+@click.option("--exit-when-idle", "exit_when_idle", type=click.FloatRange(min=0), default=None,
+              help="Exit cleanly after this many seconds with no job (default JOBQUEUE_EXIT_WHEN_IDLE; 0: never).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
-    """Start a worker: the same as ``celery -A jobqueue worker CELERY_ARGS...``."""
+def worker(celery_args: tuple[str, ...], exit_when_idle: float | None = None) -> None:
+    """Start a worker: the same as ``celery -A jobqueue worker CELERY_ARGS...``; with
+    ``--exit-when-idle SECONDS`` it exits (code 0, warm shutdown) after that long idle."""
     argv = [sys.executable, "-m", "celery", "-A", "jobqueue", "worker", *celery_args]
-    os.execv(sys.executable, argv)
+    env = dict(os.environ)
+    if exit_when_idle is not None:
+        env["JOBQUEUE_EXIT_WHEN_IDLE"] = repr(exit_when_idle)
+    os.execve(sys.executable, argv, env)
 
 
 @main.command()

@@ -29,6 +29,7 @@ from jobqueue.worker.capabilities import CapabilityGate, desired_queues
 from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
+from jobqueue.worker.idle import IdleStep
 from jobqueue.worker.lease import LeaseKeeper, held_delivery_tags
 from jobqueue.worker.orphans import OrphanSweeper
 from jobqueue.worker.poison import PoisonStep
@@ -292,6 +293,7 @@ def install_worker_steps(app: Any) -> None:
     app.steps["worker"].add(RuntimeStep)
     app.steps["worker"].add(LeaseStep)
     app.steps["worker"].add(OrphanStep)
+    app.steps["worker"].add(IdleStep)
     app.steps["consumer"].add(StatusStep)
     app.steps["consumer"].add(PoisonStep)
     from jobqueue.worker import control  # registers the control commands

@@ -5,7 +5,8 @@ pool on these gauges, per service and per capability (``model:<file>``, ``tag:<t
 ``vram:<GiB step>``: one label value per requirement a queued job has):
 
 * ``jobqueue_service_queued_jobs{service}``: the queued-jobs index the queue caps count
-  (:mod:`jobqueue.shared.queued`), read from Redis at scrape time: true without the store;
+  (:mod:`jobqueue.shared.queued`), read from Redis at scrape time, for every service the
+  store has seen a job of or a cap names;
 * ``jobqueue_capability_queued_jobs{service, capability}``: queued jobs needing that capability;
 * ``jobqueue_capability_unmet_jobs{service, capability}``: queued jobs needing a capability
   no online worker has (the pool to scale up from zero), and
@@ -27,7 +28,6 @@ from prometheus_client.core import GaugeMetricFamily
 
 from jobqueue.shared.requirements import Capabilities, Requirements, satisfies
 from jobqueue.shared.routing import vram_step
-from monitor.web.fleet_capabilities import online_capabilities
 
 
 def capability_labels(req: Requirements) -> list[tuple[str, Requirements]]:
@@ -44,12 +44,12 @@ def _met(req: Requirements, service: str, caps: list[Capabilities]) -> bool:
 
 
 def signals(queued_jobs: Iterable[Mapping[str, Any]], eta: Mapping[str, float | None],
-            workers: Iterable[Mapping[str, Any]]) -> dict[str, dict[tuple[str, ...], float]]:
+            caps: list[Capabilities]) -> dict[str, dict[tuple[str, ...], float]]:
     """The gauges' samples by metric suffix: ``{"capability_queued": {(service, capability): n}, ...}``.
 
     ``queued_jobs``: the store's queued jobs (``service``, ``requires``); ``eta``: their
-    ``eta_seconds`` by id; ``workers``: the store's workers."""
-    caps = online_capabilities(workers)
+    ``eta_seconds`` by id; ``caps``: the capabilities of the workers online
+    (:func:`monitor.web.fleet_capabilities.online_capabilities`)."""
     out: dict[str, dict[tuple[str, ...], float]] = {
         "capability_queued": {}, "capability_unmet": {}, "capability_drain": {}, "unrunnable": {}, "drain": {}}
 
@@ -61,8 +61,10 @@ def signals(queued_jobs: Iterable[Mapping[str, Any]], eta: Mapping[str, float | 
         req = Requirements.from_dict(job.get("requires"))
         wait = eta.get(str(job.get("id")))
         out["unrunnable"].setdefault((service,), 0.0)
-        if not req.is_empty and not _met(req, service, caps):
+        runnable = req.is_empty or _met(req, service, caps)
+        if not runnable:
             add("unrunnable", (service,))
+            wait = None  # it waits for a worker that does not exist: no drain time
         if wait is not None:
             out["drain"][(service,)] = max(out["drain"].get((service,), 0.0), float(wait))
         for label, alone in capability_labels(req):

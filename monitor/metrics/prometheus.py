@@ -24,6 +24,7 @@ from monitor.metrics import autoscaling
 from monitor.metrics.totals import QUEUE_WAIT_BUCKETS, RUNTIME_BUCKETS, read_totals
 from monitor.web.broker import queue_depths
 from monitor.web.eta import store_estimates
+from monitor.web.fleet_capabilities import online_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +144,17 @@ class MonitorCollector:
 
     def _autoscaling(self, store: Any) -> Iterator[Any]:
         """Per service and capability: queued, unmet and drain time (:mod:`monitor.metrics.autoscaling`)."""
-        from jobqueue.connectors import CONNECTORS
-
+        celery = self.context.celery
+        services = set(store.stats()["services"]) | set(celery.settings.max_queued_by_service)
         counts: dict[str, int] = {}
         try:
-            counts = queued.counts(self.context.celery, list(CONNECTORS))
+            counts = queued.counts(celery, sorted(services))
         except Exception as exc:  # the result backend is down: the store's signals still answer
             log.warning("queued-jobs counts unavailable: %r", exc)
-        estimates = store_estimates(store, time.time())
-        eta = {j["id"]: j.get("eta_seconds") for j in estimates}
-        yield from autoscaling.families(counts, autoscaling.signals(store.queued_jobs(), eta, store.workers()))
+        eta = {j["id"]: j.get("eta_seconds") for j in store_estimates(store, time.time())}
+        workers = store.workers()
+        samples = autoscaling.signals(store.queued_jobs(), eta, online_capabilities(workers))
+        yield from autoscaling.families(counts, samples)
 
 
 def build_registry(context: Any) -> CollectorRegistry:

@@ -329,6 +329,8 @@ def retry(job_id: str) -> Any:
                             priority=options.get("priority"), queue=options.get("queue"),
                             timeout=options.get("timeout"), workflow_id=options.get("workflow_id"),
                             step=options.get("step"), app=ctx().celery, extra={"retry_of": job_id})
+    except QueueFull as exc:
+        return _queue_full(exc)
     except SubmitError as exc:
         raise ApiError(400, "invalid_job", str(exc)) from None
     return jsonify({"id": handle.id}), 201

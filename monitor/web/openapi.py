@@ -25,7 +25,8 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     names = {400: "bad request", 401: "credentials missing or wrong", 403: "refused (cross-site, not JSON, read-only)",
-             404: "not found", 409: "conflict", 413: "body too large", 503: "broker unavailable"}
+             404: "not found", 409: "conflict", 413: "body too large",
+             429: "queue full (Retry-After)", 503: "broker unavailable"}
     return {str(code): _json(_ERROR, names[code]) for code in codes}
 
 
@@ -82,10 +83,10 @@ def document() -> dict[str, Any]:
             _query("offset", {"type": "integer", "minimum": 0}),
             _query("sort", {"type": "string", "enum": ["submitted", "finished", "runtime"]}),
             _query("order", {"type": "string", "enum": ["desc", "asc"]})], 400),
-            **_post("Submit count jobs", [], _SUBMIT, "201")},
+            **_post("Submit count jobs", [], _SUBMIT, "201", 429)},
         "/api/jobs/{job_id}": _get("One job with its timeline", job, 404),
         "/api/jobs/{job_id}/cancel": _post("Cancel a job", job, _EMPTY, "202", 404, 409),
-        "/api/jobs/{job_id}/retry": _post("Submit a job again", job, _EMPTY, "201", 404, 409),
+        "/api/jobs/{job_id}/retry": _post("Submit a job again", job, _EMPTY, "201", 404, 409, 429),
         "/api/jobs/{job_id}/preview": _get("The job's latest live preview image", job, 404, 503),
         "/api/jobs/{job_id}/webhooks": _get("The job's webhook tries", job, 404, 503),
         "/api/waiting": _get("Why each queued job no online worker can run waits"),
