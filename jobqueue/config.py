@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     #: A worker exits (warm shutdown, code 0) after this many seconds with no job running or
     #: reserved (0: never): scale to zero.
     exit_when_idle: float = 0.0
+    #: The monitor the CLI's ``jobs`` and ``workers`` ask (empty: ``jobs`` asks the one at
+    #: ``monitor_host:monitor_port``, ``workers`` asks the workers over the broker).
+    monitor_url: str = ""
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -98,6 +98,17 @@ class OutputStore:
             return None
         return int(info.get("size") or 0)
 
+    def names(self, job_id: str) -> list[str]:
+        """The names of the job's stored files, sorted (empty when it has none)."""
+        if not is_safe_name(job_id):
+            raise ValueError(f"not a plain job id: {job_id!r}")
+        try:
+            entries = self.fs.ls(f"{self.root}/{job_id}", detail=True)
+        except FileNotFoundError:
+            return []
+        found = (str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
+        return sorted(name for name in found if is_safe_name(name))
+
     def stream(self, job_id: str, name: str) -> Iterator[bytes]:
         """The file's bytes, chunk by chunk (for a streaming HTTP response)."""
         with self.fs.open(self.path(job_id, name), "rb") as fh:
