@@ -38,10 +38,11 @@ def _split(value: str) -> tuple[str, ...]:
 def _parse_map(value: str, variable: str = "JOBQUEUE_COMFYUI_URLS") -> dict[str, str]:
     """Parse ``gpu0=http://127.0.0.1:8188,gpu1=http://127.0.0.1:8189`` (or ``comfyui=50``)."""
     result: dict[str, str] = {}
+    what = "url" if variable.endswith("_URLS") else "number"
     for part in _split(value):
         key, sep, url = part.partition("=")
         if not sep or not key.strip() or not url.strip():
-            raise ValueError(f"expected key=value in {variable}, got {part!r}")
+            raise ValueError(f"expected key={what} in {variable}, got {part!r}")
         result[key.strip()] = url.strip()
     return result
 
