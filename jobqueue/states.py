@@ -132,11 +132,14 @@ def status_for_error(error_type: str | None) -> JobStatus:
 HANDED_BACK_ERRORS = frozenset({"ModelsVanished"})
 
 
-def status_for_retry(error_type: str | None) -> JobStatus:
+def status_for_retry(error_type: str | None, message: str | None = None) -> JobStatus:
     """The status of a job sent back to its queue because of ``error_type``: ``queued`` when it
     was handed back (:data:`HANDED_BACK_ERRORS`), else ``retrying``. The client and the
-    monitor both read a retry through this one rule."""
-    return JobStatus.QUEUED if error_type in HANDED_BACK_ERRORS else JobStatus.RETRYING
+    monitor both read a retry through this one rule. A ``task-retried`` event names Celery's
+    ``Retry`` with the error inside its ``message`` (``Retry(..., ModelsVanished(...), 0)``)."""
+    if error_type in HANDED_BACK_ERRORS or any(f"{name}(" in (message or "") for name in HANDED_BACK_ERRORS):
+        return JobStatus.QUEUED
+    return JobStatus.RETRYING
 
 
 def job_status_from_celery(state: str, error_type: str | None = None) -> JobStatus:

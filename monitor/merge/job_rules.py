@@ -15,12 +15,21 @@ never goes backwards within one attempt.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from jobqueue.errors import error_info
 from jobqueue.shared.names import TASK_PROGRESS, job_meta_from_kwargs
-from jobqueue.states import JobStatus, empty_progress, may_move, status_for_error, status_for_retry
+from jobqueue.states import (
+    HANDED_BACK_ERRORS,
+    JobStatus,
+    empty_progress,
+    may_move,
+    status_for_error,
+    status_for_retry,
+)
 from monitor.merge.fields import (
     MAX_ID,
     error_from,
@@ -296,6 +305,17 @@ def _on_failed(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None,
     return True
 
 
+def _inner_error(error: dict[str, Any]) -> dict[str, Any]:
+    """The error inside Celery's ``Retry(message, ModelsVanished(...), when)`` repr (as is when
+    it is not one)."""
+    message = str(error.get("message") or "")
+    for name in HANDED_BACK_ERRORS:
+        start = message.find(f"{name}(")
+        if start >= 0:
+            return error_info(re.sub(r",\s*[\d.]+\)?\s*$", "", message[start:]))
+    return error
+
+
 def _handed_back(s: JobState, error: dict[str, Any], ts: float) -> bool:
     """A job handed back before its service ran anything (a model it needs vanished): it is
     queued again, with the reason as its error (the one step down the rules allow)."""
@@ -313,8 +333,8 @@ def _handed_back(s: JobState, error: dict[str, Any], ts: float) -> bool:
 
 def _on_retried(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None, out: JobOutcome) -> bool:
     error = error_from(ev)
-    if status_for_retry(error["type"]) == JobStatus.QUEUED:
-        return _handed_back(s, error, ts)
+    if status_for_retry(error["type"], error.get("message")) == JobStatus.QUEUED:
+        return _handed_back(s, _inner_error(error), ts)
     if not move(s, JobStatus.RETRYING, ts):
         return False
     s.attempt += 1
