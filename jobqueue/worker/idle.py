@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
-from celery.worker import state as worker_state
+
+from jobqueue.transport.internals import active_requests, reserved_requests
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ CHECK_INTERVAL = 1.0
 
 def busy_now() -> bool:
     """True while this worker runs or holds a job (Celery's active and reserved requests)."""
-    return bool(worker_state.active_requests) or bool(worker_state.reserved_requests)
+    return bool(active_requests()) or bool(reserved_requests())
 
 
 class IdleWatch:
