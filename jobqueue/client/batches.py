@@ -121,8 +121,12 @@ def submit_batch(
     ids = [send_options["task_id"] for _, send_options in messages]
     queued.admit(app, {service: ids})  # all or none: QueueFull over the service's cap
     record_submitted(app, ids)
-    for kwargs, send_options in messages:
-        app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+    for sent, (kwargs, send_options) in enumerate(messages):
+        try:
+            app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+        except Exception:  # the jobs not sent free their places
+            queued.forget(app, [service], ids[sent:])
+            raise
     handles = [JobHandle(send_options["task_id"], app) for _, send_options in messages]
     for handle in handles:
         handle.submitted = True

@@ -426,7 +426,11 @@ def submit_job(
         requires=requires,
     )
     _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
-    sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+    try:
+        sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+    except Exception:  # never sent: its place in the queue is free again
+        queued.forget(app, [service], [send_options["task_id"]])
+        raise
     handle = JobHandle(send_options["task_id"], app)
     handle.submitted = True
     handle._sent = sent

@@ -167,7 +167,11 @@ def submit_workflow(
         for step_id in step_ids:
             setter(STEP_PREFIX + step_id, workflow_id)
     record_submitted(app, step_ids)  # later steps are sent by workers, but queued from now on
-    chain(*signatures).apply_async()
+    try:
+        chain(*signatures).apply_async()
+    except Exception:  # nothing sent: every step's place is free again
+        queued.forget(app, list(by_service), step_ids)
+        raise
     return WorkflowHandle(workflow_id, step_ids, app)
 
 

@@ -66,6 +66,20 @@ def test_over_the_cap_submit_raises_queue_full_and_enqueues_nothing(capped, redi
     assert queued.counts(capped, ["simulation"]) == {"simulation": 3}
 
 
+def test_a_services_own_cap_is_counted_apart_from_the_others(capped, redis_client):
+    from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
+
+    # Given comfyui capped at 1 (simulation at 3)
+    submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, app=capped)
+    with pytest.raises(QueueFull) as refused:
+        submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, app=capped)
+    assert (refused.value.service, refused.value.cap) == ("comfyui", 1)
+    # Then simulation still has its own 3 places
+    for n in range(3):
+        submit_job("simulation", quick(n), app=capped)
+    assert queued.counts(capped, ["comfyui", "simulation"]) == {"comfyui": 1, "simulation": 3}
+
+
 def test_a_batch_gets_in_whole_or_not_at_all(capped, redis_client):
     submit_job("simulation", quick(0), app=capped)
     # When a batch of 3 would go one over the cap of 3

@@ -75,6 +75,15 @@ def test_payloads_come_from_a_file_or_stdin_and_bad_ones_are_usage_errors(cli, a
     assert redis_client.dbsize() == before
 
 
+def test_a_submit_over_the_queue_cap_exits_1_saying_so(cli, redis_client):
+    first = cli("submit", "simulation", '{"steps": 1}', "--queue", "gpu7", JOBQUEUE_MAX_QUEUED="1")
+    assert first.returncode == 0, first.stderr
+    over = cli("submit", "simulation", '{"steps": 1}', "--queue", "gpu7", JOBQUEUE_MAX_QUEUED="1")
+    assert over.returncode == 1 and "simulation: queue full (1 queued, cap 1)" in over.stderr
+    zero = cli("submit", "simulation", '{"steps": 1}', JOBQUEUE_MAX_QUEUED="0")
+    assert zero.returncode == 1 and "JOBQUEUE_MAX_QUEUED must be >= 1" in zero.stderr
+
+
 def test_cancel_stops_a_queued_job_and_refuses_unknown_and_ended_ones(cli, app):
     job = submit_job("simulation", {"steps": 1}, queue="gpu7", app=app)
     cancelled = cli("cancel", job.id)
