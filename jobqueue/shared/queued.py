@@ -27,12 +27,15 @@ there is no index and caps cannot apply (:class:`~jobqueue.errors.ConfigError`).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from jobqueue.errors import ConfigError, QueueFull
+
+log = logging.getLogger(__name__)
 
 #: Key prefix of the per-service indexes.
 KEY_PREFIX = "jobqueue-queued-"
@@ -124,7 +127,7 @@ def back_in_queue(task: Any, service: Any) -> None:
             queue_add(pipe, service, [task.request.id], expires_of(task.app))
             pipe.execute()
     except Exception:  # the job is re-sent anyway
-        return
+        log.warning("job %s: could not count it as queued again", task.request.id, exc_info=True)
 
 
 def counts(app: Any, services: Iterable[str], now: float | None = None) -> dict[str, int]:

@@ -5,8 +5,8 @@ pool on these gauges, per service and per capability (``model:<file>``, ``tag:<t
 ``vram:<GiB step>``: one label value per requirement a queued job has):
 
 * ``jobqueue_service_queued_jobs{service}``: the queued-jobs index the queue caps count
-  (:mod:`jobqueue.shared.queued`), read from Redis at scrape time, for every service the
-  store has seen a job of or a cap names;
+  (:mod:`jobqueue.shared.queued`), read from Redis at scrape time, for every service with
+  queued jobs or run times in the store, or a cap;
 * ``jobqueue_capability_queued_jobs{service, capability}``: queued jobs needing that capability;
 * ``jobqueue_capability_unmet_jobs{service, capability}``: queued jobs needing a capability
   no online worker has (the pool to scale up from zero), and

@@ -145,15 +145,16 @@ class MonitorCollector:
     def _autoscaling(self, store: Any) -> Iterator[Any]:
         """Per service and capability: queued, unmet and drain time (:mod:`monitor.metrics.autoscaling`)."""
         celery = self.context.celery
-        services = set(store.stats()["services"]) | set(celery.settings.max_queued_by_service)
+        waiting = store.queued_requirements()
+        services = ({j["service"] for j in waiting if j["service"]} | set(store.service_medians())
+                    | set(celery.settings.max_queued_by_service))
         counts: dict[str, int] = {}
         try:
             counts = queued.counts(celery, sorted(services))
         except Exception as exc:  # the result backend is down: the store's signals still answer
             log.warning("queued-jobs counts unavailable: %r", exc)
         eta = {j["id"]: j.get("eta_seconds") for j in store_estimates(store, time.time())}
-        workers = store.workers()
-        samples = autoscaling.signals(store.queued_jobs(), eta, online_capabilities(workers))
+        samples = autoscaling.signals(waiting, eta, online_capabilities(store.workers()))
         yield from autoscaling.families(counts, samples)
 
 
