@@ -269,6 +269,7 @@ def submit() -> Any:
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s) {sorted(unknown)}")
     ids = [str(uuid.uuid4()) for _ in range(count)]
+    sent = 0
     try:
         if count > 1 and service in CONNECTORS:  # the places of all, or none
             queued.admit(ctx().celery, {service: ids})
@@ -277,10 +278,11 @@ def submit() -> Any:
                        queue=body.get("queue"), timeout=body.get("timeout"),
                        workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery,
                        webhook_url=body.get("webhook_url"), requires=body.get("requires"), job_id=job_id)
+            sent += 1
     except QueueFull as exc:
         return _queue_full(exc)
     except SubmitError as exc:
-        queued.forget(ctx().celery, [service], ids)  # places reserved for jobs never sent
+        queued.forget(ctx().celery, [service], ids[sent:])  # places reserved for jobs never sent
         raise ApiError(400, "invalid_job", str(exc)) from None
     return jsonify({"jobs": [{"id": job_id} for job_id in ids]}), 201
 
