@@ -67,7 +67,7 @@ OLD: dict[str, Any] = {name: recorded(name) for name in
 VARIES = {"date_done", "submitted_at", "received_at", "started_at", "finished_at", "runtime", "duration", "at",
           "workflow_submitted_at", "first", "timestamp", "eta_seconds", "eta_at", "traceback", "origin",
           "hostname", "pid", "clock", "utcoffset", "loadavg", "sw_ver", "sw_sys", "sw_ident", "heartbeat_at",
-          "heartbeat_age", "online_at", "updated_at", "since", "seq", "local_received"}
+          "heartbeat_age", "online_at", "updated_at", "since", "seq", "local_received", "ended_at"}
 
 
 #: A wall-clock time written as text (e.g. in a webhook body, inside a task's kwargsrepr).
@@ -127,10 +127,19 @@ def new_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     url = f"redis://{REDIS_HOST}:6379/{REDIS_DB}"
     sink = record.WebhookSink()
     try:
-        yield record.run_scenarios(settings_for(url, f"m{uuid.uuid4().hex[:8]}", tmp), tmp, sink)
+        run = record.run_scenarios(settings_for(url, f"m{uuid.uuid4().hex[:8]}", tmp), tmp, sink)
     finally:
         sink.stop()
         redis.Redis.from_url(url).flushdb()
+    yield run
+
+
+#: The state each recorded job ends in, by role.
+ENDS = {"<failing:0>": JobStatus.FAILED, "<cancelled:0>": JobStatus.CANCELLED}
+
+
+def ends(role: str) -> JobStatus:
+    return ENDS.get(role, JobStatus.COMPLETED)
 
 
 def ended_ids(keys: dict[str, Any]) -> list[str]:
@@ -141,12 +150,14 @@ def test_the_recording_is_whole_and_names_every_scenario():
     # Then the recording holds what the tests below rely on: every scenario's jobs ended with
     # a result record, the event stream of a full run, the broker messages of every kind
     jobs = OLD["jobs"]["jobs"]
-    assert set(jobs) == {"plain", "pinned", "requires", "failing", "workflow", "batch", "webhook_delivery"}
+    assert set(jobs) == {"plain", "pinned", "requires", "failing", "cancelled", "workflow", "batch",
+                         "webhook_delivery"}
     job_ids = [i for job in jobs.values() for i in job.get("ids", [])]
-    assert len(job_ids) == 8 and set(job_ids) <= set(ended_ids(OLD["keys-ended"]))
+    assert len(job_ids) == 9 and set(job_ids) <= set(ended_ids(OLD["keys-ended"]))
     types = {record.event_type(e["raw"]) for e in OLD["events"]}
     assert {"task-sent", "task-received", "task-started", "task-progress", "task-succeeded", "task-failed",
-            "connector-status", "worker-online", "worker-heartbeat", "worker-offline", "job-webhook"} <= types
+            "task-retried", "task-revoked", "connector-status", "worker-online", "worker-heartbeat",
+            "worker-offline", "job-webhook"} <= types
     tasks = {message(raw)["headers"]["task"] for entries in OLD["messages"].values() for raw in entries}
     assert tasks == {"jobqueue.run_job", "jobqueue.deliver_webhook"}
 
@@ -155,25 +166,32 @@ def test_the_recording_is_whole_and_names_every_scenario():
 
 
 def test_messages_an_old_client_queued_are_run_by_a_new_worker_with_the_results_an_old_worker_gave(
-        redis_client, app, start_worker, machine_id):
+        redis_client, app, start_worker, machine_id, tmp_path):
     # Given the broker and result backend exactly as the old client left them (messages of a
     # plain job with a webhook, a pinned priority-9 job with requirements, a job in its
-    # capability queue, a failing job, a two-step workflow, a batch, a webhook delivery)
+    # capability queue, a failing job, a job cancelled while queued, a two-step workflow, a
+    # batch, a webhook delivery)
     record.restore_keys(redis_client, OLD["keys-submitted"])
+    plain = OLD["jobs"]["jobs"]["plain"]["ids"][0]
     sink = record.WebhookSink()
     try:
-        # When a worker of today's code starts on that broker
-        start_worker("gpu0", WORKER_TAGS="customer:acme")
+        # When a worker of today's code starts on that broker, and its service goes down under
+        # the plain job for a moment as it did under the old worker
+        down = tmp_path / "simulation-down"
+        start_worker("gpu0", WORKER_TAGS="customer:acme", SIMULATION_DOWN_FILE=str(down))
+        handle = jobqueue.get_job(plain, app=app)
+        wait_for(lambda: handle.progress()["step"] >= record.RUNNING_STEP, 60, what="the plain job to run")
+        record.retry_through_outage(jobqueue, app, down, plain)
         job_ids = [i for job in OLD["jobs"]["jobs"].values() for i in job.get("ids", [])]
-        wait_for(lambda: all(jobqueue.get_job(i, app=app).status() in (JobStatus.COMPLETED, JobStatus.FAILED)
+        wait_for(lambda: all(jobqueue.get_job(i, app=app).status() in (*ENDS.values(), JobStatus.COMPLETED)
                              for i in job_ids), 90, what="every old job to end")
         wait_for(lambda: len(sink.bodies) >= 2, 30, what="both webhooks")
-        plain = OLD["jobs"]["jobs"]["plain"]["ids"][0]
         wait_for(lambda: redis_client.exists(f"jobqueue-webhook-attempts-{plain}"), 30, what="the webhook record")
     finally:
         sink.stop()
     # Then every job ended as with the old worker: the same result records (status, result,
-    # error, the kwargs they ran with), the same job facts, webhook records and workflow records
+    # error, the kwargs they ran with), the same job facts (attempts and their history
+    # included), retry, webhook and workflow records
     now = record.dump_keys(redis_client)
     names = {**roles(OLD["jobs"]), machine_id: "<machine>"}
     old_ended = {record.abstract(k, names): v for k, v in OLD["keys-ended"].items()}
@@ -186,7 +204,9 @@ def test_messages_an_old_client_queued_are_run_by_a_new_worker_with_the_results_
                if role.startswith("<") and ":" in role}
     assert results["<workflow:1>"].result()["output"] == "first"
     assert [results[f"<batch:{i}>"].result()["seed"] for i in (0, 1)] == [100, 101]
-    assert json.loads(sink.bodies[0])["data"]["status"] in ("completed", "succeeded")
+    assert results["<plain:0>"].result()["attempt"] == 1
+    assert results["<cancelled:0>"].status() == JobStatus.CANCELLED
+    assert json.loads(sink.bodies[0])["data"]["status"] == "completed"
 
 
 # -- (2) new client, message format an old worker reads --------------------------------------
@@ -216,7 +236,7 @@ def test_a_new_client_queues_messages_of_the_same_structure_as_the_old_one(new_r
 
 def test_old_result_records_read_right_through_the_new_client(redis_client, app):
     jobs = OLD["jobs"]["jobs"]
-    plain, failing = jobs["plain"]["ids"][0], jobs["failing"]["ids"][0]
+    plain, failing, cancelled = (jobs[role]["ids"][0] for role in ("plain", "failing", "cancelled"))
     # Given the result backend as the old client left it: every job is queued, none unknown
     record.restore_keys(redis_client, OLD["keys-submitted"])
     assert jobqueue.get_job(plain, app=app).status() == JobStatus.QUEUED
@@ -230,11 +250,11 @@ def test_old_result_records_read_right_through_the_new_client(redis_client, app)
     handle = jobqueue.get_job(plain, app=app)
     assert handle.status() == JobStatus.PROCESSING
     assert handle.progress() == {k: running[k] for k in handle.progress()}
-    assert handle.progress()["step"] >= 2
+    assert handle.progress()["step"] >= record.RUNNING_STEP
     # Given it once every job ended: results, the failure, the workflow as a whole
     redis_client.flushdb()
     record.restore_keys(redis_client, OLD["keys-ended"])
-    for job_id in [i for job in jobs.values() for i in job.get("ids", []) if i != failing]:
+    for job_id in [i for job in jobs.values() for i in job.get("ids", []) if i not in (failing, cancelled)]:
         meta = json.loads(OLD["keys-ended"][f"celery-task-meta-{job_id}"]["value"])
         done = jobqueue.get_job(job_id, app=app)
         assert done.status() == JobStatus.COMPLETED
@@ -246,6 +266,9 @@ def test_old_result_records_read_right_through_the_new_client(redis_client, app)
         failed.result()
     assert caught.value.error["type"] == "ExecutionFailed"
     assert caught.value.error["message"] == "simulated failure at step 2"
+    with pytest.raises(JobFailed) as caught:
+        jobqueue.get_job(cancelled, app=app).wait(timeout=5)
+    assert caught.value.status == "cancelled"
     flow = jobqueue.get_workflow(jobs["workflow"]["workflow_id"], app=app)
     assert flow.statuses() == [JobStatus.COMPLETED, JobStatus.COMPLETED]
     assert flow.wait(timeout=5)["output"] == "first"
@@ -287,11 +310,15 @@ def test_old_result_records_and_queued_messages_rebuild_the_monitors_jobs(redis_
         meta = json.loads(OLD["keys-ended"][f"celery-task-meta-{job_id}"]["value"])
         row = store.job(job_id, with_events=False)
         assert row is not None, role
+        assert row["status"] == ends(role).value, role
+        if role == "<cancelled:0>":
+            assert row["finished_at"] is not None and row["worker"] is None
+            continue
         options = meta["kwargs"]["options"]
         assert (row["service"], row["queue"], row["priority"], row["worker"], row["machine_id"]) == \
             ("simulation", options["queue"], options["priority"], "gpu0@recmachine", "recmachine"), role
         if role == "<failing:0>":
-            assert row["status"] == "failed" and row["error"]["type"] == "ExecutionFailed"
+            assert row["error"]["type"] == "ExecutionFailed"
         else:
             assert row["status"] == "completed" and row["result"] == meta["result"], role
     store.close()
@@ -335,7 +362,7 @@ def test_an_old_event_stream_builds_the_same_rows_in_the_new_monitor_as_a_new_ru
         before = old_store.job(job_id, with_events=False)
         after = new_store.job(by_role[role], with_events=False)
         assert before is not None and after is not None, role
-        assert before["status"] == ("failed" if role == "<failing:0>" else "completed"), role
+        assert before["status"] == ends(role).value, role
         assert comparable(after, new_names) == comparable(before, old_names), role
     # and the worker's row is the same (its name, identity, queues, connectors, counts)
     old_worker = old_store.workers(now=OLD["events"][-1]["received"])
@@ -409,7 +436,11 @@ def test_the_public_names_settings_cli_and_task_names_did_not_move():
         assert name in now["settings"] and now["settings"][name] == default, name
     for command, options in surface["cli"].items():
         assert set(options) <= set(now["cli"].get(command, [])), command
-    assert sorted(create_app(Settings()).tasks.keys()) == OLD["tasks"]
+    celery_app = create_app(Settings())
+    try:
+        assert sorted(celery_app.tasks.keys()) == OLD["tasks"]
+    finally:
+        celery_app.close()
 
 
 @pytest.mark.parametrize("command", [[sys.executable, "-m", "monitor", "--help"],

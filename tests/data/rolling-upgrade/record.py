@@ -184,12 +184,14 @@ def submit_all(jq: Any, app: Any, webhook_url: str) -> dict[str, Any]:
         handle = jq.submit_job("simulation", payload, app=app, **options)
         jobs[name] = {"ids": [handle.id], "payload": payload, "options": options}
 
-    job("plain", {"steps": 4, "step_seconds": 0.3, "output": "plain"}, webhook_url=webhook_url)
+    job("plain", {"steps": 6, "step_seconds": 0.4, "output": "plain"}, webhook_url=webhook_url)
     job("pinned", {"steps": 1, "step_seconds": 0.05, "output": "pinned"}, priority=9, queue="gpu0",
         timeout=60.0, requires={"tags": ["customer:acme"]})
     job("requires", {"steps": 1, "step_seconds": 0.05, "output": "requires"}, priority=2,
         requires={"tags": ["customer:acme"]})
     job("failing", {"steps": 3, "step_seconds": 0.05, "fail_at_step": 2, "output": "never"})
+    job("cancelled", {"steps": 1, "step_seconds": 0.05, "output": "must not run"})
+    assert jq.get_job(jobs["cancelled"]["ids"][0], app=app).cancel()  # while no worker is online
     steps = [("simulation", {"steps": 1, "step_seconds": 0.05, "output": "first"}),
              ("simulation", {"steps": 1, "step_seconds": 0.05, "output": {"$prev": "output"}})]
     flow = jq.submit_workflow(steps, priority=7, app=app)
@@ -241,7 +243,7 @@ def scenario_settings(settings_class: Any, url: str, machine: str, workdir: Path
     return settings_class(
         broker_url=url, result_backend=url, machine_id=machine, visibility_timeout=6.0, lease_interval=1.0,
         health_interval=1.0, status_beat=3.0, heartbeat_interval=2.0, output_dir=str(workdir / "outputs"),
-        worker_tags=("customer:acme",),
+        worker_tags=("customer:acme",), simulation_down_file=str(workdir / "simulation-down"),
     ).resolved()
 
 
@@ -266,6 +268,26 @@ def surface() -> dict[str, Any]:
     cli = {name: sorted(opt for param in command.params for opt in param.opts)
            for name, command in main.commands.items()}
     return {"public": sorted(jobqueue.__all__), "settings": settings, "cli": cli}
+
+
+#: The plain job's step at which its keys are recorded and its service goes down: early, so
+#: the outage comes while it still runs even on a slow machine (it has 6 steps of 0.4 s).
+RUNNING_STEP = 1
+
+#: The states every recorded job ends in.
+ENDED = ("completed", "failed", "cancelled")
+
+
+def retry_through_outage(jq: Any, app: Any, down: Path, job_id: str) -> None:
+    """Take the simulated service down (the worker's ``simulation_down_file``, ``down``) under
+    the running job ``job_id`` (it fails with ``ServiceUnavailable`` and is retried), then
+    bring it back (the retry runs)."""
+    handle = jq.get_job(job_id, app=app)
+    down.touch()
+    try:
+        wait_for(lambda: handle.status().value == "retrying", 60, "the job to be retried")
+    finally:
+        down.unlink()
 
 
 def run_scenarios(settings: Any, workdir: Path, sink: WebhookSink) -> dict[str, Any]:
@@ -294,11 +316,11 @@ def run_scenarios(settings: Any, workdir: Path, sink: WebhookSink) -> dict[str, 
     worker = start_worker(settings, app, workdir)
     try:
         plain = jq.get_job(jobs["plain"]["ids"][0], app=app)
-        wait_for(lambda: plain.progress()["step"] >= 2, 60, "the plain job to run")
+        wait_for(lambda: plain.progress()["step"] >= RUNNING_STEP, 60, "the plain job to run")
         out["keys-running"] = dump_keys(client)
+        retry_through_outage(jq, app, Path(settings.simulation_down_file), plain.id)
         every = [i for job in jobs.values() for i in job.get("ids", [])]
-        wait_for(lambda: all(jq.get_job(i, app=app).status().value in ("completed", "failed") for i in every),
-                 60, "every job to end")
+        wait_for(lambda: all(jq.get_job(i, app=app).status().value in ENDED for i in every), 60, "every job to end")
         wait_for(lambda: len(sink.bodies) >= 2, 30, "both webhooks to arrive")
         wait_for(lambda: client.llen(f"jobqueue-webhook-attempts-{jobs['plain']['ids'][0]}"), 30,
                  "the webhook attempt record")
