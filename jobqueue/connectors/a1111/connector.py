@@ -112,6 +112,13 @@ class _Run:
         self.ours: bool | None = False
         self.interrupted_seen = False
         self.wake = threading.Event()
+        #: Liveness: the last answer of ``/sdapi/v1/progress`` and the last change of its state.
+        self.last_answer = self.last_change = time.monotonic()
+        self.snapshot: Any = None
+        self.cancelled_at: float | None = None
+        self.cancel_sent_at: float | None = None
+        self.preview: str | None = None
+        self.waiting_told = False
 
 
 class A1111Connector(Connector):
@@ -252,78 +259,94 @@ class A1111Connector(Connector):
 
     def _follow(self, run: _Run, post: BlockingPost, report: ProgressReporter, stall: float,
                 node_limit: float) -> dict[str, Any]:
-        job = run.job
-        last_answer = last_change = time.monotonic()
-        snapshot: Any = None
-        cancel_sent_at: float | None = None
-        cancelled_at: float | None = None
-        preview: str | None = None
-        waiting_told = False
+        """Poll the WebUI until its answer to the POST arrives: honour a cancel or the timeout,
+        take each progress state (liveness, progress, preview), stop when it is stalled."""
+        run.last_answer = run.last_change = time.monotonic()
         while True:
             if post.done.is_set():
-                return self._finish(run, post, cancel_sent_at is not None)
-            if job.cancelled.is_set():
-                cancelled_at = cancelled_at or time.monotonic()
-                if cancel_sent_at is None and run.ours is not False:
-                    self._interrupt(run)
-                    cancel_sent_at = time.monotonic()
-                if time.monotonic() - (cancel_sent_at or cancelled_at) > CANCEL_GRACE:
-                    raise JobCancelled("job was cancelled" + ("; the WebUI did not stop in time" if cancel_sent_at
-                                                              else " before the WebUI started it"),
-                                       {"task_id": run.task_id})
-            else:
-                try:
-                    job.check()
-                except JobTimedOut:
-                    self._interrupt(run)
-                    raise
-            try:
-                state = self._poll(run, stall)
-            except ServiceUnavailable:
-                if job.cancelled.is_set():  # a cancelled job is never retried, whatever the WebUI does
-                    raise JobCancelled("job was cancelled; the WebUI went away", {"task_id": run.task_id}) from None
-                raise
+                return self._finish(run, post, run.cancel_sent_at is not None)
+            self._honour_cancel_or_timeout(run)
+            state = self._poll_unless_gone(run, stall)
             now = time.monotonic()
             if state is not None:
-                last_answer = now
-                shown = state["state"]
-                current = (round(float(state.get("progress") or 0), 6), shown.get("job"), shown.get("job_count"),
-                           shown.get("job_no"), shown.get("sampling_step"), shown.get("sampling_steps"),
-                           state.get("textinfo"), run.ours)
-                if current != snapshot:
-                    snapshot, last_change = current, now
-                elif run.ours is False and shown.get("job_count", 0) != 0:
-                    last_change = now  # busy with another client's job: alive, we wait our turn
-                elif run.ours is not False and run.switching and shown.get("job_count") == -1:
-                    last_change = now  # our checkpoint switch: loading weights shows no progress
-                if run.ours is False:
-                    if not waiting_told and shown.get("job_count", 0) != 0:
-                        report(message="waiting: the WebUI is busy with another client's job")
-                        waiting_told = True
-                else:
-                    if shown.get("job_count", 0) != 0:  # the flag outlives a job until the next begins
-                        run.interrupted_seen = bool(shown.get("interrupted")) and cancel_sent_at is None
-                    self._report(run, state, report)
-                    image = state.get("current_image")
-                    if image and image != preview:
-                        preview = image
-                        data = decode_image(image)
-                        job.report_preview(data, image_type(data))
+                self._take_state(run, state, now, report)
             if post.done.is_set():
                 continue
-            if now - last_answer > stall or now - last_change > node_limit:
-                self._suspect = True
-                if job.cancelled.is_set():
-                    raise JobCancelled("job was cancelled; the WebUI stopped answering", {"task_id": run.task_id})
-                silent = now - last_answer > stall
-                what = "did not answer /sdapi/v1/progress" if silent else "showed no progress"
-                if not silent:  # a WebUI that answers may still free itself; a silent one would not hear
-                    self._interrupt(run, timeout=1.0)
-                limit = stall if silent else node_limit
-                raise JobStalled(f"the WebUI at {self.base_url} {what} for {limit:g} s",
-                                 {"url": self.base_url, "task_id": run.task_id, "stall_timeout": stall,
-                                  "node_timeout": node_limit})
+            self._check_stall(run, now, stall, node_limit)
             self._pause(run, post)
+
+    def _honour_cancel_or_timeout(self, run: _Run) -> None:
+        """A cancelled job interrupts our task once the WebUI runs it and gives up after
+        ``CANCEL_GRACE`` s; a job out of time interrupts it and raises :class:`JobTimedOut`."""
+        if not run.job.cancelled.is_set():
+            try:
+                run.job.check()
+            except JobTimedOut:
+                self._interrupt(run)
+                raise
+            return
+        run.cancelled_at = run.cancelled_at or time.monotonic()
+        if run.cancel_sent_at is None and run.ours is not False:
+            self._interrupt(run)
+            run.cancel_sent_at = time.monotonic()
+        if time.monotonic() - (run.cancel_sent_at or run.cancelled_at) > CANCEL_GRACE:
+            raise JobCancelled("job was cancelled" + ("; the WebUI did not stop in time" if run.cancel_sent_at
+                                                      else " before the WebUI started it"),
+                               {"task_id": run.task_id})
+
+    def _poll_unless_gone(self, run: _Run, stall: float) -> dict[str, Any] | None:
+        """:meth:`_poll`; a WebUI gone away cancels a cancelled job (never retried) and fails the others."""
+        try:
+            return self._poll(run, stall)
+        except ServiceUnavailable:
+            if run.job.cancelled.is_set():
+                raise JobCancelled("job was cancelled; the WebUI went away", {"task_id": run.task_id}) from None
+            raise
+
+    def _take_state(self, run: _Run, state: dict[str, Any], now: float, report: ProgressReporter) -> None:
+        """Note an answer and whether the WebUI moved; report our task's progress and preview,
+        or once that the WebUI is busy with another client's job."""
+        run.last_answer = now
+        shown = state["state"]
+        current = (round(float(state.get("progress") or 0), 6), shown.get("job"), shown.get("job_count"),
+                   shown.get("job_no"), shown.get("sampling_step"), shown.get("sampling_steps"),
+                   state.get("textinfo"), run.ours)
+        if current != run.snapshot:
+            run.snapshot, run.last_change = current, now
+        elif run.ours is False and shown.get("job_count", 0) != 0:
+            run.last_change = now  # busy with another client's job: alive, we wait our turn
+        elif run.ours is not False and run.switching and shown.get("job_count") == -1:
+            run.last_change = now  # our checkpoint switch: loading weights shows no progress
+        if run.ours is False:
+            if not run.waiting_told and shown.get("job_count", 0) != 0:
+                report(message="waiting: the WebUI is busy with another client's job")
+                run.waiting_told = True
+            return
+        if shown.get("job_count", 0) != 0:  # the flag outlives a job until the next begins
+            run.interrupted_seen = bool(shown.get("interrupted")) and run.cancel_sent_at is None
+        self._report(run, state, report)
+        image = state.get("current_image")
+        if image and image != run.preview:
+            run.preview = image
+            data = decode_image(image)
+            run.job.report_preview(data, image_type(data))
+
+    def _check_stall(self, run: _Run, now: float, stall: float, node_limit: float) -> None:
+        """Raise :class:`JobStalled` (or, for a cancelled job, :class:`JobCancelled`) when the
+        WebUI has not answered for ``stall`` s or not moved for ``node_limit`` s."""
+        if now - run.last_answer <= stall and now - run.last_change <= node_limit:
+            return
+        self._suspect = True
+        if run.job.cancelled.is_set():
+            raise JobCancelled("job was cancelled; the WebUI stopped answering", {"task_id": run.task_id})
+        silent = now - run.last_answer > stall
+        what = "did not answer /sdapi/v1/progress" if silent else "showed no progress"
+        if not silent:  # a WebUI that answers may still free itself; a silent one would not hear
+            self._interrupt(run, timeout=1.0)
+        limit = stall if silent else node_limit
+        raise JobStalled(f"the WebUI at {self.base_url} {what} for {limit:g} s",
+                         {"url": self.base_url, "task_id": run.task_id, "stall_timeout": stall,
+                          "node_timeout": node_limit})
 
     @staticmethod
     def _pause(run: _Run, post: BlockingPost) -> None:

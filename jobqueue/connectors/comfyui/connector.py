@@ -15,7 +15,8 @@ How one job runs (the protocol details live in :mod:`jobqueue.connectors.comfyui
    the output store, ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/`` (jobqueue.shared.outputs).
 
 The REST calls live in :mod:`jobqueue.connectors.comfyui.rest`, the socket and the routing of
-its messages in :mod:`jobqueue.connectors.comfyui.ws`, the payload rules in
+its messages in :mod:`jobqueue.connectors.comfyui.ws`, the loop that follows a prompt to its end
+in :mod:`jobqueue.connectors.comfyui.follow`, the payload rules in
 :mod:`jobqueue.connectors.payloads` (the example workflow in :mod:`jobqueue.connectors.comfyui.payload`).
 
 Liveness, not silence (ComfyUI sends nothing while a node without a progress bar runs): the
@@ -45,6 +46,7 @@ import requests
 from jobqueue.config import Settings
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
 from jobqueue.connectors.comfyui import models as comfyui_models
+from jobqueue.connectors.comfyui.follow import PromptFollower
 from jobqueue.connectors.comfyui.payload import EXAMPLE_WORKFLOW
 from jobqueue.connectors.comfyui.protocol import (
     ERROR,
@@ -58,7 +60,7 @@ from jobqueue.connectors.comfyui.protocol import (
     queue_position,
 )
 from jobqueue.connectors.comfyui.rest import ComfyUIRest, reason
-from jobqueue.connectors.comfyui.ws import Mailbox, PromptRouter, Wake, WebSocketListener
+from jobqueue.connectors.comfyui.ws import Mailbox, PromptRouter, WebSocketListener
 from jobqueue.connectors.payloads import ComfyUIPayload, validate_comfyui
 from jobqueue.errors import (
     ExecutionFailed,
@@ -73,16 +75,12 @@ from jobqueue.states import ConnectorStatus
 
 log = logging.getLogger(__name__)
 
-#: Seconds of websocket silence after which /queue and /history are polled.
-QUIET_POLL = 2.0
 #: Timeout (s) of GET /system_stats in health checks.
 HEALTH_TIMEOUT = 3.0
 #: Longest wait (s) for the websocket before a job starts.
 CONNECT_WAIT = 5.0
 #: How long (s) a finished prompt may take to appear in /history.
 CONFIRM_WAIT = 5.0
-#: How long (s) a cancelled job waits for ComfyUI to confirm the interrupt.
-CANCEL_GRACE = 5.0
 #: Longest a job waits (s) for abandoned prompts to leave ComfyUI's queue before it posts its own.
 ORPHAN_WAIT = 10.0
 #: Longest a health check waits (s) for abandoned prompts to leave ComfyUI's queue.
@@ -289,85 +287,18 @@ class ComfyUIConnector(Connector):
 
     def _follow(self, job: Job, tracker: PromptTracker, box: Mailbox, report: ProgressReporter,
                 stall: float, node_limit: float) -> dict[str, Any]:
-        """Follow the prompt to its end; judge liveness by answers, never by silence alone.
-
-        ``last_answer``: the last websocket message of any kind or answer to GET /queue.
-        ``last_ours``: the last message about our prompt (or when it started running).
-        """
-        prompt_id = tracker.prompt_id
-        last_answer = last_ours = time.monotonic()
-        last_poll = float("-inf")
-        poll_every = max(0.25, min(QUIET_POLL, stall / 2))
-        probe_failed = False
-        where: str | None = None
-        cancel_sent_at: float | None = None
-        reported = None
-        # With the socket open, the end of even a cached run arrives as a message: no poll.
-        # Without it (or once it drops), ask /queue and /history right away.
-        poll_now = not self._listener.connected.is_set()
-        while True:
-            if job.cancelled.is_set():
-                if cancel_sent_at is None:
-                    cancel_sent_at = time.monotonic()
-                    if self._rest.stop_prompt(prompt_id, timeout=3.0) != "running":
-                        raise JobCancelled("job was cancelled", {"prompt_id": prompt_id})
-                if tracker.finished or time.monotonic() - cancel_sent_at > CANCEL_GRACE:
-                    raise JobCancelled("job was cancelled; ComfyUI interrupted it", {"prompt_id": prompt_id})
-            else:
-                job.check()
-            for item in box.take(0 if poll_now else 0.25):
-                if isinstance(item, Wake):
-                    poll_now = poll_now or item.reason.startswith("disconnected")
-                elif isinstance(item, bytes):
-                    if tracker.feed_binary(item):
-                        last_ours = time.monotonic()
-                        if tracker.preview is not None:
-                            job.report_preview(tracker.preview, tracker.preview_type or "image/png")
-                elif tracker.feed(item):
-                    last_ours = time.monotonic()
-            now = time.monotonic()
-            last_answer = max(last_answer, self._listener.last_message_at)
-            progress = tracker.progress()
-            # Once the prompt has ended, the job's own end follows: a last "all nodes done"
-            # report would only cost a backend write and an event.
-            if progress != reported and not tracker.finished:
-                reported = progress
-                # 100 only once the result is in hand (the task reports completion itself).
-                report(percent=min(progress.percent, 99.9), step=progress.step, total_steps=progress.total_steps,
-                       node=progress.node, message=progress.message)
-            if tracker.finished and cancel_sent_at is None:
-                return self._confirm(job, tracker)
-            if poll_now or probe_failed or now - max(last_ours, last_poll) >= poll_every:
-                poll_now, last_poll = False, now
-                state, info = self._rest.where(prompt_id, max(0.5, min(3.0, stall / 2)))
-                probe_failed = state == "unknown"
-                if state == "history":
-                    if cancel_sent_at is not None:
-                        raise JobCancelled("job was cancelled", {"prompt_id": prompt_id})
-                    return self._finish(job, tracker, info)
-                if state == "lost":
-                    raise ServiceUnavailable(
-                        f"prompt {prompt_id} left ComfyUI's queue without a result (ComfyUI restarted?)",
-                        {"url": self.base_url, "prompt_id": prompt_id})
-                if state in ("running", "pending"):
-                    last_answer = time.monotonic()
-                    if state == "running" and where != "running":
-                        last_ours = last_answer  # the node limit counts from the start of running
-                    where = state
-            now = time.monotonic()
-            if probe_failed and now - last_answer > stall:
-                self._suspect = True
-                raise JobStalled(
-                    f"ComfyUI at {self.base_url} stopped answering: no websocket message and no answer to "
-                    f"GET /queue for {stall:g} s (websocket "
-                    f"{'connected' if self._listener.connected.is_set() else 'disconnected'})",
-                    {"url": self.base_url, "prompt_id": prompt_id, "stall_timeout": stall, "node": tracker.running})
-            if where == "running" and now - last_ours > node_limit:
-                raise JobStalled(
-                    f"prompt {prompt_id} has been running on ComfyUI with no message at all for {node_limit:g} s "
-                    f"(node limit; node {tracker.running or '?'})",
-                    {"url": self.base_url, "prompt_id": prompt_id, "node_timeout": node_limit,
-                     "node": tracker.running})
+        """Follow the prompt to its end (:class:`PromptFollower`), then confirm how it ended."""
+        follower = PromptFollower(self._rest, self._listener, job, tracker, box, report,
+                                  stall=stall, node_limit=node_limit)
+        try:
+            entry = follower.follow()
+        except JobStalled:
+            if follower.silent:
+                self._suspect = True  # ask ComfyUI once, quickly, before the next job
+            raise
+        if entry is None:  # the websocket said it ended: /history says how
+            return self._confirm(job, tracker)
+        return self._finish(job, tracker, entry)
 
     def clean_orphans(self, *, timeout: float, wait: float, job: Job | None = None) -> set[str]:
         """Remove every abandoned prompt in the orphan book from ComfyUI: delete it when pending,

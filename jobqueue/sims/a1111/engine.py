@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -65,6 +66,30 @@ def colour(seed: int, prompt: str, step: int | None = None) -> int:
     """The deterministic colour of an image (or of a preview at ``step``)."""
     digest = hashlib.sha256(f"{seed}|{prompt}|{step}".encode()).digest()
     return int.from_bytes(digest[:3], "big")
+
+
+@dataclasses.dataclass
+class _Params:
+    """What one request asks ``process_images`` for (a random seed is drawn when it gives none)."""
+
+    steps: int
+    n_iter: int
+    batch: int
+    width: int
+    height: int
+    prompt: str
+    negative: str
+    seed: int
+    #: One seed per image: ``seed``, ``seed + 1``, ...
+    seeds: list[int]
+
+    @classmethod
+    def of(cls, request: dict[str, Any]) -> _Params:
+        steps, n_iter, batch = int(request["steps"]), int(request["n_iter"]), int(request["batch_size"])
+        width, height = int(request["width"]), int(request["height"])
+        prompt, negative = str(request.get("prompt") or ""), str(request.get("negative_prompt") or "")
+        seed = int(request["seed"]) if request.get("seed") not in (None, -1) else random.randrange(4294967294)
+        return cls(steps, n_iter, batch, width, height, prompt, negative, seed, [seed + i for i in range(n_iter * batch)])
 
 
 class State:
@@ -210,7 +235,8 @@ class Engine:
             self.pending_tasks.pop(task_id, None)
 
     async def _process(self, mode: str, request: dict[str, Any], sampler: str, scheduler: str) -> dict[str, Any]:
-        state = self.state
+        """``process_images`` under the request's ``override_settings`` (restored afterwards
+        unless it asks not to): the checkpoint switch, the batches, the answer."""
         stored = dict(self.opts)
         overrides = dict(request.get("override_settings") or {})
         checkpoint = overrides.get("sd_model_checkpoint")
@@ -221,61 +247,9 @@ class Engine:
         try:
             if checkpoint is not None:
                 await self.load_checkpoint(checkpoint)
-            steps, n_iter, batch = int(request["steps"]), int(request["n_iter"]), int(request["batch_size"])
-            width, height = int(request["width"]), int(request["height"])
-            prompt, negative = str(request.get("prompt") or ""), str(request.get("negative_prompt") or "")
-            seed = int(request["seed"]) if request.get("seed") not in (None, -1) else random.randrange(4294967294)
-            seeds = [seed + i for i in range(n_iter * batch)]
-            model_name, model_hash = CHECKPOINTS[self.loaded]
-            infotext = (f"{prompt}\nNegative prompt: {negative}\nSteps: {steps}, Sampler: {sampler}, "
-                        f"Schedule type: {scheduler}, CFG scale: {request.get('cfg_scale')}, Seed: {{seed}}, "
-                        f"Size: {width}x{height}, Model hash: {model_hash}, Model: {model_name}, "
-                        f"Version: {self.version}")
-            images: list[bytes] = []
-            infotexts: list[str] = []
-            if state.job_count == -1:
-                state.job_count = n_iter
-            for n in range(n_iter):
-                if state.skipped:
-                    state.skipped = False
-                if state.interrupted or state.stopping_generation:
-                    break
-                state.job = f"Batch {n + 1} out of {n_iter}"
-                state.sampling_steps = steps
-                for _ in range(max(steps, 0)):
-                    await self._wait(self.step_seconds)
-                    if state.interrupted or state.skipped:
-                        break
-                    state.sampling_step += 1
-                    every = int(self.opts.get("show_progress_every_n_steps") or 0)
-                    if (self.opts.get("live_previews_enable") and every > 0
-                            and state.sampling_step - state.current_image_sampling_step >= every):
-                        preview = colour(seeds[n * batch], prompt, state.sampling_step)
-                        state.current_image = png_with_text(max(8, width // 8), max(8, height // 8), preview, {})
-                        state.current_image_sampling_step = state.sampling_step
-                        state.id_live_preview += 1
-                for i in range(batch):
-                    s = seeds[n * batch + i]
-                    text = infotext.replace("{seed}", str(s))
-                    infotexts.append(text)
-                    images.append(png_with_text(width, height, colour(s, prompt), {"parameters": text}))
-                    self.generated += 1
-                state.nextjob()
-            info: dict[str, Any] = {
-                "prompt": prompt, "all_prompts": [prompt] * len(images), "negative_prompt": negative,
-                "all_negative_prompts": [negative] * len(images), "seed": seed, "all_seeds": seeds[: len(images)],
-                "subseed": request.get("subseed"), "all_subseeds": seeds[: len(images)],
-                "subseed_strength": request.get("subseed_strength"), "width": width, "height": height,
-                "sampler_name": sampler, "cfg_scale": request.get("cfg_scale"), "steps": steps, "batch_size": batch,
-                "restore_faces": request.get("restore_faces"), "face_restoration_model": None,
-                "sd_model_name": model_name, "sd_model_hash": model_hash, "sd_vae_name": None, "sd_vae_hash": None,
-                "seed_resize_from_w": request.get("seed_resize_from_w"),
-                "seed_resize_from_h": request.get("seed_resize_from_h"),
-                "denoising_strength": request.get("denoising_strength"), "extra_generation_params": {},
-                "index_of_first_image": 0, "infotexts": infotexts, "styles": request.get("styles") or [],
-                "job_timestamp": state.job_timestamp, "clip_skip": self.opts.get("CLIP_stop_at_last_layers"),
-                "is_using_inpainting_conditioning": False, "version": self.version,
-            }
+            params = _Params.of(request)
+            images, infotexts = await self._run_batches(params, self._infotext(request, params, sampler, scheduler))
+            info = self._info(request, params, sampler, len(images), infotexts)
         finally:
             if request.get("override_settings_restore_afterwards", True):
                 self.opts = stored
@@ -287,6 +261,79 @@ class Engine:
         parameters.pop("include_init_images", None)
         return {"images": [base64.b64encode(image).decode("ascii") for image in images] if send else [],
                 "parameters": parameters, "info": json.dumps(info)}
+
+    async def _run_batches(self, params: _Params, infotext: str) -> tuple[list[bytes], list[str]]:
+        """``n_iter`` batches of ``batch_size`` images: ``skip`` ends the batch in progress,
+        ``interrupt`` (or a stop) the batches after it; the images of a cut batch are kept."""
+        state = self.state
+        images: list[bytes] = []
+        infotexts: list[str] = []
+        if state.job_count == -1:
+            state.job_count = params.n_iter
+        for n in range(params.n_iter):
+            if state.skipped:
+                state.skipped = False
+            if state.interrupted or state.stopping_generation:
+                break
+            state.job = f"Batch {n + 1} out of {params.n_iter}"
+            state.sampling_steps = params.steps
+            await self._sample(params, params.seeds[n * params.batch])
+            for i in range(params.batch):
+                s = params.seeds[n * params.batch + i]
+                text = infotext.replace("{seed}", str(s))
+                infotexts.append(text)
+                images.append(png_with_text(params.width, params.height, colour(s, params.prompt),
+                                            {"parameters": text}))
+                self.generated += 1
+            state.nextjob()
+        return images, infotexts
+
+    async def _sample(self, params: _Params, seed: int) -> None:
+        """One batch's sampling steps, each taking ``step_seconds``, with a live preview every
+        ``show_progress_every_n_steps``; stops at the next step on ``interrupt`` or ``skip``."""
+        state = self.state
+        for _ in range(max(params.steps, 0)):
+            await self._wait(self.step_seconds)
+            if state.interrupted or state.skipped:
+                break
+            state.sampling_step += 1
+            every = int(self.opts.get("show_progress_every_n_steps") or 0)
+            if (self.opts.get("live_previews_enable") and every > 0
+                    and state.sampling_step - state.current_image_sampling_step >= every):
+                preview = colour(seed, params.prompt, state.sampling_step)
+                state.current_image = png_with_text(max(8, params.width // 8), max(8, params.height // 8), preview, {})
+                state.current_image_sampling_step = state.sampling_step
+                state.id_live_preview += 1
+
+    def _infotext(self, request: dict[str, Any], params: _Params, sampler: str, scheduler: str) -> str:
+        """The ``parameters`` text of every image, with ``{seed}`` left to fill in per image."""
+        model_name, model_hash = CHECKPOINTS[self.loaded]
+        return (f"{params.prompt}\nNegative prompt: {params.negative}\nSteps: {params.steps}, Sampler: {sampler}, "
+                f"Schedule type: {scheduler}, CFG scale: {request.get('cfg_scale')}, Seed: {{seed}}, "
+                f"Size: {params.width}x{params.height}, Model hash: {model_hash}, Model: {model_name}, "
+                f"Version: {self.version}")
+
+    def _info(self, request: dict[str, Any], params: _Params, sampler: str, count: int,
+              infotexts: list[str]) -> dict[str, Any]:
+        """The answer's ``info`` (``Processed.js()``) for ``count`` images."""
+        model_name, model_hash = CHECKPOINTS[self.loaded]
+        prompt, negative, seeds = params.prompt, params.negative, params.seeds
+        return {
+            "prompt": prompt, "all_prompts": [prompt] * count, "negative_prompt": negative,
+            "all_negative_prompts": [negative] * count, "seed": params.seed, "all_seeds": seeds[:count],
+            "subseed": request.get("subseed"), "all_subseeds": seeds[:count],
+            "subseed_strength": request.get("subseed_strength"), "width": params.width, "height": params.height,
+            "sampler_name": sampler, "cfg_scale": request.get("cfg_scale"), "steps": params.steps,
+            "batch_size": params.batch,
+            "restore_faces": request.get("restore_faces"), "face_restoration_model": None,
+            "sd_model_name": model_name, "sd_model_hash": model_hash, "sd_vae_name": None, "sd_vae_hash": None,
+            "seed_resize_from_w": request.get("seed_resize_from_w"),
+            "seed_resize_from_h": request.get("seed_resize_from_h"),
+            "denoising_strength": request.get("denoising_strength"), "extra_generation_params": {},
+            "index_of_first_image": 0, "infotexts": infotexts, "styles": request.get("styles") or [],
+            "job_timestamp": self.state.job_timestamp, "clip_skip": self.opts.get("CLIP_stop_at_last_layers"),
+            "is_using_inpainting_conditioning": False, "version": self.version,
+        }
 
     @property
     def version(self) -> str:

@@ -38,73 +38,88 @@ def validate_inputs(prompt: dict[str, Any], unique_id: str, validated: Validated
     valid = True
     for name in [*node_def.required, *node_def.optional]:
         category, spec = node_def.input_spec(name) or ("optional", ["*"])
-        input_type = spec[0]
-        extra = spec[1] if len(spec) > 1 else {}
-        info = [input_type, extra] if extra else [input_type]
         if name not in inputs:
             if category == "required":
                 errors.append(_error("required_input_missing", "Required input is missing", name, {"input_name": name}))
             continue
-        val = inputs[name]
-        if isinstance(val, list):
-            if len(val) != 2:
-                errors.append(_error("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                                     name, {"input_name": name, "input_config": info, "received_value": val}))
-                continue
-            upstream = _class_of(prompt, val[0])  # KeyError for a missing node, as in ComfyUI
-            slot = val[1]
-            received = upstream.outputs[slot] if isinstance(slot, int) and 0 <= slot < len(upstream.outputs) else None
-            if received != input_type:
-                errors.append(_error("return_type_mismatch", "Return type mismatch between linked nodes",
-                                     f"{name}, received_type({received}) mismatch input_type({input_type})",
-                                     {"input_name": name, "input_config": info, "received_type": received,
-                                      "linked_node": val}))
-                continue
-            try:
-                upstream_ok = validate_inputs(prompt, str(val[0]), validated)[0]
-            except Exception as exc:
-                # ComfyUI files this under the *linked* node (the one holding the bad link),
-                # not under the node being validated, whose own error list stays empty.
-                valid = False
-                reasons = [_error("exception_during_inner_validation", "Exception when validating inner node",
-                                  str(exc), {"input_name": name, "input_config": info,
-                                             "exception_message": str(exc), "exception_type": type(exc).__name__,
-                                             "traceback": traceback.format_tb(exc.__traceback__),
-                                             "linked_node": val})]
-                validated[str(val[0])] = (False, reasons, str(val[0]))
-                continue
-            if not upstream_ok:
-                valid = False
-            continue
-        if isinstance(input_type, list):  # a combo (e.g. ckpt_name): only one of its options
-            if val not in input_type:
-                # Like ComfyUI: long option lists (model files) are not sent back.
-                listed = f"(list of length {len(input_type)})" if len(input_type) > 20 else str(input_type)
-                errors.append(_error("value_not_in_list", "Value not in list", f"{name}: '{val}' not in {listed}",
-                                     {"input_name": name, "input_config": None if len(input_type) > 20 else info,
-                                      "received_value": val}))
-            continue
-        convert = _CONVERT.get(input_type)
-        if convert is not None:
-            try:
-                val = convert(val)
-                inputs[name] = val
-            except Exception as exc:
-                errors.append(_error("invalid_input_type", f"Failed to convert an input value to a {input_type} value",
-                                     f"{name}, {val}, {exc}", {"input_name": name, "input_config": info,
-                                                               "received_value": val, "exception_message": str(exc)}))
-                continue
-        if "min" in extra and val < extra["min"]:
-            errors.append(_error("value_smaller_than_min", f"Value {val} smaller than min of {extra['min']}", name,
-                                 {"input_name": name, "input_config": info, "received_value": val}))
-            continue
-        if "max" in extra and val > extra["max"]:
-            errors.append(_error("value_bigger_than_max", f"Value {val} bigger than max of {extra['max']}", name,
-                                 {"input_name": name, "input_config": info, "received_value": val}))
-            continue
+        if isinstance(inputs[name], list):
+            error, upstream_ok = _check_link(prompt, name, spec, inputs[name], validated)
+            valid = valid and upstream_ok
+        else:
+            error = _check_literal(inputs, name, spec)
+        if error is not None:
+            errors.append(error)
     result = (not errors and valid, errors, unique_id)
     validated[unique_id] = result
     return result
+
+
+def _config(spec: list[Any]) -> tuple[Any, dict[str, Any], list[Any]]:
+    """An input's type, its options (``min``, ``max``...) and the ``input_config`` errors show."""
+    input_type = spec[0]
+    extra = spec[1] if len(spec) > 1 else {}
+    return input_type, extra, [input_type, extra] if extra else [input_type]
+
+
+def _check_link(prompt: dict[str, Any], name: str, spec: list[Any], val: list[Any],
+                validated: Validated) -> tuple[dict[str, Any] | None, bool]:
+    """A linked input: the link's own error (or None), and whether the upstream node is valid
+    (validated first, recursively)."""
+    input_type, _, info = _config(spec)
+    if len(val) != 2:
+        return _error("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                      name, {"input_name": name, "input_config": info, "received_value": val}), True
+    upstream = _class_of(prompt, val[0])  # KeyError for a missing node, as in ComfyUI
+    slot = val[1]
+    received = upstream.outputs[slot] if isinstance(slot, int) and 0 <= slot < len(upstream.outputs) else None
+    if received != input_type:
+        return _error("return_type_mismatch", "Return type mismatch between linked nodes",
+                      f"{name}, received_type({received}) mismatch input_type({input_type})",
+                      {"input_name": name, "input_config": info, "received_type": received,
+                       "linked_node": val}), True
+    try:
+        return None, validate_inputs(prompt, str(val[0]), validated)[0]
+    except Exception as exc:
+        # ComfyUI files this under the *linked* node (the one holding the bad link),
+        # not under the node being validated, whose own error list stays empty.
+        reasons = [_error("exception_during_inner_validation", "Exception when validating inner node",
+                          str(exc), {"input_name": name, "input_config": info,
+                                     "exception_message": str(exc), "exception_type": type(exc).__name__,
+                                     "traceback": traceback.format_tb(exc.__traceback__),
+                                     "linked_node": val})]
+        validated[str(val[0])] = (False, reasons, str(val[0]))
+        return None, False
+
+
+def _check_literal(inputs: dict[str, Any], name: str, spec: list[Any]) -> dict[str, Any] | None:
+    """A literal input: one of a combo's options, or converted to its type (written back) and
+    within its ``min``/``max``; the first error, or None."""
+    input_type, extra, info = _config(spec)
+    val = inputs[name]
+    if isinstance(input_type, list):  # a combo (e.g. ckpt_name): only one of its options
+        if val in input_type:
+            return None
+        # Like ComfyUI: long option lists (model files) are not sent back.
+        listed = f"(list of length {len(input_type)})" if len(input_type) > 20 else str(input_type)
+        return _error("value_not_in_list", "Value not in list", f"{name}: '{val}' not in {listed}",
+                      {"input_name": name, "input_config": None if len(input_type) > 20 else info,
+                       "received_value": val})
+    convert = _CONVERT.get(input_type)
+    if convert is not None:
+        try:
+            val = convert(val)
+            inputs[name] = val
+        except Exception as exc:
+            return _error("invalid_input_type", f"Failed to convert an input value to a {input_type} value",
+                          f"{name}, {val}, {exc}", {"input_name": name, "input_config": info,
+                                                    "received_value": val, "exception_message": str(exc)})
+    if "min" in extra and val < extra["min"]:
+        return _error("value_smaller_than_min", f"Value {val} smaller than min of {extra['min']}", name,
+                      {"input_name": name, "input_config": info, "received_value": val})
+    if "max" in extra and val > extra["max"]:
+        return _error("value_bigger_than_max", f"Value {val} bigger than max of {extra['max']}", name,
+                      {"input_name": name, "input_config": info, "received_value": val})
+    return None
 
 
 def validate_prompt(prompt: Any) -> tuple[bool, dict[str, Any] | None, list[str], dict[str, Any]]:
