@@ -402,14 +402,17 @@ def submit_job(
     goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
     Raises :class:`~jobqueue.errors.UnknownServiceError` or
     :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued). ``webhook_url`` (http or
-    https only, else :class:`~jobqueue.errors.SubmitError`) gets a signed POST when the job
-    ends (see :mod:`jobqueue.worker.webhooks`).
+    https only, else :class:`~jobqueue.errors.SubmitError`; an IP literal outside the public
+    addresses and ``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS`` raises
+    :class:`~jobqueue.errors.WebhookTargetRefused`) gets a signed POST when the job ends (see
+    :mod:`jobqueue.worker.webhooks`).
     """
     app = app or default_app()
     if webhook_url is not None:
         from jobqueue.worker.webhooks import check_webhook_url
 
-        extra = {**(extra or {}), "webhook_url": check_webhook_url(webhook_url)}
+        url = check_webhook_url(webhook_url, app.settings.webhook_allowed_networks)
+        extra = {**(extra or {}), "webhook_url": url}
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
