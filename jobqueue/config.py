@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     #: ``10.1.2.0/24,127.0.0.1/32`` for a receiver inside the fleet: by default workers refuse
     #: loopback, private, link-local, CGNAT, multicast and reserved targets.
     webhook_allowed_networks: tuple[str, ...] = ()
+    #: Values under payload, argument and result keys matching this regular expression
+    #: (case-insensitive, anywhere in the key) are shown as "•••" in the monitor, events and logs.
+    secret_keys_pattern: str = "password|secret|token|api_key|authorization|cookie"
     #: ComfyUI: longest (s) a prompt may be listed as running with no message at all before the
     #: job counts as stalled (a silent node is not a stall; a server that stops answering is).
     comfyui_node_timeout: float = 600.0
@@ -298,6 +301,10 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
                 raise ConfigError(f"JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS: {cidr!r} is not a CIDR: {exc}") from None
+        try:
+            re.compile(self.secret_keys_pattern)
+        except re.error as exc:
+            raise ConfigError(f"JOBQUEUE_SECRET_KEYS_PATTERN is not a regular expression: {exc}") from None
 
     def comfyui_url_for(self, gpu: int) -> str:
         """Return the ComfyUI URL a worker on ``gpu`` talks to."""
