@@ -16,7 +16,7 @@ from typing import Any
 
 from celery.worker.request import Request
 
-from jobqueue.shared.masking import DEFAULT_PATTERN, mask, mask_event
+from jobqueue.shared.masking import DEFAULT_PATTERN, mask, mask_event, mask_text
 
 #: Celery's tracer logs task outcomes (with the result's repr) on this logger.
 TRACE_LOGGER = "celery.app.trace"
@@ -33,7 +33,8 @@ class MaskingRequest(Request):  # type: ignore[misc]  # Celery is untyped
 
 class MaskingLogFilter(logging.Filter):
     """Masks the values of a log record's arguments (Celery passes a dict: ``return_value``,
-    ``args``, ``kwargs``, ``exc``...) and its message text. Never drops a record."""
+    ``args``, ``kwargs``, ``exc``...), its message text and its traceback (formatted here,
+    masked, and left in ``exc_text``, which formatters print instead). Never drops a record."""
 
     def __init__(self, pattern: str = DEFAULT_PATTERN) -> None:
         super().__init__()
@@ -46,6 +47,10 @@ class MaskingLogFilter(logging.Filter):
             record.args = tuple(mask(v, self.pattern) for v in record.args)
         if isinstance(record.msg, str):
             record.msg = mask(record.msg, self.pattern)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_text(record.exc_text, self.pattern)
         return True
 
 

@@ -78,6 +78,31 @@ def test_an_events_ids_stay_whatever_the_pattern_and_its_values_are_masked() -> 
         "kwargs": '{"payload_summary": "password=\'•••\'"}'}
 
 
+def test_the_worker_log_filter_masks_arguments_messages_and_tracebacks() -> None:
+    import io
+    import logging
+
+    from jobqueue.worker.masked import MaskingLogFilter
+
+    stream = io.StringIO()
+    logger = logging.getLogger("tests.secrets.masking")
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    logger.addFilter(MaskingLogFilter())
+    try:
+        logger.error("Task %(name)s succeeded: %(return_value)s",
+                     {"name": "t", "return_value": repr({"api_key": API_KEY})})
+        try:
+            raise ValueError(f"bad request {{'password': '{PASSWORD}'}}")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "succeeded: {'api_key': '•••'}" in text and "{'password': '•••'}" in text
+    assert not [s for s in SECRETS if s in text]
+
+
 def test_the_payload_summary_shows_no_secret() -> None:
     summary = summarize_payload("simulation", {"steps": 1, "output": {"api_key": API_KEY}})
     assert summary is not None and API_KEY not in summary and MASK in summary
