@@ -30,6 +30,9 @@ MASK = "•••"
 DEFAULT_PATTERN = "password|secret|token|api_key|authorization|cookie"
 #: Longest text parsed as JSON or a repr (longer text only gets the pattern-based masking).
 MAX_PARSE = 200_000
+#: Containers nested deeper than this are shown as :data:`MASK` whole (a hostile event must
+#: not exhaust the stack, and nothing real nests that deep).
+MAX_DEPTH = 64
 
 _QUOTED_PAIR = re.compile(r"""(?P<q>['"])(?P<key>[^'"\\]{1,200})(?P=q)(?P<sep>\s*[:=]\s*)"""
                           r"""(?P<value>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s,{}\[\]()'"]+)""")
@@ -48,19 +51,21 @@ def is_secret_key(key: Any, pattern: str = DEFAULT_PATTERN) -> bool:
     return isinstance(key, str) and secret_keys(pattern).search(key) is not None
 
 
-def mask(value: Any, pattern: str = DEFAULT_PATTERN) -> Any:
+def mask(value: Any, pattern: str = DEFAULT_PATTERN, _depth: int = 0) -> Any:
     """A copy of ``value`` with every value under a secret key replaced by :data:`MASK`, at any
     depth (dicts, lists, tuples, and text holding serialised structure: :func:`mask_text`).
     Never changes ``value`` itself; anything else is returned as is."""
+    if isinstance(value, (dict, list, tuple)) and _depth >= MAX_DEPTH:
+        return MASK
     if isinstance(value, dict):
-        return {k: MASK if is_secret_key(k, pattern) and v is not None else mask(v, pattern)
+        return {k: MASK if is_secret_key(k, pattern) and v is not None else mask(v, pattern, _depth + 1)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [mask(v, pattern) for v in value]
+        return [mask(v, pattern, _depth + 1) for v in value]
     if isinstance(value, tuple):
-        return tuple(mask(v, pattern) for v in value)
+        return tuple(mask(v, pattern, _depth + 1) for v in value)
     if isinstance(value, str):
-        return mask_text(value, pattern)
+        return mask_text(value, pattern) if _depth < MAX_DEPTH else value
     return value
 
 
@@ -71,7 +76,7 @@ def _parsed(text: str) -> tuple[Any, str] | None:
         return None
     try:
         return json.loads(stripped), "json"
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     if "..." in stripped:
         return None  # a repr Celery shortened ({...}): masked by pattern, kept shortened

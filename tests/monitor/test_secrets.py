@@ -103,6 +103,18 @@ def test_the_worker_log_filter_masks_arguments_messages_and_tracebacks() -> None
     assert not [s for s in SECRETS if s in text]
 
 
+def test_hostile_nesting_is_masked_without_exhausting_the_stack() -> None:
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(5000):
+        inner.append([])
+        inner = inner[0]
+    inner.append({"token": "deep-secret"})
+    assert "deep-secret" not in repr(mask_event({"type": "task-succeeded", "result": deep}))
+    text = '{"a":' * 3000 + '{"token": "deep-secret"}' + "}" * 3000
+    assert "deep-secret" not in mask_text(text) and MASK in mask_text(text)
+
+
 def test_the_payload_summary_shows_no_secret() -> None:
     summary = summarize_payload("simulation", {"steps": 1, "output": {"api_key": API_KEY}})
     assert summary is not None and API_KEY not in summary and MASK in summary
