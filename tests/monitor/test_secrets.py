@@ -169,3 +169,21 @@ def test_a_secret_in_a_payload_reaches_the_worker_but_no_event_log_api_or_page(
         assert MASK in log_text and not [s for s in SECRETS if s in log_text]
     finally:
         recorder.stop()
+
+
+def test_a_monitor_started_after_the_job_ended_rebuilds_it_from_the_backend_with_secrets_masked(
+        app: Any, start_worker: Any, start_monitor: Any) -> None:
+    # Given a job with secrets that ended before any monitor ran
+    start_worker("gpu0")
+    secret_output = {"api_key": API_KEY, "nested": {"Password": PASSWORD}}
+    handle = submit_job("simulation", {"steps": 1, "output": secret_output}, app=app)
+    assert handle.wait(timeout=60)["output"] == secret_output
+    # When a monitor starts and its truth repair rebuilds the job from the result backend
+    monitor = start_monitor("late.db")
+    job = wait_for(lambda: (j := monitor.get(f"/api/jobs/{handle.id}").json()).get("status") == "completed"
+                   and j.get("result") and j, 60, what="the job rebuilt by repair")
+    # Then its result, metadata and timeline are masked
+    assert job["result"]["output"] == {"api_key": MASK, "nested": {"Password": MASK}}
+    for path in ("/api/jobs", f"/api/jobs/{handle.id}"):
+        text = monitor.get(path).text
+        assert handle.id in text and not [s for s in SECRETS if s in text], text
