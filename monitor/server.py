@@ -51,7 +51,8 @@ class Monitor:
         self.hub = ChangeHub()
         self.celery = monitor_celery_app(settings)
         self.writer = Writer(self.store, self.hub, heartbeat_default=settings.heartbeat_interval,
-                             beat_default=settings.status_beat, totals=Totals(self.store))
+                             beat_default=settings.status_beat, totals=Totals(self.store),
+                             secret_keys=settings.secret_keys_pattern)
         self.repair = Repair(self.celery, self.writer, self.store, settings)
         # Events of a gap in the stream are gone: repair recovers what the backend still knows.
         self.collector = EventCollector(self.celery, self.writer, on_reconnected=self.repair.trigger,

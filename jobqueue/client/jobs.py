@@ -34,6 +34,7 @@ from jobqueue.errors import (
     error_info,
 )
 from jobqueue.shared import job_record as facts
+from jobqueue.shared.masking import DEFAULT_PATTERN, mask
 from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK
 from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
@@ -318,6 +319,7 @@ def prepare_job(
     extra: dict[str, Any] | None = None,
     continuation: bool = False,
     requires: dict[str, Any] | None = None,
+    secret_keys: str = DEFAULT_PATTERN,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate one job and build its message: ``(task kwargs, send options)``.
 
@@ -326,6 +328,8 @@ def prepare_job(
     first (it takes the upper broker level of its priority). Raises like :func:`submit_job`.
     A job with requirements (``requires`` plus the models its payload names) goes to its
     capability queue unless ``queue`` pins it (:func:`jobqueue.shared.requirements.route_queue`).
+    ``kwargsrepr`` (what events and logs show) has values under ``secret_keys`` masked; the
+    task's kwargs keep them.
     """
     payload = connector_class(service).validate(payload)
     req = resolve(requires, connector_class(service).required_models(payload))
@@ -354,7 +358,8 @@ def prepare_job(
         "task_id": job_id,
         "queue": target,
         "priority": broker_priority(priority, is_redis=is_redis, continuation=continuation),
-        "kwargsrepr": json.dumps({**meta, "payload_summary": summarize_payload(service, payload)}, default=str),
+        "kwargsrepr": json.dumps(mask({**meta, "payload_summary": summarize_payload(service, payload, secret_keys)},
+                                      secret_keys), default=str),
     }
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 
@@ -402,18 +407,21 @@ def submit_job(
     goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
     Raises :class:`~jobqueue.errors.UnknownServiceError` or
     :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued). ``webhook_url`` (http or
-    https only, else :class:`~jobqueue.errors.SubmitError`) gets a signed POST when the job
-    ends (see :mod:`jobqueue.worker.webhooks`).
+    https only, else :class:`~jobqueue.errors.SubmitError`; an IP literal outside the public
+    addresses and ``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS`` raises
+    :class:`~jobqueue.errors.WebhookTargetRefused`) gets a signed POST when the job ends (see
+    :mod:`jobqueue.worker.webhooks`).
     """
     app = app or default_app()
     if webhook_url is not None:
         from jobqueue.worker.webhooks import check_webhook_url
 
-        extra = {**(extra or {}), "webhook_url": check_webhook_url(webhook_url)}
+        url = check_webhook_url(webhook_url, app.settings.webhook_allowed_networks)
+        extra = {**(extra or {}), "webhook_url": url}
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
-        requires=requires,
+        requires=requires, secret_keys=app.settings.secret_keys_pattern,
     )
     _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
     sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)

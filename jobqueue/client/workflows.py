@@ -144,6 +144,7 @@ def submit_workflow(
                 service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
                 timeout=timeout, workflow_id=workflow_id, step=number, continuation=number > 1,
                 extra={"workflow_steps": len(pairs), "workflow_submitted_at": submitted_at},
+                secret_keys=app.settings.secret_keys_pattern,
             )
         except SubmitError as exc:
             raise type(exc)(f"step {number}: {exc}") from None

@@ -20,6 +20,7 @@ from celery.exceptions import Ignore
 from jobqueue.connectors import Job
 from jobqueue.errors import ConnectorError, JobCancelled
 from jobqueue.shared import job_record as facts
+from jobqueue.shared.masking import mask
 from jobqueue.shared.names import RUN_JOB_TASK, TASK_PROGRESS, job_meta_from_kwargs
 from jobqueue.shared.previews import publisher_for
 from jobqueue.shared.summary import summarize_payload
@@ -29,6 +30,7 @@ from jobqueue.transport.results import RedisBackend
 from jobqueue.worker.handback import hand_back_if_models_vanished
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import given_up
+from jobqueue.worker.masked import install_log_filter
 from jobqueue.worker.progress import ProgressTracker
 from jobqueue.worker.progress_state import ProgressState
 from jobqueue.worker.retrying import plan_retry
@@ -72,12 +74,15 @@ def _expires(app: Any) -> int:
 
 
 def _job_meta(task: Any, service: str, payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    """The job's metadata as the client sent it (options, service, payload summary)."""
+    """The job's metadata as the client sent it (options, service, payload summary), secrets
+    masked: it is what monitors read (:mod:`jobqueue.shared.masking`)."""
+    secret_keys = task.app.settings.secret_keys_pattern
     meta = {**options, "service": service}
-    summary = summarize_payload(service, payload)
+    summary = summarize_payload(service, payload, secret_keys)
     if summary is not None:
         meta.setdefault("payload_summary", summary)
-    return meta
+    masked: dict[str, Any] = mask(meta, secret_keys)
+    return masked
 
 
 #: Facts a new attempt clears (they belonged to the previous one).
@@ -415,10 +420,12 @@ def register_tasks(app: Any) -> None:
     signals.task_revoked.connect(_on_task_revoked, weak=False, dispatch_uid="jobqueue-facts-revoked")
     signals.task_postrun.connect(_on_task_postrun, weak=False, dispatch_uid="jobqueue-facts-postrun")
     signals.task_prerun.connect(_on_task_prerun, weak=False, dispatch_uid="jobqueue-facts-prerun")
+    install_log_filter(app.settings.secret_keys_pattern)
 
     # The strategy hands back, before it starts, a job whose requirements this worker lacks.
     @app.task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, shared=False,  # type: ignore[untyped-decorator]
-              Strategy="jobqueue.worker.handback:requirements_strategy", resultrepr_maxsize=RESULT_REPR_MAX)
+              Strategy="jobqueue.worker.handback:requirements_strategy", resultrepr_maxsize=RESULT_REPR_MAX,
+              Request="jobqueue.worker.masked:MaskingRequest")
     def _run_job(
         self: Any, service: str, payload: dict[str, Any], options: dict[str, Any] | None = None,
         previous: dict[str, Any] | None = None,

@@ -9,6 +9,13 @@ receiver that saw a try twice (its answer was lost) can tell. The delivery messa
 only after its try is done, so a delivering worker that crashes loses nothing: the message
 comes back like any job's. Each try is recorded in the result backend for the monitor's job page.
 
+Targets are public addresses only (:mod:`jobqueue.shared.safe_http`): a URL whose host is an IP
+literal that is loopback, private, link-local (the cloud metadata address), CGNAT, multicast
+or reserved is refused at submit (:class:`~jobqueue.errors.WebhookTargetRefused`); a name that
+resolves to such an address is refused by the delivering worker, on the address it would
+connect to, and that try is recorded with the reason and not retried.
+``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS`` opens chosen networks on purpose.
+
 Headers (https://www.standardwebhooks.com): ``webhook-id``, ``webhook-timestamp`` (Unix
 seconds), ``webhook-signature: v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">`` with
 the key ``base64decode`` of the secret after its ``whsec_`` prefix.
@@ -31,8 +38,9 @@ import requests
 from celery import signals
 from celery import states as celery_states
 
-from jobqueue.errors import ConfigError, SubmitError
+from jobqueue.errors import ConfigError, SubmitError, TargetRefused, WebhookTargetRefused
 from jobqueue.shared.names import JOB_WEBHOOK, RUN_JOB_TASK
+from jobqueue.shared.safe_http import AddressGuard, guarded_session
 from jobqueue.states import JobStatus, job_status_from_celery
 
 log = logging.getLogger(__name__)
@@ -53,13 +61,24 @@ SECRET_PREFIX = "whsec_"
 
 
 # -- validation and signing ----------------------------------------------------------------
-def check_webhook_url(url: Any) -> str:
-    """Return ``url`` if it is an absolute http(s) URL with a host; raise :class:`SubmitError`."""
+def check_webhook_url(url: Any, allowed_networks: tuple[str, ...] = ()) -> str:
+    """Return ``url`` if it is an absolute http(s) URL with a host; raise :class:`SubmitError`,
+    or :class:`WebhookTargetRefused` when its host is an IP literal outside the public
+    addresses and ``allowed_networks`` (a name is judged by the worker when it connects)."""
     if not isinstance(url, str) or not url.strip():
         raise SubmitError(f"webhook_url must be an http(s) URL, got {url!r}")
     parts = urlsplit(url.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - a malformed port raises here, not in the worker
+    except ValueError as exc:
+        raise SubmitError(f"webhook_url is malformed ({exc}): {url!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
         raise SubmitError(f"webhook_url must be an http(s) URL with a host, got {url!r}")
+    try:
+        AddressGuard.from_cidrs(allowed_networks).check_host(host)
+    except TargetRefused as exc:
+        raise WebhookTargetRefused(f"webhook_url {url.strip()!r} refused: {exc.message}") from None
     return url.strip()
 
 
@@ -113,20 +132,23 @@ def build_delivery(job_id: str, url: str, status: JobStatus, *, service: str | N
 
 
 def post(delivery: Mapping[str, Any], secret: str, *, timestamp: int | None = None,
-         timeout: float = POST_TIMEOUT) -> tuple[int | None, str | None]:
-    """One try: POST the body with the Standard Webhooks headers. Returns (status code, error)."""
+         timeout: float = POST_TIMEOUT, guard: AddressGuard | None = None) -> tuple[int | None, str | None]:
+    """One try: POST the body with the Standard Webhooks headers, through ``guard`` (public
+    addresses only by default). Returns (status code, error); raises
+    :class:`~jobqueue.errors.TargetRefused` when the target's address is refused."""
     stamp = int(time.time()) if timestamp is None else timestamp
     headers = {"content-type": "application/json", "user-agent": "jobqueue-webhooks",
                "webhook-id": delivery["id"], "webhook-timestamp": str(stamp)}
     if secret:
         headers["webhook-signature"] = sign(secret, delivery["id"], stamp, delivery["body"])
-    try:
-        response = requests.post(delivery["url"], data=delivery["body"].encode(), headers=headers,
-                                 timeout=timeout, allow_redirects=False)
-    except requests.RequestException as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:500]
-    with response:
-        return response.status_code, None if 200 <= response.status_code < 300 else response.reason
+    with guarded_session(guard or AddressGuard()) as session:
+        try:
+            response = session.post(delivery["url"], data=delivery["body"].encode(), headers=headers,
+                                    timeout=timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:500]
+        with response:
+            return response.status_code, None if 200 <= response.status_code < 300 else response.reason
 
 
 # -- records of tries (result backend) -----------------------------------------------------
@@ -176,11 +198,16 @@ def deliver(task: Any, delivery: dict[str, Any]) -> str:
     if client.exists(delivered_key(delivery["id"])):
         return "already delivered"
     started = time.time()
-    status_code, error = post(delivery, settings.webhook_secret, timestamp=int(started))
+    refused = False
+    try:
+        status_code, error = post(delivery, settings.webhook_secret, timestamp=int(started),
+                                  guard=AddressGuard.from_cidrs(settings.webhook_allowed_networks))
+    except TargetRefused as exc:  # final: trying again later would be refused alike
+        status_code, error, refused = None, f"refused: {exc.message}"[:500], True
     delivered = status_code is not None and 200 <= status_code < 300
     tries = int(delivery["try"])
     record = {"webhook_id": delivery["id"], "try": tries, "at": started, "url": delivery["url"],
-              "status_code": status_code, "error": error, "delivered": delivered,
+              "status_code": status_code, "error": error, "delivered": delivered, "refused": refused,
               "worker": task.request.hostname, "duration": round(time.time() - started, 3)}
     pipe = client.pipeline()
     pipe.rpush(attempts_key(delivery["job_id"]), json.dumps(record))
@@ -191,7 +218,7 @@ def deliver(task: Any, delivery: dict[str, Any]) -> str:
     if delivered:
         _tell(task, delivery, record, "delivered")
         return "delivered"
-    if tries >= settings.webhook_max_tries:
+    if refused or tries >= settings.webhook_max_tries:
         log.warning("webhook %s for job %s given up after %d tries (%s)", delivery["id"], delivery["job_id"],
                     tries, error or status_code)
         _tell(task, delivery, record, "given_up")

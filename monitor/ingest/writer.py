@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from jobqueue.errors import MalformedEvent
+from jobqueue.shared.masking import DEFAULT_PATTERN, mask_event
 from jobqueue.shared.names import TASK_PROGRESS
 from monitor.ingest.hub import ChangeHub
 from monitor.merge.apply import apply, expire, valid_progress
@@ -104,10 +105,14 @@ class Writer:
         prune_interval: float = 60.0,
         on_changes: Callable[[list[tuple[int, str, str, Any]]], None] | None = None,
         totals: Any = None,
+        secret_keys: str = DEFAULT_PATTERN,
     ) -> None:
         """``totals``: a :class:`monitor.metrics.totals.Totals` that counts, in each write
-        transaction, what it did (the Prometheus counters); None counts nothing."""
+        transaction, what it did (the Prometheus counters); None counts nothing.
+        ``secret_keys``: every event is masked with this pattern before it is applied
+        (:func:`jobqueue.shared.masking.mask_event`), so nothing the store shows holds a secret."""
         self.store = store
+        self.secret_keys = secret_keys
         self.hub = hub
         self.heartbeat_default = heartbeat_default
         self.beat_default = beat_default
@@ -276,7 +281,7 @@ class Writer:
 
     def _apply_one(self, ev: Any, tx: Any) -> None:
         try:
-            if apply(ev, tx):
+            if apply(mask_event(ev, self.secret_keys), tx):
                 self.counts["applied"] += 1
             else:
                 self.counts["unchanged"] += 1

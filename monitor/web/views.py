@@ -27,6 +27,7 @@ from monitor.web.api import error_response
 bp = Blueprint(
     "views",
     __name__,
+    # The pages' files live in the monitor package (monitor/templates, monitor/static).
     template_folder="../templates",
     static_folder="../static",
     static_url_path="/ui-static",

@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
+from jobqueue.shared.masking import mask
 from jobqueue.worker.webhooks import read_attempts
 from monitor.web.api import error_response
 
@@ -35,4 +36,5 @@ def job_webhooks(job_id: str) -> Any:
     except Exception:  # the backend is down: say so, without its exception text
         log.warning("cannot read the webhook tries of job %s", job_id, exc_info=True)
         return error_response(503, "backend_unavailable", "the result backend cannot be read")
-    return jsonify({"attempts": attempts, "webhook_url": (job.get("meta") or {}).get("webhook_url")})
+    pattern = ctx.settings.secret_keys_pattern
+    return jsonify({"attempts": mask(attempts, pattern), "webhook_url": mask((job.get("meta") or {}).get("webhook_url"), pattern)})
