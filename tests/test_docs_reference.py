@@ -52,7 +52,8 @@ def table_rows(lines: list[str]) -> list[list[str]]:
     for line in lines:
         if not line.startswith("|") or re.match(r"^\|[-| ]+\|$", line):
             continue
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        # A cell may hold a pipe escaped as GitHub's tables want it (`\\|`)
+        cells = [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
         if cells[0] in ("Variable", "Command", "Package"):  # a header
             continue
         rows.append(cells)
