@@ -34,11 +34,11 @@ from jobqueue.errors import (
     error_info,
 )
 from jobqueue.shared import job_record as facts
-from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK
+from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED
+from jobqueue.shared.records import result_client
 from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
 from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
-from jobqueue.shared.submissions import redis_client as submitted_client
 from jobqueue.shared.summary import summarize_payload
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 
@@ -66,9 +66,6 @@ def default_app() -> Any:
     from jobqueue import get_app
 
     return get_app()
-
-
-_default_app = default_app  # the old private name
 
 
 def _error_type(info: Any) -> str | None:
@@ -267,7 +264,7 @@ class JobHandle:
         # Mark it first, so a worker that starts it later (and never saw the revoke) skips it.
         now = time.time()
         self.app.backend.store_result(self.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
-        client = facts.redis_client_of(self.app)
+        client = result_client(self.app)
         if client is not None:
             facts.write(client, self.id, {"finished_at": now, "cancelled_at": now},
                         expires=int(self.app.conf.result_expires or 86400), only_new=("finished_at", "cancelled_at"))
@@ -285,7 +282,7 @@ class JobHandle:
         reaches its message). Best effort: the result backend already holds the truth."""
         try:
             with self.app.events.default_dispatcher() as dispatcher:
-                dispatcher.send("task-revoked", uuid=self.id, terminated=False, signum=None,
+                dispatcher.send(TASK_REVOKED, uuid=self.id, terminated=False, signum=None,
                                 expired=False, timestamp=now, cancelled_by="client")
         except Exception:
             log.warning("could not announce the cancel of job %s", self.id, exc_info=True)
@@ -362,7 +359,7 @@ def prepare_job(
 def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
     """Before sending: the submit record (no job without one) and, for :meth:`JobHandle.waiting_for`,
     the job's requirements, in one round trip on a Redis result backend."""
-    client = submitted_client(app)
+    client = result_client(app)
     if client is None:
         record_submitted(app, [job_id])
         return

@@ -7,7 +7,8 @@ queue (``JOBQUEUE_WEBHOOK_QUEUE``); any worker delivers it. A failed try (no ans
 most ``JOBQUEUE_WEBHOOK_MAX_TRIES`` tries); every try carries the same ``webhook-id``, so a
 receiver that saw a try twice (its answer was lost) can tell. The delivery message is acked
 only after its try is done, so a delivering worker that crashes loses nothing: the message
-comes back like any job's. Each try is recorded in the result backend for the monitor's job page.
+comes back like any job's. Each try is recorded in the result backend for the monitor's job page
+(:mod:`jobqueue.shared.webhook_attempts`).
 
 Headers (https://www.standardwebhooks.com): ``webhook-id``, ``webhook-timestamp`` (Unix
 seconds), ``webhook-signature: v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">`` with
@@ -32,13 +33,12 @@ from celery import signals
 from celery import states as celery_states
 
 from jobqueue.errors import ConfigError, SubmitError
-from jobqueue.shared.names import JOB_WEBHOOK, RUN_JOB_TASK
+from jobqueue.shared.names import JOB_WEBHOOK, RUN_JOB_TASK, WEBHOOK_TASK
+from jobqueue.shared.webhook_attempts import queue_attempt, was_delivered
 from jobqueue.states import JobStatus, job_status_from_celery
 
 log = logging.getLogger(__name__)
 
-#: Name of the delivery task.
-WEBHOOK_TASK = "jobqueue.deliver_webhook"
 #: Seconds one POST may take before the try counts as failed.
 POST_TIMEOUT = 10.0
 #: The ``type`` of the webhook body, by final job status.
@@ -129,28 +129,6 @@ def post(delivery: Mapping[str, Any], secret: str, *, timestamp: int | None = No
         return response.status_code, None if 200 <= response.status_code < 300 else response.reason
 
 
-# -- records of tries (result backend) -----------------------------------------------------
-def attempts_key(job_id: str) -> str:
-    """Redis list of a job's webhook tries (JSON), oldest first."""
-    return f"jobqueue-webhook-attempts-{job_id}"
-
-
-def delivered_key(delivery_id: str) -> str:
-    """Set once a delivery got a 2xx: later copies of its message send nothing."""
-    return f"jobqueue-webhook-delivered-{delivery_id}"
-
-
-def read_attempts(client: Any, job_id: str) -> list[dict[str, Any]]:
-    """Every recorded try of ``job_id``'s webhook, oldest first (empty when none)."""
-    attempts = []
-    for raw in client.lrange(attempts_key(job_id), 0, -1):
-        try:
-            attempts.append(json.loads(raw))
-        except ValueError:
-            continue
-    return attempts
-
-
 # -- Celery wiring -------------------------------------------------------------------------
 def enqueue(app: Any, delivery: dict[str, Any], countdown: float = 0.0) -> None:
     """Put one try of ``delivery`` on the webhook queue.
@@ -173,7 +151,7 @@ def deliver(task: Any, delivery: dict[str, Any]) -> str:
     settings = app.settings
     client = app.backend.client
     expires = int(app.conf.result_expires or 7 * 24 * 3600)
-    if client.exists(delivered_key(delivery["id"])):
+    if was_delivered(client, delivery["id"]):
         return "already delivered"
     started = time.time()
     status_code, error = post(delivery, settings.webhook_secret, timestamp=int(started))
@@ -183,10 +161,7 @@ def deliver(task: Any, delivery: dict[str, Any]) -> str:
               "status_code": status_code, "error": error, "delivered": delivered,
               "worker": task.request.hostname, "duration": round(time.time() - started, 3)}
     pipe = client.pipeline()
-    pipe.rpush(attempts_key(delivery["job_id"]), json.dumps(record))
-    pipe.expire(attempts_key(delivery["job_id"]), expires)
-    if delivered:
-        pipe.set(delivered_key(delivery["id"]), "1", ex=expires)
+    queue_attempt(pipe, delivery["job_id"], delivery["id"], record, expires=expires)
     pipe.execute()
     if delivered:
         _tell(task, delivery, record, "delivered")

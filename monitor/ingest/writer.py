@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from jobqueue.errors import MalformedEvent
-from jobqueue.shared.names import TASK_PROGRESS
+from jobqueue.shared.names import TASK_PROGRESS, WORKER_HEARTBEAT
 from monitor.ingest.hub import ChangeHub
 from monitor.merge.apply import apply, expire, valid_progress
 from monitor.store import Store, Tx
@@ -29,7 +29,7 @@ from monitor.store import Store, Tx
 log = logging.getLogger(__name__)
 
 #: Kinds of event where only the latest one of a key matters inside a batch.
-_COALESCE = {TASK_PROGRESS: "uuid", "worker-heartbeat": "hostname"}
+_COALESCE = {TASK_PROGRESS: "uuid", WORKER_HEARTBEAT: "hostname"}
 
 
 def coalesce(events: list[Any]) -> list[Any]:
@@ -59,7 +59,7 @@ def coalesce(events: list[Any]) -> list[Any]:
             for f in ("uuid", "hostname"):
                 if isinstance(ev.get(f), str):
                     last_at.pop((TASK_PROGRESS, ev[f]), None)
-                    last_at.pop(("worker-heartbeat", ev[f]), None)
+                    last_at.pop((WORKER_HEARTBEAT, ev[f]), None)
         out.append(ev)
     return out
 

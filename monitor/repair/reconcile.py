@@ -26,10 +26,17 @@ from typing import Any
 from jobqueue.config import Settings
 from jobqueue.connectors import CONNECTORS
 from jobqueue.shared import job_record as job_facts
-from jobqueue.shared.names import CONNECTOR_STATUS, CONTROL_CONNECTOR_STATUS
+from jobqueue.shared.names import (
+    CONNECTOR_STATUS,
+    CONTROL_CONNECTOR_STATUS,
+    TASK_RECEIVED,
+    TASK_SENT,
+    TASK_STARTED,
+    WORKER_HEARTBEAT,
+)
+from jobqueue.shared.records import broker_keyprefix, facts_key, result_key_prefix
 from jobqueue.shared.routing import redis_queue_keys
 from jobqueue.states import JobStatus
-from jobqueue.transport.internals import global_keyprefix, result_key_prefix
 from jobqueue.transport.redis_urls import is_redis_url
 from monitor.ingest.writer import Writer
 from monitor.repair import queries as repair_store
@@ -164,8 +171,8 @@ class Repair:
         try:
             meta_ids = {k.decode(errors="replace")[len(meta_prefix):]
                         for k in client.scan_iter(match=meta_prefix + "*", count=1000)}
-            fact_ids = {k.decode(errors="replace")[len(job_facts.FACTS_PREFIX):]
-                        for k in client.scan_iter(match=job_facts.FACTS_PREFIX + "*", count=1000)}
+            fact_ids = {k.decode(errors="replace")[len(facts_key("")):]
+                        for k in client.scan_iter(match=facts_key("*"), count=1000)}
             ids = sorted(meta_ids | fact_ids)
             stored = repair_store.job_states(self.store, ids)
             # Final jobs changed since the last pass, and those a grace period before it (a
@@ -200,7 +207,7 @@ class Repair:
         complete = True
         try:
             for queue in queues:
-                for key in redis_queue_keys(queue, prefix=global_keyprefix(self.app.conf.broker_transport_options)):
+                for key in redis_queue_keys(queue, prefix=broker_keyprefix(self.app.conf.broker_transport_options)):
                     offset = 0
                     while True:
                         if read >= MAX_QUEUE_SCAN:
@@ -259,7 +266,7 @@ class Repair:
             return {"workers": 0}, set()
         events: list[dict[str, Any]] = []
         for name in names:
-            events.append({"type": "worker-heartbeat", "hostname": name, "timestamp": now,
+            events.append({"type": WORKER_HEARTBEAT, "hostname": name, "timestamp": now,
                            "local_received": now, "source": "repair"})
         inspect = self.app.control.inspect(destination=names, timeout=timeout, limit=len(names))
         statuses = _merge(self.app.control.broadcast(CONTROL_CONNECTOR_STATUS, destination=names, reply=True,
@@ -295,11 +302,11 @@ class Repair:
         meta = meta_of(task.get("kwargs"))
         queue = (task.get("delivery_info") or {}).get("routing_key")
         base = {"uuid": task["id"], "hostname": worker, "source": "repair", "local_received": now}
-        events = [{**base, "type": "task-sent", "name": task.get("name"), "queue": queue,
+        events = [{**base, "type": TASK_SENT, "name": task.get("name"), "queue": queue,
                    "kwargs": json.dumps(meta, default=str), "timestamp": ts_of(meta.get("submitted_at")) or now}]
-        events.append({**base, "type": "task-received", "timestamp": now, "kwargs": json.dumps(meta, default=str)})
+        events.append({**base, "type": TASK_RECEIVED, "timestamp": now, "kwargs": json.dumps(meta, default=str)})
         if started:
-            events.append({**base, "type": "task-started", "timestamp": ts_of(task.get("time_start")) or now})
+            events.append({**base, "type": TASK_STARTED, "timestamp": ts_of(task.get("time_start")) or now})
         return events
 
 

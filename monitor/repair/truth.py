@@ -27,11 +27,11 @@ from typing import Any
 from sqlalchemy import delete
 
 from jobqueue.errors import MalformedEvent
-from jobqueue.states import JobStatus, empty_progress
+from jobqueue.states import FINAL_STATUSES, JobStatus, empty_progress
 from monitor.merge.effects import count_end, job_ended, machine_of, move_row
 from monitor.merge.fields import json_blob
 from monitor.store import JobEventRow, JobRow, Tx
-from monitor.store.statuses import FAILED_STATUSES, FINAL_STATUSES
+from monitor.store.statuses import FAILED_STATUSES
 
 #: A final state set by an event is taken back (the backend says the job still runs or
 #: waits) only once it is this old (s).

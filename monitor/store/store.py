@@ -15,12 +15,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobqueue.config import Settings
+from jobqueue.states import FINAL_STATUSES
 from monitor.store.changelog import record_changes
 from monitor.store.counts import job_counts
 from monitor.store.engine import WRITE_OPTION, create_schema, make_engine
 from monitor.store.models import ChangeRow, CounterRow, JobEventRow, JobRow
 from monitor.store.queries import StoreQueries
-from monitor.store.statuses import FINAL_STATUSES
 from monitor.store.tx import Tx
 
 

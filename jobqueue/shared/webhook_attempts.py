@@ -1,0 +1,39 @@
+"""The record of a job's webhook tries in the result backend: written by the worker that
+delivers (:mod:`jobqueue.worker.webhooks`), read by clients and the monitor's job page.
+
+One Redis list per job (:func:`jobqueue.shared.records.webhook_attempts_key`), one JSON
+object per try, oldest first: ``{webhook_id, try, at, url, status_code, error, delivered,
+worker, duration}``; and, once a delivery got a 2xx, its delivered mark
+(:func:`jobqueue.shared.records.webhook_delivered_key`). Both expire with the results.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jobqueue.shared.records import webhook_attempts_key, webhook_delivered_key
+
+
+def queue_attempt(pipe: Any, job_id: str, delivery_id: str, record: dict[str, Any], *, expires: int) -> None:
+    """Add one try's record (and, when it delivered, the delivery's mark) to ``pipe``."""
+    pipe.rpush(webhook_attempts_key(job_id), json.dumps(record))
+    pipe.expire(webhook_attempts_key(job_id), expires)
+    if record.get("delivered"):
+        pipe.set(webhook_delivered_key(delivery_id), "1", ex=expires)
+
+
+def was_delivered(client: Any, delivery_id: str) -> bool:
+    """True once a try of ``delivery_id`` got a 2xx."""
+    return bool(client.exists(webhook_delivered_key(delivery_id)))
+
+
+def read_attempts(client: Any, job_id: str) -> list[dict[str, Any]]:
+    """Every recorded try of ``job_id``'s webhook, oldest first (empty when none)."""
+    attempts = []
+    for raw in client.lrange(webhook_attempts_key(job_id), 0, -1):
+        try:
+            attempts.append(json.loads(raw))
+        except ValueError:
+            continue
+    return attempts
