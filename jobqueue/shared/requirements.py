@@ -252,12 +252,3 @@ def worker_capabilities(worker: str, connectors: Mapping[str, Any]) -> list[Capa
         if healthy:
             out.append(capabilities_from_details(worker, service, conn.get("details")))
     return out
-
-
-def job_requirements(service: str, payload: Any, requires: Any) -> Requirements:
-    """A job's requirements at submit: ``requires`` checked, plus the models its payload
-    names (the connector validates the payload first; raises like ``submit_job``)."""
-    from jobqueue.connectors import connector_class
-
-    cls = connector_class(service)
-    return resolve(requires, cls.required_models(cls.validate(payload)))

@@ -23,8 +23,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from jobqueue.client.services import service_names
 from jobqueue.config import Settings
-from jobqueue.connectors import CONNECTORS
 from jobqueue.shared import job_record as job_facts
 from jobqueue.shared.names import (
     CONNECTOR_STATUS,
@@ -51,19 +51,6 @@ log = logging.getLogger(__name__)
 FINAL_LOOKBACK = 3600.0
 #: Most queued messages one repair pass reads (per pass, over all queues).
 MAX_QUEUE_SCAN = 500_000
-
-
-def events_from_backend_meta(meta: dict[str, Any], now: float, facts: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Synthetic events that bring a job to the state its backend records show."""
-    job_id = meta.get("task_id")
-    if not isinstance(job_id, str) or not isinstance(meta.get("status"), str):
-        return []
-    return job_events(job_id, meta, facts or {}, now)
-
-
-def events_from_queue_message(raw: bytes | str, queue: str, now: float) -> dict[str, Any] | None:
-    """A synthetic ``task-sent`` for one message waiting in a broker queue list."""
-    return queue_message_event(raw, queue, now)
 
 
 #: Seconds before a failed repair pass is tried again (at most the repair interval).
@@ -198,7 +185,7 @@ class Repair:
         whether every queue was read whole)."""
         if not self.settings.is_redis:
             return 0, set(), False
-        queues = sorted(set(self.store.known_queues()) | set(CONNECTORS))
+        queues = sorted(set(self.store.known_queues()) | set(service_names()))
         client = self._redis(self.settings.broker_url)
         now = time.time()
         count = 0
@@ -216,7 +203,7 @@ class Repair:
                         page = client.lrange(key, offset, offset + 999)
                         read += len(page)
                         for raw in page:
-                            event = events_from_queue_message(raw, queue, now)
+                            event = queue_message_event(raw, queue, now)
                             if event is not None:
                                 ids.add(event["uuid"])
                                 count += self._put([event])

@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from jobqueue.client.jobs import get_job, submit_job
+from jobqueue.client.services import service_names
 from jobqueue.errors import SubmitError
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
@@ -218,9 +219,7 @@ def workflow(workflow_id: str) -> Any:
 
 
 def _queue_names() -> list[str]:
-    from jobqueue.connectors import CONNECTORS
-
-    return sorted(set(ctx().store.known_queues()) | set(CONNECTORS))
+    return sorted(set(ctx().store.known_queues()) | set(service_names()))
 
 
 def _depths() -> dict[str, int]:
