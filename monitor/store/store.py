@@ -132,12 +132,8 @@ class Store(StoreQueries):
             session.close()
 
     def set_draining(self, name: str, draining: bool) -> bool:
-        """Record that a worker was asked to stop/restart consuming (a change if it differs)."""
+        """Record that a worker was asked to stop/restart consuming (:meth:`Tx.set_draining`)
+        in a transaction of its own: only for a process without a writer (see
+        :mod:`monitor.ingest.writer`); with one, :meth:`Writer.call` runs it."""
         with self.write() as tx:
-            worker = tx.worker(name, create=False)
-            if worker is None:
-                return False
-            if worker.draining != draining:
-                worker.draining = draining
-                tx.touch("worker", name)
-            return True
+            return tx.set_draining(name, draining)

@@ -342,7 +342,11 @@ def _set_draining(name: str, draining: bool) -> Any:
     replies: list[Any] = []
     for queue in found["queues"] or []:
         replies.extend(method(queue, destination=[name], reply=True, timeout=2.0) or [])
-    ctx().store.set_draining(name, draining)
+    writer = ctx().writer
+    if writer is not None and writer.alive:
+        writer.call(lambda tx: tx.set_draining(name, draining))
+    else:  # no writer in this process: the one exception the writer's docstring names
+        ctx().store.set_draining(name, draining)
     return jsonify({"ok": True, "replies": replies}), 202
 
 
