@@ -40,6 +40,7 @@ from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
 from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
 from jobqueue.shared.summary import summarize_payload
+from jobqueue.shared.webhooks import check_webhook_url
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 
 log = logging.getLogger(__name__)
@@ -404,8 +405,6 @@ def submit_job(
     """
     app = app or default_app()
     if webhook_url is not None:
-        from jobqueue.worker.webhooks import check_webhook_url
-
         extra = {**(extra or {}), "webhook_url": check_webhook_url(webhook_url)}
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,

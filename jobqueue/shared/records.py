@@ -4,37 +4,34 @@ way to reach the result backend's Redis.
 Old and new workers share one broker and one result backend during a rolling upgrade, so
 these formats never change (``tests/jobqueue/test_records.py`` pins each one byte for byte).
 
-Two Redis databases hold the keys, and the ``global_keyprefix`` rule differs between them:
+Two Redis databases hold them, and kombu's ``global_keyprefix`` rule differs between them:
 
-* **The result backend** (``JOBQUEUE_RESULT_BACKEND``) holds Celery's result records
-  (:func:`result_key`, :func:`result_key_prefix`, built by Celery) and jobqueue's records beside them (every other
-  ``*_key`` function here returning ``jobqueue-...``). Celery's
-  ``result_backend_transport_options["global_keyprefix"]`` prefixes only Celery's own keys,
-  so jobqueue's records carry no prefix; all of them are reached through
-  :func:`result_client` (or the backend's ``get``/``set``, which add nothing).
+* **The result backend** (``JOBQUEUE_RESULT_BACKEND``) holds Celery's result records and
+  jobqueue's records beside them (every ``*_key`` function here but
+  :func:`dead_letter_key`). Celery's ``result_backend_transport_options["global_keyprefix"]``
+  prefixes only Celery's own keys, so jobqueue's records never carry a prefix; all of them
+  are reached through :func:`result_client` (or the backend's ``get``/``set``, which add
+  nothing).
 * **The broker** (``JOBQUEUE_BROKER_URL``, when it is Redis) holds kombu's queue lists, its
-  unacked hash (:func:`unacked_key`) and index (:func:`unacked_index_key`), and the
-  dead-letter lists (:func:`dead_letter_key`). kombu's ``global_keyprefix`` transport option
-  goes in front of every broker key: a kombu channel's client adds it itself, so a key
-  written through one is built without it; a Redis client of our own adds
-  :func:`broker_keyprefix` (the functions that take the transport options do).
+  unacked hash and index, and the dead-letter lists (:func:`dead_letter_key`). The broker's
+  ``global_keyprefix`` goes in front of every broker key, always the same way: a kombu
+  channel's client adds it itself, so a key written through one is built without it; a
+  Redis client of our own adds :func:`jobqueue.transport.internals.global_keyprefix`.
 
-kombu's and Celery's own key names are private knowledge of those libraries; they live in
-:mod:`jobqueue.transport.internals` (checked against them by ``test_internals``) and are
-re-exported here so that this module lists every key.
+The keys kombu and Celery name themselves are private knowledge of those libraries, computed
+(and checked against them) in :mod:`jobqueue.transport.internals`: ``result_key`` and
+``result_key_prefix`` (Celery's result records, which the workers also write in one round
+trip), ``unacked_key`` and ``unacked_index_key`` (the lease renews the index),
+``redis_queue_keys`` (a queue's priority lists).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from jobqueue.transport.internals import global_keyprefix as broker_keyprefix
-from jobqueue.transport.internals import result_key, result_key_prefix, unacked_index_key, unacked_key
-
 __all__ = [
-    "DEAD_SUFFIX", "attempts_key", "broker_keyprefix", "dead_letter_key", "facts_key", "orphan_book_key",
-    "preview_key", "requires_key", "result_client", "result_key", "result_key_prefix", "retry_key", "submitted_key",
-    "unacked_index_key", "unacked_key", "webhook_attempts_key", "webhook_delivered_key", "workflow_key",
+    "DEAD_SUFFIX", "attempts_key", "dead_letter_key", "facts_key", "orphan_book_key", "preview_key", "requires_key",
+    "result_client", "retry_key", "submitted_key", "webhook_attempts_key", "webhook_delivered_key", "workflow_key",
     "workflow_step_key",
 ]
 
@@ -114,5 +111,6 @@ def dead_letter_key(queue: str, *, prefix: str = "") -> str:
     """The broker's Redis list that keeps ``queue``'s poison messages (:mod:`jobqueue.worker.poison`).
 
     Workers push through kombu's channel client, which adds the ``global_keyprefix`` itself;
-    a client of our own passes it as ``prefix`` (:func:`broker_keyprefix`)."""
+    a client of our own passes it as ``prefix``
+    (:func:`jobqueue.transport.internals.global_keyprefix`)."""
     return prefix + queue + DEAD_SUFFIX

@@ -22,9 +22,10 @@ from jobqueue.errors import ConnectorError, JobCancelled
 from jobqueue.shared import job_record as facts
 from jobqueue.shared.names import RUN_JOB_TASK, TASK_PROGRESS, TASK_REVOKED, job_meta_from_kwargs
 from jobqueue.shared.previews import publisher_for
-from jobqueue.shared.records import attempts_key, facts_key, result_client, result_key
+from jobqueue.shared.records import attempts_key, facts_key, result_client
 from jobqueue.shared.summary import summarize_payload
 from jobqueue.states import PROGRESS
+from jobqueue.transport.internals import result_key
 from jobqueue.transport.results import RedisBackend
 from jobqueue.worker.handback import hand_back_if_models_vanished
 from jobqueue.worker.identity import WorkerIdentity

@@ -8,7 +8,7 @@ most ``JOBQUEUE_WEBHOOK_MAX_TRIES`` tries); every try carries the same ``webhook
 receiver that saw a try twice (its answer was lost) can tell. The delivery message is acked
 only after its try is done, so a delivering worker that crashes loses nothing: the message
 comes back like any job's. Each try is recorded in the result backend for the monitor's job page
-(:mod:`jobqueue.shared.webhook_attempts`).
+(:mod:`jobqueue.shared.webhooks`).
 
 Headers (https://www.standardwebhooks.com): ``webhook-id``, ``webhook-timestamp`` (Unix
 seconds), ``webhook-signature: v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">`` with
@@ -26,15 +26,14 @@ import logging
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from celery import signals
 from celery import states as celery_states
 
-from jobqueue.errors import ConfigError, SubmitError
+from jobqueue.errors import ConfigError
 from jobqueue.shared.names import JOB_WEBHOOK, RUN_JOB_TASK, WEBHOOK_TASK
-from jobqueue.shared.webhook_attempts import queue_attempt, was_delivered
+from jobqueue.shared.webhooks import queue_attempt, was_delivered
 from jobqueue.states import JobStatus, job_status_from_celery
 
 log = logging.getLogger(__name__)
@@ -53,16 +52,6 @@ SECRET_PREFIX = "whsec_"
 
 
 # -- validation and signing ----------------------------------------------------------------
-def check_webhook_url(url: Any) -> str:
-    """Return ``url`` if it is an absolute http(s) URL with a host; raise :class:`SubmitError`."""
-    if not isinstance(url, str) or not url.strip():
-        raise SubmitError(f"webhook_url must be an http(s) URL, got {url!r}")
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise SubmitError(f"webhook_url must be an http(s) URL with a host, got {url!r}")
-    return url.strip()
-
-
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret; raise :class:`ConfigError` if malformed."""
     raw = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret

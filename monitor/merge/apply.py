@@ -30,6 +30,7 @@ from jobqueue.shared.names import (
     WORKER_ONLINE,
 )
 from jobqueue.states import ConnectorStatus, JobStatus
+from monitor.merge import truth
 from monitor.merge.effects import NODE, left_worker, machine_of, move_row, set_worker, state_of, write_back
 from monitor.merge.fields import (
     MAX_ID,
@@ -58,7 +59,6 @@ from monitor.merge.worker_rules import (
     is_late,
     liveness_rule,
 )
-from monitor.repair import truth
 from monitor.store import ConnectorRow, JobRow, Tx, WorkerRow
 from monitor.store.statuses import ON_WORKER_STATUSES, MachineStatus, WorkerStatus
 

@@ -3,7 +3,7 @@
 :mod:`monitor.merge.job_rules` decides on plain values; these functions carry a decision out on
 stored rows -- a job's fields, its worker's ended/failed counts, its machine, the worker's
 current job -- through a :class:`~monitor.store.Tx`. :mod:`monitor.merge.apply` (events) and
-:mod:`monitor.repair.truth` (repair) both use them, so a job ends the same way whoever ends it.
+:mod:`monitor.merge.truth` (repair) both use them, so a job ends the same way whoever ends it.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ facts (:mod:`jobqueue.shared.job_record`: times, attempt, worker, machine, metad
   attempt ``task-received``/``task-started`` and ``task-retried`` or ``job-lost``, then the
   last attempt's ``task-received``/``task-started`` and the end), stamped with the recorded
   times, so a rebuilt job's fields and timeline hold the real times; and
-* one ``job-truth`` event (:mod:`monitor.repair.truth`) that sets every field the backend knows, so
+* one ``job-truth`` event (:mod:`monitor.merge.truth`) that sets every field the backend knows, so
   a monitor that saw the events, or forged ones, ends up with the same values.
 """
 
@@ -33,7 +33,7 @@ from jobqueue.shared.names import (
 )
 from jobqueue.shared.summary import summarize_payload
 from jobqueue.states import JobStatus, job_status_from_celery
-from monitor.repair.truth import JOB_LOST, JOB_TRUTH
+from monitor.merge.truth import JOB_LOST, JOB_TRUTH
 
 #: Celery states that say nothing about where the job is.
 _SILENT = ("PENDING", "RECEIVED")

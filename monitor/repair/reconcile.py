@@ -34,14 +34,14 @@ from jobqueue.shared.names import (
     TASK_STARTED,
     WORKER_HEARTBEAT,
 )
-from jobqueue.shared.records import broker_keyprefix, facts_key, result_key_prefix
-from jobqueue.shared.routing import redis_queue_keys
+from jobqueue.shared.records import facts_key
 from jobqueue.states import JobStatus
+from jobqueue.transport.internals import global_keyprefix, redis_queue_keys, result_key_prefix
 from jobqueue.transport.redis_urls import is_redis_url
 from monitor.ingest.writer import Writer
+from monitor.merge.truth import DEMOTE_GRACE, JOB_EXPIRED, JOB_TRUTH
 from monitor.repair import queries as repair_store
 from monitor.repair.rebuild import job_events, meta_of, queue_message_event, ts_of
-from monitor.repair.truth import DEMOTE_GRACE, JOB_EXPIRED, JOB_TRUTH
 from monitor.store import FINAL_STATUSES, Store
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class Repair:
         complete = True
         try:
             for queue in queues:
-                for key in redis_queue_keys(queue, prefix=broker_keyprefix(self.app.conf.broker_transport_options)):
+                for key in redis_queue_keys(queue, prefix=global_keyprefix(self.app.conf.broker_transport_options)):
                     offset = 0
                     while True:
                         if read >= MAX_QUEUE_SCAN:

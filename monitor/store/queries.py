@@ -14,7 +14,6 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from jobqueue.states import FINAL_STATUSES, JobStatus, workflow_status
-from monitor.metrics.safestats import summary as safe_summary
 from monitor.store import changelog
 from monitor.store.models import (
     JOB_SORTS,
@@ -28,6 +27,7 @@ from monitor.store.models import (
     WorkerRow,
 )
 from monitor.store.serialise import job_dict, machine_dict, service_dict, worker_dict
+from monitor.store.stats import summary as safe_summary
 from monitor.store.statuses import (
     ERROR_STATUSES,
     FAILED_STATUSES,

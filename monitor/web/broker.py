@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from jobqueue.config import Settings
-from jobqueue.shared.records import broker_keyprefix
-from jobqueue.shared.routing import BROKER_MAX_PRIORITY, redis_queue_keys
+from jobqueue.shared.routing import BROKER_MAX_PRIORITY
 from jobqueue.transport.app import JobqueueCelery, configure_app
+from jobqueue.transport.internals import global_keyprefix, redis_queue_keys
 
 
 def monitor_celery_app(settings: Settings) -> JobqueueCelery:
@@ -35,7 +35,7 @@ def queue_depths(app: Any, queues: list[str]) -> dict[str, int]:
         client = redis.Redis.from_url(settings.broker_url, socket_timeout=3, socket_connect_timeout=3)
         try:
             pipe = client.pipeline(transaction=False)
-            prefix = broker_keyprefix(app.conf.broker_transport_options)
+            prefix = global_keyprefix(app.conf.broker_transport_options)
             for queue in queues:
                 for key in redis_queue_keys(queue, prefix=prefix):
                     pipe.llen(key)

@@ -1,7 +1,7 @@
 """The webhook tries of a job, for its page: ``GET /api/jobs/<job_id>/webhooks``.
 
 Workers record every try of a job's webhook in the result backend
-(:mod:`jobqueue.shared.webhook_attempts`); this endpoint reads them there, so the page lists
+(:mod:`jobqueue.shared.webhooks`); this endpoint reads them there, so the page lists
 them whatever monitor was running when they happened.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
-from jobqueue.shared.webhook_attempts import read_attempts
+from jobqueue.shared.webhooks import read_attempts
 from monitor.web.api import error_response
 
 log = logging.getLogger(__name__)

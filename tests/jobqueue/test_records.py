@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from jobqueue.shared import records
+from jobqueue.transport import internals
 from jobqueue.transport.app import configure_app
 
 #: Each key function with its arguments and the exact key today's workers use.
@@ -25,9 +26,6 @@ PINNED = [
     (records.workflow_step_key, ("j1",), "jobqueue-workflow-step-j1"),
     (records.orphan_book_key, ("gpu0@m1", "comfyui"), "jobqueue-orphans-gpu0@m1-comfyui"),
     (records.dead_letter_key, ("simulation",), "simulation.dead"),
-    (records.unacked_key, ({},), "unacked"),
-    (records.unacked_index_key, ({},), "unacked_index"),
-    (records.broker_keyprefix, ({},), ""),
 ]
 
 
@@ -38,16 +36,20 @@ def test_every_key_keeps_the_exact_format_older_workers_use(key: Any, args: tupl
 
 def test_every_key_function_of_the_module_is_pinned() -> None:
     pinned = {p[0].__name__ for p in PINNED}
-    keys = {name for name in records.__all__ if name.endswith("_key") and name not in ("result_key",)}
+    keys = {name for name in records.__all__ if name.endswith("_key")}
     assert keys - pinned == set()
 
 
-def test_the_broker_keyprefix_goes_in_front_of_the_broker_keys_our_own_clients_build() -> None:
-    options = {"global_keyprefix": "jq:"}
-    assert records.broker_keyprefix(options) == "jq:"
-    assert records.unacked_key(options) == "jq:unacked"
-    assert records.unacked_index_key(options) == "jq:unacked_index"
-    assert records.dead_letter_key("simulation", prefix=records.broker_keyprefix(options)) == "jq:simulation.dead"
+@pytest.mark.parametrize(("options", "prefix"), [({}, ""), ({"global_keyprefix": "jq:"}, "jq:")],
+                         ids=["no-prefix", "global_keyprefix"])
+def test_the_broker_keyprefix_goes_in_front_of_every_broker_key_our_own_clients_build(
+        options: dict[str, str], prefix: str) -> None:
+    assert internals.global_keyprefix(options) == prefix
+    assert internals.unacked_key(options) == prefix + "unacked"
+    assert internals.unacked_index_key(options) == prefix + "unacked_index"
+    assert internals.redis_queue_keys("simulation", prefix=prefix)[:2] == [prefix + "simulation",
+                                                                          prefix + "simulation\x06\x161"]
+    assert records.dead_letter_key("simulation", prefix=internals.global_keyprefix(options)) == prefix + "simulation.dead"
 
 
 @pytest.mark.parametrize(("options", "prefix"), [({}, ""), ({"global_keyprefix": "jqr:"}, "jqr:")],
@@ -57,8 +59,8 @@ def test_a_result_record_key_is_celerys_and_only_it_carries_the_backends_prefix(
     app = configure_app(settings, main="records-test")
     app.conf.result_backend_transport_options = options
     try:
-        assert records.result_key(app, "j1") == prefix + "celery-task-meta-j1"
-        assert records.result_key_prefix(app) == prefix + "celery-task-meta-"
+        assert internals.result_key(app, "j1") == prefix + "celery-task-meta-j1"
+        assert internals.result_key_prefix(app) == prefix + "celery-task-meta-"
         assert records.facts_key("j1") == "jobqueue-facts-j1"
     finally:
         app.close()

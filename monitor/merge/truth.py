@@ -16,6 +16,9 @@ field the backend knows to the backend's value, final state included:
 monitor rebuilds a job), and ``job-expired`` forgets a job nobody knows (an id of forged
 events). These three event types are accepted only from repair (``"source": "repair"``; the
 collector refuses them from the wire, :mod:`monitor.ingest.validate`).
+
+Repair (:mod:`monitor.repair`) builds these events; applying them is a merge rule like any
+event's, so it lives here, beside the others: merge never imports repair.
 """
 
 from __future__ import annotations

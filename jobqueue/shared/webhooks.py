@@ -1,7 +1,8 @@
-"""The record of a job's webhook tries in the result backend: written by the worker that
-delivers (:mod:`jobqueue.worker.webhooks`), read by clients and the monitor's job page.
+"""What both sides know of webhooks: the URL a client may give (:func:`check_webhook_url`,
+at submit) and the record of a job's tries in the result backend, written by the worker that
+delivers (:mod:`jobqueue.worker.webhooks`) and read by clients and the monitor's job page.
 
-One Redis list per job (:func:`jobqueue.shared.records.webhook_attempts_key`), one JSON
+The record: one Redis list per job (:func:`jobqueue.shared.records.webhook_attempts_key`), one JSON
 object per try, oldest first: ``{webhook_id, try, at, url, status_code, error, delivered,
 worker, duration}``; and, once a delivery got a 2xx, its delivered mark
 (:func:`jobqueue.shared.records.webhook_delivered_key`). Both expire with the results.
@@ -11,8 +12,20 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
+from jobqueue.errors import SubmitError
 from jobqueue.shared.records import webhook_attempts_key, webhook_delivered_key
+
+
+def check_webhook_url(url: Any) -> str:
+    """Return ``url`` if it is an absolute http(s) URL with a host; raise :class:`SubmitError`."""
+    if not isinstance(url, str) or not url.strip():
+        raise SubmitError(f"webhook_url must be an http(s) URL, got {url!r}")
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise SubmitError(f"webhook_url must be an http(s) URL with a host, got {url!r}")
+    return url.strip()
 
 
 def queue_attempt(pipe: Any, job_id: str, delivery_id: str, record: dict[str, Any], *, expires: int) -> None:
