@@ -45,11 +45,10 @@ from jobqueue.errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-from jobqueue.shared.names import RUN_JOB_TASK
+from jobqueue.shared.names import RUN_JOB_TASK, STEP_SIGNATURE_TYPE
 from jobqueue.shared.records import workflow_key, workflow_step_key
 from jobqueue.shared.steps import (
     PREV,
-    STEP_SIGNATURE_TYPE,
     StepSignature,
     placeholder_paths,
     resolve_placeholders,

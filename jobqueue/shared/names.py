@@ -81,6 +81,9 @@ CONTROL_CANCEL_JOB = "cancel_job"
 RUN_JOB_TASK = "jobqueue.run_job"
 #: Name of the Celery task that makes one try of a job's webhook (:mod:`jobqueue.worker.webhooks`).
 WEBHOOK_TASK = "jobqueue.deliver_webhook"
+#: Canvas type name of a workflow step (:class:`jobqueue.shared.steps.StepSignature`): a worker
+#: rebuilding a chain finds the step class under it (it must import that module).
+STEP_SIGNATURE_TYPE = "jobqueue.step"
 
 #: Split a ``task-failed`` event's ``exception`` repr into type, message and details (the one
 #: error reader, :func:`jobqueue.errors.error_info`, under the name the monitor knows).

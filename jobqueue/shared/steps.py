@@ -2,7 +2,7 @@
 (:mod:`jobqueue.client.workflows`) and the worker that runs its steps (:mod:`jobqueue.worker.workflow`).
 
 A step is a :class:`StepSignature` (a ``run_job`` signature registered under
-:data:`STEP_SIGNATURE_TYPE`, so a worker rebuilding the chain gets it back); its payload may
+:data:`jobqueue.shared.names.STEP_SIGNATURE_TYPE`, so a worker rebuilding the chain gets it back); its payload may
 hold ``{"$prev": "<path>"}`` placeholders, checked at submit time (:func:`placeholder_paths`)
 and filled in by the worker from the previous step's result (:func:`resolve_placeholders`).
 The workflow's record in the result backend lives under
@@ -17,11 +17,12 @@ from typing import Any
 from celery.canvas import Signature
 
 from jobqueue.errors import InvalidPayloadError, SubmitError
+from jobqueue.shared.names import STEP_SIGNATURE_TYPE
 
 #: The key of a placeholder: ``{"$prev": "output"}`` takes the previous step's ``output``.
 PREV = "$prev"
-#: Canvas type name of a workflow step (workers must import this module to rebuild them).
-STEP_SIGNATURE_TYPE = "jobqueue.step"
+
+
 @Signature.register_type(name=STEP_SIGNATURE_TYPE)
 class StepSignature(Signature):  # type: ignore[misc]  # celery is untyped
     """A ``run_job`` signature that receives the previous step's result as ``previous``.
