@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jobqueue.shared.records import preview_key
+from jobqueue.shared.records import preview_key, result_client
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class PreviewPublisher:
 def publisher_for(app: Any, job_id: str, notify: Callable[[int], object]) -> PreviewPublisher | None:
     """A publisher storing in ``app``'s result backend Redis, or None (previews dropped) when
     the result backend is not Redis."""
-    client = getattr(app.backend, "client", None)
-    if client is None or not hasattr(client, "pipeline"):
+    client = result_client(app)
+    if client is None:
         return None
     return PreviewPublisher(job_id, RedisPreviewStore(client), notify)

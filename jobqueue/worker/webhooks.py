@@ -33,6 +33,7 @@ from celery import states as celery_states
 
 from jobqueue.errors import ConfigError
 from jobqueue.shared.names import JOB_WEBHOOK, RUN_JOB_TASK, WEBHOOK_TASK
+from jobqueue.shared.records import result_client
 from jobqueue.shared.webhooks import queue_attempt, was_delivered
 from jobqueue.states import JobStatus, job_status_from_celery
 
@@ -138,7 +139,7 @@ def deliver(task: Any, delivery: dict[str, Any]) -> str:
     or out of tries. Returns ``delivered``, ``retrying``, ``given up`` or ``already delivered``."""
     app = task.app
     settings = app.settings
-    client = app.backend.client
+    client = result_client(app)
     expires = int(app.conf.result_expires or 7 * 24 * 3600)
     if was_delivered(client, delivery["id"]):
         return "already delivered"

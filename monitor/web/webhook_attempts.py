@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
+from jobqueue.shared.records import result_client
 from jobqueue.shared.webhooks import read_attempts
 from monitor.web.api import error_response
 
@@ -31,7 +32,7 @@ def job_webhooks(job_id: str) -> Any:
     if job is None:
         return error_response(404, "not_found", f"no job {job_id!r}")
     try:
-        attempts = read_attempts(ctx.celery.backend.client, job_id)
+        attempts = read_attempts(result_client(ctx.celery), job_id)
     except Exception:  # the backend is down: say so, without its exception text
         log.warning("cannot read the webhook tries of job %s", job_id, exc_info=True)
         return error_response(503, "backend_unavailable", "the result backend cannot be read")
