@@ -62,11 +62,18 @@ class JobNotFinished(JobError):
     """``result()`` was asked for a job that has not ended yet."""
 
 
-def default_app() -> Any:
-    """The process's default Celery app (:func:`jobqueue.get_app`), for callers given none."""
-    from jobqueue import get_app
+#: The process's default Celery app, once built (see :func:`default_app`).
+_default_apps: list[Any] = []
 
-    return get_app()
+
+def default_app() -> Any:
+    """The process's default Celery app, built from the environment on first use: the app of
+    callers given none, ``jobqueue.get_app()`` and ``celery -A jobqueue``."""
+    if not _default_apps:
+        from jobqueue.transport.app import create_app
+
+        _default_apps.append(create_app())
+    return _default_apps[0]
 
 
 def _error_type(info: Any) -> str | None:
