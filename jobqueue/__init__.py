@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobqueue.client.batches import submit_batch
-from jobqueue.client.jobs import JobHandle, get_job, submit_job
+from jobqueue.client.jobs import JobHandle, default_app, get_job, submit_job
 from jobqueue.client.workflows import WorkflowHandle, get_workflow, submit_workflow
 from jobqueue.errors import (
     InvalidPayloadError,
@@ -44,17 +44,9 @@ __all__ = [
     "submit_workflow",
 ]
 
-_app: Any = None
-
-
 def get_app() -> Any:
     """The process's default Celery app, built from the environment on first use."""
-    global _app
-    if _app is None:
-        from jobqueue.transport.app import create_app
-
-        _app = create_app()
-    return _app
+    return default_app()
 
 
 def __getattr__(name: str) -> Any:

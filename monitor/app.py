@@ -93,8 +93,9 @@ def create_app(
         _celery=celery_app,
     )
     from monitor.metrics.prometheus import build_registry
+    from monitor.web.broker import queue_depths
 
-    context.registry = build_registry(context)
+    context.registry = build_registry(context, queue_depths)
     app.extensions["jobqueue_monitor"] = context
     _register_routes(app)
     _register_error_handlers(app)

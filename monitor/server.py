@@ -92,14 +92,15 @@ class Monitor:
 def serve(settings: Settings, host: str | None = None, port: int | None = None, debug: bool = False) -> None:
     """Run the monitor until SIGINT or SIGTERM: under gunicorn (:mod:`monitor.production`),
     or with ``debug`` under Werkzeug's development server."""
+    host = host or settings.monitor_host
+    port = settings.monitor_port if port is None else port
     if not debug:
         from monitor.production import serve_production
 
-        serve_production(settings, host or settings.monitor_host,
-                         settings.monitor_port if port is None else port)
+        check_bind(settings, host)
+        serve_production(settings, host, port, lambda: Monitor(settings, host, port, web=False))
         return
-    monitor = Monitor(settings, host or settings.monitor_host,
-                      settings.monitor_port if port is None else port)
+    monitor = Monitor(settings, host, port)
     monitor.start()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -35,12 +35,13 @@ from jobqueue.errors import (
 )
 from jobqueue.shared import job_record as facts
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask
-from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK
+from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED
+from jobqueue.shared.records import result_client
 from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
 from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
-from jobqueue.shared.submissions import redis_client as submitted_client
 from jobqueue.shared.summary import summarize_payload
+from jobqueue.shared.webhooks import check_webhook_url
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,18 @@ class JobNotFinished(JobError):
     """``result()`` was asked for a job that has not ended yet."""
 
 
+#: The process's default Celery app, once built (see :func:`default_app`).
+_default_apps: list[Any] = []
+
+
 def default_app() -> Any:
-    """The process's default Celery app (:func:`jobqueue.get_app`), for callers given none."""
-    from jobqueue import get_app
+    """The process's default Celery app, built from the environment on first use: the app of
+    callers given none, ``jobqueue.get_app()`` and ``celery -A jobqueue``."""
+    if not _default_apps:
+        from jobqueue.transport.app import create_app
 
-    return get_app()
-
-
-_default_app = default_app  # the old private name
+        _default_apps.append(create_app())
+    return _default_apps[0]
 
 
 def _error_type(info: Any) -> str | None:
@@ -268,7 +273,7 @@ class JobHandle:
         # Mark it first, so a worker that starts it later (and never saw the revoke) skips it.
         now = time.time()
         self.app.backend.store_result(self.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
-        client = facts.redis_client_of(self.app)
+        client = result_client(self.app)
         if client is not None:
             facts.write(client, self.id, {"finished_at": now, "cancelled_at": now},
                         expires=int(self.app.conf.result_expires or 86400), only_new=("finished_at", "cancelled_at"))
@@ -286,7 +291,7 @@ class JobHandle:
         reaches its message). Best effort: the result backend already holds the truth."""
         try:
             with self.app.events.default_dispatcher() as dispatcher:
-                dispatcher.send("task-revoked", uuid=self.id, terminated=False, signum=None,
+                dispatcher.send(TASK_REVOKED, uuid=self.id, terminated=False, signum=None,
                                 expired=False, timestamp=now, cancelled_by="client")
         except Exception:
             log.warning("could not announce the cancel of job %s", self.id, exc_info=True)
@@ -367,7 +372,7 @@ def prepare_job(
 def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
     """Before sending: the submit record (no job without one) and, for :meth:`JobHandle.waiting_for`,
     the job's requirements, in one round trip on a Redis result backend."""
-    client = submitted_client(app)
+    client = result_client(app)
     if client is None:
         record_submitted(app, [job_id])
         return
@@ -414,8 +419,6 @@ def submit_job(
     """
     app = app or default_app()
     if webhook_url is not None:
-        from jobqueue.worker.webhooks import check_webhook_url
-
         url = check_webhook_url(webhook_url, app.settings.webhook_allowed_networks)
         extra = {**(extra or {}), "webhook_url": url}
     kwargs, send_options = prepare_job(

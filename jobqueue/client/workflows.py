@@ -45,22 +45,19 @@ from jobqueue.errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-from jobqueue.shared.names import RUN_JOB_TASK
+from jobqueue.shared.names import RUN_JOB_TASK, STEP_SIGNATURE_TYPE
+from jobqueue.shared.records import workflow_key, workflow_step_key
 from jobqueue.shared.steps import (
     PREV,
-    RECORD_PREFIX,
-    STEP_PREFIX,
-    STEP_SIGNATURE_TYPE,
     StepSignature,
     placeholder_paths,
-    record_key,
     resolve_placeholders,
 )
 from jobqueue.shared.submissions import record_submitted
 from jobqueue.states import FINAL_JOB_STATES, JobStatus, workflow_status
 
 __all__ = [
-    "MAX_STEPS", "PREV", "RECORD_PREFIX", "STEP_PREFIX", "STEP_SIGNATURE_TYPE", "StepSignature",
+    "MAX_STEPS", "PREV", "STEP_SIGNATURE_TYPE", "StepSignature",
     "WorkflowHandle", "cancel_later_steps", "get_workflow", "placeholder_paths",
     "resolve_placeholders", "submit_workflow",
 ]
@@ -82,12 +79,12 @@ def cancel_later_steps(job_id: str, app: Any) -> list[str]:
     getter = getattr(app.backend, "get", None)
     if not callable(getter):
         return []
-    workflow_id = getter(STEP_PREFIX + job_id)
+    workflow_id = getter(workflow_step_key(job_id))
     if not workflow_id:
         return []
     if isinstance(workflow_id, bytes):
         workflow_id = workflow_id.decode()
-    raw = getter(record_key(workflow_id))
+    raw = getter(workflow_key(workflow_id))
     if not raw:
         return []
     steps = list(json.loads(raw)["steps"])
@@ -156,9 +153,9 @@ def submit_workflow(
               "priority": signatures[0].kwargs["options"]["priority"]}
     setter = getattr(app.backend, "set", None)
     if callable(setter):
-        setter(record_key(workflow_id), json.dumps(record))
+        setter(workflow_key(workflow_id), json.dumps(record))
         for step_id in step_ids:
-            setter(STEP_PREFIX + step_id, workflow_id)
+            setter(workflow_step_key(step_id), workflow_id)
     record_submitted(app, step_ids)  # later steps are sent by workers, but queued from now on
     chain(*signatures).apply_async()
     return WorkflowHandle(workflow_id, step_ids, app)
@@ -172,7 +169,7 @@ def get_workflow(workflow_id: str, *, app: Any = None) -> WorkflowHandle:
     """
     app = app or default_app()
     getter = getattr(app.backend, "get", None)
-    raw = getter(record_key(workflow_id)) if callable(getter) else None
+    raw = getter(workflow_key(workflow_id)) if callable(getter) else None
     if not raw:
         raise WorkflowNotFound(f"no workflow {workflow_id}")
     record = json.loads(raw)

@@ -58,7 +58,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "queue_order_strategy": "priority",
         # No custom "sep": kombu's separator is also the one inside exchange binding keys, and
         # stock tooling (celery -b URL inspect/status, Flower --broker) writes them with the
-        # default; keys built by hand use jobqueue.shared.routing.REDIS_KEY_SEP.
+        # default; keys built by hand use jobqueue.transport.internals.REDIS_KEY_SEP.
         # Dead-peer detection on every broker connection (see jobqueue.transport.redis_health).
         **transport_options(settings.redis_health_interval),
     }

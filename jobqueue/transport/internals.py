@@ -30,6 +30,8 @@ from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.events.receiver import EventReceiver
 from kombu.serialization import loads
 
+from jobqueue.shared.routing import BROKER_MAX_PRIORITY
+
 log = logging.getLogger(__name__)
 
 # -- kombu's Redis transport: key names -------------------------------------------------------
@@ -77,6 +79,13 @@ def priority_queue_keys(queue: str, max_level: int, *, sep: str = REDIS_KEY_SEP,
     ``prefix`` is the ``global_keyprefix`` the broker client adds.
     """
     return [prefix + (f"{queue}{sep}{level}" if level else queue) for level in range(max_level + 1)]
+
+
+def redis_queue_keys(queue: str, *, prefix: str = "") -> list[str]:
+    """The Redis lists that hold ``queue``'s messages on jobqueue's priority transport (every
+    broker level, :data:`jobqueue.shared.routing.BROKER_MAX_PRIORITY`), most urgent first (for
+    queue lengths); ``prefix``: the broker's :func:`global_keyprefix`."""
+    return priority_queue_keys(queue, BROKER_MAX_PRIORITY, prefix=prefix)
 
 
 def fanout_pattern(db: int, transport_options: Mapping[str, Any] | None, exchange: str) -> str:

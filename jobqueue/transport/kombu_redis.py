@@ -35,12 +35,12 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
+from jobqueue.shared.records import dead_letter_key
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
 from jobqueue.worker.poison import (
     HOOK_ATTR,
     Poison,
     check_envelope,
-    dead_letter_key,
     poison_from_item,
     push_dead_letter,
 )

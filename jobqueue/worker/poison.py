@@ -3,7 +3,7 @@
 An item on a queue that is not a kombu envelope (``LPUSH simulation garbage``), has a body its
 ``body_encoding`` cannot decode (bad base64), or decodes to something Celery refuses (pickle,
 broken JSON, no task header) is logged, counted, moved aside to the Redis list
-``<queue>.dead`` with the reason (newest first, at most :data:`DEAD_KEEP` items), and, when it
+``<queue>.dead`` (:func:`jobqueue.shared.records.dead_letter_key`) with the reason (newest first, at most :data:`DEAD_KEEP` items), and, when it
 names a job id whose result is not final yet, that job ends ``failed`` with a
 :class:`~jobqueue.errors.MessageDiscarded` error (result backend and a ``task-failed`` event),
 so no client and no monitor waits for it forever.
@@ -38,12 +38,12 @@ from typing import Any
 
 from celery import bootsteps
 
+from jobqueue.shared.names import TASK_FAILED
+from jobqueue.shared.records import dead_letter_key
 from jobqueue.transport.internals import raw_envelope, store_failure, wrap_refusal_handlers
 
 log = logging.getLogger(__name__)
 
-#: Suffix of a queue's dead-letter list: ``simulation`` → ``simulation.dead``.
-DEAD_SUFFIX = ".dead"
 #: Most items one dead-letter list keeps (oldest dropped first).
 DEAD_KEEP = 10_000
 #: Most bytes of a poison item kept in its dead-letter record.
@@ -61,11 +61,6 @@ class Poison:
     raw: bytes
     job_id: str | None = None
     task: str | None = None
-
-
-def dead_letter_key(queue: str) -> str:
-    """The Redis list that keeps ``queue``'s poison messages."""
-    return queue + DEAD_SUFFIX
 
 
 def dead_record(poison: Poison, worker: str | None, now: float | None = None) -> dict[str, Any]:
@@ -197,7 +192,7 @@ class PoisonHandler:
         store_failure(self.app, poison.job_id, exc, task=poison.task, hostname=self.hostname, queue=poison.queue)
         dispatcher = getattr(self.consumer, "event_dispatcher", None)
         if dispatcher is not None:
-            dispatcher.send("task-failed", uuid=poison.job_id, exception=repr(exc))
+            dispatcher.send(TASK_FAILED, uuid=poison.job_id, exception=repr(exc))
 
 
 class PoisonStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped

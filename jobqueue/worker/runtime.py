@@ -129,10 +129,11 @@ class WorkerRuntime:
     def keep_orphans_in(self, client: Any) -> None:
         """Give every connector an orphan book in Redis (``client``), one key per worker
         identity and service, so prompts abandoned before a restart are still cleaned up."""
-        from jobqueue.connectors.orphans import OrphanBook, book_key
+        from jobqueue.connectors.orphans import OrphanBook
+        from jobqueue.shared.records import orphan_book_key
 
         for service, connector in self.connectors.items():
-            connector.orphans = OrphanBook(client, book_key(self.identity.node_name, service))
+            connector.orphans = OrphanBook(client, orphan_book_key(self.identity.node_name, service))
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:

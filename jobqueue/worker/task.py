@@ -21,8 +21,9 @@ from jobqueue.connectors import Job
 from jobqueue.errors import ConnectorError, JobCancelled
 from jobqueue.shared import job_record as facts
 from jobqueue.shared.masking import mask
-from jobqueue.shared.names import RUN_JOB_TASK, TASK_PROGRESS, job_meta_from_kwargs
+from jobqueue.shared.names import RUN_JOB_TASK, TASK_PROGRESS, TASK_REVOKED, job_meta_from_kwargs
 from jobqueue.shared.previews import publisher_for
+from jobqueue.shared.records import attempts_key, facts_key, result_client
 from jobqueue.shared.summary import summarize_payload
 from jobqueue.states import PROGRESS
 from jobqueue.transport.internals import result_key
@@ -66,7 +67,7 @@ def _runtime(app: Any, hostname: str | None) -> WorkerRuntime:
 def _mark_cancelled(task: Any, reason: str) -> None:
     # An exception, not a dict: Celery reads REVOKED results back as exceptions.
     task.update_state(state=celery_states.REVOKED, meta=JobCancelled(reason))
-    task.send_event("task-revoked", terminated=True, signum=None, expired=False)
+    task.send_event(TASK_REVOKED, terminated=True, signum=None, expired=False)
 
 
 def _expires(app: Any) -> int:
@@ -99,11 +100,10 @@ def _queue_start(pipe: Any, task: Any, meta: dict[str, Any], runtime: WorkerRunt
         "started_at": started, "attempt": request.retries or 0, "worker": runtime.identity.node_name,
         "machine_id": runtime.identity.machine_id, "meta": meta, "name": task.name,
     }
-    attempts_key = f"jobqueue-attempts-{request.id}"
     pipe.get(result_key(app, request.id))
-    pipe.incr(attempts_key)
-    pipe.expire(attempts_key, _expires(app))
-    pipe.hgetall(facts.facts_key(request.id))
+    pipe.incr(attempts_key(request.id))
+    pipe.expire(attempts_key(request.id), _expires(app))
+    pipe.hgetall(facts_key(request.id))
     facts.queue_write(pipe, request.id, start, expires=_expires(app), remove=_ENDED_FACTS)
 
 
@@ -175,7 +175,7 @@ def _begin_attempt(task: Any, meta: dict[str, Any], runtime: WorkerRuntime,
     """
     app, request = task.app, task.request
     retries = request.retries or 0
-    client = facts.redis_client_of(app)
+    client = result_client(app)
     if client is None:
         return app.AsyncResult(request.id).state == celery_states.REVOKED, retries, started
     early = _started_early(app).pop(request.id, None)
@@ -239,7 +239,7 @@ def _record_end(task: Any, started: float, *, retried: bool = False) -> None:
 
     On our Redis backend the facts ride in the transaction that stores the state Celery
     writes next (the result, the failure, the retry): one round trip, and the two agree."""
-    client = facts.redis_client_of(task.app)
+    client = result_client(task.app)
     if client is None:
         return
     now = time.time()
@@ -290,7 +290,7 @@ def _on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     """A message the worker discards as revoked (cancelled while queued): keep the job's
     submit time and metadata, which the client's REVOKED record does not hold."""
     app = getattr(sender, "app", None)
-    client = facts.redis_client_of(app) if app is not None else None
+    client = result_client(app) if app is not None else None
     if client is None or request is None or getattr(sender, "name", None) != RUN_JOB_TASK:
         return
     meta = job_meta_from_kwargs(getattr(request, "kwargsrepr", None))
@@ -314,7 +314,7 @@ def run_job(task: Any, service: str, payload: dict[str, Any], options: dict[str,
         # STARTED over the client's REVOKED record just before this body: put the client's
         # record back as it was (no worker in it: the job never ran anywhere).
         app.backend.store_result(request.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
-        task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        task.send_event(TASK_REVOKED, terminated=False, signum=None, expired=False)
         raise Ignore()
     connector = runtime.connector(service)
     settings = app.settings

@@ -7,7 +7,8 @@ queue (``JOBQUEUE_WEBHOOK_QUEUE``); any worker delivers it. A failed try (no ans
 most ``JOBQUEUE_WEBHOOK_MAX_TRIES`` tries); every try carries the same ``webhook-id``, so a
 receiver that saw a try twice (its answer was lost) can tell. The delivery message is acked
 only after its try is done, so a delivering worker that crashes loses nothing: the message
-comes back like any job's. Each try is recorded in the result backend for the monitor's job page.
+comes back like any job's. Each try is recorded in the result backend for the monitor's job page
+(:mod:`jobqueue.shared.webhooks`).
 
 Targets are public addresses only (:mod:`jobqueue.shared.safe_http`): a URL whose host is an IP
 literal that is loopback, private, link-local (the cloud metadata address), CGNAT, multicast
@@ -32,21 +33,20 @@ import logging
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from celery import signals
 from celery import states as celery_states
 
-from jobqueue.errors import ConfigError, SubmitError, TargetRefused, WebhookTargetRefused
-from jobqueue.shared.names import JOB_WEBHOOK, RUN_JOB_TASK
+from jobqueue.errors import ConfigError, TargetRefused
+from jobqueue.shared.names import JOB_WEBHOOK, RUN_JOB_TASK, WEBHOOK_TASK
+from jobqueue.shared.records import result_client
 from jobqueue.shared.safe_http import AddressGuard, guarded_session
+from jobqueue.shared.webhooks import queue_attempt, was_delivered
 from jobqueue.states import JobStatus, job_status_from_celery
 
 log = logging.getLogger(__name__)
 
-#: Name of the delivery task.
-WEBHOOK_TASK = "jobqueue.deliver_webhook"
 #: Seconds one POST may take before the try counts as failed.
 POST_TIMEOUT = 10.0
 #: The ``type`` of the webhook body, by final job status.
@@ -61,27 +61,6 @@ SECRET_PREFIX = "whsec_"
 
 
 # -- validation and signing ----------------------------------------------------------------
-def check_webhook_url(url: Any, allowed_networks: tuple[str, ...] = ()) -> str:
-    """Return ``url`` if it is an absolute http(s) URL with a host; raise :class:`SubmitError`,
-    or :class:`WebhookTargetRefused` when its host is an IP literal outside the public
-    addresses and ``allowed_networks`` (a name is judged by the worker when it connects)."""
-    if not isinstance(url, str) or not url.strip():
-        raise SubmitError(f"webhook_url must be an http(s) URL, got {url!r}")
-    parts = urlsplit(url.strip())
-    try:
-        host = parts.hostname
-        parts.port  # noqa: B018 - a malformed port raises here, not in the worker
-    except ValueError as exc:
-        raise SubmitError(f"webhook_url is malformed ({exc}): {url!r}") from None
-    if parts.scheme.lower() not in ("http", "https") or not host:
-        raise SubmitError(f"webhook_url must be an http(s) URL with a host, got {url!r}")
-    try:
-        AddressGuard.from_cidrs(allowed_networks).check_host(host)
-    except TargetRefused as exc:
-        raise WebhookTargetRefused(f"webhook_url {url.strip()!r} refused: {exc.message}") from None
-    return url.strip()
-
-
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret; raise :class:`ConfigError` if malformed."""
     raw = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
@@ -151,28 +130,6 @@ def post(delivery: Mapping[str, Any], secret: str, *, timestamp: int | None = No
             return response.status_code, None if 200 <= response.status_code < 300 else response.reason
 
 
-# -- records of tries (result backend) -----------------------------------------------------
-def attempts_key(job_id: str) -> str:
-    """Redis list of a job's webhook tries (JSON), oldest first."""
-    return f"jobqueue-webhook-attempts-{job_id}"
-
-
-def delivered_key(delivery_id: str) -> str:
-    """Set once a delivery got a 2xx: later copies of its message send nothing."""
-    return f"jobqueue-webhook-delivered-{delivery_id}"
-
-
-def read_attempts(client: Any, job_id: str) -> list[dict[str, Any]]:
-    """Every recorded try of ``job_id``'s webhook, oldest first (empty when none)."""
-    attempts = []
-    for raw in client.lrange(attempts_key(job_id), 0, -1):
-        try:
-            attempts.append(json.loads(raw))
-        except ValueError:
-            continue
-    return attempts
-
-
 # -- Celery wiring -------------------------------------------------------------------------
 def enqueue(app: Any, delivery: dict[str, Any], countdown: float = 0.0) -> None:
     """Put one try of ``delivery`` on the webhook queue.
@@ -193,9 +150,9 @@ def deliver(task: Any, delivery: dict[str, Any]) -> str:
     or out of tries. Returns ``delivered``, ``retrying``, ``given up`` or ``already delivered``."""
     app = task.app
     settings = app.settings
-    client = app.backend.client
+    client = result_client(app)
     expires = int(app.conf.result_expires or 7 * 24 * 3600)
-    if client.exists(delivered_key(delivery["id"])):
+    if was_delivered(client, delivery["id"]):
         return "already delivered"
     started = time.time()
     refused = False
@@ -210,10 +167,7 @@ def deliver(task: Any, delivery: dict[str, Any]) -> str:
               "status_code": status_code, "error": error, "delivered": delivered, "refused": refused,
               "worker": task.request.hostname, "duration": round(time.time() - started, 3)}
     pipe = client.pipeline()
-    pipe.rpush(attempts_key(delivery["job_id"]), json.dumps(record))
-    pipe.expire(attempts_key(delivery["job_id"]), expires)
-    if delivered:
-        pipe.set(delivered_key(delivery["id"]), "1", ex=expires)
+    queue_attempt(pipe, delivery["job_id"], delivery["id"], record, expires=expires)
     pipe.execute()
     if delivered:
         _tell(task, delivery, record, "delivered")

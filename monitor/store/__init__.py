@@ -11,6 +11,7 @@ modules use is importable from here.
 
 from __future__ import annotations
 
+from jobqueue.states import FINAL_STATUSES
 from monitor.store.changelog import MEDIAN_WINDOW
 from monitor.store.counts import job_counts
 from monitor.store.models import (
@@ -27,7 +28,7 @@ from monitor.store.models import (
     WorkerRow,
 )
 from monitor.store.serialise import connector_dict, job_dict, machine_dict, service_dict, worker_dict
-from monitor.store.statuses import FAILED_STATUSES, FINAL_STATUSES, OPEN_STATUSES
+from monitor.store.statuses import FAILED_STATUSES, OPEN_STATUSES
 from monitor.store.store import Store
 from monitor.store.tx import MAX_EVENTS_PER_JOB, Change, Tx
 

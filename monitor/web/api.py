@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from jobqueue.client.jobs import get_job, submit_job
+from jobqueue.client.services import service_names
 from jobqueue.errors import SubmitError
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
@@ -222,9 +223,7 @@ def workflow(workflow_id: str) -> Any:
 
 
 def _queue_names() -> list[str]:
-    from jobqueue.connectors import CONNECTORS
-
-    return sorted(set(ctx().store.known_queues()) | set(CONNECTORS))
+    return sorted(set(ctx().store.known_queues()) | set(service_names()))
 
 
 def _depths() -> dict[str, int]:
@@ -345,7 +344,11 @@ def _set_draining(name: str, draining: bool) -> Any:
     replies: list[Any] = []
     for queue in found["queues"] or []:
         replies.extend(method(queue, destination=[name], reply=True, timeout=2.0) or [])
-    ctx().store.set_draining(name, draining)
+    writer = ctx().writer
+    if writer is not None and writer.alive:
+        writer.call(lambda tx: tx.set_draining(name, draining))
+    else:  # no writer in this process: the one exception the writer's docstring names
+        ctx().store.set_draining(name, draining)
     return jsonify({"ok": True, "replies": replies}), 202
 
 

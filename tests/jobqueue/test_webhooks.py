@@ -19,9 +19,10 @@ import redis
 
 from jobqueue import submit_job
 from jobqueue.errors import SubmitError
-from jobqueue.shared.routing import redis_queue_keys
+from jobqueue.shared.webhooks import read_attempts
 from jobqueue.states import JobStatus
-from jobqueue.worker.webhooks import build_delivery, read_attempts, sign, verify
+from jobqueue.transport.internals import redis_queue_keys
+from jobqueue.worker.webhooks import build_delivery, sign, verify
 from tests.helpers import busy_worker, quick, wait_for
 from tests.webhook_receiver import Receiver
 
