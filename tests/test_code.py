@@ -106,10 +106,11 @@ def _is_module(name: str) -> bool:
 
 def _imports(path: Path) -> Iterator[tuple[str, int]]:
     """Every module ``path`` imports (module level and inside functions), with its line:
-    ``from a import b`` imports ``a.b`` when that is a module of ours, else ``a``."""
+    ``from a import b`` imports ``a.b`` when that is a module of ours, else ``a``. Imports under
+    ``if TYPE_CHECKING:`` are left out: they exist for the type checker only, never at run time."""
     module = _module_name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name, node.lineno
@@ -120,6 +121,16 @@ def _imports(path: Path) -> Iterator[tuple[str, int]]:
                 base = f"{anchor}.{base}" if base else anchor
             for alias in node.names:
                 yield (f"{base}.{alias.name}" if _is_module(f"{base}.{alias.name}") else base), node.lineno
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of ``tree`` but those inside an ``if TYPE_CHECKING:`` block."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
+            continue
+        yield node
+        yield from _runtime_nodes(node)
 
 
 def _source_files(*packages: str) -> list[Path]:

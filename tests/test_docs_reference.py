@@ -492,20 +492,8 @@ def test_the_submit_endpoint_takes_each_documented_field_and_refuses_others(moni
 #: is under way: (importing module, imported package). A new one fails the test below, and so
 #: does an entry that no longer occurs (remove it then).
 IMPORT_EXCEPTIONS = {
-    ("jobqueue/client/jobs.py", "jobqueue/worker/"),  # check_webhook_url
-    ("jobqueue/shared/requirements.py", "jobqueue/connectors/"),  # the models a payload names
     ("jobqueue/transport/app.py", "jobqueue/worker/"),  # registers the task, bootsteps, webhooks
     ("jobqueue/transport/kombu_redis.py", "jobqueue/worker/"),  # poison classification
-    ("monitor/merge/apply.py", "monitor/repair/"),  # repair's own events
-    ("monitor/metrics/prometheus.py", "monitor/web/"),  # queue depths
-    ("monitor/repair/reconcile.py", "jobqueue/connectors/"),  # service queue names
-    ("monitor/store/changelog.py", "monitor/metrics/"),  # safe_median
-    ("monitor/store/queries.py", "monitor/metrics/"),  # safe summary statistics
-    ("monitor/store/serialise.py", "monitor/web/"),  # a worker's capabilities
-    ("monitor/web/api.py", "jobqueue/connectors/"),  # service names
-    ("monitor/web/deadletters.py", "jobqueue/worker/"),  # the dead-letter suffix
-    ("monitor/web/views.py", "jobqueue/connectors/"),  # example payloads, schemas
-    ("monitor/web/webhook_attempts.py", "jobqueue/worker/"),  # read_attempts
 }
 
 

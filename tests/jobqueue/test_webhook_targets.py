@@ -24,11 +24,11 @@ import requests
 from jobqueue import submit_job
 from jobqueue.config import Settings
 from jobqueue.errors import ConfigError, TargetRefused, WebhookTargetRefused
-from jobqueue.shared.routing import redis_queue_keys
 from jobqueue.shared.safe_http import AddressGuard, guarded_session, parse_networks, refusal
 from jobqueue.shared.webhooks import check_webhook_url, read_attempts
 from jobqueue.states import JobStatus
 from jobqueue.transport.app import create_app as create_celery_app
+from jobqueue.transport.internals import redis_queue_keys
 from jobqueue.worker.webhooks import build_delivery, post
 from tests.helpers import quick, wait_for
 from tests.webhook_receiver import Receiver
