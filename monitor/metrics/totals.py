@@ -92,8 +92,6 @@ class Totals:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        MetricTotal.__table__.create(store.engine, checkfirst=True)  # type: ignore[attr-defined]
-        history.create_table(store)
         #: When :meth:`record` last dropped expired hourly history (once an hour is enough).
         self._history_pruned = 0.0
         if not event.contains(JobRow, "load", _remember):
@@ -213,7 +211,6 @@ def _read(store: Store) -> dict[Key, float]:
 def read_totals(store: Store) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Every persisted total by name, ``{name: [(labels, value), ...]}`` (any thread or
     process; empty before the first write)."""
-    MetricTotal.__table__.create(store.engine, checkfirst=True)  # type: ignore[attr-defined]
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for (name, labels), value in sorted(_read(store).items()):
         out.setdefault(name, []).append((dict(labels), value))

@@ -2,7 +2,8 @@
 change log that feeds websocket clients.
 
 One module per job: :mod:`~monitor.store.models` (tables), :mod:`~monitor.store.engine`
-(SQLite pragmas, schema and its upgrade), :mod:`~monitor.store.tx` (a write transaction),
+(the engine, SQLite pragmas), :mod:`~monitor.store.migrate` (the schema under Alembic
+migrations, :mod:`~monitor.store.migrations`), :mod:`~monitor.store.tx` (a write transaction),
 :mod:`~monitor.store.changelog` (sequence numbers and the change log),
 :mod:`~monitor.store.serialise` (JSON shapes), :mod:`~monitor.store.queries` (reads) and
 :mod:`~monitor.store.store` (the :class:`Store` that ties them together). Everything other

@@ -18,7 +18,8 @@ from jobqueue.config import Settings
 from jobqueue.states import FINAL_STATUSES
 from monitor.store.changelog import record_changes
 from monitor.store.counts import job_counts
-from monitor.store.engine import WRITE_OPTION, create_schema, make_engine
+from monitor.store.engine import WRITE_OPTION, make_engine
+from monitor.store.migrate import upgrade
 from monitor.store.models import ChangeRow, CounterRow, JobEventRow, JobRow
 from monitor.store.queries import StoreQueries
 from monitor.store.tx import Tx
@@ -42,11 +43,8 @@ class Store(StoreQueries):
         self.changes_keep = changes_keep
         self.is_sqlite = url.startswith("sqlite")
         self.engine: Engine = make_engine(url, echo=echo)
-        create_schema(self.engine)
+        upgrade(self.engine)  # the schema: the newest revision (an older store upgraded in place)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        with self._sessions.begin() as session:
-            if session.get(CounterRow, "seq") is None:
-                session.add(CounterRow(name="seq", value=0))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
