@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import states as celery_states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -37,6 +38,8 @@ from jobqueue.shared import job_record as facts
 from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK
 from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
+from jobqueue.shared.steps import STEP_PREFIX
+from jobqueue.shared.steps import record_key as workflow_record_key
 from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
 from jobqueue.shared.submissions import redis_client as submitted_client
 from jobqueue.shared.summary import summarize_payload
@@ -274,9 +277,7 @@ class JobHandle:
         self.app.control.revoke(self.id)
         self.app.control.broadcast(CONTROL_CANCEL_JOB, arguments={"job_id": self.id})
         self._announce_cancel(now)
-        # A workflow step takes the steps after it along (imported here: workflows imports us).
-        from jobqueue.client.workflows import cancel_later_steps
-
+        # A workflow step takes the steps after it along.
         cancel_later_steps(self.id, self.app)
         return True
 
@@ -289,6 +290,50 @@ class JobHandle:
                                 expired=False, timestamp=now, cancelled_by="client")
         except Exception:
             log.warning("could not announce the cancel of job %s", self.id, exc_info=True)
+
+
+def cancel_later_steps(job_id: str, app: Any) -> list[str]:
+    """When ``job_id`` is a workflow step, mark every later step that has not ended cancelled
+    (``REVOKED``, reason ``workflow <id> cancelled at step <k>``) and revoke them; return
+    their ids (empty for a plain job).
+
+    Called by :meth:`JobHandle.cancel`: cancelling any step ends the rest of its workflow, at
+    once for callers; the worker that finishes the step before drops the chain there and
+    announces the cancelled steps to the monitor (:func:`run_step`).
+    """
+    getter = getattr(app.backend, "get", None)
+    if not callable(getter):
+        return []
+    workflow_id = getter(STEP_PREFIX + job_id)
+    if not workflow_id:
+        return []
+    if isinstance(workflow_id, bytes):
+        workflow_id = workflow_id.decode()
+    raw = getter(workflow_record_key(workflow_id))
+    if not raw:
+        return []
+    steps = list(json.loads(raw)["steps"])
+    if job_id not in steps:
+        return []
+    number = steps.index(job_id) + 1
+    reason = f"workflow {workflow_id} cancelled at step {number}"
+    later = [step_id for step_id in steps[number:]
+             if app.AsyncResult(step_id).state not in celery_states.READY_STATES]
+    for step_id in later:
+        app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
+    if later:
+        app.control.revoke(later)
+    return later
+
+
+def check_webhook_url(url: Any) -> str:
+    """Return ``url`` if it is an absolute http(s) URL with a host; raise :class:`SubmitError`."""
+    if not isinstance(url, str) or not url.strip():
+        raise SubmitError(f"webhook_url must be an http(s) URL, got {url!r}")
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise SubmitError(f"webhook_url must be an http(s) URL with a host, got {url!r}")
+    return url.strip()
 
 
 def get_job(job_id: str, *, app: Any = None) -> JobHandle:
@@ -407,8 +452,6 @@ def submit_job(
     """
     app = app or default_app()
     if webhook_url is not None:
-        from jobqueue.worker.webhooks import check_webhook_url
-
         extra = {**(extra or {}), "webhook_url": check_webhook_url(webhook_url)}
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
