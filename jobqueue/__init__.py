@@ -44,6 +44,11 @@ __all__ = [
     "submit_workflow",
 ]
 
+#: The worker class ``celery -A jobqueue worker`` builds: it installs the worker's concerns
+#: (:mod:`jobqueue.worker.concerns`) into :data:`app`. Named, not imported: a client process
+#: never loads worker code.
+WORKER_CLASS = "jobqueue.worker.node:Worker"
+
 _app: Any = None
 
 
@@ -53,7 +58,7 @@ def get_app() -> Any:
     if _app is None:
         from jobqueue.transport.app import create_app
 
-        _app = create_app()
+        _app = create_app(worker_class=WORKER_CLASS)
     return _app
 
 

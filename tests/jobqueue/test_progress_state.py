@@ -1,4 +1,4 @@
-"""ProgressState: Celery's PROGRESS record in one round trip, never over a result."""
+"""store_guarded: a job's progress as Celery's PROGRESS record in one round trip, never over a result."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from celery import states as celery_states
 from celery.app.task import Context
 
 from jobqueue.states import PROGRESS
-from jobqueue.worker.progress_state import ProgressState
+from jobqueue.transport.results import store_guarded
 from tests.helpers import wait_for
 
 
@@ -19,10 +19,10 @@ def _request(job_id: str) -> Context:
 
 
 def test_the_record_is_the_one_update_state_stores_and_reads_back_as_progress(app, redis_client):
-    # Given a job's progress written by Celery itself and by ProgressState
+    # Given a job's progress written by Celery itself and by store_guarded
     meta = {"percent": 50.0, "step": 1, "total_steps": 2, "message": "half", "service": "simulation"}
     app.backend.store_result("by-celery", meta, PROGRESS, request=_request("by-celery"))
-    assert ProgressState(app.backend, PROGRESS).store("ours", meta, _request("ours"))
+    assert store_guarded(app.backend, "ours", meta, PROGRESS, _request("ours"))
     # Then both records hold the same fields (extended ones included), and read back alike
     celery_record = app.backend.decode(redis_client.get(app.backend.get_key_for_task("by-celery")))
     our_record = app.backend.decode(redis_client.get(app.backend.get_key_for_task("ours")))
@@ -38,7 +38,7 @@ def test_a_stored_success_is_never_overwritten(app):
     # Given a job whose result is stored
     app.backend.store_result("done", {"output": 1}, celery_states.SUCCESS)
     # When a late progress report of it is written
-    written = ProgressState(app.backend, PROGRESS).store("done", {"percent": 10.0}, _request("done"))
+    written = store_guarded(app.backend, "done", {"percent": 10.0}, PROGRESS, _request("done"))
     # Then nothing changed
     assert written is False
     assert app.AsyncResult("done").state == celery_states.SUCCESS and app.AsyncResult("done").result == {"output": 1}
@@ -51,7 +51,7 @@ def test_the_record_is_published_on_the_channel_result_consumers_follow(app):
     pubsub.subscribe(app.backend.get_key_for_task("live"))
     try:
         # When progress is written
-        ProgressState(app.backend, PROGRESS).store("live", {"percent": 25.0}, _request("live"))
+        store_guarded(app.backend, "live", {"percent": 25.0}, PROGRESS, _request("live"))
 
         # Then the follower receives Celery's record of it
         def received() -> bool:
