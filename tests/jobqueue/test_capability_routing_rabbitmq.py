@@ -68,6 +68,7 @@ def test_a_worker_started_while_a_job_waits_in_its_model_queue_runs_it_on_rabbit
     worker = WorkerProcess(child_env(settings_env(rabbit_settings), JOBQUEUE_CONNECTORS="comfyui",
                                      JOBQUEUE_COMFYUI_URL=sim.url),
                            queues=gpu_queue(rabbit_settings.gpu or 0), log_path=tmp_path / "worker.log")
+    worker.cmd.remove("--without-gossip")  # as `celery worker` runs by default: one more step opening a channel
     try:
         # When a worker whose machine has the model starts (its model queue holds the jobs)
         worker.start().wait_ready(app, timeout=60)
