@@ -308,6 +308,22 @@ def test_the_gate_leaves_a_consumer_that_cannot_take_messages_yet_alone_until_it
     assert consumer.calls == [("add", "stub"), ("cancel", "other")]
 
 
+def test_without_an_event_loop_a_health_check_syncs_the_gate_once_the_consumer_can_take_messages(runtime):
+    # Given a worker without an event loop whose consumer has no message handler yet
+    runtime.check_health()
+    consumer = StubConsumer(["gpu0"], with_hub=False)
+    consumer.task_consumer.on_message = None
+    runtime.gate = ConsumerGate(runtime.statuses)
+    runtime.gate.bind(consumer)
+    # When a health check runs: nothing is consumed yet
+    runtime.check_health()
+    assert consumer.calls == []
+    # Then once the consumer can take messages, the next check adds the healthy service's queue
+    consumer.task_consumer.on_message = print
+    runtime.check_health()
+    assert consumer.calls == [("add", "stub")]
+
+
 def test_the_gate_without_a_consumer_does_nothing_and_without_a_hub_syncs_in_place():
     health = {"stub": ERROR}
     gate = ConsumerGate(lambda: health)
