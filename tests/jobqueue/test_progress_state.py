@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from celery import states as celery_states
 from celery.app.task import Context
 
+from jobqueue import transport
 from jobqueue.states import PROGRESS
 from jobqueue.transport.results import store_guarded
 from tests.helpers import wait_for
@@ -64,3 +66,18 @@ def test_the_record_is_published_on_the_channel_result_consumers_follow(app):
     finally:
         pubsub.close()
     assert seen[0]["status"] == PROGRESS and seen[0]["result"] == {"percent": 25.0} and seen[0]["task_id"] == "live"
+
+
+def test_progress_goes_through_one_script_registered_once_per_backend_client(app, redis_client):
+    # Given two progress reports of two jobs written through one backend
+    store_guarded(app.backend, "p1", {"percent": 10.0}, PROGRESS, _request("p1"))
+    script = app.backend._script
+    store_guarded(app.backend, "p2", {"percent": 20.0}, PROGRESS, _request("p2"))
+    # Then both went through the same script, registered with the backend's client and known
+    # to Redis, whose text is the packaged guarded_set.lua beside the module that loads it
+    assert script is not None and app.backend._script is script
+    assert script.registered_client is app.backend.client
+    assert redis_client.script_exists(script.sha) == [True]
+    lua = Path(transport.__file__).with_name("guarded_set.lua").read_text(encoding="utf-8")
+    assert script.script == lua
+    assert app.AsyncResult("p2").info == {"percent": 20.0}
