@@ -16,10 +16,10 @@ tests/jobqueue/test_poison.py.
 
 1. ``kombu.transport.redis.Channel.max_priority`` (the clamp).
 2. ``kombu.transport.redis.Channel._brpop_read``: reimplemented below (its body plus the
-   envelope check); it also relies on ``_queue_cycle``, ``_in_poll``, ``connection._deliver``
+   poison hook's check); it also relies on ``_queue_cycle``, ``_in_poll``, ``connection._deliver``
    and ``_flush_brpop_reauth`` (the latter only where kombu has it).
-3. ``kombu.transport.virtual.Channel.decode_body`` (the envelope check decodes the body as
-   kombu's ``Message`` would).
+3. ``kombu.transport.virtual.Channel.decode_body`` (handed to the hook, whose envelope check
+   decodes the body as kombu's ``Message`` would).
 4. ``kombu.transport.redis.Channel.conn_or_acquire``: kombu builds a new ``redis.Redis``
    around its pool for every publish, ack and restore (about 8% of a busy worker's CPU with
    redis-py 8, whose client constructor is heavy). A channel here keeps one client per pool
