@@ -21,6 +21,7 @@ from jobqueue.errors import (
     UnknownServiceError,
     WorkflowFailed,
 )
+from jobqueue.shared.names import WORKER_CLASS
 from jobqueue.states import ConnectorStatus, JobStatus
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "JobqueueError",
     "SubmitError",
     "UnknownServiceError",
+    "WORKER_CLASS",
     "WorkflowFailed",
     "WorkflowHandle",
     "app",

@@ -35,8 +35,8 @@ from jobqueue.errors import (
 )
 from jobqueue.shared import job_record as facts
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask
-from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED
-from jobqueue.shared.records import result_client
+from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED, WORKER_CLASS
+from jobqueue.shared.records import result_client, workflow_key, workflow_step_key
 from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
 from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
@@ -73,7 +73,7 @@ def default_app() -> Any:
     if not _default_apps:
         from jobqueue.transport.app import create_app
 
-        _default_apps.append(create_app())
+        _default_apps.append(create_app(worker_class=WORKER_CLASS))
     return _default_apps[0]
 
 
@@ -280,9 +280,7 @@ class JobHandle:
         self.app.control.revoke(self.id)
         self.app.control.broadcast(CONTROL_CANCEL_JOB, arguments={"job_id": self.id})
         self._announce_cancel(now)
-        # A workflow step takes the steps after it along (imported here: workflows imports us).
-        from jobqueue.client.workflows import cancel_later_steps
-
+        # A workflow step takes the steps after it along.
         cancel_later_steps(self.id, self.app)
         return True
 
@@ -295,6 +293,40 @@ class JobHandle:
                                 expired=False, timestamp=now, cancelled_by="client")
         except Exception:
             log.warning("could not announce the cancel of job %s", self.id, exc_info=True)
+
+
+def cancel_later_steps(job_id: str, app: Any) -> list[str]:
+    """When ``job_id`` is a workflow step, mark every later step that has not ended cancelled
+    (``REVOKED``, reason ``workflow <id> cancelled at step <k>``) and revoke them; return
+    their ids (empty for a plain job).
+
+    Called by :meth:`JobHandle.cancel`: cancelling any step ends the rest of its workflow, at
+    once for callers; the worker that finishes the step before drops the chain there and
+    announces the cancelled steps to the monitor (:func:`run_step`).
+    """
+    getter = getattr(app.backend, "get", None)
+    if not callable(getter):
+        return []
+    workflow_id = getter(workflow_step_key(job_id))
+    if not workflow_id:
+        return []
+    if isinstance(workflow_id, bytes):
+        workflow_id = workflow_id.decode()
+    raw = getter(workflow_key(workflow_id))
+    if not raw:
+        return []
+    steps = list(json.loads(raw)["steps"])
+    if job_id not in steps:
+        return []
+    number = steps.index(job_id) + 1
+    reason = f"workflow {workflow_id} cancelled at step {number}"
+    later = [step_id for step_id in steps[number:]
+             if app.AsyncResult(step_id).state not in celery_states.READY_STATES]
+    for step_id in later:
+        app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
+    if later:
+        app.control.revoke(later)
+    return later
 
 
 def get_job(job_id: str, *, app: Any = None) -> JobHandle:

@@ -34,11 +34,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import chain
-from celery import states as celery_states
 
-from jobqueue.client.jobs import JobHandle, default_app, prepare_job
+from jobqueue.client.jobs import JobHandle, cancel_later_steps, default_app, prepare_job
 from jobqueue.errors import (
-    JobCancelled,
     JobFailed,
     SubmitError,
     WaitTimeout,
@@ -65,40 +63,6 @@ __all__ = [
 #: Most steps one workflow may have.
 MAX_STEPS = 100
 
-
-
-def cancel_later_steps(job_id: str, app: Any) -> list[str]:
-    """When ``job_id`` is a workflow step, mark every later step that has not ended cancelled
-    (``REVOKED``, reason ``workflow <id> cancelled at step <k>``) and revoke them; return
-    their ids (empty for a plain job).
-
-    Called by :meth:`JobHandle.cancel`: cancelling any step ends the rest of its workflow, at
-    once for callers; the worker that finishes the step before drops the chain there and
-    announces the cancelled steps to the monitor (:func:`run_step`).
-    """
-    getter = getattr(app.backend, "get", None)
-    if not callable(getter):
-        return []
-    workflow_id = getter(workflow_step_key(job_id))
-    if not workflow_id:
-        return []
-    if isinstance(workflow_id, bytes):
-        workflow_id = workflow_id.decode()
-    raw = getter(workflow_key(workflow_id))
-    if not raw:
-        return []
-    steps = list(json.loads(raw)["steps"])
-    if job_id not in steps:
-        return []
-    number = steps.index(job_id) + 1
-    reason = f"workflow {workflow_id} cancelled at step {number}"
-    later = [step_id for step_id in steps[number:]
-             if app.AsyncResult(step_id).state not in celery_states.READY_STATES]
-    for step_id in later:
-        app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
-    if later:
-        app.control.revoke(later)
-    return later
 
 
 def _check_steps(steps: Any) -> list[tuple[str, dict[str, Any]]]:

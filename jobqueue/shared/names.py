@@ -101,3 +101,8 @@ def job_meta_from_kwargs(kwargs: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+#: The worker class ``celery -A jobqueue worker`` builds: it installs the worker's concerns
+#: (:mod:`jobqueue.worker.concerns`) into the app. Named, not imported: a client process never
+#: loads worker code.
+WORKER_CLASS = "jobqueue.worker.node:Worker"

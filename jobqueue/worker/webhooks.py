@@ -35,7 +35,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import requests
-from celery import signals
 from celery import states as celery_states
 
 from jobqueue.errors import ConfigError, TargetRefused
@@ -216,38 +215,42 @@ def _webhook_url(kwargs: Any) -> str | None:
     return url if isinstance(url, str) and url else None
 
 
-def register_webhooks(app: Any) -> None:
-    """Register the delivery task on ``app`` and enqueue a delivery whenever one of its job
-    tasks with a ``webhook_url`` ends (in the worker that ran it, or discarded it as revoked)."""
+def register_delivery_task(app: Any) -> None:
+    """Register the delivery task on ``app`` (any worker delivers)."""
 
     @app.task(bind=True, name=WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True,  # type: ignore[untyped-decorator]
               ignore_result=True, send_events=False, shared=False)
     def _deliver_webhook(self: Any, delivery: dict[str, Any]) -> str:
         return deliver(self, delivery)
 
-    def job_ended(task_id: str, kwargs: Any, state: str, retval: Any) -> None:
-        url = _webhook_url(kwargs)
-        runtime = getattr(app, "runtime", None)
-        if not url or (runtime is not None and runtime.is_given_up(task_id)):
-            return  # a given-up job ends elsewhere; that worker sends the webhook
-        try:
-            end = _job_end(app, task_id, state, retval)
-            if end is None:
-                return
-            status, result, error = end
-            service = kwargs.get("service") if isinstance(kwargs, Mapping) else None
-            enqueue(app, build_delivery(task_id, url, status, service=service, result=result, error=error))
-        except Exception:  # never let a webhook break the job's own ending
-            log.exception("could not enqueue the webhook of job %s", task_id)
 
-    def on_postrun(sender: Any = None, task_id: str = "", kwargs: Any = None, retval: Any = None,
-                   state: str = "", **_: Any) -> None:
-        if getattr(sender, "name", None) == RUN_JOB_TASK and getattr(sender, "app", None) is app:
-            job_ended(task_id, kwargs, state, retval)
+def _job_ended(app: Any, task_id: str, kwargs: Any, state: str, retval: Any) -> None:
+    """Enqueue the webhook delivery of a job that ended, if it asked for one."""
+    url = _webhook_url(kwargs)
+    runtime = getattr(app, "runtime", None)
+    if not url or (runtime is not None and runtime.is_given_up(task_id)):
+        return  # a given-up job ends elsewhere; that worker sends the webhook
+    try:
+        end = _job_end(app, task_id, state, retval)
+        if end is None:
+            return
+        status, result, error = end
+        service = kwargs.get("service") if isinstance(kwargs, Mapping) else None
+        enqueue(app, build_delivery(task_id, url, status, service=service, result=result, error=error))
+    except Exception:  # never let a webhook break the job's own ending
+        log.exception("could not enqueue the webhook of job %s", task_id)
 
-    def on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
-        if getattr(sender, "name", None) == RUN_JOB_TASK and getattr(sender, "app", None) is app and request:
-            job_ended(request.id, request.kwargs, celery_states.REVOKED, None)
 
-    signals.task_postrun.connect(on_postrun, weak=False)
-    signals.task_revoked.connect(on_revoked, weak=False)
+def on_task_postrun(sender: Any = None, task_id: str = "", kwargs: Any = None, retval: Any = None,
+                    state: str = "", **_: Any) -> None:
+    """``task_postrun``: a run of the job task ended (in the worker that ran it)."""
+    app = getattr(sender, "app", None)
+    if getattr(sender, "name", None) == RUN_JOB_TASK and app is not None:
+        _job_ended(app, task_id, kwargs, state, retval)
+
+
+def on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """``task_revoked``: the worker discarded a job's message as revoked."""
+    app = getattr(sender, "app", None)
+    if getattr(sender, "name", None) == RUN_JOB_TASK and app is not None and request:
+        _job_ended(app, request.id, request.kwargs, celery_states.REVOKED, None)

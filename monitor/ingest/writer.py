@@ -142,12 +142,20 @@ class Writer:
         self._thread: threading.Thread | None = None
         self.counts: Counter[str] = Counter()
         self.last_error: str | None = None
-        #: Turns a raw broker message (``bytes`` put on the queue) into events, in this thread;
-        #: set by the collector when it reads the stream raw (see :mod:`monitor.ingest.raw_reader`).
-        self.raw_decoder: Callable[[bytes], list[Any]] | None = None
+        self._calls: list[tuple[Callable[[], Any], threading.Event]] = []
+        self._calls_lock = threading.Lock()
+        #: Turns a raw broker message (``bytes`` put on the queue) into events, in this thread
+        #: (see :meth:`decode_raw_with`).
+        self._raw_decoder: Callable[[bytes], list[Any]] | None = None
         self.totals = totals
 
     # -- feeding ---------------------------------------------------------------------------
+    def decode_raw_with(self, decoder: Callable[[bytes], list[Any]]) -> None:
+        """Decode the raw broker messages (``bytes``) put on the queue with ``decoder``, in the
+        writer's thread. A collector reading the stream raw (:mod:`monitor.ingest.raw_reader`)
+        passes its decoder here before it starts: decoding leaves the reader's thread."""
+        self._raw_decoder = decoder
+
     def put(self, event: Any) -> bool:
         """Queue one event (or raw message); never blocks (a full queue drops, counts and
         returns False)."""
@@ -248,7 +256,7 @@ class Writer:
 
     def _decode_raw(self, items: list[Any]) -> list[Any]:
         """Raw messages replaced by their events (the decoder counts what does not decode)."""
-        decode = self.raw_decoder
+        decode = self._raw_decoder
         if decode is None:
             return items
         out: list[Any] = []

@@ -114,6 +114,7 @@ class FakeConsumer:
         self.task_consumer = self
         self.queues = [FakeQueue(q) for q in queues]
         self.hub = None
+        self.on_message = print  # it can take messages (Celery's event loop set its handler)
 
     def add_task_queue(self, name: str) -> None:
         self.queues.append(FakeQueue(name))
