@@ -491,10 +491,7 @@ def test_the_submit_endpoint_takes_each_documented_field_and_refuses_others(moni
 #: Imports that break docs/developers.md's "may import" column today, each to go while issue 23
 #: is under way: (importing module, imported package). A new one fails the test below, and so
 #: does an entry that no longer occurs (remove it then).
-IMPORT_EXCEPTIONS = {
-    ("jobqueue/transport/app.py", "jobqueue/worker/"),  # registers the task, bootsteps, webhooks
-    ("jobqueue/transport/kombu_redis.py", "jobqueue/worker/"),  # poison classification
-}
+IMPORT_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def expand(token: str) -> list[str]:

@@ -29,6 +29,7 @@ from jobqueue.config import Settings
 from jobqueue.errors import JobFailed
 from jobqueue.states import JobStatus
 from jobqueue.transport.app import create_app
+from jobqueue.worker.concerns import install as install_worker_concerns
 from monitor.ingest.hub import ChangeHub
 from monitor.ingest.raw_reader import EventDecoder
 from monitor.ingest.validate import check
@@ -99,6 +100,20 @@ def comparable(value: Any, names: dict[str, str]) -> Any:
             except ValueError:
                 pass
         return TIME_TEXT.sub("<time>", record.abstract(value, names))
+    return value
+
+
+#: Fields records gained since the recording (an addition old readers ignore): a webhook try's
+#: ``refused`` (issue 24, targets that resolve to a private address).
+ADDED_FIELDS = {"refused"}
+
+
+def without_added(value: Any) -> Any:
+    """``value`` without the :data:`ADDED_FIELDS` anywhere in it."""
+    if isinstance(value, dict):
+        return {k: without_added(v) for k, v in value.items() if k not in ADDED_FIELDS}
+    if isinstance(value, list):
+        return [without_added(v) for v in value]
     return value
 
 
@@ -178,7 +193,8 @@ def test_messages_an_old_client_queued_are_run_by_a_new_worker_with_the_results_
         # When a worker of today's code starts on that broker, and its service goes down under
         # the plain job for a moment as it did under the old worker
         down = tmp_path / "simulation-down"
-        start_worker("gpu0", WORKER_TAGS="customer:acme", SIMULATION_DOWN_FILE=str(down))
+        start_worker("gpu0", WORKER_TAGS="customer:acme", SIMULATION_DOWN_FILE=str(down),
+                     WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8")  # the local receiver, opened on purpose
         handle = jobqueue.get_job(plain, app=app)
         wait_for(lambda: handle.progress()["step"] >= record.RUNNING_STEP, 60, what="the plain job to run")
         record.retry_through_outage(jobqueue, app, down, plain)
@@ -199,7 +215,7 @@ def test_messages_an_old_client_queued_are_run_by_a_new_worker_with_the_results_
     for key, entry in old_ended.items():
         if key.startswith(("celery-task-meta-", "jobqueue-")):
             assert key in new_ended, key
-            assert comparable(new_ended[key], names) == comparable(entry, names), key
+            assert without_added(comparable(new_ended[key], names)) == comparable(entry, names), key
     results = {role: jobqueue.get_job(job_id, app=app) for job_id, role in roles(OLD["jobs"]).items()
                if role.startswith("<") and ":" in role}
     assert results["<workflow:1>"].result()["output"] == "first"
@@ -436,7 +452,8 @@ def test_the_public_names_settings_cli_and_task_names_did_not_move():
         assert name in now["settings"] and now["settings"][name] == default, name
     for command, options in surface["cli"].items():
         assert set(options) <= set(now["cli"].get(command, [])), command
-    celery_app = create_app(Settings())
+    # (a worker's app: the worker class installs the concerns that register the tasks)
+    celery_app = install_worker_concerns(create_app(Settings()))
     try:
         assert sorted(celery_app.tasks.keys()) == OLD["tasks"]
     finally:

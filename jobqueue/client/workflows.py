@@ -121,7 +121,10 @@ def submit_workflow(
         for step_id in step_ids:
             setter(workflow_step_key(step_id), workflow_id)
     record_submitted(app, step_ids)  # later steps are sent by workers, but queued from now on
-    chain(*signatures).apply_async()
+    # ``ignore_result=False`` spelled out: a client app does not register the job task (a worker
+    # does), and the first message of a chain of an unregistered task would leave that header
+    # empty; the message stays the one a registered task sends (rolling upgrades compare them).
+    chain(*signatures).apply_async(ignore_result=False)
     return WorkflowHandle(workflow_id, step_ids, app)
 
 

@@ -239,11 +239,15 @@ class WebhookSink:
 
 
 def scenario_settings(settings_class: Any, url: str, machine: str, workdir: Path) -> Any:
-    """The settings of a recorded run (fast leases and beats, the tag the scenarios require)."""
+    """The settings of a recorded run (fast leases and beats, the tag the scenarios require;
+    where the code refuses private webhook targets, the local receiver's network opened)."""
+    extra: dict[str, Any] = {}
+    if "webhook_allowed_networks" in settings_class.model_fields:
+        extra["webhook_allowed_networks"] = ("127.0.0.0/8", "::1/128")
     return settings_class(
         broker_url=url, result_backend=url, machine_id=machine, visibility_timeout=6.0, lease_interval=1.0,
         health_interval=1.0, status_beat=3.0, heartbeat_interval=2.0, output_dir=str(workdir / "outputs"),
-        worker_tags=("customer:acme",), simulation_down_file=str(workdir / "simulation-down"),
+        worker_tags=("customer:acme",), simulation_down_file=str(workdir / "simulation-down"), **extra,
     ).resolved()
 
 
