@@ -104,8 +104,11 @@ def sim_busy(url: str) -> bool:
 def test_the_example_payload_is_valid_and_bad_fields_are_refused_naming_each_problem():
     assert A1111Connector.validate(A1111Connector.example_payload)["mode"] == "txt2img"
     cases = [
-        ({"steps": -1}, "'steps' must be between 1 and 150 (the WebUI's limits), got -1"),
-        ({"steps": "20"}, "'steps' must be an integer, got '20'"),
+        ({"steps": -1}, "'steps' must be between 1 and 150 (the WebUI's UI limits; \"ui_limits\": false lifts them), "
+                        "got -1"),
+        ({"steps": -1, "ui_limits": False}, "'steps' must be >= 1, got -1"),
+        ({"steps": "twenty"}, "'steps' must be an integer, got 'twenty'"),
+        ({"steps": "7.5"}, "'steps' must be an integer, got '7.5'"),
         ({"cfg_scale": True}, "'cfg_scale' must be a number"),
         ({"width": 4096, "batch_size": 0}, "'width' must be between 64 and 2048"),
         ({"styles": [1]}, "'styles' must be a list of strings"),
@@ -127,6 +130,20 @@ def test_the_example_payload_is_valid_and_bad_fields_are_refused_naming_each_pro
     both = pytest.raises(InvalidPayloadError, A1111Connector.validate, {"width": 4096, "batch_size": 0})
     assert "'batch_size' must be between 1 and 8" in str(both.value)
     assert A1111Connector.validate({"mode": "img2img", "init_images": ["aGk="], "denoising_strength": 0.4})
+
+
+def test_only_what_the_webui_can_run_is_enforced_when_ui_limits_are_lifted_and_numeric_strings_are_numbers():
+    # The UI's slider limits are a default: the API takes 200 steps, 4096 px, batch 16, cfg 40
+    big = {"steps": 200, "width": 4096, "height": 64, "batch_size": 16, "cfg_scale": 40}
+    with pytest.raises(InvalidPayloadError, match="'steps' must be between 1 and 150"):
+        A1111Connector.validate(big)
+    assert A1111Connector.validate({**big, "ui_limits": False})["steps"] == 200
+    # Numeric strings are what the WebUI's models make of them (pydantic 1 and 2 alike), and go on as numbers
+    assert A1111Connector.validate({"steps": "20", "cfg_scale": "7.5", "seed": " 5"}) == {
+        "steps": 20, "cfg_scale": 7.5, "seed": 5, "mode": "txt2img"}
+    # ui_limits is ours: never sent to the WebUI
+    from jobqueue.connectors.a1111.payload import request_body
+    assert "ui_limits" not in request_body(A1111Connector.validate({**big, "ui_limits": False}), "t")
 
 
 def test_webui_error_answers_are_described_in_one_line():
@@ -194,11 +211,34 @@ def test_every_new_live_preview_of_the_webui_is_handed_to_the_job_as_a_png(sim, 
     assert all(a != b for a, b in pairwise(previews))
 
 
-def test_an_unknown_sampler_fails_with_the_webuis_own_error(connector):
+def test_an_unknown_sampler_fails_clearly_whether_the_webui_refuses_it_or_falls_back_silently(sim, connector):
+    # Given A1111 1.10, which runs an unknown sampler as DPM++ 2M and answers 200
     with pytest.raises(ExecutionFailed) as info:
         connector.run(Job(id="s", service="a1111", payload={"steps": 2, "sampler_name": "Nope"}), Reports())
-    assert str(info.value) == "the WebUI answered 404: HTTPException: Sampler not found"
-    assert not info.value.retryable
+    # Then the info is compared with the request, and the job fails, naming both
+    assert str(info.value).startswith("the WebUI ran sampler 'DPM++ 2M' instead of 'Nope'")
+    assert not info.value.retryable and info.value.details["sampler_name"] == "DPM++ 2M"
+    # And a sampler with a scheduler suffix is honoured as the sampler it names
+    result = connector.run(Job(id="k", service="a1111", payload={"steps": 2, "sampler_name": "DPM++ 2M Karras"}),
+                           Reports())
+    assert result["info"]["sampler_name"] == "DPM++ 2M"
+    # Given A1111 1.8, which refuses it with a 404
+    sim.configure(version="1.8")
+    with pytest.raises(ExecutionFailed) as refused:
+        connector.run(Job(id="s8", service="a1111", payload={"steps": 2, "sampler_name": "Nope"}), Reports())
+    assert str(refused.value) == "the WebUI answered 404: HTTPException: Sampler not found"
+
+
+def test_a_checkpoint_the_webui_does_not_have_fails_the_job_and_its_aliases_are_honoured(sim, connector):
+    # An unknown checkpoint is dropped silently by the WebUI: the info says which model ran
+    with pytest.raises(ExecutionFailed, match="ran checkpoint 'v1-5-pruned-emaonly' .* instead of 'nope.safetensors'"):
+        connector.run(Job(id="c", service="a1111", payload={
+            "steps": 1, "override_settings": {"sd_model_checkpoint": "nope.safetensors"}}), Reports())
+    # A short hash or a name without extension is the checkpoint itself
+    for alias in ("31e35c80fc", "sd_xl_base_1.0"):
+        result = connector.run(Job(id=f"c-{alias}", service="a1111", payload={
+            "steps": 1, "override_settings": {"sd_model_checkpoint": alias}}), Reports())
+        assert result["info"]["sd_model_name"] == "sd_xl_base_1.0"
 
 
 def test_a_webui_busy_with_another_clients_job_is_alive_and_its_progress_is_not_ours(sim, connector):
@@ -257,8 +297,12 @@ def test_progress_that_stays_unchanged_longer_than_the_node_limit_stalls(sim, co
     with pytest.raises(JobStalled, match="showed no progress for 1.5 s"):
         connector.run(Job(id="stuck", service="a1111", payload={"steps": 3, "node_timeout": 1.5}), Reports())
     assert time.monotonic() - started < 1.5 + 3
-    # And the connector interrupted its task, so the WebUI is free again
-    wait_for(lambda: not sim_busy(sim.url), 10, what="the WebUI to be idle")
+    # And the connector interrupted its task (the WebUI honours it at its next step: a real
+    # WebUI runs the request on whatever the client does, so it is not idle at once) and keeps
+    # the request in its orphan book until the WebUI is done with it
+    assert any(r["path"] == "/sdapi/v1/interrupt" for r in sim.requests())
+    assert requests.get(f"{sim.url}/sdapi/v1/progress", timeout=5).json()["state"]["interrupted"] is True
+    assert "jobqueue-stuck-0" in connector.orphans.entries()
 
 
 def test_a_frozen_webui_stalls_the_job_within_the_stall_timeout(sim, connector):
