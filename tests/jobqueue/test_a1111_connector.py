@@ -151,6 +151,10 @@ def test_webui_error_answers_are_described_in_one_line():
     assert describe_error(422, detail) == "the WebUI refused the request (422): steps: value is not a valid integer"
     crashed = {"error": "OutOfMemoryError", "detail": "", "body": "", "errors": "CUDA out of memory"}
     assert describe_error(500, crashed) == "the WebUI answered 500: OutOfMemoryError: CUDA out of memory"
+    # Forge's and FastAPI's other shapes keep their message
+    assert describe_error(404, {"detail": "Not Found"}) == "the WebUI answered 404: Not Found"
+    forge = {"error": "RuntimeError", "detail": "", "body": "", "message": "Model not loaded"}
+    assert describe_error(500, forge) == "the WebUI answered 500: RuntimeError: Model not loaded"
 
 
 def test_each_worker_takes_its_gpus_webui_url_and_a_bad_url_map_names_its_variable():
@@ -344,6 +348,129 @@ def test_cancelling_a_job_queued_behind_another_clients_never_interrupts_that_jo
     assert not [r for r in sim.requests() if r["path"] in ("/sdapi/v1/interrupt", "/sdapi/v1/skip")]
     requests.post(f"{sim.url}/sdapi/v1/interrupt", timeout=5)
     other.join(10)
+
+
+# -- as the real WebUI behaves (issue 26) ----------------------------------------------------------
+def _cancel_while_queued(sim: A1111SimulatorThread, connector: A1111Connector) -> threading.Thread:
+    """Another client's long job runs; our job "gone" is cancelled while queued behind it."""
+    other = other_client(sim.url, {"steps": 400, "force_task_id": "theirs"})
+    wait_for(lambda: sim_busy(sim.url), what="the other job to run")
+    job = Job(id="gone", service="a1111", payload={"steps": 150, "width": 64, "height": 64})
+    thread, outcome = run_in_thread(connector, job)
+    wait_for(lambda: "jobqueue-gone-0" in sim.server.engine.runs, what="our request to reach the WebUI")
+    connector.cancel(job)
+    thread.join(15)
+    assert isinstance(outcome[0], JobCancelled) and "before the WebUI started it" in str(outcome[0])
+    assert "jobqueue-gone-0" in connector.orphans.entries()
+    return other
+
+
+@pytest.mark.parametrize("version", ["1.10", "1.7"])
+def test_a_request_abandoned_while_queued_is_interrupted_when_it_begins_not_run_ahead_of_the_next_job(
+        sim, connector, version):
+    # Given a WebUI with task ids (1.10) or without (1.7: by job order), and a cancelled queued
+    # job whose request the WebUI still holds (a closed socket does not stop it)
+    sim.configure(step_seconds=0.02, version=version)
+    other = _cancel_while_queued(sim, connector)
+    # When the next job runs behind it
+    result = connector.run(Job(id="next", service="a1111", payload={"steps": 5, "width": 64, "height": 64}), Reports())
+    other.join(15)
+    # Then the abandoned request was interrupted as it began, the other client's job was not,
+    # and the next job ran after it, in full
+    runs = sim.server.engine.runs
+    gone, theirs, ours = runs["jobqueue-gone-0"], runs["theirs"], runs["jobqueue-next-0"]
+    assert gone["interrupted"] and gone["steps"] < 100, gone
+    assert not theirs["interrupted"] and theirs["steps"] == 400
+    assert result["files"] and ours["steps"] == 5 and ours["started"] >= gone["ended"]
+    # And the book no longer holds it once the WebUI is done with it
+    connector.check_health()
+    assert "jobqueue-gone-0" not in connector.orphans.entries()
+
+
+def test_on_a_webui_before_1_8_progress_and_interrupt_follow_the_order_of_jobs(sim, connector):
+    # Given a 1.7 WebUI (no task ids for API requests) busy with another client's job
+    sim.configure(version="1.7", step_seconds=0.03)
+    assert connector.check_health().details["task_ids"] is False
+    other = other_client(sim.url, {"steps": 60})
+    wait_for(lambda: sim_busy(sim.url), what="the other job to run")
+    # When our job waits behind it, then runs, and is cancelled mid-way
+    reports = Reports()
+    job = Job(id="old", service="a1111", payload={"steps": 150, "width": 64, "height": 64})
+    thread = threading.Thread(target=lambda: pytest.raises(JobCancelled, connector.run, job, reports))
+    thread.start()
+    wait_for(lambda: any((r.get("step") or 0) >= 5 for r in reports.items), 20, what="our own steps")
+    connector.cancel(job)
+    thread.join(15)
+    other.join(10)
+    # Then it waited, reported only its own steps, and interrupted only its own job
+    assert reports.items[1]["message"] == "waiting: the WebUI is busy with another client's job"
+    assert all(r.get("total_steps") in (None, 150) for r in reports.items)
+    runs = sim.server.engine.runs
+    assert runs["jobqueue-old-0"]["interrupted"] and runs["jobqueue-old-0"]["steps"] < 150
+    assert [r for r in runs.values() if r is not runs["jobqueue-old-0"]][0]["steps"] == 60
+
+
+def test_the_next_clients_job_running_while_our_images_are_encoded_never_lands_on_our_job(sim, connector):
+    # Given a WebUI slow to encode our answer, and another client's job queued behind ours
+    sim.configure(step_seconds=0.02, encode_seconds=2.0)
+    reports = Reports()
+    job = Job(id="mine", service="a1111", payload={"steps": 10, "width": 64, "height": 64})
+    previews: list[bytes] = []
+    job.report_preview = lambda data, mime: previews.append(data)  # type: ignore[method-assign]
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(connector.run(job, reports)))
+    thread.start()
+    wait_for(lambda: sim.server.engine.tasks.current == "jobqueue-mine-0", what="our job to run")
+    other = other_client(sim.url, {"steps": 300, "force_task_id": "theirs"})
+    # When their job runs (with previews) while our answer is on its way, and someone cancels it
+    wait_for(lambda: sim.server.engine.state.sampling_step >= 25 and sim.server.engine.tasks.current == "theirs",
+             what="their job under way during our encoding")
+    assert thread.is_alive()
+    requests.post(f"{sim.url}/sdapi/v1/interrupt", timeout=5)
+    thread.join(15)
+    other.join(10)
+    # Then our job succeeded with only its own progress and preview
+    assert outcome and outcome[0]["files"], outcome
+    assert all(r.get("total_steps") in (None, 10) for r in reports.items), reports.items
+    assert len(previews) <= 1
+
+
+def test_the_silent_reload_after_an_override_is_restored_counts_as_loading_not_a_stall(sim, connector):
+    # Given a job that switched the checkpoint by override (restored afterwards)
+    sim.configure(load_seconds=2.5, step_seconds=0.02)
+    connector.run(Job(id="xl", service="a1111", payload={"steps": 1, "override_settings": {"sd_model_checkpoint": XL}}),
+                  Reports())
+    # When a plain job follows, with a 1 s node limit, while the WebUI reloads its own model for 2.5 s
+    reports = Reports()
+    result = connector.run(Job(id="plain", service="a1111", payload={"steps": 2, "node_timeout": 1.0}), reports)
+    # Then it completed on the options' checkpoint, and said what the WebUI was doing
+    assert result["info"]["sd_model_name"] == "v1-5-pruned-emaonly" and sim.server.engine.loads == 2
+    assert any("loads its checkpoint" in (r.get("message") or "") for r in reports.items)
+
+
+def test_an_unknown_override_option_and_out_of_memory_fail_with_the_webuis_message(sim, connector):
+    with pytest.raises(ExecutionFailed) as unknown:
+        connector.run(Job(id="opt", service="a1111", payload={"steps": 1, "override_settings": {"no_such": 1}}),
+                      Reports())
+    assert str(unknown.value) == ("the WebUI answered 500: KeyError: 'no_such' "
+                                  "(override_settings names an option this WebUI does not have)")
+    sim.configure(oom_next=1)
+    with pytest.raises(ExecutionFailed, match="the WebUI answered 500: OutOfMemoryError: CUDA out of memory"):
+        connector.run(Job(id="oom", service="a1111", payload={"steps": 1}), Reports())
+
+
+def test_a_500_from_progress_is_an_answer_not_silence_and_previews_are_skipped(sim, connector):
+    # Given a job whose previews the WebUI cannot encode (samples_format avif): /progress answers 500
+    sim.configure(step_seconds=0.05)
+    reports = Reports()
+    job = Job(id="avif", service="a1111", payload={"steps": 60, "width": 64, "height": 64, "stall_timeout": 1.0,
+                                                   "override_settings": {"samples_format": "avif"}})
+    # When it runs for longer than its stall timeout
+    result = connector.run(job, reports)
+    # Then it was not taken for a silent WebUI: it completed, with its progress, and said why no previews
+    assert result["files"] and max(r.get("step") or 0 for r in reports.items) >= 30
+    assert any("live previews unavailable" in (r.get("message") or "") and "Invalid image format" in r["message"]
+               for r in reports.items)
 
 
 # -- acceptance: real workers, real Redis, the simulator over real sockets ------------------------
