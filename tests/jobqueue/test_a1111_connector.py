@@ -379,7 +379,7 @@ def test_a_request_abandoned_while_queued_is_interrupted_when_it_begins_not_run_
     # and the next job ran after it, in full
     runs = sim.server.engine.runs
     gone, theirs, ours = runs["jobqueue-gone-0"], runs["theirs"], runs["jobqueue-next-0"]
-    assert gone["interrupted"] and gone["steps"] < 100, gone
+    assert gone["interrupted"] and gone["steps"] < 150, gone
     assert not theirs["interrupted"] and theirs["steps"] == 400
     assert result["files"] and ours["steps"] == 5 and ours["started"] >= gone["ended"]
     # And the book no longer holds it once the WebUI is done with it
@@ -412,7 +412,7 @@ def test_on_a_webui_before_1_8_progress_and_interrupt_follow_the_order_of_jobs(s
 
 def test_the_next_clients_job_running_while_our_images_are_encoded_never_lands_on_our_job(sim, connector):
     # Given a WebUI slow to encode our answer, and another client's job queued behind ours
-    sim.configure(step_seconds=0.02, encode_seconds=2.0)
+    sim.configure(step_seconds=0.02, encode_seconds=3.0)
     reports = Reports()
     job = Job(id="mine", service="a1111", payload={"steps": 10, "width": 64, "height": 64})
     previews: list[bytes] = []

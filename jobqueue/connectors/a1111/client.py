@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 def has_task_ids(version: str | None) -> bool | None:
     """Whether a WebUI of ``version`` (``/internal/sysinfo``'s "Version") tracks API task ids:
-    A1111 1.8 and later, every Forge (``f2.0.1v1.10.1-...``, ``v1.7.0-...`` Forge builds on 1.7
-    included: Forge took the change before its first release); None when the version says nothing."""
+    A1111 1.8 and later, and every Forge (``f2.0.1v1.10.1-...``: Forge branched after the change);
+    None when the version says nothing."""
     if not version:
         return None
     if version.startswith("f"):

@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 #: Fault modes accepted by ``POST /_sim/fault``.
 FAULT_MODES = ("none", "refuse", "freeze", "slow", "die")
 _SIM_PREFIX = "/_sim/"
-#: Routes an older WebUI build does not have.
-_LEGACY_MISSING = ("/internal/ping", "/internal/progress")
+#: Routes a WebUI started with --nowebui (API only) does not have.
+_LEGACY_MISSING = ("/internal/ping", "/internal/progress", "/internal/sysinfo", "/internal/pending-tasks")
 _BOOL_TRUE = {"1", "on", "t", "true", "y", "yes"}
 _BOOL_FALSE = {"0", "off", "f", "false", "n", "no"}
 
