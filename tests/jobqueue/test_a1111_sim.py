@@ -342,3 +342,18 @@ def test_progress_answers_500_while_a_preview_exists_in_a_format_it_cannot_encod
     assert progress(sim.url, skip=True)["state"]["sampling_step"] >= 10
     thread.join(10)
     assert out["response"].status_code == 200  # the answer is encoded with the restored png
+
+
+def test_a_simulator_process_takes_its_version_and_vram_from_the_command_line(tmp_path):
+    from jobqueue.sims.a1111.process import A1111SimulatorProcess
+
+    proc = A1111SimulatorProcess(version="1.7", vram_gb=4, log_path=tmp_path / "sim.log").start()
+    try:
+        assert requests.get(f"{proc.url}/internal/sysinfo", timeout=5).json()["Version"] == "v1.7.0"
+        # 2 + 1.5 x (1024 x 1024 x 2 / 10^6) = 5.1 GB > 4 GB
+        failed = requests.post(f"{proc.url}/sdapi/v1/txt2img", timeout=10,
+                               json={"steps": 1, "width": 1024, "height": 1024, "batch_size": 2})
+        assert failed.status_code == 500 and failed.json()["errors"].startswith("CUDA out of memory")
+        assert requests.post(f"{proc.url}/sdapi/v1/txt2img", json={"steps": 1}, timeout=10).status_code == 200
+    finally:
+        proc.stop()

@@ -104,7 +104,7 @@ class Engine:
     """One WebUI's generation side: state, options, queue lock and task bookkeeping."""
 
     def __init__(self, flavour: str = "a1111", *, step_seconds: float = 0.05, load_seconds: float = 1.0,
-                 version: str = "1.10") -> None:
+                 version: str = "1.10", vram_gb: float = DEFAULT_VRAM_GB) -> None:
         self.flavour = flavour
         self.release = (1, 10) if flavour == "forge" else parse_version(version)
         self.state = State()
@@ -113,7 +113,7 @@ class Engine:
         self.load_seconds = load_seconds
         self.encode_seconds = 0.05
         #: Simulated VRAM (GB), and how many coming requests fail out of memory whatever their size.
-        self.vram_gb = DEFAULT_VRAM_GB
+        self.vram_gb = vram_gb
         self.oom_next = 0
         self.opts: dict[str, Any] = dict(DEFAULT_OPTIONS)
         #: The checkpoint in memory (``override_settings`` may restore the option afterwards).

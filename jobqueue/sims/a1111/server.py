@@ -68,10 +68,11 @@ class A1111SimServer(SimHTTPServer):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 7860, *, flavour: str = "a1111",
                  control_port: int | None = None, step_seconds: float = 0.05, load_seconds: float = 1.0,
-                 version: str = "1.10") -> None:
+                 version: str = "1.10", vram_gb: float = 24.0) -> None:
         super().__init__(host, port, control_port)
         self.flavour = flavour
-        self.engine = Engine(flavour, step_seconds=step_seconds, load_seconds=load_seconds, version=version)
+        self.engine = Engine(flavour, step_seconds=step_seconds, load_seconds=load_seconds, version=version,
+                             vram_gb=vram_gb)
         self.fault = "none"
         self.slow_seconds = 2.0
         #: Behave like a WebUI started with --nowebui: no /internal/* routes.
