@@ -215,22 +215,33 @@ def test_every_new_live_preview_of_the_webui_is_handed_to_the_job_as_a_png(sim, 
     assert all(a != b for a, b in pairwise(previews))
 
 
-def test_an_unknown_sampler_fails_clearly_whether_the_webui_refuses_it_or_falls_back_silently(sim, connector):
-    # Given A1111 1.10, which runs an unknown sampler as DPM++ 2M and answers 200
+def test_a_sampler_the_webui_does_not_have_fails_before_anything_runs(sim, connector):
+    # Given A1111 1.10, which would run an unknown sampler as DPM++ 2M and answer 200
     with pytest.raises(ExecutionFailed) as info:
         connector.run(Job(id="s", service="a1111", payload={"steps": 2, "sampler_name": "Nope"}), Reports())
-    # Then the info is compared with the request, and the job fails, naming both
-    assert str(info.value).startswith("the WebUI ran sampler 'DPM++ 2M' instead of 'Nope'")
-    assert not info.value.retryable and info.value.details["sampler_name"] == "DPM++ 2M"
-    # And a sampler with a scheduler suffix is honoured as the sampler it names
+    # Then the job fails at once against /sdapi/v1/samplers, naming what the WebUI has, and
+    # nothing was posted
+    assert str(info.value).startswith("the WebUI has no sampler 'Nope'") and "DPM++ 2M, DPM++ 2M SDE" in str(info.value)
+    assert not info.value.retryable
+    assert not [r for r in sim.requests() if r["path"] == "/sdapi/v1/txt2img"]
+    # And a sampler with a scheduler suffix is the sampler it names
     result = connector.run(Job(id="k", service="a1111", payload={"steps": 2, "sampler_name": "DPM++ 2M Karras"}),
                            Reports())
     assert result["info"]["sampler_name"] == "DPM++ 2M"
-    # Given A1111 1.8, which refuses it with a 404
-    sim.configure(version="1.8")
-    with pytest.raises(ExecutionFailed) as refused:
-        connector.run(Job(id="s8", service="a1111", payload={"steps": 2, "sampler_name": "Nope"}), Reports())
-    assert str(refused.value) == "the WebUI answered 404: HTTPException: Sampler not found"
+
+
+def test_an_answer_whose_info_shows_another_sampler_or_checkpoint_than_asked_is_not_honoured():
+    from jobqueue.connectors.a1111.answers import unhonoured
+
+    # What a 1.9+ WebUI answers when it fell back silently: the job is failed with both names
+    fallback = unhonoured({"sampler_name": "Nope"}, {"sampler_name": "DPM++ 2M"})
+    assert fallback is not None and fallback.startswith("the WebUI ran sampler 'DPM++ 2M' instead of 'Nope'")
+    assert unhonoured({"sampler_name": "Euler a Karras"}, {"sampler_name": "Euler a"}) is None
+    info = {"sd_model_name": "sd_xl_base_1.0", "sd_model_hash": "31e35c80fc"}
+    for alias in ("sd_xl_base_1.0.safetensors [31e35c80fc]", "sd_xl_base_1.0", "XL/sd_xl_base_1.0.safetensors",
+                  "31e35c80fc", "other-name [31e35c80fc]"):
+        assert unhonoured({"override_settings": {"sd_model_checkpoint": alias}}, info) is None, alias
+    assert "instead of 'v1-5'" in str(unhonoured({"override_settings": {"sd_model_checkpoint": "v1-5"}}, info))
 
 
 def test_a_checkpoint_the_webui_does_not_have_fails_the_job_and_its_aliases_are_honoured(sim, connector):

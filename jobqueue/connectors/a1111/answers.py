@@ -8,7 +8,8 @@ Error bodies (``describe_error``):
   ``errors`` is ``str(e)``: "CUDA out of memory...", "'no_such_option'");
 * Forge's and FastAPI's plain ``{"detail": "..."}`` and ``{"error", "detail", "body", "message"}``.
 
-Honoured (``unhonoured``): A1111 1.9+ and Forge run an unknown sampler as their default
+Honoured (``unknown_sampler`` before posting, against ``/sdapi/v1/samplers``; ``unhonoured``
+after the answer): A1111 1.9+ and Forge run an unknown sampler as their default
 (``DPM++ 2M``) and drop an unknown ``override_settings.sd_model_checkpoint`` silently, both with
 a 200. The rule: a job that names ``sampler_name`` (or ``sampler_index``) fails unless the
 answer's ``info.sampler_name`` is that name, possibly followed by a scheduler label ("DPM++ 2M
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import http.client
 import re
+from collections.abc import Collection
 from typing import Any
 
 #: Scheduler labels a sampler name may end with (``modules/sd_schedulers.py``).
@@ -86,6 +88,19 @@ def _sampler_honoured(asked: str, ran: str) -> bool:
     if asked == ran:
         return True
     return any(asked == f"{ran} {label}" for label in SCHEDULER_LABELS)
+
+
+def unknown_sampler(payload: dict[str, Any], names: Collection[str]) -> str | None:
+    """Why the sampler the payload names is not among the WebUI's ``names``
+    (``/sdapi/v1/samplers``), or None. The WebUI looks a sampler up by its exact name after
+    stripping a scheduler label, so an alias is unknown too."""
+    asked = payload.get("sampler_name") or payload.get("sampler_index")
+    if not isinstance(asked, str) or not asked or not names:
+        return None
+    if any(_sampler_honoured(asked, name) for name in names):
+        return None
+    return (f"the WebUI has no sampler {asked!r} (A1111 1.9+ and Forge would run their default sampler "
+            f"instead); it has: {', '.join(sorted(names))}")
 
 
 def _checkpoint_names(asked: str) -> tuple[str, str | None]:

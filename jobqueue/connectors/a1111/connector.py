@@ -33,7 +33,14 @@ import requests
 
 from jobqueue.config import Settings
 from jobqueue.connectors.a1111 import abandoned
-from jobqueue.connectors.a1111.answers import decode_image, describe_error, image_type, reason, unhonoured
+from jobqueue.connectors.a1111.answers import (
+    decode_image,
+    describe_error,
+    image_type,
+    reason,
+    unhonoured,
+    unknown_sampler,
+)
 from jobqueue.connectors.a1111.client import WebUIClient, has_task_ids
 from jobqueue.connectors.a1111.fields import ROUTES
 from jobqueue.connectors.a1111.follow import Follower, Run
@@ -76,6 +83,8 @@ class A1111Connector(Connector):
         self._suspect = True  # ask once before the first job
         self._version: str | None = None
         self._probed = False
+        #: The WebUI's sampler names (``/sdapi/v1/samplers``), asked once per server start.
+        self._samplers: set[str] | None = None
 
     @classmethod
     def validate(cls, payload: Any) -> dict[str, Any]:
@@ -113,7 +122,7 @@ class A1111Connector(Connector):
                 self._learn_version(self._read_version(client))
             self._sweep(client, HEALTH_TIMEOUT)
         except ServiceUnavailable as exc:
-            self._version, self._probed = None, False  # a restarted WebUI may be another version
+            self._version, self._probed, self._samplers = None, False, None  # a restarted WebUI may differ
             return Health(ConnectorStatus.OFFLINE, str(exc), facts)
         except requests.Timeout:
             return Health(ConnectorStatus.ERROR, f"the WebUI at {self.base_url} did not answer within "
@@ -179,6 +188,9 @@ class A1111Connector(Connector):
         """Post the request (booked first), follow it, read its answer; strike it out of the
         orphan book once the WebUI answered, keep it there when we gave up on it."""
         job, timeout = run.job, max(0.5, min(3.0, stall / 2))
+        wrong = unknown_sampler(payload, self._sampler_names(timeout))
+        if wrong is not None:
+            raise ExecutionFailed(wrong, {"sampler_name": payload.get("sampler_name") or payload.get("sampler_index")})
         if not self._client.task_ids:
             run.order = self._job_order(timeout)
         with self._runs_lock:
@@ -204,6 +216,17 @@ class A1111Connector(Connector):
                 self.orphans.discard(run.task_id)
             with self._runs_lock:
                 self._runs.pop(job.id, None)
+
+    def _sampler_names(self, timeout: float) -> set[str]:
+        """The WebUI's sampler names (empty when it does not say: the answer's info is checked then)."""
+        if self._samplers is None:
+            try:
+                response = self._client.request("GET", "/sdapi/v1/samplers", timeout=timeout)
+                listed = response.json() if response.status_code == 200 else []
+                self._samplers = {str(s["name"]) for s in listed if isinstance(s, dict) and s.get("name")}
+            except (requests.Timeout, ValueError, TypeError):
+                return set()
+        return self._samplers
 
     def _job_order(self, timeout: float) -> JobOrder:
         """Without task ids: the state when we post, and our abandoned requests ahead of ours
