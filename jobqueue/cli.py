@@ -291,12 +291,15 @@ def comfyui_sim(host: str, port: int, control_port: int | None, output_dir: str 
 @click.option("--flavour", type=click.Choice(["a1111", "forge"]), default="a1111", show_default=True,
               help="AUTOMATIC1111 v1.10.1 or Forge (their 422 bodies differ).")
 @click.option("--step-seconds", type=float, default=0.05, show_default=True, help="Time per sampling step.")
-def a1111_sim(host: str, port: int, control_port: int | None, flavour: str, step_seconds: float) -> None:
+@click.option("--webui-version", type=click.Choice(["1.7", "1.8", "1.9", "1.10"]), default="1.10", show_default=True,
+              help="A1111 release to imitate (1.7: no task ids; <= 1.8: an unknown sampler is a 404).")
+def a1111_sim(host: str, port: int, control_port: int | None, flavour: str, step_seconds: float,
+              webui_version: str) -> None:
     """Run the Stable Diffusion WebUI (A1111/Forge) simulator: the /sdapi/v1 API over real HTTP."""
     with needs_extra("the WebUI simulator", "a1111-sim"):
         from jobqueue.sims.a1111.server import run
 
-    run(host, port, control_port=control_port, flavour=flavour, step_seconds=step_seconds)
+    run(host, port, control_port=control_port, flavour=flavour, step_seconds=step_seconds, version=webui_version)
 
 
 if __name__ == "__main__":
