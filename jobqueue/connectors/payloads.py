@@ -76,6 +76,10 @@ class ComfyUIPayload(PayloadModel):
     timeout: Seconds | None = None
     stall_timeout: Seconds | None = None
     node_timeout: Seconds | None = None
+    partial_outputs: Annotated[Literal["fail", "warn"], Field(
+        description="When ComfyUI accepts the workflow with some outputs invalid (it runs the others): "
+                    "'fail' the job with ComfyUI's node errors, or 'warn': complete it with a warning "
+                    "naming each output that did not run.")] = "fail"
 
     @field_validator("workflow", mode="before")
     @classmethod
@@ -90,7 +94,12 @@ class ComfyUIPayload(PayloadModel):
                 raise ValueError(f"workflow node {node_id!r} must be an object with class_type and inputs")
             if not isinstance(node.get("class_type"), str) or not node["class_type"]:
                 raise ValueError(f"workflow node {node_id!r} has no 'class_type' string")
-            if not isinstance(node.get("inputs", {}), dict):
+            if "inputs" not in node:
+                # ComfyUI 0.3.64 accepts it when no output needs the node, then its executor
+                # thread dies on it (KeyError building cache keys): nothing runs until a restart.
+                raise ValueError(f"workflow node {node_id!r} has no 'inputs' (give it \"inputs\": {{}}): ComfyUI "
+                                 "would accept it and then stop running any prompt until restarted")
+            if not isinstance(node["inputs"], dict):
                 raise ValueError(f"workflow node {node_id!r} has 'inputs' that is not an object")
         return workflow
 
