@@ -248,7 +248,8 @@ def validate_simulation(payload: Any) -> dict[str, Any]:
 
 
 def validate_comfyui(payload: Any) -> dict[str, Any]:
-    """The ``comfyui`` payload: its workflow, and the time limits given (as floats)."""
+    """The ``comfyui`` payload: its workflow, the time limits given (as floats) and
+    ``partial_outputs`` when given."""
     if isinstance(payload, dict) and "workflow" not in payload:
         payload = {**payload, "workflow": {}}  # one message for "absent" and "empty"
     model = check(ComfyUIPayload, "comfyui", payload)
@@ -257,6 +258,8 @@ def validate_comfyui(payload: Any) -> dict[str, Any]:
         value = getattr(model, name)
         if value is not None:
             result[name] = float(value)
+    if "partial_outputs" in model.model_fields_set:
+        result["partial_outputs"] = model.partial_outputs
     return result
 
 

@@ -3,7 +3,8 @@ as ComfyUI's own (``EmptyImage``, ``ImageInvert``, ``SaveImage``, ``PreviewImage
 two test nodes the recorded traces used (``HarnessSleepProgress``, ``HarnessFail``) and the
 simulator's own: ``SimPreviewSampler`` sends a live preview with every step the way a sampler
 with latent previews does; ``SimSilentSleep`` sleeps without any progress (a VAE decode, a
-model load: nothing an interrupt can land on); ``SimBlockOutputs`` blocks its output the way
+model load: nothing an interrupt can land on) and ``SimSlowSave`` is an output node that does
+(a large batch saved: an interrupt during the last node is never honoured); ``SimBlockOutputs`` blocks its output the way
 ComfyUI's ``ExecutionBlocker`` does (a switch node, a filter).
 
 Images are uniform colours (:class:`Image`), so a node never holds pixel buffers; only
@@ -167,6 +168,13 @@ async def _silent_sleep(ctx: NodeContext, image: Any, seconds: float = 1.0) -> N
     return (img,), None
 
 
+async def _slow_save(ctx: NodeContext, images: Any, seconds: float = 1.0, filename_prefix: str = "ComfyUI",
+                     prompt: Any = None, extra_pnginfo: Any = None) -> NodeResult:
+    """An output node that takes ``seconds`` without progress (a large batch written to a slow disk)."""
+    await ctx.sleep(seconds)
+    return await _save_image(ctx, images, filename_prefix, prompt, extra_pnginfo)
+
+
 async def _block_outputs(ctx: NodeContext, image: Any, block: bool = True, message: str = "blocked") -> NodeResult:
     return ((Blocker(message or None) if block else _image(image)),), None
 
@@ -245,6 +253,17 @@ NODES: dict[str, NodeDef] = {
             category="testing",
             python_module="jobqueue.sims.comfyui",
             description="Sleeps without reporting progress.",
+        ),
+        NodeDef(
+            "SimSlowSave",
+            {"images": ["IMAGE"], "seconds": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 3600.0, "step": 0.01}],
+             "filename_prefix": ["STRING", {"default": "ComfyUI"}]},
+            _slow_save,
+            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+            output_node=True,
+            category="testing",
+            python_module="jobqueue.sims.comfyui",
+            description="Saves like SaveImage after sleeping without progress.",
         ),
         NodeDef(
             "SimBlockOutputs",
