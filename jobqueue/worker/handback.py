@@ -14,7 +14,9 @@ calls for every message of the task, before ``task-received``): it reads the job
   a worker that can run it gets it.
 
 Capabilities are as of the last health check. A model deleted since is found by the service
-itself (ComfyUI refuses the prompt with ``value_not_in_list`` before running anything):
+itself (ComfyUI refuses the prompt with ``value_not_in_list`` before running anything, or, for
+a V3 loader, fails it with ``FileNotFoundError`` when the loader runs: the connector lists the
+file under ``missing_models``):
 :func:`hand_back_if_models_vanished` then refreshes the capabilities and sends the job back to
 its queue without counting a retry (the job shows ``retrying`` once, then runs elsewhere).
 """

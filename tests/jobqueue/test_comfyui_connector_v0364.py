@@ -209,3 +209,11 @@ def test_a_cancel_uses_the_atomic_job_cancel_when_the_server_offers_it(sim, conn
     cancel = [p for p in paths if p.startswith("/api/jobs/")]
     assert len(cancel) == 1
     assert ("/interrupt" in paths) is not newer
+
+
+def test_queue_items_of_five_or_six_elements_are_read_alike():
+    from jobqueue.connectors.comfyui.protocol import queue_position
+
+    newer = {"queue_running": [[0, "p1", {}, {"create_time": 1}, ["9"], {}]], "queue_pending": [[1, "p2", {}, {}, []]]}
+    assert (queue_position(newer, "p1"), queue_position(newer, "p2"), queue_position(newer, "p3")) == \
+        ("running", "pending", None)
