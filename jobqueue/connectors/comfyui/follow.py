@@ -12,7 +12,8 @@ A silenced socket is reopened: ComfyUI keeps one socket per client id and drops 
 registration whenever *any* handler of that id ends, so an old connection that closes late
 leaves the new one open but deaf. When a poll finds our prompt running and the socket has
 carried nothing at all for ``SILENT_REOPEN`` s (at most half the node limit), the socket is
-reopened; ComfyUI then repeats the running node to its client, and progress resumes.
+reopened; ComfyUI then repeats the running node to its client, and progress resumes (a node
+that is merely silent costs a reopen now and then, each wait twice the last).
 """
 
 from __future__ import annotations
@@ -147,12 +148,15 @@ class PromptFollower:
 
     def _reopen_if_deaf(self) -> None:
         """Reopen a socket that carried nothing for ``reopen_after`` s while our prompt runs
-        (see the module doc: ComfyUI may have dropped its registration)."""
+        (see the module doc: ComfyUI may have dropped its registration). A node may also just
+        be silent (a model load): each reopen doubles the wait before the next, up to half the
+        node limit."""
         now = time.monotonic()
         quiet = now - max(self.listener.last_message_at, self.reopened_at)
         if self.listener.connected.is_set() and quiet > self.reopen_after:
             self.reopened_at = now
             self.listener.reopen(f"no message for {quiet:.1f} s while prompt {self.tracker.prompt_id} runs")
+            self.reopen_after = min(self.reopen_after * 2, max(self.reopen_after, self.node_limit / 2))
 
     def _check_liveness(self) -> None:
         """Raise :class:`JobStalled` when ComfyUI stopped answering, or when the running prompt

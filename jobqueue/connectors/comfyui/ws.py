@@ -155,7 +155,7 @@ class WebSocketListener:
         Only a close frame is sent: ComfyUI answers it and its handler for the old socket ends
         (dropping the registration) before the reader, having read that answer and paused
         ``BACKOFF_FIRST``, registers the new one, so the reopen cannot silence itself."""
-        log.warning("comfyui: reopening the websocket to %s: %s", self.url, why)
+        log.info("comfyui: reopening the websocket to %s: %s", self.url, why)
         ws = self._ws
         if ws is not None:
             try:
