@@ -12,17 +12,20 @@ from typing import Any
 import pytest
 import requests
 
+from jobqueue import submit_job
 from jobqueue.connectors.base import Job
 from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW, ComfyUIConnector
 from jobqueue.connectors.comfyui.rest import ComfyUIRest
 from jobqueue.errors import ExecutionFailed, InvalidPayloadError, ServiceUnavailable
 from jobqueue.sims.comfyui import models
+from jobqueue.states import JobStatus
 from jobqueue.worker.handback import vanished_models
+from tests.capability_fixtures import comfy_worker, consumes, start_sim
 from tests.helpers import wait_for
 from tests.jobqueue.comfyui_fixtures import connector, connector_for, noop, sim, slow
 from tests.jobqueue.test_comfyui_sim import Client
 
-__all__ = ["connector", "sim"]  # fixtures
+__all__ = ["connector", "sim", "start_sim"]  # fixtures
 
 
 def options(sim: Any, **values: Any) -> None:
@@ -217,3 +220,32 @@ def test_queue_items_of_five_or_six_elements_are_read_alike():
     newer = {"queue_running": [[0, "p1", {}, {"create_time": 1}, ["9"], {}]], "queue_pending": [[1, "p2", {}, {}, []]]}
     assert (queue_position(newer, "p1"), queue_position(newer, "p2"), queue_position(newer, "p3")) == \
         ("running", "pending", None)
+
+
+# -- real workers ----------------------------------------------------------------------------------
+def photomaker_workflow(name: str) -> dict[str, Any]:
+    return {"1": image(), "2": {"class_type": "PhotoMakerLoader", "inputs": {"photomaker_model_name": name}},
+            "3": {"class_type": "SimUseModel", "inputs": {"image": ["1", 0], "model": ["2", 0]}}, "4": save("3")}
+
+
+def test_a_v3_loaders_file_deleted_since_the_last_check_sends_the_job_back_without_using_a_retry(
+        app, start_worker, start_sim, machine_id):
+    # Given a machine with photomaker file p.bin, whose worker checked its service at start
+    sim_p = start_sim()
+    sim_p.set_models(photomaker=["p.bin"])
+    wp = comfy_worker(start_worker, machine_id, "p", sim_p, health_interval="120")
+    wait_for(lambda: consumes(app, wp, "comfyui.model.p.bin"), 30, what="p's worker to take p.bin's jobs")
+    # When p.bin is deleted there and a job loading it with a V3 loader arrives (ComfyUI
+    # accepts the prompt and the loader fails when it runs)
+    sim_p.set_models(photomaker=[])
+    job = submit_job("comfyui", {"workflow": photomaker_workflow("p.bin")}, app=app)
+    # Then the worker hands the job back instead of failing it, and stops taking p.bin's jobs
+    wait_for(lambda: "no longer on this worker" in wp.log_text(), 30, what="the hand-back")
+    wait_for(lambda: not consumes(app, wp, "comfyui.model.p.bin"), 30, what="p.bin's queue to be dropped")
+    assert job.status() == JobStatus.RETRYING
+    # When another machine with p.bin starts, the job completes there without a retry counted
+    sim_q = start_sim()
+    sim_q.set_models(photomaker=["p.bin"])
+    wq = comfy_worker(start_worker, machine_id, "q", sim_q)
+    assert job.wait(timeout=60)["worker"] == wq.node_name
+    assert app.AsyncResult(job.id).retries == 0
