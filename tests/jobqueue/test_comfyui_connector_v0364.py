@@ -214,6 +214,14 @@ def test_a_cancel_uses_the_atomic_job_cancel_when_the_server_offers_it(sim, conn
     assert ("/interrupt" in paths) is not newer
 
 
+def test_a_newer_server_runs_jobs_and_its_missing_node_type_reads_clearly(sim, connector):
+    options(sim, newer=True)
+    assert connector.run(job(EXAMPLE_WORKFLOW), noop)["files"][0]["filename"] == "jobqueue_00001_.png"
+    with pytest.raises(ExecutionFailed, match="missing_node_type: Node 'NoSuchNode' not found. The custom node may "
+                                              "not be installed. \\(Node ID '#9'\\)"):
+        connector.run(job({**EXAMPLE_WORKFLOW, "9": {"class_type": "NoSuchNode", "inputs": {}}}, "unknown"), noop)
+
+
 def test_queue_items_of_five_or_six_elements_are_read_alike():
     from jobqueue.connectors.comfyui.protocol import queue_position
 
