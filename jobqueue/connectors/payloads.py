@@ -85,6 +85,10 @@ class ComfyUIPayload(PayloadModel):
     timeout: Seconds | None = None
     stall_timeout: Seconds | None = None
     node_timeout: Seconds | None = None
+    partial_outputs: Annotated[Literal["fail", "warn"], Field(
+        description="When ComfyUI accepts the workflow with some outputs invalid (it runs the others): "
+                    "'fail' the job with ComfyUI's node errors, or 'warn': complete it with a warning "
+                    "naming each output that did not run.")] = "fail"
 
     @field_validator("workflow", mode="before")
     @classmethod
@@ -99,7 +103,12 @@ class ComfyUIPayload(PayloadModel):
                 raise ValueError(f"workflow node {node_id!r} must be an object with class_type and inputs")
             if not isinstance(node.get("class_type"), str) or not node["class_type"]:
                 raise ValueError(f"workflow node {node_id!r} has no 'class_type' string")
-            if not isinstance(node.get("inputs", {}), dict):
+            if "inputs" not in node:
+                # ComfyUI 0.3.64 accepts it when no output needs the node, then its executor
+                # thread dies on it (KeyError building cache keys): nothing runs until a restart.
+                raise ValueError(f"workflow node {node_id!r} has no 'inputs' (give it \"inputs\": {{}}): ComfyUI "
+                                 "would accept it and then stop running any prompt until restarted")
+            if not isinstance(node["inputs"], dict):
                 raise ValueError(f"workflow node {node_id!r} has 'inputs' that is not an object")
         return workflow
 
@@ -281,7 +290,8 @@ def validate_simulation(payload: Any) -> dict[str, Any]:
 
 
 def validate_comfyui(payload: Any) -> dict[str, Any]:
-    """The ``comfyui`` payload: its workflow, and the time limits given (as floats)."""
+    """The ``comfyui`` payload: its workflow, the time limits given (as floats) and
+    ``partial_outputs`` when given."""
     if isinstance(payload, dict) and "workflow" not in payload:
         payload = {**payload, "workflow": {}}  # one message for "absent" and "empty"
     model = check(ComfyUIPayload, "comfyui", payload)
@@ -290,6 +300,8 @@ def validate_comfyui(payload: Any) -> dict[str, Any]:
         value = getattr(model, name)
         if value is not None:
             result[name] = float(value)
+    if "partial_outputs" in model.model_fields_set:
+        result["partial_outputs"] = model.partial_outputs
     return result
 
 

@@ -7,6 +7,13 @@ reports progress, polls ``/queue`` and ``/history`` when the socket has been qui
 :class:`JobStalled` when ComfyUI stops answering or a node runs too long without a message.
 It ends by saying how the prompt ended; :mod:`jobqueue.connectors.comfyui.connector` confirms
 that through ``/history`` and fetches the outputs.
+
+A silenced socket is reopened: ComfyUI keeps one socket per client id and drops the
+registration whenever *any* handler of that id ends, so an old connection that closes late
+leaves the new one open but deaf. When a poll finds our prompt running and the socket has
+carried nothing at all for ``SILENT_REOPEN`` s (at most half the node limit), the socket is
+reopened; ComfyUI then repeats the running node to its client, and progress resumes (a node
+that is merely silent costs a reopen now and then, each wait twice the last).
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ from jobqueue.errors import JobCancelled, JobStalled, ServiceUnavailable
 QUIET_POLL = 2.0
 #: How long (s) a cancelled job waits for ComfyUI to confirm the interrupt.
 CANCEL_GRACE = 5.0
+#: Seconds without any websocket message, while /queue shows our prompt running, after which
+#: the socket is reopened (capped at half the node limit).
+SILENT_REOPEN = 10.0
 
 
 class PromptFollower:
@@ -52,6 +62,8 @@ class PromptFollower:
         self.poll_now = not listener.connected.is_set()
         #: True once ComfyUI stopped answering (the connector then asks before its next job).
         self.silent = False
+        self.reopen_after = max(0.5, min(SILENT_REOPEN, node_limit / 2))
+        self.reopened_at = float("-inf")
 
     def follow(self) -> Mapping[str, Any] | None:
         """Follow the prompt to its end: its ``/history`` entry when a poll found it there,
@@ -130,7 +142,21 @@ class PromptFollower:
             if state == "running" and self.where != "running":
                 self.last_ours = self.last_answer  # the node limit counts from the start of running
             self.where = state
+            if state == "running":
+                self._reopen_if_deaf()
         return None
+
+    def _reopen_if_deaf(self) -> None:
+        """Reopen a socket that carried nothing for ``reopen_after`` s while our prompt runs
+        (see the module doc: ComfyUI may have dropped its registration). A node may also just
+        be silent (a model load): each reopen doubles the wait before the next, up to half the
+        node limit."""
+        now = time.monotonic()
+        quiet = now - max(self.listener.last_message_at, self.reopened_at)
+        if self.listener.connected.is_set() and quiet > self.reopen_after:
+            self.reopened_at = now
+            self.listener.reopen(f"no message for {quiet:.1f} s while prompt {self.tracker.prompt_id} runs")
+            self.reopen_after = min(self.reopen_after * 2, max(self.reopen_after, self.node_limit / 2))
 
     def _check_liveness(self) -> None:
         """Raise :class:`JobStalled` when ComfyUI stopped answering, or when the running prompt

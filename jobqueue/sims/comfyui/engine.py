@@ -5,7 +5,11 @@ traces in ``tests/data/comfyui-traces``): ``status`` on every queue change, then
 ``execution_start``, ``execution_cached``, per node ``progress_state`` + ``executing`` (+
 ``progress``, ``executed``), and ``execution_success`` / ``execution_error`` /
 ``execution_interrupted``, ``status``, ``executing`` with ``node: null``. As in ComfyUI, the
-prompt's /history entry appears only after its last execution message (``HISTORY_LAG``).
+prompt's /history entry appears only after its last execution message (``HISTORY_LAG``, plus
+the ``history_gap`` option: a ComfyUI that unloads its models there takes seconds). The queue
+is a heap, and /queue lists it in heap order as ComfyUI does (not sorted). An exception
+outside any node stops the executor for good (:class:`~jobqueue.sims.comfyui.execution.ExecutorDied`:
+the prompt stays in ``queue_running``, nothing else runs), as ComfyUI's prompt worker thread dies.
 One prompt's run (its messages, and what its nodes see of the executor) lives in
 :mod:`jobqueue.sims.comfyui.execution`.
 
@@ -20,17 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import os
 import random
 import string
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobqueue.sims.comfyui.execution import Execution
+from jobqueue.sims.comfyui.execution import Execution, ExecutorDied
 from jobqueue.sims.comfyui.nodes import Image
+from jobqueue.sims.comfyui.options import SimOptions
 from jobqueue.sims.comfyui.png import solid_png
+
+log = logging.getLogger(__name__)
 
 #: Sends one text (JSON) or binary message to a client id (None: every client).
 Sender = Callable[[Any, "str | None"], Awaitable[None]]
@@ -57,16 +66,23 @@ class QueueItem:
     prompt: dict[str, Any] = field(compare=False)
     extra_data: dict[str, Any] = field(compare=False)
     outputs: list[str] = field(compare=False)
+    #: Newer ComfyUI: the 6th element, extra_data keys it keeps out of /queue and /history.
+    sensitive: dict[str, Any] | None = field(default=None, compare=False)
 
     def as_list(self) -> list[Any]:
-        """The 5-element list /queue and /history show."""
+        """The 5-element list /queue and /history show (a newer ComfyUI strips the 6th)."""
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
 
 
 class Simulator:
     """ComfyUI's queue + executor. All methods run on the server's event loop."""
 
-    def __init__(self, output_dir: str, temp_dir: str, send: Sender) -> None:
+    def __init__(self, output_dir: str, temp_dir: str, send: Sender, options: SimOptions | None = None,
+                 vram_gb: float | None = None) -> None:
+        self.options = options or SimOptions()
+        self.vram_gb = vram_gb
+        #: Set when the executor died (an exception outside any node): nothing runs any more.
+        self.dead = False
         self.output_dir = output_dir
         self.temp_dir = temp_dir
         self._send = send
@@ -104,7 +120,11 @@ class Simulator:
     async def put(self, prompt_id: str, prompt: dict[str, Any], extra: dict[str, Any], outputs: list[str],
                   number: float) -> None:
         self._seq += 1
-        heapq.heappush(self.queue, QueueItem(number, self._seq, prompt_id, prompt, extra, outputs))
+        sensitive: dict[str, Any] | None = None
+        if self.options.newer:  # server.py after 0.3.64: sensitive keys out, create_time in
+            sensitive = {k: extra.pop(k) for k in ("auth_token_comfy_org", "api_key_comfy_org") if k in extra}
+            extra["create_time"] = int(time.time() * 1000)
+        heapq.heappush(self.queue, QueueItem(number, self._seq, prompt_id, prompt, extra, outputs, sensitive))
         await self.queue_updated()
         self._wake.set()
 
@@ -136,15 +156,28 @@ class Simulator:
         self._interrupt = True
         return True
 
+    async def cancel(self, prompt_id: str) -> bool:
+        """Newer ComfyUI's ``POST /api/jobs/{id}/cancel``: interrupt it only if it is still the
+        running prompt (atomic), else dequeue it if pending; False for a finished or unknown id."""
+        if self.interrupt(prompt_id):
+            return True
+        if any(item.prompt_id == prompt_id for item in self.queue):
+            await self.delete([prompt_id])
+            return True
+        return False
+
     def current_queue(self) -> dict[str, Any]:
+        """GET /queue: the running prompt, and the pending ones in heap order as ComfyUI lists
+        them (its ``get_current_queue`` copies the heap list; only the first is the next)."""
         return {
             "queue_running": [self.running.as_list()] if self.running else [],
-            "queue_pending": [item.as_list() for item in sorted(self.queue)],
+            "queue_pending": [item.as_list() for item in self.queue],
         }
 
     # -- worker ----------------------------------------------------------------------------
     async def worker(self) -> None:
-        """Take prompts off the queue one at a time, forever (cancelled on shutdown)."""
+        """Take prompts off the queue one at a time until cancelled on shutdown, or until the
+        executor dies (then the prompt stays running and nothing else runs)."""
         while True:
             await self.thawed.wait()
             if not self.queue:
@@ -156,10 +189,15 @@ class Simulator:
             await self.queue_updated()
             try:
                 entry = await self.execute(item)
+            except ExecutorDied as exc:
+                log.error("comfyui-sim: the executor died on prompt %s: %s; nothing runs until a restart",
+                          item.prompt_id, exc)
+                self.dead = True
+                return
             except Exception:  # a simulator bug must not kill the queue
                 traceback.print_exc()
                 entry = self._history_entry(item, {}, "error", [])
-            await asyncio.sleep(HISTORY_LAG)
+            await asyncio.sleep(HISTORY_LAG + self.options.history_gap)
             self.history.setdefault(item.prompt_id, entry)
             self.running = None
             await self.queue_updated()
@@ -184,8 +222,8 @@ class Simulator:
         return self._history_entry(item, outputs, status, messages)
 
     def take_interrupt(self) -> bool:
-        """Whether the running prompt was interrupted; clears the flag (ComfyUI checks it before
-        each node and at each progress update)."""
+        """Whether the running prompt was interrupted; clears the flag (ComfyUI checks it when a
+        node starts, after its ``executing`` message, and at each progress update)."""
         interrupted, self._interrupt = self._interrupt, False
         return interrupted
 
@@ -218,14 +256,3 @@ class Simulator:
                 fh.write(data)
             entries.append({"filename": filename, "subfolder": subfolder, "type": kind})
         return entries
-
-    def file_path(self, filename: str, subfolder: str, kind: str) -> str | None:
-        """The local path /view serves, or None when the request is unsafe or unknown."""
-        base = {"output": self.output_dir, "temp": self.temp_dir}.get(kind)
-        if base is None or not filename or "/" in filename or "\\" in filename or filename.startswith("."):
-            return None
-        root = os.path.realpath(base)
-        path = os.path.realpath(os.path.join(root, subfolder, filename))
-        if os.path.commonpath([root, path]) != root:
-            return None
-        return path

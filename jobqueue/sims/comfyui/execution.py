@@ -6,6 +6,21 @@
 ``execution_interrupted``. It keeps the messages the /history entry lists and the UI outputs;
 :class:`~jobqueue.sims.comfyui.engine.Simulator` writes that entry. A node sees the executor
 through :class:`_Context` (progress, sleep, files).
+
+As in ComfyUI v0.3.64:
+
+* the interrupt flag is checked when a node starts, *after* its ``executing`` message (and at
+  each progress update), so ``execution_interrupted`` names the node being run, and a last
+  node that reports no progress is never interrupted: the prompt succeeds;
+* a node whose input is blocked (``ExecutionBlocker`` with a message) makes the executor send
+  an ``execution_error`` of type ``ExecutionBlocked`` naming that node, not kept in the
+  history; its outputs are blocked silently downstream and the prompt still reaches
+  ``execution_success``;
+* every node's cache key reads its ``inputs``: a node without them, even one no output needs,
+  raises ``KeyError`` in the executor thread after ``execution_start``
+  (:class:`ExecutorDied`); nothing runs any more;
+* an exception's type is written module-qualified (``torch.OutOfMemoryError``) and an
+  out-of-memory message gets ComfyUI's tips.
 """
 
 from __future__ import annotations
@@ -16,7 +31,8 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from jobqueue.sims.comfyui.nodes import NODES, Image
+from jobqueue.sims.comfyui.nodes import NODES, Blocker, Image
+from jobqueue.sims.comfyui.options import OOM_TIPS, OutOfMemoryError, full_type_name, out_of_memory
 from jobqueue.sims.comfyui.png import solid_png
 
 if TYPE_CHECKING:
@@ -31,6 +47,11 @@ class ProcessingInterruptedError(Exception):
     """The running prompt was interrupted (POST /interrupt)."""
 
 
+class ExecutorDied(Exception):
+    """The executor raised outside any node (ComfyUI's prompt worker thread has no try there):
+    nothing more runs until a restart."""
+
+
 def signatures(prompt: dict[str, Any]) -> dict[str, str]:
     """Input signature of every node: class, literal inputs and upstream signatures."""
     sigs: dict[str, str] = {}
@@ -40,7 +61,7 @@ def signatures(prompt: dict[str, Any]) -> dict[str, str]:
             return sigs[node_id]
         node = prompt[node_id]
         parts: dict[str, Any] = {}
-        for name, value in sorted(node.get("inputs", {}).items()):
+        for name, value in sorted(node["inputs"].items()):  # KeyError without inputs, as ComfyUI's cache keys
             if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt and str(value[0]) not in trail:
                 parts[name] = ["link", sig(str(value[0]), (*trail, node_id)), value[1]]
             else:
@@ -104,8 +125,6 @@ class Execution:
         status = "success"
         try:
             for node_id in visit_order(self.prompt, self.item.outputs, set(self.cached)):
-                if self.sim.take_interrupt():  # ComfyUI checks (and clears) the flag before each node
-                    raise ProcessingInterruptedError()
                 if not await self._visit(node_id):
                     status = "error"
                     break
@@ -124,7 +143,10 @@ class Execution:
         """``execution_start``, then the nodes whose signature the cache holds (``execution_cached``)."""
         await self.tell("execution_start", {"prompt_id": self.pid, "timestamp": now_ms()}, keep=True)
         cache = self.sim.cache
-        self.sigs = signatures(self.prompt)
+        try:
+            self.sigs = signatures(self.prompt)
+        except KeyError as exc:
+            raise ExecutorDied(f"KeyError {exc} while building cache keys") from exc
         self.cached = [n for n in self.prompt if self.sigs[n] in cache]
         await self.tell("execution_cached", {"nodes": self.cached, "prompt_id": self.pid, "timestamp": now_ms()},
                         keep=True)
@@ -162,7 +184,9 @@ class Execution:
         self.sim.last_node_id = node_id
         inputs = self._inputs(node_id, class_type)
         try:
-            outputs, ui = await NODES[class_type].run(_Context(self, node_id), **inputs)
+            if self.sim.take_interrupt():  # ComfyUI: before_node_execution(), after "executing"
+                raise ProcessingInterruptedError()
+            outputs, ui = await self._call(node_id, class_type, inputs)
         except ProcessingInterruptedError:
             await self._interrupted(node_id)
             return False
@@ -179,6 +203,25 @@ class Execution:
         await self.progress_state()
         self.executed.append(node_id)
         return True
+
+    async def _call(self, node_id: str, class_type: str, inputs: dict[str, Any]) -> tuple[tuple[Any, ...], Any]:
+        """The node's outputs and UI: blocked when an input is (ComfyUI's ``execution_block_cb``:
+        an ``execution_error`` naming this node for a blocker with a message), an out-of-memory
+        error when the simulator was told to raise one, else what the node returns."""
+        blocker = next((v for v in inputs.values() if isinstance(v, Blocker)), None)
+        if blocker is not None:
+            if blocker.message is not None:
+                # Sent directly (send_sync), not through add_message: the history never lists it.
+                await self.tell("execution_error", {
+                    "prompt_id": self.pid, "node_id": node_id, "node_type": class_type,
+                    "executed": list(self.executed), "exception_message": f"Execution Blocked: {blocker.message}",
+                    "exception_type": "ExecutionBlocked", "traceback": [], "current_inputs": [],
+                    "current_outputs": []})
+            return tuple(Blocker(None) for _ in NODES[class_type].outputs), None
+        if self.sim.options.oom_next > 0:
+            self.sim.options.oom_next -= 1
+            raise out_of_memory(vram_gib=self.sim.vram_gb)
+        return await NODES[class_type].run(_Context(self, node_id), **inputs)
 
     async def _reuse(self, node_id: str) -> None:
         """A cached output node: report its cached UI, run nothing."""
@@ -213,7 +256,8 @@ class Execution:
     async def _failed(self, node_id: str, class_type: str, exc: Exception, inputs: dict[str, Any]) -> None:
         await self.tell("execution_error", {
             "prompt_id": self.pid, "node_id": node_id, "node_type": class_type, "executed": list(self.executed),
-            "exception_message": f"{exc}\n", "exception_type": type(exc).__name__,
+            "exception_message": f"{exc}\n{OOM_TIPS if isinstance(exc, OutOfMemoryError) else ''}",
+            "exception_type": full_type_name(type(exc)),
             "traceback": traceback.format_tb(exc.__traceback__),
             "current_inputs": {k: [repr(v)] for k, v in inputs.items()},
             "current_outputs": list(self.prompt), "timestamp": now_ms()}, keep=True)

@@ -31,8 +31,7 @@ def validate_inputs(prompt: dict[str, Any], unique_id: str, validated: Validated
     """
     if unique_id in validated:
         return validated[unique_id]
-    node = prompt[unique_id]
-    inputs = node.setdefault("inputs", {})
+    inputs = prompt[unique_id]["inputs"]  # KeyError without inputs: the caller reports it, as ComfyUI
     node_def = _class_of(prompt, unique_id)
     errors: list[dict[str, Any]] = []
     valid = True
@@ -72,7 +71,7 @@ def _check_link(prompt: dict[str, Any], name: str, spec: list[Any], val: list[An
     upstream = _class_of(prompt, val[0])  # KeyError for a missing node, as in ComfyUI
     slot = val[1]
     received = upstream.outputs[slot] if isinstance(slot, int) and 0 <= slot < len(upstream.outputs) else None
-    if received != input_type:
+    if received != input_type and input_type != "*" and received != "*":  # ComfyUI's validate_node_input
         return _error("return_type_mismatch", "Return type mismatch between linked nodes",
                       f"{name}, received_type({received}) mismatch input_type({input_type})",
                       {"input_name": name, "input_config": info, "received_type": received,
@@ -122,23 +121,38 @@ def _check_literal(inputs: dict[str, Any], name: str, spec: list[Any]) -> dict[s
     return None
 
 
-def validate_prompt(prompt: Any) -> tuple[bool, dict[str, Any] | None, list[str], dict[str, Any]]:
-    """Validate a whole API-format prompt the way ``POST /prompt`` does."""
+def _missing_class(node_id: str, node: dict[str, Any], newer: bool) -> dict[str, Any]:
+    """The error for a node without ``class_type`` or with one ComfyUI does not know."""
+    class_type = node.get("class_type")
+    if not newer:
+        if class_type is None:
+            return _error("invalid_prompt", "Cannot execute because a node is missing the class_type property.",
+                          f"Node ID '#{node_id}'")
+        return _error("invalid_prompt", f"Cannot execute because node {class_type} does not exist.",
+                      f"Node ID '#{node_id}'")
+    meta = node.get("_meta")
+    title = meta.get("title") if isinstance(meta, dict) else None
+    extra = {"node_id": node_id, "class_type": class_type, "node_title": title if class_type is None else title or class_type}
+    if class_type is None:
+        return _error("missing_node_type", f"Node '{title or f'ID #{node_id}'}' has no class_type. The workflow may "
+                      "be corrupted or a custom node is missing.", f"Node ID '#{node_id}'", extra)
+    return _error("missing_node_type", f"Node '{title or class_type}' not found. The custom node may not be installed.",
+                  f"Node ID '#{node_id}'", extra)
+
+
+def validate_prompt(prompt: Any, newer: bool = False) -> tuple[bool, dict[str, Any] | None, list[str], dict[str, Any]]:
+    """Validate a whole API-format prompt the way ``POST /prompt`` does (``newer``: as ComfyUI
+    after 0.3.64, which reports an unknown node as ``missing_node_type``)."""
     if not isinstance(prompt, dict):
         return False, _error("invalid_prompt", "Cannot execute because the prompt is not an object.", ""), [], {}
     outputs: list[str] = []
     for node_id, node in prompt.items():
-        if not isinstance(node, dict) or "class_type" not in node:
-            return False, _error("invalid_prompt", "Cannot execute because a node is missing the class_type property.",
-                                 f"Node ID '#{node_id}'"), [], {}
-        node_def = NODES.get(node["class_type"])
-        if node_def is None:
-            return False, _error("invalid_prompt", f"Cannot execute because node {node['class_type']} does not exist.",
-                                 f"Node ID '#{node_id}'"), [], {}
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) or node["class_type"] not in NODES:
+            return False, _missing_class(node_id, node if isinstance(node, dict) else {}, newer), [], {}
         if not isinstance(node.get("inputs", {}), dict):
             return False, _error("invalid_prompt", "Cannot execute because a node has invalid inputs.",
                                  f"Node ID '#{node_id}'"), [], {}
-        if node_def.output_node:
+        if NODES[node["class_type"]].output_node:
             outputs.append(node_id)
     if not outputs:
         return False, _error("prompt_no_outputs", "Prompt has no outputs"), [], {}
