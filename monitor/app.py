@@ -72,7 +72,10 @@ def create_app(
     celery_app: Any = None,
 ) -> Flask:
     """Build the monitor app. ``config`` is a :class:`Settings` or overrides for
-    ``Settings.from_env``; ``store`` defaults to one on ``settings.monitor_db``."""
+    ``Settings.from_env``; ``store`` defaults to one on ``settings.monitor_db``.
+
+    In order: the settings, the app's :class:`MonitorContext` (with its metrics registry),
+    the security guard and the routes, then the error handlers."""
     if isinstance(config, Settings):
         settings = config.resolved()
     else:
@@ -89,11 +92,21 @@ def create_app(
         own_store=store is None,
         _celery=celery_app,
     )
-    from monitor.metrics.prometheus import build_registry
+    from monitor.metrics.prometheus import Sources, build_registry
+    from monitor.web.broker import queue_depths
+    from monitor.web.eta import store_estimates
+    from monitor.web.fleet_capabilities import online_capabilities
 
-    context.registry = build_registry(context)
+    context.registry = build_registry(context, Sources(queue_depths, store_estimates, online_capabilities))
     app.extensions["jobqueue_monitor"] = context
+    _register_routes(app)
+    _register_error_handlers(app)
+    return app
 
+
+def _register_routes(app: Flask) -> None:
+    """The guard first (it checks every request), then the API, previews, dead letters, OpenAPI,
+    the websocket, webhook attempts and, when present, the dashboard's views."""
     from monitor.web import api, guard, ws
 
     guard.install(app)
@@ -114,6 +127,12 @@ def create_app(
     if views is not None and hasattr(views, "bp"):
         app.register_blueprint(views.bp)
 
+
+def _register_error_handlers(app: Flask) -> None:
+    """Errors of the API, ``/healthz`` and ``/metrics`` answer in the API's JSON error shape
+    (other pages keep Flask's); an unexpected exception answers 500 with an id found in the log."""
+    from monitor.web import api
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
         if not (request.path.startswith("/api") or request.path in ("/healthz", "/metrics")):
@@ -127,5 +146,3 @@ def create_app(
         error_id = uuid.uuid4().hex[:12]
         app.logger.exception("unhandled error %s on %s", error_id, request.path)
         return api.error_response(500, "internal_error", f"internal error (error id {error_id}, see the monitor's log)")
-
-    return app

@@ -1,8 +1,8 @@
 """The queued-jobs index: which jobs of each service wait for a worker, for queue caps.
 
-One sorted set per service in the result backend's Redis, ``jobqueue-queued-<service>``
-(:func:`queued_key`; a Redis key of its own, beside the ones :mod:`jobqueue.shared.records`
-gathers): member a job id, score when it entered the queue. The rule:
+One sorted set per service in the result backend's Redis
+(:func:`jobqueue.shared.records.queued_key`, ``jobqueue-queued-<service>``): member a job id,
+score when it entered the queue. The rule:
 
 * a job enters at submit (:func:`admit`, one Lua script: over a cap nothing enters and
   :class:`~jobqueue.errors.QueueFull` is raised; two clients at the cap cannot both get in),
@@ -34,24 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from jobqueue.errors import ConfigError, QueueFull
+from jobqueue.shared.records import queued_key, result_client
 
 log = logging.getLogger(__name__)
 
-#: Key prefix of the per-service indexes.
-KEY_PREFIX = "jobqueue-queued-"
 #: The admission script (see the file for its arguments).
 ADMIT_LUA = (Path(__file__).with_name("queued_admit.lua")).read_text()
-
-
-def queued_key(service: str) -> str:
-    """The index of ``service``'s queued jobs."""
-    return KEY_PREFIX + service
-
-
-def redis_client(app: Any) -> Any:
-    """The result backend's Redis client (None when the backend is not Redis)."""
-    client = getattr(app.backend, "client", None)
-    return client if client is not None and hasattr(client, "pipeline") else None
 
 
 def expires_of(app: Any) -> int:
@@ -85,7 +73,7 @@ def admit(app: Any, jobs: Mapping[str, list[str]], now: float | None = None) -> 
     Raises :class:`~jobqueue.errors.QueueFull` for the first service that would go over its
     cap; nothing enters then. Ids already in the index count once (a place reserved earlier).
     """
-    client = redis_client(app)
+    client = result_client(app)
     caps = caps_of(app, jobs)
     if client is None:
         if caps:
@@ -106,7 +94,7 @@ def admit(app: Any, jobs: Mapping[str, list[str]], now: float | None = None) -> 
 def forget(app: Any, services: Iterable[str], job_ids: Iterable[str]) -> None:
     """Remove ``job_ids`` from every index of ``services`` (a cancel: the client does not know
     a job's service, and there are few services)."""
-    client = redis_client(app)
+    client = result_client(app)
     ids = list(job_ids)
     if client is None or not ids:
         return
@@ -119,7 +107,7 @@ def forget(app: Any, services: Iterable[str], job_ids: Iterable[str]) -> None:
 def back_in_queue(task: Any, service: Any) -> None:
     """A job goes back to its queue (retry, hand-back): enter it again, at once, before the
     message is re-sent (best effort: a failure here only undercounts)."""
-    client = redis_client(task.app)
+    client = result_client(task.app)
     if client is None or not isinstance(service, str):
         return
     try:
@@ -132,7 +120,7 @@ def back_in_queue(task: Any, service: Any) -> None:
 
 def counts(app: Any, services: Iterable[str], now: float | None = None) -> dict[str, int]:
     """Jobs queued now per service (stale entries left out)."""
-    client = redis_client(app)
+    client = result_client(app)
     names = list(services)
     if client is None or not names:
         return {}

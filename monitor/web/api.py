@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from jobqueue.client.jobs import get_job, submit_job
-from jobqueue.connectors import CONNECTORS
+from jobqueue.client.services import service_names
 from jobqueue.errors import QueueFull, SubmitError
 from jobqueue.shared import queued
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
@@ -210,9 +210,7 @@ def workflow(workflow_id: str) -> Any:
 
 
 def _queue_names() -> list[str]:
-    from jobqueue.connectors import CONNECTORS
-
-    return sorted(set(ctx().store.known_queues()) | set(CONNECTORS))
+    return sorted(set(ctx().store.known_queues()) | set(service_names()))
 
 
 def _depths() -> dict[str, int]:
@@ -271,7 +269,7 @@ def submit() -> Any:
     ids = [str(uuid.uuid4()) for _ in range(count)]
     sent = 0
     try:
-        if count > 1 and service in CONNECTORS:  # the places of all, or none
+        if count > 1 and service in service_names():  # the places of all, or none
             queued.admit(ctx().celery, {service: ids})
         for job_id in ids:
             submit_job(service, body.get("payload", {}), priority=body.get("priority"),
@@ -355,7 +353,11 @@ def _set_draining(name: str, draining: bool) -> Any:
     replies: list[Any] = []
     for queue in found["queues"] or []:
         replies.extend(method(queue, destination=[name], reply=True, timeout=2.0) or [])
-    ctx().store.set_draining(name, draining)
+    writer = ctx().writer
+    if writer is not None and writer.alive:
+        writer.call(lambda tx: tx.set_draining(name, draining))
+    else:  # no writer in this process: the one exception the writer's docstring names
+        ctx().store.set_draining(name, draining)
     return jsonify({"ok": True, "replies": replies}), 202
 
 

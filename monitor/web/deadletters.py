@@ -1,7 +1,7 @@
 """Dead letters: the poison messages workers moved aside (``<queue>.dead`` Redis lists).
 
 Workers put every message they cannot decode there with the reason (see
-:mod:`jobqueue.worker.poison`); ``GET /api/dead-letters`` shows how many each queue holds and
+:mod:`jobqueue.worker.poison`, :func:`jobqueue.shared.records.dead_letter_key`); ``GET /api/dead-letters`` shows how many each queue holds and
 the newest items, and the fleet page shows the total. On RabbitMQ there are no such lists (a
 rejected message goes to the queue's dead-letter exchange, if one is configured).
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from jobqueue.worker.poison import DEAD_SUFFIX
+from jobqueue.shared.records import DEAD_SUFFIX
 
 bp = Blueprint("dead_letters", __name__)
 

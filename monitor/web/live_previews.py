@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app
 
 from jobqueue.shared.previews import RedisPreviewStore
+from jobqueue.shared.records import result_client
 
 bp = Blueprint("previews", __name__)
 
@@ -29,8 +30,8 @@ def preview(job_id: str) -> Any:
     the job has no preview (none sent, expired, or a non-Redis result backend), 503 when the
     result backend cannot be read."""
     context = current_app.extensions["jobqueue_monitor"]
-    client = getattr(context.celery.backend, "client", None)
-    if client is None or not hasattr(client, "hgetall"):
+    client = result_client(context.celery)
+    if client is None:
         return _error(404, "not_found", "previews need a Redis result backend")
     try:
         found = RedisPreviewStore(client).get(job_id)

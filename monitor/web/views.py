@@ -15,8 +15,7 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, jsonify, render_template, request, send_file
 
-from jobqueue.connectors import CONNECTORS, connector_class
-from jobqueue.errors import JobqueueError
+from jobqueue.client.services import payload_schema, service_examples
 from jobqueue.shared.outputs import is_safe_name
 from monitor.web import auth
 from monitor.web.api import error_response
@@ -27,23 +26,11 @@ from monitor.web.api import error_response
 bp = Blueprint(
     "views",
     __name__,
+    # The pages' files live in the monitor package (monitor/templates, monitor/static).
     template_folder="../templates",
     static_folder="../static",
     static_url_path="/ui-static",
 )
-
-
-def service_examples() -> dict[str, Any]:
-    """Each known service with its example payload (None when its connector cannot load)."""
-    examples: dict[str, Any] = {}
-    for service in sorted(CONNECTORS):
-        try:
-            examples[service] = getattr(connector_class(service), "example_payload", None)
-        except (ImportError, AttributeError, JobqueueError):
-            # A connector module that is missing on this install still gets listed: the
-            # server refuses the job with a clear error if it cannot run it.
-            examples[service] = None
-    return examples
 
 
 @bp.get("/api/services/<name>/schema")
@@ -51,13 +38,10 @@ def service_schema(name: str) -> Any:
     """The JSON schema of ``name``'s job payload (its connector's pydantic models): the client
     page lists the fields and checks a payload against it before sending; the server checks
     again at submit. 404 for a service no connector provides here."""
-    try:
-        connector = connector_class(name) if name in CONNECTORS else None
-    except (ImportError, AttributeError, JobqueueError):
-        connector = None
-    if connector is None:
+    schema = payload_schema(name)
+    if schema is None:
         return error_response(404, "not_found", f"no connector for service {name!r} on this monitor")
-    return jsonify(connector.payload_schema())
+    return jsonify(schema)
 
 
 @bp.get("/")

@@ -14,10 +14,10 @@ from jobqueue import get_job, submit_batch, submit_job, submit_workflow
 from jobqueue.config import Settings
 from jobqueue.errors import ConfigError, QueueFull
 from jobqueue.shared import queued
-from jobqueue.shared.routing import redis_queue_keys
-from jobqueue.shared.submissions import record_key
+from jobqueue.shared.records import submitted_key
 from jobqueue.states import JobStatus
 from jobqueue.transport.app import create_app
+from jobqueue.transport.internals import redis_queue_keys
 from tests.helpers import quick, wait_for
 
 SLOW = {"steps": 1, "step_seconds": 30.0, "output": "slow"}
@@ -58,7 +58,7 @@ def test_over_the_cap_submit_raises_queue_full_and_enqueues_nothing(capped, redi
     assert (refused.value.service, refused.value.queued, refused.value.cap) == ("simulation", 3, 3)
     assert refused.value.retry_after > 0
     assert messages(redis_client) == 3
-    assert not redis_client.exists(record_key("over-the-cap"))
+    assert not redis_client.exists(submitted_key("over-the-cap"))
     assert get_job("over-the-cap", app=capped).status() == JobStatus.UNKNOWN
     # And a cancel frees a place at once
     assert jobs[0].cancel() is True

@@ -134,8 +134,9 @@ def test_a_model_deleted_since_the_last_check_sends_the_job_back_queued_without_
     wait_for(lambda: "no longer on this worker" in wb.log_text(), 30, what="the hand-back")
     wait_for(lambda: not consumes(app, wb, "comfyui.model.b.safetensors"), 30, what="b's queue to be dropped")
     # And it reads queued, with why, for the client, the CLI and the monitor (not retrying), and
-    # it counts as queued again for the queue caps
-    assert job.status() == JobStatus.QUEUED
+    # it counts as queued again for the queue caps (the queue is dropped before the hand-back's
+    # Retry is raised and its state stored: until then it reads processing)
+    wait_for(lambda: job.status() == JobStatus.QUEUED, 10, what="the job to be queued again")
     assert job.waiting_for() == "no online worker has model b.safetensors"
     out = subprocess.run([sys.executable, "-m", "jobqueue.cli", "status", job.id], env=child_env(settings.to_env()),
                          cwd=str(ROOT), capture_output=True, timeout=60, check=True)
