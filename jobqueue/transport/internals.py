@@ -5,7 +5,7 @@ transport writes (unacked messages, priority lists, event channels), the key Cel
 result backend stores a result under, the worker's request registry, a request's ``chain``,
 a kombu message's raw envelope and how its body is encoded, the consumer's refusal handlers and the event receiver's
 per-message hook. Each is wrapped here in one small function whose docstring names what it
-relies on; tests/jobqueue/test_internals.py checks every one against the installed libraries
+relies on; tests/jobqueue/transport/test_internals.py checks every one against the installed libraries
 (real Redis, real kombu channels, a real Celery worker state), so an upgrade that changes one
 fails there, naming the function. The pins in pyproject.toml (``celery``, ``kombu``, ``redis``
 below the next minor that was not checked) keep an unchecked upgrade from being installed.

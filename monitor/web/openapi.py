@@ -1,7 +1,7 @@
 """``GET /api/openapi.json``: the monitor's REST API as an OpenAPI 3.1 document.
 
 Hand-written next to the routes (docs/api.md is the prose version): tools and the API fuzz
-(tests/monitor/test_fuzz.py) read it to know every operation, its parameters and bodies.
+(tests/monitor/web/test_fuzz.py) read it to know every operation, its parameters and bodies.
 """
 
 from __future__ import annotations
