@@ -79,7 +79,7 @@ def test_a_retried_job_keeps_its_requires_and_webhook_and_its_webhook_fires(
     assert reply.status_code == 201, reply.get_json()
     again = reply.get_json()["id"]
     # Then the new job was submitted with the same requires, webhook and priority
-    options = app.AsyncResult(again).kwargs["options"]
+    options = wait_for(lambda: app.AsyncResult(again).kwargs, 30, what="the new job's kwargs")["options"]
     assert options["requires"] == {"tags": ["fast"]} and options["webhook_url"] == receiver.url
     assert options["priority"] == 7 and options["retry_of"] == first.id
     # And it ran on the tagged worker and its webhook reached the receiver
