@@ -1,6 +1,6 @@
 /* One job, outputs first: a gallery (gallery.js), then what can be done with the job (download
  * a ComfyUI job's workflow as API JSON, re-run it), its state, progress, error and fields, the
- * payload summary and result JSON folded, and the event timeline with its progress events
+ * payload summary, the result JSON folded, and the event timeline with its progress events
  * folded into one row. The job object comes live from /ws; the timeline from
  * GET /api/jobs/<id>, fetched again whenever a delta for this job arrives (event-driven, never
  * on a timer). */
@@ -75,7 +75,8 @@
         field("queue position", job.status === "queued" ? JQJobs.estimate(job).position : null)),
       workflowSteps(),
       batchMembers(),
-      folded("job-payload", "Payload summary", h("pre", {class: "payload mono", text: job.payload_summary || "(no payload summary)"})),
+      h("h2", {text: "Payload"}),
+      h("pre", {class: "payload mono", text: job.payload_summary || "(no payload summary)"}),
       job.result ? folded("job-result", "Result JSON", h("pre", {class: "result mono", text: pretty(job.result)})) : null);
   }
 
