@@ -5,11 +5,15 @@ with a Range request. Real worker, real monitor process, real headless Chromium.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobqueue import submit_job
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
+from jobqueue.sims.comfyui.process import SimulatorProcess
 from tests.helpers import wait_for
 from tests.monitor import browser
 from tests.monitor.browser import TOKEN, Pages
@@ -79,3 +83,40 @@ def test_the_job_page_shows_image_video_and_audio_first_and_the_browser_seeks_th
         browser.screenshot(page, "job-page-outputs")
     finally:
         pages.close()
+
+
+def test_a_comfyui_jobs_page_shows_its_image_and_downloads_its_workflow_as_api_json(
+        app: Any, start_worker: Any, chromium: Any, start_monitor: Any, tmp_path: Path) -> None:
+    # Given a ComfyUI (the simulator) and its worker, and a monitor sharing the worker's disk
+    sim = SimulatorProcess(output_dir=tmp_path / "sim-out", log_path=tmp_path / "sim.log").start()
+    try:
+        monitor = start_monitor()
+        start_worker("gpu0", CONNECTORS="comfyui", COMFYUI_URL=sim.url)
+        # When a ComfyUI job has run
+        handle = submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, app=app)
+        [entry] = handle.wait(timeout=60)["files"]
+        wait_for(lambda: (monitor.get(f"/api/jobs/{handle.id}").get("result") or {}).get("files"), 30,
+                 what="the monitor to hold the job's result")
+        pages = Pages(chromium, monitor.url)
+        try:
+            page = pages.open(f"/jobs/{handle.id}")
+            # Then its image leads the page
+            page.wait_for_function("() => (document.querySelector('#job-outputs img') || {}).naturalWidth > 0")
+            assert page.get_attribute("#job-outputs img", "alt") == entry["name"]
+            # And its workflow downloads as the API-format JSON it was submitted as
+            with page.expect_download() as download:
+                page.click("#job-actions button:has-text('workflow (API JSON)')")
+            saved = download.value
+            assert saved.suggested_filename == f"workflow-{handle.id}.json"
+            assert json.loads(Path(saved.path()).read_text()) == EXAMPLE_WORKFLOW
+            # And so it does under the pages' real CSP
+            strict = pages.open(f"/jobs/{handle.id}", enforce_csp=True)
+            strict.wait_for_selector("#job-actions button")
+            with strict.expect_download() as again:
+                strict.click("#job-actions button:has-text('workflow (API JSON)')")
+            assert json.loads(Path(again.value.path()).read_text()) == EXAMPLE_WORKFLOW
+            assert not pages.errors
+        finally:
+            pages.close()
+    finally:
+        sim.stop()

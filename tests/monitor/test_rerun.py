@@ -87,3 +87,24 @@ def test_a_retried_job_keeps_its_requires_and_webhook_and_its_webhook_fires(
              what="the retried job's webhook")
     body = next(json.loads(r.body) for r in receiver.requests if json.loads(r.body)["data"]["id"] == again)
     assert body["type"] == "job.failed"
+
+
+def test_the_payload_route_gives_the_payload_as_submitted_with_secrets_masked(
+        app: Any, start_worker: Any, monitor: Any) -> None:
+    # Given a job whose payload holds a secret, and one the monitor does not know
+    start_worker("gpu0")
+    handle = submit_job("simulation", {"steps": 1, "output": {"api_key": "sk-live-123", "note": "seen"}}, app=app)
+    handle.wait(timeout=30)
+    _known(monitor, handle.id)
+    client = monitor.test_client()
+    # When its payload is asked for
+    reply = client.get(f"/api/jobs/{handle.id}/payload")
+    # Then it comes back as submitted, the secret masked
+    assert reply.status_code == 200
+    body = reply.get_json()
+    assert body["service"] == "simulation" and body["payload"]["steps"] == 1
+    assert body["payload"]["output"]["note"] == "seen" and "sk-live-123" not in reply.get_data(as_text=True)
+    # And an unknown job is a 404, a job whose kwargs the backend lost a 409
+    assert client.get("/api/jobs/nope/payload").status_code == 404
+    _known(monitor, "job-without-kwargs")
+    assert client.get("/api/jobs/job-without-kwargs/payload").get_json()["error"]["code"] == "payload_unknown"
