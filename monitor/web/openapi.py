@@ -88,6 +88,7 @@ def document() -> dict[str, Any]:
         "/api/jobs/{job_id}/retry": _post("Submit a job again", job, _EMPTY, "201", 404, 409),
         "/api/jobs/{job_id}/preview": _get("The job's latest live preview image", job, 404, 503),
         "/api/jobs/{job_id}/webhooks": _get("The job's webhook tries", job, 404, 503),
+        "/api/jobs/{job_id}/payload": _get("The job's payload as submitted (secrets masked)", job, 404, 409, 503),
         "/api/waiting": _get("Why each queued job no online worker can run waits"),
         "/api/estimates": _get("Queue position and expected wait of every queued job"),
         "/api/workflows/{workflow_id}": _get("A workflow's steps", [_path("workflow_id")], 404),
