@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +60,7 @@ class WsEntry:
 
     fanout: Fanout
     authorize: Authorize
+    snapshots: SharedSnapshot
 
 
 def snapshot_frame(finished_limit: int = 200) -> tuple[int, bytes]:
@@ -64,6 +68,48 @@ def snapshot_frame(finished_limit: int = 200) -> tuple[int, bytes]:
     state = state_snapshot(finished_limit)
     message = {"type": "snapshot", "seq": state["seq"], "state": state}
     return state["seq"], text_frame(strict_dumps(message, separators=(",", ":")).encode())
+
+
+class SharedSnapshot:
+    """Snapshot frames shared by the dashboards that open at about the same time.
+
+    Any snapshot at seq N is a right start (the client then gets every change after N), so a
+    request waits for a snapshot already being made rather than making its own, and takes one
+    made less than :data:`SHARE_SECONDS` ago: 500 dashboards reconnecting together (a monitor
+    restart) cost a few snapshots, not 500.
+    """
+
+    #: How old (s) a finished snapshot may be and still be handed to a new client.
+    SHARE_SECONDS = 0.5
+
+    def __init__(self, make: Callable[[], tuple[int, bytes]]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._pending: Future[tuple[int, bytes]] | None = None
+        self._done: tuple[float, tuple[int, bytes]] | None = None
+
+    def get(self) -> tuple[int, bytes]:
+        with self._lock:
+            if self._done is not None and time.monotonic() - self._done[0] < self.SHARE_SECONDS:
+                return self._done[1]
+            pending, mine = self._pending, self._pending is None
+            if mine:
+                pending = self._pending = Future()
+        assert pending is not None
+        if not mine:
+            return pending.result()
+        try:
+            result = self._make()
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._pending = None
+        with self._lock:
+            self._done = (time.monotonic(), result)
+        pending.set_result(result)
+        return result
 
 
 def take_socket(raw: socket.socket) -> socket.socket:
@@ -122,7 +168,7 @@ def stream() -> Any:
         first: bytes | None = None
         cursor = None if refused else _cursor()
         if cursor is None and not refused:
-            cursor, first = snapshot_frame()
+            cursor, first = entry.snapshots.get()
         raw.sendall(switching_protocols(request.headers["Sec-WebSocket-Key"]))
         own = take_socket(raw)
     except BaseException:
@@ -146,7 +192,8 @@ def register(app: Flask, authorize: Authorize = allow_everyone) -> None:
             return snapshot_frame()
 
     limits = Limits(settings.monitor_ws_max_sockets, settings.monitor_ws_max_per_address)
-    app.extensions[EXTENSION] = WsEntry(Fanout(context.store, context.hub, snapshot, limits), authorize)
+    shared = SharedSnapshot(snapshot)
+    app.extensions[EXTENSION] = WsEntry(Fanout(context.store, context.hub, shared.get, limits), authorize, shared)
     # websocket=True: Werkzeug routes a request with "Upgrade: websocket" only to such a rule.
     app.add_url_rule("/ws", "ws", stream, methods=["GET"], websocket=True)
 

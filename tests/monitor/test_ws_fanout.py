@@ -148,3 +148,33 @@ def test_a_stopping_monitor_closes_its_websockets_with_1001(start_monitor):
     code, _reason = close_frame(ws)
     assert code == 1001
     ws.close()
+
+
+def test_dashboards_opening_together_share_one_snapshot():
+    # Given a snapshot that takes a while to make
+    import threading
+
+    from monitor.web.ws import SharedSnapshot
+
+    made: list[int] = []
+    release = threading.Event()
+
+    def make() -> tuple[int, bytes]:
+        made.append(1)
+        release.wait(5)
+        return 42, b"frame"
+
+    shared = SharedSnapshot(make)
+    shared.SHARE_SECONDS = 60.0  # a thread that starts late still counts as "together"
+    # When eight dashboards ask for one while it is being made
+    results: list[tuple[int, bytes]] = []
+    threads = [threading.Thread(target=lambda: results.append(shared.get())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: made, 5, what="the first snapshot to start")
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    # Then it was made once and every one of them got it, and so does one asking right after
+    assert made == [1] and results == [(42, b"frame")] * 8
+    assert shared.get() == (42, b"frame") and made == [1]
