@@ -1,6 +1,7 @@
 """Dashboards: 500 open ``/ws`` clients on one monitor (gunicorn, as users run it), beside a
-fleet of 200 workers made of replayed events (heartbeats and connector reports every
-``--beat`` seconds, see :mod:`bench.fleet_events`).
+fleet of 200 workers made of replayed events (heartbeats every ``--beat`` seconds, connector
+reports every ``--status-beat``, see :mod:`bench.fleet_events`). The 500 clients are cheap
+hand-written websocket readers in this process, on the same two cores as the monitor.
 
 Reports, in one run: ``/api/state`` p50/p99 with 200 workers and no dashboard, then with the
 500 dashboards open; how long the 500 took to get their snapshots; a new dashboard's snapshot
@@ -9,7 +10,7 @@ the share of dashboards that got the completion within 2 s and the latency perce
 monitor's RSS and threads before and with the dashboards open. ``--chromium`` also times the
 fleet page's table at 200 workers in headless Chromium.
 
-    python -m bench.dashboards [--dashboards 500] [--workers 200] [--jobs 5] [--beat 2] [--chromium]
+    python -m bench.dashboards [--dashboards 500] [--workers 200] [--jobs 5] [--beat 2] [--status-beat 15] [--chromium]
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psutil
 import redis
 import requests
@@ -44,67 +44,120 @@ from bench.common import (
 )
 from jobqueue.shared.names import RUN_JOB_TASK
 
+#: A client's pong: FIN + opcode 0xA, masked (as every client frame must be), empty.
+PONG = b"\x8a\x80\x00\x00\x00\x00"
+
+
+class Dashboard(asyncio.Protocol):
+    """One dashboard as cheap as it gets (the 500 share the monitor's two cores): a hand-written
+    handshake and frame reader, a substring test per frame instead of a JSON parse."""
+
+    def __init__(self, index: int, clients: Clients, path: str, host: str) -> None:
+        self.index, self.clients = index, clients
+        self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+        self.buf = bytearray()
+        self.upgraded = False
+        self.snapshot: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.snapshot.done():
+            self.snapshot.set_exception(RuntimeError(f"closed before the snapshot: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.upgraded:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if b" 101 " not in self.buf[:end]:
+                self.snapshot.set_exception(RuntimeError(bytes(self.buf[:200]).decode(errors="replace")))
+                return
+            del self.buf[:end + 4]
+            self.upgraded = True
+        while (frame := self._frame()) is not None:
+            self._on_frame(*frame)
+
+    def _frame(self) -> tuple[int, bytes] | None:
+        buf = self.buf
+        if len(buf) < 2:
+            return None
+        size, pos = buf[1] & 0x7F, 2
+        if size >= 126:
+            pos = 4 if size == 126 else 10
+            if len(buf) < pos:
+                return None
+            size = int.from_bytes(buf[2:pos], "big")
+        if len(buf) < pos + size:
+            return None
+        opcode = buf[0] & 0x0F
+        payload = bytes(buf[pos:pos + size])
+        del buf[:pos + size]
+        return opcode, payload
+
+    def _on_frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == 0x9 and self.transport is not None:
+            self.transport.write(PONG)
+        elif opcode == 0x1 and not self.snapshot.done():
+            self.snapshot.set_result(time.perf_counter())
+        elif opcode == 0x1 and b'"status":"completed"' in payload:
+            now = time.time()
+            for job_id, arrivals in self.clients.seen.items():
+                if job_id.encode() in payload and self.index not in arrivals:
+                    arrivals[self.index] = now
+
 
 class Clients:
-    """``count`` aiohttp websocket clients in an asyncio loop of their own thread; each notes
-    when it first saw a watched job completed (a substring test: no JSON parse per frame)."""
+    """Dashboards (:class:`Dashboard`) in an asyncio loop of their own thread; each notes when it
+    first saw a watched job completed."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.snapshot_ms: list[float] = []
         #: job id -> {client index: when it first saw the job completed}
         self.seen: dict[str, dict[int, float]] = {}
-        self._session: aiohttp.ClientSession | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.dashboards: list[Dashboard] = []
 
     def open(self, count: int, parallel: int = 50) -> None:
         asyncio.run_coroutine_threadsafe(self._open(count, parallel), self.loop).result(600)
 
     async def _open(self, count: int, parallel: int) -> None:
-        # limit=0: aiohttp allows 100 connections per session by default; each socket holds one.
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         gate = asyncio.Semaphore(parallel)
-        loop = asyncio.get_running_loop()
-        ready: list[asyncio.Future[None]] = [loop.create_future() for _ in range(count)]
-        self._tasks = [asyncio.create_task(self._client(i, gate, f)) for i, f in enumerate(ready)]
-        await asyncio.gather(*ready)
+        await asyncio.gather(*(self._one(i, gate) for i in range(count)))
 
-    async def _client(self, index: int, gate: asyncio.Semaphore, ready: asyncio.Future[None]) -> None:
-        assert self._session is not None
+    async def _one(self, index: int, gate: asyncio.Semaphore) -> None:
         async with gate:
             started = time.perf_counter()
-            ws = await self._session.ws_connect(self.url, max_msg_size=0, autoping=True)
-            first = await ws.receive()
-            if '"type":"snapshot"' not in str(first.data)[:40]:
-                ready.set_exception(RuntimeError(f"no snapshot: {str(first.data)[:200]}"))
-                return
-            self.snapshot_ms.append((time.perf_counter() - started) * 1000.0)
-        ready.set_result(None)
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                break
-            text = message.data
-            if '"status":"completed"' in text:
-                now = time.time()
-                for job_id, arrivals in self.seen.items():
-                    if job_id in text and index not in arrivals:
-                        arrivals[index] = now
+            loop = asyncio.get_running_loop()
+            _, dashboard = await loop.create_connection(
+                lambda: Dashboard(index, self, "/ws", f"{self.host}:{self.port}"), self.host, self.port)
+            self.dashboards.append(dashboard)
+            self.snapshot_ms.append((await dashboard.snapshot - started) * 1000.0)
 
     def watch(self, job_id: str) -> None:
-        self.loop.call_soon_threadsafe(self.seen.setdefault, job_id, {})
+        """Note arrivals of ``job_id`` from now on (set in the loop: its readers iterate ``seen``)."""
+        async def add() -> None:
+            self.seen.setdefault(job_id, {})
+
+        asyncio.run_coroutine_threadsafe(add(), self.loop).result(10)
 
     def close(self) -> None:
-        async def shut() -> None:
-            for task in self._tasks:
-                task.cancel()
-            if self._session is not None:
-                await self._session.close()
+        def shut() -> None:
+            for dashboard in self.dashboards:
+                if dashboard.transport is not None:
+                    dashboard.transport.close()
+            self.loop.stop()
 
-        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop.call_soon_threadsafe(shut)
         self.thread.join(10)
 
 
@@ -157,17 +210,23 @@ def serving(monitor: Any) -> psutil.Process:
 
 
 class Beats:
-    """Replayed heartbeats and connector reports of the fleet every ``freq`` seconds."""
+    """Replayed heartbeats of the fleet every ``freq`` seconds, connector reports every
+    ``status_beat`` seconds (what real workers send: ``JOBQUEUE_STATUS_BEAT``, 15 s)."""
 
-    def __init__(self, client: redis.Redis, db: int, workers: int, freq: float) -> None:
+    def __init__(self, client: redis.Redis, db: int, workers: int, freq: float, status_beat: float) -> None:
         self.client, self.db, self.workers, self.freq = client, db, workers, freq
+        self.status_beat = status_beat
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         round_ = 1
+        last_report = time.monotonic()
         while not self.stop.wait(self.freq):
-            fleet_events.beat(self.client, self.db, self.workers, self.freq, round_)
+            reports = time.monotonic() - last_report >= self.status_beat
+            fleet_events.beat(self.client, self.db, self.workers, self.freq, round_, reports=reports)
+            if reports:
+                last_report = time.monotonic()
             round_ += 1
 
 
@@ -179,7 +238,7 @@ def run(args: argparse.Namespace, workdir: Path, server: RedisServer) -> list[di
     monitor = monitor_process(settings, port, workdir / "monitor.log",
                               JOBQUEUE_MONITOR_WS_MAX_PER_ADDRESS=str(args.dashboards + 100)).start()
     url, rows = f"http://127.0.0.1:{port}", []
-    beats = Beats(client, 0, args.workers, args.beat)
+    beats = Beats(client, 0, args.workers, args.beat, args.status_beat)
     clients: Clients | None = None
     try:
         wait_http(url + "/healthz", monitor)
@@ -195,7 +254,7 @@ def run(args: argparse.Namespace, workdir: Path, server: RedisServer) -> list[di
                      "p99": float(proc.num_threads()), "unit": "MB / threads"})
         if args.chromium:
             rows.append(fleet_table_row(url, args.workers))
-        clients = Clients(url.replace("http", "ws") + "/ws")
+        clients = Clients("127.0.0.1", port)
         started = time.perf_counter()
         clients.open(args.dashboards)
         rows.append({"measure": f"{args.dashboards} dashboards connected (all snapshots in {time.perf_counter() - started:.1f} s)",
@@ -268,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=5)
     parser.add_argument("--beat", type=float, default=2.0, help="seconds between a worker's heartbeats")
+    parser.add_argument("--status-beat", type=float, default=15.0, help="seconds between a worker's connector reports")
     parser.add_argument("--requests", type=int, default=200, help="/api/state requests per measurement")
     parser.add_argument("--chromium", action="store_true", help="also time the fleet table in Chromium")
     args = parser.parse_args(argv)

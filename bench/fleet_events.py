@@ -64,8 +64,10 @@ def announce(client: redis.Redis, db: int, count: int, freq: float) -> None:
     publish(client, db, [connector_status(n, now) for n in range(count)])
 
 
-def beat(client: redis.Redis, db: int, count: int, freq: float, round_: int) -> None:
-    """One round of heartbeats and connector beats of ``count`` workers."""
+def beat(client: redis.Redis, db: int, count: int, freq: float, round_: int, reports: bool = True) -> None:
+    """One round of heartbeats of ``count`` workers, with their connector reports when ``reports``."""
     now = time.time()
-    publish(client, db, [heartbeat(n, now, freq) for n in range(count)]
-            + [connector_status(n, now, seq=round_ + 1) for n in range(count)])
+    events = [heartbeat(n, now, freq) for n in range(count)]
+    if reports:
+        events += [connector_status(n, now, seq=round_ + 1) for n in range(count)]
+    publish(client, db, events)
