@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import selectors
 import socket
+import time
 from typing import Any
 
 import psutil
+import redis
 import requests
 import websocket
 
+from bench import fleet_events
 from jobqueue.client.jobs import submit_job
 from tests.helpers import wait_for
 
@@ -178,3 +181,46 @@ def test_dashboards_opening_together_share_one_snapshot():
     # Then it was made once and every one of them got it, and so does one asking right after
     assert made == [1] and results == [(42, b"frame")] * 8
     assert shared.get() == (42, b"frame") and made == [1]
+
+
+def test_a_dashboard_that_stops_reading_is_paused_and_then_gets_every_change_in_order(start_monitor, redis_url):
+    # Given a dashboard with a small receive buffer that reads its snapshot, then nothing
+    monitor = start_monitor("m.db")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.connect(("127.0.0.1", monitor.port))
+    ws = websocket.create_connection(monitor.url.replace("http", "ws") + "/ws", timeout=10, socket=sock)
+    seqs = [json.loads(ws.recv())["seq"]]
+    # When far more changes happen than its socket and the monitor's queue for it hold: four
+    # rounds of 200 connector reports of ~18 KB each (each round applied before the next)
+    client = redis.Redis.from_url(redis_url)
+    db = int(redis_url.rsplit("/", 1)[1])
+    fleet_events.announce(client, db, 200, 60.0)
+    service = fleet_events.SERVICES[199 % len(fleet_events.SERVICES)]  # the watched worker's
+    for round_ in range(4):
+        reports = [fleet_events.connector_status(n, time.time(), seq=round_ + 2) for n in range(200)]
+        for report in reports:
+            report["details"]["notes"] = f"round {round_} " + "x" * 18_000
+        fleet_events.publish(client, db, reports)
+
+        def applied(round_: int = round_) -> bool:
+            workers = {w["name"]: w for w in monitor.state()["workers"]}
+            worker = workers.get(fleet_events.worker_name(199))
+            details = worker["connectors"][service]["details"] if worker else {}
+            return str(details.get("notes", "")).startswith(f"round {round_} ")
+
+        wait_for(applied, 60, interval=0.3, what=f"round {round_} applied")
+    # Then, reading again, it gets every change after its snapshot, in order, without a gap
+    received, target = 0, monitor.state()["seq"]
+    while seqs[-1] < target:
+        raw = ws.recv()
+        received += len(raw)
+        message = json.loads(raw)
+        assert message["type"] == "delta", message["type"]
+        seqs.append(message["seq"])
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    # And it was sent more than both sockets' buffers (32 KB here, at most 4 MB at the monitor)
+    # and its 256 KB queue hold: it had been paused on the way
+    assert received > 6 * 1024 * 1024, received
+    ws.close()
+    client.close()
