@@ -224,3 +224,32 @@ def test_a_dashboard_that_stops_reading_is_paused_and_then_gets_every_change_in_
     assert received > 6 * 1024 * 1024, received
     ws.close()
     client.close()
+
+
+def test_the_ring_hands_out_what_follows_a_cursor_and_says_when_it_no_longer_reaches_back():
+    from monitor.web.fanout import Ring
+
+    # Given a ring of 100 bytes holding batches of 40-byte frames after seq 10
+    ring = Ring(10, max_bytes=100)
+    ring.add([(11, b"a" * 40)])
+    ring.add([(12, b"b" * 40), (13, b"c" * 40)])
+    # Then a cursor inside it gets exactly the frames after it, and the head's cursor nothing
+    assert ring.after(11) == (b"b" * 40 + b"c" * 40, 13)
+    assert ring.after(13) == (b"", 13)
+    # When it grows past its size, then its oldest batch goes and a cursor before it is refused
+    ring.add([(14, b"d" * 40)])
+    assert ring.base == 13 and ring.head == 14
+    assert ring.after(11) is None
+    assert ring.after(13) == (b"d" * 40, 14)
+
+
+def test_the_socket_limits_count_per_address_and_in_total_and_free_a_slot_on_release():
+    from monitor.web.fanout import Limits
+
+    limits = Limits(total=3, per_address=2)
+    assert limits.admit("a") is None and limits.admit("a") is None
+    assert "too many websockets from a" in (limits.admit("a") or "")
+    assert limits.admit("b") is None
+    assert "most open websockets (3)" in (limits.admit("c") or "")
+    limits.release("a")
+    assert limits.admit("c") is None and limits.count == 3
