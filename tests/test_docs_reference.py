@@ -19,7 +19,7 @@ import pytest
 from jobqueue.cli import main as cli_main
 from jobqueue.config import DEFAULT_BROKER_URL, ENV_PREFIX, Settings
 from jobqueue.connectors import CONNECTORS
-from tests.conftest import REDIS_DB, REDIS_HOST
+from tests.conftest import REDIS_DB, REDIS_HOST, REDIS_PORT
 from tests.helpers import ROOT
 
 DOCS = ROOT / "docs"
@@ -407,7 +407,7 @@ def monitor_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     folder = tmp_path_factory.mktemp("routes")
     settings = Settings(monitor_db=f"sqlite:///{folder / 'app.db'}",
-                        broker_url=f"redis://{REDIS_HOST}:6379/{REDIS_DB}", monitor_token="docs-token").resolved()
+                        broker_url=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}", monitor_token="docs-token").resolved()
     app = create_app(settings)
     app.config["TESTING"] = True
     yield app
