@@ -150,13 +150,15 @@ def test_the_documented_default_is_the_real_default(field: str):
 
 def variables_the_tests_read() -> dict[str, str]:
     """``{variable: default}`` of every ``JOBQUEUE_*`` variable the tests read with
-    ``os.environ.get(name, default)``."""
+    ``os.environ.get(name, default)``, and those ``.ci/run`` reads as ``${NAME:-default}``."""
     found: dict[str, str] = {}
     pattern = re.compile(r'environ\.get\(\s*"(JOBQUEUE_[A-Z0-9_]+)"\s*,\s*"([^"]*)"')
     for path in sorted((ROOT / "tests").rglob("*.py")):
         for name, default in pattern.findall(path.read_text()):
             assert found.get(name, default) == default, f"{name} has two defaults in the tests"
             found[name] = default
+    for name, default in re.findall(r"\$\{(JOBQUEUE_[A-Z0-9_]+):-([^}]*)\}", (ROOT / ".ci" / "run").read_text()):
+        found[name] = default
     return found
 
 

@@ -40,6 +40,9 @@ from monitor.store import Store
 from tests.conftest import REDIS_DB, REDIS_HOST, REDIS_PORT
 from tests.helpers import ROOT, wait_for
 
+#: The recordings post webhooks to a fixed port (the recorded messages name it).
+pytestmark = pytest.mark.serial
+
 DATA = ROOT / "tests" / "data" / "rolling-upgrade"
 
 

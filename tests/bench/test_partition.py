@@ -10,7 +10,7 @@ import pytest
 
 from bench.chaos import partition
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.serial]
 
 
 def test_a_job_on_a_machine_cut_off_for_30_s_finishes_exactly_once_elsewhere(tmp_path: Path) -> None:
