@@ -177,8 +177,13 @@ class Settings(BaseSettings):
     monitor_allowed_origins: tuple[str, ...] = ()
     #: Largest request body the monitor reads (bytes); larger ones are refused with 413.
     monitor_max_body_bytes: int = 1_000_000
-    #: Threads of the monitor's web server: each open dashboard holds one for its websocket.
+    #: Threads of the monitor's web server for HTTP requests (an open dashboard's websocket
+    #: holds none: it is served from one asyncio loop).
     monitor_threads: int = 64
+    #: Most websockets (open dashboards) the monitor serves at once; one more is closed with 1013.
+    monitor_ws_max_sockets: int = 2000
+    #: Most websockets one client address may hold open; one more is closed with 1013.
+    monitor_ws_max_per_address: int = 100
     #: The monitor refuses (and counts) events whose timestamp is further than this (s) from
     #: the time it received them.
     monitor_event_window: float = 300.0

@@ -106,7 +106,7 @@ def create_app(
 
 def _register_routes(app: Flask) -> None:
     """The guard first (it checks every request), then the API, previews, dead letters, OpenAPI,
-    the websocket, webhook attempts and, when present, the dashboard's views."""
+    the websocket, webhook attempts, job payloads and, when present, the dashboard's views."""
     from monitor.web import api, guard, ws
 
     guard.install(app)
@@ -120,6 +120,9 @@ def _register_routes(app: Flask) -> None:
     ws.register(app)
     from monitor.web import webhook_attempts as webhooks
     app.register_blueprint(webhooks.bp)
+    from monitor.web import job_payload
+
+    app.register_blueprint(job_payload.bp)
     try:
         from monitor.web import views
     except ImportError:

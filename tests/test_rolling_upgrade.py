@@ -38,8 +38,11 @@ from monitor.ingest.writer import Writer
 from monitor.merge.apply import apply
 from monitor.repair.reconcile import Repair
 from monitor.store import Store
-from tests.conftest import REDIS_DB, REDIS_HOST
+from tests.conftest import REDIS_DB, REDIS_HOST, REDIS_PORT
 from tests.helpers import ROOT, wait_for
+
+#: The recordings post webhooks to a fixed port (the recorded messages name it).
+pytestmark = pytest.mark.serial
 
 DATA = ROOT / "tests" / "data" / "rolling-upgrade"
 
@@ -146,7 +149,7 @@ def settings_for(url: str, machine: str, tmp: Path) -> Settings:
 def new_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The recorder's scenarios run once more with today's code (client, worker, events)."""
     tmp = tmp_path_factory.mktemp("new-run")
-    url = f"redis://{REDIS_HOST}:6379/{REDIS_DB}"
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
     sink = record.WebhookSink()
     try:
         run = record.run_scenarios(settings_for(url, f"m{uuid.uuid4().hex[:8]}", tmp), tmp, sink)

@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from jobqueue.client.jobs import get_job, submit_job
+from jobqueue.client.rerun import resubmit_arguments
 from jobqueue.client.services import service_names
 from jobqueue.errors import QueueFull, SubmitError
 from jobqueue.shared import queued
@@ -316,19 +317,16 @@ def cancel(job_id: str) -> Any:
 @bp.post("/api/jobs/<job_id>/retry")
 @mutating
 def retry(job_id: str) -> Any:
-    """Submit a new job with the same service, payload and options as ``job_id``."""
+    """Submit a new job with the same service, payload and every submit option as ``job_id``
+    (:func:`jobqueue.client.rerun.resubmit_arguments`); works for a job in any state."""
     known = ctx().store.job(job_id, with_events=False)
     if known is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     kwargs = ctx().celery.AsyncResult(job_id).kwargs
     if not isinstance(kwargs, dict) or "payload" not in kwargs:
         raise ApiError(409, "payload_unknown", f"the result backend no longer holds job {job_id}'s payload")
-    options = kwargs.get("options") or {}
     try:
-        handle = submit_job(kwargs.get("service") or known["service"], kwargs["payload"],
-                            priority=options.get("priority"), queue=options.get("queue"),
-                            timeout=options.get("timeout"), workflow_id=options.get("workflow_id"),
-                            step=options.get("step"), app=ctx().celery, extra={"retry_of": job_id})
+        handle = submit_job(**resubmit_arguments(job_id, kwargs, known["service"]), app=ctx().celery)
     except QueueFull as exc:
         return _queue_full(exc)
     except SubmitError as exc:

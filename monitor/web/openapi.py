@@ -1,7 +1,7 @@
 """``GET /api/openapi.json``: the monitor's REST API as an OpenAPI 3.1 document.
 
 Hand-written next to the routes (docs/api.md is the prose version): tools and the API fuzz
-(tests/monitor/test_fuzz.py) read it to know every operation, its parameters and bodies.
+(tests/monitor/web/test_fuzz.py) read it to know every operation, its parameters and bodies.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def document() -> dict[str, Any]:
         "/api/jobs/{job_id}/retry": _post("Submit a job again", job, _EMPTY, "201", 404, 409, 429),
         "/api/jobs/{job_id}/preview": _get("The job's latest live preview image", job, 404, 503),
         "/api/jobs/{job_id}/webhooks": _get("The job's webhook tries", job, 404, 503),
+        "/api/jobs/{job_id}/payload": _get("The job's payload as submitted (secrets masked)", job, 404, 409, 503),
         "/api/waiting": _get("Why each queued job no online worker can run waits"),
         "/api/estimates": _get("Queue position and expected wait of every queued job"),
         "/api/workflows/{workflow_id}": _get("A workflow's steps", [_path("workflow_id")], 404),

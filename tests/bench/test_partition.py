@@ -10,7 +10,7 @@ import pytest
 
 from bench.chaos import partition
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow, pytest.mark.serial]
 
 
 @pytest.mark.parametrize("service", ["comfyui", "a1111"])

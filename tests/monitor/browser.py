@@ -155,7 +155,7 @@ class Pages:
         """A new page (its own browser context: its own sessionStorage) at ``path``, live.
 
         The monitor's CSP forbids eval, which Playwright's string predicates use; tests of the
-        CSP itself (tests/monitor/test_hostile.py) pass ``enforce_csp=True``."""
+        CSP itself (tests/monitor/web/test_hostile.py) pass ``enforce_csp=True``."""
         context = self.browser.new_context(viewport=viewport or LAPTOP, bypass_csp=not enforce_csp)
         self.contexts.append(context)
         page = context.new_page()
