@@ -134,9 +134,12 @@ def message(raw: str) -> dict[str, Any]:
 
 
 def key_shapes(keys: dict[str, Any], names: dict[str, str]) -> dict[str, tuple[str, bool]]:
-    """Each key's name with ids abstracted -> (type, expires), the :data:`ADDED_KEYS` left out."""
+    """Each key's name with ids abstracted -> (type, expires), the :data:`ADDED_KEYS` left out, and
+    kombu's queue bindings too: kombu declares a queue once per connection and process, so whether
+    a client's declaration reaches this database depends on what ran before it in the process
+    (workers declare their queues in any case)."""
     return {record.abstract(name, names): (entry["type"], entry["expires"]) for name, entry in keys.items()
-            if name not in ADDED_KEYS}
+            if name not in ADDED_KEYS and not name.startswith("_kombu.binding")}
 
 
 def settings_for(url: str, machine: str, tmp: Path) -> Settings:
@@ -465,7 +468,9 @@ def test_the_public_names_settings_cli_and_task_names_did_not_move():
     # (a worker's app: the worker class installs the concerns that register the tasks)
     celery_app = install_worker_concerns(create_app(Settings()))
     try:
-        assert sorted(celery_app.tasks.keys()) == OLD["tasks"]
+        # (Celery's and ours: a test module's shared task can join any app built in its process)
+        ours = sorted(name for name in celery_app.tasks.keys() if name.startswith(("celery.", "jobqueue.")))
+        assert ours == OLD["tasks"]
     finally:
         celery_app.close()
 

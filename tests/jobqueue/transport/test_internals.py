@@ -221,7 +221,7 @@ def worker_app(redis_url: str) -> Iterator[Celery]:
     app = Celery("contract-worker", broker=redis_url, backend=redis_url, set_as_current=False)
     app.conf.broker_transport = f"{Transport.__module__}:Transport"
 
-    @app.task(name="contract.noop", acks_late=True, bind=True)
+    @app.task(name="contract.noop", acks_late=True, bind=True, shared=False)
     def noop(self: Any, *args: Any) -> str:
         return "ok"
 

@@ -206,7 +206,7 @@ def test_a_dashboard_that_stops_reading_is_paused_and_then_gets_every_change_in_
         def applied(round_: int = round_) -> bool:
             workers = {w["name"]: w for w in monitor.state()["workers"]}
             worker = workers.get(fleet_events.worker_name(199))
-            details = worker["connectors"][service]["details"] if worker else {}
+            details = (worker["connectors"].get(service) or {}).get("details", {}) if worker else {}
             return str(details.get("notes", "")).startswith(f"round {round_} ")
 
         wait_for(applied, 60, interval=0.3, what=f"round {round_} applied")
