@@ -36,6 +36,7 @@ RABBITMQ_URL = os.environ.get("JOBQUEUE_TEST_RABBITMQ_URL", "amqp://guest:guest@
 SERIAL_MARKERS = ("rabbitmq", "serial")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if any(item.get_closest_marker(name) for name in SERIAL_MARKERS):
