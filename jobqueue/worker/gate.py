@@ -64,6 +64,9 @@ class ConsumerGate:
         self._lock = threading.Lock()
         #: Each service's health at the last sync (a recovery wakes its waiting retries).
         self._was_healthy: dict[str, bool] = {}
+        #: True once a sync reached a consumer that could take messages: from then on only a
+        #: health change syncs, so a queue cancelled by a control command (a drain) stays so.
+        self.synced = False
 
     def bind(self, consumer: Any) -> None:
         """Gate ``consumer`` from now on and sync at once if it can take messages already
@@ -95,6 +98,7 @@ class ConsumerGate:
             consumer = self._ready_consumer()
             if consumer is None:
                 return {}
+            self.synced = True
             result: dict[str, bool] = {}
             for service, status in self._statuses().items():
                 queue = self._queue_of(service)

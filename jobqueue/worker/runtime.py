@@ -291,11 +291,14 @@ class WorkerRuntime:
                 status, message, details = ConnectorStatus.ERROR, f"health check failed: {exc}", None
             details = capabilities.enrich(connector, ConnectorStatus(status), details, self.identity.tags)
             self._apply_health(connector, ConnectorStatus(status), message, details)
-        # Models may come and go without a status change; and a consumer without an event loop
-        # gets its first sync here, once it can take messages (see QueueGateStep).
-        for gate in (self.gate, self.capability_gate):
-            if gate is not None:
-                gate.request_sync()
+        # Models may come and go without a status change: the capability gate syncs every time.
+        # A consumer without an event loop gets the service gate's first sync here, once it can
+        # take messages (see QueueGateStep); after that only a health change syncs it, so a
+        # drained worker (its queues cancelled by a control command) stays drained.
+        if self.capability_gate is not None:
+            self.capability_gate.request_sync()
+        if self.gate is not None and not self.gate.synced:
+            self.gate.request_sync()
 
     def _apply_health(
         self, connector: Connector, status: ConnectorStatus, message: str, details: dict[str, Any] | None

@@ -303,3 +303,16 @@ def test_a_worker_that_reconnects_to_the_broker_keeps_its_identity_and_its_stepp
     assert "gpu0" in queues and "simulation" not in queues
     down.unlink()
     wait_for(lambda: "simulation" in consumed_queues(app, node), 10)
+
+
+def test_a_drained_worker_stays_drained_while_its_service_stays_healthy(app, start_worker):
+    # Given a healthy worker consuming its service queue
+    node = start_worker("gpu0", **FAST).node_name
+    wait_for(lambda: "simulation" in consumed_queues(app, node), 15, what="the worker to consume simulation")
+    # When an operator drains it (Celery's cancel_consumer, as the monitor's drain sends)
+    app.control.cancel_consumer("simulation", destination=[node], reply=True, timeout=5.0)
+    wait_for(lambda: "simulation" not in consumed_queues(app, node), 10, what="the drain")
+    # Then health checks that find the service healthy (several intervals) never undo it
+    deadline = time.monotonic() + 4 * HEALTH
+    while time.monotonic() < deadline:
+        assert "simulation" not in consumed_queues(app, node), "a health check re-added the drained queue"
