@@ -113,6 +113,9 @@ def create_app(
         views = None  # type: ignore[assignment]
     if views is not None and hasattr(views, "bp"):
         app.register_blueprint(views.bp)
+    from monitor.web import security
+
+    security.install(app)  # last: it reads every route's declaration
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:

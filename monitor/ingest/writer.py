@@ -25,6 +25,7 @@ from jobqueue.shared.names import TASK_PROGRESS
 from monitor.ingest.hub import ChangeHub
 from monitor.merge.apply import apply, expire, valid_progress
 from monitor.store import Store, Tx
+from monitor.store.access import add_audit
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,11 @@ class Writer:
             return False
         return True
 
+    def audit(self, entry: dict[str, Any]) -> bool:
+        """Queue one audit entry (see :mod:`monitor.web.audit`); written in this writer's
+        thread, in a transaction of its own, before the events taken with it."""
+        return self.put(("__audit__", entry))
+
     def count(self, what: str, n: int = 1) -> None:
         """Count something seen outside the writer (e.g. undecodable messages)."""
         self.counts[what] += n
@@ -174,9 +180,13 @@ class Writer:
         while not self._stop.is_set():
             batch = self._take()
             markers = [ev[1] for ev in batch if isinstance(ev, tuple) and ev and ev[0] == "__marker__"]
-            events = [ev for ev in batch if not (isinstance(ev, tuple) and ev and ev[0] == "__marker__") and ev is not None]
+            audits = [ev[1] for ev in batch if isinstance(ev, tuple) and ev and ev[0] == "__audit__"]
+            events = [ev for ev in batch if not (isinstance(ev, tuple) and ev and ev[0] in ("__marker__", "__audit__"))
+                      and ev is not None]
             events = self._decode_raw(events)
             try:
+                if audits:
+                    self._write(lambda tx, entries=audits: add_audit(tx.session, entries))  # type: ignore[misc]
                 if events:
                     self._apply_batch(events)
                 now = time.monotonic()

@@ -14,6 +14,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from jobqueue.worker.poison import DEAD_SUFFIX
+from monitor.web.routes import Role, route
+from monitor.web.schemas import DEAD_LETTERS, int_query
 
 bp = Blueprint("dead_letters", __name__)
 
@@ -67,7 +69,8 @@ def read_dead_letters(broker_url: str, items: int) -> list[dict[str, Any]]:
     return out
 
 
-@bp.get("/api/dead-letters")
+@route(bp, "/api/dead-letters", role=Role.VIEWER, summary="Poison messages per queue",
+       query=(int_query("items", 0, MAX_ITEMS),), response=DEAD_LETTERS, errors=(400, 503))
 def dead_letters() -> Any:
     """Poison messages per queue: ``{"total", "queues": [{"queue", "list", "count", "items"}]}``
     (``?items=N``, default 20, newest first; 0 for counts only)."""

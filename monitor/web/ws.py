@@ -17,6 +17,8 @@ from flask import current_app, request
 
 from monitor.web.api import state_snapshot
 from monitor.web.guard import strict_dumps
+from monitor.web.routes import Role, declare
+from monitor.web.schemas import int_query
 
 #: How long a stream sleeps between change-log polls when nothing wakes it (s).
 POLL_INTERVAL = 0.25
@@ -109,4 +111,5 @@ def register(app: Any) -> None:
     options.setdefault("thread_class", _DaemonThread)
     sock = Sock(app)
     app.extensions["sock"] = sock
-    sock.route("/ws")(stream)
+    sock.route("/ws")(declare(stream, "/ws", role=Role.VIEWER, summary="Websocket: a snapshot, then every change",
+                              query=(int_query("since", 0, 2**63 - 1),), content="application/json", errors=(403,)))
