@@ -34,6 +34,25 @@ KEY_PATTERN = re.compile(r"^jq_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 MAX_AUDIT_PAGE = 500
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in ``90d``, ``12h``, ``30m``, ``2w``, ``45s`` or a plain number of seconds;
+    ValueError for anything else or a non-positive duration."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if match is None:
+            raise ValueError(f"not a duration: {text!r} (e.g. 90d, 12h, 30m)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0 < seconds < 100 * 365 * 86400:
+        raise ValueError(f"duration out of range: {text!r}")
+    return seconds
+
+
 def _digest(key_id: str, secret: str) -> str:
     return hashlib.sha256(f"{key_id}:{secret}".encode()).hexdigest()
 

@@ -5,13 +5,12 @@ page ``/admin`` (keys and the audit trail). The CLI does the same on the store
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, render_template, request
 
-from monitor.store.access import create_key, list_keys, revoke_key
+from monitor.store.access import create_key, list_keys, parse_duration, revoke_key
 from monitor.web.access import current_identity
 from monitor.web.routes import Limit, Role, route
 from monitor.web.schemas import KEY, KEY_REQUEST, KEYS, NEW_KEY
@@ -20,25 +19,6 @@ bp = Blueprint("keys", __name__)
 
 #: Roles a key can have.
 KEY_ROLES = ("viewer", "operator", "admin")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str | float | int) -> float:
-    """Seconds in ``90d``, ``12h``, ``30m``, ``2w``, ``45s`` or a plain number of seconds;
-    ValueError for anything else or a non-positive duration."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        match = _DURATION.match(str(text))
-        if match is None:
-            raise ValueError(f"not a duration: {text!r} (e.g. 90d, 12h, 30m)")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if not 0 < seconds < 100 * 365 * 86400:
-        raise ValueError(f"duration out of range: {text!r}")
-    return seconds
-
-
 def _store() -> Any:
     return current_app.extensions["jobqueue_monitor"].store
 

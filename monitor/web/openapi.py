@@ -49,6 +49,10 @@ def _responses(spec: RouteSpec) -> dict[str, Any]:
         errors.add(429)
     out = {str(spec.status): ok}
     out.update({str(code): _json(ERROR, _ERROR_NAMES.get(code, "error")) for code in sorted(errors)})
+    if not spec.rule.startswith("/api") and spec.response is None:
+        # A page or a file: its own errors are Flask's HTML ones; only refusals are JSON.
+        out.update({str(code): {"description": _ERROR_NAMES.get(code, "error"), "content": {"text/html": {}}}
+                    for code in spec.errors if code not in (401, 403, 429)})
     if spec.page:
         out["302"] = {"description": "not logged in: redirect to /login"}
     return out
@@ -97,3 +101,32 @@ def document(app: Flask) -> dict[str, Any]:
 def openapi() -> Any:
     """The OpenAPI document of this API."""
     return jsonify(document(current_app._get_current_object()))  # type: ignore[attr-defined]
+
+
+def roles_table(app: Flask) -> str:
+    """The roles × routes table of docs/security.md, from the declarations (a test keeps the
+    document equal to it; regenerate with ``python -c "from monitor.web.openapi import
+    print_roles_table; print_roles_table()"``)."""
+    marks = {Role.PUBLIC: ("✓", "✓", "✓", "✓"), Role.VIEWER: ("", "✓", "✓", "✓"),
+             Role.OPERATOR: ("", "", "✓", "✓"), Role.ADMIN: ("", "", "", "✓")}
+    lines = ["| Route | Method | anyone | viewer | operator | admin | Rate limit | Audited as |",
+             "|---|---|:-:|:-:|:-:|:-:|---|---|"]
+    for path, item in document(app)["paths"].items():
+        for method, op in item.items():
+            role = Role(op["x-role"])
+            lines.append(f"| `{path}` | {method.upper()} | " + " | ".join(marks[role])
+                         + f" | {op.get('x-rate-limit', '')} | {op.get('x-audit', '')} |")
+    return "\n".join(lines)
+
+
+def print_roles_table() -> None:
+    """Print :func:`roles_table` of a monitor app on a throwaway store."""
+    import tempfile
+
+    from jobqueue.config import Settings
+    from monitor.app import create_app
+
+    with tempfile.TemporaryDirectory() as folder:
+        app = create_app(Settings(monitor_db=f"sqlite:///{folder}/roles.db").resolved())
+        print(roles_table(app))
+        app.extensions["jobqueue_monitor"].close()
