@@ -30,6 +30,7 @@ from monitor.web.auth import (
     has_credentials,
     is_loopback,
 )
+from monitor.web.limits import note_failure
 from monitor.web.routes import Role, RouteSpec, spec_for
 
 #: How long "are there API keys?" is remembered (s): a first key turns auth on within this.
@@ -72,7 +73,7 @@ def _authenticate() -> Identity | None:
         return found
     payload = sessions.read(current_app, request, ctx.settings.monitor_session_seconds)
     if payload is False:
-        raise BadCredentials("the session cookie is not valid (forged or expired): log in again")
+        raise BadCredentials("the session cookie is not valid (forged or expired): log in again", guess=False)
     return from_session(ctx.store, payload) if payload else None
 
 
@@ -104,18 +105,16 @@ def authorize(spec: RouteSpec, settings: Settings) -> Identity:
     """The identity of this request if it may call ``spec``'s route; else :class:`Refusal`."""
     if spec.control and settings.monitor_read_only:
         raise Refusal(403, "read_only", "the monitor runs in read-only mode")
+    if spec.role is Role.PUBLIC:  # wrong credentials do not close the login page
+        return current_identity()
     try:
         identity = _resolve(settings)
     except BadCredentials as exc:
-        from monitor.web.limits import note_failure
-
-        wait = note_failure()
+        wait = note_failure() if exc.guess else None
         if wait is not None:
             raise Refusal(429, "rate_limited", f"too many wrong credentials; retry in {wait} s", wait) from None
         raise Refusal(401, "unauthorized", str(exc)) from None
     g.jobqueue_identity = identity
-    if spec.role is Role.PUBLIC:
-        return identity
     if spec.scrape and (settings.monitor_metrics_public or identity.kind == "scrape"):
         return identity
     if identity.kind == "scrape":
@@ -134,7 +133,10 @@ def _refusal_response(exc: Refusal, spec: RouteSpec | None) -> Response:
 
     if exc.status == 401 and spec is not None and spec.page:
         target = request.full_path.rstrip("?") if request.query_string else request.path
-        return redirect("/login?next=" + quote(target, safe="/"), code=302)  # type: ignore[return-value]
+        response: Response = redirect("/login?next=" + quote(target, safe="/"), code=302)  # type: ignore[assignment]
+        if request.cookies.get(sessions.COOKIE):
+            sessions.close_session(request, response)  # a stale or forged session: forget it
+        return response
     response = error_response(exc.status, exc.code, exc.message)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)

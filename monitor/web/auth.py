@@ -61,7 +61,12 @@ ANONYMOUS = Identity("anonymous", Role.PUBLIC, "anonymous", via="none")
 
 
 class BadCredentials(Exception):
-    """Credentials were presented and are wrong, revoked, expired or forged."""
+    """Credentials were presented and are wrong, revoked, expired or forged. ``guess``: they
+    count against the address's login rate limit (a header's; a stale cookie's do not)."""
+
+    def __init__(self, message: str, guess: bool = True) -> None:
+        super().__init__(message)
+        self.guess = guess
 
 
 def _basic(settings: Settings, value: str) -> Identity | None:
@@ -123,12 +128,12 @@ def from_session(store: Store, payload: dict[str, Any]) -> Identity:
     try:
         role = Role(payload["r"])
     except ValueError:
-        raise BadCredentials("bad session") from None
+        raise BadCredentials("bad session", guess=False) from None
     kind = str(payload.get("x")) if payload.get("x") in ("token", "basic", "key") else "token"
     key_id = payload.get("k")
     if kind == "key":
         key = active_key(store, str(key_id)) if isinstance(key_id, str) else None
         if key is None:
-            raise BadCredentials("the session's API key is revoked or expired")
+            raise BadCredentials("the session's API key is revoked or expired", guess=False)
         return Identity(f"key:{key.id}", Role(key.role), "key", tenant=key.tenant, key_id=key.id, via="cookie")
     return Identity(str(payload["s"]), role, kind, via="cookie")

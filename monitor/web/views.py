@@ -21,12 +21,14 @@ from jobqueue.shared.outputs import is_safe_name
 from monitor.web.api import error_response
 from monitor.web.routes import Role, route
 
-#: Blueprint the monitor's app factory registers when this module exists.
+#: Blueprint the monitor's app factory registers when this module exists. Its templates and
+#: static files live at the package's top (``monitor/templates``, ``monitor/static``), one level
+#: above this module.
 bp = Blueprint(
     "views",
     __name__,
-    template_folder="templates",
-    static_folder="static",
+    template_folder="../templates",
+    static_folder="../static",
     static_url_path="/ui-static",
 )
 
