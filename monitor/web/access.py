@@ -74,7 +74,7 @@ def _authenticate() -> Identity | None:
     payload = sessions.read(current_app, request, ctx.settings.monitor_session_seconds)
     if payload is False:
         raise BadCredentials("the session cookie is not valid (forged or expired): log in again", guess=False)
-    return from_session(ctx.store, payload) if payload else None
+    return from_session(ctx.store, payload, sessions.fingerprint(ctx.settings)) if payload else None
 
 
 def current_identity() -> Identity:

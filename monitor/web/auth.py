@@ -122,9 +122,10 @@ def from_header(settings: Settings, store: Store, header: str) -> Identity | Non
     return found
 
 
-def from_session(store: Store, payload: dict[str, Any]) -> Identity:
+def from_session(store: Store, payload: dict[str, Any], credentials: str) -> Identity:
     """The identity of a verified session cookie's payload; a key's session is checked
-    against the key (revoked or expired: :class:`BadCredentials`)."""
+    against the key, a token or basic-auth session against the ``credentials`` fingerprint
+    (:func:`monitor.web.sessions.fingerprint`); else :class:`BadCredentials`."""
     try:
         role = Role(payload["r"])
     except ValueError:
@@ -136,4 +137,6 @@ def from_session(store: Store, payload: dict[str, Any]) -> Identity:
         if key is None:
             raise BadCredentials("the session's API key is revoked or expired", guess=False)
         return Identity(f"key:{key.id}", Role(key.role), "key", tenant=key.tenant, key_id=key.id, via="cookie")
+    if payload.get("f") != credentials:
+        raise BadCredentials("the credentials of this session changed", guess=False)
     return Identity(str(payload["s"]), role, kind, via="cookie")

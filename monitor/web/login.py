@@ -57,8 +57,8 @@ def login() -> Any:
     g.jobqueue_audit_target = identity.subject
     response = jsonify({"ok": True, "subject": identity.subject, "role": identity.role.value,
                         "tenant": identity.tenant})
-    sessions.open_session(current_app, request, response, identity.session_payload(),
-                          ctx.settings.monitor_session_seconds)
+    payload = {**identity.session_payload(), "f": sessions.fingerprint(ctx.settings)}
+    sessions.open_session(current_app, request, response, payload, ctx.settings.monitor_session_seconds)
     return response
 
 

@@ -5,9 +5,9 @@ itsdangerous (HMAC-SHA1 over the payload and its time stamp) and is refused once
 ``JOBQUEUE_MONITOR_SESSION_SECONDS``. It is ``HttpOnly`` (no script reads it), ``SameSite=Lax``
 (no cross-site POST carries it) and ``Secure`` when the request came over TLS (directly or,
 per ``X-Forwarded-Proto``, through a reverse proxy). A session opened with an API key is
-checked against the key on every request, so revoking the key ends it at once. The signing key
-defaults to one derived from the token and basic-auth credentials: changing them ends every
-session.
+checked against the key on every request, so revoking the key ends it at once; a session opened with
+the token or basic auth holds a fingerprint of them and ends when they change. The signing key
+defaults to one derived from the token and basic-auth credentials.
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ def signing_key(settings: Settings) -> str:
         material = f"jobqueue-session\0{settings.monitor_token}\0{settings.monitor_basic_auth}"
         return hashlib.sha256(material.encode()).hexdigest()
     return secrets.token_hex(32)
+
+
+def fingerprint(settings: Settings) -> str:
+    """A short hash of the admin credentials: a token or basic-auth session holds it and ends
+    when they change, even under a configured session secret."""
+    material = f"jobqueue-credentials\0{settings.monitor_token}\0{settings.monitor_basic_auth}"
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 def install(app: Flask, settings: Settings) -> None:

@@ -347,3 +347,28 @@ def test_logins_wrong_credentials_and_submits_are_rate_limited_with_retry_after(
     assert any(b"jobqueue-monitor" in k for k in redis_client.keys("*"))
     # And refusals for rate are audited
     wait_for(lambda: any(e["status"] == 429 for e in audit(monitor, action="submit")), 10, what="429 in the audit")
+
+
+def test_a_token_session_ends_when_the_token_changes_even_with_a_fixed_session_secret(tmp_path):
+    from monitor.app import create_app
+
+    def app_with(token: str) -> Any:
+        return create_app(Settings(monitor_db=f"sqlite:///{tmp_path / 's.db'}", monitor_token=token,
+                                   monitor_session_secret="fixed", broker_url="redis://127.0.0.1:6379/9").resolved())
+
+    # Given a session opened with the token
+    first = app_with("old-token")
+    login = first.test_client().post("/login", json={"credential": "old-token"})
+    assert login.status_code == 200
+    cookie = login.headers["Set-Cookie"].split(";", 1)[0].split("=", 1)[1]
+    client = first.test_client()
+    client.set_cookie("jobqueue_session", cookie)
+    assert client.get("/api/keys").status_code == 200
+    # When the monitor restarts with another token (same session secret)
+    second = app_with("new-token")
+    again = second.test_client()
+    again.set_cookie("jobqueue_session", cookie)
+    # Then the old session is refused
+    assert again.get("/api/keys").status_code == 401
+    for app in (first, second):
+        app.extensions["jobqueue_monitor"].close()
