@@ -2,7 +2,8 @@
 
 Every route declared with ``audit="<action>"`` (controls, submit, key changes, login, logout)
 is recorded after its response, whatever the outcome (done, refused by the access check or
-the rate limit, failed): subject (``token``, ``basic:<user>``, ``key:<id>``, ``local``,
+the rate limit, failed; of callers without credentials only what :func:`worth_recording`
+keeps): subject (``token``, ``basic:<user>``, ``key:<id>``, ``local``,
 ``anonymous``), role, tenant, address, action, target, outcome, HTTP status, time. Entries go
 through the store's single writer (:meth:`monitor.ingest.writer.Writer.audit`), are kept
 ``JOBQUEUE_MONITOR_AUDIT_KEEP_DAYS`` and can be read at ``GET /api/audit`` (admins) — there is no
@@ -17,6 +18,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from monitor.store.access import MAX_AUDIT_PAGE, add_audit, read_audit
+from monitor.web import sessions
 from monitor.web.auth import ANONYMOUS, Identity
 from monitor.web.routes import Role, route, spec_for
 from monitor.web.schemas import AUDIT_PAGE, int_query, num_query, str_query
@@ -60,9 +62,25 @@ def record(action: str, status: int, target: str = "", detail: str = "") -> None
             add_audit(tx.session, [entry])
 
 
+def worth_recording(status: int) -> bool:
+    """Everything an identified caller does; of anonymous callers, what they tried *with*
+    credentials (a refused login, a wrong key) and not their 429s: so one address cannot write
+    more entries than its login rate limit lets through, and a scan without credentials
+    (401 on every control) writes none."""
+    identity: Identity = g.get("jobqueue_identity") or ANONYMOUS
+    if identity.logged_in or identity.kind == "local":
+        return True
+    if status == 429:
+        return False
+    if status == 401:
+        return bool(request.headers.get("Authorization") or request.cookies.get(sessions.COOKIE)
+                    or request.endpoint == "login.login")
+    return True
+
+
 def _after(response: Response) -> Response:
     spec = spec_for(current_app, request.endpoint)
-    if spec is not None and spec.audit:
+    if spec is not None and spec.audit and worth_recording(response.status_code):
         try:
             record(spec.audit, response.status_code, _target(), str(g.get("jobqueue_audit_detail") or ""))
         except Exception:  # the trail must not turn a done action into an error

@@ -260,9 +260,11 @@ def test_controls_logins_and_refusals_are_audited_and_the_trail_cannot_be_edited
     # Given a monitor with a token and an operator key
     monitor = start_monitor(MONITOR_TOKEN=TOKEN)
     key, info = new_key(monitor, "operator", tenant="acme")
-    # When the operator cancels an unknown job, a viewer-less stranger tries, and logins happen
+    # When the operator cancels an unknown job, a stranger tries with a wrong key and without
+    # any credentials, and logins happen
     requests.post(monitor.url + "/api/jobs/job-1/cancel", json={}, headers=bearer(key), timeout=10)
-    requests.post(monitor.url + "/api/jobs/job-2/cancel", json={}, timeout=10)
+    requests.post(monitor.url + "/api/jobs/job-2/cancel", json={}, headers=bearer("jq_wrong"), timeout=10)
+    requests.post(monitor.url + "/api/jobs/job-3/cancel", json={}, timeout=10)
     requests.post(monitor.url + "/login", json={"credential": "wrong"}, timeout=10)
     requests.post(monitor.url + "/login", json={"credential": key}, timeout=10)
     # Then each is in the trail: who, role, tenant, address, what, target, outcome, when
@@ -273,6 +275,7 @@ def test_controls_logins_and_refusals_are_audited_and_the_trail_cannot_be_edited
                                                                               "acme", "127.0.0.1")
     assert done["status"] == 404 and done["outcome"] == "failed" and abs(done["at"] - time.time()) < 60
     assert (by_target["job-2"]["subject"], by_target["job-2"]["outcome"]) == ("anonymous", "refused")
+    assert "job-3" not in by_target  # no credentials at all: a scan writes nothing
     wait_for(lambda: len(audit(monitor, action="login")) == 2, 10, what="the logins in the audit trail")
     logins = {e["outcome"]: e for e in audit(monitor, action="login")}
     assert logins["refused"]["status"] == 401 and logins["ok"]["target"] == f"key:{info['id']}"
