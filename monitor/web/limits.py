@@ -53,12 +53,11 @@ def storage_uri(settings: Settings) -> str:
 
 def retry_after(exc: RateLimitExceeded) -> int:
     """Seconds until the exceeded limit's window resets (at least 1)."""
-    try:
-        limiter: Limiter = current_app.extensions[EXTENSION]
-        reset, _ = limiter.limiter.get_window_stats(exc.limit.limit, *exc.limit.request_args)  # type: ignore[attr-defined]
-        return max(1, math.ceil(reset - time.time()))
-    except Exception:
-        return 60
+    limiter: Limiter = current_app.extensions[EXTENSION]
+    breached = limiter.current_limit
+    if breached is None:  # not known (storage trouble): one window of the limit at most
+        return max(1, int(exc.limit.limit.get_expiry()))
+    return max(1, math.ceil(breached.reset_at - time.time()))
 
 
 def _too_many(exc: RateLimitExceeded) -> Response:

@@ -334,7 +334,7 @@ def test_logins_wrong_credentials_and_submits_are_rate_limited_with_retry_after(
     # Then the fourth is refused with 429, Retry-After and the JSON error shape
     assert codes == [401, 401, 401, 429]
     limited = requests.post(monitor.url + "/login", json={"credential": TOKEN}, timeout=10)
-    assert limited.status_code == 429 and 0 < int(limited.headers["Retry-After"]) <= 60
+    assert limited.status_code == 429 and 0 < int(limited.headers["Retry-After"]) <= 61
     assert strict_json(limited.text)["error"]["code"] == "rate_limited"
     # And guessing through the API with wrong bearer tokens is limited the same way
     guesses = [requests.get(monitor.url + "/api/jobs", headers=bearer(f"guess{i}"), timeout=10).status_code
@@ -375,3 +375,19 @@ def test_a_token_session_ends_when_the_token_changes_even_with_a_fixed_session_s
     assert again.get("/api/keys").status_code == 401
     for app in (first, second):
         app.extensions["jobqueue_monitor"].close()
+
+
+def test_retry_after_counts_down_the_window_of_the_limit_that_was_hit(tmp_path):
+    from monitor.app import create_app
+
+    # Given a monitor (no Redis broker: counters in memory) allowing 2 logins an hour
+    app = create_app(Settings(monitor_db=f"sqlite:///{tmp_path / 'r.db'}", broker_url="amqp://127.0.0.1:5672//",
+                              monitor_token=TOKEN, monitor_rate_login="2/hour").resolved())
+    client = app.test_client()
+    # When a third login comes within the hour
+    codes = [client.post("/login", json={"credential": "x"}).status_code for _ in range(3)]
+    third = client.post("/login", json={"credential": TOKEN})
+    # Then it waits for the hour's window, not a fixed minute, even with the right token
+    assert codes == [401, 401, 429] and third.status_code == 429
+    assert 3000 < int(third.headers["Retry-After"]) <= 3601
+    app.extensions["jobqueue_monitor"].close()
