@@ -35,8 +35,6 @@ from monitor.web.routes import Role, RouteSpec, spec_for
 
 #: How long "are there API keys?" is remembered (s): a first key turns auth on within this.
 KEYS_CHECK_INTERVAL = 2.0
-#: Methods that change something.
-MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class Refusal(Exception):
