@@ -46,6 +46,7 @@ from jobqueue.config import Settings
 from jobqueue.connectors.base import Job
 from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW, ComfyUIConnector
 from jobqueue.shared import job_record as facts
+from jobqueue.shared.records import result_client
 from jobqueue.sims.comfyui.process import SimulatorProcess
 from jobqueue.transport.app import create_app
 
@@ -181,7 +182,7 @@ def run_jobqueue(url: str, workflow: dict[str, Any], redis_url: str, workdir: Pa
             handle.wait(timeout=60)
 
         total = _times(one, jobs)
-        client = facts.redis_client_of(app)
+        client = result_client(app)
         known = facts.read_many(client, ids)
         inside = [float(known[i]["runtime"]) * 1000 for i in ids if known.get(i, {}).get("runtime") is not None]
         return total, inside

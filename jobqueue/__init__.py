@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobqueue.client.batches import submit_batch
-from jobqueue.client.jobs import JobHandle, get_job, submit_job
+from jobqueue.client.jobs import JobHandle, default_app, get_job, submit_job
 from jobqueue.client.workflows import WorkflowHandle, get_workflow, submit_workflow
 from jobqueue.errors import (
     InvalidPayloadError,
@@ -21,6 +21,7 @@ from jobqueue.errors import (
     UnknownServiceError,
     WorkflowFailed,
 )
+from jobqueue.shared.names import WORKER_CLASS
 from jobqueue.states import ConnectorStatus, JobStatus
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "JobqueueError",
     "SubmitError",
     "UnknownServiceError",
+    "WORKER_CLASS",
     "WorkflowFailed",
     "WorkflowHandle",
     "app",
@@ -44,17 +46,9 @@ __all__ = [
     "submit_workflow",
 ]
 
-_app: Any = None
-
-
 def get_app() -> Any:
     """The process's default Celery app, built from the environment on first use."""
-    global _app
-    if _app is None:
-        from jobqueue.transport.app import create_app
-
-        _app = create_app()
-    return _app
+    return default_app()
 
 
 def __getattr__(name: str) -> Any:

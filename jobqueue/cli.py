@@ -225,10 +225,15 @@ def worker(celery_args: tuple[str, ...]) -> None:
 @click.option("--host", default=None, help="Address to bind (default JOBQUEUE_MONITOR_HOST, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default JOBQUEUE_MONITOR_PORT, 5555).")
 @click.option("--debug", is_flag=True, help="Serve with Werkzeug's development server instead of gunicorn.")
-def monitor(host: str | None, port: int | None, debug: bool = False) -> None:
+@click.option("--upgrade-only", is_flag=True,
+              help="Migrate the store (JOBQUEUE_MONITOR_DB) to the newest schema, print its revision before and after, and exit.")
+def monitor(host: str | None, port: int | None, debug: bool = False, upgrade_only: bool = False) -> None:
     """Run the monitor (collector, store from JOBQUEUE_MONITOR_DB, API, dashboard) under gunicorn."""
     import logging
 
+    if upgrade_only:
+        upgrade_store(load_settings().monitor_db)
+        return
     with needs_extra("the monitor", "monitor"):
         from monitor.server import serve
 
@@ -237,6 +242,28 @@ def monitor(host: str | None, port: int | None, debug: bool = False) -> None:
         serve(load_settings(), host, port, debug=debug)
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
+
+
+def upgrade_store(url: str) -> None:
+    """``jobqueue monitor --upgrade-only``: migrate the store at ``url`` and print its revision
+    before and after; a store that cannot be reached or migrated is a clean error (exit 1)."""
+    with needs_extra("the monitor", "monitor"):
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+        from monitor.store.migrate import upgrade_url
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError as exc:
+        raise click.ClickException(f"JOBQUEUE_MONITOR_DB is not a database URL: {exc}") from None
+    try:
+        done = upgrade_url(url)
+    except (SQLAlchemyError, ConfigError) as exc:
+        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise click.ClickException(f"the monitor's store {shown} cannot be upgraded: {reason}") from None
+    before = done.before or ("none (a store of a monitor from before migrations)" if done.adopted else "none (empty)")
+    click.echo(f"store {shown}\nrevision before: {before}\nrevision after:  {done.after}")
 
 
 @main.group()
@@ -343,12 +370,15 @@ def comfyui_sim(host: str, port: int, control_port: int | None, output_dir: str 
 @click.option("--flavour", type=click.Choice(["a1111", "forge"]), default="a1111", show_default=True,
               help="AUTOMATIC1111 v1.10.1 or Forge (their 422 bodies differ).")
 @click.option("--step-seconds", type=float, default=0.05, show_default=True, help="Time per sampling step.")
-def a1111_sim(host: str, port: int, control_port: int | None, flavour: str, step_seconds: float) -> None:
+@click.option("--webui-version", type=click.Choice(["1.7", "1.8", "1.9", "1.10"]), default="1.10", show_default=True,
+              help="A1111 release to imitate (1.7: no task ids; <= 1.8: an unknown sampler is a 404).")
+def a1111_sim(host: str, port: int, control_port: int | None, flavour: str, step_seconds: float,
+              webui_version: str) -> None:
     """Run the Stable Diffusion WebUI (A1111/Forge) simulator: the /sdapi/v1 API over real HTTP."""
     with needs_extra("the WebUI simulator", "a1111-sim"):
         from jobqueue.sims.a1111.server import run
 
-    run(host, port, control_port=control_port, flavour=flavour, step_seconds=step_seconds)
+    run(host, port, control_port=control_port, flavour=flavour, step_seconds=step_seconds, version=webui_version)
 
 
 if __name__ == "__main__":

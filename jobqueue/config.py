@@ -8,6 +8,7 @@ every variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -146,6 +147,13 @@ class Settings(BaseSettings):
     webhook_max_tries: int = 6
     #: Seconds before the first retry of a webhook delivery; doubled for each further retry.
     webhook_backoff: float = 10.0
+    #: Networks (CIDRs) webhook targets may be in besides public addresses, e.g.
+    #: ``10.1.2.0/24,127.0.0.1/32`` for a receiver inside the fleet: by default workers refuse
+    #: loopback, private, link-local, CGNAT, multicast and reserved targets.
+    webhook_allowed_networks: tuple[str, ...] = ()
+    #: Values under payload, argument and result keys matching this regular expression
+    #: (case-insensitive, anywhere in the key) are shown as "•••" in the monitor, events and logs.
+    secret_keys_pattern: str = "password|secret|token|api_key|authorization|cookie"
     #: ComfyUI: longest (s) a prompt may be listed as running with no message at all before the
     #: job counts as stalled (a silent node is not a stall; a server that stops answering is).
     comfyui_node_timeout: float = 600.0
@@ -311,6 +319,15 @@ class Settings(BaseSettings):
             raise ConfigError("JOBQUEUE_MONITOR_SESSION_SECONDS and JOBQUEUE_MONITOR_AUDIT_KEEP_DAYS must be > 0")
         if not 0 <= self.monitor_port <= 65535:
             raise ConfigError(f"JOBQUEUE_MONITOR_PORT must be 0..65535, got {self.monitor_port}")
+        for cidr in self.webhook_allowed_networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS: {cidr!r} is not a CIDR: {exc}") from None
+        try:
+            re.compile(self.secret_keys_pattern)
+        except re.error as exc:
+            raise ConfigError(f"JOBQUEUE_SECRET_KEYS_PATTERN is not a regular expression: {exc}") from None
 
     def comfyui_url_for(self, gpu: int) -> str:
         """Return the ComfyUI URL a worker on ``gpu`` talks to."""

@@ -31,6 +31,21 @@ class InvalidPayloadError(SubmitError):
     """The job's payload was rejected by its connector's validation."""
 
 
+class WebhookTargetRefused(SubmitError):
+    """The job's ``webhook_url`` names an address workers may not reach (loopback, private,
+    link-local, metadata...; see :mod:`jobqueue.shared.safe_http`); nothing was enqueued."""
+
+
+class TargetRefused(JobqueueError):
+    """An outgoing request's target resolves to an address jobqueue may not reach (see
+    :mod:`jobqueue.shared.safe_http`); ``details`` names the host, address and reason."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = dict(details or {})
+
+
 class ProcessFailed(JobqueueError):
     """A process started by ``jobqueue up`` failed to start or died while running."""
 

@@ -39,10 +39,14 @@ class JobStatus(str, Enum):
         return self.value
 
 
-#: States a job never leaves.
+#: States a job never leaves: the one definition of "final" (everything else derives from it).
 FINAL_JOB_STATES = frozenset(
     {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT}
 )
+#: The final states as the strings stored and sent (a ``str`` read back from a store or an
+#: event is not found in :data:`FINAL_JOB_STATES`, whose members hash by name), in
+#: :class:`JobStatus` order: for SQL ``IN`` and plain-string membership.
+FINAL_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus if s in FINAL_JOB_STATES)
 
 #: Merge order: a report only moves a job to a state of higher (or, for retrying/processing
 #: cycles, see :func:`may_move`) precedence.
@@ -134,8 +138,9 @@ def job_status_from_celery(state: str, error_type: str | None = None) -> JobStat
     return _CELERY_TO_JOB.get(state, JobStatus.QUEUED)
 
 
-#: Step statuses that end a workflow with that status (the first such step's).
-_BAD_STEP = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
+#: Step statuses that end a workflow with that status (the first such step's): every final
+#: status but completed.
+_BAD_STEP = tuple(s for s in JobStatus if s in FINAL_JOB_STATES and s != JobStatus.COMPLETED)
 
 
 def workflow_status(statuses: Sequence[str], total: int | None = None) -> JobStatus:

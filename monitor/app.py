@@ -72,7 +72,10 @@ def create_app(
     celery_app: Any = None,
 ) -> Flask:
     """Build the monitor app. ``config`` is a :class:`Settings` or overrides for
-    ``Settings.from_env``; ``store`` defaults to one on ``settings.monitor_db``."""
+    ``Settings.from_env``; ``store`` defaults to one on ``settings.monitor_db``.
+
+    In order: the settings, the app's :class:`MonitorContext` (with its metrics registry),
+    the security guard and the routes, then the error handlers."""
     if isinstance(config, Settings):
         settings = config.resolved()
     else:
@@ -90,10 +93,18 @@ def create_app(
         _celery=celery_app,
     )
     from monitor.metrics.prometheus import build_registry
+    from monitor.web.broker import queue_depths
 
-    context.registry = build_registry(context)
+    context.registry = build_registry(context, queue_depths)
     app.extensions["jobqueue_monitor"] = context
+    _register_routes(app)
+    _register_error_handlers(app)
+    return app
 
+
+def _register_routes(app: Flask) -> None:
+    """The guard first (it checks every request), then the API, previews, dead letters, OpenAPI,
+    the websocket, webhook attempts and, when present, the dashboard's views."""
     from monitor.web import api, guard, ws
 
     guard.install(app)
@@ -117,18 +128,35 @@ def create_app(
 
     security.install(app)  # last: it reads every route's declaration
 
+
+def _register_error_handlers(app: Flask) -> None:
+    """Errors of the API, ``/healthz`` and ``/metrics`` answer in the API's JSON error shape
+    (other pages keep Flask's); an unexpected exception answers 500 with an id found in the log."""
+    from monitor.web.responses import error_response
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
         if not (request.path.startswith("/api") or request.path in ("/healthz", "/metrics")):
             return exc
-        return api.error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
-                                  exc.description or "")
+        return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
+                              exc.description or "")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         # The exception text stays in the log: it may name paths or internals of this host.
         error_id = uuid.uuid4().hex[:12]
         app.logger.exception("unhandled error %s on %s", error_id, request.path)
-        return api.error_response(500, "internal_error", f"internal error (error id {error_id}, see the monitor's log)")
+        return error_response(500, "internal_error", f"internal error (error id {error_id}, see the monitor's log)")
 
-    return app
+
+def print_roles_table() -> None:
+    """Print the roles table of docs/security.md (:func:`monitor.web.openapi.roles_table`) of a
+    monitor app on a throwaway store."""
+    import tempfile
+
+    from monitor.web.openapi import roles_table
+
+    with tempfile.TemporaryDirectory() as folder:
+        app = create_app(Settings(monitor_db=f"sqlite:///{folder}/roles.db").resolved())
+        print(roles_table(app))
+        app.extensions["jobqueue_monitor"].close()

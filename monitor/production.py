@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -36,12 +37,14 @@ def bind_address(host: str, port: int) -> str:
 
 
 class MonitorApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type information
-    """gunicorn application that builds and runs the whole monitor inside its worker."""
+    """gunicorn application that builds and runs the whole monitor inside its worker
+    (``build_monitor()``: a :class:`monitor.server.Monitor` without a web server of its own)."""
 
-    def __init__(self, settings: Settings, host: str, port: int) -> None:
+    def __init__(self, settings: Settings, host: str, port: int, build_monitor: Callable[[], Any]) -> None:
         self.settings = settings
         self.host = host
         self.port = port
+        self.build_monitor = build_monitor
         self.monitor: Any = None
         # Made here, in the master: the worker it runs in then dies with this process, even
         # when it is SIGKILLed (gunicorn's own check of its parent can take many seconds).
@@ -78,9 +81,7 @@ class MonitorApplication(BaseApplication):  # type: ignore[misc]  # gunicorn shi
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from monitor.server import Monitor
-
-        self.monitor = Monitor(self.settings, self.host, self.port, web=False)
+        self.monitor = self.build_monitor()
         self.monitor.start()
         log.info("monitor on http://%s (gunicorn, %d threads)", bind_address(self.host, self.port),
                  self.settings.monitor_threads)
@@ -109,9 +110,8 @@ class MonitorApplication(BaseApplication):  # type: ignore[misc]  # gunicorn shi
             self.monitor.stop()
 
 
-def serve_production(settings: Settings, host: str, port: int) -> None:
-    """Run the monitor under gunicorn until SIGINT or SIGTERM."""
-    from monitor.server import check_bind
-
-    check_bind(settings, host)
-    MonitorApplication(settings, host, port).run()
+def serve_production(settings: Settings, host: str, port: int, build_monitor: Callable[[], Any]) -> None:
+    """Run the monitor that ``build_monitor()`` makes (in gunicorn's worker, after the fork)
+    under gunicorn until SIGINT or SIGTERM. The caller checks the bind address first
+    (:func:`monitor.server.serve`)."""
+    MonitorApplication(settings, host, port, build_monitor).run()

@@ -51,7 +51,8 @@ class Monitor:
         self.hub = ChangeHub()
         self.celery = monitor_celery_app(settings)
         self.writer = Writer(self.store, self.hub, heartbeat_default=settings.heartbeat_interval,
-                             beat_default=settings.status_beat, totals=Totals(self.store))
+                             beat_default=settings.status_beat, totals=Totals(self.store),
+                             secret_keys=settings.secret_keys_pattern)
         self.repair = Repair(self.celery, self.writer, self.store, settings)
         # Events of a gap in the stream are gone: repair recovers what the backend still knows.
         self.collector = EventCollector(self.celery, self.writer, on_reconnected=self.repair.trigger,
@@ -91,14 +92,15 @@ class Monitor:
 def serve(settings: Settings, host: str | None = None, port: int | None = None, debug: bool = False) -> None:
     """Run the monitor until SIGINT or SIGTERM: under gunicorn (:mod:`monitor.production`),
     or with ``debug`` under Werkzeug's development server."""
+    host = host or settings.monitor_host
+    port = settings.monitor_port if port is None else port
     if not debug:
         from monitor.production import serve_production
 
-        serve_production(settings, host or settings.monitor_host,
-                         settings.monitor_port if port is None else port)
+        check_bind(settings, host)
+        serve_production(settings, host, port, lambda: Monitor(settings, host, port, web=False))
         return
-    monitor = Monitor(settings, host or settings.monitor_host,
-                      settings.monitor_port if port is None else port)
+    monitor = Monitor(settings, host, port)
     monitor.start()
 
     def on_signal(signum: int, _frame: Any) -> None:

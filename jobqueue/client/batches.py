@@ -113,6 +113,7 @@ def submit_batch(
                 service, vary_payload(payload, index, count, vary), is_redis=app.settings.is_redis,
                 priority=priority, queue=queue, timeout=timeout,
                 extra={"batch_id": batch_id, "batch_index": index, "batch_size": count},
+                secret_keys=app.settings.secret_keys_pattern,
             ))
         except SubmitError as exc:
             raise type(exc)(f"batch job {index}: {exc}") from None

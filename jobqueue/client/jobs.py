@@ -34,12 +34,14 @@ from jobqueue.errors import (
     error_info,
 )
 from jobqueue.shared import job_record as facts
-from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK
+from jobqueue.shared.masking import DEFAULT_PATTERN, mask
+from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED, WORKER_CLASS
+from jobqueue.shared.records import result_client, workflow_key, workflow_step_key
 from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
 from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
-from jobqueue.shared.submissions import redis_client as submitted_client
 from jobqueue.shared.summary import summarize_payload
+from jobqueue.shared.webhooks import check_webhook_url
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 
 log = logging.getLogger(__name__)
@@ -61,14 +63,18 @@ class JobNotFinished(JobError):
     """``result()`` was asked for a job that has not ended yet."""
 
 
+#: The process's default Celery app, once built (see :func:`default_app`).
+_default_apps: list[Any] = []
+
+
 def default_app() -> Any:
-    """The process's default Celery app (:func:`jobqueue.get_app`), for callers given none."""
-    from jobqueue import get_app
+    """The process's default Celery app, built from the environment on first use: the app of
+    callers given none, ``jobqueue.get_app()`` and ``celery -A jobqueue``."""
+    if not _default_apps:
+        from jobqueue.transport.app import create_app
 
-    return get_app()
-
-
-_default_app = default_app  # the old private name
+        _default_apps.append(create_app(worker_class=WORKER_CLASS))
+    return _default_apps[0]
 
 
 def _error_type(info: Any) -> str | None:
@@ -267,16 +273,14 @@ class JobHandle:
         # Mark it first, so a worker that starts it later (and never saw the revoke) skips it.
         now = time.time()
         self.app.backend.store_result(self.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
-        client = facts.redis_client_of(self.app)
+        client = result_client(self.app)
         if client is not None:
             facts.write(client, self.id, {"finished_at": now, "cancelled_at": now},
                         expires=int(self.app.conf.result_expires or 86400), only_new=("finished_at", "cancelled_at"))
         self.app.control.revoke(self.id)
         self.app.control.broadcast(CONTROL_CANCEL_JOB, arguments={"job_id": self.id})
         self._announce_cancel(now)
-        # A workflow step takes the steps after it along (imported here: workflows imports us).
-        from jobqueue.client.workflows import cancel_later_steps
-
+        # A workflow step takes the steps after it along.
         cancel_later_steps(self.id, self.app)
         return True
 
@@ -285,10 +289,44 @@ class JobHandle:
         reaches its message). Best effort: the result backend already holds the truth."""
         try:
             with self.app.events.default_dispatcher() as dispatcher:
-                dispatcher.send("task-revoked", uuid=self.id, terminated=False, signum=None,
+                dispatcher.send(TASK_REVOKED, uuid=self.id, terminated=False, signum=None,
                                 expired=False, timestamp=now, cancelled_by="client")
         except Exception:
             log.warning("could not announce the cancel of job %s", self.id, exc_info=True)
+
+
+def cancel_later_steps(job_id: str, app: Any) -> list[str]:
+    """When ``job_id`` is a workflow step, mark every later step that has not ended cancelled
+    (``REVOKED``, reason ``workflow <id> cancelled at step <k>``) and revoke them; return
+    their ids (empty for a plain job).
+
+    Called by :meth:`JobHandle.cancel`: cancelling any step ends the rest of its workflow, at
+    once for callers; the worker that finishes the step before drops the chain there and
+    announces the cancelled steps to the monitor (:func:`run_step`).
+    """
+    getter = getattr(app.backend, "get", None)
+    if not callable(getter):
+        return []
+    workflow_id = getter(workflow_step_key(job_id))
+    if not workflow_id:
+        return []
+    if isinstance(workflow_id, bytes):
+        workflow_id = workflow_id.decode()
+    raw = getter(workflow_key(workflow_id))
+    if not raw:
+        return []
+    steps = list(json.loads(raw)["steps"])
+    if job_id not in steps:
+        return []
+    number = steps.index(job_id) + 1
+    reason = f"workflow {workflow_id} cancelled at step {number}"
+    later = [step_id for step_id in steps[number:]
+             if app.AsyncResult(step_id).state not in celery_states.READY_STATES]
+    for step_id in later:
+        app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
+    if later:
+        app.control.revoke(later)
+    return later
 
 
 def get_job(job_id: str, *, app: Any = None) -> JobHandle:
@@ -318,6 +356,7 @@ def prepare_job(
     extra: dict[str, Any] | None = None,
     continuation: bool = False,
     requires: dict[str, Any] | None = None,
+    secret_keys: str = DEFAULT_PATTERN,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate one job and build its message: ``(task kwargs, send options)``.
 
@@ -326,6 +365,8 @@ def prepare_job(
     first (it takes the upper broker level of its priority). Raises like :func:`submit_job`.
     A job with requirements (``requires`` plus the models its payload names) goes to its
     capability queue unless ``queue`` pins it (:func:`jobqueue.shared.requirements.route_queue`).
+    ``kwargsrepr`` (what events and logs show) has values under ``secret_keys`` masked; the
+    task's kwargs keep them.
     """
     payload = connector_class(service).validate(payload)
     req = resolve(requires, connector_class(service).required_models(payload))
@@ -354,7 +395,8 @@ def prepare_job(
         "task_id": job_id,
         "queue": target,
         "priority": broker_priority(priority, is_redis=is_redis, continuation=continuation),
-        "kwargsrepr": json.dumps({**meta, "payload_summary": summarize_payload(service, payload)}, default=str),
+        "kwargsrepr": json.dumps(mask({**meta, "payload_summary": summarize_payload(service, payload, secret_keys)},
+                                      secret_keys), default=str),
     }
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 
@@ -362,7 +404,7 @@ def prepare_job(
 def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
     """Before sending: the submit record (no job without one) and, for :meth:`JobHandle.waiting_for`,
     the job's requirements, in one round trip on a Redis result backend."""
-    client = submitted_client(app)
+    client = result_client(app)
     if client is None:
         record_submitted(app, [job_id])
         return
@@ -402,18 +444,19 @@ def submit_job(
     goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
     Raises :class:`~jobqueue.errors.UnknownServiceError` or
     :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued). ``webhook_url`` (http or
-    https only, else :class:`~jobqueue.errors.SubmitError`) gets a signed POST when the job
-    ends (see :mod:`jobqueue.worker.webhooks`).
+    https only, else :class:`~jobqueue.errors.SubmitError`; an IP literal outside the public
+    addresses and ``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS`` raises
+    :class:`~jobqueue.errors.WebhookTargetRefused`) gets a signed POST when the job ends (see
+    :mod:`jobqueue.worker.webhooks`).
     """
     app = app or default_app()
     if webhook_url is not None:
-        from jobqueue.worker.webhooks import check_webhook_url
-
-        extra = {**(extra or {}), "webhook_url": check_webhook_url(webhook_url)}
+        url = check_webhook_url(webhook_url, app.settings.webhook_allowed_networks)
+        extra = {**(extra or {}), "webhook_url": url}
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
-        requires=requires,
+        requires=requires, secret_keys=app.settings.secret_keys_pattern,
     )
     _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
     sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)

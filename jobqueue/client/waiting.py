@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from jobqueue.shared.names import CONTROL_CONNECTOR_STATUS
+from jobqueue.shared.records import requires_key, result_client
 from jobqueue.shared.requirements import Capabilities, Requirements, waiting_for, worker_capabilities
 
 log = logging.getLogger(__name__)
@@ -22,25 +23,16 @@ log = logging.getLogger(__name__)
 INSPECT_TIMEOUT = 1.0
 
 
-def _key(job_id: str) -> str:
-    return f"jobqueue-requires-{job_id}"
-
-
-def _client(app: Any) -> Any:
-    client = getattr(app.backend, "client", None)
-    return client if client is not None and hasattr(client, "set") else None
-
-
 def queue_remember(pipe: Any, app: Any, job_id: str, service: str, req: Requirements) -> None:
     """Add :func:`remember`'s write to ``pipe`` (a pipeline on the result backend's Redis)."""
     if not req.is_empty:
-        pipe.set(_key(job_id), json.dumps({"service": service, "requires": req.as_dict()}),
+        pipe.set(requires_key(job_id), json.dumps({"service": service, "requires": req.as_dict()}),
                  ex=int(app.conf.result_expires or 86400))
 
 
 def remember(app: Any, job_id: str, service: str, req: Requirements) -> None:
     """Record a job's requirements for :func:`job_waiting_for` (no-op without a Redis backend)."""
-    client = _client(app)
+    client = result_client(app)
     if client is None or req.is_empty:
         return
     try:
@@ -53,11 +45,11 @@ def remember(app: Any, job_id: str, service: str, req: Requirements) -> None:
 
 def recorded(app: Any, job_id: str) -> tuple[str | None, Requirements]:
     """``(service, requirements)`` recorded at submit (empty when none)."""
-    client = _client(app)
+    client = result_client(app)
     if client is None:
         return None, Requirements()
     try:
-        raw = client.get(_key(job_id))
+        raw = client.get(requires_key(job_id))
         data = json.loads(raw) if raw else {}
     except Exception:
         log.warning("could not read the requirements of job %s", job_id, exc_info=True)

@@ -34,33 +34,28 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import chain
-from celery import states as celery_states
 
-from jobqueue.client.jobs import JobHandle, default_app, prepare_job
+from jobqueue.client.jobs import JobHandle, cancel_later_steps, default_app, prepare_job
 from jobqueue.errors import (
-    JobCancelled,
     JobFailed,
     SubmitError,
     WaitTimeout,
     WorkflowFailed,
     WorkflowNotFound,
 )
-from jobqueue.shared.names import RUN_JOB_TASK
+from jobqueue.shared.names import RUN_JOB_TASK, STEP_SIGNATURE_TYPE
+from jobqueue.shared.records import workflow_key, workflow_step_key
 from jobqueue.shared.steps import (
     PREV,
-    RECORD_PREFIX,
-    STEP_PREFIX,
-    STEP_SIGNATURE_TYPE,
     StepSignature,
     placeholder_paths,
-    record_key,
     resolve_placeholders,
 )
 from jobqueue.shared.submissions import record_submitted
 from jobqueue.states import FINAL_JOB_STATES, JobStatus, workflow_status
 
 __all__ = [
-    "MAX_STEPS", "PREV", "RECORD_PREFIX", "STEP_PREFIX", "STEP_SIGNATURE_TYPE", "StepSignature",
+    "MAX_STEPS", "PREV", "STEP_SIGNATURE_TYPE", "StepSignature",
     "WorkflowHandle", "cancel_later_steps", "get_workflow", "placeholder_paths",
     "resolve_placeholders", "submit_workflow",
 ]
@@ -68,40 +63,6 @@ __all__ = [
 #: Most steps one workflow may have.
 MAX_STEPS = 100
 
-
-
-def cancel_later_steps(job_id: str, app: Any) -> list[str]:
-    """When ``job_id`` is a workflow step, mark every later step that has not ended cancelled
-    (``REVOKED``, reason ``workflow <id> cancelled at step <k>``) and revoke them; return
-    their ids (empty for a plain job).
-
-    Called by :meth:`JobHandle.cancel`: cancelling any step ends the rest of its workflow, at
-    once for callers; the worker that finishes the step before drops the chain there and
-    announces the cancelled steps to the monitor (:func:`run_step`).
-    """
-    getter = getattr(app.backend, "get", None)
-    if not callable(getter):
-        return []
-    workflow_id = getter(STEP_PREFIX + job_id)
-    if not workflow_id:
-        return []
-    if isinstance(workflow_id, bytes):
-        workflow_id = workflow_id.decode()
-    raw = getter(record_key(workflow_id))
-    if not raw:
-        return []
-    steps = list(json.loads(raw)["steps"])
-    if job_id not in steps:
-        return []
-    number = steps.index(job_id) + 1
-    reason = f"workflow {workflow_id} cancelled at step {number}"
-    later = [step_id for step_id in steps[number:]
-             if app.AsyncResult(step_id).state not in celery_states.READY_STATES]
-    for step_id in later:
-        app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
-    if later:
-        app.control.revoke(later)
-    return later
 
 
 def _check_steps(steps: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -144,6 +105,7 @@ def submit_workflow(
                 service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
                 timeout=timeout, workflow_id=workflow_id, step=number, continuation=number > 1,
                 extra={"workflow_steps": len(pairs), "workflow_submitted_at": submitted_at},
+                secret_keys=app.settings.secret_keys_pattern,
             )
         except SubmitError as exc:
             raise type(exc)(f"step {number}: {exc}") from None
@@ -155,11 +117,14 @@ def submit_workflow(
               "priority": signatures[0].kwargs["options"]["priority"]}
     setter = getattr(app.backend, "set", None)
     if callable(setter):
-        setter(record_key(workflow_id), json.dumps(record))
+        setter(workflow_key(workflow_id), json.dumps(record))
         for step_id in step_ids:
-            setter(STEP_PREFIX + step_id, workflow_id)
+            setter(workflow_step_key(step_id), workflow_id)
     record_submitted(app, step_ids)  # later steps are sent by workers, but queued from now on
-    chain(*signatures).apply_async()
+    # ``ignore_result=False`` spelled out: a client app does not register the job task (a worker
+    # does), and the first message of a chain of an unregistered task would leave that header
+    # empty; the message stays the one a registered task sends (rolling upgrades compare them).
+    chain(*signatures).apply_async(ignore_result=False)
     return WorkflowHandle(workflow_id, step_ids, app)
 
 
@@ -171,7 +136,7 @@ def get_workflow(workflow_id: str, *, app: Any = None) -> WorkflowHandle:
     """
     app = app or default_app()
     getter = getattr(app.backend, "get", None)
-    raw = getter(record_key(workflow_id)) if callable(getter) else None
+    raw = getter(workflow_key(workflow_id)) if callable(getter) else None
     if not raw:
         raise WorkflowNotFound(f"no workflow {workflow_id}")
     record = json.loads(raw)

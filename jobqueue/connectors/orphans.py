@@ -8,8 +8,8 @@ interrupt when running) as soon as the service answers again, before it takes th
 Otherwise the abandoned prompt runs after a thaw, ahead of the retry: the GPU does the work
 twice.
 
-The book lives in Redis under one key per worker identity and service, so it survives a
-worker restart; without Redis it is kept in memory (enough for tests and one-off runs). Only
+The book lives in Redis under one key per worker identity and service
+(:func:`jobqueue.shared.records.orphan_book_key`), so it survives a worker restart; without Redis it is kept in memory (enough for tests and one-off runs). Only
 the worker named in the key writes it, so once a process has read the key, its own copy is
 complete: Redis is read until one read succeeds, and written through on every new entry. A
 strike-out reaches Redis with the next write (or :meth:`OrphanBook.flush`): a job's last
@@ -30,11 +30,6 @@ log = logging.getLogger(__name__)
 #: Seconds an entry is kept at most (refreshed on every write): a worker that never comes
 #: back must not leave keys behind forever.
 BOOK_TTL = 7 * 24 * 3600
-
-
-def book_key(worker: str, service: str) -> str:
-    """The Redis key of ``worker``'s book for ``service``."""
-    return f"jobqueue-orphans-{worker}-{service}"
 
 
 class OrphanBook:

@@ -17,10 +17,19 @@ from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 from annotated_types import Ge, Gt, Le
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from jobqueue.connectors.a1111.fields import (
+    API_LIMITS,
     BOOL,
     DICT,
     FLOAT,
@@ -76,6 +85,10 @@ class ComfyUIPayload(PayloadModel):
     timeout: Seconds | None = None
     stall_timeout: Seconds | None = None
     node_timeout: Seconds | None = None
+    partial_outputs: Annotated[Literal["fail", "warn"], Field(
+        description="When ComfyUI accepts the workflow with some outputs invalid (it runs the others): "
+                    "'fail' the job with ComfyUI's node errors, or 'warn': complete it with a warning "
+                    "naming each output that did not run.")] = "fail"
 
     @field_validator("workflow", mode="before")
     @classmethod
@@ -90,7 +103,12 @@ class ComfyUIPayload(PayloadModel):
                 raise ValueError(f"workflow node {node_id!r} must be an object with class_type and inputs")
             if not isinstance(node.get("class_type"), str) or not node["class_type"]:
                 raise ValueError(f"workflow node {node_id!r} has no 'class_type' string")
-            if not isinstance(node.get("inputs", {}), dict):
+            if "inputs" not in node:
+                # ComfyUI 0.3.64 accepts it when no output needs the node, then its executor
+                # thread dies on it (KeyError building cache keys): nothing runs until a restart.
+                raise ValueError(f"workflow node {node_id!r} has no 'inputs' (give it \"inputs\": {{}}): ComfyUI "
+                                 "would accept it and then stop running any prompt until restarted")
+            if not isinstance(node["inputs"], dict):
                 raise ValueError(f"workflow node {node_id!r} has 'inputs' that is not an object")
         return workflow
 
@@ -103,42 +121,75 @@ A1111_OWNED = {
     "include_init_images": "jobqueue does not store input images",
 }
 #: Payload fields of jobqueue's own (not sent to the WebUI).
-A1111_OWN_FIELDS = ("mode", "timeout", "stall_timeout", "node_timeout")
+A1111_OWN_FIELDS = ("mode", "timeout", "stall_timeout", "node_timeout", "ui_limits")
+
+
+def _number_from_string(kind: type) -> Any:
+    """A numeric string as the number it spells, as the WebUI's models coerce it (pydantic 1
+    and 2 alike: ``"20"`` is a step count, ``"7.5"`` a cfg scale; ``"7.5"`` is no integer)."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return kind(value.strip())
+            except ValueError:
+                return value  # refused by the strict check, named as it was written
+        return value
+    return BeforeValidator(convert)
+
 
 _A1111_TYPES: dict[str, Any] = {
-    INT: int, FLOAT: Annotated[float, Field(allow_inf_nan=False)], STR: str, BOOL: bool,
-    LIST: list[Any], STR_LIST: list[str], DICT: dict[str, Any],
+    INT: int, FLOAT: float, STR: str, BOOL: bool, LIST: list[Any], STR_LIST: list[str], DICT: dict[str, Any],
 }
+
+
+def _a1111_annotation(kind: str, low: float | None, high: float | None) -> Any:
+    """The type of one WebUI field: numbers from numeric strings, the limits as constraints."""
+    kind_type = _A1111_TYPES.get(kind, Any)
+    if kind == INT:
+        return Annotated[int, Field(ge=low, le=high), _number_from_string(int)]
+    if kind == FLOAT:
+        return Annotated[float, Field(ge=low, le=high, allow_inf_nan=False), _number_from_string(float)]
+    return Annotated[kind_type, Field(ge=low, le=high)] if (low, high) != (None, None) else kind_type
 
 
 class A1111Payload(PayloadModel):
     """Base of the ``a1111`` models: jobqueue's own fields; the WebUI's come from its tables."""
 
-    range_note: ClassVar[str] = " (the WebUI's limits)"
+    range_note: ClassVar[str] = " (the WebUI's UI limits; \"ui_limits\": false lifts them)"
 
     timeout: Seconds | None = None
     stall_timeout: Seconds | None = None
     node_timeout: Seconds | None = None
+    ui_limits: Annotated[bool, Field(description="Check the WebUI's UI slider limits (steps <= 150, sides "
+                                                 "64-2048, batch <= 8, cfg 1-30); false: only what it can run.")] = True
 
 
-def _a1111_model(mode: str) -> type[A1111Payload]:
+class A1111ApiPayload(A1111Payload):
+    """Base of the models with only the limits of what the WebUI can run (``ui_limits: false``)."""
+
+    range_note: ClassVar[str] = " (what the WebUI can run)"
+
+
+def _a1111_model(mode: str, ranges: Mapping[str, tuple[float | None, float | None]],
+                 base: type[A1111Payload]) -> type[A1111Payload]:
     """The ``mode`` request of the WebUI (Forge's fields, a superset of A1111's) as a model:
-    each field's JSON type, null only where the WebUI's default is null, the UI's ranges."""
+    each field's JSON type, null only where the WebUI's default is null, the ``ranges``."""
     fields: dict[str, Any] = {"mode": (Literal[mode], mode)}
     for name, (kind, default) in request_fields(mode, "forge").items():
         if name in A1111_OWNED:
             continue
-        kind_type = _A1111_TYPES.get(kind, Any)
-        low, high = RANGES.get(name, (None, None))
-        annotation = Annotated[kind_type, Field(ge=low, le=high)] if (low, high) != (None, None) else kind_type
+        low, high = ranges.get(name, (None, None))
+        annotation = _a1111_annotation(kind, low, high)
         fields[name] = (annotation | None if default is None else annotation, default)
-    model: type[A1111Payload] = create_model(
-        f"A1111{mode.capitalize()}Payload", __base__=A1111Payload, **fields)
+    model: type[A1111Payload] = create_model(f"A1111{mode.capitalize()}Payload", __base__=base, **fields)
     return model
 
 
-#: The ``a1111`` model of each mode.
-A1111_MODELS: dict[str, type[A1111Payload]] = {mode: _a1111_model(mode) for mode in ROUTES}
+#: The ``a1111`` model of each mode (the default: UI limits checked).
+A1111_MODELS: dict[str, type[A1111Payload]] = {mode: _a1111_model(mode, RANGES, A1111Payload) for mode in ROUTES}
+#: The same with only what the WebUI can run (a payload's ``"ui_limits": false``).
+A1111_API_MODELS: dict[str, type[A1111Payload]] = {
+    mode: _a1111_model(mode, API_LIMITS, A1111ApiPayload) for mode in ROUTES}
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -239,7 +290,8 @@ def validate_simulation(payload: Any) -> dict[str, Any]:
 
 
 def validate_comfyui(payload: Any) -> dict[str, Any]:
-    """The ``comfyui`` payload: its workflow, and the time limits given (as floats)."""
+    """The ``comfyui`` payload: its workflow, the time limits given (as floats) and
+    ``partial_outputs`` when given."""
     if isinstance(payload, dict) and "workflow" not in payload:
         payload = {**payload, "workflow": {}}  # one message for "absent" and "empty"
     model = check(ComfyUIPayload, "comfyui", payload)
@@ -248,18 +300,20 @@ def validate_comfyui(payload: Any) -> dict[str, Any]:
         value = getattr(model, name)
         if value is not None:
             result[name] = float(value)
+    if "partial_outputs" in model.model_fields_set:
+        result["partial_outputs"] = model.partial_outputs
     return result
 
 
 def validate_a1111(payload: Any) -> dict[str, Any]:
-    """The ``a1111`` payload as written, with ``mode`` filled in and the time limits as
-    floats; every problem named at once."""
+    """The ``a1111`` payload as written (numeric strings as the numbers they spell), with
+    ``mode`` filled in and the time limits as floats; every problem named at once."""
     if not isinstance(payload, dict):
         raise InvalidPayloadError("a1111: payload must be a JSON object (the WebUI's txt2img/img2img request)")
     mode = payload.get("mode", "txt2img")
     if mode not in ROUTES:
         raise InvalidPayloadError(f"a1111: 'mode' must be one of {', '.join(ROUTES)}, got {mode!r}")
-    model = A1111_MODELS[mode]
+    model = (A1111_API_MODELS if payload.get("ui_limits") is False else A1111_MODELS)[mode]
     problems: list[str] = []
     known = all_field_names() | set(A1111_OWN_FIELDS)
     unknown = sorted(set(payload) - known)
@@ -273,10 +327,28 @@ def validate_a1111(payload: Any) -> dict[str, Any]:
             problems.append(f"'{name}' is not a {mode} field")
         elif name in model.model_fields:
             checked[name] = value
+    parsed = None
     try:
-        model.model_validate(checked)
+        parsed = model.model_validate(checked)
     except ValidationError as exc:
         problems += describe(model, exc, checked)
+    problems += _a1111_extra_problems(mode, payload)
+    if problems or parsed is None:
+        raise InvalidPayloadError("a1111: " + "; ".join(problems))
+    result = dict(payload)
+    result["mode"] = mode
+    for name, value in payload.items():
+        if isinstance(value, str) and name in model.model_fields and not isinstance(getattr(parsed, name), str):
+            result[name] = getattr(parsed, name)  # "20" goes on as 20
+    for name in ("timeout", "stall_timeout", "node_timeout"):
+        if payload.get(name) is not None:
+            result[name] = float(payload[name])
+    return result
+
+
+def _a1111_extra_problems(mode: str, payload: dict[str, Any]) -> list[str]:
+    """What the models cannot say: img2img's images, the checkpoint override's type."""
+    problems = []
     if mode == "img2img":
         images = payload.get("init_images")
         if not isinstance(images, list) or not images or not all(isinstance(i, str) and i for i in images):
@@ -285,14 +357,7 @@ def validate_a1111(payload: Any) -> dict[str, Any]:
     checkpoint = overrides.get("sd_model_checkpoint") if isinstance(overrides, dict) else None
     if checkpoint is not None and not isinstance(checkpoint, str):
         problems.append(f"'override_settings.sd_model_checkpoint' must be a string, got {checkpoint!r}")
-    if problems:
-        raise InvalidPayloadError("a1111: " + "; ".join(problems))
-    result = dict(payload)
-    result["mode"] = mode
-    for name in ("timeout", "stall_timeout", "node_timeout"):
-        if payload.get(name) is not None:
-            result[name] = float(payload[name])
-    return result
+    return problems
 
 
 def schema_of(models: tuple[type[PayloadModel], ...], service: str) -> dict[str, Any]:

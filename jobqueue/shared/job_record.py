@@ -4,7 +4,7 @@ Celery's result record holds a job's state, result or error, and (with ``result_
 its kwargs and worker; it holds no times but ``date_done``, no attempt count, and a client's
 ``store_result(REVOKED)`` drops the kwargs. Events carry the rest, but events are lossy and
 anyone on the broker can send one. So the worker (and a cancelling client) also keeps one Redis
-hash per job, ``jobqueue-facts-<id>``, next to Celery's record and expiring with it:
+hash per job (:func:`jobqueue.shared.records.facts_key`), next to Celery's record and expiring with it:
 
 ``submitted_at``, ``received_at``, ``started_at``, ``finished_at``, ``runtime`` (seconds,
 ``finished_at - started_at`` of the last attempt), ``attempt`` (0 for the first), ``worker``,
@@ -25,26 +25,15 @@ import json
 import logging
 from typing import Any
 
+from jobqueue.shared.records import facts_key
+
 log = logging.getLogger(__name__)
 
-#: Key prefix of the facts hashes.
-FACTS_PREFIX = "jobqueue-facts-"
 #: Fields a facts hash may hold.
 FACT_FIELDS = ("submitted_at", "received_at", "started_at", "finished_at", "runtime", "attempt",
                "worker", "machine_id", "meta", "name", "history", "retried_at", "cancelled_at")
 #: Earlier attempts kept in ``history``.
 MAX_HISTORY = 20
-
-
-def facts_key(job_id: str) -> str:
-    """The Redis key of ``job_id``'s facts."""
-    return FACTS_PREFIX + job_id
-
-
-def redis_client_of(app: Any) -> Any:
-    """The result backend's Redis client, or None when the backend is not Redis."""
-    client = getattr(app.backend, "client", None)
-    return client if client is not None and hasattr(client, "pipeline") else None
 
 
 def encode(fields: dict[str, Any]) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Event names and the fields our custom events carry: the contract between workers and the
-monitor.
+"""Event names, task names and the fields our custom events carry: the contract between
+workers, clients and the monitor (every module spells them through this one).
 
 Celery's standard events (``task-sent``, ``task-received``, ``task-started``,
 ``task-succeeded``, ``task-failed``, ``task-retried``, ``task-revoked``, ``task-rejected``,
@@ -44,20 +44,33 @@ JOB_WEBHOOK = "job-webhook"
 #: What a webhook try came to: delivered, failed with a retry to come, or failed for good.
 WEBHOOK_OUTCOMES = ("delivered", "retrying", "given_up")
 
-#: Standard Celery task events the monitor consumes.
+# Celery's standard events, under the names every sender and reader here uses.
+TASK_SENT = "task-sent"
+TASK_RECEIVED = "task-received"
+TASK_STARTED = "task-started"
+TASK_SUCCEEDED = "task-succeeded"
+TASK_FAILED = "task-failed"
+TASK_RETRIED = "task-retried"
+TASK_REVOKED = "task-revoked"
+TASK_REJECTED = "task-rejected"
+WORKER_ONLINE = "worker-online"
+WORKER_HEARTBEAT = "worker-heartbeat"
+WORKER_OFFLINE = "worker-offline"
+
+#: Task events the monitor consumes (Celery's and ours).
 TASK_EVENTS = (
-    "task-sent",
-    "task-received",
-    "task-started",
-    "task-succeeded",
-    "task-failed",
-    "task-retried",
-    "task-revoked",
-    "task-rejected",
+    TASK_SENT,
+    TASK_RECEIVED,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+    TASK_FAILED,
+    TASK_RETRIED,
+    TASK_REVOKED,
+    TASK_REJECTED,
     TASK_PROGRESS,
 )
 #: Standard Celery worker events the monitor consumes.
-WORKER_EVENTS = ("worker-online", "worker-heartbeat", "worker-offline")
+WORKER_EVENTS = (WORKER_ONLINE, WORKER_HEARTBEAT, WORKER_OFFLINE)
 
 #: Remote control command that returns a worker's identity and connector statuses.
 CONTROL_CONNECTOR_STATUS = "connector_status"
@@ -66,6 +79,11 @@ CONTROL_CANCEL_JOB = "cancel_job"
 
 #: Name of the one Celery task that runs every job.
 RUN_JOB_TASK = "jobqueue.run_job"
+#: Name of the Celery task that makes one try of a job's webhook (:mod:`jobqueue.worker.webhooks`).
+WEBHOOK_TASK = "jobqueue.deliver_webhook"
+#: Canvas type name of a workflow step (:class:`jobqueue.shared.steps.StepSignature`): a worker
+#: rebuilding a chain finds the step class under it (it must import that module).
+STEP_SIGNATURE_TYPE = "jobqueue.step"
 
 #: Split a ``task-failed`` event's ``exception`` repr into type, message and details (the one
 #: error reader, :func:`jobqueue.errors.error_info`, under the name the monitor knows).
@@ -83,3 +101,8 @@ def job_meta_from_kwargs(kwargs: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+#: The worker class ``celery -A jobqueue worker`` builds: it installs the worker's concerns
+#: (:mod:`jobqueue.worker.concerns`) into the app. Named, not imported: a client process never
+#: loads worker code.
+WORKER_CLASS = "jobqueue.worker.node:Worker"

@@ -10,7 +10,7 @@ which
   :data:`MAX_BYTES` is downscaled and re-encoded as JPEG (with Pillow, the ``previews``
   extra; without it such a frame is dropped);
 * stores only the latest frame per job, in the result backend's Redis under
-  :func:`preview_key` with a TTL (:class:`RedisPreviewStore`);
+  :func:`jobqueue.shared.records.preview_key` with a TTL (:class:`RedisPreviewStore`);
 * tells monitors through ``notify(seq)``: the task merges ``preview`` (the frame's sequence
   number) into the job's progress, so the ``task-progress`` event carries it and the monitor's
   job page and worker card fetch ``GET /api/jobs/<id>/preview`` when it changes.
@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jobqueue.shared.records import preview_key, result_client
+
 log = logging.getLogger(__name__)
 
 #: At most one stored preview per this many seconds per job (2 per second).
@@ -40,11 +42,6 @@ JPEG_QUALITY = 80
 PREVIEW_TTL = 3600
 #: MIME types browsers show and we store.
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
-
-
-def preview_key(job_id: str) -> str:
-    """The Redis key holding a job's latest preview (a hash: data, mime, seq, at)."""
-    return f"jobqueue-preview-{job_id}"
 
 
 @dataclass(frozen=True)
@@ -186,7 +183,7 @@ class PreviewPublisher:
 def publisher_for(app: Any, job_id: str, notify: Callable[[int], object]) -> PreviewPublisher | None:
     """A publisher storing in ``app``'s result backend Redis, or None (previews dropped) when
     the result backend is not Redis."""
-    client = getattr(app.backend, "client", None)
-    if client is None or not hasattr(client, "pipeline"):
+    client = result_client(app)
+    if client is None:
         return None
     return PreviewPublisher(job_id, RedisPreviewStore(client), notify)

@@ -254,10 +254,29 @@ def worker_capabilities(worker: str, connectors: Mapping[str, Any]) -> list[Capa
     return out
 
 
-def job_requirements(service: str, payload: Any, requires: Any) -> Requirements:
-    """A job's requirements at submit: ``requires`` checked, plus the models its payload
-    names (the connector validates the payload first; raises like ``submit_job``)."""
-    from jobqueue.connectors import connector_class
-
-    cls = connector_class(service)
-    return resolve(requires, cls.required_models(cls.validate(payload)))
+def capability_summary(connectors: Mapping[str, Any]) -> dict[str, Any]:
+    """Models (every folder, sorted), VRAM and tags of one worker, from its connectors
+    (``{service: {"details": ...}}``): the monitor's worker card and API show it."""
+    models: set[str] = set()
+    tags: set[str] = set()
+    total: float | None = None
+    free: float | None = None
+    for conn in connectors.values():
+        details = conn.get("details") if isinstance(conn, Mapping) else None
+        caps = details.get(DETAILS_KEY) if isinstance(details, Mapping) else None
+        if not isinstance(caps, Mapping):
+            continue
+        folders = caps.get("models")
+        if isinstance(folders, Mapping):
+            for names in folders.values():
+                if isinstance(names, list):
+                    models.update(n for n in names if isinstance(n, str))
+        if isinstance(caps.get("tags"), list):
+            tags.update(t for t in caps["tags"] if isinstance(t, str))
+        for key, value in (("vram_total_gb", caps.get("vram_total_gb")), ("vram_free_gb", caps.get("vram_free_gb"))):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                if key == "vram_total_gb":
+                    total = max(total or 0.0, float(value))
+                else:
+                    free = max(free or 0.0, float(value))
+    return {"models": sorted(models), "vram_total_gb": total, "vram_free_gb": free, "tags": sorted(tags)}

@@ -16,7 +16,6 @@ there. See docs/workflows.md.
 from __future__ import annotations
 
 from jobqueue.errors import SubmitError
-from jobqueue.transport import internals
 
 #: Lowest and highest priority a caller may ask for.
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
@@ -24,8 +23,6 @@ MIN_PRIORITY, MAX_PRIORITY = 0, 9
 DEFAULT_PRIORITY = 5
 #: Highest broker priority level: two levels per caller priority (Redis and RabbitMQ alike).
 BROKER_MAX_PRIORITY = 2 * (MAX_PRIORITY + 1) - 1
-#: kombu's Redis key separator: priority level ``n`` of a queue is ``<queue><sep><n>``.
-REDIS_KEY_SEP = internals.REDIS_KEY_SEP
 
 
 def service_queue(service: str) -> str:
@@ -68,12 +65,6 @@ def broker_priority(priority: int, *, is_redis: bool, continuation: bool = False
     """
     level = 2 * priority + (1 if continuation else 0)
     return BROKER_MAX_PRIORITY - level if is_redis else level
-
-
-def redis_queue_keys(queue: str, sep: str = REDIS_KEY_SEP, *, prefix: str = "") -> list[str]:
-    """The Redis lists that hold ``queue``'s messages, most urgent first (for queue lengths);
-    ``prefix``: the broker's ``global_keyprefix`` (see :func:`jobqueue.transport.internals.priority_queue_keys`)."""
-    return internals.priority_queue_keys(queue, BROKER_MAX_PRIORITY, sep=sep, prefix=prefix)
 
 
 # -- capability queues (docs/architecture.md, "Capability routing") -------------------------

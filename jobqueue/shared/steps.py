@@ -2,11 +2,12 @@
 (:mod:`jobqueue.client.workflows`) and the worker that runs its steps (:mod:`jobqueue.worker.workflow`).
 
 A step is a :class:`StepSignature` (a ``run_job`` signature registered under
-:data:`STEP_SIGNATURE_TYPE`, so a worker rebuilding the chain gets it back); its payload may
+:data:`jobqueue.shared.names.STEP_SIGNATURE_TYPE`, so a worker rebuilding the chain gets it back); its payload may
 hold ``{"$prev": "<path>"}`` placeholders, checked at submit time (:func:`placeholder_paths`)
 and filled in by the worker from the previous step's result (:func:`resolve_placeholders`).
-The workflow's record in the result backend lives under :func:`record_key`, and each step's
-id maps back to its workflow under :data:`STEP_PREFIX`.
+The workflow's record in the result backend lives under
+:func:`jobqueue.shared.records.workflow_key`, and each step's id maps back to its workflow
+under :func:`jobqueue.shared.records.workflow_step_key`.
 """
 
 from __future__ import annotations
@@ -16,21 +17,10 @@ from typing import Any
 from celery.canvas import Signature
 
 from jobqueue.errors import InvalidPayloadError, SubmitError
+from jobqueue.shared.names import STEP_SIGNATURE_TYPE
 
 #: The key of a placeholder: ``{"$prev": "output"}`` takes the previous step's ``output``.
 PREV = "$prev"
-#: Canvas type name of a workflow step (workers must import this module to rebuild them).
-STEP_SIGNATURE_TYPE = "jobqueue.step"
-#: Result-backend key prefix of workflow records (step ids, priority, submit time).
-RECORD_PREFIX = "jobqueue-workflow-"
-#: Result-backend key prefix that maps a step's job id to its workflow id (for
-#: ``JobHandle.cancel`` on a single step).
-STEP_PREFIX = "jobqueue-workflow-step-"
-
-
-def record_key(workflow_id: str) -> str:
-    """The result-backend key of a workflow's record."""
-    return RECORD_PREFIX + workflow_id
 
 
 @Signature.register_type(name=STEP_SIGNATURE_TYPE)

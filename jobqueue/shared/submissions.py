@@ -2,8 +2,8 @@
 
 Celery's result backend learns of a job only when a worker writes its first state, so a job
 still waiting in its queue and an id that was never submitted both read ``PENDING``. The
-client therefore writes one small key per job, ``jobqueue-submitted-<id>``, into the result
-backend *before* the message is sent (so a worker can never see a job that has no record),
+client therefore writes one small key per job (:func:`~jobqueue.shared.records.submitted_key`)
+into the result backend *before* the message is sent (so a worker can never see a job that has no record),
 expiring with the results (``result_expires``). ``PENDING`` and no key means the job is
 unknown: never submitted, or forgotten together with its result.
 
@@ -16,28 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-#: Result-backend key prefix of the submit records.
-KEY_PREFIX = "jobqueue-submitted-"
-
-
-def record_key(job_id: str) -> str:
-    """The result-backend key that says ``job_id`` was submitted."""
-    return KEY_PREFIX + job_id
-
-
-def redis_client(app: Any) -> Any:
-    """The result backend's Redis client (None when it has no pipelines)."""
-    client = getattr(app.backend, "client", None)
-    return client if client is not None and hasattr(client, "pipeline") else None
+from jobqueue.shared.records import result_client, submitted_key
 
 
 def queue_records(pipe: Any, app: Any, job_ids: Iterable[str]) -> None:
-    """Add the submit records of ``job_ids`` to ``pipe`` (a pipeline on :func:`redis_client`):
-    they then travel in the caller's round trip."""
+    """Add the submit records of ``job_ids`` to ``pipe`` (a pipeline on
+    :func:`~jobqueue.shared.records.result_client`): they then travel in the caller's round trip."""
     expires = getattr(app.backend, "expires", None)
     ttl = int(expires) if expires else None
     for job_id in job_ids:
-        pipe.set(record_key(job_id), b"1", ex=ttl)
+        pipe.set(submitted_key(job_id), b"1", ex=ttl)
 
 
 def record_submitted(app: Any, job_ids: Iterable[str]) -> None:
@@ -46,7 +34,7 @@ def record_submitted(app: Any, job_ids: Iterable[str]) -> None:
     ids = list(job_ids)
     if not ids:
         return
-    client = redis_client(app)
+    client = result_client(app)
     if client is not None:
         with client.pipeline(transaction=False) as pipe:
             queue_records(pipe, app, ids)
@@ -55,7 +43,7 @@ def record_submitted(app: Any, job_ids: Iterable[str]) -> None:
     setter = getattr(backend, "set", None)
     if callable(setter):
         for job_id in ids:
-            setter(record_key(job_id), "1")
+            setter(submitted_key(job_id), "1")
 
 
 def was_submitted(app: Any, job_id: str) -> bool | None:
@@ -64,4 +52,4 @@ def was_submitted(app: Any, job_id: str) -> bool | None:
     getter = getattr(app.backend, "get", None)
     if not callable(getter):
         return None
-    return bool(getter(record_key(job_id)))
+    return bool(getter(submitted_key(job_id)))

@@ -12,13 +12,16 @@ summary from the result backend's kwargs for jobs it rebuilds. Both call
   never the base64 ``init_images``;
 * anything else: its top-level field names.
 
-At most :data:`MAX_SUMMARY` printable characters; never raises.
+At most :data:`MAX_SUMMARY` printable characters; never raises. Values under secret keys
+(:mod:`jobqueue.shared.masking`) are summarised as ``"•••"``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
+
+from jobqueue.shared.masking import DEFAULT_PATTERN, mask
 
 #: Longest summary, in characters.
 MAX_SUMMARY = 240
@@ -63,11 +66,13 @@ def _a1111(payload: dict[str, Any]) -> str:
 _SUMMARIES = {"comfyui": _comfyui, "simulation": _fields, "a1111": _a1111}
 
 
-def summarize_payload(service: Any, payload: Any) -> str | None:
-    """The payload's summary, or None when there is no payload to summarise."""
+def summarize_payload(service: Any, payload: Any, secret_keys: str = DEFAULT_PATTERN) -> str | None:
+    """The payload's summary, or None when there is no payload to summarise; values under keys
+    matching ``secret_keys`` show as ``"•••"``."""
     if not isinstance(payload, dict):
         return None
     try:
+        payload = mask(payload, secret_keys)
         summarize = _SUMMARIES.get(service) if isinstance(service, str) else None
         text = summarize(payload) if summarize else "fields: " + ", ".join(sorted(str(k) for k in payload))
     except Exception:  # a summary must never stop a submission or a repair

@@ -2,6 +2,12 @@
 
 ``celery -A jobqueue worker -Q gpu0`` finds ``jobqueue.app``, built with the environment's
 settings. Tests build their own with ``create_app(Settings(...))``.
+
+The app holds no worker code: it sends tasks by name. A worker process gets the job task, its
+signal handlers and bootsteps from the worker class the app names (``worker_class``:
+``jobqueue.app`` names :class:`jobqueue.worker.node.Worker`, which installs
+:mod:`jobqueue.worker.concerns` into the app), so dependencies point one way: the worker
+imports the transport, never the reverse.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from jobqueue.transport.redis_health import backend_settings, transport_options
 from jobqueue.transport.redis_urls import is_redis_url
 from jobqueue.transport.results import backend_url
 
+#: Celery's own worker class.
+CELERY_WORKER_CLASS = "celery.apps.worker:Worker"
+
 
 class JobqueueCelery(Celery):  # type: ignore[misc]  # Celery ships no type hints
     """A Celery app that carries its :class:`Settings` and, inside a worker, the worker's
@@ -28,11 +37,14 @@ class JobqueueCelery(Celery):  # type: ignore[misc]  # Celery ships no type hint
     settings: Settings
     #: Set by the worker bootstep inside a worker process; None elsewhere.
     runtime: Any = None
+    #: The worker class ``celery worker`` builds (``module:Class``, imported only then);
+    #: Celery's own unless :func:`create_app` was given one.
+    worker_class: str = CELERY_WORKER_CLASS
 
     @cached_property
     def Worker(self) -> Any:  # noqa: N802 - Celery's name
-        """Our worker class: default node name ``gpu<N>@<machine>``, service queues added."""
-        return self.subclass_with_self("jobqueue.worker.node:Worker")
+        """The worker class (:attr:`worker_class`) bound to this app."""
+        return self.subclass_with_self(self.worker_class)
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -58,7 +70,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "queue_order_strategy": "priority",
         # No custom "sep": kombu's separator is also the one inside exchange binding keys, and
         # stock tooling (celery -b URL inspect/status, Flower --broker) writes them with the
-        # default; keys built by hand use jobqueue.shared.routing.REDIS_KEY_SEP.
+        # default; keys built by hand use jobqueue.transport.internals.REDIS_KEY_SEP.
         # Dead-peer detection on every broker connection (see jobqueue.transport.redis_health).
         **transport_options(settings.redis_health_interval),
     }
@@ -114,17 +126,13 @@ def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -
     return app
 
 
-def create_app(settings: Settings | None = None, *, main: str = "jobqueue") -> JobqueueCelery:
+def create_app(settings: Settings | None = None, *, main: str = "jobqueue",
+               worker_class: str = CELERY_WORKER_CLASS) -> JobqueueCelery:
     """Build the Celery app: the packaged defaults (and ``settings.celery_config``),
-    ``settings`` on top, the job task and the worker bootsteps registered."""
+    ``settings`` on top; a worker it builds is ``worker_class`` (``module:Class``).
+
+    No task is registered here: clients send ``jobqueue.run_job`` by name, and the worker
+    class installs the worker's tasks, handlers and steps (see :mod:`jobqueue.worker.concerns`)."""
     app = configure_app(settings, main=main)
-    # Imported here: tasks and worker steps need the app, not the other way round.
-    from jobqueue.worker.bootsteps import install_worker_steps
-    from jobqueue.worker.task import register_tasks
-
-    register_tasks(app)
-    install_worker_steps(app)
-    from jobqueue.worker.webhooks import register_webhooks
-
-    register_webhooks(app)
+    app.worker_class = worker_class
     return app

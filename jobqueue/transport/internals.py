@@ -24,11 +24,14 @@ import base64
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from importlib import resources
 from typing import Any
 
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.events.receiver import EventReceiver
 from kombu.serialization import loads
+
+from jobqueue.shared.routing import BROKER_MAX_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,13 @@ def priority_queue_keys(queue: str, max_level: int, *, sep: str = REDIS_KEY_SEP,
     return [prefix + (f"{queue}{sep}{level}" if level else queue) for level in range(max_level + 1)]
 
 
+def redis_queue_keys(queue: str, *, prefix: str = "") -> list[str]:
+    """The Redis lists that hold ``queue``'s messages on jobqueue's priority transport (every
+    broker level, :data:`jobqueue.shared.routing.BROKER_MAX_PRIORITY`), most urgent first (for
+    queue lengths); ``prefix``: the broker's :func:`global_keyprefix`."""
+    return priority_queue_keys(queue, BROKER_MAX_PRIORITY, prefix=prefix)
+
+
 def fanout_pattern(db: int, transport_options: Mapping[str, Any] | None, exchange: str) -> str:
     """The PSUBSCRIBE pattern that receives every message of fanout ``exchange`` on Redis
     database ``db``, as ``kombu.transport.redis.Channel`` names its pub/sub channels:
@@ -123,23 +133,11 @@ def result_record(backend: Any, job_id: str, result: Any, state: str, request: A
     return record
 
 
-#: KEYS[1]: a result key; ARGV[1]: the encoded record; ARGV[2]: expiry in s (0: none).
-#: Nothing is written over a SUCCESS record: the guard of Celery's ``_store_result`` (a read,
+#: The guarded write of a result record (``guarded_set.lua`` beside this module; KEYS[1]: a
+#: result key, ARGV[1]: the encoded record, ARGV[2]: expiry in s, 0 for none; 1 when stored):
+#: nothing is written over a SUCCESS record -- the guard of Celery's ``_store_result`` (a read,
 #: then the write), made atomic and one round trip.
-GUARDED_SET_AND_PUBLISH = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, record = pcall(cjson.decode, current)
-  if ok and type(record) == 'table' and record['status'] == 'SUCCESS' then return 0 end
-end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
+GUARDED_SET_AND_PUBLISH = resources.files("jobqueue.transport").joinpath("guarded_set.lua").read_text(encoding="utf-8")
 
 #: ``rider(pipe)``: queues commands on ``pipe`` (a Redis transaction the backend executes).
 Rider = Callable[[Any], None]
@@ -148,7 +146,9 @@ Replies = Callable[[list[Any]], None]
 
 
 class RidingRedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # Celery is untyped
-    """Celery's Redis result backend, storing a task's state in one round trip, with riders.
+    """Celery's Redis result backend, storing a task's state in one round trip, with riders:
+    the one home of the guarded write (:data:`GUARDED_SET_AND_PUBLISH`), for a task's states
+    and (:meth:`store_guarded`) a running job's progress.
 
     Celery's ``_store_result`` (PRIVATE, overridden) reads the stored record, skips the write
     over a ``SUCCESS``, then writes and publishes: two round trips per state. Here the same
@@ -163,6 +163,8 @@ class RidingRedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # Celery is
         self._riders: dict[Any, list[tuple[Rider, Replies | None]]] = {}
         self._riders_lock = threading.Lock()
         self._guarded = self.serializer == "json" and not self.compression
+        #: The guarded write as a script registered with this backend's client, once (EVALSHA).
+        self._script: Any = None
 
     def ride_with_next_state(self, job_id: str, rider: Rider, on_replies: Replies | None = None) -> None:
         """Queue ``rider``'s commands into the transaction that stores ``job_id``'s next state;
@@ -220,6 +222,20 @@ class RidingRedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # Celery is
                 self._riders[key] = riders + self._riders.get(key, [])
             raise
         return result
+
+    def store_guarded(self, task_id: Any, meta: Any, state: str, request: Any = None) -> bool:
+        """Store ``meta`` as the task's ``state`` (no riders, no retry) in one round trip,
+        never over a ``SUCCESS``; False when a ``SUCCESS`` record was kept. The record is
+        Celery's own and is published as Celery publishes it. Used for a running job's
+        progress (``update_state`` in one round trip instead of two)."""
+        if not self._guarded:
+            self.store_result(task_id, meta, state, request=request)
+            return True
+        if self._script is None:
+            self._script = self.client.register_script(GUARDED_SET_AND_PUBLISH)
+        value = self.encode(result_record(self, task_id, meta, state, request))
+        key = self.get_key_for_task(task_id)
+        return bool(self._script(keys=[key], args=[value, int(self.expires or 0)]))
 
     def _guarded_set(self, key: Any, value: Any, expires: int, riders: list[tuple[Rider, Replies | None]]) -> None:
         if not riders:

@@ -5,8 +5,10 @@ kombu clamps every Redis message priority to 0..9 (``Channel.max_priority``, not
 option). jobqueue gives each caller priority two broker levels (see
 :func:`jobqueue.shared.routing.broker_priority`), so it needs 0..19. ``create_app`` selects this
 transport (``broker_transport``) whenever the broker is Redis; everything else is kombu's.
-Its BRPOP reader moves poison items aside instead of dying on them (the rules are in
-:mod:`jobqueue.worker.poison`).
+Its BRPOP reader asks the connection's poison hook (:func:`set_poison_hook`; the worker's is
+:class:`jobqueue.worker.poison.PoisonHandler`, which holds the rules) whether an item can be
+delivered, and hands it the items it cannot: they are moved aside instead of killing the
+worker. A connection without a hook (a client's) delivers as kombu does.
 
 PRIVATE TOUCHPOINTS (kombu 5.4-5.7): with :mod:`jobqueue.transport.internals`, the only module that
 relies on undocumented library behaviour; checked by tests/jobqueue/test_internals.py and
@@ -14,10 +16,10 @@ tests/jobqueue/test_poison.py.
 
 1. ``kombu.transport.redis.Channel.max_priority`` (the clamp).
 2. ``kombu.transport.redis.Channel._brpop_read``: reimplemented below (its body plus the
-   envelope check); it also relies on ``_queue_cycle``, ``_in_poll``, ``connection._deliver``
+   poison hook's check); it also relies on ``_queue_cycle``, ``_in_poll``, ``connection._deliver``
    and ``_flush_brpop_reauth`` (the latter only where kombu has it).
-3. ``kombu.transport.virtual.Channel.decode_body`` (the envelope check decodes the body as
-   kombu's ``Message`` would).
+3. ``kombu.transport.virtual.Channel.decode_body`` (handed to the hook, whose envelope check
+   decodes the body as kombu's ``Message`` would).
 4. ``kombu.transport.redis.Channel.conn_or_acquire``: kombu builds a new ``redis.Redis``
    around its pool for every publish, ack and restore (about 8% of a busy worker's CPU with
    redis-py 8, whose client constructor is heavy). A channel here keeps one client per pool
@@ -27,25 +29,35 @@ tests/jobqueue/test_poison.py.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from queue import Empty
-from typing import Any
+from typing import Any, Protocol
 
 from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
-from jobqueue.worker.poison import (
-    HOOK_ATTR,
-    Poison,
-    check_envelope,
-    dead_letter_key,
-    poison_from_item,
-    push_dead_letter,
-)
 
-log = logging.getLogger("jobqueue.worker.poison")
+#: Attribute of a kombu Connection where its channels find the poison hook.
+HOOK_ATTR = "jobqueue_on_poison"
+
+
+class PoisonHook(Protocol):
+    """What the channel's BRPOP reader asks about each item it pops (the worker's rules)."""
+
+    def check(self, item: bytes | str, decode_body: Callable[[Any, Any], Any]) -> tuple[Any, str | None]:
+        """``(payload, None)`` when ``item`` can be delivered, else ``(payload or None, reason)``."""
+
+    def discard(self, queue: str, item: bytes | str, payload: Any, reason: str,
+                redis_client: Callable[[], AbstractContextManager[Any]]) -> None:
+        """Deal with an item that cannot be delivered (``redis_client()``: a pooled client)."""
+
+
+def set_poison_hook(connection: Any, hook: PoisonHook | None) -> None:
+    """Have the channels of kombu ``connection`` ask ``hook`` about every item they pop."""
+    setattr(connection, HOOK_ATTR, hook)
 
 
 class _ClientCache:
@@ -63,12 +75,7 @@ class _ClientCache:
 
 class Channel(kombu_redis.Channel):
     """Redis channel that keeps priorities up to :data:`BROKER_MAX_PRIORITY` and never
-    delivers (nor dies on) a message it cannot decode (see :mod:`jobqueue.worker.poison`).
-
-    A poison item is dead-lettered through a pooled client, then handed to the hook the
-    worker's :class:`~jobqueue.worker.poison.PoisonStep` left on the connection (which fails
-    its job).
-    """
+    delivers (nor dies on) an item its connection's poison hook refuses: the hook gets it."""
 
     max_priority = BROKER_MAX_PRIORITY  # PRIVATE TOUCHPOINT 1
 
@@ -85,7 +92,8 @@ class Channel(kombu_redis.Channel):
 
     def _brpop_read(self, **options: Any) -> bool:  # PRIVATE TOUCHPOINT 2
         self_: Any = self
-        poison: Poison | None = None
+        hook: PoisonHook | None = getattr(self_.connection.client, HOOK_ATTR, None)
+        refused: tuple[str, Any, Any, str] | None = None
         try:
             try:
                 dest__item = self_.client.parse_response(self_.client.connection, "BRPOP", **options)
@@ -98,31 +106,22 @@ class Channel(kombu_redis.Channel):
             dest, item = dest__item
             dest = (dest.decode() if isinstance(dest, bytes) else dest).rsplit(self_.sep, 1)[0]
             self_._queue_cycle.rotate(dest)
-            payload, reason = check_envelope(item, self_.decode_body)  # PRIVATE TOUCHPOINT 3
+            if hook is None:  # kombu's own delivery
+                self_.connection._deliver(loads(bytes_to_str(item)), dest)  # type: ignore[no-untyped-call]
+                return True
+            payload, reason = hook.check(item, self_.decode_body)  # PRIVATE TOUCHPOINT 3
             if reason is None:
                 self_.connection._deliver(payload, dest)
                 return True
-            poison = poison_from_item(dest, item, payload, reason)
+            refused = (dest, item, payload, reason)
         finally:
             self_._in_poll = None
             flush = getattr(self_, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
-        self._discard(poison)
+        assert hook is not None and refused is not None
+        hook.discard(*refused, self.conn_or_acquire)
         return True
-
-    def _discard(self, poison: Poison) -> None:
-        self_: Any = self
-        hook = getattr(self_.connection.client, HOOK_ATTR, None)
-        log.error("poison message on queue %s discarded (%s); moved to %s", poison.queue, poison.reason,
-                  dead_letter_key(poison.queue))
-        try:
-            with self_.conn_or_acquire() as client:
-                push_dead_letter(client, poison, getattr(hook, "hostname", None))
-        except Exception:
-            log.exception("could not dead-letter a poison message of queue %s", poison.queue)
-        if hook is not None:
-            hook(poison)
 
 
 class Transport(kombu_redis.Transport):

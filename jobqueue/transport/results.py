@@ -19,14 +19,19 @@ A rider whose state is never stored (the task ends in ``Ignore``) is sent on its
 
 :func:`backend_url` names this class in ``result_backend`` (Celery's ``module:Class+url``
 form), so the app needs no hook to use it.
+
+:func:`store_guarded` stores a state that must never land over a result (a running job's
+``PROGRESS``) with the same guarded write, in one round trip, on any backend.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from jobqueue.transport.internals import Rider
 from jobqueue.transport.internals import RidingRedisBackend as RedisBackend
 
-__all__ = ["BACKEND_PATH", "RedisBackend", "Rider", "backend_url"]
+__all__ = ["BACKEND_PATH", "RedisBackend", "Rider", "backend_url", "store_guarded"]
 
 #: How ``result_backend`` names the class.
 BACKEND_PATH = "jobqueue.transport.results:RedisBackend"
@@ -38,3 +43,13 @@ def backend_url(url: str) -> str:
     Celery splits ``<class>+<url>`` at the first ``+``; ``redis+socket://`` is its own
     spelling of ``socket://``, so that prefix goes (as Celery's own alias lookup does)."""
     return f"{BACKEND_PATH}+{url.removeprefix('redis+')}"
+
+
+def store_guarded(backend: Any, job_id: str, meta: Any, state: str, request: Any = None) -> bool:
+    """Store ``meta`` as ``job_id``'s ``state``, never over a ``SUCCESS`` (False when one was
+    kept): one round trip on :class:`RedisBackend` (:meth:`~RedisBackend.store_guarded`),
+    ``store_result`` (Celery's own guard) on any other backend."""
+    if isinstance(backend, RedisBackend):
+        return backend.store_guarded(job_id, meta, state, request)
+    backend.store_result(job_id, meta, state, request=request)
+    return True

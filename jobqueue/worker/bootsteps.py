@@ -5,12 +5,18 @@
   :class:`~jobqueue.worker.health.HealthLoop`, and starts and stops them with the worker. It
   lives as long as the worker process, so a broker reconnection never rebuilds the identity.
 * :class:`StatusStep` (a consumer step: it restarts with the broker connection) sends the
-  reporter's events through the consumer's event dispatcher and gates the service queues
-  (:class:`~jobqueue.worker.gate.ConsumerGate`). On worker shutdown it reports every connector
-  ``offline`` before the dispatcher closes.
+  reporter's events and jobs' progress through the consumer's event dispatcher. On worker
+  shutdown it reports every connector ``offline`` before the dispatcher closes.
+* :class:`QueueGateStep` (a consumer step) gates the service queues
+  (:class:`~jobqueue.worker.gate.ConsumerGate`) and the capability queues
+  (:class:`~jobqueue.worker.capabilities.CapabilityGate`), only once the consumer can take
+  messages.
 * :class:`LeaseStep` keeps running jobs' Redis leases fresh (see :mod:`jobqueue.worker.lease`).
+* :class:`OrphanStep` drops requests whose connection is gone (:mod:`jobqueue.worker.orphans`).
 * :class:`~jobqueue.worker.poison.PoisonStep` moves undecodable messages aside and fails their
   jobs instead of letting them stop the worker (see :mod:`jobqueue.worker.poison`).
+
+Which of them a worker runs, and in which order, is :data:`jobqueue.worker.concerns.CONCERNS`.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import LeaseKeeper, held_delivery_tags
 from jobqueue.worker.orphans import OrphanSweeper
-from jobqueue.worker.poison import PoisonStep
 from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.worker.status import Sender, StatusReporter
 
@@ -46,6 +51,12 @@ STATUS_WINDOW = 0.05
 OFFLINE_FLUSH_TIMEOUT = 3.0
 
 log = logging.getLogger(__name__)
+
+
+def _runtime_of(c: Any) -> WorkerRuntime | None:
+    """The worker's runtime (None where no :class:`RuntimeStep` built one)."""
+    runtime = getattr(c.app, "runtime", None)
+    return runtime if isinstance(runtime, WorkerRuntime) else None
 
 
 def _identity_of(worker: Any) -> WorkerIdentity:
@@ -132,46 +143,32 @@ def dispatcher_sender(consumer: Any) -> Sender:
 
 
 class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
-    """Connect the runtime to the consumer: status events out, service queues gated."""
+    """Connect the runtime to the consumer's events: connector statuses and jobs' progress
+    leave through its event dispatcher. On worker shutdown every connector is reported
+    ``offline`` before the dispatcher closes."""
 
     label = "jobqueue status"
-    requires = ("celery.worker.consumer.events:Events", "celery.worker.consumer.tasks:Tasks")
-
-    def _runtime(self, c: Any) -> WorkerRuntime | None:
-        runtime = getattr(c.app, "runtime", None)
-        return runtime if isinstance(runtime, WorkerRuntime) else None
+    requires = ("celery.worker.consumer.events:Events",)
 
     def start(self, c: Any) -> None:
-        runtime = self._runtime(c)
+        runtime = _runtime_of(c)
         if runtime is None:
             return
-        if runtime.gate is None:
-            runtime.gate = ConsumerGate(runtime.statuses)
-        # Runs before the event loop consumes anything: unhealthy services' queues are
-        # dropped before a single message is fetched.
-        runtime.gate.bind(c)
-        if runtime.capability_gate is None:
-            runtime.capability_gate = CapabilityGate(lambda: desired_queues(runtime), runtime.identity.connectors)
-        runtime.capability_gate.bind(c)
         dispatcher = c.event_dispatcher
         if dispatcher is None or not dispatcher.enabled:
             log.warning("worker events are disabled: connector status events will not be sent")
         if runtime.reporter is not None:
             runtime.reporter.attach(dispatcher_sender(c))
-        runtime.worker_events = lambda: c.event_dispatcher
+        runtime.send_events_through(c)
 
     def stop(self, c: Any) -> None:
         if c.blueprint.state in (CLOSE, TERMINATE):
             self._offline(c)  # the worker is stopping, not just reconnecting
             return
-        runtime = self._runtime(c)
+        runtime = _runtime_of(c)
         if runtime is None:
             return
-        runtime.worker_events = None
-        if runtime.gate is not None:
-            runtime.gate.unbind()
-        if runtime.capability_gate is not None:
-            runtime.capability_gate.unbind()
+        runtime.send_events_through(None)
         if runtime.reporter is not None:
             runtime.reporter.detach()
 
@@ -183,14 +180,11 @@ class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
 
     def _offline(self, c: Any) -> None:
         """Report every connector offline and send it while the dispatcher still works."""
-        runtime = self._runtime(c)
+        runtime = _runtime_of(c)
         if runtime is None:
             return
         runtime.mark_offline()
-        if runtime.gate is not None:
-            runtime.gate.unbind()
-        if runtime.capability_gate is not None:
-            runtime.capability_gate.unbind()
+        _unbind_gates(runtime)
         if runtime.reporter is not None:
             if not runtime.reporter.flush(OFFLINE_FLUSH_TIMEOUT):
                 log.warning("could not send every offline status before shutdown")
@@ -201,6 +195,59 @@ class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
                 dispatcher.flush()
             except Exception:
                 log.warning("could not flush the worker's events before shutdown", exc_info=True)
+
+
+def _unbind_gates(runtime: WorkerRuntime) -> None:
+    if runtime.gate is not None:
+        runtime.gate.unbind()
+    if runtime.capability_gate is not None:
+        runtime.capability_gate.unbind()
+
+
+class QueueGateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
+    """Keep the consumer's service queues in line with health (:class:`ConsumerGate`) and its
+    capability queues with capabilities (:class:`CapabilityGate`).
+
+    Start-up order: the gates bind to the consumer when it starts, but add or cancel nothing
+    until it can take messages (:func:`~jobqueue.worker.gate.can_take_messages`). Celery's
+    event loop sets the consumer's handler, then registers the steps with the loop
+    (:meth:`register_with_event_loop`: the first sync, before the loop consumes anything), and
+    only then consumes: a message already waiting in a capability, pinned or service queue
+    is never delivered to a consumer without callbacks (on RabbitMQ that killed the worker at
+    start-up). Without an event loop the next health check syncs.
+    """
+
+    label = "jobqueue queue gates"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        runtime = _runtime_of(c)
+        if runtime is None:
+            return
+        if runtime.gate is None:
+            runtime.gate = ConsumerGate(runtime.statuses)
+        if runtime.capability_gate is None:
+            runtime.capability_gate = CapabilityGate(lambda: desired_queues(runtime), runtime.identity.connectors)
+        runtime.gate.bind(c)
+        runtime.capability_gate.bind(c)
+
+    def register_with_event_loop(self, c: Any, hub: Any) -> None:
+        """The consumer can take messages now and consumes nothing yet: unhealthy services'
+        queues go before a single message is fetched, wanted capability queues come in."""
+        runtime = _runtime_of(c)
+        if runtime is None:
+            return
+        for gate in (runtime.gate, runtime.capability_gate):
+            if gate is not None:
+                gate.sync_now()
+
+    def stop(self, c: Any) -> None:
+        runtime = _runtime_of(c)
+        if runtime is not None:
+            _unbind_gates(runtime)
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
 
 
 class LeaseStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
@@ -285,15 +332,3 @@ class OrphanStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
 
     def shutdown(self, worker: Any) -> None:
         self.stop(worker)
-
-
-def install_worker_steps(app: Any) -> None:
-    """Add jobqueue's bootsteps and remote control commands to ``app``."""
-    app.steps["worker"].add(RuntimeStep)
-    app.steps["worker"].add(LeaseStep)
-    app.steps["worker"].add(OrphanStep)
-    app.steps["consumer"].add(StatusStep)
-    app.steps["consumer"].add(PoisonStep)
-    from jobqueue.worker import control  # registers the control commands
-
-    control.register()

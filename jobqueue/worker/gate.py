@@ -28,6 +28,22 @@ log = logging.getLogger(__name__)
 Statuses = Callable[[], Mapping[str, ConnectorStatus]]
 
 
+def can_take_messages(consumer: Any) -> bool:
+    """True once ``consumer``'s task consumer has somewhere to hand a message (kombu's
+    ``Consumer.on_message`` or ``callbacks``; Celery's event loop sets ``on_message`` just
+    before it starts consuming).
+
+    Adding a queue calls ``basic_consume`` for every queue of the set at once: on RabbitMQ a
+    waiting message is then pushed straight away, and read while another step waits for the
+    broker (opening a channel); a consumer without callbacks raises ``NotImplementedError``
+    there and the worker dies at start-up. So no gate touches a consumer before this is true.
+    """
+    task_consumer = getattr(consumer, "task_consumer", None)
+    if task_consumer is None:
+        return False
+    return getattr(task_consumer, "on_message", None) is not None or bool(getattr(task_consumer, "callbacks", None))
+
+
 def consumes(consumer: Any, queue: str) -> bool:
     """True when ``consumer``'s task consumer has ``queue`` in its set."""
     task_consumer = getattr(consumer, "task_consumer", None)
@@ -46,7 +62,8 @@ class ConsumerGate:
         self._lock = threading.Lock()
 
     def bind(self, consumer: Any) -> None:
-        """Gate ``consumer`` from now on and sync at once (call from the consumer's thread)."""
+        """Gate ``consumer`` from now on and sync at once if it can take messages already
+        (call from the consumer's thread)."""
         with self._lock:
             self._consumer = consumer
         self.sync_now()
@@ -57,10 +74,11 @@ class ConsumerGate:
             self._consumer = None
 
     def _ready_consumer(self) -> Any:
-        """The gated consumer once its task consumer exists, else None (call holding the lock):
-        before that there is nothing to sync, and the next bind() syncs."""
+        """The gated consumer once it can take messages (:func:`can_take_messages`), else None
+        (call holding the lock): before that there is nothing to sync, and the worker's
+        :class:`~jobqueue.worker.bootsteps.QueueGateStep` syncs when the event loop starts."""
         consumer = self._consumer
-        if consumer is None or getattr(consumer, "task_consumer", None) is None:
+        if consumer is None or not can_take_messages(consumer):
             return None
         return consumer
 

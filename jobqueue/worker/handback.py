@@ -14,7 +14,9 @@ calls for every message of the task, before ``task-received``): it reads the job
   a worker that can run it gets it.
 
 Capabilities are as of the last health check. A model deleted since is found by the service
-itself (ComfyUI refuses the prompt with ``value_not_in_list`` before running anything):
+itself (ComfyUI refuses the prompt with ``value_not_in_list`` before running anything, or, for
+a V3 loader, fails it with ``FileNotFoundError`` when the loader runs: the connector lists the
+file under ``missing_models``):
 :func:`hand_back_if_models_vanished` then refreshes the capabilities and sends the job back to
 its queue without counting a retry (the job shows ``retrying`` once, then runs elsewhere).
 """
@@ -87,11 +89,13 @@ def requirements_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> 
 
 
 def vanished_models(error: BaseException, required: tuple[str, ...]) -> list[str]:
-    """The required models the service refused as absent (ComfyUI's ``value_not_in_list`` on a
-    loader input) according to ``error``'s details."""
+    """The required models the service refused as absent according to ``error``'s details:
+    ComfyUI's ``value_not_in_list`` on a loader input, or (``missing_models``) a loader that
+    failed to find its file when it ran (a V3 loader checks only then)."""
     details = getattr(error, "details", None)
     node_errors = details.get("node_errors") if isinstance(details, dict) else None
-    gone: list[str] = []
+    missing = details.get("missing_models") if isinstance(details, dict) else None
+    gone: list[str] = [m for m in missing if m in required] if isinstance(missing, list) else []
     for info in node_errors.values() if isinstance(node_errors, dict) else ():
         for err in info.get("errors") or () if isinstance(info, dict) else ():
             extra = err.get("extra_info") if isinstance(err, dict) else None

@@ -1,7 +1,9 @@
-"""Our worker class: Celery's, with jobqueue's default node name and queues.
+"""Our worker class: Celery's, with jobqueue's concerns, default node name and queues.
 
-``celery -A jobqueue worker -Q gpu0`` becomes node ``gpu0@<machine>`` consuming ``gpu0``,
-its services' queues, its machine's queue and its own worker queue.
+``celery -A jobqueue worker -Q gpu0`` builds it (``jobqueue.app`` names it as its worker
+class): it installs the worker's concerns (:mod:`jobqueue.worker.concerns`) into the app, then
+becomes node ``gpu0@<machine>`` consuming ``gpu0``, its services' queues, its machine's queue
+and its own worker queue.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from typing import Any
 from celery.apps.worker import Worker as CeleryWorker
 from celery.utils.nodenames import default_nodename, host_format
 
+from jobqueue.worker.concerns import install
 from jobqueue.worker.identity import WorkerIdentity, split_queues
 
 
 class Worker(CeleryWorker):  # type: ignore[misc]  # Celery ships no type information
-    """Celery's worker with identity-derived defaults."""
+    """Celery's worker with jobqueue's concerns and identity-derived defaults."""
 
     def __init__(self, app: Any = None, hostname: str | None = None, **kwargs: Any) -> None:
-        app = app or self.app
+        app = install(app or self.app)  # before Celery builds the blueprints from app.steps
         if hostname is None or hostname == host_format(default_nodename(None)):
             # Celery's CLI fills in "celery@<host>" when -n is not given: ours is gpu<N>@<machine>.
             hostname = None

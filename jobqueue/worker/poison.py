@@ -3,7 +3,7 @@
 An item on a queue that is not a kombu envelope (``LPUSH simulation garbage``), has a body its
 ``body_encoding`` cannot decode (bad base64), or decodes to something Celery refuses (pickle,
 broken JSON, no task header) is logged, counted, moved aside to the Redis list
-``<queue>.dead`` with the reason (newest first, at most :data:`DEAD_KEEP` items), and, when it
+``<queue>.dead`` (:func:`jobqueue.shared.records.dead_letter_key`) with the reason (newest first, at most :data:`DEAD_KEEP` items), and, when it
 names a job id whose result is not final yet, that job ends ``failed`` with a
 :class:`~jobqueue.errors.MessageDiscarded` error (result backend and a ``task-failed`` event),
 so no client and no monitor waits for it forever.
@@ -12,8 +12,9 @@ Two layers, because the failures surface in two places:
 
 * **Transport.** kombu's Redis channel decodes the envelope inside its BRPOP reader; an error
   there escapes into Celery's event loop and kills the worker ("Unrecoverable error"), and the
-  popped item is lost. :class:`PoisonSafeChannel` checks the envelope first and never delivers
-  one it cannot decode.
+  popped item is lost. jobqueue's channel (:class:`jobqueue.transport.kombu_redis.Channel`)
+  asks the worker's :class:`PoisonHandler` (its hook, :meth:`PoisonHandler.check`) first and
+  never delivers an item it refuses: the handler dead-letters it (:meth:`PoisonHandler.discard`).
 * **Consumer.** Celery decodes the body later and, on failure, logs and acks (or rejects) the
   message: it is gone, and the job stays ``queued``. :class:`PoisonStep` wraps those handlers
   so the message is dead-lettered and its job failed before Celery drops it.
@@ -33,23 +34,23 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from celery import bootsteps
 
+from jobqueue.shared.names import TASK_FAILED
+from jobqueue.shared.records import dead_letter_key
 from jobqueue.transport.internals import raw_envelope, store_failure, wrap_refusal_handlers
+from jobqueue.transport.kombu_redis import set_poison_hook
 
 log = logging.getLogger(__name__)
 
-#: Suffix of a queue's dead-letter list: ``simulation`` → ``simulation.dead``.
-DEAD_SUFFIX = ".dead"
 #: Most items one dead-letter list keeps (oldest dropped first).
 DEAD_KEEP = 10_000
 #: Most bytes of a poison item kept in its dead-letter record.
 RAW_KEEP = 256 * 1024
-#: Attribute of the consumer's kombu Connection where the transport finds the job failer.
-HOOK_ATTR = "jobqueue_on_poison"
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,6 @@ class Poison:
     raw: bytes
     job_id: str | None = None
     task: str | None = None
-
-
-def dead_letter_key(queue: str) -> str:
-    """The Redis list that keeps ``queue``'s poison messages."""
-    return queue + DEAD_SUFFIX
 
 
 def dead_record(poison: Poison, worker: str | None, now: float | None = None) -> dict[str, Any]:
@@ -157,7 +153,8 @@ def poison_from_message(message: Any, reason: str) -> Poison:
 
 class PoisonHandler:
     """What a worker does with a poison message besides dropping it: count it, dead-letter it
-    (when the transport has not already), fail its job."""
+    (when the transport has not already), fail its job. Also the transport's poison hook
+    (:class:`jobqueue.transport.kombu_redis.PoisonHook`): :meth:`check` and :meth:`discard`."""
 
     def __init__(self, app: Any, consumer: Any, redis_client: Any = None) -> None:
         self.app = app
@@ -182,6 +179,24 @@ class PoisonHandler:
             except Exception:
                 log.exception("could not mark job %s failed", poison.job_id)
 
+    def check(self, item: bytes | str, decode_body: Callable[[Any, Any], Any]) -> tuple[Any, str | None]:
+        """The transport's question: can ``item`` be delivered (:func:`check_envelope`)?"""
+        return check_envelope(item, decode_body)
+
+    def discard(self, queue: str, item: bytes | str, payload: Any, reason: str,
+                redis_client: Callable[[], AbstractContextManager[Any]]) -> None:
+        """An item the transport popped and did not deliver: dead-letter it through
+        ``redis_client()`` (the channel's pooled client), then fail its job."""
+        poison = poison_from_item(queue, item, payload, reason)
+        log.error("poison message on queue %s discarded (%s); moved to %s", poison.queue, poison.reason,
+                  dead_letter_key(poison.queue))
+        try:
+            with redis_client() as client:
+                push_dead_letter(client, poison, self.hostname)
+        except Exception:
+            log.exception("could not dead-letter a poison message of queue %s", poison.queue)
+        self(poison)
+
     def fail_job(self, poison: Poison) -> None:
         """End the job ``failed`` with the reason, unless its result is already final."""
         from celery.states import READY_STATES
@@ -197,7 +212,7 @@ class PoisonHandler:
         store_failure(self.app, poison.job_id, exc, task=poison.task, hostname=self.hostname, queue=poison.queue)
         dispatcher = getattr(self.consumer, "event_dispatcher", None)
         if dispatcher is not None:
-            dispatcher.send("task-failed", uuid=poison.job_id, exception=repr(exc))
+            dispatcher.send(TASK_FAILED, uuid=poison.job_id, exception=repr(exc))
 
 
 class PoisonStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
@@ -224,9 +239,9 @@ class PoisonStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
                                                                  dead_letter=True))
 
     def start(self, c: Any) -> None:
-        # The transport finds the job failer on the consumer's (new, after a reconnect) connection.
+        # The transport finds its hook on the consumer's (new, after a reconnect) connection.
         if c.connection is not None:
-            setattr(c.connection, HOOK_ATTR, self.handler)
+            set_poison_hook(c.connection, self.handler)
 
     def shutdown(self, c: Any) -> None:
         if self.handler.redis is not None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobqueue.errors import ConnectorError, ServiceNotReached
+from jobqueue.shared.records import result_client, retry_key
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,6 @@ def decide(exc: BaseException, *, retries: int, uncounted: int, max_retries: int
     return RetryPlan(True, 0.0, reason="retryable failure")
 
 
-def _key(job_id: str) -> str:
-    return f"jobqueue-retry-{job_id}"
-
-
 def plan_retry(app: Any, job_id: str, exc: BaseException, *, retries: int, started_at: float, timeout: float,
                max_retries: int) -> RetryPlan:
     """Decide with the job's bookkeeping from the result backend's Redis, and update it.
@@ -80,10 +77,10 @@ def plan_retry(app: Any, job_id: str, exc: BaseException, *, retries: int, start
     ``started_at`` is this attempt's wall-clock start. Without a Redis backend every attempt
     counts and the wait is measured from this attempt (still backing off, never burning).
     """
-    client = getattr(app.backend, "client", None)
-    key = _key(job_id)
+    client = result_client(app)
+    key = retry_key(job_id)
     uncounted, first = 0, started_at
-    if client is not None and hasattr(client, "pipeline"):
+    if client is not None:
         try:
             pipe = client.pipeline()
             pipe.hsetnx(key, "first", repr(started_at))
@@ -95,8 +92,6 @@ def plan_retry(app: Any, job_id: str, exc: BaseException, *, retries: int, start
         except Exception:  # the backend is down: decide without the history
             log.warning("could not read the retry record of job %s", job_id, exc_info=True)
             client = None
-    else:
-        client = None
     plan = decide(exc, retries=retries, uncounted=uncounted, max_retries=max_retries,
                   waited=max(time.time() - first, 0.0), timeout=timeout)
     if client is not None and plan.retry:

@@ -86,9 +86,9 @@ class WorkerRuntime:
         self.gate: Any = None
         #: The :class:`~jobqueue.worker.capabilities.CapabilityGate`, set by the consumer bootstep.
         self.capability_gate: Any = None
-        #: Returns the consumer's current event dispatcher (it is replaced on reconnect); set
-        #: by the consumer bootstep, None outside a worker's consumer.
-        self.worker_events: Callable[[], Any] | None = None
+        #: The Celery consumer whose event dispatcher jobs' events leave through (see
+        #: :meth:`send_events_through`); None outside a worker's consumer.
+        self._events_consumer: Any = None
         #: One thread for the jobs' progress windows (a timer thread per held report is slow).
         self.timers = TimerThread()
         for connector in self.connectors.values():
@@ -117,6 +117,18 @@ class WorkerRuntime:
         if self.capability_gate is not None:
             self.capability_gate.request_sync()
 
+    def send_events_through(self, consumer: Any) -> None:
+        """Send jobs' events (progress) through ``consumer``'s event dispatcher from now on, or
+        through none (``consumer`` None: the consumer is restarting or stopping). Called by
+        the worker's status bootstep; the dispatcher itself is looked up on every send, as the
+        consumer replaces it when it reconnects."""
+        self._events_consumer = consumer
+
+    def event_dispatcher(self) -> Any:
+        """The worker consumer's current event dispatcher, or None outside a worker's consumer."""
+        consumer = self._events_consumer
+        return getattr(consumer, "event_dispatcher", None) if consumer is not None else None
+
     def statuses(self) -> dict[str, ConnectorStatus]:
         """Every connector's current status (lock-free: the gate calls it from the event loop)."""
         return {service: c.status for service, c in self.connectors.items()}
@@ -129,10 +141,11 @@ class WorkerRuntime:
     def keep_orphans_in(self, client: Any) -> None:
         """Give every connector an orphan book in Redis (``client``), one key per worker
         identity and service, so prompts abandoned before a restart are still cleaned up."""
-        from jobqueue.connectors.orphans import OrphanBook, book_key
+        from jobqueue.connectors.orphans import OrphanBook
+        from jobqueue.shared.records import orphan_book_key
 
         for service, connector in self.connectors.items():
-            connector.orphans = OrphanBook(client, book_key(self.identity.node_name, service))
+            connector.orphans = OrphanBook(client, orphan_book_key(self.identity.node_name, service))
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -278,8 +291,11 @@ class WorkerRuntime:
                 status, message, details = ConnectorStatus.ERROR, f"health check failed: {exc}", None
             details = capabilities.enrich(connector, ConnectorStatus(status), details, self.identity.tags)
             self._apply_health(connector, ConnectorStatus(status), message, details)
-        if self.capability_gate is not None:  # models may come and go without a status change
-            self.capability_gate.request_sync()
+        # Models may come and go without a status change; and a consumer without an event loop
+        # gets its first sync here, once it can take messages (see QueueGateStep).
+        for gate in (self.gate, self.capability_gate):
+            if gate is not None:
+                gate.request_sync()
 
     def _apply_health(
         self, connector: Connector, status: ConnectorStatus, message: str, details: dict[str, Any] | None

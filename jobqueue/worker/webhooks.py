@@ -7,7 +7,15 @@ queue (``JOBQUEUE_WEBHOOK_QUEUE``); any worker delivers it. A failed try (no ans
 most ``JOBQUEUE_WEBHOOK_MAX_TRIES`` tries); every try carries the same ``webhook-id``, so a
 receiver that saw a try twice (its answer was lost) can tell. The delivery message is acked
 only after its try is done, so a delivering worker that crashes loses nothing: the message
-comes back like any job's. Each try is recorded in the result backend for the monitor's job page.
+comes back like any job's. Each try is recorded in the result backend for the monitor's job page
+(:mod:`jobqueue.shared.webhooks`).
+
+Targets are public addresses only (:mod:`jobqueue.shared.safe_http`): a URL whose host is an IP
+literal that is loopback, private, link-local (the cloud metadata address), CGNAT, multicast
+or reserved is refused at submit (:class:`~jobqueue.errors.WebhookTargetRefused`); a name that
+resolves to such an address is refused by the delivering worker, on the address it would
+connect to, and that try is recorded with the reason and not retried.
+``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS`` opens chosen networks on purpose.
 
 Headers (https://www.standardwebhooks.com): ``webhook-id``, ``webhook-timestamp`` (Unix
 seconds), ``webhook-signature: v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">`` with
@@ -25,20 +33,19 @@ import logging
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
-from celery import signals
 from celery import states as celery_states
 
-from jobqueue.errors import ConfigError, SubmitError
-from jobqueue.shared.names import JOB_WEBHOOK, RUN_JOB_TASK
+from jobqueue.errors import ConfigError, TargetRefused
+from jobqueue.shared.names import JOB_WEBHOOK, RUN_JOB_TASK, WEBHOOK_TASK
+from jobqueue.shared.records import result_client
+from jobqueue.shared.safe_http import AddressGuard, guarded_session
+from jobqueue.shared.webhooks import queue_attempt, was_delivered
 from jobqueue.states import JobStatus, job_status_from_celery
 
 log = logging.getLogger(__name__)
 
-#: Name of the delivery task.
-WEBHOOK_TASK = "jobqueue.deliver_webhook"
 #: Seconds one POST may take before the try counts as failed.
 POST_TIMEOUT = 10.0
 #: The ``type`` of the webhook body, by final job status.
@@ -53,16 +60,6 @@ SECRET_PREFIX = "whsec_"
 
 
 # -- validation and signing ----------------------------------------------------------------
-def check_webhook_url(url: Any) -> str:
-    """Return ``url`` if it is an absolute http(s) URL with a host; raise :class:`SubmitError`."""
-    if not isinstance(url, str) or not url.strip():
-        raise SubmitError(f"webhook_url must be an http(s) URL, got {url!r}")
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise SubmitError(f"webhook_url must be an http(s) URL with a host, got {url!r}")
-    return url.strip()
-
-
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret; raise :class:`ConfigError` if malformed."""
     raw = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
@@ -113,42 +110,23 @@ def build_delivery(job_id: str, url: str, status: JobStatus, *, service: str | N
 
 
 def post(delivery: Mapping[str, Any], secret: str, *, timestamp: int | None = None,
-         timeout: float = POST_TIMEOUT) -> tuple[int | None, str | None]:
-    """One try: POST the body with the Standard Webhooks headers. Returns (status code, error)."""
+         timeout: float = POST_TIMEOUT, guard: AddressGuard | None = None) -> tuple[int | None, str | None]:
+    """One try: POST the body with the Standard Webhooks headers, through ``guard`` (public
+    addresses only by default). Returns (status code, error); raises
+    :class:`~jobqueue.errors.TargetRefused` when the target's address is refused."""
     stamp = int(time.time()) if timestamp is None else timestamp
     headers = {"content-type": "application/json", "user-agent": "jobqueue-webhooks",
                "webhook-id": delivery["id"], "webhook-timestamp": str(stamp)}
     if secret:
         headers["webhook-signature"] = sign(secret, delivery["id"], stamp, delivery["body"])
-    try:
-        response = requests.post(delivery["url"], data=delivery["body"].encode(), headers=headers,
-                                 timeout=timeout, allow_redirects=False)
-    except requests.RequestException as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:500]
-    with response:
-        return response.status_code, None if 200 <= response.status_code < 300 else response.reason
-
-
-# -- records of tries (result backend) -----------------------------------------------------
-def attempts_key(job_id: str) -> str:
-    """Redis list of a job's webhook tries (JSON), oldest first."""
-    return f"jobqueue-webhook-attempts-{job_id}"
-
-
-def delivered_key(delivery_id: str) -> str:
-    """Set once a delivery got a 2xx: later copies of its message send nothing."""
-    return f"jobqueue-webhook-delivered-{delivery_id}"
-
-
-def read_attempts(client: Any, job_id: str) -> list[dict[str, Any]]:
-    """Every recorded try of ``job_id``'s webhook, oldest first (empty when none)."""
-    attempts = []
-    for raw in client.lrange(attempts_key(job_id), 0, -1):
+    with guarded_session(guard or AddressGuard()) as session:
         try:
-            attempts.append(json.loads(raw))
-        except ValueError:
-            continue
-    return attempts
+            response = session.post(delivery["url"], data=delivery["body"].encode(), headers=headers,
+                                    timeout=timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:500]
+        with response:
+            return response.status_code, None if 200 <= response.status_code < 300 else response.reason
 
 
 # -- Celery wiring -------------------------------------------------------------------------
@@ -171,27 +149,29 @@ def deliver(task: Any, delivery: dict[str, Any]) -> str:
     or out of tries. Returns ``delivered``, ``retrying``, ``given up`` or ``already delivered``."""
     app = task.app
     settings = app.settings
-    client = app.backend.client
+    client = result_client(app)
     expires = int(app.conf.result_expires or 7 * 24 * 3600)
-    if client.exists(delivered_key(delivery["id"])):
+    if was_delivered(client, delivery["id"]):
         return "already delivered"
     started = time.time()
-    status_code, error = post(delivery, settings.webhook_secret, timestamp=int(started))
+    refused = False
+    try:
+        status_code, error = post(delivery, settings.webhook_secret, timestamp=int(started),
+                                  guard=AddressGuard.from_cidrs(settings.webhook_allowed_networks))
+    except TargetRefused as exc:  # final: trying again later would be refused alike
+        status_code, error, refused = None, f"refused: {exc.message}"[:500], True
     delivered = status_code is not None and 200 <= status_code < 300
     tries = int(delivery["try"])
     record = {"webhook_id": delivery["id"], "try": tries, "at": started, "url": delivery["url"],
-              "status_code": status_code, "error": error, "delivered": delivered,
+              "status_code": status_code, "error": error, "delivered": delivered, "refused": refused,
               "worker": task.request.hostname, "duration": round(time.time() - started, 3)}
     pipe = client.pipeline()
-    pipe.rpush(attempts_key(delivery["job_id"]), json.dumps(record))
-    pipe.expire(attempts_key(delivery["job_id"]), expires)
-    if delivered:
-        pipe.set(delivered_key(delivery["id"]), "1", ex=expires)
+    queue_attempt(pipe, delivery["job_id"], delivery["id"], record, expires=expires)
     pipe.execute()
     if delivered:
         _tell(task, delivery, record, "delivered")
         return "delivered"
-    if tries >= settings.webhook_max_tries:
+    if refused or tries >= settings.webhook_max_tries:
         log.warning("webhook %s for job %s given up after %d tries (%s)", delivery["id"], delivery["job_id"],
                     tries, error or status_code)
         _tell(task, delivery, record, "given_up")
@@ -235,38 +215,42 @@ def _webhook_url(kwargs: Any) -> str | None:
     return url if isinstance(url, str) and url else None
 
 
-def register_webhooks(app: Any) -> None:
-    """Register the delivery task on ``app`` and enqueue a delivery whenever one of its job
-    tasks with a ``webhook_url`` ends (in the worker that ran it, or discarded it as revoked)."""
+def register_delivery_task(app: Any) -> None:
+    """Register the delivery task on ``app`` (any worker delivers)."""
 
     @app.task(bind=True, name=WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True,  # type: ignore[untyped-decorator]
               ignore_result=True, send_events=False, shared=False)
     def _deliver_webhook(self: Any, delivery: dict[str, Any]) -> str:
         return deliver(self, delivery)
 
-    def job_ended(task_id: str, kwargs: Any, state: str, retval: Any) -> None:
-        url = _webhook_url(kwargs)
-        runtime = getattr(app, "runtime", None)
-        if not url or (runtime is not None and runtime.is_given_up(task_id)):
-            return  # a given-up job ends elsewhere; that worker sends the webhook
-        try:
-            end = _job_end(app, task_id, state, retval)
-            if end is None:
-                return
-            status, result, error = end
-            service = kwargs.get("service") if isinstance(kwargs, Mapping) else None
-            enqueue(app, build_delivery(task_id, url, status, service=service, result=result, error=error))
-        except Exception:  # never let a webhook break the job's own ending
-            log.exception("could not enqueue the webhook of job %s", task_id)
 
-    def on_postrun(sender: Any = None, task_id: str = "", kwargs: Any = None, retval: Any = None,
-                   state: str = "", **_: Any) -> None:
-        if getattr(sender, "name", None) == RUN_JOB_TASK and getattr(sender, "app", None) is app:
-            job_ended(task_id, kwargs, state, retval)
+def _job_ended(app: Any, task_id: str, kwargs: Any, state: str, retval: Any) -> None:
+    """Enqueue the webhook delivery of a job that ended, if it asked for one."""
+    url = _webhook_url(kwargs)
+    runtime = getattr(app, "runtime", None)
+    if not url or (runtime is not None and runtime.is_given_up(task_id)):
+        return  # a given-up job ends elsewhere; that worker sends the webhook
+    try:
+        end = _job_end(app, task_id, state, retval)
+        if end is None:
+            return
+        status, result, error = end
+        service = kwargs.get("service") if isinstance(kwargs, Mapping) else None
+        enqueue(app, build_delivery(task_id, url, status, service=service, result=result, error=error))
+    except Exception:  # never let a webhook break the job's own ending
+        log.exception("could not enqueue the webhook of job %s", task_id)
 
-    def on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
-        if getattr(sender, "name", None) == RUN_JOB_TASK and getattr(sender, "app", None) is app and request:
-            job_ended(request.id, request.kwargs, celery_states.REVOKED, None)
 
-    signals.task_postrun.connect(on_postrun, weak=False)
-    signals.task_revoked.connect(on_revoked, weak=False)
+def on_task_postrun(sender: Any = None, task_id: str = "", kwargs: Any = None, retval: Any = None,
+                    state: str = "", **_: Any) -> None:
+    """``task_postrun``: a run of the job task ended (in the worker that ran it)."""
+    app = getattr(sender, "app", None)
+    if getattr(sender, "name", None) == RUN_JOB_TASK and app is not None:
+        _job_ended(app, task_id, kwargs, state, retval)
+
+
+def on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """``task_revoked``: the worker discarded a job's message as revoked."""
+    app = getattr(sender, "app", None)
+    if getattr(sender, "name", None) == RUN_JOB_TASK and app is not None and request:
+        _job_ended(app, request.id, request.kwargs, celery_states.REVOKED, None)

@@ -12,7 +12,7 @@ from celery.exceptions import Ignore, Retry
 
 from jobqueue.connectors import connector_class
 from jobqueue.errors import JobCancelled
-from jobqueue.shared.names import RUN_JOB_TASK
+from jobqueue.shared.names import RUN_JOB_TASK, TASK_REVOKED
 from jobqueue.shared.steps import placeholder_paths, resolve_placeholders
 from jobqueue.transport.internals import drop_chain, remaining_chain
 
@@ -46,7 +46,7 @@ def stop_later_steps(task: Any, reason: str) -> None:
             app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
         with app.events.default_dispatcher(hostname=request.hostname) as dispatcher:
             dispatcher.send(
-                "task-revoked", uuid=step_id, terminated=False, signum=None, expired=False,
+                TASK_REVOKED, uuid=step_id, terminated=False, signum=None, expired=False,
                 name=RUN_JOB_TASK, kwargs=options.get("kwargsrepr"), reason=reason,
             )
 

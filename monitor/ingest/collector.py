@@ -69,7 +69,7 @@ class EventCollector:
             raise ValueError(f"cannot read {celery_app.conf.broker_url!r} raw: not a plain Redis URL")
         if self._source is not None:
             self._decoder = EventDecoder(celery_app, self._on_malformed)
-            writer.raw_decoder = self._decode
+            writer.decode_raw_with(self._decode)
         self.connected = threading.Event()
         #: Events handed to the writer's apply step (decoded ones on the raw path).
         self._events = 0

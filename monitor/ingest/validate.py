@@ -28,7 +28,7 @@ counts, the detail in the collector's ``last_error``) and dropped. The reasons:
 
 When an event breaks several rules the first reason of that list is counted.
 A final state that a well-formed event claims is verified against the result backend at the
-next repair (:mod:`monitor.repair.truth`), which corrects it when the backend disagrees. Events are
+next repair (:mod:`monitor.merge.truth`), which corrects it when the backend disagrees. Events are
 not authenticated: deployments that need that should turn on Celery's message signing (see
 docs/dashboard.md).
 """

@@ -6,7 +6,14 @@ takes whatever has arrived (up to ``max_batch``), coalesces what can be coalesce
 progress reports of one job, many heartbeats of one worker → the latest one), applies the
 rest in one transaction (its jobs and workers loaded up front in one query each, see
 :meth:`monitor.store.Tx.prefetch`), and wakes websocket streams. It also runs the time-based truth
-(offline workers, lost jobs, stale connectors) and pruning, so nothing else writes.
+(offline workers, lost jobs, stale connectors) and pruning, and the operator's writes (a
+worker's drain flag, ``POST /api/workers/<name>/drain``) through :meth:`Writer.call`, and the
+audit trail of those requests (:meth:`Writer.audit`), so nothing else writes.
+
+The one exception: a web app built without a writer (``create_app(writer=None)``: a process
+that serves the API but collects no events, as tests build it) records the drain flag itself
+through :meth:`monitor.store.Store.set_draining`. That process has no writer to race with,
+and the flag is the operator's choice, not derived from events, so no merge rule is bypassed.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from jobqueue.errors import MalformedEvent
-from jobqueue.shared.names import TASK_PROGRESS
+from jobqueue.shared.masking import DEFAULT_PATTERN, mask_event
+from jobqueue.shared.names import TASK_PROGRESS, WORKER_HEARTBEAT
 from monitor.ingest.hub import ChangeHub
 from monitor.merge.apply import apply, expire, valid_progress
 from monitor.store import Store, Tx
@@ -29,8 +37,19 @@ from monitor.store.access import add_audit
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+#: Queue items that are not events: ``(_MARKER, done)`` (see :meth:`Writer.wait_idle`),
+#: ``(_CALL, fn, done, box)`` (see :meth:`Writer.call`) and ``(_AUDIT, entry)`` (see
+#: :meth:`Writer.audit`).
+_MARKER, _CALL, _AUDIT = "__marker__", "__call__", "__audit__"
+
+
+def _is_control(item: Any, kind: str | None = None) -> bool:
+    return isinstance(item, tuple) and bool(item) and item[0] in ((kind,) if kind else (_MARKER, _CALL, _AUDIT))
+
+
 #: Kinds of event where only the latest one of a key matters inside a batch.
-_COALESCE = {TASK_PROGRESS: "uuid", "worker-heartbeat": "hostname"}
+_COALESCE = {TASK_PROGRESS: "uuid", WORKER_HEARTBEAT: "hostname"}
 
 
 def coalesce(events: list[Any]) -> list[Any]:
@@ -60,7 +79,7 @@ def coalesce(events: list[Any]) -> list[Any]:
             for f in ("uuid", "hostname"):
                 if isinstance(ev.get(f), str):
                     last_at.pop((TASK_PROGRESS, ev[f]), None)
-                    last_at.pop(("worker-heartbeat", ev[f]), None)
+                    last_at.pop((WORKER_HEARTBEAT, ev[f]), None)
         out.append(ev)
     return out
 
@@ -105,10 +124,14 @@ class Writer:
         prune_interval: float = 60.0,
         on_changes: Callable[[list[tuple[int, str, str, Any]]], None] | None = None,
         totals: Any = None,
+        secret_keys: str = DEFAULT_PATTERN,
     ) -> None:
         """``totals``: a :class:`monitor.metrics.totals.Totals` that counts, in each write
-        transaction, what it did (the Prometheus counters); None counts nothing."""
+        transaction, what it did (the Prometheus counters); None counts nothing.
+        ``secret_keys``: every event is masked with this pattern before it is applied
+        (:func:`jobqueue.shared.masking.mask_event`), so nothing the store shows holds a secret."""
         self.store = store
+        self.secret_keys = secret_keys
         self.hub = hub
         self.heartbeat_default = heartbeat_default
         self.beat_default = beat_default
@@ -123,12 +146,18 @@ class Writer:
         self.last_error: str | None = None
         self._calls: list[tuple[Callable[[], Any], threading.Event]] = []
         self._calls_lock = threading.Lock()
-        #: Turns a raw broker message (``bytes`` put on the queue) into events, in this thread;
-        #: set by the collector when it reads the stream raw (see :mod:`monitor.ingest.raw_reader`).
-        self.raw_decoder: Callable[[bytes], list[Any]] | None = None
+        #: Turns a raw broker message (``bytes`` put on the queue) into events, in this thread
+        #: (see :meth:`decode_raw_with`).
+        self._raw_decoder: Callable[[bytes], list[Any]] | None = None
         self.totals = totals
 
     # -- feeding ---------------------------------------------------------------------------
+    def decode_raw_with(self, decoder: Callable[[bytes], list[Any]]) -> None:
+        """Decode the raw broker messages (``bytes``) put on the queue with ``decoder``, in the
+        writer's thread. A collector reading the stream raw (:mod:`monitor.ingest.raw_reader`)
+        passes its decoder here before it starts: decoding leaves the reader's thread."""
+        self._raw_decoder = decoder
+
     def put(self, event: Any) -> bool:
         """Queue one event (or raw message); never blocks (a full queue drops, counts and
         returns False)."""
@@ -142,7 +171,7 @@ class Writer:
     def audit(self, entry: dict[str, Any]) -> bool:
         """Queue one audit entry (see :mod:`monitor.web.audit`); written in this writer's
         thread, in a transaction of its own, before the events taken with it."""
-        return self.put(("__audit__", entry))
+        return self.put((_AUDIT, entry))
 
     def count(self, what: str, n: int = 1) -> None:
         """Count something seen outside the writer (e.g. undecodable messages)."""
@@ -155,8 +184,35 @@ class Writer:
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until everything queued so far is applied (for start-up repair and tests)."""
         done = threading.Event()
-        self.put(("__marker__", done))
+        self.put((_MARKER, done))
         return done.wait(timeout)
+
+    def call(self, fn: Callable[[Tx], _T], timeout: float = 10.0) -> _T:
+        """Run ``fn(tx)`` in the writer's thread, in a write transaction of its own, after the
+        batch it arrives with; return its result (or raise what it raised). Raises
+        :class:`TimeoutError` when the writer did not run it within ``timeout``."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+        try:
+            self._queue.put((_CALL, fn, done, box), timeout=timeout)
+        except queue.Full:
+            raise TimeoutError("the monitor's writer is too busy to take a write") from None
+        if not done.wait(timeout):
+            raise TimeoutError("the monitor's writer did not run the write in time")
+        if "error" in box:
+            raise box["error"]
+        result: _T = box["result"]
+        return result
+
+    def _run_call(self, fn: Callable[[Tx], Any], done: threading.Event, box: dict[str, Any]) -> None:
+        try:
+            with self._tx() as tx:
+                box["result"] = fn(tx)
+            self._announce(tx.changes)
+        except Exception as exc:
+            box["error"] = exc
+        finally:
+            done.set()
 
     # -- thread ----------------------------------------------------------------------------
     def start(self) -> Writer:
@@ -179,10 +235,10 @@ class Writer:
         next_expire = next_prune = 0.0
         while not self._stop.is_set():
             batch = self._take()
-            markers = [ev[1] for ev in batch if isinstance(ev, tuple) and ev and ev[0] == "__marker__"]
-            audits = [ev[1] for ev in batch if isinstance(ev, tuple) and ev and ev[0] == "__audit__"]
-            events = [ev for ev in batch if not (isinstance(ev, tuple) and ev and ev[0] in ("__marker__", "__audit__"))
-                      and ev is not None]
+            markers = [ev[1] for ev in batch if _is_control(ev, _MARKER)]
+            calls = [ev[1:] for ev in batch if _is_control(ev, _CALL)]
+            audits = [ev[1] for ev in batch if _is_control(ev, _AUDIT)]
+            events = [ev for ev in batch if not _is_control(ev) and ev is not None]
             events = self._decode_raw(events)
             try:
                 if audits:
@@ -203,12 +259,14 @@ class Writer:
                 self.last_error = repr(exc)
                 log.exception("monitor writer error")
                 self._stop.wait(0.5)
+            for fn, called, box in calls:
+                self._run_call(fn, called, box)
             for done in markers:
                 done.set()
 
     def _decode_raw(self, items: list[Any]) -> list[Any]:
         """Raw messages replaced by their events (the decoder counts what does not decode)."""
-        decode = self.raw_decoder
+        decode = self._raw_decoder
         if decode is None:
             return items
         out: list[Any] = []
@@ -286,7 +344,7 @@ class Writer:
 
     def _apply_one(self, ev: Any, tx: Any) -> None:
         try:
-            if apply(ev, tx):
+            if apply(mask_event(ev, self.secret_keys), tx):
                 self.counts["applied"] += 1
             else:
                 self.counts["unchanged"] += 1

@@ -17,8 +17,20 @@ from typing import Any
 from sqlalchemy import select
 
 from jobqueue.errors import MalformedEvent
-from jobqueue.shared.names import CONNECTOR_STATUS, JOB_WEBHOOK, TASK_PROGRESS
+from jobqueue.shared.names import (
+    CONNECTOR_STATUS,
+    JOB_WEBHOOK,
+    TASK_FAILED,
+    TASK_PROGRESS,
+    TASK_RECEIVED,
+    TASK_RETRIED,
+    TASK_SUCCEEDED,
+    WORKER_HEARTBEAT,
+    WORKER_OFFLINE,
+    WORKER_ONLINE,
+)
 from jobqueue.states import ConnectorStatus, JobStatus
+from monitor.merge import truth
 from monitor.merge.effects import NODE, left_worker, machine_of, move_row, set_worker, state_of, write_back
 from monitor.merge.fields import (
     MAX_ID,
@@ -38,9 +50,6 @@ from monitor.merge.job_rules import JOB_RULES, job_rule
 from monitor.merge.worker_rules import (
     CONNECTOR_FIELDS,
     LIVENESS_FIELDS,
-    WORKER_HEARTBEAT,
-    WORKER_OFFLINE,
-    WORKER_ONLINE,
     ConnectorReport,
     ConnectorState,
     Identity,
@@ -50,7 +59,6 @@ from monitor.merge.worker_rules import (
     is_late,
     liveness_rule,
 )
-from monitor.repair import truth
 from monitor.store import ConnectorRow, JobRow, Tx, WorkerRow
 from monitor.store.statuses import ON_WORKER_STATUSES, MachineStatus, WorkerStatus
 
@@ -61,11 +69,11 @@ __all__ = ["apply", "expire", "machine_of", "mark_lost", "refresh_machine", "res
 
 #: Checks of a job event's fields beyond its id and time, run before anything is touched.
 _VALIDATORS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "task-received": lambda ev: event_int(ev, "retries"),
+    TASK_RECEIVED: lambda ev: event_int(ev, "retries"),
     TASK_PROGRESS: lambda ev: (progress_fields(ev), event_int(ev, "attempt")),
-    "task-succeeded": lambda ev: event_num(ev, "runtime"),
-    "task-failed": lambda ev: (error_from(ev), event_num(ev, "runtime")),
-    "task-retried": error_from,
+    TASK_SUCCEEDED: lambda ev: event_num(ev, "runtime"),
+    TASK_FAILED: lambda ev: (error_from(ev), event_num(ev, "runtime")),
+    TASK_RETRIED: error_from,
 }
 
 

@@ -3,15 +3,15 @@
 :mod:`monitor.merge.job_rules` decides on plain values; these functions carry a decision out on
 stored rows -- a job's fields, its worker's ended/failed counts, its machine, the worker's
 current job -- through a :class:`~monitor.store.Tx`. :mod:`monitor.merge.apply` (events) and
-:mod:`monitor.repair.truth` (repair) both use them, so a job ends the same way whoever ends it.
+:mod:`monitor.merge.truth` (repair) both use them, so a job ends the same way whoever ends it.
 """
 
 from __future__ import annotations
 
 import re
 
-from jobqueue.states import JobStatus
-from monitor.merge.job_rules import FINAL, JOB_FIELDS, JobState, final_progress, move
+from jobqueue.states import FINAL_STATUSES, JobStatus
+from monitor.merge.job_rules import JOB_FIELDS, JobState, final_progress, move
 from monitor.store import JobRow, Tx
 from monitor.store.statuses import FAILED_STATUSES
 
@@ -62,7 +62,7 @@ def count_end(tx: Tx, job: JobRow, name: str | None, sign: int) -> None:
     replayed or repaired final event, so it cannot count twice) or where an ended job's
     worker changes; a worker not stored yet counts its jobs when it is created
     (:meth:`monitor.store.Tx.worker`), and pruning takes pruned jobs back out."""
-    if not name or job.status not in FINAL:
+    if not name or job.status not in FINAL_STATUSES:
         return
     worker = tx.worker(name, create=False)
     if worker is None:
@@ -75,7 +75,7 @@ def count_end(tx: Tx, job: JobRow, name: str | None, sign: int) -> None:
 
 def left_worker(tx: Tx, job: JobRow, *, failed: bool) -> None:
     """A job left its worker (ended, or will be retried); one that ended counts on it."""
-    if job.status in FINAL:
+    if job.status in FINAL_STATUSES:
         count_end(tx, job, job.worker, +1)
         if job.status == JobStatus.COMPLETED.value and job.service:
             tx.touch("service", job.service)  # its completion-time median may change
@@ -87,14 +87,14 @@ def left_worker(tx: Tx, job: JobRow, *, failed: bool) -> None:
     if worker.current_job == job.id:
         worker.current_job = None
         tx.touch("worker", worker.name)
-    if job.status in FINAL or failed:
+    if job.status in FINAL_STATUSES or failed:
         tx.touch("worker", worker.name)  # its counts changed
 
 
 def job_ended(tx: Tx, job: JobRow, *, failed: bool) -> None:
     """A stored job was set to a final status (by repair): its progress becomes canonical
     and it leaves its worker (:func:`left_worker`)."""
-    if job.status in FINAL:
+    if job.status in FINAL_STATUSES:
         job.progress, _ = final_progress(job.status, job.progress)
     left_worker(tx, job, failed=failed)
 

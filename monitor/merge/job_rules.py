@@ -19,8 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from jobqueue.shared.names import TASK_PROGRESS, job_meta_from_kwargs
-from jobqueue.states import JobStatus, empty_progress, may_move, status_for_error
+from jobqueue.shared.names import (
+    TASK_FAILED,
+    TASK_PROGRESS,
+    TASK_RECEIVED,
+    TASK_REJECTED,
+    TASK_RETRIED,
+    TASK_REVOKED,
+    TASK_SENT,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+    job_meta_from_kwargs,
+)
+from jobqueue.states import FINAL_STATUSES, JobStatus, empty_progress, may_move, status_for_error
 from monitor.merge.fields import (
     MAX_ID,
     error_from,
@@ -31,8 +42,6 @@ from monitor.merge.fields import (
     result_from_repr,
 )
 
-#: Final job statuses as stored strings.
-FINAL = frozenset(s.value for s in JobStatus if s.is_final)
 #: Job statuses by their stored string.
 _BY_VALUE = {s.value: s for s in JobStatus}
 #: Statuses a job leaves when a report of its next attempt arrives.
@@ -154,7 +163,7 @@ def _set_worker(s: JobState, out: JobOutcome, hostname: str | None, *, recount: 
 def _ended(s: JobState, out: JobOutcome, *, failed: bool) -> None:
     out.left_worker = True
     out.failed = failed
-    if s.status in FINAL:
+    if s.status in FINAL_STATUSES:
         s.progress, out.progress_at_end = final_progress(s.status, s.progress)
 
 
@@ -331,13 +340,13 @@ Rule = Callable[[JobState, dict[str, Any], float, "str | None", JobOutcome], boo
 
 #: The rule of each job event type.
 JOB_RULES: dict[str, Rule] = {
-    "task-sent": _on_sent,
-    "task-received": _on_received,
-    "task-started": _on_started,
+    TASK_SENT: _on_sent,
+    TASK_RECEIVED: _on_received,
+    TASK_STARTED: _on_started,
     TASK_PROGRESS: _on_progress,
-    "task-succeeded": _on_succeeded,
-    "task-failed": _on_failed,
-    "task-retried": _on_retried,
-    "task-revoked": _on_revoked,
-    "task-rejected": _on_rejected,
+    TASK_SUCCEEDED: _on_succeeded,
+    TASK_FAILED: _on_failed,
+    TASK_RETRIED: _on_retried,
+    TASK_REVOKED: _on_revoked,
+    TASK_REJECTED: _on_rejected,
 }

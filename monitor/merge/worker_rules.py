@@ -11,13 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from jobqueue.shared.names import WORKER_OFFLINE, WORKER_ONLINE
 from monitor.merge.fields import MAX_ID
 from monitor.store.statuses import WorkerStatus
 
-#: Event types that report a worker's liveness.
-WORKER_ONLINE = "worker-online"
-WORKER_HEARTBEAT = "worker-heartbeat"
-WORKER_OFFLINE = "worker-offline"
 #: The warning of a worker whose machine nobody reported.
 MISSING_MACHINE = "missing machine_id"
 

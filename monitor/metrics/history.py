@@ -21,7 +21,6 @@ from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import Float, Integer, String, delete, func, select
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from jobqueue.states import JobStatus
@@ -48,11 +47,6 @@ class HourlyStat(Base):
     jobs: Mapped[int] = mapped_column(Integer, default=0)
     runtime_sum: Mapped[float] = mapped_column(Float, default=0.0)
     runtime_count: Mapped[int] = mapped_column(Integer, default=0)
-
-
-def create_table(store: Store) -> None:
-    """Create ``stats_hourly`` if this store does not have it yet (older stores)."""
-    HourlyStat.__table__.create(store.engine, checkfirst=True)  # type: ignore[attr-defined]
 
 
 def hour_of(timestamp: float) -> int:
@@ -106,10 +100,7 @@ def read(store: Store, *, now: float | None = None, hours: int = DEFAULT_HOURS) 
     since = hour_of(now) - (hours - 1) * HOUR
     series: dict[int, dict[str, Any]] = {}
     sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    try:
-        services, rows = _rows(store, since, hour_of(now))
-    except DBAPIError:  # a store no writer has opened since this table was added
-        services, rows = {}, []
+    services, rows = _rows(store, since, hour_of(now))
     for hour, status, jobs, runtime_sum, runtime_count in rows:
         entry = series.setdefault(hour, {"t": hour, "completed": 0, "failed": 0, "cancelled": 0})
         column = "completed" if status == JobStatus.COMPLETED else "cancelled" if status == JobStatus.CANCELLED else "failed"

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from monitor.metrics.totals import QUEUE_WAIT_BUCKETS, RUNTIME_BUCKETS, read_totals
-from monitor.web.broker import queue_depths
 
 log = logging.getLogger(__name__)
+
+#: Reads the depth of each named queue on the broker: ``(celery app, queue names) -> {queue: n}``.
+QueueDepths = Callable[[Any, list[str]], dict[str, int]]
 
 #: Counters: (persisted total name, metric name without ``_total``, help, label names).
 COUNTERS = (
@@ -61,10 +63,12 @@ def _histogram(name: str, help_text: str, bounds: Sequence[float],
 
 class MonitorCollector:
     """Collects every jobqueue metric at scrape time from the store, the collector and the
-    broker (``context`` is the app's :class:`monitor.app.MonitorContext`)."""
+    broker (``context`` is the app's :class:`monitor.app.MonitorContext`; ``queue_depths(celery,
+    queues)`` reads the broker's queue lengths, :func:`monitor.web.broker.queue_depths`)."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, queue_depths: QueueDepths) -> None:
         self.context = context
+        self.queue_depths = queue_depths
 
     def collect(self) -> Iterator[Any]:
         store = self.context.store
@@ -126,7 +130,7 @@ class MonitorCollector:
         yield connectors
         depth = GaugeMetricFamily("jobqueue_queue_depth", "Messages waiting in each broker queue", labels=["queue"])
         try:
-            for queue, count in sorted(queue_depths(self.context.celery, store.known_queues()).items()):
+            for queue, count in sorted(self.queue_depths(self.context.celery, store.known_queues()).items()):
                 depth.add_metric([queue], count)
         except Exception as exc:  # the broker is down: the other metrics still answer
             log.warning("queue depths unavailable: %r", exc)
@@ -136,10 +140,10 @@ class MonitorCollector:
         yield seq
 
 
-def build_registry(context: Any) -> CollectorRegistry:
+def build_registry(context: Any, queue_depths: QueueDepths) -> CollectorRegistry:
     """A registry of this app's metrics (no process-global state)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MonitorCollector(context))
+    registry.register(MonitorCollector(context, queue_depths))
     return registry
 
 

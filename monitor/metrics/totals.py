@@ -36,7 +36,7 @@ from sqlalchemy import Float, String, event, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from jobqueue.shared.names import CONNECTOR_STATUS, JOB_WEBHOOK, TASK_EVENTS, WEBHOOK_OUTCOMES, WORKER_EVENTS
-from jobqueue.states import FINAL_JOB_STATES, JobStatus
+from jobqueue.states import FINAL_STATUSES, JobStatus
 from monitor.metrics import history
 from monitor.store import Base, JobRow, Store
 
@@ -48,8 +48,6 @@ RUNTIME_BUCKETS: tuple[float, ...] = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 60
 QUEUE_WAIT_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 #: Event types counted by name; anything else is counted as ``other`` (bounded label values).
 KNOWN_EVENTS = frozenset((*TASK_EVENTS, *WORKER_EVENTS, CONNECTOR_STATUS, JOB_WEBHOOK))
-#: Final statuses as stored strings.
-_FINAL = frozenset(s.value for s in FINAL_JOB_STATES)
 #: Key in a write session's ``info``: {job id: (status, attempt, started_at) as loaded}.
 _BEFORE = "_jobqueue_totals_before"
 
@@ -94,8 +92,6 @@ class Totals:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        MetricTotal.__table__.create(store.engine, checkfirst=True)  # type: ignore[attr-defined]
-        history.create_table(store)
         #: When :meth:`record` last dropped expired hourly history (once an hour is enough).
         self._history_pruned = 0.0
         if not event.contains(JobRow, "load", _remember):
@@ -188,7 +184,7 @@ class Totals:
         service = job.service or "unknown"
         if before is None:
             delta[_key("jobs_seen", service=service)] += 1
-        if job.status != status and job.status in _FINAL:
+        if job.status != status and job.status in FINAL_STATUSES:
             delta[_key("jobs", service=service, status=job.status)] += 1
             history.count(hourly, service=service, status=job.status, finished_at=job.finished_at,
                           runtime=job.runtime, now=now)
@@ -215,7 +211,6 @@ def _read(store: Store) -> dict[Key, float]:
 def read_totals(store: Store) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Every persisted total by name, ``{name: [(labels, value), ...]}`` (any thread or
     process; empty before the first write)."""
-    MetricTotal.__table__.create(store.engine, checkfirst=True)  # type: ignore[attr-defined]
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for (name, labels), value in sorted(_read(store).items()):
         out.setdefault(name, []).append((dict(labels), value))

@@ -9,7 +9,7 @@ facts (:mod:`jobqueue.shared.job_record`: times, attempt, worker, machine, metad
   attempt ``task-received``/``task-started`` and ``task-retried`` or ``job-lost``, then the
   last attempt's ``task-received``/``task-started`` and the end), stamped with the recorded
   times, so a rebuilt job's fields and timeline hold the real times; and
-* one ``job-truth`` event (:mod:`monitor.repair.truth`) that sets every field the backend knows, so
+* one ``job-truth`` event (:mod:`monitor.merge.truth`) that sets every field the backend knows, so
   a monitor that saw the events, or forged ones, ends up with the same values.
 """
 
@@ -20,10 +20,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 from jobqueue.errors import error_info
-from jobqueue.shared.names import job_meta_from_kwargs
+from jobqueue.shared.names import (
+    TASK_FAILED,
+    TASK_PROGRESS,
+    TASK_RECEIVED,
+    TASK_RETRIED,
+    TASK_REVOKED,
+    TASK_SENT,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+    job_meta_from_kwargs,
+)
 from jobqueue.shared.summary import summarize_payload
 from jobqueue.states import JobStatus, job_status_from_celery
-from monitor.repair.truth import JOB_LOST, JOB_TRUTH
+from monitor.merge.truth import JOB_LOST, JOB_TRUTH
 
 #: Celery states that say nothing about where the job is.
 _SILENT = ("PENDING", "RECEIVED")
@@ -117,7 +127,7 @@ def job_events(job_id: str, meta: dict[str, Any] | None, facts: dict[str, Any], 
     events: list[dict[str, Any]] = []
     if lifecycle:
         kwargs = json.dumps(job_meta, default=str)
-        events.append({**base, "type": "task-sent", "timestamp": submitted, "name": facts.get("name") or record.get("name"),
+        events.append({**base, "type": TASK_SENT, "timestamp": submitted, "name": facts.get("name") or record.get("name"),
                        "kwargs": kwargs, "queue": record.get("queue") or job_meta.get("queue")})
         events.extend(_attempts(base, record, facts, status, kwargs, done, submitted))
     events.append({**base, "type": JOB_TRUTH, "timestamp": now,
@@ -135,11 +145,11 @@ def _attempts(base: dict[str, Any], record: dict[str, Any], facts: dict[str, Any
         at = {**base, "hostname": past["worker"]}
         received = ts_of(past.get("received_at")) or submitted
         started = ts_of(past.get("started_at")) or received
-        events.append({**at, "type": "task-received", "timestamp": received, "kwargs": kwargs,
+        events.append({**at, "type": TASK_RECEIVED, "timestamp": received, "kwargs": kwargs,
                        "retries": past.get("attempt") if isinstance(past.get("attempt"), int) else 0})
-        events.append({**at, "type": "task-started", "timestamp": started})
+        events.append({**at, "type": TASK_STARTED, "timestamp": started})
         if past.get("how") == "retried":
-            events.append({**at, "type": "task-retried", "timestamp": ts_of(past.get("ended_at")) or started,
+            events.append({**at, "type": TASK_RETRIED, "timestamp": ts_of(past.get("ended_at")) or started,
                            "error": {"type": "Retry", "message": "retried on another worker", "details": {}}})
         else:
             events.append({**at, "type": JOB_LOST, "timestamp": started, "worker": past["worker"]})
@@ -149,28 +159,28 @@ def _attempts(base: dict[str, Any], record: dict[str, Any], facts: dict[str, Any
     final = {**base, "timestamp": done, "hostname": worker}
     if worker and (facts.get("started_at") is not None or (not facts and record.get("worker"))):
         received = ts_of(facts.get("received_at")) or min(submitted, done)
-        events.append({**base, "type": "task-received", "timestamp": received, "hostname": worker,
+        events.append({**base, "type": TASK_RECEIVED, "timestamp": received, "hostname": worker,
                        "retries": attempt, "kwargs": kwargs})
         if facts.get("started_at") is not None or status in (JobStatus.PROCESSING, JobStatus.COMPLETED,
                                                                 JobStatus.FAILED, JobStatus.TIMED_OUT):
             started = ts_of(facts.get("started_at")) or received
-            events.append({**base, "type": "task-started", "timestamp": started, "hostname": worker})
+            events.append({**base, "type": TASK_STARTED, "timestamp": started, "hostname": worker})
     result = record.get("result")
     runtime = facts.get("runtime")
     if status == JobStatus.COMPLETED:
         if runtime is None and isinstance(result, dict):
             runtime = result.get("duration")
-        events.append({**final, "type": "task-succeeded", "result": result, "runtime": runtime})
+        events.append({**final, "type": TASK_SUCCEEDED, "result": result, "runtime": runtime})
     elif status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
-        events.append({**final, "type": "task-failed", "error": error_info(result), "runtime": runtime})
+        events.append({**final, "type": TASK_FAILED, "error": error_info(result), "runtime": runtime})
     elif status == JobStatus.CANCELLED:
-        events.append({**final, "type": "task-revoked"})
+        events.append({**final, "type": TASK_REVOKED})
     elif status == JobStatus.RETRYING:
-        events.append({**final, "type": "task-retried", "error": error_info(result)})
+        events.append({**final, "type": TASK_RETRIED, "error": error_info(result)})
     elif status == JobStatus.PROCESSING and worker and record.get("status") == "PROGRESS" and isinstance(result, dict):
         events.append({**final, **{k: result.get(k) for k in (
             "percent", "step", "total_steps", "message", "node", "eta_seconds", "attempt")},
-            "type": "task-progress"})
+            "type": TASK_PROGRESS})
     return events
 
 
@@ -185,6 +195,6 @@ def queue_message_event(raw: bytes | str, queue: str, now: float) -> dict[str, A
     if not isinstance(job_id, str):
         return None
     meta = job_meta_from_kwargs(headers.get("kwargsrepr"))
-    return {"type": "task-sent", "uuid": job_id, "name": headers.get("task"), "source": "repair",
+    return {"type": TASK_SENT, "uuid": job_id, "name": headers.get("task"), "source": "repair",
             "kwargs": json.dumps(meta, default=str) if meta else None, "queue": queue,
             "timestamp": ts_of(meta.get("submitted_at")) or now, "local_received": now}

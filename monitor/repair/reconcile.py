@@ -23,18 +23,25 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from jobqueue.client.services import service_names
 from jobqueue.config import Settings
-from jobqueue.connectors import CONNECTORS
 from jobqueue.shared import job_record as job_facts
-from jobqueue.shared.names import CONNECTOR_STATUS, CONTROL_CONNECTOR_STATUS
-from jobqueue.shared.routing import redis_queue_keys
+from jobqueue.shared.names import (
+    CONNECTOR_STATUS,
+    CONTROL_CONNECTOR_STATUS,
+    TASK_RECEIVED,
+    TASK_SENT,
+    TASK_STARTED,
+    WORKER_HEARTBEAT,
+)
+from jobqueue.shared.records import facts_key
 from jobqueue.states import JobStatus
-from jobqueue.transport.internals import global_keyprefix, result_key_prefix
+from jobqueue.transport.internals import global_keyprefix, redis_queue_keys, result_key_prefix
 from jobqueue.transport.redis_urls import is_redis_url
 from monitor.ingest.writer import Writer
+from monitor.merge.truth import DEMOTE_GRACE, JOB_EXPIRED, JOB_TRUTH
 from monitor.repair import queries as repair_store
 from monitor.repair.rebuild import job_events, meta_of, queue_message_event, ts_of
-from monitor.repair.truth import DEMOTE_GRACE, JOB_EXPIRED, JOB_TRUTH
 from monitor.store import FINAL_STATUSES, Store
 
 log = logging.getLogger(__name__)
@@ -44,19 +51,6 @@ log = logging.getLogger(__name__)
 FINAL_LOOKBACK = 3600.0
 #: Most queued messages one repair pass reads (per pass, over all queues).
 MAX_QUEUE_SCAN = 500_000
-
-
-def events_from_backend_meta(meta: dict[str, Any], now: float, facts: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Synthetic events that bring a job to the state its backend records show."""
-    job_id = meta.get("task_id")
-    if not isinstance(job_id, str) or not isinstance(meta.get("status"), str):
-        return []
-    return job_events(job_id, meta, facts or {}, now)
-
-
-def events_from_queue_message(raw: bytes | str, queue: str, now: float) -> dict[str, Any] | None:
-    """A synthetic ``task-sent`` for one message waiting in a broker queue list."""
-    return queue_message_event(raw, queue, now)
 
 
 #: Seconds before a failed repair pass is tried again (at most the repair interval).
@@ -164,8 +158,8 @@ class Repair:
         try:
             meta_ids = {k.decode(errors="replace")[len(meta_prefix):]
                         for k in client.scan_iter(match=meta_prefix + "*", count=1000)}
-            fact_ids = {k.decode(errors="replace")[len(job_facts.FACTS_PREFIX):]
-                        for k in client.scan_iter(match=job_facts.FACTS_PREFIX + "*", count=1000)}
+            fact_ids = {k.decode(errors="replace")[len(facts_key("")):]
+                        for k in client.scan_iter(match=facts_key("*"), count=1000)}
             ids = sorted(meta_ids | fact_ids)
             stored = repair_store.job_states(self.store, ids)
             # Final jobs changed since the last pass, and those a grace period before it (a
@@ -191,7 +185,7 @@ class Repair:
         whether every queue was read whole)."""
         if not self.settings.is_redis:
             return 0, set(), False
-        queues = sorted(set(self.store.known_queues()) | set(CONNECTORS))
+        queues = sorted(set(self.store.known_queues()) | set(service_names()))
         client = self._redis(self.settings.broker_url)
         now = time.time()
         count = 0
@@ -209,7 +203,7 @@ class Repair:
                         page = client.lrange(key, offset, offset + 999)
                         read += len(page)
                         for raw in page:
-                            event = events_from_queue_message(raw, queue, now)
+                            event = queue_message_event(raw, queue, now)
                             if event is not None:
                                 ids.add(event["uuid"])
                                 count += self._put([event])
@@ -259,7 +253,7 @@ class Repair:
             return {"workers": 0}, set()
         events: list[dict[str, Any]] = []
         for name in names:
-            events.append({"type": "worker-heartbeat", "hostname": name, "timestamp": now,
+            events.append({"type": WORKER_HEARTBEAT, "hostname": name, "timestamp": now,
                            "local_received": now, "source": "repair"})
         inspect = self.app.control.inspect(destination=names, timeout=timeout, limit=len(names))
         statuses = _merge(self.app.control.broadcast(CONTROL_CONNECTOR_STATUS, destination=names, reply=True,
@@ -295,11 +289,11 @@ class Repair:
         meta = meta_of(task.get("kwargs"))
         queue = (task.get("delivery_info") or {}).get("routing_key")
         base = {"uuid": task["id"], "hostname": worker, "source": "repair", "local_received": now}
-        events = [{**base, "type": "task-sent", "name": task.get("name"), "queue": queue,
+        events = [{**base, "type": TASK_SENT, "name": task.get("name"), "queue": queue,
                    "kwargs": json.dumps(meta, default=str), "timestamp": ts_of(meta.get("submitted_at")) or now}]
-        events.append({**base, "type": "task-received", "timestamp": now, "kwargs": json.dumps(meta, default=str)})
+        events.append({**base, "type": TASK_RECEIVED, "timestamp": now, "kwargs": json.dumps(meta, default=str)})
         if started:
-            events.append({**base, "type": "task-started", "timestamp": ts_of(task.get("time_start")) or now})
+            events.append({**base, "type": TASK_STARTED, "timestamp": ts_of(task.get("time_start")) or now})
         return events
 
 

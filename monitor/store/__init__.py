@@ -2,7 +2,8 @@
 change log that feeds websocket clients.
 
 One module per job: :mod:`~monitor.store.models` (tables), :mod:`~monitor.store.engine`
-(SQLite pragmas, schema and its upgrade), :mod:`~monitor.store.tx` (a write transaction),
+(the engine, SQLite pragmas), :mod:`~monitor.store.migrate` (the schema under Alembic
+migrations, :mod:`~monitor.store.migrations`), :mod:`~monitor.store.tx` (a write transaction),
 :mod:`~monitor.store.changelog` (sequence numbers and the change log),
 :mod:`~monitor.store.serialise` (JSON shapes), :mod:`~monitor.store.queries` (reads) and
 :mod:`~monitor.store.store` (the :class:`Store` that ties them together). Everything other
@@ -11,6 +12,7 @@ modules use is importable from here.
 
 from __future__ import annotations
 
+from jobqueue.states import FINAL_STATUSES
 from monitor.store.changelog import MEDIAN_WINDOW
 from monitor.store.counts import job_counts
 from monitor.store.models import (
@@ -27,7 +29,7 @@ from monitor.store.models import (
     WorkerRow,
 )
 from monitor.store.serialise import connector_dict, job_dict, machine_dict, service_dict, worker_dict
-from monitor.store.statuses import FAILED_STATUSES, FINAL_STATUSES, OPEN_STATUSES
+from monitor.store.statuses import FAILED_STATUSES, OPEN_STATUSES
 from monitor.store.store import Store
 from monitor.store.tx import MAX_EVENTS_PER_JOB, Change, Tx
 

@@ -14,9 +14,9 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from jobqueue.states import JobStatus
-from monitor.metrics.safestats import safe_median
 from monitor.store.models import ChangeRow, ConnectorRow, CounterRow, JobRow, ServiceStatRow, WorkerRow
 from monitor.store.serialise import job_dict, machine_dict, service_dict, worker_dict
+from monitor.store.stats import safe_median
 from monitor.store.tx import Change, Tx
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from jobqueue.states import FINAL_STATUSES
 from monitor.store.models import JobRow
-from monitor.store.statuses import FAILED_STATUSES, FINAL_STATUSES
+from monitor.store.statuses import FAILED_STATUSES
 
 
 def job_counts(session: Session, worker: str | None = None,

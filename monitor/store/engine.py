@@ -1,4 +1,4 @@
-"""The database engine: SQLite pragmas, and the schema with its one upgrade step.
+"""The database engine, and SQLite's pragmas (the schema: :mod:`monitor.store.migrate`).
 
 SQLite by default (WAL, so readers never block the single writer); any SQLAlchemy URL works
 (PostgreSQL is tested).
@@ -8,13 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, text, update
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
-from sqlalchemy.schema import CreateIndex
-
-from monitor.store.counts import job_counts
-from monitor.store.models import Base, JobRow, WorkerRow
 
 #: Execution option that marks a connection as the writer's (BEGIN IMMEDIATE on SQLite).
 WRITE_OPTION = "jobqueue_write"
@@ -50,19 +45,3 @@ def sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN")
-
-
-def create_schema(engine: Engine) -> None:
-    """Create missing tables and indexes; bring a database of an older monitor up to date
-    (the workers' job counters, counted once from the jobs it holds)."""
-    Base.metadata.create_all(engine)
-    columns = {c["name"] for c in inspect(engine).get_columns("workers")}
-    with engine.begin() as conn:
-        for table in (JobRow.__table__, WorkerRow.__table__):
-            for index in table.indexes:  # type: ignore[attr-defined]  # create_all adds indexes only with a new table
-                conn.execute(CreateIndex(index, if_not_exists=True))
-        if "ended" not in columns:
-            conn.execute(text("ALTER TABLE workers ADD COLUMN ended INTEGER NOT NULL DEFAULT 0"))
-            with Session(conn) as session:
-                for name, (ended, failed) in job_counts(session).items():
-                    session.execute(update(WorkerRow).where(WorkerRow.name == name).values(ended=ended, failed=failed))

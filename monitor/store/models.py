@@ -2,8 +2,8 @@
 
 Row classes end in ``Row`` (``JobRow``, ``WorkerRow``, ...) so they never read as jobqueue's
 own ``Job``/``Worker`` notions. Table and column names are those of every earlier monitor, so
-existing SQLite files and PostgreSQL stores keep working (:mod:`monitor.store.engine` adds
-what an older database lacks).
+existing SQLite files and PostgreSQL stores keep working. A change here needs a migration
+(:mod:`monitor.store.migrations`; a test compares the two).
 """
 
 from __future__ import annotations

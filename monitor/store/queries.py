@@ -13,8 +13,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from jobqueue.states import JobStatus, workflow_status
-from monitor.metrics.safestats import summary as safe_summary
+from jobqueue.states import FINAL_STATUSES, JobStatus, workflow_status
 from monitor.store import changelog
 from monitor.store.models import (
     JOB_SORTS,
@@ -28,10 +27,10 @@ from monitor.store.models import (
     WorkerRow,
 )
 from monitor.store.serialise import job_dict, machine_dict, service_dict, worker_dict
+from monitor.store.stats import summary as safe_summary
 from monitor.store.statuses import (
     ERROR_STATUSES,
     FAILED_STATUSES,
-    FINAL_STATUSES,
     ON_WORKER_STATUSES,
     OPEN_STATUSES,
 )

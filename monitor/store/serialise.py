@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobqueue.shared.requirements import capability_summary
 from jobqueue.states import JobStatus, empty_progress
 from monitor.store.models import ConnectorRow, JobRow, MachineRow, ServiceStatRow, WorkerRow
 from monitor.store.statuses import WorkerStatus
-from monitor.web import fleet_capabilities as capabilities
 
 
 def connector_dict(c: ConnectorRow) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def worker_dict(w: WorkerRow, connectors: list[ConnectorRow], now: float) -> dic
         "identity_complete": bool(w.machine_id) and w.gpu is not None and not w.identity_warning,
         "identity_warning": w.identity_warning,
         "connectors": {c.service: connector_dict(c) for c in sorted(connectors, key=lambda c: c.service)},
-        "capabilities": capabilities.summary({c.service: {"details": c.details} for c in connectors}),
+        "capabilities": capability_summary({c.service: {"details": c.details} for c in connectors}),
         "services": list(w.services or []),
         "queues": list(w.queues or []),
         "active": w.active,

@@ -2,7 +2,7 @@
 
 Job statuses are jobqueue's own (:class:`jobqueue.states.JobStatus`); workers and machines
 have statuses only the monitor knows, defined here. The tuples are the stored strings the
-store's queries filter on.
+store's queries filter on; the final ones are :data:`jobqueue.states.FINAL_STATUSES`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ class MachineStatus(str, Enum):
 
 #: Job statuses that count as "unfinished" in a snapshot, as stored strings.
 OPEN_STATUSES = tuple(s.value for s in JobStatus if s not in FINAL_JOB_STATES)
-#: Final job statuses as stored strings.
-FINAL_STATUSES = tuple(s.value for s in FINAL_JOB_STATES)
 #: Final statuses that count as a failure in a worker's failed count.
 FAILED_STATUSES = (JobStatus.FAILED.value, JobStatus.TIMED_OUT.value)
 #: Statuses of a job that holds (or held, when its worker vanished) a worker.

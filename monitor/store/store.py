@@ -15,12 +15,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobqueue.config import Settings
+from jobqueue.states import FINAL_STATUSES
 from monitor.store.changelog import record_changes
 from monitor.store.counts import job_counts
-from monitor.store.engine import WRITE_OPTION, create_schema, make_engine
+from monitor.store.engine import WRITE_OPTION, make_engine
+from monitor.store.migrate import upgrade
 from monitor.store.models import AuditRow, ChangeRow, CounterRow, JobEventRow, JobRow
 from monitor.store.queries import StoreQueries
-from monitor.store.statuses import FINAL_STATUSES
 from monitor.store.tx import Tx
 
 
@@ -44,11 +45,8 @@ class Store(StoreQueries):
         self.audit_keep_seconds = audit_keep_seconds
         self.is_sqlite = url.startswith("sqlite")
         self.engine: Engine = make_engine(url, echo=echo)
-        create_schema(self.engine)
+        upgrade(self.engine)  # the schema: the newest revision (an older store upgraded in place)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        with self._sessions.begin() as session:
-            if session.get(CounterRow, "seq") is None:
-                session.add(CounterRow(name="seq", value=0))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -137,12 +135,8 @@ class Store(StoreQueries):
             session.close()
 
     def set_draining(self, name: str, draining: bool) -> bool:
-        """Record that a worker was asked to stop/restart consuming (a change if it differs)."""
+        """Record that a worker was asked to stop/restart consuming (:meth:`Tx.set_draining`)
+        in a transaction of its own: only for a process without a writer (see
+        :mod:`monitor.ingest.writer`); with one, :meth:`Writer.call` runs it."""
         with self.write() as tx:
-            worker = tx.worker(name, create=False)
-            if worker is None:
-                return False
-            if worker.draining != draining:
-                worker.draining = draining
-                tx.touch("worker", name)
-            return True
+            return tx.set_draining(name, draining)

@@ -142,6 +142,17 @@ class Tx:
         if any(e["job_id"] == job_id for e in self.events):
             self.events = [e for e in self.events if e["job_id"] != job_id]
 
+    def set_draining(self, name: str, draining: bool) -> bool:
+        """Record that a worker was asked to stop/restart consuming (a change if it differs);
+        False when no such worker is stored."""
+        worker = self.worker(name, create=False)
+        if worker is None:
+            return False
+        if worker.draining != draining:
+            worker.draining = draining
+            self.touch("worker", name)
+        return True
+
     def touch(self, kind: str, key: str) -> None:
         """Mark an object changed: it gets a new seq and a change-log row at commit."""
         self.dirty[(kind, key)] = None

@@ -127,7 +127,7 @@ def authorize(spec: RouteSpec, settings: Settings) -> Identity:
 
 
 def _refusal_response(exc: Refusal, spec: RouteSpec | None) -> Response:
-    from monitor.web.api import error_response
+    from monitor.web.responses import error_response
 
     if exc.status == 401 and spec is not None and spec.page:
         target = request.full_path.rstrip("?") if request.query_string else request.path

@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from jobqueue.client.jobs import get_job, submit_job
+from jobqueue.client.services import service_names
 from jobqueue.errors import SubmitError
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
@@ -24,6 +25,7 @@ from monitor.web import schemas
 from monitor.web.broker import queue_depths
 from monitor.web.eta import annotate, busy_until
 from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_reasons
+from monitor.web.responses import error_response
 from monitor.web.routes import Limit, Role, route
 from monitor.web.schemas import int_query
 
@@ -31,6 +33,10 @@ bp = Blueprint("api", __name__)
 
 #: Most jobs one POST may submit.
 MAX_SUBMIT_COUNT = 1000
+#: The fields ``POST /api/jobs`` takes (any other is refused); docs/api.md and the OpenAPI
+#: document list the same (tests/test_docs_reference.py checks both).
+SUBMIT_FIELDS = frozenset({"service", "payload", "priority", "queue", "timeout", "count", "workflow_id", "step",
+                           "webhook_url", "requires"})
 #: Largest page of jobs.
 MAX_LIMIT = 1000
 #: What every control declares besides its role: rate limited, refused in read-only mode.
@@ -47,12 +53,6 @@ class ApiError(Exception):
 
 def ctx() -> Any:
     return current_app.extensions["jobqueue_monitor"]
-
-
-def error_response(status: int, code: str, message: str) -> Response:
-    response = jsonify({"error": {"code": code, "message": message}})
-    response.status_code = status
-    return response
 
 
 @bp.errorhandler(ApiError)
@@ -229,9 +229,7 @@ def workflow(workflow_id: str) -> Any:
 
 
 def _queue_names() -> list[str]:
-    from jobqueue.connectors import CONNECTORS
-
-    return sorted(set(ctx().store.known_queues()) | set(CONNECTORS))
+    return sorted(set(ctx().store.known_queues()) | set(service_names()))
 
 
 def _depths() -> dict[str, int]:
@@ -285,9 +283,7 @@ def submit() -> Any:
     count = body.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SUBMIT_COUNT:
         raise ApiError(400, "bad_request", f"'count' must be an integer 1..{MAX_SUBMIT_COUNT}")
-    unknown = set(body) - {"service", "payload", "priority", "queue", "timeout", "count", "workflow_id", "step",
-                           "webhook_url",
-                           "requires"}
+    unknown = set(body) - SUBMIT_FIELDS
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s) {sorted(unknown)}")
     ids = []
@@ -355,7 +351,11 @@ def _set_draining(name: str, draining: bool) -> Any:
     replies: list[Any] = []
     for queue in found["queues"] or []:
         replies.extend(method(queue, destination=[name], reply=True, timeout=2.0) or [])
-    ctx().store.set_draining(name, draining)
+    writer = ctx().writer
+    if writer is not None and writer.alive:
+        writer.call(lambda tx: tx.set_draining(name, draining))
+    else:  # no writer in this process: the one exception the writer's docstring names
+        ctx().store.set_draining(name, draining)
     return jsonify({"ok": True, "replies": replies}), 202
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from jobqueue.config import Settings
-from jobqueue.shared.routing import BROKER_MAX_PRIORITY, redis_queue_keys
+from jobqueue.shared.routing import BROKER_MAX_PRIORITY
 from jobqueue.transport.app import JobqueueCelery, configure_app
-from jobqueue.transport.internals import global_keyprefix
+from jobqueue.transport.internals import global_keyprefix, redis_queue_keys
 
 
 def monitor_celery_app(settings: Settings) -> JobqueueCelery:

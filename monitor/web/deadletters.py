@@ -1,7 +1,7 @@
 """Dead letters: the poison messages workers moved aside (``<queue>.dead`` Redis lists).
 
 Workers put every message they cannot decode there with the reason (see
-:mod:`jobqueue.worker.poison`); ``GET /api/dead-letters`` shows how many each queue holds and
+:mod:`jobqueue.worker.poison`, :func:`jobqueue.shared.records.dead_letter_key`); ``GET /api/dead-letters`` shows how many each queue holds and
 the newest items, and the fleet page shows the total. On RabbitMQ there are no such lists (a
 rejected message goes to the queue's dead-letter exchange, if one is configured).
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from jobqueue.worker.poison import DEAD_SUFFIX
+from jobqueue.shared.records import DEAD_SUFFIX
 from monitor.web.routes import Role, route
 from monitor.web.schemas import DEAD_LETTERS, int_query
 
@@ -74,7 +74,7 @@ def read_dead_letters(broker_url: str, items: int) -> list[dict[str, Any]]:
 def dead_letters() -> Any:
     """Poison messages per queue: ``{"total", "queues": [{"queue", "list", "count", "items"}]}``
     (``?items=N``, default 20, newest first; 0 for counts only)."""
-    from monitor.web.api import error_response
+    from monitor.web.responses import error_response
 
     settings = current_app.extensions["jobqueue_monitor"].settings
     try:

@@ -3,10 +3,11 @@
 Pure functions over the store's dicts (no I/O), so the API, the websocket snapshot and the
 tests read the same values; the rules themselves live in :mod:`jobqueue.shared.requirements`.
 
-* :func:`summary` turns a worker's connectors (their status details carry ``capabilities``)
-  into ``{"models": [...], "vram_total_gb", "vram_free_gb", "tags": [...]}`` for the fleet
-  view: a monitor started late reads the same details from ``connector_status`` as one that
-  followed the events, so both show the same.
+* A worker's capability summary for the fleet view is
+  :func:`jobqueue.shared.requirements.capability_summary`, which the store's worker dicts
+  carry (``{"models": [...], "vram_total_gb", "vram_free_gb", "tags": [...]}``): a monitor
+  started late reads the same details from ``connector_status`` as one that followed the
+  events, so both show the same.
 * :func:`annotate_waiting` sets ``waiting_for`` on queued jobs with requirements that no
   online worker satisfies (None otherwise). It is computed when read, from the workers
   online at that moment, so it never goes stale in the store.
@@ -18,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jobqueue.shared.requirements import (
-    DETAILS_KEY,
     Capabilities,
     Requirements,
     waiting_for,
@@ -33,31 +33,6 @@ TAKING_JOBS = (WorkerStatus.ONLINE.value,)
 WAITING = (JobStatus.QUEUED.value, JobStatus.RETRYING.value)
 
 
-def summary(connectors: Mapping[str, Any]) -> dict[str, Any]:
-    """Models (every folder, sorted), VRAM and tags of one worker, from its connectors."""
-    models: set[str] = set()
-    tags: set[str] = set()
-    total: float | None = None
-    free: float | None = None
-    for conn in connectors.values():
-        details = conn.get("details") if isinstance(conn, Mapping) else None
-        caps = details.get(DETAILS_KEY) if isinstance(details, Mapping) else None
-        if not isinstance(caps, Mapping):
-            continue
-        folders = caps.get("models")
-        if isinstance(folders, Mapping):
-            for names in folders.values():
-                if isinstance(names, list):
-                    models.update(n for n in names if isinstance(n, str))
-        if isinstance(caps.get("tags"), list):
-            tags.update(t for t in caps["tags"] if isinstance(t, str))
-        for key, value in (("vram_total_gb", caps.get("vram_total_gb")), ("vram_free_gb", caps.get("vram_free_gb"))):
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-                if key == "vram_total_gb":
-                    total = max(total or 0.0, float(value))
-                else:
-                    free = max(free or 0.0, float(value))
-    return {"models": sorted(models), "vram_total_gb": total, "vram_free_gb": free, "tags": sorted(tags)}
 
 
 def online_capabilities(workers: Iterable[Mapping[str, Any]]) -> list[Capabilities]:

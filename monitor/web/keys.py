@@ -32,7 +32,7 @@ def keys() -> Any:
        body=KEY_REQUEST, response=NEW_KEY, status=201, errors=(400,), limit=Limit.CONTROL, audit="key.create",
        control=True)
 def create() -> Any:
-    from monitor.web.api import error_response
+    from monitor.web.responses import error_response
 
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or set(body) - {"role", "name", "tenant", "expires_in"}:
@@ -58,7 +58,7 @@ def create() -> Any:
 @route(bp, "/api/keys/<key_id>/revoke", method="POST", role=Role.ADMIN, summary="Revoke an API key",
        body={"type": "object"}, response=KEY, errors=(404,), limit=Limit.CONTROL, audit="key.revoke", control=True)
 def revoke(key_id: str) -> Any:
-    from monitor.web.api import error_response
+    from monitor.web.responses import error_response
 
     found = revoke_key(_store(), key_id) if len(key_id) <= 32 else None
     if found is None:

@@ -61,7 +61,7 @@ def retry_after(exc: RateLimitExceeded) -> int:
 
 
 def _too_many(exc: RateLimitExceeded) -> Response:
-    from monitor.web.api import error_response
+    from monitor.web.responses import error_response
 
     seconds = retry_after(exc)
     response = error_response(429, "rate_limited", f"too many requests ({exc.description}); retry in {seconds} s")

@@ -13,13 +13,14 @@ from typing import Any
 from flask import Blueprint, Response, current_app
 
 from jobqueue.shared.previews import RedisPreviewStore
+from jobqueue.shared.records import result_client
 from monitor.web.routes import Role, route
 
 bp = Blueprint("previews", __name__)
 
 
 def _error(status: int, code: str, message: str) -> Response:
-    from monitor.web.api import error_response
+    from monitor.web.responses import error_response
 
     return error_response(status, code, message)
 
@@ -31,8 +32,8 @@ def preview(job_id: str) -> Any:
     the job has no preview (none sent, expired, or a non-Redis result backend), 503 when the
     result backend cannot be read."""
     context = current_app.extensions["jobqueue_monitor"]
-    client = getattr(context.celery.backend, "client", None)
-    if client is None or not hasattr(client, "hgetall"):
+    client = result_client(context.celery)
+    if client is None:
         return _error(404, "not_found", "previews need a Redis result backend")
     try:
         found = RedisPreviewStore(client).get(job_id)

@@ -43,7 +43,7 @@ def login_page() -> str:
        body=LOGIN_REQUEST, response=LOGIN_REPLY, errors=(400, 401), limit=Limit.LOGIN, audit="login")
 def login() -> Any:
     """Check the credential; 200 with a session cookie, or 401 (audited either way)."""
-    from monitor.web.api import error_response
+    from monitor.web.responses import error_response
 
     body = request.get_json(silent=True)
     secret = body.get("credential") if isinstance(body, dict) else None

@@ -105,7 +105,7 @@ def openapi() -> Any:
 
 def roles_table(app: Flask) -> str:
     """The roles × routes table of docs/security.md, from the declarations (a test keeps the
-    document equal to it; regenerate with ``python -c "from monitor.web.openapi import
+    document equal to it; regenerate with ``python -c "from monitor.app import
     print_roles_table; print_roles_table()"``)."""
     marks = {Role.PUBLIC: ("✓", "✓", "✓", "✓"), Role.VIEWER: ("", "✓", "✓", "✓"),
              Role.OPERATOR: ("", "", "✓", "✓"), Role.ADMIN: ("", "", "", "✓")}
@@ -117,16 +117,3 @@ def roles_table(app: Flask) -> str:
             lines.append(f"| `{path}` | {method.upper()} | " + " | ".join(marks[role])
                          + f" | {op.get('x-rate-limit', '')} | {op.get('x-audit', '')} |")
     return "\n".join(lines)
-
-
-def print_roles_table() -> None:
-    """Print :func:`roles_table` of a monitor app on a throwaway store."""
-    import tempfile
-
-    from jobqueue.config import Settings
-    from monitor.app import create_app
-
-    with tempfile.TemporaryDirectory() as folder:
-        app = create_app(Settings(monitor_db=f"sqlite:///{folder}/roles.db").resolved())
-        print(roles_table(app))
-        app.extensions["jobqueue_monitor"].close()

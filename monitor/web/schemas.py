@@ -117,7 +117,10 @@ SUBMIT: Schema = {
         "count": {"type": "integer", "minimum": 1, "maximum": 1000},
         "workflow_id": STR, "step": {"type": "integer", "minimum": 1},
         "webhook_url": {"type": "string", "format": "uri"},
-        "requires": {"type": "object", "description": "tags and capabilities a worker must have"},
+        "requires": {"type": "object", "additionalProperties": False, "description": "what a worker must have",
+                     "properties": {"models": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                                    "vram_gb": {"type": "number", "exclusiveMinimum": 0},
+                                    "tags": {"type": "array", "items": {"type": "string", "minLength": 1}}}},
     },
 }
 EMPTY: Schema = {"type": "object"}

@@ -12,7 +12,7 @@ from monitor.web.routes import collect
 
 
 def _api_error(exc: Exception) -> Response:
-    from monitor.web.api import error_response
+    from monitor.web.responses import error_response
 
     return error_response(exc.status, exc.code, exc.message)  # type: ignore[attr-defined]
 

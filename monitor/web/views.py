@@ -15,10 +15,9 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, jsonify, render_template, send_file
 
-from jobqueue.connectors import CONNECTORS, connector_class
-from jobqueue.errors import JobqueueError
+from jobqueue.client.services import payload_schema, service_examples
 from jobqueue.shared.outputs import is_safe_name
-from monitor.web.api import error_response
+from monitor.web.responses import error_response
 from monitor.web.routes import Role, route
 
 #: Blueprint the monitor's app factory registers when this module exists. Its templates and
@@ -27,23 +26,11 @@ from monitor.web.routes import Role, route
 bp = Blueprint(
     "views",
     __name__,
+    # The pages' files live in the monitor package (monitor/templates, monitor/static).
     template_folder="../templates",
     static_folder="../static",
     static_url_path="/ui-static",
 )
-
-
-def service_examples() -> dict[str, Any]:
-    """Each known service with its example payload (None when its connector cannot load)."""
-    examples: dict[str, Any] = {}
-    for service in sorted(CONNECTORS):
-        try:
-            examples[service] = getattr(connector_class(service), "example_payload", None)
-        except (ImportError, AttributeError, JobqueueError):
-            # A connector module that is missing on this install still gets listed: the
-            # server refuses the job with a clear error if it cannot run it.
-            examples[service] = None
-    return examples
 
 
 @route(bp, "/api/services/<name>/schema", role=Role.VIEWER, summary="JSON schema of a service's job payload",
@@ -52,13 +39,10 @@ def service_schema(name: str) -> Any:
     """The JSON schema of ``name``'s job payload (its connector's pydantic models): the client
     page lists the fields and checks a payload against it before sending; the server checks
     again at submit. 404 for a service no connector provides here."""
-    try:
-        connector = connector_class(name) if name in CONNECTORS else None
-    except (ImportError, AttributeError, JobqueueError):
-        connector = None
-    if connector is None:
+    schema = payload_schema(name)
+    if schema is None:
         return error_response(404, "not_found", f"no connector for service {name!r} on this monitor")
-    return jsonify(connector.payload_schema())
+    return jsonify(schema)
 
 
 @route(bp, "/", role=Role.VIEWER, summary="The fleet page", content="text/html", page=True)
@@ -99,8 +83,6 @@ def client() -> str:
 
 #: Output files the pages may show inline; anything else is served as a download.
 INLINE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
-
-
 
 
 def output_file(output_dir: str, job_id: str, name: str) -> Path | None:

@@ -1,7 +1,7 @@
 """The webhook tries of a job, for its page: ``GET /api/jobs/<job_id>/webhooks``.
 
 Workers record every try of a job's webhook in the result backend
-(:func:`jobqueue.worker.webhooks.read_attempts`); this endpoint reads them there, so the page lists
+(:mod:`jobqueue.shared.webhooks`); this endpoint reads them there, so the page lists
 them whatever monitor was running when they happened.
 """
 
@@ -12,8 +12,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
-from jobqueue.worker.webhooks import read_attempts
-from monitor.web.api import error_response
+from jobqueue.shared.masking import mask
+from jobqueue.shared.records import result_client
+from jobqueue.shared.webhooks import read_attempts
+from monitor.web.responses import error_response
 from monitor.web.routes import Role, route
 from monitor.web.schemas import WEBHOOKS
 
@@ -34,8 +36,9 @@ def job_webhooks(job_id: str) -> Any:
     if job is None:
         return error_response(404, "not_found", f"no job {job_id!r}")
     try:
-        attempts = read_attempts(ctx.celery.backend.client, job_id)
+        attempts = read_attempts(result_client(ctx.celery), job_id)
     except Exception:  # the backend is down: say so, without its exception text
         log.warning("cannot read the webhook tries of job %s", job_id, exc_info=True)
         return error_response(503, "backend_unavailable", "the result backend cannot be read")
-    return jsonify({"attempts": attempts, "webhook_url": (job.get("meta") or {}).get("webhook_url")})
+    pattern = ctx.settings.secret_keys_pattern
+    return jsonify({"attempts": mask(attempts, pattern), "webhook_url": mask((job.get("meta") or {}).get("webhook_url"), pattern)})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from jobqueue import WORKER_CLASS
 from jobqueue.transport.app import create_app
 
 #: The ``global_keyprefix`` every broker key and channel of this app carries.
@@ -16,4 +17,4 @@ def prefixed(app: object) -> object:
     return app
 
 
-app = prefixed(create_app())
+app = prefixed(create_app(worker_class=WORKER_CLASS))  # a jobqueue worker, as jobqueue.app

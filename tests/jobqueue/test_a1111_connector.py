@@ -104,8 +104,11 @@ def sim_busy(url: str) -> bool:
 def test_the_example_payload_is_valid_and_bad_fields_are_refused_naming_each_problem():
     assert A1111Connector.validate(A1111Connector.example_payload)["mode"] == "txt2img"
     cases = [
-        ({"steps": -1}, "'steps' must be between 1 and 150 (the WebUI's limits), got -1"),
-        ({"steps": "20"}, "'steps' must be an integer, got '20'"),
+        ({"steps": -1}, "'steps' must be between 1 and 150 (the WebUI's UI limits; \"ui_limits\": false lifts them), "
+                        "got -1"),
+        ({"steps": -1, "ui_limits": False}, "'steps' must be >= 1, got -1"),
+        ({"steps": "twenty"}, "'steps' must be an integer, got 'twenty'"),
+        ({"steps": "7.5"}, "'steps' must be an integer, got '7.5'"),
         ({"cfg_scale": True}, "'cfg_scale' must be a number"),
         ({"width": 4096, "batch_size": 0}, "'width' must be between 64 and 2048"),
         ({"styles": [1]}, "'styles' must be a list of strings"),
@@ -129,11 +132,29 @@ def test_the_example_payload_is_valid_and_bad_fields_are_refused_naming_each_pro
     assert A1111Connector.validate({"mode": "img2img", "init_images": ["aGk="], "denoising_strength": 0.4})
 
 
+def test_only_what_the_webui_can_run_is_enforced_when_ui_limits_are_lifted_and_numeric_strings_are_numbers():
+    # The UI's slider limits are a default: the API takes 200 steps, 4096 px, batch 16, cfg 40
+    big = {"steps": 200, "width": 4096, "height": 64, "batch_size": 16, "cfg_scale": 40}
+    with pytest.raises(InvalidPayloadError, match="'steps' must be between 1 and 150"):
+        A1111Connector.validate(big)
+    assert A1111Connector.validate({**big, "ui_limits": False})["steps"] == 200
+    # Numeric strings are what the WebUI's models make of them (pydantic 1 and 2 alike), and go on as numbers
+    assert A1111Connector.validate({"steps": "20", "cfg_scale": "7.5", "seed": " 5"}) == {
+        "steps": 20, "cfg_scale": 7.5, "seed": 5, "mode": "txt2img"}
+    # ui_limits is ours: never sent to the WebUI
+    from jobqueue.connectors.a1111.payload import request_body
+    assert "ui_limits" not in request_body(A1111Connector.validate({**big, "ui_limits": False}), "t")
+
+
 def test_webui_error_answers_are_described_in_one_line():
     detail = {"detail": [{"loc": ["body", "steps"], "msg": "value is not a valid integer", "type": "type_error.integer"}]}
     assert describe_error(422, detail) == "the WebUI refused the request (422): steps: value is not a valid integer"
     crashed = {"error": "OutOfMemoryError", "detail": "", "body": "", "errors": "CUDA out of memory"}
     assert describe_error(500, crashed) == "the WebUI answered 500: OutOfMemoryError: CUDA out of memory"
+    # Forge's and FastAPI's other shapes keep their message
+    assert describe_error(404, {"detail": "Not Found"}) == "the WebUI answered 404: Not Found"
+    forge = {"error": "RuntimeError", "detail": "", "body": "", "message": "Model not loaded"}
+    assert describe_error(500, forge) == "the WebUI answered 500: RuntimeError: Model not loaded"
 
 
 def test_each_worker_takes_its_gpus_webui_url_and_a_bad_url_map_names_its_variable():
@@ -194,11 +215,45 @@ def test_every_new_live_preview_of_the_webui_is_handed_to_the_job_as_a_png(sim, 
     assert all(a != b for a, b in pairwise(previews))
 
 
-def test_an_unknown_sampler_fails_with_the_webuis_own_error(connector):
+def test_a_sampler_the_webui_does_not_have_fails_before_anything_runs(sim, connector):
+    # Given A1111 1.10, which would run an unknown sampler as DPM++ 2M and answer 200
     with pytest.raises(ExecutionFailed) as info:
         connector.run(Job(id="s", service="a1111", payload={"steps": 2, "sampler_name": "Nope"}), Reports())
-    assert str(info.value) == "the WebUI answered 404: HTTPException: Sampler not found"
+    # Then the job fails at once against /sdapi/v1/samplers, naming what the WebUI has, and
+    # nothing was posted
+    assert str(info.value).startswith("the WebUI has no sampler 'Nope'") and "DPM++ 2M, DPM++ 2M SDE" in str(info.value)
     assert not info.value.retryable
+    assert not [r for r in sim.requests() if r["path"] == "/sdapi/v1/txt2img"]
+    # And a sampler with a scheduler suffix is the sampler it names
+    result = connector.run(Job(id="k", service="a1111", payload={"steps": 2, "sampler_name": "DPM++ 2M Karras"}),
+                           Reports())
+    assert result["info"]["sampler_name"] == "DPM++ 2M"
+
+
+def test_an_answer_whose_info_shows_another_sampler_or_checkpoint_than_asked_is_not_honoured():
+    from jobqueue.connectors.a1111.answers import unhonoured
+
+    # What a 1.9+ WebUI answers when it fell back silently: the job is failed with both names
+    fallback = unhonoured({"sampler_name": "Nope"}, {"sampler_name": "DPM++ 2M"})
+    assert fallback is not None and fallback.startswith("the WebUI ran sampler 'DPM++ 2M' instead of 'Nope'")
+    assert unhonoured({"sampler_name": "Euler a Karras"}, {"sampler_name": "Euler a"}) is None
+    info = {"sd_model_name": "sd_xl_base_1.0", "sd_model_hash": "31e35c80fc"}
+    for alias in ("sd_xl_base_1.0.safetensors [31e35c80fc]", "sd_xl_base_1.0", "XL/sd_xl_base_1.0.safetensors",
+                  "31e35c80fc", "other-name [31e35c80fc]"):
+        assert unhonoured({"override_settings": {"sd_model_checkpoint": alias}}, info) is None, alias
+    assert "instead of 'v1-5'" in str(unhonoured({"override_settings": {"sd_model_checkpoint": "v1-5"}}, info))
+
+
+def test_a_checkpoint_the_webui_does_not_have_fails_the_job_and_its_aliases_are_honoured(sim, connector):
+    # An unknown checkpoint is dropped silently by the WebUI: the info says which model ran
+    with pytest.raises(ExecutionFailed, match="ran checkpoint 'v1-5-pruned-emaonly' .* instead of 'nope.safetensors'"):
+        connector.run(Job(id="c", service="a1111", payload={
+            "steps": 1, "override_settings": {"sd_model_checkpoint": "nope.safetensors"}}), Reports())
+    # A short hash or a name without extension is the checkpoint itself
+    for alias in ("31e35c80fc", "sd_xl_base_1.0"):
+        result = connector.run(Job(id=f"c-{alias}", service="a1111", payload={
+            "steps": 1, "override_settings": {"sd_model_checkpoint": alias}}), Reports())
+        assert result["info"]["sd_model_name"] == "sd_xl_base_1.0"
 
 
 def test_a_webui_busy_with_another_clients_job_is_alive_and_its_progress_is_not_ours(sim, connector):
@@ -257,8 +312,12 @@ def test_progress_that_stays_unchanged_longer_than_the_node_limit_stalls(sim, co
     with pytest.raises(JobStalled, match="showed no progress for 1.5 s"):
         connector.run(Job(id="stuck", service="a1111", payload={"steps": 3, "node_timeout": 1.5}), Reports())
     assert time.monotonic() - started < 1.5 + 3
-    # And the connector interrupted its task, so the WebUI is free again
-    wait_for(lambda: not sim_busy(sim.url), 10, what="the WebUI to be idle")
+    # And the connector interrupted its task (the WebUI honours it at its next step: a real
+    # WebUI runs the request on whatever the client does, so it is not idle at once) and keeps
+    # the request in its orphan book until the WebUI is done with it
+    assert any(r["path"] == "/sdapi/v1/interrupt" for r in sim.requests())
+    assert requests.get(f"{sim.url}/sdapi/v1/progress", timeout=5).json()["state"]["interrupted"] is True
+    assert "jobqueue-stuck-0" in connector.orphans.entries()
 
 
 def test_a_frozen_webui_stalls_the_job_within_the_stall_timeout(sim, connector):
@@ -300,6 +359,129 @@ def test_cancelling_a_job_queued_behind_another_clients_never_interrupts_that_jo
     assert not [r for r in sim.requests() if r["path"] in ("/sdapi/v1/interrupt", "/sdapi/v1/skip")]
     requests.post(f"{sim.url}/sdapi/v1/interrupt", timeout=5)
     other.join(10)
+
+
+# -- as the real WebUI behaves (issue 26) ----------------------------------------------------------
+def _cancel_while_queued(sim: A1111SimulatorThread, connector: A1111Connector) -> threading.Thread:
+    """Another client's long job runs; our job "gone" is cancelled while queued behind it."""
+    other = other_client(sim.url, {"steps": 400, "force_task_id": "theirs"})
+    wait_for(lambda: sim_busy(sim.url), what="the other job to run")
+    job = Job(id="gone", service="a1111", payload={"steps": 150, "width": 64, "height": 64})
+    thread, outcome = run_in_thread(connector, job)
+    wait_for(lambda: "jobqueue-gone-0" in sim.server.engine.runs, what="our request to reach the WebUI")
+    connector.cancel(job)
+    thread.join(15)
+    assert isinstance(outcome[0], JobCancelled) and "before the WebUI started it" in str(outcome[0])
+    assert "jobqueue-gone-0" in connector.orphans.entries()
+    return other
+
+
+@pytest.mark.parametrize("version", ["1.10", "1.7"])
+def test_a_request_abandoned_while_queued_is_interrupted_when_it_begins_not_run_ahead_of_the_next_job(
+        sim, connector, version):
+    # Given a WebUI with task ids (1.10) or without (1.7: by job order), and a cancelled queued
+    # job whose request the WebUI still holds (a closed socket does not stop it)
+    sim.configure(step_seconds=0.02, version=version)
+    other = _cancel_while_queued(sim, connector)
+    # When the next job runs behind it
+    result = connector.run(Job(id="next", service="a1111", payload={"steps": 5, "width": 64, "height": 64}), Reports())
+    other.join(15)
+    # Then the abandoned request was interrupted as it began, the other client's job was not,
+    # and the next job ran after it, in full
+    runs = sim.server.engine.runs
+    gone, theirs, ours = runs["jobqueue-gone-0"], runs["theirs"], runs["jobqueue-next-0"]
+    assert gone["interrupted"] and gone["steps"] < 150, gone
+    assert not theirs["interrupted"] and theirs["steps"] == 400
+    assert result["files"] and ours["steps"] == 5 and ours["started"] >= gone["ended"]
+    # And the book no longer holds it once the WebUI is done with it
+    connector.check_health()
+    assert "jobqueue-gone-0" not in connector.orphans.entries()
+
+
+def test_on_a_webui_before_1_8_progress_and_interrupt_follow_the_order_of_jobs(sim, connector):
+    # Given a 1.7 WebUI (no task ids for API requests) busy with another client's job
+    sim.configure(version="1.7", step_seconds=0.03)
+    assert connector.check_health().details["task_ids"] is False
+    other = other_client(sim.url, {"steps": 60})
+    wait_for(lambda: sim_busy(sim.url), what="the other job to run")
+    # When our job waits behind it, then runs, and is cancelled mid-way
+    reports = Reports()
+    job = Job(id="old", service="a1111", payload={"steps": 150, "width": 64, "height": 64})
+    thread = threading.Thread(target=lambda: pytest.raises(JobCancelled, connector.run, job, reports))
+    thread.start()
+    wait_for(lambda: any((r.get("step") or 0) >= 5 for r in reports.items), 20, what="our own steps")
+    connector.cancel(job)
+    thread.join(15)
+    other.join(10)
+    # Then it waited, reported only its own steps, and interrupted only its own job
+    assert reports.items[1]["message"] == "waiting: the WebUI is busy with another client's job"
+    assert all(r.get("total_steps") in (None, 150) for r in reports.items)
+    runs = sim.server.engine.runs
+    assert runs["jobqueue-old-0"]["interrupted"] and runs["jobqueue-old-0"]["steps"] < 150
+    assert [r for r in runs.values() if r is not runs["jobqueue-old-0"]][0]["steps"] == 60
+
+
+def test_the_next_clients_job_running_while_our_images_are_encoded_never_lands_on_our_job(sim, connector):
+    # Given a WebUI slow to encode our answer, and another client's job queued behind ours
+    sim.configure(step_seconds=0.02, encode_seconds=3.0)
+    reports = Reports()
+    job = Job(id="mine", service="a1111", payload={"steps": 10, "width": 64, "height": 64})
+    previews: list[bytes] = []
+    job.report_preview = lambda data, mime: previews.append(data)  # type: ignore[method-assign]
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(connector.run(job, reports)))
+    thread.start()
+    wait_for(lambda: sim.server.engine.tasks.current == "jobqueue-mine-0", what="our job to run")
+    other = other_client(sim.url, {"steps": 300, "force_task_id": "theirs"})
+    # When their job runs (with previews) while our answer is on its way, and someone cancels it
+    wait_for(lambda: sim.server.engine.state.sampling_step >= 25 and sim.server.engine.tasks.current == "theirs",
+             what="their job under way during our encoding")
+    assert thread.is_alive()
+    requests.post(f"{sim.url}/sdapi/v1/interrupt", timeout=5)
+    thread.join(15)
+    other.join(10)
+    # Then our job succeeded with only its own progress and preview
+    assert outcome and outcome[0]["files"], outcome
+    assert all(r.get("total_steps") in (None, 10) for r in reports.items), reports.items
+    assert len(previews) <= 1
+
+
+def test_the_silent_reload_after_an_override_is_restored_counts_as_loading_not_a_stall(sim, connector):
+    # Given a job that switched the checkpoint by override (restored afterwards)
+    sim.configure(load_seconds=2.5, step_seconds=0.02)
+    connector.run(Job(id="xl", service="a1111", payload={"steps": 1, "override_settings": {"sd_model_checkpoint": XL}}),
+                  Reports())
+    # When a plain job follows, with a 1 s node limit, while the WebUI reloads its own model for 2.5 s
+    reports = Reports()
+    result = connector.run(Job(id="plain", service="a1111", payload={"steps": 2, "node_timeout": 1.0}), reports)
+    # Then it completed on the options' checkpoint, and said what the WebUI was doing
+    assert result["info"]["sd_model_name"] == "v1-5-pruned-emaonly" and sim.server.engine.loads == 2
+    assert any("loads its checkpoint" in (r.get("message") or "") for r in reports.items)
+
+
+def test_an_unknown_override_option_and_out_of_memory_fail_with_the_webuis_message(sim, connector):
+    with pytest.raises(ExecutionFailed) as unknown:
+        connector.run(Job(id="opt", service="a1111", payload={"steps": 1, "override_settings": {"no_such": 1}}),
+                      Reports())
+    assert str(unknown.value) == ("the WebUI answered 500: KeyError: 'no_such' "
+                                  "(override_settings names an option this WebUI does not have)")
+    sim.configure(oom_next=1)
+    with pytest.raises(ExecutionFailed, match="the WebUI answered 500: OutOfMemoryError: CUDA out of memory"):
+        connector.run(Job(id="oom", service="a1111", payload={"steps": 1}), Reports())
+
+
+def test_a_500_from_progress_is_an_answer_not_silence_and_previews_are_skipped(sim, connector):
+    # Given a job whose previews the WebUI cannot encode (samples_format avif): /progress answers 500
+    sim.configure(step_seconds=0.05)
+    reports = Reports()
+    job = Job(id="avif", service="a1111", payload={"steps": 60, "width": 64, "height": 64, "stall_timeout": 1.0,
+                                                   "override_settings": {"samples_format": "avif"}})
+    # When it runs for longer than its stall timeout
+    result = connector.run(job, reports)
+    # Then it was not taken for a silent WebUI: it completed, with its progress, and said why no previews
+    assert result["files"] and max(r.get("step") or 0 for r in reports.items) >= 30
+    assert any("live previews unavailable" in (r.get("message") or "") and "Invalid image format" in r["message"]
+               for r in reports.items)
 
 
 # -- acceptance: real workers, real Redis, the simulator over real sockets ------------------------

@@ -110,12 +110,19 @@ def test_a_valid_body_is_filled_with_the_models_defaults_and_pydantic_one_coerce
     assert "distilled_cfg_scale" in request_fields("txt2img", "forge") and "distilled_cfg_scale" not in request
 
 
-def test_an_unknown_sampler_is_a_404_on_a1111_and_a_400_on_forge_in_the_middlewares_shape(sim, forge):
-    for server, status in ((sim, 404), (forge, 400)):
+def test_an_unknown_sampler_falls_back_to_the_default_from_1_9_and_on_forge_and_is_a_404_up_to_1_8(sim, forge):
+    # Given A1111 1.10 and Forge (get_sampler_and_scheduler: samplers[0] for an unknown name)
+    for server in (sim, forge):
         response = requests.post(f"{server.url}/sdapi/v1/txt2img", json={"sampler_name": "Nope", "steps": 1}, timeout=5)
-        assert response.status_code == status
-        assert response.json() == {"error": "HTTPException", "detail": "Sampler not found", "body": "",
-                                   "errors": f"{status}: Sampler not found"}
+        # Then the request runs, silently, with DPM++ 2M
+        assert response.status_code == 200
+        assert json.loads(response.json()["info"])["sampler_name"] == "DPM++ 2M"
+    # Given A1111 1.8 (validate_sampler_name on the name as given)
+    sim.configure(version="1.8")
+    response = requests.post(f"{sim.url}/sdapi/v1/txt2img", json={"sampler_name": "Nope", "steps": 1}, timeout=5)
+    assert response.status_code == 404
+    assert response.json() == {"error": "HTTPException", "detail": "Sampler not found", "body": "",
+                               "errors": "404: Sampler not found"}
 
 
 # -- generation and progress ---------------------------------------------------------------------
@@ -236,3 +243,117 @@ def test_the_a1111_sim_command_serves_the_api_on_the_given_port(tmp_path):
         assert sysinfo["Version"] == "v1.10.1"
     finally:
         stop_process_group(proc)
+
+
+# -- as the real WebUI behaves (issue 26) ----------------------------------------------------------
+def test_a_request_whose_client_went_away_still_runs_to_its_end_under_the_lock(sim):
+    # Given a request whose client gives up while it waits behind another one
+    sim.configure(step_seconds=0.02)
+    first, _ = in_background(sim.url, {"steps": 40, "force_task_id": "first"})
+    wait_for(lambda: progress(sim.url)["state"]["sampling_step"] >= 1, what="the first request to run")
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{sim.url}/sdapi/v1/txt2img", json={"steps": 30, "force_task_id": "gone"}, timeout=0.3)
+    first.join(10)
+    # Then the WebUI still runs it, every step of it (no handler cancellation)
+    state = wait_for(lambda: (s := sim.server.engine.runs.get("gone")) and s["ended"] and s, 15,
+                     what="the abandoned request to end")
+    assert state["steps"] == 30 and not state["interrupted"]
+
+
+def test_version_1_7_keeps_no_task_ids_for_api_requests_and_1_8_does(sim):
+    # Given 1.7: force_task_id is not a field, start_task is never called for the API
+    sim.configure(version="1.7", step_seconds=0.05)
+    assert requests.get(f"{sim.url}/internal/sysinfo", timeout=5).json()["Version"] == "v1.7.0"
+    thread, _ = in_background(sim.url, {"steps": 30, "force_task_id": "mine"})
+    wait_for(lambda: progress(sim.url)["state"]["sampling_step"] >= 1, what="the request to run")
+    asked = requests.post(f"{sim.url}/internal/progress", json={"id_task": "mine"}, timeout=5).json()
+    # Then /internal/progress exists but never knows the request
+    assert (asked["active"], asked["queued"], asked["completed"]) == (False, False, False)
+    thread.join(10)
+    assert requests.post(f"{sim.url}/internal/progress", json={"id_task": "mine"}, timeout=5).json()["completed"] is False
+    # And from 1.8 on it does
+    sim.configure(version="1.8")
+    requests.post(f"{sim.url}/sdapi/v1/txt2img", json={"steps": 1, "force_task_id": "mine2"}, timeout=10)
+    assert requests.post(f"{sim.url}/internal/progress", json={"id_task": "mine2"}, timeout=5).json()["completed"]
+
+
+def test_the_lock_is_released_before_the_images_are_encoded_so_the_next_job_already_runs(sim):
+    # Given slow image encoding, and a second request queued behind the first
+    sim.configure(step_seconds=0.02, encode_seconds=1.0)
+    first, out = in_background(sim.url, {"steps": 5, "force_task_id": "first"})
+    wait_for(lambda: progress(sim.url)["state"]["sampling_step"] >= 1, what="the first request to run")
+    second, _ = in_background(sim.url, {"steps": 200, "force_task_id": "second"})
+    # Then while the first answer is still being written, the second job already runs
+    wait_for(lambda: sim.server.engine.tasks.current == "second", 5, what="the second job to start")
+    assert first.is_alive() and "response" not in out
+    first.join(10)
+    assert out["response"].status_code == 200
+    requests.post(f"{sim.url}/sdapi/v1/interrupt", timeout=5)
+    second.join(10)
+
+
+def test_override_settings_reject_unknown_options_accept_checkpoint_aliases_and_reload_silently_after(sim):
+    sim.configure(load_seconds=0.6)
+    # An option the WebUI does not have: opts.set raises KeyError, a 500 through the middleware
+    bad = requests.post(f"{sim.url}/sdapi/v1/txt2img", json={"steps": 1, "override_settings": {"no_such": 1}}, timeout=10)
+    assert bad.status_code == 500
+    assert bad.json() == {"error": "KeyError", "detail": "", "body": "", "errors": "'no_such'"}
+    # A checkpoint by short hash, and by name without extension, is the checkpoint
+    for alias in ("31e35c80fc", "sd_xl_base_1.0"):
+        answer = requests.post(f"{sim.url}/sdapi/v1/txt2img", timeout=10,
+                               json={"steps": 1, "override_settings": {"sd_model_checkpoint": alias}})
+        assert json.loads(answer.json()["info"])["sd_model_name"] == "sd_xl_base_1.0", alias
+    # After the override is restored, the next plain job reloads the options' model first,
+    # silently: job_count -1 and no step while it loads
+    loads = sim.server.engine.loads
+    thread, out = in_background(sim.url, {"steps": 1})
+    loading = wait_for(lambda: (p := progress(sim.url))["state"]["job_count"] == -1 and p, what="the silent reload")
+    assert loading["state"]["sampling_step"] == 0
+    thread.join(10)
+    assert json.loads(out["response"].json()["info"])["sd_model_name"] == "v1-5-pruned-emaonly"
+    assert sim.server.engine.loads == loads + 1
+
+
+def test_out_of_memory_is_a_500_cuda_out_of_memory_on_demand_and_beyond_the_simulated_vram(sim):
+    # On demand: the next request fails whatever its size
+    sim.configure(oom_next=1)
+    answer = requests.post(f"{sim.url}/sdapi/v1/txt2img", json={"steps": 1, "width": 64, "height": 64}, timeout=10)
+    assert answer.status_code == 500 and answer.json()["error"] == "OutOfMemoryError"
+    assert answer.json()["errors"].startswith("CUDA out of memory")
+    assert requests.post(f"{sim.url}/sdapi/v1/txt2img", json={"steps": 1}, timeout=10).status_code == 200
+    # By size: 2 GB + 1.5 GB per megapixel of width x height x batch_size, against vram_gb (8 here)
+    sim.configure(vram_gb=8)
+    fits = {"steps": 1, "width": 1024, "height": 1024, "batch_size": 2}    # 2 + 1.5 x 2.1 = 5.1 GB
+    too_big = {"steps": 1, "width": 1024, "height": 1024, "batch_size": 4}  # 2 + 1.5 x 4.2 = 8.3 GB
+    assert requests.post(f"{sim.url}/sdapi/v1/txt2img", json=fits, timeout=10).status_code == 200
+    failed = requests.post(f"{sim.url}/sdapi/v1/txt2img", json=too_big, timeout=10)
+    assert failed.status_code == 500 and "CUDA out of memory" in failed.json()["errors"]
+    assert progress(sim.url)["state"]["job_count"] == 0  # the lock and state are released
+
+
+def test_progress_answers_500_while_a_preview_exists_in_a_format_it_cannot_encode(sim):
+    # Given a job that renders previews with samples_format avif (an override for this job only)
+    sim.configure(step_seconds=0.05)
+    thread, out = in_background(sim.url, {"steps": 40, "override_settings": {"samples_format": "avif"}})
+    wait_for(lambda: sim.server.engine.state.current_image is not None, what="a preview")
+    # Then /progress with the image is a 500, without it the state is there
+    failed = requests.get(f"{sim.url}/sdapi/v1/progress", params={"skip_current_image": "false"}, timeout=5)
+    assert failed.status_code == 500 and failed.json()["detail"] == "Invalid image format"
+    assert progress(sim.url, skip=True)["state"]["sampling_step"] >= 10
+    thread.join(10)
+    assert out["response"].status_code == 200  # the answer is encoded with the restored png
+
+
+def test_a_simulator_process_takes_its_version_and_vram_from_the_command_line(tmp_path):
+    from jobqueue.sims.a1111.process import A1111SimulatorProcess
+
+    proc = A1111SimulatorProcess(version="1.7", vram_gb=4, log_path=tmp_path / "sim.log").start()
+    try:
+        assert requests.get(f"{proc.url}/internal/sysinfo", timeout=5).json()["Version"] == "v1.7.0"
+        # 2 + 1.5 x (1024 x 1024 x 2 / 10^6) = 5.1 GB > 4 GB
+        failed = requests.post(f"{proc.url}/sdapi/v1/txt2img", timeout=10,
+                               json={"steps": 1, "width": 1024, "height": 1024, "batch_size": 2})
+        assert failed.status_code == 500 and failed.json()["errors"].startswith("CUDA out of memory")
+        assert requests.post(f"{proc.url}/sdapi/v1/txt2img", json={"steps": 1}, timeout=10).status_code == 200
+    finally:
+        proc.stop()

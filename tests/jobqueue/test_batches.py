@@ -11,7 +11,7 @@ from jobqueue import submit_batch
 from jobqueue.client.batches import vary_payload
 from jobqueue.errors import InvalidPayloadError, SubmitError, UnknownServiceError
 from jobqueue.shared.names import job_meta_from_kwargs
-from jobqueue.shared.routing import redis_queue_keys
+from jobqueue.transport.internals import redis_queue_keys
 
 BASE = {"steps": 1, "step_seconds": 0.05, "output": "img"}
 

@@ -24,8 +24,11 @@ __all__ = ["sim", "sim_process"]  # fixtures
 
 
 def silent(seconds: float, color: int = 3) -> dict[str, Any]:
-    """A node that says nothing for ``seconds`` (one progress update at its very end)."""
-    return slow(1, seconds, color)
+    """A node that says nothing at all for ``seconds`` (no progress update, as a VAE decode or
+    a model load), then a save that notices an interrupt raised meanwhile when it starts."""
+    workflow = slow(1, seconds, color)
+    workflow["2"] = {"class_type": "SimSilentSleep", "inputs": {"image": ["1", 0], "seconds": seconds}}
+    return workflow
 
 
 def posted(sim: Any) -> list[str]:

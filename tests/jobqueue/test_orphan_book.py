@@ -8,7 +8,8 @@ from typing import Any
 
 import redis
 
-from jobqueue.connectors.orphans import OrphanBook, book_key
+from jobqueue.connectors.orphans import OrphanBook
+from jobqueue.shared.records import orphan_book_key
 
 
 class CountingRedis:
@@ -28,7 +29,7 @@ class CountingRedis:
 
 def test_a_predecessors_prompt_is_found_and_redis_is_read_only_once(redis_client):
     # Given a book in Redis holding a prompt a killed predecessor left behind
-    key = book_key("gpu0@m1", "comfyui")
+    key = orphan_book_key("gpu0@m1", "comfyui")
     redis_client.hset(key, "old", json.dumps({"job_id": "j0"}))
     counting = CountingRedis(redis_client)
     book = OrphanBook(counting, key)
@@ -48,7 +49,7 @@ def test_a_predecessors_prompt_is_found_and_redis_is_read_only_once(redis_client
 
 def test_a_strike_out_reaches_redis_with_the_next_write_or_a_flush(redis_client):
     # Given a book holding two prompts in Redis
-    key = book_key("gpu2@m1", "comfyui")
+    key = orphan_book_key("gpu2@m1", "comfyui")
     book = OrphanBook(redis_client, key)
     book.add("a", job_id="ja")
     book.add("b", job_id="jb")
@@ -66,7 +67,7 @@ def test_a_strike_out_reaches_redis_with_the_next_write_or_a_flush(redis_client)
 
 def test_a_failed_first_read_is_retried_on_the_next_call(redis_client):
     # Given a book whose Redis fails the first read
-    key = book_key("gpu1@m1", "comfyui")
+    key = orphan_book_key("gpu1@m1", "comfyui")
     redis_client.hset(key, "old", json.dumps({}))
 
     class FlakyOnce(CountingRedis):

@@ -11,8 +11,9 @@ import pytest
 
 from jobqueue import submit_job
 from jobqueue.errors import JobFailed
+from jobqueue.shared.records import dead_letter_key
 from jobqueue.states import JobStatus
-from jobqueue.worker.poison import DEAD_SUFFIX, check_envelope, dead_record, poison_from_item
+from jobqueue.worker.poison import check_envelope, dead_record, poison_from_item
 from tests.helpers import quick, wait_for
 
 #: A queue nobody consumes: jobs parked there are taken apart by the tests.
@@ -24,7 +25,7 @@ def _decode(body: Any, encoding: Any) -> Any:
 
 
 def _dead(redis_client: Any, queue: str) -> list[dict[str, Any]]:
-    return [json.loads(item) for item in redis_client.lrange(queue + DEAD_SUFFIX, 0, -1)]
+    return [json.loads(item) for item in redis_client.lrange(dead_letter_key(queue), 0, -1)]
 
 
 def _parked_envelope(app: Any, redis_client: Any) -> tuple[str, dict[str, Any]]:

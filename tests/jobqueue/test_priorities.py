@@ -23,12 +23,11 @@ from jobqueue.shared.routing import (
     BROKER_MAX_PRIORITY,
     DEFAULT_PRIORITY,
     MAX_PRIORITY,
-    REDIS_KEY_SEP,
     broker_priority,
     check_priority,
-    redis_queue_keys,
 )
 from jobqueue.transport.app import broker_transport_options, create_app
+from jobqueue.transport.internals import REDIS_KEY_SEP, redis_queue_keys
 from tests.conftest import RABBITMQ_URL
 from tests.helpers import busy_worker, finished_order, quick
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from jobqueue.client.jobs import prepare_job
 from jobqueue.connectors.comfyui.models import vram_of, workflow_models
 from jobqueue.errors import InvalidRequirementError
 from jobqueue.shared.requirements import (
@@ -14,7 +15,6 @@ from jobqueue.shared.requirements import (
     Requirements,
     capabilities_from_details,
     capability_queues,
-    job_requirements,
     parse_requires,
     route_queue,
     satisfies,
@@ -53,9 +53,11 @@ def test_the_models_a_workflow_names_are_required_without_the_caller_naming_them
     workflow["11"] = {"class_type": "SomethingElse", "inputs": {"model_name": "not-a-file"}}
     # Then they are read, checkpoint first, and merged with what the caller gave
     assert workflow_models(workflow) == ["b.safetensors", "style.safetensors", "4x.pth"]
-    req = job_requirements("comfyui", {"workflow": workflow}, {"tags": ["region:eu"]})
+    kwargs, send = prepare_job("comfyui", {"workflow": workflow}, is_redis=True, requires={"tags": ["region:eu"]})
+    req = Requirements.from_dict(kwargs["options"]["requires"])
     assert req.models == ("b.safetensors", "style.safetensors", "4x.pth")
     assert req.tags == ("region:eu",)
+    assert send["queue"] == route_queue("comfyui", req)
     assert workflow_models({"1": "garbage", "2": {"inputs": None}}) == []
 
 
@@ -112,6 +114,7 @@ class FakeConsumer:
         self.task_consumer = self
         self.queues = [FakeQueue(q) for q in queues]
         self.hub = None
+        self.on_message = print  # it can take messages (Celery's event loop set its handler)
 
     def add_task_queue(self, name: str) -> None:
         self.queues.append(FakeQueue(name))

@@ -90,7 +90,9 @@ def test_a_job_whose_started_state_is_not_stored_starts_its_attempt_once_and_kee
     # Given jobs run eagerly (Celery stores no STARTED state then, so nothing rides with it)
     from jobqueue.client.jobs import prepare_job
     from jobqueue.shared.names import RUN_JOB_TASK
+    from jobqueue.worker.concerns import install
 
+    install(app)  # the job task and its handlers, as a worker has them
     app.conf.task_store_eager_result = True
     ids = []
     for _ in range(2):  # the first builds the worker runtime; the second has it from the start

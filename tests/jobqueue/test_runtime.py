@@ -265,7 +265,9 @@ class StubConsumer:
     """The part of Celery's consumer the gate uses; its hub runs callbacks on another thread."""
 
     def __init__(self, queues: list[str], with_hub: bool = True) -> None:
-        self.task_consumer = SimpleNamespace(queues=[SimpleNamespace(name=q) for q in queues])
+        # on_message: it can take messages (Celery's event loop set its handler)
+        self.task_consumer = SimpleNamespace(queues=[SimpleNamespace(name=q) for q in queues], on_message=print,
+                                             callbacks=[])
         self.calls: list[tuple[str, str]] = []
         self.hub = SimpleNamespace(call_soon=lambda fn: threading.Thread(target=fn).start()) if with_hub else None
 
@@ -289,6 +291,37 @@ def test_the_gate_drops_unhealthy_service_queues_and_adds_them_back():
     assert consumer.calls == [("cancel", "stub"), ("add", "stub")]
     assert gate.sync_now() == {"stub": True, "other": True}
     assert len(consumer.calls) == 2  # in line already: nothing to do
+
+
+def test_the_gate_leaves_a_consumer_that_cannot_take_messages_yet_alone_until_it_can():
+    # Given a consumer whose event loop has not set its message handler yet
+    health = {"stub": IDLE, "other": ERROR}
+    consumer = StubConsumer(["gpu0", "other"])
+    consumer.task_consumer.on_message = None
+    gate = ConsumerGate(lambda: health)
+    # When the gate binds it: no queue is added nor cancelled (consuming would deliver at once)
+    gate.bind(consumer)
+    assert consumer.calls == [] and gate.sync_now() == {}
+    # Then once the loop set the handler, a sync puts the queues in line
+    consumer.task_consumer.on_message = print
+    assert gate.sync_now() == {"stub": True, "other": False}
+    assert consumer.calls == [("add", "stub"), ("cancel", "other")]
+
+
+def test_without_an_event_loop_a_health_check_syncs_the_gate_once_the_consumer_can_take_messages(runtime):
+    # Given a worker without an event loop whose consumer has no message handler yet
+    runtime.check_health()
+    consumer = StubConsumer(["gpu0"], with_hub=False)
+    consumer.task_consumer.on_message = None
+    runtime.gate = ConsumerGate(runtime.statuses)
+    runtime.gate.bind(consumer)
+    # When a health check runs: nothing is consumed yet
+    runtime.check_health()
+    assert consumer.calls == []
+    # Then once the consumer can take messages, the next check adds the healthy service's queue
+    consumer.task_consumer.on_message = print
+    runtime.check_health()
+    assert consumer.calls == [("add", "stub")]
 
 
 def test_the_gate_without_a_consumer_does_nothing_and_without_a_hub_syncs_in_place():

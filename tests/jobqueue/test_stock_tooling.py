@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from jobqueue import submit_job
-from jobqueue.shared.routing import redis_queue_keys
+from jobqueue.transport.internals import redis_queue_keys
 from tests.helpers import stop_process_group, wait_for
 
 #: Names in a worker log that mean a control command broke (what a custom "sep" caused).

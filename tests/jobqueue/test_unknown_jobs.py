@@ -6,7 +6,7 @@ import pytest
 
 from jobqueue import get_job, submit_batch, submit_job, submit_workflow
 from jobqueue.errors import JobNotFound
-from jobqueue.shared.submissions import record_key
+from jobqueue.shared.records import submitted_key
 from jobqueue.states import JobStatus
 from tests.helpers import quick
 
@@ -40,5 +40,5 @@ def test_the_submit_record_expires_with_the_results(app, redis_client):
     # Given a submitted job
     job = submit_job("simulation", quick("x"), queue="gpu7", app=app)
     # Then its record lives as long as results do, not for ever
-    ttl = redis_client.ttl(record_key(job.id))
+    ttl = redis_client.ttl(submitted_key(job.id))
     assert 0 < ttl <= app.conf.result_expires

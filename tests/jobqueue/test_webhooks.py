@@ -1,7 +1,8 @@
 """Webhooks: a signed POST (Standard Webhooks) when a job ends, delivered by a Celery task with
 backoff, the same webhook-id on every try, surviving a crash of the delivering worker.
 
-The receiver is a real HTTP server on a free port; workers are real processes on real Redis.
+The receiver is a real HTTP server on a free port (on loopback, allowed on purpose with
+``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS``); workers are real processes on real Redis.
 """
 
 from __future__ import annotations
@@ -18,13 +19,22 @@ import redis
 
 from jobqueue import submit_job
 from jobqueue.errors import SubmitError
-from jobqueue.shared.routing import redis_queue_keys
+from jobqueue.shared.webhooks import read_attempts
 from jobqueue.states import JobStatus
-from jobqueue.worker.webhooks import build_delivery, read_attempts, sign, verify
+from jobqueue.transport.internals import redis_queue_keys
+from jobqueue.worker.webhooks import build_delivery, sign, verify
 from tests.helpers import busy_worker, quick, wait_for
 from tests.webhook_receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"jobqueue-test-secret-0123456789ab").decode()
+
+
+@pytest.fixture
+def settings(settings: Any) -> Any:
+    """The test receivers listen on loopback, which webhook targets may not be unless opened on
+    purpose: these tests open 127.0.0.1 for their client and workers (test_webhook_targets.py
+    tests the refusals)."""
+    return settings.model_copy(update={"webhook_allowed_networks": ("127.0.0.1/32",)})
 
 
 @pytest.fixture

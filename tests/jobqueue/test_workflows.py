@@ -14,9 +14,10 @@ import pytest
 from jobqueue import JobFailed, WorkflowFailed, get_job, get_workflow, submit_job, submit_workflow
 from jobqueue.errors import InvalidPayloadError, SubmitError, UnknownServiceError, WorkflowNotFound
 from jobqueue.shared.names import job_meta_from_kwargs
-from jobqueue.shared.routing import broker_priority, redis_queue_keys
+from jobqueue.shared.routing import broker_priority
 from jobqueue.shared.steps import placeholder_paths, resolve_placeholders
 from jobqueue.states import JobStatus
+from jobqueue.transport.internals import redis_queue_keys
 from tests.helpers import busy_worker, finished_order, quick, wait_for
 
 # -- unit: placeholders ---------------------------------------------------------------------

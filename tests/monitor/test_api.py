@@ -159,3 +159,62 @@ def test_an_unexpected_error_answers_500_with_an_error_id_and_keeps_the_exceptio
     # And the log holds the text under the same id
     logged = "\n".join(r.getMessage() + (str(r.exc_info[1]) if r.exc_info else "") for r in caplog.records)
     assert error_id in logged and "/srv/secret/monitor.db" in logged
+
+
+class FakeControl:
+    """The control calls a drain makes, answered at once (no broker)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def cancel_consumer(self, queue, **_):
+        self.calls.append(("cancel", queue))
+        return [{"gpu0@vm1": {"ok": f"no longer consuming from {queue}"}}]
+
+    def add_consumer(self, queue, **_):
+        self.calls.append(("add", queue))
+        return [{"gpu0@vm1": {"ok": f"consuming from {queue}"}}]
+
+
+@pytest.mark.parametrize("with_writer", [True, False], ids=["writer", "no-writer"])
+def test_a_drain_is_written_by_the_writer_when_the_app_has_one(monitor_settings, sqlite_store, hub, monkeypatch,
+                                                                with_writer):
+    import threading
+    import time
+    import types
+
+    from monitor.ingest.writer import Writer
+    from monitor.store.tx import Tx
+
+    # Given a monitor app on a store that knows one worker (with or without a running writer)
+    writer = Writer(sqlite_store, hub).start() if with_writer else None
+    control = FakeControl()
+    app = create_app(monitor_settings, store=sqlite_store, hub=hub, writer=writer,
+                     celery_app=types.SimpleNamespace(control=control, close=lambda: None))
+    now = time.time()
+    with sqlite_store.write() as tx:
+        apply({"type": "worker-online", "hostname": "gpu0@vm1", "timestamp": now, "freq": 60.0}, tx)
+        apply({"type": "connector-status", "worker": "gpu0@vm1", "machine_id": "vm1", "gpu": 0, "service": "simulation",
+               "status": "idle", "timestamp": now, "queues": ["gpu0", "simulation"]}, tx)
+    threads: list[str] = []
+    original = Tx.set_draining
+
+    def spy(self, name, draining):
+        threads.append(threading.current_thread().name)
+        return original(self, name, draining)
+
+    monkeypatch.setattr(Tx, "set_draining", spy)
+    seq = sqlite_store.seq()
+    try:
+        # When an operator drains it
+        response = app.test_client().post("/api/workers/gpu0@vm1/drain", json={},
+                                         headers={"Authorization": "Bearer secret-token"})
+        # Then the consumers are cancelled and the flag is stored, by the writer's thread when there is one
+        assert response.status_code == 202 and control.calls == [("cancel", "gpu0"), ("cancel", "simulation")]
+        assert sqlite_store.worker("gpu0@vm1")["status"] == "draining"
+        assert threads == ["monitor-writer" if with_writer else threading.current_thread().name]
+        assert sqlite_store.seq() > seq
+    finally:
+        if writer is not None:
+            writer.stop()
+        app.extensions["jobqueue_monitor"].close()

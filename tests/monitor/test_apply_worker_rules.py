@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from jobqueue.shared.names import WORKER_HEARTBEAT, WORKER_OFFLINE
 from monitor.merge.worker_rules import (
-    WORKER_HEARTBEAT,
-    WORKER_OFFLINE,
     ConnectorReport,
     ConnectorState,
     Identity,

@@ -51,10 +51,12 @@ def test_the_job_page_shows_the_image_from_the_bucket_and_lists_the_webhook_trie
     sim = SimulatorProcess(output_dir=tmp_path / "sim-out", log_path=tmp_path / "sim.log").start()
     try:
         output_url = f"s3://{bucket}/outputs"
+        # (the receiver listens on loopback: opened on purpose for the worker and the monitor)
         start_worker("gpu0", CONNECTORS="comfyui", COMFYUI_URL=sim.url, OUTPUT_URL=output_url,
-                     WEBHOOK_BACKOFF="0.5")
+                     WEBHOOK_BACKOFF="0.5", WEBHOOK_ALLOWED_NETWORKS="127.0.0.1/32")
         monitor = start_monitor(JOBQUEUE_OUTPUT_URL=output_url,
-                                JOBQUEUE_OUTPUT_DIR=str(tmp_path / "monitor-has-no-outputs"))
+                                JOBQUEUE_OUTPUT_DIR=str(tmp_path / "monitor-has-no-outputs"),
+                                JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS="127.0.0.1/32")
         # When a job with a webhook is submitted through the API and its page is opened
         reply = monitor.post("/api/jobs", {"service": "comfyui", "payload": {"workflow": EXAMPLE_WORKFLOW},
                                            "webhook_url": receiver.url})

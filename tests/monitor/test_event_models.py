@@ -220,3 +220,22 @@ def test_the_check_of_a_well_formed_event_takes_microseconds():
         check(event, event["local_received"], WINDOW)
     # ~1 µs an event; 50 µs would make the 10,000 events/s the monitor keeps cost half a CPU
     assert (time.perf_counter() - start) / len(mix) < 50e-6
+
+
+def test_every_event_type_the_models_accept_is_one_jobqueue_names():
+    # The models spell event types as Literals (a type checker needs literal values); each must
+    # be a name of jobqueue.shared.names, the events' one home.
+    import typing
+
+    from jobqueue.shared import names
+    from monitor.ingest import event_models
+    from monitor.merge.truth import JOB_EXPIRED, JOB_LOST, JOB_TRUTH
+
+    known = {*names.TASK_EVENTS, *names.WORKER_EVENTS, names.CONNECTOR_STATUS, names.JOB_WEBHOOK,
+             JOB_TRUTH, JOB_LOST, JOB_EXPIRED}
+    spelled: set[str] = set()
+    for model in vars(event_models).values():
+        if isinstance(model, type) and "type" in getattr(model, "__annotations__", {}):
+            hint = typing.get_type_hints(model)["type"]
+            spelled.update(a for a in typing.get_args(hint) if isinstance(a, str))
+    assert spelled and spelled <= known, spelled - known

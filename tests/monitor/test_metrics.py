@@ -172,15 +172,21 @@ def test_a_job_run_again_counts_its_retries_in_the_retries_counter(tmp_path):
 
 
 def test_webhook_tries_are_counted_by_outcome_from_the_workers_events(start_worker, start_monitor, app):
+    from jobqueue.transport.app import create_app as create_celery_app
     from tests.webhook_receiver import Receiver
 
     # Given a real monitor, a real worker and a receiver that answers 500 once, then 200
     receiver = Receiver(lambda n: 500 if n < 1 else 200).start()
     try:
         monitor = start_monitor("m.db")
-        start_worker("gpu0", WEBHOOK_BACKOFF="0.2")
+        start_worker("gpu0", WEBHOOK_BACKOFF="0.2", WEBHOOK_ALLOWED_NETWORKS="127.0.0.1/32")
         # When a job with a webhook completes and its webhook is delivered on the second try
-        submit_job("simulation", quick("hooked"), webhook_url=receiver.url, app=app).wait(timeout=60)
+        # (the receiver listens on loopback: allowed on purpose, for the client and the worker)
+        hooked = create_celery_app(app.settings.model_copy(update={"webhook_allowed_networks": ("127.0.0.1/32",)}))
+        try:
+            submit_job("simulation", quick("hooked"), webhook_url=receiver.url, app=hooked).wait(timeout=60)
+        finally:
+            hooked.close()
         wait_for(lambda: [r.answered for r in receiver.requests] == [500, 200], 30, what="two tries")
     finally:
         receiver.stop()

@@ -1,34 +1,28 @@
-"""The ``a1111`` connector: txt2img / img2img on one Stable Diffusion WebUI (AUTOMATIC1111 or
-Forge) over its HTTP API, never hanging.
+"""The ``a1111`` connector: txt2img / img2img on one Stable Diffusion WebUI (AUTOMATIC1111 1.7+
+or Forge) over its HTTP API, never hanging.
 
 How one job runs (one at a time per WebUI: the WebUI itself runs one job at a time):
 
-1. POST ``/sdapi/v1/txt2img`` (or ``img2img``) with ``force_task_id`` set to an id of ours. The
+1. Abandoned requests of earlier jobs are swept (:mod:`jobqueue.connectors.a1111.abandoned`),
+   the state at hand is read, and the request is written into the orphan book.
+2. POST ``/sdapi/v1/txt2img`` (or ``img2img``) with ``force_task_id`` set to an id of ours. The
    WebUI answers only when the images are done, so the POST waits in a thread of its own
    (:class:`~jobqueue.connectors.a1111.post.BlockingPost`).
-2. Meanwhile, every ``POLL_INTERVAL`` s, GET ``/sdapi/v1/progress?skip_current_image=false``:
-   ``progress``, ``state.job_no/job_count``, ``state.sampling_step/sampling_steps``,
-   ``eta_relative`` become progress reports, ``current_image`` the live preview. Until our task
-   runs, POST ``/internal/progress {"id_task": ...}`` says whether the WebUI is on *our* job or
-   still busy with another client's (then nothing is reported as ours).
-3. The answer's base64 ``images`` are written to the output store (:mod:`jobqueue.shared.outputs`,
-   ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/``); its
-   ``info`` (seed, sampler, model, version...) goes into the result.
+3. Meanwhile :class:`~jobqueue.connectors.a1111.follow.Follower` polls ``/sdapi/v1/progress``,
+   deciding at every poll whether the state is our job's (task ids on 1.8+ and Forge, job order
+   on 1.7 and ``--nowebui``): progress, previews, liveness, cancel, timeout, stall.
+4. The answer's base64 ``images`` are written to the output store
+   (:mod:`jobqueue.shared.outputs`, ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/``);
+   its ``info`` goes into the result once it shows the sampler and checkpoint asked for
+   (:func:`~jobqueue.connectors.a1111.answers.unhonoured`).
 
-Stall: ``/sdapi/v1/progress`` unanswered for ``stall_timeout`` seconds, or its state unchanged
-for the node limit (``node_timeout``, ``JOBQUEUE_A1111_NODE_TIMEOUT``, 600 s by default: one
-slow step, a hires pass or a VAE decode shows no progress) raises :class:`JobStalled` (retried
-elsewhere). Another client's job that moves, and our
-own checkpoint switch (``override_settings.sd_model_checkpoint``, silent while weights load),
-count as alive. Cancel: POST ``/sdapi/v1/interrupt`` and ``/sdapi/v1/skip``; the WebUI stops at
-its next sampling step and answers.
+A job given up while the WebUI still has its request (cancel, timeout, stall) leaves it in the
+orphan book; it is interrupted when the WebUI begins it, never run in full ahead of the retry.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
-import http.client
 import json
 import logging
 import threading
@@ -38,80 +32,33 @@ from typing import Any
 import requests
 
 from jobqueue.config import Settings
+from jobqueue.connectors.a1111 import abandoned
+from jobqueue.connectors.a1111.answers import (
+    decode_image,
+    describe_error,
+    image_type,
+    reason,
+    unhonoured,
+    unknown_sampler,
+)
+from jobqueue.connectors.a1111.client import WebUIClient, has_task_ids
 from jobqueue.connectors.a1111.fields import ROUTES
+from jobqueue.connectors.a1111.follow import Follower, Run
+from jobqueue.connectors.a1111.ownership import JobOrder
 from jobqueue.connectors.a1111.payload import request_body
 from jobqueue.connectors.a1111.post import BlockingPost
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
 from jobqueue.connectors.payloads import A1111_MODELS, validate_a1111
-from jobqueue.errors import ExecutionFailed, JobCancelled, JobStalled, JobTimedOut, ServiceUnavailable
+from jobqueue.errors import ExecutionFailed, JobCancelled, ServiceUnavailable
 from jobqueue.shared.outputs import save_output
 from jobqueue.states import ConnectorStatus
 
+__all__ = ["A1111Connector", "decode_image", "describe_error", "image_type"]
+
 log = logging.getLogger(__name__)
 
-#: Seconds between two progress polls while a job runs.
-POLL_INTERVAL = 0.5
 #: Timeout (s) of each health-check request.
 HEALTH_TIMEOUT = 3.0
-#: How long (s) a cancelled job waits for the WebUI to stop and answer.
-CANCEL_GRACE = 5.0
-
-
-def image_type(data: bytes) -> str:
-    """The MIME type of an encoded image, from its first bytes."""
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
-
-
-def decode_image(text: str) -> bytes:
-    """Bytes of a base64 image as the WebUI sends it (bare or as a ``data:`` URI)."""
-    if text.startswith("data:"):
-        text = text.split(",", 1)[-1]
-    return base64.b64decode(text, validate=False)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    for marker in ("Connection refused", "Connection reset", "Name or service not known", "timed out"):
-        if marker in text:
-            return marker.lower()
-    if isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
-        return "connection closed by the server"
-    return text[:200]
-
-
-def describe_error(status: int, body: Any) -> str:
-    """One line for a WebUI error answer: FastAPI's 422 ``detail`` list or ``api_middleware``'s
-    ``{"error", "detail", "errors"}``."""
-    if isinstance(body, dict) and isinstance(body.get("detail"), list):
-        parts = []
-        for error in body["detail"]:
-            loc = ".".join(str(p) for p in (error.get("loc") or []) if p != "body") or "body"
-            parts.append(f"{loc}: {error.get('msg')}")
-        return f"the WebUI refused the request ({status}): " + "; ".join(parts)
-    if isinstance(body, dict) and (body.get("error") or body.get("detail")):
-        detail = body.get("detail") or body.get("errors") or ""
-        return f"the WebUI answered {status}: {body.get('error') or 'error'}: {detail}".rstrip(": ")
-    return f"the WebUI answered {status}: {str(body)[:300]}"
-
-
-class _Run:
-    """What the job's thread knows about its request on the WebUI."""
-
-    def __init__(self, job: Job, task_id: str, switching: str | None) -> None:
-        self.job = job
-        self.task_id = task_id
-        #: The checkpoint ``override_settings`` asks for (None: no switch requested).
-        self.switching = switching
-        #: True once ``/internal/progress`` said the WebUI runs our task; None: cannot tell.
-        self.ours: bool | None = False
-        self.interrupted_seen = False
-        self.wake = threading.Event()
 
 
 class A1111Connector(Connector):
@@ -126,43 +73,42 @@ class A1111Connector(Connector):
     def __init__(self, settings: Settings, *, gpu: int = 0) -> None:
         super().__init__(settings, gpu=gpu)
         self.base_url = settings.a1111_url_for(gpu).rstrip("/")
-        self._http = requests.Session()
-        #: The health loop's own session: a requests.Session is not shared between threads.
-        self._health_http = requests.Session()
+        self._client = WebUIClient(self.base_url)
+        #: The health loop's own client: a requests.Session is not shared between threads.
+        self._health = WebUIClient(self.base_url)
         self._one_at_a_time = threading.Lock()
-        self._runs: dict[str, _Run] = {}
+        self._sweeping = threading.Lock()
+        self._runs: dict[str, Run] = {}
         self._runs_lock = threading.Lock()
         self._suspect = True  # ask once before the first job
         self._version: str | None = None
-        self._has_task_api = True
+        self._probed = False
+        #: The WebUI's sampler names (``/sdapi/v1/samplers``), asked once per server start.
+        self._samplers: set[str] | None = None
 
     @classmethod
     def validate(cls, payload: Any) -> dict[str, Any]:
         return validate_a1111(payload)
 
     def stop(self) -> None:
-        self._http.close()
-        self._health_http.close()
-
-    # -- REST ------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, *, timeout: float, session: requests.Session | None = None,
-                 **kwargs: Any) -> requests.Response:
-        """One REST call; an unreachable WebUI raises :class:`ServiceUnavailable`."""
-        try:
-            return (session or self._http).request(method, f"{self.base_url}{path}",
-                                                   timeout=(min(timeout, 3.0), timeout), **kwargs)
-        except requests.ConnectionError as exc:
-            raise ServiceUnavailable(f"the WebUI at {self.base_url} is unreachable: {_reason(exc)}",
-                                     {"url": self.base_url, "path": path}) from None
+        """Close the sessions; requests still on the WebUI stay in the orphan book."""
+        with self._runs_lock:
+            following = list(self._runs.values())
+        for run in following:
+            self.orphans.add(run.task_id, reason="worker stopped")
+        self.orphans.flush()
+        self._client.close()
+        self._health.close()
 
     # -- health ----------------------------------------------------------------------------
     def check_health(self) -> Health:
         facts: dict[str, Any] = {"url": self.base_url}
+        client = self._health
         try:
-            ping = self._request("GET", "/internal/ping", timeout=HEALTH_TIMEOUT, session=self._health_http)
+            ping = client.request("GET", "/internal/ping", timeout=HEALTH_TIMEOUT)
             if ping.status_code not in (200, 404):  # 404: an older build without /internal/ping
                 return Health(ConnectorStatus.ERROR, f"the WebUI's /internal/ping answered {ping.status_code}", facts)
-            options = self._request("GET", "/sdapi/v1/options", timeout=HEALTH_TIMEOUT, session=self._health_http)
+            options = client.request("GET", "/sdapi/v1/options", timeout=HEALTH_TIMEOUT)
             if options.status_code == 404:
                 return Health(ConnectorStatus.ERROR, f"the WebUI at {self.base_url} has no API: start it with --api",
                               facts)
@@ -170,13 +116,13 @@ class A1111Connector(Connector):
                 return Health(ConnectorStatus.ERROR, f"the WebUI's /sdapi/v1/options answered {options.status_code}",
                               facts)
             checkpoint = options.json().get("sd_model_checkpoint")
-            progress = self._request("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=HEALTH_TIMEOUT,
-                                     session=self._health_http)
+            progress = client.request("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=HEALTH_TIMEOUT)
             busy = progress.status_code == 200 and (progress.json().get("state") or {}).get("job_count", 0) != 0
             if self._version is None:
-                self._version = self._read_version()
+                self._learn_version(self._read_version(client))
+            self._sweep(client, HEALTH_TIMEOUT)
         except ServiceUnavailable as exc:
-            self._version = None  # a restarted WebUI may be another version
+            self._version, self._probed, self._samplers = None, False, None  # a restarted WebUI may differ
             return Health(ConnectorStatus.OFFLINE, str(exc), facts)
         except requests.Timeout:
             return Health(ConnectorStatus.ERROR, f"the WebUI at {self.base_url} did not answer within "
@@ -186,19 +132,36 @@ class A1111Connector(Connector):
         version = self._version or "unknown"
         facts.update({"sd_model_checkpoint": checkpoint, "version": version, "busy": busy,
                       "flavour": "forge" if version.startswith("f") else "a1111",
+                      "task_ids": self._client.task_ids,
                       "summary": f"{checkpoint or 'no checkpoint'} · {version}"})
         return Health(ConnectorStatus.IDLE, "", facts)
 
-    def _read_version(self) -> str | None:
+    @staticmethod
+    def _read_version(client: WebUIClient) -> str | None:
         """The WebUI's version from ``/internal/sysinfo`` (asked once per server start)."""
         try:
-            response = self._request("GET", "/internal/sysinfo", timeout=10.0, session=self._health_http)
+            response = client.request("GET", "/internal/sysinfo", timeout=10.0)
             if response.status_code == 200:
                 version = json.loads(response.text).get("Version")
                 return str(version) if version else None
         except (ServiceUnavailable, requests.RequestException, ValueError, AttributeError):
             pass
         return None
+
+    def _learn_version(self, version: str | None) -> None:
+        """Note the version and whether it keeps task ids for API requests (1.8+, Forge)."""
+        self._version = version
+        known = has_task_ids(version)
+        if known is not None:
+            self._client.task_ids = self._health.task_ids = known
+            self._probed = True
+
+    def _sweep(self, client: WebUIClient, timeout: float) -> None:
+        """Sweep this WebUI's abandoned requests (one sweep at a time)."""
+        with self._runs_lock:
+            following = {run.task_id for run in self._runs.values()}
+        with self._sweeping:
+            abandoned.sweep(client, self.orphans, following, timeout)
 
     # -- running a job ---------------------------------------------------------------------
     def run(self, job: Job, report_progress: ProgressReporter) -> dict[str, Any]:
@@ -213,205 +176,119 @@ class A1111Connector(Connector):
             job.check()
         try:
             job.check()
-            self._ready()
+            self._ready(stall)
             overrides = payload.get("override_settings") or {}
-            run = _Run(job, f"jobqueue-{job.id}-{job.attempt}", overrides.get("sd_model_checkpoint"))
-            with self._runs_lock:
-                self._runs[job.id] = run
-            report_progress(percent=0.0, message="submitting to the WebUI")
-            left = (job.deadline - time.monotonic()) if job.deadline is not None else self.settings.job_timeout
-            post = BlockingPost(f"{self.base_url}{ROUTES[payload['mode']]}", request_body(payload, run.task_id),
-                                timeout=max(1.0, left + 5.0)).start()
-            try:
-                return self._follow(run, post, report_progress, stall, node_limit)
-            finally:
-                if not post.done.is_set():
-                    post.abort()
+            run = Run(job, f"jobqueue-{job.id}-{job.attempt}", overrides.get("sd_model_checkpoint"))
+            return self._run(run, payload, report_progress, stall, node_limit)
         finally:
-            with self._runs_lock:
-                self._runs.pop(job.id, None)
             self._one_at_a_time.release()
 
+    def _run(self, run: Run, payload: dict[str, Any], report: ProgressReporter, stall: float,
+             node_limit: float) -> dict[str, Any]:
+        """Post the request (booked first), follow it, read its answer; strike it out of the
+        orphan book once the WebUI answered, keep it there when we gave up on it."""
+        job, timeout = run.job, max(0.5, min(3.0, stall / 2))
+        wrong = unknown_sampler(payload, self._sampler_names(timeout))
+        if wrong is not None:
+            raise ExecutionFailed(wrong, {"sampler_name": payload.get("sampler_name") or payload.get("sampler_index")})
+        if not self._client.task_ids:
+            run.order = self._job_order(timeout)
+        with self._runs_lock:
+            self._runs[job.id] = run
+        self.orphans.add(run.task_id, url=self.base_url, job_id=job.id, by_order=not self._client.task_ids)
+        report(percent=0.0, message="submitting to the WebUI")
+        left = (job.deadline - time.monotonic()) if job.deadline is not None else self.settings.job_timeout
+        post = BlockingPost(f"{self.base_url}{ROUTES[payload['mode']]}", request_body(payload, run.task_id),
+                            timeout=max(1.0, left + 5.0)).start()
+        follower = Follower(self._client, run, post, report, stall=stall, node_limit=node_limit,
+                            sweep=lambda t: self._sweep(self._client, t),
+                            orphan_began=lambda: abandoned.forget_by_order(self.orphans, self._client,
+                                                                           {run.task_id}, 1))
+        try:
+            follower.follow()
+            return self._finish(run, payload, post)
+        finally:
+            self._suspect = self._suspect or follower.suspect
+            if not post.done.is_set():
+                post.abort()
+                self.orphans.add(run.task_id, reason="abandoned")
+            elif post.error is None:
+                self.orphans.discard(run.task_id)
+            with self._runs_lock:
+                self._runs.pop(job.id, None)
+
+    def _sampler_names(self, timeout: float) -> set[str]:
+        """The WebUI's sampler names (empty when it does not say: the answer's info is checked then)."""
+        if self._samplers is None:
+            try:
+                response = self._client.request("GET", "/sdapi/v1/samplers", timeout=timeout)
+                listed = response.json() if response.status_code == 200 else []
+                self._samplers = {str(s["name"]) for s in listed if isinstance(s, dict) and s.get("name")}
+            except (requests.Timeout, ValueError, TypeError):
+                return set()
+        return self._samplers
+
+    def _job_order(self, timeout: float) -> JobOrder:
+        """Without task ids: the state when we post, and our abandoned requests ahead of ours
+        (none when the WebUI is idle: it has run them all)."""
+        response = self._client.request("GET", "/sdapi/v1/progress?skip_current_image=true", timeout=timeout)
+        shown = (response.json().get("state") or {}) if response.status_code == 200 else {}
+        if int(shown.get("job_count") or 0) == 0:
+            abandoned.forget_by_order(self.orphans, self._client, ())
+            return JobOrder(None, 0)
+        return JobOrder(shown, abandoned.queued_by_order(self.orphans, self._client, ()))
+
     def cancel(self, job: Job) -> None:
-        """Flag the job and wake its thread, which interrupts the WebUI when it runs our task."""
+        """Flag the job and wake its thread, which interrupts the WebUI when it runs our job."""
         job.cancelled.set()
         with self._runs_lock:
             run = self._runs.get(job.id)
         if run is not None:
             run.wake.set()
 
-    def _ready(self) -> None:
-        """Fail fast when the last job stalled or never ran and the WebUI does not answer."""
-        if not self._suspect:
-            return
-        try:
-            self._request("GET", "/internal/ping", timeout=1.5)
-        except requests.Timeout:
-            raise ServiceUnavailable(f"the WebUI at {self.base_url} does not answer", {"url": self.base_url}) from None
-        self._suspect = False
-
-    def _follow(self, run: _Run, post: BlockingPost, report: ProgressReporter, stall: float,
-                node_limit: float) -> dict[str, Any]:
-        job = run.job
-        last_answer = last_change = time.monotonic()
-        snapshot: Any = None
-        cancel_sent_at: float | None = None
-        cancelled_at: float | None = None
-        preview: str | None = None
-        waiting_told = False
-        while True:
-            if post.done.is_set():
-                return self._finish(run, post, cancel_sent_at is not None)
-            if job.cancelled.is_set():
-                cancelled_at = cancelled_at or time.monotonic()
-                if cancel_sent_at is None and run.ours is not False:
-                    self._interrupt(run)
-                    cancel_sent_at = time.monotonic()
-                if time.monotonic() - (cancel_sent_at or cancelled_at) > CANCEL_GRACE:
-                    raise JobCancelled("job was cancelled" + ("; the WebUI did not stop in time" if cancel_sent_at
-                                                              else " before the WebUI started it"),
-                                       {"task_id": run.task_id})
-            else:
-                try:
-                    job.check()
-                except JobTimedOut:
-                    self._interrupt(run)
-                    raise
-            try:
-                state = self._poll(run, stall)
-            except ServiceUnavailable:
-                if job.cancelled.is_set():  # a cancelled job is never retried, whatever the WebUI does
-                    raise JobCancelled("job was cancelled; the WebUI went away", {"task_id": run.task_id}) from None
-                raise
-            now = time.monotonic()
-            if state is not None:
-                last_answer = now
-                shown = state["state"]
-                current = (round(float(state.get("progress") or 0), 6), shown.get("job"), shown.get("job_count"),
-                           shown.get("job_no"), shown.get("sampling_step"), shown.get("sampling_steps"),
-                           state.get("textinfo"), run.ours)
-                if current != snapshot:
-                    snapshot, last_change = current, now
-                elif run.ours is False and shown.get("job_count", 0) != 0:
-                    last_change = now  # busy with another client's job: alive, we wait our turn
-                elif run.ours is not False and run.switching and shown.get("job_count") == -1:
-                    last_change = now  # our checkpoint switch: loading weights shows no progress
-                if run.ours is False:
-                    if not waiting_told and shown.get("job_count", 0) != 0:
-                        report(message="waiting: the WebUI is busy with another client's job")
-                        waiting_told = True
-                else:
-                    if shown.get("job_count", 0) != 0:  # the flag outlives a job until the next begins
-                        run.interrupted_seen = bool(shown.get("interrupted")) and cancel_sent_at is None
-                    self._report(run, state, report)
-                    image = state.get("current_image")
-                    if image and image != preview:
-                        preview = image
-                        data = decode_image(image)
-                        job.report_preview(data, image_type(data))
-            if post.done.is_set():
-                continue
-            if now - last_answer > stall or now - last_change > node_limit:
-                self._suspect = True
-                if job.cancelled.is_set():
-                    raise JobCancelled("job was cancelled; the WebUI stopped answering", {"task_id": run.task_id})
-                silent = now - last_answer > stall
-                what = "did not answer /sdapi/v1/progress" if silent else "showed no progress"
-                if not silent:  # a WebUI that answers may still free itself; a silent one would not hear
-                    self._interrupt(run, timeout=1.0)
-                limit = stall if silent else node_limit
-                raise JobStalled(f"the WebUI at {self.base_url} {what} for {limit:g} s",
-                                 {"url": self.base_url, "task_id": run.task_id, "stall_timeout": stall,
-                                  "node_timeout": node_limit})
-            self._pause(run, post)
-
-    @staticmethod
-    def _pause(run: _Run, post: BlockingPost) -> None:
-        """Wait until the next poll, the WebUI's answer, or a cancel, whichever comes first."""
-        until = time.monotonic() + POLL_INTERVAL
-        while time.monotonic() < until and not post.done.is_set() and not run.wake.is_set():
-            post.done.wait(0.05)
-        run.wake.clear()
-
-    def _poll(self, run: _Run, stall: float) -> dict[str, Any] | None:
-        """GET /sdapi/v1/progress (until our task runs, POST /internal/progress first: the state
-        read after it is then surely ours); None when the WebUI did not answer in time. A
-        refused connection raises :class:`ServiceUnavailable`."""
+    def _ready(self, stall: float) -> None:
+        """Fail fast when the last job stalled or never ran and the WebUI does not answer;
+        learn once whether it keeps task ids; sweep abandoned requests before posting."""
         timeout = max(0.5, min(3.0, stall / 2))
-        try:
-            if run.ours is False and self._has_task_api:
-                run.ours = self._task_active(run, timeout)
-            response = self._request("GET", "/sdapi/v1/progress?skip_current_image=false", timeout=timeout)
-            if response.status_code != 200:
-                return None
-            state: dict[str, Any] = response.json()
-            if not isinstance(state.get("state"), dict):
-                return None
-            if run.ours is False and not self._has_task_api:
-                # An older build without task ids: a running job is taken to be ours.
-                run.ours = None if state["state"].get("job_count", 0) != 0 else False
-            return state
-        except (requests.Timeout, ValueError):
-            return None
-
-    def _task_active(self, run: _Run, timeout: float) -> bool:
-        """Whether the WebUI runs (or ran) our task; notes builds without /internal/progress."""
-        answer = self._request("POST", "/internal/progress", timeout=timeout,
-                               json={"id_task": run.task_id, "id_live_preview": -1, "live_preview": False})
-        if answer.status_code == 404:
-            self._has_task_api = False
-            return False
-        body = answer.json() if answer.status_code == 200 else {}
-        return bool(body.get("active") or body.get("completed"))
-
-    def _report(self, run: _Run, progress: dict[str, Any], report: ProgressReporter) -> None:
-        shown = progress["state"]
-        count, number = int(shown.get("job_count") or 0), int(shown.get("job_no") or 0)
-        step, steps = int(shown.get("sampling_step") or 0), int(shown.get("sampling_steps") or 0)
-        if count <= 0:
-            text = f"loading checkpoint {run.switching}" if run.switching else "starting"
-            report(message=text)
-            return
-        eta = progress.get("eta_relative")
-        text = f"{shown.get('job') or 'generating'}: step {step}/{steps}"
-        if isinstance(eta, (int, float)) and eta > 0:
-            text += f" (WebUI eta {eta:.1f} s)"
-        if steps > 0:
-            # Steps done over steps to do: the WebUI's own "progress" starts at 0.01 before any step.
-            done, total = min(number, count) * steps + step, count * steps
-            report(percent=min(100.0 * done / total, 99.9), step=done, total_steps=total, message=text)
-        else:
-            report(percent=max(0.0, min(float(progress.get("progress") or 0) * 100, 99.9)), message=text)
-
-    def _interrupt(self, run: _Run, timeout: float = 3.0) -> None:
-        """Ask the WebUI to stop our task: interrupt, and skip for the batch in progress.
-        Only when the WebUI runs our task (or cannot tell): never another client's job."""
-        if run.ours is False:
-            return
-        for path in ("/sdapi/v1/interrupt", "/sdapi/v1/skip"):
+        if self._suspect:
             try:
-                self._request("POST", path, timeout=timeout)
-            except (ServiceUnavailable, requests.RequestException) as exc:
-                log.warning("a1111: could not POST %s: %s", path, exc)
-                return
+                self._client.request("GET", "/internal/ping", timeout=1.5)
+            except requests.Timeout:
+                raise ServiceUnavailable(f"the WebUI at {self.base_url} does not answer",
+                                         {"url": self.base_url}) from None
+            self._suspect = False
+        try:
+            if not self._probed:
+                self._learn_version(self._read_version(self._client))
+                if not self._probed:  # no version: ask the route itself
+                    self._client.task("jobqueue-probe", timeout)
+                    self._probed = True
+            self._sweep(self._client, timeout)
+        except requests.Timeout:
+            self._suspect = True
+            raise ServiceUnavailable(f"the WebUI at {self.base_url} does not answer", {"url": self.base_url}) from None
 
-    def _finish(self, run: _Run, post: BlockingPost, cancel_sent: bool) -> dict[str, Any]:
+    def _finish(self, run: Run, payload: dict[str, Any], post: BlockingPost) -> dict[str, Any]:
+        """The WebUI's answer as the job's result, or the error it amounts to."""
         job = run.job
         if post.error is not None:
             if job.cancelled.is_set():
                 raise JobCancelled("job was cancelled", {"task_id": run.task_id})
-            raise ServiceUnavailable(f"the WebUI at {self.base_url} is unreachable: {_reason(post.error)}",
+            raise ServiceUnavailable(f"the WebUI at {self.base_url} is unreachable: {reason(post.error)}",
                                      {"url": self.base_url, "task_id": run.task_id})
         try:
             body = post.json()
         except ValueError:
             body = post.data[:300].decode(errors="replace")
         if job.cancelled.is_set():
-            raise JobCancelled("job was cancelled; the WebUI interrupted it" if cancel_sent else "job was cancelled",
-                               {"task_id": run.task_id})
+            raise JobCancelled("job was cancelled; the WebUI interrupted it" if run.cancel_sent_at is not None
+                               else "job was cancelled", {"task_id": run.task_id})
         if post.status != 200 or not isinstance(body, dict):
-            raise ExecutionFailed(describe_error(post.status or 0, body),
-                                  {"status": post.status, "answer": body if isinstance(body, dict) else str(body)})
+            message = describe_error(post.status or 0, body)
+            if isinstance(body, dict) and body.get("error") == "KeyError" and payload.get("override_settings"):
+                message += " (override_settings names an option this WebUI does not have)"
+            raise ExecutionFailed(message, {"status": post.status,
+                                            "answer": body if isinstance(body, dict) else str(body)})
         if run.interrupted_seen:
             raise ExecutionFailed("the WebUI was interrupted by another client while it ran this job",
                                   {"task_id": run.task_id})
@@ -419,10 +296,16 @@ class A1111Connector(Connector):
             info = json.loads(body.get("info") or "{}")
         except ValueError:
             info = {"raw": str(body.get("info"))[:2000]}
+        info = info if isinstance(info, dict) else {"raw": info}
+        wrong = unhonoured(payload, info)
+        if wrong is not None:
+            raise ExecutionFailed(wrong, {"task_id": run.task_id, "sampler_name": info.get("sampler_name"),
+                                          "sd_model_name": info.get("sd_model_name"),
+                                          "sd_model_hash": info.get("sd_model_hash")})
         images = body.get("images") or []
         if not images:
             raise ExecutionFailed("the WebUI answered without images", {"task_id": run.task_id})
-        files = self._write_images(job, images, info if isinstance(info, dict) else {})
+        files = self._write_images(job, images, info)
         return {"files": files, "info": info, "task_id": run.task_id}
 
     def _write_images(self, job: Job, images: list[str], info: dict[str, Any]) -> list[dict[str, Any]]:

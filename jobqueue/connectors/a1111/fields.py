@@ -11,9 +11,10 @@ One home for facts both the ``a1111`` connector (validation at submit) and the s
 * lllyasviel/stable-diffusion-webui-forge at ``dfdcbab6`` (2025-06-26): the same generator, with
   Forge's extra processing fields (``distilled_cfg_scale``, ``hr_cfg``...).
 
-The request models check *types only*. The ranges below are the WebUI's own UI limits
-(``modules/ui.py`` sliders, ``modules/processing_scripts/sampler.py`` for steps): the API
-accepts ``steps: -1`` and fails later, so jobqueue refuses it at submit instead.
+The request models check *types only* (and coerce: ``"20"`` is a step count for pydantic 1
+and 2 alike). ``API_LIMITS`` are the values the WebUI cannot run (it accepts ``steps: -1`` and
+fails later), refused at submit; ``UI_LIMITS`` are the UI's slider limits (``modules/ui.py``,
+``modules/processing_scripts/sampler.py`` for steps), a default a payload may lift.
 """
 
 from __future__ import annotations
@@ -129,22 +130,38 @@ _API_EXTRA: dict[str, tuple[str, Any]] = {
     "infotext": (STR, None),
 }
 
-#: The WebUI's UI limits (inclusive) for the fields a job usually sets.
-RANGES: dict[str, tuple[float | None, float | None]] = {
+#: What the WebUI can run at all (inclusive; None: no bound). Its request models check types
+#: only, so ``steps: -1`` or ``width: 0`` would reach the server and fail there.
+API_LIMITS: dict[str, tuple[float | None, float | None]] = {
+    "steps": (1, None),
+    "width": (8, None),
+    "height": (8, None),
+    "batch_size": (1, None),
+    "n_iter": (1, None),
+    "denoising_strength": (0.0, 1.0),
+    "subseed_strength": (0.0, 1.0),
+    "seed": (-1, 2**32 - 1),
+    "subseed": (-1, 2**32 - 1),
+    "hr_second_pass_steps": (0, None),
+}
+
+#: The WebUI's UI slider limits (``modules/ui.py``): the API does not enforce them and a user
+#: can raise them (``ui-config.json``), so they are only jobqueue's default, lifted by a
+#: payload's ``"ui_limits": false``.
+UI_LIMITS: dict[str, tuple[float | None, float | None]] = {
     "steps": (1, 150),
     "width": (64, 2048),
     "height": (64, 2048),
     "batch_size": (1, 8),
     "n_iter": (1, 100),
     "cfg_scale": (1.0, 30.0),
-    "denoising_strength": (0.0, 1.0),
-    "subseed_strength": (0.0, 1.0),
-    "seed": (-1, 2**32 - 1),
-    "subseed": (-1, 2**32 - 1),
     "hr_scale": (1.0, 4.0),
     "hr_second_pass_steps": (0, 150),
     "distilled_cfg_scale": (0.0, 30.0),
 }
+
+#: The limits checked by default: the API's and the UI's.
+RANGES: dict[str, tuple[float | None, float | None]] = {**API_LIMITS, **UI_LIMITS}
 
 #: Modes a job may ask for, and the WebUI route each one posts to.
 ROUTES = {"txt2img": "/sdapi/v1/txt2img", "img2img": "/sdapi/v1/img2img"}

@@ -11,11 +11,18 @@ How one job runs (the protocol details live in :mod:`jobqueue.connectors.comfyui
    when the socket was not open), GET /queue and /history/{id} tell whether the prompt
    already ended, is still queued/running, or was lost. With the socket open, the happy path
    makes no poll: a cached run's end arrives as a message within milliseconds.
-5. Every end is confirmed through GET /history/{id}; outputs are fetched via GET /view into
-   the output store, ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/`` (jobqueue.shared.outputs).
+5. Every end is confirmed through GET /history/{id} (waiting as long as /queue lists the prompt:
+   ComfyUI may unload its models between ``execution_success`` and the history, see
+   :mod:`jobqueue.connectors.comfyui.outcome`); outputs are fetched via GET /view into the
+   output store, ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/`` (jobqueue.shared.outputs).
+
+A 200 to POST /prompt with ``node_errors`` (some outputs invalid: ComfyUI runs the others)
+fails the job with them, or with the payload's ``partial_outputs: "warn"`` runs the valid ones
+and lists the others under the result's ``warnings``.
 
 The REST calls live in :mod:`jobqueue.connectors.comfyui.rest`, the socket and the routing of
-its messages in :mod:`jobqueue.connectors.comfyui.ws`, the payload rules in
+its messages in :mod:`jobqueue.connectors.comfyui.ws`, the loop that follows a prompt to its end
+in :mod:`jobqueue.connectors.comfyui.follow`, the payload rules in
 :mod:`jobqueue.connectors.payloads` (the example workflow in :mod:`jobqueue.connectors.comfyui.payload`).
 
 Liveness, not silence (ComfyUI sends nothing while a node without a progress bar runs): the
@@ -45,24 +52,26 @@ import requests
 from jobqueue.config import Settings
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
 from jobqueue.connectors.comfyui import models as comfyui_models
+from jobqueue.connectors.comfyui.follow import PromptFollower
+from jobqueue.connectors.comfyui.outcome import (
+    await_history,
+    judge,
+    partial_failure,
+    partial_warnings,
+    without_history,
+)
 from jobqueue.connectors.comfyui.payload import EXAMPLE_WORKFLOW
 from jobqueue.connectors.comfyui.protocol import (
-    ERROR,
-    INTERRUPTED,
-    SUCCESS,
     PromptTracker,
-    describe_execution_error,
     describe_validation_error,
-    outcome_from_history,
     output_files,
     queue_position,
 )
 from jobqueue.connectors.comfyui.rest import ComfyUIRest, reason
-from jobqueue.connectors.comfyui.ws import Mailbox, PromptRouter, Wake, WebSocketListener
+from jobqueue.connectors.comfyui.ws import Mailbox, PromptRouter, WebSocketListener
 from jobqueue.connectors.payloads import ComfyUIPayload, validate_comfyui
 from jobqueue.errors import (
     ExecutionFailed,
-    JobCancelled,
     JobStalled,
     JobTimedOut,
     ServiceNotReached,
@@ -73,16 +82,10 @@ from jobqueue.states import ConnectorStatus
 
 log = logging.getLogger(__name__)
 
-#: Seconds of websocket silence after which /queue and /history are polled.
-QUIET_POLL = 2.0
 #: Timeout (s) of GET /system_stats in health checks.
 HEALTH_TIMEOUT = 3.0
 #: Longest wait (s) for the websocket before a job starts.
 CONNECT_WAIT = 5.0
-#: How long (s) a finished prompt may take to appear in /history.
-CONFIRM_WAIT = 5.0
-#: How long (s) a cancelled job waits for ComfyUI to confirm the interrupt.
-CANCEL_GRACE = 5.0
 #: Longest a job waits (s) for abandoned prompts to leave ComfyUI's queue before it posts its own.
 ORPHAN_WAIT = 10.0
 #: Longest a health check waits (s) for abandoned prompts to leave ComfyUI's queue.
@@ -182,7 +185,6 @@ class ComfyUIConnector(Connector):
     # -- running a job ---------------------------------------------------------------------
     def run(self, job: Job, report_progress: ProgressReporter) -> dict[str, Any]:
         payload = self.validate(job.payload)
-        workflow = payload["workflow"]
         stall = float(payload.get("stall_timeout") or job.options.get("stall_timeout") or self.settings.stall_timeout)
         node_limit = float(payload.get("node_timeout") or job.options.get("node_timeout")
                            or self.settings.comfyui_node_timeout)
@@ -202,22 +204,20 @@ class ComfyUIConnector(Connector):
             # No "submitting" report: the task's start already says the job runs, and the
             # tracker reports as soon as ComfyUI starts the prompt (a cached one needs none).
             try:
-                given = self._submit(workflow, prompt_id, box, stall)
+                given, node_errors = self._submit(payload["workflow"], prompt_id, box, stall)
             except ExecutionFailed:
                 ended = True  # refused: nothing was queued
                 raise
             if given != prompt_id:  # an older ComfyUI chose its own id: book that one instead
-                self._active.add(given)
-                self.orphans.add(given, url=self.base_url, job_id=job.id)
-                self._active.discard(prompt_id)
-                self.orphans.discard(prompt_id)
+                self._rebook(prompt_id, given, job.id)
                 prompt_id = given
             try:
-                result = self._follow(job, PromptTracker(prompt_id, workflow), box, report_progress, stall, node_limit)
+                result = self._run_posted(job, payload, prompt_id, node_errors, box, report_progress,
+                                          stall, node_limit)
                 ended = True
                 return result
             except ExecutionFailed:
-                ended = True  # ComfyUI ran it and said how it ended
+                ended = not node_errors  # a partial prompt refused here still runs: stop it
                 raise
             except (JobStalled, JobTimedOut, ServiceUnavailable) as exc:
                 self.orphans.add(prompt_id, reason=type(exc).__name__)
@@ -228,6 +228,29 @@ class ComfyUIConnector(Connector):
             if ended:
                 self.orphans.discard(prompt_id)
             self._router.unregister(prompt_id, job.id)
+
+    def _rebook(self, asked: str, given: str, job_id: str) -> None:
+        """An older ComfyUI chose its own prompt id: book that one instead of ours."""
+        self._active.add(given)
+        self.orphans.add(given, url=self.base_url, job_id=job_id)
+        self._active.discard(asked)
+        self.orphans.discard(asked)
+
+    def _run_posted(self, job: Job, payload: Mapping[str, Any], prompt_id: str, node_errors: Mapping[str, Any],
+                    box: Mailbox, report: ProgressReporter, stall: float, node_limit: float) -> dict[str, Any]:
+        """Follow a queued prompt to its result; a partially valid one (``node_errors`` in the
+        200) fails at once unless the payload allows it (``partial_outputs: "warn"``)."""
+        warnings: list[str] = []
+        if node_errors:
+            if payload.get("partial_outputs") != "warn":
+                self._rest.stop_prompt(prompt_id, timeout=1.0)
+                raise partial_failure(node_errors)
+            warnings = partial_warnings(node_errors)
+        result = self._follow(job, PromptTracker(prompt_id, payload["workflow"]), box, report, stall, node_limit)
+        warnings += result.pop("warnings", [])
+        if warnings:
+            result["warnings"] = warnings
+        return result
 
     def cancel(self, job: Job) -> None:
         """Flag the job and wake it: its own thread removes or interrupts the prompt."""
@@ -259,7 +282,10 @@ class ComfyUIConnector(Connector):
         except ServiceUnavailable as exc:
             raise ServiceNotReached(exc.message, exc.details) from None
 
-    def _submit(self, workflow: dict[str, Any], prompt_id: str, box: Mailbox, stall: float) -> str:
+    def _submit(self, workflow: dict[str, Any], prompt_id: str, box: Mailbox,
+                stall: float) -> tuple[str, dict[str, Any]]:
+        """POST the prompt: the id ComfyUI queued it under and its ``node_errors`` (outputs that
+        will not run); a refusal raises :class:`ExecutionFailed`."""
         body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
         try:
             response = self._rest.request("POST", "/prompt", json=body, timeout=max(1.0, min(10.0, stall)))
@@ -285,89 +311,25 @@ class ComfyUIConnector(Connector):
         if given != prompt_id:  # an older ComfyUI that picks its own ids
             self._router.unregister(prompt_id)
             self._router.register(given, box)
-        return given
+        node_errors = answer.get("node_errors")
+        return given, dict(node_errors) if isinstance(node_errors, dict) else {}
 
     def _follow(self, job: Job, tracker: PromptTracker, box: Mailbox, report: ProgressReporter,
                 stall: float, node_limit: float) -> dict[str, Any]:
-        """Follow the prompt to its end; judge liveness by answers, never by silence alone.
-
-        ``last_answer``: the last websocket message of any kind or answer to GET /queue.
-        ``last_ours``: the last message about our prompt (or when it started running).
-        """
-        prompt_id = tracker.prompt_id
-        last_answer = last_ours = time.monotonic()
-        last_poll = float("-inf")
-        poll_every = max(0.25, min(QUIET_POLL, stall / 2))
-        probe_failed = False
-        where: str | None = None
-        cancel_sent_at: float | None = None
-        reported = None
-        # With the socket open, the end of even a cached run arrives as a message: no poll.
-        # Without it (or once it drops), ask /queue and /history right away.
-        poll_now = not self._listener.connected.is_set()
-        while True:
-            if job.cancelled.is_set():
-                if cancel_sent_at is None:
-                    cancel_sent_at = time.monotonic()
-                    if self._rest.stop_prompt(prompt_id, timeout=3.0) != "running":
-                        raise JobCancelled("job was cancelled", {"prompt_id": prompt_id})
-                if tracker.finished or time.monotonic() - cancel_sent_at > CANCEL_GRACE:
-                    raise JobCancelled("job was cancelled; ComfyUI interrupted it", {"prompt_id": prompt_id})
-            else:
-                job.check()
-            for item in box.take(0 if poll_now else 0.25):
-                if isinstance(item, Wake):
-                    poll_now = poll_now or item.reason.startswith("disconnected")
-                elif isinstance(item, bytes):
-                    if tracker.feed_binary(item):
-                        last_ours = time.monotonic()
-                        if tracker.preview is not None:
-                            job.report_preview(tracker.preview, tracker.preview_type or "image/png")
-                elif tracker.feed(item):
-                    last_ours = time.monotonic()
-            now = time.monotonic()
-            last_answer = max(last_answer, self._listener.last_message_at)
-            progress = tracker.progress()
-            # Once the prompt has ended, the job's own end follows: a last "all nodes done"
-            # report would only cost a backend write and an event.
-            if progress != reported and not tracker.finished:
-                reported = progress
-                # 100 only once the result is in hand (the task reports completion itself).
-                report(percent=min(progress.percent, 99.9), step=progress.step, total_steps=progress.total_steps,
-                       node=progress.node, message=progress.message)
-            if tracker.finished and cancel_sent_at is None:
-                return self._confirm(job, tracker)
-            if poll_now or probe_failed or now - max(last_ours, last_poll) >= poll_every:
-                poll_now, last_poll = False, now
-                state, info = self._rest.where(prompt_id, max(0.5, min(3.0, stall / 2)))
-                probe_failed = state == "unknown"
-                if state == "history":
-                    if cancel_sent_at is not None:
-                        raise JobCancelled("job was cancelled", {"prompt_id": prompt_id})
-                    return self._finish(job, tracker, info)
-                if state == "lost":
-                    raise ServiceUnavailable(
-                        f"prompt {prompt_id} left ComfyUI's queue without a result (ComfyUI restarted?)",
-                        {"url": self.base_url, "prompt_id": prompt_id})
-                if state in ("running", "pending"):
-                    last_answer = time.monotonic()
-                    if state == "running" and where != "running":
-                        last_ours = last_answer  # the node limit counts from the start of running
-                    where = state
-            now = time.monotonic()
-            if probe_failed and now - last_answer > stall:
-                self._suspect = True
-                raise JobStalled(
-                    f"ComfyUI at {self.base_url} stopped answering: no websocket message and no answer to "
-                    f"GET /queue for {stall:g} s (websocket "
-                    f"{'connected' if self._listener.connected.is_set() else 'disconnected'})",
-                    {"url": self.base_url, "prompt_id": prompt_id, "stall_timeout": stall, "node": tracker.running})
-            if where == "running" and now - last_ours > node_limit:
-                raise JobStalled(
-                    f"prompt {prompt_id} has been running on ComfyUI with no message at all for {node_limit:g} s "
-                    f"(node limit; node {tracker.running or '?'})",
-                    {"url": self.base_url, "prompt_id": prompt_id, "node_timeout": node_limit,
-                     "node": tracker.running})
+        """Follow the prompt to its end (:class:`PromptFollower`), then confirm how it ended."""
+        follower = PromptFollower(self._rest, self._listener, job, tracker, box, report,
+                                  stall=stall, node_limit=node_limit)
+        try:
+            entry = follower.follow()
+        except JobStalled:
+            if follower.silent:
+                self._suspect = True  # ask ComfyUI once, quickly, before the next job
+            raise
+        if entry is None:  # the websocket said it ended: /history says how
+            entry = await_history(self._rest, job, tracker, box, stall)
+            if entry is None:  # left the queue, no history: cleared by someone, or lost
+                entry = without_history(tracker, self.base_url)
+        return self._finish(job, tracker, entry)
 
     def clean_orphans(self, *, timeout: float, wait: float, job: Job | None = None) -> set[str]:
         """Remove every abandoned prompt in the orphan book from ComfyUI: delete it when pending,
@@ -411,39 +373,15 @@ class ComfyUIConnector(Connector):
                 else:
                     self._closing.wait(0.05)
 
-    def _confirm(self, job: Job, tracker: PromptTracker) -> dict[str, Any]:
-        """The websocket says the prompt ended: wait for /history to say how."""
-        deadline = time.monotonic() + CONFIRM_WAIT
-        delay = 0.005
-        while True:
-            try:
-                entry = self._rest.history(tracker.prompt_id, 3.0)
-            except requests.Timeout:
-                entry = None
-            if entry is not None:
-                return self._finish(job, tracker, entry)
-            if time.monotonic() >= deadline:
-                if tracker.outcome in (ERROR, INTERRUPTED) and tracker.error is not None:
-                    return self._finish(job, tracker, {"status": {"status_str": "error", "messages": [
-                        ["execution_error" if tracker.outcome == ERROR else "execution_interrupted", tracker.error]]}})
-                raise ServiceUnavailable(f"prompt {tracker.prompt_id} ended but ComfyUI's /history has no entry",
-                                         {"url": self.base_url, "prompt_id": tracker.prompt_id})
-            job.sleep(delay)
-            delay = min(delay * 2, 0.2)
-
     def _finish(self, job: Job, tracker: PromptTracker, entry: Mapping[str, Any]) -> dict[str, Any]:
-        kind, data = outcome_from_history(entry)
-        if kind == INTERRUPTED:
-            if job.cancelled.is_set():
-                raise JobCancelled("job was cancelled; ComfyUI interrupted it", {"prompt_id": tracker.prompt_id})
-            raise ExecutionFailed(f"ComfyUI interrupted the prompt at node {data.get('node_id')} ({data.get('node_type')})",
-                                  {"prompt_id": tracker.prompt_id, **{k: data.get(k) for k in ("node_id", "node_type")}})
-        if kind != SUCCESS:
-            message, details = describe_execution_error(data)
-            raise ExecutionFailed(message, details)
-        outputs = dict(entry.get("outputs") or {})
+        """The job's result from the prompt's history entry (:func:`judge` raises for any end
+        but success), with every output file fetched."""
+        outputs, warnings = judge(job, tracker, entry)
         files = self._fetch_files(job, outputs)
-        return {"prompt_id": tracker.prompt_id, "outputs": outputs, "files": files}
+        result: dict[str, Any] = {"prompt_id": tracker.prompt_id, "outputs": outputs, "files": files}
+        if warnings:
+            result["warnings"] = warnings
+        return result
 
     def _fetch_files(self, job: Job, outputs: Mapping[str, Any]) -> list[dict[str, str]]:
         """Download every output file via GET /view into the output store (``<store>/<job id>/``)."""

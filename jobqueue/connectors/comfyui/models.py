@@ -24,11 +24,19 @@ MODEL_FOLDERS = (
 #: Loader inputs that name a model file, whatever node they are on.
 MODEL_INPUTS = (
     "ckpt_name", "lora_name", "vae_name", "unet_name", "control_net_name", "clip_name", "clip_name1",
-    "clip_name2", "clip_name3", "style_model_name", "gligen_name", "hypernetwork_name",
+    "clip_name2", "clip_name3", "clip_name4", "style_model_name", "gligen_name", "hypernetwork_name",
     "photomaker_model_name",
 )
 #: Nodes whose generic ``model_name`` input names a model file.
 MODEL_NAME_NODES = ("UpscaleModelLoader",)
+#: ComfyUI's loader nodes (v0.3.64): a ``FileNotFoundError`` from one of them is a model file
+#: that vanished (a V3 loader, ``io.Combo``, accepts a missing file until it runs).
+LOADER_NODES = frozenset({
+    "CheckpointLoaderSimple", "CheckpointLoader", "unCLIPCheckpointLoader", "ImageOnlyCheckpointLoader",
+    "LoraLoader", "LoraLoaderModelOnly", "VAELoader", "UNETLoader", "CLIPLoader", "DualCLIPLoader",
+    "TripleCLIPLoader", "QuadrupleCLIPLoader", "CLIPVisionLoader", "ControlNetLoader", "DiffControlNetLoader",
+    "StyleModelLoader", "GLIGENLoader", "HypernetworkLoader", "UpscaleModelLoader", "PhotoMakerLoader",
+})
 
 GIB = float(2**30)
 

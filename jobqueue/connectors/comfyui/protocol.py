@@ -67,6 +67,9 @@ class PromptTracker:
         self.maximum = 0.0
         #: UI outputs announced by ``executed`` messages, by node id.
         self.outputs: dict[str, Any] = {}
+        #: ``execution_error`` messages of type ``ExecutionBlocked``: a node whose input was
+        #: blocked (ComfyUI's ``ExecutionBlocker``); the prompt goes on without its outputs.
+        self.blocked: list[dict[str, Any]] = []
         #: The latest preview image (bytes of a PNG/JPEG) and its MIME type.
         self.preview: bytes | None = None
         self.preview_type: str | None = None
@@ -127,6 +130,8 @@ class PromptTracker:
                 self.outputs[node] = data["output"]
         elif kind == "execution_success":
             self.outcome = SUCCESS
+        elif kind == "execution_error" and data.get("exception_type") == "ExecutionBlocked":
+            self.blocked.append(dict(data))  # not an end: ComfyUI goes on and reaches execution_success
         elif kind == "execution_error":
             self.outcome, self.error = ERROR, dict(data)
         elif kind == "execution_interrupted":

@@ -55,6 +55,8 @@ class ComfyUIRest:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self._http = session_for(base_url)
+        #: Whether this ComfyUI has the atomic ``POST /api/jobs/{id}/cancel`` (None: not tried yet).
+        self.atomic_cancel: bool | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -104,7 +106,19 @@ class ComfyUIRest:
         return where, queue_snapshot(queue)
 
     def remove(self, prompt_id: str, where: str, timeout: float) -> None:
-        """Delete a ``pending`` prompt from the queue; interrupt a ``running`` one (targeted)."""
+        """Delete a ``pending`` prompt from the queue; interrupt a ``running`` one (targeted).
+
+        A ComfyUI newer than 0.3.64 cancels atomically (``POST /api/jobs/{id}/cancel``: it
+        interrupts only if that prompt is still the one running, where ``/interrupt`` could land
+        on the next prompt if ours ended in between); it is used whenever the server has it
+        (a 404/405 the first time means it has not)."""
+        if self.atomic_cancel is not False:
+            response = self.request("POST", f"/api/jobs/{prompt_id}/cancel", timeout=timeout)
+            if response.status_code == 200:
+                self.atomic_cancel = True
+                return
+            if response.status_code in (404, 405):
+                self.atomic_cancel = False
         if where == "pending":
             self.request("POST", "/queue", json={"delete": [prompt_id]}, timeout=timeout)
         elif where == "running":

@@ -148,6 +148,21 @@ class WebSocketListener:
         """Cut the current reconnect delay short (the caller knows the server is back)."""
         self._nudged.set()
 
+    def reopen(self, why: str) -> None:
+        """Have the reader thread open a fresh socket (ComfyUI may have dropped this one's
+        registration: it stays open but hears nothing).
+
+        Only a close frame is sent: ComfyUI answers it and its handler for the old socket ends
+        (dropping the registration) before the reader, having read that answer and paused
+        ``BACKOFF_FIRST``, registers the new one, so the reopen cannot silence itself."""
+        log.info("comfyui: reopening the websocket to %s: %s", self.url, why)
+        ws = self._ws
+        if ws is not None:
+            try:
+                ws.send_close()
+            except Exception:  # a broken socket: the reader notices anyway
+                pass
+
     def _pause(self, delay: float) -> None:
         self._nudged.wait(delay)
         self._nudged.clear()

@@ -1,6 +1,7 @@
-"""A simulated Stable Diffusion WebUI (AUTOMATIC1111 v1.10.1 or Forge) for tests and demos:
+"""A simulated Stable Diffusion WebUI (AUTOMATIC1111 1.7-1.10 or Forge) for tests and demos:
 the ``/sdapi/v1`` API over real HTTP, model-free generation that takes real time per step,
-live previews, and fault switches. Start one with ``jobqueue a1111-sim --port 7860``."""
+live previews, fault switches, and the real WebUI's ways (requests that outlive their client,
+images encoded after the lock, silent sampler and checkpoint fallbacks, out of memory). Start one with ``jobqueue a1111-sim --port 7860``."""
 
 from __future__ import annotations
 

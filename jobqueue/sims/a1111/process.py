@@ -17,21 +17,25 @@ class A1111SimulatorProcess(SimulatorProcess):
     module = "jobqueue.sims.a1111"
 
     def __init__(self, *, flavour: str = "a1111", step_seconds: float = 0.05, load_seconds: float = 1.0,
-                 port: int = 0, log_path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 version: str = "1.10", vram_gb: float = 24.0, port: int = 0, log_path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> None:
         super().__init__(log_path=log_path, env=env)
         self.flavour = flavour
         self.step_seconds = step_seconds
         self.load_seconds = load_seconds
+        self.version = version
+        self.vram_gb = vram_gb
         #: The main port (0: a free one); a fixed port lets a test restart "the same" WebUI.
         self.port = port
 
     def extra_args(self) -> list[str]:
         return ["--flavour", self.flavour, "--step-seconds", str(self.step_seconds),
-                "--load-seconds", str(self.load_seconds), "--port", str(self.port)]  # the last --port wins
+                "--load-seconds", str(self.load_seconds), "--webui-version", self.version,
+                "--vram-gb", str(self.vram_gb),
+                "--port", str(self.port)]  # the last --port wins
 
-    def configure(self, **timing: float) -> dict[str, Any]:
-        """Set ``step_seconds`` / ``load_seconds`` / ``slow_seconds`` of the running simulator."""
-        response = requests.post(f"{self.control_url}/_sim/config", json=timing, timeout=5)
+    def configure(self, **options: Any) -> dict[str, Any]:
+        """``POST /_sim/config`` to the running simulator (timing, ``version``, ``vram_gb``, ``oom_next``...)."""
+        response = requests.post(f"{self.control_url}/_sim/config", json=options, timeout=5)
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result

@@ -5,11 +5,18 @@ uses, on aiohttp, plus private fault switches for tests under ``/_sim/``.
   socket and cut open connections), ``freeze`` (hold every request, make no progress: a hung
   process), ``slow`` (every answer takes ``slow_seconds`` longer), ``die`` (exit at once),
   ``none`` (back to normal).
-* ``POST /_sim/config {"step_seconds": .., "load_seconds": .., "slow_seconds": .., "legacy": ..}``:
-  timing; ``legacy`` answers 404 on ``/internal/ping`` and ``/internal/progress``, like builds
-  before v1.6 (no task ids).
+* ``POST /_sim/config {"step_seconds", "load_seconds", "encode_seconds", "slow_seconds",
+  "legacy", "version", "vram_gb", "oom_next"}``: timing; ``legacy`` answers 404 on
+  ``/internal/*`` like a WebUI started with ``--nowebui`` (API only); ``version`` (``1.7``,
+  ``1.8``, ``1.9``, ``1.10``; A1111 only) picks the release whose behaviour it follows (1.7: no
+  task ids for API requests; up to 1.8: an unknown sampler is a 404); ``vram_gb`` the simulated
+  VRAM and ``oom_next`` how many coming requests fail out of memory whatever their size.
 * ``GET /_sim/requests``: the requests the WebUI routes received (method, path, query, body).
-* ``GET /_sim/state``: fault mode, ``shared.state``, the loaded checkpoint, images generated.
+* ``GET /_sim/state``: fault mode, ``shared.state``, the loaded checkpoint, images generated,
+  and per request (``force_task_id``) the steps it sampled and whether it was interrupted.
+
+A txt2img/img2img request runs to its end whatever its client does: the work is shielded
+from aiohttp's handler cancellation, as the WebUI's (a thread under the queue lock) is.
 
 The ``/_sim/`` routes are also served on an optional control port that keeps answering while
 the main port refuses or is frozen. Errors have the WebUI's shapes: FastAPI's 422 ``detail``
@@ -32,8 +39,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from jobqueue.sims.a1111.engine import CHECKPOINTS, SAMPLERS, Engine, HTTPError
+from jobqueue.sims.a1111.engine import Engine
 from jobqueue.sims.a1111.validation import validate_request
+from jobqueue.sims.a1111.webui import CHECKPOINTS, SAMPLERS, HTTPError, parse_version
 from jobqueue.sims.server import SimHTTPServer, SimulatorThread, run_until_signal
 
 log = logging.getLogger(__name__)
@@ -41,14 +49,15 @@ log = logging.getLogger(__name__)
 #: Fault modes accepted by ``POST /_sim/fault``.
 FAULT_MODES = ("none", "refuse", "freeze", "slow", "die")
 _SIM_PREFIX = "/_sim/"
-#: Routes an older WebUI build does not have.
-_LEGACY_MISSING = ("/internal/ping", "/internal/progress")
+#: Routes a WebUI started with --nowebui (API only) does not have.
+_LEGACY_MISSING = ("/internal/ping", "/internal/progress", "/internal/sysinfo", "/internal/pending-tasks")
 _BOOL_TRUE = {"1", "on", "t", "true", "y", "yes"}
 _BOOL_FALSE = {"0", "off", "f", "false", "n", "no"}
 
 
 def _exception_body(status: int, detail: str, name: str = "HTTPException") -> web.Response:
-    """``api_middleware.handle_exception``: how the WebUI answers an exception in a route."""
+    """``api_middleware.handle_exception``: how the WebUI answers an exception in a route
+    (``errors`` is ``str(e)``: ``"404: Sampler not found"``, ``"'key'"`` for a KeyError)."""
     errors = f"{status}: {detail}" if name == "HTTPException" else detail
     body = {"error": name, "detail": detail if name == "HTTPException" else "", "body": "", "errors": errors}
     return web.json_response(body, status=status)
@@ -58,15 +67,19 @@ class A1111SimServer(SimHTTPServer):
     """One simulated WebUI: the engine, its routes, its socket and its fault switches."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 7860, *, flavour: str = "a1111",
-                 control_port: int | None = None, step_seconds: float = 0.05, load_seconds: float = 1.0) -> None:
+                 control_port: int | None = None, step_seconds: float = 0.05, load_seconds: float = 1.0,
+                 version: str = "1.10", vram_gb: float = 24.0) -> None:
         super().__init__(host, port, control_port)
         self.flavour = flavour
-        self.engine = Engine(flavour, step_seconds=step_seconds, load_seconds=load_seconds)
+        self.engine = Engine(flavour, step_seconds=step_seconds, load_seconds=load_seconds, version=version,
+                             vram_gb=vram_gb)
         self.fault = "none"
         self.slow_seconds = 2.0
-        #: Behave like a build before v1.6: no /internal/ping, no /internal/progress.
+        #: Behave like a WebUI started with --nowebui: no /internal/* routes.
         self.legacy = False
         self.requests: deque[dict[str, Any]] = deque(maxlen=5000)
+        #: Requests whose client went away: still running, as on the WebUI.
+        self._orphaned: set[asyncio.Future[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -135,15 +148,11 @@ class A1111SimServer(SimHTTPServer):
             return web.json_response({"mode": self.fault})
 
         async def config(request: web.Request) -> web.Response:
-            data = await request.json()
-            for key in ("step_seconds", "load_seconds"):
-                if key in data:
-                    setattr(self.engine, key, float(data[key]))
-            if "slow_seconds" in data:
-                self.slow_seconds = float(data["slow_seconds"])
-            if "legacy" in data:
-                self.legacy = bool(data["legacy"])
-            return web.json_response({"step_seconds": self.engine.step_seconds,
+            try:
+                self.configure(await request.json())
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            return web.json_response({"step_seconds": self.engine.step_seconds, "version": self.engine.version,
                                       "load_seconds": self.engine.load_seconds, "slow_seconds": self.slow_seconds})
 
         async def requests(request: web.Request) -> web.Response:
@@ -152,9 +161,10 @@ class A1111SimServer(SimHTTPServer):
         async def state(request: web.Request) -> web.Response:
             engine = self.engine
             return web.json_response({"fault": self.fault, "url": self.url, "flavour": self.flavour,
-                                      "state": engine.state.dict(), "loaded": engine.loaded,
-                                      "current_task": engine.current_task, "pending": list(engine.pending_tasks),
-                                      "generated": engine.generated, "busy": engine.lock.locked()})
+                                      "state": engine.state.dict(), "loaded": engine.loaded, "loads": engine.loads,
+                                      "current_task": engine.tasks.current, "pending": list(engine.tasks.pending),
+                                      "generated": engine.generated, "busy": engine.lock.locked(),
+                                      "runs": engine.runs, "options": engine.opts})
 
         return [web.post("/_sim/fault", fault), web.post("/_sim/config", config),
                 web.get("/_sim/requests", requests), web.get("/_sim/state", state)]
@@ -176,15 +186,42 @@ class A1111SimServer(SimHTTPServer):
             web.get("/internal/sysinfo", self.sysinfo),
         ]
 
+    def configure(self, data: dict[str, Any]) -> None:
+        """``POST /_sim/config``: timing, ``legacy``, ``version``, ``vram_gb``, ``oom_next``."""
+        for key in ("step_seconds", "load_seconds", "encode_seconds", "vram_gb"):
+            if key in data:
+                setattr(self.engine, key, float(data[key]))
+        if "oom_next" in data:
+            self.engine.oom_next = int(data["oom_next"])
+        if "slow_seconds" in data:
+            self.slow_seconds = float(data["slow_seconds"])
+        if "legacy" in data:
+            self.legacy = bool(data["legacy"])
+        if "version" in data and self.flavour != "forge":
+            self.engine.release = parse_version(str(data["version"]))
+
     # -- WebUI routes ----------------------------------------------------------------------
     async def _generate(self, request: web.Request, mode: str) -> web.Response:
         parsed, errors = validate_request(await request.read(), mode, self.flavour)
         if parsed is None:
             return web.json_response({"detail": errors}, status=422)
+        # The WebUI runs the request in a thread that nobody cancels: a client that closes
+        # its connection does not stop it (aiohttp would cancel the handler; the work is shielded).
+        work = asyncio.ensure_future(self.engine.generate(mode, parsed))
         try:
-            return web.json_response(await self.engine.generate(mode, parsed))
+            answer = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            self._orphaned.add(work)
+            work.add_done_callback(self._orphan_done)
+            raise
         except HTTPError as exc:
-            return _exception_body(exc.status, exc.detail)
+            return _exception_body(exc.status, exc.detail, exc.name)
+        return web.json_response(answer)
+
+    def _orphan_done(self, work: asyncio.Future[Any]) -> None:
+        self._orphaned.discard(work)
+        if not work.cancelled() and work.exception() is not None:
+            log.info("a1111-sim: a request whose client left ended with %r", work.exception())
 
     async def txt2img(self, request: web.Request) -> web.Response:
         return await self._generate(request, "txt2img")
@@ -203,7 +240,10 @@ class A1111SimServer(SimHTTPServer):
                 error = {"loc": ["query", "skip_current_image"], "msg": "value could not be parsed to a boolean",
                          "type": "type_error.bool"}
             return web.json_response({"detail": [error]}, status=422)
-        return web.json_response(self.engine.progress(raw in _BOOL_TRUE))
+        try:
+            return web.json_response(self.engine.progress(raw in _BOOL_TRUE))
+        except HTTPError as exc:
+            return _exception_body(exc.status, exc.detail, exc.name)
 
     async def interrupt(self, request: web.Request) -> web.Response:
         self.engine.interrupt()
@@ -218,12 +258,13 @@ class A1111SimServer(SimHTTPServer):
 
     async def set_options(self, request: web.Request) -> web.Response:
         data = await request.json()
-        checkpoint = data.get("sd_model_checkpoint")
-        if checkpoint is not None and checkpoint not in CHECKPOINTS:
-            return _exception_body(500, f"model {checkpoint!r} not found", "RuntimeError")
-        if checkpoint is not None:
+        try:
+            title = self.engine.set_options(data)
+        except HTTPError as exc:
+            return _exception_body(exc.status, exc.detail, exc.name)
+        if title is not None:
             async with self.engine.lock:  # the WebUI loads weights through its queue lock
-                await self.engine.load_checkpoint(checkpoint)
+                await self.engine.load_checkpoint(title)
         self.engine.opts.update(data)
         return web.json_response(None)
 
@@ -242,11 +283,10 @@ class A1111SimServer(SimHTTPServer):
         data = await request.json()
         if not isinstance(data, dict):
             data = {}
-        return web.json_response(self.engine.task_progress(
-            data.get("id_task"), int(data.get("id_live_preview", -1)), bool(data.get("live_preview", True))))
+        return web.json_response(self.engine.task_progress(data))
 
     async def pending_tasks(self, request: web.Request) -> web.Response:
-        tasks = list(self.engine.pending_tasks)
+        tasks = list(self.engine.tasks.pending)
         return web.json_response({"size": len(tasks), "tasks": tasks})
 
     async def sysinfo(self, request: web.Request) -> web.Response:
@@ -279,12 +319,7 @@ class A1111SimulatorThread(SimulatorThread):
     server_class = A1111SimServer
     name = "a1111-sim"
 
-    def configure(self, **timing: float) -> None:
-        """Set ``step_seconds`` / ``load_seconds`` / ``slow_seconds`` (or ``legacy``)."""
-        for key, value in timing.items():
-            if key == "legacy":
-                self.server.legacy = bool(value)
-                continue
-            target = self.server if key == "slow_seconds" else self.server.engine
-            setattr(target, key, float(value))
+    def configure(self, **options: Any) -> None:
+        """Set what ``POST /_sim/config`` sets (timing, ``legacy``, ``version``, ``vram_gb``, ``oom_next``)."""
+        self.server.configure(dict(options))
 

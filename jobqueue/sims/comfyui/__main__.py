@@ -20,11 +20,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default=None,
                         help="comma-separated checkpoint files present (CheckpointLoaderSimple options, /models)")
     parser.add_argument("--vram-gb", type=float, default=None, help="VRAM of the simulated GPU in /system_stats")
+    parser.add_argument("--history-gap", type=float, default=0.0,
+                        help="seconds between a prompt's last message and its /history entry (model unloading)")
+    parser.add_argument("--newer", action="store_true", help="answer like a ComfyUI newer than 0.3.64")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s comfyui-sim %(levelname)s %(message)s")
     run(args.host, args.port, output_dir=args.output_dir, temp_dir=args.temp_dir,
         control_port=args.control_port, announce=args.announce,
-        models_present=args.models.split(",") if args.models is not None else None, vram_gb=args.vram_gb)
+        models_present=args.models.split(",") if args.models is not None else None, vram_gb=args.vram_gb,
+        history_gap=args.history_gap, newer=args.newer)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,13 @@ traces in ``tests/data/comfyui-traces``): ``status`` on every queue change, then
 ``execution_start``, ``execution_cached``, per node ``progress_state`` + ``executing`` (+
 ``progress``, ``executed``), and ``execution_success`` / ``execution_error`` /
 ``execution_interrupted``, ``status``, ``executing`` with ``node: null``. As in ComfyUI, the
-prompt's /history entry appears only after its last execution message (``HISTORY_LAG``).
+prompt's /history entry appears only after its last execution message (``HISTORY_LAG``, plus
+the ``history_gap`` option: a ComfyUI that unloads its models there takes seconds). The queue
+is a heap, and /queue lists it in heap order as ComfyUI does (not sorted). An exception
+outside any node stops the executor for good (:class:`~jobqueue.sims.comfyui.execution.ExecutorDied`:
+the prompt stays in ``queue_running``, nothing else runs), as ComfyUI's prompt worker thread dies.
+One prompt's run (its messages, and what its nodes see of the executor) lives in
+:mod:`jobqueue.sims.comfyui.execution`.
 
 Caching follows ComfyUI's classic cache: a node whose input signature matches one from the
 previous prompt is not run again; an all-cached prompt finishes in a few milliseconds.
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import json
+import logging
 import os
 import random
 import string
@@ -28,8 +34,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobqueue.sims.comfyui.nodes import NODES, Image
+from jobqueue.sims.comfyui.execution import Execution, ExecutorDied
+from jobqueue.sims.comfyui.nodes import Image
+from jobqueue.sims.comfyui.options import SimOptions
 from jobqueue.sims.comfyui.png import solid_png
+
+log = logging.getLogger(__name__)
 
 #: Sends one text (JSON) or binary message to a client id (None: every client).
 Sender = Callable[[Any, "str | None"], Awaitable[None]]
@@ -46,14 +56,6 @@ Sender = Callable[[Any, "str | None"], Awaitable[None]]
 HISTORY_LAG = 0.0
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class ProcessingInterruptedError(Exception):
-    """The running prompt was interrupted (POST /interrupt)."""
-
-
 @dataclass(order=True)
 class QueueItem:
     """One queued prompt, ordered like ComfyUI's heap: by number (negative = front)."""
@@ -64,38 +66,23 @@ class QueueItem:
     prompt: dict[str, Any] = field(compare=False)
     extra_data: dict[str, Any] = field(compare=False)
     outputs: list[str] = field(compare=False)
+    #: Newer ComfyUI: the 6th element, extra_data keys it keeps out of /queue and /history.
+    sensitive: dict[str, Any] | None = field(default=None, compare=False)
 
     def as_list(self) -> list[Any]:
-        """The 5-element list /queue and /history show."""
+        """The 5-element list /queue and /history show (a newer ComfyUI strips the 6th)."""
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
-
-
-def signatures(prompt: dict[str, Any]) -> dict[str, str]:
-    """Input signature of every node: class, literal inputs and upstream signatures."""
-    sigs: dict[str, str] = {}
-
-    def sig(node_id: str, trail: tuple[str, ...] = ()) -> str:
-        if node_id in sigs:
-            return sigs[node_id]
-        node = prompt[node_id]
-        parts: dict[str, Any] = {}
-        for name, value in sorted(node.get("inputs", {}).items()):
-            if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt and str(value[0]) not in trail:
-                parts[name] = ["link", sig(str(value[0]), (*trail, node_id)), value[1]]
-            else:
-                parts[name] = value
-        sigs[node_id] = json.dumps([node["class_type"], parts], sort_keys=True, default=str)
-        return sigs[node_id]
-
-    for node_id in prompt:
-        sig(node_id)
-    return sigs
 
 
 class Simulator:
     """ComfyUI's queue + executor. All methods run on the server's event loop."""
 
-    def __init__(self, output_dir: str, temp_dir: str, send: Sender) -> None:
+    def __init__(self, output_dir: str, temp_dir: str, send: Sender, options: SimOptions | None = None,
+                 vram_gb: float | None = None) -> None:
+        self.options = options or SimOptions()
+        self.vram_gb = vram_gb
+        #: Set when the executor died (an exception outside any node): nothing runs any more.
+        self.dead = False
         self.output_dir = output_dir
         self.temp_dir = temp_dir
         self._send = send
@@ -133,7 +120,11 @@ class Simulator:
     async def put(self, prompt_id: str, prompt: dict[str, Any], extra: dict[str, Any], outputs: list[str],
                   number: float) -> None:
         self._seq += 1
-        heapq.heappush(self.queue, QueueItem(number, self._seq, prompt_id, prompt, extra, outputs))
+        sensitive: dict[str, Any] | None = None
+        if self.options.newer:  # server.py after 0.3.64: sensitive keys out, create_time in
+            sensitive = {k: extra.pop(k) for k in ("auth_token_comfy_org", "api_key_comfy_org") if k in extra}
+            extra["create_time"] = int(time.time() * 1000)
+        heapq.heappush(self.queue, QueueItem(number, self._seq, prompt_id, prompt, extra, outputs, sensitive))
         await self.queue_updated()
         self._wake.set()
 
@@ -165,15 +156,28 @@ class Simulator:
         self._interrupt = True
         return True
 
+    async def cancel(self, prompt_id: str) -> bool:
+        """Newer ComfyUI's ``POST /api/jobs/{id}/cancel``: interrupt it only if it is still the
+        running prompt (atomic), else dequeue it if pending; False for a finished or unknown id."""
+        if self.interrupt(prompt_id):
+            return True
+        if any(item.prompt_id == prompt_id for item in self.queue):
+            await self.delete([prompt_id])
+            return True
+        return False
+
     def current_queue(self) -> dict[str, Any]:
+        """GET /queue: the running prompt, and the pending ones in heap order as ComfyUI lists
+        them (its ``get_current_queue`` copies the heap list; only the first is the next)."""
         return {
             "queue_running": [self.running.as_list()] if self.running else [],
-            "queue_pending": [item.as_list() for item in sorted(self.queue)],
+            "queue_pending": [item.as_list() for item in self.queue],
         }
 
     # -- worker ----------------------------------------------------------------------------
     async def worker(self) -> None:
-        """Take prompts off the queue one at a time, forever (cancelled on shutdown)."""
+        """Take prompts off the queue one at a time until cancelled on shutdown, or until the
+        executor dies (then the prompt stays running and nothing else runs)."""
         while True:
             await self.thawed.wait()
             if not self.queue:
@@ -185,10 +189,15 @@ class Simulator:
             await self.queue_updated()
             try:
                 entry = await self.execute(item)
+            except ExecutorDied as exc:
+                log.error("comfyui-sim: the executor died on prompt %s: %s; nothing runs until a restart",
+                          item.prompt_id, exc)
+                self.dead = True
+                return
             except Exception:  # a simulator bug must not kill the queue
                 traceback.print_exc()
                 entry = self._history_entry(item, {}, "error", [])
-            await asyncio.sleep(HISTORY_LAG)
+            await asyncio.sleep(HISTORY_LAG + self.options.history_gap)
             self.history.setdefault(item.prompt_id, entry)
             self.running = None
             await self.queue_updated()
@@ -206,126 +215,22 @@ class Simulator:
         }
 
     async def execute(self, item: QueueItem) -> dict[str, Any]:
-        """Run one prompt, sending its messages; return its history entry."""
-        pid, prompt = item.prompt_id, item.prompt
-        client = item.extra_data.get("client_id")
-        self.client_id, self.last_prompt_id, self._interrupt = client, pid, False
-        messages: list[Any] = []
-
-        async def tell(event: str, data: dict[str, Any], keep: bool = False) -> None:
-            if keep:
-                messages.append([event, data])
-            if client is not None:
-                await self.send(event, data, client)
-
-        await tell("execution_start", {"prompt_id": pid, "timestamp": now_ms()}, keep=True)
-        sigs = signatures(prompt)
-        cached = [n for n in prompt if sigs[n] in self.cache]
-        await tell("execution_cached", {"nodes": cached, "prompt_id": pid, "timestamp": now_ms()}, keep=True)
-        results: dict[str, tuple[Any, ...]] = {n: self.cache[sigs[n]][0] for n in cached}
-        ui_outputs: dict[str, Any] = {}
-        executed: list[str] = []
-        registry: dict[str, dict[str, Any]] = {}
-        new_cache = {sigs[n]: self.cache[sigs[n]] for n in cached}
-
-        def state(node: str, value: float, maximum: float, status: str) -> None:
-            registry[node] = {"value": value, "max": maximum, "state": status, "node_id": node, "prompt_id": pid,
-                              "display_node_id": node, "parent_node_id": None, "real_node_id": node}
-
-        async def progress_state() -> None:
-            await tell("progress_state", {"prompt_id": pid, "nodes": {k: dict(v) for k, v in registry.items()}})
-
-        status = "success"
-        try:
-            for node_id in self._order(prompt, item.outputs, set(cached)):
-                if self._interrupt:  # ComfyUI checks (and clears) the flag before each node
-                    self._interrupt = False
-                    raise ProcessingInterruptedError()
-                class_type = prompt[node_id]["class_type"]
-                if node_id in results:  # a cached output node: report its cached UI
-                    ui = self.cache[sigs[node_id]][1]
-                    if ui is not None:
-                        ui_outputs[node_id] = ui
-                        await tell("executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": pid})
-                    state(node_id, 1, 1, "finished")
-                    await progress_state()
-                    executed.append(node_id)
-                    continue
-                state(node_id, 0.0, 1.0, "running")
-                await progress_state()
-                await tell("executing", {"node": node_id, "display_node": node_id, "prompt_id": pid})
-                self.last_node_id = node_id
-                inputs = {}
-                for name, value in prompt[node_id].get("inputs", {}).items():
-                    if isinstance(value, list) and len(value) == 2 and str(value[0]) in results:
-                        inputs[name] = results[str(value[0])][value[1]]
-                    elif NODES[class_type].input_spec(name) is not None:
-                        inputs[name] = value
-                hidden = NODES[class_type].hidden
-                if "prompt" in hidden:
-                    inputs["prompt"] = prompt
-                if "extra_pnginfo" in hidden:
-                    inputs["extra_pnginfo"] = item.extra_data.get("extra_pnginfo")
-                ctx = _Context(self, pid, node_id, state, progress_state, tell)
-                try:
-                    outputs, ui = await NODES[class_type].run(ctx, **inputs)
-                except ProcessingInterruptedError:
-                    await tell("execution_interrupted", {"prompt_id": pid, "node_id": node_id, "node_type": class_type,
-                                                         "executed": list(executed), "timestamp": now_ms()}, keep=True)
-                    status = "error"
-                    break
-                except Exception as exc:
-                    await tell("execution_error", {
-                        "prompt_id": pid, "node_id": node_id, "node_type": class_type, "executed": list(executed),
-                        "exception_message": f"{exc}\n", "exception_type": type(exc).__name__,
-                        "traceback": traceback.format_tb(exc.__traceback__),
-                        "current_inputs": {k: [repr(v)] for k, v in inputs.items()},
-                        "current_outputs": list(prompt), "timestamp": now_ms()}, keep=True)
-                    status = "error"
-                    break
-                results[node_id] = outputs
-                new_cache[sigs[node_id]] = (outputs, ui)
-                if ui is not None:
-                    ui_outputs[node_id] = ui
-                    await tell("executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": pid})
-                done = registry[node_id]
-                state(node_id, done["max"], done["max"], "finished")
-                await progress_state()
-                executed.append(node_id)
-        except ProcessingInterruptedError:
-            last = self.last_node_id
-            await tell("execution_interrupted", {"prompt_id": pid, "node_id": last,
-                                                 "node_type": prompt[last]["class_type"] if last in prompt else None,
-                                                 "executed": list(executed), "timestamp": now_ms()}, keep=True)
-            status = "error"
-        # Classic cache: keep only what this prompt produced or reused.
-        self.cache = new_cache
-        if status == "success":
-            messages.append(["execution_success", {"prompt_id": pid, "timestamp": now_ms()}])
-            if client is not None:
-                await self.send("execution_success", messages[-1][1], client)
+        """Run one prompt (:class:`Execution`), sending its messages; return its history entry."""
+        self.client_id, self.last_prompt_id, self._interrupt = item.extra_data.get("client_id"), item.prompt_id, False
+        outputs, status, messages = await Execution(self, item).run()
         # The caller writes /history HISTORY_LAG later (ComfyUI: PromptQueue.task_done).
-        return self._history_entry(item, ui_outputs, status, messages)
+        return self._history_entry(item, outputs, status, messages)
 
-    @staticmethod
-    def _order(prompt: dict[str, Any], outputs: list[str], cached: set[str]) -> list[str]:
-        """Nodes to visit, upstream first: every output, plus uncached nodes they need."""
-        order: list[str] = []
-        seen: set[str] = set()
+    def take_interrupt(self) -> bool:
+        """Whether the running prompt was interrupted; clears the flag (ComfyUI checks it when a
+        node starts, after its ``executing`` message, and at each progress update)."""
+        interrupted, self._interrupt = self._interrupt, False
+        return interrupted
 
-        def visit(node_id: str) -> None:
-            if node_id in seen:
-                return
-            seen.add(node_id)
-            if node_id not in cached:
-                for value in prompt[node_id].get("inputs", {}).values():
-                    if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt:
-                        visit(str(value[0]))
-            order.append(node_id)
-
-        for out in sorted(outputs, key=_node_key):
-            visit(out)
-        return order
+    async def send_frame(self, frame: bytes, sid: str) -> None:
+        """Send one binary frame (a preview), waiting while frozen."""
+        await self.thawed.wait()
+        await self._send(frame, sid)
 
     # -- files -----------------------------------------------------------------------------
     def save_images(self, image: Image, kind: str, prefix: str,
@@ -351,74 +256,3 @@ class Simulator:
                 fh.write(data)
             entries.append({"filename": filename, "subfolder": subfolder, "type": kind})
         return entries
-
-    def file_path(self, filename: str, subfolder: str, kind: str) -> str | None:
-        """The local path /view serves, or None when the request is unsafe or unknown."""
-        base = {"output": self.output_dir, "temp": self.temp_dir}.get(kind)
-        if base is None or not filename or "/" in filename or "\\" in filename or filename.startswith("."):
-            return None
-        root = os.path.realpath(base)
-        path = os.path.realpath(os.path.join(root, subfolder, filename))
-        if os.path.commonpath([root, path]) != root:
-            return None
-        return path
-
-
-def _node_key(node_id: str) -> tuple[int, str]:
-    return (int(node_id), "") if node_id.isdigit() else (1 << 62, node_id)
-
-
-class _Context:
-    """What a running node sees of the executor (progress, interrupt-aware sleep, files)."""
-
-    def __init__(self, sim: Simulator, prompt_id: str, node_id: str, state: Any, progress_state: Any, tell: Any) -> None:
-        self._sim, self._pid, self._node = sim, prompt_id, node_id
-        self._state, self._progress_state, self._tell = state, progress_state, tell
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep like a node's own ``time.sleep``: deaf to interrupts, stopped by a freeze."""
-        end = time.monotonic() + seconds
-        while True:
-            await self._sim.thawed.wait()
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, 0.05))
-
-    async def progress(self, value: int, maximum: int, preview: Image | None = None) -> None:
-        """ComfyUI's progress hook (``main.hijack_progress``): raise if interrupted (and clear
-        the flag), then ``progress_state``, a metadata preview (event 4) for clients that
-        announced ``supports_preview_metadata``, ``progress``, else a legacy preview (event 1)."""
-        if self._sim._interrupt:
-            self._sim._interrupt = False
-            raise ProcessingInterruptedError()
-        self._state(self._node, value, maximum, "running")
-        await self._progress_state()
-        client = self._sim.client_id
-        metadata = client is not None and self._sim.client_features.get(client, {}).get("supports_preview_metadata") is True
-        if preview is not None and metadata:
-            await self._send_preview(preview, metadata=True)
-        await self._tell("progress", {"value": value, "max": maximum, "prompt_id": self._pid, "node": self._node})
-        if preview is not None and not metadata:
-            await self._send_preview(preview, metadata=False)
-
-    async def _send_preview(self, image: Image, metadata: bool) -> None:
-        """One binary preview frame as ``server.send_image`` / ``send_image_with_metadata``
-        build it: event 1 + image type (2 = PNG) + bytes, or event 4 + metadata length +
-        metadata JSON + bytes."""
-        client = self._sim.client_id
-        if client is None:
-            return
-        data = solid_png(image.width, image.height, image.color)
-        if metadata:
-            meta = json.dumps({"node_id": self._node, "prompt_id": self._pid, "display_node_id": self._node,
-                               "parent_node_id": None, "real_node_id": self._node, "image_type": "image/png"}).encode()
-            frame = (4).to_bytes(4, "big") + len(meta).to_bytes(4, "big") + meta + data
-        else:
-            frame = (1).to_bytes(4, "big") + (2).to_bytes(4, "big") + data
-        await self._sim.thawed.wait()
-        await self._sim._send(frame, client)
-
-    def save_images(self, image: Image, kind: str, prefix: str,
-                    text: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        return self._sim.save_images(image, kind, prefix, text)

@@ -7,6 +7,13 @@
   ``EmptyLatentImage`` and ``VAEDecode``, so a loader can feed an output node
   (``CheckpointLoaderSimple -> VAEDecode <- EmptyLatentImage``, ``-> SaveImage``): ComfyUI
   validates and runs only what an output depends on. Nothing is loaded; outputs are tokens.
+* Loaders of both styles ComfyUI v0.3.64 ships, with its own input definitions: classic ones
+  whose option list *is* the input type (``CheckpointLoaderSimple``, ``LoraLoader``,
+  ``UpscaleModelLoader``, ``TripleCLIPLoader``: a missing file is ``value_not_in_list`` at
+  POST /prompt) and V3 ones (``io.Combo``: ``QuadrupleCLIPLoader``, ``PhotoMakerLoader``) whose
+  type is ``"COMBO"`` with the files under ``options``. ComfyUI checks a combo value only when
+  the type is a list, so a V3 loader accepts a missing file and fails when it runs with
+  ``folder_paths.get_full_path_or_raise``'s ``FileNotFoundError``.
 * ``GET /models`` and ``GET /models/<folder>`` answer as ComfyUI's (folder names; the files
   of one folder, 404 for an unknown folder). ``POST /_sim/models`` changes the files while
   the simulator runs (a model copied in or deleted).
@@ -54,21 +61,30 @@ class Latent:
     batch_size: int
 
 
-def set_models(checkpoints: list[str] | None = None, loras: list[str] | None = None) -> None:
-    """Make these files present (a ``None`` folder keeps its files)."""
-    for folder, names in (("checkpoints", checkpoints), ("loras", loras)):
+#: The folders ``POST /_sim/models`` may change.
+SETTABLE = ("checkpoints", "loras", "upscale_models", "text_encoders", "photomaker")
+
+
+def set_models(checkpoints: list[str] | None = None, loras: list[str] | None = None,
+               **folders: list[str] | None) -> None:
+    """Make these files present (a ``None`` folder keeps its files); ``folders``: any other
+    folder of :data:`SETTABLE` by name."""
+    for folder, names in (("checkpoints", checkpoints), ("loras", loras), *folders.items()):
+        if folder not in SETTABLE:
+            raise ValueError(f"unknown model folder {folder!r}")
         if names is not None:
             FILES[folder][:] = sorted({n for n in names if n})
 
 
 async def set_models_route(request: web.Request) -> web.Response:
-    """``POST /_sim/models {"checkpoints": [...], "loras": [...]}``: files appear or vanish, as
-    when someone copies or deletes them on the machine."""
+    """``POST /_sim/models {"checkpoints": [...], "loras": [...], "text_encoders": [...]}``:
+    files appear or vanish, as when someone copies or deletes them on the machine."""
     data = await request.json()
-    if not isinstance(data, dict) or not all(isinstance(data.get(k, []), list) for k in ("checkpoints", "loras")):
-        return web.json_response({"error": "expected {\"checkpoints\": [...], \"loras\": [...]}"}, status=400)
-    set_models(checkpoints=data.get("checkpoints"), loras=data.get("loras"))
-    return web.json_response({folder: FILES[folder] for folder in ("checkpoints", "loras")})
+    if not isinstance(data, dict) or not all(k in SETTABLE and isinstance(v, list) for k, v in data.items()):
+        return web.json_response({"error": f"expected {{folder: [...]}} for folders {', '.join(SETTABLE)}"},
+                                 status=400)
+    set_models(**data)
+    return web.json_response({folder: FILES[folder] for folder in SETTABLE})
 
 
 def folder_files(folder: str) -> list[str] | None:
@@ -97,6 +113,35 @@ async def _load_lora(ctx: NodeContext, model: Any, clip: Any, lora_name: str, st
     return (model, clip), None
 
 
+def full_path_or_raise(folder: str, name: str) -> str:
+    """ComfyUI's ``folder_paths.get_full_path_or_raise``: the file, or its FileNotFoundError."""
+    if name not in FILES[folder]:
+        raise FileNotFoundError(f"Model in folder '{folder}' with filename '{name}' not found.")
+    return name
+
+
+async def _load_upscale(ctx: NodeContext, model_name: str) -> NodeResult:
+    return (Token("UPSCALE_MODEL", full_path_or_raise("upscale_models", model_name)),), None
+
+
+async def _load_clips(ctx: NodeContext, **names: str) -> NodeResult:
+    files = [full_path_or_raise("text_encoders", names[key]) for key in sorted(names)]
+    return (Token("CLIP", ",".join(files)),), None
+
+
+async def _load_photomaker(ctx: NodeContext, photomaker_model_name: str) -> NodeResult:
+    return (Token("PHOTOMAKER", full_path_or_raise("photomaker", photomaker_model_name)),), None
+
+
+def _v3_combo(folder: str) -> list[Any]:
+    """A V3 ``io.Combo.Input`` as ``/object_info`` shows it: type ``COMBO``, files as options."""
+    return ["COMBO", {"multiselect": False, "options": FILES[folder]}]
+
+
+async def _use_model(ctx: NodeContext, image: Any, model: Any) -> NodeResult:
+    return (image,), None
+
+
 async def _empty_latent(ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> NodeResult:
     return (Latent(width, height, batch_size),), None
 
@@ -123,6 +168,20 @@ MODEL_NODES: dict[str, NodeDef] = {
                  "lora_name": [FILES["loras"], {"tooltip": "The name of the LoRA."}],
                  "strength_model": _STRENGTH, "strength_clip": _STRENGTH},
                 _load_lora, outputs=("MODEL", "CLIP"), category="loaders"),
+        NodeDef("UpscaleModelLoader", {"model_name": [FILES["upscale_models"]]}, _load_upscale,
+                outputs=("UPSCALE_MODEL",), category="loaders", python_module="comfy_extras.nodes_upscale_model"),
+        NodeDef("TripleCLIPLoader", {f"clip_name{i}": [FILES["text_encoders"]] for i in (1, 2, 3)}, _load_clips,
+                outputs=("CLIP",), category="advanced/loaders", python_module="comfy_extras.nodes_sd3",
+                description="[Recipes]\n\nsd3: clip-l, clip-g, t5"),
+        NodeDef("QuadrupleCLIPLoader", {f"clip_name{i}": _v3_combo("text_encoders") for i in (1, 2, 3, 4)},
+                _load_clips, outputs=("CLIP",), category="advanced/loaders", python_module="comfy_extras.nodes_hidream",
+                description="[Recipes]\n\nhidream: long clip-l, long clip-g, t5xxl, llama_8b_3.1_instruct"),
+        NodeDef("PhotoMakerLoader", {"photomaker_model_name": _v3_combo("photomaker")}, _load_photomaker,
+                outputs=("PHOTOMAKER",), category="_for_testing/photomaker",
+                python_module="comfy_extras.nodes_photomaker"),
+        NodeDef("SimUseModel", {"image": ["IMAGE"], "model": ["*"]}, _use_model, outputs=("IMAGE",),
+                category="testing", python_module="jobqueue.sims.comfyui",
+                description="Passes its image through once any model is linked (puts a loader on an output's path)."),
         NodeDef("EmptyLatentImage",
                 {"width": _SIZE, "height": _SIZE, "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}]},
                 _empty_latent, outputs=("LATENT",), category="latent"),

@@ -1,8 +1,11 @@
 """The simulator's node classes: model-free, with the same inputs and ``/object_info`` shape
 as ComfyUI's own (``EmptyImage``, ``ImageInvert``, ``SaveImage``, ``PreviewImage``) plus the
-two test nodes the recorded traces used (``HarnessSleepProgress``, ``HarnessFail``) and one of
-the simulator's own, ``SimPreviewSampler``, which sends a live preview with every step the way
-a sampler with latent previews does.
+two test nodes the recorded traces used (``HarnessSleepProgress``, ``HarnessFail``) and the
+simulator's own: ``SimPreviewSampler`` sends a live preview with every step the way a sampler
+with latent previews does; ``SimSilentSleep`` sleeps without any progress (a VAE decode, a
+model load: nothing an interrupt can land on) and ``SimSlowSave`` is an output node that does
+(a large batch saved: an interrupt during the last node is never honoured); ``SimBlockOutputs`` blocks its output the way
+ComfyUI's ``ExecutionBlocker`` does (a switch node, a filter).
 
 Images are uniform colours (:class:`Image`), so a node never holds pixel buffers; only
 saving writes real PNG bytes.
@@ -24,6 +27,14 @@ class Image:
     height: int
     batch_size: int
     color: int
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """ComfyUI's ``ExecutionBlocker``: an output that blocks every node it reaches; the first
+    node it reaches reports ``message`` (None: block silently)."""
+
+    message: str | None
 
 
 class NodeContext(Protocol):
@@ -150,6 +161,24 @@ async def _preview_sampler(ctx: NodeContext, image: Any, steps: int = 10, delay:
     return (img,), None
 
 
+async def _silent_sleep(ctx: NodeContext, image: Any, seconds: float = 1.0) -> NodeResult:
+    """Sleeps without a progress update: an interrupt during it is noticed only by the next node."""
+    img = _image(image)
+    await ctx.sleep(seconds)
+    return (img,), None
+
+
+async def _slow_save(ctx: NodeContext, images: Any, seconds: float = 1.0, filename_prefix: str = "ComfyUI",
+                     prompt: Any = None, extra_pnginfo: Any = None) -> NodeResult:
+    """An output node that takes ``seconds`` without progress (a large batch written to a slow disk)."""
+    await ctx.sleep(seconds)
+    return await _save_image(ctx, images, filename_prefix, prompt, extra_pnginfo)
+
+
+async def _block_outputs(ctx: NodeContext, image: Any, block: bool = True, message: str = "blocked") -> NodeResult:
+    return ((Blocker(message or None) if block else _image(image)),), None
+
+
 async def _fail(ctx: NodeContext, image: Any, message: str = "harness boom") -> NodeResult:
     raise ValueError(message)
 
@@ -215,6 +244,36 @@ NODES: dict[str, NodeDef] = {
             category="sampling",
             python_module="jobqueue.sims.comfyui",
             description="Sleeps per step and sends a live preview with each step's progress.",
+        ),
+        NodeDef(
+            "SimSilentSleep",
+            {"image": ["IMAGE"], "seconds": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 3600.0, "step": 0.01}]},
+            _silent_sleep,
+            outputs=("IMAGE",),
+            category="testing",
+            python_module="jobqueue.sims.comfyui",
+            description="Sleeps without reporting progress.",
+        ),
+        NodeDef(
+            "SimSlowSave",
+            {"images": ["IMAGE"], "seconds": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 3600.0, "step": 0.01}],
+             "filename_prefix": ["STRING", {"default": "ComfyUI"}]},
+            _slow_save,
+            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+            output_node=True,
+            category="testing",
+            python_module="jobqueue.sims.comfyui",
+            description="Saves like SaveImage after sleeping without progress.",
+        ),
+        NodeDef(
+            "SimBlockOutputs",
+            {"image": ["IMAGE"], "block": ["BOOLEAN", {"default": True}],
+             "message": ["STRING", {"default": "blocked"}]},
+            _block_outputs,
+            outputs=("IMAGE",),
+            category="testing",
+            python_module="jobqueue.sims.comfyui",
+            description="Blocks its output (ComfyUI's ExecutionBlocker); an empty message blocks silently.",
         ),
         NodeDef(
             "HarnessFail",

@@ -70,10 +70,15 @@ class SimulatorProcess:
             if mode != "die":
                 raise
 
-    def set_models(self, checkpoints: list[str]) -> None:
-        """Make exactly these checkpoint files present from now on (``POST /_sim/models``)."""
-        requests.post(f"{self.control_url}/_sim/models", json={"checkpoints": checkpoints},
-                      timeout=5).raise_for_status()
+    def set_models(self, checkpoints: list[str] | None = None, **folders: list[str]) -> None:
+        """Make exactly these checkpoint files (and files of the other ``folders``, e.g.
+        ``photomaker=[...]``) present from now on (``POST /_sim/models``)."""
+        body = {**({"checkpoints": checkpoints} if checkpoints is not None else {}), **folders}
+        requests.post(f"{self.control_url}/_sim/models", json=body, timeout=5).raise_for_status()
+
+    def set_options(self, **values: Any) -> None:
+        """Change the simulator's switches (``POST /_sim/options``: ``history_gap``, ``oom_next``, ``newer``)."""
+        requests.post(f"{self.control_url}/_sim/options", json=values, timeout=5).raise_for_status()
 
     def requests(self) -> list[dict[str, Any]]:
         """Every request the ComfyUI routes received so far."""

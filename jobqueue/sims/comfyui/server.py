@@ -5,7 +5,15 @@ aiohttp, plus private fault switches for tests under ``/_sim/``.
   connection), ``freeze`` (send nothing, make no progress, hold every request), ``drop_ws``
   (close every websocket once), ``die`` (exit the process at once), ``none`` (back to normal).
 * ``GET /_sim/requests``: the requests the ComfyUI routes received (method, path, body).
-* ``GET /_sim/state``: queue, history size and fault mode.
+* ``GET /_sim/state``: queue, history size, fault mode, options, whether the executor died.
+* ``POST /_sim/options {...}``: the switches of :mod:`jobqueue.sims.comfyui.options`
+  (``history_gap``, ``oom_next``, ``newer``); answers them all.
+
+As ComfyUI's ``server.py`` (v0.3.64): a socket is registered under its ``clientId``, replacing
+(without closing) an older one, and *any* handler for that id removes the registration when it
+ends, so an old connection closing late silences the new one; a body ``POST /prompt`` cannot
+decode as JSON is a 500 (aiohttp's plain-text answer); ``/view`` answers as
+:mod:`jobqueue.sims.comfyui.view` describes.
 
 The ``/_sim/`` routes are also served on an optional control port, which keeps answering
 while the main port refuses or is frozen.
@@ -36,7 +44,9 @@ from aiohttp.typedefs import Handler
 from jobqueue.sims.comfyui import models
 from jobqueue.sims.comfyui.engine import Simulator
 from jobqueue.sims.comfyui.nodes import NODES
+from jobqueue.sims.comfyui.options import SimOptions
 from jobqueue.sims.comfyui.validation import validate_prompt
+from jobqueue.sims.comfyui.view import view_file
 from jobqueue.sims.server import SimHTTPServer, run_until_signal
 from jobqueue.sims.server import SimulatorThread as _SimulatorThread
 from jobqueue.sims.server import serve as serve
@@ -84,8 +94,11 @@ class SimServer(SimHTTPServer):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8188, *, output_dir: str | None = None,
                  temp_dir: str | None = None, control_port: int | None = None,
-                 models_present: list[str] | None = None, vram_gb: float | None = None) -> None:
+                 models_present: list[str] | None = None, vram_gb: float | None = None,
+                 history_gap: float = 0.0, newer: bool = False) -> None:
         super().__init__(host, port, control_port)
+        #: The switches of :mod:`jobqueue.sims.comfyui.options` (shared with the engine).
+        self.options = SimOptions(history_gap=history_gap, newer=newer)
         #: VRAM (GiB) of the simulated GPU; None: a CPU device, as ComfyUI reports without one.
         self.vram_gb = vram_gb
         if models_present is not None:
@@ -108,7 +121,7 @@ class SimServer(SimHTTPServer):
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        self.sim = Simulator(self.output_dir, self.temp_dir, self._deliver)
+        self.sim = Simulator(self.output_dir, self.temp_dir, self._deliver, self.options, self.vram_gb)
         self._worker = asyncio.get_running_loop().create_task(self.sim.worker())
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 2**20)
         for prefix in ("", "/api"):
@@ -208,10 +221,18 @@ class SimServer(SimHTTPServer):
             assert self.sim is not None
             return web.json_response({"fault": self.fault, "url": self.url, "queue": self.sim.current_queue(),
                                       "history": len(self.sim.history), "sockets": len(self.sockets),
-                                      "output_dir": self.output_dir})
+                                      "output_dir": self.output_dir, "options": self.options.as_dict(),
+                                      "executor": "dead" if self.sim.dead else "alive"})
+
+        async def options(request: web.Request) -> web.Response:
+            try:
+                self.options.update(await request.json())
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            return web.json_response(self.options.as_dict())
 
         return [web.post("/_sim/fault", fault), web.get("/_sim/requests", requests), web.get("/_sim/state", state),
-                web.post("/_sim/models", models.set_models_route)]
+                web.post("/_sim/models", models.set_models_route), web.post("/_sim/options", options)]
 
     def _routes(self, prefix: str) -> list[web.RouteDef]:
         return [
@@ -224,6 +245,7 @@ class SimServer(SimHTTPServer):
             web.get(prefix + "/history/{prompt_id}", self.get_history_item),
             web.post(prefix + "/history", self.post_history),
             web.post(prefix + "/interrupt", self.post_interrupt),
+            web.post(prefix + "/api/jobs/{job_id}/cancel", self.cancel_job),
             web.get(prefix + "/system_stats", self.system_stats),
             web.get(prefix + "/object_info", self.object_info),
             web.get(prefix + "/object_info/{node_class}", self.object_info_one),
@@ -239,7 +261,9 @@ class SimServer(SimHTTPServer):
         ws = web.WebSocketResponse(max_msg_size=64 * 2**20)
         await ws.prepare(request)
         sid = request.query.get("clientId") or uuid.uuid4().hex
+        # As ComfyUI: the new socket replaces the old one's registration without closing it...
         self.sockets[sid] = ws
+        self.sim.client_features[sid] = {}
         try:
             await self.sim.send("status", {"status": self.sim.queue_info(), "sid": sid}, sid)
             if self.sim.client_id == sid and self.sim.last_node_id is not None and self.sim.running is not None:
@@ -247,20 +271,26 @@ class SimServer(SimHTTPServer):
             first = True
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT and first:
-                    try:
-                        data = json.loads(msg.data)
-                    except ValueError:
-                        data = None
-                    if isinstance(data, dict) and data.get("type") == "feature_flags":
-                        flags = data.get("data")
-                        self.sim.client_features[sid] = dict(flags) if isinstance(flags, dict) else {}
-                        await self.sim.send("feature_flags", dict(FEATURES), sid)
+                    await self._handshake(sid, msg.data)
                 first = False
         finally:
-            if self.sockets.get(sid) is ws:
-                del self.sockets[sid]
-                self.sim.client_features.pop(sid, None)
+            # ...and whichever handler of the id ends first removes the registration, even
+            # when it belongs to a newer socket (the old one closing late silences the new one).
+            self.sockets.pop(sid, None)
+            self.sim.client_features.pop(sid, None)
         return ws
+
+    async def _handshake(self, sid: str, text: str) -> None:
+        """A socket's first message: the client's feature flags, answered with the server's."""
+        assert self.sim is not None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(data, dict) and data.get("type") == "feature_flags":
+            flags = data.get("data")
+            self.sim.client_features[sid] = dict(flags) if isinstance(flags, dict) else {}
+            await self.sim.send("feature_flags", dict(FEATURES), sid)
 
     async def get_prompt(self, request: web.Request) -> web.Response:
         assert self.sim is not None
@@ -269,25 +299,30 @@ class SimServer(SimHTTPServer):
     async def post_prompt(self, request: web.Request) -> web.Response:
         assert self.sim is not None
         try:
-            data = await request.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            bad = {"type": "invalid_json", "message": "Request body is not a JSON object", "details": "", "extra_info": {}}
-            return web.json_response({"error": bad, "node_errors": {}}, status=400)
-        number = self.sim.next_number(bool(data.get("front")), data.get("number"))
-        if "prompt" not in data:
+            data = json.loads(await request.text())  # not JSON: ComfyUI's handler raises, aiohttp answers 500
+            if "number" in data:
+                number = float(data["number"])
+            else:
+                number = self.sim.next_number(bool(data.get("front")) if isinstance(data, dict) else False)
+            has_prompt = "prompt" in data
+        except (ValueError, TypeError, AttributeError):
+            raise web.HTTPInternalServerError(text="500 Internal Server Error\n\nServer got itself in trouble") from None
+        if not has_prompt or not isinstance(data, dict):
             missing = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}
             return web.json_response({"error": missing, "node_errors": {}}, status=400)
-        prompt = data["prompt"]
         prompt_id = str(data.get("prompt_id") or uuid.uuid4())
-        ok, error, outputs, node_errors = validate_prompt(prompt)
+        if self.options.newer and data.get("prompt_id") is not None and not _canonical_uuid(data["prompt_id"]):
+            bad = {"type": "invalid_prompt_id", "message": "prompt_id must be a valid UUID",
+                   "details": "prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it to "
+                              "let the server generate one", "extra_info": {}}
+            return web.json_response({"error": bad, "node_errors": {}}, status=400)
+        ok, error, outputs, node_errors = validate_prompt(data["prompt"], newer=self.options.newer)
         if not ok:
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
         extra = dict(data.get("extra_data") or {})
         if "client_id" in data:
             extra["client_id"] = data["client_id"]
-        await self.sim.put(prompt_id, prompt, extra, outputs, number)
+        await self.sim.put(prompt_id, data["prompt"], extra, outputs, number)
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
     async def get_queue(self, request: web.Request) -> web.Response:
@@ -345,6 +380,13 @@ class SimServer(SimHTTPServer):
         self.sim.interrupt(str(prompt_id) if prompt_id else None)
         return web.Response(status=200)
 
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        """Newer ComfyUI's atomic cancel (404 in 0.3.64 mode, which has no such route)."""
+        assert self.sim is not None
+        if not self.options.newer:
+            raise web.HTTPNotFound()
+        return web.json_response({"cancelled": await self.sim.cancel(request.match_info["job_id"])})
+
     async def system_stats(self, request: web.Request) -> web.Response:
         total, free = _memory()
         return web.json_response({
@@ -366,16 +408,7 @@ class SimServer(SimHTTPServer):
 
     async def view(self, request: web.Request) -> web.StreamResponse:
         assert self.sim is not None
-        filename = request.query.get("filename")
-        if not filename:
-            return web.Response(status=400)
-        path = self.sim.file_path(filename, request.query.get("subfolder", ""), request.query.get("type", "output"))
-        if path is None:
-            return web.Response(status=400)
-        if not os.path.isfile(path):
-            return web.Response(status=404)
-        return web.FileResponse(path, headers={"Content-Disposition": f'filename="{filename}"',
-                                               "Content-Type": "image/png"})
+        return view_file(request.query, {"output": self.output_dir, "temp": self.temp_dir})
 
     async def features(self, request: web.Request) -> web.Response:
         return web.json_response(dict(FEATURES))
@@ -386,6 +419,15 @@ class SimServer(SimHTTPServer):
     async def model_files(self, request: web.Request) -> web.Response:
         files = models.folder_files(request.match_info["folder"])
         return web.Response(status=404) if files is None else web.json_response(files)
+
+
+def _canonical_uuid(value: Any) -> bool:
+    """Whether ``value`` is a UUID in canonical lowercase hyphenated form (newer ComfyUI's
+    ``validate_job_id``)."""
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 def run(host: str = "127.0.0.1", port: int = 8188, **options: Any) -> None:

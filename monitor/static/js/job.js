@@ -229,7 +229,8 @@
     const rows = tries.map((t) => h("li", {class: "webhook-try" + (t.delivered ? " delivered" : "")},
       h("span", {class: "mono", text: "try " + t.try + " "}),
       h("span", {class: "muted", text: t.at ? clock(t.at) + " " : ""}),
-      h("span", {text: t.delivered ? "delivered (" + t.status_code + ")" : "failed: " + (t.status_code || "") + " " + (t.error || "")}),
+      h("span", {text: t.delivered ? "delivered (" + t.status_code + ")"
+        : t.refused ? t.error : "failed: " + (t.status_code || "") + " " + (t.error || "")}),
       h("span", {class: "muted mono", text: " " + (t.webhook_id || "") + (t.worker ? " via " + t.worker : "")})));
     fill(box, [h("p", {class: "mono", text: url || ""}),
       rows.length ? h("ol", {class: "webhook-tries"}, ...rows) : h("p", {class: "muted", text: "not sent yet"})]);

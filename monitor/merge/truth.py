@@ -16,6 +16,9 @@ field the backend knows to the backend's value, final state included:
 monitor rebuilds a job), and ``job-expired`` forgets a job nobody knows (an id of forged
 events). These three event types are accepted only from repair (``"source": "repair"``; the
 collector refuses them from the wire, :mod:`monitor.ingest.validate`).
+
+Repair (:mod:`monitor.repair`) builds these events; applying them is a merge rule like any
+event's, so it lives here, beside the others: merge never imports repair.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ from typing import Any
 from sqlalchemy import delete
 
 from jobqueue.errors import MalformedEvent
-from jobqueue.states import JobStatus, empty_progress
+from jobqueue.states import FINAL_STATUSES, JobStatus, empty_progress
 from monitor.merge.effects import count_end, job_ended, machine_of, move_row
 from monitor.merge.fields import json_blob
 from monitor.store import JobEventRow, JobRow, Tx
-from monitor.store.statuses import FAILED_STATUSES, FINAL_STATUSES
+from monitor.store.statuses import FAILED_STATUSES
 
 #: A final state set by an event is taken back (the backend says the job still runs or
 #: waits) only once it is this old (s).

@@ -1,0 +1,170 @@
+"""How a prompt ended, read from ComfyUI's answers the way a real v0.3.64 gives them.
+
+* :func:`await_history`: the websocket said the prompt ended; its ``/history`` entry follows,
+  but not at once. ComfyUI sends ``execution_success`` from the executor, may then unload
+  every model (``--disable-smart-memory``, large models: seconds) and only then writes the
+  history and sends ``executing`` with ``node: null``. So the wait has no fixed bound while
+  ``/queue`` still lists the prompt as running; the bound (``CONFIRM_WAIT``) starts once the
+  prompt left the queue or ``executing: null`` arrived.
+* :func:`judge`: the job's result or error from the history entry: an interrupt jobqueue did
+  not ask for (someone's Cancel in ComfyUI's UI) hands the job back once; a loader's
+  ``FileNotFoundError`` (a V3 loader accepts a missing file at POST /prompt) names the
+  vanished model so the worker hands the job back (:mod:`jobqueue.worker.handback`); outputs
+  blocked by an ``ExecutionBlocker`` become warnings.
+* :func:`partial_failure` / :func:`partial_warnings`: a 200 to POST /prompt with non-empty
+  ``node_errors`` (ComfyUI runs only the valid outputs).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from jobqueue.connectors.base import Job
+from jobqueue.connectors.comfyui.models import LOADER_NODES
+from jobqueue.connectors.comfyui.protocol import (
+    INTERRUPTED,
+    SUCCESS,
+    PromptTracker,
+    describe_execution_error,
+    describe_validation_error,
+    outcome_from_history,
+    queue_position,
+)
+from jobqueue.connectors.comfyui.rest import ComfyUIRest
+from jobqueue.connectors.comfyui.ws import Mailbox
+from jobqueue.errors import ExecutionFailed, JobCancelled, JobStalled, ServiceUnavailable
+
+#: How long (s) a prompt that left the queue (or said ``executing: null``) may take to appear in /history.
+CONFIRM_WAIT = 5.0
+#: Seconds between two /queue checks while the history is awaited.
+QUEUE_CHECK = 0.5
+#: ``folder_paths.get_full_path_or_raise``'s message: the folder and the missing file.
+_MISSING_FILE = re.compile(r"Model in folder '([^']*)' with filename '([^']*)' not found")
+
+
+def await_history(rest: ComfyUIRest, job: Job, tracker: PromptTracker, box: Mailbox,
+                  stall: float) -> Mapping[str, Any] | None:
+    """The prompt's /history entry once written, or None when it never came (``CONFIRM_WAIT``
+    after the prompt left the queue). Raises :class:`JobStalled` when ComfyUI answers nothing
+    for ``stall`` s."""
+    delay, left_at, checked = 0.005, None, float("-inf")
+    answered = time.monotonic()
+    while True:
+        try:
+            entry = rest.history(tracker.prompt_id, 3.0)
+            answered = time.monotonic()
+        except requests.Timeout:
+            entry = None
+        if entry is not None:
+            return entry
+        for item in box.take(0):
+            if isinstance(item, dict):
+                tracker.feed(item)
+        now = time.monotonic()
+        if left_at is None and (tracker.ended or now - checked >= QUEUE_CHECK):
+            checked = now
+            left_at = now if tracker.ended or _left_queue(rest, tracker.prompt_id) else None
+        if left_at is not None and now - left_at >= CONFIRM_WAIT:
+            return None
+        if now - answered > stall:
+            raise JobStalled(f"ComfyUI at {rest.base_url} stopped answering while prompt {tracker.prompt_id} "
+                             f"was ending (no answer to GET /history for {stall:g} s)",
+                             {"url": rest.base_url, "prompt_id": tracker.prompt_id, "stall_timeout": stall})
+        job.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def _left_queue(rest: ComfyUIRest, prompt_id: str) -> bool:
+    """Whether /queue no longer lists the prompt (False when ComfyUI does not answer in time)."""
+    try:
+        return queue_position(rest.get_json("/queue", 3.0), prompt_id) is None
+    except requests.Timeout:
+        return False
+
+
+def without_history(tracker: PromptTracker, url: str) -> Mapping[str, Any]:
+    """What to judge when the prompt left the queue but /history has no entry: someone cleared
+    the history (the websocket told how it ended: its messages stand in), or ComfyUI lost the
+    prompt (a restart: :class:`ServiceUnavailable`)."""
+    if tracker.outcome == SUCCESS and tracker.outputs:
+        return {"status": {"status_str": "success", "completed": True, "messages": []},
+                "outputs": dict(tracker.outputs), "history_lost": True}
+    if tracker.outcome is not None and tracker.outcome != SUCCESS and tracker.error is not None:
+        kind = "execution_error" if tracker.outcome != INTERRUPTED else "execution_interrupted"
+        return {"status": {"status_str": "error", "messages": [[kind, tracker.error]]}, "history_lost": True}
+    raise ServiceUnavailable(f"prompt {tracker.prompt_id} ended but ComfyUI's /history has no entry",
+                             {"url": url, "prompt_id": tracker.prompt_id})
+
+
+def judge(job: Job, tracker: PromptTracker, entry: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The outputs and warnings of a prompt that succeeded; raises for any other end."""
+    kind, data = outcome_from_history(entry)
+    if kind == INTERRUPTED:
+        _interrupted(job, tracker.prompt_id, data)
+    if kind != SUCCESS:
+        message, details = describe_execution_error(data)
+        missing = missing_model(data)
+        if missing is not None:
+            details["missing_models"] = [missing]
+            message = f"{message} (model {missing!r} is gone from this ComfyUI)"
+        raise ExecutionFailed(message, details)
+    warnings = [f"node {b.get('node_id')} ({b.get('node_type')}) did not run: "
+                f"{str(b.get('exception_message') or 'Execution Blocked').strip()}" for b in tracker.blocked]
+    if entry.get("history_lost"):
+        warnings.append("ComfyUI's history entry was gone (cleared?) when read: the outputs are the ones "
+                        "its websocket announced")
+    return dict(entry.get("outputs") or {}), warnings
+
+
+def _interrupted(job: Job, prompt_id: str, data: Mapping[str, Any]) -> None:
+    """Raise for an interrupted prompt: cancelled when jobqueue asked; otherwise someone else
+    interrupted it (a global Cancel in ComfyUI's UI stops whatever runs), which hands the job
+    back once (a retryable error) and fails it the next time."""
+    where = f"node {data.get('node_id')} ({data.get('node_type')})"
+    details = {"prompt_id": prompt_id, "node_id": data.get("node_id"), "node_type": data.get("node_type"),
+               "interrupted_by": "not jobqueue"}
+    if job.cancelled.is_set():
+        raise JobCancelled("job was cancelled; ComfyUI interrupted it", {"prompt_id": prompt_id})
+    if job.attempt == 0:
+        raise ServiceUnavailable(f"ComfyUI interrupted the prompt at {where} although jobqueue did not ask "
+                                 "(someone's Cancel in ComfyUI's UI?): handing the job back once", details)
+    raise ExecutionFailed(f"ComfyUI interrupted the prompt at {where} although jobqueue did not ask, again "
+                          f"(attempt {job.attempt + 1}): not handing it back another time", details)
+
+
+def missing_model(data: Mapping[str, Any]) -> str | None:
+    """The model file a known loader failed to find at run time (ComfyUI checks a V3 loader's
+    combo only when it runs: ``FileNotFoundError``), or None."""
+    if data.get("node_type") not in LOADER_NODES or not str(data.get("exception_type") or "").endswith(
+            "FileNotFoundError"):
+        return None
+    found = _MISSING_FILE.search(str(data.get("exception_message") or ""))
+    return found.group(2) if found else None
+
+
+def partial_failure(node_errors: Mapping[str, Any]) -> ExecutionFailed:
+    """The error for a prompt ComfyUI accepted with some outputs invalid (it runs the others)."""
+    message, details = describe_validation_error({"error": {
+        "type": "prompt_outputs_failed_validation",
+        "message": "Some outputs failed validation (ComfyUI would run only the others; "
+                   "partial_outputs='warn' runs them)"}, "node_errors": node_errors})
+    return ExecutionFailed(message, details)
+
+
+def partial_warnings(node_errors: Mapping[str, Any]) -> list[str]:
+    """One warning per output node that will not run, with the failing node's first error."""
+    warnings: dict[str, str] = {}
+    for node_id, info in node_errors.items():
+        if not isinstance(info, Mapping):
+            continue
+        errors = [e for e in info.get("errors") or () if isinstance(e, Mapping)]
+        why = f"{errors[0].get('type')}: {errors[0].get('message')}" if errors else "invalid"
+        for out in info.get("dependent_outputs") or ():
+            warnings.setdefault(str(out), f"output node {out} did not run: node {node_id} "
+                                          f"({info.get('class_type')}) {why}")
+    return [warnings[k] for k in sorted(warnings)]

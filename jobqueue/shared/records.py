@@ -1,0 +1,116 @@
+"""Every Redis key jobqueue writes, one function per key (as rq's ``Job.key_for``), and the one
+way to reach the result backend's Redis.
+
+Old and new workers share one broker and one result backend during a rolling upgrade, so
+these formats never change (``tests/jobqueue/test_records.py`` pins each one byte for byte).
+
+Two Redis databases hold them, and kombu's ``global_keyprefix`` rule differs between them:
+
+* **The result backend** (``JOBQUEUE_RESULT_BACKEND``) holds Celery's result records and
+  jobqueue's records beside them (every ``*_key`` function here but
+  :func:`dead_letter_key`). Celery's ``result_backend_transport_options["global_keyprefix"]``
+  prefixes only Celery's own keys, so jobqueue's records never carry a prefix; all of them
+  are reached through :func:`result_client` (or the backend's ``get``/``set``, which add
+  nothing).
+* **The broker** (``JOBQUEUE_BROKER_URL``, when it is Redis) holds kombu's queue lists, its
+  unacked hash and index, and the dead-letter lists (:func:`dead_letter_key`). The broker's
+  ``global_keyprefix`` goes in front of every broker key, always the same way: a kombu
+  channel's client adds it itself, so a key written through one is built without it; a
+  Redis client of our own adds :func:`jobqueue.transport.internals.global_keyprefix`.
+
+The keys kombu and Celery name themselves are private knowledge of those libraries, computed
+(and checked against them) in :mod:`jobqueue.transport.internals`: ``result_key`` and
+``result_key_prefix`` (Celery's result records, which the workers also write in one round
+trip), ``unacked_key`` and ``unacked_index_key`` (the lease renews the index),
+``redis_queue_keys`` (a queue's priority lists).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "DEAD_SUFFIX", "attempts_key", "dead_letter_key", "facts_key", "orphan_book_key", "preview_key", "requires_key",
+    "result_client", "retry_key", "submitted_key", "webhook_attempts_key", "webhook_delivered_key", "workflow_key",
+    "workflow_step_key",
+]
+
+
+def result_client(app: Any) -> Any:
+    """The result backend's Redis client, or None when the backend is not Redis (it then
+    has no pipelines, and jobqueue's records are not written)."""
+    client = getattr(getattr(app, "backend", None), "client", None)
+    return client if client is not None and hasattr(client, "pipeline") else None
+
+
+# -- the result backend ----------------------------------------------------------------------
+def facts_key(job_id: str) -> str:
+    """Hash of a job's facts (times, attempt, worker, ...: :mod:`jobqueue.shared.job_record`)."""
+    return f"jobqueue-facts-{job_id}"
+
+
+def submitted_key(job_id: str) -> str:
+    """Set before a job's message is sent: the job was submitted
+    (:mod:`jobqueue.shared.submissions`)."""
+    return f"jobqueue-submitted-{job_id}"
+
+
+def requires_key(job_id: str) -> str:
+    """A job's service and requirements as submitted (:mod:`jobqueue.client.waiting`)."""
+    return f"jobqueue-requires-{job_id}"
+
+
+def attempts_key(job_id: str) -> str:
+    """Counter of a job's started attempts (:mod:`jobqueue.worker.task`)."""
+    return f"jobqueue-attempts-{job_id}"
+
+
+def retry_key(job_id: str) -> str:
+    """Hash of a job's retry bookkeeping: first start, uncounted retries
+    (:mod:`jobqueue.worker.retrying`)."""
+    return f"jobqueue-retry-{job_id}"
+
+
+def preview_key(job_id: str) -> str:
+    """Hash of a job's latest preview: data, mime, seq, at (:mod:`jobqueue.shared.previews`)."""
+    return f"jobqueue-preview-{job_id}"
+
+
+def webhook_attempts_key(job_id: str) -> str:
+    """List of a job's webhook tries (JSON), oldest first (:mod:`jobqueue.worker.webhooks`)."""
+    return f"jobqueue-webhook-attempts-{job_id}"
+
+
+def webhook_delivered_key(delivery_id: str) -> str:
+    """Set once a webhook delivery got a 2xx: later copies of its message send nothing."""
+    return f"jobqueue-webhook-delivered-{delivery_id}"
+
+
+def workflow_key(workflow_id: str) -> str:
+    """A workflow's record: step ids, priority, submit time (:mod:`jobqueue.client.workflows`)."""
+    return f"jobqueue-workflow-{workflow_id}"
+
+
+def workflow_step_key(job_id: str) -> str:
+    """A workflow step's job id -> its workflow id (for ``JobHandle.cancel`` on one step)."""
+    return f"jobqueue-workflow-step-{job_id}"
+
+
+def orphan_book_key(worker: str, service: str) -> str:
+    """Hash of the prompts ``worker``'s ``service`` connector left behind
+    (:mod:`jobqueue.connectors.orphans`)."""
+    return f"jobqueue-orphans-{worker}-{service}"
+
+
+# -- the broker --------------------------------------------------------------------------------
+#: Suffix of a queue's dead-letter list: ``simulation`` -> ``simulation.dead``.
+DEAD_SUFFIX = ".dead"
+
+
+def dead_letter_key(queue: str, *, prefix: str = "") -> str:
+    """The broker's Redis list that keeps ``queue``'s poison messages (:mod:`jobqueue.worker.poison`).
+
+    Workers push through kombu's channel client, which adds the ``global_keyprefix`` itself;
+    a client of our own passes it as ``prefix``
+    (:func:`jobqueue.transport.internals.global_keyprefix`)."""
+    return prefix + queue + DEAD_SUFFIX
