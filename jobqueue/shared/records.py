@@ -2,7 +2,7 @@
 way to reach the result backend's Redis.
 
 Old and new workers share one broker and one result backend during a rolling upgrade, so
-these formats never change (``tests/jobqueue/test_records.py`` pins each one byte for byte).
+these formats never change (``tests/jobqueue/shared/test_records.py`` pins each one byte for byte).
 
 Two Redis databases hold them, and kombu's ``global_keyprefix`` rule differs between them:
 

@@ -5,7 +5,7 @@ transport writes (unacked messages, priority lists, event channels), the key Cel
 result backend stores a result under, the worker's request registry, a request's ``chain``,
 a kombu message's raw envelope and how its body is encoded, the consumer's refusal handlers and the event receiver's
 per-message hook. Each is wrapped here in one small function whose docstring names what it
-relies on; tests/jobqueue/test_internals.py checks every one against the installed libraries
+relies on; tests/jobqueue/transport/test_internals.py checks every one against the installed libraries
 (real Redis, real kombu channels, a real Celery worker state), so an upgrade that changes one
 fails there, naming the function. The pins in pyproject.toml (``celery``, ``kombu``, ``redis``
 below the next minor that was not checked) keep an unchecked upgrade from being installed.
@@ -462,3 +462,20 @@ def event_converter(app: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
         return convert(body)[1]  # type: ignore[no-any-return]
 
     return event
+
+
+def buffer_event_group(dispatcher: Any, group: str) -> None:
+    """Have Celery's ``EventDispatcher`` buffer ``group``'s events as it buffers the task group's
+    (sent together in its event loop's flush), safely from any thread.
+
+    The dispatcher makes a group's buffer (``_group_buffer``, a ``defaultdict(list)``) on the
+    group's first buffered send, outside its mutex, while ``flush()`` iterates that dict in the
+    worker's event loop: a first send from another thread (the connector-status thread, a job's
+    progress) could make the flush raise ``dictionary changed size during iteration`` and stop
+    the worker at start-up. Every buffered group's list is made here, under the mutex, first.
+    """
+    with dispatcher.mutex:
+        buffered = frozenset(dispatcher.buffer_group) | {group}
+        for name in buffered:
+            dispatcher._group_buffer.setdefault(name, [])
+        dispatcher.buffer_group = buffered

@@ -11,8 +11,8 @@ delivered, and hands it the items it cannot: they are moved aside instead of kil
 worker. A connection without a hook (a client's) delivers as kombu does.
 
 PRIVATE TOUCHPOINTS (kombu 5.4-5.7): with :mod:`jobqueue.transport.internals`, the only module that
-relies on undocumented library behaviour; checked by tests/jobqueue/test_internals.py and
-tests/jobqueue/test_poison.py.
+relies on undocumented library behaviour; checked by tests/jobqueue/transport/test_internals.py and
+tests/jobqueue/worker/test_poison.py.
 
 1. ``kombu.transport.redis.Channel.max_priority`` (the clamp).
 2. ``kombu.transport.redis.Channel._brpop_read``: reimplemented below (its body plus the

@@ -28,7 +28,7 @@ import redis
 from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
-from jobqueue.transport.internals import unacked_index_key
+from jobqueue.transport.internals import buffer_event_group, unacked_index_key
 from jobqueue.transport.redis_health import redis_kwargs
 from jobqueue.transport.redis_urls import is_redis_url
 from jobqueue.worker.capabilities import CapabilityGate, desired_queues
@@ -136,7 +136,7 @@ def dispatcher_sender(consumer: Any) -> Sender:
             groups.add(CONNECTOR_GROUP)
         buffered = dispatcher.buffer_group
         if TASK_GROUP in buffered and CONNECTOR_GROUP not in buffered:
-            dispatcher.buffer_group = frozenset(buffered) | {CONNECTOR_GROUP}
+            buffer_event_group(dispatcher, CONNECTOR_GROUP)
         dispatcher.send(event_type, **fields)
 
     return send

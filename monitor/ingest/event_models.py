@@ -13,7 +13,7 @@ models do not name are ignored (the writer applies the event dict itself, every 
 What the models refuse beyond the merge's own checks is what the monitor refused before them
 (a timestamp far from its receipt or not finite, a number out of range, ``source``, a
 repair-only type) and a non-finite load average; anything else they refuse, the merge would
-count as malformed too (``tests/monitor/test_event_models.py`` checks this on generated
+count as malformed too (``tests/monitor/ingest/test_event_models.py`` checks this on generated
 events). The merge still reads every field through :mod:`monitor.merge.fields`: for the
 repair's own events, which do not come from the wire, and for what the models leave to it
 (printable ids, a progress report with neither ``percent`` nor ``step``).

@@ -5,7 +5,7 @@ and returns a :class:`JobOutcome`: the job's new state, whether anything changed
 effects on other objects the I/O layer (:mod:`monitor.merge.apply`) carries out -- the job's new
 worker (its machine and ended counts follow), a worker's current job, a job that left its
 worker. Nothing here touches a database, so the rules are tested on plain values
-(tests/monitor/test_apply_rules.py), like :mod:`jobqueue.connectors.comfyui.protocol`.
+(tests/monitor/merge/test_apply_rules.py), like :mod:`jobqueue.connectors.comfyui.protocol`.
 
 The rules move a job only forward (:func:`jobqueue.states.may_move`): a late
 ``task-started`` never moves a completed job back, a duplicate changes nothing, and progress

@@ -3,8 +3,8 @@ the same declarations (:mod:`monitor.web.routes`) that decide who may call each 
 
 Every route of the app's URL map is in it, with the role it needs as ``x-role`` (and its rate
 limit as ``x-rate-limit``, its audit action as ``x-audit``); docs/api.md is the prose version.
-Tools, the API fuzz (tests/monitor/test_fuzz.py) and the schema test
-(tests/monitor/test_openapi.py) read it.
+Tools, the API fuzz (tests/monitor/web/test_fuzz.py) and the route tests
+(tests/monitor/web/test_routes.py) read it.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def document(app: Flask) -> dict[str, Any]:
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         spec = specs.get(rule.endpoint)
         if spec is None:
-            continue  # undeclared: refused, and tests/monitor/test_routes.py fails on it
+            continue  # undeclared: refused, and tests/monitor/web/test_routes.py fails on it
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             paths.setdefault(openapi_path(rule.rule), {})[method.lower()] = operation(rule.endpoint, spec, rule.rule)
     return {

@@ -6,7 +6,7 @@ the Flask route *and* records a :class:`RouteSpec` on the view function. Everyth
 these declarations: the access check (:mod:`monitor.web.access`) the role, the rate limiter
 (:mod:`monitor.web.limits`) the limit, the audit trail (:mod:`monitor.web.audit`) the action,
 and ``/api/openapi.json`` (:mod:`monitor.web.openapi`) the rest. A route without a declaration
-is refused (403) and fails ``tests/monitor/test_routes.py``.
+is refused (403) and fails ``tests/monitor/web/test_routes.py``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (:mod:`monitor.web.routes`) and so by ``/api/openapi.json``.
 
 They follow the shapes of :mod:`monitor.store.serialise` (the public contract);
-tests/monitor/test_openapi.py validates real responses against them.
+tests/monitor/web/test_routes.py validates real responses against them.
 """
 
 from __future__ import annotations

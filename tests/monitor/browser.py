@@ -124,7 +124,7 @@ def start_monitor(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., 
 
     def start(**env: str) -> MonitorProcess:
         # Reads open to all (the dashboard tests look at pages), controls behind the token;
-        # tests/monitor/test_login_page.py covers the login itself.
+        # tests/monitor/web/test_login_page.py covers the login itself.
         variables = {"JOBQUEUE_MONITOR_TOKEN": TOKEN, "JOBQUEUE_MONITOR_PUBLIC_READ": "true"}
         variables.update(env)
         monitor = MonitorProcess(settings, tmp_path / f"monitor-{len(monitors)}.log")
@@ -157,7 +157,7 @@ class Pages:
         """A new page (its own browser context: its own sessionStorage) at ``path``, live.
 
         The monitor's CSP forbids eval, which Playwright's string predicates use; tests of the
-        CSP itself (tests/monitor/test_hostile.py) pass ``enforce_csp=True``."""
+        CSP itself (tests/monitor/web/test_hostile.py) pass ``enforce_csp=True``."""
         context = self.browser.new_context(viewport=viewport or LAPTOP, bypass_csp=not enforce_csp)
         self.contexts.append(context)
         page = context.new_page()

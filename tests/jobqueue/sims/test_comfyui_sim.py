@@ -12,7 +12,7 @@ import websocket
 
 from tests.helpers import wait_for
 from tests.jobqueue.comfyui_fixtures import sim
-from tests.jobqueue.test_comfyui_traces import load, posted_prompt_id
+from tests.jobqueue.connectors.test_comfyui_traces import load, posted_prompt_id
 
 __all__ = ["sim"]  # a fixture
 

@@ -15,7 +15,7 @@ from jobqueue.config import Settings
 from monitor.app import create_app
 from monitor.web.openapi import openapi_path, roles_table
 from monitor.web.routes import RouteSpec, collect
-from tests.monitor.test_api import seed
+from tests.monitor.web.test_api import seed
 
 TOKEN = "routes-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -124,6 +124,6 @@ def test_real_responses_of_every_get_route_validate_against_the_document(start_m
 
 def test_the_security_doc_has_the_declared_roles_table(app):
     # Given docs/security.md
-    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    text = (Path(__file__).resolve().parents[3] / "docs" / "security.md").read_text()
     # Then it holds the roles × routes table generated from the declarations, as is
     assert roles_table(app) in text

@@ -202,7 +202,7 @@ def test_webhook_tries_are_counted_by_outcome_from_the_workers_events(start_work
 def test_every_metric_the_grafana_dashboard_plots_is_one_the_monitor_serves(start_monitor):
     # Given the dashboard JSON shipped in docs/ and the metric families a real monitor's /metrics declares
     monitor = start_monitor("m.db")
-    dashboard = (Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text()
+    dashboard = (Path(__file__).resolve().parents[3] / "docs" / "grafana-dashboard.json").read_text()
     exprs = [t["expr"] for panel in json.loads(dashboard)["panels"] for t in panel.get("targets", [])]
     plotted = {name for expr in exprs for name in re.findall(r"\bjobqueue_[a-z_]+", expr)}
     served = {family.name for family in text_string_to_metric_families(monitor.get("/metrics").text)}

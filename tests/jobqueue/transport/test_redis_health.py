@@ -1,6 +1,6 @@
 """Every long-lived Redis connection is configured to notice a dead peer (jobqueue/transport/redis_health.py).
 
-The behaviour itself is tested through the real path in tests/monitor/test_dead_peer.py (a
+The behaviour itself is tested through the real path in tests/monitor/ingest/test_dead_peer.py (a
 proxy that stops forwarding); these check that workers, clients and the monitor all get it.
 """
 

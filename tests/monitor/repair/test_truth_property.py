@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from monitor.merge.apply import apply
 from monitor.repair.rebuild import job_events
 from monitor.store import FINAL_STATUSES, Store
-from tests.monitor.test_truth import differences
+from tests.monitor.repair.test_truth import differences
 
 T0 = 1_700_000_000.0
 JOB = "job-1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from kombu.transport import redis as kombu_redis
 
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
 from jobqueue.transport import internals
+from jobqueue.transport.internals import buffer_event_group
 from jobqueue.transport.kombu_redis import Channel as JobqueueChannel
 from jobqueue.transport.kombu_redis import Transport
 from tests.helpers import wait_for
@@ -445,3 +447,40 @@ def test_a_channel_reuses_one_redis_client_until_kombu_replaces_its_pool(redis_u
         channel._pool = None  # what kombu does on reconnect (_disconnect_pools)
         with channel.conn_or_acquire() as after:
             assert after is not first and after.connection_pool is channel.pool and after.ping()
+
+
+def test_a_group_buffered_from_another_thread_never_breaks_the_dispatchers_flush(redis_url: str) -> None:
+    # Given Celery's event dispatcher buffering the task group, as a worker with an event loop
+    # does, and a flush running in a loop while other threads send a new group's first events
+    app = Celery(broker=redis_url)
+    with app.connection_for_write() as conn:
+        dispatcher = app.events.Dispatcher(conn, buffer_group=["task"], buffer_limit=10_000)
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def flushing() -> None:
+            while not stop.is_set():
+                try:
+                    dispatcher.flush()
+                except RuntimeError as exc:  # "dictionary changed size during iteration"
+                    errors.append(exc)
+                    return
+
+        flusher = threading.Thread(target=flushing)
+        flusher.start()
+        try:
+            dispatcher.send("task-received", uuid="x")
+            # When the groups are buffered through jobqueue's helper before their first send
+            # (task events keep the flush publishing, its socket writes letting this thread in)
+            for n in range(2000):
+                group = f"group{n}"
+                dispatcher.send("task-progress", uuid="x", step=n)
+                buffer_event_group(dispatcher, group)
+                dispatcher.send(f"{group}-status", status="idle")
+                assert group in dispatcher.buffer_group
+        finally:
+            stop.set()
+            flusher.join(10)
+            dispatcher.close()
+    # Then the flush never met a buffer made behind its back
+    assert errors == []

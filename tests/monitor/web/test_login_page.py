@@ -158,7 +158,7 @@ def test_an_admin_creates_and_revokes_a_key_on_the_admin_page(start_monitor, new
 
 
 def test_a_logged_in_admin_visiting_another_origin_acts_on_nothing(start_monitor, new_page):
-    from tests.monitor.test_hostile import Attacker
+    from tests.monitor.web.test_hostile import Attacker
 
     # Given an admin logged in with a session cookie, and an attacker's page on another origin of
     # the same host (same site: the browser sends the cookie, so only the Origin and JSON rules stand)

@@ -436,7 +436,7 @@ def test_every_page_sends_security_headers_and_no_template_has_inline_script(sta
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp, path
         assert headers["X-Content-Type-Options"] == "nosniff" and headers["Referrer-Policy"], path
     # And no template carries an inline script (only JSON data blocks)
-    templates = Path(__file__).resolve().parents[2] / "monitor" / "templates"
+    templates = Path(__file__).resolve().parents[3] / "monitor" / "templates"
     for template in templates.glob("*.html"):
         for tag in template.read_text().split("<script")[1:]:
             opening = tag.split(">", 1)[0]

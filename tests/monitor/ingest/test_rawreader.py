@@ -22,7 +22,7 @@ from monitor.ingest.raw_reader import EventDecoder, RawEventReader, event_source
 from monitor.ingest.writer import Writer
 from monitor.store import Store
 from tests.helpers import wait_for
-from tests.monitor.test_stream import envelope
+from tests.monitor.ingest.test_stream import envelope
 
 pytestmark = pytest.mark.timeout(60)
 

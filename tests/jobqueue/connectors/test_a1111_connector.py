@@ -30,7 +30,7 @@ from jobqueue.sims.a1111.server import A1111SimulatorThread
 from jobqueue.states import ConnectorStatus, JobStatus
 from jobqueue.up.embedded import free_port
 from tests.helpers import wait_for
-from tests.jobqueue.test_connector_status import consumed_queues
+from tests.jobqueue.worker.test_connector_status import consumed_queues
 
 XL = "sd_xl_base_1.0.safetensors [31e35c80fc]"
 

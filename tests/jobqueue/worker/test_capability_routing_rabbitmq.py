@@ -22,7 +22,7 @@ from jobqueue.transport.app import create_app
 from tests.capability_fixtures import start_sim
 from tests.conftest import RABBITMQ_URL, settings_env
 from tests.helpers import WorkerProcess, child_env, wait_for
-from tests.jobqueue.test_rabbitmq import rabbit_settings
+from tests.jobqueue.transport.test_rabbitmq import rabbit_settings
 
 pytestmark = pytest.mark.rabbitmq
 __all__ = ["rabbit_settings", "start_sim"]  # fixtures

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import tests.jobqueue.test_connector_status as status_tests
+import tests.jobqueue.worker.test_connector_status as status_tests
 from jobqueue.client.jobs import submit_job
 from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
 from jobqueue.sims.comfyui.process import SimulatorProcess

@@ -23,7 +23,7 @@ from jobqueue.worker.handback import vanished_models
 from tests.capability_fixtures import comfy_worker, consumes, start_sim
 from tests.helpers import wait_for
 from tests.jobqueue.comfyui_fixtures import connector, connector_for, noop, sim, slow
-from tests.jobqueue.test_comfyui_sim import Client
+from tests.jobqueue.sims.test_comfyui_sim import Client
 
 __all__ = ["connector", "sim", "start_sim"]  # fixtures
 

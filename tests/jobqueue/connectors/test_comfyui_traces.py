@@ -30,7 +30,7 @@ from jobqueue.connectors.comfyui.protocol import (
     queue_snapshot,
 )
 
-TRACES = Path(__file__).resolve().parents[1] / "data" / "comfyui-traces"
+TRACES = Path(__file__).resolve().parents[2] / "data" / "comfyui-traces"
 _LINE = re.compile(r"^\[\s*([\d.]+)\] (.*?): (.*)$")
 
 

@@ -19,7 +19,7 @@ from jobqueue.sims.comfyui import engine
 from jobqueue.sims.comfyui.server import SimulatorThread
 from tests.helpers import wait_for
 from tests.jobqueue.comfyui_fixtures import sim
-from tests.jobqueue.test_comfyui_sim import Client
+from tests.jobqueue.sims.test_comfyui_sim import Client
 
 __all__ = ["sim"]  # a fixture
 
