@@ -2,7 +2,9 @@
 
     jobqueue up                                   # broker (embedded if needed), worker, monitor
     jobqueue submit simulation '{"steps": 5}' --wait
+    jobqueue submit comfyui --workflow my_workflow_api.json
     jobqueue status <job id>                      # exits 1 for an unknown id
+    jobqueue cancel <job id>; jobqueue jobs --status queued; jobqueue workers; jobqueue outputs <job id>
     jobqueue worker -Q gpu1                       # = celery -A jobqueue worker -Q gpu1
 
 Settings come from ``JOBQUEUE_*`` variables (docs/configuration.md), read once per command.
@@ -55,16 +57,29 @@ def needs_extra(what: str, extra: str) -> Iterator[None]:
             f"{what} needs the [{extra}] extra ({exc}): pip install 'jobqueue[{extra}]'") from None
 
 
-def parse_payload(text: str) -> dict[str, Any]:
-    """The PAYLOAD_JSON argument as a dict, or a usage error saying what is wrong with it."""
+def parse_payload(text: str, param_hint: str = "PAYLOAD") -> dict[str, Any]:
+    """A payload argument (inline JSON, ``@file`` or ``-`` for stdin) as a dict, or a usage
+    error saying what is wrong with it."""
+    from jobqueue.client.commands import PayloadError, read_payload
+
     try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="PAYLOAD_JSON") from None
-    if not isinstance(payload, dict):
-        raise click.BadParameter(f"must be a JSON object, got {type(payload).__name__}",
-                                 param_hint="PAYLOAD_JSON")
-    return payload
+        return read_payload(text)
+    except PayloadError as exc:
+        raise click.BadParameter(str(exc), param_hint=param_hint) from None
+
+
+def job_payload(payload: str | None, workflow: str | None) -> dict[str, Any]:
+    """The job's payload from PAYLOAD or ``--workflow`` (exactly one of them)."""
+    from jobqueue.client.commands import PayloadError, workflow_payload
+
+    if (payload is None) == (workflow is None):
+        raise click.UsageError("give the payload (PAYLOAD: JSON, @file or -) or --workflow FILE, one of them")
+    if payload is not None:
+        return parse_payload(payload)
+    try:
+        return workflow_payload(str(workflow))
+    except PayloadError as exc:
+        raise click.BadParameter(str(exc), param_hint="--workflow") from None
 
 
 def _dump(value: Any) -> str:
@@ -110,7 +125,9 @@ def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, s
 
 @main.command()
 @click.argument("service")
-@click.argument("payload_json")
+@click.argument("payload_json", metavar="PAYLOAD", required=False)  # its 1.x name (the CLI surface stays)
+@click.option("--workflow", default=None,
+              help='A ComfyUI workflow saved with "Save (API)" (a file, or - for stdin) as the payload.')
 @click.option("--wait", is_flag=True, help="Wait for the result, with a progress bar (on stderr).")
 @click.option("--priority", type=int, default=None, help="0 (lowest) .. 9 (most urgent); default 5.")
 @click.option("--queue", default=None, help="Pin the job: gpu0, machine.<id>, gpu0.<id>.")
@@ -118,28 +135,31 @@ def up(queues: str, comfyui_port: int, no_comfyui_sim: bool, no_monitor: bool, s
 @click.option("--wait-timeout", type=float, default=None,
               help="With --wait: stop waiting after this many seconds (the job goes on).")
 @click.option("--requires", "requires_json", default=None,
-              help='What the worker must have, as JSON: {"models": [...], "vram_gb": 20, "tags": [...]}.')
-def submit(service: str, payload_json: str, wait: bool, priority: int | None, queue: str | None,
-           timeout: float | None, wait_timeout: float | None, requires_json: str | None = None) -> None:
-    """Submit a job to SERVICE with PAYLOAD_JSON.
+              help='What the worker must have, as JSON (or @file): {"models": [...], "vram_gb": 20, "tags": [...]}.')
+def submit(service: str, payload_json: str | None, wait: bool, priority: int | None, queue: str | None,
+           timeout: float | None, wait_timeout: float | None, requires_json: str | None = None,
+           workflow: str | None = None) -> None:
+    """Submit a job to SERVICE with PAYLOAD: JSON, @file, or - (stdin); or --workflow FILE.
 
     Prints the job id. With --wait, prints the id on stderr, shows real progress and prints
-    the result as JSON on stdout; exits 1 with the error when the job fails.
+    the result as JSON on stdout; exits 1 with the error when the job fails, or when the
+    service's queue is full (JOBQUEUE_MAX_QUEUED).
     """
     from kombu.exceptions import OperationalError
 
     from jobqueue.client.jobs import submit_job
     from jobqueue.up.embedded import broker_answers
 
-    payload = parse_payload(payload_json)
+    body = job_payload(payload_json, workflow)
+    requires = parse_payload(requires_json, "--requires") if requires_json else None
     with celery_app() as app:
         if not broker_answers(app.settings.broker_url):
             raise click.ClickException(
                 f"broker {app.settings.broker_url} does not answer (is `jobqueue up` running? "
                 "is JOBQUEUE_BROKER_URL right?)")
         try:
-            handle = submit_job(service, payload, priority=priority, queue=queue, timeout=timeout, app=app,
-                                requires=parse_payload(requires_json) if requires_json else None)
+            handle = submit_job(service, body, priority=priority, queue=queue, timeout=timeout, app=app,
+                                requires=requires)
         except SubmitError as exc:
             raise click.ClickException(str(exc)) from None
         except OperationalError as exc:
@@ -212,13 +232,95 @@ def status(job_id: str) -> None:
     click.echo(_dump(report))
 
 
+@main.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel JOB_ID: a queued job never runs, a running one is stopped on its service (and a
+    workflow step takes the steps after it along). Exits 1 for an unknown or ended job."""
+    from jobqueue.client.jobs import get_job
+    from jobqueue.states import JobStatus
+
+    with celery_app() as app:
+        handle = get_job(job_id, app=app)
+        state = handle.status()
+        if state == JobStatus.UNKNOWN:
+            raise click.ClickException(f"job {job_id} is unknown: never submitted, or forgotten with its result")
+        if state.is_final or not handle.cancel():
+            raise click.ClickException(f"job {job_id} already ended ({handle.status().value}): nothing to cancel")
+    click.echo(f"cancelled {job_id}")
+
+
+@main.command()
+@click.option("--status", "state", default=None, help="Only jobs in this status (queued, processing, failed...).")
+@click.option("--service", default=None, help="Only jobs of this service.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the monitor's job objects as JSON.")
+def jobs(state: str | None, service: str | None, limit: int, as_json: bool = False) -> None:
+    """List the newest jobs, from the monitor (JOBQUEUE_MONITOR_URL, else JOBQUEUE_MONITOR_HOST:PORT)."""
+    from jobqueue.client.commands import CommandError, jobs_table, list_jobs
+    from jobqueue.states import JobStatus
+
+    if state is not None and state not in {s.value for s in JobStatus}:
+        raise click.BadParameter(f"{state!r} is not one of {', '.join(s.value for s in JobStatus)}",
+                                 param_hint="--status")
+    try:
+        found = list_jobs(load_settings(), state, service, limit)
+    except CommandError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(_dump(found) if as_json else jobs_table(found))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the workers as JSON.")
+def workers(as_json: bool = False) -> None:
+    """The fleet at a glance: each worker, its status, machine, connector badges and job.
+
+    From the monitor when JOBQUEUE_MONITOR_URL is set (offline and draining workers too);
+    else the workers online now answer over the broker."""
+    from jobqueue.client.commands import CommandError, fleet, workers_table
+
+    with celery_app() as app:
+        try:
+            source, found = fleet(app.settings, app)
+        except CommandError as exc:
+            raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(_dump(found))
+        return
+    click.echo(workers_table(found) if found else f"no worker ({source})")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("-o", "--output-dir", default=None, help="Where to put the files (default ./<job id>).")
+def outputs(job_id: str, output_dir: str | None = None) -> None:
+    """Download JOB_ID's files from the output store (JOBQUEUE_OUTPUT_URL, else JOBQUEUE_OUTPUT_DIR)
+    and print their paths. Exits 1 when the job has none."""
+    from pathlib import Path
+
+    from jobqueue.client.commands import CommandError, download_outputs
+
+    try:
+        copies = download_outputs(load_settings(), job_id, Path(output_dir or job_id))
+    except CommandError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in copies:
+        click.echo(str(path))
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                 "help_option_names": []})
+@click.option("--exit-when-idle", "exit_when_idle", type=click.FloatRange(min=0), default=None,
+              help="Exit cleanly after this many seconds with no job (default JOBQUEUE_EXIT_WHEN_IDLE; 0: never).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
-    """Start a worker: the same as ``celery -A jobqueue worker CELERY_ARGS...``."""
+def worker(celery_args: tuple[str, ...], exit_when_idle: float | None = None) -> None:
+    """Start a worker: the same as ``celery -A jobqueue worker CELERY_ARGS...``; with
+    ``--exit-when-idle SECONDS`` it exits (code 0, warm shutdown) after that long idle."""
     argv = [sys.executable, "-m", "celery", "-A", "jobqueue", "worker", *celery_args]
-    os.execv(sys.executable, argv)
+    env = dict(os.environ)
+    if exit_when_idle is not None:
+        env["JOBQUEUE_EXIT_WHEN_IDLE"] = repr(exit_when_idle)
+    os.execve(sys.executable, argv, env)
 
 
 @main.command()

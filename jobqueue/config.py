@@ -36,13 +36,14 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _parse_url_map(value: str, variable: str = "JOBQUEUE_COMFYUI_URLS") -> dict[str, str]:
-    """Parse ``gpu0=http://127.0.0.1:8188,gpu1=http://127.0.0.1:8189``."""
+def _parse_map(value: str, variable: str = "JOBQUEUE_COMFYUI_URLS") -> dict[str, str]:
+    """Parse ``gpu0=http://127.0.0.1:8188,gpu1=http://127.0.0.1:8189`` (or ``comfyui=50``)."""
     result: dict[str, str] = {}
+    what = "url" if variable.endswith("_URLS") else "number"
     for part in _split(value):
         key, sep, url = part.partition("=")
         if not sep or not key.strip() or not url.strip():
-            raise ValueError(f"expected key=url in {variable}, got {part!r}")
+            raise ValueError(f"expected key={what} in {variable}, got {part!r}")
         result[key.strip()] = url.strip()
     return result
 
@@ -176,8 +177,13 @@ class Settings(BaseSettings):
     monitor_allowed_origins: tuple[str, ...] = ()
     #: Largest request body the monitor reads (bytes); larger ones are refused with 413.
     monitor_max_body_bytes: int = 1_000_000
-    #: Threads of the monitor's web server: each open dashboard holds one for its websocket.
+    #: Threads of the monitor's web server for HTTP requests (an open dashboard's websocket
+    #: holds none: it is served from one asyncio loop).
     monitor_threads: int = 64
+    #: Most websockets (open dashboards) the monitor serves at once; one more is closed with 1013.
+    monitor_ws_max_sockets: int = 2000
+    #: Most websockets one client address may hold open; one more is closed with 1013.
+    monitor_ws_max_per_address: int = 100
     #: The monitor refuses (and counts) events whose timestamp is further than this (s) from
     #: the time it received them.
     monitor_event_window: float = 300.0
@@ -208,6 +214,20 @@ class Settings(BaseSettings):
     #: Python module of extra Celery settings (message signing, TLS...) loaded on top of
     #: jobqueue's packaged defaults; the other ``JOBQUEUE_*`` settings still win over it.
     celery_config: str = ""
+    #: Most jobs of one service that may wait in its queues (None: unbounded); over it,
+    #: ``submit_job`` raises ``QueueFull`` and ``POST /api/jobs`` answers 429.
+    max_queued: int | None = None
+    #: Per-service caps over ``max_queued``: ``comfyui=50,a1111=20``.
+    max_queued_by_service: Mapping[str, int] = Field(default_factory=dict)
+    #: A worker exits (warm shutdown, code 0) after this many seconds with no job running or
+    #: reserved (0: never): scale to zero.
+    exit_when_idle: float = 0.0
+    #: The monitor the CLI's ``jobs`` and ``workers`` ask (empty: ``jobs`` asks the one at
+    #: ``monitor_host:monitor_port``, ``workers`` asks the workers over the broker).
+    monitor_url: str = ""
+    #: An API key (``jq_...``, viewer role is enough) the CLI's ``jobs`` and ``workers`` send to
+    #: the monitor as ``Authorization: Bearer``; empty: ``monitor_token``, when set.
+    monitor_api_key: str = ""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -241,7 +261,7 @@ class Settings(BaseSettings):
         if origin is tuple:
             return _split(value)
         if origin is Mapping:
-            return _parse_url_map(value, ENV_PREFIX + info.field_name.upper())
+            return _parse_map(value, ENV_PREFIX + info.field_name.upper())
         text = value.strip()
         if origin in (Union, types.UnionType) and type(None) in get_args(annotation):
             return None if not text else text
@@ -328,6 +348,21 @@ class Settings(BaseSettings):
             re.compile(self.secret_keys_pattern)
         except re.error as exc:
             raise ConfigError(f"JOBQUEUE_SECRET_KEYS_PATTERN is not a regular expression: {exc}") from None
+        self._check_caps()
+
+    def _check_caps(self) -> None:
+        """A cap of 0 or less would refuse every job: surely a mistake, so it is refused."""
+        if self.max_queued is not None and self.max_queued < 1:
+            raise ConfigError(f"JOBQUEUE_MAX_QUEUED must be >= 1 (unset: unbounded), got {self.max_queued}")
+        bad = {s: n for s, n in self.max_queued_by_service.items() if n < 1}
+        if bad:
+            raise ConfigError(f"JOBQUEUE_MAX_QUEUED_BY_SERVICE caps must be >= 1, got {bad}")
+        if self.exit_when_idle < 0:
+            raise ConfigError(f"JOBQUEUE_EXIT_WHEN_IDLE must be >= 0 (0: never), got {self.exit_when_idle}")
+
+    def max_queued_for(self, service: str) -> int | None:
+        """The cap of ``service``'s queued jobs (None: unbounded)."""
+        return self.max_queued_by_service.get(service, self.max_queued)
 
     def comfyui_url_for(self, gpu: int) -> str:
         """Return the ComfyUI URL a worker on ``gpu`` talks to."""

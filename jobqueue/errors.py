@@ -46,6 +46,24 @@ class TargetRefused(JobqueueError):
         self.details = dict(details or {})
 
 
+class QueueFull(SubmitError):
+    """The service's queue holds its cap of jobs (``JOBQUEUE_MAX_QUEUED``): nothing was enqueued.
+
+    ``retry_after`` is how many seconds to wait before trying again (the monitor's API puts its
+    queue ETA there; a client alone has only :data:`DEFAULT_RETRY_AFTER`)."""
+
+    #: Seconds a client is told to wait when nothing better is known.
+    DEFAULT_RETRY_AFTER = 10.0
+
+    def __init__(self, service: str, cap: int, queued: int, retry_after: float | None = None) -> None:
+        self.service = service
+        self.cap = cap
+        self.queued = queued
+        self.retry_after = self.DEFAULT_RETRY_AFTER if retry_after is None else float(retry_after)
+        super().__init__(f"{service}: queue full ({queued} queued, cap {cap}); "
+                         f"retry in {self.retry_after:.0f} s")
+
+
 class ProcessFailed(JobqueueError):
     """A process started by ``jobqueue up`` failed to start or died while running."""
 
@@ -123,6 +141,11 @@ class ServiceNotReached(ServiceUnavailable):
     """The service was down before the job was handed to it: the attempt does not count as a retry."""
 
 
+class ModelsVanished(ServiceNotReached):
+    """The service refused the job because a model it needs is no longer on this worker: the
+    job goes back to its queue (it reads ``queued``, with its ``waiting_for``), no retry used."""
+
+
 class JobStalled(ConnectorError):
     """The service showed no sign of progress within the stall timeout; the job may run elsewhere."""
 
@@ -143,6 +166,8 @@ class ExecutionFailed(ConnectorError):
 
 class InvalidRequirementError(SubmitError):
     """The job's ``requires`` (models, VRAM, tags) is malformed: no worker could ever run it."""
+
+
 class MessageDiscarded(JobqueueError):
     """The job's broker message could not be decoded; the worker moved it to ``<queue>.dead``."""
 

@@ -131,10 +131,27 @@ def status_for_error(error_type: str | None) -> JobStatus:
     return _ERROR_STATUS.get(error_type or "", JobStatus.FAILED)
 
 
+#: Exception type names of a retry that hands a job back before its service ran anything (a
+#: model it needs vanished from the worker): the job is simply queued again, not retrying.
+HANDED_BACK_ERRORS = frozenset({"ModelsVanished"})
+
+
+def status_for_retry(error_type: str | None, message: str | None = None) -> JobStatus:
+    """The status of a job sent back to its queue because of ``error_type``: ``queued`` when it
+    was handed back (:data:`HANDED_BACK_ERRORS`), else ``retrying``. The client and the
+    monitor both read a retry through this one rule. A ``task-retried`` event names Celery's
+    ``Retry`` with the error inside its ``message`` (``Retry(..., ModelsVanished(...), 0)``)."""
+    if error_type in HANDED_BACK_ERRORS or any(f"{name}(" in (message or "") for name in HANDED_BACK_ERRORS):
+        return JobStatus.QUEUED
+    return JobStatus.RETRYING
+
+
 def job_status_from_celery(state: str, error_type: str | None = None) -> JobStatus:
-    """Map a Celery task state (and, for failures, the exception type) to a job status."""
+    """Map a Celery task state (and, for failures and retries, the exception type) to a job status."""
     if state == "FAILURE":
         return status_for_error(error_type)
+    if state == "RETRY":
+        return status_for_retry(error_type)
     return _CELERY_TO_JOB.get(state, JobStatus.QUEUED)
 
 

@@ -92,10 +92,12 @@ def create_app(
         own_store=store is None,
         _celery=celery_app,
     )
-    from monitor.metrics.prometheus import build_registry
+    from monitor.metrics.prometheus import Sources, build_registry
     from monitor.web.broker import queue_depths
+    from monitor.web.eta import store_estimates
+    from monitor.web.fleet_capabilities import online_capabilities
 
-    context.registry = build_registry(context, queue_depths)
+    context.registry = build_registry(context, Sources(queue_depths, store_estimates, online_capabilities))
     app.extensions["jobqueue_monitor"] = context
     _register_routes(app)
     _register_error_handlers(app)
@@ -104,7 +106,7 @@ def create_app(
 
 def _register_routes(app: Flask) -> None:
     """The guard first (it checks every request), then the API, previews, dead letters, OpenAPI,
-    the websocket, webhook attempts and, when present, the dashboard's views."""
+    the websocket, webhook attempts, job payloads and, when present, the dashboard's views."""
     from monitor.web import api, guard, ws
 
     guard.install(app)
@@ -118,6 +120,9 @@ def _register_routes(app: Flask) -> None:
     ws.register(app)
     from monitor.web import webhook_attempts as webhooks
     app.register_blueprint(webhooks.bp)
+    from monitor.web import job_payload
+
+    app.register_blueprint(job_payload.bp)
     try:
         from monitor.web import views
     except ImportError:

@@ -2,19 +2,21 @@
 
 Why these choices:
 
-* **gunicorn's threaded worker** (``gthread``) is one of the servers flask-sock supports (it
-  takes the raw socket from ``environ["gunicorn.socket"]``); waitress cannot hand a websocket
-  its socket. Each open dashboard holds one thread for its ``/ws`` stream, so the thread count
-  (``JOBQUEUE_MONITOR_THREADS``) bounds the number of dashboards.
+* **gunicorn's threaded worker** (``gthread``) answers HTTP requests, ``JOBQUEUE_MONITOR_THREADS``
+  at a time. A websocket's opening handshake is one such request; once answered, the socket is
+  taken from gunicorn and served by the fan-out's asyncio loop (:mod:`monitor.web.fanout`), so
+  open dashboards hold no thread and the API stays responsive however many are open (bounded by
+  ``JOBQUEUE_MONITOR_WS_MAX_SOCKETS`` and ``JOBQUEUE_MONITOR_WS_MAX_PER_ADDRESS``).
 * **One worker process**: the monitor is one writer over one store, with the collector and
   truth repair beside it. They start in the worker (after the fork, in :meth:`load`) and stop
-  when it exits; a SIGTERM first ends the websocket streams so the graceful stop is quick.
+  when it exits; a SIGTERM first closes the websockets (1001) so the graceful stop is quick.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +24,7 @@ from gunicorn.app.base import BaseApplication
 
 from jobqueue.config import Settings
 from jobqueue.shared.lifeline import parent_death_hook
+from monitor.web import ws
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,8 @@ class MonitorApplication(BaseApplication):  # type: ignore[misc]  # gunicorn shi
         def on_term(signum: int, frame: Any) -> None:
             if monitor is not None:
                 monitor.app.extensions["jobqueue_monitor"].stopping.set()
+                # Close the websockets (1001) without holding up the signal handler.
+                threading.Thread(target=ws.stop, args=(monitor.app,), daemon=True).start()
             if callable(previous):
                 previous(signum, frame)
 

@@ -1,9 +1,9 @@
 """Run the monitor: writer, collector, truth repair and the web app in one process.
 
 ``serve(settings, host, port)`` blocks until SIGINT/SIGTERM, then stops everything in order
-(web server, repair, collector, writer, store). It serves under gunicorn (threads, so
-flask-sock's websockets work; see :mod:`monitor.production`); Werkzeug's development server
-only with ``debug``. With no credentials configured it refuses to
+(websockets, repair, collector, writer, web server, store). It serves under gunicorn (threads
+for HTTP, the websockets handed to one asyncio loop; see :mod:`monitor.production` and
+:mod:`monitor.web.fanout`); Werkzeug's development server only with ``debug``. With no credentials configured it refuses to
 bind to anything but localhost: controls without auth must not face a network.
 """
 
@@ -25,6 +25,7 @@ from monitor.ingest.writer import Writer
 from monitor.metrics.totals import Totals
 from monitor.repair.reconcile import Repair
 from monitor.store import Store
+from monitor.web import ws
 from monitor.web.auth import has_credentials, is_loopback
 from monitor.web.broker import monitor_celery_app
 
@@ -79,7 +80,8 @@ class Monitor:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self.app.extensions["jobqueue_monitor"].stopping.set()  # websocket streams end
+        self.app.extensions["jobqueue_monitor"].stopping.set()
+        ws.stop(self.app)  # open websockets are closed with 1001
         self.repair.stop()
         self.collector.stop()
         self.writer.stop()

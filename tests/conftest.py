@@ -1,8 +1,9 @@
 """Fixtures shared by every test package: a Redis database of the test's own, settings, app,
 and real worker processes.
 
-Redis: 127.0.0.1:6379, database ``JOBQUEUE_TEST_REDIS_DB`` (default 1), flushed before and
-after each test. Integration tests *fail* (never skip) when Redis is missing in CI.
+Redis: ``JOBQUEUE_TEST_REDIS_HOST``:``JOBQUEUE_TEST_REDIS_PORT`` (default 127.0.0.1:6379), database
+``JOBQUEUE_TEST_REDIS_DB`` (default 1), flushed before and after each test. Integration tests
+*fail* (never skip) when Redis is missing in CI.
 """
 
 from __future__ import annotations
@@ -21,14 +22,30 @@ from jobqueue.transport.app import create_app
 from tests.helpers import WorkerProcess, child_env
 
 REDIS_HOST = os.environ.get("JOBQUEUE_TEST_REDIS_HOST", "127.0.0.1")
-REDIS_DB = int(os.environ.get("JOBQUEUE_TEST_REDIS_DB", "1"))
+REDIS_PORT = int(os.environ.get("JOBQUEUE_TEST_REDIS_PORT", "6379"))
+#: pytest-xdist's worker number (0 without xdist): each parallel worker gets a Redis database
+#: of its own, ``JOBQUEUE_TEST_REDIS_DB`` + that number.
+XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_DB = int(os.environ.get("JOBQUEUE_TEST_REDIS_DB", "1")) + XDIST_WORKER
 RABBITMQ_URL = os.environ.get("JOBQUEUE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+#: Tests that share something beyond a Redis database (RabbitMQ's vhost and service queues,
+#: network namespaces, fixed ports) run in one xdist group, one after another on one worker
+#: (``-n 2 --dist loadgroup``, as .ci/run runs the suite).
+SERIAL_MARKERS = ("rabbitmq", "serial")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(name) for name in SERIAL_MARKERS):
+            item.add_marker(pytest.mark.xdist_group("serial"))
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """URL of a flushed Redis database for this test."""
-    url = f"redis://{REDIS_HOST}:6379/{REDIS_DB}"
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
     client = redis.Redis.from_url(url)
     try:
         client.ping()

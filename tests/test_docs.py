@@ -83,7 +83,7 @@ def live_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def test_the_readme_marks_its_python_cli_and_comfyui_blocks_runnable():
     readme = [block for block in BLOCKS if block.path.name == "README.md"]
-    assert [block.language for block in readme] == ["python", "bash", "python"]
+    assert [block.language for block in readme] == ["python", "bash", "python", "bash"]
     assert any('submit_job("comfyui"' in block.code for block in readme)
     assert any("submit_batch(" in block.code and "seed" in block.code for block in BLOCKS)
 

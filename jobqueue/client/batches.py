@@ -25,6 +25,7 @@ from typing import Any
 
 from jobqueue.client.jobs import JobHandle, default_app, prepare_job
 from jobqueue.errors import SubmitError
+from jobqueue.shared import queued
 from jobqueue.shared.names import RUN_JOB_TASK
 from jobqueue.shared.submissions import record_submitted
 
@@ -96,8 +97,9 @@ def submit_batch(
 ) -> list[JobHandle]:
     """Validate ``count`` varied copies of a job, enqueue them all, return their handles in order.
 
-    Raises :class:`~jobqueue.errors.SubmitError` (naming the copy) when any copy is invalid;
-    nothing is enqueued then. ``priority``, ``queue`` and ``timeout`` are as for
+    Raises :class:`~jobqueue.errors.SubmitError` (naming the copy) when any copy is invalid,
+    :class:`~jobqueue.errors.QueueFull` when the batch does not fit under its service's cap
+    whole; nothing is enqueued then. ``priority``, ``queue`` and ``timeout`` are as for
     :func:`~jobqueue.client.jobs.submit_job`.
     """
     app = app or default_app()
@@ -117,9 +119,15 @@ def submit_batch(
             ))
         except SubmitError as exc:
             raise type(exc)(f"batch job {index}: {exc}") from None
-    record_submitted(app, [send_options["task_id"] for _, send_options in messages])
-    for kwargs, send_options in messages:
-        app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+    ids = [send_options["task_id"] for _, send_options in messages]
+    queued.admit(app, {service: ids})  # all or none: QueueFull over the service's cap
+    record_submitted(app, ids)
+    for sent, (kwargs, send_options) in enumerate(messages):
+        try:
+            app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+        except Exception:  # the jobs not sent free their places
+            queued.forget(app, [service], ids[sent:])
+            raise
     handles = [JobHandle(send_options["task_id"], app) for _, send_options in messages]
     for handle in handles:
         handle.submitted = True

@@ -22,7 +22,7 @@ from celery import states as celery_states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from jobqueue.client.waiting import job_waiting_for, queue_remember
-from jobqueue.connectors import connector_class
+from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import (
     InvalidPayloadError,
     JobCancelled,
@@ -34,6 +34,7 @@ from jobqueue.errors import (
     error_info,
 )
 from jobqueue.shared import job_record as facts
+from jobqueue.shared import queued
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask
 from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED, WORKER_CLASS
 from jobqueue.shared.records import result_client, workflow_key, workflow_step_key
@@ -277,6 +278,7 @@ class JobHandle:
         if client is not None:
             facts.write(client, self.id, {"finished_at": now, "cancelled_at": now},
                         expires=int(self.app.conf.result_expires or 86400), only_new=("finished_at", "cancelled_at"))
+        queued.forget(self.app, CONNECTORS, [self.id])
         self.app.control.revoke(self.id)
         self.app.control.broadcast(CONTROL_CANCEL_JOB, arguments={"job_id": self.id})
         self._announce_cancel(now)
@@ -325,6 +327,7 @@ def cancel_later_steps(job_id: str, app: Any) -> list[str]:
     for step_id in later:
         app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
     if later:
+        queued.forget(app, CONNECTORS, later)
         app.control.revoke(later)
     return later
 
@@ -402,8 +405,13 @@ def prepare_job(
 
 
 def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
-    """Before sending: the submit record (no job without one) and, for :meth:`JobHandle.waiting_for`,
-    the job's requirements, in one round trip on a Redis result backend."""
+    """Before sending: the job's place in its service's queue (:mod:`jobqueue.shared.queued`;
+    raises :class:`~jobqueue.errors.QueueFull` over a cap), the submit record (no job without
+    one) and, for :meth:`JobHandle.waiting_for`, the job's requirements: one round trip on a
+    Redis result backend, two when the service is capped (the admission comes first)."""
+    capped = app.settings.max_queued_for(service) is not None
+    if capped:
+        queued.admit(app, {service: [job_id]})
     client = result_client(app)
     if client is None:
         record_submitted(app, [job_id])
@@ -411,11 +419,13 @@ def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
     with client.pipeline(transaction=False) as pipe:
         queue_records(pipe, app, [job_id])
         queue_remember(pipe, app, job_id, service, req)
+        if not capped:
+            queued.queue_add(pipe, service, [job_id], queued.expires_of(app))
         results = pipe.execute(raise_on_error=False)
     if isinstance(results[0], Exception):
         raise results[0]
     if any(isinstance(r, Exception) for r in results[1:]):  # the job is sent anyway
-        log.warning("could not record the requirements of job %s: %s", job_id, results[1])
+        log.warning("could not record the requirements or queue place of job %s: %s", job_id, results[1:])
 
 
 def submit_job(
@@ -442,10 +452,11 @@ def submit_job(
 
     ``queue`` pins the job (``gpu0``, ``machine.<id>``, ``gpu0.<machine>``); by default it
     goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
-    Raises :class:`~jobqueue.errors.UnknownServiceError` or
-    :class:`~jobqueue.errors.InvalidPayloadError` (nothing enqueued). ``webhook_url`` (http or
-    https only, else :class:`~jobqueue.errors.SubmitError`; an IP literal outside the public
-    addresses and ``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS`` raises
+    Raises :class:`~jobqueue.errors.UnknownServiceError`,
+    :class:`~jobqueue.errors.InvalidPayloadError` or, when the service's queue holds its cap
+    (``JOBQUEUE_MAX_QUEUED``), :class:`~jobqueue.errors.QueueFull` (nothing enqueued).
+    ``webhook_url`` (http or https only, else :class:`~jobqueue.errors.SubmitError`; an IP
+    literal outside the public addresses and ``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS`` raises
     :class:`~jobqueue.errors.WebhookTargetRefused`) gets a signed POST when the job ends (see
     :mod:`jobqueue.worker.webhooks`).
     """
@@ -459,7 +470,11 @@ def submit_job(
         requires=requires, secret_keys=app.settings.secret_keys_pattern,
     )
     _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
-    sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+    try:
+        sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+    except Exception:  # never sent: its place in the queue is free again
+        queued.forget(app, [service], [send_options["task_id"]])
+        raise
     handle = JobHandle(send_options["task_id"], app)
     handle.submitted = True
     handle._sent = sent

@@ -43,6 +43,7 @@ from jobqueue.errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
+from jobqueue.shared import queued
 from jobqueue.shared.names import RUN_JOB_TASK, STEP_SIGNATURE_TYPE
 from jobqueue.shared.records import workflow_key, workflow_step_key
 from jobqueue.shared.steps import (
@@ -90,7 +91,8 @@ def submit_workflow(
 
     Every step gets the workflow's ``priority`` (0..9, default 5), ``timeout`` (per step) and
     ``queue`` (default: each step's service queue). Raises :class:`SubmitError` (or its
-    subclasses, naming the step) when any step is invalid; nothing is enqueued then.
+    subclasses, naming the step) when any step is invalid, :class:`~jobqueue.errors.QueueFull`
+    when its steps do not fit under their services' caps; nothing is enqueued then.
     """
     app = app or default_app()
     pairs = _check_steps(steps)
@@ -113,6 +115,10 @@ def submit_workflow(
             StepSignature(RUN_JOB_TASK, kwargs=kwargs, options=options, subtask_type=STEP_SIGNATURE_TYPE, app=app)
         )
     step_ids = [sig.options["task_id"] for sig in signatures]
+    by_service: dict[str, list[str]] = {}
+    for (service, _), step_id in zip(pairs, step_ids, strict=True):
+        by_service.setdefault(service, []).append(step_id)
+    queued.admit(app, by_service)  # every step or none: QueueFull over a service's cap
     record = {"id": workflow_id, "steps": step_ids, "submitted_at": submitted_at,
               "priority": signatures[0].kwargs["options"]["priority"]}
     setter = getattr(app.backend, "set", None)
@@ -124,7 +130,11 @@ def submit_workflow(
     # ``ignore_result=False`` spelled out: a client app does not register the job task (a worker
     # does), and the first message of a chain of an unregistered task would leave that header
     # empty; the message stays the one a registered task sends (rolling upgrades compare them).
-    chain(*signatures).apply_async(ignore_result=False)
+    try:
+        chain(*signatures).apply_async(ignore_result=False)
+    except Exception:  # nothing sent: every step's place is free again
+        queued.forget(app, list(by_service), step_ids)
+        raise
     return WorkflowHandle(workflow_id, step_ids, app)
 
 

@@ -47,6 +47,8 @@ from jobqueue.errors import InvalidPayloadError
 #: Upper bounds that keep a typo from booking a worker for a day (simulation).
 MAX_STEPS = 100_000
 MAX_STEP_SECONDS = 3600.0
+#: Largest output file the simulation makes on request, in MB (MiB).
+MAX_FILE_MB = 4096.0
 
 #: A time limit in seconds: a positive, finite number.
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -65,6 +67,16 @@ M = TypeVar("M", bound=PayloadModel)
 
 
 # -- simulation ----------------------------------------------------------------------------------
+class SimulationFile(PayloadModel):
+    """One output file a simulated job makes: a valid file of ``kind`` and ``mb`` MiB."""
+
+    kind: Annotated[Literal["image", "video", "audio", "model", "text", "file"], Field(
+        description="png, mp4 (a real VP9 clip), wav, glb, txt or bin.")] = "file"
+    mb: Annotated[float, Field(ge=0, le=MAX_FILE_MB, allow_inf_nan=False, description="Size in MiB.")] = 1.0
+    name: Annotated[str | None, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+                                      description="File name (default: <kind>-<n>.<ext>).")] = None
+
+
 class SimulationPayload(PayloadModel):
     """The ``simulation`` connector's job: ``steps`` steps of ``step_seconds`` each."""
 
@@ -74,6 +86,8 @@ class SimulationPayload(PayloadModel):
     fail_at_step: Annotated[int | None, Field(description="Fail at this step (null: never).")] = None
     output: Annotated[Any, Field(description="Returned as the job's result.")] = None
     seed: Annotated[Any, Field(description="Returned with the result when given.")] = None
+    files: Annotated[list[SimulationFile], Field(
+        description="Output files to make (streamed to the output store), e.g. a video.")] = []
 
 
 # -- comfyui -------------------------------------------------------------------------------------
@@ -286,6 +300,7 @@ def validate_simulation(payload: Any) -> dict[str, Any]:
         "fail_at_step": model.fail_at_step,
         "output": model.output,
         **({"seed": model.seed} if "seed" in model.model_fields_set else {}),
+        **({"files": [f.model_dump() for f in model.files]} if model.files else {}),
     }
 
 

@@ -6,10 +6,16 @@ goes through s3fs, with endpoint and credentials from the standard AWS variables
 (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``...), so
 MinIO, R2 and Ceph work the same way. A job's file ``name`` lives at
 ``<store>/<job id>/<name>``; the job's result lists it with its store URL.
+
+Files of any kind and size (a 500 MB video) move in chunks and are never held whole: a writer
+hands :func:`save_output` an iterable of chunks (``requests``' ``iter_content``, a generator),
+and a remote store buffers at most one multipart part (:data:`WRITE_BLOCK`) of it; the monitor
+reads a byte range (:meth:`OutputStore.stream`) without reading what comes before it.
 """
 
 from __future__ import annotations
 
+import mimetypes
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -19,8 +25,28 @@ from jobqueue.errors import ConfigError
 
 #: Bytes read per chunk when streaming a stored file.
 CHUNK_SIZE = 1 << 16
+#: Bytes a remote store (S3) buffers before it uploads them as one part (S3's smallest part),
+#: and reads ahead of a reader.
+WRITE_BLOCK = 5 << 20
 #: Longest file (or job id) name served or written: far below any filesystem's limit.
 MAX_NAME_LENGTH = 200
+
+
+#: Content types of the output kinds services make (``mimetypes`` misses or varies on some).
+CONTENT_TYPES = {
+    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif",
+    "mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime", "mkv": "video/x-matroska",
+    "wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg", "opus": "audio/ogg",
+    "m4a": "audio/mp4", "glb": "model/gltf-binary", "gltf": "model/gltf+json", "obj": "model/obj",
+    "json": "application/json", "txt": "text/plain; charset=utf-8",
+}
+
+
+def content_type(name: str) -> str:
+    """The Content-Type of an output file, from its extension (``application/octet-stream``
+    when unknown)."""
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return CONTENT_TYPES.get(ext) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def is_safe_name(name: str) -> bool:
@@ -57,6 +83,10 @@ class OutputStore:
         protocol = self.fs.protocol
         return "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
 
+    def _block(self) -> dict[str, Any]:
+        """Open options bounding what a remote file buffers (s3fs's default block is 50 MB)."""
+        return {} if self.is_local else {"block_size": WRITE_BLOCK}
+
     def path(self, job_id: str, name: str) -> str:
         """The file system path of ``name`` of job ``job_id`` (names checked, never trusted)."""
         if not is_safe_name(job_id) or not is_safe_name(name):
@@ -78,7 +108,7 @@ class OutputStore:
         if self.is_local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         size = 0
-        with self.fs.open(path, "wb") as fh:
+        with self.fs.open(path, "wb", **self._block()) as fh:
             for chunk in chunks:
                 if chunk:
                     fh.write(chunk)
@@ -90,21 +120,50 @@ class OutputStore:
 
     def size(self, job_id: str, name: str) -> int | None:
         """The size of a stored regular file, or None when there is no such file."""
+        found = self.info(job_id, name)
+        return None if found is None else found[0]
+
+    def info(self, job_id: str, name: str) -> tuple[int, float | None, str] | None:
+        """``(size, modified time or None, validator)`` of a stored regular file, or None.
+
+        The validator is the store's ETag when it has one (S3), else size and mtime: it changes
+        whenever the file does, so a cached copy or a resumed download can be checked.
+        """
         try:
             info = self.fs.info(self.path(job_id, name))
         except FileNotFoundError:
             return None
         if info.get("type") != "file":
             return None
-        return int(info.get("size") or 0)
+        size = int(info.get("size") or 0)
+        modified = _timestamp(info.get("LastModified") or info.get("mtime") or info.get("created"))
+        tag = str(info.get("ETag") or "").strip('"') or f"{size:x}-{int((modified or 0) * 1e6):x}"
+        return size, modified, tag
 
-    def stream(self, job_id: str, name: str) -> Iterator[bytes]:
-        """The file's bytes, chunk by chunk (for a streaming HTTP response)."""
-        with self.fs.open(self.path(job_id, name), "rb") as fh:
-            while True:
-                chunk = fh.read(CHUNK_SIZE)
+    def names(self, job_id: str) -> list[str]:
+        """The names of the job's stored files, sorted (empty when it has none)."""
+        if not is_safe_name(job_id):
+            raise ValueError(f"not a plain job id: {job_id!r}")
+        try:
+            entries = self.fs.ls(f"{self.root}/{job_id}", detail=True)
+        except FileNotFoundError:
+            return []
+        found = (str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
+        return sorted(name for name in found if is_safe_name(name))
+
+    def stream(self, job_id: str, name: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The file's bytes from ``start`` (``length`` of them, default: to the end), chunk by
+        chunk; a remote store reads only that range."""
+        left = length
+        with self.fs.open(self.path(job_id, name), "rb", **self._block()) as fh:
+            if start:
+                fh.seek(start)
+            while left is None or left > 0:
+                chunk = fh.read(CHUNK_SIZE if left is None else min(CHUNK_SIZE, left))
                 if not chunk:
                     return
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
 
     def signed_url(self, job_id: str, name: str, seconds: float) -> str | None:
@@ -114,6 +173,18 @@ class OutputStore:
         except NotImplementedError:
             return None
         return str(url) if str(url).startswith(("http://", "https://")) else None
+
+
+def _timestamp(value: Any) -> float | None:
+    """A file system's modified time (a datetime or epoch seconds) as epoch seconds."""
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def save_output(settings: Settings, job_id: str, name: str, chunks: Iterable[bytes],

@@ -30,9 +30,9 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "DEAD_SUFFIX", "attempts_key", "dead_letter_key", "facts_key", "orphan_book_key", "preview_key", "requires_key",
-    "result_client", "retry_key", "submitted_key", "webhook_attempts_key", "webhook_delivered_key", "workflow_key",
-    "workflow_step_key",
+    "DEAD_SUFFIX", "attempts_key", "dead_letter_key", "facts_key", "orphan_book_key", "preview_key", "queued_key",
+    "requires_key", "result_client", "retry_key", "submitted_key", "webhook_attempts_key", "webhook_delivered_key",
+    "workflow_key", "workflow_step_key",
 ]
 
 
@@ -94,6 +94,12 @@ def workflow_key(workflow_id: str) -> str:
 def workflow_step_key(job_id: str) -> str:
     """A workflow step's job id -> its workflow id (for ``JobHandle.cancel`` on one step)."""
     return f"jobqueue-workflow-step-{job_id}"
+
+
+def queued_key(service: str) -> str:
+    """Sorted set of ``service``'s queued jobs (member a job id, score when it entered the
+    queue): the count queue caps apply to (:mod:`jobqueue.shared.queued`)."""
+    return f"jobqueue-queued-{service}"
 
 
 def orphan_book_key(worker: str, service: str) -> str:

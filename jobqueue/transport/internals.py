@@ -292,6 +292,24 @@ def active_requests() -> list[Any]:
     return list(state.active_requests)
 
 
+def wake_scheduled(consumer: Any, pick: Callable[[Any], bool]) -> int:
+    """Run now the requests this worker holds for their ETA (a retry's countdown) that ``pick``
+    chooses; return how many. Cancels each one's timer entry (``Request._eta_timer_entry``)
+    and hands it to ``Consumer.apply_eta_task``, what the timer would have called. Call it on
+    the consumer's thread."""
+    from celery.worker import state
+
+    woken = 0
+    for request in list(state.scheduled_requests):
+        entry = getattr(request, "_eta_timer_entry", None)
+        if entry is None or getattr(entry, "canceled", False) or not pick(request):
+            continue
+        entry.cancel()
+        consumer.apply_eta_task(request)
+        woken += 1
+    return woken
+
+
 def accepted_at(request: Any) -> float | None:
     """When the pool accepted ``request`` (``Request.time_start``, wall-clock), or None."""
     value = getattr(request, "time_start", None)

@@ -76,12 +76,14 @@ def read_live_run_file(data_dir: str | os.PathLike[str]) -> dict[str, Any] | Non
 
 
 def discovered_broker(data_dir: str | os.PathLike[str]) -> dict[str, str]:
-    """``{"broker_url": ..., "result_backend": ...}`` of the ``up`` running with ``data_dir``,
-    or ``{}`` when none runs."""
+    """``{"broker_url": ..., "result_backend": ..., "monitor_url": ...}`` of the ``up`` running
+    with ``data_dir`` (the monitor's URL without its login fragment), or ``{}`` when none runs."""
     info = read_live_run_file(data_dir)
     if info is None or not isinstance(info.get("broker_url"), str):
         return {}
     found = {"broker_url": info["broker_url"]}
     if isinstance(info.get("result_backend"), str):
         found["result_backend"] = info["result_backend"]
+    if isinstance(info.get("monitor_url"), str):
+        found["monitor_url"] = info["monitor_url"].split("#", 1)[0].rstrip("/")
     return found

@@ -23,6 +23,7 @@ from typing import Any
 from celery import states as celery_states
 
 from jobqueue.shared import job_record as facts
+from jobqueue.shared import queued
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask
 from jobqueue.shared.names import RUN_JOB_TASK, job_meta_from_kwargs
 from jobqueue.shared.records import attempts_key, facts_key, result_client
@@ -65,7 +66,8 @@ class Attempt:
 
 def queue_start(pipe: Any, task: Any, meta: dict[str, Any], runtime: WorkerRuntime, started: float) -> None:
     """Queue the start of an attempt on ``pipe``: read the stored state, count the start, read
-    the facts so far and write the new attempt's facts (see :func:`begin_attempt`)."""
+    the facts so far, write the new attempt's facts (see :func:`begin_attempt`) and take the
+    job out of its service's queued-jobs index (:mod:`jobqueue.shared.queued`)."""
     app, request = task.app, task.request
     received = _received_times(app).pop(request.id, None) or started
     start = {
@@ -78,6 +80,7 @@ def queue_start(pipe: Any, task: Any, meta: dict[str, Any], runtime: WorkerRunti
     pipe.expire(attempts_key(request.id), expires(app))
     pipe.hgetall(facts_key(request.id))
     facts.queue_write(pipe, request.id, start, expires=expires(app), remove=_ENDED_FACTS)
+    queued.queue_remove(pipe, meta["service"], request.id)  # no longer queued
 
 
 # -- the start that rides with STARTED --------------------------------------------------------
@@ -209,7 +212,8 @@ def _settle_start(task: Any, client: Any, meta: dict[str, Any], replies: list[An
 
 
 def record_end(task: Any, started: float, *, retried: bool = False) -> None:
-    """Record the end of the running attempt (``retried``: it goes back to the queue).
+    """Record the end of the running attempt (``retried``: it goes back to the queue, and into
+    its service's queued-jobs index at once).
 
     On our Redis backend the facts ride in the transaction that stores the state Celery
     writes next (the result, the failure, the retry): one round trip, and the two agree."""
@@ -217,6 +221,8 @@ def record_end(task: Any, started: float, *, retried: bool = False) -> None:
     if client is None:
         return
     now = time.time()
+    if retried:  # before the retry re-sends the message: its next start comes after this
+        queued.back_in_queue(task, task.request.kwargs.get("service") if task.request.kwargs else None)
     fields = {"retried_at": now} if retried else {"finished_at": now, "runtime": round(now - started, 6)}
     job_id, ttl = task.request.id, expires(task.app)
     backend = task.backend

@@ -20,8 +20,10 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jobqueue.shared.names import RUN_JOB_TASK
 from jobqueue.shared.routing import service_queue
 from jobqueue.states import ConnectorStatus
+from jobqueue.transport.internals import wake_scheduled
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class ConsumerGate:
         self._queue_of = queue_of
         self._consumer: Any = None
         self._lock = threading.Lock()
+        #: Each service's health at the last sync (a recovery wakes its waiting retries).
+        self._was_healthy: dict[str, bool] = {}
 
     def bind(self, consumer: Any) -> None:
         """Gate ``consumer`` from now on and sync at once if it can take messages already
@@ -105,7 +109,28 @@ class ConsumerGate:
                 except Exception:  # a broken connection: the restarted consumer syncs again
                     log.exception("could not update consumption of %s", queue)
                 result[queue] = consumes(consumer, queue)
+                if healthy and self._was_healthy.get(service) is False:
+                    self._wake_retries(consumer, service)
+                self._was_healthy[service] = healthy
             return result
+
+    @staticmethod
+    def _wake_retries(consumer: Any, service: str) -> None:
+        """``service`` is back: its jobs this worker holds for a retry's countdown (an attempt
+        that did not reach it; the backoff grows to a minute) start now, not when the
+        countdown ends -- a job pinned here starts within a health check of the recovery."""
+        def of_service(request: Any) -> bool:
+            kwargs = getattr(request, "kwargs", None)
+            return getattr(request, "task_name", None) == RUN_JOB_TASK and isinstance(kwargs, dict) \
+                and kwargs.get("service") == service
+
+        try:
+            woken = wake_scheduled(consumer, of_service)
+        except Exception:  # best effort: the countdown still runs out
+            log.exception("could not start the waiting retries of %s", service)
+            return
+        if woken:
+            log.info("%s is back: starting %d job(s) waiting for a retry now", service, woken)
 
     def request_sync(self) -> threading.Event:
         """Ask for a sync from any thread; the returned event is set once it ran."""

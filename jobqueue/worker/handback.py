@@ -18,7 +18,9 @@ itself (ComfyUI refuses the prompt with ``value_not_in_list`` before running any
 a V3 loader, fails it with ``FileNotFoundError`` when the loader runs: the connector lists the
 file under ``missing_models``):
 :func:`hand_back_if_models_vanished` then refreshes the capabilities and sends the job back to
-its queue without counting a retry (the job shows ``retrying`` once, then runs elsewhere).
+its queue without counting a retry: the retry's error is
+:class:`~jobqueue.errors.ModelsVanished`, so the job reads ``queued`` (with its ``waiting_for``)
+until a worker that has the model takes it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any
 
 from celery.exceptions import Retry
 
+from jobqueue.errors import ModelsVanished
+from jobqueue.shared import queued
 from jobqueue.shared.requirements import Requirements, capabilities_from_details, unmet
 from jobqueue.transport.internals import default_task_strategy
 
@@ -121,6 +125,7 @@ def hand_back_if_models_vanished(task: Any, runtime: Any, options: dict[str, Any
     if gate is not None and not gate.request_sync().wait(STEP_ASIDE_WAIT):
         log.warning("consumer did not drop the queues of %s within %s s", ", ".join(gone), STEP_ASIDE_WAIT)
     again = task.signature_from_request(request, None, None, countdown=0, retries=request.retries or 0)
+    queued.back_in_queue(task, (request.kwargs or {}).get("service"))
     again.apply_async()
-    raise Retry(f"{', '.join(gone)} no longer on {runtime.identity.node_name}: handed back", exc=error, when=0,
-                sig=again)
+    message = f"{', '.join(gone)} no longer on {runtime.identity.node_name}: handed back"
+    raise Retry(message, exc=ModelsVanished(message, {"models": gone}), when=0, sig=again)

@@ -12,6 +12,7 @@ from celery.exceptions import Ignore, Retry
 
 from jobqueue.connectors import connector_class
 from jobqueue.errors import JobCancelled
+from jobqueue.shared import queued
 from jobqueue.shared.names import RUN_JOB_TASK, TASK_REVOKED
 from jobqueue.shared.steps import placeholder_paths, resolve_placeholders
 from jobqueue.transport.internals import drop_chain, remaining_chain
@@ -34,6 +35,8 @@ def stop_later_steps(task: Any, reason: str) -> None:
     later = _later_steps(request)
     drop_chain(request)
     app = task.app
+    ended = [str((sig.get("options") or {}).get("task_id")) for sig in later]
+    queued.forget(app, sorted({str((sig.get("kwargs") or {}).get("service")) for sig in later}), ended)
     for sig in later:
         options = sig.get("options") or {}
         step_id = options.get("task_id")

@@ -15,10 +15,12 @@ never goes backwards within one attempt.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from jobqueue.errors import error_info
 from jobqueue.shared.names import (
     TASK_FAILED,
     TASK_PROGRESS,
@@ -31,7 +33,15 @@ from jobqueue.shared.names import (
     TASK_SUCCEEDED,
     job_meta_from_kwargs,
 )
-from jobqueue.states import FINAL_STATUSES, JobStatus, empty_progress, may_move, status_for_error
+from jobqueue.states import (
+    FINAL_STATUSES,
+    HANDED_BACK_ERRORS,
+    JobStatus,
+    empty_progress,
+    may_move,
+    status_for_error,
+    status_for_retry,
+)
 from monitor.merge.fields import (
     MAX_ID,
     error_from,
@@ -305,8 +315,36 @@ def _on_failed(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None,
     return True
 
 
+def _inner_error(error: dict[str, Any]) -> dict[str, Any]:
+    """The error inside Celery's ``Retry(message, ModelsVanished(...), when)`` repr (as is when
+    it is not one)."""
+    message = str(error.get("message") or "")
+    for name in HANDED_BACK_ERRORS:
+        start = message.find(f"{name}(")
+        if start >= 0:
+            return error_info(re.sub(r",\s*[\d.]+\)?\s*$", "", message[start:]))
+    return error
+
+
+def _handed_back(s: JobState, error: dict[str, Any], ts: float) -> bool:
+    """A job handed back before its service ran anything (a model it needs vanished): it is
+    queued again, with the reason as its error (the one step down the rules allow)."""
+    current = s.job_status
+    if current is None or current.is_final or current == JobStatus.QUEUED:
+        return False
+    s.status = JobStatus.QUEUED.value
+    s.attempt += 1
+    s.attempt_since = ts
+    s.progress = empty_progress()
+    s.started_at = None
+    s.error = error
+    return True
+
+
 def _on_retried(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None, out: JobOutcome) -> bool:
     error = error_from(ev)
+    if status_for_retry(error["type"], error.get("message")) == JobStatus.QUEUED:
+        return _handed_back(s, _inner_error(error), ts)
     if not move(s, JobStatus.RETRYING, ts):
         return False
     s.attempt += 1

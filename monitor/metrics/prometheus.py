@@ -2,7 +2,8 @@
 
 Counters and histograms come from the totals persisted in the store (:mod:`monitor.metrics.totals`):
 they never go down, not when jobs are pruned, not when the monitor restarts. Gauges say what is
-true now (queue depths from the broker, workers and connectors by status, jobs the store holds).
+true now (queue depths from the broker, workers and connectors by status, jobs the store holds,
+and the autoscaling signals of :mod:`monitor.metrics.autoscaling`).
 ``/metrics`` serves them through prometheus_client's own exposition (text format, or OpenMetrics
 when the scraper asks for it). docs/api.md lists every metric; docs/grafana-dashboard.json is a
 dashboard built on them.
@@ -12,18 +13,39 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from jobqueue.shared import queued
+from jobqueue.shared.requirements import Capabilities
+from monitor.metrics import autoscaling
 from monitor.metrics.totals import QUEUE_WAIT_BUCKETS, RUNTIME_BUCKETS, read_totals
 
 log = logging.getLogger(__name__)
 
 #: Reads the depth of each named queue on the broker: ``(celery app, queue names) -> {queue: n}``.
 QueueDepths = Callable[[Any, list[str]], dict[str, int]]
+#: Every queued job with its ``eta_seconds`` as of a time: ``(store, now) -> [job]``.
+Estimates = Callable[[Any, float], list[dict[str, Any]]]
+#: The capabilities of the workers that take jobs now: ``(the store's workers) -> [Capabilities]``.
+OnlineCapabilities = Callable[[list[dict[str, Any]]], list[Capabilities]]
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the metrics read beyond the store, passed in by the web layer that owns it:
+    :func:`monitor.web.broker.queue_depths`, :func:`monitor.web.eta.store_estimates` and
+    :func:`monitor.web.fleet_capabilities.online_capabilities`."""
+
+    queue_depths: QueueDepths
+    estimates: Estimates
+    capabilities: OnlineCapabilities
+
 
 #: Counters: (persisted total name, metric name without ``_total``, help, label names).
 COUNTERS = (
@@ -62,13 +84,13 @@ def _histogram(name: str, help_text: str, bounds: Sequence[float],
 
 
 class MonitorCollector:
-    """Collects every jobqueue metric at scrape time from the store, the collector and the
-    broker (``context`` is the app's :class:`monitor.app.MonitorContext`; ``queue_depths(celery,
-    queues)`` reads the broker's queue lengths, :func:`monitor.web.broker.queue_depths`)."""
+    """Collects every jobqueue metric at scrape time from the store, the collector, the broker
+    and the result backend (``context`` is the app's :class:`monitor.app.MonitorContext`;
+    ``sources`` reads the broker's queue lengths, the queue ETAs and the online capabilities)."""
 
-    def __init__(self, context: Any, queue_depths: QueueDepths) -> None:
+    def __init__(self, context: Any, sources: Sources) -> None:
         self.context = context
-        self.queue_depths = queue_depths
+        self.sources = sources
 
     def collect(self) -> Iterator[Any]:
         store = self.context.store
@@ -130,20 +152,36 @@ class MonitorCollector:
         yield connectors
         depth = GaugeMetricFamily("jobqueue_queue_depth", "Messages waiting in each broker queue", labels=["queue"])
         try:
-            for queue, count in sorted(self.queue_depths(self.context.celery, store.known_queues()).items()):
+            for queue, count in sorted(self.sources.queue_depths(self.context.celery, store.known_queues()).items()):
                 depth.add_metric([queue], count)
         except Exception as exc:  # the broker is down: the other metrics still answer
             log.warning("queue depths unavailable: %r", exc)
         yield depth
+        yield from self._autoscaling(store)
         seq = GaugeMetricFamily("jobqueue_monitor_seq", "The store's change sequence number")
         seq.add_metric([], store.seq())
         yield seq
 
+    def _autoscaling(self, store: Any) -> Iterator[Any]:
+        """Per service and capability: queued, unmet and drain time (:mod:`monitor.metrics.autoscaling`)."""
+        celery = self.context.celery
+        waiting = store.queued_requirements()
+        services = ({j["service"] for j in waiting if j["service"]} | set(store.service_medians())
+                    | set(celery.settings.max_queued_by_service))
+        counts: dict[str, int] = {}
+        try:
+            counts = queued.counts(celery, sorted(services))
+        except Exception as exc:  # the result backend is down: the store's signals still answer
+            log.warning("queued-jobs counts unavailable: %r", exc)
+        eta = {j["id"]: j.get("eta_seconds") for j in self.sources.estimates(store, time.time())}
+        samples = autoscaling.signals(waiting, eta, self.sources.capabilities(store.workers()))
+        yield from autoscaling.families(counts, samples)
 
-def build_registry(context: Any, queue_depths: QueueDepths) -> CollectorRegistry:
+
+def build_registry(context: Any, sources: Sources) -> CollectorRegistry:
     """A registry of this app's metrics (no process-global state)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MonitorCollector(context, queue_depths))
+    registry.register(MonitorCollector(context, sources))
     return registry
 
 

@@ -216,6 +216,16 @@ class StoreQueries:
             keys = ("id", "status", "queue", "service", "priority", "submitted_at")
             return [dict(zip(keys, row, strict=True)) for row in rows]
 
+    def queued_requirements(self) -> list[dict[str, Any]]:
+        """``{"id", "service", "requires"}`` of every queued job (the autoscaling signals; light
+        like :meth:`queue_order`: no whole jobs built)."""
+        with self.read() as session:
+            rows = session.execute(select(JobRow.id, JobRow.service, JobRow.meta)
+                                   .where(JobRow.status == JobStatus.QUEUED.value))
+            return [{"id": job_id, "service": service,
+                     "requires": meta.get("requires") if isinstance(meta, dict) else None}
+                    for job_id, service, meta in rows]
+
     def service_medians(self) -> dict[str, float | None]:
         """Each service's completion-time median (the ``service`` objects' ``median``)."""
         with self.read() as session:

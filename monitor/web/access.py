@@ -13,10 +13,12 @@ are for loopback clients only, as before.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 from flask import Flask, Response, current_app, g, redirect, request
+from werkzeug.datastructures import Headers
 
 from jobqueue.config import Settings
 from monitor.store.access import any_key
@@ -30,9 +32,12 @@ from monitor.web.auth import (
     has_credentials,
     is_loopback,
 )
+from monitor.web.frames import Refusal as WsRefusal
 from monitor.web.limits import note_failure
 from monitor.web.routes import Role, RouteSpec, spec_for
 
+#: A request's headers: Werkzeug's, or any mapping (only ``Authorization`` is read).
+HeaderMap = Headers | Mapping[str, str]
 #: How long "are there API keys?" is remembered (s): a first key turns auth on within this.
 KEYS_CHECK_INTERVAL = 2.0
 
@@ -62,14 +67,14 @@ def auth_configured() -> bool:
     return bool(cache["value"])
 
 
-def _authenticate() -> Identity | None:
+def _authenticate(headers: HeaderMap, cookies: Mapping[str, str]) -> Identity | None:
     """The identity the request's credentials prove (header first, then session cookie);
     None without any. Raises :class:`BadCredentials`."""
     ctx = _context()
-    found = from_header(ctx.settings, ctx.store, request.headers.get("Authorization", ""))
+    found = from_header(ctx.settings, ctx.store, headers.get("Authorization", ""))
     if found is not None:
         return found
-    payload = sessions.read(current_app, request, ctx.settings.monitor_session_seconds)
+    payload = sessions.read(current_app, cookies, ctx.settings.monitor_session_seconds)
     if payload is False:
         raise BadCredentials("the session cookie is not valid (forged or expired): log in again", guess=False)
     return from_session(ctx.store, payload, sessions.fingerprint(ctx.settings)) if payload else None
@@ -80,33 +85,36 @@ def current_identity() -> Identity:
     found = g.get("jobqueue_identity")
     if found is None:
         try:
-            found = _resolve(_context().settings)
+            found = _resolve(_context().settings, request.headers, request.cookies)
         except BadCredentials:
             found = ANONYMOUS
         g.jobqueue_identity = found
     return found  # type: ignore[no-any-return]
 
 
-def _resolve(settings: Settings) -> Identity:
+def _resolve(settings: Settings, headers: HeaderMap, cookies: Mapping[str, str]) -> Identity:
     if not auth_configured():
         address = request.remote_addr
         if address is None or is_loopback(address):
             return Identity("local", Role.ADMIN, "local", via="loopback")
         return Identity("anonymous", Role.VIEWER, "anonymous", via="none")
-    found = _authenticate()
+    found = _authenticate(headers, cookies)
     if found is not None:
         return found
     return Identity("anonymous", Role.VIEWER if settings.monitor_public_read else Role.PUBLIC, "anonymous", via="none")
 
 
-def authorize(spec: RouteSpec, settings: Settings) -> Identity:
-    """The identity of this request if it may call ``spec``'s route; else :class:`Refusal`."""
+def authorize(spec: RouteSpec, settings: Settings, headers: HeaderMap | None = None,
+              cookies: Mapping[str, str] | None = None) -> Identity:
+    """The identity of this request (credentials from ``headers`` and ``cookies``, by default
+    the request's own) if it may call ``spec``'s route; else :class:`Refusal`."""
     if spec.control and settings.monitor_read_only:
         raise Refusal(403, "read_only", "the monitor runs in read-only mode")
     if spec.role is Role.PUBLIC:  # wrong credentials do not close the login page
         return current_identity()
     try:
-        identity = _resolve(settings)
+        identity = _resolve(settings, request.headers if headers is None else headers,
+                            request.cookies if cookies is None else cookies)
     except BadCredentials as exc:
         wait = note_failure() if exc.guess else None
         if wait is not None:
@@ -148,6 +156,8 @@ def _before() -> Response | None:
     if request.endpoint is None:  # no such route: Flask answers 404
         return None
     spec = spec_for(current_app, request.endpoint)
+    if spec is not None and spec.extra.get("authorize"):
+        return None  # the route asks its own authorize callable (/ws: ws_authorize)
     try:
         if spec is None:
             raise Refusal(403, "undeclared_route", "this route declares no role")
@@ -157,6 +167,24 @@ def _before() -> Response | None:
     return None
 
 
+def ws_authorize(headers: Headers, cookies: Mapping[str, str]) -> Any:
+    """The :data:`monitor.web.ws.Authorize` of the monitor: the same check as every route, for
+    ``/ws``'s declared role (viewer; anonymous with ``JOBQUEUE_MONITOR_PUBLIC_READ``), with the
+    credentials of the handshake's headers (Bearer token or API key, basic) or session cookie.
+    The identity, or a :class:`monitor.web.frames.Refusal` (401, 403, 429)."""
+    spec = spec_for(current_app, "ws")
+    if spec is None:
+        return WsRefusal(403, "this route declares no role")
+    try:
+        return authorize(spec, _context().settings, headers, cookies)
+    except Refusal as exc:
+        return WsRefusal(exc.status, exc.message)
+
+
 def install(app: Flask) -> None:
-    """Put the access check on ``app`` (after the guard: cross-site and body checks first)."""
+    """Put the access check on ``app`` (after the guard: cross-site and body checks first), and
+    make it ``/ws``'s authorize callable."""
     app.before_request(_before)
+    entry = app.extensions.get("jobqueue_ws")
+    if entry is not None:
+        entry.authorize = ws_authorize

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from jobqueue.client.jobs import get_job, submit_job
+from jobqueue.client.rerun import resubmit_arguments
 from jobqueue.client.services import service_names
-from jobqueue.errors import SubmitError
+from jobqueue.errors import QueueFull, SubmitError
+from jobqueue.shared import queued
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
 from monitor.store import JOB_SORTS
-from monitor.store.statuses import WorkerStatus
 from monitor.web import schemas
 from monitor.web.broker import queue_depths
-from monitor.web.eta import annotate, busy_until
+from monitor.web.eta import annotate, busy_until, consumers_per_queue, first_start_in, store_estimates
 from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_reasons
 from monitor.web.responses import error_response
 from monitor.web.routes import Limit, Role, route
@@ -86,16 +88,6 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def consumers_per_queue(workers: list[dict[str, Any]]) -> dict[str, int]:
-    """How many online workers consume each queue."""
-    counts: dict[str, int] = {}
-    for worker in workers:
-        if worker.get("status") == WorkerStatus.ONLINE:
-            for queue in worker.get("queues") or []:
-                counts[queue] = counts.get(queue, 0) + 1
-    return counts
-
-
 def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
     """The whole state at one seq, with ETAs filled in (shared by /api/state and /ws)."""
     c = ctx()
@@ -109,13 +101,9 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
 
 
 def queue_estimates(now: float) -> list[dict[str, Any]]:
-    """Every queued job (the fields of :meth:`Store.queue_order`) with its ``queue_position``
-    and ``eta_seconds`` as of ``now``: the one place the monitor computes queue ETAs."""
-    store = ctx().store
-    medians, workers = store.service_medians(), store.workers()
-    running = {j["id"]: j for j in store.jobs(state=[JobStatus.PROCESSING.value], limit=MAX_LIMIT)[0]}
-    return annotate(store.queue_order(), medians, consumers_per_queue(workers),
-                    busy_until(workers, running, medians, now))
+    """Every queued job with its ``queue_position`` and ``eta_seconds`` as of ``now``
+    (:func:`monitor.web.eta.store_estimates`)."""
+    return store_estimates(ctx().store, now)
 
 
 def _annotate_queued(found: list[dict[str, Any]]) -> None:
@@ -273,7 +261,7 @@ def _json_body() -> dict[str, Any]:
 
 
 @route(bp, "/api/jobs", method="POST", role=Role.OPERATOR, summary="Submit count jobs", body=schemas.SUBMIT,
-       response=schemas.SUBMITTED, status=201, errors=(400,), limit=Limit.SUBMIT, audit="submit", control=True)
+       response=schemas.SUBMITTED, status=201, errors=(400, 429), limit=Limit.SUBMIT, audit="submit", control=True)
 def submit() -> Any:
     """Submit ``count`` jobs of ``service`` with ``payload``; 201 with their ids."""
     body = _json_body()
@@ -286,18 +274,38 @@ def submit() -> Any:
     unknown = set(body) - SUBMIT_FIELDS
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s) {sorted(unknown)}")
-    ids = []
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    sent = 0
     try:
-        for _ in range(count):
-            handle = submit_job(service, body.get("payload", {}), priority=body.get("priority"),
-                                queue=body.get("queue"), timeout=body.get("timeout"),
-                                workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery,
-                                webhook_url=body.get("webhook_url"),
-                                requires=body.get("requires"))
-            ids.append({"id": handle.id})
+        if count > 1 and service in service_names():  # the places of all, or none
+            queued.admit(ctx().celery, {service: ids})
+        for job_id in ids:
+            submit_job(service, body.get("payload", {}), priority=body.get("priority"),
+                       queue=body.get("queue"), timeout=body.get("timeout"),
+                       workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery,
+                       webhook_url=body.get("webhook_url"), requires=body.get("requires"), job_id=job_id)
+            sent += 1
+    except QueueFull as exc:
+        return _queue_full(exc)
     except SubmitError as exc:
+        queued.forget(ctx().celery, [service], ids[sent:])  # places reserved for jobs never sent
         raise ApiError(400, "invalid_job", str(exc)) from None
-    return jsonify({"jobs": ids}), 201
+    return jsonify({"jobs": [{"id": job_id} for job_id in ids]}), 201
+
+
+def _queue_full(exc: QueueFull) -> Response:
+    """429 with ``Retry-After``: when the first of the service's queued jobs is expected to
+    start (a place frees), from the queue ETAs; else its median run time; else the default."""
+    medians = ctx().store.service_medians()
+    median = medians.get(exc.service)
+    seconds = first_start_in(queue_estimates(time.time()), exc.service, median)
+    if seconds is None:
+        seconds = median if median else exc.retry_after
+    exc.retry_after = max(1.0, float(math.ceil(seconds)))
+    response = error_response(429, "queue_full", f"{exc.service}: queue full ({exc.queued} queued, cap {exc.cap}); "
+                                                 f"retry in {exc.retry_after:.0f} s")
+    response.headers["Retry-After"] = str(int(exc.retry_after))
+    return response
 
 
 @route(bp, "/api/jobs/<job_id>/cancel", method="POST", role=Role.OPERATOR, summary="Cancel a job",
@@ -314,21 +322,20 @@ def cancel(job_id: str) -> Any:
 
 
 @route(bp, "/api/jobs/<job_id>/retry", method="POST", role=Role.OPERATOR, summary="Submit a job again",
-       body=schemas.EMPTY, response=schemas.RETRIED, status=201, errors=(404, 409), **CONTROL, audit="retry")
+       body=schemas.EMPTY, response=schemas.RETRIED, status=201, errors=(404, 409, 429), **CONTROL, audit="retry")
 def retry(job_id: str) -> Any:
-    """Submit a new job with the same service, payload and options as ``job_id``."""
+    """Submit a new job with the same service, payload and every submit option as ``job_id``
+    (:func:`jobqueue.client.rerun.resubmit_arguments`); works for a job in any state."""
     known = ctx().store.job(job_id, with_events=False)
     if known is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     kwargs = ctx().celery.AsyncResult(job_id).kwargs
     if not isinstance(kwargs, dict) or "payload" not in kwargs:
         raise ApiError(409, "payload_unknown", f"the result backend no longer holds job {job_id}'s payload")
-    options = kwargs.get("options") or {}
     try:
-        handle = submit_job(kwargs.get("service") or known["service"], kwargs["payload"],
-                            priority=options.get("priority"), queue=options.get("queue"),
-                            timeout=options.get("timeout"), workflow_id=options.get("workflow_id"),
-                            step=options.get("step"), app=ctx().celery, extra={"retry_of": job_id})
+        handle = submit_job(**resubmit_arguments(job_id, kwargs, known["service"]), app=ctx().celery)
+    except QueueFull as exc:
+        return _queue_full(exc)
     except SubmitError as exc:
         raise ApiError(400, "invalid_job", str(exc)) from None
     return jsonify({"id": handle.id}), 201

@@ -22,6 +22,29 @@ from typing import Any
 from jobqueue.states import JobStatus
 from monitor.store.statuses import WorkerStatus
 
+#: Most running jobs read for the queues' ETAs.
+MAX_RUNNING = 1000
+
+
+def consumers_per_queue(workers: list[dict[str, Any]]) -> dict[str, int]:
+    """How many online workers consume each queue."""
+    counts: dict[str, int] = {}
+    for worker in workers:
+        if worker.get("status") == WorkerStatus.ONLINE:
+            for queue in worker.get("queues") or []:
+                counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
+def store_estimates(store: Any, now: float) -> list[dict[str, Any]]:
+    """Every queued job (the fields of ``Store.queue_order``) with its ``queue_position`` and
+    ``eta_seconds`` as of ``now``: the one place the monitor computes queue ETAs (the API,
+    ``/metrics`` and a 429's ``Retry-After`` all read it)."""
+    medians, workers = store.service_medians(), store.workers()
+    running = {j["id"]: j for j in store.jobs(state=[JobStatus.PROCESSING.value], limit=MAX_RUNNING)[0]}
+    return annotate(store.queue_order(), medians, consumers_per_queue(workers),
+                    busy_until(workers, running, medians, now))
+
 
 def queue_order_key(job: dict[str, Any]) -> tuple[int, float, str]:
     """The order in which queued jobs are taken: higher priority first, then older first."""
@@ -86,3 +109,14 @@ def annotate(jobs: list[dict[str, Any]], medians: dict[str, float | None],
         job["eta_seconds"] = round(done, 2)  # until it is expected to have run, like a running job's
         heapq.heappush(heap, done)
     return jobs
+
+
+def first_start_in(jobs: list[dict[str, Any]], service: str, median: float | None) -> float | None:
+    """Seconds until the first of ``service``'s queued jobs is expected to start (a place in its
+    queue frees then): the smallest of their ETAs (:func:`annotate`) less one run of the
+    service's median. None when none of them has an ETA."""
+    waits = [float(j["eta_seconds"]) for j in jobs
+             if j.get("service") == service and isinstance(j.get("eta_seconds"), (int, float))]
+    if not waits:
+        return None
+    return max(0.0, min(waits) - (median or 0.0))

@@ -35,6 +35,14 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _describe(spec: RouteSpec, code: int) -> str:
+    """An error's description; a 429 a route declares itself is its queue being full (QueueFull),
+    beside the rate limit's 429 when the route has one too."""
+    if code == 429 and 429 in spec.errors:
+        return "queue full (see Retry-After)" + (", or rate limited" if spec.limit is not None else "")
+    return _ERROR_NAMES.get(code, "error")
+
+
 def _responses(spec: RouteSpec) -> dict[str, Any]:
     if spec.response is not None:
         ok = _json(spec.response, "OK")
@@ -48,7 +56,7 @@ def _responses(spec: RouteSpec) -> dict[str, Any]:
     if spec.limit is not None:
         errors.add(429)
     out = {str(spec.status): ok}
-    out.update({str(code): _json(ERROR, _ERROR_NAMES.get(code, "error")) for code in sorted(errors)})
+    out.update({str(code): _json(ERROR, _describe(spec, code)) for code in sorted(errors)})
     if not spec.rule.startswith("/api") and spec.response is None:
         # A page or a file: its own errors are Flask's HTML ones; only refusals are JSON.
         out.update({str(code): {"description": _ERROR_NAMES.get(code, "error"), "content": {"text/html": {}}}

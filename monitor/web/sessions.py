@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from flask import Flask, Request, Response
@@ -50,10 +51,10 @@ def install(app: Flask, settings: Settings) -> None:
     app.extensions[EXTENSION] = URLSafeTimedSerializer(signing_key(settings), salt=_SALT)
 
 
-def read(app: Flask, request: Request, max_age: float) -> dict[str, Any] | None | Literal[False]:
-    """The session of ``request``: its payload, None without a cookie, False for a cookie that
-    is forged, tampered with, malformed or expired."""
-    raw = request.cookies.get(COOKIE)
+def read(app: Flask, cookies: Mapping[str, str], max_age: float) -> dict[str, Any] | None | Literal[False]:
+    """The session in a request's ``cookies``: its payload, None without a cookie, False for a
+    cookie that is forged, tampered with, malformed or expired."""
+    raw = cookies.get(COOKIE)
     if not raw:
         return None
     try:

@@ -8,15 +8,15 @@ autoescaping; the browser code builds its DOM with ``textContent`` only.
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, abort, current_app, jsonify, render_template, send_file
+from flask import Blueprint, abort, current_app, jsonify, render_template
 
 from jobqueue.client.services import payload_schema, service_examples
 from jobqueue.shared.outputs import is_safe_name
+from monitor.web.files import local_source, send_source, serve_output
 from monitor.web.responses import error_response
 from monitor.web.routes import Role, route
 
@@ -81,8 +81,9 @@ def client() -> str:
     )
 
 
-#: Output files the pages may show inline; anything else is served as a download.
-INLINE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+#: Output files the pages may show inline (images, video, audio); anything else is a download.
+INLINE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".webm", ".wav", ".mp3", ".flac", ".ogg",
+                ".opus", ".m4a")
 
 
 def output_file(output_dir: str, job_id: str, name: str) -> Path | None:
@@ -111,25 +112,18 @@ def job_file(job_id: str, name: str) -> Any:
 
     With ``JOBQUEUE_OUTPUT_URL`` set, read from the output store (:mod:`monitor.web.files`), so
     any machine's files are served; else only where the monitor shares the workers' disk. Only files of a
-    job the store knows are served (see :func:`output_file`). The response is sandboxed by
-    CSP so an SVG or HTML "image" cannot run script on the monitor's origin.
+    job the store knows are served (see :func:`output_file`). Either way with ``Range`` and
+    validators (:mod:`monitor.web.files`); the response is sandboxed by CSP so an SVG or HTML
+    "image" cannot run script on the monitor's origin.
     """
     context = current_app.extensions["jobqueue_monitor"]
     if context.settings.output_url:
         # A shared output store (S3...): serve from it, whatever machine wrote the file.
-        from monitor.web.files import serve_output
-
         return serve_output(job_id, name, INLINE_TYPES)
     path = output_file(context.settings.output_dir, job_id, name)
     if path is None or context.store.job(job_id, with_events=False) is None:
         abort(404)
-    try:
-        handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
-    except OSError:
+    source = local_source(path)
+    if source is None:
         abort(404)
-    inline = name.lower().endswith(INLINE_TYPES)
-    response = send_file(handle, download_name=name, as_attachment=not inline, max_age=3600,
-                         last_modified=os.fstat(handle.fileno()).st_mtime)
-    response.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; sandbox"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
+    return send_source(source, name, inline=name.lower().endswith(INLINE_TYPES))

@@ -3,113 +3,204 @@
 ``?since=N`` (a reconnecting client's last seq) yields exactly the changes it missed, read from
 the store's change log, or a fresh snapshot when the log no longer reaches back to N. Both the
 snapshot and the deltas come from the database (the snapshot and its seq in one read
-transaction), so there is no gap and no duplicate between them, also when this web process is
-not the collector's process. In the collector's process the writer's
-:class:`~monitor.ingest.hub.ChangeHub` wakes the stream at once; elsewhere it polls the change log.
+transaction), so there is no gap and no duplicate between them.
+
+The opening handshake is an ordinary request of the web server: the guard's Origin check and
+every ``before_request`` hook run, then :data:`Authorize` decides, then the socket limits. Once
+the 101 answer is written the socket is taken from the web server (:func:`take_socket`) and
+handed to the :class:`~monitor.web.fanout.Fanout`, so the request's thread is free again: an
+open dashboard costs memory in one asyncio loop, not a thread of the server.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app, request
+from flask import Flask, Response, current_app, request
+from werkzeug.datastructures import Headers
 
 from monitor.web.api import state_snapshot
+from monitor.web.fanout import Fanout, Limits
+from monitor.web.frames import Refusal, switching_protocols, text_frame, upgrade_problem
 from monitor.web.guard import strict_dumps
+from monitor.web.responses import error_response
 from monitor.web.routes import Role, declare
 from monitor.web.schemas import int_query
 
-#: How long a stream sleeps between change-log polls when nothing wakes it (s).
-POLL_INTERVAL = 0.25
-#: Most changes sent per read of the log.
-BATCH = 500
+#: Extension key of the app's :class:`WsEntry`.
+EXTENSION = "jobqueue_ws"
 
 
-#: Largest inbound websocket message (bytes): clients send nothing, so a few KB is plenty;
-#: simple-websocket closes the socket (1009) as soon as a message grows past it.
-MAX_INBOUND_MESSAGE = 4096
-#: Inbound messages a client may send before the stream closes on it (policy violation).
-MAX_INBOUND_MESSAGES = 16
+#: ``authorize(headers, cookies) -> identity or Refusal``, consulted before the upgrade; the
+#: identity (any value, e.g. a user and a role) stays with the socket.
+Authorize = Callable[[Headers, Mapping[str, str]], Any]
 
 
-def _send(ws: Any, message: dict[str, Any]) -> None:
-    ws.send(strict_dumps(message, separators=(",", ":")))
+def allow_everyone(headers: Headers, cookies: Mapping[str, str]) -> Any:
+    """The default :data:`Authorize`: the dashboard's stream needs no credentials."""
+    return {"name": "anonymous"}
 
 
-def _drain(ws: Any, received: int) -> int:
-    """Read and drop what the client sent (nothing is expected) so it never piles up in
-    memory; close the socket when the client keeps sending. Returns the new count."""
-    while getattr(ws, "connected", True):
+@dataclass
+class WsEntry:
+    """What ``/ws`` of one app uses: the fan-out (started with the first socket) and the
+    authorization callable (replaceable: ``app.extensions["jobqueue_ws"].authorize = ...``)."""
+
+    fanout: Fanout
+    authorize: Authorize
+    snapshots: SharedSnapshot
+
+
+def snapshot_frame(finished_limit: int = 200) -> tuple[int, bytes]:
+    """The ``snapshot`` message as a frame, with its seq (needs an app context)."""
+    state = state_snapshot(finished_limit)
+    message = {"type": "snapshot", "seq": state["seq"], "state": state}
+    return state["seq"], text_frame(strict_dumps(message, separators=(",", ":")).encode())
+
+
+class SharedSnapshot:
+    """Snapshot frames shared by the dashboards that open at about the same time.
+
+    Any snapshot at seq N is a right start (the client then gets every change after N), so a
+    request waits for a snapshot already being made rather than making its own, and takes one
+    made less than :data:`SHARE_SECONDS` ago: 500 dashboards reconnecting together (a monitor
+    restart) cost a few snapshots, not 500.
+    """
+
+    #: How old (s) a finished snapshot may be and still be handed to a new client.
+    SHARE_SECONDS = 0.5
+
+    def __init__(self, make: Callable[[], tuple[int, bytes]]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._pending: Future[tuple[int, bytes]] | None = None
+        self._done: tuple[float, tuple[int, bytes]] | None = None
+
+    def get(self) -> tuple[int, bytes]:
+        with self._lock:
+            if self._done is not None and time.monotonic() - self._done[0] < self.SHARE_SECONDS:
+                return self._done[1]
+            pending, mine = self._pending, self._pending is None
+            if mine:
+                pending = self._pending = Future()
+        assert pending is not None
+        if not mine:
+            return pending.result()
         try:
-            message = ws.receive(timeout=0)
-        except Exception:  # closed while reading: the loop ends on ws.connected
-            return received
-        if message is None:
-            return received
-        received += 1
-        if received > MAX_INBOUND_MESSAGES:
-            ws.close(reason=1008, message="this stream takes no input")
-            return received
-    return received
+            result = self._make()
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._pending = None
+        with self._lock:
+            self._done = (time.monotonic(), result)
+        pending.set_result(result)
+        return result
 
 
-def _snapshot_message() -> tuple[int, dict[str, Any]]:
-    state = state_snapshot()
-    return state["seq"], {"type": "snapshot", "seq": state["seq"], "state": state}
+def take_socket(raw: socket.socket) -> socket.socket:
+    """Take the connection of ``raw`` from the web server: return a socket of our own on it, and
+    leave the server's file descriptor on a closed local pair, so whatever the server does with
+    it afterwards (shutdown, close, one more read) ends at once and never touches the client."""
+    own = raw.dup()
+    placeholder, peer = socket.socketpair()
+    peer.close()
+    os.dup2(placeholder.fileno(), raw.fileno())
+    placeholder.close()
+    return own
 
 
-def stream(ws: Any) -> None:
-    """Serve one websocket client until it goes away."""
-    ctx = current_app.extensions["jobqueue_monitor"]
-    store, hub = ctx.store, ctx.hub
+class HandedOver(Response):
+    """The response of a request whose socket the fan-out now owns: the server must neither
+    write an answer nor keep the connection (how flask-sock ends a websocket, too)."""
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        if "gunicorn.socket" in environ:
+            raise StopIteration()  # gunicorn: close this connection without answering
+        raise ConnectionError("websocket handed over")  # Werkzeug: the same
+
+
+def _cursor() -> int | None:
+    """``since`` when the change log still reaches back to it, else None (a snapshot is due)."""
     since_arg = request.args.get("since")
-    last: int | None = None
-    if since_arg is not None:
-        try:
-            since = int(since_arg)
-        except ValueError:
-            since = -1
-        if since >= 0 and store.changes_since(since, limit=1) is not None:
-            last = since
-    if last is None:
-        last, message = _snapshot_message()
-        _send(ws, message)
-    received = 0
-    while getattr(ws, "connected", True) and not ctx.stopping.is_set():
-        received = _drain(ws, received)
-        if not getattr(ws, "connected", True):
-            break
-        changes = store.changes_since(last, limit=BATCH)
-        if changes is None:  # the log moved past us (pruned): start over from a snapshot
-            last, message = _snapshot_message()
-            _send(ws, message)
-            continue
-        for change in changes:
-            _send(ws, {"type": "delta", **change})
-            last = change["seq"]
-        if not changes:
-            hub.wait(last, POLL_INTERVAL)
+    if since_arg is None:
+        return None
+    try:
+        since = int(since_arg)
+    except ValueError:
+        return None
+    store = current_app.extensions["jobqueue_monitor"].store
+    if since >= 0 and store.changes_since(since, limit=1) is not None:
+        return since
+    return None
 
 
-class _DaemonThread(threading.Thread):
-    """A thread that never holds up interpreter exit."""
+def stream() -> Any:
+    """``GET /ws``: check, authorize, admit, answer 101 and hand the socket to the fan-out."""
+    problem = upgrade_problem(request.method, request.headers)
+    if problem is not None:
+        return error_response(400, "bad_request", f"/ws is a websocket: {problem}")
+    entry: WsEntry = current_app.extensions[EXTENSION]
+    identity = entry.authorize(request.headers, request.cookies)
+    if isinstance(identity, Refusal):
+        code = {401: "unauthorized", 429: "rate_limited"}.get(identity.status, "forbidden")
+        response = error_response(identity.status, code, identity.message)
+        if identity.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="jobqueue", Basic realm="jobqueue"'
+        return response
+    raw = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if not isinstance(raw, socket.socket) or hasattr(raw, "context"):  # no socket, or TLS
+        return error_response(501, "not_implemented", "this server cannot hand over its socket")
+    address = request.remote_addr or "?"
+    refused = entry.fanout.limits.admit(address)
+    try:
+        first: bytes | None = None
+        cursor = None if refused else _cursor()
+        if cursor is None and not refused:
+            cursor, first = entry.snapshots.get()
+        raw.sendall(switching_protocols(request.headers["Sec-WebSocket-Key"]))
+        own = take_socket(raw)
+    except BaseException:
+        if refused is None:
+            entry.fanout.limits.release(address)
+        raise
+    if refused is not None:
+        entry.fanout.refuse(own, refused)
+    else:
+        entry.fanout.adopt(own, address, identity, cursor or 0, first)
+    return HandedOver()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["daemon"] = True
-        super().__init__(*args, **kwargs)
+
+def register(app: Flask, authorize: Authorize = allow_everyone) -> None:
+    """Attach ``/ws`` to ``app``, with a fan-out on the app's store and hub."""
+    context = app.extensions["jobqueue_monitor"]
+    settings = context.settings
+
+    def snapshot() -> tuple[int, bytes]:
+        with app.app_context():
+            return snapshot_frame()
+
+    limits = Limits(settings.monitor_ws_max_sockets, settings.monitor_ws_max_per_address)
+    shared = SharedSnapshot(snapshot)
+    app.extensions[EXTENSION] = WsEntry(Fanout(context.store, context.hub, shared.get, limits), authorize, shared)
+    # websocket=True: Werkzeug routes a request with "Upgrade: websocket" only to such a rule.
+    view = declare(stream, "/ws", role=Role.VIEWER, summary="Websocket: a snapshot, then every change",
+                   query=(int_query("since", 0, 2**63 - 1),), content="application/json", errors=(400, 501),
+                   extra={"authorize": EXTENSION})
+    app.add_url_rule("/ws", "ws", view, methods=["GET"], websocket=True)
 
 
-def register(app: Any) -> None:
-    """Attach ``/ws`` to ``app`` (flask-sock, per app)."""
-    from flask_sock import Sock
-
-    options = app.config.setdefault("SOCK_SERVER_OPTIONS", {})
-    options.setdefault("max_message_size", MAX_INBOUND_MESSAGE)
-    # simple-websocket reads each socket in a thread of its own; a client that never answers
-    # the closing handshake must not keep a stopping server's process alive.
-    options.setdefault("thread_class", _DaemonThread)
-    sock = Sock(app)
-    app.extensions["sock"] = sock
-    sock.route("/ws")(declare(stream, "/ws", role=Role.VIEWER, summary="Websocket: a snapshot, then every change",
-                              query=(int_query("since", 0, 2**63 - 1),), content="application/json", errors=(403,)))
+def stop(app: Flask) -> None:
+    """Close every open ``/ws`` socket (1001) and end the fan-out's threads."""
+    entry: WsEntry | None = app.extensions.get(EXTENSION)
+    if entry is not None:
+        entry.fanout.stop()

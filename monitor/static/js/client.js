@@ -1,7 +1,9 @@
-/* Client test page: pick a service, edit its JSON payload (an example per service), choose a
- * batch count, POST /api/jobs, then follow the created jobs live from /ws. The payload's JSON
- * schema (GET /api/services/<name>/schema, the connector's pydantic models) lists the fields
- * and catches wrong types, ranges and unknown fields before sending; the server checks again. */
+/* Client page: pick a service (those some online worker serves first: client_services.js),
+ * fill its payload in a form drawn from its JSON schema (GET /api/services/<name>/schema, the
+ * connector's pydantic models: schema_form.js) or in the JSON box, drop a ComfyUI workflow
+ * (API-format JSON file) for a comfyui job, choose a batch count, POST /api/jobs, then follow
+ * the created jobs live from /ws. The schema catches wrong types, ranges, unknown and missing
+ * fields before sending; the server checks again. */
 "use strict";
 
 (function () {
@@ -18,7 +20,12 @@
   let mine = [];
   try { mine = JSON.parse(sessionStorage.getItem(STORE) || "[]").filter((id) => typeof id === "string"); } catch (exc) { mine = []; }
 
-  const fields = document.getElementById("payload-fields");
+  const form = document.getElementById("payload-form");
+  const drop = document.getElementById("workflow-drop");
+  const dropInfo = document.getElementById("workflow-info");
+  const serviceNote = document.getElementById("service-note");
+  const allServices = [...service.options].map((o) => o.value);
+  let chosen = null;  // the service the user picked (kept when workers come and go)
   const schemas = {};  // service -> its payload schema (null: none to be had)
 
   async function loadSchema(name) {
@@ -49,14 +56,73 @@
     return name;
   }
 
-  function showFields(schema) {
-    const branch = branchFor(schema, null);
-    const props = (branch && branch.properties) || {};
-    const names = Object.keys(props);
-    fields.textContent = names.length
-      ? "fields: " + names.map((n) => n + " (" + typeName(props[n]) + ")").join(", ")
-      : "";
+  /** The payload in the JSON box, or null when it is not a JSON object. */
+  function currentPayload() {
+    try {
+      const body = JSON.parse(payload.value || "{}");
+      return body && typeof body === "object" && !Array.isArray(body) ? body : null;
+    } catch (exc) { return null; }
   }
+
+  function setPayload(body) {
+    payload.value = JSON.stringify(body, null, 2);
+    error.textContent = "";
+  }
+
+  function drawForm() {
+    const name = service.value;
+    drop.hidden = name !== "comfyui";
+    serviceNote.textContent = JQClientServices.note(name);
+    loadSchema(name).then((schema) => {
+      if (service.value !== name) return;
+      JQSchemaForm.render(form, schema, currentPayload(), (field, value, redraw) => {
+        const body = currentPayload() || {};
+        if (value === undefined) delete body[field]; else body[field] = value;
+        setPayload(body);
+        if (redraw) drawForm();
+      });
+    });
+  }
+
+  let shownBranch = null;
+  payload.addEventListener("input", () => {
+    const body = currentPayload();
+    if (!body) return;
+    const disc = JQSchemaForm.discriminator(schemas[service.value]);
+    const branch = disc ? String(body[disc.name]) : null;
+    if (branch !== shownBranch) { shownBranch = branch; drawForm(); } else JQSchemaForm.show(form, body);
+  });
+
+  /** A dropped or chosen file as the comfyui payload's workflow: API format only (node id ->
+   * {class_type, inputs}); the UI format (nodes and links) is refused with what to do. */
+  async function takeWorkflow(file) {
+    if (!file) return;
+    let data;
+    try { data = JSON.parse(await file.text()); } catch (exc) { error.textContent = file.name + " is not JSON: " + exc.message; return; }
+    if (data && Array.isArray(data.nodes) && Array.isArray(data.links)) {
+      error.textContent = file.name + " is a UI-format workflow: in ComfyUI use Workflow → Export (API) and drop that file";
+      return;
+    }
+    const nodes = data && typeof data === "object" && !Array.isArray(data) ? Object.values(data) : [];
+    if (!nodes.length || !nodes.every((n) => n && typeof n === "object" && typeof n.class_type === "string")) {
+      error.textContent = file.name + " is not an API-format workflow (node id → {class_type, inputs})";
+      return;
+    }
+    const body = currentPayload() || {};
+    body.workflow = data;
+    setPayload(body);
+    dropInfo.textContent = file.name + ": " + nodes.length + " nodes";
+    JQSchemaForm.show(form, body);
+  }
+
+  drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("dragging"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("dragging"));
+  drop.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    drop.classList.remove("dragging");
+    takeWorkflow(ev.dataTransfer && ev.dataTransfer.files[0]);
+  });
+  document.getElementById("workflow-file").addEventListener("change", (ev) => takeWorkflow(ev.target.files[0]));
 
   function typeOk(prop, value) {
     if (!prop) return true;
@@ -107,11 +173,10 @@
 
   function loadExample() {
     const ex = examples[service.value];
-    payload.value = ex === null || ex === undefined ? "{}" : JSON.stringify(ex, null, 2);
-    error.textContent = "";
-    fields.textContent = "";
-    const name = service.value;
-    loadSchema(name).then((schema) => { if (service.value === name) showFields(schema); });
+    setPayload(ex === null || ex === undefined ? {} : ex);
+    dropInfo.textContent = "";
+    shownBranch = null;
+    drawForm();
   }
 
   const render = JQ.coalesce(() => {
@@ -138,7 +203,7 @@
   });
 
   document.getElementById("example").addEventListener("click", loadExample);
-  service.addEventListener("change", loadExample);
+  service.addEventListener("change", () => { chosen = service.value; loadExample(); });
 
   document.getElementById("submit-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -172,7 +237,14 @@
     render();
   });
 
-  live.subscribe((kind, id) => { if (kind === "snapshot" || kind === "estimates" || (kind === "job" && mine.includes(id))) render(); });
+  live.subscribe((kind, id) => {
+    if (kind === "snapshot" || kind === "worker") arrangeServices();
+    if (kind === "snapshot" || kind === "estimates" || (kind === "job" && mine.includes(id))) render();
+  });
+  function arrangeServices() {
+    if (JQClientServices.arrange(service, allServices, examples, chosen)) loadExample();
+    else serviceNote.textContent = JQClientServices.note(service.value);
+  }
   // Submitting is a control: off in read-only mode and until the server accepts our credentials.
   function syncSubmit() {
     const button = document.getElementById("submit");
@@ -183,9 +255,8 @@
   auth.onChange(syncSubmit);
   syncSubmit();
   auth.onChange(render);
-  // Start on the first service that has an example (its connector is installed here).
-  const ready = [...service.options].find((o) => examples[o.value] !== null && examples[o.value] !== undefined);
-  if (ready) service.value = ready.value;
+  // Start on a service some online worker serves (known once the first snapshot arrives).
+  JQClientServices.arrange(service, allServices, examples, chosen);
   loadExample();
   render();
 })();

@@ -15,7 +15,7 @@ const JQ = (function () {
     "aria-label", "aria-valuenow", "aria-valuemin", "aria-valuemax", "for", "name", "rows",
     "min", "max", "colspan", "alt", "width", "height", "viewBox", "x", "y", "x1", "x2", "y1",
     "y2", "rx", "cx", "cy", "r", "fill", "stroke", "stroke-width", "text-anchor", "font-size", "d", "transform",
-    "loading", "target", "rel"]);
+    "loading", "target", "rel", "aria-sort", "scope", "aria-pressed"]);
   const SVG_NS = "http://www.w3.org/2000/svg";
   const SVG_TAGS = new Set(["svg", "g", "rect", "line", "text", "path", "title", "circle"]);
 

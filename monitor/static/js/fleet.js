@@ -1,11 +1,17 @@
-/* Fleet view: machines -> workers (one per GPU) -> connector badges, live from /ws. */
+/* Fleet view: machines -> workers (one per GPU) -> connector badges, live from /ws; or, for a
+ * big fleet, a compact table with sort and filter (fleet_table.js). ?view=cards|table chooses;
+ * without a choice a fleet of more than CARDS_UP_TO workers is shown as the table. */
 "use strict";
 
 (function () {
   const {h, fill, shortId, statusPill, progressBar, controlButton, control, ticking, live, auth} = JQ;
+  /* global JQFleetTable */
 
   //: Heartbeat older than this (s) is shown as late; the monitor calls the worker offline itself.
   const HEARTBEAT_LATE = 10;
+  //: Without a chosen view, fleets up to this many workers are cards, bigger ones the table.
+  const CARDS_UP_TO = 24;
+  const VIEW_KEY = "jobqueue.fleet.view";
 
   /** The status a badge shows: the worker's death or a stale report beat the last status. */
   function badgeStatus(worker, conn) {
@@ -136,8 +142,39 @@
     return JQ.FINAL.has(job.status) ? "done" : "pending";
   }
 
+  let chosenView = new URLSearchParams(location.search).get("view") || localStorage.getItem(VIEW_KEY) || "";
+  let table = null;
+
+  function currentView() {
+    if (chosenView === "cards" || chosenView === "table") return chosenView;
+    return live.workers.size > CARDS_UP_TO ? "table" : "cards";
+  }
+
+  function choose(view) {
+    chosenView = view;
+    localStorage.setItem(VIEW_KEY, view);
+    const url = new URL(location.href);
+    url.searchParams.set("view", view);
+    history.replaceState(null, "", url);
+    render();
+  }
+
+  function viewTabs(view) {
+    return ["cards", "table"].map((v) => h("button", {type: "button", "data-view": v, class: v === view ? "current" : "",
+      "aria-pressed": String(v === view), text: v, onclick: () => choose(v)}));
+  }
+
   const render = JQ.coalesce(() => {
     fill(document.getElementById("summary"), summary());
+    const view = currentView();
+    fill(document.getElementById("fleet-views"), viewTabs(view));
+    if (view === "table") {
+      table = table || JQFleetTable.create(badgeStatus);
+      table.update([...live.workers.values()]);
+      const fleet = document.getElementById("fleet");
+      if (fleet.firstChild !== table.element || fleet.childNodes.length !== 1) fill(fleet, table.element);
+      return;
+    }
     const byMachine = new Map();
     for (const id of live.machines.keys()) byMachine.set(id, []);
     for (const w of live.workers.values()) {

@@ -1,6 +1,9 @@
-/* One job: state, progress, payload summary, error, outputs and the full event timeline.
- * The job object comes live from /ws; the timeline from GET /api/jobs/<id>, fetched again
- * whenever a delta for this job arrives (event-driven, never on a timer). */
+/* One job, outputs first: a gallery (gallery.js), then what can be done with the job (download
+ * a ComfyUI job's workflow as API JSON, re-run it), its state, progress, error and fields, the
+ * payload summary, the result JSON folded, and the event timeline with its progress events
+ * folded into one row. The job object comes live from /ws; the timeline from
+ * GET /api/jobs/<id>, fetched again whenever a delta for this job arrives (event-driven, never
+ * on a timer). */
 "use strict";
 
 (function () {
@@ -10,8 +13,6 @@
   let events = [];
   let workflow = null;
   let missing = false;
-
-  const IMAGE_EXT = /\.(png|jpe?g|webp|gif)$/i;
 
   function field(label, value) {
     if (value === null || value === undefined || value === "") return null;
@@ -76,7 +77,50 @@
       batchMembers(),
       h("h2", {text: "Payload"}),
       h("pre", {class: "payload mono", text: job.payload_summary || "(no payload summary)"}),
-      job.result ? [h("h2", {text: "Result"}), h("pre", {class: "result mono", text: pretty(job.result)})] : null);
+      job.result ? folded("job-result", "Result JSON", h("pre", {class: "result mono", text: pretty(job.result)})) : null);
+  }
+
+  /** A folded section; it stays open across redraws once opened. */
+  const openFolds = new Set();
+  function folded(id, title, body) {
+    const box = h("details", {id, class: "folded"}, h("summary", {text: title}), body);
+    box.open = openFolds.has(id);
+    box.addEventListener("toggle", () => { if (box.open) openFolds.add(id); else openFolds.delete(id); });
+    return box;
+  }
+
+  /** Re-run (any ended job that the retry control does not already offer) and, for a ComfyUI
+   * job, its workflow as an API-format JSON file (to open in ComfyUI). */
+  let shownActions = null;
+  function renderActions() {
+    const key = job ? [auth.canControl(), job.status, job.service].join("|") : "";
+    if (key === shownActions) return;
+    shownActions = key;
+    const out = [];
+    if (job && job.service === "comfyui") {
+      out.push(JQ.controlButton("workflow (API JSON)", downloadWorkflow));
+    }
+    if (job && auth.canControl() && job.status === "completed") {
+      out.push(JQ.controlButton("re-run", async () => {
+        const res = await JQ.control("re-run " + JQ.shortId(job.id), "POST", "/api/jobs/" + encodeURIComponent(job.id) + "/retry");
+        if (res.ok && res.data && res.data.id) JQ.notify("re-run as " + res.data.id, "ok");
+      }));
+    }
+    fill(document.getElementById("job-actions"), out);
+  }
+
+  async function downloadWorkflow() {
+    const res = await api("GET", "/api/jobs/" + encodeURIComponent(jobId) + "/payload");
+    const workflow = res.ok && res.data && res.data.payload ? res.data.payload.workflow : null;
+    if (!workflow) { JQ.notify("workflow not available: " + (res.error || "no workflow in the payload"), "error"); return; }
+    const url = URL.createObjectURL(new Blob([JSON.stringify(workflow, null, 2)], {type: "application/json"}));
+    const link = h("a", {class: "hidden-download"});
+    link.href = url;  // our own blob: URL (h() takes only http(s) and same-origin paths)
+    link.download = "workflow-" + jobId + ".json";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
   }
 
   /** The workflow's steps 1..total with links; steps not published yet (a step is queued
@@ -127,51 +171,54 @@
   function renderOutputs() {
     const box = document.getElementById("job-outputs");
     const result = job && job.result;
-    const files = result && Array.isArray(result.files) ? result.files : [];
-    const nodes = [];
-    for (const f of files) {
-      const file = typeof f === "string" ? {name: f} : (f || {});
-      const name = String(file.name || file.filename || (file.path ? String(file.path).split("/").pop() : "") || "file");
-      // Files without a url of their own: the monitor serves output_dir/<job id>/<name> when
-      // it shares the workers' disk (404 otherwise, and the image says so).
-      const local = file.name ? String(file.name) : (file.path ? String(file.path).split("/").pop() : null);
-      const url = JQ.safeUrl(file.url) ||
-        (local ? "/jobs/" + encodeURIComponent(jobId) + "/files/" + encodeURIComponent(local) : null);
-      const isImage = (file.content_type && String(file.content_type).startsWith("image/")) || IMAGE_EXT.test(name);
-      if (url && isImage) {
-        const caption = h("figcaption", {class: "mono", text: name});
-        const img = h("img", {src: url, alt: name, loading: "lazy", onerror: () => {
-          img.hidden = true;
-          caption.textContent = name + " (not available on this monitor's host)";
-        }});
-        nodes.push(h("figure", {class: "output"}, h("a", {href: url, target: "_blank", rel: "noopener"}, img), caption));
-      } else if (url) {
-        nodes.push(h("div", {class: "output"}, h("a", {href: url, target: "_blank", rel: "noopener", class: "mono", text: name})));
-      } else {
-        nodes.push(h("div", {class: "output"}, h("span", {class: "mono", text: name}), h("span", {class: "muted", text: " (not served)"})));
-      }
-    }
+    const nodes = JQGallery.render(jobId, result);
     if (result && result.output !== undefined && result.output !== null) {
       nodes.push(h("div", {class: "output output-text"}, h("span", {class: "muted", text: "output: "}),
         h("span", {class: "mono", text: typeof result.output === "string" ? result.output : pretty(result.output)})));
     }
+    // Media elements are kept while the same files are shown: a redraw must not stop a player.
+    const key = JSON.stringify(result ? [result.files, result.output] : null) + (job ? job.status : "");
+    if (key === box.dataset.shown) return;
+    box.dataset.shown = key;
     fill(box, nodes.length ? nodes : h("p", {class: "muted", text: job && JQ.FINAL.has(job.status) ? "no outputs" : "outputs appear when the job completes"}));
+  }
+
+  function eventRow(ev, first) {
+    const fields = ev.fields || {};
+    const summary = Object.entries(fields).filter(([k]) => !["uuid", "hostname", "clock", "pid", "utcoffset", "timestamp", "local_received"].includes(k))
+      .map(([k, v]) => k + "=" + (typeof v === "string" ? v : JSON.stringify(v))).join("  ");
+    return h("li", {class: "event", "data-type": ev.type},
+      h("span", {class: "event-time mono", text: clock(ev.timestamp)}),
+      h("span", {class: "event-rel muted", text: first ? "+" + duration(ev.timestamp - first) : ""}),
+      h("span", {class: "event-type", text: ev.type}),
+      h("span", {class: "event-host muted", text: fields.hostname || ""}),
+      h("div", {class: "event-fields mono", text: summary}));
+  }
+
+  /** The progress events as one row (where the first was), the steps they went through in its
+   * summary and each event inside, folded. */
+  function progressRow(progress, first) {
+    const steps = progress.map((ev) => (ev.fields || {}).step).filter((s) => typeof s === "number");
+    const total = progress.map((ev) => (ev.fields || {}).total_steps).filter((s) => typeof s === "number").pop();
+    const span = steps.length ? " · step " + Math.min(...steps) + " → " + Math.max(...steps) + (total ? "/" + total : "") : "";
+    const last = progress[progress.length - 1];
+    return h("li", {class: "event event-progress-group", "data-type": "task-progress", "data-count": progress.length},
+      h("span", {class: "event-time mono", text: clock(progress[0].timestamp)}),
+      h("span", {class: "event-rel muted", text: first ? "+" + duration(progress[0].timestamp - first) + " … +" + duration(last.timestamp - first) : ""}),
+      folded("progress-events", progress.length + " progress event" + (progress.length === 1 ? "" : "s") + span,
+        h("ol", {class: "timeline progress-events"}, progress.map((ev) => eventRow(ev, first)))));
   }
 
   function renderTimeline() {
     const list = document.getElementById("timeline");
     const first = events.length ? events[0].timestamp : null;
-    fill(list, events.length ? events.map((ev) => {
-      const fields = ev.fields || {};
-      const summary = Object.entries(fields).filter(([k]) => !["uuid", "hostname", "clock", "pid", "utcoffset", "timestamp", "local_received"].includes(k))
-        .map(([k, v]) => k + "=" + (typeof v === "string" ? v : JSON.stringify(v))).join("  ");
-      return h("li", {class: "event", "data-type": ev.type},
-        h("span", {class: "event-time mono", text: clock(ev.timestamp)}),
-        h("span", {class: "event-rel muted", text: first ? "+" + duration(ev.timestamp - first) : ""}),
-        h("span", {class: "event-type", text: ev.type}),
-        h("span", {class: "event-host muted", text: fields.hostname || ""}),
-        h("div", {class: "event-fields mono", text: summary}));
-    }) : h("li", {class: "muted", text: "no events yet"}));
+    const progress = events.filter((ev) => ev.type === "task-progress");
+    const rows = [];
+    for (const ev of events) {
+      if (ev.type !== "task-progress") rows.push(eventRow(ev, first));
+      else if (ev === progress[0]) rows.push(progressRow(progress, first));
+    }
+    fill(list, rows.length ? rows : h("li", {class: "muted", text: "no events yet"}));
   }
 
   let fetching = false, again = false;
@@ -195,7 +242,7 @@
     if (again) { again = false; load(); }
   }
 
-  const render = JQ.coalesce(() => { renderDetail(); renderOutputs(); renderTimeline(); });
+  const render = JQ.coalesce(() => { renderDetail(); renderActions(); renderOutputs(); renderTimeline(); });
 
   // Webhook tries (GET /api/jobs/<id>/webhooks): workers record them in the result backend,
   // not as events, so while a delivery is still pending the page asks again every few seconds.

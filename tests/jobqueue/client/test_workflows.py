@@ -13,6 +13,7 @@ import pytest
 
 from jobqueue import JobFailed, WorkflowFailed, get_job, get_workflow, submit_job, submit_workflow
 from jobqueue.errors import InvalidPayloadError, SubmitError, UnknownServiceError, WorkflowNotFound
+from jobqueue.shared import queued
 from jobqueue.shared.names import job_meta_from_kwargs
 from jobqueue.shared.routing import broker_priority
 from jobqueue.shared.steps import placeholder_paths, resolve_placeholders
@@ -149,6 +150,8 @@ def test_a_failing_step_fails_the_workflow_and_later_steps_never_run(app, start_
     after = submit_job("simulation", quick("after"), app=app)
     after.wait(timeout=30)
     assert flow.steps[2].status() == JobStatus.CANCELLED
+    # And no step counts as queued any more (queue caps, jobqueue/shared/queued.py)
+    assert queued.counts(app, ["simulation"]) == {"simulation": 0}
     assert f"jobqueue.run_job[{flow.steps[2].id}] received" not in worker.log_text()
     assert f"jobqueue.run_job[{flow.steps[1].id}] received" in worker.log_text()
 

@@ -2,12 +2,55 @@
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+import redis
 from celery import states as celery_states
 
 from jobqueue.shared import job_record as facts
 from jobqueue.transport.results import RedisBackend, backend_url
+from jobqueue.up.embedded import free_port, redis_server_executable
+from tests.helpers import wait_for
+
+
+@pytest.fixture(scope="module")
+def private_redis() -> Iterator[str]:
+    """A redis-server of this module's own: the tests below count commands in INFO
+    commandstats, which are server-wide, so no other test (or parallel test worker) may share it."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        server = subprocess.Popen([redis_server_executable(), "--port", str(port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no", "--dir", folder],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client = redis.Redis(port=port)
+            wait_for(lambda: _answers(client), 20, what="the private redis-server")
+            client.close()
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def redis_url(private_redis: str) -> Iterator[str]:
+    """This module's tests run on :func:`private_redis`, flushed before and after each."""
+    client = redis.Redis.from_url(private_redis)
+    client.flushdb()
+    yield private_redis
+    client.flushdb()
+    client.close()
 
 
 def _calls(client: Any, command: str) -> int:

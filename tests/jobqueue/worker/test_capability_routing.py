@@ -13,11 +13,13 @@ from jobqueue import submit_job
 from jobqueue.client.batches import submit_batch
 from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
 from jobqueue.errors import InvalidRequirementError
+from jobqueue.shared import queued
 from jobqueue.shared.routing import vram_step
 from jobqueue.sims.comfyui.models import checkpoint_workflow
 from jobqueue.states import JobStatus
 from tests.capability_fixtures import comfy_worker, consumes, start_sim
 from tests.helpers import ROOT, child_env, wait_for
+from tests.monitor.conftest import start_monitor  # noqa: F401, F811 (fixture)
 
 __all__ = ["start_sim"]  # a fixture
 
@@ -118,9 +120,10 @@ def test_a_worker_lacking_one_of_several_requirements_hands_the_job_back_without
     assert app.AsyncResult(job.id).retries in (0, None)
 
 
-def test_a_model_deleted_since_the_last_check_sends_the_job_back_without_using_a_retry(
-        app, start_worker, start_sim, machine_id):
+def test_a_model_deleted_since_the_last_check_sends_the_job_back_queued_without_using_a_retry(
+        app, start_worker, start_sim, start_monitor, machine_id, settings):  # noqa: F811 (fixture)
     # Given b's machine, whose worker checked its service at start (the next check is far off)
+    monitor = start_monitor()
     sim_b = start_sim("b.safetensors")
     wb = comfy_worker(start_worker, machine_id, "b", sim_b, health_interval="120")
     wait_for(lambda: consumes(app, wb, "comfyui.model.b.safetensors"), 30, what="b's worker to take b's jobs")
@@ -130,13 +133,25 @@ def test_a_model_deleted_since_the_last_check_sends_the_job_back_without_using_a
     # Then the worker does not fail it: it hands it back and stops taking b's jobs
     wait_for(lambda: "no longer on this worker" in wb.log_text(), 30, what="the hand-back")
     wait_for(lambda: not consumes(app, wb, "comfyui.model.b.safetensors"), 30, what="b's queue to be dropped")
-    # (the queue is dropped before the hand-back's Retry is raised and its state stored)
-    wait_for(lambda: job.status() == JobStatus.RETRYING, 10, what="the job to be retrying")
+    # And it reads queued, with why, for the client, the CLI and the monitor (not retrying), and
+    # it counts as queued again for the queue caps (the queue is dropped before the hand-back's
+    # Retry is raised and its state stored: until then it reads processing)
+    wait_for(lambda: job.status() == JobStatus.QUEUED, 10, what="the job to be queued again")
     assert job.waiting_for() == "no online worker has model b.safetensors"
+    out = subprocess.run([sys.executable, "-m", "jobqueue.cli", "status", job.id], env=child_env(settings.to_env()),
+                         cwd=str(ROOT), capture_output=True, timeout=60, check=True)
+    assert json.loads(out.stdout)["status"] == "queued"
+    assert json.loads(out.stdout)["waiting_for"] == "no online worker has model b.safetensors"
+    shown = wait_for(lambda: (lambda j: j if j["status"] == "queued" and j["attempt"] >= 1 else None)(
+        monitor.get(f"/api/jobs/{job.id}").json()), 30, interval=0.2, what="the monitor to show it queued")
+    assert shown["error"]["type"] == "ModelsVanished"
+    assert shown["waiting_for"] == "no online worker has model b.safetensors"
+    assert queued.counts(app, ["comfyui"]) == {"comfyui": 1}
     # When another machine with b starts, the job completes there without a retry counted
     wb2 = comfy_worker(start_worker, machine_id, "b2", start_sim("b.safetensors"))
     assert job.wait(timeout=60)["worker"] == wb2.node_name
     assert app.AsyncResult(job.id).retries == 0
+    assert queued.counts(app, ["comfyui"]) == {"comfyui": 0}
 
 
 def test_a_malformed_requirement_is_refused_at_submit_and_nothing_is_enqueued(app, redis_client):

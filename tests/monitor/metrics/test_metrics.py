@@ -212,3 +212,41 @@ def test_every_metric_the_grafana_dashboard_plots_is_one_the_monitor_serves(star
         return re.sub(r"_(total|bucket|sum|count)$", "", name)
 
     assert plotted and {family(n) for n in plotted} <= served, {family(n) for n in plotted} - served
+
+
+def test_autoscaling_gauges_give_queued_unmet_and_drain_time_per_service_and_capability(
+        app, start_worker, start_monitor):
+    # Given a monitor and one worker tagged region:eu, which has run one job (a median: 1 s)
+    monitor = start_monitor()
+    start_worker("gpu0", worker_tags="region:eu")
+    submit_job("simulation", {"steps": 1, "step_seconds": 1.0, "output": "first"}, app=app).wait(timeout=30)
+    # When it runs a long job, 2 jobs wait behind it for region:eu, and 3 for region:us, which
+    # no online worker has
+    blocker = submit_job("simulation", {"steps": 1, "step_seconds": 20.0, "output": "busy"}, app=app)
+    wait_for(lambda: blocker.status().value == "processing", 30, what="the long job to run")
+    for n in range(2):
+        submit_job("simulation", quick(n), requires={"tags": ["region:eu"]}, app=app)
+    for n in range(3):
+        submit_job("simulation", quick(n), requires={"tags": ["region:us"]}, app=app)
+
+    def scraped() -> dict[str, Any] | None:
+        samples = scrape(monitor.get("/metrics").text)
+        unmet = value(samples, "jobqueue_capability_unmet_jobs", service="simulation", capability="tag:region:us")
+        return samples if unmet == 3 else None
+
+    samples = wait_for(scraped, 30, interval=0.3, what="the unmet jobs to show")
+    # Then per service: 5 queued (the index the caps count), 3 that nobody online can run
+    assert value(samples, "jobqueue_service_queued_jobs", service="simulation") == 5
+    assert value(samples, "jobqueue_service_unrunnable_jobs", service="simulation") == 3
+    # and per capability: queued and unmet
+    assert value(samples, "jobqueue_capability_queued_jobs", service="simulation", capability="tag:region:eu") == 2
+    assert value(samples, "jobqueue_capability_unmet_jobs", service="simulation", capability="tag:region:eu") == 0
+    assert value(samples, "jobqueue_capability_queued_jobs", service="simulation", capability="tag:region:us") == 3
+    # and the drain time of the region:eu queue (at least two runs of the median), none for
+    # region:us (no worker can run those) and the service's that of the jobs that can run
+    drain = value(samples, "jobqueue_capability_drain_seconds", service="simulation", capability="tag:region:eu")
+    assert 2.0 <= drain <= 25.0, drain
+    assert (("capability", "tag:region:us"), ("service", "simulation")) not in samples.get(
+        "jobqueue_capability_drain_seconds", {}), "no worker has region:us: its drain time is unknown"
+    assert value(samples, "jobqueue_service_drain_seconds", service="simulation") == drain
+    blocker.cancel()

@@ -352,12 +352,12 @@ def test_logins_wrong_credentials_and_submits_are_rate_limited_with_retry_after(
     wait_for(lambda: any(e["status"] == 429 for e in audit(monitor, action="submit")), 10, what="429 in the audit")
 
 
-def test_a_token_session_ends_when_the_token_changes_even_with_a_fixed_session_secret(tmp_path):
+def test_a_token_session_ends_when_the_token_changes_even_with_a_fixed_session_secret(tmp_path, redis_url):
     from monitor.app import create_app
 
     def app_with(token: str) -> Any:
         return create_app(Settings(monitor_db=f"sqlite:///{tmp_path / 's.db'}", monitor_token=token,
-                                   monitor_session_secret="fixed", broker_url="redis://127.0.0.1:6379/9").resolved())
+                                   monitor_session_secret="fixed", broker_url=redis_url).resolved())
 
     # Given a session opened with the token
     first = app_with("old-token")
@@ -391,3 +391,40 @@ def test_retry_after_counts_down_the_window_of_the_limit_that_was_hit(tmp_path):
     assert codes == [401, 401, 429] and third.status_code == 429
     assert 3000 < int(third.headers["Retry-After"]) <= 3601
     app.extensions["jobqueue_monitor"].close()
+
+
+def test_the_websocket_handshake_asks_the_same_access_check_as_every_route(tmp_path, redis_url):
+    from werkzeug.datastructures import Headers
+
+    from monitor.app import create_app
+    from monitor.web.frames import Refusal
+    from monitor.web.routes import Role, spec_for
+
+    def app_with(**extra: Any) -> Any:
+        return create_app(Settings(monitor_db=f"sqlite:///{tmp_path / 'ws.db'}", monitor_token=TOKEN,
+                                   broker_url=redis_url, **extra).resolved())
+
+    # Given a monitor with a token, whose /ws is declared for viewers
+    app = app_with()
+    assert spec_for(app, "ws").role is Role.VIEWER
+    authorize = app.extensions["jobqueue_ws"].authorize
+    with app.test_request_context("/ws", environ_base={"REMOTE_ADDR": "10.1.2.3"}):
+        # Then a handshake without or with wrong credentials is refused with 401
+        assert authorize(Headers(), {}) == Refusal(401, "log in (Authorization header or session) to use this")
+        wrong = authorize(Headers({"Authorization": "Bearer wrong"}), {})
+        assert isinstance(wrong, Refusal) and wrong.status == 401
+        # And the token opens it, as the admin
+        assert authorize(Headers({"Authorization": f"Bearer {TOKEN}"}), {}).role is Role.ADMIN
+    # And so does the session cookie of the login page
+    client = app.test_client()
+    assert client.post("/login", json={"credential": TOKEN}).status_code == 200
+    cookie = client.get_cookie("jobqueue_session")
+    assert cookie is not None
+    with app.test_request_context("/ws", environ_base={"REMOTE_ADDR": "10.1.2.3"}):
+        assert authorize(Headers(), {"jobqueue_session": cookie.value}).role is Role.ADMIN
+    app.extensions["jobqueue_monitor"].close()
+    # And with public reads an anonymous handshake opens as a viewer
+    public = app_with(monitor_public_read=True)
+    with public.test_request_context("/ws", environ_base={"REMOTE_ADDR": "10.1.2.3"}):
+        assert public.extensions["jobqueue_ws"].authorize(Headers(), {}).role is Role.VIEWER
+    public.extensions["jobqueue_monitor"].close()

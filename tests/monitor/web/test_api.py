@@ -136,6 +136,39 @@ def test_a_job_submitted_through_the_api_is_enqueued(redis_url, tmp_path, redis_
     app.extensions["jobqueue_monitor"].close()
 
 
+def test_over_the_cap_post_jobs_answers_429_with_retry_after_and_enqueues_nothing(redis_url, tmp_path, redis_client):
+    # Given a monitor whose simulation queue is capped at 3, and a service median of 20 s
+    settings = Settings(broker_url=redis_url, monitor_db=f"sqlite:///{tmp_path / 'a.db'}",
+                        monitor_token="t", max_queued=3).resolved()
+    app = create_app(settings)
+    client, headers = app.test_client(), {"Authorization": "Bearer t"}
+    store = app.extensions["jobqueue_monitor"].store
+    meta = json.dumps({"service": "simulation", "priority": 5, "queue": "simulation", "submitted_at": T0})
+    with store.write() as tx:
+        for event in [
+            {"type": "task-sent", "uuid": "done", "kwargs": meta, "timestamp": T0},
+            {"type": "task-started", "uuid": "done", "hostname": "gpu0@vm1", "timestamp": T0 + 1},
+            {"type": "task-succeeded", "uuid": "done", "hostname": "gpu0@vm1", "timestamp": T0 + 21, "runtime": 20.0},
+        ]:
+            apply(event, tx)
+    assert store.service_medians()["simulation"] == 20.0
+    # When a count of 4 is asked: refused whole, nothing enqueued
+    over = client.post("/api/jobs", json={"service": "simulation", "payload": {"steps": 1}, "count": 4},
+                       headers=headers)
+    assert over.status_code == 429 and over.get_json()["error"]["code"] == "queue_full"
+    assert sum(redis_client.llen(k) for k in redis_client.keys("simulation*")) == 0
+    # And 3 fit; then one more is refused, told to come back after the median (no ETA known:
+    # no worker consumes the queue)
+    ok = client.post("/api/jobs", json={"service": "simulation", "payload": {"steps": 1}, "count": 3}, headers=headers)
+    assert ok.status_code == 201
+    full = client.post("/api/jobs", json={"service": "simulation", "payload": {"steps": 1}}, headers=headers)
+    assert full.status_code == 429
+    assert full.headers["Retry-After"] == "20"
+    assert "queue full (3 queued, cap 3)" in full.get_json()["error"]["message"]
+    assert sum(redis_client.llen(k) for k in redis_client.keys("simulation*")) == 3
+    app.extensions["jobqueue_monitor"].close()
+
+
 def test_an_unexpected_error_answers_500_with_an_error_id_and_keeps_the_exception_text_in_the_log(
         flask_app, caplog):
     # Given a store that fails in a way nobody planned for, naming a secret path

@@ -18,16 +18,16 @@ pages = browser.pages
 pytestmark = [pytest.mark.chromium, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-def test_the_client_page_lists_the_fields_and_refuses_a_bad_payload_before_sending(pages):
+def test_the_client_page_shows_the_fields_and_refuses_a_bad_payload_before_sending(pages):
     # Given the client page, logged in, on the simulation service
     client = pages.open("/client")
     log_in(client, TOKEN)
     client.wait_for_function("document.body.classList.contains('can-control')")
     client.select_option("#service", "simulation")
-    # Then it lists the payload's fields with their types, from the schema
-    client.wait_for_function("document.getElementById('payload-fields').textContent.includes('steps')")
-    listed = client.inner_text("#payload-fields")
-    assert "steps (integer 0..100000)" in listed and "step_seconds (number" in listed
+    # Then its form lists the payload's fields with their types, from the schema
+    client.wait_for_selector("#payload-form [data-row='steps']")
+    assert "steps integer 0..100000" in client.text_content("[data-row='steps'] label")
+    assert "step_seconds number 0..3600" in client.text_content("[data-row='step_seconds'] label")
     # When a payload with a wrong type and an unknown field is submitted
     posts: list[str] = []
     client.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from monitor.web.eta import annotate, busy_until
+from monitor.web.eta import annotate, busy_until, first_start_in
 
 NOW = 1_800_000_000.0
 
@@ -41,3 +41,12 @@ def test_a_running_job_without_an_eta_counts_its_services_median_minus_the_time_
     # Then a starts on the idle worker (25 s), b on the busy one once free (15 + 25 s), c after a
     # (the offline worker counts for nothing)
     assert [j["eta_seconds"] for j in jobs] == [25.0, 40.0, 50.0]
+
+
+def test_a_place_frees_when_the_first_queued_job_of_the_service_is_expected_to_start():
+    jobs = [{"service": "comfyui", "eta_seconds": 50.0}, {"service": "comfyui", "eta_seconds": 30.0},
+            {"service": "simulation", "eta_seconds": 2.0}, {"service": "comfyui", "eta_seconds": None}]
+    # The soonest comfyui job is expected to have run in 30 s, a run takes 20 s: it starts in 10 s
+    assert first_start_in(jobs, "comfyui", 20.0) == 10.0
+    assert first_start_in(jobs, "comfyui", 45.0) == 0.0
+    assert first_start_in(jobs, "a1111", 20.0) is None

@@ -22,9 +22,9 @@ ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Any:
+def app(tmp_path: Path, redis_url: str) -> Any:
     application = create_app(Settings(monitor_db=f"sqlite:///{tmp_path / 'r.db'}", monitor_token=TOKEN,
-                                      broker_url="redis://127.0.0.1:6379/9").resolved())
+                                      broker_url=redis_url).resolved())
     yield application
     application.extensions["jobqueue_monitor"].close()
 
@@ -79,11 +79,11 @@ def test_the_document_lists_every_route_with_its_role(app):
                     Draft202012Validator.check_schema(content.get("schema", {}))
 
 
-def _seeded_monitor(start_monitor: Any, tmp_path: Path) -> Any:
+def _seeded_monitor(start_monitor: Any, tmp_path: Path, redis_url: str) -> Any:
     """A real monitor process whose store holds the API tests' worker, machine and queued job
     (their finished jobs of 2023 are pruned at once)."""
     seeding = create_app(Settings(monitor_db=f"sqlite:///{tmp_path / 'monitor.db'}",
-                                  broker_url="redis://127.0.0.1:6379/9").resolved())
+                                  broker_url=redis_url).resolved())
     seed(seeding)
     seeding.extensions["jobqueue_monitor"].close()
     return start_monitor(MONITOR_TOKEN=TOKEN, MONITOR_UNKNOWN_JOB_EXPIRY="100000")
@@ -93,9 +93,9 @@ def _seeded_monitor(start_monitor: Any, tmp_path: Path) -> Any:
 KNOWN = {"job_id": "c", "name": "gpu0@vm1", "workflow_id": "none", "key_id": "none", "filename": "css/app.css"}
 
 
-def test_real_responses_of_every_get_route_validate_against_the_document(start_monitor, tmp_path):
+def test_real_responses_of_every_get_route_validate_against_the_document(start_monitor, tmp_path, redis_url):
     # Given a real monitor with jobs, a worker and a machine
-    monitor = _seeded_monitor(start_monitor, tmp_path)
+    monitor = _seeded_monitor(start_monitor, tmp_path, redis_url)
     doc = requests.get(monitor.url + "/api/openapi.json", headers=ADMIN, timeout=10).json()
     checked = 0
     # When every GET route answering JSON is called with credentials

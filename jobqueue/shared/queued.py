@@ -1,0 +1,132 @@
+"""The queued-jobs index: which jobs of each service wait for a worker, for queue caps.
+
+One sorted set per service in the result backend's Redis
+(:func:`jobqueue.shared.records.queued_key`, ``jobqueue-queued-<service>``): member a job id,
+score when it entered the queue. The rule:
+
+* a job enters at submit (:func:`admit`, one Lua script: over a cap nothing enters and
+  :class:`~jobqueue.errors.QueueFull` is raised; two clients at the cap cannot both get in),
+  and every step of a workflow enters with the workflow (its later steps are queued from then
+  on); a batch or a workflow enters whole or not at all;
+* it leaves when an attempt starts (the worker's start record, same round trip) or when it is
+  cancelled (:func:`forget`);
+* it enters again when it goes back to its queue: a retry or a hand-back
+  (:func:`back_in_queue`, written *before* the message is re-sent, so the next start always
+  comes after it);
+* an entry older than the results' expiry (``result_expires``) is stale and pruned at each
+  admission: the job is forgotten by then anyway (a message discarded as poison, a queue no
+  worker will ever consume).
+
+Counted per job id, the index stays true when workers die and messages are redelivered: an
+entry is removed at most once, however often a job starts. A job whose worker died while
+running it is not counted while its message waits for redelivery (about
+``JOBQUEUE_VISIBILITY_TIMEOUT``); it was counted as running. Without a Redis result backend
+there is no index and caps cannot apply (:class:`~jobqueue.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from jobqueue.errors import ConfigError, QueueFull
+from jobqueue.shared.records import queued_key, result_client
+
+log = logging.getLogger(__name__)
+
+#: The admission script (see the file for its arguments).
+ADMIT_LUA = (Path(__file__).with_name("queued_admit.lua")).read_text()
+
+
+def expires_of(app: Any) -> int:
+    """Seconds after which an entry is stale: the results' expiry."""
+    return int(app.conf.result_expires or 86400)
+
+
+def caps_of(app: Any, services: Iterable[str]) -> dict[str, int]:
+    """The caps that apply to ``services`` under ``app``'s settings (uncapped ones left out)."""
+    settings = app.settings
+    return {s: cap for s in services if (cap := settings.max_queued_for(s)) is not None}
+
+
+def queue_add(pipe: Any, service: str, job_ids: Iterable[str], expires: int, now: float | None = None) -> None:
+    """Queue on ``pipe`` the entry of ``job_ids`` (no cap check: uncapped services)."""
+    ids = list(job_ids)
+    if ids:
+        now = time.time() if now is None else now
+        pipe.zadd(queued_key(service), {job_id: now for job_id in ids}, nx=True)
+        pipe.expire(queued_key(service), expires)
+
+
+def queue_remove(pipe: Any, service: str, job_id: str) -> None:
+    """Queue on ``pipe`` the removal of ``job_id`` (its attempt starts)."""
+    pipe.zrem(queued_key(service), job_id)
+
+
+def admit(app: Any, jobs: Mapping[str, list[str]], now: float | None = None) -> None:
+    """Enter ``jobs`` (``{service: [job ids]}``) into the index, all or none.
+
+    Raises :class:`~jobqueue.errors.QueueFull` for the first service that would go over its
+    cap; nothing enters then. Ids already in the index count once (a place reserved earlier).
+    """
+    client = result_client(app)
+    caps = caps_of(app, jobs)
+    if client is None:
+        if caps:
+            raise ConfigError("JOBQUEUE_MAX_QUEUED needs a Redis result backend")
+        return
+    services = [s for s, ids in jobs.items() if ids]
+    if not services:
+        return
+    plan = [[caps.get(s, -1), list(jobs[s])] for s in services]
+    now = time.time() if now is None else now
+    script = client.register_script(ADMIT_LUA)
+    index, count = script(keys=[queued_key(s) for s in services], args=[now, expires_of(app), json.dumps(plan)])
+    if int(index):
+        service = services[int(index) - 1]
+        raise QueueFull(service, caps[service], int(count))
+
+
+def forget(app: Any, services: Iterable[str], job_ids: Iterable[str]) -> None:
+    """Remove ``job_ids`` from every index of ``services`` (a cancel: the client does not know
+    a job's service, and there are few services)."""
+    client = result_client(app)
+    ids = list(job_ids)
+    if client is None or not ids:
+        return
+    with client.pipeline(transaction=False) as pipe:
+        for service in services:
+            pipe.zrem(queued_key(service), *ids)
+        pipe.execute()
+
+
+def back_in_queue(task: Any, service: Any) -> None:
+    """A job goes back to its queue (retry, hand-back): enter it again, at once, before the
+    message is re-sent (best effort: a failure here only undercounts)."""
+    client = result_client(task.app)
+    if client is None or not isinstance(service, str):
+        return
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            queue_add(pipe, service, [task.request.id], expires_of(task.app))
+            pipe.execute()
+    except Exception:  # the job is re-sent anyway
+        log.warning("job %s: could not count it as queued again", task.request.id, exc_info=True)
+
+
+def counts(app: Any, services: Iterable[str], now: float | None = None) -> dict[str, int]:
+    """Jobs queued now per service (stale entries left out)."""
+    client = result_client(app)
+    names = list(services)
+    if client is None or not names:
+        return {}
+    horizon = (time.time() if now is None else now) - expires_of(app)
+    with client.pipeline(transaction=False) as pipe:
+        for service in names:
+            pipe.zcount(queued_key(service), f"({horizon}", "+inf")
+        replies = pipe.execute()
+    return {service: int(n) for service, n in zip(names, replies, strict=True)}
