@@ -190,6 +190,27 @@ class Settings(BaseSettings):
     #: The monitor forgets a job that neither the result backend, a queue nor a worker knows
     #: after this many seconds (ids of forged or long-lost events).
     monitor_unknown_job_expiry: float = 600.0
+    #: Let anyone who reaches the monitor read (pages, API, files, ``/ws``, ``/metrics``) while
+    #: credentials are configured; controls still need them. Off: every read needs a login too.
+    monitor_public_read: bool = False
+    #: Bearer token that opens only ``/metrics`` (a Prometheus scraper's); empty: none.
+    monitor_metrics_token: str = ""
+    #: Serve ``/metrics`` to anyone, credentials or not.
+    monitor_metrics_public: bool = False
+    #: Key that signs login session cookies; empty: derived from the token and basic-auth
+    #: credentials (changing them logs everyone out), or random per process with neither.
+    monitor_session_secret: str = ""
+    #: How long a login session cookie stays valid (s).
+    monitor_session_seconds: float = 12 * 3600.0
+    #: Rate limit of job submissions per API key, login or address (Flask-Limiter syntax).
+    monitor_rate_submit: str = "600/minute"
+    #: Rate limit of controls (cancel, retry, drain, resume, shutdown, key changes) per
+    #: key, login or address.
+    monitor_rate_control: str = "600/minute"
+    #: Rate limit of login attempts, and of requests with wrong credentials, per address.
+    monitor_rate_login: str = "20/minute"
+    #: Days the monitor keeps its audit trail (older entries are pruned).
+    monitor_audit_keep_days: float = 400.0
     #: Python module of extra Celery settings (message signing, TLS...) loaded on top of
     #: jobqueue's packaged defaults; the other ``JOBQUEUE_*`` settings still win over it.
     celery_config: str = ""
@@ -204,6 +225,9 @@ class Settings(BaseSettings):
     #: The monitor the CLI's ``jobs`` and ``workers`` ask (empty: ``jobs`` asks the one at
     #: ``monitor_host:monitor_port``, ``workers`` asks the workers over the broker).
     monitor_url: str = ""
+    #: An API key (``jq_...``, viewer role is enough) the CLI's ``jobs`` and ``workers`` send to
+    #: the monitor as ``Authorization: Bearer``; empty: ``monitor_token``, when set.
+    monitor_api_key: str = ""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -311,6 +335,8 @@ class Settings(BaseSettings):
             raise ConfigError(f"JOBQUEUE_MAX_RETRIES must be >= 0, got {self.max_retries}")
         if self.gpu is not None and self.gpu < 0:
             raise ConfigError(f"JOBQUEUE_GPU must be >= 0, got {self.gpu}")
+        if not self.monitor_session_seconds > 0 or not self.monitor_audit_keep_days > 0:
+            raise ConfigError("JOBQUEUE_MONITOR_SESSION_SECONDS and JOBQUEUE_MONITOR_AUDIT_KEEP_DAYS must be > 0")
         if not 0 <= self.monitor_port <= 65535:
             raise ConfigError(f"JOBQUEUE_MONITOR_PORT must be 0..65535, got {self.monitor_port}")
         for cidr in self.webhook_allowed_networks:

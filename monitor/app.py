@@ -129,23 +129,39 @@ def _register_routes(app: Flask) -> None:
         views = None  # type: ignore[assignment]
     if views is not None and hasattr(views, "bp"):
         app.register_blueprint(views.bp)
+    from monitor.web import security
+
+    security.install(app)  # last: it reads every route's declaration
 
 
 def _register_error_handlers(app: Flask) -> None:
     """Errors of the API, ``/healthz`` and ``/metrics`` answer in the API's JSON error shape
     (other pages keep Flask's); an unexpected exception answers 500 with an id found in the log."""
-    from monitor.web import api
+    from monitor.web.responses import error_response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
         if not (request.path.startswith("/api") or request.path in ("/healthz", "/metrics")):
             return exc
-        return api.error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
-                                  exc.description or "")
+        return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
+                              exc.description or "")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         # The exception text stays in the log: it may name paths or internals of this host.
         error_id = uuid.uuid4().hex[:12]
         app.logger.exception("unhandled error %s on %s", error_id, request.path)
-        return api.error_response(500, "internal_error", f"internal error (error id {error_id}, see the monitor's log)")
+        return error_response(500, "internal_error", f"internal error (error id {error_id}, see the monitor's log)")
+
+
+def print_roles_table() -> None:
+    """Print the roles table of docs/security.md (:func:`monitor.web.openapi.roles_table`) of a
+    monitor app on a throwaway store."""
+    import tempfile
+
+    from monitor.web.openapi import roles_table
+
+    with tempfile.TemporaryDirectory() as folder:
+        app = create_app(Settings(monitor_db=f"sqlite:///{folder}/roles.db").resolved())
+        print(roles_table(app))
+        app.extensions["jobqueue_monitor"].close()

@@ -69,12 +69,14 @@ def monitor_url(settings: Settings) -> str:
 
 
 def ask_monitor(settings: Settings, path: str, params: dict[str, Any] | None = None) -> Any:
-    """GET ``path`` of the monitor's API as JSON (with the monitor token, when set)."""
+    """GET ``path`` of the monitor's API as JSON, as ``Authorization: Bearer`` the API key
+    (``JOBQUEUE_MONITOR_API_KEY``), else the monitor token, when set (needed once auth is on)."""
     query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
     url = monitor_url(settings) + path + (f"?{query}" if query else "")
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    if settings.monitor_token:
-        request.add_header("Authorization", f"Bearer {settings.monitor_token}")
+    credential = settings.monitor_api_key or settings.monitor_token
+    if credential:
+        request.add_header("Authorization", f"Bearer {credential}")
     try:
         with urllib.request.urlopen(request, timeout=ASK_TIMEOUT) as response:  # noqa: S310 (http(s) only)
             return json.loads(response.read())

@@ -7,8 +7,8 @@ progress reports of one job, many heartbeats of one worker → the latest one), 
 rest in one transaction (its jobs and workers loaded up front in one query each, see
 :meth:`monitor.store.Tx.prefetch`), and wakes websocket streams. It also runs the time-based truth
 (offline workers, lost jobs, stale connectors) and pruning, and the operator's writes (a
-worker's drain flag, ``POST /api/workers/<name>/drain``) through :meth:`Writer.call`, so nothing
-else writes.
+worker's drain flag, ``POST /api/workers/<name>/drain``) through :meth:`Writer.call`, and the
+audit trail of those requests (:meth:`Writer.audit`), so nothing else writes.
 
 The one exception: a web app built without a writer (``create_app(writer=None)``: a process
 that serves the API but collects no events, as tests build it) records the drain flag itself
@@ -33,17 +33,19 @@ from jobqueue.shared.names import TASK_PROGRESS, WORKER_HEARTBEAT
 from monitor.ingest.hub import ChangeHub
 from monitor.merge.apply import apply, expire, valid_progress
 from monitor.store import Store, Tx
+from monitor.store.access import add_audit
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-#: Queue items that are not events: ``(_MARKER, done)`` (see :meth:`Writer.wait_idle`) and
-#: ``(_CALL, fn, done, box)`` (see :meth:`Writer.call`).
-_MARKER, _CALL = "__marker__", "__call__"
+#: Queue items that are not events: ``(_MARKER, done)`` (see :meth:`Writer.wait_idle`),
+#: ``(_CALL, fn, done, box)`` (see :meth:`Writer.call`) and ``(_AUDIT, entry)`` (see
+#: :meth:`Writer.audit`).
+_MARKER, _CALL, _AUDIT = "__marker__", "__call__", "__audit__"
 
 
 def _is_control(item: Any, kind: str | None = None) -> bool:
-    return isinstance(item, tuple) and bool(item) and item[0] in ((kind,) if kind else (_MARKER, _CALL))
+    return isinstance(item, tuple) and bool(item) and item[0] in ((kind,) if kind else (_MARKER, _CALL, _AUDIT))
 
 
 #: Kinds of event where only the latest one of a key matters inside a batch.
@@ -166,6 +168,11 @@ class Writer:
             return False
         return True
 
+    def audit(self, entry: dict[str, Any]) -> bool:
+        """Queue one audit entry (see :mod:`monitor.web.audit`); written in this writer's
+        thread, in a transaction of its own, before the events taken with it."""
+        return self.put((_AUDIT, entry))
+
     def count(self, what: str, n: int = 1) -> None:
         """Count something seen outside the writer (e.g. undecodable messages)."""
         self.counts[what] += n
@@ -230,9 +237,12 @@ class Writer:
             batch = self._take()
             markers = [ev[1] for ev in batch if _is_control(ev, _MARKER)]
             calls = [ev[1:] for ev in batch if _is_control(ev, _CALL)]
+            audits = [ev[1] for ev in batch if _is_control(ev, _AUDIT)]
             events = [ev for ev in batch if not _is_control(ev) and ev is not None]
             events = self._decode_raw(events)
             try:
+                if audits:
+                    self._write(lambda tx, entries=audits: add_audit(tx.session, entries))  # type: ignore[misc]
                 if events:
                     self._apply_batch(events)
                 now = time.monotonic()

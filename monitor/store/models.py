@@ -151,6 +151,40 @@ class ChangeRow(Base):
     data: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
+class ApiKeyRow(Base):
+    """An API key: only the SHA-256 of its secret is kept (see :mod:`monitor.store.access`)."""
+
+    __tablename__ = "api_keys"
+    #: The key's public id, also the lookup prefix of the key (``jq_<id>_<secret>``).
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    tenant: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(255), default="")
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class AuditRow(Base):
+    """One audited action: who (subject, role, tenant, address) did what to which target, and
+    how it ended. Written only by the single writer, never changed, pruned after a while."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    subject: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    tenant: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(512), default="")
+    outcome: Mapped[str] = mapped_column(String(16))
+    status: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
 Index("ix_jobs_status_finished", JobRow.status, JobRow.finished_at)
 #: The snapshot's "most recent finished" list walks this backwards (no sort of all rows).
 Index("ix_jobs_finished_id", JobRow.finished_at, JobRow.id)

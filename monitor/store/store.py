@@ -20,7 +20,7 @@ from monitor.store.changelog import record_changes
 from monitor.store.counts import job_counts
 from monitor.store.engine import WRITE_OPTION, make_engine
 from monitor.store.migrate import upgrade
-from monitor.store.models import ChangeRow, CounterRow, JobEventRow, JobRow
+from monitor.store.models import AuditRow, ChangeRow, CounterRow, JobEventRow, JobRow
 from monitor.store.queries import StoreQueries
 from monitor.store.tx import Tx
 
@@ -35,12 +35,14 @@ class Store(StoreQueries):
         keep_jobs: int = 1_000_000,
         keep_seconds: float = 7 * 24 * 3600.0,
         changes_keep: int = 20000,
+        audit_keep_seconds: float = 400 * 86400.0,
         echo: bool = False,
     ) -> None:
         self.url = url
         self.keep_jobs = keep_jobs
         self.keep_seconds = keep_seconds
         self.changes_keep = changes_keep
+        self.audit_keep_seconds = audit_keep_seconds
         self.is_sqlite = url.startswith("sqlite")
         self.engine: Engine = make_engine(url, echo=echo)
         upgrade(self.engine)  # the schema: the newest revision (an older store upgraded in place)
@@ -54,6 +56,7 @@ class Store(StoreQueries):
             keep_jobs=settings.monitor_keep_jobs,
             keep_seconds=settings.monitor_keep_seconds,
             changes_keep=settings.monitor_changes_keep,
+            audit_keep_seconds=settings.monitor_audit_keep_days * 86400.0,
         )
 
     def close(self) -> None:
@@ -79,8 +82,9 @@ class Store(StoreQueries):
             tx.changes = record_changes(tx, lock_counter=not self.is_sqlite)
 
     def prune(self, now: float | None = None) -> int:
-        """Delete finished jobs beyond the age/count limits and old change rows. Returns how
-        many jobs were pruned (each one a ``data: null`` change)."""
+        """Delete finished jobs beyond the age/count limits, old change rows and audit entries
+        older than ``audit_keep_seconds``. Returns how many jobs were pruned (each one a
+        ``data: null`` change)."""
         now = time.time() if now is None else now
         with self.write(now) as tx:
             session = tx.session
@@ -112,6 +116,7 @@ class Store(StoreQueries):
             top = session.get(CounterRow, "seq")
             assert top is not None
             session.execute(delete(ChangeRow).where(ChangeRow.seq <= top.value - self.changes_keep))
+            session.execute(delete(AuditRow).where(AuditRow.at < now - self.audit_keep_seconds))
         return len(ids)
 
     # -- reading ---------------------------------------------------------------------------

@@ -23,10 +23,13 @@ from jobqueue.shared import queued
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
 from monitor.store import JOB_SORTS
-from monitor.web.auth import mutating
+from monitor.web import schemas
 from monitor.web.broker import queue_depths
 from monitor.web.eta import annotate, busy_until, consumers_per_queue, first_start_in, store_estimates
 from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_reasons
+from monitor.web.responses import error_response
+from monitor.web.routes import Limit, Role, route
+from monitor.web.schemas import int_query
 
 bp = Blueprint("api", __name__)
 
@@ -38,6 +41,8 @@ SUBMIT_FIELDS = frozenset({"service", "payload", "priority", "queue", "timeout",
                            "webhook_url", "requires"})
 #: Largest page of jobs.
 MAX_LIMIT = 1000
+#: What every control declares besides its role: rate limited, refused in read-only mode.
+CONTROL = {"limit": Limit.CONTROL, "control": True}
 
 
 class ApiError(Exception):
@@ -50,12 +55,6 @@ class ApiError(Exception):
 
 def ctx() -> Any:
     return current_app.extensions["jobqueue_monitor"]
-
-
-def error_response(status: int, code: str, message: str) -> Response:
-    response = jsonify({"error": {"code": code, "message": message}})
-    response.status_code = status
-    return response
 
 
 @bp.errorhandler(ApiError)
@@ -122,23 +121,25 @@ def _annotate_queued(found: list[dict[str, Any]]) -> None:
 # -- reads ---------------------------------------------------------------------------------
 
 
-@bp.get("/api/state")
+@route(bp, "/api/state", role=Role.VIEWER, summary="Everything at one sequence number",
+       query=(int_query("finished_limit", 0, 100_000),), response=schemas.STATE, errors=(400,))
 def state() -> Any:
     """Everything at sequence N: ``{"seq", "machines", "workers", "jobs"}``."""
     return jsonify(state_snapshot(_int_arg("finished_limit", 200, 0, 100_000)))
 
 
-@bp.get("/api/machines")
+@route(bp, "/api/machines", role=Role.VIEWER, summary="Machines", response=schemas.MACHINES)
 def machines() -> Any:
     return jsonify({"machines": ctx().store.machines()})
 
 
-@bp.get("/api/workers")
+@route(bp, "/api/workers", role=Role.VIEWER, summary="Workers", response=schemas.WORKERS)
 def workers() -> Any:
     return jsonify({"workers": ctx().store.workers()})
 
 
-@bp.get("/api/workers/<path:name>")
+@route(bp, "/api/workers/<path:name>", role=Role.VIEWER, summary="One worker", response=schemas.WORKER,
+       errors=(404,))
 def worker(name: str) -> Any:
     found = ctx().store.worker(name)
     if found is None:
@@ -146,7 +147,8 @@ def worker(name: str) -> Any:
     return jsonify(found)
 
 
-@bp.get("/api/jobs")
+@route(bp, "/api/jobs", role=Role.VIEWER, summary="Jobs, filtered, sorted and paginated",
+       query=schemas.JOBS_QUERY, response=schemas.JOB_PAGE, errors=(400,))
 def jobs() -> Any:
     """Jobs filtered by state, service, worker, machine, time range and text; paginated."""
     states = [s for part in request.args.getlist("state") for s in part.split(",") if s]
@@ -173,7 +175,8 @@ def jobs() -> Any:
     return jsonify({"jobs": found, "total": total, "limit": limit, "offset": offset, "sort": sort, "order": order})
 
 
-@bp.get("/api/jobs/<job_id>")
+@route(bp, "/api/jobs/<job_id>", role=Role.VIEWER, summary="One job with its timeline", response=schemas.JOB,
+       errors=(404,))
 def job(job_id: str) -> Any:
     found = ctx().store.job(job_id)
     if found is None:
@@ -182,7 +185,8 @@ def job(job_id: str) -> Any:
     return jsonify(found)
 
 
-@bp.get("/api/waiting")
+@route(bp, "/api/waiting", role=Role.VIEWER, summary="Queued jobs no online worker can run, and why",
+       response=schemas.WAITING)
 def waiting() -> Any:
     """``{"waiting": {job id: reason}}``: the queued jobs no online worker can run, and why."""
     store = ctx().store
@@ -190,7 +194,8 @@ def waiting() -> Any:
     return jsonify({"waiting": waiting_reasons(store.queued_jobs() + retrying, store.workers())})
 
 
-@bp.get("/api/estimates")
+@route(bp, "/api/estimates", role=Role.VIEWER, summary="Queue position and expected wait of every queued job",
+       response=schemas.ESTIMATES)
 def estimates() -> Any:
     """``{"at": server time, "jobs": {job id: {"position", "wait"}}}``: every queued job's
     queue position and expected wait (seconds from ``at``; null when unknown). Pages show these
@@ -200,7 +205,8 @@ def estimates() -> Any:
     return jsonify({"at": now, "jobs": jobs})
 
 
-@bp.get("/api/workflows/<workflow_id>")
+@route(bp, "/api/workflows/<workflow_id>", role=Role.VIEWER, summary="A workflow's steps",
+       response=schemas.WORKFLOW, errors=(404,))
 def workflow(workflow_id: str) -> Any:
     """A workflow's known steps in step order, its status and ``total_steps``."""
     found = ctx().store.workflow(workflow_id)
@@ -221,13 +227,14 @@ def _depths() -> dict[str, int]:
         raise ApiError(503, "broker_unavailable", f"cannot read queue depths: {exc}") from None
 
 
-@bp.get("/api/queues")
+@route(bp, "/api/queues", role=Role.VIEWER, summary="Queue depths", response=schemas.QUEUES, errors=(503,))
 def queues() -> Any:
     depths = _depths()
     return jsonify({"queues": [{"name": name, "depth": depth} for name, depth in sorted(depths.items())]})
 
 
-@bp.get("/api/stats")
+@route(bp, "/api/stats", role=Role.VIEWER, summary="Completion times, throughput, failure patterns, history",
+       query=(int_query("hours", 1, history.KEEP_HOURS),), response=schemas.STATS, errors=(400,))
 def stats() -> Any:
     """Per-service completion times (median/mean/min/max/p95), failure patterns, throughput
     and queue depths, and the hourly history that outlives pruned jobs (``?hours=``, 1..9600,
@@ -253,8 +260,8 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
-@bp.post("/api/jobs")
-@mutating
+@route(bp, "/api/jobs", method="POST", role=Role.OPERATOR, summary="Submit count jobs", body=schemas.SUBMIT,
+       response=schemas.SUBMITTED, status=201, errors=(400, 429), limit=Limit.SUBMIT, audit="submit", control=True)
 def submit() -> Any:
     """Submit ``count`` jobs of ``service`` with ``payload``; 201 with their ids."""
     body = _json_body()
@@ -301,8 +308,8 @@ def _queue_full(exc: QueueFull) -> Response:
     return response
 
 
-@bp.post("/api/jobs/<job_id>/cancel")
-@mutating
+@route(bp, "/api/jobs/<job_id>/cancel", method="POST", role=Role.OPERATOR, summary="Cancel a job",
+       body=schemas.EMPTY, response=schemas.OK, status=202, errors=(404, 409), **CONTROL, audit="cancel")
 def cancel(job_id: str) -> Any:
     known = ctx().store.job(job_id, with_events=False)
     if known is None:
@@ -314,8 +321,8 @@ def cancel(job_id: str) -> Any:
     return jsonify({"ok": True}), 202
 
 
-@bp.post("/api/jobs/<job_id>/retry")
-@mutating
+@route(bp, "/api/jobs/<job_id>/retry", method="POST", role=Role.OPERATOR, summary="Submit a job again",
+       body=schemas.EMPTY, response=schemas.RETRIED, status=201, errors=(404, 409, 429), **CONTROL, audit="retry")
 def retry(job_id: str) -> Any:
     """Submit a new job with the same service, payload and every submit option as ``job_id``
     (:func:`jobqueue.client.rerun.resubmit_arguments`); works for a job in any state."""
@@ -359,22 +366,23 @@ def _set_draining(name: str, draining: bool) -> Any:
     return jsonify({"ok": True, "replies": replies}), 202
 
 
-@bp.post("/api/workers/<path:name>/drain")
-@mutating
+@route(bp, "/api/workers/<path:name>/drain", method="POST", role=Role.OPERATOR, summary="Stop a worker taking jobs",
+       body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202, errors=(404,), **CONTROL, audit="drain")
 def drain(name: str) -> Any:
     """Stop the worker taking new jobs (it finishes what it runs)."""
     return _set_draining(name, True)
 
 
-@bp.post("/api/workers/<path:name>/resume")
-@mutating
+@route(bp, "/api/workers/<path:name>/resume", method="POST", role=Role.OPERATOR,
+       summary="Let a drained worker take jobs", body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202,
+       errors=(404,), **CONTROL, audit="resume")
 def resume(name: str) -> Any:
     """Let a drained worker take new jobs again."""
     return _set_draining(name, False)
 
 
-@bp.post("/api/workers/<path:name>/shutdown")
-@mutating
+@route(bp, "/api/workers/<path:name>/shutdown", method="POST", role=Role.ADMIN, summary="Shut a worker down",
+       body=schemas.EMPTY, response=schemas.OK, status=202, errors=(404,), **CONTROL, audit="shutdown")
 def shutdown(name: str) -> Any:
     _worker_or_404(name)
     ctx().celery.control.shutdown(destination=[name])
@@ -384,17 +392,34 @@ def shutdown(name: str) -> Any:
 # -- health and metrics --------------------------------------------------------------------
 
 
-@bp.get("/healthz")
+@route(bp, "/healthz", role=Role.PUBLIC, summary="Liveness of collector and writer (details only to viewers)",
+       response=schemas.HEALTH, errors=(503,))
 def healthz() -> Any:
     c = ctx()
     collector = c.collector.stats() if c.collector is not None else None
     ok = collector is None or (collector["alive"] and c.writer is not None and c.writer.alive)
     body = {"ok": bool(ok), "seq": c.store.seq(), "collector": collector,
             "repair": c.repair_stats(), "uptime": round(time.time() - c.started_at, 3)}
-    return jsonify(body), 200 if ok else 503
+    return jsonify(body if _sees_details() else public_health(body)), 200 if ok else 503
 
 
-@bp.get("/metrics")
+def _sees_details() -> bool:
+    from monitor.web.access import current_identity
+
+    return current_identity().role.allows(Role.VIEWER)
+
+
+def public_health(body: dict[str, Any]) -> dict[str, Any]:
+    """What ``/healthz`` tells anyone: up or not, and whether collector and repair run (no
+    error texts, counts or addresses)."""
+    collector, repair = body.get("collector"), body.get("repair")
+    return {"ok": body["ok"], "seq": body["seq"],
+            "collector": None if collector is None else {k: collector.get(k) for k in ("alive", "connected")},
+            "repair": None if repair is None else {"runs": repair.get("runs")}, "uptime": body["uptime"]}
+
+
+@route(bp, "/metrics", role=Role.VIEWER, summary="Prometheus metrics (also the metrics token)",
+       content="text/plain", scrape=True)
 def metrics() -> Any:
     from monitor.metrics.prometheus import exposition
 

@@ -14,6 +14,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from jobqueue.shared.records import DEAD_SUFFIX
+from monitor.web.routes import Role, route
+from monitor.web.schemas import DEAD_LETTERS, int_query
 
 bp = Blueprint("dead_letters", __name__)
 
@@ -67,11 +69,12 @@ def read_dead_letters(broker_url: str, items: int) -> list[dict[str, Any]]:
     return out
 
 
-@bp.get("/api/dead-letters")
+@route(bp, "/api/dead-letters", role=Role.VIEWER, summary="Poison messages per queue",
+       query=(int_query("items", 0, MAX_ITEMS),), response=DEAD_LETTERS, errors=(400, 503))
 def dead_letters() -> Any:
     """Poison messages per queue: ``{"total", "queues": [{"queue", "list", "count", "items"}]}``
     (``?items=N``, default 20, newest first; 0 for counts only)."""
-    from monitor.web.api import error_response
+    from monitor.web.responses import error_response
 
     settings = current_app.extensions["jobqueue_monitor"].settings
     try:

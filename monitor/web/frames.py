@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from werkzeug.datastructures import Headers
 
@@ -66,3 +67,12 @@ def switching_protocols(key: str) -> bytes:
         f"Sec-WebSocket-Accept: {accept_key(key.strip())}\r\n"
         "\r\n"
     ).encode()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a client may not open ``/ws``: the HTTP status (401, 403, 429) and a message; what
+    an authorize callable (:data:`monitor.web.ws.Authorize`) returns to refuse the handshake."""
+
+    status: int
+    message: str

@@ -197,7 +197,7 @@ def _settings() -> Settings:
 
 
 def _before() -> Any:
-    from monitor.web.api import error_response
+    from monitor.web.responses import error_response
 
     settings = _settings()
     try:

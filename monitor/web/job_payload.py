@@ -14,7 +14,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from jobqueue.shared.masking import mask
-from monitor.web.api import error_response
+from monitor.web.responses import error_response
+from monitor.web.routes import Role, route
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("job_payload", __name__)
 
 
-@bp.get("/api/jobs/<job_id>/payload")
+@route(bp, "/api/jobs/<job_id>/payload", role=Role.VIEWER, summary="The job's payload as submitted (secrets masked)",
+       errors=(404, 409, 503))
 def job_payload(job_id: str) -> Any:
     """``{"service", "payload"}`` (secrets masked); 404 for a job the monitor does not know,
     409 when the result backend no longer holds its kwargs, 503 when it cannot be read."""

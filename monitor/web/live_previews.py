@@ -14,17 +14,19 @@ from flask import Blueprint, Response, current_app
 
 from jobqueue.shared.previews import RedisPreviewStore
 from jobqueue.shared.records import result_client
+from monitor.web.routes import Role, route
 
 bp = Blueprint("previews", __name__)
 
 
 def _error(status: int, code: str, message: str) -> Response:
-    from monitor.web.api import error_response
+    from monitor.web.responses import error_response
 
     return error_response(status, code, message)
 
 
-@bp.get("/api/jobs/<job_id>/preview")
+@route(bp, "/api/jobs/<job_id>/preview", role=Role.VIEWER, summary="The latest live preview image of a running job",
+       content="image/*", errors=(404, 503))
 def preview(job_id: str) -> Any:
     """200 with the image (``Content-Type`` as stored, ``X-Preview-Seq`` its number), 404 when
     the job has no preview (none sent, expired, or a non-Redis result backend), 503 when the

@@ -12,13 +12,13 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, abort, current_app, jsonify, render_template, request
+from flask import Blueprint, abort, current_app, jsonify, render_template
 
 from jobqueue.client.services import payload_schema, service_examples
 from jobqueue.shared.outputs import is_safe_name
-from monitor.web import auth
-from monitor.web.api import error_response
 from monitor.web.files import local_source, send_source, serve_output
+from monitor.web.responses import error_response
+from monitor.web.routes import Role, route
 
 #: Blueprint the monitor's app factory registers when this module exists. Its templates and
 #: static files live at the package's top (``monitor/templates``, ``monitor/static``), one level
@@ -33,7 +33,8 @@ bp = Blueprint(
 )
 
 
-@bp.get("/api/services/<name>/schema")
+@route(bp, "/api/services/<name>/schema", role=Role.VIEWER, summary="JSON schema of a service's job payload",
+       response={"type": "object"}, errors=(404,))
 def service_schema(name: str) -> Any:
     """The JSON schema of ``name``'s job payload (its connector's pydantic models): the client
     page lists the fields and checks a payload against it before sending; the server checks
@@ -44,31 +45,31 @@ def service_schema(name: str) -> Any:
     return jsonify(schema)
 
 
-@bp.get("/")
+@route(bp, "/", role=Role.VIEWER, summary="The fleet page", content="text/html", page=True)
 def fleet() -> str:
     """Machines, their workers (one per GPU) and each connector's status."""
     return render_template("fleet.html", page="fleet")
 
 
-@bp.get("/jobs")
+@route(bp, "/jobs", role=Role.VIEWER, summary="The jobs page", content="text/html", page=True)
 def jobs() -> str:
     """Pending, active, finished and failed jobs with filters and search."""
     return render_template("jobs.html", page="jobs")
 
 
-@bp.get("/jobs/<job_id>")
+@route(bp, "/jobs/<job_id>", role=Role.VIEWER, summary="One job's page", content="text/html", page=True)
 def job(job_id: str) -> str:
     """One job: its state, payload summary, outputs and full event timeline."""
     return render_template("job.html", page="job", job_id=job_id)
 
 
-@bp.get("/stats")
+@route(bp, "/stats", role=Role.VIEWER, summary="The stats page", content="text/html", page=True)
 def stats() -> str:
     """Completion times per service, throughput, failure patterns and queue depths."""
     return render_template("stats.html", page="stats")
 
 
-@bp.get("/client")
+@route(bp, "/client", role=Role.VIEWER, summary="The client test page", content="text/html", page=True)
 def client() -> str:
     """The client test page: submit a batch of jobs and follow them live."""
     examples = service_examples()
@@ -80,28 +81,9 @@ def client() -> str:
     )
 
 
-@bp.get("/api/auth")
-def auth_info() -> Any:
-    """What the pages need to show or hide controls: ``auth_required``, ``read_only`` and
-    whether this request's ``Authorization`` header would be accepted (never a 401 itself).
-
-    The pages send credentials in the ``Authorization`` header from sessionStorage, never in
-    a cookie, so a cross-site form cannot forge a control request (no CSRF token needed).
-    """
-    settings = current_app.extensions["jobqueue_monitor"].settings
-    refused = auth.check(settings, request.headers, request.remote_addr)
-    return jsonify({
-        "auth_required": auth.has_credentials(settings),
-        "read_only": bool(settings.monitor_read_only),
-        "authenticated": refused is None,
-    })
-
-
 #: Output files the pages may show inline (images, video, audio); anything else is a download.
 INLINE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".webm", ".wav", ".mp3", ".flac", ".ogg",
                 ".opus", ".m4a")
-
-
 
 
 def output_file(output_dir: str, job_id: str, name: str) -> Path | None:
@@ -123,7 +105,8 @@ def output_file(output_dir: str, job_id: str, name: str) -> Path | None:
     return path
 
 
-@bp.get("/jobs/<job_id>/files/<name>")
+@route(bp, "/jobs/<job_id>/files/<name>", role=Role.VIEWER, summary="An output file of a job",
+       content="application/octet-stream", errors=(404,))
 def job_file(job_id: str, name: str) -> Any:
     """An output file a worker on this host wrote to ``output_dir/<job id>/<name>``.
 

@@ -15,7 +15,9 @@ from flask import Blueprint, current_app, jsonify
 from jobqueue.shared.masking import mask
 from jobqueue.shared.records import result_client
 from jobqueue.shared.webhooks import read_attempts
-from monitor.web.api import error_response
+from monitor.web.responses import error_response
+from monitor.web.routes import Role, route
+from monitor.web.schemas import WEBHOOKS
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
 
-@bp.get("/api/jobs/<job_id>/webhooks")
+@route(bp, "/api/jobs/<job_id>/webhooks", role=Role.VIEWER, summary="The webhook tries of a job",
+       response=WEBHOOKS, errors=(404, 503))
 def job_webhooks(job_id: str) -> Any:
     """``{"attempts": [{webhook_id, try, at, url, status_code, error, delivered, worker,
     duration}...]}``, oldest first; 404 for a job the monitor does not know, 503 when the

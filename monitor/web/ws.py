@@ -26,21 +26,16 @@ from typing import Any
 from flask import Flask, Response, current_app, request
 from werkzeug.datastructures import Headers
 
-from monitor.web.api import error_response, state_snapshot
+from monitor.web.api import state_snapshot
 from monitor.web.fanout import Fanout, Limits
-from monitor.web.frames import switching_protocols, text_frame, upgrade_problem
+from monitor.web.frames import Refusal, switching_protocols, text_frame, upgrade_problem
 from monitor.web.guard import strict_dumps
+from monitor.web.responses import error_response
+from monitor.web.routes import Role, declare
+from monitor.web.schemas import int_query
 
 #: Extension key of the app's :class:`WsEntry`.
 EXTENSION = "jobqueue_ws"
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a client may not open ``/ws``: the HTTP status (401, 403) and a message."""
-
-    status: int
-    message: str
 
 
 #: ``authorize(headers, cookies) -> identity or Refusal``, consulted before the upgrade; the
@@ -157,8 +152,11 @@ def stream() -> Any:
     entry: WsEntry = current_app.extensions[EXTENSION]
     identity = entry.authorize(request.headers, request.cookies)
     if isinstance(identity, Refusal):
-        return error_response(identity.status, "unauthorized" if identity.status == 401 else "forbidden",
-                              identity.message)
+        code = {401: "unauthorized", 429: "rate_limited"}.get(identity.status, "forbidden")
+        response = error_response(identity.status, code, identity.message)
+        if identity.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="jobqueue", Basic realm="jobqueue"'
+        return response
     raw = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
     if not isinstance(raw, socket.socket) or hasattr(raw, "context"):  # no socket, or TLS
         return error_response(501, "not_implemented", "this server cannot hand over its socket")
@@ -195,7 +193,10 @@ def register(app: Flask, authorize: Authorize = allow_everyone) -> None:
     shared = SharedSnapshot(snapshot)
     app.extensions[EXTENSION] = WsEntry(Fanout(context.store, context.hub, shared.get, limits), authorize, shared)
     # websocket=True: Werkzeug routes a request with "Upgrade: websocket" only to such a rule.
-    app.add_url_rule("/ws", "ws", stream, methods=["GET"], websocket=True)
+    view = declare(stream, "/ws", role=Role.VIEWER, summary="Websocket: a snapshot, then every change",
+                   query=(int_query("since", 0, 2**63 - 1),), content="application/json", errors=(400, 501),
+                   extra={"authorize": EXTENSION})
+    app.add_url_rule("/ws", "ws", view, methods=["GET"], websocket=True)
 
 
 def stop(app: Flask) -> None:

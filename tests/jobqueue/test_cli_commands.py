@@ -133,3 +133,22 @@ def test_the_worker_takes_exit_when_idle_and_the_new_commands_are_listed(cli):
     assert all(name in listed for name in ("cancel", "jobs", "workers", "outputs"))
     bad = cli("worker", "--exit-when-idle", "-3")
     assert bad.returncode == 2 and "--exit-when-idle" in bad.stderr
+
+
+def test_jobs_and_workers_send_the_api_key_to_a_monitor_with_auth_on(cli, start_monitor):  # noqa: F811 (fixture)
+    # Given a monitor with a token, and a viewer API key made with it
+    import requests
+
+    monitor = start_monitor(MONITOR_TOKEN="cli-token")
+    made = requests.post(monitor.url + "/api/keys", json={"role": "viewer", "name": "cli"}, timeout=10,
+                         headers={"Authorization": "Bearer cli-token"})
+    assert made.status_code == 201, made.text
+    at = {"JOBQUEUE_MONITOR_URL": monitor.url}
+    # When the CLI asks without credentials, then the monitor's 401 is a clean error
+    refused = cli("jobs", **at)
+    assert refused.returncode == 1 and "401" in refused.stderr
+    # And with the key (JOBQUEUE_MONITOR_API_KEY) both commands answer
+    for command in ("jobs", "workers"):
+        shown = cli(command, "--json", JOBQUEUE_MONITOR_API_KEY=made.json()["key"], **at)
+        assert shown.returncode == 0, shown.stderr
+        assert isinstance(json.loads(shown.stdout), list)

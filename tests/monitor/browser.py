@@ -123,7 +123,9 @@ def start_monitor(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., 
     monitors: list[MonitorProcess] = []
 
     def start(**env: str) -> MonitorProcess:
-        variables = {"JOBQUEUE_MONITOR_TOKEN": TOKEN}
+        # Reads open to all (the dashboard tests look at pages), controls behind the token;
+        # tests/monitor/web/test_login_page.py covers the login itself.
+        variables = {"JOBQUEUE_MONITOR_TOKEN": TOKEN, "JOBQUEUE_MONITOR_PUBLIC_READ": "true"}
         variables.update(env)
         monitor = MonitorProcess(settings, tmp_path / f"monitor-{len(monitors)}.log")
         monitors.append(monitor)

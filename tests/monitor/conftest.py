@@ -71,7 +71,7 @@ def hub() -> ChangeHub:
 def monitor_settings(tmp_path: Path) -> Settings:
     """Settings of a monitor app with no broker work (unit level)."""
     return Settings(monitor_db=f"sqlite:///{tmp_path / 'app.db'}", broker_url="redis://127.0.0.1:6379/14",
-                    monitor_token="secret-token").resolved()
+                    monitor_token="secret-token", monitor_public_read=True).resolved()
 
 
 @pytest.fixture

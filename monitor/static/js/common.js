@@ -139,6 +139,9 @@ const JQ = (function () {
           auth_required: !!res.data.auth_required,
           read_only: !!res.data.read_only,
           authenticated: !!res.data.authenticated,
+          role: res.data.role || null,
+          subject: res.data.subject || null,
+          session: !!res.data.session,
           known: true,
         };
       } else {
@@ -152,6 +155,8 @@ const JQ = (function () {
       secret = secret.trim();
       if (!secret) return "enter a token";
       const value = secret.includes(":") ? "Basic " + btoa(secret) : "Bearer " + secret;
+      // A session cookie too, so images, previews and /ws are authorised as well.
+      await api("POST", "/login", {credential: secret});
       sessionStorage.setItem(TOKEN_KEY, value);
       const info = await this.refresh();
       if (info.known && !info.authenticated) {
@@ -163,7 +168,10 @@ const JQ = (function () {
     },
     async logout() {
       sessionStorage.removeItem(TOKEN_KEY);
-      await this.refresh();
+      const hadSession = this.info.session;
+      await api("POST", "/logout", {});
+      const info = await this.refresh();
+      if (hadSession && info.auth_required) location.assign("/login");
     },
   };
 
@@ -172,7 +180,8 @@ const JQ = (function () {
     const headers = {"Accept": "application/json"};
     const authHeader = auth.header();
     if (authHeader) headers["Authorization"] = authHeader;
-    const init = {method, headers, credentials: "omit", cache: "no-store"};
+    // The session cookie (HttpOnly, SameSite=Lax) rides along; it is refused cross-site.
+    const init = {method, headers, credentials: "same-origin", cache: "no-store"};
     // Every control sends a JSON body: the monitor refuses any other (a cross-site form or a
     // no-cors fetch cannot send application/json).
     if (body === undefined && method !== "GET" && method !== "HEAD") body = {};
@@ -221,8 +230,12 @@ const JQ = (function () {
       state.textContent = "read-only";
       open.hidden = true; out.hidden = true; form.hidden = true;
     } else if (info.authenticated) {
-      state.textContent = info.auth_required ? "logged in" : "controls on (no auth configured)";
-      open.hidden = true; form.hidden = true; out.hidden = !auth.header();
+      state.textContent = info.auth_required ? "logged in" + (info.role ? " (" + info.role + ")" : "")
+        : "controls on (no auth configured)";
+      open.hidden = true; form.hidden = true; out.hidden = !auth.header() && !info.session;
+    } else if (info.session) {
+      state.textContent = "logged in (" + info.role + ")";
+      open.hidden = true; form.hidden = true; out.hidden = false;
     } else {
       state.textContent = "view only";
       out.hidden = true;

@@ -300,7 +300,9 @@ def test_a_database_of_an_older_monitor_gets_its_worker_counts_from_its_jobs(tmp
     with store.engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE workers DROP COLUMN ended")
         conn.exec_driver_sql("UPDATE workers SET failed = 0")
-        conn.exec_driver_sql("DROP TABLE alembic_version")  # nor did it know migrations
+        conn.exec_driver_sql("DROP TABLE alembic_version")  # nor did it know migrations,
+        for table in ("audit", "api_keys"):  # nor the tables of revisions after the baseline
+            conn.exec_driver_sql(f"DROP TABLE {table}")
     store.close()
     # When a new monitor opens it
     upgraded = Store(url)

@@ -129,7 +129,7 @@ def test_a_job_submitted_through_the_api_is_enqueued(redis_url, tmp_path, redis_
     response = client.post("/api/jobs", json={"service": "simulation", "payload": {"steps": 1}, "count": 2},
                            headers=headers)
     assert response.status_code == 201 and len(response.get_json()["jobs"]) == 2
-    assert client.get("/api/queues").get_json()["queues"][0]["depth"] >= 0
+    assert client.get("/api/queues", headers=headers).get_json()["queues"][0]["depth"] >= 0
     assert sum(redis_client.llen(k) for k in redis_client.keys("simulation*")) == 2
     bad = client.post("/api/jobs", json={"service": "nope", "payload": {}}, headers=headers)
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_job"

@@ -28,6 +28,10 @@ ROWS_JS = """() => [...document.querySelectorAll('#fleet-table tbody tr[data-wor
   tags: [...r.querySelectorAll('.chip-tag')].map((t) => t.textContent)}))"""
 
 
+#: Reads open to all, controls behind the token, as browser.start_monitor starts its monitors.
+READS_OPEN = {"JOBQUEUE_MONITOR_TOKEN": browser.TOKEN, "JOBQUEUE_MONITOR_PUBLIC_READ": "true"}
+
+
 def rows(page: Any) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = page.evaluate(ROWS_JS)
     return found
@@ -96,7 +100,7 @@ def test_200_replayed_workers_show_in_a_table_that_sorts_and_filters_and_stays_l
 def test_a_dashboard_keeps_receiving_deltas_and_resumes_with_since_after_the_monitor_restarts(
         chromium, settings, tmp_path, redis_url):
     # Given a monitor with a few replayed workers and a fleet page open on it
-    monitor = MonitorProcess(settings, tmp_path / "monitor-a.log").start(JOBQUEUE_MONITOR_TOKEN=browser.TOKEN)
+    monitor = MonitorProcess(settings, tmp_path / "monitor-a.log").start(**READS_OPEN)
     client = redis.Redis.from_url(redis_url)
     fleet_events.announce(client, _db(redis_url), 4, 60.0)
     pages = Pages(chromium, monitor.url)
@@ -111,7 +115,7 @@ def test_a_dashboard_keeps_receiving_deltas_and_resumes_with_since_after_the_mon
         page.wait_for_selector("#conn:not(.conn-live)")
         seq = int(page.get_attribute("body", "data-seq") or "0")
         restarted = MonitorProcess(settings, tmp_path / "monitor-b.log", port=monitor.port)
-        restarted.start(JOBQUEUE_MONITOR_TOKEN=browser.TOKEN)
+        restarted.start(**READS_OPEN)
         page.wait_for_selector("#conn.conn-live")
         # Then the page reconnected asking for what it missed, without reloading
         wait_for(lambda: any(f"since={seq}" in url for url in sockets), 10, what="a since= reconnect")

@@ -21,6 +21,8 @@ from tests.webhook_receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"jobqueue-test-secret-0123456789ab").decode()
 TOKEN = "rerun-token"
+#: A viewer is enough for the payload route (monitor/web/routes.py declarations).
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
@@ -98,13 +100,13 @@ def test_the_payload_route_gives_the_payload_as_submitted_with_secrets_masked(
     _known(monitor, handle.id)
     client = monitor.test_client()
     # When its payload is asked for
-    reply = client.get(f"/api/jobs/{handle.id}/payload")
+    reply = client.get(f"/api/jobs/{handle.id}/payload", headers=AUTH)
     # Then it comes back as submitted, the secret masked
     assert reply.status_code == 200
     body = reply.get_json()
     assert body["service"] == "simulation" and body["payload"]["steps"] == 1
     assert body["payload"]["output"]["note"] == "seen" and "sk-live-123" not in reply.get_data(as_text=True)
     # And an unknown job is a 404, a job whose kwargs the backend lost a 409
-    assert client.get("/api/jobs/nope/payload").status_code == 404
+    assert client.get("/api/jobs/nope/payload", headers=AUTH).status_code == 404
     _known(monitor, "job-without-kwargs")
-    assert client.get("/api/jobs/job-without-kwargs/payload").get_json()["error"]["code"] == "payload_unknown"
+    assert client.get("/api/jobs/job-without-kwargs/payload", headers=AUTH).get_json()["error"]["code"] == "payload_unknown"
