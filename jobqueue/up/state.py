@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 #: Name of the run file inside the data directory.
 RUN_FILE = "up.json"
@@ -76,8 +77,10 @@ def read_live_run_file(data_dir: str | os.PathLike[str]) -> dict[str, Any] | Non
 
 
 def discovered_broker(data_dir: str | os.PathLike[str]) -> dict[str, str]:
-    """``{"broker_url": ..., "result_backend": ..., "monitor_url": ...}`` of the ``up`` running
-    with ``data_dir`` (the monitor's URL without its login fragment), or ``{}`` when none runs."""
+    """``{"broker_url": ..., "result_backend": ..., "monitor_url": ..., "monitor_token": ...}`` of
+    the ``up`` running with ``data_dir`` (the monitor's URL without its login fragment, and the
+    token that fragment carries, so a second shell's ``jobqueue jobs`` is let in as the login link
+    would be), or ``{}`` when none runs."""
     info = read_live_run_file(data_dir)
     if info is None or not isinstance(info.get("broker_url"), str):
         return {}
@@ -85,5 +88,9 @@ def discovered_broker(data_dir: str | os.PathLike[str]) -> dict[str, str]:
     if isinstance(info.get("result_backend"), str):
         found["result_backend"] = info["result_backend"]
     if isinstance(info.get("monitor_url"), str):
-        found["monitor_url"] = info["monitor_url"].split("#", 1)[0].rstrip("/")
+        url, _, fragment = info["monitor_url"].partition("#")
+        found["monitor_url"] = url.rstrip("/")
+        token = dict(parse_qsl(fragment)).get("token")
+        if token:
+            found["monitor_token"] = token
     return found

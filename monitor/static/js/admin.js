@@ -27,8 +27,12 @@
   async function revoke(id) {
     const res = await api("POST", "/api/keys/" + encodeURIComponent(id) + "/revoke", {});
     notify(res.ok ? "key " + id + " revoked" : "revoke failed: " + res.error, res.ok ? "ok" : "error");
-    loadKeys(); loadAudit();
+    loadKeys(); loadAuditSoon();
   }
+
+  /* The trail is written by the monitor's single writer, a moment after the action answered:
+     read it now and once more shortly after, and every few seconds while the page is open. */
+  function loadAuditSoon() { loadAudit(); setTimeout(loadAudit, 1000); }
 
   async function create(ev) {
     ev.preventDefault();
@@ -41,7 +45,7 @@
     if (!res.ok) { notify("create failed: " + res.error, "error"); return; }
     document.getElementById("key-secret").textContent = res.data.key;
     document.getElementById("key-new").hidden = false;
-    loadKeys(); loadAudit();
+    loadKeys(); loadAuditSoon();
   }
 
   async function loadAudit() {
@@ -70,5 +74,6 @@
     document.getElementById("audit-older").addEventListener("click", () => { offset += PAGE; loadAudit(); });
     loadKeys();
     loadAudit();
+    setInterval(() => { if (!document.hidden) loadAudit(); }, 5000);
   });
 })();
