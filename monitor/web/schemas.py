@@ -117,6 +117,8 @@ SUBMIT: Schema = {
         "count": {"type": "integer", "minimum": 1, "maximum": 1000},
         "workflow_id": STR, "step": {"type": "integer", "minimum": 1},
         "webhook_url": {"type": "string", "format": "uri"},
+        "tenant": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                   "description": "the job's tenant; only a caller without a tenant of its own may name one"},
         "requires": {"type": "object", "additionalProperties": False, "description": "what a worker must have",
                      "properties": {"models": {"type": "array", "items": {"type": "string", "minLength": 1}},
                                     "vram_gb": {"type": "number", "exclusiveMinimum": 0},
