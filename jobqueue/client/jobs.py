@@ -35,6 +35,7 @@ from jobqueue.errors import (
 )
 from jobqueue.shared import job_record as facts
 from jobqueue.shared import queued
+from jobqueue.shared.fairshare import note_queue, route_for_tenant
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask
 from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED, WORKER_CLASS
 from jobqueue.shared.records import result_client, workflow_key, workflow_step_key
@@ -368,6 +369,7 @@ def prepare_job(
     requires: dict[str, Any] | None = None,
     secret_keys: str = DEFAULT_PATTERN,
     tenant: str | None = None,
+    fair_share: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate one job and build its message: ``(task kwargs, send options)``.
 
@@ -377,7 +379,8 @@ def prepare_job(
     A job with requirements (``requires`` plus the models its payload names) goes to its
     capability queue unless ``queue`` pins it (:func:`jobqueue.shared.requirements.route_queue`).
     ``kwargsrepr`` (what events and logs show) has values under ``secret_keys`` masked; the
-    task's kwargs keep them. ``tenant`` (:func:`check_tenant`): the job's owner, in its options.
+    task's kwargs keep them. ``tenant`` (:func:`check_tenant`): the job's owner, in its options;
+    with ``fair_share`` its job goes to the tenant's queue unless pinned (:mod:`~.fairshare`).
     """
     tenant = check_tenant(tenant)
     payload = connector_class(service).validate(payload)
@@ -388,7 +391,7 @@ def prepare_job(
         raise InvalidPayloadError(f"{service}: payload is not JSON-serialisable: {exc}") from None
     priority = check_priority(priority)
     timeout = _check_timeout(timeout)
-    target = _check_queue(queue) or route_queue(service, req)
+    target = _check_queue(queue) or route_for_tenant(route_queue(service, req), tenant, fair_share=fair_share)
     job_id = job_id or str(uuid.uuid4())
     meta: dict[str, Any] = {
         "service": service,
@@ -412,14 +415,16 @@ def prepare_job(
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 
 
-def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
-    """Before sending: the job's place in its service's queue (:mod:`jobqueue.shared.queued`;
-    raises :class:`~jobqueue.errors.QueueFull` over a cap), the submit record (no job without
-    one) and, for :meth:`JobHandle.waiting_for`, the job's requirements: one round trip on a
-    Redis result backend, two when the service is capped (the admission comes first)."""
-    capped = app.settings.max_queued_for(service) is not None
+def _record(app: Any, job_id: str, service: str, req: Requirements, tenant: str | None, queue: str) -> None:
+    """Before sending: the job's place in its service's (and tenant's) queue
+    (:mod:`jobqueue.shared.queued`; raises :class:`~jobqueue.errors.QueueFull` over a cap,
+    :class:`~jobqueue.errors.QuotaExceeded` over a tenant's quota), the submit record (no job
+    without one), the note of its tenant queue, and, for :meth:`JobHandle.waiting_for`, the
+    job's requirements: one round trip on a Redis result backend, two when the service is
+    capped or the tenant has a quota of queued jobs (the admission comes first)."""
+    capped = queued.is_capped(app, service, tenant)
     if capped:
-        queued.admit(app, {service: [job_id]})
+        queued.admit(app, {service: [job_id]}, tenant=tenant)
     client = result_client(app)
     if client is None:
         record_submitted(app, [job_id])
@@ -427,8 +432,9 @@ def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
     with client.pipeline(transaction=False) as pipe:
         queue_records(pipe, app, [job_id])
         queue_remember(pipe, app, job_id, service, req)
+        note_queue(pipe, queue, queued.expires_of(app))
         if not capped:
-            queued.queue_add(pipe, service, [job_id], queued.expires_of(app))
+            queued.queue_add(pipe, service, [job_id], queued.expires_of(app), tenant=tenant)
         results = pipe.execute(raise_on_error=False)
     if isinstance(results[0], Exception):
         raise results[0]
@@ -478,8 +484,10 @@ def submit_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
         requires=requires, secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
+        fair_share=app.settings.fair_share,
     )
-    _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
+    _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")),
+            kwargs["options"].get("tenant"), send_options["queue"])
     try:
         sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
     except Exception:  # never sent: its place in the queue is free again

@@ -25,13 +25,19 @@ tests/jobqueue/worker/test_poison.py.
    redis-py 8, whose client constructor is heavy). A channel here keeps one client per pool
    (redis-py clients are thread-safe: each command borrows a pooled connection) and builds a
    new one only when kombu replaced the pool (``_pool``, reset on reconnect).
+5. ``kombu.transport.redis.Channel._brpop_start``: reimplemented below (its body with the
+   queues in the order of the connection's fair-share hook, :func:`set_fair_order`; it relies
+   on ``_queue_cycle.consume``, ``active_queues``, ``_q_for_pri``, ``priority_steps``,
+   ``brpop_timeout``, ``global_keyprefix`` and ``client._prefix_args``). Without a hook (a
+   client's connection, a worker with fair share off) kombu's own body runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from queue import Empty
+from time import monotonic
 from typing import Any, Protocol
 
 from kombu.transport import redis as kombu_redis
@@ -42,6 +48,23 @@ from jobqueue.shared.routing import BROKER_MAX_PRIORITY
 
 #: Attribute of a kombu Connection where its channels find the poison hook.
 HOOK_ATTR = "jobqueue_on_poison"
+#: Attribute of a kombu Connection where its channels find the fair-share order.
+FAIR_ATTR = "jobqueue_fair_order"
+
+
+class FairOrderHook(Protocol):
+    """The order a channel asks for its queues in (:class:`jobqueue.shared.fairshare.FairOrder`)."""
+
+    def order(self, queues: Iterable[str]) -> list[str]:
+        """The queues to ask the broker for, in this order (at each priority level)."""
+
+    def delivered(self, queue: str) -> None:
+        """A message came from ``queue``."""
+
+
+def set_fair_order(connection: Any, hook: FairOrderHook | None) -> None:
+    """Have the channels of kombu ``connection`` fetch their queues in ``hook``'s order."""
+    setattr(connection, FAIR_ATTR, hook)
 
 
 class PoisonHook(Protocol):
@@ -90,6 +113,26 @@ class Channel(kombu_redis.Channel):
             cache = self_._jobqueue_clients = _ClientCache()
         yield cache.get(self_.pool, self_._create_client)
 
+    def _brpop_start(self, timeout: Any = None) -> None:  # PRIVATE TOUCHPOINT 5
+        self_: Any = self
+        fair: FairOrderHook | None = getattr(self_.connection.client, FAIR_ATTR, None)
+        if fair is None:
+            super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
+            return
+        if timeout is None:
+            timeout = self_.brpop_timeout
+        queues = fair.order(self_._queue_cycle.consume(len(self_.active_queues)))
+        if not queues:
+            return
+        # Priority first (every queue's level n before any queue's level n + 1), as kombu.
+        keys = [self_._q_for_pri(queue, pri) for pri in self_.priority_steps for queue in queues]
+        self_._in_poll = self_.client.connection
+        self_._brpop_sent_at = monotonic()
+        command_args = ["BRPOP", *keys, timeout or 0]
+        if self_.global_keyprefix:
+            command_args = self_.client._prefix_args(command_args)
+        self_.client.connection.send_command(*command_args)
+
     def _brpop_read(self, **options: Any) -> bool:  # PRIVATE TOUCHPOINT 2
         self_: Any = self
         hook: PoisonHook | None = getattr(self_.connection.client, HOOK_ATTR, None)
@@ -106,6 +149,9 @@ class Channel(kombu_redis.Channel):
             dest, item = dest__item
             dest = (dest.decode() if isinstance(dest, bytes) else dest).rsplit(self_.sep, 1)[0]
             self_._queue_cycle.rotate(dest)
+            fair: FairOrderHook | None = getattr(self_.connection.client, FAIR_ATTR, None)
+            if fair is not None:
+                fair.delivered(dest)
             if hook is None:  # kombu's own delivery
                 self_.connection._deliver(loads(bytes_to_str(item)), dest)  # type: ignore[no-untyped-call]
                 return True

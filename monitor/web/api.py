@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from jobqueue.client.jobs import get_job, submit_job
 from jobqueue.client.rerun import resubmit_arguments
 from jobqueue.client.services import service_names
-from jobqueue.errors import QueueFull, SubmitError
+from jobqueue.errors import QueueFull, QuotaExceeded, SubmitError
 from jobqueue.shared import queued
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
@@ -280,7 +280,7 @@ def submit() -> Any:
     sent = 0
     try:
         if count > 1 and service in service_names():  # the places of all, or none
-            queued.admit(ctx().celery, {service: ids})
+            queued.admit(ctx().celery, {service: ids}, tenant=tenant)
         for job_id in ids:
             submit_job(service, body.get("payload", {}), priority=body.get("priority"),
                        queue=body.get("queue"), timeout=body.get("timeout"),
@@ -290,6 +290,8 @@ def submit() -> Any:
             sent += 1
     except QueueFull as exc:
         return _queue_full(exc)
+    except QuotaExceeded as exc:
+        return _quota_exceeded(exc)
     except SubmitError as exc:
         queued.forget(ctx().celery, [service], ids[sent:])  # places reserved for jobs never sent
         raise ApiError(400, "invalid_job", str(exc)) from None
@@ -321,6 +323,13 @@ def _queue_full(exc: QueueFull) -> Response:
     return response
 
 
+def _quota_exceeded(exc: QuotaExceeded) -> Response:
+    """429 with ``Retry-After``: the tenant holds its quota of queued jobs (nothing enqueued)."""
+    response = error_response(429, "quota_exceeded", str(exc))
+    response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
+
+
 @route(bp, "/api/jobs/<job_id>/cancel", method="POST", role=Role.OPERATOR, summary="Cancel a job",
        body=schemas.EMPTY, response=schemas.OK, status=202, errors=(404, 409), **CONTROL, audit="cancel")
 def cancel(job_id: str) -> Any:
@@ -349,6 +358,8 @@ def retry(job_id: str) -> Any:
         handle = submit_job(**resubmit_arguments(job_id, kwargs, known["service"]), app=ctx().celery)
     except QueueFull as exc:
         return _queue_full(exc)
+    except QuotaExceeded as exc:
+        return _quota_exceeded(exc)
     except SubmitError as exc:
         raise ApiError(400, "invalid_job", str(exc)) from None
     return jsonify({"id": handle.id}), 201

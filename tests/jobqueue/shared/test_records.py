@@ -26,6 +26,9 @@ PINNED = [
     (records.workflow_step_key, ("j1",), "jobqueue-workflow-step-j1"),
     (records.orphan_book_key, ("gpu0@m1", "comfyui"), "jobqueue-orphans-gpu0@m1-comfyui"),
     (records.queued_key, ("comfyui",), "jobqueue-queued-comfyui"),
+    (records.tenant_queued_key, ("acme",), "jobqueue-tenant-queued-acme"),
+    (records.tenant_running_key, ("acme",), "jobqueue-tenant-running-acme"),
+    (records.tenant_queues_key, (), "jobqueue-tenant-queues"),
     (records.dead_letter_key, ("simulation",), "simulation.dead"),
 ]
 
