@@ -15,7 +15,7 @@ import socket
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import lru_cache
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -64,9 +64,10 @@ class TenantQuota:
 _QUOTA_WORDS = ("queued", "running", "weight")
 
 
+@lru_cache(maxsize=16)
 def parse_tenant_quotas(value: str) -> dict[str, TenantQuota]:
     """Parse ``acme=queued:100,running:4,weight:2;*=queued:1000`` (``*``: every other tenant);
-    raise :class:`ConfigError` naming the part that is wrong."""
+    raise :class:`ConfigError` naming the part that is wrong. Cached: read at every submit."""
     quotas: dict[str, TenantQuota] = {}
     for entry in (e.strip() for e in value.split(";")):
         if not entry:
@@ -405,17 +406,13 @@ class Settings(BaseSettings):
             raise ConfigError(f"JOBQUEUE_MAX_QUEUED_BY_SERVICE caps must be >= 1, got {bad}")
         if self.exit_when_idle < 0:
             raise ConfigError(f"JOBQUEUE_EXIT_WHEN_IDLE must be >= 0 (0: never), got {self.exit_when_idle}")
-        _ = self._tenant_quotas  # parsed now: a malformed value is refused at start
-
-    @cached_property
-    def _tenant_quotas(self) -> dict[str, TenantQuota]:
-        return parse_tenant_quotas(self.tenant_quotas)
+        parse_tenant_quotas(self.tenant_quotas)  # now: a malformed value is refused at start
 
     def quota_for(self, tenant: str | None) -> TenantQuota:
         """``tenant``'s quota and weight (its own entry, else ``*``'s; no tenant: no limit)."""
         if tenant is None:
             return TenantQuota()
-        quotas = self._tenant_quotas
+        quotas = parse_tenant_quotas(self.tenant_quotas)
         return quotas.get(tenant) or quotas.get("*") or TenantQuota()
 
     def max_queued_for(self, service: str) -> int | None:
