@@ -1,6 +1,6 @@
 """A tenant's quota of queued jobs (``JOBQUEUE_TENANT_QUOTAS``): over it ``QuotaExceeded`` says
 when to come back and nothing is enqueued; counted atomically with the queue caps, freed by a
-start (a real worker) or a cancel; over HTTP a 429 with ``Retry-After``."""
+start (a real worker) or a cancel. Over HTTP: tests/monitor/web/test_tenant_quota_api.py."""
 
 from __future__ import annotations
 
@@ -9,17 +9,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from jobqueue import get_job, submit_batch, submit_job, submit_workflow
 from jobqueue.config import Settings
 from jobqueue.errors import QuotaExceeded, SubmitError
-from jobqueue.shared.records import queued_key, submitted_key, tenant_queued_key
+from jobqueue.shared.records import submitted_key, tenant_queued_key
 from jobqueue.states import JobStatus
 from jobqueue.transport.app import create_app
 from jobqueue.transport.internals import redis_queue_keys
 from tests.helpers import quick, wait_for
-from tests.monitor.conftest import start_monitor  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -111,25 +109,3 @@ def test_a_real_worker_starting_a_tenants_job_frees_its_place(quota_app, start_w
     assert redis_client.zcard(tenant_queued_key("acme")) == 3
     for handle in jobs:
         handle.cancel()
-
-
-def test_over_http_a_tenants_key_over_its_quota_gets_429_with_retry_after_and_nothing_is_enqueued(
-        start_monitor, redis_client):
-    # Given a monitor with a quota of 2 queued jobs for acme, and an operator key of acme
-    monitor = start_monitor(MONITOR_TOKEN="t0ken", TENANT_QUOTAS="acme=queued:2")
-    made = requests.post(f"{monitor.url}/api/keys", json={"role": "operator", "tenant": "acme"},
-                         headers={"Authorization": "Bearer t0ken"}, timeout=10)
-    assert made.status_code == 201, made.text
-    key = {"Authorization": f"Bearer {made.json()['key']}"}
-    body = {"service": "simulation", "payload": quick("x")}
-    # When it submits 2 jobs at once, then 1 more
-    first = requests.post(f"{monitor.url}/api/jobs", json={**body, "count": 2}, headers=key, timeout=10)
-    assert first.status_code == 201, first.text
-    over = requests.post(f"{monitor.url}/api/jobs", json=body, headers=key, timeout=10)
-    # Then the third is refused with 429, a Retry-After and the JSON error shape
-    assert over.status_code == 429, over.text
-    assert int(over.headers["Retry-After"]) >= 1
-    assert over.json()["error"]["code"] == "quota_exceeded" and "acme" in over.json()["error"]["message"]
-    # And nothing of it was enqueued
-    assert messages(redis_client, "acme/simulation", "simulation") == 2
-    assert redis_client.zcard(queued_key("simulation")) == 2 and redis_client.zcard(tenant_queued_key("acme")) == 2
