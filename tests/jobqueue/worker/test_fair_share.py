@@ -3,6 +3,7 @@ Redis, jobs submitted with ``submit_job(..., tenant=...)``."""
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
@@ -107,5 +108,27 @@ def test_a_tenants_running_quota_holds_across_two_workers_and_every_job_still_ru
         assert {client.AsyncResult(h.id).result["attempt"] for h in a_jobs + b_jobs} == {0}
         # And no place is left held
         wait_for(lambda: redis_client.zcard(tenant_running_key("a")) == 0, 10, what="a's places to be released")
+    finally:
+        client.close()
+
+
+def test_a_tenants_job_whose_worker_is_killed_comes_back_to_its_queue_and_completes(settings, start_worker,
+                                                                                      redis_client):
+    # Given a tenant with a running quota of 1, and its job running on worker A
+    quotas = "acme=running:1"
+    client = create_app(settings.model_copy(update={"tenant_quotas": quotas}))
+    try:
+        first = start_worker("gpu0", TENANT_QUOTAS=quotas)
+        handle = submit_job("simulation", {"steps": 8, "step_seconds": 0.5, "output": "survived"}, tenant="acme",
+                            app=client)
+        wait_for(lambda: handle.progress()["step"] >= 1, 30, what="the job to start on the first worker")
+        assert redis_client.zcard(tenant_running_key("acme")) == 1
+        # When A is SIGKILLed (no goodbye: its running place is never released) and B starts
+        first.kill(signal.SIGKILL)
+        second = start_worker("gpu1", TENANT_QUOTAS=quotas)
+        # Then the job comes back from acme's queue to B (it still holds its place: counted once)
+        result = handle.wait(timeout=90)
+        assert result["worker"] == second.node_name and result["output"] == "survived"
+        wait_for(lambda: redis_client.zcard(tenant_running_key("acme")) == 0, 10, what="the place to be released")
     finally:
         client.close()
