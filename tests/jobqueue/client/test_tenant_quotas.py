@@ -109,3 +109,20 @@ def test_a_real_worker_starting_a_tenants_job_frees_its_place(quota_app, start_w
     assert redis_client.zcard(tenant_queued_key("acme")) == 3
     for handle in jobs:
         handle.cancel()
+
+
+def test_a_tenants_retried_job_takes_its_place_again_until_it_restarts(quota_app, start_worker, redis_client,
+                                                                       tmp_path):
+    # Given a tenant's job running on a worker whose simulated service goes down mid-job
+    down = tmp_path / "down"
+    start_worker("gpu0", simulation_down_file=str(down))
+    job = submit_job("simulation", {"steps": 40, "step_seconds": 0.1, "output": "r"}, tenant="acme", app=quota_app)
+    wait_for(lambda: job.status() == JobStatus.PROCESSING, 30, what="the job to start")
+    assert redis_client.zcard(tenant_queued_key("acme")) == 0
+    # When the service goes down, the job goes back to its queue, and counts against acme again
+    down.touch()
+    wait_for(lambda: redis_client.zcard(tenant_queued_key("acme")) == 1, 20, what="the job to count again")
+    # And once the service is back it restarts in acme's queue and completes
+    down.unlink()
+    assert job.wait(timeout=60)["output"] == "r"
+    assert redis_client.zcard(tenant_queued_key("acme")) == 0

@@ -132,3 +132,18 @@ def test_a_tenants_job_whose_worker_is_killed_comes_back_to_its_queue_and_comple
         wait_for(lambda: redis_client.zcard(tenant_running_key("acme")) == 0, 10, what="the place to be released")
     finally:
         client.close()
+
+
+def test_a_tenants_jobs_with_requirements_or_a_pin_still_run_where_they_must(app, start_worker):
+    # Given a worker declaring tag "fast" and one without it
+    tagged = start_worker("gpu0", WORKER_TAGS="fast")
+    plain = start_worker("gpu1")
+    # When tenant acme submits a job needing the tag, and one pinned to the plain worker's GPU
+    needs = submit_job("simulation", job(0.05, "tagged"), tenant="acme", requires={"tags": ["fast"]}, app=app)
+    pinned = submit_job("simulation", job(0.05, "pinned"), tenant="acme", queue="gpu1", app=app)
+    # Then the first went to acme's queue beside the tag queue and runs on the tagged worker
+    assert needs.wait(timeout=60)["worker"] == tagged.node_name
+    assert app.AsyncResult(needs.id).kwargs["options"]["queue"] == "acme/simulation.tag.fast"
+    # And the pinned one stayed pinned
+    assert pinned.wait(timeout=60)["worker"] == plain.node_name
+    assert app.AsyncResult(pinned.id).kwargs["options"]["queue"] == "gpu1"
