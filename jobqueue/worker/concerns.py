@@ -35,8 +35,9 @@ Start-up order (the worker's bootsteps, then the consumer's, as Celery starts th
 Then, per message and task, in this order: the ``job-task``'s strategy -- a tenant's running
 quota (:func:`~jobqueue.worker.tenant_quota.with_running_quota`) around the hand-back
 (:func:`~jobqueue.worker.handback.requirements_strategy`), both before the task is accepted --,
-the ``running-quota`` handlers (postrun, revoked: the place is free), the ``job-record`` handlers (received, prerun, postrun, revoked) and ``webhooks`` (postrun,
-revoked, after the job record: a job's end is stored before its webhook is enqueued).
+the ``running-quota`` handlers (postrun, revoked: the place is free), the ``job-record``
+handlers (received, prerun, postrun, revoked) and ``webhooks`` (postrun, revoked, after the job
+record: a job's end is stored before its webhook is enqueued).
 """
 
 from __future__ import annotations
