@@ -27,8 +27,8 @@ Start-up order (the worker's bootsteps, then the consumer's, as Celery starts th
    event loop registers the steps, just before it consumes. A queue consumed earlier can
    deliver a waiting message to a consumer without callbacks (on RabbitMQ that killed the
    worker at start-up).
-6. ``fair-share`` (consumer, after its task consumer; only with ``JOBQUEUE_FAIR_SHARE``): the
-   tenant queues of the consumer's queues, and the order of each fetch on Redis
+6. ``fair-share`` (consumer, after its task consumer): the tenant queues of the consumer's
+   queues, and (with ``JOBQUEUE_FAIR_SHARE``) the order of each fetch on Redis
    (:mod:`jobqueue.worker.fairshare`).
 7. ``control``: remote control commands, answered once the consumer's pidbox runs.
 

@@ -9,7 +9,9 @@ reads the noted tenant queues (one Redis read) and asks the consumer's event loo
 base it no longer consumes (a drain, an unhealthy service, a lost model; on Redis the fetch
 order leaves such a queue out at once). A queue held off after a hand-back or a refusal over a
 running quota (:meth:`~jobqueue.worker.capabilities.CapabilityGate.hold_off`) is not added back
-before its hold ends. Nothing runs with ``JOBQUEUE_FAIR_SHARE`` off.
+before its hold ends. With ``JOBQUEUE_FAIR_SHARE`` off a worker still consumes the noted tenant
+queues (jobs queued there before fair share was turned off are not stranded) but fetches in
+kombu's own order.
 """
 
 from __future__ import annotations
@@ -115,11 +117,8 @@ class FairShareStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
         self.queues = TenantQueues(read, lambda: _held_queues(app))
         self.loop: IntervalLoop | None = None
 
-    def include_if(self, c: Any) -> bool:
-        return bool(c.app.settings.fair_share)
-
     def start(self, c: Any) -> None:
-        if c.connection is not None and c.app.settings.is_redis:
+        if c.connection is not None and c.app.settings.is_redis and c.app.settings.fair_share:
             set_fair_order(c.connection, self.order)
         self.queues.bind(c)
         if self.loop is None:

@@ -53,8 +53,10 @@ def test_a_second_tenants_jobs_are_taken_in_turns_with_the_first_tenants_backlog
     assert [o for o in order if o.startswith("a")] == [f"a{i}" for i in range(30)]
 
 
-def test_with_fair_share_off_the_second_tenant_waits_behind_the_whole_backlog(settings, start_worker):
-    # Given clients and a worker with fair share off (one queue per service, FIFO in a priority)
+def test_with_fair_share_off_the_second_tenant_waits_behind_the_whole_backlog(app, settings, start_worker):
+    # Given a job queued in tenant c's queue while fair share was on
+    stranded = submit_job("simulation", job(0.05, "c0"), tenant="c", app=app)
+    # And clients and a worker with fair share off (one queue per service, FIFO in a priority)
     fifo = create_app(settings.model_copy(update={"fair_share": False}))
     try:
         start_worker("gpu0", FAIR_SHARE="0")
@@ -64,6 +66,8 @@ def test_with_fair_share_off_the_second_tenant_waits_behind_the_whole_backlog(se
             handle.wait(timeout=60)
         # Then b's jobs ran last
         assert finish_order(fifo, a_jobs + b_jobs)[-2:] == ["b0", "b1"]
+        # And the job left in c's queue still ran
+        assert stranded.wait(timeout=30)["output"] == "c0"
     finally:
         fifo.close()
 
