@@ -32,6 +32,14 @@ def png(color: Any = (10, 200, 30), size: tuple[int, int] = (3, 2), mode: str = 
     return out.getvalue()
 
 
+def noisy_png() -> bytes:
+    """A 64x64 PNG of noise (so cutting it leaves a readable header and a truncated body)."""
+    img = Image.frombytes("RGB", (64, 64), bytes((i * 7919) % 251 for i in range(64 * 64 * 3)))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -97,7 +105,7 @@ def test_bad_input_images_are_refused_at_submit_with_the_reason():
         ({"other.png": good}, "images['other.png']: no LoadImage or LoadImageMask node uses it"),
         ({"photo.png": good, "extra.png": good}, "images['extra.png']: no LoadImage"),
         ({"photo.png": "bm90IGFuIGltYWdl"}, "images['photo.png']: not an image Pillow can read"),
-        ({"photo.png": "data:image/png;base64," + b64(png()[:40])}, "does not decode"),
+        ({"photo.png": "data:image/png;base64," + b64(noisy_png()[:2000])}, "does not decode: image file is truncated"),
         ({"photo.png": "data:image/png,plain"}, "a data URL must be base64"),
         ({"photo.png": "%%%"}, "not base64"),
         ({"photo.png": 42}, "expected a data URL"),
