@@ -175,9 +175,9 @@ def check_images(workflow: Mapping[str, Any], images: Any) -> dict[str, Any]:
     """The ``images`` of a payload, checked against its workflow (see the module doc); keys
     come back without ``[input]``. Raises :class:`InputImageError` naming every problem."""
     problems: list[str] = []
-    for node_id, class_type, used in loader_uses(workflow):
-        if used.split("/")[0] == UPLOAD_ROOT:
-            problems.append(f"node {node_id} ({class_type}) names {used!r}, under {UPLOAD_ROOT}/ where the worker "
+    for node_id, class_type, named in loader_uses(workflow):
+        if named.split("/")[0] == UPLOAD_ROOT:
+            problems.append(f"node {node_id} ({class_type}) names {named!r}, under {UPLOAD_ROOT}/ where the worker "
                             "keeps each job's uploaded images: a job may not name another job's inputs")
     if images is None:
         if problems:

@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 #: ComfyUI's ``LoadImageMask._color_channels``.
 CHANNELS = ["alpha", "red", "green", "blue"]
@@ -67,7 +71,7 @@ def input_files(input_dir: str) -> list[str]:
     return sorted(n for n in names if os.path.isfile(os.path.join(input_dir, n)))
 
 
-def _frames(path: str) -> list[object]:
+def _frames(path: str) -> list[PILImage]:
     from PIL import Image, ImageOps, ImageSequence
 
     with Image.open(path) as img:
@@ -87,16 +91,16 @@ def load_image(path: str) -> tuple[int, int, list[bytes], list[tuple[int, int, b
     masks: list[tuple[int, int, bytes]] = []
     width = height = 0
     for frame in _frames(path):
-        rgb = frame.convert("RGB")  # type: ignore[attr-defined]
+        rgb = frame.convert("RGB")
         if not images:
             width, height = rgb.size
         if rgb.size != (width, height):
             continue
         images.append(rgb.tobytes())
-        if "A" in frame.getbands():  # type: ignore[attr-defined]
-            masks.append((width, height, _inverted(frame.getchannel("A").tobytes())))  # type: ignore[attr-defined]
-        elif frame.mode == "P" and "transparency" in frame.info:  # type: ignore[attr-defined]
-            alpha = frame.convert("RGBA").getchannel("A").tobytes()  # type: ignore[attr-defined]
+        if "A" in frame.getbands():
+            masks.append((width, height, _inverted(frame.getchannel("A").tobytes())))
+        elif frame.mode == "P" and "transparency" in frame.info:
+            alpha = frame.convert("RGBA").getchannel("A").tobytes()
             masks.append((width, height, _inverted(alpha)))
         else:
             masks.append((EMPTY_MASK_SIZE, EMPTY_MASK_SIZE, bytes(EMPTY_MASK_SIZE * EMPTY_MASK_SIZE)))
@@ -106,14 +110,26 @@ def load_image(path: str) -> tuple[int, int, list[bytes], list[tuple[int, int, b
 def load_mask(path: str, channel: str) -> tuple[int, int, bytes]:
     """``LoadImageMask``: ``(width, height, mask bytes)`` of ``channel`` (alpha inverted)."""
     frame = _frames(path)[0]
-    if frame.getbands() != ("R", "G", "B", "A"):  # type: ignore[attr-defined]
-        frame = frame.convert("RGBA")  # type: ignore[attr-defined]
+    if frame.getbands() != ("R", "G", "B", "A"):
+        frame = frame.convert("RGBA")
     band = channel[0].upper()
-    if band not in frame.getbands():  # type: ignore[attr-defined]
+    if band not in frame.getbands():
         return EMPTY_MASK_SIZE, EMPTY_MASK_SIZE, bytes(EMPTY_MASK_SIZE * EMPTY_MASK_SIZE)
-    values = frame.getchannel(band).tobytes()  # type: ignore[attr-defined]
-    width, height = frame.size  # type: ignore[attr-defined]
+    values = frame.getchannel(band).tobytes()
+    width, height = frame.size
     return width, height, _inverted(values) if band == "A" else values
+
+
+#: ``ImageScaleBy``'s methods and the Pillow filter standing in for each.
+UPSCALE_METHODS = {"nearest-exact": 0, "bilinear": 2, "area": 4, "bicubic": 3, "lanczos": 1}
+
+
+def resize(pixels: bytes, width: int, height: int, new_width: int, new_height: int, method: str) -> bytes:
+    """RGB ``pixels`` resized to ``new_width`` x ``new_height`` (``ImageScaleBy``)."""
+    from PIL import Image
+
+    image = Image.frombytes("RGB", (width, height), pixels)
+    return image.resize((new_width, new_height), UPSCALE_METHODS.get(method, 0)).tobytes()
 
 
 _INVERT = bytes(range(255, -1, -1))

@@ -1,6 +1,6 @@
 """The simulator's node classes: model-free, with the same inputs and ``/object_info`` shape
 as ComfyUI's own (``EmptyImage``, ``ImageInvert``, ``SaveImage``, ``PreviewImage``, ``LoadImage``,
-``LoadImageMask``, ``MaskToImage``: :mod:`jobqueue.sims.comfyui.inputs` reads the files) plus the
+``LoadImageMask``, ``MaskToImage``, ``ImageScaleBy``: :mod:`jobqueue.sims.comfyui.inputs` reads the files) plus the
 two test nodes the recorded traces used (``HarnessSleepProgress``, ``HarnessFail``) and the
 simulator's own: ``SimPreviewSampler`` sends a live preview with every step the way a sampler
 with latent previews does; ``SimSilentSleep`` sleeps without any progress (a VAE decode, a
@@ -147,6 +147,16 @@ async def _image_invert(ctx: NodeContext, image: Any) -> NodeResult:
     return (Image(img.width, img.height, img.batch_size, 0xFFFFFF ^ img.color, pixels),), None
 
 
+async def _image_scale_by(ctx: NodeContext, image: Any, upscale_method: str, scale_by: float) -> NodeResult:
+    """``ImageScaleBy``: ``round(size * scale_by)``; real pixels resized with Pillow's filter
+    closest to ComfyUI's method (uniform colours just change size)."""
+    img = _image(image)
+    width, height = round(img.width * scale_by), round(img.height * scale_by)
+    pixels = None if img.pixels is None else tuple(inputs.resize(p, img.width, img.height, width, height, upscale_method)
+                                                   for p in img.pixels)
+    return (Image(width, height, img.batch_size, img.color, pixels),), None
+
+
 def _check_image(folders: dict[str, str], values: dict[str, Any]) -> Any:
     """``LoadImage.VALIDATE_INPUTS`` (and ``LoadImageMask``'s): the file must exist."""
     image = values.get("image")
@@ -268,6 +278,9 @@ NODES: dict[str, NodeDef] = {
             outputs=("IMAGE",),
         ),
         NodeDef("ImageInvert", {"image": ["IMAGE"]}, _image_invert, outputs=("IMAGE",)),
+        NodeDef("ImageScaleBy", {"image": ["IMAGE"], "upscale_method": [list(inputs.UPSCALE_METHODS)],
+                                 "scale_by": ["FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01}]},
+                _image_scale_by, outputs=("IMAGE",), category="image/upscaling"),
         NodeDef("LoadImage", {"image": [[], {"image_upload": True}]}, _load_image, outputs=("IMAGE", "MASK"),
                 validate=_check_image, validated=("image",), folder_combos=("image",), is_changed=_file_hash),
         NodeDef("LoadImageMask", {"image": [[], {"image_upload": True}], "channel": [list(inputs.CHANNELS)]},

@@ -17,13 +17,15 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from jobqueue.client.jobs import submit_job
+from jobqueue.client.workflows import submit_workflow
 from jobqueue.connectors.base import Job
 from jobqueue.connectors.comfyui import inputs, uploads
 from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW, ComfyUIConnector
-from jobqueue.errors import InputImageFailed, InvalidPayloadError
-from tests.jobqueue.comfyui_fixtures import connector, connector_for, noop, sim
+from jobqueue.errors import InputImageFailed, InvalidPayloadError, JobFailed
+from tests.jobqueue.comfyui_fixtures import connector, connector_for, noop, sim, sim_process
 
-__all__ = ["connector", "sim"]  # fixtures
+__all__ = ["connector", "sim", "sim_process"]  # fixtures
 
 
 def png(color: Any = (10, 200, 30), size: tuple[int, int] = (3, 2), mode: str = "RGB") -> bytes:
@@ -287,3 +289,44 @@ def test_uploaded_names_follow_comfyuis_answer(tmp_path: Path):
     assert [out[n]["inputs"]["image"] for n in "123"] == ["jobqueue/j/a (1).png", "jobqueue/j/a (1).png", "a.png"]
     assert workflow["1"]["inputs"]["image"] == "a.png [input]"
     assert uploads.job_folder("j", "sub/a.png") == "jobqueue/j/sub"
+
+
+# -- acceptance: real workers, real Redis, a simulator process over real sockets -----------------
+def test_a_submitted_job_brings_its_image_to_a_real_worker_and_comes_back_inverted(app, start_worker, sim_process):
+    # Given a real worker on a simulated ComfyUI process
+    sim = sim_process()
+    start_worker("gpu0", CONNECTORS="comfyui", COMFYUI_URL=sim.url)
+    # When a job with an inline input image is submitted through Redis
+    handle = submit_job("comfyui", {"workflow": invert_workflow(), "images": {"photo.png": b64(png((1, 2, 3)))}}, app=app)
+    # Then its output is the input inverted
+    assert pixel(handle.wait(timeout=60)) == (254, 253, 252)
+    # And a job whose input names an output no job made fails with the reason, not a retry
+    failing = submit_job("comfyui", {"workflow": invert_workflow(), "images": {"photo.png": "job:none/x.png"}}, app=app)
+    with pytest.raises(JobFailed, match="input image 'photo.png': job none has no output file 'x.png'"):
+        failing.wait(timeout=60)
+
+
+def test_a_bad_input_image_is_refused_at_submit_and_nothing_is_enqueued(app):
+    with pytest.raises(InvalidPayloadError, match="no LoadImage or LoadImageMask node uses it"):
+        submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW, "images": {"photo.png": b64(png())}}, app=app)
+
+
+def test_a_workflow_step_takes_the_previous_steps_output_as_its_input_image(app, start_worker, sim_process):
+    # Given a real worker on a simulated ComfyUI process
+    sim = sim_process()
+    start_worker("gpu0", CONNECTORS="comfyui", COMFYUI_URL=sim.url)
+    # When a workflow makes a 64x64 image, then upscales its output by 2 (the step's input image)
+    upscale = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "made.png"}},
+        "2": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
+                                                         "scale_by": 2.0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "up"}},
+    }
+    flow = submit_workflow([
+        ("comfyui", {"workflow": EXAMPLE_WORKFLOW}),
+        ("comfyui", {"workflow": upscale, "images": {"made.png": {"$prev": "files.0.url"}}}),
+    ], app=app)
+    result = flow.wait(timeout=90)
+    # Then the last step's output is the first step's image (0x029A98 inverted) at twice the size
+    with Image.open(result["files"][0]["path"]) as img:
+        assert img.size == (128, 128) and img.convert("RGB").getpixel((100, 100)) == (0xFD, 0x65, 0x67)
