@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobqueue.sims.comfyui.execution import Execution, ExecutorDied
+from jobqueue.sims.comfyui.inputs import to_bytes
 from jobqueue.sims.comfyui.nodes import Image
 from jobqueue.sims.comfyui.options import SimOptions
 from jobqueue.sims.comfyui.png import rgb_png, solid_png
@@ -250,7 +251,7 @@ class Simulator:
         entries = []
         solid = solid_png(image.width, image.height, image.color, text) if image.pixels is None else b""
         for index in range(image.batch_size):
-            data = solid if image.pixels is None else rgb_png(image.width, image.height, image.pixels[index], text)
+            data = solid if image.pixels is None else rgb_png(image.width, image.height, to_bytes(image.pixels[index]), text)
             counter = self._counters.get((kind, prefix), 0) + 1
             while os.path.exists(os.path.join(target, f"{base}_{counter:05}_.png")):
                 counter += 1

@@ -10,15 +10,16 @@
 * ``LoadImageMask``: one channel (``alpha``, ``red``, ``green``, ``blue``) of the image as
   RGBA; the alpha channel inverted (``1 - alpha``).
 
-Pixels travel as bytes (RGB rows, one byte per channel; masks one byte per pixel, 255 = 1.0),
-so nodes can work on them without numpy.
+Pixels travel as ComfyUI's do: float32 arrays in 0..1 (numpy here, torch there), images
+``(batch, height, width, 3)`` and masks ``(batch, height, width)``, with the same arithmetic,
+so a saved image has the same bytes a real ComfyUI writes.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -84,61 +85,83 @@ def _frames(path: str) -> list[PILImage]:
         return frames
 
 
-def load_image(path: str) -> tuple[int, int, list[bytes], list[tuple[int, int, bytes]]]:
-    """``LoadImage``: ``(width, height, RGB bytes per frame, (w, h, mask bytes) per frame)``;
-    frames of another size than the first are skipped, as ComfyUI does."""
-    images: list[bytes] = []
-    masks: list[tuple[int, int, bytes]] = []
-    width = height = 0
+def _unit(values: Any) -> Any:
+    """8-bit values as ComfyUI's float32 in 0..1 (``np.array(x).astype(np.float32) / 255.0``)."""
+    import numpy as np
+
+    return np.array(values).astype(np.float32) / 255.0
+
+
+def load_image(path: str) -> tuple[Any, Any]:
+    """``LoadImage``: ``(images (B, H, W, 3), masks (B, h, w))`` as float32 arrays; frames of
+    another size than the first are skipped, as ComfyUI does."""
+    import numpy as np
+
+    images: list[Any] = []
+    masks: list[Any] = []
+    size = None
     for frame in _frames(path):
         rgb = frame.convert("RGB")
-        if not images:
-            width, height = rgb.size
-        if rgb.size != (width, height):
+        size = size or rgb.size
+        if rgb.size != size:
             continue
-        images.append(rgb.tobytes())
+        images.append(_unit(rgb))
         if "A" in frame.getbands():
-            masks.append((width, height, _inverted(frame.getchannel("A").tobytes())))
+            masks.append(1.0 - _unit(frame.getchannel("A")))
         elif frame.mode == "P" and "transparency" in frame.info:
-            alpha = frame.convert("RGBA").getchannel("A").tobytes()
-            masks.append((width, height, _inverted(alpha)))
+            masks.append(1.0 - _unit(frame.convert("RGBA").getchannel("A")))
         else:
-            masks.append((EMPTY_MASK_SIZE, EMPTY_MASK_SIZE, bytes(EMPTY_MASK_SIZE * EMPTY_MASK_SIZE)))
-    return width, height, images, masks
+            masks.append(np.zeros((EMPTY_MASK_SIZE, EMPTY_MASK_SIZE), dtype=np.float32))
+    if len({m.shape for m in masks}) > 1:  # torch.cat would raise on masks of two sizes
+        raise RuntimeError("Sizes of tensors must match except in dimension 0")
+    return np.stack(images), np.stack(masks)
 
 
-def load_mask(path: str, channel: str) -> tuple[int, int, bytes]:
-    """``LoadImageMask``: ``(width, height, mask bytes)`` of ``channel`` (alpha inverted)."""
+def load_mask(path: str, channel: str) -> Any:
+    """``LoadImageMask``: the ``(1, H, W)`` float32 mask of ``channel`` (alpha inverted)."""
+    import numpy as np
+
     frame = _frames(path)[0]
     if frame.getbands() != ("R", "G", "B", "A"):
         frame = frame.convert("RGBA")
     band = channel[0].upper()
     if band not in frame.getbands():
-        return EMPTY_MASK_SIZE, EMPTY_MASK_SIZE, bytes(EMPTY_MASK_SIZE * EMPTY_MASK_SIZE)
-    values = frame.getchannel(band).tobytes()
-    width, height = frame.size
-    return width, height, _inverted(values) if band == "A" else values
+        return np.zeros((1, EMPTY_MASK_SIZE, EMPTY_MASK_SIZE), dtype=np.float32)
+    mask = _unit(frame.getchannel(band))
+    return (1.0 - mask if band == "A" else mask)[None]
 
 
-#: ``ImageScaleBy``'s methods and the Pillow filter standing in for each.
+def to_bytes(image: Any) -> bytes:
+    """One (H, W, 3) float image as SaveImage writes it: ``clip(255 * x, 0, 255)`` cast to
+    uint8 (truncated, so 1 - v/255 may come back as 254 - v, as on a real ComfyUI)."""
+    import numpy as np
+
+    return bytes(np.clip(255.0 * image, 0, 255).astype(np.uint8).tobytes())
+
+
+def mask_to_image(masks: Any) -> Any:
+    """``MaskToImage``: each mask as a grey RGB image."""
+    import numpy as np
+
+    flat = masks.reshape((-1, masks.shape[-2], masks.shape[-1]))
+    return np.repeat(flat[..., None], 3, axis=-1)
+
+
+#: ``ImageScaleBy``'s methods (``nearest-exact`` computed as torch does; the others with
+#: Pillow's closest filter on float planes).
 UPSCALE_METHODS = {"nearest-exact": 0, "bilinear": 2, "area": 4, "bicubic": 3, "lanczos": 1}
 
 
-def resize(pixels: bytes, width: int, height: int, new_width: int, new_height: int, method: str) -> bytes:
-    """RGB ``pixels`` resized to ``new_width`` x ``new_height`` (``ImageScaleBy``)."""
+def resize(images: Any, width: int, height: int, method: str) -> Any:
+    """``(B, H, W, 3)`` float images resized to ``width`` x ``height`` (``ImageScaleBy``)."""
+    import numpy as np
     from PIL import Image
 
-    image = Image.frombytes("RGB", (width, height), pixels)
-    return image.resize((new_width, new_height), UPSCALE_METHODS.get(method, 0)).tobytes()
-
-
-_INVERT = bytes(range(255, -1, -1))
-
-
-def _inverted(values: bytes) -> bytes:
-    return values.translate(_INVERT)
-
-
-def invert(values: bytes) -> bytes:
-    """Every byte ``v`` as ``255 - v`` (``ImageInvert``'s ``1 - image`` on 8-bit values)."""
-    return _inverted(values)
+    _, in_h, in_w, _ = images.shape
+    if method == "nearest-exact":  # torch: src = floor((dst + 0.5) * in / out)
+        rows = np.minimum(((np.arange(height) + 0.5) * in_h / height).astype(np.int64), in_h - 1)
+        cols = np.minimum(((np.arange(width) + 0.5) * in_w / width).astype(np.int64), in_w - 1)
+        return images[:, rows][:, :, cols]
+    planes = [[np.asarray(Image.fromarray(img[:, :, c], mode="F").resize((width, height), UPSCALE_METHODS[method]))
+               for c in range(3)] for img in images]
+    return np.stack([np.stack(p, axis=-1) for p in planes]).astype(np.float32)

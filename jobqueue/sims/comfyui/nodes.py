@@ -27,22 +27,20 @@ from jobqueue.sims.comfyui import inputs
 @dataclass(frozen=True)
 class Image:
     """A batch of uniform-colour images (what an ``IMAGE`` socket carries here), or of real
-    pixels (``pixels``: RGB bytes per image, from ``LoadImage``)."""
+    pixels (``pixels``: a float32 array ``(batch, height, width, 3)`` in 0..1, from ``LoadImage``)."""
 
     width: int
     height: int
     batch_size: int
     color: int
-    pixels: tuple[bytes, ...] | None = None
+    pixels: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Mask:
-    """A batch of masks (a ``MASK`` socket): one byte per pixel per mask, 255 = 1.0."""
+    """A batch of masks (a ``MASK`` socket): a float32 array ``(batch, height, width)`` in 0..1."""
 
-    width: int
-    height: int
-    values: tuple[bytes, ...]
+    values: Any = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -143,7 +141,7 @@ async def _empty_image(ctx: NodeContext, width: int, height: int, batch_size: in
 
 async def _image_invert(ctx: NodeContext, image: Any) -> NodeResult:
     img = _image(image)
-    pixels = None if img.pixels is None else tuple(inputs.invert(p) for p in img.pixels)
+    pixels = None if img.pixels is None else 1.0 - img.pixels
     return (Image(img.width, img.height, img.batch_size, 0xFFFFFF ^ img.color, pixels),), None
 
 
@@ -152,8 +150,7 @@ async def _image_scale_by(ctx: NodeContext, image: Any, upscale_method: str, sca
     closest to ComfyUI's method (uniform colours just change size)."""
     img = _image(image)
     width, height = round(img.width * scale_by), round(img.height * scale_by)
-    pixels = None if img.pixels is None else tuple(inputs.resize(p, img.width, img.height, width, height, upscale_method)
-                                                   for p in img.pixels)
+    pixels = None if img.pixels is None else inputs.resize(img.pixels, width, height, upscale_method)
     return (Image(width, height, img.batch_size, img.color, pixels),), None
 
 
@@ -175,22 +172,21 @@ def _file_hash(folders: dict[str, str], values: dict[str, Any]) -> str:
 
 
 async def _load_image(ctx: NodeContext, image: str) -> NodeResult:
-    width, height, frames, masks = inputs.load_image(inputs.get_annotated_filepath(image, ctx.folders))
-    mask_w, mask_h, _ = masks[0]
-    mask = Mask(mask_w, mask_h, tuple(m[2] for m in masks if (m[0], m[1]) == (mask_w, mask_h)))
-    return (Image(width, height, len(frames), 0, tuple(frames)), mask), None
+    images, masks = inputs.load_image(inputs.get_annotated_filepath(image, ctx.folders))
+    batch, height, width, _ = images.shape
+    return (Image(width, height, batch, 0, images), Mask(masks)), None
 
 
 async def _load_image_mask(ctx: NodeContext, image: str, channel: str) -> NodeResult:
-    width, height, values = inputs.load_mask(inputs.get_annotated_filepath(image, ctx.folders), channel)
-    return (Mask(width, height, (values,)),), None
+    return (Mask(inputs.load_mask(inputs.get_annotated_filepath(image, ctx.folders), channel)),), None
 
 
 async def _mask_to_image(ctx: NodeContext, mask: Any) -> NodeResult:
     if not isinstance(mask, Mask):
         raise TypeError(f"input 'mask' must be linked to a MASK output, got {type(mask).__name__}")
-    pixels = tuple(bytes(v for v in values for _ in range(3)) for values in mask.values)
-    return (Image(mask.width, mask.height, len(pixels), 0, pixels),), None
+    pixels = inputs.mask_to_image(mask.values)
+    batch, height, width, _ = pixels.shape
+    return (Image(width, height, batch, 0, pixels),), None
 
 
 def png_text(prompt: Any = None, extra_pnginfo: Any = None) -> dict[str, str]:

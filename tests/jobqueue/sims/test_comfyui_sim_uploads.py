@@ -6,8 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
 import requests
 from PIL import Image
 
@@ -102,11 +105,43 @@ def test_load_image_invert_save_gives_back_the_inverted_pixels(sim: Any) -> None
     name = upload(sim.url, gradient(), name="g.png", subfolder="jobqueue/j").json()["name"]
     # When LoadImage -> ImageInvert -> SaveImage runs on "subfolder/name"
     entry = run(sim.url, load_invert_save(f"jobqueue/j/{name}"))
-    # Then the saved image is the input inverted, pixel by pixel
+    # Then the saved image is the input inverted, pixel by pixel, as ComfyUI computes it
+    # (float32 1 - v/255, saved as clip(255 x) truncated: 93 -> 161, as a real ComfyUI wrote)
     assert entry["status"]["status_str"] == "success"
     with Image.open(io.BytesIO(gradient())) as original:
-        expected = bytes(255 - c for c in original.convert("RGB").tobytes())
+        values = np.array(original.convert("RGB")).astype(np.float32) / 255.0
+    expected = np.clip(255.0 * (1.0 - values), 0, 255).astype(np.uint8).tobytes()
     assert saved(sim.url, entry).convert("RGB").tobytes() == expected
+
+
+RECORDED = Path(__file__).parents[2] / "data" / "comfyui-inputs"
+
+
+@pytest.mark.parametrize("case", ["inverted", "loaded", "alpha-mask", "red-mask", "scaled"])
+def test_loaded_images_come_out_with_the_bytes_a_real_comfyui_wrote(sim: Any, case: str) -> None:
+    # Given the recorded input (every 8-bit value in each channel) uploaded
+    upload(sim.url, (RECORDED / "input.png").read_bytes(), name="all.png")
+    # When the recorded workflow of this case runs on the simulator
+    load = {"class_type": "LoadImage", "inputs": {"image": "all.png"}}
+    middle = {
+        "inverted": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "alpha-mask": {"class_type": "MaskToImage", "inputs": {"mask": ["1", 1]}},
+        "red-mask": {"class_type": "MaskToImage", "inputs": {"mask": ["1", 0]}},
+        "scaled": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
+                                                            "scale_by": 2.0}},
+    }.get(case)
+    if case == "red-mask":
+        load = {"class_type": "LoadImageMask", "inputs": {"image": "all.png", "channel": "red"}}
+    workflow = {"1": load, "3": {"class_type": "SaveImage", "inputs": {"images": ["2" if middle else "1", 0],
+                                                                       "filename_prefix": case}}}
+    if middle:
+        workflow["2"] = middle
+    entry = run(sim.url, workflow)
+    # Then the saved pixels are those ComfyUI 0.3.64 saved (tests/data/comfyui-inputs/README.md)
+    with Image.open(RECORDED / f"{case}.png") as real:
+        got = saved(sim.url, entry)
+        assert got.size == real.size
+        assert got.convert("RGB").tobytes() == real.convert("RGB").tobytes()
 
 
 def test_a_load_image_naming_a_missing_file_is_refused_with_comfyuis_custom_validation_error(sim: Any) -> None:
