@@ -24,8 +24,9 @@ from jobqueue.connectors.comfyui import inputs, uploads
 from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW, ComfyUIConnector
 from jobqueue.errors import InputImageFailed, InvalidPayloadError, JobFailed
 from tests.jobqueue.comfyui_fixtures import connector, connector_for, noop, sim, sim_process
+from tests.jobqueue.shared.test_output_store import s3
 
-__all__ = ["connector", "sim", "sim_process"]  # fixtures
+__all__ = ["connector", "s3", "sim", "sim_process"]  # fixtures
 
 
 def png(color: Any = (10, 200, 30), size: tuple[int, int] = (3, 2), mode: str = "RGB") -> bytes:
@@ -69,12 +70,25 @@ def run(conn: ComfyUIConnector, job_id: str, payload: dict[str, Any]) -> dict[st
 
 
 class Images(BaseHTTPRequestHandler):
-    """Serves ``/<name>`` from the class's ``files`` (404 otherwise)."""
+    """Serves ``/<name>`` from the class's ``files`` (404 otherwise); a name in ``redirects``
+    answers 302 to its URL, one in ``slow`` waits that many seconds before its body."""
 
     files: dict[str, bytes] = {}
+    redirects: dict[str, str] = {}
+    slow: dict[str, float] = {}
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        body = self.files.get(self.path.lstrip("/"))
+        name = self.path.lstrip("/")
+        if name in self.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.redirects[name])
+            self.end_headers()
+            return
+        if name in self.slow:
+            threading.Event().wait(self.slow[name])  # the server being slow, not a test's sync
+            body = png()
+        else:
+            body = self.files.get(name)
         if body is None:
             self.send_response(404)
             self.end_headers()
@@ -331,3 +345,46 @@ def test_a_workflow_step_takes_the_previous_steps_output_as_its_input_image(app,
     # Then the last step's output is the first step's image (0x029A98 inverted) at twice the size
     with Image.open(result["files"][0]["path"]) as img:
         assert img.size == (128, 128) and img.convert("RGB").getpixel((100, 100)) == (0xFD, 0x65, 0x67)
+
+
+@pytest.mark.slow
+def test_an_output_in_an_s3_store_is_the_input_of_a_job_on_another_machine(app, start_worker, sim_process, s3):
+    # Given two workers with their own ComfyUI each (two machines) sharing an S3 output store
+    bucket = s3.bucket()
+    first_sim, second_sim = sim_process(), sim_process()
+    store = {"OUTPUT_URL": f"s3://{bucket}/fleet", "CONNECTORS": "comfyui"}
+    start_worker("gpu0", COMFYUI_URL=first_sim.url, OUTPUT_DIR="/nonexistent/a", **store)
+    start_worker("gpu1", COMFYUI_URL=second_sim.url, OUTPUT_DIR="/nonexistent/b", **store)
+    # When the first machine makes an image and the second takes it as job:<id>/<file>
+    made = submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, queue="gpu0", app=app)
+    name = made.wait(timeout=60)["files"][0]["name"]
+    used = submit_job("comfyui", {"workflow": invert_workflow(), "images": {"photo.png": f"job:{made.id}/{name}"}},
+                      queue="gpu1", app=app)
+    result = used.wait(timeout=60)
+    # Then the second ComfyUI got it uploaded (its own input folder) and inverted it back
+    assert (Path(second_sim.output_dir).parent / "input" / "jobqueue" / used.id / "photo.png").is_file()
+    data = s3.client().get_object(Bucket=bucket, Key=f"fleet/{used.id}/{result['files'][0]['name']}")["Body"].read()
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.convert("RGB").getpixel((0, 0)) == (0x01, 0x99, 0x97)
+
+
+def test_a_redirect_to_a_refused_address_and_a_slow_server_fail_the_job(sim, tmp_path, image_server, monkeypatch):
+    url, files = image_server
+    # Given an allowed image server (127.0.0.1) that redirects to 127.0.0.2 (loopback, not allowed)
+    port = url.rsplit(":", 1)[1]
+    Images.redirects["moved.png"] = f"http://127.0.0.2:{port}/photo.png"
+    files["photo.png"] = png()
+    conn = connector_for(sim, tmp_path, input_allowed_networks=("127.0.0.1/32",))
+    try:
+        # When a job names the redirecting URL, then the redirect is refused (every hop is checked)
+        with pytest.raises(InputImageFailed, match=r"moved.png refused: 127\.0\.0\.2 resolves to 127\.0\.0\.2, not a public address \(loopback\)"):
+            run(conn, "redirected", {"workflow": invert_workflow(), "images": {"photo.png": f"{url}/moved.png"}})
+        # And a server slower than the fetch limit fails the job too
+        monkeypatch.setattr(uploads, "FETCH_SECONDS", 0.5)
+        Images.slow["slow.png"] = 3.0
+        with pytest.raises(InputImageFailed, match="could not fetch .*slow.png: .*Timeout"):
+            run(conn, "slow", {"workflow": invert_workflow(), "images": {"photo.png": f"{url}/slow.png"}})
+    finally:
+        Images.redirects.clear()
+        Images.slow.clear()
+        conn.stop()
