@@ -162,6 +162,8 @@ def is_placeholder(value: Any) -> bool:
 def parse_entry(name: str, value: Any) -> tuple[Source, Source | None]:
     """An ``images`` entry: its image source and, for ``{"image", "mask"}``, its mask source."""
     where = f"images[{name!r}]"
+    if is_placeholder(value):
+        raise InputImageError(f"{where}: {{\"{PREV}\": ...}} is filled in only in a workflow step after the first")
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - {"image", "mask"})
         if unknown or "image" not in value or "mask" not in value:
@@ -204,7 +206,7 @@ def check_images(workflow: Mapping[str, Any], images: Any) -> dict[str, Any]:
             problems.append(f"images[{name!r}]: no LoadImage or LoadImageMask node uses it "
                             + (f"(they use {known})" if known else "(the workflow has none with a file name)"))
     for node_id, class_type, name in uses:
-        if checked and name not in checked and name.split("/")[0] != UPLOAD_ROOT and name in used:
+        if checked and name not in checked and name.split("/")[0] != UPLOAD_ROOT:
             problems.append(f"node {node_id} ({class_type}) names {name!r}, which 'images' does not have")
     if problems:
         raise InputImageError("; ".join(dict.fromkeys(problems)))

@@ -388,3 +388,8 @@ def test_a_redirect_to_a_refused_address_and_a_slow_server_fail_the_job(sim, tmp
         Images.redirects.clear()
         Images.slow.clear()
         conn.stop()
+
+
+def test_a_placeholder_outside_a_workflow_step_fails_the_job_saying_where_it_belongs(connector):
+    with pytest.raises(InputImageFailed, match=r"is filled in only in a workflow step after the first"):
+        run(connector, "lone", {"workflow": invert_workflow(), "images": {"photo.png": {"$prev": "files.0.url"}}})
