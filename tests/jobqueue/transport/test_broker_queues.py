@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any
@@ -15,7 +16,10 @@ from jobqueue.shared.names import RUN_JOB_TASK
 from jobqueue.transport.app import create_app
 from jobqueue.transport.broker_queues import BrokerError, list_queues, purge_queue
 from tests.conftest import RABBITMQ_URL
-from tests.helpers import quick
+from tests.helpers import quick, wait_for
+
+#: RabbitMQ's management API (the plugin .ci/run enables).
+MANAGEMENT_URL = os.environ.get("JOBQUEUE_TEST_RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
 
 
 def _submit(app: Any, queue: str, priorities: list[int]) -> list[str]:
@@ -91,4 +95,43 @@ def test_on_rabbitmq_a_purge_empties_a_priority_queue_and_names_the_removed_task
     finally:
         with Connection(RABBITMQ_URL) as conn:
             conn.default_channel.queue_delete(queue)
+        rabbit.close()
+
+
+@pytest.mark.rabbitmq
+def test_on_rabbitmq_the_management_api_lists_a_queue_nobody_named_with_its_depth_and_consumers(settings,
+                                                                                             machine_id):
+    # Given a queue on RabbitMQ that the monitor never heard of, holding 2 messages, with one consumer
+    queue = f"unnamed.{machine_id}"
+    rabbit = create_app(settings.model_copy(update={"broker_url": RABBITMQ_URL}))
+    try:
+        with Connection(RABBITMQ_URL) as conn:
+            bound = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)
+            producer = Producer(conn.default_channel)
+            for n in range(2):
+                producer.publish({"n": n}, exchange=bound.exchange, routing_key=queue, declare=[bound])
+            listener = conn.channel()
+            listener.basic_consume(queue, callback=lambda *_: None, no_ack=False, consumer_tag="probe")
+
+            # When the queues are listed through the management API
+            def listed() -> Any:
+                found = {q.name: q for q in list_queues(rabbit, known=[], management_url=MANAGEMENT_URL)}
+                return found.get(queue) if found.get(queue) and found[queue].consumers == 1 else None
+
+            info = wait_for(listed, 15, interval=0.5, what="the management API's view of the queue")
+            listener.close()
+        # Then it is there with its consumer (the management API's statistics lag a few seconds)
+        assert info.consumers == 1 and info.depth in (0, 1, 2)
+    finally:
+        with Connection(RABBITMQ_URL) as conn:
+            conn.default_channel.queue_delete(queue)
+        rabbit.close()
+
+
+def test_a_management_api_that_does_not_answer_is_a_clear_error(settings):
+    rabbit = create_app(settings.model_copy(update={"broker_url": RABBITMQ_URL}))
+    try:
+        with pytest.raises(BrokerError, match="management API"):
+            list_queues(rabbit, known=[], management_url="http://guest:guest@127.0.0.1:1")
+    finally:
         rabbit.close()
