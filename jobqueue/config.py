@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     #: ``10.1.2.0/24,127.0.0.1/32`` for a receiver inside the fleet: by default workers refuse
     #: loopback, private, link-local, CGNAT, multicast and reserved targets.
     webhook_allowed_networks: tuple[str, ...] = ()
+    #: Networks (CIDRs) a ComfyUI job's input image URLs may be in besides public addresses
+    #: (same rules as ``webhook_allowed_networks``), e.g. an image server inside the fleet.
+    input_allowed_networks: tuple[str, ...] = ()
     #: Values under payload, argument and result keys matching this regular expression
     #: (case-insensitive, anywhere in the key) are shown as "•••" in the monitor, events and logs.
     secret_keys_pattern: str = "password|secret|token|api_key|authorization|cookie"
@@ -342,11 +345,12 @@ class Settings(BaseSettings):
             raise ConfigError("JOBQUEUE_MONITOR_SESSION_SECONDS and JOBQUEUE_MONITOR_AUDIT_KEEP_DAYS must be > 0")
         if not 0 <= self.monitor_port <= 65535:
             raise ConfigError(f"JOBQUEUE_MONITOR_PORT must be 0..65535, got {self.monitor_port}")
-        for cidr in self.webhook_allowed_networks:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError as exc:
-                raise ConfigError(f"JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS: {cidr!r} is not a CIDR: {exc}") from None
+        for name, cidrs in (("WEBHOOK", self.webhook_allowed_networks), ("INPUT", self.input_allowed_networks)):
+            for cidr in cidrs:
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError as exc:
+                    raise ConfigError(f"JOBQUEUE_{name}_ALLOWED_NETWORKS: {cidr!r} is not a CIDR: {exc}") from None
         try:
             re.compile(self.secret_keys_pattern)
         except re.error as exc:
