@@ -17,9 +17,8 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, g, redirect, render_template, request
+from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from werkzeug.wrappers import Response
 
 from jobqueue.config import Settings
 from monitor.web import sessions

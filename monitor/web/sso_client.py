@@ -161,7 +161,7 @@ def _oidc_profile(client: SsoClient, settings: Settings, token: dict[str, Any], 
             claims = {**info, **claims}
     email = claims.get("email")
     verified = isinstance(email, str) and "@" in email and claims.get("email_verified") is not False
-    return Profile(subject=str(claims.get("sub", "")), emails=(email,) if verified else (),
+    return Profile(subject=str(claims.get("sub", "")), emails=(str(email),) if verified else (),
                    groups=groups_of(claims, group_claim), claims=claims)
 
 

@@ -116,7 +116,7 @@ def test_a_permitted_oidc_user_gets_a_session_with_pkce_nonce_and_the_mapped_rol
 def test_users_of_another_domain_or_with_an_unverified_email_are_refused_and_audited(oidc_monitor):
     # Given a monitor that lets acme.test in
     monitor = oidc_monitor()
-    for sub, email in (("bob", "bob@other.test"), ("eve", "eve@acme.test")):
+    for sub in ("bob", "eve"):
         # When a user of another domain, or one whose acme email is unverified, logs in
         browser, res = sso_login(monitor, sub)
         # Then the login page says no (403), and no session is opened
