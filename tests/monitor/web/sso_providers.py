@@ -21,15 +21,22 @@ import hashlib
 import secrets
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import pytest
 import requests
 from flask import Flask, jsonify, redirect, request
 from werkzeug.serving import make_server
+
+from jobqueue.up.embedded import free_port
+
+#: The admin token of the single sign-on tests' monitors.
+TOKEN = "sso-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def s256(verifier: str) -> str:
@@ -104,6 +111,8 @@ class OidcProvider:
 
     def __init__(self) -> None:
         with warnings.catch_warnings():  # it imports Authlib's deprecated modules
+            import authlib.deprecate  # noqa: F401  (its import sets an "always" filter; ours goes first)
+
             warnings.simplefilter("ignore", DeprecationWarning)
             import oidc_provider_mock
 
@@ -210,3 +219,36 @@ class FakeGitHub:
 
     def stop(self) -> None:
         self._served.stop()
+
+
+# -- fixtures (import them into a test module: ``provider = sso_providers.provider``) --------
+
+
+@pytest.fixture
+def provider() -> Iterator[OidcProvider]:
+    started = OidcProvider()
+    started.add_user("alice", email="alice@acme.test", email_verified=True, groups=["staff"])
+    started.add_user("root", email="root@acme.test", email_verified=True, groups=["staff", "fleet-admins"],
+                     tenant="acme")
+    started.add_user("bob", email="bob@other.test", email_verified=True, groups=["staff"])
+    started.add_user("eve", email="eve@acme.test", email_verified=False)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def oidc_monitor(start_monitor: Any, provider: OidcProvider) -> Any:
+    """A monitor whose single sign-on is ``provider``: acme.test may log in (viewer), the
+    fleet-admins group is admin, acme.test users are tenant acme-default."""
+
+    def start(**env: str) -> Any:
+        port = free_port()
+        client_id, secret = provider.register(f"http://127.0.0.1:{port}/auth/callback")
+        values = {"MONITOR_TOKEN": TOKEN, "MONITOR_SSO_PROVIDER": "oidc", "MONITOR_SSO_URL": provider.url,
+                  "MONITOR_SSO_CLIENT_ID": client_id, "MONITOR_SSO_CLIENT_SECRET": secret,
+                  "MONITOR_SSO_ALLOWED_DOMAINS": "acme.test", "MONITOR_SSO_ROLES": "fleet-admins=admin",
+                  "MONITOR_SSO_TENANT_CLAIM": "tenant", "MONITOR_SSO_TENANTS": "@acme.test=acme-default"}
+        values.update(env)
+        return start_monitor(port=port, **values)
+
+    return start

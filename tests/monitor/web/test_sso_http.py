@@ -13,44 +13,14 @@ import pytest
 import requests
 
 from jobqueue.up.embedded import free_port
-from tests.monitor.web.sso_providers import FakeGitHub, GitHubUser, OidcProvider
+from tests.monitor.web import sso_providers
+from tests.monitor.web.sso_providers import ADMIN, TOKEN, FakeGitHub, GitHubUser
+
+provider = sso_providers.provider
+oidc_monitor = sso_providers.oidc_monitor
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # the mock provider uses old Authlib APIs
-
-TOKEN = "sso-admin-token"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def provider() -> Iterator[OidcProvider]:
-    started = OidcProvider()
-    started.add_user("alice", email="alice@acme.test", email_verified=True, groups=["staff"])
-    started.add_user("root", email="root@acme.test", email_verified=True, groups=["staff", "fleet-admins"],
-                     tenant="acme")
-    started.add_user("bob", email="bob@other.test", email_verified=True, groups=["staff"])
-    started.add_user("eve", email="eve@acme.test", email_verified=False)
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-def oidc_monitor(start_monitor: Any, provider: OidcProvider) -> Any:
-    """A monitor whose single sign-on is ``provider``: acme.test may log in (viewer), the
-    fleet-admins group is admin, acme.test users are tenant acme-default."""
-
-    def start(**env: str) -> Any:
-        port = free_port()
-        client_id, secret = provider.register(f"http://127.0.0.1:{port}/auth/callback")
-        values = {"MONITOR_TOKEN": TOKEN, "MONITOR_SSO_PROVIDER": "oidc", "MONITOR_SSO_URL": provider.url,
-                  "MONITOR_SSO_CLIENT_ID": client_id, "MONITOR_SSO_CLIENT_SECRET": secret,
-                  "MONITOR_SSO_ALLOWED_DOMAINS": "acme.test", "MONITOR_SSO_ROLES": "fleet-admins=admin",
-                  "MONITOR_SSO_TENANT_CLAIM": "tenant", "MONITOR_SSO_TENANTS": "@acme.test=acme-default"}
-        values.update(env)
-        return start_monitor(port=port, **values)
-
-    return start
-
 
 def begin(monitor: Any, next_page: str = "/") -> tuple[requests.Session, str]:
     """A browser-like session that clicked "log in with single sign-on": (session, the
