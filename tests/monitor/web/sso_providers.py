@@ -43,7 +43,7 @@ def s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
-class _Served:
+class Served:
     """A WSGI app on a free loopback port, served from a thread until :meth:`stop`."""
 
     def __init__(self, app: Any) -> None:
@@ -117,7 +117,7 @@ class OidcProvider:
             import oidc_provider_mock
 
         self.gate = PkceGate(oidc_provider_mock.app(require_client_registration=True, require_nonce=True))
-        self._served = _Served(self.gate)
+        self._served = Served(self.gate)
         self.url = self._served.url
 
     def register(self, redirect_uri: str) -> tuple[str, str]:
@@ -152,7 +152,7 @@ class FakeGitHub:
         self.tokens: dict[str, tuple[str, set[str]]] = {}
         self.redirect_uri = ""
         self.token_requests: list[dict[str, str]] = []
-        self._served = _Served(self._app())
+        self._served = Served(self._app())
         self.url = self._served.url
 
     def _app(self) -> Flask:
