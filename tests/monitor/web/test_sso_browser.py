@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import requests
 
+from jobqueue.up.embedded import free_port
 from tests.helpers import wait_for
 from tests.monitor import browser
 from tests.monitor.web import sso_providers
-from tests.monitor.web.sso_providers import ADMIN
+from tests.monitor.web.sso_providers import ADMIN, FakeGitHub, GitHubUser
 
 chromium = browser.chromium
 provider = sso_providers.provider
@@ -172,3 +173,34 @@ document.getElementById("f1").submit();
     # And the same session acts from the monitor's own page
     assert page.evaluate("""async () => (await fetch('/api/keys', {method: 'POST', credentials: 'same-origin',
         headers: {'Content-Type': 'application/json'}, body: JSON.stringify({role: 'viewer'})})).status""") == 201
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    fake = FakeGitHub()
+    fake.users["octo"] = GitHubUser("octo", [
+        {"email": "octo@acme.test", "primary": True, "verified": True, "visibility": "private"}], orgs=["acme-ops"])
+    yield fake
+    fake.stop()
+
+
+def test_github_signs_on_through_the_same_button_and_code(start_monitor, github, new_page):
+    # Given a monitor whose single sign-on is GitHub (the fake, in GitHub Enterprise's layout)
+    port = free_port()
+    github.redirect_uri = f"http://127.0.0.1:{port}/auth/callback"
+    monitor = start_monitor(port=port, MONITOR_TOKEN=sso_providers.TOKEN, MONITOR_SSO_PROVIDER="github",
+                            MONITOR_SSO_URL=github.url, MONITOR_SSO_CLIENT_ID=github.client_id,
+                            MONITOR_SSO_CLIENT_SECRET=github.client_secret, MONITOR_SSO_ROLES="acme-ops=operator")
+    github.signed_in = "octo"
+    page = new_page()
+    # When octo opens the jobs page and logs in with GitHub, authorizing the app there
+    page.goto(monitor.url + "/jobs")
+    page.click("#sso-login:has-text('Log in with GitHub')")
+    page.wait_for_url(github.url + "/login/oauth/authorize**")
+    page.click("#js-oauth-authorize-btn")
+    # Then he is back on the jobs page, live, an operator by his organisation
+    page.wait_for_url(monitor.url + "/jobs")
+    page.wait_for_selector("#conn.conn-live")
+    page.wait_for_selector("#auth-state:has-text('logged in (operator)')")
+    assert page.evaluate("document.body.classList.contains('can-control')")
+    assert any(e["target"] == "github:octo@acme.test" and e["outcome"] == "ok" for e in trail(monitor))
