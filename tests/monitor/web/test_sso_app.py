@@ -128,3 +128,39 @@ def test_a_changed_single_sign_on_policy_ends_the_sessions_it_opened(make_app, p
         other.set_cookie(sessions.COOKIE, cookie)
         # Then the cookie opens nothing
         assert other.get("/api/jobs").status_code == 401
+
+
+class StubOidcClient:
+    """Unit-test stand-in for Authlib's client: an ID token's claims and a userinfo answer."""
+
+    def __init__(self, claims: dict[str, Any], info: dict[str, Any]) -> None:
+        self.claims, self.info = claims, info
+        self.server_metadata = {"userinfo_endpoint": "https://idp.example/userinfo"}
+        self.userinfo_calls = 0
+
+    def parse_id_token(self, token: dict[str, Any], nonce: str) -> dict[str, Any]:
+        assert nonce == "n-1"
+        return self.claims
+
+    def userinfo(self, token: dict[str, Any]) -> dict[str, Any]:
+        self.userinfo_calls += 1
+        return self.info
+
+
+def test_claims_missing_from_the_id_token_come_from_userinfo_of_the_same_subject_only():
+    from monitor.web.sso_client import profile
+
+    settings = Settings(**oidc("https://idp.example"))
+    token = {"access_token": "a", "id_token": "t"}
+    # An ID token without groups (GitLab's): userinfo of the same subject fills them in
+    client = StubOidcClient({"sub": "1", "email": "a@acme.test", "email_verified": True},
+                            {"sub": "1", "groups": ["acme/fleet"], "email": "other@evil.test"})
+    found = profile(client, settings, token, "n-1")  # type: ignore[arg-type]
+    assert found.groups == ("acme/fleet",) and found.emails == ("a@acme.test",)  # the ID token's email wins
+    # Userinfo of another subject is ignored
+    client = StubOidcClient({"sub": "1", "email": "a@acme.test"}, {"sub": "2", "groups": ["admins"]})
+    assert profile(client, settings, token, "n-1").groups == ()  # type: ignore[arg-type]
+    # An email the provider marks unverified is no email
+    client = StubOidcClient({"sub": "1", "email": "a@acme.test", "email_verified": False, "groups": []}, {})
+    assert profile(client, settings, token, "n-1").emails == ()  # type: ignore[arg-type]
+    assert client.userinfo_calls == 0  # nothing was missing: userinfo is not asked
