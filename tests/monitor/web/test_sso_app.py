@@ -28,8 +28,8 @@ def make_app(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Any]]:
     apps: list[Any] = []
 
     def make(**values: Any) -> Any:
-        settings = Settings(monitor_db=f"sqlite:///{tmp_path / 'sso.db'}", monitor_token=TOKEN, broker_url=redis_url,
-                            **values).resolved()
+        values.setdefault("monitor_token", TOKEN)
+        settings = Settings(monitor_db=f"sqlite:///{tmp_path / 'sso.db'}", broker_url=redis_url, **values).resolved()
         app = create_app(settings)
         apps.append(app)
         return app
@@ -164,3 +164,17 @@ def test_claims_missing_from_the_id_token_come_from_userinfo_of_the_same_subject
     client = StubOidcClient({"sub": "1", "email": "a@acme.test", "email_verified": False, "groups": []}, {})
     assert profile(client, settings, token, "n-1").emails == ()  # type: ignore[arg-type]
     assert client.userinfo_calls == 0  # nothing was missing: userinfo is not asked
+
+
+def test_single_sign_on_alone_turns_the_login_on_and_may_serve_beyond_localhost(make_app, provider: OidcProvider):
+    from monitor.server import check_bind
+
+    # Given a monitor whose only credential is single sign-on (no token, basic auth or key)
+    app = make_app(**oidc(provider.url), monitor_token="")
+    client = app.test_client()
+    # Then every read needs a login, the login page offers single sign-on, and it may bind publicly
+    assert client.get("/api/jobs").status_code == 401
+    assert client.get("/").status_code == 302
+    assert b'id="sso-login"' in client.get("/login").data
+    assert client.get("/api/auth").get_json()["auth_required"] is True
+    check_bind(app.extensions["jobqueue_monitor"].settings, "0.0.0.0")
