@@ -66,7 +66,7 @@ def _page(status: int, message: str, next_page: str = "/") -> Response:
     """The login page with ``message``: what a refused or broken single sign-on shows."""
     html = render_template("login.html", page="login", next=next_page, sso_providers=sso_buttons(_settings(), next_page),
                            sso_error=message)
-    response = Response(html, status=status, mimetype="text/html")
+    response = Response(html, status=status, mimetype="text/html", headers={"Cache-Control": "no-store"})
     if request.cookies.get(STATE_COOKIE):
         response.delete_cookie(STATE_COOKIE, path="/auth", httponly=True, samesite="Lax",
                                secure=sessions.is_secure(request))
@@ -91,6 +91,7 @@ def start() -> Response:
     state = entry["signer"].dumps({"state": found["state"], "verifier": found.get("code_verifier", ""),
                                    "nonce": found.get("nonce", ""), "next": next_page, "redirect": redirect_uri})
     response: Response = redirect(found["url"], code=302)  # type: ignore[assignment]
+    response.headers["Cache-Control"] = "no-store"
     response.set_cookie(STATE_COOKIE, state, max_age=STATE_SECONDS, httponly=True, samesite="Lax",
                         secure=sessions.is_secure(request), path="/auth")
     return response
@@ -147,6 +148,7 @@ def callback() -> Response:
     g.jobqueue_identity = identity
     g.jobqueue_audit_target = identity.subject
     response: Response = redirect(next_page, code=302)  # type: ignore[assignment]
+    response.headers["Cache-Control"] = "no-store"
     payload = {**identity.session_payload(), "f": sessions.sso_fingerprint(settings)}
     sessions.open_session(current_app, request, response, payload, settings.monitor_session_seconds)
     response.delete_cookie(STATE_COOKIE, path="/auth", httponly=True, samesite="Lax", secure=sessions.is_secure(request))

@@ -62,6 +62,7 @@ def test_a_permitted_oidc_user_gets_a_session_with_pkce_nonce_and_the_mapped_rol
     res = browser.get(authorize(browser, auth_url, "alice"), allow_redirects=False, timeout=10)
     # Then she is sent back to /jobs with a session (the provider checked the PKCE verifier)
     assert res.status_code == 302 and res.headers["Location"] == "/jobs"
+    assert res.headers["Cache-Control"] == "no-store"  # the one-time code's page is never cached
     assert provider.gate.verified
     cookie = next(c for c in browser.cookies if c.name == "jobqueue_session")
     assert cookie.has_nonstandard_attr("HttpOnly") and cookie.expires and not cookie.secure
