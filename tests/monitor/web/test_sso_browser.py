@@ -96,6 +96,7 @@ def test_a_user_from_another_domain_is_refused(oidc_monitor, provider, new_page)
     sign_on(page, provider.url, "bob")
     # Then the login page says he may not log in, and nothing opens for him
     page.wait_for_selector("#sso-error:has-text('bob@other.test may not log in')")
+    browser.screenshot(page, "login-sso-refused")
     assert not any(c["name"] == "jobqueue_session" for c in page.context.cookies())
     page.goto(monitor.url + "/jobs")
     page.wait_for_selector("#sso-login")
