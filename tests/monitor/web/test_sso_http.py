@@ -78,6 +78,9 @@ def test_a_permitted_oidc_user_gets_a_session_with_pkce_nonce_and_the_mapped_rol
     assert res.status_code == 302
     who = root.get(f"{monitor.url}/api/auth", timeout=10).json()
     assert who["role"] == "admin" and who["tenant"] == "acme"
+    # And the tenant rules hold her to it: she may not submit for another tenant
+    other = root.post(f"{monitor.url}/api/jobs", json={"service": "simulation", "tenant": "beta"}, timeout=10)
+    assert other.status_code == 403 and "acme" in other.json()["error"]["message"]
     # And both logins are in the audit trail
     trail = audit(monitor)
     assert {("login", "ok", "oidc:alice@acme.test"), ("login", "ok", "oidc:root@acme.test")} <= {
