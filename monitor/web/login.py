@@ -6,8 +6,8 @@ session cookie (:mod:`monitor.web.sessions`) and sends the browser on to ``next`
 the login goes through the same cross-site and body checks as every control
 (:mod:`monitor.web.guard`). A login link ``/#token=...`` (``jobqueue up`` prints one) reaches
 this page through the redirect with its fragment, and logs in by itself. Logins, refused ones
-included, are audited and rate limited per address. Single sign-on buttons can be added to
-this page: one button per configured provider (:mod:`monitor.web.sso`).
+included, are audited and rate limited per address. With single sign-on configured the page
+also shows its "Log in with ..." button (:mod:`monitor.web.sso`).
 """
 
 from __future__ import annotations
