@@ -169,7 +169,8 @@ def jobs() -> Any:
         state=states or None, service=request.args.get("service") or None,
         worker=request.args.get("worker") or None, machine=request.args.get("machine") or None,
         since=_float_arg("since"), until=_float_arg("until"), q=request.args.get("q") or None,
-        workflow=request.args.get("workflow") or None, limit=limit, offset=offset,
+        workflow=request.args.get("workflow") or None, name=request.args.get("name") or None,
+        queue=request.args.get("queue") or None, limit=limit, offset=offset,
         sort=sort, descending=order == "desc",
     )
     _annotate_queued(found)

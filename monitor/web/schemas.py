@@ -54,7 +54,12 @@ JOB = obj({
     "runtime": nullable("number"), "eta_seconds": nullable("number"), "queue_position": nullable("integer"),
     "error": nullable("object"), "result": ANY, "payload_summary": nullable("string"),
     "requires": nullable("object"), "seq": INT,
-}, events={"type": "array", "items": obj({"type": STR, "timestamp": nullable("number")})})
+    "args": nullable("string"), "kwargs": nullable("string"), "parent_id": nullable("string"),
+    "root_id": nullable("string"), "group_id": nullable("string"), "eta": nullable("number"),
+    "expires": nullable("number"), "scheduled": BOOL, "routing_key": nullable("string"),
+    "exchange": nullable("string"),
+}, events={"type": "array", "items": obj({"type": STR, "timestamp": nullable("number")})},
+    children={"type": "array", "items": STR, "description": "ids of the tasks this one started"})
 
 CONNECTOR = obj({"status": STR, "message": STR, "details": OBJECT, "updated_at": nullable("number"),
                  "stale": BOOL})
@@ -133,7 +138,8 @@ EMPTY: Schema = {"type": "object"}
 
 JOBS_QUERY = (
     str_query("state", JOB_STATES), str_query("service"), str_query("worker"), str_query("machine"),
-    num_query("since"), num_query("until"), str_query("q"), str_query("workflow"), int_query("limit", 1, 1000),
+    num_query("since"), num_query("until"), str_query("q"), str_query("workflow"), str_query("name"),
+    str_query("queue"), int_query("limit", 1, 1000),
     int_query("offset", 0, 10**9), str_query("sort", ["submitted", "finished", "runtime"]),
     str_query("order", ["asc", "desc"]),
 )
