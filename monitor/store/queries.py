@@ -37,6 +37,10 @@ from monitor.store.statuses import (
 
 #: Most child ids one job lists.
 MAX_CHILDREN = 1000
+#: Most tasks one canvas shows, and what it shows of each.
+MAX_CANVAS = 500
+CANVAS_FIELDS = ("id", "name", "service", "status", "parent_id", "root_id", "group_id", "worker", "submitted_at",
+                 "started_at", "finished_at", "runtime", "scheduled", "seq")
 
 
 class StoreQueries:
@@ -130,6 +134,23 @@ class StoreQueries:
                 rows = session.scalars(select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id))
                 data["events"] = [{"type": e.type, "timestamp": e.timestamp, "fields": e.fields or {}} for e in rows]
             return data
+
+    def canvas(self, job_id: str) -> dict[str, Any] | None:
+        """The whole canvas (chain, group, chord) ``job_id`` belongs to, from its root: every
+        task whose root it is (at most :data:`MAX_CANVAS`), each with its parent; None when the
+        job is unknown. A root the events never named is found by walking up the parents."""
+        with self.read() as session:
+            job = session.get(JobRow, job_id)
+            if job is None:
+                return None
+            root, seen = job.root_id or job.id, {job.id}
+            while job is not None and job.root_id is None and job.parent_id and job.parent_id not in seen:
+                seen.add(job.parent_id)
+                root, job = job.parent_id, session.get(JobRow, job.parent_id)
+            rows = list(session.scalars(select(JobRow).where(or_(JobRow.root_id == root, JobRow.id == root))
+                                        .order_by(JobRow.submitted_at, JobRow.id).limit(MAX_CANVAS + 1)))
+            nodes = [{key: job_dict(row)[key] for key in CANVAS_FIELDS} for row in rows[:MAX_CANVAS]]
+        return {"root": root, "nodes": nodes, "truncated": len(rows) > MAX_CANVAS}
 
     def jobs(
         self,

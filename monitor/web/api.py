@@ -187,6 +187,16 @@ def job(job_id: str) -> Any:
     return jsonify(found)
 
 
+@route(bp, "/api/jobs/<job_id>/canvas", role=Role.VIEWER, summary="The chain, group or chord a task belongs to",
+       response=schemas.CANVAS, errors=(404,))
+def canvas(job_id: str) -> Any:
+    """Every task of the canvas ``job_id`` belongs to, from its root, each with its parent."""
+    found = ctx().store.canvas(job_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    return jsonify(found)
+
+
 @route(bp, "/api/waiting", role=Role.VIEWER, summary="Queued jobs no online worker can run, and why",
        response=schemas.WAITING)
 def waiting() -> Any:

@@ -72,6 +72,9 @@ WORKER = obj({
 MACHINE = obj({"id": STR, "workers": {"type": "array", "items": STR}, "status": STR,
                "last_seen": nullable("number"), "seq": INT})
 
+CANVAS = obj({"root": STR, "truncated": BOOL, "nodes": {"type": "array", "items": obj({
+    "id": STR, "name": nullable("string"), "status": STR, "parent_id": nullable("string"),
+    "root_id": nullable("string"), "group_id": nullable("string"), "seq": INT})}})
 JOB_PAGE = obj({"jobs": {"type": "array", "items": JOB}, "total": INT, "limit": INT, "offset": INT,
                 "sort": STR, "order": {"type": "string", "enum": ["asc", "desc"]}})
 STATE = obj({"seq": INT, "machines": {"type": "array", "items": MACHINE}, "workers": {"type": "array", "items": WORKER},

@@ -34,6 +34,18 @@ def boom():
 @app.task(name="plain.mul")
 def mul(x, y, password=None):
     return x * y
+
+
+@app.task(name="plain.tsum")
+def tsum(values):
+    return sum(values)
+
+
+@app.task(name="plain.slow")
+def slow(value, seconds):
+    import time
+    time.sleep(seconds)
+    return value
 """
 
 

@@ -264,7 +264,9 @@
     if (again) { again = false; load(); }
   }
 
-  const render = JQ.coalesce(() => { renderDetail(); renderActions(); renderOutputs(); renderTimeline(); });
+  const render = JQ.coalesce(() => {
+    renderDetail(); renderActions(); renderOutputs(); renderTimeline(); JQCanvas.show("job-canvas", job);
+  });
 
   // Webhook tries (GET /api/jobs/<id>/webhooks): workers record them in the result backend,
   // not as events, so while a delivery is still pending the page asks again every few seconds.
