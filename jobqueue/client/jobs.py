@@ -21,6 +21,7 @@ from typing import Any
 from celery import states as celery_states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
+from jobqueue.client.replicas import replicate_records
 from jobqueue.client.waiting import job_waiting_for, queue_remember
 from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import (
@@ -426,6 +427,7 @@ def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
         raise results[0]
     if any(isinstance(r, Exception) for r in results[1:]):  # the job is sent anyway
         log.warning("could not record the requirements or queue place of job %s: %s", job_id, results[1:])
+    replicate_records(app, f"the submit record of job {job_id}", job_id)
 
 
 def submit_job(

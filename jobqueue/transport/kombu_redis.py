@@ -25,6 +25,13 @@ tests/jobqueue/worker/test_poison.py.
    redis-py 8, whose client constructor is heavy). A channel here keeps one client per pool
    (redis-py clients are thread-safe: each command borrows a pooled connection) and builds a
    new one only when kombu replaced the pool (``_pool``, reset on reconnect).
+5. ``kombu.transport.redis.Channel._put``'s ``_publish_batch`` keyword (kombu 5.7: an object
+   with ``add(command, *args)``): with ``jobqueue_wait_replicas`` set, ``_put`` collects the
+   commands kombu would send for a message and sends them with a Redis ``WAIT`` in one
+   pipeline (see :mod:`jobqueue.transport.replication`).
+
+:class:`SentinelTransport` is the same channel on a Sentinel group's master (kombu's
+``SentinelChannel`` finds the master; ``sentinel://`` brokers).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
+from jobqueue.transport.replication import check_wait, queue_wait, wait_after
 
 #: Attribute of a kombu Connection where its channels find the poison hook.
 HOOK_ATTR = "jobqueue_on_poison"
@@ -73,11 +81,56 @@ class _ClientCache:
         return client
 
 
+#: Transport options of :class:`Channel` beyond kombu's (set from Settings by ``create_app``).
+WAIT_OPTIONS = ("jobqueue_wait_replicas", "jobqueue_wait_timeout")
+
+
+class _Commands:
+    """Stands in for kombu's publish batch: collects the commands ``_put`` would send."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def add(self, *command: Any) -> None:
+        self.commands.append(command)
+
+
 class Channel(kombu_redis.Channel):
     """Redis channel that keeps priorities up to :data:`BROKER_MAX_PRIORITY` and never
     delivers (nor dies on) an item its connection's poison hook refuses: the hook gets it."""
 
     max_priority = BROKER_MAX_PRIORITY  # PRIVATE TOUCHPOINT 1
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, *WAIT_OPTIONS)  # type: ignore[assignment]
+    #: Replicas each queued message must reach before ``_put`` returns (0: no ``WAIT``).
+    jobqueue_wait_replicas = 0
+    #: Seconds ``WAIT`` may take (then :class:`~jobqueue.errors.NotReplicated`).
+    jobqueue_wait_timeout = 2.0
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:  # PRIVATE TOUCHPOINT 5
+        replicas = int(self.jobqueue_wait_replicas or 0)
+        if not replicas or kwargs.get("_publish_batch") is not None:
+            super()._put(queue, message, **kwargs)  # type: ignore[no-untyped-call]
+            return
+        # kombu's own commands for this message (its key, priority list and expiry), collected
+        # and sent in one pipeline on one connection, WAIT last: it covers exactly them.
+        batch = _Commands()
+        super()._put(queue, message, _publish_batch=batch, **kwargs)  # type: ignore[no-untyped-call]
+        timeout = float(self.jobqueue_wait_timeout)
+        job_id = (message.get("headers") or {}).get("id")
+        what = f"the message of job {job_id}"
+        with self.conn_or_acquire() as client:
+            if not batch.commands:  # a kombu without batches sent it itself: WAIT behind a fence
+                wait_after(client, replicas, timeout, what, job_id)
+                return
+            with client.pipeline(transaction=False) as pipe:
+                for name, *args in batch.commands:
+                    getattr(pipe, name)(*args)
+                queue_wait(pipe, replicas, timeout)
+                replies = pipe.execute(raise_on_error=False)
+        for reply in replies[:-1]:
+            if isinstance(reply, Exception):
+                raise reply
+        check_wait(replies[-1], replicas, timeout, what, job_id)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:  # PRIVATE TOUCHPOINT 4
@@ -130,5 +183,21 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(kombu_redis.SentinelChannel, Channel):
+    """:class:`Channel` on the master of a Sentinel group: kombu's Sentinel channel finds the
+    master (and finds it again after a failover); everything else is :class:`Channel`'s."""
+
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options,  # type: ignore[assignment]
+                              *WAIT_OPTIONS)
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """Redis Sentinel transport using :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel
+
+
 #: Value for Celery's ``broker_transport`` setting.
 TRANSPORT_PATH = f"{__name__}:Transport"
+#: ``broker_transport`` when the broker is a Sentinel group (``sentinel://``).
+SENTINEL_TRANSPORT_PATH = f"{__name__}:SentinelTransport"
