@@ -46,7 +46,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
-from jobqueue.transport.replication import check_wait, queue_wait, wait_after
+from jobqueue.transport.replication import check_wait, queue_wait, replicas_to_wait, wait_after
 
 #: Attribute of a kombu Connection where its channels find the poison hook.
 HOOK_ATTR = "jobqueue_on_poison"
@@ -125,12 +125,12 @@ class Channel(kombu_redis.Channel):
             with client.pipeline(transaction=False) as pipe:
                 for name, *args in batch.commands:
                     getattr(pipe, name)(*args)
-                queue_wait(pipe, replicas, timeout)
+                queue_wait(pipe, replicas_to_wait(client, replicas), timeout)
                 replies = pipe.execute(raise_on_error=False)
-        for reply in replies[:-1]:
-            if isinstance(reply, Exception):
-                raise reply
-        check_wait(replies[-1], replicas, timeout, what, job_id)
+            for reply in replies[:-1]:
+                if isinstance(reply, Exception):
+                    raise reply
+            check_wait(client, replies[-1], replicas, timeout, what, job_id)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:  # PRIVATE TOUCHPOINT 4
