@@ -29,6 +29,8 @@ tests/jobqueue/worker/test_poison.py.
    with ``add(command, *args)``): with ``jobqueue_wait_replicas`` set, ``_put`` collects the
    commands kombu would send for a message and sends them with a Redis ``WAIT`` in one
    pipeline (see :mod:`jobqueue.transport.replication`).
+6. ``Channel._q_for_pri`` and ``_get_message_priority`` (kombu's key of a message's priority
+   list), to put back an item popped just before the broker went away (its QoS write failed).
 
 :class:`SentinelTransport` is the same channel on a Sentinel group's master (kombu's
 ``SentinelChannel`` finds the master; ``sentinel://`` brokers).
@@ -36,6 +38,9 @@ tests/jobqueue/worker/test_poison.py.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from queue import Empty
@@ -80,6 +85,13 @@ class _ClientCache:
             client = self.client = build()
         return client
 
+
+log = logging.getLogger(__name__)
+
+#: Seconds a popped message whose delivery failed is offered back to the broker.
+GIVE_BACK_PATIENCE = 120.0
+#: Seconds between two tries.
+GIVE_BACK_INTERVAL = 0.5
 
 #: Transport options of :class:`Channel` beyond kombu's (set from Settings by ``create_app``).
 WAIT_OPTIONS = ("jobqueue_wait_replicas", "jobqueue_wait_timeout")
@@ -160,11 +172,11 @@ class Channel(kombu_redis.Channel):
             dest = (dest.decode() if isinstance(dest, bytes) else dest).rsplit(self_.sep, 1)[0]
             self_._queue_cycle.rotate(dest)
             if hook is None:  # kombu's own delivery
-                self_.connection._deliver(loads(bytes_to_str(item)), dest)  # type: ignore[no-untyped-call]
+                self._deliver_or_give_back(loads(bytes_to_str(item)), dest, item)  # type: ignore[no-untyped-call]
                 return True
             payload, reason = hook.check(item, self_.decode_body)  # PRIVATE TOUCHPOINT 3
             if reason is None:
-                self_.connection._deliver(payload, dest)
+                self._deliver_or_give_back(payload, dest, item)
                 return True
             refused = (dest, item, payload, reason)
         finally:
@@ -175,6 +187,39 @@ class Channel(kombu_redis.Channel):
         assert hook is not None and refused is not None
         hook.discard(*refused, self.conn_or_acquire)
         return True
+
+
+    def _deliver_or_give_back(self, payload: Any, dest: str, item: bytes | str) -> None:
+        """Deliver a popped item; when the broker went away before kombu recorded it as
+        unacked (its QoS write failed), nobody else holds it: a thread puts it back at the head
+        of its queue once the broker answers again (the promoted replica, on Sentinel)."""
+        self_: Any = self
+        try:
+            self_.connection._deliver(payload, dest)
+        except self_.connection_errors:
+            threading.Thread(target=self._give_back, args=(dest, item), daemon=True,
+                             name="jobqueue-give-back").start()
+            raise
+
+    def _give_back(self, dest: str, item: bytes | str, patience: float = GIVE_BACK_PATIENCE) -> bool:
+        """RPUSH ``item`` back onto ``dest``'s list of its priority, trying for ``patience`` s."""
+        self_: Any = self
+        message = loads(bytes_to_str(item))  # type: ignore[no-untyped-call]
+        key = self_._q_for_pri(dest, self_._get_message_priority(message, reverse=False))
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                with self.conn_or_acquire() as client:
+                    client.rpush(key, item)
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    log.error("a message popped from %s just before the broker went away is lost: %s (%r)",
+                              dest, exc, str(item)[:300])
+                    return False
+                time.sleep(GIVE_BACK_INTERVAL)  # the broker is away: try again shortly
+                continue
+            log.warning("a message popped from %s just before the broker went away was put back", dest)
+            return True
 
 
 class Transport(kombu_redis.Transport):
