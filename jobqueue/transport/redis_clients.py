@@ -92,6 +92,15 @@ def redis_client(url: str, settings: Any, **kwargs: Any) -> redis.Redis:
     return client
 
 
+def unreachable(url: str, settings: Any, exc: BaseException) -> SentinelUnreachable:
+    """The :class:`~jobqueue.errors.SentinelUnreachable` to raise for redis-py's
+    ``MasterNotFoundError`` on ``url``: which sentinels were asked, for which master."""
+    tried = ", ".join(f"{h}:{p}" for h, p in parse_sentinel_url(url).sentinels)
+    return SentinelUnreachable(f"no sentinel of {tried} answered with a master named {master_name(settings)!r} "
+                               f"({exc}); check the addresses and JOBQUEUE_REDIS_MASTER_NAME (during a failover "
+                               "this lasts until the sentinels promote a replica: try again)")
+
+
 def check_sentinels(url: str, settings: Any, timeout: float = 3.0) -> tuple[str, int]:
     """The address of the master the sentinels of ``url`` name; raises
     :class:`~jobqueue.errors.SentinelUnreachable` saying which sentinels were tried when none
@@ -104,9 +113,7 @@ def check_sentinels(url: str, settings: Any, timeout: float = 3.0) -> tuple[str,
     try:
         host, port = sentinel.discover_master(name)
     except MasterNotFoundError as exc:
-        tried = ", ".join(f"{h}:{p}" for h, p in group.sentinels)
-        raise SentinelUnreachable(f"no sentinel of {tried} answered with a master named {name!r} "
-                                  f"({exc}); check the addresses and JOBQUEUE_REDIS_MASTER_NAME") from None
+        raise unreachable(url, settings, exc) from None
     finally:
         for conn in sentinel.sentinels:
             conn.close()

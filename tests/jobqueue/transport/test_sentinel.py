@@ -105,6 +105,18 @@ def test_unreachable_sentinels_are_a_clear_error_naming_each_address():
         check_sentinels(url, settings, timeout=0.5)
 
 
+def test_a_submit_with_no_sentinel_answering_says_which_were_asked_and_sends_nothing():
+    # Given a client whose sentinels all refuse connections
+    port = free_port()
+    settings = Settings(broker_url=f"sentinel://127.0.0.1:{port}/0", redis_master_name="mymaster",
+                        machine_id="m").resolved()
+    app = create_app(settings)
+    # When a job is submitted, Then the error names the sentinel and the master
+    with pytest.raises(SentinelUnreachable, match=f"127.0.0.1:{port}.*'mymaster'"):
+        submit_job("simulation", quick("never"), app=app)
+    app.close()
+
+
 # -- on a real Sentinel group ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
