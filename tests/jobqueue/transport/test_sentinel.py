@@ -9,6 +9,7 @@ sentinels: bench/sentinels.py), its master flushed before each test; the workers
 from __future__ import annotations
 
 import io
+import json
 import signal
 import sys
 import types
@@ -33,6 +34,7 @@ from jobqueue.transport.internals import unacked_index_key
 from jobqueue.transport.redis_clients import check_sentinels, master_name
 from jobqueue.transport.redis_urls import is_redis_url, is_sentinel_url, parse_sentinel_url
 from monitor.web.broker import queue_depths
+from monitor.web.deadletters import read_dead_letters
 from tests.helpers import finished_order, quick, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -178,6 +180,12 @@ def test_all_twenty_priority_levels_hold_over_sentinel(app: Any, start_worker: A
     wait_for(lambda: all(app.AsyncResult(i).state == "SUCCESS" for i in ids), 60, what="all three jobs")
     # Then they ran most urgent first
     assert finished_order(app, ids) == ["p9", "p5", "p0"]
+
+
+def test_the_monitors_dead_letter_view_reads_the_sentinel_master(settings: Settings, master: redis.Redis):
+    master.lpush("simulation.dead", json.dumps({"reason": "undecodable", "job_id": "j1"}))
+    (queue,) = read_dead_letters(settings, 5)
+    assert (queue["queue"], queue["count"]) == ("simulation", 1)
 
 
 def test_previews_are_stored_through_the_sentinel_masters_client(app: Any, master: redis.Redis):
