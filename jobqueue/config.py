@@ -205,6 +205,9 @@ class Settings(BaseSettings):
     monitor_metrics_token: str = ""
     #: Serve ``/metrics`` to anyone, credentials or not.
     monitor_metrics_public: bool = False
+    #: RabbitMQ's management API (``http://user:pass@host:15672``): the broker page lists every
+    #: queue of the vhost with its consumers from it; empty: only the queues the monitor knows.
+    rabbitmq_management_url: str = ""
     #: Key that signs login session cookies; empty: derived from the token and basic-auth
     #: credentials (changing them logs everyone out), or random per process with neither.
     monitor_session_secret: str = ""

@@ -77,6 +77,10 @@ ESTIMATES = obj({"at": NUM, "jobs": {"type": "object", "additionalProperties": o
     {"position": INT, "wait": nullable("number")})}})
 WAITING = obj({"waiting": {"type": "object", "additionalProperties": STR}})
 QUEUES = obj({"queues": {"type": "array", "items": obj({"name": STR, "depth": INT})}})
+BROKER = obj({"transport": STR, "queues": {"type": "array", "items": obj({
+    "name": STR, "depth": INT, "levels": {"type": "object", "additionalProperties": INT},
+    "consumers": INT, "workers": {"type": "array", "items": STR}})}})
+PURGED = obj({"queue": STR, "removed": INT, "jobs_cancelled": INT, "tasks": {"type": "array", "items": STR}})
 STATS = obj({"services": OBJECT, "history": ANY, "queues": OBJECT})
 WORKFLOW = obj({"steps": {"type": "array", "items": JOB}})
 DEAD_LETTERS = obj({"total": INT, "queues": ARRAY, "supported": BOOL})
@@ -117,6 +121,8 @@ SUBMIT: Schema = {
         "count": {"type": "integer", "minimum": 1, "maximum": 1000},
         "workflow_id": STR, "step": {"type": "integer", "minimum": 1},
         "webhook_url": {"type": "string", "format": "uri"},
+        "tenant": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                   "description": "the job's tenant; only a caller without a tenant of its own may name one"},
         "requires": {"type": "object", "additionalProperties": False, "description": "what a worker must have",
                      "properties": {"models": {"type": "array", "items": {"type": "string", "minLength": 1}},
                                     "vram_gb": {"type": "number", "exclusiveMinimum": 0},
