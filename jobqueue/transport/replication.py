@@ -42,7 +42,8 @@ ROLE_EVERY = 1.0
 WARN_EVERY = 30.0
 #: Attribute of a redis-py client holding ``(checked_at, replicas connected)``.
 _CACHE_ATTR = "_jobqueue_replicas"
-_warned = [0.0]
+#: Attribute of a redis-py client holding when it last warned of missing replicas.
+_WARNED_ATTR = "_jobqueue_replicas_warned"
 
 
 def connected_replicas(client: Any, *, fresh: bool = False) -> int:
@@ -82,8 +83,8 @@ def check_wait(client: Any, acked: Any, replicas: int, timeout: float, what: str
     connected = connected_replicas(client, fresh=True)
     if count >= connected:
         now = time.monotonic()
-        if now - _warned[0] >= WARN_EVERY:
-            _warned[0] = now
+        if now - getattr(client, _WARNED_ATTR, -WARN_EVERY) >= WARN_EVERY:
+            setattr(client, _WARNED_ATTR, now)
             log.warning("the Redis master has %d replica(s) connected, %d asked for "
                         "(JOBQUEUE_REDIS_WAIT_REPLICAS): writes go on unprotected until one attaches",
                         connected, replicas)
