@@ -12,7 +12,8 @@ master while a client keeps submitting one job every 0.1 s. Measured, from the k
   first success after the last failure) -- each within ``down-after`` + 10 s;
 * ``lost``: jobs whose ``submit_job()`` returned and that never succeeded (result backend);
   ``duplicates``: jobs that succeeded twice (two ``task-succeeded`` events); ``reruns``: jobs
-  started twice (the attempt cut by the failover ran again);
+  started twice (a copy whose acknowledgement was lost in the switch, dropped at start when the
+  job had already succeeded, or an attempt cut by the failover);
 * ``mismatches``: jobs where the monitor's final state differs from the result backend's
   (status, worker, machine, attempt, times, result), after its truth repair.
 
