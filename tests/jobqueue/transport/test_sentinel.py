@@ -33,6 +33,7 @@ from jobqueue.transport.app import configure_app, create_app
 from jobqueue.transport.internals import unacked_index_key
 from jobqueue.transport.redis_clients import check_sentinels, master_name
 from jobqueue.transport.redis_urls import is_redis_url, is_sentinel_url, parse_sentinel_url
+from jobqueue.up.embedded import broker_answers
 from monitor.web.broker import queue_depths
 from monitor.web.deadletters import read_dead_letters
 from tests.helpers import finished_order, quick, wait_for
@@ -150,6 +151,9 @@ def settings(group: SentinelGroup, master: redis.Redis, machine_id: str, tmp_pat
 
 def test_the_sentinels_name_the_master_our_clients_reach(group: SentinelGroup, settings: Settings):
     assert check_sentinels(settings.broker_url, settings)[1] == group.master_port_now()
+    # and `jobqueue up` sees the broker answer (so it starts no embedded Redis in its place)
+    assert broker_answers(settings.broker_url, settings=settings)
+    assert not broker_answers(settings.broker_url, settings=settings.model_copy(update={"redis_master_name": "nope"}))
 
 
 def test_a_job_runs_over_sentinel_with_its_records_lease_and_queue_listing(
