@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from redis.sentinel import MasterNotFoundError
@@ -118,3 +119,17 @@ def check_sentinels(url: str, settings: Any, timeout: float = 3.0) -> tuple[str,
         for conn in sentinel.sentinels:
             conn.close()
     return str(host), int(port)
+
+
+def master_url(url: str, settings: Any, timeout: float = 3.0) -> str:
+    """A ``redis://`` URL of the master the sentinels of ``url`` name now (with the group's
+    database and password), for a reader that speaks to one server; ``url`` itself when it
+    names one server. Ask again after every reconnect: the master moves on a failover."""
+    if not is_sentinel_url(url):
+        return url
+    group = parse_sentinel_url(url)
+    host, port = check_sentinels(url, settings, timeout)
+    auth = ""
+    if group.password is not None:
+        auth = f"{quote(group.username or '', safe='')}:{quote(group.password, safe='')}@"
+    return f"{'rediss' if group.tls else 'redis'}://{auth}{host}:{port}/{group.db}"

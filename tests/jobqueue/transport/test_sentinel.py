@@ -31,9 +31,10 @@ from jobqueue.shared.previews import publisher_for
 from jobqueue.shared.records import facts_key, result_client, submitted_key
 from jobqueue.transport.app import configure_app, create_app
 from jobqueue.transport.internals import unacked_index_key
-from jobqueue.transport.redis_clients import check_sentinels, master_name
+from jobqueue.transport.redis_clients import check_sentinels, master_name, master_url
 from jobqueue.transport.redis_urls import is_redis_url, is_sentinel_url, parse_sentinel_url
 from jobqueue.up.embedded import broker_answers
+from monitor.ingest.raw_reader import event_source
 from monitor.web.broker import queue_depths
 from monitor.web.deadletters import read_dead_letters
 from tests.helpers import finished_order, quick, wait_for
@@ -190,6 +191,12 @@ def test_the_monitors_dead_letter_view_reads_the_sentinel_master(settings: Setti
     master.lpush("simulation.dead", json.dumps({"reason": "undecodable", "job_id": "j1"}))
     (queue,) = read_dead_letters(settings, 5)
     assert (queue["queue"], queue["count"]) == ("simulation", 1)
+
+
+def test_the_monitors_raw_event_reader_follows_the_sentinel_master(group: SentinelGroup, app: Any):
+    url, pattern = event_source(app) or ("", "")
+    assert url == app.settings.broker_url and pattern.startswith("/0.celeryev")
+    assert master_url(url, app.settings) == f"redis://127.0.0.1:{group.master_port_now()}/0"
 
 
 def test_previews_are_stored_through_the_sentinel_masters_client(app: Any, master: redis.Redis):
