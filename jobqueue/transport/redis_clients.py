@@ -88,7 +88,7 @@ def redis_client(url: str, settings: Any, **kwargs: Any) -> redis.Redis:
     name = require_master_name(settings)
     timeouts: dict[str, Any] = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kwargs}
     sentinel = Sentinel(list(group.sentinels), sentinel_kwargs={**timeouts, **sentinel_kwargs(settings)},
-                        db=group.db, username=group.username, password=group.password, ssl=group.tls, **kwargs)
+                        db=group.db, username=group.username, password=group.password, **kwargs)
     client: redis.Redis = sentinel.master_for(name)
     return client
 
@@ -132,4 +132,4 @@ def master_url(url: str, settings: Any, timeout: float = 3.0) -> str:
     auth = ""
     if group.password is not None:
         auth = f"{quote(group.username or '', safe='')}:{quote(group.password, safe='')}@"
-    return f"{'rediss' if group.tls else 'redis'}://{auth}{host}:{port}/{group.db}"
+    return f"redis://{auth}{host}:{port}/{group.db}"

@@ -1,8 +1,9 @@
 """Which broker and result-backend URLs are Redis: the one rule every caller asks.
 
 kombu and Celery's Redis backend accept ``redis://``, ``rediss://`` (TLS) and
-``redis+socket://`` (a Unix socket) for one Redis server, and ``sentinel://`` (``sentinels://``
-with TLS) for a group watched by Redis Sentinel, in Celery's own form: one URL per sentinel,
+``redis+socket://`` (a Unix socket) for one Redis server, and ``sentinel://`` for a group
+watched by Redis Sentinel, in Celery's own form (TLS through ``broker_use_ssl`` /
+``redis_backend_use_ssl``, as Celery has it): one URL per sentinel,
 joined by ``;`` (``sentinel://h1:26379;sentinel://h2:26379/0``), the master's name in the
 transport options (``master_name``; ``JOBQUEUE_REDIS_MASTER_NAME``). Both are Redis: the lease,
 the result-backend listing, the orphan store and the 20-level priority transport work on
@@ -18,8 +19,8 @@ from jobqueue.errors import ConfigError
 
 #: URL prefixes of one Redis server.
 SERVER_SCHEMES = ("redis://", "rediss://", "redis+socket://")
-#: URL prefixes of a Redis Sentinel group (kombu's and Celery's spelling).
-SENTINEL_SCHEMES = ("sentinel://", "sentinels://")
+#: URL prefix of a Redis Sentinel group (kombu's and Celery's spelling).
+SENTINEL_SCHEMES = ("sentinel://",)
 #: URL prefixes of a Redis broker or result backend.
 REDIS_SCHEMES = SERVER_SCHEMES + SENTINEL_SCHEMES
 #: Port of a sentinel when its URL names none.
@@ -46,7 +47,6 @@ class SentinelGroup:
     db: int = 0
     username: str | None = None
     password: str | None = None
-    tls: bool = False
 
 
 def parse_sentinel_url(url: str) -> SentinelGroup:
@@ -77,4 +77,4 @@ def parse_sentinel_url(url: str) -> SentinelGroup:
             username, password = unquote(split.username or "") or None, unquote(split.password)
     if not sentinels:
         raise ConfigError(f"{url!r} names no sentinel")
-    return SentinelGroup(tuple(sentinels), db or 0, username, password, url.startswith("sentinels://"))
+    return SentinelGroup(tuple(sentinels), db or 0, username, password)

@@ -27,12 +27,12 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", ""})
 def broker_answers(url: str, timeout: float = 2.0, settings: Any = None) -> bool:
     """True when the broker at ``url`` (Redis, a Sentinel group's master with ``settings``
     naming it, or AMQP) accepts a connection now."""
-    if url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://", "sentinels://")):
+    if url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://")):
         import redis
 
         from jobqueue.transport.redis_clients import redis_client
 
-        if settings is None and url.startswith(("sentinel://", "sentinels://")):
+        if settings is None and url.startswith("sentinel://"):
             return False  # which master? Only settings say
         try:
             client = redis_client(url, settings, socket_connect_timeout=timeout, socket_timeout=timeout)

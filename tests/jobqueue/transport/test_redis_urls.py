@@ -12,7 +12,7 @@ def test_tcp_tls_and_unix_socket_redis_urls_are_redis():
 
 
 def test_a_sentinel_group_is_redis_too():
-    assert is_redis_url("sentinel://h1:26379/0;sentinel://h2:26379/0") and is_redis_url("sentinels://h:26379")
+    assert is_redis_url("sentinel://h1:26379/0;sentinel://h2:26379/0") and is_redis_url("sentinel://h:26379")
 
 
 def test_rabbitmq_and_non_strings_are_not_redis():

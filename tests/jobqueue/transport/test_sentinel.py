@@ -44,7 +44,7 @@ pytestmark = pytest.mark.timeout(240)
 
 # -- no server needed --------------------------------------------------------------------------
 def test_a_sentinel_url_is_redis_and_names_each_sentinel_with_the_masters_database():
-    url = "sentinel://:s3cret@h1:26380/2;sentinel://h2;sentinels://h3:26381"
+    url = "sentinel://:s3cret@h1:26380/2;sentinel://h2;sentinel://h3:26381"
     assert is_redis_url(url) and is_sentinel_url(url) and not is_sentinel_url("redis://h:6379/0")
     group = parse_sentinel_url(url)
     assert group.sentinels == (("h1", 26380), ("h2", 26379), ("h3", 26381))
