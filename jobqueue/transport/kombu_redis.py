@@ -30,7 +30,8 @@ tests/jobqueue/worker/test_poison.py.
    commands kombu would send for a message and sends them with a Redis ``WAIT`` in one
    pipeline (see :mod:`jobqueue.transport.replication`).
 6. ``Channel._q_for_pri`` and ``_get_message_priority`` (kombu's key of a message's priority
-   list), to put back an item popped just before the broker went away (its QoS write failed).
+   list) and ``QoS._delivered`` (the tags kombu recorded as unacked), to put back an item
+   popped just before the broker went away (its QoS write failed, so no one else holds it).
 
 :class:`SentinelTransport` is the same channel on a Sentinel group's master (kombu's
 ``SentinelChannel`` finds the master; ``sentinel://`` brokers).
@@ -197,8 +198,10 @@ class Channel(kombu_redis.Channel):
         try:
             self_.connection._deliver(payload, dest)
         except self_.connection_errors:
-            threading.Thread(target=self._give_back, args=(dest, item), daemon=True,
-                             name="jobqueue-give-back").start()
+            tag = ((payload or {}).get("properties") or {}).get("delivery_tag") if isinstance(payload, dict) else None
+            if tag is None or tag not in self_.qos._delivered:  # kombu's QoS never recorded it
+                threading.Thread(target=self._give_back, args=(dest, item), daemon=True,
+                                 name="jobqueue-give-back").start()
             raise
 
     def _give_back(self, dest: str, item: bytes | str, patience: float = GIVE_BACK_PATIENCE) -> bool:

@@ -34,3 +34,23 @@ def test_a_popped_message_whose_delivery_failed_goes_back_to_the_head_of_its_que
                                                                         reverse=False))
     wait_for(lambda: redis_client.lrange(key, -1, -1) == [item], 10, what="the item to come back")
     connection.release()
+
+
+def test_a_message_kombu_recorded_as_unacked_is_not_given_back_twice(redis_url: str) -> None:
+    # Given our channel whose QoS recorded the delivery (the unacked set holds it) before it failed
+    connection = Connection(redis_url, transport=Transport)
+    channel: Any = connection.channel()
+    given_back: list[Any] = []
+    channel._give_back = lambda *args: given_back.append(args)
+    channel.qos._delivered["t1"] = object()
+
+    def broken(payload: Any, queue: str) -> None:
+        raise redis.ConnectionError("the broker went away")
+
+    channel.connection._deliver = broken
+    # When its delivery fails
+    with pytest.raises(redis.ConnectionError):
+        channel._deliver_or_give_back({"properties": {"delivery_tag": "t1"}}, "simulation", b"{}")
+    # Then nothing is put back: the visibility timeout (and the lease) already cover it
+    assert given_back == []
+    connection.release()
