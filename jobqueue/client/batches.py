@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobqueue.client.jobs import JobHandle, default_app, prepare_job
+from jobqueue.client.replicas import replicate_records
 from jobqueue.errors import SubmitError
 from jobqueue.shared import queued
 from jobqueue.shared.fairshare import note_queues
@@ -125,6 +126,7 @@ def submit_batch(
     queued.admit(app, {service: ids}, tenant=tenant)  # all or none: QueueFull, QuotaExceeded
     record_submitted(app, ids)
     note_queues(app, [send_options["queue"] for _, send_options in messages])
+    replicate_records(app, f"the submit records of {len(ids)} batch jobs")
     for sent, (kwargs, send_options) in enumerate(messages):
         try:
             app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)

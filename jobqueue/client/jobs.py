@@ -20,7 +20,9 @@ from typing import Any
 
 from celery import states as celery_states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
+from redis.sentinel import MasterNotFoundError
 
+from jobqueue.client.replicas import replicate_records
 from jobqueue.client.waiting import job_waiting_for, queue_remember
 from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import (
@@ -46,6 +48,7 @@ from jobqueue.shared.summary import summarize_payload
 from jobqueue.shared.tenants import check_tenant
 from jobqueue.shared.webhooks import check_webhook_url
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
+from jobqueue.transport.redis_clients import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -440,6 +443,7 @@ def _record(app: Any, job_id: str, service: str, req: Requirements, tenant: str 
         raise results[0]
     if any(isinstance(r, Exception) for r in results[1:]):  # the job is sent anyway
         log.warning("could not record the requirements or queue place of job %s: %s", job_id, results[1:])
+    replicate_records(app, f"the submit record of job {job_id}", job_id)
 
 
 def submit_job(
@@ -486,8 +490,11 @@ def submit_job(
         requires=requires, secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
         fair_share=app.settings.fair_share,
     )
-    _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")),
-            kwargs["options"].get("tenant"), send_options["queue"])
+    try:
+        _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")),
+                kwargs["options"].get("tenant"), send_options["queue"])
+    except MasterNotFoundError as exc:  # nothing sent: say which sentinels and master
+        raise unreachable(app.settings.result_backend, app.settings, exc) from exc
     try:
         sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
     except Exception:  # never sent: its place in the queue is free again

@@ -169,7 +169,8 @@ def jobs() -> Any:
         state=states or None, service=request.args.get("service") or None,
         worker=request.args.get("worker") or None, machine=request.args.get("machine") or None,
         since=_float_arg("since"), until=_float_arg("until"), q=request.args.get("q") or None,
-        workflow=request.args.get("workflow") or None, limit=limit, offset=offset,
+        workflow=request.args.get("workflow") or None, name=request.args.get("name") or None,
+        queue=request.args.get("queue") or None, limit=limit, offset=offset,
         sort=sort, descending=order == "desc",
     )
     _annotate_queued(found)
@@ -183,6 +184,16 @@ def job(job_id: str) -> Any:
     if found is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     _annotate_queued([found])
+    return jsonify(found)
+
+
+@route(bp, "/api/jobs/<job_id>/canvas", role=Role.VIEWER, summary="The chain, group or chord a task belongs to",
+       response=schemas.CANVAS, errors=(404,))
+def canvas(job_id: str) -> Any:
+    """Every task of the canvas ``job_id`` belongs to, from its root, each with its parent."""
+    found = ctx().store.canvas(job_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
     return jsonify(found)
 
 

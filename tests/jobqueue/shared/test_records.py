@@ -29,6 +29,7 @@ PINNED = [
     (records.tenant_queued_key, ("acme",), "jobqueue-tenant-queued-acme"),
     (records.tenant_running_key, ("acme",), "jobqueue-tenant-running-acme"),
     (records.tenant_queues_key, (), "jobqueue-tenant-queues"),
+    (records.replication_fence_key, (), "jobqueue-replication-fence"),
     (records.dead_letter_key, ("simulation",), "simulation.dead"),
 ]
 

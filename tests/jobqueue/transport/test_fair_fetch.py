@@ -1,4 +1,4 @@
-"""The Redis channel fetches in the fair-share order (private touchpoint 5 of
+"""The Redis channel fetches in the fair-share order (private touchpoint 7 of
 ``jobqueue/transport/kombu_redis.py``): a real kombu connection on the test's Redis, messages in
 tenant queues, one BRPOP per message."""
 
