@@ -14,8 +14,6 @@ import re
 import socket
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -50,42 +48,8 @@ def _parse_map(value: str, variable: str = "JOBQUEUE_COMFYUI_URLS") -> dict[str,
     return result
 
 
-@dataclass(frozen=True)
-class TenantQuota:
-    """One tenant's limits and share (``JOBQUEUE_TENANT_QUOTAS``): most jobs queued and running
-    at once (None: unbounded), and its weight in the fair-share turns (jobs in a row per turn)."""
-
-    queued: int | None = None
-    running: int | None = None
-    weight: int = 1
-
-
-#: The words of a ``JOBQUEUE_TENANT_QUOTAS`` entry.
-_QUOTA_WORDS = ("queued", "running", "weight")
-
-
-@lru_cache(maxsize=16)
-def parse_tenant_quotas(value: str) -> dict[str, TenantQuota]:
-    """Parse ``acme=queued:100,running:4,weight:2;*=queued:1000`` (``*``: every other tenant);
-    raise :class:`ConfigError` naming the part that is wrong. Cached: read at every submit."""
-    quotas: dict[str, TenantQuota] = {}
-    for entry in (e.strip() for e in value.split(";")):
-        if not entry:
-            continue
-        tenant, sep, rest = entry.partition("=")
-        tenant = tenant.strip()
-        if not sep or not tenant or tenant in quotas:
-            raise ConfigError(f"JOBQUEUE_TENANT_QUOTAS: expected tenant=queued:N,running:N,weight:N once "
-                              f"per tenant, got {entry!r}")
-        fields: dict[str, int] = {}
-        for part in _split(rest):
-            word, _, number = part.partition(":")
-            if word.strip() not in _QUOTA_WORDS or not (number.strip().isascii() and number.strip().isdigit()) or int(number) < 1:
-                raise ConfigError(f"JOBQUEUE_TENANT_QUOTAS: {tenant}: expected queued:N, running:N or "
-                                  f"weight:N with N >= 1, got {part!r}")
-            fields[word.strip()] = int(number)
-        quotas[tenant] = TenantQuota(**fields)
-    return quotas
+#: One ``JOBQUEUE_TENANT_QUOTAS`` entry, ``tenant=queued:N,running:N,weight:N`` (jobqueue.shared.tenants).
+_QUOTA_ENTRY = re.compile(r"[^=;\s]+\s*=\s*(?:(?:queued|running|weight):[1-9][0-9]*\s*(?:,\s*|$))+")
 
 
 def default_result_backend(broker_url: str) -> str:
@@ -305,12 +269,9 @@ class Settings(BaseSettings):
     max_queued: int | None = None
     #: Per-service caps over ``max_queued``: ``comfyui=50,a1111=20``.
     max_queued_by_service: Mapping[str, int] = Field(default_factory=dict)
-    #: Per-tenant quotas and fair-share weights, ``acme=queued:100,running:4,weight:2;*=queued:1000``
-    #: (``*``: every tenant not named; unset: no limit, weight 1). Over ``queued``, a submit raises
-    #: ``QuotaExceeded`` (HTTP 429); a job over ``running`` waits in its queue.
+    #: Per-tenant quotas and fair-share weights: ``acme=queued:100,running:4,weight:2;*=queued:1000``.
     tenant_quotas: str = ""
-    #: Tenants' jobs wait in per-tenant queues that workers take from in weighted turns (off:
-    #: one queue per service, first in first out within a priority).
+    #: Tenants' jobs wait in their own queues, taken in weighted turns (off: FIFO per service).
     fair_share: bool = True
     #: A worker exits (warm shutdown, code 0) after this many seconds with no job running or
     #: reserved (0: never): scale to zero.
@@ -472,14 +433,11 @@ class Settings(BaseSettings):
             raise ConfigError(f"JOBQUEUE_MAX_QUEUED_BY_SERVICE caps must be >= 1, got {bad}")
         if self.exit_when_idle < 0:
             raise ConfigError(f"JOBQUEUE_EXIT_WHEN_IDLE must be >= 0 (0: never), got {self.exit_when_idle}")
-        parse_tenant_quotas(self.tenant_quotas)  # now: a malformed value is refused at start
-
-    def quota_for(self, tenant: str | None) -> TenantQuota:
-        """``tenant``'s quota and weight (its own entry, else ``*``'s; no tenant: no limit)."""
-        if tenant is None:
-            return TenantQuota()
-        quotas = parse_tenant_quotas(self.tenant_quotas)
-        return quotas.get(tenant) or quotas.get("*") or TenantQuota()
+        entries = [e.strip() for e in self.tenant_quotas.split(";") if e.strip()]
+        names = [e.partition("=")[0].strip() for e in entries]
+        if not all(_QUOTA_ENTRY.fullmatch(e) for e in entries) or len(set(names)) < len(names):
+            raise ConfigError("JOBQUEUE_TENANT_QUOTAS: expected tenant=queued:N,running:N,weight:N (N >= 1), "
+                              f"entries split by ';', one per tenant, got {self.tenant_quotas!r}")
 
     def max_queued_for(self, service: str) -> int | None:
         """The cap of ``service``'s queued jobs (None: unbounded)."""

@@ -46,7 +46,7 @@ def split_tenant_queue(name: str) -> tuple[str | None, str]:
     return (tenant, base) if sep and tenant and base else (None, name)
 
 
-def route_for_tenant(queue: str, tenant: str | None, *, fair_share: bool) -> str:
+def route_for_tenant(queue: str, tenant: str | None, fair_share: bool) -> str:
     """Where a job routed to ``queue`` goes: its tenant's queue under fair share, else ``queue``."""
     return tenant_queue(queue, tenant) if fair_share and tenant is not None else queue
 

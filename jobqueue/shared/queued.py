@@ -41,6 +41,7 @@ from typing import Any
 from jobqueue.errors import ConfigError, QueueFull, QuotaExceeded
 from jobqueue.shared.fairshare import known_tenants
 from jobqueue.shared.records import queued_key, result_client, tenant_queued_key
+from jobqueue.shared.tenants import quota_for
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def is_capped(app: Any, service: str, tenant: str | None) -> bool:
     """True when a job of ``service`` and ``tenant`` must be admitted (:func:`admit`): its
     service has a cap or its tenant a quota of queued jobs."""
     settings = app.settings
-    return settings.max_queued_for(service) is not None or settings.quota_for(tenant).queued is not None
+    return settings.max_queued_for(service) is not None or quota_for(settings, tenant).queued is not None
 
 
 def queue_add(pipe: Any, service: str, job_ids: Iterable[str], expires: int, now: float | None = None,
@@ -95,7 +96,7 @@ def admit(app: Any, jobs: Mapping[str, list[str]], now: float | None = None, *, 
     """
     client = result_client(app)
     caps = caps_of(app, jobs)
-    quota = app.settings.quota_for(tenant).queued
+    quota = quota_for(app.settings, tenant).queued
     if client is None:
         if caps or quota is not None:
             raise ConfigError("JOBQUEUE_MAX_QUEUED and tenants' queued quotas need a Redis result backend")

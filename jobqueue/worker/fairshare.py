@@ -25,6 +25,7 @@ from celery import bootsteps
 
 from jobqueue.shared.fairshare import FairOrder, known_queues, split_tenant_queue
 from jobqueue.shared.records import result_client
+from jobqueue.shared.tenants import quota_for
 from jobqueue.transport.kombu_redis import set_fair_order
 from jobqueue.worker.gate import can_take_messages
 from jobqueue.worker.loop import IntervalLoop
@@ -107,7 +108,7 @@ class FairShareStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
         super().__init__(c, **kwargs)
         app = c.app
         settings = app.settings
-        self.order = FairOrder(lambda tenant: settings.quota_for(tenant).weight)
+        self.order = FairOrder(lambda tenant: quota_for(settings, tenant).weight)
         expires = int(app.conf.result_expires or 86400)
 
         def read() -> list[str]:

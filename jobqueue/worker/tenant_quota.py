@@ -28,6 +28,7 @@ from celery import bootsteps
 from jobqueue.shared import running
 from jobqueue.shared.queued import job_tenant
 from jobqueue.shared.records import result_client
+from jobqueue.shared.tenants import quota_for
 from jobqueue.worker.handback import lacking
 from jobqueue.worker.loop import IntervalLoop
 
@@ -121,7 +122,7 @@ def with_running_quota(strategy: Any) -> Any:
 
         def task_message_handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
             job_id, tenant = _message_job(message)
-            quota = app.settings.quota_for(tenant).running if tenant is not None else None
+            quota = quota_for(app.settings, tenant).running if tenant is not None else None
             if quota is None or job_id is None or tenant is None or lacking(app, message):
                 return handler(message, body, ack, reject, callbacks, **kw)
             if claims_of(app).claim(tenant, job_id, quota):

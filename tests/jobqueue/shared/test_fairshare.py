@@ -8,6 +8,7 @@ import pytest
 from jobqueue.config import Settings
 from jobqueue.errors import ConfigError
 from jobqueue.shared.fairshare import FairOrder, route_for_tenant, split_tenant_queue, tenant_queue
+from jobqueue.shared.tenants import TenantQuota, quota_for
 
 
 def take(order: FairOrder, queues: list[str], backlog: dict[str, int], n: int) -> list[str]:
@@ -84,11 +85,10 @@ def test_a_tenant_queue_whose_base_is_not_consumed_is_left_out_and_others_keep_t
 
 def test_tenant_quotas_are_read_from_one_setting_with_a_default_entry():
     settings = Settings.from_env({"JOBQUEUE_TENANT_QUOTAS": "acme=queued:100,running:4,weight:2; *=queued:1000"})
-    assert (settings.quota_for("acme").queued, settings.quota_for("acme").running, settings.quota_for("acme").weight) \
-        == (100, 4, 2)
-    assert (settings.quota_for("other").queued, settings.quota_for("other").running) == (1000, None)
-    assert settings.quota_for(None).queued is None and settings.quota_for("x").weight == 1
-    assert Settings.from_env({}).quota_for("acme").queued is None
+    assert quota_for(settings, "acme") == TenantQuota(queued=100, running=4, weight=2)
+    assert quota_for(settings, "other") == TenantQuota(queued=1000)
+    assert quota_for(settings, None) == TenantQuota() and quota_for(settings, "x").weight == 1
+    assert quota_for(Settings.from_env({}), "acme").queued is None
 
 
 @pytest.mark.parametrize("bad", ["acme", "acme=queued:0", "acme=queued:x", "acme=speed:3", "acme=queued:1;acme=running:1",
