@@ -141,6 +141,7 @@ const JQ = (function () {
           authenticated: !!res.data.authenticated,
           role: res.data.role || null,
           subject: res.data.subject || null,
+          tenant: res.data.tenant || null,
           session: !!res.data.session,
           known: true,
         };
