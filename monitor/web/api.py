@@ -95,11 +95,17 @@ def state_snapshot(finished_limit: int = 200, tenant: str | None = None) -> dict
     caller confined to ``tenant`` sees it (:mod:`monitor.web.tenancy`)."""
     c = ctx()
     snapshot = c.store.snapshot(finished_limit=finished_limit, tenant=tenant)
+    if tenant is not None:  # its queued jobs' places are those among every queued job
+        placed = {e["id"]: e for e in queue_estimates(time.time())}
+        for job in snapshot["jobs"]:
+            if job["id"] in placed:
+                job.update(queue_position=placed[job["id"]]["queue_position"], eta_seconds=placed[job["id"]].get("eta_seconds"))
+        snapshot["workers"] = redact_workers(snapshot["workers"], tenant)
+        return dict(snapshot)
     medians = {s["service"]: s["median"] for s in snapshot["services"]}
     running = {j["id"]: j for j in snapshot["jobs"] if j["status"] == JobStatus.PROCESSING}
     annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]),
              busy_until(snapshot["workers"], running, medians))
-    snapshot["workers"] = redact_workers(snapshot["workers"], tenant)
     result: dict[str, Any] = snapshot
     return result
 

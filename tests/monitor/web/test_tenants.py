@@ -92,6 +92,10 @@ def test_a_tenant_sees_only_its_own_jobs_and_counts_while_admins_see_all(fleet):
     # And globex's key sees only globex's
     assert [j["id"] for j in get(m, "/api/jobs", fleet.globex).json()["jobs"]] == fleet.globex_jobs
     assert set(get(m, "/api/estimates", fleet.globex).json()["jobs"]) == set(fleet.globex_jobs)
+    # And its queued job's place counts the jobs ahead of it, whoever's (acme's two), in the
+    # snapshot as in the estimates
+    place = get(m, "/api/estimates", fleet.globex).json()["jobs"][fleet.globex_jobs[0]]["position"]
+    assert place == 3 and [j["queue_position"] for j in get(m, "/api/state", fleet.globex).json()["jobs"]] == [3]
     # While the admin sees every job with its tenant, and filters by tenant
     everything = {j["id"]: j["tenant"] for j in get(m, "/api/jobs", ADMIN).json()["jobs"]}
     assert everything == {**dict.fromkeys(fleet.acme_jobs, "acme"), **dict.fromkeys(fleet.globex_jobs, "globex"),
