@@ -227,6 +227,36 @@ def test_a_fresh_store_is_built_by_the_migrations_and_matches_the_models(store_u
         store.close()
 
 
+def test_a_store_before_tenants_gets_each_jobs_tenant_from_its_stored_options(store_url):
+    from alembic import command
+
+    from monitor.store.migrate import alembic_config
+
+    # Given a store at revision 0002 (before jobs had a tenant column) holding jobs whose stored
+    # options name a tenant, a bad name, and none
+    Store(store_url).close()
+    engine = create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0002")
+        with engine.begin() as conn:
+            for job_id, meta in (("a", {"tenant": "acme"}), ("b", {"tenant": "no such name!"}), ("c", {}),
+                                 ("d", None)):
+                conn.execute(text("INSERT INTO jobs (id, status, attempt, n_events, seq, meta) "
+                                  "VALUES (:id, 'completed', 0, 0, 0, :meta)"),
+                             {"id": job_id, "meta": None if meta is None else json.dumps(meta)})
+    finally:
+        engine.dispose()
+    # When a monitor of today opens it
+    store = Store(store_url)
+    try:
+        # Then each job's tenant is its options' valid one, and the schema is the models'
+        assert store.job_tenants(["a", "b", "c", "d"]) == {"a": "acme", "b": None, "c": None, "d": None}
+        assert revision_of(store_url) == head() and differences(store) == []
+    finally:
+        store.close()
+
+
 def test_two_monitors_that_start_together_on_one_store_migrate_it_once(store_url):
     # Given four monitors opening one empty store at the same moment
     barrier = threading.Barrier(4)
