@@ -164,6 +164,10 @@ class ExecutionFailed(ConnectorError):
     """The service ran the job and reported an error (bad workflow, node failure...)."""
 
 
+class InputImageFailed(ExecutionFailed):
+    """An input image of the job could not be fetched, decoded or uploaded; the message says which and why."""
+
+
 class InvalidRequirementError(SubmitError):
     """The job's ``requires`` (models, VRAM, tags) is malformed: no worker could ever run it."""
 

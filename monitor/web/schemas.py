@@ -77,6 +77,10 @@ ESTIMATES = obj({"at": NUM, "jobs": {"type": "object", "additionalProperties": o
     {"position": INT, "wait": nullable("number")})}})
 WAITING = obj({"waiting": {"type": "object", "additionalProperties": STR}})
 QUEUES = obj({"queues": {"type": "array", "items": obj({"name": STR, "depth": INT})}})
+BROKER = obj({"transport": STR, "queues": {"type": "array", "items": obj({
+    "name": STR, "depth": INT, "levels": {"type": "object", "additionalProperties": INT},
+    "consumers": INT, "workers": {"type": "array", "items": STR}})}})
+PURGED = obj({"queue": STR, "removed": INT, "jobs_cancelled": INT, "tasks": {"type": "array", "items": STR}})
 STATS = obj({"services": OBJECT, "history": ANY, "queues": OBJECT})
 WORKFLOW = obj({"steps": {"type": "array", "items": JOB}})
 DEAD_LETTERS = obj({"total": INT, "queues": ARRAY, "supported": BOOL})
