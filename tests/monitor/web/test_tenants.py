@@ -17,6 +17,10 @@ from jobqueue.config import Settings
 from monitor.app import create_app
 from monitor.web.routes import collect
 from tests.helpers import wait_for
+from tests.monitor.web import sso_providers
+
+provider = sso_providers.provider
+oidc_monitor = sso_providers.oidc_monitor
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -246,3 +250,32 @@ def test_a_monitor_started_late_shows_each_job_with_its_tenant_and_serves_its_fi
     assert get(late, f"/jobs/{acme.id}/files/out.png", acme_key).status_code == 200
     assert get(late, f"/jobs/{acme.id}/files/out.png", ADMIN).status_code == 200
     assert get(late, f"/jobs/{acme.id}/files/out.png", globex_key).status_code == 404
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the mock provider uses old Authlib APIs
+def test_a_user_mapped_to_a_tenant_by_single_sign_on_sees_only_that_tenants_jobs(oidc_monitor, provider):
+    from tests.monitor.web.test_sso_http import sso_login
+
+    # Given a monitor with OIDC single sign-on (acme.test users: tenant acme-default), and jobs
+    # the admin submitted for acme-default and for beta
+    monitor = oidc_monitor()
+    sso_admin = {"Authorization": f"Bearer {sso_providers.TOKEN}"}
+    ours = requests.post(f"{monitor.url}/api/jobs", json={**QUEUED, "tenant": "acme-default"}, headers=sso_admin,
+                         timeout=10).json()["jobs"][0]["id"]
+    theirs = requests.post(f"{monitor.url}/api/jobs", json={**QUEUED, "tenant": "beta"}, headers=sso_admin,
+                           timeout=10).json()["jobs"][0]["id"]
+    for job_id in (ours, theirs):
+        wait_for(lambda j=job_id: get(monitor, f"/api/jobs/{j}", sso_admin).status_code == 200, 20,
+                 what=f"the monitor to hold job {job_id}")
+    # When alice signs on
+    alice, res = sso_login(monitor, "alice")
+    assert res.status_code == 302
+    # Then her session lists acme-default's job only, and beta's is a 404 for her
+    listed = alice.get(f"{monitor.url}/api/jobs", timeout=10).json()
+    assert [j["id"] for j in listed["jobs"]] == [ours] and listed["total"] == 1
+    assert alice.get(f"{monitor.url}/api/jobs/{theirs}", timeout=10).status_code == 404
+    assert alice.get(f"{monitor.url}/api/jobs/{ours}", timeout=10).json()["tenant"] == "acme-default"
+    # While root, an admin (of tenant acme), sees both
+    root, _ = sso_login(monitor, "root")
+    assert {j["id"] for j in root.get(f"{monitor.url}/api/jobs", timeout=10).json()["jobs"]} == {ours, theirs}
