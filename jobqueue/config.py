@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from jobqueue.errors import ConfigError
-from jobqueue.transport.redis_urls import is_redis_url
+from jobqueue.transport.redis_urls import is_redis_url, is_sentinel_url
 
 #: Every setting's environment variable is this prefix + the field name in capitals.
 ENV_PREFIX = "JOBQUEUE_"
@@ -175,6 +175,14 @@ class Settings(BaseSettings):
     #: How often (s) long-lived Redis connections check their peer (PING, TCP keepalive); a
     #: dead peer is noticed, and the connection replaced, within about twice this.
     redis_health_interval: float = 10.0
+    #: Name of the Redis master a ``sentinel://`` broker and result backend follow (Celery's
+    #: ``master_name`` transport option); empty: the one in the JOBQUEUE_CELERY_CONFIG module.
+    redis_master_name: str = ""
+    #: Replicas a job's message and records must reach before ``submit_job()`` returns, and a
+    #: job's final state before its message is acked (Redis WAIT); unset: 1 on Sentinel, else 0.
+    redis_wait_replicas: int | None = None
+    #: Seconds a write waits for those replicas before failing with NotReplicated.
+    redis_wait_timeout: float = 2.0
     #: Origins besides the monitor's own that may send controls (e.g. a reverse proxy's
     #: public https://monitor.example); everything else cross-site is refused.
     monitor_allowed_origins: tuple[str, ...] = ()
@@ -360,7 +368,7 @@ class Settings(BaseSettings):
         """Raise :class:`ConfigError` for values that would break the system quietly."""
         for name in ("visibility_timeout", "lease_interval", "health_interval", "status_beat",
                      "stall_timeout", "job_timeout", "heartbeat_interval", "comfyui_node_timeout",
-                     "a1111_node_timeout", "redis_health_interval"):
+                     "a1111_node_timeout", "redis_health_interval", "redis_wait_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"JOBQUEUE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
         # A lease renewed less often than the timeout lets a live job be handed out twice.
@@ -369,8 +377,9 @@ class Settings(BaseSettings):
                 f"JOBQUEUE_LEASE_INTERVAL ({self.lease_interval}) must be at most half of "
                 f"JOBQUEUE_VISIBILITY_TIMEOUT ({self.visibility_timeout})"
             )
-        if self.max_retries < 0:
-            raise ConfigError(f"JOBQUEUE_MAX_RETRIES must be >= 0, got {self.max_retries}")
+        if self.max_retries < 0 or (self.redis_wait_replicas or 0) < 0:
+            raise ConfigError("JOBQUEUE_MAX_RETRIES and JOBQUEUE_REDIS_WAIT_REPLICAS must be >= 0, got "
+                              f"{self.max_retries} and {self.redis_wait_replicas}")
         if self.gpu is not None and self.gpu < 0:
             raise ConfigError(f"JOBQUEUE_GPU must be >= 0, got {self.gpu}")
         if not self.monitor_session_seconds > 0 or not self.monitor_audit_keep_days > 0:
@@ -433,6 +442,14 @@ class Settings(BaseSettings):
     def is_redis(self) -> bool:
         """True when the broker is Redis (lease and restore apply only there)."""
         return is_redis_url(self.broker_url)
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas a write waits for (``redis_wait_replicas``; unset: 1 when the broker or
+        the result backend is a Sentinel group, else 0)."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if is_sentinel_url(self.broker_url) or is_sentinel_url(self.result_backend) else 0
 
 
 class EnvironSource(PydanticBaseSettingsSource):

@@ -176,6 +176,23 @@ class MessageDiscarded(JobqueueError):
     """The job's broker message could not be decoded; the worker moved it to ``<queue>.dead``."""
 
 
+class SentinelUnreachable(JobqueueError):
+    """No Redis Sentinel of a ``sentinel://`` URL answered, or none of them knows the master."""
+
+
+class NotReplicated(JobqueueError):
+    """A write reached the Redis master but fewer replicas than asked confirmed it in time
+    (``JOBQUEUE_REDIS_WAIT_REPLICAS`` / ``_TIMEOUT``): it is lost if the master fails now.
+
+    A job's message was queued all the same (``job_id`` says which): it will run unless the
+    master fails before replicating it; read its state rather than submitting it again."""
+
+    def __init__(self, message: str, *, job_id: str | None = None, replicas: int = 0) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.replicas = replicas
+
+
 def error_info(error: Any) -> dict[str, Any]:
     """``{"type", "message", "details"}`` of a job's error, in whichever form it reaches us.
 

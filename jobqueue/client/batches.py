@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobqueue.client.jobs import JobHandle, default_app, prepare_job
+from jobqueue.client.replicas import replicate_records
 from jobqueue.errors import SubmitError
 from jobqueue.shared import queued
 from jobqueue.shared.names import RUN_JOB_TASK
@@ -123,6 +124,7 @@ def submit_batch(
     ids = [send_options["task_id"] for _, send_options in messages]
     queued.admit(app, {service: ids})  # all or none: QueueFull over the service's cap
     record_submitted(app, ids)
+    replicate_records(app, f"the submit records of {len(ids)} batch jobs")
     for sent, (kwargs, send_options) in enumerate(messages):
         try:
             app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)

@@ -20,7 +20,9 @@ from typing import Any
 
 from celery import states as celery_states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
+from redis.sentinel import MasterNotFoundError
 
+from jobqueue.client.replicas import replicate_records
 from jobqueue.client.waiting import job_waiting_for, queue_remember
 from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import (
@@ -45,6 +47,7 @@ from jobqueue.shared.summary import summarize_payload
 from jobqueue.shared.tenants import check_tenant
 from jobqueue.shared.webhooks import check_webhook_url
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
+from jobqueue.transport.redis_clients import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -434,6 +437,7 @@ def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
         raise results[0]
     if any(isinstance(r, Exception) for r in results[1:]):  # the job is sent anyway
         log.warning("could not record the requirements or queue place of job %s: %s", job_id, results[1:])
+    replicate_records(app, f"the submit record of job {job_id}", job_id)
 
 
 def submit_job(
@@ -479,7 +483,10 @@ def submit_job(
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
         requires=requires, secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
     )
-    _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
+    try:
+        _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
+    except MasterNotFoundError as exc:  # nothing sent: say which sentinels and master
+        raise unreachable(app.settings.result_backend, app.settings, exc) from exc
     try:
         sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
     except Exception:  # never sent: its place in the queue is free again

@@ -36,6 +36,7 @@ from typing import Any
 from celery import chain
 
 from jobqueue.client.jobs import JobHandle, cancel_later_steps, default_app, prepare_job
+from jobqueue.client.replicas import replicate_records
 from jobqueue.errors import (
     JobFailed,
     SubmitError,
@@ -128,6 +129,7 @@ def submit_workflow(
         for step_id in step_ids:
             setter(workflow_step_key(step_id), workflow_id)
     record_submitted(app, step_ids)  # later steps are sent by workers, but queued from now on
+    replicate_records(app, f"the records of workflow {workflow_id}")
     # ``ignore_result=False`` spelled out: a client app does not register the job task (a worker
     # does), and the first message of a chain of an unregistered task would leave that header
     # empty; the message stays the one a registered task sends (rolling upgrades compare them).

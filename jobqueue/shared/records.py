@@ -31,7 +31,7 @@ from typing import Any
 
 __all__ = [
     "DEAD_SUFFIX", "attempts_key", "dead_letter_key", "facts_key", "orphan_book_key", "preview_key", "queued_key",
-    "requires_key", "result_client", "retry_key", "submitted_key", "webhook_attempts_key", "webhook_delivered_key",
+    "replication_fence_key", "requires_key", "result_client", "retry_key", "submitted_key", "webhook_attempts_key", "webhook_delivered_key",
     "workflow_key", "workflow_step_key",
 ]
 
@@ -106,6 +106,12 @@ def orphan_book_key(worker: str, service: str) -> str:
     """Hash of the prompts ``worker``'s ``service`` connector left behind
     (:mod:`jobqueue.connectors.orphans`)."""
     return f"jobqueue-orphans-{worker}-{service}"
+
+
+def replication_fence_key() -> str:
+    """A key every writer sets just before a Redis ``WAIT`` that must cover writes made on
+    another connection (:mod:`jobqueue.transport.replication`): its value means nothing."""
+    return "jobqueue-replication-fence"
 
 
 # -- the broker --------------------------------------------------------------------------------

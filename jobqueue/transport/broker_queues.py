@@ -73,9 +73,9 @@ class Removed:
 
 
 def _redis(app: Any) -> Any:
-    import redis
+    from jobqueue.transport.redis_clients import redis_client
 
-    return redis.Redis.from_url(app.settings.broker_url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    return redis_client(app.settings.broker_url, app.settings, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
 
 
 def _bound_queues(client: Any, prefix: str) -> set[str]:

@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
 from jobqueue.transport.internals import buffer_event_group, unacked_index_key
+from jobqueue.transport.redis_clients import redis_client
 from jobqueue.transport.redis_health import redis_kwargs
 from jobqueue.transport.redis_urls import is_redis_url
 from jobqueue.worker.capabilities import CapabilityGate, desired_queues
@@ -85,8 +85,8 @@ class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is u
         self.reporter = StatusReporter(identity, beat_interval=settings.status_beat, window=STATUS_WINDOW)
         self.runtime = WorkerRuntime(settings, identity, reporter=self.reporter)
         if is_redis_url(settings.result_backend):
-            self.runtime.keep_orphans_in(redis.Redis.from_url(settings.result_backend, socket_timeout=5,
-                                                              socket_connect_timeout=5))
+            self.runtime.keep_orphans_in(redis_client(settings.result_backend, settings, socket_timeout=5,
+                                                        socket_connect_timeout=5))
         self.health = HealthLoop(self.runtime.check_health, interval=settings.health_interval)
         worker.app.runtime = self.runtime
 
@@ -268,7 +268,7 @@ class LeaseStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is unt
         # keepalive and PING notice a dead peer (jobqueue.transport.redis_health).
         timeout = min(5.0, max(1.0, settings.lease_interval))
         options = {**redis_kwargs(settings.redis_health_interval), "socket_timeout": timeout}
-        client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=timeout, **options)
+        client = redis_client(settings.broker_url, settings, socket_connect_timeout=timeout, **options)
         app = worker.app
 
         def tags() -> list[str]:

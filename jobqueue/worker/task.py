@@ -89,6 +89,8 @@ def _begin(task: Any, runtime: WorkerRuntime, service: str, payload: dict[str, A
     early = take_early_start(app, request.id)
     meta = early.meta if early is not None else job_meta(service, payload, options, app.settings.secret_keys_pattern)
     attempt = begin_attempt(task, meta, runtime, time.time(), early)
+    if attempt.ended:  # already succeeded (see begin_attempt): acked, nothing stored
+        raise Ignore()
     if attempt.cancelled:
         # Cancelled while queued, before any worker knew: never run it. Celery stored
         # STARTED over the client's REVOKED record just before this body: put the client's

@@ -10,7 +10,7 @@ import time
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from jobqueue.states import FINAL_STATUSES, JobStatus, workflow_status
@@ -34,6 +34,13 @@ from monitor.store.statuses import (
     ON_WORKER_STATUSES,
     OPEN_STATUSES,
 )
+
+#: Most child ids one job lists.
+MAX_CHILDREN = 1000
+#: Most tasks one canvas shows, and what it shows of each.
+MAX_CANVAS = 500
+CANVAS_FIELDS = ("id", "name", "service", "status", "parent_id", "root_id", "group_id", "worker", "submitted_at",
+                 "started_at", "finished_at", "runtime", "scheduled", "seq")
 
 
 class StoreQueries:
@@ -115,12 +122,17 @@ class StoreQueries:
             return worker_dict(w, conns, time.time() if now is None else now)
 
     def job(self, job_id: str, with_events: bool = True) -> dict[str, Any] | None:
+        """One job with its meta, the ids of the tasks it started (``children``: tasks whose
+        parent it is, at most :data:`MAX_CHILDREN`) and, ``with_events``, its timeline."""
         with self.read() as session:
             j = session.get(JobRow, job_id)
             if j is None:
                 return None
             data = job_dict(j)
             data["meta"] = j.meta or {}
+            data["children"] = list(session.scalars(
+                select(JobRow.id).where(JobRow.parent_id == job_id).order_by(JobRow.submitted_at, JobRow.id)
+                .limit(MAX_CHILDREN)))
             if with_events:
                 rows = session.scalars(select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id))
                 data["events"] = [{"type": e.type, "timestamp": e.timestamp, "fields": e.fields or {}} for e in rows]
@@ -136,6 +148,23 @@ class StoreQueries:
                 out.update({job_id: tenant for job_id, tenant in rows})
         return out
 
+    def canvas(self, job_id: str) -> dict[str, Any] | None:
+        """The whole canvas (chain, group, chord) ``job_id`` belongs to, from its root: every
+        task whose root it is (at most :data:`MAX_CANVAS`), each with its parent; None when the
+        job is unknown. A root the events never named is found by walking up the parents."""
+        with self.read() as session:
+            job = session.get(JobRow, job_id)
+            if job is None:
+                return None
+            root, seen = job.root_id or job.id, {job.id}
+            while job is not None and job.root_id is None and job.parent_id and job.parent_id not in seen:
+                seen.add(job.parent_id)
+                root, job = job.parent_id, session.get(JobRow, job.parent_id)
+            rows = list(session.scalars(select(JobRow).where(or_(JobRow.root_id == root, JobRow.id == root))
+                                        .order_by(JobRow.submitted_at, JobRow.id).limit(MAX_CANVAS + 1)))
+            nodes = [{key: job_dict(row)[key] for key in CANVAS_FIELDS} for row in rows[:MAX_CANVAS]]
+        return {"root": root, "nodes": nodes, "truncated": len(rows) > MAX_CANVAS}
+
     def jobs(
         self,
         *,
@@ -148,6 +177,8 @@ class StoreQueries:
         q: str | None = None,
         workflow: str | None = None,
         tenant: str | None = None,
+        name: str | None = None,
+        queue: str | None = None,
         limit: int = 50,
         offset: int = 0,
         sort: str = "submitted",
@@ -169,6 +200,10 @@ class StoreQueries:
             conds.append(JobRow.worker == worker)
         if machine:
             conds.append(JobRow.machine_id == machine)
+        if name:
+            conds.append(JobRow.name == name)
+        if queue:
+            conds.append(JobRow.queue == queue)
         when = JOB_WHEN
         if since is not None:
             conds.append(when >= since)
@@ -177,7 +212,8 @@ class StoreQueries:
         if q:
             pattern = f"%{q}%"
             conds.append(or_(JobRow.id.like(pattern), JobRow.service.like(pattern), JobRow.worker.like(pattern),
-                             JobRow.workflow_id.like(pattern)))
+                             JobRow.workflow_id.like(pattern), JobRow.name.like(pattern),
+                             cast(JobRow.task, Text).like(pattern)))
         with self.read() as session:
             # count(*), not count(id): SQLite then walks its narrowest covering index.
             total = int(session.scalar(select(func.count()).select_from(JobRow).where(*conds)) or 0)

@@ -31,7 +31,7 @@ from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_re
 from monitor.web.responses import error_response
 from monitor.web.routes import Limit, Role, route
 from monitor.web.schemas import int_query
-from monitor.web.tenancy import FLEET, redact_worker, redact_workers, scope
+from monitor.web.tenancy import FLEET, own_ids, redact_worker, redact_workers, scope
 
 bp = Blueprint("api", __name__)
 
@@ -179,7 +179,8 @@ def jobs() -> Any:
         state=states or None, service=request.args.get("service") or None,
         worker=request.args.get("worker") or None, machine=request.args.get("machine") or None,
         since=_float_arg("since"), until=_float_arg("until"), q=request.args.get("q") or None,
-        workflow=request.args.get("workflow") or None, tenant=tenant, limit=limit, offset=offset,
+        workflow=request.args.get("workflow") or None, name=request.args.get("name") or None,
+        queue=request.args.get("queue") or None, tenant=tenant, limit=limit, offset=offset,
         sort=sort, descending=order == "desc",
     )
     _annotate_queued(found)
@@ -201,8 +202,20 @@ def job(job_id: str) -> Any:
     found = ctx().store.job(job_id)
     if found is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
+    found["children"] = own_ids(found["children"], scope())
     _annotate_queued([found])
     return jsonify(found)
+
+
+@route(bp, "/api/jobs/<job_id>/canvas", role=Role.VIEWER, summary="The chain, group or chord a task belongs to",
+       response=schemas.CANVAS, errors=(404,))
+def canvas(job_id: str) -> Any:
+    """Every task of the canvas ``job_id`` belongs to, from its root, each with its parent."""
+    found = ctx().store.canvas(job_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    mine = set(own_ids([node["id"] for node in found["nodes"]], scope()))
+    return jsonify({**found, "nodes": [node for node in found["nodes"] if node["id"] in mine]})
 
 
 @route(bp, "/api/waiting", role=Role.VIEWER, summary="Queued jobs no online worker can run, and why",

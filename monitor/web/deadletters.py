@@ -36,11 +36,11 @@ def _record(raw: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"reason": "unreadable dead-letter record", "raw": str(value)[:1000]}
 
 
-def read_dead_letters(broker_url: str, items: int) -> list[dict[str, Any]]:
+def read_dead_letters(settings: Any, items: int) -> list[dict[str, Any]]:
     """``[{"queue", "count", "items"}]`` for every ``*.dead`` list on the Redis broker."""
-    import redis
+    from jobqueue.transport.redis_clients import redis_client
 
-    client = redis.Redis.from_url(broker_url, socket_timeout=3, socket_connect_timeout=3)
+    client = redis_client(settings.broker_url, settings, socket_timeout=3, socket_connect_timeout=3)
     try:
         keys: list[bytes] = []
         cursor, rounds = 0, 0
@@ -87,7 +87,7 @@ def dead_letters() -> Any:
     if not settings.is_redis:
         return jsonify({"total": 0, "queues": [], "supported": False})
     try:
-        queues = read_dead_letters(settings.broker_url, items)
+        queues = read_dead_letters(settings, items)
     except Exception as exc:
         current_app.logger.warning("cannot read dead letters: %s", exc)
         return error_response(503, "broker_unavailable", "cannot read dead letters from the broker")

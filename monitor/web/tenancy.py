@@ -10,7 +10,8 @@ without a tenant, see the whole fleet. For a confined caller:
   even learn that the id exists. One check here, before the view runs, for every such route of
   the URL map: a new job route cannot forget it;
 * lists, counts and statistics hold only its own jobs (the views pass :func:`scope` to the
-  store's reads); the websocket sends only its own jobs' changes (:mod:`monitor.web.fanout`);
+  store's reads), and so do a job's ``children`` and a canvas's tasks (:func:`own_ids`); the
+  websocket sends only its own jobs' changes (:mod:`monitor.web.fanout`);
 * workers and machines are shown (a tenant sees the fleet its jobs wait for) without what
   tells of other tenants' jobs: a worker's current job and its job counts are left out
   (:func:`redact_worker`);
@@ -66,6 +67,15 @@ def owns(tenant: str, job_id: str) -> bool:
     store = current_app.extensions["jobqueue_monitor"].store
     found: bool = store.job_tenants([job_id]).get(job_id, "") == tenant
     return found
+
+
+def own_ids(ids: list[str], tenant: str | None) -> list[str]:
+    """Those of ``ids`` (job ids: a job's children, a canvas's tasks) a caller confined to
+    ``tenant`` may see, in their order; all of them for None."""
+    if tenant is None or not ids:
+        return ids
+    owners = current_app.extensions["jobqueue_monitor"].store.job_tenants(ids)
+    return [job_id for job_id in ids if owners.get(job_id) == tenant]
 
 
 def not_found(job_id: str) -> Response:

@@ -26,6 +26,7 @@ PINNED = [
     (records.workflow_step_key, ("j1",), "jobqueue-workflow-step-j1"),
     (records.orphan_book_key, ("gpu0@m1", "comfyui"), "jobqueue-orphans-gpu0@m1-comfyui"),
     (records.queued_key, ("comfyui",), "jobqueue-queued-comfyui"),
+    (records.replication_fence_key, (), "jobqueue-replication-fence"),
     (records.dead_letter_key, ("simulation",), "simulation.dead"),
 ]
 

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +21,10 @@ from monitor.metrics import celery_exporter
 from monitor.metrics.totals import Totals
 from monitor.store import Store
 from tests.helpers import wait_for
+from tests.monitor import plain_app
 from tests.monitor.metrics.test_metrics import scrape
+
+plain_worker = plain_app.plain_worker
 
 MIXIN = Path(__file__).resolve().parents[2] / "data" / "celery-mixin"
 T0 = 1_700_000_000.0
@@ -182,50 +181,6 @@ def test_the_mixin_queries_are_read_from_the_copied_dashboards_and_rules():
     assert {"celery_task_succeeded", "celery_task_failed", "celery_task_runtime", "celery_worker_up",
             "celery_queue_length"} <= set(needs)
     assert {"name", "queue_name"} <= needs["celery_task_failed"]
-
-
-PLAIN_APP = """
-from celery import Celery
-
-app = Celery("plain", broker="{broker}", backend="{broker}")
-app.conf.worker_send_task_events = True
-app.conf.task_send_sent_event = True
-
-
-@app.task(name="plain.add")
-def add(x, y):
-    return x + y
-
-
-@app.task(name="plain.boom")
-def boom():
-    raise ValueError("boom")
-"""
-
-
-@pytest.fixture
-def plain_worker(tmp_path: Path, redis_url: str) -> Iterator[Any]:
-    """A worker of a plain Celery app that imports nothing of jobqueue (threads pool)."""
-    (tmp_path / "plainapp.py").write_text(textwrap.dedent(PLAIN_APP.format(broker=redis_url)))
-    log = (tmp_path / "plain-worker.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "plainapp", "worker", "-P", "threads", "-c", "2",
-                             "-n", "plain@box-p", "--without-mingle", "--without-gossip", "-l", "info"],
-                            cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import plainapp  # type: ignore[import-not-found]
-
-        yield plainapp.app
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("plainapp", None)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
 
 
 def test_a_real_monitor_serves_every_series_and_label_the_mixin_uses_for_a_plain_celery_app(

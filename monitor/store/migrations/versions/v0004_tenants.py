@@ -1,7 +1,7 @@
 """Tenants: whose each job is (issue 24, point 5).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-06
 
 ``jobs.tenant`` is the customer a job belongs to (its options' ``tenant``), filtered on by
@@ -18,8 +18,8 @@ import re
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
