@@ -279,3 +279,35 @@ def test_a_user_mapped_to_a_tenant_by_single_sign_on_sees_only_that_tenants_jobs
     # While root, an admin (of tenant acme), sees both
     root, _ = sso_login(monitor, "root")
     assert {j["id"] for j in root.get(f"{monitor.url}/api/jobs", timeout=10).json()["jobs"]} == {ours, theirs}
+
+
+def test_a_canvas_and_a_jobs_children_hold_only_the_callers_own_tasks(tmp_path, redis_url):
+    from monitor.merge.apply import apply
+    from monitor.store.access import create_key
+
+    # Given a chain whose root belongs to acme and whose two children belong to acme and globex
+    app = create_app(Settings(monitor_db=f"sqlite:///{tmp_path / 'c.db'}", monitor_token=TOKEN,
+                              broker_url=redis_url).resolved())
+    try:
+        store = app.extensions["jobqueue_monitor"].store
+
+        def sent(uuid: str, tenant: str, t: float, **links: str) -> dict[str, Any]:
+            return {"type": "task-sent", "uuid": uuid, "timestamp": 1_800_000_000.0 + t, **links,
+                    "kwargs": json.dumps({"service": "simulation", "tenant": tenant})}
+
+        with store.write() as tx:
+            for event in (sent("root", "acme", 0), sent("mine", "acme", 1, parent_id="root", root_id="root"),
+                          sent("theirs", "globex", 2, parent_id="root", root_id="root")):
+                apply(event, tx)
+        acme = bearer(create_key(store, "viewer", tenant="acme")[0])
+        client = app.test_client()
+        # Then acme's key sees its own children and canvas tasks, never globex's
+        assert client.get("/api/jobs/root", headers=acme).get_json()["children"] == ["mine"]
+        assert [n["id"] for n in client.get("/api/jobs/root/canvas", headers=acme).get_json()["nodes"]] == ["root", "mine"]
+        # While the admin sees them all
+        assert client.get("/api/jobs/root", headers=ADMIN).get_json()["children"] == ["mine", "theirs"]
+        assert len(client.get("/api/jobs/root/canvas", headers=ADMIN).get_json()["nodes"]) == 3
+        # And globex's child is a 404 for acme, its canvas too
+        assert client.get("/api/jobs/theirs/canvas", headers=acme).status_code == 404
+    finally:
+        app.extensions["jobqueue_monitor"].close()
