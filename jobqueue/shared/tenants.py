@@ -20,3 +20,8 @@ def check_tenant(tenant: object) -> str | None:
         raise SubmitError(
             f"tenant must be 1..64 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {tenant!r}")
     return tenant
+
+
+def is_tenant(value: object) -> bool:
+    """True when ``value`` is a valid tenant name (what a reader of events or records keeps)."""
+    return isinstance(value, str) and TENANT_PATTERN.fullmatch(value) is not None

@@ -33,6 +33,7 @@ from jobqueue.shared.names import (
     TASK_SUCCEEDED,
     job_meta_from_kwargs,
 )
+from jobqueue.shared.tenants import is_tenant
 from jobqueue.states import (
     FINAL_STATUSES,
     HANDED_BACK_ERRORS,
@@ -75,6 +76,7 @@ class JobState:
     priority: int | None = None
     workflow_id: str | None = None
     step: int | None = None
+    tenant: str | None = None
     meta: dict[str, Any] | None = None
     submitted_at: float | None = None
     received_at: float | None = None
@@ -206,6 +208,7 @@ def _fill_meta(s: JobState, ev: dict[str, Any]) -> bool:
         ("priority", meta.get("priority"), _small_int),
         ("workflow_id", meta.get("workflow_id"), _short_str),
         ("step", meta.get("step"), _small_int),
+        ("tenant", meta.get("tenant"), is_tenant),
         ("submitted_at", meta.get("submitted_at"), _finite),
     ):
         if getattr(s, attr) is None and value is not None and ok(value):

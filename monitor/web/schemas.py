@@ -49,7 +49,7 @@ JOB = obj({
     "id": STR, "name": nullable("string"), "service": nullable("string"), "status": STR,
     "worker": nullable("string"), "machine_id": nullable("string"), "queue": nullable("string"),
     "priority": nullable("integer"), "workflow_id": nullable("string"), "step": nullable("integer"),
-    "attempt": INT, "retries": INT, "progress": OBJECT, "submitted_at": nullable("number"),
+    "tenant": nullable("string"), "attempt": INT, "retries": INT, "progress": OBJECT, "submitted_at": nullable("number"),
     "received_at": nullable("number"), "started_at": nullable("number"), "finished_at": nullable("number"),
     "runtime": nullable("number"), "eta_seconds": nullable("number"), "queue_position": nullable("integer"),
     "error": nullable("object"), "result": ANY, "payload_summary": nullable("string"),
@@ -66,7 +66,7 @@ CONNECTOR = obj({"status": STR, "message": STR, "details": OBJECT, "updated_at":
 WORKER = obj({
     "name": STR, "machine_id": nullable("string"), "gpu": nullable("integer"), "status": STR,
     "connectors": {"type": "object", "additionalProperties": CONNECTOR}, "services": ARRAY, "queues": ARRAY,
-    "active": INT, "processed": INT, "failed": INT, "current_job": nullable("string"),
+    "active": INT, "processed": nullable("integer"), "failed": nullable("integer"), "current_job": nullable("string"),
     "heartbeat_at": nullable("number"), "seq": INT,
 })
 MACHINE = obj({"id": STR, "workers": {"type": "array", "items": STR}, "status": STR,
@@ -158,5 +158,5 @@ JOBS_QUERY = (
     num_query("since"), num_query("until"), str_query("q"), str_query("workflow"), str_query("name"),
     str_query("queue"), int_query("limit", 1, 1000),
     int_query("offset", 0, 10**9), str_query("sort", ["submitted", "finished", "runtime"]),
-    str_query("order", ["asc", "desc"]),
+    str_query("order", ["asc", "desc"]), str_query("tenant"),
 )
