@@ -26,6 +26,7 @@ from monitor.web.schemas import (
     QUEUE_REQUEST,
     REVOKE_REQUEST,
 )
+from monitor.web.tenancy import FLEET
 
 bp = Blueprint("remote", __name__)
 
@@ -36,6 +37,9 @@ INSPECTIONS = ("stats", "registered", "active", "reserved", "scheduled", "revoke
 #: Signals a revoke with terminate may send.
 SIGNALS = frozenset({"SIGTERM", "SIGKILL", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGHUP"})
 CONTROL = {"limit": Limit.CONTROL, "control": True}
+#: A worker's and a task type's controls act on the whole fleet: a tenant's key gets 403
+#: (:mod:`monitor.web.tenancy`); a revoke names a job, so another tenant's is a 404.
+FLEET_CONTROL = {**CONTROL, **FLEET}
 
 
 class BadControl(Exception):
@@ -83,7 +87,8 @@ def _bad(exc: BadControl) -> Any:
 
 
 @route(bp, "/api/workers/<path:name>/inspect", role=Role.VIEWER,
-       summary="What a worker holds and how it is set up (Celery's inspect)", response=INSPECT, errors=(504,))
+       summary="What a worker holds and how it is set up (Celery's inspect)", response=INSPECT, errors=(403, 504),
+       **FLEET)
 def inspect(name: str) -> Any:
     """Stats, registered tasks, active/reserved/scheduled/revoked lists, consumed queues and
     configuration, asked of the worker itself (any Celery worker)."""
@@ -100,7 +105,7 @@ def inspect(name: str) -> Any:
 
 @route(bp, "/api/workers/<path:name>/pool", method="POST", role=Role.ADMIN,
        summary="Grow, shrink, autoscale or restart a worker's pool", body=POOL_REQUEST, response=CONTROL_REPLY,
-       status=202, errors=(400, 409, 504), **CONTROL, audit="pool")
+       status=202, errors=(400, 403, 409, 504), **FLEET_CONTROL, audit="pool")
 def pool(name: str) -> Any:
     body = _body()
     action = body.get("action")
@@ -118,7 +123,7 @@ def pool(name: str) -> Any:
 
 @route(bp, "/api/workers/<path:name>/consumers", method="POST", role=Role.OPERATOR,
        summary="Start or stop a worker consuming a queue", body=QUEUE_REQUEST, response=CONTROL_REPLY, status=202,
-       errors=(400, 409, 504), **CONTROL, audit="consumer")
+       errors=(400, 403, 409, 504), **FLEET_CONTROL, audit="consumer")
 def consumers(name: str) -> Any:
     body = _body()
     queue, action = body.get("queue"), body.get("action")
@@ -133,7 +138,7 @@ def consumers(name: str) -> Any:
 
 @route(bp, "/api/task-types/<path:task>/limits", method="POST", role=Role.ADMIN,
        summary="Set a task type's rate limit or time limits on its workers", body=LIMITS_REQUEST,
-       response=CONTROL_REPLY, status=202, errors=(400, 409, 504), **CONTROL, audit="limits")
+       response=CONTROL_REPLY, status=202, errors=(400, 403, 409, 504), **FLEET_CONTROL, audit="limits")
 def limits(task: str) -> Any:
     body = _body()
     worker = body.get("worker")
@@ -160,22 +165,22 @@ def limits(task: str) -> Any:
     return _answer(replies)
 
 
-@route(bp, "/api/tasks/<task_id>/revoke", method="POST", role=Role.OPERATOR,
+@route(bp, "/api/tasks/<job_id>/revoke", method="POST", role=Role.OPERATOR,
        summary="Revoke any task, optionally terminating it with a signal", body=REVOKE_REQUEST,
        response=CONTROL_REPLY, status=202, errors=(400, 404), **CONTROL, audit="revoke")
-def revoke(task_id: str) -> Any:
+def revoke(job_id: str) -> Any:
     body = _body()
     terminate = body.get("terminate", False)
     sig = body.get("signal", "SIGTERM")
     if not isinstance(terminate, bool) or sig not in SIGNALS:
         raise BadControl(f"'terminate' must be true or false and 'signal' one of {sorted(SIGNALS)}")
-    if _ctx().store.job(task_id, with_events=False) is None:
-        return error_response(404, "not_found", f"no task {task_id!r}")
-    _ctx().celery.control.revoke(task_id, terminate=terminate, signal=getattr(signal, sig).name)
+    if _ctx().store.job(job_id, with_events=False) is None:
+        return error_response(404, "not_found", f"no job {job_id!r}")
+    _ctx().celery.control.revoke(job_id, terminate=terminate, signal=getattr(signal, sig).name)
     return jsonify({"ok": True, "replies": []}), 202
 
 
 @route(bp, "/workers/<path:name>", role=Role.VIEWER, summary="One worker's page: its pool, queues, tasks, setup",
-       content="text/html", page=True)
+       content="text/html", page=True, errors=(403,), **FLEET)
 def worker_page(name: str) -> str:
     return render_template("worker.html", page="worker", worker_name=name)
