@@ -75,6 +75,20 @@ MACHINE = obj({"id": STR, "workers": {"type": "array", "items": STR}, "status": 
 CANVAS = obj({"root": STR, "truncated": BOOL, "nodes": {"type": "array", "items": obj({
     "id": STR, "name": nullable("string"), "status": STR, "parent_id": nullable("string"),
     "root_id": nullable("string"), "group_id": nullable("string"), "seq": INT})}})
+INSPECT = obj({"worker": STR}, **{k: ANY for k in ("stats", "registered", "active", "reserved", "scheduled",
+                                                   "revoked", "active_queues", "conf")})
+POOL_REQUEST: Schema = {"type": "object", "required": ["action"], "properties": {
+    "action": {"type": "string", "enum": ["grow", "shrink", "autoscale", "restart"]},
+    "n": {"type": "integer", "minimum": 1}, "min": {"type": "integer", "minimum": 0},
+    "max": {"type": "integer", "minimum": 1}}}
+QUEUE_REQUEST: Schema = {"type": "object", "required": ["action", "queue"], "properties": {
+    "action": {"type": "string", "enum": ["add", "cancel"]}, "queue": {"type": "string", "minLength": 1}}}
+LIMITS_REQUEST: Schema = {"type": "object", "properties": {
+    "rate_limit": {"type": "string", "description": "e.g. 10/m; empty: none"},
+    "time_limit": {"type": ["number", "null"]}, "soft_time_limit": {"type": ["number", "null"]},
+    "worker": {"type": "string", "description": "only this worker (default: all)"}}}
+REVOKE_REQUEST: Schema = {"type": "object", "properties": {
+    "terminate": {"type": "boolean"}, "signal": {"type": "string", "default": "SIGTERM"}}}
 JOB_PAGE = obj({"jobs": {"type": "array", "items": JOB}, "total": INT, "limit": INT, "offset": INT,
                 "sort": STR, "order": {"type": "string", "enum": ["asc", "desc"]}})
 STATE = obj({"seq": INT, "machines": {"type": "array", "items": MACHINE}, "workers": {"type": "array", "items": WORKER},
