@@ -30,7 +30,12 @@ job is stalled (:class:`JobStalled`, retried elsewhere) only when ComfyUI stops 
 websocket message and no answer to a short GET /queue for ``stall_timeout`` s), or when the
 prompt has been listed as running with no message at all for longer than ``node_timeout``. A
 prompt that left the queue without a result is lost (:class:`ServiceUnavailable`). The job's
-absolute timeout comes from ``job.check()``.
+absolute timeout comes from ``job.check()``. A server that died is told from a stall at once
+(:class:`ServerCrashed`, "ComfyUI exited or restarted": its connections refused mid-prompt with
+``/system_stats`` refused too, or back without our prompt in queue or history, see
+:meth:`ComfyUIConnector._crashed`); out of GPU memory is :class:`OutOfMemory` (the worker moves
+the job to a larger card; with ``JOBQUEUE_COMFYUI_FREE_AFTER_OOM`` the next job first
+``POST /free``s).
 
 Every prompt is written into the connector's orphan book before it is posted and struck out
 when ComfyUI confirms it ended; an abandoned one is deleted or interrupted as soon as ComfyUI

@@ -103,6 +103,25 @@ def test_a_comfyui_job_out_of_memory_with_no_larger_worker_fails_after_the_bound
     assert error["details"]["vram_tried"] == [8]
 
 
+@pytest.mark.parametrize("free", [True, False])
+def test_with_the_setting_a_comfyui_worker_posts_free_before_its_next_job_after_an_out_of_memory(
+        app, start_worker, start_sim, machine_id, free):
+    # Given an 8 GiB worker, with or without JOBQUEUE_COMFYUI_FREE_AFTER_OOM
+    sim = start_sim("a.safetensors", vram_gb=8)
+    small = comfy_worker(start_worker, machine_id, "small", sim, comfyui_free_after_oom=str(free).lower())
+    wait_for(lambda: consumes(app, small, f"comfyui.vram.{vram_step(8)}"), 30, what="the 8 GiB worker's queues")
+    # When a job runs out of memory there, then a small job runs there
+    big = submit_job("comfyui", {"workflow": big_workflow()}, app=app)
+    wait_for(lambda: big.status() == JobStatus.QUEUED and "out of GPU memory" in small.log_text(), 60,
+             what="the job to be moved up")
+    small_job = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+                 "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "small"}}}
+    assert submit_job("comfyui", {"workflow": small_job}, app=app).wait(timeout=60)["worker"] == small.node_name
+    # Then, with the setting, ComfyUI got POST /free between the two prompts (once); without, never
+    paths = [r["path"] for r in sim.requests() if r["method"] == "POST" and r["path"] in ("/prompt", "/free")]
+    assert paths == (["/prompt", "/free", "/prompt"] if free else ["/prompt", "/prompt"])
+
+
 def test_a_webui_job_out_of_memory_on_8_gib_is_moved_up_and_completes_on_a_24_gib_worker(
         app, start_worker, webui, machine_id):
     # Given WebUI workers on an 8 GiB and a 24 GiB card, the small one alone first
