@@ -4,7 +4,6 @@ back empty on the same port (in-process servers over real sockets)."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
