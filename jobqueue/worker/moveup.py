@@ -77,15 +77,15 @@ def move_up_if_out_of_memory(task: Any, runtime: Any, options: dict[str, Any],
     vram = capabilities_from_details(node, service, connector.details if connector else None).vram_gb
     earlier = options.get("moved_up")
     moved: dict[str, Any] = earlier if isinstance(earlier, dict) else {}
-    tried = [*(moved.get("vram_tried") or []), vram]
+    tried = [*(moved.get("vram_tried") or []), *([vram] if vram else [])]
     req = Requirements.from_dict(options.get("requires"))
     tier = next_tier(vram) if vram else None
     pinned = options.get("queue") not in (None, route_queue(service, req))
     if tier is None or pinned:
         why = ("this worker reports no GPU memory" if not vram else f"no VRAM tier above {vram} GiB" if tier is None
                else f"the job is pinned to queue {options.get('queue')}")
-        return OutOfMemory(f"{error.message} -- out of memory with {tried_text(tried)} of VRAM; not moved up: {why}",
-                           {**error.details, "vram_tried": tried})
+        with_vram = f" -- out of memory with {tried_text(tried)} of VRAM" if tried else ""
+        return OutOfMemory(f"{error.message}{with_vram}; not moved up: {why}", {**error.details, "vram_tried": tried})
     raised = Requirements(req.models, float(max(tier, req.vram_gb or 0)), req.tags)
     queue = route_queue(service, raised)
     wait = float(task.app.settings.oom_wait)
