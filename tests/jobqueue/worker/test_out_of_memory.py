@@ -26,8 +26,8 @@ __all__ = ["start_sim"]  # a fixture
 SIDE, BATCH = 1024, 4
 
 
-def big_workflow() -> dict[str, Any]:
-    return {"1": {"class_type": "EmptyImage", "inputs": {"width": SIDE, "height": SIDE, "batch_size": BATCH, "color": 0}},
+def big_workflow(batch: int = BATCH) -> dict[str, Any]:
+    return {"1": {"class_type": "EmptyImage", "inputs": {"width": SIDE, "height": SIDE, "batch_size": batch, "color": 0}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "big"}}}
 
 
@@ -101,6 +101,24 @@ def test_a_comfyui_job_out_of_memory_with_no_larger_worker_fails_after_the_bound
     assert info.value.status == "failed" and error["type"] == "OutOfMemory"
     assert "with 8 GiB of VRAM" in error["message"] and "10 GiB or more" in error["message"], error
     assert error["details"]["vram_tried"] == [8]
+
+
+def test_a_job_too_big_for_two_tiers_moves_up_once_per_tier_and_completes_on_the_largest_card(
+        app, start_worker, start_sim, machine_id):
+    # Given a job needing 2 + 1.5 × 8.4 ≈ 14.6 GB, and only an 8 GiB worker at first
+    assert 12 < vram_needed_gb(SIDE, SIDE, 8) < 24
+    small = comfy_worker(start_worker, machine_id, "s8", start_sim("a.safetensors", vram_gb=8))
+    wait_for(lambda: consumes(app, small, f"comfyui.vram.{vram_step(8)}"), 30, what="the 8 GiB worker's queues")
+    job = submit_job("comfyui", {"workflow": big_workflow(8)}, app=app)
+    wait_for(lambda: job.waiting_for() == "no online worker has 10 GiB of VRAM", 60, what="the move to 10 GiB")
+    # When a 12 GiB worker comes: it takes the job, runs out too, and moves it up once more
+    middle = comfy_worker(start_worker, machine_id, "s12", start_sim("a.safetensors", vram_gb=12))
+    wait_for(lambda: job.waiting_for() == "no online worker has 16 GiB of VRAM", 60, what="the move to 16 GiB")
+    assert "out of GPU memory on " + middle.node_name in middle.log_text()
+    # Then a 24 GiB worker completes it, no retry used along the way
+    big = comfy_worker(start_worker, machine_id, "s24", start_sim("a.safetensors", vram_gb=24))
+    assert job.wait(timeout=90)["worker"] == big.node_name
+    assert app.AsyncResult(job.id).retries == 0
 
 
 @pytest.mark.parametrize("free", [True, False])
