@@ -19,6 +19,7 @@ from jobqueue.sims.comfyui.process import SimulatorProcess
 from jobqueue.sims.server import CRASH_MARK
 from tests.capability_fixtures import comfy_worker, consumes
 from tests.helpers import wait_for
+from tests.monitor.conftest import start_monitor  # noqa: F401, F811 (fixture)
 
 #: Far longer than any hand-back here may take: a crash is told at once, not by a stall.
 STALL = 60.0
@@ -94,7 +95,8 @@ def test_a_comfyui_that_crashes_mid_job_hands_the_job_back_at_once_with_the_reas
 
 
 def test_a_job_that_crashes_comfyui_on_two_machines_fails_as_poison_and_is_not_retried_further(
-        app, start_worker, comfyui, machine_id):
+        app, start_worker, comfyui, machine_id, start_monitor):  # noqa: F811 (fixture)
+    monitor = start_monitor()
     # Given two machines whose ComfyUIs stay down a while after a crash, and retries to spare
     sims = [comfyui(20.0), comfyui(20.0)]
     workers = [comfy_worker(start_worker, machine_id, name, sim, max_retries="5") for name, sim in zip("ab", sims, strict=True)]
@@ -115,6 +117,11 @@ def test_a_job_that_crashes_comfyui_on_two_machines_fails_as_poison_and_is_not_r
     assert [sim_state(s)["crashes"] for s in sims] == [1, 1]
     # (not retried further: one retry, the hand-back after the first crash)
     assert app.AsyncResult(job.id).retries == 1
+    # And the monitor shows why, and the crash that handed it back the first time
+    shown = wait_for(lambda: (lambda j: j if j["status"] == "failed" else None)(
+        monitor.get(f"/api/jobs/{job.id}").json()), 30, interval=0.2, what="the monitor to show it failed")
+    assert shown["error"]["type"] == "CrashesServers" and shown["attempt"] >= 1
+    assert "exited or restarted" in shown["error"]["details"]["last"]["message"]
 
 
 def test_a_job_that_crashes_the_webui_on_two_machines_is_handed_back_once_then_fails_as_poison(
