@@ -39,7 +39,7 @@ def _split(value: str) -> tuple[str, ...]:
 def _parse_map(value: str, variable: str = "JOBQUEUE_COMFYUI_URLS") -> dict[str, str]:
     """Parse ``gpu0=http://127.0.0.1:8188,gpu1=http://127.0.0.1:8189`` (or ``comfyui=50``)."""
     result: dict[str, str] = {}
-    what = "url" if variable.endswith("_URLS") else "number"
+    what = "url" if variable.endswith("_URLS") else "number" if variable.endswith("_SERVICE") else "value"
     for part in _split(value):
         key, sep, url = part.partition("=")
         if not sep or not key.strip() or not url.strip():
@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     #: ``10.1.2.0/24,127.0.0.1/32`` for a receiver inside the fleet: by default workers refuse
     #: loopback, private, link-local, CGNAT, multicast and reserved targets.
     webhook_allowed_networks: tuple[str, ...] = ()
+    #: Networks (CIDRs) a ComfyUI job's input image URLs may be in besides public addresses
+    #: (same rules as ``webhook_allowed_networks``), e.g. an image server inside the fleet.
+    input_allowed_networks: tuple[str, ...] = ()
     #: Values under payload, argument and result keys matching this regular expression
     #: (case-insensitive, anywhere in the key) are shown as "•••" in the monitor, events and logs.
     secret_keys_pattern: str = "password|secret|token|api_key|authorization|cookie"
@@ -203,6 +206,9 @@ class Settings(BaseSettings):
     monitor_metrics_token: str = ""
     #: Serve ``/metrics`` to anyone, credentials or not.
     monitor_metrics_public: bool = False
+    #: RabbitMQ's management API (``http://user:pass@host:15672``): the broker page lists every
+    #: queue of the vhost with its consumers from it; empty: only the queues the monitor knows.
+    rabbitmq_management_url: str = ""
     #: Key that signs login session cookies; empty: derived from the token and basic-auth
     #: credentials (changing them logs everyone out), or random per process with neither.
     monitor_session_secret: str = ""
@@ -217,6 +223,38 @@ class Settings(BaseSettings):
     monitor_rate_login: str = "20/minute"
     #: Days the monitor keeps its audit trail (older entries are pruned).
     monitor_audit_keep_days: float = 400.0
+    #: Single sign-on (docs/security.md): ``oidc`` (OpenID Connect) or ``github`` (GitHub's
+    #: OAuth2); empty: off.
+    monitor_sso_provider: str = ""
+    #: The OIDC issuer URL (or its ``.well-known/openid-configuration`` URL); for ``github``,
+    #: the GitHub Enterprise base URL (empty: https://github.com).
+    monitor_sso_url: str = ""
+    #: The client id and secret the provider issued for the monitor.
+    monitor_sso_client_id: str = ""
+    monitor_sso_client_secret: str = ""
+    #: The login button's label (empty: the provider's kind).
+    monitor_sso_name: str = ""
+    #: Scopes asked for beyond the kind's own (``openid email profile``; GitHub: ``read:user
+    #: user:email``, and ``read:org`` when roles or tenants name groups).
+    monitor_sso_scopes: tuple[str, ...] = ()
+    #: Emails that may log in (with ``monitor_sso_default_role``).
+    monitor_sso_allowed_emails: tuple[str, ...] = ()
+    #: Email domains whose users may log in (``*``: any verified email).
+    monitor_sso_allowed_domains: tuple[str, ...] = ()
+    #: The ID token / userinfo claim that lists a user's groups (GitHub: the user's orgs).
+    monitor_sso_groups_claim: str = "groups"
+    #: Who gets which role: ``group=role``, ``email=role`` or ``@domain=role``
+    #: (``admins=admin,ops=operator``); a match also lets the user in. The strongest match wins.
+    monitor_sso_roles: Mapping[str, str] = Field(default_factory=dict)
+    #: The role of a permitted user no entry of ``monitor_sso_roles`` matches.
+    monitor_sso_default_role: str = "viewer"
+    #: The claim that names a user's tenant (empty: none).
+    monitor_sso_tenant_claim: str = ""
+    #: Tenants of users without that claim: ``email=tenant``, ``@domain=tenant`` or ``group=tenant``.
+    monitor_sso_tenants: Mapping[str, str] = Field(default_factory=dict)
+    #: The callback URL registered with the provider (``https://monitor.example/auth/callback``
+    #: behind a proxy); empty: this request's own ``/auth/callback``.
+    monitor_sso_redirect_url: str = ""
     #: Python module of extra Celery settings (message signing, TLS...) loaded on top of
     #: jobqueue's packaged defaults; the other ``JOBQUEUE_*`` settings still win over it.
     celery_config: str = ""
@@ -345,16 +383,35 @@ class Settings(BaseSettings):
             raise ConfigError("JOBQUEUE_MONITOR_SESSION_SECONDS and JOBQUEUE_MONITOR_AUDIT_KEEP_DAYS must be > 0")
         if not 0 <= self.monitor_port <= 65535:
             raise ConfigError(f"JOBQUEUE_MONITOR_PORT must be 0..65535, got {self.monitor_port}")
-        for cidr in self.webhook_allowed_networks:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError as exc:
-                raise ConfigError(f"JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS: {cidr!r} is not a CIDR: {exc}") from None
+        for name, cidrs in (("WEBHOOK", self.webhook_allowed_networks), ("INPUT", self.input_allowed_networks)):
+            for cidr in cidrs:
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError as exc:
+                    raise ConfigError(f"JOBQUEUE_{name}_ALLOWED_NETWORKS: {cidr!r} is not a CIDR: {exc}") from None
         try:
             re.compile(self.secret_keys_pattern)
         except re.error as exc:
             raise ConfigError(f"JOBQUEUE_SECRET_KEYS_PATTERN is not a regular expression: {exc}") from None
         self._check_caps()
+        self._check_sso()
+
+    def _check_sso(self) -> None:
+        """Single sign-on must name its client, and let someone in without letting everyone in."""
+        if not self.monitor_sso_provider:
+            return
+        roles = ("viewer", "operator", "admin")
+        if self.monitor_sso_provider not in ("oidc", "github"):
+            raise ConfigError(f"JOBQUEUE_MONITOR_SSO_PROVIDER must be oidc or github, got {self.monitor_sso_provider!r}")
+        if not self.monitor_sso_client_id or (self.monitor_sso_provider == "oidc" and not self.monitor_sso_url):
+            raise ConfigError("single sign-on needs JOBQUEUE_MONITOR_SSO_CLIENT_ID (and, for oidc, JOBQUEUE_MONITOR_SSO_URL)")
+        if not (self.monitor_sso_allowed_emails or self.monitor_sso_allowed_domains or self.monitor_sso_roles):
+            raise ConfigError("single sign-on lets nobody in: set JOBQUEUE_MONITOR_SSO_ALLOWED_EMAILS, "
+                              "..._ALLOWED_DOMAINS (* for any) or ..._ROLES")
+        bad = {k: v for k, v in self.monitor_sso_roles.items() if v not in roles}
+        if bad or self.monitor_sso_default_role not in roles:
+            raise ConfigError(f"JOBQUEUE_MONITOR_SSO_ROLES and ..._DEFAULT_ROLE take {', '.join(roles)}; got "
+                              f"{bad or self.monitor_sso_default_role!r}")
 
     def _check_caps(self) -> None:
         """A cap of 0 or less would refuse every job: surely a mistake, so it is refused."""

@@ -178,6 +178,10 @@ class CrashesServers(ExecutionFailed):
     """The job took its service down on two different machines: failed, never retried again."""
 
 
+class InputImageFailed(ExecutionFailed):
+    """An input image of the job could not be fetched, decoded or uploaded; the message says which and why."""
+
+
 class InvalidRequirementError(SubmitError):
     """The job's ``requires`` (models, VRAM, tags) is malformed: no worker could ever run it."""
 

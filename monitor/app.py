@@ -120,9 +120,10 @@ def _register_routes(app: Flask) -> None:
     ws.register(app)
     from monitor.web import webhook_attempts as webhooks
     app.register_blueprint(webhooks.bp)
-    from monitor.web import job_payload
+    from monitor.web import broker_page, job_payload
 
     app.register_blueprint(job_payload.bp)
+    app.register_blueprint(broker_page.bp)
     try:
         from monitor.web import views
     except ImportError:

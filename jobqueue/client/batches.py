@@ -94,13 +94,14 @@ def submit_batch(
     queue: str | None = None,
     timeout: float | None = None,
     app: Any = None,
+    tenant: str | None = None,
 ) -> list[JobHandle]:
     """Validate ``count`` varied copies of a job, enqueue them all, return their handles in order.
 
     Raises :class:`~jobqueue.errors.SubmitError` (naming the copy) when any copy is invalid,
     :class:`~jobqueue.errors.QueueFull` when the batch does not fit under its service's cap
-    whole; nothing is enqueued then. ``priority``, ``queue`` and ``timeout`` are as for
-    :func:`~jobqueue.client.jobs.submit_job`.
+    whole; nothing is enqueued then. ``priority``, ``queue``, ``timeout`` and ``tenant`` are as
+    for :func:`~jobqueue.client.jobs.submit_job`.
     """
     app = app or default_app()
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH_SIZE:
@@ -115,7 +116,7 @@ def submit_batch(
                 service, vary_payload(payload, index, count, vary), is_redis=app.settings.is_redis,
                 priority=priority, queue=queue, timeout=timeout,
                 extra={"batch_id": batch_id, "batch_index": index, "batch_size": count},
-                secret_keys=app.settings.secret_keys_pattern,
+                secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
             ))
         except SubmitError as exc:
             raise type(exc)(f"batch job {index}: {exc}") from None

@@ -42,6 +42,7 @@ from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
 from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
 from jobqueue.shared.summary import summarize_payload
+from jobqueue.shared.tenants import check_tenant
 from jobqueue.shared.webhooks import check_webhook_url
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 
@@ -345,6 +346,12 @@ def _check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
+def _check_queue(queue: str | None) -> str | None:
+    if queue is not None and (not isinstance(queue, str) or not queue.strip()):
+        raise SubmitError(f"queue must be a non-empty string, got {queue!r}")
+    return queue
+
+
 def prepare_job(
     service: str,
     payload: dict[str, Any],
@@ -360,6 +367,7 @@ def prepare_job(
     continuation: bool = False,
     requires: dict[str, Any] | None = None,
     secret_keys: str = DEFAULT_PATTERN,
+    tenant: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate one job and build its message: ``(task kwargs, send options)``.
 
@@ -369,8 +377,9 @@ def prepare_job(
     A job with requirements (``requires`` plus the models its payload names) goes to its
     capability queue unless ``queue`` pins it (:func:`jobqueue.shared.requirements.route_queue`).
     ``kwargsrepr`` (what events and logs show) has values under ``secret_keys`` masked; the
-    task's kwargs keep them.
+    task's kwargs keep them. ``tenant`` (:func:`check_tenant`): the job's owner, in its options.
     """
+    tenant = check_tenant(tenant)
     payload = connector_class(service).validate(payload)
     req = resolve(requires, connector_class(service).required_models(payload))
     try:
@@ -379,9 +388,7 @@ def prepare_job(
         raise InvalidPayloadError(f"{service}: payload is not JSON-serialisable: {exc}") from None
     priority = check_priority(priority)
     timeout = _check_timeout(timeout)
-    if queue is not None and (not isinstance(queue, str) or not queue.strip()):
-        raise SubmitError(f"queue must be a non-empty string, got {queue!r}")
-    target = queue or route_queue(service, req)
+    target = _check_queue(queue) or route_queue(service, req)
     job_id = job_id or str(uuid.uuid4())
     meta: dict[str, Any] = {
         "service": service,
@@ -392,6 +399,7 @@ def prepare_job(
         "timeout": timeout,
         "submitted_at": time.time(),
         **({"requires": req.as_dict()} if not req.is_empty else {}),
+        **({"tenant": tenant} if tenant is not None else {}),
         **(extra or {}),
     }
     send_options = {
@@ -442,6 +450,7 @@ def submit_job(
     extra: dict[str, Any] | None = None,
     webhook_url: str | None = None,
     requires: dict[str, Any] | None = None,
+    tenant: str | None = None,
 ) -> JobHandle:
     """Validate and enqueue one job; return its handle.
 
@@ -458,7 +467,8 @@ def submit_job(
     ``webhook_url`` (http or https only, else :class:`~jobqueue.errors.SubmitError`; an IP
     literal outside the public addresses and ``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS`` raises
     :class:`~jobqueue.errors.WebhookTargetRefused`) gets a signed POST when the job ends (see
-    :mod:`jobqueue.worker.webhooks`).
+    :mod:`jobqueue.worker.webhooks`). ``tenant`` names the customer the job belongs to
+    (letters, digits, ``.``, ``_``, ``-``; at most 64 characters; else :class:`SubmitError`).
     """
     app = app or default_app()
     if webhook_url is not None:
@@ -467,7 +477,7 @@ def submit_job(
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
-        requires=requires, secret_keys=app.settings.secret_keys_pattern,
+        requires=requires, secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
     )
     _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
     try:

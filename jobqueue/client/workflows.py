@@ -86,11 +86,12 @@ def submit_workflow(
     timeout: float | None = None,
     queue: str | None = None,
     app: Any = None,
+    tenant: str | None = None,
 ) -> WorkflowHandle:
     """Validate every step, enqueue the first one and return the workflow's handle.
 
     Every step gets the workflow's ``priority`` (0..9, default 5), ``timeout`` (per step) and
-    ``queue`` (default: each step's service queue). Raises :class:`SubmitError` (or its
+    ``queue`` (default: each step's service queue) and ``tenant``. Raises :class:`SubmitError` (or its
     subclasses, naming the step) when any step is invalid, :class:`~jobqueue.errors.QueueFull`
     when its steps do not fit under their services' caps; nothing is enqueued then.
     """
@@ -107,7 +108,7 @@ def submit_workflow(
                 service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
                 timeout=timeout, workflow_id=workflow_id, step=number, continuation=number > 1,
                 extra={"workflow_steps": len(pairs), "workflow_submitted_at": submitted_at},
-                secret_keys=app.settings.secret_keys_pattern,
+                secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
             )
         except SubmitError as exc:
             raise type(exc)(f"step {number}: {exc}") from None

@@ -50,6 +50,7 @@ from monitor.merge.fields import (
     json_blob,
     progress_fields,
     result_from_repr,
+    task_details,
 )
 
 #: Job statuses by their stored string.
@@ -82,6 +83,9 @@ class JobState:
     runtime: float | None = None
     result: Any = None
     error: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
 
     @property
     def job_status(self) -> JobStatus | None:
@@ -210,8 +214,26 @@ def _fill_meta(s: JobState, ev: dict[str, Any]) -> bool:
     if s.meta is None and meta:
         s.meta = json_blob(meta)
         changed = True
-    return changed
+    return fill_task(s, ev) or changed
 
+
+def fill_task(s: JobState, ev: dict[str, Any]) -> bool:
+    """Fill what task-sent/-received say of any Celery task (never overwrite): parent and root
+    ids, and in ``task`` its ETA and expiry (Unix time), routing key, exchange, group id and --
+    for a task that is no jobqueue job -- its args and kwargs as the events carry them (Celery's
+    ``argsrepr``/``kwargsrepr`` when the sender set them; masked by the writer before this)."""
+    changed = False
+    for attr in ("parent_id", "root_id"):
+        value = ev.get(attr)
+        if getattr(s, attr) is None and _short_str(value) and value != s.id:
+            setattr(s, attr, value)
+            changed = True
+    found = {key: value for key, value in task_details(ev, foreign=s.service is None).items()
+             if key not in (s.task or {})}
+    if found:
+        s.task = {**(s.task or {}), **found}
+        changed = True
+    return changed
 
 def _on_sent(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None, out: JobOutcome) -> bool:
     changed = _fill_meta(s, ev)

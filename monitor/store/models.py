@@ -113,6 +113,11 @@ class JobRow(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     result: Mapped[Any] = mapped_column(JSON, nullable=True)
     meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: What the events say of the task beyond the columns: args, kwargs, eta, expires,
+    #: routing_key, exchange, group_id (:func:`monitor.merge.job_rules.fill_task`).
+    task: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    parent_id: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    root_id: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
     n_events: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     seq: Mapped[int] = mapped_column(BigInteger, default=0)

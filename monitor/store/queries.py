@@ -10,7 +10,7 @@ import time
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from jobqueue.states import FINAL_STATUSES, JobStatus, workflow_status
@@ -34,6 +34,9 @@ from monitor.store.statuses import (
     ON_WORKER_STATUSES,
     OPEN_STATUSES,
 )
+
+#: Most child ids one job lists.
+MAX_CHILDREN = 1000
 
 
 class StoreQueries:
@@ -112,12 +115,17 @@ class StoreQueries:
             return worker_dict(w, conns, time.time() if now is None else now)
 
     def job(self, job_id: str, with_events: bool = True) -> dict[str, Any] | None:
+        """One job with its meta, the ids of the tasks it started (``children``: tasks whose
+        parent it is, at most :data:`MAX_CHILDREN`) and, ``with_events``, its timeline."""
         with self.read() as session:
             j = session.get(JobRow, job_id)
             if j is None:
                 return None
             data = job_dict(j)
             data["meta"] = j.meta or {}
+            data["children"] = list(session.scalars(
+                select(JobRow.id).where(JobRow.parent_id == job_id).order_by(JobRow.submitted_at, JobRow.id)
+                .limit(MAX_CHILDREN)))
             if with_events:
                 rows = session.scalars(select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id))
                 data["events"] = [{"type": e.type, "timestamp": e.timestamp, "fields": e.fields or {}} for e in rows]
@@ -134,6 +142,8 @@ class StoreQueries:
         until: float | None = None,
         q: str | None = None,
         workflow: str | None = None,
+        name: str | None = None,
+        queue: str | None = None,
         limit: int = 50,
         offset: int = 0,
         sort: str = "submitted",
@@ -153,6 +163,10 @@ class StoreQueries:
             conds.append(JobRow.worker == worker)
         if machine:
             conds.append(JobRow.machine_id == machine)
+        if name:
+            conds.append(JobRow.name == name)
+        if queue:
+            conds.append(JobRow.queue == queue)
         when = JOB_WHEN
         if since is not None:
             conds.append(when >= since)
@@ -161,7 +175,8 @@ class StoreQueries:
         if q:
             pattern = f"%{q}%"
             conds.append(or_(JobRow.id.like(pattern), JobRow.service.like(pattern), JobRow.worker.like(pattern),
-                             JobRow.workflow_id.like(pattern)))
+                             JobRow.workflow_id.like(pattern), JobRow.name.like(pattern),
+                             cast(JobRow.task, Text).like(pattern)))
         with self.read() as session:
             # count(*), not count(id): SQLite then walks its narrowest covering index.
             total = int(session.scalar(select(func.count()).select_from(JobRow).where(*conds)) or 0)

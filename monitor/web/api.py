@@ -24,6 +24,7 @@ from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
 from monitor.store import JOB_SORTS
 from monitor.web import schemas
+from monitor.web.access import current_identity
 from monitor.web.broker import queue_depths
 from monitor.web.eta import annotate, busy_until, consumers_per_queue, first_start_in, store_estimates
 from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_reasons
@@ -38,7 +39,7 @@ MAX_SUBMIT_COUNT = 1000
 #: The fields ``POST /api/jobs`` takes (any other is refused); docs/api.md and the OpenAPI
 #: document list the same (tests/test_docs_reference.py checks both).
 SUBMIT_FIELDS = frozenset({"service", "payload", "priority", "queue", "timeout", "count", "workflow_id", "step",
-                           "webhook_url", "requires"})
+                           "webhook_url", "requires", "tenant"})
 #: Largest page of jobs.
 MAX_LIMIT = 1000
 #: What every control declares besides its role: rate limited, refused in read-only mode.
@@ -168,7 +169,8 @@ def jobs() -> Any:
         state=states or None, service=request.args.get("service") or None,
         worker=request.args.get("worker") or None, machine=request.args.get("machine") or None,
         since=_float_arg("since"), until=_float_arg("until"), q=request.args.get("q") or None,
-        workflow=request.args.get("workflow") or None, limit=limit, offset=offset,
+        workflow=request.args.get("workflow") or None, name=request.args.get("name") or None,
+        queue=request.args.get("queue") or None, limit=limit, offset=offset,
         sort=sort, descending=order == "desc",
     )
     _annotate_queued(found)
@@ -261,7 +263,7 @@ def _json_body() -> dict[str, Any]:
 
 
 @route(bp, "/api/jobs", method="POST", role=Role.OPERATOR, summary="Submit count jobs", body=schemas.SUBMIT,
-       response=schemas.SUBMITTED, status=201, errors=(400, 429), limit=Limit.SUBMIT, audit="submit", control=True)
+       response=schemas.SUBMITTED, status=201, errors=(400, 403, 429), limit=Limit.SUBMIT, audit="submit", control=True)
 def submit() -> Any:
     """Submit ``count`` jobs of ``service`` with ``payload``; 201 with their ids."""
     body = _json_body()
@@ -274,6 +276,7 @@ def submit() -> Any:
     unknown = set(body) - SUBMIT_FIELDS
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s) {sorted(unknown)}")
+    tenant = _submit_tenant(body.get("tenant"))
     ids = [str(uuid.uuid4()) for _ in range(count)]
     sent = 0
     try:
@@ -283,7 +286,8 @@ def submit() -> Any:
             submit_job(service, body.get("payload", {}), priority=body.get("priority"),
                        queue=body.get("queue"), timeout=body.get("timeout"),
                        workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery,
-                       webhook_url=body.get("webhook_url"), requires=body.get("requires"), job_id=job_id)
+                       webhook_url=body.get("webhook_url"), requires=body.get("requires"), job_id=job_id,
+                       tenant=tenant)
             sent += 1
     except QueueFull as exc:
         return _queue_full(exc)
@@ -291,6 +295,16 @@ def submit() -> Any:
         queued.forget(ctx().celery, [service], ids[sent:])  # places reserved for jobs never sent
         raise ApiError(400, "invalid_job", str(exc)) from None
     return jsonify({"jobs": [{"id": job_id} for job_id in ids]}), 201
+
+
+def _submit_tenant(asked: Any) -> str | None:
+    """The tenant a submit's jobs belong to: the caller's own (a tenant's key or user), or the
+    one a caller without a tenant (an admin, a fleet-wide key) names; 403 when a tenant's
+    caller names another."""
+    own = current_identity().tenant
+    if own is not None and asked is not None and asked != own:
+        raise ApiError(403, "forbidden", f"this key belongs to tenant {own!r}: it cannot submit for another")
+    return own if own is not None else asked
 
 
 def _queue_full(exc: QueueFull) -> Response:

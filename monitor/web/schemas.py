@@ -54,7 +54,12 @@ JOB = obj({
     "runtime": nullable("number"), "eta_seconds": nullable("number"), "queue_position": nullable("integer"),
     "error": nullable("object"), "result": ANY, "payload_summary": nullable("string"),
     "requires": nullable("object"), "seq": INT,
-}, events={"type": "array", "items": obj({"type": STR, "timestamp": nullable("number")})})
+    "args": nullable("string"), "kwargs": nullable("string"), "parent_id": nullable("string"),
+    "root_id": nullable("string"), "group_id": nullable("string"), "eta": nullable("number"),
+    "expires": nullable("number"), "scheduled": BOOL, "routing_key": nullable("string"),
+    "exchange": nullable("string"),
+}, events={"type": "array", "items": obj({"type": STR, "timestamp": nullable("number")})},
+    children={"type": "array", "items": STR, "description": "ids of the tasks this one started"})
 
 CONNECTOR = obj({"status": STR, "message": STR, "details": OBJECT, "updated_at": nullable("number"),
                  "stale": BOOL})
@@ -77,6 +82,10 @@ ESTIMATES = obj({"at": NUM, "jobs": {"type": "object", "additionalProperties": o
     {"position": INT, "wait": nullable("number")})}})
 WAITING = obj({"waiting": {"type": "object", "additionalProperties": STR}})
 QUEUES = obj({"queues": {"type": "array", "items": obj({"name": STR, "depth": INT})}})
+BROKER = obj({"transport": STR, "queues": {"type": "array", "items": obj({
+    "name": STR, "depth": INT, "levels": {"type": "object", "additionalProperties": INT},
+    "consumers": INT, "workers": {"type": "array", "items": STR}})}})
+PURGED = obj({"queue": STR, "removed": INT, "jobs_cancelled": INT, "tasks": {"type": "array", "items": STR}})
 STATS = obj({"services": OBJECT, "history": ANY, "queues": OBJECT})
 WORKFLOW = obj({"steps": {"type": "array", "items": JOB}})
 DEAD_LETTERS = obj({"total": INT, "queues": ARRAY, "supported": BOOL})
@@ -117,6 +126,8 @@ SUBMIT: Schema = {
         "count": {"type": "integer", "minimum": 1, "maximum": 1000},
         "workflow_id": STR, "step": {"type": "integer", "minimum": 1},
         "webhook_url": {"type": "string", "format": "uri"},
+        "tenant": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                   "description": "the job's tenant; only a caller without a tenant of its own may name one"},
         "requires": {"type": "object", "additionalProperties": False, "description": "what a worker must have",
                      "properties": {"models": {"type": "array", "items": {"type": "string", "minLength": 1}},
                                     "vram_gb": {"type": "number", "exclusiveMinimum": 0},
@@ -127,7 +138,8 @@ EMPTY: Schema = {"type": "object"}
 
 JOBS_QUERY = (
     str_query("state", JOB_STATES), str_query("service"), str_query("worker"), str_query("machine"),
-    num_query("since"), num_query("until"), str_query("q"), str_query("workflow"), int_query("limit", 1, 1000),
+    num_query("since"), num_query("until"), str_query("q"), str_query("workflow"), str_query("name"),
+    str_query("queue"), int_query("limit", 1, 1000),
     int_query("offset", 0, 10**9), str_query("sort", ["submitted", "finished", "runtime"]),
     str_query("order", ["asc", "desc"]),
 )

@@ -4,14 +4,17 @@ How one job runs (the protocol details live in :mod:`jobqueue.connectors.comfyui
 
 1. The websocket ``/ws?clientId=<ours>`` is open before anything is posted (it stays open
    between jobs; a reader thread reconnects it with capped backoff).
-2. POST /prompt with our ``client_id`` and a fresh ``prompt_id``; a 400 fails the job at
+2. The payload's input images (``images``) are fetched and uploaded into ``jobqueue/<job id>/``
+   of ComfyUI's input folder, and the loader nodes renamed to them
+   (:mod:`jobqueue.connectors.comfyui.uploads`).
+3. POST /prompt with our ``client_id`` and a fresh ``prompt_id``; a 400 fails the job at
    once with ComfyUI's error type, message and node errors.
-3. Messages for our prompt move a :class:`PromptTracker`; progress is reported from it.
-4. Whenever the socket has been quiet for ``QUIET_POLL`` seconds (and right after the POST
+4. Messages for our prompt move a :class:`PromptTracker`; progress is reported from it.
+5. Whenever the socket has been quiet for ``QUIET_POLL`` seconds (and right after the POST
    when the socket was not open), GET /queue and /history/{id} tell whether the prompt
    already ended, is still queued/running, or was lost. With the socket open, the happy path
    makes no poll: a cached run's end arrives as a message within milliseconds.
-5. Every end is confirmed through GET /history/{id} (waiting as long as /queue lists the prompt:
+6. Every end is confirmed through GET /history/{id} (waiting as long as /queue lists the prompt:
    ComfyUI may unload its models between ``execution_success`` and the history, see
    :mod:`jobqueue.connectors.comfyui.outcome`); outputs are fetched via GET /view into the
    output store, ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/`` (jobqueue.shared.outputs).
@@ -73,6 +76,7 @@ from jobqueue.connectors.comfyui.protocol import (
     queue_position,
 )
 from jobqueue.connectors.comfyui.rest import ComfyUIRest, reason
+from jobqueue.connectors.comfyui.uploads import InputUploader
 from jobqueue.connectors.comfyui.ws import Mailbox, PromptRouter, WebSocketListener
 from jobqueue.connectors.payloads import ComfyUIPayload, validate_comfyui
 from jobqueue.errors import (
@@ -202,6 +206,7 @@ class ComfyUIConnector(Connector):
             job.deadline = job.started + payload["timeout"]
         job.check()
         self._ready(job, stall)
+        payload = {**payload, "workflow": self._upload_inputs(job, payload)}
         prompt_id = str(uuid.uuid4())
         box = Mailbox()
         self._router.register(prompt_id, box, job.id)
@@ -238,6 +243,18 @@ class ComfyUIConnector(Connector):
             if ended:
                 self.orphans.discard(prompt_id)
             self._router.unregister(prompt_id, job.id)
+
+    def _upload_inputs(self, job: Job, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The workflow to post, its input images uploaded (:mod:`jobqueue.connectors.comfyui.uploads`);
+        a ComfyUI that stops answering meanwhile was not reached (the attempt does not count)."""
+        try:
+            return InputUploader(self.settings, self._rest).prepare(job, payload)
+        except requests.Timeout:
+            raise ServiceNotReached(f"ComfyUI at {self.base_url} did not answer an upload", {"url": self.base_url}) from None
+        except ServiceNotReached:
+            raise
+        except ServiceUnavailable as exc:
+            raise ServiceNotReached(exc.message, exc.details) from None
 
     def _rebook(self, asked: str, given: str, job_id: str) -> None:
         """An older ComfyUI chose its own prompt id: book that one instead of ours."""

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobqueue.sims.comfyui.execution import Execution, ExecutorDied
+from jobqueue.sims.comfyui.inputs import to_bytes
 from jobqueue.sims.comfyui.nodes import Image
 from jobqueue.sims.comfyui.options import SimOptions
-from jobqueue.sims.comfyui.png import solid_png
+from jobqueue.sims.comfyui.png import rgb_png, solid_png
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Simulator:
     """ComfyUI's queue + executor. All methods run on the server's event loop."""
 
     def __init__(self, output_dir: str, temp_dir: str, send: Sender, options: SimOptions | None = None,
-                 vram_gb: float | None = None) -> None:
+                 vram_gb: float | None = None, input_dir: str | None = None) -> None:
         self.options = options or SimOptions()
         self.vram_gb = vram_gb
         #: Set when the executor died (an exception outside any node): nothing runs any more.
@@ -87,6 +88,9 @@ class Simulator:
         self.on_crash: Callable[[], None] | None = None
         self.output_dir = output_dir
         self.temp_dir = temp_dir
+        self.input_dir = input_dir or os.path.join(os.path.dirname(output_dir), "input")
+        #: The folders by kind, as ``folder_paths.get_directory_by_type`` names them.
+        self.folders = {"input": self.input_dir, "output": output_dir, "temp": temp_dir}
         self._send = send
         self.queue: list[QueueItem] = []
         self.running: QueueItem | None = None
@@ -246,9 +250,10 @@ class Simulator:
         subfolder, _, base = prefix.rpartition("/")
         target = os.path.join(folder, subfolder)
         os.makedirs(target, exist_ok=True)
-        data = solid_png(image.width, image.height, image.color, text)
         entries = []
-        for _ in range(image.batch_size):
+        solid = solid_png(image.width, image.height, image.color, text) if image.pixels is None else b""
+        for index in range(image.batch_size):
+            data = solid if image.pixels is None else rgb_png(image.width, image.height, to_bytes(image.pixels[index]), text)
             counter = self._counters.get((kind, prefix), 0) + 1
             while os.path.exists(os.path.join(target, f"{base}_{counter:05}_.png")):
                 counter += 1

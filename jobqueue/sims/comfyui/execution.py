@@ -56,8 +56,9 @@ class ExecutorDied(Exception):
     nothing more runs until a restart."""
 
 
-def signatures(prompt: dict[str, Any]) -> dict[str, str]:
-    """Input signature of every node: class, literal inputs and upstream signatures."""
+def signatures(prompt: dict[str, Any], folders: dict[str, str] | None = None) -> dict[str, str]:
+    """Input signature of every node: class, literal inputs, upstream signatures and what the
+    node's ``IS_CHANGED`` says (``LoadImage``: the file's hash, so a changed file runs again)."""
     sigs: dict[str, str] = {}
 
     def sig(node_id: str, trail: tuple[str, ...] = ()) -> str:
@@ -70,6 +71,9 @@ def signatures(prompt: dict[str, Any]) -> dict[str, str]:
                 parts[name] = ["link", sig(str(value[0]), (*trail, node_id)), value[1]]
             else:
                 parts[name] = value
+        node_def = NODES.get(node["class_type"])
+        if node_def is not None and node_def.is_changed is not None:
+            parts["$is_changed"] = node_def.is_changed(folders or {}, node["inputs"])
         sigs[node_id] = json.dumps([node["class_type"], parts], sort_keys=True, default=str)
         return sigs[node_id]
 
@@ -148,7 +152,7 @@ class Execution:
         await self.tell("execution_start", {"prompt_id": self.pid, "timestamp": now_ms()}, keep=True)
         cache = self.sim.cache
         try:
-            self.sigs = signatures(self.prompt)
+            self.sigs = signatures(self.prompt, self.sim.folders)
         except KeyError as exc:
             raise ExecutorDied(f"KeyError {exc} while building cache keys") from exc
         self.cached = [n for n in self.prompt if self.sigs[n] in cache]
@@ -285,6 +289,7 @@ class _Context:
 
     def __init__(self, run: Execution, node_id: str) -> None:
         self._run, self._sim, self._pid, self._node = run, run.sim, run.pid, node_id
+        self.folders = run.sim.folders
 
     async def sleep(self, seconds: float) -> None:
         """Sleep like a node's own ``time.sleep``: deaf to interrupts, stopped by a freeze."""

@@ -303,6 +303,10 @@ def test_a_database_of_an_older_monitor_gets_its_worker_counts_from_its_jobs(tmp
         conn.exec_driver_sql("DROP TABLE alembic_version")  # nor did it know migrations,
         for table in ("audit", "api_keys"):  # nor the tables of revisions after the baseline
             conn.exec_driver_sql(f"DROP TABLE {table}")
+        for index in ("ix_jobs_parent_id", "ix_jobs_root_id"):  # nor their columns
+            conn.exec_driver_sql(f"DROP INDEX {index}")
+        for column in ("task", "parent_id", "root_id"):
+            conn.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
     store.close()
     # When a new monitor opens it
     upgraded = Store(url)

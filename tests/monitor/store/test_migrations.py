@@ -60,6 +60,25 @@ def expected() -> dict[str, Any]:
     return dict(json.loads((OLD / "expected.json").read_text()))
 
 
+#: Job fields later revisions added, at the value a job the old monitor stored reads (0003:
+#: the task's details, unknown for those jobs -- never guessed).
+NEW_JOB_FIELDS: dict[str, Any] = {"args": None, "kwargs": None, "parent_id": None, "root_id": None, "group_id": None,
+                                  "eta": None, "expires": None, "scheduled": False, "routing_key": None,
+                                  "exchange": None, "children": []}
+
+
+def without_new_fields(data: Any) -> Any:
+    """``data`` with the fields of :data:`NEW_JOB_FIELDS` left out of every job that has them at
+    their unknown value (any other value stays, so the comparison shows it)."""
+    if isinstance(data, list):
+        return [without_new_fields(item) for item in data]
+    if not isinstance(data, dict):
+        return data
+    is_job = "status" in data and "seq" in data and "args" in data
+    return {key: without_new_fields(value) for key, value in data.items()
+            if not (is_job and key in NEW_JOB_FIELDS and value == NEW_JOB_FIELDS[key])}
+
+
 def same_order(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with the failure patterns in one order: those of equal count are listed in
     the database's order of finish times, where SQLite and PostgreSQL place NULL apart."""
@@ -156,7 +175,7 @@ def test_a_store_written_before_migrations_is_upgraded_in_place_and_reads_back_t
         assert revision_of(old_store_url) == head()
         assert differences(store) == []
         # And every read answers what the old monitor's answered
-        got, want = same_order(reads(store)), same_order(expected())
+        got, want = same_order(without_new_fields(reads(store))), same_order(expected())
         assert [key for key in want if got[key] != want[key]] == []
     finally:
         store.close()
@@ -171,7 +190,10 @@ def test_upgrading_an_old_sqlite_store_changes_no_row(tmp_path):
     # Then every row is still there, unchanged; the store only gained its revision and the
     # tables of later revisions (API keys and the audit trail, 0002), empty
     after = sqlite_rows(tmp_path / "old.db")
-    assert {name: rows for name, rows in after.items() if name in before} == before
+    # (rows of tables a later revision gave new columns end in those columns, empty)
+    assert {name: [row[:len(before[name][0])] if before[name] else row for row in rows]
+            for name, rows in after.items() if name in before} == before
+    assert all(value is None for row in after["jobs"] for value in row[len(before["jobs"][0]):])
     assert {name: rows for name, rows in after.items() if name not in before} == {"api_keys": [], "audit": []}
     assert sum(len(rows) for rows in before.values()) > 100
 
