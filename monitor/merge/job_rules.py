@@ -352,8 +352,9 @@ def _inner_error(error: dict[str, Any]) -> dict[str, Any]:
 
 
 def _handed_back(s: JobState, error: dict[str, Any], ts: float) -> bool:
-    """A job handed back before its service ran anything (a model it needs vanished): it is
-    queued again, with the reason as its error (the one step down the rules allow)."""
+    """A job handed back without using a retry (a model it needs vanished; out of memory): it
+    is queued again, with the reason as its error (the one step down the rules allow) and, when
+    it was moved up to a larger card, its raised ``requires``."""
     current = s.job_status
     if current is None or current.is_final or current == JobStatus.QUEUED:
         return False
@@ -363,6 +364,9 @@ def _handed_back(s: JobState, error: dict[str, Any], ts: float) -> bool:
     s.progress = empty_progress()
     s.started_at = None
     s.error = error
+    raised = (error.get("details") or {}).get("requires")
+    if isinstance(raised, dict) and isinstance(s.meta, dict):  # moved up after out of memory
+        s.meta = {**s.meta, "requires": json_blob(raised)}
     return True
 
 
