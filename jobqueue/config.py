@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     job_timeout: float = 3600.0
     #: How many times a stalled or service-lost job is retried before it fails.
     max_retries: int = 3
+    #: Longest (s) a job moved up to a larger card after running out of GPU memory waits for a
+    #: worker with that much VRAM before it fails naming the VRAM tried.
+    oom_wait: float = 600.0
+    #: ComfyUI: ``POST /free`` (unload models, free memory) before the next job of a worker
+    #: whose last job ran out of GPU memory.
+    comfyui_free_after_oom: bool = False
     #: SQLAlchemy URL of the monitor's store.
     monitor_db: str = "sqlite:///jobqueue-monitor.db"
     #: Address the monitor binds to.
@@ -376,7 +382,7 @@ class Settings(BaseSettings):
         """Raise :class:`ConfigError` for values that would break the system quietly."""
         for name in ("visibility_timeout", "lease_interval", "health_interval", "status_beat",
                      "stall_timeout", "job_timeout", "heartbeat_interval", "comfyui_node_timeout",
-                     "a1111_node_timeout", "redis_health_interval", "redis_wait_timeout"):
+                     "a1111_node_timeout", "redis_health_interval", "redis_wait_timeout", "oom_wait"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"JOBQUEUE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
         # A lease renewed less often than the timeout lets a live job be handed out twice.

@@ -162,6 +162,11 @@ class ModelsVanished(ServiceNotReached):
     job goes back to its queue (it reads ``queued``, with its ``waiting_for``), no retry used."""
 
 
+class ServerCrashed(ServiceUnavailable):
+    """The service exited or restarted while it ran the job (its connections refused, or it came
+    back without the job): handed back at once; a job that does it on two machines is poison."""
+
+
 class JobStalled(ConnectorError):
     """The service showed no sign of progress within the stall timeout; the job may run elsewhere."""
 
@@ -178,6 +183,15 @@ class JobCancelled(ConnectorError):
 
 class ExecutionFailed(ConnectorError):
     """The service ran the job and reported an error (bad workflow, node failure...)."""
+
+
+class OutOfMemory(ExecutionFailed):
+    """The service ran out of GPU memory on this worker: the worker moves the job up to a
+    larger card (``requires.vram_gb`` raised), or fails it naming the VRAM tried."""
+
+
+class CrashesServers(ExecutionFailed):
+    """The job took its service down on two different machines: failed, never retried again."""
 
 
 class InputImageFailed(ExecutionFailed):

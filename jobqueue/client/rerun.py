@@ -27,8 +27,9 @@ def resubmit_arguments(job_id: str, kwargs: Mapping[str, Any], service: str) -> 
 
     Kept: the payload as submitted (input images, once jobs take them, travel in it), priority,
     the queue it went to (a pin stays a pin), timeout, workflow id and step, ``requires``,
-    ``webhook_url``, the tenant, and any other option as metadata. A job that went to its
-    tenant's queue (:mod:`jobqueue.shared.fairshare`) is routed again rather than pinned there.
+    ``webhook_url``, the tenant (the copy belongs to whom the first job did), and any other
+    option as metadata. A job that went to its tenant's queue (:mod:`jobqueue.shared.fairshare`)
+    is routed again rather than pinned there.
     The copy records ``retry_of``: the job it copies.
     """
     options = dict(kwargs.get("options") or {})

@@ -30,10 +30,10 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "DEAD_SUFFIX", "attempts_key", "dead_letter_key", "facts_key", "orphan_book_key", "preview_key", "queued_key",
-    "replication_fence_key", "requires_key", "result_client", "retry_key", "submitted_key", "tenant_queued_key",
-    "tenant_queues_key", "tenant_running_key", "webhook_attempts_key", "webhook_delivered_key", "workflow_key",
-    "workflow_step_key",
+    "DEAD_SUFFIX", "attempts_key", "crashes_key", "dead_letter_key", "facts_key", "moved_up_info_key", "moved_up_key",
+    "orphan_book_key", "preview_key", "queued_key", "replication_fence_key", "requires_key", "result_client",
+    "retry_key", "submitted_key", "tenant_queued_key", "tenant_queues_key", "tenant_running_key",
+    "webhook_attempts_key", "webhook_delivered_key", "workflow_key", "workflow_step_key",
 ]
 
 
@@ -70,6 +70,22 @@ def retry_key(job_id: str) -> str:
     """Hash of a job's retry bookkeeping: first start, uncounted retries
     (:mod:`jobqueue.worker.retrying`)."""
     return f"jobqueue-retry-{job_id}"
+
+
+def crashes_key(job_id: str) -> str:
+    """Set of the machines whose service a job took down (:mod:`jobqueue.worker.crashes`)."""
+    return f"jobqueue-crashes-{job_id}"
+
+
+def moved_up_key() -> str:
+    """Sorted set of jobs moved up to a larger card after running out of memory, scored by the
+    time they fail if no such card takes them (:mod:`jobqueue.worker.moveup`)."""
+    return "jobqueue-moved-up"
+
+
+def moved_up_info_key() -> str:
+    """Hash: job id -> JSON of why it was moved up (service, VRAM tried, requirement, worker)."""
+    return "jobqueue-moved-up-info"
 
 
 def preview_key(job_id: str) -> str:

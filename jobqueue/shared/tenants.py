@@ -25,6 +25,11 @@ def check_tenant(tenant: object) -> str | None:
     return tenant
 
 
+def is_tenant(value: object) -> bool:
+    """True when ``value`` is a valid tenant name (what a reader of events or records keeps)."""
+    return isinstance(value, str) and TENANT_PATTERN.fullmatch(value) is not None
+
+
 @dataclass(frozen=True)
 class TenantQuota:
     """One tenant's limits and share (``JOBQUEUE_TENANT_QUOTAS``): most jobs queued and running

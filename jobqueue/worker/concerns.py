@@ -17,8 +17,10 @@ Start-up order (the worker's bootsteps, then the consumer's, as Celery starts th
 
 1. ``runtime``: connectors, identity, status reporter, health loop; the first health check
    runs before the consumer starts.
-2. ``lease`` and ``orphans``: background threads of the worker (lease on Redis only), and
-   ``exit-when-idle`` (only with ``JOBQUEUE_EXIT_WHEN_IDLE``: :mod:`jobqueue.worker.idle`).
+2. ``lease`` and ``orphans``: background threads of the worker (lease on Redis only),
+   ``exit-when-idle`` (only with ``JOBQUEUE_EXIT_WHEN_IDLE``: :mod:`jobqueue.worker.idle`) and
+   ``moved-up`` (fails jobs moved up after out of memory that waited too long:
+   :mod:`jobqueue.worker.moveup`).
 3. ``poison`` (consumer, after its event dispatcher): Celery's refusal handlers wrapped, the
    transport's poison hook set on the connection.
 4. ``status`` (consumer, after its event dispatcher): statuses and progress leave through it.
@@ -52,6 +54,7 @@ from jobqueue.worker import attempts, bootsteps, tenant_quota, webhooks
 from jobqueue.worker.fairshare import FairShareStep
 from jobqueue.worker.handback import requirements_strategy
 from jobqueue.worker.idle import IdleStep
+from jobqueue.worker.moveup import MoveUpStep
 from jobqueue.worker.poison import PoisonStep
 from jobqueue.worker.task import register_job_task
 
@@ -101,6 +104,7 @@ CONCERNS: tuple[Concern, ...] = (
     Concern("lease", worker_steps=(bootsteps.LeaseStep,)),
     Concern("orphans", worker_steps=(bootsteps.OrphanStep,)),
     Concern("exit-when-idle", worker_steps=(IdleStep,)),
+    Concern("moved-up", worker_steps=(MoveUpStep,)),
     Concern("poison", consumer_steps=(PoisonStep,)),
     Concern("status", consumer_steps=(bootsteps.StatusStep,)),
     Concern("queue-gates", consumer_steps=(bootsteps.QueueGateStep,)),

@@ -33,6 +33,7 @@ from jobqueue.shared.names import (
     TASK_SUCCEEDED,
     job_meta_from_kwargs,
 )
+from jobqueue.shared.tenants import is_tenant
 from jobqueue.states import (
     FINAL_STATUSES,
     HANDED_BACK_ERRORS,
@@ -75,6 +76,7 @@ class JobState:
     priority: int | None = None
     workflow_id: str | None = None
     step: int | None = None
+    tenant: str | None = None
     meta: dict[str, Any] | None = None
     submitted_at: float | None = None
     received_at: float | None = None
@@ -206,6 +208,7 @@ def _fill_meta(s: JobState, ev: dict[str, Any]) -> bool:
         ("priority", meta.get("priority"), _small_int),
         ("workflow_id", meta.get("workflow_id"), _short_str),
         ("step", meta.get("step"), _small_int),
+        ("tenant", meta.get("tenant"), is_tenant),
         ("submitted_at", meta.get("submitted_at"), _finite),
     ):
         if getattr(s, attr) is None and value is not None and ok(value):
@@ -349,8 +352,9 @@ def _inner_error(error: dict[str, Any]) -> dict[str, Any]:
 
 
 def _handed_back(s: JobState, error: dict[str, Any], ts: float) -> bool:
-    """A job handed back before its service ran anything (a model it needs vanished): it is
-    queued again, with the reason as its error (the one step down the rules allow)."""
+    """A job handed back without using a retry (a model it needs vanished; out of memory): it
+    is queued again, with the reason as its error (the one step down the rules allow) and, when
+    it was moved up to a larger card, its raised ``requires``."""
     current = s.job_status
     if current is None or current.is_final or current == JobStatus.QUEUED:
         return False
@@ -360,6 +364,9 @@ def _handed_back(s: JobState, error: dict[str, Any], ts: float) -> bool:
     s.progress = empty_progress()
     s.started_at = None
     s.error = error
+    raised = (error.get("details") or {}).get("requires")
+    if isinstance(raised, dict) and isinstance(s.meta, dict):  # moved up after out of memory
+        s.meta = {**s.meta, "requires": json_blob(raised)}
     return True
 
 

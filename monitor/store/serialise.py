@@ -98,6 +98,7 @@ def job_dict(j: JobRow) -> dict[str, Any]:
         "priority": j.priority,
         "workflow_id": j.workflow_id,
         "step": j.step,
+        "tenant": j.tenant,
         "workflow_steps": _meta_int(meta, "workflow_steps"),
         "batch_id": _meta_str(meta, "batch_id"),
         "batch_index": _meta_int(meta, "batch_index"),

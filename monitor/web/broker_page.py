@@ -19,6 +19,7 @@ from jobqueue.transport.broker_queues import BrokerError, list_queues
 from monitor.web.responses import error_response
 from monitor.web.routes import Limit, Role, route
 from monitor.web.schemas import BROKER, EMPTY, PURGED
+from monitor.web.tenancy import FLEET
 
 bp = Blueprint("broker", __name__)
 
@@ -38,7 +39,7 @@ def _consumers(workers: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 @route(bp, "/api/broker", role=Role.VIEWER, summary="The broker's queues: depth per priority level, consumers",
-       response=BROKER, errors=(503,))
+       response=BROKER, errors=(403, 503), **FLEET)
 def broker() -> Any:
     ctx = _ctx()
     try:
@@ -58,7 +59,7 @@ def broker() -> Any:
 
 @route(bp, "/api/queues/<path:name>/purge", method="POST", role=Role.ADMIN,
        summary="Remove every message waiting in a queue (every priority level); its jobs are cancelled",
-       body=EMPTY, response=PURGED, errors=(400, 503), limit=Limit.CONTROL, control=True, audit="purge")
+       body=EMPTY, response=PURGED, errors=(400, 403, 503), limit=Limit.CONTROL, control=True, audit="purge", **FLEET)
 def purge_route(name: str) -> Any:
     try:
         report = purge(name, app=_ctx().celery)
@@ -68,6 +69,7 @@ def purge_route(name: str) -> Any:
     return jsonify(report.as_dict())
 
 
-@route(bp, "/broker", role=Role.VIEWER, summary="The broker page", content="text/html", page=True)
+@route(bp, "/broker", role=Role.VIEWER, summary="The broker page", content="text/html", page=True, errors=(403,),
+       **FLEET)
 def broker_page() -> str:
     return render_template("broker.html", page="broker")

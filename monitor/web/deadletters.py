@@ -16,6 +16,7 @@ from flask import Blueprint, current_app, jsonify, request
 from jobqueue.shared.records import DEAD_SUFFIX
 from monitor.web.routes import Role, route
 from monitor.web.schemas import DEAD_LETTERS, int_query
+from monitor.web.tenancy import FLEET
 
 bp = Blueprint("dead_letters", __name__)
 
@@ -69,8 +70,8 @@ def read_dead_letters(settings: Any, items: int) -> list[dict[str, Any]]:
     return out
 
 
-@route(bp, "/api/dead-letters", role=Role.VIEWER, summary="Poison messages per queue",
-       query=(int_query("items", 0, MAX_ITEMS),), response=DEAD_LETTERS, errors=(400, 503))
+@route(bp, "/api/dead-letters", role=Role.VIEWER, summary="Poison messages per queue (the whole fleet's: not for a tenant)",
+       query=(int_query("items", 0, MAX_ITEMS),), response=DEAD_LETTERS, errors=(400, 403, 503), **FLEET)
 def dead_letters() -> Any:
     """Poison messages per queue: ``{"total", "queues": [{"queue", "list", "count", "items"}]}``
     (``?items=N``, default 20, newest first; 0 for counts only)."""

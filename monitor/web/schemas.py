@@ -49,7 +49,7 @@ JOB = obj({
     "id": STR, "name": nullable("string"), "service": nullable("string"), "status": STR,
     "worker": nullable("string"), "machine_id": nullable("string"), "queue": nullable("string"),
     "priority": nullable("integer"), "workflow_id": nullable("string"), "step": nullable("integer"),
-    "attempt": INT, "retries": INT, "progress": OBJECT, "submitted_at": nullable("number"),
+    "tenant": nullable("string"), "attempt": INT, "retries": INT, "progress": OBJECT, "submitted_at": nullable("number"),
     "received_at": nullable("number"), "started_at": nullable("number"), "finished_at": nullable("number"),
     "runtime": nullable("number"), "eta_seconds": nullable("number"), "queue_position": nullable("integer"),
     "error": nullable("object"), "result": ANY, "payload_summary": nullable("string"),
@@ -66,7 +66,7 @@ CONNECTOR = obj({"status": STR, "message": STR, "details": OBJECT, "updated_at":
 WORKER = obj({
     "name": STR, "machine_id": nullable("string"), "gpu": nullable("integer"), "status": STR,
     "connectors": {"type": "object", "additionalProperties": CONNECTOR}, "services": ARRAY, "queues": ARRAY,
-    "active": INT, "processed": INT, "failed": INT, "current_job": nullable("string"),
+    "active": INT, "processed": nullable("integer"), "failed": nullable("integer"), "current_job": nullable("string"),
     "heartbeat_at": nullable("number"), "seq": INT,
 })
 MACHINE = obj({"id": STR, "workers": {"type": "array", "items": STR}, "status": STR,
@@ -75,6 +75,20 @@ MACHINE = obj({"id": STR, "workers": {"type": "array", "items": STR}, "status": 
 CANVAS = obj({"root": STR, "truncated": BOOL, "nodes": {"type": "array", "items": obj({
     "id": STR, "name": nullable("string"), "status": STR, "parent_id": nullable("string"),
     "root_id": nullable("string"), "group_id": nullable("string"), "seq": INT})}})
+INSPECT = obj({"worker": STR}, **{k: ANY for k in ("stats", "registered", "active", "reserved", "scheduled",
+                                                   "revoked", "active_queues", "conf")})
+POOL_REQUEST: Schema = {"type": "object", "required": ["action"], "properties": {
+    "action": {"type": "string", "enum": ["grow", "shrink", "autoscale", "restart"]},
+    "n": {"type": "integer", "minimum": 1}, "min": {"type": "integer", "minimum": 0},
+    "max": {"type": "integer", "minimum": 1}}}
+QUEUE_REQUEST: Schema = {"type": "object", "required": ["action", "queue"], "properties": {
+    "action": {"type": "string", "enum": ["add", "cancel"]}, "queue": {"type": "string", "minLength": 1}}}
+LIMITS_REQUEST: Schema = {"type": "object", "properties": {
+    "rate_limit": {"type": "string", "description": "e.g. 10/m; empty: none"},
+    "time_limit": {"type": ["number", "null"]}, "soft_time_limit": {"type": ["number", "null"]},
+    "worker": {"type": "string", "description": "only this worker (default: all)"}}}
+REVOKE_REQUEST: Schema = {"type": "object", "properties": {
+    "terminate": {"type": "boolean"}, "signal": {"type": "string", "default": "SIGTERM"}}}
 JOB_PAGE = obj({"jobs": {"type": "array", "items": JOB}, "total": INT, "limit": INT, "offset": INT,
                 "sort": STR, "order": {"type": "string", "enum": ["asc", "desc"]}})
 STATE = obj({"seq": INT, "machines": {"type": "array", "items": MACHINE}, "workers": {"type": "array", "items": WORKER},
@@ -144,5 +158,5 @@ JOBS_QUERY = (
     num_query("since"), num_query("until"), str_query("q"), str_query("workflow"), str_query("name"),
     str_query("queue"), int_query("limit", 1, 1000),
     int_query("offset", 0, 10**9), str_query("sort", ["submitted", "finished", "runtime"]),
-    str_query("order", ["asc", "desc"]),
+    str_query("order", ["asc", "desc"]), str_query("tenant"),
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Flask, Response
 
-from monitor.web import access, audit, keys, limits, login, sessions, sso
+from monitor.web import access, audit, keys, limits, login, sessions, sso, tenancy
 from monitor.web.routes import collect
 
 
@@ -29,5 +29,6 @@ def install(app: Flask) -> None:
     sso.install(app, settings)
     collect(app)
     access.install(app)
+    tenancy.install(app)  # right after the access check: it confines whom that let in
     audit.install(app)
     limits.install(app, settings)

@@ -3,11 +3,13 @@ what a Flower user points the monitor at."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +51,14 @@ def slow(value, seconds):
 """
 
 
-@pytest.fixture
-def plain_worker(tmp_path: Path, redis_url: str) -> Iterator[Any]:
-    """A worker of a plain Celery app that imports nothing of jobqueue (threads pool)."""
+@contextmanager
+def plain_worker_process(tmp_path: Path, redis_url: str, *, pool: str = "threads", concurrency: int = 2,
+                         node: str = "plain@box-p") -> Iterator[Any]:
+    """A worker of a plain Celery app that imports nothing of jobqueue; yields the app."""
     (tmp_path / "plainapp.py").write_text(textwrap.dedent(PLAIN_APP.format(broker=redis_url)))
     log = (tmp_path / "plain-worker.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "plainapp", "worker", "-P", "threads", "-c", "2",
-                             "-n", "plain@box-p", "--without-mingle", "--without-gossip", "-l", "info"],
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "plainapp", "worker", "-P", pool, "-c",
+                             str(concurrency), "-n", node, "--without-mingle", "--without-gossip", "-l", "info"],
                             cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     sys.path.insert(0, str(tmp_path))
     try:
@@ -69,8 +72,13 @@ def plain_worker(tmp_path: Path, redis_url: str) -> Iterator[Any]:
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
         log.close()
 
 
+@pytest.fixture
+def plain_worker(tmp_path: Path, redis_url: str) -> Iterator[Any]:
+    """A worker of a plain Celery app that imports nothing of jobqueue (threads pool)."""
+    with plain_worker_process(tmp_path, redis_url) as app:
+        yield app

@@ -84,6 +84,8 @@ class Simulator:
         self.vram_gb = vram_gb
         #: Set when the executor died (an exception outside any node): nothing runs any more.
         self.dead = False
+        #: Called by the ``SimCrash`` node: the server dies and restarts empty.
+        self.on_crash: Callable[[], None] | None = None
         self.output_dir = output_dir
         self.temp_dir = temp_dir
         self.input_dir = input_dir or os.path.join(os.path.dirname(output_dir), "input")

@@ -20,7 +20,10 @@ As in ComfyUI v0.3.64:
   raises ``KeyError`` in the executor thread after ``execution_start``
   (:class:`ExecutorDied`); nothing runs any more;
 * an exception's type is written module-qualified (``torch.OutOfMemoryError``) and an
-  out-of-memory message gets ComfyUI's tips.
+  out-of-memory message gets ComfyUI's tips. A node runs out of memory when the simulated GPU
+  (``vram_gb``) is smaller than what its images need (:mod:`jobqueue.sims.vram`: the largest
+  image batch among its inputs, or its own ``width`` × ``height`` × ``batch_size``), or when
+  ``oom_next`` asks for it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from jobqueue.sims.comfyui.nodes import NODES, Blocker, Image
 from jobqueue.sims.comfyui.options import OOM_TIPS, OutOfMemoryError, full_type_name, out_of_memory
 from jobqueue.sims.comfyui.png import solid_png
+from jobqueue.sims.vram import vram_needed_gb
 
 if TYPE_CHECKING:
     from jobqueue.sims.comfyui.engine import QueueItem, Simulator
@@ -225,6 +229,9 @@ class Execution:
         if self.sim.options.oom_next > 0:
             self.sim.options.oom_next -= 1
             raise out_of_memory(vram_gib=self.sim.vram_gb)
+        needed = _vram_needed(inputs)
+        if self.sim.vram_gb and needed > self.sim.vram_gb:
+            raise out_of_memory(needed, self.sim.vram_gb)
         return await NODES[class_type].run(_Context(self, node_id), **inputs)
 
     async def _reuse(self, node_id: str) -> None:
@@ -265,6 +272,16 @@ class Execution:
             "traceback": traceback.format_tb(exc.__traceback__),
             "current_inputs": {k: [repr(v)] for k, v in inputs.items()},
             "current_outputs": list(self.prompt), "timestamp": now_ms()}, keep=True)
+
+
+def _vram_needed(inputs: dict[str, Any]) -> float:
+    """GB a node needs (:mod:`jobqueue.sims.vram`): its largest image batch, or the size it makes."""
+    sizes = [(v.width, v.height, v.batch_size) for v in inputs.values() if isinstance(v, Image)]
+    width, height = inputs.get("width"), inputs.get("height")
+    if isinstance(width, int) and isinstance(height, int):
+        batch = inputs.get("batch_size")
+        sizes.append((width, height, batch if isinstance(batch, int) else 1))
+    return max((vram_needed_gb(*size) for size in sizes), default=0.0)
 
 
 class _Context:
@@ -319,3 +336,9 @@ class _Context:
     def save_images(self, image: Image, kind: str, prefix: str,
                     text: dict[str, str] | None = None) -> list[dict[str, Any]]:
         return self._sim.save_images(image, kind, prefix, text)
+
+    async def crash(self) -> None:
+        """Take the server down (it cuts this prompt's run too); never returns."""
+        if self._sim.on_crash is not None:
+            self._sim.on_crash()
+        await asyncio.Event().wait()

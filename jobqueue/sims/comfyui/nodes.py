@@ -6,7 +6,8 @@ simulator's own: ``SimPreviewSampler`` sends a live preview with every step the 
 with latent previews does; ``SimSilentSleep`` sleeps without any progress (a VAE decode, a
 model load: nothing an interrupt can land on) and ``SimSlowSave`` is an output node that does
 (a large batch saved: an interrupt during the last node is never honoured); ``SimBlockOutputs`` blocks its output the way
-ComfyUI's ``ExecutionBlocker`` does (a switch node, a filter).
+ComfyUI's ``ExecutionBlocker`` does (a switch node, a filter); ``SimCrash`` takes the whole
+server down (a custom node that segfaults): it comes back empty after ``crash_restart`` s.
 
 Generated images are uniform colours (:class:`Image`), so those nodes never hold pixel
 buffers; only saving writes real PNG bytes. A loaded image carries its pixels (and
@@ -60,6 +61,8 @@ class NodeContext(Protocol):
 
     def save_images(self, image: Image, kind: str, prefix: str,
                     text: dict[str, str] | None = None) -> list[dict[str, Any]]: ...
+
+    async def crash(self) -> None: ...
 
     #: The server's folders by kind: ``input``, ``output``, ``temp``.
     folders: dict[str, str]
@@ -252,6 +255,11 @@ async def _block_outputs(ctx: NodeContext, image: Any, block: bool = True, messa
     return ((Blocker(message or None) if block else _image(image)),), None
 
 
+async def _crash(ctx: NodeContext, image: Any) -> NodeResult:
+    await ctx.crash()  # never returns: the server dies under it
+    return (_image(image),), None
+
+
 async def _fail(ctx: NodeContext, image: Any, message: str = "harness boom") -> NodeResult:
     raise ValueError(message)
 
@@ -357,6 +365,15 @@ NODES: dict[str, NodeDef] = {
             category="testing",
             python_module="jobqueue.sims.comfyui",
             description="Blocks its output (ComfyUI's ExecutionBlocker); an empty message blocks silently.",
+        ),
+        NodeDef(
+            "SimCrash",
+            {"image": ["IMAGE"]},
+            _crash,
+            outputs=("IMAGE",),
+            category="testing",
+            python_module="jobqueue.sims.comfyui",
+            description="Kills the server (a custom node that segfaults); it restarts with an empty queue and history.",
         ),
         NodeDef(
             "HarnessFail",

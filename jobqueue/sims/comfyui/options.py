@@ -8,6 +8,8 @@ engine and the server, changed while running through ``POST /_sim/options``.
 * ``oom_next``: the next N prompts fail with ComfyUI's out-of-memory ``execution_error`` in
   their first node that runs (:func:`out_of_memory`), as a real card too small for the
   workflow does.
+* ``crash_restart``: seconds a crashed server (the ``SimCrash`` node) stays down before it
+  listens again, empty, as a supervisor restarts a ComfyUI that died; negative: it stays down.
 * ``newer``: answer like a ComfyUI newer than 0.3.64 (current master): ``missing_node_type``
   validation errors, ``invalid_prompt_id`` for a ``prompt_id`` that is not a canonical UUID,
   a 6th (sensitive) element on queue items that ``/queue`` strips, ``create_time`` in
@@ -31,6 +33,7 @@ class SimOptions:
     history_gap: float = 0.0
     oom_next: int = 0
     newer: bool = False
+    crash_restart: float = 1.0
 
     def update(self, data: Any) -> None:
         """Apply ``{name: value}``; raises ValueError for an unknown name or a wrong type."""

@@ -5,7 +5,9 @@ aiohttp, plus private fault switches for tests under ``/_sim/``.
   connection), ``freeze`` (send nothing, make no progress, hold every request), ``drop_ws``
   (close every websocket once), ``die`` (exit the process at once), ``none`` (back to normal).
 * ``GET /_sim/requests``: the requests the ComfyUI routes received (method, path, body).
-* ``GET /_sim/state``: queue, history size, fault mode, options, whether the executor died.
+* ``GET /_sim/state``: queue, history size, fault mode, options, whether the executor died,
+  how many times the server crashed (the ``SimCrash`` node: :meth:`SimHTTPServer.crash`) and
+  how many ``POST /free`` it received.
 * ``POST /upload/image`` and ``/upload/mask``: :mod:`jobqueue.sims.comfyui.uploads`, into
   the input folder beside the output folder, which ``LoadImage`` reads.
 * ``POST /_sim/options {...}``: the switches of :mod:`jobqueue.sims.comfyui.options`
@@ -122,12 +124,13 @@ class SimServer(SimHTTPServer):
         self.fault = "none"
         self.requests: deque[dict[str, Any]] = deque(maxlen=5000)
         self._worker: asyncio.Task[None] | None = None
+        self._crashing: asyncio.Task[None] | None = None
+        #: ``POST /free`` requests that asked to unload models or free memory.
+        self.frees = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        self.sim = Simulator(self.output_dir, self.temp_dir, self._deliver, self.options, self.vram_gb,
-                             input_dir=self.input_dir)
-        self._worker = asyncio.get_running_loop().create_task(self.sim.worker())
+        self._new_engine()
         app = web.Application(middlewares=[self._middleware], client_max_size=FEATURES["max_upload_size"])
         for prefix in ("", "/api"):
             app.add_routes(self._routes(prefix))
@@ -143,6 +146,26 @@ class SimServer(SimHTTPServer):
         await self.stop_http()
         if self.temp_root is not None:
             shutil.rmtree(self.temp_root, ignore_errors=True)
+
+    def _new_engine(self) -> None:
+        """A fresh queue, history, cache and executor (at start, and after a crash)."""
+        self.sim = Simulator(self.output_dir, self.temp_dir, self._deliver, self.options, self.vram_gb,
+                             input_dir=self.input_dir)
+        self.sim.on_crash = self._crash_soon
+        self._worker = asyncio.get_running_loop().create_task(self.sim.worker())
+
+    def _crash_soon(self) -> None:
+        """The ``SimCrash`` node ran: die and restart empty (:meth:`SimHTTPServer.crash`)."""
+        log.warning("comfyui-sim: crashing (SimCrash); back in %s s", self.options.crash_restart)
+        restart = self.options.crash_restart if self.options.crash_restart >= 0 else None
+        task = asyncio.get_running_loop().create_task(self.crash(self._forget_everything, restart))
+        self._crashing = task  # keep a reference: the loop holds tasks only weakly
+
+    async def _forget_everything(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self.sockets.clear()
+        self._new_engine()
 
     async def _close_sockets(self) -> None:
         for ws in list(self.sockets.values()):
@@ -173,6 +196,17 @@ class SimServer(SimHTTPServer):
             if not self.listening:
                 await self.listen()
         self.fault = mode
+
+    async def post_free(self, request: web.Request) -> web.Response:
+        """ComfyUI's ``POST /free``: ``unload_models`` / ``free_memory`` flags the prompt worker
+        acts on between prompts; 200 with an empty body (a simulated GPU has nothing to free)."""
+        try:
+            data = await request.json()
+        except ValueError:
+            data = {}
+        if isinstance(data, dict) and (data.get("unload_models") or data.get("free_memory")):
+            self.frees += 1
+        return web.Response(status=200)
 
     # -- plumbing --------------------------------------------------------------------------
     async def _deliver(self, message: Any, sid: str | None) -> None:
@@ -228,8 +262,9 @@ class SimServer(SimHTTPServer):
             assert self.sim is not None
             return web.json_response({"fault": self.fault, "url": self.url, "queue": self.sim.current_queue(),
                                       "history": len(self.sim.history), "sockets": len(self.sockets),
-                                      "output_dir": self.output_dir, "input_dir": self.input_dir, "options": self.options.as_dict(),
-                                      "executor": "dead" if self.sim.dead else "alive"})
+                                      "output_dir": self.output_dir, "input_dir": self.input_dir,
+                                      "options": self.options.as_dict(), "executor": "dead" if self.sim.dead else "alive",
+                                      "crashes": self.crashes, "crashed": self.crashed, "frees": self.frees})
 
         async def options(request: web.Request) -> web.Response:
             try:
@@ -247,6 +282,7 @@ class SimServer(SimHTTPServer):
             web.get(prefix + "/prompt", self.get_prompt),
             web.post(prefix + "/prompt", self.post_prompt),
             web.get(prefix + "/queue", self.get_queue),
+            web.post(prefix + "/free", self.post_free),
             web.post(prefix + "/queue", self.post_queue),
             web.get(prefix + "/history", self.get_history),
             web.get(prefix + "/history/{prompt_id}", self.get_history_item),

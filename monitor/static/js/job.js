@@ -80,6 +80,7 @@
         h("div", {class: "job-error", text: job.error.message || JQJobs.errorText(job)}),
         job.error.details && Object.keys(job.error.details).length ? h("pre", {class: "mono", text: pretty(job.error.details)}) : null) : null,
       h("dl", {class: "fields"},
+        field("tenant", job.tenant && !JQ.auth.info.tenant ? job.tenant : null),
         field("service", job.service), field("queue", job.queue), field("priority", job.priority),
         field("requires", job.requires ? requiresText(job.requires) : null),
         field("worker", job.worker), field("machine", job.machine_id),

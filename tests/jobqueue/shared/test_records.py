@@ -30,6 +30,9 @@ PINNED = [
     (records.tenant_running_key, ("acme",), "jobqueue-tenant-running-acme"),
     (records.tenant_queues_key, (), "jobqueue-tenant-queues"),
     (records.replication_fence_key, (), "jobqueue-replication-fence"),
+    (records.crashes_key, ("j1",), "jobqueue-crashes-j1"),
+    (records.moved_up_key, (), "jobqueue-moved-up"),
+    (records.moved_up_info_key, (), "jobqueue-moved-up-info"),
     (records.dead_letter_key, ("simulation",), "simulation.dead"),
 ]
 
