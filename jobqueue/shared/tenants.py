@@ -42,8 +42,9 @@ class TenantQuota:
 
 @lru_cache(maxsize=16)
 def parse_tenant_quotas(value: str) -> dict[str, TenantQuota]:
-    """Parse ``acme=queued:100,running:4,weight:2;*=queued:1000`` (``*``: every other tenant; the
-    form is checked by ``Settings.check``). Cached: read at every submit."""
+    """Parse ``acme=queued:100,running:4,weight:2;*=queued:1000`` (``*``: every other tenant; a
+    tenant named twice: its last entry counts; the form is checked by ``Settings.check``).
+    Cached: read at every submit."""
     quotas: dict[str, TenantQuota] = {}
     for entry in (e.strip() for e in value.split(";")):
         tenant, sep, rest = entry.partition("=")

@@ -89,10 +89,12 @@ def test_tenant_quotas_are_read_from_one_setting_with_a_default_entry():
     assert quota_for(settings, "other") == TenantQuota(queued=1000)
     assert quota_for(settings, None) == TenantQuota() and quota_for(settings, "x").weight == 1
     assert quota_for(Settings.from_env({}), "acme").queued is None
+    # (a tenant named twice: its last entry counts)
+    assert quota_for(Settings.from_env({"JOBQUEUE_TENANT_QUOTAS": "a=queued:1;a=running:2"}), "a").running == 2
 
 
-@pytest.mark.parametrize("bad", ["acme", "acme=queued:0", "acme=queued:x", "acme=speed:3", "acme=queued:1;acme=running:1",
-                                 "=queued:1"])
+@pytest.mark.parametrize("bad", ["acme", "acme=queued:0", "acme=queued:x", "acme=speed:3", "=queued:1",
+                                 "acme=queued:1 running:2"])
 def test_a_malformed_tenant_quota_is_refused_naming_the_variable(bad):
     with pytest.raises(ConfigError, match="JOBQUEUE_TENANT_QUOTAS"):
         Settings.from_env({"JOBQUEUE_TENANT_QUOTAS": bad})
