@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     job_timeout: float = 3600.0
     #: How many times a stalled or service-lost job is retried before it fails.
     max_retries: int = 3
+    #: Warm routing (docs/connectors.md): an idle worker takes jobs of checkpoints it has not
+    #: loaded only after this many seconds idle, so a worker that has them loaded takes them
+    #: first (0: off, every worker takes every job it can run as it comes).
+    warm_grace: float = 2.0
+    #: Warm routing: a worker busy with jobs of its loaded checkpoints takes the others again
+    #: at its next job after this many seconds, so they do not wait for a busy warm fleet.
+    warm_max_wait: float = 30.0
     #: SQLAlchemy URL of the monitor's store.
     monitor_db: str = "sqlite:///jobqueue-monitor.db"
     #: Address the monitor binds to.
@@ -331,6 +338,9 @@ class Settings(BaseSettings):
                 f"JOBQUEUE_LEASE_INTERVAL ({self.lease_interval}) must be at most half of "
                 f"JOBQUEUE_VISIBILITY_TIMEOUT ({self.visibility_timeout})"
             )
+        if self.warm_grace < 0 or not self.warm_max_wait > 0:
+            raise ConfigError(f"JOBQUEUE_WARM_GRACE must be >= 0 and JOBQUEUE_WARM_MAX_WAIT > 0, got "
+                              f"{self.warm_grace!r} and {self.warm_max_wait!r}")
         if self.max_retries < 0:
             raise ConfigError(f"JOBQUEUE_MAX_RETRIES must be >= 0, got {self.max_retries}")
         if self.gpu is not None and self.gpu < 0:

@@ -240,6 +240,8 @@ class QueueGateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
         for gate in (runtime.gate, runtime.capability_gate):
             if gate is not None:
                 gate.sync_now()
+        if runtime.capability_gate is not None and runtime.warm.grace > 0:
+            runtime.capability_gate.sync_later(runtime.warm.grace + 0.05)  # cold queues open after the grace
 
     def stop(self, c: Any) -> None:
         runtime = _runtime_of(c)

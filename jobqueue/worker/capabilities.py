@@ -12,6 +12,9 @@
   starts taking its jobs, one that loses it (or whose service turns unhealthy) stops.
   :meth:`CapabilityGate.hold_off` stops consuming one queue for a while after the worker
   handed a job of it back (:mod:`jobqueue.worker.handback`), so another worker gets it.
+* Warm routing (:mod:`jobqueue.worker.warm`): :func:`desired_queues` leaves out the model queues
+  of checkpoints this worker has not loaded while its :class:`~jobqueue.worker.warm.WarmState`
+  keeps them closed; :meth:`CapabilityGate.sync_later` re-syncs when the grace ends.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from jobqueue.shared.requirements import (
     capability_queues,
 )
 from jobqueue.shared.routing import is_capability_queue
+from jobqueue.shared.warm import split_queues
 from jobqueue.states import ConnectorStatus
 from jobqueue.worker.gate import ConsumerGate
 
@@ -36,9 +40,10 @@ log = logging.getLogger(__name__)
 
 
 def enrich(connector: Any, status: ConnectorStatus, details: Mapping[str, Any] | None,
-           tags: tuple[str, ...]) -> dict[str, Any]:
+           tags: tuple[str, ...], warm: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``details`` of a health check plus ``capabilities`` (read now when the service is
-    healthy, else the last known ones, which the gate ignores while unhealthy)."""
+    healthy, else the last known ones, which the gate ignores while unhealthy), with the
+    worker's tags and ``warm``: what it has loaded (:meth:`~jobqueue.worker.warm.WarmState.capabilities`)."""
     out = dict(details or {})
     last = connector.details.get(DETAILS_KEY)
     caps: dict[str, Any] = dict(last) if isinstance(last, Mapping) else {}
@@ -51,8 +56,16 @@ def enrich(connector: Any, status: ConnectorStatus, details: Mapping[str, Any] |
         if fresh is not None:
             caps = dict(fresh)
     caps["tags"] = list(tags)
+    caps.update(warm or {})
     out[DETAILS_KEY] = caps
     return out
+
+
+def has_models(details: Mapping[str, Any] | None) -> bool:
+    """True when ``details`` list any model (so there are model queues to route on)."""
+    caps = (details or {}).get(DETAILS_KEY)
+    folders = caps.get("models") if isinstance(caps, Mapping) else None
+    return isinstance(folders, Mapping) and any(isinstance(v, list) and v for v in folders.values())
 
 
 def worker_capabilities(node_name: str, connectors: Mapping[str, Any], *, healthy_only: bool = True) -> dict[str, Capabilities]:
@@ -132,6 +145,14 @@ class CapabilityGate(ConsumerGate):
         else:  # no event loop: the next health check's sync resumes it
             log.debug("no hub: %s resumes with the next sync", queue)
 
+    def sync_later(self, seconds: float) -> None:
+        """Sync again in ``seconds`` (from any thread): when a warm-routing grace ends."""
+        with self._lock:
+            consumer = self._consumer
+        hub = getattr(consumer, "hub", None) if consumer is not None else None
+        if hub is not None:  # without a loop the next health check's sync does it
+            hub.call_soon(lambda: hub.call_later(seconds, self.sync_now))
+
     def held(self) -> list[str]:
         """Queues on hold right now."""
         with self._lock:
@@ -140,6 +161,14 @@ class CapabilityGate(ConsumerGate):
 
 
 def desired_queues(runtime: Any) -> set[str]:
-    """The capability queues ``runtime``'s healthy connectors and tags call for."""
+    """The capability queues ``runtime``'s healthy connectors and tags call for, without the
+    cold model queues while warm routing keeps them closed (:mod:`jobqueue.worker.warm`)."""
     caps = worker_capabilities(runtime.identity.node_name, runtime.connectors)
-    return {q for cap in caps.values() for q in capability_queues(cap)}
+    warm = getattr(runtime, "warm", None)
+    if warm is None or warm.cold_open():
+        return {q for cap in caps.values() for q in capability_queues(cap)}
+    out: set[str] = set()
+    for service, cap in caps.items():
+        wanted, _cold = split_queues(service, capability_queues(cap), warm.loaded(service), cap.models)
+        out.update(wanted)
+    return out

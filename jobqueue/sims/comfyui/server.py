@@ -5,9 +5,10 @@ aiohttp, plus private fault switches for tests under ``/_sim/``.
   connection), ``freeze`` (send nothing, make no progress, hold every request), ``drop_ws``
   (close every websocket once), ``die`` (exit the process at once), ``none`` (back to normal).
 * ``GET /_sim/requests``: the requests the ComfyUI routes received (method, path, body).
-* ``GET /_sim/state``: queue, history size, fault mode, options, whether the executor died.
+* ``GET /_sim/state``: queue, history size, fault mode, options, whether the executor died,
+  the checkpoints in VRAM (``loaded``, least recently used first) and how many loads ran.
 * ``POST /_sim/options {...}``: the switches of :mod:`jobqueue.sims.comfyui.options`
-  (``history_gap``, ``oom_next``, ``newer``); answers them all.
+  (``history_gap``, ``oom_next``, ``newer``, ``load_seconds``, ``checkpoint_gb``); answers them all.
 
 As ComfyUI's ``server.py`` (v0.3.64): a socket is registered under its ``clientId``, replacing
 (without closing) an older one, and *any* handler for that id removes the registration when it
@@ -222,7 +223,8 @@ class SimServer(SimHTTPServer):
             return web.json_response({"fault": self.fault, "url": self.url, "queue": self.sim.current_queue(),
                                       "history": len(self.sim.history), "sockets": len(self.sockets),
                                       "output_dir": self.output_dir, "options": self.options.as_dict(),
-                                      "executor": "dead" if self.sim.dead else "alive"})
+                                      "executor": "dead" if self.sim.dead else "alive",
+                                      "loaded": list(self.sim.loaded), "loads": self.sim.loads})
 
         async def options(request: web.Request) -> web.Response:
             try:
@@ -396,7 +398,7 @@ class SimServer(SimHTTPServer):
                 "required_templates_version": "0.1.95", "python_version": sys.version,
                 "pytorch_version": "simulated", "embedded_python": False, "argv": list(sys.argv),
             },
-            "devices": models.devices(self.vram_gb, total, free),
+            "devices": models.devices(self.vram_gb, total, free, self.sim.vram_used_gb() if self.sim else 0.0),
         })
 
     async def object_info(self, request: web.Request) -> web.Response:
