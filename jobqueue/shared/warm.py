@@ -10,8 +10,10 @@ routing", tells the whole rule.
 * A worker's **loaded** checkpoints travel in its connectors' capabilities
   (``capabilities.loaded``, with ``capabilities.load_seconds``, its measured cost of a load),
   read back by :func:`loaded_from_details` and :func:`load_seconds_from_details`.
-* :func:`split_queues` tells a worker's warm model queues (checkpoints it has loaded) from its
-  cold ones: it consumes the cold ones only when :func:`cold_open` says so.
+* A worker consumes the model queues of checkpoints it has loaded (warm) at all times, and of
+  the others (cold) only as :func:`cold_to_open` says: after a grace idle, and not those an
+  idle worker holds loaded (:func:`peers_holding`, from the warm hash every worker of a
+  Redis result backend keeps up to date, :func:`jobqueue.shared.records.warm_key`).
 """
 
 from __future__ import annotations
@@ -55,34 +57,47 @@ def load_seconds_from_details(details: Mapping[str, Any] | None) -> float | None
     return None
 
 
-def split_queues(service: str, queues: Iterable[str], loaded: Iterable[str],
-                 models: Iterable[str]) -> tuple[list[str], list[str]]:
-    """``(warm, cold)``: of ``queues``, the model queues of checkpoints not in ``loaded`` are
-    cold (``models``: the service's models whose queues may appear); every other queue
-    (tags, VRAM, loaded checkpoints) is warm."""
-    loaded_set = set(loaded)
-    cold_names = {model_queue(service, m) for m in models if m not in loaded_set}
-    warm: list[str] = []
-    cold: list[str] = []
-    for queue in queues:
-        (cold if queue in cold_names else warm).append(queue)
-    return warm, cold
+def cold_to_open(cold: Iterable[str], *, grace: float, busy: bool, idle_for: float, closed_for: float,
+                 max_wait: float, held_by_idle_peer: Iterable[str] = ()) -> set[str]:
+    """Which of a worker's ``cold`` checkpoints (present, not loaded) it takes jobs of now.
 
-
-def cold_open(*, grace: float, busy: bool, idle_for: float, closed_for: float, max_wait: float) -> bool:
-    """Whether a worker consumes its cold model queues now.
-
-    Always with warm routing off (``grace`` 0). Else once it has been idle ``grace`` seconds (a
-    worker with the checkpoint loaded, if one is idle, took the job meanwhile), or when its
-    cold queues have been closed ``max_wait`` seconds (it is kept busy by its warm jobs: the
-    cold ones must not wait for ever). While it runs a job the set does not matter (it takes
-    one job at a time); closing them then makes its next take follow the rule.
+    All of them with warm routing off (``grace`` 0), or when its cold queues have been closed
+    ``max_wait`` seconds (it is kept busy by its warm jobs: the cold ones must not wait for
+    ever). Else none while it runs a job (it takes one at a time; closing them makes its next
+    take follow the rule) or until it has been idle ``grace`` seconds (a worker with the
+    checkpoint loaded takes the job meanwhile); then those that no idle worker holds loaded
+    (``held_by_idle_peer``: that worker takes them at once).
     """
-    if grace <= 0:
-        return True
-    if closed_for >= max_wait:
-        return True
-    return not busy and idle_for >= grace
+    if grace <= 0 or closed_for >= max_wait:
+        return set(cold)
+    if busy or idle_for < grace:
+        return set()
+    held = set(held_by_idle_peer)
+    return {m for m in cold if m not in held}
+
+
+def closed_queues(service: str, models: Iterable[str], loaded: Iterable[str], open_cold: Iterable[str]) -> set[str]:
+    """The model queues of ``service`` a worker leaves alone: those of its ``models`` neither
+    loaded nor in ``open_cold``."""
+    keep = set(loaded) | set(open_cold)
+    return {model_queue(service, m) for m in models if m not in keep}
+
+
+def peers_holding(entries: Mapping[str, Any], me: str, now: float, stale_after: float) -> set[str]:
+    """Checkpoints that another worker holds loaded while idle, from the warm hash's
+    ``{worker: {"loaded", "idle", "at"}}`` (entries older than ``stale_after`` seconds ignored:
+    a worker that died stops counting)."""
+    out: set[str] = set()
+    for worker, entry in entries.items():
+        if worker == me or not isinstance(entry, Mapping) or entry.get("idle") is not True:
+            continue
+        at = entry.get("at")
+        if not isinstance(at, (int, float)) or now - at > stale_after:
+            continue
+        loaded = entry.get("loaded")
+        if isinstance(loaded, list):
+            out.update(n for n in loaded if isinstance(n, str))
+    return out
 
 
 def expected_load(model: str | None, workers: Iterable[tuple[Iterable[str], float | None]]) -> float:

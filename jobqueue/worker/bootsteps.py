@@ -39,6 +39,7 @@ from jobqueue.worker.lease import LeaseKeeper, held_delivery_tags
 from jobqueue.worker.orphans import OrphanSweeper
 from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.worker.status import Sender, StatusReporter
+from jobqueue.worker.warm_peers import WarmPeers
 
 #: Event group of ``connector-status`` (Celery filters events by the part before the first "-").
 CONNECTOR_GROUP = "connector"
@@ -68,6 +69,20 @@ def _identity_of(worker: Any) -> WorkerIdentity:
     return identity
 
 
+def _warm_peers(runtime: WorkerRuntime, client: Any) -> WarmPeers:
+    """Warm routing's view of the other workers (:mod:`jobqueue.worker.warm_peers`): ticks
+    twice per grace (at most every health interval), and a change re-syncs the capability gate."""
+    settings = runtime.settings
+
+    def resync() -> None:
+        if runtime.capability_gate is not None:
+            runtime.capability_gate.request_sync()
+
+    interval = max(0.25, min(settings.warm_grace / 2, settings.health_interval))
+    return WarmPeers(client, runtime.identity.node_name, tuple(runtime.connectors), runtime.warm,
+                     interval=interval, on_change=resync)
+
+
 class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Own the worker's connectors, status reporter and health loop for the worker's life."""
 
@@ -85,8 +100,10 @@ class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is u
         self.reporter = StatusReporter(identity, beat_interval=settings.status_beat, window=STATUS_WINDOW)
         self.runtime = WorkerRuntime(settings, identity, reporter=self.reporter)
         if is_redis_url(settings.result_backend):
-            self.runtime.keep_orphans_in(redis.Redis.from_url(settings.result_backend, socket_timeout=5,
-                                                              socket_connect_timeout=5))
+            client = redis.Redis.from_url(settings.result_backend, socket_timeout=5, socket_connect_timeout=5)
+            self.runtime.keep_orphans_in(client)
+            if settings.warm_grace > 0:
+                self.runtime.warm_peers = _warm_peers(self.runtime, client)
         self.health = HealthLoop(self.runtime.check_health, interval=settings.health_interval)
         worker.app.runtime = self.runtime
 
@@ -98,10 +115,14 @@ class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is u
         # never has its queue consumed (waiting_for_service until a check succeeds).
         self.runtime.check_health()
         self.health.start()
+        if self.runtime.warm_peers is not None:
+            self.runtime.warm_peers.start()
 
     def stop(self, worker: Any) -> None:
         if self.health is not None:
             self.health.stop()
+        if self.runtime is not None and self.runtime.warm_peers is not None:
+            self.runtime.warm_peers.stop()
         if self.runtime is not None:
             self.runtime.stop()
         if self.reporter is not None:

@@ -32,7 +32,7 @@ from jobqueue.shared.requirements import (
     capability_queues,
 )
 from jobqueue.shared.routing import is_capability_queue
-from jobqueue.shared.warm import split_queues
+from jobqueue.shared.warm import closed_queues
 from jobqueue.states import ConnectorStatus
 from jobqueue.worker.gate import ConsumerGate
 
@@ -162,13 +162,16 @@ class CapabilityGate(ConsumerGate):
 
 def desired_queues(runtime: Any) -> set[str]:
     """The capability queues ``runtime``'s healthy connectors and tags call for, without the
-    cold model queues while warm routing keeps them closed (:mod:`jobqueue.worker.warm`)."""
+    cold model queues warm routing keeps closed now (:mod:`jobqueue.worker.warm`)."""
     caps = worker_capabilities(runtime.identity.node_name, runtime.connectors)
     warm = getattr(runtime, "warm", None)
-    if warm is None or warm.cold_open():
-        return {q for cap in caps.values() for q in capability_queues(cap)}
     out: set[str] = set()
     for service, cap in caps.items():
-        wanted, _cold = split_queues(service, capability_queues(cap), warm.loaded(service), cap.models)
-        out.update(wanted)
+        queues = capability_queues(cap)
+        if warm is not None:
+            loaded = warm.loaded(service)
+            cold = sorted(m for m in cap.models if m not in loaded)
+            closed = closed_queues(service, cold, loaded, warm.cold_to_open(service, cold))
+            queues = [q for q in queues if q not in closed]
+        out.update(queues)
     return out

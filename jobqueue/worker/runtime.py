@@ -96,6 +96,8 @@ class WorkerRuntime:
         self.timers = TimerThread()
         #: The checkpoints each service has loaded and when cold jobs are taken (warm routing).
         self.warm = WarmState(settings.warm_grace, settings.warm_max_wait)
+        #: The :class:`~jobqueue.worker.warm_peers.WarmPeers` (Redis result backend only).
+        self.warm_peers: Any = None
         for connector in self.connectors.values():
             connector.add_listener(self._on_status)
             self._report(connector)
@@ -247,6 +249,8 @@ class WorkerRuntime:
         gate = self.capability_gate
         if gate is None or self.warm.grace <= 0 or not capabilities.has_models(connector.details):
             return
+        if self.warm_peers is not None:  # peers learn at once that this worker is busy, or idle
+            self.warm_peers.publish()
         gate.request_sync()
         if grace > 0:
             gate.sync_later(grace + 0.05)

@@ -13,8 +13,10 @@ worker tracks it from its own jobs (docs/connectors.md, "Warm routing"):
 * every job's duration is kept apart for cold (checkpoint not loaded at its start) and warm
   runs; their difference (moving averages) is the load cost the worker reports
   (``load_seconds``), which ETAs add for a cold worker.
-* :meth:`WarmState.cold_open` applies :func:`jobqueue.shared.warm.cold_open` to this worker's
-  idle time; the capability gate asks it which model queues to consume.
+* :meth:`WarmState.cold_to_open` applies :func:`jobqueue.shared.warm.cold_to_open` to this
+  worker's idle time and to what idle peers hold (:meth:`WarmState.set_peers`, fed by
+  :class:`jobqueue.worker.warm_peers.WarmPeers`); the capability gate asks it which model
+  queues to consume.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jobqueue.shared.warm import cold_open
+from jobqueue.shared.warm import cold_to_open
 
 #: Weight of the newest duration in the moving averages of cold and warm runs.
 EWMA_WEIGHT = 0.3
@@ -55,6 +57,8 @@ class WarmState:
         #: Moving averages of job durations per service: cold runs and warm runs.
         self._cold_avg: dict[str, float] = {}
         self._warm_avg: dict[str, float] = {}
+        #: Per service, checkpoints another worker holds loaded while idle.
+        self._peers: dict[str, frozenset[str]] = {}
 
     def loaded(self, service: str) -> tuple[str, ...]:
         """The checkpoints ``service`` has loaded, as far as this worker knows."""
@@ -68,14 +72,29 @@ class WarmState:
             cold, warm = self._cold_avg.get(service), self._warm_avg.get(service)
         return None if cold is None or warm is None else round(max(0.0, cold - warm), 3)
 
-    def cold_open(self) -> bool:
-        """Whether the cold model queues are to be consumed now (see the module doc)."""
+    def cold_to_open(self, service: str, cold: list[str]) -> set[str]:
+        """Which of ``service``'s ``cold`` checkpoints to take jobs of now (see the module doc)."""
         with self._lock:
-            return self._cold_open_locked(self._clock())
+            now = self._clock()
+            return cold_to_open(cold, grace=self.grace, busy=bool(self._running), idle_for=now - self._idle_since,
+                                closed_for=now - self._cold_seen, max_wait=self.max_wait,
+                                held_by_idle_peer=self._peers.get(service, ()))
 
     def _cold_open_locked(self, now: float) -> bool:
-        return cold_open(grace=self.grace, busy=bool(self._running), idle_for=now - self._idle_since,
-                         closed_for=now - self._cold_seen, max_wait=self.max_wait)
+        return bool(cold_to_open(["-"], grace=self.grace, busy=bool(self._running), idle_for=now - self._idle_since,
+                                 closed_for=now - self._cold_seen, max_wait=self.max_wait))
+
+    def set_peers(self, service: str, held: set[str]) -> bool:
+        """Record the checkpoints idle peers hold loaded for ``service``; True if that changed."""
+        with self._lock:
+            before = self._peers.get(service)
+            self._peers[service] = frozenset(held)
+            return before != self._peers[service]
+
+    def is_idle(self) -> bool:
+        """True while no job runs here."""
+        with self._lock:
+            return not self._running
 
     def started(self, job_id: str, service: str, checkpoint: str | None) -> bool:
         """A job starts; returns whether it is cold (its checkpoint was not loaded)."""

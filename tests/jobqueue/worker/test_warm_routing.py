@@ -1,0 +1,78 @@
+"""Warm routing through real workers and ComfyUI simulators that pay for loading a checkpoint:
+a job goes first to a worker that has its checkpoint loaded, and a cold worker still takes it
+when the warm one is busy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from jobqueue import submit_job
+from jobqueue.sims.comfyui.models import checkpoint_workflow
+from tests.capability_fixtures import comfy_worker, consumes, start_sim
+from tests.helpers import wait_for
+
+__all__ = ["start_sim"]  # a fixture
+
+A, B = "a.safetensors", "b.safetensors"
+
+
+def sim_state(sim: Any) -> dict[str, Any]:
+    state: dict[str, Any] = requests.get(f"{sim.url}/_sim/state", timeout=5).json()
+    return state
+
+
+def two_machines(start_worker: Any, start_sim: Any, machine_id: str, app: Any, load_seconds: float = 0.5,
+                 **env: str) -> tuple[list[Any], list[Any]]:
+    """Two machines holding a and b whose loads take ``load_seconds``, each with a worker
+    consuming both checkpoints' queues."""
+    sims = [start_sim(A, B), start_sim(A, B)]
+    for sim in sims:
+        sim.set_options(load_seconds=load_seconds)
+    workers = [comfy_worker(start_worker, machine_id, name, sim, warm_grace="1.0", **env)
+               for name, sim in zip(("one", "two"), sims, strict=True)]
+    for worker in workers:
+        wait_for(lambda w=worker: consumes(app, w, f"comfyui.model.{A}") and consumes(app, w, f"comfyui.model.{B}"),
+                 30, what="both workers to take both checkpoints' jobs")
+    return sims, workers
+
+
+def test_jobs_alternating_two_checkpoints_on_two_workers_mostly_run_where_their_checkpoint_is_loaded(
+        app, start_worker, start_sim, machine_id):
+    # Given two workers that can run both checkpoints, a load costing 0.5 s
+    sims, workers = two_machines(start_worker, start_sim, machine_id, app)
+    # When 12 jobs alternate a and b
+    jobs = [submit_job("comfyui", {"workflow": checkpoint_workflow(A if i % 2 == 0 else B, f"w{i}")}, app=app)
+            for i in range(12)]
+    results = [job.wait(timeout=120) for job in jobs]
+    # Then each checkpoint was loaded at most twice in all (once per worker at worst), where
+    # taking jobs as they come reloads on about every other job
+    loads = sum(sim_state(sim)["loads"] for sim in sims)
+    assert loads <= 4, f"{loads} loads for 12 jobs"
+    # And both workers took part, each running one checkpoint's jobs after its first
+    assert {r["worker"] for r in results} == {w.node_name for w in workers}
+
+
+def test_a_cold_idle_worker_takes_a_job_whose_warm_worker_is_busy(app, start_worker, start_sim, machine_id):
+    # Given worker one has a loaded and worker two has b loaded, both idle
+    sims, workers = two_machines(start_worker, start_sim, machine_id, app, load_seconds=0.2)
+    first = submit_job("comfyui", {"workflow": checkpoint_workflow(A, "first")}, app=app).wait(timeout=60)
+    warm_a = next(w for w in workers if w.node_name == first["worker"])
+    other = next(w for w in workers if w is not warm_a)
+    sim_a = sims[workers.index(warm_a)]
+    # (the other worker leaves a's jobs to it while it is idle)
+    wait_for(lambda: not consumes(app, other, f"comfyui.model.{A}"), 30, what="the other worker to leave a's jobs")
+    # When a's worker is kept busy (its server stops answering mid-job) and another job of a comes
+    sim_a.fault("freeze")
+    try:
+        busy = submit_job("comfyui", {"workflow": checkpoint_workflow(A, "busy")}, app=app)
+        wait_for(lambda: busy.status() == "processing", 30, what="a's worker to be busy")
+        waiting = submit_job("comfyui", {"workflow": checkpoint_workflow(A, "waiting")}, app=app)
+        # Then the other worker runs it, loading a, while a's worker is still busy
+        result = waiting.wait(timeout=60)
+        assert result["worker"] == other.node_name
+        assert busy.status() == "processing"
+    finally:
+        sim_a.fault("none")
+    assert busy.wait(timeout=120)["worker"] in (warm_a.node_name, other.node_name)
