@@ -9,11 +9,13 @@ from typing import Any
 import requests
 
 from jobqueue import submit_job
+from jobqueue.sims.a1111.process import A1111SimulatorProcess
 from jobqueue.sims.comfyui.models import checkpoint_workflow
 from tests.capability_fixtures import comfy_worker, consumes, start_sim
 from tests.helpers import wait_for
+from tests.monitor.conftest import start_monitor
 
-__all__ = ["start_sim"]  # a fixture
+__all__ = ["start_monitor", "start_sim"]  # fixtures
 
 A, B = "a.safetensors", "b.safetensors"
 
@@ -76,3 +78,41 @@ def test_a_cold_idle_worker_takes_a_job_whose_warm_worker_is_busy(app, start_wor
     finally:
         sim_a.fault("none")
     assert busy.wait(timeout=120)["worker"] in (warm_a.node_name, other.node_name)
+
+
+V15, XL = "v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"
+
+
+def test_a1111_jobs_alternating_two_checkpoints_run_where_loaded_and_the_monitor_shows_what_each_holds(
+        app, start_worker, start_monitor, machine_id, tmp_path):  # noqa: F811 (fixture)
+    # Given two WebUIs with both checkpoints (a switch takes 0.5 s), a worker on each, a monitor
+    monitor = start_monitor()
+    webuis = [A1111SimulatorProcess(step_seconds=0.02, load_seconds=0.5, log_path=tmp_path / f"webui{i}.log").start()
+              for i in range(2)]
+    try:
+        workers = [start_worker("gpu0", CONNECTORS="a1111", A1111_URL=w.url, MACHINE_ID=f"{machine_id}-{i}",
+                                WARM_GRACE="1.0") for i, w in enumerate(webuis)]
+        for worker in workers:
+            wait_for(lambda w=worker: consumes(app, w, f"a1111.model.{V15}") and consumes(app, w, f"a1111.model.{XL}"),
+                     30, what="both workers to take both checkpoints' jobs")
+        # When 12 jobs alternate the two checkpoints (named by file name, one of the WebUI's aliases)
+        jobs = [submit_job("a1111", {"prompt": f"p{i}", "steps": 2, "width": 64, "height": 64,
+                                     "override_settings": {"sd_model_checkpoint": V15 if i % 2 == 0 else XL}}, app=app)
+                for i in range(12)]
+        results = [job.wait(timeout=120) for job in jobs]
+        # Then the WebUIs switched checkpoints at most twice each
+        loads = sum(w.state()["loads"] for w in webuis)
+        assert loads <= 4, f"{loads} checkpoint switches for 12 jobs"
+        # And the monitor shows on each worker what it ran last as loaded, with the load measured
+        for worker in workers:
+            last = max((i for i, r in enumerate(results) if r["worker"] == worker.node_name), default=None)
+            assert last is not None, "both workers ran jobs"
+            want = [V15 if last % 2 == 0 else XL]
+
+            def shown(w: Any = worker) -> Any:
+                return monitor.get(f"/api/workers/{w.node_name}").json().get("capabilities", {}).get("loaded")
+
+            wait_for(lambda w=worker, want=want: shown(w) == want, 30, interval=0.2, what="the monitor to show it")
+    finally:
+        for webui in webuis:
+            webui.stop()
