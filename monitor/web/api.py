@@ -25,7 +25,14 @@ from monitor.metrics import history
 from monitor.store import JOB_SORTS
 from monitor.web import schemas
 from monitor.web.broker import queue_depths
-from monitor.web.eta import annotate, busy_until, consumers_per_queue, first_start_in, store_estimates
+from monitor.web.eta import (
+    annotate,
+    busy_until,
+    cold_loads,
+    consumers_per_queue,
+    first_start_in,
+    store_estimates,
+)
 from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_reasons
 from monitor.web.responses import error_response
 from monitor.web.routes import Limit, Role, route
@@ -95,7 +102,7 @@ def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
     medians = {s["service"]: s["median"] for s in snapshot["services"]}
     running = {j["id"]: j for j in snapshot["jobs"] if j["status"] == JobStatus.PROCESSING}
     annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]),
-             busy_until(snapshot["workers"], running, medians))
+             busy_until(snapshot["workers"], running, medians), cold_loads(snapshot["workers"]))
     result: dict[str, Any] = snapshot
     return result
 
@@ -197,11 +204,13 @@ def waiting() -> Any:
 @route(bp, "/api/estimates", role=Role.VIEWER, summary="Queue position and expected wait of every queued job",
        response=schemas.ESTIMATES)
 def estimates() -> Any:
-    """``{"at": server time, "jobs": {job id: {"position", "wait"}}}``: every queued job's
-    queue position and expected wait (seconds from ``at``; null when unknown). Pages show these
-    and count them down; they never compute a queue ETA themselves."""
+    """``{"at": server time, "jobs": {job id: {"position", "wait", "load"}}}``: every queued
+    job's queue position and expected wait (seconds from ``at``; null when unknown), of which
+    ``load`` seconds are a checkpoint load no online worker has done (warm routing). Pages show
+    these and count them down; they never compute a queue ETA themselves."""
     now = time.time()
-    jobs = {j["id"]: {"position": j["queue_position"], "wait": j.get("eta_seconds")} for j in queue_estimates(now)}
+    jobs = {j["id"]: {"position": j["queue_position"], "wait": j.get("eta_seconds"), "load": j.get("load_seconds", 0.0)}
+            for j in queue_estimates(now)}
     return jsonify({"at": now, "jobs": jobs})
 
 
