@@ -21,7 +21,7 @@ from typing import Any
 from celery import states as celery_states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from jobqueue.client.waiting import job_waiting_for, queue_remember
+from jobqueue.client.waiting import job_expected_load, job_waiting_for, queue_remember
 from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import (
     InvalidPayloadError,
@@ -261,6 +261,12 @@ class JobHandle:
         if self.status() not in (JobStatus.QUEUED, JobStatus.RETRYING):
             return None
         return job_waiting_for(self.app, self.id, timeout)
+
+    def expected_load(self, timeout: float = 1.0) -> float:
+        """Seconds of checkpoint loading this queued job should expect: 0 when an online worker
+        that can run it has its checkpoint loaded (it takes the job first), else the smallest
+        load those workers measured (docs/connectors.md, "Warm routing")."""
+        return job_expected_load(self.app, self.id, timeout)
 
     def cancel(self) -> bool:
         """Cancel the job: a queued one never runs, a running one is stopped on its service;

@@ -9,6 +9,7 @@ from typing import Any
 import requests
 
 from jobqueue import submit_job
+from jobqueue.client.waiting import online_capabilities
 from jobqueue.sims.a1111.process import A1111SimulatorProcess
 from jobqueue.sims.comfyui.models import checkpoint_workflow
 from tests.capability_fixtures import comfy_worker, consumes, start_sim
@@ -116,3 +117,43 @@ def test_a1111_jobs_alternating_two_checkpoints_run_where_loaded_and_the_monitor
     finally:
         for webui in webuis:
             webui.stop()
+
+
+def slow_workflow(ckpt: str, prefix: str, steps: int = 30) -> dict[str, Any]:
+    """A workflow loading ``ckpt`` that then samples ``steps`` steps of 0.1 s."""
+    workflow = checkpoint_workflow(ckpt, prefix)
+    workflow["5"] = {"class_type": "HarnessSleepProgress", "inputs": {"image": ["3", 0], "steps": steps, "delay": 0.1}}
+    workflow["4"]["inputs"]["images"] = ["5", 0]
+    return workflow
+
+
+def test_a_queued_job_of_a_checkpoint_nobody_has_loaded_expects_the_measured_load_in_its_eta(
+        app, start_worker, start_sim, start_monitor, machine_id):  # noqa: F811 (fixture)
+    # Given two workers (a load takes 0.5 s), one of which measured it: a cold run of a, then a warm one
+    monitor = start_monitor()
+    sims, workers = two_machines(start_worker, start_sim, machine_id, app, health_interval="0.5")
+    for sim in sims:
+        sim.set_models([A, B, "c.safetensors"])
+    wait_for(lambda: sum("c.safetensors" in cap.models for cap in online_capabilities(app)) == 2, 30,
+             what="both workers to have c")
+    for i in range(2):
+        submit_job("comfyui", {"workflow": checkpoint_workflow(A, f"m{i}")}, app=app).wait(timeout=60)
+    # When both are kept busy (a long job of a, then one of b) and jobs of c and a wait
+    busy = [submit_job("comfyui", {"workflow": slow_workflow(ckpt, f"s{ckpt}")}, app=app) for ckpt in (A, B)]
+    wait_for(lambda: all(job.status() == "processing" for job in busy), 60, what="both workers to be busy")
+    cold = submit_job("comfyui", {"workflow": checkpoint_workflow("c.safetensors", "cold")}, app=app)
+    warm = submit_job("comfyui", {"workflow": checkpoint_workflow(A, "warm")}, app=app)
+    # Then the client expects c's job to wait for a load (about the 0.5 s measured), a's for none
+    expected = cold.expected_load()
+    assert 0.3 <= expected <= 2.0, expected
+    assert warm.expected_load() == 0.0
+    # And the monitor's estimates say the same
+
+    def estimate() -> dict[str, Any]:
+        jobs: dict[str, Any] = monitor.get("/api/estimates").json()["jobs"]
+        return jobs
+    wait_for(lambda: cold.id in estimate() and estimate()[cold.id]["load"] > 0.3, 30, interval=0.2,
+             what="the monitor to count c's load")
+    assert estimate().get(warm.id, {"load": 0.0})["load"] == 0.0
+    for job in [*busy, cold, warm]:
+        job.wait(timeout=120)
