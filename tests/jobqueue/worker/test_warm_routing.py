@@ -136,8 +136,11 @@ def test_a_queued_job_of_a_checkpoint_nobody_has_loaded_expects_the_measured_loa
         sim.set_models([A, B, "c.safetensors"])
     wait_for(lambda: sum("c.safetensors" in cap.models for cap in online_capabilities(app)) == 2, 30,
              what="both workers to have c")
-    for i in range(2):
-        submit_job("comfyui", {"workflow": checkpoint_workflow(A, f"m{i}")}, app=app).wait(timeout=60)
+    first = submit_job("comfyui", {"workflow": checkpoint_workflow(A, "m0")}, app=app).wait(timeout=60)
+    other = next(w for w in workers if w.node_name != first["worker"])
+    wait_for(lambda: not consumes(app, other, f"comfyui.model.{A}"), 30, what="the other worker to leave a's jobs")
+    again = submit_job("comfyui", {"workflow": checkpoint_workflow(A, "m1")}, app=app).wait(timeout=60)
+    assert again["worker"] == first["worker"]
     # When both are kept busy (a long job of a, then one of b) and jobs of c and a wait
     busy = [submit_job("comfyui", {"workflow": slow_workflow(ckpt, f"s{ckpt}")}, app=app) for ckpt in (A, B)]
     wait_for(lambda: all(job.status() == "processing" for job in busy), 60, what="both workers to be busy")
