@@ -32,6 +32,7 @@ import requests
 
 from bench.common import RedisServer, bench_settings, fmt_table, wait_worker_ready, worker_process
 from jobqueue.client.jobs import submit_job
+from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
 from jobqueue.sims.comfyui.models import checkpoint_workflow
 from jobqueue.sims.comfyui.process import SimulatorProcess
 from jobqueue.transport.app import create_app
@@ -52,6 +53,15 @@ def workflow(ckpt: str, n: int, steps: int) -> dict[str, Any]:
 
 def loads(sims: list[SimulatorProcess]) -> int:
     return sum(int(requests.get(f"{sim.url}/_sim/state", timeout=10).json()["loads"]) for sim in sims)
+
+
+def start_cold(sims: list[SimulatorProcess]) -> None:
+    """Run a prompt without a checkpoint loader on each simulator: ComfyUI's cache then holds no
+    loader, so each side starts with nothing loaded."""
+    for sim in sims:
+        pid = requests.post(f"{sim.url}/prompt", json={"prompt": EXAMPLE_WORKFLOW}, timeout=10).json()["prompt_id"]
+        wait_until(lambda url=sim.url, pid=pid: pid in requests.get(f"{url}/history/{pid}", timeout=10).json(),  # type: ignore[misc]
+                   30, interval=0.1, what="the cache to be cleared")
 
 
 def consumes_both(app: Any, node: str) -> bool:
@@ -78,6 +88,7 @@ def run_side(name: str, grace: float, sims: list[SimulatorProcess], redis_url: s
             wait_worker_ready(app, node, proc)  # type: ignore[arg-type]  # bench.common.Process is a ChildProcess
             wait_until(lambda n=node: consumes_both(app, n), 60, interval=0.2,  # type: ignore[misc]
                        what=f"{node} to take both checkpoints")
+        start_cold(sims)
         before = loads(sims)
         started = time.perf_counter()
         handles = []

@@ -19,6 +19,7 @@ routing", tells the whole rule.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from jobqueue.shared.requirements import DETAILS_KEY, Requirements
@@ -83,21 +84,56 @@ def closed_queues(service: str, models: Iterable[str], loaded: Iterable[str], op
     return {model_queue(service, m) for m in models if m not in keep}
 
 
-def peers_holding(entries: Mapping[str, Any], me: str, now: float, stale_after: float) -> set[str]:
-    """Checkpoints that another worker holds loaded while idle, from the warm hash's
-    ``{worker: {"loaded", "idle", "at"}}`` (entries older than ``stale_after`` seconds ignored:
-    a worker that died stops counting)."""
-    out: set[str] = set()
+@dataclass(frozen=True)
+class Peers:
+    """What the other workers of a service hold, from the warm hash (:func:`read_peers`)."""
+
+    #: Checkpoints an idle worker holds loaded (it takes their jobs at once).
+    idle_held: frozenset[str] = frozenset()
+    #: Checkpoints a busy worker holds loaded (it takes their jobs after its own).
+    busy_held: frozenset[str] = frozenset()
+    #: This worker's place among the live workers of the service, by name.
+    rank: int = 0
+
+
+def read_peers(entries: Mapping[str, Any], me: str, now: float, stale_after: float) -> Peers:
+    """:class:`Peers` from the warm hash's ``{worker: {"loaded", "idle", "at"}}``; entries
+    older than ``stale_after`` seconds (a worker that died) are ignored."""
+    idle: set[str] = set()
+    busy: set[str] = set()
+    live = {me}
     for worker, entry in entries.items():
-        if worker == me or not isinstance(entry, Mapping) or entry.get("idle") is not True:
+        if worker == me or not isinstance(entry, Mapping):
             continue
         at = entry.get("at")
         if not isinstance(at, (int, float)) or now - at > stale_after:
             continue
+        live.add(worker)
         loaded = entry.get("loaded")
-        if isinstance(loaded, list):
-            out.update(n for n in loaded if isinstance(n, str))
-    return out
+        names = {n for n in loaded if isinstance(n, str)} if isinstance(loaded, list) else set()
+        (idle if entry.get("idle") is True else busy).update(names)
+    return Peers(frozenset(idle), frozenset(busy - idle), sorted(live).index(me))
+
+
+def peers_holding(entries: Mapping[str, Any], me: str, now: float, stale_after: float) -> set[str]:
+    """Checkpoints another worker holds loaded while idle (see :func:`read_peers`)."""
+    return set(read_peers(entries, me, now, stale_after).idle_held)
+
+
+def cold_order(cold: Iterable[str], peers: Peers) -> list[str]:
+    """The order in which a worker prefers its open cold checkpoints: those no other worker
+    holds first, then those a busy worker holds; within each, sorted and rotated by the
+    worker's rank, so idle workers with nothing loaded start on different checkpoints. On
+    Redis a worker reads its queues in the order it consumes them (jobqueue's transport reads
+    them by priority, then in that order), so this is the order it takes them in."""
+    def rotated(names: list[str]) -> list[str]:
+        if not names:
+            return names
+        k = peers.rank % len(names)
+        return names[k:] + names[:k]
+
+    names = sorted(set(cold))
+    return rotated([n for n in names if n not in peers.busy_held]) + rotated([n for n in names if n in peers.busy_held])
 
 
 def expected_load(model: str | None, workers: Iterable[tuple[Iterable[str], float | None]]) -> float:

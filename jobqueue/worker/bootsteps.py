@@ -31,7 +31,7 @@ from celery.bootsteps import CLOSE, TERMINATE
 from jobqueue.transport.internals import buffer_event_group, unacked_index_key
 from jobqueue.transport.redis_health import redis_kwargs
 from jobqueue.transport.redis_urls import is_redis_url
-from jobqueue.worker.capabilities import CapabilityGate, desired_queues
+from jobqueue.worker.capabilities import CapabilityGate, desired_queues, preferred_order
 from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
@@ -248,7 +248,8 @@ class QueueGateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
         if runtime.gate is None:
             runtime.gate = ConsumerGate(runtime.statuses)
         if runtime.capability_gate is None:
-            runtime.capability_gate = CapabilityGate(lambda: desired_queues(runtime), runtime.identity.connectors)
+            runtime.capability_gate = CapabilityGate(lambda: desired_queues(runtime), runtime.identity.connectors,
+                                                     order=lambda: preferred_order(runtime))
         runtime.gate.bind(c)
         runtime.capability_gate.bind(c)
 

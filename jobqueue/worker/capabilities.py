@@ -31,7 +31,7 @@ from jobqueue.shared.requirements import (
     capabilities_from_details,
     capability_queues,
 )
-from jobqueue.shared.routing import is_capability_queue
+from jobqueue.shared.routing import is_capability_queue, model_queue
 from jobqueue.shared.warm import closed_queues
 from jobqueue.states import ConnectorStatus
 from jobqueue.worker.gate import ConsumerGate
@@ -81,8 +81,10 @@ class CapabilityGate(ConsumerGate):
     """Consume exactly the capability queues this worker's capabilities call for."""
 
     def __init__(self, desired: Callable[[], set[str]], services: tuple[str, ...], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, order: Callable[[], list[str]] | None = None) -> None:
         super().__init__(dict)
+        #: The model queues in the order they are to be read (warm routing), or None.
+        self._order = order
         # Re-entrant: on RabbitMQ, cancelling a queue waits for the broker's answer and may
         # deliver messages meanwhile, whose hand-back calls hold_off() in this same thread.
         self._lock = threading.RLock()  # type: ignore[assignment]
@@ -126,6 +128,7 @@ class CapabilityGate(ConsumerGate):
                             self._restore.add(queue)
                         consumer.cancel_task_queue(queue)
                         changed[queue] = False
+                self._reorder(consumer, changed)
             except Exception:  # a broken connection: the restarted consumer syncs again
                 log.exception("could not update the capability queues")
             if changed:
@@ -145,6 +148,25 @@ class CapabilityGate(ConsumerGate):
         else:  # no event loop: the next health check's sync resumes it
             log.debug("no hub: %s resumes with the next sync", queue)
 
+    def _reorder(self, consumer: Any, changed: dict[str, bool]) -> None:
+        """Consume the queues of :attr:`_order` in that order: from the first one out of place,
+        cancel them and consume them again in order (a Redis consumer reads its queues by
+        priority, then in the order it consumes them; elsewhere the order does not matter)."""
+        order = self._order() if self._order is not None else []
+        if len(order) < 2:
+            return
+        rank = {q: i for i, q in enumerate(order)}
+        current = [q.name for q in consumer.task_consumer.queues if q.name in rank]
+        want = sorted(current, key=rank.__getitem__)
+        if current == want:
+            return
+        first = next(i for i, (a, b) in enumerate(zip(current, want, strict=True)) if a != b)
+        for queue in current[first:]:
+            consumer.cancel_task_queue(queue)
+        for queue in want[first:]:
+            consumer.add_task_queue(queue)
+            changed.setdefault(queue, True)
+
     def sync_later(self, seconds: float) -> None:
         """Sync again in ``seconds`` (from any thread): when a warm-routing grace ends."""
         with self._lock:
@@ -160,18 +182,33 @@ class CapabilityGate(ConsumerGate):
             return sorted(q for q, until in self._held.items() if until > now)
 
 
-def desired_queues(runtime: Any) -> set[str]:
-    """The capability queues ``runtime``'s healthy connectors and tags call for, without the
-    cold model queues warm routing keeps closed now (:mod:`jobqueue.worker.warm`)."""
+def _model_queues(runtime: Any) -> tuple[set[str], list[str]]:
+    """The capability queues to consume, and the model queues among them in the order to read
+    them: loaded checkpoints first, then the open cold ones as warm routing prefers them."""
     caps = worker_capabilities(runtime.identity.node_name, runtime.connectors)
     warm = getattr(runtime, "warm", None)
     out: set[str] = set()
+    order: list[str] = []
     for service, cap in caps.items():
         queues = capability_queues(cap)
-        if warm is not None:
+        if warm is not None and warm.grace > 0:  # 0: warm routing off, every queue as it comes
             loaded = warm.loaded(service)
             cold = sorted(m for m in cap.models if m not in loaded)
-            closed = closed_queues(service, cold, loaded, warm.cold_to_open(service, cold))
+            opened = warm.cold_to_open(service, cold)
+            closed = closed_queues(service, cold, loaded, opened)
             queues = [q for q in queues if q not in closed]
+            order += [model_queue(service, m) for m in loaded if m in cap.models]
+            order += [model_queue(service, m) for m in warm.preferred(service, sorted(opened))]
         out.update(queues)
-    return out
+    return out, order
+
+
+def desired_queues(runtime: Any) -> set[str]:
+    """The capability queues ``runtime``'s healthy connectors and tags call for, without the
+    cold model queues warm routing keeps closed now (:mod:`jobqueue.worker.warm`)."""
+    return _model_queues(runtime)[0]
+
+
+def preferred_order(runtime: Any) -> list[str]:
+    """The consumed model queues in the order warm routing reads them (warm first)."""
+    return _model_queues(runtime)[1]

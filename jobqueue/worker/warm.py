@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jobqueue.shared.warm import cold_to_open
+from jobqueue.shared.warm import Peers, cold_order, cold_to_open
 
 #: Weight of the newest duration in the moving averages of cold and warm runs.
 EWMA_WEIGHT = 0.3
@@ -57,8 +57,8 @@ class WarmState:
         #: Moving averages of job durations per service: cold runs and warm runs.
         self._cold_avg: dict[str, float] = {}
         self._warm_avg: dict[str, float] = {}
-        #: Per service, checkpoints another worker holds loaded while idle.
-        self._peers: dict[str, frozenset[str]] = {}
+        #: Per service, what the other workers hold (:class:`~jobqueue.shared.warm.Peers`).
+        self._peers: dict[str, Peers] = {}
 
     def loaded(self, service: str) -> tuple[str, ...]:
         """The checkpoints ``service`` has loaded, as far as this worker knows."""
@@ -78,18 +78,24 @@ class WarmState:
             now = self._clock()
             return cold_to_open(cold, grace=self.grace, busy=bool(self._running), idle_for=now - self._idle_since,
                                 closed_for=now - self._cold_seen, max_wait=self.max_wait,
-                                held_by_idle_peer=self._peers.get(service, ()))
+                                held_by_idle_peer=self._peers.get(service, Peers()).idle_held)
+
+    def preferred(self, service: str, cold: list[str]) -> list[str]:
+        """``cold`` checkpoints in the order this worker prefers them (:func:`~jobqueue.shared.warm.cold_order`)."""
+        with self._lock:
+            peers = self._peers.get(service, Peers())
+        return cold_order(cold, peers)
 
     def _cold_open_locked(self, now: float) -> bool:
         return bool(cold_to_open(["-"], grace=self.grace, busy=bool(self._running), idle_for=now - self._idle_since,
                                  closed_for=now - self._cold_seen, max_wait=self.max_wait))
 
-    def set_peers(self, service: str, held: set[str]) -> bool:
-        """Record the checkpoints idle peers hold loaded for ``service``; True if that changed."""
+    def set_peers(self, service: str, peers: Peers) -> bool:
+        """Record what the other workers of ``service`` hold; True if that changed."""
         with self._lock:
             before = self._peers.get(service)
-            self._peers[service] = frozenset(held)
-            return before != self._peers[service]
+            self._peers[service] = peers
+            return before != peers
 
     def is_idle(self) -> bool:
         """True while no job runs here."""

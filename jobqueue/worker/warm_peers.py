@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jobqueue.shared.records import warm_key
-from jobqueue.shared.warm import peers_holding
+from jobqueue.shared.warm import read_peers
 from jobqueue.worker.loop import IntervalLoop
 from jobqueue.worker.warm import WarmState
 
@@ -70,7 +70,7 @@ class WarmPeers:
                     entries[worker.decode() if isinstance(worker, bytes) else str(worker)] = json.loads(value)
                 except (ValueError, TypeError):
                     continue  # a field no worker of ours wrote: ignored
-            changed |= self._warm.set_peers(service, peers_holding(entries, self._me, now, self.stale_after))
+            changed |= self._warm.set_peers(service, read_peers(entries, self._me, now, self.stale_after))
         return changed
 
     def tick(self) -> None:

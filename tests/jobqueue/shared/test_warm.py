@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from jobqueue.shared.routing import model_queue
 from jobqueue.shared.warm import (
+    Peers,
     checkpoint_of,
     closed_queues,
+    cold_order,
     cold_to_open,
     expected_load,
-    loaded_from_details,
     peers_holding,
+    read_peers,
 )
 from jobqueue.worker.warm import WarmState
 
@@ -44,6 +46,14 @@ def test_only_fresh_idle_peers_count_as_holding_a_checkpoint():
                "dead": {"loaded": ["c"], "idle": True, "at": 50.0},
                "junk": "not an entry"}
     assert peers_holding(entries, "me", now=100.0, stale_after=5.0) == {"a"}
+    # and the busy one's checkpoint is known as held by a busy worker; "me" ranks after "busy", "idle"
+    assert read_peers(entries, "me", now=100.0, stale_after=5.0) == Peers(frozenset({"a"}), frozenset({"b"}), 2)
+
+
+def test_a_cold_worker_prefers_checkpoints_nobody_holds_and_idle_workers_start_on_different_ones():
+    assert cold_order(["a", "b", "c"], Peers(busy_held=frozenset({"a"}))) == ["b", "c", "a"]
+    assert cold_order(["a", "b"], Peers(rank=0)) == ["a", "b"]
+    assert cold_order(["a", "b"], Peers(rank=1)) == ["b", "a"]
 
 
 def test_a_jobs_checkpoint_is_its_first_model_unless_it_is_routed_on_a_tag():
@@ -100,7 +110,7 @@ def test_the_worker_opens_its_cold_queues_after_the_grace_and_when_its_peers_sto
     clock.now += 1
     assert warm.cold_to_open("comfyui", ["b"]) == set()  # within the grace
     clock.now += 1.5
-    assert warm.set_peers("comfyui", {"b"}) is True
+    assert warm.set_peers("comfyui", Peers(idle_held=frozenset({"b"}))) is True
     assert warm.cold_to_open("comfyui", ["b"]) == set()  # an idle peer holds b
-    assert warm.set_peers("comfyui", set()) is True and warm.set_peers("comfyui", set()) is False
+    assert warm.set_peers("comfyui", Peers()) is True and warm.set_peers("comfyui", Peers()) is False
     assert warm.cold_to_open("comfyui", ["b"]) == {"b"}
