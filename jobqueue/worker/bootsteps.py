@@ -28,6 +28,7 @@ import redis
 from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
+from jobqueue.connectors.base import Connector
 from jobqueue.transport.internals import buffer_event_group, unacked_index_key
 from jobqueue.transport.redis_health import redis_kwargs
 from jobqueue.transport.redis_urls import is_redis_url
@@ -69,18 +70,23 @@ def _identity_of(worker: Any) -> WorkerIdentity:
     return identity
 
 
-def _warm_peers(runtime: WorkerRuntime, client: Any) -> WarmPeers:
+def _warm_peers(runtime: WorkerRuntime, client: Any) -> WarmPeers | None:
     """Warm routing's view of the other workers (:mod:`jobqueue.worker.warm_peers`): ticks
-    twice per grace (at most every health interval), and a change re-syncs the capability gate."""
+    twice per grace (at most every health interval), and a change re-syncs the capability gate.
+    None when no connector's jobs can name a checkpoint."""
     settings = runtime.settings
 
     def resync() -> None:
         if runtime.capability_gate is not None:
             runtime.capability_gate.request_sync()
 
+    # Only services whose jobs can name a checkpoint are warm-routed (not the simulation's).
+    services = tuple(s for s, c in runtime.connectors.items()
+                     if type(c).required_models.__func__ is not Connector.required_models.__func__)  # type: ignore[attr-defined]
+    if not services:
+        return None
     interval = max(0.25, min(settings.warm_grace / 2, settings.health_interval))
-    return WarmPeers(client, runtime.identity.node_name, tuple(runtime.connectors), runtime.warm,
-                     interval=interval, on_change=resync)
+    return WarmPeers(client, runtime.identity.node_name, services, runtime.warm, interval=interval, on_change=resync)
 
 
 class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
