@@ -255,7 +255,8 @@ class QueueGateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
             runtime.gate = ConsumerGate(runtime.statuses)
         if runtime.capability_gate is None:
             runtime.capability_gate = CapabilityGate(lambda: desired_queues(runtime), runtime.identity.connectors,
-                                                     order=lambda: preferred_order(runtime))
+                                                     order=(lambda: preferred_order(runtime)) if runtime.settings.is_redis
+                                                     else None)  # only a Redis consumer reads its queues in order
         runtime.gate.bind(c)
         runtime.capability_gate.bind(c)
 

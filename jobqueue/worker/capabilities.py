@@ -38,6 +38,10 @@ from jobqueue.worker.gate import ConsumerGate
 
 log = logging.getLogger(__name__)
 
+#: Most model queues kept in order of preference (beyond, a reorder would cancel and consume
+#: too many queues at once: they are read in the order they were consumed).
+MAX_ORDERED = 64
+
 
 def enrich(connector: Any, status: ConnectorStatus, details: Mapping[str, Any] | None,
            tags: tuple[str, ...], warm: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -153,7 +157,7 @@ class CapabilityGate(ConsumerGate):
         cancel them and consume them again in order (a Redis consumer reads its queues by
         priority, then in the order it consumes them; elsewhere the order does not matter)."""
         order = self._order() if self._order is not None else []
-        if len(order) < 2:
+        if not 2 <= len(order) <= MAX_ORDERED:
             return
         rank = {q: i for i, q in enumerate(order)}
         current = [q.name for q in consumer.task_consumer.queues if q.name in rank]
