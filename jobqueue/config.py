@@ -27,7 +27,6 @@ ENV_PREFIX = "JOBQUEUE_"
 #: Broker used when nothing is configured: the local Redis, database 0.
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 
-_GPU_QUEUE = re.compile(r"^gpu(\d+)$")
 _QUOTA_ENTRY = re.compile(r"\s*(?:[^=;\s]+\s*=\s*(?:(?:queued|running|weight):[1-9][0-9]*\s*(?:,\s*|$))+)?")
 
 
@@ -57,15 +56,6 @@ def default_result_backend(broker_url: str) -> str:
     if is_redis_url(broker_url):
         return broker_url
     return DEFAULT_BROKER_URL
-
-
-def gpu_from_queues(queues: tuple[str, ...] | list[str]) -> int | None:
-    """Return the GPU index named by the first ``gpu<N>`` queue, if any."""
-    for queue in queues:
-        match = _GPU_QUEUE.match(queue.strip())
-        if match:
-            return int(match.group(1))
-    return None
 
 
 class Settings(BaseSettings):

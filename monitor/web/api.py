@@ -339,10 +339,8 @@ def submit() -> Any:
                        webhook_url=body.get("webhook_url"), requires=body.get("requires"), job_id=job_id,
                        tenant=tenant)
             sent += 1
-    except QueueFull as exc:
+    except (QueueFull, QuotaExceeded) as exc:
         return _queue_full(exc)
-    except QuotaExceeded as exc:
-        return _quota_exceeded(exc)
     except SubmitError as exc:
         queued.forget(ctx().celery, [service], ids[sent:])  # places reserved for jobs never sent
         raise ApiError(400, "invalid_job", str(exc)) from None
@@ -359,9 +357,14 @@ def _submit_tenant(asked: Any) -> str | None:
     return own if own is not None else asked
 
 
-def _queue_full(exc: QueueFull) -> Response:
+def _queue_full(exc: QueueFull | QuotaExceeded) -> Response:
     """429 with ``Retry-After``: when the first of the service's queued jobs is expected to
-    start (a place frees), from the queue ETAs; else its median run time; else the default."""
+    start (a place frees), from the queue ETAs; else its median run time; else the default.
+    A tenant over its quota of queued jobs (``quota_exceeded``): the error's own ``retry_after``."""
+    if isinstance(exc, QuotaExceeded):
+        response = error_response(429, "quota_exceeded", str(exc))
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
     medians = ctx().store.service_medians()
     median = medians.get(exc.service)
     seconds = first_start_in(queue_estimates(time.time()), exc.service, median)
@@ -371,13 +374,6 @@ def _queue_full(exc: QueueFull) -> Response:
     response = error_response(429, "queue_full", f"{exc.service}: queue full ({exc.queued} queued, cap {exc.cap}); "
                                                  f"retry in {exc.retry_after:.0f} s")
     response.headers["Retry-After"] = str(int(exc.retry_after))
-    return response
-
-
-def _quota_exceeded(exc: QuotaExceeded) -> Response:
-    """429 with ``Retry-After``: the tenant holds its quota of queued jobs (nothing enqueued)."""
-    response = error_response(429, "quota_exceeded", str(exc))
-    response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response
 
 
@@ -407,10 +403,8 @@ def retry(job_id: str) -> Any:
         raise ApiError(409, "payload_unknown", f"the result backend no longer holds job {job_id}'s payload")
     try:
         handle = submit_job(**resubmit_arguments(job_id, kwargs, known["service"]), app=ctx().celery)
-    except QueueFull as exc:
+    except (QueueFull, QuotaExceeded) as exc:
         return _queue_full(exc)
-    except QuotaExceeded as exc:
-        return _quota_exceeded(exc)
     except SubmitError as exc:
         raise ApiError(400, "invalid_job", str(exc)) from None
     return jsonify({"id": handle.id}), 201
