@@ -27,7 +27,7 @@ ENV_PREFIX = "JOBQUEUE_"
 #: Broker used when nothing is configured: the local Redis, database 0.
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 
-_GPU_QUEUE = re.compile(r"^gpu(\d+)$")
+_QUOTA_ENTRY = re.compile(r"\s*(?:[^=;\s]+\s*=\s*(?:(?:queued|running|weight):[1-9][0-9]*\s*(?:,\s*|$))+)?")
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -56,15 +56,6 @@ def default_result_backend(broker_url: str) -> str:
     if is_redis_url(broker_url):
         return broker_url
     return DEFAULT_BROKER_URL
-
-
-def gpu_from_queues(queues: tuple[str, ...] | list[str]) -> int | None:
-    """Return the GPU index named by the first ``gpu<N>`` queue, if any."""
-    for queue in queues:
-        match = _GPU_QUEUE.match(queue.strip())
-        if match:
-            return int(match.group(1))
-    return None
 
 
 class Settings(BaseSettings):
@@ -275,6 +266,10 @@ class Settings(BaseSettings):
     max_queued: int | None = None
     #: Per-service caps over ``max_queued``: ``comfyui=50,a1111=20``.
     max_queued_by_service: Mapping[str, int] = Field(default_factory=dict)
+    #: Per-tenant quotas and fair-share weights: ``acme=queued:100,running:4,weight:2;*=queued:1000``.
+    tenant_quotas: str = ""
+    #: Tenants' jobs wait in their own queues, taken in weighted turns (off: FIFO per service).
+    fair_share: bool = True
     #: A worker exits (warm shutdown, code 0) after this many seconds with no job running or
     #: reserved (0: never): scale to zero.
     exit_when_idle: float = 0.0
@@ -438,6 +433,8 @@ class Settings(BaseSettings):
             raise ConfigError(f"JOBQUEUE_MAX_QUEUED_BY_SERVICE caps must be >= 1, got {bad}")
         if self.exit_when_idle < 0:
             raise ConfigError(f"JOBQUEUE_EXIT_WHEN_IDLE must be >= 0 (0: never), got {self.exit_when_idle}")
+        if not all(map(_QUOTA_ENTRY.fullmatch, self.tenant_quotas.split(";"))):  # see shared/tenants.py
+            raise ConfigError(f"JOBQUEUE_TENANT_QUOTAS: expected tenant=queued:N,running:N,weight:N;... (N >= 1), got {self.tenant_quotas!r}")
 
     def max_queued_for(self, service: str) -> int | None:
         """The cap of ``service``'s queued jobs (None: unbounded)."""

@@ -64,6 +64,22 @@ class QueueFull(SubmitError):
                          f"retry in {self.retry_after:.0f} s")
 
 
+class QuotaExceeded(SubmitError):
+    """The tenant holds its quota of queued jobs (``JOBQUEUE_TENANT_QUOTAS``): nothing was
+    enqueued. ``retry_after``: seconds to wait before trying again, as for :class:`QueueFull`."""
+
+    #: Seconds a client is told to wait when nothing better is known.
+    DEFAULT_RETRY_AFTER = 10.0
+
+    def __init__(self, tenant: str, quota: int, queued: int, retry_after: float | None = None) -> None:
+        self.tenant = tenant
+        self.quota = quota
+        self.queued = queued
+        self.retry_after = self.DEFAULT_RETRY_AFTER if retry_after is None else float(retry_after)
+        super().__init__(f"tenant {tenant}: quota of queued jobs reached ({queued} queued, quota {quota}); "
+                         f"retry in {self.retry_after:.0f} s")
+
+
 class ProcessFailed(JobqueueError):
     """A process started by ``jobqueue up`` failed to start or died while running."""
 

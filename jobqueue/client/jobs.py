@@ -36,8 +36,8 @@ from jobqueue.errors import (
     WaitTimeout,
     error_info,
 )
+from jobqueue.shared import fairshare, queued
 from jobqueue.shared import job_record as facts
-from jobqueue.shared import queued
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask
 from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED, WORKER_CLASS
 from jobqueue.shared.records import result_client
@@ -343,6 +343,7 @@ def prepare_job(
     requires: dict[str, Any] | None = None,
     secret_keys: str = DEFAULT_PATTERN,
     tenant: str | None = None,
+    fair_share: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate one job and build its message: ``(task kwargs, send options)``.
 
@@ -352,7 +353,7 @@ def prepare_job(
     A job with requirements (``requires`` plus the models its payload names) goes to its
     capability queue unless ``queue`` pins it (:func:`jobqueue.shared.requirements.route_queue`).
     ``kwargsrepr`` (what events and logs show) has values under ``secret_keys`` masked; the
-    task's kwargs keep them. ``tenant`` (:func:`check_tenant`): the job's owner, in its options.
+    task's kwargs keep them. ``tenant``: the job's owner (its queue's too with ``fair_share``).
     """
     tenant = check_tenant(tenant)
     payload = connector_class(service).validate(payload)
@@ -363,7 +364,7 @@ def prepare_job(
         raise InvalidPayloadError(f"{service}: payload is not JSON-serialisable: {exc}") from None
     priority = check_priority(priority)
     timeout = _check_timeout(timeout)
-    target = _check_queue(queue) or route_queue(service, req)
+    target = _check_queue(queue) or fairshare.route_for_tenant(route_queue(service, req), tenant, fair_share)
     job_id = job_id or str(uuid.uuid4())
     meta: dict[str, Any] = {
         "service": service,
@@ -387,23 +388,24 @@ def prepare_job(
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 
 
-def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
-    """Before sending: the job's place in its service's queue (:mod:`jobqueue.shared.queued`;
-    raises :class:`~jobqueue.errors.QueueFull` over a cap), the submit record (no job without
-    one) and, for :meth:`JobHandle.waiting_for`, the job's requirements: one round trip on a
-    Redis result backend, two when the service is capped (the admission comes first)."""
-    capped = app.settings.max_queued_for(service) is not None
+def _record(app: Any, job_id: str, service: str, options: dict[str, Any]) -> None:
+    """Before sending: the job's place in its service's and tenant's counts (:mod:`~.queued`: ``QueueFull``,
+    ``QuotaExceeded``), the submit record, its tenant queue's note and its requirements (for ``waiting_for``):
+    one round trip on a Redis result backend, two when capped (the admission comes first)."""
+    tenant = options.get("tenant")
+    capped = queued.is_capped(app, service, tenant)
     if capped:
-        queued.admit(app, {service: [job_id]})
+        queued.admit(app, {service: [job_id]}, tenant=tenant)
     client = result_client(app)
     if client is None:
         record_submitted(app, [job_id])
         return
     with client.pipeline(transaction=False) as pipe:
         queue_records(pipe, app, [job_id])
-        queue_remember(pipe, app, job_id, service, req)
+        queue_remember(pipe, app, job_id, service, Requirements.from_dict(options.get("requires")))
+        fairshare.note_queue(pipe, options["queue"], queued.expires_of(app))
         if not capped:
-            queued.queue_add(pipe, service, [job_id], queued.expires_of(app))
+            queued.queue_add(pipe, service, [job_id], queued.expires_of(app), tenant=tenant)
         results = pipe.execute(raise_on_error=False)
     if isinstance(results[0], Exception):
         raise results[0]
@@ -437,9 +439,9 @@ def submit_job(
 
     ``queue`` pins the job (``gpu0``, ``machine.<id>``, ``gpu0.<machine>``); by default it
     goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
-    Raises :class:`~jobqueue.errors.UnknownServiceError`,
-    :class:`~jobqueue.errors.InvalidPayloadError` or, when the service's queue holds its cap
-    (``JOBQUEUE_MAX_QUEUED``), :class:`~jobqueue.errors.QueueFull` (nothing enqueued).
+    Raises :class:`~jobqueue.errors.UnknownServiceError`, :class:`~jobqueue.errors.InvalidPayloadError`,
+    :class:`~jobqueue.errors.QueueFull` over the service's cap (``JOBQUEUE_MAX_QUEUED``) or
+    :class:`~jobqueue.errors.QuotaExceeded` over the tenant's (``JOBQUEUE_TENANT_QUOTAS``): nothing enqueued.
     ``webhook_url`` (http or https only, else :class:`~jobqueue.errors.SubmitError`; an IP
     literal outside the public addresses and ``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS`` raises
     :class:`~jobqueue.errors.WebhookTargetRefused`) gets a signed POST when the job ends (see
@@ -451,12 +453,12 @@ def submit_job(
         url = check_webhook_url(webhook_url, app.settings.webhook_allowed_networks)
         extra = {**(extra or {}), "webhook_url": url}
     kwargs, send_options = prepare_job(
-        service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
-        timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
-        requires=requires, secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
+        service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue, timeout=timeout,
+        workflow_id=workflow_id, step=step, job_id=job_id, extra=extra, requires=requires, tenant=tenant,
+        secret_keys=app.settings.secret_keys_pattern, fair_share=app.settings.fair_share,
     )
     try:
-        _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
+        _record(app, send_options["task_id"], service, kwargs["options"])
     except MasterNotFoundError as exc:  # nothing sent: say which sentinels and master
         raise unreachable(app.settings.result_backend, app.settings, exc) from exc
     try:

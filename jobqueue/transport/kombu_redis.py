@@ -32,6 +32,11 @@ tests/jobqueue/worker/test_poison.py.
 6. ``Channel._q_for_pri`` and ``_get_message_priority`` (kombu's key of a message's priority
    list) and ``QoS._delivered`` (the tags kombu recorded as unacked), to put back an item
    popped just before the broker went away (its QoS write failed, so no one else holds it).
+7. ``kombu.transport.redis.Channel._brpop_start``: reimplemented below (its body with the
+   queues in the order of the connection's fair-share hook, :func:`set_fair_order`; it relies
+   on ``_queue_cycle.consume``, ``active_queues``, ``_q_for_pri``, ``priority_steps``,
+   ``brpop_timeout``, ``global_keyprefix`` and ``client._prefix_args``). Without a hook (a
+   client's connection, a worker with fair share off) kombu's own body runs.
 
 :class:`SentinelTransport` is the same channel on a Sentinel group's master (kombu's
 ``SentinelChannel`` finds the master; ``sentinel://`` brokers).
@@ -42,7 +47,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from queue import Empty
 from typing import Any, Protocol
@@ -56,6 +61,23 @@ from jobqueue.transport.replication import check_wait, queue_wait, replicas_to_w
 
 #: Attribute of a kombu Connection where its channels find the poison hook.
 HOOK_ATTR = "jobqueue_on_poison"
+#: Attribute of a kombu Connection where its channels find the fair-share order.
+FAIR_ATTR = "jobqueue_fair_order"
+
+
+class FairOrderHook(Protocol):
+    """The order a channel asks for its queues in (:class:`jobqueue.shared.fairshare.FairOrder`)."""
+
+    def order(self, queues: Iterable[str]) -> list[str]:
+        """The queues to ask the broker for, in this order (at each priority level)."""
+
+    def delivered(self, queue: str) -> None:
+        """A message came from ``queue``."""
+
+
+def set_fair_order(connection: Any, hook: FairOrderHook | None) -> None:
+    """Have the channels of kombu ``connection`` fetch their queues in ``hook``'s order."""
+    setattr(connection, FAIR_ATTR, hook)
 
 
 class PoisonHook(Protocol):
@@ -156,6 +178,26 @@ class Channel(kombu_redis.Channel):
             cache = self_._jobqueue_clients = _ClientCache()
         yield cache.get(self_.pool, self_._create_client)
 
+    def _brpop_start(self, timeout: Any = None) -> None:  # PRIVATE TOUCHPOINT 7
+        self_: Any = self
+        fair: FairOrderHook | None = getattr(self_.connection.client, FAIR_ATTR, None)
+        if fair is None:
+            super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
+            return
+        if timeout is None:
+            timeout = self_.brpop_timeout
+        queues = fair.order(self_._queue_cycle.consume(len(self_.active_queues)))
+        if not queues:
+            return
+        # Priority first (every queue's level n before any queue's level n + 1), as kombu.
+        keys = [self_._q_for_pri(queue, pri) for pri in self_.priority_steps for queue in queues]
+        self_._in_poll = self_.client.connection
+        self_._brpop_sent_at = time.monotonic()
+        command_args = ["BRPOP", *keys, timeout or 0]
+        if self_.global_keyprefix:
+            command_args = self_.client._prefix_args(command_args)
+        self_.client.connection.send_command(*command_args)
+
     def _brpop_read(self, **options: Any) -> bool:  # PRIVATE TOUCHPOINT 2
         self_: Any = self
         hook: PoisonHook | None = getattr(self_.connection.client, HOOK_ATTR, None)
@@ -172,6 +214,9 @@ class Channel(kombu_redis.Channel):
             dest, item = dest__item
             dest = (dest.decode() if isinstance(dest, bytes) else dest).rsplit(self_.sep, 1)[0]
             self_._queue_cycle.rotate(dest)
+            fair: FairOrderHook | None = getattr(self_.connection.client, FAIR_ATTR, None)
+            if fair is not None:
+                fair.delivered(dest)
             if hook is None:  # kombu's own delivery
                 self._deliver_or_give_back(loads(bytes_to_str(item)), dest, item)  # type: ignore[no-untyped-call]
                 return True

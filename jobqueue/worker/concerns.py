@@ -30,12 +30,17 @@ Start-up order (the worker's bootsteps, then the consumer's, as Celery starts th
    event loop registers the steps, just before it consumes. A queue consumed earlier can
    deliver a waiting message to a consumer without callbacks (on RabbitMQ that killed the
    worker at start-up).
-6. ``control``: remote control commands, answered once the consumer's pidbox runs.
+6. ``fair-share`` (consumer, after its task consumer): the tenant queues of the consumer's
+   queues, and (with ``JOBQUEUE_FAIR_SHARE``) the order of each fetch on Redis
+   (:mod:`jobqueue.worker.fairshare`).
+7. ``control``: remote control commands, answered once the consumer's pidbox runs.
 
-Then, per message and task, in this order: the ``job-task``'s hand-back strategy
-(:func:`~jobqueue.worker.handback.requirements_strategy`, before the task is accepted), the
-``job-record`` handlers (received, prerun, postrun, revoked) and ``webhooks`` (postrun,
-revoked, after the job record: a job's end is stored before its webhook is enqueued).
+Then, per message and task, in this order: the ``job-task``'s strategy -- a tenant's running
+quota (:func:`~jobqueue.worker.tenant_quota.with_running_quota`) around the hand-back
+(:func:`~jobqueue.worker.handback.requirements_strategy`), both before the task is accepted --,
+the ``running-quota`` handlers (postrun, revoked: the place is free), the ``job-record``
+handlers (received, prerun, postrun, revoked) and ``webhooks`` (postrun, revoked, after the job
+record: a job's end is stored before its webhook is enqueued).
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from typing import Any
 
 from celery import signals
 
-from jobqueue.worker import attempts, bootsteps, webhooks
+from jobqueue.worker import attempts, bootsteps, tenant_quota, webhooks
+from jobqueue.worker.fairshare import FairShareStep
 from jobqueue.worker.handback import requirements_strategy
 from jobqueue.worker.idle import IdleStep
 from jobqueue.worker.moveup import MoveUpStep
@@ -90,7 +96,7 @@ def _register_control(app: Any) -> None:
 
 
 def _register_job_task(app: Any) -> None:
-    register_job_task(app, strategy=requirements_strategy)
+    register_job_task(app, strategy=tenant_quota.with_running_quota(requirements_strategy))
 
 
 #: The worker's concerns, in the order they start and run (see the module's docstring).
@@ -103,8 +109,13 @@ CONCERNS: tuple[Concern, ...] = (
     Concern("poison", consumer_steps=(PoisonStep,)),
     Concern("status", consumer_steps=(bootsteps.StatusStep,)),
     Concern("queue-gates", consumer_steps=(bootsteps.QueueGateStep,)),
+    Concern("fair-share", consumer_steps=(FairShareStep,)),
     Concern("control", register=_register_control),
-    Concern("job-task", register=_register_job_task),  # with the hand-back strategy
+    Concern("job-task", register=_register_job_task),  # with the running-quota and hand-back strategy
+    Concern("running-quota", worker_steps=(tenant_quota.RunningQuotaStep,), handlers=(
+        (signals.task_postrun, tenant_quota.on_task_postrun),
+        (signals.task_revoked, tenant_quota.on_task_revoked),
+    )),
     Concern("job-record", handlers=(
         (signals.task_received, attempts.on_task_received),
         (signals.task_prerun, attempts.on_task_prerun),

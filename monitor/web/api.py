@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from jobqueue.client.jobs import get_job, submit_job
 from jobqueue.client.rerun import resubmit_arguments
 from jobqueue.client.services import service_names
-from jobqueue.errors import QueueFull, SubmitError
+from jobqueue.errors import QueueFull, QuotaExceeded, SubmitError
 from jobqueue.shared import queued
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
@@ -331,7 +331,7 @@ def submit() -> Any:
     sent = 0
     try:
         if count > 1 and service in service_names():  # the places of all, or none
-            queued.admit(ctx().celery, {service: ids})
+            queued.admit(ctx().celery, {service: ids}, tenant=tenant)
         for job_id in ids:
             submit_job(service, body.get("payload", {}), priority=body.get("priority"),
                        queue=body.get("queue"), timeout=body.get("timeout"),
@@ -339,7 +339,7 @@ def submit() -> Any:
                        webhook_url=body.get("webhook_url"), requires=body.get("requires"), job_id=job_id,
                        tenant=tenant)
             sent += 1
-    except QueueFull as exc:
+    except (QueueFull, QuotaExceeded) as exc:
         return _queue_full(exc)
     except SubmitError as exc:
         queued.forget(ctx().celery, [service], ids[sent:])  # places reserved for jobs never sent
@@ -357,9 +357,14 @@ def _submit_tenant(asked: Any) -> str | None:
     return own if own is not None else asked
 
 
-def _queue_full(exc: QueueFull) -> Response:
+def _queue_full(exc: QueueFull | QuotaExceeded) -> Response:
     """429 with ``Retry-After``: when the first of the service's queued jobs is expected to
-    start (a place frees), from the queue ETAs; else its median run time; else the default."""
+    start (a place frees), from the queue ETAs; else its median run time; else the default.
+    A tenant over its quota of queued jobs (``quota_exceeded``): the error's own ``retry_after``."""
+    if isinstance(exc, QuotaExceeded):
+        response = error_response(429, "quota_exceeded", str(exc))
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
     medians = ctx().store.service_medians()
     median = medians.get(exc.service)
     seconds = first_start_in(queue_estimates(time.time()), exc.service, median)
@@ -398,7 +403,7 @@ def retry(job_id: str) -> Any:
         raise ApiError(409, "payload_unknown", f"the result backend no longer holds job {job_id}'s payload")
     try:
         handle = submit_job(**resubmit_arguments(job_id, kwargs, known["service"]), app=ctx().celery)
-    except QueueFull as exc:
+    except (QueueFull, QuotaExceeded) as exc:
         return _queue_full(exc)
     except SubmitError as exc:
         raise ApiError(400, "invalid_job", str(exc)) from None
