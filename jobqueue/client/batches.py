@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jobqueue.client.input_owners import check_input_owners
 from jobqueue.client.jobs import JobHandle, default_app, prepare_job
 from jobqueue.client.replicas import replicate_records
 from jobqueue.errors import SubmitError
@@ -120,6 +121,7 @@ def submit_batch(
                 extra={"batch_id": batch_id, "batch_index": index, "batch_size": count},
                 secret_keys=app.settings.secret_keys_pattern, tenant=tenant, fair_share=app.settings.fair_share,
             ))
+            check_input_owners(app, service, messages[-1][0]["payload"], tenant)
         except SubmitError as exc:
             raise type(exc)(f"batch job {index}: {exc}") from None
     ids = [send_options["task_id"] for _, send_options in messages]

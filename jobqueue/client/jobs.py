@@ -23,6 +23,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from redis.sentinel import MasterNotFoundError
 
 from jobqueue.client.cancels import cancel_later_steps
+from jobqueue.client.input_owners import check_input_owners
 from jobqueue.client.replicas import replicate_records
 from jobqueue.client.waiting import job_expected_load, job_waiting_for, queue_remember
 from jobqueue.connectors import CONNECTORS, connector_class
@@ -457,6 +458,7 @@ def submit_job(
         workflow_id=workflow_id, step=step, job_id=job_id, extra=extra, requires=requires, tenant=tenant,
         secret_keys=app.settings.secret_keys_pattern, fair_share=app.settings.fair_share,
     )
+    check_input_owners(app, service, kwargs["payload"], tenant)
     try:
         _record(app, send_options["task_id"], service, kwargs["options"])
     except MasterNotFoundError as exc:  # nothing sent: say which sentinels and master

@@ -36,6 +36,7 @@ from typing import Any
 from celery import chain
 
 from jobqueue.client.cancels import cancel_later_steps
+from jobqueue.client.input_owners import check_input_owners
 from jobqueue.client.jobs import JobHandle, default_app, prepare_job
 from jobqueue.client.replicas import replicate_records
 from jobqueue.errors import (
@@ -113,6 +114,7 @@ def submit_workflow(
                 extra={"workflow_steps": len(pairs), "workflow_submitted_at": submitted_at},
                 secret_keys=app.settings.secret_keys_pattern, tenant=tenant, fair_share=app.settings.fair_share,
             )
+            check_input_owners(app, service, kwargs["payload"], tenant)
         except SubmitError as exc:
             raise type(exc)(f"step {number}: {exc}") from None
         signatures.append(
