@@ -101,9 +101,7 @@ def submit_workflow(
     """
     app = app or default_app()
     pairs = _check_steps(steps)
-    workflow_id = str(uuid.uuid4())
-    submitted_at = time.time()
-    signatures = []
+    workflow_id, submitted_at, signatures = str(uuid.uuid4()), time.time(), []
     for number, (service, payload) in enumerate(pairs, 1):
         try:
             if number == 1 and placeholder_paths(payload):
