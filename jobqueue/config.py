@@ -14,7 +14,7 @@ import re
 import socket
 import types
 from collections.abc import Mapping
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     monitor_repair_interval: float = 30.0
     #: How many changes the monitor keeps for websocket clients that reconnect with ?since=.
     monitor_changes_keep: int = 20000
+    #: "auto": monitors on one PostgreSQL store elect a writer by lease, the others stand by; "off": one monitor.
+    monitor_standby: Literal["off", "auto"] = "off"
+    #: Seconds the writer's lease lasts unrenewed (a standby takes over that long after the leader died).
+    monitor_lease_seconds: float = Field(default=5.0, gt=0)
+    #: Events a standby monitor keeps (the newest) to apply when it takes over.
+    monitor_standby_buffer: int = Field(default=100_000, ge=0)
     #: Where ``jobqueue up`` keeps its state: the embedded Redis's append-only file, the
     #: children's logs, and the run file through which other shells find its broker.
     data_dir: str = "./.jobqueue"
