@@ -39,7 +39,15 @@ import websocket
 from bench.chaos.drill import Fleet, Observer, summary_line
 from bench.chaos.restart_redis import _healthz
 from bench.chaos.sentinel_failover import _succeeded, state_mismatches
-from bench.common import Process, RedisServer, bench_settings, free_port, monitor_process, wait_http, wait_until
+from bench.common import (
+    Process,
+    RedisServer,
+    bench_settings,
+    free_port,
+    monitor_process,
+    wait_http,
+    wait_until,
+)
 from jobqueue.client.jobs import submit_job
 from jobqueue.transport.app import create_app
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from jobqueue.errors import ConfigError, LeaseLost
 from jobqueue.config import Settings
+from jobqueue.errors import ConfigError, LeaseLost
 from monitor.ingest.hub import ChangeHub
 from monitor.ingest.standby import Leadership, standby_enabled
 from monitor.ingest.writer import Writer
