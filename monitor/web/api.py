@@ -422,8 +422,8 @@ def _set_draining(name: str, draining: bool) -> Any:
 
 
 @route(bp, "/api/workers/<path:name>/drain", method="POST", role=Role.OPERATOR, summary="Stop a worker taking jobs",
-       body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202, errors=(403, 404), **CONTROL, **FLEET,
-       audit="drain")
+       body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202, errors=(403, 404, 503), **CONTROL,
+       **FLEET, audit="drain")
 def drain(name: str) -> Any:
     """Stop the worker taking new jobs (it finishes what it runs)."""
     return _set_draining(name, True)
@@ -431,7 +431,7 @@ def drain(name: str) -> Any:
 
 @route(bp, "/api/workers/<path:name>/resume", method="POST", role=Role.OPERATOR,
        summary="Let a drained worker take jobs", body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202,
-       errors=(403, 404), **CONTROL, **FLEET, audit="resume")
+       errors=(403, 404, 503), **CONTROL, **FLEET, audit="resume")
 def resume(name: str) -> Any:
     """Let a drained worker take new jobs again."""
     return _set_draining(name, False)
