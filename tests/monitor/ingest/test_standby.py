@@ -40,7 +40,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
 class Node:
     """One monitor's store, lease, leadership and writer."""
 
-    def __init__(self, url: str, name: str, seconds: float = 1.0) -> None:
+    def __init__(self, url: str, name: str, seconds: float = 2.0) -> None:
         self.store = Store(url)
         self.lease = WriterLease(self.store.engine, name, seconds)
         self.store.fence = self.lease.fence
@@ -127,3 +127,44 @@ def test_standby_mode_needs_a_postgresql_store() -> None:
         standby_enabled(settings, is_sqlite=True)
     assert standby_enabled(settings, is_sqlite=False) is True
     assert standby_enabled(Settings(monitor_standby="off"), is_sqlite=False) is False
+
+
+class Control:
+    """The control calls a drain makes, answered at once (the broker is not under test here)."""
+
+    def cancel_consumer(self, queue: str, **_: Any) -> list[Any]:
+        return [{"gpu0@vm1": {"ok": f"no longer consuming from {queue}"}}]
+
+
+def test_a_standby_serves_reads_and_answers_an_api_write_with_503_standby(
+        pg_url: str, nodes: list[Node], monitor_settings: Settings) -> None:
+    import types
+
+    from monitor.app import create_app
+    from monitor.merge.apply import apply
+
+    # Given a leader that stored one worker, and a standby monitor app on the same store
+    leader = Node(pg_url, "leader").start()
+    nodes.append(leader)
+    now = time.time()
+    leader.writer.call(lambda tx: apply({"type": "worker-online", "hostname": "gpu0@vm1", "timestamp": now,
+                                         "freq": 60.0}, tx))
+    standby = Node(pg_url, "standby").start()
+    nodes.append(standby)
+    app = create_app(monitor_settings, store=standby.store, hub=ChangeHub(), writer=standby.writer,
+                     celery_app=types.SimpleNamespace(control=Control(), close=lambda: None))
+    client = app.test_client()
+    auth = {"Authorization": "Bearer secret-token"}
+    try:
+        # When it is read and asked to record a drain
+        health = client.get("/healthz", headers=auth).get_json()
+        worker = client.get("/api/workers/gpu0@vm1", headers=auth)
+        response = client.post("/api/workers/gpu0@vm1/drain", json={}, headers=auth)
+        # Then it reads the leader's writes, says it is the standby, and refuses the write with 503
+        assert health["role"] == "standby" and health["lease"]["holder"] == "standby"
+        assert worker.status_code == 200
+        assert response.status_code == 503 and response.get_json()["error"]["code"] == "standby", response.get_json()
+        assert response.headers["Retry-After"] == "1"
+        assert leader.store.worker("gpu0@vm1")["status"] != "draining"
+    finally:
+        app.extensions["jobqueue_monitor"].close()
