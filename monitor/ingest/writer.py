@@ -10,6 +10,10 @@ rest in one transaction (its jobs and workers loaded up front in one query each,
 worker's drain flag, ``POST /api/workers/<name>/drain``) through :meth:`Writer.call`, and the
 audit trail of those requests (:meth:`Writer.audit`), so nothing else writes.
 
+With several monitors on one PostgreSQL store (:mod:`monitor.ingest.standby`) only the writer
+of the lease's holder writes; a standby's writer keeps what arrives in a bounded buffer and
+applies it when its monitor takes over (every write transaction is fenced by the lease's term).
+
 The one exception: a web app built without a writer (``create_app(writer=None)``: a process
 that serves the API but collects no events, as tests build it) records the drain flag itself
 through :meth:`monitor.store.Store.set_draining`. That process has no writer to race with,

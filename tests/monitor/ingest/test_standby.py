@@ -168,3 +168,18 @@ def test_a_standby_serves_reads_and_answers_an_api_write_with_503_standby(
         assert leader.store.worker("gpu0@vm1")["status"] != "draining"
     finally:
         app.extensions["jobqueue_monitor"].close()
+
+
+def test_a_leader_stopped_cleanly_gives_the_lease_up_so_the_standby_need_not_wait_for_it_to_expire(
+        pg_url: str, nodes: list[Node]) -> None:
+    # Given a leader and a standby with a 6 s lease
+    leader = Node(pg_url, "leader", seconds=6.0).start()
+    standby = Node(pg_url, "standby", seconds=6.0).start()
+    nodes.append(standby)
+    assert leader.leadership.leading and not standby.leadership.leading
+    # When the leader stops (SIGTERM)
+    stopped = time.monotonic()
+    leader.stop()
+    # Then the standby leads well before the lease (renewed at most 2 s before) could have expired
+    wait_for(lambda: standby.leadership.leading, timeout=10.0)
+    assert time.monotonic() - stopped < 4.0
