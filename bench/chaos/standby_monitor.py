@@ -15,7 +15,11 @@ finished the leader is SIGKILLed (its whole process group). Measured, from the k
   balancer, with ``?since=`` its last seq);
 * ``lost`` / ``duplicates``: jobs that never succeeded / succeeded twice.
 
-    python -m bench.chaos.standby_monitor --jobs 500
+With ``--pause`` the leader is SIGSTOPped instead, and SIGCONTed once the standby took over:
+it must then find it lost the lease (``old_role``: ``standby``) and write nothing more (its
+writes fail on the lease's term).
+
+    python -m bench.chaos.standby_monitor --jobs 500 [--pause]
 """
 
 from __future__ import annotations
@@ -133,6 +137,8 @@ class Result:
     mismatches: list[str]
     live: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: With ``pause``: the paused leader's role once resumed (it must have become the standby).
+    old_role: str | None = None
 
     def line(self) -> str:
         def f(v: float | None) -> str:
@@ -140,7 +146,8 @@ class Result:
 
         return summary_line("standby-monitor", jobs=self.jobs, finished=self.finished, duplicates=self.duplicates,
                             recover=self.first_write, takeover=f(self.takeover), first_write=f(self.first_write),
-                            wrong=len(self.mismatches), **self.live, seconds=round(self.seconds, 1))
+                            wrong=len(self.mismatches), **self.live, old_role=self.old_role,
+                            seconds=round(self.seconds, 1))
 
 
 def _role(port: int) -> str | None:
@@ -156,8 +163,9 @@ def _since(start: float, timeout: float, check: Any) -> float | None:
 
 
 def run(url: str, pg: str, workdir: Path, *, jobs: int = 500, workers: int = 2, lease: float = 3.0,
-        timeout: float = 240.0) -> Result:
-    """Run the drill on the broker ``url`` and the empty PostgreSQL database ``pg``."""
+        timeout: float = 240.0, pause: bool = False) -> Result:
+    """Run the drill on the broker ``url`` and the empty PostgreSQL database ``pg`` (``pause``:
+    SIGSTOP the leader, SIGCONT it after the take-over, instead of SIGKILL)."""
     settings = bench_settings(url, workdir, monitor_db=pg, monitor_standby="auto", monitor_lease_seconds=lease)
     app = create_app(settings)
     fleet = Fleet(app, settings, workdir, size=workers)
@@ -180,10 +188,18 @@ def run(url: str, pg: str, workdir: Path, *, jobs: int = 500, workers: int = 2, 
         wait_until(lambda: _succeeded(app, ids) >= jobs // 4, timeout, interval=0.1, what="a quarter of the jobs")
         seq_before = int(_healthz(survivor).get("seq") or 0)
         killed_at = time.monotonic()
-        monitors[leader].signal(signal.SIGKILL)
+        monitors[leader].signal(signal.SIGSTOP if pause else signal.SIGKILL)
         dashboards[leader].move_to(survivor)
         takeover = _since(killed_at, 30.0, lambda: _role(survivor) == "leader")
         first_write = _since(killed_at, 30.0, lambda: int(_healthz(survivor).get("seq") or 0) > seq_before)
+        old_role: str | None = None
+        if pause:
+            monitors[leader].signal(signal.SIGCONT)
+            try:
+                wait_until(lambda: _role(ports[leader]) == "standby", 30.0, interval=0.2)
+            except TimeoutError:
+                pass
+            old_role = _role(ports[leader])
         wait_until(lambda: _succeeded(app, ids) == jobs, timeout, interval=0.2, what="every job to succeed")
         mismatches: list[str] = []
         try:
@@ -195,7 +211,7 @@ def run(url: str, pg: str, workdir: Path, *, jobs: int = 500, workers: int = 2, 
                 "moved_deltas_after": dashboards[leader].after(killed_at)}
         return Result(jobs=jobs, finished=_succeeded(app, ids), duplicates=observer.counts()["duplicates"],
                       takeover=takeover, first_write=first_write, mismatches=mismatches, live=live,
-                      seconds=time.monotonic() - started)
+                      seconds=time.monotonic() - started, old_role=old_role)
     finally:
         for dashboard in dashboards:
             dashboard.stop()
@@ -211,20 +227,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--lease", type=float, default=3.0, help="JOBQUEUE_MONITOR_LEASE_SECONDS")
+    parser.add_argument("--pause", action="store_true", help="SIGSTOP the leader (SIGCONT after the take-over)")
     parser.add_argument("--pg-admin", default=PG_ADMIN_URL, help="a PostgreSQL database to create the drill's from")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="chaos-standby-"))
     server = RedisServer().start()
     try:
         with fresh_database(args.pg_admin) as pg:
-            result = run(server.url(0), pg, workdir, jobs=args.jobs, workers=args.workers, lease=args.lease)
+            result = run(server.url(0), pg, workdir, jobs=args.jobs, workers=args.workers, lease=args.lease,
+                         pause=args.pause)
     finally:
         server.stop()
     print(result.line())
     for line in result.mismatches[:20]:
         print("  " + line)
     print(f"(logs in {workdir})")
-    ok = not result.mismatches and result.finished == result.jobs and (result.first_write or 99) <= 10
+    ok = not result.mismatches and result.finished == result.jobs and (result.first_write or 99) <= 10 \
+        and result.old_role in (None, "standby")
     return 0 if ok else 1
 
 

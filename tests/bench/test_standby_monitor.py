@@ -41,3 +41,20 @@ def test_the_standby_monitor_writes_within_ten_seconds_of_the_leaders_kill_and_e
     # kill, the killed monitor's once it reconnected to the survivor
     assert result.live["standby_deltas_before"] > 0, result.line()
     assert result.live["standby_deltas_after"] > 0 and result.live["moved_deltas_after"] > 0, result.line()
+
+
+def test_a_paused_leader_loses_the_lease_and_once_resumed_stands_by_without_writing_anything_wrong(
+        private_redis: RedisServer, tmp_path: Path) -> None:
+    # Given two monitors on one PostgreSQL store, 2 workers and 200 jobs
+    with standby_monitor.fresh_database(PG_ADMIN_URL) as pg:
+        # When the leader is SIGSTOPped a quarter of the way through, and SIGCONTed after the take-over
+        result = standby_monitor.run(private_redis.url(0), pg, tmp_path, jobs=200, workers=2, lease=3.0,
+                                     timeout=150.0, pause=True)
+    print(result.line())
+    # Then the standby took over (bounded by PostgreSQL ending the paused leader's open
+    # transaction, docs/deployment.md), the resumed leader found itself a standby,
+    assert result.takeover is not None and result.first_write is not None, result.line()
+    assert result.old_role == "standby", result.line()
+    # and every job ended right in the store
+    assert result.finished == result.jobs == 200 and result.duplicates == 0, result.line()
+    assert result.mismatches == [], "\n".join(result.mismatches[:20])
