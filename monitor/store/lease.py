@@ -51,6 +51,12 @@ class WriterLease:
     def acquire(self) -> int | None:
         """Take the lease if it has expired (or is already this monitor's): the new term, or
         None when another monitor holds it. Waits at most a second for a write in flight."""
+        with self.engine.connect() as conn:  # a plain read first: no lock queued behind the leader's writes
+            free = conn.execute(text(f"SELECT expires_at < {_NOW} OR holder = :holder FROM writer_lease "
+                                     "WHERE name = :name"), {"holder": self.holder, "name": LEASE}).scalar()
+        if not free:
+            self.drop()
+            return None
         try:
             with self.engine.begin() as conn:
                 conn.execute(text("SET LOCAL lock_timeout = '1s'"))
