@@ -1,9 +1,7 @@
 """Configuration, read in one place.
 
-Every setting has a default that works on a laptop and a ``JOBQUEUE_*`` environment variable
-that overrides it. ``Settings.from_env()`` is the only function that reads the environment;
-everything else receives a ``Settings`` (or values taken from one). docs/configuration.md lists
-every variable.
+Every setting has a laptop default and a ``JOBQUEUE_*`` variable (docs/configuration.md lists
+them); ``Settings.from_env()`` alone reads the environment, everything else gets a ``Settings``.
 """
 
 from __future__ import annotations
@@ -117,6 +115,12 @@ class Settings(BaseSettings):
     #: ComfyUI: ``POST /free`` (unload models, free memory) before the next job of a worker
     #: whose last job ran out of GPU memory.
     comfyui_free_after_oom: bool = False
+    #: Warm routing (docs/connectors.md): an idle worker takes jobs of checkpoints it has not loaded
+    #: only after this many seconds idle, so one that has them loaded takes them first (0: off).
+    warm_grace: float = 2.0
+    #: Warm routing: a worker busy with jobs of its loaded checkpoints takes the others again
+    #: at its next job after this many seconds, so they do not wait for a busy warm fleet.
+    warm_max_wait: float = 30.0
     #: SQLAlchemy URL of the monitor's store.
     monitor_db: str = "sqlite:///jobqueue-monitor.db"
     #: Address the monitor binds to.
@@ -392,6 +396,9 @@ class Settings(BaseSettings):
         if self.max_retries < 0 or (self.redis_wait_replicas or 0) < 0:
             raise ConfigError("JOBQUEUE_MAX_RETRIES and JOBQUEUE_REDIS_WAIT_REPLICAS must be >= 0, got "
                               f"{self.max_retries} and {self.redis_wait_replicas}")
+        if self.warm_grace < 0 or not self.warm_max_wait > 0:
+            raise ConfigError(f"JOBQUEUE_WARM_GRACE must be >= 0 and JOBQUEUE_WARM_MAX_WAIT > 0, got "
+                              f"{self.warm_grace!r} and {self.warm_max_wait!r}")
         if self.gpu is not None and self.gpu < 0:
             raise ConfigError(f"JOBQUEUE_GPU must be >= 0, got {self.gpu}")
         if not self.monitor_session_seconds > 0 or not self.monitor_audit_keep_days > 0:

@@ -22,8 +22,9 @@ from celery import states as celery_states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from redis.sentinel import MasterNotFoundError
 
+from jobqueue.client.cancels import cancel_later_steps
 from jobqueue.client.replicas import replicate_records
-from jobqueue.client.waiting import job_waiting_for, queue_remember
+from jobqueue.client.waiting import job_expected_load, job_waiting_for, queue_remember
 from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import (
     InvalidPayloadError,
@@ -39,7 +40,7 @@ from jobqueue.shared import job_record as facts
 from jobqueue.shared import queued
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask
 from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED, WORKER_CLASS
-from jobqueue.shared.records import result_client, workflow_key, workflow_step_key
+from jobqueue.shared.records import result_client
 from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
 from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
@@ -266,6 +267,12 @@ class JobHandle:
             return None
         return job_waiting_for(self.app, self.id, timeout)
 
+    def expected_load(self, timeout: float = 1.0) -> float:
+        """Seconds of checkpoint loading this queued job should expect: 0 when an online worker
+        that can run it has its checkpoint loaded (it takes the job first), else the smallest
+        load those workers measured (docs/connectors.md, "Warm routing")."""
+        return job_expected_load(self.app, self.id, timeout)
+
     def cancel(self) -> bool:
         """Cancel the job: a queued one never runs, a running one is stopped on its service;
         when it is a workflow step, the steps after it are cancelled too.
@@ -299,41 +306,6 @@ class JobHandle:
                                 expired=False, timestamp=now, cancelled_by="client")
         except Exception:
             log.warning("could not announce the cancel of job %s", self.id, exc_info=True)
-
-
-def cancel_later_steps(job_id: str, app: Any) -> list[str]:
-    """When ``job_id`` is a workflow step, mark every later step that has not ended cancelled
-    (``REVOKED``, reason ``workflow <id> cancelled at step <k>``) and revoke them; return
-    their ids (empty for a plain job).
-
-    Called by :meth:`JobHandle.cancel`: cancelling any step ends the rest of its workflow, at
-    once for callers; the worker that finishes the step before drops the chain there and
-    announces the cancelled steps to the monitor (:func:`run_step`).
-    """
-    getter = getattr(app.backend, "get", None)
-    if not callable(getter):
-        return []
-    workflow_id = getter(workflow_step_key(job_id))
-    if not workflow_id:
-        return []
-    if isinstance(workflow_id, bytes):
-        workflow_id = workflow_id.decode()
-    raw = getter(workflow_key(workflow_id))
-    if not raw:
-        return []
-    steps = list(json.loads(raw)["steps"])
-    if job_id not in steps:
-        return []
-    number = steps.index(job_id) + 1
-    reason = f"workflow {workflow_id} cancelled at step {number}"
-    later = [step_id for step_id in steps[number:]
-             if app.AsyncResult(step_id).state not in celery_states.READY_STATES]
-    for step_id in later:
-        app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
-    if later:
-        queued.forget(app, CONNECTORS, later)
-        app.control.revoke(later)
-    return later
 
 
 def get_job(job_id: str, *, app: Any = None) -> JobHandle:

@@ -35,7 +35,8 @@ from typing import Any
 
 from celery import chain
 
-from jobqueue.client.jobs import JobHandle, cancel_later_steps, default_app, prepare_job
+from jobqueue.client.cancels import cancel_later_steps
+from jobqueue.client.jobs import JobHandle, default_app, prepare_job
 from jobqueue.client.replicas import replicate_records
 from jobqueue.errors import (
     JobFailed,

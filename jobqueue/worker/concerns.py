@@ -15,8 +15,9 @@ client only sends tasks by name and never loads worker code.
 
 Start-up order (the worker's bootsteps, then the consumer's, as Celery starts them):
 
-1. ``runtime``: connectors, identity, status reporter, health loop; the first health check
-   runs before the consumer starts.
+1. ``runtime``: connectors, identity, status reporter, health loop, and warm routing's view of
+   the other workers (:mod:`jobqueue.worker.warm_peers`); the first health check runs before
+   the consumer starts.
 2. ``lease`` and ``orphans``: background threads of the worker (lease on Redis only),
    ``exit-when-idle`` (only with ``JOBQUEUE_EXIT_WHEN_IDLE``: :mod:`jobqueue.worker.idle`) and
    ``moved-up`` (fails jobs moved up after out of memory that waited too long:

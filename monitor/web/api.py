@@ -26,7 +26,14 @@ from monitor.store import JOB_SORTS
 from monitor.web import schemas
 from monitor.web.access import current_identity
 from monitor.web.broker import queue_depths
-from monitor.web.eta import annotate, busy_until, consumers_per_queue, first_start_in, store_estimates
+from monitor.web.eta import (
+    annotate,
+    busy_until,
+    cold_loads,
+    consumers_per_queue,
+    first_start_in,
+    store_estimates,
+)
 from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_reasons
 from monitor.web.responses import error_response
 from monitor.web.routes import Limit, Role, route
@@ -105,7 +112,7 @@ def state_snapshot(finished_limit: int = 200, tenant: str | None = None) -> dict
     medians = {s["service"]: s["median"] for s in snapshot["services"]}
     running = {j["id"]: j for j in snapshot["jobs"] if j["status"] == JobStatus.PROCESSING}
     annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]),
-             busy_until(snapshot["workers"], running, medians))
+             busy_until(snapshot["workers"], running, medians), cold_loads(snapshot["workers"]))
     result: dict[str, Any] = snapshot
     return result
 
@@ -231,15 +238,17 @@ def waiting() -> Any:
 @route(bp, "/api/estimates", role=Role.VIEWER, summary="Queue position and expected wait of every queued job",
        response=schemas.ESTIMATES)
 def estimates() -> Any:
-    """``{"at": server time, "jobs": {job id: {"position", "wait"}}}``: every queued job's
-    queue position and expected wait (seconds from ``at``; null when unknown). Pages show these
-    and count them down; they never compute a queue ETA themselves."""
+    """``{"at": server time, "jobs": {job id: {"position", "wait", "load"}}}``: every queued
+    job's queue position and expected wait (seconds from ``at``; null when unknown), of which
+    ``load`` seconds are a checkpoint load no online worker has done (warm routing). Pages show
+    these and count them down; they never compute a queue ETA themselves."""
     now, estimated = time.time(), queue_estimates(time.time())
     tenant = scope()
     if tenant is not None:  # positions stay those in the whole queue: other jobs wait ahead too
         mine = ctx().store.job_tenants([j["id"] for j in estimated])
         estimated = [j for j in estimated if mine.get(j["id"]) == tenant]
-    jobs = {j["id"]: {"position": j["queue_position"], "wait": j.get("eta_seconds")} for j in estimated}
+    jobs = {j["id"]: {"position": j["queue_position"], "wait": j.get("eta_seconds"), "load": j.get("load_seconds", 0.0)}
+            for j in estimated}
     return jsonify({"at": now, "jobs": jobs})
 
 

@@ -96,7 +96,7 @@ STATE = obj({"seq": INT, "machines": {"type": "array", "items": MACHINE}, "worke
 WORKERS = obj({"workers": {"type": "array", "items": WORKER}})
 MACHINES = obj({"machines": {"type": "array", "items": MACHINE}})
 ESTIMATES = obj({"at": NUM, "jobs": {"type": "object", "additionalProperties": obj(
-    {"position": INT, "wait": nullable("number")})}})
+    {"position": INT, "wait": nullable("number"), "load": NUM})}})
 WAITING = obj({"waiting": {"type": "object", "additionalProperties": STR}})
 QUEUES = obj({"queues": {"type": "array", "items": obj({"name": STR, "depth": INT})}})
 BROKER = obj({"transport": STR, "queues": {"type": "array", "items": obj({

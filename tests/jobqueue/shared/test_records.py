@@ -25,6 +25,7 @@ PINNED = [
     (records.workflow_key, ("w1",), "jobqueue-workflow-w1"),
     (records.workflow_step_key, ("j1",), "jobqueue-workflow-step-j1"),
     (records.orphan_book_key, ("gpu0@m1", "comfyui"), "jobqueue-orphans-gpu0@m1-comfyui"),
+    (records.warm_key, ("comfyui",), "jobqueue-warm-comfyui"),
     (records.queued_key, ("comfyui",), "jobqueue-queued-comfyui"),
     (records.replication_fence_key, (), "jobqueue-replication-fence"),
     (records.crashes_key, ("j1",), "jobqueue-crashes-j1"),
