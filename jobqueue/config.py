@@ -143,11 +143,9 @@ class Settings(BaseSettings):
     monitor_repair_interval: float = 30.0
     #: How many changes the monitor keeps for websocket clients that reconnect with ?since=.
     monitor_changes_keep: int = 20000
-    #: "auto": monitors on one PostgreSQL store elect a writer by lease, the others stand by; "off": one monitor.
+    #: Monitors sharing a PostgreSQL store ("auto": one writes by lease; its seconds; what a standby buffers).
     monitor_standby: Literal["off", "auto"] = "off"
-    #: Seconds the writer's lease lasts unrenewed (a standby takes over that long after the leader died).
     monitor_lease_seconds: float = Field(default=5.0, gt=0)
-    #: Events a standby monitor keeps (the newest) to apply when it takes over.
     monitor_standby_buffer: int = Field(default=100_000, ge=0)
     #: Where ``jobqueue up`` keeps its state: the embedded Redis's append-only file, the
     #: children's logs, and the run file through which other shells find its broker.
@@ -299,13 +297,9 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
         """Only the keyword arguments: the environment is read by :meth:`from_env` alone, so
         ``Settings(...)`` in a test or a bench is the same wherever it runs."""
         return (init_settings,)
