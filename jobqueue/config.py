@@ -12,7 +12,7 @@ import re
 import socket
 import types
 from collections.abc import Mapping
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     monitor_repair_interval: float = 30.0
     #: How many changes the monitor keeps for websocket clients that reconnect with ?since=.
     monitor_changes_keep: int = 20000
+    #: Monitors sharing a PostgreSQL store ("auto": one writes by lease; its seconds; what a standby buffers).
+    monitor_standby: Literal["off", "auto"] = "off"
+    monitor_lease_seconds: float = Field(default=5.0, gt=0)
+    monitor_standby_buffer: int = Field(default=100_000, ge=0)
     #: Where ``jobqueue up`` keeps its state: the embedded Redis's append-only file, the
     #: children's logs, and the run file through which other shells find its broker.
     data_dir: str = "./.jobqueue"
@@ -288,13 +292,9 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
         """Only the keyword arguments: the environment is read by :meth:`from_env` alone, so
         ``Settings(...)`` in a test or a bench is the same wherever it runs."""
         return (init_settings,)

@@ -262,3 +262,8 @@ def _from_args(kind: Any, args: Any) -> dict[str, Any]:
     message = str(args[0]) if args else ""
     details = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
     return {"type": kind, "message": message, "details": details}
+
+
+class LeaseLost(JobqueueError):
+    """This monitor does not hold the writer's lease of its shared PostgreSQL store (it is a
+    standby, or another monitor took over): it may not write (:mod:`monitor.store.lease`)."""

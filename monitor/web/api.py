@@ -436,8 +436,8 @@ def _set_draining(name: str, draining: bool) -> Any:
 
 
 @route(bp, "/api/workers/<path:name>/drain", method="POST", role=Role.OPERATOR, summary="Stop a worker taking jobs",
-       body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202, errors=(403, 404), **CONTROL, **FLEET,
-       audit="drain")
+       body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202, errors=(403, 404, 503), **CONTROL,
+       **FLEET, audit="drain")
 def drain(name: str) -> Any:
     """Stop the worker taking new jobs (it finishes what it runs)."""
     return _set_draining(name, True)
@@ -445,7 +445,7 @@ def drain(name: str) -> Any:
 
 @route(bp, "/api/workers/<path:name>/resume", method="POST", role=Role.OPERATOR,
        summary="Let a drained worker take jobs", body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202,
-       errors=(403, 404), **CONTROL, **FLEET, audit="resume")
+       errors=(403, 404, 503), **CONTROL, **FLEET, audit="resume")
 def resume(name: str) -> Any:
     """Let a drained worker take new jobs again."""
     return _set_draining(name, False)
@@ -468,8 +468,11 @@ def healthz() -> Any:
     c = ctx()
     collector = c.collector.stats() if c.collector is not None else None
     ok = collector is None or (collector["alive"] and c.writer is not None and c.writer.alive)
+    leadership = getattr(c.writer, "leadership", None)
     body = {"ok": bool(ok), "seq": c.store.seq(), "collector": collector,
-            "repair": c.repair_stats(), "uptime": round(time.time() - c.started_at, 3)}
+            "repair": c.repair_stats(), "uptime": round(time.time() - c.started_at, 3),
+            "role": "single" if leadership is None else ("standby" if c.writer.standing_by else "leader"),
+            "lease": None if leadership is None else {**leadership.stats(), "buffered": c.writer.buffered}}
     return jsonify(body if _sees_details() else public_health(body)), 200 if ok else 503
 
 
@@ -485,7 +488,8 @@ def public_health(body: dict[str, Any]) -> dict[str, Any]:
     collector, repair = body.get("collector"), body.get("repair")
     return {"ok": body["ok"], "seq": body["seq"],
             "collector": None if collector is None else {k: collector.get(k) for k in ("alive", "connected")},
-            "repair": None if repair is None else {"runs": repair.get("runs")}, "uptime": body["uptime"]}
+            "repair": None if repair is None else {"runs": repair.get("runs")}, "uptime": body["uptime"],
+            "role": body["role"]}
 
 
 @route(bp, "/metrics", role=Role.VIEWER, summary="Prometheus metrics (also the metrics token; not for a tenant)",

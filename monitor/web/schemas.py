@@ -110,7 +110,8 @@ WEBHOOKS = obj({"attempts": {"type": "array", "items": OBJECT}, "webhook_url": n
 AUTH_INFO = obj({"auth_required": BOOL, "read_only": BOOL, "authenticated": BOOL, "role": nullable("string"),
                  "subject": nullable("string"), "tenant": nullable("string"), "session": BOOL})
 HEALTH = obj({"ok": BOOL, "seq": INT, "collector": nullable("object"), "repair": nullable("object"),
-              "uptime": NUM})
+              "uptime": NUM}, role={"type": "string", "enum": ["single", "leader", "standby"]},
+             lease=nullable("object"))
 OK = obj({"ok": BOOL})
 CONTROL_REPLY = obj({"ok": BOOL}, replies=ARRAY)
 SUBMITTED = obj({"jobs": {"type": "array", "items": obj({"id": STR})}})
