@@ -1,9 +1,8 @@
 """The REST API (see docs/api.md): read the store, act through Celery.
 
-Reads come from the store only. Actions go to the cluster: submitting uses the client API
-(:func:`jobqueue.client.jobs.submit_job`), cancel uses :meth:`JobHandle.cancel`, worker controls use
-Celery's remote control. The store then learns the outcome from events, like for any other
-client, so the API never invents state.
+Reads come from the store only. Actions go to the cluster (submit: the client API, cancel:
+:meth:`JobHandle.cancel`, worker controls: Celery's remote control); the store learns the outcome
+from events, like for any other client, so the API never invents state.
 """
 
 from __future__ import annotations
@@ -238,10 +237,8 @@ def waiting() -> Any:
 @route(bp, "/api/estimates", role=Role.VIEWER, summary="Queue position and expected wait of every queued job",
        response=schemas.ESTIMATES)
 def estimates() -> Any:
-    """``{"at": server time, "jobs": {job id: {"position", "wait", "load"}}}``: every queued
-    job's queue position and expected wait (seconds from ``at``; null when unknown), of which
-    ``load`` seconds are a checkpoint load no online worker has done (warm routing). Pages show
-    these and count them down; they never compute a queue ETA themselves."""
+    """``{"at", "jobs": {id: {"position", "wait", "load"}}}``: every queued job's place and expected
+    wait (s from ``at``; null: unknown), ``load`` of it a checkpoint load (warm routing)."""
     now, estimated = time.time(), queue_estimates(time.time())
     tenant = scope()
     if tenant is not None:  # positions stay those in the whole queue: other jobs wait ahead too
