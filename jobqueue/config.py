@@ -222,6 +222,9 @@ class Settings(BaseSettings):
     #: A worker exits (warm shutdown, code 0) after this many seconds with no job running or
     #: reserved (0: never): scale to zero.
     exit_when_idle: float = 0.0
+    #: On SIGTERM a worker stops taking jobs and gives the running one this many seconds to
+    #: end, then hands it back to its queue (no retry used) and exits (0: hand back at once).
+    soft_shutdown_timeout: float = 20.0
     #: The monitor the CLI's ``jobs`` and ``workers`` ask (empty: ``jobs`` asks the one at
     #: ``monitor_host:monitor_port``, ``workers`` asks the workers over the broker).
     monitor_url: str = ""
@@ -359,6 +362,9 @@ class Settings(BaseSettings):
             raise ConfigError(f"JOBQUEUE_MAX_QUEUED_BY_SERVICE caps must be >= 1, got {bad}")
         if self.exit_when_idle < 0:
             raise ConfigError(f"JOBQUEUE_EXIT_WHEN_IDLE must be >= 0 (0: never), got {self.exit_when_idle}")
+        if not self.soft_shutdown_timeout >= 0:
+            raise ConfigError(f"JOBQUEUE_SOFT_SHUTDOWN_TIMEOUT must be >= 0 (0: hand back at once), "
+                              f"got {self.soft_shutdown_timeout}")
 
     def max_queued_for(self, service: str) -> int | None:
         """The cap of ``service``'s queued jobs (None: unbounded)."""

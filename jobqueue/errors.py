@@ -146,6 +146,11 @@ class ModelsVanished(ServiceNotReached):
     job goes back to its queue (it reads ``queued``, with its ``waiting_for``), no retry used."""
 
 
+class WorkerStopping(ConnectorError):
+    """The worker was asked to stop (SIGTERM) and the job outlived its grace: the job goes back
+    to its queue (it reads ``queued``), no retry used."""
+
+
 class JobStalled(ConnectorError):
     """The service showed no sign of progress within the stall timeout; the job may run elsewhere."""
 

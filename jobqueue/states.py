@@ -131,9 +131,10 @@ def status_for_error(error_type: str | None) -> JobStatus:
     return _ERROR_STATUS.get(error_type or "", JobStatus.FAILED)
 
 
-#: Exception type names of a retry that hands a job back before its service ran anything (a
-#: model it needs vanished from the worker): the job is simply queued again, not retrying.
-HANDED_BACK_ERRORS = frozenset({"ModelsVanished"})
+#: Exception type names of a retry that hands a job back (a model it needs vanished from the
+#: worker before its service ran anything; the worker stopped and the job outlived its grace):
+#: the job is simply queued again, not retrying.
+HANDED_BACK_ERRORS = frozenset({"ModelsVanished", "WorkerStopping"})
 
 
 def status_for_retry(error_type: str | None, message: str | None = None) -> JobStatus:

@@ -18,7 +18,9 @@ Start-up order (the worker's bootsteps, then the consumer's, as Celery starts th
 1. ``runtime``: connectors, identity, status reporter, health loop; the first health check
    runs before the consumer starts.
 2. ``lease`` and ``orphans``: background threads of the worker (lease on Redis only), and
-   ``exit-when-idle`` (only with ``JOBQUEUE_EXIT_WHEN_IDLE``: :mod:`jobqueue.worker.idle`).
+   ``exit-when-idle`` (only with ``JOBQUEUE_EXIT_WHEN_IDLE``: :mod:`jobqueue.worker.idle`),
+   and ``soft-shutdown`` (after the runtime and the lease, so it stops before them: on SIGTERM
+   the running job gets its grace, then goes back to its queue: :mod:`jobqueue.worker.shutdown`).
 3. ``poison`` (consumer, after its event dispatcher): Celery's refusal handlers wrapped, the
    transport's poison hook set on the connection.
 4. ``status`` (consumer, after its event dispatcher): statuses and progress leave through it.
@@ -47,6 +49,7 @@ from jobqueue.worker import attempts, bootsteps, webhooks
 from jobqueue.worker.handback import requirements_strategy
 from jobqueue.worker.idle import IdleStep
 from jobqueue.worker.poison import PoisonStep
+from jobqueue.worker.shutdown import SoftShutdownStep
 from jobqueue.worker.task import register_job_task
 
 #: ``(signal, handler)``: a Celery signal and the module-level function it calls.
@@ -95,6 +98,7 @@ CONCERNS: tuple[Concern, ...] = (
     Concern("lease", worker_steps=(bootsteps.LeaseStep,)),
     Concern("orphans", worker_steps=(bootsteps.OrphanStep,)),
     Concern("exit-when-idle", worker_steps=(IdleStep,)),
+    Concern("soft-shutdown", worker_steps=(SoftShutdownStep,)),
     Concern("poison", consumer_steps=(PoisonStep,)),
     Concern("status", consumer_steps=(bootsteps.StatusStep,)),
     Concern("queue-gates", consumer_steps=(bootsteps.QueueGateStep,)),
