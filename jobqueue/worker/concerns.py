@@ -29,7 +29,9 @@ Start-up order (the worker's bootsteps, then the consumer's, as Celery starts th
    event loop registers the steps, just before it consumes. A queue consumed earlier can
    deliver a waiting message to a consumer without callbacks (on RabbitMQ that killed the
    worker at start-up).
-6. ``control``: remote control commands, answered once the consumer's pidbox runs.
+6. ``link-watch`` (consumer, after its task consumer; Redis): reconnects the consumer when its
+   BRPOP goes unanswered too long -- a frozen broker link (:mod:`jobqueue.worker.linkwatch`).
+7. ``control``: remote control commands, answered once the consumer's pidbox runs.
 
 Then, per message and task, in this order: the ``job-task``'s hand-back strategy
 (:func:`~jobqueue.worker.handback.requirements_strategy`, before the task is accepted), the
@@ -48,6 +50,7 @@ from celery import signals
 from jobqueue.worker import attempts, bootsteps, webhooks
 from jobqueue.worker.handback import requirements_strategy
 from jobqueue.worker.idle import IdleStep
+from jobqueue.worker.linkwatch import LinkWatchStep
 from jobqueue.worker.poison import PoisonStep
 from jobqueue.worker.shutdown import SoftShutdownStep
 from jobqueue.worker.task import register_job_task
@@ -102,6 +105,7 @@ CONCERNS: tuple[Concern, ...] = (
     Concern("poison", consumer_steps=(PoisonStep,)),
     Concern("status", consumer_steps=(bootsteps.StatusStep,)),
     Concern("queue-gates", consumer_steps=(bootsteps.QueueGateStep,)),
+    Concern("link-watch", consumer_steps=(LinkWatchStep,)),
     Concern("control", register=_register_control),
     Concern("job-task", register=_register_job_task),  # with the hand-back strategy
     Concern("job-record", handlers=(
