@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     #: How often (s) long-lived Redis connections check their peer (PING, TCP keepalive); a
     #: dead peer is noticed, and the connection replaced, within about twice this.
     redis_health_interval: float = 10.0
+    #: RabbitMQ only: AMQP heartbeat (s) of workers' and the monitor's broker connections; a
+    #: link that stops answering is dropped, and replaced, after about twice this (0: off).
+    broker_heartbeat: float = 10.0
     #: Origins besides the monitor's own that may send controls (e.g. a reverse proxy's
     #: public https://monitor.example); everything else cross-site is refused.
     monitor_allowed_origins: tuple[str, ...] = ()
@@ -362,6 +365,8 @@ class Settings(BaseSettings):
             raise ConfigError(f"JOBQUEUE_MAX_QUEUED_BY_SERVICE caps must be >= 1, got {bad}")
         if self.exit_when_idle < 0:
             raise ConfigError(f"JOBQUEUE_EXIT_WHEN_IDLE must be >= 0 (0: never), got {self.exit_when_idle}")
+        if not self.broker_heartbeat >= 0:
+            raise ConfigError(f"JOBQUEUE_BROKER_HEARTBEAT must be >= 0 (0: off), got {self.broker_heartbeat}")
         if not self.soft_shutdown_timeout >= 0:
             raise ConfigError(f"JOBQUEUE_SOFT_SHUTDOWN_TIMEOUT must be >= 0 (0: hand back at once), "
                               f"got {self.soft_shutdown_timeout}")

@@ -28,8 +28,10 @@ never drops a running job's delivery. A job running through a frozen link is cov
 has its own connection or its own timeout: the lease keeper renews through a fresh connection
 (short socket timeout), so the job is never handed out twice; the job's end (ack, result,
 events) fails on the dead socket after its socket timeout and Celery reconnects then; the ack
-goes through the new connection's pool. On RabbitMQ, AMQP heartbeats do this job
-(``JOBQUEUE_AMQP_HEARTBEAT``), and this step does nothing.
+goes through the new connection's pool. On RabbitMQ, AMQP heartbeats notice a frozen link
+(``JOBQUEUE_BROKER_HEARTBEAT``) and this step only bounds, on both brokers, the close of the old
+event dispatcher's connection when the consumer reconnects: through a frozen link an AMQP channel
+close waits for its reply forever, and the worker never came back.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
+from celery.utils.threads import bound_open_broker_sockets
 
 from jobqueue.transport.kombu_redis import brpop_expected, last_brpop_reply, sever, stale_link
 from jobqueue.worker.loop import IntervalLoop
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 CHECKS_PER_INTERVAL = 4
 #: A due BRPOP unanswered for this many health intervals means the link is frozen.
 SILENT_INTERVALS = 2.0
+#: Longest (s) the close of an old event dispatcher connection may wait for the broker.
+CLOSE_TIMEOUT = 1.0
 
 
 class SilenceWatch:
@@ -94,10 +99,9 @@ class LinkWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
         #: Set by the first look from the event loop: the consumer is up and polling.
         self._looping = False
 
-    def include_if(self, c: Any) -> bool:
-        return bool(c.app.settings.is_redis) and getattr(c, "hub", None) is not None
-
     def start(self, c: Any) -> None:
+        if not c.app.settings.is_redis or getattr(c, "hub", None) is None:
+            return  # RabbitMQ: AMQP heartbeats notice a frozen link
         interval = float(c.app.settings.redis_health_interval)
         period = max(0.25, interval / CHECKS_PER_INTERVAL)
         self.watch = SilenceWatch(SILENT_INTERVALS * interval)
@@ -141,6 +145,13 @@ class LinkWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
             raise stale_link(f"broker link silent for {silence:.1f} s (no answer to BRPOP)")
 
     def stop(self, c: Any) -> None:
+        # Before the consumer reconnects (or shuts down), its Events step closes the old event
+        # dispatcher's connection: through a frozen link that close would wait for a reply
+        # forever (an AMQP channel close does). Celery bounds the consumer's own sockets then,
+        # not the dispatcher's: bound them here.
+        dispatcher = getattr(c, "event_dispatcher", None)
+        if dispatcher is not None and getattr(dispatcher, "connection", None) is not None:
+            bound_open_broker_sockets(dispatcher.connection, CLOSE_TIMEOUT)
         if self._tref is not None:
             self._tref.cancel()
             self._tref = None

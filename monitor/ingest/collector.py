@@ -158,7 +158,10 @@ class EventCollector:
 
     def _consume_kombu(self) -> None:
         """Celery's EventReceiver until stop() or a broker error (which it raises)."""
-        with self.app.connection_for_read() as conn:
+        # Celery gives heartbeats only to a worker's connection: this one asks for them too, so
+        # a frozen AMQP link fails the receiver after ~2 heartbeats (kombu checks them while
+        # it waits for events).
+        with self.app.connection_for_read(heartbeat=self.app.conf.broker_heartbeat or None) as conn:
             receiver = TolerantEventReceiver(conn, handlers={"*": self._on_event}, app=self.app,
                                              on_malformed=self._on_malformed, on_ready=self._on_ready)
             self._receiver = receiver
