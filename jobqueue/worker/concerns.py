@@ -29,8 +29,9 @@ Start-up order (the worker's bootsteps, then the consumer's, as Celery starts th
    event loop registers the steps, just before it consumes. A queue consumed earlier can
    deliver a waiting message to a consumer without callbacks (on RabbitMQ that killed the
    worker at start-up).
-6. ``link-watch`` (consumer, after its task consumer; Redis): reconnects the consumer when its
-   BRPOP goes unanswered too long -- a frozen broker link (:mod:`jobqueue.worker.linkwatch`).
+6. ``link-watch`` (consumer, after its task consumer): on Redis, reconnects the consumer when
+   its BRPOP goes unanswered too long -- a frozen broker link; on both brokers, bounds the close
+   of the old event dispatcher's connection when it reconnects (:mod:`jobqueue.worker.linkwatch`).
 7. ``control``: remote control commands, answered once the consumer's pidbox runs.
 
 Then, per message and task, in this order: the ``job-task``'s hand-back strategy

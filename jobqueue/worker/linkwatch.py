@@ -2,10 +2,11 @@
 
 A broker connection that stops answering without closing (a NAT or firewall entry dropped, a
 proxy that stops forwarding: no FIN, no RST, the kernel still ACKs) looks healthy to the
-worker. kombu checks its BRPOP connection (``health_check_interval``) and drops a stale one,
-but after that drop the consumer does not always get back on a socket: a worker behind such a
-proxy was seen idle for minutes with a job waiting in its queue. TCP keepalive does not help
-(the path still ACKs), and synchronous commands only fail when one is sent.
+worker. TCP keepalive does not help (the path still ACKs), synchronous commands only fail
+when one is sent, and kombu's own check of its BRPOP connection (``health_check_interval``)
+runs in the event loop, which kombu's restore sweep and binding refresh hold for a whole socket
+timeout on each dead pooled connection (seen through a proxy that stops forwarding: 6 to 11 s
+to notice with a 1 s interval, and an earlier run where the worker never came back).
 
 An idle worker's BRPOP is answered by Redis at least every ``brpop_timeout`` (1 s): a message,
 or the empty answer when the server-side timeout runs out. The transport stamps every answer
@@ -21,7 +22,8 @@ shuts every socket of the consumer's and its event dispatcher's connections
 (:func:`~jobqueue.transport.kombu_redis.sever`): the stuck command fails at once, the BRPOP
 socket reads its end, and the consumer reconnects. A frozen link is so noticed within
 ``2.25 × JOBQUEUE_REDIS_HEALTH_INTERVAL`` s (about 22 s by default), and the worker consumes
-again a moment later.
+again a moment later. One thing it cannot save: a message Redis popped for the BRPOP in flight
+when the link froze (its reply never arrives; docs/deployment.md, "A frozen broker link").
 
 The watch never fires while the worker holds a message (a running job: no BRPOP is due), so it
 never drops a running job's delivery. A job running through a frozen link is covered by what
@@ -85,6 +87,15 @@ class SilenceWatch:
         return None
 
 
+def _consuming(c: Any) -> bool:
+    """True once every step of the consumer started, the event loop last (Celery's
+    ``Blueprint.started`` counts them): the consumer is connected and polling, even if a command
+    on a dead socket holds its loop now."""
+    blueprint = getattr(c, "blueprint", None)
+    steps = getattr(c, "steps", None)
+    return blueprint is not None and bool(steps) and getattr(blueprint, "started", 0) >= len(steps)
+
+
 class LinkWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Reconnect the consumer when its Redis BRPOP goes unanswered too long (see the module doc)."""
 
@@ -114,7 +125,7 @@ class LinkWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
 
         def look() -> None:
             connection = c.connection
-            if not self._looping:  # still connecting: steps may block on their own timeouts
+            if not (self._looping or _consuming(c)):  # still connecting: steps block on their own timeouts
                 return
             silence = self._silence(c, watchdog)
             if silence is None or connection is None or connection in severed:
