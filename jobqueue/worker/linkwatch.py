@@ -92,8 +92,8 @@ def _consuming(c: Any) -> bool:
     ``Blueprint.started`` counts them): the consumer is connected and polling, even if a command
     on a dead socket holds its loop now."""
     blueprint = getattr(c, "blueprint", None)
-    steps = getattr(c, "steps", None)
-    return blueprint is not None and bool(steps) and getattr(blueprint, "started", 0) >= len(steps)
+    steps: list[Any] = list(getattr(c, "steps", None) or ())
+    return blueprint is not None and bool(steps) and int(getattr(blueprint, "started", 0)) >= len(steps)
 
 
 class LinkWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
