@@ -30,7 +30,8 @@ tests/jobqueue/worker/test_poison.py.
    (:mod:`jobqueue.worker.linkwatch`), which :func:`last_brpop_reply` also serves.
 6. ``kombu.transport.virtual.Transport.channels``, a Redis channel's ``_pool``, ``_async_pool``
    and ``subclient``, redis-py's ``ConnectionPool._available_connections`` /
-   ``_in_use_connections`` and ``Connection._sock``: the sockets :func:`sever` shuts.
+   ``_in_use_connections`` and ``Connection._sock``: the sockets :func:`sever` shuts; a kombu
+   connection pool's ``_dirty`` and ``_resource.queue`` (:func:`sever_pool`).
 
 The BRPOP reader also stamps each reply Redis sends (:func:`last_brpop_reply`): an idle worker's
 BRPOP is answered at least every ``brpop_timeout`` (1 s), so a long silence while one is due
@@ -116,6 +117,15 @@ def sever(connection: Any) -> int:
         except OSError:  # closed already
             pass
     return shut
+
+
+def sever_pool(pool: Any) -> int:
+    """:func:`sever` every connection of kombu connection ``pool`` (Celery's ``app.pool``, which
+    a worker's control replies are published through), idle or in use; placeholders for
+    connections never made are skipped. PRIVATE TOUCHPOINT 6 (``Resource._dirty`` and
+    ``_resource.queue``)."""
+    held = [*(getattr(pool, "_dirty", None) or ()), *(getattr(getattr(pool, "_resource", None), "queue", None) or ())]
+    return sum(sever(conn) for conn in held if hasattr(conn, "transport") and getattr(conn, "_transport", None))
 
 
 def stale_link(message: str) -> Exception:

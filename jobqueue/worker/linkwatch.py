@@ -18,8 +18,9 @@ BRPOP is due (the consumer takes messages and holds none,
 consumer reconnects as after any lost connection (a new broker connection, pidbox and event
 dispatcher included). The event loop may be stuck meanwhile in a command on a dead socket (kombu's
 restore sweep, a heartbeat) for a whole socket timeout, so a thread of the step looks too, and
-shuts every socket of the consumer's and its event dispatcher's connections
-(:func:`~jobqueue.transport.kombu_redis.sever`): the stuck command fails at once, the BRPOP
+shuts every socket of the consumer's, its event dispatcher's and the app's producer pool's
+connections (:func:`~jobqueue.transport.kombu_redis.sever`; control replies leave through that
+pool, from the loop): the stuck command fails at once, the BRPOP
 socket reads its end, and the consumer reconnects. A frozen link is so noticed within
 ``2.25 × JOBQUEUE_REDIS_HEALTH_INTERVAL`` s (about 22 s by default), and the worker consumes
 again a moment later. One thing it cannot save: a message Redis popped for the BRPOP in flight
@@ -46,7 +47,7 @@ from typing import Any
 from celery import bootsteps
 from celery.utils.threads import bound_open_broker_sockets
 
-from jobqueue.transport.kombu_redis import brpop_expected, last_brpop_reply, sever, stale_link
+from jobqueue.transport.kombu_redis import brpop_expected, last_brpop_reply, sever, sever_pool, stale_link
 from jobqueue.worker.loop import IntervalLoop
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class LinkWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
             shut = sever(connection)
             dispatcher = getattr(c, "event_dispatcher", None)
             shut += sever(getattr(dispatcher, "connection", None))
+            shut += sever_pool(c.app.pool)  # control replies leave through it, from the loop
             log.warning("broker link silent: no answer to BRPOP for %.1f s; shut its %d sockets", silence, shut)
 
         self._thread = IntervalLoop(look, interval=period, name="jobqueue-link-watch").start()
