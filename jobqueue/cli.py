@@ -1,10 +1,9 @@
 """The ``jobqueue`` command line (click).
 
     jobqueue up                                   # broker (embedded if needed), worker, monitor
-    jobqueue submit simulation '{"steps": 5}' --wait
-    jobqueue submit comfyui --workflow my_workflow_api.json
-    jobqueue status <job id>                      # exits 1 for an unknown id
-    jobqueue cancel <job id>; jobqueue jobs --status queued; jobqueue workers; jobqueue outputs <job id>
+    jobqueue submit simulation '{"steps": 5}' --wait; jobqueue submit comfyui --workflow my_workflow_api.json
+    jobqueue status <job id>; jobqueue cancel <job id>; jobqueue purge <queue>; jobqueue jobs --status queued
+    jobqueue workers; jobqueue outputs <job id>
     jobqueue worker -Q gpu1                       # = celery -A jobqueue worker -Q gpu1
 
 Settings come from ``JOBQUEUE_*`` variables (docs/configuration.md), read once per command.
@@ -251,6 +250,22 @@ def cancel(job_id: str) -> None:
 
 
 @main.command()
+@click.argument("queue")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge(queue: str, yes: bool = False) -> None:
+    """Remove every message waiting in QUEUE, every priority level; its jobs are recorded cancelled."""
+    from jobqueue.client.purge import purge as purge_queue
+    from jobqueue.transport.broker_queues import BrokerError
+    yes or click.confirm(f"Remove every message waiting in queue {queue!r}?", abort=True)
+    with celery_app() as app:
+        try:
+            report = purge_queue(queue, app=app)
+        except BrokerError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"purged {report.removed} message(s) from {queue} ({len(report.jobs)} job(s) cancelled)")
+
+
+@main.command()
 @click.option("--status", "state", default=None, help="Only jobs in this status (queued, processing, failed...).")
 @click.option("--service", default=None, help="Only jobs of this service.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many, newest first.")
@@ -294,8 +309,7 @@ def workers(as_json: bool = False) -> None:
 @click.argument("job_id")
 @click.option("-o", "--output-dir", default=None, help="Where to put the files (default ./<job id>).")
 def outputs(job_id: str, output_dir: str | None = None) -> None:
-    """Download JOB_ID's files from the output store (JOBQUEUE_OUTPUT_URL, else JOBQUEUE_OUTPUT_DIR)
-    and print their paths. Exits 1 when the job has none."""
+    """Download JOB_ID's files from the output store and print their paths (exit 1: none)."""
     from pathlib import Path
 
     from jobqueue.client.commands import CommandError, download_outputs
@@ -462,7 +476,6 @@ def comfyui_sim(host: str, port: int, control_port: int | None, output_dir: str 
 
     run(host, port, control_port=control_port, output_dir=output_dir,
         models_present=models.split(",") if models is not None else None, vram_gb=vram_gb)
-
 
 
 @main.command("a1111-sim")

@@ -1,9 +1,7 @@
 """Configuration, read in one place.
 
-Every setting has a default that works on a laptop and a ``JOBQUEUE_*`` environment variable
-that overrides it. ``Settings.from_env()`` is the only function that reads the environment;
-everything else receives a ``Settings`` (or values taken from one). docs/configuration.md lists
-every variable.
+Every setting has a laptop default and a ``JOBQUEUE_*`` variable (docs/configuration.md lists
+them); ``Settings.from_env()`` alone reads the environment, everything else gets a ``Settings``.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from jobqueue.errors import ConfigError
-from jobqueue.transport.redis_urls import is_redis_url
+from jobqueue.transport.redis_urls import is_redis_url, is_sentinel_url
 
 #: Every setting's environment variable is this prefix + the field name in capitals.
 ENV_PREFIX = "JOBQUEUE_"
@@ -39,7 +37,7 @@ def _split(value: str) -> tuple[str, ...]:
 def _parse_map(value: str, variable: str = "JOBQUEUE_COMFYUI_URLS") -> dict[str, str]:
     """Parse ``gpu0=http://127.0.0.1:8188,gpu1=http://127.0.0.1:8189`` (or ``comfyui=50``)."""
     result: dict[str, str] = {}
-    what = "url" if variable.endswith("_URLS") else "number"
+    what = "url" if variable.endswith("_URLS") else "number" if variable.endswith("_SERVICE") else "value"
     for part in _split(value):
         key, sep, url = part.partition("=")
         if not sep or not key.strip() or not url.strip():
@@ -111,6 +109,18 @@ class Settings(BaseSettings):
     job_timeout: float = 3600.0
     #: How many times a stalled or service-lost job is retried before it fails.
     max_retries: int = 3
+    #: Longest (s) a job moved up to a larger card after running out of GPU memory waits for a
+    #: worker with that much VRAM before it fails naming the VRAM tried.
+    oom_wait: float = 600.0
+    #: ComfyUI: ``POST /free`` (unload models, free memory) before the next job of a worker
+    #: whose last job ran out of GPU memory.
+    comfyui_free_after_oom: bool = False
+    #: Warm routing (docs/connectors.md): an idle worker takes jobs of checkpoints it has not loaded
+    #: only after this many seconds idle, so one that has them loaded takes them first (0: off).
+    warm_grace: float = 2.0
+    #: Warm routing: a worker busy with jobs of its loaded checkpoints takes the others again
+    #: at its next job after this many seconds, so they do not wait for a busy warm fleet.
+    warm_max_wait: float = 30.0
     #: SQLAlchemy URL of the monitor's store.
     monitor_db: str = "sqlite:///jobqueue-monitor.db"
     #: Address the monitor binds to.
@@ -152,6 +162,9 @@ class Settings(BaseSettings):
     #: ``10.1.2.0/24,127.0.0.1/32`` for a receiver inside the fleet: by default workers refuse
     #: loopback, private, link-local, CGNAT, multicast and reserved targets.
     webhook_allowed_networks: tuple[str, ...] = ()
+    #: Networks (CIDRs) a ComfyUI job's input image URLs may be in besides public addresses
+    #: (same rules as ``webhook_allowed_networks``), e.g. an image server inside the fleet.
+    input_allowed_networks: tuple[str, ...] = ()
     #: Values under payload, argument and result keys matching this regular expression
     #: (case-insensitive, anywhere in the key) are shown as "•••" in the monitor, events and logs.
     secret_keys_pattern: str = "password|secret|token|api_key|authorization|cookie"
@@ -175,6 +188,14 @@ class Settings(BaseSettings):
     #: RabbitMQ only: AMQP heartbeat (s) of workers' and the monitor's broker connections; a
     #: link that stops answering is dropped, and replaced, after about twice this (0: off).
     broker_heartbeat: float = 10.0
+    #: Name of the Redis master a ``sentinel://`` broker and result backend follow (Celery's
+    #: ``master_name`` transport option); empty: the one in the JOBQUEUE_CELERY_CONFIG module.
+    redis_master_name: str = ""
+    #: Replicas a job's message and records must reach before ``submit_job()`` returns, and a
+    #: job's final state before its message is acked (Redis WAIT); unset: 1 on Sentinel, else 0.
+    redis_wait_replicas: int | None = None
+    #: Seconds a write waits for those replicas before failing with NotReplicated.
+    redis_wait_timeout: float = 2.0
     #: Origins besides the monitor's own that may send controls (e.g. a reverse proxy's
     #: public https://monitor.example); everything else cross-site is refused.
     monitor_allowed_origins: tuple[str, ...] = ()
@@ -200,6 +221,9 @@ class Settings(BaseSettings):
     monitor_metrics_token: str = ""
     #: Serve ``/metrics`` to anyone, credentials or not.
     monitor_metrics_public: bool = False
+    #: RabbitMQ's management API (``http://user:pass@host:15672``): the broker page lists every
+    #: queue of the vhost with its consumers from it; empty: only the queues the monitor knows.
+    rabbitmq_management_url: str = ""
     #: Key that signs login session cookies; empty: derived from the token and basic-auth
     #: credentials (changing them logs everyone out), or random per process with neither.
     monitor_session_secret: str = ""
@@ -214,6 +238,38 @@ class Settings(BaseSettings):
     monitor_rate_login: str = "20/minute"
     #: Days the monitor keeps its audit trail (older entries are pruned).
     monitor_audit_keep_days: float = 400.0
+    #: Single sign-on (docs/security.md): ``oidc`` (OpenID Connect) or ``github`` (GitHub's
+    #: OAuth2); empty: off.
+    monitor_sso_provider: str = ""
+    #: The OIDC issuer URL (or its ``.well-known/openid-configuration`` URL); for ``github``,
+    #: the GitHub Enterprise base URL (empty: https://github.com).
+    monitor_sso_url: str = ""
+    #: The client id and secret the provider issued for the monitor.
+    monitor_sso_client_id: str = ""
+    monitor_sso_client_secret: str = ""
+    #: The login button's label (empty: the provider's kind).
+    monitor_sso_name: str = ""
+    #: Scopes asked for beyond the kind's own (``openid email profile``; GitHub: ``read:user
+    #: user:email``, and ``read:org`` when roles or tenants name groups).
+    monitor_sso_scopes: tuple[str, ...] = ()
+    #: Emails that may log in (with ``monitor_sso_default_role``).
+    monitor_sso_allowed_emails: tuple[str, ...] = ()
+    #: Email domains whose users may log in (``*``: any verified email).
+    monitor_sso_allowed_domains: tuple[str, ...] = ()
+    #: The ID token / userinfo claim that lists a user's groups (GitHub: the user's orgs).
+    monitor_sso_groups_claim: str = "groups"
+    #: Who gets which role: ``group=role``, ``email=role`` or ``@domain=role``
+    #: (``admins=admin,ops=operator``); a match also lets the user in. The strongest match wins.
+    monitor_sso_roles: Mapping[str, str] = Field(default_factory=dict)
+    #: The role of a permitted user no entry of ``monitor_sso_roles`` matches.
+    monitor_sso_default_role: str = "viewer"
+    #: The claim that names a user's tenant (empty: none).
+    monitor_sso_tenant_claim: str = ""
+    #: Tenants of users without that claim: ``email=tenant``, ``@domain=tenant`` or ``group=tenant``.
+    monitor_sso_tenants: Mapping[str, str] = Field(default_factory=dict)
+    #: The callback URL registered with the provider (``https://monitor.example/auth/callback``
+    #: behind a proxy); empty: this request's own ``/auth/callback``.
+    monitor_sso_redirect_url: str = ""
     #: Python module of extra Celery settings (message signing, TLS...) loaded on top of
     #: jobqueue's packaged defaults; the other ``JOBQUEUE_*`` settings still win over it.
     celery_config: str = ""
@@ -328,7 +384,7 @@ class Settings(BaseSettings):
         """Raise :class:`ConfigError` for values that would break the system quietly."""
         for name in ("visibility_timeout", "lease_interval", "health_interval", "status_beat",
                      "stall_timeout", "job_timeout", "heartbeat_interval", "comfyui_node_timeout",
-                     "a1111_node_timeout", "redis_health_interval"):
+                     "a1111_node_timeout", "redis_health_interval", "redis_wait_timeout", "oom_wait"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"JOBQUEUE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
         # A lease renewed less often than the timeout lets a live job be handed out twice.
@@ -337,24 +393,47 @@ class Settings(BaseSettings):
                 f"JOBQUEUE_LEASE_INTERVAL ({self.lease_interval}) must be at most half of "
                 f"JOBQUEUE_VISIBILITY_TIMEOUT ({self.visibility_timeout})"
             )
-        if self.max_retries < 0:
-            raise ConfigError(f"JOBQUEUE_MAX_RETRIES must be >= 0, got {self.max_retries}")
+        if self.max_retries < 0 or (self.redis_wait_replicas or 0) < 0:
+            raise ConfigError("JOBQUEUE_MAX_RETRIES and JOBQUEUE_REDIS_WAIT_REPLICAS must be >= 0, got "
+                              f"{self.max_retries} and {self.redis_wait_replicas}")
+        if self.warm_grace < 0 or not self.warm_max_wait > 0:
+            raise ConfigError(f"JOBQUEUE_WARM_GRACE must be >= 0 and JOBQUEUE_WARM_MAX_WAIT > 0, got "
+                              f"{self.warm_grace!r} and {self.warm_max_wait!r}")
         if self.gpu is not None and self.gpu < 0:
             raise ConfigError(f"JOBQUEUE_GPU must be >= 0, got {self.gpu}")
         if not self.monitor_session_seconds > 0 or not self.monitor_audit_keep_days > 0:
             raise ConfigError("JOBQUEUE_MONITOR_SESSION_SECONDS and JOBQUEUE_MONITOR_AUDIT_KEEP_DAYS must be > 0")
         if not 0 <= self.monitor_port <= 65535:
             raise ConfigError(f"JOBQUEUE_MONITOR_PORT must be 0..65535, got {self.monitor_port}")
-        for cidr in self.webhook_allowed_networks:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError as exc:
-                raise ConfigError(f"JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS: {cidr!r} is not a CIDR: {exc}") from None
+        for name, cidrs in (("WEBHOOK", self.webhook_allowed_networks), ("INPUT", self.input_allowed_networks)):
+            for cidr in cidrs:
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError as exc:
+                    raise ConfigError(f"JOBQUEUE_{name}_ALLOWED_NETWORKS: {cidr!r} is not a CIDR: {exc}") from None
         try:
             re.compile(self.secret_keys_pattern)
         except re.error as exc:
             raise ConfigError(f"JOBQUEUE_SECRET_KEYS_PATTERN is not a regular expression: {exc}") from None
         self._check_caps()
+        self._check_sso()
+
+    def _check_sso(self) -> None:
+        """Single sign-on must name its client, and let someone in without letting everyone in."""
+        if not self.monitor_sso_provider:
+            return
+        roles = ("viewer", "operator", "admin")
+        if self.monitor_sso_provider not in ("oidc", "github"):
+            raise ConfigError(f"JOBQUEUE_MONITOR_SSO_PROVIDER must be oidc or github, got {self.monitor_sso_provider!r}")
+        if not self.monitor_sso_client_id or (self.monitor_sso_provider == "oidc" and not self.monitor_sso_url):
+            raise ConfigError("single sign-on needs JOBQUEUE_MONITOR_SSO_CLIENT_ID (and, for oidc, JOBQUEUE_MONITOR_SSO_URL)")
+        if not (self.monitor_sso_allowed_emails or self.monitor_sso_allowed_domains or self.monitor_sso_roles):
+            raise ConfigError("single sign-on lets nobody in: set JOBQUEUE_MONITOR_SSO_ALLOWED_EMAILS, "
+                              "..._ALLOWED_DOMAINS (* for any) or ..._ROLES")
+        bad = {k: v for k, v in self.monitor_sso_roles.items() if v not in roles}
+        if bad or self.monitor_sso_default_role not in roles:
+            raise ConfigError(f"JOBQUEUE_MONITOR_SSO_ROLES and ..._DEFAULT_ROLE take {', '.join(roles)}; got "
+                              f"{bad or self.monitor_sso_default_role!r}")
 
     def _check_caps(self) -> None:
         """A cap of 0 or less would refuse every job: surely a mistake, so it is refused."""
@@ -387,6 +466,14 @@ class Settings(BaseSettings):
     def is_redis(self) -> bool:
         """True when the broker is Redis (lease and restore apply only there)."""
         return is_redis_url(self.broker_url)
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas a write waits for (``redis_wait_replicas``; unset: 1 when the broker or
+        the result backend is a Sentinel group, else 0)."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if is_sentinel_url(self.broker_url) or is_sentinel_url(self.result_backend) else 0
 
 
 class EnvironSource(PydanticBaseSettingsSource):

@@ -151,6 +151,11 @@ class WorkerStopping(ConnectorError):
     to its queue (it reads ``queued``), no retry used."""
 
 
+class ServerCrashed(ServiceUnavailable):
+    """The service exited or restarted while it ran the job (its connections refused, or it came
+    back without the job): handed back at once; a job that does it on two machines is poison."""
+
+
 class JobStalled(ConnectorError):
     """The service showed no sign of progress within the stall timeout; the job may run elsewhere."""
 
@@ -169,12 +174,42 @@ class ExecutionFailed(ConnectorError):
     """The service ran the job and reported an error (bad workflow, node failure...)."""
 
 
+class OutOfMemory(ExecutionFailed):
+    """The service ran out of GPU memory on this worker: the worker moves the job up to a
+    larger card (``requires.vram_gb`` raised), or fails it naming the VRAM tried."""
+
+
+class CrashesServers(ExecutionFailed):
+    """The job took its service down on two different machines: failed, never retried again."""
+
+
+class InputImageFailed(ExecutionFailed):
+    """An input image of the job could not be fetched, decoded or uploaded; the message says which and why."""
+
+
 class InvalidRequirementError(SubmitError):
     """The job's ``requires`` (models, VRAM, tags) is malformed: no worker could ever run it."""
 
 
 class MessageDiscarded(JobqueueError):
     """The job's broker message could not be decoded; the worker moved it to ``<queue>.dead``."""
+
+
+class SentinelUnreachable(JobqueueError):
+    """No Redis Sentinel of a ``sentinel://`` URL answered, or none of them knows the master."""
+
+
+class NotReplicated(JobqueueError):
+    """A write reached the Redis master but fewer replicas than asked confirmed it in time
+    (``JOBQUEUE_REDIS_WAIT_REPLICAS`` / ``_TIMEOUT``): it is lost if the master fails now.
+
+    A job's message was queued all the same (``job_id`` says which): it will run unless the
+    master fails before replicating it; read its state rather than submitting it again."""
+
+    def __init__(self, message: str, *, job_id: str | None = None, replicas: int = 0) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.replicas = replicas
 
 
 def error_info(error: Any) -> dict[str, Any]:

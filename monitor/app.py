@@ -120,9 +120,11 @@ def _register_routes(app: Flask) -> None:
     ws.register(app)
     from monitor.web import webhook_attempts as webhooks
     app.register_blueprint(webhooks.bp)
-    from monitor.web import job_payload
+    from monitor.web import broker_page, job_payload, remote
 
     app.register_blueprint(job_payload.bp)
+    app.register_blueprint(broker_page.bp)
+    app.register_blueprint(remote.bp)
     try:
         from monitor.web import views
     except ImportError:

@@ -36,8 +36,8 @@ def check_bind(settings: Settings, host: str) -> None:
     """Refuse (ConfigError) to serve controls without credentials beyond localhost."""
     if not has_credentials(settings) and not settings.monitor_read_only and not is_loopback(host):
         raise ConfigError(
-            f"refusing to serve on {host}: no JOBQUEUE_MONITOR_TOKEN or JOBQUEUE_MONITOR_BASIC_AUTH "
-            "is set (bind to 127.0.0.1, set credentials, or set JOBQUEUE_MONITOR_READ_ONLY=1)"
+            f"refusing to serve on {host}: no JOBQUEUE_MONITOR_TOKEN, JOBQUEUE_MONITOR_BASIC_AUTH or "
+            "JOBQUEUE_MONITOR_SSO_PROVIDER is set (bind to 127.0.0.1, set credentials, or set JOBQUEUE_MONITOR_READ_ONLY=1)"
         )
 
 

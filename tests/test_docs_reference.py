@@ -480,7 +480,7 @@ def test_the_submit_endpoint_takes_each_documented_field_and_refuses_others(moni
     client = monitor_app.test_client()
     headers = {"Authorization": "Bearer docs-token"}
     values = {"payload": {}, "priority": 5, "queue": "gpu0", "timeout": 10, "count": 1, "workflow_id": "w1",
-              "step": 1, "webhook_url": "http://127.0.0.1:9/hook", "requires": {"tags": ["docs"]}}
+              "step": 1, "webhook_url": "http://127.0.0.1:9/hook", "requires": {"tags": ["docs"]}, "tenant": "acme"}
     assert sorted(values) == sorted(documented_submit_fields() - {"service"})
     for field, value in values.items():
         # When it carries one documented field

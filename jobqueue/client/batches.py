@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobqueue.client.jobs import JobHandle, default_app, prepare_job
+from jobqueue.client.replicas import replicate_records
 from jobqueue.errors import SubmitError
 from jobqueue.shared import queued
 from jobqueue.shared.names import RUN_JOB_TASK
@@ -94,13 +95,14 @@ def submit_batch(
     queue: str | None = None,
     timeout: float | None = None,
     app: Any = None,
+    tenant: str | None = None,
 ) -> list[JobHandle]:
     """Validate ``count`` varied copies of a job, enqueue them all, return their handles in order.
 
     Raises :class:`~jobqueue.errors.SubmitError` (naming the copy) when any copy is invalid,
     :class:`~jobqueue.errors.QueueFull` when the batch does not fit under its service's cap
-    whole; nothing is enqueued then. ``priority``, ``queue`` and ``timeout`` are as for
-    :func:`~jobqueue.client.jobs.submit_job`.
+    whole; nothing is enqueued then. ``priority``, ``queue``, ``timeout`` and ``tenant`` are as
+    for :func:`~jobqueue.client.jobs.submit_job`.
     """
     app = app or default_app()
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH_SIZE:
@@ -115,13 +117,14 @@ def submit_batch(
                 service, vary_payload(payload, index, count, vary), is_redis=app.settings.is_redis,
                 priority=priority, queue=queue, timeout=timeout,
                 extra={"batch_id": batch_id, "batch_index": index, "batch_size": count},
-                secret_keys=app.settings.secret_keys_pattern,
+                secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
             ))
         except SubmitError as exc:
             raise type(exc)(f"batch job {index}: {exc}") from None
     ids = [send_options["task_id"] for _, send_options in messages]
     queued.admit(app, {service: ids})  # all or none: QueueFull over the service's cap
     record_submitted(app, ids)
+    replicate_records(app, f"the submit records of {len(ids)} batch jobs")
     for sent, (kwargs, send_options) in enumerate(messages):
         try:
             app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)

@@ -20,8 +20,11 @@ from typing import Any
 
 from celery import states as celery_states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
+from redis.sentinel import MasterNotFoundError
 
-from jobqueue.client.waiting import job_waiting_for, queue_remember
+from jobqueue.client.cancels import cancel_later_steps
+from jobqueue.client.replicas import replicate_records
+from jobqueue.client.waiting import job_expected_load, job_waiting_for, queue_remember
 from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import (
     InvalidPayloadError,
@@ -37,14 +40,16 @@ from jobqueue.shared import job_record as facts
 from jobqueue.shared import queued
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask
 from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED, WORKER_CLASS
-from jobqueue.shared.records import result_client, workflow_key, workflow_step_key
+from jobqueue.shared.records import result_client
 from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
 from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
 from jobqueue.shared.summary import summarize_payload
+from jobqueue.shared.tenants import check_tenant
 from jobqueue.shared.webhooks import check_webhook_url
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 from jobqueue.transport.result_watch import check_subscription
+from jobqueue.transport.redis_clients import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +273,12 @@ class JobHandle:
             return None
         return job_waiting_for(self.app, self.id, timeout)
 
+    def expected_load(self, timeout: float = 1.0) -> float:
+        """Seconds of checkpoint loading this queued job should expect: 0 when an online worker
+        that can run it has its checkpoint loaded (it takes the job first), else the smallest
+        load those workers measured (docs/connectors.md, "Warm routing")."""
+        return job_expected_load(self.app, self.id, timeout)
+
     def cancel(self) -> bool:
         """Cancel the job: a queued one never runs, a running one is stopped on its service;
         when it is a workflow step, the steps after it are cancelled too.
@@ -303,41 +314,6 @@ class JobHandle:
             log.warning("could not announce the cancel of job %s", self.id, exc_info=True)
 
 
-def cancel_later_steps(job_id: str, app: Any) -> list[str]:
-    """When ``job_id`` is a workflow step, mark every later step that has not ended cancelled
-    (``REVOKED``, reason ``workflow <id> cancelled at step <k>``) and revoke them; return
-    their ids (empty for a plain job).
-
-    Called by :meth:`JobHandle.cancel`: cancelling any step ends the rest of its workflow, at
-    once for callers; the worker that finishes the step before drops the chain there and
-    announces the cancelled steps to the monitor (:func:`run_step`).
-    """
-    getter = getattr(app.backend, "get", None)
-    if not callable(getter):
-        return []
-    workflow_id = getter(workflow_step_key(job_id))
-    if not workflow_id:
-        return []
-    if isinstance(workflow_id, bytes):
-        workflow_id = workflow_id.decode()
-    raw = getter(workflow_key(workflow_id))
-    if not raw:
-        return []
-    steps = list(json.loads(raw)["steps"])
-    if job_id not in steps:
-        return []
-    number = steps.index(job_id) + 1
-    reason = f"workflow {workflow_id} cancelled at step {number}"
-    later = [step_id for step_id in steps[number:]
-             if app.AsyncResult(step_id).state not in celery_states.READY_STATES]
-    for step_id in later:
-        app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
-    if later:
-        queued.forget(app, CONNECTORS, later)
-        app.control.revoke(later)
-    return later
-
-
 def get_job(job_id: str, *, app: Any = None) -> JobHandle:
     """A handle for any job id."""
     return JobHandle(job_id, app)
@@ -360,6 +336,12 @@ def _check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
+def _check_queue(queue: str | None) -> str | None:
+    if queue is not None and (not isinstance(queue, str) or not queue.strip()):
+        raise SubmitError(f"queue must be a non-empty string, got {queue!r}")
+    return queue
+
+
 def prepare_job(
     service: str,
     payload: dict[str, Any],
@@ -375,6 +357,7 @@ def prepare_job(
     continuation: bool = False,
     requires: dict[str, Any] | None = None,
     secret_keys: str = DEFAULT_PATTERN,
+    tenant: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate one job and build its message: ``(task kwargs, send options)``.
 
@@ -384,8 +367,9 @@ def prepare_job(
     A job with requirements (``requires`` plus the models its payload names) goes to its
     capability queue unless ``queue`` pins it (:func:`jobqueue.shared.requirements.route_queue`).
     ``kwargsrepr`` (what events and logs show) has values under ``secret_keys`` masked; the
-    task's kwargs keep them.
+    task's kwargs keep them. ``tenant`` (:func:`check_tenant`): the job's owner, in its options.
     """
+    tenant = check_tenant(tenant)
     payload = connector_class(service).validate(payload)
     req = resolve(requires, connector_class(service).required_models(payload))
     try:
@@ -394,9 +378,7 @@ def prepare_job(
         raise InvalidPayloadError(f"{service}: payload is not JSON-serialisable: {exc}") from None
     priority = check_priority(priority)
     timeout = _check_timeout(timeout)
-    if queue is not None and (not isinstance(queue, str) or not queue.strip()):
-        raise SubmitError(f"queue must be a non-empty string, got {queue!r}")
-    target = queue or route_queue(service, req)
+    target = _check_queue(queue) or route_queue(service, req)
     job_id = job_id or str(uuid.uuid4())
     meta: dict[str, Any] = {
         "service": service,
@@ -407,6 +389,7 @@ def prepare_job(
         "timeout": timeout,
         "submitted_at": time.time(),
         **({"requires": req.as_dict()} if not req.is_empty else {}),
+        **({"tenant": tenant} if tenant is not None else {}),
         **(extra or {}),
     }
     send_options = {
@@ -441,6 +424,7 @@ def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
         raise results[0]
     if any(isinstance(r, Exception) for r in results[1:]):  # the job is sent anyway
         log.warning("could not record the requirements or queue place of job %s: %s", job_id, results[1:])
+    replicate_records(app, f"the submit record of job {job_id}", job_id)
 
 
 def submit_job(
@@ -457,6 +441,7 @@ def submit_job(
     extra: dict[str, Any] | None = None,
     webhook_url: str | None = None,
     requires: dict[str, Any] | None = None,
+    tenant: str | None = None,
 ) -> JobHandle:
     """Validate and enqueue one job; return its handle.
 
@@ -473,7 +458,8 @@ def submit_job(
     ``webhook_url`` (http or https only, else :class:`~jobqueue.errors.SubmitError`; an IP
     literal outside the public addresses and ``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS`` raises
     :class:`~jobqueue.errors.WebhookTargetRefused`) gets a signed POST when the job ends (see
-    :mod:`jobqueue.worker.webhooks`).
+    :mod:`jobqueue.worker.webhooks`). ``tenant`` names the customer the job belongs to
+    (letters, digits, ``.``, ``_``, ``-``; at most 64 characters; else :class:`SubmitError`).
     """
     app = app or default_app()
     if webhook_url is not None:
@@ -482,9 +468,12 @@ def submit_job(
     kwargs, send_options = prepare_job(
         service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
         timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
-        requires=requires, secret_keys=app.settings.secret_keys_pattern,
+        requires=requires, secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
     )
-    _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
+    try:
+        _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
+    except MasterNotFoundError as exc:  # nothing sent: say which sentinels and master
+        raise unreachable(app.settings.result_backend, app.settings, exc) from exc
     try:
         sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
     except Exception:  # never sent: its place in the queue is free again

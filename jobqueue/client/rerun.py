@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 #: Options :func:`jobqueue.client.jobs.submit_job` takes as its own arguments.
-ARGUMENTS = ("priority", "queue", "timeout", "workflow_id", "step", "requires", "webhook_url")
+ARGUMENTS = ("priority", "queue", "timeout", "workflow_id", "step", "requires", "webhook_url", "tenant")
 #: Options the new submit sets itself (or that belong to the first job only): never copied.
 #: A copy is its own job, not one more member of the batch the first job was in.
 NOT_COPIED = frozenset({"service", "submitted_at", "retry_of", "batch_id", "batch_index", "batch_size"})
@@ -25,8 +25,8 @@ def resubmit_arguments(job_id: str, kwargs: Mapping[str, Any], service: str) -> 
 
     Kept: the payload as submitted (input images, once jobs take them, travel in it), priority,
     the queue it went to (a pin stays a pin), timeout, workflow id and step, ``requires``,
-    ``webhook_url``, and any other option as metadata (a tenant, when jobs carry one, is kept
-    this way until ``submit_job`` takes it as an argument: then add it to :data:`ARGUMENTS`).
+    ``webhook_url``, the tenant (the copy belongs to whom the first job did), and any other
+    option as metadata.
     The copy records ``retry_of``: the job it copies.
     """
     options = dict(kwargs.get("options") or {})

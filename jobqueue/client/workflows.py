@@ -35,7 +35,9 @@ from typing import Any
 
 from celery import chain
 
-from jobqueue.client.jobs import JobHandle, cancel_later_steps, default_app, prepare_job
+from jobqueue.client.cancels import cancel_later_steps
+from jobqueue.client.jobs import JobHandle, default_app, prepare_job
+from jobqueue.client.replicas import replicate_records
 from jobqueue.errors import (
     JobFailed,
     SubmitError,
@@ -86,11 +88,12 @@ def submit_workflow(
     timeout: float | None = None,
     queue: str | None = None,
     app: Any = None,
+    tenant: str | None = None,
 ) -> WorkflowHandle:
     """Validate every step, enqueue the first one and return the workflow's handle.
 
     Every step gets the workflow's ``priority`` (0..9, default 5), ``timeout`` (per step) and
-    ``queue`` (default: each step's service queue). Raises :class:`SubmitError` (or its
+    ``queue`` (default: each step's service queue) and ``tenant``. Raises :class:`SubmitError` (or its
     subclasses, naming the step) when any step is invalid, :class:`~jobqueue.errors.QueueFull`
     when its steps do not fit under their services' caps; nothing is enqueued then.
     """
@@ -107,7 +110,7 @@ def submit_workflow(
                 service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
                 timeout=timeout, workflow_id=workflow_id, step=number, continuation=number > 1,
                 extra={"workflow_steps": len(pairs), "workflow_submitted_at": submitted_at},
-                secret_keys=app.settings.secret_keys_pattern,
+                secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
             )
         except SubmitError as exc:
             raise type(exc)(f"step {number}: {exc}") from None
@@ -127,6 +130,7 @@ def submit_workflow(
         for step_id in step_ids:
             setter(workflow_step_key(step_id), workflow_id)
     record_submitted(app, step_ids)  # later steps are sent by workers, but queued from now on
+    replicate_records(app, f"the records of workflow {workflow_id}")
     # ``ignore_result=False`` spelled out: a client app does not register the job task (a worker
     # does), and the first message of a chain of an unregistered task would leave that header
     # empty; the message stays the one a registered task sends (rolling upgrades compare them).

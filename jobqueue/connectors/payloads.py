@@ -42,6 +42,7 @@ from jobqueue.connectors.a1111.fields import (
     all_field_names,
     request_fields,
 )
+from jobqueue.connectors.comfyui.inputs import InputImageError, check_images
 from jobqueue.errors import InvalidPayloadError
 
 #: Upper bounds that keep a typo from booking a worker for a day (simulation).
@@ -103,6 +104,11 @@ class ComfyUIPayload(PayloadModel):
         description="When ComfyUI accepts the workflow with some outputs invalid (it runs the others): "
                     "'fail' the job with ComfyUI's node errors, or 'warn': complete it with a warning "
                     "naming each output that did not run.")] = "fail"
+    images: Annotated[dict[str, Any] | None, Field(
+        description="Input images: the name a LoadImage/LoadImageMask node uses -> a data URL or base64, an "
+                    "http(s) URL, job:<job id>/<file name> (an earlier job's output) or an output's store URL; "
+                    "or {\"image\": <source>, \"mask\": <source>} for an image with a mask; in a workflow step, "
+                    "{\"$prev\": \"files.0.url\"} takes the previous step's output.")] = None
 
     @field_validator("workflow", mode="before")
     @classmethod
@@ -317,6 +323,12 @@ def validate_comfyui(payload: Any) -> dict[str, Any]:
             result[name] = float(value)
     if "partial_outputs" in model.model_fields_set:
         result["partial_outputs"] = model.partial_outputs
+    try:
+        images = check_images(model.workflow, model.images)
+    except InputImageError as exc:
+        raise InvalidPayloadError(f"comfyui: {exc}") from None
+    if images:
+        result["images"] = images
     return result
 
 

@@ -30,8 +30,9 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "DEAD_SUFFIX", "attempts_key", "dead_letter_key", "facts_key", "orphan_book_key", "preview_key", "queued_key",
-    "requires_key", "result_client", "retry_key", "submitted_key", "webhook_attempts_key", "webhook_delivered_key",
+    "DEAD_SUFFIX", "attempts_key", "crashes_key", "dead_letter_key", "facts_key", "moved_up_info_key", "moved_up_key",
+    "orphan_book_key", "preview_key", "queued_key", "replication_fence_key", "requires_key", "result_client",
+    "retry_key", "submitted_key", "warm_key", "webhook_attempts_key", "webhook_delivered_key",
     "workflow_key", "workflow_step_key",
 ]
 
@@ -71,6 +72,22 @@ def retry_key(job_id: str) -> str:
     return f"jobqueue-retry-{job_id}"
 
 
+def crashes_key(job_id: str) -> str:
+    """Set of the machines whose service a job took down (:mod:`jobqueue.worker.crashes`)."""
+    return f"jobqueue-crashes-{job_id}"
+
+
+def moved_up_key() -> str:
+    """Sorted set of jobs moved up to a larger card after running out of memory, scored by the
+    time they fail if no such card takes them (:mod:`jobqueue.worker.moveup`)."""
+    return "jobqueue-moved-up"
+
+
+def moved_up_info_key() -> str:
+    """Hash: job id -> JSON of why it was moved up (service, VRAM tried, requirement, worker)."""
+    return "jobqueue-moved-up-info"
+
+
 def preview_key(job_id: str) -> str:
     """Hash of a job's latest preview: data, mime, seq, at (:mod:`jobqueue.shared.previews`)."""
     return f"jobqueue-preview-{job_id}"
@@ -102,10 +119,22 @@ def queued_key(service: str) -> str:
     return f"jobqueue-queued-{service}"
 
 
+def warm_key(service: str) -> str:
+    """Hash of what ``service``'s workers have loaded: worker -> ``{"loaded", "idle", "at"}``
+    (JSON; :mod:`jobqueue.worker.warm`, warm routing)."""
+    return f"jobqueue-warm-{service}"
+
+
 def orphan_book_key(worker: str, service: str) -> str:
     """Hash of the prompts ``worker``'s ``service`` connector left behind
     (:mod:`jobqueue.connectors.orphans`)."""
     return f"jobqueue-orphans-{worker}-{service}"
+
+
+def replication_fence_key() -> str:
+    """A key every writer sets just before a Redis ``WAIT`` that must cover writes made on
+    another connection (:mod:`jobqueue.transport.replication`): its value means nothing."""
+    return "jobqueue-replication-fence"
 
 
 # -- the broker --------------------------------------------------------------------------------

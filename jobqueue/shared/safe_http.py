@@ -1,6 +1,6 @@
 """Outgoing HTTP to targets a submitter chose: public addresses only (an SSRF guard).
 
-Webhook targets (and, later, input images a job names by URL) are URLs that whoever may submit
+Webhook targets (and input images a ``comfyui`` job names by URL) are URLs that whoever may submit
 a job picks, fetched by a worker inside the fleet's network. Without a guard, a job could make
 the worker POST to its own loopback, to the cloud metadata address (169.254.169.254) or to any
 private service. So every such request goes through :func:`guarded_session`:
@@ -17,8 +17,8 @@ private service. So every such request goes through :func:`guarded_session`:
 * redirects are the caller's business (webhooks never follow them), and proxies from the
   environment are not used (the proxy, not the target, would be checked).
 
-``allowed`` networks (``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS``) open chosen private receivers on
-purpose. A refused target raises :class:`~jobqueue.errors.TargetRefused`, whose message says
+``allowed`` networks (``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS``, ``JOBQUEUE_INPUT_ALLOWED_NETWORKS`` for
+input images) open chosen private receivers on purpose. A refused target raises :class:`~jobqueue.errors.TargetRefused`, whose message says
 which address was refused and why.
 """
 
@@ -155,6 +155,8 @@ class AddressGuard:
     allowed: tuple[IPNetwork, ...] = ()
     resolver: Resolver = system_resolver
     connect: Connector = numeric_connect
+    #: The setting that opens other networks, named in refusals.
+    setting: str = "JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS"
 
     @classmethod
     def from_cidrs(cls, cidrs: Iterable[str], **kwargs: Any) -> AddressGuard:
@@ -168,7 +170,7 @@ class AddressGuard:
         reason = refusal(ip, self.allowed) if ip is not None else None
         if reason is not None:
             raise TargetRefused(f"{host} is not a public address ({reason}); only public addresses are allowed "
-                                "(JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS opens others)", {"address": str(ip), "reason": reason})
+                                f"({self.setting} opens others)", {"address": str(ip), "reason": reason})
 
     def resolve(self, host: str, port: int) -> list[str]:
         """Every address of ``host``, each checked; :class:`TargetRefused` on the first refused."""
@@ -179,7 +181,7 @@ class AddressGuard:
             reason = refusal(ipaddress.ip_address(answer), self.allowed)
             if reason is not None:
                 raise TargetRefused(f"{host} resolves to {answer}, not a public address ({reason}); only public addresses "
-                                    "are allowed (JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS opens others)",
+                                    f"are allowed ({self.setting} opens others)",
                                     {"host": host, "address": answer, "reason": reason})
         return answers
 

@@ -6,7 +6,8 @@ the monitor's business), so the submitter puts this summary into the job metadat
 summary from the result backend's kwargs for jobs it rebuilds. Both call
 :func:`summarize_payload`, so the two paths agree.
 
-* ``comfyui``: the node count and the class types (``7 nodes: CLIPTextEncode×2, KSampler, …``);
+* ``comfyui``: the node count, the number of input images and the class types
+  (``7 nodes + 1 input image: CLIPTextEncode×2, KSampler, …``), never the images;
 * ``simulation``: its fields (``steps=10 step_seconds=0.5 output='hello'``);
 * ``a1111``: mode, size, steps, seed and the prompt (``txt2img 512×512, 20 steps, seed 42: a cat``),
   never the base64 ``init_images``;
@@ -44,7 +45,10 @@ def _comfyui(payload: dict[str, Any]) -> str:
         types[_clean(kind, 60) if isinstance(kind, str) and kind else "?"] += 1
     parts = [name if n == 1 else f"{name}×{n}" for name, n in sorted(types.items())]
     noun = "node" if len(workflow) == 1 else "nodes"
-    return f"{len(workflow)} {noun}: " + ", ".join(parts)
+    images = payload.get("images")
+    inputs = len(images) if isinstance(images, dict) else 0
+    extra = f" + {inputs} input image{'s' if inputs != 1 else ''}" if inputs else ""
+    return f"{len(workflow)} {noun}{extra}: " + ", ".join(parts)
 
 
 def _fields(payload: dict[str, Any]) -> str:

@@ -3,6 +3,12 @@ port that can stop and start listening (the ``refuse`` fault), private ``/_sim/`
 served on an optional control port, serving until a signal, and a background-thread runner
 for in-process tests.
 
+A crash (:meth:`SimHTTPServer.crash`) is the process dying under a supervisor that starts it
+again: the port refuses connections, every open one (websockets, requests in flight) is cut,
+the simulator forgets everything it held (its queue, history, running work) and, after
+``restart_after`` seconds, listens again on the same port, empty. Both simulators crash on
+command this way (ComfyUI's ``SimCrash`` node, the WebUI's :data:`CRASH_MARK` in a prompt).
+
 A simulator subclasses :class:`SimHTTPServer`, builds its app in ``start()`` and hands it to
 :meth:`SimHTTPServer.start_http`; :func:`run_until_signal` serves one from the command line,
 :class:`SimulatorThread` in a test process.
@@ -15,10 +21,13 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
+
+#: A prompt containing this makes the WebUI simulator crash (and restart empty) mid-request.
+CRASH_MARK = "[sim:crash]"
 
 
 def _bound_port(site: web.TCPSite) -> int:
@@ -39,6 +48,10 @@ class SimHTTPServer:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._control_runner: web.AppRunner | None = None
+        #: How many times the server crashed (:meth:`crash`).
+        self.crashes = 0
+        #: Set while the server is down after a crash.
+        self.crashed = False
 
     @property
     def url(self) -> str:
@@ -85,6 +98,28 @@ class SimHTTPServer:
         if self._site is not None:
             await self._site.stop()
             self._site = None
+
+    def abort_connections(self) -> None:
+        """Cut every open connection of the main port at once (a dead process's sockets)."""
+        server = self._runner.server if self._runner is not None else None
+        for handler in server.connections if server is not None else ():
+            if handler.transport is not None:
+                handler.transport.abort()
+
+    async def crash(self, reset: Callable[[], Awaitable[None]], restart_after: float | None) -> None:
+        """Die and come back empty (see the module doc): stop listening, cut every connection,
+        ``reset()`` (forget everything), listen again after ``restart_after`` s (None: stay down)."""
+        self.crashes += 1
+        self.crashed = True
+        await self.stop_listening()
+        self.abort_connections()
+        await reset()
+        if restart_after is None:
+            return
+        await asyncio.sleep(max(restart_after, 0.0))
+        if not self.listening:
+            await self.listen()
+        self.crashed = False
 
     async def stop_http(self) -> None:
         for runner in (self._runner, self._control_runner):

@@ -22,8 +22,9 @@ from kombu.utils.objects import cached_property
 from jobqueue.config import Settings
 from jobqueue.errors import ConfigError
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY, DEFAULT_PRIORITY, broker_priority
+from jobqueue.transport.redis_clients import require_master_name
 from jobqueue.transport.redis_health import backend_settings, transport_options
-from jobqueue.transport.redis_urls import is_redis_url
+from jobqueue.transport.redis_urls import is_redis_url, is_sentinel_url
 from jobqueue.transport.results import backend_url
 
 #: Celery's own worker class.
@@ -73,7 +74,27 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # default; keys built by hand use jobqueue.transport.internals.REDIS_KEY_SEP.
         # Dead-peer detection on every broker connection (see jobqueue.transport.redis_health).
         **transport_options(settings.redis_health_interval),
+        **wait_options(settings),
     }
+
+
+def wait_options(settings: Settings) -> dict[str, Any]:
+    """The broker channel's Redis ``WAIT`` after each message it queues (see
+    :mod:`jobqueue.transport.kombu_redis`): none when ``settings.wait_replicas`` is 0."""
+    if not settings.wait_replicas:
+        return {}
+    return {"jobqueue_wait_replicas": settings.wait_replicas,
+            "jobqueue_wait_timeout": settings.redis_wait_timeout}
+
+
+def merged_options(theirs: Any, ours: dict[str, Any], master: str) -> dict[str, Any]:
+    """Transport options: the config module's (``theirs``: ``master_name``, ``sentinel_kwargs``,
+    ``global_keyprefix``...) kept, ours on top (jobqueue's lease, priorities and health checks
+    rely on them), and the Sentinel master's name when there is one."""
+    merged = {**dict(theirs or {}), **ours}
+    if master:
+        merged["master_name"] = master
+    return merged
 
 
 #: Where jobqueue's Celery defaults live (see docs/configuration.md).
@@ -105,11 +126,17 @@ def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -
     app.config_from_object(DEFAULTS_MODULE)
     if settings.celery_config:
         app.conf.update(celery_settings(_import_config(settings.celery_config)))
+    sentinel = is_sentinel_url(settings.broker_url) or is_sentinel_url(settings.result_backend)
+    master = require_master_name(settings) if sentinel else ""
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
-        broker_transport_options=broker_transport_options(settings),
-        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
+        broker_transport_options=merged_options(
+            app.conf.broker_transport_options, broker_transport_options(settings),
+            master if is_sentinel_url(settings.broker_url) else ""),
+        result_backend_transport_options=merged_options(
+            app.conf.result_backend_transport_options, {"retry_policy": {"timeout": 5.0}},
+            master if is_sentinel_url(settings.result_backend) else ""),
         # Priorities: 20 broker levels on both brokers (x-max-priority on RabbitMQ; our Redis
         # transport lifts kombu's 0..9 clamp); a message sent without one gets the default.
         task_queue_max_priority=BROKER_MAX_PRIORITY,
@@ -122,9 +149,9 @@ def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -
         app.conf.update(backend_settings(settings.redis_health_interval),
                         result_backend=backend_url(settings.result_backend))
     if settings.is_redis:
-        from jobqueue.transport.kombu_redis import TRANSPORT_PATH
+        from jobqueue.transport.kombu_redis import SENTINEL_TRANSPORT_PATH, TRANSPORT_PATH
 
-        app.conf.broker_transport = TRANSPORT_PATH
+        app.conf.broker_transport = SENTINEL_TRANSPORT_PATH if is_sentinel_url(settings.broker_url) else TRANSPORT_PATH
     return app
 
 

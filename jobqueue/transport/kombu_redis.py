@@ -25,24 +25,36 @@ tests/jobqueue/worker/test_poison.py.
    redis-py 8, whose client constructor is heavy). A channel here keeps one client per pool
    (redis-py clients are thread-safe: each command borrows a pooled connection) and builds a
    new one only when kombu replaced the pool (``_pool``, reset on reconnect).
-5. ``kombu.transport.redis.Channel.active_queues`` and ``Channel.qos.can_consume()`` (whether the
+5. ``kombu.transport.redis.Channel._put``'s ``_publish_batch`` keyword (kombu 5.7: an object
+   with ``add(command, *args)``): with ``jobqueue_wait_replicas`` set, ``_put`` collects the
+   commands kombu would send for a message and sends them with a Redis ``WAIT`` in one
+   pipeline (see :mod:`jobqueue.transport.replication`).
+6. ``Channel._q_for_pri`` and ``_get_message_priority`` (kombu's key of a message's priority
+   list) and ``QoS._delivered`` (the tags kombu recorded as unacked), to put back an item
+   popped just before the broker went away (its QoS write failed, so no one else holds it).
+7. ``kombu.transport.redis.Channel.active_queues`` and ``Channel.qos.can_consume()`` (whether the
    channel should have a BRPOP out: :func:`brpop_expected`), read by the worker's link watch
    (:mod:`jobqueue.worker.linkwatch`), which :func:`last_brpop_reply` also serves.
-6. ``kombu.transport.virtual.Transport.channels``, a Redis channel's ``_pool``, ``_async_pool``
+8. ``kombu.transport.virtual.Transport.channels``, a Redis channel's ``_pool``, ``_async_pool``
    and ``subclient``, redis-py's ``ConnectionPool._available_connections`` /
    ``_in_use_connections`` and ``Connection._sock``: the sockets :func:`sever` shuts; a kombu
    connection pool's ``_dirty`` and ``_resource.queue`` (:func:`sever_pool`).
 
 The BRPOP reader also stamps each reply Redis sends (:func:`last_brpop_reply`): an idle worker's
 BRPOP is answered at least every ``brpop_timeout`` (1 s), so a long silence while one is due
-means a frozen link, or a consumer that kombu failed to put back on its socket after dropping a
-stale one (both seen through a proxy that stops forwarding): the worker's link watch then
-reconnects its consumer.
+means a frozen link (or an event loop held by a command on a dead socket): the worker's link
+watch then reconnects its consumer.
+
+:class:`SentinelTransport` is the same channel on a Sentinel group's master (kombu's
+``SentinelChannel`` finds the master; ``sentinel://`` brokers).
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from queue import Empty
@@ -55,6 +67,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
+from jobqueue.transport.replication import check_wait, queue_wait, replicas_to_wait, wait_after
 
 #: Attribute of a kombu Connection where its channels find the poison hook.
 HOOK_ATTR = "jobqueue_on_poison"
@@ -79,7 +92,7 @@ def set_poison_hook(connection: Any, hook: PoisonHook | None) -> None:
 def brpop_expected(channel: Any) -> bool:
     """Whether ``channel`` (a consumer's channel on this transport) should be waiting for a BRPOP
     reply now: it consumes queues and may take a message (a worker busy with its one job has
-    no BRPOP out). PRIVATE TOUCHPOINT 5."""
+    no BRPOP out). PRIVATE TOUCHPOINT 7."""
     qos = getattr(channel, "qos", None)
     return bool(getattr(channel, "active_queues", None)) and qos is not None and bool(qos.can_consume())
 
@@ -96,7 +109,7 @@ def sever(connection: Any) -> int:
     connections (idle or in use, the BRPOP one included) and their pub/sub clients'. Safe from
     any thread: only the sockets are touched, so a thread blocked reading one gets an error at
     once, and kombu and redis-py then drop each as after any lost connection (in their own
-    thread). Returns how many sockets were shut. PRIVATE TOUCHPOINT 6."""
+    thread). Returns how many sockets were shut. PRIVATE TOUCHPOINT 8."""
     sockets: list[Any] = []
     transport = getattr(connection, "transport", None)
     for channel in list(getattr(transport, "channels", None) or ()):
@@ -122,7 +135,7 @@ def sever(connection: Any) -> int:
 def sever_pool(pool: Any) -> int:
     """:func:`sever` every connection of kombu connection ``pool`` (Celery's ``app.pool``, which
     a worker's control replies are published through), idle or in use; placeholders for
-    connections never made are skipped. PRIVATE TOUCHPOINT 6 (``Resource._dirty`` and
+    connections never made are skipped. PRIVATE TOUCHPOINT 8 (``Resource._dirty`` and
     ``_resource.queue``)."""
     held = [*(getattr(pool, "_dirty", None) or ()), *(getattr(getattr(pool, "_resource", None), "queue", None) or ())]
     return sum(sever(conn) for conn in held if hasattr(conn, "transport") and getattr(conn, "_transport", None))
@@ -150,11 +163,63 @@ class _ClientCache:
         return client
 
 
+log = logging.getLogger(__name__)
+
+#: Seconds a popped message whose delivery failed is offered back to the broker.
+GIVE_BACK_PATIENCE = 120.0
+#: Seconds between two tries.
+GIVE_BACK_INTERVAL = 0.5
+
+#: Transport options of :class:`Channel` beyond kombu's (set from Settings by ``create_app``).
+WAIT_OPTIONS = ("jobqueue_wait_replicas", "jobqueue_wait_timeout")
+
+
+class _Commands:
+    """Stands in for kombu's publish batch: collects the commands ``_put`` would send."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def add(self, *command: Any) -> None:
+        self.commands.append(command)
+
+
 class Channel(kombu_redis.Channel):
     """Redis channel that keeps priorities up to :data:`BROKER_MAX_PRIORITY` and never
     delivers (nor dies on) an item its connection's poison hook refuses: the hook gets it."""
 
     max_priority = BROKER_MAX_PRIORITY  # PRIVATE TOUCHPOINT 1
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, *WAIT_OPTIONS)  # type: ignore[assignment]
+    #: Replicas each queued message must reach before ``_put`` returns (0: no ``WAIT``).
+    jobqueue_wait_replicas = 0
+    #: Seconds ``WAIT`` may take (then :class:`~jobqueue.errors.NotReplicated`).
+    jobqueue_wait_timeout = 2.0
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:  # PRIVATE TOUCHPOINT 5
+        replicas = int(self.jobqueue_wait_replicas or 0)
+        if not replicas or kwargs.get("_publish_batch") is not None:
+            super()._put(queue, message, **kwargs)  # type: ignore[no-untyped-call]
+            return
+        # kombu's own commands for this message (its key, priority list and expiry), collected
+        # and sent in one pipeline on one connection, WAIT last: it covers exactly them.
+        batch = _Commands()
+        super()._put(queue, message, _publish_batch=batch, **kwargs)  # type: ignore[no-untyped-call]
+        timeout = float(self.jobqueue_wait_timeout)
+        job_id = (message.get("headers") or {}).get("id")
+        what = f"the message of job {job_id}"
+        with self.conn_or_acquire() as client:
+            if not batch.commands:  # a kombu without batches sent it itself: WAIT behind a fence
+                wait_after(client, replicas, timeout, what, job_id)
+                return
+            with client.pipeline(transaction=False) as pipe:
+                for name, *args in batch.commands:
+                    getattr(pipe, name)(*args)
+                queue_wait(pipe, replicas_to_wait(client, replicas), timeout)
+                replies = pipe.execute(raise_on_error=False)
+            for reply in replies[:-1]:
+                if isinstance(reply, Exception):
+                    raise reply
+            check_wait(client, replies[-1], replicas, timeout, what, job_id)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:  # PRIVATE TOUCHPOINT 4
@@ -185,11 +250,11 @@ class Channel(kombu_redis.Channel):
             dest = (dest.decode() if isinstance(dest, bytes) else dest).rsplit(self_.sep, 1)[0]
             self_._queue_cycle.rotate(dest)
             if hook is None:  # kombu's own delivery
-                self_.connection._deliver(loads(bytes_to_str(item)), dest)  # type: ignore[no-untyped-call]
+                self._deliver_or_give_back(loads(bytes_to_str(item)), dest, item)  # type: ignore[no-untyped-call]
                 return True
             payload, reason = hook.check(item, self_.decode_body)  # PRIVATE TOUCHPOINT 3
             if reason is None:
-                self_.connection._deliver(payload, dest)
+                self._deliver_or_give_back(payload, dest, item)
                 return True
             refused = (dest, item, payload, reason)
         finally:
@@ -201,6 +266,40 @@ class Channel(kombu_redis.Channel):
         hook.discard(*refused, self.conn_or_acquire)
         return True
 
+    def _deliver_or_give_back(self, payload: Any, dest: str, item: bytes | str) -> None:
+        """Deliver a popped item; when the broker went away before kombu recorded it as
+        unacked (its QoS write failed), nobody else holds it: a thread puts it back at the head
+        of its queue once the broker answers again (the promoted replica, on Sentinel)."""
+        self_: Any = self
+        try:
+            self_.connection._deliver(payload, dest)
+        except self_.connection_errors:
+            tag = ((payload or {}).get("properties") or {}).get("delivery_tag") if isinstance(payload, dict) else None
+            if tag is None or tag not in self_.qos._delivered:  # kombu's QoS never recorded it
+                threading.Thread(target=self._give_back, args=(dest, item), daemon=True,
+                                 name="jobqueue-give-back").start()
+            raise
+
+    def _give_back(self, dest: str, item: bytes | str, patience: float = GIVE_BACK_PATIENCE) -> bool:
+        """RPUSH ``item`` back onto ``dest``'s list of its priority, trying for ``patience`` s."""
+        self_: Any = self
+        message = loads(bytes_to_str(item))  # type: ignore[no-untyped-call]
+        key = self_._q_for_pri(dest, self_._get_message_priority(message, reverse=False))
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                with self.conn_or_acquire() as client:
+                    client.rpush(key, item)
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    log.error("a message popped from %s just before the broker went away is lost: %s (%r)",
+                              dest, exc, str(item)[:300])
+                    return False
+                time.sleep(GIVE_BACK_INTERVAL)  # the broker is away: try again shortly
+                continue
+            log.warning("a message popped from %s just before the broker went away was put back", dest)
+            return True
+
 
 class Transport(kombu_redis.Transport):
     """Redis transport using :class:`Channel`."""
@@ -208,5 +307,21 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(kombu_redis.SentinelChannel, Channel):
+    """:class:`Channel` on the master of a Sentinel group: kombu's Sentinel channel finds the
+    master (and finds it again after a failover); everything else is :class:`Channel`'s."""
+
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options,  # type: ignore[assignment]
+                              *WAIT_OPTIONS)
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """Redis Sentinel transport using :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel
+
+
 #: Value for Celery's ``broker_transport`` setting.
 TRANSPORT_PATH = f"{__name__}:Transport"
+#: ``broker_transport`` when the broker is a Sentinel group (``sentinel://``).
+SENTINEL_TRANSPORT_PATH = f"{__name__}:SentinelTransport"

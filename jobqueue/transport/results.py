@@ -26,22 +26,63 @@ form), so the app needs no hook to use it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from jobqueue.transport.internals import Rider
-from jobqueue.transport.internals import RidingRedisBackend as RedisBackend
+from celery import states as celery_states
+from celery.backends.redis import SentinelBackend as CelerySentinelBackend
 
-__all__ = ["BACKEND_PATH", "RedisBackend", "Rider", "backend_url", "store_guarded"]
+from jobqueue.errors import NotReplicated
+from jobqueue.transport.internals import Rider, RidingRedisBackend
+from jobqueue.transport.redis_urls import is_sentinel_url
+from jobqueue.transport.replication import wait_after
+
+__all__ = ["BACKEND_PATH", "SENTINEL_BACKEND_PATH", "RedisBackend", "Rider", "SentinelBackend", "backend_url",
+           "store_guarded"]
+
+log = logging.getLogger(__name__)
 
 #: How ``result_backend`` names the class.
 BACKEND_PATH = "jobqueue.transport.results:RedisBackend"
+#: How ``result_backend`` names the class on a Sentinel group.
+SENTINEL_BACKEND_PATH = "jobqueue.transport.results:SentinelBackend"
+
+
+class RedisBackend(RidingRedisBackend):
+    """:class:`~jobqueue.transport.internals.RidingRedisBackend`, and a job's final state
+    (``SUCCESS``, ``FAILURE``, ``REVOKED``) reaches ``JOBQUEUE_REDIS_WAIT_REPLICAS`` replicas
+    before it is reported stored (Redis ``WAIT`` behind a fence, see
+    :mod:`jobqueue.transport.replication`): the worker acks the job's message only after
+    that, so a failover cannot keep the ack and lose the result. Replicas that do not confirm in
+    time cost a warning, never the job (the state is on the master)."""
+
+    def _store_result(self, task_id: Any, result: Any, state: str, traceback: Any = None,
+                      request: Any = None, **kwargs: Any) -> Any:
+        stored = super()._store_result(task_id, result, state, traceback, request=request, **kwargs)
+        settings: Any = getattr(self.app, "settings", None)
+        replicas = settings.wait_replicas if settings is not None else 0
+        if replicas and state in celery_states.READY_STATES:
+            try:
+                wait_after(self.client, replicas, settings.redis_wait_timeout, f"the {state} of job {task_id}",
+                           str(task_id))
+            except NotReplicated as exc:
+                log.warning("%s", exc)
+        return stored
+
+
+class SentinelBackend(RedisBackend, CelerySentinelBackend):  # type: ignore[misc]
+    """:class:`RedisBackend` on the master of a Sentinel group (Celery's Sentinel backend
+    finds the master, and finds it again after a failover)."""
 
 
 def backend_url(url: str) -> str:
-    """``result_backend`` for the Redis server at ``url``, served by :class:`RedisBackend`.
+    """``result_backend`` for the Redis server (or Sentinel group) at ``url``, served by
+    :class:`RedisBackend` (:class:`SentinelBackend`).
 
     Celery splits ``<class>+<url>`` at the first ``+``; ``redis+socket://`` is its own
     spelling of ``socket://``, so that prefix goes (as Celery's own alias lookup does)."""
+    if is_sentinel_url(url):
+        return f"{SENTINEL_BACKEND_PATH}+{url}"
     return f"{BACKEND_PATH}+{url.removeprefix('redis+')}"
 
 

@@ -13,9 +13,10 @@ import os
 import shutil
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-from jobqueue.errors import ConfigError
+from jobqueue.errors import ConfigError, JobqueueError
 
 #: Port tried first for an embedded Redis whose configured port is not local.
 DEFAULT_REDIS_PORT = 6379
@@ -23,12 +24,20 @@ DEFAULT_REDIS_PORT = 6379
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", ""})
 
 
-def broker_answers(url: str, timeout: float = 2.0) -> bool:
-    """True when the broker at ``url`` (Redis or AMQP) accepts a connection now."""
-    if url.startswith(("redis://", "rediss://", "redis+socket://")):
+def broker_answers(url: str, timeout: float = 2.0, settings: Any = None) -> bool:
+    """True when the broker at ``url`` (Redis, a Sentinel group's master with ``settings``
+    naming it, or AMQP) accepts a connection now."""
+    if url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://")):
         import redis
 
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        from jobqueue.transport.redis_clients import redis_client
+
+        if settings is None and url.startswith("sentinel://"):
+            return False  # which master? Only settings say
+        try:
+            client = redis_client(url, settings, socket_connect_timeout=timeout, socket_timeout=timeout)
+        except JobqueueError:  # a Sentinel group without a master name: never "answers"
+            return False
         try:
             return bool(client.ping())
         except (redis.RedisError, OSError):

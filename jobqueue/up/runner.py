@@ -141,10 +141,10 @@ class _Up:
                 f"another jobqueue up (pid {other['pid']}) is running with data dir {self.data_dir}: "
                 "stop it first, or give this one its own JOBQUEUE_DATA_DIR")
         taken: set[int] = set()
-        if not broker_answers(self.settings.broker_url):
+        if not broker_answers(self.settings.broker_url, settings=self.settings):
             self.plan.redis = plan_embedded_redis(self.settings.broker_url)
             taken.add(self.plan.redis.port)
-        elif not broker_answers(self.settings.result_backend):
+        elif not broker_answers(self.settings.result_backend, settings=self.settings):
             raise ProcessFailed(f"result backend {self.settings.result_backend} does not answer")
         if self.options.monitor and component_available("monitor")[0]:
             host, port = self.settings.monitor_host, self.settings.monitor_port

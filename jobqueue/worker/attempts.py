@@ -57,11 +57,13 @@ def job_meta(service: str, payload: dict[str, Any], options: dict[str, Any],
 
 @dataclass(frozen=True)
 class Attempt:
-    """How an attempt began: cancelled before it started, which attempt (0: the first), when."""
+    """How an attempt began: cancelled before it started, which attempt (0: the first), when,
+    and whether the job had already ended (a stray copy of its message: never run again)."""
 
     cancelled: bool
     number: int
     started: float
+    ended: bool = False
 
 
 def queue_start(pipe: Any, task: Any, meta: dict[str, Any], runtime: WorkerRuntime, started: float) -> None:
@@ -192,6 +194,12 @@ def _settle_start(task: Any, client: Any, meta: dict[str, Any], replies: list[An
             "submitted_at": meta.get("submitted_at"), "meta": meta, "name": task.name, "finished_at": started,
         }, expires=expires(app), only_new=("finished_at",))
         return Attempt(True, retries, started)
+    if state == celery_states.SUCCESS:
+        # A copy of a job that already succeeded: its ack was lost with a broker that failed
+        # over or restarted, and the message came back. It never runs again; its facts as they were.
+        facts.replace(client, request.id, known_raw, {}, expires=expires(app))
+        log.warning("job %s already succeeded: a redelivered copy of its message is dropped", request.id)
+        return Attempt(False, retries, started, ended=True)
     attempt = max(int(count) - 1, retries)
     fixes: dict[str, Any] = {"attempt": attempt} if attempt != retries else {}
     if known.get("started_at") is not None and known.get("finished_at") is None:

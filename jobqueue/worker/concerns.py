@@ -15,12 +15,16 @@ client only sends tasks by name and never loads worker code.
 
 Start-up order (the worker's bootsteps, then the consumer's, as Celery starts them):
 
-1. ``runtime``: connectors, identity, status reporter, health loop; the first health check
-   runs before the consumer starts.
-2. ``lease`` and ``orphans``: background threads of the worker (lease on Redis only), and
+1. ``runtime``: connectors, identity, status reporter, health loop, and warm routing's view of
+   the other workers (:mod:`jobqueue.worker.warm_peers`); the first health check runs before
+   the consumer starts.
+2. ``lease`` and ``orphans``: background threads of the worker (lease on Redis only),
    ``exit-when-idle`` (only with ``JOBQUEUE_EXIT_WHEN_IDLE``: :mod:`jobqueue.worker.idle`),
-   and ``soft-shutdown`` (after the runtime and the lease, so it stops before them: on SIGTERM
-   the running job gets its grace, then goes back to its queue: :mod:`jobqueue.worker.shutdown`).
+   ``moved-up`` (fails jobs moved up after out of memory that waited too long:
+   :mod:`jobqueue.worker.moveup`),
+   and ``soft-shutdown`` (after the runtime, the lease and the pool, so it stops before them: on
+   SIGTERM the running job gets its grace, then goes back to its queue:
+   :mod:`jobqueue.worker.shutdown`).
 3. ``poison`` (consumer, after its event dispatcher): Celery's refusal handlers wrapped, the
    transport's poison hook set on the connection.
 4. ``status`` (consumer, after its event dispatcher): statuses and progress leave through it.
@@ -52,6 +56,7 @@ from jobqueue.worker import attempts, bootsteps, webhooks
 from jobqueue.worker.handback import requirements_strategy
 from jobqueue.worker.idle import IdleStep
 from jobqueue.worker.linkwatch import LinkWatchStep
+from jobqueue.worker.moveup import MoveUpStep
 from jobqueue.worker.poison import PoisonStep
 from jobqueue.worker.shutdown import SoftShutdownStep
 from jobqueue.worker.task import register_job_task
@@ -103,6 +108,7 @@ CONCERNS: tuple[Concern, ...] = (
     Concern("orphans", worker_steps=(bootsteps.OrphanStep,)),
     Concern("exit-when-idle", worker_steps=(IdleStep,)),
     Concern("soft-shutdown", worker_steps=(SoftShutdownStep,)),
+    Concern("moved-up", worker_steps=(MoveUpStep,)),
     Concern("poison", consumer_steps=(PoisonStep,)),
     Concern("status", consumer_steps=(bootsteps.StatusStep,)),
     Concern("queue-gates", consumer_steps=(bootsteps.QueueGateStep,)),

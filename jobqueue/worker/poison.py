@@ -226,9 +226,9 @@ class PoisonStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
         settings = c.app.settings
         client = None
         if settings.is_redis:
-            import redis
+            from jobqueue.transport.redis_clients import redis_client
 
-            client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+            client = redis_client(settings.broker_url, settings, socket_timeout=5, socket_connect_timeout=5)
         self.handler = PoisonHandler(c.app, c, client)
         c.jobqueue_poison = self.handler
         self._wrap(c)

@@ -24,10 +24,12 @@ from jobqueue.shared.previews import publisher_for
 from jobqueue.states import PROGRESS
 from jobqueue.transport.results import store_guarded
 from jobqueue.worker.attempts import begin_attempt, job_meta, record_end, take_early_start
+from jobqueue.worker.crashes import poisoned_by_crash
 from jobqueue.worker.handback import hand_back_if_models_vanished
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import given_up
 from jobqueue.worker.masked import install_log_filter
+from jobqueue.worker.moveup import claim, move_up_if_out_of_memory
 from jobqueue.worker.progress import ProgressTracker
 from jobqueue.worker.retrying import plan_retry
 from jobqueue.worker.runtime import WorkerRuntime
@@ -90,12 +92,18 @@ def _begin(task: Any, runtime: WorkerRuntime, service: str, payload: dict[str, A
     early = take_early_start(app, request.id)
     meta = early.meta if early is not None else job_meta(service, payload, options, app.settings.secret_keys_pattern)
     attempt = begin_attempt(task, meta, runtime, time.time(), early)
+    if attempt.ended:  # already succeeded (see begin_attempt): acked, nothing stored
+        raise Ignore()
     if attempt.cancelled:
         # Cancelled while queued, before any worker knew: never run it. Celery stored
         # STARTED over the client's REVOKED record just before this body: put the client's
         # record back as it was (no worker in it: the job never ran anywhere).
         app.backend.store_result(request.id, JobCancelled("cancelled by client"), celery_states.REVOKED)
         task.send_event(TASK_REVOKED, terminated=False, signum=None, expired=False)
+        raise Ignore()
+    failed = claim(app, request.id, options)
+    if failed is not None:  # moved up after out of memory, and failed while it waited: never run
+        app.backend.mark_as_failure(request.id, failed, request=request, call_errbacks=False)
         raise Ignore()
     timeout = options.get("timeout") or app.settings.job_timeout
     job = Job(id=request.id, service=service, payload=payload, options={**options, "timeout": timeout},
@@ -167,8 +175,9 @@ def _end_failed(task: Any, runtime: WorkerRuntime, job: Job, options: dict[str, 
                 exc: BaseException) -> None:
     """The connector raised ``exc`` (its progress is settled): raise what Celery is to see --
     the lease lost (another worker has the job), a hand-back (the worker is stopping, or a model
-    vanished), ``Ignore`` once it is marked cancelled, or a planned ``Retry`` -- or record the end and return: the caller re-raises
-    ``exc`` (the job fails)."""
+    vanished), ``Ignore`` once it is marked cancelled, a planned ``Retry``, or the clearer error
+    the job fails with (out of memory with nowhere to move up, a job that crashed servers on two
+    machines) -- or record the end and return: the caller re-raises ``exc`` (the job fails)."""
     if isinstance(exc, (JobCancelled, ConnectorError)) and runtime.is_given_up(job.id):
         raise given_up(job.id) from exc  # lease lost: the job belongs to another worker now
     if isinstance(exc, (JobCancelled, ConnectorError)) and runtime.is_handed_back(job.id):
@@ -178,21 +187,32 @@ def _end_failed(task: Any, runtime: WorkerRuntime, job: Job, options: dict[str, 
         record_end(task, started)
         _mark_cancelled(task, str(exc))
         raise Ignore() from exc
+    final: BaseException = exc
     if isinstance(exc, ConnectorError):
-        _retry_if_planned(task, runtime, job, options, started, exc)
+        final = _retry_if_planned(task, runtime, job, options, started, exc)
     record_end(task, started)
+    if final is not exc:
+        raise final from exc
 
 
 def _retry_if_planned(task: Any, runtime: WorkerRuntime, job: Job, options: dict[str, Any], started: float,
-                      exc: ConnectorError) -> None:
-    """Hand the job back when a model it needs vanished, or retry it when the plan says so
-    (both raise Celery's ``Retry``); return when it is to fail."""
+                      exc: ConnectorError) -> BaseException:
+    """Hand the job back when a model it needs vanished or it ran out of memory (moved up to a
+    larger card), or retry it when the plan says so (all raise Celery's ``Retry``); return the
+    error it fails with (``exc``, or a clearer one) when it is to fail."""
     request = task.request
     hand_back_if_models_vanished(task, runtime, options, exc)  # raises Retry when it applies
+    stuck = move_up_if_out_of_memory(task, runtime, options, exc)  # raises Retry when it can move up
+    if stuck is not None:
+        return stuck
+    poisoned = poisoned_by_crash(task.app, job.id, runtime.identity.machine_id, exc)
+    if poisoned is not None:
+        log.error("job %s: %s", job.id, poisoned)
+        return poisoned
     plan = plan_retry(task.app, job.id, exc, retries=request.retries or 0, max_retries=task.app.settings.max_retries,
                       started_at=time.time() - (time.monotonic() - job.started), timeout=float(job.options["timeout"]))
     if not plan.retry:
-        return
+        return exc
     log.warning("job %s: %s; retrying in %g s (attempt %d; %s)", job.id, exc, plan.countdown, job.attempt + 1,
                 plan.reason)
     record_end(task, started, retried=True)

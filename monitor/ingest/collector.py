@@ -29,6 +29,7 @@ from typing import Any
 from celery.utils.threads import bound_open_broker_sockets
 
 from jobqueue.transport.internals import TolerantEventReceiver
+from jobqueue.transport.redis_clients import master_url
 from monitor.ingest.raw_reader import EventDecoder, RawEventReader, event_source
 from monitor.ingest.validate import EventGate
 from monitor.ingest.writer import Writer
@@ -198,6 +199,8 @@ class EventCollector:
 
     def _consume_raw(self, url: str, pattern: str) -> None:
         """The raw Redis reader until stop() or a Redis error (which it raises)."""
+        # On Sentinel: the master the sentinels name now (again after every reconnect).
+        url = master_url(url, getattr(self.app, "settings", None))
         reader = RawEventReader(url, pattern, self._on_raw, on_subscribed=self._on_subscribed,
                                 connect_timeout=float(self.app.conf.broker_connection_timeout or 3.0),
                                 health_interval=self.health_interval)

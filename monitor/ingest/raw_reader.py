@@ -26,11 +26,13 @@ from kombu.serialization import prepare_accept_content
 
 from jobqueue.transport.internals import envelope_payload, event_converter, fanout_pattern
 from jobqueue.transport.redis_health import keepalive_options, socket_timeout
+from jobqueue.transport.redis_urls import is_sentinel_url, parse_sentinel_url
 
 log = logging.getLogger(__name__)
 
-#: URL schemes a plain redis-py connection understands like kombu does (anything else, e.g.
-#: ``redis+socket://``, Sentinel or RabbitMQ, keeps Celery's ``EventReceiver``).
+#: URL schemes a plain redis-py connection understands like kombu does (a Sentinel group is
+#: read on its current master; anything else, e.g. ``redis+socket://`` or RabbitMQ, keeps
+#: Celery's ``EventReceiver``).
 RAW_SCHEMES = ("redis://", "rediss://")
 
 
@@ -42,6 +44,9 @@ def event_source(app: Any) -> tuple[str, str] | None:
     :func:`jobqueue.transport.internals.fanout_pattern`).
     """
     url = app.conf.broker_url
+    if is_sentinel_url(url):  # the master's address is asked before each connection
+        db = parse_sentinel_url(url).db
+        return url, fanout_pattern(db, app.conf.broker_transport_options, app.conf.event_exchange)
     if not isinstance(url, str) or not url.startswith(RAW_SCHEMES) or ";" in url:
         return None
     db = redis.ConnectionPool.from_url(url).connection_kwargs.get("db", 0)

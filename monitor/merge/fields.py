@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+from datetime import datetime, timezone
 from typing import Any
 
 from jobqueue.errors import MalformedEvent
@@ -82,6 +83,46 @@ def json_blob(value: Any) -> Any:
     if len(encoded) > MAX_BLOB:
         return {"truncated": True, "size": len(encoded), "preview": encoded[:MAX_TEXT]}
     return json.loads(encoded)
+
+
+#: Most characters of a task's args or kwargs text kept (Celery's own reprs are cut at 1,024
+#: unless the sender raises ``argsrepr_maxsize``).
+MAX_ARGS = 10_000
+
+
+def iso_time(value: Any) -> float | None:
+    """Unix time of an ISO-8601 string (Celery's ``eta``/``expires`` in events), else None."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def task_details(ev: dict[str, Any], *, foreign: bool) -> dict[str, Any]:
+    """What one task-sent/-received event says of its task (absent values left out): ``eta``
+    and ``expires`` as Unix times, ``routing_key``, ``exchange``, ``group_id`` and, when
+    ``foreign`` (not a jobqueue job, whose kwargs are its options), ``args`` and ``kwargs``."""
+    out: dict[str, Any] = {}
+    for key in ("eta", "expires"):
+        when = iso_time(ev.get(key))
+        if when is not None:
+            out[key] = when
+    for key, source in (("routing_key", "routing_key"), ("exchange", "exchange"), ("group_id", "group")):
+        value = ev.get(source) or (ev.get("group_id") if key == "group_id" else None)
+        if isinstance(value, str) and 0 < len(value) <= MAX_ID:
+            out[key] = value
+    if foreign:
+        for key in ("args", "kwargs"):
+            value = ev.get(key)
+            if value is not None and value != "":
+                text = value if isinstance(value, str) else json.dumps(value, default=str)
+                out[key] = text if len(text) <= MAX_ARGS else text[:MAX_ARGS] + "…"
+    return out
 
 
 def event_time(ev: dict[str, Any]) -> float:

@@ -33,6 +33,7 @@ from jobqueue.shared.names import (
     TASK_SUCCEEDED,
     job_meta_from_kwargs,
 )
+from jobqueue.shared.tenants import is_tenant
 from jobqueue.states import (
     FINAL_STATUSES,
     HANDED_BACK_ERRORS,
@@ -50,6 +51,7 @@ from monitor.merge.fields import (
     json_blob,
     progress_fields,
     result_from_repr,
+    task_details,
 )
 
 #: Job statuses by their stored string.
@@ -74,6 +76,7 @@ class JobState:
     priority: int | None = None
     workflow_id: str | None = None
     step: int | None = None
+    tenant: str | None = None
     meta: dict[str, Any] | None = None
     submitted_at: float | None = None
     received_at: float | None = None
@@ -82,6 +85,9 @@ class JobState:
     runtime: float | None = None
     result: Any = None
     error: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
 
     @property
     def job_status(self) -> JobStatus | None:
@@ -202,6 +208,7 @@ def _fill_meta(s: JobState, ev: dict[str, Any]) -> bool:
         ("priority", meta.get("priority"), _small_int),
         ("workflow_id", meta.get("workflow_id"), _short_str),
         ("step", meta.get("step"), _small_int),
+        ("tenant", meta.get("tenant"), is_tenant),
         ("submitted_at", meta.get("submitted_at"), _finite),
     ):
         if getattr(s, attr) is None and value is not None and ok(value):
@@ -210,8 +217,26 @@ def _fill_meta(s: JobState, ev: dict[str, Any]) -> bool:
     if s.meta is None and meta:
         s.meta = json_blob(meta)
         changed = True
-    return changed
+    return fill_task(s, ev) or changed
 
+
+def fill_task(s: JobState, ev: dict[str, Any]) -> bool:
+    """Fill what task-sent/-received say of any Celery task (never overwrite): parent and root
+    ids, and in ``task`` its ETA and expiry (Unix time), routing key, exchange, group id and --
+    for a task that is no jobqueue job -- its args and kwargs as the events carry them (Celery's
+    ``argsrepr``/``kwargsrepr`` when the sender set them; masked by the writer before this)."""
+    changed = False
+    for attr in ("parent_id", "root_id"):
+        value = ev.get(attr)
+        if getattr(s, attr) is None and _short_str(value) and value != s.id:
+            setattr(s, attr, value)
+            changed = True
+    found = {key: value for key, value in task_details(ev, foreign=s.service is None).items()
+             if key not in (s.task or {})}
+    if found:
+        s.task = {**(s.task or {}), **found}
+        changed = True
+    return changed
 
 def _on_sent(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None, out: JobOutcome) -> bool:
     changed = _fill_meta(s, ev)
@@ -327,8 +352,9 @@ def _inner_error(error: dict[str, Any]) -> dict[str, Any]:
 
 
 def _handed_back(s: JobState, error: dict[str, Any], ts: float) -> bool:
-    """A job handed back before its service ran anything (a model it needs vanished): it is
-    queued again, with the reason as its error (the one step down the rules allow)."""
+    """A job handed back without using a retry (a model it needs vanished; out of memory): it
+    is queued again, with the reason as its error (the one step down the rules allow) and, when
+    it was moved up to a larger card, its raised ``requires``."""
     current = s.job_status
     if current is None or current.is_final or current == JobStatus.QUEUED:
         return False
@@ -338,6 +364,9 @@ def _handed_back(s: JobState, error: dict[str, Any], ts: float) -> bool:
     s.progress = empty_progress()
     s.started_at = None
     s.error = error
+    raised = (error.get("details") or {}).get("requires")
+    if isinstance(raised, dict) and isinstance(s.meta, dict):  # moved up after out of memory
+        s.meta = {**s.meta, "requires": json_blob(raised)}
     return True
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import delete
 
 from jobqueue.errors import MalformedEvent
+from jobqueue.shared.tenants import is_tenant
 from jobqueue.states import FINAL_STATUSES, JobStatus, empty_progress
 from monitor.merge.effects import count_end, job_ended, machine_of, move_row
 from monitor.merge.fields import json_blob
@@ -65,7 +66,7 @@ FIELDS: dict[str, Callable[[Any], bool]] = {
     "worker": _short, "machine_id": _short, "name": _short, "service": _short, "queue": _short,
     "priority": _small_int, "workflow_id": _short, "step": _small_int,
     "result": lambda v: True, "error": lambda v: v is None or isinstance(v, dict),
-    "meta": lambda v: v is None or isinstance(v, dict),
+    "meta": lambda v: v is None or isinstance(v, dict), "tenant": lambda v: v is None or is_tenant(v),
 }
 
 
@@ -190,5 +191,5 @@ def _expire(tx: Tx, ids: list[str]) -> bool:
     for job in jobs:
         tx.session.expunge(job)
         tx.forget_job(job.id)
-        tx.drop("job", job.id)
+        tx.drop("job", job.id, job.tenant)
     return bool(gone)

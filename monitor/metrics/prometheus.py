@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from jobqueue.shared import queued
 from jobqueue.shared.requirements import Capabilities
-from monitor.metrics import autoscaling
+from monitor.metrics import autoscaling, celery_exporter
 from monitor.metrics.totals import QUEUE_WAIT_BUCKETS, RUNTIME_BUCKETS, read_totals
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,9 @@ class Sources:
 
 #: Counters: (persisted total name, metric name without ``_total``, help, label names).
 COUNTERS = (
-    ("jobs", "jobqueue_jobs", "Jobs that reached a final status", ("service", "status")),
-    ("jobs_seen", "jobqueue_jobs_seen", "Jobs the monitor learned about", ("service",)),
-    ("retries", "jobqueue_job_retries", "Job re-runs (retries and redeliveries)", ("service",)),
+    ("jobs", "jobqueue_jobs", "Jobs that reached a final status", ("service", "status", "name")),
+    ("jobs_seen", "jobqueue_jobs_seen", "Jobs the monitor learned about", ("service", "name")),
+    ("retries", "jobqueue_job_retries", "Job re-runs (retries and redeliveries)", ("service", "name")),
     ("events", "jobqueue_events", "Events received by the monitor, by type", ("type",)),
     ("webhook_deliveries", "jobqueue_webhook_deliveries", "Webhook deliveries, by outcome", ("status",)),
 )
@@ -65,21 +65,30 @@ HISTOGRAMS = (
 
 def _histogram(name: str, help_text: str, bounds: Sequence[float],
                totals: dict[str, list[tuple[dict[str, str], float]]], persisted: str) -> HistogramMetricFamily:
-    """Cumulative buckets per service from the persisted per-bucket counts."""
-    family = HistogramMetricFamily(name, help_text, labels=["service"])
-    per_bucket: dict[str, dict[float, float]] = {}
+    """Cumulative buckets per service (and task name, for tasks without a service) from the
+    persisted per-bucket counts."""
+    family = HistogramMetricFamily(name, help_text, labels=["service", "name"])
+    per_bucket: dict[tuple[str, str], dict[float, float]] = {}
     for labels, value in totals.get(f"{persisted}_bucket", []):
         le = math.inf if labels["le"] == "+Inf" else float(labels["le"])
-        per_bucket.setdefault(labels["service"], {})[le] = value
-    sums = {labels["service"]: value for labels, value in totals.get(f"{persisted}_sum", [])}
-    for service in sorted(per_bucket):
-        counts = per_bucket[service]
+        per_bucket.setdefault((labels["service"], labels.get("name", "")), {})[le] = value
+    sums = {(labels["service"], labels.get("name", "")): value for labels, value in totals.get(f"{persisted}_sum", [])}
+    for series in sorted(per_bucket):
+        counts = per_bucket[series]
         running = 0.0
         buckets: list[tuple[str, float]] = []
         for bound in (*bounds, math.inf):
             running += counts.get(float(bound), 0.0)
             buckets.append(("+Inf" if bound == math.inf else str(float(bound)), running))
-        family.add_metric([service], buckets, sums.get(service, 0.0))
+        family.add_metric(list(series), buckets, sums.get(series, 0.0))
+    return family
+
+
+def _without_empty_labels(family: Any) -> Any:
+    """The family with empty label values left out of its samples (``name`` is set only on a
+    task without a service: our own series keep the labels they always had)."""
+    family.samples = [sample._replace(labels={k: v for k, v in sample.labels.items() if v != ""})
+                      for sample in family.samples]
     return family
 
 
@@ -99,9 +108,10 @@ class MonitorCollector:
             family = CounterMetricFamily(name, help_text, labels=list(labels))
             for values, value in totals.get(persisted, []):
                 family.add_metric([values.get(label, "") for label in labels], value)
-            yield family
+            yield _without_empty_labels(family)
         for persisted, name, help_text, bounds in HISTOGRAMS:
-            yield _histogram(name, help_text, bounds, totals, persisted)
+            yield _without_empty_labels(_histogram(name, help_text, bounds, totals, persisted))
+        yield from celery_exporter.task_families(totals)
         yield from self._gauges(store)
         collector = self.context.collector
         if collector is not None:
@@ -139,7 +149,8 @@ class MonitorCollector:
                                        labels=["service", "status", "stale"])
         by_status: dict[str, int] = {}
         by_conn: dict[tuple[str, str, str], int] = {}
-        for worker in store.workers():
+        workers_list = store.workers()
+        for worker in workers_list:
             by_status[worker["status"]] = by_status.get(worker["status"], 0) + 1
             for service, conn in worker["connectors"].items():
                 key = (service, conn["status"], str(conn["stale"]).lower())
@@ -151,12 +162,15 @@ class MonitorCollector:
         yield workers
         yield connectors
         depth = GaugeMetricFamily("jobqueue_queue_depth", "Messages waiting in each broker queue", labels=["queue"])
+        depths: dict[str, int] = {}
         try:
-            for queue, count in sorted(self.sources.queue_depths(self.context.celery, store.known_queues()).items()):
-                depth.add_metric([queue], count)
+            depths = self.sources.queue_depths(self.context.celery, store.known_queues())
         except Exception as exc:  # the broker is down: the other metrics still answer
             log.warning("queue depths unavailable: %r", exc)
+        for queue, count in sorted(depths.items()):
+            depth.add_metric([queue], count)
         yield depth
+        yield from celery_exporter.worker_families(workers_list, depths)
         yield from self._autoscaling(store)
         seq = GaugeMetricFamily("jobqueue_monitor_seq", "The store's change sequence number")
         seq.add_metric([], store.seq())

@@ -10,14 +10,17 @@ a restart of the monitor.
 What is counted, per write transaction (the writer calls :meth:`Totals.record` inside it):
 
 * ``jobs{service,status}``: a job that entered a final status (completed, failed, cancelled,
-  timed_out) in this transaction; ``jobs_seen{service}``: a job the store learned about;
+  timed_out) in this transaction; ``jobs_seen{service}``: a job the store learned about (a task
+  that is no jobqueue job has ``service="unknown"`` and its task ``name`` as a label too);
 * ``retries{service}``: how much a job's attempt number went up (a retry or a redelivery);
 * ``runtime{service}`` (histogram): the runtime of a job that completed;
 * ``queue_wait{service}`` (histogram): from submission to the first start of a job;
 * ``events{type}``: events the writer received (:meth:`Totals.count_events`, before
   coalescing), unknown types as ``other``;
 * ``webhook_deliveries{status}``: webhook tries by outcome (delivered, retrying, given_up), from
-  the workers' ``job-webhook`` events.
+  the workers' ``job-webhook`` events;
+* celery-exporter's ``celery_task_*`` counters and histograms (:mod:`monitor.metrics.celery_exporter`),
+  from the task events, labelled with the task's name and queue as the transaction leaves its row.
 
 A job's state before the transaction is remembered when SQLAlchemy loads its row (a ``load``
 event on :class:`monitor.store.JobRow`, kept in the session's ``info``, not on the row), so
@@ -37,7 +40,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from jobqueue.shared.names import CONNECTOR_STATUS, JOB_WEBHOOK, TASK_EVENTS, WEBHOOK_OUTCOMES, WORKER_EVENTS
 from jobqueue.states import FINAL_STATUSES, JobStatus
-from monitor.metrics import history
+from monitor.metrics import celery_exporter, history
 from monitor.store import Base, JobRow, Store
 
 #: Upper bounds (s) of the job runtime histogram: image jobs take from under a second (a
@@ -71,8 +74,8 @@ def _remember(target: JobRow, context: Any) -> None:
     context.session.info.setdefault(_BEFORE, {})[target.id] = (target.status, target.attempt or 0, target.started_at)
 
 
-def _key(name: str, **labels: str) -> Key:
-    return name, tuple(sorted(labels.items()))
+def _key(metric: str, /, **labels: str) -> Key:
+    return metric, tuple(sorted(labels.items()))
 
 
 def _encode(labels: tuple[tuple[str, str], ...]) -> str:
@@ -101,6 +104,11 @@ class Totals:
         self._committed: dict[Key, float] = {k: v for k, v in self._read().items()}
         #: Events counted since the last commit.
         self._events: Delta = defaultdict(float)
+        #: Task events since the last commit, for celery-exporter's series (labelled in :meth:`record`).
+        self._task_events: list[dict[str, Any]] = []
+        self._task_pending = 0
+        #: Task names celery-exporter's series label (bounded: :data:`celery_exporter.MAX_TASK_NAMES`).
+        self._task_names = celery_exporter.known_names(self._committed)
         self._pending: dict[Key, float] | None = None
         self._delta: Delta | None = None
 
@@ -108,8 +116,11 @@ class Totals:
     def count_events(self, events: Iterable[Any]) -> None:
         """Count received events by type (written with the next transaction)."""
         counts: Delta = defaultdict(float)
+        task_events = []
         for ev in events:
             kind = ev.get("type") if isinstance(ev, dict) else None
+            if kind in celery_exporter.COUNTERS and isinstance(ev.get("uuid"), str):
+                task_events.append(ev)
             counts[_key("events", type=kind if kind in KNOWN_EVENTS else "other")] += 1
             if kind == JOB_WEBHOOK:  # bounded label values: anything else is "other"
                 outcome = ev.get("outcome")
@@ -117,6 +128,7 @@ class Totals:
         with self._lock:
             for key, amount in counts.items():
                 self._events[key] += amount
+            self._task_events.extend(task_events)
 
     def record(self, tx: Any) -> None:
         """Inside a write transaction: count what it did to jobs, and write every total that
@@ -138,11 +150,15 @@ class Totals:
             for key, amount in self._events.items():
                 delta[key] += amount
             self._pending = dict(self._events)
+            task_events = list(self._task_events)
+            self._task_pending = len(task_events)
+        for ev in task_events:
+            celery_exporter.event_deltas(ev, tx.job(ev["uuid"], create=False), delta, self._task_names)
         if not delta:
             return
         session = tx.session
         for key, amount in delta.items():
-            if not amount:
+            if not amount and key in self._committed:  # a zero is written once, to show the series
                 continue
             name, labels = key
             if key in self._committed:
@@ -168,6 +184,8 @@ class Totals:
                 else:
                     del self._events[key]
             self._pending = None
+            del self._task_events[:self._task_pending]
+            self._task_pending = 0
         for key, amount in (delta or {}).items():
             self._committed[key] = self._committed.get(key, 0.0) + amount
 
@@ -176,26 +194,32 @@ class Totals:
         event counts stay pending."""
         self._delta = None
         self._pending = None
+        self._task_pending = 0
 
-    @staticmethod
-    def _job_delta(job: JobRow, before: tuple[str, int, float | None] | None, delta: Delta,
+    def _job_delta(self, job: JobRow, before: tuple[str, int, float | None] | None, delta: Delta,
                    hourly: history.HourlyDelta, now: float) -> None:
         status, attempt, started_at = before if before is not None else ("", 0, None)
         service = job.service or "unknown"
+        # a task that is not a jobqueue job (no service) is told apart by its Celery task name
+        labels = {"service": service} if job.service else {"service": service, "name": self._task_name(job)}
         if before is None:
-            delta[_key("jobs_seen", service=service)] += 1
+            delta[_key("jobs_seen", **labels)] += 1
         if job.status != status and job.status in FINAL_STATUSES:
-            delta[_key("jobs", service=service, status=job.status)] += 1
+            delta[_key("jobs", **labels, status=job.status)] += 1
             history.count(hourly, service=service, status=job.status, finished_at=job.finished_at,
                           runtime=job.runtime, now=now)
             if job.status == JobStatus.COMPLETED.value and job.runtime is not None and job.runtime >= 0:
-                _observe(delta, "runtime", job.runtime, RUNTIME_BUCKETS, service)
+                _observe(delta, "runtime", job.runtime, RUNTIME_BUCKETS, labels)
         if before is not None and (job.attempt or 0) > attempt:
-            delta[_key("retries", service=service)] += (job.attempt or 0) - attempt
+            delta[_key("retries", **labels)] += (job.attempt or 0) - attempt
         if (job.started_at is not None and started_at is None and not job.attempt
                 and job.submitted_at is not None):
             wait = max(0.0, job.started_at - job.submitted_at)
-            _observe(delta, "queue_wait", wait, QUEUE_WAIT_BUCKETS, service)
+            _observe(delta, "queue_wait", wait, QUEUE_WAIT_BUCKETS, labels)
+
+    def _task_name(self, job: JobRow) -> str:
+        """The bounded ``name`` label of a task without a service (as celery-exporter's series)."""
+        return celery_exporter.task_name(job, self._task_names)
 
     def _read(self) -> dict[Key, float]:
         return _read(self.store)
@@ -217,7 +241,7 @@ def read_totals(store: Store) -> dict[str, list[tuple[dict[str, str], float]]]:
     return out
 
 
-def _observe(delta: Delta, name: str, value: float, bounds: Sequence[float], service: str) -> None:
-    delta[_key(f"{name}_bucket", service=service, le=_bucket(value, bounds))] += 1
-    delta[_key(f"{name}_sum", service=service)] += value
-    delta[_key(f"{name}_count", service=service)] += 1
+def _observe(delta: Delta, name: str, value: float, bounds: Sequence[float], labels: dict[str, str]) -> None:
+    delta[_key(f"{name}_bucket", **labels, le=_bucket(value, bounds))] += 1
+    delta[_key(f"{name}_sum", **labels)] += value
+    delta[_key(f"{name}_count", **labels)] += 1

@@ -85,7 +85,7 @@ def _truth_fields(meta: dict[str, Any] | None, facts: dict[str, Any], status: Jo
         fields["submitted_at"] = submitted
     if job_meta:
         fields["meta"] = job_meta
-        for key in ("service", "queue", "priority", "workflow_id", "step"):
+        for key in ("service", "queue", "priority", "workflow_id", "step", "tenant"):
             if job_meta.get(key) is not None:
                 fields[key] = job_meta[key]
     name = facts.get("name") or record.get("name")

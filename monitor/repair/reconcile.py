@@ -140,9 +140,9 @@ class Repair:
         return n
 
     def _redis(self, url: str) -> Any:
-        import redis
+        from jobqueue.transport.redis_clients import redis_client
 
-        return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
+        return redis_client(url, self.settings, socket_timeout=5, socket_connect_timeout=3)
 
     def _from_backend(self, now: float) -> tuple[int, set[str], bool]:
         """Rebuild and verify jobs from the result backend: every job the store does not hold

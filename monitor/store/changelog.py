@@ -53,9 +53,11 @@ def record_changes(tx: Tx, *, lock_counter: bool) -> list[Change]:
     assert counter is not None
     seq = counter.value
     out: list[Change] = []
-    for kind, key in list(tx.deleted):
+    tenants: dict[int, str | None] = {}  # a job change's tenant, by seq
+    for (kind, key), tenant in list(tx.deleted.items()):
         seq += 1
         out.append((seq, kind, key, None))
+        tenants[seq] = tenant
     # One query for the connectors of every changed worker, not one per worker.
     names = sorted(key for kind, key in tx.dirty if kind == "worker")
     conns: dict[str, list[ConnectorRow]] = {}
@@ -70,9 +72,12 @@ def record_changes(tx: Tx, *, lock_counter: bool) -> list[Change]:
             continue
         obj.seq = seq
         out.append((seq, kind, key, _serialise(session, kind, obj, tx.now, conns)))
+        if kind == "job":
+            tenants[seq] = obj.tenant
     counter.value = seq
     if out:
-        session.execute(insert(ChangeRow), [{"seq": s, "kind": k, "key": key, "data": d} for s, k, key, d in out])
+        session.execute(insert(ChangeRow), [{"seq": s, "kind": k, "key": key, "data": d, "tenant": tenants.get(s)}
+                                            for s, k, key, d in out])
     return out
 
 
@@ -101,9 +106,11 @@ def _serialise(session: Session, kind: str, obj: Any, now: float,
     return machine_dict(obj, names)
 
 
-def changes_since(session: Session, since: int, limit: int = 1000) -> list[dict[str, Any]] | None:
+def changes_since(session: Session, since: int, limit: int = 1000,
+                  with_tenant: bool = False) -> list[dict[str, Any]] | None:
     """Changes with seq > ``since`` in order; None when the log no longer holds them all
-    (the client then needs a fresh snapshot)."""
+    (the client then needs a fresh snapshot). ``with_tenant``: each also with the ``tenant``
+    of a job change (the websocket's fan-out sends it only to whom it belongs)."""
     counter = session.get(CounterRow, "seq")
     top = counter.value if counter else 0
     if since >= top:
@@ -112,5 +119,7 @@ def changes_since(session: Session, since: int, limit: int = 1000) -> list[dict[
     if first is None or first > since + 1:
         return None
     rows = session.scalars(select(ChangeRow).where(ChangeRow.seq > since).order_by(ChangeRow.seq).limit(limit))
+    if with_tenant:
+        return [{"seq": c.seq, "kind": c.kind, "id": c.key, "data": c.data, "tenant": c.tenant} for c in rows]
     return [{"seq": c.seq, "kind": c.kind, "id": c.key, "data": c.data} for c in rows]
 

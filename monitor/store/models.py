@@ -102,6 +102,8 @@ class JobRow(Base):
     priority: Mapped[int | None] = mapped_column(Integer, nullable=True)
     workflow_id: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
     step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The customer the job belongs to (its options' ``tenant``; None: the fleet's own).
+    tenant: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     attempt_since: Mapped[float | None] = mapped_column(Float, nullable=True)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -113,6 +115,11 @@ class JobRow(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     result: Mapped[Any] = mapped_column(JSON, nullable=True)
     meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: What the events say of the task beyond the columns: args, kwargs, eta, expires,
+    #: routing_key, exchange, group_id (:func:`monitor.merge.job_rules.fill_task`).
+    task: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    parent_id: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    root_id: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
     n_events: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     seq: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -149,6 +156,9 @@ class ChangeRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     key: Mapped[str] = mapped_column(String(512))
     data: Mapped[Any] = mapped_column(JSON, nullable=True)
+    #: A job change's tenant (also of a deleted job, whose ``data`` is null): whose websocket
+    #: clients may see it (see :mod:`monitor.web.tenancy`). None for other kinds.
+    tenant: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ApiKeyRow(Base):
@@ -196,6 +206,8 @@ Index("ix_jobs_when", JOB_WHEN, JobRow.id)
 Index("ix_jobs_status_when", JobRow.status, JOB_WHEN, JobRow.id)
 Index("ix_jobs_worker_when", JobRow.worker, JOB_WHEN, JobRow.id)
 Index("ix_jobs_service_when", JobRow.service, JOB_WHEN, JobRow.id)
+#: A tenant's jobs, newest first (every read of a tenant's caller filters on it).
+Index("ix_jobs_tenant_when", JobRow.tenant, JOB_WHEN, JobRow.id)
 #: /api/jobs?sort=runtime, and repair's "changed since its last pass" (no scan of all jobs).
 Index("ix_jobs_runtime_id", JobRow.runtime, JobRow.id)
 Index("ix_jobs_updated", JobRow.updated_at)

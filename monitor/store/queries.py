@@ -10,7 +10,7 @@ import time
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from jobqueue.states import FINAL_STATUSES, JobStatus, workflow_status
@@ -35,6 +35,13 @@ from monitor.store.statuses import (
     OPEN_STATUSES,
 )
 
+#: Most child ids one job lists.
+MAX_CHILDREN = 1000
+#: Most tasks one canvas shows, and what it shows of each.
+MAX_CANVAS = 500
+CANVAS_FIELDS = ("id", "name", "service", "status", "parent_id", "root_id", "group_id", "worker", "submitted_at",
+                 "started_at", "finished_at", "runtime", "scheduled", "seq")
+
 
 class StoreQueries:
     """The read half of :class:`monitor.store.Store` (which provides :meth:`read`)."""
@@ -48,22 +55,25 @@ class StoreQueries:
             counter = session.get(CounterRow, "seq")
             return counter.value if counter else 0
 
-    def snapshot(self, finished_limit: int = 200, now: float | None = None) -> dict[str, Any]:
+    def snapshot(self, finished_limit: int = 200, now: float | None = None,
+                 tenant: str | None = None) -> dict[str, Any]:
         """The whole state at one seq: machines, workers, unfinished jobs and the most
-        recent ``finished_limit`` finished ones."""
+        recent ``finished_limit`` finished ones (``tenant``: only that tenant's jobs)."""
         now = time.time() if now is None else now
+        mine = [JobRow.tenant == tenant] if tenant is not None else []
         with self.read() as session:
             counter = session.get(CounterRow, "seq")
             seq = counter.value if counter else 0
             workers = self._workers(session, now)
             machines = self._machines(session)
-            jobs = list(session.scalars(select(JobRow).where(JobRow.status.in_(OPEN_STATUSES)).order_by(JobRow.submitted_at, JobRow.id)))
+            jobs = list(session.scalars(select(JobRow).where(JobRow.status.in_(OPEN_STATUSES), *mine)
+                                        .order_by(JobRow.submitted_at, JobRow.id)))
             finished = list(session.scalars(
                 # (finished_at DESC, id DESC) walks ix_jobs_finished_id backwards and stops
                 # after the limit, instead of sorting every finished job. ``status || ''``
                 # keeps SQLite's planner off ix_jobs_status, which would fetch all finished
                 # jobs first (it has no statistics to know they are most of the table).
-                select(JobRow).where((JobRow.status + "").in_(FINAL_STATUSES))
+                select(JobRow).where((JobRow.status + "").in_(FINAL_STATUSES), *mine)
                 .order_by(JobRow.finished_at.desc(), JobRow.id.desc()).limit(max(0, finished_limit))
             ))
             services = [service_dict(x) for x in session.scalars(select(ServiceStatRow).order_by(ServiceStatRow.service))]
@@ -75,11 +85,11 @@ class StoreQueries:
                 "services": services,
             }
 
-    def changes_since(self, since: int, limit: int = 1000) -> list[dict[str, Any]] | None:
+    def changes_since(self, since: int, limit: int = 1000, with_tenant: bool = False) -> list[dict[str, Any]] | None:
         """Changes with seq > ``since`` in order; None when the log no longer holds them all
-        (the client then needs a fresh snapshot)."""
+        (the client then needs a fresh snapshot). ``with_tenant``: with each job change's tenant."""
         with self.read() as session:
-            return changelog.changes_since(session, since, limit)
+            return changelog.changes_since(session, since, limit, with_tenant)
 
     def _workers(self, session: Session, now: float) -> list[dict[str, Any]]:
         conns: dict[str, list[ConnectorRow]] = {}
@@ -112,16 +122,48 @@ class StoreQueries:
             return worker_dict(w, conns, time.time() if now is None else now)
 
     def job(self, job_id: str, with_events: bool = True) -> dict[str, Any] | None:
+        """One job with its meta, the ids of the tasks it started (``children``: tasks whose
+        parent it is, at most :data:`MAX_CHILDREN`) and, ``with_events``, its timeline."""
         with self.read() as session:
             j = session.get(JobRow, job_id)
             if j is None:
                 return None
             data = job_dict(j)
             data["meta"] = j.meta or {}
+            data["children"] = list(session.scalars(
+                select(JobRow.id).where(JobRow.parent_id == job_id).order_by(JobRow.submitted_at, JobRow.id)
+                .limit(MAX_CHILDREN)))
             if with_events:
                 rows = session.scalars(select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id))
                 data["events"] = [{"type": e.type, "timestamp": e.timestamp, "fields": e.fields or {}} for e in rows]
             return data
+
+    def job_tenants(self, ids: list[str]) -> dict[str, str | None]:
+        """The tenant of each of ``ids`` the store holds (None: a job of no tenant); an id it
+        does not hold is left out."""
+        out: dict[str, str | None] = {}
+        with self.read() as session:
+            for start in range(0, len(ids), 500):
+                rows = session.execute(select(JobRow.id, JobRow.tenant).where(JobRow.id.in_(ids[start:start + 500])))
+                out.update({job_id: tenant for job_id, tenant in rows})
+        return out
+
+    def canvas(self, job_id: str) -> dict[str, Any] | None:
+        """The whole canvas (chain, group, chord) ``job_id`` belongs to, from its root: every
+        task whose root it is (at most :data:`MAX_CANVAS`), each with its parent; None when the
+        job is unknown. A root the events never named is found by walking up the parents."""
+        with self.read() as session:
+            job = session.get(JobRow, job_id)
+            if job is None:
+                return None
+            root, seen = job.root_id or job.id, {job.id}
+            while job is not None and job.root_id is None and job.parent_id and job.parent_id not in seen:
+                seen.add(job.parent_id)
+                root, job = job.parent_id, session.get(JobRow, job.parent_id)
+            rows = list(session.scalars(select(JobRow).where(or_(JobRow.root_id == root, JobRow.id == root))
+                                        .order_by(JobRow.submitted_at, JobRow.id).limit(MAX_CANVAS + 1)))
+            nodes = [{key: job_dict(row)[key] for key in CANVAS_FIELDS} for row in rows[:MAX_CANVAS]]
+        return {"root": root, "nodes": nodes, "truncated": len(rows) > MAX_CANVAS}
 
     def jobs(
         self,
@@ -134,6 +176,9 @@ class StoreQueries:
         until: float | None = None,
         q: str | None = None,
         workflow: str | None = None,
+        tenant: str | None = None,
+        name: str | None = None,
+        queue: str | None = None,
         limit: int = 50,
         offset: int = 0,
         sort: str = "submitted",
@@ -141,8 +186,10 @@ class StoreQueries:
     ) -> tuple[list[dict[str, Any]], int]:
         """Jobs matching the filters, in ``sort`` order (:data:`JOB_SORTS`; newest first by
         default; a workflow's: in step order), and exactly how many match (a count over the
-        same filters, answered from the indexes)."""
+        same filters, answered from the indexes). ``tenant``: only that tenant's jobs."""
         conds = []
+        if tenant is not None:
+            conds.append(JobRow.tenant == tenant)
         if workflow:
             conds.append(JobRow.workflow_id == workflow)
         if state:
@@ -153,6 +200,10 @@ class StoreQueries:
             conds.append(JobRow.worker == worker)
         if machine:
             conds.append(JobRow.machine_id == machine)
+        if name:
+            conds.append(JobRow.name == name)
+        if queue:
+            conds.append(JobRow.queue == queue)
         when = JOB_WHEN
         if since is not None:
             conds.append(when >= since)
@@ -161,7 +212,8 @@ class StoreQueries:
         if q:
             pattern = f"%{q}%"
             conds.append(or_(JobRow.id.like(pattern), JobRow.service.like(pattern), JobRow.worker.like(pattern),
-                             JobRow.workflow_id.like(pattern)))
+                             JobRow.workflow_id.like(pattern), JobRow.name.like(pattern),
+                             cast(JobRow.task, Text).like(pattern)))
         with self.read() as session:
             # count(*), not count(id): SQLite then walks its narrowest covering index.
             total = int(session.scalar(select(func.count()).select_from(JobRow).where(*conds)) or 0)
@@ -172,13 +224,16 @@ class StoreQueries:
             rows = session.scalars(select(JobRow).where(*conds).order_by(*order).limit(limit).offset(offset))
             return [job_dict(j) for j in rows], total
 
-    def workflow(self, workflow_id: str) -> dict[str, Any] | None:
+    def workflow(self, workflow_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         """A workflow's steps the monitor has seen, in step order, and its status; None when
-        no job of it is known. Later steps are published only when the previous one ends, so
-        ``total_steps`` (from the steps' metadata) may exceed ``len(steps)``."""
+        no job of it is known (``tenant``: no job of it and that tenant). Later steps are
+        published only when the previous one ends, so ``total_steps`` (from the steps'
+        metadata) may exceed ``len(steps)``."""
+        mine = [JobRow.tenant == tenant] if tenant is not None else []
         with self.read() as session:
             rows = list(session.scalars(
-                select(JobRow).where(JobRow.workflow_id == workflow_id).order_by(JobRow.step, JobRow.submitted_at, JobRow.id)
+                select(JobRow).where(JobRow.workflow_id == workflow_id, *mine)
+                .order_by(JobRow.step, JobRow.submitted_at, JobRow.id)
             ))
             steps = [job_dict(j) for j in rows]
             meta = (rows[0].meta or {}) if rows else {}
@@ -231,9 +286,12 @@ class StoreQueries:
         with self.read() as session:
             return {s.service: s.median for s in session.scalars(select(ServiceStatRow))}
 
-    def durations(self, service: str | None = None, limit: int = 1000) -> dict[str, list[float]]:
-        """Recent completed runtimes per service (seconds), newest first."""
+    def durations(self, service: str | None = None, limit: int = 1000,
+                  tenant: str | None = None) -> dict[str, list[float]]:
+        """Recent completed runtimes per service (seconds), newest first (``tenant``: its jobs')."""
         conds = [JobRow.status == JobStatus.COMPLETED.value, JobRow.runtime.is_not(None)]
+        if tenant is not None:
+            conds.append(JobRow.tenant == tenant)
         if service:
             conds.append(JobRow.service == service)
         out: dict[str, list[float]] = {}
@@ -247,13 +305,15 @@ class StoreQueries:
                     bucket.append(float(runtime))
         return out
 
-    def stats(self, now: float | None = None, window: float = 3600.0) -> dict[str, Any]:
-        """Per-service counts and completion-time statistics, failure patterns, throughput."""
+    def stats(self, now: float | None = None, window: float = 3600.0, tenant: str | None = None) -> dict[str, Any]:
+        """Per-service counts and completion-time statistics, failure patterns, throughput
+        (``tenant``: of that tenant's jobs only)."""
         now = time.time() if now is None else now
         services: dict[str, dict[str, Any]] = {}
+        mine = [JobRow.tenant == tenant] if tenant is not None else []
         with self.read() as session:
             for svc, status, count in session.execute(
-                select(JobRow.service, JobRow.status, func.count()).group_by(JobRow.service, JobRow.status)
+                select(JobRow.service, JobRow.status, func.count()).where(*mine).group_by(JobRow.service, JobRow.status)
             ):
                 entry = services.setdefault(svc or "unknown", {"count": 0, "by_status": {}})
                 entry["count"] += count
@@ -261,7 +321,7 @@ class StoreQueries:
             failures: dict[tuple[str, str, str], dict[str, Any]] = {}
             rows = session.execute(
                 select(JobRow.service, JobRow.error, JobRow.finished_at)
-                .where(JobRow.status.in_(ERROR_STATUSES), JobRow.error.is_not(None))
+                .where(JobRow.status.in_(ERROR_STATUSES), JobRow.error.is_not(None), *mine)
                 .order_by(JobRow.finished_at.desc()).limit(5000)
             )
             for svc, error, finished_at in rows:
@@ -277,14 +337,14 @@ class StoreQueries:
             minutes: dict[int, dict[str, Any]] = {}
             for status, finished_at in session.execute(
                 select(JobRow.status, JobRow.finished_at).where(JobRow.finished_at >= now - window, JobRow.finished_at <= now + window,
-                                                          JobRow.status.in_(FINAL_STATUSES))
+                                                          JobRow.status.in_(FINAL_STATUSES), *mine)
             ):
                 if finished_at is None:  # excluded by the query; narrows the type
                     continue
                 t = int(finished_at // 60 * 60)
                 bucket = minutes.setdefault(t, {"t": t, "completed": 0, "failed": 0})
                 bucket["completed" if status == JobStatus.COMPLETED.value else "failed"] += 1
-        for svc, values in self.durations().items():
+        for svc, values in self.durations(tenant=tenant).items():
             entry = services.setdefault(svc, {"count": 0, "by_status": {}})
             entry.update(safe_summary(values))  # finite and overflow-free whatever is stored
         for entry in services.values():

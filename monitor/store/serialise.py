@@ -98,6 +98,7 @@ def job_dict(j: JobRow) -> dict[str, Any]:
         "priority": j.priority,
         "workflow_id": j.workflow_id,
         "step": j.step,
+        "tenant": j.tenant,
         "workflow_steps": _meta_int(meta, "workflow_steps"),
         "batch_id": _meta_str(meta, "batch_id"),
         "batch_index": _meta_int(meta, "batch_index"),
@@ -117,7 +118,24 @@ def job_dict(j: JobRow) -> dict[str, Any]:
         "result": j.result,
         "payload_summary": _meta_str(meta, "payload_summary"),
         "requires": meta.get("requires") if isinstance(meta.get("requires"), dict) else None,
+        **task_fields(j),
         "seq": j.seq,
+    }
+
+
+def task_fields(j: JobRow) -> dict[str, Any]:
+    """What the events said of the Celery task (None: not seen; never a guess): args and kwargs
+    (tasks that are no jobqueue job), parent, root and group ids, ETA (``scheduled``: it has one
+    and has not started -- Celery hands an ETA task to a worker at once, which holds it), expiry,
+    routing key and exchange."""
+    task = j.task or {}
+    return {
+        "args": task.get("args"), "kwargs": task.get("kwargs"),
+        "parent_id": j.parent_id, "root_id": j.root_id, "group_id": task.get("group_id"),
+        "eta": task.get("eta"), "expires": task.get("expires"),
+        "scheduled": j.started_at is None and task.get("eta") is not None
+        and j.status in (JobStatus.QUEUED.value, JobStatus.ASSIGNED.value),
+        "routing_key": task.get("routing_key"), "exchange": task.get("exchange"),
     }
 
 

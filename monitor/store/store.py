@@ -108,10 +108,12 @@ class Store(StoreQueries):
                         worker.ended = max(0, (worker.ended or 0) - ended)
                         worker.failed = max(0, (worker.failed or 0) - failed)
                         tx.touch("worker", name)
+                owners = {job_id: tenant for job_id, tenant in
+                          session.execute(select(JobRow.id, JobRow.tenant).where(JobRow.id.in_(chunk)))}
                 session.execute(delete(JobEventRow).where(JobEventRow.job_id.in_(chunk)))
                 session.execute(delete(JobRow).where(JobRow.id.in_(chunk)))
                 for job_id in chunk:
-                    tx.drop("job", job_id)
+                    tx.drop("job", job_id, owners.get(job_id))
         with self._sessions.begin() as session:
             top = session.get(CounterRow, "seq")
             assert top is not None

@@ -33,7 +33,8 @@ class Tx:
         self.session = session
         self.now = now
         self.dirty: dict[tuple[str, str], None] = {}
-        self.deleted: dict[tuple[str, str], None] = {}
+        #: Deleted objects, each with its tenant (a job's; see :attr:`ChangeRow.tenant`).
+        self.deleted: dict[tuple[str, str], str | None] = {}
         self._jobs: dict[str, JobRow | None] = {}
         self._workers: dict[str, WorkerRow | None] = {}
         self._connectors: dict[tuple[str, str], ConnectorRow | None] = {}
@@ -157,7 +158,7 @@ class Tx:
         """Mark an object changed: it gets a new seq and a change-log row at commit."""
         self.dirty[(kind, key)] = None
 
-    def drop(self, kind: str, key: str) -> None:
-        """Mark an object deleted (a change with ``data: null``)."""
+    def drop(self, kind: str, key: str, tenant: str | None = None) -> None:
+        """Mark an object deleted (a change with ``data: null``; ``tenant``: a job's)."""
         self.dirty.pop((kind, key), None)
-        self.deleted[(kind, key)] = None
+        self.deleted[(kind, key)] = tenant

@@ -1,8 +1,9 @@
 """The access check every request goes through, from the routes' declared roles.
 
 Once any credentials are configured (a token, basic auth, or an API key in the store) every
-route but the public ones (``/healthz``, ``/login``, static files) needs a login: a bearer
-token or key, basic auth, or the session cookie of the login page. Anonymous reads are allowed
+route but the public ones (``/healthz``, ``/login``, single sign-on, static files) needs a
+login: a bearer token or key, basic auth, or the session cookie of the login page or of single
+sign-on (which counts as configured credentials too). Anonymous reads are allowed
 only with ``JOBQUEUE_MONITOR_PUBLIC_READ``; ``/metrics`` also opens to the metrics token or
 ``JOBQUEUE_MONITOR_METRICS_PUBLIC``. A refusal is 401 (no or bad credentials) or 403 (a role
 too weak, read-only mode) in the API's JSON error shape; a page sends an unauthenticated
@@ -77,7 +78,9 @@ def _authenticate(headers: HeaderMap, cookies: Mapping[str, str]) -> Identity | 
     payload = sessions.read(current_app, cookies, ctx.settings.monitor_session_seconds)
     if payload is False:
         raise BadCredentials("the session cookie is not valid (forged or expired): log in again", guess=False)
-    return from_session(ctx.store, payload, sessions.fingerprint(ctx.settings)) if payload else None
+    if not payload:
+        return None
+    return from_session(ctx.store, payload, sessions.fingerprint(ctx.settings), sessions.sso_fingerprint(ctx.settings))
 
 
 def current_identity() -> Identity:

@@ -24,12 +24,21 @@ from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
 from monitor.store import JOB_SORTS
 from monitor.web import schemas
+from monitor.web.access import current_identity
 from monitor.web.broker import queue_depths
-from monitor.web.eta import annotate, busy_until, consumers_per_queue, first_start_in, store_estimates
+from monitor.web.eta import (
+    annotate,
+    busy_until,
+    cold_loads,
+    consumers_per_queue,
+    first_start_in,
+    store_estimates,
+)
 from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_reasons
 from monitor.web.responses import error_response
 from monitor.web.routes import Limit, Role, route
 from monitor.web.schemas import int_query
+from monitor.web.tenancy import FLEET, own_ids, redact_worker, redact_workers, scope
 
 bp = Blueprint("api", __name__)
 
@@ -38,7 +47,7 @@ MAX_SUBMIT_COUNT = 1000
 #: The fields ``POST /api/jobs`` takes (any other is refused); docs/api.md and the OpenAPI
 #: document list the same (tests/test_docs_reference.py checks both).
 SUBMIT_FIELDS = frozenset({"service", "payload", "priority", "queue", "timeout", "count", "workflow_id", "step",
-                           "webhook_url", "requires"})
+                           "webhook_url", "requires", "tenant"})
 #: Largest page of jobs.
 MAX_LIMIT = 1000
 #: What every control declares besides its role: rate limited, refused in read-only mode.
@@ -88,14 +97,22 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def state_snapshot(finished_limit: int = 200) -> dict[str, Any]:
-    """The whole state at one seq, with ETAs filled in (shared by /api/state and /ws)."""
+def state_snapshot(finished_limit: int = 200, tenant: str | None = None) -> dict[str, Any]:
+    """The whole state at one seq, with ETAs filled in (shared by /api/state and /ws); as a
+    caller confined to ``tenant`` sees it (:mod:`monitor.web.tenancy`)."""
     c = ctx()
-    snapshot = c.store.snapshot(finished_limit=finished_limit)
+    snapshot = c.store.snapshot(finished_limit=finished_limit, tenant=tenant)
+    if tenant is not None:  # its queued jobs' places are those among every queued job
+        placed = {e["id"]: e for e in queue_estimates(time.time())}
+        for job in snapshot["jobs"]:
+            if job["id"] in placed:
+                job.update(queue_position=placed[job["id"]]["queue_position"], eta_seconds=placed[job["id"]].get("eta_seconds"))
+        snapshot["workers"] = redact_workers(snapshot["workers"], tenant)
+        return dict(snapshot)
     medians = {s["service"]: s["median"] for s in snapshot["services"]}
     running = {j["id"]: j for j in snapshot["jobs"] if j["status"] == JobStatus.PROCESSING}
     annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]),
-             busy_until(snapshot["workers"], running, medians))
+             busy_until(snapshot["workers"], running, medians), cold_loads(snapshot["workers"]))
     result: dict[str, Any] = snapshot
     return result
 
@@ -125,7 +142,7 @@ def _annotate_queued(found: list[dict[str, Any]]) -> None:
        query=(int_query("finished_limit", 0, 100_000),), response=schemas.STATE, errors=(400,))
 def state() -> Any:
     """Everything at sequence N: ``{"seq", "machines", "workers", "jobs"}``."""
-    return jsonify(state_snapshot(_int_arg("finished_limit", 200, 0, 100_000)))
+    return jsonify(state_snapshot(_int_arg("finished_limit", 200, 0, 100_000), scope()))
 
 
 @route(bp, "/api/machines", role=Role.VIEWER, summary="Machines", response=schemas.MACHINES)
@@ -135,7 +152,7 @@ def machines() -> Any:
 
 @route(bp, "/api/workers", role=Role.VIEWER, summary="Workers", response=schemas.WORKERS)
 def workers() -> Any:
-    return jsonify({"workers": ctx().store.workers()})
+    return jsonify({"workers": redact_workers(ctx().store.workers(), scope())})
 
 
 @route(bp, "/api/workers/<path:name>", role=Role.VIEWER, summary="One worker", response=schemas.WORKER,
@@ -144,7 +161,7 @@ def worker(name: str) -> Any:
     found = ctx().store.worker(name)
     if found is None:
         raise ApiError(404, "not_found", f"no worker {name!r}")
-    return jsonify(found)
+    return jsonify(found if scope() is None else redact_worker(found))
 
 
 @route(bp, "/api/jobs", role=Role.VIEWER, summary="Jobs, filtered, sorted and paginated",
@@ -164,15 +181,26 @@ def jobs() -> Any:
     order = request.args.get("order") or "desc"
     if order not in ("asc", "desc"):
         raise ApiError(400, "bad_request", "order must be asc or desc")
+    tenant = _tenant_filter()
     found, total = ctx().store.jobs(
         state=states or None, service=request.args.get("service") or None,
         worker=request.args.get("worker") or None, machine=request.args.get("machine") or None,
         since=_float_arg("since"), until=_float_arg("until"), q=request.args.get("q") or None,
-        workflow=request.args.get("workflow") or None, limit=limit, offset=offset,
+        workflow=request.args.get("workflow") or None, name=request.args.get("name") or None,
+        queue=request.args.get("queue") or None, tenant=tenant, limit=limit, offset=offset,
         sort=sort, descending=order == "desc",
     )
     _annotate_queued(found)
     return jsonify({"jobs": found, "total": total, "limit": limit, "offset": offset, "sort": sort, "order": order})
+
+
+def _tenant_filter() -> str | None:
+    """The tenant ``/api/jobs`` lists: a confined caller's own (its ``?tenant=`` may only
+    narrow to nothing), or the one a caller who sees all asks for."""
+    own, asked = scope(), request.args.get("tenant") or None
+    if own is not None and asked is not None and asked != own:
+        return ""  # a name no tenant has (TENANT_PATTERN): nothing matches
+    return own or asked
 
 
 @route(bp, "/api/jobs/<job_id>", role=Role.VIEWER, summary="One job with its timeline", response=schemas.JOB,
@@ -181,27 +209,46 @@ def job(job_id: str) -> Any:
     found = ctx().store.job(job_id)
     if found is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
+    found["children"] = own_ids(found["children"], scope())
     _annotate_queued([found])
     return jsonify(found)
+
+
+@route(bp, "/api/jobs/<job_id>/canvas", role=Role.VIEWER, summary="The chain, group or chord a task belongs to",
+       response=schemas.CANVAS, errors=(404,))
+def canvas(job_id: str) -> Any:
+    """Every task of the canvas ``job_id`` belongs to, from its root, each with its parent."""
+    found = ctx().store.canvas(job_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    mine = set(own_ids([node["id"] for node in found["nodes"]], scope()))
+    return jsonify({**found, "nodes": [node for node in found["nodes"] if node["id"] in mine]})
 
 
 @route(bp, "/api/waiting", role=Role.VIEWER, summary="Queued jobs no online worker can run, and why",
        response=schemas.WAITING)
 def waiting() -> Any:
     """``{"waiting": {job id: reason}}``: the queued jobs no online worker can run, and why."""
-    store = ctx().store
-    retrying, _ = store.jobs(state=[JobStatus.RETRYING.value], limit=MAX_LIMIT)
-    return jsonify({"waiting": waiting_reasons(store.queued_jobs() + retrying, store.workers())})
+    store, tenant = ctx().store, scope()
+    retrying, _ = store.jobs(state=[JobStatus.RETRYING.value], limit=MAX_LIMIT, tenant=tenant)
+    queued_jobs = [j for j in store.queued_jobs() if tenant is None or j["tenant"] == tenant]
+    return jsonify({"waiting": waiting_reasons(queued_jobs + retrying, store.workers())})
 
 
 @route(bp, "/api/estimates", role=Role.VIEWER, summary="Queue position and expected wait of every queued job",
        response=schemas.ESTIMATES)
 def estimates() -> Any:
-    """``{"at": server time, "jobs": {job id: {"position", "wait"}}}``: every queued job's
-    queue position and expected wait (seconds from ``at``; null when unknown). Pages show these
-    and count them down; they never compute a queue ETA themselves."""
-    now = time.time()
-    jobs = {j["id"]: {"position": j["queue_position"], "wait": j.get("eta_seconds")} for j in queue_estimates(now)}
+    """``{"at": server time, "jobs": {job id: {"position", "wait", "load"}}}``: every queued
+    job's queue position and expected wait (seconds from ``at``; null when unknown), of which
+    ``load`` seconds are a checkpoint load no online worker has done (warm routing). Pages show
+    these and count them down; they never compute a queue ETA themselves."""
+    now, estimated = time.time(), queue_estimates(time.time())
+    tenant = scope()
+    if tenant is not None:  # positions stay those in the whole queue: other jobs wait ahead too
+        mine = ctx().store.job_tenants([j["id"] for j in estimated])
+        estimated = [j for j in estimated if mine.get(j["id"]) == tenant]
+    jobs = {j["id"]: {"position": j["queue_position"], "wait": j.get("eta_seconds"), "load": j.get("load_seconds", 0.0)}
+            for j in estimated}
     return jsonify({"at": now, "jobs": jobs})
 
 
@@ -209,7 +256,7 @@ def estimates() -> Any:
        response=schemas.WORKFLOW, errors=(404,))
 def workflow(workflow_id: str) -> Any:
     """A workflow's known steps in step order, its status and ``total_steps``."""
-    found = ctx().store.workflow(workflow_id)
+    found = ctx().store.workflow(workflow_id, scope())
     if found is None:
         raise ApiError(404, "not_found", f"no workflow {workflow_id!r}")
     _annotate_queued(found["steps"])
@@ -227,7 +274,8 @@ def _depths() -> dict[str, int]:
         raise ApiError(503, "broker_unavailable", f"cannot read queue depths: {exc}") from None
 
 
-@route(bp, "/api/queues", role=Role.VIEWER, summary="Queue depths", response=schemas.QUEUES, errors=(503,))
+@route(bp, "/api/queues", role=Role.VIEWER, summary="Queue depths (the whole fleet's: not for a tenant)",
+       response=schemas.QUEUES, errors=(403, 503), **FLEET)
 def queues() -> Any:
     depths = _depths()
     return jsonify({"queues": [{"name": name, "depth": depth} for name, depth in sorted(depths.items())]})
@@ -240,7 +288,11 @@ def stats() -> Any:
     and queue depths, and the hourly history that outlives pruned jobs (``?hours=``, 1..9600,
     default 168)."""
     hours = _int_arg("hours", history.DEFAULT_HOURS, 1, history.KEEP_HOURS)
-    data = ctx().store.stats()
+    tenant = scope()
+    data = ctx().store.stats(tenant=tenant)
+    if tenant is not None:  # the history and the queues count every tenant's jobs
+        data.update(history=[], queues={}, queues_error="a tenant sees its own jobs' statistics only")
+        return jsonify(data)
     data["history"] = history.read(ctx().store, hours=hours)
     try:
         data["queues"] = _depths()
@@ -261,7 +313,7 @@ def _json_body() -> dict[str, Any]:
 
 
 @route(bp, "/api/jobs", method="POST", role=Role.OPERATOR, summary="Submit count jobs", body=schemas.SUBMIT,
-       response=schemas.SUBMITTED, status=201, errors=(400, 429), limit=Limit.SUBMIT, audit="submit", control=True)
+       response=schemas.SUBMITTED, status=201, errors=(400, 403, 429), limit=Limit.SUBMIT, audit="submit", control=True)
 def submit() -> Any:
     """Submit ``count`` jobs of ``service`` with ``payload``; 201 with their ids."""
     body = _json_body()
@@ -274,6 +326,7 @@ def submit() -> Any:
     unknown = set(body) - SUBMIT_FIELDS
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s) {sorted(unknown)}")
+    tenant = _submit_tenant(body.get("tenant"))
     ids = [str(uuid.uuid4()) for _ in range(count)]
     sent = 0
     try:
@@ -283,7 +336,8 @@ def submit() -> Any:
             submit_job(service, body.get("payload", {}), priority=body.get("priority"),
                        queue=body.get("queue"), timeout=body.get("timeout"),
                        workflow_id=body.get("workflow_id"), step=body.get("step"), app=ctx().celery,
-                       webhook_url=body.get("webhook_url"), requires=body.get("requires"), job_id=job_id)
+                       webhook_url=body.get("webhook_url"), requires=body.get("requires"), job_id=job_id,
+                       tenant=tenant)
             sent += 1
     except QueueFull as exc:
         return _queue_full(exc)
@@ -291,6 +345,16 @@ def submit() -> Any:
         queued.forget(ctx().celery, [service], ids[sent:])  # places reserved for jobs never sent
         raise ApiError(400, "invalid_job", str(exc)) from None
     return jsonify({"jobs": [{"id": job_id} for job_id in ids]}), 201
+
+
+def _submit_tenant(asked: Any) -> str | None:
+    """The tenant a submit's jobs belong to: the caller's own (a tenant's key or user), or the
+    one a caller without a tenant (an admin, a fleet-wide key) names; 403 when a tenant's
+    caller names another."""
+    own = current_identity().tenant
+    if own is not None and asked is not None and asked != own:
+        raise ApiError(403, "forbidden", f"this key belongs to tenant {own!r}: it cannot submit for another")
+    return own if own is not None else asked
 
 
 def _queue_full(exc: QueueFull) -> Response:
@@ -367,7 +431,8 @@ def _set_draining(name: str, draining: bool) -> Any:
 
 
 @route(bp, "/api/workers/<path:name>/drain", method="POST", role=Role.OPERATOR, summary="Stop a worker taking jobs",
-       body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202, errors=(404,), **CONTROL, audit="drain")
+       body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202, errors=(403, 404), **CONTROL, **FLEET,
+       audit="drain")
 def drain(name: str) -> Any:
     """Stop the worker taking new jobs (it finishes what it runs)."""
     return _set_draining(name, True)
@@ -375,7 +440,7 @@ def drain(name: str) -> Any:
 
 @route(bp, "/api/workers/<path:name>/resume", method="POST", role=Role.OPERATOR,
        summary="Let a drained worker take jobs", body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202,
-       errors=(404,), **CONTROL, audit="resume")
+       errors=(403, 404), **CONTROL, **FLEET, audit="resume")
 def resume(name: str) -> Any:
     """Let a drained worker take new jobs again."""
     return _set_draining(name, False)
@@ -418,8 +483,8 @@ def public_health(body: dict[str, Any]) -> dict[str, Any]:
             "repair": None if repair is None else {"runs": repair.get("runs")}, "uptime": body["uptime"]}
 
 
-@route(bp, "/metrics", role=Role.VIEWER, summary="Prometheus metrics (also the metrics token)",
-       content="text/plain", scrape=True)
+@route(bp, "/metrics", role=Role.VIEWER, summary="Prometheus metrics (also the metrics token; not for a tenant)",
+       content="text/plain", scrape=True, errors=(403,), **FLEET)
 def metrics() -> Any:
     from monitor.metrics.prometheus import exposition
 

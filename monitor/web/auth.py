@@ -25,8 +25,8 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def has_credentials(settings: Settings) -> bool:
-    """True when a token or basic-auth credentials are configured."""
-    return bool(settings.monitor_token or settings.monitor_basic_auth)
+    """True when a token, basic-auth credentials or single sign-on are configured."""
+    return bool(settings.monitor_token or settings.monitor_basic_auth or settings.monitor_sso_provider)
 
 
 def is_loopback(host: str) -> bool:
@@ -35,7 +35,8 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a request acts as. ``kind``: ``token``, ``basic``, ``key`` (credentials), ``local``
+    """Who a request acts as. ``kind``: ``token``, ``basic``, ``key`` (credentials), ``sso``
+    (a single sign-on user, ``oidc:<email>`` or ``github:<email>``), ``local``
     (a loopback client of a monitor without credentials), ``anonymous``, or ``scrape`` (the
     metrics token). ``subject`` names it in the audit trail (``key:<id>``, ``basic:<user>``...);
     ``tenant`` is the key's tenant (None: all); ``via`` says how it was presented."""
@@ -50,7 +51,7 @@ class Identity:
     @property
     def logged_in(self) -> bool:
         """True for an identity proven by credentials (not anonymous, local or a scraper)."""
-        return self.kind in ("token", "basic", "key")
+        return self.kind in ("token", "basic", "key", "sso")
 
     def session_payload(self) -> dict[str, Any]:
         """What a session cookie of this identity holds."""
@@ -122,21 +123,27 @@ def from_header(settings: Settings, store: Store, header: str) -> Identity | Non
     return found
 
 
-def from_session(store: Store, payload: dict[str, Any], credentials: str) -> Identity:
+def from_session(store: Store, payload: dict[str, Any], credentials: str, sso: str = "") -> Identity:
     """The identity of a verified session cookie's payload; a key's session is checked
     against the key, a token or basic-auth session against the ``credentials`` fingerprint
-    (:func:`monitor.web.sessions.fingerprint`); else :class:`BadCredentials`."""
+    (:func:`monitor.web.sessions.fingerprint`), a single sign-on session against the ``sso``
+    one (:func:`monitor.web.sessions.sso_fingerprint`); else :class:`BadCredentials`."""
     try:
         role = Role(payload["r"])
     except ValueError:
         raise BadCredentials("bad session", guess=False) from None
-    kind = str(payload.get("x")) if payload.get("x") in ("token", "basic", "key") else "token"
+    kind = str(payload.get("x")) if payload.get("x") in ("token", "basic", "key", "sso") else "token"
     key_id = payload.get("k")
     if kind == "key":
         key = active_key(store, str(key_id)) if isinstance(key_id, str) else None
         if key is None:
             raise BadCredentials("the session's API key is revoked or expired", guess=False)
         return Identity(f"key:{key.id}", Role(key.role), "key", tenant=key.tenant, key_id=key.id, via="cookie")
+    if kind == "sso":
+        if not sso or payload.get("f") != sso:
+            raise BadCredentials("single sign-on changed or is off: log in again", guess=False)
+        tenant = payload.get("t") if isinstance(payload.get("t"), str) else None
+        return Identity(str(payload["s"]), role, "sso", tenant=tenant, via="cookie")
     if payload.get("f") != credentials:
         raise BadCredentials("the credentials of this session changed", guess=False)
     return Identity(str(payload["s"]), role, kind, via="cookie")

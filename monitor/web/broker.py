@@ -30,9 +30,9 @@ def queue_depths(app: Any, queues: list[str]) -> dict[str, int]:
         return depths
     settings: Settings = app.settings
     if settings.is_redis:
-        import redis
+        from jobqueue.transport.redis_clients import redis_client
 
-        client = redis.Redis.from_url(settings.broker_url, socket_timeout=3, socket_connect_timeout=3)
+        client = redis_client(settings.broker_url, settings, socket_timeout=3, socket_connect_timeout=3)
         try:
             pipe = client.pipeline(transaction=False)
             prefix = global_keyprefix(app.conf.broker_transport_options)

@@ -16,6 +16,7 @@ from flask import Blueprint, current_app, jsonify, request
 from jobqueue.shared.records import DEAD_SUFFIX
 from monitor.web.routes import Role, route
 from monitor.web.schemas import DEAD_LETTERS, int_query
+from monitor.web.tenancy import FLEET
 
 bp = Blueprint("dead_letters", __name__)
 
@@ -35,11 +36,11 @@ def _record(raw: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"reason": "unreadable dead-letter record", "raw": str(value)[:1000]}
 
 
-def read_dead_letters(broker_url: str, items: int) -> list[dict[str, Any]]:
+def read_dead_letters(settings: Any, items: int) -> list[dict[str, Any]]:
     """``[{"queue", "count", "items"}]`` for every ``*.dead`` list on the Redis broker."""
-    import redis
+    from jobqueue.transport.redis_clients import redis_client
 
-    client = redis.Redis.from_url(broker_url, socket_timeout=3, socket_connect_timeout=3)
+    client = redis_client(settings.broker_url, settings, socket_timeout=3, socket_connect_timeout=3)
     try:
         keys: list[bytes] = []
         cursor, rounds = 0, 0
@@ -69,8 +70,8 @@ def read_dead_letters(broker_url: str, items: int) -> list[dict[str, Any]]:
     return out
 
 
-@route(bp, "/api/dead-letters", role=Role.VIEWER, summary="Poison messages per queue",
-       query=(int_query("items", 0, MAX_ITEMS),), response=DEAD_LETTERS, errors=(400, 503))
+@route(bp, "/api/dead-letters", role=Role.VIEWER, summary="Poison messages per queue (the whole fleet's: not for a tenant)",
+       query=(int_query("items", 0, MAX_ITEMS),), response=DEAD_LETTERS, errors=(400, 403, 503), **FLEET)
 def dead_letters() -> Any:
     """Poison messages per queue: ``{"total", "queues": [{"queue", "list", "count", "items"}]}``
     (``?items=N``, default 20, newest first; 0 for counts only)."""
@@ -86,7 +87,7 @@ def dead_letters() -> Any:
     if not settings.is_redis:
         return jsonify({"total": 0, "queues": [], "supported": False})
     try:
-        queues = read_dead_letters(settings.broker_url, items)
+        queues = read_dead_letters(settings, items)
     except Exception as exc:
         current_app.logger.warning("cannot read dead letters: %s", exc)
         return error_response(503, "broker_unavailable", "cannot read dead letters from the broker")

@@ -13,6 +13,11 @@ Two threads, whatever the number of dashboards:
 
 Sockets arrive here after the web server did the handshake (:mod:`monitor.web.ws`); the counts
 of :class:`Limits` bound them per client address and in total.
+
+A client confined to a tenant (:func:`monitor.web.tenancy.scope_of`) gets its own snapshot and,
+of the deltas, its own jobs' changes and the fleet's (workers without their current job and job
+counts); every other change's place in the sequence is kept by a ``hidden`` delta (seq only),
+so its stream stays gap-free and a dashboard never mistakes a skipped change for a lost one.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from monitor.ingest.hub import ChangeHub
 from monitor.web.frames import PING, text_frame
 from monitor.web.guard import strict_dumps
+from monitor.web.tenancy import redact_worker, scope_of
 from monitor.web.wsclient import GOING_AWAY, TRY_AGAIN_LATER, WsClient
 
 log = logging.getLogger(__name__)
@@ -42,14 +49,66 @@ RING_BYTES = 16 * 1024 * 1024
 #: Seconds between pings; a client silent for two of them (no pong) is dropped.
 PING_INTERVAL = 20.0
 
-#: ``() -> (seq, snapshot frame)``: the whole state as a websocket frame, with its seq.
-Snapshot = Callable[[], tuple[int, bytes]]
+#: ``(tenant) -> (seq, snapshot frame)``: the whole state as a websocket frame, with its seq,
+#: as a client confined to ``tenant`` (None: one that sees all) sees it.
+Snapshot = Callable[[str | None], tuple[int, bytes]]
 
 
-def delta_frames(changes: list[dict[str, Any]]) -> list[tuple[int, bytes]]:
-    """Each change of the log as ``(seq, frame)``: the dashboard's ``delta`` message."""
-    return [(c["seq"], text_frame(strict_dumps({"type": "delta", **c}, separators=(",", ":")).encode()))
-            for c in changes]
+def _delta(change: dict[str, Any]) -> bytes:
+    return text_frame(strict_dumps({"type": "delta", **change}, separators=(",", ":")).encode())
+
+
+def hidden_frame(seq: int) -> bytes:
+    """What a confined client gets in place of a change it may not see: its seq, nothing else."""
+    return _delta({"seq": seq, "kind": "hidden", "id": None, "data": None})
+
+
+@dataclass(frozen=True)
+class Scoped:
+    """A change's frame that not every client gets as is: a job's (only its tenant's clients
+    and those who see all; others a :func:`hidden_frame`) or a worker's (``shared``: the one
+    every confined client gets, without the worker's current job and counts)."""
+
+    full: bytes
+    owner: str | None = None
+    shared: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self.full)
+
+
+#: A change as the fan-out keeps it: its seq and its frame (plain bytes: the same for all).
+Frame = tuple[int, "bytes | Scoped"]
+
+
+def frame_for(seq: int, frame: bytes | Scoped, tenant: str | None) -> bytes:
+    """The bytes of ``frame`` a client confined to ``tenant`` (None: one that sees all) gets."""
+    if isinstance(frame, bytes):
+        return frame
+    if tenant is None or frame.owner == tenant:
+        return frame.full
+    return frame.shared if frame.shared is not None else hidden_frame(seq)
+
+
+def delta_frames(changes: list[dict[str, Any]]) -> list[Frame]:
+    """Each change of the log (read ``with_tenant``) as ``(seq, frame)``: the dashboard's
+    ``delta`` message, :class:`Scoped` where a confined client gets something else."""
+    out: list[Frame] = []
+    for change in changes:
+        tenant = change.pop("tenant", None)
+        full = _delta(change)
+        if change["kind"] == "job":
+            out.append((change["seq"], Scoped(full, owner=tenant or "")))
+        elif change["kind"] == "worker" and isinstance(change.get("data"), dict):
+            out.append((change["seq"], Scoped(full, shared=_delta({**change, "data": redact_worker(change["data"])}))))
+        else:
+            out.append((change["seq"], full))
+    return out
+
+
+def joined(frames: list[Frame], tenant: str | None) -> bytes:
+    """``frames`` as one write for a client confined to ``tenant``."""
+    return b"".join(frame_for(seq, frame, tenant) for seq, frame in frames)
 
 
 class Limits:
@@ -90,10 +149,10 @@ class Ring:
     def __init__(self, head: int, max_bytes: int = RING_BYTES) -> None:
         self.base = self.head = head
         self.max_bytes = max_bytes
-        self._batches: deque[tuple[int, list[tuple[int, bytes]], int]] = deque()
+        self._batches: deque[tuple[int, list[Frame], int]] = deque()
         self._bytes = 0
 
-    def add(self, frames: list[tuple[int, bytes]]) -> None:
+    def add(self, frames: list[Frame]) -> None:
         size = sum(len(f) for _, f in frames)
         self._batches.append((frames[-1][0], frames, size))
         self._bytes += size
@@ -109,9 +168,9 @@ class Ring:
         self._bytes = 0
         self.base = self.head = head
 
-    def after(self, cursor: int, most: int = BATCH) -> tuple[bytes, int] | None:
-        """Up to ``most`` frames after ``cursor`` and the seq of the last, or None when the ring
-        no longer reaches back to ``cursor``."""
+    def after(self, cursor: int, most: int = BATCH, tenant: str | None = None) -> tuple[bytes, int] | None:
+        """Up to ``most`` frames after ``cursor`` (as a client confined to ``tenant`` gets them)
+        and the seq of the last, or None when the ring no longer reaches back to ``cursor``."""
         if cursor < self.base:
             return None
         out: list[bytes] = []
@@ -121,7 +180,7 @@ class Ring:
                 continue
             for seq, frame in frames:
                 if seq > cursor and len(out) < most:
-                    out.append(frame)
+                    out.append(frame_for(seq, frame, tenant))
                     last = seq
         return b"".join(out), last
 
@@ -200,7 +259,7 @@ class Fanout:
         head = self.ring.head
         while not self._stop.is_set():
             try:
-                changes = self.store.changes_since(head, limit=BATCH)
+                changes = self.store.changes_since(head, limit=BATCH, with_tenant=True)
             except Exception:  # the store is closing, or a passing database error
                 log.warning("websocket fan-out: reading the change log failed", exc_info=True)
                 self._stop.wait(POLL_INTERVAL)
@@ -224,14 +283,17 @@ class Fanout:
 
     # -- in the loop -----------------------------------------------------------------------
 
-    def _broadcast(self, frames: list[tuple[int, bytes]]) -> None:
-        """Add a batch to the ring; write it to every client at the head, wake the others."""
+    def _broadcast(self, frames: list[Frame]) -> None:
+        """Add a batch to the ring; write it to every client at the head (one join per
+        audience: all, or each tenant), wake the others."""
         before = self.ring.head
         self.ring.add(frames)
-        data = b"".join(f for _, f in frames)
+        data: dict[str | None, bytes] = {}
         for client in self.clients:
             if client.live and client.cursor == before:
-                client.push(data, self.ring.head)
+                if client.tenant not in data:
+                    data[client.tenant] = joined(frames, client.tenant)
+                client.push(data[client.tenant], self.ring.head)
             else:
                 self._catch_up_later(client)
 
@@ -262,6 +324,7 @@ class Fanout:
                 self.limits.release(address)
 
         client = WsClient(address, identity, cursor, gone)
+        client.tenant = scope_of(identity)
         self.loop.create_task(self._serve(sock, client, first, refusal))
 
     async def _serve(self, sock: socket.socket, client: WsClient, first: bytes | None, refusal: str | None) -> None:
@@ -297,21 +360,22 @@ class Fanout:
             if client.cursor == self.ring.head:
                 client.live = True
                 return
-            chunk = self.ring.after(client.cursor)
+            chunk = self.ring.after(client.cursor, tenant=client.tenant)
             if chunk is None:
-                chunk = await self.loop.run_in_executor(None, self._from_log, client.cursor)
+                chunk = await self.loop.run_in_executor(None, self._from_log, client.cursor, client.tenant)
             if chunk[1] == client.cursor:  # nothing newer yet (a snapshot ahead of the feeder)
                 return
             client.push(*chunk)
 
-    def _from_log(self, cursor: int) -> tuple[bytes, int]:
-        """Frames after ``cursor`` from the change log, or a snapshot when it no longer holds them."""
-        changes = self.store.changes_since(cursor, limit=BATCH)
+    def _from_log(self, cursor: int, tenant: str | None) -> tuple[bytes, int]:
+        """Frames after ``cursor`` from the change log (as a client confined to ``tenant`` gets
+        them), or a snapshot when it no longer holds them."""
+        changes = self.store.changes_since(cursor, limit=BATCH, with_tenant=True)
         if changes is None:
-            seq, frame = self.snapshot()
+            seq, frame = self.snapshot(tenant)
             return frame, seq
         frames = delta_frames(changes)
-        return b"".join(f for _, f in frames), frames[-1][0] if frames else cursor
+        return joined(frames, tenant), frames[-1][0] if frames else cursor
 
     def _ping(self) -> None:
         """Ping every client; drop the ones that stayed silent for two intervals."""

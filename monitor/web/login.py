@@ -6,16 +6,18 @@ session cookie (:mod:`monitor.web.sessions`) and sends the browser on to ``next`
 the login goes through the same cross-site and body checks as every control
 (:mod:`monitor.web.guard`). A login link ``/#token=...`` (``jobqueue up`` prints one) reaches
 this page through the redirect with its fragment, and logs in by itself. Logins, refused ones
-included, are audited and rate limited per address. Single sign-on buttons can be added to
-this page (``sso_providers`` in its template).
+included, are audited and rate limited per address. With single sign-on configured the page
+also shows its "Log in with ..." button (:mod:`monitor.web.sso`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, current_app, g, jsonify, render_template, request
 
+from jobqueue.config import Settings
 from monitor.web import sessions
 from monitor.web.access import auth_configured, current_identity
 from monitor.web.auth import from_secret
@@ -32,11 +34,20 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def sso_buttons(settings: Settings, next_page: str) -> list[dict[str, str]]:
+    """The login page's single sign-on button(s): label and ``/login/sso`` link."""
+    if not settings.monitor_sso_provider:
+        return []
+    name = settings.monitor_sso_name or {"github": "GitHub"}.get(settings.monitor_sso_provider, "single sign-on")
+    return [{"name": name, "url": "/login/sso?next=" + quote(next_page, safe="/")}]
+
+
 @route(bp, "/login", role=Role.PUBLIC, summary="The login page", content="text/html")
 def login_page() -> str:
-    """The login form (the page's script posts to ``POST /login``)."""
-    return render_template("login.html", page="login", next=safe_next(request.args.get("next")),
-                           sso_providers=[])
+    """The login form (the page's script posts to ``POST /login``) and the single sign-on button."""
+    next_page = safe_next(request.args.get("next"))
+    return render_template("login.html", page="login", next=next_page,
+                           sso_providers=sso_buttons(current_app.extensions["jobqueue_monitor"].settings, next_page))
 
 
 @route(bp, "/login", method="POST", role=Role.PUBLIC, summary="Log in: a session cookie for a token, key or user:password",

@@ -49,24 +49,46 @@ JOB = obj({
     "id": STR, "name": nullable("string"), "service": nullable("string"), "status": STR,
     "worker": nullable("string"), "machine_id": nullable("string"), "queue": nullable("string"),
     "priority": nullable("integer"), "workflow_id": nullable("string"), "step": nullable("integer"),
-    "attempt": INT, "retries": INT, "progress": OBJECT, "submitted_at": nullable("number"),
+    "tenant": nullable("string"), "attempt": INT, "retries": INT, "progress": OBJECT, "submitted_at": nullable("number"),
     "received_at": nullable("number"), "started_at": nullable("number"), "finished_at": nullable("number"),
     "runtime": nullable("number"), "eta_seconds": nullable("number"), "queue_position": nullable("integer"),
     "error": nullable("object"), "result": ANY, "payload_summary": nullable("string"),
     "requires": nullable("object"), "seq": INT,
-}, events={"type": "array", "items": obj({"type": STR, "timestamp": nullable("number")})})
+    "args": nullable("string"), "kwargs": nullable("string"), "parent_id": nullable("string"),
+    "root_id": nullable("string"), "group_id": nullable("string"), "eta": nullable("number"),
+    "expires": nullable("number"), "scheduled": BOOL, "routing_key": nullable("string"),
+    "exchange": nullable("string"),
+}, events={"type": "array", "items": obj({"type": STR, "timestamp": nullable("number")})},
+    children={"type": "array", "items": STR, "description": "ids of the tasks this one started"})
 
 CONNECTOR = obj({"status": STR, "message": STR, "details": OBJECT, "updated_at": nullable("number"),
                  "stale": BOOL})
 WORKER = obj({
     "name": STR, "machine_id": nullable("string"), "gpu": nullable("integer"), "status": STR,
     "connectors": {"type": "object", "additionalProperties": CONNECTOR}, "services": ARRAY, "queues": ARRAY,
-    "active": INT, "processed": INT, "failed": INT, "current_job": nullable("string"),
+    "active": INT, "processed": nullable("integer"), "failed": nullable("integer"), "current_job": nullable("string"),
     "heartbeat_at": nullable("number"), "seq": INT,
 })
 MACHINE = obj({"id": STR, "workers": {"type": "array", "items": STR}, "status": STR,
                "last_seen": nullable("number"), "seq": INT})
 
+CANVAS = obj({"root": STR, "truncated": BOOL, "nodes": {"type": "array", "items": obj({
+    "id": STR, "name": nullable("string"), "status": STR, "parent_id": nullable("string"),
+    "root_id": nullable("string"), "group_id": nullable("string"), "seq": INT})}})
+INSPECT = obj({"worker": STR}, **{k: ANY for k in ("stats", "registered", "active", "reserved", "scheduled",
+                                                   "revoked", "active_queues", "conf")})
+POOL_REQUEST: Schema = {"type": "object", "required": ["action"], "properties": {
+    "action": {"type": "string", "enum": ["grow", "shrink", "autoscale", "restart"]},
+    "n": {"type": "integer", "minimum": 1}, "min": {"type": "integer", "minimum": 0},
+    "max": {"type": "integer", "minimum": 1}}}
+QUEUE_REQUEST: Schema = {"type": "object", "required": ["action", "queue"], "properties": {
+    "action": {"type": "string", "enum": ["add", "cancel"]}, "queue": {"type": "string", "minLength": 1}}}
+LIMITS_REQUEST: Schema = {"type": "object", "properties": {
+    "rate_limit": {"type": "string", "description": "e.g. 10/m; empty: none"},
+    "time_limit": {"type": ["number", "null"]}, "soft_time_limit": {"type": ["number", "null"]},
+    "worker": {"type": "string", "description": "only this worker (default: all)"}}}
+REVOKE_REQUEST: Schema = {"type": "object", "properties": {
+    "terminate": {"type": "boolean"}, "signal": {"type": "string", "default": "SIGTERM"}}}
 JOB_PAGE = obj({"jobs": {"type": "array", "items": JOB}, "total": INT, "limit": INT, "offset": INT,
                 "sort": STR, "order": {"type": "string", "enum": ["asc", "desc"]}})
 STATE = obj({"seq": INT, "machines": {"type": "array", "items": MACHINE}, "workers": {"type": "array", "items": WORKER},
@@ -74,9 +96,13 @@ STATE = obj({"seq": INT, "machines": {"type": "array", "items": MACHINE}, "worke
 WORKERS = obj({"workers": {"type": "array", "items": WORKER}})
 MACHINES = obj({"machines": {"type": "array", "items": MACHINE}})
 ESTIMATES = obj({"at": NUM, "jobs": {"type": "object", "additionalProperties": obj(
-    {"position": INT, "wait": nullable("number")})}})
+    {"position": INT, "wait": nullable("number"), "load": NUM})}})
 WAITING = obj({"waiting": {"type": "object", "additionalProperties": STR}})
 QUEUES = obj({"queues": {"type": "array", "items": obj({"name": STR, "depth": INT})}})
+BROKER = obj({"transport": STR, "queues": {"type": "array", "items": obj({
+    "name": STR, "depth": INT, "levels": {"type": "object", "additionalProperties": INT},
+    "consumers": INT, "workers": {"type": "array", "items": STR}})}})
+PURGED = obj({"queue": STR, "removed": INT, "jobs_cancelled": INT, "tasks": {"type": "array", "items": STR}})
 STATS = obj({"services": OBJECT, "history": ANY, "queues": OBJECT})
 WORKFLOW = obj({"steps": {"type": "array", "items": JOB}})
 DEAD_LETTERS = obj({"total": INT, "queues": ARRAY, "supported": BOOL})
@@ -117,6 +143,8 @@ SUBMIT: Schema = {
         "count": {"type": "integer", "minimum": 1, "maximum": 1000},
         "workflow_id": STR, "step": {"type": "integer", "minimum": 1},
         "webhook_url": {"type": "string", "format": "uri"},
+        "tenant": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                   "description": "the job's tenant; only a caller without a tenant of its own may name one"},
         "requires": {"type": "object", "additionalProperties": False, "description": "what a worker must have",
                      "properties": {"models": {"type": "array", "items": {"type": "string", "minLength": 1}},
                                     "vram_gb": {"type": "number", "exclusiveMinimum": 0},
@@ -127,7 +155,8 @@ EMPTY: Schema = {"type": "object"}
 
 JOBS_QUERY = (
     str_query("state", JOB_STATES), str_query("service"), str_query("worker"), str_query("machine"),
-    num_query("since"), num_query("until"), str_query("q"), str_query("workflow"), int_query("limit", 1, 1000),
+    num_query("since"), num_query("until"), str_query("q"), str_query("workflow"), str_query("name"),
+    str_query("queue"), int_query("limit", 1, 1000),
     int_query("offset", 0, 10**9), str_query("sort", ["submitted", "finished", "runtime"]),
-    str_query("order", ["asc", "desc"]),
+    str_query("order", ["asc", "desc"]), str_query("tenant"),
 )

@@ -1,4 +1,4 @@
-"""Puts access control on a monitor app: login, keys and audit routes, the session signer,
+"""Puts access control on a monitor app: login, single sign-on, keys and audit routes, the session signer,
 the access check, the audit trail and the rate limits — all driven by the routes'
 declarations (:mod:`monitor.web.routes`). Called once every other route is registered.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Flask, Response
 
-from monitor.web import access, audit, keys, limits, login, sessions
+from monitor.web import access, audit, keys, limits, login, sessions, sso, tenancy
 from monitor.web.routes import collect
 
 
@@ -22,11 +22,13 @@ def install(app: Flask) -> None:
     from monitor.web.api import ApiError
 
     settings = app.extensions["jobqueue_monitor"].settings
-    for blueprint in (login.bp, keys.bp, audit.bp):
+    for blueprint in (login.bp, sso.bp, keys.bp, audit.bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(ApiError, _api_error)
     sessions.install(app, settings)
+    sso.install(app, settings)
     collect(app)
     access.install(app)
+    tenancy.install(app)  # right after the access check: it confines whom that let in
     audit.install(app)
     limits.install(app, settings)

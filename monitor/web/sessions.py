@@ -6,8 +6,9 @@ itsdangerous (HMAC-SHA1 over the payload and its time stamp) and is refused once
 (no cross-site POST carries it) and ``Secure`` when the request came over TLS (directly or,
 per ``X-Forwarded-Proto``, through a reverse proxy). A session opened with an API key is
 checked against the key on every request, so revoking the key ends it at once; a session opened with
-the token or basic auth holds a fingerprint of them and ends when they change. The signing key
-defaults to one derived from the token and basic-auth credentials.
+the token or basic auth holds a fingerprint of them and ends when they change, and a single
+sign-on session (:mod:`monitor.web.sso`) one of the single sign-on policy. The signing key
+defaults to one derived from the token, basic-auth and single sign-on client secrets.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def signing_key(settings: Settings) -> str:
     """The configured session secret, else one derived from the credentials, else random."""
     if settings.monitor_session_secret:
         return settings.monitor_session_secret
-    if settings.monitor_token or settings.monitor_basic_auth:
+    if settings.monitor_token or settings.monitor_basic_auth or settings.monitor_sso_client_secret:
         material = f"jobqueue-session\0{settings.monitor_token}\0{settings.monitor_basic_auth}"
+        if settings.monitor_sso_client_secret:  # single sign-on alone still signs the same everywhere
+            material += f"\0{settings.monitor_sso_client_secret}"
         return hashlib.sha256(material.encode()).hexdigest()
     return secrets.token_hex(32)
 
@@ -44,6 +47,20 @@ def fingerprint(settings: Settings) -> str:
     when they change, even under a configured session secret."""
     material = f"jobqueue-credentials\0{settings.monitor_token}\0{settings.monitor_basic_auth}"
     return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def sso_fingerprint(settings: Settings) -> str:
+    """A short hash of the single sign-on configuration (provider, client, who is let in with
+    which role and tenant): a single sign-on session holds it and ends when any of it changes,
+    so a narrowed policy logs out those it no longer lets in. Empty with single sign-on off."""
+    if not settings.monitor_sso_provider:
+        return ""
+    parts = (settings.monitor_sso_provider, settings.monitor_sso_url, settings.monitor_sso_client_id,
+             sorted(settings.monitor_sso_allowed_emails), sorted(settings.monitor_sso_allowed_domains),
+             sorted(settings.monitor_sso_roles.items()), settings.monitor_sso_default_role,
+             settings.monitor_sso_groups_claim, settings.monitor_sso_tenant_claim,
+             sorted(settings.monitor_sso_tenants.items()))
+    return hashlib.sha256(("jobqueue-sso\0" + repr(parts)).encode()).hexdigest()[:16]
 
 
 def install(app: Flask, settings: Settings) -> None:

@@ -57,7 +57,8 @@ def jobs() -> str:
     return render_template("jobs.html", page="jobs")
 
 
-@route(bp, "/jobs/<job_id>", role=Role.VIEWER, summary="One job's page", content="text/html", page=True)
+@route(bp, "/jobs/<job_id>", role=Role.VIEWER, summary="One job's page", content="text/html", page=True,
+       errors=(404,))
 def job(job_id: str) -> str:
     """One job: its state, payload summary, outputs and full event timeline."""
     return render_template("job.html", page="job", job_id=job_id)

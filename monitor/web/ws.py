@@ -33,6 +33,7 @@ from monitor.web.guard import strict_dumps
 from monitor.web.responses import error_response
 from monitor.web.routes import Role, declare
 from monitor.web.schemas import int_query
+from monitor.web.tenancy import scope_of
 
 #: Extension key of the app's :class:`WsEntry`.
 EXTENSION = "jobqueue_ws"
@@ -55,12 +56,13 @@ class WsEntry:
 
     fanout: Fanout
     authorize: Authorize
-    snapshots: SharedSnapshot
+    snapshots: TenantSnapshots
 
 
-def snapshot_frame(finished_limit: int = 200) -> tuple[int, bytes]:
-    """The ``snapshot`` message as a frame, with its seq (needs an app context)."""
-    state = state_snapshot(finished_limit)
+def snapshot_frame(finished_limit: int = 200, tenant: str | None = None) -> tuple[int, bytes]:
+    """The ``snapshot`` message as a frame, with its seq (needs an app context), as a client
+    confined to ``tenant`` sees it (:mod:`monitor.web.tenancy`)."""
+    state = state_snapshot(finished_limit, tenant)
     message = {"type": "snapshot", "seq": state["seq"], "state": state}
     return state["seq"], text_frame(strict_dumps(message, separators=(",", ":")).encode())
 
@@ -105,6 +107,23 @@ class SharedSnapshot:
             self._done = (time.monotonic(), result)
         pending.set_result(result)
         return result
+
+
+class TenantSnapshots:
+    """One :class:`SharedSnapshot` per audience: the clients that see all, and each tenant's
+    (a tenant's dashboards share theirs, never another's)."""
+
+    def __init__(self, make: Callable[[str | None], tuple[int, bytes]]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._shared: dict[str | None, SharedSnapshot] = {}
+
+    def get(self, tenant: str | None = None) -> tuple[int, bytes]:
+        with self._lock:
+            shared = self._shared.get(tenant)
+            if shared is None:
+                shared = self._shared[tenant] = SharedSnapshot(lambda: self._make(tenant))
+        return shared.get()
 
 
 def take_socket(raw: socket.socket) -> socket.socket:
@@ -166,7 +185,7 @@ def stream() -> Any:
         first: bytes | None = None
         cursor = None if refused else _cursor()
         if cursor is None and not refused:
-            cursor, first = entry.snapshots.get()
+            cursor, first = entry.snapshots.get(scope_of(identity))
         raw.sendall(switching_protocols(request.headers["Sec-WebSocket-Key"]))
         own = take_socket(raw)
     except BaseException:
@@ -185,12 +204,12 @@ def register(app: Flask, authorize: Authorize = allow_everyone) -> None:
     context = app.extensions["jobqueue_monitor"]
     settings = context.settings
 
-    def snapshot() -> tuple[int, bytes]:
+    def snapshot(tenant: str | None) -> tuple[int, bytes]:
         with app.app_context():
-            return snapshot_frame()
+            return snapshot_frame(tenant=tenant)
 
     limits = Limits(settings.monitor_ws_max_sockets, settings.monitor_ws_max_per_address)
-    shared = SharedSnapshot(snapshot)
+    shared = TenantSnapshots(snapshot)
     app.extensions[EXTENSION] = WsEntry(Fanout(context.store, context.hub, shared.get, limits), authorize, shared)
     # websocket=True: Werkzeug routes a request with "Upgrade: websocket" only to such a rule.
     view = declare(stream, "/ws", role=Role.VIEWER, summary="Websocket: a snapshot, then every change",

@@ -44,6 +44,8 @@ class WsClient(asyncio.Protocol):
     def __init__(self, address: str, identity: Any, cursor: int, on_gone: Callable[[WsClient], None]) -> None:
         self.address = address
         self.identity = identity
+        #: The tenant the client is confined to (None: it sees all); set by the fan-out.
+        self.tenant: str | None = None
         self.cursor = cursor
         self.live = False
         self.closing = False

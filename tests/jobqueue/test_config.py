@@ -86,6 +86,7 @@ def test_a_rabbitmq_broker_keeps_its_results_in_the_local_redis():
         ("JOBQUEUE_MAX_RETRIES", "-1", "JOBQUEUE_MAX_RETRIES"),
         ("JOBQUEUE_GPU", "-2", "JOBQUEUE_GPU"),
         ("JOBQUEUE_MONITOR_PORT", "70000", "JOBQUEUE_MONITOR_PORT"),
+        ("JOBQUEUE_INPUT_ALLOWED_NETWORKS", "10.0.0.0/8,fleet", "JOBQUEUE_INPUT_ALLOWED_NETWORKS: 'fleet' is not a CIDR"),
     ],
 )
 def test_a_bad_value_raises_a_config_error_that_names_the_problem(variable, value, complaint):

@@ -16,6 +16,11 @@ How one job runs (one at a time per WebUI: the WebUI itself runs one job at a ti
    its ``info`` goes into the result once it shows the sampler and checkpoint asked for
    (:func:`~jobqueue.connectors.a1111.answers.unhonoured`).
 
+Out of memory (a 500 whose error is torch's ``OutOfMemoryError`` or says "CUDA out of
+memory") is :class:`~jobqueue.errors.OutOfMemory`: the worker moves the job to a larger card.
+The WebUI dying under the request (its connection reset or closed mid-request, its polls
+refused) is :class:`~jobqueue.errors.ServerCrashed`, "the WebUI exited or restarted", at once.
+
 A job given up while the WebUI still has its request (cancel, timeout, stall) leaves it in the
 orphan book; it is interrupted when the WebUI begins it, never run in full ahead of the retry.
 """
@@ -27,6 +32,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
+from http.client import IncompleteRead
 from typing import Any
 
 import requests
@@ -44,12 +51,13 @@ from jobqueue.connectors.a1111.answers import (
 from jobqueue.connectors.a1111.client import WebUIClient, has_task_ids
 from jobqueue.connectors.a1111.fields import ROUTES
 from jobqueue.connectors.a1111.follow import Follower, Run
+from jobqueue.connectors.a1111.models import checkpoint_aliases, required_checkpoint
 from jobqueue.connectors.a1111.ownership import JobOrder
 from jobqueue.connectors.a1111.payload import request_body
 from jobqueue.connectors.a1111.post import BlockingPost
 from jobqueue.connectors.base import Connector, Health, Job, ProgressReporter
 from jobqueue.connectors.payloads import A1111_MODELS, validate_a1111
-from jobqueue.errors import ExecutionFailed, JobCancelled, ServiceUnavailable
+from jobqueue.errors import ExecutionFailed, JobCancelled, OutOfMemory, ServerCrashed, ServiceUnavailable
 from jobqueue.shared.outputs import save_output
 from jobqueue.states import ConnectorStatus
 
@@ -89,6 +97,30 @@ class A1111Connector(Connector):
     @classmethod
     def validate(cls, payload: Any) -> dict[str, Any]:
         return validate_a1111(payload)
+
+    @classmethod
+    def required_models(cls, payload: Mapping[str, Any]) -> list[str]:
+        """The checkpoint of ``override_settings`` (any alias the WebUI takes): the job runs
+        where the WebUI has it, first where it is loaded (warm routing)."""
+        return required_checkpoint(payload)
+
+    def capabilities(self, details: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The WebUI's checkpoints (warm and model routing) and its card's VRAM (``requires.vram_gb``
+        routing, out-of-memory move-up); None when either could not be read this time (the last
+        known capabilities stay)."""
+        models, vram = self._checkpoints(), self._vram()
+        return None if models is None or vram is None else {**models, **vram}
+
+    def _checkpoints(self) -> dict[str, Any] | None:
+        """The WebUI's checkpoints under every alias (``/sdapi/v1/sd-models``)."""
+        try:
+            res = self._health.request("GET", "/sdapi/v1/sd-models", timeout=HEALTH_TIMEOUT)
+            if res.status_code != 200:
+                return None
+            return {"models": {"checkpoints": checkpoint_aliases(res.json())}}
+        except Exception:  # must not raise: the last known capabilities stay
+            log.warning("could not read the WebUI's checkpoints", exc_info=True)
+            return None
 
     def stop(self) -> None:
         """Close the sessions; requests still on the WebUI stay in the orphan book."""
@@ -135,6 +167,21 @@ class A1111Connector(Connector):
                       "task_ids": self._client.task_ids,
                       "summary": f"{checkpoint or 'no checkpoint'} · {version}"})
         return Health(ConnectorStatus.IDLE, "", facts)
+
+    def _vram(self) -> dict[str, Any] | None:
+        """The card's VRAM from ``GET /sdapi/v1/memory`` (``cuda.system.total``, bytes): what
+        ``requires.vram_gb`` routing and an out-of-memory move-up compare with. A WebUI without
+        CUDA reports none (``{}``); None when it could not be read this time."""
+        try:
+            response = self._health.request("GET", "/sdapi/v1/memory", timeout=HEALTH_TIMEOUT)
+            system = (response.json().get("cuda") or {}).get("system") if response.status_code == 200 else None
+        except (ServiceUnavailable, requests.RequestException, ValueError, AttributeError):
+            return None
+        if not isinstance(system, dict) or not isinstance(system.get("total"), (int, float)):
+            return {}
+        free = system.get("free")
+        return {"vram_total_gb": system["total"] / 2**30,
+                "vram_free_gb": free / 2**30 if isinstance(free, (int, float)) else None}
 
     @staticmethod
     def _read_version(client: WebUIClient) -> str | None:
@@ -205,8 +252,11 @@ class A1111Connector(Connector):
                             orphan_began=lambda: abandoned.forget_by_order(self.orphans, self._client,
                                                                            {run.task_id}, 1))
         try:
-            follower.follow()
-            return self._finish(run, payload, post)
+            try:
+                follower.follow()
+                return self._finish(run, payload, post)
+            except ServiceUnavailable as exc:
+                raise self._crashed(exc, run, post) from None
         finally:
             self._suspect = self._suspect or follower.suspect
             if not post.done.is_set():
@@ -216,6 +266,22 @@ class A1111Connector(Connector):
                 self.orphans.discard(run.task_id)
             with self._runs_lock:
                 self._runs.pop(job.id, None)
+
+    def _crashed(self, exc: ServiceUnavailable, run: Run, post: BlockingPost) -> ServiceUnavailable:
+        """``exc`` as :class:`ServerCrashed` when the WebUI died under the posted request: the
+        POST's connection was cut (not refused: it was never sent then), or a poll was refused
+        while the POST was still waiting; else ``exc`` as it is."""
+        if isinstance(exc, ServerCrashed) or run.job.cancelled.is_set():
+            return exc
+        error = post.error
+        cut = isinstance(error, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, IncompleteRead))
+        refused_meanwhile = error is None and "unreachable" in exc.message
+        if not (cut or refused_meanwhile) or post.aborted:
+            return exc
+        how = f"its connection was cut mid-request ({reason(error)})" if error is not None else \
+            "it refused connections while it ran the request"
+        return ServerCrashed(f"the WebUI at {self.base_url} exited or restarted: {how}",
+                             {"url": self.base_url, "task_id": run.task_id})
 
     def _sampler_names(self, timeout: float) -> set[str]:
         """The WebUI's sampler names (empty when it does not say: the answer's info is checked then)."""
@@ -285,6 +351,9 @@ class A1111Connector(Connector):
                                else "job was cancelled", {"task_id": run.task_id})
         if post.status != 200 or not isinstance(body, dict):
             message = describe_error(post.status or 0, body)
+            if post.status == 500 and isinstance(body, dict) and (
+                    body.get("error") == "OutOfMemoryError" or "CUDA out of memory" in message):
+                raise OutOfMemory(f"out of GPU memory: {message}", {"status": post.status, "answer": body})
             if isinstance(body, dict) and body.get("error") == "KeyError" and payload.get("override_settings"):
                 message += " (override_settings names an option this WebUI does not have)"
             raise ExecutionFailed(message, {"status": post.status,

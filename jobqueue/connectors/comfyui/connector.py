@@ -4,14 +4,17 @@ How one job runs (the protocol details live in :mod:`jobqueue.connectors.comfyui
 
 1. The websocket ``/ws?clientId=<ours>`` is open before anything is posted (it stays open
    between jobs; a reader thread reconnects it with capped backoff).
-2. POST /prompt with our ``client_id`` and a fresh ``prompt_id``; a 400 fails the job at
+2. The payload's input images (``images``) are fetched and uploaded into ``jobqueue/<job id>/``
+   of ComfyUI's input folder, and the loader nodes renamed to them
+   (:mod:`jobqueue.connectors.comfyui.uploads`).
+3. POST /prompt with our ``client_id`` and a fresh ``prompt_id``; a 400 fails the job at
    once with ComfyUI's error type, message and node errors.
-3. Messages for our prompt move a :class:`PromptTracker`; progress is reported from it.
-4. Whenever the socket has been quiet for ``QUIET_POLL`` seconds (and right after the POST
+4. Messages for our prompt move a :class:`PromptTracker`; progress is reported from it.
+5. Whenever the socket has been quiet for ``QUIET_POLL`` seconds (and right after the POST
    when the socket was not open), GET /queue and /history/{id} tell whether the prompt
    already ended, is still queued/running, or was lost. With the socket open, the happy path
    makes no poll: a cached run's end arrives as a message within milliseconds.
-5. Every end is confirmed through GET /history/{id} (waiting as long as /queue lists the prompt:
+6. Every end is confirmed through GET /history/{id} (waiting as long as /queue lists the prompt:
    ComfyUI may unload its models between ``execution_success`` and the history, see
    :mod:`jobqueue.connectors.comfyui.outcome`); outputs are fetched via GET /view into the
    output store, ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/`` (jobqueue.shared.outputs).
@@ -30,7 +33,12 @@ job is stalled (:class:`JobStalled`, retried elsewhere) only when ComfyUI stops 
 websocket message and no answer to a short GET /queue for ``stall_timeout`` s), or when the
 prompt has been listed as running with no message at all for longer than ``node_timeout``. A
 prompt that left the queue without a result is lost (:class:`ServiceUnavailable`). The job's
-absolute timeout comes from ``job.check()``.
+absolute timeout comes from ``job.check()``. A server that died is told from a stall at once
+(:class:`ServerCrashed`, "ComfyUI exited or restarted": its connections refused mid-prompt with
+``/system_stats`` refused too, or back without our prompt in queue or history, see
+:meth:`ComfyUIConnector._crashed`); out of GPU memory is :class:`OutOfMemory` (the worker moves
+the job to a larger card; with ``JOBQUEUE_COMFYUI_FREE_AFTER_OOM`` the next job first
+``POST /free``s).
 
 Every prompt is written into the connector's orphan book before it is posted and struck out
 when ComfyUI confirms it ended; an abandoned one is deleted or interrupted as soon as ComfyUI
@@ -68,12 +76,15 @@ from jobqueue.connectors.comfyui.protocol import (
     queue_position,
 )
 from jobqueue.connectors.comfyui.rest import ComfyUIRest, reason
+from jobqueue.connectors.comfyui.uploads import InputUploader
 from jobqueue.connectors.comfyui.ws import Mailbox, PromptRouter, WebSocketListener
 from jobqueue.connectors.payloads import ComfyUIPayload, validate_comfyui
 from jobqueue.errors import (
     ExecutionFailed,
     JobStalled,
     JobTimedOut,
+    OutOfMemory,
+    ServerCrashed,
     ServiceNotReached,
     ServiceUnavailable,
 )
@@ -118,6 +129,8 @@ class ComfyUIConnector(Connector):
         self._active: set[str] = set()
         self._orphan_lock = threading.Lock()
         self._closing = threading.Event()
+        #: The last job ran out of memory: ``POST /free`` before the next one (when the setting asks).
+        self._free_next = False
 
     # -- payload ---------------------------------------------------------------------------
     @classmethod
@@ -193,6 +206,7 @@ class ComfyUIConnector(Connector):
             job.deadline = job.started + payload["timeout"]
         job.check()
         self._ready(job, stall)
+        payload = {**payload, "workflow": self._upload_inputs(job, payload)}
         prompt_id = str(uuid.uuid4())
         box = Mailbox()
         self._router.register(prompt_id, box, job.id)
@@ -216,8 +230,9 @@ class ComfyUIConnector(Connector):
                                           stall, node_limit)
                 ended = True
                 return result
-            except ExecutionFailed:
+            except ExecutionFailed as exc:
                 ended = not node_errors  # a partial prompt refused here still runs: stop it
+                self._free_next = self._free_next or isinstance(exc, OutOfMemory)
                 raise
             except (JobStalled, JobTimedOut, ServiceUnavailable) as exc:
                 self.orphans.add(prompt_id, reason=type(exc).__name__)
@@ -228,6 +243,18 @@ class ComfyUIConnector(Connector):
             if ended:
                 self.orphans.discard(prompt_id)
             self._router.unregister(prompt_id, job.id)
+
+    def _upload_inputs(self, job: Job, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The workflow to post, its input images uploaded (:mod:`jobqueue.connectors.comfyui.uploads`);
+        a ComfyUI that stops answering meanwhile was not reached (the attempt does not count)."""
+        try:
+            return InputUploader(self.settings, self._rest).prepare(job, payload)
+        except requests.Timeout:
+            raise ServiceNotReached(f"ComfyUI at {self.base_url} did not answer an upload", {"url": self.base_url}) from None
+        except ServiceNotReached:
+            raise
+        except ServiceUnavailable as exc:
+            raise ServiceNotReached(exc.message, exc.details) from None
 
     def _rebook(self, asked: str, given: str, job_id: str) -> None:
         """An older ComfyUI chose its own prompt id: book that one instead of ours."""
@@ -276,11 +303,27 @@ class ComfyUIConnector(Connector):
             if time.monotonic() >= deadline:
                 raise ServiceNotReached(f"cannot open ComfyUI's websocket: {self._listener.last_error or 'no answer'}",
                                         {"url": self.base_url})
+        self._free_if_asked(stall)
         # Abandoned prompts go before ours; ours then queues behind any still stopping.
         try:
             self.clean_orphans(timeout=max(0.5, min(3.0, stall / 2)), wait=ORPHAN_WAIT, job=job)
         except ServiceUnavailable as exc:
             raise ServiceNotReached(exc.message, exc.details) from None
+
+    def _free_if_asked(self, stall: float) -> None:
+        """After an out-of-memory job, with ``JOBQUEUE_COMFYUI_FREE_AFTER_OOM``: ``POST /free``
+        (unload every model, free the cache) before the next job. ComfyUI already unloads its
+        models after an OOM; this also drops what custom nodes keep cached."""
+        if not self._free_next:
+            return
+        self._free_next = False
+        if not self.settings.comfyui_free_after_oom:
+            return
+        try:
+            self._rest.request("POST", "/free", json={"unload_models": True, "free_memory": True},
+                               timeout=max(1.0, min(5.0, stall)))
+        except (requests.Timeout, ServiceUnavailable) as exc:
+            log.warning("comfyui: POST /free after an out-of-memory job failed: %s", exc)
 
     def _submit(self, workflow: dict[str, Any], prompt_id: str, box: Mailbox,
                 stall: float) -> tuple[str, dict[str, Any]]:
@@ -321,15 +364,40 @@ class ComfyUIConnector(Connector):
                                   stall=stall, node_limit=node_limit)
         try:
             entry = follower.follow()
+            if entry is None:  # the websocket said it ended: /history says how
+                entry = await_history(self._rest, job, tracker, box, stall)
+                if entry is None:  # left the queue, no history: cleared by someone, or lost
+                    entry = without_history(tracker, self.base_url)
         except JobStalled:
             if follower.silent:
                 self._suspect = True  # ask ComfyUI once, quickly, before the next job
             raise
-        if entry is None:  # the websocket said it ended: /history says how
-            entry = await_history(self._rest, job, tracker, box, stall)
-            if entry is None:  # left the queue, no history: cleared by someone, or lost
-                entry = without_history(tracker, self.base_url)
+        except ServiceUnavailable as exc:
+            raise self._crashed(exc, tracker.prompt_id, follower.dropped) from None
         return self._finish(job, tracker, entry)
+
+    def _crashed(self, exc: ServiceUnavailable, prompt_id: str, dropped: bool) -> ServiceUnavailable:
+        """``exc`` (ComfyUI refused a connection mid-prompt) as :class:`ServerCrashed` when the
+        server died: ``/system_stats`` refused too, or answering again without our prompt
+        (it restarted); else ``exc`` as it is."""
+        if isinstance(exc, ServerCrashed) or not exc.details.get("unreachable"):
+            return exc
+        socket = "closed" if dropped or not self._listener.connected.is_set() else "still open"
+        details = {"url": self.base_url, "prompt_id": prompt_id}
+        try:
+            self._rest.get_json("/system_stats", timeout=1.5)
+            state, _ = self._rest.where(prompt_id, 1.5)
+        except ServiceUnavailable as probe:
+            if not probe.details.get("unreachable"):
+                return exc
+            return ServerCrashed(f"ComfyUI at {self.base_url} exited or restarted: its websocket {socket} and "
+                                 f"/system_stats is unreachable too ({probe.message})", details)
+        except requests.Timeout:
+            return exc
+        if state == "lost":
+            return ServerCrashed(f"ComfyUI at {self.base_url} exited or restarted: it came back without prompt "
+                                 f"{prompt_id} in its queue or history", details)
+        return exc
 
     def clean_orphans(self, *, timeout: float, wait: float, job: Job | None = None) -> set[str]:
         """Remove every abandoned prompt in the orphan book from ComfyUI: delete it when pending,

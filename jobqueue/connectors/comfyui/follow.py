@@ -8,6 +8,12 @@ reports progress, polls ``/queue`` and ``/history`` when the socket has been qui
 It ends by saying how the prompt ended; :mod:`jobqueue.connectors.comfyui.connector` confirms
 that through ``/history`` and fetches the outputs.
 
+A server that died is told from one that stalls: when the socket closed during the prompt and
+ComfyUI then answers without our prompt in its queue or history, it restarted
+(:class:`ServerCrashed`, "ComfyUI exited or restarted"); connections refused mid-prompt are
+judged by the connector the same way (:meth:`ComfyUIConnector._crashed`), at once, never after
+the stall timeout.
+
 A silenced socket is reopened: ComfyUI keeps one socket per client id and drops the
 registration whenever *any* handler of that id ends, so an old connection that closes late
 leaves the new one open but deaf. When a poll finds our prompt running and the socket has
@@ -26,7 +32,7 @@ from jobqueue.connectors.base import Job, ProgressReporter
 from jobqueue.connectors.comfyui.protocol import PromptTracker
 from jobqueue.connectors.comfyui.rest import ComfyUIRest
 from jobqueue.connectors.comfyui.ws import Mailbox, Wake, WebSocketListener
-from jobqueue.errors import JobCancelled, JobStalled, ServiceUnavailable
+from jobqueue.errors import JobCancelled, JobStalled, ServerCrashed, ServiceUnavailable
 
 #: Seconds of websocket silence after which /queue and /history are polled.
 QUIET_POLL = 2.0
@@ -62,6 +68,8 @@ class PromptFollower:
         self.poll_now = not listener.connected.is_set()
         #: True once ComfyUI stopped answering (the connector then asks before its next job).
         self.silent = False
+        #: True once the socket closed while the prompt was followed (a restart loses the prompt).
+        self.dropped = False
         self.reopen_after = max(0.5, min(SILENT_REOPEN, node_limit / 2))
         self.reopened_at = float("-inf")
 
@@ -101,7 +109,8 @@ class PromptFollower:
         """Feed the mailbox's messages to the tracker; a dropped socket asks for a poll now."""
         for item in self.box.take(0 if self.poll_now else 0.25):
             if isinstance(item, Wake):
-                self.poll_now = self.poll_now or item.reason.startswith("disconnected")
+                dropped = item.reason.startswith("disconnected")
+                self.poll_now, self.dropped = self.poll_now or dropped, self.dropped or dropped
             elif isinstance(item, bytes):
                 if self.tracker.feed_binary(item):
                     self.last_ours = time.monotonic()
@@ -133,6 +142,10 @@ class PromptFollower:
                 raise JobCancelled("job was cancelled", {"prompt_id": prompt_id})
             entry: Mapping[str, Any] = info
             return entry
+        if state == "lost" and self.dropped:
+            raise ServerCrashed(
+                f"ComfyUI at {self.base_url} exited or restarted: its websocket closed and it came back without "
+                f"prompt {prompt_id} in its queue or history", {"url": self.base_url, "prompt_id": prompt_id})
         if state == "lost":
             raise ServiceUnavailable(
                 f"prompt {prompt_id} left ComfyUI's queue without a result (ComfyUI restarted?)",

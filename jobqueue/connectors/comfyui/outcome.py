@@ -6,7 +6,11 @@
   history and sends ``executing`` with ``node: null``. So the wait has no fixed bound while
   ``/queue`` still lists the prompt as running; the bound (``CONFIRM_WAIT``) starts once the
   prompt left the queue or ``executing: null`` arrived.
-* :func:`judge`: the job's result or error from the history entry: an interrupt jobqueue did
+* :func:`judge`: the job's result or error from the history entry: out of memory (an
+  ``execution_error`` of type ``torch.OutOfMemoryError`` or, older torch,
+  ``torch.cuda.OutOfMemoryError``, whose message -- "Allocation on device ..." or "CUDA out of
+  memory ..." -- ComfyUI ends with its tip "This error means you ran out of memory on your
+  GPU") is :class:`OutOfMemory`, which moves the job to a larger card; an interrupt jobqueue did
   not ask for (someone's Cancel in ComfyUI's UI) hands the job back once; a loader's
   ``FileNotFoundError`` (a V3 loader accepts a missing file at POST /prompt) names the
   vanished model so the worker hands the job back (:mod:`jobqueue.worker.handback`); outputs
@@ -37,12 +41,16 @@ from jobqueue.connectors.comfyui.protocol import (
 )
 from jobqueue.connectors.comfyui.rest import ComfyUIRest
 from jobqueue.connectors.comfyui.ws import Mailbox
-from jobqueue.errors import ExecutionFailed, JobCancelled, JobStalled, ServiceUnavailable
+from jobqueue.errors import ExecutionFailed, JobCancelled, JobStalled, OutOfMemory, ServiceUnavailable
 
 #: How long (s) a prompt that left the queue (or said ``executing: null``) may take to appear in /history.
 CONFIRM_WAIT = 5.0
 #: Seconds between two /queue checks while the history is awaited.
 QUEUE_CHECK = 0.5
+#: ``exception_type`` of an out-of-memory error (``execution.full_type_name`` of torch's class).
+OOM_TYPES = frozenset({"torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError"})
+#: The tip ComfyUI's ``execution.py`` appends to an out-of-memory message.
+OOM_TIP = "This error means you ran out of memory on your GPU"
 #: ``folder_paths.get_full_path_or_raise``'s message: the folder and the missing file.
 _MISSING_FILE = re.compile(r"Model in folder '([^']*)' with filename '([^']*)' not found")
 
@@ -108,6 +116,8 @@ def judge(job: Job, tracker: PromptTracker, entry: Mapping[str, Any]) -> tuple[d
         _interrupted(job, tracker.prompt_id, data)
     if kind != SUCCESS:
         message, details = describe_execution_error(data)
+        if out_of_memory(data):
+            raise OutOfMemory(f"out of GPU memory: {message}", details)
         missing = missing_model(data)
         if missing is not None:
             details["missing_models"] = [missing]
@@ -135,6 +145,13 @@ def _interrupted(job: Job, prompt_id: str, data: Mapping[str, Any]) -> None:
                                  "(someone's Cancel in ComfyUI's UI?): handing the job back once", details)
     raise ExecutionFailed(f"ComfyUI interrupted the prompt at {where} although jobqueue did not ask, again "
                           f"(attempt {job.attempt + 1}): not handing it back another time", details)
+
+
+def out_of_memory(data: Mapping[str, Any]) -> bool:
+    """Whether an ``execution_error`` is ComfyUI's out of memory: torch's type, or ComfyUI's tip
+    after torch's message ("Allocation on device" with cudaMallocAsync, else "CUDA out of memory")."""
+    kind, text = str(data.get("exception_type") or ""), str(data.get("exception_message") or "")
+    return kind in OOM_TYPES or (OOM_TIP in text and ("Allocation on device" in text or "out of memory" in text))
 
 
 def missing_model(data: Mapping[str, Any]) -> str | None:

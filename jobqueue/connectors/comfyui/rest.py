@@ -67,7 +67,7 @@ class ComfyUIRest:
             return self._http.request(method, f"{self.base_url}{path}", timeout=(min(timeout, 3.0), timeout), **kwargs)
         except requests.ConnectionError as exc:
             raise ServiceUnavailable(f"ComfyUI at {self.base_url} is unreachable: {reason(exc)}",
-                                     {"url": self.base_url, "path": path}) from None
+                                     {"url": self.base_url, "path": path, "unreachable": True}) from None
 
     def get_json(self, path: str, timeout: float) -> Any:
         response = self.request("GET", path, timeout=timeout)

@@ -10,10 +10,14 @@ uses, on aiohttp, plus private fault switches for tests under ``/_sim/``.
   ``/internal/*`` like a WebUI started with ``--nowebui`` (API only); ``version`` (``1.7``,
   ``1.8``, ``1.9``, ``1.10``; A1111 only) picks the release whose behaviour it follows (1.7: no
   task ids for API requests; up to 1.8: an unknown sampler is a 404); ``vram_gb`` the simulated
-  VRAM and ``oom_next`` how many coming requests fail out of memory whatever their size.
+  VRAM and ``oom_next`` how many coming requests fail out of memory whatever their size;
+  ``crash_after`` / ``crash_restart``: a request whose prompt holds
+  :data:`~jobqueue.sims.server.CRASH_MARK` takes the WebUI down ``crash_after`` s in (every
+  connection cut, the port refusing) and it restarts empty ``crash_restart`` s later.
 * ``GET /_sim/requests``: the requests the WebUI routes received (method, path, query, body).
 * ``GET /_sim/state``: fault mode, ``shared.state``, the loaded checkpoint, images generated,
-  and per request (``force_task_id``) the steps it sampled and whether it was interrupted.
+  and per request (``force_task_id``) the steps it sampled and whether it was interrupted;
+  ``crashes`` (how many times it crashed) and ``crashed`` (down right now).
 
 A txt2img/img2img request runs to its end whatever its client does: the work is shielded
 from aiohttp's handler cancellation, as the WebUI's (a thread under the queue lock) is.
@@ -42,7 +46,7 @@ from aiohttp.typedefs import Handler
 from jobqueue.sims.a1111.engine import Engine
 from jobqueue.sims.a1111.validation import validate_request
 from jobqueue.sims.a1111.webui import CHECKPOINTS, SAMPLERS, HTTPError, parse_version
-from jobqueue.sims.server import SimHTTPServer, SimulatorThread, run_until_signal
+from jobqueue.sims.server import CRASH_MARK, SimHTTPServer, SimulatorThread, run_until_signal
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,13 @@ class A1111SimServer(SimHTTPServer):
         self.requests: deque[dict[str, Any]] = deque(maxlen=5000)
         #: Requests whose client went away: still running, as on the WebUI.
         self._orphaned: set[asyncio.Future[Any]] = set()
+        #: Every request being generated (a crash ends them all), and the crash under way.
+        self._works: set[asyncio.Future[Any]] = set()
+        self._crashing: asyncio.Task[None] | None = None
+        #: Seconds a crashed WebUI stays down before it listens again, empty (negative: for good).
+        self.crash_restart = 1.0
+        #: Seconds into a request carrying :data:`~jobqueue.sims.server.CRASH_MARK` before it crashes.
+        self.crash_after = 0.3
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -164,7 +175,8 @@ class A1111SimServer(SimHTTPServer):
                                       "state": engine.state.dict(), "loaded": engine.loaded, "loads": engine.loads,
                                       "current_task": engine.tasks.current, "pending": list(engine.tasks.pending),
                                       "generated": engine.generated, "busy": engine.lock.locked(),
-                                      "runs": engine.runs, "options": engine.opts})
+                                      "runs": engine.runs, "options": engine.opts,
+                                      "crashes": self.crashes, "crashed": self.crashed})
 
         return [web.post("/_sim/fault", fault), web.post("/_sim/config", config),
                 web.get("/_sim/requests", requests), web.get("/_sim/state", state)]
@@ -181,6 +193,7 @@ class A1111SimServer(SimHTTPServer):
             web.get("/sdapi/v1/sd-models", self.sd_models),
             web.get("/sdapi/v1/samplers", self.samplers),
             web.get("/internal/ping", self.ping),
+            web.get("/sdapi/v1/memory", self.memory),
             web.post("/internal/progress", self.task_progress),
             web.get("/internal/pending-tasks", self.pending_tasks),
             web.get("/internal/sysinfo", self.sysinfo),
@@ -193,8 +206,9 @@ class A1111SimServer(SimHTTPServer):
                 setattr(self.engine, key, float(data[key]))
         if "oom_next" in data:
             self.engine.oom_next = int(data["oom_next"])
-        if "slow_seconds" in data:
-            self.slow_seconds = float(data["slow_seconds"])
+        for key in ("slow_seconds", "crash_restart", "crash_after"):
+            if key in data:
+                setattr(self, key, float(data[key]))
         if "legacy" in data:
             self.legacy = bool(data["legacy"])
         if "version" in data and self.flavour != "forge":
@@ -208,6 +222,10 @@ class A1111SimServer(SimHTTPServer):
         # The WebUI runs the request in a thread that nobody cancels: a client that closes
         # its connection does not stop it (aiohttp would cancel the handler; the work is shielded).
         work = asyncio.ensure_future(self.engine.generate(mode, parsed))
+        self._works.add(work)
+        work.add_done_callback(self._works.discard)
+        if CRASH_MARK in str(parsed.get("prompt") or ""):
+            self._crashing = asyncio.ensure_future(self._crash_soon())
         try:
             answer = await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -217,6 +235,22 @@ class A1111SimServer(SimHTTPServer):
         except HTTPError as exc:
             return _exception_body(exc.status, exc.detail, exc.name)
         return web.json_response(answer)
+
+    async def _crash_soon(self) -> None:
+        """A request asked the WebUI to die mid-request: after ``crash_after`` s it crashes and
+        restarts empty (:meth:`~jobqueue.sims.server.SimHTTPServer.crash`)."""
+        await asyncio.sleep(self.crash_after)
+        log.warning("a1111-sim: crashing (%s in a prompt); back in %s s", CRASH_MARK, self.crash_restart)
+        await self.crash(self._forget_everything, self.crash_restart if self.crash_restart >= 0 else None)
+
+    async def _forget_everything(self) -> None:
+        """A restarted WebUI: no request running or queued, a fresh ``shared.state``, the same settings."""
+        for work in list(self._works):
+            work.cancel()
+        old = self.engine
+        self.engine = Engine(self.flavour, step_seconds=old.step_seconds, load_seconds=old.load_seconds,
+                             vram_gb=old.vram_gb)
+        self.engine.release, self.engine.encode_seconds = old.release, old.encode_seconds
 
     def _orphan_done(self, work: asyncio.Future[Any]) -> None:
         self._orphaned.discard(work)
@@ -278,6 +312,17 @@ class A1111SimServer(SimHTTPServer):
 
     async def ping(self, request: web.Request) -> web.Response:
         return web.json_response({})
+
+    async def memory(self, request: web.Request) -> web.Response:
+        """``modules/api/api.py`` ``get_memory``: RAM, and the CUDA device's ``mem_get_info`` as
+        ``cuda.system`` (bytes) with torch's allocator statistics."""
+        total = int(self.engine.vram_gb * 2**30)
+        used = int(min(self.engine.vram_gb, 2.0) * 2**30)
+        zero = {"current": 0, "peak": 0}
+        return web.json_response({
+            "ram": {"free": 8 * 2**30, "used": 2**30, "total": 9 * 2**30},
+            "cuda": {"system": {"free": total - used, "used": used, "total": total}, "active": zero,
+                     "allocated": zero, "reserved": zero, "inactive": zero, "events": {"retries": 0, "oom": 0}}})
 
     async def task_progress(self, request: web.Request) -> web.Response:
         data = await request.json()

@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from jobqueue.sims.vram import vram_needed_gb as vram_needed_gb
+
 #: Sampler names of the WebUI (``modules/sd_samplers_kdiffusion.py``, ``..._timesteps.py``);
 #: the first is the default a 1.9+ WebUI falls back to.
 SAMPLERS = ("DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE",
@@ -52,10 +54,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 VERSIONS = {"1.7": "v1.7.0", "1.8": "v1.8.0", "1.9": "v1.9.4", "1.10": "v1.10.1"}
 FORGE_VERSION = "f2.0.1v1.10.1-previous-669-gdfdcbab6"
 
-#: Simulated VRAM (GB) by default, and the cost of a request (see :func:`vram_needed_gb`).
+#: Simulated VRAM (GB) by default (the cost of a request: :mod:`jobqueue.sims.vram`).
 DEFAULT_VRAM_GB = 24.0
-MODEL_GB = 2.0
-GB_PER_MEGAPIXEL = 1.5
 
 
 class HTTPError(Exception):
@@ -101,12 +101,6 @@ def resolve_checkpoint(alias: Any) -> str | None:
         if alias in (title, file_name, name, short, f"{file_name} [{short}]"):
             return title
     return None
-
-
-def vram_needed_gb(width: int, height: int, batch_size: int) -> float:
-    """The documented cost model of a request: ``MODEL_GB`` for the weights plus
-    ``GB_PER_MEGAPIXEL`` per megapixel of one batch (``width × height × batch_size / 10⁶``)."""
-    return MODEL_GB + GB_PER_MEGAPIXEL * width * height * batch_size / 1e6
 
 
 def oom_error(needed: float, vram: float) -> HTTPError:

@@ -16,6 +16,11 @@ One prompt's run (its messages, and what its nodes see of the executor) lives in
 Caching follows ComfyUI's classic cache: a node whose input signature matches one from the
 previous prompt is not run again; an all-cached prompt finishes in a few milliseconds.
 
+Model loading: an executed ``CheckpointLoaderSimple`` takes the ``load_seconds`` option and
+puts its checkpoint at the head of a VRAM LRU (``checkpoint_gb`` each, the least recently used
+unloaded when they no longer fit in ``vram_gb``; ``/system_stats`` shows what they use). A
+cached loader (same checkpoint as the previous prompt) costs nothing.
+
 Fault switches (``freeze``) live here too: a frozen simulator sends nothing and makes no
 progress until it is thawed.
 """
@@ -23,6 +28,7 @@ progress until it is thawed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import logging
 import os
@@ -35,9 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobqueue.sims.comfyui.execution import Execution, ExecutorDied
+from jobqueue.sims.comfyui.inputs import to_bytes
 from jobqueue.sims.comfyui.nodes import Image
 from jobqueue.sims.comfyui.options import SimOptions
-from jobqueue.sims.comfyui.png import solid_png
+from jobqueue.sims.comfyui.png import rgb_png, solid_png
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +85,18 @@ class Simulator:
     """ComfyUI's queue + executor. All methods run on the server's event loop."""
 
     def __init__(self, output_dir: str, temp_dir: str, send: Sender, options: SimOptions | None = None,
-                 vram_gb: float | None = None) -> None:
+                 vram_gb: float | None = None, input_dir: str | None = None) -> None:
         self.options = options or SimOptions()
         self.vram_gb = vram_gb
         #: Set when the executor died (an exception outside any node): nothing runs any more.
         self.dead = False
+        #: Called by the ``SimCrash`` node: the server dies and restarts empty.
+        self.on_crash: Callable[[], None] | None = None
         self.output_dir = output_dir
         self.temp_dir = temp_dir
+        self.input_dir = input_dir or os.path.join(os.path.dirname(output_dir), "input")
+        #: The folders by kind, as ``folder_paths.get_directory_by_type`` names them.
+        self.folders = {"input": self.input_dir, "output": output_dir, "temp": temp_dir}
         self._send = send
         self.queue: list[QueueItem] = []
         self.running: QueueItem | None = None
@@ -92,6 +104,9 @@ class Simulator:
         self.number = 0
         self._seq = 0
         self.cache: dict[str, tuple[tuple[Any, ...], dict[str, Any] | None]] = {}
+        #: Checkpoints in VRAM, least recently used first (name -> GiB), and loads so far.
+        self.loaded: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.loads = 0
         #: Client id of the prompt being executed (gets the execution messages).
         self.client_id: str | None = None
         self.last_node_id: str | None = None
@@ -104,6 +119,22 @@ class Simulator:
         self._wake = asyncio.Event()
         self._counters: dict[tuple[str, str], int] = {}
         self._temp_prefix = "ComfyUI_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+
+    # -- models ----------------------------------------------------------------------------
+    async def load_checkpoint(self, name: str, sleep: Callable[[float], Awaitable[None]]) -> None:
+        """Run a checkpoint loader: read the file (``load_seconds``), then hold it in the VRAM
+        LRU, unloading the least recently used checkpoints it no longer leaves room for."""
+        await sleep(self.options.load_seconds)
+        self.loads += 1
+        self.loaded.pop(name, None)
+        self.loaded[name] = self.options.checkpoint_gb
+        room = self.vram_gb if self.vram_gb else self.options.checkpoint_gb
+        while len(self.loaded) > 1 and sum(self.loaded.values()) > room:
+            self.loaded.popitem(last=False)
+
+    def vram_used_gb(self) -> float:
+        """GiB the loaded checkpoints take."""
+        return sum(self.loaded.values())
 
     # -- queue -----------------------------------------------------------------------------
     def queue_info(self) -> dict[str, Any]:
@@ -244,9 +275,10 @@ class Simulator:
         subfolder, _, base = prefix.rpartition("/")
         target = os.path.join(folder, subfolder)
         os.makedirs(target, exist_ok=True)
-        data = solid_png(image.width, image.height, image.color, text)
         entries = []
-        for _ in range(image.batch_size):
+        solid = solid_png(image.width, image.height, image.color, text) if image.pixels is None else b""
+        for index in range(image.batch_size):
+            data = solid if image.pixels is None else rgb_png(image.width, image.height, to_bytes(image.pixels[index]), text)
             counter = self._counters.get((kind, prefix), 0) + 1
             while os.path.exists(os.path.join(target, f"{base}_{counter:05}_.png")):
                 counter += 1

@@ -20,7 +20,10 @@ As in ComfyUI v0.3.64:
   raises ``KeyError`` in the executor thread after ``execution_start``
   (:class:`ExecutorDied`); nothing runs any more;
 * an exception's type is written module-qualified (``torch.OutOfMemoryError``) and an
-  out-of-memory message gets ComfyUI's tips.
+  out-of-memory message gets ComfyUI's tips. A node runs out of memory when the simulated GPU
+  (``vram_gb``) is smaller than what its images need (:mod:`jobqueue.sims.vram`: the largest
+  image batch among its inputs, or its own ``width`` × ``height`` × ``batch_size``), or when
+  ``oom_next`` asks for it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from jobqueue.sims.comfyui.nodes import NODES, Blocker, Image
 from jobqueue.sims.comfyui.options import OOM_TIPS, OutOfMemoryError, full_type_name, out_of_memory
 from jobqueue.sims.comfyui.png import solid_png
+from jobqueue.sims.vram import vram_needed_gb
 
 if TYPE_CHECKING:
     from jobqueue.sims.comfyui.engine import QueueItem, Simulator
@@ -52,8 +56,9 @@ class ExecutorDied(Exception):
     nothing more runs until a restart."""
 
 
-def signatures(prompt: dict[str, Any]) -> dict[str, str]:
-    """Input signature of every node: class, literal inputs and upstream signatures."""
+def signatures(prompt: dict[str, Any], folders: dict[str, str] | None = None) -> dict[str, str]:
+    """Input signature of every node: class, literal inputs, upstream signatures and what the
+    node's ``IS_CHANGED`` says (``LoadImage``: the file's hash, so a changed file runs again)."""
     sigs: dict[str, str] = {}
 
     def sig(node_id: str, trail: tuple[str, ...] = ()) -> str:
@@ -66,6 +71,9 @@ def signatures(prompt: dict[str, Any]) -> dict[str, str]:
                 parts[name] = ["link", sig(str(value[0]), (*trail, node_id)), value[1]]
             else:
                 parts[name] = value
+        node_def = NODES.get(node["class_type"])
+        if node_def is not None and node_def.is_changed is not None:
+            parts["$is_changed"] = node_def.is_changed(folders or {}, node["inputs"])
         sigs[node_id] = json.dumps([node["class_type"], parts], sort_keys=True, default=str)
         return sigs[node_id]
 
@@ -144,7 +152,7 @@ class Execution:
         await self.tell("execution_start", {"prompt_id": self.pid, "timestamp": now_ms()}, keep=True)
         cache = self.sim.cache
         try:
-            self.sigs = signatures(self.prompt)
+            self.sigs = signatures(self.prompt, self.sim.folders)
         except KeyError as exc:
             raise ExecutorDied(f"KeyError {exc} while building cache keys") from exc
         self.cached = [n for n in self.prompt if self.sigs[n] in cache]
@@ -221,6 +229,9 @@ class Execution:
         if self.sim.options.oom_next > 0:
             self.sim.options.oom_next -= 1
             raise out_of_memory(vram_gib=self.sim.vram_gb)
+        needed = _vram_needed(inputs)
+        if self.sim.vram_gb and needed > self.sim.vram_gb:
+            raise out_of_memory(needed, self.sim.vram_gb)
         return await NODES[class_type].run(_Context(self, node_id), **inputs)
 
     async def _reuse(self, node_id: str) -> None:
@@ -263,11 +274,22 @@ class Execution:
             "current_outputs": list(self.prompt), "timestamp": now_ms()}, keep=True)
 
 
+def _vram_needed(inputs: dict[str, Any]) -> float:
+    """GB a node needs (:mod:`jobqueue.sims.vram`): its largest image batch, or the size it makes."""
+    sizes = [(v.width, v.height, v.batch_size) for v in inputs.values() if isinstance(v, Image)]
+    width, height = inputs.get("width"), inputs.get("height")
+    if isinstance(width, int) and isinstance(height, int):
+        batch = inputs.get("batch_size")
+        sizes.append((width, height, batch if isinstance(batch, int) else 1))
+    return max((vram_needed_gb(*size) for size in sizes), default=0.0)
+
+
 class _Context:
     """What a running node sees of the executor (progress, interrupt-aware sleep, files)."""
 
     def __init__(self, run: Execution, node_id: str) -> None:
         self._run, self._sim, self._pid, self._node = run, run.sim, run.pid, node_id
+        self.folders = run.sim.folders
 
     async def sleep(self, seconds: float) -> None:
         """Sleep like a node's own ``time.sleep``: deaf to interrupts, stopped by a freeze."""
@@ -278,6 +300,10 @@ class _Context:
             if left <= 0:
                 return
             await asyncio.sleep(min(left, 0.05))
+
+    async def load_checkpoint(self, name: str) -> None:
+        """Load a checkpoint (``load_seconds``, the VRAM LRU: see the engine)."""
+        await self._sim.load_checkpoint(name, self.sleep)
 
     async def progress(self, value: int, maximum: int, preview: Image | None = None) -> None:
         """ComfyUI's progress hook (``main.hijack_progress``): raise if interrupted (and clear
@@ -314,3 +340,9 @@ class _Context:
     def save_images(self, image: Image, kind: str, prefix: str,
                     text: dict[str, str] | None = None) -> list[dict[str, Any]]:
         return self._sim.save_images(image, kind, prefix, text)
+
+    async def crash(self) -> None:
+        """Take the server down (it cuts this prompt's run too); never returns."""
+        if self._sim.on_crash is not None:
+            self._sim.on_crash()
+        await asyncio.Event().wait()

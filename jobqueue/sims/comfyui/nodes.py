@@ -1,32 +1,47 @@
 """The simulator's node classes: model-free, with the same inputs and ``/object_info`` shape
-as ComfyUI's own (``EmptyImage``, ``ImageInvert``, ``SaveImage``, ``PreviewImage``) plus the
+as ComfyUI's own (``EmptyImage``, ``ImageInvert``, ``SaveImage``, ``PreviewImage``, ``LoadImage``,
+``LoadImageMask``, ``MaskToImage``, ``ImageScaleBy``: :mod:`jobqueue.sims.comfyui.inputs` reads the files) plus the
 two test nodes the recorded traces used (``HarnessSleepProgress``, ``HarnessFail``) and the
 simulator's own: ``SimPreviewSampler`` sends a live preview with every step the way a sampler
 with latent previews does; ``SimSilentSleep`` sleeps without any progress (a VAE decode, a
 model load: nothing an interrupt can land on) and ``SimSlowSave`` is an output node that does
 (a large batch saved: an interrupt during the last node is never honoured); ``SimBlockOutputs`` blocks its output the way
-ComfyUI's ``ExecutionBlocker`` does (a switch node, a filter).
+ComfyUI's ``ExecutionBlocker`` does (a switch node, a filter); ``SimCrash`` takes the whole
+server down (a custom node that segfaults): it comes back empty after ``crash_restart`` s.
 
-Images are uniform colours (:class:`Image`), so a node never holds pixel buffers; only
-saving writes real PNG bytes.
+Generated images are uniform colours (:class:`Image`), so those nodes never hold pixel
+buffers; only saving writes real PNG bytes. A loaded image carries its pixels (and
+``ImageInvert`` inverts them), so what comes back is what a real ComfyUI makes of it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from jobqueue.sims.comfyui import inputs
+
 
 @dataclass(frozen=True)
 class Image:
-    """A batch of uniform-colour images (what an ``IMAGE`` socket carries here)."""
+    """A batch of uniform-colour images (what an ``IMAGE`` socket carries here), or of real
+    pixels (``pixels``: a float32 array ``(batch, height, width, 3)`` in 0..1, from ``LoadImage``)."""
 
     width: int
     height: int
     batch_size: int
     color: int
+    pixels: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A batch of masks (a ``MASK`` socket): a float32 array ``(batch, height, width)`` in 0..1."""
+
+    values: Any = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -44,8 +59,15 @@ class NodeContext(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    async def load_checkpoint(self, name: str) -> None: ...
+
     def save_images(self, image: Image, kind: str, prefix: str,
                     text: dict[str, str] | None = None) -> list[dict[str, Any]]: ...
+
+    async def crash(self) -> None: ...
+
+    #: The server's folders by kind: ``input``, ``output``, ``temp``.
+    folders: dict[str, str]
 
 
 #: ``(outputs, ui)``: one value per declared output, and the UI dict output nodes report.
@@ -67,6 +89,14 @@ class NodeDef:
     category: str = "image"
     python_module: str = "nodes"
     description: str = ""
+    #: ComfyUI's ``VALIDATE_INPUTS``: ``(folders, inputs) -> True or a message``; the inputs it
+    #: takes (``validated``) skip the combo check.
+    validate: Callable[[dict[str, str], dict[str, Any]], Any] | None = None
+    validated: tuple[str, ...] = ()
+    #: Inputs whose combo lists the input folder's files (``LoadImage``'s ``image``).
+    folder_combos: tuple[str, ...] = ()
+    #: ComfyUI's ``IS_CHANGED``: ``(folders, inputs) -> a value``; part of the cache key.
+    is_changed: Callable[[dict[str, str], dict[str, Any]], Any] | None = None
 
     def input_spec(self, name: str) -> tuple[str, list[Any]] | None:
         """``(category, spec)`` of input ``name``, or None when the node has no such input."""
@@ -76,9 +106,12 @@ class NodeDef:
             return "optional", self.optional[name]
         return None
 
-    def object_info(self) -> dict[str, Any]:
-        """This node as ``GET /object_info`` describes it."""
-        inputs: dict[str, Any] = {"required": self.required}
+    def object_info(self, files: list[str] | None = None) -> dict[str, Any]:
+        """This node as ``GET /object_info`` describes it (``files``: the input folder's, for
+        the inputs that list them)."""
+        required = {name: ([list(files or [])] + spec[1:] if name in self.folder_combos else spec)
+                    for name, spec in self.required.items()}
+        inputs: dict[str, Any] = {"required": required}
         order: dict[str, list[str]] = {"required": list(self.required)}
         if self.optional:
             inputs["optional"] = self.optional
@@ -113,7 +146,52 @@ async def _empty_image(ctx: NodeContext, width: int, height: int, batch_size: in
 
 async def _image_invert(ctx: NodeContext, image: Any) -> NodeResult:
     img = _image(image)
-    return (Image(img.width, img.height, img.batch_size, 0xFFFFFF ^ img.color),), None
+    pixels = None if img.pixels is None else 1.0 - img.pixels
+    return (Image(img.width, img.height, img.batch_size, 0xFFFFFF ^ img.color, pixels),), None
+
+
+async def _image_scale_by(ctx: NodeContext, image: Any, upscale_method: str, scale_by: float) -> NodeResult:
+    """``ImageScaleBy``: ``round(size * scale_by)``; real pixels resized with Pillow's filter
+    closest to ComfyUI's method (uniform colours just change size)."""
+    img = _image(image)
+    width, height = round(img.width * scale_by), round(img.height * scale_by)
+    pixels = None if img.pixels is None else inputs.resize(img.pixels, width, height, upscale_method)
+    return (Image(width, height, img.batch_size, img.color, pixels),), None
+
+
+def _check_image(folders: dict[str, str], values: dict[str, Any]) -> Any:
+    """``LoadImage.VALIDATE_INPUTS`` (and ``LoadImageMask``'s): the file must exist."""
+    image = values.get("image")
+    if not isinstance(image, str) or not inputs.exists_annotated_filepath(image, folders):
+        return f"Invalid image file: {image}"
+    return True
+
+
+def _file_hash(folders: dict[str, str], values: dict[str, Any]) -> str:
+    """``LoadImage.IS_CHANGED``: the file's SHA-256 (empty when it cannot be read)."""
+    try:
+        with open(inputs.get_annotated_filepath(str(values.get("image")), folders), "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return ""
+
+
+async def _load_image(ctx: NodeContext, image: str) -> NodeResult:
+    images, masks = inputs.load_image(inputs.get_annotated_filepath(image, ctx.folders))
+    batch, height, width, _ = images.shape
+    return (Image(width, height, batch, 0, images), Mask(masks)), None
+
+
+async def _load_image_mask(ctx: NodeContext, image: str, channel: str) -> NodeResult:
+    return (Mask(inputs.load_mask(inputs.get_annotated_filepath(image, ctx.folders), channel)),), None
+
+
+async def _mask_to_image(ctx: NodeContext, mask: Any) -> NodeResult:
+    if not isinstance(mask, Mask):
+        raise TypeError(f"input 'mask' must be linked to a MASK output, got {type(mask).__name__}")
+    pixels = inputs.mask_to_image(mask.values)
+    batch, height, width, _ = pixels.shape
+    return (Image(width, height, batch, 0, pixels),), None
 
 
 def png_text(prompt: Any = None, extra_pnginfo: Any = None) -> dict[str, str]:
@@ -179,6 +257,11 @@ async def _block_outputs(ctx: NodeContext, image: Any, block: bool = True, messa
     return ((Blocker(message or None) if block else _image(image)),), None
 
 
+async def _crash(ctx: NodeContext, image: Any) -> NodeResult:
+    await ctx.crash()  # never returns: the server dies under it
+    return (_image(image),), None
+
+
 async def _fail(ctx: NodeContext, image: Any, message: str = "harness boom") -> NodeResult:
     raise ValueError(message)
 
@@ -201,6 +284,16 @@ NODES: dict[str, NodeDef] = {
             outputs=("IMAGE",),
         ),
         NodeDef("ImageInvert", {"image": ["IMAGE"]}, _image_invert, outputs=("IMAGE",)),
+        NodeDef("ImageScaleBy", {"image": ["IMAGE"], "upscale_method": [list(inputs.UPSCALE_METHODS)],
+                                 "scale_by": ["FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01}]},
+                _image_scale_by, outputs=("IMAGE",), category="image/upscaling"),
+        NodeDef("LoadImage", {"image": [[], {"image_upload": True}]}, _load_image, outputs=("IMAGE", "MASK"),
+                validate=_check_image, validated=("image",), folder_combos=("image",), is_changed=_file_hash),
+        NodeDef("LoadImageMask", {"image": [[], {"image_upload": True}], "channel": [list(inputs.CHANNELS)]},
+                _load_image_mask, outputs=("MASK",), category="mask", validate=_check_image, validated=("image",),
+                folder_combos=("image",), is_changed=_file_hash),
+        NodeDef("MaskToImage", {"mask": ["MASK"]}, _mask_to_image, outputs=("IMAGE",), category="mask",
+                python_module="comfy_extras.nodes_mask"),
         NodeDef(
             "SaveImage",
             {
@@ -274,6 +367,15 @@ NODES: dict[str, NodeDef] = {
             category="testing",
             python_module="jobqueue.sims.comfyui",
             description="Blocks its output (ComfyUI's ExecutionBlocker); an empty message blocks silently.",
+        ),
+        NodeDef(
+            "SimCrash",
+            {"image": ["IMAGE"]},
+            _crash,
+            outputs=("IMAGE",),
+            category="testing",
+            python_module="jobqueue.sims.comfyui",
+            description="Kills the server (a custom node that segfaults); it restarts with an empty queue and history.",
         ),
         NodeDef(
             "HarnessFail",

@@ -1,5 +1,6 @@
-"""Real PNG files without PIL: the simulator's images are uniform colours, so each one is
-encoded row by row with zlib (memory stays one row wide whatever the size).
+"""Real PNG files without PIL: the simulator's generated images are uniform colours, so each
+one is encoded row by row with zlib (memory stays one row wide whatever the size); a loaded
+image's pixels are encoded the same way (:func:`rgb_png`).
 
 Like ComfyUI's ``SaveImage`` (PIL's ``PngInfo.add_text``), text metadata such as the
 ``prompt`` and ``workflow`` JSON goes into ``tEXt`` chunks before the image data."""
@@ -26,6 +27,18 @@ def solid_png(width: int, height: int, color: int, text: dict[str, str] | None =
     row = b"\x00" + pixel * width  # filter type 0, then the pixels
     compressor = zlib.compressobj(6)
     parts = [compressor.compress(row) for _ in range(height)]
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    texts = b"".join(text_chunk(k, v) for k, v in (text or {}).items())
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + texts + _chunk(b"IDAT", b"".join(parts))
+            + _chunk(b"IEND", b""))
+
+
+def rgb_png(width: int, height: int, pixels: bytes, text: dict[str, str] | None = None) -> bytes:
+    """Return the bytes of a ``width`` x ``height`` RGB PNG of ``pixels`` (RGB rows, top first)."""
+    stride = width * 3
+    compressor = zlib.compressobj(6)
+    parts = [compressor.compress(b"\x00" + pixels[y * stride:(y + 1) * stride]) for y in range(height)]
     parts.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     texts = b"".join(text_chunk(k, v) for k, v in (text or {}).items())

@@ -5,9 +5,12 @@ aiohttp, plus private fault switches for tests under ``/_sim/``.
   connection), ``freeze`` (send nothing, make no progress, hold every request), ``drop_ws``
   (close every websocket once), ``die`` (exit the process at once), ``none`` (back to normal).
 * ``GET /_sim/requests``: the requests the ComfyUI routes received (method, path, body).
-* ``GET /_sim/state``: queue, history size, fault mode, options, whether the executor died.
+* ``GET /_sim/state``: queue, history, fault mode, options, executor alive, crashes (``SimCrash``:
+  :meth:`SimHTTPServer.crash`), ``POST /free`` count, checkpoints in VRAM (LRU first), loads.
+* ``POST /upload/image`` and ``/upload/mask``: :mod:`jobqueue.sims.comfyui.uploads`, into
+  the input folder beside the output folder, which ``LoadImage`` reads.
 * ``POST /_sim/options {...}``: the switches of :mod:`jobqueue.sims.comfyui.options`
-  (``history_gap``, ``oom_next``, ``newer``); answers them all.
+  (``history_gap``, ``oom_next``, ``newer``, ``load_seconds``, ``checkpoint_gb``); answers them all.
 
 As ComfyUI's ``server.py`` (v0.3.64): a socket is registered under its ``clientId``, replacing
 (without closing) an older one, and *any* handler for that id removes the registration when it
@@ -41,7 +44,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiohttp.typedefs import Handler
 
-from jobqueue.sims.comfyui import models
+from jobqueue.sims.comfyui import inputs, models, uploads
 from jobqueue.sims.comfyui.engine import Simulator
 from jobqueue.sims.comfyui.nodes import NODES
 from jobqueue.sims.comfyui.options import SimOptions
@@ -95,7 +98,7 @@ class SimServer(SimHTTPServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 8188, *, output_dir: str | None = None,
                  temp_dir: str | None = None, control_port: int | None = None,
                  models_present: list[str] | None = None, vram_gb: float | None = None,
-                 history_gap: float = 0.0, newer: bool = False) -> None:
+                 history_gap: float = 0.0, newer: bool = False, input_dir: str | None = None) -> None:
         super().__init__(host, port, control_port)
         #: The switches of :mod:`jobqueue.sims.comfyui.options` (shared with the engine).
         self.options = SimOptions(history_gap=history_gap, newer=newer)
@@ -111,19 +114,23 @@ class SimServer(SimHTTPServer):
         self.temp_root = root
         self.output_dir = output_dir or os.path.join(root or "", "output")
         self.temp_dir = temp_dir or os.path.join(root or "", "temp")
-        os.makedirs(self.output_dir, exist_ok=True)
-        os.makedirs(self.temp_dir, exist_ok=True)
+        #: Where uploads go and ``LoadImage`` reads (beside the output folder).
+        self.input_dir = input_dir or os.path.join(os.path.dirname(os.path.abspath(self.output_dir)), "input")
+        for folder in (self.output_dir, self.temp_dir, self.input_dir):
+            os.makedirs(folder, exist_ok=True)
         self.sim: Simulator | None = None
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.fault = "none"
         self.requests: deque[dict[str, Any]] = deque(maxlen=5000)
         self._worker: asyncio.Task[None] | None = None
+        self._crashing: asyncio.Task[None] | None = None
+        #: ``POST /free`` requests that asked to unload models or free memory.
+        self.frees = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        self.sim = Simulator(self.output_dir, self.temp_dir, self._deliver, self.options, self.vram_gb)
-        self._worker = asyncio.get_running_loop().create_task(self.sim.worker())
-        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 2**20)
+        self._new_engine()
+        app = web.Application(middlewares=[self._middleware], client_max_size=FEATURES["max_upload_size"])
         for prefix in ("", "/api"):
             app.add_routes(self._routes(prefix))
         app.add_routes(self._sim_routes())
@@ -138,6 +145,26 @@ class SimServer(SimHTTPServer):
         await self.stop_http()
         if self.temp_root is not None:
             shutil.rmtree(self.temp_root, ignore_errors=True)
+
+    def _new_engine(self) -> None:
+        """A fresh queue, history, cache and executor (at start, and after a crash)."""
+        self.sim = Simulator(self.output_dir, self.temp_dir, self._deliver, self.options, self.vram_gb,
+                             input_dir=self.input_dir)
+        self.sim.on_crash = self._crash_soon
+        self._worker = asyncio.get_running_loop().create_task(self.sim.worker())
+
+    def _crash_soon(self) -> None:
+        """The ``SimCrash`` node ran: die and restart empty (:meth:`SimHTTPServer.crash`)."""
+        log.warning("comfyui-sim: crashing (SimCrash); back in %s s", self.options.crash_restart)
+        restart = self.options.crash_restart if self.options.crash_restart >= 0 else None
+        task = asyncio.get_running_loop().create_task(self.crash(self._forget_everything, restart))
+        self._crashing = task  # keep a reference: the loop holds tasks only weakly
+
+    async def _forget_everything(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self.sockets.clear()
+        self._new_engine()
 
     async def _close_sockets(self) -> None:
         for ws in list(self.sockets.values()):
@@ -169,6 +196,17 @@ class SimServer(SimHTTPServer):
                 await self.listen()
         self.fault = mode
 
+    async def post_free(self, request: web.Request) -> web.Response:
+        """ComfyUI's ``POST /free``: ``unload_models`` / ``free_memory`` flags the prompt worker
+        acts on between prompts; 200 with an empty body (a simulated GPU has nothing to free)."""
+        try:
+            data = await request.json()
+        except ValueError:
+            data = {}
+        if isinstance(data, dict) and (data.get("unload_models") or data.get("free_memory")):
+            self.frees += 1
+        return web.Response(status=200)
+
     # -- plumbing --------------------------------------------------------------------------
     async def _deliver(self, message: Any, sid: str | None) -> None:
         targets = list(self.sockets.values()) if sid is None else [self.sockets[sid]] if sid in self.sockets else []
@@ -195,7 +233,9 @@ class SimServer(SimHTTPServer):
         assert self.sim is not None
         await self.sim.thawed.wait()
         body: Any = None
-        if request.can_read_body:
+        if request.content_type.startswith("multipart/"):
+            body = {"multipart": request.content_length}  # an upload: its handler reads the form
+        elif request.can_read_body:
             raw = await request.read()
             try:
                 body = json.loads(raw) if raw else None
@@ -221,8 +261,10 @@ class SimServer(SimHTTPServer):
             assert self.sim is not None
             return web.json_response({"fault": self.fault, "url": self.url, "queue": self.sim.current_queue(),
                                       "history": len(self.sim.history), "sockets": len(self.sockets),
-                                      "output_dir": self.output_dir, "options": self.options.as_dict(),
-                                      "executor": "dead" if self.sim.dead else "alive"})
+                                      "output_dir": self.output_dir, "input_dir": self.input_dir,
+                                      "options": self.options.as_dict(), "executor": "dead" if self.sim.dead else "alive",
+                                      "crashes": self.crashes, "crashed": self.crashed, "frees": self.frees,
+                                      "loaded": list(self.sim.loaded), "loads": self.sim.loads})
 
         async def options(request: web.Request) -> web.Response:
             try:
@@ -240,6 +282,7 @@ class SimServer(SimHTTPServer):
             web.get(prefix + "/prompt", self.get_prompt),
             web.post(prefix + "/prompt", self.post_prompt),
             web.get(prefix + "/queue", self.get_queue),
+            web.post(prefix + "/free", self.post_free),
             web.post(prefix + "/queue", self.post_queue),
             web.get(prefix + "/history", self.get_history),
             web.get(prefix + "/history/{prompt_id}", self.get_history_item),
@@ -253,6 +296,7 @@ class SimServer(SimHTTPServer):
             web.get(prefix + "/features", self.features),
             web.get(prefix + "/models", self.model_folders),
             web.get(prefix + "/models/{folder}", self.model_files),
+            *uploads.routes(prefix, {"input": self.input_dir, "output": self.output_dir, "temp": self.temp_dir}),
         ]
 
     # -- ComfyUI routes --------------------------------------------------------------------
@@ -316,7 +360,8 @@ class SimServer(SimHTTPServer):
                    "details": "prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it to "
                               "let the server generate one", "extra_info": {}}
             return web.json_response({"error": bad, "node_errors": {}}, status=400)
-        ok, error, outputs, node_errors = validate_prompt(data["prompt"], newer=self.options.newer)
+        ok, error, outputs, node_errors = validate_prompt(data["prompt"], newer=self.options.newer,
+                                                          folders=self.sim.folders)
         if not ok:
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
         extra = dict(data.get("extra_data") or {})
@@ -396,15 +441,20 @@ class SimServer(SimHTTPServer):
                 "required_templates_version": "0.1.95", "python_version": sys.version,
                 "pytorch_version": "simulated", "embedded_python": False, "argv": list(sys.argv),
             },
-            "devices": models.devices(self.vram_gb, total, free),
+            "devices": models.devices(self.vram_gb, total, free, self.sim.vram_used_gb() if self.sim else 0.0),
         })
 
+    def _node_info(self, name: str) -> dict[str, Any]:
+        """One node's ``/object_info``, its file combos listing the input folder now."""
+        files = inputs.input_files(self.input_dir) if name == "LoadImageMask" else inputs.input_images(self.input_dir)
+        return NODES[name].object_info(files)
+
     async def object_info(self, request: web.Request) -> web.Response:
-        return web.json_response({name: node.object_info() for name, node in NODES.items()})
+        return web.json_response({name: self._node_info(name) for name in NODES})
 
     async def object_info_one(self, request: web.Request) -> web.Response:
         name = request.match_info["node_class"]
-        return web.json_response({name: NODES[name].object_info()} if name in NODES else {})
+        return web.json_response({name: self._node_info(name)} if name in NODES else {})
 
     async def view(self, request: web.Request) -> web.StreamResponse:
         assert self.sim is not None

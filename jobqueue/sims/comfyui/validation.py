@@ -23,7 +23,8 @@ def _class_of(prompt: dict[str, Any], node_id: Any) -> NodeDef:
     return NODES[prompt[node_id]["class_type"]]
 
 
-def validate_inputs(prompt: dict[str, Any], unique_id: str, validated: Validated) -> tuple[bool, list[dict[str, Any]], str]:
+def validate_inputs(prompt: dict[str, Any], unique_id: str, validated: Validated,
+                    folders: dict[str, str] | None = None) -> tuple[bool, list[dict[str, Any]], str]:
     """Validate one node and, through its links, everything upstream (memoised in ``validated``).
 
     Like ComfyUI, a dangling link raises (KeyError) and the caller reports it as an
@@ -42,15 +43,31 @@ def validate_inputs(prompt: dict[str, Any], unique_id: str, validated: Validated
                 errors.append(_error("required_input_missing", "Required input is missing", name, {"input_name": name}))
             continue
         if isinstance(inputs[name], list):
-            error, upstream_ok = _check_link(prompt, name, spec, inputs[name], validated)
+            error, upstream_ok = _check_link(prompt, name, spec, inputs[name], validated, folders)
             valid = valid and upstream_ok
+        elif name in node_def.validated:
+            error = None  # VALIDATE_INPUTS takes it: no combo or range check (ComfyUI skips them)
         else:
             error = _check_literal(inputs, name, spec)
         if error is not None:
             errors.append(error)
+    errors += _custom_validation(node_def, inputs, folders or {})
     result = (not errors and valid, errors, unique_id)
     validated[unique_id] = result
     return result
+
+
+def _custom_validation(node_def: NodeDef, inputs: dict[str, Any], folders: dict[str, str]) -> list[dict[str, Any]]:
+    """The node's ``VALIDATE_INPUTS`` answer as ComfyUI files it: one ``custom_validation_failed``
+    per input the function takes, ``details`` ``"<input> - <message>"``."""
+    if node_def.validate is None:
+        return []
+    taken = {name: inputs[name] for name in node_def.validated if name in inputs}
+    answer = node_def.validate(folders, taken)
+    if answer is True:
+        return []
+    return [_error("custom_validation_failed", "Custom validation failed for node",
+                   name if answer is False else f"{name} - {answer}", {"input_name": name}) for name in taken]
 
 
 def _config(spec: list[Any]) -> tuple[Any, dict[str, Any], list[Any]]:
@@ -61,7 +78,7 @@ def _config(spec: list[Any]) -> tuple[Any, dict[str, Any], list[Any]]:
 
 
 def _check_link(prompt: dict[str, Any], name: str, spec: list[Any], val: list[Any],
-                validated: Validated) -> tuple[dict[str, Any] | None, bool]:
+                validated: Validated, folders: dict[str, str] | None) -> tuple[dict[str, Any] | None, bool]:
     """A linked input: the link's own error (or None), and whether the upstream node is valid
     (validated first, recursively)."""
     input_type, _, info = _config(spec)
@@ -77,7 +94,7 @@ def _check_link(prompt: dict[str, Any], name: str, spec: list[Any], val: list[An
                       {"input_name": name, "input_config": info, "received_type": received,
                        "linked_node": val}), True
     try:
-        return None, validate_inputs(prompt, str(val[0]), validated)[0]
+        return None, validate_inputs(prompt, str(val[0]), validated, folders)[0]
     except Exception as exc:
         # ComfyUI files this under the *linked* node (the one holding the bad link),
         # not under the node being validated, whose own error list stays empty.
@@ -140,9 +157,11 @@ def _missing_class(node_id: str, node: dict[str, Any], newer: bool) -> dict[str,
                   f"Node ID '#{node_id}'", extra)
 
 
-def validate_prompt(prompt: Any, newer: bool = False) -> tuple[bool, dict[str, Any] | None, list[str], dict[str, Any]]:
+def validate_prompt(prompt: Any, newer: bool = False, folders: dict[str, str] | None = None,
+                    ) -> tuple[bool, dict[str, Any] | None, list[str], dict[str, Any]]:
     """Validate a whole API-format prompt the way ``POST /prompt`` does (``newer``: as ComfyUI
-    after 0.3.64, which reports an unknown node as ``missing_node_type``)."""
+    after 0.3.64, which reports an unknown node as ``missing_node_type``; ``folders``: the
+    server's input/output/temp folders, for ``LoadImage``'s file check)."""
     if not isinstance(prompt, dict):
         return False, _error("invalid_prompt", "Cannot execute because the prompt is not an object.", ""), [], {}
     outputs: list[str] = []
@@ -162,7 +181,7 @@ def validate_prompt(prompt: Any, newer: bool = False) -> tuple[bool, dict[str, A
     validated: Validated = {}
     for out in outputs:
         try:
-            ok, reasons, _ = validate_inputs(prompt, out, validated)
+            ok, reasons, _ = validate_inputs(prompt, out, validated, folders)
         except Exception as exc:
             ok = False
             reasons = [_error("exception_during_validation", "Exception when validating node", str(exc),

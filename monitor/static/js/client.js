@@ -1,7 +1,8 @@
 /* Client page: pick a service (those some online worker serves first: client_services.js),
  * fill its payload in a form drawn from its JSON schema (GET /api/services/<name>/schema, the
  * connector's pydantic models: schema_form.js) or in the JSON box, drop a ComfyUI workflow
- * (API-format JSON file) for a comfyui job, choose a batch count, POST /api/jobs, then follow
+ * (API-format JSON file) and its input images (each goes to a LoadImage node's name, as a data
+ * URL in the payload's "images") for a comfyui job, choose a batch count, POST /api/jobs, then follow
  * the created jobs live from /ws. The schema catches wrong types, ranges, unknown and missing
  * fields before sending; the server checks again. */
 "use strict";
@@ -23,6 +24,7 @@
   const form = document.getElementById("payload-form");
   const drop = document.getElementById("workflow-drop");
   const dropInfo = document.getElementById("workflow-info");
+  const imageInfo = document.getElementById("image-info");
   const serviceNote = document.getElementById("service-note");
   const allServices = [...service.options].map((o) => o.value);
   let chosen = null;  // the service the user picked (kept when workers come and go)
@@ -93,10 +95,9 @@
     if (branch !== shownBranch) { shownBranch = branch; drawForm(); } else JQSchemaForm.show(form, body);
   });
 
-  /** A dropped or chosen file as the comfyui payload's workflow: API format only (node id ->
+  /** A dropped or chosen JSON file as the comfyui payload's workflow: API format only (node id ->
    * {class_type, inputs}); the UI format (nodes and links) is refused with what to do. */
   async function takeWorkflow(file) {
-    if (!file) return;
     let data;
     try { data = JSON.parse(await file.text()); } catch (exc) { error.textContent = file.name + " is not JSON: " + exc.message; return; }
     if (data && Array.isArray(data.nodes) && Array.isArray(data.links)) {
@@ -115,14 +116,63 @@
     JQSchemaForm.show(form, body);
   }
 
+  /** The file names the workflow's LoadImage / LoadImageMask nodes read, in node order. */
+  function loaderNames(workflow) {
+    const names = [];
+    for (const node of Object.values(workflow || {})) {
+      const value = node && node.inputs && node.inputs.image;
+      if (node && ["LoadImage", "LoadImageMask"].includes(node.class_type) && typeof value === "string") {
+        const name = value.endsWith(" [input]") ? value.slice(0, -8) : value;
+        if (!names.includes(name)) names.push(name);
+      }
+    }
+    return names;
+  }
+
+  function dataUrl(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+  }
+
+  /** A dropped or chosen image as one of the payload's input images: it goes to the first
+   * loader node's name that has none yet (else the one named like the file), as a data URL. */
+  async function takeImage(file) {
+    const body = currentPayload() || {};
+    const names = loaderNames(body.workflow);
+    const images = body.images && typeof body.images === "object" ? body.images : {};
+    const name = names.find((n) => !(n in images)) || (names.includes(file.name) ? file.name : null);
+    if (!name) {
+      error.textContent = names.length ? "every LoadImage node has its image already (" + names.join(", ") + "); edit 'images' in the JSON to replace one"
+        : "drop a workflow with a LoadImage node first: an input image goes to the name such a node reads";
+      return;
+    }
+    images[name] = await dataUrl(file);
+    body.images = images;
+    setPayload(body);
+    imageInfo.textContent = Object.keys(images).map((n) => n + (n === name ? " ← " + file.name + " (" + Math.ceil(file.size / 1024) + " kB)" : "")).join(", ");
+    JQSchemaForm.show(form, body);
+  }
+
+  async function takeFiles(files) {
+    for (const file of [...(files || [])]) {
+      const isImage = (file.type || "").startsWith("image/") || /\.(png|jpe?g|webp|gif|bmp|tiff?)$/i.test(file.name);
+      await (isImage ? takeImage(file) : takeWorkflow(file));
+    }
+  }
+
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("dragging"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("dragging"));
   drop.addEventListener("drop", (ev) => {
     ev.preventDefault();
     drop.classList.remove("dragging");
-    takeWorkflow(ev.dataTransfer && ev.dataTransfer.files[0]);
+    takeFiles(ev.dataTransfer && ev.dataTransfer.files);
   });
-  document.getElementById("workflow-file").addEventListener("change", (ev) => takeWorkflow(ev.target.files[0]));
+  document.getElementById("workflow-file").addEventListener("change", (ev) => takeFiles(ev.target.files));
+  document.getElementById("image-file").addEventListener("change", (ev) => takeFiles(ev.target.files));
 
   function typeOk(prop, value) {
     if (!prop) return true;
@@ -175,6 +225,7 @@
     const ex = examples[service.value];
     setPayload(ex === null || ex === undefined ? {} : ex);
     dropInfo.textContent = "";
+    imageInfo.textContent = "";
     shownBranch = null;
     drawForm();
   }

@@ -141,6 +141,7 @@ const JQ = (function () {
           authenticated: !!res.data.authenticated,
           role: res.data.role || null,
           subject: res.data.subject || null,
+          tenant: res.data.tenant || null,
           session: !!res.data.session,
           known: true,
         };
@@ -345,6 +346,8 @@ const JQ = (function () {
           return;
         }
         this.seq = msg.seq;
+        // A change this (tenant's) client may not see: it only keeps its place in the sequence.
+        if (msg.kind === "hidden") { document.body.setAttribute("data-seq", String(this.seq)); return; }
         const maps = {job: this.jobs, worker: this.workers, machine: this.machines, service: this.services};
         const map = maps[msg.kind];
         if (map) {

@@ -32,6 +32,27 @@
     return bits.join(" · ");
   }
 
+  /** A link to another task's page. */
+  function taskLink(id) {
+    return h("a", {class: "mono task-link", href: "/jobs/" + encodeURIComponent(id), text: JQ.shortId(id)});
+  }
+
+  /** What the events said of the Celery task: name, args, kwargs, family, schedule (shown
+   *  only when known: a field no event carried is not guessed). */
+  function taskFields() {
+    const kids = (job.children || []).map(taskLink);
+    return [
+      field("task", job.name), field("args", job.args), field("kwargs", job.kwargs),
+      field("scheduled", job.scheduled ? "waits for its ETA" : null),
+      field("eta", job.eta ? clock(job.eta) : null), field("expires", job.expires ? clock(job.expires) : null),
+      field("routing key", job.routing_key),
+      field("parent", job.parent_id ? taskLink(job.parent_id) : null),
+      field("root", job.root_id && job.root_id !== job.id ? taskLink(job.root_id) : null),
+      field("group", job.group_id),
+      field("children", kids.length ? h("span", {class: "children"}, kids) : null),
+    ].filter(Boolean).flat();
+  }
+
   let shownControls = null;
   function renderDetail() {
     const detail = document.getElementById("job-detail");
@@ -59,6 +80,7 @@
         h("div", {class: "job-error", text: job.error.message || JQJobs.errorText(job)}),
         job.error.details && Object.keys(job.error.details).length ? h("pre", {class: "mono", text: pretty(job.error.details)}) : null) : null,
       h("dl", {class: "fields"},
+        field("tenant", job.tenant && !JQ.auth.info.tenant ? job.tenant : null),
         field("service", job.service), field("queue", job.queue), field("priority", job.priority),
         field("requires", job.requires ? requiresText(job.requires) : null),
         field("worker", job.worker), field("machine", job.machine_id),
@@ -72,7 +94,8 @@
         field("started", job.started_at ? clock(job.started_at) : null),
         field("finished", job.finished_at ? clock(job.finished_at) : null),
         field("duration", took !== null ? duration(took) : null),
-        field("queue position", job.status === "queued" ? JQJobs.estimate(job).position : null)),
+        field("queue position", job.status === "queued" ? JQJobs.estimate(job).position : null),
+        ...taskFields()),
       workflowSteps(),
       batchMembers(),
       h("h2", {text: "Payload"}),
@@ -242,7 +265,9 @@
     if (again) { again = false; load(); }
   }
 
-  const render = JQ.coalesce(() => { renderDetail(); renderActions(); renderOutputs(); renderTimeline(); });
+  const render = JQ.coalesce(() => {
+    renderDetail(); renderActions(); renderOutputs(); renderTimeline(); JQCanvas.show("job-canvas", job);
+  });
 
   // Webhook tries (GET /api/jobs/<id>/webhooks): workers record them in the result backend,
   // not as events, so while a delivery is still pending the page asks again every few seconds.

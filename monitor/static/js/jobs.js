@@ -173,7 +173,7 @@ const JQJobs = (function () {
     return "batch " + ((job.batch_index || 0) + 1) + (job.batch_size ? " of " + job.batch_size : "");
   }
 
-  /** Small tags under the service: priority, workflow step, batch member. */
+  /** Small tags under the service: priority, workflow step, batch member, tenant. */
   function tags(job) {
     const out = [];
     if (typeof job.priority === "number") out.push(h("span", {class: "tag tag-priority", title: "priority (9 = most urgent)", text: "p" + job.priority}));
@@ -182,6 +182,11 @@ const JQJobs = (function () {
         title: "workflow " + job.workflow_id, text: "wf " + shortId(job.workflow_id) + " · " + stepText(job)}));
     }
     if (job.batch_id) out.push(h("span", {class: "tag tag-batch", title: "batch " + job.batch_id, text: batchText(job)}));
+    // Whose job it is: shown to who sees every tenant's (a tenant's own caller sees only its own).
+    if (job.tenant && !JQ.auth.info.tenant) {
+      out.push(h("a", {class: "tag tag-tenant", href: "/jobs?tenant=" + encodeURIComponent(job.tenant),
+        title: "tenant " + job.tenant, text: job.tenant}));
+    }
     return out.length ? h("div", {class: "tags"}, out) : null;
   }
 
@@ -243,6 +248,7 @@ const JQJobs = (function () {
     let state = params.get("state") || "all";
     let offset = 0;
     search.value = params.get("q") || "";
+    const tenant = params.get("tenant") || "";  // one tenant's jobs (a link from a tenant tag)
     const known = new Set();
     // The server's page for the current tab: its ids in server order and the exact total.
     let page = {key: null, ids: [], rows: new Map(), total: null};
@@ -262,6 +268,7 @@ const JQJobs = (function () {
       const p = new URLSearchParams({limit: PAGE_SIZE, offset, sort, order});
       if (TAB_STATES[state]) p.set("state", TAB_STATES[state]);
       if (service.value) p.set("service", service.value);
+      if (tenant) p.set("tenant", tenant);
       const q = search.value.trim();
       if (q) p.set("q", q);
       return p.toString();
@@ -316,7 +323,8 @@ const JQJobs = (function () {
       }
       const q = search.value.trim();
       const jobs = [...live.jobs.values()].filter((j) =>
-        group(j) === state && (!service.value || j.service === service.value) && matches(j, q));
+        group(j) === state && (!service.value || j.service === service.value) && (!tenant || j.tenant === tenant)
+        && matches(j, q));
       renderList(container, jobs, live.ready ? "no jobs match" : "loading…");
       renderPager(0);
     });

@@ -606,8 +606,9 @@ def test_a_killed_webui_fails_the_job_clearly_stops_the_queue_and_resumes_when_i
     with pytest.raises(JobFailed) as info:
         handle.wait(timeout=10)
     assert time.monotonic() - killed_at < 10.0
-    assert info.value.error["type"] == "ServiceUnavailable"
-    assert sim.url in info.value.error["message"] and "unreachable" in info.value.error["message"]
+    # (a WebUI that died mid-request: issue 26's "exited or restarted")
+    assert info.value.error["type"] == "ServerCrashed"
+    assert sim.url in info.value.error["message"] and "exited or restarted" in info.value.error["message"]
     # ... and the worker stops consuming a1111 (its own queues stay)
     wait_for(lambda: "a1111" not in consumed_queues(app, worker.node_name), 15, what="the worker to step aside")
     assert "gpu0" in consumed_queues(app, worker.node_name)

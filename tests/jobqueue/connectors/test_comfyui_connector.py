@@ -185,8 +185,9 @@ def test_a_killed_comfyui_fails_the_job_with_a_clear_error_within_ten_seconds(ap
                       what="the job to fail or retry")
     assert time.monotonic() - killed_at < 10.0
     error = app.AsyncResult(handle.id).info
-    assert type(error).__name__ == "ServiceUnavailable", (status, error)
-    assert sim.url in str(error) and "unreachable" in str(error)
+    # (a server that died mid-job: issue 26's "ComfyUI exited or restarted")
+    assert type(error).__name__ == "ServerCrashed", (status, error)
+    assert sim.url in str(error) and "exited or restarted" in str(error) and "unreachable" in str(error)
 
 
 def test_an_invalid_workflow_fails_naming_comfyuis_error_type_node_and_input(app, start_worker, sim_process):

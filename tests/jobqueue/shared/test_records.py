@@ -25,7 +25,12 @@ PINNED = [
     (records.workflow_key, ("w1",), "jobqueue-workflow-w1"),
     (records.workflow_step_key, ("j1",), "jobqueue-workflow-step-j1"),
     (records.orphan_book_key, ("gpu0@m1", "comfyui"), "jobqueue-orphans-gpu0@m1-comfyui"),
+    (records.warm_key, ("comfyui",), "jobqueue-warm-comfyui"),
     (records.queued_key, ("comfyui",), "jobqueue-queued-comfyui"),
+    (records.replication_fence_key, (), "jobqueue-replication-fence"),
+    (records.crashes_key, ("j1",), "jobqueue-crashes-j1"),
+    (records.moved_up_key, (), "jobqueue-moved-up"),
+    (records.moved_up_info_key, (), "jobqueue-moved-up-info"),
     (records.dead_letter_key, ("simulation",), "simulation.dead"),
 ]
 

@@ -303,6 +303,11 @@ def test_a_database_of_an_older_monitor_gets_its_worker_counts_from_its_jobs(tmp
         conn.exec_driver_sql("DROP TABLE alembic_version")  # nor did it know migrations,
         for table in ("audit", "api_keys"):  # nor the tables of revisions after the baseline
             conn.exec_driver_sql(f"DROP TABLE {table}")
+        for index in ("ix_jobs_parent_id", "ix_jobs_root_id", "ix_jobs_tenant_when"):  # nor their columns
+            conn.exec_driver_sql(f"DROP INDEX {index}")
+        for column in ("task", "parent_id", "root_id", "tenant"):
+            conn.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
+        conn.exec_driver_sql("ALTER TABLE changes DROP COLUMN tenant")
     store.close()
     # When a new monitor opens it
     upgraded = Store(url)
@@ -434,3 +439,18 @@ def test_a_workflows_steps_are_listed_in_step_order_with_its_status(store):
     assert store.workflow("nope") is None
     found, total = store.jobs(workflow="wf1")
     assert [j["id"] for j in found] == ["s1", "s2"] and total == 2
+
+
+def test_a_job_moved_up_after_out_of_memory_reads_queued_with_the_reason_and_its_raised_requirement(store):
+    # Given a job without requirements, started on an 8 GiB worker
+    run(store, ev("task-sent", 0, uuid="j1", kwargs=meta("comfyui")),
+        ev("task-started", 1, uuid="j1", hostname="gpu0@vm1"))
+    # When the worker hands it back moved up to 10 GiB (Celery's Retry around the reason)
+    reason = "OutOfMemory('out of GPU memory on gpu0@vm1 (8 GiB): moved up', {'requires': {'vram_gb': 10.0}, 'vram_tried': [8]})"
+    run(store, ev("task-retried", 2, uuid="j1", hostname="gpu0@vm1",
+                  exception=f"Retry('out of GPU memory on gpu0@vm1 (8 GiB): moved up', {reason}, 0)"))
+    # Then it is queued again, with the reason and the raised requirement
+    data = job(store)
+    assert data["status"] == "queued" and data["attempt"] == 1
+    assert data["error"]["type"] == "OutOfMemory" and "moved up" in data["error"]["message"]
+    assert data["requires"] == {"vram_gb": 10.0}

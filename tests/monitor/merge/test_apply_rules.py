@@ -42,6 +42,24 @@ def test_a_sent_event_queues_a_new_job_with_the_metadata_of_its_kwargs():
     assert s.meta == {"service": "simulation", "priority": 5, "queue": "q", "submitted_at": T0 - 1}
 
 
+def test_a_jobs_tenant_comes_from_its_options_once_and_a_bad_name_is_not_taken():
+    # Given a job the store has never seen, and its task-sent naming tenant acme
+    kwargs = json.dumps({"service": "simulation", "tenant": "acme"})
+    out = merge(JobState(id="j1"), ev("task-sent", kwargs=kwargs), 0)
+    # Then the job belongs to acme
+    assert out.state.tenant == "acme"
+    # When a later event names another tenant, then the first one stays (never overwritten)
+    later = merge(out.state, ev("task-received", kwargs=json.dumps({"service": "simulation", "tenant": "globex"})), 1)
+    assert later.state.tenant == "acme"
+    # And a job whose options carry no valid tenant name belongs to none
+    for bad in ("", "-x", "a b", "x" * 65, 7, {"t": 1}):
+        odd = merge(JobState(id="j2"), ev("task-sent", kwargs=json.dumps({"service": "simulation", "tenant": bad})), 0)
+        assert odd.state.tenant is None, bad
+    # And repair's full kwargs (``{"service", "payload", "options"}``) give it as well
+    full = {"service": "simulation", "payload": {}, "options": {"tenant": "acme"}}
+    assert merge(JobState(id="j3"), ev("task-sent", kwargs=full), 0).state.tenant == "acme"
+
+
 def test_the_rule_never_changes_the_state_it_is_given():
     # Given a stored job
     stored = processing()

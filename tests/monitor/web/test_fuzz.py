@@ -18,6 +18,9 @@ from jobqueue.config import Settings
 from monitor.app import create_app
 from monitor.merge.apply import apply
 from tests.monitor.hostile_data import plant, seed_events, strict_json
+from tests.monitor.web import sso_providers
+
+provider = sso_providers.provider
 
 #: Requests the fuzz sends in all (the acceptance asks for at least 5,000), in batches: one
 #: hypothesis example sends :data:`BATCH` requests, which spreads its per-example cost.
@@ -116,10 +119,13 @@ def requests_(draw: Any, doc: dict[str, Any], keys: dict[str, str]) -> dict[str,
 
 
 @pytest.fixture
-def fuzz_app(settings: Settings, tmp_path: Any) -> Any:
+def fuzz_app(settings: Settings, tmp_path: Any, provider: Any) -> Any:
+    # Single sign-on through a live OIDC provider, so its routes are fuzzed past "not configured"
     fuzz_settings = Settings(broker_url=settings.broker_url, result_backend=settings.result_backend,
                              monitor_db=f"sqlite:///{tmp_path / 'fuzz.db'}", monitor_token=TOKEN,
-                             output_dir=str(tmp_path / "outputs")).resolved()
+                             output_dir=str(tmp_path / "outputs"), monitor_sso_provider="oidc",
+                             monitor_sso_url=provider.url, monitor_sso_client_id="fuzz", monitor_sso_client_secret="s",
+                             monitor_sso_allowed_domains=("acme.test",)).resolved()
     application = create_app(fuzz_settings)
     store = application.extensions["jobqueue_monitor"].store
     with store.write() as tx:
@@ -137,6 +143,7 @@ def fuzz_app(settings: Settings, tmp_path: Any) -> Any:
     application.extensions["jobqueue_monitor"].close()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the mock OIDC provider's Authlib use
 def test_thousands_of_generated_requests_get_no_5xx_and_only_strict_json(fuzz_app):
     # Given the monitor's own description of its API, and an app on a store with hostile numbers
     client = fuzz_app.test_client()

@@ -62,8 +62,8 @@ def test_resubmit_arguments_keep_every_option_and_drop_only_the_first_jobs_own()
     args = resubmit_arguments("job-1", kwargs, "simulation")
     assert args == {"service": "simulation", "payload": {"steps": 1}, "priority": 7, "queue": "simulation.tag.fast",
                     "timeout": 30.0, "workflow_id": "wf", "step": 2, "requires": {"tags": ["fast"]},
-                    "webhook_url": "https://app.example/hook",
-                    "extra": {"workflow_steps": 3, "tenant": "acme", "retry_of": "job-1"}}
+                    "webhook_url": "https://app.example/hook", "tenant": "acme",
+                    "extra": {"workflow_steps": 3, "retry_of": "job-1"}}
 
 
 def test_a_retried_job_keeps_its_requires_and_webhook_and_its_webhook_fires(

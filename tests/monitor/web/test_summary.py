@@ -19,6 +19,13 @@ def test_repeated_class_types_are_counted_once_with_a_multiplier():
     assert summarize_payload("comfyui", {"workflow": workflow}) == "3 nodes: CLIPTextEncode×2, KSampler"
 
 
+def test_a_comfyui_payload_with_input_images_counts_them_and_shows_none_of_their_bytes():
+    workflow = {"1": {"class_type": "LoadImage"}, "2": {"class_type": "LoadImage"}, "3": {"class_type": "SaveImage"}}
+    images = {"a.png": "data:image/png;base64,iVBORw0KGgoAAAA", "b.png": "https://example.org/b.png"}
+    summary = summarize_payload("comfyui", {"workflow": workflow, "images": images})
+    assert summary == "3 nodes + 2 input images: LoadImage×2, SaveImage"
+
+
 def test_a_simulation_payload_is_summarised_by_its_fields():
     assert summarize_payload("simulation", {"steps": 3, "step_seconds": 0.1, "output": "hi", "fail_at_step": None}) \
         == "output='hi' step_seconds=0.1 steps=3"

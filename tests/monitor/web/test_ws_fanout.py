@@ -253,3 +253,48 @@ def test_the_socket_limits_count_per_address_and_in_total_and_free_a_slot_on_rel
     assert "most open websockets (3)" in (limits.admit("c") or "")
     limits.release("a")
     assert limits.admit("c") is None and limits.count == 3
+
+
+def test_a_tenants_client_gets_its_own_jobs_the_fleet_redacted_and_a_hidden_place_for_the_rest():
+    from monitor.web.fanout import Ring, delta_frames, joined
+
+    # Given changes of acme's job, globex's job, a job of no tenant, a worker running globex's
+    # job, a service median and the pruning of an acme job
+    worker = {"name": "gpu0@vm1", "current_job": "g1", "processed": 9, "failed": 1, "celery_processed": 12}
+    changes = [
+        {"seq": 1, "kind": "job", "id": "a1", "data": {"id": "a1", "tenant": "acme"}, "tenant": "acme"},
+        {"seq": 2, "kind": "job", "id": "g1", "data": {"id": "g1", "tenant": "globex"}, "tenant": "globex"},
+        {"seq": 3, "kind": "job", "id": "n1", "data": {"id": "n1", "tenant": None}, "tenant": None},
+        {"seq": 4, "kind": "worker", "id": "gpu0@vm1", "data": worker, "tenant": None},
+        {"seq": 5, "kind": "service", "id": "simulation", "data": {"median": 1.0}, "tenant": None},
+        {"seq": 6, "kind": "job", "id": "a0", "data": None, "tenant": "acme"},
+    ]
+    frames = delta_frames(changes)
+
+    def read(data: bytes) -> list[dict[str, Any]]:
+        out, rest = [], data
+        while rest:  # unmasked server text frames: 0x81, a length (126: two more bytes), the text
+            size, start = rest[1], 2
+            if size == 126:
+                size, start = int.from_bytes(rest[2:4], "big"), 4
+            out.append(json.loads(rest[start:start + size]))
+            rest = rest[start + size:]
+        return out
+
+    # Then acme's client gets its jobs (and their pruning), the worker without its job and
+    # counts, the median, and for globex's and the tenant-less job only their seq
+    mine = read(joined(frames, "acme"))
+    assert [m["seq"] for m in mine] == [1, 2, 3, 4, 5, 6]
+    assert [(m["kind"], m["id"]) for m in mine] == [("job", "a1"), ("hidden", None), ("hidden", None),
+                                                   ("worker", "gpu0@vm1"), ("service", "simulation"), ("job", "a0")]
+    assert mine[3]["data"]["name"] == "gpu0@vm1" and all(
+        mine[3]["data"][k] is None for k in ("current_job", "processed", "failed", "celery_processed"))
+    assert "g1" not in json.dumps(mine) and "n1" not in json.dumps(mine)
+    # And a client that sees all gets every change as it is, without the tenant column
+    everything = read(joined(frames, None))
+    assert [m["id"] for m in everything] == ["a1", "g1", "n1", "gpu0@vm1", "simulation", "a0"]
+    assert everything[3]["data"] == worker and all("tenant" not in m for m in everything)
+    # And the ring hands a tenant's client the same as the live batch
+    ring = Ring(0)
+    ring.add(frames)
+    assert ring.after(0, tenant="acme") == (joined(frames, "acme"), 6)

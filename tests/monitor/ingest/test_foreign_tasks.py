@@ -1,0 +1,79 @@
+"""A plain Celery app's tasks on a real worker are first-class rows on a real monitor: name,
+args and kwargs (secrets masked), parent and root of a chain's members and their children,
+a countdown task shown scheduled until it starts, filters by task name and search in args
+(issue 28, point 1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery import chain
+
+from tests.helpers import wait_for
+from tests.monitor import browser, plain_app
+
+plain_worker = plain_app.plain_worker
+chromium = browser.chromium
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def job(monitor: Any, task_id: str) -> dict[str, Any] | None:
+    answer = monitor.get(f"/api/jobs/{task_id}")
+    return answer.json() if answer.status_code == 200 else None
+
+
+def test_a_plain_apps_chain_shows_args_kwargs_parents_and_children(start_monitor, plain_worker, chromium):
+    monitor = start_monitor("m.db")
+    plain = plain_worker
+    # When a chain of three runs, its last link with a secret-looking keyword argument
+    result = chain(plain.signature("plain.add", args=(1, 2)), plain.signature("plain.add", args=(10,)),
+                   plain.signature("plain.mul", args=(2,), kwargs={"password": "hunter2"})).apply_async()
+    assert result.get(timeout=30) == 26
+    last, middle, first = result.id, result.parent.id, result.parent.parent.id
+
+    def ended() -> Any:
+        rows = [job(monitor, i) for i in (first, middle, last)]
+        return rows if all(r and r["status"] == "completed" for r in rows) else None
+
+    rows = wait_for(ended, 30, what="the chain's three tasks completed on the monitor")
+    head, link, tail = rows
+    # Then each shows its name and args as the events carried them, the secret masked
+    assert head["name"] == "plain.add" and head["args"] == "(1, 2)"
+    assert tail["name"] == "plain.mul" and "hunter2" not in (tail["kwargs"] or "") and "password" in tail["kwargs"]
+    # And the chain is tied together: parents, the root, children
+    assert (link["parent_id"], tail["parent_id"]) == (first, middle)
+    assert {head["root_id"] or first, link["root_id"], tail["root_id"]} == {first}
+    assert head["children"] == [middle] and link["children"] == [last]
+    # And a task is found by its name and by the text of its args
+    found = monitor.get("/api/jobs", params={"name": "plain.mul"}).json()["jobs"]
+    assert [j["id"] for j in found] == [last]
+    assert first in [j["id"] for j in monitor.get("/api/jobs", params={"q": "(1, 2)"}).json()["jobs"]]
+    # And the middle link's page shows its task, args, parent and child, each a link to its page
+    context = chromium.new_context(viewport=browser.LAPTOP)
+    try:
+        page = context.new_page()
+        page.goto(f"{monitor.url}/jobs/{middle}")
+        page.wait_for_selector("#job-detail dd:has-text('plain.add')")
+        assert link["args"] == "(3, 10)"  # a chain link gets the previous result first
+        assert page.locator("#job-detail dd:has-text('(3, 10)')").count() == 1
+        page.click(f"#job-detail .children a.task-link[href='/jobs/{last}']")
+        page.wait_for_selector(f"body[data-job-id='{last}'] #job-detail dd:has-text('plain.mul')")
+        assert page.locator(f"#job-detail a.task-link[href='/jobs/{middle}']").count() >= 1
+    finally:
+        context.close()
+
+
+def test_a_countdown_task_is_scheduled_until_it_starts(start_monitor, plain_worker):
+    monitor = start_monitor("m.db")
+    plain = plain_worker
+    # When a task is sent with a 4 s countdown
+    sent = plain.send_task("plain.add", args=(2, 2), countdown=4)
+    # Then the monitor shows it scheduled, with its ETA, before it runs
+    row = wait_for(lambda: (r := job(monitor, sent.id)) and r["scheduled"] and r, 10, what="scheduled")
+    assert row["eta"] is not None and row["started_at"] is None
+    # And no longer once it ran
+    assert sent.get(timeout=30) == 4
+    done = wait_for(lambda: (r := job(monitor, sent.id)) and r["status"] == "completed" and r, 15, what="done")
+    assert done["scheduled"] is False and done["eta"] == row["eta"]
