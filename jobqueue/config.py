@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     #: Address the monitor binds to.
     monitor_host: str = "127.0.0.1"
     #: Port the monitor binds to.
-    monitor_port: int = 5555
+    monitor_port: int = Field(5555, ge=0, le=65535)
     #: Bearer token that unlocks the monitor's controls (empty: none).
     monitor_token: str = ""
     #: "user:password" for HTTP basic auth on the monitor's controls (empty: none).
@@ -185,9 +185,8 @@ class Settings(BaseSettings):
     #: How often (s) long-lived Redis connections check their peer (PING, TCP keepalive); a
     #: dead peer is noticed, and the connection replaced, within about twice this.
     redis_health_interval: float = 10.0
-    #: RabbitMQ only: AMQP heartbeat (s) of workers' and the monitor's broker connections; a
-    #: link that stops answering is dropped, and replaced, after about twice this (0: off).
-    broker_heartbeat: float = 10.0
+    #: RabbitMQ: AMQP heartbeat (s) of broker connections; a frozen link is dropped after ~2x (0: off).
+    broker_heartbeat: float = Field(10.0, ge=0)
     #: Name of the Redis master a ``sentinel://`` broker and result backend follow (Celery's
     #: ``master_name`` transport option); empty: the one in the JOBQUEUE_CELERY_CONFIG module.
     redis_master_name: str = ""
@@ -280,10 +279,9 @@ class Settings(BaseSettings):
     max_queued_by_service: Mapping[str, int] = Field(default_factory=dict)
     #: A worker exits (warm shutdown, code 0) after this many seconds with no job running or
     #: reserved (0: never): scale to zero.
-    exit_when_idle: float = 0.0
-    #: On SIGTERM a worker stops taking jobs and gives the running one this many seconds to
-    #: end, then hands it back to its queue (no retry used) and exits (0: hand back at once).
-    soft_shutdown_timeout: float = 20.0
+    exit_when_idle: float = Field(0.0, ge=0)
+    #: Grace (s) a SIGTERMed worker gives its running job before handing it back to its queue.
+    soft_shutdown_timeout: float = Field(20.0, ge=0)
     #: The monitor the CLI's ``jobs`` and ``workers`` ask (empty: ``jobs`` asks the one at
     #: ``monitor_host:monitor_port``, ``workers`` asks the workers over the broker).
     monitor_url: str = ""
@@ -403,8 +401,6 @@ class Settings(BaseSettings):
             raise ConfigError(f"JOBQUEUE_GPU must be >= 0, got {self.gpu}")
         if not self.monitor_session_seconds > 0 or not self.monitor_audit_keep_days > 0:
             raise ConfigError("JOBQUEUE_MONITOR_SESSION_SECONDS and JOBQUEUE_MONITOR_AUDIT_KEEP_DAYS must be > 0")
-        if not 0 <= self.monitor_port <= 65535:
-            raise ConfigError(f"JOBQUEUE_MONITOR_PORT must be 0..65535, got {self.monitor_port}")
         for name, cidrs in (("WEBHOOK", self.webhook_allowed_networks), ("INPUT", self.input_allowed_networks)):
             for cidr in cidrs:
                 try:
@@ -442,13 +438,6 @@ class Settings(BaseSettings):
         bad = {s: n for s, n in self.max_queued_by_service.items() if n < 1}
         if bad:
             raise ConfigError(f"JOBQUEUE_MAX_QUEUED_BY_SERVICE caps must be >= 1, got {bad}")
-        if self.exit_when_idle < 0:
-            raise ConfigError(f"JOBQUEUE_EXIT_WHEN_IDLE must be >= 0 (0: never), got {self.exit_when_idle}")
-        if not self.broker_heartbeat >= 0:
-            raise ConfigError(f"JOBQUEUE_BROKER_HEARTBEAT must be >= 0 (0: off), got {self.broker_heartbeat}")
-        if not self.soft_shutdown_timeout >= 0:
-            raise ConfigError(f"JOBQUEUE_SOFT_SHUTDOWN_TIMEOUT must be >= 0 (0: hand back at once), "
-                              f"got {self.soft_shutdown_timeout}")
 
     def max_queued_for(self, service: str) -> int | None:
         """The cap of ``service``'s queued jobs (None: unbounded)."""

@@ -87,7 +87,9 @@ def soft_round(settings: Settings, app: Any, workdir: Path, grace: float, n: int
     first = worker_process(settings, "gpu0", workdir / f"worker-soft-{n}.log",
                            JOBQUEUE_SOFT_SHUTDOWN_TIMEOUT=str(grace)).start()
     wait_worker_ready(app, f"gpu0@{settings.machine_id}", first)
-    job = submit_job("simulation", {"steps": int(8 * grace), "step_seconds": 0.25, "output": "s"}, app=app)
+    # Longer than the grace by far more than a second worker takes to start on a busy machine.
+    steps = int((2 * grace + 30) / 0.25)
+    job = submit_job("simulation", {"steps": steps, "step_seconds": 0.25, "output": "s"}, app=app)
     wait_until(lambda: job.status().value == "processing", 60, what="the job to start")
     second = worker_process(settings, "gpu1", workdir / f"worker-soft2-{n}.log").start()
     wait_worker_ready(app, f"gpu1@{settings.machine_id}", second)

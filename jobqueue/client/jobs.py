@@ -48,8 +48,8 @@ from jobqueue.shared.summary import summarize_payload
 from jobqueue.shared.tenants import check_tenant
 from jobqueue.shared.webhooks import check_webhook_url
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
-from jobqueue.transport.result_watch import check_subscription
 from jobqueue.transport.redis_clients import unreachable
+from jobqueue.transport.result_watch import check_subscription
 
 log = logging.getLogger(__name__)
 
