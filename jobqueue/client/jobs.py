@@ -173,9 +173,9 @@ class JobHandle:
         message the moment it is written: no polling. The stored state is read again every
         :data:`REREAD_INTERVAL` s all the same, so a message lost with a dropped connection
         delays the answer, never loses it; a subscription whose link froze (no answer to its
-        health-check PINGs) is replaced within about ``JOBQUEUE_REDIS_HEALTH_INTERVAL`` + 2 ×
-        :data:`REREAD_INTERVAL` s (:mod:`jobqueue.transport.result_watch`), so progress flows
-        again. Other backends are polled every :data:`POLL_INTERVAL` s.
+        health-check PINGs, or a re-read that failed on a dead connection) is replaced within
+        about ``max(5, 2 × JOBQUEUE_REDIS_HEALTH_INTERVAL)`` + 4 s
+        (:mod:`jobqueue.transport.result_watch`), so progress flows again. Other backends are polled every :data:`POLL_INTERVAL` s.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self.submitted:
