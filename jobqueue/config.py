@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     #: Address the monitor binds to.
     monitor_host: str = "127.0.0.1"
     #: Port the monitor binds to.
-    monitor_port: int = 5555
+    monitor_port: int = Field(5555, ge=0, le=65535)
     #: Bearer token that unlocks the monitor's controls (empty: none).
     monitor_token: str = ""
     #: "user:password" for HTTP basic auth on the monitor's controls (empty: none).
@@ -180,6 +180,8 @@ class Settings(BaseSettings):
     #: How often (s) long-lived Redis connections check their peer (PING, TCP keepalive); a
     #: dead peer is noticed, and the connection replaced, within about twice this.
     redis_health_interval: float = 10.0
+    #: RabbitMQ: AMQP heartbeat (s) of broker connections; a frozen link is dropped after ~2x (0: off).
+    broker_heartbeat: float = Field(10.0, ge=0)
     #: Name of the Redis master a ``sentinel://`` broker and result backend follow (Celery's
     #: ``master_name`` transport option); empty: the one in the JOBQUEUE_CELERY_CONFIG module.
     redis_master_name: str = ""
@@ -276,7 +278,9 @@ class Settings(BaseSettings):
     fair_share: bool = True
     #: A worker exits (warm shutdown, code 0) after this many seconds with no job running or
     #: reserved (0: never): scale to zero.
-    exit_when_idle: float = 0.0
+    exit_when_idle: float = Field(0.0, ge=0)
+    #: Grace (s) a SIGTERMed worker gives its running job before handing it back to its queue.
+    soft_shutdown_timeout: float = Field(20.0, ge=0)
     #: The monitor the CLI's ``jobs`` and ``workers`` ask (empty: ``jobs`` asks the one at
     #: ``monitor_host:monitor_port``, ``workers`` asks the workers over the broker).
     monitor_url: str = ""
@@ -392,8 +396,6 @@ class Settings(BaseSettings):
             raise ConfigError(f"JOBQUEUE_GPU must be >= 0, got {self.gpu}")
         if not self.monitor_session_seconds > 0 or not self.monitor_audit_keep_days > 0:
             raise ConfigError("JOBQUEUE_MONITOR_SESSION_SECONDS and JOBQUEUE_MONITOR_AUDIT_KEEP_DAYS must be > 0")
-        if not 0 <= self.monitor_port <= 65535:
-            raise ConfigError(f"JOBQUEUE_MONITOR_PORT must be 0..65535, got {self.monitor_port}")
         for name, cidrs in (("WEBHOOK", self.webhook_allowed_networks), ("INPUT", self.input_allowed_networks)):
             for cidr in cidrs:
                 try:
@@ -431,8 +433,6 @@ class Settings(BaseSettings):
         bad = {s: n for s, n in self.max_queued_by_service.items() if n < 1}
         if bad:
             raise ConfigError(f"JOBQUEUE_MAX_QUEUED_BY_SERVICE caps must be >= 1, got {bad}")
-        if self.exit_when_idle < 0:
-            raise ConfigError(f"JOBQUEUE_EXIT_WHEN_IDLE must be >= 0 (0: never), got {self.exit_when_idle}")
         if not all(map(_QUOTA_ENTRY.fullmatch, self.tenant_quotas.split(";"))):  # see shared/tenants.py
             raise ConfigError(f"JOBQUEUE_TENANT_QUOTAS: expected tenant=queued:N,running:N,weight:N;... (N >= 1), got {self.tenant_quotas!r}")
 

@@ -162,6 +162,11 @@ class ModelsVanished(ServiceNotReached):
     job goes back to its queue (it reads ``queued``, with its ``waiting_for``), no retry used."""
 
 
+class WorkerStopping(ConnectorError):
+    """The worker was asked to stop (SIGTERM) and the job outlived its grace: the job goes back
+    to its queue (it reads ``queued``), no retry used."""
+
+
 class ServerCrashed(ServiceUnavailable):
     """The service exited or restarted while it ran the job (its connections refused, or it came
     back without the job): handed back at once; a job that does it on two machines is poison."""

@@ -50,6 +50,7 @@ from jobqueue.shared.tenants import check_tenant
 from jobqueue.shared.webhooks import check_webhook_url
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 from jobqueue.transport.redis_clients import unreachable
+from jobqueue.transport.result_watch import check_subscription
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,10 @@ class JobHandle:
         On a result backend with pub/sub (Redis) every state the worker stores arrives as a
         message the moment it is written: no polling. The stored state is read again every
         :data:`REREAD_INTERVAL` s all the same, so a message lost with a dropped connection
-        delays the answer, never loses it. Other backends are polled every :data:`POLL_INTERVAL` s.
+        delays the answer, never loses it; a subscription whose link froze (no answer to its
+        health-check PINGs, or a re-read that failed on a dead connection) is replaced within
+        about ``max(5, 2 × JOBQUEUE_REDIS_HEALTH_INTERVAL)`` + 4 s
+        (:mod:`jobqueue.transport.result_watch`), so progress flows again. Other backends are polled every :data:`POLL_INTERVAL` s.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self.submitted:
@@ -200,6 +204,7 @@ class JobHandle:
                     raise WaitTimeout(f"job {self.id} still {self.status().value} after {timeout} s")
                 slice_ = REREAD_INTERVAL if remaining is None else min(REREAD_INTERVAL, remaining)
                 try:
+                    check_subscription(res.backend)  # a frozen link: subscribe again (PING, 2 missed)
                     # Subscribes, reads the stored state once (a job that ended before the
                     # subscription is seen there), then takes every published state.
                     res.get(timeout=slice_, propagate=False, interval=POLL_INTERVAL,
@@ -214,6 +219,7 @@ class JobHandle:
                     if time.monotonic() - outage_since > OUTAGE_GRACE:
                         raise
                     log.warning("job %s: result backend out of reach; waiting on", self.id)
+                    _resubscribe_if_frozen(res.backend, lost)
                     time.sleep(RECONNECT_PAUSE if remaining is None else max(0.0, min(RECONNECT_PAUSE, remaining)))
                     continue
                 if seen.final is None:  # ready without a message: a cached final state
@@ -312,6 +318,15 @@ class JobHandle:
 def get_job(job_id: str, *, app: Any = None) -> JobHandle:
     """A handle for any job id."""
     return JobHandle(job_id, app)
+
+
+def _resubscribe_if_frozen(backend: Any, lost: tuple[type[BaseException], ...]) -> None:
+    """After a read failed on a dead connection: replace the result subscription too if its
+    health check went unanswered (the backend may be down: then Celery's consumer does it)."""
+    try:
+        check_subscription(backend, suspect=True)
+    except lost:
+        pass
 
 
 def _check_timeout(timeout: float | None) -> float | None:

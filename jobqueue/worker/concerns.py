@@ -19,9 +19,12 @@ Start-up order (the worker's bootsteps, then the consumer's, as Celery starts th
    the other workers (:mod:`jobqueue.worker.warm_peers`); the first health check runs before
    the consumer starts.
 2. ``lease`` and ``orphans``: background threads of the worker (lease on Redis only),
-   ``exit-when-idle`` (only with ``JOBQUEUE_EXIT_WHEN_IDLE``: :mod:`jobqueue.worker.idle`) and
+   ``exit-when-idle`` (only with ``JOBQUEUE_EXIT_WHEN_IDLE``: :mod:`jobqueue.worker.idle`),
    ``moved-up`` (fails jobs moved up after out of memory that waited too long:
-   :mod:`jobqueue.worker.moveup`).
+   :mod:`jobqueue.worker.moveup`),
+   and ``soft-shutdown`` (after the runtime, the lease and the pool, so it stops before them: on
+   SIGTERM the running job gets its grace, then goes back to its queue:
+   :mod:`jobqueue.worker.shutdown`).
 3. ``poison`` (consumer, after its event dispatcher): Celery's refusal handlers wrapped, the
    transport's poison hook set on the connection.
 4. ``status`` (consumer, after its event dispatcher): statuses and progress leave through it.
@@ -33,7 +36,10 @@ Start-up order (the worker's bootsteps, then the consumer's, as Celery starts th
 6. ``fair-share`` (consumer, after its task consumer): the tenant queues of the consumer's
    queues, and (with ``JOBQUEUE_FAIR_SHARE``) the order of each fetch on Redis
    (:mod:`jobqueue.worker.fairshare`).
-7. ``control``: remote control commands, answered once the consumer's pidbox runs.
+7. ``link-watch`` (consumer, after its task consumer): on Redis, reconnects the consumer when
+   its BRPOP goes unanswered too long -- a frozen broker link; on both brokers, bounds the close
+   of the old event dispatcher's connection when it reconnects (:mod:`jobqueue.worker.linkwatch`).
+8. ``control``: remote control commands, answered once the consumer's pidbox runs.
 
 Then, per message and task, in this order: the ``job-task``'s strategy -- a tenant's running
 quota (:func:`~jobqueue.worker.tenant_quota.with_running_quota`) around the hand-back
@@ -55,8 +61,10 @@ from jobqueue.worker import attempts, bootsteps, tenant_quota, webhooks
 from jobqueue.worker.fairshare import FairShareStep
 from jobqueue.worker.handback import requirements_strategy
 from jobqueue.worker.idle import IdleStep
+from jobqueue.worker.linkwatch import LinkWatchStep
 from jobqueue.worker.moveup import MoveUpStep
 from jobqueue.worker.poison import PoisonStep
+from jobqueue.worker.shutdown import SoftShutdownStep
 from jobqueue.worker.task import register_job_task
 
 #: ``(signal, handler)``: a Celery signal and the module-level function it calls.
@@ -105,11 +113,13 @@ CONCERNS: tuple[Concern, ...] = (
     Concern("lease", worker_steps=(bootsteps.LeaseStep,)),
     Concern("orphans", worker_steps=(bootsteps.OrphanStep,)),
     Concern("exit-when-idle", worker_steps=(IdleStep,)),
+    Concern("soft-shutdown", worker_steps=(SoftShutdownStep,)),
     Concern("moved-up", worker_steps=(MoveUpStep,)),
     Concern("poison", consumer_steps=(PoisonStep,)),
     Concern("status", consumer_steps=(bootsteps.StatusStep,)),
     Concern("queue-gates", consumer_steps=(bootsteps.QueueGateStep,)),
     Concern("fair-share", consumer_steps=(FairShareStep,)),
+    Concern("link-watch", consumer_steps=(LinkWatchStep,)),
     Concern("control", register=_register_control),
     Concern("job-task", register=_register_job_task),  # with the running-quota and hand-back strategy
     Concern("running-quota", worker_steps=(tenant_quota.RunningQuotaStep,), handlers=(

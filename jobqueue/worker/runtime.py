@@ -78,6 +78,8 @@ class WorkerRuntime:
         self._jobs: dict[str, tuple[Job, Connector]] = {}
         #: Jobs given up because the lease was lost (newest last, bounded).
         self._given_up: collections.deque[str] = collections.deque(maxlen=1000)
+        #: Jobs interrupted to be handed back to their queue (the worker is stopping).
+        self._handing_back: set[str] = set()
         self._lock = threading.RLock()
         self._ever_healthy: set[str] = set()
         #: (healthy, details) of each connector when its change last asked the gates to sync.
@@ -207,6 +209,7 @@ class WorkerRuntime:
             self._jobs[job.id] = (job, connector)
             if job.id in self._given_up:  # handed to this worker again: a new, live attempt
                 self._given_up.remove(job.id)
+            self._handing_back.discard(job.id)
             if not self._closing and connector.status.is_healthy:
                 connector.set_status(ConnectorStatus.ACTIVE, f"running job {job.id}", self._warm_details(connector))
         self._warm_sync(connector, 0.0)
@@ -283,6 +286,20 @@ class WorkerRuntime:
                 self._given_up.append(job_id)
             log.warning("giving up job %s: its lease is lost", job_id)
             self.cancel(job_id)
+
+    def hand_back(self, job_ids: list[str]) -> None:
+        """Interrupt jobs on their service so that they go back to their queue (the worker is
+        stopping and they outlived their grace, see :mod:`jobqueue.worker.shutdown`)."""
+        for job_id in job_ids:
+            with self._lock:
+                self._handing_back.add(job_id)
+            log.warning("handing job %s back to its queue: the worker is stopping", job_id)
+            self.cancel(job_id)
+
+    def is_handed_back(self, job_id: str) -> bool:
+        """True when ``job_id`` was interrupted here to go back to its queue."""
+        with self._lock:
+            return job_id in self._handing_back
 
     def is_given_up(self, job_id: str) -> bool:
         """True when ``job_id`` was given up here after its lease was lost."""
