@@ -192,6 +192,12 @@ class Settings(BaseSettings):
     #: Origins besides the monitor's own that may send controls (e.g. a reverse proxy's
     #: public https://monitor.example); everything else cross-site is refused.
     monitor_allowed_origins: tuple[str, ...] = ()
+    #: Path the monitor serves everything under (pages, assets, API, ``/ws``), e.g. ``/flower``.
+    monitor_url_prefix: str = ""
+    #: Reverse proxies in front of the monitor whose ``X-Forwarded-{For,Proto,Host,Prefix}`` count.
+    monitor_proxy_count: int = 0
+    #: Seconds after which an offline worker leaves the fleet view and ``/api/workers`` (0: never).
+    monitor_hide_offline_after: float = 86400.0
     #: Largest request body the monitor reads (bytes); larger ones are refused with 413.
     monitor_max_body_bytes: int = 1_000_000
     #: Threads of the monitor's web server for HTTP requests (an open dashboard's websocket

@@ -23,14 +23,14 @@ from jobqueue.shared import queued
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
 from monitor.store import JOB_SORTS
-from monitor.web import schemas
+from monitor.web import offline, schemas
 from monitor.web.access import current_identity
 from monitor.web.broker import queue_depths
 from monitor.web.eta import annotate, busy_until, consumers_per_queue, first_start_in, store_estimates
 from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_reasons
 from monitor.web.responses import error_response
 from monitor.web.routes import Limit, Role, route
-from monitor.web.schemas import int_query
+from monitor.web.schemas import int_query, str_query
 from monitor.web.tenancy import FLEET, own_ids, redact_worker, redact_workers, scope
 
 bp = Blueprint("api", __name__)
@@ -143,9 +143,17 @@ def machines() -> Any:
     return jsonify({"machines": ctx().store.machines()})
 
 
-@route(bp, "/api/workers", role=Role.VIEWER, summary="Workers", response=schemas.WORKERS)
+@route(bp, "/api/workers", role=Role.VIEWER, summary="Workers (long-offline ones only with status=all)",
+       query=(str_query("status", offline.STATUS_CHOICES),), response=schemas.WORKERS, errors=(400,))
 def workers() -> Any:
-    return jsonify({"workers": redact_workers(ctx().store.workers(), scope())})
+    """The fleet's workers, without those offline for longer than the hide setting
+    (:mod:`monitor.web.offline`); ``?status=all`` lists every one, ``?status=<status>`` those in it."""
+    status = request.args.get("status")
+    if status is not None and status not in offline.STATUS_CHOICES:
+        raise ApiError(400, "bad_request", f"status must be one of {', '.join(offline.STATUS_CHOICES)}")
+    now = time.time()
+    found = offline.shown(ctx().store.workers(now), status, now, ctx().settings.monitor_hide_offline_after)
+    return jsonify({"workers": redact_workers(found, scope())})
 
 
 @route(bp, "/api/workers/<path:name>", role=Role.VIEWER, summary="One worker", response=schemas.WORKER,
