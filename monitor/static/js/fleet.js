@@ -224,6 +224,6 @@
   setInterval(refreshDeadLetters, 5000);
 
   live.subscribe(() => render());
-  setInterval(render, 15000);  // a worker that stays offline leaves the view with time, not with an event
+  setInterval(render, 5000);  // a worker that stays offline leaves the view with time, not with an event
   auth.onChange(render);
 })();
