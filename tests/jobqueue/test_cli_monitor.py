@@ -75,3 +75,13 @@ def test_a_prefix_that_is_not_a_path_is_a_clean_error_naming_its_variable(tmp_pa
     bad = CliRunner().invoke(main, ["monitor", "--url-prefix", "/a b", "--port", "0"],
                              env={"JOBQUEUE_MONITOR_DB": f"sqlite:///{tmp_path / 'm.db'}"})
     assert bad.exit_code == 1 and "JOBQUEUE_MONITOR_URL_PREFIX" in bad.output
+
+
+def test_the_commands_ask_the_local_monitor_under_its_prefix_and_an_explicit_url_as_given() -> None:
+    from jobqueue.client.commands import monitor_url
+    from jobqueue.config import Settings
+
+    assert monitor_url(Settings(monitor_url_prefix="/flower/", monitor_port=5600)) == "http://127.0.0.1:5600/flower"
+    assert monitor_url(Settings()) == "http://127.0.0.1:5555"
+    assert monitor_url(Settings(monitor_url="http://m.example/ops/flower/", monitor_url_prefix="/flower")) == \
+        "http://m.example/ops/flower"
