@@ -58,6 +58,7 @@ def test_every_page_asset_and_api_route_answers_under_the_prefix_and_nothing_out
     assert client.get("/flower/ui-static/js/common.js").status_code == 200
     assert client.get("/flower/api/workers", headers=AUTH).get_json() == {"workers": []}
     assert client.get("/flower/healthz").status_code == 200
+    assert client.get("/flower/api/openapi.json", headers=AUTH).get_json()["servers"] == [{"url": "/flower"}]
     assert client.get("/flower/metrics", headers=AUTH).status_code == 200
     # And the same paths without the prefix are not this monitor's
     for path in ("/", "/api/workers", "/healthz", "/ui-static/js/common.js", "/ws"):
