@@ -13,7 +13,6 @@ modules inside it so ``jobqueue --help`` stays fast and works when an optional p
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -22,16 +21,10 @@ from typing import Any
 
 import click
 
-from jobqueue.config import Settings
+from jobqueue.cli_common import dump as _dump
+from jobqueue.cli_common import load_settings, needs_extra
+from jobqueue.cli_keys import keys
 from jobqueue.errors import ConfigError, JobFailed, SubmitError, WaitTimeout
-
-
-def load_settings() -> Settings:
-    """Settings from the environment, or a clean CLI error naming the bad variable."""
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(f"configuration: {exc}") from None
 
 
 @contextmanager
@@ -44,16 +37,6 @@ def celery_app() -> Iterator[Any]:
         yield app
     finally:
         app.close()
-
-
-@contextmanager
-def needs_extra(what: str, extra: str) -> Iterator[None]:
-    """Turn a missing optional dependency into a one-line error naming the extra to install."""
-    try:
-        yield
-    except ModuleNotFoundError as exc:
-        raise click.ClickException(
-            f"{what} needs the [{extra}] extra ({exc}): pip install 'jobqueue[{extra}]'") from None
 
 
 def parse_payload(text: str, param_hint: str = "PAYLOAD") -> dict[str, Any]:
@@ -81,14 +64,13 @@ def job_payload(payload: str | None, workflow: str | None) -> dict[str, Any]:
         raise click.BadParameter(str(exc), param_hint="--workflow") from None
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, default=str)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="jobqueue")
 def main() -> None:
     """jobqueue: image-generation jobs on GPU workers through Celery."""
+
+
+main.add_command(keys)
 
 
 @main.command()
@@ -340,22 +322,31 @@ def worker(celery_args: tuple[str, ...], exit_when_idle: float | None = None) ->
 @main.command()
 @click.option("--host", default=None, help="Address to bind (default JOBQUEUE_MONITOR_HOST, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default JOBQUEUE_MONITOR_PORT, 5555).")
+@click.option("--broker", default=None, help="Broker URL of the Celery app to watch (default JOBQUEUE_BROKER_URL).")
+@click.option("--result-backend", default=None,
+              help="Its result backend (default JOBQUEUE_RESULT_BACKEND, else the broker's Redis).")
+@click.option("--url-prefix", default=None,
+              help="Serve everything under this path, e.g. /flower (default JOBQUEUE_MONITOR_URL_PREFIX).")
 @click.option("--debug", is_flag=True, help="Serve with Werkzeug's development server instead of gunicorn.")
 @click.option("--upgrade-only", is_flag=True,
               help="Migrate the store (JOBQUEUE_MONITOR_DB) to the newest schema, print its revision before and after, and exit.")
-def monitor(host: str | None, port: int | None, debug: bool = False, upgrade_only: bool = False) -> None:
-    """Run the monitor (collector, store from JOBQUEUE_MONITOR_DB, API, dashboard) under gunicorn."""
+def monitor(host: str | None, port: int | None, debug: bool = False, upgrade_only: bool = False,
+            broker: str | None = None, result_backend: str | None = None, url_prefix: str | None = None) -> None:
+    """Run the monitor (collector, store from JOBQUEUE_MONITOR_DB, API, dashboard) under gunicorn,
+    on any Celery app's broker: its workers need nothing of jobqueue."""
     import logging
 
+    options = {"broker_url": broker, "result_backend": result_backend, "monitor_url_prefix": url_prefix}
+    settings = load_settings(**{k: v for k, v in options.items() if v is not None})
     if upgrade_only:
-        upgrade_store(load_settings().monitor_db)
+        upgrade_store(settings.monitor_db)
         return
     with needs_extra("the monitor", "monitor"):
         from monitor.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        serve(load_settings(), host, port, debug=debug)
+        serve(settings, host, port, debug=debug)
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
 
@@ -380,85 +371,6 @@ def upgrade_store(url: str) -> None:
         raise click.ClickException(f"the monitor's store {shown} cannot be upgraded: {reason}") from None
     before = done.before or ("none (a store of a monitor from before migrations)" if done.adopted else "none (empty)")
     click.echo(f"store {shown}\nrevision before: {before}\nrevision after:  {done.after}")
-
-
-@main.group()
-def keys() -> None:
-    """API keys of the monitor (in its store, JOBQUEUE_MONITOR_DB): create, list, revoke."""
-
-
-def _key_store() -> Any:
-    with needs_extra("API keys", "monitor"):
-        from monitor.store import Store
-
-    return Store.from_settings(load_settings())
-
-
-def _audit_cli(store: Any, action: str, target: str, detail: str = "") -> None:
-    """Record a key change made here in the monitor's audit trail (subject ``cli:<user>``)."""
-    import getpass
-    import time
-
-    from monitor.store.access import add_audit
-
-    with store.write() as tx:
-        add_audit(tx.session, [{"at": time.time(), "subject": f"cli:{getpass.getuser()}", "role": "admin",
-                                "tenant": None, "address": "", "action": action, "target": target,
-                                "outcome": "ok", "status": 200, "detail": detail}])
-
-
-@keys.command("create")
-@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True)
-@click.option("--name", default="", help="What the key is for (shown in lists).")
-@click.option("--tenant", default=None, help="The tenant the key's jobs belong to.")
-@click.option("--expires", default=None, help="Lifetime, e.g. 90d, 12h, 30m (default: never).")
-def keys_create(role: str, name: str, tenant: str | None, expires: str | None) -> None:
-    """Create a key and print it (once: only its hash is kept)."""
-    import time
-
-    from monitor.store.access import create_key, parse_duration
-
-    try:
-        expires_at = time.time() + parse_duration(expires) if expires else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--expires") from None
-    store = _key_store()
-    try:
-        secret, info = create_key(store, role, name=name, tenant=tenant, expires_at=expires_at, created_by="cli")
-        _audit_cli(store, "key.create", f"key:{info['id']}", f"role={role} tenant={tenant or '-'}")
-    finally:
-        store.close()
-    click.echo(secret)
-    click.echo(f"key {info['id']} ({role}{', tenant ' + tenant if tenant else ''}): shown once, store it now", err=True)
-
-
-@keys.command("list")
-def keys_list() -> None:
-    """List the keys (never their secrets) as JSON."""
-    from monitor.store.access import list_keys
-
-    store = _key_store()
-    try:
-        click.echo(_dump(list_keys(store)))
-    finally:
-        store.close()
-
-
-@keys.command("revoke")
-@click.argument("key_id")
-def keys_revoke(key_id: str) -> None:
-    """Revoke a key: every request and session with it is refused from now on."""
-    from monitor.store.access import revoke_key
-
-    store = _key_store()
-    try:
-        found = revoke_key(store, key_id)
-        if found is None:
-            raise click.ClickException(f"no key {key_id!r}")
-        _audit_cli(store, "key.revoke", f"key:{key_id}")
-    finally:
-        store.close()
-    click.echo(f"key {key_id} revoked")
 
 
 @main.command("comfyui-sim")

@@ -153,9 +153,8 @@ class Settings(BaseSettings):
     webhook_max_tries: int = 6
     #: Seconds before the first retry of a webhook delivery; doubled for each further retry.
     webhook_backoff: float = 10.0
-    #: Networks (CIDRs) webhook targets may be in besides public addresses, e.g.
-    #: ``10.1.2.0/24,127.0.0.1/32`` for a receiver inside the fleet: by default workers refuse
-    #: loopback, private, link-local, CGNAT, multicast and reserved targets.
+    #: Networks (CIDRs) webhook targets may be in besides public addresses (``10.1.2.0/24``): by
+    #: default workers refuse loopback, private, link-local, CGNAT, multicast, reserved targets.
     webhook_allowed_networks: tuple[str, ...] = ()
     #: Networks (CIDRs) a ComfyUI job's input image URLs may be in besides public addresses
     #: (same rules as ``webhook_allowed_networks``), e.g. an image server inside the fleet.
@@ -166,12 +165,10 @@ class Settings(BaseSettings):
     #: ComfyUI: longest (s) a prompt may be listed as running with no message at all before the
     #: job counts as stalled (a silent node is not a stall; a server that stops answering is).
     comfyui_node_timeout: float = 600.0
-    #: A1111/Forge: longest (s) the WebUI's progress may stay unchanged while it still answers
-    #: before the job counts as stalled (one slow sampling step, a hires pass or a VAE decode
-    #: shows no progress; a WebUI that stops answering is a stall after ``stall_timeout``).
+    #: A1111/Forge: longest (s) the WebUI's progress may stay unchanged while it answers before the
+    #: job counts as stalled (a WebUI that stops answering is a stall after ``stall_timeout``).
     a1111_node_timeout: float = 600.0
-    #: Tags this worker declares (``customer:acme,region:eu``): jobs requiring a tag run only
-    #: on workers that declare it.
+    #: Tags this worker declares (``customer:acme,region:eu``): jobs requiring one run only here.
     worker_tags: tuple[str, ...] = ()
     #: Stable Diffusion WebUI (A1111/Forge) base URL for a worker with no per-GPU entry.
     a1111_url: str = "http://127.0.0.1:7860"
@@ -193,6 +190,12 @@ class Settings(BaseSettings):
     #: Origins besides the monitor's own that may send controls (e.g. a reverse proxy's
     #: public https://monitor.example); everything else cross-site is refused.
     monitor_allowed_origins: tuple[str, ...] = ()
+    #: Path the monitor serves everything under (pages, assets, API, ``/ws``), e.g. ``/flower``.
+    monitor_url_prefix: str = ""
+    #: Reverse proxies in front of the monitor whose ``X-Forwarded-{For,Proto,Host,Prefix}`` count.
+    monitor_proxy_count: int = 0
+    #: Seconds after which an offline worker leaves the fleet view and ``/api/workers`` (0: never).
+    monitor_hide_offline_after: float = 86400.0
     #: Largest request body the monitor reads (bytes); larger ones are refused with 413.
     monitor_max_body_bytes: int = 1_000_000
     #: Threads of the monitor's web server for HTTP requests (an open dashboard's websocket

@@ -102,6 +102,10 @@ def create_app(
     app.extensions["jobqueue_monitor"] = context
     _register_routes(app)
     _register_error_handlers(app)
+    from monitor.web import offline, prefix
+
+    offline.check(settings.monitor_hide_offline_after)
+    prefix.install(app, settings)  # under JOBQUEUE_MONITOR_URL_PREFIX, behind trusted proxies
     return app
 
 

@@ -27,9 +27,10 @@ from monitor.metrics.totals import Totals
 from monitor.repair.reconcile import Repair
 from monitor.store import Store
 from monitor.store.lease import WriterLease
-from monitor.web import ws
+from monitor.web import offline, ws
 from monitor.web.auth import has_credentials, is_loopback
 from monitor.web.broker import monitor_celery_app
+from monitor.web.prefix import normalise_prefix
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ class Monitor:
         return self
 
     def serve_forever(self) -> None:
-        log.info("monitor on http://%s:%d", self.server.host, self.port)
+        log.info("monitor on http://%s:%d%s/", self.server.host, self.port,
+                 normalise_prefix(self.settings.monitor_url_prefix))
         self.server.serve_forever(poll_interval=0.2)
 
     def stop(self) -> None:
@@ -116,6 +118,8 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
     or with ``debug`` under Werkzeug's development server."""
     host = host or settings.monitor_host
     port = settings.monitor_port if port is None else port
+    normalise_prefix(settings.monitor_url_prefix)  # a bad prefix or hide setting: refused before any fork
+    offline.check(settings.monitor_hide_offline_after)
     if not debug:
         from monitor.production import serve_production
 

@@ -64,8 +64,11 @@ def workflow_payload(path: str) -> dict[str, Any]:
 
 
 def monitor_url(settings: Settings) -> str:
-    """The monitor the commands ask: ``JOBQUEUE_MONITOR_URL``, else the local one."""
-    return (settings.monitor_url or f"http://{settings.monitor_host}:{settings.monitor_port}").rstrip("/")
+    """The monitor the commands ask: ``JOBQUEUE_MONITOR_URL``, else the local one (under its
+    ``JOBQUEUE_MONITOR_URL_PREFIX``)."""
+    prefix = settings.monitor_url_prefix.strip().strip("/")
+    local = f"http://{settings.monitor_host}:{settings.monitor_port}" + (f"/{prefix}" if prefix else "")
+    return (settings.monitor_url or local).rstrip("/")
 
 
 def ask_monitor(settings: Settings, path: str, params: dict[str, Any] | None = None) -> Any:

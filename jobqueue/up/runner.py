@@ -250,7 +250,8 @@ class _Up:
             ready=lambda: tcp_answers(host, port),
             ready_timeout=60.0,
         ))
-        self.summary.append(("monitor", f"http://{host}:{port}{login}"))
+        prefix = self.settings.monitor_url_prefix.strip().strip("/")  # login: the page under it
+        self.summary.append(("monitor", f"http://{host}:{port}{'/' + prefix if prefix else ''}{login}"))
 
     def write_run_file(self) -> None:
         write_run_file(self.data_dir, {

@@ -35,6 +35,7 @@ from monitor.web.auth import (
 )
 from monitor.web.frames import Refusal as WsRefusal
 from monitor.web.limits import note_failure
+from monitor.web.prefix import base_path
 from monitor.web.routes import Role, RouteSpec, spec_for
 
 #: A request's headers: Werkzeug's, or any mapping (only ``Authorization`` is read).
@@ -142,7 +143,7 @@ def _refusal_response(exc: Refusal, spec: RouteSpec | None) -> Response:
 
     if exc.status == 401 and spec is not None and spec.page:
         target = request.full_path.rstrip("?") if request.query_string else request.path
-        response: Response = redirect("/login?next=" + quote(target, safe="/"), code=302)  # type: ignore[assignment]
+        response: Response = redirect(base_path() + "/login?next=" + quote(target, safe="/"), code=302)  # type: ignore[assignment]
         if request.cookies.get(sessions.COOKIE):
             sessions.close_session(request, response)  # a stale or forged session: forget it
         return response

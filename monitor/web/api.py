@@ -22,7 +22,7 @@ from jobqueue.shared import queued
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
 from monitor.store import JOB_SORTS
-from monitor.web import schemas
+from monitor.web import offline, schemas
 from monitor.web.access import current_identity
 from monitor.web.broker import queue_depths
 from monitor.web.eta import (
@@ -34,9 +34,10 @@ from monitor.web.eta import (
     store_estimates,
 )
 from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_reasons
+from monitor.web.health import health_of, public_health, sees_details
 from monitor.web.responses import error_response
 from monitor.web.routes import Limit, Role, route
-from monitor.web.schemas import int_query
+from monitor.web.schemas import int_query, str_query
 from monitor.web.tenancy import FLEET, own_ids, redact_worker, redact_workers, scope
 
 bp = Blueprint("api", __name__)
@@ -149,9 +150,17 @@ def machines() -> Any:
     return jsonify({"machines": ctx().store.machines()})
 
 
-@route(bp, "/api/workers", role=Role.VIEWER, summary="Workers", response=schemas.WORKERS)
+@route(bp, "/api/workers", role=Role.VIEWER, summary="Workers (long-offline ones only with status=all)",
+       query=(str_query("status", offline.STATUS_CHOICES),), response=schemas.WORKERS, errors=(400,))
 def workers() -> Any:
-    return jsonify({"workers": redact_workers(ctx().store.workers(), scope())})
+    """The fleet's workers, without those offline for longer than the hide setting
+    (:mod:`monitor.web.offline`); ``?status=all`` lists every one, ``?status=<status>`` those in it."""
+    status = request.args.get("status")
+    if status is not None and status not in offline.STATUS_CHOICES:
+        raise ApiError(400, "bad_request", f"status must be one of {', '.join(offline.STATUS_CHOICES)}")
+    now = time.time()
+    found = offline.shown(ctx().store.workers(now), status, now, ctx().settings.monitor_hide_offline_after)
+    return jsonify({"workers": redact_workers(found, scope())})
 
 
 @route(bp, "/api/workers/<path:name>", role=Role.VIEWER, summary="One worker", response=schemas.WORKER,
@@ -462,31 +471,8 @@ def shutdown(name: str) -> Any:
 @route(bp, "/healthz", role=Role.PUBLIC, summary="Liveness of collector and writer (details only to viewers)",
        response=schemas.HEALTH, errors=(503,))
 def healthz() -> Any:
-    c = ctx()
-    collector = c.collector.stats() if c.collector is not None else None
-    ok = collector is None or (collector["alive"] and c.writer is not None and c.writer.alive)
-    leadership = getattr(c.writer, "leadership", None)
-    body = {"ok": bool(ok), "seq": c.store.seq(), "collector": collector,
-            "repair": c.repair_stats(), "uptime": round(time.time() - c.started_at, 3),
-            "role": "single" if leadership is None else ("standby" if c.writer.standing_by else "leader"),
-            "lease": None if leadership is None else {**leadership.stats(), "buffered": c.writer.buffered}}
-    return jsonify(body if _sees_details() else public_health(body)), 200 if ok else 503
-
-
-def _sees_details() -> bool:
-    from monitor.web.access import current_identity
-
-    return current_identity().role.allows(Role.VIEWER)
-
-
-def public_health(body: dict[str, Any]) -> dict[str, Any]:
-    """What ``/healthz`` tells anyone: up or not, and whether collector and repair run (no
-    error texts, counts or addresses)."""
-    collector, repair = body.get("collector"), body.get("repair")
-    return {"ok": body["ok"], "seq": body["seq"],
-            "collector": None if collector is None else {k: collector.get(k) for k in ("alive", "connected")},
-            "repair": None if repair is None else {"runs": repair.get("runs")}, "uptime": body["uptime"],
-            "role": body["role"]}
+    body = health_of(ctx())
+    return jsonify(body if sees_details() else public_health(body)), 200 if body["ok"] else 503
 
 
 @route(bp, "/metrics", role=Role.VIEWER, summary="Prometheus metrics (also the metrics token; not for a tenant)",

@@ -21,6 +21,7 @@ from jobqueue.config import Settings
 from monitor.web import sessions
 from monitor.web.access import auth_configured, current_identity
 from monitor.web.auth import from_secret
+from monitor.web.prefix import base_path
 from monitor.web.routes import Limit, Role, route
 from monitor.web.schemas import AUTH_INFO, LOGIN_REPLY, LOGIN_REQUEST, OK
 
@@ -39,7 +40,7 @@ def sso_buttons(settings: Settings, next_page: str) -> list[dict[str, str]]:
     if not settings.monitor_sso_provider:
         return []
     name = settings.monitor_sso_name or {"github": "GitHub"}.get(settings.monitor_sso_provider, "single sign-on")
-    return [{"name": name, "url": "/login/sso?next=" + quote(next_page, safe="/")}]
+    return [{"name": name, "url": base_path() + "/login/sso?next=" + quote(next_page, safe="/")}]
 
 
 @route(bp, "/login", role=Role.PUBLIC, summary="The login page", content="text/html")

@@ -108,8 +108,13 @@ def document(app: Flask) -> dict[str, Any]:
 
 @route(bp, "/api/openapi.json", role=Role.VIEWER, summary="This document", response={"type": "object"})
 def openapi() -> Any:
-    """The OpenAPI document of this API."""
-    return jsonify(document(current_app._get_current_object()))  # type: ignore[attr-defined]
+    """The OpenAPI document of this API; its server is the path the monitor is served under
+    (``/flower`` with a prefix), so a client generated from it calls the right URLs."""
+    from monitor.web.prefix import base_path
+
+    doc = document(current_app._get_current_object())  # type: ignore[attr-defined]
+    doc["servers"] = [{"url": base_path() or "/"}]
+    return jsonify(doc)
 
 
 def roles_table(app: Flask) -> str:

@@ -22,6 +22,7 @@ from flask import Flask, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from jobqueue.config import Settings
+from monitor.web.prefix import cookie_path
 
 #: The session cookie's name.
 COOKIE = "jobqueue_session"
@@ -92,9 +93,9 @@ def open_session(app: Flask, request: Request, response: Response, payload: dict
     """Set the session cookie for ``payload`` on ``response``."""
     value = app.extensions[EXTENSION].dumps(payload)
     response.set_cookie(COOKIE, value, max_age=int(max_age), httponly=True, samesite="Lax",
-                        secure=is_secure(request), path="/")
+                        secure=is_secure(request), path=cookie_path())
 
 
 def close_session(request: Request, response: Response) -> None:
     """Clear the session cookie."""
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Lax", secure=is_secure(request))
+    response.delete_cookie(COOKIE, path=cookie_path(), httponly=True, samesite="Lax", secure=is_secure(request))

@@ -24,6 +24,7 @@ from jobqueue.config import Settings
 from monitor.web import sessions
 from monitor.web.auth import Identity
 from monitor.web.login import safe_next, sso_buttons
+from monitor.web.prefix import base_path, cookie_path
 from monitor.web.routes import Limit, Role, route
 from monitor.web.schemas import str_query
 from monitor.web.sso_client import ProviderError, authorization, build, exchange, profile
@@ -59,7 +60,7 @@ def _redirect_uri(settings: Settings) -> str:
     if settings.monitor_sso_redirect_url:
         return settings.monitor_sso_redirect_url
     scheme = "https" if sessions.is_secure(request) else "http"
-    return f"{scheme}://{request.host}/auth/callback"
+    return f"{scheme}://{request.host}{base_path()}/auth/callback"
 
 
 def _page(status: int, message: str, next_page: str = "/") -> Response:
@@ -68,7 +69,7 @@ def _page(status: int, message: str, next_page: str = "/") -> Response:
                            sso_error=message)
     response = Response(html, status=status, mimetype="text/html", headers={"Cache-Control": "no-store"})
     if request.cookies.get(STATE_COOKIE):
-        response.delete_cookie(STATE_COOKIE, path="/auth", httponly=True, samesite="Lax",
+        response.delete_cookie(STATE_COOKIE, path=cookie_path("/auth"), httponly=True, samesite="Lax",
                                secure=sessions.is_secure(request))
     return response
 
@@ -93,7 +94,7 @@ def start() -> Response:
     response: Response = redirect(found["url"], code=302)  # type: ignore[assignment]
     response.headers["Cache-Control"] = "no-store"
     response.set_cookie(STATE_COOKIE, state, max_age=STATE_SECONDS, httponly=True, samesite="Lax",
-                        secure=sessions.is_secure(request), path="/auth")
+                        secure=sessions.is_secure(request), path=cookie_path("/auth"))
     return response
 
 
@@ -147,9 +148,9 @@ def callback() -> Response:
                         tenant=admission.tenant, via="cookie")
     g.jobqueue_identity = identity
     g.jobqueue_audit_target = identity.subject
-    response: Response = redirect(next_page, code=302)  # type: ignore[assignment]
+    response: Response = redirect(base_path() + next_page, code=302)  # type: ignore[assignment]
     response.headers["Cache-Control"] = "no-store"
     payload = {**identity.session_payload(), "f": sessions.sso_fingerprint(settings)}
     sessions.open_session(current_app, request, response, payload, settings.monitor_session_seconds)
-    response.delete_cookie(STATE_COOKIE, path="/auth", httponly=True, samesite="Lax", secure=sessions.is_secure(request))
+    response.delete_cookie(STATE_COOKIE, path=cookie_path("/auth"), httponly=True, samesite="Lax", secure=sessions.is_secure(request))
     return response

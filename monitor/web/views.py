@@ -33,6 +33,13 @@ bp = Blueprint(
 )
 
 
+@bp.app_context_processor
+def page_settings() -> dict[str, Any]:
+    """What every page's shell tells its scripts: how long an offline worker stays in the fleet
+    view (:mod:`monitor.web.offline`)."""
+    return {"hide_offline_after": current_app.extensions["jobqueue_monitor"].settings.monitor_hide_offline_after}
+
+
 @route(bp, "/api/services/<name>/schema", role=Role.VIEWER, summary="JSON schema of a service's job payload",
        response={"type": "object"}, errors=(404,))
 def service_schema(name: str) -> Any:

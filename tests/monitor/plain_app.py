@@ -82,3 +82,38 @@ def plain_worker(tmp_path: Path, redis_url: str) -> Iterator[Any]:
     """A worker of a plain Celery app that imports nothing of jobqueue (threads pool)."""
     with plain_worker_process(tmp_path, redis_url) as app:
         yield app
+
+
+@contextmanager
+def flower_like_monitor(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[str, Any]]:
+    """``jobqueue monitor ARGS...`` (e.g. ``--broker URL --url-prefix /flower``) as a Flower user
+    starts it: no ``JOBQUEUE_*`` broker or backend variable, only ``env`` (its store, a token...).
+    Yields its root URL (with the prefix, when ``--url-prefix`` is among ``args``) and the process."""
+    import requests
+
+    from jobqueue.up.embedded import free_port
+    from jobqueue.up.procs import ChildProcess, monitor_command
+    from tests.helpers import ROOT, child_env, wait_for
+
+    port = free_port()
+    variables = {"JOBQUEUE_MONITOR_DB": f"sqlite:///{tmp_path / 'flower-like.db'}",
+                 "JOBQUEUE_DATA_DIR": str(tmp_path / "no-up-here"), **env}
+    assert not any(name.startswith(("JOBQUEUE_BROKER", "JOBQUEUE_RESULT")) for name in variables)
+    prefix = args[args.index("--url-prefix") + 1].rstrip("/") if "--url-prefix" in args else ""
+    url = f"http://127.0.0.1:{port}{prefix}"
+    proc = ChildProcess([*monitor_command(port), *args], child_env(variables), tmp_path / "flower-like.log", cwd=ROOT)
+    proc.start()
+
+    def healthy() -> bool:
+        if proc.exited_with() is not None:
+            raise AssertionError(f"the monitor exited: {(tmp_path / 'flower-like.log').read_text()[-3000:]}")
+        try:
+            return requests.get(url + "/healthz", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(healthy, 60, interval=0.2, what=f"jobqueue monitor on {url}")
+        yield url, proc
+    finally:
+        proc.stop()

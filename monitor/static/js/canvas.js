@@ -16,7 +16,7 @@ const JQCanvas = (function () {
     const t = node(task);
     const here = t.id === jobId;
     const label = here ? h("strong", {class: "mono", text: shortId(t.id)})
-      : h("a", {class: "mono task-link", href: "/jobs/" + encodeURIComponent(t.id), title: t.id, text: shortId(t.id)});
+      : h("a", {class: "mono task-link", href: JQ.url("/jobs/" + encodeURIComponent(t.id)), title: t.id, text: shortId(t.id)});
     const below = depth < 50 ? (kids.get(t.id) || []).map((k) => item(k, kids, depth + 1)) : [];
     return h("li", {class: here ? "current" : null, "data-task-id": t.id, "data-status": t.status},
       label, " ", statusPill(t.status), " ", h("span", {text: t.name || t.service || "(name not seen)"}),

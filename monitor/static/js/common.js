@@ -5,6 +5,9 @@
  *   as <img src=x onerror=alert(1)> shows as text.
  * - Auth: the login token lives in sessionStorage and travels in the Authorization header.
  *   No cookie is involved, so a cross-site form cannot forge a control request (CSRF-safe).
+ * - Base path: the monitor may be served under a prefix (/flower; <meta name="jq-base">). Every
+ *   request goes through url(): api() and control() take app paths ("/api/jobs") and add it;
+ *   links and other fetches call JQ.url() themselves, and the websocket's URL carries it too.
  * - Live: the /ws client. It applies the snapshot, then each delta in seq order, and on
  *   reconnect asks for ?since=<last seq> so nothing is missed and nothing is applied twice.
  */
@@ -18,6 +21,13 @@ const JQ = (function () {
     "loading", "target", "rel", "aria-sort", "scope", "aria-pressed"]);
   const SVG_NS = "http://www.w3.org/2000/svg";
   const SVG_TAGS = new Set(["svg", "g", "rect", "line", "text", "path", "title", "circle"]);
+
+  const BASE = (document.querySelector('meta[name="jq-base"]') || {content: ""}).content.replace(/\/+$/, "");
+
+  /** ``path`` of this monitor ("/jobs/x") as the browser must ask for it: under the base path. */
+  function url(path) {
+    return typeof path === "string" && path.startsWith("/") && !path.startsWith("//") ? BASE + path : path;
+  }
 
   /** A URL we are willing to put in href/src: same-origin paths or http(s). */
   function safeUrl(url) {
@@ -102,6 +112,15 @@ const JQ = (function () {
     }
   }
 
+  // ---- workers the fleet view leaves out ------------------------------------------------
+  // The rule of monitor/web/offline.py: offline, and last heard of (heartbeat_at) longer ago
+  // than the monitor's JOBQUEUE_MONITOR_HIDE_OFFLINE_AFTER (on <body>; 0: never).
+  const HIDE_OFFLINE_AFTER = parseFloat(document.body ? document.body.dataset.hideOfflineAfter : "") || 0;
+  function hiddenOffline(worker) {
+    if (!(HIDE_OFFLINE_AFTER > 0) || !worker || worker.status !== "offline") return false;
+    return typeof worker.heartbeat_at !== "number" || serverNow() - worker.heartbeat_at > HIDE_OFFLINE_AFTER;
+  }
+
   // ---- notices ----------------------------------------------------------------------------
 
   let noticeTimer = null;
@@ -172,7 +191,7 @@ const JQ = (function () {
       const hadSession = this.info.session;
       await api("POST", "/logout", {});
       const info = await this.refresh();
-      if (hadSession && info.auth_required) location.assign("/login");
+      if (hadSession && info.auth_required) location.assign(url("/login"));
     },
   };
 
@@ -192,7 +211,7 @@ const JQ = (function () {
     }
     let res;
     try {
-      res = await fetch(path, init);
+      res = await fetch(url(path), init);
     } catch (exc) {
       return {ok: false, status: 0, data: null, error: "monitor unreachable: " + exc};
     }
@@ -294,7 +313,7 @@ const JQ = (function () {
     url() {
       const proto = location.protocol === "https:" ? "wss:" : "ws:";
       const since = this.seq === null ? "" : "?since=" + encodeURIComponent(this.seq);
-      return proto + "//" + location.host + "/ws" + since;
+      return proto + "//" + location.host + BASE + "/ws" + since;
     }
 
     connect() {
@@ -506,7 +525,7 @@ const JQ = (function () {
     if (img.dataset.want !== String(seq)) {
       // Fetch first, swap when the bytes are in: the old frame stays on screen meanwhile.
       img.dataset.want = String(seq);
-      fetch("/api/jobs/" + encodeURIComponent(job.id) + "/preview?seq=" + encodeURIComponent(seq))
+      fetch(url("/api/jobs/" + encodeURIComponent(job.id) + "/preview?seq=" + encodeURIComponent(seq)))
         .then((res) => (res.ok ? res.blob() : null))
         .then((blob) => {
           if (!blob || img.dataset.want !== String(seq)) return;  // gone, or a newer one is coming
@@ -522,7 +541,7 @@ const JQ = (function () {
     return img;
   }
 
-  return {h, clear, fill, duration, clock, shortId, serverNow, notify, auth, api, control, live,
+  return {url, base: BASE, hiddenOffline, h, clear, fill, duration, clock, shortId, serverNow, notify, auth, api, control, live,
     coalesce, processingEta, countdown, statusPill, progressBar, controlButton, jobControls, ticking, FINAL, PENDING, safeUrl,
     previewImage};
 })();

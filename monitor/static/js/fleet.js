@@ -12,6 +12,26 @@
   //: Without a chosen view, fleets up to this many workers are cards, bigger ones the table.
   const CARDS_UP_TO = 24;
   const VIEW_KEY = "jobqueue.fleet.view";
+  //: ?status=all: workers offline for long are listed too (else left out: JQ.hiddenOffline).
+  const SHOW_ALL = new URLSearchParams(location.search).get("status") === "all";
+
+  /** The workers this view shows, and how many it leaves out. */
+  function shownWorkers() {
+    const all = [...live.workers.values()];
+    const shown = SHOW_ALL ? all : all.filter((w) => !JQ.hiddenOffline(w));
+    return {shown, hidden: all.length - shown.length};
+  }
+
+  /** The link that shows the left-out workers (or, with ?status=all, leaves them out again). */
+  function hiddenLink(hidden) {
+    const url = new URL(location.href);
+    if (SHOW_ALL) url.searchParams.delete("status"); else url.searchParams.set("status", "all");
+    if (!SHOW_ALL && !hidden) return null;
+    return h("a", {id: "fleet-hidden", class: "stat-link", href: url.pathname + url.search, "data-hidden": hidden,
+      title: "workers offline for longer than " + JQ.duration(parseFloat(document.body.dataset.hideOfflineAfter) || 0)},
+      h("div", {class: "stat"}, h("span", {class: "stat-value", text: String(hidden)}),
+        h("span", {class: "stat-label", text: SHOW_ALL ? "long offline (hide)" : "long offline hidden (show)"})));
+  }
 
   /** The status a badge shows: the worker's death or a stale report beat the last status. */
   function badgeStatus(worker, conn) {
@@ -60,7 +80,7 @@
   function currentJob(worker) {
     if (!worker.current_job) return h("div", {class: "current muted", text: "no current job"});
     const job = live.jobs.get(worker.current_job);
-    const link = h("a", {class: "mono", href: "/jobs/" + encodeURIComponent(worker.current_job), title: worker.current_job,
+    const link = h("a", {class: "mono", href: JQ.url("/jobs/" + encodeURIComponent(worker.current_job)), title: worker.current_job,
       text: shortId(worker.current_job)});
     if (!job) return h("div", {class: "current"}, "job ", link);
     const p = job.progress || {};
@@ -122,7 +142,7 @@
   }
 
   function summary() {
-    const workers = [...live.workers.values()];
+    const {shown: workers, hidden} = shownWorkers();
     const jobs = [...live.jobs.values()];
     let errors = 0;
     for (const w of workers) for (const c of Object.values(w.connectors || {})) if (c && c.status === "error" && w.status !== "offline") errors++;
@@ -135,10 +155,11 @@
       item("connectors in error", errors, errors ? "bad" : ""),
       item("pending jobs", count((j) => JQJobsGroup(j) === "pending")),
       item("active jobs", count((j) => j.status === "processing")),
-      h("a", {href: "/api/dead-letters", class: "stat-link", "data-dead-letters": deadLetters === null ? "" : deadLetters,
+      h("a", {href: JQ.url("/api/dead-letters"), class: "stat-link", "data-dead-letters": deadLetters === null ? "" : deadLetters,
         title: "messages workers could not decode, moved to <queue>.dead"},
         item("dead letters", deadLetters === null ? "–" : deadLetters, deadLetters ? "bad" : "")),
-    ];
+      hiddenLink(hidden),
+    ].filter(Boolean);
   }
 
   function JQJobsGroup(job) {
@@ -151,7 +172,7 @@
 
   function currentView() {
     if (chosenView === "cards" || chosenView === "table") return chosenView;
-    return live.workers.size > CARDS_UP_TO ? "table" : "cards";
+    return shownWorkers().shown.length > CARDS_UP_TO ? "table" : "cards";
   }
 
   function choose(view) {
@@ -174,14 +195,17 @@
     fill(document.getElementById("fleet-views"), viewTabs(view));
     if (view === "table") {
       table = table || JQFleetTable.create(badgeStatus);
-      table.update([...live.workers.values()]);
+      table.update(shownWorkers().shown);
       const fleet = document.getElementById("fleet");
       if (fleet.firstChild !== table.element || fleet.childNodes.length !== 1) fill(fleet, table.element);
       return;
     }
     const byMachine = new Map();
-    for (const id of live.machines.keys()) byMachine.set(id, []);
-    for (const w of live.workers.values()) {
+    const shown = shownWorkers().shown;
+    // A machine whose every worker is left out is left out with them.
+    const kept = new Set(shown.map((w) => w.machine_id || ""));
+    for (const [id, m] of live.machines) if (kept.has(id) || !(m.workers || []).length) byMachine.set(id, []);
+    for (const w of shown) {
       const key = w.machine_id || "";
       if (!byMachine.has(key)) byMachine.set(key, []);
       byMachine.get(key).push(w);
@@ -204,5 +228,6 @@
   setInterval(refreshDeadLetters, 5000);
 
   live.subscribe(() => render());
+  setInterval(render, 5000);  // a worker that stays offline leaves the view with time, not with an event
   auth.onChange(render);
 })();

@@ -96,7 +96,7 @@
             "data-status": shownStatus, title: (c && c.message) || ""},
             h("span", {class: "badge-dot"}), h("span", {class: "badge-service", text: s + " " + shownStatus}));
         })),
-        h("td", {}, w.current_job ? h("a", {class: "mono", href: "/jobs/" + encodeURIComponent(w.current_job),
+        h("td", {}, w.current_job ? h("a", {class: "mono", href: JQ.url("/jobs/" + encodeURIComponent(w.current_job)),
           title: w.current_job, text: shortId(w.current_job)}) : "–"),
         h("td", {class: "processed", text: String(w.processed || 0)}),
         h("td", {class: "failed", text: String(w.failed || 0)}),

@@ -14,7 +14,7 @@ const JQGallery = (function () {
   function entry(jobId, f) {
     const file = typeof f === "string" ? {name: f} : (f || {});
     const name = String(file.name || file.filename || (file.path ? String(file.path).split("/").pop() : "") || "file");
-    const served = (n) => "/jobs/" + encodeURIComponent(jobId) + "/files/" + encodeURIComponent(n);
+    const served = (n) => JQ.url("/jobs/" + encodeURIComponent(jobId) + "/files/" + encodeURIComponent(n));
     const local = file.name ? String(file.name) : (file.path ? String(file.path).split("/").pop() : null);
     const url = JQ.safeUrl(file.url) || (local ? served(local) : null);
     const type = String(file.content_type || "");

@@ -34,7 +34,7 @@
 
   /** A link to another task's page. */
   function taskLink(id) {
-    return h("a", {class: "mono task-link", href: "/jobs/" + encodeURIComponent(id), text: JQ.shortId(id)});
+    return h("a", {class: "mono task-link", href: JQ.url("/jobs/" + encodeURIComponent(id)), text: JQ.shortId(id)});
   }
 
   /** What the events said of the Celery task: name, args, kwargs, family, schedule (shown
@@ -160,7 +160,7 @@
       items.push(h("li", {class: current ? "current" : null, "data-step": n, "data-job-id": s ? s.id : null},
         "step " + n + ": ",
         s ? (current ? h("span", {class: "mono", text: JQ.shortId(s.id)}) :
-          h("a", {class: "mono", href: "/jobs/" + encodeURIComponent(s.id), title: s.id, text: JQ.shortId(s.id)})) :
+          h("a", {class: "mono", href: JQ.url("/jobs/" + encodeURIComponent(s.id)), title: s.id, text: JQ.shortId(s.id)})) :
           h("span", {class: "muted", text: "not queued yet"}),
         s ? [" ", statusPill(s.status), " ", s.service || ""] : null));
     }
@@ -176,7 +176,7 @@
     if (members.length < 2) return null;
     return [h("h2", {text: "Batch"}), h("ol", {id: "batch-members", class: "workflow-steps"}, members.map((m) =>
       h("li", {class: m.id === jobId ? "current" : null, "data-job-id": m.id},
-        h("a", {class: "mono", href: "/jobs/" + encodeURIComponent(m.id), text: JQ.shortId(m.id)}), " ", statusPill(m.status))))];
+        h("a", {class: "mono", href: JQ.url("/jobs/" + encodeURIComponent(m.id)), text: JQ.shortId(m.id)}), " ", statusPill(m.status))))];
   }
 
   let fetchingWf = false, againWf = false;

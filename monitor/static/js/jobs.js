@@ -178,13 +178,13 @@ const JQJobs = (function () {
     const out = [];
     if (typeof job.priority === "number") out.push(h("span", {class: "tag tag-priority", title: "priority (9 = most urgent)", text: "p" + job.priority}));
     if (job.workflow_id) {
-      out.push(h("a", {class: "tag tag-workflow", href: "/jobs?q=" + encodeURIComponent(job.workflow_id),
+      out.push(h("a", {class: "tag tag-workflow", href: JQ.url("/jobs?q=" + encodeURIComponent(job.workflow_id)),
         title: "workflow " + job.workflow_id, text: "wf " + shortId(job.workflow_id) + " · " + stepText(job)}));
     }
     if (job.batch_id) out.push(h("span", {class: "tag tag-batch", title: "batch " + job.batch_id, text: batchText(job)}));
     // Whose job it is: shown to who sees every tenant's (a tenant's own caller sees only its own).
     if (job.tenant && !JQ.auth.info.tenant) {
-      out.push(h("a", {class: "tag tag-tenant", href: "/jobs?tenant=" + encodeURIComponent(job.tenant),
+      out.push(h("a", {class: "tag tag-tenant", href: JQ.url("/jobs?tenant=" + encodeURIComponent(job.tenant)),
         title: "tenant " + job.tenant, text: job.tenant}));
     }
     return out.length ? h("div", {class: "tags"}, out) : null;
@@ -192,7 +192,7 @@ const JQJobs = (function () {
 
   /** One job as a row (a grid on a laptop, a card on a phone). */
   function row(job) {
-    const link = "/jobs/" + encodeURIComponent(job.id);
+    const link = JQ.url("/jobs/" + encodeURIComponent(job.id));
     return h("div", {class: "job-row group-" + group(job), "data-job-id": job.id, "data-status": job.status},
       h("div", {class: "c-status"}, statusPill(job.status)),
       h("div", {class: "c-id"}, h("a", {class: "mono", href: link, title: job.id, text: shortId(job.id)})),

@@ -5,10 +5,13 @@
 (function () {
   "use strict";
 
+  // The path the monitor is served under (/flower), from the page: every URL here starts with it.
+  const BASE = (document.querySelector('meta[name="jq-base"]') || {content: ""}).content.replace(/\/+$/, "");
+
   async function logIn(credential) {
     let res;
     try {
-      res = await fetch("/login", {method: "POST", credentials: "same-origin", cache: "no-store",
+      res = await fetch(BASE + "/login", {method: "POST", credentials: "same-origin", cache: "no-store",
         headers: {"Content-Type": "application/json", "Accept": "application/json"},
         body: JSON.stringify({credential})});
     } catch (exc) {
@@ -22,7 +25,7 @@
 
   function next(form) {
     const target = form.dataset.next || "/";
-    return target.startsWith("/") && !target.startsWith("//") ? target : "/";
+    return BASE + (target.startsWith("/") && !target.startsWith("//") ? target : "/");
   }
 
   async function start() {

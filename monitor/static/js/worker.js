@@ -17,7 +17,7 @@
 
   function taskList(id, tasks, withRevoke) {
     const rows = (tasks || []).map((t) => h("tr", {"data-task-id": t.id || ""}, [
-      h("td", {}, [h("a", {class: "mono", href: "/jobs/" + encodeURIComponent(t.id || ""), text: JQ.shortId(t.id || "")})]),
+      h("td", {}, [h("a", {class: "mono", href: JQ.url("/jobs/" + encodeURIComponent(t.id || "")), text: JQ.shortId(t.id || "")})]),
       h("td", {text: t.name || ""}), h("td", {class: "mono", text: t.args || ""}),
       h("td", {}, withRevoke ? [controlButton("terminate", () => act("terminate " + JQ.shortId(t.id),
         "/api/tasks/" + encodeURIComponent(t.id) + "/revoke", {terminate: true, signal: "SIGTERM"}), "danger")] : []),

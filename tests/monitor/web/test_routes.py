@@ -119,7 +119,7 @@ def test_real_responses_of_every_get_route_validate_against_the_document(start_m
     assert checked >= 20
     # And the main reads answered 200 with data in them
     jobs = requests.get(monitor.url + "/api/jobs", headers=ADMIN, timeout=10).json()
-    assert "c" in [j["id"] for j in jobs["jobs"]] and requests.get(monitor.url + "/api/workers", headers=ADMIN, timeout=10).json()["workers"]
+    assert "c" in [j["id"] for j in jobs["jobs"]] and requests.get(monitor.url + "/api/workers?status=all", headers=ADMIN, timeout=10).json()["workers"]
 
 
 def test_the_security_doc_has_the_declared_roles_table(app):
