@@ -238,9 +238,15 @@ def fill_task(s: JobState, ev: dict[str, Any]) -> bool:
         changed = True
     return changed
 
+def time_unknown(ev: dict[str, Any]) -> bool:
+    """True for repair's stand-in lifecycle event whose timestamp is no recorded time (a task
+    nobody recorded): it orders the timeline but sets no time field -- unknown stays null."""
+    return ev.get("time_unknown") is True and ev.get("source") == "repair"
+
+
 def _on_sent(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None, out: JobOutcome) -> bool:
     changed = _fill_meta(s, ev)
-    if s.submitted_at is None:
+    if s.submitted_at is None and not time_unknown(ev):
         s.submitted_at = ts
         changed = True
     if not s.status:
@@ -256,7 +262,7 @@ def _on_received(s: JobState, ev: dict[str, Any], ts: float, hostname: str | Non
     if retries > s.attempt:
         s.attempt = retries
         changed = True
-    if moved or s.received_at is None:
+    if (moved or s.received_at is None) and not time_unknown(ev):
         s.received_at = ts
         changed = True
     if moved or s.worker is None:
@@ -267,7 +273,7 @@ def _on_received(s: JobState, ev: dict[str, Any], ts: float, hostname: str | Non
 def _on_started(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None, out: JobOutcome) -> bool:
     changed = _fill_meta(s, ev)
     moved = move(s, JobStatus.PROCESSING, ts, new_attempt=new_attempt(s, ts))
-    if moved or s.started_at is None:
+    if (moved or s.started_at is None) and not time_unknown(ev):
         s.started_at = ts
         changed = True
     if moved or s.worker is None:
