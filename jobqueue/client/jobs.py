@@ -42,7 +42,7 @@ from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED
 from jobqueue.shared.records import result_client, workflow_key, workflow_step_key
 from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
-from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
+from jobqueue.shared.submissions import queue_job_submit, record_submitted, was_submitted
 from jobqueue.shared.summary import summarize_payload
 from jobqueue.shared.tenants import check_tenant
 from jobqueue.shared.webhooks import check_webhook_url
@@ -415,11 +415,12 @@ def prepare_job(
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 
 
-def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
+def _record(app: Any, send: dict[str, Any], service: str, req: Requirements) -> None:
     """Before sending: the job's place in its service's queue (:mod:`jobqueue.shared.queued`;
     raises :class:`~jobqueue.errors.QueueFull` over a cap), the submit record (no job without
     one) and, for :meth:`JobHandle.waiting_for`, the job's requirements: one round trip on a
     Redis result backend, two when the service is capped (the admission comes first)."""
+    job_id = send["task_id"]
     capped = app.settings.max_queued_for(service) is not None
     if capped:
         queued.admit(app, {service: [job_id]})
@@ -428,7 +429,7 @@ def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
         record_submitted(app, [job_id])
         return
     with client.pipeline(transaction=False) as pipe:
-        queue_records(pipe, app, [job_id])
+        queue_job_submit(pipe, app, send)
         queue_remember(pipe, app, job_id, service, req)
         if not capped:
             queued.queue_add(pipe, service, [job_id], queued.expires_of(app))
@@ -484,7 +485,7 @@ def submit_job(
         requires=requires, secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
     )
     try:
-        _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
+        _record(app, send_options, service, Requirements.from_dict(kwargs["options"].get("requires")))
     except MasterNotFoundError as exc:  # nothing sent: say which sentinels and master
         raise unreachable(app.settings.result_backend, app.settings, exc) from exc
     try:
