@@ -54,6 +54,35 @@ def ts_of(value: Any) -> float | None:
     return parsed.timestamp()
 
 
+#: The times in a job's facts that its worker's clock wrote.
+_WORKER_TIMES = ("received_at", "started_at", "finished_at", "retried_at")
+
+
+def deskew(facts: dict[str, Any], skews: dict[str, float]) -> dict[str, Any]:
+    """``facts`` with the times each worker wrote taken back by its clock offset (``skews``:
+    worker → seconds ahead, :mod:`monitor.ingest.clocks`), as its events' times are."""
+    if not skews or not facts:
+        return facts
+    out = dict(facts)
+    skew = skews.get(facts.get("worker") or "")
+    if skew:
+        for key in _WORKER_TIMES:
+            if isinstance(out.get(key), (int, float)) and not isinstance(out.get(key), bool):
+                out[key] = out[key] - skew
+    history = facts.get("history")
+    if isinstance(history, list):
+        out["history"] = [_deskew_past(past, skews) for past in history]
+    return out
+
+
+def _deskew_past(past: Any, skews: dict[str, float]) -> Any:
+    skew = skews.get(past.get("worker") or "") if isinstance(past, dict) else None
+    if not skew:
+        return past
+    return {k: v - skew if k in ("received_at", "started_at", "ended_at") and isinstance(v, (int, float))
+            and not isinstance(v, bool) else v for k, v in past.items()}
+
+
 def meta_of(kwargs: Any) -> dict[str, Any]:
     """Job metadata from a task's real kwargs (``{"service", "payload", "options"}``) or repr."""
     if isinstance(kwargs, dict) and isinstance(kwargs.get("options"), dict):
