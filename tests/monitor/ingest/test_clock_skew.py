@@ -15,9 +15,11 @@ from jobqueue.client.jobs import submit_job
 from monitor.ingest.clocks import ClockSkew
 from tests.conftest import settings_env
 from tests.helpers import WorkerProcess, child_env, wait_for
+from tests.monitor import browser
 from tests.monitor.repair.test_truth import QUICK, job_of
 
 pytestmark = pytest.mark.timeout(180)
+chromium = browser.chromium
 
 SKEW = 400.0
 SITECUSTOMIZE = """
@@ -45,7 +47,7 @@ def skewed_worker(settings: Any, app: Any, tmp_path: Path) -> Any:
 
 
 def test_a_worker_whose_clock_runs_400_s_ahead_is_seen_working_on_the_monitors_clock(
-        app, start_monitor, skewed_worker):
+        app, start_monitor, skewed_worker, chromium):
     # Given a monitor and a worker whose clock runs 400 s ahead
     monitor = start_monitor("m.db", monitor_repair_interval="1")
 
@@ -77,6 +79,15 @@ def test_a_worker_whose_clock_runs_400_s_ahead_is_seen_working_on_the_monitors_c
     line = next(x for x in metrics.splitlines()
                 if x.startswith(f'jobqueue_worker_clock_skew_seconds{{worker="{skewed_worker.node_name}"}}'))
     assert float(line.split()[-1]) == pytest.approx(SKEW, abs=1.0)
+    # And its card on the fleet page says how far ahead its clock runs
+    context = chromium.new_context(viewport=browser.LAPTOP)
+    try:
+        page = context.new_page()
+        page.goto(f"{monitor.url}/")
+        clock = page.wait_for_selector(f"[data-worker='{skewed_worker.node_name}'] dd.clock-skew.warn")
+        assert clock is not None and clock.inner_text().startswith("400.") and "ahead" in clock.inner_text()
+    finally:
+        context.close()
 
 
 def test_one_forged_heartbeat_does_not_move_a_workers_clock():

@@ -12,10 +12,11 @@ import pytest
 from celery import chain, group
 
 from tests.helpers import wait_for
-from tests.monitor import plain_app
+from tests.monitor import browser, plain_app
 from tests.monitor.repair.test_truth import PER_MONITOR, TIMES, job_of
 
 plain_worker = plain_app.plain_worker
+chromium = browser.chromium
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -37,7 +38,7 @@ def guesses(early: dict[str, Any], late: dict[str, Any]) -> dict[str, tuple[Any,
 
 
 def test_a_late_monitor_shows_a_plain_apps_tasks_as_the_backend_knows_them_and_nothing_else(
-        start_monitor, plain_worker):
+        start_monitor, plain_worker, chromium):
     # Given a monitor running throughout beside a plain Celery app's worker
     early = start_monitor("early.db", monitor_repair_interval="2")
     plain = plain_worker
@@ -76,3 +77,14 @@ def test_a_late_monitor_shows_a_plain_apps_tasks_as_the_backend_knows_them_and_n
     assert rows[failing.id]["status"] == "failed" and rows[failing.id]["error"] is not None
     assert rows[linked.id]["parent_id"] == linked.parent.id
     assert rows[linked.parent.id]["children"] == [linked.id]
+    # And its page says so: what nobody recorded reads "not seen"
+    context = chromium.new_context(viewport=browser.LAPTOP)
+    try:
+        page = context.new_page()
+        page.goto(f"{late.url}/jobs/{single.id}")
+        page.wait_for_selector("#job-detail .not-seen")
+        shown = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('#job-detail dl.fields dt')]
+            .map((dt) => [dt.textContent, dt.nextElementSibling.textContent]))""")
+        assert (shown["submitted"], shown["started"], shown["worker"]) == ("not seen",) * 3, shown
+    finally:
+        context.close()
