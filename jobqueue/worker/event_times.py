@@ -9,7 +9,8 @@ worker wrote into the record; every completed job then got a ``corrected`` repai
 * ``task-received`` and ``task-started`` are stamped as they leave, and the record takes
   those stamps (:func:`take_received`, :func:`take_started`);
 * ``task-succeeded``/``task-failed``/``task-retried`` carry the end the record wrote
-  (:func:`note_end`): its ``finished_at`` as their timestamp and its ``runtime``.
+  (:func:`note_end`): its ``finished_at`` as their timestamp and its ``runtime``; and
+  ``task-succeeded`` the whole result the backend stores (:func:`note_result`).
 
 The events leave through :class:`StampingDispatcher`, which the job task's strategy puts in
 front of the consumer's dispatcher (:func:`stamping_consumer`). The times cross from the
@@ -23,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from jobqueue.shared.masking import DEFAULT_PATTERN, mask_event
 from jobqueue.shared.names import TASK_FAILED, TASK_RECEIVED, TASK_RETRIED, TASK_STARTED, TASK_SUCCEEDED
 
 #: Times kept at most this many per kind (jobs received and never run: the oldest go).
@@ -37,6 +39,18 @@ class EventTimes:
         self._lock = threading.Lock()
         self._kinds: dict[str, dict[str, tuple[float, float | None]]] = {
             TASK_RECEIVED: {}, TASK_STARTED: {}, "end": {}}
+        self._results: dict[str, str] = {}
+
+    def put_result(self, job_id: str, text: str) -> None:
+        with self._lock:
+            if len(self._results) >= MAX_KEPT:
+                for key in list(self._results)[:MAX_KEPT // 2]:
+                    self._results.pop(key, None)
+            self._results[job_id] = text
+
+    def take_result(self, job_id: str) -> str | None:
+        with self._lock:
+            return self._results.pop(job_id, None)
 
     def put(self, kind: str, job_id: str, when: float, runtime: float | None = None) -> None:
         with self._lock:
@@ -76,6 +90,15 @@ def note_end(app: Any, job_id: str, finished_at: float, runtime: float | None) -
     times_of(app).put("end", job_id, finished_at, runtime)
 
 
+def note_result(app: Any, job_id: str, result: Any, limit: int, pattern: str = DEFAULT_PATTERN) -> None:
+    """The whole result, for the ``task-succeeded`` to carry instead of Celery's ``saferepr``
+    (which elides nesting below 3 levels: a ComfyUI job's outputs read as ``{...}`` and
+    came whole only at repair): its full ``repr``, secrets masked, when under ``limit``."""
+    text = repr(result)
+    if len(text) < limit:
+        times_of(app).put_result(job_id, str(mask_event({"result": text}, pattern)["result"]))
+
+
 class StampingDispatcher:
     """A Celery event dispatcher's stand-in that stamps a job's lifecycle events (see the
     module doc) and passes everything else through unchanged."""
@@ -97,6 +120,9 @@ class StampingDispatcher:
                 fields["timestamp"] = now = time.time()
                 self._times.put(type, job_id, now)
             elif type in _ENDS:
+                result = self._times.take_result(job_id) if type == TASK_SUCCEEDED else None
+                if result is not None:
+                    fields["result"] = result
                 end = self._times.take("end", job_id)
                 if end is not None:
                     fields["timestamp"] = end[0]

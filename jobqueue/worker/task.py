@@ -25,7 +25,7 @@ from jobqueue.states import PROGRESS
 from jobqueue.transport.results import store_guarded
 from jobqueue.worker.attempts import begin_attempt, job_meta, record_end, take_early_start
 from jobqueue.worker.crashes import poisoned_by_crash
-from jobqueue.worker.event_times import take_started
+from jobqueue.worker.event_times import note_result, take_started
 from jobqueue.worker.handback import hand_back_if_models_vanished
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import given_up
@@ -231,6 +231,7 @@ def _finish(task: Any, runtime: WorkerRuntime, job: Job, started: float, output:
         }
         result.update(output)
         record_end(task, started)
+        note_result(task.app, job.id, result, RESULT_REPR_MAX - 1000, task.app.settings.secret_keys_pattern)
     except BaseException:
         progress.settle()
         raise

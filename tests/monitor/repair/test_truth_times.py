@@ -23,9 +23,12 @@ def test_a_normal_job_gets_no_corrected_entry_from_repair(app, start_worker, sta
     # Given a monitor repairing every second beside a worker
     monitor = start_monitor("m.db", monitor_repair_interval="1")
     start_worker("gpu0")
-    # When jobs complete and one fails
+    # When jobs complete, one with a deeply nested result, and one fails
     handles = [submit_job("simulation", QUICK, app=app) for _ in range(3)]
     handles.append(submit_job("simulation", {"steps": 3, "step_seconds": 0.05, "fail_at_step": 2}, app=app))
+    # (and one whose result nests deeper than Celery's event repr keeps, as a ComfyUI job's outputs do)
+    deep = {"outputs": {"9": {"images": [{"filename": "a.png", "meta": {"size": [512, 512]}}]}}}
+    handles.append(submit_job("simulation", {**QUICK, "output": deep}, app=app))
     for handle in handles:
         wait_for(lambda h=handle: (job_of(monitor, h.id) or {}).get("status") in ("completed", "failed"), 60,
                  what=f"job {handle.id} to end on the monitor")
@@ -39,3 +42,5 @@ def test_a_normal_job_gets_no_corrected_entry_from_repair(app, start_worker, sta
         assert corrected == [], (handle.id, corrected)
         assert job["received_at"] <= job["started_at"] < job["finished_at"]
         assert job["runtime"] == pytest.approx(job["finished_at"] - job["started_at"], abs=1e-5)
+    # And the deep result was whole from its event on
+    assert (job_of(monitor, handles[-1].id) or {})["result"]["output"] == deep
