@@ -308,6 +308,7 @@ def test_a_database_of_an_older_monitor_gets_its_worker_counts_from_its_jobs(tmp
         for column in ("task", "parent_id", "root_id", "tenant"):
             conn.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
         conn.exec_driver_sql("ALTER TABLE changes DROP COLUMN tenant")
+        conn.exec_driver_sql("ALTER TABLE workers DROP COLUMN clock_skew")
     store.close()
     # When a new monitor opens it
     upgraded = Store(url)
