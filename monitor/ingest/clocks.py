@@ -59,16 +59,16 @@ class ClockSkew:
         quickest = delays[0] if len(delays) < 2 or delays[1] - delays[0] <= AGREE else delays[1]
         return -quickest
 
-    def _steady(self, worker: str) -> float | None:
-        """The offset applied to the worker's events (ms precision, see :data:`STEADY`)."""
+    def _steady(self, worker: str) -> None:
+        """Move the offset applied to the worker's events (ms precision) when the estimate
+        moved further than :data:`STEADY` (called on each sample, not on each event)."""
         estimate = self.offset(worker)
         if estimate is None:
-            return None
+            return
         with self._lock:
             applied = self._applied.get(worker)
             if applied is None or abs(estimate - applied) > STEADY:
-                applied = self._applied[worker] = round(estimate, 3)
-            return applied
+                self._applied[worker] = round(estimate, 3)
 
     def offsets(self) -> dict[str, float]:
         """Every tracked worker's offset (those with an estimate)."""
@@ -100,7 +100,8 @@ class ClockSkew:
             return
         if event.get("type") in _SAMPLES:
             self._sample(worker, received - float(ts))
-        skew = self._steady(worker)
+            self._steady(worker)
+        skew = self._applied.get(worker)  # (a dict read: atomic)
         if skew is None:
             return
         if event.get("type") in _SAMPLES:
