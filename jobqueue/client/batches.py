@@ -30,7 +30,7 @@ from jobqueue.errors import SubmitError
 from jobqueue.shared import queued
 from jobqueue.shared.fairshare import note_queues
 from jobqueue.shared.names import RUN_JOB_TASK
-from jobqueue.shared.submissions import record_submitted
+from jobqueue.shared.submissions import record_submitted, submit_facts
 
 #: Most jobs one batch may hold.
 MAX_BATCH_SIZE = 10_000
@@ -126,7 +126,7 @@ def submit_batch(
             raise type(exc)(f"batch job {index}: {exc}") from None
     ids = [send_options["task_id"] for _, send_options in messages]
     queued.admit(app, {service: ids}, tenant=tenant)  # all or none: QueueFull, QuotaExceeded
-    record_submitted(app, ids)
+    record_submitted(app, ids, {o["task_id"]: submit_facts(app, RUN_JOB_TASK, o) for _, o in messages})
     note_queues(app, [send_options["queue"] for _, send_options in messages])
     replicate_records(app, f"the submit records of {len(ids)} batch jobs")
     for sent, (kwargs, send_options) in enumerate(messages):

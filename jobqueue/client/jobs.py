@@ -44,7 +44,7 @@ from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED
 from jobqueue.shared.records import result_client
 from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
-from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
+from jobqueue.shared.submissions import queue_job_submit, record_submitted, was_submitted
 from jobqueue.shared.summary import summarize_payload
 from jobqueue.shared.tenants import check_tenant
 from jobqueue.shared.webhooks import check_webhook_url
@@ -404,10 +404,11 @@ def prepare_job(
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 
 
-def _record(app: Any, job_id: str, service: str, options: dict[str, Any]) -> None:
+def _record(app: Any, send: dict[str, Any], service: str, options: dict[str, Any]) -> None:
     """Before sending: the job's place in its service's and tenant's counts (:mod:`~.queued`: ``QueueFull``,
-    ``QuotaExceeded``), the submit record, its tenant queue's note and its requirements (for ``waiting_for``):
-    one round trip on a Redis result backend, two when capped (the admission comes first)."""
+    ``QuotaExceeded``), the submit record (with what a late monitor needs), its tenant queue's note and its
+    requirements (for ``waiting_for``): one round trip on a Redis result backend, two when capped."""
+    job_id = send["task_id"]
     tenant = options.get("tenant")
     capped = queued.is_capped(app, service, tenant)
     if capped:
@@ -417,7 +418,7 @@ def _record(app: Any, job_id: str, service: str, options: dict[str, Any]) -> Non
         record_submitted(app, [job_id])
         return
     with client.pipeline(transaction=False) as pipe:
-        queue_records(pipe, app, [job_id])
+        queue_job_submit(pipe, app, send)
         queue_remember(pipe, app, job_id, service, Requirements.from_dict(options.get("requires")))
         fairshare.note_queue(pipe, options["queue"], queued.expires_of(app))
         if not capped:
@@ -475,7 +476,7 @@ def submit_job(
     )
     check_input_owners(app, service, kwargs["payload"], tenant)
     try:
-        _record(app, send_options["task_id"], service, kwargs["options"])
+        _record(app, send_options, service, kwargs["options"])
     except MasterNotFoundError as exc:  # nothing sent: say which sentinels and master
         raise unreachable(app.settings.result_backend, app.settings, exc) from exc
     try:

@@ -56,7 +56,7 @@ from jobqueue.shared.steps import (
     placeholder_paths,
     resolve_placeholders,
 )
-from jobqueue.shared.submissions import record_submitted
+from jobqueue.shared.submissions import record_submitted, submit_facts
 from jobqueue.states import FINAL_JOB_STATES, JobStatus, workflow_status
 
 __all__ = [
@@ -130,7 +130,7 @@ def submit_workflow(
         setter(workflow_key(workflow_id), json.dumps(record))
         for step_id in step_ids:
             setter(workflow_step_key(step_id), workflow_id)
-    record_submitted(app, step_ids)  # later steps are sent by workers, but queued from now on
+    record_submitted(app, step_ids, _step_facts(app, signatures))  # later steps sent by workers, queued now
     note_queues(app, [sig.options["queue"] for sig in signatures])
     replicate_records(app, f"the records of workflow {workflow_id}")
     # ``ignore_result=False`` spelled out: a client app does not register the job task (a worker
@@ -142,6 +142,14 @@ def submit_workflow(
         queued.forget(app, list(by_service), step_ids)
         raise
     return WorkflowHandle(workflow_id, step_ids, app)
+
+
+def _step_facts(app: Any, signatures: list[Any]) -> dict[str, dict[str, Any]]:
+    """Each step's first facts: a later step is sent by the step before it, which Celery makes
+    its parent, the first step its root."""
+    ids = [sig.options["task_id"] for sig in signatures]
+    return {ids[n]: submit_facts(app, RUN_JOB_TASK, sig.options, {
+        "parent_id": ids[n - 1] if n else None, "root_id": ids[0] if n else None}) for n, sig in enumerate(signatures)}
 
 
 def get_workflow(workflow_id: str, *, app: Any = None) -> WorkflowHandle:

@@ -12,7 +12,8 @@ hash per job (:func:`jobqueue.shared.records.facts_key`), next to Celery's recor
 ``history`` (earlier attempts: ``{attempt, worker, received_at, started_at, ended_at, how}``
 with ``how`` ``retried`` or ``lost``), ``cancelled_at`` (when a client cancelled it: unlike
 Celery's REVOKED record, which the worker's STARTED overwrites, it survives until a worker
-reaches the message). Every value is JSON.
+reaches the message), ``task`` (what the task-sent event says of its route and canvas:
+``routing_key``, ``parent_id``, ``root_id``; written at submit). Every value is JSON.
 
 The monitor's truth repair reads these records; the backend is the authority for a job's
 outcome and times, events are the fast path. On a result backend that is not Redis nothing is
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: Fields a facts hash may hold.
 FACT_FIELDS = ("submitted_at", "received_at", "started_at", "finished_at", "runtime", "attempt",
-               "worker", "machine_id", "meta", "name", "history", "retried_at", "cancelled_at")
+               "worker", "machine_id", "meta", "name", "history", "retried_at", "cancelled_at", "task")
 #: Earlier attempts kept in ``history``.
 MAX_HISTORY = 20
 

@@ -30,6 +30,7 @@ from jobqueue.shared.records import attempts_key, facts_key, result_client
 from jobqueue.shared.summary import summarize_payload
 from jobqueue.transport.internals import result_key
 from jobqueue.transport.results import RedisBackend
+from jobqueue.worker.event_times import note_end, take_received, take_started
 from jobqueue.worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ def queue_start(pipe: Any, task: Any, meta: dict[str, Any], runtime: WorkerRunti
     the facts so far, write the new attempt's facts (see :func:`begin_attempt`) and take the
     job out of its service's queued-jobs index (:mod:`jobqueue.shared.queued`)."""
     app, request = task.app, task.request
-    received = _received_times(app).pop(request.id, None) or started
+    signalled = _received_times(app).pop(request.id, None)
+    received = take_received(app, request.id) or signalled or started
     start = {
         "submitted_at": meta.get("submitted_at"), "received_at": min(received, started),
         "started_at": started, "attempt": request.retries or 0, "worker": runtime.identity.node_name,
@@ -114,7 +116,7 @@ def queue_start_with_started(task: Any, task_id: str, service: str, payload: dic
     """Queue the start of ``task_id``'s attempt to ride in the round trip that stores its
     STARTED state (``task``'s backend is a :class:`RedisBackend` and the worker has a runtime)."""
     app, backend = task.app, task.backend
-    entry = early_starts(app)[task_id] = EarlyStart(time.time(), job_meta(service, payload, options, app.settings.secret_keys_pattern))
+    entry = early_starts(app)[task_id] = EarlyStart(take_started(app, task_id) or time.time(), job_meta(service, payload, options, app.settings.secret_keys_pattern))
 
     def ride(pipe: Any) -> None:
         if not entry.skip:
@@ -232,6 +234,7 @@ def record_end(task: Any, started: float, *, retried: bool = False) -> None:
     if retried:  # before the retry re-sends the message: its next start comes after this
         queued.back_in_queue(task, task.request.kwargs.get("service") if task.request.kwargs else None)
     fields = {"retried_at": now} if retried else {"finished_at": now, "runtime": round(now - started, 6)}
+    note_end(task.app, task.request.id, now, fields.get("runtime"))  # the end event carries the same
     job_id, ttl = task.request.id, expires(task.app)
     backend = task.backend
     if isinstance(backend, RedisBackend):

@@ -34,6 +34,7 @@ from jobqueue.errors import ModelsVanished
 from jobqueue.shared import queued
 from jobqueue.shared.requirements import Requirements, capabilities_from_details, unmet
 from jobqueue.transport.internals import default_task_strategy
+from jobqueue.worker.event_times import stamping_consumer
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ def lacking(app: Any, message: Any) -> list[str]:
 
 def requirements_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     """Celery's default strategy behind a requirements check (see the module doc)."""
-    handler = default_task_strategy()(task, app, consumer, **kwargs)
+    # (its events leave stamped with the times the job's record takes: jobqueue.worker.event_times)
+    handler = default_task_strategy()(task, app, stamping_consumer(app, consumer), **kwargs)
 
     def task_message_handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
         missing = lacking(app, message)

@@ -25,6 +25,7 @@ from jobqueue.states import PROGRESS
 from jobqueue.transport.results import store_guarded
 from jobqueue.worker.attempts import begin_attempt, job_meta, record_end, take_early_start
 from jobqueue.worker.crashes import poisoned_by_crash
+from jobqueue.worker.event_times import note_result, take_started
 from jobqueue.worker.handback import hand_back_if_models_vanished
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.lease import given_up
@@ -91,7 +92,7 @@ def _begin(task: Any, runtime: WorkerRuntime, service: str, payload: dict[str, A
     app, request = task.app, task.request
     early = take_early_start(app, request.id)
     meta = early.meta if early is not None else job_meta(service, payload, options, app.settings.secret_keys_pattern)
-    attempt = begin_attempt(task, meta, runtime, time.time(), early)
+    attempt = begin_attempt(task, meta, runtime, take_started(app, request.id) or time.time(), early)
     if attempt.ended:  # already succeeded (see begin_attempt): acked, nothing stored
         raise Ignore()
     if attempt.cancelled:
@@ -234,6 +235,7 @@ def _finish(task: Any, runtime: WorkerRuntime, job: Job, started: float, output:
         }
         result.update(output)
         record_end(task, started)
+        note_result(task.app, job.id, result, RESULT_REPR_MAX - 1000, task.app.settings.secret_keys_pattern)
     except BaseException:
         progress.settle()
         raise

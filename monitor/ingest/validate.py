@@ -15,7 +15,9 @@ counts, the detail in the collector's ``last_error``) and dropped. The reasons:
     it claims to come from that repair (carries ``source``);
 ``timestamp``
     its ``timestamp`` is not a finite number, or is further than ``window`` seconds from the
-    time it was received (default ±5 min, ``JOBQUEUE_MONITOR_EVENT_WINDOW``);
+    time it was received (default ±5 min, ``JOBQUEUE_MONITOR_EVENT_WINDOW``) once its
+    worker's clock offset is taken off (:mod:`monitor.ingest.clocks`: a live worker is never
+    refused for its clock alone);
 ``number``
     a numeric field is not a finite number, is out of its range (``percent`` 0-100,
     ``runtime``, ``eta_seconds``, ``step``, ``total_steps`` ≥ 0, ``attempt`` 0-10,000, a
@@ -42,6 +44,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from monitor.ingest.clocks import ClockSkew
 from monitor.ingest.event_models import ANY_EVENT, NUMBER_FIELDS, REPAIR_ONLY, WIRE_EVENT
 
 #: Refusal reasons, the one counted first when an event breaks several rules.
@@ -137,9 +140,12 @@ class EventGate:
         self.window = window
         self.count = count
         self.note = note
+        #: Workers' clock offsets: their events' times are corrected before the window check.
+        self.clocks = ClockSkew()
 
     def allows(self, event: Any, received: float) -> bool:
         """True when ``event`` may go to the writer."""
+        self.clocks.correct(event, received)
         refused = check(event, received, self.window)
         if refused is None:
             return True

@@ -194,7 +194,8 @@ def _worker_report(ev: dict[str, Any]) -> dict[str, Any]:
         raise malformed(kind, "bad sw_ver")
     return {"freq": event_num(ev, "freq"), "active": event_int(ev, "active"),
             "processed": event_int(ev, "processed"), "pid": event_int(ev, "pid"),
-            "sw_ver": sw_ver[:64] if sw_ver else None, "loadavg": list(loadavg) if loadavg is not None else None}
+            "sw_ver": sw_ver[:64] if sw_ver else None, "loadavg": list(loadavg) if loadavg is not None else None,
+            "clock_skew": event_num(ev, "clock_skew")}
 
 
 def _worker_event(ev: dict[str, Any], tx: Tx) -> bool:

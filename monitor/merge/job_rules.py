@@ -221,31 +221,32 @@ def _fill_meta(s: JobState, ev: dict[str, Any]) -> bool:
 
 
 def fill_task(s: JobState, ev: dict[str, Any]) -> bool:
-    """Fill what task-sent/-received say of a Celery task that is no jobqueue job (never
-    overwrite): parent and root ids, and in ``task`` its ETA and expiry (Unix time), routing key,
-    exchange, group id and its args and kwargs as the events carry them (Celery's
+    """Fill what task-sent/-received say of any Celery task (never overwrite): parent and root
+    ids, and in ``task`` its ETA and expiry (Unix time), routing key, exchange, group id and --
+    for a task that is no jobqueue job -- its args and kwargs as the events carry them (Celery's
     ``argsrepr``/``kwargsrepr`` when the sender set them; masked by the writer before this)."""
-    if s.service is not None:
-        # A jobqueue job: its queue, workflow and step say where it belongs, and its records hold
-        # them for a late monitor; Celery's routing and canvas ids would be what only a monitor
-        # that watched could show (issue 12: early and late monitors agree field for field).
-        return False
     changed = False
     for attr in ("parent_id", "root_id"):
         value = ev.get(attr)
         if getattr(s, attr) is None and _short_str(value) and value != s.id:
             setattr(s, attr, value)
             changed = True
-    found = {key: value for key, value in task_details(ev, foreign=True).items()
+    found = {key: value for key, value in task_details(ev, foreign=s.service is None).items()
              if key not in (s.task or {})}
     if found:
         s.task = {**(s.task or {}), **found}
         changed = True
     return changed
 
+def time_unknown(ev: dict[str, Any]) -> bool:
+    """True for repair's stand-in lifecycle event whose timestamp is no recorded time (a task
+    nobody recorded): it orders the timeline but sets no time field -- unknown stays null."""
+    return ev.get("time_unknown") is True and ev.get("source") == "repair"
+
+
 def _on_sent(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None, out: JobOutcome) -> bool:
     changed = _fill_meta(s, ev)
-    if s.submitted_at is None:
+    if s.submitted_at is None and not time_unknown(ev):
         s.submitted_at = ts
         changed = True
     if not s.status:
@@ -261,7 +262,7 @@ def _on_received(s: JobState, ev: dict[str, Any], ts: float, hostname: str | Non
     if retries > s.attempt:
         s.attempt = retries
         changed = True
-    if moved or s.received_at is None:
+    if (moved or s.received_at is None) and not time_unknown(ev):
         s.received_at = ts
         changed = True
     if moved or s.worker is None:
@@ -272,7 +273,7 @@ def _on_received(s: JobState, ev: dict[str, Any], ts: float, hostname: str | Non
 def _on_started(s: JobState, ev: dict[str, Any], ts: float, hostname: str | None, out: JobOutcome) -> bool:
     changed = _fill_meta(s, ev)
     moved = move(s, JobStatus.PROCESSING, ts, new_attempt=new_attempt(s, ts))
-    if moved or s.started_at is None:
+    if (moved or s.started_at is None) and not time_unknown(ev):
         s.started_at = ts
         changed = True
     if moved or s.worker is None:

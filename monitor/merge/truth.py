@@ -33,7 +33,7 @@ from jobqueue.errors import MalformedEvent
 from jobqueue.shared.tenants import is_tenant
 from jobqueue.states import FINAL_STATUSES, JobStatus, empty_progress
 from monitor.merge.effects import count_end, job_ended, machine_of, move_row
-from monitor.merge.fields import json_blob
+from monitor.merge.fields import json_blob, task_details
 from monitor.store import JobEventRow, JobRow, Tx
 from monitor.store.statuses import FAILED_STATUSES
 
@@ -144,6 +144,7 @@ def _truth(tx: Tx, job: JobRow, event: dict[str, Any]) -> bool:
         elif old_status not in FINAL_STATUSES and status == JobStatus.QUEUED.value and old_status == "":
             job.status = status
             changed.append("status")
+    _fill_links(job, event.get("links"), changed)
     if "status" not in changed:
         if job.status in FINAL_STATUSES and values.get("worker") not in (None, job.worker):
             count_end(tx, job, job.worker, -1)
@@ -161,6 +162,20 @@ def _truth(tx: Tx, job: JobRow, event: dict[str, Any]) -> bool:
                                                 "was": old_status, "source": "repair"})
     tx.touch("job", job.id)
     return True
+
+
+def _fill_links(job: JobRow, given: Any, changed: list[str]) -> None:
+    """Fill (never overwrite) the task's parent, root, group and routing key the records name."""
+    links = given if isinstance(given, dict) else {}
+    for key in ("parent_id", "root_id"):
+        value = links.get(key)
+        if getattr(job, key) is None and _short(value) and value != job.id:
+            setattr(job, key, value)
+            changed.append(key)
+    found = {k: v for k, v in task_details(links, foreign=False).items() if k not in (job.task or {})}
+    if found:
+        job.task = {**(job.task or {}), **found}
+        changed.append("task")
 
 
 def _set(job: JobRow, values: dict[str, Any], changed: list[str]) -> None:

@@ -66,12 +66,13 @@ class Liveness:
     pid: int | None = None
     sw_ver: str | None = None
     loadavg: list[Any] | None = None
+    clock_skew: float | None = None
 
 
 #: The names of :class:`Liveness`'s fields (the worker columns the rule owns).
 LIVENESS_FIELDS = tuple(f.name for f in fields(Liveness))
 #: Fields a heartbeat reports as is (kept when absent).
-REPORTED = ("freq", "active", "processed", "pid", "sw_ver", "loadavg")
+REPORTED = ("freq", "active", "processed", "pid", "sw_ver", "loadavg", "clock_skew")
 
 
 @dataclass

@@ -220,10 +220,15 @@ def worker_families(workers: Iterable[Mapping[str, Any]], depths: Mapping[str, i
                            labels=["hostname"])
     active = GaugeMetricFamily("celery_worker_tasks_active", "The number of tasks the worker is currently processing",
                                labels=["hostname"])
+    skew = GaugeMetricFamily("jobqueue_worker_clock_skew_seconds",
+                             "How far the worker's clock runs ahead (negative: behind), from its heartbeats.",
+                             labels=["worker"])
     consumers: dict[str, int] = {}
     processes: dict[str, int] = {}
     for worker in workers:
         host = hostname_of(worker.get("name"))
+        if isinstance(worker.get("clock_skew"), (int, float)):
+            skew.add_metric([str(worker.get("name"))], float(worker["clock_skew"]))
         online = worker.get("status") in UP_STATUSES
         up.add_metric([host], 1.0 if online else 0.0)
         active.add_metric([host], float(worker.get("active") or 0) if online else 0.0)
@@ -235,6 +240,7 @@ def worker_families(workers: Iterable[Mapping[str, Any]], depths: Mapping[str, i
                 processes[queue] = processes.get(queue, 0) + 1
     yield up
     yield active
+    yield skew
     length = GaugeMetricFamily("celery_queue_length", "The number of message in broker queue.", labels=["queue_name"])
     for queue, count in sorted(depths.items()):
         length.add_metric([queue], float(count))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from monitor.store import FINAL_STATUSES, OPEN_STATUSES, JobRow, Store
+from monitor.store import FINAL_STATUSES, OPEN_STATUSES, JobRow, Store, WorkerRow
 
 
 def job_states(store: Store, ids: list[str]) -> dict[str, tuple[str, float | None]]:
@@ -36,3 +36,10 @@ def expiry_candidates(store: Store, final_from: float, before: float) -> list[tu
             select(JobRow.id, JobRow.status).where(JobRow.status.in_(FINAL_STATUSES), JobRow.updated_at >= final_from,
                                              JobRow.updated_at < before)))
     return [(job_id, status) for job_id, status in rows]
+
+
+def clock_skews(store: Store, threshold: float) -> dict[str, float]:
+    """``{worker: clock offset}`` of the workers whose clock is off by more than ``threshold`` s."""
+    with store.read() as session:
+        rows = session.execute(select(WorkerRow.name, WorkerRow.clock_skew).where(WorkerRow.clock_skew.is_not(None)))
+        return {name: float(skew) for name, skew in rows if skew is not None and abs(skew) > threshold}

@@ -54,6 +54,35 @@ def ts_of(value: Any) -> float | None:
     return parsed.timestamp()
 
 
+#: The times in a job's facts that its worker's clock wrote.
+_WORKER_TIMES = ("received_at", "started_at", "finished_at", "retried_at")
+
+
+def deskew(facts: dict[str, Any], skews: dict[str, float]) -> dict[str, Any]:
+    """``facts`` with the times each worker wrote taken back by its clock offset (``skews``:
+    worker → seconds ahead, :mod:`monitor.ingest.clocks`), as its events' times are."""
+    if not skews or not facts:
+        return facts
+    out = dict(facts)
+    skew = skews.get(facts.get("worker") or "")
+    if skew:
+        for key in _WORKER_TIMES:
+            if isinstance(out.get(key), (int, float)) and not isinstance(out.get(key), bool):
+                out[key] = out[key] - skew
+    history = facts.get("history")
+    if isinstance(history, list):
+        out["history"] = [_deskew_past(past, skews) for past in history]
+    return out
+
+
+def _deskew_past(past: Any, skews: dict[str, float]) -> Any:
+    skew = skews.get(past.get("worker") or "") if isinstance(past, dict) else None
+    if not skew:
+        return past
+    return {k: v - skew if k in ("received_at", "started_at", "ended_at") and isinstance(v, (int, float))
+            and not isinstance(v, bool) else v for k, v in past.items()}
+
+
 def meta_of(kwargs: Any) -> dict[str, Any]:
     """Job metadata from a task's real kwargs (``{"service", "payload", "options"}``) or repr."""
     if isinstance(kwargs, dict) and isinstance(kwargs.get("options"), dict):
@@ -123,21 +152,40 @@ def job_events(job_id: str, meta: dict[str, Any] | None, facts: dict[str, Any], 
     job_meta: dict[str, Any] = known_meta if isinstance(known_meta, dict) else meta_of(record.get("kwargs"))
     base = {"uuid": job_id, "source": "repair", "local_received": now}
     done = ts_of(facts.get("finished_at")) or ts_of(record.get("date_done")) or now
-    submitted = ts_of(facts.get("submitted_at")) or ts_of(job_meta.get("submitted_at")) or done
+    known = ts_of(facts.get("submitted_at")) or ts_of(job_meta.get("submitted_at"))
+    submitted = known or done
     events: list[dict[str, Any]] = []
     if lifecycle:
-        kwargs = json.dumps(job_meta, default=str)
-        events.append({**base, "type": TASK_SENT, "timestamp": submitted, "name": facts.get("name") or record.get("name"),
-                       "kwargs": kwargs, "queue": record.get("queue") or job_meta.get("queue")})
+        # (no metadata: a task nobody recorded, whose kwargs are unknown, not "{}")
+        kwargs = json.dumps(job_meta, default=str) if job_meta else None
+        events.append({**base, "type": TASK_SENT, "timestamp": submitted, **_stand_in(known), "name": facts.get("name") or record.get("name"),
+                       "kwargs": kwargs, "queue": record.get("queue") or job_meta.get("queue"),
+                       **_links(record, facts)})
         events.extend(_attempts(base, record, facts, status, kwargs, done, submitted))
     events.append({**base, "type": JOB_TRUTH, "timestamp": now,
                    "status": status.value if status is not None else None,
-                   "fields": _truth_fields(meta, facts, status, job_meta)})
+                   "fields": _truth_fields(meta, facts, status, job_meta), "links": _links(record, facts)})
     return events
 
 
+def _links(record: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+    """What the records say of the task's place in a canvas and its route, as task-sent
+    carries it: parent and group (Celery's record), root and routing key (the submit record)."""
+    given = facts.get("task")
+    task: dict[str, Any] = given if isinstance(given, dict) else {}
+    found = {"parent_id": record.get("parent_id") or task.get("parent_id"), "root_id": task.get("root_id"),
+             "group": record.get("group_id") or task.get("group_id"), "routing_key": task.get("routing_key")}
+    return {key: value for key, value in found.items() if isinstance(value, str) and value}
+
+
+def _stand_in(known: float | None) -> dict[str, Any]:
+    """Marks an event whose timestamp no record holds (:func:`monitor.merge.job_rules.time_unknown`):
+    it orders the rebuilt timeline, and the time field it would set stays unknown."""
+    return {} if known else {"time_unknown": True}
+
+
 def _attempts(base: dict[str, Any], record: dict[str, Any], facts: dict[str, Any], status: JobStatus | None,
-              kwargs: str, done: float, submitted: float) -> list[dict[str, Any]]:
+              kwargs: str | None, done: float, submitted: float) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     for past in facts.get("history") or []:
         if not isinstance(past, dict) or not isinstance(past.get("worker"), str):
@@ -158,13 +206,15 @@ def _attempts(base: dict[str, Any], record: dict[str, Any], facts: dict[str, Any
     attempt = attempt if isinstance(attempt, int) else 0
     final = {**base, "timestamp": done, "hostname": worker}
     if worker and (facts.get("started_at") is not None or (not facts and record.get("worker"))):
-        received = ts_of(facts.get("received_at")) or min(submitted, done)
+        known = ts_of(facts.get("received_at"))
+        received = known or min(submitted, done)
         events.append({**base, "type": TASK_RECEIVED, "timestamp": received, "hostname": worker,
-                       "retries": attempt, "kwargs": kwargs})
+                       "retries": attempt, "kwargs": kwargs, **_stand_in(known)})
         if facts.get("started_at") is not None or status in (JobStatus.PROCESSING, JobStatus.COMPLETED,
                                                                 JobStatus.FAILED, JobStatus.TIMED_OUT):
-            started = ts_of(facts.get("started_at")) or received
-            events.append({**base, "type": TASK_STARTED, "timestamp": started, "hostname": worker})
+            known = ts_of(facts.get("started_at"))
+            events.append({**base, "type": TASK_STARTED, "timestamp": known or received, "hostname": worker,
+                           **_stand_in(known)})
     result = record.get("result")
     runtime = facts.get("runtime")
     if status == JobStatus.COMPLETED:

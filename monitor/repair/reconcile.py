@@ -38,10 +38,11 @@ from jobqueue.shared.records import facts_key
 from jobqueue.states import JobStatus
 from jobqueue.transport.internals import global_keyprefix, redis_queue_keys, result_key_prefix
 from jobqueue.transport.redis_urls import is_redis_url
+from monitor.ingest.clocks import THRESHOLD as CLOCK_THRESHOLD
 from monitor.ingest.writer import Writer
 from monitor.merge.truth import DEMOTE_GRACE, JOB_EXPIRED, JOB_TRUTH
 from monitor.repair import queries as repair_store
-from monitor.repair.rebuild import job_events, meta_of, queue_message_event, ts_of
+from monitor.repair.rebuild import deskew, job_events, meta_of, queue_message_event, ts_of
 from monitor.store import FINAL_STATUSES, Store
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ class Repair:
             # Final jobs changed since the last pass, and those a grace period before it (a
             # final state the backend contradicts is taken back only once it is that old).
             changed = repair_store.changed_final_ids(self.store, self._verified_until - DEMOTE_GRACE - self.interval)
+            skews = repair_store.clock_skews(self.store, CLOCK_THRESHOLD)
             todo = [i for i in ids if i not in stored or stored[i][0] not in FINAL_STATUSES or i in changed]
             for start in range(0, len(todo), 500):
                 chunk = todo[start:start + 500]
@@ -179,7 +181,8 @@ class Repair:
                     if meta is None and job_id not in facts:
                         continue
                     open_ = job_id not in stored or stored[job_id][0] not in FINAL_STATUSES
-                    count += self._put(job_events(job_id, meta, facts.get(job_id, {}), now, lifecycle=open_))
+                    known = deskew(facts.get(job_id, {}), skews)
+                    count += self._put(job_events(job_id, meta, known, now, lifecycle=open_))
         finally:
             client.close()
         return count, meta_ids | fact_ids, True

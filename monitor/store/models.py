@@ -68,6 +68,8 @@ class WorkerRow(Base):
     sw_ver: Mapped[str | None] = mapped_column(String(64), nullable=True)
     loadavg: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The worker's clock offset (s, + ahead), estimated from its heartbeats (monitor.ingest.clocks).
+    clock_skew: Mapped[float | None] = mapped_column(Float, nullable=True)
     seq: Mapped[int] = mapped_column(BigInteger, default=0)
 
 

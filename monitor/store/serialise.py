@@ -56,6 +56,7 @@ def worker_dict(w: WorkerRow, connectors: list[ConnectorRow], now: float) -> dic
         "sw_ver": w.sw_ver,
         "loadavg": w.loadavg,
         "pid": w.pid,
+        "clock_skew": w.clock_skew,
         "seq": w.seq,
     }
 

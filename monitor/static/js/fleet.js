@@ -107,6 +107,18 @@
     ];
   }
 
+  // The worker's clock offset from its heartbeats (the monitor takes it off its event times).
+  function clockOff(worker) {
+    return typeof worker.clock_skew === "number" && Math.abs(worker.clock_skew) > 1;
+  }
+
+  function clockText(worker) {
+    if (typeof worker.clock_skew !== "number") return "not seen";
+    if (!clockOff(worker)) return "in step";
+    const s = worker.clock_skew;
+    return Math.abs(s).toFixed(1) + " s " + (s > 0 ? "ahead" : "behind") + " (corrected)";
+  }
+
   function workerCard(worker) {
     const connectors = Object.entries(worker.connectors || {}).sort(([a], [b]) => a.localeCompare(b));
     return h("article", {class: "worker worker-" + String(worker.status || "unknown"), "data-worker": worker.name},
@@ -127,6 +139,7 @@
           worker.heartbeat_at ? ticking(worker.heartbeat_at, {suffix: " ago", warnAfter: HEARTBEAT_LATE}) : "never"),
         h("dt", {text: "queues"}), h("dd", {class: "queues"},
           (worker.queues || []).map((q) => h("span", {class: "chip", text: q}))),
+        h("dt", {text: "clock"}), h("dd", {class: "clock-skew" + (clockOff(worker) ? " warn" : ""), text: clockText(worker)}),
         ...capabilityFacts(worker.capabilities || {})),
       h("div", {class: "controls"}, workerControls(worker)));
   }

@@ -19,6 +19,13 @@
     return [h("dt", {text: label}), h("dd", {}, value instanceof Node ? value : String(value))];
   }
 
+  /** ``value``, or "not seen" where the job must have had one and neither its events nor the
+   * result backend said it (unknown, never guessed); nothing where it may not exist yet. */
+  function seen(value, mustHave) {
+    if (value !== null && value !== undefined && value !== "") return value;
+    return mustHave ? h("span", {class: "muted not-seen", text: "not seen"}) : null;
+  }
+
   function pretty(value) {
     try { return JSON.stringify(value, null, 2); } catch (exc) { return String(value); }
   }
@@ -71,6 +78,8 @@
     const p = job.progress || {};
     const group = JQJobs.group(job);
     const took = JQJobs.runtime(job);
+    // It ran: it had a worker and a start, whether or not anyone saw them.
+    const ran = ["completed", "failed", "timed_out"].includes(job.status);
     const preview = JQ.previewImage(job, "job-preview");
     fill(detail,
       group === "active" || group === "pending" ? h("div", {class: "job-progress"}, JQJobs.detail(job)) : null,
@@ -83,15 +92,15 @@
         field("tenant", job.tenant && !JQ.auth.info.tenant ? job.tenant : null),
         field("service", job.service), field("queue", job.queue), field("priority", job.priority),
         field("requires", job.requires ? requiresText(job.requires) : null),
-        field("worker", job.worker), field("machine", job.machine_id),
+        field("worker", seen(job.worker, ran)), field("machine", job.machine_id),
         field("attempt", job.attempt), field("retries", job.retries),
         field("workflow", job.workflow_id ? h("span", {class: "mono", text: job.workflow_id}) : null),
         field("step", JQJobs.stepText(job)),
         field("batch", job.batch_id ? JQJobs.batchText(job) + " (" + job.batch_id + ")" : null),
         field("progress", p.total_steps ? "step " + (p.step || 0) + "/" + p.total_steps + " · " + (p.percent || 0).toFixed(0) + "%" : null),
         field("node", p.node), field("message", p.message),
-        field("submitted", job.submitted_at ? clock(job.submitted_at) : null),
-        field("started", job.started_at ? clock(job.started_at) : null),
+        field("submitted", seen(job.submitted_at ? clock(job.submitted_at) : null, true)),
+        field("started", seen(job.started_at ? clock(job.started_at) : null, ran)),
         field("finished", job.finished_at ? clock(job.finished_at) : null),
         field("duration", took !== null ? duration(took) : null),
         field("queue position", job.status === "queued" ? JQJobs.estimate(job).position : null),

@@ -301,13 +301,14 @@ def test_a_database_of_an_older_monitor_gets_its_worker_counts_from_its_jobs(tmp
         conn.exec_driver_sql("ALTER TABLE workers DROP COLUMN ended")
         conn.exec_driver_sql("UPDATE workers SET failed = 0")
         conn.exec_driver_sql("DROP TABLE alembic_version")  # nor did it know migrations,
-        for table in ("audit", "api_keys"):  # nor the tables of revisions after the baseline
+        for table in ("audit", "api_keys", "writer_lease"):  # nor the tables of revisions after the baseline
             conn.exec_driver_sql(f"DROP TABLE {table}")
         for index in ("ix_jobs_parent_id", "ix_jobs_root_id", "ix_jobs_tenant_when"):  # nor their columns
             conn.exec_driver_sql(f"DROP INDEX {index}")
         for column in ("task", "parent_id", "root_id", "tenant"):
             conn.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
         conn.exec_driver_sql("ALTER TABLE changes DROP COLUMN tenant")
+        conn.exec_driver_sql("ALTER TABLE workers DROP COLUMN clock_skew")
     store.close()
     # When a new monitor opens it
     upgraded = Store(url)

@@ -76,6 +76,10 @@ def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_tha
     wait_for(lambda: (job_of(early, by_api.id) or {}).get("status") == "cancelled", 1.0, interval=0.02,
              what="A to show the job cancelled through its API within 1 s")
     assert time.monotonic() - cancelled_at <= 1.0
+    # ... and one cancelled in a queue no worker consumes (no worker ever receives it)
+    unreceived = submit_job("simulation", QUICK, queue="gpu9", priority=7, app=app)
+    wait_for(lambda: (job_of(early, unreceived.id) or {}).get("status") == "queued", 10, what="A to show it queued")
+    assert unreceived.cancel()
     assert running.cancel()
     wait_for(lambda: running.status().is_final, 30, what="the running job to stop")
     # And a worker is SIGKILLed mid-job and restarted, so its job is redelivered
@@ -85,7 +89,7 @@ def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_tha
     worker.kill(signal.SIGKILL)
     start_worker("gpu0")
     killed.wait(timeout=90)
-    ids = [h.id for h in [*done, big, failing, timed_out, running, waiting, by_api, killed]] + [s.id for s in flow.steps]
+    ids = [h.id for h in [*done, big, failing, timed_out, running, waiting, by_api, unreceived, killed]] + [s.id for s in flow.steps]
     # And monitor B starts only after everything ended
     late = start_monitor("late.db", monitor_repair_interval="2")
 
@@ -114,6 +118,9 @@ def test_a_monitor_started_after_everything_ended_shows_every_job_as_the_one_tha
     assert jobs[waiting.id]["status"] == "cancelled" and jobs[waiting.id]["started_at"] is None
     assert jobs[by_api.id]["status"] == "cancelled" and jobs[by_api.id]["started_at"] is None
     assert jobs[waiting.id]["submitted_at"] < jobs[waiting.id]["finished_at"]
+    never = jobs[unreceived.id]
+    assert (never["status"], never["worker"], never["name"], never["priority"]) == ("cancelled", None, "jobqueue.run_job", 7)
+    assert never["meta"]["payload_summary"] and never["routing_key"] == "gpu9"
     assert jobs[killed.id]["status"] == "completed" and jobs[killed.id]["attempt"] == 1
     assert jobs[killed.id]["result"]["output"] == "again"
     for job_id in ids:

@@ -83,7 +83,8 @@ class Life:
             self.facts["history"] = history
         for key in ("finished_at", "runtime", "retried_at"):
             self.facts.pop(key, None)
-        self.record({"type": "task-received", "uuid": JOB, "hostname": WORKER, "kwargs": "{}", "retries": 0,
+        self.record({"type": "task-received", "uuid": JOB, "hostname": WORKER, "retries": 0,
+                     "kwargs": json.dumps({**OPTIONS, "payload_summary": SUMMARY}),  # the job's kwargsrepr
                      "timestamp": at + self.j()})
         self.celery("STARTED", {"pid": 1, "hostname": WORKER}, at)
         self.record({"type": "task-started", "uuid": JOB, "hostname": WORKER, "timestamp": at + 0.01 + self.j()})

@@ -67,6 +67,11 @@ NEW_JOB_FIELDS: dict[str, Any] = {"args": None, "kwargs": None, "parent_id": Non
                                   "exchange": None, "children": [], "tenant": None}
 
 
+#: Worker fields later revisions added, at the value a worker the old monitor stored reads
+#: (0006: its clock offset, not estimated yet).
+NEW_WORKER_FIELDS: dict[str, Any] = {"clock_skew": None}
+
+
 def without_new_fields(data: Any) -> Any:
     """``data`` with the fields of :data:`NEW_JOB_FIELDS` left out of every job that has them at
     their unknown value (any other value stays, so the comparison shows it)."""
@@ -75,8 +80,10 @@ def without_new_fields(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     is_job = "status" in data and "seq" in data and "args" in data
+    is_worker = "heartbeat_at" in data and "clock_skew" in data
     return {key: without_new_fields(value) for key, value in data.items()
-            if not (is_job and key in NEW_JOB_FIELDS and value == NEW_JOB_FIELDS[key])}
+            if not (is_job and key in NEW_JOB_FIELDS and value == NEW_JOB_FIELDS[key])
+            and not (is_worker and key in NEW_WORKER_FIELDS and value == NEW_WORKER_FIELDS[key])}
 
 
 def same_order(data: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +202,7 @@ def test_upgrading_an_old_sqlite_store_changes_no_row(tmp_path):
     # (rows of tables a later revision gave new columns end in those columns, empty)
     assert {name: [row[:len(before[name][0])] if before[name] else row for row in rows]
             for name, rows in after.items() if name in before} == before
-    assert all(value is None for table in ("jobs", "changes") for row in after[table]
+    assert all(value is None for table in ("jobs", "changes", "workers") for row in after[table]
                for value in row[len(before[table][0]):])
     assert {name: rows for name, rows in after.items() if name not in before} == {
         "api_keys": [], "audit": [], "writer_lease": [("writer", "", 0, 0.0)]}
