@@ -27,6 +27,7 @@ from monitor.store.models import (
     WorkerRow,
 )
 from monitor.store.serialise import job_dict, machine_dict, service_dict, worker_dict
+from monitor.store.stats import finite_values, percentile
 from monitor.store.stats import summary as safe_summary
 from monitor.store.statuses import (
     ERROR_STATUSES,
@@ -35,6 +36,8 @@ from monitor.store.statuses import (
     OPEN_STATUSES,
 )
 
+#: Completed runs (newest, over every task name) the per-task-name runtime percentiles read.
+TASK_RUNTIME_SAMPLES = 20_000
 #: Most child ids one job lists.
 MAX_CHILDREN = 1000
 #: Most tasks one canvas shows, and what it shows of each.
@@ -358,6 +361,36 @@ class StoreQueries:
             "throughput": [minutes[t] for t in sorted(minutes)],
             "failures": sorted(failures.values(), key=lambda f: (-f["count"], f["service"], f["error_type"])),
         }
+
+    def task_stats(self, tenant: str | None = None) -> dict[str, dict[str, Any]]:
+        """Per Celery task name (any app's tasks, ``jobqueue.run_job`` for ours): how many, how many
+        failed, the failure rate among ended ones, and the runtime p50/p95 of the most recent
+        :data:`TASK_RUNTIME_SAMPLES` completed runs (``tenant``: of its jobs only)."""
+        mine = [JobRow.tenant == tenant] if tenant is not None else []
+        out: dict[str, dict[str, Any]] = {}
+        with self.read() as session:
+            for name, status, count in session.execute(
+                select(JobRow.name, JobRow.status, func.count()).where(JobRow.name.is_not(None), *mine)
+                .group_by(JobRow.name, JobRow.status)
+            ):
+                entry = out.setdefault(str(name), {"count": 0, "failed": 0, "ended": 0})
+                entry["count"] += count
+                entry["failed"] += count if status in FAILED_STATUSES else 0
+                entry["ended"] += count if status in FINAL_STATUSES else 0
+            runtimes: dict[str, list[float]] = {}
+            for name, runtime in session.execute(
+                select(JobRow.name, JobRow.runtime).where(JobRow.name.is_not(None), JobRow.runtime.is_not(None),
+                                                          JobRow.status == JobStatus.COMPLETED.value, *mine)
+                .order_by(JobRow.finished_at.desc()).limit(TASK_RUNTIME_SAMPLES)
+            ):
+                runtimes.setdefault(str(name), []).append(float(runtime or 0.0))
+        for name, entry in out.items():
+            ordered = sorted(finite_values(runtimes.get(name, [])))
+            ended = entry.pop("ended")
+            entry.update(failure_rate=round(entry["failed"] / ended, 4) if ended else None, samples=len(ordered),
+                         p50=percentile(ordered, 0.5) if ordered else None,
+                         p95=percentile(ordered, 0.95) if ordered else None)
+        return out
 
     def known_queues(self) -> list[str]:
         """Queue names seen on workers and jobs."""

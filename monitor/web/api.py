@@ -295,7 +295,7 @@ def stats() -> Any:
     default 168)."""
     hours = _int_arg("hours", history.DEFAULT_HOURS, 1, history.KEEP_HOURS)
     tenant = scope()
-    data = ctx().store.stats(tenant=tenant)
+    data = {**ctx().store.stats(tenant=tenant), "tasks": ctx().store.task_stats(tenant=tenant)}
     if tenant is not None:  # the history and the queues count every tenant's jobs
         data.update(history=[], queues={}, queues_error="a tenant sees its own jobs' statistics only")
         return jsonify(data)

@@ -103,7 +103,9 @@ BROKER = obj({"transport": STR, "queues": {"type": "array", "items": obj({
     "name": STR, "depth": INT, "levels": {"type": "object", "additionalProperties": INT},
     "consumers": INT, "workers": {"type": "array", "items": STR}})}})
 PURGED = obj({"queue": STR, "removed": INT, "jobs_cancelled": INT, "tasks": {"type": "array", "items": STR}})
-STATS = obj({"services": OBJECT, "history": ANY, "queues": OBJECT})
+STATS = obj({"services": OBJECT, "history": ANY, "queues": OBJECT}, tasks={"type": "object", "additionalProperties": obj(
+    {"count": INT, "failed": INT, "failure_rate": nullable("number"), "p50": nullable("number"),
+     "p95": nullable("number"), "samples": INT})})
 WORKFLOW = obj({"steps": {"type": "array", "items": JOB}})
 DEAD_LETTERS = obj({"total": INT, "queues": ARRAY, "supported": BOOL})
 WEBHOOKS = obj({"attempts": {"type": "array", "items": OBJECT}, "webhook_url": nullable("string")})

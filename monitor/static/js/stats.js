@@ -158,6 +158,9 @@
     fill(document.getElementById("chart-history"), historyChart(data.history));
     fill(document.getElementById("table-history"), historyTable(data.history));
     fill(document.getElementById("queues"), queueBars(data.queues));
+    fill(document.getElementById("table-tasks"), table(["task name", "count", "failed", "failure rate", "p50", "p95"],
+      Object.entries(data.tasks || {}).sort(([a], [b]) => a.localeCompare(b)).map(([name, t]) => [name, t.count, t.failed,
+        t.failure_rate === null ? "–" : (100 * t.failure_rate).toFixed(1) + "%", duration(t.p50), duration(t.p95)]), "tasks"));
     fill(document.getElementById("failures"), table(["service", "error", "message", "count", "last"],
       (data.failures || []).map((f) => [f.service || "?", f.error_type || "–", h("span", {class: "error-text", text: f.message || ""}),
         f.count, clock(f.last_at)]), "failures"));

@@ -61,6 +61,10 @@ def test_a_plain_apps_chain_shows_args_kwargs_parents_and_children(start_monitor
         page.click(f"#job-detail .children a.task-link[href='/jobs/{last}']")
         page.wait_for_selector(f"body[data-job-id='{last}'] #job-detail dd:has-text('plain.mul')")
         assert page.locator(f"#job-detail a.task-link[href='/jobs/{middle}']").count() >= 1
+        # And the stats page counts the tasks per task name
+        page.goto(f"{monitor.url}/stats")
+        page.wait_for_selector("#table-tasks tr:has(td:text-is('plain.add')) td:text-is('2')")
+        page.wait_for_selector("#table-tasks tr:has(td:text-is('plain.mul')) td:text-is('1')")
     finally:
         context.close()
 

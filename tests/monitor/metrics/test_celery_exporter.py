@@ -213,3 +213,21 @@ def test_a_real_monitor_serves_every_series_and_label_the_mixin_uses_for_a_plain
     for family, labels in required(mixin_queries()).items():
         assert family in served, f"{family} is not served"
         assert labels <= served[family] | {"le"}, (family, labels - served[family])
+
+
+def test_the_stats_give_count_failure_rate_and_runtime_percentiles_per_task_name(fed):
+    writer, client, _ = fed
+    # Given a plain app's task that succeeded 3 times (0.1, 0.2, 0.9 s) and failed once, and another task
+    for n, runtime in enumerate((0.1, 0.2, 0.9)):
+        for ev in foreign_events(f"a{n}", "tasks.add", T0 + n * 10, {"type": "task-succeeded", "runtime": runtime}):
+            writer.put(ev)
+    for ev in foreign_events("a9", "tasks.add", T0 + 50, {"type": "task-failed", "exception": "ValueError('x')"}):
+        writer.put(ev)
+    for ev in foreign_events("b1", "tasks.other", T0 + 60, {"type": "task-succeeded", "runtime": 2.0}):
+        writer.put(ev)
+    assert writer.wait_idle(10)
+    # When the stats are asked for
+    tasks = client.get("/api/stats").get_json()["tasks"]
+    # Then each task name has its count, failures, failure rate among ended runs and runtime p50/p95
+    assert tasks["tasks.add"] == {"count": 4, "failed": 1, "failure_rate": 0.25, "p50": 0.2, "p95": 0.9, "samples": 3}
+    assert tasks["tasks.other"]["count"] == 1 and tasks["tasks.other"]["p50"] == 2.0
