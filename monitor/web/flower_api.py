@@ -136,9 +136,7 @@ def full_task(job_id: str, tenant: str | None) -> dict[str, Any] | None:
     if job is None:
         return None
     job["children"] = own_ids(job["children"], tenant)
-    ids = [i for i in (job.get("root_id"), job.get("parent_id")) if i]
-    known = set(store.job_tenants(ids)) if ids else set()
-    return ft.task_dict(job, set(own_ids(sorted(known), tenant)))
+    return ft.task_dict(job)
 
 
 @route(bp, f"{PREFIX}/api/tasks", role=Role.VIEWER, summary="Flower: tasks, filtered, sorted and paged",

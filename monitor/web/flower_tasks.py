@@ -7,12 +7,12 @@ state machine -- states, the per-state timestamps (``sent``, ``received``, ``sta
 ``succeeded``, ``failed``, ``retried``, ``revoked``, ``rejected``), merge rules (a late
 ``task-received`` never overwrites what ``task-started`` said), args, result, exception,
 traceback -- and adds what Celery's cluster state links: the worker's hostname, the children
-the store knows, and ``root``/``parent`` (the id, when that task is known, as Flower shows it).
+the store knows, and ``root``/``parent`` (Celery serialises them as the ids).
 
 What no event said is ``null``: ``clock`` (the Lamport clock of the last event, which the store
-does not keep) is always ``null``, and ``client`` is whatever the events said (Celery never sets
-it). A job the monitor learnt of from the result backend alone has no events: its state comes
-from the store's status (:data:`STATES`) and its timestamps stay ``null``.
+does not keep) is always ``null``; ``client`` is the hostname of the ``task-sent`` event's
+sender. A job the monitor learnt of from the result backend alone has no events: its state
+comes from the store's status (:data:`STATES`) and its timestamps stay ``null``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def replay(events: list[dict[str, Any]], uuid: str) -> Task:
         timestamp = stamp if isinstance(stamp, (int, float)) else event.get("timestamp")
         fields.update(uuid=uuid, timestamp=timestamp)
         task.event(subject, timestamp, None, fields)
+        if subject == "sent" and isinstance(fields.get("hostname"), str):
+            task.client = fields["hostname"]  # Celery's state: a task-sent comes from its client
     return task
 
 
@@ -70,10 +72,8 @@ def _worker(job: dict[str, Any]) -> str | None:
     return None
 
 
-def task_dict(job: dict[str, Any], known: set[str]) -> dict[str, Any]:
-    """Flower's dict of one task from the store's ``job`` (with ``events`` and ``children``);
-    ``known``: the ids among its root and parent the store holds (Flower shows a root or parent
-    only when its state holds that task)."""
+def task_dict(job: dict[str, Any]) -> dict[str, Any]:
+    """Flower's dict of one task from the store's ``job`` (with ``events`` and ``children``)."""
     events = job.get("events") or []
     task = replay(events, job["id"])
     out = {key: getattr(task, key, None) for key in FIELDS}
@@ -84,8 +84,7 @@ def task_dict(job: dict[str, Any], known: set[str]) -> dict[str, Any]:
     out["name"] = out["name"] or job.get("name")
     out["root_id"] = out["root_id"] or job.get("root_id")
     out["parent_id"] = out["parent_id"] or job.get("parent_id")
-    out["root"] = out["root_id"] if out["root_id"] in known else None
-    out["parent"] = out["parent_id"] if out["parent_id"] in known else None
+    out["root"], out["parent"] = out["root_id"], out["parent_id"]  # Celery serialises them as the ids
     return out
 
 
