@@ -87,13 +87,13 @@ def workers() -> Response:
     store = ctx().store
     if flag("status"):
         return as_json({w["name"]: w.get("status") in ("online", "draining") for w in store.workers()})
-    if workername and store.worker(workername) is None:
-        raise FlowerError(404, f"Unknown worker '{workername}'")
     info = inspect_workers(workername)
     if workername:
-        if workername not in info:
-            raise FlowerError(504, f"worker '{workername}' did not answer within {REPLY_TIMEOUT:.0f} s")
-        return as_json({workername: info[workername]})
+        if workername in info:
+            return as_json({workername: info[workername]})
+        if store.worker(workername) is None:
+            raise FlowerError(404, f"Unknown worker '{workername}'")
+        raise FlowerError(504, f"worker '{workername}' did not answer within {REPLY_TIMEOUT:.0f} s")
     return as_json(info)
 
 

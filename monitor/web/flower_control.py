@@ -48,8 +48,9 @@ from monitor.web.tenancy import FLEET
 bp = Blueprint("flower_control", __name__)
 
 OBJECT = {"type": "object"}
-CONTROL: dict[str, Any] = {"limit": Limit.CONTROL, "control": True, "response": OBJECT}
-FLEET_CONTROL: dict[str, Any] = {**CONTROL, **FLEET}
+#: Flower's controls take query strings and forms (:func:`monitor.web.guard.check_body`).
+CONTROL: dict[str, Any] = {"limit": Limit.CONTROL, "control": True, "response": OBJECT, "extra": {"form": True}}
+FLEET_CONTROL: dict[str, Any] = {**CONTROL, "extra": {**FLEET["extra"], "form": True}}
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
@@ -152,8 +153,17 @@ def async_apply(taskname: str) -> Response:
 def send_task(taskname: str) -> Response:
     args, kwargs, options = _task_args()
     _normalise(options)
+    if taskname not in ctx().celery.tasks and not {"queue", "routing_key", "exchange"} & set(options):
+        options["queue"] = _seen_queue(taskname)
     result = ctx().celery.send_task(taskname, args=args, kwargs=kwargs, **options)
     return _with_state(result, {"task-id": result.task_id})
+
+
+def _seen_queue(taskname: str) -> str:
+    """Where a task the monitor's app does not route goes: the queue it was last seen on, else
+    Celery's default ``celery`` (the monitor's own default queue is jobqueue's)."""
+    rows, _ = ctx().store.jobs(name=taskname, limit=1)
+    return str(rows[0]["queue"]) if rows and rows[0].get("queue") else "celery"
 
 
 def _known_task(job_id: str) -> None:
@@ -189,10 +199,17 @@ def revoke(job_id: str) -> Response:
 
 
 def _limit_target(taskname: str) -> str:
+    """The worker a limit is for, once it and the task type are known: registered in the
+    monitor's app (Flower's only test), seen in the events, or registered on that worker."""
     workername = str(arg("workername", required=True))
-    if taskname not in ctx().celery.tasks and taskname not in ctx().store.task_names():
-        raise FlowerError(404, f"Unknown task '{taskname}'")
     _known_worker(workername)
+    c = ctx()
+    if taskname in c.celery.tasks or taskname in c.store.task_names():
+        return workername
+    asked = c.celery.control.inspect(destination=[workername], timeout=REPLY_TIMEOUT, limit=1).registered() or {}
+    # a limited task is listed as "name [rate_limit=5/m]"
+    if taskname not in {str(entry).split(" ")[0] for entry in asked.get(workername) or []}:
+        raise FlowerError(404, f"Unknown task '{taskname}'")
     return workername
 
 
@@ -238,7 +255,10 @@ def rate_limit(taskname: str) -> Response:
 
 
 def _known_worker(workername: str) -> None:
-    if ctx().store.worker(workername) is None:
+    """404 unless the events told of the worker or it answers a ping (Flower: its inspect cache)."""
+    if ctx().store.worker(workername) is not None:
+        return
+    if not ctx().celery.control.ping(destination=[workername], timeout=1.0, limit=1):
         raise FlowerError(404, f"Unknown worker '{workername}'")
 
 

@@ -171,7 +171,7 @@ def test_bad_input_gets_flowers_errors_and_clear_ones_where_flower_has_none(star
     assert post("/api/task/async-apply/plain.add", json={"args": [1, 2]}).status_code == 404
     # send-task publishes by name, and the worker runs it
     sent = post("/api/task/send-task/plain.add", json={"args": [20, 22]})
-    assert sent.status_code == 200 and sent.json()["state"] == "PENDING"
+    assert sent.status_code == 200 and sent.json()["state"] in ("PENDING", "STARTED", "SUCCESS")
     task_id = sent.json()["task-id"]
     wait_for(lambda: get(ours, f"/api/task/result/{task_id}").get("result") == 42, 30, interval=0.3,
              what="the sent task's result")
@@ -217,7 +217,8 @@ def test_controls_drive_a_real_worker_with_flowers_answers_and_roles(start_monit
         assert post("/api/task/revoke/x", viewer).status_code == 403
         assert post(f"/api/worker/pool/grow/{NODE}", operator).status_code == 403
         added = post(f"/api/worker/queue/add-consumer/{NODE}", operator, queue="extra")
-        assert added.status_code == 200 and added.json() == {"message": "add consumer extra"}
+        assert added.status_code == 200, added.text
+        assert added.json() == {"message": "add consumer extra"}
         queues = lambda: [q["name"] for q in get(ours, "/api/workers", workername=NODE)[NODE]["active_queues"]]  # noqa: E731
         wait_for(lambda: "extra" in queues(), 15, interval=0.5, what="the added consumer")
         assert post(f"/api/worker/queue/cancel-consumer/{NODE}", operator, queue="extra").status_code == 200
@@ -232,7 +233,8 @@ def test_controls_drive_a_real_worker_with_flowers_answers_and_roles(start_monit
         limited = post("/api/task/rate-limit/plain.add", workername=NODE, ratelimit="5/m")
         assert limited.status_code == 200 and "rate limit" in limited.json()["message"]
         timed = post("/api/task/timeout/plain.add", workername=NODE, soft="20", hard="30")
-        assert timed.status_code == 200 and "time limits" in timed.json()["message"]
+        assert timed.status_code == 200, timed.text
+        assert "time limits" in timed.json()["message"]
         # Shut the worker down; a control to it afterwards gets a clear 504
         assert post(f"/api/worker/shutdown/{NODE}").json() == {"message": "Shutting down!"}
         wait_for(lambda: get(ours, "/api/workers", status="true").get(NODE) is False, 30, interval=0.5,
