@@ -244,3 +244,16 @@ def test_controls_drive_a_real_worker_with_flowers_answers_and_roles(start_monit
         # Every control is in the audit trail
         entries = requests.get(monitor.url + "/api/audit?limit=50", headers=ADMIN, timeout=10).json()["entries"]
         assert {"flower_consumer", "flower_pool", "flower_limits", "flower_shutdown"} <= {e["action"] for e in entries}
+
+
+def test_a_web_pages_form_post_to_a_flower_control_is_still_refused(start_monitor):
+    monitor = start_monitor()
+    url = f"{monitor.url}/flower/api/task/revoke/some-task"
+    # A form from another site, and a form from a page of ours carrying no Authorization header
+    evil = requests.post(url, data={"terminate": "true"}, headers={"Origin": "http://evil.example"}, timeout=10)
+    page = requests.post(url, data={"terminate": "true"}, headers={"Origin": monitor.url}, timeout=10)
+    assert evil.status_code == 403 and evil.json()["error"]["code"] == "cross_site"
+    assert page.status_code == 403 and page.json()["error"]["code"] == "json_required"
+    # A script's form (its Authorization header) passes the door: the task is unknown, 404
+    script = requests.post(url, data={"terminate": "true"}, headers=ADMIN, timeout=10)
+    assert script.status_code == 404 and script.text == "Unknown task 'some-task'"
