@@ -130,6 +130,10 @@ def _register_routes(app: Flask) -> None:
     app.register_blueprint(job_payload.bp)
     app.register_blueprint(broker_page.bp)
     app.register_blueprint(remote.bp)
+    from monitor.web import flower_api, flower_control
+
+    app.register_blueprint(flower_api.bp)
+    app.register_blueprint(flower_control.bp)
     try:
         from monitor.web import views
     except ImportError:

@@ -401,6 +401,12 @@ class StoreQueries:
             names.update(q for q in session.scalars(select(JobRow.queue).distinct()) if q)
         return sorted(names)
 
+    def task_names(self, tenant: str | None = None) -> list[str]:
+        """Every task name the events have named, sorted (``tenant``: only that tenant's)."""
+        mine = [JobRow.tenant == tenant] if tenant is not None else []
+        with self.read() as session:
+            return sorted(n for n in session.scalars(select(JobRow.name).where(*mine).distinct()) if n)
+
     def final_job_ids(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` are stored with a final status."""
         out: set[str] = set()

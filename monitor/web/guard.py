@@ -27,6 +27,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from jobqueue.config import Settings
 from monitor.web.auth import has_credentials, is_loopback
+from monitor.web.routes import spec_for
 
 #: Methods that change something and so must come from the monitor's own pages or a script.
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -173,15 +174,22 @@ def check_site(settings: Settings, headers: Any, require_local_host: bool) -> No
             raise GuardError(403, "bad_host", f"Host {host!r} is not this monitor (no credentials configured)")
 
 
-def check_body(max_bytes: int) -> None:
+def check_body(max_bytes: int, form_ok: bool = False) -> None:
     """Raise :class:`GuardError` unless the body of a mutating request is (empty or) JSON,
-    within ``max_bytes`` and :data:`MAX_JSON_DEPTH`."""
+    within ``max_bytes`` and :data:`MAX_JSON_DEPTH`. ``form_ok`` (Flower's API, whose scripts
+    send query strings and forms): any body goes when the request carries an ``Authorization``
+    header (which a cross-site form cannot set) or comes from no web page (no ``Origin`` nor
+    ``Referer``: a script)."""
     length = request.content_length
     if length is not None and length > max_bytes:
         raise GuardError(413, "too_large", f"request body over {max_bytes} bytes")
     data = request.get_data(cache=True)
     if len(data) > max_bytes:
         raise GuardError(413, "too_large", f"request body over {max_bytes} bytes")
+    headers = request.headers
+    script = headers.get("Authorization") or not (headers.get("Origin") or headers.get("Referer"))
+    if form_ok and script and not request.is_json:
+        return
     if not request.is_json:
         raise GuardError(403, "json_required", "a control request must send Content-Type: application/json")
     if json_depth(data) > MAX_JSON_DEPTH:
@@ -203,7 +211,8 @@ def _before() -> Any:
     try:
         if request.method in MUTATING_METHODS:
             check_site(settings, request.headers, require_local_host=True)
-            check_body(settings.monitor_max_body_bytes)
+            spec = spec_for(current_app, request.endpoint)
+            check_body(settings.monitor_max_body_bytes, form_ok=bool(spec and spec.extra.get("form")))
         elif request.path == "/ws":
             check_site(settings, request.headers, require_local_host=False)
     except GuardError as exc:
