@@ -118,6 +118,23 @@ def chromium() -> Iterator[Any]:
 
 
 @pytest.fixture
+def new_page(chromium: Any) -> Iterator[Callable[[], Any]]:
+    """Factory of pages, each in a fresh browser context (own cookies), CSP enforced."""
+    contexts: list[Any] = []
+
+    def new() -> Any:
+        context = chromium.new_context(viewport=LAPTOP)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        return page
+
+    yield new
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
 def start_monitor(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., MonitorProcess]]:
     """Factory: ``start_monitor(**env)`` runs a monitor process; all are stopped at the end."""
     monitors: list[MonitorProcess] = []

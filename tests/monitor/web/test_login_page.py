@@ -3,7 +3,6 @@ process, with the monitor's CSP enforced (issue 24, points 1, 3 and 8)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,21 +19,7 @@ TOKEN = "login-page-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture
-def new_page(chromium: Any) -> Iterator[Callable[[], Any]]:
-    """Factory of pages, each in a fresh browser context (own cookies), CSP enforced."""
-    contexts: list[Any] = []
-
-    def new() -> Any:
-        context = chromium.new_context(viewport=browser.LAPTOP)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        return page
-
-    yield new
-    for context in contexts:
-        context.close()
+new_page = browser.new_page
 
 
 def make_key(monitor: Any, role: str) -> tuple[str, str]:

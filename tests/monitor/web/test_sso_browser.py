@@ -4,7 +4,7 @@ PKCE gate) on another site (``localhost`` vs the monitor's ``127.0.0.1``), CSP e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,21 +24,7 @@ pytestmark = [pytest.mark.chromium, pytest.mark.slow, pytest.mark.timeout(240),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # the mock provider's Authlib use
 
 
-@pytest.fixture
-def new_page(chromium: Any) -> Iterator[Callable[[], Any]]:
-    """Factory of pages, each in a fresh browser context (own cookies), CSP enforced."""
-    contexts: list[Any] = []
-
-    def new() -> Any:
-        context = chromium.new_context(viewport=browser.LAPTOP)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        return page
-
-    yield new
-    for context in contexts:
-        context.close()
+new_page = browser.new_page
 
 
 def sign_on(page: Any, provider_url: str, sub: str) -> None:

@@ -4,7 +4,6 @@ tenant (issue 24, point 5)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,21 +18,7 @@ chromium = browser.chromium
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-@pytest.fixture
-def new_page(chromium: Any) -> Iterator[Callable[[], Any]]:
-    """Factory of pages, each in a fresh browser context (own cookies), CSP enforced."""
-    contexts: list[Any] = []
-
-    def new() -> Any:
-        context = chromium.new_context(viewport=browser.LAPTOP)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        return page
-
-    yield new
-    for context in contexts:
-        context.close()
+new_page = browser.new_page
 
 
 def log_in(page: Any, url: str, key: str) -> None:
