@@ -14,7 +14,7 @@ import re
 import socket
 import types
 from collections.abc import Mapping
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
@@ -217,6 +217,11 @@ class Settings(BaseSettings):
     #: RabbitMQ's management API (``http://user:pass@host:15672``): the broker page lists every
     #: queue of the vhost with its consumers from it; empty: only the queues the monitor knows.
     rabbitmq_management_url: str = ""
+    #: Queues jobqueue declares on RabbitMQ: ``classic``, or ``quorum`` (replicated over a cluster's
+    #: nodes, publisher confirms, dead letters; no priorities on RabbitMQ 3.x: docs/deployment.md).
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
+    #: Quorum queues: deliveries of one message without an ack before it goes to ``<queue>.dead``.
+    rabbitmq_delivery_limit: int = Field(default=5, ge=1)
     #: Key that signs login session cookies; empty: derived from the token and basic-auth
     #: credentials (changing them logs everyone out), or random per process with neither.
     monitor_session_secret: str = ""
