@@ -45,7 +45,10 @@ def _tcp_open(port: int) -> bool:
 class RabbitCluster:
     """``nodes`` clustered RabbitMQ nodes on free ports, in one temporary directory."""
 
-    def __init__(self, nodes: int = 3, workdir: Path | None = None) -> None:
+    def __init__(self, nodes: int = 3, workdir: Path | None = None, consumer_timeout_ms: int = 3_900_000) -> None:
+        #: Every node's ``consumer_timeout``: longer than any job (``JOBQUEUE_JOB_TIMEOUT`` + a
+        #: margin), or RabbitMQ closes the channel of a worker still running one (docs/deployment.md).
+        self.consumer_timeout_ms = consumer_timeout_ms
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="bench-rabbit-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +103,7 @@ class RabbitCluster:
         name = self.names[index]
         base = self.dir / name.split("@")[0]
         base.mkdir(parents=True, exist_ok=True)
-        (base / "rabbitmq.conf").write_text("loopback_users = none\n")
+        (base / "rabbitmq.conf").write_text(f"loopback_users = none\nconsumer_timeout = {self.consumer_timeout_ms}\n")
         (base / "advanced.config").write_text("[].\n")
         (base / "rabbitmq-env.conf").write_text("")
         self.processes[name] = Process([_script("rabbitmq-server")], self._env(index), self.dir / f"{name.split('@')[0]}.log").start()
