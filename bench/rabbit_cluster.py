@@ -157,7 +157,7 @@ class RabbitCluster:
         return time.monotonic()
 
     def stop(self) -> None:
-        for name, process in self.processes.items():
+        for process in self.processes.values():
             process.stop(timeout=20)
             if process.alive():
                 process.signal(signal.SIGKILL)

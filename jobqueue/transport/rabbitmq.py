@@ -26,7 +26,7 @@ import re
 from typing import Any
 
 from celery.app.amqp import AMQP, Queues
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from jobqueue.errors import QueueTypeMismatch
 
@@ -48,16 +48,16 @@ def quorum_arguments(queue: str, delivery_limit: int) -> dict[str, Any]:
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, "x-dead-letter-routing-key": dead_queue_name(queue)}
 
 
-class DeadLetteredQueue(Queue):  # type: ignore[misc]  # kombu is untyped
+class DeadLetteredQueue(Queue):
     """A queue whose declaration also declares :data:`DEAD_LETTER_EXCHANGE` and its
     ``<queue>.dead`` (a quorum queue bound with that routing key): whoever declares the queue
     -- a client before its first submit, a worker before it consumes, a consumer added later --
     makes sure its dead letters have somewhere to go."""
 
     def declare(self, nowait: bool = False, channel: Any = None) -> Any:
-        name = super().declare(nowait=nowait, channel=channel)
+        name = super().declare(nowait=nowait, channel=channel)  # type: ignore[no-untyped-call]
         channel = channel or self.channel
-        exchange = Exchange(DEAD_LETTER_EXCHANGE, "direct", durable=True)
+        exchange = Exchange(DEAD_LETTER_EXCHANGE, "direct", durable=True)  # type: ignore[no-untyped-call]
         dead = dead_queue_name(self.name)
         Queue(dead, exchange, routing_key=dead, durable=True,  # type: ignore[no-untyped-call]
               queue_arguments={"x-queue-type": "quorum"}).declare(nowait=nowait, channel=channel)
@@ -71,12 +71,13 @@ class JobqueueQueues(Queues):  # type: ignore[misc]  # Celery is untyped
     #: Deliveries before a dead letter; None: classic queues (Celery's own arguments).
     delivery_limit: int | None = None
 
-    def new_missing(self, name: str) -> Queue:
-        queue = super().new_missing(name)
+    def new_missing(self, name: str) -> Any:
+        queue: Any = super().new_missing(name)
         if self.delivery_limit is None or name.endswith(".dead"):
             return queue
         arguments = {**(queue.queue_arguments or {}), **quorum_arguments(name, self.delivery_limit)}
-        return DeadLetteredQueue(name, queue.exchange, queue.routing_key, queue_arguments=arguments)
+        return DeadLetteredQueue(name, queue.exchange, queue.routing_key,  # type: ignore[no-untyped-call]
+                                 queue_arguments=arguments)
 
 
 class JobqueueAMQP(AMQP):  # type: ignore[misc]  # Celery is untyped
@@ -97,7 +98,7 @@ def declare_queues(channel: Any, queues: list[Queue]) -> None:
     with it); raises :class:`QueueTypeMismatch` when one exists with another type."""
     for queue in queues:
         try:
-            queue.bind(channel).declare()
+            queue.bind(channel).declare()  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise explain_declare_error(exc) from exc
 

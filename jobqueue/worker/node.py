@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from celery.apps.worker import Worker as CeleryWorker
-from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.utils.nodenames import default_nodename, host_format
+from celery.worker.consumer import Consumer as CeleryConsumer
 
 from jobqueue.worker.concerns import install
 from jobqueue.worker.identity import WorkerIdentity, split_queues
