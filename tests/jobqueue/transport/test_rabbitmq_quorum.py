@@ -164,3 +164,26 @@ def test_jobs_run_on_a_quorum_queue_and_a_poison_message_goes_to_its_dead_letter
     finally:
         worker.stop()
         app.close()
+
+
+@pytest.mark.rabbitmq
+def test_a_message_returned_more_often_than_the_delivery_limit_goes_to_its_dead_letter_queue(
+        queue_name: str, redis_url: str, tmp_path: Path):
+    # Given a quorum queue declared by jobqueue with a delivery limit of 1, holding one job
+    app = create_app(_settings(RABBITMQ_URL, redis_url, tmp_path, rabbitmq_queue_type="quorum",
+                               rabbitmq_delivery_limit=1))
+    handle = submit_job("simulation", quick("crashes its worker"), app=app, queue=queue_name)
+    app.close()
+    with Connection(RABBITMQ_URL) as conn:
+        queue = Queue(queue_name, channel=conn.channel())
+        dead = Queue(queue_name + ".dead", channel=conn.channel())
+        # When it is delivered and handed back without an ack twice (as a worker dying would)
+        for _ in range(2):
+            message = wait_for(lambda: queue.get(no_ack=False), timeout=10, interval=0.1)
+            assert message.headers["id"] == handle.id
+            message.requeue()
+        # Then it is not delivered again but sits in <queue>.dead, with the reason
+        got = wait_for(lambda: dead.get(no_ack=True), timeout=10, interval=0.1)
+        assert got.headers["id"] == handle.id
+        assert got.headers["x-death"][0]["reason"] == "delivery_limit"
+        assert queue.get(no_ack=True) is None
