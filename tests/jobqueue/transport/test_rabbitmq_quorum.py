@@ -187,3 +187,26 @@ def test_a_message_returned_more_often_than_the_delivery_limit_goes_to_its_dead_
         assert got.headers["id"] == handle.id
         assert got.headers["x-death"][0]["reason"] == "delivery_limit"
         assert queue.get(no_ack=True) is None
+
+
+@pytest.mark.rabbitmq
+def test_a_quorum_worker_on_an_existing_classic_queue_stops_saying_which_queue_and_how_to_migrate(
+        queue_name: str, redis_url: str, tmp_path: Path):
+    # Given a classic queue made by a client with the default settings, holding one job
+    classic = create_app(_settings(RABBITMQ_URL, redis_url, tmp_path))
+    submit_job("simulation", quick("classic"), app=classic, queue=queue_name)
+    classic.close()
+    # When a worker with quorum queues is started on it
+    settings = _settings(RABBITMQ_URL, redis_url, tmp_path, rabbitmq_queue_type="quorum")
+    worker = WorkerProcess(child_env(settings_env(settings)), queues=queue_name, log_path=tmp_path / "worker.log")
+    try:
+        worker.start()
+        # Then it exits, its log naming the queue, both types and the migration,
+        wait_for(lambda: not worker.alive(), timeout=60, interval=0.2)
+        log = worker.log_text()
+        assert "QueueTypeMismatch" in log and f"{queue_name!r}" in log and "exists as a classic queue" in log, log[-3000:]
+        # and the job waits in the classic queue, untouched
+        with Connection(RABBITMQ_URL) as conn:
+            assert conn.channel().queue_declare(queue_name, passive=True).message_count == 1
+    finally:
+        worker.stop()
