@@ -78,8 +78,10 @@ def _succeeded(app: Any, ids: list[str]) -> int:
 
 
 def run(cluster: RabbitCluster, workdir: Path, result_backend: str, *, jobs: int = 300, workers: int = 2,
-        kill: int = 0, timeout: float = 180.0) -> Result:
-    """Run the drill on a started ``cluster``, killing node ``kill``."""
+        kill: int = 0, timeout: float = 180.0, step_seconds: float = PAYLOAD["step_seconds"]) -> Result:
+    """Run the drill on a started ``cluster``, killing node ``kill``; each job is 2 steps of
+    ``step_seconds``."""
+    payload = {**PAYLOAD, "step_seconds": step_seconds}
     settings = bench_settings(cluster.urls(), workdir, result_backend=result_backend, rabbitmq_queue_type="quorum")
     # The observer and the pinger start on a node that survives, so they see the whole switch.
     survivor = (kill + len(cluster.names) - 1) % len(cluster.names)
@@ -91,7 +93,7 @@ def run(cluster: RabbitCluster, workdir: Path, result_backend: str, *, jobs: int
     started = time.monotonic()
     try:
         fleet.start_all()
-        ids = [submit_job("simulation", dict(PAYLOAD), app=app).id for _ in range(jobs)]
+        ids = [submit_job("simulation", dict(payload), app=app).id for _ in range(jobs)]
         wait_until(lambda: _succeeded(app, ids) >= jobs // 4, timeout, interval=0.1, what="a quarter of the jobs")
         prober = Prober(create_app(settings)).start()
         killed_at = cluster.kill(kill)
@@ -128,11 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--backend", default="redis://127.0.0.1:6379/0", help="result backend (Redis)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds for every job to finish")
+    parser.add_argument("--step-seconds", type=float, default=PAYLOAD["step_seconds"],
+                        help="each job's 2 steps (longer: jobs still running at the kill)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="chaos-rabbit-"))
     cluster = RabbitCluster(3, workdir=workdir / "rabbit").start()
     try:
-        result = run(cluster, workdir, args.backend, jobs=args.jobs, workers=args.workers, timeout=args.timeout)
+        result = run(cluster, workdir, args.backend, jobs=args.jobs, workers=args.workers, timeout=args.timeout,
+                     step_seconds=args.step_seconds)
     finally:
         cluster.stop()
     print(result.line())
