@@ -210,3 +210,56 @@ def test_a_quorum_worker_on_an_existing_classic_queue_stops_saying_which_queue_a
             assert conn.channel().queue_declare(queue_name, passive=True).message_count == 1
     finally:
         worker.stop()
+
+
+def _close_connections_of(pid: int) -> int:
+    """Close (as a dying node would) every RabbitMQ connection of process ``pid`` and its children."""
+    import subprocess
+
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    ports = {c.laddr.port for p in procs for c in p.net_connections("tcp") if c.raddr and c.raddr.port == 5672}
+    listing = subprocess.run(["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "peer_port"],
+                             capture_output=True, text=True, timeout=30).stdout
+    closed = 0
+    for line in listing.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[1].strip().isdigit() and int(parts[1]) in ports:
+            subprocess.run(["rabbitmqctl", "close_connection", parts[0], "test: its node died"],
+                           capture_output=True, timeout=30)
+            closed += 1
+    return closed
+
+
+@pytest.mark.rabbitmq
+def test_a_job_redelivered_while_its_first_worker_still_runs_it_waits_and_runs_once(
+        queue_name: str, redis_url: str, tmp_path: Path):
+    # Given two idle workers on one quorum queue
+    workers = []
+    app = create_app(_settings(RABBITMQ_URL, redis_url, tmp_path, rabbitmq_queue_type="quorum"))
+    try:
+        for gpu in (random.randint(100, 9999), random.randint(10_000, 20_000)):
+            settings = _settings(RABBITMQ_URL, redis_url, tmp_path, rabbitmq_queue_type="quorum", gpu=gpu)
+            worker = WorkerProcess(child_env(settings_env(settings)), queues=f"gpu{gpu},{queue_name}",
+                                   log_path=tmp_path / f"worker-{gpu}.log")
+            workers.append(worker.start().wait_ready(app, timeout=60))
+        # and a 4 s job running on one of them
+        handle = submit_job("simulation", {"steps": 4, "step_seconds": 1.0, "output": "once"}, app=app,
+                            queue=queue_name)
+        first = wait_for(lambda: next((w for w in workers if handle.id in w.log_text()), None), timeout=30)
+        wait_for(lambda: handle.status() == JobStatus.PROCESSING, timeout=30)
+        other = next(w for w in workers if w is not first)
+        # When that worker's broker connections die (its node crashed): RabbitMQ gives the job
+        # to the idle worker at once, while the first one still runs it and reconnects
+        assert _close_connections_of(first.pid) >= 1
+        # Then the copy waits for the first attempt, the job succeeds, and it ran once
+        assert handle.wait(timeout=60)["output"] == "once"
+        wait_for(lambda: handle.id in other.log_text() and "dropped" in other.log_text(), timeout=30)
+        assert "waiting for that attempt to end" in other.log_text()
+        succeeded = sum(w.log_text().count(f"run_job[{handle.id}] succeeded") for w in workers)
+        assert succeeded == 1, [w.log_text()[-2000:] for w in workers]
+    finally:
+        for worker in workers:
+            worker.stop()
+        app.close()
