@@ -254,16 +254,34 @@ class PoisonStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
         # The transport finds its hook on the consumer's (new, after a reconnect) connection.
         if c.connection is not None:
             set_poison_hook(c.connection, self.handler)
-        settings = c.app.settings
-        if c.connection is not None and not settings.is_redis:
-            # RabbitMQ: a queue of another type than the settings' is a clear QueueTypeMismatch
-            # (the worker stops) rather than Celery's bare PRECONDITION_FAILED.
-            channel = c.connection.channel()
-            try:
-                declare_queues(channel, list(c.app.amqp.queues.consume_from.values()))
-            finally:
-                channel.close()
 
     def shutdown(self, c: Any) -> None:
         if self.handler.redis is not None:
             self.handler.redis.close()
+
+
+class QueueCheckStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
+    """Worker step, before the consumer starts: on RabbitMQ, declare the queues this worker
+    consumes (a quorum queue's ``<queue>.dead`` with it), so a queue of another type than the
+    settings' stops the worker with :class:`~jobqueue.errors.QueueTypeMismatch` (which queue,
+    how to migrate) rather than Celery's bare ``PRECONDITION_FAILED``."""
+
+    label = "jobqueue queue check"
+
+    def include_if(self, worker: Any) -> bool:
+        return not worker.app.settings.is_redis
+
+    def start(self, worker: Any) -> None:
+        app = worker.app
+        with app.connection_for_write() as conn:
+            try:
+                conn.ensure_connection(max_retries=1)
+            except conn.connection_errors:  # the broker is not up yet: Celery's consumer waits for it
+                log.warning("could not check the queues' types at start: the broker does not answer")
+                return
+            channel = conn.channel()
+            try:
+                declare_queues(channel, list(app.amqp.queues.consume_from.values()))
+            finally:
+                if channel.is_open:
+                    channel.close()
