@@ -1,9 +1,7 @@
 """Configuration, read in one place.
 
-Every setting has a default that works on a laptop and a ``JOBQUEUE_*`` environment variable
-that overrides it. ``Settings.from_env()`` is the only function that reads the environment;
-everything else receives a ``Settings`` (or values taken from one). docs/configuration.md lists
-every variable.
+Every setting has a laptop default and a ``JOBQUEUE_*`` variable (docs/configuration.md lists
+them); ``Settings.from_env()`` alone reads the environment, everything else gets a ``Settings``.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ ENV_PREFIX = "JOBQUEUE_"
 #: Broker used when nothing is configured: the local Redis, database 0.
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 
-_GPU_QUEUE = re.compile(r"^gpu(\d+)$")
+_QUOTA_ENTRY = re.compile(r"\s*(?:[^=;\s]+\s*=\s*(?:(?:queued|running|weight):[1-9][0-9]*\s*(?:,\s*|$))+)?")
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -58,15 +56,6 @@ def default_result_backend(broker_url: str) -> str:
     if is_redis_url(broker_url):
         return broker_url
     return DEFAULT_BROKER_URL
-
-
-def gpu_from_queues(queues: tuple[str, ...] | list[str]) -> int | None:
-    """Return the GPU index named by the first ``gpu<N>`` queue, if any."""
-    for queue in queues:
-        match = _GPU_QUEUE.match(queue.strip())
-        if match:
-            return int(match.group(1))
-    return None
 
 
 class Settings(BaseSettings):
@@ -117,12 +106,18 @@ class Settings(BaseSettings):
     #: ComfyUI: ``POST /free`` (unload models, free memory) before the next job of a worker
     #: whose last job ran out of GPU memory.
     comfyui_free_after_oom: bool = False
+    #: Warm routing (docs/connectors.md): an idle worker takes jobs of checkpoints it has not loaded
+    #: only after this many seconds idle, so one that has them loaded takes them first (0: off).
+    warm_grace: float = 2.0
+    #: Warm routing: a worker busy with jobs of its loaded checkpoints takes the others again
+    #: at its next job after this many seconds, so they do not wait for a busy warm fleet.
+    warm_max_wait: float = 30.0
     #: SQLAlchemy URL of the monitor's store.
     monitor_db: str = "sqlite:///jobqueue-monitor.db"
     #: Address the monitor binds to.
     monitor_host: str = "127.0.0.1"
     #: Port the monitor binds to.
-    monitor_port: int = 5555
+    monitor_port: int = Field(5555, ge=0, le=65535)
     #: Bearer token that unlocks the monitor's controls (empty: none).
     monitor_token: str = ""
     #: "user:password" for HTTP basic auth on the monitor's controls (empty: none).
@@ -139,6 +134,10 @@ class Settings(BaseSettings):
     monitor_repair_interval: float = 30.0
     #: How many changes the monitor keeps for websocket clients that reconnect with ?since=.
     monitor_changes_keep: int = 20000
+    #: Monitors sharing a PostgreSQL store ("auto": one writes by lease; its seconds; what a standby buffers).
+    monitor_standby: Literal["off", "auto"] = "off"
+    monitor_lease_seconds: float = Field(default=5.0, gt=0)
+    monitor_standby_buffer: int = Field(default=100_000, ge=0)
     #: Where ``jobqueue up`` keeps its state: the embedded Redis's append-only file, the
     #: children's logs, and the run file through which other shells find its broker.
     data_dir: str = "./.jobqueue"
@@ -181,6 +180,8 @@ class Settings(BaseSettings):
     #: How often (s) long-lived Redis connections check their peer (PING, TCP keepalive); a
     #: dead peer is noticed, and the connection replaced, within about twice this.
     redis_health_interval: float = 10.0
+    #: RabbitMQ: AMQP heartbeat (s) of broker connections; a frozen link is dropped after ~2x (0: off).
+    broker_heartbeat: float = Field(10.0, ge=0)
     #: Name of the Redis master a ``sentinel://`` broker and result backend follow (Celery's
     #: ``master_name`` transport option); empty: the one in the JOBQUEUE_CELERY_CONFIG module.
     redis_master_name: str = ""
@@ -276,9 +277,15 @@ class Settings(BaseSettings):
     max_queued: int | None = None
     #: Per-service caps over ``max_queued``: ``comfyui=50,a1111=20``.
     max_queued_by_service: Mapping[str, int] = Field(default_factory=dict)
+    #: Per-tenant quotas and fair-share weights: ``acme=queued:100,running:4,weight:2;*=queued:1000``.
+    tenant_quotas: str = ""
+    #: Tenants' jobs wait in their own queues, taken in weighted turns (off: FIFO per service).
+    fair_share: bool = True
     #: A worker exits (warm shutdown, code 0) after this many seconds with no job running or
     #: reserved (0: never): scale to zero.
-    exit_when_idle: float = 0.0
+    exit_when_idle: float = Field(0.0, ge=0)
+    #: Grace (s) a SIGTERMed worker gives its running job before handing it back to its queue.
+    soft_shutdown_timeout: float = Field(20.0, ge=0)
     #: The monitor the CLI's ``jobs`` and ``workers`` ask (empty: ``jobs`` asks the one at
     #: ``monitor_host:monitor_port``, ``workers`` asks the workers over the broker).
     monitor_url: str = ""
@@ -294,13 +301,9 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
         """Only the keyword arguments: the environment is read by :meth:`from_env` alone, so
         ``Settings(...)`` in a test or a bench is the same wherever it runs."""
         return (init_settings,)
@@ -391,12 +394,13 @@ class Settings(BaseSettings):
         if self.max_retries < 0 or (self.redis_wait_replicas or 0) < 0:
             raise ConfigError("JOBQUEUE_MAX_RETRIES and JOBQUEUE_REDIS_WAIT_REPLICAS must be >= 0, got "
                               f"{self.max_retries} and {self.redis_wait_replicas}")
+        if self.warm_grace < 0 or not self.warm_max_wait > 0:
+            raise ConfigError(f"JOBQUEUE_WARM_GRACE must be >= 0 and JOBQUEUE_WARM_MAX_WAIT > 0, got "
+                              f"{self.warm_grace!r} and {self.warm_max_wait!r}")
         if self.gpu is not None and self.gpu < 0:
             raise ConfigError(f"JOBQUEUE_GPU must be >= 0, got {self.gpu}")
         if not self.monitor_session_seconds > 0 or not self.monitor_audit_keep_days > 0:
             raise ConfigError("JOBQUEUE_MONITOR_SESSION_SECONDS and JOBQUEUE_MONITOR_AUDIT_KEEP_DAYS must be > 0")
-        if not 0 <= self.monitor_port <= 65535:
-            raise ConfigError(f"JOBQUEUE_MONITOR_PORT must be 0..65535, got {self.monitor_port}")
         for name, cidrs in (("WEBHOOK", self.webhook_allowed_networks), ("INPUT", self.input_allowed_networks)):
             for cidr in cidrs:
                 try:
@@ -434,8 +438,8 @@ class Settings(BaseSettings):
         bad = {s: n for s, n in self.max_queued_by_service.items() if n < 1}
         if bad:
             raise ConfigError(f"JOBQUEUE_MAX_QUEUED_BY_SERVICE caps must be >= 1, got {bad}")
-        if self.exit_when_idle < 0:
-            raise ConfigError(f"JOBQUEUE_EXIT_WHEN_IDLE must be >= 0 (0: never), got {self.exit_when_idle}")
+        if not all(map(_QUOTA_ENTRY.fullmatch, self.tenant_quotas.split(";"))):  # see shared/tenants.py
+            raise ConfigError(f"JOBQUEUE_TENANT_QUOTAS: expected tenant=queued:N,running:N,weight:N;... (N >= 1), got {self.tenant_quotas!r}")
 
     def max_queued_for(self, service: str) -> int | None:
         """The cap of ``service``'s queued jobs (None: unbounded)."""

@@ -64,6 +64,22 @@ class QueueFull(SubmitError):
                          f"retry in {self.retry_after:.0f} s")
 
 
+class QuotaExceeded(SubmitError):
+    """The tenant holds its quota of queued jobs (``JOBQUEUE_TENANT_QUOTAS``): nothing was
+    enqueued. ``retry_after``: seconds to wait before trying again, as for :class:`QueueFull`."""
+
+    #: Seconds a client is told to wait when nothing better is known.
+    DEFAULT_RETRY_AFTER = 10.0
+
+    def __init__(self, tenant: str, quota: int, queued: int, retry_after: float | None = None) -> None:
+        self.tenant = tenant
+        self.quota = quota
+        self.queued = queued
+        self.retry_after = self.DEFAULT_RETRY_AFTER if retry_after is None else float(retry_after)
+        super().__init__(f"tenant {tenant}: quota of queued jobs reached ({queued} queued, quota {quota}); "
+                         f"retry in {self.retry_after:.0f} s")
+
+
 class ProcessFailed(JobqueueError):
     """A process started by ``jobqueue up`` failed to start or died while running."""
 
@@ -144,6 +160,11 @@ class ServiceNotReached(ServiceUnavailable):
 class ModelsVanished(ServiceNotReached):
     """The service refused the job because a model it needs is no longer on this worker: the
     job goes back to its queue (it reads ``queued``, with its ``waiting_for``), no retry used."""
+
+
+class WorkerStopping(ConnectorError):
+    """The worker was asked to stop (SIGTERM) and the job outlived its grace: the job goes back
+    to its queue (it reads ``queued``), no retry used."""
 
 
 class ServerCrashed(ServiceUnavailable):
@@ -250,3 +271,8 @@ def _from_args(kind: Any, args: Any) -> dict[str, Any]:
     message = str(args[0]) if args else ""
     details = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
     return {"type": kind, "message": message, "details": details}
+
+
+class LeaseLost(JobqueueError):
+    """This monitor does not hold the writer's lease of its shared PostgreSQL store (it is a
+    standby, or another monitor took over): it may not write (:mod:`monitor.store.lease`)."""

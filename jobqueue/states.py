@@ -132,9 +132,10 @@ def status_for_error(error_type: str | None) -> JobStatus:
 
 
 #: Exception type names of a retry that hands a job back without using a retry (a model it
-#: needs vanished from the worker; it ran out of memory and was moved up to a larger card): the
-#: job is simply queued again, not retrying.
-HANDED_BACK_ERRORS = frozenset({"ModelsVanished", "OutOfMemory"})
+#: needs vanished from the worker; it ran out of memory and was moved up to a larger card; the
+#: worker stopped and the job outlived its soft-shutdown grace): the job is simply queued again,
+#: not retrying.
+HANDED_BACK_ERRORS = frozenset({"ModelsVanished", "OutOfMemory", "WorkerStopping"})
 
 
 def status_for_retry(error_type: str | None, message: str | None = None) -> JobStatus:

@@ -19,6 +19,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from jobqueue.config import Settings
+from jobqueue.errors import LeaseLost
 from monitor.ingest.hub import ChangeHub
 from monitor.store import Store
 
@@ -147,6 +148,14 @@ def _register_error_handlers(app: Flask) -> None:
             return exc
         return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
                               exc.description or "")
+
+    @app.errorhandler(LeaseLost)
+    def _standby(exc: LeaseLost) -> Response:
+        # A standby monitor (docs/deployment.md, "Two monitors behind one address") reads but
+        # does not write: the leader does; a load balancer that prefers it sends the retry there.
+        response = error_response(503, "standby", str(exc))
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

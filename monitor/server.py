@@ -21,10 +21,12 @@ from jobqueue.errors import ConfigError
 from monitor.app import create_app
 from monitor.ingest.collector import EventCollector, wait_connected
 from monitor.ingest.hub import ChangeHub
+from monitor.ingest.standby import Leadership, holder_name, standby_enabled
 from monitor.ingest.writer import Writer
 from monitor.metrics.totals import Totals
 from monitor.repair.reconcile import Repair
 from monitor.store import Store
+from monitor.store.lease import WriterLease
 from monitor.web import ws
 from monitor.web.auth import has_credentials, is_loopback
 from monitor.web.broker import monitor_celery_app
@@ -51,9 +53,11 @@ class Monitor:
         self.store = Store.from_settings(settings)
         self.hub = ChangeHub()
         self.celery = monitor_celery_app(settings)
+        self.leadership = self._leadership(settings)
         self.writer = Writer(self.store, self.hub, heartbeat_default=settings.heartbeat_interval,
                              beat_default=settings.status_beat, totals=Totals(self.store),
-                             secret_keys=settings.secret_keys_pattern)
+                             secret_keys=settings.secret_keys_pattern, leadership=self.leadership,
+                             standby_buffer=settings.monitor_standby_buffer, on_promoted=self._promoted)
         self.repair = Repair(self.celery, self.writer, self.store, settings)
         # Events of a gap in the stream are gone: repair recovers what the backend still knows.
         self.collector = EventCollector(self.celery, self.writer, on_reconnected=self.repair.trigger,
@@ -64,7 +68,21 @@ class Monitor:
         self.port: int = self.server.server_port if self.server is not None else port
         self._stopped = threading.Event()
 
+    def _leadership(self, settings: Settings) -> Leadership | None:
+        """The writer's lease of a shared PostgreSQL store (:mod:`monitor.ingest.standby`);
+        None: this monitor always writes."""
+        if not standby_enabled(settings, self.store.is_sqlite):
+            return None
+        lease = WriterLease(self.store.engine, holder_name(), settings.monitor_lease_seconds)
+        self.store.fence = lease.fence
+        return Leadership(lease)
+
+    def _promoted(self) -> None:
+        self.repair.trigger()
+
     def start(self) -> Monitor:
+        if self.leadership is not None:
+            self.leadership.start()
         self.writer.start()
         self.collector.start()
         # Listen before asking: what happens while repair runs then arrives as events.
@@ -85,6 +103,8 @@ class Monitor:
         self.repair.stop()
         self.collector.stop()
         self.writer.stop()
+        if self.leadership is not None:
+            self.leadership.stop()
         if self.server is not None:
             self.server.server_close()
         self.celery.close()

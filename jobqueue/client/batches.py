@@ -23,10 +23,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jobqueue.client.input_owners import check_input_owners
 from jobqueue.client.jobs import JobHandle, default_app, prepare_job
 from jobqueue.client.replicas import replicate_records
 from jobqueue.errors import SubmitError
 from jobqueue.shared import queued
+from jobqueue.shared.fairshare import note_queues
 from jobqueue.shared.names import RUN_JOB_TASK
 from jobqueue.shared.submissions import record_submitted
 
@@ -117,13 +119,15 @@ def submit_batch(
                 service, vary_payload(payload, index, count, vary), is_redis=app.settings.is_redis,
                 priority=priority, queue=queue, timeout=timeout,
                 extra={"batch_id": batch_id, "batch_index": index, "batch_size": count},
-                secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
+                secret_keys=app.settings.secret_keys_pattern, tenant=tenant, fair_share=app.settings.fair_share,
             ))
+            check_input_owners(app, service, messages[-1][0]["payload"], tenant)
         except SubmitError as exc:
             raise type(exc)(f"batch job {index}: {exc}") from None
     ids = [send_options["task_id"] for _, send_options in messages]
-    queued.admit(app, {service: ids})  # all or none: QueueFull over the service's cap
+    queued.admit(app, {service: ids}, tenant=tenant)  # all or none: QueueFull, QuotaExceeded
     record_submitted(app, ids)
+    note_queues(app, [send_options["queue"] for _, send_options in messages])
     replicate_records(app, f"the submit records of {len(ids)} batch jobs")
     for sent, (kwargs, send_options) in enumerate(messages):
         try:

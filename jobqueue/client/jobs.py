@@ -22,8 +22,10 @@ from celery import states as celery_states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from redis.sentinel import MasterNotFoundError
 
+from jobqueue.client.cancels import cancel_later_steps
+from jobqueue.client.input_owners import check_input_owners
 from jobqueue.client.replicas import replicate_records
-from jobqueue.client.waiting import job_waiting_for, queue_remember
+from jobqueue.client.waiting import job_expected_load, job_waiting_for, queue_remember
 from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import (
     InvalidPayloadError,
@@ -35,11 +37,11 @@ from jobqueue.errors import (
     WaitTimeout,
     error_info,
 )
+from jobqueue.shared import fairshare, queued
 from jobqueue.shared import job_record as facts
-from jobqueue.shared import queued
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask
 from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED, WORKER_CLASS
-from jobqueue.shared.records import result_client, workflow_key, workflow_step_key
+from jobqueue.shared.records import result_client
 from jobqueue.shared.requirements import Requirements, resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
 from jobqueue.shared.submissions import queue_records, record_submitted, was_submitted
@@ -49,6 +51,7 @@ from jobqueue.shared.webhooks import check_webhook_url
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
 from jobqueue.transport.rabbitmq import raise_clearly
 from jobqueue.transport.redis_clients import unreachable
+from jobqueue.transport.result_watch import check_subscription
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +174,10 @@ class JobHandle:
         On a result backend with pub/sub (Redis) every state the worker stores arrives as a
         message the moment it is written: no polling. The stored state is read again every
         :data:`REREAD_INTERVAL` s all the same, so a message lost with a dropped connection
-        delays the answer, never loses it. Other backends are polled every :data:`POLL_INTERVAL` s.
+        delays the answer, never loses it; a subscription whose link froze (no answer to its
+        health-check PINGs, or a re-read that failed on a dead connection) is replaced within
+        about ``max(5, 2 × JOBQUEUE_REDIS_HEALTH_INTERVAL)`` + 4 s
+        (:mod:`jobqueue.transport.result_watch`), so progress flows again. Other backends are polled every :data:`POLL_INTERVAL` s.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self.submitted:
@@ -199,6 +205,7 @@ class JobHandle:
                     raise WaitTimeout(f"job {self.id} still {self.status().value} after {timeout} s")
                 slice_ = REREAD_INTERVAL if remaining is None else min(REREAD_INTERVAL, remaining)
                 try:
+                    check_subscription(res.backend)  # a frozen link: subscribe again (PING, 2 missed)
                     # Subscribes, reads the stored state once (a job that ended before the
                     # subscription is seen there), then takes every published state.
                     res.get(timeout=slice_, propagate=False, interval=POLL_INTERVAL,
@@ -213,6 +220,7 @@ class JobHandle:
                     if time.monotonic() - outage_since > OUTAGE_GRACE:
                         raise
                     log.warning("job %s: result backend out of reach; waiting on", self.id)
+                    _resubscribe_if_frozen(res.backend, lost)
                     time.sleep(RECONNECT_PAUSE if remaining is None else max(0.0, min(RECONNECT_PAUSE, remaining)))
                     continue
                 if seen.final is None:  # ready without a message: a cached final state
@@ -267,6 +275,12 @@ class JobHandle:
             return None
         return job_waiting_for(self.app, self.id, timeout)
 
+    def expected_load(self, timeout: float = 1.0) -> float:
+        """Seconds of checkpoint loading this queued job should expect: 0 when an online worker
+        that can run it has its checkpoint loaded (it takes the job first), else the smallest
+        load those workers measured (docs/connectors.md, "Warm routing")."""
+        return job_expected_load(self.app, self.id, timeout)
+
     def cancel(self) -> bool:
         """Cancel the job: a queued one never runs, a running one is stopped on its service;
         when it is a workflow step, the steps after it are cancelled too.
@@ -302,44 +316,18 @@ class JobHandle:
             log.warning("could not announce the cancel of job %s", self.id, exc_info=True)
 
 
-def cancel_later_steps(job_id: str, app: Any) -> list[str]:
-    """When ``job_id`` is a workflow step, mark every later step that has not ended cancelled
-    (``REVOKED``, reason ``workflow <id> cancelled at step <k>``) and revoke them; return
-    their ids (empty for a plain job).
-
-    Called by :meth:`JobHandle.cancel`: cancelling any step ends the rest of its workflow, at
-    once for callers; the worker that finishes the step before drops the chain there and
-    announces the cancelled steps to the monitor (:func:`run_step`).
-    """
-    getter = getattr(app.backend, "get", None)
-    if not callable(getter):
-        return []
-    workflow_id = getter(workflow_step_key(job_id))
-    if not workflow_id:
-        return []
-    if isinstance(workflow_id, bytes):
-        workflow_id = workflow_id.decode()
-    raw = getter(workflow_key(workflow_id))
-    if not raw:
-        return []
-    steps = list(json.loads(raw)["steps"])
-    if job_id not in steps:
-        return []
-    number = steps.index(job_id) + 1
-    reason = f"workflow {workflow_id} cancelled at step {number}"
-    later = [step_id for step_id in steps[number:]
-             if app.AsyncResult(step_id).state not in celery_states.READY_STATES]
-    for step_id in later:
-        app.backend.store_result(step_id, JobCancelled(reason), celery_states.REVOKED)
-    if later:
-        queued.forget(app, CONNECTORS, later)
-        app.control.revoke(later)
-    return later
-
-
 def get_job(job_id: str, *, app: Any = None) -> JobHandle:
     """A handle for any job id."""
     return JobHandle(job_id, app)
+
+
+def _resubscribe_if_frozen(backend: Any, lost: tuple[type[BaseException], ...]) -> None:
+    """After a read failed on a dead connection: replace the result subscription too if its
+    health check went unanswered (the backend may be down: then Celery's consumer does it)."""
+    try:
+        check_subscription(backend, suspect=True)
+    except lost:
+        pass
 
 
 def _check_timeout(timeout: float | None) -> float | None:
@@ -372,6 +360,7 @@ def prepare_job(
     requires: dict[str, Any] | None = None,
     secret_keys: str = DEFAULT_PATTERN,
     tenant: str | None = None,
+    fair_share: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate one job and build its message: ``(task kwargs, send options)``.
 
@@ -381,7 +370,7 @@ def prepare_job(
     A job with requirements (``requires`` plus the models its payload names) goes to its
     capability queue unless ``queue`` pins it (:func:`jobqueue.shared.requirements.route_queue`).
     ``kwargsrepr`` (what events and logs show) has values under ``secret_keys`` masked; the
-    task's kwargs keep them. ``tenant`` (:func:`check_tenant`): the job's owner, in its options.
+    task's kwargs keep them. ``tenant``: the job's owner (its queue's too with ``fair_share``).
     """
     tenant = check_tenant(tenant)
     payload = connector_class(service).validate(payload)
@@ -392,7 +381,7 @@ def prepare_job(
         raise InvalidPayloadError(f"{service}: payload is not JSON-serialisable: {exc}") from None
     priority = check_priority(priority)
     timeout = _check_timeout(timeout)
-    target = _check_queue(queue) or route_queue(service, req)
+    target = _check_queue(queue) or fairshare.route_for_tenant(route_queue(service, req), tenant, fair_share)
     job_id = job_id or str(uuid.uuid4())
     meta: dict[str, Any] = {
         "service": service,
@@ -416,23 +405,24 @@ def prepare_job(
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 
 
-def _record(app: Any, job_id: str, service: str, req: Requirements) -> None:
-    """Before sending: the job's place in its service's queue (:mod:`jobqueue.shared.queued`;
-    raises :class:`~jobqueue.errors.QueueFull` over a cap), the submit record (no job without
-    one) and, for :meth:`JobHandle.waiting_for`, the job's requirements: one round trip on a
-    Redis result backend, two when the service is capped (the admission comes first)."""
-    capped = app.settings.max_queued_for(service) is not None
+def _record(app: Any, job_id: str, service: str, options: dict[str, Any]) -> None:
+    """Before sending: the job's place in its service's and tenant's counts (:mod:`~.queued`: ``QueueFull``,
+    ``QuotaExceeded``), the submit record, its tenant queue's note and its requirements (for ``waiting_for``):
+    one round trip on a Redis result backend, two when capped (the admission comes first)."""
+    tenant = options.get("tenant")
+    capped = queued.is_capped(app, service, tenant)
     if capped:
-        queued.admit(app, {service: [job_id]})
+        queued.admit(app, {service: [job_id]}, tenant=tenant)
     client = result_client(app)
     if client is None:
         record_submitted(app, [job_id])
         return
     with client.pipeline(transaction=False) as pipe:
         queue_records(pipe, app, [job_id])
-        queue_remember(pipe, app, job_id, service, req)
+        queue_remember(pipe, app, job_id, service, Requirements.from_dict(options.get("requires")))
+        fairshare.note_queue(pipe, options["queue"], queued.expires_of(app))
         if not capped:
-            queued.queue_add(pipe, service, [job_id], queued.expires_of(app))
+            queued.queue_add(pipe, service, [job_id], queued.expires_of(app), tenant=tenant)
         results = pipe.execute(raise_on_error=False)
     if isinstance(results[0], Exception):
         raise results[0]
@@ -466,9 +456,9 @@ def submit_job(
 
     ``queue`` pins the job (``gpu0``, ``machine.<id>``, ``gpu0.<machine>``); by default it
     goes to the service's queue. ``priority`` is 0 (lowest) .. 9 (most urgent), default 5.
-    Raises :class:`~jobqueue.errors.UnknownServiceError`,
-    :class:`~jobqueue.errors.InvalidPayloadError` or, when the service's queue holds its cap
-    (``JOBQUEUE_MAX_QUEUED``), :class:`~jobqueue.errors.QueueFull` (nothing enqueued).
+    Raises :class:`~jobqueue.errors.UnknownServiceError`, :class:`~jobqueue.errors.InvalidPayloadError`,
+    :class:`~jobqueue.errors.QueueFull` over the service's cap (``JOBQUEUE_MAX_QUEUED``) or
+    :class:`~jobqueue.errors.QuotaExceeded` over the tenant's (``JOBQUEUE_TENANT_QUOTAS``): nothing enqueued.
     ``webhook_url`` (http or https only, else :class:`~jobqueue.errors.SubmitError`; an IP
     literal outside the public addresses and ``JOBQUEUE_WEBHOOK_ALLOWED_NETWORKS`` raises
     :class:`~jobqueue.errors.WebhookTargetRefused`) gets a signed POST when the job ends (see
@@ -480,12 +470,13 @@ def submit_job(
         url = check_webhook_url(webhook_url, app.settings.webhook_allowed_networks)
         extra = {**(extra or {}), "webhook_url": url}
     kwargs, send_options = prepare_job(
-        service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
-        timeout=timeout, workflow_id=workflow_id, step=step, job_id=job_id, extra=extra,
-        requires=requires, secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
+        service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue, timeout=timeout,
+        workflow_id=workflow_id, step=step, job_id=job_id, extra=extra, requires=requires, tenant=tenant,
+        secret_keys=app.settings.secret_keys_pattern, fair_share=app.settings.fair_share,
     )
+    check_input_owners(app, service, kwargs["payload"], tenant)
     try:
-        _record(app, send_options["task_id"], service, Requirements.from_dict(kwargs["options"].get("requires")))
+        _record(app, send_options["task_id"], service, kwargs["options"])
     except MasterNotFoundError as exc:  # nothing sent: say which sentinels and master
         raise unreachable(app.settings.result_backend, app.settings, exc) from exc
     try:

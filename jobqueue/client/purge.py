@@ -18,7 +18,8 @@ from typing import Any
 
 from celery import states as celery_states
 
-from jobqueue.client.jobs import cancel_later_steps, default_app
+from jobqueue.client.cancels import cancel_later_steps
+from jobqueue.client.jobs import default_app
 from jobqueue.connectors import CONNECTORS
 from jobqueue.errors import JobCancelled
 from jobqueue.shared import job_record as facts

@@ -35,7 +35,9 @@ from typing import Any
 
 from celery import chain
 
-from jobqueue.client.jobs import JobHandle, cancel_later_steps, default_app, prepare_job
+from jobqueue.client.cancels import cancel_later_steps
+from jobqueue.client.input_owners import check_input_owners
+from jobqueue.client.jobs import JobHandle, default_app, prepare_job
 from jobqueue.client.replicas import replicate_records
 from jobqueue.errors import (
     JobFailed,
@@ -45,6 +47,7 @@ from jobqueue.errors import (
     WorkflowNotFound,
 )
 from jobqueue.shared import queued
+from jobqueue.shared.fairshare import note_queues
 from jobqueue.shared.names import RUN_JOB_TASK, STEP_SIGNATURE_TYPE
 from jobqueue.shared.records import workflow_key, workflow_step_key
 from jobqueue.shared.steps import (
@@ -98,9 +101,7 @@ def submit_workflow(
     """
     app = app or default_app()
     pairs = _check_steps(steps)
-    workflow_id = str(uuid.uuid4())
-    submitted_at = time.time()
-    signatures = []
+    workflow_id, submitted_at, signatures = str(uuid.uuid4()), time.time(), []
     for number, (service, payload) in enumerate(pairs, 1):
         try:
             if number == 1 and placeholder_paths(payload):
@@ -109,8 +110,9 @@ def submit_workflow(
                 service, payload, is_redis=app.settings.is_redis, priority=priority, queue=queue,
                 timeout=timeout, workflow_id=workflow_id, step=number, continuation=number > 1,
                 extra={"workflow_steps": len(pairs), "workflow_submitted_at": submitted_at},
-                secret_keys=app.settings.secret_keys_pattern, tenant=tenant,
+                secret_keys=app.settings.secret_keys_pattern, tenant=tenant, fair_share=app.settings.fair_share,
             )
+            check_input_owners(app, service, kwargs["payload"], tenant)
         except SubmitError as exc:
             raise type(exc)(f"step {number}: {exc}") from None
         signatures.append(
@@ -120,7 +122,7 @@ def submit_workflow(
     by_service: dict[str, list[str]] = {}
     for (service, _), step_id in zip(pairs, step_ids, strict=True):
         by_service.setdefault(service, []).append(step_id)
-    queued.admit(app, by_service)  # every step or none: QueueFull over a service's cap
+    queued.admit(app, by_service, tenant=tenant)  # every step or none: QueueFull, QuotaExceeded
     record = {"id": workflow_id, "steps": step_ids, "submitted_at": submitted_at,
               "priority": signatures[0].kwargs["options"]["priority"]}
     setter = getattr(app.backend, "set", None)
@@ -129,6 +131,7 @@ def submit_workflow(
         for step_id in step_ids:
             setter(workflow_step_key(step_id), workflow_id)
     record_submitted(app, step_ids)  # later steps are sent by workers, but queued from now on
+    note_queues(app, [sig.options["queue"] for sig in signatures])
     replicate_records(app, f"the records of workflow {workflow_id}")
     # ``ignore_result=False`` spelled out: a client app does not register the job task (a worker
     # does), and the first message of a chain of an unregistered task would leave that header

@@ -32,8 +32,8 @@ from typing import Any
 __all__ = [
     "DEAD_SUFFIX", "attempts_key", "crashes_key", "dead_letter_key", "facts_key", "moved_up_info_key", "moved_up_key",
     "orphan_book_key", "preview_key", "queued_key", "replication_fence_key", "requires_key", "result_client",
-    "retry_key", "submitted_key", "webhook_attempts_key", "webhook_delivered_key",
-    "workflow_key", "workflow_step_key",
+    "retry_key", "submitted_key", "tenant_queued_key", "tenant_queues_key", "tenant_running_key", "warm_key",
+    "webhook_attempts_key", "webhook_delivered_key", "workflow_key", "workflow_step_key",
 ]
 
 
@@ -117,6 +117,30 @@ def queued_key(service: str) -> str:
     """Sorted set of ``service``'s queued jobs (member a job id, score when it entered the
     queue): the count queue caps apply to (:mod:`jobqueue.shared.queued`)."""
     return f"jobqueue-queued-{service}"
+
+
+def tenant_queued_key(tenant: str) -> str:
+    """Sorted set of ``tenant``'s queued jobs, as :func:`queued_key` per service: the count its
+    quota of queued jobs applies to (:mod:`jobqueue.shared.queued`)."""
+    return f"jobqueue-tenant-queued-{tenant}"
+
+
+def tenant_running_key(tenant: str) -> str:
+    """Sorted set of ``tenant``'s running jobs (member a job id, score when its worker last said
+    it holds it): the count its quota of running jobs applies to (:mod:`jobqueue.shared.running`)."""
+    return f"jobqueue-tenant-running-{tenant}"
+
+
+def tenant_queues_key() -> str:
+    """Sorted set of the tenant queues jobs were sent to (member ``<tenant>/<queue>``, score the
+    last submit): what workers consume besides their own queues (:mod:`jobqueue.shared.fairshare`)."""
+    return "jobqueue-tenant-queues"
+
+
+def warm_key(service: str) -> str:
+    """Hash of what ``service``'s workers have loaded: worker -> ``{"loaded", "idle", "at"}``
+    (JSON; :mod:`jobqueue.worker.warm`, warm routing)."""
+    return f"jobqueue-warm-{service}"
 
 
 def orphan_book_key(worker: str, service: str) -> str:

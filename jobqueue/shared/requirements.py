@@ -255,10 +255,13 @@ def worker_capabilities(worker: str, connectors: Mapping[str, Any]) -> list[Capa
 
 
 def capability_summary(connectors: Mapping[str, Any]) -> dict[str, Any]:
-    """Models (every folder, sorted), VRAM and tags of one worker, from its connectors
-    (``{service: {"details": ...}}``): the monitor's worker card and API show it."""
+    """Models (every folder, sorted), VRAM, tags, and the checkpoints loaded with the cost of a
+    load (warm routing) of one worker, from its connectors (``{service: {"details": ...}}``):
+    the monitor's worker card and API show it."""
     models: set[str] = set()
     tags: set[str] = set()
+    loaded: set[str] | None = None
+    load: float | None = None
     total: float | None = None
     free: float | None = None
     for conn in connectors.values():
@@ -273,10 +276,19 @@ def capability_summary(connectors: Mapping[str, Any]) -> dict[str, Any]:
                     models.update(n for n in names if isinstance(n, str))
         if isinstance(caps.get("tags"), list):
             tags.update(t for t in caps["tags"] if isinstance(t, str))
+        if isinstance(caps.get("loaded"), list):  # warm routing (jobqueue/shared/warm.py)
+            loaded = (loaded or set()) | {n for n in caps["loaded"] if isinstance(n, str)}
+        seconds = caps.get("load_seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0:
+            load = max(load or 0.0, float(seconds))
         for key, value in (("vram_total_gb", caps.get("vram_total_gb")), ("vram_free_gb", caps.get("vram_free_gb"))):
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
                 if key == "vram_total_gb":
                     total = max(total or 0.0, float(value))
                 else:
                     free = max(free or 0.0, float(value))
-    return {"models": sorted(models), "vram_total_gb": total, "vram_free_gb": free, "tags": sorted(tags)}
+    out: dict[str, Any] = {"models": sorted(models), "vram_total_gb": total, "vram_free_gb": free,
+                           "tags": sorted(tags)}
+    if loaded is not None:  # reported by workers that track it (not by older ones)
+        out.update(loaded=sorted(loaded), load_seconds=load)
+    return out

@@ -145,6 +145,8 @@ def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -
         # transport lifts kombu's 0..9 clamp); a message sent without one gets the default.
         task_queue_max_priority=BROKER_MAX_PRIORITY,
         task_default_priority=broker_priority(DEFAULT_PRIORITY, is_redis=settings.is_redis),
+        # AMQP heartbeats: a frozen link is dropped after ~2x this (Redis has its own checks).
+        broker_heartbeat=settings.broker_heartbeat,
     )
     if not settings.is_redis and settings.rabbitmq_queue_type == "quorum":
         # Quorum queues (jobqueue.transport.rabbitmq): no x-max-priority (RabbitMQ 3.x refuses

@@ -32,6 +32,23 @@ tests/jobqueue/worker/test_poison.py.
 6. ``Channel._q_for_pri`` and ``_get_message_priority`` (kombu's key of a message's priority
    list) and ``QoS._delivered`` (the tags kombu recorded as unacked), to put back an item
    popped just before the broker went away (its QoS write failed, so no one else holds it).
+7. ``kombu.transport.redis.Channel._brpop_start``: reimplemented below (its body with the
+   queues in the order of the connection's fair-share hook, :func:`set_fair_order`; it relies
+   on ``_queue_cycle.consume``, ``active_queues``, ``_q_for_pri``, ``priority_steps``,
+   ``brpop_timeout``, ``global_keyprefix`` and ``client._prefix_args``). Without a hook (a
+   client's connection, a worker with fair share off) kombu's own body runs.
+8. ``kombu.transport.redis.Channel.active_queues`` and ``Channel.qos.can_consume()`` (whether the
+   channel should have a BRPOP out: :func:`brpop_expected`), read by the worker's link watch
+   (:mod:`jobqueue.worker.linkwatch`), which :func:`last_brpop_reply` also serves.
+9. ``kombu.transport.virtual.Transport.channels``, a Redis channel's ``_pool``, ``_async_pool``
+   and ``subclient``, redis-py's ``ConnectionPool._available_connections`` /
+   ``_in_use_connections`` and ``Connection._sock``: the sockets :func:`sever` shuts; a kombu
+   connection pool's ``_dirty`` and ``_resource.queue`` (:func:`sever_pool`).
+
+The BRPOP reader also stamps each reply Redis sends (:func:`last_brpop_reply`): an idle worker's
+BRPOP is answered at least every ``brpop_timeout`` (1 s), so a long silence while one is due
+means a frozen link (or an event loop held by a command on a dead socket): the worker's link
+watch then reconnects its consumer.
 
 :class:`SentinelTransport` is the same channel on a Sentinel group's master (kombu's
 ``SentinelChannel`` finds the master; ``sentinel://`` brokers).
@@ -40,13 +57,16 @@ tests/jobqueue/worker/test_poison.py.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from queue import Empty
+from time import monotonic
 from typing import Any, Protocol
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -56,6 +76,23 @@ from jobqueue.transport.replication import check_wait, queue_wait, replicas_to_w
 
 #: Attribute of a kombu Connection where its channels find the poison hook.
 HOOK_ATTR = "jobqueue_on_poison"
+#: Attribute of a kombu Connection where its channels find the fair-share order.
+FAIR_ATTR = "jobqueue_fair_order"
+
+
+class FairOrderHook(Protocol):
+    """The order a channel asks for its queues in (:class:`jobqueue.shared.fairshare.FairOrder`)."""
+
+    def order(self, queues: Iterable[str]) -> list[str]:
+        """The queues to ask the broker for, in this order (at each priority level)."""
+
+    def delivered(self, queue: str) -> None:
+        """A message came from ``queue``."""
+
+
+def set_fair_order(connection: Any, hook: FairOrderHook | None) -> None:
+    """Have the channels of kombu ``connection`` fetch their queues in ``hook``'s order."""
+    setattr(connection, FAIR_ATTR, hook)
 
 
 class PoisonHook(Protocol):
@@ -72,6 +109,67 @@ class PoisonHook(Protocol):
 def set_poison_hook(connection: Any, hook: PoisonHook | None) -> None:
     """Have the channels of kombu ``connection`` ask ``hook`` about every item they pop."""
     setattr(connection, HOOK_ATTR, hook)
+
+
+def brpop_expected(channel: Any) -> bool:
+    """Whether ``channel`` (a consumer's channel on this transport) should be waiting for a BRPOP
+    reply now: it consumes queues and may take a message (a worker busy with its one job has
+    no BRPOP out). PRIVATE TOUCHPOINT 7."""
+    qos = getattr(channel, "qos", None)
+    return bool(getattr(channel, "active_queues", None)) and qos is not None and bool(qos.can_consume())
+
+
+def last_brpop_reply(channel: Any) -> float | None:
+    """When (monotonic) ``channel``'s BRPOP last got a reply from Redis -- a message, or the
+    server's empty answer when its ``brpop_timeout`` ran out -- or None if it never did."""
+    value = getattr(channel, LAST_REPLY_ATTR, None)
+    return float(value) if value is not None else None
+
+
+def sever(connection: Any) -> int:
+    """Shut down, both ways, every socket of kombu ``connection``'s Redis channels: their pools'
+    connections (idle or in use, the BRPOP one included) and their pub/sub clients'. Safe from
+    any thread: only the sockets are touched, so a thread blocked reading one gets an error at
+    once, and kombu and redis-py then drop each as after any lost connection (in their own
+    thread). Returns how many sockets were shut. PRIVATE TOUCHPOINT 8."""
+    sockets: list[Any] = []
+    transport = getattr(connection, "transport", None)
+    for channel in list(getattr(transport, "channels", None) or ()):
+        state = vars(channel)
+        for pool in (state.get("_pool"), state.get("_async_pool")):
+            conns = [*(getattr(pool, "_available_connections", None) or ()),
+                     *(getattr(pool, "_in_use_connections", None) or ())]
+            sockets.extend(getattr(conn, "_sock", None) for conn in conns)
+        subclient = state.get("subclient")
+        sockets.append(getattr(getattr(subclient, "connection", None), "_sock", None))
+    shut = 0
+    for sock in sockets:
+        if sock is None:
+            continue
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+            shut += 1
+        except OSError:  # closed already
+            pass
+    return shut
+
+
+def sever_pool(pool: Any) -> int:
+    """:func:`sever` every connection of kombu connection ``pool`` (Celery's ``app.pool``, which
+    a worker's control replies are published through), idle or in use; placeholders for
+    connections never made are skipped. PRIVATE TOUCHPOINT 8 (``Resource._dirty`` and
+    ``_resource.queue``)."""
+    held = [*(getattr(pool, "_dirty", None) or ()), *(getattr(getattr(pool, "_resource", None), "queue", None) or ())]
+    return sum(sever(conn) for conn in held if hasattr(conn, "transport") and getattr(conn, "_transport", None))
+
+
+def stale_link(message: str) -> Exception:
+    """An error this transport counts as a lost connection (Celery's consumer reconnects on it)."""
+    return redis.exceptions.ConnectionError(message)
+
+
+#: Attribute of a :class:`Channel` holding when its BRPOP last got a reply (monotonic).
+LAST_REPLY_ATTR = "jobqueue_last_reply"
 
 
 class _ClientCache:
@@ -156,6 +254,26 @@ class Channel(kombu_redis.Channel):
             cache = self_._jobqueue_clients = _ClientCache()
         yield cache.get(self_.pool, self_._create_client)
 
+    def _brpop_start(self, timeout: Any = None) -> None:  # PRIVATE TOUCHPOINT 7
+        self_: Any = self
+        fair: FairOrderHook | None = getattr(self_.connection.client, FAIR_ATTR, None)
+        if fair is None:
+            super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
+            return
+        if timeout is None:
+            timeout = self_.brpop_timeout
+        queues = fair.order(self_._queue_cycle.consume(len(self_.active_queues)))
+        if not queues:
+            return
+        # Priority first (every queue's level n before any queue's level n + 1), as kombu.
+        keys = [self_._q_for_pri(queue, pri) for pri in self_.priority_steps for queue in queues]
+        self_._in_poll = self_.client.connection
+        self_._brpop_sent_at = time.monotonic()
+        command_args = ["BRPOP", *keys, timeout or 0]
+        if self_.global_keyprefix:
+            command_args = self_.client._prefix_args(command_args)
+        self_.client.connection.send_command(*command_args)
+
     def _brpop_read(self, **options: Any) -> bool:  # PRIVATE TOUCHPOINT 2
         self_: Any = self
         hook: PoisonHook | None = getattr(self_.connection.client, HOOK_ATTR, None)
@@ -167,11 +285,15 @@ class Channel(kombu_redis.Channel):
                 # A connection error: disconnect so the next iteration reconnects (as kombu does).
                 self_.client.connection.disconnect()
                 raise
+            setattr(self_, LAST_REPLY_ATTR, monotonic())  # Redis answered: the link is alive
             if not dest__item:
                 raise Empty()
             dest, item = dest__item
             dest = (dest.decode() if isinstance(dest, bytes) else dest).rsplit(self_.sep, 1)[0]
             self_._queue_cycle.rotate(dest)
+            fair: FairOrderHook | None = getattr(self_.connection.client, FAIR_ATTR, None)
+            if fair is not None:
+                fair.delivered(dest)
             if hook is None:  # kombu's own delivery
                 self._deliver_or_give_back(loads(bytes_to_str(item)), dest, item)  # type: ignore[no-untyped-call]
                 return True
@@ -188,7 +310,6 @@ class Channel(kombu_redis.Channel):
         assert hook is not None and refused is not None
         hook.discard(*refused, self.conn_or_acquire)
         return True
-
 
     def _deliver_or_give_back(self, payload: Any, dest: str, item: bytes | str) -> None:
         """Deliver a popped item; when the broker went away before kombu recorded it as

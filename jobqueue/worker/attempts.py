@@ -83,7 +83,7 @@ def queue_start(pipe: Any, task: Any, meta: dict[str, Any], runtime: WorkerRunti
     pipe.expire(attempts_key(request.id), expires(app))
     pipe.hgetall(facts_key(request.id))
     facts.queue_write(pipe, request.id, start, expires=expires(app), remove=_ENDED_FACTS)
-    queued.queue_remove(pipe, meta["service"], request.id)  # no longer queued
+    queued.queue_remove(pipe, meta["service"], request.id, meta.get("tenant"))  # no longer queued
 
 
 # -- the start that rides with STARTED --------------------------------------------------------

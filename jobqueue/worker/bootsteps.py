@@ -27,11 +27,12 @@ from typing import Any
 from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
+from jobqueue.connectors.base import Connector
 from jobqueue.transport.internals import buffer_event_group, unacked_index_key
 from jobqueue.transport.redis_clients import redis_client
 from jobqueue.transport.redis_health import redis_kwargs
 from jobqueue.transport.redis_urls import is_redis_url
-from jobqueue.worker.capabilities import CapabilityGate, desired_queues
+from jobqueue.worker.capabilities import CapabilityGate, desired_queues, preferred_order
 from jobqueue.worker.gate import ConsumerGate
 from jobqueue.worker.health import HealthLoop
 from jobqueue.worker.identity import WorkerIdentity
@@ -39,6 +40,7 @@ from jobqueue.worker.lease import LeaseKeeper, held_delivery_tags
 from jobqueue.worker.orphans import OrphanSweeper
 from jobqueue.worker.runtime import WorkerRuntime
 from jobqueue.worker.status import Sender, StatusReporter
+from jobqueue.worker.warm_peers import WarmPeers
 
 #: Event group of ``connector-status`` (Celery filters events by the part before the first "-").
 CONNECTOR_GROUP = "connector"
@@ -68,6 +70,25 @@ def _identity_of(worker: Any) -> WorkerIdentity:
     return identity
 
 
+def _warm_peers(runtime: WorkerRuntime, client: Any) -> WarmPeers | None:
+    """Warm routing's view of the other workers (:mod:`jobqueue.worker.warm_peers`): ticks
+    twice per grace (at most every health interval), and a change re-syncs the capability gate.
+    None when no connector's jobs can name a checkpoint."""
+    settings = runtime.settings
+
+    def resync() -> None:
+        if runtime.capability_gate is not None:
+            runtime.capability_gate.request_sync()
+
+    # Only services whose jobs can name a checkpoint are warm-routed (not the simulation's).
+    services = tuple(s for s, c in runtime.connectors.items()
+                     if type(c).required_models.__func__ is not Connector.required_models.__func__)  # type: ignore[attr-defined]
+    if not services:
+        return None
+    interval = max(0.25, min(settings.warm_grace / 2, settings.health_interval))
+    return WarmPeers(client, runtime.identity.node_name, services, runtime.warm, interval=interval, on_change=resync)
+
+
 class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
     """Own the worker's connectors, status reporter and health loop for the worker's life."""
 
@@ -85,8 +106,10 @@ class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is u
         self.reporter = StatusReporter(identity, beat_interval=settings.status_beat, window=STATUS_WINDOW)
         self.runtime = WorkerRuntime(settings, identity, reporter=self.reporter)
         if is_redis_url(settings.result_backend):
-            self.runtime.keep_orphans_in(redis_client(settings.result_backend, settings, socket_timeout=5,
-                                                        socket_connect_timeout=5))
+            client = redis_client(settings.result_backend, settings, socket_timeout=5, socket_connect_timeout=5)
+            self.runtime.keep_orphans_in(client)
+            if settings.warm_grace > 0:
+                self.runtime.warm_peers = _warm_peers(self.runtime, client)
         self.health = HealthLoop(self.runtime.check_health, interval=settings.health_interval)
         worker.app.runtime = self.runtime
 
@@ -98,10 +121,14 @@ class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is u
         # never has its queue consumed (waiting_for_service until a check succeeds).
         self.runtime.check_health()
         self.health.start()
+        if self.runtime.warm_peers is not None:
+            self.runtime.warm_peers.start()
 
     def stop(self, worker: Any) -> None:
         if self.health is not None:
             self.health.stop()
+        if self.runtime is not None and self.runtime.warm_peers is not None:
+            self.runtime.warm_peers.stop()
         if self.runtime is not None:
             self.runtime.stop()
         if self.reporter is not None:
@@ -227,7 +254,9 @@ class QueueGateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
         if runtime.gate is None:
             runtime.gate = ConsumerGate(runtime.statuses)
         if runtime.capability_gate is None:
-            runtime.capability_gate = CapabilityGate(lambda: desired_queues(runtime), runtime.identity.connectors)
+            runtime.capability_gate = CapabilityGate(lambda: desired_queues(runtime), runtime.identity.connectors,
+                                                     order=(lambda: preferred_order(runtime)) if runtime.settings.is_redis
+                                                     else None)  # only a Redis consumer reads its queues in order
         runtime.gate.bind(c)
         runtime.capability_gate.bind(c)
 
@@ -240,6 +269,8 @@ class QueueGateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
         for gate in (runtime.gate, runtime.capability_gate):
             if gate is not None:
                 gate.sync_now()
+        if runtime.capability_gate is not None and runtime.warm.grace > 0:
+            runtime.capability_gate.sync_later(runtime.warm.grace + 0.05)  # cold queues open after the grace
 
     def stop(self, c: Any) -> None:
         runtime = _runtime_of(c)

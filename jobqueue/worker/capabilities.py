@@ -12,6 +12,9 @@
   starts taking its jobs, one that loses it (or whose service turns unhealthy) stops.
   :meth:`CapabilityGate.hold_off` stops consuming one queue for a while after the worker
   handed a job of it back (:mod:`jobqueue.worker.handback`), so another worker gets it.
+* Warm routing (:mod:`jobqueue.worker.warm`): :func:`desired_queues` leaves out the model queues
+  of checkpoints this worker has not loaded while its :class:`~jobqueue.worker.warm.WarmState`
+  keeps them closed; :meth:`CapabilityGate.sync_later` re-syncs when the grace ends.
 """
 
 from __future__ import annotations
@@ -28,17 +31,23 @@ from jobqueue.shared.requirements import (
     capabilities_from_details,
     capability_queues,
 )
-from jobqueue.shared.routing import is_capability_queue
+from jobqueue.shared.routing import is_capability_queue, model_queue
+from jobqueue.shared.warm import closed_queues
 from jobqueue.states import ConnectorStatus
 from jobqueue.worker.gate import ConsumerGate
 
 log = logging.getLogger(__name__)
 
+#: Most model queues kept in order of preference (beyond, a reorder would cancel and consume
+#: too many queues at once: they are read in the order they were consumed).
+MAX_ORDERED = 64
+
 
 def enrich(connector: Any, status: ConnectorStatus, details: Mapping[str, Any] | None,
-           tags: tuple[str, ...]) -> dict[str, Any]:
+           tags: tuple[str, ...], warm: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``details`` of a health check plus ``capabilities`` (read now when the service is
-    healthy, else the last known ones, which the gate ignores while unhealthy)."""
+    healthy, else the last known ones, which the gate ignores while unhealthy), with the
+    worker's tags and ``warm``: what it has loaded (:meth:`~jobqueue.worker.warm.WarmState.capabilities`)."""
     out = dict(details or {})
     last = connector.details.get(DETAILS_KEY)
     caps: dict[str, Any] = dict(last) if isinstance(last, Mapping) else {}
@@ -51,8 +60,16 @@ def enrich(connector: Any, status: ConnectorStatus, details: Mapping[str, Any] |
         if fresh is not None:
             caps = dict(fresh)
     caps["tags"] = list(tags)
+    caps.update(warm or {})
     out[DETAILS_KEY] = caps
     return out
+
+
+def has_models(details: Mapping[str, Any] | None) -> bool:
+    """True when ``details`` list any model (so there are model queues to route on)."""
+    caps = (details or {}).get(DETAILS_KEY)
+    folders = caps.get("models") if isinstance(caps, Mapping) else None
+    return isinstance(folders, Mapping) and any(isinstance(v, list) and v for v in folders.values())
 
 
 def worker_capabilities(node_name: str, connectors: Mapping[str, Any], *, healthy_only: bool = True) -> dict[str, Capabilities]:
@@ -68,8 +85,10 @@ class CapabilityGate(ConsumerGate):
     """Consume exactly the capability queues this worker's capabilities call for."""
 
     def __init__(self, desired: Callable[[], set[str]], services: tuple[str, ...], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, order: Callable[[], list[str]] | None = None) -> None:
         super().__init__(dict)
+        #: The model queues in the order they are to be read (warm routing), or None.
+        self._order = order
         # Re-entrant: on RabbitMQ, cancelling a queue waits for the broker's answer and may
         # deliver messages meanwhile, whose hand-back calls hold_off() in this same thread.
         self._lock = threading.RLock()  # type: ignore[assignment]
@@ -113,6 +132,7 @@ class CapabilityGate(ConsumerGate):
                             self._restore.add(queue)
                         consumer.cancel_task_queue(queue)
                         changed[queue] = False
+                self._reorder(consumer, changed)
             except Exception:  # a broken connection: the restarted consumer syncs again
                 log.exception("could not update the capability queues")
             if changed:
@@ -132,6 +152,33 @@ class CapabilityGate(ConsumerGate):
         else:  # no event loop: the next health check's sync resumes it
             log.debug("no hub: %s resumes with the next sync", queue)
 
+    def _reorder(self, consumer: Any, changed: dict[str, bool]) -> None:
+        """Consume the queues of :attr:`_order` in that order: from the first one out of place,
+        cancel them and consume them again in order (a Redis consumer reads its queues by
+        priority, then in the order it consumes them; elsewhere the order does not matter)."""
+        order = self._order() if self._order is not None else []
+        if not 2 <= len(order) <= MAX_ORDERED:
+            return
+        rank = {q: i for i, q in enumerate(order)}
+        current = [q.name for q in consumer.task_consumer.queues if q.name in rank]
+        want = sorted(current, key=rank.__getitem__)
+        if current == want:
+            return
+        first = next(i for i, (a, b) in enumerate(zip(current, want, strict=True)) if a != b)
+        for queue in current[first:]:
+            consumer.cancel_task_queue(queue)
+        for queue in want[first:]:
+            consumer.add_task_queue(queue)
+            changed.setdefault(queue, True)
+
+    def sync_later(self, seconds: float) -> None:
+        """Sync again in ``seconds`` (from any thread): when a warm-routing grace ends."""
+        with self._lock:
+            consumer = self._consumer
+        hub = getattr(consumer, "hub", None) if consumer is not None else None
+        if hub is not None:  # without a loop the next health check's sync does it
+            hub.call_soon(lambda: hub.call_later(seconds, self.sync_now))
+
     def held(self) -> list[str]:
         """Queues on hold right now."""
         with self._lock:
@@ -139,7 +186,33 @@ class CapabilityGate(ConsumerGate):
             return sorted(q for q, until in self._held.items() if until > now)
 
 
-def desired_queues(runtime: Any) -> set[str]:
-    """The capability queues ``runtime``'s healthy connectors and tags call for."""
+def _model_queues(runtime: Any) -> tuple[set[str], list[str]]:
+    """The capability queues to consume, and the model queues among them in the order to read
+    them: loaded checkpoints first, then the open cold ones as warm routing prefers them."""
     caps = worker_capabilities(runtime.identity.node_name, runtime.connectors)
-    return {q for cap in caps.values() for q in capability_queues(cap)}
+    warm = getattr(runtime, "warm", None)
+    out: set[str] = set()
+    order: list[str] = []
+    for service, cap in caps.items():
+        queues = capability_queues(cap)
+        if warm is not None and warm.grace > 0:  # 0: warm routing off, every queue as it comes
+            loaded = warm.loaded(service)
+            cold = sorted(m for m in cap.models if m not in loaded)
+            opened = warm.cold_to_open(service, cold)
+            closed = closed_queues(service, cold, loaded, opened)
+            queues = [q for q in queues if q not in closed]
+            order += [model_queue(service, m) for m in loaded if m in cap.models]
+            order += [model_queue(service, m) for m in warm.preferred(service, sorted(opened))]
+        out.update(queues)
+    return out, order
+
+
+def desired_queues(runtime: Any) -> set[str]:
+    """The capability queues ``runtime``'s healthy connectors and tags call for, without the
+    cold model queues warm routing keeps closed now (:mod:`jobqueue.worker.warm`)."""
+    return _model_queues(runtime)[0]
+
+
+def preferred_order(runtime: Any) -> list[str]:
+    """The consumed model queues in the order warm routing reads them (warm first)."""
+    return _model_queues(runtime)[1]

@@ -7,12 +7,24 @@ sent unchanged with every status event; nothing ever replaces a field with a fal
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from jobqueue.config import Settings, gpu_from_queues
+from jobqueue.config import Settings
 from jobqueue.shared.routing import gpu_queue, machine_queue, service_queue, worker_queue
+
+_GPU_QUEUE = re.compile(r"^gpu(\d+)$")
+
+
+def gpu_from_queues(queues: tuple[str, ...] | list[str]) -> int | None:
+    """Return the GPU index named by the first ``gpu<N>`` queue, if any."""
+    for queue in queues:
+        match = _GPU_QUEUE.match(queue.strip())
+        if match:
+            return int(match.group(1))
+    return None
 
 
 @dataclass(frozen=True)

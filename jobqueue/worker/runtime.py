@@ -34,10 +34,13 @@ from typing import Any
 from jobqueue.config import Settings
 from jobqueue.connectors import Connector, Job, connector_class
 from jobqueue.errors import JobStalled, ServiceUnavailable, UnknownServiceError
+from jobqueue.shared.requirements import DETAILS_KEY
+from jobqueue.shared.warm import checkpoint_of
 from jobqueue.states import ConnectorStatus
 from jobqueue.worker import capabilities
 from jobqueue.worker.identity import WorkerIdentity
 from jobqueue.worker.timers import TimerThread
+from jobqueue.worker.warm import WarmState
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ class WorkerRuntime:
         self._jobs: dict[str, tuple[Job, Connector]] = {}
         #: Jobs given up because the lease was lost (newest last, bounded).
         self._given_up: collections.deque[str] = collections.deque(maxlen=1000)
+        #: Jobs interrupted to be handed back to their queue (the worker is stopping).
+        self._handing_back: set[str] = set()
         self._lock = threading.RLock()
         self._ever_healthy: set[str] = set()
         #: (healthy, details) of each connector when its change last asked the gates to sync.
@@ -91,6 +96,10 @@ class WorkerRuntime:
         self._events_consumer: Any = None
         #: One thread for the jobs' progress windows (a timer thread per held report is slow).
         self.timers = TimerThread()
+        #: The checkpoints each service has loaded and when cold jobs are taken (warm routing).
+        self.warm = WarmState(settings.warm_grace, settings.warm_max_wait)
+        #: The :class:`~jobqueue.worker.warm_peers.WarmPeers` (Redis result backend only).
+        self.warm_peers: Any = None
         for connector in self.connectors.values():
             connector.add_listener(self._on_status)
             self._report(connector)
@@ -195,12 +204,15 @@ class WorkerRuntime:
         worker, or taken just before the service failed) must not make it look healthy and
         resume consumption.
         """
+        self.warm.started(job.id, connector.service, checkpoint_of(job.options.get("requires")))
         with self._lock:
             self._jobs[job.id] = (job, connector)
             if job.id in self._given_up:  # handed to this worker again: a new, live attempt
                 self._given_up.remove(job.id)
+            self._handing_back.discard(job.id)
             if not self._closing and connector.status.is_healthy:
-                connector.set_status(ConnectorStatus.ACTIVE, f"running job {job.id}")
+                connector.set_status(ConnectorStatus.ACTIVE, f"running job {job.id}", self._warm_details(connector))
+        self._warm_sync(connector, 0.0)
 
     def job_finished(self, job: Job, connector: Connector, error: BaseException | None = None) -> None:
         """Forget a job; its connector goes back to idle, or to error when the service failed.
@@ -209,6 +221,7 @@ class WorkerRuntime:
         service's queue, so the retry this job just published goes to a healthy worker.
         """
         service_failed = isinstance(error, SERVICE_ERRORS)
+        self.warm.finished(job.id, ok=error is None)
         with self._lock:
             self._jobs.pop(job.id, None)
             busy = self._busy_with(connector)
@@ -218,12 +231,32 @@ class WorkerRuntime:
                 connector.set_status(ConnectorStatus.ERROR, str(error))
             elif connector.status == ConnectorStatus.ACTIVE:
                 if busy:
-                    connector.set_status(ConnectorStatus.ACTIVE, f"running job {busy[0]}")
+                    connector.set_status(ConnectorStatus.ACTIVE, f"running job {busy[0]}", self._warm_details(connector))
                 else:
-                    connector.set_status(ConnectorStatus.IDLE)
+                    connector.set_status(ConnectorStatus.IDLE, "", self._warm_details(connector))
+        self._warm_sync(connector, self.warm.grace)
         if service_failed and self.gate is not None:
             if not self.gate.request_sync().wait(STEP_ASIDE_WAIT):
                 log.warning("consumer did not stop taking %s jobs within %s s", connector.service, STEP_ASIDE_WAIT)
+
+    def _warm_details(self, connector: Connector) -> dict[str, Any]:
+        """``connector``'s details with what it has loaded now (warm routing)."""
+        details = connector.details
+        caps = details.get(DETAILS_KEY)
+        details[DETAILS_KEY] = {**(caps if isinstance(caps, dict) else {}), **self.warm.capabilities(connector.service)}
+        return details
+
+    def _warm_sync(self, connector: Connector, grace: float) -> None:
+        """With warm routing on and models to route on: have the capability gate follow the
+        job's start or end now (its next take follows the rule), and again when ``grace`` ends."""
+        gate = self.capability_gate
+        if gate is None or self.warm.grace <= 0 or not capabilities.has_models(connector.details):
+            return
+        if self.warm_peers is not None:  # peers learn at once that this worker is busy, or idle
+            self.warm_peers.publish()
+        gate.request_sync()
+        if grace > 0:
+            gate.sync_later(grace + 0.05)
 
     def running_jobs(self) -> list[str]:
         """Ids of the jobs running now."""
@@ -253,6 +286,20 @@ class WorkerRuntime:
                 self._given_up.append(job_id)
             log.warning("giving up job %s: its lease is lost", job_id)
             self.cancel(job_id)
+
+    def hand_back(self, job_ids: list[str]) -> None:
+        """Interrupt jobs on their service so that they go back to their queue (the worker is
+        stopping and they outlived their grace, see :mod:`jobqueue.worker.shutdown`)."""
+        for job_id in job_ids:
+            with self._lock:
+                self._handing_back.add(job_id)
+            log.warning("handing job %s back to its queue: the worker is stopping", job_id)
+            self.cancel(job_id)
+
+    def is_handed_back(self, job_id: str) -> bool:
+        """True when ``job_id`` was interrupted here to go back to its queue."""
+        with self._lock:
+            return job_id in self._handing_back
 
     def is_given_up(self, job_id: str) -> bool:
         """True when ``job_id`` was given up here after its lease was lost."""
@@ -289,7 +336,10 @@ class WorkerRuntime:
                 status, message, details = health.status, health.message, dict(health.details)
             except Exception as exc:  # check_health must not raise; be safe anyway
                 status, message, details = ConnectorStatus.ERROR, f"health check failed: {exc}", None
-            details = capabilities.enrich(connector, ConnectorStatus(status), details, self.identity.tags)
+            if not ConnectorStatus(status).is_healthy:
+                self.warm.forget(connector.service)
+            details = capabilities.enrich(connector, ConnectorStatus(status), details, self.identity.tags,
+                                          self.warm.capabilities(connector.service))
             self._apply_health(connector, ConnectorStatus(status), message, details)
         # Models may come and go without a status change: the capability gate syncs every time.
         # A consumer without an event loop gets the service gate's first sync here, once it can

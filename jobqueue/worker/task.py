@@ -33,6 +33,7 @@ from jobqueue.worker.moveup import claim, move_up_if_out_of_memory
 from jobqueue.worker.progress import ProgressTracker
 from jobqueue.worker.retrying import plan_retry
 from jobqueue.worker.runtime import WorkerRuntime
+from jobqueue.worker.shutdown import hand_back_on_stop
 from jobqueue.worker.workflow import run_step
 
 log = logging.getLogger(__name__)
@@ -173,12 +174,15 @@ def _mark_cancelled(task: Any, reason: str) -> None:
 def _end_failed(task: Any, runtime: WorkerRuntime, job: Job, options: dict[str, Any], started: float,
                 exc: BaseException) -> None:
     """The connector raised ``exc`` (its progress is settled): raise what Celery is to see --
-    the lease lost (another worker has the job), ``Ignore`` once it is marked cancelled, a
-    hand-back or a planned ``Retry``, or the clearer error the job fails with (out of memory
-    with nowhere to move up, a job that crashed servers on two machines) -- or record the end
-    and return: the caller re-raises ``exc`` (the job fails)."""
+    the lease lost (another worker has the job), a hand-back (the worker is stopping, or a model
+    vanished), ``Ignore`` once it is marked cancelled, a planned ``Retry``, or the clearer error
+    the job fails with (out of memory with nowhere to move up, a job that crashed servers on two
+    machines) -- or record the end and return: the caller re-raises ``exc`` (the job fails)."""
     if isinstance(exc, (JobCancelled, ConnectorError)) and runtime.is_given_up(job.id):
         raise given_up(job.id) from exc  # lease lost: the job belongs to another worker now
+    if isinstance(exc, (JobCancelled, ConnectorError)) and runtime.is_handed_back(job.id):
+        record_end(task, started, retried=True)  # the worker is stopping: back to the queue
+        raise hand_back_on_stop(task, job) from exc
     if isinstance(exc, JobCancelled):
         record_end(task, started)
         _mark_cancelled(task, str(exc))

@@ -22,8 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from celery.utils.threads import bound_open_broker_sockets
 
 from jobqueue.transport.internals import TolerantEventReceiver
 from jobqueue.transport.redis_clients import master_url
@@ -32,6 +35,24 @@ from monitor.ingest.validate import EventGate
 from monitor.ingest.writer import Writer
 
 log = logging.getLogger(__name__)
+
+#: Longest (s) the close of a lost broker connection may wait for the broker.
+CLOSE_TIMEOUT = 1.0
+
+
+class _BoundedCloseReceiver(TolerantEventReceiver):
+    """The receiver whose connection's close, after the stream failed, is bounded: through a
+    frozen link (heartbeats missed) an AMQP channel close waits for its reply forever, and the
+    collector never reconnected. ``extra_context`` is kombu's ``ConsumerMixin`` hook around the
+    consuming, inside the connection's own context (which closes it)."""
+
+    @contextmanager
+    def extra_context(self, connection: Any, channel: Any) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            bound_open_broker_sockets(connection, CLOSE_TIMEOUT)  # a live broker answers at once
+            raise
 
 
 class EventCollector:
@@ -159,15 +180,22 @@ class EventCollector:
 
     def _consume_kombu(self) -> None:
         """Celery's EventReceiver until stop() or a broker error (which it raises)."""
-        with self.app.connection_for_read() as conn:
-            receiver = TolerantEventReceiver(conn, handlers={"*": self._on_event}, app=self.app,
+        # Celery gives heartbeats only to a worker's connection: this one asks for them too, so
+        # a frozen AMQP link fails the receiver after ~2 heartbeats (kombu checks them while
+        # it waits for events).
+        with self.app.connection_for_read(heartbeat=self.app.conf.broker_heartbeat or None) as conn:
+            receiver = _BoundedCloseReceiver(conn, handlers={"*": self._on_event}, app=self.app,
                                              on_malformed=self._on_malformed, on_ready=self._on_ready)
             self._receiver = receiver
             if self._stop.is_set():
                 return
-            for _ in receiver.consume(limit=None, timeout=None, wakeup=True):
-                if self._stop.is_set():
-                    return
+            try:
+                for _ in receiver.consume(limit=None, timeout=None, wakeup=True):
+                    if self._stop.is_set():
+                        return
+            except BaseException:
+                bound_open_broker_sockets(conn, CLOSE_TIMEOUT)  # leaving the block closes it too
+                raise
 
     def _consume_raw(self, url: str, pattern: str) -> None:
         """The raw Redis reader until stop() or a Redis error (which it raises)."""

@@ -10,6 +10,10 @@ rest in one transaction (its jobs and workers loaded up front in one query each,
 worker's drain flag, ``POST /api/workers/<name>/drain``) through :meth:`Writer.call`, and the
 audit trail of those requests (:meth:`Writer.audit`), so nothing else writes.
 
+With several monitors on one PostgreSQL store (:mod:`monitor.ingest.standby`) only the writer
+of the lease's holder writes; a standby's writer keeps what arrives in a bounded buffer and
+applies it when its monitor takes over (every write transaction is fenced by the lease's term).
+
 The one exception: a web app built without a writer (``create_app(writer=None)``: a process
 that serves the API but collects no events, as tests build it) records the drain flag itself
 through :meth:`monitor.store.Store.set_draining`. That process has no writer to race with,
@@ -22,12 +26,12 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from jobqueue.errors import MalformedEvent
+from jobqueue.errors import LeaseLost, MalformedEvent
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask_event
 from jobqueue.shared.names import TASK_PROGRESS, WORKER_HEARTBEAT
 from monitor.ingest.hub import ChangeHub
@@ -125,11 +129,18 @@ class Writer:
         on_changes: Callable[[list[tuple[int, str, str, Any]]], None] | None = None,
         totals: Any = None,
         secret_keys: str = DEFAULT_PATTERN,
+        leadership: Any = None,
+        standby_buffer: int = 100_000,
+        on_promoted: Callable[[], Any] | None = None,
     ) -> None:
         """``totals``: a :class:`monitor.metrics.totals.Totals` that counts, in each write
         transaction, what it did (the Prometheus counters); None counts nothing.
         ``secret_keys``: every event is masked with this pattern before it is applied
-        (:func:`jobqueue.shared.masking.mask_event`), so nothing the store shows holds a secret."""
+        (:func:`jobqueue.shared.masking.mask_event`), so nothing the store shows holds a secret.
+        ``leadership``: a :class:`monitor.ingest.standby.Leadership` (None: this monitor always
+        writes); while it is not :attr:`~monitor.ingest.standby.Leadership.leading` this writer
+        is a standby: it keeps the newest ``standby_buffer`` events and audit entries instead of
+        writing, applies them when it leads, then calls ``on_promoted`` (the monitor's repair)."""
         self.store = store
         self.secret_keys = secret_keys
         self.hub = hub
@@ -150,6 +161,10 @@ class Writer:
         #: (see :meth:`decode_raw_with`).
         self._raw_decoder: Callable[[bytes], list[Any]] | None = None
         self.totals = totals
+        self.leadership = leadership
+        self.on_promoted = on_promoted
+        self._buffer: deque[Any] = deque(maxlen=max(1, standby_buffer))
+        self._standby = leadership is not None
 
     # -- feeding ---------------------------------------------------------------------------
     def decode_raw_with(self, decoder: Callable[[bytes], list[Any]]) -> None:
@@ -231,10 +246,65 @@ class Writer:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def standing_by(self) -> bool:
+        """True while this writer is a standby's (it buffers instead of writing)."""
+        return self._standby
+
+    @property
+    def buffered(self) -> int:
+        """Events (and audit entries) a standby holds for when it leads."""
+        return len(self._buffer)
+
+    def _leading(self) -> bool:
+        return self.leadership is None or bool(self.leadership.leading)
+
+    def _stand_by(self, batch: list[Any]) -> None:
+        """A standby's batch: events and audit entries kept (the oldest dropped when the buffer
+        is full), writes refused with :class:`LeaseLost`, markers answered."""
+        self._standby = True
+        for item in batch:
+            if item is None:
+                continue
+            if _is_control(item, _MARKER):
+                item[1].set()
+            elif _is_control(item, _CALL):
+                item[3]["error"] = LeaseLost("this monitor is a standby: the leader writes (try again there)")
+                item[2].set()
+            else:
+                if len(self._buffer) == self._buffer.maxlen:
+                    self.counts["standby_dropped"] += 1
+                self._buffer.append(item)
+
+    def _promote(self) -> None:
+        """This monitor now leads: apply what the standby buffered, then let repair fill the rest."""
+        self._standby = False
+        self.hub.publish(self.store.seq())
+        buffered = list(self._buffer)
+        self._buffer.clear()
+        log.info("this monitor leads: applying %d buffered events", len(buffered))
+        audits = [item[1] for item in buffered if _is_control(item, _AUDIT)]
+        events = self._decode_raw([item for item in buffered if not _is_control(item)])
+        if audits:
+            self._write(lambda tx: add_audit(tx.session, audits))
+        for start in range(0, len(events), self.max_batch):
+            self._apply_batch(events[start:start + self.max_batch])
+        if self.on_promoted is not None:
+            self.on_promoted()
+
     def _run(self) -> None:
         next_expire = next_prune = 0.0
         while not self._stop.is_set():
             batch = self._take()
+            if not self._leading():
+                self._stand_by(batch)
+                continue
+            if self._standby:
+                try:
+                    self._promote()
+                except LeaseLost:
+                    self._stand_by(batch)
+                    continue
             markers = [ev[1] for ev in batch if _is_control(ev, _MARKER)]
             calls = [ev[1:] for ev in batch if _is_control(ev, _CALL)]
             audits = [ev[1] for ev in batch if _is_control(ev, _AUDIT)]
@@ -254,6 +324,9 @@ class Writer:
                     pruned = self.store.prune()
                     self.counts["pruned"] += pruned
                     self.hub.publish(self.store.seq())
+            except LeaseLost as exc:  # another monitor took over: this one stands by
+                log.warning("monitor writer: %s", exc)
+                self._stand_by([(_AUDIT, entry) for entry in audits] + events)
             except Exception as exc:  # the writer must survive a bad moment of the database
                 self.counts["errors"] += 1
                 self.last_error = repr(exc)
@@ -330,6 +403,8 @@ class Writer:
                     self._apply_one(ev, tx)
             self._announce(tx.changes)
             return
+        except LeaseLost:
+            raise
         except Exception as exc:
             self.last_error = repr(exc)
             log.warning("batch failed (%r); applying its events one by one", exc)
@@ -338,6 +413,8 @@ class Writer:
                 with self._tx() as tx:
                     self._apply_one(ev, tx)
                 self._announce(tx.changes)
+            except LeaseLost:
+                raise
             except Exception as exc:
                 self.counts["errors"] += 1
                 self.last_error = repr(exc)

@@ -221,17 +221,22 @@ def _fill_meta(s: JobState, ev: dict[str, Any]) -> bool:
 
 
 def fill_task(s: JobState, ev: dict[str, Any]) -> bool:
-    """Fill what task-sent/-received say of any Celery task (never overwrite): parent and root
-    ids, and in ``task`` its ETA and expiry (Unix time), routing key, exchange, group id and --
-    for a task that is no jobqueue job -- its args and kwargs as the events carry them (Celery's
+    """Fill what task-sent/-received say of a Celery task that is no jobqueue job (never
+    overwrite): parent and root ids, and in ``task`` its ETA and expiry (Unix time), routing key,
+    exchange, group id and its args and kwargs as the events carry them (Celery's
     ``argsrepr``/``kwargsrepr`` when the sender set them; masked by the writer before this)."""
+    if s.service is not None:
+        # A jobqueue job: its queue, workflow and step say where it belongs, and its records hold
+        # them for a late monitor; Celery's routing and canvas ids would be what only a monitor
+        # that watched could show (issue 12: early and late monitors agree field for field).
+        return False
     changed = False
     for attr in ("parent_id", "root_id"):
         value = ev.get(attr)
         if getattr(s, attr) is None and _short_str(value) and value != s.id:
             setattr(s, attr, value)
             changed = True
-    found = {key: value for key, value in task_details(ev, foreign=s.service is None).items()
+    found = {key: value for key, value in task_details(ev, foreign=True).items()
              if key not in (s.task or {})}
     if found:
         s.task = {**(s.task or {}), **found}

@@ -97,6 +97,10 @@ class Repair:
     def _run(self) -> None:
         while not self._stop.is_set():
             wait = self.interval
+            if self.writer.standing_by:  # a standby's monitor: the leader repairs
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue
             try:
                 self.run_once()
             except Exception as exc:  # a broker hiccup must not end repair for good

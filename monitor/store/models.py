@@ -195,6 +195,17 @@ class AuditRow(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+class LeaseRow(Base):
+    """The writer's lease (PostgreSQL stores shared by several monitors, :mod:`monitor.store.lease`):
+    who writes (``holder``), under which ``term`` (bumped at every take-over) and until when
+    (``expires_at``, the database's clock, Unix seconds)."""
+
+    __tablename__ = "writer_lease"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255), default="")
+    term: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+
 Index("ix_jobs_status_finished", JobRow.status, JobRow.finished_at)
 #: The snapshot's "most recent finished" list walks this backwards (no sort of all rows).
 Index("ix_jobs_finished_id", JobRow.finished_at, JobRow.id)

@@ -7,7 +7,7 @@ changes at commit, :mod:`monitor.store.changelog`); reads are :class:`StoreQueri
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import delete, insert, select
@@ -47,6 +47,9 @@ class Store(StoreQueries):
         self.engine: Engine = make_engine(url, echo=echo)
         upgrade(self.engine)  # the schema: the newest revision (an older store upgraded in place)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        #: Called first in every write transaction; raises to refuse the write (the writer's
+        #: lease of a store shared by several monitors, :meth:`monitor.store.lease.WriterLease.fence`).
+        self.fence: Callable[[Session], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -70,16 +73,24 @@ class Store(StoreQueries):
 
         Yields a :class:`Tx`; ``tx.changes`` (after the block) lists ``(seq, kind, key, data)``.
         """
-        with self._sessions.begin() as session:
-            # BEGIN IMMEDIATE on SQLite: take the write lock up front, so two writers queue
-            # on the busy timeout instead of failing on a lock upgrade.
-            session.connection(execution_options={WRITE_OPTION: True})
+        with self._write_session() as session:
             tx = Tx(session, time.time() if now is None else now)
             with session.no_autoflush:
                 yield tx
             if tx.events:
                 session.execute(insert(JobEventRow), tx.events)
             tx.changes = record_changes(tx, lock_counter=not self.is_sqlite)
+
+    @contextmanager
+    def _write_session(self) -> Iterator[Session]:
+        """A session in a write transaction, fenced (see :attr:`fence`)."""
+        with self._sessions.begin() as session:
+            # BEGIN IMMEDIATE on SQLite: take the write lock up front, so two writers queue
+            # on the busy timeout instead of failing on a lock upgrade.
+            session.connection(execution_options={WRITE_OPTION: True})
+            if self.fence is not None:
+                self.fence(session)
+            yield session
 
     def prune(self, now: float | None = None) -> int:
         """Delete finished jobs beyond the age/count limits, old change rows and audit entries
@@ -114,7 +125,7 @@ class Store(StoreQueries):
                 session.execute(delete(JobRow).where(JobRow.id.in_(chunk)))
                 for job_id in chunk:
                     tx.drop("job", job_id, owners.get(job_id))
-        with self._sessions.begin() as session:
+        with self._write_session() as session:
             top = session.get(CounterRow, "seq")
             assert top is not None
             session.execute(delete(ChangeRow).where(ChangeRow.seq <= top.value - self.changes_keep))

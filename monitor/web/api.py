@@ -1,9 +1,8 @@
 """The REST API (see docs/api.md): read the store, act through Celery.
 
-Reads come from the store only. Actions go to the cluster: submitting uses the client API
-(:func:`jobqueue.client.jobs.submit_job`), cancel uses :meth:`JobHandle.cancel`, worker controls use
-Celery's remote control. The store then learns the outcome from events, like for any other
-client, so the API never invents state.
+Reads come from the store only. Actions go to the cluster (submit: the client API, cancel:
+:meth:`JobHandle.cancel`, worker controls: Celery's remote control); the store learns the outcome
+from events, like for any other client, so the API never invents state.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from jobqueue.client.jobs import get_job, submit_job
 from jobqueue.client.rerun import resubmit_arguments
 from jobqueue.client.services import service_names
-from jobqueue.errors import QueueFull, SubmitError
+from jobqueue.errors import QueueFull, QuotaExceeded, SubmitError
 from jobqueue.shared import queued
 from jobqueue.states import FINAL_JOB_STATES, JobStatus
 from monitor.metrics import history
@@ -26,7 +25,14 @@ from monitor.store import JOB_SORTS
 from monitor.web import schemas
 from monitor.web.access import current_identity
 from monitor.web.broker import queue_depths
-from monitor.web.eta import annotate, busy_until, consumers_per_queue, first_start_in, store_estimates
+from monitor.web.eta import (
+    annotate,
+    busy_until,
+    cold_loads,
+    consumers_per_queue,
+    first_start_in,
+    store_estimates,
+)
 from monitor.web.fleet_capabilities import WAITING, annotate_waiting, waiting_reasons
 from monitor.web.responses import error_response
 from monitor.web.routes import Limit, Role, route
@@ -105,7 +111,7 @@ def state_snapshot(finished_limit: int = 200, tenant: str | None = None) -> dict
     medians = {s["service"]: s["median"] for s in snapshot["services"]}
     running = {j["id"]: j for j in snapshot["jobs"] if j["status"] == JobStatus.PROCESSING}
     annotate(snapshot["jobs"], medians, consumers_per_queue(snapshot["workers"]),
-             busy_until(snapshot["workers"], running, medians))
+             busy_until(snapshot["workers"], running, medians), cold_loads(snapshot["workers"]))
     result: dict[str, Any] = snapshot
     return result
 
@@ -231,15 +237,15 @@ def waiting() -> Any:
 @route(bp, "/api/estimates", role=Role.VIEWER, summary="Queue position and expected wait of every queued job",
        response=schemas.ESTIMATES)
 def estimates() -> Any:
-    """``{"at": server time, "jobs": {job id: {"position", "wait"}}}``: every queued job's
-    queue position and expected wait (seconds from ``at``; null when unknown). Pages show these
-    and count them down; they never compute a queue ETA themselves."""
+    """``{"at", "jobs": {id: {"position", "wait", "load"}}}``: every queued job's place and expected
+    wait (s from ``at``; null: unknown), ``load`` of it a checkpoint load (warm routing)."""
     now, estimated = time.time(), queue_estimates(time.time())
     tenant = scope()
     if tenant is not None:  # positions stay those in the whole queue: other jobs wait ahead too
         mine = ctx().store.job_tenants([j["id"] for j in estimated])
         estimated = [j for j in estimated if mine.get(j["id"]) == tenant]
-    jobs = {j["id"]: {"position": j["queue_position"], "wait": j.get("eta_seconds")} for j in estimated}
+    jobs = {j["id"]: {"position": j["queue_position"], "wait": j.get("eta_seconds"), "load": j.get("load_seconds", 0.0)}
+            for j in estimated}
     return jsonify({"at": now, "jobs": jobs})
 
 
@@ -322,7 +328,7 @@ def submit() -> Any:
     sent = 0
     try:
         if count > 1 and service in service_names():  # the places of all, or none
-            queued.admit(ctx().celery, {service: ids})
+            queued.admit(ctx().celery, {service: ids}, tenant=tenant)
         for job_id in ids:
             submit_job(service, body.get("payload", {}), priority=body.get("priority"),
                        queue=body.get("queue"), timeout=body.get("timeout"),
@@ -330,7 +336,7 @@ def submit() -> Any:
                        webhook_url=body.get("webhook_url"), requires=body.get("requires"), job_id=job_id,
                        tenant=tenant)
             sent += 1
-    except QueueFull as exc:
+    except (QueueFull, QuotaExceeded) as exc:
         return _queue_full(exc)
     except SubmitError as exc:
         queued.forget(ctx().celery, [service], ids[sent:])  # places reserved for jobs never sent
@@ -348,9 +354,14 @@ def _submit_tenant(asked: Any) -> str | None:
     return own if own is not None else asked
 
 
-def _queue_full(exc: QueueFull) -> Response:
+def _queue_full(exc: QueueFull | QuotaExceeded) -> Response:
     """429 with ``Retry-After``: when the first of the service's queued jobs is expected to
-    start (a place frees), from the queue ETAs; else its median run time; else the default."""
+    start (a place frees), from the queue ETAs; else its median run time; else the default.
+    A tenant over its quota of queued jobs (``quota_exceeded``): the error's own ``retry_after``."""
+    if isinstance(exc, QuotaExceeded):
+        response = error_response(429, "quota_exceeded", str(exc))
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
     medians = ctx().store.service_medians()
     median = medians.get(exc.service)
     seconds = first_start_in(queue_estimates(time.time()), exc.service, median)
@@ -389,7 +400,7 @@ def retry(job_id: str) -> Any:
         raise ApiError(409, "payload_unknown", f"the result backend no longer holds job {job_id}'s payload")
     try:
         handle = submit_job(**resubmit_arguments(job_id, kwargs, known["service"]), app=ctx().celery)
-    except QueueFull as exc:
+    except (QueueFull, QuotaExceeded) as exc:
         return _queue_full(exc)
     except SubmitError as exc:
         raise ApiError(400, "invalid_job", str(exc)) from None
@@ -422,8 +433,8 @@ def _set_draining(name: str, draining: bool) -> Any:
 
 
 @route(bp, "/api/workers/<path:name>/drain", method="POST", role=Role.OPERATOR, summary="Stop a worker taking jobs",
-       body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202, errors=(403, 404), **CONTROL, **FLEET,
-       audit="drain")
+       body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202, errors=(403, 404, 503), **CONTROL,
+       **FLEET, audit="drain")
 def drain(name: str) -> Any:
     """Stop the worker taking new jobs (it finishes what it runs)."""
     return _set_draining(name, True)
@@ -431,7 +442,7 @@ def drain(name: str) -> Any:
 
 @route(bp, "/api/workers/<path:name>/resume", method="POST", role=Role.OPERATOR,
        summary="Let a drained worker take jobs", body=schemas.EMPTY, response=schemas.CONTROL_REPLY, status=202,
-       errors=(403, 404), **CONTROL, **FLEET, audit="resume")
+       errors=(403, 404, 503), **CONTROL, **FLEET, audit="resume")
 def resume(name: str) -> Any:
     """Let a drained worker take new jobs again."""
     return _set_draining(name, False)
@@ -454,8 +465,11 @@ def healthz() -> Any:
     c = ctx()
     collector = c.collector.stats() if c.collector is not None else None
     ok = collector is None or (collector["alive"] and c.writer is not None and c.writer.alive)
+    leadership = getattr(c.writer, "leadership", None)
     body = {"ok": bool(ok), "seq": c.store.seq(), "collector": collector,
-            "repair": c.repair_stats(), "uptime": round(time.time() - c.started_at, 3)}
+            "repair": c.repair_stats(), "uptime": round(time.time() - c.started_at, 3),
+            "role": "single" if leadership is None else ("standby" if c.writer.standing_by else "leader"),
+            "lease": None if leadership is None else {**leadership.stats(), "buffered": c.writer.buffered}}
     return jsonify(body if _sees_details() else public_health(body)), 200 if ok else 503
 
 
@@ -471,7 +485,8 @@ def public_health(body: dict[str, Any]) -> dict[str, Any]:
     collector, repair = body.get("collector"), body.get("repair")
     return {"ok": body["ok"], "seq": body["seq"],
             "collector": None if collector is None else {k: collector.get(k) for k in ("alive", "connected")},
-            "repair": None if repair is None else {"runs": repair.get("runs")}, "uptime": body["uptime"]}
+            "repair": None if repair is None else {"runs": repair.get("runs")}, "uptime": body["uptime"],
+            "role": body["role"]}
 
 
 @route(bp, "/metrics", role=Role.VIEWER, summary="Prometheus metrics (also the metrics token; not for a tenant)",

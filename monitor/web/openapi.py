@@ -36,10 +36,11 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _describe(spec: RouteSpec, code: int) -> str:
-    """An error's description; a 429 a route declares itself is its queue being full (QueueFull),
-    beside the rate limit's 429 when the route has one too."""
+    """An error's description; a 429 a route declares itself is its queue being full (QueueFull)
+    or its tenant's quota reached (QuotaExceeded), beside the rate limit's 429 when the route
+    has one too."""
     if code == 429 and 429 in spec.errors:
-        return "queue full (see Retry-After)" + (", or rate limited" if spec.limit is not None else "")
+        return "queue full or tenant quota reached (see Retry-After)" + (", or rate limited" if spec.limit is not None else "")
     return _ERROR_NAMES.get(code, "error")
 
 

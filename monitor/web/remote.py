@@ -46,6 +46,10 @@ class BadControl(Exception):
     """A control request that cannot be sent as it is (400)."""
 
 
+class UnknownWorker(Exception):
+    """A worker the monitor has never seen (404)."""
+
+
 def _ctx() -> Any:
     return current_app.extensions["jobqueue_monitor"]
 
@@ -75,7 +79,14 @@ def _answer(replies: list[Any] | None) -> Any:
     return jsonify({"ok": True, "replies": replies}), 202
 
 
+def _known(name: str) -> None:
+    """A worker the monitor never saw is a 404 (nothing is broadcast to it)."""
+    if _ctx().store.worker(name) is None:
+        raise UnknownWorker(name)
+
+
 def _control(name: str, method: str, **arguments: Any) -> Any:
+    _known(name)
     control = _ctx().celery.control
     return _answer(control.broadcast(method, arguments=arguments, destination=[name], reply=True,
                                      timeout=REPLY_TIMEOUT))
@@ -86,12 +97,18 @@ def _bad(exc: BadControl) -> Any:
     return error_response(400, "bad_request", str(exc))
 
 
+@bp.errorhandler(UnknownWorker)
+def _unknown(exc: UnknownWorker) -> Any:
+    return error_response(404, "not_found", f"no worker {exc.args[0]!r}")
+
+
 @route(bp, "/api/workers/<path:name>/inspect", role=Role.VIEWER,
-       summary="What a worker holds and how it is set up (Celery's inspect)", response=INSPECT, errors=(403, 504),
+       summary="What a worker holds and how it is set up (Celery's inspect)", response=INSPECT, errors=(403, 404, 504),
        **FLEET)
 def inspect(name: str) -> Any:
     """Stats, registered tasks, active/reserved/scheduled/revoked lists, consumed queues and
     configuration, asked of the worker itself (any Celery worker)."""
+    _known(name)
     # limit=1: each question returns at the worker's first (only) answer, not at the timeout
     asked = _ctx().celery.control.inspect(destination=[name], timeout=REPLY_TIMEOUT, limit=1)
     out: dict[str, Any] = {"worker": name}
@@ -105,7 +122,7 @@ def inspect(name: str) -> Any:
 
 @route(bp, "/api/workers/<path:name>/pool", method="POST", role=Role.ADMIN,
        summary="Grow, shrink, autoscale or restart a worker's pool", body=POOL_REQUEST, response=CONTROL_REPLY,
-       status=202, errors=(400, 403, 409, 504), **FLEET_CONTROL, audit="pool")
+       status=202, errors=(400, 403, 404, 409, 504), **FLEET_CONTROL, audit="pool")
 def pool(name: str) -> Any:
     body = _body()
     action = body.get("action")
@@ -123,7 +140,7 @@ def pool(name: str) -> Any:
 
 @route(bp, "/api/workers/<path:name>/consumers", method="POST", role=Role.OPERATOR,
        summary="Start or stop a worker consuming a queue", body=QUEUE_REQUEST, response=CONTROL_REPLY, status=202,
-       errors=(400, 403, 409, 504), **FLEET_CONTROL, audit="consumer")
+       errors=(400, 403, 404, 409, 504), **FLEET_CONTROL, audit="consumer")
 def consumers(name: str) -> Any:
     body = _body()
     queue, action = body.get("queue"), body.get("action")

@@ -96,7 +96,7 @@ STATE = obj({"seq": INT, "machines": {"type": "array", "items": MACHINE}, "worke
 WORKERS = obj({"workers": {"type": "array", "items": WORKER}})
 MACHINES = obj({"machines": {"type": "array", "items": MACHINE}})
 ESTIMATES = obj({"at": NUM, "jobs": {"type": "object", "additionalProperties": obj(
-    {"position": INT, "wait": nullable("number")})}})
+    {"position": INT, "wait": nullable("number"), "load": NUM})}})
 WAITING = obj({"waiting": {"type": "object", "additionalProperties": STR}})
 QUEUES = obj({"queues": {"type": "array", "items": obj({"name": STR, "depth": INT})}})
 BROKER = obj({"transport": STR, "queues": {"type": "array", "items": obj({
@@ -110,7 +110,8 @@ WEBHOOKS = obj({"attempts": {"type": "array", "items": OBJECT}, "webhook_url": n
 AUTH_INFO = obj({"auth_required": BOOL, "read_only": BOOL, "authenticated": BOOL, "role": nullable("string"),
                  "subject": nullable("string"), "tenant": nullable("string"), "session": BOOL})
 HEALTH = obj({"ok": BOOL, "seq": INT, "collector": nullable("object"), "repair": nullable("object"),
-              "uptime": NUM})
+              "uptime": NUM}, role={"type": "string", "enum": ["single", "leader", "standby"]},
+             lease=nullable("object"))
 OK = obj({"ok": BOOL})
 CONTROL_REPLY = obj({"ok": BOOL}, replies=ARRAY)
 SUBMITTED = obj({"jobs": {"type": "array", "items": obj({"id": STR})}})

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from jobqueue.config import DEFAULT_BROKER_URL, Settings, gpu_from_queues
+from jobqueue.config import DEFAULT_BROKER_URL, Settings
 from jobqueue.errors import ConfigError
 from jobqueue.transport import defaults as celery_defaults
 from jobqueue.transport.app import broker_transport_options, celery_settings, create_app
+from jobqueue.worker.identity import gpu_from_queues
 
 
 def test_settings_without_environment_use_the_local_redis_and_the_host_name():

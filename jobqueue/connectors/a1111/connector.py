@@ -32,6 +32,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from http.client import IncompleteRead
 from typing import Any
 
@@ -50,6 +51,7 @@ from jobqueue.connectors.a1111.answers import (
 from jobqueue.connectors.a1111.client import WebUIClient, has_task_ids
 from jobqueue.connectors.a1111.fields import ROUTES
 from jobqueue.connectors.a1111.follow import Follower, Run
+from jobqueue.connectors.a1111.models import checkpoint_aliases, required_checkpoint
 from jobqueue.connectors.a1111.ownership import JobOrder
 from jobqueue.connectors.a1111.payload import request_body
 from jobqueue.connectors.a1111.post import BlockingPost
@@ -95,6 +97,30 @@ class A1111Connector(Connector):
     @classmethod
     def validate(cls, payload: Any) -> dict[str, Any]:
         return validate_a1111(payload)
+
+    @classmethod
+    def required_models(cls, payload: Mapping[str, Any]) -> list[str]:
+        """The checkpoint of ``override_settings`` (any alias the WebUI takes): the job runs
+        where the WebUI has it, first where it is loaded (warm routing)."""
+        return required_checkpoint(payload)
+
+    def capabilities(self, details: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The WebUI's checkpoints (warm and model routing) and its card's VRAM (``requires.vram_gb``
+        routing, out-of-memory move-up); None when either could not be read this time (the last
+        known capabilities stay)."""
+        models, vram = self._checkpoints(), self._vram()
+        return None if models is None or vram is None else {**models, **vram}
+
+    def _checkpoints(self) -> dict[str, Any] | None:
+        """The WebUI's checkpoints under every alias (``/sdapi/v1/sd-models``)."""
+        try:
+            res = self._health.request("GET", "/sdapi/v1/sd-models", timeout=HEALTH_TIMEOUT)
+            if res.status_code != 200:
+                return None
+            return {"models": {"checkpoints": checkpoint_aliases(res.json())}}
+        except Exception:  # must not raise: the last known capabilities stay
+            log.warning("could not read the WebUI's checkpoints", exc_info=True)
+            return None
 
     def stop(self) -> None:
         """Close the sessions; requests still on the WebUI stay in the orphan book."""
@@ -142,7 +168,7 @@ class A1111Connector(Connector):
                       "summary": f"{checkpoint or 'no checkpoint'} · {version}"})
         return Health(ConnectorStatus.IDLE, "", facts)
 
-    def capabilities(self, details: Any) -> dict[str, Any] | None:
+    def _vram(self) -> dict[str, Any] | None:
         """The card's VRAM from ``GET /sdapi/v1/memory`` (``cuda.system.total``, bytes): what
         ``requires.vram_gb`` routing and an out-of-memory move-up compare with. A WebUI without
         CUDA reports none (``{}``); None when it could not be read this time."""

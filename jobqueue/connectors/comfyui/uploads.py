@@ -170,12 +170,7 @@ class InputUploader:
 
     @staticmethod
     def _store_file(store: OutputStore, url: str) -> tuple[str, str]:
-        """``(job id, file name)`` of a store URL; only files of this worker's output store."""
-        root = str(store.fs.unstrip_protocol(store.root)).rstrip("/") + "/"
-        if not url.startswith(root):
-            raise InputImageError(f"{url[:120]!r} is not a file of the output store ({root})")
-        job_id, _, name = url[len(root):].partition("/")
-        return job_id, name
+        return store_file_of(store, url)
 
     def _fetch_url(self, url: str, what: str, deadline: float) -> bytes:
         guard = AddressGuard.from_cidrs(self.settings.input_allowed_networks, setting="JOBQUEUE_INPUT_ALLOWED_NETWORKS")
@@ -215,3 +210,12 @@ class InputUploader:
         except (ValueError, KeyError, TypeError):
             raise InputImageError(f"ComfyUI's answer to POST {route} has no file name: {response.text[:200]}") from None
         return str(name)
+
+
+def store_file_of(store: OutputStore, url: str) -> tuple[str, str]:
+    """``(job id, file name)`` of a store URL; only files of ``store``."""
+    root = str(store.fs.unstrip_protocol(store.root)).rstrip("/") + "/"
+    if not url.startswith(root):
+        raise InputImageError(f"{url[:120]!r} is not a file of the output store ({root})")
+    job_id, _, name = url[len(root):].partition("/")
+    return job_id, name

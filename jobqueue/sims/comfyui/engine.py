@@ -16,6 +16,11 @@ One prompt's run (its messages, and what its nodes see of the executor) lives in
 Caching follows ComfyUI's classic cache: a node whose input signature matches one from the
 previous prompt is not run again; an all-cached prompt finishes in a few milliseconds.
 
+Model loading: an executed ``CheckpointLoaderSimple`` takes the ``load_seconds`` option and
+puts its checkpoint at the head of a VRAM LRU (``checkpoint_gb`` each, the least recently used
+unloaded when they no longer fit in ``vram_gb``; ``/system_stats`` shows what they use). A
+cached loader (same checkpoint as the previous prompt) costs nothing.
+
 Fault switches (``freeze``) live here too: a frozen simulator sends nothing and makes no
 progress until it is thawed.
 """
@@ -23,6 +28,7 @@ progress until it is thawed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import logging
 import os
@@ -98,6 +104,9 @@ class Simulator:
         self.number = 0
         self._seq = 0
         self.cache: dict[str, tuple[tuple[Any, ...], dict[str, Any] | None]] = {}
+        #: Checkpoints in VRAM, least recently used first (name -> GiB), and loads so far.
+        self.loaded: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.loads = 0
         #: Client id of the prompt being executed (gets the execution messages).
         self.client_id: str | None = None
         self.last_node_id: str | None = None
@@ -110,6 +119,22 @@ class Simulator:
         self._wake = asyncio.Event()
         self._counters: dict[tuple[str, str], int] = {}
         self._temp_prefix = "ComfyUI_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+
+    # -- models ----------------------------------------------------------------------------
+    async def load_checkpoint(self, name: str, sleep: Callable[[float], Awaitable[None]]) -> None:
+        """Run a checkpoint loader: read the file (``load_seconds``), then hold it in the VRAM
+        LRU, unloading the least recently used checkpoints it no longer leaves room for."""
+        await sleep(self.options.load_seconds)
+        self.loads += 1
+        self.loaded.pop(name, None)
+        self.loaded[name] = self.options.checkpoint_gb
+        room = self.vram_gb if self.vram_gb else self.options.checkpoint_gb
+        while len(self.loaded) > 1 and sum(self.loaded.values()) > room:
+            self.loaded.popitem(last=False)
+
+    def vram_used_gb(self) -> float:
+        """GiB the loaded checkpoints take."""
+        return sum(self.loaded.values())
 
     # -- queue -----------------------------------------------------------------------------
     def queue_info(self) -> dict[str, Any]:

@@ -301,6 +301,10 @@ class _Context:
                 return
             await asyncio.sleep(min(left, 0.05))
 
+    async def load_checkpoint(self, name: str) -> None:
+        """Load a checkpoint (``load_seconds``, the VRAM LRU: see the engine)."""
+        await self._sim.load_checkpoint(name, self.sleep)
+
     async def progress(self, value: int, maximum: int, preview: Image | None = None) -> None:
         """ComfyUI's progress hook (``main.hijack_progress``): raise if interrupted (and clear
         the flag), then ``progress_state``, a metadata preview (event 4) for clients that

@@ -6,7 +6,8 @@
   present, so validation refuses any other name with ComfyUI's ``value_not_in_list``; plus
   ``EmptyLatentImage`` and ``VAEDecode``, so a loader can feed an output node
   (``CheckpointLoaderSimple -> VAEDecode <- EmptyLatentImage``, ``-> SaveImage``): ComfyUI
-  validates and runs only what an output depends on. Nothing is loaded; outputs are tokens.
+  validates and runs only what an output depends on. Outputs are tokens; running the
+  checkpoint loader costs the ``load_seconds`` option (:mod:`jobqueue.sims.comfyui.engine`).
 * Loaders of both styles ComfyUI v0.3.64 ships, with its own input definitions: classic ones
   whose option list *is* the input type (``CheckpointLoaderSimple``, ``LoraLoader``,
   ``UpscaleModelLoader``, ``TripleCLIPLoader``: a missing file is ``value_not_in_list`` at
@@ -93,11 +94,12 @@ def folder_files(folder: str) -> list[str] | None:
     return None if files is None else list(files)
 
 
-def devices(vram_gb: float | None, ram_total: int, ram_free: int) -> list[dict[str, Any]]:
-    """``/system_stats`` devices: a CUDA device with ``vram_gb`` GiB, else the CPU device."""
+def devices(vram_gb: float | None, ram_total: int, ram_free: int, used_gb: float = 0.0) -> list[dict[str, Any]]:
+    """``/system_stats`` devices: a CUDA device with ``vram_gb`` GiB (``used_gb`` of it taken
+    by loaded models), else the CPU device."""
     if vram_gb:
         total = int(vram_gb * 2**30)
-        free = total - min(total, 2**29)  # a little in use, as on a real card
+        free = max(0, total - min(total, 2**29) - int(used_gb * 2**30))  # a little in use, as on a real card
         return [{"name": "cuda:0 Simulated GPU : cudaMallocAsync", "type": "cuda", "index": 0,
                  "vram_total": total, "vram_free": free, "torch_vram_total": total, "torch_vram_free": free}]
     return [{"name": "cpu", "type": "cpu", "index": None, "vram_total": ram_total, "vram_free": ram_free,
@@ -105,6 +107,7 @@ def devices(vram_gb: float | None, ram_total: int, ram_free: int) -> list[dict[s
 
 
 async def _load_checkpoint(ctx: NodeContext, ckpt_name: str) -> NodeResult:
+    await ctx.load_checkpoint(ckpt_name)
     return (Token("MODEL", ckpt_name), Token("CLIP", ckpt_name), Token("VAE", ckpt_name)), None
 
 

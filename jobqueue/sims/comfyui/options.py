@@ -10,6 +10,12 @@ engine and the server, changed while running through ``POST /_sim/options``.
   workflow does.
 * ``crash_restart``: seconds a crashed server (the ``SimCrash`` node) stays down before it
   listens again, empty, as a supervisor restarts a ComfyUI that died; negative: it stays down.
+* ``load_seconds``: what running ``CheckpointLoaderSimple`` costs. ComfyUI runs a loader again
+  whenever its cache does not hold the node's output (the classic cache keeps only the
+  previous prompt's nodes), reading the file and building a new model that sampling loads into
+  VRAM again: a prompt whose checkpoint differs from the previous prompt's pays it, the next
+  one with the same checkpoint is cached. ``checkpoint_gb``: VRAM a loaded checkpoint takes
+  (see :meth:`~jobqueue.sims.comfyui.engine.Simulator.load_checkpoint`).
 * ``newer``: answer like a ComfyUI newer than 0.3.64 (current master): ``missing_node_type``
   validation errors, ``invalid_prompt_id`` for a ``prompt_id`` that is not a canonical UUID,
   a 6th (sensitive) element on queue items that ``/queue`` strips, ``create_time`` in
@@ -34,6 +40,8 @@ class SimOptions:
     oom_next: int = 0
     newer: bool = False
     crash_restart: float = 1.0
+    load_seconds: float = 0.0
+    checkpoint_gb: float = 6.5
 
     def update(self, data: Any) -> None:
         """Apply ``{name: value}``; raises ValueError for an unknown name or a wrong type."""

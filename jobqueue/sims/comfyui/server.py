@@ -5,13 +5,12 @@ aiohttp, plus private fault switches for tests under ``/_sim/``.
   connection), ``freeze`` (send nothing, make no progress, hold every request), ``drop_ws``
   (close every websocket once), ``die`` (exit the process at once), ``none`` (back to normal).
 * ``GET /_sim/requests``: the requests the ComfyUI routes received (method, path, body).
-* ``GET /_sim/state``: queue, history size, fault mode, options, whether the executor died,
-  how many times the server crashed (the ``SimCrash`` node: :meth:`SimHTTPServer.crash`) and
-  how many ``POST /free`` it received.
+* ``GET /_sim/state``: queue, history, fault mode, options, executor alive, crashes (``SimCrash``:
+  :meth:`SimHTTPServer.crash`), ``POST /free`` count, checkpoints in VRAM (LRU first), loads.
 * ``POST /upload/image`` and ``/upload/mask``: :mod:`jobqueue.sims.comfyui.uploads`, into
   the input folder beside the output folder, which ``LoadImage`` reads.
 * ``POST /_sim/options {...}``: the switches of :mod:`jobqueue.sims.comfyui.options`
-  (``history_gap``, ``oom_next``, ``newer``); answers them all.
+  (``history_gap``, ``oom_next``, ``newer``, ``load_seconds``, ``checkpoint_gb``); answers them all.
 
 As ComfyUI's ``server.py`` (v0.3.64): a socket is registered under its ``clientId``, replacing
 (without closing) an older one, and *any* handler for that id removes the registration when it
@@ -264,7 +263,8 @@ class SimServer(SimHTTPServer):
                                       "history": len(self.sim.history), "sockets": len(self.sockets),
                                       "output_dir": self.output_dir, "input_dir": self.input_dir,
                                       "options": self.options.as_dict(), "executor": "dead" if self.sim.dead else "alive",
-                                      "crashes": self.crashes, "crashed": self.crashed, "frees": self.frees})
+                                      "crashes": self.crashes, "crashed": self.crashed, "frees": self.frees,
+                                      "loaded": list(self.sim.loaded), "loads": self.sim.loads})
 
         async def options(request: web.Request) -> web.Response:
             try:
@@ -441,7 +441,7 @@ class SimServer(SimHTTPServer):
                 "required_templates_version": "0.1.95", "python_version": sys.version,
                 "pytorch_version": "simulated", "embedded_python": False, "argv": list(sys.argv),
             },
-            "devices": models.devices(self.vram_gb, total, free),
+            "devices": models.devices(self.vram_gb, total, free, self.sim.vram_used_gb() if self.sim else 0.0),
         })
 
     def _node_info(self, name: str) -> dict[str, Any]:

@@ -69,7 +69,8 @@
       JQ.previewImage(job, "card-preview"));
   }
 
-  /** Models, VRAM and tags the worker reported (what capability routing matches jobs on). */
+  /** Models, VRAM and tags the worker reported (what capability routing matches jobs on), and the
+   * checkpoints it has loaded (warm routing). */
   function capabilityFacts(caps) {
     const chips = (items, cls) => items.length ? items.map((x) => h("span", {class: "chip " + cls, text: x}))
       : h("span", {class: "muted", text: "none"});
@@ -80,6 +81,9 @@
       h("dt", {text: "models"}), h("dd", {class: "models"}, chips(caps.models || [], "chip-model")),
       h("dt", {text: "VRAM"}), h("dd", {class: "vram", text: vram}),
       h("dt", {text: "tags"}), h("dd", {class: "worker-tags"}, chips(caps.tags || [], "chip-tag")),
+      h("dt", {text: "loaded"}), h("dd", {class: "loaded", title: typeof caps.load_seconds === "number"
+        ? "a checkpoint load takes about " + caps.load_seconds.toFixed(1) + " s here" : "load time not measured yet"},
+        chips(caps.loaded || [], "chip-model")),
     ];
   }
 

@@ -22,7 +22,7 @@ from jobqueue.client.workflows import submit_workflow
 from jobqueue.connectors.base import Job
 from jobqueue.connectors.comfyui import inputs, uploads
 from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW, ComfyUIConnector
-from jobqueue.errors import InputImageFailed, InvalidPayloadError, JobFailed
+from jobqueue.errors import InputImageFailed, InvalidPayloadError, JobFailed, SubmitError
 from tests.jobqueue.comfyui_fixtures import connector, connector_for, noop, sim, sim_process
 from tests.jobqueue.shared.test_output_store import s3
 
@@ -393,3 +393,21 @@ def test_a_redirect_to_a_refused_address_and_a_slow_server_fail_the_job(sim, tmp
 def test_a_placeholder_outside_a_workflow_step_fails_the_job_saying_where_it_belongs(connector):
     with pytest.raises(InputImageFailed, match=r"is filled in only in a workflow step after the first"):
         run(connector, "lone", {"workflow": invert_workflow(), "images": {"photo.png": {"$prev": "files.0.url"}}})
+
+
+def test_a_tenant_takes_as_input_only_its_own_tenants_outputs(app, start_worker, sim_process):
+    # Given a job of tenant acme that made an image on a real worker
+    sim = sim_process()
+    start_worker("gpu0", CONNECTORS="comfyui", COMFYUI_URL=sim.url)
+    made = submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, app=app, tenant="acme")
+    name = made.wait(timeout=60)["files"][0]["name"]
+    wanted = {"workflow": invert_workflow(), "images": {"photo.png": f"job:{made.id}/{name}"}}
+    # When tenant globex names it as an input image, then the submit is refused (as for an unknown job)
+    with pytest.raises(SubmitError, match=f"job {made.id} is not a job of tenant 'globex'"):
+        submit_job("comfyui", wanted, app=app, tenant="globex")
+    with pytest.raises(SubmitError, match="is not a job of tenant 'globex'"):
+        submit_job("comfyui", {**wanted, "images": {"photo.png": f"job:no-such-job/{name}"}}, app=app,
+                   tenant="globex")
+    # And acme itself, and a submitter without a tenant, may use it
+    assert submit_job("comfyui", wanted, app=app, tenant="acme").wait(timeout=60)["files"]
+    assert submit_job("comfyui", wanted, app=app).wait(timeout=60)["files"]

@@ -3,6 +3,7 @@ expose, and validation refusing a checkpoint it does not have, with ComfyUI's er
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from jobqueue.connectors.comfyui.models import read_models, vram_of
 from jobqueue.sims.comfyui import models
 from jobqueue.sims.comfyui.models import checkpoint_workflow
 from jobqueue.sims.comfyui.server import SimulatorThread
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -59,3 +61,43 @@ def test_a_checkpoint_it_does_not_have_is_refused_like_comfyui_and_one_it_has_ru
     assert requests.post(f"{sim.url}/_sim/models", json={"checkpoints": ["a.safetensors"]}, timeout=5).ok
     again = requests.post(f"{sim.url}/prompt", json={"prompt": checkpoint_workflow("b.safetensors")}, timeout=5)
     assert again.status_code == 400
+
+
+def _run_prompt(url: str, ckpt: str, prefix: str) -> float:
+    """POST a workflow loading ``ckpt``, wait for its history entry; return the seconds it took."""
+    began = time.monotonic()
+    res = requests.post(f"{url}/prompt", json={"prompt": checkpoint_workflow(ckpt, prefix)}, timeout=5)
+    assert res.status_code == 200, res.text
+    pid = res.json()["prompt_id"]
+    wait_for(lambda: pid in requests.get(f"{url}/history/{pid}", timeout=5).json(), 30, what="the prompt to end")
+    return time.monotonic() - began
+
+
+def test_a_checkpoint_switch_pays_the_load_time_and_the_same_checkpoint_again_does_not(sim: SimulatorThread) -> None:
+    # Given loading takes 0.6 s and a checkpoint takes 10 GiB of the 24 GiB card
+    assert requests.post(f"{sim.url}/_sim/options", json={"load_seconds": 0.6, "checkpoint_gb": 10.0}, timeout=5).ok
+    # When a, a, b, a run one after the other
+    took = [_run_prompt(sim.url, ckpt, f"p{i}") for i, ckpt in enumerate(["a.safetensors", "a.safetensors",
+                                                                        "b.safetensors", "a.safetensors"])]
+    # Then the first and every switch load (the classic cache keeps only the previous prompt's
+    # loader), the repeat is cached
+    assert took[0] >= 0.6 and took[2] >= 0.6 and took[3] >= 0.6
+    assert took[1] < 0.5
+    state = requests.get(f"{sim.url}/_sim/state", timeout=5).json()
+    assert state["loads"] == 3
+    # And both fit in VRAM (least recently used first), which /system_stats shows as used
+    assert state["loaded"] == ["b.safetensors", "a.safetensors"]
+    free = requests.get(f"{sim.url}/system_stats", timeout=5).json()["devices"][0]["vram_free"]
+    assert free == 24 * 2**30 - 2**29 - 20 * 2**30
+
+
+def test_a_checkpoint_that_does_not_fit_beside_the_others_unloads_the_least_recently_used(
+        sim: SimulatorThread) -> None:
+    # Given checkpoints of 10 GiB on a 24 GiB card, and a third file
+    models.set_models(checkpoints=["a.safetensors", "b.safetensors", "c.safetensors"])
+    assert requests.post(f"{sim.url}/_sim/options", json={"checkpoint_gb": 10.0}, timeout=5).ok
+    # When a, b, then c load
+    for i, ckpt in enumerate(["a.safetensors", "b.safetensors", "c.safetensors"]):
+        _run_prompt(sim.url, ckpt, f"q{i}")
+    # Then a (the least recently used) was unloaded to make room for c
+    assert requests.get(f"{sim.url}/_sim/state", timeout=5).json()["loaded"] == ["b.safetensors", "c.safetensors"]

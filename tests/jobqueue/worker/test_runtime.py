@@ -162,7 +162,7 @@ def test_the_snapshot_holds_identity_and_the_reported_statuses_with_their_seq(ru
     assert stub["status"] == "idle"
     assert stub["seq"] == reporter.reports()["stub"].seq == snap["seq"]
     # The service's facts, plus what the worker offers (a stub has no models; no tags declared)
-    assert stub["details"] == {"version": "1.0", "capabilities": {"tags": []}}
+    assert stub["details"] == {"version": "1.0", "capabilities": {"tags": [], "loaded": [], "load_seconds": None}}
 
 
 def test_a_service_failure_waits_for_the_consumer_to_step_aside(runtime):

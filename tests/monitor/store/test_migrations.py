@@ -188,15 +188,17 @@ def test_upgrading_an_old_sqlite_store_changes_no_row(tmp_path):
     # When it is opened, and so upgraded
     Store(url).close()
     # Then every row is still there, unchanged; the store only gained its revision, the
-    # tables of later revisions (API keys and the audit trail, 0002), empty, and the columns
-    # later revisions gave jobs (0003, 0004) and changes (0004), empty
+    # tables of later revisions (API keys and the audit trail, 0002), empty, the writer's
+    # lease (0005) with its one expired row, and the columns later revisions gave jobs (0003,
+    # 0004) and changes (0004), empty
     after = sqlite_rows(tmp_path / "old.db")
     # (rows of tables a later revision gave new columns end in those columns, empty)
     assert {name: [row[:len(before[name][0])] if before[name] else row for row in rows]
             for name, rows in after.items() if name in before} == before
     assert all(value is None for table in ("jobs", "changes") for row in after[table]
                for value in row[len(before[table][0]):])
-    assert {name: rows for name, rows in after.items() if name not in before} == {"api_keys": [], "audit": []}
+    assert {name: rows for name, rows in after.items() if name not in before} == {
+        "api_keys": [], "audit": [], "writer_lease": [("writer", "", 0, 0.0)]}
     assert sum(len(rows) for rows in before.values()) > 100
 
 

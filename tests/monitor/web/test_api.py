@@ -49,7 +49,7 @@ def test_the_state_holds_machines_workers_and_jobs_at_one_seq(flask_app, client)
 def test_estimates_give_every_queued_job_the_position_and_wait_the_state_shows(flask_app, client):
     seed(flask_app)
     body = client.get("/api/estimates").get_json()
-    assert body["jobs"] == {"c": {"position": 1, "wait": 2.0}}  # only the queued job: 1 × median of 2 s
+    assert body["jobs"] == {"c": {"position": 1, "wait": 2.0, "load": 0.0}}  # only the queued job: 1 × median of 2 s
     assert isinstance(body["at"], float)
     queued = [j for j in client.get("/api/state").get_json()["jobs"] if j["id"] == "c"][0]
     assert (queued["queue_position"], queued["eta_seconds"]) == (1, 2.0)

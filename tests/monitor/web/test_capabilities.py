@@ -26,8 +26,9 @@ def test_early_and_late_monitors_show_the_same_models_vram_and_tags_of_each_work
     cpu = comfy_worker(start_worker, machine_id, "cpu", start_sim("a.safetensors"))
     expected = {
         big.node_name: {"models": ["a.safetensors", "b.safetensors"], "vram_total_gb": 24.0, "vram_free_gb": 23.5,
-                        "tags": ["customer:acme", "region:eu"]},
-        cpu.node_name: {"models": ["a.safetensors"], "vram_total_gb": None, "vram_free_gb": None, "tags": []},
+                        "tags": ["customer:acme", "region:eu"], "loaded": [], "load_seconds": None},
+        cpu.node_name: {"models": ["a.safetensors"], "vram_total_gb": None, "vram_free_gb": None, "tags": [],
+                        "loaded": [], "load_seconds": None},
     }
     wait_for(lambda: worker_caps(early) == expected, 30, interval=0.2, what="the early monitor to show capabilities")
     # And a second monitor starts only afterwards

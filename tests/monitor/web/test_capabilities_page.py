@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import requests
 
-from jobqueue.client.jobs import get_job
+from jobqueue.client.jobs import get_job, submit_job
 from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW
+from jobqueue.sims.comfyui.models import checkpoint_workflow
 from tests.capability_fixtures import comfy_worker, start_sim
 from tests.helpers import wait_for
 from tests.monitor import browser
@@ -71,4 +72,23 @@ def test_a_job_nobody_can_run_shows_why_in_the_api_and_on_the_jobs_page_until_a_
     jobs_page.wait_for_selector(row + '[data-status="completed"]')
     assert jobs_page.locator(row + " .waiting-for").count() == 0
     assert live_monitor.get(f"/api/jobs/{job_id}")["waiting_for"] is None
+    assert pages.errors == []
+
+
+LOADED_JS = """() => Object.fromEntries([...document.querySelectorAll('[data-worker]')].map((w) => [w.dataset.worker,
+  [...w.querySelectorAll('.loaded .chip')].map((c) => c.textContent)]))"""
+
+
+def test_the_fleet_page_shows_the_checkpoint_each_worker_has_loaded_once_it_ran_a_job_with_it(
+        app, start_worker, start_sim, machine_id, live_monitor, pages):
+    # Given a machine with checkpoints a and b, its worker, and the fleet page open: nothing loaded
+    worker = comfy_worker(start_worker, machine_id, "ab", start_sim("a.safetensors", "b.safetensors"))
+    fleet = pages.open("/")
+    wait_for(lambda: fleet.evaluate(LOADED_JS).get(worker.node_name) == [], 30, what="the card to show nothing loaded")
+    # When a job loading b runs there
+    submit_job("comfyui", {"workflow": checkpoint_workflow("b.safetensors")}, app=app).wait(timeout=60)
+    # Then the worker's card shows b as loaded, as the API does
+    wait_for(lambda: fleet.evaluate(LOADED_JS).get(worker.node_name) == ["b.safetensors"], 30,
+             what="the card to show b loaded")
+    assert live_monitor.get(f"/api/workers/{worker.node_name}")["capabilities"]["loaded"] == ["b.safetensors"]
     assert pages.errors == []

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from monitor.web.eta import annotate, busy_until, first_start_in
+from monitor.web.eta import annotate, busy_until, cold_loads, first_start_in
 
 NOW = 1_800_000_000.0
 
@@ -50,3 +50,36 @@ def test_a_place_frees_when_the_first_queued_job_of_the_service_is_expected_to_s
     assert first_start_in(jobs, "comfyui", 20.0) == 10.0
     assert first_start_in(jobs, "comfyui", 45.0) == 0.0
     assert first_start_in(jobs, "a1111", 20.0) is None
+
+
+def test_the_first_queued_job_of_a_checkpoint_no_online_worker_has_loaded_waits_a_load_more():
+    # Given two idle workers that measured a 3 s load: one has a loaded, none has b
+    workers = [{"name": "gpu0@a", "status": "online", "current_job": None, "services": ["comfyui"],
+                "queues": ["comfyui.model.a", "comfyui.model.b"],
+                "capabilities": {"loaded": ["a"], "load_seconds": 3.0}},
+               {"name": "gpu0@b", "status": "online", "current_job": None, "services": ["comfyui"],
+                "queues": ["comfyui.model.a", "comfyui.model.b"],
+                "capabilities": {"loaded": [], "load_seconds": 5.0}}]
+    jobs = [{**queued(f"{q}{i}", NOW - 10 + i), "queue": f"comfyui.model.{q}", "service": "comfyui"}
+            for i, q in enumerate(["a", "b", "b"])]
+    # When annotated with a 1 s median
+    annotate(jobs, {"comfyui": 1.0}, busy=busy_until(workers, {}, {"comfyui": 1.0}, now=NOW), loads=cold_loads(workers))
+    by_id = {j["id"]: j for j in jobs}
+    # Then a's job waits its run only; b's jobs, one on each worker, a run plus the smallest
+    # measured load each
+    assert by_id["a0"]["eta_seconds"] == 1.0 and "load_seconds" not in by_id["a0"]
+    assert by_id["b1"]["eta_seconds"] == 4.0 and by_id["b1"]["load_seconds"] == 3.0
+    assert by_id["b2"]["eta_seconds"] == 4.0 and by_id["b2"]["load_seconds"] == 3.0
+    # And with one worker, the second job of b waits for the first (loaded once) plus its run
+    one = [{**workers[1], "capabilities": {"loaded": [], "load_seconds": 3.0}}]
+    jobs = [{**queued(f"b{i}", NOW - 10 + i), "queue": "comfyui.model.b", "service": "comfyui"} for i in range(2)]
+    annotate(jobs, {"comfyui": 1.0}, busy=busy_until(one, {}, {"comfyui": 1.0}, now=NOW), loads=cold_loads(one))
+    assert [j["eta_seconds"] for j in jobs] == [4.0, 5.0] and "load_seconds" not in jobs[1]
+
+
+def test_no_load_is_added_where_nothing_was_measured_or_the_job_needs_no_checkpoint():
+    workers = [{"name": "gpu0@a", "status": "online", "current_job": None, "services": ["comfyui"],
+                "queues": ["comfyui", "comfyui.model.b"], "capabilities": {"loaded": [], "load_seconds": None}}]
+    loads = cold_loads(workers)
+    assert loads.of("comfyui.model.b", "comfyui") == 0.0
+    assert cold_loads([{**workers[0], "capabilities": {"loaded": [], "load_seconds": 2.0}}]).of("comfyui", "comfyui") == 0.0

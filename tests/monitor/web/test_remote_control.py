@@ -96,7 +96,13 @@ def test_roles_are_checked_and_a_worker_that_does_not_answer_is_a_504(start_moni
     wait_for(lambda: processes(monitor) == 1, 30, interval=0.5, what="the worker answering inspect")
     assert post(monitor, f"/api/workers/{NODE}/consumers", {"action": "add", "queue": "x"}, operator).status_code == 202
     gone = requests.get(f"{monitor.url}/api/workers/nobody@nowhere/inspect", headers=ADMIN, timeout=15)
-    assert gone.status_code == 504 and gone.json()["error"]["code"] == "no_reply"
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+    # A worker the monitor knows that has stopped answering is a 504
+    prefork.control.shutdown(destination=[NODE])
+    wait_for(lambda: requests.get(f"{monitor.url}/api/workers/{NODE}", headers=ADMIN, timeout=10)
+             .json().get("status") == "offline", 30, interval=0.5, what="the worker offline")
+    silent = requests.get(f"{monitor.url}/api/workers/{NODE}/inspect", headers=ADMIN, timeout=15)
+    assert silent.status_code == 504 and silent.json()["error"]["code"] == "no_reply"
 
 
 def test_the_worker_page_shows_the_pool_and_grows_it(start_monitor, prefork, chromium):

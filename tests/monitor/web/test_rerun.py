@@ -64,6 +64,9 @@ def test_resubmit_arguments_keep_every_option_and_drop_only_the_first_jobs_own()
                     "timeout": 30.0, "workflow_id": "wf", "step": 2, "requires": {"tags": ["fast"]},
                     "webhook_url": "https://app.example/hook", "tenant": "acme",
                     "extra": {"workflow_steps": 3, "retry_of": "job-1"}}
+    # A job that went to its tenant's queue is routed again, not pinned there
+    kwargs["options"]["queue"] = "acme/simulation.tag.fast"
+    assert resubmit_arguments("job-1", kwargs, "simulation")["queue"] is None
 
 
 def test_a_retried_job_keeps_its_requires_and_webhook_and_its_webhook_fires(

@@ -1,0 +1,122 @@
+"""The writer's lease on a real PostgreSQL store: one holder at a time, take-over once it
+expires, and fencing: a monitor that lost the lease (a paused old leader) cannot write."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from jobqueue.errors import LeaseLost
+from monitor.store import Store
+from monitor.store.lease import WriterLease
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_store(pg_url: str) -> Iterator[Store]:
+    s = Store(pg_url)
+    yield s
+    s.close()
+
+
+def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_the_first_monitor_takes_the_lease_and_a_second_cannot_while_it_is_renewed(pg_store: Store) -> None:
+    # Given two monitors on one store
+    a = WriterLease(pg_store.engine, "a", 2.0)
+    b = WriterLease(pg_store.engine, "b", 2.0)
+    # When the first takes the lease
+    term = a.acquire()
+    # Then it holds term 1 and the second is refused, also after the first renewed it
+    assert term == 1
+    assert b.acquire() is None
+    assert a.renew() is True
+    assert b.acquire() is None
+    assert a.state()["holder"] == "a"
+
+
+def test_a_standby_takes_over_once_the_lease_expires_with_the_next_term(pg_store: Store) -> None:
+    # Given a leader with a short lease that stops renewing (as if killed)
+    a = WriterLease(pg_store.engine, "a", 0.5)
+    b = WriterLease(pg_store.engine, "b", 0.5)
+    assert a.acquire() == 1
+    # When the standby keeps trying
+    term = wait_for(b.acquire, timeout=5.0)
+    # Then it took the next term and the old leader can no longer renew
+    assert term == 2
+    assert a.renew() is False and a.term is None
+
+
+def test_a_paused_old_leader_cannot_write_after_another_monitor_took_over(pg_url: str, pg_store: Store) -> None:
+    # Given a leader writing through its fenced store
+    a = WriterLease(pg_store.engine, "a", 0.5)
+    assert a.acquire() == 1
+    pg_store.fence = a.fence
+    with pg_store.write() as tx:
+        tx.job("job-1")
+        tx.touch("job", "job-1")
+    seq = pg_store.seq()
+    # When it pauses (no renewal) and a standby takes over
+    other = Store(pg_url)
+    try:
+        b = WriterLease(other.engine, "b", 0.5)
+        wait_for(b.acquire, timeout=5.0)
+        # Then the old leader's next write fails (its local term is stale) and changes nothing
+        with pytest.raises(LeaseLost):
+            with pg_store.write() as tx:
+                tx.job("job-2")
+                tx.touch("job", "job-2")
+        assert pg_store.seq() == seq
+        assert pg_store.job("job-2") is None
+    finally:
+        other.close()
+
+
+def test_a_take_over_waits_for_the_old_leaders_write_in_flight_which_then_commits_alone(
+        pg_url: str, pg_store: Store) -> None:
+    # Given a leader inside a write transaction, its lease already expired
+    a = WriterLease(pg_store.engine, "a", 0.3)
+    assert a.acquire() == 1
+    pg_store.fence = a.fence
+    inside, release = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with pg_store.write() as tx:
+            tx.job("job-1")
+            tx.touch("job", "job-1")
+            inside.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert inside.wait(10)
+    time.sleep(0.4)  # let the lease expire while the write is in flight (the state under test)
+    other = Store(pg_url)
+    try:
+        b = WriterLease(other.engine, "b", 0.3)
+        # When a standby tries to take over meanwhile
+        # Then it cannot (the row is locked by the write in flight) ...
+        assert b.acquire() is None
+        release.set()
+        writer.join(10)
+        # ... and can once the write committed; the write is in the store
+        assert wait_for(b.acquire, timeout=5.0) == 2
+        assert pg_store.job("job-1") is not None
+        with other.engine.connect() as conn:
+            assert conn.execute(text("SELECT term FROM writer_lease")).scalar() == 2
+    finally:
+        release.set()
+        other.close()
