@@ -53,9 +53,7 @@ def default_result_backend(broker_url: str) -> str:
     URL to keep in sync, so we keep it simple); on RabbitMQ the results still need a store
     that survives the client, so we fall back to the local Redis.
     """
-    if is_redis_url(broker_url):
-        return broker_url
-    return DEFAULT_BROKER_URL
+    return broker_url if is_redis_url(broker_url) else DEFAULT_BROKER_URL
 
 
 class Settings(BaseSettings):
@@ -218,8 +216,7 @@ class Settings(BaseSettings):
     #: RabbitMQ's management API (``http://user:pass@host:15672``): the broker page lists every
     #: queue of the vhost with its consumers from it; empty: only the queues the monitor knows.
     rabbitmq_management_url: str = ""
-    #: Queues jobqueue declares on RabbitMQ: ``classic``, or ``quorum`` (replicated over a cluster's
-    #: nodes, publisher confirms, dead letters; no priorities on RabbitMQ 3.x: docs/deployment.md).
+    #: RabbitMQ queues: ``classic``, or ``quorum`` (replicated; no priorities on 3.x: docs/deployment.md).
     rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
     #: Quorum queues: deliveries of one message without an ack before it goes to ``<queue>.dead``.
     rabbitmq_delivery_limit: int = Field(default=5, ge=1)
