@@ -219,7 +219,7 @@ class Settings(BaseSettings):
     #: RabbitMQ queues: ``classic``, or ``quorum`` (replicated; no priorities on 3.x: docs/deployment.md).
     rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
     #: Quorum queues: deliveries of one message without an ack before it goes to ``<queue>.dead``.
-    rabbitmq_delivery_limit: int = Field(default=5, ge=1)
+    rabbitmq_delivery_limit: int = Field(default=20, ge=1)
     #: Key that signs login session cookies; empty: derived from the token and basic-auth
     #: credentials (changing them logs everyone out), or random per process with neither.
     monitor_session_secret: str = ""

@@ -4,8 +4,9 @@ queue already exists with the other type.
 With ``JOBQUEUE_RABBITMQ_QUEUE_TYPE=quorum`` every queue jobqueue creates (a service, GPU,
 machine or worker queue: Celery's "missing" queues) is declared ``x-queue-type=quorum``
 (replicated on the cluster's nodes, Raft: a message confirmed to the publisher is on a majority
-of them), with ``x-delivery-limit`` (a message delivered that many times without an ack -- its
-worker crashed each time, or a node with its consumer died -- stops coming back) and a dead-letter
+of them), with ``x-delivery-limit`` (a message returned that many times without an ack -- its
+worker crashed each time, a node with its consumer died, or a worker handed it back with a
+requeue -- stops coming back) and a dead-letter
 exchange, :data:`DEAD_LETTER_EXCHANGE`, that routes such a message, and every message a worker
 rejects as poison, to the quorum queue ``<queue>.dead`` (the name dead letters have on Redis
 too). Declaring the queue declares ``<queue>.dead`` and its binding
