@@ -23,6 +23,7 @@ client keeps submitting one job every 0.1 s. Measured, from the kill:
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -38,6 +39,8 @@ from bench.common import bench_settings, wait_until
 from bench.rabbit_cluster import RabbitCluster
 from jobqueue.client.jobs import submit_job
 from jobqueue.transport.app import create_app
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,7 +76,8 @@ class Result:
 def _succeeded(app: Any, ids: list[str]) -> int:
     try:
         return finished(app, ids)
-    except Exception:  # the backend is Redis and stays up; a read error is "not yet"
+    except Exception as exc:  # the backend is Redis and stays up; a read error is "not yet"
+        log.warning("could not read the jobs' states: %r", exc)
         return -1
 
 
