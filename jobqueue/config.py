@@ -53,9 +53,7 @@ def default_result_backend(broker_url: str) -> str:
     URL to keep in sync, so we keep it simple); on RabbitMQ the results still need a store
     that survives the client, so we fall back to the local Redis.
     """
-    if is_redis_url(broker_url):
-        return broker_url
-    return DEFAULT_BROKER_URL
+    return broker_url if is_redis_url(broker_url) else DEFAULT_BROKER_URL
 
 
 class Settings(BaseSettings):
@@ -103,8 +101,7 @@ class Settings(BaseSettings):
     #: Longest (s) a job moved up to a larger card after running out of GPU memory waits for a
     #: worker with that much VRAM before it fails naming the VRAM tried.
     oom_wait: float = 600.0
-    #: ComfyUI: ``POST /free`` (unload models, free memory) before the next job of a worker
-    #: whose last job ran out of GPU memory.
+    #: ComfyUI: ``POST /free`` before the next job of a worker whose last job ran out of memory.
     comfyui_free_after_oom: bool = False
     #: Warm routing (docs/connectors.md): an idle worker takes jobs of checkpoints it has not loaded
     #: only after this many seconds idle, so one that has them loaded takes them first (0: off).
@@ -221,6 +218,10 @@ class Settings(BaseSettings):
     #: RabbitMQ's management API (``http://user:pass@host:15672``): the broker page lists every
     #: queue of the vhost with its consumers from it; empty: only the queues the monitor knows.
     rabbitmq_management_url: str = ""
+    #: RabbitMQ queues: ``classic``, or ``quorum`` (replicated; no priorities on 3.x: docs/deployment.md).
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
+    #: Quorum queues: deliveries of one message without an ack before it goes to ``<queue>.dead``.
+    rabbitmq_delivery_limit: int = Field(default=20, ge=1)
     #: Key that signs login session cookies; empty: derived from the token and basic-auth
     #: credentials (changing them logs everyone out), or random per process with neither.
     monitor_session_secret: str = ""
@@ -228,15 +229,13 @@ class Settings(BaseSettings):
     monitor_session_seconds: float = 12 * 3600.0
     #: Rate limit of job submissions per API key, login or address (Flask-Limiter syntax).
     monitor_rate_submit: str = "600/minute"
-    #: Rate limit of controls (cancel, retry, drain, resume, shutdown, key changes) per
-    #: key, login or address.
+    #: Rate limit of controls (cancel, retry, drain, resume, shutdown, keys) per key, login or address.
     monitor_rate_control: str = "600/minute"
     #: Rate limit of login attempts, and of requests with wrong credentials, per address.
     monitor_rate_login: str = "20/minute"
     #: Days the monitor keeps its audit trail (older entries are pruned).
     monitor_audit_keep_days: float = 400.0
-    #: Single sign-on (docs/security.md): ``oidc`` (OpenID Connect) or ``github`` (GitHub's
-    #: OAuth2); empty: off.
+    #: Single sign-on (docs/security.md): ``oidc`` (OpenID Connect), ``github`` (OAuth2); empty: off.
     monitor_sso_provider: str = ""
     #: The OIDC issuer URL (or its ``.well-known/openid-configuration`` URL); for ``github``,
     #: the GitHub Enterprise base URL (empty: https://github.com).

@@ -211,6 +211,10 @@ class MessageDiscarded(JobqueueError):
     """The job's broker message could not be decoded; the worker moved it to ``<queue>.dead``."""
 
 
+class QueueTypeMismatch(ConfigError):
+    """A RabbitMQ queue exists with another type (classic or quorum) than jobqueue declares it with."""
+
+
 class SentinelUnreachable(JobqueueError):
     """No Redis Sentinel of a ``sentinel://`` URL answered, or none of them knows the master."""
 

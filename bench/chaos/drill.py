@@ -7,8 +7,10 @@ observer keeps, per job, every ``task-started`` and ``task-succeeded`` it saw. A
 started on a worker that then died and started again elsewhere has 2 executions: one
 *re-run* (work repeated because its worker died: expected, and the reason nothing is lost). A
 job with more than one ``task-succeeded`` ran to the end twice: a *duplicate* (what must
-not happen). Events are lossy in general; the observer runs in the drill's own process on a
-quiet broker, and the summary says how many ``task-started`` events it saw, so a gap shows.
+not happen). An event delivered twice (same sender and clock: a publish retried after the
+broker connection died before its confirm came) counts once. Events are lossy in general;
+the observer runs in the drill's own process on a quiet broker, and the summary says how
+many ``task-started`` events it saw, so a gap shows.
 Whether a job finished is read from the result backend, never from events.
 """
 
@@ -74,8 +76,9 @@ class Fleet:
 class JobTrace:
     """What the observer saw of one job."""
 
-    started: list[tuple[float, str]] = field(default_factory=list)
-    succeeded: list[tuple[float, str]] = field(default_factory=list)
+    #: (event timestamp, hostname, Lamport clock) of each.
+    started: list[tuple[float, str, Any]] = field(default_factory=list)
+    succeeded: list[tuple[float, str, Any]] = field(default_factory=list)
 
 
 class Observer:
@@ -98,9 +101,15 @@ class Observer:
         kind = event.get("type")
         if kind not in ("task-started", "task-succeeded"):
             return
+        # A copy of one event (same sender, same clock): a publish retried after its broker
+        # connection died before the confirm came (RabbitMQ) is delivered twice; one execution.
+        stamp = (float(event.get("timestamp") or now), event.get("hostname", ""), event.get("clock"))
         with self._lock:
             trace = self.jobs[event["uuid"]]
-            (trace.started if kind == "task-started" else trace.succeeded).append((now, event.get("hostname", "")))
+            seen = trace.started if kind == "task-started" else trace.succeeded
+            if event.get("clock") is not None and any(s == stamp for s in seen):
+                return
+            seen.append(stamp)
 
     def running_on(self, hostname: str) -> list[str]:
         """Jobs whose last start was on ``hostname`` and that have not succeeded."""

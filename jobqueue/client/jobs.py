@@ -49,6 +49,7 @@ from jobqueue.shared.summary import summarize_payload
 from jobqueue.shared.tenants import check_tenant
 from jobqueue.shared.webhooks import check_webhook_url
 from jobqueue.states import FINAL_JOB_STATES, PROGRESS, JobStatus, empty_progress, job_status_from_celery
+from jobqueue.transport.rabbitmq import raise_clearly
 from jobqueue.transport.redis_clients import unreachable
 from jobqueue.transport.result_watch import check_subscription
 
@@ -481,8 +482,9 @@ def submit_job(
         raise unreachable(app.settings.result_backend, app.settings, exc) from exc
     try:
         sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
-    except Exception:  # never sent: its place in the queue is free again
+    except Exception as exc:  # never sent: its place in the queue is free again
         queued.forget(app, [service], [send_options["task_id"]])
+        raise_clearly(exc)  # a queue declared with another type than it has: say how to migrate
         raise
     handle = JobHandle(send_options["task_id"], app)
     handle.submitted = True

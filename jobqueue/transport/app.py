@@ -41,6 +41,8 @@ class JobqueueCelery(Celery):  # type: ignore[misc]  # Celery ships no type hint
     #: The worker class ``celery worker`` builds (``module:Class``, imported only then);
     #: Celery's own unless :func:`create_app` was given one.
     worker_class: str = CELERY_WORKER_CLASS
+    #: ``app.amqp``: Celery's, with queues that get quorum arguments when the settings ask.
+    amqp_cls = "jobqueue.transport.rabbitmq:JobqueueAMQP"
 
     @cached_property
     def Worker(self) -> Any:  # noqa: N802 - Celery's name
@@ -56,7 +58,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     restore sweep runs every ``lease_interval`` seconds instead of kombu's ~100 s.
     """
     if not settings.is_redis:
-        return {}
+        # RabbitMQ: publisher confirms, so a submit returns once the broker has the message (on
+        # a quorum queue: once a majority of its nodes have it).
+        return {"confirm_publish": True}
     return {
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": max(1, round(settings.lease_interval)),
@@ -144,6 +148,11 @@ def configure_app(settings: Settings | None = None, *, main: str = "jobqueue") -
         # AMQP heartbeats: a frozen link is dropped after ~2x this (Redis has its own checks).
         broker_heartbeat=settings.broker_heartbeat,
     )
+    if not settings.is_redis and settings.rabbitmq_queue_type == "quorum":
+        # Quorum queues (jobqueue.transport.rabbitmq): no x-max-priority (RabbitMQ 3.x refuses
+        # it), per-consumer QoS, and the native delayed delivery Celery sets up for countdowns.
+        app.conf.update(task_default_queue_type="quorum", task_create_missing_queue_type="quorum",
+                        task_queue_max_priority=None, worker_detect_quorum_queues=True)
     if is_redis_url(settings.result_backend):
         # Celery's Redis backend plus writes that ride with a job's next state (one round trip).
         app.conf.update(backend_settings(settings.redis_health_interval),

@@ -399,7 +399,8 @@ def wrap_refusal_handlers(consumer: Any, on_refused: Callable[[Any, str], Any]) 
     """Call ``on_refused(message, reason)`` before Celery's consumer drops a message it
     cannot decode, whose task is invalid, or that is not a task message.
 
-    Replaces ``Consumer.on_decode_error``, ``on_invalid_task`` and ``on_unknown_message`` on
+    Replaces ``Consumer.on_decode_error`` (skipping its ack when ``on_refused`` returns
+    ``"rejected"``), ``on_invalid_task`` and ``on_unknown_message`` on
     the consumer instance; must run before ``create_task_handler`` and the ``Tasks`` and
     ``Control`` steps read them (a consumer bootstep's ``__init__``).
     """
@@ -408,8 +409,8 @@ def wrap_refusal_handlers(consumer: Any, on_refused: Callable[[Any, str], Any]) 
     on_unknown_message = consumer.on_unknown_message
 
     def decode_error(message: Any, exc: Exception) -> Any:
-        on_refused(message, f"cannot decode ({type(exc).__name__}: {str(exc)[:200]})")
-        return on_decode_error(message, exc)
+        handled = on_refused(message, f"cannot decode ({type(exc).__name__}: {str(exc)[:200]})")
+        return None if handled == "rejected" else on_decode_error(message, exc)  # else Celery acks
 
     def invalid_task(body: Any, message: Any, exc: Exception) -> Any:
         on_refused(message, f"invalid task message ({type(exc).__name__}: {str(exc)[:200]})")

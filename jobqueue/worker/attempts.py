@@ -31,6 +31,7 @@ from jobqueue.shared.summary import summarize_payload
 from jobqueue.transport.internals import result_key
 from jobqueue.transport.results import RedisBackend
 from jobqueue.worker.event_times import note_end, take_received, take_started
+from jobqueue.worker.fence import wait_for_first_attempt
 from jobqueue.worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,10 @@ def _settle_start(task: Any, client: Any, meta: dict[str, Any], replies: list[An
     raw, count, _, known_raw, *_ = replies
     state = app.backend.decode_result(raw).get("status") if raw else None
     known = facts.decode(known_raw)
+    # RabbitMQ: a copy redelivered while a live worker still runs the job waits for it (fence).
+    after = wait_for_first_attempt(task, client, known)
+    if after is not None:
+        state = app.backend.get_state(request.id)
     # A cancel made while no worker was online reached no worker's revoked list, and Celery
     # stored STARTED over its REVOKED record before this body ran: the fact still says so.
     if state == celery_states.REVOKED or "cancelled_at" in known:
@@ -199,7 +204,8 @@ def _settle_start(task: Any, client: Any, meta: dict[str, Any], replies: list[An
     if state == celery_states.SUCCESS:
         # A copy of a job that already succeeded: its ack was lost with a broker that failed
         # over or restarted, and the message came back. It never runs again; its facts as they were.
-        facts.replace(client, request.id, known_raw, {}, expires=expires(app))
+        ended: dict[str, Any] = {k: after[k] for k in ("finished_at", "runtime") if k in after} if after else {}
+        facts.replace(client, request.id, known_raw, ended, expires=expires(app))
         log.warning("job %s already succeeded: a redelivered copy of its message is dropped", request.id)
         return Attempt(False, retries, started, ended=True)
     attempt = max(int(count) - 1, retries)

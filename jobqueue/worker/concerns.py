@@ -26,7 +26,8 @@ Start-up order (the worker's bootsteps, then the consumer's, as Celery starts th
    SIGTERM the running job gets its grace, then goes back to its queue:
    :mod:`jobqueue.worker.shutdown`).
 3. ``poison`` (consumer, after its event dispatcher): Celery's refusal handlers wrapped, the
-   transport's poison hook set on the connection.
+   transport's poison hook set on the connection; on RabbitMQ a worker step declares the
+   consumed queues first (a queue of the other type stops the worker, saying how to migrate).
 4. ``status`` (consumer, after its event dispatcher): statuses and progress leave through it.
 5. ``queue-gates`` (consumer, after its task consumer): service, capability and (held) pinned
    queues are added or cancelled only once the consumer can take messages -- when Celery's
@@ -63,7 +64,7 @@ from jobqueue.worker.handback import requirements_strategy
 from jobqueue.worker.idle import IdleStep
 from jobqueue.worker.linkwatch import LinkWatchStep
 from jobqueue.worker.moveup import MoveUpStep
-from jobqueue.worker.poison import PoisonStep
+from jobqueue.worker.poison import PoisonStep, QueueCheckStep
 from jobqueue.worker.shutdown import SoftShutdownStep
 from jobqueue.worker.task import register_job_task
 
@@ -115,7 +116,7 @@ CONCERNS: tuple[Concern, ...] = (
     Concern("exit-when-idle", worker_steps=(IdleStep,)),
     Concern("soft-shutdown", worker_steps=(SoftShutdownStep,)),
     Concern("moved-up", worker_steps=(MoveUpStep,)),
-    Concern("poison", consumer_steps=(PoisonStep,)),
+    Concern("poison", worker_steps=(QueueCheckStep,), consumer_steps=(PoisonStep,)),
     Concern("status", consumer_steps=(bootsteps.StatusStep,)),
     Concern("queue-gates", consumer_steps=(bootsteps.QueueGateStep,)),
     Concern("fair-share", consumer_steps=(FairShareStep,)),

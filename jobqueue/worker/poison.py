@@ -3,7 +3,8 @@
 An item on a queue that is not a kombu envelope (``LPUSH simulation garbage``), has a body its
 ``body_encoding`` cannot decode (bad base64), or decodes to something Celery refuses (pickle,
 broken JSON, no task header) is logged, counted, moved aside to the Redis list
-``<queue>.dead`` (:func:`jobqueue.shared.records.dead_letter_key`) with the reason (newest first, at most :data:`DEAD_KEEP` items), and, when it
+``<queue>.dead`` (:func:`jobqueue.shared.records.dead_letter_key`; on RabbitMQ, the quorum
+queue ``<queue>.dead`` through the dead-letter exchange, :mod:`jobqueue.transport.rabbitmq`) with the reason (newest first, at most :data:`DEAD_KEEP` items), and, when it
 names a job id whose result is not final yet, that job ends ``failed`` with a
 :class:`~jobqueue.errors.MessageDiscarded` error (result backend and a ``task-failed`` event),
 so no client and no monitor waits for it forever.
@@ -44,6 +45,7 @@ from jobqueue.shared.names import TASK_FAILED
 from jobqueue.shared.records import dead_letter_key
 from jobqueue.transport.internals import raw_envelope, store_failure, wrap_refusal_handlers
 from jobqueue.transport.kombu_redis import set_poison_hook
+from jobqueue.transport.rabbitmq import declare_queues
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +237,18 @@ class PoisonStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
 
     def _wrap(self, c: Any) -> None:
         handler = self.handler
-        wrap_refusal_handlers(c, lambda message, reason: handler(poison_from_message(message, reason),
-                                                                 dead_letter=True))
+        rabbit = not c.app.settings.is_redis
+
+        def refused(message: Any, reason: str) -> str | None:
+            handler(poison_from_message(message, reason), dead_letter=True)
+            if rabbit and reason.startswith("cannot decode"):
+                # Celery would ack it (gone); a reject sends it through the queue's dead-letter
+                # exchange to <queue>.dead. Celery rejects the other refusals itself.
+                message.reject(requeue=False)
+                return "rejected"
+            return None
+
+        wrap_refusal_handlers(c, refused)
 
     def start(self, c: Any) -> None:
         # The transport finds its hook on the consumer's (new, after a reconnect) connection.
@@ -246,3 +258,30 @@ class PoisonStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
     def shutdown(self, c: Any) -> None:
         if self.handler.redis is not None:
             self.handler.redis.close()
+
+
+class QueueCheckStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
+    """Worker step, before the consumer starts: on RabbitMQ, declare the queues this worker
+    consumes (a quorum queue's ``<queue>.dead`` with it), so a queue of another type than the
+    settings' stops the worker with :class:`~jobqueue.errors.QueueTypeMismatch` (which queue,
+    how to migrate) rather than Celery's bare ``PRECONDITION_FAILED``."""
+
+    label = "jobqueue queue check"
+
+    def include_if(self, worker: Any) -> bool:
+        return not worker.app.settings.is_redis
+
+    def start(self, worker: Any) -> None:
+        app = worker.app
+        with app.connection_for_write() as conn:
+            try:
+                conn.ensure_connection(max_retries=1)
+            except conn.connection_errors:  # the broker is not up yet: Celery's consumer waits for it
+                log.warning("could not check the queues' types at start: the broker does not answer")
+                return
+            channel = conn.channel()
+            try:
+                declare_queues(channel, list(app.amqp.queues.consume_from.values()))
+            finally:
+                if channel.is_open:
+                    channel.close()
