@@ -275,7 +275,7 @@ def run(workdir: Path, *, machines: int = 2, job_seconds: int = 30, cut: float =
         assert observer is not None
         # The long job; wait until it runs, then cut its machine off.
         handle = submit_job(service, fleet.service.payload(job_seconds), app=app)
-        running_on = wait_until(lambda: next((h for _, h in observer.jobs[handle.id].started), None)
+        running_on = wait_until(lambda: next((h for _, h, *_ in observer.jobs[handle.id].started), None)
                                 if handle.id in observer.jobs else None, 60, interval=0.2, what="the job to start")
         victim = fleet.nodes[running_on]
         time.sleep(cut_after)  # let the job make progress on the victim first (drill timing, not sync)
@@ -287,7 +287,7 @@ def run(workdir: Path, *, machines: int = 2, job_seconds: int = 30, cut: float =
         ids = [handle.id, *(h.id for h in later)]
         counts = {job_id: len(observer.jobs[job_id].succeeded) for job_id in ids}
         victim_log = (workdir / f"{victim.name}-worker.log").read_text(errors="replace")
-        cutoff_done = sum(1 for _, host in observer.jobs[handle.id].succeeded if host == f"gpu0@{victim.name}")
+        cutoff_done = sum(1 for _, host, *_ in observer.jobs[handle.id].succeeded if host == f"gpu0@{victim.name}")
         cutoff_done += victim_log.count(f"Task jobqueue.run_job[{handle.id}] succeeded")
         states = backend_states(app, ids)
         return Result(jobs=len(ids), finished=sum(1 for s in states.values() if s == "SUCCESS"),
