@@ -35,6 +35,12 @@ class Worker(CeleryWorker):  # type: ignore[misc]  # Celery ships no type inform
     def __init__(self, app: Any = None, hostname: str | None = None, **kwargs: Any) -> None:
         app = install(app or self.app)  # before Celery builds the blueprints from app.steps
         app.conf.worker_consumer = f"{__name__}:Consumer"
+        # Publisher confirms are for submits (a client's): a worker publishing its events and
+        # heartbeats with confirms would block its event loop on a frozen AMQP link -- the very
+        # heartbeat check that notices the freeze would never run.
+        options = dict(app.conf.broker_transport_options or {})
+        if options.pop("confirm_publish", None) is not None:
+            app.conf.broker_transport_options = options
         if hostname is None or hostname == host_format(default_nodename(None)):
             # Celery's CLI fills in "celery@<host>" when -n is not given: ours is gpu<N>@<machine>.
             hostname = None
