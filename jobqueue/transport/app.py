@@ -58,9 +58,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     restore sweep runs every ``lease_interval`` seconds instead of kombu's ~100 s.
     """
     if not settings.is_redis:
-        # RabbitMQ: publisher confirms, so a submit returns once the broker has the message (on
-        # a quorum queue: once a majority of its nodes have it).
-        return {"confirm_publish": True}
+        # RabbitMQ with quorum queues: publisher confirms, so a submit returns once a majority
+        # of the queue's nodes have the message (workers and the collector publish without).
+        return {"confirm_publish": True} if settings.rabbitmq_queue_type == "quorum" else {}
     return {
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": max(1, round(settings.lease_interval)),
