@@ -70,8 +70,12 @@ def test_a_rabbitmq_broker_keeps_its_results_in_the_local_redis():
     settings = Settings.from_env({"JOBQUEUE_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"})
     assert not settings.is_redis
     assert settings.result_backend == DEFAULT_BROKER_URL
-    # and RabbitMQ needs none of the Redis lease/restore transport options, only publisher confirms
-    assert broker_transport_options(settings) == {"confirm_publish": True}
+    # and RabbitMQ needs none of the Redis lease/restore transport options; publisher confirms
+    # only with quorum queues
+    assert broker_transport_options(settings) == {}
+    quorum = Settings.from_env({"JOBQUEUE_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+                                "JOBQUEUE_RABBITMQ_QUEUE_TYPE": "quorum"})
+    assert broker_transport_options(quorum) == {"confirm_publish": True}
 
 
 @pytest.mark.parametrize(
