@@ -43,12 +43,18 @@ def test_the_collector_drops_a_frozen_amqp_link_after_two_heartbeats_and_hears_e
     try:
         assert wait_connected(collector, 20) and not collector.raw
 
-        def heard_after(sent: int) -> bool:
+        def heard() -> bool:
+            """Send one event; True once the collector counted it (polled for up to 2 s: an event
+            takes a moment to travel, and the count must move past the one before the send)."""
+            before = collector.received
             with direct.events.default_dispatcher(hostname=f"probe@{machine_id}") as dispatcher:
                 dispatcher.send("worker-heartbeat", freq=2.0)
-            return collector.received > sent
+            deadline = time.monotonic() + 2.0
+            while collector.received <= before and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling the count with a deadline
+            return collector.received > before
 
-        wait_for(lambda: heard_after(collector.received), 20, interval=0.5, what="an event through the proxy")
+        wait_for(heard, 20, interval=0.5, what="an event through the proxy")
         # When the proxy silently freezes its connection
         assert proxy.blackhole() >= 1
         frozen_at = time.monotonic()
@@ -56,8 +62,7 @@ def test_the_collector_drops_a_frozen_amqp_link_after_two_heartbeats_and_hears_e
         wait_for(lambda: collector.reconnects > 0, 30, interval=0.1, what="the collector to reconnect")
         assert time.monotonic() - frozen_at <= 3 * HEARTBEAT + 5.0
         # And it hears events again
-        wait_for(lambda: heard_after(collector.received), 30, interval=0.5,
-                 what=f"events after the reconnect ({collector.stats()})")
+        wait_for(heard, 30, interval=0.5, what=f"events after the reconnect ({collector.stats()})")
     finally:
         collector.stop()
         writer.stop()
