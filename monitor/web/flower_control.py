@@ -94,8 +94,15 @@ def _normalise(options: dict[str, Any]) -> None:
         raise FlowerError(400, "Invalid option") from exc
 
 
+def _check_name(taskname: str) -> str:
+    """A task name as Celery can route it: printable, at most 255 characters (else 404)."""
+    if not taskname or len(taskname) > 255 or not taskname.isprintable():
+        raise FlowerError(404, "Unknown task")
+    return taskname
+
+
 def _registered(taskname: str) -> Any:
-    task = ctx().celery.tasks.get(taskname)
+    task = ctx().celery.tasks.get(_check_name(taskname))
     if task is None:
         raise FlowerError(404, f"Unknown task '{taskname}'")
     return task
@@ -115,6 +122,7 @@ def _with_state(result: Any, response: dict[str, Any]) -> Response:
 def apply(taskname: str) -> Response:
     from celery.exceptions import TimeoutError as CeleryTimeout
 
+    _check_name(taskname)
     args, kwargs, options = _task_args()
     task = _registered(taskname)
     timeout = options.pop("timeout", None)
@@ -140,6 +148,7 @@ def apply(taskname: str) -> Response:
 @route(bp, f"{PREFIX}/api/task/async-apply/<path:taskname>", method="POST", role=Role.OPERATOR,
        summary="Flower: publish a registered task", errors=(400, 403, 404), audit="flower_apply", **FLEET_CONTROL)
 def async_apply(taskname: str) -> Response:
+    _check_name(taskname)
     args, kwargs, options = _task_args()
     task = _registered(taskname)
     _normalise(options)
@@ -151,6 +160,7 @@ def async_apply(taskname: str) -> Response:
        summary="Flower: publish a task by name (registered here or not)", errors=(400, 403),
        audit="flower_apply", **FLEET_CONTROL)
 def send_task(taskname: str) -> Response:
+    _check_name(taskname)
     args, kwargs, options = _task_args()
     _normalise(options)
     if taskname not in ctx().celery.tasks and not {"queue", "routing_key", "exchange"} & set(options):
