@@ -86,7 +86,11 @@ def test_on_rabbitmq_a_purge_empties_a_priority_queue_and_names_the_removed_task
             for n in range(3):
                 producer.publish({"n": n}, exchange=bound.exchange, routing_key=queue, declare=[bound],
                                  headers={"id": f"task-{n}", "task": "plain.add"}, priority=n * 4)
-        assert {q.name: q.depth for q in list_queues(rabbit, known=[queue])}[queue] == 3
+        # (publishes without confirms are routed after the connection's close returns: poll for the count)
+        def depth() -> int:
+            return {q.name: q.depth for q in list_queues(rabbit, known=[queue])}[queue]
+
+        wait_for(lambda: depth() == 3, what="three messages in the RabbitMQ queue")
         # When it is purged
         removed = purge_queue(rabbit, queue)
         # Then it is empty and the tasks are named
