@@ -123,7 +123,8 @@
     const connectors = Object.entries(worker.connectors || {}).sort(([a], [b]) => a.localeCompare(b));
     return h("article", {class: "worker worker-" + String(worker.status || "unknown"), "data-worker": worker.name},
       h("header", {class: "worker-head"},
-        h("span", {class: "worker-name mono", text: worker.name}),
+        h("a", {class: "worker-name mono", href: JQ.url("/workers/" + encodeURIComponent(worker.name)),
+          title: "this worker's page: pool, queues, tasks, remote control", text: worker.name}),
         h("span", {class: "muted", text: worker.gpu !== null && worker.gpu !== undefined ? " GPU " + worker.gpu : " GPU ?"}),
         statusPill(worker.status)),
       worker.identity_complete === false

@@ -86,7 +86,7 @@
     function row(w) {
       const connectors = Object.entries(w.connectors || {}).sort(([a], [b]) => a.localeCompare(b));
       return h("tr", {"data-worker": w.name, "data-status": w.status || "unknown", "data-machine": w.machine_id || ""},
-        h("td", {class: "mono", text: w.name}),
+        h("td", {}, h("a", {class: "mono worker-link", href: JQ.url("/workers/" + encodeURIComponent(w.name)), text: w.name})),
         h("td", {class: "mono", text: w.machine_id || "?"}),
         h("td", {text: typeof w.gpu === "number" ? String(w.gpu) : "?"}),
         h("td", {}, statusPill(w.status)),

@@ -56,6 +56,8 @@ def test_200_replayed_workers_show_in_a_table_that_sorts_and_filters_and_stays_l
         shown = rows(page)
         assert [r["name"] for r in shown] == sorted(fleet_events.worker_name(n) for n in range(WORKERS))
         assert page.text_content("#fleet-count") == f"{WORKERS} of {WORKERS} workers"
+        # And each name links to that worker's page
+        assert page.get_attribute("tr[data-worker='gpu0@fleet000'] a.worker-link", "href") == "/workers/gpu0%40fleet000"
         # When the worker column is clicked again, then the order is reversed
         page.click("#fleet-table th button[data-sort=name]")
         assert [r["name"] for r in rows(page)] == sorted((r["name"] for r in shown), reverse=True)

@@ -113,7 +113,10 @@ def test_the_worker_page_shows_the_pool_and_grows_it(start_monitor, prefork, chr
         page = context.new_page()
         page.set_default_timeout(30_000)
         page.add_init_script(f"sessionStorage.setItem('jobqueue.monitor.auth', 'Bearer {browser.TOKEN}')")
-        page.goto(f"{monitor.url}/workers/{NODE}")
+        # The fleet page's card links the worker's name to its page
+        page.goto(f"{monitor.url}/")
+        page.click(f"article[data-worker='{NODE}'] a.worker-name")
+        page.wait_for_url(f"**/workers/{NODE.replace('@', '%40')}")
         page.wait_for_selector("#pool-size[data-processes='1']")
         page.wait_for_selector("#worker-registered tr[data-task-type='plain.add']")
         page.wait_for_selector("#worker-queues li[data-queue='celery']")
