@@ -23,6 +23,7 @@ from typing import Any
 from celery.result import AsyncResult
 from flask import Blueprint, Response
 
+from monitor.web import flower_search as fs
 from monitor.web import flower_tasks as ft
 from monitor.web.flower_common import (
     PREFIX,
@@ -51,9 +52,18 @@ TASKS_QUERY = (int_query("limit", 0, 10**9), int_query("offset", 0, 10**9),
                str_query("received_end"), str_query("search"))
 
 
+class SearchRefused(Exception):
+    """A search Flower refuses: 400 with ``{"error": message}``, as Flower answers it."""
+
+
 @bp.errorhandler(FlowerError)
 def _refused(exc: FlowerError) -> Response:
     return as_text(exc.message, exc.status)
+
+
+@bp.errorhandler(SearchRefused)
+def _search_refused(exc: SearchRefused) -> Response:
+    return as_json({"error": str(exc)}, 400)
 
 
 def inspect_workers(workername: str | None) -> dict[str, dict[str, Any]]:
@@ -98,7 +108,12 @@ def workers() -> Response:
 
 
 def _matching(tenant: str | None) -> list[dict[str, Any]]:
-    """The store's jobs matching Flower's filters (at most :data:`flower_tasks.MAX_SORTED`)."""
+    """The store's jobs matching Flower's filters and search (:mod:`monitor.web.flower_search`),
+    at most :data:`flower_tasks.MAX_SORTED`."""
+    try:
+        query = fs.parse(arg("search"))
+    except fs.QueryError as exc:
+        raise SearchRefused(str(exc)) from exc
     state = arg("state")
     state = None if state in (None, "", "All") else state
     statuses = ft.STATUSES.get(state.upper()) if state else None
@@ -110,9 +125,11 @@ def _matching(tenant: str | None) -> list[dict[str, Any]]:
     except ValueError as exc:
         raise FlowerError(400, "Invalid received_start or received_end, expected format 'YYYY-MM-DD HH:MM'") from exc
     rows, _ = ctx().store.jobs(state=statuses, worker=None if worker in (None, "", "All") else worker,
-                               name=None if name in (None, "", "All") else name, q=arg("search") or None,
-                               tenant=tenant, limit=ft.MAX_SORTED)
-    return [r for r in rows if ft.in_received_range(r, start, end)]
+                               name=None if name in (None, "", "All") else name, tenant=tenant, limit=ft.MAX_SORTED)
+    rows = [r for r in rows if ft.in_received_range(r, start, end)]
+    if query is None:
+        return rows
+    return [r for r in rows if fs.matches(query, full_task(r["id"], tenant) or {})]
 
 
 def _page(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

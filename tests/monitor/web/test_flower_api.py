@@ -131,10 +131,17 @@ def test_every_read_endpoint_answers_what_flower_answers_for_the_same_tasks_and_
     # The task list, whole and filtered, in Flower's orders
     for params in ({}, {"limit": 3, "offset": 1}, {"sort_by": "name"}, {"sort_by": "-received"},
                    {"taskname": "plain.add"}, {"state": "FAILURE"}, {"workername": NODE}, {"state": "SUCCESS",
-                                                                                         "limit": 2}):
+                                                                                         "limit": 2},
+                   {"search": 'args:"10)"'}, {"search": "state:failure OR name:tsum"},
+                   {"search": 'plain.add AND args:"(2, 3)"', "sort_by": "name"}, {"search": '"(2, 3)"'}):
         theirs, mine = get(flower, "/api/tasks", **params), get(ours, "/api/tasks", **params)
         assert list(mine) == list(theirs), params
         assert [comparable(t) for t in mine.values()] == [comparable(t) for t in theirs.values()], params
+        assert theirs or "search" not in params, f"{params} finds nothing on either side"
+    # A search Flower refuses is refused with Flower's answer
+    refused = [requests.get(base + "/api/tasks", params={"search": "NOT boom"}, headers=ADMIN, timeout=20)
+               for base in (flower, ours)]
+    assert [(r.status_code, r.json()) for r in refused] == [(400, {"error": "NOT is not supported at position 0."})] * 2
     # Task types, results, queue lengths, health
     assert get(ours, "/api/task/types") == get(flower, "/api/task/types")
     for name in ("add", "boom", "tsum"):
