@@ -71,6 +71,45 @@ class Attacker:
         self.thread.join(10)
 
 
+def cross_site_attack(page: Any, monitor_url: str, form_to: str = "/api/keys") -> tuple[list[tuple[str, int]],
+                                                                                       list[str]]:
+    """Opens, in ``page``'s browser, an attacker's page on another origin of the same host (same
+    site: the browser sends the monitor's cookies) that posts a ``text/plain`` form faking JSON
+    to ``form_to`` and three fetches (no-cors to the keys and jobs routes, a CORS one with JSON) to the monitor.
+    Returns the (method, status) of every answer from the monitor and the page's fetch results."""
+    keys_url, submit_url = f"{monitor_url}/api/keys", f"{monitor_url}/api/jobs"
+    attacker = Attacker()
+    attacker.pages["/evil.html"] = f"""<!doctype html><html><body>
+<iframe name="sink"></iframe>
+<form id="f1" method="POST" action="{monitor_url}{form_to}" target="sink" enctype="text/plain"><input name='{{"role":"admin","service":"simulation","x":"' value='"}}'></form>
+<script>
+window.results = [];
+document.getElementById("f1").submit();
+(async () => {{
+  for (const [url, mode] of [["{keys_url}", "no-cors"], ["{submit_url}", "no-cors"], ["{keys_url}", "cors"]]) {{
+    try {{
+      const r = await fetch(url, {{method: "POST", mode, credentials: "include",
+        headers: {{"Content-Type": mode === "cors" ? "application/json" : "text/plain"}},
+        body: JSON.stringify({{role: "admin", service: "simulation"}})}});
+      window.results.push(r.type + " " + r.status);
+    }} catch (e) {{ window.results.push("blocked"); }}
+  }}
+  window.fetched = true;
+}})();
+</script></body></html>"""
+    statuses: list[tuple[str, int]] = []
+    try:
+        evil = page.context.new_page()
+        evil.on("response", lambda r: statuses.append((r.request.method, r.status))
+                if r.url.startswith(monitor_url) else None)
+        evil.goto(attacker.url + "/evil.html")
+        evil.wait_for_function("window.fetched === true")
+        wait_for(lambda: len([s for s in statuses if s[0] == "POST"]) >= 3, 15, what="the monitor's answers")
+        return statuses, list(evil.evaluate("window.results"))
+    finally:
+        attacker.stop()
+
+
 @pytest.fixture
 def attacker() -> Iterator[Attacker]:
     server = Attacker()

@@ -143,7 +143,7 @@ def test_an_admin_creates_and_revokes_a_key_on_the_admin_page(start_monitor, new
 
 
 def test_a_logged_in_admin_visiting_another_origin_acts_on_nothing(start_monitor, new_page):
-    from tests.monitor.web.test_hostile import Attacker
+    from tests.monitor.web.test_hostile import cross_site_attack
 
     # Given an admin logged in with a session cookie, and an attacker's page on another origin of
     # the same host (same site: the browser sends the cookie, so only the Origin and JSON rules stand)
@@ -152,40 +152,12 @@ def test_a_logged_in_admin_visiting_another_origin_acts_on_nothing(start_monitor
     page.goto(monitor.url + "/login")
     log_in(page, TOKEN)
     page.wait_for_selector("#conn.conn-live")
-    attacker = Attacker()
     keys_url, submit_url = f"{monitor.url}/api/keys", f"{monitor.url}/api/jobs"
-    attacker.pages["/evil.html"] = f"""<!doctype html><html><body>
-<iframe name="sink"></iframe>
-<form id="f1" method="POST" action="{keys_url}" target="sink" enctype="text/plain"><input name='{{"role":"admin","x":"' value='"}}'></form>
-<script>
-window.results = [];
-document.getElementById("f1").submit();
-(async () => {{
-  for (const [url, mode] of [["{keys_url}", "no-cors"], ["{submit_url}", "no-cors"], ["{keys_url}", "cors"]]) {{
-    try {{
-      const r = await fetch(url, {{method: "POST", mode, credentials: "include",
-        headers: {{"Content-Type": mode === "cors" ? "application/json" : "text/plain"}},
-        body: JSON.stringify({{role: "admin", service: "simulation"}})}});
-      window.results.push(r.type + " " + r.status);
-    }} catch (e) {{ window.results.push("blocked"); }}
-  }}
-  window.fetched = true;
-}})();
-</script></body></html>"""
-    statuses: list[tuple[str, int]] = []
-    try:
-        evil = page.context.new_page()
-        evil.on("response", lambda r: statuses.append((r.request.method, r.status))
-                if r.url.startswith(monitor.url) else None)
-        # When the admin opens the attacker's page in the same browser
-        evil.goto(attacker.url + "/evil.html")
-        evil.wait_for_function("window.fetched === true")
-        wait_for(lambda: len([s for s in statuses if s[0] == "POST"]) >= 3, 15, what="the monitor's answers")
-    finally:
-        attacker.stop()
+    # When the admin opens the attacker's page in the same browser
+    statuses, results = cross_site_attack(page, monitor.url)
     # Then every POST that reached the monitor was refused, the JSON one never left the browser
     # (its preflight gets no CORS grant), and no key or job was made
     assert all(status == 403 for method, status in statuses if method == "POST"), statuses
-    assert "blocked" in evil.evaluate("window.results")
+    assert "blocked" in results
     assert requests.get(keys_url, headers=ADMIN, timeout=10).json()["keys"] == []
     assert requests.get(submit_url, headers=ADMIN, timeout=10).json()["total"] == 0
