@@ -4,7 +4,8 @@
 concurrent jobs do. One job is: ``task-sent``, ``task-received``, ``connector-status``
 (active), ``task-started``, ``task-progress`` × ``progress_steps``, ``task-succeeded``,
 ``connector-status`` (idle). Every worker also sends a ``worker-heartbeat`` every 2 s of
-planned time. Event timestamps are the planned send times, so a consumer sees plausible ages.
+planned time. ``mix="plain"`` puts a plain Celery app's tasks, with their args and kwargs,
+in place of the jobs (:mod:`bench.events_plain`). Event timestamps are the planned send times, so a consumer sees plausible ages.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from typing import Any
 from celery.utils.time import utcoffset
 
 from bench.common import encode_event, event_channel
+from bench.events_plain import plain_job_factory
 from jobqueue.shared.names import CONNECTOR_STATUS, RUN_JOB_TASK, TASK_PROGRESS
 
+#: The event mixes :func:`build_stream` makes.
+MIXES = ("jobqueue", "plain")
 #: Heartbeat interval of the simulated workers (s).
 HEARTBEAT_SECONDS = 2.0
 
@@ -83,8 +87,13 @@ def _heartbeat(worker: str, processed: int) -> dict[str, Any]:
 
 
 def build_stream(total: int, rate: float, t0: float, *, db: int, workers: int = 50,
-                 progress_steps: int = 10) -> EncodedStream:
-    """Encode ``total`` events planned at ``rate`` events/s from time ``t0``."""
+                 progress_steps: int = 10, mix: str = "jobqueue") -> EncodedStream:
+    """Encode ``total`` events planned at ``rate`` events/s from time ``t0``: jobqueue jobs
+    (``mix="jobqueue"``) or a plain Celery app's tasks with their args (``"plain"``, see
+    :mod:`bench.events_plain`)."""
+    if mix not in MIXES:
+        raise ValueError(f"unknown event mix {mix!r}, one of {MIXES}")
+    make_job = _job_events if mix == "jobqueue" else plain_job_factory()
     names = _worker_names(workers)
     jobs: list[Iterator[dict[str, Any]]] = [iter(()) for _ in names]
     seqs = [0] * workers
@@ -106,7 +115,7 @@ def build_stream(total: int, rate: float, t0: float, *, db: int, workers: int = 
             if upcoming is None:
                 seqs[w] += 1
                 stream.jobs += 1
-                jobs[w] = _job_events(names[w], seqs[w], progress_steps)
+                jobs[w] = make_job(names[w], seqs[w], progress_steps)
                 upcoming = next(jobs[w])
             event = upcoming
         clock += 1

@@ -10,18 +10,26 @@ their own processes, side by side:
 * ``bare``: Celery's ``EventReceiver`` + ``State``, doing nothing else; counted in-process.
 * ``flower``: Flower 2.x (``celery flower``), counted from ``flower_events_total`` on its
   ``/metrics`` (Flower counts task events only there, so it is compared against those).
+* ``jobqueue-base``: our monitor from another source tree (``--baseline-tree PATH``, e.g. a
+  worktree of an older commit) beside ``jobqueue``, on the same stream: before and after a
+  change, side by side. Its child process imports everything (bench, jobqueue, monitor) from
+  that tree; the store's Alembic revision, printed after the step, shows which code ran.
 * ``jobqueue-python`` / ``jobqueue-hiredis``: our consumer with redis-py's pure-Python reply
   parser (hiredis kept out of its process) and with hiredis (the ``[fast]`` extra), to measure
   what hiredis brings: ``--consumers jobqueue-python,jobqueue-hiredis``; ``reader-python`` /
   ``reader-hiredis`` run the monitor's raw reader alone (no decoding, no writer).
 
 Every row also says how much CPU the consumer's process used (``cpu s``, user + system, from
-the warm-up to the end of the step) and that per 100,000 events.
+the warm-up to the end of the step), that per 100,000 events, and the largest resident memory
+sampled (``peak rss MB``, every 0.25 s). ``--mix plain`` offers a plain Celery app's tasks
+with their args and kwargs instead of jobqueue jobs (:mod:`bench.events_plain`).
 
 Every rate step gets fresh consumers and a private Redis server with stock settings (its
 ``client-output-buffer-limit pubsub 32mb 8mb 60`` is what drops a slow consumer).
 
     python -m bench.ingest --rates 2000,4000,7000,12000 --events 200000
+    python -m bench.ingest --rates 7000,12000 --mix plain --consumers jobqueue-base,jobqueue \
+        --baseline-tree /work/wt/base28
 """
 
 from __future__ import annotations
@@ -52,12 +60,12 @@ from bench.common import (
     fmt_table,
     free_port,
 )
-from bench.events_mix import EncodedStream, build_stream
+from bench.events_mix import MIXES, EncodedStream, build_stream
 
 #: Consumers that can take part. ``jobqueue-python`` / ``jobqueue-hiredis``: our consumer with
 #: redis-py's pure-Python reply parser / with hiredis (the ``[fast]`` extra), side by side.
 ALL_CONSUMERS = ("jobqueue", "bare", "flower", "jobqueue-python", "jobqueue-hiredis", "reader-python",
-                 "reader-hiredis")
+                 "reader-hiredis", "jobqueue-base")
 #: Seconds without any count moving after which a consumer is considered drained. Our writer
 #: moves its counts once per batch (up to 5,000 events): on a loaded machine one batch can take
 #: several seconds, so this must be well above that.
@@ -240,6 +248,15 @@ class JobqueueConsumer:
         with sqlite3.connect(self.db_path) as db:
             return int(db.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()[0])
 
+    def store_facts(self) -> str:
+        """The store's Alembic revision (which code wrote it) and its size on disk."""
+        import sqlite3
+
+        with sqlite3.connect(self.db_path) as db:
+            revision = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        size = sum(f.stat().st_size for f in self.workdir.glob(f"{self.db_path.name}*"))
+        return f"revision {revision}, {size / 1e6:.1f} MB on disk"
+
     def progress(self) -> tuple[int, ...]:
         """Moves while anything is still happening (received, backlog, committed)."""
         return tuple(int(v) for v in self._counts)
@@ -305,6 +322,24 @@ class ReaderConsumer(JobqueueConsumer):
         self._proc.join(5)
 
 
+class BaselineConsumer(JobqueueConsumer):
+    """Our consumer run from another source tree (``--baseline-tree``): the child process starts
+    with that tree first on its path, so it imports bench, jobqueue and monitor from there."""
+
+    name = "jobqueue-base"
+    #: The source tree (set from ``--baseline-tree``).
+    tree: Path | None = None
+
+    def start(self) -> None:
+        if self.tree is None:
+            raise SystemExit("jobqueue-base needs --baseline-tree PATH")
+        sys.path.insert(0, str(self.tree))
+        try:
+            self._proc.start()
+        finally:
+            sys.path.remove(str(self.tree))
+
+
 class PythonReader(ReaderConsumer):
     name = "reader-python"
     parser = "python"
@@ -337,6 +372,7 @@ CONSUMERS: dict[str, Callable[[str, Path], Any]] = {
     "jobqueue-hiredis": HiredisConsumer,
     "reader-python": PythonReader,
     "reader-hiredis": HiredisReader,
+    "jobqueue-base": BaselineConsumer,
 }
 
 
@@ -390,7 +426,8 @@ def _settled_counts(consumers: list[Any], quiet: float = 1.0, timeout: float = 3
 
 
 def run_step(rate: float, events: int, consumer_names: list[str], *, workers: int = 50,
-             progress_steps: int = 10, drain_timeout: float = 120.0, verbose: bool = True) -> list[dict[str, Any]]:
+             progress_steps: int = 10, drain_timeout: float = 120.0, verbose: bool = True,
+             mix: str = "jobqueue", settle: float = SETTLE_SECONDS) -> list[dict[str, Any]]:
     """One rate step: fresh Redis and consumers, ``events`` events offered at ``rate``/s."""
     db = 0
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -402,7 +439,7 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
     try:
         encode_started = time.perf_counter()
         stream: EncodedStream = build_stream(events, rate, time.time() + 30, db=db, workers=workers,
-                                             progress_steps=progress_steps)
+                                             progress_steps=progress_steps, mix=mix)
         if verbose:
             print(f"  encoded {events:,} events in {time.perf_counter() - encode_started:.1f} s "
                   f"({stream.jobs:,} jobs, {stream.task_events:,} task events)", flush=True)
@@ -418,6 +455,7 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
             target=lambda: published.update(seconds=publish(client, stream.messages, rate)), daemon=True)
         publisher.start()
         peak: dict[str, int] = {c.name: 0 for c in consumers}
+        peak_rss: dict[str, int] = {c.name: 0 for c in consumers}
         deadline = None
         last_change = time.monotonic()
         last_counts: dict[str, Any] = {}
@@ -428,6 +466,7 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
             counts = {c.name: c.count() - baseline[c.name] for c in consumers}
             for consumer in consumers:
                 samples[consumer.name].append((now - started, counts[consumer.name]))
+                peak_rss[consumer.name] = max(peak_rss[consumer.name], _rss_bytes(consumer.pid))
                 stats = getattr(consumer, "stats", None)
                 if stats is not None:
                     peak[consumer.name] = max(peak[consumer.name], stats()["backlog"])
@@ -441,7 +480,7 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
             moving = {c.name: _progress(c) for c in consumers}
             if moving != last_counts:
                 last_counts, last_change = moving, now
-            if all(counts[n] >= expected[n] for n in counts) or now - last_change > SETTLE_SECONDS:
+            if all(counts[n] >= expected[n] for n in counts) or now - last_change > settle:
                 break
         cpu_used = {c.name: _cpu_seconds(c.pid) - cpu_start[c.name] for c in consumers}
         seconds = published["seconds"]
@@ -465,6 +504,7 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
                 "peak backlog": peak[consumer.name] if hasattr(consumer, "stats") else "",
                 "cpu s": round(cpu_used[consumer.name], 1),
                 "cpu s/100k": round(cpu_used[consumer.name] * 100_000 / max(kept, 1), 2),
+                "peak rss MB": round(peak_rss[consumer.name] / 1e6),
             })
         if verbose:
             print(f"  redis dropped {drops} pub/sub connection(s) for output-buffer limits", flush=True)
@@ -472,7 +512,8 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
             if isinstance(consumer, JobqueueConsumer) and not isinstance(consumer, ReaderConsumer):
                 consumer.stop()
                 print(f"  {consumer.name} store: {consumer.completed_jobs():,} jobs completed of "
-                      f"{stream.by_type.get('task-succeeded', 0):,} in the stream", flush=True)
+                      f"{stream.by_type.get('task-succeeded', 0):,} in the stream; {consumer.store_facts()}",
+                      flush=True)
         for row in rows:
             row["redis drops (all)"] = drops
         return rows
@@ -497,6 +538,17 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` and its children (0 if gone)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return int(proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True)))
+    except psutil.Error:
+        return 0
+
+
 def _progress(consumer: Any) -> Any:
     progress = getattr(consumer, "progress", None)
     return progress() if progress is not None else consumer.count()
@@ -516,7 +568,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200_000, help="events per rate step (>= 200k for the table)")
     parser.add_argument("--consumers", default=",".join(ALL_CONSUMERS))
     parser.add_argument("--progress-steps", type=int, default=10)
+    parser.add_argument("--mix", choices=MIXES, default="jobqueue",
+                        help="the events offered: jobqueue jobs, or a plain Celery app's tasks with args")
+    parser.add_argument("--baseline-tree", type=Path, default=None,
+                        help="source tree the jobqueue-base consumer runs from (e.g. a worktree of an older commit)")
+    parser.add_argument("--drain-timeout", type=float, default=120.0,
+                        help="most seconds to wait for the consumers after the publisher stopped")
+    parser.add_argument("--settle-seconds", type=float, default=SETTLE_SECONDS,
+                        help="a consumer whose counts did not move for this long is done (raise it on a loaded "
+                             "machine, where one writer batch can take longer)")
     args = parser.parse_args(argv)
+    if args.baseline_tree is not None:
+        if not (args.baseline_tree / "monitor" / "ingest" / "collector.py").is_file():
+            parser.error(f"--baseline-tree {args.baseline_tree}: no monitor/ingest/collector.py there")
+        BaselineConsumer.tree = args.baseline_tree.resolve()
     names = [n.strip() for n in args.consumers.split(",") if n.strip()]
     unknown = set(names) - set(ALL_CONSUMERS)
     if unknown:
@@ -524,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for rate in (float(r) for r in args.rates.split(",")):
         print(f"rate step {rate:,.0f} events/s, {args.events:,} events, consumers {names}", flush=True)
-        rows.extend(run_step(rate, args.events, names, progress_steps=args.progress_steps))
+        rows.extend(run_step(rate, args.events, names, progress_steps=args.progress_steps, mix=args.mix,
+                             drain_timeout=args.drain_timeout, settle=args.settle_seconds))
         print(fmt_table(rows[-len(names):], list(rows[-1])), flush=True)
     print()
     print(fmt_table(rows, list(rows[0])))

@@ -15,7 +15,7 @@ import pytest
 
 from bench.chaos import freeze_comfyui, kill_monitor, kill_workers, restart_redis
 from bench.common import RedisServer
-from bench.ingest import run_step
+from bench.ingest import BaselineConsumer, run_step
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -87,6 +87,21 @@ def test_the_ingestion_harness_counts_every_event_for_our_collector_and_the_bare
     assert by_consumer["jobqueue"]["kept"] == 3000, rows
     assert by_consumer["bare"]["kept"] == 3000, rows
 
+
+
+def test_the_ingestion_harness_runs_a_monitor_from_another_tree_beside_ours_on_a_plain_apps_tasks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given our collector and one run from a source tree given by path (this one, standing in
+    # for a worktree of an older commit), offered a plain Celery app's tasks with their args
+    monkeypatch.setattr(BaselineConsumer, "tree", Path(__file__).resolve().parents[2])
+    # When 3,000 events are offered at 1,500/s
+    # (a writer batch of these heavier events can take longer than the default settle on a
+    # loaded machine: the counts move once per batch)
+    rows = run_step(1500, 3000, ["jobqueue-base", "jobqueue"], verbose=False, mix="plain", settle=60.0)
+    by_consumer = {row["consumer"]: row for row in rows}
+    # Then both kept every one of them, and their memory was sampled
+    assert by_consumer["jobqueue-base"]["kept"] == by_consumer["jobqueue"]["kept"] == 3000, rows
+    assert all(row["peak rss MB"] > 0 for row in rows), rows
 
 def test_a_frozen_then_killed_webui_moves_its_a1111_job_to_a_healthy_worker(
         private_redis: RedisServer, tmp_path: Path) -> None:

@@ -5,11 +5,13 @@ a countdown task shown scheduled until it starts, filters by task name and searc
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import pytest
 from celery import chain
 
+from monitor.merge.fields import MAX_ARGS
 from tests.helpers import wait_for
 from tests.monitor import browser, plain_app
 
@@ -81,3 +83,30 @@ def test_a_countdown_task_is_scheduled_until_it_starts(start_monitor, plain_work
     assert sent.get(timeout=30) == 4
     done = wait_for(lambda: (r := job(monitor, sent.id)) and r["status"] == "completed" and r, 15, what="done")
     assert done["scheduled"] is False and done["eta"] == row["eta"]
+
+
+def test_args_and_kwargs_longer_than_the_bound_are_stored_cut_at_it(start_monitor, plain_worker, tmp_path):
+    monitor = start_monitor("m.db")
+    plain = plain_worker
+    # When a sender that raised Celery's repr limits (1,024 by default) sends one task whose
+    # args and one whose kwargs are some 70,000 characters as the events carry them
+    plain.amqp.argsrepr_maxsize = plain.amqp.kwargsrepr_maxsize = 200_000
+    values = list(range(12_000))
+    by_args = plain.send_task("plain.tsum", args=(values,))
+    by_kwargs = plain.send_task("plain.tsum", kwargs={"values": values})
+    assert by_args.get(timeout=30) == by_kwargs.get(timeout=30) == sum(values)
+
+    def stored(task_id: str) -> dict[str, Any] | None:
+        row = job(monitor, task_id)
+        return row if row and row["status"] == "completed" else None
+
+    args_row = wait_for(lambda: stored(by_args.id), 30, what="the task with long args completed on the monitor")
+    kwargs_row = wait_for(lambda: stored(by_kwargs.id), 30, what="the task with long kwargs completed on the monitor")
+    # Then the store keeps their first 10,000 characters, marked as cut, and no more
+    assert len(args_row["args"]) == MAX_ARGS + 1 and args_row["args"].endswith("…")
+    assert args_row["args"].startswith("([0, 1, 2, 3")
+    assert len(kwargs_row["kwargs"]) == MAX_ARGS + 1 and kwargs_row["kwargs"].startswith("{'values': [0, 1, 2")
+    # And the SQLite row holds no more than that either (what a page or /api/jobs?q= reads)
+    with sqlite3.connect(tmp_path / "m.db") as db:
+        sizes = db.execute("SELECT length(task) FROM jobs WHERE id IN (?, ?)", (by_args.id, by_kwargs.id)).fetchall()
+    assert len(sizes) == 2 and all(MAX_ARGS < size < MAX_ARGS + 2_000 for (size,) in sizes)
