@@ -18,6 +18,12 @@ prompt ends in milliseconds: what is measured is the protocol and the plumbing, 
   (start of the task body to its end), so the connector's share is visible whatever
   ``wait()`` costs.
 
+The floor of issue 30: the direct client that also downloads each output (GET ``/view``, read
+to its end) plus plain Celery's no-op round trip (``bench.plain_app`` with jobqueue's delivery
+and event settings, same Redis). Those two and jobqueue take turns, one job each per round,
+so a load spike hits all three alike; the last line gives jobqueue's p50 over the sum of
+theirs (target <= 1.2x). The direct client and the connector in-process run first, alone.
+
 ``requests`` counts ComfyUI's HTTP requests per job by route (the simulator records them;
 warm-up included; the worker's health checks left out): unlike the times, it does not move with
 the machine's load. An external server records nothing, so the column stays empty there.
