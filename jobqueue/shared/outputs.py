@@ -71,6 +71,8 @@ class OutputStore:
             raise ConfigError(f"JOBQUEUE_OUTPUT_URL={url!r}: {exc}") from exc
         self.url = url
         self.root = str(root).rstrip("/")
+        protocol = self.fs.protocol
+        self._local = "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OutputStore:
@@ -80,8 +82,7 @@ class OutputStore:
     @property
     def is_local(self) -> bool:
         """True when the store is this machine's file system (no sharing across machines)."""
-        protocol = self.fs.protocol
-        return "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
+        return self._local
 
     def _block(self) -> dict[str, Any]:
         """Open options bounding what a remote file buffers (s3fs's default block is 50 MB)."""
@@ -95,11 +96,14 @@ class OutputStore:
 
     def url_for(self, job_id: str, name: str) -> str:
         """The store URL of a job's file (``s3://bucket/prefix/<job id>/<name>``, ``file://...``)."""
-        return str(self.fs.unstrip_protocol(self.path(job_id, name)))
+        path = self.path(job_id, name)
+        # A local path is already stripped of its protocol: fsspec would only add "file://".
+        return f"file://{path}" if self._local else str(self.fs.unstrip_protocol(path))
 
     def exists(self, job_id: str, name: str) -> bool:
         """True when the job already has a file called ``name``."""
-        return bool(self.fs.exists(self.path(job_id, name)))
+        path = self.path(job_id, name)
+        return os.path.exists(path) if self._local else bool(self.fs.exists(path))
 
     def save(self, job_id: str, name: str, chunks: Iterable[bytes]) -> dict[str, Any]:
         """Write ``chunks`` as the job's file ``name``; return what the job's result lists
@@ -108,7 +112,8 @@ class OutputStore:
         if self.is_local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         size = 0
-        with self.fs.open(path, "wb", **self._block()) as fh:
+        # Locally a plain file (what fsspec's local open amounts to, less its path handling).
+        with open(path, "wb") if self._local else self.fs.open(path, "wb", **self._block()) as fh:
             for chunk in chunks:
                 if chunk:
                     fh.write(chunk)
@@ -188,14 +193,15 @@ def _timestamp(value: Any) -> float | None:
 
 
 def save_output(settings: Settings, job_id: str, name: str, chunks: Iterable[bytes],
-                *, alternative: str = "") -> dict[str, Any]:
+                *, alternative: str = "", store: OutputStore | None = None) -> dict[str, Any]:
     """Store one output file of a job; every connector writes its outputs through here.
 
     ``name`` is reduced to its base name; when the job already has a file of that name, it is
     stored as ``<alternative>_<name>`` (e.g. the node id) instead. Returns the result entry
-    (see :meth:`OutputStore.save`).
+    (see :meth:`OutputStore.save`). ``store``: the store of ``settings`` when the caller keeps
+    one (opening it resolves the URL each time).
     """
-    store = OutputStore.from_settings(settings)
+    store = store or OutputStore.from_settings(settings)
     base = os.path.basename(name.replace("\\", "/")).replace("..", "_").lstrip(".") or "output"
     if alternative and store.exists(job_id, base):
         base = f"{alternative}_{base}"

@@ -16,7 +16,8 @@ How one job runs (the protocol details live in :mod:`jobqueue.connectors.comfyui
    makes no poll: a cached run's end arrives as a message within milliseconds.
 6. Every end is confirmed through GET /history/{id} (waiting as long as /queue lists the prompt:
    ComfyUI may unload its models between ``execution_success`` and the history, see
-   :mod:`jobqueue.connectors.comfyui.outcome`); outputs are fetched via GET /view into the
+   :mod:`jobqueue.connectors.comfyui.outcome`), except a success the websocket told in full
+   (:func:`~jobqueue.connectors.comfyui.outcome.told_by_socket`); outputs are fetched via GET /view into the
    output store, ``<JOBQUEUE_OUTPUT_URL or JOBQUEUE_OUTPUT_DIR>/<job id>/`` (jobqueue.shared.outputs).
 
 A 200 to POST /prompt with ``node_errors`` (some outputs invalid: ComfyUI runs the others)
@@ -66,6 +67,8 @@ from jobqueue.connectors.comfyui.outcome import (
     judge,
     partial_failure,
     partial_warnings,
+    socket_tells_all,
+    told_by_socket,
     without_history,
 )
 from jobqueue.connectors.comfyui.payload import EXAMPLE_WORKFLOW
@@ -88,7 +91,7 @@ from jobqueue.errors import (
     ServiceNotReached,
     ServiceUnavailable,
 )
-from jobqueue.shared.outputs import save_output
+from jobqueue.shared.outputs import OutputStore, save_output
 from jobqueue.states import ConnectorStatus
 
 log = logging.getLogger(__name__)
@@ -131,6 +134,9 @@ class ComfyUIConnector(Connector):
         self._closing = threading.Event()
         #: The last job ran out of memory: ``POST /free`` before the next one (when the setting asks).
         self._free_next = False
+        #: (websocket generation, whether that server's messages name every output): asked once per connection.
+        self._tells: tuple[int, bool] | None = None
+        self._store: OutputStore | None = None
 
     # -- payload ---------------------------------------------------------------------------
     @classmethod
@@ -179,6 +185,8 @@ class ComfyUIConnector(Connector):
         except (ValueError, AttributeError) as exc:
             return Health(ConnectorStatus.ERROR, f"ComfyUI /system_stats is not what we expect: {exc}", {"url": self.base_url})
         self._listener.nudge()  # ComfyUI answers: reconnect the websocket now, not after its backoff
+        if self._listener.connected.is_set():
+            self._tells = (self._listener.generation, socket_tells_all(stats))
         try:
             left = self.clean_orphans(timeout=HEALTH_TIMEOUT, wait=ORPHAN_HEALTH_WAIT)
         except ServiceUnavailable as exc:
@@ -208,6 +216,7 @@ class ComfyUIConnector(Connector):
         self._ready(job, stall)
         payload = {**payload, "workflow": self._upload_inputs(job, payload)}
         prompt_id = str(uuid.uuid4())
+        told = self._socket_generation()
         box = Mailbox()
         self._router.register(prompt_id, box, job.id)
         # Written down before the POST: if this process dies, the next one removes the prompt.
@@ -227,7 +236,7 @@ class ComfyUIConnector(Connector):
                 prompt_id = given
             try:
                 result = self._run_posted(job, payload, prompt_id, node_errors, box, report_progress,
-                                          stall, node_limit)
+                                          stall, node_limit, None if node_errors else told)
                 ended = True
                 return result
             except ExecutionFailed as exc:
@@ -243,6 +252,19 @@ class ComfyUIConnector(Connector):
             if ended:
                 self.orphans.discard(prompt_id)
             self._router.unregister(prompt_id, job.id)
+
+    def _socket_generation(self) -> int | None:
+        """The websocket's generation when this ComfyUI's messages name every output (asked
+        through ``/system_stats`` once per connection), else None: the end is read from /history."""
+        if not self._listener.connected.is_set():
+            return None
+        generation = self._listener.generation
+        if self._tells is None or self._tells[0] != generation:
+            try:
+                self._tells = (generation, socket_tells_all(self._rest.get_json("/system_stats", 1.5)))
+            except (requests.Timeout, ServiceUnavailable):
+                return None
+        return generation if self._tells[1] else None
 
     def _upload_inputs(self, job: Job, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The workflow to post, its input images uploaded (:mod:`jobqueue.connectors.comfyui.uploads`);
@@ -264,16 +286,18 @@ class ComfyUIConnector(Connector):
         self.orphans.discard(asked)
 
     def _run_posted(self, job: Job, payload: Mapping[str, Any], prompt_id: str, node_errors: Mapping[str, Any],
-                    box: Mailbox, report: ProgressReporter, stall: float, node_limit: float) -> dict[str, Any]:
+                    box: Mailbox, report: ProgressReporter, stall: float, node_limit: float,
+                    told: int | None) -> dict[str, Any]:
         """Follow a queued prompt to its result; a partially valid one (``node_errors`` in the
-        200) fails at once unless the payload allows it (``partial_outputs: "warn"``)."""
+        200) fails at once unless the payload allows it (``partial_outputs: "warn"``); ``told``: see :meth:`_follow`."""
         warnings: list[str] = []
         if node_errors:
             if payload.get("partial_outputs") != "warn":
                 self._rest.stop_prompt(prompt_id, timeout=1.0)
                 raise partial_failure(node_errors)
             warnings = partial_warnings(node_errors)
-        result = self._follow(job, PromptTracker(prompt_id, payload["workflow"]), box, report, stall, node_limit)
+        result = self._follow(job, PromptTracker(prompt_id, payload["workflow"]), box, report, stall, node_limit,
+                              told)
         warnings += result.pop("warnings", [])
         if warnings:
             result["warnings"] = warnings
@@ -358,12 +382,16 @@ class ComfyUIConnector(Connector):
         return given, dict(node_errors) if isinstance(node_errors, dict) else {}
 
     def _follow(self, job: Job, tracker: PromptTracker, box: Mailbox, report: ProgressReporter,
-                stall: float, node_limit: float) -> dict[str, Any]:
-        """Follow the prompt to its end (:class:`PromptFollower`), then confirm how it ended."""
+                stall: float, node_limit: float, told: int | None) -> dict[str, Any]:
+        """Follow the prompt to its end (:class:`PromptFollower`), then confirm how it ended:
+        through /history, or for a success the websocket told in full (``told``, the socket's
+        generation before the POST, unchanged since) through its messages."""
         follower = PromptFollower(self._rest, self._listener, job, tracker, box, report,
                                   stall=stall, node_limit=node_limit)
         try:
             entry = follower.follow()
+            if entry is None and told is not None and told == self._listener.generation and not follower.dropped:
+                entry = told_by_socket(job, tracker, box)
             if entry is None:  # the websocket said it ended: /history says how
                 entry = await_history(self._rest, job, tracker, box, stall)
                 if entry is None:  # left the queue, no history: cleared by someone, or lost
@@ -454,8 +482,6 @@ class ComfyUIConnector(Connector):
     def _fetch_files(self, job: Job, outputs: Mapping[str, Any]) -> list[dict[str, str]]:
         """Download every output file via GET /view into the output store (``<store>/<job id>/``)."""
         files = output_files(outputs)
-        if not files:
-            return []
         for item in files:
             job.check()
             params = {"filename": item["filename"], "subfolder": item["subfolder"], "type": item["type"]}
@@ -465,8 +491,9 @@ class ComfyUIConnector(Connector):
                     raise ExecutionFailed(f"ComfyUI has no output file {item['filename']!r} of node {item['node']} "
                                           f"(GET /view answered {response.status_code})", dict(item))
                 try:
-                    item.update(save_output(self.settings, job.id, item["filename"],
-                                            response.iter_content(1 << 16), alternative=item["node"]))
+                    self._store = self._store or OutputStore.from_settings(self.settings)  # one per connector
+                    item.update(save_output(self.settings, job.id, item["filename"], response.iter_content(1 << 16),
+                                            alternative=item["node"], store=self._store))
                 except Exception as exc:  # any store error (OSError, botocore's own) fails the job clearly
                     raise ExecutionFailed(f"could not store output file {item['filename']!r}: {exc}", dict(item)) from exc
         return files

@@ -6,6 +6,8 @@
   history and sends ``executing`` with ``node: null``. So the wait has no fixed bound while
   ``/queue`` still lists the prompt as running; the bound (``CONFIRM_WAIT``) starts once the
   prompt left the queue or ``executing: null`` arrived.
+* :func:`told_by_socket`: a prompt that succeeded can skip that read when the websocket told
+  everything the history holds (see the function).
 * :func:`judge`: the job's result or error from the history entry: out of memory (an
   ``execution_error`` of type ``torch.OutOfMemoryError`` or, older torch,
   ``torch.cuda.OutOfMemoryError``, whose message -- "Allocation on device ..." or "CUDA out of
@@ -40,13 +42,19 @@ from jobqueue.connectors.comfyui.protocol import (
     queue_position,
 )
 from jobqueue.connectors.comfyui.rest import ComfyUIRest
-from jobqueue.connectors.comfyui.ws import Mailbox
+from jobqueue.connectors.comfyui.ws import Mailbox, Wake
 from jobqueue.errors import ExecutionFailed, JobCancelled, JobStalled, OutOfMemory, ServiceUnavailable
 
 #: How long (s) a prompt that left the queue (or said ``executing: null``) may take to appear in /history.
 CONFIRM_WAIT = 5.0
 #: Seconds between two /queue checks while the history is awaited.
 QUEUE_CHECK = 0.5
+#: Longest wait (s) for ``executing`` with ``node: null`` once ``execution_success`` arrived, before
+#: the history is read instead (ComfyUI may unload every model in between).
+SOCKET_END_WAIT = 0.25
+#: The first ComfyUI whose websocket announces the outputs of cached nodes too (``executed``)
+#: and which reports its version in ``/system_stats``.
+SOCKET_TELLS_SINCE = (0, 3, 0)
 #: ``exception_type`` of an out-of-memory error (``execution.full_type_name`` of torch's class).
 OOM_TYPES = frozenset({"torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError"})
 #: The tip ComfyUI's ``execution.py`` appends to an out-of-memory message.
@@ -85,6 +93,51 @@ def await_history(rest: ComfyUIRest, job: Job, tracker: PromptTracker, box: Mail
                              {"url": rest.base_url, "prompt_id": tracker.prompt_id, "stall_timeout": stall})
         job.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+def socket_tells_all(stats: Any) -> bool:
+    """Whether a ComfyUI (its ``/system_stats`` answer) announces every output on the websocket.
+
+    Since the execution model of August 2024, ComfyUI's ``execute()`` sends ``executed`` for a
+    cached node too (with its cached UI), and the prompt's history ``outputs`` are the UI of the
+    same nodes (``execution.py``: ``history_result``). Before it, a cached node sent nothing, and
+    only ``/history`` named its files. ``comfyui_version`` appeared in ``/system_stats`` later
+    still (0.3), so a server that reports 0.3 or newer has the messages; one that reports no
+    version, or an older one, is read through ``/history``."""
+    system = stats.get("system") if isinstance(stats, Mapping) else None
+    version = str((system or {}).get("comfyui_version") or "") if isinstance(system, Mapping) else ""
+    parts = re.findall(r"\d+", version)[:3]
+    return len(parts) == 3 and tuple(int(x) for x in parts) >= SOCKET_TELLS_SINCE
+
+
+def told_by_socket(job: Job, tracker: PromptTracker, box: Mailbox) -> Mapping[str, Any] | None:
+    """The history entry the websocket already told, for a prompt that succeeded, or None
+    (then ``/history`` is read as before). The caller vouches that the socket did not drop or
+    reconnect since before the POST and that the server announces every output
+    (:func:`socket_tells_all`).
+
+    ComfyUI sends a client its messages in order on one connection, and a connection that
+    loses its registration hears nothing more until the next one; so a prompt whose
+    ``execution_start``, ``execution_success`` and ``executing`` with ``node: null`` all arrived on
+    the same connection was told every ``executed`` in between. ``node: null`` comes after the
+    prompt worker wrote the history (``main.py``: ``task_done``, then the message), whose
+    ``outputs`` are those announced. Waits up to ``SOCKET_END_WAIT`` s for ``node: null`` after
+    ``execution_success`` (a server may unload models in between): never longer, never hangs."""
+    if not tracker.opened or tracker.outcome != SUCCESS:
+        return None
+    deadline = time.monotonic() + SOCKET_END_WAIT
+    while not tracker.ended:
+        job.check()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        for item in box.take(min(left, 0.05)):
+            if isinstance(item, Wake):
+                return None  # a connection change (or a cancel): read the history
+            if isinstance(item, dict):
+                tracker.feed(item)
+    return {"status": {"status_str": "success", "completed": True, "messages": []},
+            "outputs": dict(tracker.outputs)}
 
 
 def _left_queue(rest: ComfyUIRest, prompt_id: str) -> bool:

@@ -56,6 +56,8 @@ class PromptTracker:
         self.prompt_id = prompt_id
         self.class_types = {str(k): str(v.get("class_type")) for k, v in (workflow or {}).items() if isinstance(v, Mapping)}
         self.started = False
+        #: ``execution_start`` arrived: the socket carried the prompt's messages from the first.
+        self.opened = False
         self.ended = False
         self.outcome: str | None = None
         #: The execution_error / execution_interrupted payload, when there was one.
@@ -94,7 +96,7 @@ class PromptTracker:
         if prompt_id != self.prompt_id:
             return False
         if kind == "execution_start":
-            self.started = True
+            self.started = self.opened = True
         elif kind == "execution_cached":
             self.started = True
             nodes = {str(n) for n in data.get("nodes") or ()}

@@ -134,6 +134,9 @@ class WebSocketListener:
         self._on_message = on_message
         self._on_connection = on_connection
         self.connected = threading.Event()
+        #: Counts the connections opened so far: a prompt whose end arrived while this number
+        #: stayed what it was before its POST got every message ComfyUI sent about it.
+        self.generation = 0
         self.last_error = ""
         #: Monotonic time of the last message of any kind (or of connecting).
         self.last_message_at = time.monotonic()
@@ -208,6 +211,7 @@ class WebSocketListener:
                 continue
             self._ws, delay, self.failed_at, self.last_error = ws, BACKOFF_FIRST, 0.0, ""
             self.last_message_at = time.monotonic()
+            self.generation += 1
             self.connected.set()
             self._on_connection(True, "")
             try:

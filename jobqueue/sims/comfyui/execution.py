@@ -235,10 +235,11 @@ class Execution:
         return await NODES[class_type].run(_Context(self, node_id), **inputs)
 
     async def _reuse(self, node_id: str) -> None:
-        """A cached output node: report its cached UI, run nothing."""
+        """A cached output node: report its cached UI (not before 0.3: ``older``), run nothing."""
         ui = self.sim.cache[self.sigs[node_id]][1]
         if ui is not None:
             self.ui_outputs[node_id] = ui
+        if ui is not None and not self.sim.options.older:
             await self.tell("executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": self.pid})
         self.state(node_id, 1, 1, "finished")
         await self.progress_state()

@@ -16,6 +16,9 @@ engine and the server, changed while running through ``POST /_sim/options``.
   VRAM again: a prompt whose checkpoint differs from the previous prompt's pays it, the next
   one with the same checkpoint is cached. ``checkpoint_gb``: VRAM a loaded checkpoint takes
   (see :meth:`~jobqueue.sims.comfyui.engine.Simulator.load_checkpoint`).
+* ``older``: answer like a ComfyUI from before the execution model of August 2024: a cached
+  output node sends no ``executed`` message (only ``/history`` names its files) and
+  ``/system_stats`` reports no ``comfyui_version`` (that came later still, with 0.3).
 * ``newer``: answer like a ComfyUI newer than 0.3.64 (current master): ``missing_node_type``
   validation errors, ``invalid_prompt_id`` for a ``prompt_id`` that is not a canonical UUID,
   a 6th (sensitive) element on queue items that ``/queue`` strips, ``create_time`` in
@@ -39,6 +42,7 @@ class SimOptions:
     history_gap: float = 0.0
     oom_next: int = 0
     newer: bool = False
+    older: bool = False
     crash_restart: float = 1.0
     load_seconds: float = 0.0
     checkpoint_gb: float = 6.5

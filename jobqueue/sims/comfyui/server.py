@@ -434,15 +434,16 @@ class SimServer(SimHTTPServer):
 
     async def system_stats(self, request: web.Request) -> web.Response:
         total, free = _memory()
-        return web.json_response({
-            "system": {
-                "os": os.name, "ram_total": total, "ram_free": free, "comfyui_version": COMFYUI_VERSION,
-                "required_frontend_version": "1.27.10", "installed_templates_version": "0.1.95",
-                "required_templates_version": "0.1.95", "python_version": sys.version,
-                "pytorch_version": "simulated", "embedded_python": False, "argv": list(sys.argv),
-            },
-            "devices": models.devices(self.vram_gb, total, free, self.sim.vram_used_gb() if self.sim else 0.0),
-        })
+        system = {
+            "os": os.name, "ram_total": total, "ram_free": free, "comfyui_version": COMFYUI_VERSION,
+            "required_frontend_version": "1.27.10", "installed_templates_version": "0.1.95",
+            "required_templates_version": "0.1.95", "python_version": sys.version,
+            "pytorch_version": "simulated", "embedded_python": False, "argv": list(sys.argv),
+        }
+        if self.options.older:  # before 0.3: no version, no template or frontend pins
+            system = {k: v for k, v in system.items() if k.startswith(("python", "pytorch")) or "version" not in k}
+        used = self.sim.vram_used_gb() if self.sim else 0.0
+        return web.json_response({"system": system, "devices": models.devices(self.vram_gb, total, free, used)})
 
     def _node_info(self, name: str) -> dict[str, Any]:
         """One node's ``/object_info``, its file combos listing the input folder now."""

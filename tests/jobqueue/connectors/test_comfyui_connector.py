@@ -13,6 +13,7 @@ import requests
 
 from jobqueue.client.jobs import submit_job
 from jobqueue.connectors.base import Job
+from jobqueue.connectors.comfyui import outcome
 from jobqueue.connectors.comfyui.connector import EXAMPLE_WORKFLOW, ComfyUIConnector
 from jobqueue.errors import ExecutionFailed, InvalidPayloadError, JobCancelled, JobFailed
 from jobqueue.sims.comfyui import engine
@@ -52,27 +53,65 @@ def test_a_run_returns_outputs_and_fetches_every_file_and_a_cached_rerun_complet
         assert result["outputs"]["3"]["images"][0]["filename"] == "jobqueue_00001_.png"
 
 
-def test_a_cached_job_costs_one_post_one_history_read_and_one_download_and_no_poll(sim, connector):
+def _asked(sim: Any, before: int) -> list[str]:
+    """The job routes ComfyUI was asked since request ``before`` (health checks left out)."""
+    return [f"{r['method']} {r['path'].split('/history/')[0] + '/history/' if '/history/' in r['path'] else r['path']}"
+            for r in sim.requests()[before:] if r["path"] not in ("/system_stats",) and not r["path"].startswith("/models")]
+
+
+def test_a_cached_job_costs_one_post_and_one_download_and_no_poll_since_the_websocket_told_its_outputs(sim, connector):
     # Given a workflow ComfyUI has run once (every node cached now)
     connector.run(Job(id="warm", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
     before = len(sim.requests())
     # When it runs again
-    connector.run(Job(id="cached", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
-    # Then the connector asked ComfyUI exactly what the protocol needs: no /queue poll
-    asked = [f"{r['method']} {r['path'].split('/history/')[0] + '/history/' if '/history/' in r['path'] else r['path']}"
-             for r in sim.requests()[before:] if r["path"] not in ("/system_stats",) and not r["path"].startswith("/models")]
-    assert asked == ["POST /prompt", "GET /history/", "GET /view"]
+    result = connector.run(Job(id="cached", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+    # Then the connector asked ComfyUI exactly what the protocol needs: the websocket told the
+    # prompt's start, its outputs and its end on one connection, so no /history read, no poll
+    assert _asked(sim, before) == ["POST /prompt", "GET /view"]
+    history = requests.get(f"{sim.url}/history/{result['prompt_id']}", timeout=5).json()[result["prompt_id"]]
+    assert result["outputs"] == history["outputs"] and Path(result["files"][0]["path"]).read_bytes().startswith(b"\x89PNG")
 
 
-def test_a_prompt_whose_history_is_written_after_execution_success_is_confirmed_not_failed(sim, connector, monkeypatch):
-    # Given a ComfyUI that writes a prompt's history a while after sending execution_success
-    # (a real one does, usually within a millisecond)
+def test_a_comfyui_older_than_0_3_is_read_through_history_since_its_cached_nodes_announce_no_outputs(
+        sim, connector, monkeypatch):
+    # Given a ComfyUI from before 0.3 (no version in /system_stats, no `executed` for a cached
+    # node) that also writes a prompt's history a while after execution_success
+    assert requests.post(f"{sim.url}/_sim/options", json={"older": True}, timeout=5).status_code == 200
     monkeypatch.setattr(engine, "HISTORY_LAG", 0.2)
     connector.run(Job(id="warm", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
     before = len(sim.requests())
     # When a cached job ends
     result = connector.run(Job(id="cached", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
-    # Then the connector read the empty history, asked again, and returned the outputs
+    # Then the connector read the history (empty at first: it asked again) and fetched the file
+    # only /history named
+    assert result["files"][0]["filename"] == "jobqueue_00001_.png"
+    assert len([r for r in sim.requests()[before:] if r["path"].startswith("/history/")]) >= 2
+
+
+def test_a_success_whose_end_message_comes_late_is_still_told_by_the_websocket_and_never_read_early(
+        sim, connector, monkeypatch):
+    # Given a ComfyUI that sends `executing` with node null (after writing the history) a while
+    # after execution_success, as one unloading its models in between does
+    monkeypatch.setattr(engine, "HISTORY_LAG", 0.1)
+    connector.run(Job(id="warm", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+    before = len(sim.requests())
+    # When a cached job ends
+    result = connector.run(Job(id="cached", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+    # Then the connector waited for the end message instead of reading a history not written yet
+    assert _asked(sim, before) == ["POST /prompt", "GET /view"]
+    assert result["files"][0]["filename"] == "jobqueue_00001_.png"
+
+
+def test_a_success_whose_end_message_comes_later_than_the_socket_wait_is_confirmed_through_history(
+        sim, connector, monkeypatch):
+    # Given a ComfyUI that takes longer than the connector's wait between execution_success and
+    # the end message (models unloading for seconds)
+    monkeypatch.setattr(engine, "HISTORY_LAG", outcome.SOCKET_END_WAIT + 0.3)
+    connector.run(Job(id="warm", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+    before = len(sim.requests())
+    # When a cached job ends
+    result = connector.run(Job(id="cached", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW}), noop)
+    # Then it went on as before: /history, asked until written, and the file
     assert result["files"][0]["filename"] == "jobqueue_00001_.png"
     assert len([r for r in sim.requests()[before:] if r["path"].startswith("/history/")]) >= 2
 

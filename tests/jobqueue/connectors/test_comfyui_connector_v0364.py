@@ -174,7 +174,9 @@ def test_outputs_blocked_by_a_node_are_warnings_of_a_completed_job(sim, connecto
 
 
 def test_a_history_cleared_between_the_end_and_our_read_is_told_from_a_lost_prompt(sim, connector, monkeypatch):
-    # Given a user who clears ComfyUI's history just before the connector reads it
+    # Given a user who clears ComfyUI's history just before the connector reads it (a ComfyUI
+    # older than 0.3, whose end the connector reads through /history)
+    options(sim, older=True)
     read = ComfyUIRest.history
 
     def cleared_first(self: ComfyUIRest, prompt_id: str, timeout: float) -> Any:
