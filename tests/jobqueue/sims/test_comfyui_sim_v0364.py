@@ -106,8 +106,13 @@ def test_a_node_without_inputs_no_output_needs_kills_the_executor_for_good(sim):
         prompt_id = answer.json()["prompt_id"]
         wait_for(lambda: requests.get(f"{sim.url}/_sim/state", timeout=5).json()["executor"] == "dead",
                  what="the executor to die")
-        assert [m["type"] for m in client.messages if isinstance(m, dict)
-                and m["data"].get("prompt_id") == prompt_id] == ["execution_start"]
+        def told() -> list[str]:
+            return [m["type"] for m in list(client.messages) if isinstance(m, dict)
+                    and m["data"].get("prompt_id") == prompt_id]
+
+        # (the websocket may deliver execution_start after the executor's death is visible)
+        wait_for(lambda: told() != [], what="the prompt's messages")
+        assert told() == ["execution_start"]
         # And the next prompt stays pending behind it for good
         nxt = post(sim, {"1": image(7), "2": save("1")}).json()["prompt_id"]
         queue = requests.get(f"{sim.url}/queue", timeout=5).json()
