@@ -17,6 +17,7 @@ controls are in :mod:`monitor.web.flower_control`. ``docs/flower.md`` maps every
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -46,6 +47,9 @@ bp = Blueprint("flower_api", __name__)
 INSPECT_ALL = ("stats", "active_queues", "registered", "conf")
 INSPECT_ONE = ("scheduled", "active", "reserved", "revoked")
 OBJECT = {"type": "object"}
+#: Longest ``/api/task/result/<id>?timeout=`` may wait (Flower sets no bound: one request could
+#: hold a server thread for good).
+MAX_RESULT_WAIT = 60.0
 TASKS_QUERY = (int_query("limit", 0, 10**9), int_query("offset", 0, 10**9),
                str_query("sort_by", sorted(ft.SORT_KEYS | {f"-{k}" for k in ft.SORT_KEYS})),
                str_query("workername"), str_query("taskname"), str_query("state"), str_query("received_start"),
@@ -199,6 +203,8 @@ def task_result(job_id: str) -> Response:
     from celery.backends.base import DisabledBackend
 
     timeout = number("timeout", float)
+    if timeout is not None and (not math.isfinite(timeout) or timeout > MAX_RESULT_WAIT):
+        raise FlowerError(400, f"Invalid argument 'timeout': at most {MAX_RESULT_WAIT:.0f} seconds")
     result = AsyncResult(job_id, app=ctx().celery)
     if isinstance(result.backend, DisabledBackend):
         raise FlowerError(503, "no result backend is configured")

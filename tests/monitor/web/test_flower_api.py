@@ -183,6 +183,12 @@ def test_bad_input_gets_flowers_errors_and_clear_ones_where_flower_has_none(star
     wait_for(lambda: get(ours, f"/api/task/result/{task_id}").get("result") == 42, 30, interval=0.3,
              what="the sent task's result")
     assert post("/api/task/send-task/plain.add", json={"args": "1,2"}).text == "args must be an array"
+    # A result wait without end (Flower has no bound) is refused at once; a short one answers the state
+    for endless in ("1e308", "inf", "nan", "61"):
+        refused = requests.get(f"{ours}/api/task/result/never-sent", params={"timeout": endless}, headers=ADMIN,
+                               timeout=20)
+        assert refused.status_code == 400 and "at most 60 seconds" in refused.text, endless
+    assert get(ours, "/api/task/result/never-sent", timeout="0.2") == {"task-id": "never-sent", "state": "PENDING"}
     # A revoke of an id nobody saw: 404 and nothing sent
     assert (r := post("/api/task/revoke/no-such-task", data={"terminate": "true"})).status_code == 404
     assert r.text == "Unknown task 'no-such-task'"
