@@ -10,13 +10,19 @@
 * **plain Celery, acks late + events**: the same with jobqueue's delivery and event settings
   (``BENCH_PLAIN_RELIABLE=1``, see :mod:`bench.plain_app`).
 
+* **Flower** (with the monitor on): Flower 2.2 (``celery -A bench.plain_app flower``) consumes
+  plain Celery's event stream the whole run, as the monitor consumes jobqueue's: the pair
+  users run today (issue 30: "jobqueue + monitor vs plain Celery + Flower").
+
 All use the same private Redis (plain Celery on database 1, so the monitor never sees its
 events), the same number of workers and the same pool (threads, concurrency 1 per worker,
 like one jobqueue worker per GPU). Every side is up for the whole run and the sides take
 turns (``--rounds``, the jobs split evenly), so a change of load on the machine hits them
 alike. Each turn is timed from its first submit to its last result stored; the table reports
 jobs/s over all turns, the ratios (target >= 0.8x), and Redis commands per job (``INFO
-commandstats`` over each side's turns; the idle sides' background commands are included).
+commandstats`` over each side's turns; the idle sides' background commands are included), and
+CPU ms per job by process (workers, monitor or Flower, Redis, the bench's own client; user +
+system CPU from ``/proc``, so a busy machine slows the sides without skewing what each costs).
 
     python -m bench.throughput --jobs 2000 --workers 2
 """
@@ -24,6 +30,7 @@ commandstats`` over each side's turns; the idle sides' background commands are i
 from __future__ import annotations
 
 import argparse
+import resource
 import socket
 import sys
 import tempfile
@@ -43,6 +50,7 @@ from bench.common import (
     command_calls,
     fmt_table,
     free_port,
+    group_cpu_seconds,
     monitor_process,
     wait_http,
     wait_until,
@@ -90,6 +98,12 @@ class JobqueueSide:
         self.fleet.start_all()
         submit_job("simulation", {"steps": 0}, app=self.app).wait(timeout=60)  # warm: connections, queues
 
+    def worker_groups(self) -> list[int]:
+        return [proc.pid for proc in self.fleet.workers.values()]
+
+    def consumer_groups(self) -> list[int]:
+        return [self.mon.pid] if self.mon is not None else []
+
     def submit(self, jobs: int) -> list[str]:
         return [submit_job("simulation", {"steps": 0}, app=self.app).id for _ in range(jobs)]
 
@@ -104,17 +118,28 @@ class PlainSide:
     """``bench.noop`` through ``celery -A bench.plain_app`` workers on a queue of their own;
     ``reliable``: with jobqueue's delivery and event settings."""
 
-    def __init__(self, url: str, workdir: Path, workers: int, reliable: bool) -> None:
+    def __init__(self, url: str, workdir: Path, workers: int, reliable: bool, flower: bool = False) -> None:
         self.url, self.workdir, self.workers, self.reliable = url, workdir, workers, reliable
+        self.flower: Process | None = None
+        self.with_flower = flower
         self.queue = "plain-reliable" if reliable else "plain-stock"
         self.app = Celery("bench-plain-client", broker=url, backend=url, set_as_current=False)
         self.app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
                              task_send_sent_event=reliable)
         self.procs: list[Process] = []
         self.name = "plain Celery, acks late + events" if reliable else "plain Celery (stock)"
+        if flower:
+            self.name += " + Flower"
 
     def start(self) -> None:
         env = child_env(None, BENCH_BROKER_URL=self.url, BENCH_PLAIN_RELIABLE="1" if self.reliable else "0")
+        if self.with_flower:
+            port = free_port()
+            cmd = [sys.executable, "-m", "celery", "-A", "bench.plain_app", "flower", f"--port={port}",
+                   "--address=127.0.0.1", "--inspect_timeout=1000",
+                   "--enable_events=False"]  # the reliable workers send events already; stock stays stock
+            self.flower = Process(cmd, env, self.workdir / "flower.log").start()
+            wait_http(f"http://127.0.0.1:{port}/healthcheck", self.flower)
         nodes = [f"{self.queue}{n}@{socket.gethostname()}" for n in range(self.workers)]
         for n, node in enumerate(nodes):
             cmd = [sys.executable, "-m", "celery", "-A", "bench.plain_app", "worker", "-Q", self.queue,
@@ -125,47 +150,70 @@ class PlainSide:
                    what=f"{self.queue} workers")
         self.app.send_task("bench.noop", queue=self.queue).get(timeout=60)  # warm
 
+    def worker_groups(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
+
+    def consumer_groups(self) -> list[int]:
+        return [self.flower.pid] if self.flower is not None else []
+
     def submit(self, jobs: int) -> list[str]:
         return [self.app.send_task("bench.noop", queue=self.queue).id for _ in range(jobs)]
 
     def stop(self) -> None:
         for proc in self.procs:
             proc.stop()
+        if self.flower is not None:
+            self.flower.stop()
         self.app.close()
 
 
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(url: str, plain_url: str, workdir: Path, jobs: int, workers: int, monitor: bool,
-        rounds: int) -> list[dict[str, Any]]:
+        rounds: int, redis_pid: int = 0) -> list[dict[str, Any]]:
     """Every side up at once; ``rounds`` rounds of ``jobs / rounds`` jobs per side, the sides
     taking turns, so a load change on the machine hits them alike. Plain Celery runs on
     ``plain_url`` (another database: the monitor never sees its events)."""
     sides: list[Any] = [PlainSide(plain_url, workdir, workers, reliable=False),
-                        PlainSide(plain_url, workdir, workers, reliable=True),
+                        PlainSide(plain_url, workdir, workers, reliable=True, flower=monitor),
                         JobqueueSide(url, workdir, workers, monitor)]
     seconds = {side.name: 0.0 for side in sides}
     succeeded = {side.name: 0 for side in sides}
     calls_of: dict[str, dict[str, int]] = {side.name: {} for side in sides}
+    cpu: dict[str, dict[str, float]] = {side.name: {"workers": 0.0, "redis": 0.0, "bench client": 0.0}
+                                        for side in sides}
     per_round = max(1, jobs // rounds)
     try:
         for side in sides:
             side.start()
+        consumers = {side.name: group_cpu_seconds(side.consumer_groups()) for side in sides}
         for _ in range(rounds):
             for side in sides:
                 calls = command_calls(url)
+                before = (group_cpu_seconds(side.worker_groups()), group_cpu_seconds([redis_pid]), _own_cpu())
                 started = time.perf_counter()
                 ids = side.submit(per_round)
                 ended = _wait_done(side.app, ids, timeout=max(120.0, per_round / 5))
                 seconds[side.name] += ended - started
+                after = (group_cpu_seconds(side.worker_groups()), group_cpu_seconds([redis_pid]), _own_cpu())
+                for key, was, now in zip(("workers", "redis", "bench client"), before, after, strict=True):
+                    cpu[side.name][key] += now - was
                 for name, n in _calls_between(url, calls).items():
                     calls_of[side.name][name] = calls_of[side.name].get(name, 0) + n
                 succeeded[side.name] += sum(1 for s in backend_states(side.app, ids).values()
                                             if s == celery_states.SUCCESS)
+        time.sleep(2.0)  # a consumer still working through the last turn's events
+        for side in sides:
+            cpu[side.name]["monitor / Flower"] = group_cpu_seconds(side.consumer_groups()) - consumers[side.name]
     finally:
         for side in sides:
             side.stop()
     done = per_round * rounds
     return [{"side": name, "jobs": done, "succeeded": succeeded[name], "seconds": seconds[name],
-             "jobs/s": done / seconds[name], "calls": calls_of[name]} for name in seconds]
+             "jobs/s": done / seconds[name], "calls": calls_of[name], "cpu": cpu[name]} for name in seconds]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     server = RedisServer().start()
     try:
-        rows = run(server.url(0), server.url(1), workdir, args.jobs, args.workers, not args.no_monitor, args.rounds)
+        rows = run(server.url(0), server.url(1), workdir, args.jobs, args.workers, not args.no_monitor, args.rounds,
+                   redis_pid=server.process.pid)
     finally:
         server.stop()
     plain, reliable, ours = rows
@@ -186,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["redis commands/job"] = sum(row["calls"].values()) / jobs
     print(fmt_table(rows, ["side", "jobs", "succeeded", "seconds", "jobs/s", "redis commands/job"]))
-    print(f"ratio jobqueue/plain: {ours['jobs/s'] / plain['jobs/s']:.2f}x (target >= 0.8x); "
-          f"jobqueue/plain with the same delivery+event settings: {ours['jobs/s'] / reliable['jobs/s']:.2f}x; "
+    target = "1.1x, with Flower beside plain Celery" if not args.no_monitor else "0.95x"
+    print(f"ratio jobqueue/plain: {ours['jobs/s'] / plain['jobs/s']:.2f}x; "
+          f"jobqueue/plain with the same delivery+event settings: {ours['jobs/s'] / reliable['jobs/s']:.2f}x "
+          f"(target >= {target}); "
           f"{args.workers} worker(s), threads pool, concurrency 1 each, {args.rounds} rounds taking turns")
     # Where the round trips go: Redis commands per job by command, each side (INFO
     # commandstats over the timed window; includes the bench's own result polling; commands
@@ -198,6 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(fmt_table([{"command": n, **{r["side"]: r["calls"].get(n, 0) / jobs for r in rows}} for n in names],
                     ["command"] + [r["side"] for r in rows]))
+    # Where the CPU goes: CPU ms per job by process, each side (workers, Redis and this
+    # process over the side's own turns; the monitor or Flower over the whole run, as it
+    # may still be working through a turn's events during the next one).
+    parts = ["workers", "monitor / Flower", "redis", "bench client"]
+    print()
+    print(fmt_table([{"side": r["side"], **{f"{p} ms": 1000 * r["cpu"].get(p, 0.0) / jobs for p in parts},
+                      "total ms": 1000 * sum(r["cpu"].values()) / jobs} for r in rows],
+                    ["side", *(f"{p} ms" for p in parts), "total ms"]))
     return 0
 
 
