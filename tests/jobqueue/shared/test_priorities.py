@@ -116,13 +116,18 @@ def test_a_message_without_priority_gets_the_default_one(app):
 
 # -- acceptance, real worker, Redis and RabbitMQ --------------------------------------------
 
+#: Seconds the blocker would run: it holds the worker until the test has submitted everything
+#: and cancels it (a timed blocker could end first on a loaded machine).
+HELD = 60.0
+
 
 def test_a_high_priority_job_overtakes_twenty_low_priority_ones(farm):
     # Given a busy worker and 20 low-priority jobs waiting
-    busy_worker(farm.app, farm.queue)
+    blocker = busy_worker(farm.app, farm.queue, seconds=HELD)
     low = [submit_job("simulation", quick(f"low{i}"), priority=0, queue=farm.queue, app=farm.app) for i in range(20)]
-    # When a high-priority job is submitted behind them
+    # When a high-priority job is submitted behind them (and the worker is freed)
     high = submit_job("simulation", quick("high"), priority=9, queue=farm.queue, app=farm.app)
+    assert blocker.cancel()
     for job in [*low, high]:
         job.wait(timeout=90)
     # Then it runs within the next two jobs, and the low ones keep their order
@@ -133,9 +138,10 @@ def test_a_high_priority_job_overtakes_twenty_low_priority_ones(farm):
 
 def test_priorities_order_waiting_jobs_most_urgent_first(farm):
     # Given a busy worker
-    busy_worker(farm.app, farm.queue)
-    # When jobs of priority 2, 8, 5, 0, 9 are waiting
+    blocker = busy_worker(farm.app, farm.queue, seconds=HELD)
+    # When jobs of priority 2, 8, 5, 0, 9 are waiting (and the worker is freed)
     jobs = [submit_job("simulation", quick(p), priority=p, queue=farm.queue, app=farm.app) for p in (2, 8, 5, 0, 9)]
+    assert blocker.cancel()
     for job in jobs:
         job.wait(timeout=60)
     # Then they run from the most urgent to the least
@@ -144,10 +150,11 @@ def test_priorities_order_waiting_jobs_most_urgent_first(farm):
 
 def test_an_earlier_workflow_finishes_before_a_later_one_starts_on_either_broker(farm):
     # Given a busy worker
-    busy_worker(farm.app, farm.queue)
+    blocker = busy_worker(farm.app, farm.queue, seconds=HELD)
     # When workflow A (3 steps) and then workflow B (3 steps) are submitted at the same priority
     a = submit_workflow([("simulation", quick(f"A{n}")) for n in (1, 2, 3)], queue=farm.queue, app=farm.app)
     b = submit_workflow([("simulation", quick(f"B{n}")) for n in (1, 2, 3)], queue=farm.queue, app=farm.app)
+    assert blocker.cancel()
     a.wait(timeout=60)
     b.wait(timeout=60)
     # Then A's continuation steps run before B's first step
@@ -156,9 +163,10 @@ def test_an_earlier_workflow_finishes_before_a_later_one_starts_on_either_broker
 
 def test_a_more_urgent_workflow_overtakes_a_started_one(farm):
     # Given a busy worker, a normal workflow A waiting, then an urgent workflow U
-    busy_worker(farm.app, farm.queue)
+    blocker = busy_worker(farm.app, farm.queue, seconds=HELD)
     a = submit_workflow([("simulation", quick(f"A{n}")) for n in (1, 2)], priority=3, queue=farm.queue, app=farm.app)
     u = submit_workflow([("simulation", quick(f"U{n}")) for n in (1, 2)], priority=8, queue=farm.queue, app=farm.app)
+    assert blocker.cancel()
     a.wait(timeout=60)
     u.wait(timeout=60)
     # Then the urgent workflow runs first and whole, priority beats the continuation bonus
