@@ -7,7 +7,7 @@ worker's orphan book (:mod:`jobqueue.connectors.orphans`) before it is posted, w
 id, and struck out once the WebUI answered it. What stays in the book is swept:
 
 * with task ids (A1111 1.8+, Forge), :func:`sweep` asks ``/internal/progress`` about each
-  abandoned task: ``active`` → ``POST /sdapi/v1/interrupt`` and ``/skip`` (only then, and at
+  abandoned task: ``active`` → ``POST /sdapi/v1/interrupt`` (only then, and at
   most every ``RESEND`` s); ``queued`` → kept, to be interrupted when it begins; ``completed``,
   or unknown for ``FORGET_AFTER`` s (it never arrived, or the WebUI restarted), or "active" on
   an idle WebUI (a request that raised) → struck out. The sweep runs before each job, at every

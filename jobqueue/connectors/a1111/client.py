@@ -70,10 +70,11 @@ class WebUIClient:
         return body if isinstance(body, dict) else {}
 
     def interrupt(self, timeout: float = 3.0) -> None:
-        """Interrupt the job the WebUI runs now, and skip the batch in progress."""
-        for path in ("/sdapi/v1/interrupt", "/sdapi/v1/skip"):
-            try:
-                self.request("POST", path, timeout=timeout)
-            except (ServiceUnavailable, requests.RequestException) as exc:
-                log.warning("a1111: could not POST %s: %s", path, exc)
-                return
+        """Interrupt the job the WebUI runs now. Only ``/interrupt``: the WebUI's sampler stops
+        at its next step on it and ``process_images`` breaks out of its ``n_iter`` loop, so a
+        ``/skip`` adds nothing, and a second POST can land on the next job, which ``state.begin``
+        has just cleared of the interrupt (it skipped the first image of the job that came next)."""
+        try:
+            self.request("POST", "/sdapi/v1/interrupt", timeout=timeout)
+        except (ServiceUnavailable, requests.RequestException) as exc:
+            log.warning("a1111: could not POST /sdapi/v1/interrupt: %s", exc)
