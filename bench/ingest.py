@@ -5,8 +5,11 @@ onto Redis pub/sub at a controlled rate -- the way kombu's fanout does, because 
 ``Dispatcher`` tops out near 3,000 events/s here. Three consumers of the same stream run in
 their own processes, side by side:
 
-* ``jobqueue``: our monitor (collector + SQLite store), started as ``jobqueue monitor``;
-  counted from its ``/healthz`` collector counters.
+* ``jobqueue``: our monitor's collector + writer + SQLite store in a child process; counted
+  from what its writer committed. Its row also says when the last job was final in the store
+  (``final lag s``: from the last event published to the moment every job the stream ends is
+  ``completed`` in the SQLite file, polled every 0.25 s) and the process's RSS at its peak
+  and once drained (``rss peak MB`` / ``rss after MB``).
 * ``bare``: Celery's ``EventReceiver`` + ``State``, doing nothing else; counted in-process.
 * ``flower``: Flower 2.x (``celery flower``), counted from ``flower_events_total`` on its
   ``/metrics`` (Flower counts task events only there, so it is compared against those).
@@ -59,6 +62,7 @@ from bench.common import (
     event_channel,
     fmt_table,
     free_port,
+    rss_mb,
 )
 from bench.events_mix import MIXES, EncodedStream, build_stream
 
@@ -242,11 +246,16 @@ class JobqueueConsumer:
         return int(self._counts[0])
 
     def completed_jobs(self) -> int:
-        """Jobs the store holds as completed (read from the SQLite file after the run)."""
+        """Jobs the store holds as completed (read from the SQLite file; 0 before it exists)."""
         import sqlite3
 
-        with sqlite3.connect(self.db_path) as db:
-            return int(db.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()[0])
+        if not self.db_path.exists():
+            return 0
+        try:
+            with sqlite3.connect(self.db_path, timeout=5) as db:
+                return int(db.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()[0])
+        except sqlite3.Error:
+            return 0
 
     def store_facts(self) -> str:
         """The store's Alembic revision (which code wrote it) and its size on disk."""
@@ -452,10 +461,12 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
         started = time.monotonic()
         published: dict[str, float] = {}
         publisher = threading.Thread(
-            target=lambda: published.update(seconds=publish(client, stream.messages, rate)), daemon=True)
+            target=lambda: published.update(seconds=publish(client, stream.messages, rate), ended=time.monotonic()),
+            daemon=True)
         publisher.start()
         peak: dict[str, int] = {c.name: 0 for c in consumers}
-        peak_rss: dict[str, int] = {c.name: 0 for c in consumers}
+        rss_peak: dict[str, float] = {c.name: 0.0 for c in consumers}
+        finals = _FinalWatch(consumers, stream.by_type.get("task-succeeded", 0))
         deadline = None
         last_change = time.monotonic()
         last_counts: dict[str, Any] = {}
@@ -466,12 +477,13 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
             counts = {c.name: c.count() - baseline[c.name] for c in consumers}
             for consumer in consumers:
                 samples[consumer.name].append((now - started, counts[consumer.name]))
-                peak_rss[consumer.name] = max(peak_rss[consumer.name], _rss_bytes(consumer.pid))
                 stats = getattr(consumer, "stats", None)
                 if stats is not None:
                     peak[consumer.name] = max(peak[consumer.name], stats()["backlog"])
+                rss_peak[consumer.name] = max(rss_peak[consumer.name], _rss(consumer.pid))
             if publisher.is_alive():
                 continue
+            finals.poll(published["ended"])
             if deadline is None:
                 deadline = now + drain_timeout
                 if verbose:
@@ -480,9 +492,10 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
             moving = {c.name: _progress(c) for c in consumers}
             if moving != last_counts:
                 last_counts, last_change = moving, now
-            if all(counts[n] >= expected[n] for n in counts) or now - last_change > settle:
+            if (all(counts[n] >= expected[n] for n in counts) and finals.done) or now - last_change > settle:
                 break
         cpu_used = {c.name: _cpu_seconds(c.pid) - cpu_start[c.name] for c in consumers}
+        rss_after = {c.name: _rss(c.pid) for c in consumers}
         seconds = published["seconds"]
         offered = events / seconds
         drops = _pubsub_drops(server)
@@ -504,7 +517,9 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
                 "peak backlog": peak[consumer.name] if hasattr(consumer, "stats") else "",
                 "cpu s": round(cpu_used[consumer.name], 1),
                 "cpu s/100k": round(cpu_used[consumer.name] * 100_000 / max(kept, 1), 2),
-                "peak rss MB": round(peak_rss[consumer.name] / 1e6),
+                "final lag s": finals.lag.get(consumer.name, ""),
+                "rss peak MB": round(rss_peak[consumer.name]),
+                "rss after MB": round(rss_after[consumer.name]),
             })
         if verbose:
             print(f"  redis dropped {drops} pub/sub connection(s) for output-buffer limits", flush=True)
@@ -524,6 +539,33 @@ def run_step(rate: float, events: int, consumer_names: list[str], *, workers: in
         server.stop()
 
 
+class _FinalWatch:
+    """When every job the stream ends is final in each jobqueue consumer's store: ``lag``
+    maps a consumer to the seconds from the last event published to that moment (polled)."""
+
+    def __init__(self, consumers: list[Any], expected: int) -> None:
+        self.stores = [c for c in consumers if isinstance(c, JobqueueConsumer) and not isinstance(c, ReaderConsumer)]
+        self.expected = expected
+        self.lag: dict[str, float] = {}
+
+    @property
+    def done(self) -> bool:
+        return len(self.lag) == len(self.stores)
+
+    def poll(self, published_at: float) -> None:
+        for consumer in self.stores:
+            if consumer.name not in self.lag and consumer.completed_jobs() >= self.expected:
+                self.lag[consumer.name] = round(time.monotonic() - published_at, 1)
+
+
+def _rss(pid: int) -> float:
+    """RSS of ``pid`` in MB (0 when it is gone)."""
+    try:
+        return rss_mb(pid) if pid else 0.0
+    except OSError:
+        return 0.0
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` and its children so far (0 if gone)."""
     import psutil
@@ -536,17 +578,6 @@ def _cpu_seconds(pid: int) -> float:
         return float(total)
     except psutil.Error:
         return 0.0
-
-
-def _rss_bytes(pid: int) -> int:
-    """Resident memory of process ``pid`` and its children (0 if gone)."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        return int(proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True)))
-    except psutil.Error:
-        return 0
 
 
 def _progress(consumer: Any) -> Any:

@@ -1,14 +1,14 @@
 """Every private Celery, kombu and redis-py behaviour jobqueue relies on, in one place.
 
-jobqueue leans on a few things the libraries do not document as API: key names kombu's Redis
-transport writes (unacked messages, priority lists, event channels), the key Celery's Redis
-result backend stores a result under, the worker's request registry, a request's ``chain``,
-a kombu message's raw envelope and how its body is encoded, the consumer's refusal handlers and the event receiver's
-per-message hook. Each is wrapped here in one small function whose docstring names what it
-relies on; tests/jobqueue/transport/test_internals.py checks every one against the installed libraries
-(real Redis, real kombu channels, a real Celery worker state), so an upgrade that changes one
-fails there, naming the function. The pins in pyproject.toml (``celery``, ``kombu``, ``redis``
-below the next minor that was not checked) keep an unchecked upgrade from being installed.
+jobqueue leans on a few things the libraries do not document as API: key names kombu's Redis transport writes
+(unacked messages, priority lists, event channels), the key Celery's Redis result backend stores a result
+under, the worker's request registry, a request's ``chain``, a kombu message's raw envelope and how its body
+is encoded, kombu's JSON decoder, the consumer's refusal handlers and the event receiver's per-message hook.
+Each is wrapped here in one small function whose docstring names what it relies on;
+tests/jobqueue/transport/test_internals.py checks every one against the installed libraries (real Redis, real
+kombu channels, a real Celery worker state), so an upgrade that changes one fails there, naming the function.
+The pins in pyproject.toml (``celery``, ``kombu``, ``redis`` below the next minor that was not checked) keep
+an unchecked upgrade from being installed.
 
 The result backend class (:class:`RidingRedisBackend`, Celery's Redis backend storing a state
 in one round trip, with riders) lives here too, as it overrides Celery's private
@@ -29,7 +29,8 @@ from typing import Any
 
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.events.receiver import EventReceiver
-from kombu.serialization import loads
+from kombu.serialization import loads, registry
+from kombu.utils import json as kombu_json
 
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
 
@@ -56,18 +57,16 @@ def global_keyprefix(transport_options: Mapping[str, Any] | None) -> str:
 
 
 def unacked_index_key(transport_options: Mapping[str, Any] | None) -> str:
-    """The Redis key of kombu's unacked index (delivery tag -> delivery time, the scores the
-    restore sweep compares with ``visibility_timeout``), as kombu's channel names it: the
-    ``unacked_index_key`` transport option (default ``unacked_index``) behind the
-    ``global_keyprefix``."""
+    """The Redis key of kombu's unacked index (delivery tag -> delivery time, the scores the restore sweep
+    compares with ``visibility_timeout``), as kombu's channel names it: the ``unacked_index_key`` transport
+    option (default ``unacked_index``) behind the ``global_keyprefix``."""
     opts = transport_options or {}
     return global_keyprefix(opts) + str(opts.get("unacked_index_key") or UNACKED_INDEX_KEY)
 
 
 def unacked_key(transport_options: Mapping[str, Any] | None) -> str:
-    """The Redis key of kombu's unacked hash (delivery tag -> ``[message, exchange, routing
-    key]``): the ``unacked_key`` transport option (default ``unacked``) behind the
-    ``global_keyprefix``."""
+    """The Redis key of kombu's unacked hash (delivery tag -> ``[message, exchange, routing key]``): the
+    ``unacked_key`` transport option (default ``unacked``) behind the ``global_keyprefix``."""
     opts = transport_options or {}
     return global_keyprefix(opts) + str(opts.get("unacked_key") or UNACKED_KEY)
 
@@ -90,11 +89,10 @@ def redis_queue_keys(queue: str, *, prefix: str = "") -> list[str]:
 
 
 def fanout_pattern(db: int, transport_options: Mapping[str, Any] | None, exchange: str) -> str:
-    """The PSUBSCRIBE pattern that receives every message of fanout ``exchange`` on Redis
-    database ``db``, as ``kombu.transport.redis.Channel`` names its pub/sub channels:
-    ``global_keyprefix`` + fanout prefix (``fanout_prefix``: ``/{db}.`` when true, the string
-    itself when a string, nothing when false) + exchange, + ``/*`` with ``fanout_patterns``
-    (routing key ``#``, which kombu turns into ``*``)."""
+    """The PSUBSCRIBE pattern that receives every message of fanout ``exchange`` on Redis database ``db``, as
+    ``kombu.transport.redis.Channel`` names its pub/sub channels: ``global_keyprefix`` + fanout prefix
+    (``fanout_prefix``: ``/{db}.`` when true, the string itself when a string, nothing when false) + exchange,
+    + ``/*`` with ``fanout_patterns`` (routing key ``#``, which kombu turns into ``*``)."""
     opts = transport_options or {}
     option = opts.get("fanout_prefix", True)
     prefix = option if isinstance(option, str) else (FANOUT_PREFIX if option else "")
@@ -123,10 +121,9 @@ def result_key(app: Any, job_id: str) -> str:
 
 def result_record(backend: Any, job_id: str, result: Any, state: str, request: Any,
                   traceback: Any = None) -> dict[str, Any]:
-    """The record ``Backend.store_result`` would write for ``job_id`` (status, result, and the
-    extended fields taken from ``request``), built by Celery's private
-    ``Backend._get_result_meta`` so that a record written another way (one Lua round trip)
-    reads back exactly like Celery's own."""
+    """The record ``Backend.store_result`` would write for ``job_id`` (status, result, and the extended fields
+    taken from ``request``), built by Celery's private ``Backend._get_result_meta`` so that a record written
+    another way (one Lua round trip) reads back exactly like Celery's own."""
     record: dict[str, Any] = backend._get_result_meta(result=result, state=state, traceback=traceback,
                                                       request=request)
     record["task_id"] = job_id.decode() if isinstance(job_id, bytes) else job_id
@@ -378,11 +375,10 @@ def raw_envelope(message: Any) -> Any:
 
 
 def envelope_payload(envelope: Mapping[str, Any], accept: Any) -> Any:
-    """The deserialized body of a kombu virtual-transport envelope (the JSON a Redis list or
-    fanout channel holds), as kombu's ``Message`` decodes it: ``properties.body_encoding``
-    ``base64`` bodies b64-decoded, str bodies taken as UTF-8, then kombu's serializer registry
-    for ``content-type``/``content-encoding`` with ``accept`` (``prepare_accept_content``).
-    Raises on a bad encoding, an undecodable body or a refused content type."""
+    """The deserialized body of a kombu virtual-transport envelope (a Redis list's or fanout channel's JSON),
+    as kombu's ``Message`` decodes it: base64/UTF-8 bodies, then the serializer registry with ``accept`` (its
+    JSON decoder without the object hook when the body cannot spell the hook's ``__type__`` key, not even with
+    a ``\\u`` escape: the same values, cheaper). Raises on a bad encoding, body or content type."""
     body = envelope.get("body")
     encoding = (envelope.get("properties") or {}).get("body_encoding")
     if body and encoding == "base64":
@@ -391,8 +387,11 @@ def envelope_payload(envelope: Mapping[str, Any], accept: Any) -> Any:
         raise ValueError(f"unknown body encoding {encoding!r}")
     if isinstance(body, str):
         body = body.encode("utf-8")
-    return loads(body, envelope.get("content-type"), envelope.get("content-encoding"),  # type: ignore[no-untyped-call]
-                 accept=accept)
+    kind = envelope.get("content-type")
+    if kind == "application/json" and body and accept and kind in accept and b"__type__" not in body \
+            and b"\\u" not in body and registry._decoders.get(kind) is kombu_json.loads:
+        return kombu_json.loads(body, object_hook=None)
+    return loads(body, kind, envelope.get("content-encoding"), accept=accept)  # type: ignore[no-untyped-call]
 
 
 def wrap_refusal_handlers(consumer: Any, on_refused: Callable[[Any, str], Any]) -> None:

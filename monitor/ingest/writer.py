@@ -35,6 +35,7 @@ from jobqueue.errors import LeaseLost, MalformedEvent
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask_event
 from jobqueue.shared.names import TASK_PROGRESS, WORKER_HEARTBEAT
 from monitor.ingest.hub import ChangeHub
+from monitor.ingest.memory import release_freed_memory
 from monitor.merge.apply import apply, expire, valid_progress
 from monitor.store import Store, Tx
 from monitor.store.access import add_audit
@@ -46,6 +47,11 @@ _T = TypeVar("_T")
 #: ``(_CALL, fn, done, box)`` (see :meth:`Writer.call`) and ``(_AUDIT, entry)`` (see
 #: :meth:`Writer.audit`).
 _MARKER, _CALL, _AUDIT = "__marker__", "__call__", "__audit__"
+
+
+#: A backlog (queued items) after which, once the queue is empty again, the writer gives the
+#: freed memory back to the system (:func:`monitor.ingest.memory.release_freed_memory`).
+RELEASE_AFTER_BACKLOG = 20_000
 
 
 def _is_control(item: Any, kind: str | None = None) -> bool:
@@ -165,6 +171,8 @@ class Writer:
         self.on_promoted = on_promoted
         self._buffer: deque[Any] = deque(maxlen=max(1, standby_buffer))
         self._standby = leadership is not None
+        #: The largest backlog seen since the queue was last empty.
+        self._peak_backlog = 0
 
     # -- feeding ---------------------------------------------------------------------------
     def decode_raw_with(self, decoder: Callable[[bytes], list[Any]]) -> None:
@@ -351,6 +359,11 @@ class Writer:
         return out
 
     def _take(self) -> list[Any]:
+        backlog = self._queue.qsize()
+        self._peak_backlog = max(self._peak_backlog, backlog)
+        if not backlog and self._peak_backlog >= RELEASE_AFTER_BACKLOG:
+            self._peak_backlog = 0
+            release_freed_memory()  # the burst is applied: its memory goes back
         try:
             first = self._queue.get(timeout=self.expire_interval)
         except queue.Empty:

@@ -82,7 +82,13 @@ def json_blob(value: Any) -> Any:
         return {"unserialisable": clip_text(repr(value))}
     if len(encoded) > MAX_BLOB:
         return {"truncated": True, "size": len(encoded), "preview": encoded[:MAX_TEXT]}
+    if type(value) is dict and all(type(k) is str and type(v) in _SCALARS for k, v in value.items()):
+        return dict(value)  # decoding it again would give an equal dict (most events' fields)
     return json.loads(encoded)
+
+
+#: Types whose values JSON gives back unchanged (a flat dict of them is its own safe copy).
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 #: Most characters of a task's args or kwargs text kept (Celery's own reprs are cut at 1,024

@@ -35,7 +35,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Float, String, event, select, update
+from sqlalchemy import Float, String, bindparam, event, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from jobqueue.shared.names import CONNECTOR_STATUS, JOB_WEBHOOK, TASK_EVENTS, WEBHOOK_OUTCOMES, WORKER_EVENTS
@@ -66,6 +66,11 @@ class MetricTotal(Base):
     #: The labels as a JSON list of [name, value] pairs, sorted by name.
     labels: Mapped[str] = mapped_column(String(512), primary_key=True)
     value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+#: Adds ``a`` to the stored total ``(n, l)`` (executed for many totals at once).
+_ADD = (update(MetricTotal).where(MetricTotal.name == bindparam("n"), MetricTotal.labels == bindparam("l"))
+        .values(value=MetricTotal.value + bindparam("a")))
 
 
 def _remember(target: JobRow, context: Any) -> None:
@@ -157,20 +162,21 @@ class Totals:
         if not delta:
             return
         session = tx.session
+        # Totals already stored move by one UPDATE executed for all of them at once (one
+        # statement per total cost a tenth of the writer's time at 12,000 events/s).
+        moved = [{"n": name, "l": _encode(labels), "a": amount} for (name, labels), amount in delta.items()
+                 if amount and (name, labels) in self._committed]
+        if moved:
+            session.connection().execute(_ADD, moved)
         for key, amount in delta.items():
-            if not amount and key in self._committed:  # a zero is written once, to show the series
+            if key in self._committed:  # moved above; a zero is written once, to show the series
                 continue
             name, labels = key
-            if key in self._committed:
-                session.execute(update(MetricTotal)
-                                .where(MetricTotal.name == name, MetricTotal.labels == _encode(labels))
-                                .values(value=MetricTotal.value + amount))
-            else:
-                row = session.get(MetricTotal, (name, _encode(labels)))
-                if row is None:
-                    session.add(MetricTotal(name=name, labels=_encode(labels), value=amount))
-                else:  # another writer got there first (e.g. a monitor restarted on this store)
-                    row.value = (row.value or 0.0) + amount
+            row = session.get(MetricTotal, (name, _encode(labels)))
+            if row is None:
+                session.add(MetricTotal(name=name, labels=_encode(labels), value=amount))
+            else:  # another writer got there first (e.g. a monitor restarted on this store)
+                row.value = (row.value or 0.0) + amount
         self._delta = delta
 
     def committed(self) -> None:

@@ -76,7 +76,7 @@ def record_changes(tx: Tx, *, lock_counter: bool) -> list[Change]:
             tenants[seq] = obj.tenant
     counter.value = seq
     if out:
-        session.execute(insert(ChangeRow), [{"seq": s, "kind": k, "key": key, "data": d, "tenant": tenants.get(s)}
+        session.connection().execute(insert(ChangeRow), [{"seq": s, "kind": k, "key": key, "data": d, "tenant": tenants.get(s)}
                                             for s, k, key, d in out])
     return out
 

@@ -78,7 +78,10 @@ class Store(StoreQueries):
             with session.no_autoflush:
                 yield tx
             if tx.events:
-                session.execute(insert(JobEventRow), tx.events)
+                # The jobs first (the timeline rows refer to them), then one plain executemany:
+                # the ORM's bulk insert costs more than the insert itself.
+                session.flush()
+                session.connection().execute(insert(JobEventRow), tx.events)
             tx.changes = record_changes(tx, lock_counter=not self.is_sqlite)
 
     @contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import JSON, inspect, select
 from sqlalchemy.orm import Session
 
 from jobqueue.states import ConnectorStatus, empty_progress
@@ -16,6 +16,11 @@ from monitor.store.statuses import MachineStatus, WorkerStatus
 MAX_EVENTS_PER_JOB = 300
 #: One recorded change: ``(seq, kind, key, data)``; ``data`` is None for a deleted object.
 Change = tuple[int, str, str, Any]
+#: A new job's columns other than those :meth:`Tx.job` sets, all NULL -- but not the JSON ones,
+#: which would store a JSON ``null`` instead of SQL's NULL.
+_NEW_JOB: dict[str, Any] = {attr.key: None for attr in inspect(JobRow).column_attrs
+                            if attr.key not in ("id", "status", "attempt", "n_events", "seq", "progress")
+                            and not isinstance(attr.columns[0].type, JSON)}
 
 
 class Tx:
@@ -72,7 +77,10 @@ class Tx:
         else:
             job = self._jobs[job_id] = self.session.get(JobRow, job_id)
         if job is None and create:
-            job = JobRow(id=job_id, status="", attempt=0, n_events=0, seq=0, progress=empty_progress())
+            # Every other column set (to NULL, what the insert would store): an attribute never
+            # set costs a trip through SQLAlchemy on every read of a new row (and a SELECT
+            # once the row is flushed).
+            job = JobRow(**_NEW_JOB, id=job_id, status="", attempt=0, n_events=0, seq=0, progress=empty_progress())
             self.session.add(job)
             self._jobs[job_id] = job
         return job

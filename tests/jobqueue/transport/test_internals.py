@@ -364,6 +364,29 @@ def test_a_queued_envelope_decodes_to_the_published_body(redis_url: str, redis_c
         internals.envelope_payload(envelope, prepare_accept_content({"pickle"}))
 
 
+def test_a_json_body_decodes_as_kombus_own_decoder_decodes_it_with_or_without_its_type_marker() -> None:
+    # Given JSON bodies kombu's decoder turns into values ("__type__" objects) and plain ones,
+    # also a "__type__" key spelt with escapes, which the fast path must leave to kombu
+    from kombu.serialization import loads as kombu_loads
+    from kombu.utils.json import dumps as kombu_dumps
+
+    bodies = [kombu_dumps({"a": 1, "b": [1.5, None, "x"], "c": {"d": True}}).encode(),
+              kombu_dumps({"when": __import__("datetime").datetime(2026, 12, 6, 19, 0)}).encode(),
+              b'{"x": {"\\u005f_type__": "datetime", "__value__": "2026-12-06T19:00:00"}}',
+              "{\"text\": \"h\u00e9llo\"}".encode()]
+    accept = prepare_accept_content({"json"})
+    for body in bodies:
+        envelope = {"body": body.decode(), "content-type": "application/json", "content-encoding": "utf-8",
+                    "properties": {"body_encoding": "utf-8"}}
+        # Then the decoded payload is the one kombu's registry gives, value for value
+        expected = kombu_loads(body, "application/json", "utf-8", accept=accept)
+        assert internals.envelope_payload(envelope, accept) == expected, broken(
+            internals.envelope_payload, f"body {body!r}")
+    # And a content type outside accept is still refused
+    with pytest.raises(Exception, match="(?i)disallowed|refus"):
+        internals.envelope_payload({"body": "{}", "content-type": "application/json"}, prepare_accept_content({"pickle"}))
+
+
 def test_the_consumer_refusal_handlers_jobqueue_wraps_exist_with_their_signatures() -> None:
     expected = {"on_decode_error": ["self", "message", "exc"], "on_invalid_task": ["self", "body", "message", "exc"],
                 "on_unknown_message": ["self", "body", "message"]}

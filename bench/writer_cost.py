@@ -1,0 +1,68 @@
+"""The monitor's apply path alone: CPU time per event, in one process, no broker.
+
+The event mix of :mod:`bench.ingest` (50 workers, 15 events a job) is decoded, checked and
+applied exactly as the monitor's writer thread does it (the collector's raw decoder and event
+gate, :meth:`monitor.ingest.writer.Writer._apply_batch`, the metric totals, a SQLite store),
+in batches of the writer's size, and the process CPU time it took is divided by the events.
+CPU time, not wall time: on a shared machine it is what another process's load changes least.
+To compare two trees, run it in each, taking turns:
+
+    PYTHONPATH=. python -m bench.writer_cost --events 60000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from typing import Any
+
+
+def run(events: int, batch: int) -> dict[str, Any]:
+    """One store, ``events`` events applied in batches of ``batch``: CPU µs per event."""
+    from sqlalchemy import text
+
+    from bench.events_mix import build_stream
+    from jobqueue.config import Settings
+    from monitor.ingest.collector import EventCollector
+    from monitor.ingest.hub import ChangeHub
+    from monitor.ingest.writer import Writer
+    from monitor.metrics.totals import Totals
+    from monitor.store import Store
+    from monitor.web.broker import monitor_celery_app
+
+    url = "redis://127.0.0.1:1/0"  # never connected: the collector only lends its decoder
+    db = f"sqlite:///{tempfile.mkdtemp(prefix='bench-writer-')}/monitor.db"
+    settings = Settings(broker_url=url, result_backend=url, monitor_db=db, monitor_keep_jobs=10_000_000).resolved()
+    store = Store.from_settings(settings)
+    writer = Writer(store, ChangeHub(), totals=Totals(store), max_batch=batch)
+    collector = EventCollector(monitor_celery_app(settings), writer)
+    raws = [body for _, body in build_stream(events, 12000, time.time(), db=0).messages]
+    started = time.process_time()
+    for first in range(0, len(raws), batch):
+        writer._apply_batch([ev for raw in raws[first:first + batch] for ev in collector._decode(raw)])
+    cpu = time.process_time() - started
+    with store.read() as session:
+        final = session.execute(text("SELECT count(*) FROM jobs WHERE status = 'completed'")).scalar_one()
+    store.close()
+    return {"events": events, "cpu s": round(cpu, 2), "cpu µs/event": round(cpu * 1e6 / events, 1),
+            "completed jobs": final, "coalesced": writer.counts["coalesced"],
+            "max rss MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--batch", type=int, default=5000, help="the writer's max_batch")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    for i in range(args.rounds):
+        row = run(args.events, args.batch)
+        print(f"round {i + 1}: " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
