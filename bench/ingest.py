@@ -24,7 +24,7 @@ their own processes, side by side:
 
 Every row also says how much CPU the consumer's process used (``cpu s``, user + system, from
 the warm-up to the end of the step), that per 100,000 events, and the largest resident memory
-sampled (``peak rss MB``, every 0.25 s). ``--mix plain`` offers a plain Celery app's tasks
+sampled (``rss peak MB``, every 0.25 s). ``--mix plain`` offers a plain Celery app's tasks
 with their args and kwargs instead of jobqueue jobs (:mod:`bench.events_plain`).
 
 Every rate step gets fresh consumers and a private Redis server with stock settings (its

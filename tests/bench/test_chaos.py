@@ -101,7 +101,7 @@ def test_the_ingestion_harness_runs_a_monitor_from_another_tree_beside_ours_on_a
     by_consumer = {row["consumer"]: row for row in rows}
     # Then both kept every one of them, and their memory was sampled
     assert by_consumer["jobqueue-base"]["kept"] == by_consumer["jobqueue"]["kept"] == 3000, rows
-    assert all(row["peak rss MB"] > 0 for row in rows), rows
+    assert all(row["rss peak MB"] > 0 for row in rows), rows
 
 def test_a_frozen_then_killed_webui_moves_its_a1111_job_to_a_healthy_worker(
         private_redis: RedisServer, tmp_path: Path) -> None:
