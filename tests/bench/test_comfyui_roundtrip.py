@@ -39,6 +39,7 @@ def test_the_bench_runs_all_three_sides_on_a_given_comfyui_url_with_a_given_work
     out = capsys.readouterr().out
     assert f"at {server.url} (external server), workflow {path} (2 nodes)" in out
     assert [line for line in out.splitlines() if line.startswith("| through jobqueue")]
-    # warm-up + 2 jobs for each side: the direct client, the connector and the worker all used this server
-    assert len(prompts) == 9
+    # the direct client and the connector alone (a warm-up + 2 jobs each), then the worker and the
+    # direct client taking turns (10 warm-up rounds + 2): all used this server
+    assert len(prompts) == (1 + 2) * 2 + (10 + 2) * 2
     assert all(body["prompt"] == workflow for body in prompts)
