@@ -164,7 +164,7 @@ def test_a_wrong_revoked_or_expired_key_gets_401_and_changes_nothing(start_monit
     store.close()
     listed = requests.get(monitor.url + "/api/keys", headers=ADMIN, timeout=10).json()["keys"]
     # Then the list never shows a secret nor a hash
-    assert key not in str(listed) and key.split("_")[2] not in str(listed) and "hash" not in str(listed)
+    assert key not in str(listed) and key.split("_", 2)[2] not in str(listed) and "hash" not in str(listed)
     assert {k["id"]: k["state"] for k in listed}[info["id"]] == "active"
     # When the key is revoked
     revoked = requests.post(f"{monitor.url}/api/keys/{info['id']}/revoke", json={}, headers=ADMIN, timeout=10)
