@@ -9,8 +9,9 @@ every write transaction with it (:meth:`WriterLease.fence`): the transaction loc
 bumps the term under ``FOR UPDATE``, so it waits for a write in flight to end, and any later
 write of the old leader (a paused process that wakes up) finds another term and fails with
 :class:`LeaseLost`: two monitors never both write. ``idle_in_transaction_session_timeout``
-on the writer's transactions (twice the lease, at least :data:`IDLE_FLOOR` s) ends one whose
-process is paused mid-transaction, so its lock delays a take-over by at most that long.
+on every transaction that touches the lease row (the writes, renew, acquire, release; twice the
+lease, at least :data:`IDLE_FLOOR` s) ends one whose process is paused mid-transaction, so its
+lock delays a take-over by at most that long.
 
 SQLite stores have no lease (one monitor, as before): see :mod:`monitor.ingest.standby`.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import threading
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -60,6 +61,7 @@ class WriterLease:
         try:
             with self.engine.begin() as conn:
                 conn.execute(text("SET LOCAL lock_timeout = '1s'"))
+                self._bound_idle(conn)
                 term = conn.execute(text(
                     f"UPDATE writer_lease SET holder = :holder, term = term + 1, expires_at = {_NOW} + :seconds "
                     f"WHERE name = :name AND (expires_at < {_NOW} OR holder = :holder) RETURNING term"
@@ -79,6 +81,7 @@ class WriterLease:
         if term is None:
             return False
         with self.engine.begin() as conn:
+            self._bound_idle(conn)
             renewed = conn.execute(text(
                 f"UPDATE writer_lease SET expires_at = {_NOW} + :seconds "
                 "WHERE name = :name AND term = :term AND holder = :holder RETURNING term"
@@ -102,6 +105,7 @@ class WriterLease:
         if term is None:
             return
         with self.engine.begin() as conn:
+            self._bound_idle(conn)
             conn.execute(text("UPDATE writer_lease SET expires_at = 0 WHERE name = :name AND term = :term"),
                          {"name": LEASE, "term": term})
 
@@ -112,14 +116,20 @@ class WriterLease:
         term = self.term
         if term is None:
             raise LeaseLost("this monitor is a standby: it does not hold the writer's lease")
-        ms = int(max(IDLE_FLOOR, self.seconds * 2) * 1000)
-        session.execute(text("SELECT set_config('idle_in_transaction_session_timeout', :ms, true)"),
-                        {"ms": str(ms)})
+        self._bound_idle(session)
         current = session.execute(text("SELECT term FROM writer_lease WHERE name = :name FOR SHARE"),
                                   {"name": LEASE}).scalar()
         if current != term:
             self.drop(term)
             raise LeaseLost(f"the writer's lease moved to term {current} (this monitor held {term})")
+
+    def _bound_idle(self, conn: Connection | Session) -> None:
+        """Have PostgreSQL end this transaction if its process stops mid-way (paused) for twice
+        the lease, at least :data:`IDLE_FLOOR` s: every transaction that writes or locks the
+        lease row (the writes' fence, renew, acquire, release) -- a renew paused between its
+        UPDATE and its COMMIT held the row for good and no standby could take over."""
+        ms = int(max(IDLE_FLOOR, self.seconds * 2) * 1000)
+        conn.execute(text("SELECT set_config('idle_in_transaction_session_timeout', :ms, true)"), {"ms": str(ms)})
 
     def state(self) -> dict[str, object]:
         """The lease row as the database has it (holder, term, seconds left)."""

@@ -8,11 +8,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from jobqueue.errors import LeaseLost
 from monitor.store import Store
-from monitor.store.lease import WriterLease
+from monitor.store.lease import IDLE_FLOOR, WriterLease
 
 pytestmark = pytest.mark.postgres
 
@@ -120,3 +120,43 @@ def test_a_take_over_waits_for_the_old_leaders_write_in_flight_which_then_commit
     finally:
         release.set()
         other.close()
+
+
+def test_a_renew_paused_before_its_commit_keeps_a_standby_out_only_until_postgresql_ends_it(
+        pg_store: Store) -> None:
+    # Given a leader whose renew stops between its UPDATE and its COMMIT (a SIGSTOPped process:
+    # the row stays locked by an idle transaction)
+    engine = pg_store.engine
+    leader, standby = WriterLease(engine, "a", 1.0), WriterLease(engine, "b", 1.0)
+    assert leader.acquire() == 1
+    paused, resume = threading.Event(), threading.Event()
+
+    def stop_after_the_update(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "renewer" and statement.lstrip().startswith("UPDATE writer_lease"):
+            paused.set()
+            resume.wait(60)
+
+    event.listen(engine, "after_cursor_execute", stop_after_the_update)
+    failures: list[BaseException] = []
+
+    def renew() -> None:
+        try:
+            leader.renew()
+        except Exception as exc:  # the session PostgreSQL ended
+            failures.append(exc)
+
+    renewer = threading.Thread(target=renew, name="renewer")
+    renewer.start()
+    try:
+        assert paused.wait(10)
+        started = time.monotonic()
+        # When the standby keeps trying, then it takes the next term once PostgreSQL ended the
+        # paused transaction (idle_in_transaction_session_timeout), not never
+        assert wait_for(standby.acquire, timeout=IDLE_FLOOR + 10) == 2
+        assert time.monotonic() - started >= 1.0  # (it did wait for the lock)
+    finally:
+        resume.set()
+        renewer.join(30)
+        event.remove(engine, "after_cursor_execute", stop_after_the_update)
+    # And the old leader's renew did not outlive it
+    assert failures or leader.term is None
