@@ -223,11 +223,13 @@ def _limit_target(taskname: str) -> str:
     return workername
 
 
-def _worker_reply(workername: str, replies: list[Any] | None, failure: str) -> Response:
+def _worker_reply(workername: str, replies: list[Any] | None, failure: str, success: str | None = None) -> Response:
+    """Flower's answer to a control: ``success`` (default: the worker's own ``ok`` message), or
+    ``failure`` with the reason, 504 when nobody answered and 403 when the worker refused."""
     ok = answered_ok(workername, replies)
     if ok is None:
         return as_text(f"{failure}: {worker_error(workername, replies)}", 504 if not replies else 403)
-    return as_json({"message": ok["ok"]})
+    return as_json({"message": ok["ok"] if success is None else success})
 
 
 @route(bp, f"{PREFIX}/api/task/timeout/<path:taskname>", method="POST", role=Role.ADMIN,
@@ -291,10 +293,8 @@ def shutdown(workername: str) -> Response:
 def pool_restart(workername: str) -> Response:
     _known_worker(workername)
     replies = _broadcast(workername, "pool_restart", reload=False)
-    if answered_ok(workername, replies) is None:
-        return as_text(f"Failed to restart the '{workername}' pool: {worker_error(workername, replies)}",
-                       504 if not replies else 403)
-    return as_json({"message": f"Restarting '{workername}' worker's pool"})
+    return _worker_reply(workername, replies, f"Failed to restart the '{workername}' pool",
+                         f"Restarting '{workername}' worker's pool")
 
 
 def _resize(workername: str, method: str, verb: str) -> Response:
@@ -303,10 +303,8 @@ def _resize(workername: str, method: str, verb: str) -> Response:
     if n < 1:
         raise FlowerError(400, f"'n' must be a positive number of processes, not {n}")
     replies = _broadcast(workername, method, n=n)
-    if answered_ok(workername, replies) is None:
-        return as_text(f"Failed to {verb.lower()} '{workername}' worker's pool: {worker_error(workername, replies)}",
-                       504 if not replies else 403)
-    return as_json({"message": f"{verb}ing '{workername}' worker's pool by {n}"})
+    return _worker_reply(workername, replies, f"Failed to {verb.lower()} '{workername}' worker's pool",
+                         f"{verb}ing '{workername}' worker's pool by {n}")
 
 
 @route(bp, f"{PREFIX}/api/worker/pool/grow/<path:workername>", method="POST", role=Role.ADMIN,
@@ -332,10 +330,8 @@ def pool_autoscale(workername: str) -> Response:
     if low < 0 or high < 1 or low > high:
         raise FlowerError(400, f"autoscale needs 0 <= min <= max and max >= 1 (min={low}, max={high})")
     replies = _broadcast(workername, "autoscale", min=low, max=high)
-    if answered_ok(workername, replies) is None:
-        return as_text(f"Failed to autoscale '{workername}' worker: {worker_error(workername, replies)}",
-                       504 if not replies else 403)
-    return as_json({"message": f"Autoscaling '{workername}' worker (min={low}, max={high})"})
+    return _worker_reply(workername, replies, f"Failed to autoscale '{workername}' worker",
+                         f"Autoscaling '{workername}' worker (min={low}, max={high})")
 
 
 def _consumer(workername: str, method: str, failure: str) -> Response:
