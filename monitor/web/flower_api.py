@@ -133,7 +133,8 @@ def _matching(tenant: str | None) -> list[dict[str, Any]]:
     rows = [r for r in rows if ft.in_received_range(r, start, end)]
     if query is None:
         return rows
-    return [r for r in rows if fs.matches(query, full_task(r["id"], tenant) or {})]
+    built = ((r, full_task(r["id"], tenant)) for r in rows)  # kept on the row: tasks() answers with it
+    return [{**r, "flower_task": task} for r, task in built if task is not None and fs.matches(query, task)]
 
 
 def _page(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -166,7 +167,7 @@ def tasks() -> Response:
     tenant = scope()
     out: dict[str, Any] = {}
     for row in _page(_matching(tenant)):
-        found = full_task(row["id"], tenant)
+        found = row["flower_task"] if "flower_task" in row else full_task(row["id"], tenant)
         if found is not None:
             out[row["id"]] = found
     return as_json(out)
