@@ -41,6 +41,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if any(item.get_closest_marker(name) for name in SERIAL_MARKERS):
             item.add_marker(pytest.mark.xdist_group("serial"))
+        if _uses_hypothesis(item) and not item.get_closest_marker("timeout"):
+            # pytest-timeout's default (one SIGALRM) fails a hung example once; hypothesis then
+            # replays that example to report it and the run hangs for good. The thread method
+            # ends the process instead: a hang becomes a crashed test, never a stuck CI run.
+            item.add_marker(pytest.mark.timeout(config.getini("timeout") or 300, method="thread"))
+
+
+def _uses_hypothesis(item: pytest.Item) -> bool:
+    """True when the test's module imports anything from hypothesis (given, settings...)."""
+    module = getattr(item, "module", None)
+    return module is not None and any(
+        getattr(value, "__module__", "").startswith("hypothesis") for value in vars(module).values())
 
 
 @pytest.fixture
