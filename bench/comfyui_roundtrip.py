@@ -26,7 +26,9 @@ theirs (target <= 1.2x). The direct client and the connector in-process run firs
 
 ``requests`` counts ComfyUI's HTTP requests per job by route (the simulator records them;
 warm-up included; the worker's health checks left out): unlike the times, it does not move with
-the machine's load. An external server records nothing, so the column stays empty there.
+the machine's load. An external server is counted when it answers ``GET /_sim/requests`` as
+the simulator does (a real ComfyUI does with the request-log custom node shown in
+docs/benchmarks.md §7); otherwise the column stays empty there.
 
     python -m bench.comfyui_roundtrip --jobs 200
     python -m bench.comfyui_roundtrip --jobs 300 --comfyui-url http://127.0.0.1:8188 --workflow wf.json
@@ -131,15 +133,37 @@ def _row(side: str, ms: list[float], **extra: Any) -> dict[str, Any]:
 JOB_ROUTES = ("/prompt", "/queue", "/history/", "/view", "/interrupt")
 
 
-def _requests_per_job(sim: SimulatorProcess | None, since: float, jobs: int,
+RequestLog = Callable[[], list[dict[str, Any]]]
+
+
+def request_log(url: str, sim: SimulatorProcess | None) -> RequestLog | None:
+    """What reads the server's request log: the simulator's, or an external server's that answers
+    ``GET /_sim/requests`` the same way (a real ComfyUI with the request-log custom node); None
+    when it does not (nothing to count)."""
+    if sim is not None:
+        return sim.requests
+
+    def read() -> list[dict[str, Any]]:
+        answer = requests.get(f"{url}/_sim/requests", timeout=10)
+        answer.raise_for_status()
+        got: list[dict[str, Any]] = answer.json()
+        return got
+
+    try:
+        return read if isinstance(read(), list) else None
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def _requests_per_job(log: RequestLog | None, since: float, jobs: int,
                       besides: dict[str, int] | None = None) -> str:
     """ComfyUI requests per job since ``since`` (wall clock), by route: a count, not a time, so
-    it does not depend on how busy the machine is. Empty for an external server (``sim`` None),
-    which records nothing."""
-    if sim is None:
+    it does not depend on how busy the machine is. Empty when the server keeps no log (``log``
+    None)."""
+    if log is None:
         return ""
     paths: dict[str, int] = {}
-    for r in sim.requests():
+    for r in log():
         if r["time"] < since or not r["path"].startswith(JOB_ROUTES):
             continue
         path = f"{r['method']} {'/history/<id>' if r['path'].startswith('/history/') else r['path']}"
@@ -256,17 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sim = SimulatorProcess(output_dir=workdir / "sim-out", log_path=workdir / "sim.log").start()
         url = sim.url
+    log = request_log(url, sim)
     server = RedisServer().start() if not args.skip_jobqueue else None
     rows = []
     try:
-        print(f"ComfyUI {server_version(url)} at {url} ({'simulator' if sim else 'external server'}), "
+        print(f"ComfyUI {server_version(url)} at {url} ({'simulator' if sim else 'external server'}{'' if log else ', no request log'}), "
               f"workflow {args.workflow or 'EXAMPLE_WORKFLOW'} ({len(workflow)} nodes)")
         since = time.time()
         direct = run_direct(url, workflow, args.jobs)
-        rows.append(_row("direct ComfyUI client", direct, requests=_requests_per_job(sim, since, args.jobs + 1)))
+        rows.append(_row("direct ComfyUI client", direct, requests=_requests_per_job(log, since, args.jobs + 1)))
         since = time.time()
         connector = run_connector(url, workflow, workdir, args.jobs)
-        rows.append(_row("connector in-process", connector, requests=_requests_per_job(sim, since, args.jobs + 1)))
+        rows.append(_row("connector in-process", connector, requests=_requests_per_job(log, since, args.jobs + 1)))
         if server is not None:
             since = time.time()
             times, inside, besides = run_jobqueue(url, workflow, server.url(0), workdir, args.jobs)
@@ -274,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(_row("plain Celery no-op round trip (turns)", times["plain"]))
             rows.append(_row("through jobqueue (submit -> wait, turns)", times["jobqueue"],
                              **{"in task p50 ms": percentile(inside, 50) if inside else float("nan"),
-                                "requests": _requests_per_job(sim, since, args.jobs + 10, besides)}))
+                                "requests": _requests_per_job(log, since, args.jobs + 10, besides)}))
     finally:
         if server is not None:
             server.stop()

@@ -312,9 +312,10 @@ class ComfyUIConnector(Connector):
         """Make sure the websocket is open before posting; fail fast when ComfyUI is down."""
         self._listener.start()
         if self._suspect or not self._listener.connected.is_set():
-            # The last job stalled or the socket is down: ask once, quickly, before waiting.
+            # The last job stalled or the socket is down: ask once before waiting, as long as a
+            # health check (a real ComfyUI's gc.collect() can hold it for over 1.5 s).
             try:
-                self._rest.get_json("/system_stats", timeout=1.5)
+                self._rest.get_json("/system_stats", timeout=HEALTH_TIMEOUT)
             except requests.Timeout:
                 raise ServiceNotReached(f"ComfyUI at {self.base_url} does not answer", {"url": self.base_url}) from None
             except ServiceUnavailable as exc:

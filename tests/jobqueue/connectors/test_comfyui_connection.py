@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -170,3 +171,22 @@ def test_jobqueue_comfyui_sim_serves_comfyuis_protocol_on_the_given_port(tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_a_first_job_waits_out_a_two_second_pause_like_a_real_comfyuis_periodic_garbage_collection(sim, tmp_path):
+    # Given a ComfyUI that holds every request for 2 s, as a real 0.3.64 does while its prompt
+    # worker's gc.collect() (at most every 10 s) holds the GIL: about 1.1 s on a loaded 2-core
+    # machine, over 1.5 s at load 12 (docs/benchmarks.md §7, "against a real ComfyUI")
+    sim.fault("freeze")
+    thaw = threading.Timer(2.0, sim.fault, ("none",))  # the pause under test, not a synchronisation
+    thaw.start()
+    connector = connector_for(sim, tmp_path)  # its websocket's handshake is held too
+    try:
+        # When the connector's first job arrives during the pause
+        job = Job(id="during-a-pause", service="comfyui", payload={"workflow": EXAMPLE_WORKFLOW})
+        result = connector.run(job, noop)
+    finally:
+        thaw.cancel()
+        connector.stop()
+    # Then it waits the pause out and runs (it used to fail at once: ServiceNotReached, "does not answer")
+    assert result["files"] and result["prompt_id"]
