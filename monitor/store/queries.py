@@ -35,6 +35,7 @@ from monitor.store.statuses import (
     ON_WORKER_STATUSES,
     OPEN_STATUSES,
 )
+from monitor.store.worker_cache import WorkerCache
 
 #: Completed runs (newest, over every task name) the per-task-name runtime percentiles read.
 TASK_RUNTIME_SAMPLES = 20_000
@@ -48,6 +49,9 @@ CANVAS_FIELDS = ("id", "name", "service", "status", "parent_id", "root_id", "gro
 
 class StoreQueries:
     """The read half of :class:`monitor.store.Store` (which provides :meth:`read`)."""
+
+    #: The workers already built, by seq (:mod:`monitor.store.worker_cache`); one per store.
+    worker_cache: WorkerCache
 
     def read(self) -> AbstractContextManager[Session]:
         """One read transaction that sees one consistent snapshot of the database."""
@@ -95,11 +99,7 @@ class StoreQueries:
             return changelog.changes_since(session, since, limit, with_tenant)
 
     def _workers(self, session: Session, now: float) -> list[dict[str, Any]]:
-        conns: dict[str, list[ConnectorRow]] = {}
-        for c in session.scalars(select(ConnectorRow)):
-            conns.setdefault(c.worker, []).append(c)
-        return [worker_dict(w, conns.get(w.name, []), now)
-                for w in session.scalars(select(WorkerRow).order_by(WorkerRow.name))]
+        return self.worker_cache.workers(session, now)
 
     def _machines(self, session: Session) -> list[dict[str, Any]]:
         names: dict[str, list[str]] = {}

@@ -27,6 +27,12 @@ def connector_dict(c: ConnectorRow) -> dict[str, Any]:
     }
 
 
+def heartbeat_age(received: float | None, now: float) -> float | None:
+    """Seconds since the monitor received the worker's last heartbeat, as of ``now`` (the
+    reader's clock: the one field of a worker never cached, see :mod:`monitor.store.worker_cache`)."""
+    return None if received is None else round(max(0.0, now - received), 3)
+
+
 def worker_dict(w: WorkerRow, connectors: list[ConnectorRow], now: float) -> dict[str, Any]:
     """A worker as the API shows it; ``processed``/``failed`` count the jobs the store holds
     that ended on it (see :func:`monitor.merge.effects.count_end`)."""
@@ -50,7 +56,7 @@ def worker_dict(w: WorkerRow, connectors: list[ConnectorRow], now: float) -> dic
         "celery_processed": w.processed,
         "current_job": w.current_job,
         "heartbeat_at": w.heartbeat_at,
-        "heartbeat_age": None if w.heartbeat_received is None else round(max(0.0, now - w.heartbeat_received), 3),
+        "heartbeat_age": heartbeat_age(w.heartbeat_received, now),
         "freq": w.freq,
         "online_at": w.online_at,
         "sw_ver": w.sw_ver,
