@@ -1,6 +1,6 @@
-"""The worker cache (:mod:`monitor.store.worker_cache`): a read of the fleet equals the workers
-built afresh from their rows after every kind of change, rebuilds only the changed ones, and
-takes ``heartbeat_age`` from the reader's clock."""
+"""The worker cache (:mod:`monitor.store.worker_cache`) and the machines read as plain rows: a
+read of the fleet equals the workers and machines built afresh from their rows after every kind
+of change, rebuilds only the changed workers, and takes ``heartbeat_age`` from the reader's clock."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from monitor.merge.apply import apply, expire
 from monitor.store import Store
-from monitor.store.models import ConnectorRow, WorkerRow
-from monitor.store.serialise import worker_dict
+from monitor.store.models import ConnectorRow, MachineRow, WorkerRow
+from monitor.store.serialise import machine_dict, worker_dict
 from monitor.store.worker_cache import WorkerCache
 
 T0 = 1_800_000_000.0
@@ -27,6 +27,16 @@ def built_afresh(store: Store, now: float) -> list[dict[str, Any]]:
             conns.setdefault(c.worker, []).append(c)
         return [worker_dict(w, conns.get(w.name, []), now)
                 for w in session.scalars(select(WorkerRow).order_by(WorkerRow.name))]
+
+
+def machines_afresh(store: Store) -> list[dict[str, Any]]:
+    """Every machine built from its ORM row, as the store did before it read plain rows."""
+    with store.read() as session:
+        names: dict[str, list[str]] = {}
+        for name, machine_id in session.execute(select(WorkerRow.name, WorkerRow.machine_id)):
+            if machine_id:
+                names.setdefault(machine_id, []).append(name)
+        return [machine_dict(m, names.get(m.id, [])) for m in session.scalars(select(MachineRow).order_by(MachineRow.id))]
 
 
 def connector(name: str, status: str, seq: int, ts: float, **extra: Any) -> dict[str, Any]:
@@ -48,9 +58,13 @@ def fleet(store: Store) -> None:
 
 
 def same(store: Store, now: float) -> list[dict[str, Any]]:
-    """The cached read at ``now``, after checking it equals the fresh build byte for byte."""
+    """The cached read at ``now``, after checking it (and the snapshot's workers and machines)
+    equals the fresh build byte for byte."""
     got = store.workers(now)
     assert json.dumps(got) == json.dumps(built_afresh(store, now))
+    snapshot = store.snapshot(now=now)
+    assert json.dumps(snapshot["workers"]) == json.dumps(got)
+    assert json.dumps(snapshot["machines"]) == json.dumps(store.machines()) == json.dumps(machines_afresh(store))
     return got
 
 
