@@ -26,7 +26,7 @@ from monitor.store.models import (
     ServiceStatRow,
     WorkerRow,
 )
-from monitor.store.serialise import job_dict, machine_dict, service_dict, worker_dict
+from monitor.store.serialise import job_dict, machine_fields, service_dict, worker_dict
 from monitor.store.stats import finite_values, percentile
 from monitor.store.stats import summary as safe_summary
 from monitor.store.statuses import (
@@ -35,6 +35,7 @@ from monitor.store.statuses import (
     ON_WORKER_STATUSES,
     OPEN_STATUSES,
 )
+from monitor.store.worker_cache import WorkerCache
 
 #: Completed runs (newest, over every task name) the per-task-name runtime percentiles read.
 TASK_RUNTIME_SAMPLES = 20_000
@@ -48,6 +49,9 @@ CANVAS_FIELDS = ("id", "name", "service", "status", "parent_id", "root_id", "gro
 
 class StoreQueries:
     """The read half of :class:`monitor.store.Store` (which provides :meth:`read`)."""
+
+    #: The workers already built, by seq (:mod:`monitor.store.worker_cache`); one per store.
+    worker_cache: WorkerCache
 
     def read(self) -> AbstractContextManager[Session]:
         """One read transaction that sees one consistent snapshot of the database."""
@@ -68,7 +72,7 @@ class StoreQueries:
             counter = session.get(CounterRow, "seq")
             seq = counter.value if counter else 0
             workers = self._workers(session, now)
-            machines = self._machines(session)
+            machines = self._machines(session, workers)
             jobs = list(session.scalars(select(JobRow).where(JobRow.status.in_(OPEN_STATUSES), *mine)
                                         .order_by(JobRow.submitted_at, JobRow.id)))
             finished = list(session.scalars(
@@ -95,18 +99,20 @@ class StoreQueries:
             return changelog.changes_since(session, since, limit, with_tenant)
 
     def _workers(self, session: Session, now: float) -> list[dict[str, Any]]:
-        conns: dict[str, list[ConnectorRow]] = {}
-        for c in session.scalars(select(ConnectorRow)):
-            conns.setdefault(c.worker, []).append(c)
-        return [worker_dict(w, conns.get(w.name, []), now)
-                for w in session.scalars(select(WorkerRow).order_by(WorkerRow.name))]
+        return self.worker_cache.workers(session, now)
 
-    def _machines(self, session: Session) -> list[dict[str, Any]]:
+    def _machines(self, session: Session, workers: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Every machine with the names of its workers (``workers``: the workers read in this
+        same transaction, which name their machines; else they are read here)."""
+        pairs = ((w["name"], w["machine_id"]) for w in workers) if workers is not None else \
+            session.execute(select(WorkerRow.name, WorkerRow.machine_id))
         names: dict[str, list[str]] = {}
-        for name, machine_id in session.execute(select(WorkerRow.name, WorkerRow.machine_id)):
+        for name, machine_id in pairs:
             if machine_id:
                 names.setdefault(machine_id, []).append(name)
-        return [machine_dict(m, names.get(m.id, [])) for m in session.scalars(select(MachineRow).order_by(MachineRow.id))]
+        rows = session.execute(select(MachineRow.id, MachineRow.status, MachineRow.last_seen, MachineRow.seq)
+                               .order_by(MachineRow.id))
+        return [machine_fields(*row, names.get(row[0], [])) for row in rows]
 
     def machines(self) -> list[dict[str, Any]]:
         with self.read() as session:

@@ -27,6 +27,12 @@ def connector_dict(c: ConnectorRow) -> dict[str, Any]:
     }
 
 
+def heartbeat_age(received: float | None, now: float) -> float | None:
+    """Seconds since the monitor received the worker's last heartbeat, as of ``now`` (the
+    reader's clock: the one field of a worker never cached, see :mod:`monitor.store.worker_cache`)."""
+    return None if received is None else round(max(0.0, now - received), 3)
+
+
 def worker_dict(w: WorkerRow, connectors: list[ConnectorRow], now: float) -> dict[str, Any]:
     """A worker as the API shows it; ``processed``/``failed`` count the jobs the store holds
     that ended on it (see :func:`monitor.merge.effects.count_end`)."""
@@ -50,7 +56,7 @@ def worker_dict(w: WorkerRow, connectors: list[ConnectorRow], now: float) -> dic
         "celery_processed": w.processed,
         "current_job": w.current_job,
         "heartbeat_at": w.heartbeat_at,
-        "heartbeat_age": None if w.heartbeat_received is None else round(max(0.0, now - w.heartbeat_received), 3),
+        "heartbeat_age": heartbeat_age(w.heartbeat_received, now),
         "freq": w.freq,
         "online_at": w.online_at,
         "sw_ver": w.sw_ver,
@@ -63,7 +69,14 @@ def worker_dict(w: WorkerRow, connectors: list[ConnectorRow], now: float) -> dic
 
 def machine_dict(m: MachineRow, workers: list[str]) -> dict[str, Any]:
     """A machine as the API shows it, with the names of its workers."""
-    return {"id": m.id, "workers": sorted(workers), "status": m.status, "last_seen": m.last_seen, "seq": m.seq}
+    return machine_fields(m.id, m.status, m.last_seen, m.seq, workers)
+
+
+def machine_fields(machine_id: str, status: str, last_seen: float | None, seq: int,
+                   workers: list[str]) -> dict[str, Any]:
+    """:func:`machine_dict` from the columns themselves (a snapshot reads them as plain rows:
+    an ORM object per machine cost more than the rest of the machines' read)."""
+    return {"id": machine_id, "workers": sorted(workers), "status": status, "last_seen": last_seen, "seq": seq}
 
 
 def _meta_int(meta: dict[str, Any], key: str) -> int | None:

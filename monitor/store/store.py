@@ -23,6 +23,7 @@ from monitor.store.migrate import upgrade
 from monitor.store.models import AuditRow, ChangeRow, CounterRow, JobEventRow, JobRow
 from monitor.store.queries import StoreQueries
 from monitor.store.tx import Tx
+from monitor.store.worker_cache import WorkerCache
 
 
 class Store(StoreQueries):
@@ -50,6 +51,7 @@ class Store(StoreQueries):
         #: Called first in every write transaction; raises to refuse the write (the writer's
         #: lease of a store shared by several monitors, :meth:`monitor.store.lease.WriterLease.fence`).
         self.fence: Callable[[Session], None] | None = None
+        self.worker_cache = WorkerCache()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
