@@ -37,9 +37,10 @@ class Sends:
 
     def counted(self) -> list[str]:
         """The first command of each write, leaving out the UNSUBSCRIBE of an earlier job's result
-        (sent whenever the garbage collector drops its handle)."""
+        (sent whenever the garbage collector drops its handle) and redis-py's health-check PING
+        (before a command on a connection idle for its interval)."""
         firsts = [w.split(b"\r\n")[2].decode() for w in self.writes]
-        return [f for f in firsts if f != "UNSUBSCRIBE"]
+        return [f for f in firsts if f not in ("UNSUBSCRIBE", "PING")]
 
     def holding(self, needle: str) -> list[bytes]:
         return [w for w in self.writes if needle.encode() in w]
