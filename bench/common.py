@@ -266,3 +266,18 @@ def command_calls(url: str) -> dict[str, int]:
     finally:
         client.close()
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def server_reads(url: str) -> int:
+    """Read events Redis processed on client sockets so far (``INFO stats``
+    ``total_reads_processed``): about one per round trip a client makes (a pipeline's commands
+    arrive in one), so the difference over a run counts round trips, whoever made them (the
+    later call's own ``INFO`` included: subtract 1). One connection per URL, kept, so no
+    handshake of its own falls inside the window."""
+    client = _READERS.get(url)
+    if client is None:
+        client = _READERS[url] = redis.Redis.from_url(url)
+    return int(client.info("stats")["total_reads_processed"])
+
+
+_READERS: dict[str, redis.Redis] = {}

@@ -11,7 +11,8 @@ Both workers run at the same time on the same private Redis, and the jobs altern
 jobqueue job, one plain job, ...), one at a time, so a load spike from elsewhere on the machine
 hits both sides alike. The table gives p50/p90/p99 per side, the ratio of the p50s (target
 ≤ 1.5×) and the Redis commands per job of each side (``INFO commandstats`` around a separate,
-sequential run of each side).
+sequential run of each side), with Redis's socket reads per job (``INFO stats``
+``total_reads_processed``: about its round trips; the workers' included).
 
     python -m bench.roundtrip --jobs 300
 """
@@ -37,19 +38,22 @@ from bench.common import (
     command_calls,
     fmt_table,
     percentile,
+    server_reads,
     wait_until,
 )
 from jobqueue.client.jobs import submit_job
 from jobqueue.transport.app import create_app
 
 
-def calls_per_job(url: str, run_one: Callable[[], Any], jobs: int) -> dict[str, float]:
-    """Redis commands per job, by command, over ``jobs`` sequential round trips."""
-    before = command_calls(url)
+def calls_per_job(url: str, run_one: Callable[[], Any], jobs: int) -> tuple[dict[str, float], float]:
+    """Redis commands per job, by command, and Redis's socket reads per job (about its round
+    trips, :func:`~bench.common.server_reads`), over ``jobs`` sequential round trips."""
+    before, reads = command_calls(url), server_reads(url)
     for _ in range(jobs):
         run_one()
+    reads = server_reads(url) - reads - 1  # less the INFO of the first count
     after = command_calls(url)
-    return {name: (n - before.get(name, 0)) / jobs for name, n in after.items() if n > before.get(name, 0)}
+    return {name: (n - before.get(name, 0)) / jobs for name, n in after.items() if n > before.get(name, 0)}, reads / jobs
 
 
 def plain_client(url: str) -> Celery:
@@ -94,7 +98,8 @@ def run(url: str, workdir: Path, jobs: int, count_jobs: int) -> tuple[list[dict[
                 started = time.perf_counter()
                 one()
                 times[side].append((time.perf_counter() - started) * 1000.0)
-        calls = {"jobqueue": calls_per_job(url, ours, count_jobs), "plain": calls_per_job(url, theirs, count_jobs)}
+        counted = {"jobqueue": calls_per_job(url, ours, count_jobs), "plain": calls_per_job(url, theirs, count_jobs)}
+        calls = {side: c for side, (c, _) in counted.items()}
     finally:
         fleet.stop()
         if worker is not None:
@@ -104,7 +109,8 @@ def run(url: str, workdir: Path, jobs: int, count_jobs: int) -> tuple[list[dict[
     names = {"jobqueue": "jobqueue (submit_job → wait)", "plain": "plain Celery, same settings (send_task → get)"}
     rows = [{"side": names[side], "jobs": len(values), "p50 ms": percentile(values, 50),
              "p90 ms": percentile(values, 90), "p99 ms": percentile(values, 99),
-             "redis commands/job": sum(calls[side].values())} for side, values in times.items()]
+             "redis commands/job": sum(calls[side].values()), "redis round trips/job": counted[side][1]}
+            for side, values in times.items()]
     return rows, calls
 
 
@@ -125,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         rows, calls = run(server.url(0), workdir, args.jobs, args.count_jobs)
     finally:
         server.stop()
-    print(fmt_table(rows, ["side", "jobs", "p50 ms", "p90 ms", "p99 ms", "redis commands/job"]))
+    print(fmt_table(rows, ["side", "jobs", "p50 ms", "p90 ms", "p99 ms", "redis commands/job",
+                           "redis round trips/job"]))
     print(f"ratio jobqueue/plain p50: {rows[0]['p50 ms'] / rows[1]['p50 ms']:.2f}x (target <= 1.5x); "
           "one worker each, threads pool, concurrency 1, jobs alternating")
     names = sorted({n for side in calls.values() for n in side}, key=lambda n: -max(c.get(n, 0) for c in calls.values()))

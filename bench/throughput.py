@@ -52,6 +52,7 @@ from bench.common import (
     free_port,
     group_cpu_seconds,
     monitor_process,
+    server_reads,
     wait_http,
     wait_until,
 )
@@ -183,6 +184,7 @@ def run(url: str, plain_url: str, workdir: Path, jobs: int, workers: int, monito
     seconds = {side.name: 0.0 for side in sides}
     succeeded = {side.name: 0 for side in sides}
     calls_of: dict[str, dict[str, int]] = {side.name: {} for side in sides}
+    reads_of = {side.name: 0 for side in sides}
     cpu: dict[str, dict[str, float]] = {side.name: {"workers": 0.0, "redis": 0.0, "bench client": 0.0}
                                         for side in sides}
     per_round = max(1, jobs // rounds)
@@ -192,7 +194,7 @@ def run(url: str, plain_url: str, workdir: Path, jobs: int, workers: int, monito
         consumers = {side.name: group_cpu_seconds(side.consumer_groups()) for side in sides}
         for _ in range(rounds):
             for side in sides:
-                calls = command_calls(url)
+                calls, reads = command_calls(url), server_reads(url)
                 before = (group_cpu_seconds(side.worker_groups()), group_cpu_seconds([redis_pid]), _own_cpu())
                 started = time.perf_counter()
                 ids = side.submit(per_round)
@@ -201,6 +203,7 @@ def run(url: str, plain_url: str, workdir: Path, jobs: int, workers: int, monito
                 after = (group_cpu_seconds(side.worker_groups()), group_cpu_seconds([redis_pid]), _own_cpu())
                 for key, was, now in zip(("workers", "redis", "bench client"), before, after, strict=True):
                     cpu[side.name][key] += now - was
+                reads_of[side.name] += server_reads(url) - reads - 1  # less the INFO commandstats
                 for name, n in _calls_between(url, calls).items():
                     calls_of[side.name][name] = calls_of[side.name].get(name, 0) + n
                 succeeded[side.name] += sum(1 for s in backend_states(side.app, ids).values()
@@ -213,7 +216,8 @@ def run(url: str, plain_url: str, workdir: Path, jobs: int, workers: int, monito
             side.stop()
     done = per_round * rounds
     return [{"side": name, "jobs": done, "succeeded": succeeded[name], "seconds": seconds[name],
-             "jobs/s": done / seconds[name], "calls": calls_of[name], "cpu": cpu[name]} for name in seconds]
+             "jobs/s": done / seconds[name], "calls": calls_of[name], "cpu": cpu[name],
+             "redis round trips/job": reads_of[name] / done} for name in seconds]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = ours["jobs"]
     for row in rows:
         row["redis commands/job"] = sum(row["calls"].values()) / jobs
-    print(fmt_table(rows, ["side", "jobs", "succeeded", "seconds", "jobs/s", "redis commands/job"]))
+    print(fmt_table(rows, ["side", "jobs", "succeeded", "seconds", "jobs/s", "redis commands/job",
+                           "redis round trips/job"]))
     target = "1.1x, with Flower beside plain Celery" if not args.no_monitor else "0.95x"
     print(f"ratio jobqueue/plain: {ours['jobs/s'] / plain['jobs/s']:.2f}x; "
           f"jobqueue/plain with the same delivery+event settings: {ours['jobs/s'] / reliable['jobs/s']:.2f}x "

@@ -25,12 +25,11 @@ from typing import Any
 
 from jobqueue.client.input_owners import check_input_owners
 from jobqueue.client.jobs import JobHandle, default_app, prepare_job
-from jobqueue.client.replicas import replicate_records
+from jobqueue.client.records import send_jobs
 from jobqueue.errors import SubmitError
 from jobqueue.shared import queued
-from jobqueue.shared.fairshare import note_queues
 from jobqueue.shared.names import RUN_JOB_TASK
-from jobqueue.shared.submissions import record_submitted, submit_facts
+from jobqueue.shared.submissions import submit_facts
 
 #: Most jobs one batch may hold.
 MAX_BATCH_SIZE = 10_000
@@ -126,12 +125,19 @@ def submit_batch(
             raise type(exc)(f"batch job {index}: {exc}") from None
     ids = [send_options["task_id"] for _, send_options in messages]
     queued.admit(app, {service: ids}, tenant=tenant)  # all or none: QueueFull, QuotaExceeded
-    record_submitted(app, ids, {o["task_id"]: submit_facts(app, RUN_JOB_TASK, o) for _, o in messages})
-    note_queues(app, [send_options["queue"] for _, send_options in messages])
-    replicate_records(app, f"the submit records of {len(ids)} batch jobs")
-    for sent, (kwargs, send_options) in enumerate(messages):
+    facts = {o["task_id"]: submit_facts(app, RUN_JOB_TASK, o) for _, o in messages}
+
+    def send(index: int) -> Any:
+        kwargs, send_options = messages[index]
+        return app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+
+    for sent in range(count):
         try:
-            app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+            if sent:
+                send(sent)
+            else:  # every job's records first (in the first message's round trip when they can)
+                send_jobs(app, ids, facts, [o["queue"] for _, o in messages],
+                          f"the submit records of {len(ids)} batch jobs", lambda: send(0))
         except Exception:  # the jobs not sent free their places
             queued.forget(app, [service], ids[sent:])
             raise

@@ -24,8 +24,8 @@ from redis.sentinel import MasterNotFoundError
 
 from jobqueue.client.cancels import cancel_later_steps
 from jobqueue.client.input_owners import check_input_owners
-from jobqueue.client.replicas import replicate_records
-from jobqueue.client.waiting import job_expected_load, job_waiting_for, queue_remember
+from jobqueue.client.records import send_job
+from jobqueue.client.waiting import job_expected_load, job_waiting_for
 from jobqueue.connectors import CONNECTORS, connector_class
 from jobqueue.errors import (
     InvalidPayloadError,
@@ -33,6 +33,8 @@ from jobqueue.errors import (
     JobError,
     JobFailed,
     JobNotFound,
+    QueueFull,
+    QuotaExceeded,
     SubmitError,
     WaitTimeout,
     error_info,
@@ -42,9 +44,9 @@ from jobqueue.shared import job_record as facts
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask
 from jobqueue.shared.names import CONTROL_CANCEL_JOB, RUN_JOB_TASK, TASK_REVOKED, WORKER_CLASS
 from jobqueue.shared.records import result_client
-from jobqueue.shared.requirements import Requirements, resolve, route_queue
+from jobqueue.shared.requirements import resolve, route_queue
 from jobqueue.shared.routing import broker_priority, check_priority
-from jobqueue.shared.submissions import queue_job_submit, record_submitted, was_submitted
+from jobqueue.shared.submissions import was_submitted
 from jobqueue.shared.summary import summarize_payload
 from jobqueue.shared.tenants import check_tenant
 from jobqueue.shared.webhooks import check_webhook_url
@@ -405,31 +407,21 @@ def prepare_job(
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 
 
-def _record(app: Any, send: dict[str, Any], service: str, options: dict[str, Any]) -> None:
-    """Before sending: the job's place in its service's and tenant's counts (:mod:`~.queued`: ``QueueFull``,
-    ``QuotaExceeded``), the submit record (with what a late monitor needs), its tenant queue's note and its
-    requirements (for ``waiting_for``): one round trip on a Redis result backend, two when capped."""
-    job_id = send["task_id"]
-    tenant = options.get("tenant")
+def _master_not_found(exc: BaseException | None) -> MasterNotFoundError | None:
+    """The ``MasterNotFoundError`` behind ``exc`` (Celery's result consumer wraps it in a
+    ``RuntimeError`` once its reconnects ran out), if any."""
+    while exc is not None and not isinstance(exc, MasterNotFoundError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _admit(app: Any, send: dict[str, Any], service: str, tenant: str | None) -> bool:
+    """The job's place in its service's and tenant's counts when they are capped (:mod:`~.queued`:
+    ``QueueFull``, ``QuotaExceeded``); True when it took one there."""
     capped = queued.is_capped(app, service, tenant)
     if capped:
-        queued.admit(app, {service: [job_id]}, tenant=tenant)
-    client = result_client(app)
-    if client is None:
-        record_submitted(app, [job_id])
-        return
-    with client.pipeline(transaction=False) as pipe:
-        queue_job_submit(pipe, app, send)
-        queue_remember(pipe, app, job_id, service, Requirements.from_dict(options.get("requires")))
-        fairshare.note_queue(pipe, options["queue"], queued.expires_of(app))
-        if not capped:
-            queued.queue_add(pipe, service, [job_id], queued.expires_of(app), tenant=tenant)
-        results = pipe.execute(raise_on_error=False)
-    if isinstance(results[0], Exception):
-        raise results[0]
-    if any(isinstance(r, Exception) for r in results[1:]):  # the job is sent anyway
-        log.warning("could not record the requirements or queue place of job %s: %s", job_id, results[1:])
-    replicate_records(app, f"the submit record of job {job_id}", job_id)
+        queued.admit(app, {service: [send["task_id"]]}, tenant=tenant)
+    return capped
 
 
 def submit_job(
@@ -476,13 +468,15 @@ def submit_job(
         secret_keys=app.settings.secret_keys_pattern, fair_share=app.settings.fair_share,
     )
     check_input_owners(app, service, kwargs["payload"], tenant)
-    try:
-        _record(app, send_options, service, kwargs["options"])
-    except MasterNotFoundError as exc:  # nothing sent: say which sentinels and master
-        raise unreachable(app.settings.result_backend, app.settings, exc) from exc
-    try:
-        sent = app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options)
+    try:  # the submit record first (in the message's round trip when they share the Redis server)
+        sent = send_job(app, send_options, service, kwargs["options"], _admit(app, send_options, service, tenant),
+                        lambda: app.send_task(RUN_JOB_TASK, kwargs=kwargs, **send_options))
+    except (QueueFull, QuotaExceeded):  # no place taken
+        raise
     except Exception as exc:  # never sent: its place in the queue is free again
+        missing = _master_not_found(exc)
+        if missing is not None:  # nothing sent: say which sentinels and master
+            raise unreachable(app.settings.result_backend, app.settings, missing) from exc
         queued.forget(app, [service], [send_options["task_id"]])
         raise_clearly(exc)  # a queue declared with another type than it has: say how to migrate
         raise

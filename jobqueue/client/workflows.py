@@ -38,7 +38,7 @@ from celery import chain
 from jobqueue.client.cancels import cancel_later_steps
 from jobqueue.client.input_owners import check_input_owners
 from jobqueue.client.jobs import JobHandle, default_app, prepare_job
-from jobqueue.client.replicas import replicate_records
+from jobqueue.client.records import send_jobs
 from jobqueue.errors import (
     JobFailed,
     SubmitError,
@@ -47,7 +47,6 @@ from jobqueue.errors import (
     WorkflowNotFound,
 )
 from jobqueue.shared import queued
-from jobqueue.shared.fairshare import note_queues
 from jobqueue.shared.names import RUN_JOB_TASK, STEP_SIGNATURE_TYPE
 from jobqueue.shared.records import workflow_key, workflow_step_key
 from jobqueue.shared.steps import (
@@ -56,7 +55,7 @@ from jobqueue.shared.steps import (
     placeholder_paths,
     resolve_placeholders,
 )
-from jobqueue.shared.submissions import record_submitted, submit_facts
+from jobqueue.shared.submissions import submit_facts
 from jobqueue.states import FINAL_JOB_STATES, JobStatus, workflow_status
 
 __all__ = [
@@ -130,14 +129,14 @@ def submit_workflow(
         setter(workflow_key(workflow_id), json.dumps(record))
         for step_id in step_ids:
             setter(workflow_step_key(step_id), workflow_id)
-    record_submitted(app, step_ids, _step_facts(app, signatures))  # later steps sent by workers, queued now
-    note_queues(app, [sig.options["queue"] for sig in signatures])
-    replicate_records(app, f"the records of workflow {workflow_id}")
     # ``ignore_result=False`` spelled out: a client app does not register the job task (a worker
     # does), and the first message of a chain of an unregistered task would leave that header
     # empty; the message stays the one a registered task sends (rolling upgrades compare them).
+    # Every step's records first (later steps are sent by workers, queued now), in the first
+    # step's round trip when they can.
     try:
-        chain(*signatures).apply_async(ignore_result=False)
+        send_jobs(app, step_ids, _step_facts(app, signatures), [sig.options["queue"] for sig in signatures],
+                  f"the records of workflow {workflow_id}", lambda: chain(*signatures).apply_async(ignore_result=False))
     except Exception:  # nothing sent: every step's place is free again
         queued.forget(app, list(by_service), step_ids)
         raise

@@ -63,6 +63,15 @@ def queue_job_submit(pipe: Any, app: Any, send_options: dict[str, Any]) -> None:
     queue_submit_facts(pipe, app, send_options["task_id"], submit_facts(app, RUN_JOB_TASK, send_options))
 
 
+def queue_submitted(pipe: Any, app: Any, job_ids: Iterable[str],
+                    facts: dict[str, dict[str, Any]] | None = None) -> None:
+    """Add the submit records of ``job_ids`` and their first ``facts`` (job id →
+    :func:`submit_facts`) to ``pipe``."""
+    queue_records(pipe, app, job_ids)
+    for job_id, fields in (facts or {}).items():
+        queue_submit_facts(pipe, app, job_id, fields)
+
+
 def record_submitted(app: Any, job_ids: Iterable[str], facts: dict[str, dict[str, Any]] | None = None) -> None:
     """Record ``job_ids`` as submitted, with their first ``facts`` (job id → :func:`submit_facts`),
     in one round trip on Redis, however many ids."""
@@ -73,9 +82,7 @@ def record_submitted(app: Any, job_ids: Iterable[str], facts: dict[str, dict[str
     client = result_client(app)
     if client is not None:
         with client.pipeline(transaction=False) as pipe:
-            queue_records(pipe, app, ids)
-            for job_id, fields in (facts or {}).items():
-                queue_submit_facts(pipe, app, job_id, fields)
+            queue_submitted(pipe, app, ids, facts)
             pipe.execute()
         return
     setter = getattr(backend, "set", None)

@@ -26,9 +26,13 @@ tests/jobqueue/worker/test_poison.py.
    (redis-py clients are thread-safe: each command borrows a pooled connection) and builds a
    new one only when kombu replaced the pool (``_pool``, reset on reconnect).
 5. ``kombu.transport.redis.Channel._put``'s ``_publish_batch`` keyword (kombu 5.7: an object
-   with ``add(command, *args)``): with ``jobqueue_wait_replicas`` set, ``_put`` collects the
-   commands kombu would send for a message and sends them with a Redis ``WAIT`` in one
-   pipeline (see :mod:`jobqueue.transport.replication`).
+   with ``add(command, *args)``; :data:`KOMBU_BATCHES` says whether the installed kombu has it):
+   with ``jobqueue_wait_replicas`` set or a rider waiting for the message
+   (:mod:`jobqueue.transport.riders`: the job's submit record), ``_put`` collects the commands
+   kombu would send for a message and sends them in one pipeline, after the rider's commands
+   inside one ``MULTI``/``EXEC`` and before a Redis ``WAIT`` (see
+   :mod:`jobqueue.transport.replication`); that pipeline has no redis-py response callbacks
+   (``Pipeline.response_callbacks``: the commands inside ``MULTI`` answer ``QUEUED``).
 6. ``Channel._q_for_pri`` and ``_get_message_priority`` (kombu's key of a message's priority
    list) and ``QoS._delivered`` (the tags kombu recorded as unacked), to put back an item
    popped just before the broker went away (its QoS write failed, so no one else holds it).
@@ -73,6 +77,7 @@ from kombu.utils.json import loads
 
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
 from jobqueue.transport.replication import check_wait, queue_wait, replicas_to_wait, wait_after
+from jobqueue.transport.riders import Rider, rider_for, same_target
 
 #: Attribute of a kombu Connection where its channels find the poison hook.
 HOOK_ATTR = "jobqueue_on_poison"
@@ -206,6 +211,56 @@ class _Commands:
         self.commands.append(command)
 
 
+#: Whether kombu's ``Channel._put`` takes a ``_publish_batch`` (kombu 5.7+; PRIVATE TOUCHPOINT 5).
+KOMBU_BATCHES = "_publish_batch" in kombu_redis.Channel._put.__code__.co_consts
+
+
+def send_batch(client: Any, commands: list[tuple[Any, ...]], rider: Rider | None, replicas: int,
+               timeout: float, job_id: Any) -> None:
+    """Send a message's ``commands`` (kombu's) in one round trip on ``client``: after
+    ``rider``'s commands in one ``MULTI``/``EXEC`` when there is a rider, then ``WAIT`` for
+    ``replicas`` (when asked) covering them all. Raises the error of a refused command (a
+    refused transaction wrote nothing) and :class:`~jobqueue.errors.NotReplicated`."""
+    with client.pipeline(transaction=False) as pipe:
+        ridden = 0
+        if rider is not None:
+            # Without response callbacks: inside MULTI each command answers QUEUED, which
+            # redis-py's parsers of some commands (ZADD) refuse; EXEC's reply holds the answers.
+            pipe.response_callbacks = {}
+            pipe.execute_command("MULTI")
+            rider.add(pipe)
+            ridden = len(pipe.command_stack) - 1
+        for name, *args in commands:
+            getattr(pipe, name)(*args)
+        if rider is not None:
+            pipe.execute_command("EXEC")
+        if replicas:
+            queue_wait(pipe, replicas_to_wait(client, replicas), timeout)
+        replies = pipe.execute(raise_on_error=False)
+    acked = replies.pop() if replicas else None
+    if rider is not None:
+        replies = _transaction_replies(replies, rider, ridden, job_id)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    if replicas:
+        check_wait(client, acked, replicas, timeout, f"the message of job {job_id}", job_id)
+
+
+def _transaction_replies(replies: list[Any], rider: Rider, ridden: int, job_id: Any) -> list[Any]:
+    """The replies of kombu's commands in a ``[MULTI, rider..., kombu..., EXEC]`` pipeline;
+    ``rider.replies`` set. A refused transaction raises (nothing was written)."""
+    done = replies[-1]
+    if isinstance(done, Exception):  # EXECABORT: the first refused command says why
+        raise next((r for r in replies[1:-1] if isinstance(r, Exception)), done)
+    rider.replies, rider.with_message = list(done[:ridden]), True
+    try:
+        rider.check(rider.replies)
+    except Exception:  # the message went with it: the job is queued all the same
+        log.exception("job %s: a record sent with its message failed; the job is queued", job_id)
+    return list(done[ridden:])
+
+
 class Channel(kombu_redis.Channel):
     """Redis channel that keeps priorities up to :data:`BROKER_MAX_PRIORITY` and never
     delivers (nor dies on) an item its connection's poison hook refuses: the hook gets it."""
@@ -218,30 +273,28 @@ class Channel(kombu_redis.Channel):
     jobqueue_wait_timeout = 2.0
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:  # PRIVATE TOUCHPOINT 5
+        job_id = (message.get("headers") or {}).get("id")
+        rider = rider_for(job_id)
         replicas = int(self.jobqueue_wait_replicas or 0)
-        if not replicas or kwargs.get("_publish_batch") is not None:
+        if kwargs.get("_publish_batch") is not None or not KOMBU_BATCHES or (not replicas and rider is None):
+            if rider is not None:  # no batch of ours to ride in: the record first, on its own
+                rider.run_alone()
             super()._put(queue, message, **kwargs)  # type: ignore[no-untyped-call]
+            if replicas and kwargs.get("_publish_batch") is None:  # a kombu without batches
+                with self.conn_or_acquire() as client:  # WAIT behind a fence
+                    wait_after(client, replicas, float(self.jobqueue_wait_timeout),
+                               f"the message of job {job_id}", job_id)
             return
         # kombu's own commands for this message (its key, priority list and expiry), collected
-        # and sent in one pipeline on one connection, WAIT last: it covers exactly them.
+        # and sent in one pipeline on one connection (after the rider's commands, in one
+        # MULTI, when they share the server), WAIT last: it covers exactly them.
         batch = _Commands()
         super()._put(queue, message, _publish_batch=batch, **kwargs)  # type: ignore[no-untyped-call]
-        timeout = float(self.jobqueue_wait_timeout)
-        job_id = (message.get("headers") or {}).get("id")
-        what = f"the message of job {job_id}"
         with self.conn_or_acquire() as client:
-            if not batch.commands:  # a kombu without batches sent it itself: WAIT behind a fence
-                wait_after(client, replicas, timeout, what, job_id)
-                return
-            with client.pipeline(transaction=False) as pipe:
-                for name, *args in batch.commands:
-                    getattr(pipe, name)(*args)
-                queue_wait(pipe, replicas_to_wait(client, replicas), timeout)
-                replies = pipe.execute(raise_on_error=False)
-            for reply in replies[:-1]:
-                if isinstance(reply, Exception):
-                    raise reply
-            check_wait(client, replies[-1], replicas, timeout, what, job_id)
+            if rider is not None and (getattr(self, "global_keyprefix", None) or not same_target(rider.client, client)):
+                rider.run_alone()  # another server, database or key space: its own round trip first
+                rider = None
+            send_batch(client, batch.commands, rider, replicas, float(self.jobqueue_wait_timeout), job_id)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:  # PRIVATE TOUCHPOINT 4
@@ -364,6 +417,12 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     """Redis Sentinel transport using :class:`SentinelChannel`."""
 
     Channel = SentinelChannel
+
+
+def can_ride(app: Any) -> bool:
+    """Whether ``app``'s broker is this module's transport, whose publish runs riders
+    (:mod:`jobqueue.transport.riders`)."""
+    return getattr(app.conf, "broker_transport", None) in (TRANSPORT_PATH, SENTINEL_TRANSPORT_PATH)
 
 
 #: Value for Celery's ``broker_transport`` setting.

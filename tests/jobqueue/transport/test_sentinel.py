@@ -38,6 +38,7 @@ from monitor.ingest.raw_reader import event_source
 from monitor.web.broker import queue_depths
 from monitor.web.deadletters import read_dead_letters
 from tests.helpers import finished_order, quick, wait_for
+from tests.jobqueue.transport.test_riders import spy_on_sends
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -231,4 +232,20 @@ def test_a_submit_waits_for_the_replica_and_says_which_job_when_it_never_confirm
     # Then the error names the job, whose message is on the master all the same
     assert raised.value.job_id and master.exists(submitted_key(raised.value.job_id))
     assert result_client(app) is not None
+    app.close()
+
+
+def test_over_sentinel_a_submits_record_message_and_wait_leave_in_one_write(
+        settings: Settings, master: redis.Redis, monkeypatch: pytest.MonkeyPatch):
+    # Given a client on the group (broker and result backend: the same master, WAIT on)
+    app = create_app(settings)
+    submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+    sends = spy_on_sends(monkeypatch)
+    # When a job is submitted
+    job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
+    # Then its record, its message and the WAIT went in one write, in that order
+    [write] = sends.holding(submitted_key(job.id))
+    marks = [write.index(n) for n in (b"MULTI", submitted_key(job.id).encode(), b"LPUSH", b"EXEC", b"WAIT")]
+    assert marks == sorted(marks)
+    assert master.exists(submitted_key(job.id))
     app.close()

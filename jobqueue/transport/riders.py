@@ -1,0 +1,103 @@
+"""Writes that ride with a job's message: its submit record and the ``LPUSH`` in one round trip.
+
+A client writes a job's submit record (and its first facts, its place in the queued index,
+...) into the result backend *before* it sends the message, so a worker can never take a job
+whose record is missing. On this VM each socket round trip costs about a millisecond of CPU
+under load, so that record used to be the one round trip a submit made beyond plain Celery's
+``send_task``. When the broker and the result backend are the same Redis server and database,
+the record and the message can share it: the client hands the record's commands to the
+broker's channel as a :class:`Rider` (:func:`riding`, around ``send_task``), and the channel's
+``_put`` (:mod:`jobqueue.transport.kombu_redis`) sends them with the message in one
+``MULTI``/``EXEC``, the record's commands first: Redis runs the transaction at once and whole,
+so the record is there no later than the message, and neither is there when the transaction is
+refused. A Redis ``WAIT`` for replicas (Sentinel) follows the ``EXEC`` in the same round trip
+and covers both.
+
+When the two differ (another Redis server or database, a broker key prefix, a kombu without
+publish batches) the channel runs the rider's commands on the result backend first, in their own
+round trip, then sends the message as before. A broker this package's transport does not serve
+(RabbitMQ) never sees a rider: :func:`jobqueue.transport.kombu_redis.can_ride` says so and the
+client writes the record itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(eq=False)
+class Rider:
+    """Commands that must reach the result backend no later than the message of ``job_id``."""
+
+    #: The id of the message they ride with (for a batch or a workflow: its first message).
+    job_id: str
+    #: The result backend's Redis client: where the commands belong.
+    client: Any
+    #: Queues the commands on a pipeline (a pipeline of either client: same server and database).
+    add: Callable[[Any], None]
+    #: Raises when the replies show the record was not written (then, on its own round trip,
+    #: the message is not sent); given the commands' replies in order.
+    check: Callable[[list[Any]], None]
+    #: Waits for the replicas to hold the commands when they ran on their own (may raise
+    #: :class:`~jobqueue.errors.NotReplicated`, before the message is sent).
+    replicate: Callable[[], None] | None = None
+    #: The commands' replies once they ran (the last try's, when the publish was retried).
+    replies: list[Any] | None = None
+    #: True when they went in the message's transaction, False when on a round trip of their own.
+    with_message: bool = False
+
+    def run_alone(self) -> None:
+        """Send the commands on the result backend's own client (one round trip), check them,
+        then wait for the replicas: what a submit did before riders."""
+        with self.client.pipeline(transaction=False) as pipe:
+            self.add(pipe)
+            self.replies = pipe.execute(raise_on_error=False)
+        self.with_message = False
+        self.check(self.replies)
+        if self.replicate is not None:
+            self.replicate()
+
+
+_current: ContextVar[Rider | None] = ContextVar("jobqueue_rider", default=None)
+
+
+@contextmanager
+def riding(rider: Rider) -> Iterator[Rider]:
+    """While inside, the publish of the message of ``rider.job_id`` (in this thread or task)
+    carries ``rider``'s commands."""
+    token = _current.set(rider)
+    try:
+        yield rider
+    finally:
+        _current.reset(token)
+
+
+def rider_for(job_id: Any) -> Rider | None:
+    """The rider waiting for the message of ``job_id``, if any."""
+    rider = _current.get()
+    return rider if rider is not None and job_id is not None and rider.job_id == job_id else None
+
+
+def redis_target(client: Any) -> tuple[Any, ...]:
+    """What a redis-py ``client`` connects to: server (or Sentinel group and master name),
+    database and credentials. Two clients with the same target see the same keys."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    service = getattr(pool, "service_name", None)
+    if service is not None:  # a Sentinel-managed master
+        sentinels = getattr(getattr(pool, "sentinel_manager", None), "sentinels", None) or ()
+        where: tuple[Any, ...] = ("sentinel", service, tuple(sorted(
+            (str(s.connection_pool.connection_kwargs.get("host")), s.connection_pool.connection_kwargs.get("port"))
+            for s in sentinels)))
+    else:
+        where = (pool.connection_class.__name__, kwargs.get("host"), kwargs.get("port"), kwargs.get("path"))
+    return (*where, int(kwargs.get("db") or 0), kwargs.get("username"), kwargs.get("password"))
+
+
+def same_target(one: Any, other: Any) -> bool:
+    """Whether redis-py clients ``one`` and ``other`` reach the same server and database."""
+    return one is other or redis_target(one) == redis_target(other)

@@ -1,0 +1,196 @@
+"""A submit's records ride with its message (issue 30, point 2): when the broker and the result
+backend are one Redis server and database, the submit record and the ``LPUSH`` leave in one
+write to the socket, records first inside one ``MULTI``/``EXEC``; otherwise the records go
+first, on their own. Every socket write of redis-py is recorded (real Redis, no mocks of it)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from bench.common import RedisServer
+from jobqueue import submit_batch, submit_job, submit_workflow
+from jobqueue.config import Settings
+from jobqueue.shared.records import submitted_key
+from jobqueue.states import JobStatus
+from jobqueue.transport.app import create_app
+from jobqueue.transport.kombu_redis import can_ride, send_batch
+from jobqueue.transport.riders import Rider, same_target
+from tests.helpers import quick
+
+
+class Sends:
+    """Every ``send_packed_command`` of redis-py in this thread: one write = one round trip."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.thread = threading.get_ident()
+
+    def record(self, command: Any) -> None:
+        if threading.get_ident() == self.thread:
+            self.writes.append(command if isinstance(command, bytes) else b"".join(bytes(c) for c in command))
+
+    def counted(self) -> list[str]:
+        """The first command of each write, leaving out the UNSUBSCRIBE of an earlier job's result
+        (sent whenever the garbage collector drops its handle) and redis-py's health-check PING
+        (before a command on a connection idle for its interval)."""
+        firsts = [w.split(b"\r\n")[2].decode() for w in self.writes]
+        return [f for f in firsts if f not in ("UNSUBSCRIBE", "PING")]
+
+    def holding(self, needle: str) -> list[bytes]:
+        return [w for w in self.writes if needle.encode() in w]
+
+
+def spy_on_sends(monkeypatch: pytest.MonkeyPatch) -> Sends:
+    """Record every write redis-py makes from this thread until the test ends."""
+    spy = Sends()
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
+        spy.record(command)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send_packed_command)
+    return spy
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sends]:
+    yield spy_on_sends(monkeypatch)
+
+
+def _order(write: bytes, *needles: str) -> list[int]:
+    return [write.index(n.encode()) for n in needles]
+
+
+def test_a_submit_sends_its_record_and_message_in_one_round_trip_the_record_first_in_one_transaction(
+        app: Any, sends: Sends) -> None:
+    # Given a client whose broker and result backend are the same Redis database
+    assert can_ride(app)
+    submit_job("simulation", quick("warm"), queue="gpu7", app=app)  # connections, queue bindings
+    sends.writes.clear()
+    # When a job is submitted
+    job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
+    # Then its submit record and its message left in one write, MULTI, the record, LPUSH, EXEC
+    [write] = sends.holding(submitted_key(job.id))
+    assert b"LPUSH" in write
+    multi, record, facts, push, done = _order(write, "MULTI", submitted_key(job.id), "HSETNX", "LPUSH", "EXEC")
+    assert multi < record < facts < push < done
+    # and no write holds the record but that one: it is in Redis, and the job is known
+    assert job.status() == JobStatus.QUEUED
+
+
+def test_a_submit_makes_as_many_round_trips_as_plain_celerys_send_task(
+        app: Any, redis_url: str, sends: Sends) -> None:
+    # Given plain Celery on the same Redis, sending task-sent events as jobqueue's client does
+    plain = Celery("plain", broker=redis_url, backend=redis_url, set_as_current=False)
+    plain.conf.update(task_send_sent_event=True)
+    for _ in range(2):  # warm both: connections, subscriptions, queue bindings
+        submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+        plain.send_task("noop", queue="plain")
+    # When each sends one job
+    sends.writes.clear()
+    submit_job("simulation", quick("one"), queue="gpu7", app=app)
+    ours = sends.counted()
+    sends.writes.clear()
+    plain.send_task("noop", queue="plain")
+    theirs = sends.counted()
+    plain.close()
+    # Then jobqueue's submit wrote to Redis as often: SUBSCRIBE, LPUSH (with the record), task-sent
+    assert ours == ["SUBSCRIBE", "MULTI", "PUBLISH"]
+    assert theirs == ["SUBSCRIBE", "LPUSH", "PUBLISH"]
+
+
+@pytest.mark.parametrize("kind", ["batch", "workflow"])
+def test_a_batchs_or_workflows_records_ride_with_its_first_message(app: Any, sends: Sends, kind: str) -> None:
+    submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+    sends.writes.clear()
+    # When a batch of three (or a workflow of three steps) is submitted
+    if kind == "batch":
+        ids = [h.id for h in submit_batch("simulation", quick("b", seed=1), 3, vary={"seed": "increment"},
+                                          queue="gpu7", app=app)]
+    else:
+        ids = [h.id for h in submit_workflow([("simulation", quick(s)) for s in "cde"], queue="gpu7", app=app).steps]
+    # Then every job's record went in the first message's transaction, before its LPUSH
+    [write] = sends.holding(submitted_key(ids[0]))
+    assert [len(sends.holding(submitted_key(i))) for i in ids] == [1, 1, 1]
+    assert all(submitted_key(i).encode() in write for i in ids)
+    assert _order(write, "MULTI")[0] < max(_order(write, *(submitted_key(i) for i in ids))) < _order(write, "LPUSH")[0]
+    assert _order(write, "LPUSH")[0] < _order(write, "EXEC")[0]
+
+
+def test_with_the_results_on_another_redis_the_record_goes_first_on_its_own(
+        settings: Settings, redis_client: redis.Redis, sends: Sends) -> None:
+    # Given a client whose result backend is another Redis server (a private one)
+    server = RedisServer().start()
+    app: Any = create_app(settings.model_copy(update={"result_backend": server.url(0)}))
+    results = redis.Redis.from_url(server.url(0))
+    try:
+        assert not same_target(app.backend.client, redis_client)
+        submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+        sends.writes.clear()
+        # When a job is submitted
+        job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
+        # Then its record left in a write of its own, before the write with the message
+        [record] = sends.holding(submitted_key(job.id))
+        [push] = [w for w in sends.writes if b"LPUSH" in w]
+        assert b"LPUSH" not in record and sends.writes.index(record) < sends.writes.index(push)
+        assert results.exists(submitted_key(job.id)) and not redis_client.exists(submitted_key(job.id))
+        assert job.status() == JobStatus.QUEUED
+    finally:
+        results.close()
+        app.close()
+        server.stop()
+
+
+def test_with_replicas_asked_for_the_wait_follows_the_transaction_in_the_same_round_trip(
+        settings: Settings, sends: Sends) -> None:
+    # Given a client asking for a replica (this Redis has none: the WAIT asks for 0, warned),
+    # named by another host name: kombu's connection pools are shared by URL across apps, and
+    # the warning, once per client and 30 s, stays for test_replication's client
+    url = settings.broker_url.replace("127.0.0.1", "localhost")
+    assert url != settings.broker_url
+    app: Any = create_app(settings.model_copy(update={"redis_wait_replicas": 1, "redis_wait_timeout": 0.2,
+                                                      "broker_url": url, "result_backend": url}))
+    try:
+        submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+        sends.writes.clear()
+        # When a job is submitted
+        job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
+        # Then record, message and WAIT left in one write, the WAIT after the EXEC
+        [write] = sends.holding(submitted_key(job.id))
+        assert _order(write, "MULTI", submitted_key(job.id), "LPUSH", "EXEC", "WAIT") == sorted(
+            _order(write, "MULTI", submitted_key(job.id), "LPUSH", "EXEC", "WAIT"))
+        assert job.status() == JobStatus.QUEUED
+    finally:
+        app.close()
+
+
+def test_a_refused_transaction_writes_neither_the_record_nor_the_message(redis_client: redis.Redis) -> None:
+    # Given a rider whose second command Redis refuses (wrong arity) and a message's LPUSH
+    def add(pipe: Any) -> None:
+        pipe.set("record", b"1")
+        pipe.execute_command("SET", "only-a-key")
+
+    rider = Rider("job-1", redis_client, add, lambda replies: None)
+    # When they are sent together, Then the error is Redis's refusal
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        send_batch(redis_client, [("lpush", "queue", b"message")], rider, 0, 1.0, "job-1")
+    # and neither the record nor the message is in Redis
+    assert not redis_client.exists("record") and not redis_client.exists("queue")
+    # When the rider is sound, Then both are, with the rider's replies kept
+    rider.add = lambda pipe: pipe.set("record", b"1")
+    send_batch(redis_client, [("lpush", "queue", b"message")], rider, 0, 1.0, "job-1")
+    assert redis_client.get("record") == b"1" and redis_client.lrange("queue", 0, -1) == [b"message"]
+    assert rider.replies == [b"OK"] and rider.with_message
+
+
+def test_a_rabbitmq_broker_takes_no_rider(settings: Settings) -> None:
+    app: Any = create_app(settings.model_copy(update={"broker_url": "amqp://guest:guest@127.0.0.1:5672//"}))
+    assert not can_ride(app)
+    app.close()
