@@ -426,7 +426,7 @@ class Writer:
         self.counts["coalesced"] += len(events) - len(merged)
         try:
             with self._tx() as tx:
-                tx.prefetch(*referenced(merged))
+                tx.prefetch(*referenced(merged), plain_jobs=True)
                 for ev in merged:
                     self._apply_one(ev, tx)
             self._announce(tx.changes)

@@ -86,8 +86,7 @@ def _job_event(ev: dict[str, Any], tx: Tx) -> bool:
     validate = _VALIDATORS.get(kind)
     if validate is not None:
         validate(ev)  # before anything is touched
-    job = tx.job(uuid)
-    assert job is not None
+    job = tx.merge_job(uuid)
     created = job.status == ""
     old_worker = job.worker
     before = state_of(job)

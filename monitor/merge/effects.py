@@ -12,32 +12,39 @@ import re
 
 from jobqueue.states import FINAL_STATUSES, JobStatus
 from monitor.merge.job_rules import JOB_FIELDS, JobState, final_progress, move
-from monitor.store import JobRow, Tx
+from monitor.store import Tx
+from monitor.store.plain_jobs import JSON_COLUMNS, AnyJob, PlainJob
 from monitor.store.statuses import FAILED_STATUSES
 
 #: A worker node name ``gpu<N>@<machine>``: its GPU and machine until it reports them.
 NODE = re.compile(r"^gpu(\d+)@(.+)$")
 
 
-def state_of(job: JobRow) -> JobState:
+def state_of(job: AnyJob) -> JobState:
     """The rules' view of a stored job."""
+    if type(job) is PlainJob:
+        return JobState(**{name: getattr(job, name) for name in JOB_FIELDS})
     # Loaded values straight from the instance dict (the attribute descriptors cost a fifth
     # of an event's merge); an attribute not loaded goes through SQLAlchemy as usual.
     loaded = job.__dict__
     return JobState(**{name: loaded[name] if name in loaded else getattr(job, name) for name in JOB_FIELDS})
 
 
-def write_back(job: JobRow, before: JobState, after: JobState) -> None:
+def write_back(job: AnyJob, before: JobState, after: JobState) -> None:
     """Store what the rules changed from ``before`` (read from ``job``) to ``after``: only
     the fields that differ, so nothing else is dirty. The rules replace values, never change
-    them in place, so comparing the two states finds every change."""
+    them in place, so comparing the two states finds every change. A new plain job notes the
+    JSON columns set (see :mod:`monitor.store.plain_jobs`)."""
+    assigned = job.assigned if type(job) is PlainJob else None
     for name in JOB_FIELDS:
         value = getattr(after, name)
         if value != getattr(before, name):
             setattr(job, name, value)
+            if assigned is not None and name in JSON_COLUMNS:
+                assigned.add(name)
 
 
-def move_row(job: JobRow, new: JobStatus, ts: float) -> bool:
+def move_row(job: AnyJob, new: JobStatus, ts: float) -> bool:
     """:func:`monitor.merge.job_rules.move` on a stored job; return whether it moved."""
     before = state_of(job)
     after = before.copy()
@@ -56,7 +63,7 @@ def machine_of(tx: Tx, hostname: str) -> str | None:
     return node.group(2) if node else None
 
 
-def count_end(tx: Tx, job: JobRow, name: str | None, sign: int) -> None:
+def count_end(tx: Tx, job: AnyJob, name: str | None, sign: int) -> None:
     """Add (``sign`` 1) or take back (-1) an ended job in its worker's ``ended``/``failed``
     counters. Called only where a job first reaches a final state (``move`` refuses a
     replayed or repaired final event, so it cannot count twice) or where an ended job's
@@ -73,7 +80,7 @@ def count_end(tx: Tx, job: JobRow, name: str | None, sign: int) -> None:
     tx.touch("worker", name)
 
 
-def left_worker(tx: Tx, job: JobRow, *, failed: bool) -> None:
+def left_worker(tx: Tx, job: AnyJob, *, failed: bool) -> None:
     """A job left its worker (ended, or will be retried); one that ended counts on it."""
     if job.status in FINAL_STATUSES:
         count_end(tx, job, job.worker, +1)
@@ -91,7 +98,7 @@ def left_worker(tx: Tx, job: JobRow, *, failed: bool) -> None:
         tx.touch("worker", worker.name)  # its counts changed
 
 
-def job_ended(tx: Tx, job: JobRow, *, failed: bool) -> None:
+def job_ended(tx: Tx, job: AnyJob, *, failed: bool) -> None:
     """A stored job was set to a final status (by repair): its progress becomes canonical
     and it leaves its worker (:func:`left_worker`)."""
     if job.status in FINAL_STATUSES:
@@ -99,7 +106,7 @@ def job_ended(tx: Tx, job: JobRow, *, failed: bool) -> None:
     left_worker(tx, job, failed=failed)
 
 
-def set_worker(tx: Tx, job: JobRow, old: str | None, new: str, *, recount: bool) -> None:
+def set_worker(tx: Tx, job: AnyJob, old: str | None, new: str, *, recount: bool) -> None:
     """The job's worker became ``new``: its machine follows, and an ended job's count moves
     from ``old`` to ``new`` (``recount``; off where the job's end is counted by itself)."""
     if recount:

@@ -42,6 +42,7 @@ from jobqueue.shared.names import CONNECTOR_STATUS, JOB_WEBHOOK, TASK_EVENTS, WE
 from jobqueue.states import FINAL_STATUSES, JobStatus
 from monitor.metrics import celery_exporter, history
 from monitor.store import Base, JobRow, Store
+from monitor.store.plain_jobs import AnyJob
 
 #: Upper bounds (s) of the job runtime histogram: image jobs take from under a second (a
 #: cached re-run) to tens of minutes (video, large upscales).
@@ -143,9 +144,12 @@ class Totals:
         for kind, job_id in list(tx.dirty):
             if kind != "job":
                 continue
-            job = tx.job(job_id, create=False)
+            job = tx.peek_job(job_id)
             if job is not None:
-                self._job_delta(job, tx.session.info.get(_BEFORE, {}).get(job_id), delta, hourly, tx.now)
+                # A plain job's first view is the transaction's (the ORM's load event never saw it).
+                before = tx.job_before[job_id] if job_id in tx.job_before else \
+                    tx.session.info.get(_BEFORE, {}).get(job_id)
+                self._job_delta(job, before, delta, hourly, tx.now)
         if hourly:
             history.write(tx.session, hourly)
         if tx.now - self._history_pruned >= history.HOUR:
@@ -158,7 +162,7 @@ class Totals:
             task_events = list(self._task_events)
             self._task_pending = len(task_events)
         for ev in task_events:
-            celery_exporter.event_deltas(ev, tx.job(ev["uuid"], create=False), delta, self._task_names)
+            celery_exporter.event_deltas(ev, tx.peek_job(ev["uuid"]), delta, self._task_names)
         if not delta:
             return
         session = tx.session
@@ -202,7 +206,7 @@ class Totals:
         self._pending = None
         self._task_pending = 0
 
-    def _job_delta(self, job: JobRow, before: tuple[str, int, float | None] | None, delta: Delta,
+    def _job_delta(self, job: AnyJob, before: tuple[str, int, float | None] | None, delta: Delta,
                    hourly: history.HourlyDelta, now: float) -> None:
         status, attempt, started_at = before if before is not None else ("", 0, None)
         service = job.service or "unknown"
@@ -223,7 +227,7 @@ class Totals:
             wait = max(0.0, job.started_at - job.submitted_at)
             _observe(delta, "queue_wait", wait, QUEUE_WAIT_BUCKETS, labels)
 
-    def _task_name(self, job: JobRow) -> str:
+    def _task_name(self, job: AnyJob) -> str:
         """The bounded ``name`` label of a task without a service (as celery-exporter's series)."""
         return celery_exporter.task_name(job, self._task_names)
 

@@ -64,16 +64,23 @@ def record_changes(tx: Tx, *, lock_counter: bool) -> list[Change]:
     for start in range(0, len(names), 500):
         for c in session.scalars(select(ConnectorRow).where(ConnectorRow.worker.in_(names[start:start + 500]))):
             conns.setdefault(c.worker, []).append(c)
+    # Every object gets its seq first, then the plain jobs are written (a service's median
+    # reads the jobs table), then each is serialised.
+    numbered: list[tuple[int, str, str, Any]] = []
     for kind, key in list(tx.dirty):
         seq += 1
         obj = _obj(tx, kind, key)
+        if obj is not None:
+            obj.seq = seq
+        numbered.append((seq, kind, key, obj))
+    tx.write_plain_jobs(release=False)
+    for number, kind, key, obj in numbered:
         if obj is None:
-            out.append((seq, kind, key, None))
+            out.append((number, kind, key, None))
             continue
-        obj.seq = seq
-        out.append((seq, kind, key, _serialise(session, kind, obj, tx.now, conns)))
+        out.append((number, kind, key, _serialise(session, kind, obj, tx.now, conns)))
         if kind == "job":
-            tenants[seq] = obj.tenant
+            tenants[number] = obj.tenant
     counter.value = seq
     if out:
         session.connection().execute(insert(ChangeRow), [{"seq": s, "kind": k, "key": key, "data": d, "tenant": tenants.get(s)}
@@ -85,7 +92,7 @@ def _obj(tx: Tx, kind: str, key: str) -> Any:
     if kind == "service":
         return tx.session.get(ServiceStatRow, key) or new_service_stat(tx.session, key)
     if kind == "job":
-        return tx.job(key, create=False)
+        return tx.peek_job(key)
     if kind == "worker":
         return tx.worker(key, create=False)
     return tx.machine(key, create=False)

@@ -10,7 +10,8 @@ from typing import Any
 
 from jobqueue.shared.requirements import capability_summary
 from jobqueue.states import JobStatus, empty_progress
-from monitor.store.models import ConnectorRow, JobRow, MachineRow, ServiceStatRow, WorkerRow
+from monitor.store.models import ConnectorRow, MachineRow, ServiceStatRow, WorkerRow
+from monitor.store.plain_jobs import AnyJob
 from monitor.store.statuses import WorkerStatus
 
 
@@ -89,7 +90,7 @@ def _meta_str(meta: dict[str, Any], key: str) -> str | None:
     return value[:255] if isinstance(value, str) and value else None
 
 
-def job_dict(j: JobRow) -> dict[str, Any]:
+def job_dict(j: AnyJob) -> dict[str, Any]:
     """A job as the API and the websocket show it.
 
     Nothing here depends on the clock of the reader, so a snapshot and the deltas carry the
@@ -137,7 +138,7 @@ def job_dict(j: JobRow) -> dict[str, Any]:
     }
 
 
-def task_fields(j: JobRow) -> dict[str, Any]:
+def task_fields(j: AnyJob) -> dict[str, Any]:
     """What the events said of the Celery task (None: not seen; never a guess): args and kwargs
     (tasks that are no jobqueue job), parent, root and group ids, ETA (``scheduled``: it has one
     and has not started -- Celery hands an ETA task to a worker at once, which holds it), expiry,

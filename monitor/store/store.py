@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, event, insert, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from jobqueue.config import Settings
 from jobqueue.states import FINAL_STATUSES
@@ -24,6 +24,16 @@ from monitor.store.models import AuditRow, ChangeRow, CounterRow, JobEventRow, J
 from monitor.store.queries import StoreQueries
 from monitor.store.tx import Tx
 from monitor.store.worker_cache import WorkerCache
+
+#: The key of a write session's ``info`` that holds its :class:`Tx`.
+_TX = "jobqueue_tx"
+
+
+def _before_orm_execute(state: ORMExecuteState) -> None:
+    """A write transaction's plain jobs are written before an ORM statement that may read them."""
+    tx = state.session.info.get(_TX)
+    if tx is not None:
+        tx.before_orm_execute(state)
 
 
 class Store(StoreQueries):
@@ -48,6 +58,7 @@ class Store(StoreQueries):
         self.engine: Engine = make_engine(url, echo=echo)
         upgrade(self.engine)  # the schema: the newest revision (an older store upgraded in place)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self._sessions, "do_orm_execute", _before_orm_execute)
         #: Called first in every write transaction; raises to refuse the write (the writer's
         #: lease of a store shared by several monitors, :meth:`monitor.store.lease.WriterLease.fence`).
         self.fence: Callable[[Session], None] | None = None
@@ -76,15 +87,17 @@ class Store(StoreQueries):
         Yields a :class:`Tx`; ``tx.changes`` (after the block) lists ``(seq, kind, key, data)``.
         """
         with self._write_session() as session:
-            tx = Tx(session, time.time() if now is None else now)
+            tx = session.info[_TX] = Tx(session, time.time() if now is None else now)
             with session.no_autoflush:
                 yield tx
             if tx.events:
-                # The jobs first (the timeline rows refer to them), then one plain executemany:
-                # the ORM's bulk insert costs more than the insert itself.
+                # The ORM's rows first, then one plain executemany: the ORM's bulk insert costs
+                # more than the insert itself (no foreign key: the plain jobs are written last).
                 session.flush()
                 session.connection().execute(insert(JobEventRow), tx.events)
             tx.changes = record_changes(tx, lock_counter=not self.is_sqlite)
+            tx.write_plain_jobs()
+            del session.info[_TX]
 
     @contextmanager
     def _write_session(self) -> Iterator[Session]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import JSON, inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm.util import identity_key
 
 from jobqueue.states import ConnectorStatus, empty_progress
 from monitor.store.counts import job_counts
 from monitor.store.models import ConnectorRow, JobRow, MachineRow, WorkerRow
+from monitor.store.plain_jobs import AnyJob, PlainJob, load_jobs, write_jobs
 from monitor.store.statuses import MachineStatus, WorkerStatus
 
 #: Timeline entries kept per job (progress events of a long job are many).
@@ -21,6 +23,8 @@ Change = tuple[int, str, str, Any]
 _NEW_JOB: dict[str, Any] = {attr.key: None for attr in inspect(JobRow).column_attrs
                             if attr.key not in ("id", "status", "attempt", "n_events", "seq", "progress")
                             and not isinstance(attr.columns[0].type, JSON)}
+#: What a job was when a transaction first saw it: (status, attempt, started_at); None: new.
+Before = tuple[str, int, float | None] | None
 
 
 class Tx:
@@ -32,6 +36,12 @@ class Tx:
     (so a lookup never flushes the pending batch nor misses a row created earlier in it), and
     :meth:`prefetch` loads a whole batch's jobs and workers in one query each. Queries that
     must see pending changes (``jobs_of_worker``, ``workers_of_machine``) flush first.
+
+    The event merge's jobs are plain objects (:meth:`merge_job`, :mod:`monitor.store.plain_jobs`),
+    written with one executemany per shape: before any ORM statement that could read the jobs
+    table (:meth:`before_orm_execute`, hooked by the store) and at commit. A job is held either
+    plain or as an ORM row, never both: an ORM lookup of a plain job (:meth:`job`) writes the
+    plain ones and lets the ORM load it.
     """
 
     def __init__(self, session: Session, now: float) -> None:
@@ -40,7 +50,11 @@ class Tx:
         self.dirty: dict[tuple[str, str], None] = {}
         #: Deleted objects, each with its tenant (a job's; see :attr:`ChangeRow.tenant`).
         self.deleted: dict[tuple[str, str], str | None] = {}
-        self._jobs: dict[str, JobRow | None] = {}
+        self._jobs: dict[str, AnyJob | None] = {}
+        #: The plain jobs held (see :meth:`merge_job`), by id.
+        self._plain: dict[str, PlainJob] = {}
+        #: What each plain job was when this transaction first saw it (see :data:`Before`).
+        self.job_before: dict[str, Before] = {}
         self._workers: dict[str, WorkerRow | None] = {}
         self._connectors: dict[tuple[str, str], ConnectorRow | None] = {}
         self._machines: dict[str, MachineRow | None] = {}
@@ -49,14 +63,23 @@ class Tx:
         #: :meth:`monitor.store.Store.write` once the block is done (empty before).
         self.changes: list[Change] = []
 
-    def prefetch(self, job_ids: set[str], worker_names: set[str]) -> None:
+    def prefetch(self, job_ids: set[str], worker_names: set[str], *, plain_jobs: bool = False) -> None:
         """Load the jobs, workers and those workers' connectors a batch refers to, in one
         ``SELECT ... WHERE id IN (...)`` per table and chunk; what is not found is
-        remembered as absent (no second lookup)."""
+        remembered as absent (no second lookup). ``plain_jobs``: the jobs as plain objects,
+        for :meth:`merge_job` (the event merge)."""
         session = self.session
         ids = sorted(job_ids - self._jobs.keys())
+        if plain_jobs:
+            ids = [one for one in ids if identity_key(JobRow, one) not in session.identity_map]
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
+            if plain_jobs:
+                for job in load_jobs(session.connection(), chunk):
+                    self._hold(job)
+                for one in chunk:
+                    self._jobs.setdefault(one, None)  # known absent
+                continue
             jobs = {j.id: j for j in session.scalars(select(JobRow).where(JobRow.id.in_(chunk)))}
             self._jobs.update((one, jobs.get(one)) for one in chunk)
         todo = sorted(worker_names - self._workers.keys())
@@ -70,10 +93,54 @@ class Tx:
             for conn in session.scalars(select(ConnectorRow).where(ConnectorRow.worker.in_(chunk))):
                 self._connectors[(conn.worker, conn.service)] = conn
 
+    def _hold(self, job: PlainJob) -> None:
+        self._jobs[job.id] = self._plain[job.id] = job
+        if job.id not in self.job_before:
+            self.job_before[job.id] = None if job.loaded is None else (job.status, job.attempt or 0, job.started_at)
+
+    def merge_job(self, job_id: str) -> AnyJob:
+        """The job ``job_id`` for the event merge: held as a plain object unless the ORM holds
+        it already; a new one (status "") when it is not stored."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        if identity_key(JobRow, job_id) in self.session.identity_map:
+            found = self.job(job_id)
+            assert found is not None
+            return found
+        plain = [] if job_id in self._jobs else load_jobs(self.session.connection(), [job_id])  # known absent
+        self._hold(plain[0] if plain else PlainJob.new(job_id))
+        return self._plain[job_id]
+
+    def peek_job(self, job_id: str) -> AnyJob | None:
+        """The job ``job_id`` as this transaction holds it (plain or ORM), for reading."""
+        job = self._jobs.get(job_id)
+        return job if job is not None else self.job(job_id, create=False)
+
+    def write_plain_jobs(self, *, release: bool = True) -> None:
+        """Write the plain jobs' changes (:func:`write_jobs`); ``release``: and hold them no
+        longer, so the ORM may load them (a plain job the ORM loads is released first)."""
+        if not self._plain:
+            return
+        write_jobs(self.session.connection(), list(self._plain.values()))
+        if release:
+            for job_id in self._plain:
+                del self._jobs[job_id]
+            self._plain.clear()
+
+    def before_orm_execute(self, state: ORMExecuteState) -> None:
+        """Before an ORM statement: write the plain jobs first when it may read jobs (any
+        statement that is not only about other tables)."""
+        if self._plain and (not state.all_mappers or any(m.class_ is JobRow for m in state.all_mappers)):
+            self.write_plain_jobs()
+
     def job(self, job_id: str, create: bool = True) -> JobRow | None:
-        """The job ``job_id``; a new one with status "" (not yet known) when ``create``."""
+        """The job ``job_id`` as an ORM row; a new one with status "" (not yet known) when ``create``."""
+        if job_id in self._plain:
+            self.write_plain_jobs()
         if job_id in self._jobs:
             job = self._jobs[job_id]
+            assert not isinstance(job, PlainJob)
         else:
             job = self._jobs[job_id] = self.session.get(JobRow, job_id)
         if job is None and create:
@@ -138,7 +205,7 @@ class Tx:
         self.session.flush()
         return list(self.session.scalars(select(WorkerRow).where(WorkerRow.machine_id == machine_id)))
 
-    def add_event(self, job: JobRow, type_: str, timestamp: float | None, fields: dict[str, Any]) -> None:
+    def add_event(self, job: AnyJob, type_: str, timestamp: float | None, fields: dict[str, Any]) -> None:
         """Add a timeline entry (written with one bulk insert at commit)."""
         if job.n_events >= MAX_EVENTS_PER_JOB:
             return
@@ -148,6 +215,7 @@ class Tx:
     def forget_job(self, job_id: str) -> None:
         """A job deleted in this transaction: no lookup finds it, no timeline row is added."""
         self._jobs[job_id] = None
+        self._plain.pop(job_id, None)
         if any(e["job_id"] == job_id for e in self.events):
             self.events = [e for e in self.events if e["job_id"] != job_id]
 
