@@ -160,3 +160,53 @@ def test_a_renew_paused_before_its_commit_keeps_a_standby_out_only_until_postgre
         event.remove(engine, "after_cursor_execute", stop_after_the_update)
     # And the old leader's renew did not outlive it
     assert failures or leader.term is None
+
+
+def test_a_write_paused_between_the_rows_of_an_executemany_is_ended_by_postgresql(pg_store: Store) -> None:
+    # Given a write transaction that holds the lease row (as the writes' fence does) with a 1 s
+    # bound on an idle transaction, on the store's own engine (the cursor the writer uses)
+    import psycopg
+
+    engine = pg_store.engine
+    assert WriterLease(engine, "a", 60.0).acquire() == 1
+    connection = engine.connect()
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor.execute("SELECT set_config('idle_in_transaction_session_timeout', '1000', true)")
+    cursor.execute("SELECT term FROM writer_lease FOR SHARE")
+    pid = connection.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+
+    def gone() -> bool:
+        with engine.connect() as other:
+            return other.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
+                                 {"pid": pid}).scalar() == 0
+
+    def rows() -> Iterator[dict[str, int]]:
+        yield {"n": 1}
+        # When the process stops between two rows (a SIGSTOP): PostgreSQL must end the
+        # session meanwhile (psycopg's pipeline mode would keep it "active" for good)
+        wait_for(gone, timeout=IDLE_FLOOR + 10)
+        yield {"n": 2}
+
+    try:
+        # Then the session was ended while paused, and the rest of the executemany fails
+        with pytest.raises((psycopg.errors.IdleInTransactionSessionTimeout, psycopg.OperationalError)):
+            cursor.executemany("SELECT %(n)s", rows())
+    finally:
+        connection.invalidate()
+        connection.close()
+    # And a standby can take the lease row's lock again
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT term FROM writer_lease FOR UPDATE NOWAIT")).scalar() == 1
+
+
+def test_the_store_cursors_executemany_counts_every_row_it_changed(pg_store: Store) -> None:
+    # Given rows in a table of the store's database
+    with pg_store.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE counted (id int primary key, v int)"))
+        conn.execute(text("INSERT INTO counted VALUES (1, 0), (2, 0), (3, 0)"))
+    # When one executemany updates three of them, one statement per row
+    with pg_store.engine.begin() as conn:
+        result = conn.execute(text("UPDATE counted SET v = v + 1 WHERE id = :id"), [{"id": 1}, {"id": 2}, {"id": 3}])
+        # Then its row count is the sum, as psycopg's own executemany reports it (the ORM checks it)
+        assert result.rowcount == 3
+        assert conn.execute(text("SELECT sum(v) FROM counted")).scalar() == 3
