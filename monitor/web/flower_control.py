@@ -20,7 +20,6 @@ rate limit and the audit trail (:mod:`monitor.web.routes`).
 from __future__ import annotations
 
 import datetime
-import json
 import signal
 from typing import Any
 
@@ -40,6 +39,7 @@ from monitor.web.flower_common import (
     number,
     worker_error,
 )
+from monitor.web.guard import strict_loads
 from monitor.web.remote import SIGNALS
 from monitor.web.routes import Limit, Role, route
 from monitor.web.schemas import str_query
@@ -65,7 +65,7 @@ def _refused(exc: FlowerError) -> Response:
 def _task_args() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
     """``args``, ``kwargs`` and the publish options of a JSON body (Flower's ``get_task_args``)."""
     try:
-        options = json.loads(request.get_data() or b"{}")
+        options = strict_loads(request.get_data() or b"{}")
     except ValueError as exc:
         raise FlowerError(400, str(exc)) from exc
     if not isinstance(options, dict):

@@ -85,8 +85,12 @@ def _refuse_constant(name: str) -> Any:
 
 
 def strict_loads(text: str | bytes) -> Any:
-    """``json.loads`` that refuses ``NaN``/``Infinity`` (Python accepts them by default)."""
-    return json.loads(text, parse_constant=_refuse_constant)
+    """``json.loads`` that refuses ``NaN``/``Infinity`` (Python accepts them by default) and
+    nesting too deep for its recursion (a ``ValueError``, as for any other bad JSON)."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 class StrictJSONProvider(DefaultJSONProvider):

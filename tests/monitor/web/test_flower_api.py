@@ -183,6 +183,10 @@ def test_bad_input_gets_flowers_errors_and_clear_ones_where_flower_has_none(star
     wait_for(lambda: get(ours, f"/api/task/result/{task_id}").get("result") == 42, 30, interval=0.3,
              what="the sent task's result")
     assert post("/api/task/send-task/plain.add", json={"args": "1,2"}).text == "args must be an array"
+    # A body nested deeper than the JSON parser can follow, from a script as plain text: a 400
+    deep = requests.post(ours + "/api/task/send-task/plain.add", data="[" * 5000, timeout=20,
+                         headers={**ADMIN, "Content-Type": "text/plain"})
+    assert deep.status_code == 400 and deep.text == "JSON nested too deeply", deep.text
     # A result wait without end (Flower has no bound) is refused at once; a short one answers the state
     for endless in ("1e308", "inf", "nan", "61"):
         refused = requests.get(f"{ours}/api/task/result/never-sent", params={"timeout": endless}, headers=ADMIN,
