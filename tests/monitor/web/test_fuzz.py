@@ -144,6 +144,7 @@ def fuzz_app(settings: Settings, tmp_path: Any, provider: Any) -> Any:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the mock OIDC provider's Authlib use
+@pytest.mark.timeout(600, method="thread")  # 5,200 requests: ~2.5 min on a busy machine; a hang still ends
 def test_thousands_of_generated_requests_get_no_5xx_and_only_strict_json(fuzz_app):
     # Given the monitor's own description of its API, and an app on a store with hostile numbers
     client = fuzz_app.test_client()
