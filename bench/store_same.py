@@ -16,7 +16,6 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 import uuid
 from typing import Any
 from unittest import mock
@@ -31,20 +30,9 @@ def dump(events: int, start: float, batch: int) -> dict[str, Any]:
     from sqlalchemy import text
 
     from bench.events_mix import build_stream
-    from jobqueue.config import Settings
-    from monitor.ingest.collector import EventCollector
-    from monitor.ingest.hub import ChangeHub
-    from monitor.ingest.writer import Writer
-    from monitor.metrics.totals import Totals
-    from monitor.store import Store
-    from monitor.web.broker import monitor_celery_app
+    from bench.writer_cost import offline_writer
 
-    url = "redis://127.0.0.1:1/0"  # never connected: the collector only lends its decoder
-    db = f"sqlite:///{tempfile.mkdtemp(prefix='bench-same-')}/monitor.db"
-    settings = Settings(broker_url=url, result_backend=url, monitor_db=db, monitor_keep_jobs=10_000_000).resolved()
-    store = Store.from_settings(settings)
-    writer = Writer(store, ChangeHub(), totals=Totals(store), max_batch=batch)
-    collector = EventCollector(monitor_celery_app(settings), writer)
+    store, writer, collector = offline_writer("bench-same-", batch)
     seeded = random.Random(30)
     with mock.patch("bench.events_mix.uuid.uuid4", lambda: uuid.UUID(int=seeded.getrandbits(128))), \
             mock.patch("bench.events_mix.os.getpid", lambda: 4242):

@@ -20,11 +20,9 @@ import time
 from typing import Any
 
 
-def run(events: int, batch: int) -> dict[str, Any]:
-    """One store, ``events`` events applied in batches of ``batch``: CPU µs per event."""
-    from sqlalchemy import text
-
-    from bench.events_mix import build_stream
+def offline_writer(prefix: str, batch: int) -> tuple[Any, Any, Any]:
+    """A store on a new SQLite file (a temporary directory named ``prefix``...), its writer (not
+    started: the caller applies batches itself) and a collector that only lends its decoder."""
     from jobqueue.config import Settings
     from monitor.ingest.collector import EventCollector
     from monitor.ingest.hub import ChangeHub
@@ -33,12 +31,21 @@ def run(events: int, batch: int) -> dict[str, Any]:
     from monitor.store import Store
     from monitor.web.broker import monitor_celery_app
 
-    url = "redis://127.0.0.1:1/0"  # never connected: the collector only lends its decoder
-    db = f"sqlite:///{tempfile.mkdtemp(prefix='bench-writer-')}/monitor.db"
+    url = "redis://127.0.0.1:1/0"  # never connected
+    db = f"sqlite:///{tempfile.mkdtemp(prefix=prefix)}/monitor.db"
     settings = Settings(broker_url=url, result_backend=url, monitor_db=db, monitor_keep_jobs=10_000_000).resolved()
     store = Store.from_settings(settings)
     writer = Writer(store, ChangeHub(), totals=Totals(store), max_batch=batch)
-    collector = EventCollector(monitor_celery_app(settings), writer)
+    return store, writer, EventCollector(monitor_celery_app(settings), writer)
+
+
+def run(events: int, batch: int) -> dict[str, Any]:
+    """One store, ``events`` events applied in batches of ``batch``: CPU µs per event."""
+    from sqlalchemy import text
+
+    from bench.events_mix import build_stream
+
+    store, writer, collector = offline_writer("bench-writer-", batch)
     raws = [body for _, body in build_stream(events, 12000, time.time(), db=0).messages]
     started = time.process_time()
     for first in range(0, len(raws), batch):
