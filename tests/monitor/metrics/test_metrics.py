@@ -127,9 +127,11 @@ def test_a_real_monitor_keeps_its_counters_across_a_prune_on_restart(start_worke
     def scraped() -> dict[str, Any]:
         return scrape(monitor.get("/metrics").text)
 
+    # (the connector's idle report follows the job's completion in its own event: wait for both)
     before = wait_for(lambda: (s := scraped()) and value(s, "jobqueue_jobs_total", service="simulation",
-                                                          status="completed") >= 3 and s,
-                      30, what="three completed jobs in /metrics")
+                                                          status="completed") >= 3
+                      and value(s, "jobqueue_connectors", service="simulation", status="idle", stale="false") >= 1
+                      and s, 30, what="three completed jobs and an idle connector in /metrics")
     assert value(before, "jobqueue_job_runtime_seconds_count", service="simulation") == 3
     assert value(before, "jobqueue_job_runtime_seconds_bucket", service="simulation", le="+Inf") == 3
     assert value(before, "jobqueue_workers", status="online") == 1
