@@ -62,6 +62,10 @@ Sender = Callable[[Any, "str | None"], Awaitable[None]]
 #: still follows the message); tests widen the window to look into it.
 HISTORY_LAG = 0.0
 
+#: ComfyUI's ``gc_collect_interval`` (``main.py``'s prompt worker): a collection after prompts
+#: at most this often, in seconds (see the ``gc_pause`` option).
+GC_COLLECT_INTERVAL = 10.0
+
 
 @dataclass(order=True)
 class QueueItem:
@@ -117,6 +121,9 @@ class Simulator:
         self.thawed = asyncio.Event()
         self.thawed.set()
         self._wake = asyncio.Event()
+        #: ComfyUI's collections after prompts (see :meth:`_collect_garbage`): the last one's
+        #: time, whether a prompt ran since, and how many so far.
+        self._last_gc, self._need_gc, self.collections = float("-inf"), False, 0
         self._counters: dict[tuple[str, str], int] = {}
         self._temp_prefix = "ComfyUI_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
 
@@ -135,6 +142,10 @@ class Simulator:
     def vram_used_gb(self) -> float:
         """GiB the loaded checkpoints take."""
         return sum(self.loaded.values())
+
+    def counts(self) -> dict[str, Any]:
+        """For ``GET /_sim/state``: checkpoints in VRAM (LRU first), loads, collections."""
+        return {"loaded": list(self.loaded), "loads": self.loads, "collections": self.collections}
 
     # -- queue -----------------------------------------------------------------------------
     def queue_info(self) -> dict[str, Any]:
@@ -213,7 +224,11 @@ class Simulator:
             await self.thawed.wait()
             if not self.queue:
                 self._wake.clear()
-                await self._wake.wait()
+                try:  # ComfyUI's q.get(timeout=...): it wakes at the next collection's time
+                    await asyncio.wait_for(self._wake.wait(), self._gc_due_in())
+                except asyncio.TimeoutError:
+                    pass
+                self._collect_garbage()
                 continue
             item = heapq.heappop(self.queue)
             self.running = item
@@ -234,6 +249,25 @@ class Simulator:
             await self.queue_updated()
             if item.extra_data.get("client_id") is not None:
                 await self.send("executing", {"node": None, "prompt_id": item.prompt_id}, item.extra_data["client_id"])
+            self._need_gc = True
+            self._collect_garbage()
+
+    def _gc_due_in(self) -> float | None:
+        """Seconds until a pending collection is due (None: none pending)."""
+        if not self._need_gc:
+            return None
+        return max(GC_COLLECT_INTERVAL - (time.monotonic() - self._last_gc), 0.0)
+
+    def _collect_garbage(self) -> None:
+        """ComfyUI's ``gc.collect()`` after prompts, at most every :data:`GC_COLLECT_INTERVAL`:
+        the ``gc_pause`` option blocks the event loop, as the collection holds ComfyUI's GIL
+        (its HTTP server and websockets stall with it)."""
+        if not self._need_gc or time.monotonic() - self._last_gc <= GC_COLLECT_INTERVAL:
+            return
+        if self.options.gc_pause > 0:
+            time.sleep(self.options.gc_pause)  # blocking on purpose: the whole server stops
+        self._last_gc, self._need_gc = time.monotonic(), False
+        self.collections += 1
 
     def _history_entry(self, item: QueueItem, outputs: dict[str, Any], status: str,
                        messages: list[Any]) -> dict[str, Any]:

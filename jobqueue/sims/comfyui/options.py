@@ -16,6 +16,12 @@ engine and the server, changed while running through ``POST /_sim/options``.
   VRAM again: a prompt whose checkpoint differs from the previous prompt's pays it, the next
   one with the same checkpoint is cached. ``checkpoint_gb``: VRAM a loaded checkpoint takes
   (see :meth:`~jobqueue.sims.comfyui.engine.Simulator.load_checkpoint`).
+* ``gc_pause``: seconds a collection holds the whole server (nothing answers, nothing runs).
+  A real ComfyUI's prompt worker runs ``gc.collect()`` (and empties the CUDA cache) after a
+  prompt at most every 10 s (``main.py``'s ``gc_collect_interval``): right after a prompt
+  once 10 s have passed since the last one, else when its queue wait times out at the 10 s
+  mark; the collection holds the GIL, so the HTTP server and the websockets stall with it:
+  about 1 s with torch loaded on a busy 2-core machine (docs/benchmarks.md §7). 0: instant.
 * ``older``: answer like a ComfyUI from before the execution model of August 2024: a cached
   output node sends no ``executed`` message (only ``/history`` names its files) and
   ``/system_stats`` reports no ``comfyui_version`` (that came later still, with 0.3).
@@ -46,6 +52,7 @@ class SimOptions:
     crash_restart: float = 1.0
     load_seconds: float = 0.0
     checkpoint_gb: float = 6.5
+    gc_pause: float = 0.0
 
     def update(self, data: Any) -> None:
         """Apply ``{name: value}``; raises ValueError for an unknown name or a wrong type."""

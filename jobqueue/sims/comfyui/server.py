@@ -6,11 +6,11 @@ aiohttp, plus private fault switches for tests under ``/_sim/``.
   (close every websocket once), ``die`` (exit the process at once), ``none`` (back to normal).
 * ``GET /_sim/requests``: the requests the ComfyUI routes received (method, path, body).
 * ``GET /_sim/state``: queue, history, fault mode, options, executor alive, crashes (``SimCrash``:
-  :meth:`SimHTTPServer.crash`), ``POST /free`` count, checkpoints in VRAM (LRU first), loads.
+  :meth:`SimHTTPServer.crash`), ``POST /free`` count, checkpoints in VRAM (LRU first), loads, collections (``gc_pause``).
 * ``POST /upload/image`` and ``/upload/mask``: :mod:`jobqueue.sims.comfyui.uploads`, into
   the input folder beside the output folder, which ``LoadImage`` reads.
 * ``POST /_sim/options {...}``: the switches of :mod:`jobqueue.sims.comfyui.options`
-  (``history_gap``, ``oom_next``, ``newer``, ``load_seconds``, ``checkpoint_gb``); answers them all.
+  (``history_gap``, ``gc_pause``, ``oom_next``, ``load_seconds``...); answers them all.
 
 As ComfyUI's ``server.py`` (v0.3.64): a socket is registered under its ``clientId``, replacing
 (without closing) an older one, and *any* handler for that id removes the registration when it
@@ -264,7 +264,7 @@ class SimServer(SimHTTPServer):
                                       "output_dir": self.output_dir, "input_dir": self.input_dir,
                                       "options": self.options.as_dict(), "executor": "dead" if self.sim.dead else "alive",
                                       "crashes": self.crashes, "crashed": self.crashed, "frees": self.frees,
-                                      "loaded": list(self.sim.loaded), "loads": self.sim.loads})
+                                      **self.sim.counts()})
 
         async def options(request: web.Request) -> web.Response:
             try:

@@ -190,3 +190,19 @@ def test_a_first_job_waits_out_a_two_second_pause_like_a_real_comfyuis_periodic_
         connector.stop()
     # Then it waits the pause out and runs (it used to fail at once: ServiceNotReached, "does not answer")
     assert result["files"] and result["prompt_id"]
+
+
+def test_jobs_back_to_back_wait_out_the_collection_after_a_prompt(sim, tmp_path):
+    # Given a ComfyUI whose collection after a prompt holds the whole server 2 s (longer than
+    # the 1.5 s the connector once waited for an answer; see the test above)
+    assert requests.post(f"{sim.url}/_sim/options", json={"gc_pause": 2.0}, timeout=5).status_code == 200
+    connector = connector_for(sim, tmp_path)
+    try:
+        # When two jobs run back to back (the second arrives while the first's collection runs)
+        results = [connector.run(Job(id=f"back-to-back-{n}", service="comfyui",
+                                     payload={"workflow": EXAMPLE_WORKFLOW}), noop) for n in range(2)]
+    finally:
+        connector.stop()
+    # Then both ran, and the server did collect between them
+    assert all(r["files"] and r["prompt_id"] for r in results)
+    assert requests.get(f"{sim.url}/_sim/state", timeout=10).json()["collections"] >= 1

@@ -291,3 +291,25 @@ def test_the_newer_server_mode_reports_missing_node_types_and_bad_prompt_ids_and
         assert requests.post(f"{sim.url}/api/jobs/{prompt_id}/cancel", timeout=5).json() == {"cancelled": False}
     finally:
         client.close()
+
+
+def test_a_collection_after_prompts_holds_every_request_at_most_every_ten_seconds(sim):
+    # Given a ComfyUI whose collections after prompts (main.py's gc.collect(), at most every
+    # 10 s) each hold the whole server 1 s, as the GIL does with torch loaded
+    options(sim, gc_pause=1.0)
+    client = Client(sim.url, "c1")
+    try:
+        # When a first prompt ends, a request right after it waits the collection out
+        ended(client, post(sim, {"1": image(1), "2": save("1")}).json()["prompt_id"])
+        asked = time.monotonic()
+        state = requests.get(f"{sim.url}/_sim/state", timeout=10).json()
+        assert time.monotonic() - asked >= 0.9
+        assert state["collections"] == 1
+        # and a second prompt within the 10 s runs with no collection after it
+        ended(client, post(sim, {"1": image(2), "2": save("1")}).json()["prompt_id"])
+        assert requests.get(f"{sim.url}/_sim/state", timeout=10).json()["collections"] == 1
+        # Then the idle queue collects once the 10 s have passed (ComfyUI's q.get timeout)
+        wait_for(lambda: requests.get(f"{sim.url}/_sim/state", timeout=10).json()["collections"] == 2, 20,
+                 what="the collection at the 10 s mark")
+    finally:
+        client.close()
