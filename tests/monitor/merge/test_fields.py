@@ -82,3 +82,28 @@ def test_a_flat_dict_is_copied_as_encoding_it_would_have_and_a_big_one_still_not
     assert json_blob({"n": 2**70}) == {"n": 2**70}
     assert json_blob({1: "a"}) == {"1": "a"}
     assert json_blob({"t": (1, 2)}) == {"t": [1, 2]}
+
+
+def test_the_quick_progress_check_accepts_only_reports_the_full_check_accepts() -> None:
+    from monitor.merge.apply import _plainly_valid_progress, valid_progress
+
+    rnd = random.Random(31)
+    values = [None, 0, 1, -1, 2**53, 2**53 + 1, 10**400, 1.5, -0.5, float("nan"), float("inf"), True, False,
+              "", "x", "a\x00b", "é" * 300, [], {}, [1], {"a": 1}]
+    fields = ("uuid", "timestamp", "percent", "step", "total_steps", "eta_seconds", "message", "node",
+              "preview", "attempt", "local_received")
+    plain = {"type": "task-progress", "uuid": "j1", "timestamp": 1.0e9, "percent": 50.0, "step": 5,
+             "total_steps": 10, "eta_seconds": 3.0, "message": "sampling", "node": "3", "attempt": 0}
+    assert _plainly_valid_progress(plain) and valid_progress(plain)
+    quick = 0
+    for _ in range(20_000):
+        ev = dict(plain)
+        for name in rnd.sample(fields, rnd.randrange(1, 4)):
+            if rnd.random() < 0.2:
+                ev.pop(name, None)
+            else:
+                ev[name] = rnd.choice(values)
+        if _plainly_valid_progress(ev):
+            quick += 1
+            assert valid_progress(ev), ev
+    assert quick > 1_000
