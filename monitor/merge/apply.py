@@ -242,6 +242,13 @@ def _id_list(ev: dict[str, Any], key: str) -> list[str] | None:
     return value
 
 
+def _connector_state(conn: ConnectorRow) -> ConnectorState:
+    """The rule's view of a stored connector: loaded values straight from the instance dict
+    (SQLAlchemy's attribute descriptors cost more than the rule), the others through them."""
+    loaded = conn.__dict__
+    return ConnectorState(**{k: loaded[k] if k in loaded else getattr(conn, k) for k in CONNECTOR_FIELDS})
+
+
 def _connector_event(ev: dict[str, Any], tx: Tx) -> bool:
     name = event_id(ev, "worker", required=False) or event_id(ev, "hostname")
     assert name is not None
@@ -275,7 +282,7 @@ def _connector_event(ev: dict[str, Any], tx: Tx) -> bool:
         worker.queues = list(queues)
         changed = True
     conn = tx.connector(name, service, create=False)
-    stored = None if conn is None else ConnectorState(**{k: getattr(conn, k) for k in CONNECTOR_FIELDS})
+    stored = None if conn is None else _connector_state(conn)
     report = ConnectorReport(status=status.value, message=clip_text(ev.get("message")),
                              details=json_blob(details or {}), ts=ts, received=received, seq=seq, pid=pid,
                              interval=interval, repair=ev.get("source") == "repair")
@@ -283,9 +290,11 @@ def _connector_event(ev: dict[str, Any], tx: Tx) -> bool:
     if state is not None:
         conn = conn or tx.connector(name, service)
         assert conn is not None
-        for key in CONNECTOR_FIELDS:
-            if getattr(conn, key) != getattr(state, key):
-                setattr(conn, key, getattr(state, key))
+        # the stored values as read (the rule changed nothing in place), else the new row's
+        held = stored.__dict__ if stored is not None else {k: getattr(conn, k) for k in CONNECTOR_FIELDS}
+        for key, value in state.__dict__.items():
+            if held[key] != value:
+                setattr(conn, key, value)
     changed |= conn_changed
     if changed:
         tx.touch("worker", name)
