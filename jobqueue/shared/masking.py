@@ -130,10 +130,11 @@ def mask_event(event: Any, pattern: str = DEFAULT_PATTERN) -> Any:
     if not isinstance(event, dict):
         return event
     out = dict(event)
+    keys = secret_keys(pattern)
     for name in EVENT_VALUE_FIELDS:
         value = out.get(name)
-        if value is None:
-            continue
+        if value is None or (type(value) is str and keys.search(value) is None):
+            continue  # text naming no secret key stays as it is (what mask_text decides first)
         if name == "fields" and isinstance(value, dict):
             out[name] = {k: mask(v, pattern) for k, v in value.items()}
         else:

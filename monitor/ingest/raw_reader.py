@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 #: Celery's ``EventReceiver``).
 RAW_SCHEMES = ("redis://", "rediss://")
 
+#: Bytes asked of the socket per read (redis-py's default is 64 KiB). Each read lets go of the
+#: GIL, and getting it back from a busy writer thread takes up to the interpreter's switch
+#: interval (5 ms): at 64 KiB a read the reader took at most about 13 MB/s (some 14,000 events/s,
+#: less its parser's time), and under load Redis dropped it for overrunning its pub/sub output
+#: buffer. A read takes whatever the socket holds, up to this (tests/monitor/ingest/test_rawreader.py).
+READ_SIZE = 4 * 1024 * 1024
+
 
 def event_source(app: Any) -> tuple[str, str] | None:
     """The broker URL and the PSUBSCRIBE pattern of the event exchange, or ``None`` when the
@@ -64,10 +71,12 @@ class RawEventReader:
 
     def __init__(self, url: str, pattern: str, on_message: Callable[[bytes], Any], *,
                  on_subscribed: Callable[[], Any] | None = None, connect_timeout: float = 3.0,
-                 poll_interval: float = 0.5, health_interval: float = 10.0) -> None:
+                 poll_interval: float = 0.5, health_interval: float = 10.0,
+                 read_size: int = READ_SIZE) -> None:
         """``health_interval``: after this many seconds without a byte from Redis the reader
         sends a PING, and when nothing arrives for another ``health_interval`` s it raises
-        :class:`redis.ConnectionError` (a dead peer, see :mod:`jobqueue.transport.redis_health`)."""
+        :class:`redis.ConnectionError` (a dead peer, see :mod:`jobqueue.transport.redis_health`).
+        ``read_size``: bytes asked of the socket per read (:data:`READ_SIZE`)."""
         self.url = url
         self.pattern = pattern
         self.on_message = on_message
@@ -75,6 +84,7 @@ class RawEventReader:
         self.connect_timeout = connect_timeout
         self.poll_interval = min(poll_interval, health_interval / 2)
         self.health_interval = health_interval
+        self.read_size = read_size
         self._stopping = False
         self._connection: Any = None
         #: ``time.time()`` when Redis last sent anything (a message or a PONG); None before.
@@ -93,7 +103,7 @@ class RawEventReader:
                                              socket_timeout=socket_timeout(self.health_interval),
                                              socket_keepalive=True,
                                              socket_keepalive_options=keepalive_options(self.health_interval),
-                                             protocol=2)
+                                             socket_read_size=self.read_size, protocol=2)
         conn: Any = pool.make_connection()
         self._connection = conn
         try:

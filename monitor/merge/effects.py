@@ -8,6 +8,7 @@ current job -- through a :class:`~monitor.store.Tx`. :mod:`monitor.merge.apply` 
 
 from __future__ import annotations
 
+import operator
 import re
 
 from jobqueue.states import FINAL_STATUSES, JobStatus
@@ -23,11 +24,15 @@ NODE = re.compile(r"^gpu(\d+)@(.+)$")
 def state_of(job: AnyJob) -> JobState:
     """The rules' view of a stored job."""
     if type(job) is PlainJob:
-        return JobState(**{name: getattr(job, name) for name in JOB_FIELDS})
+        return JobState.of_values(_job_fields(job))
     # Loaded values straight from the instance dict (the attribute descriptors cost a fifth
     # of an event's merge); an attribute not loaded goes through SQLAlchemy as usual.
     loaded = job.__dict__
-    return JobState(**{name: loaded[name] if name in loaded else getattr(job, name) for name in JOB_FIELDS})
+    return JobState.of_values(tuple(loaded[name] if name in loaded else getattr(job, name) for name in JOB_FIELDS))
+
+
+#: A plain job's :data:`JOB_FIELDS` values, as a tuple (one C call).
+_job_fields = operator.attrgetter(*JOB_FIELDS)
 
 
 def write_back(job: AnyJob, before: JobState, after: JobState) -> None:
@@ -36,9 +41,10 @@ def write_back(job: AnyJob, before: JobState, after: JobState) -> None:
     them in place, so comparing the two states finds every change. A new plain job notes the
     JSON columns set (see :mod:`monitor.store.plain_jobs`)."""
     assigned = job.assigned if type(job) is PlainJob else None
+    old, new = before.__dict__, after.__dict__  # every field is in both (set by __init__/of_values)
     for name in JOB_FIELDS:
-        value = getattr(after, name)
-        if value != getattr(before, name):
+        value = new[name]
+        if value != old[name]:
             setattr(job, name, value)
             if assigned is not None and name in JSON_COLUMNS:
                 assigned.add(name)

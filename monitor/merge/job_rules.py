@@ -100,6 +100,15 @@ class JobState:
         twin.__dict__.update(self.__dict__)
         return twin
 
+    @classmethod
+    def of_values(cls, values: tuple[Any, ...]) -> JobState:
+        """The state whose fields, in :data:`JOB_FIELDS` order, are ``values`` (what
+        ``JobState(**dict(zip(JOB_FIELDS, values)))`` makes, without the keyword call: the
+        merge builds one per event)."""
+        state = object.__new__(cls)
+        state.__dict__.update(zip(JOB_FIELDS, values, strict=True))
+        return state
+
 
 #: The names of :class:`JobState`'s fields (the job columns the rules own).
 JOB_FIELDS = tuple(f.name for f in fields(JobState))
