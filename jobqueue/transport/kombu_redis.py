@@ -313,7 +313,12 @@ class Channel(kombu_redis.Channel):
             return
         batch = _Commands()  # the event's PUBLISH, inside the held message's transaction
         super()._put_fanout(exchange, message, routing_key, _publish_batch=batch, **kwargs)  # type: ignore[no-untyped-call]
-        rider.send_held(batch.commands)
+        try:
+            rider.send_held(batch.commands)
+        except tuple(self.connection.connection_errors):
+            raise  # kombu retries the event's publish, and the held message with it
+        except Exception:  # refused: Celery would keep the event for later; the message stays
+            log.debug("job %s: its message and event were refused", rider.job_id, exc_info=True)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:  # PRIVATE TOUCHPOINT 4

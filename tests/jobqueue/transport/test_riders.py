@@ -5,7 +5,10 @@ first, on their own. Every socket write of redis-py is recorded (real Redis, no 
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -249,3 +252,44 @@ def test_a_rabbitmq_broker_takes_no_rider(settings: Settings) -> None:
     app: Any = create_app(settings.model_copy(update={"broker_url": "amqp://guest:guest@127.0.0.1:5672//"}))
     assert not can_ride(app)
     app.close()
+
+
+def test_a_refused_message_with_its_event_raises_from_submit_job_and_publishes_no_event(
+        app: Any, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a client whose records Redis refuses inside the transaction (wrong arity), and a
+    # subscriber to the event stream
+    submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+    events = redis_client.pubsub()
+    events.psubscribe("*celeryev*")
+    assert events.get_message(timeout=2)["type"] == "psubscribe"
+
+    def refused(pipe: Any, app_: Any, send_options: dict[str, Any]) -> None:
+        pipe.execute_command("SET", submitted_key(send_options["task_id"]))
+
+    monkeypatch.setattr("jobqueue.client.records.queue_job_submit", refused)
+    # When a job is submitted, Then the refusal reaches the caller
+    with pytest.raises(redis.ResponseError):
+        submit_job("simulation", quick("one"), queue="gpu7", app=app, job_id="refused-job")
+    # and no task-sent event of the job that was never queued is published, then or with a later one
+    monkeypatch.undo()
+    later = submit_job("simulation", quick("two"), queue="gpu7", app=app)
+    sent = _task_sent_ids(events, later.id)
+    events.close()
+    assert sent[-1] == later.id and "refused-job" not in sent
+
+
+def _task_sent_ids(events: Any, last: str) -> list[str]:
+    """The job ids of the task-sent events ``events`` receives, up to ``last``'s (kombu's
+    base64 bodies)."""
+    ids: list[str] = []
+    deadline = time.monotonic() + 10
+    while last not in ids and time.monotonic() < deadline:
+        got = events.get_message(timeout=1)
+        if got is None or got["type"] != "pmessage":
+            continue
+        message = json.loads(got["data"])
+        event = json.loads(base64.b64decode(message["body"]))
+        for one in event if isinstance(event, list) else [event]:
+            if one.get("type") == "task-sent":
+                ids.append(one["uuid"])
+    return ids
