@@ -4,8 +4,8 @@ A submit writes the job's submit record (with its first facts, its requirements,
 queue's note and its place in the queued index) before its message, so a worker can never take
 a job whose record is missing (:mod:`jobqueue.shared.submissions`). With a Redis broker served
 by this package's transport, the records ride with the message (:mod:`jobqueue.transport.riders`):
-one ``MULTI``/``EXEC``, records first, when the broker and the result backend are the same Redis
-server and database; their own round trip just before the message otherwise. Any other broker
+one ``MULTI``/``EXEC``, records first (and the job's ``task-sent`` event with them), when the
+broker and the result backend are the same Redis server and database; their own round trip just before the message otherwise. Any other broker
 (RabbitMQ): the records are written here, then the message is sent, as before.
 
 A batch's or workflow's records ride with its first message (up to :data:`MAX_RIDING_JOBS`
@@ -55,8 +55,11 @@ def send_after_records(app: Any, job_id: str, add: Callable[[Any], None], check:
     if not ride or not can_ride(app):
         rider.run_alone()
         return send()
+    # Celery's task-sent event for the message may join its round trip (see riders).
+    rider.hold_for_event = bool(app.conf.task_send_sent_event)
     with riding(rider):
         sent = send()
+    rider.flush()  # a message still held (no event joined it): alone, now
     if rider.replies is None:  # the publish never reached our channel's _put: cannot happen on our transport
         log.error("job %s: its records did not ride with its message; written after it", job_id)
         rider.run_alone()

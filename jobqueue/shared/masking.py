@@ -48,7 +48,14 @@ def secret_keys(pattern: str = DEFAULT_PATTERN) -> re.Pattern[str]:
 
 def is_secret_key(key: Any, pattern: str = DEFAULT_PATTERN) -> bool:
     """True when ``key`` is a string the pattern matches anywhere."""
-    return isinstance(key, str) and secret_keys(pattern).search(key) is not None
+    return isinstance(key, str) and _key_is_secret(key, pattern)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_is_secret(key: str, pattern: str) -> bool:
+    """:func:`is_secret_key` of a string, remembered: every submit and every job's start and end
+    masks the same few option and payload keys."""
+    return secret_keys(pattern).search(key) is not None
 
 
 def mask(value: Any, pattern: str = DEFAULT_PATTERN, _depth: int = 0) -> Any:

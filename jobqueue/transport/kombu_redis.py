@@ -33,6 +33,8 @@ tests/jobqueue/worker/test_poison.py.
    inside one ``MULTI``/``EXEC`` and before a Redis ``WAIT`` (see
    :mod:`jobqueue.transport.replication`); that pipeline has no redis-py response callbacks
    (``Pipeline.response_callbacks``: the commands inside ``MULTI`` answer ``QUEUED``).
+   Without a ``WAIT``, a rider's message is held until Celery's ``task-sent`` event for it
+   (``_put_fanout``, routing key ``task.sent``, the same keyword) joins its transaction.
 6. ``Channel._q_for_pri`` and ``_get_message_priority`` (kombu's key of a message's priority
    list) and ``QoS._delivered`` (the tags kombu recorded as unacked), to put back an item
    popped just before the broker went away (its QoS write failed, so no one else holds it).
@@ -77,7 +79,7 @@ from kombu.utils.json import loads
 
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
 from jobqueue.transport.replication import check_wait, queue_wait, replicas_to_wait, wait_after
-from jobqueue.transport.riders import Rider, rider_for, same_target
+from jobqueue.transport.riders import Rider, held_rider, rider_for, same_target
 
 #: Attribute of a kombu Connection where its channels find the poison hook.
 HOOK_ATTR = "jobqueue_on_poison"
@@ -211,6 +213,9 @@ class _Commands:
         self.commands.append(command)
 
 
+#: The routing key of Celery's ``task-sent`` event (its type, dashes as dots).
+TASK_SENT_KEY = "task.sent"
+
 #: Whether kombu's ``Channel._put`` takes a ``_publish_batch`` (kombu 5.7+; PRIVATE TOUCHPOINT 5).
 KOMBU_BATCHES = "_publish_batch" in kombu_redis.Channel._put.__code__.co_consts
 
@@ -294,7 +299,26 @@ class Channel(kombu_redis.Channel):
             if rider is not None and (getattr(self, "global_keyprefix", None) or not same_target(rider.client, client)):
                 rider.run_alone()  # another server, database or key space: its own round trip first
                 rider = None
+            if rider is not None and rider.hold_for_event and not replicas:
+                # Held for the job's task-sent event (next on this channel, _put_fanout): one write.
+                commands, timeout, ridden = batch.commands, float(self.jobqueue_wait_timeout), rider
+                rider.held = lambda extra: send_batch(client, [*commands, *extra], ridden, 0, timeout, job_id)
+                return
             send_batch(client, batch.commands, rider, replicas, float(self.jobqueue_wait_timeout), job_id)
+
+    def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:  # TOUCHPOINT 5
+        rider = held_rider()
+        if rider is None or routing_key != TASK_SENT_KEY or kwargs.get("_publish_batch") is not None:
+            super()._put_fanout(exchange, message, routing_key, **kwargs)  # type: ignore[no-untyped-call]
+            return
+        batch = _Commands()  # the event's PUBLISH, inside the held message's transaction
+        super()._put_fanout(exchange, message, routing_key, _publish_batch=batch, **kwargs)  # type: ignore[no-untyped-call]
+        try:
+            rider.send_held(batch.commands)
+        except tuple(self.connection.connection_errors):
+            raise  # kombu retries the event's publish, and the held message with it
+        except Exception:  # refused: Celery would keep the event for later; the message stays
+            log.debug("job %s: its message and event were refused", rider.job_id, exc_info=True)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:  # PRIVATE TOUCHPOINT 4

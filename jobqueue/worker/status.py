@@ -147,10 +147,14 @@ class StatusReporter:
             report.service, report.status, report.message, report.details, self._seq, report.since
         )
         self._reports[report.service] = numbered
-        if not self._pending:
+        first = not self._pending
+        if first:
             self._pending_since = self._clock()
         self._pending.append((numbered, beat))  # the event is built by the sender thread
-        self._cond.notify_all()
+        if first or self.window <= 0:
+            # Only the first change of a window moves the sender's wake-up time; it already
+            # sleeps until the window ends for the later ones (two per job: active, idle).
+            self._cond.notify_all()
         return numbered
 
     def event_fields(self, report: StatusReport, *, beat: bool) -> dict[str, Any]:
@@ -204,6 +208,7 @@ class StatusReporter:
         with self._cond:
             self._sender = sender
             self._queue_full_set()
+            self._cond.notify_all()  # the thread slept without a deadline while detached
 
     def detach(self) -> None:
         """Stop sending (broker connection going down); events queue up until attached."""

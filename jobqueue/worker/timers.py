@@ -63,11 +63,16 @@ class TimerThread:
         with self._cond:
             if self._stopping:
                 return
-            heapq.heappush(self._heap, (self._clock() + call.delay, next(self._order), call))
+            entry = (self._clock() + call.delay, next(self._order), call)
+            heapq.heappush(self._heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # Wake the thread only when this call is due first: otherwise it already sleeps
+            # until an earlier one (every job's progress window schedules a call that is
+            # mostly cancelled, and a wake-up per call is two context switches for nothing).
+            if self._heap[0] is entry:
+                self._cond.notify()
 
     def _next(self) -> TimedCall | None:
         with self._cond:

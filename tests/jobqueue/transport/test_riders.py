@@ -5,7 +5,10 @@ first, on their own. Every socket write of redis-py is recorded (real Redis, no 
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,7 +88,7 @@ def test_a_submit_sends_its_record_and_message_in_one_round_trip_the_record_firs
     assert job.status() == JobStatus.QUEUED
 
 
-def test_a_submit_makes_as_many_round_trips_as_plain_celerys_send_task(
+def test_a_submit_makes_one_round_trip_fewer_than_plain_celerys_send_task(
         app: Any, redis_url: str, sends: Sends) -> None:
     # Given plain Celery on the same Redis, sending task-sent events as jobqueue's client does
     plain = Celery("plain", broker=redis_url, backend=redis_url, set_as_current=False)
@@ -101,9 +104,64 @@ def test_a_submit_makes_as_many_round_trips_as_plain_celerys_send_task(
     plain.send_task("noop", queue="plain")
     theirs = sends.counted()
     plain.close()
-    # Then jobqueue's submit wrote to Redis as often: SUBSCRIBE, LPUSH (with the record), task-sent
-    assert ours == ["SUBSCRIBE", "MULTI", "PUBLISH"]
+    # Then jobqueue's submit wrote to Redis once less: SUBSCRIBE, then the record, the LPUSH and
+    # the task-sent event together
+    assert ours == ["SUBSCRIBE", "MULTI"]
     assert theirs == ["SUBSCRIBE", "LPUSH", "PUBLISH"]
+
+
+def test_a_submits_task_sent_event_joins_its_messages_transaction_after_the_message(
+        app: Any, sends: Sends) -> None:
+    # Given a client whose broker and result backend are the same Redis database
+    submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+    sends.writes.clear()
+    # When a job is submitted
+    job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
+    # Then its record, its message and its task-sent event left in one write, in that order,
+    # inside one transaction (a refused one publishes no event either)
+    [write] = sends.holding(submitted_key(job.id))
+    assert _order(write, "MULTI", submitted_key(job.id), "LPUSH", "PUBLISH", "EXEC") == sorted(
+        _order(write, "MULTI", submitted_key(job.id), "LPUSH", "PUBLISH", "EXEC"))
+    assert b"celeryev/task.sent" in write  # the event's channel (its body is base64)
+    assert [w for w in sends.writes if b"PUBLISH" in w] == [write]
+    assert job.status() == JobStatus.QUEUED
+
+
+def test_without_task_sent_events_the_message_leaves_before_the_submit_returns(
+        settings: Settings, sends: Sends) -> None:
+    # Given a client that sends no task-sent event (nothing to hold the message for)
+    app: Any = create_app(settings)
+    app.conf.task_send_sent_event = False
+    try:
+        submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+        sends.writes.clear()
+        # When a job is submitted
+        job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
+        # Then its record and message left together, and no event
+        [write] = sends.holding(submitted_key(job.id))
+        assert b"LPUSH" in write and b"PUBLISH" not in write
+        assert job.status() == JobStatus.QUEUED
+    finally:
+        app.close()
+
+
+def test_a_message_whose_event_never_joins_it_is_sent_alone_when_send_task_returns(
+        app: Any, sends: Sends, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a client whose task-sent event fails (Celery buffers a failed event and returns)
+    submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+
+    def broken(self: Any, extra: list[Any]) -> None:
+        raise ConnectionError("event lost")
+
+    monkeypatch.setattr(Rider, "send_held", broken)
+    sends.writes.clear()
+    # When a job is submitted
+    job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
+    # Then its record and message still left, in one write, before submit_job returned
+    monkeypatch.undo()
+    [write] = sends.holding(submitted_key(job.id))
+    assert b"LPUSH" in write and b"PUBLISH" not in write
+    assert job.status() == JobStatus.QUEUED
 
 
 @pytest.mark.parametrize("kind", ["batch", "workflow"])
@@ -194,3 +252,44 @@ def test_a_rabbitmq_broker_takes_no_rider(settings: Settings) -> None:
     app: Any = create_app(settings.model_copy(update={"broker_url": "amqp://guest:guest@127.0.0.1:5672//"}))
     assert not can_ride(app)
     app.close()
+
+
+def test_a_refused_message_with_its_event_raises_from_submit_job_and_publishes_no_event(
+        app: Any, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a client whose records Redis refuses inside the transaction (wrong arity), and a
+    # subscriber to the event stream
+    submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+    events = redis_client.pubsub()
+    events.psubscribe("*celeryev*")
+    assert events.get_message(timeout=2)["type"] == "psubscribe"
+
+    def refused(pipe: Any, app_: Any, send_options: dict[str, Any]) -> None:
+        pipe.execute_command("SET", submitted_key(send_options["task_id"]))
+
+    monkeypatch.setattr("jobqueue.client.records.queue_job_submit", refused)
+    # When a job is submitted, Then the refusal reaches the caller
+    with pytest.raises(redis.ResponseError):
+        submit_job("simulation", quick("one"), queue="gpu7", app=app, job_id="refused-job")
+    # and no task-sent event of the job that was never queued is published, then or with a later one
+    monkeypatch.undo()
+    later = submit_job("simulation", quick("two"), queue="gpu7", app=app)
+    sent = _task_sent_ids(events, later.id)
+    events.close()
+    assert sent[-1] == later.id and "refused-job" not in sent
+
+
+def _task_sent_ids(events: Any, last: str) -> list[str]:
+    """The job ids of the task-sent events ``events`` receives, up to ``last``'s (kombu's
+    base64 bodies)."""
+    ids: list[str] = []
+    deadline = time.monotonic() + 10
+    while last not in ids and time.monotonic() < deadline:
+        got = events.get_message(timeout=1)
+        if got is None or got["type"] != "pmessage":
+            continue
+        message = json.loads(got["data"])
+        event = json.loads(base64.b64decode(message["body"]))
+        for one in event if isinstance(event, list) else [event]:
+            if one.get("type") == "task-sent":
+                ids.append(one["uuid"])
+    return ids
