@@ -13,10 +13,9 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from jobqueue.states import JobStatus
-from monitor.store.models import ChangeRow, ConnectorRow, CounterRow, JobRow, ServiceStatRow, WorkerRow
+from monitor.store.medians import ServiceMedians, changed_jobs
+from monitor.store.models import ChangeRow, ConnectorRow, CounterRow, ServiceStatRow, WorkerRow
 from monitor.store.serialise import job_dict, machine_dict, service_dict, worker_dict
-from monitor.store.stats import safe_median
 from monitor.store.tx import Change, Tx
 
 
@@ -27,24 +26,12 @@ def new_service_stat(session: Session, service: str) -> ServiceStatRow:
     return stat
 
 
-#: Completed runtimes per service a median is taken over (the most recent ones).
-MEDIAN_WINDOW = 1000
-
-
-def recent_runtimes(session: Session, service: str) -> list[float]:
-    """The :data:`MEDIAN_WINDOW` most recent completed runtimes of ``service``."""
-    rows = session.scalars(
-        select(JobRow.runtime).where(JobRow.service == service, JobRow.status == JobStatus.COMPLETED.value,
-                                     JobRow.runtime.is_not(None))
-        .order_by(JobRow.finished_at.desc()).limit(MEDIAN_WINDOW)
-    )
-    return [float(r) for r in rows if r is not None]
-
-
-def record_changes(tx: Tx, *, lock_counter: bool) -> list[Change]:
+def record_changes(tx: Tx, *, lock_counter: bool, medians: ServiceMedians) -> list[Change]:
     """Give every object ``tx`` marked the next seq, and append its full serialised form (or
     null, deleted) to the change log; return what was recorded. ``lock_counter`` takes the
-    counter row ``FOR UPDATE`` (PostgreSQL; SQLite's writer already holds the lock)."""
+    counter row ``FOR UPDATE`` (PostgreSQL; SQLite's writer already holds the lock).
+    ``medians``: the services' windows, moved by the jobs ``tx`` marked (given back with the
+    new seq once ``tx`` commits, :attr:`Tx.after_commit`)."""
     session = tx.session
     if not tx.dirty and not tx.deleted:
         return []
@@ -74,14 +61,22 @@ def record_changes(tx: Tx, *, lock_counter: bool) -> list[Change]:
             obj.seq = seq
         numbered.append((seq, kind, key, obj))
     tx.write_plain_jobs(release=False)
+    claim = medians.claim(session, counter.value)
+    for job_id, gone in changed_jobs(tx.dirty, tx.deleted):
+        medians.job_changed(claim, job_id, None if gone else tx.peek_job(job_id))
     for number, kind, key, obj in numbered:
         if obj is None:
             out.append((number, kind, key, None))
+            continue
+        if kind == "service":
+            obj.median, obj.samples = medians.median(claim, session, obj.service)
+            out.append((number, kind, key, service_dict(obj)))
             continue
         out.append((number, kind, key, _serialise(session, kind, obj, tx.now, conns)))
         if kind == "job":
             tenants[number] = obj.tenant
     counter.value = seq
+    tx.after_commit.append(lambda: medians.release(claim, seq))
     if out:
         session.connection().execute(insert(ChangeRow), [{"seq": s, "kind": k, "key": key, "data": d, "tenant": tenants.get(s)}
                                             for s, k, key, d in out])
@@ -100,11 +95,6 @@ def _obj(tx: Tx, kind: str, key: str) -> Any:
 
 def _serialise(session: Session, kind: str, obj: Any, now: float,
                conns: dict[str, list[ConnectorRow]]) -> dict[str, Any]:
-    if kind == "service":
-        values = recent_runtimes(session, obj.service)
-        obj.median = safe_median(values)
-        obj.samples = len(values)
-        return service_dict(obj)
     if kind == "job":
         return job_dict(obj)
     if kind == "worker":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import JSON, inspect, select
@@ -62,6 +63,8 @@ class Tx:
         #: What the commit recorded, ``(seq, kind, key, data)`` in seq order; set by
         #: :meth:`monitor.store.Store.write` once the block is done (empty before).
         self.changes: list[Change] = []
+        #: Called, in order, once this transaction committed (not when it rolled back).
+        self.after_commit: list[Callable[[], None]] = []
 
     def prefetch(self, job_ids: set[str], worker_names: set[str], *, plain_jobs: bool = False) -> None:
         """Load the jobs, workers and those workers' connectors a batch refers to, in one
