@@ -58,6 +58,8 @@ class Tx:
         self.job_before: dict[str, Before] = {}
         self._workers: dict[str, WorkerRow | None] = {}
         self._connectors: dict[tuple[str, str], ConnectorRow | None] = {}
+        #: Workers whose every stored connector :meth:`prefetch` loaded into ``_connectors``.
+        self._connectors_loaded: set[str] = set()
         self._machines: dict[str, MachineRow | None] = {}
         self.events: list[dict[str, Any]] = []
         #: What the commit recorded, ``(seq, kind, key, data)`` in seq order; set by
@@ -95,6 +97,7 @@ class Tx:
             chunk = names[start:start + 500]
             for conn in session.scalars(select(ConnectorRow).where(ConnectorRow.worker.in_(chunk))):
                 self._connectors[(conn.worker, conn.service)] = conn
+            self._connectors_loaded.update(chunk)
 
     def _hold(self, job: PlainJob) -> None:
         self._jobs[job.id] = self._plain[job.id] = job
@@ -185,6 +188,14 @@ class Tx:
             self.session.add(conn)
             self._connectors[key] = conn
         return conn
+
+    def connectors_of(self, worker: str) -> list[ConnectorRow] | None:
+        """Every connector of ``worker`` (those created in this transaction too) when
+        :meth:`prefetch` loaded its stored ones; None when this transaction does not know them
+        all (connectors are never deleted, so the loaded ones and the new ones are all)."""
+        if worker not in self._connectors_loaded:
+            return None
+        return [c for (name, _), c in self._connectors.items() if name == worker and c is not None]
 
     def machine(self, machine_id: str, create: bool = True) -> MachineRow | None:
         """The machine ``machine_id``; a new offline one when ``create``."""
