@@ -94,9 +94,9 @@ class Store(StoreQueries):
             with session.no_autoflush:
                 yield tx
             if tx.events:
-                # The ORM's rows first, then one plain executemany: the ORM's bulk insert costs
-                # more than the insert itself (no foreign key: the plain jobs are written last).
-                session.flush()
+                # One plain executemany: the ORM's bulk insert costs more than the insert itself.
+                # No foreign key: the plain jobs are written last, the ORM's rows flush once in
+                # record_changes (their changes and seq together).
                 session.connection().execute(insert(JobEventRow), tx.events)
             tx.changes = record_changes(tx, lock_counter=not self.is_sqlite, medians=self.medians)
             tx.write_plain_jobs()
