@@ -24,6 +24,8 @@ Change = tuple[int, str, str, Any]
 _NEW_JOB: dict[str, Any] = {attr.key: None for attr in inspect(JobRow).column_attrs
                             if attr.key not in ("id", "status", "attempt", "n_events", "seq", "progress")
                             and not isinstance(attr.columns[0].type, JSON)}
+#: Workers, each with every connector it has (one row per connector; None: it has none).
+_WORKERS_WITH_CONNECTORS = select(WorkerRow, ConnectorRow).outerjoin(ConnectorRow, ConnectorRow.worker == WorkerRow.name)
 #: What a job was when a transaction first saw it: (status, attempt, started_at); None: new.
 Before = tuple[str, int, float | None] | None
 
@@ -90,9 +92,15 @@ class Tx:
         todo = sorted(worker_names - self._workers.keys())
         for start in range(0, len(todo), 500):
             chunk = todo[start:start + 500]
-            workers = {w.name: w for w in session.scalars(select(WorkerRow).where(WorkerRow.name.in_(chunk)))}
+            # The workers with their connectors, in one statement (a fixed cost per transaction).
+            workers: dict[str, WorkerRow] = {}
+            for worker, conn in session.execute(_WORKERS_WITH_CONNECTORS.where(WorkerRow.name.in_(chunk))):
+                workers[worker.name] = worker
+                if conn is not None:
+                    self._connectors[(conn.worker, conn.service)] = conn
             self._workers.update((one, workers.get(one)) for one in chunk)
-        names = sorted(n for n in worker_names if self._workers.get(n) is not None)
+            self._connectors_loaded.update(workers)
+        names = sorted(n for n in worker_names if n not in self._connectors_loaded and self._workers.get(n) is not None)
         for start in range(0, len(names), 500):
             chunk = names[start:start + 500]
             for conn in session.scalars(select(ConnectorRow).where(ConnectorRow.worker.in_(chunk))):
