@@ -85,14 +85,7 @@ def record_changes(tx: Tx, *, lock_counter: bool, medians: ServiceMedians) -> li
 def _connectors(tx: Tx, names: list[str]) -> dict[str, list[ConnectorRow]]:
     """The connectors of the workers ``names`` (after the flush): from the transaction for those
     whose connectors it loaded (:meth:`Tx.connectors_of`), one query for the others."""
-    conns: dict[str, list[ConnectorRow]] = {}
-    todo = []
-    for name in names:
-        held = tx.connectors_of(name)
-        if held is None:
-            todo.append(name)
-        elif held:
-            conns[name] = held
+    conns, todo = tx.connectors_of(names)
     for start in range(0, len(todo), 500):
         for c in tx.session.scalars(select(ConnectorRow).where(ConnectorRow.worker.in_(todo[start:start + 500]))):
             conns.setdefault(c.worker, []).append(c)

@@ -197,13 +197,15 @@ class Tx:
             self._connectors[key] = conn
         return conn
 
-    def connectors_of(self, worker: str) -> list[ConnectorRow] | None:
-        """Every connector of ``worker`` (those created in this transaction too) when
-        :meth:`prefetch` loaded its stored ones; None when this transaction does not know them
-        all (connectors are never deleted, so the loaded ones and the new ones are all)."""
-        if worker not in self._connectors_loaded:
-            return None
-        return [c for (name, _), c in self._connectors.items() if name == worker and c is not None]
+    def connectors_of(self, workers: list[str]) -> tuple[dict[str, list[ConnectorRow]], list[str]]:
+        """Every connector (those created in this transaction too) of each of ``workers`` whose
+        stored ones :meth:`prefetch` loaded (connectors are never deleted, so the loaded ones
+        and the new ones are all), and the workers this transaction does not know them all of."""
+        known: dict[str, list[ConnectorRow]] = {name: [] for name in workers if name in self._connectors_loaded}
+        for (name, _), conn in self._connectors.items():
+            if conn is not None and name in known:
+                known[name].append(conn)
+        return {name: conns for name, conns in known.items() if conns}, [n for n in workers if n not in known]
 
     def machine(self, machine_id: str, create: bool = True) -> MachineRow | None:
         """The machine ``machine_id``; a new offline one when ``create``."""
