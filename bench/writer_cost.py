@@ -8,6 +8,10 @@ CPU time, not wall time: on a shared machine it is what another process's load c
 To compare two trees, run it in each, taking turns:
 
     PYTHONPATH=. python -m bench.writer_cost --events 60000 --rounds 3
+
+``--workers 2 --progress-steps 0 --batch 35`` gives the shape of ``bench.throughput``'s stream
+instead (two workers, no-op jobs, about 5 jobs per transaction as its writer takes them at
+~500 jobs/s with a 10 ms interval): there the work paid once per transaction dominates.
 """
 
 from __future__ import annotations
@@ -39,14 +43,15 @@ def offline_writer(prefix: str, batch: int) -> tuple[Any, Any, Any]:
     return store, writer, EventCollector(monitor_celery_app(settings), writer)
 
 
-def run(events: int, batch: int) -> dict[str, Any]:
-    """One store, ``events`` events applied in batches of ``batch``: CPU µs per event."""
+def run(events: int, batch: int, workers: int = 50, progress_steps: int = 10) -> dict[str, Any]:
+    """One store, ``events`` events applied in batches of ``batch``: CPU µs per event and ms per job."""
     from sqlalchemy import text
 
     from bench.events_mix import build_stream
 
     store, writer, collector = offline_writer("bench-writer-", batch)
-    raws = [body for _, body in build_stream(events, 12000, time.time(), db=0).messages]
+    stream = build_stream(events, 12000, time.time(), db=0, workers=workers, progress_steps=progress_steps)
+    raws = [body for _, body in stream.messages]
     started = time.process_time()
     for first in range(0, len(raws), batch):
         writer._apply_batch([ev for raw in raws[first:first + batch] for ev in collector._decode(raw)])
@@ -55,6 +60,7 @@ def run(events: int, batch: int) -> dict[str, Any]:
         final = session.execute(text("SELECT count(*) FROM jobs WHERE status = 'completed'")).scalar_one()
     store.close()
     return {"events": events, "cpu s": round(cpu, 2), "cpu µs/event": round(cpu * 1e6 / events, 1),
+            "cpu ms/job": round(cpu * 1e3 / max(1, stream.jobs), 3), "transactions": -(-len(raws) // batch),
             "completed jobs": final, "coalesced": writer.counts["coalesced"],
             "max rss MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
@@ -64,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--batch", type=int, default=5000, help="the writer's max_batch")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=50, help="simulated workers in the stream")
+    parser.add_argument("--progress-steps", type=int, default=10, help="progress events per job")
     args = parser.parse_args(argv)
     for i in range(args.rounds):
-        row = run(args.events, args.batch)
+        row = run(args.events, args.batch, args.workers, args.progress_steps)
         print(f"round {i + 1}: " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     return 0
 

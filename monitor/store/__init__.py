@@ -13,8 +13,8 @@ modules use is importable from here.
 from __future__ import annotations
 
 from jobqueue.states import FINAL_STATUSES
-from monitor.store.changelog import MEDIAN_WINDOW
 from monitor.store.counts import job_counts
+from monitor.store.medians import MEDIAN_WINDOW
 from monitor.store.models import (
     JOB_SORTS,
     JOB_WHEN,

@@ -19,6 +19,7 @@ from jobqueue.states import FINAL_STATUSES
 from monitor.store.changelog import record_changes
 from monitor.store.counts import job_counts
 from monitor.store.engine import WRITE_OPTION, make_engine
+from monitor.store.medians import ServiceMedians
 from monitor.store.migrate import upgrade
 from monitor.store.models import AuditRow, ChangeRow, CounterRow, JobEventRow, JobRow
 from monitor.store.queries import StoreQueries
@@ -63,6 +64,8 @@ class Store(StoreQueries):
         #: lease of a store shared by several monitors, :meth:`monitor.store.lease.WriterLease.fence`).
         self.fence: Callable[[Session], None] | None = None
         self.worker_cache = WorkerCache()
+        #: The services' median windows, moved by this process's write transactions.
+        self.medians = ServiceMedians()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -91,13 +94,15 @@ class Store(StoreQueries):
             with session.no_autoflush:
                 yield tx
             if tx.events:
-                # The ORM's rows first, then one plain executemany: the ORM's bulk insert costs
-                # more than the insert itself (no foreign key: the plain jobs are written last).
-                session.flush()
+                # One plain executemany: the ORM's bulk insert costs more than the insert itself.
+                # No foreign key: the plain jobs are written last, the ORM's rows flush once in
+                # record_changes (their changes and seq together).
                 session.connection().execute(insert(JobEventRow), tx.events)
-            tx.changes = record_changes(tx, lock_counter=not self.is_sqlite)
+            tx.changes = record_changes(tx, lock_counter=not self.is_sqlite, medians=self.medians)
             tx.write_plain_jobs()
             del session.info[_TX]
+        for done in tx.after_commit:
+            done()
 
     @contextmanager
     def _write_session(self) -> Iterator[Session]:

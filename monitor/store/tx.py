@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import JSON, inspect, select
@@ -23,6 +24,8 @@ Change = tuple[int, str, str, Any]
 _NEW_JOB: dict[str, Any] = {attr.key: None for attr in inspect(JobRow).column_attrs
                             if attr.key not in ("id", "status", "attempt", "n_events", "seq", "progress")
                             and not isinstance(attr.columns[0].type, JSON)}
+#: Workers, each with every connector it has (one row per connector; None: it has none).
+_WORKERS_WITH_CONNECTORS = select(WorkerRow, ConnectorRow).outerjoin(ConnectorRow, ConnectorRow.worker == WorkerRow.name)
 #: What a job was when a transaction first saw it: (status, attempt, started_at); None: new.
 Before = tuple[str, int, float | None] | None
 
@@ -57,11 +60,15 @@ class Tx:
         self.job_before: dict[str, Before] = {}
         self._workers: dict[str, WorkerRow | None] = {}
         self._connectors: dict[tuple[str, str], ConnectorRow | None] = {}
+        #: Workers whose every stored connector :meth:`prefetch` loaded into ``_connectors``.
+        self._connectors_loaded: set[str] = set()
         self._machines: dict[str, MachineRow | None] = {}
         self.events: list[dict[str, Any]] = []
         #: What the commit recorded, ``(seq, kind, key, data)`` in seq order; set by
         #: :meth:`monitor.store.Store.write` once the block is done (empty before).
         self.changes: list[Change] = []
+        #: Called, in order, once this transaction committed (not when it rolled back).
+        self.after_commit: list[Callable[[], None]] = []
 
     def prefetch(self, job_ids: set[str], worker_names: set[str], *, plain_jobs: bool = False) -> None:
         """Load the jobs, workers and those workers' connectors a batch refers to, in one
@@ -85,13 +92,20 @@ class Tx:
         todo = sorted(worker_names - self._workers.keys())
         for start in range(0, len(todo), 500):
             chunk = todo[start:start + 500]
-            workers = {w.name: w for w in session.scalars(select(WorkerRow).where(WorkerRow.name.in_(chunk)))}
+            # The workers with their connectors, in one statement (a fixed cost per transaction).
+            workers: dict[str, WorkerRow] = {}
+            for worker, conn in session.execute(_WORKERS_WITH_CONNECTORS.where(WorkerRow.name.in_(chunk))):
+                workers[worker.name] = worker
+                if conn is not None:
+                    self._connectors[(conn.worker, conn.service)] = conn
             self._workers.update((one, workers.get(one)) for one in chunk)
-        names = sorted(n for n in worker_names if self._workers.get(n) is not None)
+            self._connectors_loaded.update(workers)
+        names = sorted(n for n in worker_names if n not in self._connectors_loaded and self._workers.get(n) is not None)
         for start in range(0, len(names), 500):
             chunk = names[start:start + 500]
             for conn in session.scalars(select(ConnectorRow).where(ConnectorRow.worker.in_(chunk))):
                 self._connectors[(conn.worker, conn.service)] = conn
+            self._connectors_loaded.update(chunk)
 
     def _hold(self, job: PlainJob) -> None:
         self._jobs[job.id] = self._plain[job.id] = job
@@ -182,6 +196,16 @@ class Tx:
             self.session.add(conn)
             self._connectors[key] = conn
         return conn
+
+    def connectors_of(self, workers: list[str]) -> tuple[dict[str, list[ConnectorRow]], list[str]]:
+        """Every connector (those created in this transaction too) of each of ``workers`` whose
+        stored ones :meth:`prefetch` loaded (connectors are never deleted, so the loaded ones
+        and the new ones are all), and the workers this transaction does not know them all of."""
+        known: dict[str, list[ConnectorRow]] = {name: [] for name in workers if name in self._connectors_loaded}
+        for (name, _), conn in self._connectors.items():
+            if conn is not None and name in known:
+                known[name].append(conn)
+        return {name: conns for name, conns in known.items() if conns}, [n for n in workers if n not in known]
 
     def machine(self, machine_id: str, create: bool = True) -> MachineRow | None:
         """The machine ``machine_id``; a new offline one when ``create``."""
