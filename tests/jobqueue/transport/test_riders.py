@@ -71,6 +71,19 @@ def _order(write: bytes, *needles: str) -> list[int]:
     return [write.index(n.encode()) for n in needles]
 
 
+def _submit_in_one_write(app: Any, sends: Sends, *in_order: str) -> tuple[Any, bytes]:
+    """Submit a job (after a warm-up one: connections, queue bindings) and return it with the one
+    write that held its record, asserting that write holds ``in_order`` in that order
+    (``RECORD``: the job's submit record)."""
+    submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+    sends.writes.clear()
+    job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
+    [write] = sends.holding(submitted_key(job.id))
+    positions = _order(write, *(submitted_key(job.id) if n == "RECORD" else n for n in in_order))
+    assert positions == sorted(positions), in_order
+    return job, write
+
+
 def test_a_submit_sends_its_record_and_message_in_one_round_trip_the_record_first_in_one_transaction(
         app: Any, sends: Sends) -> None:
     # Given a client whose broker and result backend are the same Redis database
@@ -113,15 +126,10 @@ def test_a_submit_makes_one_round_trip_fewer_than_plain_celerys_send_task(
 def test_a_submits_task_sent_event_joins_its_messages_transaction_after_the_message(
         app: Any, sends: Sends) -> None:
     # Given a client whose broker and result backend are the same Redis database
-    submit_job("simulation", quick("warm"), queue="gpu7", app=app)
-    sends.writes.clear()
     # When a job is submitted
-    job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
     # Then its record, its message and its task-sent event left in one write, in that order,
     # inside one transaction (a refused one publishes no event either)
-    [write] = sends.holding(submitted_key(job.id))
-    assert _order(write, "MULTI", submitted_key(job.id), "LPUSH", "PUBLISH", "EXEC") == sorted(
-        _order(write, "MULTI", submitted_key(job.id), "LPUSH", "PUBLISH", "EXEC"))
+    job, write = _submit_in_one_write(app, sends, "MULTI", "RECORD", "LPUSH", "PUBLISH", "EXEC")
     assert b"celeryev/task.sent" in write  # the event's channel (its body is base64)
     assert [w for w in sends.writes if b"PUBLISH" in w] == [write]
     assert job.status() == JobStatus.QUEUED
@@ -216,14 +224,9 @@ def test_with_replicas_asked_for_the_wait_follows_the_transaction_in_the_same_ro
     app: Any = create_app(settings.model_copy(update={"redis_wait_replicas": 1, "redis_wait_timeout": 0.2,
                                                       "broker_url": url, "result_backend": url}))
     try:
-        submit_job("simulation", quick("warm"), queue="gpu7", app=app)
-        sends.writes.clear()
         # When a job is submitted
-        job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
         # Then record, message and WAIT left in one write, the WAIT after the EXEC
-        [write] = sends.holding(submitted_key(job.id))
-        assert _order(write, "MULTI", submitted_key(job.id), "LPUSH", "EXEC", "WAIT") == sorted(
-            _order(write, "MULTI", submitted_key(job.id), "LPUSH", "EXEC", "WAIT"))
+        job, _ = _submit_in_one_write(app, sends, "MULTI", "RECORD", "LPUSH", "EXEC", "WAIT")
         assert job.status() == JobStatus.QUEUED
     finally:
         app.close()
