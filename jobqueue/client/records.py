@@ -5,8 +5,9 @@ queue's note and its place in the queued index) before its message, so a worker 
 a job whose record is missing (:mod:`jobqueue.shared.submissions`). With a Redis broker served
 by this package's transport, the records ride with the message (:mod:`jobqueue.transport.riders`):
 one ``MULTI``/``EXEC``, records first (and the job's ``task-sent`` event with them), when the
-broker and the result backend are the same Redis server and database; their own round trip just before the message otherwise. Any other broker
-(RabbitMQ): the records are written here, then the message is sent, as before.
+broker and the result backend are the same Redis server and database; their own round trip just
+before the message otherwise. Any other broker (RabbitMQ): the records are written here, then
+the message is sent, as before.
 
 A batch's or workflow's records ride with its first message (up to :data:`MAX_RIDING_JOBS`
 jobs: one transaction holds Redis while it runs); every later message is sent after them.

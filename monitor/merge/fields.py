@@ -12,7 +12,7 @@ import json
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from jobqueue.errors import MalformedEvent
 from jobqueue.shared.names import parse_exception
@@ -65,6 +65,17 @@ def event_int(ev: dict[str, Any], key: str, default: int | None = None) -> int |
     if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**53:
         raise malformed(ev["type"], f"bad {key}")
     return value
+
+
+_State = TypeVar("_State")
+
+
+def shallow_copy(state: _State) -> _State:
+    """A shallow copy of a rules' state (a dataclass instance): ``dataclasses.replace`` without
+    its keyword call per field; the rules replace values, never change them in place."""
+    twin: _State = object.__new__(type(state))
+    twin.__dict__.update(state.__dict__)
+    return twin
 
 
 def clip_text(value: Any) -> str:

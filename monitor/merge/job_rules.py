@@ -51,6 +51,7 @@ from monitor.merge.fields import (
     json_blob,
     progress_fields,
     result_from_repr,
+    shallow_copy,
     task_details,
 )
 
@@ -96,9 +97,7 @@ class JobState:
 
     def copy(self) -> JobState:
         """A shallow copy (the rules replace values, never change them in place)."""
-        twin = object.__new__(JobState)
-        twin.__dict__.update(self.__dict__)
-        return twin
+        return shallow_copy(self)
 
     @classmethod
     def of_values(cls, values: tuple[Any, ...]) -> JobState:

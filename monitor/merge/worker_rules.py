@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from jobqueue.shared.names import WORKER_OFFLINE, WORKER_ONLINE
-from monitor.merge.fields import MAX_ID
+from monitor.merge.fields import MAX_ID, shallow_copy
 from monitor.store.statuses import WorkerStatus
 
 #: The warning of a worker whose machine nobody reported.
@@ -180,19 +180,12 @@ def connector_is_newer(conn: ConnectorState | None, seq: int | None, ts: float, 
     return conn.updated_at is None or ts >= conn.updated_at, False
 
 
-def _copy(stored: ConnectorState) -> ConnectorState:
-    """A shallow copy (``dataclasses.replace`` without its field-by-field keyword call)."""
-    twin = object.__new__(ConnectorState)
-    twin.__dict__.update(stored.__dict__)
-    return twin
-
-
 def connector_rule(stored: ConnectorState | None, report: ConnectorReport) -> tuple[ConnectorState | None, bool]:
     """The connector's state after ``report`` (None: none stored and none to store) and
     whether that is a change of its worker. A confirmation (same seq) only freshens it."""
     newer, confirms = connector_is_newer(stored, report.seq, report.ts, report.received, repair=report.repair)
     changed = False
-    state = None if stored is None else _copy(stored)
+    state = None if stored is None else shallow_copy(stored)
     if confirms and state is not None:
         # The worker still reports the status we hold (same seq): it is fresh again.
         state.received_at = max(state.received_at or report.received, report.received)
