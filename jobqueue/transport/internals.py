@@ -130,10 +130,8 @@ def result_record(backend: Any, job_id: str, result: Any, state: str, request: A
     return record
 
 
-#: The guarded write of a result record (``guarded_set.lua`` beside this module; KEYS[1]: a
-#: result key, ARGV[1]: the encoded record, ARGV[2]: expiry in s, 0 for none; 1 when stored):
-#: nothing is written over a SUCCESS record -- the guard of Celery's ``_store_result`` (a read,
-#: then the write), made atomic and one round trip.
+#: The guarded write of a result record (``guarded_set.lua`` beside this module, its keys and arguments): nothing
+#: is written over a SUCCESS record -- the guard of Celery's ``_store_result`` (read, write) atomic, one round trip.
 GUARDED_SET_AND_PUBLISH = resources.files("jobqueue.transport").joinpath("guarded_set.lua").read_text(encoding="utf-8")
 
 #: ``rider(pipe)``: queues commands on ``pipe`` (a Redis transaction the backend executes).
@@ -234,14 +232,20 @@ class RidingRedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # Celery is
         key = self.get_key_for_task(task_id)
         return bool(self._script(keys=[key], args=[value, int(self.expires or 0)]))
 
+    def _acking(self, key: Any) -> tuple[list[Any], list[Any]]:
+        """Extra keys and arguments of the guarded write of ``key`` (none: see results.py)."""
+        return [], []
+
     def _guarded_set(self, key: Any, value: Any, expires: int, riders: list[tuple[Rider, Replies | None]]) -> None:
+        keys, args = self._acking(key)
+        command = (GUARDED_SET_AND_PUBLISH, 1 + len(keys), key, *keys, value, expires, *args)
         if not riders:
-            self.client.eval(GUARDED_SET_AND_PUBLISH, 1, key, value, expires)
+            self.client.eval(*command)
             return
         with self.client.pipeline() as pipe:
             # EVAL, not EVALSHA: a script in a pipeline costs redis-py a SCRIPT EXISTS round
             # trip per execute; Redis compiles the text once and caches it by its digest.
-            pipe.eval(GUARDED_SET_AND_PUBLISH, 1, key, value, expires)
+            pipe.eval(*command)
             (stored,) = self._run(pipe, riders, 1)
         if isinstance(stored, Exception):
             raise stored
@@ -309,17 +313,14 @@ def wake_scheduled(consumer: Any, pick: Callable[[Any], bool]) -> int:
 
 def accepted_at(request: Any) -> float | None:
     """When the pool accepted ``request`` (``Request.time_start``, wall-clock), or None."""
-    value = getattr(request, "time_start", None)
-    return float(value) if value is not None else None
+    return float(value) if (value := getattr(request, "time_start", None)) is not None else None
 
 
 def delivery_tag(request: Any) -> str | None:
     """The broker delivery tag of ``request``'s message (``Request.message.delivery_tag``;
     on Redis the member of kombu's unacked index), or None."""
     tag = getattr(getattr(request, "message", None), "delivery_tag", None)
-    if tag is None:
-        return None
-    return tag if isinstance(tag, str) else str(tag)
+    return tag if tag is None or isinstance(tag, str) else str(tag)
 
 
 def forget_request(request: Any) -> None:
@@ -346,8 +347,7 @@ def drop_request(request: Any) -> None:
 
 
 def remaining_chain(request: Any) -> list[dict[str, Any]]:
-    """The running task's chain: its later steps as signature dicts, next step first
-    (``Context.chain`` keeps them last step first)."""
+    """The running task's later steps as signature dicts, next first (``Context.chain``: last first)."""
     return [dict(sig) for sig in reversed(list(getattr(request, "chain", None) or ()))]
 
 

@@ -39,7 +39,8 @@ tests/jobqueue/worker/test_poison.py.
    list) and ``QoS._delivered`` (the tags kombu recorded as unacked), to put back an item
    popped just before the broker went away (its QoS write failed, so no one else holds it).
 7. ``kombu.transport.redis.Channel._brpop_start``: reimplemented below (its body with the
-   queues in the order of the connection's fair-share hook, :func:`set_fair_order`; it relies
+   queues in the order of the connection's fair-share hook, :func:`set_fair_order`, each
+   order's command packed once (redis-py's ``pack_command``, ``send_packed_command``); it relies
    on ``_queue_cycle.consume``, ``active_queues``, ``_q_for_pri``, ``priority_steps``,
    ``brpop_timeout``, ``global_keyprefix`` and ``client._prefix_args``). Without a hook (a
    client's connection, a worker with fair share off) kombu's own body runs.
@@ -50,6 +51,8 @@ tests/jobqueue/worker/test_poison.py.
    and ``subclient``, redis-py's ``ConnectionPool._available_connections`` /
    ``_in_use_connections`` and ``Connection._sock``: the sockets :func:`sever` shuts; a kombu
    connection pool's ``_dirty`` and ``_resource.queue`` (:func:`sever_pool`).
+10. ``kombu.transport.redis.Transport.register_with_event_loop``'s ``on_tick`` callback:
+    replaced by :func:`jobqueue.transport.kombu_loop.lean_poll_start` (see there).
 
 The BRPOP reader also stamps each reply Redis sends (:func:`last_brpop_reply`): an idle worker's
 BRPOP is answered at least every ``brpop_timeout`` (1 s), so a long silence while one is due
@@ -78,6 +81,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
+from jobqueue.transport.early_ack import QoS
+from jobqueue.transport.kombu_loop import lean_poll_start
 from jobqueue.transport.replication import check_wait, queue_wait, replicas_to_wait, wait_after
 from jobqueue.transport.riders import Rider, held_rider, rider_for, same_target
 
@@ -199,6 +204,9 @@ GIVE_BACK_PATIENCE = 120.0
 #: Seconds between two tries.
 GIVE_BACK_INTERVAL = 0.5
 
+#: BRPOP commands (queue orders) a channel keeps packed.
+BRPOP_CACHE = 64
+
 #: Transport options of :class:`Channel` beyond kombu's (set from Settings by ``create_app``).
 WAIT_OPTIONS = ("jobqueue_wait_replicas", "jobqueue_wait_timeout")
 
@@ -271,6 +279,7 @@ class Channel(kombu_redis.Channel):
     delivers (nor dies on) an item its connection's poison hook refuses: the hook gets it."""
 
     max_priority = BROKER_MAX_PRIORITY  # PRIVATE TOUCHPOINT 1
+    QoS = QoS  # acks that rode with a job's SUCCESS are not sent again (jobqueue.transport.early_ack)
     from_transport_options = (*kombu_redis.Channel.from_transport_options, *WAIT_OPTIONS)  # type: ignore[assignment]
     #: Replicas each queued message must reach before ``_put`` returns (0: no ``WAIT``).
     jobqueue_wait_replicas = 0
@@ -342,14 +351,21 @@ class Channel(kombu_redis.Channel):
         queues = fair.order(self_._queue_cycle.consume(len(self_.active_queues)))
         if not queues:
             return
-        # Priority first (every queue's level n before any queue's level n + 1), as kombu.
-        keys = [self_._q_for_pri(queue, pri) for pri in self_.priority_steps for queue in queues]
-        self_._in_poll = self_.client.connection
+        connection = self_.client.connection
+        cache: dict[tuple[Any, ...], Any] = vars(self_).setdefault("jobqueue_brpops", {})
+        packed = cache.get((*queues, timeout or 0))
+        if packed is None:  # the same queues in the same order: the same command, packed once
+            # Priority first (every queue's level n before any queue's level n + 1), as kombu.
+            keys = [self_._q_for_pri(queue, pri) for pri in self_.priority_steps for queue in queues]
+            command_args = ["BRPOP", *keys, timeout or 0]
+            if self_.global_keyprefix:
+                command_args = self_.client._prefix_args(command_args)
+            if len(cache) >= BRPOP_CACHE:
+                cache.clear()
+            packed = cache[(*queues, timeout or 0)] = connection.pack_command(*command_args)
+        self_._in_poll = connection
         self_._brpop_sent_at = time.monotonic()
-        command_args = ["BRPOP", *keys, timeout or 0]
-        if self_.global_keyprefix:
-            command_args = self_.client._prefix_args(command_args)
-        self_.client.connection.send_command(*command_args)
+        connection.send_packed_command(packed)
 
     def _brpop_read(self, **options: Any) -> bool:  # PRIVATE TOUCHPOINT 2
         self_: Any = self
@@ -424,9 +440,13 @@ class Channel(kombu_redis.Channel):
 
 
 class Transport(kombu_redis.Transport):
-    """Redis transport using :class:`Channel`."""
+    """Redis transport using :class:`Channel`, whose event loop skips re-adding readers it has."""
 
     Channel = Channel
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:  # PRIVATE TOUCHPOINT 10
+        lean_poll_start(self, lambda: super(Transport, self).register_with_event_loop(  # type: ignore[no-untyped-call]
+            connection, loop), loop)
 
 
 class SentinelChannel(kombu_redis.SentinelChannel, Channel):
@@ -441,6 +461,10 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     """Redis Sentinel transport using :class:`SentinelChannel`."""
 
     Channel = SentinelChannel
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:  # PRIVATE TOUCHPOINT 10
+        lean_poll_start(self, lambda: super(SentinelTransport, self).register_with_event_loop(  # type: ignore[no-untyped-call]
+            connection, loop), loop)
 
 
 def can_ride(app: Any) -> bool:

@@ -28,6 +28,7 @@ from celery import bootsteps
 from celery.bootsteps import CLOSE, TERMINATE
 
 from jobqueue.connectors.base import Connector
+from jobqueue.transport.event_publish import lean_event_publish
 from jobqueue.transport.event_windows import flush_in_windows
 from jobqueue.transport.internals import buffer_event_group, unacked_index_key
 from jobqueue.transport.redis_clients import redis_client
@@ -180,6 +181,7 @@ class StatusStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is un
 
     def start(self, c: Any) -> None:
         flush_in_windows(c)  # a job's events leave together (jobqueue.transport.event_windows)
+        lean_event_publish(c.event_dispatcher)  # and with less kombu machinery (jobqueue.transport.event_publish)
         runtime = _runtime_of(c)
         if runtime is None:
             return
