@@ -7,8 +7,9 @@ connectors, machines, the change log (every change's data and tenant), the metri
 hourly history, the service medians, and which JSON columns hold SQL NULL (not JSON ``null``).
 ``--repair`` then applies, in batches, one truth-repair ``job-truth`` event per job (as repair
 sends for every job changed since its last pass): most agree with the store, every 7th says the
-job failed, every 11th moves its worker and runtime. The clock is stopped at the stream's start (``time.time`` patched
-for the run), so the monitor's own times are the same too. Run it in both trees and compare the files:
+job failed, every 11th moves its worker and runtime. The clock is stopped at the stream's start
+(``time.time`` patched for the run), so the monitor's own times are the same too. Run it in both
+trees and compare the files:
 
     PYTHONPATH=. python -m bench.store_same --events 15000 --out /tmp/a.json
 """
@@ -25,8 +26,8 @@ from unittest import mock
 
 #: The tables compared and the columns that order their rows.
 TABLES = {"jobs": "id", "job_events": "id", "workers": "name", "connectors": "worker, service",
-          "machines": "id", "changes": "seq", "metric_totals": "name, labels", "stats_hourly": "hour, service, status",
-          "service_stats": "service", "counters": "name"}
+          "machines": "id", "changes": "seq", "metric_totals": "name, labels",
+          "stats_hourly": "hour, service, status", "service_stats": "service", "counters": "name"}
 
 
 def dump(events: int, start: float, batch: int, repair: bool = False) -> dict[str, Any]:
@@ -82,8 +83,8 @@ def _truths(store: Any, now: float) -> list[dict[str, Any]]:
             status, fields["error"] = "failed", {"type": "ValueError", "message": f"bad {n}"}
         if n % 11 == 0:
             fields["worker"], fields["runtime"] = f"gpu9@repair-{n % 3}", float(n % 5)
-        out.append({"type": "job-truth", "source": "repair", "uuid": job_id, "timestamp": now, "local_received": now,
-                    "status": status, "fields": fields, "links": {}})
+        out.append({"type": "job-truth", "source": "repair", "uuid": job_id, "timestamp": now,
+                    "local_received": now, "status": status, "fields": fields, "links": {}})
     return out
 
 

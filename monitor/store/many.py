@@ -20,6 +20,8 @@ from sqlalchemy.sql.expression import Executable
 
 #: Key of a pooled connection's ``info`` that holds its compiled statements.
 _CACHE = "jobqueue_many"
+#: Compiled statements kept per connection (then the cache starts again).
+MAX_PREPARED = 500
 #: A compiled statement: its SQL, and each positional parameter's name and bind processor.
 Prepared = tuple[str, tuple[tuple[str, Callable[[Any], Any] | None], ...]]
 
@@ -29,7 +31,8 @@ def execute_many(connection: Connection, statement: Executable, rows: Sequence[d
     ``connection.execute(statement, rows)`` would."""
     if not rows:
         return
-    prepared = _prepared(connection, statement, rows[0].keys()) if connection.dialect.paramstyle == "qmark" else None
+    qmark = connection.dialect.paramstyle == "qmark"
+    prepared = _prepared(connection, statement, rows[0].keys()) if qmark else None
     if prepared is None:
         connection.execute(statement, list(rows))
         return
@@ -42,8 +45,8 @@ def _prepared(connection: Connection, statement: Executable, keys: Any) -> Prepa
     """``statement`` compiled for ``keys`` (cached on the pooled connection); None when it is
     not a plain positional statement whose every parameter is one of ``keys`` (a column default
     the execution would fill, an expanding ``IN``): those take SQLAlchemy's own path."""
-    cache: dict[tuple[int, frozenset[str]], tuple[Executable, Prepared | None]] = \
-        connection.connection.info.setdefault(_CACHE, {})
+    info = connection.connection.info
+    cache: dict[tuple[int, frozenset[str]], tuple[Executable, Prepared | None]] = info.setdefault(_CACHE, {})
     key = (id(statement), frozenset(keys))
     held = cache.get(key)
     if held is not None and held[0] is statement:
@@ -54,6 +57,12 @@ def _prepared(connection: Connection, statement: Executable, keys: Any) -> Prepa
     prepared: Prepared | None = None
     if names is not None and not compiled.literal_execute_params and not compiled.post_compile_params \
             and all(name in key[1] for name in names):
-        prepared = (compiled.string, tuple((name, compiled.binds[name].type.bind_processor(dialect)) for name in names))
+        # Each bind's type as this dialect implements it (SQLite's JSON, ...), as SQLAlchemy processes it.
+        kinds = [compiled.binds[name].type.dialect_impl(dialect) for name in names]
+        prepared = (compiled.string,
+                    tuple((name, kind.bind_processor(dialect))
+                          for name, kind in zip(names, kinds, strict=True)))
+    if len(cache) >= MAX_PREPARED:  # the plain jobs' updates: one statement per set of changed columns
+        cache.clear()
     cache[key] = (statement, prepared)
     return prepared

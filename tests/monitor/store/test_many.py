@@ -12,15 +12,18 @@ from monitor.store import Store
 from monitor.store.many import execute_many
 from monitor.store.models import ChangeRow
 
-ROWS = [{"seq": 1, "kind": "job", "key": "a", "data": {"id": "a", "progress": {"percent": 5.0}}, "tenant": None},
+ROWS = [{"seq": 1, "kind": "job", "key": "a", "data": {"id": "a", "progress": {"percent": 5.0}},
+         "tenant": None},
         {"seq": 2, "kind": "job", "key": "b", "data": None, "tenant": "t1"},
-        {"seq": 3, "kind": "worker", "key": "gpu0@vm1", "data": {"name": "gpu0@vm1", "queues": ["x"]}, "tenant": None}]
+        {"seq": 3, "kind": "worker", "key": "gpu0@vm1", "data": {"name": "gpu0@vm1", "queues": ["x"]},
+         "tenant": None}]
 
 
 def _changes(store: Store) -> list[tuple[Any, ...]]:
     with store.read() as session:
-        return [tuple(r) for r in session.execute(text("SELECT seq, kind, key, data, data IS NULL, tenant FROM changes "
-                                                       "ORDER BY seq"))]
+        rows = session.execute(text("SELECT seq, kind, key, data, data IS NULL, tenant "
+                                    "FROM changes ORDER BY seq"))
+        return [tuple(r) for r in rows]
 
 
 def test_rows_sent_to_the_driver_are_stored_byte_for_byte_as_sqlalchemy_stores_them(tmp_path: Any) -> None:
