@@ -35,6 +35,7 @@ from jobqueue.states import FINAL_STATUSES, JobStatus, empty_progress
 from monitor.merge.effects import count_end, job_ended, machine_of, move_row
 from monitor.merge.fields import json_blob, task_details
 from monitor.store import JobEventRow, JobRow, Tx
+from monitor.store.plain_jobs import AnyJob
 from monitor.store.statuses import FAILED_STATUSES
 
 #: A final state set by an event is taken back (the backend says the job still runs or
@@ -85,7 +86,7 @@ def apply_repair_event(event: dict[str, Any], tx: Tx) -> bool:
     uuid = event.get("uuid")
     if not isinstance(uuid, str) or not _short(uuid):
         raise MalformedEvent(f"{event.get('type')}: bad uuid")
-    job = tx.job(uuid, create=False)
+    job = tx.stored_job(uuid)
     if job is None:
         return False
     kind = event["type"]
@@ -94,7 +95,7 @@ def apply_repair_event(event: dict[str, Any], tx: Tx) -> bool:
     return _truth(tx, job, event)
 
 
-def _lost(tx: Tx, job: JobRow, event: dict[str, Any]) -> bool:
+def _lost(tx: Tx, job: AnyJob, event: dict[str, Any]) -> bool:
     raw = event.get("timestamp")
     ts = float(raw) if isinstance(raw, (int, float)) and _num(raw) else tx.now
     if not move_row(job, JobStatus.LOST, ts):
@@ -106,7 +107,7 @@ def _lost(tx: Tx, job: JobRow, event: dict[str, Any]) -> bool:
     return True
 
 
-def _truth(tx: Tx, job: JobRow, event: dict[str, Any]) -> bool:
+def _truth(tx: Tx, job: AnyJob, event: dict[str, Any]) -> bool:
     given = event.get("fields")
     fields: dict[str, Any] = given if isinstance(given, dict) else {}
     values = {k: v for k, v in fields.items() if k in FIELDS and (v is None or FIELDS[k](v))}
@@ -164,7 +165,7 @@ def _truth(tx: Tx, job: JobRow, event: dict[str, Any]) -> bool:
     return True
 
 
-def _fill_links(job: JobRow, given: Any, changed: list[str]) -> None:
+def _fill_links(job: AnyJob, given: Any, changed: list[str]) -> None:
     """Fill (never overwrite) the task's parent, root, group and routing key the records name."""
     links = given if isinstance(given, dict) else {}
     for key in ("parent_id", "root_id"):
@@ -178,7 +179,7 @@ def _fill_links(job: JobRow, given: Any, changed: list[str]) -> None:
         changed.append("task")
 
 
-def _set(job: JobRow, values: dict[str, Any], changed: list[str]) -> None:
+def _set(job: AnyJob, values: dict[str, Any], changed: list[str]) -> None:
     for key, value in values.items():
         if getattr(job, key) != value:
             setattr(job, key, value)

@@ -142,29 +142,45 @@ def task_name(job: Any, names: set[str]) -> str:
 def event_deltas(event: Mapping[str, Any], job: Any, delta: dict[Key, float], names: set[str]) -> None:
     """Add what one task event counts to ``delta``: its counter, and a runtime or queue-wait
     observation. ``job`` is the task's row after the event was applied (None: never learned);
-    ``names`` the task names labelled so far (a new one past :data:`MAX_TASK_NAMES` is ``other``)."""
+    ``names`` the task names labelled so far (a new one past :data:`MAX_TASK_NAMES` is ``other``).
+
+    The keys are built in their sorted label order (``exception`` < ``hostname`` < ``le`` <
+    ``name`` < ``queue_name``), the same keys :func:`_key` gives, without sorting per event."""
     kind = event.get("type")
     counter = COUNTERS.get(kind) if isinstance(kind, str) else None
     if counter is None:
         return
-    labels = {"name": task_name(job, names),
-              "hostname": hostname_of(event.get("hostname"))[:64],
-              "queue_name": (getattr(job, "queue", None) or DEFAULT_QUEUE)[:64]}
-    counted = {**labels, "exception": exception_of(event.get("exception"))[:64]} if kind == TASK_FAILED else labels
-    _add(delta, _key(counter, counted), 1)
+    hostname = ("hostname", hostname_of(event.get("hostname"))[:64])
+    rest = (("name", task_name(job, names)), ("queue_name", (getattr(job, "queue", None) or DEFAULT_QUEUE)[:64]))
+    labels = (hostname, *rest)
+    if kind == TASK_FAILED:
+        _add(delta, (counter, (("exception", exception_of(event.get("exception"))[:64]), *labels)), 1)
+    else:
+        _add(delta, (counter, labels), 1)
     if kind != TASK_SENT:  # the exporter shows a worker's other counters at 0 (not task-sent's: many senders)
         for other_kind, other in COUNTERS.items():
             if other_kind not in (kind, TASK_SENT):
-                _add(delta, _key(other, {**labels, "exception": ""} if other_kind == TASK_FAILED else labels), 0)
+                key = (other, (("exception", ""), *labels) if other_kind == TASK_FAILED else labels)
+                if key not in delta:
+                    delta[key] = 0.0
     if kind == TASK_SUCCEEDED:
         runtime = event.get("runtime")
         if isinstance(runtime, (int, float)) and not isinstance(runtime, bool) and math.isfinite(runtime) \
                 and runtime >= 0:
-            observe(delta, "celery_task_runtime", float(runtime), RUNTIME_BUCKETS, labels)
+            _observe_sorted(delta, "celery_task_runtime", float(runtime), RUNTIME_BUCKETS, hostname, rest)
     elif kind == TASK_STARTED and job is not None:
         wait = _queue_wait(job, event.get("timestamp"))
         if wait is not None:
-            observe(delta, "celery_task_queue_wait_time", wait, QUEUE_WAIT_BUCKETS, labels)
+            _observe_sorted(delta, "celery_task_queue_wait_time", wait, QUEUE_WAIT_BUCKETS, hostname, rest)
+
+
+def _observe_sorted(delta: dict[Key, float], name: str, value: float, bounds: Sequence[float],
+                    hostname: tuple[str, str], rest: tuple[tuple[str, str], ...]) -> None:
+    """:func:`observe` with the task labels given in sorted order (``le`` goes after ``hostname``)."""
+    _add(delta, (f"{name}_bucket", (hostname, ("le", _bucket(value, bounds)), *rest)), 1)
+    labels = (hostname, *rest)
+    _add(delta, (f"{name}_sum", labels), value)
+    _add(delta, (f"{name}_count", labels), 1)
 
 
 def _queue_wait(job: Any, started: object) -> float | None:

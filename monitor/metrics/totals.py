@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -42,6 +42,7 @@ from jobqueue.shared.names import CONNECTOR_STATUS, JOB_WEBHOOK, TASK_EVENTS, WE
 from jobqueue.states import FINAL_STATUSES, JobStatus
 from monitor.metrics import celery_exporter, history
 from monitor.store import Base, JobRow, Store
+from monitor.store.many import execute_many
 from monitor.store.plain_jobs import AnyJob
 
 #: Upper bounds (s) of the job runtime histogram: image jobs take from under a second (a
@@ -131,16 +132,24 @@ class Totals:
     # -- counting (writer thread) ----------------------------------------------------------
     def count_events(self, events: Iterable[Any]) -> None:
         """Count received events by type (written with the next transaction)."""
-        counts: Delta = defaultdict(float)
+        kinds: Counter[Any] = Counter()
         task_events = []
+        outcomes: Counter[str] = Counter()
+        exporter = celery_exporter.COUNTERS
         for ev in events:
             kind = ev.get("type") if isinstance(ev, dict) else None
-            if kind in celery_exporter.COUNTERS and isinstance(ev.get("uuid"), str):
+            kinds[kind] += 1
+            if kind in exporter and isinstance(ev.get("uuid"), str):
                 task_events.append(ev)
-            counts[_key("events", type=kind if kind in KNOWN_EVENTS else "other")] += 1
-            if kind == JOB_WEBHOOK:  # bounded label values: anything else is "other"
+            elif kind == JOB_WEBHOOK:  # bounded label values: anything else is "other"
                 outcome = ev.get("outcome")
-                counts[_key("webhook_deliveries", status=outcome if outcome in WEBHOOK_OUTCOMES else "other")] += 1
+                outcomes[outcome if outcome in WEBHOOK_OUTCOMES else "other"] += 1
+        # The keys once per type seen (a label tuple per event cost more than the counting).
+        counts: Delta = defaultdict(float)
+        for kind, n in kinds.items():
+            counts[_key("events", type=kind if isinstance(kind, str) and kind in KNOWN_EVENTS else "other")] += n
+        for outcome, n in outcomes.items():
+            counts[_key("webhook_deliveries", status=outcome)] += n
         with self._lock:
             for key, amount in counts.items():
                 self._events[key] += amount
@@ -181,8 +190,7 @@ class Totals:
         encoded = self._encoded
         moved = [{"n": name, "l": encoded[labels], "a": amount} for (name, labels), amount in delta.items()
                  if amount and (name, labels) in self._committed]
-        if moved:
-            session.connection().execute(_ADD, moved)
+        execute_many(session.connection(), _ADD, moved)
         for key, amount in delta.items():
             if key in self._committed:  # moved above; a zero is written once, to show the series
                 continue

@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from monitor.store.many import execute_many
 from monitor.store.medians import ServiceMedians, changed_jobs
 from monitor.store.models import ChangeRow, ConnectorRow, CounterRow, ServiceStatRow, WorkerRow
 from monitor.store.serialise import job_dict, machine_dict, service_dict, worker_dict
@@ -24,6 +25,8 @@ from monitor.store.tx import Change, Tx
 _COUNTER = select(CounterRow.value).where(CounterRow.name == "seq")
 _COUNTER_LOCKED = _COUNTER.with_for_update()
 _SET_COUNTER = update(CounterRow).where(CounterRow.name == "seq").values(value=bindparam("new_value"))
+#: The change rows, one executemany per transaction (:func:`monitor.store.many.execute_many`).
+_INSERT_CHANGES = insert(ChangeRow)
 #: A service's median, set in place (inserted the first time).
 _SET_SERVICE = (update(ServiceStatRow).where(ServiceStatRow.service == bindparam("stat_service"))
                 .values(median=bindparam("stat_median"), samples=bindparam("stat_samples"), seq=bindparam("stat_seq")))
@@ -76,9 +79,8 @@ def record_changes(tx: Tx, *, lock_counter: bool, medians: ServiceMedians) -> li
             tenants[number] = obj.tenant
     connection.execute(_SET_COUNTER, {"new_value": seq})
     tx.after_commit.append(lambda: medians.release(claim, seq))
-    if out:
-        connection.execute(insert(ChangeRow), [{"seq": s, "kind": k, "key": key, "data": d, "tenant": tenants.get(s)}
-                                               for s, k, key, d in out])
+    execute_many(connection, _INSERT_CHANGES,
+                 [{"seq": s, "kind": k, "key": key, "data": d, "tenant": tenants.get(s)} for s, k, key, d in out])
     return out
 
 

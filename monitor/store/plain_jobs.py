@@ -24,6 +24,7 @@ from sqlalchemy import JSON, Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from jobqueue.states import empty_progress
+from monitor.store.many import execute_many
 from monitor.store.models import JobRow
 
 _TABLE = JobRow.__table__
@@ -35,6 +36,9 @@ JSON_COLUMNS = frozenset(c.key for c in _TABLE.columns if isinstance(c.type, JSO
 _PLAIN_COLUMNS = tuple(c for c in COLUMNS if c not in JSON_COLUMNS)
 _UPDATE = update(_TABLE).where(_TABLE.c.id == bindparam("plain_job_id"))
 _INSERT = insert(_TABLE)
+#: The jobs of a list of ids (one statement built once: building the ``IN`` per load cost a
+#: tenth of the prefetch).
+_LOAD = select(_TABLE).where(_TABLE.c.id.in_(bindparam("plain_job_ids", expanding=True)))
 _NEW = dict.fromkeys(COLUMNS)
 
 
@@ -99,7 +103,7 @@ AnyJob = JobRow | PlainJob
 
 def load_jobs(connection: Connection, ids: list[str]) -> list[PlainJob]:
     """The stored jobs among ``ids`` (one ``SELECT``), as plain objects."""
-    return [PlainJob(dict(row._mapping), loaded=True) for row in connection.execute(select(_TABLE).where(_TABLE.c.id.in_(ids)))]
+    return [PlainJob(dict(row._mapping), loaded=True) for row in connection.execute(_LOAD, {"plain_job_ids": ids})]
 
 
 def write_jobs(connection: Connection, jobs: list[PlainJob]) -> None:
@@ -121,6 +125,6 @@ def write_jobs(connection: Connection, jobs: list[PlainJob]) -> None:
                 updates.setdefault(frozenset(changed), []).append(changed)
         job.loaded, job.assigned = now, None
     for rows in inserts.values():
-        connection.execute(_INSERT, rows)
+        execute_many(connection, _INSERT, rows)
     for rows in updates.values():
-        connection.execute(_UPDATE, rows)
+        execute_many(connection, _UPDATE, rows)

@@ -19,6 +19,7 @@ from jobqueue.states import FINAL_STATUSES
 from monitor.store.changelog import record_changes
 from monitor.store.counts import job_counts
 from monitor.store.engine import WRITE_OPTION, make_engine
+from monitor.store.many import execute_many
 from monitor.store.medians import ServiceMedians
 from monitor.store.migrate import upgrade
 from monitor.store.models import AuditRow, ChangeRow, CounterRow, JobEventRow, JobRow
@@ -26,6 +27,8 @@ from monitor.store.queries import StoreQueries
 from monitor.store.tx import Tx
 from monitor.store.worker_cache import WorkerCache
 
+#: A transaction's timeline rows, one executemany (:func:`monitor.store.many.execute_many`).
+_INSERT_EVENTS = insert(JobEventRow)
 #: The key of a write session's ``info`` that holds its :class:`Tx`.
 _TX = "jobqueue_tx"
 
@@ -97,7 +100,7 @@ class Store(StoreQueries):
                 # One plain executemany: the ORM's bulk insert costs more than the insert itself.
                 # No foreign key: the plain jobs are written last, the ORM's rows flush once in
                 # record_changes (their changes and seq together).
-                session.connection().execute(insert(JobEventRow), tx.events)
+                execute_many(session.connection(), _INSERT_EVENTS, tx.events)
             tx.changes = record_changes(tx, lock_counter=not self.is_sqlite, medians=self.medians)
             tx.write_plain_jobs()
             del session.info[_TX]

@@ -126,6 +126,23 @@ class Tx:
         self._hold(plain[0] if plain else PlainJob.new(job_id))
         return self._plain[job_id]
 
+    def stored_job(self, job_id: str) -> AnyJob | None:
+        """The stored job ``job_id`` for a merge that never creates one (truth repair): as
+        :meth:`merge_job` holds it (plain unless the ORM holds it already); None when it is
+        not stored. A plain lookup keeps the batch's other plain jobs held (an ORM lookup
+        would write and release them all, so the rest of the batch would load each again)."""
+        job = self._jobs.get(job_id)
+        if job is not None or job_id in self._jobs:
+            return job
+        if identity_key(JobRow, job_id) in self.session.identity_map:
+            return self.job(job_id, create=False)
+        plain = load_jobs(self.session.connection(), [job_id])
+        if not plain:
+            self._jobs[job_id] = None  # known absent
+            return None
+        self._hold(plain[0])
+        return self._plain[job_id]
+
     def peek_job(self, job_id: str) -> AnyJob | None:
         """The job ``job_id`` as this transaction holds it (plain or ORM), for reading."""
         job = self._jobs.get(job_id)

@@ -68,6 +68,26 @@ def test_a_hostname_is_the_part_after_the_at_and_an_exception_its_class_name():
     assert celery_exporter.exception_of(7) == "UnknownException"
 
 
+def test_each_task_events_series_key_is_the_sorted_one_the_totals_store():
+    # Given a job and one event of every type the exporter counts (a failure, a runtime, a queue wait)
+    class Job:
+        name, queue, submitted_at, meta = "tasks.add", "gpu", 100.0, None
+
+    events = [{"type": kind, "uuid": "u", "hostname": "celery@gpu-3", "timestamp": 101.5, "runtime": 0.3,
+               "exception": "ValueError('x')"} for kind in celery_exporter.COUNTERS]
+    delta: dict[Any, float] = {}
+    for ev in events:
+        celery_exporter.event_deltas(ev, Job(), delta, set())
+    # Then every key's labels are in sorted order (the form the stored totals are keyed by), the
+    # runtime and queue-wait buckets carry their le, and a failure its exception
+    assert delta and all(labels == tuple(sorted(labels)) for _, labels in delta)
+    task = (("hostname", "gpu-3"), ("name", "tasks.add"), ("queue_name", "gpu"))
+    assert delta[("celery_task_failed", (("exception", "ValueError"), *task))] == 1
+    assert delta[("celery_task_runtime_bucket", (task[0], ("le", "0.5"), *task[1:]))] == 1
+    assert delta[("celery_task_queue_wait_time_bucket", (task[0], ("le", "2.5"), *task[1:]))] == 1
+    assert delta[("celery_task_succeeded", task)] == 1 and delta[("celery_task_runtime_sum", task)] == 0.3
+
+
 def test_task_events_of_any_celery_app_are_counted_with_name_hostname_and_queue(fed):
     writer, client, _ = fed
     # Given two tasks of a plain Celery app: one succeeds in 0.3 s, one fails with ValueError

@@ -62,3 +62,54 @@ def test_a_plain_job_looked_up_by_the_orm_mid_batch_is_one_row_with_every_event(
     assert _raw(store, "k")[:2] == ("assigned", 1)
     job = store.job("k")
     assert [e["type"] for e in job["events"]] == [e["type"] for e in events]
+
+
+def _jobs_reads(store: Store) -> list[str]:
+    """Every SELECT of the jobs table run on ``store``'s engine from now on (appended live)."""
+    from sqlalchemy import event
+
+    reads: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM jobs" in statement:
+            reads.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    return reads
+
+
+def test_a_truth_repair_event_in_a_batch_leaves_the_batchs_other_jobs_to_its_one_prefetch(store: Store) -> None:
+    # Given ten stored jobs
+    ids = [f"r{n}" for n in range(10)]
+    with store.write(now=T0 + 5) as tx:
+        tx.prefetch(set(ids), {"gpu0@vm1"}, plain_jobs=True)
+        for uuid in ids:
+            for event in _lifecycle(uuid)[:3]:
+                apply(event, tx)
+    # When one batch holds a truth-repair event for the first (the backend says it failed) and
+    # live events for all ten
+    truth = {"type": "job-truth", "source": "repair", "uuid": ids[0], "timestamp": T0 + 6, "status": "failed",
+             "fields": {"error": {"type": "ValueError", "message": "bad"}}, "links": {}}
+    reads = _jobs_reads(store)
+    with store.write(now=T0 + 7) as tx:
+        tx.prefetch(set(ids), {"gpu0@vm1"}, plain_jobs=True)
+        assert apply(truth, tx)
+        for uuid in ids[1:]:
+            apply(_lifecycle(uuid)[3], tx)
+    # Then the jobs table was read once, by the prefetch (the repaired job was merged as the
+    # plain job the prefetch loaded, so the others were not released and read one by one)
+    assert len(reads) == 1
+    # And every job holds what its events and the repair said
+    assert _raw(store, ids[0])[0] == "failed" and store.job(ids[0])["error"]["message"] == "bad"
+    assert all(_raw(store, uuid)[0] == "retrying" for uuid in ids[1:])
+    assert [e["type"] for e in store.job(ids[0])["events"]][-1] == "corrected"
+
+
+def test_a_truth_repair_event_for_a_job_not_stored_changes_nothing(store: Store) -> None:
+    # Given an empty store, when a truth-repair event names a job it does not hold
+    with store.write(now=T0) as tx:
+        tx.prefetch({"nobody"}, set(), plain_jobs=True)
+        changed = apply({"type": "job-truth", "source": "repair", "uuid": "nobody", "timestamp": T0,
+                         "status": "completed", "fields": {}, "links": {}}, tx)
+    # Then nothing changed and no job was created
+    assert changed is False and store.job("nobody") is None
