@@ -202,9 +202,10 @@ class Settings(BaseSettings):
     monitor_ws_max_sockets: int = 2000
     #: Most websockets one client address may hold open; one more is closed with 1013.
     monitor_ws_max_per_address: int = 100
-    #: The monitor refuses (and counts) events whose timestamp is further than this (s) from
-    #: the time it received them.
+    #: The monitor refuses (and counts) events whose timestamp is this far (s) from their receipt.
     monitor_event_window: float = 300.0
+    #: A busy monitor writer starts a store transaction at most this often (s); an idle one at once.
+    monitor_write_interval: float = 0.03
     #: The monitor forgets a job that neither the result backend, a queue nor a worker knows
     #: after this many seconds (ids of forged or long-lost events).
     monitor_unknown_job_expiry: float = 600.0

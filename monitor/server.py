@@ -58,7 +58,8 @@ class Monitor:
         self.writer = Writer(self.store, self.hub, heartbeat_default=settings.heartbeat_interval,
                              beat_default=settings.status_beat, totals=Totals(self.store),
                              secret_keys=settings.secret_keys_pattern, leadership=self.leadership,
-                             standby_buffer=settings.monitor_standby_buffer, on_promoted=self._promoted)
+                             standby_buffer=settings.monitor_standby_buffer, on_promoted=self._promoted,
+                             min_interval=settings.monitor_write_interval)
         self.repair = Repair(self.celery, self.writer, self.store, settings)
         # Events of a gap in the stream are gone: repair recovers what the backend still knows.
         self.collector = EventCollector(self.celery, self.writer, on_reconnected=self.repair.trigger,

@@ -131,7 +131,7 @@ class Writer:
         max_batch: int = 5000,
         max_queue: int = 500_000,
         expire_interval: float = 0.5,
-        min_interval: float = 0.01,
+        min_interval: float = 0.03,
         prune_interval: float = 60.0,
         on_changes: Callable[[list[tuple[int, str, str, Any]]], None] | None = None,
         totals: Any = None,
@@ -148,8 +148,8 @@ class Writer:
         writes); while it is not :attr:`~monitor.ingest.standby.Leadership.leading` this writer
         is a standby: it keeps the newest ``standby_buffer`` events and audit entries instead of
         writing, applies them when it leads, then calls ``on_promoted`` (the monitor's repair).
-        ``min_interval``: a busy writer starts a transaction at most this often (seconds); an
-        idle one applies what arrives at once (see :meth:`_take`)."""
+        ``min_interval``: a busy writer starts a transaction at most this often (seconds,
+        ``JOBQUEUE_MONITOR_WRITE_INTERVAL``); an idle one applies what arrives at once (see :meth:`_take`)."""
         self.store = store
         self.secret_keys = secret_keys
         self.hub = hub

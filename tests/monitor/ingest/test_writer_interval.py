@@ -68,3 +68,20 @@ def test_a_writer_waiting_out_its_interval_stops_at_once(sqlite_store: Store) ->
     stopping.join(20)
     # Then it ended without waiting out the minute
     assert not stopping.is_alive() and not writer.alive
+
+
+def test_the_monitor_writer_takes_its_interval_from_jobqueue_monitor_write_interval(tmp_path: Any) -> None:
+    # Given the variable set for a monitor (no web server, nothing started)
+    from jobqueue.config import Settings
+    from monitor.server import Monitor
+
+    settings = Settings.from_env({"JOBQUEUE_MONITOR_WRITE_INTERVAL": "0.2",
+                                  "JOBQUEUE_BROKER_URL": "redis://127.0.0.1:6379/0",
+                                  "JOBQUEUE_MONITOR_DB": f"sqlite:///{tmp_path / 'm.db'}"})
+    # When the monitor is built, Then its writer waits that long between busy transactions
+    monitor = Monitor(settings, "127.0.0.1", 0, web=False)
+    try:
+        assert monitor.writer.min_interval == 0.2
+        assert Settings().monitor_write_interval == Writer(monitor.store, ChangeHub()).min_interval
+    finally:
+        monitor.store.close()
