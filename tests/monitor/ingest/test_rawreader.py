@@ -43,6 +43,12 @@ def celery_app(url: str) -> Celery:
     return app
 
 
+def subscribers(url: str) -> int:
+    """Clients of the Redis server at ``url`` holding a channel or pattern subscription."""
+    clients = redis.Redis.from_url(url).client_list()
+    return sum(1 for c in clients if int(c.get("sub", 0)) + int(c.get("psub", 0)) > 0)
+
+
 class ReceiverThread:
     """Celery's own EventReceiver collecting every event (the reference)."""
 
@@ -104,6 +110,8 @@ def test_real_dispatcher_events_decode_exactly_as_celerys_receiver_delivers_them
     raw = RawThread(*source)
     try:
         assert reference.ready.wait(10) and raw.ready.wait(10)
+        # (kombu reports the receiver ready before its first poll sends the subscription)
+        wait_for(lambda: subscribers(url) >= 2, 10, what="both subscriptions on the server")
         # When a real Dispatcher sends lifecycle, custom and worker events, single and batched
         publisher = celery_app(url)
         with publisher.connection_for_write() as conn:
