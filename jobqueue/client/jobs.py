@@ -375,8 +375,9 @@ def prepare_job(
     task's kwargs keep them. ``tenant``: the job's owner (its queue's too with ``fair_share``).
     """
     tenant = check_tenant(tenant)
-    payload = connector_class(service).validate(payload)
-    req = resolve(requires, connector_class(service).required_models(payload))
+    connector = connector_class(service)
+    payload = connector.validate(payload)
+    req = resolve(requires, connector.required_models(payload))
     try:
         json.dumps(payload)
     except (TypeError, ValueError) as exc:

@@ -40,6 +40,10 @@ _BARE_PAIR = re.compile(r"""(?<![\w.-])(?P<key>[A-Za-z_][\w.-]{0,200})(?P<sep>=)
                         r"""(?P<value>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s&,;'"{}\[\]()]+)""")
 
 
+#: Exact types :func:`mask` returns as they are without a look (no secret fits in one).
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
 @functools.lru_cache(maxsize=16)
 def secret_keys(pattern: str = DEFAULT_PATTERN) -> re.Pattern[str]:
     """The compiled, case-insensitive key pattern."""
@@ -62,10 +66,13 @@ def mask(value: Any, pattern: str = DEFAULT_PATTERN, _depth: int = 0) -> Any:
     """A copy of ``value`` with every value under a secret key replaced by :data:`MASK`, at any
     depth (dicts, lists, tuples, and text holding serialised structure: :func:`mask_text`).
     Never changes ``value`` itself; anything else is returned as is."""
+    if type(value) in _PLAIN:  # numbers, booleans and None hold no secret (the common fields)
+        return value
     if isinstance(value, (dict, list, tuple)) and _depth >= MAX_DEPTH:
         return MASK
     if isinstance(value, dict):
-        return {k: MASK if is_secret_key(k, pattern) and v is not None else mask(v, pattern, _depth + 1)
+        return {k: MASK if is_secret_key(k, pattern) and v is not None
+                else v if type(v) in _PLAIN else mask(v, pattern, _depth + 1)
                 for k, v in value.items()}
     if isinstance(value, list):
         return [mask(v, pattern, _depth + 1) for v in value]

@@ -31,7 +31,8 @@ MAX_VALUE = 40
 
 
 def _clean(text: str, limit: int) -> str:
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    if not text.isprintable():  # the common, printable case skips the per-character pass
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

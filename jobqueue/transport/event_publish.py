@@ -26,6 +26,8 @@ and the Redis channel's ``_put_fanout``.
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from typing import Any
 
 from kombu.serialization import dumps
@@ -36,14 +38,16 @@ from jobqueue.transport.kombu_redis import Channel
 LEAN_ATTR = "jobqueue_lean_publish"
 
 
-def event_message(dispatcher: Any, channel: Any, events: Any, routing_key: str) -> dict[str, Any]:
-    """The envelope kombu's ``Producer.publish`` and ``basic_publish`` build for ``events``."""
+def event_message(dispatcher: Any, channel: Any, events: Any, routing_key: str,
+                  tag: str | None = None) -> dict[str, Any]:
+    """The envelope kombu's ``Producer.publish`` and ``basic_publish`` build for ``events``
+    (``tag``: its delivery tag, by default the channel's next, a fresh ``uuid4``)."""
     content_type, content_encoding, body = dumps(events, serializer=dispatcher.serializer)  # type: ignore[no-untyped-call]
     message: dict[str, Any] = channel.prepare_message(body, 0, content_type, content_encoding, dispatcher.headers,
                                                       {"delivery_mode": dispatcher.delivery_mode})
     message["body"], body_encoding = channel.encode_body(message["body"], channel.body_encoding)
     properties = message["properties"]
-    properties.update(body_encoding=body_encoding, delivery_tag=channel._next_delivery_tag())
+    properties.update(body_encoding=body_encoding, delivery_tag=tag or channel._next_delivery_tag())
     properties["delivery_info"].update(exchange=dispatcher.exchange.name, routing_key=routing_key)
     return message
 
@@ -67,6 +71,9 @@ def lean_event_publish(dispatcher: Any) -> bool:
     if dispatcher is None or getattr(dispatcher, LEAN_ATTR, False):
         return False
     celery_publish = dispatcher._publish
+    # Delivery tags unique per dispatcher without a uuid4 (an os.urandom call) per flush: a
+    # random prefix once, then a counter (receivers only need them unique among their messages).
+    prefix, numbers = uuid.uuid4().hex, itertools.count()
 
     def publish(event: Any, producer: Any, routing_key: str, retry: bool = False, retry_policy: Any = None,
                 **kwargs: Any) -> Any:
@@ -74,8 +81,8 @@ def lean_event_publish(dispatcher: Any) -> bool:
         if channel is None:
             return celery_publish(event, producer, routing_key, retry=retry, retry_policy=retry_policy, **kwargs)
         try:
-            channel._put_fanout(dispatcher.exchange.name, event_message(dispatcher, channel, event, routing_key),
-                                routing_key)
+            message = event_message(dispatcher, channel, event, routing_key, f"{prefix}-{next(numbers)}")
+            channel._put_fanout(dispatcher.exchange.name, message, routing_key)
         except Exception:
             if not dispatcher.buffer_while_offline:
                 raise

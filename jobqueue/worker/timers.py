@@ -24,13 +24,14 @@ log = logging.getLogger(__name__)
 class TimedCall:
     """One callback of a :class:`TimerThread`: runs ``delay`` s after :meth:`start`."""
 
-    __slots__ = ("_owner", "cancelled", "daemon", "delay", "function")
+    __slots__ = ("_entry", "_owner", "cancelled", "daemon", "delay", "function")
 
     def __init__(self, owner: TimerThread, delay: float, function: Callable[[], None]) -> None:
         self._owner = owner
         self.delay = delay
         self.function = function
         self.cancelled = False
+        self._entry: tuple[float, int, TimedCall] | None = None  # its place in the owner's heap
         self.daemon = True  # what ``threading.Timer`` users set; always true here
 
     def start(self) -> None:
@@ -38,8 +39,9 @@ class TimedCall:
         self._owner.schedule(self)
 
     def cancel(self) -> None:
-        """Never run it (a no-op once it ran)."""
+        """Never run it (a no-op once it ran); it leaves the owner's queue at once."""
         self.cancelled = True
+        self._owner.unschedule(self)
 
 
 class TimerThread:
@@ -53,6 +55,8 @@ class TimerThread:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        #: When the thread wakes next by itself (it sleeps until the first call due; inf: none).
+        self._wake_at = float("inf")
 
     def __call__(self, delay: float, function: Callable[[], None]) -> TimedCall:
         """A call of ``function`` in ``delay`` s, once started (``threading.Timer``'s signature)."""
@@ -63,16 +67,29 @@ class TimerThread:
         with self._cond:
             if self._stopping:
                 return
-            entry = (self._clock() + call.delay, next(self._order), call)
+            entry = call._entry = (self._clock() + call.delay, next(self._order), call)
             heapq.heappush(self._heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            # Wake the thread only when this call is due first: otherwise it already sleeps
-            # until an earlier one (every job's progress window schedules a call that is
-            # mostly cancelled, and a wake-up per call is two context switches for nothing).
-            if self._heap[0] is entry:
+            # Wake the thread only when this call is due before it wakes anyway: every job's
+            # progress window schedules a call that is mostly cancelled a few ms later, and a
+            # wake-up per call is two context switches for nothing (a thread that wakes early
+            # finds nothing due and sleeps on until the first call that is).
+            if entry[0] < self._wake_at:
                 self._cond.notify()
+
+    def unschedule(self, call: TimedCall) -> None:
+        """Take a cancelled ``call`` out of the queue (it never wakes the thread)."""
+        with self._cond:
+            entry, call._entry = call._entry, None
+            if entry is None:
+                return
+            if self._heap and self._heap[0] is entry:
+                heapq.heappop(self._heap)
+            elif entry in self._heap:
+                self._heap.remove(entry)
+                heapq.heapify(self._heap)
 
     def _next(self) -> TimedCall | None:
         with self._cond:
@@ -80,11 +97,15 @@ class TimerThread:
                 while self._heap and self._heap[0][2].cancelled:
                     heapq.heappop(self._heap)
                 if not self._heap:
+                    self._wake_at = float("inf")
                     self._cond.wait()
                     continue
-                due = self._heap[0][0] - self._clock()
+                self._wake_at = self._heap[0][0]
+                due = self._wake_at - self._clock()
                 if due <= 0:
-                    return heapq.heappop(self._heap)[2]
+                    call = heapq.heappop(self._heap)[2]
+                    call._entry = None
+                    return call
                 self._cond.wait(due)
             return None
 

@@ -106,3 +106,27 @@ def test_a_refused_lean_publish_is_buffered_for_the_next_flush(dispatcher: Any) 
     dispatcher.send("task-received", uuid="job-1")
     dispatcher.flush()
     assert [[e["uuid"] for e in events] for events, _ in dispatcher._outbound_buffer] == [["job-1"]]
+
+
+def test_lean_flushes_carry_distinct_delivery_tags_without_a_uuid4_each(
+        dispatcher: Any, redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+
+    pubsub, got = _raw(redis_client)
+    listener = pubsub.run_in_thread(sleep_time=0.01, daemon=True)
+    try:
+        events = [{"type": "task-received", "uuid": "job-1", "hostname": "gpu0@test", "clock": 1, "timestamp": 1.5}]
+        dispatcher._publish(list(events), dispatcher.producer, "task.multi")  # kombu's own (declares)
+        assert lean_event_publish(dispatcher)
+        calls: list[int] = []
+        real = uuid.uuid4
+        monkeypatch.setattr(uuid, "uuid4", lambda: calls.append(1) or real())
+        for _ in range(3):
+            dispatcher._publish(list(events), dispatcher.producer, "task.multi")  # the lean path
+        wait_for(lambda: len(got) == 4, timeout=10, what="all four messages")
+        tags = [json.loads(data)["properties"]["delivery_tag"] for data in got[1:]]
+        assert len(set(tags)) == 3 and all(tags) and calls == []
+    finally:
+        listener.stop()
+        listener.join(5)
+        pubsub.close()

@@ -47,3 +47,33 @@ def test_stop_ends_the_thread_and_drops_calls_not_yet_due():
     assert not thread.is_alive() and ran == []
     timers(0.0, lambda: ran.append("after stop")).start()
     assert timers._thread is thread and ran == []
+
+
+def test_cancelled_calls_leave_the_queue_and_wake_the_thread_no_more_than_one_window():
+    """Each job schedules a window call and cancels it ms later: the thread must not wake
+    once per cancelled call (a context switch per job), only when a live call is due."""
+    timers = TimerThread()
+    ran: list[str] = []
+    wakes = 0
+    try:
+        timers(0.01, lambda: ran.append("first")).start()  # starts the thread
+        wait_for(lambda: ran == ["first"], 5)
+        original_wait = timers._cond.wait
+
+        def counting_wait(timeout: float | None = None) -> bool:
+            nonlocal wakes
+            wakes += 1
+            return original_wait(timeout)
+
+        timers._cond.wait = counting_wait  # type: ignore[method-assign]
+        for _ in range(50):  # 50 "jobs", each window cancelled at once
+            call = timers(0.3, lambda: ran.append("cancelled"))
+            call.start()
+            call.cancel()
+        assert not timers._heap  # gone at once, not left for the thread to wake up to
+        timers(0.4, lambda: ran.append("last")).start()
+        wait_for(lambda: ran == ["first", "last"], 5)
+        assert not timers._heap
+        assert wakes <= 4  # about: asleep, woken for the first window, once at its end, the last
+    finally:
+        timers.stop()
