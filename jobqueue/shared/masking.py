@@ -140,17 +140,20 @@ EVENT_VALUE_FIELDS = ("args", "kwargs", "result", "exception", "traceback", "err
 def mask_event(event: Any, pattern: str = DEFAULT_PATTERN) -> Any:
     """``event`` with its value-carrying fields masked (a ``job-truth``'s ``fields`` one level
     down: its keys are the job's columns, its values the job's data). Other events and
-    non-dict input are returned as they are."""
+    non-dict input are returned as they are, and so is an event with nothing to mask (the
+    common case: no copy per event; ``event`` itself is never changed)."""
     if not isinstance(event, dict):
         return event
-    out = dict(event)
+    out: dict[str, Any] | None = None
     keys = secret_keys(pattern)
     for name in EVENT_VALUE_FIELDS:
-        value = out.get(name)
+        value = event.get(name)
         if value is None or (type(value) is str and keys.search(value) is None):
             continue  # text naming no secret key stays as it is (what mask_text decides first)
+        if out is None:
+            out = dict(event)
         if name == "fields" and isinstance(value, dict):
             out[name] = {k: mask(v, pattern) for k, v in value.items()}
         else:
             out[name] = mask(value, pattern)
-    return out
+    return event if out is None else out

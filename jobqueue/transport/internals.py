@@ -20,7 +20,6 @@ Verified with Celery 5.4-5.7, kombu 5.4-5.7, redis-py 5-8.
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -33,6 +32,7 @@ from kombu.serialization import loads, registry
 from kombu.utils import json as kombu_json
 
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
+from jobqueue.transport.json_text import b64decode, json_text
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ def envelope_payload(envelope: Mapping[str, Any], accept: Any) -> Any:
     body = envelope.get("body")
     encoding = (envelope.get("properties") or {}).get("body_encoding")
     if body and encoding == "base64":
-        body = base64.b64decode(body)
+        body = b64decode(body)
     elif body and encoding and encoding.lower() != "utf-8":
         raise ValueError(f"unknown body encoding {encoding!r}")
     if isinstance(body, str):
@@ -390,7 +390,7 @@ def envelope_payload(envelope: Mapping[str, Any], accept: Any) -> Any:
     kind = envelope.get("content-type")
     if kind == "application/json" and body and accept and kind in accept and b"__type__" not in body \
             and b"\\u" not in body and registry._decoders.get(kind) is kombu_json.loads:
-        return kombu_json.loads(body, object_hook=None)
+        return json_text(body.decode("utf-8"))  # what kombu's loads does with the hook off
     return loads(body, kind, envelope.get("content-encoding"), accept=accept)  # type: ignore[no-untyped-call]
 
 

@@ -15,7 +15,6 @@ another thread -- the monitor's writer.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +24,8 @@ import redis
 from kombu.serialization import prepare_accept_content
 
 from jobqueue.transport.internals import envelope_payload, event_converter, fanout_pattern
+from jobqueue.transport.json_text import json_message
+from jobqueue.transport.pubsub_frames import take_pmessages
 from jobqueue.transport.redis_health import keepalive_options, socket_timeout
 from jobqueue.transport.redis_urls import is_sentinel_url, parse_sentinel_url
 
@@ -145,8 +146,13 @@ class RawEventReader:
             self.last_heard = time.time()
             pinged = None
             # Everything buffered is read without another poll: can_read() answers from the
-            # parser's buffer first.
+            # parser's buffer first. Complete messages are taken from it in one pass
+            # (take_pmessages); read() gets what that leaves (a partial frame, a PONG).
             while True:
+                for data in take_pmessages(conn):
+                    deliver(data)
+                if self._stopping or not can_read(timeout=0):
+                    break
                 msg = read()
                 # [b"pmessage", pattern, channel, data]; kombu skips empty payloads too.
                 if type(msg) is list and len(msg) == 4 and msg[0] == b"pmessage" and msg[3]:
@@ -174,7 +180,7 @@ class EventDecoder:
     def decode(self, raw: bytes) -> list[dict[str, Any]]:
         """The events in ``raw`` (an empty list, counted, when it is not a valid message)."""
         try:
-            envelope = json.loads(raw)
+            envelope = json_message(raw)
             if not isinstance(envelope, dict):
                 raise ValueError("message is not a JSON object")
             payload = envelope_payload(envelope, self.accept)

@@ -94,6 +94,20 @@ def coalesce(events: list[Any]) -> list[Any]:
     return out
 
 
+def _drain(q: queue.Queue[Any], limit: int) -> list[Any]:
+    """Up to ``limit`` items off ``q`` at once, in order: ``get_nowait`` per item, without its
+    lock and wake-up per item (about a microsecond each, for every event of a busy stream)."""
+    with q.mutex:
+        items = q.queue  # the Queue's deque, guarded by its mutex
+        n = min(limit, len(items))
+        if n <= 0:
+            return []
+        pop = items.popleft
+        taken = [pop() for _ in range(n)]
+        q.not_full.notify_all()  # what get() does per item: senders waiting for room go on
+    return taken
+
+
 def referenced(events: list[Any]) -> tuple[set[str], set[str]]:
     """The job ids and worker names a batch refers to (to load them in one query each)."""
     jobs: set[str] = set()
@@ -383,13 +397,7 @@ class Writer:
             self._stop.wait(wait)
             now = time.monotonic()
         self._last_take = now
-        batch = [first]
-        while len(batch) < self.max_batch:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
+        return [first, *_drain(self._queue, self.max_batch - 1)]
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:

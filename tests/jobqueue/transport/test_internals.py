@@ -27,7 +27,7 @@ from kombu.serialization import prepare_accept_content
 from kombu.transport import redis as kombu_redis
 
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
-from jobqueue.transport import internals
+from jobqueue.transport import internals, json_text
 from jobqueue.transport.internals import buffer_event_group
 from jobqueue.transport.kombu_redis import Channel as JobqueueChannel
 from jobqueue.transport.kombu_redis import Transport
@@ -385,6 +385,34 @@ def test_a_json_body_decodes_as_kombus_own_decoder_decodes_it_with_or_without_it
     # And a content type outside accept is still refused
     with pytest.raises(Exception, match="(?i)disallowed|refus"):
         internals.envelope_payload({"body": "{}", "content-type": "application/json"}, prepare_accept_content({"pickle"}))
+
+
+def _outcome(fn: Any, data: Any) -> tuple[str, Any]:
+    try:
+        return "value", repr(fn(data))
+    except Exception as exc:
+        return "error", (type(exc), str(exc))
+
+
+def test_the_direct_json_and_base64_readers_answer_exactly_as_the_standard_library_does() -> None:
+    # Given documents json.loads reads, and ones it refuses or reads only through its own
+    # layers (whitespace, a BOM, extra data, UTF-16, invalid UTF-8, surrogates, NaN)
+    texts = ['{"a": 1, "b": [1.5, null, "x"], "c": {"d": true}}', "{}", " {}", "{} \n", "{}x", "{} {}",
+             "", "[1, 2]", '{"a": NaN}', "\ufeff{}", '"h\u00e9llo"', '{"t": "h\u00e9llo"}', "1e400", "{"]
+    raws = [t.encode() for t in texts] + ["{}".encode("utf-16"), b"\xef\xbb\xbf{}", b"\xff{}",
+                                          b'{"a": "\xed\xa0\x80"}', b'{"a": "\\ud800"}']
+    # Then the direct readers give json.loads's value, or its very error
+    for text in texts:
+        assert _outcome(json_text.json_text, text) == _outcome(json.loads, text), broken(
+            json_text.json_text, f"text {text!r}")
+    for raw in raws:
+        assert _outcome(json_text.json_message, raw) == _outcome(json.loads, raw), broken(
+            json_text.json_message, f"bytes {raw!r}")
+    # And base64 bodies decode as b64decode decodes them, errors included
+    import base64
+    for body in ["YWJj", "YWJ", "ab=c", "h\u00e9", "YW Jj\n", b"YWJj"]:
+        assert _outcome(json_text.b64decode, body) == _outcome(base64.b64decode, body), broken(
+            json_text.b64decode, f"body {body!r}")
 
 
 def test_the_consumer_refusal_handlers_jobqueue_wraps_exist_with_their_signatures() -> None:

@@ -78,6 +78,17 @@ def test_an_events_ids_stay_whatever_the_pattern_and_its_values_are_masked() -> 
         "kwargs": '{"payload_summary": "password=\'•••\'"}'}
 
 
+def test_an_event_with_nothing_to_mask_is_passed_on_uncopied_and_a_masked_one_leaves_the_original_alone() -> None:
+    # Given a progress event naming no secret, and one whose message spells one
+    plain = {"type": "task-progress", "uuid": "u1", "message": "step 1/10", "percent": 10.0, "hostname": "w"}
+    secret = {**plain, "message": "token=abc"}
+    # Then the first is the very same object (no copy per event on the writer's hot path)
+    assert mask_event(plain) is plain
+    # And the second is a masked copy, the event itself unchanged
+    masked = mask_event(secret)
+    assert masked is not secret and masked["message"] == f"token={MASK}" and secret["message"] == "token=abc"
+
+
 def test_the_worker_log_filter_masks_arguments_messages_and_tracebacks() -> None:
     import io
     import logging
