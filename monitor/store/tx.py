@@ -115,15 +115,14 @@ class Tx:
     def merge_job(self, job_id: str) -> AnyJob:
         """The job ``job_id`` for the event merge: held as a plain object unless the ORM holds
         it already; a new one (status "") when it is not stored."""
-        job = self._jobs.get(job_id)
+        job = self.stored_job(job_id)
         if job is not None:
             return job
         if identity_key(JobRow, job_id) in self.session.identity_map:
             found = self.job(job_id)
             assert found is not None
             return found
-        plain = [] if job_id in self._jobs else load_jobs(self.session.connection(), [job_id])  # known absent
-        self._hold(plain[0] if plain else PlainJob.new(job_id))
+        self._hold(PlainJob.new(job_id))
         return self._plain[job_id]
 
     def stored_job(self, job_id: str) -> AnyJob | None:
