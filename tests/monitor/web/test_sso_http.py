@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from jobqueue.up.embedded import free_port
+from tests.helpers import wait_for
 from tests.monitor.web import sso_providers
 from tests.monitor.web.sso_providers import ADMIN, TOKEN, FakeGitHub, GitHubUser
 
@@ -81,10 +82,10 @@ def test_a_permitted_oidc_user_gets_a_session_with_pkce_nonce_and_the_mapped_rol
     # And the tenant rules hold her to it: she may not submit for another tenant
     other = root.post(f"{monitor.url}/api/jobs", json={"service": "simulation", "tenant": "beta"}, timeout=10)
     assert other.status_code == 403 and "acme" in other.json()["error"]["message"]
-    # And both logins are in the audit trail
-    trail = audit(monitor)
-    assert {("login", "ok", "oidc:alice@acme.test"), ("login", "ok", "oidc:root@acme.test")} <= {
-        (e["action"], e["outcome"], e["target"]) for e in trail}
+    # And both logins are in the audit trail (written by the monitor's writer, so polled)
+    wanted = {("login", "ok", "oidc:alice@acme.test"), ("login", "ok", "oidc:root@acme.test")}
+    wait_for(lambda: wanted <= {(e["action"], e["outcome"], e["target"]) for e in audit(monitor)}, 10,
+             what="both logins in the audit trail")
 
 
 def test_users_of_another_domain_or_with_an_unverified_email_are_refused_and_audited(oidc_monitor):
@@ -98,8 +99,11 @@ def test_users_of_another_domain_or_with_an_unverified_email_are_refused_and_aud
         assert "jobqueue_session" not in browser.cookies
         assert browser.get(f"{monitor.url}/api/jobs", timeout=10).status_code == 401
     # And the refusal of bob is audited with who he is
-    refused = [e for e in audit(monitor) if e["action"] == "login" and e["outcome"] == "refused"]
-    assert any(e["target"] == "oidc:bob@other.test" and "may not log in" in e["detail"] for e in refused), refused
+    def bob_refused() -> bool:
+        refused = [e for e in audit(monitor) if e["action"] == "login" and e["outcome"] == "refused"]
+        return any(e["target"] == "oidc:bob@other.test" and "may not log in" in e["detail"] for e in refused)
+
+    wait_for(bob_refused, 10, what="bob's refusal in the audit trail")
 
 
 def test_a_callback_without_its_state_a_forged_code_or_a_replay_opens_nothing(oidc_monitor):
