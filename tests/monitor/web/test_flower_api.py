@@ -259,8 +259,10 @@ def test_controls_drive_a_real_worker_with_flowers_answers_and_roles(start_monit
         silent = post(f"/api/worker/pool/grow/{NODE}", n="1")
         assert silent.status_code == 504 and "did not answer" in silent.text
         # Every control is in the audit trail
-        entries = requests.get(monitor.url + "/api/audit?limit=50", headers=ADMIN, timeout=10).json()["entries"]
-        assert {"flower_consumer", "flower_pool", "flower_limits", "flower_shutdown"} <= {e["action"] for e in entries}
+        wanted = {"flower_consumer", "flower_pool", "flower_limits", "flower_shutdown"}
+        wait_for(lambda: wanted <= {e["action"] for e in requests.get(
+            monitor.url + "/api/audit?limit=50", headers=ADMIN, timeout=10).json()["entries"]}, 10,
+            what="every control audited")  # the monitor's writer adds the entries: polled
 
 
 def test_a_web_pages_form_post_to_a_flower_control_is_still_refused(start_monitor):

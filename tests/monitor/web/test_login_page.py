@@ -64,9 +64,12 @@ def test_a_viewer_logs_in_sees_the_live_fleet_without_controls_and_logs_out(star
     page.goto(monitor.url + "/")
     page.wait_for_selector("#page-login-form")
     # And the login, the refused one and the logout are in the audit trail
-    trail = requests.get(f"{monitor.url}/api/audit", headers=ADMIN, timeout=10).json()["entries"]
-    seen = {(e["action"], e["outcome"]) for e in trail}
-    assert {("login", "ok"), ("login", "refused"), ("logout", "ok")} <= seen
+    def trail_when_written() -> list[dict[str, Any]]:  # the monitor's writer adds the entries: polled
+        entries = requests.get(f"{monitor.url}/api/audit", headers=ADMIN, timeout=10).json()["entries"]
+        seen = {(e["action"], e["outcome"]) for e in entries}
+        return entries if {("login", "ok"), ("login", "refused"), ("logout", "ok")} <= seen else []
+
+    trail = wait_for(trail_when_written, 10, what="the login, the refusal and the logout audited")
     assert any(e["target"] == f"key:{key_id}" for e in trail)
 
 
