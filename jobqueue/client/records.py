@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from jobqueue.client.replicas import replicate_records
 from jobqueue.client.waiting import queue_remember
 from jobqueue.shared import fairshare, queued
-from jobqueue.shared.records import result_client
+from jobqueue.shared.records import result_client, submitted_key
 from jobqueue.shared.requirements import Requirements
 from jobqueue.shared.submissions import queue_job_submit, queue_submitted, record_submitted
 from jobqueue.transport.kombu_redis import can_ride
@@ -52,14 +52,18 @@ def send_after_records(app: Any, job_id: str, add: Callable[[Any], None], check:
     trip when they can ride with it. ``check(replies)`` raises when the records failed (before
     the message, when they went alone). ``what`` names them in a replication error."""
     rider = Rider(job_id, result_client(app), add, check,
-                  replicate=lambda: replicate_records(app, what, replicate_id))
+                  replicate=lambda: replicate_records(app, what, replicate_id), guard=submitted_key(job_id))
     if not ride or not can_ride(app):
         rider.run_alone()
         return send()
     # Celery's task-sent event for the message may join its round trip (see riders).
     rider.hold_for_event = bool(app.conf.task_send_sent_event)
     with riding(rider):
-        sent = send()
+        try:
+            sent = send()
+        except BaseException:
+            rider.abandon()
+            raise
     rider.flush()  # a message still held (no event joined it): alone, now
     if rider.replies is None:  # the publish never reached our channel's _put: cannot happen on our transport
         log.error("job %s: its records did not ride with its message; written after it", job_id)

@@ -33,8 +33,10 @@ tests/jobqueue/worker/test_poison.py.
    inside one ``MULTI``/``EXEC`` and before a Redis ``WAIT`` (see
    :mod:`jobqueue.transport.replication`); that pipeline has no redis-py response callbacks
    (``Pipeline.response_callbacks``: the commands inside ``MULTI`` answer ``QUEUED``).
-   Without a ``WAIT``, a rider's message is held until Celery's ``task-sent`` event for it
-   (``_put_fanout``, routing key ``task.sent``, the same keyword) joins its transaction.
+   Without a ``WAIT``, a rider's transaction is written at once and its replies are read when
+   Celery's ``task-sent`` event for it (``_put_fanout``, routing key ``task.sent``, the same
+   keyword) has followed it on the same connection (:mod:`jobqueue.transport.ride_batch`, which
+   also reads redis-py's ``Connection._sock``: a closed connection is not written again).
 6. ``Channel._q_for_pri`` and ``_get_message_priority`` (kombu's key of a message's priority
    list) and ``QoS._delivered`` (the tags kombu recorded as unacked), to put back an item
    popped just before the broker went away (its QoS write failed, so no one else holds it).
@@ -83,8 +85,9 @@ from kombu.utils.json import loads
 from jobqueue.shared.routing import BROKER_MAX_PRIORITY
 from jobqueue.transport.early_ack import QoS
 from jobqueue.transport.kombu_loop import lean_poll_start
-from jobqueue.transport.replication import check_wait, queue_wait, replicas_to_wait, wait_after
-from jobqueue.transport.riders import Rider, held_rider, rider_for, same_target
+from jobqueue.transport.replication import wait_after
+from jobqueue.transport.ride_batch import EarlyWrite, send_batch
+from jobqueue.transport.riders import held_rider, rider_for, same_target
 
 #: Attribute of a kombu Connection where its channels find the poison hook.
 HOOK_ATTR = "jobqueue_on_poison"
@@ -228,52 +231,6 @@ TASK_SENT_KEY = "task.sent"
 KOMBU_BATCHES = "_publish_batch" in kombu_redis.Channel._put.__code__.co_consts
 
 
-def send_batch(client: Any, commands: list[tuple[Any, ...]], rider: Rider | None, replicas: int,
-               timeout: float, job_id: Any) -> None:
-    """Send a message's ``commands`` (kombu's) in one round trip on ``client``: after
-    ``rider``'s commands in one ``MULTI``/``EXEC`` when there is a rider, then ``WAIT`` for
-    ``replicas`` (when asked) covering them all. Raises the error of a refused command (a
-    refused transaction wrote nothing) and :class:`~jobqueue.errors.NotReplicated`."""
-    with client.pipeline(transaction=False) as pipe:
-        ridden = 0
-        if rider is not None:
-            # Without response callbacks: inside MULTI each command answers QUEUED, which
-            # redis-py's parsers of some commands (ZADD) refuse; EXEC's reply holds the answers.
-            pipe.response_callbacks = {}
-            pipe.execute_command("MULTI")
-            rider.add(pipe)
-            ridden = len(pipe.command_stack) - 1
-        for name, *args in commands:
-            getattr(pipe, name)(*args)
-        if rider is not None:
-            pipe.execute_command("EXEC")
-        if replicas:
-            queue_wait(pipe, replicas_to_wait(client, replicas), timeout)
-        replies = pipe.execute(raise_on_error=False)
-    acked = replies.pop() if replicas else None
-    if rider is not None:
-        replies = _transaction_replies(replies, rider, ridden, job_id)
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    if replicas:
-        check_wait(client, acked, replicas, timeout, f"the message of job {job_id}", job_id)
-
-
-def _transaction_replies(replies: list[Any], rider: Rider, ridden: int, job_id: Any) -> list[Any]:
-    """The replies of kombu's commands in a ``[MULTI, rider..., kombu..., EXEC]`` pipeline;
-    ``rider.replies`` set. A refused transaction raises (nothing was written)."""
-    done = replies[-1]
-    if isinstance(done, Exception):  # EXECABORT: the first refused command says why
-        raise next((r for r in replies[1:-1] if isinstance(r, Exception)), done)
-    rider.replies, rider.with_message = list(done[:ridden]), True
-    try:
-        rider.check(rider.replies)
-    except Exception:  # the message went with it: the job is queued all the same
-        log.exception("job %s: a record sent with its message failed; the job is queued", job_id)
-    return list(done[ridden:])
-
-
 class Channel(kombu_redis.Channel):
     """Redis channel that keeps priorities up to :data:`BROKER_MAX_PRIORITY` and never
     delivers (nor dies on) an item its connection's poison hook refuses: the hook gets it."""
@@ -309,9 +266,11 @@ class Channel(kombu_redis.Channel):
                 rider.run_alone()  # another server, database or key space: its own round trip first
                 rider = None
             if rider is not None and rider.hold_for_event and not replicas:
-                # Held for the job's task-sent event (next on this channel, _put_fanout): one write.
-                commands, timeout, ridden = batch.commands, float(self.jobqueue_wait_timeout), rider
-                rider.held = lambda extra: send_batch(client, [*commands, *extra], ridden, 0, timeout, job_id)
+                # Written now, its replies read when the job's task-sent event (next on this
+                # channel, _put_fanout) follows it on the same connection: one wait.
+                early = EarlyWrite(client, batch.commands, rider, float(self.jobqueue_wait_timeout), job_id)
+                early.send()
+                rider.held, rider.written = early.finish, True
                 return
             send_batch(client, batch.commands, rider, replicas, float(self.jobqueue_wait_timeout), job_id)
 

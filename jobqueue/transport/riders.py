@@ -15,22 +15,28 @@ and covers both.
 
 When the two differ (another Redis server or database, a broker key prefix, a kombu without
 publish batches) the channel runs the rider's commands on the result backend first, in their own
-round trip, then sends the message as before. Without replicas to wait for, the message's write
-is held for the job's ``task-sent`` event, which Celery publishes right after it on the same
-channel: the event's ``PUBLISH`` joins the transaction, so a submit makes one round trip fewer
-than plain Celery's ``send_task`` (a message whose event never came is sent alone when
-``send_task`` returns). A broker this package's transport does not serve
+round trip, then sends the message as before. Without replicas to wait for, the transaction is
+written at once but its replies are held for the job's ``task-sent`` event, which Celery
+publishes right after it on the same channel: the event's ``PUBLISH`` follows on the same
+connection (published only if the job's record is in Redis: :attr:`Rider.guard`) and the replies
+of both are read together, so a submit waits for Redis once less than plain Celery's
+``send_task``, and the worker gets the message before the event is built
+(:class:`~jobqueue.transport.ride_batch.EarlyWrite`; the replies of a message whose event never
+came are read when ``send_task`` returns). A broker this package's transport does not serve
 (RabbitMQ) never sees a rider: :func:`jobqueue.transport.kombu_redis.can_ride` says so and the
 client writes the record itself.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -57,8 +63,14 @@ class Rider:
     #: then hold the message's write (:attr:`held`) for the event's ``PUBLISH`` to join it.
     hold_for_event: bool = False
     #: The message's held write, ``send(extra commands)``, until the event joins it (or
-    #: :meth:`flush` sends it alone).
+    #: :meth:`flush` sends it alone); on this package's transport the transaction is already
+    #: written and this reads its replies (:class:`~jobqueue.transport.ride_batch.EarlyWrite`).
     held: Callable[[list[tuple[Any, ...]]], None] | None = None
+    #: A key the commands write (the job's submit record): the event that follows the message
+    #: is published only when it is in Redis (a refused transaction publishes none).
+    guard: str | None = None
+    #: True when the held message is already written (only its replies and the event are due).
+    written: bool = False
 
     def send_held(self, extra: list[tuple[Any, ...]]) -> None:
         """Send the held message with ``extra`` commands (the event's) in its round trip; on
@@ -73,6 +85,17 @@ class Rider:
         held, self.held = self.held, None
         if held is not None:
             held([])
+
+    def abandon(self) -> None:
+        """The publish failed after the message was held: a message already written is in
+        Redis all the same (its replies are read, its connection freed; errors only logged),
+        one not yet written is dropped."""
+        held, self.held = self.held, None
+        if held is not None and self.written:
+            try:
+                held([])
+            except Exception:
+                log.warning("job %s: the replies of its message's write could not be read", self.job_id, exc_info=True)
 
     def run_alone(self) -> None:
         """Send the commands on the result backend's own client (one round trip), check them,

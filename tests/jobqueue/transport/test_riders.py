@@ -23,20 +23,54 @@ from jobqueue.shared.records import submitted_key
 from jobqueue.states import JobStatus
 from jobqueue.transport.app import create_app
 from jobqueue.transport.kombu_redis import can_ride, send_batch
+from jobqueue.transport.ride_batch import GUARDED_PUBLISH
 from jobqueue.transport.riders import Rider, same_target
 from tests.helpers import quick
 
 
 class Sends:
-    """Every ``send_packed_command`` of redis-py in this thread: one write = one round trip."""
+    """Every ``send_packed_command`` and ``read_response`` of redis-py in this thread: the
+    writes, and the round trips (writes followed by a wait for their replies)."""
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        #: ``("write", bytes, connection)`` and ``("read", None, connection)`` in order.
+        self.trail: list[tuple[str, bytes | None, Any]] = []
         self.thread = threading.get_ident()
 
-    def record(self, command: Any) -> None:
+    def record(self, command: Any, connection: Any = None) -> None:
         if threading.get_ident() == self.thread:
-            self.writes.append(command if isinstance(command, bytes) else b"".join(bytes(c) for c in command))
+            data = command if isinstance(command, bytes) else b"".join(bytes(c) for c in command)
+            self.writes.append(data)
+            self.trail.append(("write", data, connection))
+
+    def record_read(self, connection: Any) -> None:
+        if threading.get_ident() == self.thread:
+            self.trail.append(("read", None, connection))
+
+    def clear(self) -> None:
+        self.writes.clear()
+        self.trail.clear()
+
+    def waits(self) -> list[str]:
+        """The first command of each group of writes whose replies were then waited for (a
+        round trip each), as :meth:`counted` leaves them out."""
+        groups: list[str] = []
+        first: str | None = None
+        for kind, data, _ in self.trail:
+            if kind == "write" and data is not None:
+                name = data.split(b"\r\n")[2].decode()
+                if first is None and name not in ("UNSUBSCRIBE", "PING"):
+                    first = name
+            elif kind == "read" and first is not None:
+                groups.append(first)
+                first = None
+        return groups
+
+    def guarded_publishes(self) -> list[bytes]:
+        """The writes that publish an event only when a job's record is there (its first
+        command ``EVAL`` of :data:`~jobqueue.transport.ride_batch.GUARDED_PUBLISH`)."""
+        return [w for w in self.writes if GUARDED_PUBLISH.encode() in w]
 
     def counted(self) -> list[str]:
         """The first command of each write, leaving out the UNSUBSCRIBE of an earlier job's result
@@ -46,7 +80,9 @@ class Sends:
         return [f for f in firsts if f not in ("UNSUBSCRIBE", "PING")]
 
     def holding(self, needle: str) -> list[bytes]:
-        return [w for w in self.writes if needle.encode() in w]
+        """The writes holding ``needle``, but for the guarded publishes of events."""
+        guarded = self.guarded_publishes()
+        return [w for w in self.writes if needle.encode() in w and w not in guarded]
 
 
 def spy_on_sends(monkeypatch: pytest.MonkeyPatch) -> Sends:
@@ -54,11 +90,18 @@ def spy_on_sends(monkeypatch: pytest.MonkeyPatch) -> Sends:
     spy = Sends()
     original = redis.connection.AbstractConnection.send_packed_command
 
+    read = redis.connection.AbstractConnection.read_response
+
     def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
-        spy.record(command)
+        spy.record(command, self)
         original(self, command, check_health)
 
+    def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+        spy.record_read(self)
+        return read(self, *args, **kwargs)
+
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send_packed_command)
+    monkeypatch.setattr(redis.connection.AbstractConnection, "read_response", read_response)
     return spy
 
 
@@ -76,7 +119,7 @@ def _submit_in_one_write(app: Any, sends: Sends, *in_order: str) -> tuple[Any, b
     write that held its record, asserting that write holds ``in_order`` in that order
     (``RECORD``: the job's submit record)."""
     submit_job("simulation", quick("warm"), queue="gpu7", app=app)
-    sends.writes.clear()
+    sends.clear()
     job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
     [write] = sends.holding(submitted_key(job.id))
     positions = _order(write, *(submitted_key(job.id) if n == "RECORD" else n for n in in_order))
@@ -89,7 +132,7 @@ def test_a_submit_sends_its_record_and_message_in_one_round_trip_the_record_firs
     # Given a client whose broker and result backend are the same Redis database
     assert can_ride(app)
     submit_job("simulation", quick("warm"), queue="gpu7", app=app)  # connections, queue bindings
-    sends.writes.clear()
+    sends.clear()
     # When a job is submitted
     job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
     # Then its submit record and its message left in one write, MULTI, the record, LPUSH, EXEC
@@ -110,28 +153,36 @@ def test_a_submit_makes_one_round_trip_fewer_than_plain_celerys_send_task(
         submit_job("simulation", quick("warm"), queue="gpu7", app=app)
         plain.send_task("noop", queue="plain")
     # When each sends one job
-    sends.writes.clear()
+    sends.clear()
     submit_job("simulation", quick("one"), queue="gpu7", app=app)
-    ours = sends.counted()
-    sends.writes.clear()
+    ours, our_writes = sends.waits(), sends.counted()
+    sends.clear()
     plain.send_task("noop", queue="plain")
-    theirs = sends.counted()
+    theirs, their_writes = sends.waits(), sends.counted()
     plain.close()
-    # Then jobqueue's submit wrote to Redis once less: SUBSCRIBE, then the record, the LPUSH and
-    # the task-sent event together
-    assert ours == ["SUBSCRIBE", "MULTI"]
-    assert theirs == ["SUBSCRIBE", "LPUSH", "PUBLISH"]
+    # Then jobqueue's submit waited for Redis once less: its SUBSCRIBE, its transaction (record
+    # and LPUSH) and its guarded task-sent event were written, then their replies read at once
+    assert our_writes == ["SUBSCRIBE", "MULTI", "EVAL"] and ours == ["SUBSCRIBE"]
+    assert their_writes == ["SUBSCRIBE", "LPUSH", "PUBLISH"] and theirs == ["SUBSCRIBE", "PUBLISH"]
 
 
-def test_a_submits_task_sent_event_joins_its_messages_transaction_after_the_message(
+def test_a_submits_message_leaves_before_its_task_sent_event_is_built_and_both_replies_are_read_once(
         app: Any, sends: Sends) -> None:
     # Given a client whose broker and result backend are the same Redis database
     # When a job is submitted
-    # Then its record, its message and its task-sent event left in one write, in that order,
-    # inside one transaction (a refused one publishes no event either)
-    job, write = _submit_in_one_write(app, sends, "MULTI", "RECORD", "LPUSH", "PUBLISH", "EXEC")
-    assert b"celeryev/task.sent" in write  # the event's channel (its body is base64)
-    assert [w for w in sends.writes if b"PUBLISH" in w] == [write]
+    # Then its record and its message left in one write, inside one transaction
+    job, write = _submit_in_one_write(app, sends, "MULTI", "RECORD", "LPUSH", "EXEC")
+    assert b"PUBLISH" not in write
+    # and its task-sent event followed on the same connection before any reply was read,
+    # published only if the job's record is in Redis (a refused transaction publishes none)
+    [event] = sends.guarded_publishes()
+    assert b"celeryev/task.sent" in event and submitted_key(job.id).encode() in event
+    trail = [(kind, data) for kind, data, _ in sends.trail]
+    at = trail.index(("write", write))
+    assert trail[at + 1] == ("write", event)
+    [connection] = {c for kind, data, c in sends.trail if data in (write, event)}
+    replies = [kind for kind, _, c in sends.trail[at + 2:] if c is connection]
+    assert replies[:2] == ["read", "read"]
     assert job.status() == JobStatus.QUEUED
 
 
@@ -142,7 +193,7 @@ def test_without_task_sent_events_the_message_leaves_before_the_submit_returns(
     app.conf.task_send_sent_event = False
     try:
         submit_job("simulation", quick("warm"), queue="gpu7", app=app)
-        sends.writes.clear()
+        sends.clear()
         # When a job is submitted
         job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
         # Then its record and message left together, and no event
@@ -162,20 +213,21 @@ def test_a_message_whose_event_never_joins_it_is_sent_alone_when_send_task_retur
         raise ConnectionError("event lost")
 
     monkeypatch.setattr(Rider, "send_held", broken)
-    sends.writes.clear()
+    sends.clear()
     # When a job is submitted
     job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
-    # Then its record and message still left, in one write, before submit_job returned
+    # Then its record and message still left, in one write, once, before submit_job returned
     monkeypatch.undo()
-    [write] = sends.holding(submitted_key(job.id))
+    write = sends.holding(submitted_key(job.id))[0]
     assert b"LPUSH" in write and b"PUBLISH" not in write
+    assert len([w for w in sends.writes if b"LPUSH" in w and job.id.encode() in w]) == 1
     assert job.status() == JobStatus.QUEUED
 
 
 @pytest.mark.parametrize("kind", ["batch", "workflow"])
 def test_a_batchs_or_workflows_records_ride_with_its_first_message(app: Any, sends: Sends, kind: str) -> None:
     submit_job("simulation", quick("warm"), queue="gpu7", app=app)
-    sends.writes.clear()
+    sends.clear()
     # When a batch of three (or a workflow of three steps) is submitted
     if kind == "batch":
         ids = [h.id for h in submit_batch("simulation", quick("b", seed=1), 3, vary={"seed": "increment"},
@@ -199,7 +251,7 @@ def test_with_the_results_on_another_redis_the_record_goes_first_on_its_own(
     try:
         assert not same_target(app.backend.client, redis_client)
         submit_job("simulation", quick("warm"), queue="gpu7", app=app)
-        sends.writes.clear()
+        sends.clear()
         # When a job is submitted
         job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
         # Then its record left in a write of its own, before the write with the message
@@ -296,3 +348,37 @@ def _task_sent_ids(events: Any, last: str) -> list[str]:
             if one.get("type") == "task-sent":
                 ids.append(one["uuid"])
     return ids
+
+
+class Interrupted(BaseException):
+    """Not an ``Exception``: passes through Celery's event dispatcher, as an interrupt would."""
+
+
+def test_a_submit_interrupted_after_its_message_was_written_reads_its_replies_and_the_job_stays_queued(
+        app: Any, redis_client: redis.Redis, sends: Sends, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a client interrupted after its message was written, before its event joined it
+    submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+    sends.clear()
+
+    def interrupted(self: Any, extra: list[Any]) -> None:
+        raise Interrupted("before the event")
+
+    monkeypatch.setattr(Rider, "send_held", interrupted)
+    # When a job is submitted, Then the interruption reaches the caller
+    with pytest.raises(Interrupted):
+        submit_job("simulation", quick("one"), queue="gpu7", app=app, job_id="written-job")
+    monkeypatch.undo()
+    # but its message was in Redis already, once: the job is queued, its record with it
+    assert redis_client.exists(submitted_key("written-job"))
+    assert [item for key in redis_client.scan_iter("gpu7*") for item in redis_client.lrange(key, 0, -1)
+            if b"written-job" in item] != []
+    assert len([w for w in sends.writes if b"LPUSH" in w and b"written-job" in w]) == 1
+    # and the replies due on its write were settled (read, or the record asked after its
+    # connection closed) before submit_job raised; no event was built
+    write = sends.holding(submitted_key("written-job"))[0]
+    at = [data for _, data, _ in sends.trail].index(write)
+    assert "read" in [kind for kind, _, _ in sends.trail[at + 1:]]
+    assert not sends.guarded_publishes()
+    # so later submits on the same client get their own replies
+    for n in range(3):
+        assert submit_job("simulation", quick(f"after{n}"), queue="gpu7", app=app).status() == JobStatus.QUEUED
