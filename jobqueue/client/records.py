@@ -68,6 +68,7 @@ def send_after_records(app: Any, job_id: str, add: Callable[[Any], None], check:
     if rider.replies is None:  # the publish never reached our channel's _put: cannot happen on our transport
         log.error("job %s: its records did not ride with its message; written after it", job_id)
         rider.run_alone()
+    rider.run_later()  # the result's subscription, off the path to the worker
     return sent
 
 

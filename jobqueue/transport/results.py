@@ -40,6 +40,7 @@ from jobqueue.transport.early_ack import EarlyAck, early_ack
 from jobqueue.transport.internals import Rider, RidingRedisBackend
 from jobqueue.transport.redis_urls import is_sentinel_url
 from jobqueue.transport.replication import wait_after
+from jobqueue.transport.riders import rider_for
 
 __all__ = ["BACKEND_PATH", "SENTINEL_BACKEND_PATH", "RedisBackend", "Rider", "SentinelBackend", "backend_url",
            "store_guarded"]
@@ -65,6 +66,17 @@ class RedisBackend(RidingRedisBackend):
         super().__init__(*args, **kwargs)
         #: The message ack riding in the guarded write of a result key (:mod:`~jobqueue.transport.early_ack`).
         self._acks: dict[Any, EarlyAck] = {}
+
+    def on_task_call(self, producer: Any, task_id: Any) -> None:
+        """Celery subscribes to a task's result before its message is sent; a job whose records
+        ride with its message (a submit, :mod:`jobqueue.transport.riders`) subscribes right
+        after the message is written instead, so the subscription's write is not on the path
+        to the worker. Nothing is missed: ``get()`` reads the stored state once subscribed."""
+        submit = rider_for(task_id)
+        if submit is None:
+            super().on_task_call(producer, task_id)
+            return
+        submit.later.append(lambda: super(RedisBackend, self).on_task_call(producer, task_id))
 
     def _acking(self, key: Any) -> tuple[list[Any], list[Any]]:
         ack = self._acks.get(key)

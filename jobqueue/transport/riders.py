@@ -33,7 +33,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ class Rider:
     guard: str | None = None
     #: True when the held message is already written (only its replies and the event are due).
     written: bool = False
+    #: What waits for the message to be written (the subscription to its result):
+    #: :meth:`run_later` runs it once the publish returned.
+    later: list[Callable[[], None]] = field(default_factory=list)
 
     def send_held(self, extra: list[tuple[Any, ...]]) -> None:
         """Send the held message with ``extra`` commands (the event's) in its round trip; on
@@ -85,6 +88,12 @@ class Rider:
         held, self.held = self.held, None
         if held is not None:
             held([])
+
+    def run_later(self) -> None:
+        """Run what waited for the message (in order, once)."""
+        later, self.later = self.later, []
+        for call in later:
+            call()
 
     def abandon(self) -> None:
         """The publish failed after the message was held: a message already written is in

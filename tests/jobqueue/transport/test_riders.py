@@ -160,9 +160,10 @@ def test_a_submit_makes_one_round_trip_fewer_than_plain_celerys_send_task(
     plain.send_task("noop", queue="plain")
     theirs, their_writes = sends.waits(), sends.counted()
     plain.close()
-    # Then jobqueue's submit waited for Redis once less: its SUBSCRIBE, its transaction (record
-    # and LPUSH) and its guarded task-sent event were written, then their replies read at once
-    assert our_writes == ["SUBSCRIBE", "MULTI", "EVAL"] and ours == ["SUBSCRIBE"]
+    # Then jobqueue's submit waited for Redis once less: its transaction (record and LPUSH) and
+    # its guarded task-sent event were written, then their replies read at once; the message
+    # left first, the subscription to its result after it (plain Celery subscribes first)
+    assert our_writes == ["MULTI", "EVAL", "SUBSCRIBE"] and ours == ["MULTI"]
     assert their_writes == ["SUBSCRIBE", "LPUSH", "PUBLISH"] and theirs == ["SUBSCRIBE", "PUBLISH"]
 
 
@@ -382,3 +383,22 @@ def test_a_submit_interrupted_after_its_message_was_written_reads_its_replies_an
     # so later submits on the same client get their own replies
     for n in range(3):
         assert submit_job("simulation", quick(f"after{n}"), queue="gpu7", app=app).status() == JobStatus.QUEUED
+
+
+def test_a_result_stored_before_the_late_subscription_still_ends_wait_at_once(
+        app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a submit whose job ends between its message's write and the subscription to its
+    # result (which now follows the message)
+    submit_job("simulation", quick("warm"), queue="gpu7", app=app)
+    subscribe = Rider.run_later
+
+    def job_ends_first(self: Any) -> None:
+        app.backend.store_result(self.job_id, {"done": self.job_id}, "SUCCESS")
+        subscribe(self)
+
+    monkeypatch.setattr(Rider, "run_later", job_ends_first)
+    job = submit_job("simulation", quick("one"), queue="gpu7", app=app)
+    monkeypatch.undo()
+    # When the client waits, for less than wait()'s safety re-read of the stored state
+    # Then it gets the result: read once subscribed, no published message needed
+    assert job.wait(timeout=1.0) == {"done": job.id}
