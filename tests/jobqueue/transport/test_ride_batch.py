@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from jobqueue.transport.ride_batch import EarlyWrite
+from jobqueue.transport.ride_batch import EarlyWrite, pack_commands
 from jobqueue.transport.riders import Rider
 
 
@@ -21,7 +21,7 @@ def _early(client: redis.Redis, *, lost: bool, monkeypatch: pytest.MonkeyPatch) 
     early = EarlyWrite(client, [("lpush", "queue-1", b"message")], rider, 1.0, "job-1")
     if lost:
         with monkeypatch.context() as patch:
-            patch.setattr(redis.connection.AbstractConnection, "pack_commands", lambda *a, **k: [])
+            patch.setattr("jobqueue.transport.ride_batch.pack_commands", lambda *a, **k: [])
             early.send()
     else:
         early.send()
@@ -69,3 +69,19 @@ def test_a_refused_transaction_publishes_no_event_and_raises_the_refusal(redis_c
     got = [m for m in iter(lambda: events.get_message(timeout=0.5), None) if m["type"] == "message"]
     events.close()
     assert got == []
+
+
+def test_commands_are_packed_as_redis_py_packs_them_and_odd_arguments_go_to_redis_py(
+        redis_client: redis.Redis) -> None:
+    connection = redis_client.connection_pool.get_connection()
+    try:
+        commands = [("MULTI",), ("SET", "k", b"\x00\xff", "EX", 10), ("ZADD", "z", "NX", 1.5, "m\u00e9"),
+                    ("LPUSH", "q", "x" * 7000), ("EXEC",)]
+        assert b"".join(pack_commands(connection, commands)) == b"".join(connection.pack_commands(commands))
+        # a memoryview is redis-py's to encode; a bool redis-py refuses, as it always did
+        odd = [("SET", "k", memoryview(b"v"))]
+        assert b"".join(pack_commands(connection, odd)) == b"".join(connection.pack_commands(odd))
+        with pytest.raises(redis.DataError):
+            pack_commands(connection, [("SET", "k", True)])
+    finally:
+        redis_client.connection_pool.release(connection)
