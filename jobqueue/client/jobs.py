@@ -402,8 +402,8 @@ def prepare_job(
         "task_id": job_id,
         "queue": target,
         "priority": broker_priority(priority, is_redis=is_redis, continuation=continuation),
-        "kwargsrepr": json.dumps(mask({**meta, "payload_summary": summarize_payload(service, payload, secret_keys)},
-                                      secret_keys), default=str),
+        "kwargsrepr": facts.to_json(mask({**meta, "payload_summary": summarize_payload(service, payload, secret_keys)},
+                                         secret_keys)),
     }
     return {"service": service, "payload": payload, "options": dict(meta)}, send_options
 

@@ -37,9 +37,15 @@ FACT_FIELDS = ("submitted_at", "received_at", "started_at", "finished_at", "runt
 MAX_HISTORY = 20
 
 
+#: ``json.dumps(value, default=str)``, the same text, without building an encoder per call
+#: (``json.dumps`` builds one whenever an option is given): facts are written on every submit
+#: and at every start and end of a job.
+to_json = json.JSONEncoder(default=str).encode
+
+
 def encode(fields: dict[str, Any]) -> dict[str, str]:
     """Facts as the hash stores them (JSON values; None values left out)."""
-    return {k: json.dumps(v, default=str) for k, v in fields.items() if v is not None}
+    return {k: to_json(v) for k, v in fields.items() if v is not None}
 
 
 def decode(raw: dict[Any, Any] | None) -> dict[str, Any]:

@@ -50,8 +50,10 @@ ADMIT_LUA = (Path(__file__).with_name("queued_admit.lua")).read_text()
 
 
 def expires_of(app: Any) -> int:
-    """Seconds after which an entry is stale: the results' expiry."""
-    return int(app.conf.result_expires or 86400)
+    """Seconds after which an entry is stale: the results' expiry (as the result backend holds
+    it, in seconds: read on every submit, and Celery's configuration is slow to read)."""
+    expires = getattr(getattr(app, "backend", None), "expires", None)
+    return int(expires if isinstance(expires, (int, float)) and expires else app.conf.result_expires or 86400)
 
 
 def caps_of(app: Any, services: Iterable[str]) -> dict[str, int]:
