@@ -205,6 +205,7 @@ def test_keys_made_with_the_cli_work_over_http_until_revoked(start_monitor, sett
     assert _cli(tmp_path, settings, "revoke", key_id).returncode == 0
     # Then it is refused, and the audit trail holds both changes
     assert requests.get(monitor.url + "/api/jobs", headers=bearer(key), timeout=10).status_code == 401
+    wait_for(lambda: len(audit(monitor, target=f"key:{key_id}")) >= 2, 10, what="both key changes in the audit")
     actions = [e["action"] for e in audit(monitor, target=f"key:{key_id}")]
     assert sorted(actions) == ["key.create", "key.revoke"]
     # And bad input is a clean error
