@@ -257,17 +257,19 @@ def record_end(task: Any, started: float, *, retried: bool = False) -> None:
 
     On our Redis backend the facts ride in the transaction that stores the state Celery
     writes next (the result, the failure, the retry): one round trip, and the two agree."""
-    client = result_client(task.app)
-    if client is None:
-        return
-    now = time.time()
-    if retried:  # before the retry re-sends the message: its next start comes after this
-        queued.back_in_queue(task, task.request.kwargs.get("service") if task.request.kwargs else None)
-    fields = {"retried_at": now} if retried else {"finished_at": now, "runtime": round(now - started, 6)}
-    note_end(task.app, task.request.id, now, fields.get("runtime"))  # the end event carries the same
-    job_id, ttl = task.request.id, expires(task.app)
     backend = task.backend
-    if isinstance(backend, RedisBackend):
+    riding = isinstance(backend, RedisBackend)  # ours: the facts ride with the next state
+    client = None if riding else result_client(task.app)
+    if not riding and client is None:
+        return  # no Redis result backend: no facts are kept
+    now = time.time()
+    request = task.request
+    if retried:  # before the retry re-sends the message: its next start comes after this
+        queued.back_in_queue(task, request.kwargs.get("service") if request.kwargs else None)
+    fields = {"retried_at": now} if retried else {"finished_at": now, "runtime": round(now - started, 6)}
+    job_id, ttl = request.id, expires(task.app)
+    note_end(task.app, job_id, now, fields.get("runtime"))  # the end event carries the same
+    if riding:
         backend.ride_with_next_state(job_id, lambda pipe: facts.queue_write(pipe, job_id, fields, expires=ttl))
         return
     facts.write(client, job_id, fields, expires=ttl)

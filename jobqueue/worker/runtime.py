@@ -123,7 +123,7 @@ class WorkerRuntime:
         self._report(connector)
         # What the consumer must take follows health and details only: a job starting or
         # ending (active <-> idle, same details) needs no sync, which saves two per job.
-        seen = (connector.status.is_healthy, dict(connector.details))
+        seen = (connector.status.is_healthy, connector.details)  # (a copy)
         with self._lock:
             unchanged = self._synced.get(connector.service) == seen
             self._synced[connector.service] = seen
