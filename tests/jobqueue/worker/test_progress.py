@@ -261,7 +261,9 @@ def test_with_the_workers_timers_fast_jobs_wake_no_timer_thread_and_a_longer_one
             published: list[dict[str, Any]] = []
             job(published).close(superseded=True)
             assert published == []
-        assert notified == 0
+        # (without the tick: one wake-up per job; a test thread stalled > 10 ms between a job's
+        # start and its report may cost one)
+        assert notified <= 3
         longer: list[dict[str, Any]] = []
         started = time.monotonic()
         tracker = job(longer)
