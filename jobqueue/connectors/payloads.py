@@ -43,6 +43,7 @@ from jobqueue.connectors.a1111.fields import (
     request_fields,
 )
 from jobqueue.connectors.comfyui.inputs import InputImageError, check_images
+from jobqueue.connectors.remembered import remembered
 from jobqueue.errors import InvalidPayloadError
 
 #: Upper bounds that keep a typo from booking a worker for a day (simulation).
@@ -297,6 +298,7 @@ def check(model: type[M], service: str, payload: Any) -> M:
 
 
 # -- per-connector entry points ------------------------------------------------------------------
+@remembered  # a worker sees the same few simulation payloads over and over
 def validate_simulation(payload: Any) -> dict[str, Any]:
     """The ``simulation`` payload, normalised (defaults filled, ``step_seconds`` a float)."""
     model = check(SimulationPayload, "simulation", payload)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from jobqueue.shared.records import facts_key
@@ -48,12 +49,13 @@ def encode(fields: dict[str, Any]) -> dict[str, str]:
     return {k: to_json(v) for k, v in fields.items() if v is not None}
 
 
-def decode(raw: dict[Any, Any] | None) -> dict[str, Any]:
-    """A facts hash as read (bytes or str keys and values) back into values."""
+def decode(raw: dict[Any, Any] | None, fields: Collection[str] = FACT_FIELDS) -> dict[str, Any]:
+    """A facts hash as read (bytes or str keys and values) back into values: those of
+    ``fields`` (a reader that needs a few leaves the job's metadata unparsed)."""
     out: dict[str, Any] = {}
     for key, value in (raw or {}).items():
         name = key.decode() if isinstance(key, bytes) else str(key)
-        if name not in FACT_FIELDS:
+        if name not in fields or name not in FACT_FIELDS:
             continue
         try:
             out[name] = json.loads(value)

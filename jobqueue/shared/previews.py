@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jobqueue.shared.records import preview_key, result_client
+from jobqueue.shared.records import backend_client, preview_key, result_client
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +180,12 @@ class PreviewPublisher:
                 self._timer = None
 
 
-def publisher_for(app: Any, job_id: str, notify: Callable[[int], object]) -> PreviewPublisher | None:
-    """A publisher storing in ``app``'s result backend Redis, or None (previews dropped) when
-    the result backend is not Redis."""
-    client = result_client(app)
+def publisher_for(app: Any, job_id: str, notify: Callable[[int], object], *,
+                  backend: Any = None) -> PreviewPublisher | None:
+    """A publisher storing in ``app``'s result backend Redis (``backend``: that one, as a job's
+    thread has it, from whichever thread the first frame comes), or None (previews dropped)
+    when the result backend is not Redis."""
+    client = result_client(app) if backend is None else backend_client(backend)
     if client is None:
         return None
     return PreviewPublisher(job_id, RedisPreviewStore(client), notify)

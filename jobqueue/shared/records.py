@@ -30,8 +30,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "DEAD_SUFFIX", "attempts_key", "crashes_key", "dead_letter_key", "facts_key", "moved_up_info_key", "moved_up_key",
-    "orphan_book_key", "preview_key", "queued_key", "replication_fence_key", "requires_key", "result_client",
+    "DEAD_SUFFIX", "attempts_key", "backend_client", "crashes_key", "dead_letter_key", "facts_key",
+    "moved_up_info_key", "moved_up_key", "orphan_book_key", "preview_key", "queued_key", "replication_fence_key", "requires_key", "result_client",
     "retry_key", "submitted_key", "tenant_queued_key", "tenant_queues_key", "tenant_running_key", "warm_key",
     "webhook_attempts_key", "webhook_delivered_key", "workflow_key", "workflow_step_key",
 ]
@@ -40,7 +40,12 @@ __all__ = [
 def result_client(app: Any) -> Any:
     """The result backend's Redis client, or None when the backend is not Redis (it then
     has no pipelines, and jobqueue's records are not written)."""
-    client = getattr(getattr(app, "backend", None), "client", None)
+    return backend_client(getattr(app, "backend", None))
+
+
+def backend_client(backend: Any) -> Any:
+    """``backend``'s Redis client (a result backend), or None when it is not Redis."""
+    client = getattr(backend, "client", None)
     return client if client is not None and hasattr(client, "pipeline") else None
 
 

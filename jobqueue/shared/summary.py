@@ -19,9 +19,11 @@ At most :data:`MAX_SUMMARY` printable characters; never raises. Values under sec
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import Any
 
+from jobqueue.shared.flat import Key, flat_key, from_flat_key
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask
 
 #: Longest summary, in characters.
@@ -73,7 +75,20 @@ _SUMMARIES = {"comfyui": _comfyui, "simulation": _fields, "a1111": _a1111}
 
 def summarize_payload(service: Any, payload: Any, secret_keys: str = DEFAULT_PATTERN) -> str | None:
     """The payload's summary, or None when there is no payload to summarise; values under keys
-    matching ``secret_keys`` show as ``"•••"``."""
+    matching ``secret_keys`` show as ``"•••"``. A small flat payload's summary is remembered
+    (every job's start summarises its payload, and a worker sees the same few again and again)."""
+    key = flat_key(payload)
+    if key is not None and isinstance(service, str):
+        return _summarize_flat(service, key, secret_keys)
+    return _summarize(service, payload, secret_keys)
+
+
+@functools.lru_cache(maxsize=256)
+def _summarize_flat(service: str, key: Key, secret_keys: str) -> str | None:
+    return _summarize(service, from_flat_key(key), secret_keys)
+
+
+def _summarize(service: Any, payload: Any, secret_keys: str) -> str | None:
     if not isinstance(payload, dict):
         return None
     try:

@@ -33,6 +33,8 @@ LOAD_SECONDS_KEY = "load_seconds"
 
 def checkpoint_of(requires: Any) -> str | None:
     """The checkpoint a job (its ``requires`` as it travels) is routed on, or None."""
+    if requires is None:  # most jobs require nothing (every job's start asks)
+        return None
     req = requires if isinstance(requires, Requirements) else Requirements.from_dict(requires)
     if req.tags:  # routed on a tag: warm routing does not apply
         return None

@@ -38,11 +38,23 @@ log = logging.getLogger(__name__)
 
 #: Facts a new attempt clears (they belonged to the previous one).
 _ENDED_FACTS = ("finished_at", "runtime", "retried_at")
+#: Facts of the earlier attempts a start reads (:func:`_settle_start`, the fence); the job's
+#: metadata and submit facts, the bulk of the hash, are left unparsed.
+_START_FACTS = frozenset({"started_at", "finished_at", "retried_at", "cancelled_at", "attempt", "worker",
+                          "received_at", "history"})
+#: How the record of a ``STARTED`` state begins as our result backend writes it (Celery's
+#: record, its status first, JSON with Celery's separators; see :func:`stored_state`).
+_STARTED_RECORD = b'{"status": "%s"' % celery_states.STARTED.encode()
 
 
 def expires(app: Any) -> int:
-    """Seconds the job's record lives (the results' expiry)."""
-    return int(app.conf.result_expires or 86400)
+    """Seconds the job's record lives (the results' expiry), read once per app: a lookup in
+    Celery's configuration costs microseconds, and every start and end of a job needs it
+    (the configuration does not change while the worker runs)."""
+    ttl = getattr(app, "_jobqueue_expires", None)
+    if type(ttl) is not int:
+        ttl = app._jobqueue_expires = int(app.conf.result_expires or 86400)
+    return ttl
 
 
 def job_meta(service: str, payload: dict[str, Any], options: dict[str, Any],
@@ -55,6 +67,18 @@ def job_meta(service: str, payload: dict[str, Any], options: dict[str, Any],
         meta.setdefault("payload_summary", summary)
     masked: dict[str, Any] = mask(meta, secret_keys)
     return masked
+
+
+def stored_state(app: Any, raw: Any) -> str | None:
+    """The state of a result record as read (None: no record). The ``STARTED`` record this
+    worker has just written is recognised by how it begins, without parsing it: it holds
+    the job's arguments (a ComfyUI workflow can be hundreds of kB); any other is parsed."""
+    if not raw:
+        return None
+    if isinstance(raw, bytes) and raw.startswith(_STARTED_RECORD):
+        return celery_states.STARTED
+    state: str | None = app.backend.decode_result(raw).get("status")
+    return state
 
 
 @dataclass(frozen=True)
@@ -187,8 +211,8 @@ def _settle_start(task: Any, client: Any, meta: dict[str, Any], replies: list[An
     app, request = task.app, task.request
     retries = request.retries or 0
     raw, count, _, known_raw, *_ = replies
-    state = app.backend.decode_result(raw).get("status") if raw else None
-    known = facts.decode(known_raw)
+    state = stored_state(app, raw)
+    known = facts.decode(known_raw, _START_FACTS)
     # RabbitMQ: a copy redelivered while a live worker still runs the job waits for it (fence).
     after = wait_for_first_attempt(task, client, known)
     if after is not None:
@@ -233,17 +257,19 @@ def record_end(task: Any, started: float, *, retried: bool = False) -> None:
 
     On our Redis backend the facts ride in the transaction that stores the state Celery
     writes next (the result, the failure, the retry): one round trip, and the two agree."""
-    client = result_client(task.app)
-    if client is None:
-        return
-    now = time.time()
-    if retried:  # before the retry re-sends the message: its next start comes after this
-        queued.back_in_queue(task, task.request.kwargs.get("service") if task.request.kwargs else None)
-    fields = {"retried_at": now} if retried else {"finished_at": now, "runtime": round(now - started, 6)}
-    note_end(task.app, task.request.id, now, fields.get("runtime"))  # the end event carries the same
-    job_id, ttl = task.request.id, expires(task.app)
     backend = task.backend
-    if isinstance(backend, RedisBackend):
+    riding = isinstance(backend, RedisBackend)  # ours: the facts ride with the next state
+    client = None if riding else result_client(task.app)
+    if not riding and client is None:
+        return  # no Redis result backend: no facts are kept
+    now = time.time()
+    request = task.request
+    if retried:  # before the retry re-sends the message: its next start comes after this
+        queued.back_in_queue(task, request.kwargs.get("service") if request.kwargs else None)
+    fields = {"retried_at": now} if retried else {"finished_at": now, "runtime": round(now - started, 6)}
+    job_id, ttl = request.id, expires(task.app)
+    note_end(task.app, job_id, now, fields.get("runtime"))  # the end event carries the same
+    if riding:
         backend.ride_with_next_state(job_id, lambda pipe: facts.queue_write(pipe, job_id, fields, expires=ttl))
         return
     facts.write(client, job_id, fields, expires=ttl)

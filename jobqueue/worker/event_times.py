@@ -10,7 +10,8 @@ worker wrote into the record; every completed job then got a ``corrected`` repai
   those stamps (:func:`take_received`, :func:`take_started`);
 * ``task-succeeded``/``task-failed``/``task-retried`` carry the end the record wrote
   (:func:`note_end`): its ``finished_at`` as their timestamp and its ``runtime``; and
-  ``task-succeeded`` the whole result the backend stores (:func:`note_result`).
+  ``task-succeeded`` the whole result the backend stores (:func:`note_result`), rendered
+  when the event is sent: after the result is stored, off the path to the client's ``wait()``.
 
 The events leave through :class:`StampingDispatcher`, which the job task's strategy puts in
 front of the consumer's dispatcher (:func:`stamping_consumer`). The times cross from the
@@ -20,8 +21,10 @@ worker of another pool the dicts stay empty and Celery's own stamps go out, as b
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from jobqueue.shared.masking import DEFAULT_PATTERN, mask_event
@@ -31,6 +34,9 @@ from jobqueue.shared.names import TASK_FAILED, TASK_RECEIVED, TASK_RETRIED, TASK
 MAX_KEPT = 1000
 _ENDS = (TASK_SUCCEEDED, TASK_FAILED, TASK_RETRIED)
 
+#: A job's result as its ``task-succeeded`` carries it, rendered when asked (None: too long).
+Rendering = Callable[[], "str | None"]
+
 
 class EventTimes:
     """The stamps shared by a job's events and its record, by job id (thread-safe)."""
@@ -39,9 +45,9 @@ class EventTimes:
         self._lock = threading.Lock()
         self._kinds: dict[str, dict[str, tuple[float, float | None]]] = {
             TASK_RECEIVED: {}, TASK_STARTED: {}, "end": {}}
-        self._results: dict[str, str] = {}
+        self._results: dict[str, Rendering] = {}
 
-    def put_result(self, job_id: str, text: str) -> None:
+    def put_result(self, job_id: str, text: Rendering) -> None:
         with self._lock:
             if len(self._results) >= MAX_KEPT:
                 for key in list(self._results)[:MAX_KEPT // 2]:
@@ -50,7 +56,11 @@ class EventTimes:
 
     def take_result(self, job_id: str) -> str | None:
         with self._lock:
-            return self._results.pop(job_id, None)
+            render = self._results.pop(job_id, None)
+        try:
+            return render() if render is not None else None
+        except Exception:  # an unprintable result: the event carries Celery's own repr
+            return None
 
     def put(self, kind: str, job_id: str, when: float, runtime: float | None = None) -> None:
         with self._lock:
@@ -93,10 +103,18 @@ def note_end(app: Any, job_id: str, finished_at: float, runtime: float | None) -
 def note_result(app: Any, job_id: str, result: Any, limit: int, pattern: str = DEFAULT_PATTERN) -> None:
     """The whole result, for the ``task-succeeded`` to carry instead of Celery's ``saferepr``
     (which elides nesting below 3 levels: a ComfyUI job's outputs read as ``{...}`` and
-    came whole only at repair): its full ``repr``, secrets masked, when under ``limit``."""
+    came whole only at repair): its full ``repr``, secrets masked, when under ``limit``.
+    Rendered only when the event is sent (:func:`render_result`): nothing changes a result
+    once its task returned it."""
+    times_of(app).put_result(job_id, functools.partial(render_result, result, limit, pattern))
+
+
+def render_result(result: Any, limit: int, pattern: str = DEFAULT_PATTERN) -> str | None:
+    """``result``'s full ``repr``, secrets masked, or None when it is not under ``limit``."""
     text = repr(result)
-    if len(text) < limit:
-        times_of(app).put_result(job_id, str(mask_event({"result": text}, pattern)["result"]))
+    if len(text) >= limit:
+        return None
+    return str(mask_event({"result": text}, pattern)["result"])
 
 
 class StampingDispatcher:

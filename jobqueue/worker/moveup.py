@@ -125,8 +125,10 @@ def claim(app: Any, job_id: str, options: dict[str, Any]) -> OutOfMemory | None:
     """A worker starts a moved-up job: take it out of the sweep's watch. Returns the error it
     already failed with when the sweep gave up on it first (this copy must not run), else None."""
     moved = options.get("moved_up")
+    if not isinstance(moved, dict):  # the common case, decided before the backend is looked up
+        return None
     client = result_client(app)
-    if not isinstance(moved, dict) or client is None:
+    if client is None:
         return None
     try:
         with client.pipeline(transaction=True) as pipe:

@@ -49,6 +49,14 @@ ConnectorFactory = Callable[[str, Settings, int], Connector]
 #: Errors that say the service itself is gone: the connector turns to ``error`` at once.
 SERVICE_ERRORS: tuple[type[BaseException], ...] = (ServiceUnavailable, JobStalled)
 
+#: The timer thread's tick while calls keep coming (:mod:`jobqueue.worker.timers`): most of a
+#: progress window (50 ms, ``jobqueue.worker.task.PROGRESS_WINDOW``), so the window a job's
+#: first report opens within 10 ms of its start never wakes the thread (it is cancelled when
+#: a fast job ends, and runs on time when the job runs on).
+TIMER_TICK = 0.04
+#: Seconds the timer thread keeps ticking after the last call was scheduled (then it sleeps).
+TIMER_LINGER = 2.0
+
 #: Longest a task thread waits for the consumer to stop taking the service's jobs after the
 #: service failed under it (so its ack cannot let the same worker pick up the retry).
 STEP_ASIDE_WAIT = 2.0
@@ -95,7 +103,7 @@ class WorkerRuntime:
         #: :meth:`send_events_through`); None outside a worker's consumer.
         self._events_consumer: Any = None
         #: One thread for the jobs' progress windows (a timer thread per held report is slow).
-        self.timers = TimerThread()
+        self.timers = TimerThread(tick=TIMER_TICK, linger=TIMER_LINGER)
         #: The checkpoints each service has loaded and when cold jobs are taken (warm routing).
         self.warm = WarmState(settings.warm_grace, settings.warm_max_wait)
         #: The :class:`~jobqueue.worker.warm_peers.WarmPeers` (Redis result backend only).
@@ -115,7 +123,7 @@ class WorkerRuntime:
         self._report(connector)
         # What the consumer must take follows health and details only: a job starting or
         # ending (active <-> idle, same details) needs no sync, which saves two per job.
-        seen = (connector.status.is_healthy, dict(connector.details))
+        seen = (connector.status.is_healthy, connector.details)  # (a copy)
         with self._lock:
             unchanged = self._synced.get(connector.service) == seen
             self._synced[connector.service] = seen

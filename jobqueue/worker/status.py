@@ -137,16 +137,18 @@ class StatusReporter:
                 return None
             since = self._wall() if last is None or last.status != status else last.since
             kept = dict(details) if details is not None else dict(last.details if last else {})
-            report = self._queue(StatusReport(service, status, message, kept, 0, since), beat=False)
-            return report
+            return self._enqueue(service, status, message, kept, since, beat=False)
 
     def _queue(self, report: StatusReport, *, beat: bool) -> StatusReport:
-        """Number ``report``, remember it and queue its event. Caller holds ``_cond``."""
+        """Number ``report`` (a copy), remember it and queue its event. Caller holds ``_cond``."""
+        return self._enqueue(report.service, report.status, report.message, report.details, report.since, beat=beat)
+
+    def _enqueue(self, service: str, status: ConnectorStatus, message: str, details: Mapping[str, Any],
+                 since: float, *, beat: bool) -> StatusReport:
+        """Number a report, remember it and queue its event. Caller holds ``_cond``."""
         self._seq += 1
-        numbered = StatusReport(
-            report.service, report.status, report.message, report.details, self._seq, report.since
-        )
-        self._reports[report.service] = numbered
+        numbered = StatusReport(service, status, message, details, self._seq, since)
+        self._reports[service] = numbered
         first = not self._pending
         if first:
             self._pending_since = self._clock()

@@ -11,6 +11,7 @@ elsewhere or cancelled (:func:`_end_failed`, mapping connector errors onto Celer
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -48,6 +49,8 @@ PROGRESS_MIN_INTERVAL = 0.1
 #: At most one progress write (backend state + event) per this many seconds; the reports in
 #: between are coalesced into the latest, which is written when the window ends.
 PROGRESS_WINDOW = 0.05
+#: A job's preview publisher before its first frame.
+_UNMADE: Any = object()
 #: Progress events are lossy anyway: a broker out of reach must not hold the job for long.
 PROGRESS_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 
@@ -129,9 +132,22 @@ class JobProgress:
         self.runtime, self.job = runtime, job
         self.tracker = ProgressTracker(self._publish, min_interval=PROGRESS_MIN_INTERVAL, window=PROGRESS_WINDOW,
                                        hold_start=True, timer=runtime.timers)
-        self.previews = job.previews = publisher_for(self.app, job.id,
-                                                     lambda seq: self.tracker.annotate(preview=seq))
+        #: The job's preview publisher, made on its first frame (most jobs send none); None
+        #: once settled, or where previews are dropped (no Redis result backend).
+        self.previews: Any = _UNMADE
+        self._previews_lock = threading.Lock()
+        job.previews = self
         self.report = self.tracker.report
+
+    def offer(self, data: bytes, mime: str) -> None:
+        """Take one live preview frame (the job's :class:`~jobqueue.connectors.base.PreviewSink`)."""
+        with self._previews_lock:
+            if self.previews is _UNMADE:
+                self.previews = publisher_for(self.app, self.job.id, lambda seq: self.tracker.annotate(preview=seq),
+                                              backend=self.backend)
+            publisher = self.previews
+        if publisher is not None:
+            publisher.offer(data, mime)
 
     def _publish(self, progress: dict[str, Any]) -> None:
         job, request = self.job, self.request
@@ -148,8 +164,10 @@ class JobProgress:
         """The job's progress ends: its last preview and report are written (a held report
         only when the job did not succeed), nothing after (called before the job's final
         state is stored)."""
-        if self.previews is not None:
-            self.previews.close()
+        with self._previews_lock:
+            publisher, self.previews = self.previews, None
+        if publisher is not None and publisher is not _UNMADE:
+            publisher.close()
         self.tracker.close(superseded=succeeded)
 
 

@@ -7,6 +7,15 @@ busy worker's CPU on short jobs. A :class:`TimerThread` runs every such callback
 thread, started on first use and stopped with the worker. It is a drop-in timer factory:
 ``timers(delay, fn)`` returns a call with ``start()`` and ``cancel()``, like
 ``threading.Timer``.
+
+Waking the thread is what a call costs the thread that schedules it: a notify, and the GIL
+handed to the timer thread and back on the job's critical path. The thread is woken only for
+a call due before it wakes anyway; and with a ``tick``, while calls keep coming (the last one
+scheduled at most ``linger`` s ago), it wakes every ``tick`` s even with nothing due. A call
+due at least one tick after it is scheduled -- a fast job's progress window, cancelled a
+few ms later when the job ends -- then wakes nothing, and still runs when it is due: the
+thread wakes before it and sleeps on until then. An idle worker's thread sleeps without a
+deadline once ``linger`` s have passed without a call.
 """
 
 from __future__ import annotations
@@ -47,9 +56,16 @@ class TimedCall:
 class TimerThread:
     """Runs :class:`TimedCall` callbacks in order of their due time, from one thread."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, name: str = "jobqueue-timers") -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, name: str = "jobqueue-timers", *,
+                 tick: float = 0.0, linger: float = 0.0) -> None:
         self._clock = clock
         self._name = name
+        #: With nothing due sooner, the thread wakes every ``tick`` s while calls keep coming (0: never).
+        self._tick = tick
+        #: How long after the last call was scheduled the thread keeps ticking.
+        self._linger = linger
+        #: When the last call was scheduled (clock time).
+        self._scheduled_at = float("-inf")
         self._heap: list[tuple[float, int, TimedCall]] = []
         self._order = itertools.count()
         self._cond = threading.Condition()
@@ -67,7 +83,8 @@ class TimerThread:
         with self._cond:
             if self._stopping:
                 return
-            entry = call._entry = (self._clock() + call.delay, next(self._order), call)
+            now = self._scheduled_at = self._clock()
+            entry = call._entry = (now + call.delay, next(self._order), call)
             heapq.heappush(self._heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
@@ -75,7 +92,8 @@ class TimerThread:
             # Wake the thread only when this call is due before it wakes anyway: every job's
             # progress window schedules a call that is mostly cancelled a few ms later, and a
             # wake-up per call is two context switches for nothing (a thread that wakes early
-            # finds nothing due and sleeps on until the first call that is).
+            # finds nothing due and sleeps on until the first call that is). A ticking thread
+            # (see the module doc) wakes within a tick anyway.
             if entry[0] < self._wake_at:
                 self._cond.notify()
 
@@ -96,18 +114,23 @@ class TimerThread:
             while not self._stopping:
                 while self._heap and self._heap[0][2].cancelled:
                     heapq.heappop(self._heap)
-                if not self._heap:
-                    self._wake_at = float("inf")
-                    self._cond.wait()
-                    continue
-                self._wake_at = self._heap[0][0]
-                due = self._wake_at - self._clock()
-                if due <= 0:
+                now = self._clock()
+                if self._heap and self._heap[0][0] <= now:
                     call = heapq.heappop(self._heap)[2]
                     call._entry = None
                     return call
-                self._cond.wait(due)
+                self._wake_at = self.wake_time(now)
+                self._cond.wait(None if self._wake_at == float("inf") else self._wake_at - now)
             return None
+
+    def wake_time(self, now: float) -> float:
+        """When the thread, going to sleep at ``now`` with nothing due yet, wakes by itself:
+        when its first call is due, or within a tick while calls keep coming (inf: never).
+        Caller holds the condition."""
+        wake = self._heap[0][0] if self._heap else float("inf")
+        if self._tick > 0 and now - self._scheduled_at < self._linger:
+            wake = min(wake, now + self._tick)
+        return wake
 
     def _run(self) -> None:
         while (call := self._next()) is not None:

@@ -115,3 +115,46 @@ def test_report_preview_never_breaks_a_job():
 
     job.previews = Broken()
     job.report_preview(b"\x89PNG...", "image/png")
+
+
+def test_a_jobs_publisher_is_made_on_its_first_frame_and_frames_after_the_end_are_dropped(app, redis_client):
+    from types import SimpleNamespace
+
+    from jobqueue.worker.task import JobProgress
+    from jobqueue.worker.timers import TimerThread
+
+    timers = TimerThread()
+    task = SimpleNamespace(app=app, request=SimpleNamespace(id="job-lazy", hostname="w"), backend=app.backend)
+    job = Job(id="job-lazy", service="simulation", payload={})
+    runtime = SimpleNamespace(timers=timers, is_given_up=lambda job_id: True)  # progress: not written
+    progress = JobProgress(task, runtime, job)  # type: ignore[arg-type]
+    try:
+        assert not isinstance(progress.previews, PreviewPublisher)  # a job without previews makes none
+        frame = png(8, 8, (0, 0, 255))
+        job.report_preview(frame, "image/png")
+        assert isinstance(progress.previews, PreviewPublisher)
+        wait_for(lambda: RedisPreviewStore(redis_client).get("job-lazy") is not None, 5, what="the first frame")
+        progress.settle(succeeded=True)
+        assert progress.previews is None
+        job.report_preview(png(8, 8, (255, 0, 0)), "image/png")  # after the end: dropped
+        stored = RedisPreviewStore(redis_client).get("job-lazy")
+        assert stored is not None and stored.data == frame and stored.seq == 1
+    finally:
+        timers.stop()
+
+
+def test_a_job_that_ends_before_any_frame_never_makes_a_publisher(app):
+    from types import SimpleNamespace
+
+    from jobqueue.worker.task import JobProgress
+    from jobqueue.worker.timers import TimerThread
+
+    timers = TimerThread()
+    task = SimpleNamespace(app=app, request=SimpleNamespace(id="job-none", hostname="w"), backend=app.backend)
+    job = Job(id="job-none", service="simulation", payload={})
+    runtime = SimpleNamespace(timers=timers, is_given_up=lambda job_id: True)  # progress: not written
+    progress = JobProgress(task, runtime, job)  # type: ignore[arg-type]
+    progress.settle(succeeded=True)
+    job.report_preview(png(8, 8, (0, 255, 0)), "image/png")
+    assert progress.previews is None
+    timers.stop()

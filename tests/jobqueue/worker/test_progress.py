@@ -226,3 +226,50 @@ def test_with_the_start_held_a_longer_job_publishes_its_first_report_when_the_wi
     tracker.report(step=2, total_steps=4)
     tracker.close()
     assert [p["step"] for p in published] == [1, 2]
+
+
+def test_with_the_workers_timers_fast_jobs_wake_no_timer_thread_and_a_longer_one_publishes_on_time():
+    """The worker's timer thread ticks while jobs come: the window a fast job's first report
+    opens is scheduled and cancelled without waking it; a job that runs on still has its first
+    report published when the window ends."""
+    import time
+
+    from jobqueue.worker.runtime import TIMER_LINGER, TIMER_TICK
+    from jobqueue.worker.task import PROGRESS_WINDOW
+    from jobqueue.worker.timers import TimerThread
+    from tests.helpers import wait_for
+
+    timers = TimerThread(tick=TIMER_TICK, linger=TIMER_LINGER)
+    notified = 0
+    try:
+        def job(published: list[dict[str, Any]]) -> ProgressTracker:
+            tracker = ProgressTracker(published.append, window=PROGRESS_WINDOW, hold_start=True, timer=timers)
+            tracker.report(step=0, total_steps=0, message="starting")
+            return tracker
+
+        job([]).close(superseded=True)  # the first job of a busy spell starts the thread
+        wait_for(lambda: timers._wake_at != float("inf"), 5)
+        original_notify = timers._cond.notify
+
+        def counting_notify(n: int = 1) -> None:
+            nonlocal notified
+            notified += 1
+            original_notify(n)
+
+        timers._cond.notify = counting_notify  # type: ignore[method-assign]
+        for _ in range(20):
+            published: list[dict[str, Any]] = []
+            job(published).close(superseded=True)
+            assert published == []
+        # (without the tick: one wake-up per job; a test thread stalled > 10 ms between a job's
+        # start and its report may cost one)
+        assert notified <= 3
+        longer: list[dict[str, Any]] = []
+        started = time.monotonic()
+        tracker = job(longer)
+        wait_for(lambda: longer, 5, interval=0.005)
+        assert time.monotonic() - started < 2 * PROGRESS_WINDOW + 0.5  # the window, give or take a busy CI
+        assert [p["step"] for p in longer] == [0]
+        tracker.close()
+    finally:
+        timers.stop()

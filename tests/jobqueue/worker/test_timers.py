@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from jobqueue.worker.timers import TimerThread
 from tests.helpers import wait_for
@@ -75,5 +76,69 @@ def test_cancelled_calls_leave_the_queue_and_wake_the_thread_no_more_than_one_wi
         wait_for(lambda: ran == ["first", "last"], 5)
         assert not timers._heap
         assert wakes <= 4  # about: asleep, woken for the first window, once at its end, the last
+    finally:
+        timers.stop()
+
+
+def test_a_ticking_thread_is_not_woken_for_a_call_due_after_its_next_tick_and_runs_it_when_due():
+    """A fast job's progress window: scheduled while the thread ticks, it costs the job's
+    thread no wake-up of the timer thread, and still runs on time."""
+    timers = TimerThread(tick=0.02, linger=30.0)
+    ran: list[float] = []
+    notified = 0
+    try:
+        timers(0.0, lambda: None).start()  # starts the thread, which then ticks
+        wait_for(lambda: timers._wake_at != float("inf"), 5)
+        original_notify = timers._cond.notify
+
+        def counting_notify(n: int = 1) -> None:
+            nonlocal notified
+            notified += 1
+            original_notify(n)
+
+        timers._cond.notify = counting_notify  # type: ignore[method-assign]
+        done = threading.Event()
+        scheduled_at = time.monotonic()
+        timers(0.1, lambda: (ran.append(time.monotonic()), done.set())).start()
+        for _ in range(20):  # windows of jobs that ended within them
+            call = timers(0.1, lambda: ran.append(-1.0))
+            call.start()
+            call.cancel()
+        assert notified == 0
+        assert done.wait(5)
+        assert ran[0] >= scheduled_at + 0.1 and ran == ran[:1]
+    finally:
+        timers.stop()
+
+
+def test_the_thread_ticks_only_while_calls_keep_coming_and_never_past_a_call_due_sooner():
+    now = [100.0]
+    timers = TimerThread(clock=lambda: now[0], tick=0.02, linger=1.0)
+    with timers._cond:
+        assert timers.wake_time(100.0) == float("inf")  # nothing ever scheduled: no tick
+    timers._thread = threading.current_thread()  # keep the real thread out of this test
+    call = timers(0.01, lambda: None)
+    call.start()
+    try:
+        with timers._cond:
+            assert timers.wake_time(100.0) == 100.01  # the call is due before the tick
+        call.cancel()
+        with timers._cond:
+            assert timers.wake_time(100.5) == 100.52  # calls keep coming: a tick
+            assert timers.wake_time(101.0) == float("inf")  # a linger without calls: asleep
+    finally:
+        timers._thread = None
+        timers.stop()
+
+
+def test_without_a_tick_an_idle_thread_sleeps_until_a_call_is_scheduled():
+    timers = TimerThread()
+    call = timers(30.0, lambda: None)
+    try:
+        call.start()
+        wait_for(lambda: timers._wake_at != float("inf"), 5)
+        call.cancel()
+        with timers._cond:
+            assert timers.wake_time(time.monotonic()) == float("inf")
     finally:
         timers.stop()
