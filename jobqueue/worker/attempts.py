@@ -76,7 +76,7 @@ def stored_state(app: Any, raw: Any) -> str | None:
     if not raw:
         return None
     if isinstance(raw, bytes) and raw.startswith(_STARTED_RECORD):
-        return celery_states.STARTED
+        return str(celery_states.STARTED)
     state: str | None = app.backend.decode_result(raw).get("status")
     return state
 
