@@ -97,3 +97,18 @@ class WorkerProcess(ChildProcess):
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the whole process group (SIGKILL: no goodbye, no restore)."""
         self.signal(sig)
+
+
+def count_notifies(timers: Any) -> Callable[[], int]:
+    """Once ``timers`` (a :class:`~jobqueue.worker.timers.TimerThread`) is asleep with a
+    deadline, count the times its thread is woken from now on; returns the count's reader."""
+    wait_for(lambda: timers._wake_at != float("inf"), 5)
+    count = [0]
+    original = timers._cond.notify
+
+    def counting(n: int = 1) -> None:
+        count[0] += 1
+        original(n)
+
+    timers._cond.notify = counting
+    return lambda: count[0]

@@ -237,10 +237,9 @@ def test_with_the_workers_timers_fast_jobs_wake_no_timer_thread_and_a_longer_one
     from jobqueue.worker.runtime import TIMER_LINGER, TIMER_TICK
     from jobqueue.worker.task import PROGRESS_WINDOW
     from jobqueue.worker.timers import TimerThread
-    from tests.helpers import wait_for
+    from tests.helpers import count_notifies, wait_for
 
     timers = TimerThread(tick=TIMER_TICK, linger=TIMER_LINGER)
-    notified = 0
     try:
         def job(published: list[dict[str, Any]]) -> ProgressTracker:
             tracker = ProgressTracker(published.append, window=PROGRESS_WINDOW, hold_start=True, timer=timers)
@@ -248,22 +247,14 @@ def test_with_the_workers_timers_fast_jobs_wake_no_timer_thread_and_a_longer_one
             return tracker
 
         job([]).close(superseded=True)  # the first job of a busy spell starts the thread
-        wait_for(lambda: timers._wake_at != float("inf"), 5)
-        original_notify = timers._cond.notify
-
-        def counting_notify(n: int = 1) -> None:
-            nonlocal notified
-            notified += 1
-            original_notify(n)
-
-        timers._cond.notify = counting_notify  # type: ignore[method-assign]
+        notified = count_notifies(timers)
         for _ in range(20):
             published: list[dict[str, Any]] = []
             job(published).close(superseded=True)
             assert published == []
         # (without the tick: one wake-up per job; a test thread stalled > 10 ms between a job's
         # start and its report may cost one)
-        assert notified <= 3
+        assert notified() <= 3
         longer: list[dict[str, Any]] = []
         started = time.monotonic()
         tracker = job(longer)

@@ -6,7 +6,7 @@ import threading
 import time
 
 from jobqueue.worker.timers import TimerThread
-from tests.helpers import wait_for
+from tests.helpers import count_notifies, wait_for
 
 
 def test_calls_run_in_order_of_their_due_time_from_one_thread():
@@ -85,18 +85,9 @@ def test_a_ticking_thread_is_not_woken_for_a_call_due_after_its_next_tick_and_ru
     thread no wake-up of the timer thread, and still runs on time."""
     timers = TimerThread(tick=0.02, linger=30.0)
     ran: list[float] = []
-    notified = 0
     try:
         timers(0.0, lambda: None).start()  # starts the thread, which then ticks
-        wait_for(lambda: timers._wake_at != float("inf"), 5)
-        original_notify = timers._cond.notify
-
-        def counting_notify(n: int = 1) -> None:
-            nonlocal notified
-            notified += 1
-            original_notify(n)
-
-        timers._cond.notify = counting_notify  # type: ignore[method-assign]
+        notified = count_notifies(timers)
         done = threading.Event()
         scheduled_at = time.monotonic()
         timers(0.1, lambda: (ran.append(time.monotonic()), done.set())).start()
@@ -104,7 +95,7 @@ def test_a_ticking_thread_is_not_woken_for_a_call_due_after_its_next_tick_and_ru
             call = timers(0.1, lambda: ran.append(-1.0))
             call.start()
             call.cancel()
-        assert notified == 0
+        assert notified() == 0
         assert done.wait(5)
         assert ran[0] >= scheduled_at + 0.1 and ran == ran[:1]
     finally:
