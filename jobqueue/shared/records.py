@@ -31,9 +31,10 @@ from typing import Any
 
 __all__ = [
     "DEAD_SUFFIX", "attempts_key", "backend_client", "crashes_key", "dead_letter_key", "facts_key",
-    "moved_up_info_key", "moved_up_key", "orphan_book_key", "preview_key", "queued_key", "replication_fence_key", "requires_key", "result_client",
-    "retry_key", "submitted_key", "tenant_queued_key", "tenant_queues_key", "tenant_running_key", "warm_key",
-    "webhook_attempts_key", "webhook_delivered_key", "workflow_key", "workflow_step_key",
+    "moved_up_info_key", "moved_up_key", "orphan_book_key", "preview_key", "queued_key",
+    "replication_fence_key", "requires_key", "result_client", "retry_key", "submitted_key",
+    "tenant_queued_key", "tenant_queues_key", "tenant_running_key", "warm_key", "webhook_attempts_key",
+    "webhook_delivered_key", "workflow_key", "workflow_step_key",
 ]
 
 

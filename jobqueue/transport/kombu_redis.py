@@ -270,7 +270,7 @@ class Channel(kombu_redis.Channel):
                 # channel, _put_fanout) follows it on the same connection: one wait.
                 early = EarlyWrite(client, batch.commands, rider, float(self.jobqueue_wait_timeout), job_id)
                 early.send()
-                rider.held, rider.written = early.finish, True
+                rider.held = early.finish
                 return
             send_batch(client, batch.commands, rider, replicas, float(self.jobqueue_wait_timeout), job_id)
 

@@ -119,7 +119,7 @@ class EarlyWrite:
         retried publish, or the rider's flush), it sends the whole transaction anew."""
         connection, self.connection = self.connection, None
         if connection is None:  # the first try failed: as before early writes, all in one
-            send_batch(self.client, [*self.commands, *extra], self.rider, 0, self.timeout, self.job_id)
+            self._send_all(extra)
             return
         try:
             replies = self._replies(connection, extra)
@@ -154,11 +154,15 @@ class EarlyWrite:
         else everything again (raising what that raises)."""
         guard = self.rider.guard
         if guard is None or not self.client.exists(guard):
-            send_batch(self.client, [*self.commands, *extra], self.rider, 0, self.timeout, self.job_id)
+            self._send_all(extra)
             return
         self.rider.replies, self.rider.with_message = [], True
         for name, *args in extra:
             getattr(self.client, name)(*args)
+
+    def _send_all(self, extra: list[tuple[Any, ...]]) -> None:
+        """The transaction and ``extra`` sent anew, in one round trip (:func:`send_batch`)."""
+        send_batch(self.client, [*self.commands, *extra], self.rider, 0, self.timeout, self.job_id)
 
     def _guarded(self, command: tuple[Any, ...]) -> tuple[Any, ...]:
         name, *args = command

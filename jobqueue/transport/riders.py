@@ -69,8 +69,6 @@ class Rider:
     #: A key the commands write (the job's submit record): the event that follows the message
     #: is published only when it is in Redis (a refused transaction publishes none).
     guard: str | None = None
-    #: True when the held message is already written (only its replies and the event are due).
-    written: bool = False
     #: What waits for the message to be written (the subscription to its result):
     #: :meth:`run_later` runs it once the publish returned.
     later: list[Callable[[], None]] = field(default_factory=list)
@@ -96,11 +94,10 @@ class Rider:
             call()
 
     def abandon(self) -> None:
-        """The publish failed after the message was held: a message already written is in
-        Redis all the same (its replies are read, its connection freed; errors only logged),
-        one not yet written is dropped."""
+        """The publish failed after the message was held: the message is written already and
+        in Redis all the same; its replies are read, its connection freed (errors only logged)."""
         held, self.held = self.held, None
-        if held is not None and self.written:
+        if held is not None:
             try:
                 held([])
             except Exception:

@@ -47,16 +47,6 @@ _START_FACTS = frozenset({"started_at", "finished_at", "retried_at", "cancelled_
 _STARTED_RECORD = b'{"status": "%s"' % celery_states.STARTED.encode()
 
 
-def expires(app: Any) -> int:
-    """Seconds the job's record lives (the results' expiry), read once per app: a lookup in
-    Celery's configuration costs microseconds, and every start and end of a job needs it
-    (the configuration does not change while the worker runs)."""
-    ttl = getattr(app, "_jobqueue_expires", None)
-    if type(ttl) is not int:
-        ttl = app._jobqueue_expires = int(app.conf.result_expires or 86400)
-    return ttl
-
-
 def job_meta(service: str, payload: dict[str, Any], options: dict[str, Any],
              secret_keys: str = DEFAULT_PATTERN) -> dict[str, Any]:
     """The job's metadata as the client sent it (options, service, payload summary), secrets
@@ -106,9 +96,9 @@ def queue_start(pipe: Any, task: Any, meta: dict[str, Any], runtime: WorkerRunti
     }
     pipe.get(result_key(app, request.id))
     pipe.incr(attempts_key(request.id))
-    pipe.expire(attempts_key(request.id), expires(app))
+    pipe.expire(attempts_key(request.id), queued.expires_of(app))
     pipe.hgetall(facts_key(request.id))
-    facts.queue_write(pipe, request.id, start, expires=expires(app), remove=_ENDED_FACTS)
+    facts.queue_write(pipe, request.id, start, expires=queued.expires_of(app), remove=_ENDED_FACTS)
     queued.queue_remove(pipe, meta["service"], request.id, meta.get("tenant"))  # no longer queued
 
 
@@ -223,13 +213,13 @@ def _settle_start(task: Any, client: Any, meta: dict[str, Any], replies: list[An
         # The job never runs: its facts as they were, plus what a discarded message records.
         facts.replace(client, request.id, known_raw, {
             "submitted_at": meta.get("submitted_at"), "meta": meta, "name": task.name, "finished_at": started,
-        }, expires=expires(app), only_new=("finished_at",))
+        }, expires=queued.expires_of(app), only_new=("finished_at",))
         return Attempt(True, retries, started)
     if state == celery_states.SUCCESS:
         # A copy of a job that already succeeded: its ack was lost with a broker that failed
         # over or restarted, and the message came back. It never runs again; its facts as they were.
         ended: dict[str, Any] = {k: after[k] for k in ("finished_at", "runtime") if k in after} if after else {}
-        facts.replace(client, request.id, known_raw, ended, expires=expires(app))
+        facts.replace(client, request.id, known_raw, ended, expires=queued.expires_of(app))
         log.warning("job %s already succeeded: a redelivered copy of its message is dropped", request.id)
         return Attempt(False, retries, started, ended=True)
     attempt = max(int(count) - 1, retries)
@@ -244,7 +234,7 @@ def _settle_start(task: Any, client: Any, meta: dict[str, Any], replies: list[An
         })
         fixes["history"] = history[-facts.MAX_HISTORY:]
     if fixes:
-        facts.write(client, request.id, fixes, expires=expires(app))
+        facts.write(client, request.id, fixes, expires=queued.expires_of(app))
     return Attempt(False, attempt, started)
 
 
@@ -267,7 +257,7 @@ def record_end(task: Any, started: float, *, retried: bool = False) -> None:
     if retried:  # before the retry re-sends the message: its next start comes after this
         queued.back_in_queue(task, request.kwargs.get("service") if request.kwargs else None)
     fields = {"retried_at": now} if retried else {"finished_at": now, "runtime": round(now - started, 6)}
-    job_id, ttl = request.id, expires(task.app)
+    job_id, ttl = request.id, queued.expires_of(task.app)
     note_end(task.app, job_id, now, fields.get("runtime"))  # the end event carries the same
     if riding:
         backend.ride_with_next_state(job_id, lambda pipe: facts.queue_write(pipe, job_id, fields, expires=ttl))
@@ -341,4 +331,4 @@ def on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     if isinstance(job_id, str):
         facts.write(client, job_id, {"submitted_at": meta.get("submitted_at"), "meta": meta or None,
                                      "name": RUN_JOB_TASK, "finished_at": time.time()},
-                    expires=expires(app), only_new=("finished_at", "submitted_at", "meta", "name"))
+                    expires=queued.expires_of(app), only_new=("finished_at", "submitted_at", "meta", "name"))

@@ -8,6 +8,7 @@ from celery import states as celery_states
 
 from jobqueue.errors import JobCancelled
 from jobqueue.shared import job_record as facts
+from jobqueue.shared import queued
 from jobqueue.worker import attempts
 
 
@@ -44,6 +45,6 @@ def test_a_start_decodes_only_the_facts_it_reads(redis_client):
 
 
 def test_the_records_expiry_is_read_from_the_configuration_once_per_app(app):
-    assert attempts.expires(app) == int(app.conf.result_expires)
+    assert queued.expires_of(app) == int(app.conf.result_expires)
     app.conf.result_expires = 5
-    assert attempts.expires(app) != 5
+    assert queued.expires_of(app) != 5
