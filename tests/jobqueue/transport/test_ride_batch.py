@@ -4,6 +4,7 @@ the message is never queued twice nor lost, and the event published once (real R
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -11,6 +12,12 @@ import redis
 
 from jobqueue.transport.ride_batch import EarlyWrite, pack_commands
 from jobqueue.transport.riders import Rider
+
+
+def _channel() -> str:
+    """A channel of this test's own: Redis's pub/sub channels are server-wide, not per database,
+    and parallel test workers share the server."""
+    return f"events-{uuid.uuid4().hex}"
 
 
 def _early(client: redis.Redis, *, lost: bool, monkeypatch: pytest.MonkeyPatch) -> EarlyWrite:
@@ -32,14 +39,15 @@ def _early(client: redis.Redis, *, lost: bool, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize("lost", [False, True], ids=["ran", "never-arrived"])
 def test_a_transaction_whose_replies_were_lost_is_sent_again_only_if_it_never_ran(
         redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, lost: bool) -> None:
+    channel = _channel()
     events = redis_client.pubsub()
-    events.subscribe("events")
+    events.subscribe(channel)
     assert events.get_message(timeout=2)["type"] == "subscribe"
     # Given a job's early write whose connection died before its replies were read
     early = _early(redis_client, lost=lost, monkeypatch=monkeypatch)
     assert redis_client.exists("record-1") == (0 if lost else 1)
     # When its event follows
-    early.finish([("publish", "events", b"task-sent")])
+    early.finish([("publish", channel, b"task-sent")])
     # Then the message is queued once, the record is there and the event was published once
     assert redis_client.lrange("queue-1", 0, -1) == [b"message"]
     assert redis_client.get("record-1") == b"1"
@@ -49,8 +57,9 @@ def test_a_transaction_whose_replies_were_lost_is_sent_again_only_if_it_never_ra
 
 
 def test_a_refused_transaction_publishes_no_event_and_raises_the_refusal(redis_client: redis.Redis) -> None:
+    channel = _channel()
     events = redis_client.pubsub()
-    events.subscribe("events")
+    events.subscribe(channel)
     assert events.get_message(timeout=2)["type"] == "subscribe"
 
     def refused(pipe: Any) -> None:
@@ -63,7 +72,7 @@ def test_a_refused_transaction_publishes_no_event_and_raises_the_refusal(redis_c
     early.send()
     # When its event follows, Then the refusal is raised
     with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
-        early.finish([("publish", "events", b"task-sent")])
+        early.finish([("publish", channel, b"task-sent")])
     # and nothing was written or published
     assert not redis_client.exists("record-1") and not redis_client.exists("queue-1")
     got = [m for m in iter(lambda: events.get_message(timeout=0.5), None) if m["type"] == "message"]
