@@ -44,6 +44,16 @@ class JobqueueCelery(Celery):  # type: ignore[misc]  # Celery ships no type hint
     #: ``app.amqp``: Celery's, with queues that get quorum arguments when the settings ask.
     amqp_cls = "jobqueue.transport.rabbitmq:JobqueueAMQP"
 
+    def close(self) -> None:
+        """Celery's close, and this thread's result subscription closed with it
+        (:class:`~jobqueue.transport.results.ResultConsumer`): Celery's close leaves it open,
+        and a result of this app collected later would reconnect to unsubscribe."""
+        backend = self._backend  # PRIVATE Celery: this thread's backend, None if never built
+        close = getattr(getattr(backend, "result_consumer", None), "close", None)
+        if callable(close):
+            close()
+        super().close()
+
     @cached_property
     def Worker(self) -> Any:  # noqa: N802 - Celery's name
         """The worker class (:attr:`worker_class`) bound to this app."""

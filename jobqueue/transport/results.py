@@ -33,6 +33,7 @@ import logging
 from typing import Any
 
 from celery import states as celery_states
+from celery.backends.redis import ResultConsumer as CeleryResultConsumer
 from celery.backends.redis import SentinelBackend as CelerySentinelBackend
 
 from jobqueue.errors import NotReplicated
@@ -42,8 +43,8 @@ from jobqueue.transport.redis_urls import is_sentinel_url
 from jobqueue.transport.replication import wait_after
 from jobqueue.transport.riders import rider_for
 
-__all__ = ["BACKEND_PATH", "SENTINEL_BACKEND_PATH", "RedisBackend", "Rider", "SentinelBackend", "backend_url",
-           "store_guarded"]
+__all__ = ["BACKEND_PATH", "SENTINEL_BACKEND_PATH", "RedisBackend", "ResultConsumer", "Rider", "SentinelBackend",
+           "backend_url", "store_guarded"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,26 @@ log = logging.getLogger(__name__)
 BACKEND_PATH = "jobqueue.transport.results:RedisBackend"
 #: How ``result_backend`` names the class on a Sentinel group.
 SENTINEL_BACKEND_PATH = "jobqueue.transport.results:SentinelBackend"
+
+
+class ResultConsumer(CeleryResultConsumer):  # type: ignore[misc]  # Celery is untyped
+    """Celery's result consumer (the pub/sub subscription ``get()`` and ``wait()`` listen on),
+    which can be closed for good: its app closed (:meth:`JobqueueCelery.close
+    <jobqueue.transport.app.JobqueueCelery.close>`), a result collected later unsubscribes
+    from nothing. Celery's would reconnect to unsubscribe, from the garbage collector, in
+    whatever thread runs it: to a server that may be gone by then, waiting out redis-py's
+    reconnect backoff (seconds) each time."""
+
+    closed = False
+
+    def close(self) -> None:
+        """Close the subscription; no later call touches a connection."""
+        self.closed = True
+        self.stop()
+
+    def cancel_for(self, task_id: Any) -> None:
+        if not self.closed:
+            super().cancel_for(task_id)
 
 
 class RedisBackend(RidingRedisBackend):
@@ -66,6 +87,9 @@ class RedisBackend(RidingRedisBackend):
         super().__init__(*args, **kwargs)
         #: The message ack riding in the guarded write of a result key (:mod:`~jobqueue.transport.early_ack`).
         self._acks: dict[Any, EarlyAck] = {}
+
+    #: Celery builds ``result_consumer`` from this class.
+    ResultConsumer = ResultConsumer
 
     def on_task_call(self, producer: Any, task_id: Any) -> None:
         """Celery subscribes to a task's result before its message is sent; a job whose records

@@ -91,6 +91,15 @@ class MonitorProcess(ChildProcess):
         res.raise_for_status()
         return res.json()
 
+    def job(self, job_id: str) -> dict[str, Any]:
+        """The monitor's record of a job; empty while it knows no such job (its events may
+        still be on their way when the job's result is already in the client's hand)."""
+        res = requests.get(f"{self.url}/api/jobs/{job_id}", timeout=10)
+        if res.status_code == 404:
+            return {}
+        res.raise_for_status()
+        return dict(res.json())
+
 
 #: The session's one browser, shared by every test module that registers :func:`chromium`
 #: (each registration is its own session fixture; Playwright's sync API allows one at a time).

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
+from celery import exceptions as celery_exceptions
 from celery import states as celery_states
 
 from jobqueue.shared import job_record as facts
+from jobqueue.transport.app import create_app
 from jobqueue.transport.results import RedisBackend, backend_url
 from jobqueue.up.embedded import free_port, redis_server_executable
 from tests.helpers import wait_for
@@ -149,3 +153,36 @@ def test_a_job_whose_started_state_is_not_stored_starts_its_attempt_once_and_kee
         assert known["attempt"] == 0 and known["finished_at"] >= known["started_at"] and "runtime" in known
         assert app.AsyncResult(job_id).state == celery_states.SUCCESS
     assert app._jobqueue_started_early == {} and app.backend._riders == {}
+
+
+def test_a_closed_apps_result_collected_after_its_server_is_gone_touches_no_connection(settings, monkeypatch):
+    # Given an app on a redis-server of its own, subscribed to a job's result (a get() that
+    # timed out keeps the subscription)
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        server = subprocess.Popen([redis_server_executable(), "--port", str(port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no", "--dir", folder],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: _answers(redis.Redis(port=port)), 20, what="the redis-server")
+            url = f"redis://127.0.0.1:{port}/0"
+            app = create_app(settings.model_copy(update={"broker_url": url, "result_backend": url}).resolved())
+            result = app.AsyncResult("never-sent")
+            with pytest.raises(celery_exceptions.TimeoutError):
+                result.get(timeout=0.2)
+            channel = app.backend.get_key_for_task("never-sent")
+            assert redis.Redis(port=port).pubsub_numsub(channel) == [(channel, 1)]
+            # When the app is closed, its server goes, and only then is the result collected
+            app.close()
+            assert redis.Redis(port=port).pubsub_numsub(channel) == [(channel, 0)]
+        finally:
+            server.terminate()
+            server.wait(10)
+    raised: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", raised.append)
+    del result
+    gc.collect()
+    # Then nothing tried to reach the server to unsubscribe (Celery's own consumer reconnects
+    # from the finalizer, waits out redis-py's backoff and raises there)
+    assert app.backend.result_consumer.closed
+    assert raised == []

@@ -35,7 +35,7 @@ def test_the_job_page_shows_image_video_and_audio_first_and_the_browser_seeks_th
     start_worker("gpu0")
     handle = submit_job("simulation", {"steps": 3, "step_seconds": 0.6, "files": FILES}, app=app)
     handle.wait(timeout=60)
-    wait_for(lambda: (monitor.get(f"/api/jobs/{handle.id}").get("result") or {}).get("files"), 30,
+    wait_for(lambda: (monitor.job(handle.id).get("result") or {}).get("files"), 30,
              what="the monitor to hold the job's result")
     pages = Pages(chromium, monitor.url)
     ranges: list[str] = []
@@ -98,7 +98,7 @@ def test_a_comfyui_jobs_page_shows_its_image_and_downloads_its_workflow_as_api_j
         # When a ComfyUI job has run
         handle = submit_job("comfyui", {"workflow": EXAMPLE_WORKFLOW}, app=app)
         [entry] = handle.wait(timeout=60)["files"]
-        wait_for(lambda: (monitor.get(f"/api/jobs/{handle.id}").get("result") or {}).get("files"), 30,
+        wait_for(lambda: (monitor.job(handle.id).get("result") or {}).get("files"), 30,
                  what="the monitor to hold the job's result")
         pages = Pages(chromium, monitor.url)
         try:
