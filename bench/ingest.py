@@ -71,8 +71,8 @@ from bench.events_mix import MIXES, EncodedStream, build_stream
 ALL_CONSUMERS = ("jobqueue", "bare", "flower", "jobqueue-python", "jobqueue-hiredis", "reader-python",
                  "reader-hiredis", "jobqueue-base")
 #: Seconds without any count moving after which a consumer is considered drained. Our writer
-#: moves its counts once per batch (up to 5,000 events): on a loaded machine one batch can take
-#: several seconds, so this must be well above that.
+#: moves its counts once per batch (up to 20,000 events, ``monitor.ingest.writer.MAX_BATCH``):
+#: on a loaded machine one batch can take several seconds, so this must be well above that.
 SETTLE_SECONDS = 15.0
 
 

@@ -68,7 +68,7 @@ def run(events: int, batch: int, workers: int = 50, progress_steps: int = 10) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=60_000)
-    parser.add_argument("--batch", type=int, default=5000, help="the writer's max_batch")
+    parser.add_argument("--batch", type=int, default=20_000, help="the writer's max_batch (its MAX_BATCH)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=50, help="simulated workers in the stream")
     parser.add_argument("--progress-steps", type=int, default=10, help="progress events per job")
