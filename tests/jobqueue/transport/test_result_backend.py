@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -21,10 +22,9 @@ from jobqueue.up.embedded import free_port, redis_server_executable
 from tests.helpers import wait_for
 
 
-@pytest.fixture(scope="module")
-def private_redis() -> Iterator[str]:
-    """A redis-server of this module's own: the tests below count commands in INFO
-    commandstats, which are server-wide, so no other test (or parallel test worker) may share it."""
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A redis-server of the caller's own, stopped on leaving: its URL."""
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         server = subprocess.Popen([redis_server_executable(), "--port", str(port), "--bind", "127.0.0.1",
@@ -38,6 +38,14 @@ def private_redis() -> Iterator[str]:
         finally:
             server.terminate()
             server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def private_redis() -> Iterator[str]:
+    """A redis-server of this module's own: the tests below count commands in INFO
+    commandstats, which are server-wide, so no other test (or parallel test worker) may share it."""
+    with redis_server() as url:
+        yield url
 
 
 def _answers(client: redis.Redis) -> bool:
@@ -158,26 +166,18 @@ def test_a_job_whose_started_state_is_not_stored_starts_its_attempt_once_and_kee
 def test_a_closed_apps_result_collected_after_its_server_is_gone_touches_no_connection(settings, monkeypatch):
     # Given an app on a redis-server of its own, subscribed to a job's result (a get() that
     # timed out keeps the subscription)
-    port = free_port()
-    with tempfile.TemporaryDirectory() as folder:
-        server = subprocess.Popen([redis_server_executable(), "--port", str(port), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no", "--dir", folder],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: _answers(redis.Redis(port=port)), 20, what="the redis-server")
-            url = f"redis://127.0.0.1:{port}/0"
-            app = create_app(settings.model_copy(update={"broker_url": url, "result_backend": url}).resolved())
-            result = app.AsyncResult("never-sent")
-            with pytest.raises(celery_exceptions.TimeoutError):
-                result.get(timeout=0.2)
-            channel = app.backend.get_key_for_task("never-sent")
-            assert redis.Redis(port=port).pubsub_numsub(channel) == [(channel, 1)]
-            # When the app is closed, its server goes, and only then is the result collected
-            app.close()
-            assert redis.Redis(port=port).pubsub_numsub(channel) == [(channel, 0)]
-        finally:
-            server.terminate()
-            server.wait(10)
+    with redis_server() as url:
+        app = create_app(settings.model_copy(update={"broker_url": url, "result_backend": url}).resolved())
+        result = app.AsyncResult("never-sent")
+        with pytest.raises(celery_exceptions.TimeoutError):
+            result.get(timeout=0.2)
+        channel = app.backend.get_key_for_task("never-sent")
+        server = redis.Redis.from_url(url)
+        assert server.pubsub_numsub(channel) == [(channel, 1)]
+        # When the app is closed, its server goes, and only then is the result collected
+        app.close()
+        assert server.pubsub_numsub(channel) == [(channel, 0)]
+        server.close()
     raised: list[Any] = []
     monkeypatch.setattr(sys, "unraisablehook", raised.append)
     del result
