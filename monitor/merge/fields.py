@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from jobqueue.errors import MalformedEvent
+from jobqueue.shared.job_record import to_json
 from jobqueue.shared.names import parse_exception
 
 #: Longest id (job uuid, worker name, service) we accept.
@@ -91,7 +92,7 @@ def json_blob(value: Any) -> Any:
     if type(value) is dict and _flat_size(value) <= MAX_BLOB:
         return dict(value)  # what the encoding below would decide, without encoding it
     try:
-        encoded = json.dumps(value, default=str)
+        encoded = to_json(value)
     except (TypeError, ValueError, RecursionError):
         return {"unserialisable": clip_text(repr(value))}
     if len(encoded) > MAX_BLOB:
@@ -163,7 +164,7 @@ def task_details(ev: dict[str, Any], *, foreign: bool) -> dict[str, Any]:
         for key in ("args", "kwargs"):
             value = ev.get(key)
             if value is not None and value != "":
-                text = value if isinstance(value, str) else json.dumps(value, default=str)
+                text = value if isinstance(value, str) else to_json(value)
                 out[key] = text if len(text) <= MAX_ARGS else text[:MAX_ARGS] + "…"
     return out
 
