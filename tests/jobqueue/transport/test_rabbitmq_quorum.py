@@ -19,7 +19,7 @@ from kombu import Connection, Exchange, Queue
 from jobqueue.client.jobs import submit_job
 from jobqueue.config import Settings
 from jobqueue.errors import ConfigError, QueueTypeMismatch
-from jobqueue.shared.routing import gpu_queue
+from jobqueue.shared.routing import gpu_queue, machine_queue, worker_queue
 from jobqueue.states import JobStatus
 from jobqueue.transport.app import create_app
 from jobqueue.transport.rabbitmq import DEAD_LETTER_EXCHANGE, explain_declare_error
@@ -237,10 +237,12 @@ def test_a_job_redelivered_while_its_first_worker_still_runs_it_waits_and_runs_o
         queue_name: str, redis_url: str, tmp_path: Path):
     # Given two idle workers on one quorum queue
     workers = []
+    own_queues: list[str] = []  # each worker's GPU, machine and worker queues: quorum, deleted after
     app = create_app(_settings(RABBITMQ_URL, redis_url, tmp_path, rabbitmq_queue_type="quorum"))
     try:
         for gpu in (random.randint(100, 9999), random.randint(10_000, 20_000)):
             settings = _settings(RABBITMQ_URL, redis_url, tmp_path, rabbitmq_queue_type="quorum", gpu=gpu)
+            own_queues += [gpu_queue(gpu), machine_queue(settings.machine_id), worker_queue(settings.machine_id, gpu)]
             worker = WorkerProcess(child_env(settings_env(settings)), queues=f"gpu{gpu},{queue_name}",
                                    log_path=tmp_path / f"worker-{gpu}.log")
             workers.append(worker.start().wait_ready(app, timeout=60))
@@ -263,3 +265,5 @@ def test_a_job_redelivered_while_its_first_worker_still_runs_it_waits_and_runs_o
         for worker in workers:
             worker.stop()
         app.close()
+        # Left behind, a quorum gpuN would refuse a later classic test's worker on the same N
+        _delete(own_queues + [f"{name}.dead" for name in own_queues])
